@@ -1,0 +1,197 @@
+//! Reading and writing another process's memory, and its page map.
+
+use crate::{Result, SysError, PAGE_SIZE};
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+
+/// At most this many iovecs go into one process_vm_* call (the kernel's IOV_MAX).
+const IOV_MAX: usize = 1024;
+
+/// One contiguous remote range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Range {
+    pub addr: u64,
+    pub len: u64,
+}
+
+fn vm_call(pid: i32, local: &mut [u8], remote: &[Range], write: bool) -> Result<usize> {
+    let mut done = 0usize;
+    let mut chunk_start = 0usize;
+    let mut offset = 0usize;
+    while chunk_start < remote.len() {
+        let chunk = &remote[chunk_start..remote.len().min(chunk_start + IOV_MAX)];
+        let rv: Vec<libc::iovec> = chunk
+            .iter()
+            .map(|r| libc::iovec {
+                iov_base: r.addr as *mut libc::c_void,
+                iov_len: r.len as usize,
+            })
+            .collect();
+        let want: usize = chunk.iter().map(|r| r.len as usize).sum();
+        if offset + want > local.len() {
+            return Err(SysError::Proc {
+                path: format!("process {pid} memory"),
+                detail: "local buffer smaller than remote ranges".into(),
+            });
+        }
+        let lv = libc::iovec {
+            iov_base: local[offset..].as_mut_ptr() as *mut libc::c_void,
+            iov_len: want,
+        };
+        // SAFETY: `lv` points into `local`, which is live and at least `want`
+        // bytes long past `offset` (checked above); the remote iovecs are only
+        // interpreted by the kernel in the address space of `pid`.
+        let n = unsafe {
+            if write {
+                libc::process_vm_writev(pid, &lv, 1, rv.as_ptr(), rv.len() as _, 0)
+            } else {
+                libc::process_vm_readv(pid, &lv, 1, rv.as_ptr(), rv.len() as _, 0)
+            }
+        };
+        if n < 0 {
+            return Err(SysError::call(
+                if write {
+                    "process_vm_writev"
+                } else {
+                    "process_vm_readv"
+                },
+                format!("process {pid}"),
+            ));
+        }
+        let n = n as usize;
+        done += n;
+        offset += n;
+        if n < want {
+            // Partial transfer: the kernel stopped at a range it could not access.
+            return Ok(done);
+        }
+        chunk_start += chunk.len();
+    }
+    Ok(done)
+}
+
+/// Copies the remote `ranges` of `pid`, in order, into `local`. Returns the
+/// number of bytes copied; fewer than asked means a range was not accessible.
+pub fn read_ranges(pid: i32, local: &mut [u8], ranges: &[Range]) -> Result<usize> {
+    vm_call(pid, local, ranges, false)
+}
+
+/// Copies `local` into the remote `ranges` of `pid`, in order.
+pub fn write_ranges(pid: i32, local: &[u8], ranges: &[Range]) -> Result<usize> {
+    // process_vm_writev only reads from the local buffer; the cast to a mutable
+    // slice type is never used to write.
+    let ptr = local.as_ptr() as *mut u8;
+    // SAFETY: the slice is only read by process_vm_writev (see above); its
+    // length and lifetime are those of `local`.
+    let local_mut = unsafe { std::slice::from_raw_parts_mut(ptr, local.len()) };
+    vm_call(pid, local_mut, ranges, true)
+}
+
+/// /proc/PID/mem, which can also read and write pages the process itself may
+/// not (PROT_NONE, read-only): used where process_vm_* cannot reach.
+pub struct ProcMem {
+    file: File,
+    pid: i32,
+}
+
+impl ProcMem {
+    pub fn open(pid: i32, write: bool) -> Result<Self> {
+        let path = format!("/proc/{pid}/mem");
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(write)
+            .open(&path)
+            .map_err(|e| SysError::Proc {
+                path,
+                detail: e.to_string(),
+            })?;
+        Ok(ProcMem { file, pid })
+    }
+
+    pub fn read_exact_at(&self, addr: u64, buf: &mut [u8]) -> Result<()> {
+        self.file
+            .read_exact_at(buf, addr)
+            .map_err(|e| SysError::Call {
+                call: "pread(/proc/PID/mem)",
+                target: format!("process {} at {addr:#x}", self.pid),
+                source: e,
+            })
+    }
+
+    pub fn write_all_at(&self, addr: u64, buf: &[u8]) -> Result<()> {
+        self.file
+            .write_all_at(buf, addr)
+            .map_err(|e| SysError::Call {
+                call: "pwrite(/proc/PID/mem)",
+                target: format!("process {} at {addr:#x}", self.pid),
+                source: e,
+            })
+    }
+}
+
+/// Bits of a /proc/PID/pagemap entry.
+pub mod pm {
+    pub const PRESENT: u64 = 1 << 63;
+    pub const SWAPPED: u64 = 1 << 62;
+    pub const FILE_OR_SHARED: u64 = 1 << 61;
+    pub const EXCLUSIVE: u64 = 1 << 56;
+    pub const SOFT_DIRTY: u64 = 1 << 55;
+}
+
+/// /proc/PID/pagemap: one 64-bit entry per virtual page.
+pub struct Pagemap {
+    file: File,
+    pid: i32,
+}
+
+impl Pagemap {
+    pub fn open(pid: i32) -> Result<Self> {
+        let path = format!("/proc/{pid}/pagemap");
+        let file = File::open(&path).map_err(|e| SysError::Proc {
+            path,
+            detail: e.to_string(),
+        })?;
+        Ok(Pagemap { file, pid })
+    }
+
+    /// Entries for the pages of `[start, end)`, appended to `out`.
+    pub fn read(&self, start: u64, end: u64, out: &mut Vec<u64>) -> Result<()> {
+        let n = ((end - start) / PAGE_SIZE) as usize;
+        let base = out.len();
+        out.resize(base + n, 0);
+        let bytes = &mut out[base..];
+        // SAFETY: a u64 slice viewed as bytes: same memory, u8 has no alignment
+        // or validity requirements, length scaled by 8.
+        let raw = unsafe { std::slice::from_raw_parts_mut(bytes.as_mut_ptr() as *mut u8, n * 8) };
+        self.file
+            .read_exact_at(raw, start / PAGE_SIZE * 8)
+            .map_err(|e| SysError::Call {
+                call: "pread(/proc/PID/pagemap)",
+                target: format!("process {} range {start:#x}-{end:#x}", self.pid),
+                source: e,
+            })
+    }
+}
+
+/// Finds the address of a `syscall` instruction (0f 05) in one of the given
+/// readable executable ranges of `pid`.
+pub fn find_syscall_insn(pid: i32, exec_ranges: &[Range]) -> Result<Option<u64>> {
+    let mut buf = vec![0u8; 64 * 1024];
+    for r in exec_ranges {
+        let mut addr = r.addr;
+        let end = r.addr + r.len;
+        while addr < end {
+            let len = (end - addr).min(buf.len() as u64);
+            let n = read_ranges(pid, &mut buf[..len as usize], &[Range { addr, len }])?;
+            if let Some(i) = buf[..n].windows(2).position(|w| w == [0x0f, 0x05]) {
+                return Ok(Some(addr + i as u64));
+            }
+            if n == 0 {
+                break;
+            }
+            // Overlap by one byte so an instruction split across chunks is found.
+            addr += (n as u64).max(2) - 1;
+        }
+    }
+    Ok(None)
+}

@@ -1,0 +1,332 @@
+//! Parsers for the /proc files Godwit reads.
+
+use crate::{Result, SysError};
+use std::path::PathBuf;
+
+fn read(path: &str) -> Result<String> {
+    std::fs::read_to_string(path).map_err(|e| SysError::Proc {
+        path: path.to_string(),
+        detail: e.to_string(),
+    })
+}
+
+fn bad(path: &str, detail: impl Into<String>) -> SysError {
+    SysError::Proc {
+        path: path.to_string(),
+        detail: detail.into(),
+    }
+}
+
+/// One line of /proc/PID/smaps with its VmFlags.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct MapEntry {
+    pub start: u64,
+    pub end: u64,
+    pub read: bool,
+    pub write: bool,
+    pub exec: bool,
+    pub shared: bool,
+    pub offset: u64,
+    pub dev_major: u32,
+    pub dev_minor: u32,
+    pub inode: u64,
+    /// The path or pseudo-name (`[heap]`, `[stack]`, `[vdso]` ...); empty for anonymous memory.
+    pub name: String,
+    /// Two-letter VmFlags (`rd`, `wr`, `gd`, `dc`, ...).
+    pub vm_flags: Vec<String>,
+}
+
+impl MapEntry {
+    pub fn has_flag(&self, f: &str) -> bool {
+        self.vm_flags.iter().any(|x| x == f)
+    }
+    pub fn len(&self) -> u64 {
+        self.end - self.start
+    }
+    pub fn is_empty(&self) -> bool {
+        self.end == self.start
+    }
+}
+
+/// Parses one header line of maps/smaps.
+pub fn parse_map_line(line: &str) -> Option<MapEntry> {
+    let mut it = line.splitn(6, ' ');
+    let range = it.next()?;
+    let perms = it.next()?.as_bytes();
+    let offset = u64::from_str_radix(it.next()?, 16).ok()?;
+    let dev = it.next()?;
+    let inode = it.next()?.parse().ok()?;
+    let name = it.next().unwrap_or("").trim_start().to_string();
+    let (s, e) = range.split_once('-')?;
+    let (maj, min) = dev.split_once(':')?;
+    if perms.len() < 4 {
+        return None;
+    }
+    Some(MapEntry {
+        start: u64::from_str_radix(s, 16).ok()?,
+        end: u64::from_str_radix(e, 16).ok()?,
+        read: perms[0] == b'r',
+        write: perms[1] == b'w',
+        exec: perms[2] == b'x',
+        shared: perms[3] == b's',
+        offset,
+        dev_major: u32::from_str_radix(maj, 16).ok()?,
+        dev_minor: u32::from_str_radix(min, 16).ok()?,
+        inode,
+        name,
+        vm_flags: Vec::new(),
+    })
+}
+
+/// Reads /proc/PID/smaps: every mapping with its VmFlags.
+pub fn smaps(pid: i32) -> Result<Vec<MapEntry>> {
+    let path = format!("/proc/{pid}/smaps");
+    let text = read(&path)?;
+    let mut out: Vec<MapEntry> = Vec::new();
+    for line in text.lines() {
+        let first = line.as_bytes().first().copied().unwrap_or(b' ');
+        if first.is_ascii_digit() || (b'a'..=b'f').contains(&first) {
+            out.push(parse_map_line(line).ok_or_else(|| bad(&path, format!("bad line {line:?}")))?);
+        } else if let Some(flags) = line.strip_prefix("VmFlags:") {
+            if let Some(last) = out.last_mut() {
+                last.vm_flags = flags.split_whitespace().map(str::to_string).collect();
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The memory-layout fields of /proc/PID/stat (visible to a tracer or root).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stat {
+    pub comm: String,
+    pub state: char,
+    pub ppid: i32,
+    pub pgrp: i32,
+    pub session: i32,
+    pub num_threads: i64,
+    pub start_time: u64,
+    pub start_code: u64,
+    pub end_code: u64,
+    pub start_stack: u64,
+    pub start_data: u64,
+    pub end_data: u64,
+    pub start_brk: u64,
+    pub arg_start: u64,
+    pub arg_end: u64,
+    pub env_start: u64,
+    pub env_end: u64,
+}
+
+/// Parses the text of /proc/PID/stat.
+pub fn parse_stat(text: &str, path: &str) -> Result<Stat> {
+    let open = text.find('(').ok_or_else(|| bad(path, "no '('"))?;
+    let close = text.rfind(')').ok_or_else(|| bad(path, "no ')'"))?;
+    let comm = text[open + 1..close].to_string();
+    // Field 3 (state) is the first after the comm.
+    let f: Vec<&str> = text[close + 1..].split_whitespace().collect();
+    let n = |i: usize| -> Result<u64> {
+        f.get(i - 3)
+            .and_then(|s| s.parse::<i64>().ok())
+            .map(|v| v as u64)
+            .ok_or_else(|| bad(path, format!("field {i} missing")))
+    };
+    Ok(Stat {
+        comm,
+        state: f.first().and_then(|s| s.chars().next()).unwrap_or('?'),
+        ppid: n(4)? as i32,
+        pgrp: n(5)? as i32,
+        session: n(6)? as i32,
+        num_threads: n(20)? as i64,
+        start_time: n(22)?,
+        start_code: n(26)?,
+        end_code: n(27)?,
+        start_stack: n(28)?,
+        start_data: n(45)?,
+        end_data: n(46)?,
+        start_brk: n(47)?,
+        arg_start: n(48)?,
+        arg_end: n(49)?,
+        env_start: n(50)?,
+        env_end: n(51)?,
+    })
+}
+
+pub fn stat(pid: i32) -> Result<Stat> {
+    let path = format!("/proc/{pid}/stat");
+    parse_stat(&read(&path)?, &path)
+}
+
+/// Fields of /proc/PID/status that Godwit uses.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Status {
+    /// real, effective, saved, filesystem
+    pub uids: [u32; 4],
+    pub gids: [u32; 4],
+    pub groups: Vec<u32>,
+    pub umask: u32,
+    pub tgid: i32,
+    /// The PID in each nested PID namespace, outermost first.
+    pub nspid: Vec<i32>,
+    pub cap_eff: u64,
+}
+
+pub fn parse_status(text: &str, path: &str) -> Result<Status> {
+    let mut st = Status::default();
+    let four = |v: &str| -> Result<[u32; 4]> {
+        let x: Vec<u32> = v.split_whitespace().filter_map(|s| s.parse().ok()).collect();
+        x.try_into().map_err(|_| bad(path, "bad Uid/Gid line"))
+    };
+    for line in text.lines() {
+        let Some((k, v)) = line.split_once(':') else {
+            continue;
+        };
+        let v = v.trim();
+        match k {
+            "Uid" => st.uids = four(v)?,
+            "Gid" => st.gids = four(v)?,
+            "Groups" => st.groups = v.split_whitespace().filter_map(|s| s.parse().ok()).collect(),
+            "Umask" => st.umask = u32::from_str_radix(v, 8).map_err(|_| bad(path, "bad Umask"))?,
+            "Tgid" => st.tgid = v.parse().map_err(|_| bad(path, "bad Tgid"))?,
+            "NSpid" => st.nspid = v.split_whitespace().filter_map(|s| s.parse().ok()).collect(),
+            "CapEff" => st.cap_eff = u64::from_str_radix(v, 16).unwrap_or(0),
+            _ => {}
+        }
+    }
+    Ok(st)
+}
+
+pub fn status(pid: i32) -> Result<Status> {
+    let path = format!("/proc/{pid}/status");
+    parse_status(&read(&path)?, &path)
+}
+
+/// The thread ids of a process, sorted.
+pub fn tasks(pid: i32) -> Result<Vec<i32>> {
+    let path = format!("/proc/{pid}/task");
+    let mut v: Vec<i32> = std::fs::read_dir(&path)
+        .map_err(|e| bad(&path, e.to_string()))?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    v.sort_unstable();
+    Ok(v)
+}
+
+/// The open file descriptor numbers of a process, sorted.
+pub fn fds(pid: i32) -> Result<Vec<i32>> {
+    let path = format!("/proc/{pid}/fd");
+    let mut v: Vec<i32> = std::fs::read_dir(&path)
+        .map_err(|e| bad(&path, e.to_string()))?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    v.sort_unstable();
+    Ok(v)
+}
+
+/// /proc/PID/fdinfo/FD.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FdInfo {
+    pub pos: u64,
+    /// open(2) flags, including O_CLOEXEC.
+    pub flags: u32,
+    pub mnt_id: u64,
+    pub ino: u64,
+}
+
+pub fn fdinfo(pid: i32, fd: i32) -> Result<FdInfo> {
+    let path = format!("/proc/{pid}/fdinfo/{fd}");
+    let text = read(&path)?;
+    let mut fi = FdInfo::default();
+    for line in text.lines() {
+        let Some((k, v)) = line.split_once(':') else {
+            continue;
+        };
+        let v = v.trim();
+        match k {
+            "pos" => fi.pos = v.parse().map_err(|_| bad(&path, "bad pos"))?,
+            "flags" => fi.flags = u32::from_str_radix(v, 8).map_err(|_| bad(&path, "bad flags"))?,
+            "mnt_id" => fi.mnt_id = v.parse().unwrap_or(0),
+            "ino" => fi.ino = v.parse().unwrap_or(0),
+            _ => {}
+        }
+    }
+    Ok(fi)
+}
+
+/// The target of a /proc symlink (fd, cwd, exe, ...).
+pub fn link(path: &str) -> Result<PathBuf> {
+    std::fs::read_link(path).map_err(|e| bad(path, e.to_string()))
+}
+
+pub fn auxv(pid: i32) -> Result<Vec<u64>> {
+    let path = format!("/proc/{pid}/auxv");
+    let bytes = std::fs::read(&path).map_err(|e| bad(&path, e.to_string()))?;
+    Ok(bytes
+        .chunks_exact(8)
+        .map(|c| u64::from_le_bytes(c.try_into().expect("chunks of 8")))
+        .collect())
+}
+
+pub fn personality(pid: i32) -> Result<u32> {
+    let path = format!("/proc/{pid}/personality");
+    let t = read(&path)?;
+    u32::from_str_radix(t.trim(), 16).map_err(|_| bad(&path, "bad value"))
+}
+
+pub fn comm(pid: i32, tid: i32) -> Result<String> {
+    Ok(read(&format!("/proc/{pid}/task/{tid}/comm"))?
+        .trim_end_matches('\n')
+        .to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn map_lines() {
+        let e = parse_map_line(
+            "7f309e796000-7f309e79a000 r--p 00000000 00:00 0                          [vvar]",
+        )
+        .unwrap();
+        assert_eq!(e.start, 0x7f309e796000);
+        assert_eq!(e.name, "[vvar]");
+        assert!(e.read && !e.write && !e.shared);
+        let e = parse_map_line("55d0c0a00000-55d0c0a01000 rw-s 00001000 fe:01 1234   /tmp/a b").unwrap();
+        assert_eq!((e.dev_major, e.dev_minor, e.inode), (0xfe, 1, 1234));
+        assert_eq!(e.name, "/tmp/a b");
+        assert!(e.shared && e.write);
+        let e = parse_map_line("55d0c0a00000-55d0c0a01000 rw-p 00000000 00:00 0 ").unwrap();
+        assert_eq!(e.name, "");
+        assert!(parse_map_line("garbage").is_none());
+    }
+
+    #[test]
+    fn own_process() {
+        let me = std::process::id() as i32;
+        let maps = smaps(me).unwrap();
+        assert!(maps.iter().any(|m| m.name == "[stack]" && m.has_flag("gd")));
+        let st = stat(me).unwrap();
+        assert!(st.start_code > 0 && st.arg_start > 0);
+        let s = status(me).unwrap();
+        assert_eq!(s.tgid, me);
+        assert!(tasks(me).unwrap().contains(&me));
+        assert!(fds(me).unwrap().contains(&0) || fds(me).is_ok());
+        assert!(auxv(me).unwrap().len() > 4);
+    }
+
+    #[test]
+    fn stat_with_odd_comm() {
+        // Fields 3..=52; field i holds i, except the ones checked below.
+        let mut f: Vec<String> = (3..=52).map(|i| i.to_string()).collect();
+        f[0] = "S".into();
+        let line = format!("42 (a) b (c)) {}", f.join(" "));
+        let s = parse_stat(&line, "x").unwrap();
+        assert_eq!(s.comm, "a) b (c)");
+        assert_eq!((s.state, s.ppid, s.pgrp, s.session), ('S', 4, 5, 6));
+        assert_eq!((s.start_code, s.end_code, s.start_stack), (26, 27, 28));
+        assert_eq!((s.start_data, s.end_data, s.start_brk), (45, 46, 47));
+        assert_eq!((s.arg_start, s.arg_end, s.env_start, s.env_end), (48, 49, 50, 51));
+        assert!(parse_stat("nonsense", "x").is_err());
+    }
+}

@@ -1,0 +1,231 @@
+//! Process-level calls made from the tracer: limits, robust lists, pidfds,
+//! pipes, signals, and creating a process with a chosen PID.
+
+use crate::{check, Result, SysError};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+/// A resource limit as (soft, hard).
+pub fn get_rlimit(pid: i32, resource: u32) -> Result<(u64, u64)> {
+    let mut old = libc::rlimit64 {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: prlimit64 with a null new-limit pointer and a valid out-pointer.
+    let r = unsafe { libc::prlimit64(pid, resource as _, std::ptr::null(), &mut old) };
+    check(r as i64, "prlimit64(get)", format!("process {pid}"))?;
+    Ok((old.rlim_cur, old.rlim_max))
+}
+
+/// Sets a resource limit of another process.
+pub fn set_rlimit(pid: i32, resource: u32, soft: u64, hard: u64) -> Result<()> {
+    let new = libc::rlimit64 {
+        rlim_cur: soft,
+        rlim_max: hard,
+    };
+    // SAFETY: prlimit64 with a valid new-limit pointer and a null out-pointer.
+    let r = unsafe { libc::prlimit64(pid, resource as _, &new, std::ptr::null_mut()) };
+    check(r as i64, "prlimit64(set)", format!("process {pid} resource {resource}")).map(drop)
+}
+
+/// The robust futex list head and length of a task (get_robust_list).
+pub fn robust_list(tid: i32) -> Result<(u64, u64)> {
+    let mut head: u64 = 0;
+    let mut len: usize = 0;
+    // SAFETY: both out-pointers are valid for the call.
+    let r = unsafe { libc::syscall(libc::SYS_get_robust_list, tid, &mut head, &mut len) };
+    check(r, "get_robust_list", format!("task {tid}"))?;
+    Ok((head, len as u64))
+}
+
+/// Opens a pidfd for `pid`.
+pub fn pidfd_open(pid: i32) -> Result<OwnedFd> {
+    // SAFETY: plain integer syscall.
+    let r = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    let fd = check(r, "pidfd_open", format!("process {pid}"))?;
+    // SAFETY: the kernel returned a new file descriptor that we now own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Duplicates file descriptor `fd` of the process behind `pidfd` into ours.
+pub fn pidfd_getfd(pidfd: &OwnedFd, fd: i32) -> Result<OwnedFd> {
+    // SAFETY: plain integer syscall on a pidfd we own.
+    let r = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd, 0) };
+    let n = check(r, "pidfd_getfd", format!("fd {fd}"))?;
+    // SAFETY: the kernel returned a new file descriptor that we now own.
+    Ok(unsafe { OwnedFd::from_raw_fd(n as i32) })
+}
+
+/// Creates a pipe: (read end, write end), both close-on-exec.
+pub fn pipe() -> Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0i32; 2];
+    // SAFETY: `fds` is a valid array of two ints.
+    let r = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) };
+    check(r as i64, "pipe2", "godwit")?;
+    // SAFETY: pipe2 returned two new descriptors that we now own.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// Number of bytes waiting in a pipe (FIONREAD).
+pub fn pipe_pending(fd: &OwnedFd) -> Result<usize> {
+    let mut n: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one int to the valid out-pointer.
+    let r = unsafe { libc::ioctl(fd.as_raw_fd(), libc::FIONREAD, &mut n) };
+    check(r as i64, "ioctl(FIONREAD)", "pipe")?;
+    Ok(n as usize)
+}
+
+/// Duplicates up to `len` bytes of pipe `from` into pipe `to` without consuming them (tee(2)).
+pub fn tee(from: &OwnedFd, to: &OwnedFd, len: usize) -> Result<usize> {
+    // SAFETY: plain integer syscall on descriptors we own.
+    let r = unsafe {
+        libc::tee(
+            from.as_raw_fd(),
+            to.as_raw_fd(),
+            len,
+            libc::SPLICE_F_NONBLOCK,
+        )
+    };
+    check(r as i64, "tee", "pipe").map(|n| n as usize)
+}
+
+/// Sends `sig` to process `pid`.
+pub fn kill(pid: i32, sig: i32) -> Result<()> {
+    // SAFETY: plain integer syscall.
+    let r = unsafe { libc::kill(pid, sig) };
+    check(r as i64, "kill", format!("process {pid}")).map(drop)
+}
+
+/// Whether the process `pid` exists (and is not a zombie we could reap).
+pub fn alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => !s
+            .rsplit_once(')')
+            .map(|(_, r)| r.trim_start().starts_with(['Z', 'X']))
+            .unwrap_or(false),
+        Err(_) => false,
+    }
+}
+
+/// Makes the caller a child subreaper: orphaned descendants are re-parented to it.
+pub fn set_child_subreaper() -> Result<()> {
+    // SAFETY: plain integer prctl.
+    let r = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    check(r as i64, "prctl(PR_SET_CHILD_SUBREAPER)", "self").map(drop)
+}
+
+/// The caller's effective uid.
+pub fn euid() -> u32 {
+    // SAFETY: geteuid cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+/// XCR0 of this CPU (the enabled xsave features) and the xsave area size for them.
+pub fn xsave_features() -> (u64, u32) {
+    if !std::arch::is_x86_feature_detected!("xsave") {
+        return (0, 512);
+    }
+    let (lo, hi): (u32, u32);
+    // SAFETY: xgetbv with ecx=0 is valid when the CPU supports XSAVE (checked
+    // above) and the OS enabled it (it did: x86_64 Linux always does then).
+    unsafe {
+        std::arch::asm!("xgetbv", in("ecx") 0u32, out("eax") lo, out("edx") hi, options(nomem, nostack));
+    }
+    let size = std::arch::x86_64::__cpuid_count(0xd, 0).ebx;
+    (((hi as u64) << 32) | lo as u64, size)
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
+/// Creates a new process with PID `pid` (in the caller's PID namespace) that
+/// waits in pause(2), re-parented to init (or the nearest subreaper) so that it
+/// is not a child of the caller. Its memory is a copy of the caller's. Returns
+/// its PID; `EEXIST` (as [`SysError::Call`]) when `pid` is in use.
+pub fn spawn_stub(pid: i32) -> Result<i32> {
+    let (rd, wr) = pipe()?;
+    // SAFETY: fork in a possibly multi-threaded process; the child only makes
+    // async-signal-safe raw syscalls (clone3, write, _exit, pause) before it
+    // exits or waits forever.
+    let h = unsafe { libc::fork() };
+    if h < 0 {
+        return Err(SysError::call("fork", "godwit"));
+    }
+    if h == 0 {
+        let set_tid = [pid];
+        let args = CloneArgs {
+            exit_signal: libc::SIGCHLD as u64,
+            set_tid: set_tid.as_ptr() as u64,
+            set_tid_size: 1,
+            ..Default::default()
+        };
+        // SAFETY: clone3 with a valid args struct; the child returns 0 on the
+        // same stack copy and only loops on pause below.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_clone3,
+                &args as *const CloneArgs,
+                std::mem::size_of::<CloneArgs>(),
+            )
+        };
+        if r == 0 {
+            loop {
+                // SAFETY: pause has no arguments.
+                unsafe { libc::syscall(libc::SYS_pause) };
+            }
+        }
+        let code: i32 = if r < 0 {
+            // SAFETY: reading errno right after the failed call.
+            -unsafe { *libc::__errno_location() }
+        } else {
+            r as i32
+        };
+        let b = code.to_le_bytes();
+        // SAFETY: write of a 4-byte local buffer, then _exit without unwinding.
+        unsafe {
+            libc::write(wr.as_raw_fd(), b.as_ptr() as *const libc::c_void, 4);
+            libc::_exit(0);
+        }
+    }
+    drop(wr);
+    let mut status = 0;
+    // SAFETY: valid out-pointer; `h` is our child.
+    unsafe { libc::waitpid(h, &mut status, 0) };
+    let mut b = [0u8; 4];
+    // SAFETY: read into a 4-byte local buffer.
+    let n = unsafe { libc::read(rd.as_raw_fd(), b.as_mut_ptr() as *mut libc::c_void, 4) };
+    if n != 4 {
+        return Err(SysError::call_errno("clone3(set_tid)", format!("pid {pid}"), libc::EIO));
+    }
+    let code = i32::from_le_bytes(b);
+    if code < 0 {
+        return Err(SysError::call_errno("clone3(set_tid)", format!("pid {pid}"), -code));
+    }
+    Ok(code)
+}
+
+/// Sets a pipe's capacity (F_SETPIPE_SZ), at least `bytes`.
+pub fn set_pipe_size(fd: &OwnedFd, bytes: usize) -> Result<()> {
+    // SAFETY: plain integer fcntl on a descriptor we own.
+    let r = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETPIPE_SZ, bytes as libc::c_int) };
+    check(r as i64, "fcntl(F_SETPIPE_SZ)", "pipe").map(drop)
+}
+
+/// write(2) on a raw descriptor; returns the bytes written.
+pub fn write(fd: i32, data: &[u8]) -> Result<usize> {
+    // SAFETY: `data` is a valid buffer of `data.len()` bytes.
+    let r = unsafe { libc::write(fd, data.as_ptr() as *const libc::c_void, data.len()) };
+    check(r as i64, "write", format!("fd {fd}")).map(|n| n as usize)
+}

@@ -1,0 +1,323 @@
+//! Safe wrappers over ptrace(2) for a tracer that seizes tasks it did not start.
+
+use crate::regs::GpRegs;
+use crate::{check, Result, SysError};
+
+const NT_PRSTATUS: libc::c_int = 1;
+const NT_X86_XSTATE: libc::c_int = 0x202;
+const PTRACE_GET_RSEQ_CONFIGURATION: libc::c_uint = 0x420f;
+/// Largest xsave area we accept (AMX hosts need ~11 KiB).
+const MAX_XSTATE: usize = 16 * 1024;
+
+/// Options Godwit sets on every seized task.
+pub const OPTIONS: libc::c_int = libc::PTRACE_O_TRACESYSGOOD | libc::PTRACE_O_TRACECLONE;
+
+/// How a traced task stopped, as reported by `waitpid`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// A syscall-enter or syscall-exit stop (PTRACE_O_TRACESYSGOOD).
+    Syscall,
+    /// PTRACE_EVENT_STOP: the stop after PTRACE_INTERRUPT, or a new clone's first stop.
+    EventStop(i32),
+    /// PTRACE_EVENT_CLONE and friends.
+    Event(i32),
+    /// A signal-delivery stop with this signal.
+    Signal(i32),
+    /// The task exited with this status.
+    Exited(i32),
+    /// The task was killed by this signal.
+    Killed(i32),
+}
+
+fn req(
+    request: libc::c_uint,
+    tid: i32,
+    addr: usize,
+    data: usize,
+    name: &'static str,
+) -> Result<i64> {
+    // SAFETY: ptrace with integer or caller-checked pointer arguments; the kernel
+    // validates the tid, and every pointer passed through `addr`/`data` by the
+    // functions of this module points to live memory of the right size.
+    let r = unsafe { libc::ptrace(request, tid, addr, data) };
+    check(r, name, format!("task {tid}"))
+}
+
+/// Attaches to `tid` without stopping it (PTRACE_SEIZE) with [`OPTIONS`].
+pub fn seize(tid: i32) -> Result<()> {
+    req(libc::PTRACE_SEIZE, tid, 0, OPTIONS as usize, "PTRACE_SEIZE").map(drop)
+}
+
+/// Asks a seized task to stop (PTRACE_INTERRUPT); wait for the stop with [`wait`].
+pub fn interrupt(tid: i32) -> Result<()> {
+    req(libc::PTRACE_INTERRUPT, tid, 0, 0, "PTRACE_INTERRUPT").map(drop)
+}
+
+/// Detaches, letting the task run (no signal injected).
+pub fn detach(tid: i32) -> Result<()> {
+    req(libc::PTRACE_DETACH, tid, 0, 0, "PTRACE_DETACH").map(drop)
+}
+
+/// Resumes a stopped task, delivering `sig` (0 for none).
+pub fn cont(tid: i32, sig: i32) -> Result<()> {
+    req(libc::PTRACE_CONT, tid, 0, sig as usize, "PTRACE_CONT").map(drop)
+}
+
+/// Resumes a stopped task until the next syscall entry or exit.
+pub fn syscall(tid: i32) -> Result<()> {
+    req(libc::PTRACE_SYSCALL, tid, 0, 0, "PTRACE_SYSCALL").map(drop)
+}
+
+/// Sets ptrace options on a traced task.
+pub fn set_options(tid: i32, options: libc::c_int) -> Result<()> {
+    req(
+        libc::PTRACE_SETOPTIONS,
+        tid,
+        0,
+        options as usize,
+        "PTRACE_SETOPTIONS",
+    )
+    .map(drop)
+}
+
+/// Reads the event message (e.g. a new thread's id after PTRACE_EVENT_CLONE).
+pub fn event_msg(tid: i32) -> Result<u64> {
+    let mut msg: libc::c_ulong = 0;
+    req(
+        libc::PTRACE_GETEVENTMSG,
+        tid,
+        0,
+        &mut msg as *mut _ as usize,
+        "PTRACE_GETEVENTMSG",
+    )?;
+    Ok(msg)
+}
+
+/// Waits for the next state change of traced task `tid` (`__WALL`).
+pub fn wait(tid: i32) -> Result<Stop> {
+    let mut status = 0;
+    loop {
+        // SAFETY: `status` is a valid out-pointer for the duration of the call.
+        let r = unsafe { libc::waitpid(tid, &mut status, libc::__WALL) };
+        if r < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::EINTR) {
+                continue;
+            }
+            return Err(SysError::Call {
+                call: "waitpid",
+                target: format!("task {tid}"),
+                source: e,
+            });
+        }
+        break;
+    }
+    Ok(decode_status(status))
+}
+
+fn decode_status(status: i32) -> Stop {
+    if libc::WIFEXITED(status) {
+        return Stop::Exited(libc::WEXITSTATUS(status));
+    }
+    if libc::WIFSIGNALED(status) {
+        return Stop::Killed(libc::WTERMSIG(status));
+    }
+    let sig = libc::WSTOPSIG(status);
+    let event = (status >> 16) & 0xff;
+    if sig == (libc::SIGTRAP | 0x80) {
+        Stop::Syscall
+    } else if event == libc::PTRACE_EVENT_STOP {
+        Stop::EventStop(sig)
+    } else if event != 0 {
+        Stop::Event(event)
+    } else {
+        Stop::Signal(sig)
+    }
+}
+
+/// Reads the general-purpose registers of a stopped task.
+pub fn get_regs(tid: i32) -> Result<GpRegs> {
+    let mut regs = GpRegs::default();
+    let mut iov = libc::iovec {
+        iov_base: &mut regs as *mut _ as *mut libc::c_void,
+        iov_len: std::mem::size_of::<GpRegs>(),
+    };
+    req(
+        libc::PTRACE_GETREGSET,
+        tid,
+        NT_PRSTATUS as usize,
+        &mut iov as *mut _ as usize,
+        "PTRACE_GETREGSET(NT_PRSTATUS)",
+    )?;
+    Ok(regs)
+}
+
+/// Writes the general-purpose registers of a stopped task.
+pub fn set_regs(tid: i32, regs: &GpRegs) -> Result<()> {
+    let mut copy = *regs;
+    let mut iov = libc::iovec {
+        iov_base: &mut copy as *mut _ as *mut libc::c_void,
+        iov_len: std::mem::size_of::<GpRegs>(),
+    };
+    req(
+        libc::PTRACE_SETREGSET,
+        tid,
+        NT_PRSTATUS as usize,
+        &mut iov as *mut _ as usize,
+        "PTRACE_SETREGSET(NT_PRSTATUS)",
+    )
+    .map(drop)
+}
+
+/// Reads the task's whole xsave area (x87, SSE, AVX, ... as the CPU has them).
+pub fn get_xstate(tid: i32) -> Result<Vec<u8>> {
+    let mut buf = vec![0u8; MAX_XSTATE];
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr() as *mut libc::c_void,
+        iov_len: buf.len(),
+    };
+    req(
+        libc::PTRACE_GETREGSET,
+        tid,
+        NT_X86_XSTATE as usize,
+        &mut iov as *mut _ as usize,
+        "PTRACE_GETREGSET(NT_X86_XSTATE)",
+    )?;
+    buf.truncate(iov.iov_len);
+    Ok(buf)
+}
+
+/// Writes the task's xsave area.
+pub fn set_xstate(tid: i32, xstate: &[u8]) -> Result<()> {
+    let mut copy = xstate.to_vec();
+    let mut iov = libc::iovec {
+        iov_base: copy.as_mut_ptr() as *mut libc::c_void,
+        iov_len: copy.len(),
+    };
+    req(
+        libc::PTRACE_SETREGSET,
+        tid,
+        NT_X86_XSTATE as usize,
+        &mut iov as *mut _ as usize,
+        "PTRACE_SETREGSET(NT_X86_XSTATE)",
+    )
+    .map(drop)
+}
+
+/// Reads the blocked-signal mask of a stopped task.
+pub fn get_sigmask(tid: i32) -> Result<u64> {
+    let mut mask: u64 = 0;
+    req(
+        libc::PTRACE_GETSIGMASK,
+        tid,
+        8,
+        &mut mask as *mut _ as usize,
+        "PTRACE_GETSIGMASK",
+    )?;
+    Ok(mask)
+}
+
+/// Sets the blocked-signal mask of a stopped task.
+pub fn set_sigmask(tid: i32, mask: u64) -> Result<()> {
+    let m = mask;
+    req(
+        libc::PTRACE_SETSIGMASK,
+        tid,
+        8,
+        &m as *const _ as usize,
+        "PTRACE_SETSIGMASK",
+    )
+    .map(drop)
+}
+
+/// A raw 128-byte `siginfo_t` of a queued signal.
+pub type RawSiginfo = [u8; 128];
+
+/// Reads the pending signals of a task without dequeuing them: the thread's own
+/// queue, or (`shared`) the process-wide one.
+pub fn peek_siginfo(tid: i32, shared: bool) -> Result<Vec<RawSiginfo>> {
+    #[repr(C)]
+    struct PeekArgs {
+        off: u64,
+        flags: u32,
+        nr: i32,
+    }
+    const PTRACE_PEEKSIGINFO: libc::c_uint = 0x4209;
+    const PTRACE_PEEKSIGINFO_SHARED: u32 = 1;
+    let mut out = Vec::new();
+    loop {
+        let mut chunk = vec![[0u8; 128]; 32];
+        let args = PeekArgs {
+            off: out.len() as u64,
+            flags: if shared { PTRACE_PEEKSIGINFO_SHARED } else { 0 },
+            nr: chunk.len() as i32,
+        };
+        let n = req(
+            PTRACE_PEEKSIGINFO,
+            tid,
+            &args as *const _ as usize,
+            chunk.as_mut_ptr() as usize,
+            "PTRACE_PEEKSIGINFO",
+        )? as usize;
+        chunk.truncate(n);
+        out.extend(chunk);
+        if n < 32 {
+            return Ok(out);
+        }
+    }
+}
+
+/// A thread's rseq registration as reported by the kernel.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RseqConfig {
+    pub abi_pointer: u64,
+    pub len: u32,
+    pub flags: u32,
+    pub signature: u32,
+}
+
+/// Reads the task's rseq registration (`len == 0` when none).
+pub fn rseq_config(tid: i32) -> Result<RseqConfig> {
+    #[repr(C)]
+    #[derive(Default)]
+    struct Conf {
+        abi_pointer: u64,
+        len: u32,
+        sig: u32,
+        flags: u32,
+        pad: u32,
+    }
+    let mut c = Conf::default();
+    req(
+        PTRACE_GET_RSEQ_CONFIGURATION,
+        tid,
+        std::mem::size_of::<Conf>(),
+        &mut c as *mut _ as usize,
+        "PTRACE_GET_RSEQ_CONFIGURATION",
+    )?;
+    Ok(RseqConfig {
+        abi_pointer: c.abi_pointer,
+        len: c.len,
+        flags: c.flags,
+        signature: c.sig,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_decoding() {
+        assert_eq!(decode_status(0), Stop::Exited(0));
+        assert_eq!(decode_status(9), Stop::Killed(9));
+        // stopped with SIGTRAP|0x80
+        assert_eq!(decode_status(((0x80 | 5) << 8) | 0x7f), Stop::Syscall);
+        // PTRACE_EVENT_STOP with SIGTRAP
+        assert_eq!(
+            decode_status((libc::PTRACE_EVENT_STOP << 16) | (5 << 8) | 0x7f),
+            Stop::EventStop(5)
+        );
+        assert_eq!(decode_status((19 << 8) | 0x7f), Stop::Signal(19));
+    }
+}
