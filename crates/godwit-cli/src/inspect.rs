@@ -1,0 +1,198 @@
+//! `godwit inspect`: an image as JSON or as text for people.
+
+use godwit_engine::schema::{Checkpoint, FdKind, VmaKind};
+use godwit_image::ImageReader;
+use serde_json::{json, Value};
+use std::fmt::Write;
+
+fn prot(p: u32) -> String {
+    let mut s = String::new();
+    s.push(if p & libc_prot::READ != 0 { 'r' } else { '-' });
+    s.push(if p & libc_prot::WRITE != 0 { 'w' } else { '-' });
+    s.push(if p & libc_prot::EXEC != 0 { 'x' } else { '-' });
+    s
+}
+
+mod libc_prot {
+    pub const READ: u32 = 1;
+    pub const WRITE: u32 = 2;
+    pub const EXEC: u32 = 4;
+}
+
+/// Everything `inspect` shows, as one JSON value.
+pub fn summary(ck: &Checkpoint, reader: &ImageReader) -> Value {
+    let processes: Vec<Value> = ck
+        .processes
+        .iter()
+        .map(|p| {
+            let vmas: Vec<Value> = p
+                .vmas
+                .iter()
+                .map(|v| {
+                    let stored: u64 = v.pages.iter().map(|r| r.nr_pages * 4096).sum();
+                    json!({
+                        "start": format!("{:#x}", v.start), "end": format!("{:#x}", v.end),
+                        "size": v.end - v.start, "prot": prot(v.prot),
+                        "kind": format!("{:?}", VmaKind::try_from(v.kind).unwrap_or(VmaKind::AnonPrivate)),
+                        "path": v.path, "stored_bytes": stored, "flags": v.vm_flags,
+                    })
+                })
+                .collect();
+            let fds: Vec<Value> = p
+                .fds
+                .iter()
+                .map(|f| {
+                    json!({
+                        "fd": f.fd,
+                        "kind": format!("{:?}", FdKind::try_from(f.kind).unwrap_or(FdKind::Regular)),
+                        "path": if f.kind == FdKind::Pipe as i32 { format!("pipe:[{}]", f.pipe_id) } else { f.path.clone() },
+                        "flags": format!("{:#o}", f.flags), "cloexec": f.cloexec, "pos": f.pos,
+                    })
+                })
+                .collect();
+            let threads: Vec<Value> = p
+                .threads
+                .iter()
+                .map(|t| {
+                    json!({
+                        "tid": t.tid, "comm": t.comm,
+                        "rip": format!("{:#x}", t.gpregs.get(16).copied().unwrap_or(0)),
+                        "sigmask": format!("{:#x}", t.sigmask),
+                        "pending_signals": t.pending.len(), "xstate_bytes": t.xstate.len(),
+                        "rseq": t.rseq.is_some(),
+                    })
+                })
+                .collect();
+            let handlers: Vec<Value> = p
+                .sigactions
+                .iter()
+                .map(|a| {
+                    json!({
+                        "signal": a.signo,
+                        "handler": match a.handler { 0 => "default".to_string(), 1 => "ignore".to_string(), h => format!("{h:#x}") },
+                        "flags": format!("{:#x}", a.flags),
+                    })
+                })
+                .collect();
+            let creds = p.creds.clone().unwrap_or_default();
+            json!({
+                "pid": p.pid, "ppid": p.ppid, "pgid": p.pgid, "sid": p.sid,
+                "comm": p.comm, "exe": p.exe, "cwd": p.cwd,
+                "uids": creds.uids, "gids": creds.gids, "groups": creds.groups,
+                "umask": format!("{:04o}", p.umask),
+                "memory": {
+                    "mappings": vmas.len(),
+                    "mapped_bytes": p.vmas.iter().map(|v| v.end - v.start).sum::<u64>(),
+                    "stored_bytes": p.vmas.iter().flat_map(|v| &v.pages).map(|r| r.nr_pages * 4096).sum::<u64>(),
+                    "vmas": vmas,
+                },
+                "threads": threads, "fds": fds,
+                "pipes": p.pipes.iter().map(|x| json!({"id": x.id, "buffered_bytes": x.data.len()})).collect::<Vec<_>>(),
+                "signals": {
+                    "handlers": handlers,
+                    "shared_pending": p.shared_pending.len(),
+                    "itimers": p.itimers.iter().map(|t| json!({"which": t.which, "value_us": t.value_us, "interval_us": t.interval_us})).collect::<Vec<_>>(),
+                },
+            })
+        })
+        .collect();
+    json!({
+        "image": {
+            "dir": reader.dir(), "bytes": reader.total_bytes(),
+            "godwit_version": ck.godwit_version, "arch": ck.arch, "kernel": ck.kernel,
+            "hostname": ck.hostname, "created_unix_ms": ck.created_unix_ms,
+            "xcr0": ck.cpu.as_ref().map(|c| format!("{:#x}", c.xcr0)),
+            "xsave_size": ck.cpu.as_ref().map(|c| c.xsave_size),
+            "frozen_us": ck.stats.as_ref().map(|s| s.frozen_us),
+        },
+        "processes": processes,
+    })
+}
+
+fn mib(b: u64) -> String {
+    if b >= 1 << 20 {
+        format!("{:.1} MiB", b as f64 / (1 << 20) as f64)
+    } else {
+        format!("{:.1} KiB", b as f64 / 1024.0)
+    }
+}
+
+/// The same as text for people.
+pub fn text(v: &Value, full: bool) -> String {
+    let mut s = String::new();
+    let img = &v["image"];
+    let _ = writeln!(
+        s,
+        "image {}: {} on disk, godwit {}, {} kernel {} on {}",
+        img["dir"].as_str().unwrap_or("?"),
+        mib(img["bytes"].as_u64().unwrap_or(0)),
+        img["godwit_version"].as_str().unwrap_or("?"),
+        img["arch"].as_str().unwrap_or("?"),
+        img["kernel"].as_str().unwrap_or("?"),
+        img["hostname"].as_str().unwrap_or("?"),
+    );
+    for p in v["processes"].as_array().into_iter().flatten() {
+        let _ = writeln!(
+            s,
+            "process {} ({}) ppid {} pgid {} sid {}\n  exe {}\n  cwd {}\n  uids {} gids {} umask {}",
+            p["pid"], p["comm"].as_str().unwrap_or(""), p["ppid"], p["pgid"], p["sid"],
+            p["exe"].as_str().unwrap_or(""), p["cwd"].as_str().unwrap_or(""),
+            p["uids"], p["gids"], p["umask"].as_str().unwrap_or(""),
+        );
+        let m = &p["memory"];
+        let _ = writeln!(
+            s,
+            "  memory: {} mappings, {} mapped, {} stored",
+            m["mappings"],
+            mib(m["mapped_bytes"].as_u64().unwrap_or(0)),
+            mib(m["stored_bytes"].as_u64().unwrap_or(0)),
+        );
+        for vma in m["vmas"].as_array().into_iter().flatten() {
+            if !full && vma["stored_bytes"].as_u64() == Some(0) {
+                continue;
+            }
+            let _ = writeln!(
+                s,
+                "    {}-{} {} {:>11} {:<11} stored {:>10} {}",
+                vma["start"].as_str().unwrap_or(""), vma["end"].as_str().unwrap_or(""),
+                vma["prot"].as_str().unwrap_or(""), mib(vma["size"].as_u64().unwrap_or(0)),
+                vma["kind"].as_str().unwrap_or(""), mib(vma["stored_bytes"].as_u64().unwrap_or(0)),
+                vma["path"].as_str().unwrap_or(""),
+            );
+        }
+        let threads = p["threads"].as_array().cloned().unwrap_or_default();
+        let _ = writeln!(s, "  threads: {}", threads.len());
+        for t in &threads {
+            let _ = writeln!(
+                s,
+                "    tid {} {:<16} rip {} sigmask {} pending {}",
+                t["tid"], t["comm"].as_str().unwrap_or(""), t["rip"].as_str().unwrap_or(""),
+                t["sigmask"].as_str().unwrap_or(""), t["pending_signals"],
+            );
+        }
+        let fds = p["fds"].as_array().cloned().unwrap_or_default();
+        let _ = writeln!(s, "  file descriptors: {}", fds.len());
+        for f in &fds {
+            let _ = writeln!(
+                s,
+                "    {:>4} {:<10} pos {:<8} flags {:<8} {}{}",
+                f["fd"], f["kind"].as_str().unwrap_or(""), f["pos"], f["flags"].as_str().unwrap_or(""),
+                f["path"].as_str().unwrap_or(""),
+                if f["cloexec"].as_bool() == Some(true) { " (cloexec)" } else { "" },
+            );
+        }
+        let sig = &p["signals"];
+        let handlers = sig["handlers"].as_array().cloned().unwrap_or_default();
+        let _ = writeln!(
+            s,
+            "  signals: {} handlers set, {} process-wide pending, {} interval timers",
+            handlers.len(),
+            sig["shared_pending"],
+            sig["itimers"].as_array().map_or(0, |a| a.len()),
+        );
+        for h in &handlers {
+            let _ = writeln!(s, "    signal {:>2}: {} flags {}", h["signal"], h["handler"].as_str().unwrap_or(""), h["flags"].as_str().unwrap_or(""));
+        }
+    }
+    s
+}

@@ -1,0 +1,205 @@
+//! `godwit`: the operator's command line.
+
+mod inspect;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use godwit_engine::dump::{dump, DumpOptions};
+use godwit_engine::restore::{restore, RestoreOptions};
+use godwit_engine::{EngineError, Progress};
+use indicatif::{ProgressBar, ProgressStyle};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Checkpoint, restore and migrate Linux processes.
+///
+/// Exit codes: 0 success, 1 failure, 2 usage error, 3 unusable image,
+/// 4 PID in use, 5 something Godwit does not support yet, 6 no such process
+/// or permission denied.
+#[derive(Parser)]
+#[command(name = "godwit", version, about, long_about)]
+struct Cli {
+    /// Print results as JSON (for scripts).
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Checkpoint a running process into an image directory.
+    ///
+    /// Every thread is frozen, the whole state is written to DIR (created
+    /// 0700, files 0600), then the process is ended unless --leave-running.
+    /// On any failure the process keeps running as it was.
+    Dump {
+        /// The process to checkpoint.
+        #[arg(long)]
+        pid: i32,
+        /// Directory to write the image to (must not hold an image yet).
+        #[arg(long)]
+        images: PathBuf,
+        /// Let the process continue after the checkpoint.
+        #[arg(long)]
+        leave_running: bool,
+        /// Do not fsync the image (faster; for images on tmpfs).
+        #[arg(long)]
+        no_sync: bool,
+    },
+    /// Restore a process from an image, with the same PID and thread IDs.
+    ///
+    /// Returns once the process runs, detached (its parent is init or the
+    /// nearest subreaper), and prints its PID.
+    Restore {
+        /// The image directory written by `godwit dump`.
+        #[arg(long)]
+        images: PathBuf,
+        /// Restore even if files the process uses changed size since the dump.
+        #[arg(long)]
+        allow_file_changes: bool,
+    },
+    /// Show what an image holds: process, threads, memory map, files, signals.
+    Inspect {
+        /// The image directory.
+        dir: PathBuf,
+        /// Also list every memory mapping and file descriptor.
+        #[arg(long)]
+        full: bool,
+    },
+}
+
+/// A progress bar on stderr for long memory transfers (hidden when stderr is
+/// not a terminal, and for small images).
+struct Bar(ProgressBar);
+
+impl Bar {
+    fn new() -> Bar {
+        Bar(ProgressBar::hidden())
+    }
+}
+
+impl Progress for Bar {
+    fn stage(&self, name: &str, total: u64) {
+        if total >= 256 << 20 {
+            self.0.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+        }
+        self.0.set_length(total);
+        self.0.set_position(0);
+        self.0.set_style(
+            ProgressStyle::with_template("{msg:>18} [{bar:40}] {bytes}/{total_bytes} {binary_bytes_per_sec}")
+                .expect("valid template")
+                .progress_chars("=> "),
+        );
+        self.0.set_message(name.to_string());
+    }
+    fn advance(&self, bytes: u64) {
+        self.0.inc(bytes);
+    }
+}
+
+fn exit_code(e: &anyhow::Error) -> u8 {
+    match e.downcast_ref::<EngineError>() {
+        Some(EngineError::Image(_) | EngineError::BadImage(_) | EngineError::CpuMismatch(_)) => 3,
+        Some(EngineError::PidTaken { .. }) => 4,
+        Some(EngineError::Unsupported { .. }) => 5,
+        Some(EngineError::NoSuchProcess { .. } | EngineError::PermissionDenied { .. }) => 6,
+        _ => 1,
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.cmd {
+        Cmd::Dump {
+            pid,
+            images,
+            leave_running,
+            no_sync,
+        } => {
+            let bar = Bar::new();
+            let opts = DumpOptions {
+                leave_running,
+                no_sync,
+            };
+            let r = dump(pid, &images, &opts, &bar).map_err(anyhow::Error::from)?;
+            bar.0.finish_and_clear();
+            if cli.json {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "pid": r.pid, "threads": r.threads, "vmas": r.vmas,
+                        "memory_bytes": r.memory_bytes, "image_bytes": r.image_bytes,
+                        "frozen_ms": r.frozen.as_secs_f64() * 1e3,
+                        "total_ms": r.total.as_secs_f64() * 1e3,
+                        "images": images, "left_running": leave_running,
+                    })
+                );
+            } else {
+                println!(
+                    "dumped process {} ({} threads, {} mappings, {} MiB of memory) to {} in {:.1} ms (frozen {:.1} ms){}",
+                    r.pid,
+                    r.threads,
+                    r.vmas,
+                    r.memory_bytes >> 20,
+                    images.display(),
+                    r.total.as_secs_f64() * 1e3,
+                    r.frozen.as_secs_f64() * 1e3,
+                    if leave_running { "; it keeps running" } else { "; it was ended" }
+                );
+            }
+        }
+        Cmd::Restore {
+            images,
+            allow_file_changes,
+        } => {
+            let bar = Bar::new();
+            let opts = RestoreOptions { allow_file_changes };
+            let r = restore(&images, &opts, &bar).map_err(anyhow::Error::from)?;
+            bar.0.finish_and_clear();
+            if cli.json {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "pid": r.pid, "threads": r.threads, "memory_bytes": r.memory_bytes,
+                        "total_ms": r.total.as_secs_f64() * 1e3,
+                    })
+                );
+            } else {
+                println!("{}", r.pid);
+            }
+        }
+        Cmd::Inspect { dir, full } => {
+            let (ck, reader) = godwit_engine::load(&dir).map_err(anyhow::Error::from)?;
+            let v = inspect::summary(&ck, &reader);
+            if cli.json {
+                println!("{}", serde_json::to_string_pretty(&v).context("encoding JSON")?);
+            } else {
+                print!("{}", inspect::text(&v, full));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("GODWIT_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("godwit: {e}");
+            let mut src = e.source();
+            while let Some(s) = src {
+                eprintln!("  caused by: {s}");
+                src = s.source();
+            }
+            ExitCode::from(exit_code(&e))
+        }
+    }
+}

@@ -1,0 +1,79 @@
+//! Errors of a dump or a restore. Each names the process, the stage and the
+//! resource, and says what the user can do.
+
+use godwit_sys::SysError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("no process with PID {pid}: check the PID (ps -p {pid})")]
+    NoSuchProcess { pid: i32 },
+
+    #[error("permission denied on process {pid}: {detail}")]
+    PermissionDenied { pid: i32, detail: String },
+
+    #[error("process {pid} exited while {stage}; nothing was saved")]
+    ProcessExited { pid: i32, stage: &'static str },
+
+    #[error("process {pid}: {what} is not supported yet; the process was left running as it was")]
+    Unsupported { pid: i32, what: String },
+
+    #[error("process {pid}, {stage}: {source}")]
+    Sys {
+        pid: i32,
+        stage: &'static str,
+        #[source]
+        source: SysError,
+    },
+
+    #[error(transparent)]
+    Image(#[from] godwit_image::ImageError),
+
+    #[error("the image is not usable: {0}")]
+    BadImage(String),
+
+    #[error("PID {pid} is in use on this host (by {holder}); stop that process or restore elsewhere")]
+    PidTaken { pid: i32, holder: String },
+
+    #[error("{path}: {detail} since the dump; restore refused (use --allow-file-changes to restore anyway)")]
+    FileChanged { path: String, detail: String },
+
+    #[error("this CPU lacks features the image needs: {0}; restore it on a host with the same CPU features")]
+    CpuMismatch(String),
+
+    #[error("restore of process {pid} failed while {stage}: {source}")]
+    Restore {
+        pid: i32,
+        stage: &'static str,
+        #[source]
+        source: SysError,
+    },
+}
+
+pub type Result<T, E = EngineError> = std::result::Result<T, E>;
+
+/// Attaches a stage and PID to a [`SysError`] on the dump side.
+pub(crate) trait DumpCtx<T> {
+    fn dumping(self, pid: i32, stage: &'static str) -> Result<T>;
+}
+
+impl<T> DumpCtx<T> for std::result::Result<T, SysError> {
+    fn dumping(self, pid: i32, stage: &'static str) -> Result<T> {
+        self.map_err(|source| {
+            if !godwit_sys::process::alive(pid) {
+                return EngineError::ProcessExited { pid, stage };
+            }
+            EngineError::Sys { pid, stage, source }
+        })
+    }
+}
+
+/// Attaches a stage and PID to a [`SysError`] on the restore side.
+pub(crate) trait RestoreCtx<T> {
+    fn restoring(self, pid: i32, stage: &'static str) -> Result<T>;
+}
+
+impl<T> RestoreCtx<T> for std::result::Result<T, SysError> {
+    fn restoring(self, pid: i32, stage: &'static str) -> Result<T> {
+        self.map_err(|source| EngineError::Restore { pid, stage, source })
+    }
+}

@@ -1,0 +1,97 @@
+//! A stopped, traced task we can run system calls in, with a scratch area in
+//! its address space for arguments and results.
+
+use godwit_sys::inject::Injector;
+use godwit_sys::mem::{self, Range};
+use godwit_sys::{Result, SysError};
+
+/// A task plus a scratch area in its address space.
+#[derive(Debug, Clone, Copy)]
+pub struct Remote {
+    pub pid: i32,
+    pub tid: i32,
+    /// Address of a `syscall` instruction in the task.
+    pub syscall_ip: u64,
+    pub scratch: u64,
+    pub scratch_len: u64,
+}
+
+impl Remote {
+    /// The same process's scratch, injected into thread `tid`.
+    pub fn for_thread(&self, tid: i32) -> Remote {
+        Remote { tid, ..*self }
+    }
+
+    pub fn inj(&self) -> Injector {
+        Injector::new(self.tid, self.syscall_ip)
+    }
+
+    pub fn call(&self, name: &'static str, nr: i64, args: [u64; 6]) -> Result<u64> {
+        self.inj().call(name, nr, args)
+    }
+
+    /// Writes `data` at `offset` in the scratch area.
+    pub fn put(&self, offset: u64, data: &[u8]) -> Result<u64> {
+        self.check(offset, data.len())?;
+        let addr = self.scratch + offset;
+        let n = mem::write_ranges(
+            self.pid,
+            data,
+            &[Range {
+                addr,
+                len: data.len() as u64,
+            }],
+        )?;
+        if n != data.len() {
+            return Err(short(self.pid, "writing scratch"));
+        }
+        Ok(addr)
+    }
+
+    /// Writes a NUL-terminated string at `offset`; returns its address.
+    pub fn put_cstr(&self, offset: u64, s: &str) -> Result<u64> {
+        let mut b = s.as_bytes().to_vec();
+        b.push(0);
+        self.put(offset, &b)
+    }
+
+    /// Reads `len` bytes at `offset` in the scratch area.
+    pub fn get(&self, offset: u64, len: usize) -> Result<Vec<u8>> {
+        self.check(offset, len)?;
+        let mut buf = vec![0u8; len];
+        let n = mem::read_ranges(
+            self.pid,
+            &mut buf,
+            &[Range {
+                addr: self.scratch + offset,
+                len: len as u64,
+            }],
+        )?;
+        if n != len {
+            return Err(short(self.pid, "reading scratch"));
+        }
+        Ok(buf)
+    }
+
+    fn check(&self, offset: u64, len: usize) -> Result<()> {
+        if offset + len as u64 > self.scratch_len {
+            return Err(SysError::Proc {
+                path: format!("process {} scratch", self.pid),
+                detail: format!("{len} bytes at {offset} do not fit"),
+            });
+        }
+        Ok(())
+    }
+}
+
+fn short(pid: i32, doing: &str) -> SysError {
+    SysError::Proc {
+        path: format!("process {pid} memory"),
+        detail: format!("short transfer while {doing}"),
+    }
+}
+
+/// Reads little-endian u64 `i` of a byte buffer.
+pub fn u64_at(b: &[u8], i: usize) -> u64 {
+    u64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().expect("8 bytes"))
+}

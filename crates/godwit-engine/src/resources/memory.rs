@@ -1,0 +1,449 @@
+//! Memory: every VMA of the process and the pages it holds.
+//!
+//! Dump: /proc/PID/smaps gives the VMAs, /proc/PID/pagemap which pages exist;
+//! only those are stored (for private file mappings, only the pages the process
+//! modified). Restore: each VMA is mapped at its address by injected mmap, the
+//! pages are written with process_vm_writev, then protections and advice are
+//! set as they were.
+
+use crate::error::{DumpCtx, EngineError, RestoreCtx, Result};
+use crate::remote::Remote;
+use crate::schema::{PageRun, Vma, VmaKind};
+use crate::Progress;
+use godwit_image::PageFileWriter;
+use godwit_sys::mem::{self, pm, Pagemap, ProcMem, Range};
+use godwit_sys::proc::MapEntry;
+use godwit_sys::PAGE_SIZE;
+use std::collections::HashMap;
+use std::os::unix::fs::MetadataExt;
+
+/// Bytes read from the process per batch while dumping.
+const BATCH: usize = 16 << 20;
+
+fn kind_of(pid: i32, e: &MapEntry) -> Result<VmaKind> {
+    let name = e.name.as_str();
+    Ok(match name {
+        "[heap]" => VmaKind::Heap,
+        "[stack]" => VmaKind::Stack,
+        "[vdso]" => VmaKind::Vdso,
+        "[vvar]" => VmaKind::Vvar,
+        "[vvar_vclock]" => VmaKind::VvarVclock,
+        "[vsyscall]" => VmaKind::Vsyscall,
+        "/dev/zero (deleted)" if e.shared => VmaKind::AnonShared,
+        "" if e.shared => VmaKind::AnonShared,
+        "" => VmaKind::AnonPrivate,
+        n if n.starts_with("[anon:") => VmaKind::AnonPrivate,
+        n if n.starts_with('/') && !n.ends_with(" (deleted)") => {
+            if e.shared {
+                VmaKind::FileShared
+            } else {
+                VmaKind::FilePrivate
+            }
+        }
+        n => {
+            return Err(EngineError::Unsupported {
+                pid,
+                what: format!(
+                    "the memory mapping {:#x}-{:#x} of {n:?} (deleted files, SysV shm and memfd mappings come with process-tree support)",
+                    e.start, e.end
+                ),
+            })
+        }
+    })
+}
+
+fn prot_of(e: &MapEntry) -> u32 {
+    let mut p = 0;
+    if e.read {
+        p |= libc::PROT_READ;
+    }
+    if e.write {
+        p |= libc::PROT_WRITE;
+    }
+    if e.exec {
+        p |= libc::PROT_EXEC;
+    }
+    p as u32
+}
+
+fn dev_of(st_dev: u64) -> (u32, u32) {
+    let major = ((st_dev >> 8) & 0xfff) | ((st_dev >> 32) & !0xfff);
+    let minor = (st_dev & 0xff) | ((st_dev >> 12) & !0xff);
+    (major as u32, minor as u32)
+}
+
+/// Which pages of a VMA of this kind hold data that must be stored.
+fn wanted(kind: VmaKind, entry: u64) -> bool {
+    match kind {
+        VmaKind::AnonPrivate | VmaKind::Heap | VmaKind::Stack | VmaKind::AnonShared => {
+            entry & (pm::PRESENT | pm::SWAPPED) != 0
+        }
+        // Private file pages the process wrote to are anonymous copies.
+        VmaKind::FilePrivate => {
+            (entry & pm::PRESENT != 0 && entry & pm::FILE_OR_SHARED == 0)
+                || entry & pm::SWAPPED != 0
+        }
+        _ => false,
+    }
+}
+
+/// Describes every VMA and decides which pages to store, assigning each run
+/// its place in the page file (in address order, back to back).
+pub fn plan(pid: i32, maps: &[MapEntry]) -> Result<Vec<Vma>> {
+    let pagemap = Pagemap::open(pid).dumping(pid, "opening the page map")?;
+    let mut out = Vec::with_capacity(maps.len());
+    let mut offset = 0u64;
+    let mut entries = Vec::new();
+    for e in maps {
+        let kind = kind_of(pid, e)?;
+        let mut vma = Vma {
+            start: e.start,
+            end: e.end,
+            prot: prot_of(e),
+            kind: kind as i32,
+            pgoff: e.offset,
+            vm_flags: e.vm_flags.clone(),
+            ..Default::default()
+        };
+        if matches!(kind, VmaKind::FilePrivate | VmaKind::FileShared) {
+            let md = std::fs::metadata(&e.name).map_err(|err| EngineError::Unsupported {
+                pid,
+                what: format!("the mapped file {} cannot be opened ({err})", e.name),
+            })?;
+            if md.ino() != e.inode || dev_of(md.dev()) != (e.dev_major, e.dev_minor) {
+                return Err(EngineError::Unsupported {
+                    pid,
+                    what: format!(
+                        "the mapped file {} was replaced by another file with the same name",
+                        e.name
+                    ),
+                });
+            }
+            vma.path = e.name.clone();
+            vma.file_size = md.size();
+            vma.file_mtime_ns = md.mtime() * 1_000_000_000 + md.mtime_nsec();
+        }
+        let may_have_pages = matches!(
+            kind,
+            VmaKind::AnonPrivate
+                | VmaKind::Heap
+                | VmaKind::Stack
+                | VmaKind::AnonShared
+                | VmaKind::FilePrivate
+        );
+        if may_have_pages {
+            entries.clear();
+            pagemap
+                .read(e.start, e.end, &mut entries)
+                .dumping(pid, "reading the page map")?;
+            let mut i = 0;
+            while i < entries.len() {
+                if !wanted(kind, entries[i]) {
+                    i += 1;
+                    continue;
+                }
+                let first = i;
+                while i < entries.len() && wanted(kind, entries[i]) {
+                    i += 1;
+                }
+                let nr = (i - first) as u64;
+                vma.pages.push(PageRun {
+                    addr: e.start + first as u64 * PAGE_SIZE,
+                    nr_pages: nr,
+                    offset,
+                });
+                offset += nr * PAGE_SIZE;
+            }
+        }
+        out.push(vma);
+    }
+    Ok(out)
+}
+
+/// Total bytes of pages planned.
+pub fn planned_bytes(vmas: &[Vma]) -> u64 {
+    vmas.iter()
+        .flat_map(|v| &v.pages)
+        .map(|r| r.nr_pages * PAGE_SIZE)
+        .sum()
+}
+
+/// Copies the planned pages from the (frozen) process into the page file.
+pub fn write_pages(
+    pid: i32,
+    vmas: &[Vma],
+    out: &mut PageFileWriter,
+    progress: &dyn Progress,
+) -> Result<()> {
+    let mut buf = vec![0u8; BATCH];
+    let mut ranges: Vec<Range> = Vec::new();
+    let mut filled = 0usize;
+    let mut procmem: Option<ProcMem> = None;
+    let flush = |ranges: &mut Vec<Range>,
+                 filled: &mut usize,
+                 buf: &mut [u8],
+                 out: &mut PageFileWriter|
+     -> Result<()> {
+        if ranges.is_empty() {
+            return Ok(());
+        }
+        let n = mem::read_ranges(pid, &mut buf[..*filled], ranges)
+            .dumping(pid, "reading memory")?;
+        if n != *filled {
+            return Err(EngineError::Sys {
+                pid,
+                stage: "reading memory",
+                source: godwit_sys::SysError::Proc {
+                    path: format!("process {pid} memory"),
+                    detail: format!("only {n} of {} bytes could be read", *filled),
+                },
+            });
+        }
+        out.write_all(&buf[..*filled])?;
+        progress.advance(*filled as u64);
+        ranges.clear();
+        *filled = 0;
+        Ok(())
+    };
+    for v in vmas {
+        let readable = v.prot & libc::PROT_READ as u32 != 0;
+        for run in &v.pages {
+            let mut addr = run.addr;
+            let mut left = run.nr_pages * PAGE_SIZE;
+            while left > 0 {
+                if !readable {
+                    // process_vm_readv honours protections; /proc/PID/mem does not.
+                    flush(&mut ranges, &mut filled, &mut buf, out)?;
+                    let pm = match &procmem {
+                        Some(p) => p,
+                        None => procmem.insert(ProcMem::open(pid, false).dumping(pid, "opening memory")?),
+                    };
+                    let len = left.min(BATCH as u64) as usize;
+                    pm.read_exact_at(addr, &mut buf[..len])
+                        .dumping(pid, "reading protected memory")?;
+                    out.write_all(&buf[..len])?;
+                    progress.advance(len as u64);
+                    addr += len as u64;
+                    left -= len as u64;
+                    continue;
+                }
+                let room = (BATCH - filled) as u64;
+                let len = left.min(room);
+                ranges.push(Range { addr, len });
+                filled += len as usize;
+                addr += len;
+                left -= len;
+                if filled == BATCH {
+                    flush(&mut ranges, &mut filled, &mut buf, out)?;
+                }
+            }
+        }
+    }
+    flush(&mut ranges, &mut filled, &mut buf, out)
+}
+
+/// Refuses a restore whose mapped files are gone or changed since the dump.
+pub fn check_files(vmas: &[Vma], allow_changes: bool) -> Result<()> {
+    for v in vmas {
+        if v.path.is_empty() {
+            continue;
+        }
+        let md = std::fs::metadata(&v.path).map_err(|e| EngineError::FileChanged {
+            path: v.path.clone(),
+            detail: format!("the mapped file cannot be opened ({e})"),
+        })?;
+        if md.size() != v.file_size && !allow_changes {
+            return Err(EngineError::FileChanged {
+                path: v.path.clone(),
+                detail: format!(
+                    "the mapped file's size changed from {} to {} bytes",
+                    v.file_size,
+                    md.size()
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+fn kind(v: &Vma) -> VmaKind {
+    VmaKind::try_from(v.kind).unwrap_or(VmaKind::AnonPrivate)
+}
+
+/// Whether this VMA is one the kernel provides (vDSO and friends), not mapped by us.
+pub fn is_special(v: &Vma) -> bool {
+    matches!(
+        kind(v),
+        VmaKind::Vdso | VmaKind::Vvar | VmaKind::VvarVclock | VmaKind::Vsyscall
+    )
+}
+
+/// Maps every ordinary VMA at its address in the restored process, writes the
+/// stored pages, and sets the final protections and advice.
+pub fn restore(
+    r: &Remote,
+    vmas: &[Vma],
+    pages: &[u8],
+    progress: &dyn Progress,
+) -> Result<()> {
+    let pid = r.pid;
+    let mut files: HashMap<(String, bool), u64> = HashMap::new();
+    for v in vmas.iter().filter(|v| !is_special(v)) {
+        let k = kind(v);
+        let len = v.end - v.start;
+        let final_prot = v.prot as u64;
+        let prot = if v.pages.is_empty() {
+            final_prot
+        } else {
+            final_prot | (libc::PROT_READ | libc::PROT_WRITE) as u64
+        };
+        let mut flags = libc::MAP_FIXED_NOREPLACE as u64;
+        if v.vm_flags.iter().any(|f| f == "gd") {
+            flags |= libc::MAP_GROWSDOWN as u64;
+        }
+        let fd = match k {
+            VmaKind::AnonPrivate | VmaKind::Heap | VmaKind::Stack => {
+                flags |= (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64;
+                u64::MAX
+            }
+            VmaKind::AnonShared => {
+                flags |= (libc::MAP_SHARED | libc::MAP_ANONYMOUS) as u64;
+                u64::MAX
+            }
+            VmaKind::FilePrivate | VmaKind::FileShared => {
+                let shared = k == VmaKind::FileShared;
+                flags |= if shared {
+                    libc::MAP_SHARED
+                } else {
+                    libc::MAP_PRIVATE
+                } as u64;
+                let writable = shared && v.prot & libc::PROT_WRITE as u32 != 0;
+                match files.get(&(v.path.clone(), writable)) {
+                    Some(fd) => *fd,
+                    None => {
+                        let path = r.put_cstr(0, &v.path).restoring(pid, "mapping files")?;
+                        let oflags = if writable { libc::O_RDWR } else { libc::O_RDONLY };
+                        let fd = r
+                            .call(
+                                "openat",
+                                libc::SYS_openat,
+                                [libc::AT_FDCWD as u64, path, (oflags | libc::O_CLOEXEC) as u64, 0, 0, 0],
+                            )
+                            .restoring(pid, "opening a mapped file")?;
+                        files.insert((v.path.clone(), writable), fd);
+                        fd
+                    }
+                }
+            }
+            _ => unreachable!("special VMAs are filtered out"),
+        };
+        let off = if fd == u64::MAX { 0 } else { v.pgoff };
+        let got = r
+            .call("mmap", libc::SYS_mmap, [v.start, len, prot, flags, fd, off])
+            .restoring(pid, "mapping memory")?;
+        if got != v.start {
+            return Err(EngineError::BadImage(format!(
+                "mapping {:#x} landed at {got:#x}",
+                v.start
+            )));
+        }
+    }
+    for fd in files.values() {
+        r.call("close", libc::SYS_close, [*fd, 0, 0, 0, 0, 0])
+            .restoring(pid, "closing mapped files")?;
+    }
+
+    fill(pid, vmas, pages, progress)?;
+
+    for v in vmas.iter().filter(|v| !is_special(v)) {
+        let len = v.end - v.start;
+        let rw = (libc::PROT_READ | libc::PROT_WRITE) as u32;
+        // Only VMAs mapped with extra access for filling need their protection put back.
+        if !v.pages.is_empty() && v.prot | rw != v.prot {
+            r.call("mprotect", libc::SYS_mprotect, [v.start, len, v.prot as u64, 0, 0, 0])
+                .restoring(pid, "setting memory protections")?;
+        }
+        for f in &v.vm_flags {
+            let advice = match f.as_str() {
+                "dc" => libc::MADV_DONTFORK,
+                "dd" => libc::MADV_DONTDUMP,
+                "wf" => libc::MADV_WIPEONFORK,
+                "hg" => libc::MADV_HUGEPAGE,
+                "nh" => libc::MADV_NOHUGEPAGE,
+                _ => continue,
+            };
+            r.call("madvise", libc::SYS_madvise, [v.start, len, advice as u64, 0, 0, 0])
+                .restoring(pid, "setting memory advice")?;
+        }
+    }
+    Ok(())
+}
+
+/// Writes the stored pages into the restored process's memory.
+fn fill(pid: i32, vmas: &[Vma], pages: &[u8], progress: &dyn Progress) -> Result<()> {
+    // Runs are stored back to back in address order; send them in batches of
+    // contiguous page-file bytes.
+    let runs: Vec<&PageRun> = vmas.iter().flat_map(|v| &v.pages).collect();
+    let mut i = 0;
+    while i < runs.len() {
+        let start_off = runs[i].offset;
+        let mut end_off = start_off;
+        let mut ranges = Vec::new();
+        while i < runs.len() && runs[i].offset == end_off && end_off - start_off < (64 << 20) {
+            let len = runs[i].nr_pages * PAGE_SIZE;
+            ranges.push(Range {
+                addr: runs[i].addr,
+                len,
+            });
+            end_off += len;
+            i += 1;
+        }
+        if ranges.is_empty() {
+            return Err(EngineError::BadImage(format!(
+                "page runs are not stored back to back (offset {:#x})",
+                runs[i].offset
+            )));
+        }
+        let local = pages
+            .get(start_off as usize..end_off as usize)
+            .ok_or_else(|| {
+                EngineError::BadImage(format!(
+                    "page file too short: needs bytes {start_off}..{end_off}, has {}",
+                    pages.len()
+                ))
+            })?;
+        let n = mem::write_ranges(pid, local, &ranges).restoring(pid, "writing memory")?;
+        if n != local.len() {
+            return Err(EngineError::BadImage(format!(
+                "only {n} of {} bytes of memory could be written",
+                local.len()
+            )));
+        }
+        progress.advance(local.len() as u64);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn page_selection() {
+        let present_anon = pm::PRESENT | pm::EXCLUSIVE;
+        let present_file = pm::PRESENT | pm::FILE_OR_SHARED;
+        assert!(wanted(VmaKind::AnonPrivate, present_anon));
+        assert!(!wanted(VmaKind::AnonPrivate, 0));
+        assert!(wanted(VmaKind::FilePrivate, present_anon));
+        assert!(!wanted(VmaKind::FilePrivate, present_file));
+        assert!(!wanted(VmaKind::FileShared, present_anon));
+        assert!(!wanted(VmaKind::Vdso, present_file));
+    }
+
+    #[test]
+    fn dev_numbers() {
+        // makedev(0xfe, 1) and makedev(0x103, 0x205), as glibc encodes them.
+        assert_eq!(dev_of((0xfe << 8) | 1), (0xfe, 1));
+        assert_eq!(dev_of(0x21_0305), (0x103, 0x205));
+    }
+}

@@ -1,0 +1,9 @@
+//! One module per kind of process resource. Each has a `dump` side that reads
+//! the state of a frozen process into plain data (crate::schema) and a
+//! `restore` side that rebuilds it in the process being restored.
+
+pub mod attrs;
+pub mod files;
+pub mod memory;
+pub mod signals;
+pub mod threads;

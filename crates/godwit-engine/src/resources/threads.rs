@@ -1,0 +1,208 @@
+//! Threads: registers, FPU/SSE/AVX state, signal mask, per-thread pending
+//! signals, rseq, robust futex list, clear_child_tid, sigaltstack, name.
+
+use crate::error::{DumpCtx, EngineError, RestoreCtx, Result};
+use crate::freeze::{self, FrozenThread};
+use crate::remote::{u64_at, Remote};
+use crate::schema::{Rseq, SigAltStack, Thread};
+use godwit_sys::ptrace;
+use godwit_sys::regs::GpRegs;
+use godwit_sys::{proc, process};
+
+const PR_GET_TID_ADDRESS: u64 = 40;
+const RSEQ_FLAG_UNREGISTER: u64 = 1;
+
+/// Reads one frozen thread. Uses scratch bytes [0, 64).
+pub fn dump(r: &Remote, t: &FrozenThread) -> Result<Thread> {
+    let (pid, tid) = (r.pid, t.tid);
+    let rt = r.for_thread(tid);
+    let xstate = ptrace::get_xstate(tid).dumping(pid, "reading FPU/AVX state")?;
+    let pending = ptrace::peek_siginfo(tid, false)
+        .dumping(pid, "reading pending signals")?
+        .into_iter()
+        .map(|s| s.to_vec())
+        .collect();
+    let rs = ptrace::rseq_config(tid).dumping(pid, "reading rseq registration")?;
+    let (robust_list, robust_len) =
+        process::robust_list(tid).dumping(pid, "reading the robust futex list")?;
+    rt.call("prctl(PR_GET_TID_ADDRESS)", libc::SYS_prctl, [PR_GET_TID_ADDRESS, r.scratch, 0, 0, 0, 0])
+        .dumping(pid, "reading clear_child_tid")?;
+    rt.call("sigaltstack", libc::SYS_sigaltstack, [0, r.scratch + 8, 0, 0, 0, 0])
+        .dumping(pid, "reading the signal stack")?;
+    let b = rt.get(0, 32).dumping(pid, "reading thread state")?;
+    let ss_flags = i32::from_le_bytes(b[16..20].try_into().expect("4 bytes"));
+    Ok(Thread {
+        tid,
+        gpregs: t.regs.to_words(),
+        xstate,
+        sigmask: t.sigmask,
+        pending,
+        clear_child_tid: u64_at(&b, 0),
+        robust_list,
+        robust_len,
+        rseq: (rs.len > 0).then_some(Rseq {
+            addr: rs.abi_pointer,
+            len: rs.len,
+            flags: rs.flags,
+            signature: rs.signature,
+        }),
+        altstack: Some(SigAltStack {
+            sp: u64_at(&b, 1),
+            flags: ss_flags,
+            size: u64_at(&b, 3),
+        }),
+        comm: proc::comm(pid, tid).unwrap_or_default(),
+    })
+}
+
+/// Unregisters the rseq area that a freshly forked stub inherited from us.
+pub fn drop_inherited_rseq(r: &Remote) -> Result<()> {
+    let rs = ptrace::rseq_config(r.tid).restoring(r.pid, "reading the stub's rseq")?;
+    if rs.len > 0 {
+        r.call(
+            "rseq(unregister)",
+            libc::SYS_rseq,
+            [rs.abi_pointer, rs.len as u64, RSEQ_FLAG_UNREGISTER, rs.signature as u64, 0, 0],
+        )
+        .restoring(r.pid, "unregistering the stub's rseq")?;
+    }
+    Ok(())
+}
+
+/// Creates thread `tid` in the restored process (injected clone3 with set_tid)
+/// and waits for its first stop. Uses scratch bytes [0, 128).
+pub fn create(main: &Remote, tid: i32) -> Result<()> {
+    let pid = main.pid;
+    let flags = (libc::CLONE_VM
+        | libc::CLONE_FS
+        | libc::CLONE_FILES
+        | libc::CLONE_SIGHAND
+        | libc::CLONE_THREAD
+        | libc::CLONE_SYSVSEM) as u64;
+    let set_tid = main.scratch + 96;
+    let mut args = Vec::with_capacity(88);
+    for w in [flags, 0, 0, 0, 0, 0, 0, 0, set_tid, 1, 0] {
+        args.extend_from_slice(&w.to_le_bytes());
+    }
+    main.put(0, &args).restoring(pid, "creating threads")?;
+    main.put(96, &tid.to_le_bytes()).restoring(pid, "creating threads")?;
+    let out = main
+        .inj()
+        .run(libc::SYS_clone3, [main.scratch, 88, 0, 0, 0, 0])
+        .restoring(pid, "creating threads")?;
+    if out.ret == -(libc::EEXIST as i64) {
+        return Err(EngineError::PidTaken {
+            pid: tid,
+            holder: holder_of(tid),
+        });
+    }
+    if out.ret < 0 {
+        return Err(EngineError::Restore {
+            pid,
+            stage: "creating threads",
+            source: godwit_sys::SysError::Injected {
+                name: "clone3",
+                tid: main.tid,
+                source: std::io::Error::from_raw_os_error(-out.ret as i32),
+            },
+        });
+    }
+    let new = out.new_task.unwrap_or(out.ret as i32);
+    if new != tid {
+        return Err(EngineError::BadImage(format!(
+            "thread {tid} was created as {new}"
+        )));
+    }
+    if !freeze::wait_interrupt_stop(tid).restoring(pid, "creating threads")? {
+        return Err(EngineError::BadImage(format!("new thread {tid} exited")));
+    }
+    Ok(())
+}
+
+/// Describes who holds a PID now, for error messages.
+pub fn holder_of(pid: i32) -> String {
+    match proc::stat(pid) {
+        Ok(s) => format!("{} (PID {pid})", s.comm),
+        Err(_) => format!("a thread or process that exited just now (PID {pid})"),
+    }
+}
+
+/// Sets the per-thread kernel state that only the thread itself can set:
+/// robust list, clear_child_tid, rseq, sigaltstack, name, queued signals.
+/// Uses scratch bytes [0, 256).
+pub fn setup(rt: &Remote, t: &Thread) -> Result<()> {
+    let pid = rt.pid;
+    let stage = "setting up threads";
+    rt.call("set_robust_list", libc::SYS_set_robust_list, [t.robust_list, t.robust_len, 0, 0, 0, 0])
+        .restoring(pid, stage)?;
+    rt.call("set_tid_address", libc::SYS_set_tid_address, [t.clear_child_tid, 0, 0, 0, 0, 0])
+        .restoring(pid, stage)?;
+    if let Some(rs) = &t.rseq {
+        rt.call(
+            "rseq",
+            libc::SYS_rseq,
+            [rs.addr, rs.len as u64, 0, rs.signature as u64, 0, 0],
+        )
+        .restoring(pid, "registering rseq")?;
+    }
+    if let Some(ss) = &t.altstack {
+        let mut b = Vec::with_capacity(24);
+        b.extend_from_slice(&ss.sp.to_le_bytes());
+        b.extend_from_slice(&(ss.flags as i64 & 0xffff_ffff).to_le_bytes());
+        b.extend_from_slice(&ss.size.to_le_bytes());
+        // SS_ONSTACK is a state, not a request: ask for an enabled stack.
+        let flags = ss.flags & !libc::SS_ONSTACK;
+        b[8..12].copy_from_slice(&flags.to_le_bytes());
+        let a = rt.put(0, &b).restoring(pid, stage)?;
+        rt.call("sigaltstack", libc::SYS_sigaltstack, [a, 0, 0, 0, 0, 0])
+            .restoring(pid, "setting the signal stack")?;
+    }
+    if !t.comm.is_empty() {
+        let a = rt.put_cstr(32, &t.comm).restoring(pid, stage)?;
+        rt.call("prctl(PR_SET_NAME)", libc::SYS_prctl, [libc::PR_SET_NAME as u64, a, 0, 0, 0, 0])
+            .restoring(pid, stage)?;
+    }
+    for si in &t.pending {
+        queue_signal(rt, si, Some(t.tid))?;
+    }
+    Ok(())
+}
+
+/// Queues a saved siginfo to the restored process (shared, `tid == None`) or
+/// one of its threads, from inside the process so the kernel accepts any si_code.
+pub fn queue_signal(rt: &Remote, siginfo: &[u8], tid: Option<i32>) -> Result<()> {
+    let pid = rt.pid;
+    if siginfo.len() != 128 {
+        return Err(EngineError::BadImage("a saved siginfo is not 128 bytes".into()));
+    }
+    let signo = i32::from_le_bytes(siginfo[0..4].try_into().expect("4 bytes"));
+    let a = rt.put(64, siginfo).restoring(pid, "queueing pending signals")?;
+    match tid {
+        Some(tid) => rt.call(
+            "rt_tgsigqueueinfo",
+            libc::SYS_rt_tgsigqueueinfo,
+            [pid as u64, tid as u64, signo as u64, a, 0, 0],
+        ),
+        None => rt.call(
+            "rt_sigqueueinfo",
+            libc::SYS_rt_sigqueueinfo,
+            [pid as u64, signo as u64, a, 0, 0, 0],
+        ),
+    }
+    .restoring(pid, "queueing pending signals")?;
+    Ok(())
+}
+
+/// Loads the saved registers, xsave area and signal mask into a stopped thread.
+pub fn load_cpu_state(pid: i32, t: &Thread) -> Result<()> {
+    let mut regs = GpRegs::from_words(&t.gpregs)
+        .ok_or_else(|| EngineError::BadImage(format!("thread {}: bad register set", t.tid)))?;
+    regs.rewind_interrupted_syscall();
+    let stage = "loading registers";
+    ptrace::set_regs(t.tid, &regs).restoring(pid, stage)?;
+    if !t.xstate.is_empty() {
+        ptrace::set_xstate(t.tid, &t.xstate).restoring(pid, "loading FPU/AVX state")?;
+    }
+    ptrace::set_sigmask(t.tid, t.sigmask).restoring(pid, "setting the signal mask")?;
+    Ok(())
+}

@@ -1,0 +1,317 @@
+//! The checkpoint metadata: `godwit.image.v1.Checkpoint` (proto/checkpoint.proto
+//! is the same schema as a .proto file for other languages). Plain data only:
+//! no handles, no pointers into this process. Every field is optional on the
+//! wire, so adding a field is not a breaking change (docs/IMAGE_FORMAT.md).
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Checkpoint {
+    #[prost(string, tag = "1")]
+    pub godwit_version: String,
+    /// "x86_64"
+    #[prost(string, tag = "2")]
+    pub arch: String,
+    #[prost(message, optional, tag = "3")]
+    pub cpu: Option<CpuFeatures>,
+    /// uname -r of the dumping host.
+    #[prost(string, tag = "4")]
+    pub kernel: String,
+    #[prost(string, tag = "5")]
+    pub hostname: String,
+    #[prost(uint64, tag = "6")]
+    pub created_unix_ms: u64,
+    #[prost(message, repeated, tag = "7")]
+    pub processes: Vec<Process>,
+    #[prost(message, optional, tag = "8")]
+    pub stats: Option<DumpStats>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct CpuFeatures {
+    /// XCR0 of the dumping CPU: the xsave features the image's xstate may use.
+    #[prost(uint64, tag = "1")]
+    pub xcr0: u64,
+    /// Size of the xsave area for those features.
+    #[prost(uint32, tag = "2")]
+    pub xsave_size: u32,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct DumpStats {
+    #[prost(uint64, tag = "1")]
+    pub frozen_us: u64,
+    #[prost(uint64, tag = "2")]
+    pub total_us: u64,
+    #[prost(uint64, tag = "3")]
+    pub pages_written: u64,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Process {
+    #[prost(int32, tag = "1")]
+    pub pid: i32,
+    #[prost(int32, tag = "2")]
+    pub ppid: i32,
+    #[prost(int32, tag = "3")]
+    pub pgid: i32,
+    #[prost(int32, tag = "4")]
+    pub sid: i32,
+    #[prost(string, tag = "5")]
+    pub comm: String,
+    #[prost(string, tag = "6")]
+    pub exe: String,
+    #[prost(string, tag = "7")]
+    pub cwd: String,
+    #[prost(uint32, tag = "8")]
+    pub umask: u32,
+    #[prost(uint32, tag = "9")]
+    pub personality: u32,
+    #[prost(message, optional, tag = "10")]
+    pub creds: Option<Creds>,
+    #[prost(message, repeated, tag = "11")]
+    pub rlimits: Vec<Rlimit>,
+    #[prost(message, optional, tag = "12")]
+    pub mm: Option<MmLayout>,
+    #[prost(message, repeated, tag = "13")]
+    pub vmas: Vec<Vma>,
+    #[prost(message, repeated, tag = "14")]
+    pub threads: Vec<Thread>,
+    #[prost(message, repeated, tag = "15")]
+    pub sigactions: Vec<SigAction>,
+    /// Process-wide pending signals, raw 128-byte siginfo_t each.
+    #[prost(bytes = "vec", repeated, tag = "16")]
+    pub shared_pending: Vec<Vec<u8>>,
+    #[prost(message, repeated, tag = "17")]
+    pub itimers: Vec<Itimer>,
+    #[prost(message, repeated, tag = "18")]
+    pub fds: Vec<Fd>,
+    #[prost(message, repeated, tag = "19")]
+    pub pipes: Vec<Pipe>,
+    /// Name of the page file holding this process's pages.
+    #[prost(string, tag = "20")]
+    pub page_file: String,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Creds {
+    /// real, effective, saved, filesystem
+    #[prost(uint32, repeated, tag = "1")]
+    pub uids: Vec<u32>,
+    #[prost(uint32, repeated, tag = "2")]
+    pub gids: Vec<u32>,
+    #[prost(uint32, repeated, tag = "3")]
+    pub groups: Vec<u32>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Rlimit {
+    #[prost(uint32, tag = "1")]
+    pub resource: u32,
+    #[prost(uint64, tag = "2")]
+    pub soft: u64,
+    #[prost(uint64, tag = "3")]
+    pub hard: u64,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct MmLayout {
+    #[prost(uint64, tag = "1")]
+    pub start_code: u64,
+    #[prost(uint64, tag = "2")]
+    pub end_code: u64,
+    #[prost(uint64, tag = "3")]
+    pub start_data: u64,
+    #[prost(uint64, tag = "4")]
+    pub end_data: u64,
+    #[prost(uint64, tag = "5")]
+    pub start_brk: u64,
+    #[prost(uint64, tag = "6")]
+    pub brk: u64,
+    #[prost(uint64, tag = "7")]
+    pub start_stack: u64,
+    #[prost(uint64, tag = "8")]
+    pub arg_start: u64,
+    #[prost(uint64, tag = "9")]
+    pub arg_end: u64,
+    #[prost(uint64, tag = "10")]
+    pub env_start: u64,
+    #[prost(uint64, tag = "11")]
+    pub env_end: u64,
+    /// The auxiliary vector as 64-bit words (type, value, ..., 0, 0).
+    #[prost(uint64, repeated, tag = "12")]
+    pub auxv: Vec<u64>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, prost::Enumeration)]
+#[repr(i32)]
+pub enum VmaKind {
+    AnonPrivate = 0,
+    AnonShared = 1,
+    FilePrivate = 2,
+    FileShared = 3,
+    Heap = 4,
+    Stack = 5,
+    Vdso = 6,
+    Vvar = 7,
+    VvarVclock = 8,
+    Vsyscall = 9,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Vma {
+    #[prost(uint64, tag = "1")]
+    pub start: u64,
+    #[prost(uint64, tag = "2")]
+    pub end: u64,
+    /// PROT_* bits.
+    #[prost(uint32, tag = "3")]
+    pub prot: u32,
+    #[prost(enumeration = "VmaKind", tag = "4")]
+    pub kind: i32,
+    /// The mapped file (file kinds only).
+    #[prost(string, tag = "5")]
+    pub path: String,
+    /// Offset into the file, in bytes.
+    #[prost(uint64, tag = "6")]
+    pub pgoff: u64,
+    /// The file's size and mtime at dump time, to detect a changed file.
+    #[prost(uint64, tag = "7")]
+    pub file_size: u64,
+    #[prost(int64, tag = "8")]
+    pub file_mtime_ns: i64,
+    /// The two-letter VmFlags of /proc/PID/smaps (gd, dc, hg, ...).
+    #[prost(string, repeated, tag = "9")]
+    pub vm_flags: Vec<String>,
+    /// Runs of pages stored in the page file.
+    #[prost(message, repeated, tag = "10")]
+    pub pages: Vec<PageRun>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct PageRun {
+    #[prost(uint64, tag = "1")]
+    pub addr: u64,
+    #[prost(uint64, tag = "2")]
+    pub nr_pages: u64,
+    /// Byte offset of the first page in the page file.
+    #[prost(uint64, tag = "3")]
+    pub offset: u64,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Thread {
+    #[prost(int32, tag = "1")]
+    pub tid: i32,
+    /// General registers, user_regs_struct order (27 words on x86_64).
+    #[prost(uint64, repeated, tag = "2")]
+    pub gpregs: Vec<u64>,
+    /// The raw xsave area (NT_X86_XSTATE).
+    #[prost(bytes = "vec", tag = "3")]
+    pub xstate: Vec<u8>,
+    #[prost(uint64, tag = "4")]
+    pub sigmask: u64,
+    /// Pending signals queued to this thread, raw 128-byte siginfo_t each.
+    #[prost(bytes = "vec", repeated, tag = "5")]
+    pub pending: Vec<Vec<u8>>,
+    #[prost(uint64, tag = "6")]
+    pub clear_child_tid: u64,
+    #[prost(uint64, tag = "7")]
+    pub robust_list: u64,
+    #[prost(uint64, tag = "8")]
+    pub robust_len: u64,
+    #[prost(message, optional, tag = "9")]
+    pub rseq: Option<Rseq>,
+    #[prost(message, optional, tag = "10")]
+    pub altstack: Option<SigAltStack>,
+    #[prost(string, tag = "11")]
+    pub comm: String,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Rseq {
+    #[prost(uint64, tag = "1")]
+    pub addr: u64,
+    #[prost(uint32, tag = "2")]
+    pub len: u32,
+    #[prost(uint32, tag = "3")]
+    pub flags: u32,
+    #[prost(uint32, tag = "4")]
+    pub signature: u32,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct SigAltStack {
+    #[prost(uint64, tag = "1")]
+    pub sp: u64,
+    #[prost(int32, tag = "2")]
+    pub flags: i32,
+    #[prost(uint64, tag = "3")]
+    pub size: u64,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct SigAction {
+    #[prost(uint32, tag = "1")]
+    pub signo: u32,
+    #[prost(uint64, tag = "2")]
+    pub handler: u64,
+    #[prost(uint64, tag = "3")]
+    pub flags: u64,
+    #[prost(uint64, tag = "4")]
+    pub restorer: u64,
+    #[prost(uint64, tag = "5")]
+    pub mask: u64,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Itimer {
+    /// ITIMER_REAL = 0, ITIMER_VIRTUAL = 1, ITIMER_PROF = 2
+    #[prost(int32, tag = "1")]
+    pub which: i32,
+    #[prost(uint64, tag = "2")]
+    pub interval_us: u64,
+    #[prost(uint64, tag = "3")]
+    pub value_us: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, prost::Enumeration)]
+#[repr(i32)]
+pub enum FdKind {
+    Regular = 0,
+    Directory = 1,
+    CharDevice = 2,
+    Pipe = 3,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Fd {
+    #[prost(int32, tag = "1")]
+    pub fd: i32,
+    #[prost(enumeration = "FdKind", tag = "2")]
+    pub kind: i32,
+    /// open(2) flags without O_CLOEXEC.
+    #[prost(uint32, tag = "3")]
+    pub flags: u32,
+    #[prost(bool, tag = "4")]
+    pub cloexec: bool,
+    #[prost(string, tag = "5")]
+    pub path: String,
+    #[prost(uint64, tag = "6")]
+    pub pos: u64,
+    /// Regular files: size and mtime at dump time.
+    #[prost(uint64, tag = "7")]
+    pub size: u64,
+    #[prost(int64, tag = "8")]
+    pub mtime_ns: i64,
+    /// Pipes: the pipe's id (its inode number), shared by both ends.
+    #[prost(uint64, tag = "9")]
+    pub pipe_id: u64,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Pipe {
+    #[prost(uint64, tag = "1")]
+    pub id: u64,
+    /// Unread bytes buffered in the pipe at dump time.
+    #[prost(bytes = "vec", tag = "2")]
+    pub data: Vec<u8>,
+}
