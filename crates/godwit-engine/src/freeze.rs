@@ -91,8 +91,9 @@ impl Frozen {
     pub fn kill(mut self) -> Result<()> {
         self.done = true;
         process::kill(self.pid, libc::SIGKILL).dumping(self.pid, "ending the process")?;
-        for t in &self.threads {
-            // Collect each thread's exit as its tracer.
+        // Collect each thread's exit as its tracer; the leader's exit is
+        // reported only after all other threads are gone, so it comes last.
+        for t in self.threads.iter().rev() {
             while let Ok(stop) = ptrace::wait(t.tid) {
                 if matches!(stop, Stop::Exited(_) | Stop::Killed(_)) {
                     break;
