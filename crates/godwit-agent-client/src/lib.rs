@@ -1,0 +1,512 @@
+//! Client of the godwitd API (docs/API.md) and the `godwit service ...` subcommands:
+//! `ls`, `status`, `checkpoint`, `migrate`, `interval`.
+//!
+//! Services are found through the name service of the agent given with `--agent`
+//! (`agent+http://AGENT`), or through `GODWIT_NAMES` (e.g. `etcd+http://10.0.0.1:2379`)
+//! when set.
+
+use std::time::{Duration, Instant};
+
+use clap::Subcommand;
+use godwit_names::http::{self, ClientRequest};
+use godwit_names::Names;
+use godwit_sdk::mgmt;
+use serde_json::{json, Value};
+
+/// `godwit service ...` subcommands.
+#[derive(Subcommand, Debug, Clone, PartialEq)]
+pub enum ServiceCmd {
+    /// List registered conformist services with their status.
+    Ls,
+    /// Show the full status of one service.
+    Status {
+        /// Service UUID.
+        uuid: String,
+    },
+    /// Take a checkpoint of a service now.
+    Checkpoint {
+        /// Service UUID.
+        uuid: String,
+    },
+    /// Move a running service to another node; clients keep working.
+    Migrate {
+        /// Service UUID.
+        uuid: String,
+        /// Destination node: its godwitd address, HOST:PORT.
+        #[arg(long)]
+        to: String,
+    },
+    /// Set the periodic checkpoint interval (0 turns periodic checkpoints off).
+    Interval {
+        /// Service UUID.
+        uuid: String,
+        /// Seconds between checkpoints.
+        secs: f64,
+    },
+}
+
+/// Errors of agent and service operations.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// HTTP transport failure.
+    #[error("agent {agent}: {source}")]
+    Transport {
+        /// Agent.
+        agent: String,
+        /// Cause.
+        source: http::HttpError,
+    },
+    /// The agent refused.
+    #[error("agent {agent}: {op}: HTTP {status}: {message}")]
+    Refused {
+        /// Agent.
+        agent: String,
+        /// Operation.
+        op: &'static str,
+        /// Status.
+        status: u16,
+        /// Message.
+        message: String,
+    },
+    /// Name service failure.
+    #[error(transparent)]
+    Names(#[from] godwit_names::NamesError),
+    /// The service is not registered.
+    #[error("service {0} is not registered in the name service")]
+    NotFound(String),
+    /// Management request failed.
+    #[error(transparent)]
+    Mgmt(#[from] mgmt::MgmtError),
+    /// A migration step failed (rolled back where possible).
+    #[error("migrate {uuid}: {stage}: {message}")]
+    Migrate {
+        /// Service.
+        uuid: String,
+        /// Stage that failed.
+        stage: &'static str,
+        /// What happened (including the rollback outcome).
+        message: String,
+    },
+}
+
+/// A godwitd API client.
+#[derive(Debug, Clone)]
+pub struct Agent {
+    base: String,
+    token: String,
+}
+
+fn base_url(agent: &str) -> String {
+    if agent.starts_with("http://") {
+        agent.trim_end_matches('/').to_string()
+    } else {
+        format!("http://{agent}")
+    }
+}
+
+impl Agent {
+    /// An agent at `HOST:PORT` (or `http://HOST:PORT`).
+    pub fn new(agent: &str, token: String) -> Self {
+        Agent {
+            base: base_url(agent),
+            token,
+        }
+    }
+
+    /// Base URL.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// The agent's embedded name service.
+    pub fn names(&self) -> Names {
+        Names::Agent {
+            base: self.base.clone(),
+            token: Some(self.token.clone()),
+        }
+    }
+
+    async fn request(
+        &self,
+        op: &'static str,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+        timeout: Duration,
+    ) -> Result<Value, AgentError> {
+        let body = body.map(|b| b.to_string().into_bytes()).unwrap_or_default();
+        let mut req = ClientRequest::new(method, path);
+        req.token = Some(&self.token);
+        req.body = &body;
+        req.timeout = timeout;
+        let resp = http::send(&self.base, &req)
+            .await
+            .map_err(|source| AgentError::Transport {
+                agent: self.base.clone(),
+                source,
+            })?;
+        if resp.status >= 300 {
+            let message = resp
+                .json_body()
+                .ok()
+                .and_then(|v| v["error"].as_str().map(str::to_string))
+                .unwrap_or_else(|| String::from_utf8_lossy(&resp.body).into_owned());
+            return Err(AgentError::Refused {
+                agent: self.base.clone(),
+                op,
+                status: resp.status,
+                message,
+            });
+        }
+        resp.json_body().map_err(|source| AgentError::Transport {
+            agent: self.base.clone(),
+            source,
+        })
+    }
+
+    /// `GET /v1/health`.
+    pub async fn health(&self) -> Result<Value, AgentError> {
+        self.request("health", "GET", "/v1/health", None, Duration::from_secs(5))
+            .await
+    }
+
+    /// `POST /v1/exec`: starts `program` and waits up to `wait_ready` for its
+    /// `GODWIT_READY` line. Returns the agent's answer (`pid`, `ready.address`, ...).
+    pub async fn exec(
+        &self,
+        program: &str,
+        args: &[String],
+        env: Value,
+        wait_ready: Duration,
+    ) -> Result<Value, AgentError> {
+        let body = json!({ "program": program, "args": args, "env": env, "wait_ready_ms": wait_ready.as_millis() as u64 });
+        self.request(
+            "exec",
+            "POST",
+            "/v1/exec",
+            Some(body),
+            wait_ready + Duration::from_secs(5),
+        )
+        .await
+    }
+
+    /// `POST /v1/exec/{pid}/signal`.
+    pub async fn signal(&self, pid: u64, signal: &str) -> Result<Value, AgentError> {
+        self.request(
+            "signal",
+            "POST",
+            &format!("/v1/exec/{pid}/signal"),
+            Some(json!({ "signal": signal })),
+            Duration::from_secs(5),
+        )
+        .await
+    }
+}
+
+/// What a migration did.
+#[derive(Debug, Clone)]
+pub struct Migration {
+    /// Service.
+    pub uuid: String,
+    /// Old address.
+    pub from: String,
+    /// New address.
+    pub to: String,
+    /// Checkpoint carried over.
+    pub checkpoint: String,
+    /// Checkpoint size.
+    pub bytes: u64,
+    /// Resumable operations carried over at a migration point.
+    pub ops_in_flight: u64,
+    /// From the freeze request until the new instance was serving.
+    pub switch_over: Duration,
+    /// The whole migration, including starting the new process.
+    pub total: Duration,
+}
+
+impl Migration {
+    /// JSON form.
+    pub fn to_json(&self) -> Value {
+        json!({
+            "uuid": self.uuid, "from": self.from, "to": self.to, "checkpoint": self.checkpoint, "bytes": self.bytes, "ops_in_flight": self.ops_in_flight,
+            "switch_over_ms": self.switch_over.as_secs_f64() * 1e3, "total_ms": self.total.as_secs_f64() * 1e3,
+        })
+    }
+}
+
+const MGMT_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Resolves a service's address, waiting briefly if it is between two nodes.
+pub async fn resolve(names: &Names, uuid: &str) -> Result<String, AgentError> {
+    for _ in 0..50 {
+        if let Some(a) = names.resolve(uuid).await? {
+            return Ok(a);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err(AgentError::NotFound(uuid.to_string()))
+}
+
+/// Migrates service `uuid` to the node whose godwitd is `dest`: start the service binary
+/// there in standby (remote execution), freeze the source at a safe point (checkpoint
+/// shipped to the store), restore on the destination (which re-advertises), stop the
+/// source. A failure before the destination serves thaws the source and kills the new
+/// process: the service stays where it was.
+pub async fn migrate(
+    names: &Names,
+    dest: &Agent,
+    uuid: &str,
+    token: &str,
+) -> Result<Migration, AgentError> {
+    let t0 = Instant::now();
+    let fail = |stage: &'static str, message: String| AgentError::Migrate {
+        uuid: uuid.to_string(),
+        stage,
+        message,
+    };
+    let src = resolve(names, uuid).await?;
+    let st = mgmt::request(&src, json!({ "op": "status" }), Some(token), MGMT_TIMEOUT).await?;
+    let program = st["program"]
+        .as_str()
+        .ok_or_else(|| fail("status", "the service does not report its program".into()))?;
+    let names_url = st["names"].as_str().unwrap_or("memory");
+    if names_url == "memory" {
+        return Err(fail(
+            "status",
+            "the service uses a private in-process name service; it cannot move".into(),
+        ));
+    }
+    let dest_host = dest
+        .base()
+        .trim_start_matches("http://")
+        .rsplit_once(':')
+        .map(|(h, _)| h.to_string())
+        .ok_or_else(|| fail("destination", format!("bad node address {}", dest.base())))?;
+    let mut args: Vec<String> = st["relaunch_args"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|x| x.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    args.extend([
+        "--uuid".into(),
+        uuid.to_string(),
+        "--standby".into(),
+        "--listen".into(),
+        format!("{dest_host}:0"),
+        "--names".into(),
+        names_url.to_string(),
+        "--store".into(),
+        st["store"].as_str().unwrap_or("").to_string(),
+    ]);
+    if let Some(iv) = st["interval_secs"].as_f64() {
+        args.extend(["--interval".into(), iv.to_string()]);
+    }
+    let started = dest
+        .exec(
+            program,
+            &args,
+            json!({ "GODWIT_TOKEN": token }),
+            Duration::from_secs(15),
+        )
+        .await
+        .map_err(|e| fail("start on destination", e.to_string()))?;
+    let pid = started["pid"].as_u64().unwrap_or(0);
+    let new_addr = started["ready"]["address"]
+        .as_str()
+        .ok_or_else(|| fail("start on destination", format!("no address in {started}")))?
+        .to_string();
+    let kill_new = || async {
+        if let Err(e) = dest.signal(pid, "KILL").await {
+            tracing::warn!(error = %e, pid, "could not kill the new instance");
+        }
+    };
+
+    let t_switch = Instant::now();
+    let frozen =
+        match mgmt::request(&src, json!({ "op": "freeze" }), Some(token), MGMT_TIMEOUT).await {
+            Ok(v) => v,
+            Err(e) => {
+                kill_new().await;
+                return Err(fail("freeze source", e.to_string()));
+            }
+        };
+    let id = frozen["checkpoint"]["id"]
+        .as_str()
+        .unwrap_or("latest")
+        .to_string();
+    let bytes = frozen["checkpoint"]["bytes"].as_u64().unwrap_or(0);
+    let ops_in_flight = frozen["checkpoint"]["ops_in_flight"].as_u64().unwrap_or(0);
+    if let Err(e) = mgmt::request(
+        &new_addr,
+        json!({ "op": "restore", "id": id }),
+        Some(token),
+        MGMT_TIMEOUT,
+    )
+    .await
+    {
+        let thaw = mgmt::request(&src, json!({ "op": "thaw" }), Some(token), MGMT_TIMEOUT).await;
+        kill_new().await;
+        let rolled = match thaw {
+            Ok(_) => "source thawed, still serving".to_string(),
+            Err(t) => format!("thawing the source failed too: {t}"),
+        };
+        return Err(fail("restore on destination", format!("{e}; {rolled}")));
+    }
+    let switch_over = t_switch.elapsed();
+    if let Err(e) = mgmt::request(
+        &src,
+        json!({ "op": "stop", "checkpoint": false }),
+        Some(token),
+        MGMT_TIMEOUT,
+    )
+    .await
+    {
+        tracing::warn!(error = %e, "stopping the old instance failed; it stays frozen and answers MOVED");
+    }
+    Ok(Migration {
+        uuid: uuid.to_string(),
+        from: src,
+        to: new_addr,
+        checkpoint: id,
+        bytes,
+        ops_in_flight,
+        switch_over,
+        total: t0.elapsed(),
+    })
+}
+
+fn names_for(agent: &Agent) -> Result<Names, AgentError> {
+    match std::env::var("GODWIT_NAMES") {
+        Ok(url) if !url.is_empty() => Ok(Names::from_url(&url, Some(agent.token.clone()))?),
+        _ => Ok(agent.names()),
+    }
+}
+
+fn print(json_out: bool, v: &Value, human: impl FnOnce() -> String) {
+    if json_out {
+        println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+    } else {
+        println!("{}", human());
+    }
+}
+
+/// Runs one `godwit service ...` subcommand against the agent at `agent` (HOST:PORT),
+/// printing a table or, with `json`, JSON.
+pub async fn run_service_cmd(
+    cmd: ServiceCmd,
+    agent: &str,
+    token: String,
+    json_out: bool,
+) -> anyhow::Result<()> {
+    let agent = Agent::new(agent, token.clone());
+    let names = names_for(&agent)?;
+    match cmd {
+        ServiceCmd::Ls => {
+            let mut rows = Vec::new();
+            for r in names.list().await? {
+                let st = mgmt::request(
+                    &r.address,
+                    json!({ "op": "status" }),
+                    Some(&token),
+                    Duration::from_secs(5),
+                )
+                .await;
+                rows.push(match st {
+                    Ok(s) => s,
+                    Err(e) => json!({ "uuid": r.uuid, "address": r.address, "mode": "unreachable", "error": e.to_string() }),
+                });
+            }
+            let v = json!({ "services": rows });
+            print(json_out, &v, || {
+                let mut s = format!(
+                    "{:<36}  {:<10}  {:<21}  {:<9}  {:>10}  {:>8}  {}\n",
+                    "UUID",
+                    "SERVICE",
+                    "ADDRESS",
+                    "MODE",
+                    "STATE(B)",
+                    "IN-FLIGHT",
+                    "LAST CHECKPOINT"
+                );
+                for r in &rows {
+                    s.push_str(&format!(
+                        "{:<36}  {:<10}  {:<21}  {:<9}  {:>10}  {:>8}  {}\n",
+                        r["uuid"].as_str().unwrap_or("-"),
+                        r["service"].as_str().unwrap_or("-"),
+                        r["address"].as_str().unwrap_or("-"),
+                        r["mode"].as_str().unwrap_or("-"),
+                        r["state_bytes"]
+                            .as_u64()
+                            .map(|b| b.to_string())
+                            .unwrap_or("-".into()),
+                        r["calls_in_flight"]
+                            .as_array()
+                            .map(|a| a.len())
+                            .unwrap_or(0),
+                        r["last_checkpoint"]["id"].as_str().unwrap_or("-"),
+                    ));
+                }
+                s.trim_end().to_string()
+            });
+        }
+        ServiceCmd::Status { uuid } => {
+            let addr = resolve(&names, &uuid).await?;
+            let v =
+                mgmt::request(&addr, json!({ "op": "status" }), Some(&token), MGMT_TIMEOUT).await?;
+            print(true, &v, String::new);
+        }
+        ServiceCmd::Checkpoint { uuid } => {
+            let addr = resolve(&names, &uuid).await?;
+            let v = mgmt::request(
+                &addr,
+                json!({ "op": "checkpoint" }),
+                Some(&token),
+                MGMT_TIMEOUT,
+            )
+            .await?;
+            print(json_out, &v, || {
+                let c = &v["checkpoint"];
+                format!(
+                    "checkpoint {} of {uuid}: {} bytes, calls held {:.2} ms",
+                    c["id"].as_str().unwrap_or("?"),
+                    c["bytes"],
+                    c["pause_ms"].as_f64().unwrap_or(0.0)
+                )
+            });
+        }
+        ServiceCmd::Migrate { uuid, to } => {
+            let dest = Agent::new(&to, token.clone());
+            let m = migrate(&names, &dest, &uuid, &token).await?;
+            let v = m.to_json();
+            print(json_out, &v, || {
+                format!(
+                    "migrated {uuid}: {} -> {} (checkpoint {}, {} bytes, switch-over {:.1} ms, total {:.1} ms)",
+                    m.from,
+                    m.to,
+                    m.checkpoint,
+                    m.bytes,
+                    m.switch_over.as_secs_f64() * 1e3,
+                    m.total.as_secs_f64() * 1e3
+                )
+            });
+        }
+        ServiceCmd::Interval { uuid, secs } => {
+            let addr = resolve(&names, &uuid).await?;
+            let v = mgmt::request(
+                &addr,
+                json!({ "op": "interval", "secs": secs }),
+                Some(&token),
+                MGMT_TIMEOUT,
+            )
+            .await?;
+            print(json_out, &v, || match v["interval_secs"].as_f64() {
+                Some(s) => format!("{uuid}: checkpoint every {s} s"),
+                None => format!("{uuid}: periodic checkpoints off"),
+            });
+        }
+    }
+    Ok(())
+}

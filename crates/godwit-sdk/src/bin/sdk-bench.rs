@@ -1,0 +1,276 @@
+//! SDK benchmark: checkpoint/restore throughput of a 100 MB state against memcpy, and
+//! client-visible call latency before, during and after a migration.
+//!
+//! `cargo run --release -p godwit-sdk --bin sdk-bench -- [--mb 100] [--out FILE]`
+//! prints JSON (and writes it to FILE). Everything runs in this process on loopback; the
+//! checkpoint store is a directory under the system temp dir (real files, fsync'ed).
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use godwit_sdk::checkpoint::{self, Description, Envelope};
+use godwit_sdk::codec;
+use godwit_sdk::{service, Client, ClientOptions, Names, Portable, Server, ServiceOptions, Store};
+use serde_json::{json, Value};
+
+#[derive(Portable, Default, Clone)]
+pub struct Rec {
+    id: u64,
+    balance: i64,
+    owner: String,
+    history: Vec<u32>,
+}
+
+#[derive(Portable, Default, Clone)]
+pub struct Bench {
+    #[portable(tag = 1)]
+    blob: Vec<u8>,
+    #[portable(tag = 2)]
+    records: BTreeMap<u64, Rec>,
+    #[portable(tag = 3)]
+    counter: u64,
+}
+
+#[service(name = "bench")]
+impl Bench {
+    pub fn incr(&mut self, n: u64) -> u64 {
+        self.counter += n;
+        self.counter
+    }
+}
+
+fn mbps(bytes: usize, d: Duration) -> f64 {
+    bytes as f64 / 1e6 / d.as_secs_f64()
+}
+
+fn best<T>(runs: usize, mut f: impl FnMut() -> T) -> (Duration, T) {
+    let mut best = Duration::MAX;
+    let mut out = None;
+    for _ in 0..runs {
+        let t = Instant::now();
+        let r = f();
+        best = best.min(t.elapsed());
+        out = Some(r);
+    }
+    (best, out.expect("runs > 0"))
+}
+
+fn blob_state(mb: usize) -> Bench {
+    let mut blob = vec![0u8; mb << 20];
+    for (i, b) in blob.iter_mut().enumerate() {
+        *b = (i.wrapping_mul(2_654_435_761) >> 13) as u8;
+    }
+    Bench {
+        blob,
+        ..Default::default()
+    }
+}
+
+fn records_state(mb: usize) -> Bench {
+    // ~100 encoded bytes per record.
+    let n = (mb << 20) / 100;
+    let records = (0..n as u64)
+        .map(|i| {
+            (
+                i,
+                Rec {
+                    id: i,
+                    balance: i as i64 * 3,
+                    owner: format!("owner-{i:020}"),
+                    history: vec![i as u32; 4],
+                },
+            )
+        })
+        .collect();
+    Bench {
+        records,
+        ..Default::default()
+    }
+}
+
+fn throughput(name: &str, state: &Bench) -> Value {
+    let env = Envelope {
+        state: state.clone(),
+        done: vec![],
+        ops: vec![],
+    };
+    let payload = codec::to_vec(&env);
+    let bytes = payload.len();
+    let mut dst = vec![0u8; bytes];
+    let (t_memcpy, _) = best(3, || {
+        dst.copy_from_slice(&payload);
+        std::hint::black_box(&dst);
+    });
+    let (t_encode, enc) = best(3, || codec::to_vec(&env));
+    let desc = Description {
+        service: "bench".into(),
+        uuid: "u".into(),
+        seq: 1,
+        created_unix_ms: 0,
+        extra: json!({}),
+    };
+    let schema = Envelope::<Bench>::schema();
+    let (t_frame, file) = best(3, || checkpoint::write(&desc, &schema, &enc));
+    let (t_read, decoded) = best(3, || {
+        checkpoint::read::<Envelope<Bench>>(&file, "bench").expect("decode")
+    });
+    assert_eq!(decoded.1.state.counter, state.counter);
+    json!({
+        "state": name,
+        "payload_bytes": bytes,
+        "memcpy_mb_s": mbps(bytes, t_memcpy),
+        "encode_mb_s": mbps(bytes, t_encode),
+        "checkpoint_mb_s": mbps(bytes, t_encode + t_frame),
+        "restore_mb_s": mbps(bytes, t_read),
+        "encode_ms": t_encode.as_secs_f64() * 1e3,
+        "frame_crc_ms": t_frame.as_secs_f64() * 1e3,
+        "verify_decode_ms": t_read.as_secs_f64() * 1e3,
+        "memcpy_ms": t_memcpy.as_secs_f64() * 1e3,
+    })
+}
+
+fn pct(v: &mut [f64], p: f64) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[((v.len() as f64 - 1.0) * p).round() as usize]
+}
+
+async fn mgmt(addr: &str, req: Value) -> Value {
+    godwit_sdk::mgmt::request(addr, req, None, Duration::from_secs(600))
+        .await
+        .expect("management request")
+}
+
+/// Runs a migration under load; returns latencies by phase and the service's timings.
+async fn migration(name: &str, state: Bench, store: &Store) -> Value {
+    let names = Names::from_url("memory", None).expect("memory names");
+    let opts = |uuid: Option<String>, standby: bool| ServiceOptions {
+        uuid,
+        names: names.clone(),
+        store: store.clone(),
+        standby,
+        handle_signals: false,
+        announce: false,
+        ..Default::default()
+    };
+    let s1 = Server::bind(opts(None, false), move || state.clone())
+        .await
+        .expect("bind");
+    let (addr1, uuid) = (s1.address().to_string(), s1.uuid().to_string());
+    tokio::spawn(s1.run());
+    while names.resolve(&uuid).await.ok().flatten().is_none() {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let samples: Arc<Mutex<Vec<(Instant, Duration)>>> = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for _ in 0..2 {
+        let c = BenchClient::new(Client::by_uuid(
+            &uuid,
+            names.clone(),
+            ClientOptions::default(),
+        ));
+        let (samples, stop) = (samples.clone(), stop.clone());
+        tasks.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let t = Instant::now();
+                c.incr(1).await.expect("call");
+                samples
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push((t, t.elapsed()));
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let factory_state = Bench::default();
+    let s2 = Server::bind(opts(Some(uuid.clone()), true), move || {
+        factory_state.clone()
+    })
+    .await
+    .expect("bind");
+    let addr2 = s2.address().to_string();
+    tokio::spawn(s2.run());
+    let t_freeze = Instant::now();
+    let fr = mgmt(&addr1, json!({"op": "freeze"})).await;
+    let id = fr["checkpoint"]["id"]
+        .as_str()
+        .unwrap_or("latest")
+        .to_string();
+    let rs = mgmt(&addr2, json!({"op": "restore", "id": id})).await;
+    let t_restored = Instant::now();
+    mgmt(&addr1, json!({"op": "stop", "checkpoint": false})).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        let _ = t.await;
+    }
+    let samples = samples.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let (mut before, mut during, mut after) = (vec![], vec![], vec![]);
+    for (start, lat) in samples {
+        let end = start + lat;
+        let ms = lat.as_secs_f64() * 1e3;
+        if end < t_freeze {
+            before.push(ms);
+        } else if start > t_restored {
+            after.push(ms);
+        } else {
+            during.push(ms);
+        }
+    }
+    let phase = |v: &mut Vec<f64>| json!({ "calls": v.len(), "p50_ms": pct(v, 0.5), "p99_ms": pct(v, 0.99), "max_ms": pct(v, 1.0) });
+    json!({
+        "state": name,
+        "checkpoint_bytes": fr["checkpoint"]["bytes"],
+        "freeze": fr["checkpoint"],
+        "restore_ms": rs["checkpoint"]["pause_ms"],
+        "switch_over_ms": (t_restored - t_freeze).as_secs_f64() * 1e3,
+        "latency": { "before": phase(&mut before), "during": phase(&mut during), "after": phase(&mut after) },
+    })
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let mut mb = 100usize;
+    let mut out_file = None;
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--mb" => mb = args.next().and_then(|v| v.parse().ok()).unwrap_or(100),
+            "--out" => out_file = args.next(),
+            other => {
+                eprintln!("usage: sdk-bench [--mb N] [--out FILE] (unknown `{other}`)");
+                std::process::exit(2);
+            }
+        }
+    }
+    let dir = std::env::temp_dir().join(format!("godwit-sdk-bench-{}", std::process::id()));
+    let store = Store::Dir(dir.clone());
+    eprintln!("building states of {mb} MB ...");
+    let blob = blob_state(mb);
+    let records = records_state(mb);
+    eprintln!("throughput ...");
+    let tp = vec![throughput("bytes", &blob), throughput("records", &records)];
+    eprintln!("migration with a small state ...");
+    let small = migration("small (counter only)", Bench::default(), &store).await;
+    eprintln!("migration with {mb} MB of bytes ...");
+    let big = migration(&format!("{mb} MB bytes"), blob, &store).await;
+    let _ = std::fs::remove_dir_all(&dir);
+    let report = json!({
+        "machine": { "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0) },
+        "throughput": tp,
+        "migration": [small, big],
+    });
+    let text = serde_json::to_string_pretty(&report).unwrap_or_default();
+    println!("{text}");
+    if let Some(f) = out_file {
+        if let Err(e) = std::fs::write(&f, &text) {
+            eprintln!("writing {f}: {e}");
+            std::process::exit(1);
+        }
+    }
+}

@@ -1,0 +1,408 @@
+//! The checkpoint file: a fixed header, a JSON description (including the schema of the
+//! payload) and the portable payload, protected by a CRC-32. Layout in docs/SDK.md.
+
+use serde_json::{json, Value};
+
+use crate::codec::{self, DecodeError, Portable, Reader, StructDecoder, StructEncoder};
+use crate::schema::{BadSchema, Field, Incompatible, Schema};
+
+/// File magic.
+pub const MAGIC: &[u8; 8] = b"GODWITCK";
+/// Format version written by this build; readers refuse other majors.
+pub const FORMAT_VERSION: u16 = 1;
+/// Size of the fixed header.
+pub const HEADER_LEN: usize = 32;
+/// Largest JSON description accepted.
+pub const MAX_DESCRIPTION: u32 = 16 << 20;
+
+/// Why a checkpoint cannot be read.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    /// Shorter than the header or than the lengths it announces.
+    #[error("checkpoint truncated: {0}")]
+    Truncated(String),
+    /// Not a checkpoint.
+    #[error("not a Godwit checkpoint (bad magic)")]
+    BadMagic,
+    /// A format this build cannot read.
+    #[error("checkpoint format version {found} is not supported (this build reads version {FORMAT_VERSION})")]
+    Version {
+        /// Version found.
+        found: u16,
+    },
+    /// The checksum does not match: corrupted bytes.
+    #[error("checkpoint corrupted: CRC-32 is {found:08x}, expected {expected:08x}")]
+    Checksum {
+        /// Computed.
+        found: u32,
+        /// Recorded.
+        expected: u32,
+    },
+    /// The JSON description is malformed.
+    #[error("checkpoint description: {0}")]
+    Description(String),
+    /// Written by another service.
+    #[error("checkpoint belongs to service `{found}`, not `{expected}`")]
+    WrongService {
+        /// Found.
+        found: String,
+        /// Expected.
+        expected: String,
+    },
+    /// The state's schema changed incompatibly.
+    #[error(transparent)]
+    Incompatible(#[from] Incompatible),
+    /// The payload does not decode.
+    #[error("checkpoint payload: {0}")]
+    Decode(#[from] DecodeError),
+}
+
+impl From<BadSchema> for CheckpointError {
+    fn from(e: BadSchema) -> Self {
+        CheckpointError::Description(e.to_string())
+    }
+}
+
+/// A completed write call, remembered so a retry gets the same answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DoneCall {
+    /// Client id (UUID text).
+    pub client: String,
+    /// Call sequence number.
+    pub seq: u64,
+    /// Encoded reply.
+    pub reply: Vec<u8>,
+}
+
+/// A resumable operation stopped at a migration point.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OpRecord {
+    /// Client id.
+    pub client: String,
+    /// Call sequence number.
+    pub seq: u64,
+    /// Operation name.
+    pub method: String,
+    /// Encoded arguments (schema: the method's `args`).
+    pub args: Vec<u8>,
+    /// Encoded stage (schema: the method's `stage`).
+    pub stage: Vec<u8>,
+    /// Migration points passed so far.
+    pub steps: u64,
+}
+
+/// Everything a checkpoint holds besides its description.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Envelope<S> {
+    /// The service state.
+    pub state: S,
+    /// Completed write calls (at-most-once table).
+    pub done: Vec<DoneCall>,
+    /// Operations parked at migration points.
+    pub ops: Vec<OpRecord>,
+}
+
+impl Portable for DoneCall {
+    fn schema() -> Schema {
+        Schema::Struct {
+            name: "DoneCall".into(),
+            fields: vec![
+                Field::new("client", 1, Schema::String, false),
+                Field::new("seq", 2, Schema::U64, false),
+                Field::new("reply", 3, Schema::List(Box::new(Schema::U8)), false),
+            ],
+        }
+    }
+    fn encode(&self, out: &mut Vec<u8>) {
+        let mut e = StructEncoder::begin(out, 3);
+        e.field(1, &self.client);
+        e.field(2, &self.seq);
+        e.field(3, &self.reply);
+    }
+    fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        let mut d = StructDecoder::read(r, "DoneCall")?;
+        Ok(DoneCall {
+            client: d.required(1, "client")?,
+            seq: d.required(2, "seq")?,
+            reply: d.required(3, "reply")?,
+        })
+    }
+}
+
+impl Portable for OpRecord {
+    fn schema() -> Schema {
+        let bytes = || Schema::List(Box::new(Schema::U8));
+        Schema::Struct {
+            name: "OpRecord".into(),
+            fields: vec![
+                Field::new("client", 1, Schema::String, false),
+                Field::new("seq", 2, Schema::U64, false),
+                Field::new("method", 3, Schema::String, false),
+                Field::new("args", 4, bytes(), false),
+                Field::new("stage", 5, bytes(), false),
+                Field::new("steps", 6, Schema::U64, true),
+            ],
+        }
+    }
+    fn encode(&self, out: &mut Vec<u8>) {
+        let mut e = StructEncoder::begin(out, 6);
+        e.field(1, &self.client);
+        e.field(2, &self.seq);
+        e.field(3, &self.method);
+        e.field(4, &self.args);
+        e.field(5, &self.stage);
+        e.field(6, &self.steps);
+    }
+    fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        let mut d = StructDecoder::read(r, "OpRecord")?;
+        Ok(OpRecord {
+            client: d.required(1, "client")?,
+            seq: d.required(2, "seq")?,
+            method: d.required(3, "method")?,
+            args: d.required(4, "args")?,
+            stage: d.required(5, "stage")?,
+            steps: d.take(6, "steps")?.unwrap_or_default(),
+        })
+    }
+}
+
+impl<S: Portable> Portable for Envelope<S> {
+    fn schema() -> Schema {
+        Schema::Struct {
+            name: "Checkpoint".into(),
+            fields: vec![
+                Field::new("state", 1, S::schema(), false),
+                Field::new("done", 2, Vec::<DoneCall>::schema(), true),
+                Field::new("ops", 3, Vec::<OpRecord>::schema(), true),
+            ],
+        }
+    }
+    fn encode(&self, out: &mut Vec<u8>) {
+        let mut e = StructEncoder::begin(out, 3);
+        e.field(1, &self.state);
+        e.field(2, &self.done);
+        e.field(3, &self.ops);
+    }
+    fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        let mut d = StructDecoder::read(r, "Checkpoint")?;
+        Ok(Envelope {
+            state: d.required(1, "state")?,
+            done: d.take(2, "done")?.unwrap_or_default(),
+            ops: d.take(3, "ops")?.unwrap_or_default(),
+        })
+    }
+}
+
+/// What a checkpoint says about itself.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Description {
+    /// Service name (`Service::NAME`).
+    pub service: String,
+    /// Service instance UUID.
+    pub uuid: String,
+    /// Checkpoint sequence number for this UUID.
+    pub seq: u64,
+    /// Wall-clock time of capture, ms since the Unix epoch.
+    pub created_unix_ms: u64,
+    /// Extra JSON (method schemas), kept verbatim.
+    pub extra: Value,
+}
+
+/// Writes a checkpoint file for `envelope`. `payload` may be pre-encoded by the caller
+/// (the runtime encodes under its lock and frames outside it).
+pub fn write(desc: &Description, payload_schema: &Schema, payload: &[u8]) -> Vec<u8> {
+    let mut header = json!({
+        "format": FORMAT_VERSION,
+        "service": desc.service,
+        "uuid": desc.uuid,
+        "seq": desc.seq,
+        "created_unix_ms": desc.created_unix_ms,
+        "schema": payload_schema.to_json(),
+    });
+    if let (Some(h), Some(extra)) = (header.as_object_mut(), desc.extra.as_object()) {
+        for (k, v) in extra {
+            h.entry(k.clone()).or_insert(v.clone());
+        }
+    }
+    let header = header.to_string().into_bytes();
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&header);
+    crc.update(payload);
+    let crc = crc.finalize();
+    let mut out = Vec::with_capacity(HEADER_LEN + header.len() + payload.len());
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    out.extend_from_slice(&0u16.to_le_bytes());
+    out.extend_from_slice(&(header.len() as u32).to_le_bytes());
+    out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+    out.extend_from_slice(&crc.to_le_bytes());
+    out.extend_from_slice(&0u32.to_le_bytes());
+    out.extend_from_slice(&header);
+    out.extend_from_slice(payload);
+    out
+}
+
+/// Splits and verifies a checkpoint file: returns the description JSON and the payload.
+pub fn open(file: &[u8]) -> Result<(Value, &[u8]), CheckpointError> {
+    if file.len() < HEADER_LEN {
+        return Err(CheckpointError::Truncated(format!(
+            "{} bytes, the header alone is {HEADER_LEN}",
+            file.len()
+        )));
+    }
+    if &file[..8] != MAGIC {
+        return Err(CheckpointError::BadMagic);
+    }
+    let u16_at = |o: usize| u16::from_le_bytes([file[o], file[o + 1]]);
+    let u32_at = |o: usize| u32::from_le_bytes([file[o], file[o + 1], file[o + 2], file[o + 3]]);
+    let version = u16_at(8);
+    if version != FORMAT_VERSION {
+        return Err(CheckpointError::Version { found: version });
+    }
+    let desc_len = u32_at(12);
+    let mut r = Reader::new(&file[16..24]);
+    let payload_len = r.u64()?;
+    let expected = u32_at(24);
+    if desc_len > MAX_DESCRIPTION {
+        return Err(CheckpointError::Description(format!(
+            "{desc_len} bytes is over the {MAX_DESCRIPTION} limit"
+        )));
+    }
+    let body = &file[HEADER_LEN..];
+    let need = desc_len as u64 + payload_len;
+    if (body.len() as u64) < need {
+        return Err(CheckpointError::Truncated(format!(
+            "{} bytes after the header, {need} announced",
+            body.len()
+        )));
+    }
+    let (desc, rest) = body.split_at(desc_len as usize);
+    let payload = &rest[..payload_len as usize];
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(desc);
+    crc.update(payload);
+    let found = crc.finalize();
+    if found != expected {
+        return Err(CheckpointError::Checksum { found, expected });
+    }
+    let json: Value =
+        serde_json::from_slice(desc).map_err(|e| CheckpointError::Description(e.to_string()))?;
+    Ok((json, payload))
+}
+
+/// Parses the description part of a header.
+pub fn description(json: &Value) -> Result<Description, CheckpointError> {
+    let s = |k: &str| {
+        json[k]
+            .as_str()
+            .map(str::to_string)
+            .ok_or_else(|| CheckpointError::Description(format!("missing `{k}`")))
+    };
+    let n = |k: &str| {
+        json[k]
+            .as_u64()
+            .ok_or_else(|| CheckpointError::Description(format!("missing `{k}`")))
+    };
+    Ok(Description {
+        service: s("service")?,
+        uuid: s("uuid")?,
+        seq: n("seq")?,
+        created_unix_ms: n("created_unix_ms")?,
+        extra: Value::Null,
+    })
+}
+
+/// Reads a checkpoint written for `T` (checks magic, version, CRC, service name and schema
+/// compatibility, then decodes).
+pub fn read<T: Portable>(file: &[u8], service: &str) -> Result<(Description, T), CheckpointError> {
+    let (json, payload) = open(file)?;
+    let desc = description(&json)?;
+    if desc.service != service {
+        return Err(CheckpointError::WrongService {
+            found: desc.service,
+            expected: service.to_string(),
+        });
+    }
+    let old = Schema::from_json(&json["schema"])?;
+    T::schema().check_readable(&old, "Checkpoint")?;
+    let value = codec::from_slice::<T>(payload)?;
+    Ok((desc, value))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Vec<u8> {
+        let env = Envelope {
+            state: 42u64,
+            done: vec![DoneCall {
+                client: "c".into(),
+                seq: 1,
+                reply: vec![1, 2],
+            }],
+            ops: vec![],
+        };
+        let desc = Description {
+            service: "svc".into(),
+            uuid: "u".into(),
+            seq: 3,
+            created_unix_ms: 5,
+            extra: json!({"methods": {}}),
+        };
+        write(&desc, &Envelope::<u64>::schema(), &codec::to_vec(&env))
+    }
+
+    #[test]
+    fn round_trip() {
+        let file = sample();
+        let (d, env) = read::<Envelope<u64>>(&file, "svc").unwrap();
+        assert_eq!(d.seq, 3);
+        assert_eq!(env.state, 42);
+        assert_eq!(env.done[0].reply, vec![1, 2]);
+    }
+
+    #[test]
+    fn corruption_is_refused_with_a_clear_error() {
+        let file = sample();
+        let mut bad = file.clone();
+        *bad.last_mut().unwrap() ^= 0xff;
+        assert!(matches!(
+            read::<Envelope<u64>>(&bad, "svc"),
+            Err(CheckpointError::Checksum { .. })
+        ));
+        let mut bad = file.clone();
+        bad[0] = b'X';
+        assert!(matches!(
+            read::<Envelope<u64>>(&bad, "svc"),
+            Err(CheckpointError::BadMagic)
+        ));
+        let mut bad = file.clone();
+        bad[8] = 9;
+        assert_eq!(
+            read::<Envelope<u64>>(&bad, "svc").unwrap_err().to_string(),
+            "checkpoint format version 9 is not supported (this build reads version 1)"
+        );
+        assert!(matches!(
+            read::<Envelope<u64>>(&file[..file.len() - 1], "svc"),
+            Err(CheckpointError::Truncated(_))
+        ));
+        assert!(matches!(
+            read::<Envelope<u64>>(&file[..10], "svc"),
+            Err(CheckpointError::Truncated(_))
+        ));
+        assert!(matches!(
+            read::<Envelope<u64>>(&file, "other"),
+            Err(CheckpointError::WrongService { .. })
+        ));
+        let e = read::<Envelope<String>>(&file, "svc").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "incompatible change at `Checkpoint.state`: the checkpoint has u64, this build expects string"
+        );
+        // Every truncation point fails cleanly.
+        for cut in 0..file.len() {
+            assert!(read::<Envelope<u64>>(&file[..cut], "svc").is_err());
+        }
+    }
+}

@@ -1,0 +1,38 @@
+//! Godwit conformist services: write a state type and its operations in plain Rust; one
+//! attribute macro makes the service checkpointable, restorable and migratable.
+//!
+//! ```ignore
+//! use godwit_sdk::{service, Portable, Step};
+//!
+//! #[derive(Portable, Default)]
+//! pub struct Counter { #[portable(tag = 1)] value: u64 }
+//!
+//! #[service(name = "counter")]
+//! impl Counter {
+//!     pub fn add(&mut self, n: u64) -> u64 { self.value += n; self.value }
+//!     pub fn get(&self) -> u64 { self.value }
+//! }
+//! ```
+//!
+//! See docs/SDK.md for the state encoding, the wire protocol, the management interface
+//! and migration points.
+
+pub mod checkpoint;
+pub mod client;
+pub mod codec;
+pub mod mgmt;
+pub mod options;
+pub mod runtime;
+pub mod schema;
+pub mod service;
+pub mod store;
+pub mod wire;
+
+pub use client::{CallError, Client, ClientOptions};
+pub use codec::{DecodeError, Portable};
+pub use godwit_names::{self as names, Names};
+pub use godwit_sdk_macros::{service, Portable};
+pub use options::ServiceOptions;
+pub use runtime::{run_service, CheckpointInfo, RunError, Server, ServerHandle, ServiceError};
+pub use service::{DispatchError, MethodInfo, MethodKind, Service, Step, StepOutcome};
+pub use store::Store;

@@ -1,0 +1,210 @@
+//! Options every conformist service accepts (see docs/SDK.md, "Running a service").
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use godwit_names::Names;
+
+use crate::store::Store;
+
+/// Bad command-line options.
+#[derive(Debug, thiserror::Error)]
+pub enum OptionsError {
+    /// Unknown flag.
+    #[error("unknown option `{0}` (see docs/SDK.md for the service options)")]
+    Unknown(String),
+    /// Flag without its value.
+    #[error("option `{0}` needs a value")]
+    MissingValue(String),
+    /// Value not understood.
+    #[error("option `{flag}`: {message}")]
+    BadValue {
+        /// Flag.
+        flag: String,
+        /// Why.
+        message: String,
+    },
+}
+
+/// How a service instance runs.
+#[derive(Debug, Clone)]
+pub struct ServiceOptions {
+    /// Instance UUID; a new one when absent (a restore keeps the checkpoint's).
+    pub uuid: Option<String>,
+    /// Listening address, `127.0.0.1:0` by default.
+    pub listen: String,
+    /// Address to advertise when it differs from the bound one.
+    pub advertise: Option<String>,
+    /// Name service.
+    pub names: Names,
+    /// Checkpoint store.
+    pub store: Store,
+    /// Token: required on management requests, and sent to godwitd.
+    pub token: Option<String>,
+    /// Periodic checkpoint interval (none: only on request).
+    pub interval: Option<Duration>,
+    /// Start in standby: wait for a `restore` (or `start`) management request.
+    pub standby: bool,
+    /// Restore this checkpoint (`latest` or an id) at start.
+    pub restore: Option<String>,
+    /// Name-service lease length.
+    pub lease: Duration,
+    /// Arguments placed before the service options when the service is relaunched on
+    /// another node (e.g. `["serve"]`).
+    pub relaunch_args: Vec<String>,
+    /// Handle SIGTERM/SIGINT (deregister, final checkpoint, exit).
+    pub handle_signals: bool,
+    /// Print `GODWIT_READY <address> <uuid>` on stdout once listening.
+    pub announce: bool,
+}
+
+impl Default for ServiceOptions {
+    fn default() -> Self {
+        ServiceOptions {
+            uuid: None,
+            listen: "127.0.0.1:0".into(),
+            advertise: None,
+            names: Names::from_url("memory", None).expect("`memory` is a valid name service"),
+            store: Store::Dir(PathBuf::from("godwit-checkpoints")),
+            token: None,
+            interval: None,
+            standby: false,
+            restore: None,
+            lease: Duration::from_secs(5),
+            relaunch_args: Vec::new(),
+            handle_signals: true,
+            announce: true,
+        }
+    }
+}
+
+fn parse_secs(flag: &str, v: &str) -> Result<Option<Duration>, OptionsError> {
+    let secs: f64 = v.parse().map_err(|_| OptionsError::BadValue {
+        flag: flag.into(),
+        message: format!("`{v}` is not a number of seconds"),
+    })?;
+    if !(0.0..=1e9).contains(&secs) {
+        return Err(OptionsError::BadValue {
+            flag: flag.into(),
+            message: format!("{secs} is out of range"),
+        });
+    }
+    Ok((secs > 0.0).then(|| Duration::from_secs_f64(secs)))
+}
+
+impl ServiceOptions {
+    /// Parses the service options:
+    /// `--uuid U --listen A --advertise A --names URL --store URL --token-file F
+    ///  --interval SECS --standby --restore ID|latest --lease SECS`.
+    /// The token may also come from the `GODWIT_TOKEN` environment variable.
+    pub fn from_args<I: IntoIterator<Item = String>>(args: I) -> Result<Self, OptionsError> {
+        let mut o = ServiceOptions {
+            token: std::env::var("GODWIT_TOKEN").ok().filter(|t| !t.is_empty()),
+            ..Default::default()
+        };
+        let mut names_url = None;
+        let mut store_url = None;
+        let mut it = args.into_iter();
+        while let Some(flag) = it.next() {
+            let mut value = |f: &str| {
+                it.next()
+                    .ok_or_else(|| OptionsError::MissingValue(f.to_string()))
+            };
+            match flag.as_str() {
+                "--uuid" => {
+                    let v = value(&flag)?;
+                    uuid::Uuid::parse_str(&v).map_err(|e| OptionsError::BadValue {
+                        flag: flag.clone(),
+                        message: e.to_string(),
+                    })?;
+                    o.uuid = Some(v);
+                }
+                "--listen" => o.listen = value(&flag)?,
+                "--advertise" => o.advertise = Some(value(&flag)?),
+                "--names" => names_url = Some(value(&flag)?),
+                "--store" => store_url = Some(value(&flag)?),
+                "--token-file" => {
+                    let p = value(&flag)?;
+                    let t = std::fs::read_to_string(&p).map_err(|e| OptionsError::BadValue {
+                        flag: flag.clone(),
+                        message: format!("{p}: {e}"),
+                    })?;
+                    o.token = Some(t.trim().to_string());
+                }
+                "--interval" => o.interval = parse_secs(&flag, &value(&flag)?)?,
+                "--lease" => {
+                    o.lease = parse_secs(&flag, &value(&flag)?)?.ok_or_else(|| {
+                        OptionsError::BadValue {
+                            flag: flag.clone(),
+                            message: "a lease must be positive".into(),
+                        }
+                    })?
+                }
+                "--standby" => o.standby = true,
+                "--restore" => o.restore = Some(value(&flag)?),
+                _ => return Err(OptionsError::Unknown(flag)),
+            }
+        }
+        if let Some(u) = names_url {
+            o.names = Names::from_url(&u, o.token.clone()).map_err(|e| OptionsError::BadValue {
+                flag: "--names".into(),
+                message: e.to_string(),
+            })?;
+        }
+        if let Some(u) = store_url {
+            o.store = Store::from_url(&u, o.token.clone()).map_err(|e| OptionsError::BadValue {
+                flag: "--store".into(),
+                message: e.to_string(),
+            })?;
+        }
+        Ok(o)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(s: &str) -> Vec<String> {
+        s.split_whitespace().map(str::to_string).collect()
+    }
+
+    #[test]
+    fn parses_and_refuses() {
+        let o = ServiceOptions::from_args(args(
+            "--listen 10.0.0.1:0 --names agent+http://10.0.0.1:7070 --store dir:/tmp/x --interval 2.5 --standby",
+        ))
+        .unwrap();
+        assert_eq!(o.listen, "10.0.0.1:0");
+        assert_eq!(o.names.url(), "agent+http://10.0.0.1:7070");
+        assert_eq!(o.store.url(), "dir:/tmp/x");
+        assert_eq!(o.interval, Some(Duration::from_millis(2500)));
+        assert!(o.standby);
+        assert!(matches!(
+            ServiceOptions::from_args(args("--bogus")),
+            Err(OptionsError::Unknown(_))
+        ));
+        assert!(matches!(
+            ServiceOptions::from_args(args("--listen")),
+            Err(OptionsError::MissingValue(_))
+        ));
+        assert!(matches!(
+            ServiceOptions::from_args(args("--uuid nope")),
+            Err(OptionsError::BadValue { .. })
+        ));
+        assert!(matches!(
+            ServiceOptions::from_args(args("--interval -1")),
+            Err(OptionsError::BadValue { .. })
+        ));
+        assert!(matches!(
+            ServiceOptions::from_args(args("--names zk://x")),
+            Err(OptionsError::BadValue { .. })
+        ));
+        assert_eq!(
+            ServiceOptions::from_args(args("--interval 0"))
+                .unwrap()
+                .interval,
+            None
+        );
+    }
+}

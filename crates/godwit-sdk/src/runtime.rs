@@ -1,0 +1,1269 @@
+//! The server runtime every conformist service shares: RPC dispatch, at-most-once calls,
+//! call monitoring, quiescing, checkpoints, restore, migration points, name-service
+//! registration and signal handling.
+//!
+//! Consistency rule: the state, the table of completed calls and the stages of resumable
+//! operations live behind ONE lock, and every write call and every step of a resumable
+//! operation runs entirely under it. A capture taken under that lock is therefore always
+//! a consistent cut: every completed call is in the state and in the table, and every
+//! resumable operation sits at a migration point.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering::SeqCst};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use godwit_names::{Lease, NamesError};
+use serde_json::{json, Value};
+use tokio::io::{AsyncWrite, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Notify};
+
+use crate::checkpoint::{self, CheckpointError, Description, DoneCall, Envelope, OpRecord};
+use crate::codec::{Portable, StructEncoder};
+use crate::options::ServiceOptions;
+use crate::service::{MethodKind, Service, StepOutcome};
+use crate::store::{checkpoint_id, StoreError};
+use crate::wire::{self, status, Call};
+
+/// Errors of the service runtime and of management operations.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// Could not listen.
+    #[error("listen on {addr}: {source}")]
+    Listen {
+        /// Address.
+        addr: String,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// The operation is not allowed in the current mode.
+    #[error("cannot {op} while {mode}")]
+    WrongMode {
+        /// Operation.
+        op: &'static str,
+        /// Current mode.
+        mode: &'static str,
+    },
+    /// Name service failure.
+    #[error("{stage}: {source}")]
+    Names {
+        /// Stage.
+        stage: &'static str,
+        /// Cause.
+        source: NamesError,
+    },
+    /// Checkpoint store failure.
+    #[error("{stage}: {source}")]
+    Store {
+        /// Stage.
+        stage: &'static str,
+        /// Cause.
+        source: StoreError,
+    },
+    /// The checkpoint cannot be restored.
+    #[error("restore {id}: {source}")]
+    Restore {
+        /// Checkpoint id.
+        id: String,
+        /// Cause.
+        source: CheckpointError,
+    },
+    /// The checkpoint belongs to another instance.
+    #[error("checkpoint {id} is of instance {found}, this instance is {expected}")]
+    WrongInstance {
+        /// Checkpoint id.
+        id: String,
+        /// UUID in the checkpoint.
+        found: String,
+        /// Our UUID.
+        expected: String,
+    },
+    /// A resumable operation in the checkpoint is unknown to this build.
+    #[error("restore {id}: operation `{method}` in flight in the checkpoint is not resumable in this build")]
+    UnknownOp {
+        /// Checkpoint id.
+        id: String,
+        /// Operation.
+        method: String,
+    },
+}
+
+const STANDBY: u8 = 0;
+const SERVING: u8 = 1;
+const HOLDING: u8 = 2;
+const FROZEN: u8 = 3;
+const STOPPING: u8 = 4;
+
+fn mode_name(m: u8) -> &'static str {
+    match m {
+        STANDBY => "standby",
+        SERVING => "serving",
+        HOLDING => "holding",
+        FROZEN => "frozen",
+        _ => "stopping",
+    }
+}
+
+type Key = (String, u64);
+
+#[derive(Debug, Clone)]
+enum Outcome {
+    Reply(Arc<Vec<u8>>),
+    Error(String),
+}
+
+struct RunEntry {
+    method: String,
+    kind: MethodKind,
+    peer: String,
+    task: String,
+    started: Instant,
+    rx: watch::Receiver<Option<Outcome>>,
+}
+
+struct Inner<S> {
+    state: Option<S>,
+    done: HashMap<String, BTreeMap<u64, Arc<Vec<u8>>>>,
+    ops: BTreeMap<Key, OpRecord>,
+    generation: u64,
+}
+
+/// Facts about the last checkpoint taken.
+#[derive(Debug, Clone)]
+pub struct CheckpointInfo {
+    /// Store id.
+    pub id: String,
+    /// Sequence number.
+    pub seq: u64,
+    /// File size.
+    pub bytes: u64,
+    /// State payload size.
+    pub payload_bytes: u64,
+    /// Wall-clock time, ms since the epoch.
+    pub unix_ms: u64,
+    /// How long calls were held.
+    pub pause: Duration,
+    /// Time to encode under the lock.
+    pub capture: Duration,
+    /// Time to ship to the store.
+    pub upload: Duration,
+    /// Resumable operations captured at a migration point.
+    pub ops: u64,
+}
+
+impl CheckpointInfo {
+    fn to_json(&self) -> Value {
+        json!({
+            "id": self.id, "seq": self.seq, "bytes": self.bytes, "payload_bytes": self.payload_bytes,
+            "unix_ms": self.unix_ms, "pause_ms": self.pause.as_secs_f64() * 1e3,
+            "capture_ms": self.capture.as_secs_f64() * 1e3, "upload_ms": self.upload.as_secs_f64() * 1e3,
+            "ops_in_flight": self.ops,
+        })
+    }
+}
+
+struct Shared<S: Service> {
+    uuid: String,
+    address: String,
+    opts: ServiceOptions,
+    methods: HashMap<&'static str, MethodKind>,
+    methods_json: Value,
+    factory: Box<dyn Fn() -> S + Send + Sync>,
+    inner: RwLock<Inner<S>>,
+    running: Mutex<HashMap<Key, RunEntry>>,
+    mode: AtomicU8,
+    mode_tx: watch::Sender<u8>,
+    active: AtomicUsize,
+    idle: Notify,
+    interval: watch::Sender<Option<Duration>>,
+    last: Mutex<Option<CheckpointInfo>>,
+    next_seq: AtomicU64,
+    advertised: AtomicBool,
+    lease: tokio::sync::Mutex<Option<Lease>>,
+    mgmt: tokio::sync::Mutex<()>,
+    shutdown: watch::Sender<bool>,
+    calls_served: AtomicU64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Critical sections are single map operations; data stays consistent on poison.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+struct Moved;
+
+struct ActiveGuard<'a, S: Service>(&'a Shared<S>);
+
+impl<S: Service> Drop for ActiveGuard<'_, S> {
+    fn drop(&mut self) {
+        if self.0.active.fetch_sub(1, SeqCst) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+/// A bound, not yet running, service instance.
+pub struct Server<S: Service> {
+    shared: Arc<Shared<S>>,
+    listener: TcpListener,
+}
+
+/// A handle to a running instance, for in-process use (tests, embedding).
+pub struct ServerHandle<S: Service> {
+    shared: Arc<Shared<S>>,
+}
+
+impl<S: Service> Clone for ServerHandle<S> {
+    fn clone(&self) -> Self {
+        ServerHandle {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<S: Service> Server<S> {
+    /// Binds the listening socket. `factory` makes the initial state of a fresh instance.
+    pub async fn bind(
+        opts: ServiceOptions,
+        factory: impl Fn() -> S + Send + Sync + 'static,
+    ) -> Result<Self, ServiceError> {
+        let listener =
+            TcpListener::bind(&opts.listen)
+                .await
+                .map_err(|source| ServiceError::Listen {
+                    addr: opts.listen.clone(),
+                    source,
+                })?;
+        let bound = listener
+            .local_addr()
+            .map_err(|source| ServiceError::Listen {
+                addr: opts.listen.clone(),
+                source,
+            })?;
+        let address = opts.advertise.clone().unwrap_or_else(|| bound.to_string());
+        let uuid = opts
+            .uuid
+            .clone()
+            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        let infos = S::methods();
+        let methods = infos.iter().map(|m| (m.name, m.kind)).collect();
+        let methods_json = Value::Object(
+            infos
+                .iter()
+                .map(|m| (m.name.to_string(), m.to_json()))
+                .collect(),
+        );
+        let (mode_tx, _) = watch::channel(STANDBY);
+        let (interval, _) = watch::channel(opts.interval);
+        let (shutdown, _) = watch::channel(false);
+        let shared = Arc::new(Shared {
+            uuid,
+            address,
+            methods,
+            methods_json,
+            factory: Box::new(factory),
+            inner: RwLock::new(Inner {
+                state: None,
+                done: HashMap::new(),
+                ops: BTreeMap::new(),
+                generation: 0,
+            }),
+            running: Mutex::new(HashMap::new()),
+            mode: AtomicU8::new(STANDBY),
+            mode_tx,
+            active: AtomicUsize::new(0),
+            idle: Notify::new(),
+            interval,
+            last: Mutex::new(None),
+            next_seq: AtomicU64::new(1),
+            advertised: AtomicBool::new(false),
+            lease: tokio::sync::Mutex::new(None),
+            mgmt: tokio::sync::Mutex::new(()),
+            shutdown,
+            calls_served: AtomicU64::new(0),
+            opts,
+        });
+        Ok(Server { shared, listener })
+    }
+
+    /// The advertised address.
+    pub fn address(&self) -> &str {
+        &self.shared.address
+    }
+
+    /// The instance UUID.
+    pub fn uuid(&self) -> &str {
+        &self.shared.uuid
+    }
+
+    /// A handle for in-process management.
+    pub fn handle(&self) -> ServerHandle<S> {
+        ServerHandle {
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// Starts (fresh, or restored per the options, or standby) and serves until stopped.
+    pub async fn run(self) -> Result<(), ServiceError> {
+        let sh = self.shared.clone();
+        if sh.opts.announce {
+            use std::io::Write as _;
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "GODWIT_READY {} {}", sh.address, sh.uuid);
+            let _ = out.flush();
+        }
+        let mut shutdown = sh.shutdown.subscribe();
+        tokio::spawn(sh.clone().accept_loop(self.listener));
+        tokio::spawn(sh.clone().lease_loop());
+        tokio::spawn(sh.clone().periodic_loop());
+        if sh.opts.handle_signals {
+            tokio::spawn(sh.clone().signal_loop());
+        }
+        if !sh.opts.standby {
+            match sh.opts.restore.clone() {
+                Some(id) => {
+                    sh.restore(&id).await?;
+                }
+                None => sh.start().await?,
+            }
+        }
+        while !*shutdown.borrow_and_update() {
+            if shutdown.changed().await.is_err() {
+                break;
+            }
+        }
+        tracing::info!(uuid = %sh.uuid, "service stopped");
+        Ok(())
+    }
+}
+
+impl<S: Service> ServerHandle<S> {
+    /// Management request (same JSON as the wire MGMT frame, token not checked).
+    pub async fn manage(&self, req: Value) -> Value {
+        self.shared.manage(req).await
+    }
+
+    /// Runs `f` on the state under the shared lock (tests, inspection).
+    pub fn with_state<R>(&self, f: impl FnOnce(Option<&S>) -> R) -> R {
+        let g = self.shared.inner.read().unwrap_or_else(|p| p.into_inner());
+        f(g.state.as_ref())
+    }
+}
+
+impl<S: Service> Shared<S> {
+    fn mode(&self) -> u8 {
+        self.mode.load(SeqCst)
+    }
+
+    fn set_mode(&self, m: u8) {
+        self.mode.store(m, SeqCst);
+        self.mode_tx.send_replace(m);
+    }
+
+    fn read_inner(&self) -> std::sync::RwLockReadGuard<'_, Inner<S>> {
+        // A panic in an author's operation poisons the lock; the state it left is what
+        // the operation wrote so far. We keep serving rather than wedge the service.
+        self.inner.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write_inner(&self) -> std::sync::RwLockWriteGuard<'_, Inner<S>> {
+        self.inner.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Admission gate: waits while calls are held; `Moved` when not serving.
+    async fn enter(&self) -> Result<ActiveGuard<'_, S>, Moved> {
+        let mut rx = self.mode_tx.subscribe();
+        loop {
+            rx.borrow_and_update();
+            match self.mode() {
+                SERVING => {
+                    self.active.fetch_add(1, SeqCst);
+                    let guard = ActiveGuard(self);
+                    if self.mode() == SERVING {
+                        return Ok(guard);
+                    }
+                    drop(guard);
+                }
+                HOLDING => {}
+                _ => return Err(Moved),
+            }
+            if rx.changed().await.is_err() {
+                return Err(Moved);
+            }
+        }
+    }
+
+    async fn wait_idle(&self) {
+        loop {
+            let n = self.idle.notified();
+            tokio::pin!(n);
+            n.as_mut().enable();
+            if self.active.load(SeqCst) == 0 {
+                return;
+            }
+            n.await;
+        }
+    }
+
+    async fn advertise(&self) -> Result<(), ServiceError> {
+        let mut l = self.lease.lock().await;
+        let lease = self
+            .opts
+            .names
+            .advertise(&self.uuid, &self.address, self.opts.lease)
+            .await
+            .map_err(|source| ServiceError::Names {
+                stage: "advertise",
+                source,
+            })?;
+        *l = Some(lease);
+        self.advertised.store(true, SeqCst);
+        Ok(())
+    }
+
+    async fn withdraw(&self) {
+        let mut l = self.lease.lock().await;
+        self.advertised.store(false, SeqCst);
+        *l = None;
+        if let Err(e) = self.opts.names.withdraw(&self.uuid, &self.address).await {
+            tracing::warn!(error = %e, "withdraw from the name service failed; the lease will expire");
+        }
+    }
+
+    async fn lease_loop(self: Arc<Self>) {
+        let period = self.opts.lease / 3;
+        loop {
+            tokio::time::sleep(period).await;
+            if *self.shutdown.borrow() {
+                return;
+            }
+            let mut l = self.lease.lock().await;
+            if !self.advertised.load(SeqCst) {
+                continue;
+            }
+            if let Some(lease) = l.as_mut() {
+                if let Err(e) = self.opts.names.refresh(lease).await {
+                    tracing::warn!(error = %e, "lease refresh failed");
+                }
+            }
+        }
+    }
+
+    async fn periodic_loop(self: Arc<Self>) {
+        let mut rx = self.interval.subscribe();
+        let mut shutdown = self.shutdown.subscribe();
+        loop {
+            let iv = *rx.borrow_and_update();
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = rx.changed() => continue,
+                _ = async {
+                    match iv {
+                        Some(d) => tokio::time::sleep(d).await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    if self.mode() == SERVING {
+                        if let Err(e) = self.checkpoint().await {
+                            tracing::warn!(error = %e, "periodic checkpoint failed");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    async fn signal_loop(self: Arc<Self>) {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            tracing::warn!("cannot install signal handlers");
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: deregistering and flushing a final checkpoint"),
+            _ = int.recv() => tracing::info!("SIGINT: deregistering and flushing a final checkpoint"),
+        }
+        if let Err(e) = self.stop(true).await {
+            tracing::error!(error = %e, "final checkpoint failed");
+            self.shutdown.send_replace(true);
+        }
+    }
+
+    async fn accept_loop(self: Arc<Self>, listener: TcpListener) {
+        let mut shutdown = self.shutdown.subscribe();
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                r = listener.accept() => match r {
+                    Ok((stream, peer)) => {
+                        let _ = stream.set_nodelay(true);
+                        tokio::spawn(self.clone().serve_conn(stream, peer.to_string()));
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn serve_conn(self: Arc<Self>, stream: TcpStream, peer: String) {
+        let (rd, mut wr) = stream.into_split();
+        let mut rd = BufReader::new(rd);
+        loop {
+            let Ok((kind, body)) = wire::read_frame(&mut rd).await else {
+                return;
+            };
+            let ok = match kind {
+                wire::kind::CALL => match wire::decode_call(&body) {
+                    Ok(call) => self.handle_call(call, &peer, &mut wr).await,
+                    Err(e) => {
+                        let _ = wire::write_frame(
+                            &mut wr,
+                            wire::kind::REPLY,
+                            &[&wire::encode_reply(
+                                0,
+                                status::ERROR,
+                                e.to_string().as_bytes(),
+                            )],
+                        )
+                        .await;
+                        false
+                    }
+                },
+                wire::kind::MGMT => {
+                    let answer = match serde_json::from_slice::<Value>(&body) {
+                        Ok(req) => self.manage_checked(req).await,
+                        Err(e) => json!({ "ok": false, "error": format!("bad JSON: {e}") }),
+                    };
+                    wire::write_frame(
+                        &mut wr,
+                        wire::kind::MGMT_REPLY,
+                        &[answer.to_string().as_bytes()],
+                    )
+                    .await
+                    .is_ok()
+                }
+                _ => false,
+            };
+            if !ok {
+                return;
+            }
+        }
+    }
+
+    async fn reply<W: AsyncWrite + Unpin>(w: &mut W, seq: u64, st: u8, payload: &[u8]) -> bool {
+        wire::write_frame(
+            w,
+            wire::kind::REPLY,
+            &[&wire::encode_reply(seq, st, payload)],
+        )
+        .await
+        .is_ok()
+    }
+
+    /// Waits for an outcome, sending heartbeats; MOVED when the instance freezes first.
+    async fn await_outcome<W: AsyncWrite + Unpin>(
+        &self,
+        seq: u64,
+        mut rx: watch::Receiver<Option<Outcome>>,
+        w: &mut W,
+    ) -> bool {
+        let mut mode_rx = self.mode_tx.subscribe();
+        loop {
+            let current = rx.borrow_and_update().clone();
+            if let Some(o) = current {
+                return self.send_outcome(seq, o, w).await;
+            }
+            if matches!(*mode_rx.borrow_and_update(), FROZEN | STOPPING) {
+                return Self::reply(w, seq, status::MOVED, &[]).await;
+            }
+            tokio::select! {
+                r = rx.changed() => {
+                    let gone = r.is_err() && rx.borrow().is_none();
+                    if gone {
+                        return Self::reply(w, seq, status::MOVED, &[]).await;
+                    }
+                },
+                _ = mode_rx.changed() => {},
+                _ = tokio::time::sleep(wire::HEARTBEAT) => {
+                    if !Self::reply(w, seq, status::PENDING, &[]).await {
+                        return false;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn send_outcome<W: AsyncWrite + Unpin>(&self, seq: u64, o: Outcome, w: &mut W) -> bool {
+        match o {
+            Outcome::Reply(r) => Self::reply(w, seq, status::OK, &r).await,
+            Outcome::Error(e) => Self::reply(w, seq, status::ERROR, e.as_bytes()).await,
+        }
+    }
+
+    async fn handle_call<W: AsyncWrite + Unpin>(
+        self: &Arc<Self>,
+        call: Call,
+        peer: &str,
+        w: &mut W,
+    ) -> bool {
+        let Call {
+            client,
+            seq,
+            ack_below,
+            method,
+            args,
+        } = call;
+        let Some(kind) = self.methods.get(method.as_str()).copied() else {
+            return Self::reply(
+                w,
+                seq,
+                status::ERROR,
+                format!("unknown operation `{method}`").as_bytes(),
+            )
+            .await;
+        };
+        let client = uuid::Uuid::from_bytes(client).to_string();
+        let Ok(guard) = self.enter().await else {
+            return Self::reply(w, seq, status::MOVED, &[]).await;
+        };
+        self.calls_served.fetch_add(1, SeqCst);
+        if kind == MethodKind::Read {
+            let r = {
+                let g = self.read_inner();
+                match &g.state {
+                    Some(s) => s.call_read(&method, &args).map_err(|e| e.to_string()),
+                    None => Err("no state".to_string()),
+                }
+            };
+            drop(guard);
+            return match r {
+                Ok(reply) => Self::reply(w, seq, status::OK, &reply).await,
+                Err(e) => Self::reply(w, seq, status::ERROR, e.as_bytes()).await,
+            };
+        }
+
+        let key: Key = (client.clone(), seq);
+        enum Found {
+            Cached(Arc<Vec<u8>>),
+            Attach(watch::Receiver<Option<Outcome>>),
+            New(watch::Sender<Option<Outcome>>),
+        }
+        let found = {
+            let mut run = lock(&self.running);
+            let cached = self
+                .read_inner()
+                .done
+                .get(&client)
+                .and_then(|m| m.get(&seq))
+                .cloned();
+            if let Some(r) = cached {
+                Found::Cached(r)
+            } else if let Some(e) = run.get(&key) {
+                Found::Attach(e.rx.clone())
+            } else {
+                let (tx, rx) = watch::channel(None);
+                let task = tokio::task::try_id()
+                    .map(|t| t.to_string())
+                    .unwrap_or_else(|| "-".into());
+                run.insert(
+                    key.clone(),
+                    RunEntry {
+                        method: method.clone(),
+                        kind,
+                        peer: peer.to_string(),
+                        task,
+                        started: Instant::now(),
+                        rx,
+                    },
+                );
+                Found::New(tx)
+            }
+        };
+        let tx = match found {
+            Found::Cached(r) => {
+                drop(guard);
+                return Self::reply(w, seq, status::OK, &r).await;
+            }
+            Found::Attach(rx) => {
+                drop(guard);
+                return self.await_outcome(seq, rx, w).await;
+            }
+            Found::New(tx) => tx,
+        };
+        if kind == MethodKind::Write {
+            let outcome = {
+                let mut g = self.write_inner();
+                prune(&mut g.done, &client, ack_below);
+                let r = match g.state.as_mut() {
+                    Some(s) => s.call_write(&method, &args).map_err(|e| e.to_string()),
+                    None => Err("no state".to_string()),
+                };
+                match r {
+                    Ok(reply) => {
+                        let reply = Arc::new(reply);
+                        g.done
+                            .entry(client.clone())
+                            .or_default()
+                            .insert(seq, reply.clone());
+                        Outcome::Reply(reply)
+                    }
+                    Err(e) => Outcome::Error(e),
+                }
+            };
+            lock(&self.running).remove(&key);
+            tx.send_replace(Some(outcome.clone()));
+            drop(guard);
+            return self.send_outcome(seq, outcome, w).await;
+        }
+
+        // Resumable: record the operation at its first migration point, then run it in
+        // its own task; this connection waits for the outcome like any retry would.
+        let rx = tx.subscribe();
+        let started = {
+            let mut g = self.write_inner();
+            prune(&mut g.done, &client, ack_below);
+            match S::initial_stage(&method) {
+                Ok(stage) => {
+                    g.ops.insert(
+                        key.clone(),
+                        OpRecord {
+                            client: client.clone(),
+                            seq,
+                            method: method.clone(),
+                            args,
+                            stage,
+                            steps: 0,
+                        },
+                    );
+                    Ok(g.generation)
+                }
+                Err(e) => Err(e.to_string()),
+            }
+        };
+        match started {
+            Ok(generation) => {
+                tokio::spawn(self.clone().run_op(key, generation, tx));
+            }
+            Err(e) => {
+                lock(&self.running).remove(&key);
+                tx.send_replace(Some(Outcome::Error(e)));
+            }
+        }
+        drop(guard);
+        self.await_outcome(seq, rx, w).await
+    }
+
+    /// Drives a resumable operation from its recorded stage. Each step runs under the
+    /// state lock and records the next stage before releasing it: a migration point.
+    async fn run_op(
+        self: Arc<Self>,
+        key: Key,
+        generation: u64,
+        tx: watch::Sender<Option<Outcome>>,
+    ) {
+        let task = tokio::task::try_id()
+            .map(|t| t.to_string())
+            .unwrap_or_else(|| "-".into());
+        if let Some(e) = lock(&self.running).get_mut(&key) {
+            e.task = task;
+        }
+        loop {
+            let Ok(guard) = self.enter().await else {
+                return;
+            };
+            let (finished, pause) = {
+                let mut g = self.write_inner();
+                if g.generation != generation {
+                    return;
+                }
+                let Some(op) = g.ops.get(&key) else { return };
+                let (method, args, stage) = (op.method.clone(), op.args.clone(), op.stage.clone());
+                let Some(state) = g.state.as_mut() else {
+                    return;
+                };
+                match state.step(&method, &args, &stage) {
+                    Ok(StepOutcome::Next(st)) => {
+                        if let Some(op) = g.ops.get_mut(&key) {
+                            op.stage = st;
+                            op.steps += 1;
+                        }
+                        (None, None)
+                    }
+                    Ok(StepOutcome::Sleep(st, d)) => {
+                        if let Some(op) = g.ops.get_mut(&key) {
+                            op.stage = st;
+                            op.steps += 1;
+                        }
+                        (None, Some(d))
+                    }
+                    Ok(StepOutcome::Done(reply)) => {
+                        g.ops.remove(&key);
+                        let reply = Arc::new(reply);
+                        g.done
+                            .entry(key.0.clone())
+                            .or_default()
+                            .insert(key.1, reply.clone());
+                        (Some(Outcome::Reply(reply)), None)
+                    }
+                    Err(e) => {
+                        g.ops.remove(&key);
+                        (Some(Outcome::Error(e.to_string())), None)
+                    }
+                }
+            };
+            drop(guard);
+            if let Some(o) = finished {
+                lock(&self.running).remove(&key);
+                tx.send_replace(Some(o));
+                return;
+            }
+            match pause {
+                Some(d) => tokio::time::sleep(d).await,
+                None => tokio::task::yield_now().await,
+            }
+        }
+    }
+
+    /// Registers and launches every recorded operation (after restore or thaw).
+    fn launch_ops(self: &Arc<Self>) {
+        let (ops, generation): (Vec<(Key, String)>, u64) = {
+            let g = self.read_inner();
+            (
+                g.ops
+                    .iter()
+                    .map(|(k, o)| (k.clone(), o.method.clone()))
+                    .collect(),
+                g.generation,
+            )
+        };
+        for (key, method) in ops {
+            let (tx, rx) = watch::channel(None);
+            lock(&self.running).insert(
+                key.clone(),
+                RunEntry {
+                    method,
+                    kind: MethodKind::Resumable,
+                    peer: "(resumed)".into(),
+                    task: "-".into(),
+                    started: Instant::now(),
+                    rx,
+                },
+            );
+            tokio::spawn(self.clone().run_op(key, generation, tx));
+        }
+    }
+
+    /// Encodes the checkpoint under the lock. `freeze` also retires running op tasks.
+    fn capture(&self, freeze: bool) -> (u64, Vec<u8>, Duration, u64) {
+        let t0 = Instant::now();
+        let n_ops;
+        let payload = {
+            let mut g = self.write_inner();
+            if freeze {
+                g.generation += 1;
+            }
+            let done: Vec<DoneCall> = g
+                .done
+                .iter()
+                .flat_map(|(c, m)| {
+                    m.iter().map(|(s, r)| DoneCall {
+                        client: c.clone(),
+                        seq: *s,
+                        reply: r.to_vec(),
+                    })
+                })
+                .collect();
+            let ops: Vec<OpRecord> = g.ops.values().cloned().collect();
+            n_ops = ops.len() as u64;
+            let hint = lock(&self.last)
+                .as_ref()
+                .map(|l| l.payload_bytes as usize)
+                .unwrap_or(0);
+            let mut out = Vec::with_capacity(hint + 1024);
+            let mut e = StructEncoder::begin(&mut out, 3);
+            match g.state.as_ref() {
+                Some(s) => e.field(1, s),
+                None => e.field(1, &(self.factory)()),
+            }
+            e.field(2, &done);
+            e.field(3, &ops);
+            out
+        };
+        let capture = t0.elapsed();
+        let seq = self.next_seq.fetch_add(1, SeqCst);
+        let desc = Description {
+            service: S::NAME.to_string(),
+            uuid: self.uuid.clone(),
+            seq,
+            created_unix_ms: now_ms(),
+            extra: json!({ "methods": self.methods_json }),
+        };
+        let file = checkpoint::write(&desc, &Envelope::<S>::schema(), &payload);
+        (seq, file, capture, n_ops)
+    }
+
+    async fn quiesce(&self) {
+        self.set_mode(HOLDING);
+        self.withdraw().await;
+        self.wait_idle().await;
+    }
+
+    async fn upload(
+        &self,
+        (seq, file, capture, ops): (u64, Vec<u8>, Duration, u64),
+        pause: Duration,
+    ) -> Result<CheckpointInfo, ServiceError> {
+        let id = checkpoint_id(seq);
+        let bytes = file.len() as u64;
+        let payload_bytes = bytes.saturating_sub(checkpoint::HEADER_LEN as u64);
+        let t = Instant::now();
+        self.opts
+            .store
+            .put(&self.uuid, &id, file)
+            .await
+            .map_err(|source| ServiceError::Store {
+                stage: "ship checkpoint",
+                source,
+            })?;
+        let info = CheckpointInfo {
+            id,
+            seq,
+            bytes,
+            payload_bytes,
+            unix_ms: now_ms(),
+            pause,
+            capture,
+            upload: t.elapsed(),
+            ops,
+        };
+        *lock(&self.last) = Some(info.clone());
+        Ok(info)
+    }
+
+    /// Checkpoint and carry on: hold, withdraw, drain, capture, re-advertise, release,
+    /// then ship to the store.
+    async fn checkpoint(&self) -> Result<CheckpointInfo, ServiceError> {
+        let _m = self.mgmt.lock().await;
+        if self.mode() != SERVING {
+            return Err(ServiceError::WrongMode {
+                op: "checkpoint",
+                mode: mode_name(self.mode()),
+            });
+        }
+        let t0 = Instant::now();
+        self.quiesce().await;
+        let captured = self.capture(false);
+        let readv = self.advertise().await;
+        self.set_mode(SERVING);
+        let pause = t0.elapsed();
+        readv?;
+        self.upload(captured, pause).await
+    }
+
+    /// Checkpoint for a migration: as `checkpoint`, but stay frozen: held calls and
+    /// waiting clients are told MOVED, operations stop at their migration points.
+    async fn freeze(self: &Arc<Self>) -> Result<CheckpointInfo, ServiceError> {
+        let _m = self.mgmt.lock().await;
+        if self.mode() != SERVING {
+            return Err(ServiceError::WrongMode {
+                op: "freeze",
+                mode: mode_name(self.mode()),
+            });
+        }
+        let t0 = Instant::now();
+        self.quiesce().await;
+        let captured = self.capture(true);
+        self.set_mode(FROZEN);
+        let pause = t0.elapsed();
+        match self.upload(captured, pause).await {
+            Ok(info) => Ok(info),
+            Err(e) => {
+                tracing::warn!(error = %e, "freeze failed, thawing");
+                self.thaw_locked().await?;
+                Err(e)
+            }
+        }
+    }
+
+    async fn thaw_locked(self: &Arc<Self>) -> Result<(), ServiceError> {
+        self.write_inner().generation += 1;
+        self.set_mode(SERVING);
+        self.launch_ops();
+        self.advertise().await
+    }
+
+    async fn thaw(self: &Arc<Self>) -> Result<(), ServiceError> {
+        let _m = self.mgmt.lock().await;
+        if self.mode() != FROZEN {
+            return Err(ServiceError::WrongMode {
+                op: "thaw",
+                mode: mode_name(self.mode()),
+            });
+        }
+        self.thaw_locked().await
+    }
+
+    async fn start(self: &Arc<Self>) -> Result<(), ServiceError> {
+        let _m = self.mgmt.lock().await;
+        if self.mode() != STANDBY {
+            return Err(ServiceError::WrongMode {
+                op: "start",
+                mode: mode_name(self.mode()),
+            });
+        }
+        self.write_inner().state = Some((self.factory)());
+        self.set_mode(SERVING);
+        self.advertise().await
+    }
+
+    async fn restore(self: &Arc<Self>, id: &str) -> Result<CheckpointInfo, ServiceError> {
+        let _m = self.mgmt.lock().await;
+        if self.mode() != STANDBY {
+            return Err(ServiceError::WrongMode {
+                op: "restore",
+                mode: mode_name(self.mode()),
+            });
+        }
+        let t0 = Instant::now();
+        let (id, file) = self
+            .opts
+            .store
+            .get(&self.uuid, id)
+            .await
+            .map_err(|source| ServiceError::Store {
+                stage: "fetch checkpoint",
+                source,
+            })?;
+        let bytes = file.len() as u64;
+        let (desc, env) = checkpoint::read::<Envelope<S>>(&file, S::NAME).map_err(|source| {
+            ServiceError::Restore {
+                id: id.clone(),
+                source,
+            }
+        })?;
+        drop(file);
+        if desc.uuid != self.uuid {
+            return Err(ServiceError::WrongInstance {
+                id,
+                found: desc.uuid,
+                expected: self.uuid.clone(),
+            });
+        }
+        for op in &env.ops {
+            if self.methods.get(op.method.as_str()) != Some(&MethodKind::Resumable) {
+                return Err(ServiceError::UnknownOp {
+                    id,
+                    method: op.method.clone(),
+                });
+            }
+        }
+        let capture = t0.elapsed();
+        let ops = env.ops.len() as u64;
+        {
+            let mut g = self.write_inner();
+            g.state = Some(env.state);
+            g.done.clear();
+            for d in env.done {
+                g.done
+                    .entry(d.client)
+                    .or_default()
+                    .insert(d.seq, Arc::new(d.reply));
+            }
+            g.ops = env
+                .ops
+                .into_iter()
+                .map(|o| ((o.client.clone(), o.seq), o))
+                .collect();
+            g.generation += 1;
+        }
+        self.next_seq.store(desc.seq + 1, SeqCst);
+        self.set_mode(SERVING);
+        self.launch_ops();
+        self.advertise().await?;
+        tracing::info!(uuid = %self.uuid, %id, "restored");
+        Ok(CheckpointInfo {
+            id,
+            seq: desc.seq,
+            bytes,
+            payload_bytes: bytes,
+            unix_ms: now_ms(),
+            pause: t0.elapsed(),
+            capture,
+            upload: Duration::ZERO,
+            ops,
+        })
+    }
+
+    /// Stops: drain, optionally flush a final checkpoint, deregister, exit the run loop.
+    async fn stop(
+        self: &Arc<Self>,
+        final_checkpoint: bool,
+    ) -> Result<Option<CheckpointInfo>, ServiceError> {
+        let _m = self.mgmt.lock().await;
+        let mut info = None;
+        if self.mode() == SERVING {
+            let t0 = Instant::now();
+            self.quiesce().await;
+            if final_checkpoint {
+                let captured = self.capture(true);
+                self.set_mode(STOPPING);
+                info = Some(self.upload(captured, t0.elapsed()).await?);
+            }
+        }
+        self.set_mode(STOPPING);
+        self.withdraw().await;
+        self.shutdown.send_replace(true);
+        Ok(info)
+    }
+
+    fn status(&self) -> Value {
+        let (state_bytes, remembered, ops) = {
+            let g = self.read_inner();
+            let bytes = g.state.as_ref().map(|s| {
+                let mut v = Vec::new();
+                s.encode(&mut v);
+                v.len()
+            });
+            let remembered: usize = g.done.values().map(|m| m.len()).sum();
+            let ops: HashMap<Key, u64> = g.ops.iter().map(|(k, o)| (k.clone(), o.steps)).collect();
+            (bytes, remembered, ops)
+        };
+        let in_flight: Vec<Value> = lock(&self.running)
+            .iter()
+            .map(|(k, e)| {
+                json!({
+                    "client": k.0, "seq": k.1, "method": e.method, "kind": e.kind.as_str(), "peer": e.peer,
+                    "task": e.task, "running_ms": e.started.elapsed().as_millis() as u64,
+                    "migration_points_passed": ops.get(k),
+                })
+            })
+            .collect();
+        json!({
+            "ok": true,
+            "service": S::NAME,
+            "uuid": self.uuid,
+            "address": self.address,
+            "mode": mode_name(self.mode()),
+            "pid": std::process::id(),
+            "program": std::env::current_exe().ok().map(|p| p.display().to_string()),
+            "relaunch_args": self.opts.relaunch_args,
+            "names": self.opts.names.url(),
+            "store": self.opts.store.url(),
+            "state_bytes": state_bytes,
+            "calls_in_flight": in_flight,
+            "calls_served": self.calls_served.load(SeqCst),
+            "completed_calls_remembered": remembered,
+            "parked_ops": ops.len(),
+            "interval_secs": self.interval.borrow().map(|d| d.as_secs_f64()),
+            "last_checkpoint": lock(&self.last).as_ref().map(|l| l.to_json()),
+        })
+    }
+
+    async fn manage_checked(self: &Arc<Self>, req: Value) -> Value {
+        if let Some(expected) = &self.opts.token {
+            let given = req["token"].as_str().unwrap_or("");
+            if !constant_time_eq(given.as_bytes(), expected.as_bytes()) {
+                return json!({ "ok": false, "error": "unauthorized: missing or wrong token" });
+            }
+        }
+        self.manage(req).await
+    }
+
+    async fn manage(self: &Arc<Self>, req: Value) -> Value {
+        let op = req["op"].as_str().unwrap_or("");
+        let fail = |e: ServiceError| json!({ "ok": false, "error": e.to_string() });
+        let ckpt = |r: Result<CheckpointInfo, ServiceError>| match r {
+            Ok(i) => json!({ "ok": true, "checkpoint": i.to_json() }),
+            Err(e) => fail(e),
+        };
+        match op {
+            "status" => self.status(),
+            "checkpoint" => ckpt(self.checkpoint().await),
+            "freeze" => ckpt(self.freeze().await),
+            "restore" => ckpt(self.restore(req["id"].as_str().unwrap_or("latest")).await),
+            "thaw" => match self.thaw().await {
+                Ok(()) => json!({ "ok": true }),
+                Err(e) => fail(e),
+            },
+            "start" => match self.start().await {
+                Ok(()) => json!({ "ok": true }),
+                Err(e) => fail(e),
+            },
+            "stop" => {
+                let final_checkpoint = req["checkpoint"].as_bool().unwrap_or(true);
+                match self.stop(final_checkpoint).await {
+                    Ok(i) => json!({ "ok": true, "checkpoint": i.map(|i| i.to_json()) }),
+                    Err(e) => fail(e),
+                }
+            }
+            "interval" => {
+                let secs = req["secs"].as_f64().unwrap_or(-1.0);
+                if !(0.0..=1e9).contains(&secs) {
+                    return json!({ "ok": false, "error": "interval: `secs` must be a number >= 0 (0 turns it off)" });
+                }
+                let iv = (secs > 0.0).then(|| Duration::from_secs_f64(secs));
+                self.interval.send_replace(iv);
+                json!({ "ok": true, "interval_secs": iv.map(|d| d.as_secs_f64()) })
+            }
+            other => {
+                json!({ "ok": false, "error": format!("unknown management operation `{other}`") })
+            }
+        }
+    }
+}
+
+/// Forgets completed calls the client acknowledged (every seq below `ack_below`).
+fn prune(done: &mut HashMap<String, BTreeMap<u64, Arc<Vec<u8>>>>, client: &str, ack_below: u64) {
+    if let Some(m) = done.get_mut(client) {
+        if m.first_key_value().is_some_and(|(s, _)| *s < ack_below) {
+            *m = m.split_off(&ack_below);
+        }
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Runs a service process: parses the standard options from the process arguments after
+/// `skip` (the application's own leading arguments, which are also what a relaunch on
+/// another node repeats), binds, and serves until stopped.
+pub async fn run_service<S: Service>(
+    relaunch_args: Vec<String>,
+    args: Vec<String>,
+    factory: impl Fn() -> S + Send + Sync + 'static,
+) -> Result<(), RunError> {
+    let mut opts = ServiceOptions::from_args(args)?;
+    opts.relaunch_args = relaunch_args;
+    let server = Server::bind(opts, factory).await?;
+    server.run().await?;
+    Ok(())
+}
+
+/// Errors of [`run_service`].
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// Bad options.
+    #[error(transparent)]
+    Options(#[from] crate::options::OptionsError),
+    /// Runtime failure.
+    #[error(transparent)]
+    Service(#[from] ServiceError),
+}

@@ -1,0 +1,378 @@
+//! Checkpoint stores: a local directory (default) or a godwitd's store.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use godwit_names::http;
+
+/// Errors of the checkpoint store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The store URL is not understood.
+    #[error("unknown checkpoint store `{0}`: expected `dir:PATH` or `agent+http://HOST:PORT`")]
+    BadUrl(String),
+    /// A name that could escape the store.
+    #[error("invalid {what} `{value}`: only letters, digits, `-`, `_` and `.` are allowed")]
+    BadName {
+        /// What.
+        what: &'static str,
+        /// Value.
+        value: String,
+    },
+    /// Local file system error.
+    #[error("{op} {path}: {source}")]
+    Io {
+        /// Operation.
+        op: &'static str,
+        /// Path.
+        path: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// The agent could not be reached.
+    #[error("checkpoint store {base}: {source}")]
+    Transport {
+        /// Agent URL.
+        base: String,
+        /// Cause.
+        source: http::HttpError,
+    },
+    /// The agent refused.
+    #[error("checkpoint store {base} refused {op}: HTTP {status}: {message}")]
+    Refused {
+        /// Agent URL.
+        base: String,
+        /// Operation.
+        op: &'static str,
+        /// Status.
+        status: u16,
+        /// Message.
+        message: String,
+    },
+    /// No such checkpoint.
+    #[error("no checkpoint `{id}` for service {uuid}")]
+    NotFound {
+        /// Service.
+        uuid: String,
+        /// Checkpoint id.
+        id: String,
+    },
+}
+
+/// Where checkpoints go.
+#[derive(Debug, Clone)]
+pub enum Store {
+    /// `DIR/<uuid>/<id>.gwck`; directories 0700, files 0600, written atomically.
+    Dir(PathBuf),
+    /// A godwitd's store (`/v1/store/...`).
+    Agent {
+        /// `http://HOST:PORT`.
+        base: String,
+        /// Bearer token.
+        token: Option<String>,
+    },
+}
+
+/// A stored checkpoint.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredCheckpoint {
+    /// Id (zero-padded sequence number).
+    pub id: String,
+    /// Size in bytes.
+    pub bytes: u64,
+}
+
+/// Checks that a UUID or checkpoint id is a plain file name.
+pub fn check_name(what: &'static str, value: &str) -> Result<(), StoreError> {
+    let ok = !value.is_empty()
+        && value.len() <= 128
+        && !value.starts_with('.')
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(StoreError::BadName {
+            what,
+            value: value.to_string(),
+        })
+    }
+}
+
+/// The id of checkpoint number `seq`.
+pub fn checkpoint_id(seq: u64) -> String {
+    format!("{seq:012}")
+}
+
+/// Writes `bytes` to `path` atomically with mode 0600 (temporary file, fsync, rename),
+/// creating parent directories with mode 0700.
+pub fn write_private(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+    use std::io::Write as _;
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    fn io(op: &'static str, p: &Path) -> impl FnOnce(std::io::Error) -> StoreError {
+        let path = p.to_path_buf();
+        move |source| StoreError::Io { op, path, source }
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(io("create", dir))?;
+    }
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(io("create", &tmp))?;
+    f.write_all(bytes).map_err(io("write", &tmp))?;
+    f.sync_all().map_err(io("sync", &tmp))?;
+    std::fs::rename(&tmp, path).map_err(io("rename", path))
+}
+
+/// Lists `<id>.gwck` files in a directory, sorted by id.
+pub fn list_dir(dir: &Path) -> Result<Vec<StoredCheckpoint>, StoreError> {
+    let rd = match std::fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
+        Err(source) => {
+            return Err(StoreError::Io {
+                op: "list",
+                path: dir.to_path_buf(),
+                source,
+            })
+        }
+    };
+    let mut out = Vec::new();
+    for ent in rd.flatten() {
+        let name = ent.file_name().to_string_lossy().into_owned();
+        if let Some(id) = name.strip_suffix(".gwck") {
+            let bytes = ent.metadata().map(|m| m.len()).unwrap_or(0);
+            out.push(StoredCheckpoint {
+                id: id.to_string(),
+                bytes,
+            });
+        }
+    }
+    out.sort_by(|a, b| a.id.cmp(&b.id));
+    Ok(out)
+}
+
+impl Store {
+    /// Parses `dir:PATH`, a plain absolute path, or `agent+http://HOST:PORT`.
+    pub fn from_url(url: &str, token: Option<String>) -> Result<Self, StoreError> {
+        if let Some(base) = url.strip_prefix("agent+") {
+            http::split_url(base).map_err(|_| StoreError::BadUrl(url.to_string()))?;
+            return Ok(Store::Agent {
+                base: base.to_string(),
+                token,
+            });
+        }
+        if let Some(p) = url.strip_prefix("dir:") {
+            return Ok(Store::Dir(PathBuf::from(p)));
+        }
+        if url.starts_with('/') {
+            return Ok(Store::Dir(PathBuf::from(url)));
+        }
+        Err(StoreError::BadUrl(url.to_string()))
+    }
+
+    /// URL form.
+    pub fn url(&self) -> String {
+        match self {
+            Store::Dir(p) => format!("dir:{}", p.display()),
+            Store::Agent { base, .. } => format!("agent+{base}"),
+        }
+    }
+
+    async fn agent(
+        &self,
+        op: &'static str,
+        method: &str,
+        path: &str,
+        body: &[u8],
+    ) -> Result<http::Response, StoreError> {
+        let Store::Agent { base, token } = self else {
+            unreachable!("agent() on a directory store")
+        };
+        let mut req = http::ClientRequest::new(method, path);
+        req.token = token.as_deref();
+        req.body = body;
+        req.content_type = "application/octet-stream";
+        req.timeout = Duration::from_secs(120);
+        req.body_limit = 8 << 30;
+        let resp = http::send(base, &req)
+            .await
+            .map_err(|source| StoreError::Transport {
+                base: base.clone(),
+                source,
+            })?;
+        if resp.status >= 300 && resp.status != 404 {
+            return Err(StoreError::Refused {
+                base: base.clone(),
+                op,
+                status: resp.status,
+                message: String::from_utf8_lossy(&resp.body).into_owned(),
+            });
+        }
+        Ok(resp)
+    }
+
+    /// Stores checkpoint `id` of service `uuid`.
+    pub async fn put(&self, uuid: &str, id: &str, bytes: Vec<u8>) -> Result<(), StoreError> {
+        check_name("service uuid", uuid)?;
+        check_name("checkpoint id", id)?;
+        match self {
+            Store::Dir(root) => {
+                let path = root.join(uuid).join(format!("{id}.gwck"));
+                tokio::task::spawn_blocking(move || write_private(&path, &bytes))
+                    .await
+                    .map_err(|e| StoreError::Io {
+                        op: "write",
+                        path: root.clone(),
+                        source: std::io::Error::other(e),
+                    })?
+            }
+            Store::Agent { .. } => {
+                self.agent("put", "PUT", &format!("/v1/store/{uuid}/{id}"), &bytes)
+                    .await?;
+                Ok(())
+            }
+        }
+    }
+
+    /// Fetches checkpoint `id` (or the newest one for `latest`).
+    pub async fn get(&self, uuid: &str, id: &str) -> Result<(String, Vec<u8>), StoreError> {
+        check_name("service uuid", uuid)?;
+        let id = if id == "latest" {
+            self.list(uuid)
+                .await?
+                .pop()
+                .ok_or_else(|| StoreError::NotFound {
+                    uuid: uuid.to_string(),
+                    id: id.to_string(),
+                })?
+                .id
+        } else {
+            id.to_string()
+        };
+        check_name("checkpoint id", &id)?;
+        let not_found = || StoreError::NotFound {
+            uuid: uuid.to_string(),
+            id: id.clone(),
+        };
+        match self {
+            Store::Dir(root) => {
+                let path = root.join(uuid).join(format!("{id}.gwck"));
+                match tokio::fs::read(&path).await {
+                    Ok(b) => Ok((id, b)),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(not_found()),
+                    Err(source) => Err(StoreError::Io {
+                        op: "read",
+                        path,
+                        source,
+                    }),
+                }
+            }
+            Store::Agent { .. } => {
+                let resp = self
+                    .agent("get", "GET", &format!("/v1/store/{uuid}/{id}"), &[])
+                    .await?;
+                if resp.status == 404 {
+                    return Err(not_found());
+                }
+                Ok((id, resp.body))
+            }
+        }
+    }
+
+    /// The checkpoints of `uuid`, oldest first.
+    pub async fn list(&self, uuid: &str) -> Result<Vec<StoredCheckpoint>, StoreError> {
+        check_name("service uuid", uuid)?;
+        match self {
+            Store::Dir(root) => list_dir(&root.join(uuid)),
+            Store::Agent { base, .. } => {
+                let resp = self
+                    .agent("list", "GET", &format!("/v1/store/{uuid}"), &[])
+                    .await?;
+                if resp.status == 404 {
+                    return Ok(vec![]);
+                }
+                let v = resp.json_body().map_err(|source| StoreError::Transport {
+                    base: base.clone(),
+                    source,
+                })?;
+                let mut out: Vec<StoredCheckpoint> = v["checkpoints"]
+                    .as_array()
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(|c| {
+                                Some(StoredCheckpoint {
+                                    id: c["id"].as_str()?.to_string(),
+                                    bytes: c["bytes"].as_u64()?,
+                                })
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                out.sort_by(|a, b| a.id.cmp(&b.id));
+                Ok(out)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[tokio::test]
+    async fn dir_store_is_private_and_lists_in_order() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::from_url(&format!("dir:{}", tmp.path().display()), None).unwrap();
+        store
+            .put("svc-1", &checkpoint_id(2), vec![2])
+            .await
+            .unwrap();
+        store
+            .put("svc-1", &checkpoint_id(10), vec![10, 10])
+            .await
+            .unwrap();
+        let list = store.list("svc-1").await.unwrap();
+        assert_eq!(list.iter().map(|c| c.bytes).collect::<Vec<_>>(), vec![1, 2]);
+        let (id, bytes) = store.get("svc-1", "latest").await.unwrap();
+        assert_eq!((id.as_str(), bytes), ("000000000010", vec![10, 10]));
+        let dir_mode = std::fs::metadata(tmp.path().join("svc-1"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        let file_mode = std::fs::metadata(tmp.path().join("svc-1/000000000002.gwck"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!((dir_mode, file_mode), (0o700, 0o600));
+        assert!(matches!(
+            store.get("svc-1", "000000000003").await,
+            Err(StoreError::NotFound { .. })
+        ));
+        assert!(matches!(
+            store.put("../x", "1", vec![]).await,
+            Err(StoreError::BadName { .. })
+        ));
+        assert!(matches!(
+            store.get("svc-1", "..").await,
+            Err(StoreError::BadName { .. })
+        ));
+        assert!(matches!(
+            store.get("empty", "latest").await,
+            Err(StoreError::NotFound { .. })
+        ));
+    }
+}

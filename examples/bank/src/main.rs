@@ -1,0 +1,303 @@
+//! `bank serve [service options]` runs the bank service (options in docs/SDK.md);
+//! `bank load ...` hammers it with concurrent clients and checks every balance;
+//! `bank admin ...` runs the `godwit service` subcommands (ls, checkpoint, migrate, ...).
+
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context as _};
+use bank::{Bank, BankClient, BankError};
+use clap::{Parser, Subcommand};
+use godwit_agent_client::ServiceCmd;
+use godwit_sdk::{Client, ClientOptions, Names};
+use serde_json::json;
+
+#[derive(Parser, Debug)]
+#[command(name = "bank", about = "Example Godwit conformist service")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Run the service. Options: --uuid --listen --advertise --names --store --token-file
+    /// --interval --standby --restore --lease (see docs/SDK.md).
+    Serve {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        options: Vec<String>,
+    },
+    /// Generate load and check the outcome; prints a JSON report, exits 1 on a mismatch.
+    Load(LoadArgs),
+    /// `godwit service` subcommands against a godwitd.
+    Admin {
+        /// godwitd address, HOST:PORT.
+        #[arg(long)]
+        agent: String,
+        /// File with the API token.
+        #[arg(long)]
+        token_file: String,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+        #[command(subcommand)]
+        cmd: ServiceCmd,
+    },
+}
+
+#[derive(Parser, Debug, Clone)]
+struct LoadArgs {
+    /// Service UUID.
+    #[arg(long)]
+    uuid: String,
+    /// Name service URL (agent+http://HOST:PORT or etcd+http://HOST:PORT).
+    #[arg(long)]
+    names: String,
+    /// Token file for an agent name service.
+    #[arg(long)]
+    token_file: Option<String>,
+    /// Accounts to open.
+    #[arg(long, default_value_t = 8)]
+    accounts: u64,
+    /// Concurrent clients doing transfers.
+    #[arg(long, default_value_t = 4)]
+    clients: u64,
+    /// How long the clients run.
+    #[arg(long, default_value_t = 5.0)]
+    duration_secs: f64,
+    /// Start an interest accrual this often (0: never).
+    #[arg(long, default_value_t = 1000)]
+    accrual_every_ms: u64,
+    /// Pause between accounts inside an accrual.
+    #[arg(long, default_value_t = 50)]
+    accrual_pause_ms: u64,
+    /// Interest rate in basis points.
+    #[arg(long, default_value_t = 100)]
+    rate_bp: u32,
+    /// Random seed.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Write `start_unix_us latency_us` per call to this file.
+    #[arg(long)]
+    latency_out: Option<String>,
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        match cli.cmd {
+            Cmd::Serve { options } => {
+                godwit_sdk::run_service(vec!["serve".into()], options, Bank::default).await?;
+                Ok(())
+            }
+            Cmd::Load(a) => load(a).await,
+            Cmd::Admin {
+                agent,
+                token_file,
+                json,
+                cmd,
+            } => {
+                let token = std::fs::read_to_string(&token_file)
+                    .with_context(|| format!("reading {token_file}"))?;
+                godwit_agent_client::run_service_cmd(cmd, &agent, token.trim().to_string(), json)
+                    .await
+            }
+        }
+    })
+}
+
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        // xorshift64*
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+}
+
+#[derive(Default)]
+struct Tally {
+    /// Net effect of acknowledged calls per account.
+    delta: BTreeMap<u64, i64>,
+    acked: u64,
+    rejected: u64,
+    accruals: u64,
+    credited: i64,
+    latencies_us: Vec<(u64, u64)>,
+    failures: Vec<String>,
+}
+
+fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+fn client(a: &LoadArgs, names: &Names) -> BankClient {
+    let opts = ClientOptions {
+        deadline: Duration::from_secs(60),
+        ..Default::default()
+    };
+    BankClient::new(Client::by_uuid(&a.uuid, names.clone(), opts))
+}
+
+async fn load(a: LoadArgs) -> anyhow::Result<()> {
+    let token = match &a.token_file {
+        Some(f) => Some(
+            std::fs::read_to_string(f)
+                .with_context(|| format!("reading {f}"))?
+                .trim()
+                .to_string(),
+        ),
+        None => None,
+    };
+    let names = Names::from_url(&a.names, token)?;
+    let setup = client(&a, &names);
+    const INITIAL: i64 = 1_000_000;
+    let mut ids = Vec::new();
+    for i in 0..a.accounts {
+        let id = setup
+            .open(format!("owner-{i}"), INITIAL)
+            .await?
+            .map_err(|e| anyhow::anyhow!("open: {e}"))?;
+        ids.push(id);
+    }
+    let initial: BTreeMap<u64, i64> = ids.iter().map(|id| (*id, INITIAL)).collect();
+    println!("LOAD_READY {}", ids.len());
+    std::io::stdout().flush()?;
+
+    let tally = Arc::new(Mutex::new(Tally::default()));
+    let deadline = Instant::now() + Duration::from_secs_f64(a.duration_secs);
+    let mut tasks = Vec::new();
+    for c in 0..a.clients {
+        let (bank, ids, tally) = (client(&a, &names), ids.clone(), tally.clone());
+        let mut rng = Rng(a.seed.wrapping_mul(1_000_003).wrapping_add(c * 7919 + 1));
+        tasks.push(tokio::spawn(async move {
+            while Instant::now() < deadline {
+                let from = ids[(rng.next() % ids.len() as u64) as usize];
+                let to = ids[(rng.next() % ids.len() as u64) as usize];
+                // Occasionally more than an account holds, so refusals happen too.
+                let amount = (rng.next() % 40_000) as i64 + 1;
+                let t0 = Instant::now();
+                let start = now_us();
+                let r = bank.transfer(from, to, amount).await;
+                let lat = t0.elapsed().as_micros() as u64;
+                let mut t = tally.lock().unwrap_or_else(|p| p.into_inner());
+                t.latencies_us.push((start, lat));
+                match r {
+                    Ok(Ok(())) => {
+                        t.acked += 1;
+                        *t.delta.entry(from).or_default() -= amount;
+                        *t.delta.entry(to).or_default() += amount;
+                    }
+                    Ok(Err(BankError::InsufficientFunds { .. })) => t.rejected += 1,
+                    Ok(Err(e)) => t.failures.push(format!(
+                        "transfer {from}->{to} {amount}: unexpected refusal {e}"
+                    )),
+                    Err(e) => {
+                        t.failures
+                            .push(format!("transfer {from}->{to} {amount}: {e}"));
+                        return;
+                    }
+                }
+            }
+        }));
+    }
+    if a.accrual_every_ms > 0 {
+        let (bank, ids, tally, a2) = (client(&a, &names), ids.clone(), tally.clone(), a.clone());
+        tasks.push(tokio::spawn(async move {
+            while Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(a2.accrual_every_ms)).await;
+                let r = bank.accrue_interest(a2.rate_bp, a2.accrual_pause_ms).await;
+                let mut t = tally.lock().unwrap_or_else(|p| p.into_inner());
+                match r {
+                    Ok(credited) => {
+                        t.accruals += 1;
+                        let mut seen = std::collections::BTreeSet::new();
+                        for (id, amount) in credited {
+                            if !seen.insert(id) {
+                                t.failures
+                                    .push(format!("accrual credited account {id} twice"));
+                            }
+                            t.credited += amount;
+                            *t.delta.entry(id).or_default() += amount;
+                        }
+                        if seen.len() != ids.len() {
+                            t.failures.push(format!(
+                                "accrual paid {} accounts of {}",
+                                seen.len(),
+                                ids.len()
+                            ));
+                        }
+                    }
+                    Err(e) => {
+                        t.failures.push(format!("accrue_interest: {e}"));
+                        return;
+                    }
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await?;
+    }
+    let actual = setup.balances().await?;
+    let t = tally.lock().unwrap_or_else(|p| p.into_inner());
+    let mut mismatches = Vec::new();
+    for (id, init) in &initial {
+        let expected = init + t.delta.get(id).copied().unwrap_or(0);
+        let got = actual.get(id).copied();
+        if got != Some(expected) {
+            mismatches.push(json!({ "account": id, "expected": expected, "actual": got }));
+        }
+    }
+    let mut lats: Vec<u64> = t.latencies_us.iter().map(|(_, l)| *l).collect();
+    lats.sort_unstable();
+    let pct = |p: f64| {
+        lats.get(((lats.len() as f64 - 1.0) * p).round() as usize)
+            .copied()
+            .unwrap_or(0) as f64
+            / 1e3
+    };
+    if let Some(path) = &a.latency_out {
+        let mut s = String::new();
+        for (start, l) in &t.latencies_us {
+            s.push_str(&format!("{start} {l}\n"));
+        }
+        std::fs::write(path, s).with_context(|| format!("writing {path}"))?;
+    }
+    let ok = mismatches.is_empty() && t.failures.is_empty();
+    let report = json!({
+        "ok": ok,
+        "transfers_acked": t.acked,
+        "transfers_refused": t.rejected,
+        "accruals": t.accruals,
+        "interest_credited": t.credited,
+        "total_expected": initial.values().sum::<i64>() + t.credited,
+        "total_actual": actual.values().sum::<i64>(),
+        "mismatches": mismatches,
+        "failures": t.failures,
+        "latency_ms": { "n": lats.len(), "p50": pct(0.5), "p99": pct(0.99), "max": pct(1.0) },
+    });
+    println!("{report}");
+    if !ok {
+        bail!("outcome check failed");
+    }
+    Ok(())
+}

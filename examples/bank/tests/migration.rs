@@ -1,0 +1,443 @@
+//! End to end: two nodes (network namespaces joined by veth, or two loopback addresses
+//! when namespaces cannot be made), a godwitd on each, the bank started on node 1 through
+//! godwitd, concurrent load clients, and repeated migrations between the nodes with
+//! `bank admin migrate` (the `godwit service migrate` code), several of them in the
+//! middle of an interest accrual. The load client then checks that every balance is
+//! exactly what the acknowledged calls imply. Finally a Python script decodes a
+//! checkpoint without Rust and must agree with the service's balances.
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bank::BankClient;
+use godwit_agent_client::Agent;
+use godwit_sdk::{Client, ClientOptions, Names};
+use serde_json::{json, Value};
+
+const TOKEN: &str = "bank-test-token-42";
+const PORT: u16 = 7171;
+
+fn bank_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_bank"))
+}
+
+/// godwitd is another package's binary: use the one built next to `bank`, building it
+/// first when it is missing.
+fn godwitd_bin() -> PathBuf {
+    let dir = bank_bin().parent().unwrap().to_path_buf();
+    let bin = dir.join("godwitd");
+    if !bin.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let target = dir.parent().unwrap();
+        let status = Command::new(cargo)
+            .args(["build", "-p", "godwitd", "--target-dir"])
+            .arg(target)
+            .status()
+            .expect("run cargo build -p godwitd");
+        assert!(status.success(), "building godwitd failed");
+    }
+    bin
+}
+
+/// SIGKILLs one process group (never "all": refuses pgid <= 1).
+fn kill_group(pgid: u32) {
+    let Ok(pgid) = i32::try_from(pgid) else {
+        return;
+    };
+    if pgid > 1 {
+        // SAFETY: kill(2) on a negative pid signals exactly that process group.
+        unsafe {
+            libc::kill(-pgid, libc::SIGKILL);
+        }
+    }
+}
+
+/// A process (and its group: everything it started) killed on drop.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        kill_group(self.0.id());
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The simulated cluster; tears the namespaces down on drop.
+struct Cluster {
+    name: Option<String>,
+    addrs: Vec<String>,
+}
+
+impl Cluster {
+    fn new() -> Cluster {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/cluster.sh");
+        let name = format!("b{}", std::process::id() % 100_000);
+        let prefix = format!("10.213.{}", std::process::id() % 250);
+        let up = Command::new(&script)
+            .args(["up", &name, "2", &prefix])
+            .stderr(Stdio::piped())
+            .output();
+        match up {
+            Ok(o) if o.status.success() => {
+                eprintln!(
+                    "cluster: network namespaces gw-{name}-n1/n2 at {prefix}.1 and {prefix}.2"
+                );
+                Cluster {
+                    name: Some(name),
+                    addrs: vec![format!("{prefix}.1"), format!("{prefix}.2")],
+                }
+            }
+            other => {
+                let _ = Command::new(&script).args(["down", &name]).status();
+                eprintln!(
+                    "cluster: network namespaces unavailable ({:?}); falling back to 127.0.0.1 and 127.0.0.2",
+                    other.map(|o| String::from_utf8_lossy(&o.stderr).into_owned())
+                );
+                Cluster {
+                    name: None,
+                    addrs: vec!["127.0.0.1".into(), "127.0.0.2".into()],
+                }
+            }
+        }
+    }
+
+    /// A command that runs on node `i` (0-based).
+    fn command(&self, i: usize, program: &Path) -> Command {
+        match &self.name {
+            Some(name) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", &format!("gw-{name}-n{}", i + 1)])
+                    .arg(program);
+                c
+            }
+            None => Command::new(program),
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if let Some(name) = &self.name {
+            let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/cluster.sh");
+            let _ = Command::new(script).args(["down", name]).status();
+        }
+    }
+}
+
+fn start_godwitd(cluster: &Cluster, i: usize, dir: &Path, token_file: &Path) -> Proc {
+    let listen = format!("{}:{PORT}", cluster.addrs[i]);
+    let mut cmd = cluster.command(i, &godwitd_bin());
+    cmd.args(["--listen", &listen, "--data"])
+        .arg(dir.join(format!("node{}", i + 1)))
+        .arg("--token-file")
+        .arg(token_file)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .process_group(0);
+    let mut child = cmd.spawn().expect("start godwitd");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(line.starts_with("GODWITD_READY"), "godwitd said `{line}`");
+    Proc(child)
+}
+
+async fn status(addr: &str) -> Value {
+    godwit_sdk::mgmt::request(
+        addr,
+        json!({"op": "status"}),
+        Some(TOKEN),
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap()
+}
+
+/// Waits until an interest accrual is in flight past at least one migration point.
+async fn wait_mid_accrual(names: &Names, uuid: &str) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        if let Ok(Some(addr)) = names.resolve(uuid).await {
+            if let Ok(st) = godwit_sdk::mgmt::request(
+                &addr,
+                json!({"op": "status"}),
+                Some(TOKEN),
+                Duration::from_secs(5),
+            )
+            .await
+            {
+                let mid = st["calls_in_flight"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|c| {
+                        c["method"] == "accrue_interest"
+                            && c["migration_points_passed"].as_u64().unwrap_or(0) >= 2
+                    });
+                if mid {
+                    return true;
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    false
+}
+
+fn admin(agent: &str, token_file: &Path, args: &[&str]) -> Value {
+    let out = Command::new(bank_bin())
+        .args(["admin", "--agent", agent, "--token-file"])
+        .arg(token_file)
+        .arg("--json")
+        .args(args)
+        .output()
+        .expect("run bank admin");
+    assert!(
+        out.status.success(),
+        "bank admin {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hammered_bank_migrates_back_and_forth_without_losing_a_cent() {
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, TOKEN).unwrap();
+    let cluster = Cluster::new();
+    let _d1 = start_godwitd(&cluster, 0, dir.path(), &token_file);
+    let _d2 = start_godwitd(&cluster, 1, dir.path(), &token_file);
+    let nodes: Vec<String> = cluster
+        .addrs
+        .iter()
+        .map(|a| format!("{a}:{PORT}"))
+        .collect();
+    let names_url = format!("agent+http://{}", nodes[0]);
+    let names = Names::from_url(&names_url, Some(TOKEN.into())).unwrap();
+    let node1 = Agent::new(&nodes[0], TOKEN.into());
+
+    // Start the bank on node 1 through its godwitd; checkpoints go to node 1's store.
+    let args: Vec<String> = [
+        "serve",
+        "--listen",
+        &format!("{}:0", cluster.addrs[0]),
+        "--names",
+        &names_url,
+        "--store",
+        &format!("agent+http://{}", nodes[0]),
+        "--lease",
+        "3",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let started = node1
+        .exec(
+            bank_bin().to_str().unwrap(),
+            &args,
+            json!({"GODWIT_TOKEN": TOKEN}),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    let uuid = started["ready"]["uuid"].as_str().unwrap().to_string();
+
+    // Load: 4 transfer clients and a stream of interest accruals, for 9 seconds.
+    let mut load = Command::new(bank_bin());
+    load.args([
+        "load",
+        "--uuid",
+        &uuid,
+        "--names",
+        &names_url,
+        "--token-file",
+    ])
+    .arg(&token_file)
+    .args(["--accounts", "6", "--clients", "4", "--duration-secs", "9"])
+    .args([
+        "--accrual-every-ms",
+        "150",
+        "--accrual-pause-ms",
+        "60",
+        "--rate-bp",
+        "50",
+    ])
+    .stdout(Stdio::piped())
+    .process_group(0);
+    let mut load = Proc(load.spawn().unwrap());
+    let mut out = BufReader::new(load.0.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert!(line.starts_with("LOAD_READY"), "load said `{line}`");
+
+    // Migrate 4 times, alternating nodes, each time in the middle of an accrual.
+    let mut mid_accrual = 0;
+    let mut carried_ops = 0;
+    for round in 0..4 {
+        let to = &nodes[(round + 1) % 2];
+        if wait_mid_accrual(&names, &uuid).await {
+            mid_accrual += 1;
+        }
+        let m = admin(&nodes[0], &token_file, &["migrate", &uuid, "--to", to]);
+        carried_ops += m["ops_in_flight"].as_u64().unwrap();
+        let host = cluster.addrs[(round + 1) % 2].as_str();
+        assert!(
+            m["to"].as_str().unwrap().starts_with(&format!("{host}:")),
+            "{m}"
+        );
+        eprintln!("migration {round}: {m}");
+        tokio::time::sleep(Duration::from_millis(700)).await;
+    }
+    assert!(
+        mid_accrual >= 3,
+        "only {mid_accrual} migrations happened mid-accrual"
+    );
+    assert!(
+        carried_ops >= 3,
+        "only {carried_ops} accruals were carried over at a migration point"
+    );
+
+    // The load client's verdict.
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut out, &mut rest).unwrap();
+    let status_code = load.0.wait().unwrap();
+    let report: Value = serde_json::from_str(rest.trim().lines().last().unwrap_or("{}")).unwrap();
+    eprintln!("load report: {report}");
+    assert!(status_code.success(), "load check failed: {report}");
+    assert_eq!(report["ok"], true);
+    assert!(
+        report["transfers_acked"].as_u64().unwrap() > 100,
+        "{report}"
+    );
+    assert!(report["accruals"].as_u64().unwrap() >= 3, "{report}");
+    assert_eq!(report["total_expected"], report["total_actual"]);
+
+    // The service ended on node 1 (4 moves), listed by `ls`, old instances gone.
+    let addr = names.resolve(&uuid).await.unwrap().unwrap();
+    assert!(
+        addr.starts_with(&format!("{}:", cluster.addrs[0])),
+        "{addr}"
+    );
+    let ls = admin(&nodes[0], &token_file, &["ls"]);
+    let services = ls["services"].as_array().unwrap();
+    assert_eq!(services.len(), 1, "{ls}");
+    assert_eq!(services[0]["mode"], "serving");
+    let procs: Value = node1_procs(&nodes[0]).await;
+    let running = procs["processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["running"] == true)
+        .count();
+    assert_eq!(
+        running, 1,
+        "exactly one bank instance left on node 1: {procs}"
+    );
+
+    // Periodic checkpoints can be switched on at run time.
+    let iv = admin(&nodes[0], &token_file, &["interval", &uuid, "0.2"]);
+    assert_eq!(iv["interval_secs"], 0.2);
+
+    // A checkpoint decoded by Python agrees with the service.
+    let ck = admin(&nodes[0], &token_file, &["checkpoint", &uuid]);
+    let id = ck["checkpoint"]["id"].as_str().unwrap().to_string();
+    let file = dir.path().join(format!("node1/store/{uuid}/{id}.gwck"));
+    let py = Command::new("python3")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/sdk/decode_checkpoint.py"))
+        .arg(&file)
+        .output()
+        .expect("python3 is needed for the decoder test");
+    assert!(
+        py.status.success(),
+        "{}",
+        String::from_utf8_lossy(&py.stderr)
+    );
+    let decoded: Value = serde_json::from_slice(&py.stdout).unwrap();
+    assert_eq!(decoded["header"]["uuid"], uuid.as_str());
+    let bank = BankClient::new(Client::by_uuid(
+        &uuid,
+        names.clone(),
+        ClientOptions::default(),
+    ));
+    let balances = bank.balances().await.unwrap();
+    let accounts = &decoded["checkpoint"]["state"]["accounts"];
+    assert_eq!(accounts.as_object().unwrap().len(), balances.len());
+    for (id, bal) in &balances {
+        assert_eq!(
+            accounts[id.to_string()]["balance"],
+            *bal,
+            "account {id}: {accounts}"
+        );
+    }
+    let st = status(&addr).await;
+    assert!(st["last_checkpoint"]["seq"].as_u64().unwrap() >= 5, "{st}");
+}
+
+async fn node1_procs(node: &str) -> Value {
+    let mut req = godwit_names::http::ClientRequest::new("GET", "/v1/exec");
+    req.token = Some(TOKEN);
+    godwit_names::http::send(&format!("http://{node}"), &req)
+        .await
+        .unwrap()
+        .json_body()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_deregisters_and_flushes_a_final_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let mut cmd = Command::new(bank_bin());
+    // A standalone service with a directory store and no name service of its own
+    // process: it prints its address, we talk to it directly.
+    cmd.args(["serve", "--store"])
+        .arg(format!("dir:{}", store.display()))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .process_group(0);
+    let mut p = Proc(cmd.spawn().unwrap());
+    let mut line = String::new();
+    BufReader::new(p.0.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let mut parts = line.split_whitespace().skip(1);
+    let (addr, uuid) = (
+        parts.next().unwrap().to_string(),
+        parts.next().unwrap().to_string(),
+    );
+    let bank = BankClient::new(Client::at(&addr, ClientOptions::default()));
+    let id = bank.open("x".into(), 123).await.unwrap().unwrap();
+    // SAFETY: kill(2) on the positive pid of the child we spawned.
+    unsafe {
+        libc::kill(p.0.id() as i32, libc::SIGTERM);
+    }
+    let code = p.0.wait().unwrap();
+    assert!(code.success(), "exit after SIGTERM: {code:?}");
+    let files: Vec<_> = std::fs::read_dir(store.join(&uuid))
+        .unwrap()
+        .flatten()
+        .collect();
+    assert_eq!(files.len(), 1, "one final checkpoint");
+    // Restore it in a new process and find the account.
+    let mut cmd = Command::new(bank_bin());
+    cmd.args(["serve", "--uuid", &uuid, "--restore", "latest", "--store"])
+        .arg(format!("dir:{}", store.display()))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .process_group(0);
+    let mut p2 = Proc(cmd.spawn().unwrap());
+    let mut line = String::new();
+    BufReader::new(p2.0.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr2 = line.split_whitespace().nth(1).unwrap().to_string();
+    let bank2 = BankClient::new(Client::at(&addr2, ClientOptions::default()));
+    assert_eq!(bank2.balance(id).await.unwrap(), Ok(123));
+}
