@@ -59,6 +59,17 @@ enum Cmd {
         #[arg(long)]
         allow_file_changes: bool,
     },
+    /// Conformist services (the high-level SDK): list, checkpoint, migrate.
+    Service {
+        /// The node agent (godwitd) to talk to.
+        #[arg(long, default_value = "127.0.0.1:7420", env = "GODWIT_AGENT")]
+        agent: String,
+        /// File holding the agent's API token.
+        #[arg(long, env = "GODWIT_TOKEN_FILE")]
+        token_file: PathBuf,
+        #[command(subcommand)]
+        cmd: godwit_agent_client::ServiceCmd,
+    },
     /// Show what an image holds: process, threads, memory map, files, signals.
     Inspect {
         /// The image directory.
@@ -167,6 +178,21 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             } else {
                 println!("{}", r.pid);
             }
+        }
+        Cmd::Service {
+            agent,
+            token_file,
+            cmd,
+        } => {
+            let token = std::fs::read_to_string(&token_file)
+                .with_context(|| format!("reading the token file {}", token_file.display()))?
+                .trim()
+                .to_string();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?;
+            rt.block_on(godwit_agent_client::run_service_cmd(cmd, &agent, token, cli.json))?;
         }
         Cmd::Inspect { dir, full } => {
             let (ck, reader) = godwit_engine::load(&dir).map_err(anyhow::Error::from)?;

@@ -1,0 +1,160 @@
+//! Bad input and refusals: each must give a clear message and exit code,
+//! never a panic, and leave the process being dumped running.
+
+mod common;
+use common::*;
+use std::os::unix::fs::PermissionsExt;
+use std::time::Duration;
+
+fn stderr_of(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn assert_fails(out: &std::process::Output, code: i32, needle: &str) {
+    let err = stderr_of(out);
+    assert_eq!(out.status.code(), Some(code), "exit code; stderr: {err}");
+    assert!(err.contains(needle), "stderr should mention {needle:?}: {err}");
+    assert!(!err.contains("panicked"), "godwit panicked: {err}");
+}
+
+fn dumped(name: &str) -> Proc {
+    let mut p = Proc::test_prog(name);
+    let img = p.images();
+    godwit_ok(&["dump", "--pid", &p.pid.to_string(), "--images", img.to_str().unwrap()]);
+    p.end_original();
+    p
+}
+
+#[test]
+fn unknown_pid() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("img");
+    let out = godwit(&["dump", "--pid", "999999", "--images", img.to_str().unwrap()]);
+    assert_fails(&out, 6, "no process with PID 999999");
+    assert!(!img.join("manifest.img").exists());
+}
+
+#[test]
+fn unsupported_resource_leaves_process_running() {
+    let p = Proc::test_prog("sockets");
+    let img = p.images();
+    let out = godwit(&["dump", "--pid", &p.pid.to_string(), "--images", img.to_str().unwrap()]);
+    assert_fails(&out, 5, "socket");
+    assert!(stderr_of(&out).contains(&format!("process {}", p.pid)), "names the PID");
+    // The process still runs and still counts.
+    let count = || std::fs::read_to_string(p.path("count")).unwrap_or_default().trim().parse::<i64>().unwrap_or(-1);
+    let before = count();
+    wait_for("the counter to advance", Duration::from_secs(10), || count() > before);
+    // Nothing that restore would accept was left behind.
+    let out = godwit(&["restore", "--images", img.to_str().unwrap()]);
+    assert_fails(&out, 3, "no committed image");
+}
+
+#[test]
+fn second_restore_while_pid_taken() {
+    let mut p = dumped("signals");
+    p.restore();
+    let img = p.images();
+    let out = godwit(&["restore", "--images", img.to_str().unwrap()]);
+    assert_fails(&out, 4, &format!("PID {} is in use", p.pid));
+    assert_eq!(p.verdict(), "PASS");
+}
+
+#[test]
+fn corrupt_page_file() {
+    let p = dumped("memory");
+    let pages = p.images().join("pages-0.img");
+    let mut b = std::fs::read(&pages).unwrap();
+    let mid = b.len() / 2;
+    b[mid] ^= 0x5a;
+    std::fs::write(&pages, &b).unwrap();
+    let out = godwit(&["restore", "--images", p.images().to_str().unwrap()]);
+    assert_fails(&out, 3, "pages-0.img");
+    assert!(gone(p.pid), "nothing was restored");
+}
+
+#[test]
+fn missing_and_truncated_files() {
+    let p = dumped("files");
+    let img = p.images();
+    let manifest = std::fs::read(img.join("manifest.img")).unwrap();
+    std::fs::write(img.join("manifest.img"), &manifest[..manifest.len() - 7]).unwrap();
+    assert_fails(&godwit(&["restore", "--images", img.to_str().unwrap()]), 3, "manifest.img");
+    assert_fails(&godwit(&["inspect", img.to_str().unwrap()]), 3, "manifest.img");
+    std::fs::write(img.join("manifest.img"), &manifest).unwrap();
+    std::fs::remove_file(img.join("pages-0.img")).unwrap();
+    assert_fails(&godwit(&["restore", "--images", img.to_str().unwrap()]), 3, "pages-0.img");
+    assert_fails(&godwit(&["restore", "--images", "/nonexistent/godwit"]), 3, "/nonexistent/godwit");
+}
+
+#[test]
+fn newer_major_version_refused() {
+    let p = dumped("files");
+    let m = p.images().join("manifest.img");
+    let mut b = std::fs::read(&m).unwrap();
+    b[8] = 9; // major version, little endian u16 after the 8-byte magic
+    std::fs::write(&m, &b).unwrap();
+    assert_fails(&godwit(&["restore", "--images", p.images().to_str().unwrap()]), 3, "upgrade godwit");
+}
+
+#[test]
+fn changed_file_refused_unless_allowed() {
+    let mut p = dumped("files");
+    let data = p.path("work/data.txt");
+    std::fs::write(&data, "short").unwrap();
+    let img = p.images();
+    let out = godwit(&["restore", "--images", img.to_str().unwrap()]);
+    assert_fails(&out, 1, "data.txt");
+    assert!(stderr_of(&out).contains("--allow-file-changes"));
+    assert!(gone(p.pid));
+    // With the option it restores (the program then sees the changed file).
+    std::fs::write(&data, "0123456789abcdef").unwrap();
+    godwit_ok(&["restore", "--images", img.to_str().unwrap(), "--allow-file-changes"]);
+    p.child = None;
+    assert_eq!(p.verdict(), "PASS");
+}
+
+#[test]
+fn vanished_file_refused() {
+    let p = dumped("files");
+    std::fs::remove_file(p.path("work/data.txt")).unwrap();
+    let out = godwit(&["restore", "--images", p.images().to_str().unwrap()]);
+    assert_fails(&out, 1, "data.txt");
+    assert!(gone(p.pid));
+}
+
+#[test]
+fn non_root_cannot_dump_others() {
+    let p = Proc::test_prog("signals");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let img = dir.path().join("img");
+    let out = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(env!("CARGO_BIN_EXE_godwit"))
+        .args(["dump", "--pid", &p.pid.to_string(), "--images", img.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_fails(&out, 6, "permission denied");
+    assert_eq!(p.verdict(), "PASS", "the process was not disturbed");
+}
+
+#[test]
+fn image_is_private_and_inspectable() {
+    let p = dumped("memory");
+    let img = p.images();
+    let mode = |path: &std::path::Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&img), 0o700);
+    for e in std::fs::read_dir(&img).unwrap() {
+        assert_eq!(mode(&e.unwrap().path()), 0o600);
+    }
+    let v: serde_json::Value = serde_json::from_str(&godwit_ok(&["inspect", "--json", img.to_str().unwrap()])).unwrap();
+    let proc0 = &v["processes"][0];
+    assert_eq!(proc0["pid"], p.pid);
+    assert_eq!(proc0["comm"], "memory");
+    assert!(proc0["memory"]["stored_bytes"].as_u64().unwrap() >= 24 << 20);
+    assert!(proc0["memory"]["vmas"].as_array().unwrap().iter().any(|m| m["kind"] == "Heap"));
+    assert!(proc0["fds"].as_array().unwrap().iter().any(|f| f["path"].as_str().unwrap_or("") == "/dev/null"));
+    let text = godwit_ok(&["inspect", img.to_str().unwrap()]);
+    assert!(text.contains("threads: 1") && text.contains("memory:"), "{text}");
+}

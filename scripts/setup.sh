@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Installs what Godwit needs to build and test on a fresh Debian 12 machine
+# (run as root). The Rust toolchain (cargo) must already be there.
+set -euo pipefail
+need=()
+for pkg in gcc make python3 util-linux procps redis-server redis-tools etcd-server etcd-client iproute2; do
+    dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
+done
+if [ ${#need[@]} -gt 0 ]; then
+    echo "installing: ${need[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+# Debian starts redis/etcd services on install where it can; tests run their own.
+for svc in redis-server etcd; do
+    command -v systemctl >/dev/null && systemctl stop "$svc" >/dev/null 2>&1 || true
+    pkill -x "${svc%-server}" >/dev/null 2>&1 || true
+done
+command -v cargo >/dev/null || { echo "cargo not found: install the Rust toolchain (rustup) first" >&2; exit 1; }
