@@ -280,6 +280,8 @@ pub enum FdKind {
     Directory = 1,
     CharDevice = 2,
     Pipe = 3,
+    Epoll = 4,
+    TcpListen = 5,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -305,6 +307,51 @@ pub struct Fd {
     /// Pipes: the pipe's id (its inode number), shared by both ends.
     #[prost(uint64, tag = "9")]
     pub pipe_id: u64,
+    /// Sockets: how to create, configure and bind it again.
+    #[prost(message, optional, tag = "10")]
+    pub socket: Option<Socket>,
+    /// epoll: the interest list.
+    #[prost(message, repeated, tag = "11")]
+    pub epoll: Vec<EpollTarget>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Socket {
+    #[prost(int32, tag = "1")]
+    pub family: i32,
+    #[prost(int32, tag = "2")]
+    pub sock_type: i32,
+    #[prost(int32, tag = "3")]
+    pub protocol: i32,
+    /// The bound address, a raw struct sockaddr.
+    #[prost(bytes = "vec", tag = "4")]
+    pub addr: Vec<u8>,
+    #[prost(uint32, tag = "5")]
+    pub backlog: u32,
+    /// Integer socket options to set again before bind.
+    #[prost(message, repeated, tag = "6")]
+    pub options: Vec<SockOpt>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct SockOpt {
+    #[prost(int32, tag = "1")]
+    pub level: i32,
+    #[prost(int32, tag = "2")]
+    pub name: i32,
+    #[prost(int32, tag = "3")]
+    pub value: i32,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct EpollTarget {
+    /// The watched descriptor's number in the process.
+    #[prost(int32, tag = "1")]
+    pub fd: i32,
+    #[prost(uint32, tag = "2")]
+    pub events: u32,
+    #[prost(uint64, tag = "3")]
+    pub data: u64,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]

@@ -253,6 +253,29 @@ pub fn fdinfo(pid: i32, fd: i32) -> Result<FdInfo> {
     Ok(fi)
 }
 
+/// The interest list of epoll descriptor `fd` of `pid`: (fd, events, data).
+pub fn epoll_targets(pid: i32, fd: i32) -> Result<Vec<(i32, u32, u64)>> {
+    let path = format!("/proc/{pid}/fdinfo/{fd}");
+    parse_epoll_targets(&read(&path)?, &path)
+}
+
+pub fn parse_epoll_targets(text: &str, path: &str) -> Result<Vec<(i32, u32, u64)>> {
+    let mut out = Vec::new();
+    for line in text.lines().filter(|l| l.starts_with("tfd:")) {
+        let w: Vec<&str> = line.split_whitespace().collect();
+        let field = |key: &str| w.iter().position(|x| *x == key).and_then(|i| w.get(i + 1)).copied();
+        let parsed = (|| {
+            Some((
+                field("tfd:")?.parse().ok()?,
+                u32::from_str_radix(field("events:")?, 16).ok()?,
+                u64::from_str_radix(field("data:")?, 16).ok()?,
+            ))
+        })();
+        out.push(parsed.ok_or_else(|| bad(path, format!("bad epoll line {line:?}")))?);
+    }
+    Ok(out)
+}
+
 /// The target of a /proc symlink (fd, cwd, exe, ...).
 pub fn link(path: &str) -> Result<PathBuf> {
     std::fs::read_link(path).map_err(|e| bad(path, e.to_string()))
@@ -313,6 +336,14 @@ mod tests {
         assert!(tasks(me).unwrap().contains(&me));
         assert!(fds(me).unwrap().contains(&0) || fds(me).is_ok());
         assert!(auxv(me).unwrap().len() > 4);
+    }
+
+    #[test]
+    fn epoll_lines() {
+        let t = "pos:\t0\nflags:\t02000002\nmnt_id:\t16\nino:\t1057\ntfd:        7 events:       19 data:                7  pos:0 ino:7cc8 sdev:9\ntfd:       12 events: 80000001 data: ffffffffffffffff  pos:0 ino:1 sdev:f\n";
+        let v = parse_epoll_targets(t, "x").unwrap();
+        assert_eq!(v, vec![(7, 0x19, 7), (12, 0x8000_0001, u64::MAX)]);
+        assert!(parse_epoll_targets("tfd: x events: 1 data: 2", "x").is_err());
     }
 
     #[test]

@@ -229,3 +229,38 @@ pub fn write(fd: i32, data: &[u8]) -> Result<usize> {
     let r = unsafe { libc::write(fd, data.as_ptr() as *const libc::c_void, data.len()) };
     check(r as i64, "write", format!("fd {fd}")).map(|n| n as usize)
 }
+
+/// An integer socket option of a socket we hold.
+pub fn getsockopt_int(fd: &OwnedFd, level: i32, name: i32) -> Result<i32> {
+    let mut v: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: valid out-pointers of the sizes given.
+    let r = unsafe { libc::getsockopt(fd.as_raw_fd(), level, name, &mut v as *mut _ as *mut libc::c_void, &mut len) };
+    check(r as i64, "getsockopt", format!("level {level} option {name}"))?;
+    Ok(v)
+}
+
+/// The bound address of a socket we hold, as raw sockaddr bytes.
+pub fn getsockname(fd: &OwnedFd) -> Result<Vec<u8>> {
+    let mut buf = [0u8; 128];
+    let mut len = buf.len() as libc::socklen_t;
+    // SAFETY: `buf` is a valid out-buffer of `len` bytes.
+    let r = unsafe { libc::getsockname(fd.as_raw_fd(), buf.as_mut_ptr() as *mut libc::sockaddr, &mut len) };
+    check(r as i64, "getsockname", "socket")?;
+    Ok(buf[..(len as usize).min(buf.len())].to_vec())
+}
+
+/// For a listening TCP socket: (connections waiting to be accepted, backlog).
+pub fn tcp_listen_queue(fd: &OwnedFd) -> Result<(u32, u32)> {
+    let mut info = [0u8; 256];
+    let mut len = info.len() as libc::socklen_t;
+    // SAFETY: `info` is a valid out-buffer of `len` bytes.
+    let r = unsafe {
+        libc::getsockopt(fd.as_raw_fd(), libc::IPPROTO_TCP, libc::TCP_INFO, info.as_mut_ptr() as *mut libc::c_void, &mut len)
+    };
+    check(r as i64, "getsockopt(TCP_INFO)", "socket")?;
+    // struct tcp_info: 8 one-byte fields, then u32 rto, ato, snd_mss, rcv_mss,
+    // unacked, sacked. For a listener unacked = accept queue, sacked = backlog.
+    let at = |o: usize| u32::from_ne_bytes(info[o..o + 4].try_into().expect("4 bytes"));
+    Ok((at(24), at(28)))
+}

@@ -3,7 +3,8 @@
 
 use crate::error::{DumpCtx, EngineError, RestoreCtx, Result};
 use crate::remote::Remote;
-use crate::schema::{Fd, FdKind, Pipe};
+use crate::resources::sockets;
+use crate::schema::{EpollTarget, Fd, FdKind, Pipe};
 use godwit_sys::{proc, process};
 use std::collections::{BTreeMap, HashMap};
 use std::io::Read;
@@ -39,6 +40,7 @@ pub fn dump(pid: i32) -> Result<Files> {
         });
     }
     let mut fds = Vec::new();
+    let mut pidfd: Option<OwnedFd> = None;
     let mut pipe_ends: BTreeMap<u64, (bool, bool, i32)> = BTreeMap::new();
     for fd in proc::fds(pid).dumping(pid, "listing file descriptors")? {
         let target = proc::link(&format!("/proc/{pid}/fd/{fd}"))
@@ -71,6 +73,27 @@ pub fn dump(pid: i32) -> Result<Files> {
             fds.push(e);
             continue;
         }
+        if target.starts_with("socket:[") {
+            let pfd = match &pidfd {
+                Some(p) => p,
+                None => pidfd.insert(process::pidfd_open(pid).dumping(pid, "reading sockets")?),
+            };
+            let ours = process::pidfd_getfd(pfd, fd).dumping(pid, "reading sockets")?;
+            e.socket = Some(sockets::dump(pid, fd, &ours)?);
+            e.kind = FdKind::TcpListen as i32;
+            fds.push(e);
+            continue;
+        }
+        if target == "anon_inode:[eventpoll]" {
+            e.kind = FdKind::Epoll as i32;
+            e.epoll = proc::epoll_targets(pid, fd)
+                .dumping(pid, "reading epoll interest lists")?
+                .into_iter()
+                .map(|(fd, events, data)| EpollTarget { fd, events, data })
+                .collect();
+            fds.push(e);
+            continue;
+        }
         if !target.starts_with('/') {
             let kind = target.split(':').next().unwrap_or("unknown");
             return Err(unsupported(pid, fd, format!("{kind}: {target}")));
@@ -99,12 +122,21 @@ pub fn dump(pid: i32) -> Result<Files> {
         }
         fds.push(e);
     }
+    for f in fds.iter().filter(|f| f.kind == FdKind::Epoll as i32) {
+        for t in &f.epoll {
+            if !fds.iter().any(|x| x.fd == t.fd) {
+                return Err(unsupported(
+                    pid,
+                    f.fd,
+                    format!("an epoll instance watching fd {} which is no longer open", t.fd),
+                ));
+            }
+        }
+    }
     let mut pipes = Vec::new();
-    let pidfd = if pipe_ends.is_empty() {
-        None
-    } else {
-        Some(process::pidfd_open(pid).dumping(pid, "reading pipes")?)
-    };
+    if !pipe_ends.is_empty() && pidfd.is_none() {
+        pidfd = Some(process::pidfd_open(pid).dumping(pid, "reading pipes")?);
+    }
     for (ino, (has_read, has_write, read_fd)) in pipe_ends {
         if !(has_read && has_write) {
             let fd = fds.iter().find(|f| f.pipe_id == ino).map_or(-1, |f| f.fd);
@@ -158,7 +190,10 @@ fn peek_pipe(pid: i32, pidfd: &OwnedFd, fd: i32) -> Result<Vec<u8>> {
 /// file may have grown, others must have their dump-time size).
 pub fn check(fds: &[Fd], allow_changes: bool) -> Result<()> {
     for f in fds {
-        if f.kind == FdKind::Pipe as i32 {
+        if matches!(
+            FdKind::try_from(f.kind),
+            Ok(FdKind::Pipe | FdKind::Epoll | FdKind::TcpListen)
+        ) {
             continue;
         }
         let md = std::fs::metadata(&f.path).map_err(|e| EngineError::FileChanged {
@@ -233,7 +268,17 @@ pub fn restore(r: &Remote, cwd: &str, fds: &[Fd], pipes: &[Pipe]) -> Result<()> 
     for f in fds {
         let kind = FdKind::try_from(f.kind).unwrap_or(FdKind::Regular);
         let status_flags = (f.flags & (libc::O_APPEND | libc::O_NONBLOCK | libc::O_DIRECT | libc::O_NOATIME) as u32) as u64;
-        let high = if kind == FdKind::Pipe {
+        let high = if kind == FdKind::Epoll {
+            // Created once every fd it watches has its number (below).
+            continue;
+        } else if kind == FdKind::TcpListen {
+            let s = f
+                .socket
+                .as_ref()
+                .ok_or_else(|| EngineError::BadImage(format!("fd {} is a socket without details", f.fd)))?;
+            let fd = sockets::restore(r, f.fd, s, status_flags)?;
+            stage_fd(fd)?
+        } else if kind == FdKind::Pipe {
             let (rd, wr) = *pipe_fds
                 .get(&f.pipe_id)
                 .ok_or_else(|| EngineError::BadImage(format!("fd {} names an unknown pipe", f.fd)))?;
@@ -276,6 +321,38 @@ pub fn restore(r: &Remote, cwd: &str, fds: &[Fd], pipes: &[Pipe]) -> Result<()> 
             .restoring(pid, "placing file descriptors")?;
         r.call("close", libc::SYS_close, [high, 0, 0, 0, 0, 0])
             .restoring(pid, stage)?;
+    }
+    for f in fds.iter().filter(|f| f.kind == FdKind::Epoll as i32) {
+        restore_epoll(r, f)?;
+    }
+    Ok(())
+}
+
+/// Creates an epoll instance at its number and fills its interest list.
+fn restore_epoll(r: &Remote, f: &Fd) -> Result<()> {
+    let pid = r.pid;
+    let stage = "creating epoll instances";
+    let ep = r
+        .call("epoll_create1", libc::SYS_epoll_create1, [0, 0, 0, 0, 0, 0])
+        .restoring(pid, stage)?;
+    let cloexec = if f.cloexec { libc::O_CLOEXEC as u64 } else { 0 };
+    if ep != f.fd as u64 {
+        r.call("dup3", libc::SYS_dup3, [ep, f.fd as u64, cloexec, 0, 0, 0])
+            .restoring(pid, stage)?;
+        r.call("close", libc::SYS_close, [ep, 0, 0, 0, 0, 0])
+            .restoring(pid, stage)?;
+    } else if f.cloexec {
+        r.call("fcntl(F_SETFD)", libc::SYS_fcntl, [ep, libc::F_SETFD as u64, libc::FD_CLOEXEC as u64, 0, 0, 0])
+            .restoring(pid, stage)?;
+    }
+    for t in &f.epoll {
+        // struct epoll_event is packed on x86_64: u32 events, u64 data.
+        let mut ev = Vec::with_capacity(12);
+        ev.extend_from_slice(&t.events.to_le_bytes());
+        ev.extend_from_slice(&t.data.to_le_bytes());
+        let a = r.put(0, &ev).restoring(pid, stage)?;
+        r.call("epoll_ctl", libc::SYS_epoll_ctl, [f.fd as u64, libc::EPOLL_CTL_ADD as u64, t.fd as u64, a, 0, 0])
+            .restoring(pid, "filling epoll interest lists")?;
     }
     Ok(())
 }

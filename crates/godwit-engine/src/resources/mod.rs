@@ -6,4 +6,5 @@ pub mod attrs;
 pub mod files;
 pub mod memory;
 pub mod signals;
+pub mod sockets;
 pub mod threads;
