@@ -34,6 +34,11 @@ int main(int argc, char **argv) {
     CHECK(sigqueue(getpid(), SIGRTMIN, v) == 0, "sigqueue"); /* process-wide, with a value */
     struct itimerval it = { {0, 20000}, {0, 20000} };
     setitimer(ITIMER_REAL, &it, NULL);
+    /* Keep SIGALRM blocked until after the restore, so that at the dump it is
+     * pending and the periodic timer is waiting for its dequeue to re-arm. */
+    sigset_t alrm; sigemptyset(&alrm); sigaddset(&alrm, SIGALRM);
+    sigprocmask(SIG_BLOCK, &alrm, NULL);
+    sleep_ms(50);
     ready();
     wait_go();
     struct sigaction now;
@@ -47,9 +52,10 @@ int main(int argc, char **argv) {
     CHECK(sigismember(&pend, SIGUSR2), "pending SIGUSR2 lost");
     CHECK(sigismember(&pend, SIGRTMIN), "pending SIGRTMIN lost");
     sigset_t cur; sigprocmask(SIG_BLOCK, NULL, &cur);
-    CHECK(sigismember(&cur, SIGUSR2) && sigismember(&cur, SIGRTMIN), "blocked mask lost");
+    CHECK(sigismember(&cur, SIGUSR2) && sigismember(&cur, SIGRTMIN) && sigismember(&cur, SIGALRM), "blocked mask lost");
     struct itimerval g; getitimer(ITIMER_REAL, &g);
     CHECK(g.it_interval.tv_usec == 20000, "itimer interval %ld", (long)g.it_interval.tv_usec);
+    sigprocmask(SIG_UNBLOCK, &alrm, NULL);
     long a0 = alarms; sleep_ms(200);
     CHECK(alarms > a0, "the interval timer stopped firing");
     stack_t cs; sigaltstack(NULL, &cs);

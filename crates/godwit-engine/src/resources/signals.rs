@@ -89,12 +89,17 @@ pub fn restore_handlers(r: &Remote, actions: &[SigAction], itimers: &[Itimer]) -
             .restoring(pid, "setting signal handlers")?;
     }
     for t in itimers {
+        // A periodic ITIMER_REAL whose SIGALRM is pending but not yet
+        // dequeued reads as value 0: the kernel re-arms it by one interval at
+        // dequeue. setitimer with value 0 would disarm it, so arm it with one
+        // interval, as the kernel would.
+        let value_us = if t.value_us == 0 { t.interval_us } else { t.value_us };
         let mut b = Vec::with_capacity(32);
         for w in [
             t.interval_us / 1_000_000,
             t.interval_us % 1_000_000,
-            t.value_us / 1_000_000,
-            t.value_us % 1_000_000,
+            value_us / 1_000_000,
+            value_us % 1_000_000,
         ] {
             b.extend_from_slice(&w.to_le_bytes());
         }
