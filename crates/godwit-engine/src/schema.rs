@@ -362,3 +362,38 @@ pub struct Pipe {
     #[prost(bytes = "vec", tag = "2")]
     pub data: Vec<u8>,
 }
+
+#[cfg(test)]
+mod tests {
+    /// Every `#[prost(..., tag = "N")] pub NAME` of this file must appear in
+    /// proto/checkpoint.proto as `NAME = N;` inside the message of that struct.
+    #[test]
+    fn proto_file_matches_schema() {
+        let rs = include_str!("schema.rs");
+        let proto = include_str!("../proto/checkpoint.proto");
+        let mut message = String::new();
+        let mut pending_tag: Option<String> = None;
+        let mut checked = 0;
+        for line in rs.lines().map(str::trim) {
+            if let Some(rest) = line.strip_prefix("pub struct ") {
+                message = rest.trim_end_matches(" {").to_string();
+            } else if line.starts_with("#[prost(") && line.contains("tag = \"") {
+                let tag = line.split("tag = \"").nth(1).unwrap().split('"').next().unwrap();
+                pending_tag = Some(tag.to_string());
+            } else if let (Some(tag), Some(rest)) = (pending_tag.take(), line.strip_prefix("pub ")) {
+                let name = rest.split(':').next().unwrap();
+                let body = proto
+                    .split(&format!("message {message} {{"))
+                    .nth(1)
+                    .unwrap_or_else(|| panic!("message {message} missing from checkpoint.proto"));
+                let body = body.split("\n}").next().unwrap();
+                assert!(
+                    body.lines().any(|l| l.contains(&format!(" {name} = {tag};"))),
+                    "{message}.{name} = {tag} missing from checkpoint.proto"
+                );
+                checked += 1;
+            }
+        }
+        assert!(checked > 80, "only {checked} fields checked");
+    }
+}
