@@ -46,6 +46,10 @@ enum Cmd {
         /// Do not fsync the image (faster; for images on tmpfs).
         #[arg(long)]
         no_sync: bool,
+        /// With --leave-running: keep the process frozen for the whole copy
+        /// instead of snapshotting its memory copy-on-write.
+        #[arg(long, requires = "leave_running")]
+        no_cow: bool,
     },
     /// Restore a process from an image, with the same PID and thread IDs.
     ///
@@ -126,11 +130,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             images,
             leave_running,
             no_sync,
+            no_cow,
         } => {
             let bar = Bar::new();
             let opts = DumpOptions {
                 leave_running,
                 no_sync,
+                no_cow,
             };
             let r = dump(pid, &images, &opts, &bar).map_err(anyhow::Error::from)?;
             bar.0.finish_and_clear();

@@ -25,3 +25,23 @@ case!(threads);
 case!(signals);
 case!(files);
 case!(attrs);
+
+/// --leave-running takes a consistent copy-on-write snapshot of a process
+/// that keeps writing all its memory during the copy; the original is not
+/// disturbed, and the copy restored from the image is consistent.
+#[test]
+fn cow_snapshot_of_a_busy_writer() {
+    use common::*;
+    let mut p = Proc::test_prog("cow");
+    let img = p.images();
+    let out = godwit_ok(&["--json", "dump", "--pid", &p.pid.to_string(), "--images", img.to_str().unwrap(), "--leave-running"]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(v["memory_bytes"].as_u64().unwrap() >= 64 << 20, "{v}");
+    // The original kept running and its memory is intact.
+    assert_eq!(p.verdict(), "PASS", "the original, after the snapshot");
+    std::fs::remove_file(p.path("go")).unwrap();
+    std::fs::remove_file(p.path("result")).unwrap();
+    p.end_original();
+    p.restore();
+    assert_eq!(p.verdict(), "PASS", "the copy restored from the snapshot");
+}

@@ -5,6 +5,7 @@ use crate::freeze::Frozen;
 use crate::remote::Remote;
 use crate::resources::{attrs, files, memory, signals, threads};
 use crate::schema::{Checkpoint, CpuFeatures, DumpStats, Process};
+use crate::snapshot::Snapshot;
 use crate::Progress;
 use godwit_image::ImageWriter;
 use godwit_sys::mem::{self, Range};
@@ -21,6 +22,9 @@ pub struct DumpOptions {
     pub leave_running: bool,
     /// fsync the image files (default on; off for benchmarks on tmpfs).
     pub no_sync: bool,
+    /// With leave_running: keep the process frozen for the whole copy instead
+    /// of taking a copy-on-write snapshot.
+    pub no_cow: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -127,11 +131,30 @@ pub fn dump(pid: i32, dir: &Path, opts: &DumpOptions, progress: &dyn Progress) -
 
     p.vmas = memory::plan(pid, &maps)?;
     let memory_bytes = memory::planned_bytes(&p.vmas);
+    // --leave-running: snapshot the memory copy-on-write and let the process
+    // run while its pages are copied.
+    let mut frozen = Some(frozen);
+    let mut frozen_time = None;
+    let snapshot = if opts.leave_running && !opts.no_cow {
+        Snapshot::arm(&r0, &p.vmas)?
+    } else {
+        None
+    };
+    if snapshot.is_some() {
+        if let Some(f) = frozen.take() {
+            f.release()?;
+        }
+        frozen_time = Some(frozen_at.elapsed());
+    }
     progress.stage("dumping memory", memory_bytes);
     let mut pages = writer.page_file()?;
-    memory::write_pages(pid, &p.vmas, &mut pages, progress)?;
+    memory::write_pages(pid, &p.vmas, &mut pages, progress, snapshot.as_ref())?;
     let info = pages.finish()?;
     p.page_file = info.name.clone();
+    if let Some(s) = snapshot {
+        let saved = s.finish()?;
+        tracing::debug!(pid, saved, "pages written during the copy were saved first");
+    }
 
     let (xcr0, xsave_size) = process::xsave_features();
     let threads = p.threads.len();
@@ -154,18 +177,18 @@ pub fn dump(pid: i32, dir: &Path, opts: &DumpOptions, progress: &dyn Progress) -
             .unwrap_or(0),
         processes: vec![p],
         stats: Some(DumpStats {
-            frozen_us: frozen_at.elapsed().as_micros() as u64,
+            frozen_us: frozen_time.unwrap_or_else(|| frozen_at.elapsed()).as_micros() as u64,
             total_us: t0.elapsed().as_micros() as u64,
             pages_written: memory_bytes / godwit_sys::PAGE_SIZE,
         }),
     };
     let commit = writer.commit(&ck, vec![info])?;
-    if opts.leave_running {
-        frozen.release()?;
-    } else {
-        frozen.kill()?;
+    match frozen {
+        Some(f) if opts.leave_running => f.release()?,
+        Some(f) => f.kill()?,
+        None => {}
     }
-    let frozen_time = frozen_at.elapsed();
+    let frozen_time = frozen_time.unwrap_or_else(|| frozen_at.elapsed());
     Ok(DumpReport {
         pid,
         threads,

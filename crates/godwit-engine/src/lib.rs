@@ -16,6 +16,7 @@ pub mod remote;
 pub mod resources;
 pub mod restore;
 pub mod schema;
+pub mod snapshot;
 
 pub use error::{EngineError, Result};
 

@@ -12,6 +12,7 @@ pub mod proc;
 pub mod process;
 pub mod ptrace;
 pub mod regs;
+pub mod uffd;
 
 use std::io;
 

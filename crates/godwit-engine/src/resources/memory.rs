@@ -9,6 +9,7 @@
 use crate::error::{DumpCtx, EngineError, RestoreCtx, Result};
 use crate::remote::Remote;
 use crate::schema::{PageRun, Vma, VmaKind};
+use crate::snapshot::Snapshot;
 use crate::Progress;
 use godwit_image::PageFileWriter;
 use godwit_sys::mem::{self, pm, Pagemap, ProcMem, Range};
@@ -169,11 +170,14 @@ pub fn planned_bytes(vmas: &[Vma]) -> u64 {
 }
 
 /// Copies the planned pages from the (frozen) process into the page file.
+/// With a `snapshot`, pages come from it where it holds them (see
+/// crate::snapshot); the process may be running.
 pub fn write_pages(
     pid: i32,
     vmas: &[Vma],
     out: &mut PageFileWriter,
     progress: &dyn Progress,
+    snapshot: Option<&Snapshot>,
 ) -> Result<()> {
     let mut buf = vec![0u8; BATCH];
     let mut ranges: Vec<Range> = Vec::new();
@@ -199,6 +203,9 @@ pub fn write_pages(
                 },
             });
         }
+        if let Some(s) = snapshot {
+            s.fix_up(ranges, &mut buf[..*filled]);
+        }
         out.write_all(&buf[..*filled])?;
         progress.advance(*filled as u64);
         ranges.clear();
@@ -208,6 +215,12 @@ pub fn write_pages(
     for v in vmas {
         let readable = v.prot & libc::PROT_READ as u32 != 0;
         for run in &v.pages {
+            if let Some(data) = snapshot.and_then(|s| s.precopied(run.addr)) {
+                flush(&mut ranges, &mut filled, &mut buf, out)?;
+                out.write_all(data)?;
+                progress.advance(data.len() as u64);
+                continue;
+            }
             let mut addr = run.addr;
             let mut left = run.nr_pages * PAGE_SIZE;
             while left > 0 {

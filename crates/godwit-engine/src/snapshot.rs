@@ -1,0 +1,232 @@
+//! A copy-on-write snapshot of a running process's memory, so that
+//! `dump --leave-running` freezes the process only for as long as it takes
+//! to collect its other state and write-protect its memory.
+//!
+//! While frozen: pages of private anonymous memory are write-protected with
+//! userfaultfd (sync mode); all other stored pages (private file copies,
+//! shared memory, unreadable regions) are copied at once. Then the process
+//! runs. A handler thread receives each write fault, saves the page's
+//! original content and lifts the protection; the copier reads the pages and
+//! prefers a saved original over what it read. If the process unmaps,
+//! releases (MADV_DONTNEED) or moves memory that was not copied yet, the dump
+//! fails with "retry" — the process is unaffected.
+
+use crate::error::{DumpCtx, EngineError, Result};
+use crate::remote::Remote;
+use crate::schema::{Vma, VmaKind};
+use godwit_sys::mem::{self, ProcMem, Range};
+use godwit_sys::uffd::{self, Event, Uffd};
+use godwit_sys::{process, PAGE_SIZE};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+struct Shared {
+    uffd: Uffd,
+    pid: i32,
+    /// Original contents of pages written after the snapshot, by address.
+    saved: Mutex<HashMap<u64, Box<[u8]>>>,
+    /// Everything below this address has been copied already.
+    copied_upto: AtomicU64,
+    /// Write-protected ranges (sorted).
+    protected: Vec<Range>,
+    /// Set when memory not copied yet went away.
+    lost: Mutex<Option<String>>,
+    stop: AtomicBool,
+}
+
+pub struct Snapshot {
+    shared: Arc<Shared>,
+    handler: Option<JoinHandle<()>>,
+    /// Pages copied while frozen, by run address.
+    precopied: HashMap<u64, Vec<u8>>,
+    registered: Vec<Range>,
+}
+
+fn cow_able(v: &Vma) -> bool {
+    matches!(
+        VmaKind::try_from(v.kind),
+        Ok(VmaKind::AnonPrivate | VmaKind::Heap | VmaKind::Stack)
+    ) && v.prot & libc::PROT_READ as u32 != 0
+        && !v.pages.is_empty()
+}
+
+impl Snapshot {
+    /// Arms the snapshot on a frozen process (`r0` injects into its main
+    /// thread). `None` when the process may not have a userfaultfd (an
+    /// unprivileged process while vm.unprivileged_userfaultfd is 0): the
+    /// caller then copies while the process stays frozen.
+    pub fn arm(r0: &Remote, vmas: &[Vma]) -> Result<Option<Snapshot>> {
+        let pid = r0.pid;
+        let stage = "write-protecting memory";
+        let tfd = match r0.call(
+            "userfaultfd",
+            libc::SYS_userfaultfd,
+            [(libc::O_CLOEXEC | libc::O_NONBLOCK) as u64, 0, 0, 0, 0, 0],
+        ) {
+            Ok(fd) => fd,
+            Err(e) if e.errno() == Some(libc::EPERM) => {
+                tracing::info!(pid, "no userfaultfd for this process; it stays frozen while its memory is copied");
+                return Ok(None);
+            }
+            Err(e) => return Err(e).dumping(pid, stage),
+        };
+        let pidfd = process::pidfd_open(pid).dumping(pid, stage);
+        let ours = pidfd.and_then(|p| process::pidfd_getfd(&p, tfd as i32).dumping(pid, stage));
+        r0.call("close", libc::SYS_close, [tfd, 0, 0, 0, 0, 0]).dumping(pid, stage)?;
+        let uffd = Uffd::new(
+            ours?,
+            uffd::FEATURE_PAGEFAULT_FLAG_WP
+                | uffd::FEATURE_EVENT_REMOVE
+                | uffd::FEATURE_EVENT_UNMAP
+                | uffd::FEATURE_EVENT_REMAP,
+        )
+        .dumping(pid, stage)?;
+        let mut registered = Vec::new();
+        let mut protected = Vec::new();
+        let mut precopied = HashMap::new();
+        let mut procmem: Option<ProcMem> = None;
+        for v in vmas.iter().filter(|v| !v.pages.is_empty()) {
+            if cow_able(v) && uffd.register(v.start, v.end - v.start, uffd::REGISTER_MODE_WP).is_ok() {
+                registered.push(Range { addr: v.start, len: v.end - v.start });
+                for run in &v.pages {
+                    let len = run.nr_pages * PAGE_SIZE;
+                    uffd.write_protect(run.addr, len, true).dumping(pid, stage)?;
+                    protected.push(Range { addr: run.addr, len });
+                }
+                continue;
+            }
+            // Not protectable: copy now, while frozen.
+            let pm = match &procmem {
+                Some(p) => p,
+                None => procmem.insert(ProcMem::open(pid, false).dumping(pid, "reading memory")?),
+            };
+            for run in &v.pages {
+                let mut buf = vec![0u8; (run.nr_pages * PAGE_SIZE) as usize];
+                pm.read_exact_at(run.addr, &mut buf).dumping(pid, "reading memory")?;
+                precopied.insert(run.addr, buf);
+            }
+        }
+        let shared = Arc::new(Shared {
+            uffd,
+            pid,
+            saved: Mutex::new(HashMap::new()),
+            copied_upto: AtomicU64::new(0),
+            protected,
+            lost: Mutex::new(None),
+            stop: AtomicBool::new(false),
+        });
+        let s2 = shared.clone();
+        let handler = std::thread::Builder::new()
+            .name("godwit-wp".into())
+            .spawn(move || serve(&s2))
+            .map_err(|e| EngineError::Sys {
+                pid,
+                stage,
+                source: godwit_sys::SysError::Proc { path: "thread".into(), detail: e.to_string() },
+            })?;
+        Ok(Some(Snapshot { shared, handler: Some(handler), precopied, registered }))
+    }
+
+    /// The pages of run `addr` if they were copied while frozen.
+    pub fn precopied(&self, addr: u64) -> Option<&[u8]> {
+        self.precopied.get(&addr).map(|v| v.as_slice())
+    }
+
+    /// Replaces, in `buf` (just read from `ranges`), every page written since
+    /// the snapshot by its saved original; then records progress.
+    pub fn fix_up(&self, ranges: &[Range], buf: &mut [u8]) {
+        let saved = self.shared.saved.lock().expect("lock");
+        let mut off = 0usize;
+        for r in ranges {
+            if !saved.is_empty() {
+                for i in 0..r.len / PAGE_SIZE {
+                    if let Some(orig) = saved.get(&(r.addr + i * PAGE_SIZE)) {
+                        let o = off + (i * PAGE_SIZE) as usize;
+                        buf[o..o + PAGE_SIZE as usize].copy_from_slice(orig);
+                    }
+                }
+            }
+            off += r.len as usize;
+        }
+        drop(saved);
+        if let Some(last) = ranges.last() {
+            self.shared.copied_upto.store(last.addr + last.len, Ordering::SeqCst);
+        }
+    }
+
+    /// Stops tracking writes; fails if memory not yet copied went away.
+    pub fn finish(mut self) -> Result<usize> {
+        self.shutdown();
+        let saved = self.shared.saved.lock().expect("lock").len();
+        if let Some(what) = self.shared.lost.lock().expect("lock").take() {
+            return Err(EngineError::Unsupported {
+                pid: self.shared.pid,
+                what: format!("{what} while its memory was being copied; retry the dump"),
+            });
+        }
+        Ok(saved)
+    }
+
+    fn shutdown(&mut self) {
+        for r in &self.registered {
+            // Unregistering lifts the protection and wakes any waiting thread.
+            let _ = self.shared.uffd.unregister(r.addr, r.len);
+        }
+        self.shared.stop.store(true, Ordering::SeqCst);
+        if let Some(h) = self.handler.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+impl Drop for Snapshot {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// The handler thread: save originals of written pages, let writers go on.
+fn serve(s: &Shared) {
+    let mut page = vec![0u8; PAGE_SIZE as usize];
+    while !s.stop.load(Ordering::SeqCst) {
+        let events = match s.uffd.read_events(20) {
+            Ok(e) => e,
+            Err(e) => {
+                *s.lost.lock().expect("lock") = Some(format!("write tracking failed ({e})"));
+                return;
+            }
+        };
+        for ev in events {
+            match ev {
+                Event::WriteProtectFault { addr } => {
+                    let addr = addr & !(PAGE_SIZE - 1);
+                    let fresh = !s.saved.lock().expect("lock").contains_key(&addr);
+                    if fresh && addr >= s.copied_upto.load(Ordering::SeqCst) {
+                        match mem::read_ranges(s.pid, &mut page, &[Range { addr, len: PAGE_SIZE }]) {
+                            Ok(n) if n == page.len() => {
+                                s.saved.lock().expect("lock").insert(addr, page.clone().into_boxed_slice());
+                            }
+                            _ => {
+                                *s.lost.lock().expect("lock") = Some(format!("page {addr:#x} could not be saved"));
+                            }
+                        }
+                    }
+                    if let Err(e) = s.uffd.write_protect(addr, PAGE_SIZE, false) {
+                        tracing::warn!("lifting write protection at {addr:#x}: {e}");
+                    }
+                }
+                Event::RangeGone { start, end } => {
+                    let upto = s.copied_upto.load(Ordering::SeqCst);
+                    let hit = s.protected.iter().any(|r| r.addr < end && start < r.addr + r.len && end > upto);
+                    if hit {
+                        *s.lost.lock().expect("lock") =
+                            Some(format!("the process released or moved memory {start:#x}-{end:#x}"));
+                    }
+                }
+                Event::OtherFault { .. } | Event::Other(_) => {}
+            }
+        }
+    }
+}

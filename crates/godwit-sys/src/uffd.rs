@@ -1,0 +1,151 @@
+//! userfaultfd on another process's memory: write-protect ranges and receive
+//! write faults, to take a copy-on-write snapshot of a running process.
+//!
+//! The descriptor is created inside the target (injected `userfaultfd`) and
+//! fetched with pidfd_getfd; it then acts on the target's address space.
+
+use crate::{check, Result, SysError};
+use std::os::fd::{AsRawFd, OwnedFd};
+
+const UFFD_API: u64 = 0xAA;
+const UFFDIO_API: libc::c_ulong = 0xC018_AA3F;
+const UFFDIO_REGISTER: libc::c_ulong = 0xC020_AA00;
+const UFFDIO_UNREGISTER: libc::c_ulong = 0x8010_AA01;
+const UFFDIO_WRITEPROTECT: libc::c_ulong = 0xC018_AA06;
+
+pub const FEATURE_PAGEFAULT_FLAG_WP: u64 = 1 << 0;
+pub const FEATURE_EVENT_REMAP: u64 = 1 << 2;
+pub const FEATURE_EVENT_REMOVE: u64 = 1 << 3;
+pub const FEATURE_EVENT_UNMAP: u64 = 1 << 6;
+pub const REGISTER_MODE_WP: u64 = 2;
+
+const EVENT_PAGEFAULT: u8 = 0x12;
+const EVENT_REMAP: u8 = 0x14;
+const EVENT_REMOVE: u8 = 0x15;
+const EVENT_UNMAP: u8 = 0x16;
+const PAGEFAULT_FLAG_WP: u64 = 2;
+
+/// One message read from a userfaultfd.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event {
+    /// A write to a write-protected page at this address.
+    WriteProtectFault { addr: u64 },
+    /// Another page fault (not expected in WP-only mode).
+    OtherFault { addr: u64 },
+    /// [start, end) was unmapped, released (MADV_DONTNEED) or moved away.
+    RangeGone { start: u64, end: u64 },
+    Other(u8),
+}
+
+pub struct Uffd {
+    fd: OwnedFd,
+}
+
+fn ioctl(fd: &OwnedFd, req: libc::c_ulong, arg: &mut [u64], name: &'static str) -> Result<()> {
+    // SAFETY: `arg` is a live u64 array at least as large as the struct the
+    // ioctl `req` reads and writes (each caller passes the matching size).
+    let r = unsafe { libc::ioctl(fd.as_raw_fd(), req, arg.as_mut_ptr()) };
+    check(r as i64, name, "userfaultfd").map(drop)
+}
+
+impl Uffd {
+    /// Wraps a userfaultfd descriptor and performs the API handshake,
+    /// requesting `features`; fails if the kernel lacks any of them.
+    pub fn new(fd: OwnedFd, features: u64) -> Result<Uffd> {
+        let mut api = [UFFD_API, features, 0];
+        ioctl(&fd, UFFDIO_API, &mut api, "UFFDIO_API")?;
+        if api[1] & features != features {
+            return Err(SysError::call_errno("UFFDIO_API", "userfaultfd features", libc::ENOTSUP));
+        }
+        Ok(Uffd { fd })
+    }
+
+    pub fn register(&self, start: u64, len: u64, mode: u64) -> Result<()> {
+        let mut reg = [start, len, mode, 0];
+        ioctl(&self.fd, UFFDIO_REGISTER, &mut reg, "UFFDIO_REGISTER")
+    }
+
+    pub fn unregister(&self, start: u64, len: u64) -> Result<()> {
+        let mut range = [start, len];
+        ioctl(&self.fd, UFFDIO_UNREGISTER, &mut range, "UFFDIO_UNREGISTER")
+    }
+
+    /// Sets (`protect`) or clears write protection on a range; clearing wakes
+    /// the threads waiting on it.
+    pub fn write_protect(&self, start: u64, len: u64, protect: bool) -> Result<()> {
+        let mut wp = [start, len, if protect { 1 } else { 0 }];
+        ioctl(&self.fd, UFFDIO_WRITEPROTECT, &mut wp, "UFFDIO_WRITEPROTECT")
+    }
+
+    /// Waits up to `timeout_ms` for messages and returns those read.
+    pub fn read_events(&self, timeout_ms: i32) -> Result<Vec<Event>> {
+        let mut pfd = libc::pollfd {
+            fd: self.fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd.
+        let n = unsafe { libc::poll(&mut pfd, 1, timeout_ms) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::EINTR) {
+                return Ok(Vec::new());
+            }
+            return Err(SysError::Call { call: "poll", target: "userfaultfd".into(), source: e });
+        }
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        let mut buf = [0u8; 32 * 64];
+        // SAFETY: `buf` is a valid out-buffer of its length.
+        let r = unsafe { libc::read(self.fd.as_raw_fd(), buf.as_mut_ptr() as *mut libc::c_void, buf.len()) };
+        if r < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::EAGAIN) {
+                return Ok(Vec::new());
+            }
+            return Err(SysError::Call { call: "read", target: "userfaultfd".into(), source: e });
+        }
+        Ok(buf[..r as usize].chunks_exact(32).map(parse_msg).collect())
+    }
+}
+
+/// Decodes one 32-byte `struct uffd_msg`.
+fn parse_msg(m: &[u8]) -> Event {
+    let u = |o: usize| u64::from_ne_bytes(m[o..o + 8].try_into().expect("8 bytes"));
+    match m[0] {
+        EVENT_PAGEFAULT => {
+            let (flags, addr) = (u(8), u(16));
+            if flags & PAGEFAULT_FLAG_WP != 0 {
+                Event::WriteProtectFault { addr }
+            } else {
+                Event::OtherFault { addr }
+            }
+        }
+        // remap: from, to, len
+        EVENT_REMAP => Event::RangeGone { start: u(8), end: u(8) + u(24) },
+        EVENT_REMOVE | EVENT_UNMAP => Event::RangeGone { start: u(8), end: u(16) },
+        e => Event::Other(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages() {
+        let mut m = [0u8; 32];
+        m[0] = EVENT_PAGEFAULT;
+        m[8..16].copy_from_slice(&(PAGEFAULT_FLAG_WP | 1).to_ne_bytes());
+        m[16..24].copy_from_slice(&0x7000u64.to_ne_bytes());
+        assert_eq!(parse_msg(&m), Event::WriteProtectFault { addr: 0x7000 });
+        m[0] = EVENT_REMOVE;
+        m[8..16].copy_from_slice(&0x1000u64.to_ne_bytes());
+        m[16..24].copy_from_slice(&0x3000u64.to_ne_bytes());
+        assert_eq!(parse_msg(&m), Event::RangeGone { start: 0x1000, end: 0x3000 });
+        m[0] = EVENT_REMAP;
+        m[24..32].copy_from_slice(&0x2000u64.to_ne_bytes());
+        assert_eq!(parse_msg(&m), Event::RangeGone { start: 0x1000, end: 0x3000 });
+    }
+}
