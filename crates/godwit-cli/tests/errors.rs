@@ -70,7 +70,7 @@ fn corrupt_page_file() {
     std::fs::write(&pages, &b).unwrap();
     let out = godwit(&["restore", "--images", p.images().to_str().unwrap()]);
     assert_fails(&out, 3, "pages-0.img");
-    assert!(gone(p.pid), "nothing was restored");
+    assert!(reaped(p.pid), "the half-built process was ended");
 }
 
 #[test]

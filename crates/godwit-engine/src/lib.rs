@@ -21,7 +21,7 @@ pub mod snapshot;
 pub use error::{EngineError, Result};
 
 /// Receives progress of long work (bytes of memory written or restored).
-pub trait Progress {
+pub trait Progress: Sync {
     /// A new stage begins that will move `total_bytes`.
     fn stage(&self, _name: &str, _total_bytes: u64) {}
     /// `bytes` more were moved.

@@ -107,10 +107,39 @@ pub fn restore(dir: &Path, opts: &RestoreOptions, progress: &dyn Progress) -> Re
             });
         }
     }
-    reader.verify_pages()?;
     let pages = reader.map_page_file(&p.page_file)?;
     let memory_bytes = memory::planned_bytes(&p.vmas);
+    // Checksums are verified while the process is being rebuilt; the result
+    // is awaited before the process may run.
+    let pid = std::thread::scope(|s| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let reader = &reader;
+        s.spawn(move || {
+            let _ = tx.send(reader.verify_pages());
+        });
+        resurrect(p, &pages, progress, || {
+            match rx.recv() {
+                Ok(r) => r.map_err(EngineError::from),
+                Err(_) => Err(EngineError::BadImage("page verification did not finish".into())),
+            }
+        })
+    })?;
+    Ok(RestoreReport {
+        pid,
+        threads: p.threads.len(),
+        memory_bytes,
+        total: t0.elapsed(),
+    })
+}
 
+/// Creates the process, rebuilds it, and (once `verified` says the image is
+/// sound) lets it run. Returns its PID.
+fn resurrect(
+    p: &Process,
+    pages: &[u8],
+    progress: &dyn Progress,
+    verified: impl FnOnce() -> Result<()>,
+) -> Result<i32> {
     let pid = match process::spawn_stub(p.pid) {
         Ok(pid) => pid,
         Err(e) if e.errno() == Some(libc::EEXIST) => {
@@ -138,16 +167,12 @@ pub fn restore(dir: &Path, opts: &RestoreOptions, progress: &dyn Progress) -> Re
     for t in &p.threads {
         threads::load_cpu_state(pid, t)?;
     }
+    verified()?;
     for t in p.threads.iter().rev() {
         ptrace::detach(t.tid).restoring(pid, "starting the process")?;
     }
     guard.armed = false;
-    Ok(RestoreReport {
-        pid,
-        threads: p.threads.len(),
-        memory_bytes,
-        total: t0.elapsed(),
-    })
+    Ok(pid)
 }
 
 /// Rebuilds everything but the registers; returns the trampoline's Remote.

@@ -73,6 +73,21 @@ pub fn gone(pid: i32) -> bool {
     !Path::new(&format!("/proc/{pid}")).exists()
 }
 
+/// Reaps `pid` if it is a dead child of ours (restored processes are, via
+/// the subreaper) and waits until the PID is free.
+pub fn reaped(pid: i32) -> bool {
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(10) {
+        // SAFETY: non-blocking waitpid on one PID; harmless if not our child.
+        unsafe { libc::waitpid(pid, std::ptr::null_mut(), libc::WNOHANG) };
+        if gone(pid) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    false
+}
+
 /// A process under test; kills and reaps it (and what was restored from it) on drop.
 pub struct Proc {
     pub child: Option<Child>,

@@ -392,49 +392,87 @@ pub fn restore(
     Ok(())
 }
 
-/// Writes the stored pages into the restored process's memory.
-fn fill(pid: i32, vmas: &[Vma], pages: &[u8], progress: &dyn Progress) -> Result<()> {
-    // Runs are stored back to back in address order; send them in batches of
-    // contiguous page-file bytes.
-    let runs: Vec<&PageRun> = vmas.iter().flat_map(|v| &v.pages).collect();
-    let mut i = 0;
-    while i < runs.len() {
-        let start_off = runs[i].offset;
-        let mut end_off = start_off;
-        let mut ranges = Vec::new();
-        while i < runs.len() && runs[i].offset == end_off && end_off - start_off < (64 << 20) {
-            let len = runs[i].nr_pages * PAGE_SIZE;
-            ranges.push(Range {
-                addr: runs[i].addr,
-                len,
-            });
-            end_off += len;
-            i += 1;
-        }
-        if ranges.is_empty() {
+/// Bytes of page file per process_vm_writev batch while restoring.
+const FILL_BATCH: u64 = 8 << 20;
+/// Threads filling memory: first-touch page faults scale with cores.
+const FILL_THREADS: usize = 2;
+
+/// One process_vm_writev call: page-file bytes [start, end) to `ranges`.
+struct Batch {
+    start: u64,
+    end: u64,
+    ranges: Vec<Range>,
+}
+
+/// Cuts the page runs (stored back to back in address order) into batches
+/// of contiguous page-file bytes.
+fn batches(vmas: &[Vma], file_len: u64) -> Result<Vec<Batch>> {
+    let mut out: Vec<Batch> = Vec::new();
+    let mut expect = None;
+    for run in vmas.iter().flat_map(|v| &v.pages) {
+        if expect.is_some_and(|e| e != run.offset) {
             return Err(EngineError::BadImage(format!(
                 "page runs are not stored back to back (offset {:#x})",
-                runs[i].offset
+                run.offset
             )));
         }
-        let local = pages
-            .get(start_off as usize..end_off as usize)
-            .ok_or_else(|| {
-                EngineError::BadImage(format!(
-                    "page file too short: needs bytes {start_off}..{end_off}, has {}",
-                    pages.len()
-                ))
-            })?;
-        let n = mem::write_ranges(pid, local, &ranges).restoring(pid, "writing memory")?;
-        if n != local.len() {
+        let len = run.nr_pages * PAGE_SIZE;
+        expect = Some(run.offset + len);
+        if run.offset + len > file_len {
             return Err(EngineError::BadImage(format!(
-                "only {n} of {} bytes of memory could be written",
-                local.len()
+                "page file too short: needs bytes up to {}, has {file_len}",
+                run.offset + len
             )));
         }
-        progress.advance(local.len() as u64);
+        let mut done = 0;
+        while done < len {
+            let room = match out.last() {
+                Some(b) if b.end - b.start < FILL_BATCH && b.ranges.len() < 1024 => FILL_BATCH - (b.end - b.start),
+                _ => {
+                    out.push(Batch { start: run.offset + done, end: run.offset + done, ranges: Vec::new() });
+                    FILL_BATCH
+                }
+            };
+            let piece = (len - done).min(room);
+            let b = out.last_mut().expect("pushed above");
+            b.ranges.push(Range { addr: run.addr + done, len: piece });
+            b.end += piece;
+            done += piece;
+        }
     }
-    Ok(())
+    Ok(out)
+}
+
+/// Writes the stored pages into the restored process's memory.
+fn fill(pid: i32, vmas: &[Vma], pages: &[u8], progress: &dyn Progress) -> Result<()> {
+    let batches = batches(vmas, pages.len() as u64)?;
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let work = || -> Result<()> {
+        loop {
+            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let Some(b) = batches.get(i) else { return Ok(()) };
+            let local = &pages[b.start as usize..b.end as usize];
+            let n = mem::write_ranges(pid, local, &b.ranges).restoring(pid, "writing memory")?;
+            if n != local.len() {
+                return Err(EngineError::BadImage(format!(
+                    "only {n} of {} bytes of memory could be written",
+                    local.len()
+                )));
+            }
+            progress.advance(local.len() as u64);
+        }
+    };
+    std::thread::scope(|s| {
+        let helpers: Vec<_> = (1..FILL_THREADS).map(|_| s.spawn(work)).collect();
+        let mut result = work();
+        for h in helpers {
+            let r = h.join().unwrap_or_else(|_| Err(EngineError::BadImage("a fill thread panicked".into())));
+            if result.is_ok() {
+                result = r;
+            }
+        }
+        result
+    })
 }
 
 #[cfg(test)]
@@ -451,6 +489,31 @@ mod tests {
         assert!(!wanted(VmaKind::FilePrivate, present_file));
         assert!(!wanted(VmaKind::FileShared, present_anon));
         assert!(!wanted(VmaKind::Vdso, present_file));
+    }
+
+    #[test]
+    fn batches_cover_runs_in_order() {
+        let run = |addr, nr_pages, offset| PageRun { addr, nr_pages, offset };
+        let vma = |pages| Vma { pages, ..Default::default() };
+        // 3 pages, then a 5000-page (20 MiB) run: split at 8 MiB boundaries.
+        let vmas = vec![
+            vma(vec![run(0x10000, 3, 0)]),
+            vma(vec![run(0x100000, 5000, 3 * 4096)]),
+        ];
+        let b = batches(&vmas, 5003 * 4096).unwrap();
+        assert_eq!(b.len(), 3);
+        assert_eq!(b[0].start, 0);
+        assert_eq!(b[0].end - b[0].start, FILL_BATCH);
+        assert_eq!(b[0].ranges[0], Range { addr: 0x10000, len: 3 * 4096 });
+        assert_eq!(b[0].ranges[1].addr, 0x100000);
+        let total: u64 = b.iter().flat_map(|x| &x.ranges).map(|r| r.len).sum();
+        assert_eq!(total, 5003 * 4096);
+        for w in b.windows(2) {
+            assert_eq!(w[0].end, w[1].start);
+        }
+        assert!(batches(&vmas, 100).is_err(), "short page file");
+        let gap = vec![vma(vec![run(0x10000, 1, 0), run(0x20000, 1, 8192)])];
+        assert!(batches(&gap, 1 << 20).is_err(), "runs not back to back");
     }
 
     #[test]
