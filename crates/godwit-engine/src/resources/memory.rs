@@ -19,7 +19,7 @@ use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
 
 /// Bytes read from the process per batch while dumping.
-const BATCH: usize = 16 << 20;
+const BATCH: usize = 8 << 20;
 
 fn kind_of(pid: i32, e: &MapEntry) -> Result<VmaKind> {
     let name = e.name.as_str();
@@ -171,7 +171,8 @@ pub fn planned_bytes(vmas: &[Vma]) -> u64 {
 
 /// Copies the planned pages from the (frozen) process into the page file.
 /// With a `snapshot`, pages come from it where it holds them (see
-/// crate::snapshot); the process may be running.
+/// crate::snapshot); the process may be running. A reader thread copies
+/// batches out of the process while this thread writes the previous ones.
 pub fn write_pages(
     pid: i32,
     vmas: &[Vma],
@@ -179,80 +180,154 @@ pub fn write_pages(
     progress: &dyn Progress,
     snapshot: Option<&Snapshot>,
 ) -> Result<()> {
-    let mut buf = vec![0u8; BATCH];
-    let mut ranges: Vec<Range> = Vec::new();
-    let mut filled = 0usize;
-    let mut procmem: Option<ProcMem> = None;
-    let flush = |ranges: &mut Vec<Range>,
-                 filled: &mut usize,
-                 buf: &mut [u8],
-                 out: &mut PageFileWriter|
-     -> Result<()> {
-        if ranges.is_empty() {
-            return Ok(());
+    let (full_tx, full_rx) = std::sync::mpsc::sync_channel::<Result<(Vec<u8>, usize)>>(2);
+    let (empty_tx, empty_rx) = std::sync::mpsc::channel::<Vec<u8>>();
+    for _ in 0..3 {
+        let _ = empty_tx.send(Vec::new());
+    }
+    std::thread::scope(|s| {
+        s.spawn(move || {
+            let mut reader = Reader {
+                pid,
+                snapshot,
+                empty: empty_rx,
+                full: full_tx,
+                buf: Vec::new(),
+                ranges: Vec::new(),
+                filled: 0,
+            };
+            if let Err(e) = reader.run(vmas) {
+                let _ = reader.full.send(Err(e));
+            }
+        });
+        // Dropping these on an early return makes the reader stop too.
+        let (empty_tx, full_rx) = (empty_tx, full_rx);
+        for msg in full_rx.iter() {
+            let (buf, n) = msg?;
+            out.write_all(&buf[..n])?;
+            progress.advance(n as u64);
+            let _ = empty_tx.send(buf);
         }
-        let n = mem::read_ranges(pid, &mut buf[..*filled], ranges)
-            .dumping(pid, "reading memory")?;
-        if n != *filled {
+        Ok(())
+    })
+}
+
+/// The producing half of [`write_pages`].
+struct Reader<'a> {
+    pid: i32,
+    snapshot: Option<&'a Snapshot>,
+    empty: std::sync::mpsc::Receiver<Vec<u8>>,
+    full: std::sync::mpsc::SyncSender<Result<(Vec<u8>, usize)>>,
+    buf: Vec<u8>,
+    ranges: Vec<Range>,
+    filled: usize,
+}
+
+/// The writer is gone (it failed and reported its own error).
+struct Stopped;
+
+impl Reader<'_> {
+    fn take_buffer(&mut self) -> std::result::Result<(), Stopped> {
+        self.buf = self.empty.recv().map_err(|_| Stopped)?;
+        if self.buf.len() < BATCH {
+            self.buf.resize(BATCH, 0);
+        }
+        Ok(())
+    }
+
+    fn send(&mut self, n: usize) -> std::result::Result<(), Stopped> {
+        let buf = std::mem::take(&mut self.buf);
+        self.full.send(Ok((buf, n))).map_err(|_| Stopped)?;
+        self.take_buffer()
+    }
+
+    fn run(&mut self, vmas: &[Vma]) -> Result<()> {
+        match self.copy_all(vmas) {
+            Ok(Ok(())) | Ok(Err(Stopped)) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn flush(&mut self) -> Result<std::result::Result<(), Stopped>> {
+        if self.ranges.is_empty() {
+            return Ok(Ok(()));
+        }
+        let (pid, want) = (self.pid, self.filled);
+        let n = mem::read_ranges(pid, &mut self.buf[..want], &self.ranges).dumping(pid, "reading memory")?;
+        if n != want {
             return Err(EngineError::Sys {
                 pid,
                 stage: "reading memory",
                 source: godwit_sys::SysError::Proc {
                     path: format!("process {pid} memory"),
-                    detail: format!("only {n} of {} bytes could be read", *filled),
+                    detail: format!("only {n} of {want} bytes could be read"),
                 },
             });
         }
-        if let Some(s) = snapshot {
-            s.fix_up(ranges, &mut buf[..*filled]);
+        if let Some(s) = self.snapshot {
+            s.fix_up(&self.ranges, &mut self.buf[..want]);
         }
-        out.write_all(&buf[..*filled])?;
-        progress.advance(*filled as u64);
-        ranges.clear();
-        *filled = 0;
-        Ok(())
-    };
-    for v in vmas {
-        let readable = v.prot & libc::PROT_READ as u32 != 0;
-        for run in &v.pages {
-            if let Some(data) = snapshot.and_then(|s| s.precopied(run.addr)) {
-                flush(&mut ranges, &mut filled, &mut buf, out)?;
-                out.write_all(data)?;
-                progress.advance(data.len() as u64);
-                continue;
-            }
-            let mut addr = run.addr;
-            let mut left = run.nr_pages * PAGE_SIZE;
-            while left > 0 {
-                if !readable {
-                    // process_vm_readv honours protections; /proc/PID/mem does not.
-                    flush(&mut ranges, &mut filled, &mut buf, out)?;
-                    let pm = match &procmem {
-                        Some(p) => p,
-                        None => procmem.insert(ProcMem::open(pid, false).dumping(pid, "opening memory")?),
-                    };
-                    let len = left.min(BATCH as u64) as usize;
-                    pm.read_exact_at(addr, &mut buf[..len])
-                        .dumping(pid, "reading protected memory")?;
-                    out.write_all(&buf[..len])?;
-                    progress.advance(len as u64);
-                    addr += len as u64;
-                    left -= len as u64;
+        self.ranges.clear();
+        self.filled = 0;
+        Ok(self.send(want))
+    }
+
+    fn copy_all(&mut self, vmas: &[Vma]) -> Result<std::result::Result<(), Stopped>> {
+        let pid = self.pid;
+        if self.take_buffer().is_err() {
+            return Ok(Err(Stopped));
+        }
+        let mut procmem: Option<ProcMem> = None;
+        for v in vmas {
+            let readable = v.prot & libc::PROT_READ as u32 != 0;
+            for run in &v.pages {
+                if let Some(data) = self.snapshot.and_then(|s| s.precopied(run.addr)) {
+                    if let Err(s) = self.flush()? {
+                        return Ok(Err(s));
+                    }
+                    if self.full.send(Ok((data.to_vec(), data.len()))).is_err() {
+                        return Ok(Err(Stopped));
+                    }
                     continue;
                 }
-                let room = (BATCH - filled) as u64;
-                let len = left.min(room);
-                ranges.push(Range { addr, len });
-                filled += len as usize;
-                addr += len;
-                left -= len;
-                if filled == BATCH {
-                    flush(&mut ranges, &mut filled, &mut buf, out)?;
+                let mut addr = run.addr;
+                let mut left = run.nr_pages * PAGE_SIZE;
+                while left > 0 {
+                    if !readable {
+                        // process_vm_readv honours protections; /proc/PID/mem does not.
+                        if let Err(s) = self.flush()? {
+                            return Ok(Err(s));
+                        }
+                        let pm = match &procmem {
+                            Some(p) => p,
+                            None => procmem.insert(ProcMem::open(pid, false).dumping(pid, "opening memory")?),
+                        };
+                        let len = left.min(BATCH as u64) as usize;
+                        pm.read_exact_at(addr, &mut self.buf[..len])
+                            .dumping(pid, "reading protected memory")?;
+                        if let Err(s) = self.send(len) {
+                            return Ok(Err(s));
+                        }
+                        addr += len as u64;
+                        left -= len as u64;
+                        continue;
+                    }
+                    let room = (BATCH - self.filled) as u64;
+                    let len = left.min(room);
+                    self.ranges.push(Range { addr, len });
+                    self.filled += len as usize;
+                    addr += len;
+                    left -= len;
+                    if self.filled == BATCH || self.ranges.len() >= 1024 {
+                        if let Err(s) = self.flush()? {
+                            return Ok(Err(s));
+                        }
+                    }
                 }
             }
         }
+        self.flush()
     }
-    flush(&mut ranges, &mut filled, &mut buf, out)
 }
 
 /// Refuses a restore whose mapped files are gone or changed since the dump.
