@@ -313,3 +313,34 @@ fn place_vdso(r: &Remote, vmas: &[Vma]) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::schema::CpuFeatures;
+
+    fn image(xcr0: u64, xsave_size: u32) -> Checkpoint {
+        Checkpoint {
+            arch: "x86_64".into(),
+            cpu: Some(CpuFeatures { xcr0, xsave_size }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn cpu_features_checked() {
+        let (xcr0, size) = process::xsave_features();
+        assert!(check_cpu(&image(xcr0, size)).is_ok(), "this CPU runs its own images");
+        // An image from a CPU with AVX-512 state (bits 5-7) this CPU lacks.
+        let extra = !xcr0 & 0xe0;
+        if extra != 0 {
+            let e = check_cpu(&image(xcr0 | extra, size)).unwrap_err().to_string();
+            assert!(e.contains("lacks features") && e.contains("xsave features"), "{e}");
+        }
+        let e = check_cpu(&image(xcr0, size + 4096)).unwrap_err().to_string();
+        assert!(e.contains("xsave area"), "{e}");
+        let mut arm = image(xcr0, size);
+        arm.arch = "aarch64".into();
+        assert!(check_cpu(&arm).unwrap_err().to_string().contains("aarch64"));
+    }
+}
