@@ -282,6 +282,10 @@ pub enum FdKind {
     Pipe = 3,
     Epoll = 4,
     TcpListen = 5,
+    EventFd = 6,
+    TimerFd = 7,
+    SignalFd = 8,
+    Inotify = 9,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -313,6 +317,48 @@ pub struct Fd {
     /// epoll: the interest list.
     #[prost(message, repeated, tag = "11")]
     pub epoll: Vec<EpollTarget>,
+    /// eventfd, timerfd, signalfd, inotify: their state.
+    #[prost(message, optional, tag = "12")]
+    pub anon: Option<AnonFd>,
+}
+
+/// State of the anonymous-inode descriptors (resources::anon).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct AnonFd {
+    /// eventfd: the counter.
+    #[prost(uint64, tag = "1")]
+    pub counter: u64,
+    /// Creation flags (EFD_SEMAPHORE, TFD_*, SFD_*, IN_NONBLOCK ...), without
+    /// O_CLOEXEC/O_NONBLOCK which the Fd's own flags carry.
+    #[prost(uint32, tag = "2")]
+    pub flags: u32,
+    /// timerfd: the clock.
+    #[prost(int32, tag = "3")]
+    pub clock_id: i32,
+    /// timerfd: interval and time left until the next expiry, in ns.
+    #[prost(uint64, tag = "4")]
+    pub interval_ns: u64,
+    #[prost(uint64, tag = "5")]
+    pub value_ns: u64,
+    /// timerfd: expirations not yet read.
+    #[prost(uint64, tag = "6")]
+    pub ticks: u64,
+    /// signalfd: the signal set.
+    #[prost(uint64, tag = "7")]
+    pub sigmask: u64,
+    /// inotify: the watches.
+    #[prost(message, repeated, tag = "8")]
+    pub watches: Vec<InotifyWatch>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct InotifyWatch {
+    #[prost(int32, tag = "1")]
+    pub wd: i32,
+    #[prost(string, tag = "2")]
+    pub path: String,
+    #[prost(uint32, tag = "3")]
+    pub mask: u32,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]

@@ -3,7 +3,7 @@
 
 use crate::error::{DumpCtx, EngineError, RestoreCtx, Result};
 use crate::remote::Remote;
-use crate::resources::sockets;
+use crate::resources::{anon, sockets};
 use crate::schema::{EpollTarget, Fd, FdKind, Pipe};
 use godwit_sys::{proc, process};
 use std::collections::{BTreeMap, HashMap};
@@ -91,6 +91,11 @@ pub fn dump(pid: i32) -> Result<Files> {
                 .into_iter()
                 .map(|(fd, events, data)| EpollTarget { fd, events, data })
                 .collect();
+            fds.push(e);
+            continue;
+        }
+        if let Some(name) = target.strip_prefix("anon_inode:") {
+            anon::dump(pid, fd, name, &mut e)?;
             fds.push(e);
             continue;
         }
@@ -192,7 +197,13 @@ pub fn check(fds: &[Fd], allow_changes: bool) -> Result<()> {
     for f in fds {
         if matches!(
             FdKind::try_from(f.kind),
-            Ok(FdKind::Pipe | FdKind::Epoll | FdKind::TcpListen)
+            Ok(FdKind::Pipe
+                | FdKind::Epoll
+                | FdKind::TcpListen
+                | FdKind::EventFd
+                | FdKind::TimerFd
+                | FdKind::SignalFd
+                | FdKind::Inotify)
         ) {
             continue;
         }
@@ -271,6 +282,11 @@ pub fn restore(r: &Remote, cwd: &str, fds: &[Fd], pipes: &[Pipe]) -> Result<()> 
         let high = if kind == FdKind::Epoll {
             // Created once every fd it watches has its number (below).
             continue;
+        } else if matches!(kind, FdKind::EventFd | FdKind::TimerFd | FdKind::SignalFd | FdKind::Inotify) {
+            let fd = anon::restore(r, f)?;
+            r.call("fcntl(F_SETFL)", libc::SYS_fcntl, [fd, libc::F_SETFL as u64, status_flags, 0, 0, 0])
+                .restoring(pid, stage)?;
+            stage_fd(fd)?
         } else if kind == FdKind::TcpListen {
             let s = f
                 .socket

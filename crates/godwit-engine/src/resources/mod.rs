@@ -2,6 +2,7 @@
 //! the state of a frozen process into plain data (crate::schema) and a
 //! `restore` side that rebuilds it in the process being restored.
 
+pub mod anon;
 pub mod attrs;
 pub mod files;
 pub mod memory;
