@@ -154,9 +154,12 @@ pub fn text(v: &Value, full: bool) -> String {
             let _ = writeln!(
                 s,
                 "    {}-{} {} {:>11} {:<11} stored {:>10} {}",
-                vma["start"].as_str().unwrap_or(""), vma["end"].as_str().unwrap_or(""),
-                vma["prot"].as_str().unwrap_or(""), mib(vma["size"].as_u64().unwrap_or(0)),
-                vma["kind"].as_str().unwrap_or(""), mib(vma["stored_bytes"].as_u64().unwrap_or(0)),
+                vma["start"].as_str().unwrap_or(""),
+                vma["end"].as_str().unwrap_or(""),
+                vma["prot"].as_str().unwrap_or(""),
+                mib(vma["size"].as_u64().unwrap_or(0)),
+                vma["kind"].as_str().unwrap_or(""),
+                mib(vma["stored_bytes"].as_u64().unwrap_or(0)),
                 vma["path"].as_str().unwrap_or(""),
             );
         }
@@ -166,8 +169,11 @@ pub fn text(v: &Value, full: bool) -> String {
             let _ = writeln!(
                 s,
                 "    tid {} {:<16} rip {} sigmask {} pending {}",
-                t["tid"], t["comm"].as_str().unwrap_or(""), t["rip"].as_str().unwrap_or(""),
-                t["sigmask"].as_str().unwrap_or(""), t["pending_signals"],
+                t["tid"],
+                t["comm"].as_str().unwrap_or(""),
+                t["rip"].as_str().unwrap_or(""),
+                t["sigmask"].as_str().unwrap_or(""),
+                t["pending_signals"],
             );
         }
         let fds = p["fds"].as_array().cloned().unwrap_or_default();
@@ -176,9 +182,16 @@ pub fn text(v: &Value, full: bool) -> String {
             let _ = writeln!(
                 s,
                 "    {:>4} {:<10} pos {:<8} flags {:<8} {}{}",
-                f["fd"], f["kind"].as_str().unwrap_or(""), f["pos"], f["flags"].as_str().unwrap_or(""),
+                f["fd"],
+                f["kind"].as_str().unwrap_or(""),
+                f["pos"],
+                f["flags"].as_str().unwrap_or(""),
                 f["path"].as_str().unwrap_or(""),
-                if f["cloexec"].as_bool() == Some(true) { " (cloexec)" } else { "" },
+                if f["cloexec"].as_bool() == Some(true) {
+                    " (cloexec)"
+                } else {
+                    ""
+                },
             );
         }
         let sig = &p["signals"];
@@ -191,7 +204,13 @@ pub fn text(v: &Value, full: bool) -> String {
             sig["itimers"].as_array().map_or(0, |a| a.len()),
         );
         for h in &handlers {
-            let _ = writeln!(s, "    signal {:>2}: {} flags {}", h["signal"], h["handler"].as_str().unwrap_or(""), h["flags"].as_str().unwrap_or(""));
+            let _ = writeln!(
+                s,
+                "    signal {:>2}: {} flags {}",
+                h["signal"],
+                h["handler"].as_str().unwrap_or(""),
+                h["flags"].as_str().unwrap_or("")
+            );
         }
     }
     s

@@ -97,14 +97,17 @@ impl Bar {
 impl Progress for Bar {
     fn stage(&self, name: &str, total: u64) {
         if total >= 256 << 20 {
-            self.0.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+            self.0
+                .set_draw_target(indicatif::ProgressDrawTarget::stderr());
         }
         self.0.set_length(total);
         self.0.set_position(0);
         self.0.set_style(
-            ProgressStyle::with_template("{msg:>18} [{bar:40}] {bytes}/{total_bytes} {binary_bytes_per_sec}")
-                .expect("valid template")
-                .progress_chars("=> "),
+            ProgressStyle::with_template(
+                "{msg:>18} [{bar:40}] {bytes}/{total_bytes} {binary_bytes_per_sec}",
+            )
+            .expect("valid template")
+            .progress_chars("=> "),
         );
         self.0.set_message(name.to_string());
     }
@@ -144,7 +147,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 println!(
                     "{}",
                     serde_json::json!({
-                        "pid": r.pid, "threads": r.threads, "vmas": r.vmas,
+                        "pid": r.pid, "processes": r.processes, "threads": r.threads, "vmas": r.vmas,
                         "memory_bytes": r.memory_bytes, "image_bytes": r.image_bytes,
                         "frozen_ms": r.frozen.as_secs_f64() * 1e3,
                         "total_ms": r.total.as_secs_f64() * 1e3,
@@ -153,8 +156,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 );
             } else {
                 println!(
-                    "dumped process {} ({} threads, {} mappings, {} MiB of memory) to {} in {:.1} ms (frozen {:.1} ms){}",
+                    "dumped process {} ({} processes, {} threads, {} mappings, {} MiB of memory) to {} in {:.1} ms (frozen {:.1} ms){}",
                     r.pid,
+                    r.processes,
                     r.threads,
                     r.vmas,
                     r.memory_bytes >> 20,
@@ -177,7 +181,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 println!(
                     "{}",
                     serde_json::json!({
-                        "pid": r.pid, "threads": r.threads, "memory_bytes": r.memory_bytes,
+                        "pid": r.pid, "processes": r.processes, "threads": r.threads, "memory_bytes": r.memory_bytes,
                         "total_ms": r.total.as_secs_f64() * 1e3,
                     })
                 );
@@ -198,13 +202,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .enable_all()
                 .build()
                 .context("starting the async runtime")?;
-            rt.block_on(godwit_agent_client::run_service_cmd(cmd, &agent, token, cli.json))?;
+            rt.block_on(godwit_agent_client::run_service_cmd(
+                cmd, &agent, token, cli.json,
+            ))?;
         }
         Cmd::Inspect { dir, full } => {
             let (ck, reader) = godwit_engine::load(&dir).map_err(anyhow::Error::from)?;
             let v = inspect::summary(&ck, &reader);
             if cli.json {
-                println!("{}", serde_json::to_string_pretty(&v).context("encoding JSON")?);
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&v).context("encoding JSON")?
+                );
             } else {
                 print!("{}", inspect::text(&v, full));
             }

@@ -13,14 +13,23 @@ fn stderr_of(out: &std::process::Output) -> String {
 fn assert_fails(out: &std::process::Output, code: i32, needle: &str) {
     let err = stderr_of(out);
     assert_eq!(out.status.code(), Some(code), "exit code; stderr: {err}");
-    assert!(err.contains(needle), "stderr should mention {needle:?}: {err}");
+    assert!(
+        err.contains(needle),
+        "stderr should mention {needle:?}: {err}"
+    );
     assert!(!err.contains("panicked"), "godwit panicked: {err}");
 }
 
 fn dumped(name: &str) -> Proc {
     let mut p = Proc::test_prog(name);
     let img = p.images();
-    godwit_ok(&["dump", "--pid", &p.pid.to_string(), "--images", img.to_str().unwrap()]);
+    godwit_ok(&[
+        "dump",
+        "--pid",
+        &p.pid.to_string(),
+        "--images",
+        img.to_str().unwrap(),
+    ]);
     p.end_original();
     p
 }
@@ -38,13 +47,30 @@ fn unknown_pid() {
 fn unsupported_resource_leaves_process_running() {
     let p = Proc::test_prog("sockets");
     let img = p.images();
-    let out = godwit(&["dump", "--pid", &p.pid.to_string(), "--images", img.to_str().unwrap()]);
+    let out = godwit(&[
+        "dump",
+        "--pid",
+        &p.pid.to_string(),
+        "--images",
+        img.to_str().unwrap(),
+    ]);
     assert_fails(&out, 5, "socket");
-    assert!(stderr_of(&out).contains(&format!("process {}", p.pid)), "names the PID");
+    assert!(
+        stderr_of(&out).contains(&format!("process {}", p.pid)),
+        "names the PID"
+    );
     // The process still runs and still counts.
-    let count = || std::fs::read_to_string(p.path("count")).unwrap_or_default().trim().parse::<i64>().unwrap_or(-1);
+    let count = || {
+        std::fs::read_to_string(p.path("count"))
+            .unwrap_or_default()
+            .trim()
+            .parse::<i64>()
+            .unwrap_or(-1)
+    };
     let before = count();
-    wait_for("the counter to advance", Duration::from_secs(10), || count() > before);
+    wait_for("the counter to advance", Duration::from_secs(10), || {
+        count() > before
+    });
     // Nothing that restore would accept was left behind.
     let out = godwit(&["restore", "--images", img.to_str().unwrap()]);
     assert_fails(&out, 3, "no committed image");
@@ -79,12 +105,28 @@ fn missing_and_truncated_files() {
     let img = p.images();
     let manifest = std::fs::read(img.join("manifest.img")).unwrap();
     std::fs::write(img.join("manifest.img"), &manifest[..manifest.len() - 7]).unwrap();
-    assert_fails(&godwit(&["restore", "--images", img.to_str().unwrap()]), 3, "manifest.img");
-    assert_fails(&godwit(&["inspect", img.to_str().unwrap()]), 3, "manifest.img");
+    assert_fails(
+        &godwit(&["restore", "--images", img.to_str().unwrap()]),
+        3,
+        "manifest.img",
+    );
+    assert_fails(
+        &godwit(&["inspect", img.to_str().unwrap()]),
+        3,
+        "manifest.img",
+    );
     std::fs::write(img.join("manifest.img"), &manifest).unwrap();
     std::fs::remove_file(img.join("pages-0.img")).unwrap();
-    assert_fails(&godwit(&["restore", "--images", img.to_str().unwrap()]), 3, "pages-0.img");
-    assert_fails(&godwit(&["restore", "--images", "/nonexistent/godwit"]), 3, "/nonexistent/godwit");
+    assert_fails(
+        &godwit(&["restore", "--images", img.to_str().unwrap()]),
+        3,
+        "pages-0.img",
+    );
+    assert_fails(
+        &godwit(&["restore", "--images", "/nonexistent/godwit"]),
+        3,
+        "/nonexistent/godwit",
+    );
 }
 
 #[test]
@@ -94,7 +136,11 @@ fn newer_major_version_refused() {
     let mut b = std::fs::read(&m).unwrap();
     b[8] = 9; // major version, little endian u16 after the 8-byte magic
     std::fs::write(&m, &b).unwrap();
-    assert_fails(&godwit(&["restore", "--images", p.images().to_str().unwrap()]), 3, "upgrade godwit");
+    assert_fails(
+        &godwit(&["restore", "--images", p.images().to_str().unwrap()]),
+        3,
+        "upgrade godwit",
+    );
 }
 
 #[test]
@@ -109,7 +155,12 @@ fn changed_file_refused_unless_allowed() {
     assert!(gone(p.pid));
     // With the option it restores (the program then sees the changed file).
     std::fs::write(&data, "0123456789abcdef").unwrap();
-    godwit_ok(&["restore", "--images", img.to_str().unwrap(), "--allow-file-changes"]);
+    godwit_ok(&[
+        "restore",
+        "--images",
+        img.to_str().unwrap(),
+        "--allow-file-changes",
+    ]);
     p.child = None;
     assert_eq!(p.verdict(), "PASS");
 }
@@ -132,7 +183,13 @@ fn non_root_cannot_dump_others() {
     let out = std::process::Command::new("setpriv")
         .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
         .arg(env!("CARGO_BIN_EXE_godwit"))
-        .args(["dump", "--pid", &p.pid.to_string(), "--images", img.to_str().unwrap()])
+        .args([
+            "dump",
+            "--pid",
+            &p.pid.to_string(),
+            "--images",
+            img.to_str().unwrap(),
+        ])
         .output()
         .unwrap();
     assert_fails(&out, 6, "permission denied");
@@ -143,18 +200,31 @@ fn non_root_cannot_dump_others() {
 fn image_is_private_and_inspectable() {
     let p = dumped("memory");
     let img = p.images();
-    let mode = |path: &std::path::Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+    let mode =
+        |path: &std::path::Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode(&img), 0o700);
     for e in std::fs::read_dir(&img).unwrap() {
         assert_eq!(mode(&e.unwrap().path()), 0o600);
     }
-    let v: serde_json::Value = serde_json::from_str(&godwit_ok(&["inspect", "--json", img.to_str().unwrap()])).unwrap();
+    let v: serde_json::Value =
+        serde_json::from_str(&godwit_ok(&["inspect", "--json", img.to_str().unwrap()])).unwrap();
     let proc0 = &v["processes"][0];
     assert_eq!(proc0["pid"], p.pid);
     assert_eq!(proc0["comm"], "memory");
     assert!(proc0["memory"]["stored_bytes"].as_u64().unwrap() >= 24 << 20);
-    assert!(proc0["memory"]["vmas"].as_array().unwrap().iter().any(|m| m["kind"] == "Heap"));
-    assert!(proc0["fds"].as_array().unwrap().iter().any(|f| f["path"].as_str().unwrap_or("") == "/dev/null"));
+    assert!(proc0["memory"]["vmas"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|m| m["kind"] == "Heap"));
+    assert!(proc0["fds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|f| f["path"].as_str().unwrap_or("") == "/dev/null"));
     let text = godwit_ok(&["inspect", img.to_str().unwrap()]);
-    assert!(text.contains("threads: 1") && text.contains("memory:"), "{text}");
+    assert!(
+        text.contains("threads: 1") && text.contains("memory:"),
+        "{text}"
+    );
 }

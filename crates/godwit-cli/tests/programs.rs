@@ -25,6 +25,7 @@ case!(threads);
 case!(signals);
 case!(files);
 case!(attrs);
+case!(tree);
 
 /// --leave-running takes a consistent copy-on-write snapshot of a process
 /// that keeps writing all its memory during the copy; the original is not
@@ -34,7 +35,15 @@ fn cow_snapshot_of_a_busy_writer() {
     use common::*;
     let mut p = Proc::test_prog("cow");
     let img = p.images();
-    let out = godwit_ok(&["--json", "dump", "--pid", &p.pid.to_string(), "--images", img.to_str().unwrap(), "--leave-running"]);
+    let out = godwit_ok(&[
+        "--json",
+        "dump",
+        "--pid",
+        &p.pid.to_string(),
+        "--images",
+        img.to_str().unwrap(),
+        "--leave-running",
+    ]);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert!(v["memory_bytes"].as_u64().unwrap() >= 64 << 20, "{v}");
     // The original kept running and its memory is intact.

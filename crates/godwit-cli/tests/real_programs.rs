@@ -7,13 +7,18 @@ use std::process::Command;
 use std::time::Duration;
 
 fn python(leave_running: bool) {
-    let dir = tempfile::Builder::new().prefix("godwit-py").tempdir().unwrap();
+    let dir = tempfile::Builder::new()
+        .prefix("godwit-py")
+        .tempdir()
+        .unwrap();
     let script = repo().join("tests/progs/state.py");
     let d = dir.path().to_str().unwrap().to_string();
     let mut p = Proc::spawn_in(dir, "python3", &[script.to_str().unwrap(), &d]);
     let ready = p.path("ready");
     let pid = p.pid;
-    wait_for("python to be ready", Duration::from_secs(60), || ready.exists() || gone(pid));
+    wait_for("python to be ready", Duration::from_secs(60), || {
+        ready.exists() || gone(pid)
+    });
     assert!(ready.exists(), "python exited: {}", p.output());
     let img = p.images();
     let pid_s = p.pid.to_string();
@@ -24,7 +29,12 @@ fn python(leave_running: bool) {
     godwit_ok(&args);
     p.end_original();
     p.restore();
-    assert_eq!(p.verdict(), "PASS", "python after restore; output: {}", p.output());
+    assert_eq!(
+        p.verdict(),
+        "PASS",
+        "python after restore; output: {}",
+        p.output()
+    );
 }
 
 #[test]
@@ -49,10 +59,21 @@ fn cli(port: u16, args: &[&str]) -> String {
 fn redis(port: u16, leave_running: bool) {
     let mut p = Proc::spawn(
         "redis-server",
-        &["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        &[
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ],
     );
     let pid = p.pid;
-    wait_for("redis to answer", Duration::from_secs(20), || cli(port, &["ping"]) == "PONG" || gone(pid));
+    wait_for("redis to answer", Duration::from_secs(20), || {
+        cli(port, &["ping"]) == "PONG" || gone(pid)
+    });
     assert!(!gone(pid), "redis exited: {}", p.output());
     for i in 0..500 {
         cli(port, &["set", &format!("key{i}"), &format!("value-{i}")]);
@@ -64,7 +85,11 @@ fn redis(port: u16, leave_running: bool) {
     if leave_running {
         args.push("--leave-running");
         godwit_ok(&args);
-        assert_eq!(cli(port, &["get", "key7"]), "value-7", "the original still serves");
+        assert_eq!(
+            cli(port, &["get", "key7"]),
+            "value-7",
+            "the original still serves"
+        );
     } else {
         godwit_ok(&args);
     }

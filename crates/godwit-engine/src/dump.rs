@@ -1,7 +1,7 @@
 //! Dump: freeze → collect → write → end or release.
 
 use crate::error::{DumpCtx, EngineError, Result};
-use crate::freeze::Frozen;
+use crate::freeze::{freeze_tree, Frozen, Member};
 use crate::remote::Remote;
 use crate::resources::{attrs, files, memory, signals, threads};
 use crate::schema::{Checkpoint, CpuFeatures, DumpStats, Process};
@@ -30,6 +30,8 @@ pub struct DumpOptions {
 #[derive(Debug, Clone)]
 pub struct DumpReport {
     pub pid: i32,
+    /// Processes in the tree (the process and its descendants).
+    pub processes: usize,
     pub threads: usize,
     pub vmas: usize,
     pub memory_bytes: u64,
@@ -72,14 +74,176 @@ fn precheck(pid: i32) -> Result<()> {
     Ok(())
 }
 
-/// Checkpoints process `pid` into `dir`. On any failure the process is left
-/// running as it was and `dir` holds no image that restore would accept.
-pub fn dump(pid: i32, dir: &Path, opts: &DumpOptions, progress: &dyn Progress) -> Result<DumpReport> {
+/// What was collected from one live process while it was frozen.
+struct Collected {
+    process: Process,
+    /// Injects into its main thread (no scratch mapped any more).
+    r0: Remote,
+}
+
+/// Checkpoints process `pid` and all its descendants into `dir`. On any
+/// failure every process is left running as it was and `dir` holds no image
+/// that restore would accept.
+pub fn dump(
+    pid: i32,
+    dir: &Path,
+    opts: &DumpOptions,
+    progress: &dyn Progress,
+) -> Result<DumpReport> {
     let t0 = Instant::now();
     precheck(pid)?;
-    let mut writer = ImageWriter::create(dir)?.sync(!opts.no_sync);
-    let frozen = Frozen::freeze(pid)?;
+    let writer = ImageWriter::create(dir)?.sync(!opts.no_sync);
+    let members = freeze_tree(pid)?;
     let frozen_at = Instant::now();
+    let mut procs: Vec<Process> = Vec::with_capacity(members.len());
+    let mut remotes: Vec<Option<Remote>> = Vec::with_capacity(members.len());
+    for m in &members {
+        match m {
+            Member::Live(f) => {
+                let c = collect_one(f)?;
+                procs.push(c.process);
+                remotes.push(Some(c.r0));
+            }
+            Member::Zombie {
+                pid,
+                ppid,
+                pgid,
+                sid,
+                status,
+            } => {
+                procs.push(Process {
+                    pid: *pid,
+                    ppid: *ppid,
+                    pgid: *pgid,
+                    sid: *sid,
+                    zombie: true,
+                    exit_status: *status,
+                    ..Default::default()
+                });
+                remotes.push(None);
+            }
+        }
+    }
+    files::link_descriptions(&mut procs)?;
+    let memory_bytes: u64 = procs.iter().map(|p| memory::planned_bytes(&p.vmas)).sum();
+
+    // --leave-running: snapshot the memory copy-on-write and let the
+    // processes run while their pages are copied.
+    let mut snapshots: Vec<Option<Snapshot>> = Vec::with_capacity(procs.len());
+    let mut frozen_time = None;
+    if opts.leave_running && !opts.no_cow {
+        for (p, r0) in procs.iter().zip(&remotes) {
+            snapshots.push(match r0 {
+                Some(r0) => Snapshot::arm(r0, &p.vmas)?,
+                None => None,
+            });
+        }
+    }
+    let mut members = Some(members);
+    let all_snapshotted = snapshots.len() == procs.len()
+        && procs
+            .iter()
+            .zip(&snapshots)
+            .all(|(p, s)| p.zombie || s.is_some());
+    if all_snapshotted {
+        release_all(members.take().unwrap_or_default())?;
+        frozen_time = Some(frozen_at.elapsed());
+    }
+
+    progress.stage("dumping memory", memory_bytes);
+    let mut writer = writer;
+    let mut page_files = Vec::new();
+    for (i, p) in procs.iter_mut().enumerate().filter(|(_, p)| !p.zombie) {
+        let mut pages = writer.page_file()?;
+        let snap = snapshots.get(i).and_then(|s| s.as_ref());
+        memory::write_pages(p.pid, &p.vmas, &mut pages, progress, snap)?;
+        let info = pages.finish()?;
+        p.page_file = info.name.clone();
+        page_files.push(info);
+    }
+    for s in snapshots.into_iter().flatten() {
+        let saved = s.finish()?;
+        tracing::debug!(saved, "pages written during the copy were saved first");
+    }
+
+    let (xcr0, xsave_size) = process::xsave_features();
+    let threads = procs.iter().map(|p| p.threads.len()).sum();
+    let vmas = procs.iter().map(|p| p.vmas.len()).sum();
+    let processes = procs.len();
+    let ck = Checkpoint {
+        godwit_version: env!("CARGO_PKG_VERSION").to_string(),
+        arch: "x86_64".into(),
+        cpu: Some(CpuFeatures { xcr0, xsave_size }),
+        kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .unwrap_or_default()
+            .trim()
+            .to_string(),
+        hostname: std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .unwrap_or_default()
+            .trim()
+            .to_string(),
+        created_unix_ms: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0),
+        processes: procs,
+        stats: Some(DumpStats {
+            frozen_us: frozen_time
+                .unwrap_or_else(|| frozen_at.elapsed())
+                .as_micros() as u64,
+            total_us: t0.elapsed().as_micros() as u64,
+            pages_written: memory_bytes / godwit_sys::PAGE_SIZE,
+        }),
+    };
+    let commit = writer.commit(&ck, page_files)?;
+    if let Some(members) = members.take() {
+        if opts.leave_running {
+            release_all(members)?;
+        } else {
+            kill_all(members)?;
+        }
+    }
+    let frozen_time = frozen_time.unwrap_or_else(|| frozen_at.elapsed());
+    Ok(DumpReport {
+        pid,
+        processes,
+        threads,
+        vmas,
+        memory_bytes,
+        image_bytes: commit.total_bytes,
+        frozen: frozen_time,
+        total: t0.elapsed(),
+    })
+}
+
+fn release_all(members: Vec<Member>) -> Result<()> {
+    let mut first = None;
+    for m in members {
+        if let Member::Live(f) = m {
+            if let Err(e) = f.release() {
+                first.get_or_insert(e);
+            }
+        }
+    }
+    first.map_or(Ok(()), Err)
+}
+
+fn kill_all(members: Vec<Member>) -> Result<()> {
+    // Children first, so none is re-parented to init while we work.
+    let mut first = None;
+    for m in members.into_iter().rev() {
+        if let Member::Live(f) = m {
+            if let Err(e) = f.kill() {
+                first.get_or_insert(e);
+            }
+        }
+    }
+    first.map_or(Ok(()), Err)
+}
+
+/// Collects everything but the page contents of one frozen process.
+fn collect_one(frozen: &Frozen) -> Result<Collected> {
+    let pid = frozen.pid;
     let maps = proc::smaps(pid).dumping(pid, "reading the memory map")?;
     let exec: Vec<Range> = maps
         .iter()
@@ -124,80 +288,12 @@ pub fn dump(pid: i32, dir: &Path, opts: &DumpOptions, progress: &dyn Progress) -
         scratch_len: SCRATCH,
         ..r0
     };
-    let collected = collect(&r, &frozen);
+    let collected = collect(&r, frozen);
     r0.call("munmap", libc::SYS_munmap, [scratch, SCRATCH, 0, 0, 0, 0])
         .dumping(pid, "unmapping scratch memory")?;
-    let mut p = collected?;
-
-    p.vmas = memory::plan(pid, &maps)?;
-    let memory_bytes = memory::planned_bytes(&p.vmas);
-    // --leave-running: snapshot the memory copy-on-write and let the process
-    // run while its pages are copied.
-    let mut frozen = Some(frozen);
-    let mut frozen_time = None;
-    let snapshot = if opts.leave_running && !opts.no_cow {
-        Snapshot::arm(&r0, &p.vmas)?
-    } else {
-        None
-    };
-    if snapshot.is_some() {
-        if let Some(f) = frozen.take() {
-            f.release()?;
-        }
-        frozen_time = Some(frozen_at.elapsed());
-    }
-    progress.stage("dumping memory", memory_bytes);
-    let mut pages = writer.page_file()?;
-    memory::write_pages(pid, &p.vmas, &mut pages, progress, snapshot.as_ref())?;
-    let info = pages.finish()?;
-    p.page_file = info.name.clone();
-    if let Some(s) = snapshot {
-        let saved = s.finish()?;
-        tracing::debug!(pid, saved, "pages written during the copy were saved first");
-    }
-
-    let (xcr0, xsave_size) = process::xsave_features();
-    let threads = p.threads.len();
-    let vmas = p.vmas.len();
-    let ck = Checkpoint {
-        godwit_version: env!("CARGO_PKG_VERSION").to_string(),
-        arch: "x86_64".into(),
-        cpu: Some(CpuFeatures { xcr0, xsave_size }),
-        kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
-            .unwrap_or_default()
-            .trim()
-            .to_string(),
-        hostname: std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .unwrap_or_default()
-            .trim()
-            .to_string(),
-        created_unix_ms: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0),
-        processes: vec![p],
-        stats: Some(DumpStats {
-            frozen_us: frozen_time.unwrap_or_else(|| frozen_at.elapsed()).as_micros() as u64,
-            total_us: t0.elapsed().as_micros() as u64,
-            pages_written: memory_bytes / godwit_sys::PAGE_SIZE,
-        }),
-    };
-    let commit = writer.commit(&ck, vec![info])?;
-    match frozen {
-        Some(f) if opts.leave_running => f.release()?,
-        Some(f) => f.kill()?,
-        None => {}
-    }
-    let frozen_time = frozen_time.unwrap_or_else(|| frozen_at.elapsed());
-    Ok(DumpReport {
-        pid,
-        threads,
-        vmas,
-        memory_bytes,
-        image_bytes: commit.total_bytes,
-        frozen: frozen_time,
-        total: t0.elapsed(),
-    })
+    let mut process = collected?;
+    process.vmas = memory::plan(pid, &maps)?;
+    Ok(Collected { process, r0 })
 }
 
 fn collect(r: &Remote, frozen: &Frozen) -> Result<Process> {

@@ -31,7 +31,9 @@ pub enum EngineError {
     #[error("the image is not usable: {0}")]
     BadImage(String),
 
-    #[error("PID {pid} is in use on this host (by {holder}); stop that process or restore elsewhere")]
+    #[error(
+        "PID {pid} is in use on this host (by {holder}); stop that process or restore elsewhere"
+    )]
     PidTaken { pid: i32, holder: String },
 
     #[error("{path}: {detail} since the dump; restore refused (use --allow-file-changes to restore anyway)")]

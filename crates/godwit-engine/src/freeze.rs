@@ -136,3 +136,62 @@ pub(crate) fn wait_interrupt_stop(tid: i32) -> godwit_sys::Result<bool> {
         }
     }
 }
+
+/// A member of a frozen process tree.
+pub enum Member {
+    Live(Frozen),
+    /// A zombie: its IDs and the wait status its parent will collect.
+    Zombie {
+        pid: i32,
+        ppid: i32,
+        pgid: i32,
+        sid: i32,
+        status: i32,
+    },
+}
+
+impl Member {
+    pub fn pid(&self) -> i32 {
+        match self {
+            Member::Live(f) => f.pid,
+            Member::Zombie { pid, .. } => *pid,
+        }
+    }
+}
+
+/// Freezes `root` and all its descendants, parents before children. A
+/// process is frozen before its children are listed, so none is missed.
+pub fn freeze_tree(root: i32) -> Result<Vec<Member>> {
+    let mut members = Vec::new();
+    let mut queue = std::collections::VecDeque::from([root]);
+    while let Some(pid) = queue.pop_front() {
+        let st = match proc::stat(pid) {
+            Ok(st) => st,
+            Err(_) if pid == root => return Err(EngineError::NoSuchProcess { pid }),
+            Err(_) => continue, // exited and reaped meanwhile
+        };
+        if st.state == 'Z' {
+            members.push(Member::Zombie {
+                pid,
+                ppid: st.ppid,
+                pgid: st.pgrp,
+                sid: st.session,
+                status: st.exit_code,
+            });
+            continue;
+        }
+        let frozen = match Frozen::freeze(pid) {
+            Ok(f) => f,
+            Err(EngineError::NoSuchProcess { .. } | EngineError::ProcessExited { .. })
+                if pid != root =>
+            {
+                continue
+            }
+            Err(e) => return Err(e),
+        };
+        let kids = process::children(pid).dumping(pid, "listing child processes")?;
+        members.push(Member::Live(frozen));
+        queue.extend(kids);
+    }
+    Ok(members)
+}

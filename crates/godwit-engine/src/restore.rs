@@ -33,7 +33,9 @@ pub struct RestoreOptions {
 
 #[derive(Debug, Clone)]
 pub struct RestoreReport {
+    /// The PID of the tree's root.
     pub pid: i32,
+    pub processes: usize,
     pub threads: usize,
     pub memory_bytes: u64,
     pub total: Duration,
@@ -65,119 +67,237 @@ fn check_cpu(ck: &Checkpoint) -> Result<()> {
     Ok(())
 }
 
-/// Kills the half-built process unless disarmed.
-struct StubGuard {
-    pid: i32,
+/// Kills every half-built process unless disarmed.
+struct Guard {
+    pids: Vec<i32>,
     armed: bool,
 }
 
-impl Drop for StubGuard {
+impl Drop for Guard {
     fn drop(&mut self) {
         if self.armed {
-            let _ = process::kill(self.pid, libc::SIGKILL);
+            for pid in self.pids.iter().rev() {
+                let _ = process::kill(*pid, libc::SIGKILL);
+            }
         }
     }
 }
 
-/// Restores the image in `dir`; returns once the process runs.
-pub fn restore(dir: &Path, opts: &RestoreOptions, progress: &dyn Progress) -> Result<RestoreReport> {
+/// Restores the image in `dir`: the process tree with the same PIDs,
+/// sessions and groups; returns once every process runs.
+pub fn restore(
+    dir: &Path,
+    opts: &RestoreOptions,
+    progress: &dyn Progress,
+) -> Result<RestoreReport> {
     let t0 = Instant::now();
     let (ck, reader) = crate::load(dir)?;
     check_cpu(&ck)?;
-    let p = match ck.processes.as_slice() {
-        [p] => p,
-        [] => return Err(EngineError::BadImage("the image holds no process".into())),
-        _ => {
-            return Err(EngineError::BadImage(
-                "the image holds a process tree; this godwit restores single processes".into(),
-            ))
-        }
+    let procs = &ck.processes;
+    let Some(root) = procs.first() else {
+        return Err(EngineError::BadImage("the image holds no process".into()));
     };
-    if p.threads.first().map(|t| t.tid) != Some(p.pid) {
-        return Err(EngineError::BadImage("the first thread is not the main thread".into()));
+    if root.zombie {
+        return Err(EngineError::BadImage(
+            "the image's first process is a zombie".into(),
+        ));
     }
-    attrs::check(p)?;
-    memory::check_files(&p.vmas, opts.allow_file_changes)?;
-    files::check(&p.fds, opts.allow_file_changes)?;
-    for t in &p.threads {
-        if proc::stat(t.tid).is_ok() {
+    for (i, p) in procs.iter().enumerate() {
+        if i > 0 && !procs[..i].iter().any(|q| q.pid == p.ppid) {
+            return Err(EngineError::BadImage(format!(
+                "process {} comes before its parent {} or has none in the image",
+                p.pid, p.ppid
+            )));
+        }
+        if p.zombie {
+            continue;
+        }
+        if p.threads.first().map(|t| t.tid) != Some(p.pid) {
+            return Err(EngineError::BadImage(format!(
+                "process {}: the first thread is not the main thread",
+                p.pid
+            )));
+        }
+        attrs::check(p)?;
+        memory::check_files(&p.vmas, opts.allow_file_changes)?;
+        files::check(&p.fds, opts.allow_file_changes)?;
+    }
+    for id in procs
+        .iter()
+        .flat_map(|p| std::iter::once(p.pid).chain(p.threads.iter().map(|t| t.tid)))
+    {
+        if proc::stat(id).is_ok() {
             return Err(EngineError::PidTaken {
-                pid: t.tid,
-                holder: threads::holder_of(t.tid),
+                pid: id,
+                holder: threads::holder_of(id),
             });
         }
     }
-    let pages = reader.map_page_file(&p.page_file)?;
-    let memory_bytes = memory::planned_bytes(&p.vmas);
-    // Checksums are verified while the process is being rebuilt; the result
-    // is awaited before the process may run.
+    let plan = files::FdPlan::new(procs)?;
+    let (_, hard) = process::get_rlimit(0, libc::RLIMIT_NOFILE as u32)
+        .restoring(root.pid, "checking limits")?;
+    process::set_rlimit(0, libc::RLIMIT_NOFILE as u32, hard, hard)
+        .restoring(root.pid, "raising the fd limit")?;
+    if plan.highest_fd() >= hard {
+        return Err(EngineError::BadImage(format!(
+            "restoring needs fd numbers up to {}, above this host's limit of {hard} open files",
+            plan.highest_fd()
+        )));
+    }
+    let pages = procs
+        .iter()
+        .map(|p| {
+            if p.zombie {
+                Ok(None)
+            } else {
+                reader.map_page_file(&p.page_file).map(Some)
+            }
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let memory_bytes = procs.iter().map(|p| memory::planned_bytes(&p.vmas)).sum();
+    // Checksums are verified while the processes are being rebuilt; the
+    // result is awaited before any of them may run.
     let pid = std::thread::scope(|s| {
         let (tx, rx) = std::sync::mpsc::channel();
         let reader = &reader;
         s.spawn(move || {
             let _ = tx.send(reader.verify_pages());
         });
-        resurrect(p, &pages, progress, || {
-            match rx.recv() {
-                Ok(r) => r.map_err(EngineError::from),
-                Err(_) => Err(EngineError::BadImage("page verification did not finish".into())),
-            }
+        let pages: Vec<&[u8]> = pages.iter().map(|m| m.as_deref().unwrap_or(&[])).collect();
+        resurrect(procs, &plan, &pages, progress, || match rx.recv() {
+            Ok(r) => r.map_err(EngineError::from),
+            Err(_) => Err(EngineError::BadImage(
+                "page verification did not finish".into(),
+            )),
         })
     })?;
     Ok(RestoreReport {
         pid,
-        threads: p.threads.len(),
+        processes: procs.len(),
+        threads: procs.iter().map(|p| p.threads.len()).sum(),
         memory_bytes,
         total: t0.elapsed(),
     })
 }
 
-/// Creates the process, rebuilds it, and (once `verified` says the image is
-/// sound) lets it run. Returns its PID.
+/// Creates the processes, rebuilds them, and (once `verified` says the image
+/// is sound) lets them run. Returns the root's PID.
 fn resurrect(
-    p: &Process,
-    pages: &[u8],
+    procs: &[Process],
+    plan: &files::FdPlan,
+    pages: &[&[u8]],
     progress: &dyn Progress,
     verified: impl FnOnce() -> Result<()>,
 ) -> Result<i32> {
-    let pid = match process::spawn_stub(p.pid) {
+    let root = &procs[0];
+    let pid = match process::spawn_stub(root.pid) {
         Ok(pid) => pid,
         Err(e) if e.errno() == Some(libc::EEXIST) => {
             return Err(EngineError::PidTaken {
-                pid: p.pid,
-                holder: threads::holder_of(p.pid),
+                pid: root.pid,
+                holder: threads::holder_of(root.pid),
             })
         }
-        Err(e) => return Err(e).restoring(p.pid, "creating the process"),
+        Err(e) => return Err(e).restoring(root.pid, "creating the process"),
     };
-    let mut guard = StubGuard { pid, armed: true };
+    let mut guard = Guard {
+        pids: vec![pid],
+        armed: true,
+    };
     ptrace::seize(pid).restoring(pid, "attaching to the new process")?;
     ptrace::interrupt(pid).restoring(pid, "attaching to the new process")?;
     if !freeze::wait_interrupt_stop(pid).restoring(pid, "attaching to the new process")? {
-        return Err(EngineError::BadImage("the new process exited at once".into()));
+        return Err(EngineError::BadImage(
+            "the new process exited at once".into(),
+        ));
     }
     ptrace::set_sigmask(pid, !0).restoring(pid, "blocking signals")?;
+    let all_vmas: Vec<&Vma> = procs.iter().flat_map(|p| &p.vmas).collect();
+    let r = prepare_root(pid, &all_vmas)?;
 
-    let r = build(pid, p, &pages, progress)?;
-
-    // Last injected call: drop the trampoline. The thread stops at syscall
-    // exit, before fetching another instruction from it.
-    r.call("munmap", libc::SYS_munmap, [r.syscall_ip, TRAMPOLINE, 0, 0, 0, 0])
-        .restoring(pid, "removing the trampoline")?;
-    for t in &p.threads {
-        threads::load_cpu_state(pid, t)?;
+    // Phase 1, parents before children: session, the descriptions this
+    // process creates, then its children (which inherit both).
+    let mut remotes: Vec<Option<Remote>> = vec![None; procs.len()];
+    remotes[0] = Some(r);
+    for (i, p) in procs.iter().enumerate() {
+        let Some(r) = remotes[i] else { continue };
+        attrs::restore_session(&r, p)?;
+        plan.create(&r, i)?;
+        for (j, c) in procs
+            .iter()
+            .enumerate()
+            .skip(i + 1)
+            .filter(|(_, c)| c.ppid == p.pid)
+        {
+            let child = fork_child(&r, c.pid)?;
+            guard.pids.push(child.pid);
+            if c.zombie {
+                make_zombie(&child, c.exit_status)?;
+            } else {
+                remotes[j] = Some(child);
+            }
+        }
+    }
+    // Phase 2: rebuild each process.
+    progress.stage(
+        "restoring memory",
+        procs.iter().map(|p| memory::planned_bytes(&p.vmas)).sum(),
+    );
+    for (i, p) in procs.iter().enumerate() {
+        if let Some(r) = &remotes[i] {
+            build(r, p, pages[i], plan, progress)?;
+        }
+    }
+    // Phase 3: process groups, leaders first.
+    for leaders in [true, false] {
+        for (i, p) in procs.iter().enumerate() {
+            if let Some(r) = &remotes[i] {
+                if (p.pgid == p.pid) == leaders
+                    && procs.iter().any(|q| q.pid == p.pgid && !q.zombie)
+                {
+                    attrs::restore_pgid(r, p)?;
+                }
+            }
+        }
+    }
+    // Phase 4: credentials, last: after them we may no longer be allowed the rest.
+    for (i, p) in procs.iter().enumerate() {
+        if let Some(r) = &remotes[i] {
+            for t in &p.threads {
+                attrs::restore_creds(&r.for_thread(t.tid), p)?;
+            }
+        }
+    }
+    // Phase 5: drop the trampolines (the thread stops at syscall exit, before
+    // fetching another instruction from it), load registers, and go.
+    for (i, p) in procs.iter().enumerate() {
+        if let Some(r) = &remotes[i] {
+            r.call(
+                "munmap",
+                libc::SYS_munmap,
+                [r.syscall_ip, TRAMPOLINE, 0, 0, 0, 0],
+            )
+            .restoring(r.pid, "removing the trampoline")?;
+            for t in &p.threads {
+                threads::load_cpu_state(r.pid, t)?;
+            }
+        }
     }
     verified()?;
-    for t in p.threads.iter().rev() {
-        ptrace::detach(t.tid).restoring(pid, "starting the process")?;
+    for (i, p) in procs.iter().enumerate().rev() {
+        if remotes[i].is_some() {
+            for t in p.threads.iter().rev() {
+                ptrace::detach(t.tid).restoring(p.pid, "starting the process")?;
+            }
+        }
     }
     guard.armed = false;
     Ok(pid)
 }
 
-/// Rebuilds everything but the registers; returns the trampoline's Remote.
-fn build(pid: i32, p: &Process, pages: &[u8], progress: &dyn Progress) -> Result<Remote> {
-    // 1. Inject from a syscall instruction the stub inherited from us.
+/// Turns the stub (a fork of godwit) into an empty process holding only the
+/// trampoline, at an address free in every process of the image.
+fn prepare_root(pid: i32, vmas: &[&Vma]) -> Result<Remote> {
     let own = proc::smaps(pid).restoring(pid, "reading the new process's memory map")?;
     let exec: Vec<Range> = own
         .iter()
@@ -198,12 +318,17 @@ fn build(pid: i32, p: &Process, pages: &[u8], progress: &dyn Progress) -> Result
         scratch_len: 0,
     };
     threads::drop_inherited_rseq(&r0)?;
-
-    // 2. The trampoline, in a hole of the target's layout.
-    let tramp = place_trampoline(&r0, &p.vmas)?;
+    let tramp = place_trampoline(&r0, vmas)?;
     let code = [0x0f, 0x05, 0xcc, 0xcc];
-    mem::write_ranges(pid, &code, &[Range { addr: tramp, len: 4 }])
-        .restoring(pid, "writing the trampoline")?;
+    mem::write_ranges(
+        pid,
+        &code,
+        &[Range {
+            addr: tramp,
+            len: 4,
+        }],
+    )
+    .restoring(pid, "writing the trampoline")?;
     let r = Remote {
         pid,
         tid: pid,
@@ -211,48 +336,122 @@ fn build(pid: i32, p: &Process, pages: &[u8], progress: &dyn Progress) -> Result
         scratch: tramp + PAGE_SIZE,
         scratch_len: TRAMPOLINE - PAGE_SIZE,
     };
-
-    // 3. Empty the stub: no fds, no memory but the trampoline.
-    r.call("close_range", libc::SYS_close_range, [0, u32::MAX as u64, 0, 0, 0, 0])
-        .restoring(pid, "closing inherited files")?;
-    r.call("munmap", libc::SYS_munmap, [PAGE_SIZE, tramp - PAGE_SIZE, 0, 0, 0, 0])
-        .restoring(pid, "emptying the address space")?;
+    r.call(
+        "close_range",
+        libc::SYS_close_range,
+        [0, u32::MAX as u64, 0, 0, 0, 0],
+    )
+    .restoring(pid, "closing inherited files")?;
+    r.call(
+        "munmap",
+        libc::SYS_munmap,
+        [PAGE_SIZE, tramp - PAGE_SIZE, 0, 0, 0, 0],
+    )
+    .restoring(pid, "emptying the address space")?;
     let top = tramp + TRAMPOLINE;
-    r.call("munmap", libc::SYS_munmap, [top, TASK_SIZE - top, 0, 0, 0, 0])
-        .restoring(pid, "emptying the address space")?;
+    r.call(
+        "munmap",
+        libc::SYS_munmap,
+        [top, TASK_SIZE - top, 0, 0, 0, 0],
+    )
+    .restoring(pid, "emptying the address space")?;
+    Ok(r)
+}
 
-    // 4. vDSO where the image had it.
-    place_vdso(&r, &p.vmas)?;
+/// Forks child `pid` from the (still empty) process behind `r`: it starts
+/// with the trampoline and the staging descriptors, and stops at once.
+fn fork_child(r: &Remote, pid: i32) -> Result<Remote> {
+    let set_tid = r.scratch + 96;
+    let mut args = Vec::with_capacity(88);
+    for w in [0, 0, 0, 0, libc::SIGCHLD as u64, 0, 0, 0, set_tid, 1, 0] {
+        args.extend_from_slice(&w.to_le_bytes());
+    }
+    r.put(0, &args)
+        .restoring(r.pid, "creating child processes")?;
+    r.put(96, &pid.to_le_bytes())
+        .restoring(r.pid, "creating child processes")?;
+    let out = r
+        .inj()
+        .run(libc::SYS_clone3, [r.scratch, 88, 0, 0, 0, 0])
+        .restoring(r.pid, "creating child processes")?;
+    if out.ret == -(libc::EEXIST as i64) {
+        return Err(EngineError::PidTaken {
+            pid,
+            holder: threads::holder_of(pid),
+        });
+    }
+    if out.ret < 0 || out.new_task != Some(pid) {
+        return Err(EngineError::BadImage(format!(
+            "child process {pid} could not be created (clone3 returned {}, new task {:?})",
+            out.ret, out.new_task
+        )));
+    }
+    if !freeze::wait_interrupt_stop(pid).restoring(pid, "creating child processes")? {
+        return Err(EngineError::BadImage(format!("new child {pid} exited")));
+    }
+    Ok(Remote {
+        pid,
+        tid: pid,
+        ..*r
+    })
+}
 
-    // 5. Memory, then the kernel's view of the layout.
-    progress.stage("restoring memory", memory::planned_bytes(&p.vmas));
-    memory::restore(&r, &p.vmas, pages, progress)?;
-    attrs::restore_mm(&r, p)?;
+/// Makes a freshly forked child exit with a zombie's saved wait status.
+fn make_zombie(r: &Remote, status: i32) -> Result<()> {
+    let sig = status & 0x7f;
+    let stage = "recreating a zombie";
+    if sig == 0 {
+        r.inj()
+            .run_to_exit(
+                libc::SYS_exit_group,
+                [((status >> 8) & 0xff) as u64, 0, 0, 0, 0, 0],
+            )
+            .restoring(r.pid, stage)?;
+    } else {
+        let dfl = [0u8; 32];
+        let a = r.put(0, &dfl).restoring(r.pid, stage)?;
+        r.call(
+            "rt_sigaction",
+            libc::SYS_rt_sigaction,
+            [sig as u64, a, 0, 8, 0, 0],
+        )
+        .restoring(r.pid, stage)?;
+        ptrace::set_sigmask(r.pid, 0).restoring(r.pid, stage)?;
+        r.inj()
+            .run_to_exit(libc::SYS_kill, [r.pid as u64, sig as u64, 0, 0, 0, 0])
+            .restoring(r.pid, stage)?;
+    }
+    Ok(())
+}
 
-    // 6. Files, signals, attributes.
-    files::restore(&r, &p.cwd, &p.fds, &p.pipes)?;
-    signals::restore_handlers(&r, &p.sigactions, &p.itimers)?;
-    attrs::restore_misc(&r, p)?;
-
-    // 7. Threads and their own state.
+/// Rebuilds one process, except registers, groups and credentials.
+fn build(
+    r: &Remote,
+    p: &Process,
+    pages: &[u8],
+    plan: &files::FdPlan,
+    progress: &dyn Progress,
+) -> Result<()> {
+    place_vdso(r, &p.vmas)?;
+    memory::restore(r, &p.vmas, pages, progress)?;
+    attrs::restore_mm(r, p)?;
+    files::restore_cwd(r, &p.cwd)?;
+    plan.place(r, p)?;
+    signals::restore_handlers(r, &p.sigactions, &p.itimers)?;
+    attrs::restore_misc(r, p)?;
     for t in p.threads.iter().skip(1) {
-        threads::create(&r, t.tid)?;
+        threads::create(r, t.tid)?;
     }
     for t in &p.threads {
         threads::setup(&r.for_thread(t.tid), t)?;
     }
-    signals::restore_pending(&r, &p.shared_pending)?;
-
-    // 8. Credentials last: after them we may no longer be allowed the rest.
-    for t in &p.threads {
-        attrs::restore_creds(&r.for_thread(t.tid), p)?;
-    }
-    Ok(r)
+    signals::restore_pending(r, &p.shared_pending)?;
+    Ok(())
 }
 
 /// Maps the trampoline in the first hole of the target's layout that is also
 /// free in the stub.
-fn place_trampoline(r0: &Remote, vmas: &[Vma]) -> Result<u64> {
+fn place_trampoline(r0: &Remote, vmas: &[&Vma]) -> Result<u64> {
     let mut taken: Vec<(u64, u64)> = vmas.iter().map(|v| (v.start, v.end)).collect();
     taken.sort_unstable();
     let need = TRAMPOLINE + 2 * PAGE_SIZE;
@@ -298,15 +497,22 @@ fn place_vdso(r: &Remote, vmas: &[Vma]) -> Result<()> {
     let (Some(vvar), Some(vdso)) = (find(VmaKind::Vvar), find(VmaKind::Vdso)) else {
         return Ok(());
     };
-    r.call("arch_prctl(ARCH_MAP_VDSO_64)", libc::SYS_arch_prctl, [ARCH_MAP_VDSO_64, vvar.start, 0, 0, 0, 0])
-        .restoring(r.pid, "mapping the vDSO")?;
+    r.call(
+        "arch_prctl(ARCH_MAP_VDSO_64)",
+        libc::SYS_arch_prctl,
+        [ARCH_MAP_VDSO_64, vvar.start, 0, 0, 0, 0],
+    )
+    .restoring(r.pid, "mapping the vDSO")?;
     let now = proc::smaps(r.pid).restoring(r.pid, "checking the vDSO")?;
     let same = |name: &str, v: Option<&Vma>| match (now.iter().find(|m| m.name == name), v) {
         (Some(m), Some(v)) => m.start == v.start && m.end == v.end,
         (None, None) => true,
         _ => false,
     };
-    if !(same("[vdso]", Some(vdso)) && same("[vvar]", Some(vvar)) && same("[vvar_vclock]", find(VmaKind::VvarVclock))) {
+    if !(same("[vdso]", Some(vdso))
+        && same("[vvar]", Some(vvar))
+        && same("[vvar_vclock]", find(VmaKind::VvarVclock)))
+    {
         return Err(EngineError::BadImage(
             "this kernel's vDSO layout differs from the dumping host's; restore on a host with the same kernel".into(),
         ));
@@ -330,14 +536,24 @@ mod tests {
     #[test]
     fn cpu_features_checked() {
         let (xcr0, size) = process::xsave_features();
-        assert!(check_cpu(&image(xcr0, size)).is_ok(), "this CPU runs its own images");
+        assert!(
+            check_cpu(&image(xcr0, size)).is_ok(),
+            "this CPU runs its own images"
+        );
         // An image from a CPU with AVX-512 state (bits 5-7) this CPU lacks.
         let extra = !xcr0 & 0xe0;
         if extra != 0 {
-            let e = check_cpu(&image(xcr0 | extra, size)).unwrap_err().to_string();
-            assert!(e.contains("lacks features") && e.contains("xsave features"), "{e}");
+            let e = check_cpu(&image(xcr0 | extra, size))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("lacks features") && e.contains("xsave features"),
+                "{e}"
+            );
         }
-        let e = check_cpu(&image(xcr0, size + 4096)).unwrap_err().to_string();
+        let e = check_cpu(&image(xcr0, size + 4096))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("xsave area"), "{e}");
         let mut arm = image(xcr0, size);
         arm.arch = "aarch64".into();

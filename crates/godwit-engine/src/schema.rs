@@ -89,6 +89,12 @@ pub struct Process {
     /// Name of the page file holding this process's pages.
     #[prost(string, tag = "20")]
     pub page_file: String,
+    /// A zombie: only its IDs and exit status are kept.
+    #[prost(bool, tag = "21")]
+    pub zombie: bool,
+    /// The wait status a zombie reports to its parent.
+    #[prost(int32, tag = "22")]
+    pub exit_status: i32,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -320,6 +326,10 @@ pub struct Fd {
     /// eventfd, timerfd, signalfd, inotify: their state.
     #[prost(message, optional, tag = "12")]
     pub anon: Option<AnonFd>,
+    /// The open file description: fds with the same id, in one process or
+    /// several, share one description (offset, flags) after restore.
+    #[prost(uint64, tag = "13")]
+    pub file_id: u64,
 }
 
 /// State of the anonymous-inode descriptors (resources::anon).
@@ -424,9 +434,16 @@ mod tests {
             if let Some(rest) = line.strip_prefix("pub struct ") {
                 message = rest.trim_end_matches(" {").to_string();
             } else if line.starts_with("#[prost(") && line.contains("tag = \"") {
-                let tag = line.split("tag = \"").nth(1).unwrap().split('"').next().unwrap();
+                let tag = line
+                    .split("tag = \"")
+                    .nth(1)
+                    .unwrap()
+                    .split('"')
+                    .next()
+                    .unwrap();
                 pending_tag = Some(tag.to_string());
-            } else if let (Some(tag), Some(rest)) = (pending_tag.take(), line.strip_prefix("pub ")) {
+            } else if let (Some(tag), Some(rest)) = (pending_tag.take(), line.strip_prefix("pub "))
+            {
                 let name = rest.split(':').next().unwrap();
                 let body = proto
                     .split(&format!("message {message} {{"))
@@ -434,7 +451,8 @@ mod tests {
                     .unwrap_or_else(|| panic!("message {message} missing from checkpoint.proto"));
                 let body = body.split("\n}").next().unwrap();
                 assert!(
-                    body.lines().any(|l| l.contains(&format!(" {name} = {tag};"))),
+                    body.lines()
+                        .any(|l| l.contains(&format!(" {name} = {tag};"))),
                     "{message}.{name} = {tag} missing from checkpoint.proto"
                 );
                 checked += 1;

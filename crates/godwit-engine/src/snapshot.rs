@@ -67,14 +67,18 @@ impl Snapshot {
         ) {
             Ok(fd) => fd,
             Err(e) if e.errno() == Some(libc::EPERM) => {
-                tracing::info!(pid, "no userfaultfd for this process; it stays frozen while its memory is copied");
+                tracing::info!(
+                    pid,
+                    "no userfaultfd for this process; it stays frozen while its memory is copied"
+                );
                 return Ok(None);
             }
             Err(e) => return Err(e).dumping(pid, stage),
         };
         let pidfd = process::pidfd_open(pid).dumping(pid, stage);
         let ours = pidfd.and_then(|p| process::pidfd_getfd(&p, tfd as i32).dumping(pid, stage));
-        r0.call("close", libc::SYS_close, [tfd, 0, 0, 0, 0, 0]).dumping(pid, stage)?;
+        r0.call("close", libc::SYS_close, [tfd, 0, 0, 0, 0, 0])
+            .dumping(pid, stage)?;
         let uffd = Uffd::new(
             ours?,
             uffd::FEATURE_PAGEFAULT_FLAG_WP
@@ -88,12 +92,23 @@ impl Snapshot {
         let mut precopied = HashMap::new();
         let mut procmem: Option<ProcMem> = None;
         for v in vmas.iter().filter(|v| !v.pages.is_empty()) {
-            if cow_able(v) && uffd.register(v.start, v.end - v.start, uffd::REGISTER_MODE_WP).is_ok() {
-                registered.push(Range { addr: v.start, len: v.end - v.start });
+            if cow_able(v)
+                && uffd
+                    .register(v.start, v.end - v.start, uffd::REGISTER_MODE_WP)
+                    .is_ok()
+            {
+                registered.push(Range {
+                    addr: v.start,
+                    len: v.end - v.start,
+                });
                 for run in &v.pages {
                     let len = run.nr_pages * PAGE_SIZE;
-                    uffd.write_protect(run.addr, len, true).dumping(pid, stage)?;
-                    protected.push(Range { addr: run.addr, len });
+                    uffd.write_protect(run.addr, len, true)
+                        .dumping(pid, stage)?;
+                    protected.push(Range {
+                        addr: run.addr,
+                        len,
+                    });
                 }
                 continue;
             }
@@ -104,7 +119,8 @@ impl Snapshot {
             };
             for run in &v.pages {
                 let mut buf = vec![0u8; (run.nr_pages * PAGE_SIZE) as usize];
-                pm.read_exact_at(run.addr, &mut buf).dumping(pid, "reading memory")?;
+                pm.read_exact_at(run.addr, &mut buf)
+                    .dumping(pid, "reading memory")?;
                 precopied.insert(run.addr, buf);
             }
         }
@@ -124,9 +140,17 @@ impl Snapshot {
             .map_err(|e| EngineError::Sys {
                 pid,
                 stage,
-                source: godwit_sys::SysError::Proc { path: "thread".into(), detail: e.to_string() },
+                source: godwit_sys::SysError::Proc {
+                    path: "thread".into(),
+                    detail: e.to_string(),
+                },
             })?;
-        Ok(Some(Snapshot { shared, handler: Some(handler), precopied, registered }))
+        Ok(Some(Snapshot {
+            shared,
+            handler: Some(handler),
+            precopied,
+            registered,
+        }))
     }
 
     /// The pages of run `addr` if they were copied while frozen.
@@ -152,7 +176,9 @@ impl Snapshot {
         }
         drop(saved);
         if let Some(last) = ranges.last() {
-            self.shared.copied_upto.store(last.addr + last.len, Ordering::SeqCst);
+            self.shared
+                .copied_upto
+                .store(last.addr + last.len, Ordering::SeqCst);
         }
     }
 
@@ -204,12 +230,23 @@ fn serve(s: &Shared) {
                     let addr = addr & !(PAGE_SIZE - 1);
                     let fresh = !s.saved.lock().expect("lock").contains_key(&addr);
                     if fresh && addr >= s.copied_upto.load(Ordering::SeqCst) {
-                        match mem::read_ranges(s.pid, &mut page, &[Range { addr, len: PAGE_SIZE }]) {
+                        match mem::read_ranges(
+                            s.pid,
+                            &mut page,
+                            &[Range {
+                                addr,
+                                len: PAGE_SIZE,
+                            }],
+                        ) {
                             Ok(n) if n == page.len() => {
-                                s.saved.lock().expect("lock").insert(addr, page.clone().into_boxed_slice());
+                                s.saved
+                                    .lock()
+                                    .expect("lock")
+                                    .insert(addr, page.clone().into_boxed_slice());
                             }
                             _ => {
-                                *s.lost.lock().expect("lock") = Some(format!("page {addr:#x} could not be saved"));
+                                *s.lost.lock().expect("lock") =
+                                    Some(format!("page {addr:#x} could not be saved"));
                             }
                         }
                     }
@@ -219,10 +256,14 @@ fn serve(s: &Shared) {
                 }
                 Event::RangeGone { start, end } => {
                     let upto = s.copied_upto.load(Ordering::SeqCst);
-                    let hit = s.protected.iter().any(|r| r.addr < end && start < r.addr + r.len && end > upto);
+                    let hit = s
+                        .protected
+                        .iter()
+                        .any(|r| r.addr < end && start < r.addr + r.len && end > upto);
                     if hit {
-                        *s.lost.lock().expect("lock") =
-                            Some(format!("the process released or moved memory {start:#x}-{end:#x}"));
+                        *s.lost.lock().expect("lock") = Some(format!(
+                            "the process released or moved memory {start:#x}-{end:#x}"
+                        ));
                     }
                 }
                 Event::OtherFault { .. } | Event::Other(_) => {}

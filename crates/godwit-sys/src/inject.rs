@@ -73,6 +73,32 @@ impl Injector {
         Ok(Outcome { ret, new_task })
     }
 
+    /// Runs a call that ends the task (exit_group, or kill of itself with a
+    /// fatal signal) and waits until it is gone; signals it gets on the way
+    /// are delivered.
+    pub fn run_to_exit(&self, nr: i64, args: [u64; 6]) -> Result<()> {
+        let tid = self.tid;
+        let mut regs = ptrace::get_regs(tid)?;
+        regs.rip = self.syscall_ip;
+        regs.rax = nr as u64;
+        regs.orig_rax = u64::MAX;
+        regs.rdi = args[0];
+        regs.rsi = args[1];
+        regs.rdx = args[2];
+        regs.r10 = args[3];
+        regs.r8 = args[4];
+        regs.r9 = args[5];
+        ptrace::set_regs(tid, &regs)?;
+        ptrace::cont(tid, 0)?;
+        loop {
+            match ptrace::wait(tid)? {
+                Stop::Exited(_) | Stop::Killed(_) => return Ok(()),
+                Stop::Signal(sig) => ptrace::cont(tid, sig)?,
+                _ => ptrace::cont(tid, 0)?,
+            }
+        }
+    }
+
     /// Like [`Injector::run`], but turns a negative return into an error naming `name`.
     pub fn call(&self, name: &'static str, nr: i64, args: [u64; 6]) -> Result<u64> {
         let out = self.run(nr, args)?;

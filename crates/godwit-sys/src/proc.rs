@@ -116,6 +116,8 @@ pub struct Stat {
     pub arg_end: u64,
     pub env_start: u64,
     pub env_end: u64,
+    /// The wait status of a zombie.
+    pub exit_code: i32,
 }
 
 /// Parses the text of /proc/PID/stat.
@@ -149,6 +151,7 @@ pub fn parse_stat(text: &str, path: &str) -> Result<Stat> {
         arg_end: n(49)?,
         env_start: n(50)?,
         env_end: n(51)?,
+        exit_code: n(52).unwrap_or(0) as i32,
     })
 }
 
@@ -174,7 +177,10 @@ pub struct Status {
 pub fn parse_status(text: &str, path: &str) -> Result<Status> {
     let mut st = Status::default();
     let four = |v: &str| -> Result<[u32; 4]> {
-        let x: Vec<u32> = v.split_whitespace().filter_map(|s| s.parse().ok()).collect();
+        let x: Vec<u32> = v
+            .split_whitespace()
+            .filter_map(|s| s.parse().ok())
+            .collect();
         x.try_into().map_err(|_| bad(path, "bad Uid/Gid line"))
     };
     for line in text.lines() {
@@ -185,10 +191,20 @@ pub fn parse_status(text: &str, path: &str) -> Result<Status> {
         match k {
             "Uid" => st.uids = four(v)?,
             "Gid" => st.gids = four(v)?,
-            "Groups" => st.groups = v.split_whitespace().filter_map(|s| s.parse().ok()).collect(),
+            "Groups" => {
+                st.groups = v
+                    .split_whitespace()
+                    .filter_map(|s| s.parse().ok())
+                    .collect()
+            }
             "Umask" => st.umask = u32::from_str_radix(v, 8).map_err(|_| bad(path, "bad Umask"))?,
             "Tgid" => st.tgid = v.parse().map_err(|_| bad(path, "bad Tgid"))?,
-            "NSpid" => st.nspid = v.split_whitespace().filter_map(|s| s.parse().ok()).collect(),
+            "NSpid" => {
+                st.nspid = v
+                    .split_whitespace()
+                    .filter_map(|s| s.parse().ok())
+                    .collect()
+            }
             "CapEff" => st.cap_eff = u64::from_str_radix(v, 16).unwrap_or(0),
             _ => {}
         }
@@ -263,7 +279,12 @@ pub fn parse_epoll_targets(text: &str, path: &str) -> Result<Vec<(i32, u32, u64)
     let mut out = Vec::new();
     for line in text.lines().filter(|l| l.starts_with("tfd:")) {
         let w: Vec<&str> = line.split_whitespace().collect();
-        let field = |key: &str| w.iter().position(|x| *x == key).and_then(|i| w.get(i + 1)).copied();
+        let field = |key: &str| {
+            w.iter()
+                .position(|x| *x == key)
+                .and_then(|i| w.get(i + 1))
+                .copied()
+        };
         let parsed = (|| {
             Some((
                 field("tfd:")?.parse().ok()?,
@@ -315,7 +336,8 @@ mod tests {
         assert_eq!(e.start, 0x7f309e796000);
         assert_eq!(e.name, "[vvar]");
         assert!(e.read && !e.write && !e.shared);
-        let e = parse_map_line("55d0c0a00000-55d0c0a01000 rw-s 00001000 fe:01 1234   /tmp/a b").unwrap();
+        let e = parse_map_line("55d0c0a00000-55d0c0a01000 rw-s 00001000 fe:01 1234   /tmp/a b")
+            .unwrap();
         assert_eq!((e.dev_major, e.dev_minor, e.inode), (0xfe, 1, 1234));
         assert_eq!(e.name, "/tmp/a b");
         assert!(e.shared && e.write);
@@ -357,7 +379,10 @@ mod tests {
         assert_eq!((s.state, s.ppid, s.pgrp, s.session), ('S', 4, 5, 6));
         assert_eq!((s.start_code, s.end_code, s.start_stack), (26, 27, 28));
         assert_eq!((s.start_data, s.end_data, s.start_brk), (45, 46, 47));
-        assert_eq!((s.arg_start, s.arg_end, s.env_start, s.env_end), (48, 49, 50, 51));
+        assert_eq!(
+            (s.arg_start, s.arg_end, s.env_start, s.env_end),
+            (48, 49, 50, 51)
+        );
         assert!(parse_stat("nonsense", "x").is_err());
     }
 }

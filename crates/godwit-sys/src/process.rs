@@ -24,7 +24,12 @@ pub fn set_rlimit(pid: i32, resource: u32, soft: u64, hard: u64) -> Result<()> {
     };
     // SAFETY: prlimit64 with a valid new-limit pointer and a null out-pointer.
     let r = unsafe { libc::prlimit64(pid, resource as _, &new, std::ptr::null_mut()) };
-    check(r as i64, "prlimit64(set)", format!("process {pid} resource {resource}")).map(drop)
+    check(
+        r as i64,
+        "prlimit64(set)",
+        format!("process {pid} resource {resource}"),
+    )
+    .map(drop)
 }
 
 /// The robust futex list head and length of a task (get_robust_list).
@@ -207,11 +212,19 @@ pub fn spawn_stub(pid: i32) -> Result<i32> {
     // SAFETY: read into a 4-byte local buffer.
     let n = unsafe { libc::read(rd.as_raw_fd(), b.as_mut_ptr() as *mut libc::c_void, 4) };
     if n != 4 {
-        return Err(SysError::call_errno("clone3(set_tid)", format!("pid {pid}"), libc::EIO));
+        return Err(SysError::call_errno(
+            "clone3(set_tid)",
+            format!("pid {pid}"),
+            libc::EIO,
+        ));
     }
     let code = i32::from_le_bytes(b);
     if code < 0 {
-        return Err(SysError::call_errno("clone3(set_tid)", format!("pid {pid}"), -code));
+        return Err(SysError::call_errno(
+            "clone3(set_tid)",
+            format!("pid {pid}"),
+            -code,
+        ));
     }
     Ok(code)
 }
@@ -235,8 +248,20 @@ pub fn getsockopt_int(fd: &OwnedFd, level: i32, name: i32) -> Result<i32> {
     let mut v: libc::c_int = 0;
     let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
     // SAFETY: valid out-pointers of the sizes given.
-    let r = unsafe { libc::getsockopt(fd.as_raw_fd(), level, name, &mut v as *mut _ as *mut libc::c_void, &mut len) };
-    check(r as i64, "getsockopt", format!("level {level} option {name}"))?;
+    let r = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            level,
+            name,
+            &mut v as *mut _ as *mut libc::c_void,
+            &mut len,
+        )
+    };
+    check(
+        r as i64,
+        "getsockopt",
+        format!("level {level} option {name}"),
+    )?;
     Ok(v)
 }
 
@@ -245,7 +270,13 @@ pub fn getsockname(fd: &OwnedFd) -> Result<Vec<u8>> {
     let mut buf = [0u8; 128];
     let mut len = buf.len() as libc::socklen_t;
     // SAFETY: `buf` is a valid out-buffer of `len` bytes.
-    let r = unsafe { libc::getsockname(fd.as_raw_fd(), buf.as_mut_ptr() as *mut libc::sockaddr, &mut len) };
+    let r = unsafe {
+        libc::getsockname(
+            fd.as_raw_fd(),
+            buf.as_mut_ptr() as *mut libc::sockaddr,
+            &mut len,
+        )
+    };
     check(r as i64, "getsockname", "socket")?;
     Ok(buf[..(len as usize).min(buf.len())].to_vec())
 }
@@ -256,11 +287,56 @@ pub fn tcp_listen_queue(fd: &OwnedFd) -> Result<(u32, u32)> {
     let mut len = info.len() as libc::socklen_t;
     // SAFETY: `info` is a valid out-buffer of `len` bytes.
     let r = unsafe {
-        libc::getsockopt(fd.as_raw_fd(), libc::IPPROTO_TCP, libc::TCP_INFO, info.as_mut_ptr() as *mut libc::c_void, &mut len)
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            info.as_mut_ptr() as *mut libc::c_void,
+            &mut len,
+        )
     };
     check(r as i64, "getsockopt(TCP_INFO)", "socket")?;
     // struct tcp_info: 8 one-byte fields, then u32 rto, ato, snd_mss, rcv_mss,
     // unacked, sacked. For a listener unacked = accept queue, sacked = backlog.
     let at = |o: usize| u32::from_ne_bytes(info[o..o + 4].try_into().expect("4 bytes"));
     Ok((at(24), at(28)))
+}
+
+/// Whether fd `fd1` of `pid1` and fd `fd2` of `pid2` are the same open file
+/// description (kcmp KCMP_FILE).
+pub fn same_file(pid1: i32, fd1: i32, pid2: i32, fd2: i32) -> Result<bool> {
+    const KCMP_FILE: libc::c_long = 0;
+    // SAFETY: plain integer syscall.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_kcmp,
+            pid1,
+            pid2,
+            KCMP_FILE,
+            fd1 as libc::c_long,
+            fd2 as libc::c_long,
+        )
+    };
+    Ok(check(
+        r,
+        "kcmp",
+        format!("fd {fd1} of {pid1} / fd {fd2} of {pid2}"),
+    )? == 0)
+}
+
+/// The children of every thread of `pid` (/proc/PID/task/*/children).
+pub fn children(pid: i32) -> Result<Vec<i32>> {
+    let mut out = Vec::new();
+    for tid in crate::proc::tasks(pid)? {
+        let path = format!("/proc/{pid}/task/{tid}/children");
+        if let Ok(text) = std::fs::read_to_string(&path) {
+            out.extend(
+                text.split_whitespace()
+                    .filter_map(|s| s.parse::<i32>().ok()),
+            );
+        }
+    }
+    out.sort_unstable();
+    out.dedup();
+    Ok(out)
 }

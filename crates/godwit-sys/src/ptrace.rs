@@ -10,7 +10,8 @@ const PTRACE_GET_RSEQ_CONFIGURATION: libc::c_uint = 0x420f;
 const MAX_XSTATE: usize = 16 * 1024;
 
 /// Options Godwit sets on every seized task.
-pub const OPTIONS: libc::c_int = libc::PTRACE_O_TRACESYSGOOD | libc::PTRACE_O_TRACECLONE;
+pub const OPTIONS: libc::c_int =
+    libc::PTRACE_O_TRACESYSGOOD | libc::PTRACE_O_TRACECLONE | libc::PTRACE_O_TRACEFORK;
 
 /// How a traced task stopped, as reported by `waitpid`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -29,11 +29,18 @@ const PAGEFAULT_FLAG_WP: u64 = 2;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Event {
     /// A write to a write-protected page at this address.
-    WriteProtectFault { addr: u64 },
+    WriteProtectFault {
+        addr: u64,
+    },
     /// Another page fault (not expected in WP-only mode).
-    OtherFault { addr: u64 },
+    OtherFault {
+        addr: u64,
+    },
     /// [start, end) was unmapped, released (MADV_DONTNEED) or moved away.
-    RangeGone { start: u64, end: u64 },
+    RangeGone {
+        start: u64,
+        end: u64,
+    },
     Other(u8),
 }
 
@@ -55,7 +62,11 @@ impl Uffd {
         let mut api = [UFFD_API, features, 0];
         ioctl(&fd, UFFDIO_API, &mut api, "UFFDIO_API")?;
         if api[1] & features != features {
-            return Err(SysError::call_errno("UFFDIO_API", "userfaultfd features", libc::ENOTSUP));
+            return Err(SysError::call_errno(
+                "UFFDIO_API",
+                "userfaultfd features",
+                libc::ENOTSUP,
+            ));
         }
         Ok(Uffd { fd })
     }
@@ -74,7 +85,12 @@ impl Uffd {
     /// the threads waiting on it.
     pub fn write_protect(&self, start: u64, len: u64, protect: bool) -> Result<()> {
         let mut wp = [start, len, if protect { 1 } else { 0 }];
-        ioctl(&self.fd, UFFDIO_WRITEPROTECT, &mut wp, "UFFDIO_WRITEPROTECT")
+        ioctl(
+            &self.fd,
+            UFFDIO_WRITEPROTECT,
+            &mut wp,
+            "UFFDIO_WRITEPROTECT",
+        )
     }
 
     /// Waits up to `timeout_ms` for messages and returns those read.
@@ -91,20 +107,34 @@ impl Uffd {
             if e.raw_os_error() == Some(libc::EINTR) {
                 return Ok(Vec::new());
             }
-            return Err(SysError::Call { call: "poll", target: "userfaultfd".into(), source: e });
+            return Err(SysError::Call {
+                call: "poll",
+                target: "userfaultfd".into(),
+                source: e,
+            });
         }
         if n == 0 {
             return Ok(Vec::new());
         }
         let mut buf = [0u8; 32 * 64];
         // SAFETY: `buf` is a valid out-buffer of its length.
-        let r = unsafe { libc::read(self.fd.as_raw_fd(), buf.as_mut_ptr() as *mut libc::c_void, buf.len()) };
+        let r = unsafe {
+            libc::read(
+                self.fd.as_raw_fd(),
+                buf.as_mut_ptr() as *mut libc::c_void,
+                buf.len(),
+            )
+        };
         if r < 0 {
             let e = std::io::Error::last_os_error();
             if e.raw_os_error() == Some(libc::EAGAIN) {
                 return Ok(Vec::new());
             }
-            return Err(SysError::Call { call: "read", target: "userfaultfd".into(), source: e });
+            return Err(SysError::Call {
+                call: "read",
+                target: "userfaultfd".into(),
+                source: e,
+            });
         }
         Ok(buf[..r as usize].chunks_exact(32).map(parse_msg).collect())
     }
@@ -123,8 +153,14 @@ fn parse_msg(m: &[u8]) -> Event {
             }
         }
         // remap: from, to, len
-        EVENT_REMAP => Event::RangeGone { start: u(8), end: u(8) + u(24) },
-        EVENT_REMOVE | EVENT_UNMAP => Event::RangeGone { start: u(8), end: u(16) },
+        EVENT_REMAP => Event::RangeGone {
+            start: u(8),
+            end: u(8) + u(24),
+        },
+        EVENT_REMOVE | EVENT_UNMAP => Event::RangeGone {
+            start: u(8),
+            end: u(16),
+        },
         e => Event::Other(e),
     }
 }
@@ -143,9 +179,21 @@ mod tests {
         m[0] = EVENT_REMOVE;
         m[8..16].copy_from_slice(&0x1000u64.to_ne_bytes());
         m[16..24].copy_from_slice(&0x3000u64.to_ne_bytes());
-        assert_eq!(parse_msg(&m), Event::RangeGone { start: 0x1000, end: 0x3000 });
+        assert_eq!(
+            parse_msg(&m),
+            Event::RangeGone {
+                start: 0x1000,
+                end: 0x3000
+            }
+        );
         m[0] = EVENT_REMAP;
         m[24..32].copy_from_slice(&0x2000u64.to_ne_bytes());
-        assert_eq!(parse_msg(&m), Event::RangeGone { start: 0x1000, end: 0x3000 });
+        assert_eq!(
+            parse_msg(&m),
+            Event::RangeGone {
+                start: 0x1000,
+                end: 0x3000
+            }
+        );
     }
 }

@@ -3,7 +3,6 @@
 //! reaping every process it started or restored) even when a test fails.
 #![allow(dead_code)]
 
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
@@ -73,6 +72,39 @@ pub fn gone(pid: i32) -> bool {
     !Path::new(&format!("/proc/{pid}")).exists()
 }
 
+/// Gone, or a zombie.
+pub fn dead(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => s
+            .rsplit_once(')')
+            .is_some_and(|(_, r)| r.trim_start().starts_with(['Z', 'X'])),
+        Err(_) => true,
+    }
+}
+
+/// All descendants of `pid` (not `pid` itself), children before their own children.
+pub fn descendants(pid: i32) -> Vec<i32> {
+    let mut out = Vec::new();
+    let mut queue = vec![pid];
+    while let Some(p) = queue.pop() {
+        for t in std::fs::read_dir(format!("/proc/{p}/task"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let kids = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
+            for k in kids
+                .split_whitespace()
+                .filter_map(|k| k.parse::<i32>().ok())
+            {
+                out.push(k);
+                queue.push(k);
+            }
+        }
+    }
+    out
+}
+
 /// Reaps `pid` if it is a dead child of ours (restored processes are, via
 /// the subreaper) and waits until the PID is free.
 pub fn reaped(pid: i32) -> bool {
@@ -92,13 +124,18 @@ pub fn reaped(pid: i32) -> bool {
 pub struct Proc {
     pub child: Option<Child>,
     pub pid: i32,
+    /// The descendants when the program said it was ready.
+    pub tree: Vec<i32>,
     pub dir: tempfile::TempDir,
 }
 
 impl Proc {
     /// Starts `program args...` through the `launch` wrapper (no inherited fds).
     pub fn spawn(program: &str, args: &[&str]) -> Proc {
-        let dir = tempfile::Builder::new().prefix("godwit-e2e").tempdir().unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("godwit-e2e")
+            .tempdir()
+            .unwrap();
         Self::spawn_in(dir, program, args)
     }
 
@@ -110,32 +147,41 @@ impl Proc {
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
-            .process_group(0)
             .spawn()
             .unwrap();
         let pid = child.id() as i32;
         Proc {
             child: Some(child),
             pid,
+            tree: Vec::new(),
             dir,
         }
     }
 
     /// Starts a tests/progs program with the test directory as its argument.
     pub fn test_prog(name: &str) -> Proc {
-        let dir = tempfile::Builder::new().prefix("godwit-e2e").tempdir().unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("godwit-e2e")
+            .tempdir()
+            .unwrap();
         // The attrs program drops to uid 2000: let it write its result.
-        std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+        std::fs::set_permissions(
+            dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o777),
+        )
+        .unwrap();
         let d = dir.path().to_str().unwrap().to_string();
         let prog = progs().join(name);
         let mut p = Self::spawn_in(dir, prog.to_str().unwrap(), &[&d]);
         let ready = p.path("ready");
         let pid = p.pid;
-        wait_for(&format!("{name} to be ready"), Duration::from_secs(20), || {
-            ready.exists() || gone(pid)
-        });
+        wait_for(
+            &format!("{name} to be ready"),
+            Duration::from_secs(20),
+            || ready.exists() || dead(pid),
+        );
         assert!(ready.exists(), "{name} exited before ready: {}", p.output());
-        p.pid = pid;
+        p.tree = descendants(pid);
         p
     }
 
@@ -151,14 +197,35 @@ impl Proc {
         std::fs::read_to_string(self.path("out")).unwrap_or_default()
     }
 
-    /// Reaps the original process after a dump ended it (or kills it first).
+    /// Reaps the original process after a dump ended it (or kills it, and
+    /// all its descendants, first).
     pub fn end_original(&mut self) {
+        let mut tree = std::mem::take(&mut self.tree);
+        tree.extend(descendants(self.pid));
+        tree.sort_unstable();
+        tree.dedup();
+        for pid in &tree {
+            // SAFETY: plain kill of a PID in the tree we started.
+            unsafe { libc::kill(*pid, libc::SIGKILL) };
+        }
+        // Reaping the root re-parents its children to us (the subreaper).
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
         }
+        for pid in tree {
+            wait_for(
+                "a process of the original tree to be gone",
+                Duration::from_secs(10),
+                || reaped(pid),
+            );
+        }
         let pid = self.pid;
-        wait_for("the original PID to be free", Duration::from_secs(10), || gone(pid));
+        wait_for(
+            "the original PID to be free",
+            Duration::from_secs(10),
+            || gone(pid),
+        );
     }
 
     /// Restores the image and checks the new process has the same PID.
@@ -174,7 +241,7 @@ impl Proc {
         std::fs::write(self.path("go"), "").unwrap();
         let result = self.path("result");
         wait_for("the program's verdict", Duration::from_secs(30), || {
-            result.exists() || gone(self.pid)
+            result.exists() || dead(self.pid)
         });
         // A process that exited may have written its result just before.
         std::thread::sleep(Duration::from_millis(20));
@@ -187,6 +254,16 @@ impl Proc {
 
 impl Drop for Proc {
     fn drop(&mut self) {
+        for pid in descendants(self.pid)
+            .into_iter()
+            .chain(self.tree.iter().copied())
+        {
+            // SAFETY: kill and reap what is left of the tree we started or restored.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+                libc::waitpid(pid, std::ptr::null_mut(), libc::WNOHANG);
+            }
+        }
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
@@ -219,5 +296,10 @@ pub fn round_trip(name: &str, leave_running: bool) {
     p.end_original();
     p.restore();
     let v = p.verdict();
-    assert_eq!(v, "PASS", "{name} (leave_running={leave_running}) after restore: {v}; output: {}", p.output());
+    assert_eq!(
+        v,
+        "PASS",
+        "{name} (leave_running={leave_running}) after restore: {v}; output: {}",
+        p.output()
+    );
 }

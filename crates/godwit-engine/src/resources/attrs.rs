@@ -43,8 +43,12 @@ pub fn dump(r: &Remote, p: &mut Process) -> Result<()> {
     // CAP_SYS_RESOURCE, which our hosts do not have.
     p.rlimits = Vec::with_capacity(RLIMIT_COUNT as usize);
     for res in 0..RLIMIT_COUNT {
-        r.call("prlimit64", libc::SYS_prlimit64, [0, res as u64, 0, r.scratch, 0, 0])
-            .dumping(pid, "reading resource limits")?;
+        r.call(
+            "prlimit64",
+            libc::SYS_prlimit64,
+            [0, res as u64, 0, r.scratch, 0, 0],
+        )
+        .dumping(pid, "reading resource limits")?;
         let b = r.get(0, 16).dumping(pid, "reading resource limits")?;
         p.rlimits.push(Rlimit {
             resource: res,
@@ -85,19 +89,33 @@ pub fn check(p: &Process) -> Result<()> {
 /// the memory is in place. Uses scratch bytes [0, 4096 + auxv).
 pub fn restore_mm(r: &Remote, p: &Process) -> Result<()> {
     let pid = r.pid;
-    let mm = p
-        .mm
-        .as_ref()
-        .ok_or_else(|| EngineError::BadImage("no memory layout".into()))?;
-    let path = r.put_cstr(0, &p.exe).restoring(pid, "opening the executable")?;
+    let mm =
+        p.mm.as_ref()
+            .ok_or_else(|| EngineError::BadImage("no memory layout".into()))?;
+    let path = r
+        .put_cstr(0, &p.exe)
+        .restoring(pid, "opening the executable")?;
     let exe_fd = r
-        .call("openat", libc::SYS_openat, [libc::AT_FDCWD as u64, path, (libc::O_RDONLY | libc::O_CLOEXEC) as u64, 0, 0, 0])
+        .call(
+            "openat",
+            libc::SYS_openat,
+            [
+                libc::AT_FDCWD as u64,
+                path,
+                (libc::O_RDONLY | libc::O_CLOEXEC) as u64,
+                0,
+                0,
+                0,
+            ],
+        )
         .restoring(pid, "opening the executable")?;
     let mut auxv = Vec::with_capacity(mm.auxv.len() * 8);
     for w in &mm.auxv {
         auxv.extend_from_slice(&w.to_le_bytes());
     }
-    let auxv_addr = r.put(4096, &auxv).restoring(pid, "setting the memory layout")?;
+    let auxv_addr = r
+        .put(4096, &auxv)
+        .restoring(pid, "setting the memory layout")?;
     let mut map = Vec::with_capacity(104);
     for w in [
         mm.start_code,
@@ -117,38 +135,68 @@ pub fn restore_mm(r: &Remote, p: &Process) -> Result<()> {
     }
     map.extend_from_slice(&(auxv.len() as u32).to_le_bytes());
     map.extend_from_slice(&(exe_fd as u32).to_le_bytes());
-    let a = r.put(1024, &map).restoring(pid, "setting the memory layout")?;
-    r.call("prctl(PR_SET_MM_MAP)", libc::SYS_prctl, [PR_SET_MM, PR_SET_MM_MAP, a, map.len() as u64, 0, 0])
-        .restoring(pid, "setting the memory layout (PR_SET_MM_MAP)")?;
+    let a = r
+        .put(1024, &map)
+        .restoring(pid, "setting the memory layout")?;
+    r.call(
+        "prctl(PR_SET_MM_MAP)",
+        libc::SYS_prctl,
+        [PR_SET_MM, PR_SET_MM_MAP, a, map.len() as u64, 0, 0],
+    )
+    .restoring(pid, "setting the memory layout (PR_SET_MM_MAP)")?;
     r.call("close", libc::SYS_close, [exe_fd, 0, 0, 0, 0, 0])
         .restoring(pid, "closing the executable")?;
     Ok(())
 }
 
-/// umask, personality, resource limits, and session/group leadership.
+/// umask, personality and resource limits.
 pub fn restore_misc(r: &Remote, p: &Process) -> Result<()> {
     let pid = r.pid;
     r.call("umask", libc::SYS_umask, [p.umask as u64, 0, 0, 0, 0, 0])
         .restoring(pid, "setting the umask")?;
-    r.call("personality", libc::SYS_personality, [p.personality as u64, 0, 0, 0, 0, 0])
-        .restoring(pid, "setting the personality")?;
+    r.call(
+        "personality",
+        libc::SYS_personality,
+        [p.personality as u64, 0, 0, 0, 0, 0],
+    )
+    .restoring(pid, "setting the personality")?;
     for l in &p.rlimits {
         if let Err(e) = process::set_rlimit(pid, l.resource, l.soft, l.hard) {
             // Without CAP_SYS_RESOURCE a hard limit above ours cannot be set:
             // keep ours and say so.
-            let (_, our_hard) = process::get_rlimit(pid, l.resource).restoring(pid, "setting resource limits")?;
+            let (_, our_hard) =
+                process::get_rlimit(pid, l.resource).restoring(pid, "setting resource limits")?;
             let soft = l.soft.min(our_hard);
-            tracing::warn!(pid, resource = l.resource, "hard limit {} could not be restored ({e}); keeping {our_hard}", l.hard);
-            process::set_rlimit(pid, l.resource, soft, our_hard).restoring(pid, "setting resource limits")?;
+            tracing::warn!(
+                pid,
+                resource = l.resource,
+                "hard limit {} could not be restored ({e}); keeping {our_hard}",
+                l.hard
+            );
+            process::set_rlimit(pid, l.resource, soft, our_hard)
+                .restoring(pid, "setting resource limits")?;
         }
     }
+    Ok(())
+}
+
+/// Makes the process a session leader if it was one (before it forks the
+/// children that share its session).
+pub fn restore_session(r: &Remote, p: &Process) -> Result<()> {
     if p.sid == p.pid {
         r.call("setsid", libc::SYS_setsid, [0; 6])
-            .restoring(pid, "creating the session")?;
-    } else if p.pgid == p.pid {
-        r.call("setpgid", libc::SYS_setpgid, [0; 6])
-            .restoring(pid, "creating the process group")?;
+            .restoring(r.pid, "creating the session")?;
     }
+    Ok(())
+}
+
+/// Puts the process in its process group (`leader`: it leads its own group).
+pub fn restore_pgid(r: &Remote, p: &Process) -> Result<()> {
+    if p.sid == p.pid {
+        return Ok(()); // setsid made it the leader of its own group
+    }
+    r.call("setpgid", libc::SYS_setpgid, [0, p.pgid as u64, 0, 0, 0, 0])
+        .restoring(r.pid, "joining the process group")?;
     Ok(())
 }
 
@@ -157,7 +205,9 @@ pub fn restore_creds(rt: &Remote, p: &Process) -> Result<()> {
     let pid = rt.pid;
     let Some(c) = &p.creds else { return Ok(()) };
     if c.uids.len() != 4 || c.gids.len() != 4 {
-        return Err(EngineError::BadImage("credentials need 4 uids and 4 gids".into()));
+        return Err(EngineError::BadImage(
+            "credentials need 4 uids and 4 gids".into(),
+        ));
     }
     let stage = "setting credentials";
     let mut groups = Vec::with_capacity(c.groups.len() * 4);
@@ -165,15 +215,49 @@ pub fn restore_creds(rt: &Remote, p: &Process) -> Result<()> {
         groups.extend_from_slice(&g.to_le_bytes());
     }
     let a = rt.put(0, &groups).restoring(pid, stage)?;
-    rt.call("setgroups", libc::SYS_setgroups, [c.groups.len() as u64, a, 0, 0, 0, 0])
-        .restoring(pid, stage)?;
-    rt.call("setresgid", libc::SYS_setresgid, [c.gids[0] as u64, c.gids[1] as u64, c.gids[2] as u64, 0, 0, 0])
-        .restoring(pid, stage)?;
-    rt.call("setfsgid", libc::SYS_setfsgid, [c.gids[3] as u64, 0, 0, 0, 0, 0])
-        .restoring(pid, stage)?;
-    rt.call("setfsuid", libc::SYS_setfsuid, [c.uids[3] as u64, 0, 0, 0, 0, 0])
-        .restoring(pid, stage)?;
-    rt.call("setresuid", libc::SYS_setresuid, [c.uids[0] as u64, c.uids[1] as u64, c.uids[2] as u64, 0, 0, 0])
-        .restoring(pid, stage)?;
+    rt.call(
+        "setgroups",
+        libc::SYS_setgroups,
+        [c.groups.len() as u64, a, 0, 0, 0, 0],
+    )
+    .restoring(pid, stage)?;
+    rt.call(
+        "setresgid",
+        libc::SYS_setresgid,
+        [
+            c.gids[0] as u64,
+            c.gids[1] as u64,
+            c.gids[2] as u64,
+            0,
+            0,
+            0,
+        ],
+    )
+    .restoring(pid, stage)?;
+    rt.call(
+        "setfsgid",
+        libc::SYS_setfsgid,
+        [c.gids[3] as u64, 0, 0, 0, 0, 0],
+    )
+    .restoring(pid, stage)?;
+    rt.call(
+        "setfsuid",
+        libc::SYS_setfsuid,
+        [c.uids[3] as u64, 0, 0, 0, 0, 0],
+    )
+    .restoring(pid, stage)?;
+    rt.call(
+        "setresuid",
+        libc::SYS_setresuid,
+        [
+            c.uids[0] as u64,
+            c.uids[1] as u64,
+            c.uids[2] as u64,
+            0,
+            0,
+            0,
+        ],
+    )
+    .restoring(pid, stage)?;
     Ok(())
 }

@@ -4,7 +4,7 @@
 use crate::error::{DumpCtx, EngineError, RestoreCtx, Result};
 use crate::remote::Remote;
 use crate::resources::{anon, sockets};
-use crate::schema::{EpollTarget, Fd, FdKind, Pipe};
+use crate::schema::{EpollTarget, Fd, FdKind, Pipe, Process};
 use godwit_sys::{proc, process};
 use std::collections::{BTreeMap, HashMap};
 use std::io::Read;
@@ -12,7 +12,13 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 
 /// Character devices that hold no state and can simply be opened again.
-const STATELESS_DEVICES: &[&str] = &["/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom"];
+const STATELESS_DEVICES: &[&str] = &[
+    "/dev/null",
+    "/dev/zero",
+    "/dev/full",
+    "/dev/random",
+    "/dev/urandom",
+];
 
 pub struct Files {
     pub fds: Vec<Fd>,
@@ -41,7 +47,6 @@ pub fn dump(pid: i32) -> Result<Files> {
     }
     let mut fds = Vec::new();
     let mut pidfd: Option<OwnedFd> = None;
-    let mut pipe_ends: BTreeMap<u64, (bool, bool, i32)> = BTreeMap::new();
     for fd in proc::fds(pid).dumping(pid, "listing file descriptors")? {
         let target = proc::link(&format!("/proc/{pid}/fd/{fd}"))
             .dumping(pid, "reading file descriptors")?
@@ -57,19 +62,14 @@ pub fn dump(pid: i32) -> Result<Files> {
             pos: info.pos,
             ..Default::default()
         };
-        if let Some(ino) = target.strip_prefix("pipe:[").and_then(|s| s.strip_suffix(']')) {
+        if let Some(ino) = target
+            .strip_prefix("pipe:[")
+            .and_then(|s| s.strip_suffix(']'))
+        {
             let ino: u64 = ino.parse().map_err(|_| unsupported(pid, fd, &target))?;
             e.kind = FdKind::Pipe as i32;
             e.pipe_id = ino;
             e.path.clear();
-            let write = flags & libc::O_ACCMODE as u32 == libc::O_WRONLY as u32;
-            let ends = pipe_ends.entry(ino).or_insert((false, false, fd));
-            if write {
-                ends.1 = true;
-            } else {
-                ends.0 = true;
-                ends.2 = fd;
-            }
             fds.push(e);
             continue;
         }
@@ -133,29 +133,104 @@ pub fn dump(pid: i32) -> Result<Files> {
                 return Err(unsupported(
                     pid,
                     f.fd,
-                    format!("an epoll instance watching fd {} which is no longer open", t.fd),
+                    format!(
+                        "an epoll instance watching fd {} which is no longer open",
+                        t.fd
+                    ),
                 ));
             }
         }
     }
-    let mut pipes = Vec::new();
-    if !pipe_ends.is_empty() && pidfd.is_none() {
-        pidfd = Some(process::pidfd_open(pid).dumping(pid, "reading pipes")?);
+    let pipes = Vec::new();
+    Ok(Files { fds, pipes, cwd })
+}
+
+fn is_write_end(f: &Fd) -> bool {
+    f.flags & libc::O_ACCMODE as u32 == libc::O_WRONLY as u32
+}
+
+/// Across a frozen tree (parents first): gives every open file description
+/// an id (`Fd::file_id`; fds sharing one description, in one process or
+/// several, get the same id), checks that each pipe has both ends in the
+/// tree, and saves each pipe's unread data once, with its first holder.
+pub fn link_descriptions(procs: &mut [Process]) -> Result<()> {
+    // Candidates for sharing have the same kind, path, pipe and access mode;
+    // kcmp then tells whether two fds are one description.
+    type Key = (i32, String, u64, u32);
+    let mut reps: HashMap<Key, Vec<(i32, i32, u64)>> = HashMap::new();
+    let mut next_id = 1u64;
+    for p in procs.iter_mut().filter(|p| !p.zombie) {
+        let pid = p.pid;
+        for f in &mut p.fds {
+            let key = (
+                f.kind,
+                f.path.clone(),
+                f.pipe_id,
+                f.flags & libc::O_ACCMODE as u32,
+            );
+            let list = reps.entry(key).or_default();
+            let mut found = None;
+            for &(rpid, rfd, id) in list.iter() {
+                if process::same_file(pid, f.fd, rpid, rfd)
+                    .dumping(pid, "comparing file descriptors")?
+                {
+                    found = Some(id);
+                    break;
+                }
+            }
+            f.file_id = match found {
+                Some(id) => id,
+                None => {
+                    list.push((pid, f.fd, next_id));
+                    next_id += 1;
+                    next_id - 1
+                }
+            };
+        }
     }
-    for (ino, (has_read, has_write, read_fd)) in pipe_ends {
-        if !(has_read && has_write) {
-            let fd = fds.iter().find(|f| f.pipe_id == ino).map_or(-1, |f| f.fd);
+    // Pipes: both ends inside the tree; data read once.
+    let mut ends: BTreeMap<u64, (Option<(usize, i32)>, bool)> = BTreeMap::new();
+    for (i, p) in procs.iter().enumerate() {
+        for f in p.fds.iter().filter(|f| f.kind == FdKind::Pipe as i32) {
+            let e = ends.entry(f.pipe_id).or_insert((None, false));
+            if is_write_end(f) {
+                e.1 = true;
+            } else if e.0.is_none() {
+                e.0 = Some((i, f.fd));
+            }
+        }
+    }
+    for (id, (reader, has_writer)) in ends {
+        let Some((i, rfd)) = reader.filter(|_| has_writer) else {
+            let (pid, fd) = procs
+                .iter()
+                .find_map(|p| {
+                    p.fds
+                        .iter()
+                        .find(|f| f.pipe_id == id && f.kind == FdKind::Pipe as i32)
+                        .map(|f| (p.pid, f.fd))
+                })
+                .unwrap_or((0, -1));
             return Err(unsupported(
                 pid,
                 fd,
-                format!("pipe:[{ino}] whose other end is outside the process; pipes between processes come with process-tree support"),
+                format!("pipe:[{id}] whose other end is outside the dumped process tree"),
             ));
-        }
-        let pidfd = pidfd.as_ref().expect("opened above");
-        let data = peek_pipe(pid, pidfd, read_fd)?;
-        pipes.push(Pipe { id: ino, data });
+        };
+        let pid = procs[i].pid;
+        let pidfd = process::pidfd_open(pid).dumping(pid, "reading pipes")?;
+        let data = peek_pipe(pid, &pidfd, rfd)?;
+        let first = procs
+            .iter()
+            .position(|p| {
+                p.fds
+                    .iter()
+                    .any(|f| f.pipe_id == id && f.kind == FdKind::Pipe as i32)
+            })
+            .unwrap_or(i);
+        procs[first].pipes.push(Pipe { id, data });
     }
-    Ok(Files { fds, pipes, cwd })
+    Ok(())
 }
 
 /// Copies the unread bytes of the pipe behind `fd` of `pid` without consuming them.
@@ -235,112 +310,322 @@ pub fn check(fds: &[Fd], allow_changes: bool) -> Result<()> {
     Ok(())
 }
 
-/// Opens every descriptor in the restored process at its number, with its
-/// offset and flags; refills pipes. Uses scratch bytes [0, 8192).
-pub fn restore(r: &Remote, cwd: &str, fds: &[Fd], pipes: &[Pipe]) -> Result<()> {
-    let pid = r.pid;
-    let stage = "opening files";
-    let a = r.put_cstr(0, cwd).restoring(pid, "setting the cwd")?;
+/// How the open file descriptions of a tree are made again. Each is created
+/// once, in the lowest common ancestor of the processes holding it, at a
+/// staging number (`stage_base + id`) above every real fd number; children
+/// forked after that inherit it. Each holder then moves it to its own fd
+/// numbers ([`FdPlan::place`]) and closes the staging range.
+pub struct FdPlan {
+    stage_base: u64,
+    max_id: u64,
+    /// Description id → (creating process index, a representative Fd).
+    descs: BTreeMap<u64, (usize, Fd)>,
+    /// Pipe id → (unread data, creating process index).
+    pipes: HashMap<u64, (Vec<u8>, usize)>,
+}
+
+/// The lowest common ancestor (by index, parents before children) of `set`.
+fn lca(parent: &[Option<usize>], set: &[usize]) -> usize {
+    let chain = |mut i: usize| {
+        let mut c = vec![i];
+        while let Some(p) = parent[i] {
+            c.push(p);
+            i = p;
+        }
+        c
+    };
+    let chains: Vec<Vec<usize>> = set.iter().map(|&i| chain(i)).collect();
+    chains[0]
+        .iter()
+        .copied()
+        .find(|a| chains.iter().all(|c| c.contains(a)))
+        .unwrap_or(0)
+}
+
+impl FdPlan {
+    pub fn new(procs: &[Process]) -> Result<FdPlan> {
+        let index: HashMap<i32, usize> =
+            procs.iter().enumerate().map(|(i, p)| (p.pid, i)).collect();
+        let parent: Vec<Option<usize>> =
+            procs.iter().map(|p| index.get(&p.ppid).copied()).collect();
+        let mut holders: BTreeMap<u64, Vec<usize>> = BTreeMap::new();
+        let mut pipe_holders: HashMap<u64, Vec<usize>> = HashMap::new();
+        let mut reps: BTreeMap<u64, Fd> = BTreeMap::new();
+        let mut max_fd = 0;
+        for (i, p) in procs.iter().enumerate() {
+            for f in &p.fds {
+                if f.file_id == 0 {
+                    return Err(EngineError::BadImage(format!(
+                        "process {} fd {} has no description id",
+                        p.pid, f.fd
+                    )));
+                }
+                max_fd = max_fd.max(f.fd as u64);
+                holders.entry(f.file_id).or_default().push(i);
+                reps.entry(f.file_id).or_insert_with(|| f.clone());
+                if f.kind == FdKind::Pipe as i32 {
+                    pipe_holders.entry(f.pipe_id).or_default().push(i);
+                }
+            }
+        }
+        let pipes = procs
+            .iter()
+            .flat_map(|p| &p.pipes)
+            .map(|pp| {
+                let creator = pipe_holders.get(&pp.id).map_or(0, |h| lca(&parent, h));
+                (pp.id, (pp.data.clone(), creator))
+            })
+            .collect::<HashMap<_, _>>();
+        let mut descs = BTreeMap::new();
+        for (id, f) in reps {
+            let creator = if f.kind == FdKind::Pipe as i32 {
+                pipes.get(&f.pipe_id).map(|p| p.1).ok_or_else(|| {
+                    EngineError::BadImage(format!("pipe:[{}] has no saved state", f.pipe_id))
+                })?
+            } else {
+                lca(&parent, &holders[&id])
+            };
+            if f.kind == FdKind::Epoll as i32 && holders[&id].iter().any(|h| *h != holders[&id][0])
+            {
+                return Err(EngineError::BadImage(
+                    "an epoll instance shared between processes".into(),
+                ));
+            }
+            descs.insert(id, (creator, f));
+        }
+        let max_id = descs.keys().next_back().copied().unwrap_or(0);
+        Ok(FdPlan {
+            stage_base: max_fd + 1,
+            max_id,
+            descs,
+            pipes,
+        })
+    }
+
+    fn stage(&self, id: u64) -> u64 {
+        self.stage_base + id
+    }
+
+    /// The highest fd number the plan uses (must be below RLIMIT_NOFILE).
+    pub fn highest_fd(&self) -> u64 {
+        self.stage(self.max_id)
+    }
+
+    /// Moves new descriptor `fd` to the staging number of description `id`.
+    fn to_stage(&self, r: &Remote, fd: u64, id: u64) -> Result<()> {
+        let pid = r.pid;
+        r.call("dup3", libc::SYS_dup3, [fd, self.stage(id), 0, 0, 0, 0])
+            .restoring(pid, "opening files")?;
+        r.call("close", libc::SYS_close, [fd, 0, 0, 0, 0, 0])
+            .restoring(pid, "opening files")?;
+        Ok(())
+    }
+
+    /// Creates, in process `idx` (`r`), the descriptions it is the creator
+    /// of, at their staging numbers. Uses scratch bytes [0, 8192).
+    pub fn create(&self, r: &Remote, idx: usize) -> Result<()> {
+        let pid = r.pid;
+        let stage = "opening files";
+        // Pipes first: one pipe2 gives the first read and write descriptions.
+        let mut done: HashMap<u64, ()> = HashMap::new();
+        for (id, (creator, f)) in &self.descs {
+            if *creator != idx || f.kind != FdKind::Pipe as i32 || done.contains_key(id) {
+                continue;
+            }
+            r.call("pipe2", libc::SYS_pipe2, [r.scratch, 0, 0, 0, 0, 0])
+                .restoring(pid, "creating pipes")?;
+            let b = r.get(0, 8).restoring(pid, "creating pipes")?;
+            let rd = i32::from_le_bytes(b[0..4].try_into().expect("4")) as u64;
+            let wr = i32::from_le_bytes(b[4..8].try_into().expect("4")) as u64;
+            let (mut rd_used, mut wr_used) = (false, false);
+            let (mut rd_stage, mut wr_stage) = (None, None);
+            let same_pipe: Vec<(u64, &Fd)> = self
+                .descs
+                .iter()
+                .filter(|(_, (_, g))| g.kind == FdKind::Pipe as i32 && g.pipe_id == f.pipe_id)
+                .map(|(id, (_, g))| (*id, g))
+                .collect();
+            for (gid, g) in same_pipe {
+                let write = is_write_end(g);
+                let fd = match (write, rd_used, wr_used) {
+                    (false, false, _) => {
+                        rd_used = true;
+                        rd
+                    }
+                    (true, _, false) => {
+                        wr_used = true;
+                        wr
+                    }
+                    // Another description of an end: open it again.
+                    _ => {
+                        let src = if write { wr_stage } else { rd_stage }.unwrap_or(if write {
+                            wr
+                        } else {
+                            rd
+                        });
+                        let a = r
+                            .put_cstr(0, &format!("/proc/self/fd/{src}"))
+                            .restoring(pid, stage)?;
+                        let mode = if write {
+                            libc::O_WRONLY
+                        } else {
+                            libc::O_RDONLY
+                        };
+                        r.call(
+                            "openat",
+                            libc::SYS_openat,
+                            [libc::AT_FDCWD as u64, a, mode as u64, 0, 0, 0],
+                        )
+                        .restoring(pid, "opening a pipe again")?
+                    }
+                };
+                let status = (g.flags & (libc::O_NONBLOCK | libc::O_DIRECT) as u32) as u64;
+                r.call(
+                    "fcntl(F_SETFL)",
+                    libc::SYS_fcntl,
+                    [fd, libc::F_SETFL as u64, status, 0, 0, 0],
+                )
+                .restoring(pid, stage)?;
+                self.to_stage(r, fd, gid)?;
+                if write {
+                    wr_stage.get_or_insert(self.stage(gid));
+                } else {
+                    rd_stage.get_or_insert(self.stage(gid));
+                }
+                done.insert(gid, ());
+            }
+            for (fd, used) in [(rd, rd_used), (wr, wr_used)] {
+                if !used {
+                    r.call("close", libc::SYS_close, [fd, 0, 0, 0, 0, 0])
+                        .restoring(pid, stage)?;
+                }
+            }
+            let data = self
+                .pipes
+                .get(&f.pipe_id)
+                .map(|p| p.0.as_slice())
+                .unwrap_or_default();
+            if let (false, Some(w)) = (data.is_empty(), wr_stage) {
+                let pidfd = process::pidfd_open(pid).restoring(pid, "refilling pipes")?;
+                let w = process::pidfd_getfd(&pidfd, w as i32).restoring(pid, "refilling pipes")?;
+                if data.len() > 65536 {
+                    process::set_pipe_size(&w, data.len()).restoring(pid, "refilling pipes")?;
+                }
+                write_all_fd(&w, data).restoring(pid, "refilling pipes")?;
+            }
+        }
+        for (id, (creator, f)) in &self.descs {
+            if *creator != idx {
+                continue;
+            }
+            let kind = FdKind::try_from(f.kind).unwrap_or(FdKind::Regular);
+            let status_flags = (f.flags
+                & (libc::O_APPEND | libc::O_NONBLOCK | libc::O_DIRECT | libc::O_NOATIME) as u32)
+                as u64;
+            let fd = match kind {
+                FdKind::Pipe | FdKind::Epoll => continue,
+                FdKind::EventFd | FdKind::TimerFd | FdKind::SignalFd | FdKind::Inotify => {
+                    let fd = anon::restore(r, f)?;
+                    r.call(
+                        "fcntl(F_SETFL)",
+                        libc::SYS_fcntl,
+                        [fd, libc::F_SETFL as u64, status_flags, 0, 0, 0],
+                    )
+                    .restoring(pid, stage)?;
+                    fd
+                }
+                FdKind::TcpListen => {
+                    let s = f.socket.as_ref().ok_or_else(|| {
+                        EngineError::BadImage(format!("fd {} is a socket without details", f.fd))
+                    })?;
+                    sockets::restore(r, f.fd, s, status_flags)?
+                }
+                FdKind::Regular | FdKind::Directory | FdKind::CharDevice => {
+                    let a = r.put_cstr(0, &f.path).restoring(pid, stage)?;
+                    let oflags = f.flags
+                        & !((libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC | libc::O_NOCTTY) as u32);
+                    let fd = r
+                        .call(
+                            "openat",
+                            libc::SYS_openat,
+                            [libc::AT_FDCWD as u64, a, oflags as u64, 0, 0, 0],
+                        )
+                        .map_err(|e| EngineError::FileChanged {
+                            path: f.path.clone(),
+                            detail: format!("fd {} cannot be opened again ({e})", f.fd),
+                        })?;
+                    if kind != FdKind::CharDevice {
+                        r.call(
+                            "lseek",
+                            libc::SYS_lseek,
+                            [fd, f.pos, libc::SEEK_SET as u64, 0, 0, 0],
+                        )
+                        .restoring(pid, "setting file offsets")?;
+                    }
+                    fd
+                }
+            };
+            self.to_stage(r, fd, *id)?;
+        }
+        Ok(())
+    }
+
+    /// Puts the process's descriptors at their numbers, creates its epoll
+    /// instances, and closes the staging range. Uses scratch bytes [0, 64).
+    pub fn place(&self, r: &Remote, p: &Process) -> Result<()> {
+        let pid = r.pid;
+        let mut epolls: Vec<&Fd> = Vec::new();
+        for f in &p.fds {
+            if f.kind == FdKind::Epoll as i32 {
+                epolls.push(f);
+                continue;
+            }
+            let cloexec = if f.cloexec { libc::O_CLOEXEC as u64 } else { 0 };
+            r.call(
+                "dup3",
+                libc::SYS_dup3,
+                [self.stage(f.file_id), f.fd as u64, cloexec, 0, 0, 0],
+            )
+            .restoring(pid, "placing file descriptors")?;
+        }
+        if self.max_id > 0 {
+            r.call(
+                "close_range",
+                libc::SYS_close_range,
+                [self.stage(1), self.stage(self.max_id), 0, 0, 0, 0],
+            )
+            .restoring(pid, "closing staging descriptors")?;
+        }
+        let mut first: HashMap<u64, i32> = HashMap::new();
+        for f in epolls {
+            match first.get(&f.file_id) {
+                Some(&fd) => {
+                    let cloexec = if f.cloexec { libc::O_CLOEXEC as u64 } else { 0 };
+                    r.call(
+                        "dup3",
+                        libc::SYS_dup3,
+                        [fd as u64, f.fd as u64, cloexec, 0, 0, 0],
+                    )
+                    .restoring(pid, "placing file descriptors")?;
+                }
+                None => {
+                    restore_epoll(r, f)?;
+                    first.insert(f.file_id, f.fd);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Enters the working directory of the restored process.
+pub fn restore_cwd(r: &Remote, cwd: &str) -> Result<()> {
+    let a = r.put_cstr(0, cwd).restoring(r.pid, "setting the cwd")?;
     r.call("chdir", libc::SYS_chdir, [a, 0, 0, 0, 0, 0])
         .map_err(|e| EngineError::FileChanged {
             path: cwd.to_string(),
             detail: format!("the working directory cannot be entered ({e})"),
         })?;
-    // Every new descriptor is first moved above all target numbers, so that
-    // placing them with dup3 never overwrites one still needed.
-    let staging_base = fds.iter().map(|f| f.fd).max().unwrap_or(0) as u64 + 1;
-    let mut staged: Vec<(u64, &Fd)> = Vec::new();
-    let stage_fd = |fd: u64| -> Result<u64> {
-        let high = r
-            .call("fcntl(F_DUPFD)", libc::SYS_fcntl, [fd, libc::F_DUPFD as u64, staging_base, 0, 0, 0])
-            .restoring(pid, stage)?;
-        r.call("close", libc::SYS_close, [fd, 0, 0, 0, 0, 0])
-            .restoring(pid, stage)?;
-        Ok(high)
-    };
-    let mut pipe_fds: HashMap<u64, (u64, u64)> = HashMap::new();
-    for p in pipes {
-        r.call("pipe2", libc::SYS_pipe2, [r.scratch, 0, 0, 0, 0, 0])
-            .restoring(pid, "creating pipes")?;
-        let b = r.get(0, 8).restoring(pid, "creating pipes")?;
-        let rd = i32::from_le_bytes(b[0..4].try_into().expect("4")) as u64;
-        let wr = i32::from_le_bytes(b[4..8].try_into().expect("4")) as u64;
-        let (rd, wr) = (stage_fd(rd)?, stage_fd(wr)?);
-        if !p.data.is_empty() {
-            let pidfd = process::pidfd_open(pid).restoring(pid, "refilling pipes")?;
-            let w = process::pidfd_getfd(&pidfd, wr as i32).restoring(pid, "refilling pipes")?;
-            if p.data.len() > 65536 {
-                process::set_pipe_size(&w, p.data.len()).restoring(pid, "refilling pipes")?;
-            }
-            write_all_fd(&w, &p.data).restoring(pid, "refilling pipes")?;
-        }
-        pipe_fds.insert(p.id, (rd, wr));
-    }
-    for f in fds {
-        let kind = FdKind::try_from(f.kind).unwrap_or(FdKind::Regular);
-        let status_flags = (f.flags & (libc::O_APPEND | libc::O_NONBLOCK | libc::O_DIRECT | libc::O_NOATIME) as u32) as u64;
-        let high = if kind == FdKind::Epoll {
-            // Created once every fd it watches has its number (below).
-            continue;
-        } else if matches!(kind, FdKind::EventFd | FdKind::TimerFd | FdKind::SignalFd | FdKind::Inotify) {
-            let fd = anon::restore(r, f)?;
-            r.call("fcntl(F_SETFL)", libc::SYS_fcntl, [fd, libc::F_SETFL as u64, status_flags, 0, 0, 0])
-                .restoring(pid, stage)?;
-            stage_fd(fd)?
-        } else if kind == FdKind::TcpListen {
-            let s = f
-                .socket
-                .as_ref()
-                .ok_or_else(|| EngineError::BadImage(format!("fd {} is a socket without details", f.fd)))?;
-            let fd = sockets::restore(r, f.fd, s, status_flags)?;
-            stage_fd(fd)?
-        } else if kind == FdKind::Pipe {
-            let (rd, wr) = *pipe_fds
-                .get(&f.pipe_id)
-                .ok_or_else(|| EngineError::BadImage(format!("fd {} names an unknown pipe", f.fd)))?;
-            let write = f.flags & libc::O_ACCMODE as u32 == libc::O_WRONLY as u32;
-            let end = if write { wr } else { rd };
-            // Each fd gets its own copy; the originals are closed at the end.
-            let dup = r
-                .call("fcntl(F_DUPFD)", libc::SYS_fcntl, [end, libc::F_DUPFD as u64, staging_base, 0, 0, 0])
-                .restoring(pid, stage)?;
-            r.call("fcntl(F_SETFL)", libc::SYS_fcntl, [dup, libc::F_SETFL as u64, status_flags, 0, 0, 0])
-                .restoring(pid, stage)?;
-            dup
-        } else {
-            let a = r.put_cstr(0, &f.path).restoring(pid, stage)?;
-            let oflags = f.flags & !((libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC | libc::O_NOCTTY) as u32);
-            let fd = r
-                .call("openat", libc::SYS_openat, [libc::AT_FDCWD as u64, a, oflags as u64, 0, 0, 0])
-                .map_err(|e| EngineError::FileChanged {
-                    path: f.path.clone(),
-                    detail: format!("fd {} cannot be opened again ({e})", f.fd),
-                })?;
-            let fd = stage_fd(fd)?;
-            if kind == FdKind::Regular || kind == FdKind::Directory {
-                r.call("lseek", libc::SYS_lseek, [fd, f.pos, libc::SEEK_SET as u64, 0, 0, 0])
-                    .restoring(pid, "setting file offsets")?;
-            }
-            fd
-        };
-        staged.push((high, f));
-    }
-    for (_, (rd, wr)) in pipe_fds {
-        for fd in [rd, wr] {
-            r.call("close", libc::SYS_close, [fd, 0, 0, 0, 0, 0])
-                .restoring(pid, stage)?;
-        }
-    }
-    for (high, f) in staged {
-        let cloexec = if f.cloexec { libc::O_CLOEXEC as u64 } else { 0 };
-        r.call("dup3", libc::SYS_dup3, [high, f.fd as u64, cloexec, 0, 0, 0])
-            .restoring(pid, "placing file descriptors")?;
-        r.call("close", libc::SYS_close, [high, 0, 0, 0, 0, 0])
-            .restoring(pid, stage)?;
-    }
-    for f in fds.iter().filter(|f| f.kind == FdKind::Epoll as i32) {
-        restore_epoll(r, f)?;
-    }
     Ok(())
 }
 
@@ -358,8 +643,12 @@ fn restore_epoll(r: &Remote, f: &Fd) -> Result<()> {
         r.call("close", libc::SYS_close, [ep, 0, 0, 0, 0, 0])
             .restoring(pid, stage)?;
     } else if f.cloexec {
-        r.call("fcntl(F_SETFD)", libc::SYS_fcntl, [ep, libc::F_SETFD as u64, libc::FD_CLOEXEC as u64, 0, 0, 0])
-            .restoring(pid, stage)?;
+        r.call(
+            "fcntl(F_SETFD)",
+            libc::SYS_fcntl,
+            [ep, libc::F_SETFD as u64, libc::FD_CLOEXEC as u64, 0, 0, 0],
+        )
+        .restoring(pid, stage)?;
     }
     for t in &f.epoll {
         // struct epoll_event is packed on x86_64: u32 events, u64 data.
@@ -367,8 +656,19 @@ fn restore_epoll(r: &Remote, f: &Fd) -> Result<()> {
         ev.extend_from_slice(&t.events.to_le_bytes());
         ev.extend_from_slice(&t.data.to_le_bytes());
         let a = r.put(0, &ev).restoring(pid, stage)?;
-        r.call("epoll_ctl", libc::SYS_epoll_ctl, [f.fd as u64, libc::EPOLL_CTL_ADD as u64, t.fd as u64, a, 0, 0])
-            .restoring(pid, "filling epoll interest lists")?;
+        r.call(
+            "epoll_ctl",
+            libc::SYS_epoll_ctl,
+            [
+                f.fd as u64,
+                libc::EPOLL_CTL_ADD as u64,
+                t.fd as u64,
+                a,
+                0,
+                0,
+            ],
+        )
+        .restoring(pid, "filling epoll interest lists")?;
     }
     Ok(())
 }

@@ -253,7 +253,8 @@ impl Reader<'_> {
             return Ok(Ok(()));
         }
         let (pid, want) = (self.pid, self.filled);
-        let n = mem::read_ranges(pid, &mut self.buf[..want], &self.ranges).dumping(pid, "reading memory")?;
+        let n = mem::read_ranges(pid, &mut self.buf[..want], &self.ranges)
+            .dumping(pid, "reading memory")?;
         if n != want {
             return Err(EngineError::Sys {
                 pid,
@@ -300,7 +301,8 @@ impl Reader<'_> {
                         }
                         let pm = match &procmem {
                             Some(p) => p,
-                            None => procmem.insert(ProcMem::open(pid, false).dumping(pid, "opening memory")?),
+                            None => procmem
+                                .insert(ProcMem::open(pid, false).dumping(pid, "opening memory")?),
                         };
                         let len = left.min(BATCH as u64) as usize;
                         pm.read_exact_at(addr, &mut self.buf[..len])
@@ -368,12 +370,7 @@ pub fn is_special(v: &Vma) -> bool {
 
 /// Maps every ordinary VMA at its address in the restored process, writes the
 /// stored pages, and sets the final protections and advice.
-pub fn restore(
-    r: &Remote,
-    vmas: &[Vma],
-    pages: &[u8],
-    progress: &dyn Progress,
-) -> Result<()> {
+pub fn restore(r: &Remote, vmas: &[Vma], pages: &[u8], progress: &dyn Progress) -> Result<()> {
     let pid = r.pid;
     let mut files: HashMap<(String, bool), u64> = HashMap::new();
     for v in vmas.iter().filter(|v| !is_special(v)) {
@@ -410,12 +407,23 @@ pub fn restore(
                     Some(fd) => *fd,
                     None => {
                         let path = r.put_cstr(0, &v.path).restoring(pid, "mapping files")?;
-                        let oflags = if writable { libc::O_RDWR } else { libc::O_RDONLY };
+                        let oflags = if writable {
+                            libc::O_RDWR
+                        } else {
+                            libc::O_RDONLY
+                        };
                         let fd = r
                             .call(
                                 "openat",
                                 libc::SYS_openat,
-                                [libc::AT_FDCWD as u64, path, (oflags | libc::O_CLOEXEC) as u64, 0, 0, 0],
+                                [
+                                    libc::AT_FDCWD as u64,
+                                    path,
+                                    (oflags | libc::O_CLOEXEC) as u64,
+                                    0,
+                                    0,
+                                    0,
+                                ],
                             )
                             .restoring(pid, "opening a mapped file")?;
                         files.insert((v.path.clone(), writable), fd);
@@ -448,8 +456,12 @@ pub fn restore(
         let rw = (libc::PROT_READ | libc::PROT_WRITE) as u32;
         // Only VMAs mapped with extra access for filling need their protection put back.
         if !v.pages.is_empty() && v.prot | rw != v.prot {
-            r.call("mprotect", libc::SYS_mprotect, [v.start, len, v.prot as u64, 0, 0, 0])
-                .restoring(pid, "setting memory protections")?;
+            r.call(
+                "mprotect",
+                libc::SYS_mprotect,
+                [v.start, len, v.prot as u64, 0, 0, 0],
+            )
+            .restoring(pid, "setting memory protections")?;
         }
         for f in &v.vm_flags {
             let advice = match f.as_str() {
@@ -460,8 +472,12 @@ pub fn restore(
                 "nh" => libc::MADV_NOHUGEPAGE,
                 _ => continue,
             };
-            r.call("madvise", libc::SYS_madvise, [v.start, len, advice as u64, 0, 0, 0])
-                .restoring(pid, "setting memory advice")?;
+            r.call(
+                "madvise",
+                libc::SYS_madvise,
+                [v.start, len, advice as u64, 0, 0, 0],
+            )
+            .restoring(pid, "setting memory advice")?;
         }
     }
     Ok(())
@@ -502,15 +518,24 @@ fn batches(vmas: &[Vma], file_len: u64) -> Result<Vec<Batch>> {
         let mut done = 0;
         while done < len {
             let room = match out.last() {
-                Some(b) if b.end - b.start < FILL_BATCH && b.ranges.len() < 1024 => FILL_BATCH - (b.end - b.start),
+                Some(b) if b.end - b.start < FILL_BATCH && b.ranges.len() < 1024 => {
+                    FILL_BATCH - (b.end - b.start)
+                }
                 _ => {
-                    out.push(Batch { start: run.offset + done, end: run.offset + done, ranges: Vec::new() });
+                    out.push(Batch {
+                        start: run.offset + done,
+                        end: run.offset + done,
+                        ranges: Vec::new(),
+                    });
                     FILL_BATCH
                 }
             };
             let piece = (len - done).min(room);
             let b = out.last_mut().expect("pushed above");
-            b.ranges.push(Range { addr: run.addr + done, len: piece });
+            b.ranges.push(Range {
+                addr: run.addr + done,
+                len: piece,
+            });
             b.end += piece;
             done += piece;
         }
@@ -525,7 +550,9 @@ fn fill(pid: i32, vmas: &[Vma], pages: &[u8], progress: &dyn Progress) -> Result
     let work = || -> Result<()> {
         loop {
             let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let Some(b) = batches.get(i) else { return Ok(()) };
+            let Some(b) = batches.get(i) else {
+                return Ok(());
+            };
             let local = &pages[b.start as usize..b.end as usize];
             let n = mem::write_ranges(pid, local, &b.ranges).restoring(pid, "writing memory")?;
             if n != local.len() {
@@ -541,7 +568,9 @@ fn fill(pid: i32, vmas: &[Vma], pages: &[u8], progress: &dyn Progress) -> Result
         let helpers: Vec<_> = (1..FILL_THREADS).map(|_| s.spawn(work)).collect();
         let mut result = work();
         for h in helpers {
-            let r = h.join().unwrap_or_else(|_| Err(EngineError::BadImage("a fill thread panicked".into())));
+            let r = h
+                .join()
+                .unwrap_or_else(|_| Err(EngineError::BadImage("a fill thread panicked".into())));
             if result.is_ok() {
                 result = r;
             }
@@ -568,8 +597,15 @@ mod tests {
 
     #[test]
     fn batches_cover_runs_in_order() {
-        let run = |addr, nr_pages, offset| PageRun { addr, nr_pages, offset };
-        let vma = |pages| Vma { pages, ..Default::default() };
+        let run = |addr, nr_pages, offset| PageRun {
+            addr,
+            nr_pages,
+            offset,
+        };
+        let vma = |pages| Vma {
+            pages,
+            ..Default::default()
+        };
         // 3 pages, then a 5000-page (20 MiB) run: split at 8 MiB boundaries.
         let vmas = vec![
             vma(vec![run(0x10000, 3, 0)]),
@@ -579,7 +615,13 @@ mod tests {
         assert_eq!(b.len(), 3);
         assert_eq!(b[0].start, 0);
         assert_eq!(b[0].end - b[0].start, FILL_BATCH);
-        assert_eq!(b[0].ranges[0], Range { addr: 0x10000, len: 3 * 4096 });
+        assert_eq!(
+            b[0].ranges[0],
+            Range {
+                addr: 0x10000,
+                len: 3 * 4096
+            }
+        );
         assert_eq!(b[0].ranges[1].addr, 0x100000);
         let total: u64 = b.iter().flat_map(|x| &x.ranges).map(|r| r.len).sum();
         assert_eq!(total, 5003 * 4096);

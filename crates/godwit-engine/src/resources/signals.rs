@@ -45,8 +45,12 @@ pub fn dump(r: &Remote) -> Result<Signals> {
         .collect();
     let mut itimers = Vec::new();
     for which in 0..3u64 {
-        r.call("getitimer", libc::SYS_getitimer, [which, r.scratch, 0, 0, 0, 0])
-            .dumping(pid, "reading interval timers")?;
+        r.call(
+            "getitimer",
+            libc::SYS_getitimer,
+            [which, r.scratch, 0, 0, 0, 0],
+        )
+        .dumping(pid, "reading interval timers")?;
         let t = r.get(0, 32).dumping(pid, "reading interval timers")?;
         let interval_us = u64_at(&t, 0) * 1_000_000 + u64_at(&t, 1);
         let value_us = u64_at(&t, 2) * 1_000_000 + u64_at(&t, 3);
@@ -85,15 +89,23 @@ pub fn restore_handlers(r: &Remote, actions: &[SigAction], itimers: &[Itimer]) -
             b.extend_from_slice(&w.to_le_bytes());
         }
         let addr = r.put(0, &b).restoring(pid, "setting signal handlers")?;
-        r.call("rt_sigaction", libc::SYS_rt_sigaction, [sig as u64, addr, 0, 8, 0, 0])
-            .restoring(pid, "setting signal handlers")?;
+        r.call(
+            "rt_sigaction",
+            libc::SYS_rt_sigaction,
+            [sig as u64, addr, 0, 8, 0, 0],
+        )
+        .restoring(pid, "setting signal handlers")?;
     }
     for t in itimers {
         // A periodic ITIMER_REAL whose SIGALRM is pending but not yet
         // dequeued reads as value 0: the kernel re-arms it by one interval at
         // dequeue. setitimer with value 0 would disarm it, so arm it with one
         // interval, as the kernel would.
-        let value_us = if t.value_us == 0 { t.interval_us } else { t.value_us };
+        let value_us = if t.value_us == 0 {
+            t.interval_us
+        } else {
+            t.value_us
+        };
         let mut b = Vec::with_capacity(32);
         for w in [
             t.interval_us / 1_000_000,
@@ -104,8 +116,12 @@ pub fn restore_handlers(r: &Remote, actions: &[SigAction], itimers: &[Itimer]) -
             b.extend_from_slice(&w.to_le_bytes());
         }
         let addr = r.put(0, &b).restoring(pid, "setting interval timers")?;
-        r.call("setitimer", libc::SYS_setitimer, [t.which as u64, addr, 0, 0, 0, 0])
-            .restoring(pid, "setting interval timers")?;
+        r.call(
+            "setitimer",
+            libc::SYS_setitimer,
+            [t.which as u64, addr, 0, 0, 0, 0],
+        )
+        .restoring(pid, "setting interval timers")?;
     }
     Ok(())
 }

@@ -37,12 +37,28 @@ pub fn dump(pid: i32, fd: i32, ours: &OwnedFd) -> Result<Socket> {
     let fam = match family {
         libc::AF_INET => "TCP/IPv4",
         libc::AF_INET6 => "TCP/IPv6",
-        libc::AF_UNIX => return Err(unsupported(pid, fd, "a unix socket; unix sockets come with process-tree support".into())),
+        libc::AF_UNIX => {
+            return Err(unsupported(
+                pid,
+                fd,
+                "a unix socket; unix sockets come with process-tree support".into(),
+            ))
+        }
         libc::AF_NETLINK => return Err(unsupported(pid, fd, "a netlink socket".into())),
-        f => return Err(unsupported(pid, fd, format!("a socket of address family {f}"))),
+        f => {
+            return Err(unsupported(
+                pid,
+                fd,
+                format!("a socket of address family {f}"),
+            ))
+        }
     };
     if sock_type != libc::SOCK_STREAM {
-        return Err(unsupported(pid, fd, format!("a {} datagram or raw socket", &fam[4..])));
+        return Err(unsupported(
+            pid,
+            fd,
+            format!("a {} datagram or raw socket", &fam[4..]),
+        ));
     }
     if !listening {
         return Err(unsupported(pid, fd, format!("a connected or unbound {fam} socket; moving live TCP connections needs TCP_REPAIR support")));
@@ -57,11 +73,19 @@ pub fn dump(pid: i32, fd: i32, ours: &OwnedFd) -> Result<Socket> {
     }
     let mut options = Vec::new();
     for &(level, name) in OPTIONS {
-        options.push(SockOpt { level, name, value: opt(level, name)? });
+        options.push(SockOpt {
+            level,
+            name,
+            value: opt(level, name)?,
+        });
     }
     if family == libc::AF_INET6 {
         let name = libc::IPV6_V6ONLY;
-        options.push(SockOpt { level: libc::IPPROTO_IPV6, name, value: opt(libc::IPPROTO_IPV6, name)? });
+        options.push(SockOpt {
+            level: libc::IPPROTO_IPV6,
+            name,
+            value: opt(libc::IPPROTO_IPV6, name)?,
+        });
     }
     Ok(Socket {
         family,
@@ -78,20 +102,41 @@ pub fn dump(pid: i32, fd: i32, ours: &OwnedFd) -> Result<Socket> {
 pub fn restore(r: &Remote, fd: i32, s: &Socket, status_flags: u64) -> Result<u64> {
     let pid = r.pid;
     let stage = "creating sockets";
-    let nonblock = if status_flags & libc::O_NONBLOCK as u64 != 0 { libc::SOCK_NONBLOCK } else { 0 };
+    let nonblock = if status_flags & libc::O_NONBLOCK as u64 != 0 {
+        libc::SOCK_NONBLOCK
+    } else {
+        0
+    };
     let sfd = r
-        .call("socket", libc::SYS_socket, [s.family as u64, (s.sock_type | nonblock) as u64, s.protocol as u64, 0, 0, 0])
+        .call(
+            "socket",
+            libc::SYS_socket,
+            [
+                s.family as u64,
+                (s.sock_type | nonblock) as u64,
+                s.protocol as u64,
+                0,
+                0,
+                0,
+            ],
+        )
         .restoring(pid, stage)?;
     for o in &s.options {
         // SO_RCVBUF/SO_SNDBUF report double what was set; the kernel doubles again.
-        let value = if o.level == libc::SOL_SOCKET && (o.name == libc::SO_RCVBUF || o.name == libc::SO_SNDBUF) {
+        let value = if o.level == libc::SOL_SOCKET
+            && (o.name == libc::SO_RCVBUF || o.name == libc::SO_SNDBUF)
+        {
             o.value / 2
         } else {
             o.value
         };
         let a = r.put(0, &value.to_le_bytes()).restoring(pid, stage)?;
-        r.call("setsockopt", libc::SYS_setsockopt, [sfd, o.level as u64, o.name as u64, a, 4, 0])
-            .restoring(pid, "setting socket options")?;
+        r.call(
+            "setsockopt",
+            libc::SYS_setsockopt,
+            [sfd, o.level as u64, o.name as u64, a, 4, 0],
+        )
+        .restoring(pid, "setting socket options")?;
     }
     let a = r.put(64, &s.addr).restoring(pid, stage)?;
     r.call("bind", libc::SYS_bind, [sfd, a, s.addr.len() as u64, 0, 0, 0])
@@ -104,8 +149,12 @@ pub fn restore(r: &Remote, fd: i32, s: &Socket, status_flags: u64) -> Result<u64
             },
             source: e,
         })?;
-    r.call("listen", libc::SYS_listen, [sfd, s.backlog as u64, 0, 0, 0, 0])
-        .restoring(pid, "listening")?;
+    r.call(
+        "listen",
+        libc::SYS_listen,
+        [sfd, s.backlog as u64, 0, 0, 0, 0],
+    )
+    .restoring(pid, "listening")?;
     tracing::debug!(pid, fd, "listening socket restored");
     Ok(sfd)
 }

@@ -25,10 +25,18 @@ pub fn dump(r: &Remote, t: &FrozenThread) -> Result<Thread> {
     let rs = ptrace::rseq_config(tid).dumping(pid, "reading rseq registration")?;
     let (robust_list, robust_len) =
         process::robust_list(tid).dumping(pid, "reading the robust futex list")?;
-    rt.call("prctl(PR_GET_TID_ADDRESS)", libc::SYS_prctl, [PR_GET_TID_ADDRESS, r.scratch, 0, 0, 0, 0])
-        .dumping(pid, "reading clear_child_tid")?;
-    rt.call("sigaltstack", libc::SYS_sigaltstack, [0, r.scratch + 8, 0, 0, 0, 0])
-        .dumping(pid, "reading the signal stack")?;
+    rt.call(
+        "prctl(PR_GET_TID_ADDRESS)",
+        libc::SYS_prctl,
+        [PR_GET_TID_ADDRESS, r.scratch, 0, 0, 0, 0],
+    )
+    .dumping(pid, "reading clear_child_tid")?;
+    rt.call(
+        "sigaltstack",
+        libc::SYS_sigaltstack,
+        [0, r.scratch + 8, 0, 0, 0, 0],
+    )
+    .dumping(pid, "reading the signal stack")?;
     let b = rt.get(0, 32).dumping(pid, "reading thread state")?;
     let ss_flags = i32::from_le_bytes(b[16..20].try_into().expect("4 bytes"));
     Ok(Thread {
@@ -62,7 +70,14 @@ pub fn drop_inherited_rseq(r: &Remote) -> Result<()> {
         r.call(
             "rseq(unregister)",
             libc::SYS_rseq,
-            [rs.abi_pointer, rs.len as u64, RSEQ_FLAG_UNREGISTER, rs.signature as u64, 0, 0],
+            [
+                rs.abi_pointer,
+                rs.len as u64,
+                RSEQ_FLAG_UNREGISTER,
+                rs.signature as u64,
+                0,
+                0,
+            ],
         )
         .restoring(r.pid, "unregistering the stub's rseq")?;
     }
@@ -85,7 +100,8 @@ pub fn create(main: &Remote, tid: i32) -> Result<()> {
         args.extend_from_slice(&w.to_le_bytes());
     }
     main.put(0, &args).restoring(pid, "creating threads")?;
-    main.put(96, &tid.to_le_bytes()).restoring(pid, "creating threads")?;
+    main.put(96, &tid.to_le_bytes())
+        .restoring(pid, "creating threads")?;
     let out = main
         .inj()
         .run(libc::SYS_clone3, [main.scratch, 88, 0, 0, 0, 0])
@@ -133,10 +149,18 @@ pub fn holder_of(pid: i32) -> String {
 pub fn setup(rt: &Remote, t: &Thread) -> Result<()> {
     let pid = rt.pid;
     let stage = "setting up threads";
-    rt.call("set_robust_list", libc::SYS_set_robust_list, [t.robust_list, t.robust_len, 0, 0, 0, 0])
-        .restoring(pid, stage)?;
-    rt.call("set_tid_address", libc::SYS_set_tid_address, [t.clear_child_tid, 0, 0, 0, 0, 0])
-        .restoring(pid, stage)?;
+    rt.call(
+        "set_robust_list",
+        libc::SYS_set_robust_list,
+        [t.robust_list, t.robust_len, 0, 0, 0, 0],
+    )
+    .restoring(pid, stage)?;
+    rt.call(
+        "set_tid_address",
+        libc::SYS_set_tid_address,
+        [t.clear_child_tid, 0, 0, 0, 0, 0],
+    )
+    .restoring(pid, stage)?;
     if let Some(rs) = &t.rseq {
         rt.call(
             "rseq",
@@ -159,8 +183,12 @@ pub fn setup(rt: &Remote, t: &Thread) -> Result<()> {
     }
     if !t.comm.is_empty() {
         let a = rt.put_cstr(32, &t.comm).restoring(pid, stage)?;
-        rt.call("prctl(PR_SET_NAME)", libc::SYS_prctl, [libc::PR_SET_NAME as u64, a, 0, 0, 0, 0])
-            .restoring(pid, stage)?;
+        rt.call(
+            "prctl(PR_SET_NAME)",
+            libc::SYS_prctl,
+            [libc::PR_SET_NAME as u64, a, 0, 0, 0, 0],
+        )
+        .restoring(pid, stage)?;
     }
     for si in &t.pending {
         queue_signal(rt, si, Some(t.tid))?;
@@ -173,10 +201,14 @@ pub fn setup(rt: &Remote, t: &Thread) -> Result<()> {
 pub fn queue_signal(rt: &Remote, siginfo: &[u8], tid: Option<i32>) -> Result<()> {
     let pid = rt.pid;
     if siginfo.len() != 128 {
-        return Err(EngineError::BadImage("a saved siginfo is not 128 bytes".into()));
+        return Err(EngineError::BadImage(
+            "a saved siginfo is not 128 bytes".into(),
+        ));
     }
     let signo = i32::from_le_bytes(siginfo[0..4].try_into().expect("4 bytes"));
-    let a = rt.put(64, siginfo).restoring(pid, "queueing pending signals")?;
+    let a = rt
+        .put(64, siginfo)
+        .restoring(pid, "queueing pending signals")?;
     match tid {
         Some(tid) => rt.call(
             "rt_tgsigqueueinfo",
