@@ -6,6 +6,7 @@
  * back), and that the pipeline carried every number in order. */
 #include "harness.h"
 #include <signal.h>
+#include <sys/mman.h>
 #include <sys/wait.h>
 
 static volatile int stop;
@@ -14,6 +15,9 @@ static void on_term(int s) { (void)s; stop = 1; }
 int main(int argc, char **argv) {
     setup(argc, argv);
     if (getsid(0) != getpid()) CHECK(setsid() == getpid(), "setsid");
+    /* Shared anonymous memory inherited by the children. */
+    unsigned char *shm = mmap(NULL, 4 * 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    fill(shm, 4 * 4096, 31);
     int p[2]; CHECK(pipe(p) == 0, "pipe");
     pid_t writer = fork();
     if (writer == 0) {
@@ -49,6 +53,7 @@ int main(int argc, char **argv) {
         CHECK(write(shared, "child.", 6) == 6, "child write");
         while (!stop) pause();
         CHECK(write(shared, "after.", 6) == 6, "child write 2");
+        memcpy(shm + 3 * 4096, "from the child", 15);
         _exit(0);
     }
     int dup = dup2(shared, 40);
@@ -73,6 +78,8 @@ int main(int argc, char **argv) {
     kill(sharer, SIGTERM);
     CHECK(waitpid(sharer, &st, 0) == sharer && WIFEXITED(st) && WEXITSTATUS(st) == 0, "sharer status %#x", st);
     CHECK(lseek(shared, 0, SEEK_CUR) == 16, "child's write after restore did not move our offset");
+    CHECK(check_fill(shm, 3 * 4096, 31) < 0, "shared memory contents lost");
+    CHECK(memcmp(shm + 3 * 4096, "from the child", 15) == 0, "shared memory is no longer shared with the child");
     char buf[32] = {0};
     CHECK(pread(shared, buf, 16, 0) == 16 && memcmp(buf, "child.dup.after.", 16) == 0, "shared file holds %s", buf);
     sleep_ms(100);

@@ -125,6 +125,7 @@ pub fn dump(
         }
     }
     files::link_descriptions(&mut procs)?;
+    memory::dedupe_shared(&mut procs);
     let memory_bytes: u64 = procs.iter().map(|p| memory::planned_bytes(&p.vmas)).sum();
 
     // --leave-running: snapshot the memory copy-on-write and let the

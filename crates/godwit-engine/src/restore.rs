@@ -134,14 +134,16 @@ pub fn restore(
         }
     }
     let plan = files::FdPlan::new(procs)?;
+    let parents = files::parents(procs);
+    let shm = memory::ShmPlan::new(procs, plan.highest_fd() + 1, |set| files::lca(&parents, set));
     let (_, hard) = process::get_rlimit(0, libc::RLIMIT_NOFILE as u32)
         .restoring(root.pid, "checking limits")?;
     process::set_rlimit(0, libc::RLIMIT_NOFILE as u32, hard, hard)
         .restoring(root.pid, "raising the fd limit")?;
-    if plan.highest_fd() >= hard {
+    if shm.highest_fd() >= hard {
         return Err(EngineError::BadImage(format!(
             "restoring needs fd numbers up to {}, above this host's limit of {hard} open files",
-            plan.highest_fd()
+            shm.highest_fd()
         )));
     }
     let pages = procs
@@ -164,7 +166,7 @@ pub fn restore(
             let _ = tx.send(reader.verify_pages());
         });
         let pages: Vec<&[u8]> = pages.iter().map(|m| m.as_deref().unwrap_or(&[])).collect();
-        resurrect(procs, &plan, &pages, progress, || match rx.recv() {
+        resurrect(procs, &plan, &shm, &pages, progress, || match rx.recv() {
             Ok(r) => r.map_err(EngineError::from),
             Err(_) => Err(EngineError::BadImage(
                 "page verification did not finish".into(),
@@ -185,6 +187,7 @@ pub fn restore(
 fn resurrect(
     procs: &[Process],
     plan: &files::FdPlan,
+    shm: &memory::ShmPlan,
     pages: &[&[u8]],
     progress: &dyn Progress,
     verified: impl FnOnce() -> Result<()>,
@@ -223,6 +226,7 @@ fn resurrect(
         let Some(r) = remotes[i] else { continue };
         attrs::restore_session(&r, p)?;
         plan.create(&r, i)?;
+        shm.create(&r, i)?;
         for (j, c) in procs
             .iter()
             .enumerate()
@@ -245,7 +249,7 @@ fn resurrect(
     );
     for (i, p) in procs.iter().enumerate() {
         if let Some(r) = &remotes[i] {
-            build(r, p, pages[i], plan, progress)?;
+            build(r, p, pages[i], plan, shm, progress)?;
         }
     }
     // Phase 3: process groups, leaders first.
@@ -430,10 +434,12 @@ fn build(
     p: &Process,
     pages: &[u8],
     plan: &files::FdPlan,
+    shm: &memory::ShmPlan,
     progress: &dyn Progress,
 ) -> Result<()> {
     place_vdso(r, &p.vmas)?;
-    memory::restore(r, &p.vmas, pages, progress)?;
+    memory::restore(r, &p.vmas, pages, progress, &|id| shm.fd(id))?;
+    shm.close(r)?;
     attrs::restore_mm(r, p)?;
     files::restore_cwd(r, &p.cwd)?;
     plan.place(r, p)?;

@@ -190,6 +190,14 @@ pub struct Vma {
     /// Runs of pages stored in the page file.
     #[prost(message, repeated, tag = "10")]
     pub pages: Vec<PageRun>,
+    /// Shared anonymous memory: the shmem object's id (its inode); mappings
+    /// with the same id, in one process or several, share it after restore.
+    /// Its pages are stored with the first mapping (in tree order) only.
+    #[prost(uint64, tag = "11")]
+    pub shmem_id: u64,
+    /// Size of that shmem object in bytes.
+    #[prost(uint64, tag = "12")]
+    pub shmem_size: u64,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]

@@ -325,7 +325,7 @@ pub struct FdPlan {
 }
 
 /// The lowest common ancestor (by index, parents before children) of `set`.
-fn lca(parent: &[Option<usize>], set: &[usize]) -> usize {
+pub fn lca(parent: &[Option<usize>], set: &[usize]) -> usize {
     let chain = |mut i: usize| {
         let mut c = vec![i];
         while let Some(p) = parent[i] {
@@ -340,6 +340,12 @@ fn lca(parent: &[Option<usize>], set: &[usize]) -> usize {
         .copied()
         .find(|a| chains.iter().all(|c| c.contains(a)))
         .unwrap_or(0)
+}
+
+/// Each process's parent index (None for the root).
+pub fn parents(procs: &[Process]) -> Vec<Option<usize>> {
+    let index: HashMap<i32, usize> = procs.iter().enumerate().map(|(i, p)| (p.pid, i)).collect();
+    procs.iter().map(|p| index.get(&p.ppid).copied()).collect()
 }
 
 impl FdPlan {

@@ -34,6 +34,8 @@ fn kind_of(pid: i32, e: &MapEntry) -> Result<VmaKind> {
         "" if e.shared => VmaKind::AnonShared,
         "" => VmaKind::AnonPrivate,
         n if n.starts_with("[anon:") => VmaKind::AnonPrivate,
+        // Shared anonymous memory that an earlier restore recreated as a memfd.
+        n if e.shared && n.starts_with("/memfd:godwit-shm") => VmaKind::AnonShared,
         n if n.starts_with('/') && !n.ends_with(" (deleted)") => {
             if e.shared {
                 VmaKind::FileShared
@@ -106,6 +108,13 @@ pub fn plan(pid: i32, maps: &[MapEntry]) -> Result<Vec<Vma>> {
             vm_flags: e.vm_flags.clone(),
             ..Default::default()
         };
+        if kind == VmaKind::AnonShared {
+            vma.shmem_id = e.inode;
+            let size = std::fs::metadata(format!("/proc/{pid}/map_files/{:x}-{:x}", e.start, e.end))
+                .map(|m| m.size())
+                .unwrap_or(0);
+            vma.shmem_size = size.max(e.offset + e.len());
+        }
         if matches!(kind, VmaKind::FilePrivate | VmaKind::FileShared) {
             let md = std::fs::metadata(&e.name).map_err(|err| EngineError::Unsupported {
                 pid,
@@ -159,6 +168,94 @@ pub fn plan(pid: i32, maps: &[MapEntry]) -> Result<Vec<Vma>> {
         out.push(vma);
     }
     Ok(out)
+}
+
+/// Shared anonymous memory mapped more than once (in one process or across
+/// the tree) is stored once: the pages stay with the first mapping (tree
+/// order) and are dropped from the others, then page-file offsets are
+/// recomputed for each process.
+pub fn dedupe_shared(procs: &mut [crate::schema::Process]) {
+    let mut seen = std::collections::HashSet::new();
+    for p in procs.iter_mut() {
+        let mut offset = 0;
+        for v in &mut p.vmas {
+            if v.shmem_id != 0 && !seen.insert((v.shmem_id, v.pgoff, v.end - v.start)) {
+                v.pages.clear();
+            }
+            for run in &mut v.pages {
+                run.offset = offset;
+                offset += run.nr_pages * PAGE_SIZE;
+            }
+        }
+    }
+}
+
+/// How shared anonymous memory is recreated: one memfd per shmem object,
+/// created in the lowest common ancestor of the processes mapping it, at a
+/// staging fd number (`base + index`) inherited by the children forked after.
+pub struct ShmPlan {
+    base: u64,
+    /// shmem id → (index, creating process index, size).
+    objects: HashMap<u64, (u64, usize, u64)>,
+}
+
+impl ShmPlan {
+    /// `base`: the first free fd number above the file-descriptor plan.
+    pub fn new(procs: &[crate::schema::Process], base: u64, lca: impl Fn(&[usize]) -> usize) -> ShmPlan {
+        let mut holders: std::collections::BTreeMap<u64, (Vec<usize>, u64)> = Default::default();
+        for (i, p) in procs.iter().enumerate() {
+            for v in p.vmas.iter().filter(|v| v.shmem_id != 0) {
+                let e = holders.entry(v.shmem_id).or_default();
+                e.0.push(i);
+                e.1 = e.1.max(v.shmem_size).max(v.pgoff + v.end - v.start);
+            }
+        }
+        let objects = holders
+            .into_iter()
+            .enumerate()
+            .map(|(k, (id, (h, size)))| (id, (k as u64, lca(&h), size)))
+            .collect();
+        ShmPlan { base, objects }
+    }
+
+    pub fn highest_fd(&self) -> u64 {
+        self.base + self.objects.len() as u64
+    }
+
+    /// The staging fd of shmem object `id`.
+    pub fn fd(&self, id: u64) -> Option<u64> {
+        self.objects.get(&id).map(|(k, _, _)| self.base + k)
+    }
+
+    /// Creates, in process `idx`, the shmem objects it is the creator of.
+    pub fn create(&self, r: &Remote, idx: usize) -> Result<()> {
+        let pid = r.pid;
+        let stage = "creating shared memory";
+        for (k, creator, size) in self.objects.values() {
+            if *creator != idx {
+                continue;
+            }
+            let name = r.put_cstr(0, "godwit-shm").restoring(pid, stage)?;
+            let fd = r
+                .call("memfd_create", libc::SYS_memfd_create, [name, libc::MFD_CLOEXEC as u64, 0, 0, 0, 0])
+                .restoring(pid, stage)?;
+            r.call("ftruncate", libc::SYS_ftruncate, [fd, *size, 0, 0, 0, 0])
+                .restoring(pid, stage)?;
+            r.call("dup3", libc::SYS_dup3, [fd, self.base + k, 0, 0, 0, 0])
+                .restoring(pid, stage)?;
+            r.call("close", libc::SYS_close, [fd, 0, 0, 0, 0, 0]).restoring(pid, stage)?;
+        }
+        Ok(())
+    }
+
+    /// Closes the staging descriptors (after the memory is mapped).
+    pub fn close(&self, r: &Remote) -> Result<()> {
+        if !self.objects.is_empty() {
+            r.call("close_range", libc::SYS_close_range, [self.base, self.highest_fd(), 0, 0, 0, 0])
+                .restoring(r.pid, "closing shared memory descriptors")?;
+        }
+        Ok(())
+    }
 }
 
 /// Total bytes of pages planned.
@@ -370,7 +467,15 @@ pub fn is_special(v: &Vma) -> bool {
 
 /// Maps every ordinary VMA at its address in the restored process, writes the
 /// stored pages, and sets the final protections and advice.
-pub fn restore(r: &Remote, vmas: &[Vma], pages: &[u8], progress: &dyn Progress) -> Result<()> {
+/// `shmem_fd` gives, for a shmem id, the descriptor (in the process) of the
+/// object created for it (see [`ShmPlan`]).
+pub fn restore(
+    r: &Remote,
+    vmas: &[Vma],
+    pages: &[u8],
+    progress: &dyn Progress,
+    shmem_fd: &dyn Fn(u64) -> Option<u64>,
+) -> Result<()> {
     let pid = r.pid;
     let mut files: HashMap<(String, bool), u64> = HashMap::new();
     for v in vmas.iter().filter(|v| !is_special(v)) {
@@ -391,10 +496,16 @@ pub fn restore(r: &Remote, vmas: &[Vma], pages: &[u8], progress: &dyn Progress) 
                 flags |= (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64;
                 u64::MAX
             }
-            VmaKind::AnonShared => {
-                flags |= (libc::MAP_SHARED | libc::MAP_ANONYMOUS) as u64;
-                u64::MAX
-            }
+            VmaKind::AnonShared => match shmem_fd(v.shmem_id) {
+                Some(fd) => {
+                    flags |= libc::MAP_SHARED as u64;
+                    fd
+                }
+                None => {
+                    flags |= (libc::MAP_SHARED | libc::MAP_ANONYMOUS) as u64;
+                    u64::MAX
+                }
+            },
             VmaKind::FilePrivate | VmaKind::FileShared => {
                 let shared = k == VmaKind::FileShared;
                 flags |= if shared {
