@@ -125,7 +125,7 @@ pub fn dump(
         }
     }
     files::link_descriptions(&mut procs)?;
-    memory::dedupe_shared(&mut procs);
+    let shmem_data = memory::collect_shmem(&mut procs)?;
     let memory_bytes: u64 = procs.iter().map(|p| memory::planned_bytes(&p.vmas)).sum();
 
     // --leave-running: snapshot the memory copy-on-write and let the
@@ -158,6 +158,9 @@ pub fn dump(
         let mut pages = writer.page_file()?;
         let snap = snapshots.get(i).and_then(|s| s.as_ref());
         memory::write_pages(p.pid, &p.vmas, &mut pages, progress, snap)?;
+        for data in &shmem_data[i] {
+            pages.write_all(data)?;
+        }
         let info = pages.finish()?;
         p.page_file = info.name.clone();
         page_files.push(info);

@@ -226,7 +226,7 @@ fn resurrect(
         let Some(r) = remotes[i] else { continue };
         attrs::restore_session(&r, p)?;
         plan.create(&r, i)?;
-        shm.create(&r, i)?;
+        shm.create(&r, i, pages)?;
         for (j, c) in procs
             .iter()
             .enumerate()

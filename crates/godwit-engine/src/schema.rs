@@ -95,6 +95,23 @@ pub struct Process {
     /// The wait status a zombie reports to its parent.
     #[prost(int32, tag = "22")]
     pub exit_status: i32,
+    /// Contents of the shmem objects this process is the first (in tree
+    /// order) to map; stored after its page runs in its page file.
+    #[prost(message, repeated, tag = "23")]
+    pub shmem: Vec<ShmemObject>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ShmemObject {
+    /// The id in `Vma::shmem_id`.
+    #[prost(uint64, tag = "1")]
+    pub id: u64,
+    #[prost(uint64, tag = "2")]
+    pub size: u64,
+    /// Data extents: `addr` is the offset in the object, `offset` the place
+    /// in the page file (holes are not stored).
+    #[prost(message, repeated, tag = "3")]
+    pub data: Vec<PageRun>,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]

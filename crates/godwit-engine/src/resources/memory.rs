@@ -16,7 +16,7 @@ use godwit_sys::mem::{self, pm, Pagemap, ProcMem, Range};
 use godwit_sys::proc::MapEntry;
 use godwit_sys::PAGE_SIZE;
 use std::collections::HashMap;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
 
 /// Bytes read from the process per batch while dumping.
 const BATCH: usize = 8 << 20;
@@ -34,8 +34,12 @@ fn kind_of(pid: i32, e: &MapEntry) -> Result<VmaKind> {
         "" if e.shared => VmaKind::AnonShared,
         "" => VmaKind::AnonPrivate,
         n if n.starts_with("[anon:") => VmaKind::AnonPrivate,
-        // Shared anonymous memory that an earlier restore recreated as a memfd.
-        n if e.shared && n.starts_with("/memfd:godwit-shm") => VmaKind::AnonShared,
+        // Shared mappings of a deleted file (POSIX semaphores and shm that
+        // were unlinked, memfds, and the memfds an earlier restore made):
+        // kept like shared anonymous memory, by their contents.
+        n if e.shared && n.ends_with(" (deleted)") && (n.starts_with('/') || n.starts_with("/memfd:")) => {
+            VmaKind::AnonShared
+        }
         n if n.starts_with('/') && !n.ends_with(" (deleted)") => {
             if e.shared {
                 VmaKind::FileShared
@@ -109,7 +113,8 @@ pub fn plan(pid: i32, maps: &[MapEntry]) -> Result<Vec<Vma>> {
             ..Default::default()
         };
         if kind == VmaKind::AnonShared {
-            vma.shmem_id = e.inode;
+            // Unique per object: device and inode.
+            vma.shmem_id = ((e.dev_major as u64) << 52) ^ ((e.dev_minor as u64) << 32) ^ e.inode;
             let size = std::fs::metadata(format!("/proc/{pid}/map_files/{:x}-{:x}", e.start, e.end))
                 .map(|m| m.size())
                 .unwrap_or(0);
@@ -133,13 +138,10 @@ pub fn plan(pid: i32, maps: &[MapEntry]) -> Result<Vec<Vma>> {
             vma.file_size = md.size();
             vma.file_mtime_ns = md.mtime() * 1_000_000_000 + md.mtime_nsec();
         }
+        // Shared memory is stored by its object's contents (collect_shmem).
         let may_have_pages = matches!(
             kind,
-            VmaKind::AnonPrivate
-                | VmaKind::Heap
-                | VmaKind::Stack
-                | VmaKind::AnonShared
-                | VmaKind::FilePrivate
+            VmaKind::AnonPrivate | VmaKind::Heap | VmaKind::Stack | VmaKind::FilePrivate
         );
         if may_have_pages {
             entries.clear();
@@ -170,24 +172,62 @@ pub fn plan(pid: i32, maps: &[MapEntry]) -> Result<Vec<Vma>> {
     Ok(out)
 }
 
-/// Shared anonymous memory mapped more than once (in one process or across
-/// the tree) is stored once: the pages stay with the first mapping (tree
-/// order) and are dropped from the others, then page-file offsets are
-/// recomputed for each process.
-pub fn dedupe_shared(procs: &mut [crate::schema::Process]) {
+/// Reads every shmem object of a frozen tree once, from its first holder
+/// (through /proc/PID/map_files, skipping holes), into `Process::shmem` with
+/// page-file offsets after that process's page runs. Returns the data, per
+/// process, in the order it must be appended to the page file.
+pub fn collect_shmem(procs: &mut [crate::schema::Process]) -> Result<Vec<Vec<Vec<u8>>>> {
     let mut seen = std::collections::HashSet::new();
+    let mut out = Vec::with_capacity(procs.len());
     for p in procs.iter_mut() {
-        let mut offset = 0;
-        for v in &mut p.vmas {
-            if v.shmem_id != 0 && !seen.insert((v.shmem_id, v.pgoff, v.end - v.start)) {
-                v.pages.clear();
+        let pid = p.pid;
+        let mut offset = planned_bytes(&p.vmas);
+        let mut datas = Vec::new();
+        for v in p.vmas.iter().filter(|v| v.shmem_id != 0) {
+            if !seen.insert(v.shmem_id) {
+                continue;
             }
-            for run in &mut v.pages {
-                run.offset = offset;
-                offset += run.nr_pages * PAGE_SIZE;
+            let path = format!("/proc/{pid}/map_files/{:x}-{:x}", v.start, v.end);
+            let f = std::fs::File::open(&path).map_err(|e| EngineError::Unsupported {
+                pid,
+                what: format!("shared memory {:#x}-{:#x} whose contents cannot be read ({e})", v.start, v.end),
+            })?;
+            let size = f.metadata().map(|m| m.size()).unwrap_or(v.shmem_size);
+            let mut obj = crate::schema::ShmemObject { id: v.shmem_id, size, data: Vec::new() };
+            let mut pos = 0u64;
+            while pos < size {
+                // Data extents; a hole-unaware file gives one extent.
+                let start = match lseek_data(&f, pos) {
+                    Some(s) if s < size => s,
+                    _ => break,
+                };
+                let end = lseek_hole(&f, start).unwrap_or(size).min(size);
+                let len = end - start;
+                let mut buf = vec![0u8; len as usize];
+                f.read_exact_at(&mut buf, start).map_err(|e| EngineError::Sys {
+                    pid,
+                    stage: "reading shared memory",
+                    source: godwit_sys::SysError::Proc { path: path.clone(), detail: e.to_string() },
+                })?;
+                obj.data.push(PageRun { addr: start, nr_pages: len.div_ceil(PAGE_SIZE), offset });
+                buf.resize((len.div_ceil(PAGE_SIZE) * PAGE_SIZE) as usize, 0);
+                offset += buf.len() as u64;
+                datas.push(buf);
+                pos = end;
             }
+            p.shmem.push(obj);
         }
+        out.push(datas);
     }
+    Ok(out)
+}
+
+fn lseek_data(f: &std::fs::File, pos: u64) -> Option<u64> {
+    godwit_sys::process::seek_data(f, pos, true)
+}
+
+fn lseek_hole(f: &std::fs::File, pos: u64) -> Option<u64> {
+    godwit_sys::process::seek_data(f, pos, false)
 }
 
 /// How shared anonymous memory is recreated: one memfd per shmem object,
@@ -197,6 +237,8 @@ pub struct ShmPlan {
     base: u64,
     /// shmem id → (index, creating process index, size).
     objects: HashMap<u64, (u64, usize, u64)>,
+    /// shmem id → (process whose page file holds the data, data extents).
+    data: HashMap<u64, (usize, Vec<PageRun>)>,
 }
 
 impl ShmPlan {
@@ -210,12 +252,18 @@ impl ShmPlan {
                 e.1 = e.1.max(v.shmem_size).max(v.pgoff + v.end - v.start);
             }
         }
+        let data: HashMap<u64, (usize, Vec<PageRun>)> = procs
+            .iter()
+            .enumerate()
+            .flat_map(|(i, p)| p.shmem.iter().map(move |o| (o.id, (i, o.data.clone()))))
+            .collect();
+        let sizes: HashMap<u64, u64> = procs.iter().flat_map(|p| &p.shmem).map(|o| (o.id, o.size)).collect();
         let objects = holders
             .into_iter()
             .enumerate()
-            .map(|(k, (id, (h, size)))| (id, (k as u64, lca(&h), size)))
+            .map(|(k, (id, (h, size)))| (id, (k as u64, lca(&h), size.max(sizes.get(&id).copied().unwrap_or(0)))))
             .collect();
-        ShmPlan { base, objects }
+        ShmPlan { base, objects, data }
     }
 
     pub fn highest_fd(&self) -> u64 {
@@ -227,11 +275,12 @@ impl ShmPlan {
         self.objects.get(&id).map(|(k, _, _)| self.base + k)
     }
 
-    /// Creates, in process `idx`, the shmem objects it is the creator of.
-    pub fn create(&self, r: &Remote, idx: usize) -> Result<()> {
+    /// Creates, in process `idx`, the shmem objects it is the creator of,
+    /// and fills them from the page files (`pages`, one per process).
+    pub fn create(&self, r: &Remote, idx: usize, pages: &[&[u8]]) -> Result<()> {
         let pid = r.pid;
         let stage = "creating shared memory";
-        for (k, creator, size) in self.objects.values() {
+        for (id, (k, creator, size)) in &self.objects {
             if *creator != idx {
                 continue;
             }
@@ -244,6 +293,23 @@ impl ShmPlan {
             r.call("dup3", libc::SYS_dup3, [fd, self.base + k, 0, 0, 0, 0])
                 .restoring(pid, stage)?;
             r.call("close", libc::SYS_close, [fd, 0, 0, 0, 0, 0]).restoring(pid, stage)?;
+            if let Some((src, runs)) = self.data.get(id) {
+                let pidfd = godwit_sys::process::pidfd_open(pid).restoring(pid, stage)?;
+                let ours = godwit_sys::process::pidfd_getfd(&pidfd, (self.base + k) as i32).restoring(pid, stage)?;
+                let file = std::fs::File::from(ours);
+                let src = pages.get(*src).copied().unwrap_or_default();
+                for run in runs {
+                    let len = (run.nr_pages * PAGE_SIZE).min(size.saturating_sub(run.addr));
+                    let bytes = src.get(run.offset as usize..(run.offset + len) as usize).ok_or_else(|| {
+                        EngineError::BadImage(format!("shared memory data at {} is outside the page file", run.offset))
+                    })?;
+                    file.write_all_at(bytes, run.addr).map_err(|e| EngineError::Restore {
+                        pid,
+                        stage,
+                        source: godwit_sys::SysError::Proc { path: "memfd".into(), detail: e.to_string() },
+                    })?;
+                }
+            }
         }
         Ok(())
     }
