@@ -26,6 +26,7 @@ case!(signals);
 case!(files);
 case!(attrs);
 case!(tree);
+case!(anonfds);
 
 /// --leave-running takes a consistent copy-on-write snapshot of a process
 /// that keeps writing all its memory during the copy; the original is not
