@@ -111,3 +111,65 @@ fn redis_dump_restore() {
 fn redis_leave_running_restore_copy() {
     redis(17392, true);
 }
+
+fn count(p: &Proc) -> i64 {
+    std::fs::read_to_string(p.path("count"))
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(-1)
+}
+
+/// A counting process tree (started by `program args`): dump (or dump
+/// --leave-running and end the original), restore, and see it count on.
+fn tree_counts_on(program: &str, args: &[&str], leave_running: bool) {
+    let dir = tempfile::Builder::new().prefix("godwit-tree").tempdir().unwrap();
+    let d = dir.path().to_str().unwrap().to_string();
+    let mut all: Vec<&str> = args.to_vec();
+    all.push(&d);
+    let mut p = Proc::spawn_in(dir, program, &all);
+    wait_for("the tree to count", Duration::from_secs(30), || count(&p) > 20 || dead(p.pid));
+    assert!(count(&p) > 20, "{program} does not count: {}", p.output());
+    p.tree = descendants(p.pid);
+    assert!(p.tree.len() >= 3, "{program}: expected a tree, got {:?}", p.tree);
+    let img = p.images();
+    let pid = p.pid.to_string();
+    let mut cmd = vec!["--json", "dump", "--pid", &pid, "--images", img.to_str().unwrap()];
+    if leave_running {
+        cmd.push("--leave-running");
+    }
+    let v: serde_json::Value = serde_json::from_str(&godwit_ok(&cmd)).unwrap();
+    // The tree forks short-lived processes: it has at least its fixed members.
+    assert!(v["processes"].as_u64().unwrap() >= 4, "{v}");
+    p.end_original();
+    let at_dump = count(&p);
+    // Kept running after --leave-running, the original wrote more to its
+    // output file (not O_APPEND) than the image knows of.
+    p.restore_with(if leave_running { &["--allow-file-changes"] } else { &[] });
+    wait_for("the restored tree to count on", Duration::from_secs(30), || count(&p) > at_dump + 20);
+    assert!(descendants(p.pid).len() >= p.tree.len().min(3), "the restored tree lost processes");
+    p.tree = descendants(p.pid);
+}
+
+#[test]
+fn bash_pipeline_with_background_jobs() {
+    let script = repo().join("tests/progs/pipeline.sh");
+    tree_counts_on("bash", &[script.to_str().unwrap()], false);
+}
+
+#[test]
+fn bash_pipeline_leave_running() {
+    let script = repo().join("tests/progs/pipeline.sh");
+    tree_counts_on("bash", &[script.to_str().unwrap()], true);
+}
+
+#[test]
+fn python_multiprocessing_pool() {
+    let script = repo().join("tests/progs/pool.py");
+    tree_counts_on("python3", &[script.to_str().unwrap()], false);
+}
+
+#[test]
+fn python_multiprocessing_pool_leave_running() {
+    let script = repo().join("tests/progs/pool.py");
+    tree_counts_on("python3", &[script.to_str().unwrap()], true);
+}

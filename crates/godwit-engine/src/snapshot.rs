@@ -36,8 +36,13 @@ struct Shared {
     stop: AtomicBool,
 }
 
+/// Processes holding at most this much memory are copied whole while frozen:
+/// it costs little, and a short-lived process may exit during the copy.
+const EAGER_LIMIT: u64 = 8 << 20;
+
 pub struct Snapshot {
-    shared: Arc<Shared>,
+    /// None when everything was copied while frozen.
+    shared: Option<Arc<Shared>>,
     handler: Option<JoinHandle<()>>,
     /// Pages copied while frozen, by run address.
     precopied: HashMap<u64, Vec<u8>>,
@@ -59,6 +64,14 @@ impl Snapshot {
     /// caller then copies while the process stays frozen.
     pub fn arm(r0: &Remote, vmas: &[Vma]) -> Result<Option<Snapshot>> {
         let pid = r0.pid;
+        if crate::resources::memory::planned_bytes(vmas) <= EAGER_LIMIT {
+            return Ok(Some(Snapshot {
+                shared: None,
+                handler: None,
+                precopied: precopy(pid, vmas.iter().filter(|v| !v.pages.is_empty()))?,
+                registered: Vec::new(),
+            }));
+        }
         let stage = "write-protecting memory";
         let tfd = match r0.call(
             "userfaultfd",
@@ -146,7 +159,7 @@ impl Snapshot {
                 },
             })?;
         Ok(Some(Snapshot {
-            shared,
+            shared: Some(shared),
             handler: Some(handler),
             precopied,
             registered,
@@ -161,7 +174,8 @@ impl Snapshot {
     /// Replaces, in `buf` (just read from `ranges`), every page written since
     /// the snapshot by its saved original; then records progress.
     pub fn fix_up(&self, ranges: &[Range], buf: &mut [u8]) {
-        let saved = self.shared.saved.lock().expect("lock");
+        let Some(shared) = &self.shared else { return };
+        let saved = shared.saved.lock().expect("lock");
         let mut off = 0usize;
         for r in ranges {
             if !saved.is_empty() {
@@ -176,19 +190,18 @@ impl Snapshot {
         }
         drop(saved);
         if let Some(last) = ranges.last() {
-            self.shared
-                .copied_upto
-                .store(last.addr + last.len, Ordering::SeqCst);
+            shared.copied_upto.store(last.addr + last.len, Ordering::SeqCst);
         }
     }
 
     /// Stops tracking writes; fails if memory not yet copied went away.
     pub fn finish(mut self) -> Result<usize> {
         self.shutdown();
-        let saved = self.shared.saved.lock().expect("lock").len();
-        if let Some(what) = self.shared.lost.lock().expect("lock").take() {
+        let Some(shared) = &self.shared else { return Ok(0) };
+        let saved = shared.saved.lock().expect("lock").len();
+        if let Some(what) = shared.lost.lock().expect("lock").take() {
             return Err(EngineError::Unsupported {
-                pid: self.shared.pid,
+                pid: shared.pid,
                 what: format!("{what} while its memory was being copied; retry the dump"),
             });
         }
@@ -196,11 +209,12 @@ impl Snapshot {
     }
 
     fn shutdown(&mut self) {
+        let Some(shared) = &self.shared else { return };
         for r in &self.registered {
             // Unregistering lifts the protection and wakes any waiting thread.
-            let _ = self.shared.uffd.unregister(r.addr, r.len);
+            let _ = shared.uffd.unregister(r.addr, r.len);
         }
-        self.shared.stop.store(true, Ordering::SeqCst);
+        shared.stop.store(true, Ordering::SeqCst);
         if let Some(h) = self.handler.take() {
             let _ = h.join();
         }
@@ -211,6 +225,24 @@ impl Drop for Snapshot {
     fn drop(&mut self) {
         self.shutdown();
     }
+}
+
+/// Copies the page runs of `vmas` now (the process is frozen).
+fn precopy<'a>(pid: i32, vmas: impl Iterator<Item = &'a Vma>) -> Result<HashMap<u64, Vec<u8>>> {
+    let mut out = HashMap::new();
+    let mut procmem: Option<ProcMem> = None;
+    for v in vmas {
+        let pm = match &procmem {
+            Some(p) => p,
+            None => procmem.insert(ProcMem::open(pid, false).dumping(pid, "reading memory")?),
+        };
+        for run in &v.pages {
+            let mut buf = vec![0u8; (run.nr_pages * PAGE_SIZE) as usize];
+            pm.read_exact_at(run.addr, &mut buf).dumping(pid, "reading memory")?;
+            out.insert(run.addr, buf);
+        }
+    }
+    Ok(out)
 }
 
 /// The handler thread: save originals of written pages, let writers go on.

@@ -230,8 +230,14 @@ impl Proc {
 
     /// Restores the image and checks the new process has the same PID.
     pub fn restore(&mut self) {
+        self.restore_with(&[]);
+    }
+
+    pub fn restore_with(&mut self, extra: &[&str]) {
         let img = self.images();
-        let out = godwit_ok(&["restore", "--images", img.to_str().unwrap()]);
+        let mut args = vec!["restore", "--images", img.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        let out = godwit_ok(&args);
         assert_eq!(out.trim(), self.pid.to_string(), "restore printed the PID");
         assert!(!gone(self.pid), "restored process is not running");
     }
