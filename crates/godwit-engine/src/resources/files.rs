@@ -322,6 +322,8 @@ pub struct FdPlan {
     descs: BTreeMap<u64, (usize, Fd)>,
     /// Pipe id → (unread data, creating process index).
     pipes: HashMap<u64, (Vec<u8>, usize)>,
+    /// Process index → its fd numbers → description ids.
+    holder_fds: HashMap<usize, HashMap<i32, u64>>,
 }
 
 /// The lowest common ancestor (by index, parents before children) of `set`.
@@ -391,20 +393,20 @@ impl FdPlan {
             } else {
                 lca(&parent, &holders[&id])
             };
-            if f.kind == FdKind::Epoll as i32 && holders[&id].iter().any(|h| *h != holders[&id][0])
-            {
-                return Err(EngineError::BadImage(
-                    "an epoll instance shared between processes".into(),
-                ));
-            }
             descs.insert(id, (creator, f));
         }
         let max_id = descs.keys().next_back().copied().unwrap_or(0);
+        let holder_fds = procs
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (i, p.fds.iter().map(|f| (f.fd, f.file_id)).collect()))
+            .collect();
         Ok(FdPlan {
             stage_base: max_fd + 1,
             max_id,
             descs,
             pipes,
+            holder_fds,
         })
     }
 
@@ -573,52 +575,62 @@ impl FdPlan {
             };
             self.to_stage(r, fd, *id)?;
         }
+        // Epoll instances last: their interest lists name other descriptions.
+        for (id, (creator, f)) in &self.descs {
+            if *creator == idx && f.kind == FdKind::Epoll as i32 {
+                let ep = self.create_epoll(r, idx, f)?;
+                self.to_stage(r, ep, *id)?;
+            }
+        }
         Ok(())
     }
 
-    /// Puts the process's descriptors at their numbers, creates its epoll
-    /// instances, and closes the staging range. Uses scratch bytes [0, 64).
+    /// Creates an epoll instance in process `idx` and fills its interest
+    /// list. Each watched fd is put at its own number for the EPOLL_CTL_ADD
+    /// (entries are keyed by file and fd number, so later EPOLL_CTL_MOD/DEL
+    /// by the process find them) and closed again; the entry stays, since the
+    /// file is still open at its staging number.
+    fn create_epoll(&self, r: &Remote, idx: usize, f: &Fd) -> Result<u64> {
+        let pid = r.pid;
+        let stage = "creating epoll instances";
+        let ep = r
+            .call("epoll_create1", libc::SYS_epoll_create1, [0, 0, 0, 0, 0, 0])
+            .restoring(pid, stage)?;
+        let own = self.holder_fds.get(&idx);
+        for t in &f.epoll {
+            let file_id = own.and_then(|m| m.get(&t.fd)).copied().ok_or_else(|| {
+                EngineError::BadImage(format!(
+                    "epoll fd {} watches fd {}, which the process creating it does not hold",
+                    f.fd, t.fd
+                ))
+            })?;
+            r.call("dup3", libc::SYS_dup3, [self.stage(file_id), t.fd as u64, 0, 0, 0, 0])
+                .restoring(pid, stage)?;
+            // struct epoll_event is packed on x86_64: u32 events, u64 data.
+            let mut ev = Vec::with_capacity(12);
+            ev.extend_from_slice(&t.events.to_le_bytes());
+            ev.extend_from_slice(&t.data.to_le_bytes());
+            let a = r.put(0, &ev).restoring(pid, stage)?;
+            r.call("epoll_ctl", libc::SYS_epoll_ctl, [ep, libc::EPOLL_CTL_ADD as u64, t.fd as u64, a, 0, 0])
+                .restoring(pid, "filling epoll interest lists")?;
+            r.call("close", libc::SYS_close, [t.fd as u64, 0, 0, 0, 0, 0])
+                .restoring(pid, stage)?;
+        }
+        Ok(ep)
+    }
+
+    /// Puts the process's descriptors at their numbers and closes the
+    /// staging range.
     pub fn place(&self, r: &Remote, p: &Process) -> Result<()> {
         let pid = r.pid;
-        let mut epolls: Vec<&Fd> = Vec::new();
         for f in &p.fds {
-            if f.kind == FdKind::Epoll as i32 {
-                epolls.push(f);
-                continue;
-            }
             let cloexec = if f.cloexec { libc::O_CLOEXEC as u64 } else { 0 };
-            r.call(
-                "dup3",
-                libc::SYS_dup3,
-                [self.stage(f.file_id), f.fd as u64, cloexec, 0, 0, 0],
-            )
-            .restoring(pid, "placing file descriptors")?;
+            r.call("dup3", libc::SYS_dup3, [self.stage(f.file_id), f.fd as u64, cloexec, 0, 0, 0])
+                .restoring(pid, "placing file descriptors")?;
         }
         if self.max_id > 0 {
-            r.call(
-                "close_range",
-                libc::SYS_close_range,
-                [self.stage(1), self.stage(self.max_id), 0, 0, 0, 0],
-            )
-            .restoring(pid, "closing staging descriptors")?;
-        }
-        let mut first: HashMap<u64, i32> = HashMap::new();
-        for f in epolls {
-            match first.get(&f.file_id) {
-                Some(&fd) => {
-                    let cloexec = if f.cloexec { libc::O_CLOEXEC as u64 } else { 0 };
-                    r.call(
-                        "dup3",
-                        libc::SYS_dup3,
-                        [fd as u64, f.fd as u64, cloexec, 0, 0, 0],
-                    )
-                    .restoring(pid, "placing file descriptors")?;
-                }
-                None => {
-                    restore_epoll(r, f)?;
-                    first.insert(f.file_id, f.fd);
-                }
-            }
+            r.call("close_range", libc::SYS_close_range, [self.stage(1), self.stage(self.max_id), 0, 0, 0, 0])
+                .restoring(pid, "closing staging descriptors")?;
         }
         Ok(())
     }
@@ -635,49 +647,6 @@ pub fn restore_cwd(r: &Remote, cwd: &str) -> Result<()> {
     Ok(())
 }
 
-/// Creates an epoll instance at its number and fills its interest list.
-fn restore_epoll(r: &Remote, f: &Fd) -> Result<()> {
-    let pid = r.pid;
-    let stage = "creating epoll instances";
-    let ep = r
-        .call("epoll_create1", libc::SYS_epoll_create1, [0, 0, 0, 0, 0, 0])
-        .restoring(pid, stage)?;
-    let cloexec = if f.cloexec { libc::O_CLOEXEC as u64 } else { 0 };
-    if ep != f.fd as u64 {
-        r.call("dup3", libc::SYS_dup3, [ep, f.fd as u64, cloexec, 0, 0, 0])
-            .restoring(pid, stage)?;
-        r.call("close", libc::SYS_close, [ep, 0, 0, 0, 0, 0])
-            .restoring(pid, stage)?;
-    } else if f.cloexec {
-        r.call(
-            "fcntl(F_SETFD)",
-            libc::SYS_fcntl,
-            [ep, libc::F_SETFD as u64, libc::FD_CLOEXEC as u64, 0, 0, 0],
-        )
-        .restoring(pid, stage)?;
-    }
-    for t in &f.epoll {
-        // struct epoll_event is packed on x86_64: u32 events, u64 data.
-        let mut ev = Vec::with_capacity(12);
-        ev.extend_from_slice(&t.events.to_le_bytes());
-        ev.extend_from_slice(&t.data.to_le_bytes());
-        let a = r.put(0, &ev).restoring(pid, stage)?;
-        r.call(
-            "epoll_ctl",
-            libc::SYS_epoll_ctl,
-            [
-                f.fd as u64,
-                libc::EPOLL_CTL_ADD as u64,
-                t.fd as u64,
-                a,
-                0,
-                0,
-            ],
-        )
-        .restoring(pid, "filling epoll interest lists")?;
-    }
-    Ok(())
-}
 
 fn write_all_fd(fd: &OwnedFd, data: &[u8]) -> godwit_sys::Result<()> {
     let mut off = 0;
