@@ -95,6 +95,7 @@ pub fn dump(
     let writer = ImageWriter::create(dir)?.sync(!opts.no_sync);
     let members = freeze_tree(pid)?;
     let frozen_at = Instant::now();
+    tracing::debug!(ms = t0.elapsed().as_secs_f64() * 1e3, "frozen");
     let mut procs: Vec<Process> = Vec::with_capacity(members.len());
     let mut remotes: Vec<Option<Remote>> = Vec::with_capacity(members.len());
     for m in &members {
@@ -124,6 +125,7 @@ pub fn dump(
             }
         }
     }
+    tracing::debug!(ms = t0.elapsed().as_secs_f64() * 1e3, "collected");
     files::link_descriptions(&mut procs)?;
     let shmem_data = memory::collect_shmem(&mut procs)?;
     let memory_bytes: u64 = procs.iter().map(|p| memory::planned_bytes(&p.vmas)).sum();
@@ -151,19 +153,18 @@ pub fn dump(
         frozen_time = Some(frozen_at.elapsed());
     }
 
+    tracing::debug!(ms = t0.elapsed().as_secs_f64() * 1e3, "planned");
     progress.stage("dumping memory", memory_bytes);
     let mut writer = writer;
     let mut page_files = Vec::new();
     for (i, p) in procs.iter_mut().enumerate().filter(|(_, p)| !p.zombie) {
-        let mut pages = writer.page_file()?;
         let snap = snapshots.get(i).and_then(|s| s.as_ref());
-        memory::write_pages(p.pid, &p.vmas, &mut pages, progress, snap)?;
-        for data in &shmem_data[i] {
-            pages.write_all(data)?;
+        let written = memory::write_pages(p.pid, &p.vmas, &mut writer, progress, snap, &shmem_data[i])?;
+        p.page_file = written.first().map(|w| w.0.name.clone()).unwrap_or_default();
+        for (info, span) in written {
+            p.page_spans.push(span);
+            page_files.push(info);
         }
-        let info = pages.finish()?;
-        p.page_file = info.name.clone();
-        page_files.push(info);
     }
     for s in snapshots.into_iter().flatten() {
         let saved = s.finish()?;
@@ -199,7 +200,9 @@ pub fn dump(
             pages_written: memory_bytes / godwit_sys::PAGE_SIZE,
         }),
     };
+    tracing::debug!(ms = t0.elapsed().as_secs_f64() * 1e3, "pages written");
     let commit = writer.commit(&ck, page_files)?;
+    tracing::debug!(ms = t0.elapsed().as_secs_f64() * 1e3, "committed");
     if let Some(members) = members.take() {
         if opts.leave_running {
             release_all(members)?;

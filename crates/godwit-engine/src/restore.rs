@@ -146,16 +146,20 @@ pub fn restore(
             shm.highest_fd()
         )));
     }
-    let pages = procs
-        .iter()
-        .map(|p| {
-            if p.zombie {
-                Ok(None)
-            } else {
-                reader.map_page_file(&p.page_file).map(Some)
+    // Every page file of every process, mapped.
+    let mut mapped = Vec::new();
+    for p in procs.iter().filter(|p| !p.zombie) {
+        if p.page_spans.is_empty() {
+            mapped.push((p.pid, 0, reader.map_page_file(&p.page_file)?));
+        }
+        for span in &p.page_spans {
+            let m = reader.map_page_file(&span.name)?;
+            if m.len() as u64 != span.len {
+                return Err(EngineError::BadImage(format!("{} holds {} bytes, not {}", span.name, m.len(), span.len)));
             }
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+            mapped.push((p.pid, span.start, m));
+        }
+    }
     let memory_bytes = procs.iter().map(|p| memory::planned_bytes(&p.vmas)).sum();
     // Checksums are verified while the processes are being rebuilt; the
     // result is awaited before any of them may run.
@@ -165,7 +169,18 @@ pub fn restore(
         s.spawn(move || {
             let _ = tx.send(reader.verify_pages());
         });
-        let pages: Vec<&[u8]> = pages.iter().map(|m| m.as_deref().unwrap_or(&[])).collect();
+        let pages: Vec<memory::Pages> = procs
+            .iter()
+            .map(|p| {
+                memory::Pages::new(
+                    mapped
+                        .iter()
+                        .filter(|(pid, _, _)| *pid == p.pid)
+                        .map(|(_, start, m)| (*start, &m[..]))
+                        .collect(),
+                )
+            })
+            .collect();
         resurrect(procs, &plan, &shm, &pages, progress, || match rx.recv() {
             Ok(r) => r.map_err(EngineError::from),
             Err(_) => Err(EngineError::BadImage(
@@ -188,7 +203,7 @@ fn resurrect(
     procs: &[Process],
     plan: &files::FdPlan,
     shm: &memory::ShmPlan,
-    pages: &[&[u8]],
+    pages: &[memory::Pages],
     progress: &dyn Progress,
     verified: impl FnOnce() -> Result<()>,
 ) -> Result<i32> {
@@ -249,7 +264,7 @@ fn resurrect(
     );
     for (i, p) in procs.iter().enumerate() {
         if let Some(r) = &remotes[i] {
-            build(r, p, pages[i], plan, shm, progress)?;
+            build(r, p, &pages[i], plan, shm, progress)?;
         }
     }
     // Phase 3: process groups, leaders first.
@@ -432,7 +447,7 @@ fn make_zombie(r: &Remote, status: i32) -> Result<()> {
 fn build(
     r: &Remote,
     p: &Process,
-    pages: &[u8],
+    pages: &memory::Pages,
     plan: &files::FdPlan,
     shm: &memory::ShmPlan,
     progress: &dyn Progress,

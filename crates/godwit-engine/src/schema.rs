@@ -99,6 +99,21 @@ pub struct Process {
     /// order) to map; stored after its page runs in its page file.
     #[prost(message, repeated, tag = "23")]
     pub shmem: Vec<ShmemObject>,
+    /// The page files holding this process's pages, in order: each holds the
+    /// bytes [start, start + len) of the process's page offsets. Empty in
+    /// older images: then `page_file` holds them all.
+    #[prost(message, repeated, tag = "24")]
+    pub page_spans: Vec<PageSpan>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct PageSpan {
+    #[prost(string, tag = "1")]
+    pub name: String,
+    #[prost(uint64, tag = "2")]
+    pub start: u64,
+    #[prost(uint64, tag = "3")]
+    pub len: u64,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]

@@ -18,7 +18,7 @@ use godwit_sys::mem::{self, ProcMem, Range};
 use godwit_sys::uffd::{self, Event, Uffd};
 use godwit_sys::{process, PAGE_SIZE};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
@@ -27,8 +27,8 @@ struct Shared {
     pid: i32,
     /// Original contents of pages written after the snapshot, by address.
     saved: Mutex<HashMap<u64, Box<[u8]>>>,
-    /// Everything below this address has been copied already.
-    copied_upto: AtomicU64,
+    /// Ranges copied already (start → end); copiers work in parallel.
+    copied: Mutex<std::collections::BTreeMap<u64, u64>>,
     /// Write-protected ranges (sorted).
     protected: Vec<Range>,
     /// Set when memory not copied yet went away.
@@ -141,7 +141,7 @@ impl Snapshot {
             uffd,
             pid,
             saved: Mutex::new(HashMap::new()),
-            copied_upto: AtomicU64::new(0),
+            copied: Mutex::new(std::collections::BTreeMap::new()),
             protected,
             lost: Mutex::new(None),
             stop: AtomicBool::new(false),
@@ -189,8 +189,9 @@ impl Snapshot {
             off += r.len as usize;
         }
         drop(saved);
-        if let Some(last) = ranges.last() {
-            shared.copied_upto.store(last.addr + last.len, Ordering::SeqCst);
+        let mut copied = shared.copied.lock().expect("lock");
+        for r in ranges {
+            copied.insert(r.addr, r.addr + r.len);
         }
     }
 
@@ -245,6 +246,20 @@ fn precopy<'a>(pid: i32, vmas: impl Iterator<Item = &'a Vma>) -> Result<HashMap<
     Ok(out)
 }
 
+impl Shared {
+    /// Whether every byte of [start, end) has been copied.
+    fn covered(&self, mut start: u64, end: u64) -> bool {
+        let copied = self.copied.lock().expect("lock");
+        while start < end {
+            match copied.range(..=start).next_back() {
+                Some((_, &e)) if e > start => start = e,
+                _ => return false,
+            }
+        }
+        true
+    }
+}
+
 /// The handler thread: save originals of written pages, let writers go on.
 fn serve(s: &Shared) {
     let mut page = vec![0u8; PAGE_SIZE as usize];
@@ -261,7 +276,7 @@ fn serve(s: &Shared) {
                 Event::WriteProtectFault { addr } => {
                     let addr = addr & !(PAGE_SIZE - 1);
                     let fresh = !s.saved.lock().expect("lock").contains_key(&addr);
-                    if fresh && addr >= s.copied_upto.load(Ordering::SeqCst) {
+                    if fresh && !s.covered(addr, addr + PAGE_SIZE) {
                         match mem::read_ranges(
                             s.pid,
                             &mut page,
@@ -287,11 +302,10 @@ fn serve(s: &Shared) {
                     }
                 }
                 Event::RangeGone { start, end } => {
-                    let upto = s.copied_upto.load(Ordering::SeqCst);
-                    let hit = s
-                        .protected
-                        .iter()
-                        .any(|r| r.addr < end && start < r.addr + r.len && end > upto);
+                    let hit = s.protected.iter().any(|r| {
+                        let (a, b) = (r.addr.max(start), (r.addr + r.len).min(end));
+                        a < b && !s.covered(a, b)
+                    });
                     if hit {
                         *s.lost.lock().expect("lock") = Some(format!(
                             "the process released or moved memory {start:#x}-{end:#x}"

@@ -8,7 +8,7 @@
 
 use crate::error::{DumpCtx, EngineError, RestoreCtx, Result};
 use crate::remote::Remote;
-use crate::schema::{PageRun, Vma, VmaKind};
+use crate::schema::{PageRun, PageSpan, Vma, VmaKind};
 use crate::snapshot::Snapshot;
 use crate::Progress;
 use godwit_image::PageFileWriter;
@@ -19,7 +19,7 @@ use std::collections::HashMap;
 use std::os::unix::fs::{FileExt, MetadataExt};
 
 /// Bytes read from the process per batch while dumping.
-const BATCH: usize = 8 << 20;
+const BATCH: usize = 4 << 20;
 
 fn kind_of(pid: i32, e: &MapEntry) -> Result<VmaKind> {
     let name = e.name.as_str();
@@ -277,7 +277,7 @@ impl ShmPlan {
 
     /// Creates, in process `idx`, the shmem objects it is the creator of,
     /// and fills them from the page files (`pages`, one per process).
-    pub fn create(&self, r: &Remote, idx: usize, pages: &[&[u8]]) -> Result<()> {
+    pub fn create(&self, r: &Remote, idx: usize, pages: &[Pages]) -> Result<()> {
         let pid = r.pid;
         let stage = "creating shared memory";
         for (id, (k, creator, size)) in &self.objects {
@@ -297,10 +297,10 @@ impl ShmPlan {
                 let pidfd = godwit_sys::process::pidfd_open(pid).restoring(pid, stage)?;
                 let ours = godwit_sys::process::pidfd_getfd(&pidfd, (self.base + k) as i32).restoring(pid, stage)?;
                 let file = std::fs::File::from(ours);
-                let src = pages.get(*src).copied().unwrap_or_default();
+                let src = pages.get(*src);
                 for run in runs {
                     let len = (run.nr_pages * PAGE_SIZE).min(size.saturating_sub(run.addr));
-                    let bytes = src.get(run.offset as usize..(run.offset + len) as usize).ok_or_else(|| {
+                    let bytes = src.and_then(|p| p.get(run.offset, len)).ok_or_else(|| {
                         EngineError::BadImage(format!("shared memory data at {} is outside the page file", run.offset))
                     })?;
                     file.write_all_at(bytes, run.addr).map_err(|e| EngineError::Restore {
@@ -332,92 +332,116 @@ pub fn planned_bytes(vmas: &[Vma]) -> u64 {
         .sum()
 }
 
-/// Copies the planned pages from the (frozen) process into the page file.
+/// Page files written per process: each is written by its own thread, which
+/// reads a batch from the process and writes it (two such threads keep both
+/// cores busy; tmpfs writes do not scale past that here).
+const WRITERS: u64 = 2;
+
+/// A piece of a page run, in page-file order.
+#[derive(Clone, Copy)]
+struct Piece {
+    addr: u64,
+    len: u64,
+    readable: bool,
+    /// Start of the run this piece belongs to (for precopied lookup).
+    run: u64,
+    /// Offset of the piece within its run.
+    in_run: u64,
+}
+
+/// Copies the planned pages (and `extra` bytes after them) into page files.
 /// With a `snapshot`, pages come from it where it holds them (see
-/// crate::snapshot); the process may be running. A reader thread copies
-/// batches out of the process while this thread writes the previous ones.
+/// crate::snapshot); the process may be running. Returns the files written,
+/// each with the span of page offsets it holds.
 pub fn write_pages(
     pid: i32,
     vmas: &[Vma],
+    writer: &mut godwit_image::ImageWriter,
+    progress: &dyn Progress,
+    snapshot: Option<&Snapshot>,
+    extra: &[Vec<u8>],
+) -> Result<Vec<(godwit_image::PageFileInfo, PageSpan)>> {
+    let mut pieces: Vec<Piece> = Vec::new();
+    for v in vmas {
+        let readable = v.prot & libc::PROT_READ as u32 != 0;
+        for run in &v.pages {
+            pieces.push(Piece { addr: run.addr, len: run.nr_pages * PAGE_SIZE, readable, run: run.addr, in_run: 0 });
+        }
+    }
+    // Split the byte stream in WRITERS parts at page boundaries.
+    let total: u64 = pieces.iter().map(|p| p.len).sum();
+    let per = (total / WRITERS).div_ceil(PAGE_SIZE) * PAGE_SIZE;
+    let mut parts: Vec<Vec<Piece>> = vec![Vec::new()];
+    let mut filled = 0u64;
+    for mut p in pieces {
+        while parts.len() < WRITERS as usize && filled + p.len > per && per > 0 {
+            let head = per - filled;
+            if head > 0 {
+                parts.last_mut().expect("one part").push(Piece { len: head, ..p });
+                p = Piece { addr: p.addr + head, len: p.len - head, in_run: p.in_run + head, ..p };
+            }
+            parts.push(Vec::new());
+            filled = 0;
+        }
+        filled += p.len;
+        parts.last_mut().expect("one part").push(p);
+    }
+    let mut files = Vec::with_capacity(parts.len());
+    for _ in &parts {
+        files.push(writer.page_file()?);
+    }
+    let last = parts.len() - 1;
+    let results: Vec<Result<(godwit_image::PageFileInfo, u64)>> = std::thread::scope(|s| {
+        let handles: Vec<_> = parts
+            .iter()
+            .zip(files)
+            .enumerate()
+            .map(|(k, (part, mut out))| {
+                let extra = if k == last { extra } else { &[][..] };
+                s.spawn(move || -> Result<(godwit_image::PageFileInfo, u64)> {
+                    copy_part(pid, part, &mut out, progress, snapshot)?;
+                    for data in extra {
+                        out.write_all(data)?;
+                    }
+                    let len = out.position();
+                    Ok((out.finish()?, len))
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| Err(EngineError::BadImage("a page writer panicked".into()))))
+            .collect()
+    });
+    let mut out = Vec::with_capacity(results.len());
+    let mut start = 0;
+    for r in results {
+        let (info, len) = r?;
+        out.push((info.clone(), PageSpan { name: info.name, start, len }));
+        start += len;
+    }
+    Ok(out)
+}
+
+/// One writer: read batches of `pieces` from the process, write them.
+fn copy_part(
+    pid: i32,
+    pieces: &[Piece],
     out: &mut PageFileWriter,
     progress: &dyn Progress,
     snapshot: Option<&Snapshot>,
 ) -> Result<()> {
-    let (full_tx, full_rx) = std::sync::mpsc::sync_channel::<Result<(Vec<u8>, usize)>>(2);
-    let (empty_tx, empty_rx) = std::sync::mpsc::channel::<Vec<u8>>();
-    for _ in 0..3 {
-        let _ = empty_tx.send(Vec::new());
-    }
-    std::thread::scope(|s| {
-        s.spawn(move || {
-            let mut reader = Reader {
-                pid,
-                snapshot,
-                empty: empty_rx,
-                full: full_tx,
-                buf: Vec::new(),
-                ranges: Vec::new(),
-                filled: 0,
-            };
-            if let Err(e) = reader.run(vmas) {
-                let _ = reader.full.send(Err(e));
-            }
-        });
-        // Dropping these on an early return makes the reader stop too.
-        let (empty_tx, full_rx) = (empty_tx, full_rx);
-        for msg in full_rx.iter() {
-            let (buf, n) = msg?;
-            out.write_all(&buf[..n])?;
-            progress.advance(n as u64);
-            let _ = empty_tx.send(buf);
+    // calloc'd: the kernel's zero pages, no memset to pay for.
+    let mut buf = vec![0u8; BATCH];
+    let mut ranges: Vec<Range> = Vec::new();
+    let mut filled = 0usize;
+    let mut procmem: Option<ProcMem> = None;
+    let flush = |ranges: &mut Vec<Range>, filled: &mut usize, buf: &mut [u8], out: &mut PageFileWriter| -> Result<()> {
+        if ranges.is_empty() {
+            return Ok(());
         }
-        Ok(())
-    })
-}
-
-/// The producing half of [`write_pages`].
-struct Reader<'a> {
-    pid: i32,
-    snapshot: Option<&'a Snapshot>,
-    empty: std::sync::mpsc::Receiver<Vec<u8>>,
-    full: std::sync::mpsc::SyncSender<Result<(Vec<u8>, usize)>>,
-    buf: Vec<u8>,
-    ranges: Vec<Range>,
-    filled: usize,
-}
-
-/// The writer is gone (it failed and reported its own error).
-struct Stopped;
-
-impl Reader<'_> {
-    fn take_buffer(&mut self) -> std::result::Result<(), Stopped> {
-        self.buf = self.empty.recv().map_err(|_| Stopped)?;
-        if self.buf.len() < BATCH {
-            self.buf.resize(BATCH, 0);
-        }
-        Ok(())
-    }
-
-    fn send(&mut self, n: usize) -> std::result::Result<(), Stopped> {
-        let buf = std::mem::take(&mut self.buf);
-        self.full.send(Ok((buf, n))).map_err(|_| Stopped)?;
-        self.take_buffer()
-    }
-
-    fn run(&mut self, vmas: &[Vma]) -> Result<()> {
-        match self.copy_all(vmas) {
-            Ok(Ok(())) | Ok(Err(Stopped)) => Ok(()),
-            Err(e) => Err(e),
-        }
-    }
-
-    fn flush(&mut self) -> Result<std::result::Result<(), Stopped>> {
-        if self.ranges.is_empty() {
-            return Ok(Ok(()));
-        }
-        let (pid, want) = (self.pid, self.filled);
-        let n = mem::read_ranges(pid, &mut self.buf[..want], &self.ranges)
-            .dumping(pid, "reading memory")?;
+        let want = *filled;
+        let n = mem::read_ranges(pid, &mut buf[..want], ranges).dumping(pid, "reading memory")?;
         if n != want {
             return Err(EngineError::Sys {
                 pid,
@@ -428,70 +452,82 @@ impl Reader<'_> {
                 },
             });
         }
-        if let Some(s) = self.snapshot {
-            s.fix_up(&self.ranges, &mut self.buf[..want]);
+        if let Some(s) = snapshot {
+            s.fix_up(ranges, &mut buf[..want]);
         }
-        self.ranges.clear();
-        self.filled = 0;
-        Ok(self.send(want))
-    }
-
-    fn copy_all(&mut self, vmas: &[Vma]) -> Result<std::result::Result<(), Stopped>> {
-        let pid = self.pid;
-        if self.take_buffer().is_err() {
-            return Ok(Err(Stopped));
+        out.write_all(&buf[..want])?;
+        progress.advance(want as u64);
+        ranges.clear();
+        *filled = 0;
+        Ok(())
+    };
+    for p in pieces {
+        if let Some(data) = snapshot.and_then(|s| s.precopied(p.run)) {
+            flush(&mut ranges, &mut filled, &mut buf, out)?;
+            let bytes = &data[p.in_run as usize..(p.in_run + p.len) as usize];
+            out.write_all(bytes)?;
+            progress.advance(bytes.len() as u64);
+            continue;
         }
-        let mut procmem: Option<ProcMem> = None;
-        for v in vmas {
-            let readable = v.prot & libc::PROT_READ as u32 != 0;
-            for run in &v.pages {
-                if let Some(data) = self.snapshot.and_then(|s| s.precopied(run.addr)) {
-                    if let Err(s) = self.flush()? {
-                        return Ok(Err(s));
-                    }
-                    if self.full.send(Ok((data.to_vec(), data.len()))).is_err() {
-                        return Ok(Err(Stopped));
-                    }
-                    continue;
-                }
-                let mut addr = run.addr;
-                let mut left = run.nr_pages * PAGE_SIZE;
-                while left > 0 {
-                    if !readable {
-                        // process_vm_readv honours protections; /proc/PID/mem does not.
-                        if let Err(s) = self.flush()? {
-                            return Ok(Err(s));
-                        }
-                        let pm = match &procmem {
-                            Some(p) => p,
-                            None => procmem
-                                .insert(ProcMem::open(pid, false).dumping(pid, "opening memory")?),
-                        };
-                        let len = left.min(BATCH as u64) as usize;
-                        pm.read_exact_at(addr, &mut self.buf[..len])
-                            .dumping(pid, "reading protected memory")?;
-                        if let Err(s) = self.send(len) {
-                            return Ok(Err(s));
-                        }
-                        addr += len as u64;
-                        left -= len as u64;
-                        continue;
-                    }
-                    let room = (BATCH - self.filled) as u64;
-                    let len = left.min(room);
-                    self.ranges.push(Range { addr, len });
-                    self.filled += len as usize;
-                    addr += len;
-                    left -= len;
-                    if self.filled == BATCH || self.ranges.len() >= 1024 {
-                        if let Err(s) = self.flush()? {
-                            return Ok(Err(s));
-                        }
-                    }
-                }
+        let (mut addr, mut left) = (p.addr, p.len);
+        while left > 0 {
+            if !p.readable {
+                // process_vm_readv honours protections; /proc/PID/mem does not.
+                flush(&mut ranges, &mut filled, &mut buf, out)?;
+                let pm = match &procmem {
+                    Some(m) => m,
+                    None => procmem.insert(ProcMem::open(pid, false).dumping(pid, "opening memory")?),
+                };
+                let len = left.min(BATCH as u64) as usize;
+                pm.read_exact_at(addr, &mut buf[..len]).dumping(pid, "reading protected memory")?;
+                out.write_all(&buf[..len])?;
+                progress.advance(len as u64);
+                addr += len as u64;
+                left -= len as u64;
+                continue;
+            }
+            let len = left.min((BATCH - filled) as u64);
+            ranges.push(Range { addr, len });
+            filled += len as usize;
+            addr += len;
+            left -= len;
+            if filled == BATCH || ranges.len() >= 1024 {
+                flush(&mut ranges, &mut filled, &mut buf, out)?;
             }
         }
-        self.flush()
+    }
+    flush(&mut ranges, &mut filled, &mut buf, out)
+}
+
+/// The page files of one process, mapped, by their place in its page offsets.
+pub struct Pages<'a> {
+    parts: Vec<(u64, &'a [u8])>,
+}
+
+impl<'a> Pages<'a> {
+    /// `parts`: (start offset, bytes), in order.
+    pub fn new(parts: Vec<(u64, &'a [u8])>) -> Self {
+        Pages { parts }
+    }
+
+    /// Bytes [off, off + len), which must lie in one page file.
+    pub fn get(&self, off: u64, len: u64) -> Option<&'a [u8]> {
+        let (start, bytes) = self.parts.iter().rev().find(|(s, _)| *s <= off)?;
+        bytes.get((off - start) as usize..(off - start + len) as usize)
+    }
+
+    /// Where the page file holding `off` starts and ends (a batch may not
+    /// cross either).
+    fn part_bounds(&self, off: u64) -> (u64, u64) {
+        self.parts
+            .iter()
+            .rev()
+            .find(|(s, _)| *s <= off)
+            .map_or((0, 0), |(s, b)| (*s, s + b.len() as u64))
+    }
+
+    fn total(&self) -> u64 {
+        self.parts.last().map_or(0, |(s, b)| s + b.len() as u64)
     }
 }
 
@@ -538,7 +574,7 @@ pub fn is_special(v: &Vma) -> bool {
 pub fn restore(
     r: &Remote,
     vmas: &[Vma],
-    pages: &[u8],
+    pages: &Pages,
     progress: &dyn Progress,
     shmem_fd: &dyn Fn(u64) -> Option<u64>,
 ) -> Result<()> {
@@ -665,7 +701,7 @@ const FILL_BATCH: u64 = 8 << 20;
 /// Threads filling memory: first-touch page faults scale with cores.
 const FILL_THREADS: usize = 2;
 
-/// One process_vm_writev call: page-file bytes [start, end) to `ranges`.
+/// One process_vm_writev call: page bytes [start, end) to `ranges`.
 struct Batch {
     start: u64,
     end: u64,
@@ -673,8 +709,9 @@ struct Batch {
 }
 
 /// Cuts the page runs (stored back to back in address order) into batches
-/// of contiguous page-file bytes.
-fn batches(vmas: &[Vma], file_len: u64) -> Result<Vec<Batch>> {
+/// of contiguous bytes of one page file.
+fn batches(vmas: &[Vma], pages: &Pages) -> Result<Vec<Batch>> {
+    let file_len = pages.total();
     let mut out: Vec<Batch> = Vec::new();
     let mut expect = None;
     for run in vmas.iter().flat_map(|v| &v.pages) {
@@ -694,25 +731,25 @@ fn batches(vmas: &[Vma], file_len: u64) -> Result<Vec<Batch>> {
         }
         let mut done = 0;
         while done < len {
+            let at = run.offset + done;
+            let (part_start, part_end) = pages.part_bounds(at);
             let room = match out.last() {
-                Some(b) if b.end - b.start < FILL_BATCH && b.ranges.len() < 1024 => {
-                    FILL_BATCH - (b.end - b.start)
+                Some(b)
+                    if b.end == at
+                        && b.start >= part_start
+                        && b.end - b.start < FILL_BATCH
+                        && b.ranges.len() < 1024 =>
+                {
+                    (FILL_BATCH - (b.end - b.start)).min(part_end - at)
                 }
                 _ => {
-                    out.push(Batch {
-                        start: run.offset + done,
-                        end: run.offset + done,
-                        ranges: Vec::new(),
-                    });
-                    FILL_BATCH
+                    out.push(Batch { start: at, end: at, ranges: Vec::new() });
+                    FILL_BATCH.min(part_end - at)
                 }
             };
             let piece = (len - done).min(room);
             let b = out.last_mut().expect("pushed above");
-            b.ranges.push(Range {
-                addr: run.addr + done,
-                len: piece,
-            });
+            b.ranges.push(Range { addr: run.addr + done, len: piece });
             b.end += piece;
             done += piece;
         }
@@ -721,16 +758,16 @@ fn batches(vmas: &[Vma], file_len: u64) -> Result<Vec<Batch>> {
 }
 
 /// Writes the stored pages into the restored process's memory.
-fn fill(pid: i32, vmas: &[Vma], pages: &[u8], progress: &dyn Progress) -> Result<()> {
-    let batches = batches(vmas, pages.len() as u64)?;
+fn fill(pid: i32, vmas: &[Vma], pages: &Pages, progress: &dyn Progress) -> Result<()> {
+    let batches = batches(vmas, pages)?;
     let next = std::sync::atomic::AtomicUsize::new(0);
     let work = || -> Result<()> {
         loop {
             let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let Some(b) = batches.get(i) else {
-                return Ok(());
-            };
-            let local = &pages[b.start as usize..b.end as usize];
+            let Some(b) = batches.get(i) else { return Ok(()) };
+            let local = pages
+                .get(b.start, b.end - b.start)
+                .ok_or_else(|| EngineError::BadImage(format!("page bytes {}..{} are missing", b.start, b.end)))?;
             let n = mem::write_ranges(pid, local, &b.ranges).restoring(pid, "writing memory")?;
             if n != local.len() {
                 return Err(EngineError::BadImage(format!(
@@ -745,9 +782,7 @@ fn fill(pid: i32, vmas: &[Vma], pages: &[u8], progress: &dyn Progress) -> Result
         let helpers: Vec<_> = (1..FILL_THREADS).map(|_| s.spawn(work)).collect();
         let mut result = work();
         for h in helpers {
-            let r = h
-                .join()
-                .unwrap_or_else(|_| Err(EngineError::BadImage("a fill thread panicked".into())));
+            let r = h.join().unwrap_or_else(|_| Err(EngineError::BadImage("a fill thread panicked".into())));
             if result.is_ok() {
                 result = r;
             }
@@ -788,7 +823,8 @@ mod tests {
             vma(vec![run(0x10000, 3, 0)]),
             vma(vec![run(0x100000, 5000, 3 * 4096)]),
         ];
-        let b = batches(&vmas, 5003 * 4096).unwrap();
+        let file = vec![0u8; 5003 * 4096];
+        let b = batches(&vmas, &Pages::new(vec![(0, &file[..])])).unwrap();
         assert_eq!(b.len(), 3);
         assert_eq!(b[0].start, 0);
         assert_eq!(b[0].end - b[0].start, FILL_BATCH);
@@ -805,9 +841,14 @@ mod tests {
         for w in b.windows(2) {
             assert_eq!(w[0].end, w[1].start);
         }
-        assert!(batches(&vmas, 100).is_err(), "short page file");
+        assert!(batches(&vmas, &Pages::new(vec![(0, &file[..100])])).is_err(), "short page file");
         let gap = vec![vma(vec![run(0x10000, 1, 0), run(0x20000, 1, 8192)])];
-        assert!(batches(&gap, 1 << 20).is_err(), "runs not back to back");
+        assert!(batches(&gap, &Pages::new(vec![(0, &file[..])])).is_err(), "runs not back to back");
+        // Two page files: no batch crosses from one to the other.
+        let two = Pages::new(vec![(0, &file[..8192]), (8192, &file[8192..])]);
+        let b = batches(&vmas, &two).unwrap();
+        assert_eq!((b[0].start, b[0].end), (0, 8192));
+        assert_eq!(b[1].start, 8192);
     }
 
     #[test]
