@@ -220,6 +220,11 @@ impl Proc {
                 || reaped(pid),
             );
         }
+        // Processes the tree forked after it was listed (and the dump ended)
+        // were re-parented to us: reap every dead child.
+        // SAFETY: non-blocking waitpid; reaping another test's dead process
+        // is harmless (they wait for PIDs to be gone, not for our status).
+        while unsafe { libc::waitpid(-1, std::ptr::null_mut(), libc::WNOHANG) } > 0 {}
         let pid = self.pid;
         wait_for(
             "the original PID to be free",
