@@ -159,8 +159,12 @@ pub fn dump(
     let mut page_files = Vec::new();
     for (i, p) in procs.iter_mut().enumerate().filter(|(_, p)| !p.zombie) {
         let snap = snapshots.get(i).and_then(|s| s.as_ref());
-        let written = memory::write_pages(p.pid, &p.vmas, &mut writer, progress, snap, &shmem_data[i])?;
-        p.page_file = written.first().map(|w| w.0.name.clone()).unwrap_or_default();
+        let written =
+            memory::write_pages(p.pid, &p.vmas, &mut writer, progress, snap, &shmem_data[i])?;
+        p.page_file = written
+            .first()
+            .map(|w| w.0.name.clone())
+            .unwrap_or_default();
         for (info, span) in written {
             p.page_spans.push(span);
             page_files.push(info);

@@ -135,10 +135,12 @@ pub fn restore(
     }
     let plan = files::FdPlan::new(procs)?;
     let parents = files::parents(procs);
-    let shm = memory::ShmPlan::new(procs, plan.highest_fd() + 1, |set| files::lca(&parents, set));
-    let (_, hard) = process::get_rlimit(0, libc::RLIMIT_NOFILE as u32)
-        .restoring(root.pid, "checking limits")?;
-    process::set_rlimit(0, libc::RLIMIT_NOFILE as u32, hard, hard)
+    let shm = memory::ShmPlan::new(procs, plan.highest_fd() + 1, |set| {
+        files::lca(&parents, set)
+    });
+    let (_, hard) =
+        process::get_rlimit(0, libc::RLIMIT_NOFILE).restoring(root.pid, "checking limits")?;
+    process::set_rlimit(0, libc::RLIMIT_NOFILE, hard, hard)
         .restoring(root.pid, "raising the fd limit")?;
     if shm.highest_fd() >= hard {
         return Err(EngineError::BadImage(format!(
@@ -155,7 +157,12 @@ pub fn restore(
         for span in &p.page_spans {
             let m = reader.map_page_file(&span.name)?;
             if m.len() as u64 != span.len {
-                return Err(EngineError::BadImage(format!("{} holds {} bytes, not {}", span.name, m.len(), span.len)));
+                return Err(EngineError::BadImage(format!(
+                    "{} holds {} bytes, not {}",
+                    span.name,
+                    m.len(),
+                    span.len
+                )));
             }
             mapped.push((p.pid, span.start, m));
         }

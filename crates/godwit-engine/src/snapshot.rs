@@ -198,7 +198,9 @@ impl Snapshot {
     /// Stops tracking writes; fails if memory not yet copied went away.
     pub fn finish(mut self) -> Result<usize> {
         self.shutdown();
-        let Some(shared) = &self.shared else { return Ok(0) };
+        let Some(shared) = &self.shared else {
+            return Ok(0);
+        };
         let saved = shared.saved.lock().expect("lock").len();
         if let Some(what) = shared.lost.lock().expect("lock").take() {
             return Err(EngineError::Unsupported {
@@ -239,7 +241,8 @@ fn precopy<'a>(pid: i32, vmas: impl Iterator<Item = &'a Vma>) -> Result<HashMap<
         };
         for run in &v.pages {
             let mut buf = vec![0u8; (run.nr_pages * PAGE_SIZE) as usize];
-            pm.read_exact_at(run.addr, &mut buf).dumping(pid, "reading memory")?;
+            pm.read_exact_at(run.addr, &mut buf)
+                .dumping(pid, "reading memory")?;
             out.insert(run.addr, buf);
         }
     }

@@ -343,7 +343,11 @@ pub fn children(pid: i32) -> Result<Vec<i32>> {
 
 /// lseek(SEEK_DATA) (`data`) or lseek(SEEK_HOLE) from `pos`; None past the end.
 pub fn seek_data(f: &std::fs::File, pos: u64, data: bool) -> Option<u64> {
-    let whence = if data { libc::SEEK_DATA } else { libc::SEEK_HOLE };
+    let whence = if data {
+        libc::SEEK_DATA
+    } else {
+        libc::SEEK_HOLE
+    };
     // SAFETY: plain integer lseek on a file we hold.
     let r = unsafe { libc::lseek(f.as_raw_fd(), pos as libc::off_t, whence) };
     (r >= 0).then_some(r as u64)

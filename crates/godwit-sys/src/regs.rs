@@ -150,10 +150,12 @@ mod tests {
 
     #[test]
     fn words_round_trip() {
-        let mut r = GpRegs::default();
-        r.rip = 0x1234;
-        r.gs = 7;
-        r.r15 = 1;
+        let r = GpRegs {
+            rip: 0x1234,
+            gs: 7,
+            r15: 1,
+            ..Default::default()
+        };
         assert_eq!(GpRegs::from_words(&r.to_words()), Some(r));
         assert_eq!(GpRegs::from_words(&[0; 3]), None);
     }

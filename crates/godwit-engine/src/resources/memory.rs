@@ -115,9 +115,10 @@ pub fn plan(pid: i32, maps: &[MapEntry]) -> Result<Vec<Vma>> {
         if kind == VmaKind::AnonShared {
             // Unique per object: device and inode.
             vma.shmem_id = ((e.dev_major as u64) << 52) ^ ((e.dev_minor as u64) << 32) ^ e.inode;
-            let size = std::fs::metadata(format!("/proc/{pid}/map_files/{:x}-{:x}", e.start, e.end))
-                .map(|m| m.size())
-                .unwrap_or(0);
+            let size =
+                std::fs::metadata(format!("/proc/{pid}/map_files/{:x}-{:x}", e.start, e.end))
+                    .map(|m| m.size())
+                    .unwrap_or(0);
             vma.shmem_size = size.max(e.offset + e.len());
         }
         if matches!(kind, VmaKind::FilePrivate | VmaKind::FileShared) {
@@ -190,10 +191,17 @@ pub fn collect_shmem(procs: &mut [crate::schema::Process]) -> Result<Vec<Vec<Vec
             let path = format!("/proc/{pid}/map_files/{:x}-{:x}", v.start, v.end);
             let f = std::fs::File::open(&path).map_err(|e| EngineError::Unsupported {
                 pid,
-                what: format!("shared memory {:#x}-{:#x} whose contents cannot be read ({e})", v.start, v.end),
+                what: format!(
+                    "shared memory {:#x}-{:#x} whose contents cannot be read ({e})",
+                    v.start, v.end
+                ),
             })?;
             let size = f.metadata().map(|m| m.size()).unwrap_or(v.shmem_size);
-            let mut obj = crate::schema::ShmemObject { id: v.shmem_id, size, data: Vec::new() };
+            let mut obj = crate::schema::ShmemObject {
+                id: v.shmem_id,
+                size,
+                data: Vec::new(),
+            };
             let mut pos = 0u64;
             while pos < size {
                 // Data extents; a hole-unaware file gives one extent.
@@ -204,12 +212,20 @@ pub fn collect_shmem(procs: &mut [crate::schema::Process]) -> Result<Vec<Vec<Vec
                 let end = lseek_hole(&f, start).unwrap_or(size).min(size);
                 let len = end - start;
                 let mut buf = vec![0u8; len as usize];
-                f.read_exact_at(&mut buf, start).map_err(|e| EngineError::Sys {
-                    pid,
-                    stage: "reading shared memory",
-                    source: godwit_sys::SysError::Proc { path: path.clone(), detail: e.to_string() },
-                })?;
-                obj.data.push(PageRun { addr: start, nr_pages: len.div_ceil(PAGE_SIZE), offset });
+                f.read_exact_at(&mut buf, start)
+                    .map_err(|e| EngineError::Sys {
+                        pid,
+                        stage: "reading shared memory",
+                        source: godwit_sys::SysError::Proc {
+                            path: path.clone(),
+                            detail: e.to_string(),
+                        },
+                    })?;
+                obj.data.push(PageRun {
+                    addr: start,
+                    nr_pages: len.div_ceil(PAGE_SIZE),
+                    offset,
+                });
                 buf.resize((len.div_ceil(PAGE_SIZE) * PAGE_SIZE) as usize, 0);
                 offset += buf.len() as u64;
                 datas.push(buf);
@@ -243,7 +259,11 @@ pub struct ShmPlan {
 
 impl ShmPlan {
     /// `base`: the first free fd number above the file-descriptor plan.
-    pub fn new(procs: &[crate::schema::Process], base: u64, lca: impl Fn(&[usize]) -> usize) -> ShmPlan {
+    pub fn new(
+        procs: &[crate::schema::Process],
+        base: u64,
+        lca: impl Fn(&[usize]) -> usize,
+    ) -> ShmPlan {
         let mut holders: std::collections::BTreeMap<u64, (Vec<usize>, u64)> = Default::default();
         for (i, p) in procs.iter().enumerate() {
             for v in p.vmas.iter().filter(|v| v.shmem_id != 0) {
@@ -257,13 +277,30 @@ impl ShmPlan {
             .enumerate()
             .flat_map(|(i, p)| p.shmem.iter().map(move |o| (o.id, (i, o.data.clone()))))
             .collect();
-        let sizes: HashMap<u64, u64> = procs.iter().flat_map(|p| &p.shmem).map(|o| (o.id, o.size)).collect();
+        let sizes: HashMap<u64, u64> = procs
+            .iter()
+            .flat_map(|p| &p.shmem)
+            .map(|o| (o.id, o.size))
+            .collect();
         let objects = holders
             .into_iter()
             .enumerate()
-            .map(|(k, (id, (h, size)))| (id, (k as u64, lca(&h), size.max(sizes.get(&id).copied().unwrap_or(0)))))
+            .map(|(k, (id, (h, size)))| {
+                (
+                    id,
+                    (
+                        k as u64,
+                        lca(&h),
+                        size.max(sizes.get(&id).copied().unwrap_or(0)),
+                    ),
+                )
+            })
             .collect();
-        ShmPlan { base, objects, data }
+        ShmPlan {
+            base,
+            objects,
+            data,
+        }
     }
 
     pub fn highest_fd(&self) -> u64 {
@@ -286,28 +323,41 @@ impl ShmPlan {
             }
             let name = r.put_cstr(0, "godwit-shm").restoring(pid, stage)?;
             let fd = r
-                .call("memfd_create", libc::SYS_memfd_create, [name, libc::MFD_CLOEXEC as u64, 0, 0, 0, 0])
+                .call(
+                    "memfd_create",
+                    libc::SYS_memfd_create,
+                    [name, libc::MFD_CLOEXEC as u64, 0, 0, 0, 0],
+                )
                 .restoring(pid, stage)?;
             r.call("ftruncate", libc::SYS_ftruncate, [fd, *size, 0, 0, 0, 0])
                 .restoring(pid, stage)?;
             r.call("dup3", libc::SYS_dup3, [fd, self.base + k, 0, 0, 0, 0])
                 .restoring(pid, stage)?;
-            r.call("close", libc::SYS_close, [fd, 0, 0, 0, 0, 0]).restoring(pid, stage)?;
+            r.call("close", libc::SYS_close, [fd, 0, 0, 0, 0, 0])
+                .restoring(pid, stage)?;
             if let Some((src, runs)) = self.data.get(id) {
                 let pidfd = godwit_sys::process::pidfd_open(pid).restoring(pid, stage)?;
-                let ours = godwit_sys::process::pidfd_getfd(&pidfd, (self.base + k) as i32).restoring(pid, stage)?;
+                let ours = godwit_sys::process::pidfd_getfd(&pidfd, (self.base + k) as i32)
+                    .restoring(pid, stage)?;
                 let file = std::fs::File::from(ours);
                 let src = pages.get(*src);
                 for run in runs {
                     let len = (run.nr_pages * PAGE_SIZE).min(size.saturating_sub(run.addr));
                     let bytes = src.and_then(|p| p.get(run.offset, len)).ok_or_else(|| {
-                        EngineError::BadImage(format!("shared memory data at {} is outside the page file", run.offset))
+                        EngineError::BadImage(format!(
+                            "shared memory data at {} is outside the page file",
+                            run.offset
+                        ))
                     })?;
-                    file.write_all_at(bytes, run.addr).map_err(|e| EngineError::Restore {
-                        pid,
-                        stage,
-                        source: godwit_sys::SysError::Proc { path: "memfd".into(), detail: e.to_string() },
-                    })?;
+                    file.write_all_at(bytes, run.addr)
+                        .map_err(|e| EngineError::Restore {
+                            pid,
+                            stage,
+                            source: godwit_sys::SysError::Proc {
+                                path: "memfd".into(),
+                                detail: e.to_string(),
+                            },
+                        })?;
                 }
             }
         }
@@ -317,8 +367,12 @@ impl ShmPlan {
     /// Closes the staging descriptors (after the memory is mapped).
     pub fn close(&self, r: &Remote) -> Result<()> {
         if !self.objects.is_empty() {
-            r.call("close_range", libc::SYS_close_range, [self.base, self.highest_fd(), 0, 0, 0, 0])
-                .restoring(r.pid, "closing shared memory descriptors")?;
+            r.call(
+                "close_range",
+                libc::SYS_close_range,
+                [self.base, self.highest_fd(), 0, 0, 0, 0],
+            )
+            .restoring(r.pid, "closing shared memory descriptors")?;
         }
         Ok(())
     }
@@ -365,7 +419,13 @@ pub fn write_pages(
     for v in vmas {
         let readable = v.prot & libc::PROT_READ as u32 != 0;
         for run in &v.pages {
-            pieces.push(Piece { addr: run.addr, len: run.nr_pages * PAGE_SIZE, readable, run: run.addr, in_run: 0 });
+            pieces.push(Piece {
+                addr: run.addr,
+                len: run.nr_pages * PAGE_SIZE,
+                readable,
+                run: run.addr,
+                in_run: 0,
+            });
         }
     }
     // Split the byte stream in WRITERS parts at page boundaries.
@@ -377,8 +437,16 @@ pub fn write_pages(
         while parts.len() < WRITERS as usize && filled + p.len > per && per > 0 {
             let head = per - filled;
             if head > 0 {
-                parts.last_mut().expect("one part").push(Piece { len: head, ..p });
-                p = Piece { addr: p.addr + head, len: p.len - head, in_run: p.in_run + head, ..p };
+                parts
+                    .last_mut()
+                    .expect("one part")
+                    .push(Piece { len: head, ..p });
+                p = Piece {
+                    addr: p.addr + head,
+                    len: p.len - head,
+                    in_run: p.in_run + head,
+                    ..p
+                };
             }
             parts.push(Vec::new());
             filled = 0;
@@ -410,14 +478,24 @@ pub fn write_pages(
             .collect();
         handles
             .into_iter()
-            .map(|h| h.join().unwrap_or_else(|_| Err(EngineError::BadImage("a page writer panicked".into()))))
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(EngineError::BadImage("a page writer panicked".into())))
+            })
             .collect()
     });
     let mut out = Vec::with_capacity(results.len());
     let mut start = 0;
     for r in results {
         let (info, len) = r?;
-        out.push((info.clone(), PageSpan { name: info.name, start, len }));
+        out.push((
+            info.clone(),
+            PageSpan {
+                name: info.name,
+                start,
+                len,
+            },
+        ));
         start += len;
     }
     Ok(out)
@@ -436,7 +514,11 @@ fn copy_part(
     let mut ranges: Vec<Range> = Vec::new();
     let mut filled = 0usize;
     let mut procmem: Option<ProcMem> = None;
-    let flush = |ranges: &mut Vec<Range>, filled: &mut usize, buf: &mut [u8], out: &mut PageFileWriter| -> Result<()> {
+    let flush = |ranges: &mut Vec<Range>,
+                 filled: &mut usize,
+                 buf: &mut [u8],
+                 out: &mut PageFileWriter|
+     -> Result<()> {
         if ranges.is_empty() {
             return Ok(());
         }
@@ -476,10 +558,13 @@ fn copy_part(
                 flush(&mut ranges, &mut filled, &mut buf, out)?;
                 let pm = match &procmem {
                     Some(m) => m,
-                    None => procmem.insert(ProcMem::open(pid, false).dumping(pid, "opening memory")?),
+                    None => {
+                        procmem.insert(ProcMem::open(pid, false).dumping(pid, "opening memory")?)
+                    }
                 };
                 let len = left.min(BATCH as u64) as usize;
-                pm.read_exact_at(addr, &mut buf[..len]).dumping(pid, "reading protected memory")?;
+                pm.read_exact_at(addr, &mut buf[..len])
+                    .dumping(pid, "reading protected memory")?;
                 out.write_all(&buf[..len])?;
                 progress.advance(len as u64);
                 addr += len as u64;
@@ -743,13 +828,20 @@ fn batches(vmas: &[Vma], pages: &Pages) -> Result<Vec<Batch>> {
                     (FILL_BATCH - (b.end - b.start)).min(part_end - at)
                 }
                 _ => {
-                    out.push(Batch { start: at, end: at, ranges: Vec::new() });
+                    out.push(Batch {
+                        start: at,
+                        end: at,
+                        ranges: Vec::new(),
+                    });
                     FILL_BATCH.min(part_end - at)
                 }
             };
             let piece = (len - done).min(room);
             let b = out.last_mut().expect("pushed above");
-            b.ranges.push(Range { addr: run.addr + done, len: piece });
+            b.ranges.push(Range {
+                addr: run.addr + done,
+                len: piece,
+            });
             b.end += piece;
             done += piece;
         }
@@ -764,10 +856,12 @@ fn fill(pid: i32, vmas: &[Vma], pages: &Pages, progress: &dyn Progress) -> Resul
     let work = || -> Result<()> {
         loop {
             let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let Some(b) = batches.get(i) else { return Ok(()) };
-            let local = pages
-                .get(b.start, b.end - b.start)
-                .ok_or_else(|| EngineError::BadImage(format!("page bytes {}..{} are missing", b.start, b.end)))?;
+            let Some(b) = batches.get(i) else {
+                return Ok(());
+            };
+            let local = pages.get(b.start, b.end - b.start).ok_or_else(|| {
+                EngineError::BadImage(format!("page bytes {}..{} are missing", b.start, b.end))
+            })?;
             let n = mem::write_ranges(pid, local, &b.ranges).restoring(pid, "writing memory")?;
             if n != local.len() {
                 return Err(EngineError::BadImage(format!(
@@ -782,7 +876,9 @@ fn fill(pid: i32, vmas: &[Vma], pages: &Pages, progress: &dyn Progress) -> Resul
         let helpers: Vec<_> = (1..FILL_THREADS).map(|_| s.spawn(work)).collect();
         let mut result = work();
         for h in helpers {
-            let r = h.join().unwrap_or_else(|_| Err(EngineError::BadImage("a fill thread panicked".into())));
+            let r = h
+                .join()
+                .unwrap_or_else(|_| Err(EngineError::BadImage("a fill thread panicked".into())));
             if result.is_ok() {
                 result = r;
             }
@@ -841,9 +937,15 @@ mod tests {
         for w in b.windows(2) {
             assert_eq!(w[0].end, w[1].start);
         }
-        assert!(batches(&vmas, &Pages::new(vec![(0, &file[..100])])).is_err(), "short page file");
+        assert!(
+            batches(&vmas, &Pages::new(vec![(0, &file[..100])])).is_err(),
+            "short page file"
+        );
         let gap = vec![vma(vec![run(0x10000, 1, 0), run(0x20000, 1, 8192)])];
-        assert!(batches(&gap, &Pages::new(vec![(0, &file[..])])).is_err(), "runs not back to back");
+        assert!(
+            batches(&gap, &Pages::new(vec![(0, &file[..])])).is_err(),
+            "runs not back to back"
+        );
         // Two page files: no batch crosses from one to the other.
         let two = Pages::new(vec![(0, &file[..8192]), (8192, &file[8192..])]);
         let b = batches(&vmas, &two).unwrap();
