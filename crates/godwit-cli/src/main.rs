@@ -147,7 +147,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 println!(
                     "{}",
                     serde_json::json!({
-                        "pid": r.pid, "processes": r.processes, "threads": r.threads, "vmas": r.vmas,
+                        "pid": r.pid, "processes": r.processes, "pids": r.pids, "threads": r.threads, "vmas": r.vmas,
                         "memory_bytes": r.memory_bytes, "image_bytes": r.image_bytes,
                         "frozen_ms": r.frozen.as_secs_f64() * 1e3,
                         "total_ms": r.total.as_secs_f64() * 1e3,

@@ -35,17 +35,7 @@ case!(anonfds);
 fn cow_snapshot_of_a_busy_writer() {
     use common::*;
     let mut p = Proc::test_prog("cow");
-    let img = p.images();
-    let out = godwit_ok(&[
-        "--json",
-        "dump",
-        "--pid",
-        &p.pid.to_string(),
-        "--images",
-        img.to_str().unwrap(),
-        "--leave-running",
-    ]);
-    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let v = p.dump(&["--leave-running"]);
     assert!(v["memory_bytes"].as_u64().unwrap() >= 64 << 20, "{v}");
     // The original kept running and its memory is intact.
     assert_eq!(p.verdict(), "PASS", "the original, after the snapshot");

@@ -140,20 +140,7 @@ fn tree_counts_on(program: &str, args: &[&str], leave_running: bool) {
         "{program}: expected a tree, got {:?}",
         p.tree
     );
-    let img = p.images();
-    let pid = p.pid.to_string();
-    let mut cmd = vec![
-        "--json",
-        "dump",
-        "--pid",
-        &pid,
-        "--images",
-        img.to_str().unwrap(),
-    ];
-    if leave_running {
-        cmd.push("--leave-running");
-    }
-    let v: serde_json::Value = serde_json::from_str(&godwit_ok(&cmd)).unwrap();
+    let v = p.dump(if leave_running { &["--leave-running"] } else { &[] });
     // The tree forks short-lived processes: it has at least its fixed members.
     assert!(v["processes"].as_u64().unwrap() >= 4, "{v}");
     p.end_original();
@@ -248,16 +235,7 @@ fn redis_during_bgsave() {
     });
     std::thread::sleep(Duration::from_millis(300));
     p.tree = descendants(pid);
-    let img = p.images();
-    let v: serde_json::Value = serde_json::from_str(&godwit_ok(&[
-        "--json",
-        "dump",
-        "--pid",
-        &pid.to_string(),
-        "--images",
-        img.to_str().unwrap(),
-    ]))
-    .unwrap();
+    let v = p.dump(&[]);
     assert_eq!(v["processes"], 2, "{v}");
     p.end_original();
     p.restore();

@@ -32,6 +32,8 @@ pub struct DumpReport {
     pub pid: i32,
     /// Processes in the tree (the process and its descendants).
     pub processes: usize,
+    /// Their PIDs, parents before children.
+    pub pids: Vec<i32>,
     pub threads: usize,
     pub vmas: usize,
     pub memory_bytes: u64,
@@ -179,6 +181,7 @@ pub fn dump(
     let threads = procs.iter().map(|p| p.threads.len()).sum();
     let vmas = procs.iter().map(|p| p.vmas.len()).sum();
     let processes = procs.len();
+    let pids = procs.iter().map(|p| p.pid).collect();
     let ck = Checkpoint {
         godwit_version: env!("CARGO_PKG_VERSION").to_string(),
         arch: "x86_64".into(),
@@ -218,6 +221,7 @@ pub fn dump(
     Ok(DumpReport {
         pid,
         processes,
+        pids,
         threads,
         vmas,
         memory_bytes,

@@ -220,11 +220,6 @@ impl Proc {
                 || reaped(pid),
             );
         }
-        // Processes the tree forked after it was listed (and the dump ended)
-        // were re-parented to us: reap every dead child.
-        // SAFETY: non-blocking waitpid; reaping another test's dead process
-        // is harmless (they wait for PIDs to be gone, not for our status).
-        while unsafe { libc::waitpid(-1, std::ptr::null_mut(), libc::WNOHANG) } > 0 {}
         let pid = self.pid;
         wait_for(
             "the original PID to be free",
@@ -291,16 +286,29 @@ impl Drop for Proc {
     }
 }
 
+impl Proc {
+    /// `godwit --json dump` of this process's tree (with `extra` flags);
+    /// records the PIDs it took, so they can be ended and reaped.
+    pub fn dump(&mut self, extra: &[&str]) -> serde_json::Value {
+        let img = self.images();
+        let pid = self.pid.to_string();
+        let mut args = vec!["--json", "dump", "--pid", &pid, "--images", img.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        let v: serde_json::Value = serde_json::from_str(&godwit_ok(&args)).unwrap();
+        for p in v["pids"].as_array().unwrap() {
+            let p = p.as_i64().unwrap() as i32;
+            if p != self.pid && !self.tree.contains(&p) {
+                self.tree.push(p);
+            }
+        }
+        v
+    }
+}
+
 /// dump (+ --leave-running) → restore → verify, for a tests/progs program.
 pub fn round_trip(name: &str, leave_running: bool) {
     let mut p = Proc::test_prog(name);
-    let img = p.images();
-    let pid = p.pid.to_string();
-    let mut args = vec!["dump", "--pid", &pid, "--images", img.to_str().unwrap()];
-    if leave_running {
-        args.push("--leave-running");
-    }
-    godwit_ok(&args);
+    p.dump(if leave_running { &["--leave-running"] } else { &[] });
     if leave_running {
         assert!(!gone(p.pid), "--leave-running ended the process");
     }
