@@ -8,7 +8,7 @@ use crate::schema::{Checkpoint, CpuFeatures, DumpStats, Process};
 use crate::snapshot::Snapshot;
 use crate::Progress;
 use godwit_image::ImageWriter;
-use godwit_sys::mem::{self, Range};
+use godwit_sys::mem;
 use godwit_sys::{proc, process, ptrace};
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -260,15 +260,7 @@ fn kill_all(members: Vec<Member>) -> Result<()> {
 fn collect_one(frozen: &Frozen) -> Result<Collected> {
     let pid = frozen.pid;
     let maps = proc::smaps(pid).dumping(pid, "reading the memory map")?;
-    let exec: Vec<Range> = maps
-        .iter()
-        .filter(|m| m.exec && m.read)
-        .map(|m| Range {
-            addr: m.start,
-            len: m.end - m.start,
-        })
-        .collect();
-    let syscall_ip = mem::find_syscall_insn(pid, &exec)
+    let syscall_ip = mem::find_syscall_in_maps(pid, &maps)
         .dumping(pid, "looking for a syscall instruction")?
         .ok_or_else(|| EngineError::Unsupported {
             pid,

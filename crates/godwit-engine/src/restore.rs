@@ -325,15 +325,7 @@ fn resurrect(
 /// trampoline, at an address free in every process of the image.
 fn prepare_root(pid: i32, vmas: &[&Vma]) -> Result<Remote> {
     let own = proc::smaps(pid).restoring(pid, "reading the new process's memory map")?;
-    let exec: Vec<Range> = own
-        .iter()
-        .filter(|m| m.exec && m.read)
-        .map(|m| Range {
-            addr: m.start,
-            len: m.end - m.start,
-        })
-        .collect();
-    let ip = mem::find_syscall_insn(pid, &exec)
+    let ip = mem::find_syscall_in_maps(pid, &own)
         .restoring(pid, "looking for a syscall instruction")?
         .ok_or_else(|| EngineError::BadImage("no syscall instruction in the stub".into()))?;
     let r0 = Remote {

@@ -36,11 +36,9 @@ impl Injector {
         self.tid
     }
 
-    /// Runs syscall `nr` with `args` in the task, which must be in a ptrace stop.
-    /// Leaves the task stopped at syscall exit with its registers modified.
-    pub fn run(&self, nr: i64, args: [u64; 6]) -> Result<Outcome> {
-        let tid = self.tid;
-        let mut regs = ptrace::get_regs(tid)?;
+    /// Points the task at the syscall instruction with `nr` and `args` loaded.
+    fn load(&self, nr: i64, args: [u64; 6]) -> Result<()> {
+        let mut regs = ptrace::get_regs(self.tid)?;
         regs.rip = self.syscall_ip;
         regs.rax = nr as u64;
         regs.orig_rax = u64::MAX;
@@ -50,7 +48,14 @@ impl Injector {
         regs.r10 = args[3];
         regs.r8 = args[4];
         regs.r9 = args[5];
-        ptrace::set_regs(tid, &regs)?;
+        ptrace::set_regs(self.tid, &regs)
+    }
+
+    /// Runs syscall `nr` with `args` in the task, which must be in a ptrace stop.
+    /// Leaves the task stopped at syscall exit with its registers modified.
+    pub fn run(&self, nr: i64, args: [u64; 6]) -> Result<Outcome> {
+        let tid = self.tid;
+        self.load(nr, args)?;
         ptrace::syscall(tid)?;
         self.expect_syscall_stop("entering an injected syscall")?;
         ptrace::syscall(tid)?;
@@ -78,17 +83,7 @@ impl Injector {
     /// are delivered.
     pub fn run_to_exit(&self, nr: i64, args: [u64; 6]) -> Result<()> {
         let tid = self.tid;
-        let mut regs = ptrace::get_regs(tid)?;
-        regs.rip = self.syscall_ip;
-        regs.rax = nr as u64;
-        regs.orig_rax = u64::MAX;
-        regs.rdi = args[0];
-        regs.rsi = args[1];
-        regs.rdx = args[2];
-        regs.r10 = args[3];
-        regs.r8 = args[4];
-        regs.r9 = args[5];
-        ptrace::set_regs(tid, &regs)?;
+        self.load(nr, args)?;
         ptrace::cont(tid, 0)?;
         loop {
             match ptrace::wait(tid)? {

@@ -195,3 +195,17 @@ pub fn find_syscall_insn(pid: i32, exec_ranges: &[Range]) -> Result<Option<u64>>
     }
     Ok(None)
 }
+
+/// Finds a `syscall` instruction in the readable executable mappings of `pid`
+/// listed in `maps`.
+pub fn find_syscall_in_maps(pid: i32, maps: &[crate::proc::MapEntry]) -> Result<Option<u64>> {
+    let exec: Vec<Range> = maps
+        .iter()
+        .filter(|m| m.exec && m.read)
+        .map(|m| Range {
+            addr: m.start,
+            len: m.end - m.start,
+        })
+        .collect();
+    find_syscall_insn(pid, &exec)
+}
