@@ -3,7 +3,7 @@
 # (run as root). The Rust toolchain (cargo) must already be there.
 set -euo pipefail
 need=()
-for pkg in gcc make python3 util-linux procps redis-server redis-tools etcd-server etcd-client iproute2; do
+for pkg in gcc make python3 util-linux procps redis-server redis-tools etcd-server etcd-client iproute2 nginx; do
     dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then

@@ -27,6 +27,7 @@ case!(files);
 case!(attrs);
 case!(tree);
 case!(anonfds);
+case!(unix);
 
 /// --leave-running takes a consistent copy-on-write snapshot of a process
 /// that keeps writing all its memory during the copy; the original is not

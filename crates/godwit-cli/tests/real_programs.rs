@@ -260,3 +260,135 @@ fn redis_during_bgsave() {
     );
     assert_eq!(cli(port, &["dbsize"]), "20001");
 }
+
+/// GETs `path` from 127.0.0.1:`port` with a hand-written HTTP/1.0 request:
+/// (status line, body), or None if there is no complete answer.
+fn http_get(port: u16, path: &str) -> Option<(String, String)> {
+    use std::io::{Read, Write};
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).ok()?;
+    let (head, body) = resp.split_once("\r\n\r\n")?;
+    Some((head.lines().next()?.to_string(), body.to_string()))
+}
+
+/// nginx as a master and two workers (listening TCP socket shared by all
+/// three, a socketpair channel to each worker, epoll with EPOLLEXCLUSIVE,
+/// eventfd, workers under another uid): dump (or dump --leave-running and
+/// end the original), restore, and the same workers serve the page again;
+/// a graceful stop (through the channels) leaves no alert in the log.
+fn nginx(port: u16, leave_running: bool) {
+    let dir = tempfile::Builder::new()
+        .prefix("godwit-nginx")
+        .tempdir()
+        .unwrap();
+    // The workers run as an unprivileged user: let them read the page.
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let d = dir.path().to_str().unwrap().to_string();
+    std::fs::create_dir(dir.path().join("www")).unwrap();
+    let page = format!("godwit nginx test page, port {port}\n");
+    std::fs::write(dir.path().join("www/index.html"), &page).unwrap();
+    let conf = format!(
+        "daemon off;
+master_process on;
+worker_processes 2;
+pid {d}/nginx.pid;
+error_log {d}/error.log;
+events {{ worker_connections 64; }}
+http {{
+    access_log {d}/access.log;
+    client_body_temp_path {d}/body;
+    proxy_temp_path {d}/proxy;
+    fastcgi_temp_path {d}/fastcgi;
+    uwsgi_temp_path {d}/uwsgi;
+    scgi_temp_path {d}/scgi;
+    server {{
+        listen 127.0.0.1:{port};
+        root {d}/www;
+    }}
+}}
+"
+    );
+    let conf_path = format!("{d}/nginx.conf");
+    std::fs::write(&conf_path, conf).unwrap();
+    let err_log = format!("{d}/error.log");
+    let mut p = Proc::spawn_in(dir, "nginx", &["-p", &d, "-e", &err_log, "-c", &conf_path]);
+    let pid = p.pid;
+    // The master starts a new worker when one dies: it must be ended first,
+    // also when the test fails (dropped before `p`, which ends the rest).
+    struct MasterFirst(i32);
+    impl Drop for MasterFirst {
+        fn drop(&mut self) {
+            if !dead(self.0) {
+                // SAFETY: plain kill of the nginx master, a positive PID we started or restored.
+                unsafe { libc::kill(self.0, libc::SIGKILL) };
+            }
+        }
+    }
+    let master = MasterFirst(pid);
+    let serves = || http_get(port, "/index.html") == Some(("HTTP/1.1 200 OK".into(), page.clone()));
+    wait_for("nginx to serve the page", Duration::from_secs(20), || {
+        (serves() && descendants(pid).len() == 2) || dead(pid)
+    });
+    assert!(!dead(pid), "nginx exited: {}", p.output());
+    let mut workers = descendants(pid);
+    workers.sort_unstable();
+    p.tree = workers.clone();
+    let v = p.dump(if leave_running {
+        &["--leave-running"]
+    } else {
+        &[]
+    });
+    assert_eq!(v["processes"], 3, "{v}");
+    if leave_running {
+        assert!(serves(), "the original still serves after --leave-running");
+    }
+    drop(master);
+    p.end_original();
+    let _master = MasterFirst(pid);
+    // Ending the original (--leave-running) may have been logged.
+    let log_at = std::fs::metadata(p.path("error.log")).map_or(0, |m| m.len() as usize);
+    p.restore();
+    let mut now = descendants(pid);
+    now.sort_unstable();
+    assert_eq!(now, workers, "the workers are back with their PIDs");
+    for i in 0..20 {
+        assert!(serves(), "request {i} to the restored nginx");
+    }
+    assert_eq!(
+        http_get(port, "/missing").map(|r| r.0),
+        Some("HTTP/1.1 404 Not Found".into())
+    );
+    let mut now = descendants(pid);
+    now.sort_unstable();
+    assert_eq!(now, workers, "the same workers served");
+    // A graceful stop: the master tells each worker through its channel.
+    // SAFETY: plain kill of the restored master, a positive PID we own.
+    unsafe { libc::kill(pid, libc::SIGQUIT) };
+    wait_for("nginx to stop", Duration::from_secs(20), || dead(pid));
+    let log = std::fs::read_to_string(p.path("error.log")).unwrap_or_default();
+    let log = log.get(log_at..).unwrap_or_default();
+    assert!(
+        !["[alert]", "[crit]", "[emerg]"]
+            .iter()
+            .any(|l| log.contains(l)),
+        "nginx complained after restore:\n{log}"
+    );
+}
+
+#[test]
+fn nginx_dump_restore() {
+    nginx(17480, false);
+}
+
+#[test]
+fn nginx_leave_running_restore_copy() {
+    nginx(17481, true);
+}

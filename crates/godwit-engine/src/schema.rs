@@ -332,6 +332,8 @@ pub enum FdKind {
     TimerFd = 7,
     SignalFd = 8,
     Inotify = 9,
+    /// AF_UNIX socket of any type and state (Fd::socket).
+    UnixSocket = 10,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -427,6 +429,53 @@ pub struct Socket {
     /// Integer socket options to set again before bind.
     #[prost(message, repeated, tag = "6")]
     pub options: Vec<SockOpt>,
+    /// The socket's inode at dump time: its id across the tree.
+    #[prost(uint64, tag = "7")]
+    pub ino: u64,
+    /// Unix sockets from here on. The connected peer's inode, when the peer
+    /// is a socket in the dumped tree.
+    #[prost(uint64, tag = "8")]
+    pub peer_ino: u64,
+    /// Connected to a peer that has been closed (a pair whose other end is
+    /// closed again after the queue is refilled).
+    #[prost(bool, tag = "9")]
+    pub peer_gone: bool,
+    /// A datagram socket connected to a named socket outside the tree: the
+    /// peer's address (raw sockaddr), connected to again.
+    #[prost(bytes = "vec", tag = "10")]
+    pub peer_addr: Vec<u8>,
+    #[prost(bool, tag = "11")]
+    pub listening: bool,
+    /// sk_shutdown: 1 reading shut down, 2 writing shut down.
+    #[prost(uint32, tag = "12")]
+    pub shutdown: u32,
+    /// The receive queue, saved with the first fd of the socket (in tree
+    /// order): one entry per message (datagram, seqpacket), or all the
+    /// bytes in one entry (stream).
+    #[prost(bytes = "vec", repeated, tag = "13")]
+    pub queue: Vec<Vec<u8>>,
+    /// The directory relative socket paths (in `addr`, `peer_addr`) are
+    /// resolved in: the holder's working directory at dump time.
+    #[prost(string, tag = "14")]
+    pub cwd: String,
+    /// A socket bound to a path: its file's permission bits and owner.
+    #[prost(uint32, tag = "15")]
+    pub file_mode: u32,
+    #[prost(uint32, tag = "16")]
+    pub file_uid: u32,
+    #[prost(uint32, tag = "17")]
+    pub file_gid: u32,
+    /// The socket file had been removed (the socket keeps its name).
+    #[prost(bool, tag = "18")]
+    pub file_unlinked: bool,
+    /// SO_PEERCRED: the peer's credentials as the socket reports them (a
+    /// listener: its own at listen time); pid 0 when it has none.
+    #[prost(int32, tag = "19")]
+    pub cred_pid: i32,
+    #[prost(uint32, tag = "20")]
+    pub cred_uid: u32,
+    #[prost(uint32, tag = "21")]
+    pub cred_gid: u32,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]

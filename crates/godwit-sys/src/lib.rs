@@ -13,6 +13,7 @@ pub mod proc;
 pub mod process;
 pub mod ptrace;
 pub mod regs;
+pub mod sockdiag;
 pub mod uffd;
 
 use std::io;
@@ -84,6 +85,6 @@ pub(crate) fn check(ret: libc::c_long, call: &'static str, target: impl ToString
     if ret < 0 {
         Err(SysError::call(call, target))
     } else {
-        Ok(ret as i64)
+        Ok(ret)
     }
 }

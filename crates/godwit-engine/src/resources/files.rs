@@ -73,14 +73,19 @@ pub fn dump(pid: i32) -> Result<Files> {
             fds.push(e);
             continue;
         }
-        if target.starts_with("socket:[") {
+        if let Some(ino) = target
+            .strip_prefix("socket:[")
+            .and_then(|s| s.strip_suffix(']'))
+        {
+            let ino: u64 = ino.parse().map_err(|_| unsupported(pid, fd, &target))?;
             let pfd = match &pidfd {
                 Some(p) => p,
                 None => pidfd.insert(process::pidfd_open(pid).dumping(pid, "reading sockets")?),
             };
             let ours = process::pidfd_getfd(pfd, fd).dumping(pid, "reading sockets")?;
-            e.socket = Some(sockets::dump(pid, fd, &ours)?);
-            e.kind = FdKind::TcpListen as i32;
+            let (kind, socket) = sockets::dump(pid, fd, ino, &ours, &cwd)?;
+            e.kind = kind as i32;
+            e.socket = Some(socket);
             fds.push(e);
             continue;
         }
@@ -123,7 +128,7 @@ pub fn dump(pid: i32) -> Result<Files> {
         } else if ft.is_fifo() {
             return Err(unsupported(pid, fd, format!("named pipe (FIFO) {target}")));
         } else {
-            return Err(unsupported(pid, fd, format!("{target}")));
+            return Err(unsupported(pid, fd, target.clone()));
         }
         fds.push(e);
     }
@@ -154,9 +159,9 @@ fn is_write_end(f: &Fd) -> bool {
 /// several, get the same id), checks that each pipe has both ends in the
 /// tree, and saves each pipe's unread data once, with its first holder.
 pub fn link_descriptions(procs: &mut [Process]) -> Result<()> {
-    // Candidates for sharing have the same kind, path, pipe and access mode;
-    // kcmp then tells whether two fds are one description.
-    type Key = (i32, String, u64, u32);
+    // Candidates for sharing have the same kind, path, pipe, socket and
+    // access mode; kcmp then tells whether two fds are one description.
+    type Key = (i32, String, u64, u32, u64);
     let mut reps: HashMap<Key, Vec<(i32, i32, u64)>> = HashMap::new();
     let mut next_id = 1u64;
     for p in procs.iter_mut().filter(|p| !p.zombie) {
@@ -167,6 +172,7 @@ pub fn link_descriptions(procs: &mut [Process]) -> Result<()> {
                 f.path.clone(),
                 f.pipe_id,
                 f.flags & libc::O_ACCMODE as u32,
+                f.socket.as_ref().map_or(0, |s| s.ino),
             );
             let list = reps.entry(key).or_default();
             let mut found = None;
@@ -230,7 +236,8 @@ pub fn link_descriptions(procs: &mut [Process]) -> Result<()> {
             .unwrap_or(i);
         procs[first].pipes.push(Pipe { id, data });
     }
-    Ok(())
+    // Unix sockets: peers inside the tree; queues read once.
+    sockets::link_unix(procs)
 }
 
 /// Copies the unread bytes of the pipe behind `fd` of `pid` without consuming them.
@@ -275,6 +282,7 @@ pub fn check(fds: &[Fd], allow_changes: bool) -> Result<()> {
             Ok(FdKind::Pipe
                 | FdKind::Epoll
                 | FdKind::TcpListen
+                | FdKind::UnixSocket
                 | FdKind::EventFd
                 | FdKind::TimerFd
                 | FdKind::SignalFd
@@ -324,6 +332,8 @@ pub struct FdPlan {
     pipes: HashMap<u64, (Vec<u8>, usize)>,
     /// Process index → its fd numbers → description ids.
     holder_fds: HashMap<usize, HashMap<i32, u64>>,
+    /// Unix sockets, created in groups of connected sockets.
+    unix: sockets::UnixPlan,
 }
 
 /// The lowest common ancestor (by index, parents before children) of `set`.
@@ -384,12 +394,15 @@ impl FdPlan {
                 (pp.id, (pp.data.clone(), creator))
             })
             .collect::<HashMap<_, _>>();
+        let unix = sockets::UnixPlan::new(procs, &reps, &holders, &parent)?;
         let mut descs = BTreeMap::new();
         for (id, f) in reps {
             let creator = if f.kind == FdKind::Pipe as i32 {
                 pipes.get(&f.pipe_id).map(|p| p.1).ok_or_else(|| {
                     EngineError::BadImage(format!("pipe:[{}] has no saved state", f.pipe_id))
                 })?
+            } else if let Some(c) = unix.creator(id) {
+                c
             } else {
                 lca(&parent, &holders[&id])
             };
@@ -407,6 +420,7 @@ impl FdPlan {
             descs,
             pipes,
             holder_fds,
+            unix,
         })
     }
 
@@ -522,6 +536,9 @@ impl FdPlan {
                 write_all_fd(&w, data).restoring(pid, "refilling pipes")?;
             }
         }
+        for (id, fd) in self.unix.create(r, idx)? {
+            self.to_stage(r, fd, id)?;
+        }
         for (id, (creator, f)) in &self.descs {
             if *creator != idx {
                 continue;
@@ -531,7 +548,7 @@ impl FdPlan {
                 & (libc::O_APPEND | libc::O_NONBLOCK | libc::O_DIRECT | libc::O_NOATIME) as u32)
                 as u64;
             let fd = match kind {
-                FdKind::Pipe | FdKind::Epoll => continue,
+                FdKind::Pipe | FdKind::Epoll | FdKind::UnixSocket => continue,
                 FdKind::EventFd | FdKind::TimerFd | FdKind::SignalFd | FdKind::Inotify => {
                     let fd = anon::restore(r, f)?;
                     r.call(
@@ -604,15 +621,23 @@ impl FdPlan {
                     f.fd, t.fd
                 ))
             })?;
-            r.call("dup3", libc::SYS_dup3, [self.stage(file_id), t.fd as u64, 0, 0, 0, 0])
-                .restoring(pid, stage)?;
+            r.call(
+                "dup3",
+                libc::SYS_dup3,
+                [self.stage(file_id), t.fd as u64, 0, 0, 0, 0],
+            )
+            .restoring(pid, stage)?;
             // struct epoll_event is packed on x86_64: u32 events, u64 data.
             let mut ev = Vec::with_capacity(12);
             ev.extend_from_slice(&t.events.to_le_bytes());
             ev.extend_from_slice(&t.data.to_le_bytes());
             let a = r.put(0, &ev).restoring(pid, stage)?;
-            r.call("epoll_ctl", libc::SYS_epoll_ctl, [ep, libc::EPOLL_CTL_ADD as u64, t.fd as u64, a, 0, 0])
-                .restoring(pid, "filling epoll interest lists")?;
+            r.call(
+                "epoll_ctl",
+                libc::SYS_epoll_ctl,
+                [ep, libc::EPOLL_CTL_ADD as u64, t.fd as u64, a, 0, 0],
+            )
+            .restoring(pid, "filling epoll interest lists")?;
             r.call("close", libc::SYS_close, [t.fd as u64, 0, 0, 0, 0, 0])
                 .restoring(pid, stage)?;
         }
@@ -625,12 +650,20 @@ impl FdPlan {
         let pid = r.pid;
         for f in &p.fds {
             let cloexec = if f.cloexec { libc::O_CLOEXEC as u64 } else { 0 };
-            r.call("dup3", libc::SYS_dup3, [self.stage(f.file_id), f.fd as u64, cloexec, 0, 0, 0])
-                .restoring(pid, "placing file descriptors")?;
+            r.call(
+                "dup3",
+                libc::SYS_dup3,
+                [self.stage(f.file_id), f.fd as u64, cloexec, 0, 0, 0],
+            )
+            .restoring(pid, "placing file descriptors")?;
         }
         if self.max_id > 0 {
-            r.call("close_range", libc::SYS_close_range, [self.stage(1), self.stage(self.max_id), 0, 0, 0, 0])
-                .restoring(pid, "closing staging descriptors")?;
+            r.call(
+                "close_range",
+                libc::SYS_close_range,
+                [self.stage(1), self.stage(self.max_id), 0, 0, 0, 0],
+            )
+            .restoring(pid, "closing staging descriptors")?;
         }
         Ok(())
     }
@@ -646,7 +679,6 @@ pub fn restore_cwd(r: &Remote, cwd: &str) -> Result<()> {
         })?;
     Ok(())
 }
-
 
 fn write_all_fd(fd: &OwnedFd, data: &[u8]) -> godwit_sys::Result<()> {
     let mut off = 0;

@@ -1,8 +1,8 @@
-//! Sockets. Supported so far: listening TCP sockets (IPv4 and IPv6), which
-//! are created, configured, bound and put to listen again. Connected sockets
-//! (TCP_REPAIR) and unix sockets come later; they stop the dump with a
-//! message naming the fd.
+//! Listening TCP sockets (IPv4 and IPv6): created, configured, bound and
+//! put to listen again. Connected TCP sockets (TCP_REPAIR) come later; they
+//! stop the dump with a message naming the fd.
 
+use super::unsupported;
 use crate::error::{DumpCtx, EngineError, RestoreCtx, Result};
 use crate::remote::Remote;
 use crate::schema::{SockOpt, Socket};
@@ -19,14 +19,7 @@ const OPTIONS: &[(i32, i32)] = &[
     (libc::IPPROTO_TCP, libc::TCP_NODELAY),
 ];
 
-fn unsupported(pid: i32, fd: i32, what: String) -> EngineError {
-    EngineError::Unsupported {
-        pid,
-        what: format!("fd {fd} ({what})"),
-    }
-}
-
-/// Describes socket `fd` of `pid`, held by us as `ours` (from pidfd_getfd).
+/// Describes TCP socket `fd` of `pid`, held by us as `ours` (from pidfd_getfd).
 pub fn dump(pid: i32, fd: i32, ours: &OwnedFd) -> Result<Socket> {
     let stage = "reading sockets";
     let opt = |l, n| process::getsockopt_int(ours, l, n).dumping(pid, stage);
@@ -37,14 +30,6 @@ pub fn dump(pid: i32, fd: i32, ours: &OwnedFd) -> Result<Socket> {
     let fam = match family {
         libc::AF_INET => "TCP/IPv4",
         libc::AF_INET6 => "TCP/IPv6",
-        libc::AF_UNIX => {
-            return Err(unsupported(
-                pid,
-                fd,
-                "a unix socket; unix sockets come with process-tree support".into(),
-            ))
-        }
-        libc::AF_NETLINK => return Err(unsupported(pid, fd, "a netlink socket".into())),
         f => {
             return Err(unsupported(
                 pid,
@@ -94,6 +79,7 @@ pub fn dump(pid: i32, fd: i32, ours: &OwnedFd) -> Result<Socket> {
         addr: process::getsockname(ours).dumping(pid, stage)?,
         backlog,
         options,
+        ..Default::default()
     })
 }
 

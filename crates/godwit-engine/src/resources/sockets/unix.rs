@@ -1,0 +1,1015 @@
+//! Unix sockets (AF_UNIX): stream, datagram and seqpacket, unnamed, bound
+//! to a path or to an abstract name, listening or connected.
+//!
+//! Dump, per process ([`dump`]): NETLINK_SOCK_DIAG gives the socket's type,
+//! state, peer (by inode), queue lengths and shutdown state; the socket
+//! itself (pidfd_getfd) its name and options. Across the tree
+//! ([`link_unix`]): the peer of every connected socket must be in the tree
+//! (a datagram socket connected to a named socket outside it is connected
+//! to that name again on restore), and each socket's receive queue is read
+//! once, without consuming it, message by message (SO_PEEK_OFF).
+//!
+//! Restore ([`UnixPlan`]): sockets linked by their peers form a group that
+//! is created at once in the lowest common ancestor of all their holders,
+//! like the two ends of a pipe: connected pairs by socketpair (a socket
+//! whose peer was closed by a socketpair whose other end is closed again at
+//! the end), the others by socket; then bind (a stale socket file left by
+//! the dead original at the path is removed first), listen, connect; the
+//! queues are refilled from godwit through the sending end (pidfd_getfd),
+//! keeping message boundaries; then shutdown, and the options.
+//!
+//! What differs after a restore (docs/SUPPORTED.md):
+//! - A connection accepted from a listener comes back as a socketpair: its
+//!   ends are unnamed, so getsockname of the accepted end (and getpeername
+//!   of the connecting end) return an empty address, not the listener's.
+//! - SO_PEERCRED of a restored connection (and of a listener) keeps its
+//!   uid and gid (the pair is made, the listener listens, under those
+//!   effective ids when godwit runs as root), but names as pid the process
+//!   that created it on restore (the common ancestor of its holders). Both
+//!   ends of a restored pair report the same credentials: those the
+//!   accepted end (the named one) reported, which a server checks.
+//! - Queued messages were sent again by godwit: a receiver that turns
+//!   SO_PASSCRED on later sees godwit's credentials on them (one that has
+//!   it on at dump time is refused while messages are queued).
+
+use super::unsupported;
+use crate::error::{DumpCtx, EngineError, RestoreCtx, Result};
+use crate::remote::Remote;
+use crate::resources::files::lca;
+use crate::schema::{Fd, FdKind, Process, SockOpt, Socket};
+use godwit_sys::sockdiag::{self, SO_PASSPIDFD, SO_PEEK_OFF};
+use godwit_sys::{process, SysError};
+use std::collections::{BTreeMap, HashMap};
+use std::ffi::OsStr;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+/// Integer options kept: (name at SOL_SOCKET, the value of a new socket,
+/// not saved when equal).
+const OPTIONS: &[(i32, Option<i32>)] = &[
+    (libc::SO_RCVBUF, None),
+    (libc::SO_SNDBUF, None),
+    (libc::SO_RCVLOWAT, Some(1)),
+    (libc::SO_PRIORITY, Some(0)),
+    (libc::SO_MARK, Some(0)),
+    (libc::SO_PASSCRED, Some(0)),
+    (libc::SO_PASSSEC, Some(0)),
+    (SO_PASSPIDFD, Some(0)),
+    (SO_PEEK_OFF, Some(-1)),
+];
+
+/// Options set last, after bind, connect and the refill: SO_PASSCRED on an
+/// unnamed socket would give it a name (autobind) when it connects.
+const LATE: &[i32] = &[
+    libc::SO_PASSCRED,
+    libc::SO_PASSSEC,
+    SO_PASSPIDFD,
+    SO_PEEK_OFF,
+];
+
+/// Scratch offsets used on restore.
+const SCRATCH_INTS: u64 = 0;
+const SCRATCH_ADDR: u64 = 64;
+const SCRATCH_PATH: u64 = 512;
+
+fn kind_name(sock_type: i32) -> &'static str {
+    match sock_type {
+        libc::SOCK_STREAM => "stream",
+        libc::SOCK_DGRAM => "datagram",
+        libc::SOCK_SEQPACKET => "seqpacket",
+        _ => "unknown-type",
+    }
+}
+
+/// A connection-oriented type (stream, seqpacket).
+fn connection(s: &Socket) -> bool {
+    s.sock_type != libc::SOCK_DGRAM
+}
+
+/// The path of a socket address bound to a path (not abstract, not unnamed).
+fn path_of(addr: &[u8]) -> Option<PathBuf> {
+    let p = addr.get(2..)?;
+    if p.first().is_none_or(|b| *b == 0) {
+        return None;
+    }
+    let end = p.iter().position(|b| *b == 0).unwrap_or(p.len());
+    Some(PathBuf::from(OsStr::from_bytes(&p[..end])))
+}
+
+/// A readable form of a socket address: a path, @abstract, or "unnamed".
+pub fn show_addr(addr: &[u8]) -> String {
+    if let Some(p) = path_of(addr) {
+        return p.display().to_string();
+    }
+    match addr.get(3..) {
+        Some(name) if addr.len() > 2 => format!(
+            "@{}",
+            name.iter()
+                .flat_map(|b| std::ascii::escape_default(*b))
+                .map(char::from)
+                .collect::<String>()
+        ),
+        _ => "unnamed".into(),
+    }
+}
+
+/// Where a socket path is, given the directory relative paths resolve in.
+fn full_path(path: &Path, cwd: &str) -> PathBuf {
+    if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        Path::new(cwd).join(path)
+    }
+}
+
+/// Whether the socket's name is bound again on restore: a named socket,
+/// except the ends of a connection (an accepted socket shares the
+/// listener's name without owning it).
+fn binds(s: &Socket) -> bool {
+    s.addr.len() > 2 && !(connection(s) && (s.peer_ino != 0 || s.peer_gone))
+}
+
+/// The kernel's dev_t (major << 20 | minor) and a stat st_dev are one device.
+fn same_dev(st_dev: u64, kdev: u32) -> bool {
+    libc::major(st_dev) == kdev >> 20 && libc::minor(st_dev) == kdev & 0xf_ffff
+}
+
+/// Describes unix socket `fd` (inode `ino`) of frozen process `pid`, held
+/// by us as `ours`; `cwd` is the process's working directory. The queue is
+/// read later, once per socket ([`link_unix`]).
+pub fn dump(pid: i32, fd: i32, ino: u64, ours: &OwnedFd, cwd: &str) -> Result<Socket> {
+    let stage = "reading unix sockets";
+    let show =
+        sockdiag::SHOW_NAME | sockdiag::SHOW_VFS | sockdiag::SHOW_PEER | sockdiag::SHOW_RQLEN;
+    let d = sockdiag::unix_socket(ino as u32, show)
+        .dumping(pid, stage)?
+        .ok_or_else(|| {
+            unsupported(
+                pid,
+                fd,
+                "a unix socket sock_diag does not find (in another network namespace?)".into(),
+            )
+        })?;
+    let sock_type = d.sock_type as i32;
+    if ![libc::SOCK_STREAM, libc::SOCK_DGRAM, libc::SOCK_SEQPACKET].contains(&sock_type) {
+        return Err(unsupported(
+            pid,
+            fd,
+            format!("a unix socket of type {sock_type}"),
+        ));
+    }
+    let kind = kind_name(sock_type);
+    let mut s = Socket {
+        family: libc::AF_UNIX,
+        sock_type,
+        addr: process::getsockname(ours).dumping(pid, stage)?,
+        ino,
+        listening: d.state == sockdiag::STATE_LISTEN,
+        shutdown: d.shutdown as u32,
+        ..Default::default()
+    };
+    let name = show_addr(&s.addr);
+    if s.listening {
+        let (waiting, backlog) = d.rqlen.unwrap_or((0, 0));
+        if waiting > 0 {
+            return Err(unsupported(
+                pid,
+                fd,
+                format!("a listening unix {kind} socket ({name}) with {waiting} connection(s) waiting to be accepted; retry the dump"),
+            ));
+        }
+        s.backlog = backlog;
+    }
+    match d.peer {
+        Some(0) if connection(&s) && d.shutdown != sockdiag::RCV_SHUTDOWN | sockdiag::SEND_SHUTDOWN => {
+            return Err(unsupported(
+                pid,
+                fd,
+                format!("a unix {kind} socket whose connection is not accepted yet by its server; retry the dump"),
+            ))
+        }
+        Some(0) => s.peer_gone = true,
+        Some(p) => s.peer_ino = p as u64,
+        None => {}
+    }
+    if s.peer_ino != 0 {
+        // Kept for a datagram socket connected outside the tree; for the
+        // message naming the peer otherwise.
+        let a = sockdiag::getpeername(ours.as_fd()).dumping(pid, stage)?;
+        if a.len() > 2 {
+            s.peer_addr = a;
+        }
+    }
+    (s.cred_pid, s.cred_uid, s.cred_gid) = sockdiag::peer_cred(ours.as_fd()).dumping(pid, stage)?;
+    let relative = |a: &[u8]| path_of(a).is_some_and(|p| p.is_relative());
+    if relative(&s.addr) || relative(&s.peer_addr) {
+        s.cwd = cwd.to_string();
+    }
+    if let (true, Some(path)) = (binds(&s), path_of(&s.addr)) {
+        let full = full_path(&path, cwd);
+        let seen = format!("/proc/{pid}/root{}", full.display());
+        match std::fs::symlink_metadata(&seen) {
+            Ok(md)
+                if md.file_type().is_socket()
+                    && d.vfs.is_some_and(|(i, dev)| {
+                        md.ino() == i as u64 && same_dev(md.dev(), dev)
+                    }) =>
+            {
+                s.file_mode = md.mode() & 0o7777;
+                s.file_uid = md.uid();
+                s.file_gid = md.gid();
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => s.file_unlinked = true,
+            Ok(_) => {
+                return Err(unsupported(
+                    pid,
+                    fd,
+                    format!(
+                        "a unix {kind} socket bound to {}, whose file was replaced by another one",
+                        full.display()
+                    ),
+                ))
+            }
+            Err(e) => {
+                return Err(EngineError::Sys {
+                    pid,
+                    stage,
+                    source: SysError::Proc {
+                        path: seen,
+                        detail: e.to_string(),
+                    },
+                })
+            }
+        }
+    }
+    for &(name, default) in OPTIONS {
+        let Some(value) =
+            sockdiag::get_option(ours.as_fd(), libc::SOL_SOCKET, name).dumping(pid, stage)?
+        else {
+            continue;
+        };
+        if Some(value) != default {
+            s.options.push(SockOpt {
+                level: libc::SOL_SOCKET,
+                name,
+                value,
+            });
+        }
+    }
+    Ok(s)
+}
+
+fn option(s: &Socket, name: i32) -> i32 {
+    s.options
+        .iter()
+        .find(|o| o.level == libc::SOL_SOCKET && o.name == name)
+        .map_or(0, |o| o.value)
+}
+
+/// Across the frozen tree (after [`dump`] of every process): checks that
+/// each connected socket's peer is in the tree and saves each socket's
+/// receive queue once, with its first fd (in tree order).
+pub fn link_unix(procs: &mut [Process]) -> Result<()> {
+    let mut first: BTreeMap<u64, (usize, usize)> = BTreeMap::new();
+    for (i, p) in procs.iter().enumerate().filter(|(_, p)| !p.zombie) {
+        for (j, f) in p.fds.iter().enumerate() {
+            if let (true, Some(s)) = (f.kind == FdKind::UnixSocket as i32, &f.socket) {
+                first.entry(s.ino).or_insert((i, j));
+            }
+        }
+    }
+    // (peer inode, address) of each socket as dumped.
+    let peers: HashMap<u64, (u64, Vec<u8>)> = first
+        .iter()
+        .map(|(ino, &(i, j))| {
+            let s = procs[i].fds[j].socket.as_ref().expect("a unix socket");
+            (*ino, (s.peer_ino, s.addr.clone()))
+        })
+        .collect();
+    let mut pidfds: HashMap<i32, OwnedFd> = HashMap::new();
+    let stage = "reading unix socket queues";
+    for (&ino, &(i, j)) in &first {
+        let pid = procs[i].pid;
+        let fd = procs[i].fds[j].fd;
+        let mut s = procs[i].fds[j].socket.clone().expect("a unix socket");
+        let kind = kind_name(s.sock_type);
+        let name = show_addr(&s.addr);
+        let refuse = |what: String| {
+            Err(unsupported(
+                pid,
+                fd,
+                format!("a unix {kind} socket ({name}) {what}"),
+            ))
+        };
+        let mut mutual = false;
+        if s.peer_ino != 0 {
+            match peers.get(&s.peer_ino) {
+                None if !connection(&s) && !s.peer_addr.is_empty() => s.peer_ino = 0,
+                None => {
+                    return refuse(format!(
+                        "connected to a socket outside the dumped process tree (socket:[{}]{})",
+                        s.peer_ino,
+                        if s.peer_addr.is_empty() {
+                            String::new()
+                        } else {
+                            format!(", {}", show_addr(&s.peer_addr))
+                        }
+                    ))
+                }
+                Some((peer_peer, peer_addr)) => {
+                    s.peer_addr.clear();
+                    mutual = *peer_peer == ino && s.peer_ino != ino;
+                    if !mutual && peer_addr.len() <= 2 {
+                        return refuse("connected to an unnamed datagram socket that is not connected back to it".into());
+                    }
+                }
+            }
+        }
+        // Nothing can be queued on a listener or an unconnected stream or
+        // seqpacket socket.
+        if !s.listening && (!connection(&s) || s.peer_ino != 0 || s.peer_gone) {
+            let pidfd = match pidfds.get(&pid) {
+                Some(p) => p,
+                None => pidfds
+                    .entry(pid)
+                    .or_insert(process::pidfd_open(pid).dumping(pid, stage)?),
+            };
+            let ours = process::pidfd_getfd(pidfd, fd).dumping(pid, stage)?;
+            if sockdiag::pending_error(ours.as_fd()).dumping(pid, stage)? {
+                return refuse(
+                    "with a pending error (such as ECONNRESET) not yet reported to the process, which cannot be restored yet".into(),
+                );
+            }
+            let stream = s.sock_type == libc::SOCK_STREAM;
+            let bytes = if stream {
+                process::pipe_pending(&ours).dumping(pid, stage)?
+            } else {
+                0
+            };
+            if stream && sockdiag::oob_pending(ours.as_fd()) {
+                return refuse("with an unread out-of-band byte (MSG_OOB)".into());
+            }
+            let msgs =
+                sockdiag::peek_queue(ours.as_fd(), s.sock_type, bytes).dumping(pid, stage)?;
+            if !msgs.is_empty() {
+                if let Some(m) = msgs.iter().find(|m| m.fds > 0) {
+                    return refuse(format!(
+                        "with a queued message carrying {} file descriptor(s) (SCM_RIGHTS), which cannot be restored yet; retry the dump once it is read",
+                        m.fds
+                    ));
+                }
+                if msgs.iter().any(|m| m.other_control) {
+                    return refuse(
+                        "with a queued message carrying a security label or pidfd".into(),
+                    );
+                }
+                if option(&s, libc::SO_PASSCRED) != 0 || option(&s, SO_PASSPIDFD) != 0 {
+                    return refuse(format!(
+                        "that receives its senders' credentials (SO_PASSCRED), with {} message(s) queued whose senders cannot be kept; retry the dump",
+                        msgs.len()
+                    ));
+                }
+                let from_peer = s.peer_ino != 0 && (mutual || s.addr.len() > 2);
+                let from_anyone = !connection(&s)
+                    && s.peer_ino == 0
+                    && !s.peer_gone
+                    && s.peer_addr.is_empty()
+                    && s.addr.len() > 2
+                    && msgs.iter().all(|m| m.sender.is_empty());
+                if !(from_peer || s.peer_gone || from_anyone) {
+                    let senders: Vec<String> = msgs
+                        .iter()
+                        .filter(|m| !m.sender.is_empty())
+                        .map(|m| show_addr(&m.sender))
+                        .collect();
+                    return refuse(format!(
+                        "with {} queued message(s) that cannot be sent to it again with their sender{}; retry the dump",
+                        msgs.len(),
+                        if senders.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" ({})", senders.join(", "))
+                        }
+                    ));
+                }
+                s.queue = if stream {
+                    vec![msgs.into_iter().flat_map(|m| m.data).collect()]
+                } else {
+                    msgs.into_iter().map(|m| m.data).collect()
+                };
+            }
+        }
+        procs[i].fds[j].socket = Some(s);
+    }
+    Ok(())
+}
+
+/// One socket to create: its description id and saved state.
+struct Member {
+    id: u64,
+    /// O_NONBLOCK and other status flags.
+    status: u64,
+    fd: i32,
+    s: Socket,
+}
+
+/// Sockets linked by their peers, created together.
+struct Group {
+    creator: usize,
+    members: Vec<Member>,
+}
+
+/// How the unix sockets of an image are created again (module docs).
+#[derive(Default)]
+pub struct UnixPlan {
+    groups: Vec<Group>,
+    creators: HashMap<u64, usize>,
+}
+
+fn find(up: &mut [usize], mut i: usize) -> usize {
+    while up[i] != i {
+        up[i] = up[up[i]];
+        i = up[i];
+    }
+    i
+}
+
+impl UnixPlan {
+    /// `reps`: description id → a representative fd; `holders`: description
+    /// id → the indexes of the processes holding it.
+    pub fn new(
+        procs: &[Process],
+        reps: &BTreeMap<u64, Fd>,
+        holders: &BTreeMap<u64, Vec<usize>>,
+        parent: &[Option<usize>],
+    ) -> Result<UnixPlan> {
+        // Queues are saved with one fd of the socket: find it whichever it is.
+        let mut queues: HashMap<u64, &Vec<Vec<u8>>> = HashMap::new();
+        for f in procs.iter().flat_map(|p| &p.fds) {
+            if let (true, Some(s)) = (f.kind == FdKind::UnixSocket as i32, &f.socket) {
+                if !s.queue.is_empty() {
+                    queues.entry(s.ino).or_insert(&s.queue);
+                }
+            }
+        }
+        let mut members = Vec::new();
+        for (id, f) in reps
+            .iter()
+            .filter(|(_, f)| f.kind == FdKind::UnixSocket as i32)
+        {
+            let mut s = f.socket.clone().ok_or_else(|| {
+                EngineError::BadImage(format!("fd {} is a unix socket without details", f.fd))
+            })?;
+            if s.queue.is_empty() {
+                if let Some(q) = queues.get(&s.ino) {
+                    s.queue = (*q).clone();
+                }
+            }
+            members.push(Member {
+                id: *id,
+                status: (f.flags & libc::O_NONBLOCK as u32) as u64,
+                fd: f.fd,
+                s,
+            });
+        }
+        let index: HashMap<u64, usize> = members
+            .iter()
+            .enumerate()
+            .map(|(i, m)| (m.s.ino, i))
+            .collect();
+        let mut up: Vec<usize> = (0..members.len()).collect();
+        for (i, m) in members.iter().enumerate() {
+            if m.s.peer_ino == 0 {
+                continue;
+            }
+            let j = *index.get(&m.s.peer_ino).ok_or_else(|| {
+                EngineError::BadImage(format!(
+                    "unix socket:[{}] is connected to socket:[{}], which is not in the image",
+                    m.s.ino, m.s.peer_ino
+                ))
+            })?;
+            let (a, b) = (find(&mut up, i), find(&mut up, j));
+            up[a] = b;
+        }
+        let mut by_root: BTreeMap<usize, Vec<Member>> = BTreeMap::new();
+        for (i, m) in members.into_iter().enumerate() {
+            let root = find(&mut up, i);
+            by_root.entry(root).or_default().push(m);
+        }
+        let mut plan = UnixPlan::default();
+        for (_, members) in by_root {
+            let all: Vec<usize> = members
+                .iter()
+                .flat_map(|m| holders.get(&m.id).cloned().unwrap_or_default())
+                .collect();
+            let creator = if all.is_empty() { 0 } else { lca(parent, &all) };
+            for m in &members {
+                plan.creators.insert(m.id, creator);
+            }
+            plan.groups.push(Group { creator, members });
+        }
+        Ok(plan)
+    }
+
+    /// The process that creates description `id`, if it is a unix socket.
+    pub fn creator(&self, id: u64) -> Option<usize> {
+        self.creators.get(&id).copied()
+    }
+
+    /// Creates, in process `idx` (`r`), the socket groups it is the creator
+    /// of; returns (description id, fd in the process) of each. Uses
+    /// scratch bytes [0, 8192).
+    pub fn create(&self, r: &Remote, idx: usize) -> Result<Vec<(u64, u64)>> {
+        let mut out = Vec::new();
+        for g in self.groups.iter().filter(|g| g.creator == idx) {
+            out.extend(create_group(r, &g.members)?);
+        }
+        Ok(out)
+    }
+}
+
+const STAGE: &str = "creating unix sockets";
+
+/// An injected call's failure, naming the call and what it was for.
+fn failed(pid: i32, call: &'static str, target: String, e: SysError) -> EngineError {
+    let source = match e.errno() {
+        Some(errno) => SysError::Call {
+            call,
+            target,
+            source: std::io::Error::from_raw_os_error(errno),
+        },
+        None => e,
+    };
+    EngineError::Restore {
+        pid,
+        stage: STAGE,
+        source,
+    }
+}
+
+fn local_err(pid: i32, path: &Path, detail: String) -> EngineError {
+    EngineError::Restore {
+        pid,
+        stage: STAGE,
+        source: SysError::Proc {
+            path: path.display().to_string(),
+            detail,
+        },
+    }
+}
+
+fn create_group(r: &Remote, members: &[Member]) -> Result<Vec<(u64, u64)>> {
+    let pid = r.pid;
+    let by_ino: HashMap<u64, &Member> = members.iter().map(|m| (m.s.ino, m)).collect();
+    let mutual = |m: &Member| {
+        m.s.peer_ino != 0
+            && m.s.peer_ino != m.s.ino
+            && by_ino
+                .get(&m.s.peer_ino)
+                .is_some_and(|p| p.s.peer_ino == m.s.ino)
+    };
+    let mut fds: HashMap<u64, u64> = HashMap::new();
+    let mut ghosts: HashMap<u64, u64> = HashMap::new();
+    // Sockets, connected pairs at once.
+    for m in members {
+        if fds.contains_key(&m.s.ino) {
+            continue;
+        }
+        let t = m.s.sock_type as u64;
+        if mutual(m) || m.s.peer_gone {
+            // Both ends report the credentials of the process making the
+            // pair: those of the accepted (named) end, which a server checks.
+            let peer = by_ino.get(&m.s.peer_ino).filter(|p| p.s.addr.len() > 2);
+            let creds = cred(&peer.map_or(m, |p| *p).s);
+            as_creds(r, creds, || {
+                r.call(
+                    "socketpair",
+                    libc::SYS_socketpair,
+                    [libc::AF_UNIX as u64, t, 0, r.scratch + SCRATCH_INTS, 0, 0],
+                )
+                .map_err(|e| failed(pid, "socketpair", format!("fd {}", m.fd), e))
+            })?;
+            let b = r.get(SCRATCH_INTS, 8).restoring(pid, STAGE)?;
+            let a = i32::from_le_bytes(b[0..4].try_into().expect("4")) as u64;
+            let z = i32::from_le_bytes(b[4..8].try_into().expect("4")) as u64;
+            fds.insert(m.s.ino, a);
+            if m.s.peer_gone {
+                ghosts.insert(m.s.ino, z);
+            } else {
+                fds.insert(m.s.peer_ino, z);
+            }
+        } else {
+            let fd = r
+                .call(
+                    "socket",
+                    libc::SYS_socket,
+                    [libc::AF_UNIX as u64, t, 0, 0, 0, 0],
+                )
+                .map_err(|e| failed(pid, "socket", format!("fd {}", m.fd), e))?;
+            fds.insert(m.s.ino, fd);
+        }
+    }
+    for m in members {
+        set_options(r, fds[&m.s.ino], m, false)?;
+    }
+    for m in members.iter().filter(|m| binds(&m.s)) {
+        bind(r, fds[&m.s.ino], m)?;
+    }
+    for m in members.iter().filter(|m| m.s.listening) {
+        // A listener's SO_PEERCRED: the credentials it listened with.
+        as_creds(r, cred(&m.s), || {
+            r.call(
+                "listen",
+                libc::SYS_listen,
+                [fds[&m.s.ino], m.s.backlog as u64, 0, 0, 0, 0],
+            )
+            .map_err(|e| failed(pid, "listen", show_addr(&m.s.addr), e))
+        })?;
+    }
+    // Datagram sockets connected one way: to a named socket of the group,
+    // or outside the tree.
+    for m in members.iter().filter(|m| !connection(&m.s)) {
+        let (addr, cwd) = match by_ino.get(&m.s.peer_ino) {
+            Some(p) if !mutual(m) => (&p.s.addr, &p.s.cwd),
+            Some(_) => continue,
+            None if !m.s.peer_addr.is_empty() => (&m.s.peer_addr, &m.s.cwd),
+            None => continue,
+        };
+        connect(r, fds[&m.s.ino], addr, cwd)?;
+    }
+    // The queues, sent again by the peer (or the closed peer's stand-in).
+    let pidfd = if members.iter().any(|m| !m.s.queue.is_empty()) {
+        Some(process::pidfd_open(pid).restoring(pid, "refilling unix sockets")?)
+    } else {
+        None
+    };
+    for m in members.iter().filter(|m| !m.s.queue.is_empty()) {
+        let pidfd = pidfd.as_ref().expect("opened above");
+        let (sender, to) = if m.s.peer_gone {
+            (Some(ghosts[&m.s.ino]), None)
+        } else if m.s.peer_ino != 0 {
+            let to = (!mutual(m)).then(|| absolute(&m.s.addr, &m.s.cwd));
+            (Some(fds[&m.s.peer_ino]), to)
+        } else {
+            (None, Some(absolute(&m.s.addr, &m.s.cwd)))
+        };
+        let sender =
+            match sender {
+                Some(fd) => process::pidfd_getfd(pidfd, fd as i32)
+                    .restoring(pid, "refilling unix sockets")?,
+                None => sockdiag::unix_socket_new(m.s.sock_type)
+                    .restoring(pid, "refilling unix sockets")?,
+            };
+        refill(pid, &sender, m, to.as_deref())?;
+    }
+    for m in members.iter().filter(|m| m.s.shutdown != 0) {
+        let how = (m.s.shutdown & 3) as u64 - 1;
+        r.call(
+            "shutdown",
+            libc::SYS_shutdown,
+            [fds[&m.s.ino], how, 0, 0, 0, 0],
+        )
+        .map_err(|e| failed(pid, "shutdown", format!("fd {}", m.fd), e))?;
+    }
+    for fd in ghosts.values() {
+        r.call("close", libc::SYS_close, [*fd, 0, 0, 0, 0, 0])
+            .restoring(pid, STAGE)?;
+    }
+    let mut out = Vec::new();
+    for m in members {
+        let fd = fds[&m.s.ino];
+        set_options(r, fd, m, true)?;
+        r.call(
+            "fcntl(F_SETFL)",
+            libc::SYS_fcntl,
+            [fd, libc::F_SETFL as u64, m.status, 0, 0, 0],
+        )
+        .restoring(pid, STAGE)?;
+        out.push((m.id, fd));
+    }
+    tracing::debug!(pid, sockets = out.len(), "unix sockets restored");
+    Ok(out)
+}
+
+/// The (uid, gid) a socket's SO_PEERCRED reported, if any.
+fn cred(s: &Socket) -> Option<(u32, u32)> {
+    (s.cred_pid != 0 && s.cred_uid != u32::MAX).then_some((s.cred_uid, s.cred_gid))
+}
+
+/// Runs `f` (injected calls in the process behind `r`) with the process's
+/// effective uid and gid set to `creds`, then back to root. Only when
+/// godwit runs as root (the process then has real and saved uid 0, so it
+/// may switch back) and `creds` are not root's; otherwise just runs `f`.
+fn as_creds<T>(r: &Remote, creds: Option<(u32, u32)>, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    let Some((uid, gid)) = creds.filter(|c| *c != (0, 0)) else {
+        return f();
+    };
+    if process::euid() != 0 {
+        return f();
+    }
+    let keep = u32::MAX as u64;
+    let set = |name: &'static str, nr: i64, id: u32| {
+        r.call(name, nr, [keep, id as u64, keep, 0, 0, 0])
+            .map_err(|e| failed(r.pid, name, format!("effective id {id}"), e))
+    };
+    set("setresgid", libc::SYS_setresgid, gid)?;
+    if let Err(e) = set("setresuid", libc::SYS_setresuid, uid) {
+        let _ = set("setresgid", libc::SYS_setresgid, 0);
+        return Err(e);
+    }
+    let out = f();
+    set("setresuid", libc::SYS_setresuid, 0)?;
+    set("setresgid", libc::SYS_setresgid, 0)?;
+    out
+}
+
+/// Sets the saved options: the early ones, or the LATE ones.
+fn set_options(r: &Remote, fd: u64, m: &Member, late: bool) -> Result<()> {
+    for o in
+        m.s.options
+            .iter()
+            .filter(|o| LATE.contains(&o.name) == late)
+    {
+        // SO_RCVBUF/SO_SNDBUF report double what was set; the kernel doubles again.
+        let value = if o.name == libc::SO_RCVBUF || o.name == libc::SO_SNDBUF {
+            o.value / 2
+        } else {
+            o.value
+        };
+        let a = r
+            .put(SCRATCH_INTS, &value.to_le_bytes())
+            .restoring(r.pid, STAGE)?;
+        r.call(
+            "setsockopt",
+            libc::SYS_setsockopt,
+            [fd, o.level as u64, o.name as u64, a, 4, 0],
+        )
+        .map_err(|e| {
+            failed(
+                r.pid,
+                "setsockopt",
+                format!("option {} of fd {}", o.name, m.fd),
+                e,
+            )
+        })?;
+    }
+    Ok(())
+}
+
+/// Enters `cwd` in the process when `addr` is a relative path.
+fn enter_dir_for(r: &Remote, addr: &[u8], cwd: &str) -> Result<()> {
+    if path_of(addr).is_some_and(|p| p.is_relative()) {
+        let a = r.put_cstr(SCRATCH_PATH, cwd).restoring(r.pid, STAGE)?;
+        r.call("chdir", libc::SYS_chdir, [a, 0, 0, 0, 0, 0])
+            .map_err(|e| failed(r.pid, "chdir", cwd.to_string(), e))?;
+    }
+    Ok(())
+}
+
+/// The address with a relative path made absolute (for use from godwit).
+fn absolute(addr: &[u8], cwd: &str) -> Vec<u8> {
+    match path_of(addr) {
+        Some(p) if p.is_relative() => {
+            let mut a = addr[..2].to_vec();
+            a.extend_from_slice(full_path(&p, cwd).as_os_str().as_bytes());
+            a.push(0);
+            a
+        }
+        _ => addr.to_vec(),
+    }
+}
+
+/// Removes a socket file left at `path` by a socket that no longer exists.
+/// Anything else there (another kind of file, a live socket's file) is an
+/// error: nothing is removed.
+fn clear_stale(pid: i32, path: &Path) -> Result<()> {
+    let md = match std::fs::symlink_metadata(path) {
+        Ok(md) => md,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(local_err(pid, path, e.to_string())),
+    };
+    if !md.file_type().is_socket() {
+        return Err(local_err(
+            pid,
+            path,
+            "the path of a unix socket to bind is taken by a file that is not a socket; move it away".into(),
+        ));
+    }
+    let live = sockdiag::unix_sockets(sockdiag::SHOW_VFS).restoring(pid, STAGE)?;
+    if live.iter().any(|u| {
+        u.vfs
+            .is_some_and(|(i, d)| md.ino() == i as u64 && same_dev(md.dev(), d))
+    }) {
+        return Err(local_err(
+            pid,
+            path,
+            "the unix socket's path is bound by a running socket on this host (stop the process using it)".into(),
+        ));
+    }
+    std::fs::remove_file(path)
+        .map_err(|e| local_err(pid, path, format!("removing the stale socket file: {e}")))?;
+    tracing::debug!(pid, path = %path.display(), "stale socket file removed");
+    Ok(())
+}
+
+fn bind(r: &Remote, fd: u64, m: &Member) -> Result<()> {
+    let pid = r.pid;
+    let s = &m.s;
+    let path = path_of(&s.addr).map(|p| full_path(&p, &s.cwd));
+    if let (Some(p), false) = (&path, s.file_unlinked) {
+        clear_stale(pid, p)?;
+    }
+    enter_dir_for(r, &s.addr, &s.cwd)?;
+    let a = r.put(SCRATCH_ADDR, &s.addr).restoring(pid, STAGE)?;
+    r.call(
+        "bind",
+        libc::SYS_bind,
+        [fd, a, s.addr.len() as u64, 0, 0, 0],
+    )
+    .map_err(|e| {
+        let what = if e.errno() == Some(libc::EADDRINUSE) {
+            format!(
+                "{} (in use on this host: stop the process using it)",
+                show_addr(&s.addr)
+            )
+        } else {
+            show_addr(&s.addr)
+        };
+        failed(pid, "bind", what, e)
+    })?;
+    if let Some(p) = path {
+        if !s.file_unlinked {
+            std::os::unix::fs::lchown(&p, Some(s.file_uid), Some(s.file_gid))
+                .map_err(|e| local_err(pid, &p, format!("setting the socket file's owner: {e}")))?;
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(s.file_mode))
+                .map_err(|e| local_err(pid, &p, format!("setting the socket file's mode: {e}")))?;
+        }
+        if s.file_unlinked {
+            std::fs::remove_file(&p)
+                .map_err(|e| local_err(pid, &p, format!("removing the socket file again: {e}")))?;
+        }
+    }
+    Ok(())
+}
+
+fn connect(r: &Remote, fd: u64, addr: &[u8], cwd: &str) -> Result<()> {
+    enter_dir_for(r, addr, cwd)?;
+    let a = r.put(SCRATCH_ADDR, addr).restoring(r.pid, STAGE)?;
+    r.call(
+        "connect",
+        libc::SYS_connect,
+        [fd, a, addr.len() as u64, 0, 0, 0],
+    )
+    .map_err(|e| failed(r.pid, "connect", show_addr(addr), e))?;
+    Ok(())
+}
+
+/// Sends the saved queue of `m` from `sender` (to `to` if given), message
+/// by message, with the sender's send buffer raised for the time of it.
+fn refill(pid: i32, sender: &OwnedFd, m: &Member, to: Option<&[u8]>) -> Result<()> {
+    let stage = "refilling unix sockets";
+    let sfd = sender.as_fd();
+    let total: usize = m.s.queue.iter().map(|q| q.len()).sum();
+    let need = (2 * total + 1024 * (m.s.queue.len() + 16)).min(i32::MAX as usize / 2) as i32;
+    let orig = sockdiag::get_option(sfd, libc::SOL_SOCKET, libc::SO_SNDBUF)
+        .restoring(pid, stage)?
+        .unwrap_or(need);
+    let raised = orig < need
+        && sockdiag::set_option(sfd, libc::SOL_SOCKET, libc::SO_SNDBUFFORCE, need).is_ok();
+    let sent = (|| {
+        for msg in &m.s.queue {
+            let mut off = 0;
+            loop {
+                let n = sockdiag::send_to(sfd, &msg[off..], to)?;
+                off += n;
+                if off >= msg.len() || m.s.sock_type != libc::SOCK_STREAM {
+                    break;
+                }
+            }
+        }
+        Ok::<(), SysError>(())
+    })();
+    if raised {
+        let _ = sockdiag::set_option(sfd, libc::SOL_SOCKET, libc::SO_SNDBUFFORCE, orig / 2);
+    }
+    sent.map_err(|e| EngineError::Restore {
+        pid,
+        stage: "refilling the queue of a unix socket",
+        source: e,
+    })?;
+    tracing::debug!(
+        pid,
+        fd = m.fd,
+        messages = m.s.queue.len(),
+        bytes = total,
+        "unix socket queue refilled"
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(name: &[u8]) -> Vec<u8> {
+        let mut a = (libc::AF_UNIX as u16).to_ne_bytes().to_vec();
+        a.extend_from_slice(name);
+        a
+    }
+
+    #[test]
+    fn names() {
+        assert_eq!(show_addr(&addr(b"")), "unnamed");
+        assert_eq!(show_addr(&addr(b"/run/x.sock\0")), "/run/x.sock");
+        assert_eq!(show_addr(&addr(b"\0godwit\x01")), "@godwit\\x01");
+        assert_eq!(path_of(&addr(b"rel/s\0")), Some(PathBuf::from("rel/s")));
+        assert_eq!(path_of(&addr(b"\0abs")), None);
+        assert_eq!(absolute(&addr(b"rel\0"), "/tmp/d"), addr(b"/tmp/d/rel\0"));
+        assert_eq!(absolute(&addr(b"/abs\0"), "/tmp/d"), addr(b"/abs\0"));
+        assert_eq!(absolute(&addr(b"\0x"), "/tmp/d"), addr(b"\0x"));
+    }
+
+    #[test]
+    fn accepted_connections_are_not_bound_again() {
+        let mut s = Socket {
+            family: libc::AF_UNIX,
+            sock_type: libc::SOCK_STREAM,
+            addr: addr(b"/tmp/l\0"),
+            ..Default::default()
+        };
+        assert!(binds(&s), "a listener or a bound socket");
+        s.peer_ino = 5;
+        assert!(
+            !binds(&s),
+            "an accepted connection shares the listener's name"
+        );
+        s.sock_type = libc::SOCK_DGRAM;
+        assert!(binds(&s), "a bound datagram socket connected somewhere");
+        s.addr = addr(b"");
+        assert!(!binds(&s));
+    }
+
+    #[test]
+    fn devices() {
+        let st_dev = libc::makedev(8, 3);
+        assert!(same_dev(st_dev, (8 << 20) | 3));
+        assert!(!same_dev(st_dev, (8 << 20) | 4));
+    }
+
+    #[test]
+    fn only_stale_socket_files_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sock");
+        assert!(clear_stale(1, &path).is_ok(), "nothing there");
+        let live = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        match clear_stale(1, &path) {
+            Err(e) => assert!(e.to_string().contains("running socket"), "{e}"),
+            Ok(()) => {
+                // Without sock_diag every socket file looks stale.
+                assert!(sockdiag::unix_sockets(sockdiag::SHOW_VFS).is_err());
+                return;
+            }
+        }
+        assert!(path.exists(), "a live socket's file is kept");
+        drop(live);
+        clear_stale(1, &path).unwrap();
+        assert!(!path.exists(), "a dead socket's file is removed");
+        std::fs::write(&path, "not a socket").unwrap();
+        let e = clear_stale(1, &path).unwrap_err().to_string();
+        assert!(e.contains("not a socket"), "{e}");
+        assert!(path.exists());
+    }
+
+    fn sock(ino: u64, peer: u64) -> Fd {
+        Fd {
+            kind: FdKind::UnixSocket as i32,
+            socket: Some(Socket {
+                family: libc::AF_UNIX,
+                sock_type: libc::SOCK_STREAM,
+                ino,
+                peer_ino: peer,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn connected_sockets_are_made_together_in_the_common_ancestor() {
+        // Process 0 with children 1 and 2; a pair split between 1 and 2, a
+        // socket of its own in 2.
+        let parent = vec![None, Some(0), Some(0)];
+        let reps: BTreeMap<u64, Fd> =
+            [(1, sock(10, 11)), (2, sock(11, 10)), (3, sock(12, 0))].into();
+        let holders: BTreeMap<u64, Vec<usize>> = [(1, vec![1]), (2, vec![2]), (3, vec![2])].into();
+        let plan = UnixPlan::new(&[], &reps, &holders, &parent).unwrap();
+        assert_eq!(plan.creator(1), Some(0));
+        assert_eq!(plan.creator(2), Some(0));
+        assert_eq!(plan.creator(3), Some(2));
+        assert_eq!(plan.groups.len(), 2);
+        let reps: BTreeMap<u64, Fd> = [(1, sock(10, 99))].into();
+        assert!(UnixPlan::new(&[], &reps, &holders, &parent).is_err());
+    }
+}
