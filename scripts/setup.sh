@@ -13,7 +13,7 @@ if [ ${#need[@]} -gt 0 ]; then
     apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
 # Debian starts redis/etcd services on install where it can; tests run their own.
-for svc in redis-server etcd; do
+for svc in redis-server etcd nginx; do
     command -v systemctl >/dev/null && systemctl stop "$svc" >/dev/null 2>&1 || true
     pkill -x "${svc%-server}" >/dev/null 2>&1 || true
 done

@@ -1,0 +1,652 @@
+//! godwit-bench: how fast Godwit dumps and restores a process holding N MiB
+//! of dirty anonymous memory, beside what this machine can do at best.
+//!
+//! For each size it measures, `--reps` times: a dump that ends the process
+//! (image on tmpfs, no fsync) and the restore of that image (the restored
+//! process then checks every word of its memory, outside the timed region);
+//! a dump with leave_running (total and frozen time, with a copy-on-write
+//! snapshot, the default, and with no_cow); the engine's dump stages
+//! (freeze, plan, copy, release, kill) run one by one; verify_pages alone. Then the
+//! ceilings: memcpy, process_vm_readv, tmpfs write, first-touch page writes,
+//! process_vm_writev into fresh memory, xxh3. Writes JSON and prints a table.
+//!
+//! Run as root (restore creates a process with a chosen PID).
+
+mod ceilings;
+mod region;
+mod shapes;
+mod target;
+
+use anyhow::{bail, Context, Result};
+use ceilings::Ceilings;
+use godwit_engine::dump::{dump, DumpOptions};
+use godwit_engine::restore::{restore, RestoreOptions};
+use godwit_engine::Quiet;
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use target::Target;
+
+const USAGE: &str = "\
+usage: godwit-bench [--sizes MIB[,MIB...]] [--reps N] [--out FILE] [--no-extras]
+
+  --sizes   memory sizes to measure, in MiB (default 64,1024)
+  --reps    repetitions of every measurement (default 5); min and median are reported
+  --out     JSON output (default target/bench/dump-restore.json)
+  --no-shapes  skip the tree (16 x 64 MiB) and many-mappings (2500..10000) runs
+  --no-extras  only the dump + restore loop (no leave-running, stages or
+            ceilings): for profiling it with perf
+
+Run as root, from a release build:
+  cargo build --release -p godwit-bench && sudo target/release/godwit-bench";
+
+struct Args {
+    /// Also measure the shapes (a tree, many mappings).
+    shapes: bool,
+    sizes: Vec<u64>,
+    reps: usize,
+    out: PathBuf,
+    extras: bool,
+}
+
+fn parse_args() -> Result<Args> {
+    let mut a = Args {
+        sizes: vec![64, 1024],
+        reps: 5,
+        out: PathBuf::from("target/bench/dump-restore.json"),
+        extras: true,
+        shapes: true,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        let (flag, inline) = match arg.split_once('=') {
+            Some((f, v)) => (f.to_string(), Some(v.to_string())),
+            None => (arg.clone(), None),
+        };
+        let mut value = |name: &str| -> Result<String> {
+            match inline.clone() {
+                Some(v) => Ok(v),
+                None => it
+                    .next()
+                    .with_context(|| format!("{name} needs a value\n\n{USAGE}")),
+            }
+        };
+        match flag.as_str() {
+            "--no-shapes" => a.shapes = false,
+            "--sizes" => {
+                a.sizes = value("--sizes")?
+                    .split(',')
+                    .map(|s| {
+                        s.trim()
+                            .parse::<u64>()
+                            .ok()
+                            .filter(|n| *n > 0 && *n <= 64 * 1024)
+                            .with_context(|| {
+                                format!("--sizes: {s:?} is not a size in MiB (1..65536)")
+                            })
+                    })
+                    .collect::<Result<_>>()?;
+            }
+            "--reps" => {
+                a.reps = value("--reps")?
+                    .parse()
+                    .ok()
+                    .filter(|n| *n > 0)
+                    .context("--reps needs a positive number")?;
+            }
+            "--out" => a.out = PathBuf::from(value("--out")?),
+            "--no-extras" => a.extras = false,
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                std::process::exit(0);
+            }
+            other => bail!("unknown argument {other:?}\n\n{USAGE}"),
+        }
+    }
+    Ok(a)
+}
+
+/// A private directory on tmpfs, removed with everything in it on drop.
+struct Workdir(PathBuf);
+
+impl Workdir {
+    fn create() -> Result<Workdir> {
+        let mut template = *b"/dev/shm/godwit-bench-XXXXXX\0";
+        // SAFETY: `template` is a writable NUL-terminated buffer ending in
+        // XXXXXX, as mkdtemp requires; it fills in the X's in place.
+        let p = unsafe { libc::mkdtemp(template.as_mut_ptr().cast()) };
+        if p.is_null() {
+            bail!(
+                "cannot create a directory in /dev/shm: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+        let path = std::str::from_utf8(&template[..template.len() - 1])?;
+        Ok(Workdir(PathBuf::from(path)))
+    }
+}
+
+impl Drop for Workdir {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_dir_all(&self.0) {
+            eprintln!("godwit-bench: could not remove {}: {e}", self.0.display());
+        }
+    }
+}
+
+/// Removes an image directory on drop.
+struct TempImage(PathBuf);
+
+impl Drop for TempImage {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+pub fn gib_s(bytes: u64, d: Duration) -> f64 {
+    bytes as f64 / (1u64 << 30) as f64 / d.as_secs_f64().max(1e-9)
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+fn round2(x: f64) -> f64 {
+    (x * 100.0).round() / 100.0
+}
+
+/// Samples of one duration.
+#[derive(Default)]
+struct Samples(Vec<Duration>);
+
+impl Samples {
+    fn push(&mut self, d: Duration) {
+        self.0.push(d);
+    }
+    fn sorted(&self) -> Vec<Duration> {
+        let mut v = self.0.clone();
+        v.sort();
+        v
+    }
+    fn min(&self) -> Duration {
+        self.sorted().first().copied().unwrap_or_default()
+    }
+    fn median(&self) -> Duration {
+        let v = self.sorted();
+        match v.len() {
+            0 => Duration::ZERO,
+            n if n % 2 == 1 => v[n / 2],
+            n => (v[n / 2 - 1] + v[n / 2]) / 2,
+        }
+    }
+    fn ms_json(&self) -> Value {
+        json!({
+            "min": round2(ms(self.min())),
+            "median": round2(ms(self.median())),
+            "all": self.0.iter().map(|d| round2(ms(*d))).collect::<Vec<_>>(),
+        })
+    }
+    /// GiB/s from the fastest ("max") and the median run.
+    fn rate_json(&self, bytes: u64) -> Value {
+        json!({"max": round2(gib_s(bytes, self.min())), "median": round2(gib_s(bytes, self.median()))})
+    }
+}
+
+/// Everything measured for one size.
+struct SizeResult {
+    mib: u64,
+    memory_bytes: u64,
+    image_bytes: u64,
+    dump: Samples,
+    frozen: Samples,
+    restore: Samples,
+    restored_bytes: u64,
+    lr_total: Samples,
+    lr_frozen: Samples,
+    lr_nocow_total: Samples,
+    lr_nocow_frozen: Samples,
+    st_freeze: Samples,
+    st_plan: Samples,
+    st_copy: Samples,
+    st_release: Samples,
+    st_kill: Samples,
+    st_verify: Samples,
+    /// None with --no-extras.
+    ceilings: Option<Ceilings>,
+}
+
+impl SizeResult {
+    fn to_json(&self) -> Value {
+        json!({
+            "size_mib": self.mib,
+            "memory_bytes": self.memory_bytes,
+            "image_bytes": self.image_bytes,
+            "dump_ms": self.dump.ms_json(),
+            "dump_gib_s": self.dump.rate_json(self.memory_bytes),
+            "frozen_ms": self.frozen.ms_json(),
+            "restore_ms": self.restore.ms_json(),
+            "restore_gib_s": self.restore.rate_json(self.restored_bytes),
+            "leave_running_total_ms": self.lr_total.ms_json(),
+            "leave_running_frozen_ms": self.lr_frozen.ms_json(),
+            "leave_running_no_cow_total_ms": self.lr_nocow_total.ms_json(),
+            "leave_running_no_cow_frozen_ms": self.lr_nocow_frozen.ms_json(),
+            "stages_ms": {
+                "dump_freeze": self.st_freeze.ms_json(),
+                "dump_smaps_and_plan": self.st_plan.ms_json(),
+                "dump_copy_pages": self.st_copy.ms_json(),
+                "dump_release": self.st_release.ms_json(),
+                "dump_kill": self.st_kill.ms_json(),
+                "restore_verify_pages": self.st_verify.ms_json(),
+            },
+            "ceilings": self.ceilings.as_ref().map(Ceilings::to_json),
+        })
+    }
+}
+
+struct Env {
+    dir: PathBuf,
+    bin: PathBuf,
+}
+
+/// Runs the engine's dump stages one by one on the running process `pid`,
+/// as `dump` does them (freeze; smaps and pagemap plan; copy every page into
+/// a page file; release), and returns each stage's time.
+fn dump_stages(pid: i32, dir: &Path) -> Result<[Duration; 4]> {
+    use godwit_engine::freeze::Frozen;
+    use godwit_engine::resources::memory;
+    let _cleanup = TempImage(dir.to_owned());
+    let t0 = Instant::now();
+    let frozen = Frozen::freeze(pid).context("freezing")?;
+    let t1 = Instant::now();
+    let maps = godwit_sys::proc::smaps(pid).context("reading smaps")?;
+    let vmas = memory::plan(pid, &maps).context("planning")?;
+    let t2 = Instant::now();
+    let mut writer = godwit_image::ImageWriter::create(dir)?.sync(false);
+    memory::write_pages(pid, &vmas, &mut writer, &Quiet, None, &[]).context("copying pages")?;
+    let t3 = Instant::now();
+    frozen.release().context("releasing")?;
+    let t4 = Instant::now();
+    Ok([t1 - t0, t2 - t1, t3 - t2, t4 - t3])
+}
+
+fn bench_size(env: &Env, mib: u64, reps: usize, extras: bool) -> Result<SizeResult> {
+    let mut r = SizeResult {
+        mib,
+        memory_bytes: 0,
+        image_bytes: 0,
+        dump: Samples::default(),
+        frozen: Samples::default(),
+        restore: Samples::default(),
+        restored_bytes: 0,
+        lr_total: Samples::default(),
+        lr_frozen: Samples::default(),
+        lr_nocow_total: Samples::default(),
+        lr_nocow_frozen: Samples::default(),
+        st_freeze: Samples::default(),
+        st_plan: Samples::default(),
+        st_copy: Samples::default(),
+        st_release: Samples::default(),
+        st_kill: Samples::default(),
+        st_verify: Samples::default(),
+        ceilings: None,
+    };
+
+    // Dump (ending the process), then restore the image.
+    for rep in 0..reps {
+        eprint!("\r{mib} MiB: dump + restore {}/{reps}   ", rep + 1);
+        let mut t = Target::hold(&env.bin, &env.dir, mib, &format!("{mib}-{rep}"))?;
+        let img = env.dir.join(format!("img-{mib}-{rep}"));
+        let _img = TempImage(img.clone());
+        let start = Instant::now();
+        let d = dump(
+            t.pid,
+            &img,
+            &DumpOptions {
+                leave_running: false,
+                no_sync: true,
+                ..Default::default()
+            },
+            &Quiet,
+        )
+        .with_context(|| format!("dumping the {mib} MiB target (pid {})", t.pid))?;
+        r.dump.push(start.elapsed());
+        r.frozen.push(d.frozen);
+        r.memory_bytes = d.memory_bytes;
+        r.image_bytes = d.image_bytes;
+        t.ended_by_dump();
+
+        let start = Instant::now();
+        let res = restore(&img, &RestoreOptions::default(), &Quiet);
+        let elapsed = start.elapsed();
+        let res = match res {
+            Ok(res) => res,
+            Err(e) => {
+                target::reap_strays();
+                return Err(e).with_context(|| format!("restoring the {mib} MiB image"));
+            }
+        };
+        t.adopt(res.pid);
+        r.restore.push(elapsed);
+        r.restored_bytes = res.memory_bytes;
+        t.check()
+            .with_context(|| format!("checking the restored {mib} MiB process"))?;
+        drop(t);
+
+        if !extras {
+            continue;
+        }
+        // verify_pages alone, on the same image (outside the timed region).
+        let start = Instant::now();
+        let (_, reader) = godwit_engine::load(&img)?;
+        reader.verify_pages()?;
+        r.st_verify.push(start.elapsed());
+    }
+
+    if !extras {
+        eprintln!("\r{mib} MiB: done                              ");
+        return Ok(r);
+    }
+
+    // Ending a frozen process: SIGKILL and wait until it is gone, as a dump
+    // without leave_running does at its end.
+    for rep in 0..reps {
+        eprint!("\r{mib} MiB: kill stage {}/{reps}          ", rep + 1);
+        let mut t = Target::hold(&env.bin, &env.dir, mib, &format!("{mib}-kill-{rep}"))?;
+        let frozen = godwit_engine::freeze::Frozen::freeze(t.pid).context("freezing")?;
+        let start = Instant::now();
+        frozen.kill().context("ending the frozen process")?;
+        r.st_kill.push(start.elapsed());
+        t.ended_by_dump();
+    }
+
+    // Dump with leave_running, the stages one by one, and process_vm_readv,
+    // on one process that keeps running throughout.
+    let t = Target::hold(&env.bin, &env.dir, mib, &format!("{mib}-lr"))?;
+    for no_cow in [false, true] {
+        for rep in 0..reps {
+            let what = if no_cow {
+                "leave-running dump, no CoW"
+            } else {
+                "leave-running dump"
+            };
+            eprint!("\r{mib} MiB: {what} {}/{reps}   ", rep + 1);
+            let img = env.dir.join(format!("lr-{mib}-{rep}"));
+            let _img = TempImage(img.clone());
+            let start = Instant::now();
+            let d = dump(
+                t.pid,
+                &img,
+                &DumpOptions {
+                    leave_running: true,
+                    no_sync: true,
+                    no_cow,
+                },
+                &Quiet,
+            )
+            .with_context(|| format!("dumping the {mib} MiB target with leave_running ({what})"))?;
+            let (total, frozen) = if no_cow {
+                (&mut r.lr_nocow_total, &mut r.lr_nocow_frozen)
+            } else {
+                (&mut r.lr_total, &mut r.lr_frozen)
+            };
+            total.push(start.elapsed());
+            frozen.push(d.frozen);
+        }
+    }
+    t.check()
+        .with_context(|| format!("checking the {mib} MiB process after leave-running dumps"))?;
+    for rep in 0..reps {
+        eprint!("\r{mib} MiB: dump stages {}/{reps}          ", rep + 1);
+        let [a, b, c, d] = dump_stages(t.pid, &env.dir.join(format!("st-{mib}-{rep}")))
+            .with_context(|| format!("timing the dump stages at {mib} MiB"))?;
+        r.st_freeze.push(a);
+        r.st_plan.push(b);
+        r.st_copy.push(c);
+        r.st_release.push(d);
+    }
+    eprint!("\r{mib} MiB: ceilings                        ");
+    let readv = ceilings::readv_from(&t, reps)?;
+    drop(t);
+
+    let mut c = ceilings::measure(&env.dir, &env.bin, mib, reps)?;
+    c.process_vm_readv = readv;
+    r.ceilings = Some(c);
+    eprintln!("\r{mib} MiB: done                              ");
+    Ok(r)
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// The workspace's git HEAD when the benchmark runs, and whether the crates
+/// that set the figures (engine, sys, image) have uncommitted changes.
+fn git_info() -> Value {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .arg("-C")
+            .arg(&root)
+            .args(args)
+            .stderr(std::process::Stdio::null())
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    let head = git(&["rev-parse", "--short=12", "HEAD"]);
+    let dirty = git(&[
+        "status",
+        "--porcelain",
+        "--",
+        "crates/godwit-engine",
+        "crates/godwit-sys",
+        "crates/godwit-image",
+    ])
+    .map(|s| !s.is_empty());
+    json!({"head": head, "engine_uncommitted_changes": dirty})
+}
+
+fn machine(load_start: &str) -> Value {
+    let read = |p: &str| {
+        std::fs::read_to_string(p)
+            .unwrap_or_default()
+            .trim()
+            .to_string()
+    };
+    let cpuinfo = read("/proc/cpuinfo");
+    let cpu = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split_once(':'))
+        .map(|(_, v)| v.trim().to_string())
+        .unwrap_or_default();
+    let meminfo = read("/proc/meminfo");
+    let mem_kib: u64 = meminfo
+        .lines()
+        .find(|l| l.starts_with("MemTotal:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    json!({
+        "nproc": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        "kernel": read("/proc/sys/kernel/osrelease"),
+        "cpu": cpu,
+        "mem_total_mib": mem_kib / 1024,
+        "thp_enabled": read("/sys/kernel/mm/transparent_hugepage/enabled"),
+        "godwit_version": env!("CARGO_PKG_VERSION"),
+        // Other work on the machine skews the figures: compare with nproc.
+        "loadavg_start": load_start,
+        "loadavg_end": loadavg(),
+    })
+}
+
+fn print_table(results: &[SizeResult], extras: bool) {
+    let mm = |s: &Samples| format!("{:.1}/{:.1}", ms(s.min()), ms(s.median()));
+    println!();
+    println!(
+        "{:>6}  {:>15} {:>6} {:>15}  {:>15} {:>6}",
+        "MiB", "dump ms", "GiB/s", "frozen ms", "restore ms", "GiB/s"
+    );
+    for r in results {
+        println!(
+            "{:>6}  {:>15} {:>6.2} {:>15}  {:>15} {:>6.2}",
+            r.mib,
+            mm(&r.dump),
+            gib_s(r.memory_bytes, r.dump.min()),
+            mm(&r.frozen),
+            mm(&r.restore),
+            gib_s(r.restored_bytes, r.restore.min()),
+        );
+    }
+    println!("(ms: min/median; GiB/s from the fastest run)");
+    if !extras {
+        return;
+    }
+    println!();
+    println!(
+        "{:>6}  {:>15} {:>15}  {:>15} {:>15}",
+        "MiB", "LR total ms", "LR frozen ms", "no-CoW total", "no-CoW frozen"
+    );
+    for r in results {
+        println!(
+            "{:>6}  {:>15} {:>15}  {:>15} {:>15}",
+            r.mib,
+            mm(&r.lr_total),
+            mm(&r.lr_frozen),
+            mm(&r.lr_nocow_total),
+            mm(&r.lr_nocow_frozen),
+        );
+    }
+    println!("(LR: dump with leave_running)");
+    println!();
+    println!(
+        "{:>6}  {:>13} {:>13} {:>13} {:>13} {:>13} {:>13}   (stages alone, ms)",
+        "MiB", "dump freeze", "smaps+plan", "copy pages", "release", "kill", "verify_pages"
+    );
+    for r in results {
+        println!(
+            "{:>6}  {:>13} {:>13} {:>13} {:>13} {:>13} {:>13}",
+            r.mib,
+            mm(&r.st_freeze),
+            mm(&r.st_plan),
+            mm(&r.st_copy),
+            mm(&r.st_release),
+            mm(&r.st_kill),
+            mm(&r.st_verify),
+        );
+    }
+    println!();
+    println!(
+        "{:>6}  {:>8} {:>8} {:>8} {:>8} {:>8} {:>9} {:>9} {:>8}   (GiB/s, best)",
+        "MiB",
+        "memcpy",
+        "vm_readv",
+        "tmpfs_wr",
+        "1sttouch",
+        "1st_thp",
+        "writev_fr",
+        "wv_fr_thp",
+        "xxh3"
+    );
+    for r in results {
+        let Some(c) = &r.ceilings else { continue };
+        println!(
+            "{:>6}  {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>9.2} {:>9.2} {:>8.2}",
+            r.mib,
+            c.memcpy,
+            c.process_vm_readv,
+            c.tmpfs_write,
+            c.first_touch,
+            c.first_touch_thp,
+            c.process_vm_writev_fresh,
+            c.process_vm_writev_fresh_thp,
+            c.xxh3
+        );
+    }
+}
+
+fn run(args: &Args) -> Result<()> {
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("godwit-bench must run as root (restore creates processes with chosen PIDs)");
+    }
+    godwit_sys::process::set_child_subreaper().context("becoming a child subreaper")?;
+    let load_start = loadavg();
+    let work = Workdir::create()?;
+    let env = Env {
+        bin: target::compile(&work.0)?,
+        dir: work.0.clone(),
+    };
+    let mut results = Vec::new();
+    for &mib in &args.sizes {
+        results.push(bench_size(&env, mib, args.reps, args.extras)?);
+    }
+    target::reap_strays();
+    let shapes = if args.shapes {
+        let s = shapes::run(&env, args.reps.min(3))?;
+        target::reap_strays();
+        s
+    } else {
+        Vec::new()
+    };
+
+    let largest = results
+        .iter()
+        .max_by_key(|r| r.mib)
+        .context("no sizes measured")?;
+    let top = largest.ceilings.as_ref().map(|c| {
+        let mut top = c.to_json();
+        top["size_mib"] = json!(largest.mib);
+        top
+    });
+    let doc = json!({
+        "machine": machine(&load_start),
+        "git": git_info(),
+        "config": {
+            "sizes_mib": args.sizes,
+            "reps": args.reps,
+            "image_dir": "tmpfs (/dev/shm)",
+            "no_sync": true,
+            "restore_checked": "every rep: the restored process checks every word (SIGUSR1)",
+        },
+        "results": results.iter().map(SizeResult::to_json).collect::<Vec<_>>(),
+        "shapes": shapes,
+        "ceilings": top,
+    });
+    if let Some(parent) = args.out.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating {}", parent.display()))?;
+    }
+    std::fs::write(&args.out, serde_json::to_string_pretty(&doc)? + "\n")
+        .with_context(|| format!("writing {}", args.out.display()))?;
+    print_table(&results, args.extras);
+    for s in &shapes {
+        println!(
+            "{:<40} {:>3} processes  dump {:>8.1} ms  restore {:>8.1} ms (medians)",
+            s["shape"].as_str().unwrap_or(""),
+            s["processes"],
+            s["dump_ms"]["median"].as_f64().unwrap_or(0.0),
+            s["restore_ms"]["median"].as_f64().unwrap_or(0.0)
+        );
+    }
+    println!(
+        "\nload average: {load_start} at the start, {} at the end",
+        loadavg()
+    );
+    println!("JSON: {}", args.out.display());
+    Ok(())
+}
+
+fn main() {
+    let result = parse_args().and_then(|a| run(&a));
+    if let Err(e) = result {
+        eprintln!("\ngodwit-bench: {e:#}");
+        std::process::exit(1);
+    }
+}
