@@ -225,6 +225,7 @@ fn resurrect(
         }
         Err(e) => return Err(e).restoring(root.pid, "creating the process"),
     };
+    let t0 = Instant::now();
     let mut guard = Guard {
         pids: vec![pid],
         armed: true,
@@ -264,6 +265,7 @@ fn resurrect(
             }
         }
     }
+    tracing::debug!(ms = t0.elapsed().as_secs_f64() * 1e3, "stub ready, processes created");
     // Phase 2: rebuild each process.
     progress.stage(
         "restoring memory",
@@ -274,6 +276,7 @@ fn resurrect(
             build(r, p, &pages[i], plan, shm, progress)?;
         }
     }
+    tracing::debug!(ms = t0.elapsed().as_secs_f64() * 1e3, "rebuilt");
     // Phase 3: process groups, leaders first.
     for leaders in [true, false] {
         for (i, p) in procs.iter().enumerate() {
@@ -309,7 +312,9 @@ fn resurrect(
             }
         }
     }
+    tracing::debug!(ms = t0.elapsed().as_secs_f64() * 1e3, "registers loaded");
     verified()?;
+    tracing::debug!(ms = t0.elapsed().as_secs_f64() * 1e3, "verified");
     for (i, p) in procs.iter().enumerate().rev() {
         if remotes[i].is_some() {
             for t in p.threads.iter().rev() {
