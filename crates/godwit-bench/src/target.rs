@@ -64,7 +64,10 @@ impl Target {
     pub fn tree(bin: &Path, dir: &Path, n: u32, mib: u64, tag: &str) -> Result<Target> {
         let ready = dir.join(format!("ready-{tag}"));
         let mut cmd = Command::new(bin);
-        cmd.arg("tree").arg(n.to_string()).arg(mib.to_string()).arg(&ready);
+        cmd.arg("tree")
+            .arg(n.to_string())
+            .arg(mib.to_string())
+            .arg(&ready);
         Target::spawn(cmd, ready, PathBuf::new())
     }
 

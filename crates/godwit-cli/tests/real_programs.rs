@@ -140,7 +140,11 @@ fn tree_counts_on(program: &str, args: &[&str], leave_running: bool) {
         "{program}: expected a tree, got {:?}",
         p.tree
     );
-    let v = p.dump(if leave_running { &["--leave-running"] } else { &[] });
+    let v = p.dump(if leave_running {
+        &["--leave-running"]
+    } else {
+        &[]
+    });
     // The tree forks short-lived processes: it has at least its fixed members.
     assert!(v["processes"].as_u64().unwrap() >= 4, "{v}");
     p.end_original();

@@ -265,7 +265,10 @@ fn resurrect(
             }
         }
     }
-    tracing::debug!(ms = t0.elapsed().as_secs_f64() * 1e3, "stub ready, processes created");
+    tracing::debug!(
+        ms = t0.elapsed().as_secs_f64() * 1e3,
+        "stub ready, processes created"
+    );
     // Phase 2: rebuild each process.
     progress.stage(
         "restoring memory",

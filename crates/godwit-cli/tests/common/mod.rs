@@ -292,7 +292,14 @@ impl Proc {
     pub fn dump(&mut self, extra: &[&str]) -> serde_json::Value {
         let img = self.images();
         let pid = self.pid.to_string();
-        let mut args = vec!["--json", "dump", "--pid", &pid, "--images", img.to_str().unwrap()];
+        let mut args = vec![
+            "--json",
+            "dump",
+            "--pid",
+            &pid,
+            "--images",
+            img.to_str().unwrap(),
+        ];
         args.extend_from_slice(extra);
         let v: serde_json::Value = serde_json::from_str(&godwit_ok(&args)).unwrap();
         for p in v["pids"].as_array().unwrap() {
@@ -308,7 +315,11 @@ impl Proc {
 /// dump (+ --leave-running) → restore → verify, for a tests/progs program.
 pub fn round_trip(name: &str, leave_running: bool) {
     let mut p = Proc::test_prog(name);
-    p.dump(if leave_running { &["--leave-running"] } else { &[] });
+    p.dump(if leave_running {
+        &["--leave-running"]
+    } else {
+        &[]
+    });
     if leave_running {
         assert!(!gone(p.pid), "--leave-running ended the process");
     }
