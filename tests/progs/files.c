@@ -23,9 +23,20 @@ int main(int argc, char **argv) {
     int big[2]; CHECK(pipe(big) == 0, "pipe big");
     static char chunk[60000]; fill(chunk, sizeof chunk, 21);
     CHECK(write(big[1], chunk, sizeof chunk) == sizeof chunk, "fill big pipe");
+    /* A file deleted while open: its contents and offset survive. */
+    int gone = open("gone.txt", O_RDWR | O_CREAT | O_TRUNC, 0640);
+    CHECK(write(gone, "deleted-but-open", 16) == 16, "write gone");
+    lseek(gone, 3, SEEK_SET);
+    CHECK(unlink("gone.txt") == 0, "unlink");
     ready();
     wait_go();
     char buf[64] = {0};
+    char g[8] = {0};
+    struct stat gs;
+    CHECK(read(gone, g, 4) == 4 && memcmp(g, "eted", 4) == 0, "deleted file offset/contents: %.4s", g);
+    CHECK(fstat(gone, &gs) == 0 && gs.st_nlink == 0 && gs.st_size == 16, "deleted file: nlink %ld size %ld", (long)gs.st_nlink, (long)gs.st_size);
+    CHECK((gs.st_mode & 0777) == 0640, "deleted file mode %o", gs.st_mode & 0777);
+    CHECK(access("gone.txt", F_OK) != 0, "the deleted file came back under its name");
     CHECK(read(reg, buf, 3) == 3 && memcmp(buf, "567", 3) == 0, "regular file offset lost (read %.3s)", buf);
     CHECK(write(app, "b", 1) == 1, "append");
     FILE *f = fopen("log.txt", "r"); CHECK(f && fgets(buf, sizeof buf, f) && strcmp(buf, "ab") == 0, "append file holds %s", buf); fclose(f);

@@ -372,6 +372,15 @@ pub struct Fd {
     /// several, share one description (offset, flags) after restore.
     #[prost(uint64, tag = "13")]
     pub file_id: u64,
+    /// A regular file that was deleted while open: its contents and mode.
+    /// `path` is where it was; restore recreates it there under a temporary
+    /// name, opens it and deletes it again.
+    #[prost(bool, tag = "14")]
+    pub deleted: bool,
+    #[prost(bytes = "vec", tag = "15")]
+    pub deleted_data: Vec<u8>,
+    #[prost(uint32, tag = "16")]
+    pub mode: u32,
 }
 
 /// State of the anonymous-inode descriptors (resources::anon).

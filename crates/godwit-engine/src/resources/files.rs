@@ -108,8 +108,11 @@ pub fn dump(pid: i32) -> Result<Files> {
             let kind = target.split(':').next().unwrap_or("unknown");
             return Err(unsupported(pid, fd, format!("{kind}: {target}")));
         }
-        if target.ends_with(" (deleted)") {
-            return Err(unsupported(pid, fd, format!("a deleted file: {target}")));
+        if let Some(path) = target.strip_suffix(" (deleted)") {
+            e.path = path.to_string();
+            save_deleted(pid, fd, &mut e)?;
+            fds.push(e);
+            continue;
         }
         let md = std::fs::metadata(format!("/proc/{pid}/fd/{fd}"))
             .map_err(|err| unsupported(pid, fd, format!("{target}: {err}")))?;
@@ -240,6 +243,103 @@ pub fn link_descriptions(procs: &mut [Process]) -> Result<()> {
     sockets::link_unix(procs)
 }
 
+/// Largest deleted-but-open file whose contents a dump keeps.
+const MAX_DELETED: u64 = 64 << 20;
+
+/// Keeps the contents of a regular file that was deleted while open.
+fn save_deleted(pid: i32, fd: i32, e: &mut Fd) -> Result<()> {
+    let link = format!("/proc/{pid}/fd/{fd}");
+    let md =
+        std::fs::metadata(&link).map_err(|err| unsupported(pid, fd, format!("{link}: {err}")))?;
+    if !md.file_type().is_file() {
+        return Err(unsupported(
+            pid,
+            fd,
+            format!("a deleted non-regular file {}", e.path),
+        ));
+    }
+    if md.size() > MAX_DELETED {
+        return Err(unsupported(
+            pid,
+            fd,
+            format!(
+                "a deleted file of {} bytes ({}); at most {MAX_DELETED} are kept",
+                md.size(),
+                e.path
+            ),
+        ));
+    }
+    e.deleted_data = std::fs::read(&link).map_err(|err| EngineError::Sys {
+        pid,
+        stage: "reading a deleted file",
+        source: godwit_sys::SysError::Proc {
+            path: link.clone(),
+            detail: err.to_string(),
+        },
+    })?;
+    e.deleted = true;
+    e.kind = FdKind::Regular as i32;
+    e.size = e.deleted_data.len() as u64;
+    e.mode = md.mode() & 0o7777;
+    Ok(())
+}
+
+/// Recreates a deleted-but-open file in process `r`: under a temporary name
+/// next to where it was, filled, opened with the saved flags, then unlinked.
+fn recreate_deleted(r: &Remote, f: &Fd, oflags: u32) -> Result<u64> {
+    let pid = r.pid;
+    let stage = "recreating a deleted file";
+    let tmp = format!("{}.godwit-{}-{}", f.path, pid, f.fd);
+    let a = r.put_cstr(0, &tmp).restoring(pid, stage)?;
+    let wfd = r
+        .call(
+            "openat",
+            libc::SYS_openat,
+            [
+                libc::AT_FDCWD as u64,
+                a,
+                (libc::O_RDWR | libc::O_CREAT | libc::O_EXCL | libc::O_CLOEXEC) as u64,
+                f.mode as u64,
+                0,
+                0,
+            ],
+        )
+        .map_err(|e| EngineError::FileChanged {
+            path: f.path.clone(),
+            detail: format!(
+                "fd {} (a deleted file) cannot be recreated in its directory ({e})",
+                f.fd
+            ),
+        })?;
+    let pidfd = process::pidfd_open(pid).restoring(pid, stage)?;
+    let ours = process::pidfd_getfd(&pidfd, wfd as i32).restoring(pid, stage)?;
+    std::os::unix::fs::FileExt::write_all_at(&std::fs::File::from(ours), &f.deleted_data, 0)
+        .map_err(|e| EngineError::Restore {
+            pid,
+            stage,
+            source: godwit_sys::SysError::Proc {
+                path: tmp.clone(),
+                detail: e.to_string(),
+            },
+        })?;
+    let fd = r
+        .call(
+            "openat",
+            libc::SYS_openat,
+            [libc::AT_FDCWD as u64, a, oflags as u64, 0, 0, 0],
+        )
+        .restoring(pid, stage)?;
+    r.call(
+        "unlinkat",
+        libc::SYS_unlinkat,
+        [libc::AT_FDCWD as u64, a, 0, 0, 0, 0],
+    )
+    .restoring(pid, stage)?;
+    r.call("close", libc::SYS_close, [wfd, 0, 0, 0, 0, 0])
+        .restoring(pid, stage)?;
+    Ok(fd)
+}
+
 /// Copies the unread bytes of the pipe behind `fd` of `pid` without consuming them.
 fn peek_pipe(pid: i32, pidfd: &OwnedFd, fd: i32) -> Result<Vec<u8>> {
     let stage = "reading pipe contents";
@@ -276,7 +376,7 @@ fn peek_pipe(pid: i32, pidfd: &OwnedFd, fd: i32) -> Result<Vec<u8>> {
 /// Refuses a restore whose files are gone or changed (see docs: an O_APPEND
 /// file may have grown, others must have their dump-time size).
 pub fn check(fds: &[Fd], allow_changes: bool) -> Result<()> {
-    for f in fds {
+    for f in fds.iter().filter(|f| !f.deleted) {
         if matches!(
             FdKind::try_from(f.kind),
             Ok(FdKind::Pipe
@@ -569,8 +669,10 @@ impl FdPlan {
                     let a = r.put_cstr(0, &f.path).restoring(pid, stage)?;
                     let oflags = f.flags
                         & !((libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC | libc::O_NOCTTY) as u32);
-                    let fd = r
-                        .call(
+                    let fd = if f.deleted {
+                        recreate_deleted(r, f, oflags)?
+                    } else {
+                        r.call(
                             "openat",
                             libc::SYS_openat,
                             [libc::AT_FDCWD as u64, a, oflags as u64, 0, 0, 0],
@@ -578,7 +680,8 @@ impl FdPlan {
                         .map_err(|e| EngineError::FileChanged {
                             path: f.path.clone(),
                             detail: format!("fd {} cannot be opened again ({e})", f.fd),
-                        })?;
+                        })?
+                    };
                     if kind != FdKind::CharDevice {
                         r.call(
                             "lseek",
