@@ -228,18 +228,3 @@ fn image_is_private_and_inspectable() {
         "{text}"
     );
 }
-
-#[test]
-fn posix_timers_refused_not_lost() {
-    let p = Proc::test_prog("ptimer");
-    let img = p.images();
-    let out = godwit(&[
-        "dump",
-        "--pid",
-        &p.pid.to_string(),
-        "--images",
-        img.to_str().unwrap(),
-    ]);
-    assert_fails(&out, 5, "POSIX timer");
-    assert_eq!(p.verdict(), "PASS", "the process runs on");
-}

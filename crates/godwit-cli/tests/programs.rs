@@ -26,6 +26,7 @@ case!(signals);
 case!(files);
 case!(attrs);
 case!(tree);
+case!(ptimers);
 case!(anonfds);
 case!(unix);
 

@@ -3,7 +3,7 @@
 use crate::error::{DumpCtx, EngineError, Result};
 use crate::freeze::{freeze_tree, Frozen, Member};
 use crate::remote::Remote;
-use crate::resources::{attrs, files, memory, signals, threads};
+use crate::resources::{attrs, files, memory, signals, threads, timers};
 use crate::schema::{Checkpoint, CpuFeatures, DumpStats, Process};
 use crate::snapshot::Snapshot;
 use crate::Progress;
@@ -310,6 +310,7 @@ fn collect(r: &Remote, frozen: &Frozen) -> Result<Process> {
     p.sigactions = sig.actions;
     p.shared_pending = sig.shared_pending;
     p.itimers = sig.itimers;
+    p.posix_timers = timers::dump(r)?;
     for t in &frozen.threads {
         p.threads.push(threads::dump(r, t)?);
     }

@@ -11,7 +11,7 @@
 use crate::error::{EngineError, RestoreCtx, Result};
 use crate::freeze;
 use crate::remote::Remote;
-use crate::resources::{attrs, files, memory, signals, threads};
+use crate::resources::{attrs, files, memory, signals, threads, timers};
 use crate::schema::{Checkpoint, Process, Vma, VmaKind};
 use crate::Progress;
 use godwit_sys::mem::{self, Range};
@@ -473,6 +473,7 @@ fn build(
     for t in &p.threads {
         threads::setup(&r.for_thread(t.tid), t)?;
     }
+    timers::restore(r, &p.posix_timers)?;
     signals::restore_pending(r, &p.shared_pending)?;
     Ok(())
 }

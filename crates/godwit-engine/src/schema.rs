@@ -104,6 +104,32 @@ pub struct Process {
     /// older images: then `page_file` holds them all.
     #[prost(message, repeated, tag = "24")]
     pub page_spans: Vec<PageSpan>,
+    #[prost(message, repeated, tag = "25")]
+    pub posix_timers: Vec<PosixTimer>,
+}
+
+/// A POSIX timer (timer_create).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct PosixTimer {
+    #[prost(int32, tag = "1")]
+    pub id: i32,
+    #[prost(int32, tag = "2")]
+    pub clock_id: i32,
+    #[prost(int32, tag = "3")]
+    pub signo: i32,
+    /// SIGEV_SIGNAL 0, SIGEV_NONE 1, SIGEV_THREAD_ID 4.
+    #[prost(int32, tag = "4")]
+    pub notify: i32,
+    #[prost(uint64, tag = "5")]
+    pub sigval: u64,
+    /// The thread notified (SIGEV_THREAD_ID).
+    #[prost(int32, tag = "6")]
+    pub notify_tid: i32,
+    #[prost(uint64, tag = "7")]
+    pub interval_ns: u64,
+    /// Time left to the next expiry (0: disarmed).
+    #[prost(uint64, tag = "8")]
+    pub value_ns: u64,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]

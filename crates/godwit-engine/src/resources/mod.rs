@@ -9,3 +9,4 @@ pub mod memory;
 pub mod signals;
 pub mod sockets;
 pub mod threads;
+pub mod timers;

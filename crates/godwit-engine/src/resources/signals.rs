@@ -21,15 +21,6 @@ pub struct Signals {
 /// Reads handlers and timers by injection. Uses scratch bytes [0, 65*32).
 pub fn dump(r: &Remote) -> Result<Signals> {
     let pid = r.pid;
-    // POSIX timers (timer_create) are not restored yet: refuse rather than
-    // lose them.
-    let timers = std::fs::read_to_string(format!("/proc/{pid}/timers")).unwrap_or_default();
-    if let Some(id) = timers.lines().find_map(|l| l.strip_prefix("ID: ")) {
-        return Err(crate::error::EngineError::Unsupported {
-            pid,
-            what: format!("POSIX timer {} (timer_create)", id.trim()),
-        });
-    }
     for sig in settable() {
         r.call(
             "rt_sigaction",
