@@ -228,3 +228,18 @@ fn image_is_private_and_inspectable() {
         "{text}"
     );
 }
+
+#[test]
+fn seccomp_refused_not_dropped() {
+    let p = Proc::test_prog("seccomp");
+    let img = p.images();
+    let out = godwit(&[
+        "dump",
+        "--pid",
+        &p.pid.to_string(),
+        "--images",
+        img.to_str().unwrap(),
+    ]);
+    assert_fails(&out, 5, "seccomp");
+    assert_eq!(p.verdict(), "PASS", "the process runs on");
+}
