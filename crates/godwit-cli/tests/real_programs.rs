@@ -56,6 +56,28 @@ fn cli(port: u16, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
+/// Waits until `pid` holds exactly one socket (its listener).
+fn only_listener(pid: i32) {
+    let sockets = || {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| {
+                        std::fs::read_link(e.path())
+                            .map(|l| l.to_string_lossy().starts_with("socket:"))
+                            .unwrap_or(false)
+                    })
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    wait_for(
+        "redis to close its client sockets",
+        Duration::from_secs(10),
+        || sockets() == 1,
+    );
+}
+
 fn redis(port: u16, leave_running: bool) {
     let mut p = Proc::spawn(
         "redis-server",
@@ -79,6 +101,9 @@ fn redis(port: u16, leave_running: bool) {
         cli(port, &["set", &format!("key{i}"), &format!("value-{i}")]);
     }
     cli(port, &["rpush", "list", "a", "b", "c"]);
+    // redis closes a finished client's socket on its next loop: wait until
+    // only its listening socket is left (a live client is not dumpable).
+    only_listener(pid);
     let img = p.images();
     let pid_s = pid.to_string();
     let mut args = vec!["dump", "--pid", &pid_s, "--images", img.to_str().unwrap()];
