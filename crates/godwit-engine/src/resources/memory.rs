@@ -19,7 +19,7 @@ use std::collections::HashMap;
 use std::os::unix::fs::{FileExt, MetadataExt};
 
 /// Bytes read from the process per batch while dumping.
-const BATCH: usize = 4 << 20;
+const BATCH: usize = 1 << 20;
 
 fn kind_of(pid: i32, e: &MapEntry) -> Result<VmaKind> {
     let name = e.name.as_str();
