@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use target::Target;
 
 const USAGE: &str = "\
-usage: godwit-bench [--sizes MIB[,MIB...]] [--reps N] [--out FILE] [--no-extras]
+usage: godwit-bench [--sizes MIB[,MIB...]] [--reps N] [--out FILE] [--no-shapes] [--no-extras]
 
   --sizes   memory sizes to measure, in MiB (default 64,1024)
   --reps    repetitions of every measurement (default 5); min and median are reported
@@ -424,8 +424,9 @@ fn loadavg() -> String {
         .join(" ")
 }
 
-/// The workspace's git HEAD when the benchmark runs, and whether the crates
-/// that set the figures (engine, sys, image) have uncommitted changes.
+/// The workspace's git HEAD when the benchmark starts, and whether the crates
+/// that set the figures (engine, sys, image) have uncommitted changes then
+/// (it describes the build only if nothing was rebuilt in between).
 fn git_info() -> Value {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let git = |args: &[&str]| {
@@ -578,6 +579,8 @@ fn run(args: &Args) -> Result<()> {
     }
     godwit_sys::process::set_child_subreaper().context("becoming a child subreaper")?;
     let load_start = loadavg();
+    // Before the run: the build being measured is the tree as it is now.
+    let git = git_info();
     let work = Workdir::create()?;
     let env = Env {
         bin: target::compile(&work.0)?,
@@ -607,7 +610,7 @@ fn run(args: &Args) -> Result<()> {
     });
     let doc = json!({
         "machine": machine(&load_start),
-        "git": git_info(),
+        "git": git,
         "config": {
             "sizes_mib": args.sizes,
             "reps": args.reps,

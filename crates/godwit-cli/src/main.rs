@@ -50,6 +50,10 @@ enum Cmd {
         /// instead of snapshotting its memory copy-on-write.
         #[arg(long, requires = "leave_running")]
         no_cow: bool,
+        /// Freeze this cgroup v2 directory while the process tree is seized,
+        /// so that none of its processes runs or forks meanwhile.
+        #[arg(long, value_name = "DIR")]
+        freeze_cgroup: Option<PathBuf>,
     },
     /// Restore a process from an image, with the same PID and thread IDs.
     ///
@@ -134,12 +138,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             leave_running,
             no_sync,
             no_cow,
+            freeze_cgroup,
         } => {
             let bar = Bar::new();
             let opts = DumpOptions {
                 leave_running,
                 no_sync,
                 no_cow,
+                freeze_cgroup,
             };
             let r = dump(pid, &images, &opts, &bar).map_err(anyhow::Error::from)?;
             bar.0.finish_and_clear();

@@ -1,7 +1,7 @@
 //! Dump: freeze → collect → write → end or release.
 
 use crate::error::{DumpCtx, EngineError, Result};
-use crate::freeze::{freeze_tree, Frozen, Member};
+use crate::freeze::{freeze_tree, CgroupFreeze, Frozen, Member};
 use crate::remote::Remote;
 use crate::resources::{attrs, files, memory, signals, threads, timers};
 use crate::schema::{Checkpoint, CpuFeatures, DumpStats, Process};
@@ -25,6 +25,9 @@ pub struct DumpOptions {
     /// With leave_running: keep the process frozen for the whole copy instead
     /// of taking a copy-on-write snapshot.
     pub no_cow: bool,
+    /// Freeze this cgroup (v2) while the tree is seized, so that nothing in
+    /// it runs or forks meanwhile.
+    pub freeze_cgroup: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -95,7 +98,14 @@ pub fn dump(
     let t0 = Instant::now();
     precheck(pid)?;
     let writer = ImageWriter::create(dir)?.sync(!opts.no_sync);
-    let members = freeze_tree(pid)?;
+    let members = {
+        let _frozen_cgroup = opts
+            .freeze_cgroup
+            .as_deref()
+            .map(|d| CgroupFreeze::freeze(d, pid))
+            .transpose()?;
+        freeze_tree(pid)?
+    };
     let frozen_at = Instant::now();
     tracing::debug!(ms = t0.elapsed().as_secs_f64() * 1e3, "frozen");
     let mut procs: Vec<Process> = Vec::with_capacity(members.len());

@@ -195,3 +195,50 @@ pub fn freeze_tree(root: i32) -> Result<Vec<Member>> {
     }
     Ok(members)
 }
+
+/// A cgroup (v2) frozen for the duration of the tree freeze, so that no
+/// process of it runs (or forks) while the tree is being seized. Thawed on
+/// drop; the seized tasks then stay in their ptrace stops.
+pub struct CgroupFreeze {
+    dir: std::path::PathBuf,
+}
+
+impl CgroupFreeze {
+    /// Freezes the cgroup v2 directory `dir` and waits until it is frozen.
+    pub fn freeze(dir: &std::path::Path, pid: i32) -> Result<CgroupFreeze> {
+        let bad = |detail: String| EngineError::Unsupported {
+            pid,
+            what: format!("the freezer of cgroup {}: {detail}", dir.display()),
+        };
+        if !dir.join("cgroup.freeze").exists() {
+            return Err(bad(if dir.join("freezer.state").exists() {
+                "cgroup v1 freezers are not supported yet; give a cgroup v2 directory".into()
+            } else {
+                "not a cgroup v2 directory (no cgroup.freeze)".into()
+            }));
+        }
+        std::fs::write(dir.join("cgroup.freeze"), "1").map_err(|e| bad(e.to_string()))?;
+        let guard = CgroupFreeze {
+            dir: dir.to_path_buf(),
+        };
+        let t0 = std::time::Instant::now();
+        loop {
+            let events = std::fs::read_to_string(dir.join("cgroup.events")).unwrap_or_default();
+            if events.lines().any(|l| l.trim() == "frozen 1") {
+                return Ok(guard);
+            }
+            if t0.elapsed() > std::time::Duration::from_secs(10) {
+                return Err(bad("it did not report frozen within 10 s".into()));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
+}
+
+impl Drop for CgroupFreeze {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::write(self.dir.join("cgroup.freeze"), "0") {
+            tracing::warn!("thawing cgroup {}: {e}", self.dir.display());
+        }
+    }
+}
