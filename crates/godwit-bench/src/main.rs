@@ -380,6 +380,7 @@ fn bench_size(env: &Env, mib: u64, reps: usize, extras: bool) -> Result<SizeResu
                     leave_running: true,
                     no_sync: true,
                     no_cow,
+                    ..Default::default()
                 },
                 &Quiet,
             )
