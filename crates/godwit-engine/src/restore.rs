@@ -459,13 +459,19 @@ fn build(
     shm: &memory::ShmPlan,
     progress: &dyn Progress,
 ) -> Result<()> {
+    let t = Instant::now();
+    let lap = |what: &str| tracing::debug!(ms = t.elapsed().as_secs_f64() * 1e3, "build: {what}");
     place_vdso(r, &p.vmas)?;
+    lap("vdso");
     memory::restore(r, &p.vmas, pages, progress, &|id| shm.fd(id))?;
     shm.close(r)?;
+    lap("memory");
     attrs::restore_mm(r, p)?;
     files::restore_cwd(r, &p.cwd)?;
     plan.place(r, p)?;
+    lap("mm, cwd, fds");
     signals::restore_handlers(r, &p.sigactions, &p.itimers)?;
+    lap("signal handlers");
     attrs::restore_misc(r, p)?;
     for t in p.threads.iter().skip(1) {
         threads::create(r, t.tid)?;

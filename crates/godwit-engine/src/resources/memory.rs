@@ -747,7 +747,9 @@ pub fn restore(
             .restoring(pid, "closing mapped files")?;
     }
 
+    let t = std::time::Instant::now();
     fill(pid, vmas, pages, progress)?;
+    tracing::debug!(ms = t.elapsed().as_secs_f64() * 1e3, "fill");
 
     for v in vmas.iter().filter(|v| !is_special(v)) {
         let len = v.end - v.start;
