@@ -2,7 +2,7 @@
 //! pipes, signals, and creating a process with a chosen PID.
 
 use crate::{check, Result, SysError};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
 /// A resource limit as (soft, hard).
 pub fn get_rlimit(pid: i32, resource: u32) -> Result<(u64, u64)> {
@@ -244,13 +244,13 @@ pub fn write(fd: i32, data: &[u8]) -> Result<usize> {
 }
 
 /// An integer socket option of a socket we hold.
-pub fn getsockopt_int(fd: &OwnedFd, level: i32, name: i32) -> Result<i32> {
+pub fn getsockopt_int(fd: impl AsFd, level: i32, name: i32) -> Result<i32> {
     let mut v: libc::c_int = 0;
     let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
     // SAFETY: valid out-pointers of the sizes given.
     let r = unsafe {
         libc::getsockopt(
-            fd.as_raw_fd(),
+            fd.as_fd().as_raw_fd(),
             level,
             name,
             &mut v as *mut _ as *mut libc::c_void,
@@ -265,20 +265,35 @@ pub fn getsockopt_int(fd: &OwnedFd, level: i32, name: i32) -> Result<i32> {
     Ok(v)
 }
 
-/// The bound address of a socket we hold, as raw sockaddr bytes.
-pub fn getsockname(fd: &OwnedFd) -> Result<Vec<u8>> {
+type SockAddrCall =
+    unsafe extern "C" fn(libc::c_int, *mut libc::sockaddr, *mut libc::socklen_t) -> libc::c_int;
+
+/// The address `call` (getsockname or getpeername) gives for a socket we
+/// hold, as raw sockaddr bytes.
+fn sock_addr(fd: BorrowedFd<'_>, call: SockAddrCall, name: &'static str) -> Result<Vec<u8>> {
     let mut buf = [0u8; 128];
     let mut len = buf.len() as libc::socklen_t;
-    // SAFETY: `buf` is a valid out-buffer of `len` bytes.
+    // SAFETY: `call` is getsockname or getpeername; `buf` is a valid
+    // out-buffer of `len` bytes and `len` a valid in/out pointer.
     let r = unsafe {
-        libc::getsockname(
+        call(
             fd.as_raw_fd(),
             buf.as_mut_ptr() as *mut libc::sockaddr,
             &mut len,
         )
     };
-    check(r as i64, "getsockname", "socket")?;
+    check(r as i64, name, "socket")?;
     Ok(buf[..(len as usize).min(buf.len())].to_vec())
+}
+
+/// The bound address of a socket we hold, as raw sockaddr bytes.
+pub fn getsockname(fd: impl AsFd) -> Result<Vec<u8>> {
+    sock_addr(fd.as_fd(), libc::getsockname, "getsockname")
+}
+
+/// The address of the peer of a connected socket we hold, as raw sockaddr bytes.
+pub fn getpeername(fd: impl AsFd) -> Result<Vec<u8>> {
+    sock_addr(fd.as_fd(), libc::getpeername, "getpeername")
 }
 
 /// For a listening TCP socket: (connections waiting to be accepted, backlog).

@@ -318,24 +318,7 @@ pub struct Queued {
 }
 
 fn get_int(fd: BorrowedFd<'_>, level: i32, name: i32) -> Result<i32> {
-    let mut v: libc::c_int = 0;
-    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: valid out-pointers of the sizes given.
-    let r = unsafe {
-        libc::getsockopt(
-            fd.as_raw_fd(),
-            level,
-            name,
-            &mut v as *mut libc::c_int as *mut libc::c_void,
-            &mut len,
-        )
-    };
-    check(
-        r as i64,
-        "getsockopt",
-        format!("level {level} option {name}"),
-    )?;
-    Ok(v)
+    crate::process::getsockopt_int(fd, level, name)
 }
 
 /// An integer socket option of a socket we hold (None when this kernel
@@ -370,18 +353,7 @@ pub fn set_option(fd: BorrowedFd<'_>, level: i32, name: i32, value: i32) -> Resu
 
 /// The address of the peer of a connected socket we hold, as raw sockaddr bytes.
 pub fn getpeername(fd: BorrowedFd<'_>) -> Result<Vec<u8>> {
-    let mut buf = [0u8; 128];
-    let mut len = buf.len() as libc::socklen_t;
-    // SAFETY: `buf` is a valid out-buffer of `len` bytes.
-    let r = unsafe {
-        libc::getpeername(
-            fd.as_raw_fd(),
-            buf.as_mut_ptr() as *mut libc::sockaddr,
-            &mut len,
-        )
-    };
-    check(r as i64, "getpeername", "socket")?;
-    Ok(buf[..(len as usize).min(buf.len())].to_vec())
+    crate::process::getpeername(fd)
 }
 
 /// SO_PEERCRED of a socket we hold: (pid, uid, gid); pid 0 when it has none.
