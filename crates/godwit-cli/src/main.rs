@@ -66,6 +66,13 @@ enum Cmd {
         /// Restore even if files the process uses changed size since the dump.
         #[arg(long)]
         allow_file_changes: bool,
+        /// Restore into a new PID namespace (with its own /proc), so the
+        /// processes keep their PIDs even when those are taken on this host.
+        /// The namespace's PID 1 is a small godwit init that reaps orphans;
+        /// the host PID of the root is printed (and "pid" / "host_pid" with
+        /// --json). Needs root.
+        #[arg(long)]
+        pid_ns: bool,
     },
     /// Conformist services (the high-level SDK): list, checkpoint, migrate.
     Service {
@@ -178,21 +185,32 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Restore {
             images,
             allow_file_changes,
+            pid_ns,
         } => {
             let bar = Bar::new();
-            let opts = RestoreOptions { allow_file_changes };
+            let opts = RestoreOptions {
+                allow_file_changes,
+                pid_ns,
+            };
             let r = restore(&images, &opts, &bar).map_err(anyhow::Error::from)?;
             bar.0.finish_and_clear();
             if cli.json {
                 println!(
                     "{}",
                     serde_json::json!({
-                        "pid": r.pid, "processes": r.processes, "threads": r.threads, "memory_bytes": r.memory_bytes,
+                        "pid": r.pid, "host_pid": r.host_pid, "ns_init": r.ns_init,
+                        "processes": r.processes, "threads": r.threads, "memory_bytes": r.memory_bytes,
                         "total_ms": r.total.as_secs_f64() * 1e3,
                     })
                 );
             } else {
-                println!("{}", r.pid);
+                if let Some(init) = r.ns_init {
+                    eprintln!(
+                        "restored as PID {} in a new PID namespace (host PID {}; the namespace's init is host PID {init})",
+                        r.pid, r.host_pid
+                    );
+                }
+                println!("{}", r.host_pid);
             }
         }
         Cmd::Service {

@@ -48,20 +48,17 @@ fn cow_snapshot_of_a_busy_writer() {
     assert_eq!(p.verdict(), "PASS", "the copy restored from the snapshot");
 }
 
-/// `--freeze-cgroup`: the tree runs in its own cgroup v2, which is frozen
-/// while the tree is seized and thawed afterwards; the restored tree passes.
-#[test]
-fn tree_frozen_with_cgroup_v2() {
+/// `--freeze-cgroup`: the tree runs in its own cgroup (v2 or a v1 freezer),
+/// which is frozen while the tree is seized and thawed afterwards; the
+/// restored tree passes.
+fn tree_frozen_with_cgroup(cg: std::path::PathBuf, thawed: fn(&std::path::Path) -> bool) {
     use common::*;
-    let cg = std::path::PathBuf::from(format!(
-        "/sys/fs/cgroup/unified/godwit-test-{}",
-        std::process::id()
-    ));
-    std::fs::create_dir_all(&cg).expect("cgroup v2 at /sys/fs/cgroup/unified (see KERNEL.md)");
+    std::fs::create_dir_all(&cg).expect("cgroup v1 and v2 hierarchies (see KERNEL.md)");
     struct Rmdir(std::path::PathBuf);
     impl Drop for Rmdir {
         fn drop(&mut self) {
             let _ = std::fs::write(self.0.join("cgroup.freeze"), "0");
+            let _ = std::fs::write(self.0.join("freezer.state"), "THAWED");
             let _ = std::fs::remove_dir(&self.0);
         }
     }
@@ -97,26 +94,38 @@ fn tree_frozen_with_cgroup_v2() {
     );
     let v = p.dump(&["--freeze-cgroup", cg.to_str().unwrap()]);
     assert!(v["processes"].as_u64().unwrap() >= 5, "{v}");
-    let events = std::fs::read_to_string(cg.join("cgroup.events")).unwrap();
-    assert!(
-        events.contains("frozen 0"),
-        "the cgroup was thawed: {events}"
-    );
+    assert!(thawed(&cg), "the cgroup was thawed");
     p.end_original();
     p.restore();
     assert_eq!(p.verdict(), "PASS");
 }
 
-/// A cgroup v1 freezer (or not a cgroup at all) is refused before anything is touched.
 #[test]
-fn freeze_cgroup_v1_refused() {
+fn tree_frozen_with_cgroup_v2() {
+    tree_frozen_with_cgroup(
+        format!("/sys/fs/cgroup/unified/godwit-test-{}", std::process::id()).into(),
+        |cg| {
+            std::fs::read_to_string(cg.join("cgroup.events")).is_ok_and(|e| e.contains("frozen 0"))
+        },
+    );
+}
+
+/// A v1 freezer: seized tasks report their stop only after the thaw, so
+/// the tree is seized while frozen and its stops collected after.
+#[test]
+fn tree_frozen_with_cgroup_v1() {
+    tree_frozen_with_cgroup(
+        format!("/sys/fs/cgroup/freezer/godwit-test-{}", std::process::id()).into(),
+        |cg| std::fs::read_to_string(cg.join("freezer.state")).is_ok_and(|e| e.trim() == "THAWED"),
+    );
+}
+
+/// A directory that is no cgroup freezer is refused before anything is
+/// touched; the process runs on.
+#[test]
+fn freeze_cgroup_not_a_cgroup_refused() {
     use common::*;
     let p = Proc::test_prog("signals");
-    let v1 = std::path::PathBuf::from(format!(
-        "/sys/fs/cgroup/freezer/godwit-test-{}",
-        std::process::id()
-    ));
-    std::fs::create_dir_all(&v1).expect("a cgroup v1 freezer (see KERNEL.md)");
     let img = p.images();
     let out = godwit(&[
         "dump",
@@ -125,17 +134,102 @@ fn freeze_cgroup_v1_refused() {
         "--images",
         img.to_str().unwrap(),
         "--freeze-cgroup",
-        v1.to_str().unwrap(),
+        p.dir.path().to_str().unwrap(),
     ]);
-    let _ = std::fs::remove_dir(&v1);
     assert_eq!(
         out.status.code(),
         Some(5),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("cgroup v1 freezers are not supported yet")
-    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nor a v1 freezer"));
     assert_eq!(p.verdict(), "PASS", "the process runs on");
+}
+
+/// `restore --pid-ns`: while the original tree still runs and holds every
+/// PID, a plain restore is refused (naming --pid-ns) and `--pid-ns` restores
+/// the copy into a new PID namespace, where each process has its old PID
+/// (tree.c checks sessions, groups, the zombie and its children by PID).
+#[test]
+fn tree_restored_into_a_new_pid_namespace() {
+    use common::*;
+    let mut p = Proc::test_prog("tree");
+    p.dump(&["--leave-running"]);
+    let img = p.images();
+    let img = img.to_str().unwrap();
+    let out = godwit(&["restore", "--images", img]);
+    assert_eq!(out.status.code(), Some(4), "PIDs taken: {out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--pid-ns"),
+        "the refusal names --pid-ns: {err}"
+    );
+
+    let v: serde_json::Value = serde_json::from_str(&godwit_ok(&[
+        "--json", "restore", "--images", img, "--pid-ns",
+    ]))
+    .unwrap();
+    assert_eq!(v["pid"].as_i64(), Some(p.pid as i64), "{v}");
+    let host = v["host_pid"].as_i64().unwrap() as i32;
+    let init = v["ns_init"].as_i64().unwrap() as i32;
+    struct Reap(i32);
+    impl Drop for Reap {
+        fn drop(&mut self) {
+            // SAFETY: kill and reap the namespace init (ours via the subreaper);
+            // its death ends every process in the namespace.
+            unsafe {
+                libc::kill(self.0, libc::SIGKILL);
+                libc::waitpid(self.0, std::ptr::null_mut(), 0);
+            }
+        }
+    }
+    let _reap = Reap(init);
+    assert_ne!(host, p.pid, "the original still holds its PID");
+    assert!(!gone(p.pid), "the original kept running");
+    let status = std::fs::read_to_string(format!("/proc/{host}/status")).unwrap();
+    let nspid = status.lines().find(|l| l.starts_with("NSpid:")).unwrap();
+    assert_eq!(
+        nspid.split_whitespace().skip(1).collect::<Vec<_>>(),
+        [host.to_string(), p.pid.to_string()],
+        "{nspid}"
+    );
+    let ns = |pid: i32| std::fs::read_link(format!("/proc/{pid}/ns/pid")).unwrap();
+    assert_ne!(ns(host), ns(std::process::id() as i32));
+    // Inside, /proc is the namespace's own: PID 1 is godwit's init and the
+    // root has its old PID there.
+    let inside = |path: &str| {
+        let o = std::process::Command::new("nsenter")
+            .args(["-t", &host.to_string(), "-m", "cat", path])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{path}: {o:?}");
+        String::from_utf8_lossy(&o.stdout).trim().to_string()
+    };
+    assert_eq!(inside("/proc/1/comm"), "godwit-init");
+    assert_eq!(inside(&format!("/proc/{}/comm", p.pid)), "tree");
+
+    // Dumping a process of the namespace from the host is refused (its
+    // PIDs would be the host's), and it keeps running.
+    let again = p.dir.path().join("again");
+    let out = godwit(&[
+        "dump",
+        "--pid",
+        &host.to_string(),
+        "--images",
+        again.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(5), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nested PID namespace"));
+    assert!(!gone(host));
+
+    // The original goes; the copy verifies itself.
+    p.end_original();
+    p.pid = host;
+    let verdict = p.verdict();
+    assert_eq!(
+        verdict,
+        "PASS",
+        "in the namespace: {verdict}; {}",
+        p.output()
+    );
 }

@@ -66,6 +66,18 @@ fn precheck(pid: i32) -> Result<()> {
             detail: "godwit cannot dump itself".into(),
         });
     }
+    if let Ok(ids) = proc::ns_pids(pid) {
+        if ids.len() > 1 {
+            return Err(EngineError::Unsupported {
+                pid,
+                what: format!(
+                    "a process inside a nested PID namespace (it sees itself as PID {}; \
+                     run godwit inside that namespace to dump it)",
+                    ids[ids.len() - 1]
+                ),
+            });
+        }
+    }
     let me = process::euid();
     if me != 0 && status.uids.iter().take(3).any(|u| *u != me) {
         return Err(EngineError::PermissionDenied {
@@ -98,14 +110,12 @@ pub fn dump(
     let t0 = Instant::now();
     precheck(pid)?;
     let writer = ImageWriter::create(dir)?.sync(!opts.no_sync);
-    let members = {
-        let _frozen_cgroup = opts
-            .freeze_cgroup
-            .as_deref()
-            .map(|d| CgroupFreeze::freeze(d, pid))
-            .transpose()?;
-        freeze_tree(pid)?
-    };
+    let cgroup = opts
+        .freeze_cgroup
+        .as_deref()
+        .map(|d| CgroupFreeze::freeze(d, pid))
+        .transpose()?;
+    let members = freeze_tree(pid, cgroup)?;
     let frozen_at = Instant::now();
     tracing::debug!(ms = t0.elapsed().as_secs_f64() * 1e3, "frozen");
     let mut procs: Vec<Process> = Vec::with_capacity(members.len());
@@ -282,6 +292,7 @@ fn collect_one(frozen: &Frozen) -> Result<Collected> {
     let r0 = Remote {
         pid,
         tid: pid,
+        vpid: pid,
         syscall_ip,
         scratch: 0,
         scratch_len: 0,

@@ -32,7 +32,7 @@ pub enum EngineError {
     BadImage(String),
 
     #[error(
-        "PID {pid} is in use on this host (by {holder}); stop that process or restore elsewhere"
+        "PID {pid} is in use on this host (by {holder}); stop that process, restore elsewhere, or restore into a new PID namespace with --pid-ns"
     )]
     PidTaken { pid: i32, holder: String },
 

@@ -26,12 +26,22 @@ pub struct Frozen {
 impl Frozen {
     /// Seizes and stops every thread of `pid`, looping until no new thread appears.
     pub fn freeze(pid: i32) -> Result<Frozen> {
+        Frozen::adopt(pid, &[])
+    }
+
+    /// Like [`Frozen::freeze`], for a process whose threads `seized` were
+    /// already seized and interrupted (their stops not yet collected).
+    fn adopt(pid: i32, seized: &[i32]) -> Result<Frozen> {
         let mut frozen = Frozen {
             pid,
             threads: Vec::new(),
             done: false,
         };
         let mut seen: BTreeMap<i32, ()> = BTreeMap::new();
+        for &tid in seized {
+            seen.insert(tid, ());
+            frozen.collect_stop(tid)?;
+        }
         loop {
             let tids = proc::tasks(pid).map_err(|_| EngineError::NoSuchProcess { pid })?;
             let new: Vec<i32> = tids.into_iter().filter(|t| !seen.contains_key(t)).collect();
@@ -54,22 +64,29 @@ impl Frozen {
                     Err(e) => return Err(e).dumping(pid, "attaching to threads"),
                 }
                 ptrace::interrupt(tid).dumping(pid, "stopping threads")?;
-                if !wait_interrupt_stop(tid).dumping(pid, "stopping threads")? {
-                    if tid == pid {
-                        return Err(EngineError::ProcessExited {
-                            pid,
-                            stage: "stopping threads",
-                        });
-                    }
-                    continue;
-                }
-                let regs = ptrace::get_regs(tid).dumping(pid, "reading registers")?;
-                let sigmask = ptrace::get_sigmask(tid).dumping(pid, "reading signal mask")?;
-                frozen.threads.push(FrozenThread { tid, regs, sigmask });
+                frozen.collect_stop(tid)?;
             }
         }
         frozen.threads.sort_by_key(|t| t.tid);
         Ok(frozen)
+    }
+
+    /// Waits for seized, interrupted thread `tid` to stop and records it.
+    fn collect_stop(&mut self, tid: i32) -> Result<()> {
+        let pid = self.pid;
+        if !wait_interrupt_stop(tid).dumping(pid, "stopping threads")? {
+            if tid == pid {
+                return Err(EngineError::ProcessExited {
+                    pid,
+                    stage: "stopping threads",
+                });
+            }
+            return Ok(());
+        }
+        let regs = ptrace::get_regs(tid).dumping(pid, "reading registers")?;
+        let sigmask = ptrace::get_sigmask(tid).dumping(pid, "reading signal mask")?;
+        self.threads.push(FrozenThread { tid, regs, sigmask });
+        Ok(())
     }
 
     /// Puts every thread back as it was and lets the process run on.
@@ -161,7 +178,100 @@ impl Member {
 
 /// Freezes `root` and all its descendants, parents before children. A
 /// process is frozen before its children are listed, so none is missed.
-pub fn freeze_tree(root: i32) -> Result<Vec<Member>> {
+/// With a cgroup freezer, the cgroup is frozen meanwhile and thawed before
+/// this returns.
+pub fn freeze_tree(root: i32, cgroup: Option<CgroupFreeze>) -> Result<Vec<Member>> {
+    match cgroup {
+        Some(cg) if cg.v1 => freeze_tree_v1(root, cg),
+        cg => {
+            let members = freeze_tree_with(root);
+            drop(cg);
+            members
+        }
+    }
+}
+
+/// The zombie entry for `pid`, if it is one.
+fn zombie(pid: i32, st: &proc::Stat) -> Option<Member> {
+    (st.state == 'Z').then(|| Member::Zombie {
+        pid,
+        ppid: st.ppid,
+        pgid: st.pgrp,
+        sid: st.session,
+        status: st.exit_code,
+    })
+}
+
+/// Under a frozen cgroup v1, a seized task reports its interrupt stop only
+/// once thawed: so seize and interrupt every thread of the (now unchanging)
+/// tree first, thaw, then collect the stops. Processes that appear in
+/// between are frozen the ordinary way afterwards.
+fn freeze_tree_v1(root: i32, cg: CgroupFreeze) -> Result<Vec<Member>> {
+    // In tree order: a zombie, or a seized process with its threads.
+    let mut seized: Vec<(i32, Result<Vec<i32>, Member>)> = Vec::new();
+    let mut queue = std::collections::VecDeque::from([root]);
+    while let Some(pid) = queue.pop_front() {
+        let st = match proc::stat(pid) {
+            Ok(st) => st,
+            Err(_) if pid == root => return Err(EngineError::NoSuchProcess { pid }),
+            Err(_) => continue,
+        };
+        if let Some(z) = zombie(pid, &st) {
+            seized.push((pid, Err(z)));
+            continue;
+        }
+        let mut tids = Vec::new();
+        for tid in proc::tasks(pid).unwrap_or_default() {
+            match ptrace::seize(tid) {
+                Ok(()) => {}
+                Err(e) if e.errno() == Some(libc::ESRCH) && tid != pid => continue,
+                Err(e) if e.errno() == Some(libc::EPERM) => {
+                    return Err(EngineError::PermissionDenied {
+                        pid,
+                        detail: format!("cannot trace thread {tid} ({e})"),
+                    })
+                }
+                Err(e) => return Err(e).dumping(pid, "attaching to threads"),
+            }
+            ptrace::interrupt(tid).dumping(pid, "stopping threads")?;
+            tids.push(tid);
+        }
+        queue.extend(process::children(pid).dumping(pid, "listing child processes")?);
+        seized.push((pid, Ok(tids)));
+    }
+    drop(cg);
+    let known: Vec<i32> = seized.iter().map(|(p, _)| *p).collect();
+    let mut members = Vec::new();
+    let mut late = Vec::new();
+    for (pid, tids) in seized {
+        let tids = match tids {
+            Ok(tids) => tids,
+            Err(z) => {
+                members.push(z);
+                continue;
+            }
+        };
+        match Frozen::adopt(pid, &tids) {
+            Ok(f) => members.push(Member::Live(f)),
+            Err(EngineError::NoSuchProcess { .. } | EngineError::ProcessExited { .. })
+                if pid != root => {}
+            Err(e) => return Err(e),
+        }
+        for kid in process::children(pid).unwrap_or_default() {
+            if !known.contains(&kid) {
+                late.push(kid);
+            }
+        }
+    }
+    // Parents come before children in `members`; forks made during the thaw
+    // (before their parent stopped) are frozen now, after their parents.
+    for kid in late {
+        members.extend(freeze_tree_with(kid)?);
+    }
+    Ok(members)
+}
+
+fn freeze_tree_with(root: i32) -> Result<Vec<Member>> {
     let mut members = Vec::new();
     let mut queue = std::collections::VecDeque::from([root]);
     while let Some(pid) = queue.pop_front() {
@@ -170,14 +280,8 @@ pub fn freeze_tree(root: i32) -> Result<Vec<Member>> {
             Err(_) if pid == root => return Err(EngineError::NoSuchProcess { pid }),
             Err(_) => continue, // exited and reaped meanwhile
         };
-        if st.state == 'Z' {
-            members.push(Member::Zombie {
-                pid,
-                ppid: st.ppid,
-                pgid: st.pgrp,
-                sid: st.session,
-                status: st.exit_code,
-            });
+        if let Some(z) = zombie(pid, &st) {
+            members.push(z);
             continue;
         }
         let frozen = match Frozen::freeze(pid) {
@@ -196,35 +300,54 @@ pub fn freeze_tree(root: i32) -> Result<Vec<Member>> {
     Ok(members)
 }
 
-/// A cgroup (v2) frozen for the duration of the tree freeze, so that no
-/// process of it runs (or forks) while the tree is being seized. Thawed on
-/// drop; the seized tasks then stay in their ptrace stops.
+/// A cgroup (v2, or a v1 freezer) frozen for the duration of the tree
+/// freeze, so that no process of it runs (or forks) while the tree is being
+/// seized. Thawed on drop; the seized tasks then stay in their ptrace stops.
 pub struct CgroupFreeze {
     dir: std::path::PathBuf,
+    v1: bool,
 }
 
 impl CgroupFreeze {
-    /// Freezes the cgroup v2 directory `dir` and waits until it is frozen.
+    /// Freezes the cgroup directory `dir` (v2: cgroup.freeze; v1:
+    /// freezer.state) and waits until it is frozen.
     pub fn freeze(dir: &std::path::Path, pid: i32) -> Result<CgroupFreeze> {
         let bad = |detail: String| EngineError::Unsupported {
             pid,
             what: format!("the freezer of cgroup {}: {detail}", dir.display()),
         };
-        if !dir.join("cgroup.freeze").exists() {
-            return Err(bad(if dir.join("freezer.state").exists() {
-                "cgroup v1 freezers are not supported yet; give a cgroup v2 directory".into()
-            } else {
-                "not a cgroup v2 directory (no cgroup.freeze)".into()
-            }));
-        }
-        std::fs::write(dir.join("cgroup.freeze"), "1").map_err(|e| bad(e.to_string()))?;
+        let v1 = if dir.join("cgroup.freeze").exists() {
+            false
+        } else if dir.join("freezer.state").exists() {
+            true
+        } else {
+            return Err(bad(
+                "not a cgroup v2 directory (no cgroup.freeze) nor a v1 freezer (no freezer.state)"
+                    .into(),
+            ));
+        };
+        let (file, value) = if v1 {
+            ("freezer.state", "FROZEN")
+        } else {
+            ("cgroup.freeze", "1")
+        };
+        std::fs::write(dir.join(file), value).map_err(|e| bad(e.to_string()))?;
         let guard = CgroupFreeze {
             dir: dir.to_path_buf(),
+            v1,
         };
         let t0 = std::time::Instant::now();
         loop {
-            let events = std::fs::read_to_string(dir.join("cgroup.events")).unwrap_or_default();
-            if events.lines().any(|l| l.trim() == "frozen 1") {
+            let frozen = if v1 {
+                std::fs::read_to_string(dir.join("freezer.state"))
+                    .is_ok_and(|s| s.trim() == "FROZEN")
+            } else {
+                std::fs::read_to_string(dir.join("cgroup.events"))
+                    .unwrap_or_default()
+                    .lines()
+                    .any(|l| l.trim() == "frozen 1")
+            };
+            if frozen {
                 return Ok(guard);
             }
             if t0.elapsed() > std::time::Duration::from_secs(10) {
@@ -237,7 +360,12 @@ impl CgroupFreeze {
 
 impl Drop for CgroupFreeze {
     fn drop(&mut self) {
-        if let Err(e) = std::fs::write(self.dir.join("cgroup.freeze"), "0") {
+        let (file, value) = if self.v1 {
+            ("freezer.state", "THAWED")
+        } else {
+            ("cgroup.freeze", "0")
+        };
+        if let Err(e) = std::fs::write(self.dir.join(file), value) {
             tracing::warn!("thawing cgroup {}: {e}", self.dir.display());
         }
     }

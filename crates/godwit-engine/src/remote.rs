@@ -8,8 +8,13 @@ use godwit_sys::{Result, SysError};
 /// A task plus a scratch area in its address space.
 #[derive(Debug, Clone, Copy)]
 pub struct Remote {
+    /// PID on the host (what ptrace and /proc take).
     pub pid: i32,
+    /// Task to inject into, on the host.
     pub tid: i32,
+    /// The process's own PID as it sees it (its image PID): differs from
+    /// `pid` when restored into a new PID namespace. For injected calls.
+    pub vpid: i32,
     /// Address of a `syscall` instruction in the task.
     pub syscall_ip: u64,
     pub scratch: u64,

@@ -15,6 +15,7 @@ use crate::resources::{attrs, files, memory, signals, threads, timers};
 use crate::schema::{Checkpoint, Process, Vma, VmaKind};
 use crate::Progress;
 use godwit_sys::mem::{self, Range};
+use godwit_sys::pidns::PidNamespace;
 use godwit_sys::{proc, process, ptrace, PAGE_SIZE};
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -29,12 +30,20 @@ const ARCH_MAP_VDSO_64: u64 = 0x2003;
 pub struct RestoreOptions {
     /// Restore even if files changed size since the dump.
     pub allow_file_changes: bool,
+    /// Restore into a new PID namespace (with its own /proc), so that the
+    /// image's PIDs need not be free on the host.
+    pub pid_ns: bool,
 }
 
 #[derive(Debug, Clone)]
 pub struct RestoreReport {
-    /// The PID of the tree's root.
+    /// The PID of the tree's root (as the restored process sees it).
     pub pid: i32,
+    /// The root's PID on the host: the same as `pid` unless restored into a
+    /// new PID namespace.
+    pub host_pid: i32,
+    /// With --pid-ns: the host PID of the namespace's init.
+    pub ns_init: Option<i32>,
     pub processes: usize,
     pub threads: usize,
     pub memory_bytes: u64,
@@ -68,14 +77,18 @@ fn check_cpu(ck: &Checkpoint) -> Result<()> {
 }
 
 /// Kills every half-built process unless disarmed.
-struct Guard {
+struct Guard<'a> {
     pids: Vec<i32>,
+    ns: Option<&'a mut PidNamespace>,
     armed: bool,
 }
 
-impl Drop for Guard {
+impl Drop for Guard<'_> {
     fn drop(&mut self) {
         if self.armed {
+            if let Some(ns) = self.ns.as_mut() {
+                ns.kill();
+            }
             for pid in self.pids.iter().rev() {
                 let _ = process::kill(*pid, libc::SIGKILL);
             }
@@ -125,6 +138,7 @@ pub fn restore(
     for id in procs
         .iter()
         .flat_map(|p| std::iter::once(p.pid).chain(p.threads.iter().map(|t| t.tid)))
+        .filter(|_| !opts.pid_ns)
     {
         if proc::stat(id).is_ok() {
             return Err(EngineError::PidTaken {
@@ -148,6 +162,18 @@ pub fn restore(
             shm.highest_fd()
         )));
     }
+    // The namespace's init is forked from us: do it before the page files
+    // are mapped, or it would keep them alive as long as it lives.
+    let mut ns = if opts.pid_ns {
+        if procs.iter().any(|p| p.pid == 1) {
+            return Err(EngineError::BadImage(
+                "the image holds a PID 1; --pid-ns keeps PID 1 for its own init".into(),
+            ));
+        }
+        Some(PidNamespace::create().restoring(root.pid, "creating a PID namespace")?)
+    } else {
+        None
+    };
     // Every page file of every process, mapped.
     let mut mapped = Vec::new();
     for p in procs.iter().filter(|p| !p.zombie) {
@@ -170,7 +196,8 @@ pub fn restore(
     let memory_bytes = procs.iter().map(|p| memory::planned_bytes(&p.vmas)).sum();
     // Checksums are verified while the processes are being rebuilt; the
     // result is awaited before any of them may run.
-    let pid = std::thread::scope(|s| {
+    let ns_init = ns.as_ref().map(|n| n.init_pid());
+    let host_pid = std::thread::scope(|s| {
         let (tx, rx) = std::sync::mpsc::channel();
         let reader = &reader;
         s.spawn(move || {
@@ -188,15 +215,25 @@ pub fn restore(
                 )
             })
             .collect();
-        resurrect(procs, &plan, &shm, &pages, progress, || match rx.recv() {
-            Ok(r) => r.map_err(EngineError::from),
-            Err(_) => Err(EngineError::BadImage(
-                "page verification did not finish".into(),
-            )),
-        })
+        resurrect(
+            procs,
+            ns.as_mut(),
+            &plan,
+            &shm,
+            &pages,
+            progress,
+            || match rx.recv() {
+                Ok(r) => r.map_err(EngineError::from),
+                Err(_) => Err(EngineError::BadImage(
+                    "page verification did not finish".into(),
+                )),
+            },
+        )
     })?;
     Ok(RestoreReport {
-        pid,
+        pid: root.pid,
+        host_pid,
+        ns_init,
         processes: procs.len(),
         threads: procs.iter().map(|p| p.threads.len()).sum(),
         memory_bytes,
@@ -205,9 +242,10 @@ pub fn restore(
 }
 
 /// Creates the processes, rebuilds them, and (once `verified` says the image
-/// is sound) lets them run. Returns the root's PID.
+/// is sound) lets them run. Returns the root's PID on the host.
 fn resurrect(
     procs: &[Process],
+    mut ns: Option<&mut PidNamespace>,
     plan: &files::FdPlan,
     shm: &memory::ShmPlan,
     pages: &[memory::Pages],
@@ -215,7 +253,11 @@ fn resurrect(
     verified: impl FnOnce() -> Result<()>,
 ) -> Result<i32> {
     let root = &procs[0];
-    let pid = match process::spawn_stub(root.pid) {
+    let spawned = match ns.as_mut() {
+        Some(ns) => ns.spawn(root.pid),
+        None => process::spawn_stub(root.pid),
+    };
+    let pid = match spawned {
         Ok(pid) => pid,
         Err(e) if e.errno() == Some(libc::EEXIST) => {
             return Err(EngineError::PidTaken {
@@ -228,6 +270,7 @@ fn resurrect(
     let t0 = Instant::now();
     let mut guard = Guard {
         pids: vec![pid],
+        ns,
         armed: true,
     };
     ptrace::seize(pid).restoring(pid, "attaching to the new process")?;
@@ -239,7 +282,7 @@ fn resurrect(
     }
     ptrace::set_sigmask(pid, !0).restoring(pid, "blocking signals")?;
     let all_vmas: Vec<&Vma> = procs.iter().flat_map(|p| &p.vmas).collect();
-    let r = prepare_root(pid, &all_vmas)?;
+    let r = prepare_root(pid, root.pid, &all_vmas)?;
 
     // Phase 1, parents before children: session, the descriptions this
     // process creates, then its children (which inherit both).
@@ -274,16 +317,23 @@ fn resurrect(
         "restoring memory",
         procs.iter().map(|p| memory::planned_bytes(&p.vmas)).sum(),
     );
+    let mut host_tids = vec![Vec::new(); procs.len()];
     for (i, p) in procs.iter().enumerate() {
         if let Some(r) = &remotes[i] {
-            build(r, p, &pages[i], plan, shm, progress)?;
+            host_tids[i] = build(r, p, &pages[i], plan, shm, progress)?;
         }
     }
     tracing::debug!(ms = t0.elapsed().as_secs_f64() * 1e3, "rebuilt");
+    // From here on, threads are addressed by their host TIDs.
+    let remotes: Vec<Option<(Remote, Vec<i32>)>> = remotes
+        .into_iter()
+        .zip(host_tids)
+        .map(|(r, t)| r.map(|r| (r, t)))
+        .collect();
     // Phase 3: process groups, leaders first.
     for leaders in [true, false] {
         for (i, p) in procs.iter().enumerate() {
-            if let Some(r) = &remotes[i] {
+            if let Some((r, _)) = &remotes[i] {
                 if (p.pgid == p.pid) == leaders
                     && procs.iter().any(|q| q.pid == p.pgid && !q.zombie)
                 {
@@ -294,24 +344,24 @@ fn resurrect(
     }
     // Phase 4: credentials, last: after them we may no longer be allowed the rest.
     for (i, p) in procs.iter().enumerate() {
-        if let Some(r) = &remotes[i] {
-            for t in &p.threads {
-                attrs::restore_creds(&r.for_thread(t.tid), p)?;
+        if let Some((r, tids)) = &remotes[i] {
+            for &t in tids {
+                attrs::restore_creds(&r.for_thread(t), p)?;
             }
         }
     }
     // Phase 5: drop the trampolines (the thread stops at syscall exit, before
     // fetching another instruction from it), load registers, and go.
     for (i, p) in procs.iter().enumerate() {
-        if let Some(r) = &remotes[i] {
+        if let Some((r, tids)) = &remotes[i] {
             r.call(
                 "munmap",
                 libc::SYS_munmap,
                 [r.syscall_ip, TRAMPOLINE, 0, 0, 0, 0],
             )
             .restoring(r.pid, "removing the trampoline")?;
-            for t in &p.threads {
-                threads::load_cpu_state(r.pid, t)?;
+            for (t, &host) in p.threads.iter().zip(tids) {
+                threads::load_cpu_state(r.pid, host, t)?;
             }
         }
     }
@@ -319,19 +369,22 @@ fn resurrect(
     verified()?;
     tracing::debug!(ms = t0.elapsed().as_secs_f64() * 1e3, "verified");
     for (i, p) in procs.iter().enumerate().rev() {
-        if remotes[i].is_some() {
-            for t in p.threads.iter().rev() {
-                ptrace::detach(t.tid).restoring(p.pid, "starting the process")?;
+        if let Some((_, tids)) = &remotes[i] {
+            for &t in tids.iter().rev() {
+                ptrace::detach(t).restoring(p.pid, "starting the process")?;
             }
         }
     }
     guard.armed = false;
+    if let Some(ns) = guard.ns.as_mut() {
+        ns.seal();
+    }
     Ok(pid)
 }
 
 /// Turns the stub (a fork of godwit) into an empty process holding only the
 /// trampoline, at an address free in every process of the image.
-fn prepare_root(pid: i32, vmas: &[&Vma]) -> Result<Remote> {
+fn prepare_root(pid: i32, vpid: i32, vmas: &[&Vma]) -> Result<Remote> {
     let own = proc::smaps(pid).restoring(pid, "reading the new process's memory map")?;
     let ip = mem::find_syscall_in_maps(pid, &own)
         .restoring(pid, "looking for a syscall instruction")?
@@ -339,6 +392,7 @@ fn prepare_root(pid: i32, vmas: &[&Vma]) -> Result<Remote> {
     let r0 = Remote {
         pid,
         tid: pid,
+        vpid,
         syscall_ip: ip,
         scratch: 0,
         scratch_len: 0,
@@ -358,6 +412,7 @@ fn prepare_root(pid: i32, vmas: &[&Vma]) -> Result<Remote> {
     let r = Remote {
         pid,
         tid: pid,
+        vpid,
         syscall_ip: tramp,
         scratch: tramp + PAGE_SIZE,
         scratch_len: TRAMPOLINE - PAGE_SIZE,
@@ -406,18 +461,23 @@ fn fork_child(r: &Remote, pid: i32) -> Result<Remote> {
             holder: threads::holder_of(pid),
         });
     }
-    if out.ret < 0 || out.new_task != Some(pid) {
-        return Err(EngineError::BadImage(format!(
-            "child process {pid} could not be created (clone3 returned {}, new task {:?})",
-            out.ret, out.new_task
-        )));
-    }
-    if !freeze::wait_interrupt_stop(pid).restoring(pid, "creating child processes")? {
+    let host = match out.new_task {
+        Some(host) if out.ret >= 0 => host,
+        _ => {
+            return Err(EngineError::BadImage(format!(
+                "child process {pid} could not be created (clone3 returned {}, new task {:?})",
+                out.ret, out.new_task
+            )))
+        }
+    };
+    threads::check_created(host, pid, "child process")?;
+    if !freeze::wait_interrupt_stop(host).restoring(pid, "creating child processes")? {
         return Err(EngineError::BadImage(format!("new child {pid} exited")));
     }
     Ok(Remote {
-        pid,
-        tid: pid,
+        pid: host,
+        tid: host,
+        vpid: pid,
         ..*r
     })
 }
@@ -444,7 +504,7 @@ fn make_zombie(r: &Remote, status: i32) -> Result<()> {
         .restoring(r.pid, stage)?;
         ptrace::set_sigmask(r.pid, 0).restoring(r.pid, stage)?;
         r.inj()
-            .run_to_exit(libc::SYS_kill, [r.pid as u64, sig as u64, 0, 0, 0, 0])
+            .run_to_exit(libc::SYS_kill, [r.vpid as u64, sig as u64, 0, 0, 0, 0])
             .restoring(r.pid, stage)?;
     }
     Ok(())
@@ -458,7 +518,7 @@ fn build(
     plan: &files::FdPlan,
     shm: &memory::ShmPlan,
     progress: &dyn Progress,
-) -> Result<()> {
+) -> Result<Vec<i32>> {
     let t = Instant::now();
     let lap = |what: &str| tracing::debug!(ms = t.elapsed().as_secs_f64() * 1e3, "build: {what}");
     place_vdso(r, &p.vmas)?;
@@ -473,15 +533,16 @@ fn build(
     signals::restore_handlers(r, &p.sigactions, &p.itimers)?;
     lap("signal handlers");
     attrs::restore_misc(r, p)?;
+    let mut tids = vec![r.pid];
     for t in p.threads.iter().skip(1) {
-        threads::create(r, t.tid)?;
+        tids.push(threads::create(r, t.tid)?);
     }
-    for t in &p.threads {
-        threads::setup(&r.for_thread(t.tid), t)?;
+    for (t, &host) in p.threads.iter().zip(&tids) {
+        threads::setup(&r.for_thread(host), t)?;
     }
     timers::restore(r, &p.posix_timers)?;
     signals::restore_pending(r, &p.shared_pending)?;
-    Ok(())
+    Ok(tids)
 }
 
 /// Maps the trampoline in the first hole of the target's layout that is also

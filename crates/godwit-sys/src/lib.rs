@@ -9,6 +9,7 @@
 pub mod handle;
 pub mod inject;
 pub mod mem;
+pub mod pidns;
 pub mod proc;
 pub mod process;
 pub mod ptrace;

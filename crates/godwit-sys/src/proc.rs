@@ -217,6 +217,23 @@ pub fn status(pid: i32) -> Result<Status> {
     parse_status(&read(&path)?, &path)
 }
 
+/// The task's PIDs from the host's namespace inward (the NSpid line of
+/// /proc/PID/status): one entry unless it lives in a nested PID namespace.
+pub fn ns_pids(pid: i32) -> Result<Vec<i32>> {
+    let path = format!("/proc/{pid}/status");
+    let text = read(&path)?;
+    let line = text
+        .lines()
+        .find_map(|l| l.strip_prefix("NSpid:"))
+        .ok_or_else(|| bad(&path, "no NSpid line"))?;
+    line.split_whitespace()
+        .map(|w| {
+            w.parse()
+                .map_err(|_| bad(&path, format!("bad NSpid {line:?}")))
+        })
+        .collect()
+}
+
 /// The thread ids of a process, sorted.
 pub fn tasks(pid: i32) -> Result<Vec<i32>> {
     let path = format!("/proc/{pid}/task");

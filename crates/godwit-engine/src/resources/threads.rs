@@ -85,8 +85,9 @@ pub fn drop_inherited_rseq(r: &Remote) -> Result<()> {
 }
 
 /// Creates thread `tid` in the restored process (injected clone3 with set_tid)
-/// and waits for its first stop. Uses scratch bytes [0, 128).
-pub fn create(main: &Remote, tid: i32) -> Result<()> {
+/// and waits for its first stop. Returns its TID on the host (the same unless
+/// the process lives in a new PID namespace). Uses scratch bytes [0, 128).
+pub fn create(main: &Remote, tid: i32) -> Result<i32> {
     let pid = main.pid;
     let flags = (libc::CLONE_VM
         | libc::CLONE_FS
@@ -124,15 +125,27 @@ pub fn create(main: &Remote, tid: i32) -> Result<()> {
         });
     }
     let new = out.new_task.unwrap_or(out.ret as i32);
-    if new != tid {
-        return Err(EngineError::BadImage(format!(
-            "thread {tid} was created as {new}"
-        )));
-    }
-    if !freeze::wait_interrupt_stop(tid).restoring(pid, "creating threads")? {
+    check_created(new, tid, "thread")?;
+    if !freeze::wait_interrupt_stop(new).restoring(pid, "creating threads")? {
         return Err(EngineError::BadImage(format!("new thread {tid} exited")));
     }
-    Ok(())
+    Ok(new)
+}
+
+/// Checks that the task the tracer sees as `host` has `want` as its own id
+/// (the innermost of its PID namespaces).
+pub fn check_created(host: i32, want: i32, what: &str) -> Result<()> {
+    if host == want {
+        return Ok(());
+    }
+    let inner = proc::ns_pids(host).ok().and_then(|v| v.last().copied());
+    if inner == Some(want) {
+        Ok(())
+    } else {
+        Err(EngineError::BadImage(format!(
+            "{what} {want} was created as {host} (inside its namespace: {inner:?})"
+        )))
+    }
 }
 
 /// Describes who holds a PID now, for error messages.
@@ -200,6 +213,7 @@ pub fn setup(rt: &Remote, t: &Thread) -> Result<()> {
 /// one of its threads, from inside the process so the kernel accepts any si_code.
 pub fn queue_signal(rt: &Remote, siginfo: &[u8], tid: Option<i32>) -> Result<()> {
     let pid = rt.pid;
+    let vpid = rt.vpid;
     if siginfo.len() != 128 {
         return Err(EngineError::BadImage(
             "a saved siginfo is not 128 bytes".into(),
@@ -213,28 +227,29 @@ pub fn queue_signal(rt: &Remote, siginfo: &[u8], tid: Option<i32>) -> Result<()>
         Some(tid) => rt.call(
             "rt_tgsigqueueinfo",
             libc::SYS_rt_tgsigqueueinfo,
-            [pid as u64, tid as u64, signo as u64, a, 0, 0],
+            [vpid as u64, tid as u64, signo as u64, a, 0, 0],
         ),
         None => rt.call(
             "rt_sigqueueinfo",
             libc::SYS_rt_sigqueueinfo,
-            [pid as u64, signo as u64, a, 0, 0, 0],
+            [vpid as u64, signo as u64, a, 0, 0, 0],
         ),
     }
     .restoring(pid, "queueing pending signals")?;
     Ok(())
 }
 
-/// Loads the saved registers, xsave area and signal mask into a stopped thread.
-pub fn load_cpu_state(pid: i32, t: &Thread) -> Result<()> {
+/// Loads the saved registers, xsave area and signal mask into stopped thread
+/// `host_tid` (the host's id of thread `t`).
+pub fn load_cpu_state(pid: i32, host_tid: i32, t: &Thread) -> Result<()> {
     let mut regs = GpRegs::from_words(&t.gpregs)
         .ok_or_else(|| EngineError::BadImage(format!("thread {}: bad register set", t.tid)))?;
     regs.rewind_interrupted_syscall();
     let stage = "loading registers";
-    ptrace::set_regs(t.tid, &regs).restoring(pid, stage)?;
+    ptrace::set_regs(host_tid, &regs).restoring(pid, stage)?;
     if !t.xstate.is_empty() {
-        ptrace::set_xstate(t.tid, &t.xstate).restoring(pid, "loading FPU/AVX state")?;
+        ptrace::set_xstate(host_tid, &t.xstate).restoring(pid, "loading FPU/AVX state")?;
     }
-    ptrace::set_sigmask(t.tid, t.sigmask).restoring(pid, "setting the signal mask")?;
+    ptrace::set_sigmask(host_tid, t.sigmask).restoring(pid, "setting the signal mask")?;
     Ok(())
 }
