@@ -12,11 +12,13 @@ const UFFDIO_API: libc::c_ulong = 0xC018_AA3F;
 const UFFDIO_REGISTER: libc::c_ulong = 0xC020_AA00;
 const UFFDIO_UNREGISTER: libc::c_ulong = 0x8010_AA01;
 const UFFDIO_WRITEPROTECT: libc::c_ulong = 0xC018_AA06;
+const UFFDIO_COPY: libc::c_ulong = 0xC028_AA03;
 
 pub const FEATURE_PAGEFAULT_FLAG_WP: u64 = 1 << 0;
 pub const FEATURE_EVENT_REMAP: u64 = 1 << 2;
 pub const FEATURE_EVENT_REMOVE: u64 = 1 << 3;
 pub const FEATURE_EVENT_UNMAP: u64 = 1 << 6;
+pub const REGISTER_MODE_MISSING: u64 = 1;
 pub const REGISTER_MODE_WP: u64 = 2;
 
 const EVENT_PAGEFAULT: u8 = 0x12;
@@ -79,6 +81,41 @@ impl Uffd {
     pub fn unregister(&self, start: u64, len: u64) -> Result<()> {
         let mut range = [start, len];
         ioctl(&self.fd, UFFDIO_UNREGISTER, &mut range, "UFFDIO_UNREGISTER")
+    }
+
+    /// Fills the missing pages at `dst` (in the registered process) with
+    /// `src` (UFFDIO_COPY): each page is allocated and copied in one step,
+    /// without the zeroing and fault of a first touch. `dst` and the length
+    /// must be page-aligned.
+    pub fn copy(&self, dst: u64, src: &[u8]) -> Result<()> {
+        let mut done = 0u64;
+        let mut stalls = 0;
+        let len = src.len() as u64;
+        while done < len {
+            // dst, src, len, mode, copy (bytes copied, or -errno)
+            let mut arg = [dst + done, src.as_ptr() as u64 + done, len - done, 0, 0];
+            // SAFETY: `arg` is a live uffdio_copy (5 u64) and its src points
+            // into `src`, which stays borrowed for the call; the kernel only
+            // reads [src, src + len).
+            let r = unsafe { libc::ioctl(self.fd.as_raw_fd(), UFFDIO_COPY, arg.as_mut_ptr()) };
+            let copied = arg[4] as i64;
+            if copied > 0 {
+                done += copied as u64;
+            }
+            if r < 0 {
+                let e = std::io::Error::last_os_error().raw_os_error().unwrap_or(0);
+                if (e == libc::EAGAIN || e == libc::EINTR) && copied >= 0 && stalls < 1000 {
+                    stalls = if copied > 0 { 0 } else { stalls + 1 };
+                    continue;
+                }
+                return Err(SysError::call_errno(
+                    "UFFDIO_COPY",
+                    format!("{:#x}+{:#x}", dst + done, len - done),
+                    e,
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Sets (`protect`) or clears write protection on a range; clearing wakes

@@ -14,7 +14,8 @@ use crate::Progress;
 use godwit_image::PageFileWriter;
 use godwit_sys::mem::{self, pm, Pagemap, ProcMem, Range};
 use godwit_sys::proc::MapEntry;
-use godwit_sys::PAGE_SIZE;
+use godwit_sys::uffd::{self, Uffd};
+use godwit_sys::{process, PAGE_SIZE};
 use std::collections::HashMap;
 use std::os::unix::fs::{FileExt, MetadataExt};
 
@@ -748,7 +749,16 @@ pub fn restore(
     }
 
     let t = std::time::Instant::now();
-    fill(pid, vmas, pages, progress)?;
+    let uffd = FillUffd::open(r, vmas)?;
+    tracing::debug!(
+        ms = t.elapsed().as_secs_f64() * 1e3,
+        "userfaultfd for the fill"
+    );
+    let filled = fill(pid, vmas, pages, progress, uffd.as_ref());
+    if let Some(u) = &uffd {
+        u.close(pid)?;
+    }
+    filled?;
     tracing::debug!(ms = t.elapsed().as_secs_f64() * 1e3, "fill");
 
     for v in vmas.iter().filter(|v| !is_special(v)) {
@@ -851,8 +861,135 @@ fn batches(vmas: &[Vma], pages: &Pages) -> Result<Vec<Batch>> {
     Ok(out)
 }
 
+/// A userfaultfd of the restored process with its private anonymous VMAs
+/// registered for missing pages: the fill then places each stored page with
+/// UFFDIO_COPY (allocate + copy) instead of a first-touch fault that zeroes
+/// the page before process_vm_writev copies over it — about twice as fast.
+struct FillUffd {
+    uffd: Uffd,
+    registered: Vec<Range>,
+}
+
+impl FillUffd {
+    /// `None` when the process cannot have one (then every page goes
+    /// through process_vm_writev).
+    fn open(r: &Remote, vmas: &[Vma]) -> Result<Option<FillUffd>> {
+        let pid = r.pid;
+        let wanted: Vec<&Vma> = vmas
+            .iter()
+            .filter(|v| {
+                !v.pages.is_empty()
+                    && matches!(
+                        kind(v),
+                        VmaKind::AnonPrivate | VmaKind::Heap | VmaKind::Stack
+                    )
+            })
+            .collect();
+        if wanted
+            .iter()
+            .map(|v| v.pages.iter().map(|p| p.nr_pages).sum::<u64>())
+            .sum::<u64>()
+            < UFFD_FILL_MIN_PAGES
+        {
+            return Ok(None);
+        }
+        let stage = "opening a userfaultfd for the fill";
+        let tfd = match r.call(
+            "userfaultfd",
+            libc::SYS_userfaultfd,
+            [libc::O_CLOEXEC as u64, 0, 0, 0, 0, 0],
+        ) {
+            Ok(fd) => fd,
+            Err(e) => {
+                tracing::debug!(
+                    pid,
+                    "no userfaultfd for the fill ({e}); writing pages instead"
+                );
+                return Ok(None);
+            }
+        };
+        let ours = process::pidfd_open(pid)
+            .and_then(|p| process::pidfd_getfd(&p, tfd as i32))
+            .restoring(pid, stage);
+        r.call("close", libc::SYS_close, [tfd, 0, 0, 0, 0, 0])
+            .restoring(pid, stage)?;
+        let uffd = Uffd::new(ours?, 0).restoring(pid, stage)?;
+        let mut registered = Vec::new();
+        for v in wanted {
+            let len = v.end - v.start;
+            match uffd.register(v.start, len, uffd::REGISTER_MODE_MISSING) {
+                Ok(()) => registered.push(Range { addr: v.start, len }),
+                Err(e) => tracing::debug!(pid, start = v.start, "not registered for the fill: {e}"),
+            }
+        }
+        Ok(Some(FillUffd { uffd, registered }))
+    }
+
+    fn covers(&self, r: &Range) -> bool {
+        self.registered
+            .iter()
+            .any(|g| g.addr <= r.addr && r.addr + r.len <= g.addr + g.len)
+    }
+
+    /// Unregisters every range (the VMAs are ordinary again); our
+    /// descriptor closes on drop.
+    fn close(&self, pid: i32) -> Result<()> {
+        for g in &self.registered {
+            self.uffd
+                .unregister(g.addr, g.len)
+                .restoring(pid, "releasing the fill's userfaultfd")?;
+        }
+        Ok(())
+    }
+}
+
+/// Below this many private anonymous pages, the userfaultfd set-up costs
+/// more than it saves.
+const UFFD_FILL_MIN_PAGES: u64 = 256;
+
+/// Writes one batch: runs in registered VMAs with UFFDIO_COPY, the others
+/// (file-backed private copies, shared memory) with process_vm_writev.
+fn fill_batch(pid: i32, local: &[u8], ranges: &[Range], uffd: Option<&FillUffd>) -> Result<()> {
+    let write = |from: usize, to: usize, rs: &[Range]| -> Result<()> {
+        if rs.is_empty() {
+            return Ok(());
+        }
+        let n = mem::write_ranges(pid, &local[from..to], rs).restoring(pid, "writing memory")?;
+        if n != to - from {
+            return Err(EngineError::BadImage(format!(
+                "only {n} of {} bytes of memory could be written",
+                to - from
+            )));
+        }
+        Ok(())
+    };
+    let Some(u) = uffd else {
+        return write(0, local.len(), ranges);
+    };
+    let (mut off, mut from, mut first) = (0usize, 0usize, 0usize);
+    for (i, rg) in ranges.iter().enumerate() {
+        let len = rg.len as usize;
+        if u.covers(rg) {
+            write(from, off, &ranges[first..i])?;
+            u.uffd
+                .copy(rg.addr, &local[off..off + len])
+                .restoring(pid, "writing memory")?;
+            first = i + 1;
+            from = off + len;
+        }
+        off += len;
+    }
+    write(from, off, &ranges[first..])
+}
+
 /// Writes the stored pages into the restored process's memory.
-fn fill(pid: i32, vmas: &[Vma], pages: &Pages, progress: &dyn Progress) -> Result<()> {
+fn fill(
+    pid: i32,
+    vmas: &[Vma],
+    pages: &Pages,
+    progress: &dyn Progress,
+    uffd: Option<&FillUffd>,
+) -> Result<()> {
     let batches = batches(vmas, pages)?;
     let next = std::sync::atomic::AtomicUsize::new(0);
     let work = || -> Result<()> {
@@ -864,13 +1001,7 @@ fn fill(pid: i32, vmas: &[Vma], pages: &Pages, progress: &dyn Progress) -> Resul
             let local = pages.get(b.start, b.end - b.start).ok_or_else(|| {
                 EngineError::BadImage(format!("page bytes {}..{} are missing", b.start, b.end))
             })?;
-            let n = mem::write_ranges(pid, local, &b.ranges).restoring(pid, "writing memory")?;
-            if n != local.len() {
-                return Err(EngineError::BadImage(format!(
-                    "only {n} of {} bytes of memory could be written",
-                    local.len()
-                )));
-            }
+            fill_batch(pid, local, &b.ranges, uffd)?;
             progress.advance(local.len() as u64);
         }
     };
