@@ -118,6 +118,25 @@ pub fn set_child_subreaper() -> Result<()> {
     check(r as i64, "prctl(PR_SET_CHILD_SUBREAPER)", "self").map(drop)
 }
 
+/// The caller's own action for signal `sig`, as the kernel's struct
+/// (handler, flags, restorer, mask).
+pub fn own_sigaction(sig: u32) -> Result<[u64; 4]> {
+    let mut old = [0u64; 4];
+    // SAFETY: rt_sigaction with a null new action and an out-pointer to a
+    // 32-byte buffer (the kernel's struct sigaction on x86_64), sigsetsize 8.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_rt_sigaction,
+            sig as libc::c_long,
+            std::ptr::null::<u8>(),
+            old.as_mut_ptr(),
+            8usize,
+        )
+    };
+    check(r, "rt_sigaction", format!("signal {sig}"))?;
+    Ok(old)
+}
+
 /// The caller's effective uid.
 pub fn euid() -> u32 {
     // SAFETY: geteuid cannot fail.

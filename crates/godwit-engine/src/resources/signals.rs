@@ -19,9 +19,17 @@ pub struct Signals {
 }
 
 /// Reads handlers and timers by injection. Uses scratch bytes [0, 65*32).
+///
+/// Only signals with a handler (SigCgt), and SIGCHLD (whose SA_NOCLDWAIT /
+/// SA_NOCLDSTOP matter even with the default action), are read by injected
+/// rt_sigaction; the others are default or ignored (SigIgn), and their
+/// flags and mask have no effect, so they are not kept.
 pub fn dump(r: &Remote) -> Result<Signals> {
     let pid = r.pid;
-    for sig in settable() {
+    let st = godwit_sys::proc::status(pid).dumping(pid, "reading signal dispositions")?;
+    let bit = |sig: u32| 1u64 << (sig - 1);
+    let queried = |sig: u32| st.sig_cgt & bit(sig) != 0 || sig == libc::SIGCHLD as u32;
+    for sig in settable().filter(|s| queried(*s)) {
         r.call(
             "rt_sigaction",
             libc::SYS_rt_sigaction,
@@ -33,12 +41,24 @@ pub fn dump(r: &Remote) -> Result<Signals> {
     let actions = settable()
         .map(|sig| {
             let base = sig as usize * 4;
-            SigAction {
-                signo: sig,
-                handler: u64_at(&b, base),
-                flags: u64_at(&b, base + 1),
-                restorer: u64_at(&b, base + 2),
-                mask: u64_at(&b, base + 3),
+            if queried(sig) {
+                SigAction {
+                    signo: sig,
+                    handler: u64_at(&b, base),
+                    flags: u64_at(&b, base + 1),
+                    restorer: u64_at(&b, base + 2),
+                    mask: u64_at(&b, base + 3),
+                }
+            } else {
+                SigAction {
+                    signo: sig,
+                    handler: if st.sig_ign & bit(sig) != 0 {
+                        libc::SIG_IGN as u64
+                    } else {
+                        libc::SIG_DFL as u64
+                    },
+                    ..Default::default()
+                }
             }
         })
         .filter(|a| a.handler != 0 || a.flags != 0 || a.mask != 0)
@@ -75,17 +95,24 @@ pub fn dump(r: &Remote) -> Result<Signals> {
 }
 
 /// Sets every handler (ones not saved go back to the default) and the timers.
+///
+/// The new process is a fork of godwit and still has godwit's actions, so
+/// only the signals whose saved action differs from ours are set.
 pub fn restore_handlers(r: &Remote, actions: &[SigAction], itimers: &[Itimer]) -> Result<()> {
     let pid = r.pid;
     for sig in settable() {
         let a = actions.iter().find(|a| a.signo == sig);
-        let mut b = Vec::with_capacity(32);
-        for w in [
+        let want = [
             a.map_or(0, |a| a.handler),
             a.map_or(0, |a| a.flags),
             a.map_or(0, |a| a.restorer),
             a.map_or(0, |a| a.mask),
-        ] {
+        ];
+        if godwit_sys::process::own_sigaction(sig).ok() == Some(want) {
+            continue;
+        }
+        let mut b = Vec::with_capacity(32);
+        for w in want {
             b.extend_from_slice(&w.to_le_bytes());
         }
         let addr = r.put(0, &b).restoring(pid, "setting signal handlers")?;
