@@ -66,7 +66,8 @@ fn precheck(pid: i32) -> Result<()> {
             detail: "godwit cannot dump itself".into(),
         });
     }
-    if let Ok(ids) = proc::ns_pids(pid) {
+    {
+        let ids = &status.nspid;
         if ids.len() > 1 {
             return Err(EngineError::Unsupported {
                 pid,
@@ -279,7 +280,8 @@ fn kill_all(members: Vec<Member>) -> Result<()> {
 /// Collects everything but the page contents of one frozen process.
 fn collect_one(frozen: &Frozen) -> Result<Collected> {
     let pid = frozen.pid;
-    let maps = proc::smaps(pid).dumping(pid, "reading the memory map")?;
+    let t = Instant::now();
+    let maps = proc::maps(pid).dumping(pid, "reading the memory map")?;
     let syscall_ip = mem::find_syscall_in_maps(pid, &maps)
         .dumping(pid, "looking for a syscall instruction")?
         .ok_or_else(|| EngineError::Unsupported {
@@ -320,22 +322,61 @@ fn collect_one(frozen: &Frozen) -> Result<Collected> {
     r0.call("munmap", libc::SYS_munmap, [scratch, SCRATCH, 0, 0, 0, 0])
         .dumping(pid, "unmapping scratch memory")?;
     let mut process = collected?;
-    process.vmas = memory::plan(pid, &maps)?;
+    // smaps (for the VmFlags) and the page scan each walk the page tables:
+    // one thread each.
+    let (smaps, vmas) = std::thread::scope(|s| {
+        let smaps = s.spawn(|| proc::smaps(pid));
+        let vmas = memory::plan(pid, &maps);
+        (smaps.join(), vmas)
+    });
+    let smaps = smaps
+        .unwrap_or_else(|_| Ok(Vec::new()))
+        .dumping(pid, "reading the memory map")?;
+    let mut vmas = vmas?;
+    if smaps.len() != vmas.len() {
+        return Err(EngineError::Unsupported {
+            pid,
+            what: "a memory map that changed while the process was frozen".into(),
+        });
+    }
+    for (v, m) in vmas.iter_mut().zip(smaps) {
+        if (m.start, m.end) != (v.start, v.end) {
+            return Err(EngineError::Unsupported {
+                pid,
+                what: format!(
+                    "a memory map that changed while the process was frozen ({:#x}-{:#x})",
+                    v.start, v.end
+                ),
+            });
+        }
+        v.vm_flags = m.vm_flags;
+    }
+    process.vmas = vmas;
+    tracing::debug!(
+        ms = t.elapsed().as_secs_f64() * 1e3,
+        "collect: memory planned"
+    );
     Ok(Collected { process, r0 })
 }
 
 fn collect(r: &Remote, frozen: &Frozen) -> Result<Process> {
+    let t = Instant::now();
+    let lap = |what: &str| tracing::debug!(ms = t.elapsed().as_secs_f64() * 1e3, "collect: {what}");
     let mut p = Process::default();
     attrs::dump(r, &mut p)?;
+    lap("attributes");
     let sig = signals::dump(r)?;
     p.sigactions = sig.actions;
     p.shared_pending = sig.shared_pending;
     p.itimers = sig.itimers;
+    lap("signals");
     p.posix_timers = timers::dump(r)?;
     for t in &frozen.threads {
         p.threads.push(threads::dump(r, t)?);
     }
+    lap("timers, threads");
     let f = files::dump(r.pid)?;
+    lap("files");
     p.fds = f.fds;
     p.pipes = f.pipes;
     p.cwd = f.cwd;

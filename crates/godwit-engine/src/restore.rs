@@ -76,6 +76,22 @@ fn check_cpu(ck: &Checkpoint) -> Result<()> {
     Ok(())
 }
 
+/// Waits (up to 5 s) while `id` belongs to a task that is exiting, e.g.
+/// the original of a dump that just ended it and is still freeing its memory.
+fn wait_while_exiting(id: i32) {
+    const PF_EXITING: u64 = 0x4;
+    let t0 = Instant::now();
+    while let Ok(st) = proc::stat(id) {
+        if st.flags & PF_EXITING == 0 && !matches!(st.state, 'X' | 'x') {
+            return;
+        }
+        if t0.elapsed() > Duration::from_secs(5) {
+            return;
+        }
+        std::thread::sleep(Duration::from_micros(500));
+    }
+}
+
 /// Kills every half-built process unless disarmed.
 struct Guard<'a> {
     pids: Vec<i32>,
@@ -140,6 +156,7 @@ pub fn restore(
         .flat_map(|p| std::iter::once(p.pid).chain(p.threads.iter().map(|t| t.tid)))
         .filter(|_| !opts.pid_ns)
     {
+        wait_while_exiting(id);
         if proc::stat(id).is_ok() {
             return Err(EngineError::PidTaken {
                 pid: id,
@@ -200,8 +217,9 @@ pub fn restore(
     let host_pid = std::thread::scope(|s| {
         let (tx, rx) = std::sync::mpsc::channel();
         let reader = &reader;
+        let maps: Vec<&godwit_image::MappedPages> = mapped.iter().map(|(_, _, m)| m).collect();
         s.spawn(move || {
-            let _ = tx.send(reader.verify_pages());
+            let _ = tx.send(reader.verify_mapped(&maps));
         });
         let pages: Vec<memory::Pages> = procs
             .iter()

@@ -143,8 +143,15 @@ impl ImageReader {
     /// Reads every page file through xxh3 and compares size and hash with the manifest.
     /// Stops at the first file that differs.
     pub fn verify_pages(&self) -> Result<(), ImageError> {
-        let mut buf = vec![0u8; VERIFY_CHUNK];
         for info in &self.page_files {
+            self.verify_one(info)?;
+        }
+        Ok(())
+    }
+
+    fn verify_one(&self, info: &PageFileInfo) -> Result<(), ImageError> {
+        let mut buf = vec![0u8; VERIFY_CHUNK];
+        {
             let path = self.dir.join(&info.name);
             let mut file = File::open(&path).map_err(|source| open_error(&path, source))?;
             let mut hasher = Xxh3::new();
@@ -167,6 +174,35 @@ impl ImageReader {
                 });
             }
             let actual = hasher.digest();
+            if actual != info.xxh3 {
+                return Err(ImageError::ChecksumMismatch {
+                    path,
+                    expected: info.xxh3,
+                    actual,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Like [`verify_pages`](Self::verify_pages), but hashes the page files
+    /// through `mapped` where one of them maps it (no read copy: the restore
+    /// maps every page file anyway); others are read.
+    pub fn verify_mapped(&self, mapped: &[&MappedPages]) -> Result<(), ImageError> {
+        for info in &self.page_files {
+            let Some(m) = mapped.iter().find(|m| m.name == info.name) else {
+                self.verify_one(info)?;
+                continue;
+            };
+            let path = self.dir.join(&info.name);
+            if m.len() as u64 != info.size {
+                return Err(ImageError::PageFileSize {
+                    path,
+                    expected: info.size,
+                    actual: m.len() as u64,
+                });
+            }
+            let actual = xxhash_rust::xxh3::xxh3_64(m);
             if actual != info.xxh3 {
                 return Err(ImageError::ChecksumMismatch {
                     path,

@@ -207,9 +207,9 @@ impl PidNamespace {
             .split_whitespace()
             .filter_map(|s| s.parse::<i32>().ok())
         {
-            if crate::proc::ns_pids(host)
+            if crate::proc::status(host)
                 .ok()
-                .and_then(|v| v.last().copied())
+                .and_then(|s| s.nspid.last().copied())
                 == Some(pid)
             {
                 return Ok(host);

@@ -138,7 +138,9 @@ pub fn check_created(host: i32, want: i32, what: &str) -> Result<()> {
     if host == want {
         return Ok(());
     }
-    let inner = proc::ns_pids(host).ok().and_then(|v| v.last().copied());
+    let inner = proc::status(host)
+        .ok()
+        .and_then(|s| s.nspid.last().copied());
     if inner == Some(want) {
         Ok(())
     } else {
