@@ -88,6 +88,17 @@ pub fn summary(ck: &Checkpoint, reader: &ImageReader) -> Value {
                 },
                 "threads": threads, "fds": fds,
                 "pipes": p.pipes.iter().map(|x| json!({"id": x.id, "buffered_bytes": x.data.len()})).collect::<Vec<_>>(),
+                "shared_memory": p.shmem.iter().map(|o| json!({
+                    "id": o.id, "size": o.size, "memfd": o.memfd, "name": o.name,
+                    "seals": format!("{:#x}", o.seals),
+                    "stored_bytes": o.data.iter().map(|r| r.nr_pages * 4096).sum::<u64>(),
+                })).collect::<Vec<_>>(),
+                "sysv_shm": p.sysv_shm.iter().map(|g| json!({
+                    "key": format!("{:#010x}", g.key), "shmid": g.shmid, "size": g.size,
+                    "mode": format!("{:04o}", g.mode), "uid": g.uid, "gid": g.gid,
+                    "removed": g.removed, "locked": g.locked,
+                    "stored_bytes": g.data.iter().map(|r| r.nr_pages * 4096).sum::<u64>(),
+                })).collect::<Vec<_>>(),
                 "signals": {
                     "handlers": handlers,
                     "shared_pending": p.shared_pending.len(),
@@ -161,6 +172,21 @@ pub fn text(v: &Value, full: bool) -> String {
                 vma["kind"].as_str().unwrap_or(""),
                 mib(vma["stored_bytes"].as_u64().unwrap_or(0)),
                 vma["path"].as_str().unwrap_or(""),
+            );
+        }
+        for g in p["sysv_shm"].as_array().into_iter().flatten() {
+            let _ = writeln!(
+                s,
+                "  SysV shm: key {} shmid {} size {} mode {}{}",
+                g["key"].as_str().unwrap_or(""),
+                g["shmid"],
+                g["size"],
+                g["mode"].as_str().unwrap_or(""),
+                if g["removed"].as_bool() == Some(true) {
+                    " (marked for removal)"
+                } else {
+                    ""
+                },
             );
         }
         let threads = p["threads"].as_array().cloned().unwrap_or_default();

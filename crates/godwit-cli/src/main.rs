@@ -14,8 +14,8 @@ use std::process::ExitCode;
 /// Checkpoint, restore and migrate Linux processes.
 ///
 /// Exit codes: 0 success, 1 failure, 2 usage error, 3 unusable image,
-/// 4 PID in use, 5 something Godwit does not support yet, 6 no such process
-/// or permission denied.
+/// 4 PID (or SysV shared memory key/id) in use, 5 something Godwit does
+/// not support yet, 6 no such process or permission denied.
 #[derive(Parser)]
 #[command(name = "godwit", version, about, long_about)]
 struct Cli {
@@ -130,7 +130,7 @@ impl Progress for Bar {
 fn exit_code(e: &anyhow::Error) -> u8 {
     match e.downcast_ref::<EngineError>() {
         Some(EngineError::Image(_) | EngineError::BadImage(_) | EngineError::CpuMismatch(_)) => 3,
-        Some(EngineError::PidTaken { .. }) => 4,
+        Some(EngineError::PidTaken { .. } | EngineError::SysvShmTaken { .. }) => 4,
         Some(EngineError::Unsupported { .. }) => 5,
         Some(EngineError::NoSuchProcess { .. } | EngineError::PermissionDenied { .. }) => 6,
         _ => 1,

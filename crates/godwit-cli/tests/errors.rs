@@ -243,3 +243,129 @@ fn seccomp_refused_not_dropped() {
     assert_fails(&out, 5, "seccomp");
     assert_eq!(p.verdict(), "PASS", "the process runs on");
 }
+
+/// The SysV segments (key, shmid) an image holds, from `godwit inspect`.
+fn image_segments(img: &std::path::Path) -> Vec<(i32, i32)> {
+    let v: serde_json::Value =
+        serde_json::from_str(&godwit_ok(&["inspect", "--json", img.to_str().unwrap()])).unwrap();
+    let mut out = Vec::new();
+    for p in v["processes"].as_array().unwrap() {
+        for g in p["sysv_shm"].as_array().unwrap() {
+            let key = u32::from_str_radix(g["key"].as_str().unwrap().trim_start_matches("0x"), 16);
+            out.push((key.unwrap() as i32, g["shmid"].as_i64().unwrap() as i32));
+        }
+    }
+    out
+}
+
+/// This host's segments with the ids of `segs`: (key, shmid, cpid, lpid, nattch).
+fn host_segments(segs: &[(i32, i32)]) -> Vec<(i32, i32, i32, i32, u64)> {
+    sysv_segments()
+        .into_iter()
+        .filter(|h| segs.iter().any(|s| s.1 == h.1))
+        .collect()
+}
+
+/// A SysV segment left on the host by the dumped process (not marked for
+/// removal) holds the key and id the image needs: restore refuses, naming
+/// both, and leaves nothing behind; once it is removed, restore works.
+#[test]
+fn sysv_segment_in_use_refused() {
+    let mut p = Proc::test_prog("ipc");
+    p.dump(&[]);
+    let tree = p.end_original_leaving_segments();
+    let img = p.images();
+    let segs = image_segments(&img);
+    assert_eq!(segs.len(), 2, "{segs:?}");
+    let &(key, shmid) = segs
+        .iter()
+        .find(|s| s.0 != 0)
+        .expect("a segment with a key");
+    let before = host_segments(&segs);
+    assert_eq!(
+        before.len(),
+        1,
+        "only the one not marked for removal is left: {before:?}"
+    );
+    assert_eq!((before[0].0, before[0].1), (key, shmid));
+    let out = godwit(&["restore", "--images", img.to_str().unwrap()]);
+    assert_fails(&out, 4, &format!("shmid {shmid}"));
+    let err = stderr_of(&out);
+    assert!(
+        err.contains(&format!("{key:#010x}")),
+        "names the key: {err}"
+    );
+    assert!(
+        err.contains(&format!("ipcrm -m {shmid}")),
+        "says what to do: {err}"
+    );
+    assert!(tree.iter().all(|pid| gone(*pid)), "no process left behind");
+    assert_eq!(
+        host_segments(&segs),
+        before,
+        "no segment created or removed"
+    );
+    remove_leftover_segments(&tree);
+    p.restore();
+    assert_eq!(p.verdict(), "PASS");
+}
+
+/// The FIFO a process had open was removed before the restore: refused,
+/// naming its path, with no process or SysV segment left behind.
+#[test]
+fn fifo_removed_refused() {
+    let mut p = dumped("ipc");
+    let segs = image_segments(&p.images());
+    let fifo = p.path("fifo");
+    std::fs::remove_file(&fifo).unwrap();
+    let out = godwit(&["restore", "--images", p.images().to_str().unwrap()]);
+    assert_fails(&out, 1, fifo.to_str().unwrap());
+    assert!(stderr_of(&out).contains("mkfifo"), "{}", stderr_of(&out));
+    assert!(p.tree.iter().all(|pid| gone(*pid)) && gone(p.pid));
+    assert_eq!(host_segments(&segs), vec![], "no SysV segment was created");
+    // With the FIFO back, the restore works (and refills its data).
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: mkfifo with a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    p.restore();
+    assert_eq!(p.verdict(), "PASS");
+}
+
+/// A restore that fails after it created the SysV segments (a corrupt page
+/// file is found while the tree is being rebuilt) removes them again.
+#[test]
+fn failed_restore_removes_sysv_segments() {
+    let p = dumped("ipc");
+    let segs = image_segments(&p.images());
+    assert_eq!(segs.len(), 2, "{segs:?}");
+    let pages = p.images().join("pages-0.img");
+    let mut b = std::fs::read(&pages).unwrap();
+    let last = b.len() - 1;
+    b[last] ^= 0x5a;
+    std::fs::write(&pages, &b).unwrap();
+    let out = godwit(&["restore", "--images", p.images().to_str().unwrap()]);
+    assert_fails(&out, 3, "pages-0.img");
+    assert!(reaped(p.pid), "the half-built process was ended");
+    for pid in &p.tree {
+        assert!(reaped(*pid), "the half-built child {pid} was ended");
+    }
+    assert_eq!(host_segments(&segs), vec![], "segments left behind");
+}
+
+/// A hugetlb memfd is refused at dump time (not restored as an ordinary
+/// memfd), and the process runs on.
+#[test]
+fn hugetlb_memfd_refused() {
+    let p = Proc::test_prog("hugememfd");
+    let img = p.images();
+    let out = godwit(&[
+        "dump",
+        "--pid",
+        &p.pid.to_string(),
+        "--images",
+        img.to_str().unwrap(),
+    ]);
+    assert_fails(&out, 5, "hugetlb memfd");
+    assert!(stderr_of(&out).contains("godwit-huge"));
+    assert_eq!(p.verdict(), "PASS", "the process runs on");
+}

@@ -29,6 +29,7 @@ case!(tree);
 case!(ptimers);
 case!(anonfds);
 case!(unix);
+case!(ipc);
 
 /// --leave-running takes a consistent copy-on-write snapshot of a process
 /// that keeps writing all its memory during the copy; the original is not

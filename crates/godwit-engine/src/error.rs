@@ -36,8 +36,21 @@ pub enum EngineError {
     )]
     PidTaken { pid: i32, holder: String },
 
+    #[error(
+        "SysV shared memory key {key:#010x} / shmid {shmid} is in use on this host ({holder}); remove that segment (ipcrm -m {holder_id}) if it is a leftover of the dumped processes, or restore elsewhere"
+    )]
+    SysvShmTaken {
+        key: i32,
+        shmid: i32,
+        holder: String,
+        holder_id: i32,
+    },
+
     #[error("{path}: {detail} since the dump; restore refused (use --allow-file-changes to restore anyway)")]
     FileChanged { path: String, detail: String },
+
+    #[error("{path}: {detail}; restore refused")]
+    FileMissing { path: String, detail: String },
 
     #[error("this CPU lacks features the image needs: {0}; restore it on a host with the same CPU features")]
     CpuMismatch(String),

@@ -11,7 +11,7 @@
 use crate::error::{EngineError, RestoreCtx, Result};
 use crate::freeze;
 use crate::remote::Remote;
-use crate::resources::{attrs, files, memory, signals, threads, timers};
+use crate::resources::{attrs, files, memory, signals, sysv, threads, timers};
 use crate::schema::{Checkpoint, Process, Vma, VmaKind};
 use crate::Progress;
 use godwit_sys::mem::{self, Range};
@@ -164,6 +164,7 @@ pub fn restore(
             });
         }
     }
+    sysv::check(procs)?;
     let plan = files::FdPlan::new(procs)?;
     let parents = files::parents(procs);
     let shm = memory::ShmPlan::new(procs, plan.highest_fd() + 1, |set| {
@@ -233,11 +234,13 @@ pub fn restore(
                 )
             })
             .collect();
-        resurrect(
+        let mut segments = sysv::Segments::create(procs, &pages)?;
+        let pid = resurrect(
             procs,
             ns.as_mut(),
             &plan,
             &shm,
+            &segments,
             &pages,
             progress,
             || match rx.recv() {
@@ -246,7 +249,9 @@ pub fn restore(
                     "page verification did not finish".into(),
                 )),
             },
-        )
+        )?;
+        segments.keep();
+        Ok::<_, EngineError>(pid)
     })?;
     Ok(RestoreReport {
         pid: root.pid,
@@ -266,6 +271,7 @@ fn resurrect(
     mut ns: Option<&mut PidNamespace>,
     plan: &files::FdPlan,
     shm: &memory::ShmPlan,
+    segments: &sysv::Segments,
     pages: &[memory::Pages],
     progress: &dyn Progress,
     verified: impl FnOnce() -> Result<()>,
@@ -309,8 +315,9 @@ fn resurrect(
     for (i, p) in procs.iter().enumerate() {
         let Some(r) = remotes[i] else { continue };
         attrs::restore_session(&r, p)?;
-        plan.create(&r, i)?;
+        // Shared memory first: memfd descriptions are opened from it.
         shm.create(&r, i, pages)?;
+        plan.create(&r, i, &|id| shm.fd(id))?;
         for (j, c) in procs
             .iter()
             .enumerate()
@@ -341,6 +348,10 @@ fn resurrect(
             host_tids[i] = build(r, p, &pages[i], plan, shm, progress)?;
         }
     }
+    // Now that every mapping exists: the remaining memfd seals, and SysV
+    // segments marked for removal marked again.
+    shm.seal()?;
+    segments.mark_removed(pid)?;
     tracing::debug!(ms = t0.elapsed().as_secs_f64() * 1e3, "rebuilt");
     // From here on, threads are addressed by their host TIDs.
     let remotes: Vec<Option<(Remote, Vec<i32>)>> = remotes

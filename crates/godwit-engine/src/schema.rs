@@ -106,6 +106,42 @@ pub struct Process {
     pub page_spans: Vec<PageSpan>,
     #[prost(message, repeated, tag = "25")]
     pub posix_timers: Vec<PosixTimer>,
+    /// The SysV shared memory segments this process is the first (in tree
+    /// order) to have attached; their contents follow its shmem objects'
+    /// in its page file.
+    #[prost(message, repeated, tag = "26")]
+    pub sysv_shm: Vec<SysvShm>,
+}
+
+/// A SysV shared memory segment, recreated with the same key and id.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct SysvShm {
+    /// IPC_PRIVATE (0) for a private segment or one marked for removal.
+    #[prost(int32, tag = "1")]
+    pub key: i32,
+    /// The id attaches name it by (`Vma::sysv_shmid`).
+    #[prost(int32, tag = "2")]
+    pub shmid: i32,
+    #[prost(uint64, tag = "3")]
+    pub size: u64,
+    /// Permission bits (shm_perm.mode & 0777).
+    #[prost(uint32, tag = "4")]
+    pub mode: u32,
+    /// Owner (shm_perm.uid, gid).
+    #[prost(uint32, tag = "5")]
+    pub uid: u32,
+    #[prost(uint32, tag = "6")]
+    pub gid: u32,
+    /// Marked for removal (IPC_RMID, SHM_DEST): removed again once attached.
+    #[prost(bool, tag = "7")]
+    pub removed: bool,
+    /// Locked in memory (SHM_LOCK).
+    #[prost(bool, tag = "8")]
+    pub locked: bool,
+    /// Data extents: `addr` is the offset in the segment, `offset` the
+    /// place in the page file (pages never touched are not stored).
+    #[prost(message, repeated, tag = "9")]
+    pub data: Vec<PageRun>,
 }
 
 /// A POSIX timer (timer_create).
@@ -153,6 +189,25 @@ pub struct ShmemObject {
     /// in the page file (holes are not stored).
     #[prost(message, repeated, tag = "3")]
     pub data: Vec<PageRun>,
+    /// A memfd (memfd_create): recreated as one with the same name, mode,
+    /// owner and seals. Otherwise (shared anonymous memory, unlinked shm
+    /// files) a memfd named "godwit-shm" stands in.
+    #[prost(bool, tag = "4")]
+    pub memfd: bool,
+    /// The name given to memfd_create (without the "memfd:" prefix).
+    #[prost(string, tag = "5")]
+    pub name: String,
+    /// F_GET_SEALS (F_SEAL_SEAL 1, SHRINK 2, GROW 4, WRITE 8, FUTURE_WRITE
+    /// 16, EXEC 32); F_SEAL_SEAL alone is a memfd without MFD_ALLOW_SEALING.
+    #[prost(uint32, tag = "6")]
+    pub seals: u32,
+    /// Permission bits, owner.
+    #[prost(uint32, tag = "7")]
+    pub mode: u32,
+    #[prost(uint32, tag = "8")]
+    pub uid: u32,
+    #[prost(uint32, tag = "9")]
+    pub gid: u32,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -218,6 +273,8 @@ pub enum VmaKind {
     Vvar = 7,
     VvarVclock = 8,
     Vsyscall = 9,
+    /// A SysV shared memory attach (shmat); `Vma::sysv_shmid` names it.
+    SysvShm = 10,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -253,9 +310,17 @@ pub struct Vma {
     /// Its pages are stored with the first mapping (in tree order) only.
     #[prost(uint64, tag = "11")]
     pub shmem_id: u64,
-    /// Size of that shmem object in bytes.
+    /// Size of that shmem object (or SysV segment) in bytes.
     #[prost(uint64, tag = "12")]
     pub shmem_size: u64,
+    /// SysvShm: the segment's id. The VMAs of one attach follow each other
+    /// from offset 0 to the segment's end (split by mprotect, say).
+    #[prost(int32, tag = "13")]
+    pub sysv_shmid: i32,
+    /// SysvShm: the shmat flags of the attach (SHM_RDONLY 0o10000,
+    /// SHM_EXEC 0o100000).
+    #[prost(uint32, tag = "14")]
+    pub shmat_flags: u32,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -360,6 +425,10 @@ pub enum FdKind {
     Inotify = 9,
     /// AF_UNIX socket of any type and state (Fd::socket).
     UnixSocket = 10,
+    /// memfd_create: `path` holds its name, `shmem_id` its contents.
+    Memfd = 11,
+    /// A named pipe: `path`, and `pipe_id` shared by its ends.
+    Fifo = 12,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -383,6 +452,7 @@ pub struct Fd {
     #[prost(int64, tag = "8")]
     pub mtime_ns: i64,
     /// Pipes: the pipe's id (its inode number), shared by both ends.
+    /// FIFOs: an id made of the FIFO file's device and inode.
     #[prost(uint64, tag = "9")]
     pub pipe_id: u64,
     /// Sockets: how to create, configure and bind it again.
@@ -407,6 +477,10 @@ pub struct Fd {
     pub deleted_data: Vec<u8>,
     #[prost(uint32, tag = "16")]
     pub mode: u32,
+    /// memfd: the shmem object holding its contents (`ShmemObject::id`,
+    /// also `Vma::shmem_id` of its shared mappings).
+    #[prost(uint64, tag = "17")]
+    pub shmem_id: u64,
 }
 
 /// State of the anonymous-inode descriptors (resources::anon).
@@ -534,8 +608,10 @@ pub struct EpollTarget {
     pub data: u64,
 }
 
+/// A pipe's or FIFO's unread data.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct Pipe {
+    /// `Fd::pipe_id` of its ends.
     #[prost(uint64, tag = "1")]
     pub id: u64,
     /// Unread bytes buffered in the pipe at dump time.

@@ -15,6 +15,7 @@ pub mod process;
 pub mod ptrace;
 pub mod regs;
 pub mod sockdiag;
+pub mod sysv;
 pub mod uffd;
 
 use std::io;

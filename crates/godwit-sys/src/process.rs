@@ -386,3 +386,40 @@ pub fn seek_data(f: &std::fs::File, pos: u64, data: bool) -> Option<u64> {
     let r = unsafe { libc::lseek(f.as_raw_fd(), pos as libc::off_t, whence) };
     (r >= 0).then_some(r as u64)
 }
+
+/// The seals of a memfd (F_GET_SEALS) through a descriptor we hold.
+pub fn memfd_seals(fd: impl AsFd) -> Result<u32> {
+    // SAFETY: plain integer fcntl on a descriptor we hold.
+    let r = unsafe { libc::fcntl(fd.as_fd().as_raw_fd(), libc::F_GET_SEALS) };
+    check(r as i64, "fcntl(F_GET_SEALS)", "memfd").map(|s| s as u32)
+}
+
+/// Adds `seals` to a memfd (F_ADD_SEALS) through a writable descriptor we hold.
+pub fn add_memfd_seals(fd: impl AsFd, seals: u32) -> Result<()> {
+    // SAFETY: plain integer fcntl on a descriptor we hold.
+    let r = unsafe {
+        libc::fcntl(
+            fd.as_fd().as_raw_fd(),
+            libc::F_ADD_SEALS,
+            seals as libc::c_int,
+        )
+    };
+    check(
+        r as i64,
+        "fcntl(F_ADD_SEALS)",
+        format!("memfd seals {seals:#x}"),
+    )
+    .map(drop)
+}
+
+/// The type (f_type, a filesystem magic number) of the filesystem holding `path`.
+pub fn fs_type(path: &str) -> Result<i64> {
+    let c = std::ffi::CString::new(path)
+        .map_err(|_| SysError::call_errno("statfs", path, libc::EINVAL))?;
+    // SAFETY: statfs is plain data; all-zero is a valid value.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a NUL-terminated path and a valid out-pointer.
+    let r = unsafe { libc::statfs(c.as_ptr(), &mut st) };
+    check(r as i64, "statfs", path)?;
+    Ok(st.f_type)
+}

@@ -120,6 +120,48 @@ pub fn reaped(pid: i32) -> bool {
     false
 }
 
+/// The parent of `pid`, if it exists.
+pub fn ppid_of(pid: i32) -> Option<i32> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    s.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// One line of /proc/sysvipc/shm: (key, shmid, cpid, lpid, nattch).
+pub fn sysv_segments() -> Vec<(i32, i32, i32, i32, u64)> {
+    std::fs::read_to_string("/proc/sysvipc/shm")
+        .unwrap_or_default()
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            Some((
+                f.first()?.parse().ok()?,
+                f.get(1)?.parse().ok()?,
+                f.get(4)?.parse().ok()?,
+                f.get(5)?.parse().ok()?,
+                f.get(6)?.parse().ok()?,
+            ))
+        })
+        .collect()
+}
+
+/// Removes the SysV shared memory segments a dead tree left behind: not
+/// attached any more, created or last attached/detached by one of `pids`
+/// (what a user would do with ipcrm before restoring on the same host).
+pub fn remove_leftover_segments(pids: &[i32]) {
+    for (_, shmid, cpid, lpid, nattch) in sysv_segments() {
+        if nattch == 0 && (pids.contains(&cpid) || pids.contains(&lpid)) {
+            // SAFETY: IPC_RMID does not use the buffer pointer.
+            unsafe { libc::shmctl(shmid, libc::IPC_RMID, std::ptr::null_mut()) };
+        }
+    }
+}
+
 /// A process under test; kills and reaps it (and what was restored from it) on drop.
 pub struct Proc {
     pub child: Option<Child>,
@@ -198,8 +240,16 @@ impl Proc {
     }
 
     /// Reaps the original process after a dump ended it (or kills it, and
-    /// all its descendants, first).
+    /// all its descendants, first), and removes the SysV shared memory
+    /// segments it left behind.
     pub fn end_original(&mut self) {
+        let tree = self.end_original_leaving_segments();
+        remove_leftover_segments(&tree);
+    }
+
+    /// [`Proc::end_original`] without removing SysV segments; returns the
+    /// PIDs of the tree.
+    pub fn end_original_leaving_segments(&mut self) -> Vec<i32> {
         let mut tree = std::mem::take(&mut self.tree);
         tree.extend(descendants(self.pid));
         tree.sort_unstable();
@@ -213,7 +263,7 @@ impl Proc {
             let _ = c.kill();
             let _ = c.wait();
         }
-        for pid in tree {
+        for &pid in &tree {
             wait_for(
                 "a process of the original tree to be gone",
                 Duration::from_secs(10),
@@ -226,6 +276,10 @@ impl Proc {
             Duration::from_secs(10),
             || gone(pid),
         );
+        // The restore brings the same PIDs back: Drop ends those too.
+        self.tree = tree.clone();
+        tree.push(pid);
+        tree
     }
 
     /// Restores the image and checks the new process has the same PID.
@@ -260,10 +314,19 @@ impl Proc {
 
 impl Drop for Proc {
     fn drop(&mut self) {
-        for pid in descendants(self.pid)
-            .into_iter()
-            .chain(self.tree.iter().copied())
-        {
+        let mut all: Vec<i32> = descendants(self.pid);
+        all.extend(self.tree.iter().copied());
+        all.push(self.pid);
+        // What is left of the tree: descendants of the root, and processes
+        // of the tree re-parented to us (the subreaper) when the root died.
+        let me = std::process::id() as i32;
+        let orphans: Vec<i32> = self
+            .tree
+            .iter()
+            .copied()
+            .filter(|p| ppid_of(*p) == Some(me))
+            .collect();
+        for pid in descendants(self.pid).into_iter().chain(orphans) {
             // SAFETY: kill and reap what is left of the tree we started or restored.
             unsafe {
                 libc::kill(pid, libc::SIGKILL);
@@ -282,6 +345,18 @@ impl Drop for Proc {
         } else {
             // SAFETY: reap a zombie child (restored processes are ours via the subreaper).
             unsafe { libc::waitpid(self.pid, std::ptr::null_mut(), libc::WNOHANG) };
+        }
+        // SysV segments outlive their processes: remove the tree's, once
+        // its processes are dead (a dying process detaches before that).
+        let related = sysv_segments()
+            .iter()
+            .any(|&(_, _, cpid, lpid, _)| all.contains(&cpid) || all.contains(&lpid));
+        if related {
+            let t0 = Instant::now();
+            while t0.elapsed() < Duration::from_secs(5) && !all.iter().all(|p| dead(*p)) {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            remove_leftover_segments(&all);
         }
     }
 }

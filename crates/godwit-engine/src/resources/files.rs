@@ -1,9 +1,10 @@
 //! Files: the descriptor table (regular files, directories, a few character
-//! devices, pipes inside the process with their unread data) and the cwd.
+//! devices, pipes inside the process and FIFOs with their unread data,
+//! memfds) and the cwd.
 
 use crate::error::{DumpCtx, EngineError, RestoreCtx, Result};
 use crate::remote::Remote;
-use crate::resources::{anon, sockets};
+use crate::resources::{anon, memory, sockets};
 use crate::schema::{EpollTarget, Fd, FdKind, Pipe, Process};
 use godwit_sys::{proc, process};
 use std::collections::{BTreeMap, HashMap};
@@ -108,6 +109,12 @@ pub fn dump(pid: i32) -> Result<Files> {
             let kind = target.split(':').next().unwrap_or("unknown");
             return Err(unsupported(pid, fd, format!("{kind}: {target}")));
         }
+        if let Some(name) = memory::memfd_name(&target) {
+            if describe_memfd(pid, fd, name, &mut e)? {
+                fds.push(e);
+                continue;
+            }
+        }
         if let Some(path) = target.strip_suffix(" (deleted)") {
             e.path = path.to_string();
             save_deleted(pid, fd, &mut e)?;
@@ -129,7 +136,8 @@ pub fn dump(pid: i32) -> Result<Files> {
         } else if ft.is_char_device() {
             return Err(unsupported(pid, fd, format!("character device {target}")));
         } else if ft.is_fifo() {
-            return Err(unsupported(pid, fd, format!("named pipe (FIFO) {target}")));
+            e.kind = FdKind::Fifo as i32;
+            e.pipe_id = memory::shmem_id_of(md.dev(), md.ino());
         } else {
             return Err(unsupported(pid, fd, target.clone()));
         }
@@ -155,6 +163,34 @@ pub fn dump(pid: i32) -> Result<Files> {
 
 fn is_write_end(f: &Fd) -> bool {
     f.flags & libc::O_ACCMODE as u32 == libc::O_WRONLY as u32
+}
+
+/// Describes fd `fd`, whose link names memfd `name`, as a memfd; false when
+/// it is not one after all (a deleted file that happens to have such a path).
+fn describe_memfd(pid: i32, fd: i32, name: &str, e: &mut Fd) -> Result<bool> {
+    let link = format!("/proc/{pid}/fd/{fd}");
+    let fs = godwit_sys::process::fs_type(&link).dumping(pid, "reading a memfd")?;
+    if fs == libc::HUGETLBFS_MAGIC {
+        return Err(unsupported(
+            pid,
+            fd,
+            format!("a hugetlb memfd, memfd:{name}"),
+        ));
+    }
+    if fs != libc::TMPFS_MAGIC {
+        return Ok(false);
+    }
+    let md =
+        std::fs::metadata(&link).map_err(|err| unsupported(pid, fd, format!("{link}: {err}")))?;
+    e.kind = FdKind::Memfd as i32;
+    e.path = name.to_string();
+    e.shmem_id = memory::shmem_id_of(md.dev(), md.ino());
+    e.size = md.size();
+    Ok(true)
+}
+
+fn can_read(f: &Fd) -> bool {
+    f.flags & libc::O_ACCMODE as u32 != libc::O_WRONLY as u32
 }
 
 /// Across a frozen tree (parents first): gives every open file description
@@ -238,6 +274,27 @@ pub fn link_descriptions(procs: &mut [Process]) -> Result<()> {
             })
             .unwrap_or(i);
         procs[first].pipes.push(Pipe { id, data });
+    }
+    // FIFOs: their ends may be anywhere. The unread data is saved once, if
+    // the tree can read it (holds a read end); otherwise it belongs to
+    // readers outside the tree and stays in the FIFO.
+    let mut fifos: BTreeMap<u64, (usize, Option<(usize, i32)>)> = BTreeMap::new();
+    for (i, p) in procs.iter().enumerate() {
+        for f in p.fds.iter().filter(|f| f.kind == FdKind::Fifo as i32) {
+            let e = fifos.entry(f.pipe_id).or_insert((i, None));
+            if e.1.is_none() && can_read(f) {
+                e.1 = Some((i, f.fd));
+            }
+        }
+    }
+    for (id, (first, reader)) in fifos {
+        let Some((i, rfd)) = reader else { continue };
+        let pid = procs[i].pid;
+        let pidfd = process::pidfd_open(pid).dumping(pid, "reading FIFOs")?;
+        let data = peek_pipe(pid, &pidfd, rfd)?;
+        if !data.is_empty() {
+            procs[first].pipes.push(Pipe { id, data });
+        }
     }
     // Unix sockets: peers inside the tree; queues read once.
     sockets::link_unix(procs)
@@ -386,8 +443,28 @@ pub fn check(fds: &[Fd], allow_changes: bool) -> Result<()> {
                 | FdKind::EventFd
                 | FdKind::TimerFd
                 | FdKind::SignalFd
-                | FdKind::Inotify)
+                | FdKind::Inotify
+                | FdKind::Memfd)
         ) {
+            continue;
+        }
+        if f.kind == FdKind::Fifo as i32 {
+            let md = std::fs::metadata(&f.path).map_err(|e| EngineError::FileMissing {
+                path: f.path.clone(),
+                detail: format!(
+                    "the named pipe (FIFO) of fd {} is gone ({e}); create it again with mkfifo",
+                    f.fd
+                ),
+            })?;
+            if !md.file_type().is_fifo() {
+                return Err(EngineError::FileMissing {
+                    path: f.path.clone(),
+                    detail: format!(
+                        "fd {} was a named pipe (FIFO) there, now it is not; put a FIFO back",
+                        f.fd
+                    ),
+                });
+            }
             continue;
         }
         let md = std::fs::metadata(&f.path).map_err(|e| EngineError::FileChanged {
@@ -428,8 +505,12 @@ pub struct FdPlan {
     max_id: u64,
     /// Description id → (creating process index, a representative Fd).
     descs: BTreeMap<u64, (usize, Fd)>,
-    /// Pipe id → (unread data, creating process index).
+    /// Pipe id → (unread data, creating process index); FIFO id → (unread
+    /// data, unused).
     pipes: HashMap<u64, (Vec<u8>, usize)>,
+    /// FIFO description id → its FIFO's id, for the description whose
+    /// opening refills the FIFO's data.
+    fifo_refill: HashMap<u64, u64>,
     /// Process index → its fd numbers → description ids.
     holder_fds: HashMap<usize, HashMap<i32, u64>>,
     /// Unix sockets, created in groups of connected sockets.
@@ -508,6 +589,21 @@ impl FdPlan {
             };
             descs.insert(id, (creator, f));
         }
+        // A FIFO's data goes in with the first of its descriptions opened
+        // (processes are built in order, parents first).
+        let mut first_open: HashMap<u64, (usize, u64)> = HashMap::new();
+        for (id, (creator, f)) in &descs {
+            if f.kind == FdKind::Fifo as i32 {
+                let e = first_open.entry(f.pipe_id).or_insert((*creator, *id));
+                if *creator < e.0 {
+                    *e = (*creator, *id);
+                }
+            }
+        }
+        let fifo_refill = first_open
+            .into_iter()
+            .map(|(pipe, (_, id))| (id, pipe))
+            .collect();
         let max_id = descs.keys().next_back().copied().unwrap_or(0);
         let holder_fds = procs
             .iter()
@@ -519,6 +615,7 @@ impl FdPlan {
             max_id,
             descs,
             pipes,
+            fifo_refill,
             holder_fds,
             unix,
         })
@@ -544,8 +641,15 @@ impl FdPlan {
     }
 
     /// Creates, in process `idx` (`r`), the descriptions it is the creator
-    /// of, at their staging numbers. Uses scratch bytes [0, 8192).
-    pub fn create(&self, r: &Remote, idx: usize) -> Result<()> {
+    /// of, at their staging numbers. Uses scratch bytes [0, 8192). `shm_fd`
+    /// gives the staging fd (in this process) of a shmem object, which a
+    /// memfd description is opened from.
+    pub fn create(
+        &self,
+        r: &Remote,
+        idx: usize,
+        shm_fd: &dyn Fn(u64) -> Option<u64>,
+    ) -> Result<()> {
         let pid = r.pid;
         let stage = "opening files";
         // Pipes first: one pipe2 gives the first read and write descriptions.
@@ -659,6 +763,34 @@ impl FdPlan {
                     .restoring(pid, stage)?;
                     fd
                 }
+                FdKind::Memfd => {
+                    let src = shm_fd(f.shmem_id).ok_or_else(|| {
+                        EngineError::BadImage(format!(
+                            "memfd fd {} ({}) has no shared memory object",
+                            f.fd, f.path
+                        ))
+                    })?;
+                    let a = r
+                        .put_cstr(0, &format!("/proc/self/fd/{src}"))
+                        .restoring(pid, stage)?;
+                    let oflags = f.flags
+                        & !((libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC | libc::O_NOCTTY) as u32);
+                    let fd = r
+                        .call(
+                            "openat",
+                            libc::SYS_openat,
+                            [libc::AT_FDCWD as u64, a, oflags as u64, 0, 0, 0],
+                        )
+                        .restoring(pid, "opening a memfd again")?;
+                    r.call(
+                        "lseek",
+                        libc::SYS_lseek,
+                        [fd, f.pos, libc::SEEK_SET as u64, 0, 0, 0],
+                    )
+                    .restoring(pid, "setting file offsets")?;
+                    fd
+                }
+                FdKind::Fifo => self.open_fifo(r, *id, f)?,
                 FdKind::TcpListen => {
                     let s = f.socket.as_ref().ok_or_else(|| {
                         EngineError::BadImage(format!("fd {} is a socket without details", f.fd))
@@ -703,6 +835,65 @@ impl FdPlan {
             }
         }
         Ok(())
+    }
+
+    /// Opens FIFO description `id` in the process behind `r`, without
+    /// blocking: the FIFO is opened read-write first (which never waits for
+    /// a peer and is a peer for both ends), then again through
+    /// /proc/self/fd with the saved flags; the saved data is written once.
+    fn open_fifo(&self, r: &Remote, id: u64, f: &Fd) -> Result<u64> {
+        let pid = r.pid;
+        let stage = "opening FIFOs";
+        let a = r.put_cstr(0, &f.path).restoring(pid, stage)?;
+        let both = r
+            .call(
+                "openat",
+                libc::SYS_openat,
+                [
+                    libc::AT_FDCWD as u64,
+                    a,
+                    (libc::O_RDWR | libc::O_NONBLOCK | libc::O_CLOEXEC) as u64,
+                    0,
+                    0,
+                    0,
+                ],
+            )
+            .map_err(|e| EngineError::FileMissing {
+                path: f.path.clone(),
+                detail: format!(
+                    "the named pipe (FIFO) of fd {} cannot be opened ({e})",
+                    f.fd
+                ),
+            })?;
+        let data = self
+            .fifo_refill
+            .get(&id)
+            .and_then(|pipe| self.pipes.get(pipe))
+            .map(|p| p.0.as_slice())
+            .unwrap_or_default();
+        if !data.is_empty() {
+            let pidfd = process::pidfd_open(pid).restoring(pid, "refilling FIFOs")?;
+            let w = process::pidfd_getfd(&pidfd, both as i32).restoring(pid, "refilling FIFOs")?;
+            if data.len() > 65536 {
+                process::set_pipe_size(&w, data.len()).restoring(pid, "refilling FIFOs")?;
+            }
+            write_all_fd(&w, data).restoring(pid, "refilling FIFOs")?;
+        }
+        let b = r
+            .put_cstr(0, &format!("/proc/self/fd/{both}"))
+            .restoring(pid, stage)?;
+        let oflags =
+            f.flags & !((libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC | libc::O_NOCTTY) as u32);
+        let fd = r
+            .call(
+                "openat",
+                libc::SYS_openat,
+                [libc::AT_FDCWD as u64, b, oflags as u64, 0, 0, 0],
+            )
+            .restoring(pid, "opening a FIFO again")?;
+        r.call("close", libc::SYS_close, [both, 0, 0, 0, 0, 0])
+            .restoring(pid, stage)?;
+        Ok(fd)
     }
 
     /// Creates an epoll instance in process `idx` and fills its interest

@@ -8,7 +8,8 @@
 
 use crate::error::{DumpCtx, EngineError, RestoreCtx, Result};
 use crate::remote::Remote;
-use crate::schema::{PageRun, PageSpan, Vma, VmaKind};
+use crate::resources::sysv;
+use crate::schema::{FdKind, PageRun, PageSpan, Vma, VmaKind};
 use crate::snapshot::Snapshot;
 use crate::Progress;
 use godwit_image::PageFileWriter;
@@ -17,13 +18,25 @@ use godwit_sys::proc::MapEntry;
 use godwit_sys::uffd::{self, Uffd};
 use godwit_sys::{process, PAGE_SIZE};
 use std::collections::HashMap;
-use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
 
 /// Bytes read from the process per batch while dumping.
 const BATCH: usize = 1 << 20;
 
 fn kind_of(pid: i32, e: &MapEntry) -> Result<VmaKind> {
     let name = e.name.as_str();
+    if e.has_flag("ht") {
+        return Err(EngineError::Unsupported {
+            pid,
+            what: format!(
+                "the hugetlb memory mapping {:#x}-{:#x} ({name})",
+                e.start, e.end
+            ),
+        });
+    }
+    if sysv::is_attach(e) {
+        return Ok(VmaKind::SysvShm);
+    }
     Ok(match name {
         "[heap]" => VmaKind::Heap,
         "[stack]" => VmaKind::Stack,
@@ -52,7 +65,7 @@ fn kind_of(pid: i32, e: &MapEntry) -> Result<VmaKind> {
             return Err(EngineError::Unsupported {
                 pid,
                 what: format!(
-                    "the memory mapping {:#x}-{:#x} of {n:?} (deleted files, SysV shm and memfd mappings come with process-tree support)",
+                    "the memory mapping {:#x}-{:#x} of {n:?} (a private mapping of a deleted file or memfd)",
                     e.start, e.end
                 ),
             })
@@ -115,12 +128,15 @@ pub fn plan(pid: i32, maps: &[MapEntry]) -> Result<Vec<Vma>> {
         };
         if kind == VmaKind::AnonShared {
             // Unique per object: device and inode.
-            vma.shmem_id = ((e.dev_major as u64) << 52) ^ ((e.dev_minor as u64) << 32) ^ e.inode;
+            vma.shmem_id = shmem_id(e.dev_major, e.dev_minor, e.inode);
             let size =
                 std::fs::metadata(format!("/proc/{pid}/map_files/{:x}-{:x}", e.start, e.end))
                     .map(|m| m.size())
                     .unwrap_or(0);
             vma.shmem_size = size.max(e.offset + e.len());
+        }
+        if kind == VmaKind::SysvShm {
+            sysv::describe_attach(pid, e, &mut vma)?;
         }
         if matches!(kind, VmaKind::FilePrivate | VmaKind::FileShared) {
             let md = std::fs::metadata(&e.name).map_err(|err| EngineError::Unsupported {
@@ -171,72 +187,165 @@ pub fn plan(pid: i32, maps: &[MapEntry]) -> Result<Vec<Vma>> {
         }
         out.push(vma);
     }
+    sysv::check_attaches(pid, &out)?;
     Ok(out)
 }
 
-/// Reads every shmem object of a frozen tree once, from its first holder
-/// (through /proc/PID/map_files, skipping holes), into `Process::shmem` with
-/// page-file offsets after that process's page runs. Returns the data, per
-/// process, in the order it must be appended to the page file.
+/// The id of a shmem object (`Vma::shmem_id`, `Fd::shmem_id`): its device
+/// and inode.
+pub fn shmem_id(dev_major: u32, dev_minor: u32, ino: u64) -> u64 {
+    ((dev_major as u64) << 52) ^ ((dev_minor as u64) << 32) ^ ino
+}
+
+/// `shmem_id` of a file from its stat(2) device and inode numbers.
+pub fn shmem_id_of(st_dev: u64, ino: u64) -> u64 {
+    let (major, minor) = dev_of(st_dev);
+    shmem_id(major, minor, ino)
+}
+
+/// Reads every shmem object and SysV segment of a frozen tree once, from its
+/// first holder (through /proc/PID/map_files or /proc/PID/fd, skipping
+/// holes), into `Process::shmem` and `Process::sysv_shm` with page-file
+/// offsets after that process's page runs. Returns the data, per process,
+/// in the order it must be appended to the page file.
 pub fn collect_shmem(procs: &mut [crate::schema::Process]) -> Result<Vec<Vec<Vec<u8>>>> {
     let mut seen = std::collections::HashSet::new();
+    let mut seen_sysv = std::collections::HashSet::new();
+    let mut table = None;
     let mut out = Vec::with_capacity(procs.len());
     for p in procs.iter_mut() {
         let pid = p.pid;
         let mut offset = planned_bytes(&p.vmas);
         let mut datas = Vec::new();
-        for v in p.vmas.iter().filter(|v| v.shmem_id != 0) {
-            if !seen.insert(v.shmem_id) {
+        // Shmem objects: mapped shared, or open as memfds.
+        let sources: Vec<(u64, String, u64)> = p
+            .vmas
+            .iter()
+            .filter(|v| v.shmem_id != 0)
+            .map(|v| {
+                let path = format!("/proc/{pid}/map_files/{:x}-{:x}", v.start, v.end);
+                (v.shmem_id, path, v.shmem_size)
+            })
+            .chain(
+                p.fds
+                    .iter()
+                    .filter(|f| f.kind == FdKind::Memfd as i32)
+                    .map(|f| (f.shmem_id, format!("/proc/{pid}/fd/{}", f.fd), f.size)),
+            )
+            .collect();
+        for (id, path, size_hint) in sources {
+            if !seen.insert(id) {
                 continue;
             }
-            let path = format!("/proc/{pid}/map_files/{:x}-{:x}", v.start, v.end);
+            let f = std::fs::File::open(&path).map_err(|e| EngineError::Unsupported {
+                pid,
+                what: format!("shared memory {path} whose contents cannot be read ({e})"),
+            })?;
+            let md = f.metadata().ok();
+            let size = md.as_ref().map_or(size_hint, |m| m.size());
+            let mut obj = crate::schema::ShmemObject {
+                id,
+                size,
+                data: read_extents(pid, &f, &path, size, &mut offset, &mut datas)?,
+                ..Default::default()
+            };
+            let link = godwit_sys::proc::link(&path)
+                .map(|l| l.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            // A memfd has seals (a deleted file named like one has none).
+            let seals = godwit_sys::process::memfd_seals(&f);
+            if let (Some(name), Some(md), Ok(seals)) = (memfd_name(&link), md, seals) {
+                obj.memfd = true;
+                obj.name = name.to_string();
+                obj.seals = seals;
+                obj.mode = md.mode() & 0o7777;
+                obj.uid = md.uid();
+                obj.gid = md.gid();
+            }
+            p.shmem.push(obj);
+        }
+        // SysV segments, by their first attach (offset 0).
+        let firsts: Vec<(i32, String)> = p
+            .vmas
+            .iter()
+            .filter(|v| v.kind == VmaKind::SysvShm as i32 && v.pgoff == 0)
+            .map(|v| {
+                let path = format!("/proc/{pid}/map_files/{:x}-{:x}", v.start, v.end);
+                (v.sysv_shmid, path)
+            })
+            .collect();
+        for (shmid, path) in firsts {
+            if !seen_sysv.insert(shmid) {
+                continue;
+            }
+            let table = match &table {
+                Some(t) => t,
+                None => table.insert(
+                    godwit_sys::sysv::shm_table().dumping(pid, "reading /proc/sysvipc/shm")?,
+                ),
+            };
+            let mut seg = sysv::describe_segment(pid, shmid, table)?;
+            // The shmem file behind the segment: reads and SEEK_DATA work on it.
             let f = std::fs::File::open(&path).map_err(|e| EngineError::Unsupported {
                 pid,
                 what: format!(
-                    "shared memory {:#x}-{:#x} whose contents cannot be read ({e})",
-                    v.start, v.end
+                    "SysV shared memory shmid {shmid} whose contents cannot be read ({path}: {e})"
                 ),
             })?;
-            let size = f.metadata().map(|m| m.size()).unwrap_or(v.shmem_size);
-            let mut obj = crate::schema::ShmemObject {
-                id: v.shmem_id,
-                size,
-                data: Vec::new(),
-            };
-            let mut pos = 0u64;
-            while pos < size {
-                // Data extents; a hole-unaware file gives one extent.
-                let start = match lseek_data(&f, pos) {
-                    Some(s) if s < size => s,
-                    _ => break,
-                };
-                let end = lseek_hole(&f, start).unwrap_or(size).min(size);
-                let len = end - start;
-                let mut buf = vec![0u8; len as usize];
-                f.read_exact_at(&mut buf, start)
-                    .map_err(|e| EngineError::Sys {
-                        pid,
-                        stage: "reading shared memory",
-                        source: godwit_sys::SysError::Proc {
-                            path: path.clone(),
-                            detail: e.to_string(),
-                        },
-                    })?;
-                obj.data.push(PageRun {
-                    addr: start,
-                    nr_pages: len.div_ceil(PAGE_SIZE),
-                    offset,
-                });
-                buf.resize((len.div_ceil(PAGE_SIZE) * PAGE_SIZE) as usize, 0);
-                offset += buf.len() as u64;
-                datas.push(buf);
-                pos = end;
-            }
-            p.shmem.push(obj);
+            seg.data = read_extents(pid, &f, &path, seg.size, &mut offset, &mut datas)?;
+            p.sysv_shm.push(seg);
         }
         out.push(datas);
     }
     Ok(out)
+}
+
+/// The name of a memfd from its /proc link (`/memfd:NAME (deleted)`).
+pub fn memfd_name(link: &str) -> Option<&str> {
+    link.strip_prefix("/memfd:")?.strip_suffix(" (deleted)")
+}
+
+/// Reads the data extents of a shmem file of `size` bytes into `datas` (each
+/// padded to whole pages); returns them as runs placed from `*offset` on.
+fn read_extents(
+    pid: i32,
+    f: &std::fs::File,
+    path: &str,
+    size: u64,
+    offset: &mut u64,
+    datas: &mut Vec<Vec<u8>>,
+) -> Result<Vec<PageRun>> {
+    let mut runs = Vec::new();
+    let mut pos = 0u64;
+    while pos < size {
+        // Data extents; a hole-unaware file gives one extent.
+        let start = match lseek_data(f, pos) {
+            Some(s) if s < size => s,
+            _ => break,
+        };
+        let end = lseek_hole(f, start).unwrap_or(size).min(size);
+        let len = end - start;
+        let mut buf = vec![0u8; len as usize];
+        f.read_exact_at(&mut buf, start)
+            .map_err(|e| EngineError::Sys {
+                pid,
+                stage: "reading shared memory",
+                source: godwit_sys::SysError::Proc {
+                    path: path.to_string(),
+                    detail: e.to_string(),
+                },
+            })?;
+        runs.push(PageRun {
+            addr: start,
+            nr_pages: len.div_ceil(PAGE_SIZE),
+            offset: *offset,
+        });
+        buf.resize((len.div_ceil(PAGE_SIZE) * PAGE_SIZE) as usize, 0);
+        *offset += buf.len() as u64;
+        datas.push(buf);
+        pos = end;
+    }
+    Ok(runs)
 }
 
 fn lseek_data(f: &std::fs::File, pos: u64) -> Option<u64> {
@@ -247,15 +356,52 @@ fn lseek_hole(f: &std::fs::File, pos: u64) -> Option<u64> {
     godwit_sys::process::seek_data(f, pos, false)
 }
 
-/// How shared anonymous memory is recreated: one memfd per shmem object,
-/// created in the lowest common ancestor of the processes mapping it, at a
-/// staging fd number (`base + index`) inherited by the children forked after.
+/// Writes the stored extents `runs` of an object of `size` bytes from the
+/// page file `src` into `file`.
+fn write_extents(
+    pid: i32,
+    stage: &'static str,
+    file: &std::fs::File,
+    size: u64,
+    runs: &[PageRun],
+    src: Option<&Pages>,
+) -> Result<()> {
+    for run in runs {
+        let len = (run.nr_pages * PAGE_SIZE).min(size.saturating_sub(run.addr));
+        let bytes = src.and_then(|p| p.get(run.offset, len)).ok_or_else(|| {
+            EngineError::BadImage(format!(
+                "shared memory data at {} is outside the page file",
+                run.offset
+            ))
+        })?;
+        file.write_all_at(bytes, run.addr)
+            .map_err(|e| EngineError::Restore {
+                pid,
+                stage,
+                source: godwit_sys::SysError::Proc {
+                    path: "memfd".into(),
+                    detail: e.to_string(),
+                },
+            })?;
+    }
+    Ok(())
+}
+
+/// How shared memory objects are recreated: one memfd per shmem object,
+/// created in the lowest common ancestor of the processes mapping it or
+/// holding it open (memfd descriptors, see `FdPlan`), at a staging fd number
+/// (`base + index`) inherited by the children forked after. A memfd gets its
+/// name, mode, owner and seals back; other objects become a memfd named
+/// "godwit-shm".
 pub struct ShmPlan {
     base: u64,
     /// shmem id → (index, creating process index, size).
     objects: HashMap<u64, (u64, usize, u64)>,
-    /// shmem id → (process whose page file holds the data, data extents).
-    data: HashMap<u64, (usize, Vec<PageRun>)>,
+    /// shmem id → (process whose page file holds the data, the object).
+    data: HashMap<u64, (usize, crate::schema::ShmemObject)>,
+    /// Seals to add once every process's memory is mapped, with a
+    /// descriptor of the memfd to add them through.
+    late_seals: std::sync::Mutex<Vec<(i32, std::fs::File, u32)>>,
 }
 
 impl ShmPlan {
@@ -272,35 +418,33 @@ impl ShmPlan {
                 e.0.push(i);
                 e.1 = e.1.max(v.shmem_size).max(v.pgoff + v.end - v.start);
             }
+            for f in p.fds.iter().filter(|f| f.kind == FdKind::Memfd as i32) {
+                holders.entry(f.shmem_id).or_default().0.push(i);
+            }
         }
-        let data: HashMap<u64, (usize, Vec<PageRun>)> = procs
+        let data: HashMap<u64, (usize, crate::schema::ShmemObject)> = procs
             .iter()
             .enumerate()
-            .flat_map(|(i, p)| p.shmem.iter().map(move |o| (o.id, (i, o.data.clone()))))
-            .collect();
-        let sizes: HashMap<u64, u64> = procs
-            .iter()
-            .flat_map(|p| &p.shmem)
-            .map(|o| (o.id, o.size))
+            .flat_map(|(i, p)| p.shmem.iter().map(move |o| (o.id, (i, o.clone()))))
             .collect();
         let objects = holders
             .into_iter()
             .enumerate()
             .map(|(k, (id, (h, size)))| {
-                (
-                    id,
-                    (
-                        k as u64,
-                        lca(&h),
-                        size.max(sizes.get(&id).copied().unwrap_or(0)),
-                    ),
-                )
+                // A memfd keeps its size exactly (a mapping may reach past it).
+                let size = match data.get(&id) {
+                    Some((_, o)) if o.memfd => o.size,
+                    Some((_, o)) => size.max(o.size),
+                    None => size,
+                };
+                (id, (k as u64, lca(&h), size))
             })
             .collect();
         ShmPlan {
             base,
             objects,
             data,
+            late_seals: Default::default(),
         }
     }
 
@@ -314,7 +458,10 @@ impl ShmPlan {
     }
 
     /// Creates, in process `idx`, the shmem objects it is the creator of,
-    /// and fills them from the page files (`pages`, one per process).
+    /// and fills them from the page files (`pages`, one per process). A
+    /// memfd's seals are added now if they forbid writing (F_SEAL_WRITE:
+    /// no writable shared mapping can exist, and read-only ones must be
+    /// made after it), else by [`ShmPlan::seal`] once memory is mapped.
     pub fn create(&self, r: &Remote, idx: usize, pages: &[Pages]) -> Result<()> {
         let pid = r.pid;
         let stage = "creating shared memory";
@@ -322,12 +469,18 @@ impl ShmPlan {
             if *creator != idx {
                 continue;
             }
-            let name = r.put_cstr(0, "godwit-shm").restoring(pid, stage)?;
+            let obj = self.data.get(id);
+            let memfd = obj.map(|(_, o)| o).filter(|o| o.memfd);
+            let (name, flags) = match memfd {
+                Some(o) => (o.name.as_str(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING),
+                None => ("godwit-shm", libc::MFD_CLOEXEC),
+            };
+            let a = r.put_cstr(0, name).restoring(pid, stage)?;
             let fd = r
                 .call(
                     "memfd_create",
                     libc::SYS_memfd_create,
-                    [name, libc::MFD_CLOEXEC as u64, 0, 0, 0, 0],
+                    [a, flags as u64, 0, 0, 0, 0],
                 )
                 .restoring(pid, stage)?;
             r.call("ftruncate", libc::SYS_ftruncate, [fd, *size, 0, 0, 0, 0])
@@ -336,31 +489,47 @@ impl ShmPlan {
                 .restoring(pid, stage)?;
             r.call("close", libc::SYS_close, [fd, 0, 0, 0, 0, 0])
                 .restoring(pid, stage)?;
-            if let Some((src, runs)) = self.data.get(id) {
-                let pidfd = godwit_sys::process::pidfd_open(pid).restoring(pid, stage)?;
-                let ours = godwit_sys::process::pidfd_getfd(&pidfd, (self.base + k) as i32)
-                    .restoring(pid, stage)?;
-                let file = std::fs::File::from(ours);
-                let src = pages.get(*src);
-                for run in runs {
-                    let len = (run.nr_pages * PAGE_SIZE).min(size.saturating_sub(run.addr));
-                    let bytes = src.and_then(|p| p.get(run.offset, len)).ok_or_else(|| {
-                        EngineError::BadImage(format!(
-                            "shared memory data at {} is outside the page file",
-                            run.offset
-                        ))
-                    })?;
-                    file.write_all_at(bytes, run.addr)
-                        .map_err(|e| EngineError::Restore {
-                            pid,
-                            stage,
-                            source: godwit_sys::SysError::Proc {
-                                path: "memfd".into(),
-                                detail: e.to_string(),
-                            },
-                        })?;
-                }
+            if obj.is_none_or(|(_, o)| o.data.is_empty()) && memfd.is_none() {
+                continue;
             }
+            let pidfd = godwit_sys::process::pidfd_open(pid).restoring(pid, stage)?;
+            let ours = godwit_sys::process::pidfd_getfd(&pidfd, (self.base + k) as i32)
+                .restoring(pid, stage)?;
+            let file = std::fs::File::from(ours);
+            if let Some((src, o)) = obj {
+                write_extents(pid, stage, &file, *size, &o.data, pages.get(*src))?;
+            }
+            let Some(o) = memfd else { continue };
+            let meta = |e: std::io::Error| EngineError::Restore {
+                pid,
+                stage: "setting a memfd's mode and owner",
+                source: godwit_sys::SysError::Proc {
+                    path: format!("/memfd:{}", o.name),
+                    detail: e.to_string(),
+                },
+            };
+            std::os::unix::fs::fchown(&file, Some(o.uid), Some(o.gid)).map_err(meta)?;
+            file.set_permissions(std::fs::Permissions::from_mode(o.mode))
+                .map_err(meta)?;
+            if o.seals & libc::F_SEAL_WRITE as u32 != 0 {
+                godwit_sys::process::add_memfd_seals(&file, o.seals)
+                    .restoring(pid, "sealing a memfd")?;
+            } else if o.seals != 0 {
+                self.late_seals
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push((pid, file, o.seals));
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds the memfd seals left for after the mappings (F_SEAL_FUTURE_WRITE
+    /// needs the writable mappings made first; F_SEAL_SEAL comes last).
+    pub fn seal(&self) -> Result<()> {
+        let late = std::mem::take(&mut *self.late_seals.lock().unwrap_or_else(|e| e.into_inner()));
+        for (pid, file, seals) in late {
+            godwit_sys::process::add_memfd_seals(&file, seals).restoring(pid, "sealing a memfd")?;
         }
         Ok(())
     }
@@ -729,6 +898,10 @@ pub fn restore(
                         fd
                     }
                 }
+            }
+            VmaKind::SysvShm => {
+                sysv::attach(r, v)?;
+                continue;
             }
             _ => unreachable!("special VMAs are filtered out"),
         };

@@ -8,5 +8,6 @@ pub mod files;
 pub mod memory;
 pub mod signals;
 pub mod sockets;
+pub mod sysv;
 pub mod threads;
 pub mod timers;
