@@ -14,6 +14,7 @@ pub mod process;
 pub mod ptrace;
 pub mod regs;
 pub mod sockdiag;
+pub mod tty;
 pub mod uffd;
 
 use std::io;
