@@ -10,3 +10,4 @@ pub mod signals;
 pub mod sockets;
 pub mod threads;
 pub mod timers;
+pub mod tty;
