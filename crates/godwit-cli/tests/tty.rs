@@ -317,6 +317,126 @@ fn shell_job() {
         std::thread::sleep(Duration::from_millis(10));
     };
     assert!(status.success(), "godwit restore --shell-job: {status}");
+    wait_for(
+        "the restored process to be reaped",
+        Duration::from_secs(10),
+        || reaped(pid),
+    );
+
+    // --leave-termios: the caller's terminal keeps its own settings (echo
+    // on), which the program notices.
+    let mut c = Pty::open();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_godwit"));
+    cmd.args([
+        "restore",
+        "--shell-job",
+        "--leave-termios",
+        "--images",
+        img.to_str().unwrap(),
+    ])
+    .stdin(c.slave_stdio())
+    .stdout(Stdio::null())
+    .stderr(File::create(&errlog).unwrap());
+    new_session_on_stdin(&mut cmd);
+    let mut restore = cmd.spawn().unwrap();
+    drop(cmd);
+    c.slave = None;
+    c.send("check");
+    let verdict = c.expect("verdict:");
+    assert_eq!(
+        verdict,
+        "verdict: FAIL: ECHO is on again",
+        "stderr: {}",
+        std::fs::read_to_string(&errlog).unwrap_or_default()
+    );
+    // SAFETY: plain kill of the process we restored.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    restore.wait().unwrap();
+}
+
+/// A process that had no controlling terminal (and does not lead its
+/// session) does not keep the one it inherits from a godwit whose session
+/// has one.
+#[test]
+fn no_controlling_terminal_stays_none() {
+    let dir = test_dir();
+    let d = dir.path().to_str().unwrap().to_string();
+    let script = format!(
+        "{} /dev/null & echo $! > {d}/pid; wait",
+        progs().join("ttyfeed").display()
+    );
+    let mut cmd = Command::new(progs().join("launch"));
+    cmd.args(["sh", "-c", &script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::setsid() < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut holder = cmd.spawn().unwrap();
+    let pid_file = dir.path().join("pid");
+    wait_for("the pid file", Duration::from_secs(10), || {
+        std::fs::read_to_string(&pid_file).is_ok_and(|s| s.ends_with('\n'))
+    });
+    let pid: i32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let tty_nr = |pid: i32| -> i64 {
+        let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        let fields: Vec<&str> = s.rsplit_once(')').unwrap().1.split_whitespace().collect();
+        fields[4].parse().unwrap()
+    };
+    wait_for("ttyfeed to run", Duration::from_secs(10), || {
+        std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|e| e.ends_with("ttyfeed"))
+    });
+    assert_eq!(tty_nr(pid), 0, "started without a controlling terminal");
+    let mut p = Proc {
+        child: None,
+        pid,
+        tree: Vec::new(),
+        dir,
+    };
+    p.dump(&[]);
+    holder.wait().unwrap();
+    wait_for("the PID to be free", Duration::from_secs(10), || gone(pid));
+
+    // godwit runs in a session whose controlling terminal is B.
+    let b = Pty::open();
+    let restored = p.path("restored");
+    let img = p.images();
+    let mut cmd = Command::new("sh");
+    cmd.args([
+        "-c",
+        &format!(
+            "{} restore --images {} > {} 2>&1; exec sleep 60",
+            env!("CARGO_BIN_EXE_godwit"),
+            img.display(),
+            restored.display()
+        ),
+    ])
+    .stdin(b.slave_stdio())
+    .stdout(Stdio::null())
+    .stderr(Stdio::null());
+    new_session_on_stdin(&mut cmd);
+    let mut shell = cmd.spawn().unwrap();
+    drop(cmd);
+    wait_for("the restore", Duration::from_secs(20), || {
+        std::fs::read_to_string(&restored).is_ok_and(|s| s.ends_with('\n'))
+    });
+    let out = std::fs::read_to_string(&restored).unwrap();
+    assert_eq!(out.trim(), pid.to_string(), "restore output: {out}");
+    assert_ne!(tty_nr(shell.id() as i32), 0, "the caller has a terminal");
+    assert_eq!(tty_nr(pid), 0, "the restored process has none");
+    let _ = shell.kill();
+    shell.wait().unwrap();
 }
 
 /// A terminal other than a pty (here /dev/console) stops the dump with a
