@@ -68,7 +68,8 @@ enum Cmd {
     /// Restore a process from an image, with the same PID and thread IDs.
     ///
     /// Returns once the process runs, detached (its parent is init or the
-    /// nearest subreaper), and prints its PID.
+    /// nearest subreaper), and prints its PID. With --shell-job it prints the
+    /// PID and returns when the process exits.
     Restore {
         /// The image directory written by `godwit dump`.
         #[arg(long)]
