@@ -42,12 +42,23 @@ pub fn summary(ck: &Checkpoint, reader: &ImageReader) -> Value {
                 .fds
                 .iter()
                 .map(|f| {
-                    json!({
+                    let mut v = json!({
                         "fd": f.fd,
                         "kind": format!("{:?}", FdKind::try_from(f.kind).unwrap_or(FdKind::Regular)),
                         "path": if f.kind == FdKind::Pipe as i32 { format!("pipe:[{}]", f.pipe_id) } else { f.path.clone() },
                         "flags": format!("{:#o}", f.flags), "cloexec": f.cloexec, "pos": f.pos,
-                    })
+                    });
+                    if let Some(t) = &f.tty {
+                        let w = t.winsize.clone().unwrap_or_default();
+                        v["tty"] = json!({
+                            "side": if t.master { "master" } else { "slave" },
+                            "index": t.index, "outside_the_tree": t.external,
+                            "window": format!("{}x{}", w.rows, w.cols),
+                            "lflag": t.termios.as_ref().map(|x| format!("{:#o}", x.lflag)),
+                            "foreground_pgrp": t.fg_pgrp, "session": t.session,
+                        });
+                    }
+                    v
                 })
                 .collect();
             let threads: Vec<Value> = p
@@ -87,6 +98,7 @@ pub fn summary(ck: &Checkpoint, reader: &ImageReader) -> Value {
                     "vmas": vmas,
                 },
                 "threads": threads, "fds": fds,
+                "controlling_terminal": (p.ctty_dev != 0).then(|| godwit_engine::resources::tty::dev_name(p.ctty_dev)),
                 "pipes": p.pipes.iter().map(|x| json!({"id": x.id, "buffered_bytes": x.data.len()})).collect::<Vec<_>>(),
                 "shared_memory": p.shmem.iter().map(|o| json!({
                     "id": o.id, "size": o.size, "memfd": o.memfd, "name": o.name,
@@ -150,6 +162,9 @@ pub fn text(v: &Value, full: bool) -> String {
             p["exe"].as_str().unwrap_or(""), p["cwd"].as_str().unwrap_or(""),
             p["uids"], p["gids"], p["umask"].as_str().unwrap_or(""),
         );
+        if let Some(t) = p["controlling_terminal"].as_str() {
+            let _ = writeln!(s, "  controlling terminal {t}");
+        }
         let m = &p["memory"];
         let _ = writeln!(
             s,
@@ -205,14 +220,30 @@ pub fn text(v: &Value, full: bool) -> String {
         let fds = p["fds"].as_array().cloned().unwrap_or_default();
         let _ = writeln!(s, "  file descriptors: {}", fds.len());
         for f in &fds {
+            let tty = &f["tty"];
             let _ = writeln!(
                 s,
-                "    {:>4} {:<10} pos {:<8} flags {:<8} {}{}",
+                "    {:>4} {:<10} pos {:<8} flags {:<8} {}{}{}",
                 f["fd"],
                 f["kind"].as_str().unwrap_or(""),
                 f["pos"],
                 f["flags"].as_str().unwrap_or(""),
                 f["path"].as_str().unwrap_or(""),
+                if tty.is_null() {
+                    String::new()
+                } else {
+                    format!(
+                        " (pty {} {}, {}{})",
+                        tty["index"],
+                        tty["side"].as_str().unwrap_or(""),
+                        tty["window"].as_str().unwrap_or(""),
+                        if tty["outside_the_tree"].as_bool() == Some(true) {
+                            ", master outside the tree"
+                        } else {
+                            ""
+                        }
+                    )
+                },
                 if f["cloexec"].as_bool() == Some(true) {
                     " (cloexec)"
                 } else {

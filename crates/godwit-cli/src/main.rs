@@ -13,9 +13,11 @@ use std::process::ExitCode;
 
 /// Checkpoint, restore and migrate Linux processes.
 ///
-/// Exit codes: 0 success, 1 failure, 2 usage error, 3 unusable image,
-/// 4 PID (or SysV shared memory key/id) in use, 5 something Godwit does
-/// not support yet, 6 no such process or permission denied.
+/// Exit codes: 0 success, 1 failure, 2 usage error (also: an image of a
+/// shell job restored without --shell-job or without a terminal on stdin),
+/// 3 unusable image, 4 PID (or SysV shared memory key/id) in use, 5
+/// something Godwit does not support yet (also: a terminal from outside the
+/// tree without dump --shell-job), 6 no such process or permission denied.
 #[derive(Parser)]
 #[command(name = "godwit", version, about, long_about)]
 struct Cli {
@@ -54,11 +56,20 @@ enum Cmd {
         /// so that none of its processes runs or forks meanwhile.
         #[arg(long, value_name = "DIR")]
         freeze_cgroup: Option<PathBuf>,
+        /// Allow a process started from a terminal whose master side is
+        /// outside the dumped tree (an interactive shell's terminal, tmux,
+        /// ssh): its fds on that terminal are attached, on restore, to the
+        /// terminal of `godwit restore --shell-job`. Without it such a
+        /// process is refused. Ptys whose master is inside the tree need no
+        /// flag.
+        #[arg(long)]
+        shell_job: bool,
     },
     /// Restore a process from an image, with the same PID and thread IDs.
     ///
     /// Returns once the process runs, detached (its parent is init or the
-    /// nearest subreaper), and prints its PID.
+    /// nearest subreaper), and prints its PID. With --shell-job it prints the
+    /// PID and returns when the process exits.
     Restore {
         /// The image directory written by `godwit dump`.
         #[arg(long)]
@@ -71,8 +82,23 @@ enum Cmd {
         /// The namespace's PID 1 is a small godwit init that reaps orphans;
         /// the host PID of the root is printed (and "pid" / "host_pid" with
         /// --json). Needs root.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "shell_job")]
         pid_ns: bool,
+        /// Restore a shell job (dump --shell-job): the fds that were on the
+        /// process's terminal are attached to the terminal on godwit's
+        /// standard input (refused if it is none), and the process joins
+        /// godwit's session and process group (it cannot lead a session it
+        /// does not own). The terminal settings saved in the image are
+        /// applied to that terminal, the window size is the terminal's own.
+        /// godwit then stays in the foreground until the restored process
+        /// exits, so that the shell keeps the job in the foreground and
+        /// Ctrl-C / Ctrl-Z reach it.
+        #[arg(long)]
+        shell_job: bool,
+        /// With --shell-job: leave your terminal's settings as they are
+        /// instead of applying those saved in the image.
+        #[arg(long, requires = "shell_job")]
+        leave_termios: bool,
     },
     /// Conformist services (the high-level SDK): list, checkpoint, migrate.
     Service {
@@ -131,7 +157,8 @@ fn exit_code(e: &anyhow::Error) -> u8 {
     match e.downcast_ref::<EngineError>() {
         Some(EngineError::Image(_) | EngineError::BadImage(_) | EngineError::CpuMismatch(_)) => 3,
         Some(EngineError::PidTaken { .. } | EngineError::SysvShmTaken { .. }) => 4,
-        Some(EngineError::Unsupported { .. }) => 5,
+        Some(EngineError::Unsupported { .. } | EngineError::NeedsShellJob { .. }) => 5,
+        Some(EngineError::Terminal(_)) => 2,
         Some(EngineError::NoSuchProcess { .. } | EngineError::PermissionDenied { .. }) => 6,
         _ => 1,
     }
@@ -146,6 +173,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             no_sync,
             no_cow,
             freeze_cgroup,
+            shell_job,
         } => {
             let bar = Bar::new();
             let opts = DumpOptions {
@@ -153,6 +181,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 no_sync,
                 no_cow,
                 freeze_cgroup,
+                shell_job,
             };
             let r = dump(pid, &images, &opts, &bar).map_err(anyhow::Error::from)?;
             bar.0.finish_and_clear();
@@ -186,11 +215,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             images,
             allow_file_changes,
             pid_ns,
+            shell_job,
+            leave_termios,
         } => {
             let bar = Bar::new();
             let opts = RestoreOptions {
                 allow_file_changes,
                 pid_ns,
+                shell_job,
+                leave_termios,
             };
             let r = restore(&images, &opts, &bar).map_err(anyhow::Error::from)?;
             bar.0.finish_and_clear();
@@ -211,6 +244,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     );
                 }
                 println!("{}", r.host_pid);
+            }
+            if shell_job {
+                // Stay the foreground job until the restored process ends.
+                std::io::Write::flush(&mut std::io::stdout()).context("writing the PID")?;
+                godwit_sys::process::wait_exit(r.host_pid)
+                    .with_context(|| format!("waiting for process {} to exit", r.host_pid))?;
             }
         }
         Cmd::Service {

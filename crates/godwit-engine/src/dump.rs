@@ -3,7 +3,7 @@
 use crate::error::{DumpCtx, EngineError, Result};
 use crate::freeze::{freeze_tree, CgroupFreeze, Frozen, Member};
 use crate::remote::Remote;
-use crate::resources::{attrs, files, memory, signals, threads, timers};
+use crate::resources::{attrs, files, memory, signals, threads, timers, tty};
 use crate::schema::{Checkpoint, CpuFeatures, DumpStats, Process};
 use crate::snapshot::Snapshot;
 use crate::Progress;
@@ -28,6 +28,10 @@ pub struct DumpOptions {
     /// Freeze this cgroup (v2) while the tree is seized, so that nothing in
     /// it runs or forks meanwhile.
     pub freeze_cgroup: Option<std::path::PathBuf>,
+    /// Accept fds on a terminal whose master side is outside the tree (the
+    /// terminal the process was started from): restore attaches them to the
+    /// restoring caller's terminal (`RestoreOptions::shell_job`).
+    pub shell_job: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -150,6 +154,7 @@ pub fn dump(
     }
     tracing::debug!(ms = t0.elapsed().as_secs_f64() * 1e3, "collected");
     files::link_descriptions(&mut procs)?;
+    tty::link(&mut procs, opts.shell_job)?;
     let shmem_data = memory::collect_shmem(&mut procs)?;
     let memory_bytes: u64 = procs.iter().map(|p| memory::planned_bytes(&p.vmas)).sum();
 

@@ -17,6 +17,12 @@ pub enum EngineError {
     #[error("process {pid}: {what} is not supported yet; the process was left running as it was")]
     Unsupported { pid: i32, what: String },
 
+    #[error("process {pid}: {what}, whose master side is outside the dumped process tree (such as the terminal it was started from); dump it with --shell-job to attach it to the terminal of `godwit restore --shell-job` later. The process was left running as it was")]
+    NeedsShellJob { pid: i32, what: String },
+
+    #[error("{0}")]
+    Terminal(String),
+
     #[error("process {pid}, {stage}: {source}")]
     Sys {
         pid: i32,

@@ -11,7 +11,7 @@
 use crate::error::{EngineError, RestoreCtx, Result};
 use crate::freeze;
 use crate::remote::Remote;
-use crate::resources::{attrs, files, memory, signals, sysv, threads, timers};
+use crate::resources::{attrs, files, memory, signals, sysv, threads, timers, tty};
 use crate::schema::{Checkpoint, Process, Vma, VmaKind};
 use crate::Progress;
 use godwit_sys::mem::{self, Range};
@@ -33,6 +33,14 @@ pub struct RestoreOptions {
     /// Restore into a new PID namespace (with its own /proc), so that the
     /// image's PIDs need not be free on the host.
     pub pid_ns: bool,
+    /// A shell job (dump --shell-job): fds that were on the terminal outside
+    /// the tree are attached to the terminal on this process's standard
+    /// input (which must be one), and the tree's root joins this process's
+    /// session and process group instead of leading its own.
+    pub shell_job: bool,
+    /// With `shell_job`: leave the caller's terminal settings as they are
+    /// instead of applying the ones saved in the image.
+    pub leave_termios: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -165,7 +173,12 @@ pub fn restore(
         }
     }
     sysv::check(procs)?;
-    let plan = files::FdPlan::new(procs)?;
+    let shell = opts
+        .shell_job
+        .then(|| tty::CallerTerminal::from_stdin(!opts.leave_termios))
+        .transpose()?;
+    tty::check(procs, shell.as_ref())?;
+    let plan = files::FdPlan::new(procs, shell.as_ref())?;
     let parents = files::parents(procs);
     let shm = memory::ShmPlan::new(procs, plan.highest_fd() + 1, |set| {
         files::lca(&parents, set)
@@ -234,6 +247,7 @@ pub fn restore(
                 )
             })
             .collect();
+        let shell_job = shell.is_some();
         let mut segments = sysv::Segments::create(procs, &pages)?;
         let pid = resurrect(
             procs,
@@ -243,6 +257,7 @@ pub fn restore(
             &segments,
             &pages,
             progress,
+            shell_job,
             || match rx.recv() {
                 Ok(r) => r.map_err(EngineError::from),
                 Err(_) => Err(EngineError::BadImage(
@@ -274,6 +289,7 @@ fn resurrect(
     segments: &sysv::Segments,
     pages: &[memory::Pages],
     progress: &dyn Progress,
+    shell_job: bool,
     verified: impl FnOnce() -> Result<()>,
 ) -> Result<i32> {
     let root = &procs[0];
@@ -309,15 +325,20 @@ fn resurrect(
     let r = prepare_root(pid, root.pid, &all_vmas)?;
 
     // Phase 1, parents before children: session, the descriptions this
-    // process creates, then its children (which inherit both).
+    // process creates, its controlling terminal, then its children (which
+    // inherit all three). The root of a shell job stays in godwit's session.
     let mut remotes: Vec<Option<Remote>> = vec![None; procs.len()];
     remotes[0] = Some(r);
     for (i, p) in procs.iter().enumerate() {
         let Some(r) = remotes[i] else { continue };
-        attrs::restore_session(&r, p)?;
+        let joins_caller = shell_job && i == 0;
+        if !joins_caller {
+            attrs::restore_session(&r, p)?;
+        }
         // Shared memory first: memfd descriptions are opened from it.
         shm.create(&r, i, pages)?;
         plan.create(&r, i, &|id| shm.fd(id))?;
+        plan.set_ctty(&r, p, joins_caller)?;
         for (j, c) in procs
             .iter()
             .enumerate()
@@ -359,18 +380,26 @@ fn resurrect(
         .zip(host_tids)
         .map(|(r, t)| r.map(|r| (r, t)))
         .collect();
-    // Phase 3: process groups, leaders first.
+    // Phase 3: process groups, leaders first (in a shell job, the root's
+    // group is godwit's, which every process is in until it moves), then
+    // the terminals' foreground groups.
     for leaders in [true, false] {
         for (i, p) in procs.iter().enumerate() {
             if let Some((r, _)) = &remotes[i] {
                 if (p.pgid == p.pid) == leaders
                     && procs.iter().any(|q| q.pid == p.pgid && !q.zombie)
+                    && !(shell_job && p.pgid == root.pgid)
                 {
                     attrs::restore_pgid(r, p)?;
                 }
             }
         }
     }
+    let processes: Vec<Option<Remote>> = remotes
+        .iter()
+        .map(|o| o.as_ref().map(|(r, _)| *r))
+        .collect();
+    plan.restore_foreground(procs, &processes)?;
     // Phase 4: credentials, last: after them we may no longer be allowed the rest.
     for (i, p) in procs.iter().enumerate() {
         if let Some((r, tids)) = &remotes[i] {
@@ -397,6 +426,7 @@ fn resurrect(
     tracing::debug!(ms = t0.elapsed().as_secs_f64() * 1e3, "registers loaded");
     verified()?;
     tracing::debug!(ms = t0.elapsed().as_secs_f64() * 1e3, "verified");
+    plan.finish_terminals()?;
     for (i, p) in procs.iter().enumerate().rev() {
         if let Some((_, tids)) = &remotes[i] {
             for &t in tids.iter().rev() {

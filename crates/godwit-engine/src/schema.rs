@@ -111,6 +111,10 @@ pub struct Process {
     /// in its page file.
     #[prost(message, repeated, tag = "26")]
     pub sysv_shm: Vec<SysvShm>,
+    /// The controlling terminal's device number (dev_t as stat(2) gives
+    /// it); 0 when the process has none.
+    #[prost(uint64, tag = "27")]
+    pub ctty_dev: u64,
 }
 
 /// A SysV shared memory segment, recreated with the same key and id.
@@ -429,6 +433,8 @@ pub enum FdKind {
     Memfd = 11,
     /// A named pipe: `path`, and `pipe_id` shared by its ends.
     Fifo = 12,
+    /// A terminal: either side of a pty, or /dev/tty (Fd::tty).
+    Tty = 13,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -481,6 +487,87 @@ pub struct Fd {
     /// also `Vma::shmem_id` of its shared mappings).
     #[prost(uint64, tag = "17")]
     pub shmem_id: u64,
+    /// Terminals: which side of which pty, and its settings.
+    #[prost(message, optional, tag = "18")]
+    pub tty: Option<Tty>,
+}
+
+/// One side of a pseudo-terminal (resources::tty).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Tty {
+    /// N of /dev/pts/N at dump time (restore gets a new pty and another N).
+    #[prost(uint32, tag = "1")]
+    pub index: u32,
+    /// The master side (/dev/ptmx); else the slave (/dev/pts/N or /dev/tty).
+    #[prost(bool, tag = "2")]
+    pub master: bool,
+    /// The slave's device number (dev_t), for both sides: what
+    /// `Process::ctty_dev` names.
+    #[prost(uint64, tag = "3")]
+    pub dev: u64,
+    /// The terminal settings, on either side the slave's (the kernel applies
+    /// termios and window size calls on a master to its slave).
+    #[prost(message, optional, tag = "4")]
+    pub termios: Option<Termios>,
+    #[prost(message, optional, tag = "5")]
+    pub winsize: Option<WinSize>,
+    /// Master: the slave is locked (unlockpt not called yet).
+    #[prost(bool, tag = "6")]
+    pub locked: bool,
+    /// Master: packet mode (TIOCPKT) is on.
+    #[prost(bool, tag = "7")]
+    pub packet: bool,
+    /// A slave whose master is outside the dumped tree (dump --shell-job):
+    /// restore attaches it to the restoring caller's terminal.
+    #[prost(bool, tag = "8")]
+    pub external: bool,
+    /// Master: the foreground process group of the slave (0: none).
+    #[prost(int32, tag = "9")]
+    pub fg_pgrp: i32,
+    /// Master: the session whose controlling terminal the slave is (0: none).
+    #[prost(int32, tag = "10")]
+    pub session: i32,
+    /// Master: the slave was opened and closed again (reads give EIO).
+    #[prost(bool, tag = "11")]
+    pub peer_closed: bool,
+    /// The fd was opened through /dev/tty (restored as the slave's path).
+    #[prost(bool, tag = "12")]
+    pub via_dev_tty: bool,
+}
+
+/// struct termios2.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Termios {
+    #[prost(uint32, tag = "1")]
+    pub iflag: u32,
+    #[prost(uint32, tag = "2")]
+    pub oflag: u32,
+    #[prost(uint32, tag = "3")]
+    pub cflag: u32,
+    #[prost(uint32, tag = "4")]
+    pub lflag: u32,
+    #[prost(uint32, tag = "5")]
+    pub line: u32,
+    /// c_cc, 19 bytes.
+    #[prost(bytes = "vec", tag = "6")]
+    pub cc: Vec<u8>,
+    #[prost(uint32, tag = "7")]
+    pub ispeed: u32,
+    #[prost(uint32, tag = "8")]
+    pub ospeed: u32,
+}
+
+/// struct winsize.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct WinSize {
+    #[prost(uint32, tag = "1")]
+    pub rows: u32,
+    #[prost(uint32, tag = "2")]
+    pub cols: u32,
+    #[prost(uint32, tag = "3")]
+    pub xpixel: u32,
+    #[prost(uint32, tag = "4")]
+    pub ypixel: u32,
 }
 
 /// State of the anonymous-inode descriptors (resources::anon).

@@ -16,6 +16,7 @@ pub mod ptrace;
 pub mod regs;
 pub mod sockdiag;
 pub mod sysv;
+pub mod tty;
 pub mod uffd;
 
 use std::io;

@@ -117,6 +117,11 @@ pub struct Stat {
     pub ppid: i32,
     pub pgrp: i32,
     pub session: i32,
+    /// The controlling terminal's device number, kernel 32-bit encoding
+    /// (0: none; see `tty::decode_kernel_dev`).
+    pub tty_nr: u32,
+    /// The foreground process group of that terminal (-1: none).
+    pub tpgid: i32,
     pub num_threads: i64,
     pub start_time: u64,
     pub start_code: u64,
@@ -153,6 +158,8 @@ pub fn parse_stat(text: &str, path: &str) -> Result<Stat> {
         ppid: n(4)? as i32,
         pgrp: n(5)? as i32,
         session: n(6)? as i32,
+        tty_nr: n(7)? as u32,
+        tpgid: n(8)? as i32,
         num_threads: n(20)? as i64,
         start_time: n(22)?,
         start_code: n(26)?,

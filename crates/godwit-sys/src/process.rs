@@ -423,3 +423,33 @@ pub fn fs_type(path: &str) -> Result<i64> {
     check(r as i64, "statfs", path)?;
     Ok(st.f_type)
 }
+
+/// Waits until process `pid` has exited (its pidfd becomes readable); works
+/// for a process that is not our child. Returns at once if it is gone.
+pub fn wait_exit(pid: i32) -> Result<()> {
+    let pidfd = match pidfd_open(pid) {
+        Ok(p) => p,
+        Err(e) if e.errno() == Some(libc::ESRCH) => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    loop {
+        let mut p = libc::pollfd {
+            fd: pidfd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd on a pidfd we own.
+        let r = unsafe { libc::poll(&mut p, 1, -1) };
+        if r > 0 {
+            return Ok(());
+        }
+        let err = std::io::Error::last_os_error();
+        if r < 0 && err.raw_os_error() != Some(libc::EINTR) {
+            return Err(SysError::Call {
+                call: "poll",
+                target: format!("pidfd of process {pid}"),
+                source: err,
+            });
+        }
+    }
+}

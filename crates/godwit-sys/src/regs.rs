@@ -142,6 +142,25 @@ impl GpRegs {
         }
         self.orig_rax = u64::MAX;
     }
+
+    /// [`Self::rewind_interrupted_syscall`] for registers loaded into a
+    /// *restored* process, whose kernel restart block is gone: a poll(2)
+    /// interrupted by the freeze is issued again with its own arguments (an
+    /// infinite wait stays one; a timeout starts over, which only makes the
+    /// call last longer) instead of restart_syscall, which would return EINTR
+    /// to a program that saw no signal and may not expect it. Other calls
+    /// that use the restart block (nanosleep, futex waits with a timeout, ...)
+    /// still return EINTR.
+    pub fn rewind_for_restore(&mut self) {
+        const ERESTART_RESTARTBLOCK: i64 = -516;
+        if self.rax as i64 == ERESTART_RESTARTBLOCK && self.orig_rax == libc::SYS_poll as u64 {
+            self.rax = self.orig_rax;
+            self.rip -= 2;
+            self.orig_rax = u64::MAX;
+            return;
+        }
+        self.rewind_interrupted_syscall();
+    }
 }
 
 #[cfg(test)]
@@ -188,5 +207,34 @@ mod tests {
         };
         r.rewind_interrupted_syscall();
         assert_eq!((r.rax as i64, r.rip), (-4, 0x1002));
+    }
+
+    #[test]
+    fn poll_is_issued_again_in_a_restored_process() {
+        let poll = GpRegs {
+            rax: (-516i64) as u64,
+            orig_rax: libc::SYS_poll as u64,
+            rip: 0x1002,
+            rdx: u32::MAX as u64,
+            ..Default::default()
+        };
+        let mut r = poll;
+        r.rewind_for_restore();
+        assert_eq!(
+            (r.rax, r.rip, r.orig_rax),
+            (libc::SYS_poll as u64, 0x1000, u64::MAX)
+        );
+        assert_eq!(r.rdx, u32::MAX as u64, "arguments kept");
+        // In the same process the kernel's restart block continues it.
+        let mut r = poll;
+        r.rewind_interrupted_syscall();
+        assert_eq!(r.rax, libc::SYS_restart_syscall as u64);
+        // nanosleep keeps restart_syscall (EINTR in a restored process).
+        let mut r = GpRegs {
+            orig_rax: libc::SYS_nanosleep as u64,
+            ..poll
+        };
+        r.rewind_for_restore();
+        assert_eq!(r.rax, libc::SYS_restart_syscall as u64);
     }
 }

@@ -21,6 +21,10 @@ pub fn dump(r: &Remote, p: &mut Process) -> Result<()> {
     p.ppid = st.ppid;
     p.pgid = st.pgrp;
     p.sid = st.session;
+    p.ctty_dev = match st.tty_nr {
+        0 => 0,
+        n => godwit_sys::tty::decode_kernel_dev(n),
+    };
     p.comm = st.comm.clone();
     p.exe = proc::link(&format!("/proc/{pid}/exe"))
         .dumping(pid, stage)?

@@ -1,10 +1,11 @@
 //! Files: the descriptor table (regular files, directories, a few character
 //! devices, pipes inside the process and FIFOs with their unread data,
-//! memfds) and the cwd.
+//! memfds) and the cwd. Terminals are classified here and handled by
+//! `resources::tty`.
 
 use crate::error::{DumpCtx, EngineError, RestoreCtx, Result};
 use crate::remote::Remote;
-use crate::resources::{anon, memory, sockets};
+use crate::resources::{anon, memory, sockets, tty};
 use crate::schema::{EpollTarget, Fd, FdKind, Pipe, Process};
 use godwit_sys::{proc, process};
 use std::collections::{BTreeMap, HashMap};
@@ -134,7 +135,13 @@ pub fn dump(pid: i32) -> Result<Files> {
         } else if ft.is_char_device() && STATELESS_DEVICES.contains(&target.as_str()) {
             e.kind = FdKind::CharDevice as i32;
         } else if ft.is_char_device() {
-            return Err(unsupported(pid, fd, format!("character device {target}")));
+            let pfd = match &pidfd {
+                Some(p) => p,
+                None => pidfd.insert(process::pidfd_open(pid).dumping(pid, "reading terminals")?),
+            };
+            if !tty::dump(pid, fd, &target, &md, pfd, &mut e)? {
+                return Err(unsupported(pid, fd, format!("character device {target}")));
+            }
         } else if ft.is_fifo() {
             e.kind = FdKind::Fifo as i32;
             e.pipe_id = memory::shmem_id_of(md.dev(), md.ino());
@@ -308,6 +315,16 @@ fn save_deleted(pid: i32, fd: i32, e: &mut Fd) -> Result<()> {
     let link = format!("/proc/{pid}/fd/{fd}");
     let md =
         std::fs::metadata(&link).map_err(|err| unsupported(pid, fd, format!("{link}: {err}")))?;
+    if md.file_type().is_char_device() {
+        return Err(unsupported(
+            pid,
+            fd,
+            format!(
+                "{}, a device whose node was removed (a terminal whose master side was closed is left so)",
+                e.path
+            ),
+        ));
+    }
     if !md.file_type().is_file() {
         return Err(unsupported(
             pid,
@@ -444,7 +461,8 @@ pub fn check(fds: &[Fd], allow_changes: bool) -> Result<()> {
                 | FdKind::TimerFd
                 | FdKind::SignalFd
                 | FdKind::Inotify
-                | FdKind::Memfd)
+                | FdKind::Memfd
+                | FdKind::Tty)
         ) {
             continue;
         }
@@ -515,6 +533,8 @@ pub struct FdPlan {
     holder_fds: HashMap<usize, HashMap<i32, u64>>,
     /// Unix sockets, created in groups of connected sockets.
     unix: sockets::UnixPlan,
+    /// Terminals: each pty created whole by one process.
+    tty: tty::TtyPlan,
 }
 
 /// The lowest common ancestor (by index, parents before children) of `set`.
@@ -542,7 +562,9 @@ pub fn parents(procs: &[Process]) -> Vec<Option<usize>> {
 }
 
 impl FdPlan {
-    pub fn new(procs: &[Process]) -> Result<FdPlan> {
+    /// `shell`: the caller's terminal, for fds that were on a terminal
+    /// outside the tree (--shell-job).
+    pub fn new(procs: &[Process], shell: Option<&tty::CallerTerminal>) -> Result<FdPlan> {
         let index: HashMap<i32, usize> =
             procs.iter().enumerate().map(|(i, p)| (p.pid, i)).collect();
         let parent: Vec<Option<usize>> =
@@ -576,6 +598,7 @@ impl FdPlan {
             })
             .collect::<HashMap<_, _>>();
         let unix = sockets::UnixPlan::new(procs, &reps, &holders, &parent)?;
+        let tty = tty::TtyPlan::new(procs, &reps, &holders, &parent, shell)?;
         let mut descs = BTreeMap::new();
         for (id, f) in reps {
             let creator = if f.kind == FdKind::Pipe as i32 {
@@ -583,6 +606,8 @@ impl FdPlan {
                     EngineError::BadImage(format!("pipe:[{}] has no saved state", f.pipe_id))
                 })?
             } else if let Some(c) = unix.creator(id) {
+                c
+            } else if let Some(c) = tty.creator(id) {
                 c
             } else {
                 lca(&parent, &holders[&id])
@@ -618,6 +643,7 @@ impl FdPlan {
             fifo_refill,
             holder_fds,
             unix,
+            tty,
         })
     }
 
@@ -743,6 +769,9 @@ impl FdPlan {
         for (id, fd) in self.unix.create(r, idx)? {
             self.to_stage(r, fd, id)?;
         }
+        for (id, fd) in self.tty.create(r, idx)? {
+            self.to_stage(r, fd, id)?;
+        }
         for (id, (creator, f)) in &self.descs {
             if *creator != idx {
                 continue;
@@ -753,6 +782,10 @@ impl FdPlan {
                 as u64;
             let fd = match kind {
                 FdKind::Pipe | FdKind::Epoll | FdKind::UnixSocket => continue,
+                FdKind::Tty if f.tty.as_ref().is_some_and(|t| t.external) => {
+                    self.tty.open_external(r, f)?
+                }
+                FdKind::Tty => continue,
                 FdKind::EventFd | FdKind::TimerFd | FdKind::SignalFd | FdKind::Inotify => {
                     let fd = anon::restore(r, f)?;
                     r.call(
@@ -936,6 +969,22 @@ impl FdPlan {
                 .restoring(pid, stage)?;
         }
         Ok(ep)
+    }
+
+    /// Terminals, in process `p` (`r`) once its session exists and its
+    /// descriptions are made, before it forks: see [`tty::TtyPlan::set_ctty`].
+    pub fn set_ctty(&self, r: &Remote, p: &Process, joins_caller: bool) -> Result<()> {
+        self.tty.set_ctty(r, p, joins_caller, |id| self.stage(id))
+    }
+
+    /// Terminals, once every process group exists: foreground groups.
+    pub fn restore_foreground(&self, procs: &[Process], remotes: &[Option<Remote>]) -> Result<()> {
+        self.tty.restore_foreground(procs, remotes)
+    }
+
+    /// Terminals, last: the caller's terminal settings (--shell-job).
+    pub fn finish_terminals(&self) -> Result<()> {
+        self.tty.finish()
     }
 
     /// Puts the process's descriptors at their numbers and closes the

@@ -11,3 +11,4 @@ pub mod sockets;
 pub mod sysv;
 pub mod threads;
 pub mod timers;
+pub mod tty;

@@ -246,7 +246,7 @@ pub fn queue_signal(rt: &Remote, siginfo: &[u8], tid: Option<i32>) -> Result<()>
 pub fn load_cpu_state(pid: i32, host_tid: i32, t: &Thread) -> Result<()> {
     let mut regs = GpRegs::from_words(&t.gpregs)
         .ok_or_else(|| EngineError::BadImage(format!("thread {}: bad register set", t.tid)))?;
-    regs.rewind_interrupted_syscall();
+    regs.rewind_for_restore();
     let stage = "loading registers";
     ptrace::set_regs(host_tid, &regs).restoring(pid, stage)?;
     if !t.xstate.is_empty() {
