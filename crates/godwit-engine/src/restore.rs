@@ -249,22 +249,19 @@ pub fn restore(
             .collect();
         let shell_job = shell.is_some();
         let mut segments = sysv::Segments::create(procs, &pages)?;
-        let pid = resurrect(
-            procs,
-            ns.as_mut(),
-            &plan,
-            &shm,
-            &segments,
-            &pages,
-            progress,
+        let plans = Plans {
+            files: &plan,
+            shm: &shm,
+            segments: &segments,
+            pages: &pages,
             shell_job,
-            || match rx.recv() {
-                Ok(r) => r.map_err(EngineError::from),
-                Err(_) => Err(EngineError::BadImage(
-                    "page verification did not finish".into(),
-                )),
-            },
-        )?;
+        };
+        let pid = resurrect(procs, ns.as_mut(), &plans, progress, || match rx.recv() {
+            Ok(r) => r.map_err(EngineError::from),
+            Err(_) => Err(EngineError::BadImage(
+                "page verification did not finish".into(),
+            )),
+        })?;
         segments.keep();
         Ok::<_, EngineError>(pid)
     })?;
@@ -279,19 +276,32 @@ pub fn restore(
     })
 }
 
+/// What the restore planned before creating any process.
+struct Plans<'a> {
+    files: &'a files::FdPlan,
+    shm: &'a memory::ShmPlan,
+    segments: &'a sysv::Segments,
+    pages: &'a [memory::Pages<'a>],
+    /// --shell-job: the root joins godwit's session and process group.
+    shell_job: bool,
+}
+
 /// Creates the processes, rebuilds them, and (once `verified` says the image
 /// is sound) lets them run. Returns the root's PID on the host.
 fn resurrect(
     procs: &[Process],
     mut ns: Option<&mut PidNamespace>,
-    plan: &files::FdPlan,
-    shm: &memory::ShmPlan,
-    segments: &sysv::Segments,
-    pages: &[memory::Pages],
+    plans: &Plans,
     progress: &dyn Progress,
-    shell_job: bool,
     verified: impl FnOnce() -> Result<()>,
 ) -> Result<i32> {
+    let Plans {
+        files: plan,
+        shm,
+        segments,
+        pages,
+        shell_job,
+    } = *plans;
     let root = &procs[0];
     let spawned = match ns.as_mut() {
         Some(ns) => ns.spawn(root.pid),
