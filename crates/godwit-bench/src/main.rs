@@ -258,8 +258,8 @@ fn dump_stages(pid: i32, dir: &Path) -> Result<[Duration; 4]> {
     let t0 = Instant::now();
     let frozen = Frozen::freeze(pid).context("freezing")?;
     let t1 = Instant::now();
-    let maps = godwit_sys::proc::smaps(pid).context("reading smaps")?;
-    let vmas = memory::plan(pid, &maps).context("planning")?;
+    let maps = godwit_sys::proc::maps(pid).context("reading maps")?;
+    let vmas = memory::survey(pid, &maps).context("planning")?;
     let t2 = Instant::now();
     let mut writer = godwit_image::ImageWriter::create(dir)?.sync(false);
     memory::write_pages(pid, &vmas, &mut writer, &Quiet, None, &[]).context("copying pages")?;

@@ -327,35 +327,7 @@ fn collect_one(frozen: &Frozen) -> Result<Collected> {
     r0.call("munmap", libc::SYS_munmap, [scratch, SCRATCH, 0, 0, 0, 0])
         .dumping(pid, "unmapping scratch memory")?;
     let mut process = collected?;
-    // smaps (for the VmFlags) and the page scan each walk the page tables:
-    // one thread each.
-    let (smaps, vmas) = std::thread::scope(|s| {
-        let smaps = s.spawn(|| proc::smaps(pid));
-        let vmas = memory::plan(pid, &maps);
-        (smaps.join(), vmas)
-    });
-    let smaps = smaps
-        .unwrap_or_else(|_| Ok(Vec::new()))
-        .dumping(pid, "reading the memory map")?;
-    let mut vmas = vmas?;
-    if smaps.len() != vmas.len() {
-        return Err(EngineError::Unsupported {
-            pid,
-            what: "a memory map that changed while the process was frozen".into(),
-        });
-    }
-    for (v, m) in vmas.iter_mut().zip(smaps) {
-        if (m.start, m.end) != (v.start, v.end) {
-            return Err(EngineError::Unsupported {
-                pid,
-                what: format!(
-                    "a memory map that changed while the process was frozen ({:#x}-{:#x})",
-                    v.start, v.end
-                ),
-            });
-        }
-        v.vm_flags = m.vm_flags;
-    }
+    let vmas = memory::survey(pid, &maps)?;
     process.vmas = vmas;
     tracing::debug!(
         ms = t.elapsed().as_secs_f64() * 1e3,
