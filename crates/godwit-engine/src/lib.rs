@@ -9,6 +9,7 @@
 //! read its state from a frozen process and rebuild it in a restored one.
 //! All raw system calls go through the `godwit-sys` crate.
 
+pub mod colocate;
 pub mod dump;
 pub mod error;
 pub mod freeze;

@@ -303,6 +303,8 @@ fn resurrect(
         shell_job,
     } = *plans;
     let root = &procs[0];
+    // Before the stub is forked, so that it starts on our CPU.
+    let one_cpu = crate::colocate::OneCpu::here();
     let spawned = match ns.as_mut() {
         Some(ns) => ns.spawn(root.pid),
         None => process::spawn_stub(root.pid),
@@ -317,6 +319,9 @@ fn resurrect(
         }
         Err(e) => return Err(e).restoring(root.pid, "creating the process"),
     };
+    if let Some(c) = &one_cpu {
+        c.join(pid);
+    }
     let t0 = Instant::now();
     let mut guard = Guard {
         pids: vec![pid],
@@ -437,6 +442,11 @@ fn resurrect(
     verified()?;
     tracing::debug!(ms = t0.elapsed().as_secs_f64() * 1e3, "verified");
     plan.finish_terminals()?;
+    if let Some(c) = &one_cpu {
+        for (_, tids) in remotes.iter().flatten() {
+            tids.iter().for_each(|&t| c.release(t));
+        }
+    }
     for (i, p) in procs.iter().enumerate().rev() {
         if let Some((_, tids)) = &remotes[i] {
             for &t in tids.iter().rev() {

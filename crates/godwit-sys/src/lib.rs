@@ -14,6 +14,7 @@ pub mod proc;
 pub mod process;
 pub mod ptrace;
 pub mod regs;
+pub mod sched;
 pub mod sockdiag;
 pub mod sysv;
 pub mod tty;

@@ -294,6 +294,14 @@ impl Proc {
         let out = godwit_ok(&args);
         assert_eq!(out.trim(), self.pid.to_string(), "restore printed the PID");
         assert!(!gone(self.pid), "restored process is not running");
+        // Restore pins itself and the process to one CPU while it rebuilds
+        // it: every thread must have been given all CPUs back.
+        let ours = cpus_allowed("self");
+        for t in std::fs::read_dir(format!("/proc/{}/task", self.pid)).unwrap() {
+            let t = t.unwrap().file_name().into_string().unwrap();
+            let theirs = cpus_allowed(&format!("{}/task/{t}", self.pid));
+            assert_eq!(theirs, ours, "restored thread {t} may not use every CPU");
+        }
     }
 
     /// Tells the test program to verify itself and returns its verdict.
@@ -407,4 +415,14 @@ pub fn round_trip(name: &str, leave_running: bool) {
         "{name} (leave_running={leave_running}) after restore: {v}; output: {}",
         p.output()
     );
+}
+
+/// Cpus_allowed_list of /proc/WHAT/status.
+pub fn cpus_allowed(what: &str) -> String {
+    std::fs::read_to_string(format!("/proc/{what}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .map(|v| v.trim().to_string())
+        .unwrap_or_default()
 }

@@ -968,7 +968,7 @@ pub fn restore(
         ms = t.elapsed().as_secs_f64() * 1e3,
         "userfaultfd for the fill"
     );
-    let filled = fill(pid, vmas, pages, progress, uffd.as_ref());
+    let filled = crate::colocate::unpinned(|| fill(pid, vmas, pages, progress, uffd.as_ref()));
     if let Some(u) = &uffd {
         u.close(pid)?;
     }
@@ -1092,7 +1092,7 @@ impl FillUffd {
         let wanted: Vec<&Vma> = vmas
             .iter()
             .filter(|v| {
-                !v.pages.is_empty()
+                v.pages.iter().map(|r| r.nr_pages).sum::<u64>() >= UFFD_VMA_MIN_PAGES
                     && matches!(
                         kind(v),
                         VmaKind::AnonPrivate | VmaKind::Heap | VmaKind::Stack
@@ -1160,6 +1160,11 @@ impl FillUffd {
 /// Below this many private anonymous pages, the userfaultfd set-up costs
 /// more than it saves.
 const UFFD_FILL_MIN_PAGES: u64 = 256;
+/// A VMA is registered (and all its pages copied one run per ioctl) only
+/// when it holds at least this many stored pages: registering, copying and
+/// unregistering costs tens of microseconds per VMA, which thousands of
+/// small mappings would feel; those are written in batches instead.
+const UFFD_VMA_MIN_PAGES: u64 = 64;
 
 /// Writes one batch: runs in registered VMAs with UFFDIO_COPY, the others
 /// (file-backed private copies, shared memory) with process_vm_writev.
