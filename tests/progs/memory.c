@@ -5,6 +5,22 @@
 #include <sys/mman.h>
 
 #define PG 4096
+/* The smaps entry of the mapping at `addr`: whether its VmFlags hold `flag`,
+ * and its AnonHugePages in KiB. */
+static int smaps_of(void *addr, const char *flag, long *huge_kb) {
+    FILE *f = fopen("/proc/self/smaps", "r");
+    char line[512]; int in = 0, has = 0; *huge_kb = -1;
+    while (f && fgets(line, sizeof line, f)) {
+        unsigned long lo, hi;
+        if (sscanf(line, "%lx-%lx ", &lo, &hi) == 2 && strchr(line, '-') < strchr(line, ' ')) { in = (unsigned long)addr >= lo && (unsigned long)addr < hi; continue; }
+        if (!in) continue;
+        if (!strncmp(line, "AnonHugePages:", 14)) *huge_kb = atol(line + 14);
+        if (!strncmp(line, "VmFlags:", 8)) { char pat[8]; snprintf(pat, sizeof pat, " %s", flag); has = strstr(line, pat) != NULL; }
+    }
+    if (f) fclose(f);
+    return has;
+}
+
 static int recurse(int depth) { volatile char buf[4096]; buf[0] = (char)depth; return depth ? recurse(depth - 1) + buf[0] : 0; }
 
 int main(int argc, char **argv) {
@@ -37,6 +53,15 @@ int main(int argc, char **argv) {
     unsigned char *sa = mmap(NULL, 8 * PG, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
     fill(sa, 8 * PG, 10);
     unsigned char stackbuf[64 * 1024]; fill(stackbuf, sizeof stackbuf, 11);
+    /* MADV_HUGEPAGE memory, 2 MiB aligned: restored with the advice, and as
+     * huge pages again if it had them. */
+    size_t tsz = 8 << 20;
+    unsigned char *thp_raw = mmap(NULL, tsz + (2 << 20), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    unsigned char *thp = (unsigned char *)(((unsigned long)thp_raw + (2 << 20) - 1) & ~((2UL << 20) - 1));
+    CHECK(madvise(thp, tsz, MADV_HUGEPAGE) == 0, "madvise hugepage: %s", strerror(errno));
+    fill(thp, tsz, 15);
+    long huge_before, huge_after;
+    CHECK(smaps_of(thp, "hg", &huge_before), "no hg flag before the dump");
 
     ready();
     wait_go();
@@ -71,6 +96,9 @@ int main(int argc, char **argv) {
     close(fd);
     CHECK((bad = check_fill(sa, 8 * PG, 10)) < 0, "shared anonymous word %ld", bad);
     CHECK((bad = check_fill(stackbuf, sizeof stackbuf, 11)) < 0, "stack word %ld", bad);
+    CHECK((bad = check_fill(thp, tsz, 15)) < 0, "MADV_HUGEPAGE word %ld", bad);
+    CHECK(smaps_of(thp, "hg", &huge_after), "MADV_HUGEPAGE lost");
+    CHECK(huge_before <= 0 || huge_after > 0, "huge pages before (%ld KiB), none after restore", huge_before);
     /* The process can still grow: heap, brk, stack. */
     unsigned char *more = malloc(16 << 20); fill(more, 16 << 20, 13);
     CHECK(check_fill(more, 16 << 20, 13) < 0, "new malloc");

@@ -956,6 +956,15 @@ pub fn restore(
                 v.start
             )));
         }
+        // Before the fill, so that its pages come as transparent huge pages.
+        if wants_thp(v) {
+            r.call(
+                "madvise",
+                libc::SYS_madvise,
+                [v.start, len, libc::MADV_HUGEPAGE as u64, 0, 0, 0],
+            )
+            .restoring(pid, "setting memory advice")?;
+        }
     }
     for fd in files.values() {
         r.call("close", libc::SYS_close, [*fd, 0, 0, 0, 0, 0])
@@ -992,7 +1001,6 @@ pub fn restore(
                 "dc" => libc::MADV_DONTFORK,
                 "dd" => libc::MADV_DONTDUMP,
                 "wf" => libc::MADV_WIPEONFORK,
-                "hg" => libc::MADV_HUGEPAGE,
                 "nh" => libc::MADV_NOHUGEPAGE,
                 _ => continue,
             };
@@ -1097,6 +1105,7 @@ impl FillUffd {
                         kind(v),
                         VmaKind::AnonPrivate | VmaKind::Heap | VmaKind::Stack
                     )
+                    && !wants_thp(v)
             })
             .collect();
         if wanted
@@ -1155,6 +1164,12 @@ impl FillUffd {
         }
         Ok(())
     }
+}
+
+/// MADV_HUGEPAGE was given. Such a VMA is filled by process_vm_writev,
+/// whose faults allocate huge pages (UFFDIO_COPY places 4 KiB pages only).
+fn wants_thp(v: &Vma) -> bool {
+    v.vm_flags.iter().any(|f| f == "hg")
 }
 
 /// Below this many private anonymous pages, the userfaultfd set-up costs
