@@ -60,6 +60,8 @@ pub struct Ceilings {
     pub memcpy: f64,
     pub process_vm_readv: f64,
     pub tmpfs_write: f64,
+    /// On a tmpfs mounted huge=within_size.
+    pub tmpfs_write_huge: f64,
     pub first_touch: f64,
     pub first_touch_thp: f64,
     pub process_vm_writev_fresh: f64,
@@ -74,6 +76,7 @@ impl Ceilings {
             "memcpy_gib_s": r(self.memcpy),
             "process_vm_readv_gib_s": r(self.process_vm_readv),
             "tmpfs_write_gib_s": r(self.tmpfs_write),
+            "tmpfs_huge_write_gib_s": r(self.tmpfs_write_huge),
             "first_touch_gib_s": r(self.first_touch),
             "first_touch_thp_gib_s": r(self.first_touch_thp),
             "process_vm_writev_fresh_gib_s": r(self.process_vm_writev_fresh),
@@ -110,21 +113,26 @@ pub fn measure(dir: &Path, bin: &Path, mib: u64, reps: usize) -> Result<Ceilings
         })?;
         c.xxh3 = best(bytes, &s);
 
-        // tmpfs: write the same bytes to a new file.
-        let path = dir.join("tmpfs-ceiling");
-        let s = timed(reps, || {
-            let _ = std::fs::remove_file(&path);
-            let t = Instant::now();
-            let mut f = std::fs::File::create(&path)
-                .with_context(|| format!("creating {}", path.display()))?;
-            f.write_all(src.as_slice())
-                .with_context(|| format!("writing {}", path.display()))?;
-            drop(f);
-            let d = t.elapsed();
-            std::fs::remove_file(&path)?;
-            Ok(d)
-        })?;
-        c.tmpfs_write = best(bytes, &s);
+        // tmpfs: write the same bytes to a new file, on /dev/shm and on a
+        // tmpfs mounted huge=within_size.
+        let write_file = |path: &Path| {
+            timed(reps, || {
+                let _ = std::fs::remove_file(path);
+                let t = Instant::now();
+                let mut f = std::fs::File::create(path)
+                    .with_context(|| format!("creating {}", path.display()))?;
+                f.write_all(src.as_slice())
+                    .with_context(|| format!("writing {}", path.display()))?;
+                drop(f);
+                let d = t.elapsed();
+                std::fs::remove_file(path)?;
+                Ok(d)
+            })
+        };
+        c.tmpfs_write = best(bytes, &write_file(&dir.join("tmpfs-ceiling"))?);
+        if let Ok(h) = crate::HugeTmpfs::mount(&dir.join("huge-ceiling"), mib + 64) {
+            c.tmpfs_write_huge = best(bytes, &write_file(&h.0.join("tmpfs-ceiling"))?);
+        }
 
         // process_vm_writev into never-touched memory of another process:
         // what restore's fill does, faulting pages in as it goes.
