@@ -616,10 +616,13 @@ fn build(
     for t in p.threads.iter().skip(1) {
         tids.push(threads::create(r, t.tid)?);
     }
+    // Timers before the threads' queued signals: re-creating an overrun
+    // takes the timer's own signal back with sigtimedwait.
+    let host_of = |tid: i32| p.threads.iter().position(|t| t.tid == tid).map(|i| tids[i]);
+    timers::restore(r, &p.posix_timers, &host_of)?;
     for (t, &host) in p.threads.iter().zip(&tids) {
         threads::setup(&r.for_thread(host), t)?;
     }
-    timers::restore(r, &p.posix_timers)?;
     signals::restore_pending(r, &p.shared_pending)?;
     Ok(tids)
 }

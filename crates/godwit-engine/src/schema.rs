@@ -170,6 +170,9 @@ pub struct PosixTimer {
     /// Time left to the next expiry (0: disarmed).
     #[prost(uint64, tag = "8")]
     pub value_ns: u64,
+    /// timer_getoverrun(): extra expiries behind the last signal delivered.
+    #[prost(int32, tag = "9")]
+    pub overrun: i32,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]

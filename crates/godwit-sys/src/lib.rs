@@ -6,6 +6,7 @@
 //! failure returns [`SysError`] naming the call and the target, and changes
 //! nothing in the target beyond what the call itself did.
 
+pub mod clock;
 pub mod handle;
 pub mod inject;
 pub mod mem;

@@ -1,6 +1,13 @@
-//! POSIX timers (timer_create): id, clock, how they notify, interval and
-//! time left. Restored with the same ids (PR_TIMER_CREATE_RESTORE_IDS, Linux
-//! 6.14+). The overrun count of a timer whose signal is pending is not kept.
+//! POSIX timers (timer_create): id, clock, how they notify, interval, time
+//! left and overrun count. Restored with the same ids
+//! (PR_TIMER_CREATE_RESTORE_IDS, Linux 6.14+).
+//!
+//! The kernel has no call that sets an overrun count; it computes one when a
+//! timer's signal is taken: the intervals elapsed since the expiry that
+//! queued it. So a timer that had overrun N is armed at an absolute time
+//! (N + 1) intervals minus its time left in the past, with its interval; it
+//! fires at once, and its signal, taken back by sigtimedwait in the process,
+//! leaves timer_getoverrun() at N and the next expiry at the time left.
 
 use crate::error::{DumpCtx, EngineError, RestoreCtx, Result};
 use crate::remote::{u64_at, Remote};
@@ -77,14 +84,27 @@ pub fn dump(r: &Remote) -> Result<Vec<PosixTimer>> {
         let b = r.get(0, 32).dumping(pid, "reading POSIX timers")?;
         t.interval_ns = u64_at(&b, 0) * 1_000_000_000 + u64_at(&b, 1);
         t.value_ns = u64_at(&b, 2) * 1_000_000_000 + u64_at(&b, 3);
+        t.overrun = r
+            .call(
+                "timer_getoverrun",
+                libc::SYS_timer_getoverrun,
+                [t.id as u64, 0, 0, 0, 0, 0],
+            )
+            .dumping(pid, "reading POSIX timers")? as i32;
     }
     timers.sort_by_key(|t| t.id);
     Ok(timers)
 }
 
 /// Creates the timers again with their ids, then arms them. The threads
-/// they may notify must exist already. Uses scratch bytes [0, 160).
-pub fn restore(r: &Remote, timers: &[PosixTimer]) -> Result<()> {
+/// they may notify must exist already (`host_of` maps an image TID to the
+/// host's), with every signal blocked and none queued. Uses scratch bytes
+/// [0, 312).
+pub fn restore(
+    r: &Remote,
+    timers: &[PosixTimer],
+    host_of: &dyn Fn(i32) -> Option<i32>,
+) -> Result<()> {
     if timers.is_empty() {
         return Ok(());
     }
@@ -125,23 +145,13 @@ pub fn restore(r: &Remote, timers: &[PosixTimer]) -> Result<()> {
                 t.id
             )));
         }
-        if t.value_ns != 0 {
-            let mut its = Vec::with_capacity(32);
-            for w in [
-                t.interval_ns / 1_000_000_000,
-                t.interval_ns % 1_000_000_000,
-                t.value_ns / 1_000_000_000,
-                t.value_ns % 1_000_000_000,
-            ] {
-                its.extend_from_slice(&w.to_le_bytes());
-            }
-            let a = r.put(96, &its).restoring(pid, stage)?;
-            r.call(
-                "timer_settime",
-                libc::SYS_timer_settime,
-                [t.id as u64, 0, a, 0, 0, 0],
-            )
-            .restoring(pid, "arming POSIX timers")?;
+        if t.value_ns == 0 {
+            continue;
+        }
+        if let Some(start) = overrun_start(t) {
+            rearm_with_overrun(r, t, start, host_of)?;
+        } else {
+            settime(r, t, 0, t.value_ns as i128)?;
         }
     }
     r.call(
@@ -150,6 +160,101 @@ pub fn restore(r: &Remote, timers: &[PosixTimer]) -> Result<()> {
         [PR_TIMER_CREATE_RESTORE_IDS, 0, 0, 0, 0, 0],
     )
     .restoring(pid, stage)?;
+    Ok(())
+}
+
+/// Arms timer `t` with its interval and `value` (relative, or absolute
+/// with TIMER_ABSTIME in `flags`).
+fn settime(r: &Remote, t: &PosixTimer, flags: u64, value: i128) -> Result<()> {
+    let pid = r.pid;
+    let mut its = Vec::with_capacity(32);
+    for w in [
+        t.interval_ns / 1_000_000_000,
+        t.interval_ns % 1_000_000_000,
+        (value / 1_000_000_000) as u64,
+        (value % 1_000_000_000) as u64,
+    ] {
+        its.extend_from_slice(&w.to_le_bytes());
+    }
+    let a = r.put(96, &its).restoring(pid, "arming POSIX timers")?;
+    r.call(
+        "timer_settime",
+        libc::SYS_timer_settime,
+        [t.id as u64, flags, a, 0, 0, 0],
+    )
+    .restoring(pid, "arming POSIX timers")?;
+    Ok(())
+}
+
+/// Clocks whose absolute time godwit reads as the process would.
+const WALL_CLOCKS: [i32; 6] = [
+    libc::CLOCK_REALTIME,
+    libc::CLOCK_MONOTONIC,
+    libc::CLOCK_BOOTTIME,
+    libc::CLOCK_REALTIME_ALARM,
+    libc::CLOCK_BOOTTIME_ALARM,
+    libc::CLOCK_TAI,
+];
+
+/// When timer `t` had overrun and can be given its overrun back: the
+/// absolute start time on its clock (see the module comment).
+fn overrun_start(t: &PosixTimer) -> Option<i128> {
+    let (i, left) = (t.interval_ns as i128, t.value_ns as i128);
+    if t.overrun <= 0 || i == 0 || left == 0 || left > i || t.notify == SIGEV_NONE || t.signo <= 0 {
+        return None;
+    }
+    if !WALL_CLOCKS.contains(&t.clock_id) {
+        return None;
+    }
+    let now = godwit_sys::clock::now_ns(t.clock_id).ok()?;
+    let start = now + left - (t.overrun as i128 + 1) * i;
+    (start > 0).then_some(start)
+}
+
+/// Arms `t` at `start` in the past and takes its signal back, in the thread
+/// it notifies (or the main thread): its overrun count is then the one saved.
+fn rearm_with_overrun(
+    r: &Remote,
+    t: &PosixTimer,
+    start: i128,
+    host_of: &dyn Fn(i32) -> Option<i32>,
+) -> Result<()> {
+    let pid = r.pid;
+    let stage = "restoring a POSIX timer's overrun count";
+    let rt = if t.notify == SIGEV_THREAD_ID {
+        let host = host_of(t.notify_tid).ok_or_else(|| {
+            EngineError::BadImage(format!(
+                "POSIX timer {} notifies thread {}, which is not in the image",
+                t.id, t.notify_tid
+            ))
+        })?;
+        r.for_thread(host)
+    } else {
+        *r
+    };
+    settime(r, t, libc::TIMER_ABSTIME as u64, start)?;
+    let set = 1u64 << (t.signo - 1);
+    let set_addr = rt.put(160, &set.to_le_bytes()).restoring(pid, stage)?;
+    // The expiry is handled by the timer interrupt: give it up to a second.
+    let timeout: [u64; 2] = [1, 0];
+    let mut tb = Vec::with_capacity(16);
+    tb.extend_from_slice(&timeout[0].to_le_bytes());
+    tb.extend_from_slice(&timeout[1].to_le_bytes());
+    let to_addr = rt.put(168, &tb).restoring(pid, stage)?;
+    let info_addr = rt.scratch + 184;
+    let got = rt
+        .call(
+            "rt_sigtimedwait",
+            libc::SYS_rt_sigtimedwait,
+            [set_addr, info_addr, to_addr, 8, 0, 0],
+        )
+        .restoring(pid, stage)?;
+    if got != t.signo as u64 {
+        return Err(EngineError::BadImage(format!(
+            "POSIX timer {}: waited for signal {}, got {got}",
+            t.id, t.signo
+        )));
+    }
     Ok(())
 }
 
@@ -182,7 +287,54 @@ mod tests {
             (10, 42, SIGEV_SIGNAL)
         );
         assert!(parse("signal: 1/0\n").is_err());
+        assert!(parse("ID: 1\nsignal: 10/0\nnotify: bogus/pid.1\n").is_err());
         assert!(parse("ID: x\n").is_err());
         assert_eq!(parse("").unwrap(), vec![]);
+    }
+
+    #[test]
+    fn overrun_start_only_when_it_can_be_rebuilt() {
+        let t = PosixTimer {
+            id: 0,
+            clock_id: libc::CLOCK_MONOTONIC,
+            signo: libc::SIGUSR1,
+            notify: SIGEV_SIGNAL,
+            interval_ns: 60_000_000_000,
+            value_ns: 30_000_000_000,
+            overrun: 3,
+            ..Default::default()
+        };
+        let now = godwit_sys::clock::now_ns(libc::CLOCK_MONOTONIC).unwrap();
+        let start = overrun_start(&t).expect("a start time");
+        let want = now + 30_000_000_000 - 4 * 60_000_000_000;
+        assert!((start - want).abs() < 1_000_000_000, "{start} vs {want}");
+        for other in [
+            PosixTimer {
+                overrun: 0,
+                ..t.clone()
+            },
+            PosixTimer {
+                interval_ns: 0,
+                ..t.clone()
+            },
+            PosixTimer {
+                value_ns: 61_000_000_000,
+                ..t.clone()
+            },
+            PosixTimer {
+                notify: SIGEV_NONE,
+                ..t.clone()
+            },
+            PosixTimer {
+                clock_id: -6,
+                ..t.clone()
+            }, // a CPU-time clock
+            PosixTimer {
+                overrun: i32::MAX,
+                ..t.clone()
+            }, // before the clock's zero
+        ] {
+            assert_eq!(overrun_start(&other), None, "{other:?}");
+        }
     }
 }
