@@ -612,6 +612,7 @@ fn build(
     signals::restore_handlers(r, &p.sigactions, &p.itimers)?;
     lap("signal handlers");
     attrs::restore_misc(r, p)?;
+    lap("umask, personality, rlimits");
     let mut tids = vec![r.pid];
     for t in p.threads.iter().skip(1) {
         tids.push(threads::create(r, t.tid)?);
@@ -624,6 +625,7 @@ fn build(
         threads::setup(&r.for_thread(host), t)?;
     }
     signals::restore_pending(r, &p.shared_pending)?;
+    lap("threads, timers, queued signals");
     Ok(tids)
 }
 
