@@ -303,6 +303,7 @@ fn collect_one(frozen: &Frozen) -> Result<Collected> {
         syscall_ip,
         scratch: 0,
         scratch_len: 0,
+        batch_ip: 0,
     };
     let scratch = r0
         .call(

@@ -19,7 +19,21 @@ pub struct Remote {
     pub syscall_ip: u64,
     pub scratch: u64,
     pub scratch_len: u64,
+    /// Address of [`godwit_sys::inject::BATCH_CODE`] in the task (0: none;
+    /// then [`Remote::call_batch`] makes one call at a time).
+    pub batch_ip: u64,
 }
+
+/// One call of a batch: its name (for errors), number and arguments.
+#[derive(Debug, Clone, Copy)]
+pub struct Call {
+    pub name: &'static str,
+    pub nr: i64,
+    pub args: [u64; 6],
+}
+
+/// Where batch tables go in the scratch area (below: the single calls' bytes).
+const BATCH_TABLE: u64 = 4096;
 
 impl Remote {
     /// The same process's scratch, injected into thread `tid`.
@@ -33,6 +47,52 @@ impl Remote {
 
     pub fn call(&self, name: &'static str, nr: i64, args: [u64; 6]) -> Result<u64> {
         self.inj().call(name, nr, args)
+    }
+
+    /// Runs `calls` in order, as few ptrace round trips as the scratch area
+    /// allows; returns their results. Stops at the first that fails, with
+    /// its error. Arguments must not point into the scratch area above
+    /// 4096 bytes (the table lives there).
+    pub fn call_batch(&self, calls: &[Call]) -> Result<Vec<u64>> {
+        use godwit_sys::inject::BATCH_ENTRY;
+        let room = self.scratch_len.saturating_sub(BATCH_TABLE) as usize / BATCH_ENTRY;
+        if self.batch_ip == 0 || room == 0 {
+            return calls
+                .iter()
+                .map(|c| self.call(c.name, c.nr, c.args))
+                .collect();
+        }
+        let mut out = Vec::with_capacity(calls.len());
+        for chunk in calls.chunks(room) {
+            let mut table = Vec::with_capacity(chunk.len() * BATCH_ENTRY);
+            for c in chunk {
+                for a in c.args {
+                    table.extend_from_slice(&a.to_le_bytes());
+                }
+                table.extend_from_slice(&(c.nr as u64).to_le_bytes());
+                table.extend_from_slice(&0u64.to_le_bytes());
+            }
+            let addr = self.put(BATCH_TABLE, &table)?;
+            let ran = self
+                .inj()
+                .run_batch(self.batch_ip, addr, chunk.len() as u64)? as usize;
+            let back = self.get(BATCH_TABLE, ran * BATCH_ENTRY)?;
+            for (i, c) in chunk.iter().enumerate().take(ran) {
+                let ret = u64_at(&back, i * BATCH_ENTRY / 8 + 7) as i64;
+                if (-4095..0).contains(&ret) {
+                    return Err(SysError::Injected {
+                        name: c.name,
+                        tid: self.tid,
+                        source: std::io::Error::from_raw_os_error(-ret as i32),
+                    });
+                }
+                out.push(ret as u64);
+            }
+            if ran != chunk.len() {
+                return Err(short(self.pid, "running a batch of syscalls"));
+            }
+        }
+        Ok(out)
     }
 
     /// Writes `data` at `offset` in the scratch area.

@@ -22,6 +22,8 @@ use std::time::{Duration, Instant};
 
 /// Size of the trampoline: one code page and scratch pages.
 const TRAMPOLINE: u64 = 16 * PAGE_SIZE;
+/// Offset of the batch loop in the trampoline's first page.
+const BATCH_AT: u64 = 64;
 /// The top of the x86_64 user address space (4-level paging).
 const TASK_SIZE: u64 = 0x7fff_ffff_f000;
 const ARCH_MAP_VDSO_64: u64 = 0x2003;
@@ -475,16 +477,20 @@ fn prepare_root(pid: i32, vpid: i32, vmas: &[&Vma]) -> Result<Remote> {
         syscall_ip: ip,
         scratch: 0,
         scratch_len: 0,
+        batch_ip: 0,
     };
     threads::drop_inherited_rseq(&r0)?;
     let tramp = place_trampoline(&r0, vmas)?;
-    let code = [0x0f, 0x05, 0xcc, 0xcc];
+    // A syscall instruction, then the batch loop.
+    let mut code = vec![0x0f, 0x05, 0xcc, 0xcc];
+    code.resize(BATCH_AT as usize, 0xcc);
+    code.extend_from_slice(&godwit_sys::inject::BATCH_CODE);
     mem::write_ranges(
         pid,
         &code,
         &[Range {
             addr: tramp,
-            len: 4,
+            len: code.len() as u64,
         }],
     )
     .restoring(pid, "writing the trampoline")?;
@@ -495,6 +501,7 @@ fn prepare_root(pid: i32, vpid: i32, vmas: &[&Vma]) -> Result<Remote> {
         syscall_ip: tramp,
         scratch: tramp + PAGE_SIZE,
         scratch_len: TRAMPOLINE - PAGE_SIZE,
+        batch_ip: tramp + BATCH_AT,
     };
     r.call(
         "close_range",

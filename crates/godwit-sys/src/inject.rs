@@ -18,6 +18,44 @@ pub struct Outcome {
     pub new_task: Option<i32>,
 }
 
+/// A loop, in x86-64 machine code, that runs a table of system calls inside
+/// the task without stopping in between: one ptrace round trip for a whole
+/// batch instead of one per call. It must be copied into executable memory
+/// of the task (see [`Injector::run_batch`]). Registers on entry: r12 = the
+/// table, r13 = the number of entries. Each entry is [`BATCH_ENTRY`] bytes:
+/// six arguments, the syscall number, then the slot the result is stored
+/// in. The loop stops after the first call that fails (a result in
+/// -4095..-1) and ends on int3.
+///
+/// ```text
+///  0: test r13, r13          ; entries left?
+///  3: je   3f
+///  5: mov  rax, [r12+0x30]   ; number
+///  a: mov  rdi, [r12]        ; arguments
+///  e: mov  rsi, [r12+0x08]
+/// 13: mov  rdx, [r12+0x10]
+/// 18: mov  r10, [r12+0x18]
+/// 1d: mov  r8,  [r12+0x20]
+/// 22: mov  r9,  [r12+0x28]
+/// 27: syscall
+/// 29: mov  [r12+0x38], rax   ; result
+/// 2e: add  r12, 0x40
+/// 32: dec  r13
+/// 35: cmp  rax, -4095        ; failed?
+/// 3b: jae  3f
+/// 3d: jmp  0
+/// 3f: int3
+/// ```
+pub const BATCH_CODE: [u8; 64] = [
+    0x4d, 0x85, 0xed, 0x74, 0x3a, 0x49, 0x8b, 0x44, 0x24, 0x30, 0x49, 0x8b, 0x3c, 0x24, 0x49, 0x8b,
+    0x74, 0x24, 0x08, 0x49, 0x8b, 0x54, 0x24, 0x10, 0x4d, 0x8b, 0x54, 0x24, 0x18, 0x4d, 0x8b, 0x44,
+    0x24, 0x20, 0x4d, 0x8b, 0x4c, 0x24, 0x28, 0x0f, 0x05, 0x49, 0x89, 0x44, 0x24, 0x38, 0x49, 0x83,
+    0xc4, 0x40, 0x49, 0xff, 0xcd, 0x48, 0x3d, 0x01, 0xf0, 0xff, 0xff, 0x73, 0x02, 0xeb, 0xc1, 0xcc,
+];
+
+/// Bytes per entry of a batch table: args[6], nr, result.
+pub const BATCH_ENTRY: usize = 64;
+
 /// Injects system calls into one stopped task.
 #[derive(Debug, Clone, Copy)]
 pub struct Injector {
@@ -92,6 +130,36 @@ impl Injector {
                 _ => ptrace::cont(tid, 0)?,
             }
         }
+    }
+
+    /// Runs the batch loop ([`BATCH_CODE`], at `code_ip` in the task) over
+    /// the `n` entries of the table at `table` in the task's memory, with
+    /// the task's signals blocked. Returns how many entries ran; the last
+    /// one that ran may have failed (its result slot says). The int3 that
+    /// ends the loop raises a forced SIGTRAP, which the tracer discards; if
+    /// SIGTRAP was blocked, the kernel unblocks it and resets its action to
+    /// the default: the caller sets signal actions and masks afterwards.
+    pub fn run_batch(&self, code_ip: u64, table: u64, n: u64) -> Result<u64> {
+        let tid = self.tid;
+        let mut regs = ptrace::get_regs(tid)?;
+        regs.rip = code_ip;
+        regs.orig_rax = u64::MAX;
+        regs.r12 = table;
+        regs.r13 = n;
+        ptrace::set_regs(tid, &regs)?;
+        ptrace::cont(tid, 0)?;
+        match ptrace::wait(tid)? {
+            Stop::Signal(libc::SIGTRAP) => {}
+            other => {
+                return Err(unexpected(
+                    tid,
+                    other,
+                    "running a batch of injected syscalls",
+                ))
+            }
+        }
+        let left = ptrace::get_regs(tid)?.r13;
+        Ok(n.saturating_sub(left))
     }
 
     /// Like [`Injector::run`], but turns a negative return into an error naming `name`.

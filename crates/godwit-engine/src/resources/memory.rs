@@ -7,7 +7,7 @@
 //! set as they were.
 
 use crate::error::{DumpCtx, EngineError, RestoreCtx, Result};
-use crate::remote::Remote;
+use crate::remote::{Call, Remote};
 use crate::resources::sysv;
 use crate::schema::{FdKind, PageRun, PageSpan, Vma, VmaKind};
 use crate::snapshot::Snapshot;
@@ -876,6 +876,7 @@ pub fn restore(
 ) -> Result<()> {
     let pid = r.pid;
     let mut files: HashMap<(String, bool), u64> = HashMap::new();
+    let mut maps: Vec<Call> = Vec::new();
     for v in vmas.iter().filter(|v| !is_special(v)) {
         let k = kind(v);
         let len = v.end - v.start;
@@ -947,23 +948,28 @@ pub fn restore(
             _ => unreachable!("special VMAs are filtered out"),
         };
         let off = if fd == u64::MAX { 0 } else { v.pgoff };
-        let got = r
-            .call("mmap", libc::SYS_mmap, [v.start, len, prot, flags, fd, off])
-            .restoring(pid, "mapping memory")?;
-        if got != v.start {
-            return Err(EngineError::BadImage(format!(
-                "mapping {:#x} landed at {got:#x}",
-                v.start
-            )));
-        }
+        maps.push(Call {
+            name: "mmap",
+            nr: libc::SYS_mmap,
+            args: [v.start, len, prot, flags, fd, off],
+        });
         // Before the fill, so that its pages come as transparent huge pages.
         if wants_thp(v) {
-            r.call(
-                "madvise",
-                libc::SYS_madvise,
-                [v.start, len, libc::MADV_HUGEPAGE as u64, 0, 0, 0],
-            )
-            .restoring(pid, "setting memory advice")?;
+            maps.push(Call {
+                name: "madvise",
+                nr: libc::SYS_madvise,
+                args: [v.start, len, libc::MADV_HUGEPAGE as u64, 0, 0, 0],
+            });
+        }
+    }
+    // Thousands of mappings: one ptrace round trip per batch, not per call.
+    let got = r.call_batch(&maps).restoring(pid, "mapping memory")?;
+    for (c, got) in maps.iter().zip(got) {
+        if c.nr == libc::SYS_mmap && got != c.args[0] {
+            return Err(EngineError::BadImage(format!(
+                "mapping {:#x} landed at {got:#x}",
+                c.args[0]
+            )));
         }
     }
     for fd in files.values() {
@@ -984,17 +990,17 @@ pub fn restore(
     filled?;
     tracing::debug!(ms = t.elapsed().as_secs_f64() * 1e3, "fill");
 
+    let mut after: Vec<Call> = Vec::new();
     for v in vmas.iter().filter(|v| !is_special(v)) {
         let len = v.end - v.start;
         let rw = (libc::PROT_READ | libc::PROT_WRITE) as u32;
         // Only VMAs mapped with extra access for filling need their protection put back.
         if !v.pages.is_empty() && v.prot | rw != v.prot {
-            r.call(
-                "mprotect",
-                libc::SYS_mprotect,
-                [v.start, len, v.prot as u64, 0, 0, 0],
-            )
-            .restoring(pid, "setting memory protections")?;
+            after.push(Call {
+                name: "mprotect",
+                nr: libc::SYS_mprotect,
+                args: [v.start, len, v.prot as u64, 0, 0, 0],
+            });
         }
         for f in &v.vm_flags {
             let advice = match f.as_str() {
@@ -1004,14 +1010,15 @@ pub fn restore(
                 "nh" => libc::MADV_NOHUGEPAGE,
                 _ => continue,
             };
-            r.call(
-                "madvise",
-                libc::SYS_madvise,
-                [v.start, len, advice as u64, 0, 0, 0],
-            )
-            .restoring(pid, "setting memory advice")?;
+            after.push(Call {
+                name: "madvise",
+                nr: libc::SYS_madvise,
+                args: [v.start, len, advice as u64, 0, 0, 0],
+            });
         }
     }
+    r.call_batch(&after)
+        .restoring(pid, "setting memory protections and advice")?;
     Ok(())
 }
 
