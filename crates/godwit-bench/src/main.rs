@@ -29,6 +29,7 @@ use target::Target;
 
 const USAGE: &str = "\
 usage: godwit-bench [--sizes MIB[,MIB...]] [--reps N] [--out FILE] [--no-shapes] [--no-extras]
+                    [--keep-page-reporting]
 
   --sizes   memory sizes to measure, in MiB (default 64,1024)
   --reps    repetitions of every measurement (default 5); min and median are reported
@@ -36,6 +37,8 @@ usage: godwit-bench [--sizes MIB[,MIB...]] [--reps N] [--out FILE] [--no-shapes]
   --no-shapes  skip the tree (16 x 64 MiB) and many-mappings (2500..10000) runs
   --no-extras  only the dump + restore loop (no leave-running, stages or
             ceilings): for profiling it with perf
+  --keep-page-reporting  do not hold freed memory back from free page
+            reporting during the run (see PageReportingHold)
 
 Run as root, from a release build:
   cargo build --release -p godwit-bench && sudo target/release/godwit-bench";
@@ -47,6 +50,8 @@ struct Args {
     reps: usize,
     out: PathBuf,
     extras: bool,
+    /// Leave free page reporting as it is.
+    keep_page_reporting: bool,
 }
 
 fn parse_args() -> Result<Args> {
@@ -56,6 +61,7 @@ fn parse_args() -> Result<Args> {
         out: PathBuf::from("target/bench/dump-restore.json"),
         extras: true,
         shapes: true,
+        keep_page_reporting: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -96,6 +102,7 @@ fn parse_args() -> Result<Args> {
             }
             "--out" => a.out = PathBuf::from(value("--out")?),
             "--no-extras" => a.extras = false,
+            "--keep-page-reporting" => a.keep_page_reporting = true,
             "-h" | "--help" => {
                 println!("{USAGE}");
                 std::process::exit(0);
@@ -104,6 +111,40 @@ fn parse_args() -> Result<Args> {
         }
     }
     Ok(a)
+}
+
+/// Free page reporting (virtio-balloon) hands guest memory back to the host
+/// as soon as it is free (`min_free_ms` 0 on this VM); the next write to it
+/// then costs a host page fault per page (a C probe: 2 GiB written in 6-7 s
+/// against 1.3-2 s otherwise). Every dump and restore writes memory another
+/// one just freed, so the figures would measure the host. For the run the
+/// memory is kept for a while before being reported; the old value is put
+/// back at the end (`--keep-page-reporting` leaves it alone).
+struct PageReportingHold {
+    was: String,
+}
+
+impl PageReportingHold {
+    const PATH: &'static str = "/sys/module/page_reporting/parameters/min_free_ms";
+    const DURING: u64 = 60_000;
+
+    fn start() -> Option<PageReportingHold> {
+        let was = std::fs::read_to_string(Self::PATH).ok()?.trim().to_string();
+        std::fs::write(Self::PATH, Self::DURING.to_string()).ok()?;
+        Some(PageReportingHold { was })
+    }
+}
+
+impl Drop for PageReportingHold {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::write(Self::PATH, &self.was) {
+            eprintln!(
+                "godwit-bench: could not put {} back to {}: {e}",
+                Self::PATH,
+                self.was
+            );
+        }
+    }
 }
 
 /// A private directory on tmpfs, removed with everything in it on drop.
@@ -701,6 +742,9 @@ fn run(args: &Args) -> Result<()> {
     let load_start = loadavg();
     // Before the run: the build being measured is the tree as it is now.
     let git = git_info();
+    let reporting = (!args.keep_page_reporting)
+        .then(PageReportingHold::start)
+        .flatten();
     let work = Workdir::create()?;
     let env = Env {
         bin: target::compile(&work.0)?,
@@ -730,6 +774,7 @@ fn run(args: &Args) -> Result<()> {
     });
     let doc = json!({
         "machine": machine(&load_start),
+        "page_reporting_min_free_ms": reporting.as_ref().map(|r| json!({"was": r.was, "during": PageReportingHold::DURING})),
         "git": git,
         "config": {
             "sizes_mib": args.sizes,
