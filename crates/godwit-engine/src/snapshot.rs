@@ -34,6 +34,8 @@ struct Shared {
     /// Set when memory not copied yet went away.
     lost: Mutex<Option<String>>,
     stop: AtomicBool,
+    /// Wakes the handler out of its wait when the snapshot ends.
+    waker: uffd::Waker,
 }
 
 /// Processes holding at most this much memory are copied whole while frozen:
@@ -156,6 +158,7 @@ impl Snapshot {
             protected,
             lost: Mutex::new(None),
             stop: AtomicBool::new(false),
+            waker: uffd::Waker::new().dumping(pid, stage)?,
         });
         let s2 = shared.clone();
         let handler = std::thread::Builder::new()
@@ -229,6 +232,7 @@ impl Snapshot {
             let _ = shared.uffd.unregister(r.addr, r.len);
         }
         shared.stop.store(true, Ordering::SeqCst);
+        shared.waker.wake();
         if let Some(h) = self.handler.take() {
             let _ = h.join();
         }
@@ -352,7 +356,7 @@ fn write_protect_all(uffd: &Uffd, ranges: &[Range]) -> godwit_sys::Result<()> {
 fn serve(s: &Shared) {
     let mut page = vec![0u8; PAGE_SIZE as usize];
     while !s.stop.load(Ordering::SeqCst) {
-        let events = match s.uffd.read_events(20) {
+        let events = match s.uffd.read_events(1000, Some(&s.waker)) {
             Ok(e) => e,
             Err(e) => {
                 *s.lost.lock().expect("lock") = Some(format!("write tracking failed ({e})"));

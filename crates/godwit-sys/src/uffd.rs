@@ -5,7 +5,7 @@
 //! fetched with pidfd_getfd; it then acts on the target's address space.
 
 use crate::{check, Result, SysError};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 const UFFD_API: u64 = 0xAA;
 const UFFDIO_API: libc::c_ulong = 0xC018_AA3F;
@@ -130,15 +130,23 @@ impl Uffd {
         )
     }
 
-    /// Waits up to `timeout_ms` for messages and returns those read.
-    pub fn read_events(&self, timeout_ms: i32) -> Result<Vec<Event>> {
-        let mut pfd = libc::pollfd {
-            fd: self.fd.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: one valid pollfd.
-        let n = unsafe { libc::poll(&mut pfd, 1, timeout_ms) };
+    /// Waits up to `timeout_ms` for messages and returns those read; returns
+    /// at once (with none) when `waker` is woken.
+    pub fn read_events(&self, timeout_ms: i32, waker: Option<&Waker>) -> Result<Vec<Event>> {
+        let mut pfds = [
+            libc::pollfd {
+                fd: self.fd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: waker.map_or(-1, |w| w.fd.as_raw_fd()),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        // SAFETY: two valid pollfds (a negative fd is ignored by poll).
+        let n = unsafe { libc::poll(pfds.as_mut_ptr(), 2, timeout_ms) };
         if n < 0 {
             let e = std::io::Error::last_os_error();
             if e.raw_os_error() == Some(libc::EINTR) {
@@ -150,7 +158,7 @@ impl Uffd {
                 source: e,
             });
         }
-        if n == 0 {
+        if pfds[0].revents & libc::POLLIN == 0 {
             return Ok(Vec::new());
         }
         let mut buf = [0u8; 32 * 64];
@@ -232,5 +240,37 @@ mod tests {
                 end: 0x3000
             }
         );
+    }
+}
+
+/// Wakes a thread waiting in [`Uffd::read_events`] (an eventfd).
+#[derive(Debug)]
+pub struct Waker {
+    fd: OwnedFd,
+}
+
+impl Waker {
+    pub fn new() -> Result<Waker> {
+        // SAFETY: eventfd has no pointer arguments.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        if fd < 0 {
+            return Err(SysError::call("eventfd", "godwit"));
+        }
+        // SAFETY: `fd` was just returned by eventfd and is owned by nothing else.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        Ok(Waker { fd })
+    }
+
+    /// Makes every present and future read_events with this waker return at once.
+    pub fn wake(&self) {
+        let one: u64 = 1;
+        // SAFETY: writes 8 bytes from a live u64 to an eventfd we own.
+        let _ = unsafe {
+            libc::write(
+                self.fd.as_raw_fd(),
+                &one as *const u64 as *const libc::c_void,
+                8,
+            )
+        };
     }
 }
