@@ -293,6 +293,10 @@ fn collect_one(frozen: &Frozen) -> Result<Collected> {
             pid,
             what: "an address space without any readable syscall instruction".into(),
         })?;
+    tracing::debug!(
+        ms = t.elapsed().as_secs_f64() * 1e3,
+        "collect: maps, syscall instruction"
+    );
     for t in &frozen.threads {
         ptrace::set_sigmask(t.tid, !0).dumping(pid, "blocking signals")?;
     }
@@ -328,6 +332,10 @@ fn collect_one(frozen: &Frozen) -> Result<Collected> {
     r0.call("munmap", libc::SYS_munmap, [scratch, SCRATCH, 0, 0, 0, 0])
         .dumping(pid, "unmapping scratch memory")?;
     let mut process = collected?;
+    tracing::debug!(
+        ms = t.elapsed().as_secs_f64() * 1e3,
+        "collect: scratch unmapped"
+    );
     let vmas = memory::survey(pid, &maps)?;
     process.vmas = vmas;
     tracing::debug!(
