@@ -131,6 +131,7 @@ pub fn restore(
 ) -> Result<RestoreReport> {
     let t0 = Instant::now();
     let (ck, reader) = crate::load(dir)?;
+    tracing::debug!(ms = t0.elapsed().as_secs_f64() * 1e3, "image loaded");
     check_cpu(&ck)?;
     let procs = &ck.processes;
     let Some(root) = procs.first() else {
@@ -227,6 +228,10 @@ pub fn restore(
         }
     }
     let memory_bytes = procs.iter().map(|p| memory::planned_bytes(&p.vmas)).sum();
+    tracing::debug!(
+        ms = t0.elapsed().as_secs_f64() * 1e3,
+        "checked, page files mapped"
+    );
     // Checksums are verified while the processes are being rebuilt; the
     // result is awaited before any of them may run.
     let ns_init = ns.as_ref().map(|n| n.init_pid());
@@ -343,6 +348,7 @@ fn resurrect(
     ptrace::set_sigmask(pid, !0).restoring(pid, "blocking signals")?;
     let all_vmas: Vec<&Vma> = procs.iter().flat_map(|p| &p.vmas).collect();
     let r = prepare_root(pid, root.pid, &all_vmas)?;
+    tracing::debug!(ms = t0.elapsed().as_secs_f64() * 1e3, "stub emptied");
 
     // Phase 1, parents before children: session, the descriptions this
     // process creates, its controlling terminal, then its children (which
@@ -469,7 +475,7 @@ fn resurrect(
 /// Turns the stub (a fork of godwit) into an empty process holding only the
 /// trampoline, at an address free in every process of the image.
 fn prepare_root(pid: i32, vpid: i32, vmas: &[&Vma]) -> Result<Remote> {
-    let own = proc::smaps(pid).restoring(pid, "reading the new process's memory map")?;
+    let own = proc::maps(pid).restoring(pid, "reading the new process's memory map")?;
     let ip = mem::find_syscall_in_maps(pid, &own)
         .restoring(pid, "looking for a syscall instruction")?
         .ok_or_else(|| EngineError::BadImage("no syscall instruction in the stub".into()))?;
