@@ -116,6 +116,12 @@ pub fn summary(ck: &Checkpoint, reader: &ImageReader) -> Value {
                     "shared_pending": p.shared_pending.len(),
                     "itimers": p.itimers.iter().map(|t| json!({"which": t.which, "value_us": t.value_us, "interval_us": t.interval_us})).collect::<Vec<_>>(),
                 },
+                "posix_timers": p.posix_timers.iter().map(|t| json!({
+                    "id": t.id, "clock_id": t.clock_id, "signo": t.signo,
+                    "notify": match t.notify { 0 => "signal", 1 => "none", 4 => "thread", _ => "other" },
+                    "notify_tid": t.notify_tid, "interval_ns": t.interval_ns,
+                    "value_ns": t.value_ns, "overrun": t.overrun,
+                })).collect::<Vec<_>>(),
             })
         })
         .collect();
@@ -268,6 +274,24 @@ pub fn text(v: &Value, full: bool) -> String {
                 h["handler"].as_str().unwrap_or(""),
                 h["flags"].as_str().unwrap_or("")
             );
+        }
+        let timers = p["posix_timers"].as_array().cloned().unwrap_or_default();
+        if !timers.is_empty() {
+            let _ = writeln!(s, "  POSIX timers: {}", timers.len());
+            for t in &timers {
+                let ms = |k: &str| t[k].as_u64().unwrap_or(0) as f64 / 1e6;
+                let _ = writeln!(
+                    s,
+                    "    timer {}: clock {}, notify {} (signal {}), every {:.3} ms, next in {:.3} ms, overrun {}",
+                    t["id"],
+                    t["clock_id"],
+                    t["notify"].as_str().unwrap_or(""),
+                    t["signo"],
+                    ms("interval_ns"),
+                    ms("value_ns"),
+                    t["overrun"]
+                );
+            }
         }
     }
     s

@@ -49,6 +49,35 @@ fn cow_snapshot_of_a_busy_writer() {
     assert_eq!(p.verdict(), "PASS", "the copy restored from the snapshot");
 }
 
+/// `inspect` shows a process's POSIX timers: ids, how they notify, period,
+/// time left and overrun count (ptimers' timer d overran 3 times).
+#[test]
+fn inspect_shows_posix_timers() {
+    use common::*;
+    let mut p = Proc::test_prog("ptimers");
+    p.dump(&["--leave-running"]);
+    let img = p.images();
+    let v: serde_json::Value =
+        serde_json::from_str(&godwit_ok(&["inspect", "--json", img.to_str().unwrap()])).unwrap();
+    let timers = v["processes"][0]["posix_timers"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(timers.len(), 4, "{timers:?}");
+    let d = timers
+        .iter()
+        .find(|t| t["interval_ns"] == 60_000_000_000u64)
+        .expect("the 60 s timer");
+    assert_eq!(d["overrun"], 3, "{d}");
+    assert_eq!(d["notify"], "signal");
+    assert!(timers.iter().any(|t| t["notify"] == "none"));
+    assert!(timers.iter().any(|t| t["notify"] == "thread"));
+    let text = godwit_ok(&["inspect", img.to_str().unwrap()]);
+    assert!(text.contains("POSIX timers: 4"), "{text}");
+    assert!(text.contains("overrun 3"), "{text}");
+    p.end_original();
+}
+
 /// `--freeze-cgroup`: the tree runs in its own cgroup (v2 or a v1 freezer),
 /// which is frozen while the tree is seized and thawed afterwards; the
 /// restored tree passes.
