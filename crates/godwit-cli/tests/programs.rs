@@ -30,6 +30,7 @@ case!(ptimers);
 case!(anonfds);
 case!(unix);
 case!(ipc);
+case!(mappings);
 
 /// --leave-running takes a consistent copy-on-write snapshot of a process
 /// that keeps writing all its memory during the copy; the original is not
