@@ -79,6 +79,48 @@ fn inspect_shows_posix_timers() {
     p.end_original();
 }
 
+/// A restore run with fewer CPUs (taskset) pins itself and the new process
+/// to one of them while it works, then gives every thread godwit's own CPUs
+/// (what a child of godwit would have), not all of the machine's.
+#[test]
+fn restore_under_taskset_gives_godwits_cpus() {
+    use common::*;
+    let mut p = Proc::test_prog("threads");
+    p.dump(&[]);
+    p.end_original();
+    let img = p.images();
+    let out = std::process::Command::new("taskset")
+        .args([
+            "-c",
+            "0",
+            env!("CARGO_BIN_EXE_godwit"),
+            "restore",
+            "--images",
+        ])
+        .arg(&img)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("taskset (util-linux)");
+    assert!(
+        out.status.success(),
+        "restore under taskset: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let tasks: Vec<String> = std::fs::read_dir(format!("/proc/{}/task", p.pid))
+        .unwrap()
+        .map(|t| t.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert!(tasks.len() > 1, "the threads program has several threads");
+    for t in &tasks {
+        assert_eq!(
+            cpus_allowed(&format!("{}/task/{t}", p.pid)),
+            "0",
+            "thread {t} of the restored process"
+        );
+    }
+    assert_eq!(p.verdict(), "PASS");
+}
+
 /// `--freeze-cgroup`: the tree runs in its own cgroup (v2 or a v1 freezer),
 /// which is frozen while the tree is seized and thawed afterwards; the
 /// restored tree passes.
