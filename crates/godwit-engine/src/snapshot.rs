@@ -146,8 +146,8 @@ impl Snapshot {
         wp_time += tw.elapsed();
         tracing::debug!(
             total_ms = t0.elapsed().as_secs_f64() * 1e3,
-            wp_ms = wp_time.as_secs_f64() * 1e3,
-            copy_ms = copy_time.as_secs_f64() * 1e3,
+            register_and_protect_ms = wp_time.as_secs_f64() * 1e3,
+            frozen_copy_ms = copy_time.as_secs_f64() * 1e3,
             "snapshot armed"
         );
         let shared = Arc::new(Shared {
