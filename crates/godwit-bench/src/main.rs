@@ -327,9 +327,9 @@ struct Once {
 
 /// Dumps a fresh `mib` MiB target into `img` (no fsync), restores it, and
 /// has the restored process check every word of its memory (not timed).
+/// The caller removes `img`.
 fn dump_restore(env: &Env, img: &Path, mib: u64, tag: &str) -> Result<Once> {
     let mut t = Target::hold(&env.bin, &env.dir, mib, tag)?;
-    let _img = TempImage(img.to_owned());
     let start = Instant::now();
     let d = dump(
         t.pid,
@@ -437,6 +437,7 @@ fn bench_size(env: &Env, mib: u64, reps: usize, extras: bool) -> Result<SizeResu
     for rep in 0..reps {
         eprint!("\r{mib} MiB: dump + restore {}/{reps}   ", rep + 1);
         let img = env.dir.join(format!("img-{mib}-{rep}"));
+        let _img = TempImage(img.clone());
         let once = dump_restore(env, &img, mib, &format!("{mib}-{rep}"))?;
         r.dump.push(once.dump);
         r.frozen.push(once.frozen);
@@ -448,20 +449,6 @@ fn bench_size(env: &Env, mib: u64, reps: usize, extras: bool) -> Result<SizeResu
             continue;
         }
         // verify_pages alone, on the same image (outside the timed region).
-        let img = env.dir.join(format!("img-{mib}-{rep}-v"));
-        let _img = TempImage(img.clone());
-        let mut t = Target::hold(&env.bin, &env.dir, mib, &format!("{mib}-{rep}-v"))?;
-        dump(
-            t.pid,
-            &img,
-            &DumpOptions {
-                no_sync: true,
-                ..Default::default()
-            },
-            &Quiet,
-        )
-        .with_context(|| format!("dumping the {mib} MiB target (pid {})", t.pid))?;
-        t.ended_by_dump();
         let start = Instant::now();
         let (_, reader) = godwit_engine::load(&img)?;
         reader.verify_pages()?;
@@ -478,6 +465,7 @@ fn bench_size(env: &Env, mib: u64, reps: usize, extras: bool) -> Result<SizeResu
                         rep + 1
                     );
                     let img = h.0.join(format!("img-{rep}"));
+                    let _img = TempImage(img.clone());
                     let once = dump_restore(env, &img, mib, &format!("{mib}-{rep}-huge"))?;
                     r.huge_dump.push(once.dump);
                     r.huge_restore.push(once.restore);

@@ -13,6 +13,7 @@
 
 use crate::error::{DumpCtx, EngineError, Result};
 use crate::remote::Remote;
+use crate::resources::memory::split_even;
 use crate::schema::{Vma, VmaKind};
 use godwit_sys::mem::{self, ProcMem, Range};
 use godwit_sys::uffd::{self, Event, Uffd};
@@ -107,9 +108,7 @@ impl Snapshot {
         let mut precopied = HashMap::new();
         let mut procmem: Option<ProcMem> = None;
         let t0 = std::time::Instant::now();
-        let (mut wp_time, mut copy_time) = (std::time::Duration::ZERO, std::time::Duration::ZERO);
         for v in vmas.iter().filter(|v| !v.pages.is_empty()) {
-            let tv = std::time::Instant::now();
             if cow_able(v)
                 && uffd
                     .register(v.start, v.end - v.start, uffd::REGISTER_MODE_WP)
@@ -125,7 +124,6 @@ impl Snapshot {
                         len: run.nr_pages * PAGE_SIZE,
                     });
                 }
-                wp_time += tv.elapsed();
                 continue;
             }
             // Not protectable: copy now, while frozen.
@@ -139,15 +137,11 @@ impl Snapshot {
                     .dumping(pid, "reading memory")?;
                 precopied.insert(run.addr, buf);
             }
-            copy_time += tv.elapsed();
         }
-        let tw = std::time::Instant::now();
         write_protect_all(&uffd, &protected).dumping(pid, stage)?;
-        wp_time += tw.elapsed();
         tracing::debug!(
-            total_ms = t0.elapsed().as_secs_f64() * 1e3,
-            register_and_protect_ms = wp_time.as_secs_f64() * 1e3,
-            frozen_copy_ms = copy_time.as_secs_f64() * 1e3,
+            ms = t0.elapsed().as_secs_f64() * 1e3,
+            copied_while_frozen = precopied.len(),
             "snapshot armed"
         );
         let shared = Arc::new(Shared {
@@ -278,52 +272,20 @@ impl Shared {
     }
 }
 
-/// The handler thread: save originals of written pages, let writers go on.
 /// Threads write-protecting at once: the kernel walks page tables under the
 /// read side of mmap_lock, so ranges protect in parallel (1 GiB: ~33 ms on
 /// one thread here).
-const WP_THREADS: u64 = 2;
-
-/// `ranges` cut into at most `n` shares of `per` bytes (the last takes the rest).
-fn split_bytes(ranges: &[Range], per: u64, n: usize) -> Vec<Vec<Range>> {
-    let mut shares: Vec<Vec<Range>> = vec![Vec::new()];
-    let mut filled = 0;
-    for r in ranges {
-        let (mut addr, mut len) = (r.addr, r.len);
-        while filled + len > per && shares.len() < n {
-            let head = per - filled;
-            if head > 0 {
-                shares
-                    .last_mut()
-                    .expect("a share")
-                    .push(Range { addr, len: head });
-            }
-            addr += head;
-            len -= head;
-            shares.push(Vec::new());
-            filled = 0;
-        }
-        if len > 0 {
-            shares
-                .last_mut()
-                .expect("a share")
-                .push(Range { addr, len });
-            filled += len;
-        }
-    }
-    shares
-}
+const WP_THREADS: usize = 2;
 
 /// Write-protects `ranges`, cut into WP_THREADS shares of equal bytes.
 fn write_protect_all(uffd: &Uffd, ranges: &[Range]) -> godwit_sys::Result<()> {
     let total: u64 = ranges.iter().map(|r| r.len).sum();
-    let per = (total / WP_THREADS).div_ceil(PAGE_SIZE) * PAGE_SIZE;
-    if per == 0 || total < (64 << 20) {
+    if total < (64 << 20) {
         return ranges
             .iter()
             .try_for_each(|r| uffd.write_protect(r.addr, r.len, true));
     }
-    let shares = split_bytes(ranges, per, WP_THREADS as usize);
+    let shares = split_even(ranges.iter().copied(), WP_THREADS);
     std::thread::scope(|s| {
         let helpers: Vec<_> = shares[1..]
             .iter()
@@ -353,6 +315,7 @@ fn write_protect_all(uffd: &Uffd, ranges: &[Range]) -> godwit_sys::Result<()> {
     })
 }
 
+/// The handler thread: save originals of written pages, let writers go on.
 fn serve(s: &Shared) {
     let mut page = vec![0u8; PAGE_SIZE as usize];
     while !s.stop.load(Ordering::SeqCst) {
@@ -418,7 +381,7 @@ mod tests {
     fn shares_of_equal_bytes() {
         let r = |addr: u64, len: u64| Range { addr, len };
         let ranges = [r(0x1000, 0x3000), r(0x10000, 0x5000)];
-        let s = split_bytes(&ranges, 0x4000, 2);
+        let s = split_even(ranges, 2);
         let lens: Vec<u64> = s.iter().map(|v| v.iter().map(|x| x.len).sum()).collect();
         assert_eq!(lens, vec![0x4000, 0x4000]);
         assert_eq!(s[0][1].addr, 0x10000);
@@ -430,8 +393,11 @@ mod tests {
             vec![(0x1000, 0x3000), (0x10000, 0x1000), (0x11000, 0x4000)]
         );
         // One big range splits in two; a third share is never made.
-        let s = split_bytes(&[r(0, 0x8000)], 0x2000, 2);
+        let s = split_even([r(0, 0x8000)], 2);
         assert_eq!(s.len(), 2);
-        assert_eq!((s[1][0].addr, s[1][0].len), (0x2000, 0x6000));
+        assert_eq!((s[1][0].addr, s[1][0].len), (0x4000, 0x4000));
+        // Uneven page counts: whole pages, the last share takes the rest.
+        let s = split_even([r(0, 0x3000)], 2);
+        assert_eq!((s[0][0].len, s[1][0].len), (0x2000, 0x1000));
     }
 }

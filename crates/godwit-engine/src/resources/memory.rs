@@ -614,6 +614,68 @@ struct Piece {
     in_run: u64,
 }
 
+/// A stretch of bytes that can be cut in two (see [`split_even`]).
+pub(crate) trait Span: Sized {
+    fn len(&self) -> u64;
+    /// The first `at` bytes and the rest.
+    fn cut(self, at: u64) -> (Self, Self);
+}
+
+impl Span for Piece {
+    fn len(&self) -> u64 {
+        self.len
+    }
+    fn cut(self, at: u64) -> (Piece, Piece) {
+        let rest = Piece {
+            addr: self.addr + at,
+            len: self.len - at,
+            in_run: self.in_run + at,
+            ..self
+        };
+        (Piece { len: at, ..self }, rest)
+    }
+}
+
+impl Span for Range {
+    fn len(&self) -> u64 {
+        self.len
+    }
+    fn cut(self, at: u64) -> (Range, Range) {
+        let rest = Range {
+            addr: self.addr + at,
+            len: self.len - at,
+        };
+        (Range { len: at, ..self }, rest)
+    }
+}
+
+/// Cuts `items`, in order, into at most `n` shares of equal bytes (whole
+/// pages; the last share takes the rest), cutting an item where a share ends.
+pub(crate) fn split_even<T: Span>(items: impl IntoIterator<Item = T>, n: usize) -> Vec<Vec<T>> {
+    let items: Vec<T> = items.into_iter().collect();
+    let total: u64 = items.iter().map(Span::len).sum();
+    let per = (total / n.max(1) as u64).div_ceil(PAGE_SIZE) * PAGE_SIZE;
+    let mut shares: Vec<Vec<T>> = vec![Vec::new()];
+    let mut filled = 0u64;
+    for mut item in items {
+        while shares.len() < n && per > 0 && filled + item.len() > per {
+            let head = per - filled;
+            if head > 0 {
+                let (first, rest) = item.cut(head);
+                shares.last_mut().expect("a share").push(first);
+                item = rest;
+            }
+            shares.push(Vec::new());
+            filled = 0;
+        }
+        if item.len() > 0 {
+            filled += item.len();
+            shares.last_mut().expect("a share").push(item);
+        }
+    }
+    shares
+}
+
 /// Copies the planned pages (and `extra` bytes after them) into page files.
 /// With a `snapshot`, pages come from it where it holds them (see
 /// crate::snapshot); the process may be running. Returns the files written,
@@ -639,32 +701,7 @@ pub fn write_pages(
             });
         }
     }
-    // Split the byte stream in WRITERS parts at page boundaries.
-    let total: u64 = pieces.iter().map(|p| p.len).sum();
-    let per = (total / WRITERS).div_ceil(PAGE_SIZE) * PAGE_SIZE;
-    let mut parts: Vec<Vec<Piece>> = vec![Vec::new()];
-    let mut filled = 0u64;
-    for mut p in pieces {
-        while parts.len() < WRITERS as usize && filled + p.len > per && per > 0 {
-            let head = per - filled;
-            if head > 0 {
-                parts
-                    .last_mut()
-                    .expect("one part")
-                    .push(Piece { len: head, ..p });
-                p = Piece {
-                    addr: p.addr + head,
-                    len: p.len - head,
-                    in_run: p.in_run + head,
-                    ..p
-                };
-            }
-            parts.push(Vec::new());
-            filled = 0;
-        }
-        filled += p.len;
-        parts.last_mut().expect("one part").push(p);
-    }
+    let parts = split_even(pieces, WRITERS as usize);
     let mut files = Vec::with_capacity(parts.len());
     for _ in &parts {
         files.push(writer.page_file()?);

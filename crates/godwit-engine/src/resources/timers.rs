@@ -235,12 +235,10 @@ fn rearm_with_overrun(
     settime(r, t, libc::TIMER_ABSTIME as u64, start)?;
     let set = 1u64 << (t.signo - 1);
     let set_addr = rt.put(160, &set.to_le_bytes()).restoring(pid, stage)?;
-    // The expiry is handled by the timer interrupt: give it up to a second.
-    let timeout: [u64; 2] = [1, 0];
-    let mut tb = Vec::with_capacity(16);
-    tb.extend_from_slice(&timeout[0].to_le_bytes());
-    tb.extend_from_slice(&timeout[1].to_le_bytes());
-    let to_addr = rt.put(168, &tb).restoring(pid, stage)?;
+    // The expiry is handled by the timer interrupt: give it up to a second
+    // (struct timespec {1, 0}).
+    let timeout: Vec<u8> = [1u64, 0].iter().flat_map(|w| w.to_le_bytes()).collect();
+    let to_addr = rt.put(168, &timeout).restoring(pid, stage)?;
     let info_addr = rt.scratch + 184;
     let got = rt
         .call(
