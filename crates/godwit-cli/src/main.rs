@@ -194,6 +194,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         "frozen_ms": r.frozen.as_secs_f64() * 1e3,
                         "total_ms": r.total.as_secs_f64() * 1e3,
                         "images": images, "left_running": leave_running,
+                        "precopy": {
+                            "processes": r.precopy.processes, "rounds": r.precopy.rounds,
+                            "bytes_running": r.precopy.bytes_running,
+                            "bytes_frozen": r.precopy.bytes_frozen,
+                        },
                     })
                 );
             } else {

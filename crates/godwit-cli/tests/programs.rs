@@ -50,6 +50,34 @@ fn cow_snapshot_of_a_busy_writer() {
     assert_eq!(p.verdict(), "PASS", "the copy restored from the snapshot");
 }
 
+/// --leave-running copies the memory of a process that keeps writing it
+/// (slowly) while it runs: the pages written during the copy are copied
+/// again in a further round, those written since at the freeze, and the
+/// copy restored from the image is consistent.
+#[test]
+fn precopy_of_a_slow_writer() {
+    use common::*;
+    let mut p = Proc::test_prog_with("cow", &["slow"]);
+    let v = p.dump(&["--leave-running"]);
+    let pre = &v["precopy"];
+    assert_eq!(pre["processes"], 1, "pre-copied: {v}");
+    assert!(pre["rounds"].as_u64().unwrap() >= 1, "copied again: {v}");
+    assert!(
+        pre["bytes_running"].as_u64().unwrap() > 64 << 20,
+        "all 64 MiB and then some copied while it ran: {v}"
+    );
+    assert!(
+        pre["bytes_frozen"].as_u64().unwrap() > 0,
+        "pages written since the last round copied at the freeze: {v}"
+    );
+    assert_eq!(p.verdict(), "PASS", "the original, after the dump");
+    std::fs::remove_file(p.path("go")).unwrap();
+    std::fs::remove_file(p.path("result")).unwrap();
+    p.end_original();
+    p.restore();
+    assert_eq!(p.verdict(), "PASS", "the copy restored from the image");
+}
+
 /// `inspect` shows a process's POSIX timers: ids, how they notify, period,
 /// time left and overrun count (ptimers' timer d overran 3 times).
 #[test]

@@ -1,13 +1,16 @@
 //! Dump: freeze → collect → write → end or release.
 
 use crate::error::{DumpCtx, EngineError, Result};
-use crate::freeze::{freeze_tree, CgroupFreeze, Frozen, Member};
+use crate::freeze::{freeze_tree, release_all, CgroupFreeze, Frozen, Member};
+use crate::precopy::{self, FrozenPlan, Tracker};
 use crate::remote::Remote;
 use crate::resources::{attrs, files, memory, signals, threads, timers, tty};
+use crate::schema::PageSpan;
 use crate::schema::{Checkpoint, CpuFeatures, DumpStats, Process};
 use crate::snapshot::Snapshot;
 use crate::Progress;
 use godwit_image::ImageWriter;
+use godwit_image::PageFileInfo;
 use godwit_sys::mem;
 use godwit_sys::{proc, process, ptrace};
 use std::path::Path;
@@ -45,9 +48,27 @@ pub struct DumpReport {
     pub vmas: usize,
     pub memory_bytes: u64,
     pub image_bytes: u64,
-    /// How long the process was stopped.
+    /// How long the process was stopped (with a pre-copy: the short stop
+    /// before it and the freeze).
     pub frozen: Duration,
+    /// Processes whose memory was copied while they ran (--leave-running).
+    pub precopy: PrecopyReport,
     pub total: Duration,
+}
+
+/// What a dump copied before the freeze (crate::precopy).
+#[derive(Debug, Clone, Default)]
+pub struct PrecopyReport {
+    /// Processes pre-copied.
+    pub processes: usize,
+    /// Most rounds of copying written pages again, over those processes.
+    pub rounds: usize,
+    /// Bytes copied while they ran (more than their memory when pages were
+    /// copied again).
+    pub bytes_running: u64,
+    /// Bytes of theirs copied while frozen (written since their last copy,
+    /// or not tracked).
+    pub bytes_frozen: u64,
 }
 
 fn precheck(pid: i32) -> Result<()> {
@@ -101,6 +122,9 @@ struct Collected {
     process: Process,
     /// Injects into its main thread (no scratch mapped any more).
     r0: Remote,
+    /// For a pre-copied process: what to copy now (its VMAs are in
+    /// `process`).
+    plan: Option<FrozenPlan>,
 }
 
 /// Checkpoints process `pid` and all its descendants into `dir`. On any
@@ -114,7 +138,17 @@ pub fn dump(
 ) -> Result<DumpReport> {
     let t0 = Instant::now();
     precheck(pid)?;
-    let writer = ImageWriter::create(dir)?.sync(!opts.no_sync);
+    let mut writer = ImageWriter::create(dir)?.sync(!opts.no_sync);
+    let cow = opts.leave_running && !opts.no_cow;
+    // --leave-running: first copy the memory while the processes run
+    // (crate::precopy); the freeze then copies only what changed since.
+    let (mut trackers, stopped_before) = if cow {
+        let pre = precopy::run(pid, &mut writer, progress)?;
+        (pre.trackers, pre.stopped)
+    } else {
+        Default::default()
+    };
+    tracing::debug!(ms = t0.elapsed().as_secs_f64() * 1e3, "pre-copied");
     let cgroup = opts
         .freeze_cgroup
         .as_deref()
@@ -125,12 +159,14 @@ pub fn dump(
     tracing::debug!(ms = t0.elapsed().as_secs_f64() * 1e3, "frozen");
     let mut procs: Vec<Process> = Vec::with_capacity(members.len());
     let mut remotes: Vec<Option<Remote>> = Vec::with_capacity(members.len());
+    let mut plans: Vec<Option<FrozenPlan>> = Vec::with_capacity(members.len());
     for m in &members {
         match m {
             Member::Live(f) => {
-                let c = collect_one(f)?;
+                let c = collect_one(f, trackers.get(&f.pid))?;
                 procs.push(c.process);
                 remotes.push(Some(c.r0));
+                plans.push(c.plan);
             }
             Member::Zombie {
                 pid,
@@ -149,33 +185,50 @@ pub fn dump(
                     ..Default::default()
                 });
                 remotes.push(None);
+                plans.push(None);
             }
         }
     }
     tracing::debug!(ms = t0.elapsed().as_secs_f64() * 1e3, "collected");
     files::link_descriptions(&mut procs)?;
     tty::link(&mut procs, opts.shell_job)?;
-    let shmem_data = memory::collect_shmem(&mut procs)?;
+    let bases: Vec<u64> = procs
+        .iter()
+        .zip(&plans)
+        .map(|(p, plan)| {
+            plan.as_ref()
+                .map_or_else(|| memory::planned_bytes(&p.vmas), |x| x.end)
+        })
+        .collect();
+    let shmem_data = memory::collect_shmem(&mut procs, &bases)?;
     let memory_bytes: u64 = procs.iter().map(|p| memory::planned_bytes(&p.vmas)).sum();
 
-    // --leave-running: snapshot the memory copy-on-write and let the
-    // processes run while their pages are copied.
+    // Pre-copied processes: what changed since is copied now, while frozen.
+    let mut fresh: Vec<Vec<(PageFileInfo, PageSpan)>> = Vec::with_capacity(procs.len());
+    for ((p, plan), extra) in procs.iter().zip(&plans).zip(&shmem_data) {
+        fresh.push(match plan {
+            Some(x) => {
+                memory::write_ranges(p.pid, &x.to_copy, &mut writer, progress, extra, x.copy_from)?
+            }
+            None => Vec::new(),
+        });
+    }
+    // The others: a copy-on-write snapshot, so that they can run while
+    // their pages are copied.
     let mut snapshots: Vec<Option<Snapshot>> = Vec::with_capacity(procs.len());
-    let mut frozen_time = None;
-    if opts.leave_running && !opts.no_cow {
-        for (p, r0) in procs.iter().zip(&remotes) {
-            snapshots.push(match r0 {
-                Some(r0) => Snapshot::arm(r0, &p.vmas)?,
-                None => None,
+    if cow {
+        for ((p, r0), plan) in procs.iter().zip(&remotes).zip(&plans) {
+            snapshots.push(match (r0, plan) {
+                (Some(r0), None) => Snapshot::arm(r0, &p.vmas)?,
+                _ => None,
             });
         }
     }
     let mut members = Some(members);
+    let mut frozen_time = None;
     let all_snapshotted = snapshots.len() == procs.len()
-        && procs
-            .iter()
-            .zip(&snapshots)
-            .all(|(p, s)| p.zombie || s.is_some());
+        && (0..procs.len())
+            .all(|i| procs[i].zombie || snapshots[i].is_some() || plans[i].is_some());
     if all_snapshotted {
         release_all(members.take().unwrap_or_default())?;
         frozen_time = Some(frozen_at.elapsed());
@@ -183,12 +236,26 @@ pub fn dump(
 
     tracing::debug!(ms = t0.elapsed().as_secs_f64() * 1e3, "planned");
     progress.stage("dumping memory", memory_bytes);
-    let mut writer = writer;
     let mut page_files = Vec::new();
+    let mut precopied = PrecopyReport::default();
     for (i, p) in procs.iter_mut().enumerate().filter(|(_, p)| !p.zombie) {
-        let snap = snapshots.get(i).and_then(|s| s.as_ref());
-        let written =
-            memory::write_pages(p.pid, &p.vmas, &mut writer, progress, snap, &shmem_data[i])?;
+        let written = match trackers.remove(&p.pid).filter(|_| plans[i].is_some()) {
+            Some(t) => {
+                writer.add_flags(godwit_image::FLAG_SCATTERED_PAGES);
+                let plan = plans[i].as_ref().expect("filtered above");
+                precopied.processes += 1;
+                precopied.rounds = precopied.rounds.max(t.rounds);
+                precopied.bytes_running += plan.copy_from;
+                precopied.bytes_frozen += plan.end - plan.copy_from;
+                let mut w = t.finish();
+                w.append(&mut fresh[i]);
+                w
+            }
+            None => {
+                let snap = snapshots.get(i).and_then(|s| s.as_ref());
+                memory::write_pages(p.pid, &p.vmas, &mut writer, progress, snap, &shmem_data[i])?
+            }
+        };
         p.page_file = written
             .first()
             .map(|w| w.0.name.clone())
@@ -198,10 +265,17 @@ pub fn dump(
             page_files.push(info);
         }
     }
+    // Pre-copies of processes gone from the tree since.
+    for (_, t) in trackers.drain() {
+        for (info, _) in t.finish() {
+            writer.discard(&info.name)?;
+        }
+    }
     for s in snapshots.into_iter().flatten() {
         let saved = s.finish()?;
         tracing::debug!(saved, "pages written during the copy were saved first");
     }
+    let frozen_time = frozen_time.map(|f| f + stopped_before);
 
     let (xcr0, xsave_size) = process::xsave_features();
     let threads = procs.iter().map(|p| p.threads.len()).sum();
@@ -227,7 +301,7 @@ pub fn dump(
         processes: procs,
         stats: Some(DumpStats {
             frozen_us: frozen_time
-                .unwrap_or_else(|| frozen_at.elapsed())
+                .unwrap_or_else(|| frozen_at.elapsed() + stopped_before)
                 .as_micros() as u64,
             total_us: t0.elapsed().as_micros() as u64,
             pages_written: memory_bytes / godwit_sys::PAGE_SIZE,
@@ -243,7 +317,7 @@ pub fn dump(
             kill_all(members)?;
         }
     }
-    let frozen_time = frozen_time.unwrap_or_else(|| frozen_at.elapsed());
+    let frozen_time = frozen_time.unwrap_or_else(|| frozen_at.elapsed() + stopped_before);
     Ok(DumpReport {
         pid,
         processes,
@@ -253,20 +327,9 @@ pub fn dump(
         memory_bytes,
         image_bytes: commit.total_bytes,
         frozen: frozen_time,
+        precopy: precopied,
         total: t0.elapsed(),
     })
-}
-
-fn release_all(members: Vec<Member>) -> Result<()> {
-    let mut first = None;
-    for m in members {
-        if let Member::Live(f) = m {
-            if let Err(e) = f.release() {
-                first.get_or_insert(e);
-            }
-        }
-    }
-    first.map_or(Ok(()), Err)
 }
 
 fn kill_all(members: Vec<Member>) -> Result<()> {
@@ -282,8 +345,10 @@ fn kill_all(members: Vec<Member>) -> Result<()> {
     first.map_or(Ok(()), Err)
 }
 
-/// Collects everything but the page contents of one frozen process.
-fn collect_one(frozen: &Frozen) -> Result<Collected> {
+/// The memory map of a frozen process and a [`Remote`] for its main thread
+/// (no scratch area yet); every thread's signals are blocked meanwhile
+/// (release puts the masks back).
+pub(crate) fn injector(frozen: &Frozen) -> Result<(Vec<proc::MapEntry>, Remote)> {
     let pid = frozen.pid;
     let t = Instant::now();
     let maps = proc::maps(pid).dumping(pid, "reading the memory map")?;
@@ -309,6 +374,14 @@ fn collect_one(frozen: &Frozen) -> Result<Collected> {
         scratch_len: 0,
         batch_ip: 0,
     };
+    Ok((maps, r0))
+}
+
+/// Collects everything but the page contents of one frozen process.
+fn collect_one(frozen: &Frozen, tracker: Option<&Tracker>) -> Result<Collected> {
+    let pid = frozen.pid;
+    let t = Instant::now();
+    let (maps, r0) = injector(frozen)?;
     let scratch = r0
         .call(
             "mmap",
@@ -336,13 +409,22 @@ fn collect_one(frozen: &Frozen) -> Result<Collected> {
         ms = t.elapsed().as_secs_f64() * 1e3,
         "collect: scratch unmapped"
     );
-    let vmas = memory::survey(pid, &maps)?;
-    process.vmas = vmas;
+    let plan = match tracker {
+        Some(t) => {
+            let mut plan = t.plan_frozen(&maps)?;
+            process.vmas = std::mem::take(&mut plan.vmas);
+            Some(plan)
+        }
+        None => {
+            process.vmas = memory::survey(pid, &maps)?;
+            None
+        }
+    };
     tracing::debug!(
         ms = t.elapsed().as_secs_f64() * 1e3,
         "collect: memory planned"
     );
-    Ok(Collected { process, r0 })
+    Ok(Collected { process, r0, plan })
 }
 
 fn collect(r: &Remote, frozen: &Frozen) -> Result<Process> {

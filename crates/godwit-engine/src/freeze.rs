@@ -181,6 +181,19 @@ impl Member {
     }
 }
 
+/// Releases every live member; the first error, after trying them all.
+pub fn release_all(members: Vec<Member>) -> Result<()> {
+    let mut first = None;
+    for m in members {
+        if let Member::Live(f) = m {
+            if let Err(e) = f.release() {
+                first.get_or_insert(e);
+            }
+        }
+    }
+    first.map_or(Ok(()), Err)
+}
+
 /// Freezes `root` and all its descendants, parents before children. A
 /// process is frozen before its children are listed, so none is missed.
 /// With a cgroup freezer, the cgroup is frozen meanwhile and thawed before

@@ -95,6 +95,23 @@ impl Remote {
         Ok(out)
     }
 
+    /// Opens a userfaultfd in the process (injected `userfaultfd(flags)`),
+    /// takes a duplicate of it with pidfd_getfd and closes the process's own
+    /// descriptor again; the duplicate then acts on the process's memory.
+    /// `Ok(None)` when the process may not have one (EPERM: an unprivileged
+    /// process while vm.unprivileged_userfaultfd is 0).
+    pub fn take_userfaultfd(&self, flags: u64) -> Result<Option<std::os::fd::OwnedFd>> {
+        let theirs = match self.call("userfaultfd", libc::SYS_userfaultfd, [flags, 0, 0, 0, 0, 0]) {
+            Ok(fd) => fd,
+            Err(e) if e.errno() == Some(libc::EPERM) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let ours = godwit_sys::process::pidfd_open(self.pid)
+            .and_then(|p| godwit_sys::process::pidfd_getfd(&p, theirs as i32));
+        self.call("close", libc::SYS_close, [theirs, 0, 0, 0, 0, 0])?;
+        ours.map(Some)
+    }
+
     /// Writes `data` at `offset` in the scratch area.
     pub fn put(&self, offset: u64, data: &[u8]) -> Result<u64> {
         self.check(offset, data.len())?;

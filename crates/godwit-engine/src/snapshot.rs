@@ -17,7 +17,7 @@ use crate::resources::memory::split_even;
 use crate::schema::{Vma, VmaKind};
 use godwit_sys::mem::{self, ProcMem, Range};
 use godwit_sys::uffd::{self, Event, Uffd};
-use godwit_sys::{process, PAGE_SIZE};
+use godwit_sys::PAGE_SIZE;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -41,7 +41,7 @@ struct Shared {
 
 /// Processes holding at most this much memory are copied whole while frozen:
 /// it costs little, and a short-lived process may exit during the copy.
-const EAGER_LIMIT: u64 = 8 << 20;
+pub(crate) const EAGER_LIMIT: u64 = 8 << 20;
 
 pub struct Snapshot {
     /// None when everything was copied while frozen.
@@ -52,7 +52,7 @@ pub struct Snapshot {
     registered: Vec<Range>,
 }
 
-fn cow_able(v: &Vma) -> bool {
+pub(crate) fn cow_able(v: &Vma) -> bool {
     matches!(
         VmaKind::try_from(v.kind),
         Ok(VmaKind::AnonPrivate | VmaKind::Heap | VmaKind::Stack)
@@ -76,27 +76,18 @@ impl Snapshot {
             }));
         }
         let stage = "write-protecting memory";
-        let tfd = match r0.call(
-            "userfaultfd",
-            libc::SYS_userfaultfd,
-            [(libc::O_CLOEXEC | libc::O_NONBLOCK) as u64, 0, 0, 0, 0, 0],
-        ) {
-            Ok(fd) => fd,
-            Err(e) if e.errno() == Some(libc::EPERM) => {
-                tracing::info!(
-                    pid,
-                    "no userfaultfd for this process; it stays frozen while its memory is copied"
-                );
-                return Ok(None);
-            }
-            Err(e) => return Err(e).dumping(pid, stage),
+        let Some(fd) = r0
+            .take_userfaultfd((libc::O_CLOEXEC | libc::O_NONBLOCK) as u64)
+            .dumping(pid, stage)?
+        else {
+            tracing::info!(
+                pid,
+                "no userfaultfd for this process; it stays frozen while its memory is copied"
+            );
+            return Ok(None);
         };
-        let pidfd = process::pidfd_open(pid).dumping(pid, stage);
-        let ours = pidfd.and_then(|p| process::pidfd_getfd(&p, tfd as i32).dumping(pid, stage));
-        r0.call("close", libc::SYS_close, [tfd, 0, 0, 0, 0, 0])
-            .dumping(pid, stage)?;
         let uffd = Uffd::new(
-            ours?,
+            fd,
             uffd::FEATURE_PAGEFAULT_FLAG_WP
                 | uffd::FEATURE_EVENT_REMOVE
                 | uffd::FEATURE_EVENT_UNMAP
@@ -278,7 +269,7 @@ impl Shared {
 const WP_THREADS: usize = 2;
 
 /// Write-protects `ranges`, cut into WP_THREADS shares of equal bytes.
-fn write_protect_all(uffd: &Uffd, ranges: &[Range]) -> godwit_sys::Result<()> {
+pub(crate) fn write_protect_all(uffd: &Uffd, ranges: &[Range]) -> godwit_sys::Result<()> {
     let total: u64 = ranges.iter().map(|r| r.len).sum();
     if total < (64 << 20) {
         return ranges

@@ -48,7 +48,8 @@ mod writer;
 
 pub use error::ImageError;
 pub use manifest::{
-    decode_manifest_bytes, encode_manifest_bytes, Manifest, PageFile, HEADER_LEN, MANIFEST_MAGIC,
+    decode_manifest_bytes, encode_manifest_bytes, Manifest, PageFile, FLAG_SCATTERED_PAGES,
+    HEADER_LEN, MANIFEST_MAGIC,
 };
 pub use reader::{ImageReader, MappedPages};
 pub use writer::{CommitInfo, ImageWriter, PageFileWriter};

@@ -8,7 +8,7 @@
 //!      0     8  magic  b"GODWIT\0I"
 //!      8     2  format major, u16 little-endian
 //!     10     2  format minor, u16 little-endian
-//!     12     4  flags, u32 little-endian (0 in format 1.0)
+//!     12     4  flags, u32 little-endian (bit 0: FLAG_SCATTERED_PAGES)
 //!     16     8  payload length, u64 little-endian
 //!     24     8  xxh3-64 of the payload, u64 little-endian
 //!     32     n  payload
@@ -27,8 +27,13 @@ pub const MANIFEST_MAGIC: [u8; 8] = *b"GODWIT\0I";
 /// Size of the fixed header before the payload.
 pub const HEADER_LEN: usize = 32;
 
-/// Header flag bits this reader understands. None yet: a reader refuses any set bit.
-const KNOWN_FLAGS: u32 = 0;
+/// Header flag: a process's page runs may lie anywhere in its page stream
+/// (not back to back in address order), and the stream may hold bytes no
+/// run points to. Written by a pre-copy dump (`dump --leave-running`).
+pub const FLAG_SCATTERED_PAGES: u32 = 1;
+
+/// Header flag bits this reader understands; it refuses any other set bit.
+const KNOWN_FLAGS: u32 = FLAG_SCATTERED_PAGES;
 
 /// The manifest payload (`godwit.image.v1.Manifest` in `proto/manifest.proto`).
 #[derive(Clone, PartialEq, Message)]
@@ -76,16 +81,16 @@ pub fn encode_manifest_bytes(manifest: &Manifest) -> Vec<u8> {
     let payload = manifest.encode_to_vec();
     let major = u16::try_from(manifest.format_major).unwrap_or(u16::MAX);
     let minor = u16::try_from(manifest.format_minor).unwrap_or(u16::MAX);
-    frame(major, minor, &payload)
+    frame(major, minor, 0, &payload)
 }
 
 /// Puts the 32-byte header in front of `payload`.
-pub(crate) fn frame(major: u16, minor: u16, payload: &[u8]) -> Vec<u8> {
+pub(crate) fn frame(major: u16, minor: u16, flags: u32, payload: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(HEADER_LEN + payload.len());
     out.extend_from_slice(&MANIFEST_MAGIC);
     out.extend_from_slice(&major.to_le_bytes());
     out.extend_from_slice(&minor.to_le_bytes());
-    out.extend_from_slice(&0u32.to_le_bytes());
+    out.extend_from_slice(&flags.to_le_bytes());
     out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
     out.extend_from_slice(&xxhash_rust::xxh3::xxh3_64(payload).to_le_bytes());
     out.extend_from_slice(payload);
@@ -308,9 +313,17 @@ mod tests {
     #[test]
     fn unknown_flags_are_refused() {
         let mut bytes = encode_manifest_bytes(&sample());
-        bytes[12] = 1;
+        bytes[12] = 2;
         let err = decode_manifest_bytes(&bytes).unwrap_err();
-        assert!(matches!(err, ImageError::UnsupportedFlags { flags: 1, .. }));
+        assert!(matches!(err, ImageError::UnsupportedFlags { flags: 2, .. }));
+        // A known flag is accepted.
+        let bytes = frame(
+            FORMAT_MAJOR,
+            FORMAT_MINOR,
+            FLAG_SCATTERED_PAGES,
+            &sample().encode_to_vec(),
+        );
+        assert!(decode_manifest_bytes(&bytes).is_ok());
     }
 
     #[test]
@@ -339,14 +352,14 @@ mod tests {
         let mut m = sample();
         m.format_minor = 5;
         let payload = m.encode_to_vec();
-        let bytes = frame(FORMAT_MAJOR, 4, &payload);
+        let bytes = frame(FORMAT_MAJOR, 4, 0, &payload);
         let err = decode_manifest_bytes(&bytes).unwrap_err();
         assert!(matches!(err, ImageError::VersionMismatch { .. }), "{err}");
     }
 
     #[test]
     fn garbage_payload_with_valid_checksum_is_a_decode_error() {
-        let bytes = frame(FORMAT_MAJOR, FORMAT_MINOR, &[0xff; 10]);
+        let bytes = frame(FORMAT_MAJOR, FORMAT_MINOR, 0, &[0xff; 10]);
         let err = decode_manifest_bytes(&bytes).unwrap_err();
         assert!(matches!(err, ImageError::ManifestDecode { .. }), "{err}");
     }

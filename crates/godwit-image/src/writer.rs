@@ -42,6 +42,8 @@ pub struct ImageWriter {
     /// Names of the page files this writer created, in creation order.
     created: Vec<String>,
     committed: bool,
+    /// Header flags to commit with.
+    flags: u32,
 }
 
 impl ImageWriter {
@@ -114,6 +116,7 @@ impl ImageWriter {
             next_page_file: 0,
             created: Vec::new(),
             committed: false,
+            flags: 0,
         })
     }
 
@@ -138,6 +141,49 @@ impl ImageWriter {
     /// The image directory.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Sets header flags (such as [`FLAG_SCATTERED_PAGES`](crate::FLAG_SCATTERED_PAGES))
+    /// for the commit: features a reader must know to read the image.
+    pub fn add_flags(&mut self, flags: u32) {
+        self.flags |= flags;
+    }
+
+    /// How many page files this writer has created so far: a mark for
+    /// [`discard_since`](Self::discard_since).
+    pub fn mark(&self) -> usize {
+        self.created.len()
+    }
+
+    /// Removes the page files created after `mark` (work given up before the
+    /// commit); their names are not reused.
+    pub fn discard_since(&mut self, mark: usize) -> Result<(), ImageError> {
+        while self.created.len() > mark {
+            let name = self.created[self.created.len() - 1].clone();
+            self.discard(&name)?;
+        }
+        Ok(())
+    }
+
+    /// Removes page file `name`, created by this writer and not to be
+    /// committed.
+    pub fn discard(&mut self, name: &str) -> Result<(), ImageError> {
+        if let Some(i) = self.created.iter().position(|n| n == name) {
+            self.created.remove(i);
+            let path = self.dir.join(name);
+            match fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(source) => {
+                    return Err(ImageError::Modify {
+                        action: "remove",
+                        path,
+                        source,
+                    })
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Creates the next page file, `pages-<n>.img` with n = 0, 1, 2, ..., mode 0600.
@@ -242,7 +288,7 @@ impl ImageWriter {
                 max: MAX_METADATA_BYTES,
             });
         }
-        let bytes = manifest::frame(FORMAT_MAJOR, FORMAT_MINOR, &payload);
+        let bytes = manifest::frame(FORMAT_MAJOR, FORMAT_MINOR, self.flags, &payload);
 
         let temp_path = self.dir.join(TEMP_MANIFEST_NAME);
         write_new_file(&temp_path, &bytes, self.sync)?;

@@ -196,6 +196,8 @@ pub struct Status {
     /// Signals with a handler (SigCgt) and ignored ones (SigIgn), bit n-1 for signal n.
     pub sig_cgt: u64,
     pub sig_ign: u64,
+    /// Resident private anonymous memory (RssAnon), bytes.
+    pub rss_anon: u64,
 }
 
 pub fn parse_status(text: &str, path: &str) -> Result<Status> {
@@ -235,6 +237,13 @@ pub fn parse_status(text: &str, path: &str) -> Result<Status> {
             }
             "SigIgn" => {
                 st.sig_ign = u64::from_str_radix(v, 16).map_err(|_| bad(path, "bad SigIgn"))?
+            }
+            "RssAnon" => {
+                st.rss_anon = v
+                    .trim_end_matches("kB")
+                    .trim()
+                    .parse::<u64>()
+                    .map_or(0, |kb| kb * 1024)
             }
             _ => {}
         }

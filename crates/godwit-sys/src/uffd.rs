@@ -18,6 +18,10 @@ pub const FEATURE_PAGEFAULT_FLAG_WP: u64 = 1 << 0;
 pub const FEATURE_EVENT_REMAP: u64 = 1 << 2;
 pub const FEATURE_EVENT_REMOVE: u64 = 1 << 3;
 pub const FEATURE_EVENT_UNMAP: u64 = 1 << 6;
+/// Write faults on protected pages are resolved by the kernel itself (the
+/// page just loses its protection, which PAGEMAP_SCAN then reports as
+/// written): dirty tracking with no handler and no stalls.
+pub const FEATURE_WP_ASYNC: u64 = 1 << 15;
 pub const REGISTER_MODE_MISSING: u64 = 1;
 pub const REGISTER_MODE_WP: u64 = 2;
 

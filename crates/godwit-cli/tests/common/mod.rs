@@ -202,6 +202,11 @@ impl Proc {
 
     /// Starts a tests/progs program with the test directory as its argument.
     pub fn test_prog(name: &str) -> Proc {
+        Self::test_prog_with(name, &[])
+    }
+
+    /// [`test_prog`](Self::test_prog) with arguments after the directory.
+    pub fn test_prog_with(name: &str, extra: &[&str]) -> Proc {
         let dir = tempfile::Builder::new()
             .prefix("godwit-e2e")
             .tempdir()
@@ -214,7 +219,9 @@ impl Proc {
         .unwrap();
         let d = dir.path().to_str().unwrap().to_string();
         let prog = progs().join(name);
-        let mut p = Self::spawn_in(dir, prog.to_str().unwrap(), &[&d]);
+        let mut args = vec![d.as_str()];
+        args.extend_from_slice(extra);
+        let mut p = Self::spawn_in(dir, prog.to_str().unwrap(), &args);
         let ready = p.path("ready");
         let pid = p.pid;
         wait_for(

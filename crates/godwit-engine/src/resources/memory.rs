@@ -16,14 +16,14 @@ use godwit_image::PageFileWriter;
 use godwit_sys::mem::{self, pm, Pagemap, ProcMem, Range};
 use godwit_sys::proc::MapEntry;
 use godwit_sys::uffd::{self, Uffd};
-use godwit_sys::{process, PAGE_SIZE};
+use godwit_sys::PAGE_SIZE;
 use std::collections::HashMap;
 use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
 
 /// Bytes read from the process per batch while dumping.
 const BATCH: usize = 1 << 20;
 
-fn kind_of(pid: i32, e: &MapEntry) -> Result<VmaKind> {
+pub(crate) fn kind_of(pid: i32, e: &MapEntry) -> Result<VmaKind> {
     let name = e.name.as_str();
     if e.has_flag("ht") {
         return Err(EngineError::Unsupported {
@@ -112,6 +112,11 @@ fn wanted(kind: VmaKind, entry: u64) -> bool {
 /// smaps (for the VmFlags) and the page map each walk the page tables (about
 /// 10 ms per GiB each), so they are read by two threads.
 pub fn survey(pid: i32, maps: &[MapEntry]) -> Result<Vec<Vma>> {
+    survey_entries(pid, maps).map(|(_, vmas)| vmas)
+}
+
+/// [`survey`], also returning the smaps entries the plan was made from.
+pub fn survey_entries(pid: i32, maps: &[MapEntry]) -> Result<(Vec<MapEntry>, Vec<Vma>)> {
     let (smaps, prefetched) = std::thread::scope(|s| {
         let prefetched = s.spawn(|| prefetch_pagemap(pid, maps));
         let smaps = godwit_sys::proc::smaps(pid);
@@ -119,7 +124,8 @@ pub fn survey(pid: i32, maps: &[MapEntry]) -> Result<Vec<Vma>> {
     });
     let smaps = smaps.dumping(pid, "reading the memory map")?;
     let prefetched = prefetched.unwrap_or_else(|_| Ok(Default::default()))?;
-    plan(pid, &smaps, prefetched)
+    let vmas = plan(pid, &smaps, prefetched)?;
+    Ok((smaps, vmas))
 }
 
 /// Page map entries read ahead, by VMA start (see [`prefetch_pagemap`]).
@@ -247,16 +253,23 @@ pub fn shmem_id_of(st_dev: u64, ino: u64) -> u64 {
 /// Reads every shmem object and SysV segment of a frozen tree once, from its
 /// first holder (through /proc/PID/map_files or /proc/PID/fd, skipping
 /// holes), into `Process::shmem` and `Process::sysv_shm` with page-file
-/// offsets after that process's page runs. Returns the data, per process,
-/// in the order it must be appended to the page file.
-pub fn collect_shmem(procs: &mut [crate::schema::Process]) -> Result<Vec<Vec<Vec<u8>>>> {
+/// offsets from `bases[i]` on for process i (the end of its page runs).
+/// Returns the data, per process, in the order it must be appended to the
+/// page file.
+pub fn collect_shmem(
+    procs: &mut [crate::schema::Process],
+    bases: &[u64],
+) -> Result<Vec<Vec<Vec<u8>>>> {
     let mut seen = std::collections::HashSet::new();
     let mut seen_sysv = std::collections::HashSet::new();
     let mut table = None;
     let mut out = Vec::with_capacity(procs.len());
-    for p in procs.iter_mut() {
+    for (i, p) in procs.iter_mut().enumerate() {
         let pid = p.pid;
-        let mut offset = planned_bytes(&p.vmas);
+        let mut offset = bases
+            .get(i)
+            .copied()
+            .unwrap_or_else(|| planned_bytes(&p.vmas));
         let mut datas = Vec::new();
         // Shmem objects: mapped shared, or open as memfds.
         let sources: Vec<(u64, String, u64)> = p
@@ -701,6 +714,42 @@ pub fn write_pages(
             });
         }
     }
+    write_pieces(pid, pieces, writer, progress, snapshot, extra, 0)
+}
+
+/// Copies `ranges` of the process (each readable or not), in this order,
+/// then `extra`, into new page files whose bytes are page offsets `base`
+/// onwards.
+pub(crate) fn write_ranges(
+    pid: i32,
+    ranges: &[(Range, bool)],
+    writer: &mut godwit_image::ImageWriter,
+    progress: &dyn Progress,
+    extra: &[Vec<u8>],
+    base: u64,
+) -> Result<Vec<(godwit_image::PageFileInfo, PageSpan)>> {
+    let pieces = ranges
+        .iter()
+        .map(|(r, readable)| Piece {
+            addr: r.addr,
+            len: r.len,
+            readable: *readable,
+            run: r.addr,
+            in_run: 0,
+        })
+        .collect();
+    write_pieces(pid, pieces, writer, progress, None, extra, base)
+}
+
+fn write_pieces(
+    pid: i32,
+    pieces: Vec<Piece>,
+    writer: &mut godwit_image::ImageWriter,
+    progress: &dyn Progress,
+    snapshot: Option<&Snapshot>,
+    extra: &[Vec<u8>],
+    base: u64,
+) -> Result<Vec<(godwit_image::PageFileInfo, PageSpan)>> {
     let parts = split_even(pieces, WRITERS as usize);
     let mut files = Vec::with_capacity(parts.len());
     for _ in &parts {
@@ -733,7 +782,7 @@ pub fn write_pages(
             .collect()
     });
     let mut out = Vec::with_capacity(results.len());
-    let mut start = 0;
+    let mut start = base;
     for r in results {
         let (info, len) = r?;
         out.push((
@@ -1071,25 +1120,18 @@ struct Batch {
     ranges: Vec<Range>,
 }
 
-/// Cuts the page runs (stored back to back in address order) into batches
-/// of contiguous bytes of one page file.
+/// Cuts the page runs into batches of contiguous bytes of one page file.
+/// Runs are usually stored back to back in address order; after a pre-copy
+/// (crate::precopy) a run may lie anywhere in the stream.
 fn batches(vmas: &[Vma], pages: &Pages) -> Result<Vec<Batch>> {
     let file_len = pages.total();
     let mut out: Vec<Batch> = Vec::new();
-    let mut expect = None;
     for run in vmas.iter().flat_map(|v| &v.pages) {
-        if expect.is_some_and(|e| e != run.offset) {
-            return Err(EngineError::BadImage(format!(
-                "page runs are not stored back to back (offset {:#x})",
-                run.offset
-            )));
-        }
         let len = run.nr_pages * PAGE_SIZE;
-        expect = Some(run.offset + len);
-        if run.offset + len > file_len {
+        if run.offset.checked_add(len).is_none_or(|end| end > file_len) {
             return Err(EngineError::BadImage(format!(
                 "page file too short: needs bytes up to {}, has {file_len}",
-                run.offset + len
+                run.offset.saturating_add(len)
             )));
         }
         let mut done = 0;
@@ -1161,12 +1203,12 @@ impl FillUffd {
             return Ok(None);
         }
         let stage = "opening a userfaultfd for the fill";
-        let tfd = match r.call(
-            "userfaultfd",
-            libc::SYS_userfaultfd,
-            [libc::O_CLOEXEC as u64, 0, 0, 0, 0, 0],
-        ) {
-            Ok(fd) => fd,
+        let fd = match r.take_userfaultfd(libc::O_CLOEXEC as u64) {
+            Ok(Some(fd)) => fd,
+            Ok(None) => {
+                tracing::debug!(pid, "no userfaultfd for the fill; writing pages instead");
+                return Ok(None);
+            }
             Err(e) => {
                 tracing::debug!(
                     pid,
@@ -1175,12 +1217,7 @@ impl FillUffd {
                 return Ok(None);
             }
         };
-        let ours = process::pidfd_open(pid)
-            .and_then(|p| process::pidfd_getfd(&p, tfd as i32))
-            .restoring(pid, stage);
-        r.call("close", libc::SYS_close, [tfd, 0, 0, 0, 0, 0])
-            .restoring(pid, stage)?;
-        let uffd = Uffd::new(ours?, 0).restoring(pid, stage)?;
+        let uffd = Uffd::new(fd, 0).restoring(pid, stage)?;
         let mut registered = Vec::new();
         for v in wanted {
             let len = v.end - v.start;
@@ -1352,10 +1389,19 @@ mod tests {
             batches(&vmas, &Pages::new(vec![(0, &file[..100])])).is_err(),
             "short page file"
         );
-        let gap = vec![vma(vec![run(0x10000, 1, 0), run(0x20000, 1, 8192)])];
+        // Runs anywhere in the stream (after a pre-copy): a batch per
+        // stretch of contiguous bytes.
+        let scattered = vec![vma(vec![run(0x10000, 1, 8192), run(0x20000, 1, 0)])];
+        let b = batches(&scattered, &Pages::new(vec![(0, &file[..])])).unwrap();
+        assert_eq!(
+            b.iter().map(|x| (x.start, x.end)).collect::<Vec<_>>(),
+            vec![(8192, 12288), (0, 4096)]
+        );
+        assert_eq!(b[1].ranges[0].addr, 0x20000);
+        let beyond = vec![vma(vec![run(0x10000, 1, 5003 * 4096)])];
         assert!(
-            batches(&gap, &Pages::new(vec![(0, &file[..])])).is_err(),
-            "runs not back to back"
+            batches(&beyond, &Pages::new(vec![(0, &file[..])])).is_err(),
+            "a run past the end"
         );
         // Two page files: no batch crosses from one to the other.
         let two = Pages::new(vec![(0, &file[..8192]), (8192, &file[8192..])]);

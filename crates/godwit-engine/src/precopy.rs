@@ -1,0 +1,599 @@
+//! Pre-copy for `dump --leave-running`: a process's memory is copied while
+//! it runs, and only what it wrote meanwhile is copied while it is frozen,
+//! so the time it is stopped no longer grows with its memory.
+//!
+//! 1. A short stop, nothing collected: a userfaultfd is opened in each
+//!    process of the tree that holds more than a few MiB.
+//! 2. While it runs: survey its memory (smaps, page map), register its
+//!    private anonymous VMAs for write protection in *async* mode
+//!    (UFFD_FEATURE_WP_ASYNC: a write only lifts the page's protection; no
+//!    handler, no stall), protect the present pages, copy them into page
+//!    files. Then a few rounds: PAGEMAP_SCAN lists the pages written since
+//!    and protects them again in the same walk, and they are copied again.
+//! 3. At the freeze ([`Tracker::plan_frozen`], instead of smaps and the page
+//!    map): one PAGEMAP_SCAN per private anonymous VMA gives its present
+//!    pages and which of them were written since their last copy. Runs of
+//!    pages unchanged since point at that copy; the rest (written since,
+//!    new, or in memory that is not tracked) is copied now. VmFlags are the
+//!    surveyed ones if no VMA changed since (else smaps is read again).
+//! 4. After the release, the protection is lifted ([`Tracker::finish`]).
+//!
+//! A page is taken from an earlier copy only when the scan says it is not
+//! written, i.e. still protected since that copy was made after protecting
+//! it. Every way its contents could change lifts the protection or removes
+//! the page: a write (also by another process or the kernel on its behalf,
+//! through a write fault), MADV_DONTNEED (anonymous memory loses the page
+//! and its protection), mremap (moved pages lose the protection when the
+//! userfaultfd has no remap events), a new mapping (never protected). Not
+//! covered: a device writing into memory pinned before the dump (RDMA,
+//! io_uring fixed buffers) without a fault.
+//!
+//! The runs of such an image do not lie back to back in the page stream,
+//! and the stream holds copies no run points to any more: the image carries
+//! [`godwit_image::FLAG_SCATTERED_PAGES`].
+
+use crate::error::{DumpCtx, Result};
+use crate::freeze::{freeze_tree, release_all, Frozen, Member};
+use crate::resources::memory;
+use crate::schema::{PageRun, PageSpan, Vma, VmaKind};
+use crate::snapshot::{cow_able, write_protect_all, EAGER_LIMIT};
+use crate::Progress;
+use godwit_image::{ImageWriter, PageFileInfo};
+use godwit_sys::mem::{pm, scan, Pagemap, Range, ScanQuery};
+use godwit_sys::proc::{self, MapEntry};
+use godwit_sys::uffd::{self, Uffd};
+use godwit_sys::PAGE_SIZE;
+use std::collections::{BTreeMap, HashMap};
+use std::os::fd::OwnedFd;
+use std::time::{Duration, Instant};
+
+/// Rounds of copying again what was written during the previous copy, at
+/// most; they stop sooner when little was written or it stopped shrinking.
+const MAX_ROUNDS: usize = 4;
+/// Written bytes small enough to copy while frozen: no further round.
+const SMALL_ENOUGH: u64 = 2 << 20;
+/// More written during the last round than this: the pre-copy is given up
+/// (see [`Tracker::start`]).
+const NOT_CONVERGED: u64 = 16 << 20;
+
+/// Where the latest copy of each page lies in the page stream: disjoint
+/// intervals, start → (end, stream offset of start).
+#[derive(Debug, Default)]
+struct Copies(BTreeMap<u64, (u64, u64)>);
+
+impl Copies {
+    /// Records that `[start, end)` was copied to `offset` onwards,
+    /// replacing what was recorded there before.
+    fn insert(&mut self, start: u64, end: u64, offset: u64) {
+        if let Some((&ks, &(ke, ko))) = self.0.range(..start).next_back() {
+            if ke > start {
+                self.0.insert(ks, (start, ko));
+                if ke > end {
+                    self.0.insert(end, (ke, ko + (end - ks)));
+                }
+            }
+        }
+        let inside: Vec<u64> = self.0.range(start..end).map(|(k, _)| *k).collect();
+        for k in inside {
+            if let Some((ke, ko)) = self.0.remove(&k) {
+                if ke > end {
+                    self.0.insert(end, (ke, ko + (end - k)));
+                }
+            }
+        }
+        self.0.insert(start, (end, offset));
+    }
+
+    /// The copy holding `addr`: (end of that interval, offset of `addr`).
+    fn at(&self, addr: u64) -> Option<(u64, u64)> {
+        let (&s, &(e, o)) = self.0.range(..=addr).next_back()?;
+        (e > addr).then_some((e, o + (addr - s)))
+    }
+
+    /// Start of the first copy after `addr`.
+    fn next_after(&self, addr: u64) -> Option<u64> {
+        use std::ops::Bound::{Excluded, Unbounded};
+        self.0
+            .range((Excluded(addr), Unbounded))
+            .next()
+            .map(|(k, _)| *k)
+    }
+}
+
+/// Sorted, disjoint ranges written since their last copy.
+struct Written(Vec<Range>);
+
+impl Written {
+    /// End of the written range holding `addr`, if one does.
+    fn at(&self, addr: u64) -> Option<u64> {
+        let i = self.0.partition_point(|r| r.addr + r.len <= addr);
+        self.0
+            .get(i)
+            .filter(|r| r.addr <= addr)
+            .map(|r| r.addr + r.len)
+    }
+
+    /// Start of the first written range after `addr`.
+    fn next_after(&self, addr: u64) -> Option<u64> {
+        let i = self.0.partition_point(|r| r.addr <= addr);
+        self.0.get(i).map(|r| r.addr)
+    }
+}
+
+/// The memory plan of a frozen, pre-copied process.
+pub struct FrozenPlan {
+    pub vmas: Vec<Vma>,
+    /// Ranges to copy now (and whether readable), in page-stream order from
+    /// `copy_from` on.
+    pub to_copy: Vec<(Range, bool)>,
+    /// Where in the page stream they go: the end of the pre-copy.
+    pub copy_from: u64,
+    /// End of the page stream once they are copied.
+    pub end: u64,
+}
+
+/// One process being pre-copied.
+pub struct Tracker {
+    pub pid: i32,
+    uffd: Uffd,
+    registered: Vec<Range>,
+    copies: Copies,
+    /// The smaps entries of the survey (for their VmFlags).
+    surveyed: Vec<MapEntry>,
+    files: Vec<(PageFileInfo, PageSpan)>,
+    /// End of the page stream written so far.
+    end: u64,
+    /// Rounds after the first copy.
+    pub rounds: usize,
+}
+
+/// The trackers of a tree, by PID, and how long the short stop took.
+pub struct Precopy {
+    pub trackers: HashMap<i32, Tracker>,
+    pub stopped: Duration,
+}
+
+/// Pre-copies every process of the tree at `root` that holds more than
+/// [`EAGER_LIMIT`] of private memory. A process that cannot be pre-copied
+/// (no userfaultfd, memory going away during the copy) is left out, its
+/// page files discarded: the dump then copies it from the freeze on.
+pub fn run(root: i32, writer: &mut ImageWriter, progress: &dyn Progress) -> Result<Precopy> {
+    let t = Instant::now();
+    let members = freeze_tree(root, None)?;
+    let mut fds = Vec::new();
+    for m in &members {
+        let Member::Live(f) = m else { continue };
+        let big = proc::status(f.pid).is_ok_and(|s| s.rss_anon > EAGER_LIMIT);
+        if !big {
+            continue;
+        }
+        match open_uffd(f) {
+            Ok(Some(fd)) => fds.push((f.pid, fd)),
+            Ok(None) => tracing::info!(pid = f.pid, "no userfaultfd: no pre-copy"),
+            Err(e) => tracing::info!(pid = f.pid, "no pre-copy: {e}"),
+        }
+    }
+    release_all(members)?;
+    let stopped = t.elapsed();
+    let mut trackers = HashMap::new();
+    for (pid, fd) in fds {
+        let mark = writer.mark();
+        match Tracker::start(pid, fd, writer, progress) {
+            Ok(Some(t)) => {
+                trackers.insert(pid, t);
+            }
+            Ok(None) => writer.discard_since(mark)?,
+            Err(e) => {
+                tracing::info!(
+                    pid,
+                    "pre-copy given up, the memory is copied from the freeze on: {e}"
+                );
+                writer.discard_since(mark)?;
+            }
+        }
+    }
+    Ok(Precopy { trackers, stopped })
+}
+
+/// Opens a userfaultfd in frozen process `f` (see Remote::take_userfaultfd).
+fn open_uffd(f: &Frozen) -> Result<Option<OwnedFd>> {
+    let (_, r) = crate::dump::injector(f)?;
+    r.take_userfaultfd((libc::O_CLOEXEC | libc::O_NONBLOCK) as u64)
+        .dumping(f.pid, "opening a userfaultfd")
+}
+
+fn sum(ranges: &[Range]) -> u64 {
+    ranges.iter().map(|r| r.len).sum()
+}
+
+impl Tracker {
+    /// Protects and copies the memory of running process `pid`, then copies
+    /// again what it wrote meanwhile, a few rounds. `None` when it holds too
+    /// little memory to be worth it, or writes so fast that the rounds do
+    /// not converge.
+    fn start(
+        pid: i32,
+        fd: OwnedFd,
+        writer: &mut ImageWriter,
+        progress: &dyn Progress,
+    ) -> Result<Option<Tracker>> {
+        let stage = "pre-copying memory";
+        let t = Instant::now();
+        let uffd = Uffd::new(fd, uffd::FEATURE_WP_ASYNC).dumping(pid, stage)?;
+        let maps = proc::maps(pid).dumping(pid, "reading the memory map")?;
+        let (surveyed, vmas) = memory::survey_entries(pid, &maps)?;
+        if memory::planned_bytes(&vmas) <= EAGER_LIMIT {
+            return Ok(None);
+        }
+        let mut registered = Vec::new();
+        let mut protect = Vec::new();
+        for v in vmas.iter().filter(|v| cow_able(v)) {
+            let len = v.end - v.start;
+            if uffd.register(v.start, len, uffd::REGISTER_MODE_WP).is_ok() {
+                registered.push(Range { addr: v.start, len });
+                protect.extend(v.pages.iter().map(|r| Range {
+                    addr: r.addr,
+                    len: r.nr_pages * PAGE_SIZE,
+                }));
+            }
+        }
+        write_protect_all(&uffd, &protect).dumping(pid, stage)?;
+        let mut tracker = Tracker {
+            pid,
+            uffd,
+            registered,
+            copies: Copies::default(),
+            surveyed,
+            files: Vec::new(),
+            end: 0,
+            rounds: 0,
+        };
+        progress.stage("pre-copying memory", sum(&protect));
+        tracker.copy(&protect, writer, progress)?;
+        let first = t.elapsed();
+        let pagemap = Pagemap::open(pid).dumping(pid, stage)?;
+        let mut last = u64::MAX;
+        for _ in 0..MAX_ROUNDS {
+            // The scan protects what it reports again: that must be copied
+            // whatever happens next, or its changes would be lost.
+            let written = tracker.scan_written(&pagemap)?;
+            let bytes = sum(&written);
+            if bytes == 0 {
+                last = 0;
+                break;
+            }
+            tracker.copy(&written, writer, progress)?;
+            tracker.rounds += 1;
+            let shrinking = bytes * 2 <= last;
+            last = bytes;
+            if bytes <= SMALL_ENOUGH || !shrinking {
+                break;
+            }
+        }
+        if last > NOT_CONVERGED {
+            // It writes faster than it can be copied: what it writes until
+            // the freeze would be copied while frozen. A copy-on-write
+            // snapshot at the freeze bounds that better.
+            tracing::debug!(
+                pid,
+                written = last,
+                "pre-copy does not converge; a snapshot at the freeze instead"
+            );
+            return Ok(None);
+        }
+        tracing::debug!(
+            pid,
+            first_ms = first.as_secs_f64() * 1e3,
+            ms = t.elapsed().as_secs_f64() * 1e3,
+            rounds = tracker.rounds,
+            bytes = tracker.end,
+            "pre-copied"
+        );
+        Ok(Some(tracker))
+    }
+
+    /// Pages of the tracked VMAs written since they were last protected,
+    /// protected again in the same walk.
+    fn scan_written(&self, pagemap: &Pagemap) -> Result<Vec<Range>> {
+        let q = ScanQuery {
+            flags: scan::WP_MATCHING,
+            all_of: scan::WRITTEN,
+            any_of: scan::PRESENT | scan::SWAPPED,
+            report: scan::WRITTEN,
+        };
+        let mut regions = Vec::new();
+        for r in &self.registered {
+            pagemap
+                .scan(r.addr, r.addr + r.len, &q, &mut regions)
+                .dumping(self.pid, "finding written pages")?;
+        }
+        Ok(regions
+            .iter()
+            .map(|g| Range {
+                addr: g.start,
+                len: g.end - g.start,
+            })
+            .collect())
+    }
+
+    /// Copies `ranges` (of the running process) to the end of the stream.
+    fn copy(
+        &mut self,
+        ranges: &[Range],
+        writer: &mut ImageWriter,
+        progress: &dyn Progress,
+    ) -> Result<()> {
+        let with: Vec<(Range, bool)> = ranges.iter().map(|r| (*r, true)).collect();
+        let files = memory::write_ranges(self.pid, &with, writer, progress, &[], self.end)?;
+        for r in ranges {
+            self.copies.insert(r.addr, r.addr + r.len, self.end);
+            self.end += r.len;
+        }
+        self.files.extend(files);
+        Ok(())
+    }
+
+    /// The memory plan of the process, now frozen (its VMAs are `maps`):
+    /// runs unchanged since their last copy point at it; the rest is listed
+    /// in `to_copy`.
+    pub fn plan_frozen(&self, maps: &[MapEntry]) -> Result<FrozenPlan> {
+        let pid = self.pid;
+        let t = Instant::now();
+        let entries = self.with_flags(maps)?;
+        let pagemap = Pagemap::open(pid).dumping(pid, "opening the page map")?;
+        let q = ScanQuery {
+            flags: 0,
+            all_of: 0,
+            any_of: scan::PRESENT | scan::SWAPPED,
+            report: scan::PRESENT | scan::SWAPPED | scan::WRITTEN,
+        };
+        let mut prefetched = memory::Prefetched::new();
+        let mut written = Vec::new();
+        let mut regions = Vec::new();
+        for e in entries.iter().filter(|e| is_anon_private(pid, e)) {
+            regions.clear();
+            pagemap
+                .scan(e.start, e.end, &q, &mut regions)
+                .dumping(pid, "scanning the page map")?;
+            let mut pages = vec![0u64; (e.len() / PAGE_SIZE) as usize];
+            for g in &regions {
+                let bits = if g.categories & scan::PRESENT != 0 {
+                    pm::PRESENT
+                } else {
+                    pm::SWAPPED
+                };
+                let (a, b) = (
+                    (g.start - e.start) / PAGE_SIZE,
+                    (g.end - e.start) / PAGE_SIZE,
+                );
+                pages[a as usize..b as usize].fill(bits);
+                if g.categories & scan::WRITTEN != 0 {
+                    written.push(Range {
+                        addr: g.start,
+                        len: g.end - g.start,
+                    });
+                }
+            }
+            prefetched.insert(e.start, pages);
+        }
+        let mut vmas = memory::plan(pid, &entries, prefetched)?;
+        let written = Written(written);
+        let mut to_copy = Vec::new();
+        let mut next = self.end;
+        for v in &mut vmas {
+            let scanned = matches!(
+                VmaKind::try_from(v.kind),
+                Ok(VmaKind::AnonPrivate | VmaKind::Heap | VmaKind::Stack)
+            );
+            let readable = v.prot & libc::PROT_READ as u32 != 0;
+            let runs = std::mem::take(&mut v.pages);
+            for run in runs {
+                let end = run.addr + run.nr_pages * PAGE_SIZE;
+                let mut at = run.addr;
+                while at < end {
+                    let (to, offset) = match clean_from(&self.copies, &written, scanned, at, end) {
+                        Some(clean) => clean,
+                        None => {
+                            let to = dirty_until(&self.copies, &written, scanned, at, end);
+                            to_copy.push((
+                                Range {
+                                    addr: at,
+                                    len: to - at,
+                                },
+                                readable,
+                            ));
+                            let offset = next;
+                            next += to - at;
+                            (to, offset)
+                        }
+                    };
+                    push_run(&mut v.pages, at, to, offset);
+                    at = to;
+                }
+            }
+        }
+        for v in vmas.iter().filter(|v| v.end - v.start > 32 << 20) {
+            tracing::trace!(pid, start = v.start, runs = ?v.pages.iter().map(|r| ((r.addr - v.start) / PAGE_SIZE, r.nr_pages, r.offset / PAGE_SIZE)).collect::<Vec<_>>(), written = ?written.0.iter().filter(|w| w.addr >= v.start && w.addr < v.end).map(|w| ((w.addr - v.start) / PAGE_SIZE, w.len / PAGE_SIZE)).collect::<Vec<_>>(), copies = ?self.copies.0.range(v.start..v.end).map(|(k, (e, o))| ((k - v.start) / PAGE_SIZE, (e - k) / PAGE_SIZE, o / PAGE_SIZE)).collect::<Vec<_>>(), "big VMA");
+        }
+        tracing::debug!(
+            pid,
+            ms = t.elapsed().as_secs_f64() * 1e3,
+            to_copy = sum(&to_copy.iter().map(|x| x.0).collect::<Vec<_>>()),
+            "planned from the pre-copy"
+        );
+        Ok(FrozenPlan {
+            vmas,
+            to_copy,
+            copy_from: self.end,
+            end: next,
+        })
+    }
+
+    /// `maps` with the surveyed VmFlags, if every VMA is as surveyed; else
+    /// smaps, read now.
+    fn with_flags(&self, maps: &[MapEntry]) -> Result<Vec<MapEntry>> {
+        let by_start: HashMap<u64, &MapEntry> =
+            self.surveyed.iter().map(|e| (e.start, e)).collect();
+        let same = |a: &MapEntry, b: &MapEntry| {
+            (
+                a.end, a.read, a.write, a.exec, a.shared, a.offset, a.inode, &a.name,
+            ) == (
+                b.end, b.read, b.write, b.exec, b.shared, b.offset, b.inode, &b.name,
+            )
+        };
+        let mut out = Vec::with_capacity(maps.len());
+        for e in maps {
+            match by_start.get(&e.start) {
+                Some(s) if same(s, e) => out.push(MapEntry {
+                    vm_flags: s.vm_flags.clone(),
+                    ..e.clone()
+                }),
+                _ => {
+                    tracing::debug!(
+                        pid = self.pid,
+                        start = e.start,
+                        "the memory map changed since the pre-copy; reading smaps"
+                    );
+                    return proc::smaps(self.pid).dumping(self.pid, "reading the memory map");
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The page files written, in stream order. Lifts the protection (the
+    /// process may be running): unregistering walks the page tables once more.
+    pub fn finish(self) -> Vec<(PageFileInfo, PageSpan)> {
+        for r in &self.registered {
+            if let Err(e) = self.uffd.unregister(r.addr, r.len) {
+                // Gone or changed since; closing the descriptor lifts the rest.
+                tracing::debug!(pid = self.pid, addr = r.addr, "unregistering: {e}");
+            }
+        }
+        self.files
+    }
+}
+
+/// If the page at `at` is unchanged since its last copy: the end of the
+/// stretch of such pages from `at` (at most `end`) and where its copy is.
+/// Pages of memory that is not `scanned` never are.
+fn clean_from(
+    copies: &Copies,
+    written: &Written,
+    scanned: bool,
+    at: u64,
+    end: u64,
+) -> Option<(u64, u64)> {
+    if !scanned || written.at(at).is_some() {
+        return None;
+    }
+    let (copy_end, offset) = copies.at(at)?;
+    let to = end
+        .min(copy_end)
+        .min(written.next_after(at).unwrap_or(u64::MAX));
+    Some((to, offset))
+}
+
+/// The end of the stretch from `at` (at most `end`) of pages that must be
+/// copied now.
+fn dirty_until(copies: &Copies, written: &Written, scanned: bool, at: u64, end: u64) -> u64 {
+    if !scanned {
+        return end;
+    }
+    let mut cur = at;
+    while cur < end && clean_from(copies, written, scanned, cur, end).is_none() {
+        cur = match written.at(cur) {
+            Some(w_end) => w_end,
+            None => copies.next_after(cur).unwrap_or(end),
+        }
+        .min(end);
+    }
+    cur
+}
+
+/// Appends run `[from, to)` at `offset`, merged into the last run if it
+/// continues it both in memory and in the stream.
+fn push_run(runs: &mut Vec<PageRun>, from: u64, to: u64, offset: u64) {
+    if let Some(last) = runs.last_mut() {
+        if last.addr + last.nr_pages * PAGE_SIZE == from
+            && last.offset + last.nr_pages * PAGE_SIZE == offset
+        {
+            last.nr_pages += (to - from) / PAGE_SIZE;
+            return;
+        }
+    }
+    runs.push(PageRun {
+        addr: from,
+        nr_pages: (to - from) / PAGE_SIZE,
+        offset,
+    });
+}
+
+fn is_anon_private(pid: i32, e: &MapEntry) -> bool {
+    matches!(
+        memory::kind_of(pid, e),
+        Ok(VmaKind::AnonPrivate | VmaKind::Heap | VmaKind::Stack)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const P: u64 = PAGE_SIZE;
+
+    #[test]
+    fn later_copies_replace_earlier_ones() {
+        let mut c = Copies::default();
+        c.insert(0, 10 * P, 0);
+        c.insert(3 * P, 5 * P, 100 * P);
+        assert_eq!(c.at(0), Some((3 * P, 0)));
+        assert_eq!(c.at(4 * P), Some((5 * P, 101 * P)));
+        assert_eq!(c.at(5 * P), Some((10 * P, 5 * P)));
+        assert_eq!(c.at(9 * P), Some((10 * P, 9 * P)));
+        assert_eq!(c.at(10 * P), None);
+        c.insert(2 * P, 12 * P, 200 * P);
+        assert_eq!(c.at(P), Some((2 * P, P)));
+        assert_eq!(c.at(11 * P), Some((12 * P, 209 * P)));
+        assert_eq!(c.0.len(), 2);
+        assert_eq!(c.next_after(0), Some(2 * P));
+        assert_eq!(c.next_after(2 * P), None);
+    }
+
+    #[test]
+    fn runs_split_into_copied_and_to_copy() {
+        // Pages 0..8 copied at 0; page 3 written since; pages 8..10 never copied.
+        let mut copies = Copies::default();
+        copies.insert(0, 8 * P, 0);
+        let c = &copies;
+        let w = &Written(vec![Range {
+            addr: 3 * P,
+            len: P,
+        }]);
+        assert_eq!(clean_from(c, w, true, 0, 10 * P), Some((3 * P, 0)));
+        assert_eq!(clean_from(c, w, true, 3 * P, 10 * P), None);
+        assert_eq!(dirty_until(c, w, true, 3 * P, 10 * P), 4 * P);
+        assert_eq!(clean_from(c, w, true, 4 * P, 10 * P), Some((8 * P, 4 * P)));
+        assert_eq!(dirty_until(c, w, true, 8 * P, 10 * P), 10 * P);
+        // A run ending inside a copy stops there.
+        assert_eq!(clean_from(c, w, true, 5 * P, 6 * P), Some((6 * P, 5 * P)));
+        // Written pages next to a page never copied: one stretch to copy.
+        let w2 = &Written(vec![Range {
+            addr: 6 * P,
+            len: 2 * P,
+        }]);
+        assert_eq!(dirty_until(c, w2, true, 6 * P, 10 * P), 10 * P);
+        // Not scanned (memory that is not tracked): everything is copied now.
+        assert_eq!(clean_from(c, w, false, 0, 10 * P), None);
+        assert_eq!(dirty_until(c, w, false, 0, 10 * P), 10 * P);
+        let mut runs = Vec::new();
+        push_run(&mut runs, 0, 3 * P, 0);
+        push_run(&mut runs, 3 * P, 4 * P, 8 * P);
+        push_run(&mut runs, 4 * P, 8 * P, 4 * P);
+        push_run(&mut runs, 8 * P, 10 * P, 9 * P);
+        assert_eq!(runs.len(), 4);
+        push_run(&mut runs, 10 * P, 11 * P, 11 * P);
+        assert_eq!(runs.len(), 4, "continues the last run in memory and stream");
+        assert_eq!(runs[3].nr_pages, 3);
+    }
+}
