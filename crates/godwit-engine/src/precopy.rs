@@ -39,7 +39,7 @@ use crate::schema::{PageRun, PageSpan, Vma, VmaKind};
 use crate::snapshot::{cow_able, write_protect_all, EAGER_LIMIT};
 use crate::Progress;
 use godwit_image::{ImageWriter, PageFileInfo};
-use godwit_sys::mem::{pm, scan, Pagemap, Range, ScanQuery};
+use godwit_sys::mem::{scan, Pagemap, Range, ScanQuery};
 use godwit_sys::proc::{self, MapEntry};
 use godwit_sys::uffd::{self, Uffd};
 use godwit_sys::PAGE_SIZE;
@@ -88,6 +88,27 @@ impl Copies {
     fn at(&self, addr: u64) -> Option<(u64, u64)> {
         let (&s, &(e, o)) = self.0.range(..=addr).next_back()?;
         (e > addr).then_some((e, o + (addr - s)))
+    }
+
+    /// The copied ranges within `[start, end)`, sorted, adjacent ones merged.
+    fn within(&self, start: u64, end: u64) -> Vec<Range> {
+        let mut out: Vec<Range> = Vec::new();
+        let first = self.0.range(..start).next_back().map(|(&s, &v)| (s, v));
+        let rest = self.0.range(start..end).map(|(&s, &v)| (s, v));
+        for (s, (e, _)) in first.into_iter().chain(rest) {
+            let (a, b) = (s.max(start), e.min(end));
+            if a >= b {
+                continue;
+            }
+            match out.last_mut() {
+                Some(l) if l.addr + l.len == a => l.len += b - a,
+                _ => out.push(Range {
+                    addr: a,
+                    len: b - a,
+                }),
+            }
+        }
+        out
     }
 
     /// Start of the first copy after `addr`.
@@ -298,7 +319,8 @@ impl Tracker {
         let q = ScanQuery {
             flags: scan::WP_MATCHING,
             all_of: scan::WRITTEN,
-            any_of: scan::PRESENT | scan::SWAPPED,
+            none_of: 0,
+            any_of: 0,
             report: scan::WRITTEN,
         };
         let mut regions = Vec::new();
@@ -341,42 +363,58 @@ impl Tracker {
         let t = Instant::now();
         let entries = self.with_flags(maps)?;
         let pagemap = Pagemap::open(pid).dumping(pid, "opening the page map")?;
-        let q = ScanQuery {
+        // Two walks that report few pages, which is what makes them cheap
+        // (about 0.5 ms per GiB each, against 3.5 for listing every present
+        // page): pages written since they were last protected (or never
+        // protected: new, moved, or in memory not tracked), and pages gone
+        // (neither present nor swapped). A page present now is either
+        // written or unchanged since its last copy: every protected page was
+        // copied after it was protected.
+        let written_q = ScanQuery {
+            flags: 0,
+            all_of: scan::WRITTEN,
+            none_of: 0,
+            any_of: 0,
+            report: scan::WRITTEN,
+        };
+        let gone_q = ScanQuery {
             flags: 0,
             all_of: 0,
-            any_of: scan::PRESENT | scan::SWAPPED,
-            report: scan::PRESENT | scan::SWAPPED | scan::WRITTEN,
+            none_of: scan::PRESENT | scan::SWAPPED,
+            any_of: 0,
+            report: scan::PRESENT,
         };
         let mut prefetched = memory::Prefetched::new();
         let mut written = Vec::new();
-        let mut regions = Vec::new();
+        let mut gone = Vec::new();
+        let mut changed = Vec::new();
+        let as_ranges = |regions: &[godwit_sys::mem::PageRegion]| -> Vec<Range> {
+            regions
+                .iter()
+                .map(|g| Range {
+                    addr: g.start,
+                    len: g.end - g.start,
+                })
+                .collect()
+        };
         for e in entries.iter().filter(|e| is_anon_private(pid, e)) {
-            regions.clear();
+            gone.clear();
             pagemap
-                .scan(e.start, e.end, &q, &mut regions)
+                .scan(e.start, e.end, &gone_q, &mut gone)
                 .dumping(pid, "scanning the page map")?;
-            let mut pages = vec![0u64; (e.len() / PAGE_SIZE) as usize];
-            for g in &regions {
-                let bits = if g.categories & scan::PRESENT != 0 {
-                    pm::PRESENT
-                } else {
-                    pm::SWAPPED
-                };
-                let (a, b) = (
-                    (g.start - e.start) / PAGE_SIZE,
-                    (g.end - e.start) / PAGE_SIZE,
-                );
-                pages[a as usize..b as usize].fill(bits);
-                if g.categories & scan::WRITTEN != 0 {
-                    written.push(Range {
-                        addr: g.start,
-                        len: g.end - g.start,
-                    });
-                }
-            }
-            prefetched.insert(e.start, pages);
+            changed.clear();
+            pagemap
+                .scan(e.start, e.end, &written_q, &mut changed)
+                .dumping(pid, "scanning the page map")?;
+            let changed = as_ranges(&changed);
+            let copied = self.copies.within(e.start, e.end);
+            let present = union(&subtract(&copied, &as_ranges(&gone)), &changed);
+            written.extend_from_slice(&changed);
+            prefetched.insert(e.start, memory::Known::Present(present));
         }
+        let scanned_ms = t.elapsed().as_secs_f64() * 1e3;
         let mut vmas = memory::plan(pid, &entries, prefetched)?;
+        let planned_ms = t.elapsed().as_secs_f64() * 1e3;
         let written = Written(written);
         let mut to_copy = Vec::new();
         let mut next = self.end;
@@ -412,11 +450,10 @@ impl Tracker {
                 }
             }
         }
-        for v in vmas.iter().filter(|v| v.end - v.start > 32 << 20) {
-            tracing::trace!(pid, start = v.start, runs = ?v.pages.iter().map(|r| ((r.addr - v.start) / PAGE_SIZE, r.nr_pages, r.offset / PAGE_SIZE)).collect::<Vec<_>>(), written = ?written.0.iter().filter(|w| w.addr >= v.start && w.addr < v.end).map(|w| ((w.addr - v.start) / PAGE_SIZE, w.len / PAGE_SIZE)).collect::<Vec<_>>(), copies = ?self.copies.0.range(v.start..v.end).map(|(k, (e, o))| ((k - v.start) / PAGE_SIZE, (e - k) / PAGE_SIZE, o / PAGE_SIZE)).collect::<Vec<_>>(), "big VMA");
-        }
         tracing::debug!(
             pid,
+            scanned_ms,
+            planned_ms,
             ms = t.elapsed().as_secs_f64() * 1e3,
             to_copy = sum(&to_copy.iter().map(|x| x.0).collect::<Vec<_>>()),
             "planned from the pre-copy"
@@ -511,6 +548,59 @@ fn dirty_until(copies: &Copies, written: &Written, scanned: bool, at: u64, end: 
     cur
 }
 
+/// `a` without `b` (both sorted and disjoint).
+fn subtract(a: &[Range], b: &[Range]) -> Vec<Range> {
+    let mut out = Vec::new();
+    let mut j = 0;
+    for r in a {
+        let (mut at, end) = (r.addr, r.addr + r.len);
+        while j < b.len() && b[j].addr + b[j].len <= at {
+            j += 1;
+        }
+        let mut k = j;
+        while at < end {
+            match b.get(k) {
+                Some(x) if x.addr < end => {
+                    if x.addr > at {
+                        out.push(Range {
+                            addr: at,
+                            len: x.addr - at,
+                        });
+                    }
+                    at = at.max(x.addr + x.len);
+                    k += 1;
+                }
+                _ => {
+                    out.push(Range {
+                        addr: at,
+                        len: end - at,
+                    });
+                    at = end;
+                }
+            }
+        }
+    }
+    out
+}
+
+/// `a` and `b` together (both sorted and disjoint), sorted, overlapping and
+/// adjacent ranges merged.
+fn union(a: &[Range], b: &[Range]) -> Vec<Range> {
+    let mut all: Vec<Range> = a.iter().chain(b).copied().collect();
+    all.sort_by_key(|r| r.addr);
+    let mut out: Vec<Range> = Vec::with_capacity(all.len());
+    for r in all {
+        match out.last_mut() {
+            Some(l) if l.addr + l.len >= r.addr => {
+                let end = (l.addr + l.len).max(r.addr + r.len);
+                l.len = end - l.addr;
+            }
+            _ => out.push(r),
+        }
+    }
+    out
+}
+
 /// Appends run `[from, to)` at `offset`, merged into the last run if it
 /// continues it both in memory and in the stream.
 fn push_run(runs: &mut Vec<PageRun>, from: u64, to: u64, offset: u64) {
@@ -558,6 +648,37 @@ mod tests {
         assert_eq!(c.0.len(), 2);
         assert_eq!(c.next_after(0), Some(2 * P));
         assert_eq!(c.next_after(2 * P), None);
+    }
+
+    fn rs(v: &[(u64, u64)]) -> Vec<Range> {
+        v.iter()
+            .map(|&(a, b)| Range {
+                addr: a * P,
+                len: (b - a) * P,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn present_pages_from_copies_gone_and_written() {
+        let copied = rs(&[(0, 10), (20, 30)]);
+        let gone = rs(&[(2, 3), (9, 21), (25, 26), (40, 50)]);
+        assert_eq!(
+            subtract(&copied, &gone),
+            rs(&[(0, 2), (3, 9), (21, 25), (26, 30)])
+        );
+        assert_eq!(subtract(&copied, &[]), copied);
+        assert_eq!(subtract(&[], &gone), vec![]);
+        let written = rs(&[(2, 3), (12, 13), (30, 31)]);
+        assert_eq!(
+            union(&subtract(&copied, &gone), &written),
+            rs(&[(0, 9), (12, 13), (21, 25), (26, 31)])
+        );
+        let mut c = Copies::default();
+        c.insert(0, 4 * P, 0);
+        c.insert(4 * P, 8 * P, 100 * P);
+        c.insert(9 * P, 12 * P, 50 * P);
+        assert_eq!(c.within(2 * P, 10 * P), rs(&[(2, 8), (9, 10)]));
     }
 
     #[test]

@@ -196,14 +196,18 @@ pub struct PageRegion {
     pub categories: u64,
 }
 
-/// What a [`Pagemap::scan`] reports: pages having at least one of the
-/// `anyof` categories, with the `report` ones in each region.
+/// What a [`Pagemap::scan`] reports: pages having all of `all_of`, none of
+/// `none_of` and at least one of `any_of`, with the `report` categories of
+/// each region. The walk is cheapest when few pages match: the kernel
+/// spends its time on the pages it reports.
 #[derive(Debug, Clone, Copy)]
 pub struct ScanQuery {
     /// `scan::WP_MATCHING` or 0.
     pub flags: u64,
     /// Every one of these categories is required (0: none).
     pub all_of: u64,
+    /// None of these categories may be there (0: no such condition).
+    pub none_of: u64,
     /// At least one of these (0: no such condition).
     pub any_of: u64,
     pub report: u64,
@@ -255,8 +259,8 @@ impl Pagemap {
                 vec: vec.as_mut_ptr() as u64,
                 vec_len: vec.len() as u64,
                 max_pages: 0,
-                category_inverted: 0,
-                category_mask: q.all_of,
+                category_inverted: q.none_of,
+                category_mask: q.all_of | q.none_of,
                 category_anyof_mask: q.any_of,
                 return_mask: q.report,
             };

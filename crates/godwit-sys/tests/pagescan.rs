@@ -23,6 +23,7 @@ fn written(pm: &Pagemap, start: u64, wp_again: bool) -> Vec<(u64, u64)> {
     let q = ScanQuery {
         flags: if wp_again { scan::WP_MATCHING } else { 0 },
         all_of: scan::WRITTEN,
+        none_of: 0,
         any_of: 0,
         report: scan::WRITTEN,
     };
@@ -62,6 +63,7 @@ fn written_pages_are_reported_and_protected_again() {
     let q = ScanQuery {
         flags: 0,
         all_of: 0,
+        none_of: 0,
         any_of: scan::PRESENT | scan::SWAPPED,
         report: scan::PRESENT | scan::SWAPPED | scan::WRITTEN,
     };
@@ -83,6 +85,32 @@ fn written_pages_are_reported_and_protected_again() {
         vec![(0, 7, p), (7, 8, p | scan::WRITTEN), (8, PAGES, p)],
         "every page present, only page 7 written since the rescan"
     );
+
+    // Pages released since: neither present nor swapped.
+    // SAFETY: the range is inside `mem`, which is not used again but dropped.
+    let r = unsafe {
+        libc::madvise(
+            (start + 10 * PAGE_SIZE) as *mut libc::c_void,
+            (2 * PAGE_SIZE) as usize,
+            libc::MADV_DONTNEED,
+        )
+    };
+    assert_eq!(r, 0);
+    let gone = ScanQuery {
+        flags: 0,
+        all_of: 0,
+        none_of: scan::PRESENT | scan::SWAPPED,
+        any_of: 0,
+        report: scan::PRESENT,
+    };
+    let mut out = Vec::new();
+    pm.scan(start, start + PAGES * PAGE_SIZE, &gone, &mut out)
+        .expect("scan");
+    let rel: Vec<(u64, u64)> = out
+        .iter()
+        .map(|r| ((r.start - start) / PAGE_SIZE, (r.end - start) / PAGE_SIZE))
+        .collect();
+    assert_eq!(rel, vec![(10, 12)], "the two released pages");
     u.unregister(start, PAGES * PAGE_SIZE).expect("unregister");
     drop(mem);
 }

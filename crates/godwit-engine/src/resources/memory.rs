@@ -128,8 +128,16 @@ pub fn survey_entries(pid: i32, maps: &[MapEntry]) -> Result<(Vec<MapEntry>, Vec
     Ok((smaps, vmas))
 }
 
-/// Page map entries read ahead, by VMA start (see [`prefetch_pagemap`]).
-pub type Prefetched = HashMap<u64, Vec<u64>>;
+/// What is known ahead of [`plan`] about the pages of VMAs, by VMA start.
+pub type Prefetched = HashMap<u64, Known>;
+
+/// The pages of one VMA, known ahead of [`plan`].
+pub enum Known {
+    /// Its page map entries, one per page (see [`prefetch_pagemap`]).
+    Entries(Vec<u64>),
+    /// The ranges of pages to store, sorted and disjoint (crate::precopy).
+    Present(Vec<Range>),
+}
 
 /// Reads the page map entries of every private mapping in `maps` (which
 /// need no VmFlags), so that this page-table walk can run alongside the
@@ -145,7 +153,7 @@ pub fn prefetch_pagemap(pid: i32, maps: &[MapEntry]) -> Result<Prefetched> {
         pagemap
             .read(e.start, e.end, &mut entries)
             .dumping(pid, "reading the page map")?;
-        out.insert(e.start, entries);
+        out.insert(e.start, Known::Entries(entries));
     }
     Ok(out)
 }
@@ -208,7 +216,22 @@ pub fn plan(pid: i32, maps: &[MapEntry], mut prefetched: Prefetched) -> Result<V
         if may_have_pages {
             entries.clear();
             match prefetched.remove(&e.start) {
-                Some(v) if v.len() as u64 == e.len() / PAGE_SIZE => entries = v,
+                Some(Known::Present(ranges)) => {
+                    for r in ranges {
+                        let (a, b) = (r.addr.max(e.start), (r.addr + r.len).min(e.end));
+                        if a < b {
+                            vma.pages.push(PageRun {
+                                addr: a,
+                                nr_pages: (b - a) / PAGE_SIZE,
+                                offset,
+                            });
+                            offset += b - a;
+                        }
+                    }
+                    out.push(vma);
+                    continue;
+                }
+                Some(Known::Entries(v)) if v.len() as u64 == e.len() / PAGE_SIZE => entries = v,
                 _ => pagemap
                     .read(e.start, e.end, &mut entries)
                     .dumping(pid, "reading the page map")?,
@@ -750,7 +773,15 @@ fn write_pieces(
     extra: &[Vec<u8>],
     base: u64,
 ) -> Result<Vec<(godwit_image::PageFileInfo, PageSpan)>> {
-    let parts = split_even(pieces, WRITERS as usize);
+    // Little to write (a pre-copy round, what changed at its freeze): one
+    // file is enough.
+    let total: u64 = pieces.iter().map(|p| p.len).sum();
+    let writers = if total < (4 << 20) {
+        1
+    } else {
+        WRITERS as usize
+    };
+    let parts = split_even(pieces, writers);
     let mut files = Vec::with_capacity(parts.len());
     for _ in &parts {
         files.push(writer.page_file()?);
