@@ -28,13 +28,15 @@ use std::time::{Duration, Instant};
 use target::Target;
 
 const USAGE: &str = "\
-usage: godwit-bench [--sizes MIB[,MIB...]] [--reps N] [--out FILE] [--no-shapes] [--no-extras]
+usage: godwit-bench [--sizes MIB[,MIB...]] [--reps N] [--out FILE] [--no-shapes] [--no-extras] [--lr-only]
                     [--keep-page-reporting]
 
   --sizes   memory sizes to measure, in MiB (default 64,1024)
   --reps    repetitions of every measurement (default 5); min and median are reported
   --out     JSON output (default target/bench/dump-restore.json)
   --no-shapes  skip the tree (16 x 64 MiB) and many-mappings (2500..10000) runs
+  --lr-only    only the leave-running dumps (pre-copy, snapshot, frozen
+               throughout), for sizes too large for the rest
   --no-extras  only the dump + restore loop (no leave-running, stages or
             ceilings): for profiling it with perf
   --keep-page-reporting  do not hold freed memory back from free page
@@ -52,6 +54,8 @@ struct Args {
     extras: bool,
     /// Leave free page reporting as it is.
     keep_page_reporting: bool,
+    /// Only the leave-running dumps (for sizes too large for the rest).
+    lr_only: bool,
 }
 
 fn parse_args() -> Result<Args> {
@@ -62,6 +66,7 @@ fn parse_args() -> Result<Args> {
         extras: true,
         shapes: true,
         keep_page_reporting: false,
+        lr_only: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -102,6 +107,7 @@ fn parse_args() -> Result<Args> {
             }
             "--out" => a.out = PathBuf::from(value("--out")?),
             "--no-extras" => a.extras = false,
+            "--lr-only" => a.lr_only = true,
             "--keep-page-reporting" => a.keep_page_reporting = true,
             "-h" | "--help" => {
                 println!("{USAGE}");
@@ -249,6 +255,9 @@ struct SizeResult {
     lr_frozen: Samples,
     lr_nocow_total: Samples,
     lr_nocow_frozen: Samples,
+    /// leave_running without pre-copy: the copy-on-write snapshot.
+    lr_snap_total: Samples,
+    lr_snap_frozen: Samples,
     st_freeze: Samples,
     st_plan: Samples,
     st_copy: Samples,
@@ -276,6 +285,8 @@ impl SizeResult {
             "leave_running_frozen_ms": self.lr_frozen.ms_json(),
             "leave_running_no_cow_total_ms": self.lr_nocow_total.ms_json(),
             "leave_running_no_cow_frozen_ms": self.lr_nocow_frozen.ms_json(),
+            "leave_running_snapshot_total_ms": self.lr_snap_total.ms_json(),
+            "leave_running_snapshot_frozen_ms": self.lr_snap_frozen.ms_json(),
             "stages_ms": {
                 "dump_freeze": self.st_freeze.ms_json(),
                 "dump_smaps_and_plan": self.st_plan.ms_json(),
@@ -409,7 +420,7 @@ impl Drop for HugeTmpfs {
     }
 }
 
-fn bench_size(env: &Env, mib: u64, reps: usize, extras: bool) -> Result<SizeResult> {
+fn bench_size(env: &Env, mib: u64, reps: usize, extras: bool, lr_only: bool) -> Result<SizeResult> {
     let mut r = SizeResult {
         mib,
         memory_bytes: 0,
@@ -424,6 +435,8 @@ fn bench_size(env: &Env, mib: u64, reps: usize, extras: bool) -> Result<SizeResu
         lr_frozen: Samples::default(),
         lr_nocow_total: Samples::default(),
         lr_nocow_frozen: Samples::default(),
+        lr_snap_total: Samples::default(),
+        lr_snap_frozen: Samples::default(),
         st_freeze: Samples::default(),
         st_plan: Samples::default(),
         st_copy: Samples::default(),
@@ -434,7 +447,7 @@ fn bench_size(env: &Env, mib: u64, reps: usize, extras: bool) -> Result<SizeResu
     };
 
     // Dump (ending the process), then restore the image.
-    for rep in 0..reps {
+    for rep in (0..reps).filter(|_| !lr_only) {
         eprint!("\r{mib} MiB: dump + restore {}/{reps}   ", rep + 1);
         let img = env.dir.join(format!("img-{mib}-{rep}"));
         let _img = TempImage(img.clone());
@@ -456,7 +469,7 @@ fn bench_size(env: &Env, mib: u64, reps: usize, extras: bool) -> Result<SizeResu
     }
 
     // The same on a tmpfs of our own mounted huge=within_size (see HugeTmpfs).
-    if extras {
+    if extras && !lr_only {
         match HugeTmpfs::mount(&env.dir.join(format!("huge-{mib}")), mib * 3 + 64) {
             Ok(h) => {
                 for rep in 0..reps {
@@ -482,7 +495,7 @@ fn bench_size(env: &Env, mib: u64, reps: usize, extras: bool) -> Result<SizeResu
 
     // Ending a frozen process: SIGKILL and wait until it is gone, as a dump
     // without leave_running does at its end.
-    for rep in 0..reps {
+    for rep in (0..reps).filter(|_| !lr_only) {
         eprint!("\r{mib} MiB: kill stage {}/{reps}          ", rep + 1);
         let mut t = Target::hold(&env.bin, &env.dir, mib, &format!("{mib}-kill-{rep}"))?;
         let frozen = godwit_engine::freeze::Frozen::freeze(t.pid).context("freezing")?;
@@ -495,12 +508,13 @@ fn bench_size(env: &Env, mib: u64, reps: usize, extras: bool) -> Result<SizeResu
     // Dump with leave_running, the stages one by one, and process_vm_readv,
     // on one process that keeps running throughout.
     let t = Target::hold(&env.bin, &env.dir, mib, &format!("{mib}-lr"))?;
-    for no_cow in [false, true] {
+    // Pre-copy (the default), the copy-on-write snapshot, frozen throughout.
+    for (no_precopy, no_cow) in [(false, false), (true, false), (false, true)] {
         for rep in 0..reps {
-            let what = if no_cow {
-                "leave-running dump, no CoW"
-            } else {
-                "leave-running dump"
+            let what = match (no_precopy, no_cow) {
+                (false, false) => "leave-running dump",
+                (true, _) => "leave-running dump, snapshot",
+                _ => "leave-running dump, no CoW",
             };
             eprint!("\r{mib} MiB: {what} {}/{reps}   ", rep + 1);
             let img = env.dir.join(format!("lr-{mib}-{rep}"));
@@ -513,15 +527,16 @@ fn bench_size(env: &Env, mib: u64, reps: usize, extras: bool) -> Result<SizeResu
                     leave_running: true,
                     no_sync: true,
                     no_cow,
+                    no_precopy,
                     ..Default::default()
                 },
                 &Quiet,
             )
             .with_context(|| format!("dumping the {mib} MiB target with leave_running ({what})"))?;
-            let (total, frozen) = if no_cow {
-                (&mut r.lr_nocow_total, &mut r.lr_nocow_frozen)
-            } else {
-                (&mut r.lr_total, &mut r.lr_frozen)
+            let (total, frozen) = match (no_precopy, no_cow) {
+                (false, false) => (&mut r.lr_total, &mut r.lr_frozen),
+                (true, _) => (&mut r.lr_snap_total, &mut r.lr_snap_frozen),
+                _ => (&mut r.lr_nocow_total, &mut r.lr_nocow_frozen),
             };
             total.push(start.elapsed());
             frozen.push(d.frozen);
@@ -529,6 +544,10 @@ fn bench_size(env: &Env, mib: u64, reps: usize, extras: bool) -> Result<SizeResu
     }
     t.check()
         .with_context(|| format!("checking the {mib} MiB process after leave-running dumps"))?;
+    if lr_only {
+        eprintln!("\r{mib} MiB: done                              ");
+        return Ok(r);
+    }
     for rep in 0..reps {
         eprint!("\r{mib} MiB: dump stages {}/{reps}          ", rep + 1);
         let [a, b, c, d] = dump_stages(t.pid, &env.dir.join(format!("st-{mib}-{rep}")))
@@ -658,20 +677,28 @@ fn print_table(results: &[SizeResult], extras: bool) {
     }
     println!();
     println!(
-        "{:>6}  {:>15} {:>15}  {:>15} {:>15}",
-        "MiB", "LR total ms", "LR frozen ms", "no-CoW total", "no-CoW frozen"
+        "{:>6}  {:>15} {:>15}  {:>15} {:>15}  {:>15} {:>15}",
+        "MiB",
+        "LR total ms",
+        "LR frozen ms",
+        "snap total",
+        "snap frozen",
+        "no-CoW total",
+        "no-CoW frozen"
     );
     for r in results {
         println!(
-            "{:>6}  {:>15} {:>15}  {:>15} {:>15}",
+            "{:>6}  {:>15} {:>15}  {:>15} {:>15}  {:>15} {:>15}",
             r.mib,
             mm(&r.lr_total),
             mm(&r.lr_frozen),
+            mm(&r.lr_snap_total),
+            mm(&r.lr_snap_frozen),
             mm(&r.lr_nocow_total),
             mm(&r.lr_nocow_frozen),
         );
     }
-    println!("(LR: dump with leave_running)");
+    println!("(LR: dump with leave_running: pre-copy; snap: copy-on-write snapshot, no pre-copy)");
     println!();
     println!(
         "{:>6}  {:>13} {:>13} {:>13} {:>13} {:>13} {:>13}   (stages alone, ms)",
@@ -740,10 +767,10 @@ fn run(args: &Args) -> Result<()> {
     };
     let mut results = Vec::new();
     for &mib in &args.sizes {
-        results.push(bench_size(&env, mib, args.reps, args.extras)?);
+        results.push(bench_size(&env, mib, args.reps, args.extras, args.lr_only)?);
     }
     target::reap_strays();
-    let shapes = if args.shapes {
+    let shapes = if args.shapes && !args.lr_only {
         let s = shapes::run(&env, args.reps.min(3))?;
         target::reap_strays();
         s

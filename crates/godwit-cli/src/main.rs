@@ -42,16 +42,24 @@ enum Cmd {
         /// Directory to write the image to (must not hold an image yet).
         #[arg(long)]
         images: PathBuf,
-        /// Let the process continue after the checkpoint.
+        /// Let the process continue after the checkpoint. Its memory is
+        /// copied while it runs; it is stopped only to copy what it wrote
+        /// meanwhile (or, if it writes faster than that, for a copy-on-write
+        /// snapshot).
         #[arg(long)]
         leave_running: bool,
         /// Do not fsync the image (faster; for images on tmpfs).
         #[arg(long)]
         no_sync: bool,
         /// With --leave-running: keep the process frozen for the whole copy
-        /// instead of snapshotting its memory copy-on-write.
+        /// (no pre-copy, no copy-on-write snapshot).
         #[arg(long, requires = "leave_running")]
         no_cow: bool,
+        /// With --leave-running: no copy while the process runs; its memory
+        /// is snapshotted copy-on-write at the freeze (for a process that
+        /// writes faster than it can be copied).
+        #[arg(long, requires = "leave_running", conflicts_with = "no_cow")]
+        no_precopy: bool,
         /// Freeze this cgroup v2 directory while the process tree is seized,
         /// so that none of its processes runs or forks meanwhile.
         #[arg(long, value_name = "DIR")]
@@ -172,6 +180,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             leave_running,
             no_sync,
             no_cow,
+            no_precopy,
             freeze_cgroup,
             shell_job,
         } => {
@@ -180,6 +189,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 leave_running,
                 no_sync,
                 no_cow,
+                no_precopy,
                 freeze_cgroup,
                 shell_job,
             };

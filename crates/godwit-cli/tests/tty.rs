@@ -461,7 +461,12 @@ fn console_is_refused() {
     for needle in [&format!("process {pid}"), "fd 3", "/dev/console"] {
         assert!(err.contains(needle), "{needle:?} missing in: {err}");
     }
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    // Just released, it may still be on its way back into nanosleep.
+    let status = || std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    wait_for("sleep to sleep again", Duration::from_secs(5), || {
+        status().contains("State:\tS")
+    });
+    let status = status();
     assert!(
         status.contains("State:\tS") && status.contains("TracerPid:\t0"),
         "the process runs on, untraced: {status}"

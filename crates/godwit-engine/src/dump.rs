@@ -28,6 +28,10 @@ pub struct DumpOptions {
     /// With leave_running: keep the process frozen for the whole copy instead
     /// of taking a copy-on-write snapshot.
     pub no_cow: bool,
+    /// With leave_running: no pre-copy; the memory is snapshotted
+    /// copy-on-write at the freeze (for a process known to write faster than
+    /// it can be copied).
+    pub no_precopy: bool,
     /// Freeze this cgroup (v2) while the tree is seized, so that nothing in
     /// it runs or forks meanwhile.
     pub freeze_cgroup: Option<std::path::PathBuf>,
@@ -142,7 +146,7 @@ pub fn dump(
     let cow = opts.leave_running && !opts.no_cow;
     // --leave-running: first copy the memory while the processes run
     // (crate::precopy); the freeze then copies only what changed since.
-    let (mut trackers, stopped_before) = if cow {
+    let (mut trackers, stopped_before) = if cow && !opts.no_precopy {
         let pre = precopy::run(pid, &mut writer, progress)?;
         (pre.trackers, pre.stopped)
     } else {
