@@ -179,6 +179,12 @@ pub struct Precopy {
 /// (no userfaultfd, memory going away during the copy) is left out, its
 /// page files discarded: the dump then copies it from the freeze on.
 pub fn run(root: i32, writer: &mut ImageWriter, progress: &dyn Progress) -> Result<Precopy> {
+    if !worth_it(root) {
+        return Ok(Precopy {
+            trackers: HashMap::new(),
+            stopped: Duration::ZERO,
+        });
+    }
     let t = Instant::now();
     let members = freeze_tree(root, None)?;
     let mut fds = Vec::new();
@@ -214,6 +220,24 @@ pub fn run(root: i32, writer: &mut ImageWriter, progress: &dyn Progress) -> Resu
         }
     }
     Ok(Precopy { trackers, stopped })
+}
+
+/// Whether a process of the tree at `root` (as it looks now, running) holds
+/// enough memory to pre-copy: if none does, the short stop is spared.
+fn worth_it(root: i32) -> bool {
+    let mut queue = vec![root];
+    let mut seen = 0;
+    while let Some(pid) = queue.pop() {
+        if proc::status(pid).is_ok_and(|s| s.rss_anon > EAGER_LIMIT) {
+            return true;
+        }
+        seen += 1;
+        if seen > 4096 {
+            return true;
+        }
+        queue.extend(godwit_sys::process::children(pid).unwrap_or_default());
+    }
+    false
 }
 
 /// Opens a userfaultfd in frozen process `f` (see Remote::take_userfaultfd).
