@@ -78,6 +78,28 @@ fn precopy_of_a_slow_writer() {
     assert_eq!(p.verdict(), "PASS", "the copy restored from the image");
 }
 
+/// --leave-running of a process that releases memory (MADV_DONTNEED),
+/// unmaps and maps memory again, and writes, all while it is pre-copied:
+/// released memory comes back as zeros, remapped memory with what was
+/// written there last, never an earlier copy.
+#[test]
+fn precopy_of_a_changing_memory_map() {
+    use common::*;
+    let mut p = Proc::test_prog("churn");
+    let v = p.dump(&["--leave-running"]);
+    assert_eq!(v["precopy"]["processes"], 1, "pre-copied: {v}");
+    // 48 MiB of chunks (some released) and a little more; not the holes of
+    // its 256 MiB sparse mapping.
+    let stored = v["memory_bytes"].as_u64().unwrap();
+    assert!(stored < 56 << 20, "{stored} bytes stored: {v}");
+    assert_eq!(p.verdict(), "PASS", "the original, after the dump");
+    std::fs::remove_file(p.path("go")).unwrap();
+    std::fs::remove_file(p.path("result")).unwrap();
+    p.end_original();
+    p.restore();
+    assert_eq!(p.verdict(), "PASS", "the copy restored from the image");
+}
+
 /// `inspect` shows a process's POSIX timers: ids, how they notify, period,
 /// time left and overrun count (ptimers' timer d overran 3 times).
 #[test]

@@ -211,9 +211,15 @@ pub fn dump(
     let mut fresh: Vec<Vec<(PageFileInfo, PageSpan)>> = Vec::with_capacity(procs.len());
     for ((p, plan), extra) in procs.iter().zip(&plans).zip(&shmem_data) {
         fresh.push(match plan {
-            Some(x) => {
-                memory::write_ranges(p.pid, &x.to_copy, &mut writer, progress, extra, x.copy_from)?
-            }
+            Some(x) => memory::write_ranges(
+                p.pid,
+                &x.to_copy,
+                &mut writer,
+                progress,
+                extra,
+                x.copy_from,
+                None,
+            )?,
             None => Vec::new(),
         });
     }

@@ -111,6 +111,31 @@ fn written_pages_are_reported_and_protected_again() {
         .map(|r| ((r.start - start) / PAGE_SIZE, (r.end - start) / PAGE_SIZE))
         .collect();
     assert_eq!(rel, vec![(10, 12)], "the two released pages");
+    // In async mode a page that is not there counts as written: only
+    // present (or swapped) pages tell what the process wrote.
+    let mut out = Vec::new();
+    let q = ScanQuery {
+        flags: 0,
+        all_of: scan::WRITTEN,
+        none_of: 0,
+        any_of: 0,
+        report: scan::WRITTEN,
+    };
+    pm.scan(start + 8 * PAGE_SIZE, start + 14 * PAGE_SIZE, &q, &mut out)
+        .expect("scan");
+    let rel: Vec<(u64, u64)> = out
+        .iter()
+        .map(|r| ((r.start - start) / PAGE_SIZE, (r.end - start) / PAGE_SIZE))
+        .collect();
+    assert_eq!(rel, vec![(10, 12)], "released pages look written");
+    let mut out = Vec::new();
+    let q = ScanQuery {
+        any_of: scan::PRESENT | scan::SWAPPED,
+        ..q
+    };
+    pm.scan(start + 8 * PAGE_SIZE, start + 14 * PAGE_SIZE, &q, &mut out)
+        .expect("scan");
+    assert!(out.is_empty(), "{out:?}");
     u.unregister(start, PAGES * PAGE_SIZE).expect("unregister");
     drop(mem);
 }

@@ -737,12 +737,13 @@ pub fn write_pages(
             });
         }
     }
-    write_pieces(pid, pieces, writer, progress, snapshot, extra, 0)
+    write_pieces(pid, pieces, writer, progress, snapshot, extra, 0, None)
 }
 
 /// Copies `ranges` of the process (each readable or not), in this order,
 /// then `extra`, into new page files whose bytes are page offsets `base`
-/// onwards.
+/// onwards. With `holes`, readable ranges that cannot be read (the process
+/// runs, and unmapped them) are written as zeros and listed there.
 pub(crate) fn write_ranges(
     pid: i32,
     ranges: &[(Range, bool)],
@@ -750,6 +751,7 @@ pub(crate) fn write_ranges(
     progress: &dyn Progress,
     extra: &[Vec<u8>],
     base: u64,
+    holes: Option<&std::sync::Mutex<Vec<Range>>>,
 ) -> Result<Vec<(godwit_image::PageFileInfo, PageSpan)>> {
     let pieces = ranges
         .iter()
@@ -761,9 +763,10 @@ pub(crate) fn write_ranges(
             in_run: 0,
         })
         .collect();
-    write_pieces(pid, pieces, writer, progress, None, extra, base)
+    write_pieces(pid, pieces, writer, progress, None, extra, base, holes)
 }
 
+#[allow(clippy::too_many_arguments)]
 fn write_pieces(
     pid: i32,
     pieces: Vec<Piece>,
@@ -772,6 +775,7 @@ fn write_pieces(
     snapshot: Option<&Snapshot>,
     extra: &[Vec<u8>],
     base: u64,
+    holes: Option<&std::sync::Mutex<Vec<Range>>>,
 ) -> Result<Vec<(godwit_image::PageFileInfo, PageSpan)>> {
     // Little to write (a pre-copy round, what changed at its freeze): one
     // file is enough.
@@ -795,7 +799,7 @@ fn write_pieces(
             .map(|(k, (part, mut out))| {
                 let extra = if k == last { extra } else { &[][..] };
                 s.spawn(move || -> Result<(godwit_image::PageFileInfo, u64)> {
-                    copy_part(pid, part, &mut out, progress, snapshot)?;
+                    copy_part(pid, part, &mut out, progress, snapshot, holes)?;
                     for data in extra {
                         out.write_all(data)?;
                     }
@@ -829,13 +833,41 @@ fn write_pieces(
     Ok(out)
 }
 
-/// One writer: read batches of `pieces` from the process, write them.
+/// After a read of `ranges` into `buf` stopped at byte `done` (memory gone
+/// meanwhile), reads the rest range by range; a range that cannot be read
+/// is left zero in `buf` and added to `holes`. Returns `buf.len()`.
+fn read_or_skip(
+    pid: i32,
+    ranges: &[Range],
+    buf: &mut [u8],
+    done: usize,
+    holes: &std::sync::Mutex<Vec<Range>>,
+) -> usize {
+    let mut off = 0usize;
+    for r in ranges {
+        let len = r.len as usize;
+        if off + len > done {
+            let part = &mut buf[off..off + len];
+            if !matches!(mem::read_ranges(pid, part, &[*r]), Ok(n) if n == len) {
+                part.fill(0);
+                holes.lock().expect("lock").push(*r);
+            }
+        }
+        off += len;
+    }
+    buf.len()
+}
+
+/// One writer: read batches of `pieces` from the process, write them. With
+/// `holes`, memory that cannot be read is written as zeros and listed there
+/// instead of failing.
 fn copy_part(
     pid: i32,
     pieces: &[Piece],
     out: &mut PageFileWriter,
     progress: &dyn Progress,
     snapshot: Option<&Snapshot>,
+    holes: Option<&std::sync::Mutex<Vec<Range>>>,
 ) -> Result<()> {
     // calloc'd: the kernel's zero pages, no memset to pay for.
     let mut buf = vec![0u8; BATCH];
@@ -851,7 +883,11 @@ fn copy_part(
             return Ok(());
         }
         let want = *filled;
-        let n = mem::read_ranges(pid, &mut buf[..want], ranges).dumping(pid, "reading memory")?;
+        let n = match (mem::read_ranges(pid, &mut buf[..want], ranges), holes) {
+            (Ok(n), Some(h)) if n != want => read_or_skip(pid, ranges, &mut buf[..want], n, h),
+            (Err(_), Some(h)) => read_or_skip(pid, ranges, &mut buf[..want], 0, h),
+            (r, _) => r.dumping(pid, "reading memory")?,
+        };
         if n != want {
             return Err(EngineError::Sys {
                 pid,
