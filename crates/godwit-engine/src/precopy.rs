@@ -272,6 +272,7 @@ impl Tracker {
         let uffd = Uffd::new(fd, uffd::FEATURE_WP_ASYNC).dumping(pid, stage)?;
         let maps = proc::maps(pid).dumping(pid, "reading the memory map")?;
         let (surveyed, vmas) = memory::survey_entries(pid, &maps)?;
+        let surveyed_ms = t.elapsed().as_secs_f64() * 1e3;
         if memory::planned_bytes(&vmas) <= EAGER_LIMIT {
             return Ok(None);
         }
@@ -288,6 +289,7 @@ impl Tracker {
             }
         }
         write_protect_all(&uffd, &protect).dumping(pid, stage)?;
+        let protected_ms = t.elapsed().as_secs_f64() * 1e3;
         let mut tracker = Tracker {
             pid,
             uffd,
@@ -333,6 +335,8 @@ impl Tracker {
         }
         tracing::debug!(
             pid,
+            surveyed_ms,
+            protected_ms,
             first_ms = first.as_secs_f64() * 1e3,
             ms = t.elapsed().as_secs_f64() * 1e3,
             rounds = tracker.rounds,
