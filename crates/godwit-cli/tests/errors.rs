@@ -369,3 +369,72 @@ fn hugetlb_memfd_refused() {
     assert!(stderr_of(&out).contains("godwit-huge"));
     assert_eq!(p.verdict(), "PASS", "the process runs on");
 }
+
+/// A --leave-running dump that fails after its pre-copy (a connected TCP
+/// socket is found at the freeze) leaves the process as it was: running,
+/// writing its memory, no write protection left on it (no `uw` in its
+/// VmFlags), and no image.
+#[test]
+fn failed_precopy_dump_leaves_process_untouched() {
+    let script = r#"
+import os, socket, sys, time
+d = sys.argv[1]
+mem = bytearray(os.urandom(1 << 20) * 32)
+srv = socket.socket(); srv.bind(("127.0.0.1", 0)); srv.listen(1)
+cli = socket.create_connection(srv.getsockname()); conn, _ = srv.accept()
+n = 0
+while True:
+    n += 1
+    mem[(n * 4096) % len(mem)] = n % 256
+    with open(d + "/count.tmp", "w") as f:
+        f.write(str(n))
+    os.rename(d + "/count.tmp", d + "/count")
+    time.sleep(0.005)
+"#;
+    let dir = tempfile::Builder::new()
+        .prefix("godwit-e2e")
+        .tempdir()
+        .unwrap();
+    let d = dir.path().to_str().unwrap().to_string();
+    let p = Proc::spawn_in(dir, "python3", &["-c", script, &d]);
+    let count = || {
+        std::fs::read_to_string(p.path("count"))
+            .unwrap_or_default()
+            .trim()
+            .parse::<i64>()
+            .unwrap_or(-1)
+    };
+    wait_for("python to count", Duration::from_secs(20), || count() > 0);
+    let img = p.images();
+    let out = godwit(&[
+        "--json",
+        "dump",
+        "--pid",
+        &p.pid.to_string(),
+        "--images",
+        img.to_str().unwrap(),
+        "--leave-running",
+    ]);
+    assert_fails(&out, 5, "socket");
+    let before = count();
+    wait_for("the counter to advance", Duration::from_secs(10), || {
+        count() > before + 10
+    });
+    let smaps = std::fs::read_to_string(format!("/proc/{}/smaps", p.pid)).unwrap();
+    assert!(
+        !smaps
+            .lines()
+            .any(|l| l.starts_with("VmFlags:") && l.contains(" uw")),
+        "write protection left behind"
+    );
+    let status = std::fs::read_to_string(format!("/proc/{}/status", p.pid)).unwrap();
+    assert!(status.contains("TracerPid:\t0"), "{status}");
+    assert!(!img.join("manifest.img").exists());
+    let leftovers: Vec<_> = std::fs::read_dir(&img)
+        .map(|d| d.map(|e| e.unwrap().file_name()).collect())
+        .unwrap_or_default();
+    assert!(
+        leftovers.is_empty(),
+        "left in the image directory: {leftovers:?}"
+    );
+}
