@@ -100,6 +100,38 @@ fn precopy_of_a_changing_memory_map() {
     assert_eq!(p.verdict(), "PASS", "the copy restored from the image");
 }
 
+/// A user who is not root dumps their own process with --leave-running: it
+/// is pre-copied as well (with a user-mode-only userfaultfd, which the
+/// kernel allows them while vm.unprivileged_userfaultfd is 0), instead of
+/// staying frozen for the whole copy; root restores the image, consistent.
+#[test]
+fn precopy_by_a_user_who_is_not_root() {
+    use common::*;
+    let mut p = Proc::test_prog_as(Some(65534), "cow", &["slow"]);
+    let img = p.images();
+    let out = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(env!("CARGO_BIN_EXE_godwit"))
+        .args(["--json", "dump", "--pid", &p.pid.to_string(), "--images"])
+        .arg(&img)
+        .arg("--leave-running")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "dump as uid 65534: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["precopy"]["processes"], 1, "pre-copied: {v}");
+    assert_eq!(p.verdict(), "PASS", "the original, after the dump");
+    std::fs::remove_file(p.path("go")).unwrap();
+    std::fs::remove_file(p.path("result")).unwrap();
+    p.end_original();
+    p.restore();
+    assert_eq!(p.verdict(), "PASS", "the copy restored from the image");
+}
+
 /// `inspect` shows a process's POSIX timers: ids, how they notify, period,
 /// time left and overrun count (ptimers' timer d overran 3 times).
 #[test]

@@ -246,9 +246,12 @@ fn worth_it(root: i32) -> bool {
 }
 
 /// Opens a userfaultfd in frozen process `f` (see Remote::take_userfaultfd).
+/// User-mode only: async write protection never hands a fault to the
+/// descriptor, and so an unprivileged process may have one too.
 fn open_uffd(f: &Frozen) -> Result<Option<OwnedFd>> {
     let (_, r) = crate::dump::injector(f)?;
-    r.take_userfaultfd((libc::O_CLOEXEC | libc::O_NONBLOCK) as u64)
+    let flags = (libc::O_CLOEXEC | libc::O_NONBLOCK) as u64 | uffd::USER_MODE_ONLY;
+    r.take_userfaultfd(flags)
         .dumping(f.pid, "opening a userfaultfd")
 }
 

@@ -22,6 +22,11 @@ pub const FEATURE_EVENT_UNMAP: u64 = 1 << 6;
 /// page just loses its protection, which PAGEMAP_SCAN then reports as
 /// written): dirty tracking with no handler and no stalls.
 pub const FEATURE_WP_ASYNC: u64 = 1 << 15;
+/// userfaultfd() flag: only faults taken in user mode reach the descriptor
+/// (kernel-mode ones fail with EFAULT). Allowed to unprivileged processes
+/// even while vm.unprivileged_userfaultfd is 0; harmless for async write
+/// protection, which the kernel resolves without the descriptor.
+pub const USER_MODE_ONLY: u64 = 1;
 pub const REGISTER_MODE_MISSING: u64 = 1;
 pub const REGISTER_MODE_WP: u64 = 2;
 

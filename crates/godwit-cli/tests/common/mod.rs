@@ -207,6 +207,12 @@ impl Proc {
 
     /// [`test_prog`](Self::test_prog) with arguments after the directory.
     pub fn test_prog_with(name: &str, extra: &[&str]) -> Proc {
+        Self::test_prog_as(None, name, extra)
+    }
+
+    /// [`test_prog_with`](Self::test_prog_with), run as `uid` (and its gid)
+    /// when given, through setpriv.
+    pub fn test_prog_as(uid: Option<u32>, name: &str, extra: &[&str]) -> Proc {
         let dir = tempfile::Builder::new()
             .prefix("godwit-e2e")
             .tempdir()
@@ -219,9 +225,16 @@ impl Proc {
         .unwrap();
         let d = dir.path().to_str().unwrap().to_string();
         let prog = progs().join(name);
-        let mut args = vec![d.as_str()];
+        let prog = prog.to_str().unwrap();
+        let ids = uid.map(|u| [format!("--reuid={u}"), format!("--regid={u}")]);
+        let mut args: Vec<&str> = Vec::new();
+        if let Some(ids) = &ids {
+            args.extend([ids[0].as_str(), ids[1].as_str(), "--clear-groups", prog]);
+        }
+        args.push(d.as_str());
         args.extend_from_slice(extra);
-        let mut p = Self::spawn_in(dir, prog.to_str().unwrap(), &args);
+        let program = if uid.is_some() { "setpriv" } else { prog };
+        let mut p = Self::spawn_in(dir, program, &args);
         let ready = p.path("ready");
         let pid = p.pid;
         wait_for(
