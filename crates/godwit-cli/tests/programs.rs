@@ -94,6 +94,19 @@ fn precopy_of_a_slow_writer() {
     original_then_copy_pass(&mut p);
 }
 
+/// --leave-running of a tree of two slow writers: each process is
+/// pre-copied with its own tracking and page stream, and both copies are
+/// consistent after restore.
+#[test]
+fn precopy_of_a_tree() {
+    use common::*;
+    let mut p = Proc::test_prog_with("cow", &["fork"]);
+    let v = p.dump(&["--leave-running"]);
+    assert_eq!(v["processes"], 2, "{v}");
+    assert_eq!(v["precopy"]["processes"], 2, "both pre-copied: {v}");
+    original_then_copy_pass(&mut p);
+}
+
 /// --leave-running of a process that releases memory (MADV_DONTNEED),
 /// unmaps and maps memory again, and writes, all while it is pre-copied:
 /// released memory comes back as zeros, remapped memory with what was
