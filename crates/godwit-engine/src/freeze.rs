@@ -109,14 +109,30 @@ impl Frozen {
     /// restore waits for a PID whose holder is still exiting.
     pub fn kill(mut self) -> Result<()> {
         self.done = true;
+        // The leader may be reaped by its parent (when that is this process
+        // too) before the thread below waits for it, and its PID given to a
+        // new process (a restore of it): wait through a pidfd, which names
+        // this process only. Other threads stay until their tracer reaps
+        // them, so their ids cannot be reused meanwhile.
+        let leader = process::pidfd_open(self.pid).ok();
         process::kill(self.pid, libc::SIGKILL).dumping(self.pid, "ending the process")?;
+        let pid = self.pid;
         let tids: Vec<i32> = self.threads.iter().map(|t| t.tid).collect();
         std::thread::spawn(move || {
+            let exited = |stop: &Stop| matches!(stop, Stop::Exited(_) | Stop::Killed(_));
             // Collect each thread's exit as its tracer; the leader's exit is
             // reported only after all other threads are gone, so it comes last.
             for tid in tids.into_iter().rev() {
+                if let (true, Some(fd)) = (tid == pid, &leader) {
+                    while let Ok(stop) = ptrace::wait_pidfd(fd) {
+                        if exited(&stop) {
+                            break;
+                        }
+                    }
+                    continue;
+                }
                 while let Ok(stop) = ptrace::wait(tid) {
-                    if matches!(stop, Stop::Exited(_) | Stop::Killed(_)) {
+                    if exited(&stop) {
                         break;
                     }
                 }

@@ -116,6 +116,44 @@ pub fn wait(tid: i32) -> Result<Stop> {
     Ok(decode_status(status))
 }
 
+/// Like [`wait`], for the process `pidfd` refers to (waitid P_PIDFD): never
+/// another process that got the same PID since, as a PID can be reused once
+/// the process's parent has reaped it.
+pub fn wait_pidfd(pidfd: &std::os::fd::OwnedFd) -> Result<Stop> {
+    use std::os::fd::AsRawFd;
+    loop {
+        // SAFETY: zeroed siginfo_t is a valid out-buffer for waitid.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        // SAFETY: `info` is a valid out-pointer; the id is a pidfd we own.
+        let r = unsafe {
+            libc::waitid(
+                libc::P_PIDFD,
+                pidfd.as_raw_fd() as libc::id_t,
+                &mut info,
+                libc::WEXITED | libc::__WALL,
+            )
+        };
+        if r < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::EINTR) {
+                continue;
+            }
+            return Err(SysError::Call {
+                call: "waitid(P_PIDFD)",
+                target: "a pidfd".into(),
+                source: e,
+            });
+        }
+        // SAFETY: waitid filled `info` for a child event (SIGCHLD layout).
+        let status = unsafe { info.si_status() };
+        return Ok(match info.si_code {
+            libc::CLD_EXITED => Stop::Exited(status),
+            libc::CLD_KILLED | libc::CLD_DUMPED => Stop::Killed(status),
+            _ => Stop::Signal(status),
+        });
+    }
+}
+
 fn decode_status(status: i32) -> Stop {
     if libc::WIFEXITED(status) {
         return Stop::Exited(libc::WEXITSTATUS(status));
