@@ -121,6 +121,9 @@ impl PidNamespace {
     pub fn create() -> Result<PidNamespace> {
         let (req_rd, req_wr) = pipe()?;
         let (rep_rd, rep_wr) = pipe()?;
+        // The intermediate's report (the init's PID, or unshare's error) has
+        // its own pipe: on `rep` the init's first word could come before it.
+        let (pid_rd, pid_wr) = pipe()?;
         // SAFETY: fork in a possibly multi-threaded process; the child makes
         // only raw system calls (unshare, fork, write, _exit) and the
         // grandchild runs `init_main`, which does the same.
@@ -132,25 +135,28 @@ impl PidNamespace {
             // SAFETY: as above; raw calls only.
             unsafe {
                 if libc::unshare(libc::CLONE_NEWPID) != 0 {
-                    write_word(rep_wr.as_raw_fd(), -errno());
+                    write_word(pid_wr.as_raw_fd(), -errno());
                     libc::_exit(0);
                 }
                 let init = libc::fork();
                 if init == 0 {
                     libc::close(req_wr.as_raw_fd());
                     libc::close(rep_rd.as_raw_fd());
+                    libc::close(pid_rd.as_raw_fd());
+                    libc::close(pid_wr.as_raw_fd());
                     init_main(req_rd.as_raw_fd(), rep_wr.as_raw_fd());
                 }
-                write_word(rep_wr.as_raw_fd(), if init < 0 { -errno() } else { init });
+                write_word(pid_wr.as_raw_fd(), if init < 0 { -errno() } else { init });
                 libc::_exit(0);
             }
         }
         drop(req_rd);
         drop(rep_wr);
+        drop(pid_wr);
         let mut st = 0;
         // SAFETY: valid out-pointer; `h` is our child.
         unsafe { libc::waitpid(h, &mut st, 0) };
-        let init = match read_word(rep_rd.as_raw_fd()) {
+        let init = match read_word(pid_rd.as_raw_fd()) {
             Some(v) if v > 0 => v,
             Some(v) => return Err(SysError::call_errno("unshare(CLONE_NEWPID)", "godwit", -v)),
             None => return Err(SysError::call_errno("fork", "namespace init", libc::EIO)),
