@@ -20,6 +20,15 @@ fn assert_fails(out: &std::process::Output, code: i32, needle: &str) {
     assert!(!err.contains("panicked"), "godwit panicked: {err}");
 }
 
+/// What a counting test process last wrote to DIR/count (-1: nothing yet).
+fn counted(p: &Proc) -> i64 {
+    std::fs::read_to_string(p.path("count"))
+        .unwrap_or_default()
+        .trim()
+        .parse::<i64>()
+        .unwrap_or(-1)
+}
+
 fn dumped(name: &str) -> Proc {
     let mut p = Proc::test_prog(name);
     let img = p.images();
@@ -60,13 +69,7 @@ fn unsupported_resource_leaves_process_running() {
         "names the PID"
     );
     // The process still runs and still counts.
-    let count = || {
-        std::fs::read_to_string(p.path("count"))
-            .unwrap_or_default()
-            .trim()
-            .parse::<i64>()
-            .unwrap_or(-1)
-    };
+    let count = || counted(&p);
     let before = count();
     wait_for("the counter to advance", Duration::from_secs(10), || {
         count() > before
@@ -397,13 +400,7 @@ while True:
         .unwrap();
     let d = dir.path().to_str().unwrap().to_string();
     let p = Proc::spawn_in(dir, "python3", &["-c", script, &d]);
-    let count = || {
-        std::fs::read_to_string(p.path("count"))
-            .unwrap_or_default()
-            .trim()
-            .parse::<i64>()
-            .unwrap_or(-1)
-    };
+    let count = || counted(&p);
     wait_for("python to count", Duration::from_secs(20), || count() > 0);
     let img = p.images();
     let out = godwit(&[

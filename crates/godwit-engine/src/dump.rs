@@ -249,10 +249,12 @@ pub fn dump(
     let mut page_files = Vec::new();
     let mut precopied = PrecopyReport::default();
     for (i, p) in procs.iter_mut().enumerate().filter(|(_, p)| !p.zombie) {
-        let written = match trackers.remove(&p.pid).filter(|_| plans[i].is_some()) {
-            Some(t) => {
+        let tracked = plans[i]
+            .as_ref()
+            .and_then(|plan| trackers.remove(&p.pid).map(|t| (t, plan)));
+        let written = match tracked {
+            Some((t, plan)) => {
                 writer.add_flags(godwit_image::FLAG_SCATTERED_PAGES);
-                let plan = plans[i].as_ref().expect("filtered above");
                 precopied.processes += 1;
                 precopied.rounds = precopied.rounds.max(t.rounds);
                 precopied.bytes_running += plan.copy_from;

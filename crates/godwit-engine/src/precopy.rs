@@ -39,7 +39,7 @@ use crate::schema::{PageRun, PageSpan, Vma, VmaKind};
 use crate::snapshot::{cow_able, write_protect_all, EAGER_LIMIT};
 use crate::Progress;
 use godwit_image::{ImageWriter, PageFileInfo};
-use godwit_sys::mem::{scan, Pagemap, Range, ScanQuery};
+use godwit_sys::mem::{scan, PageRegion, Pagemap, Range, ScanQuery};
 use godwit_sys::proc::{self, MapEntry};
 use godwit_sys::uffd::{self, Uffd};
 use godwit_sys::PAGE_SIZE;
@@ -195,8 +195,7 @@ pub fn run(root: i32, writer: &mut ImageWriter, progress: &dyn Progress) -> Resu
     let mut fds = Vec::new();
     for m in &members {
         let Member::Live(f) = m else { continue };
-        let big = proc::status(f.pid).is_ok_and(|s| s.rss_anon > EAGER_LIMIT);
-        if !big {
+        if !holds_enough(f.pid) {
             continue;
         }
         match open_uffd(f) {
@@ -233,7 +232,7 @@ fn worth_it(root: i32) -> bool {
     let mut queue = vec![root];
     let mut seen = 0;
     while let Some(pid) = queue.pop() {
-        if proc::status(pid).is_ok_and(|s| s.rss_anon > EAGER_LIMIT) {
+        if holds_enough(pid) {
             return true;
         }
         seen += 1;
@@ -243,6 +242,11 @@ fn worth_it(root: i32) -> bool {
         queue.extend(godwit_sys::process::children(pid).unwrap_or_default());
     }
     false
+}
+
+/// Whether process `pid` holds more private memory than is worth a pre-copy.
+fn holds_enough(pid: i32) -> bool {
+    proc::status(pid).is_ok_and(|s| s.rss_anon > EAGER_LIMIT)
 }
 
 /// Opens a userfaultfd in frozen process `f` (see Remote::take_userfaultfd).
@@ -367,13 +371,7 @@ impl Tracker {
                 .scan(r.addr, r.addr + r.len, &q, &mut regions)
                 .dumping(self.pid, "finding written pages")?;
         }
-        Ok(regions
-            .iter()
-            .map(|g| Range {
-                addr: g.start,
-                len: g.end - g.start,
-            })
-            .collect())
+        Ok(regions.iter().map(PageRegion::range).collect())
     }
 
     /// Copies `ranges` (of the running process) to the end of the stream.
@@ -445,15 +443,6 @@ impl Tracker {
         let mut written = Vec::new();
         let mut gone = Vec::new();
         let mut changed = Vec::new();
-        let as_ranges = |regions: &[godwit_sys::mem::PageRegion]| -> Vec<Range> {
-            regions
-                .iter()
-                .map(|g| Range {
-                    addr: g.start,
-                    len: g.end - g.start,
-                })
-                .collect()
-        };
         for e in entries.iter().filter(|e| is_anon_private(pid, e)) {
             gone.clear();
             pagemap
@@ -463,9 +452,10 @@ impl Tracker {
             pagemap
                 .scan(e.start, e.end, &written_q, &mut changed)
                 .dumping(pid, "scanning the page map")?;
-            let changed = as_ranges(&changed);
+            let changed: Vec<Range> = changed.iter().map(PageRegion::range).collect();
             let copied = self.copies.within(e.start, e.end);
-            let present = union(&subtract(&copied, &as_ranges(&gone)), &changed);
+            let gone: Vec<Range> = gone.iter().map(PageRegion::range).collect();
+            let present = union(&subtract(&copied, &gone), &changed);
             written.extend_from_slice(&changed);
             prefetched.insert(e.start, memory::Known::Present(present));
         }

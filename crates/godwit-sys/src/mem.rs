@@ -196,6 +196,16 @@ pub struct PageRegion {
     pub categories: u64,
 }
 
+impl PageRegion {
+    /// The region as a range of addresses.
+    pub fn range(&self) -> Range {
+        Range {
+            addr: self.start,
+            len: self.end - self.start,
+        }
+    }
+}
+
 /// What a [`Pagemap::scan`] reports: pages having all of `all_of`, none of
 /// `none_of` and at least one of `any_of`, with the `report` categories of
 /// each region. The walk is cheapest when few pages match: the kernel

@@ -657,6 +657,19 @@ pub(crate) trait Span: Sized {
     fn cut(self, at: u64) -> (Self, Self);
 }
 
+impl Piece {
+    /// A whole run of `len` bytes at `addr`.
+    fn whole(addr: u64, len: u64, readable: bool) -> Piece {
+        Piece {
+            addr,
+            len,
+            readable,
+            run: addr,
+            in_run: 0,
+        }
+    }
+}
+
 impl Span for Piece {
     fn len(&self) -> u64 {
         self.len
@@ -728,13 +741,7 @@ pub fn write_pages(
     for v in vmas {
         let readable = v.prot & libc::PROT_READ as u32 != 0;
         for run in &v.pages {
-            pieces.push(Piece {
-                addr: run.addr,
-                len: run.nr_pages * PAGE_SIZE,
-                readable,
-                run: run.addr,
-                in_run: 0,
-            });
+            pieces.push(Piece::whole(run.addr, run.nr_pages * PAGE_SIZE, readable));
         }
     }
     write_pieces(pid, pieces, writer, progress, snapshot, extra, 0, None)
@@ -755,13 +762,7 @@ pub(crate) fn write_ranges(
 ) -> Result<Vec<(godwit_image::PageFileInfo, PageSpan)>> {
     let pieces = ranges
         .iter()
-        .map(|(r, readable)| Piece {
-            addr: r.addr,
-            len: r.len,
-            readable: *readable,
-            run: r.addr,
-            in_run: 0,
-        })
+        .map(|(r, readable)| Piece::whole(r.addr, r.len, *readable))
         .collect();
     write_pieces(pid, pieces, writer, progress, None, extra, base, holes)
 }
