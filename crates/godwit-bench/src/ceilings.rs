@@ -60,8 +60,13 @@ pub struct Ceilings {
     pub memcpy: f64,
     pub process_vm_readv: f64,
     pub tmpfs_write: f64,
+    /// Two threads, each writing half into a file of its own in 1 MiB
+    /// writes, as the dump's two page writers do (GiB/s of both together).
+    pub tmpfs_write_2t: f64,
     /// On a tmpfs mounted huge=within_size.
     pub tmpfs_write_huge: f64,
+    /// As `tmpfs_write_2t`, on the huge=within_size tmpfs.
+    pub tmpfs_write_huge_2t: f64,
     pub first_touch: f64,
     pub first_touch_thp: f64,
     pub process_vm_writev_fresh: f64,
@@ -70,13 +75,29 @@ pub struct Ceilings {
 }
 
 impl Ceilings {
+    /// The least time, ms, two threads need to copy `bytes` of memory into
+    /// page files as the dump does, from these ceilings: each byte is read
+    /// out of the process, hashed and written (`write_2t`: the two-thread
+    /// write ceiling of the file system), reads and hashes split evenly over
+    /// the two. An estimate (perfect scaling), not a measurement.
+    pub fn copy_floor_ms(&self, bytes: u64, write_2t: f64) -> f64 {
+        if write_2t <= 0.0 || self.process_vm_readv <= 0.0 || self.xxh3 <= 0.0 {
+            return 0.0;
+        }
+        let gib = bytes as f64 / (1u64 << 30) as f64;
+        let s = gib / write_2t + gib / (2.0 * self.process_vm_readv) + gib / (2.0 * self.xxh3);
+        (s * 1e4).round() / 10.0
+    }
+
     pub fn to_json(&self) -> serde_json::Value {
         let r = |x: f64| (x * 100.0).round() / 100.0;
         serde_json::json!({
             "memcpy_gib_s": r(self.memcpy),
             "process_vm_readv_gib_s": r(self.process_vm_readv),
             "tmpfs_write_gib_s": r(self.tmpfs_write),
+            "tmpfs_write_2_threads_gib_s": r(self.tmpfs_write_2t),
             "tmpfs_huge_write_gib_s": r(self.tmpfs_write_huge),
+            "tmpfs_huge_write_2_threads_gib_s": r(self.tmpfs_write_huge_2t),
             "first_touch_gib_s": r(self.first_touch),
             "first_touch_thp_gib_s": r(self.first_touch_thp),
             "process_vm_writev_fresh_gib_s": r(self.process_vm_writev_fresh),
@@ -129,9 +150,51 @@ pub fn measure(dir: &Path, bin: &Path, mib: u64, reps: usize) -> Result<Ceilings
                 Ok(d)
             })
         };
+        // The same with two threads, each writing its half in 1 MiB
+        // writes from a buffer of its own (the dump's page writers).
+        let write_halves = |dir: &Path| {
+            let halves: Vec<&[u8]> = src.as_slice().chunks(len.div_ceil(2)).collect();
+            timed(reps, || {
+                let paths: Vec<_> = (0..halves.len())
+                    .map(|k| dir.join(format!("tmpfs-ceiling-{k}")))
+                    .collect();
+                let t = Instant::now();
+                std::thread::scope(|s| -> Result<()> {
+                    let workers: Vec<_> = halves
+                        .iter()
+                        .zip(&paths)
+                        .map(|(half, path)| {
+                            s.spawn(move || -> Result<()> {
+                                let mut f = std::fs::File::create(path)
+                                    .with_context(|| format!("creating {}", path.display()))?;
+                                let mut buf = vec![0u8; 1 << 20];
+                                for chunk in half.chunks(buf.len()) {
+                                    buf[..chunk.len()].copy_from_slice(chunk);
+                                    f.write_all(&buf[..chunk.len()])
+                                        .with_context(|| format!("writing {}", path.display()))?;
+                                }
+                                Ok(())
+                            })
+                        })
+                        .collect();
+                    for w in workers {
+                        w.join()
+                            .map_err(|_| anyhow::anyhow!("a writer panicked"))??;
+                    }
+                    Ok(())
+                })?;
+                let d = t.elapsed();
+                for p in &paths {
+                    std::fs::remove_file(p)?;
+                }
+                Ok(d)
+            })
+        };
         c.tmpfs_write = best(bytes, &write_file(&dir.join("tmpfs-ceiling"))?);
+        c.tmpfs_write_2t = best(bytes, &write_halves(dir)?);
         if let Ok(h) = crate::HugeTmpfs::mount(&dir.join("huge-ceiling"), mib + 64) {
             c.tmpfs_write_huge = best(bytes, &write_file(&h.0.join("tmpfs-ceiling"))?);
+            c.tmpfs_write_huge_2t = best(bytes, &write_halves(&h.0)?);
         }
 
         // process_vm_writev into never-touched memory of another process:

@@ -296,6 +296,10 @@ impl SizeResult {
                 "restore_verify_pages": self.st_verify.ms_json(),
             },
             "ceilings": self.ceilings.as_ref().map(Ceilings::to_json),
+            "copy_floor_ms": self.ceilings.as_ref().map(|c| serde_json::json!({
+                "dev_shm": c.copy_floor_ms(self.mib << 20, c.tmpfs_write_2t),
+                "huge_tmpfs": c.copy_floor_ms(self.mib << 20, c.tmpfs_write_huge_2t),
+            })),
         })
     }
 }
@@ -718,12 +722,14 @@ fn print_table(results: &[SizeResult], extras: bool) {
     }
     println!();
     println!(
-        "{:>6}  {:>8} {:>8} {:>8} {:>10} {:>8} {:>8} {:>9} {:>9} {:>8}   (GiB/s, best)",
+        "{:>6}  {:>8} {:>8} {:>8} {:>8} {:>10} {:>8} {:>8} {:>8} {:>9} {:>9} {:>8}   (GiB/s, best)",
         "MiB",
         "memcpy",
         "vm_readv",
         "tmpfs_wr",
+        "wr_2thr",
         "tmpfs_huge",
+        "huge_2t",
         "1sttouch",
         "1st_thp",
         "writev_fr",
@@ -733,17 +739,29 @@ fn print_table(results: &[SizeResult], extras: bool) {
     for r in results {
         let Some(c) = &r.ceilings else { continue };
         println!(
-            "{:>6}  {:>8.2} {:>8.2} {:>8.2} {:>10.2} {:>8.2} {:>8.2} {:>9.2} {:>9.2} {:>8.2}",
+            "{:>6}  {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>10.2} {:>8.2} {:>8.2} {:>8.2} {:>9.2} {:>9.2} {:>8.2}",
             r.mib,
             c.memcpy,
             c.process_vm_readv,
             c.tmpfs_write,
+            c.tmpfs_write_2t,
             c.tmpfs_write_huge,
+            c.tmpfs_write_huge_2t,
             c.first_touch,
             c.first_touch_thp,
             c.process_vm_writev_fresh,
             c.process_vm_writev_fresh_thp,
             c.xxh3
+        );
+    }
+    for r in results {
+        let Some(c) = &r.ceilings else { continue };
+        println!(
+            "{:>6}  least time to copy the memory into page files with two threads \
+             (read + hash + write, from the ceilings): {:.1} ms on /dev/shm, {:.1} ms on the huge tmpfs",
+            r.mib,
+            c.copy_floor_ms(r.mib << 20, c.tmpfs_write_2t),
+            c.copy_floor_ms(r.mib << 20, c.tmpfs_write_huge_2t),
         );
     }
 }
@@ -827,6 +845,14 @@ fn run(args: &Args) -> Result<()> {
 }
 
 fn main() {
+    // GODWIT_LOG=godwit_engine=debug shows the engine's stage times.
+    if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_env("GODWIT_LOG") {
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_ansi(false)
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let result = parse_args().and_then(|a| run(&a));
     if let Err(e) = result {
         eprintln!("\ngodwit-bench: {e:#}");

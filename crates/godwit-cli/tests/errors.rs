@@ -74,7 +74,15 @@ fn unsupported_resource_leaves_process_running() {
     wait_for("the counter to advance", Duration::from_secs(10), || {
         count() > before
     });
-    // Nothing that restore would accept was left behind.
+    // Nothing that restore would accept was left behind, nor the page
+    // files its memory was being copied into meanwhile.
+    let left: Vec<_> = std::fs::read_dir(&img)
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(
+        left.is_empty(),
+        "files left in the image directory: {left:?}"
+    );
     let out = godwit(&["restore", "--images", img.to_str().unwrap()]);
     assert_fails(&out, 3, "no committed image");
 }

@@ -161,38 +161,15 @@ pub fn dump(
     let members = freeze_tree(pid, cgroup)?;
     let frozen_at = Instant::now();
     tracing::debug!(ms = t0.elapsed().as_secs_f64() * 1e3, "frozen");
-    let mut procs: Vec<Process> = Vec::with_capacity(members.len());
-    let mut remotes: Vec<Option<Remote>> = Vec::with_capacity(members.len());
-    let mut plans: Vec<Option<FrozenPlan>> = Vec::with_capacity(members.len());
-    for m in &members {
-        match m {
-            Member::Live(f) => {
-                let c = collect_one(f, trackers.get(&f.pid))?;
-                procs.push(c.process);
-                remotes.push(Some(c.r0));
-                plans.push(c.plan);
-            }
-            Member::Zombie {
-                pid,
-                ppid,
-                pgid,
-                sid,
-                status,
-            } => {
-                procs.push(Process {
-                    pid: *pid,
-                    ppid: *ppid,
-                    pgid: *pgid,
-                    sid: *sid,
-                    zombie: true,
-                    exit_status: *status,
-                    ..Default::default()
-                });
-                remotes.push(None);
-                plans.push(None);
-            }
-        }
-    }
+    // Frozen throughout: each process's memory is planned and copied by a
+    // second thread while the rest of it is collected.
+    let early = !cow;
+    let Collection {
+        mut procs,
+        remotes,
+        plans,
+        mut copied,
+    } = collect_all(&members, &trackers, early.then_some(&writer), progress)?;
     tracing::debug!(ms = t0.elapsed().as_secs_f64() * 1e3, "collected");
     files::link_descriptions(&mut procs)?;
     tty::link(&mut procs, opts.shell_job)?;
@@ -245,7 +222,9 @@ pub fn dump(
     }
 
     tracing::debug!(ms = t0.elapsed().as_secs_f64() * 1e3, "planned");
-    progress.stage("dumping memory", memory_bytes);
+    if !early {
+        progress.stage("dumping memory", memory_bytes);
+    }
     let mut page_files = Vec::new();
     let mut precopied = PrecopyReport::default();
     for (i, p) in procs.iter_mut().enumerate().filter(|(_, p)| !p.zombie) {
@@ -263,10 +242,28 @@ pub fn dump(
                 w.append(&mut fresh[i]);
                 w
             }
-            None => {
-                let snap = snapshots.get(i).and_then(|s| s.as_ref());
-                memory::write_pages(p.pid, &p.vmas, &mut writer, progress, snap, &shmem_data[i])?
-            }
+            None => match copied.get_mut(i).and_then(Option::take) {
+                Some(mut w) => {
+                    if !shmem_data[i].is_empty() {
+                        let base = memory::planned_bytes(&p.vmas);
+                        let extra = &shmem_data[i];
+                        w.extend(memory::write_ranges(
+                            p.pid,
+                            &[],
+                            &writer,
+                            progress,
+                            extra,
+                            base,
+                            None,
+                        )?);
+                    }
+                    w
+                }
+                None => {
+                    let snap = snapshots.get(i).and_then(|s| s.as_ref());
+                    memory::write_pages(p.pid, &p.vmas, &writer, progress, snap, &shmem_data[i])?
+                }
+            },
         };
         p.page_file = written
             .first()
@@ -389,11 +386,157 @@ pub(crate) fn injector(frozen: &Frozen) -> Result<(Vec<proc::MapEntry>, Remote)>
     Ok((maps, r0))
 }
 
-/// Collects everything but the page contents of one frozen process.
-fn collect_one(frozen: &Frozen, tracker: Option<&Tracker>) -> Result<Collected> {
+/// What [`collect_all`] collected, by member (None for zombies).
+struct Collection {
+    procs: Vec<Process>,
+    remotes: Vec<Option<Remote>>,
+    plans: Vec<Option<FrozenPlan>>,
+    /// The page files each process's memory was copied into, when copied
+    /// alongside the collection.
+    copied: Vec<Option<Vec<(PageFileInfo, PageSpan)>>>,
+}
+
+/// Asks for the memory of member `.0`, process `.1` with memory map `.2`,
+/// to be planned and copied.
+type CopyJob = (usize, i32, Vec<proc::MapEntry>);
+
+/// Collects every member of the frozen tree. With `copy_into` (the tree
+/// stays frozen until its image is written), a second thread plans and
+/// copies each process's memory into page files as soon as its memory map
+/// is read, while the rest of it is collected: the calls injected meanwhile
+/// touch only their own scratch area, which the plan leaves out.
+fn collect_all(
+    members: &[Member],
+    trackers: &std::collections::HashMap<i32, Tracker>,
+    copy_into: Option<&ImageWriter>,
+    progress: &dyn Progress,
+) -> Result<Collection> {
+    let live = members
+        .iter()
+        .filter(|m| matches!(m, Member::Live(_)))
+        .count();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let (tx, rx) = std::sync::mpsc::channel::<CopyJob>();
+        let stop = &stop;
+        let copier = copy_into.map(|writer| {
+            s.spawn(move || {
+                let mut out = Vec::new();
+                for (i, pid, maps) in rx {
+                    let t = Instant::now();
+                    let lap = |what: &str| {
+                        tracing::debug!(ms = t.elapsed().as_secs_f64() * 1e3, pid, "copier: {what}")
+                    };
+                    let r = memory::survey(pid, &maps).and_then(|vmas| {
+                        lap("planned");
+                        let stage = match live {
+                            1 => "dumping memory".to_string(),
+                            _ => format!("memory of {pid}"),
+                        };
+                        progress.stage(&stage, memory::planned_bytes(&vmas));
+                        let w = memory::write_pages_unless(pid, &vmas, writer, progress, stop)?;
+                        lap("copied");
+                        Ok((vmas, w))
+                    });
+                    let failed = r.is_err();
+                    out.push((i, r));
+                    if failed {
+                        break;
+                    }
+                }
+                out
+            })
+        });
+        let tx = copier.is_some().then_some(tx);
+        let collected = collect_members(members, trackers, tx.as_ref());
+        if collected.is_err() {
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        // Ends the copier's loop once it has taken every job.
+        drop(tx);
+        let copies = match copier {
+            Some(c) => c.join().unwrap_or_else(|_| {
+                vec![(
+                    0,
+                    Err(EngineError::BadImage("the memory copier panicked".into())),
+                )]
+            }),
+            None => Vec::new(),
+        };
+        let mut c = collected?;
+        for (i, r) in copies {
+            let (vmas, w) = r?;
+            c.procs[i].vmas = vmas;
+            c.copied[i] = Some(w);
+        }
+        if copy_into.is_some() && c.copied.iter().flatten().count() != live {
+            return Err(EngineError::BadImage(
+                "the memory of a process was not copied".into(),
+            ));
+        }
+        Ok(c)
+    })
+}
+
+fn collect_members(
+    members: &[Member],
+    trackers: &std::collections::HashMap<i32, Tracker>,
+    copy: Option<&std::sync::mpsc::Sender<CopyJob>>,
+) -> Result<Collection> {
+    let mut c = Collection {
+        procs: Vec::with_capacity(members.len()),
+        remotes: Vec::with_capacity(members.len()),
+        plans: Vec::with_capacity(members.len()),
+        copied: Vec::with_capacity(members.len()),
+    };
+    for (i, m) in members.iter().enumerate() {
+        c.copied.push(None);
+        match m {
+            Member::Live(f) => {
+                let one = collect_one(f, trackers.get(&f.pid), copy.map(|tx| (tx, i)))?;
+                c.procs.push(one.process);
+                c.remotes.push(Some(one.r0));
+                c.plans.push(one.plan);
+            }
+            Member::Zombie {
+                pid,
+                ppid,
+                pgid,
+                sid,
+                status,
+            } => {
+                c.procs.push(Process {
+                    pid: *pid,
+                    ppid: *ppid,
+                    pgid: *pgid,
+                    sid: *sid,
+                    zombie: true,
+                    exit_status: *status,
+                    ..Default::default()
+                });
+                c.remotes.push(None);
+                c.plans.push(None);
+            }
+        }
+    }
+    Ok(c)
+}
+
+/// Collects everything but the page contents of one frozen process. With
+/// `copy`, its memory is left to the copier (job number `.1`): the VMAs
+/// come from there.
+fn collect_one(
+    frozen: &Frozen,
+    tracker: Option<&Tracker>,
+    copy: Option<(&std::sync::mpsc::Sender<CopyJob>, usize)>,
+) -> Result<Collected> {
     let pid = frozen.pid;
     let t = Instant::now();
     let (maps, r0) = injector(frozen)?;
+    if let Some((tx, i)) = copy {
+        // A copier that stopped early has its error to report.
+        let _ = tx.send((i, pid, maps.clone()));
+    }
     let scratch = r0
         .call(
             "mmap",
@@ -421,13 +564,14 @@ fn collect_one(frozen: &Frozen, tracker: Option<&Tracker>) -> Result<Collected> 
         ms = t.elapsed().as_secs_f64() * 1e3,
         "collect: scratch unmapped"
     );
-    let plan = match tracker {
-        Some(t) => {
+    let plan = match (tracker, copy) {
+        (_, Some(_)) => None,
+        (Some(t), None) => {
             let mut plan = t.plan_frozen(&maps)?;
             process.vmas = std::mem::take(&mut plan.vmas);
             Some(plan)
         }
-        None => {
+        (None, None) => {
             process.vmas = memory::survey(pid, &maps)?;
             None
         }

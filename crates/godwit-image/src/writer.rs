@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use prost::Message;
+use std::sync::Mutex;
 use xxhash_rust::xxh3::Xxh3;
 
 use crate::manifest::{self, Manifest, PageFile};
@@ -38,12 +39,20 @@ pub struct ImageWriter {
     dir: PathBuf,
     sync: bool,
     writer: String,
-    next_page_file: u64,
-    /// Names of the page files this writer created, in creation order.
-    created: Vec<String>,
+    /// The page files this writer created; behind a lock so that writers of
+    /// several processes' memory can each create theirs ([`page_file`](Self::page_file)
+    /// takes `&self`).
+    files: Mutex<PageFiles>,
     committed: bool,
     /// Header flags to commit with.
     flags: u32,
+}
+
+/// Page files created so far, and the number of the next.
+#[derive(Debug, Default)]
+struct PageFiles {
+    next: u64,
+    created: Vec<String>,
 }
 
 impl ImageWriter {
@@ -113,8 +122,7 @@ impl ImageWriter {
             dir: dir.to_owned(),
             sync: true,
             writer: format!("godwit-image {}", env!("CARGO_PKG_VERSION")),
-            next_page_file: 0,
-            created: Vec::new(),
+            files: Mutex::new(PageFiles::default()),
             committed: false,
             flags: 0,
         })
@@ -152,14 +160,20 @@ impl ImageWriter {
     /// How many page files this writer has created so far: a mark for
     /// [`discard_since`](Self::discard_since).
     pub fn mark(&self) -> usize {
-        self.created.len()
+        self.files.lock().expect("page file list").created.len()
     }
 
     /// Removes the page files created after `mark` (work given up before the
     /// commit); their names are not reused.
     pub fn discard_since(&mut self, mark: usize) -> Result<(), ImageError> {
-        while self.created.len() > mark {
-            let name = self.created[self.created.len() - 1].clone();
+        while let Some(name) = self
+            .files
+            .get_mut()
+            .expect("page file list")
+            .created
+            .get(mark)
+            .cloned()
+        {
             self.discard(&name)?;
         }
         Ok(())
@@ -168,8 +182,9 @@ impl ImageWriter {
     /// Removes page file `name`, created by this writer and not to be
     /// committed.
     pub fn discard(&mut self, name: &str) -> Result<(), ImageError> {
-        if let Some(i) = self.created.iter().position(|n| n == name) {
-            self.created.remove(i);
+        let created = &mut self.files.get_mut().expect("page file list").created;
+        if let Some(i) = created.iter().position(|n| n == name) {
+            created.remove(i);
             let path = self.dir.join(name);
             match fs::remove_file(&path) {
                 Ok(()) => {}
@@ -189,8 +204,9 @@ impl ImageWriter {
     /// Creates the next page file, `pages-<n>.img` with n = 0, 1, 2, ..., mode 0600.
     ///
     /// Fails if the file already exists (another writer in the same directory).
-    pub fn page_file(&mut self) -> Result<PageFileWriter, ImageError> {
-        let name = format!("pages-{}.img", self.next_page_file);
+    pub fn page_file(&self) -> Result<PageFileWriter, ImageError> {
+        let mut files = self.files.lock().expect("page file list");
+        let name = format!("pages-{}.img", files.next);
         let path = self.dir.join(&name);
         let file = OpenOptions::new()
             .write(true)
@@ -201,8 +217,8 @@ impl ImageWriter {
                 path: path.clone(),
                 source,
             })?;
-        self.next_page_file += 1;
-        self.created.push(name.clone());
+        files.next += 1;
+        files.created.push(name.clone());
         tracing::debug!(path = %path.display(), "page file created");
         Ok(PageFileWriter {
             name,
@@ -232,7 +248,14 @@ impl ImageWriter {
         finished: Vec<PageFileInfo>,
     ) -> Result<CommitInfo, ImageError> {
         manifest::check_page_file_names(finished.iter().map(|p| p.name.as_str()), &self.dir)?;
-        let created: HashSet<&str> = self.created.iter().map(String::as_str).collect();
+        let created: HashSet<&str> = self
+            .files
+            .get_mut()
+            .expect("page file list")
+            .created
+            .iter()
+            .map(String::as_str)
+            .collect();
         let listed: HashSet<&str> = finished.iter().map(|p| p.name.as_str()).collect();
         if let Some(name) = finished.iter().find(|p| !created.contains(p.name.as_str())) {
             return Err(ImageError::ForeignPageFile {
@@ -240,7 +263,14 @@ impl ImageWriter {
                 name: name.name.clone(),
             });
         }
-        if let Some(name) = self.created.iter().find(|n| !listed.contains(n.as_str())) {
+        if let Some(name) = self
+            .files
+            .get_mut()
+            .expect("page file list")
+            .created
+            .iter()
+            .find(|n| !listed.contains(n.as_str()))
+        {
             return Err(ImageError::PageFileNotCommitted {
                 dir: self.dir.clone(),
                 name: name.clone(),
@@ -335,7 +365,12 @@ impl Drop for ImageWriter {
         if self.committed {
             return;
         }
-        for name in self
+        // A writer thread that panicked holding the lock: still clean up.
+        let files = match self.files.get_mut() {
+            Ok(f) => f,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        for name in files
             .created
             .iter()
             .map(String::as_str)

@@ -356,6 +356,43 @@ pub fn personality(pid: i32) -> Result<u32> {
     u32::from_str_radix(t.trim(), 16).map_err(|_| bad(&path, "bad value"))
 }
 
+/// Resource limits 0..16 as /proc/PID/limits shows them, as (soft, hard)
+/// pairs; "unlimited" is `u64::MAX` (RLIM_INFINITY). The file is readable
+/// without injecting anything and without CAP_SYS_RESOURCE (which
+/// prlimit64 on another user's process needs).
+pub fn limits(pid: i32) -> Result<Vec<(u64, u64)>> {
+    let path = format!("/proc/{pid}/limits");
+    parse_limits(&read(&path)?, &path)
+}
+
+/// Rows after the heading, in resource order: a name padded to 25 columns
+/// and a space, then soft, hard and (not always) units.
+pub fn parse_limits(text: &str, path: &str) -> Result<Vec<(u64, u64)>> {
+    let value = |v: Option<&str>| -> Result<u64> {
+        match v {
+            Some("unlimited") => Ok(u64::MAX),
+            Some(n) => n
+                .parse()
+                .map_err(|_| bad(path, format!("bad limit value {n:?}"))),
+            None => Err(bad(path, "a limit row without its values")),
+        }
+    };
+    let mut out = Vec::with_capacity(16);
+    for line in text.lines().skip(1).filter(|l| !l.trim().is_empty()) {
+        let rest = line
+            .get(26..)
+            .ok_or_else(|| bad(path, format!("short limit row {line:?}")))?;
+        let mut it = rest.split_whitespace();
+        let soft = value(it.next())?;
+        let hard = value(it.next())?;
+        out.push((soft, hard));
+    }
+    if out.len() < 16 {
+        return Err(bad(path, format!("{} limit rows, expected 16", out.len())));
+    }
+    Ok(out)
+}
+
 pub fn comm(pid: i32, tid: i32) -> Result<String> {
     Ok(read(&format!("/proc/{pid}/task/{tid}/comm"))?
         .trim_end_matches('\n')
@@ -397,6 +434,35 @@ mod tests {
         assert!(tasks(me).unwrap().contains(&me));
         assert!(fds(me).unwrap().contains(&0) || fds(me).is_ok());
         assert!(auxv(me).unwrap().len() > 4);
+    }
+
+    #[test]
+    fn limits_as_prlimit_says() {
+        let me = std::process::id() as i32;
+        let rows = limits(me).unwrap();
+        for (res, row) in rows.iter().enumerate().take(16) {
+            let mut l = libc::rlimit64 {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            // SAFETY: prlimit64 on ourselves, reading into a local struct.
+            let rc = unsafe { libc::prlimit64(0, res as _, std::ptr::null(), &mut l) };
+            assert_eq!(rc, 0);
+            assert_eq!(*row, (l.rlim_cur, l.rlim_max), "resource {res}");
+        }
+        let t = "Limit                     Soft Limit           Hard Limit           Units     \nMax cpu time              unlimited            unlimited            seconds   \nMax nice priority         0                    0                    \n";
+        assert!(parse_limits(t, "x").is_err(), "two rows are not all");
+        let mut full = String::from(t);
+        for _ in 0..14 {
+            full.push_str(
+                "Max locked memory         8388608              unlimited            bytes     \n",
+            );
+        }
+        let v = parse_limits(&full, "x").unwrap();
+        assert_eq!(v[0], (u64::MAX, u64::MAX));
+        assert_eq!(v[1], (0, 0));
+        assert_eq!(v[15], (8388608, u64::MAX));
+        assert!(parse_limits(&full.replace("8388608", "8x"), "x").is_err());
     }
 
     #[test]

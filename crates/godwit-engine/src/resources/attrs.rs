@@ -3,7 +3,7 @@
 //! mm_struct (code/data/brk/stack/args/env bounds and the auxiliary vector).
 
 use crate::error::{DumpCtx, EngineError, RestoreCtx, Result};
-use crate::remote::{u64_at, Remote};
+use crate::remote::Remote;
 use crate::schema::{Creds, MmLayout, Process, Rlimit};
 use godwit_sys::{proc, process};
 
@@ -54,23 +54,17 @@ pub fn dump(r: &Remote, p: &mut Process) -> Result<()> {
         gids: status.gids.to_vec(),
         groups: status.groups.clone(),
     });
-    // Read from inside: prlimit64 on another user's process needs
-    // CAP_SYS_RESOURCE, which our hosts do not have.
-    p.rlimits = Vec::with_capacity(RLIMIT_COUNT as usize);
-    for res in 0..RLIMIT_COUNT {
-        r.call(
-            "prlimit64",
-            libc::SYS_prlimit64,
-            [0, res as u64, 0, r.scratch, 0, 0],
-        )
-        .dumping(pid, "reading resource limits")?;
-        let b = r.get(0, 16).dumping(pid, "reading resource limits")?;
-        p.rlimits.push(Rlimit {
-            resource: res,
-            soft: u64_at(&b, 0),
-            hard: u64_at(&b, 1),
-        });
-    }
+    p.rlimits = proc::limits(pid)
+        .dumping(pid, "reading resource limits")?
+        .into_iter()
+        .take(RLIMIT_COUNT as usize)
+        .enumerate()
+        .map(|(res, (soft, hard))| Rlimit {
+            resource: res as u32,
+            soft,
+            hard,
+        })
+        .collect();
     let brk = r
         .call("brk", libc::SYS_brk, [0, 0, 0, 0, 0, 0])
         .dumping(pid, "reading the program break")?;

@@ -111,20 +111,61 @@ fn wanted(kind: VmaKind, entry: u64) -> bool {
 /// Plans the memory of a frozen process whose /proc/PID/maps is `maps`:
 /// smaps (for the VmFlags) and the page map each walk the page tables (about
 /// 10 ms per GiB each), so they are read by two threads.
+///
+/// Calls injected meanwhile may map and unmap a scratch area, which smaps
+/// then shows, alone or merged into a neighbour: the plan covers exactly
+/// the VMAs of `maps`, each with the VmFlags of the smaps VMA holding it.
 pub fn survey(pid: i32, maps: &[MapEntry]) -> Result<Vec<Vma>> {
-    survey_entries(pid, maps).map(|(_, vmas)| vmas)
+    let (smaps, prefetched) = read_smaps_and_pagemap(pid, maps);
+    let smaps = smaps.dumping(pid, "reading the memory map")?;
+    let entries = with_flags_of(pid, maps, &smaps)?;
+    plan(pid, &entries, prefetched?)
+}
+
+/// `maps` with the VmFlags of the `smaps` VMA that holds each one.
+fn with_flags_of(pid: i32, maps: &[MapEntry], smaps: &[MapEntry]) -> Result<Vec<MapEntry>> {
+    maps.iter()
+        .map(|e| {
+            let i = smaps.partition_point(|s| s.end <= e.start);
+            match smaps.get(i) {
+                Some(s) if s.start <= e.start && e.end <= s.end => Ok(MapEntry {
+                    vm_flags: s.vm_flags.clone(),
+                    ..e.clone()
+                }),
+                _ => Err(EngineError::Sys {
+                    pid,
+                    stage: "reading the memory map",
+                    source: godwit_sys::SysError::Proc {
+                        path: format!("/proc/{pid}/smaps"),
+                        detail: format!(
+                            "the mapping {:#x}-{:#x} changed while the process was stopped",
+                            e.start, e.end
+                        ),
+                    },
+                }),
+            }
+        })
+        .collect()
+}
+
+/// smaps, and the page map of `maps` read alongside by a second thread.
+fn read_smaps_and_pagemap(
+    pid: i32,
+    maps: &[MapEntry],
+) -> (godwit_sys::Result<Vec<MapEntry>>, Result<Prefetched>) {
+    std::thread::scope(|s| {
+        let prefetched = s.spawn(|| prefetch_pagemap(pid, maps));
+        let smaps = godwit_sys::proc::smaps(pid);
+        let prefetched = prefetched.join().unwrap_or_else(|_| Ok(Default::default()));
+        (smaps, prefetched)
+    })
 }
 
 /// [`survey`], also returning the smaps entries the plan was made from.
 pub fn survey_entries(pid: i32, maps: &[MapEntry]) -> Result<(Vec<MapEntry>, Vec<Vma>)> {
-    let (smaps, prefetched) = std::thread::scope(|s| {
-        let prefetched = s.spawn(|| prefetch_pagemap(pid, maps));
-        let smaps = godwit_sys::proc::smaps(pid);
-        (smaps, prefetched.join())
-    });
+    let (smaps, prefetched) = read_smaps_and_pagemap(pid, maps);
     let smaps = smaps.dumping(pid, "reading the memory map")?;
-    let prefetched = prefetched.unwrap_or_else(|_| Ok(Default::default()))?;
-    let vmas = plan(pid, &smaps, prefetched)?;
+    let vmas = plan(pid, &smaps, prefetched?)?;
     Ok((smaps, vmas))
 }
 
@@ -732,11 +773,19 @@ pub(crate) fn split_even<T: Span>(items: impl IntoIterator<Item = T>, n: usize) 
 pub fn write_pages(
     pid: i32,
     vmas: &[Vma],
-    writer: &mut godwit_image::ImageWriter,
+    writer: &godwit_image::ImageWriter,
     progress: &dyn Progress,
     snapshot: Option<&Snapshot>,
     extra: &[Vec<u8>],
 ) -> Result<Vec<(godwit_image::PageFileInfo, PageSpan)>> {
+    let pieces = planned_pieces(vmas);
+    write_pieces(
+        pid, pieces, writer, progress, snapshot, extra, 0, None, None,
+    )
+}
+
+/// The planned page runs of `vmas`, in page-file order.
+fn planned_pieces(vmas: &[Vma]) -> Vec<Piece> {
     let mut pieces: Vec<Piece> = Vec::new();
     for v in vmas {
         let readable = v.prot & libc::PROT_READ as u32 != 0;
@@ -744,7 +793,30 @@ pub fn write_pages(
             pieces.push(Piece::whole(run.addr, run.nr_pages * PAGE_SIZE, readable));
         }
     }
-    write_pieces(pid, pieces, writer, progress, snapshot, extra, 0, None)
+    pieces
+}
+
+/// [`write_pages`] of a frozen process without a snapshot, given up between
+/// two batches once `stop` is set (another part of the dump failed).
+pub(crate) fn write_pages_unless(
+    pid: i32,
+    vmas: &[Vma],
+    writer: &godwit_image::ImageWriter,
+    progress: &dyn Progress,
+    stop: &std::sync::atomic::AtomicBool,
+) -> Result<Vec<(godwit_image::PageFileInfo, PageSpan)>> {
+    let pieces = planned_pieces(vmas);
+    write_pieces(
+        pid,
+        pieces,
+        writer,
+        progress,
+        None,
+        &[],
+        0,
+        None,
+        Some(stop),
+    )
 }
 
 /// Copies `ranges` of the process (each readable or not), in this order,
@@ -754,7 +826,7 @@ pub fn write_pages(
 pub(crate) fn write_ranges(
     pid: i32,
     ranges: &[(Range, bool)],
-    writer: &mut godwit_image::ImageWriter,
+    writer: &godwit_image::ImageWriter,
     progress: &dyn Progress,
     extra: &[Vec<u8>],
     base: u64,
@@ -764,19 +836,22 @@ pub(crate) fn write_ranges(
         .iter()
         .map(|(r, readable)| Piece::whole(r.addr, r.len, *readable))
         .collect();
-    write_pieces(pid, pieces, writer, progress, None, extra, base, holes)
+    write_pieces(
+        pid, pieces, writer, progress, None, extra, base, holes, None,
+    )
 }
 
 #[allow(clippy::too_many_arguments)]
 fn write_pieces(
     pid: i32,
     pieces: Vec<Piece>,
-    writer: &mut godwit_image::ImageWriter,
+    writer: &godwit_image::ImageWriter,
     progress: &dyn Progress,
     snapshot: Option<&Snapshot>,
     extra: &[Vec<u8>],
     base: u64,
     holes: Option<&std::sync::Mutex<Vec<Range>>>,
+    stop: Option<&std::sync::atomic::AtomicBool>,
 ) -> Result<Vec<(godwit_image::PageFileInfo, PageSpan)>> {
     // Little to write (a pre-copy round, what changed at its freeze): one
     // file is enough.
@@ -800,7 +875,7 @@ fn write_pieces(
             .map(|(k, (part, mut out))| {
                 let extra = if k == last { extra } else { &[][..] };
                 s.spawn(move || -> Result<(godwit_image::PageFileInfo, u64)> {
-                    copy_part(pid, part, &mut out, progress, snapshot, holes)?;
+                    copy_part(pid, part, &mut out, progress, snapshot, holes, stop)?;
                     for data in extra {
                         out.write_all(data)?;
                     }
@@ -869,6 +944,7 @@ fn copy_part(
     progress: &dyn Progress,
     snapshot: Option<&Snapshot>,
     holes: Option<&std::sync::Mutex<Vec<Range>>>,
+    stop: Option<&std::sync::atomic::AtomicBool>,
 ) -> Result<()> {
     // calloc'd: the kernel's zero pages, no memset to pay for.
     let mut buf = vec![0u8; BATCH];
@@ -882,6 +958,16 @@ fn copy_part(
      -> Result<()> {
         if ranges.is_empty() {
             return Ok(());
+        }
+        if stop.is_some_and(|s| s.load(std::sync::atomic::Ordering::Relaxed)) {
+            return Err(EngineError::Sys {
+                pid,
+                stage: "copying memory",
+                source: godwit_sys::SysError::Proc {
+                    path: format!("process {pid} memory"),
+                    detail: "the copy was stopped: another part of the dump failed".into(),
+                },
+            });
         }
         let want = *filled;
         let n = match (mem::read_ranges(pid, &mut buf[..want], ranges), holes) {
@@ -1406,6 +1492,39 @@ fn fill(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn entry(start: u64, end: u64, flags: &[&str]) -> MapEntry {
+        MapEntry {
+            start,
+            end,
+            read: true,
+            write: true,
+            vm_flags: flags.iter().map(|f| f.to_string()).collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn flags_of_a_map_read_before_the_scratch_area() {
+        let maps = [entry(0x1000, 0x3000, &[]), entry(0x8000, 0x9000, &[])];
+        // The scratch area merged into the first VMA (from below), and
+        // another one standing alone: both left out of the plan.
+        let smaps = [
+            entry(0x0, 0x3000, &["rd", "wr"]),
+            entry(0x5000, 0x6000, &["rd"]),
+            entry(0x8000, 0x9000, &["rd", "wr", "dd"]),
+        ];
+        let out = with_flags_of(1, &maps, &smaps).unwrap();
+        assert_eq!(out.len(), 2);
+        assert_eq!((out[0].start, out[0].end), (0x1000, 0x3000));
+        assert_eq!(out[0].vm_flags, ["rd", "wr"]);
+        assert_eq!((out[1].start, out[1].end), (0x8000, 0x9000));
+        assert!(out[1].has_flag("dd"));
+        // A VMA that shrank or vanished: refused, not planned from stale bounds.
+        let shrunk = [entry(0x0, 0x2000, &[]), entry(0x8000, 0x9000, &[])];
+        assert!(with_flags_of(1, &maps, &shrunk).is_err());
+        assert!(with_flags_of(1, &maps, &smaps[..2]).is_err());
+    }
 
     #[test]
     fn page_selection() {
