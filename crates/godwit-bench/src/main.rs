@@ -322,8 +322,8 @@ fn dump_stages(pid: i32, dir: &Path) -> Result<[Duration; 4]> {
     let maps = godwit_sys::proc::maps(pid).context("reading maps")?;
     let vmas = memory::survey(pid, &maps).context("planning")?;
     let t2 = Instant::now();
-    let mut writer = godwit_image::ImageWriter::create(dir)?.sync(false);
-    memory::write_pages(pid, &vmas, &mut writer, &Quiet, None, &[]).context("copying pages")?;
+    let writer = godwit_image::ImageWriter::create(dir)?.sync(false);
+    memory::write_pages(pid, &vmas, &writer, &Quiet, None, &[]).context("copying pages")?;
     let t3 = Instant::now();
     frozen.release().context("releasing")?;
     let t4 = Instant::now();

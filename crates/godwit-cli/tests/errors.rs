@@ -56,6 +56,8 @@ fn unknown_pid() {
 fn unsupported_resource_leaves_process_running() {
     let p = Proc::test_prog("sockets");
     let img = p.images();
+    let maps = || std::fs::read_to_string(format!("/proc/{}/maps", p.pid)).unwrap();
+    let before = maps();
     let out = godwit(&[
         "dump",
         "--pid",
@@ -64,6 +66,7 @@ fn unsupported_resource_leaves_process_running() {
         img.to_str().unwrap(),
     ]);
     assert_fails(&out, 5, "socket");
+    assert_eq!(maps(), before, "the memory map after the failed dump");
     assert!(
         stderr_of(&out).contains(&format!("process {}", p.pid)),
         "names the PID"

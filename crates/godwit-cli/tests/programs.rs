@@ -407,3 +407,23 @@ fn tree_restored_into_a_new_pid_namespace() {
         p.output()
     );
 }
+
+/// --leave-running --no-cow keeps the process frozen while its memory is
+/// copied (alongside the rest of the collection): afterwards its memory map
+/// is exactly as before (the scratch area of the injected calls is gone
+/// again), and the copy restored from the image passes the same checks.
+#[test]
+fn frozen_throughout_leaves_the_memory_map_as_it_was() {
+    use common::*;
+    let mut p = Proc::test_prog("memory");
+    let maps = |pid: i32| std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+    let before = maps(p.pid);
+    let v = p.dump(&["--leave-running", "--no-cow"]);
+    assert_eq!(v["precopy"]["processes"], 0, "{v}");
+    assert_eq!(
+        maps(p.pid),
+        before,
+        "the original's memory map after the dump"
+    );
+    original_then_copy_pass(&mut p);
+}

@@ -124,11 +124,73 @@ fn precheck(pid: i32) -> Result<()> {
 /// What was collected from one live process while it was frozen.
 struct Collected {
     process: Process,
-    /// Injects into its main thread (no scratch mapped any more).
+    /// Injects into its main thread (no scratch area).
     r0: Remote,
     /// For a pre-copied process: what to copy now (its VMAs are in
     /// `process`).
     plan: Option<FrozenPlan>,
+    /// The scratch area, when left mapped while the memory is copied.
+    scratch: Option<ScratchArea>,
+}
+
+/// The scratch area mapped in a frozen process for the calls injected into
+/// it. Dropping it unmaps it again (the process is to run on as it was);
+/// [`keep`](Self::keep) leaves it to a process that is being ended.
+struct ScratchArea {
+    r0: Remote,
+    addr: u64,
+    mapped: bool,
+}
+
+impl ScratchArea {
+    fn map(r0: Remote) -> Result<ScratchArea> {
+        let prot = (libc::PROT_READ | libc::PROT_WRITE) as u64;
+        let flags = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64;
+        let addr = r0
+            .call(
+                "mmap",
+                libc::SYS_mmap,
+                [0, SCRATCH, prot, flags, u64::MAX, 0],
+            )
+            .dumping(r0.pid, "mapping scratch memory")?;
+        Ok(ScratchArea {
+            r0,
+            addr,
+            mapped: true,
+        })
+    }
+
+    /// Injects into the main thread, with this area for arguments.
+    fn remote(&self) -> Remote {
+        Remote {
+            scratch: self.addr,
+            scratch_len: SCRATCH,
+            ..self.r0
+        }
+    }
+
+    fn unmap(mut self) -> Result<()> {
+        self.mapped = false;
+        self.r0
+            .call("munmap", libc::SYS_munmap, [self.addr, SCRATCH, 0, 0, 0, 0])
+            .dumping(self.r0.pid, "unmapping scratch memory")?;
+        Ok(())
+    }
+
+    fn keep(mut self) {
+        self.mapped = false;
+    }
+}
+
+impl Drop for ScratchArea {
+    fn drop(&mut self) {
+        if self.mapped {
+            let args = [self.addr, SCRATCH, 0, 0, 0, 0];
+            if let Err(e) = self.r0.call("munmap", libc::SYS_munmap, args) {
+                tracing::warn!(pid = self.r0.pid, "could not unmap the scratch area: {e}");
+            }
+        }
+    }
 }
 
 /// Checkpoints process `pid` and all its descendants into `dir`. On any
@@ -169,6 +231,7 @@ pub fn dump(
         remotes,
         plans,
         mut copied,
+        scratches,
     } = collect_all(&members, &trackers, early.then_some(&writer), progress)?;
     tracing::debug!(ms = t0.elapsed().as_secs_f64() * 1e3, "collected");
     files::link_descriptions(&mut procs)?;
@@ -191,7 +254,7 @@ pub fn dump(
             Some(x) => memory::write_ranges(
                 p.pid,
                 &x.to_copy,
-                &mut writer,
+                &writer,
                 progress,
                 extra,
                 x.copy_from,
@@ -212,6 +275,9 @@ pub fn dump(
         }
     }
     let mut members = Some(members);
+    // Declared after `members`: on an error, unmapped before the processes
+    // are released.
+    let scratches = scratches;
     let mut frozen_time = None;
     let all_snapshotted = snapshots.len() == procs.len()
         && (0..procs.len())
@@ -317,15 +383,25 @@ pub fn dump(
         }),
     };
     tracing::debug!(ms = t0.elapsed().as_secs_f64() * 1e3, "pages written");
-    let commit = writer.commit(&ck, page_files)?;
-    tracing::debug!(ms = t0.elapsed().as_secs_f64() * 1e3, "committed");
-    if let Some(members) = members.take() {
-        if opts.leave_running {
+    let commit = if opts.leave_running {
+        for s in scratches {
+            s.unmap()?;
+        }
+        let commit = writer.commit(&ck, page_files)?;
+        if let Some(members) = members.take() {
             release_all(members)?;
-        } else {
+        }
+        commit
+    } else {
+        let commit = writer.commit(&ck, page_files)?;
+        // Ending: the processes go with their scratch areas.
+        scratches.into_iter().for_each(ScratchArea::keep);
+        if let Some(members) = members.take() {
             kill_all(members)?;
         }
-    }
+        commit
+    };
+    tracing::debug!(ms = t0.elapsed().as_secs_f64() * 1e3, "committed");
     let frozen_time = frozen_time.unwrap_or_else(|| frozen_at.elapsed() + stopped_before);
     Ok(DumpReport {
         pid,
@@ -394,6 +470,8 @@ struct Collection {
     /// The page files each process's memory was copied into, when copied
     /// alongside the collection.
     copied: Vec<Option<Vec<(PageFileInfo, PageSpan)>>>,
+    /// Scratch areas left mapped meanwhile.
+    scratches: Vec<ScratchArea>,
 }
 
 /// Asks for the memory of member `.0`, process `.1` with memory map `.2`,
@@ -488,6 +566,7 @@ fn collect_members(
         remotes: Vec::with_capacity(members.len()),
         plans: Vec::with_capacity(members.len()),
         copied: Vec::with_capacity(members.len()),
+        scratches: Vec::new(),
     };
     for (i, m) in members.iter().enumerate() {
         c.copied.push(None);
@@ -497,6 +576,7 @@ fn collect_members(
                 c.procs.push(one.process);
                 c.remotes.push(Some(one.r0));
                 c.plans.push(one.plan);
+                c.scratches.extend(one.scratch);
             }
             Member::Zombie {
                 pid,
@@ -533,37 +613,27 @@ fn collect_one(
     let pid = frozen.pid;
     let t = Instant::now();
     let (maps, r0) = injector(frozen)?;
-    if let Some((tx, i)) = copy {
-        // A copier that stopped early has its error to report.
-        let _ = tx.send((i, pid, maps.clone()));
-    }
-    let scratch = r0
-        .call(
-            "mmap",
-            libc::SYS_mmap,
-            [
-                0,
-                SCRATCH,
-                (libc::PROT_READ | libc::PROT_WRITE) as u64,
-                (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64,
-                u64::MAX,
-                0,
-            ],
-        )
-        .dumping(pid, "mapping scratch memory")?;
-    let r = Remote {
-        scratch,
-        scratch_len: SCRATCH,
-        ..r0
+    let area = ScratchArea::map(r0)?;
+    // The copier starts once the attributes are read: their brk(0) takes
+    // the memory map's write lock, which would wait for the copier's reads
+    // and hold up its further ones. The map was read before the scratch
+    // area was mapped. A copier that stopped early has its error to report.
+    let collected = collect(&area.remote(), frozen, || {
+        if let Some((tx, i)) = copy {
+            let _ = tx.send((i, pid, maps.clone()));
+        }
+    });
+    // While the memory is copied, unmapping would wait for the copier's
+    // hold on the memory map (and stall it): left mapped until the end.
+    let scratch = match copy {
+        Some(_) => Some(area),
+        None => {
+            area.unmap()?;
+            None
+        }
     };
-    let collected = collect(&r, frozen);
-    r0.call("munmap", libc::SYS_munmap, [scratch, SCRATCH, 0, 0, 0, 0])
-        .dumping(pid, "unmapping scratch memory")?;
     let mut process = collected?;
-    tracing::debug!(
-        ms = t.elapsed().as_secs_f64() * 1e3,
-        "collect: scratch unmapped"
-    );
+    tracing::debug!(ms = t.elapsed().as_secs_f64() * 1e3, "collect: done");
     let plan = match (tracker, copy) {
         (_, Some(_)) => None,
         (Some(t), None) => {
@@ -580,14 +650,22 @@ fn collect_one(
         ms = t.elapsed().as_secs_f64() * 1e3,
         "collect: memory planned"
     );
-    Ok(Collected { process, r0, plan })
+    Ok(Collected {
+        process,
+        r0,
+        plan,
+        scratch,
+    })
 }
 
-fn collect(r: &Remote, frozen: &Frozen) -> Result<Process> {
+/// Collects all but the memory; calls `attributes_read` once the
+/// attributes are.
+fn collect(r: &Remote, frozen: &Frozen, attributes_read: impl FnOnce()) -> Result<Process> {
     let t = Instant::now();
     let lap = |what: &str| tracing::debug!(ms = t.elapsed().as_secs_f64() * 1e3, "collect: {what}");
     let mut p = Process::default();
     attrs::dump(r, &mut p)?;
+    attributes_read();
     lap("attributes");
     let sig = signals::dump(r)?;
     p.sigactions = sig.actions;

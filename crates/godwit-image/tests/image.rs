@@ -49,7 +49,7 @@ fn write_image() -> Image {
     let dir = tmp.path().join("a").join("img");
     let pages = [pattern(3 << 20 | 17, 1), pattern(3 * 4096, 2)];
 
-    let mut writer = ImageWriter::create(&dir)
+    let writer = ImageWriter::create(&dir)
         .unwrap()
         .writer_name("godwit 0.1.0");
     let mut infos = Vec::new();
@@ -146,7 +146,7 @@ fn image_without_page_files_and_empty_page_file() {
     reader.verify_pages().unwrap();
 
     let dir = tmp.path().join("img2");
-    let mut writer = ImageWriter::create(&dir).unwrap();
+    let writer = ImageWriter::create(&dir).unwrap();
     let info = writer.page_file().unwrap().finish().unwrap();
     assert_eq!(info.size, 0);
     writer.commit(&meta(), vec![info]).unwrap();
@@ -491,7 +491,7 @@ fn permissions_are_private() {
 fn dropped_writer_leaves_no_image_and_no_files() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("img");
-    let mut writer = ImageWriter::create(&dir).unwrap();
+    let writer = ImageWriter::create(&dir).unwrap();
     let mut page = writer.page_file().unwrap();
     page.write_all(&[7; 8192]).unwrap();
     let _info = page.finish().unwrap();
@@ -506,7 +506,7 @@ fn dropped_writer_leaves_no_image_and_no_files() {
 fn crash_before_commit_leaves_no_image_and_next_writer_cleans_up() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("img");
-    let mut writer = ImageWriter::create(&dir).unwrap();
+    let writer = ImageWriter::create(&dir).unwrap();
     let mut page = writer.page_file().unwrap();
     page.write_all(&[7; 8192]).unwrap();
     let _info = page.finish().unwrap();
@@ -519,7 +519,7 @@ fn crash_before_commit_leaves_no_image_and_next_writer_cleans_up() {
     assert!(matches!(err, ImageError::NoCommittedImage { .. }), "{err}");
 
     // The next dump into the directory removes the leftovers, not other files.
-    let mut writer = ImageWriter::create(&dir).unwrap();
+    let writer = ImageWriter::create(&dir).unwrap();
     assert!(!dir.join("pages-0.img").exists());
     assert!(!dir.join(".tmp-manifest.img").exists());
     assert!(dir.join("notes.txt").exists());
@@ -535,7 +535,7 @@ fn crash_before_commit_leaves_no_image_and_next_writer_cleans_up() {
 
 /// Writes two page files and returns the writer and their infos.
 fn writer_with_two_pages(dir: &Path) -> (ImageWriter, Vec<PageFileInfo>) {
-    let mut writer = ImageWriter::create(dir).unwrap().sync(false);
+    let writer = ImageWriter::create(dir).unwrap().sync(false);
     let mut infos = Vec::new();
     for i in 0..2u8 {
         let mut page = writer.page_file().unwrap();
