@@ -153,6 +153,79 @@ impl Drop for PageReportingHold {
     }
 }
 
+/// What a run interrupted by a signal (Ctrl-C, SIGTERM, SIGHUP) puts
+/// back before it exits, as the run's own drops would have: free page
+/// reporting as it was, no target process, no mount and no work directory
+/// left behind.
+#[derive(Default)]
+struct OnInterrupt {
+    reporting_was: Option<String>,
+    workdir: Option<PathBuf>,
+}
+
+static ON_INTERRUPT: std::sync::Mutex<OnInterrupt> = std::sync::Mutex::new(OnInterrupt {
+    reporting_was: None,
+    workdir: None,
+});
+
+/// Starts the thread that cleans up after a signal and exits (status 130).
+fn watch_for_interrupts() -> Result<()> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])
+        .context("installing the signal handlers")?;
+    std::thread::spawn(move || {
+        if let Some(sig) = signals.forever().next() {
+            eprintln!("\ngodwit-bench: signal {sig}: cleaning up");
+            let todo = match ON_INTERRUPT.lock() {
+                Ok(g) => g,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            kill_children();
+            if let Some(dir) = &todo.workdir {
+                unmount_under(dir);
+                let _ = std::fs::remove_dir_all(dir);
+            }
+            if let Some(was) = &todo.reporting_was {
+                let _ = std::fs::write(PageReportingHold::PATH, was);
+            }
+            std::process::exit(130);
+        }
+    });
+    Ok(())
+}
+
+/// SIGKILLs every child of this process (targets, restored targets, and
+/// the strays a subreaper inherits).
+fn kill_children() {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return;
+    };
+    for t in tasks.flatten() {
+        let children = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
+        for pid in children
+            .split_whitespace()
+            .filter_map(|p| p.parse::<i32>().ok())
+        {
+            // SAFETY: kill with a positive PID of our own child.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
+    target::reap_strays();
+}
+
+/// Lazily unmounts every mount at or below `dir` (the huge tmpfs ones).
+fn unmount_under(dir: &Path) {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    for at in mounts.lines().filter_map(|l| l.split_whitespace().nth(1)) {
+        if Path::new(at).starts_with(dir) {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(at)
+                .status();
+        }
+    }
+}
+
 /// A private directory on tmpfs, removed with everything in it on drop.
 struct Workdir(PathBuf);
 
@@ -775,10 +848,15 @@ fn run(args: &Args) -> Result<()> {
     let load_start = loadavg();
     // Before the run: the build being measured is the tree as it is now.
     let git = git_info();
+    watch_for_interrupts()?;
     let reporting = (!args.keep_page_reporting)
         .then(PageReportingHold::start)
         .flatten();
     let work = Workdir::create()?;
+    if let Ok(mut todo) = ON_INTERRUPT.lock() {
+        todo.reporting_was = reporting.as_ref().map(|r| r.was.clone());
+        todo.workdir = Some(work.0.clone());
+    }
     let env = Env {
         bin: target::compile(&work.0)?,
         dir: work.0.clone(),
