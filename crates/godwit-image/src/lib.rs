@@ -42,6 +42,7 @@
 #![warn(missing_docs)]
 
 mod error;
+pub mod hash;
 mod manifest;
 mod reader;
 mod writer;

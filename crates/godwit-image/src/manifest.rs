@@ -92,7 +92,7 @@ pub(crate) fn frame(major: u16, minor: u16, flags: u32, payload: &[u8]) -> Vec<u
     out.extend_from_slice(&minor.to_le_bytes());
     out.extend_from_slice(&flags.to_le_bytes());
     out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
-    out.extend_from_slice(&xxhash_rust::xxh3::xxh3_64(payload).to_le_bytes());
+    out.extend_from_slice(&crate::hash::xxh3_64(payload).to_le_bytes());
     out.extend_from_slice(payload);
     out
 }
@@ -167,7 +167,7 @@ pub(crate) fn decode_manifest(bytes: &[u8], path: &Path) -> Result<Manifest, Ima
             extra: (rest.len() - len) as u64,
         });
     }
-    let actual = xxhash_rust::xxh3::xxh3_64(rest);
+    let actual = crate::hash::xxh3_64(rest);
     if actual != checksum {
         return Err(ImageError::ChecksumMismatch {
             path: path.to_owned(),
@@ -282,7 +282,7 @@ mod tests {
         assert_eq!(&bytes[16..24], &(payload.len() as u64).to_le_bytes());
         assert_eq!(
             &bytes[24..32],
-            &xxhash_rust::xxh3::xxh3_64(&payload).to_le_bytes()
+            &crate::hash::xxh3_64(&payload).to_le_bytes()
         );
         assert_eq!(&bytes[32..], &payload[..]);
         assert_eq!(decode_manifest_bytes(&bytes).unwrap(), sample());

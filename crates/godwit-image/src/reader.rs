@@ -5,9 +5,9 @@ use std::io::{ErrorKind, Read};
 use std::ops::Deref;
 use std::path::{Path, PathBuf};
 
+use crate::hash::Xxh3;
 use memmap2::Mmap;
 use prost::Message;
-use xxhash_rust::xxh3::Xxh3;
 
 use crate::manifest::{self, Manifest, HEADER_LEN};
 use crate::{ImageError, PageFileInfo, MANIFEST_NAME, MAX_METADATA_BYTES};
@@ -202,7 +202,7 @@ impl ImageReader {
                     actual: m.len() as u64,
                 });
             }
-            let actual = xxhash_rust::xxh3::xxh3_64(m);
+            let actual = crate::hash::xxh3_64(m);
             if actual != info.xxh3 {
                 return Err(ImageError::ChecksumMismatch {
                     path,

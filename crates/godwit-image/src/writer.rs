@@ -7,9 +7,9 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use crate::hash::Xxh3;
 use prost::Message;
 use std::sync::Mutex;
-use xxhash_rust::xxh3::Xxh3;
 
 use crate::manifest::{self, Manifest, PageFile};
 use crate::{
