@@ -480,9 +480,10 @@ type CopyJob = (usize, i32, Vec<proc::MapEntry>);
 
 /// Collects every member of the frozen tree. With `copy_into` (the tree
 /// stays frozen until its image is written), a second thread plans and
-/// copies each process's memory into page files as soon as its memory map
-/// is read, while the rest of it is collected: the calls injected meanwhile
-/// touch only their own scratch area, which the plan leaves out.
+/// copies each process's memory into page files as soon as its attributes
+/// are read, while the rest of it is collected: the calls injected
+/// meanwhile touch only their own scratch area, which the plan (made from
+/// the memory map read before that area was mapped) leaves out.
 fn collect_all(
     members: &[Member],
     trackers: &std::collections::HashMap<i32, Tracker>,
