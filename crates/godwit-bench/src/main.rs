@@ -157,7 +157,6 @@ impl Drop for PageReportingHold {
 /// back before it exits, as the run's own drops would have: free page
 /// reporting as it was, no target process, no mount and no work directory
 /// left behind.
-#[derive(Default)]
 struct OnInterrupt {
     reporting_was: Option<String>,
     workdir: Option<PathBuf>,
@@ -396,7 +395,7 @@ fn dump_stages(pid: i32, dir: &Path) -> Result<[Duration; 4]> {
     let vmas = memory::survey(pid, &maps).context("planning")?;
     let t2 = Instant::now();
     let writer = godwit_image::ImageWriter::create(dir)?.sync(false);
-    memory::write_pages(pid, &vmas, &writer, &Quiet, None, &[]).context("copying pages")?;
+    memory::write_pages(pid, &vmas, &writer, &Quiet, None, &[], None).context("copying pages")?;
     let t3 = Instant::now();
     frozen.release().context("releasing")?;
     let t4 = Instant::now();

@@ -327,7 +327,15 @@ pub fn dump(
                 }
                 None => {
                     let snap = snapshots.get(i).and_then(|s| s.as_ref());
-                    memory::write_pages(p.pid, &p.vmas, &writer, progress, snap, &shmem_data[i])?
+                    memory::write_pages(
+                        p.pid,
+                        &p.vmas,
+                        &writer,
+                        progress,
+                        snap,
+                        &shmem_data[i],
+                        None,
+                    )?
                 }
             },
         };
@@ -513,7 +521,15 @@ fn collect_all(
                             _ => format!("memory of {pid}"),
                         };
                         progress.stage(&stage, memory::planned_bytes(&vmas));
-                        let w = memory::write_pages_unless(pid, &vmas, writer, progress, stop)?;
+                        let w = memory::write_pages(
+                            pid,
+                            &vmas,
+                            writer,
+                            progress,
+                            None,
+                            &[],
+                            Some(stop),
+                        )?;
                         lap("copied");
                         Ok((vmas, w))
                     });
@@ -619,10 +635,14 @@ fn collect_one(
     // the memory map's write lock, which would wait for the copier's reads
     // and hold up its further ones. The map was read before the scratch
     // area was mapped. A copier that stopped early has its error to report.
-    let collected = collect(&area.remote(), frozen, || {
+    let r = area.remote();
+    let mut attributes = Process::default();
+    let collected = attrs::dump(&r, &mut attributes).and_then(|()| {
+        tracing::debug!(ms = t.elapsed().as_secs_f64() * 1e3, "collect: attributes");
         if let Some((tx, i)) = copy {
             let _ = tx.send((i, pid, maps.clone()));
         }
+        collect(&r, frozen, attributes)
     });
     // While the memory is copied, unmapping would wait for the copier's
     // hold on the memory map (and stall it): left mapped until the end.
@@ -659,15 +679,10 @@ fn collect_one(
     })
 }
 
-/// Collects all but the memory; calls `attributes_read` once the
-/// attributes are.
-fn collect(r: &Remote, frozen: &Frozen, attributes_read: impl FnOnce()) -> Result<Process> {
+/// Collects all but the attributes (in `p` already) and the memory.
+fn collect(r: &Remote, frozen: &Frozen, mut p: Process) -> Result<Process> {
     let t = Instant::now();
     let lap = |what: &str| tracing::debug!(ms = t.elapsed().as_secs_f64() * 1e3, "collect: {what}");
-    let mut p = Process::default();
-    attrs::dump(r, &mut p)?;
-    attributes_read();
-    lap("attributes");
     let sig = signals::dump(r)?;
     p.sigactions = sig.actions;
     p.shared_pending = sig.shared_pending;

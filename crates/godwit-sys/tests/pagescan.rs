@@ -18,8 +18,23 @@ fn own_userfaultfd() -> OwnedFd {
 
 const PAGES: u64 = 4096;
 
-fn written(pm: &Pagemap, start: u64, wp_again: bool) -> Vec<(u64, u64)> {
+/// The regions `q` reports among pages [from, to) of the mapping at
+/// `start`, as page numbers in it.
+fn scan_pages(pm: &Pagemap, start: u64, from: u64, to: u64, q: &ScanQuery) -> Vec<(u64, u64)> {
     let mut out = Vec::new();
+    pm.scan(
+        start + from * PAGE_SIZE,
+        start + to * PAGE_SIZE,
+        q,
+        &mut out,
+    )
+    .expect("PAGEMAP_SCAN");
+    out.iter()
+        .map(|r| ((r.start - start) / PAGE_SIZE, (r.end - start) / PAGE_SIZE))
+        .collect()
+}
+
+fn written(pm: &Pagemap, start: u64, wp_again: bool) -> Vec<(u64, u64)> {
     let q = ScanQuery {
         flags: if wp_again { scan::WP_MATCHING } else { 0 },
         all_of: scan::WRITTEN,
@@ -27,11 +42,7 @@ fn written(pm: &Pagemap, start: u64, wp_again: bool) -> Vec<(u64, u64)> {
         any_of: 0,
         report: scan::WRITTEN,
     };
-    pm.scan(start, start + PAGES * PAGE_SIZE, &q, &mut out)
-        .expect("PAGEMAP_SCAN");
-    out.iter()
-        .map(|r| ((r.start - start) / PAGE_SIZE, (r.end - start) / PAGE_SIZE))
-        .collect()
+    scan_pages(pm, start, 0, PAGES, &q)
 }
 
 #[test]
@@ -103,17 +114,10 @@ fn written_pages_are_reported_and_protected_again() {
         any_of: 0,
         report: scan::PRESENT,
     };
-    let mut out = Vec::new();
-    pm.scan(start, start + PAGES * PAGE_SIZE, &gone, &mut out)
-        .expect("scan");
-    let rel: Vec<(u64, u64)> = out
-        .iter()
-        .map(|r| ((r.start - start) / PAGE_SIZE, (r.end - start) / PAGE_SIZE))
-        .collect();
+    let rel = scan_pages(&pm, start, 0, PAGES, &gone);
     assert_eq!(rel, vec![(10, 12)], "the two released pages");
     // In async mode a page that is not there counts as written: only
     // present (or swapped) pages tell what the process wrote.
-    let mut out = Vec::new();
     let q = ScanQuery {
         flags: 0,
         all_of: scan::WRITTEN,
@@ -121,21 +125,14 @@ fn written_pages_are_reported_and_protected_again() {
         any_of: 0,
         report: scan::WRITTEN,
     };
-    pm.scan(start + 8 * PAGE_SIZE, start + 14 * PAGE_SIZE, &q, &mut out)
-        .expect("scan");
-    let rel: Vec<(u64, u64)> = out
-        .iter()
-        .map(|r| ((r.start - start) / PAGE_SIZE, (r.end - start) / PAGE_SIZE))
-        .collect();
+    let rel = scan_pages(&pm, start, 8, 14, &q);
     assert_eq!(rel, vec![(10, 12)], "released pages look written");
-    let mut out = Vec::new();
     let q = ScanQuery {
         any_of: scan::PRESENT | scan::SWAPPED,
         ..q
     };
-    pm.scan(start + 8 * PAGE_SIZE, start + 14 * PAGE_SIZE, &q, &mut out)
-        .expect("scan");
-    assert!(out.is_empty(), "{out:?}");
+    let rel = scan_pages(&pm, start, 8, 14, &q);
+    assert!(rel.is_empty(), "{rel:?}");
     u.unregister(start, PAGES * PAGE_SIZE).expect("unregister");
     drop(mem);
 }

@@ -768,8 +768,10 @@ pub(crate) fn split_even<T: Span>(items: impl IntoIterator<Item = T>, n: usize) 
 
 /// Copies the planned pages (and `extra` bytes after them) into page files.
 /// With a `snapshot`, pages come from it where it holds them (see
-/// crate::snapshot); the process may be running. Returns the files written,
-/// each with the span of page offsets it holds.
+/// crate::snapshot); the process may be running. With `stop`, the copy is
+/// given up between two batches once it is set (another part of the dump
+/// failed). Returns the files written, each with the span of page offsets
+/// it holds.
 pub fn write_pages(
     pid: i32,
     vmas: &[Vma],
@@ -777,15 +779,8 @@ pub fn write_pages(
     progress: &dyn Progress,
     snapshot: Option<&Snapshot>,
     extra: &[Vec<u8>],
+    stop: Option<&std::sync::atomic::AtomicBool>,
 ) -> Result<Vec<(godwit_image::PageFileInfo, PageSpan)>> {
-    let pieces = planned_pieces(vmas);
-    write_pieces(
-        pid, pieces, writer, progress, snapshot, extra, 0, None, None,
-    )
-}
-
-/// The planned page runs of `vmas`, in page-file order.
-fn planned_pieces(vmas: &[Vma]) -> Vec<Piece> {
     let mut pieces: Vec<Piece> = Vec::new();
     for v in vmas {
         let readable = v.prot & libc::PROT_READ as u32 != 0;
@@ -793,29 +788,8 @@ fn planned_pieces(vmas: &[Vma]) -> Vec<Piece> {
             pieces.push(Piece::whole(run.addr, run.nr_pages * PAGE_SIZE, readable));
         }
     }
-    pieces
-}
-
-/// [`write_pages`] of a frozen process without a snapshot, given up between
-/// two batches once `stop` is set (another part of the dump failed).
-pub(crate) fn write_pages_unless(
-    pid: i32,
-    vmas: &[Vma],
-    writer: &godwit_image::ImageWriter,
-    progress: &dyn Progress,
-    stop: &std::sync::atomic::AtomicBool,
-) -> Result<Vec<(godwit_image::PageFileInfo, PageSpan)>> {
-    let pieces = planned_pieces(vmas);
     write_pieces(
-        pid,
-        pieces,
-        writer,
-        progress,
-        None,
-        &[],
-        0,
-        None,
-        Some(stop),
+        pid, pieces, writer, progress, snapshot, extra, 0, None, stop,
     )
 }
 
