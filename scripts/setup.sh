@@ -12,9 +12,7 @@ if [ ${#need[@]} -gt 0 ]; then
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
-# Debian starts redis/etcd services on install where it can; tests run their own.
-for svc in redis-server etcd nginx; do
-    command -v systemctl >/dev/null && systemctl stop "$svc" >/dev/null 2>&1 || true
-    pkill -x "${svc%-server}" >/dev/null 2>&1 || true
-done
+# Debian may start its own redis/etcd/nginx services on install. They are the
+# machine's, not ours: tests start their own servers on their own ports and data
+# directories, and never stop or kill anything they did not start.
 command -v cargo >/dev/null || { echo "cargo not found: install the Rust toolchain (rustup) first" >&2; exit 1; }
