@@ -340,6 +340,42 @@ pub enum ImageError {
         /// The missing name.
         name: String,
     },
+
+    /// Reading or writing the stream to or from a peer failed.
+    #[error("{peer}: {source}: the connection to the peer failed or was cut; nothing was committed")]
+    Stream {
+        /// The stream, naming the peer.
+        peer: PathBuf,
+        /// Cause.
+        source: io::Error,
+    },
+
+    /// The peer sent something that is not a well-formed image stream.
+    #[error("{peer}: protocol error: {detail}; is the peer a Godwit of the same version?")]
+    StreamProtocol {
+        /// The stream, naming the peer.
+        peer: PathBuf,
+        /// What was wrong.
+        detail: String,
+    },
+
+    /// The peer sent more page data than this receiver accepts.
+    #[error("{peer}: the image is larger than the {max} bytes this receiver accepts (its available memory)")]
+    StreamTooLarge {
+        /// The stream, naming the peer.
+        peer: PathBuf,
+        /// The limit.
+        max: u64,
+    },
+
+    /// The sender gave up before the commit.
+    #[error("{peer}: the sender gave up: {reason}")]
+    SenderAborted {
+        /// The stream, naming the peer.
+        peer: PathBuf,
+        /// What the sender said.
+        reason: String,
+    },
 }
 
 /// What to tell a user whose image has another major format version.

@@ -44,7 +44,9 @@
 mod error;
 pub mod hash;
 mod manifest;
+pub mod medium;
 mod reader;
+pub mod stream;
 mod writer;
 
 pub use error::ImageError;
@@ -52,7 +54,9 @@ pub use manifest::{
     decode_manifest_bytes, encode_manifest_bytes, Manifest, PageFile, FLAG_SCATTERED_PAGES,
     HEADER_LEN, MANIFEST_MAGIC,
 };
+pub use medium::{Directory, Medium, MemoryImage, PageSink, PageSource};
 pub use reader::{ImageReader, MappedPages};
+pub use stream::{receive_image, StreamMedium};
 pub use writer::{CommitInfo, ImageWriter, PageFileWriter};
 
 /// Major format version this crate writes and the only one it reads.

@@ -10,6 +10,7 @@ use memmap2::Mmap;
 use prost::Message;
 
 use crate::manifest::{self, Manifest, HEADER_LEN};
+use crate::medium::{Directory, PageSource};
 use crate::{ImageError, PageFileInfo, MANIFEST_NAME, MAX_METADATA_BYTES};
 
 /// Read buffer size of [`ImageReader::verify_pages`].
@@ -18,6 +19,8 @@ const VERIFY_CHUNK: usize = 1 << 20;
 /// A committed image, opened and validated.
 #[derive(Debug)]
 pub struct ImageReader {
+    /// Where the files come from (a directory, an image received in memory).
+    source: Box<dyn PageSource>,
     dir: PathBuf,
     manifest_path: PathBuf,
     manifest: Manifest,
@@ -57,8 +60,15 @@ impl ImageReader {
                 })
             }
         }
+        Self::from_source(Box::new(Directory::new(dir)))
+    }
+
+    /// Opens the image `source` holds (e.g. a [`MemoryImage`](crate::MemoryImage)
+    /// received from a peer), with the checks of [`open`](Self::open).
+    pub fn from_source(source: Box<dyn PageSource>) -> Result<Self, ImageError> {
+        let dir = source.location().to_owned();
         let manifest_path = dir.join(MANIFEST_NAME);
-        let bytes = read_manifest_file(dir, &manifest_path)?;
+        let bytes = source.manifest()?;
         let manifest = manifest::decode_manifest(&bytes, &manifest_path)?;
         let page_files: Vec<PageFileInfo> = manifest
             .page_files
@@ -71,7 +81,14 @@ impl ImageReader {
             .collect();
         for info in &page_files {
             let path = dir.join(&info.name);
-            check_page_file(&path, info.size, fs::metadata(&path))?;
+            let meta = match source.open_page_file(&info.name) {
+                Ok(f) => f.metadata(),
+                Err(ImageError::PageFileMissing { .. }) => {
+                    return Err(ImageError::PageFileMissing { path })
+                }
+                Err(e) => return Err(e),
+            };
+            check_page_file(&path, info.size, meta)?;
         }
         tracing::debug!(
             dir = %dir.display(),
@@ -81,7 +98,8 @@ impl ImageReader {
             "image opened"
         );
         Ok(Self {
-            dir: dir.to_owned(),
+            source,
+            dir,
             manifest_path,
             manifest_bytes: bytes.len() as u64,
             manifest,
@@ -126,7 +144,7 @@ impl ImageReader {
     pub fn map_page_file(&self, name: &str) -> Result<MappedPages, ImageError> {
         let info = self.info(name)?;
         let path = self.dir.join(name);
-        let file = File::open(&path).map_err(|source| open_error(&path, source))?;
+        let file = self.source.open_page_file(name)?;
         check_page_file(&path, info.size, file.metadata())?;
         let map = if info.size == 0 {
             // mmap(2) refuses zero-length maps; an empty page file maps to an empty slice.
@@ -153,11 +171,12 @@ impl ImageReader {
         let mut buf = vec![0u8; VERIFY_CHUNK];
         {
             let path = self.dir.join(&info.name);
-            let mut file = File::open(&path).map_err(|source| open_error(&path, source))?;
+            let file = self.source.open_page_file(&info.name)?;
             let mut hasher = Xxh3::new();
             let mut size = 0u64;
             loop {
-                let n = match file.read(&mut buf) {
+                // Positional: a memory file's offset is shared with its other users.
+                let n = match std::os::unix::fs::FileExt::read_at(&file, &mut buf, size) {
                     Ok(0) => break,
                     Ok(n) => n,
                     Err(e) if e.kind() == ErrorKind::Interrupted => continue,
@@ -271,7 +290,7 @@ fn map_read_only(file: &File, path: &Path) -> Result<Mmap, ImageError> {
 
 /// Reads `manifest.img` whole, refusing before the read a file larger than a
 /// valid manifest can be.
-fn read_manifest_file(dir: &Path, path: &Path) -> Result<Vec<u8>, ImageError> {
+pub(crate) fn read_manifest_file(dir: &Path, path: &Path) -> Result<Vec<u8>, ImageError> {
     let mut file = match File::open(path) {
         Ok(file) => file,
         Err(e) if e.kind() == ErrorKind::NotFound => {
@@ -308,7 +327,7 @@ fn read_manifest_file(dir: &Path, path: &Path) -> Result<Vec<u8>, ImageError> {
     Ok(bytes)
 }
 
-fn open_error(path: &Path, source: std::io::Error) -> ImageError {
+pub(crate) fn open_error(path: &Path, source: std::io::Error) -> ImageError {
     if source.kind() == ErrorKind::NotFound {
         ImageError::PageFileMissing {
             path: path.to_owned(),

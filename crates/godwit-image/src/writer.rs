@@ -12,6 +12,7 @@ use prost::Message;
 use std::sync::Mutex;
 
 use crate::manifest::{self, Manifest, PageFile};
+use crate::medium::{Directory, Medium, PageSink};
 use crate::{
     ImageError, PageFileInfo, DIR_MODE, FILE_MODE, FORMAT_MAJOR, FORMAT_MINOR, MANIFEST_NAME,
     MAX_METADATA_BYTES, TEMP_PREFIX,
@@ -36,7 +37,8 @@ const TEMP_MANIFEST_NAME: &str = ".tmp-manifest.img";
 /// One writer per directory at a time.
 #[derive(Debug)]
 pub struct ImageWriter {
-    dir: PathBuf,
+    /// Where the files go (a directory, a stream to a peer).
+    medium: Box<dyn Medium>,
     sync: bool,
     writer: String,
     /// The page files this writer created; behind a lock so that writers of
@@ -118,14 +120,20 @@ impl ImageWriter {
         }
         remove_leftovers(dir)?;
         tracing::debug!(dir = %dir.display(), "image writer created");
-        Ok(Self {
-            dir: dir.to_owned(),
+        Ok(Self::to_medium(Box::new(Directory::new(dir))))
+    }
+
+    /// Writes an image to `medium` (e.g. a [`StreamMedium`](crate::StreamMedium)
+    /// to a peer). [`create`](Self::create) is this with a [`Directory`].
+    pub fn to_medium(medium: Box<dyn Medium>) -> Self {
+        Self {
+            medium,
             sync: true,
             writer: format!("godwit-image {}", env!("CARGO_PKG_VERSION")),
             files: Mutex::new(PageFiles::default()),
             committed: false,
             flags: 0,
-        })
+        }
     }
 
     /// Whether page files and the manifest are flushed to stable storage (fsync).
@@ -146,9 +154,9 @@ impl ImageWriter {
         self
     }
 
-    /// The image directory.
+    /// Where the image goes: the image directory, or a peer's address.
     pub fn dir(&self) -> &Path {
-        &self.dir
+        self.medium.location()
     }
 
     /// Sets header flags (such as [`FLAG_SCATTERED_PAGES`](crate::FLAG_SCATTERED_PAGES))
@@ -185,18 +193,7 @@ impl ImageWriter {
         let created = &mut self.files.get_mut().expect("page file list").created;
         if let Some(i) = created.iter().position(|n| n == name) {
             created.remove(i);
-            let path = self.dir.join(name);
-            match fs::remove_file(&path) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(source) => {
-                    return Err(ImageError::Modify {
-                        action: "remove",
-                        path,
-                        source,
-                    })
-                }
-            }
+            self.medium.remove_page_file(name)?;
         }
         Ok(())
     }
@@ -207,26 +204,15 @@ impl ImageWriter {
     pub fn page_file(&self) -> Result<PageFileWriter, ImageError> {
         let mut files = self.files.lock().expect("page file list");
         let name = format!("pages-{}.img", files.next);
-        let path = self.dir.join(&name);
-        let file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(FILE_MODE)
-            .open(&path)
-            .map_err(|source| ImageError::Open {
-                path: path.clone(),
-                source,
-            })?;
+        let sink = self.medium.create_page_file(&name, self.sync)?;
         files.next += 1;
         files.created.push(name.clone());
-        tracing::debug!(path = %path.display(), "page file created");
         Ok(PageFileWriter {
+            path: self.medium.location().join(&name),
             name,
-            path,
-            file,
+            sink,
             hasher: Box::new(Xxh3::new()),
             position: 0,
-            sync: self.sync,
         })
     }
 
@@ -247,7 +233,8 @@ impl ImageWriter {
         metadata: &M,
         finished: Vec<PageFileInfo>,
     ) -> Result<CommitInfo, ImageError> {
-        manifest::check_page_file_names(finished.iter().map(|p| p.name.as_str()), &self.dir)?;
+        let dir = self.medium.location().to_owned();
+        manifest::check_page_file_names(finished.iter().map(|p| p.name.as_str()), &dir)?;
         let created: HashSet<&str> = self
             .files
             .get_mut()
@@ -259,7 +246,7 @@ impl ImageWriter {
         let listed: HashSet<&str> = finished.iter().map(|p| p.name.as_str()).collect();
         if let Some(name) = finished.iter().find(|p| !created.contains(p.name.as_str())) {
             return Err(ImageError::ForeignPageFile {
-                dir: self.dir.clone(),
+                dir: dir.clone(),
                 name: name.name.clone(),
             });
         }
@@ -272,24 +259,19 @@ impl ImageWriter {
             .find(|n| !listed.contains(n.as_str()))
         {
             return Err(ImageError::PageFileNotCommitted {
-                dir: self.dir.clone(),
+                dir: dir.clone(),
                 name: name.clone(),
             });
         }
         for info in &finished {
-            let path = self.dir.join(&info.name);
-            let actual = fs::metadata(&path)
-                .map_err(|source| ImageError::Read {
-                    path: path.clone(),
-                    source,
-                })?
-                .len();
-            if actual != info.size {
-                return Err(ImageError::PageFileSize {
-                    path,
-                    expected: info.size,
-                    actual,
-                });
+            if let Some(actual) = self.medium.stored_size(&info.name)? {
+                if actual != info.size {
+                    return Err(ImageError::PageFileSize {
+                        path: dir.join(&info.name),
+                        expected: info.size,
+                        actual,
+                    });
+                }
             }
         }
 
@@ -313,34 +295,14 @@ impl ImageWriter {
         let payload = manifest.encode_to_vec();
         if payload.len() as u64 > MAX_METADATA_BYTES {
             return Err(ImageError::MetadataTooLarge {
-                dir: self.dir.clone(),
+                dir: dir.clone(),
                 len: payload.len() as u64,
                 max: MAX_METADATA_BYTES,
             });
         }
         let bytes = manifest::frame(FORMAT_MAJOR, FORMAT_MINOR, self.flags, &payload);
 
-        let temp_path = self.dir.join(TEMP_MANIFEST_NAME);
-        write_new_file(&temp_path, &bytes, self.sync)?;
-        let manifest_path = self.dir.join(MANIFEST_NAME);
-        // create() checked this; check again just before the rename, which would replace it.
-        if fs::symlink_metadata(&manifest_path).is_ok() {
-            return Err(ImageError::AlreadyExists {
-                dir: self.dir.clone(),
-            });
-        }
-        fs::rename(&temp_path, &manifest_path).map_err(|source| ImageError::Modify {
-            action: "rename",
-            path: temp_path.clone(),
-            source,
-        })?;
-        if self.sync {
-            if let Err(e) = sync_dir(&self.dir) {
-                // Not durable: take the commit back so that Drop's cleanup leaves nothing.
-                let _ = fs::remove_file(&manifest_path);
-                return Err(e);
-            }
-        }
+        self.medium.commit(&bytes, self.sync)?;
         self.committed = true;
 
         let pages_bytes: u64 = finished.iter().map(|p| p.size).sum();
@@ -351,7 +313,7 @@ impl ImageWriter {
             page_files: finished.len(),
         };
         tracing::debug!(
-            dir = %self.dir.display(),
+            dir = %dir.display(),
             page_files = info.page_files,
             total_bytes = info.total_bytes,
             "image committed"
@@ -370,19 +332,50 @@ impl Drop for ImageWriter {
             Ok(f) => f,
             Err(poisoned) => poisoned.into_inner(),
         };
-        for name in files
-            .created
-            .iter()
-            .map(String::as_str)
-            .chain([TEMP_MANIFEST_NAME])
-        {
-            let path = self.dir.join(name);
-            match fs::remove_file(&path) {
-                Ok(()) => {}
-                Err(e) if e.kind() == ErrorKind::NotFound => {}
-                Err(e) => tracing::warn!(path = %path.display(), error = %e,
-                    "cannot remove a file of an uncommitted image"),
-            }
+        self.medium.abandon(&files.created);
+    }
+}
+
+/// Writes the framed manifest `bytes` into `dir` atomically: a temporary
+/// file, flushed, renamed to `manifest.img`, the directory flushed.
+pub(crate) fn commit_to_dir(dir: &Path, bytes: &[u8], sync: bool) -> Result<(), ImageError> {
+    let temp_path = dir.join(TEMP_MANIFEST_NAME);
+    write_new_file(&temp_path, bytes, sync)?;
+    let manifest_path = dir.join(MANIFEST_NAME);
+    // create() checked this; check again just before the rename, which would replace it.
+    if fs::symlink_metadata(&manifest_path).is_ok() {
+        return Err(ImageError::AlreadyExists {
+            dir: dir.to_owned(),
+        });
+    }
+    fs::rename(&temp_path, &manifest_path).map_err(|source| ImageError::Modify {
+        action: "rename",
+        path: temp_path.clone(),
+        source,
+    })?;
+    if sync {
+        if let Err(e) = sync_dir(dir) {
+            // Not durable: take the commit back so that the cleanup leaves nothing.
+            let _ = fs::remove_file(&manifest_path);
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
+/// Removes the files of an image that was not committed.
+pub(crate) fn remove_uncommitted(dir: &Path, created: &[String]) {
+    for name in created
+        .iter()
+        .map(String::as_str)
+        .chain([TEMP_MANIFEST_NAME])
+    {
+        let path = dir.join(name);
+        match fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == ErrorKind::NotFound => {}
+            Err(e) => tracing::warn!(path = %path.display(), error = %e,
+                "cannot remove a file of an uncommitted image"),
         }
     }
 }
@@ -409,11 +402,11 @@ pub struct CommitInfo {
 /// commits (which then fails, as it is not listed) or is dropped.
 pub struct PageFileWriter {
     name: String,
+    /// For messages: where the file goes.
     path: PathBuf,
-    file: File,
+    sink: Box<dyn PageSink>,
     hasher: Box<Xxh3>,
     position: u64,
-    sync: bool,
 }
 
 impl std::fmt::Debug for PageFileWriter {
@@ -421,7 +414,6 @@ impl std::fmt::Debug for PageFileWriter {
         f.debug_struct("PageFileWriter")
             .field("path", &self.path)
             .field("position", &self.position)
-            .field("sync", &self.sync)
             .finish_non_exhaustive()
     }
 }
@@ -439,12 +431,7 @@ impl PageFileWriter {
 
     /// Appends `buf` to the file.
     pub fn write_all(&mut self, buf: &[u8]) -> Result<(), ImageError> {
-        self.file
-            .write_all(buf)
-            .map_err(|source| ImageError::Write {
-                path: self.path.clone(),
-                source,
-            })?;
+        self.sink.write_all(buf)?;
         self.hasher.update(buf);
         self.position += buf.len() as u64;
         Ok(())
@@ -453,12 +440,7 @@ impl PageFileWriter {
     /// Closes the file (flushing it to disk unless the writer has `sync(false)`)
     /// and returns what the manifest must record of it.
     pub fn finish(self) -> Result<PageFileInfo, ImageError> {
-        if self.sync {
-            self.file.sync_all().map_err(|source| ImageError::Sync {
-                path: self.path.clone(),
-                source,
-            })?;
-        }
+        self.sink.finish(self.position)?;
         Ok(PageFileInfo {
             name: self.name,
             size: self.position,
