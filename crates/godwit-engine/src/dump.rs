@@ -193,6 +193,83 @@ impl Drop for ScratchArea {
     }
 }
 
+/// What becomes of the dumped processes once their image is committed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    /// They are ended (a checkpoint that moves them).
+    Kill,
+    /// They run on (`--leave-running`).
+    Release,
+    /// They stay frozen, for the caller to end or release ([`Held`]): a
+    /// migration ends them only once the destination runs its copy. With
+    /// `precopy`, their memory is first copied while they run, as for
+    /// `--leave-running`.
+    Hold { precopy: bool },
+}
+
+/// A dumped tree kept frozen ([`End::Hold`]). Dropping it releases the
+/// processes: whatever went wrong after the dump, they run on as they were.
+pub struct Held {
+    members: Option<Vec<Member>>,
+    scratches: Vec<ScratchArea>,
+    /// When the tree was frozen (the stop before a pre-copy not counted).
+    pub frozen_at: Instant,
+    /// The PIDs, parents first.
+    pub pids: Vec<i32>,
+}
+
+impl Held {
+    /// Ends every process of the tree.
+    pub fn kill(mut self) -> Result<()> {
+        std::mem::take(&mut self.scratches)
+            .into_iter()
+            .for_each(ScratchArea::keep);
+        kill_all(self.members.take().unwrap_or_default())
+    }
+
+    /// Lets every process run on, as it was.
+    pub fn release(mut self) -> Result<()> {
+        self.release_now()
+    }
+
+    /// Lets every process run on but stopped by SIGSTOP (it stays stopped
+    /// until SIGCONT): for when it is not known whether another copy runs.
+    pub fn release_stopped(mut self) -> Result<()> {
+        // A SIGSTOP sent while the tree is traced is dropped at the detach
+        // (seen on 6.18), so it is sent right after: the processes run for
+        // the few microseconds in between, back into the call they were
+        // in (their interrupted system calls were rewound).
+        let r = self.release_now();
+        for &pid in &self.pids {
+            let _ = process::kill(pid, libc::SIGSTOP);
+        }
+        r
+    }
+
+    fn release_now(&mut self) -> Result<()> {
+        let mut first = None;
+        for s in std::mem::take(&mut self.scratches) {
+            if let Err(e) = s.unmap() {
+                first.get_or_insert(e);
+            }
+        }
+        if let Some(m) = self.members.take() {
+            if let Err(e) = release_all(m) {
+                first.get_or_insert(e);
+            }
+        }
+        first.map_or(Ok(()), Err)
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        if let Err(e) = self.release_now() {
+            tracing::warn!("releasing the dumped processes: {e}");
+        }
+    }
+}
+
 /// Checkpoints process `pid` and all its descendants into `dir`. On any
 /// failure every process is left running as it was and `dir` holds no image
 /// that restore would accept.
@@ -202,13 +279,39 @@ pub fn dump(
     opts: &DumpOptions,
     progress: &dyn Progress,
 ) -> Result<DumpReport> {
+    precheck(pid)?;
+    let writer = ImageWriter::create(dir)?.sync(!opts.no_sync);
+    let end = if opts.leave_running {
+        End::Release
+    } else {
+        End::Kill
+    };
+    dump_to(pid, writer, opts, progress, end).map(|(report, _)| report)
+}
+
+/// Checkpoints process `pid` and its descendants into `writer` (any
+/// transfer medium), then ends, releases or holds them (`end`; the held
+/// tree is returned). On any failure every process is left running as it
+/// was and the writer commits nothing.
+pub fn dump_to(
+    pid: i32,
+    mut writer: ImageWriter,
+    opts: &DumpOptions,
+    progress: &dyn Progress,
+    end: End,
+) -> Result<(DumpReport, Option<Held>)> {
     let t0 = Instant::now();
     precheck(pid)?;
-    let mut writer = ImageWriter::create(dir)?.sync(!opts.no_sync);
-    let cow = opts.leave_running && !opts.no_cow;
+    let hold = matches!(end, End::Hold { .. });
+    let cow = end == End::Release && !opts.no_cow;
+    let precopy = match end {
+        End::Hold { precopy } => precopy,
+        End::Release => cow && !opts.no_precopy,
+        End::Kill => false,
+    };
     // --leave-running: first copy the memory while the processes run
     // (crate::precopy); the freeze then copies only what changed since.
-    let (mut trackers, stopped_before) = if cow && !opts.no_precopy {
+    let (mut trackers, stopped_before) = if precopy {
         let pre = precopy::run(pid, &mut writer, progress)?;
         (pre.trackers, pre.stopped)
     } else {
@@ -224,8 +327,9 @@ pub fn dump(
     let frozen_at = Instant::now();
     tracing::debug!(ms = t0.elapsed().as_secs_f64() * 1e3, "frozen");
     // Frozen throughout: each process's memory is planned and copied by a
-    // second thread while the rest of it is collected.
-    let early = !cow;
+    // second thread while the rest of it is collected (pre-copied ones are
+    // planned from their tracking instead).
+    let early = !cow && trackers.is_empty();
     let Collection {
         mut procs,
         remotes,
@@ -391,7 +495,17 @@ pub fn dump(
         }),
     };
     tracing::debug!(ms = t0.elapsed().as_secs_f64() * 1e3, "pages written");
-    let commit = if opts.leave_running {
+    let mut held = None;
+    let commit = if hold {
+        let commit = writer.commit(&ck, page_files)?;
+        held = Some(Held {
+            members: members.take(),
+            scratches,
+            frozen_at,
+            pids: ck.processes.iter().filter(|p| !p.zombie).map(|p| p.pid).collect(),
+        });
+        commit
+    } else if end == End::Release {
         for s in scratches {
             s.unmap()?;
         }
@@ -411,18 +525,21 @@ pub fn dump(
     };
     tracing::debug!(ms = t0.elapsed().as_secs_f64() * 1e3, "committed");
     let frozen_time = frozen_time.unwrap_or_else(|| frozen_at.elapsed() + stopped_before);
-    Ok(DumpReport {
-        pid,
-        processes,
-        pids,
-        threads,
-        vmas,
-        memory_bytes,
-        image_bytes: commit.total_bytes,
-        frozen: frozen_time,
-        precopy: precopied,
-        total: t0.elapsed(),
-    })
+    Ok((
+        DumpReport {
+            pid,
+            processes,
+            pids,
+            threads,
+            vmas,
+            memory_bytes,
+            image_bytes: commit.total_bytes,
+            frozen: frozen_time,
+            precopy: precopied,
+            total: t0.elapsed(),
+        },
+        held,
+    ))
 }
 
 fn kill_all(members: Vec<Member>) -> Result<()> {

@@ -61,6 +61,9 @@ pub enum EngineError {
     #[error("this CPU lacks features the image needs: {0}; restore it on a host with the same CPU features")]
     CpuMismatch(String),
 
+    #[error("migration: {0}")]
+    Migration(String),
+
     #[error("restore of process {pid} failed while {stage}: {source}")]
     Restore {
         pid: i32,

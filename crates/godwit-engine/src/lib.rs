@@ -13,6 +13,7 @@ pub mod colocate;
 pub mod dump;
 pub mod error;
 pub mod freeze;
+pub mod migrate;
 pub mod precopy;
 pub mod remote;
 pub mod resources;

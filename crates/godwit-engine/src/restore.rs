@@ -129,8 +129,22 @@ pub fn restore(
     opts: &RestoreOptions,
     progress: &dyn Progress,
 ) -> Result<RestoreReport> {
+    let reader = godwit_image::ImageReader::open(dir)?;
+    restore_from(reader, opts, progress, &|_| Ok(()))
+}
+
+/// Restores the image `reader` holds (from any transfer medium). `gate` is
+/// called once every process is rebuilt, verified and still stopped, with
+/// the root's PID on this host: if it fails, the processes are killed and
+/// its error returned; if it succeeds, they run.
+pub fn restore_from(
+    reader: godwit_image::ImageReader,
+    opts: &RestoreOptions,
+    progress: &dyn Progress,
+    gate: &dyn Fn(i32) -> Result<()>,
+) -> Result<RestoreReport> {
     let t0 = Instant::now();
-    let (ck, reader) = crate::load(dir)?;
+    let ck: Checkpoint = reader.metadata()?;
     tracing::debug!(ms = t0.elapsed().as_secs_f64() * 1e3, "image loaded");
     check_cpu(&ck)?;
     let procs = &ck.processes;
@@ -263,12 +277,13 @@ pub fn restore(
             pages: &pages,
             shell_job,
         };
-        let pid = resurrect(procs, ns.as_mut(), &plans, progress, || match rx.recv() {
+        let verified = || match rx.recv() {
             Ok(r) => r.map_err(EngineError::from),
             Err(_) => Err(EngineError::BadImage(
                 "page verification did not finish".into(),
             )),
-        })?;
+        };
+        let pid = resurrect(procs, ns.as_mut(), &plans, progress, verified, gate)?;
         segments.keep();
         Ok::<_, EngineError>(pid)
     })?;
@@ -304,6 +319,7 @@ fn resurrect(
     plans: &Plans,
     progress: &dyn Progress,
     verified: impl FnOnce() -> Result<()>,
+    gate: &dyn Fn(i32) -> Result<()>,
 ) -> Result<i32> {
     let Plans {
         files: plan,
@@ -453,6 +469,7 @@ fn resurrect(
     verified()?;
     tracing::debug!(ms = t0.elapsed().as_secs_f64() * 1e3, "verified");
     plan.finish_terminals()?;
+    gate(pid)?;
     if let Some(c) = &one_cpu {
         for (_, tids) in remotes.iter().flatten() {
             tids.iter().for_each(|&t| c.release(t));

@@ -1,0 +1,510 @@
+//! Migration: a process tree moved to another node over one stream.
+//!
+//! The source ([`send`]) and the destination ([`receive`]) talk over any
+//! byte stream both can read and write (in Godwit, an authenticated TLS
+//! channel to the destination's godwitd). Messages are MESSAGE frames of
+//! the image stream (godwit_image::stream) holding JSON:
+//!
+//! ```text
+//! source                                    destination
+//!   hello {mode, pids, pid_ns, ...}  ──────▶  checks the PIDs are free
+//!                                   ◀──────  {ok} or {ok: false, error}
+//!   [pre-copy: memory copied while the process runs]
+//!   freeze; image frames ... COMMIT  ──────▶  into memory (no disk)
+//!                                             restore, every process stopped
+//!                                   ◀──────  ready {pid, host_pid}
+//!   go                               ──────▶  processes run
+//!                                   ◀──────  running {pid, host_pid, node}
+//!   source processes ended
+//! ```
+//!
+//! The source's processes stay frozen from the freeze until `running`
+//! arrives, and are ended only then. Any failure before `go` is sent (the
+//! destination refuses, its restore fails, the link breaks, a watchdog
+//! fires) releases them: they run on at the source as they were, and the
+//! destination kills whatever it had built. If the link breaks after `go`
+//! and before `running`, the source cannot know whether the destination
+//! runs its copy: it leaves its own copy stopped (SIGSTOP), never running
+//! twice, and says so ([`MigrateError::Uncertain`]).
+
+use std::io::{Read, Write};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use godwit_image::stream::{recv_message, send_abort, send_message, Received};
+use godwit_image::{ImageReader, ImageWriter, StreamMedium};
+use serde_json::{json, Value};
+
+use crate::dump::{dump_to, DumpOptions, DumpReport, End};
+use crate::error::EngineError;
+use crate::restore::{restore_from, RestoreOptions, RestoreReport};
+use crate::Progress;
+
+/// Version of the message protocol; a peer with another one is refused.
+pub const PROTOCOL: u64 = 1;
+
+/// How the memory moves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Freeze, send everything, restore, resume.
+    StopCopy,
+    /// Send the memory while the process runs, in rounds that send what was
+    /// written meanwhile; freeze for the rest.
+    PreCopy,
+}
+
+impl Mode {
+    /// The name used on the wire and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::StopCopy => "stop-copy",
+            Mode::PreCopy => "pre-copy",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Mode> {
+        match s {
+            "stop-copy" => Some(Mode::StopCopy),
+            "pre-copy" => Some(Mode::PreCopy),
+            _ => None,
+        }
+    }
+}
+
+/// What the source asks for.
+#[derive(Debug, Clone)]
+pub struct MigrateOptions {
+    pub mode: Mode,
+    /// Restore into a new PID namespace at the destination.
+    pub pid_ns: bool,
+    /// The dump's options (shell job, cgroup freeze, ...).
+    pub dump: DumpOptions,
+    /// Longest wait for any answer of the destination.
+    pub watchdog: Duration,
+    /// Ask the destination to keep a copy of the image in this directory
+    /// (on the destination).
+    pub keep_image: Option<String>,
+}
+
+/// How a migration went, phase by phase.
+#[derive(Debug, Clone)]
+pub struct MigrateReport {
+    pub mode: Mode,
+    /// The PIDs moved (parents first).
+    pub pids: Vec<i32>,
+    /// The root's PID as the process sees it at the destination.
+    pub pid: i32,
+    /// The root's PID in the destination's own PID namespace (differs with
+    /// --pid-ns).
+    pub host_pid: i32,
+    /// The destination node as it names itself.
+    pub node: String,
+    /// From the freeze until the destination's copy ran.
+    pub downtime: Duration,
+    pub total: Duration,
+    /// Bytes written to the stream (frames and messages included).
+    pub bytes_sent: u64,
+    /// Pre-copy rounds (0 for stop-copy).
+    pub rounds: usize,
+    pub memory_bytes: u64,
+    /// (phase, duration), in order.
+    pub phases: Vec<(&'static str, Duration)>,
+    pub dump: DumpReport,
+}
+
+/// Why a migration did not happen. Except for `Uncertain`, the processes
+/// run on at the source as they were.
+#[derive(Debug, thiserror::Error)]
+pub enum MigrateError {
+    #[error("{0}; the process was left running at the source")]
+    Dump(#[source] EngineError),
+    #[error("the destination {peer} refused the migration: {reason}; the process was left running at the source")]
+    Refused { peer: String, reason: String },
+    #[error("the destination {peer} could not restore the process: {reason}; the process was left running at the source")]
+    RestoreFailed { peer: String, reason: String },
+    #[error("the connection to {peer} failed while {stage}: {detail}; the process was left running at the source")]
+    Link {
+        peer: String,
+        stage: &'static str,
+        detail: String,
+    },
+    #[error("the connection to {peer} failed after the destination was told to start the process ({detail}): it may be running there. The source copy (PIDs {pids:?}) is kept STOPPED so that it never runs twice: check the destination (godwit ps there); if the process does not run there, `kill -CONT` the source copy, else kill it")]
+    Uncertain {
+        peer: String,
+        detail: String,
+        pids: Vec<i32>,
+    },
+}
+
+impl MigrateError {
+    /// The engine error behind a refused dump, if that is what happened.
+    pub fn engine(&self) -> Option<&EngineError> {
+        match self {
+            MigrateError::Dump(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+fn link(peer: &str, stage: &'static str, e: impl std::fmt::Display) -> MigrateError {
+    MigrateError::Link {
+        peer: peer.to_string(),
+        stage,
+        detail: e.to_string(),
+    }
+}
+
+/// Reads the next message (JSON), or what the peer gave up with.
+fn recv_json<S: Read>(s: &Mutex<S>, peer: &str) -> Result<Result<Value, String>, String> {
+    let mut s = s.lock().unwrap_or_else(|p| p.into_inner());
+    match recv_message(&mut *s, std::path::Path::new(peer)) {
+        Ok(Received::Message(m)) => serde_json::from_slice(&m)
+            .map(Ok)
+            .map_err(|e| format!("an unreadable message: {e}")),
+        Ok(Received::Abort(why)) => Ok(Err(why)),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+fn send_json<S: Write>(s: &Mutex<S>, v: &Value) -> std::io::Result<()> {
+    let mut s = s.lock().unwrap_or_else(|p| p.into_inner());
+    send_message(&mut *s, v.to_string().as_bytes())
+}
+
+/// An answer that says no: its error text.
+fn refusal(v: &Value) -> Option<String> {
+    (v["ok"] != json!(true)).then(|| {
+        v["error"]
+            .as_str()
+            .unwrap_or("no reason given")
+            .to_string()
+    })
+}
+
+/// Moves process `pid` and its descendants to the destination at the other
+/// end of `stream` (`peer` names it in messages). Returns once the
+/// destination runs them and the source's copies are ended.
+pub fn send<S: Read + Write + Send + 'static>(
+    stream: S,
+    peer: &str,
+    pid: i32,
+    opts: &MigrateOptions,
+    progress: &dyn Progress,
+) -> Result<MigrateReport, MigrateError> {
+    let t0 = Instant::now();
+    let mut phases = Vec::new();
+    let pids = tree_pids(pid).map_err(MigrateError::Dump)?;
+    let s = Arc::new(Mutex::new(stream));
+    let hello = json!({
+        "godwit_migrate": PROTOCOL,
+        "mode": opts.mode.name(),
+        "pids": pids,
+        "pid_ns": opts.pid_ns,
+        "keep_image": opts.keep_image,
+        "source_node": hostname(),
+    });
+    send_json(&s, &hello).map_err(|e| link(peer, "saying hello", e))?;
+    match recv_json(&s, peer).map_err(|e| link(peer, "waiting for the hello's answer", e))? {
+        Ok(v) => {
+            if let Some(reason) = refusal(&v) {
+                return Err(MigrateError::Refused {
+                    peer: peer.into(),
+                    reason,
+                });
+            }
+        }
+        Err(why) => {
+            return Err(MigrateError::Refused {
+                peer: peer.into(),
+                reason: why,
+            })
+        }
+    }
+    phases.push(("negotiate", t0.elapsed()));
+
+    let medium = StreamMedium::new(s.clone(), peer);
+    let counter = medium.counter();
+    let writer = ImageWriter::to_medium(Box::new(medium)).writer_name(concat!(
+        "godwit ",
+        env!("CARGO_PKG_VERSION")
+    ));
+    let end = End::Hold {
+        precopy: opts.mode == Mode::PreCopy,
+    };
+    let t_dump = Instant::now();
+    let (report, held) = dump_to(pid, writer, &opts.dump, progress, end).map_err(|e| {
+        // The writer told the destination (ABORT); the processes run on.
+        MigrateError::Dump(e)
+    })?;
+    let held = held.expect("End::Hold returns the held tree");
+    let frozen_at = held.frozen_at;
+    phases.push(("precopy", frozen_at.saturating_duration_since(t_dump)));
+    phases.push(("frozen dump", frozen_at.elapsed()));
+    tracing::debug!(
+        ms = t0.elapsed().as_secs_f64() * 1e3,
+        bytes = counter.load(Ordering::Relaxed),
+        "image sent"
+    );
+
+    // Dropping `held` on any error below releases the processes.
+    let t_restore = Instant::now();
+    let ready = match recv_json(&s, peer) {
+        Err(e) => return Err(link(peer, "waiting for the destination's restore", e)),
+        Ok(Err(why)) => {
+            return Err(MigrateError::RestoreFailed {
+                peer: peer.into(),
+                reason: why,
+            })
+        }
+        Ok(Ok(v)) => v,
+    };
+    if let Some(reason) = refusal(&ready) {
+        return Err(MigrateError::RestoreFailed {
+            peer: peer.into(),
+            reason,
+        });
+    }
+    phases.push(("restore", t_restore.elapsed()));
+    let t_switch = Instant::now();
+    if let Err(e) = send_json(&s, &json!({"ok": true, "go": true})) {
+        // Not sent, or sent and not known: in doubt, no second copy.
+        let _ = held.release_stopped();
+        return Err(MigrateError::Uncertain {
+            peer: peer.into(),
+            detail: e.to_string(),
+            pids: report.pids.clone(),
+        });
+    }
+    let running = match recv_json(&s, peer) {
+        Ok(Ok(v)) if refusal(&v).is_none() => v,
+        Ok(Ok(v)) => {
+            // The destination says it did not start them: run on here.
+            return Err(MigrateError::RestoreFailed {
+                peer: peer.into(),
+                reason: refusal(&v).unwrap_or_default(),
+            });
+        }
+        Ok(Err(why)) => {
+            return Err(MigrateError::RestoreFailed {
+                peer: peer.into(),
+                reason: why,
+            })
+        }
+        Err(e) => {
+            let pids = report.pids.clone();
+            let _ = held.release_stopped();
+            return Err(MigrateError::Uncertain {
+                peer: peer.into(),
+                detail: e,
+                pids,
+            });
+        }
+    };
+    let downtime = frozen_at.elapsed();
+    if let Err(e) = held.kill() {
+        tracing::warn!("ending the source processes: {e}");
+    }
+    phases.push(("switch over", t_switch.elapsed()));
+    Ok(MigrateReport {
+        mode: opts.mode,
+        pids: report.pids.clone(),
+        pid: running["pid"].as_i64().unwrap_or(0) as i32,
+        host_pid: running["host_pid"].as_i64().unwrap_or(0) as i32,
+        node: running["node"].as_str().unwrap_or("").to_string(),
+        downtime,
+        total: t0.elapsed(),
+        bytes_sent: counter.load(Ordering::Relaxed),
+        rounds: report.precopy.rounds,
+        memory_bytes: report.memory_bytes,
+        phases,
+        dump: report,
+    })
+}
+
+/// What the destination does with a migration it receives.
+#[derive(Debug, Clone)]
+pub struct ReceiveOptions {
+    /// Most bytes of image accepted (the memory they are held in).
+    pub max_bytes: u64,
+    /// This node's name, reported to the source.
+    pub node: String,
+    /// Always restore into a new PID namespace, whatever the source asks.
+    pub force_pid_ns: bool,
+    /// Directories the source may ask to keep an image in must be under
+    /// this one (None: keeping images is refused).
+    pub keep_root: Option<std::path::PathBuf>,
+}
+
+/// What the destination did.
+#[derive(Debug, Clone)]
+pub struct ReceiveReport {
+    pub mode: String,
+    pub restore: RestoreReport,
+    pub bytes: u64,
+    pub source_node: String,
+    pub total: Duration,
+}
+
+/// Receives a migration from the source at the other end of `stream` and
+/// runs the processes here once the source says go. On any failure nothing
+/// of them is left here, and the source is told why.
+pub fn receive<S: Read + Write + Send + 'static>(
+    stream: S,
+    peer: &str,
+    opts: &ReceiveOptions,
+    progress: &dyn Progress,
+) -> Result<ReceiveReport, EngineError> {
+    let t0 = Instant::now();
+    let s = Mutex::new(stream);
+    let fail = |s: &Mutex<S>, msg: String| -> EngineError {
+        let _ = send_json(s, &json!({"ok": false, "error": msg}));
+        EngineError::Migration(msg)
+    };
+    let hello = match recv_json(&s, peer) {
+        Ok(Ok(v)) => v,
+        Ok(Err(why)) => return Err(EngineError::Migration(format!("the source gave up: {why}"))),
+        Err(e) => return Err(EngineError::Migration(format!("reading the hello: {e}"))),
+    };
+    if hello["godwit_migrate"].as_u64() != Some(PROTOCOL) {
+        return Err(fail(
+            &s,
+            format!(
+                "protocol version {} not understood (this node speaks {PROTOCOL})",
+                hello["godwit_migrate"]
+            ),
+        ));
+    }
+    let mode = hello["mode"].as_str().unwrap_or("").to_string();
+    if Mode::parse(&mode).is_none() {
+        return Err(fail(&s, format!("unknown mode {mode:?}")));
+    }
+    let pid_ns = opts.force_pid_ns || hello["pid_ns"] == json!(true);
+    let source_node = hello["source_node"].as_str().unwrap_or("?").to_string();
+    let keep = match hello["keep_image"].as_str() {
+        None => None,
+        Some(dir) => match &opts.keep_root {
+            Some(root) => {
+                let p = std::path::Path::new(dir);
+                if p.is_relative() || !p.starts_with(root) || dir.contains("..") {
+                    return Err(fail(
+                        &s,
+                        format!(
+                            "--keep-image {dir}: images can be kept only under {}",
+                            root.display()
+                        ),
+                    ));
+                }
+                Some(p.to_owned())
+            }
+            None => return Err(fail(&s, "this node does not keep images".into())),
+        },
+    };
+    if !pid_ns {
+        let pids: Vec<i64> = hello["pids"]
+            .as_array()
+            .map(|a| a.iter().filter_map(Value::as_i64).collect())
+            .unwrap_or_default();
+        if let Some(&taken) = pids
+            .iter()
+            .find(|&&p| std::path::Path::new(&format!("/proc/{p}")).exists())
+        {
+            let holder = crate::resources::threads::holder_of(taken as i32);
+            return Err(fail(
+                &s,
+                format!(
+                    "PID {taken} is in use on node {} (by {holder}); migrate with --pid-ns, or free the PID there",
+                    opts.node
+                ),
+            ));
+        }
+    }
+    send_json(&s, &json!({"ok": true, "node": opts.node}))
+        .map_err(|e| EngineError::Migration(format!("answering the hello: {e}")))?;
+
+    let image = {
+        let mut g = s.lock().unwrap_or_else(|p| p.into_inner());
+        godwit_image::receive_image(&mut *g, peer, opts.max_bytes)
+    };
+    let image = match image {
+        Ok(i) => i,
+        Err(e) => {
+            let msg = e.to_string();
+            let mut g = s.lock().unwrap_or_else(|p| p.into_inner());
+            send_abort(&mut *g, &msg);
+            return Err(EngineError::Image(e));
+        }
+    };
+    let bytes = image.total_bytes();
+    tracing::debug!(ms = t0.elapsed().as_secs_f64() * 1e3, bytes, "image received");
+    if let Some(dir) = &keep {
+        if let Err(e) = image.save(dir, true) {
+            return Err(fail(&s, format!("keeping the image in {}: {e}", dir.display())));
+        }
+    }
+    let reader = match ImageReader::from_source(Box::new(image)) {
+        Ok(r) => r,
+        Err(e) => return Err(fail(&s, e.to_string())),
+    };
+    let ropts = RestoreOptions {
+        pid_ns,
+        ..Default::default()
+    };
+    let node = opts.node.clone();
+    let gate = |host_pid: i32| -> Result<(), EngineError> {
+        send_json(&s, &json!({"ok": true, "ready": true, "host_pid": host_pid}))
+            .map_err(|e| EngineError::Migration(format!("telling the source we are ready: {e}")))?;
+        match recv_json(&s, peer) {
+            Ok(Ok(v)) if v["go"] == json!(true) => Ok(()),
+            Ok(Ok(v)) => Err(EngineError::Migration(format!(
+                "the source did not say go: {v}"
+            ))),
+            Ok(Err(why)) => Err(EngineError::Migration(format!("the source gave up: {why}"))),
+            Err(e) => Err(EngineError::Migration(format!(
+                "waiting for the source's go: {e}"
+            ))),
+        }
+    };
+    let restored = match restore_from(reader, &ropts, progress, &gate) {
+        Ok(r) => r,
+        Err(e) => {
+            let msg = e.to_string();
+            let _ = send_json(&s, &json!({"ok": false, "error": msg}));
+            return Err(e);
+        }
+    };
+    send_json(
+        &s,
+        &json!({"ok": true, "running": true, "pid": restored.pid, "host_pid": restored.host_pid, "node": node}),
+    )
+    .map_err(|e| EngineError::Migration(format!("telling the source the process runs: {e}")))?;
+    Ok(ReceiveReport {
+        mode,
+        restore: restored,
+        bytes,
+        source_node,
+        total: t0.elapsed(),
+    })
+}
+
+/// `pid` and its descendants as they are now (the dump freezes them; this
+/// list lets the destination check their PIDs before anything is sent).
+fn tree_pids(pid: i32) -> Result<Vec<i32>, EngineError> {
+    if !godwit_sys::process::alive(pid) {
+        return Err(EngineError::NoSuchProcess { pid });
+    }
+    let mut out = vec![pid];
+    let mut i = 0;
+    while i < out.len() {
+        out.extend(godwit_sys::process::children(out[i]).unwrap_or_default());
+        i += 1;
+    }
+    Ok(out)
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .unwrap_or_default()
+        .trim()
+        .to_string()
+}
