@@ -1,29 +1,57 @@
 #!/bin/bash
-# Simulated Godwit cluster: N nodes, each its own network namespace, joined by veth pairs
-# to a bridge in the calling namespace.
+# Simulated Godwit cluster: N hosts on this machine, each its own network
+# namespace AND its own PID and mount namespace (its own /proc, so one PID
+# can exist on two hosts at once, as it does mid-migration), joined by veth
+# pairs to a bridge in the calling namespace.
 #
-#   scripts/cluster.sh up   NAME N PREFIX   # e.g. up t1 2 10.213.7 -> nodes 10.213.7.1, .2
-#   scripts/cluster.sh down NAME            # removes the namespaces and the bridge
-#   scripts/cluster.sh exec NAME I CMD...   # runs CMD in node I
-#   scripts/cluster.sh addr NAME I PREFIX   # prints node I's address
+#   scripts/cluster.sh up   NAME N PREFIX   # e.g. up t1 2 10.213.7 -> hosts 10.213.7.1, .2
+#   scripts/cluster.sh down NAME            # ends every process of the hosts, removes them
+#   scripts/cluster.sh exec NAME I CMD...   # runs CMD on host I (all three namespaces)
+#   scripts/cluster.sh init NAME I          # host PID of host I's init (kill -9 it = the host dies)
+#   scripts/cluster.sh addr NAME I PREFIX   # prints host I's address
 #
-# The bridge carries PREFIX.254 so the calling namespace (tests, the CLI) reaches every
-# node; nodes reach each other through it. Needs root (CAP_NET_ADMIN) and iproute2.
-# NAME must be short ([a-z0-9], <= 6 chars) because interface names are limited to 15.
+# The bridge carries PREFIX.254 so the calling namespace (tests, the CLI)
+# reaches every host; hosts reach each other through it. Each host's PID 1
+# is scripts/gw-init.c (a reaper; compiled on first use). The file system is
+# shared between hosts, like shared storage. Needs root and iproute2,
+# util-linux (unshare, nsenter), gcc. NAME must be short ([a-z0-9], <= 6
+# chars) because interface names are limited to 15.
 set -euo pipefail
 
 cmd=${1:-}
 name=${2:-}
-[[ -n "$cmd" && -n "$name" ]] || { echo "usage: $0 up|down|exec|addr NAME ..." >&2; exit 2; }
+[[ -n "$cmd" && -n "$name" ]] || { echo "usage: $0 up|down|exec|init|addr NAME ..." >&2; exit 2; }
 [[ "$name" =~ ^[a-z0-9]{1,6}$ ]] || { echo "cluster name must be 1-6 chars of [a-z0-9]" >&2; exit 2; }
 br="gwbr-$name"
+here=$(cd "$(dirname "$0")" && pwd)
+state="/run/godwit-cluster/$name"
 
 ns() { echo "gw-$name-n$1"; }
 
+init_pid() {
+  local f="$state/n$1.init"
+  [[ -s "$f" ]] || { echo "host $1 of cluster $name is not up" >&2; exit 1; }
+  local pid; pid=$(cat "$f")
+  [[ -d "/proc/$pid" ]] || { echo "host $1 of cluster $name is down (its init $pid is gone)" >&2; exit 1; }
+  echo "$pid"
+}
+
+init_bin() {
+  local dir="${TMPDIR:-/tmp}/godwit-cluster-bin"
+  local bin="$dir/gw-init"
+  mkdir -p -m 0700 "$dir"
+  if [[ ! -x "$bin" || "$here/gw-init.c" -nt "$bin" ]]; then
+    gcc -O1 -o "$bin.tmp.$$" "$here/gw-init.c" && mv -f "$bin.tmp.$$" "$bin"
+  fi
+  echo "$bin"
+}
+
 case "$cmd" in
   up)
-    n=${3:?number of nodes}; prefix=${4:?address prefix like 10.213.7}
+    n=${3:?number of hosts}; prefix=${4:?address prefix like 10.213.7}
     "$0" down "$name" >/dev/null 2>&1 || true
+    bin=$(init_bin)
+    mkdir -p -m 0700 "$state"
     ip link add "$br" type bridge
     ip addr add "$prefix.254/24" dev "$br"
     ip link set "$br" up
@@ -34,24 +62,48 @@ case "$cmd" in
       ip -n "$(ns "$i")" addr add "$prefix.$i/24" dev eth0
       ip -n "$(ns "$i")" link set eth0 up
       ip -n "$(ns "$i")" link set lo up
+      # The host's PID 1, in its own PID and mount namespaces (fresh /proc).
+      setsid ip netns exec "$(ns "$i")" unshare --pid --fork --mount --mount-proc \
+        --propagation private "$bin" </dev/null >/dev/null 2>&1 &
+      outer=$!
+      init=""
+      for _ in $(seq 200); do
+        init=$(cat "/proc/$outer/task/$outer/children" 2>/dev/null | awk '{print $1}')
+        [[ -n "$init" ]] && break
+        sleep 0.01
+      done
+      [[ -n "$init" ]] || { echo "host $i: its init did not start" >&2; exit 1; }
+      echo "$init" > "$state/n$i.init"
     done
     ;;
   down)
+    for f in "$state"/n*.init; do
+      [[ -e "$f" ]] || continue
+      pid=$(cat "$f")
+      # Killing a PID namespace's init ends every process in it.
+      [[ "$pid" =~ ^[0-9]+$ && "$pid" -gt 1 ]] && kill -s KILL -- "$pid" 2>/dev/null || true
+      rm -f "$f"
+    done
     for nsname in $(ip netns list | awk '{print $1}' | grep "^gw-$name-n" || true); do
-      # End whatever still runs in the namespace: one pid at a time, never a group.
+      # Whatever still runs in the network namespace: one pid at a time, never a group.
       for pid in $(ip netns pids "$nsname" 2>/dev/null || true); do
         [[ "$pid" =~ ^[0-9]+$ && "$pid" -gt 1 ]] && kill -s KILL -- "$pid" 2>/dev/null || true
       done
       ip netns del "$nsname" || true
     done
     ip link del "$br" 2>/dev/null || true
+    rmdir "$state" 2>/dev/null || true
     ;;
   exec)
-    i=${3:?node index}; shift 3
-    exec ip netns exec "$(ns "$i")" "$@"
+    i=${3:?host index}; shift 3
+    pid=$(init_pid "$i")
+    exec nsenter --target "$pid" --pid --mount --net --wd="$PWD" -- "$@"
+    ;;
+  init)
+    init_pid "${3:?host index}"
     ;;
   addr)
-    i=${3:?node index}; prefix=${4:?prefix}
+    i=${3:?host index}; prefix=${4:?prefix}
     echo "$prefix.$i"
     ;;
   *)
