@@ -1,6 +1,7 @@
 //! `godwit`: the operator's command line.
 
 mod inspect;
+mod migrate;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -108,6 +109,17 @@ enum Cmd {
         #[arg(long, requires = "shell_job")]
         leave_termios: bool,
     },
+    /// Move running processes to another node, with their PIDs.
+    ///
+    /// Connects to the destination's godwitd over TLS, authenticated by the
+    /// token file, and streams the process tree there (no image file on
+    /// either side unless --keep-image). The processes here are ended only
+    /// once the destination runs them; any failure before that leaves them
+    /// running here as they were. Prints where each process now runs.
+    /// Exit codes as for dump, plus 4 when a PID is taken at the destination
+    /// (use --pid-ns) and 7 when the link broke at the switch-over (the
+    /// source copy is then kept stopped; see the message).
+    Migrate(migrate::MigrateArgs),
     /// Conformist services (the high-level SDK): list, checkpoint, migrate.
     Service {
         /// The node agent (godwitd) to talk to.
@@ -162,12 +174,19 @@ impl Progress for Bar {
 }
 
 fn exit_code(e: &anyhow::Error) -> u8 {
-    match e.downcast_ref::<EngineError>() {
-        Some(EngineError::Image(_) | EngineError::BadImage(_) | EngineError::CpuMismatch(_)) => 3,
-        Some(EngineError::PidTaken { .. } | EngineError::SysvShmTaken { .. }) => 4,
-        Some(EngineError::Unsupported { .. } | EngineError::NeedsShellJob { .. }) => 5,
-        Some(EngineError::Terminal(_)) => 2,
-        Some(EngineError::NoSuchProcess { .. } | EngineError::PermissionDenied { .. }) => 6,
+    if let Some(m) = e.downcast_ref::<godwit_engine::migrate::MigrateError>() {
+        return migrate::exit_code(m);
+    }
+    e.downcast_ref::<EngineError>().map_or(1, engine_exit_code)
+}
+
+fn engine_exit_code(e: &EngineError) -> u8 {
+    match e {
+        EngineError::Image(_) | EngineError::BadImage(_) | EngineError::CpuMismatch(_) => 3,
+        EngineError::PidTaken { .. } | EngineError::SysvShmTaken { .. } => 4,
+        EngineError::Unsupported { .. } | EngineError::NeedsShellJob { .. } => 5,
+        EngineError::Terminal(_) => 2,
+        EngineError::NoSuchProcess { .. } | EngineError::PermissionDenied { .. } => 6,
         _ => 1,
     }
 }
@@ -283,6 +302,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             rt.block_on(godwit_agent_client::run_service_cmd(
                 cmd, &agent, token, cli.json,
             ))?;
+        }
+        Cmd::Migrate(args) => {
+            migrate::run(args, cli.json, &Bar::new())?;
         }
         Cmd::Inspect { dir, full } => {
             let (ck, reader) = godwit_engine::load(&dir).map_err(anyhow::Error::from)?;

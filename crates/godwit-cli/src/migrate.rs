@@ -1,0 +1,196 @@
+//! `godwit migrate`: moves running processes to another node's godwitd.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, ValueEnum};
+use godwit_engine::dump::DumpOptions;
+use godwit_engine::migrate::{self, MigrateError, MigrateOptions, MigrateReport, Mode};
+use godwit_net::{ChannelKind, ClientTls, Token};
+use serde_json::json;
+
+/// How the memory moves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ModeArg {
+    /// Freeze, send everything, restore at the destination, resume there.
+    StopCopy,
+    /// Send the memory while the process runs (rounds of what it wrote
+    /// meanwhile), then freeze for the rest.
+    PreCopy,
+    /// Resume at the destination at once and fetch the memory on demand.
+    PostCopy,
+}
+
+#[derive(Args, Debug)]
+pub struct MigrateArgs {
+    /// The process to move (with its descendants). Repeat to move several
+    /// processes at once.
+    #[arg(long = "pid", required = true)]
+    pids: Vec<i32>,
+    /// The destination's godwitd (ADDR:PORT).
+    #[arg(long)]
+    to: String,
+    /// File holding a token the destination's godwitd accepts with the
+    /// `operate` scope (mode 0600).
+    #[arg(long, env = "GODWIT_TOKEN_FILE")]
+    token_file: PathBuf,
+    /// Verify the destination's certificate against this CA (PKI mode)
+    /// instead of relying on the token binding alone.
+    #[arg(long, value_name = "FILE")]
+    tls_ca: Option<PathBuf>,
+    /// How the memory moves.
+    #[arg(long, value_enum, default_value = "stop-copy")]
+    mode: ModeArg,
+    /// Restore into a new PID namespace at the destination, so the
+    /// processes keep their PIDs even where those are taken.
+    #[arg(long)]
+    pid_ns: bool,
+    /// Also keep the image at the destination, in this directory (under the
+    /// destination godwitd's data directory).
+    #[arg(long, value_name = "DIR")]
+    keep_image: Option<String>,
+    /// Give up (and leave the process running here) when the destination
+    /// does not answer for this long.
+    #[arg(long, value_name = "SECS", default_value = "60")]
+    watchdog: u64,
+    /// Freeze this cgroup v2 directory while the tree is seized.
+    #[arg(long, value_name = "DIR")]
+    freeze_cgroup: Option<PathBuf>,
+}
+
+/// Exit code of a failed migration.
+pub fn exit_code(e: &MigrateError) -> u8 {
+    match e {
+        MigrateError::Dump(engine) => crate::engine_exit_code(engine),
+        MigrateError::Refused { reason, .. } if reason.contains("is in use") => 4,
+        MigrateError::Uncertain { .. } => 7,
+        _ => 1,
+    }
+}
+
+pub fn run(args: MigrateArgs, json_out: bool, progress: &crate::Bar) -> anyhow::Result<()> {
+    let mode = match args.mode {
+        ModeArg::StopCopy => Mode::StopCopy,
+        ModeArg::PreCopy => Mode::PreCopy,
+        ModeArg::PostCopy => {
+            return Err(anyhow::Error::from(godwit_engine::EngineError::Unsupported {
+                pid: args.pids[0],
+                what: "post-copy migration (--mode post-copy)".into(),
+            }))
+        }
+    };
+    let token = Token::load(&args.token_file)?;
+    let tls = ClientTls::new(token, args.tls_ca.as_deref())?;
+    let watchdog = Duration::from_secs(args.watchdog.max(1));
+    let opts = MigrateOptions {
+        mode,
+        pid_ns: args.pid_ns,
+        dump: DumpOptions {
+            freeze_cgroup: args.freeze_cgroup.clone(),
+            ..Default::default()
+        },
+        watchdog,
+        keep_image: args.keep_image.clone(),
+    };
+    // One connection and one migration per process, all at once.
+    let results: Vec<(i32, anyhow::Result<MigrateReport>)> = std::thread::scope(|s| {
+        let handles: Vec<_> = args
+            .pids
+            .iter()
+            .map(|&pid| {
+                let (tls, opts, to) = (&tls, &opts, &args.to);
+                s.spawn(move || (pid, one(tls, to, pid, opts, watchdog, progress)))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("a migration thread panicked"))
+            .collect()
+    });
+    progress.0.finish_and_clear();
+    let mut first_err = None;
+    let mut out = Vec::new();
+    for (pid, r) in results {
+        match r {
+            Ok(r) => {
+                if !json_out {
+                    println!(
+                        "moved process {pid} ({} process{}) to {} ({}): now PID {}{} there; downtime {:.1} ms, {} MiB sent in {:.1} ms{}",
+                        r.pids.len(),
+                        if r.pids.len() == 1 { "" } else { "es" },
+                        args.to,
+                        r.node,
+                        r.pid,
+                        if r.host_pid != r.pid { format!(" (host PID {})", r.host_pid) } else { String::new() },
+                        r.downtime.as_secs_f64() * 1e3,
+                        r.bytes_sent >> 20,
+                        r.total.as_secs_f64() * 1e3,
+                        if r.rounds > 0 { format!(", {} pre-copy round(s)", r.rounds) } else { String::new() },
+                    );
+                }
+                out.push(report_json(pid, &args.to, &r));
+            }
+            Err(e) => {
+                if json_out {
+                    out.push(json!({"pid": pid, "ok": false, "error": format!("{e:#}")}));
+                }
+                if args.pids.len() > 1 {
+                    eprintln!("godwit: process {pid}: {e:#}");
+                }
+                first_err.get_or_insert(e);
+            }
+        }
+    }
+    if json_out {
+        let v = if out.len() == 1 { out.remove(0) } else { json!({"migrations": out}) };
+        println!("{v}");
+    }
+    match first_err {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+fn one(
+    tls: &ClientTls,
+    to: &str,
+    pid: i32,
+    opts: &MigrateOptions,
+    watchdog: Duration,
+    progress: &crate::Bar,
+) -> anyhow::Result<MigrateReport> {
+    let stream = tls
+        .connect_blocking(to, ChannelKind::Migration, Duration::from_secs(10))
+        .with_context(|| format!("connecting to the destination {to}; process {pid} was not touched"))?;
+    stream
+        .tcp()
+        .set_read_timeout(Some(watchdog))
+        .context("setting the watchdog")?;
+    stream
+        .tcp()
+        .set_write_timeout(Some(watchdog))
+        .context("setting the watchdog")?;
+    let _ = stream.tcp().set_nodelay(true);
+    migrate::send(stream, to, pid, opts, progress).map_err(anyhow::Error::from)
+}
+
+fn report_json(pid: i32, to: &str, r: &MigrateReport) -> serde_json::Value {
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    json!({
+        "ok": true,
+        "pid": pid,
+        "pids": r.pids,
+        "mode": r.mode.name(),
+        "to": to,
+        "node": r.node,
+        "dest_pid": r.pid,
+        "dest_host_pid": r.host_pid,
+        "downtime_ms": ms(r.downtime),
+        "total_ms": ms(r.total),
+        "bytes_sent": r.bytes_sent,
+        "memory_bytes": r.memory_bytes,
+        "rounds": r.rounds,
+        "phases": r.phases.iter().map(|(name, d)| json!({"phase": name, "ms": ms(*d)})).collect::<Vec<_>>(),
+    })
+}
