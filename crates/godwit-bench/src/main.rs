@@ -15,6 +15,7 @@
 mod ceilings;
 mod region;
 mod shapes;
+#[allow(dead_code)] // spawn_cmd serves the migration benchmark
 mod target;
 
 use anyhow::{bail, Context, Result};

@@ -11,6 +11,16 @@
  *                                  alternating protections so none merge.
  *   target sink MIB READY [thp]    map MIB MiB and never touch it (optionally
  *                                  with MADV_HUGEPAGE), report, then sleep.
+ *   target writer MIB RATE READY RESULT STALLS
+ *                                  hold MIB MiB like `hold`, then rewrite
+ *                                  RATE MiB/s of it (page by page, round
+ *                                  robin, each page a new generation), ticking
+ *                                  every millisecond; the longest gap between
+ *                                  two ticks (a stall: the process was stopped)
+ *                                  is published to STALLS as "MAX_US TICKS"
+ *                                  every 20 ms; SIGUSR2 resets it. SIGUSR1
+ *                                  checks every page is whole (one generation)
+ *                                  into RESULT.
  *
  * READY receives "ADDR LEN\n" (decimal) once the memory is ready; both files
  * are written to a temporary name first and renamed, so readers never see
@@ -25,6 +35,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
+#include <time.h>
 #include <unistd.h>
 
 #define PAGE 4096UL
@@ -117,7 +128,101 @@ static int shapes(int argc, char **argv) {
     for (;;) pause();
 }
 
+/* writer mode: word 0 of each page is its generation, word j is
+ * pattern(p, j) ^ generation. */
+static volatile sig_atomic_t check_asked, reset_asked;
+static void ask_check(int s) { (void)s; check_asked = 1; }
+static void ask_reset(int s) { (void)s; reset_asked = 1; }
+
+static uint64_t now_us(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+static void write_page(size_t p, uint64_t gen) {
+    uint64_t *w = mem + p * WORDS;
+    for (size_t j = 1; j < WORDS; j++) w[j] = pattern(p, j) ^ gen;
+    w[0] = gen;
+}
+
+static void check_pages(void) {
+    char msg[160];
+    for (size_t p = 0; p < npages; p++) {
+        const uint64_t *w = mem + p * WORDS;
+        for (size_t j = 1; j < WORDS; j++) {
+            if (w[j] != (pattern(p, j) ^ w[0])) {
+                snprintf(msg, sizeof msg, "BAD page %zu word %zu: %#llx, generation %llu\n", p, j,
+                         (unsigned long long)w[j], (unsigned long long)w[0]);
+                publish(result_path, result_tmp, msg);
+                return;
+            }
+        }
+    }
+    snprintf(msg, sizeof msg, "OK %zu pages\n", npages);
+    publish(result_path, result_tmp, msg);
+}
+
+static int writer(char **argv) {
+    size_t len = strtoull(argv[2], NULL, 10) << 20;
+    double rate = strtod(argv[3], NULL); /* MiB/s */
+    const char *ready_path = argv[4];
+    result_path = argv[5];
+    const char *stalls = argv[6];
+    char stalls_tmp[4096];
+    snprintf(result_tmp, sizeof result_tmp, "%s.tmp", result_path);
+    snprintf(stalls_tmp, sizeof stalls_tmp, "%s.tmp", stalls);
+    npages = len / PAGE;
+    mem = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (mem == MAP_FAILED) { perror("mmap"); return 1; }
+    for (size_t p = 0; p < npages; p++) write_page(p, 0);
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sigemptyset(&sa.sa_mask);
+    sa.sa_flags = SA_RESTART;
+    sa.sa_handler = ask_check;
+    sigaction(SIGUSR1, &sa, NULL);
+    sa.sa_handler = ask_reset;
+    sigaction(SIGUSR2, &sa, NULL);
+    char ready[128], ready_tmp[4096];
+    snprintf(ready, sizeof ready, "%lu %zu\n", (unsigned long)(uintptr_t)mem, len);
+    snprintf(ready_tmp, sizeof ready_tmp, "%s.tmp", ready_path);
+    if (publish(ready_path, ready_tmp, ready) != 0) { perror("ready file"); return 1; }
+    double pages_per_us = rate * (1 << 20) / PAGE / 1e6;
+    uint64_t start = now_us(), last = start, last_pub = start, max_gap = 0, ticks = 0;
+    size_t next = 0;
+    uint64_t gen = 1;
+    for (;;) {
+        struct timespec ts = {0, 1000 * 1000};
+        nanosleep(&ts, NULL);
+        uint64_t t = now_us();
+        if (t - last > max_gap) max_gap = t - last;
+        last = t;
+        ticks++;
+        if (reset_asked) { reset_asked = 0; max_gap = 0; ticks = 0; }
+        /* Pages owed since the start at RATE, written now. */
+        static uint64_t written;
+        uint64_t owed = (uint64_t)((double)(t - start) * pages_per_us);
+        while (written < owed) {
+            write_page(next, gen++);
+            next = (next + 1) % npages;
+            written++;
+        }
+        if (check_asked) { check_asked = 0; check_pages(); }
+        if (t - last_pub >= 20000) {
+            char msg[64];
+            snprintf(msg, sizeof msg, "%llu %llu\n", (unsigned long long)max_gap, (unsigned long long)ticks);
+            publish(stalls, stalls_tmp, msg);
+            last_pub = t;
+        }
+    }
+}
+
 int main(int argc, char **argv) {
+    if (argc >= 7 && strcmp(argv[1], "writer") == 0) {
+        syscall(SYS_close_range, 3U, ~0U, 0U);
+        return writer(argv);
+    }
     if (argc >= 4 && (strcmp(argv[1], "tree") == 0 || strcmp(argv[1], "vmas") == 0)) {
         syscall(SYS_close_range, 3U, ~0U, 0U);
         return shapes(argc, argv);

@@ -91,6 +91,11 @@ impl Target {
         Target::spawn(cmd, ready, PathBuf::new())
     }
 
+    /// Starts `cmd` (a target mode of its own) and waits for its READY file.
+    pub fn spawn_cmd(cmd: Command, ready: PathBuf, result: PathBuf) -> Result<Target> {
+        Target::spawn(cmd, ready, result)
+    }
+
     fn spawn(mut cmd: Command, ready: PathBuf, result: PathBuf) -> Result<Target> {
         let _ = std::fs::remove_file(&ready);
         let mut child = cmd
