@@ -247,6 +247,7 @@ fn one(
         dump: Default::default(),
         watchdog: Duration::from_secs(120),
         keep_image: None,
+        move_ip: None,
     };
     let r = migrate::send(stream, &agent.addr, t.pid, &opts, &Quiet)
         .map_err(|e| anyhow::anyhow!("{e}"))?;

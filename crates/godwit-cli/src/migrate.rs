@@ -50,6 +50,14 @@ pub struct MigrateArgs {
     /// destination godwitd's data directory).
     #[arg(long, value_name = "DIR")]
     keep_image: Option<String>,
+    /// A service address (ADDR/PREFIX) that moves with the process: taken
+    /// off this host's interface once the process is frozen, put on the
+    /// destination's interface in the same subnet before the process (and
+    /// its sockets) are restored there, and announced to the neighbours
+    /// (gratuitous ARP / unsolicited neighbour advertisement). Put back
+    /// here if the migration fails.
+    #[arg(long, value_name = "ADDR/PREFIX", value_parser = parse_move_ip)]
+    move_ip: Option<(std::net::IpAddr, u8)>,
     /// Give up (and leave the process running here) when the destination
     /// does not answer for this long.
     #[arg(long, value_name = "SECS", default_value = "60")]
@@ -57,6 +65,10 @@ pub struct MigrateArgs {
     /// Freeze this cgroup v2 directory while the tree is seized.
     #[arg(long, value_name = "DIR")]
     freeze_cgroup: Option<PathBuf>,
+}
+
+fn parse_move_ip(s: &str) -> Result<(std::net::IpAddr, u8), String> {
+    migrate::parse_cidr(s).ok_or_else(|| format!("{s:?} is not ADDR/PREFIX (e.g. 10.0.0.5/24)"))
 }
 
 /// Exit code of a failed migration.
@@ -92,7 +104,11 @@ pub fn run(args: MigrateArgs, json_out: bool, progress: &crate::Bar) -> anyhow::
         },
         watchdog,
         keep_image: args.keep_image.clone(),
+        move_ip: args.move_ip,
     };
+    if args.move_ip.is_some() && args.pids.len() > 1 {
+        anyhow::bail!("--move-ip moves one address with one process tree: give one --pid");
+    }
     // One connection and one migration per process, all at once.
     let results: Vec<(i32, anyhow::Result<MigrateReport>)> = std::thread::scope(|s| {
         let handles: Vec<_> = args

@@ -28,6 +28,7 @@
 //! twice, and says so ([`MigrateError::Uncertain`]).
 
 use std::io::{Read, Write};
+use std::net::IpAddr;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -85,6 +86,72 @@ pub struct MigrateOptions {
     /// Ask the destination to keep a copy of the image in this directory
     /// (on the destination).
     pub keep_image: Option<String>,
+    /// A service address that moves with the process: removed from this
+    /// host's interface once the process is frozen, added to the
+    /// destination's interface in the same subnet (and announced to the
+    /// neighbours) before the process is restored there.
+    pub move_ip: Option<(IpAddr, u8)>,
+}
+
+/// A service address taken off this host for a migration; put back on drop
+/// unless the migration went through.
+struct AddressOff {
+    addr: godwit_sys::netaddr::IfAddr,
+    armed: bool,
+}
+
+impl AddressOff {
+    /// Finds `addr/prefix` on an interface of this host (before anything is
+    /// touched: a wrong address is an error then).
+    fn find(addr: IpAddr, prefix: u8) -> Result<godwit_sys::netaddr::IfAddr, MigrateError> {
+        let all = godwit_sys::netaddr::addresses()
+            .map_err(|e| MigrateError::Dump(EngineError::Migration(e.to_string())))?;
+        all.into_iter()
+            .find(|a| a.addr == addr)
+            .map(|mut a| {
+                a.prefix = prefix;
+                a
+            })
+            .ok_or_else(|| {
+                MigrateError::Dump(EngineError::Migration(format!(
+                    "--move-ip {addr}/{prefix}: no interface of this host has that address"
+                )))
+            })
+    }
+
+    fn take_off(addr: godwit_sys::netaddr::IfAddr) -> Result<AddressOff, MigrateError> {
+        godwit_sys::netaddr::del_address(addr.ifindex, addr.addr, addr.prefix).map_err(|e| {
+            MigrateError::Dump(EngineError::Migration(format!(
+                "--move-ip: taking {}/{} off {}: {e}",
+                addr.addr, addr.prefix, addr.ifname
+            )))
+        })?;
+        tracing::debug!(addr = %addr.addr, ifname = %addr.ifname, "service address taken off");
+        Ok(AddressOff { addr, armed: true })
+    }
+
+    fn keep_off(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for AddressOff {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let a = &self.addr;
+        let back = godwit_sys::netaddr::add_address(a.ifindex, a.addr, a.prefix)
+            .and_then(|()| godwit_sys::netaddr::announce(a.ifindex, a.addr));
+        match back {
+            Ok(()) => tracing::info!(addr = %a.addr, ifname = %a.ifname, "service address put back"),
+            Err(e) => tracing::error!(
+                addr = %a.addr, ifname = %a.ifname,
+                "could not put the service address back: {e}; add it by hand (ip addr add {}/{} dev {})",
+                a.addr, a.prefix, a.ifname
+            ),
+        }
+    }
 }
 
 /// How a migration went, phase by phase.
@@ -195,6 +262,10 @@ pub fn send<S: Read + Write + Send + 'static>(
     let t0 = Instant::now();
     let mut phases = Vec::new();
     let pids = tree_pids(pid).map_err(MigrateError::Dump)?;
+    let service_addr = opts
+        .move_ip
+        .map(|(a, p)| AddressOff::find(a, p))
+        .transpose()?;
     let s = Arc::new(Mutex::new(stream));
     let hello = json!({
         "godwit_migrate": PROTOCOL,
@@ -202,6 +273,7 @@ pub fn send<S: Read + Write + Send + 'static>(
         "pids": pids,
         "pid_ns": opts.pid_ns,
         "keep_image": opts.keep_image,
+        "move_ip": opts.move_ip.map(|(a, p)| format!("{a}/{p}")),
         "source_node": hostname(),
     });
     send_json(&s, &hello).map_err(|e| link(peer, "saying hello", e))?;
@@ -247,7 +319,9 @@ pub fn send<S: Read + Write + Send + 'static>(
         "image sent"
     );
 
-    // Dropping `held` on any error below releases the processes.
+    // Dropping `held` on any error below releases the processes, after the
+    // service address is put back (declared after `held`, dropped before).
+    let address_off = service_addr.map(AddressOff::take_off).transpose()?;
     let t_restore = Instant::now();
     let ready = match recv_json(&s, peer) {
         Err(e) => return Err(link(peer, "waiting for the destination's restore", e)),
@@ -268,7 +342,11 @@ pub fn send<S: Read + Write + Send + 'static>(
     phases.push(("restore", t_restore.elapsed()));
     let t_switch = Instant::now();
     if let Err(e) = send_json(&s, &json!({"ok": true, "go": true})) {
-        // Not sent, or sent and not known: in doubt, no second copy.
+        // Not sent, or sent and not known: in doubt, no second copy (and
+        // the address stays with the destination, which may run it).
+        if let Some(a) = address_off {
+            a.keep_off();
+        }
         let _ = held.release_stopped();
         return Err(MigrateError::Uncertain {
             peer: peer.into(),
@@ -293,6 +371,9 @@ pub fn send<S: Read + Write + Send + 'static>(
         }
         Err(e) => {
             let pids = report.pids.clone();
+            if let Some(a) = address_off {
+            a.keep_off();
+        }
             let _ = held.release_stopped();
             return Err(MigrateError::Uncertain {
                 peer: peer.into(),
@@ -302,6 +383,9 @@ pub fn send<S: Read + Write + Send + 'static>(
         }
     };
     let downtime = frozen_at.elapsed();
+    if let Some(a) = address_off {
+            a.keep_off();
+        }
     if let Err(e) = held.kill() {
         tracing::warn!("ending the source processes: {e}");
     }
@@ -400,6 +484,13 @@ pub fn receive<S: Read + Write + Send + 'static>(
             None => return Err(fail(&s, "this node does not keep images".into())),
         },
     };
+    let service_addr = match hello["move_ip"].as_str() {
+        None => None,
+        Some(text) => match place_for_address(text) {
+            Ok(place) => Some(place),
+            Err(why) => return Err(fail(&s, why)),
+        },
+    };
     if !pid_ns {
         let pids: Vec<i64> = hello["pids"]
             .as_array()
@@ -446,6 +537,15 @@ pub fn receive<S: Read + Write + Send + 'static>(
         Ok(r) => r,
         Err(e) => return Err(fail(&s, e.to_string())),
     };
+    // The service address, before the sockets bound to it are restored;
+    // taken off again if the restore does not go through.
+    let address_on = match service_addr {
+        Some(place) => match AddressOn::put(place) {
+            Ok(on) => Some(on),
+            Err(why) => return Err(fail(&s, why)),
+        },
+        None => None,
+    };
     let ropts = RestoreOptions {
         pid_ns,
         ..Default::default()
@@ -473,6 +573,9 @@ pub fn receive<S: Read + Write + Send + 'static>(
             return Err(e);
         }
     };
+    if let Some(on) = address_on {
+        on.keep();
+    }
     send_json(
         &s,
         &json!({"ok": true, "running": true, "pid": restored.pid, "host_pid": restored.host_pid, "node": node}),
@@ -485,6 +588,66 @@ pub fn receive<S: Read + Write + Send + 'static>(
         source_node,
         total: t0.elapsed(),
     })
+}
+
+/// Where a moved service address goes on this host: the interface holding
+/// another address of its subnet. Refuses an address this host already has.
+fn place_for_address(text: &str) -> Result<godwit_sys::netaddr::IfAddr, String> {
+    let (addr, prefix) = parse_cidr(text).ok_or_else(|| format!("--move-ip {text}: not ADDR/PREFIX"))?;
+    let all = godwit_sys::netaddr::addresses().map_err(|e| format!("--move-ip: {e}"))?;
+    if all.iter().any(|a| a.addr == addr) {
+        return Err(format!("--move-ip {text}: this node already has that address"));
+    }
+    all.into_iter()
+        .find(|a| a.ifname != "lo" && godwit_sys::netaddr::same_subnet(a.addr, addr, prefix))
+        .map(|a| godwit_sys::netaddr::IfAddr {
+            addr,
+            prefix,
+            ..a
+        })
+        .ok_or_else(|| format!("--move-ip {text}: no interface of this node is in that subnet"))
+}
+
+/// `ADDR/PREFIX`.
+pub fn parse_cidr(text: &str) -> Option<(IpAddr, u8)> {
+    let (a, p) = text.split_once('/')?;
+    let addr: IpAddr = a.parse().ok()?;
+    let prefix: u8 = p.parse().ok()?;
+    let max = if addr.is_ipv4() { 32 } else { 128 };
+    (prefix <= max).then_some((addr, prefix))
+}
+
+/// A service address put on this host for a migration; taken off again on
+/// drop unless the migration went through.
+struct AddressOn {
+    addr: godwit_sys::netaddr::IfAddr,
+    armed: bool,
+}
+
+impl AddressOn {
+    fn put(addr: godwit_sys::netaddr::IfAddr) -> Result<AddressOn, String> {
+        godwit_sys::netaddr::add_address(addr.ifindex, addr.addr, addr.prefix)
+            .map_err(|e| format!("--move-ip: adding {}/{} to {}: {e}", addr.addr, addr.prefix, addr.ifname))?;
+        let on = AddressOn { addr, armed: true };
+        godwit_sys::netaddr::announce(on.addr.ifindex, on.addr.addr)
+            .map_err(|e| format!("--move-ip: announcing {}: {e}", on.addr.addr))?;
+        Ok(on)
+    }
+
+    fn keep(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for AddressOn {
+    fn drop(&mut self) {
+        if self.armed {
+            let a = &self.addr;
+            if let Err(e) = godwit_sys::netaddr::del_address(a.ifindex, a.addr, a.prefix) {
+                tracing::error!(addr = %a.addr, "could not take the service address off again: {e}");
+            }
+        }
+    }
 }
 
 /// `pid` and its descendants as they are now (the dump freezes them; this

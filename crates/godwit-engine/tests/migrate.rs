@@ -96,6 +96,7 @@ fn opts(mode: Mode) -> MigrateOptions {
         dump: Default::default(),
         watchdog: Duration::from_secs(30),
         keep_image: None,
+        move_ip: None,
     }
 }
 

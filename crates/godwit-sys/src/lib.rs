@@ -10,6 +10,7 @@ pub mod clock;
 pub mod handle;
 pub mod inject;
 pub mod mem;
+pub mod netaddr;
 pub mod pidns;
 pub mod proc;
 pub mod process;
@@ -51,6 +52,13 @@ pub enum SysError {
         tid: i32,
         detail: String,
         doing: &'static str,
+    },
+    /// Configuring the host's network (addresses, neighbour announcements).
+    #[error("{what}: {source}")]
+    Net {
+        what: String,
+        #[source]
+        source: io::Error,
     },
 }
 
