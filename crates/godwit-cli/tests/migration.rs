@@ -1,0 +1,533 @@
+//! `godwit migrate` between simulated hosts (scripts/cluster.sh: each host
+//! its own network, PID and mount namespace, with its own godwitd): a live
+//! process moves and continues; every failure before the switch-over leaves
+//! it running at the source, and nothing half-alive at the destination.
+
+mod common;
+
+use common::{progs, wait_for};
+use serde_json::Value;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+const PORT: u16 = 7431;
+const TOKEN: &str = "migration-test-token-0123456789abcdef";
+
+fn script() -> PathBuf {
+    common::repo().join("scripts/cluster.sh")
+}
+
+fn bin(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_BIN_EXE_godwit"))
+        .parent()
+        .unwrap()
+        .join(name)
+}
+
+/// A simulated cluster of `n` hosts; torn down (every process of its hosts
+/// ended) on drop.
+struct Cluster {
+    name: String,
+    prefix: String,
+    dir: tempfile::TempDir,
+    agents: Vec<Option<Child>>,
+}
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+impl Cluster {
+    fn up(n: usize) -> Cluster {
+        progs();
+        let seq = SEQ.fetch_add(1, Ordering::Relaxed);
+        let id = (std::process::id() * 7 + seq) % 200;
+        let name = format!("m{}", std::process::id() % 1000 * 10 + seq % 10);
+        let prefix = format!("10.214.{id}");
+        let out = Command::new(script())
+            .args(["up", &name, &n.to_string(), &prefix])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "cluster.sh up: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let dir = tempfile::Builder::new()
+            .prefix("godwit-migration")
+            .tempdir()
+            .unwrap();
+        let token = dir.path().join("token");
+        std::fs::write(&token, format!("{TOKEN}\n")).unwrap();
+        std::fs::set_permissions(&token, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .unwrap();
+        Cluster {
+            name,
+            prefix,
+            dir,
+            agents: (0..n).map(|_| None).collect(),
+        }
+    }
+
+    fn addr(&self, host: usize) -> String {
+        format!("{}.{host}", self.prefix)
+    }
+
+    fn agent_addr(&self, host: usize) -> String {
+        format!("{}:{PORT}", self.addr(host))
+    }
+
+    fn token(&self) -> PathBuf {
+        self.dir.path().join("token")
+    }
+
+    fn data(&self, host: usize) -> PathBuf {
+        self.dir.path().join(format!("node{host}"))
+    }
+
+    fn exec(&self, host: usize) -> Command {
+        let mut c = Command::new(script());
+        c.args(["exec", &self.name, &host.to_string()]);
+        c
+    }
+
+    fn run(&self, host: usize, args: &[&str]) -> Output {
+        self.exec(host).args(args).stdin(Stdio::null()).output().unwrap()
+    }
+
+    fn sh(&self, host: usize, script: &str) -> String {
+        let out = self.run(host, &["sh", "-c", script]);
+        assert!(
+            out.status.success(),
+            "on host {host}: {script}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Starts godwitd on `host` (1-based) and waits until it serves.
+    fn start_agent(&mut self, host: usize) {
+        let mut child = self
+            .exec(host)
+            .arg(bin("godwitd"))
+            .args(["--listen", &self.agent_addr(host), "--data"])
+            .arg(self.data(host))
+            .arg("--token-file")
+            .arg(self.token())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert!(line.starts_with("GODWITD_READY"), "godwitd said {line:?}");
+        self.agents[host - 1] = Some(child);
+    }
+
+    /// The host PID of the godwitd serving `host`.
+    fn agent_host_pid(&self, host: usize) -> i32 {
+        let data = self.data(host);
+        let data = data.to_str().unwrap();
+        for e in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let args: Vec<String> = cmd
+                .split(|c| *c == 0)
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect();
+            if args.first().is_some_and(|a| a.ends_with("/godwitd"))
+                && args.iter().any(|a| a == data)
+            {
+                return pid;
+            }
+        }
+        panic!("no godwitd for host {host}");
+    }
+
+    /// Starts `program args` on `host` detached (re-parented to the host's
+    /// init), with PID `pid` in the host's namespace; returns that PID.
+    fn spawn_at(&self, host: usize, pid: u32, program: &Path, args: &[&str]) -> u32 {
+        let launch = progs().join("launch");
+        let mut cmd = format!(
+            "echo {} > /proc/sys/kernel/ns_last_pid; {} {}",
+            pid - 1,
+            launch.display(),
+            program.display()
+        );
+        for a in args {
+            cmd.push(' ');
+            cmd.push_str(a);
+        }
+        cmd.push_str(" </dev/null >/dev/null 2>&1 & echo $!");
+        let got: u32 = self.sh(host, &cmd).trim().parse().unwrap();
+        assert_eq!(got, pid, "the program did not get the PID asked for");
+        got
+    }
+
+    /// The state letter of PID `pid` on `host`, None if there is none.
+    fn state(&self, host: usize, pid: u32) -> Option<char> {
+        let out = self.run(host, &["cat", &format!("/proc/{pid}/stat")]);
+        if !out.status.success() {
+            return None;
+        }
+        let s = String::from_utf8_lossy(&out.stdout).into_owned();
+        s.rsplit_once(')')?.1.trim_start().chars().next()
+    }
+
+    /// Whether `pid` is traced on `host`.
+    fn traced(&self, host: usize, pid: u32) -> bool {
+        let out = self.run(host, &["cat", &format!("/proc/{pid}/status")]);
+        !String::from_utf8_lossy(&out.stdout).contains("TracerPid:\t0")
+    }
+
+    fn migrate(&self, from: usize, pid: u32, to: usize, extra: &[&str]) -> Output {
+        let pid = pid.to_string();
+        let to = self.agent_addr(to);
+        let token = self.token();
+        let mut args = vec![
+            "--json",
+            "migrate",
+            "--pid",
+            &pid,
+            "--to",
+            &to,
+            "--token-file",
+            token.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        self.exec(from)
+            .arg(env!("CARGO_BIN_EXE_godwit"))
+            .args(&args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = Command::new(script()).args(["down", &self.name]).status();
+        for a in self.agents.iter_mut().flatten() {
+            let _ = a.kill();
+            let _ = a.wait();
+        }
+    }
+}
+
+fn json_of(out: &Output) -> Value {
+    assert!(
+        out.status.success(),
+        "godwit migrate failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn last_line(log: &Path) -> u64 {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .last()
+        .and_then(|l| l.parse().ok())
+        .unwrap_or(0)
+}
+
+fn check_counts_on(log: &Path) {
+    let at = last_line(log);
+    wait_for("the counter to count on", Duration::from_secs(10), || {
+        last_line(log) >= at + 3
+    });
+    let text = std::fs::read_to_string(log).unwrap();
+    for (i, l) in text.lines().enumerate() {
+        assert_eq!(l, i.to_string(), "line {i} of the counter's log: a gap or a repeat");
+    }
+}
+
+fn counter_moves(mode: &str) {
+    let mut c = Cluster::up(2);
+    c.start_agent(2);
+    let log = c.dir.path().join("counter.log");
+    let pid = c.spawn_at(1, 4000, &progs().join("counter"), &[log.to_str().unwrap()]);
+    wait_for("the counter to count", Duration::from_secs(10), || {
+        last_line(&log) >= 3
+    });
+    let v = json_of(&c.migrate(1, pid, 2, &["--mode", mode]));
+    assert_eq!(v["ok"], true);
+    assert_eq!(v["mode"], mode);
+    assert_eq!(v["dest_pid"], pid, "{v}");
+    assert!(v["downtime_ms"].as_f64().unwrap() > 0.0, "{v}");
+    assert!(v["bytes_sent"].as_u64().unwrap() > 0, "{v}");
+    assert!(v["phases"].as_array().unwrap().len() >= 3, "{v}");
+    // Gone from host 1, running on host 2 with the same PID.
+    wait_for("the source copy to end", Duration::from_secs(10), || {
+        c.state(1, pid).is_none()
+    });
+    assert!(matches!(c.state(2, pid), Some('S' | 'R')), "{:?}", c.state(2, pid));
+    assert!(!c.traced(2, pid), "the moved process is still traced");
+    check_counts_on(&log);
+}
+
+#[test]
+fn counter_moves_between_hosts_stop_copy() {
+    counter_moves("stop-copy");
+}
+
+#[test]
+fn counter_moves_between_hosts_pre_copy() {
+    counter_moves("pre-copy");
+}
+
+/// A process of 1 GiB, every word checked after the move.
+#[test]
+fn a_gigabyte_moves_and_every_page_is_right() {
+    let mut c = Cluster::up(2);
+    c.start_agent(2);
+    let dir = c.dir.path().to_path_buf();
+    let pid = c.spawn_at(
+        1,
+        4100,
+        &bench_target(&dir),
+        &[
+            "hold",
+            "1024",
+            dir.join("ready").to_str().unwrap(),
+            dir.join("result").to_str().unwrap(),
+        ],
+    );
+    wait_for("the target to fill its memory", Duration::from_secs(60), || {
+        dir.join("ready").exists()
+    });
+    let v = json_of(&c.migrate(1, pid, 2, &["--mode", "pre-copy"]));
+    assert!(v["memory_bytes"].as_u64().unwrap() >= 1 << 30, "{v}");
+    c.sh(2, &format!("kill -USR1 {pid}"));
+    wait_for("the moved process to check its memory", Duration::from_secs(60), || {
+        dir.join("result").exists()
+    });
+    let verdict = std::fs::read_to_string(dir.join("result")).unwrap();
+    assert!(verdict.starts_with("OK"), "{verdict}");
+}
+
+fn bench_target(dir: &Path) -> PathBuf {
+    let src = common::repo().join("crates/godwit-bench/src/target.c");
+    let out = dir.join("target");
+    let st = Command::new("gcc")
+        .args(["-O2", "-o"])
+        .arg(&out)
+        .arg(&src)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    out
+}
+
+/// Running on host 1 as before: not stopped, not traced, counting.
+fn still_at_source(c: &Cluster, pid: u32, log: &Path) {
+    assert!(matches!(c.state(1, pid), Some('S' | 'R')), "{:?}", c.state(1, pid));
+    assert!(!c.traced(1, pid), "the source process is still traced");
+    check_counts_on(log);
+}
+
+#[test]
+fn pid_taken_at_the_destination_is_refused_then_pid_ns_moves_it() {
+    let mut c = Cluster::up(2);
+    c.start_agent(2);
+    let log = c.dir.path().join("counter.log");
+    let pid = c.spawn_at(1, 4200, &progs().join("counter"), &[log.to_str().unwrap()]);
+    // The same PID taken on host 2.
+    let sleeper = c.spawn_at(2, 4200, Path::new("/bin/sleep"), &["1000"]);
+    assert_eq!(sleeper, pid);
+    wait_for("the counter to count", Duration::from_secs(10), || last_line(&log) >= 3);
+    let out = c.migrate(1, pid, 2, &[]);
+    assert_eq!(out.status.code(), Some(4), "{}", String::from_utf8_lossy(&out.stderr));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("PID {pid} is in use")) && err.contains("--pid-ns"), "{err}");
+    still_at_source(&c, pid, &log);
+    // With a PID namespace of its own at the destination, it moves.
+    let v = json_of(&c.migrate(1, pid, 2, &["--pid-ns"]));
+    assert_eq!(v["dest_pid"], pid);
+    assert_ne!(v["dest_host_pid"], pid);
+    wait_for("the source copy to end", Duration::from_secs(10), || {
+        c.state(1, pid).is_none()
+    });
+    check_counts_on(&log);
+}
+
+#[test]
+fn destination_agent_killed_mid_transfer_leaves_it_running_at_the_source() {
+    let mut c = Cluster::up(2);
+    c.start_agent(2);
+    let dir = c.dir.path().to_path_buf();
+    // Big enough that the transfer lasts a while.
+    let pid = c.spawn_at(
+        1,
+        4300,
+        &bench_target(&dir),
+        &[
+            "writer",
+            "1024",
+            "20",
+            dir.join("ready").to_str().unwrap(),
+            dir.join("result").to_str().unwrap(),
+            dir.join("stalls").to_str().unwrap(),
+        ],
+    );
+    wait_for("the target to fill its memory", Duration::from_secs(60), || {
+        dir.join("ready").exists()
+    });
+    let migrate = {
+        let pid = pid.to_string();
+        let to = c.agent_addr(2);
+        c.exec(1)
+            .arg(env!("CARGO_BIN_EXE_godwit"))
+            .args(["migrate", "--pid", &pid, "--to", &to, "--token-file"])
+            .arg(c.token())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    // Kill the destination's agent once the image is flowing.
+    let agent = c.agent_host_pid(2);
+    let t0 = Instant::now();
+    let rx_bytes = || -> u64 {
+        std::fs::read_to_string(format!("/proc/{agent}/io"))
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("rchar:"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    while rx_bytes() < 64 << 20 && t0.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    // SAFETY: plain kill of the godwitd this test started.
+    unsafe { libc::kill(agent, libc::SIGKILL) };
+    let out = migrate.wait_with_output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("left running at the source"), "{err}");
+    // Running at the source, memory whole; nothing of it at the destination.
+    assert!(matches!(c.state(1, pid), Some('S' | 'R')), "{:?}", c.state(1, pid));
+    assert!(!c.traced(1, pid));
+    c.sh(1, &format!("kill -USR1 {pid}"));
+    wait_for("the source to check its memory", Duration::from_secs(60), || {
+        dir.join("result").exists()
+    });
+    let verdict = std::fs::read_to_string(dir.join("result")).unwrap();
+    assert!(verdict.starts_with("OK"), "{verdict}");
+    assert_eq!(c.state(2, pid), None, "a half-built copy is left at the destination");
+}
+
+#[test]
+fn link_cut_mid_transfer_leaves_it_running_at_the_source() {
+    let mut c = Cluster::up(2);
+    c.start_agent(2);
+    let log = c.dir.path().join("counter.log");
+    let pid = c.spawn_at(1, 4400, &progs().join("counter"), &[log.to_str().unwrap()]);
+    wait_for("the counter to count", Duration::from_secs(10), || last_line(&log) >= 3);
+    // The destination's link is down: the connection cannot even start.
+    let veth = format!("gw{}2", c.name);
+    let st = Command::new("ip").args(["link", "set", &veth, "down"]).status().unwrap();
+    assert!(st.success());
+    let out = c.migrate(1, pid, 2, &["--watchdog", "3"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("was not touched") || err.contains("left running"), "{err}");
+    still_at_source(&c, pid, &log);
+}
+
+#[test]
+fn destination_disk_full_leaves_it_running_at_the_source() {
+    let mut c = Cluster::up(2);
+    c.start_agent(2);
+    // Host 2 keeps images on a tmpfs of 1 MiB (its own mount namespace).
+    let images = c.data(2).join("images");
+    c.sh(2, &format!("mkdir -p {0}/full && mount -t tmpfs -o size=1m tmpfs {0}/full", images.display()));
+    let dir = c.dir.path().to_path_buf();
+    let pid = c.spawn_at(
+        1,
+        4500,
+        &bench_target(&dir),
+        &[
+            "hold",
+            "64",
+            dir.join("ready").to_str().unwrap(),
+            dir.join("result").to_str().unwrap(),
+        ],
+    );
+    wait_for("the target to fill its memory", Duration::from_secs(60), || {
+        dir.join("ready").exists()
+    });
+    let keep = images.join("full/img");
+    let out = c.migrate(1, pid, 2, &["--keep-image", keep.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("No space left") && err.contains("left running at the source"), "{err}");
+    assert!(matches!(c.state(1, pid), Some('S' | 'R')), "{:?}", c.state(1, pid));
+    assert!(!c.traced(1, pid));
+    assert_eq!(c.state(2, pid), None);
+}
+
+/// A TCP service bound to a service address moves with it: a client that
+/// knew it at host 1 reaches it at host 2 at once (its ARP cache was told).
+#[test]
+fn service_address_moves_with_the_process() {
+    let mut c = Cluster::up(3);
+    c.start_agent(2);
+    let service = format!("{}.100", c.prefix);
+    c.sh(1, &format!("ip addr add {service}/24 dev eth0"));
+    let server = c.dir.path().join("server.py");
+    std::fs::write(
+        &server,
+        "import socket, os\n\
+         s = socket.socket()\n\
+         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
+         s.bind((os.environ.get('ADDR', '0.0.0.0'), 8080))\n\
+         s.listen(8)\n\
+         n = 0\n\
+         while True:\n\
+         \x20   c, _ = s.accept()\n\
+         \x20   n += 1\n\
+         \x20   c.sendall(b'hello %d from %d\\n' % (n, os.getpid()))\n\
+         \x20   c.close()\n",
+    )
+    .unwrap();
+    let pid = {
+        let cmd = format!(
+            "echo 4599 > /proc/sys/kernel/ns_last_pid; ADDR={service} {} python3 {} </dev/null >/dev/null 2>&1 & echo $!",
+            progs().join("launch").display(),
+            server.display()
+        );
+        c.sh(1, &cmd).trim().parse::<u32>().unwrap()
+    };
+    let fetch = || -> String {
+        c.sh(
+            3,
+            &format!(
+                "python3 -c \"import socket; s=socket.create_connection(('{service}', 8080), timeout=5); print(s.recv(100).decode().strip())\""
+            ),
+        )
+        .trim()
+        .to_string()
+    };
+    wait_for("the server to listen", Duration::from_secs(10), || {
+        c.run(3, &["python3", "-c", &format!("import socket; socket.create_connection(('{service}', 8080), timeout=1)")])
+            .status
+            .success()
+    });
+    assert_eq!(fetch(), format!("hello 2 from {pid}"));
+    let v = json_of(&c.migrate(1, pid, 2, &["--move-ip", &format!("{service}/24")]));
+    assert_eq!(v["dest_pid"], pid);
+    // The client (its ARP cache still naming host 1) reaches host 2 at once.
+    assert_eq!(fetch(), format!("hello 3 from {pid}"));
+    assert!(!c.sh(1, "ip -br addr show dev eth0").contains(&service));
+    assert!(c.sh(2, "ip -br addr show dev eth0").contains(&service));
+}
