@@ -2,8 +2,12 @@
 //!
 //! Three backends behind one type, [`Names`]:
 //! - `memory`: an in-process [`Registry`] (tests, single-process use);
-//! - `agent+http://HOST:PORT`: the registry embedded in a `godwitd` (see docs/API.md);
-//! - `etcd+http://HOST:PORT`: an etcd v3 cluster through its HTTP/JSON gateway.
+//! - `agent://HOST:PORT`: the registry embedded in a `godwitd`, over the authenticated
+//!   channel of godwit-net (TLS + token binding, see docs/API.md). `agent+http://` is
+//!   accepted as an alias of `agent://` and means the same TLS channel: there is no
+//!   plain-HTTP agent any more;
+//! - `etcd+http://HOST:PORT`: an etcd v3 cluster through its HTTP/JSON gateway (hyper's
+//!   client over plain TCP).
 //!
 //! Semantics shared by all backends:
 //! - [`Names::advertise`] binds `uuid -> address` for a lease of `ttl`; [`Names::refresh`]
@@ -12,13 +16,15 @@
 //!   (compare-and-delete), so an old instance stopping after a migration never removes the
 //!   new instance's binding.
 
-pub mod http;
 mod registry;
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine as _;
+use godwit_net::http::{HttpRequest, HttpResponse};
+use godwit_net::{ClientTls, NetError, Token};
 pub use registry::{Record, Registry};
 use serde_json::json;
 
@@ -26,15 +32,23 @@ use serde_json::json;
 #[derive(Debug, thiserror::Error)]
 pub enum NamesError {
     /// The name-service URL is not understood.
-    #[error("unknown name service `{0}`: expected `memory`, `agent+http://HOST:PORT` or `etcd+http://HOST:PORT`")]
+    #[error("unknown name service `{0}`: expected `memory`, `agent://HOST:PORT` or `etcd+http://HOST:PORT`")]
     BadUrl(String),
+    /// The agent backend was given no token, or a bad one, or a bad CA file.
+    #[error("name service {backend}: {detail}")]
+    Setup {
+        /// Backend URL.
+        backend: String,
+        /// What is missing or wrong.
+        detail: String,
+    },
     /// The backend could not be reached or answered garbage.
     #[error("name service {backend}: {source}")]
     Transport {
         /// Backend URL.
         backend: String,
         /// Cause.
-        source: http::HttpError,
+        source: NetError,
     },
     /// The backend refused the request.
     #[error("name service {backend} refused {op}: HTTP {status}: {message}")]
@@ -78,17 +92,18 @@ pub struct Lease {
 pub enum Names {
     /// An in-process registry.
     Memory(Arc<Registry>),
-    /// The registry of a godwitd: base URL and bearer token.
+    /// The registry of a godwitd, over the authenticated channel.
     Agent {
-        /// `http://HOST:PORT`.
-        base: String,
-        /// Bearer token.
-        token: Option<String>,
+        /// `HOST:PORT`.
+        addr: String,
+        /// The channel's client side (token, CA); `None` when no token was given:
+        /// every call then fails with [`NamesError::Setup`].
+        client: Option<ClientTls>,
     },
     /// An etcd cluster through its v3 JSON gateway.
     Etcd {
-        /// `http://HOST:PORT`.
-        base: String,
+        /// `HOST:PORT`.
+        addr: String,
         /// Key prefix, `/godwit/services/` by default.
         prefix: String,
     },
@@ -114,40 +129,62 @@ fn json_i64(v: &serde_json::Value) -> Option<i64> {
 }
 
 impl Names {
-    /// Parses `memory`, `agent+http://HOST:PORT` or `etcd+http://HOST:PORT`. `memory` makes
-    /// a new private registry; `token` is used by the agent backend.
+    /// Parses `memory`, `agent://HOST:PORT` (alias `agent+http://HOST:PORT`, also TLS)
+    /// or `etcd+http://HOST:PORT`. `memory` makes a new private registry; `token` is
+    /// what the agent backend proves (no CA: the token binding authenticates the agent).
     pub fn from_url(url: &str, token: Option<String>) -> Result<Self, NamesError> {
+        Self::from_url_with_ca(url, token, None)
+    }
+
+    /// [`Names::from_url`] with a CA file: the agent's certificate is then verified
+    /// (PKI mode) on top of the token binding.
+    pub fn from_url_with_ca(
+        url: &str,
+        token: Option<String>,
+        ca: Option<&Path>,
+    ) -> Result<Self, NamesError> {
         if url == "memory" {
             return Ok(Names::Memory(Arc::new(Registry::default())));
         }
-        let check = |base: &str| {
-            http::split_url(base)
-                .map(|_| ())
-                .map_err(|_| NamesError::BadUrl(url.to_string()))
-        };
-        if let Some(base) = url.strip_prefix("agent+") {
-            check(base)?;
+        if let Some(addr) = agent_addr(url) {
+            let setup = |e: NetError| NamesError::Setup {
+                backend: format!("agent://{addr}"),
+                detail: e.to_string(),
+            };
+            let client = match token {
+                Some(t) => Some(ClientTls::new(Token::new(t).map_err(setup)?, ca).map_err(setup)?),
+                None => None,
+            };
             return Ok(Names::Agent {
-                base: base.to_string(),
-                token,
+                addr: addr.to_string(),
+                client,
             });
         }
-        if let Some(base) = url.strip_prefix("etcd+") {
-            check(base)?;
+        if let Some(rest) = url.strip_prefix("etcd+http://") {
+            let addr = rest.trim_end_matches('/');
+            check_hostport(addr).ok_or_else(|| NamesError::BadUrl(url.to_string()))?;
             return Ok(Names::Etcd {
-                base: base.to_string(),
+                addr: addr.to_string(),
                 prefix: ETCD_PREFIX.to_string(),
             });
         }
         Err(NamesError::BadUrl(url.to_string()))
     }
 
+    /// The agent backend at `addr` (HOST:PORT) with a ready client.
+    pub fn with_agent(addr: &str, client: ClientTls) -> Self {
+        Names::Agent {
+            addr: addr.to_string(),
+            client: Some(client),
+        }
+    }
+
     /// The URL form of this client (inverse of [`Names::from_url`]; `memory` for in-process).
     pub fn url(&self) -> String {
         match self {
             Names::Memory(_) => "memory".into(),
-            Names::Agent { base, .. } => format!("agent+{base}"),
-            Names::Etcd { base, .. } => format!("etcd+{base}"),
+            Names::Agent { addr, .. } => format!("agent://{addr}"),
+            Names::Etcd { addr, .. } => format!("etcd+http://{addr}"),
         }
     }
 
@@ -161,16 +198,21 @@ impl Names {
         method: &str,
         path: &str,
         body: Option<serde_json::Value>,
-    ) -> Result<http::Response, NamesError> {
-        let Names::Agent { base, token } = self else {
+    ) -> Result<HttpResponse, NamesError> {
+        let Names::Agent { addr, client } = self else {
             unreachable!("agent() on a non-agent backend")
         };
-        let body = body.map(|b| b.to_string().into_bytes()).unwrap_or_default();
-        let mut req = http::ClientRequest::new(method, path);
-        req.token = token.as_deref();
-        req.body = &body;
-        req.timeout = Duration::from_secs(3);
-        let resp = http::send(base, &req)
+        let client = client.as_ref().ok_or_else(|| NamesError::Setup {
+            backend: self.backend(),
+            detail: "no token: give the service a token (--token-file or GODWIT_TOKEN)".into(),
+        })?;
+        let mut req = HttpRequest::new(method, path);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        req.timeout = Duration::from_secs(5);
+        let resp = client
+            .request(addr, &req)
             .await
             .map_err(|source| NamesError::Transport {
                 backend: self.backend(),
@@ -181,7 +223,7 @@ impl Names {
                 backend: self.backend(),
                 op,
                 status: resp.status,
-                message: String::from_utf8_lossy(&resp.body).into_owned(),
+                message: resp.error_message(),
             });
         }
         Ok(resp)
@@ -193,14 +235,12 @@ impl Names {
         path: &str,
         body: serde_json::Value,
     ) -> Result<serde_json::Value, NamesError> {
-        let Names::Etcd { base, .. } = self else {
+        let Names::Etcd { addr, .. } = self else {
             unreachable!("etcd() on a non-etcd backend")
         };
-        let body = body.to_string().into_bytes();
-        let mut req = http::ClientRequest::new("POST", path);
-        req.body = &body;
+        let mut req = HttpRequest::new("POST", path).json(&body);
         req.timeout = Duration::from_secs(3);
-        let resp = http::send(base, &req)
+        let resp = godwit_net::http::request_plain(addr, &req)
             .await
             .map_err(|source| NamesError::Transport {
                 backend: self.backend(),
@@ -214,7 +254,11 @@ impl Names {
                 message: String::from_utf8_lossy(&resp.body).into_owned(),
             });
         }
-        resp.json_body().map_err(|source| NamesError::Transport {
+        self.json(&resp)
+    }
+
+    fn json(&self, resp: &HttpResponse) -> Result<serde_json::Value, NamesError> {
+        resp.json().map_err(|source| NamesError::Transport {
             backend: self.backend(),
             source,
         })
@@ -326,10 +370,7 @@ impl Names {
                 if resp.status == 404 {
                     return Ok(None);
                 }
-                let v = resp.json_body().map_err(|source| NamesError::Transport {
-                    backend: self.backend(),
-                    source,
-                })?;
+                let v = self.json(&resp)?;
                 let addr = v["address"]
                     .as_str()
                     .ok_or_else(|| self.protocol("resolve", v.to_string()))?;
@@ -362,15 +403,15 @@ impl Names {
         match self {
             Names::Memory(reg) => Ok(reg.withdraw(uuid, Some(address))),
             Names::Agent { .. } => {
-                let path = format!("/v1/names/{uuid}?address={}", http::percent_encode(address));
+                let path = format!(
+                    "/v1/names/{uuid}?address={}",
+                    godwit_net::http::percent_encode(address)
+                );
                 let resp = self.agent("withdraw", "DELETE", &path, None).await?;
                 if resp.status == 404 {
                     return Ok(false);
                 }
-                let v = resp.json_body().map_err(|source| NamesError::Transport {
-                    backend: self.backend(),
-                    source,
-                })?;
+                let v = self.json(&resp)?;
                 Ok(v["removed"].as_bool().unwrap_or(false))
             }
             Names::Etcd { prefix, .. } => {
@@ -396,10 +437,7 @@ impl Names {
             Names::Memory(reg) => Ok(reg.list()),
             Names::Agent { .. } => {
                 let resp = self.agent("list", "GET", "/v1/names", None).await?;
-                let v = resp.json_body().map_err(|source| NamesError::Transport {
-                    backend: self.backend(),
-                    source,
-                })?;
+                let v = self.json(&resp)?;
                 let arr = v["services"]
                     .as_array()
                     .ok_or_else(|| self.protocol("list", v.to_string()))?;
@@ -443,5 +481,52 @@ impl Names {
                     .collect())
             }
         }
+    }
+}
+
+/// The `HOST:PORT` of an agent URL (`agent://HOST:PORT` or its alias
+/// `agent+http://HOST:PORT`), `None` for other URLs.
+pub fn agent_addr(url: &str) -> Option<&str> {
+    let rest = url
+        .strip_prefix("agent://")
+        .or_else(|| url.strip_prefix("agent+http://"))?;
+    let addr = rest.trim_end_matches('/');
+    check_hostport(addr)
+}
+
+fn check_hostport(addr: &str) -> Option<&str> {
+    let (host, port) = addr.rsplit_once(':')?;
+    (!host.is_empty() && !host.contains('/') && port.parse::<u16>().is_ok()).then_some(addr)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls() {
+        assert_eq!(agent_addr("agent://10.0.0.1:7070"), Some("10.0.0.1:7070"));
+        assert_eq!(agent_addr("agent+http://h:1/"), Some("h:1"));
+        assert_eq!(agent_addr("agent://nohost"), None);
+        assert_eq!(agent_addr("etcd+http://h:1"), None);
+        let n = Names::from_url("agent+http://10.0.0.1:7070", None).unwrap();
+        assert_eq!(n.url(), "agent://10.0.0.1:7070");
+        let n = Names::from_url("etcd+http://10.0.0.1:2379/", None).unwrap();
+        assert_eq!(n.url(), "etcd+http://10.0.0.1:2379");
+        assert!(matches!(
+            Names::from_url("zk://x:1", None),
+            Err(NamesError::BadUrl(_))
+        ));
+        assert!(matches!(
+            Names::from_url("agent://h:1", Some("short".into())),
+            Err(NamesError::Setup { .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn agent_without_token_says_so() {
+        let n = Names::from_url("agent://127.0.0.1:9", None).unwrap();
+        let e = n.resolve("x").await.unwrap_err().to_string();
+        assert!(e.contains("no token"), "{e}");
     }
 }
