@@ -6,8 +6,8 @@
 //!   channel of godwit-net (TLS + token binding, see docs/API.md). `agent+http://` is
 //!   accepted as an alias of `agent://` and means the same TLS channel: there is no
 //!   plain-HTTP agent any more;
-//! - `etcd+http://HOST:PORT`: an etcd v3 cluster through its HTTP/JSON gateway (hyper's
-//!   client over plain TCP).
+//! - `etcd+http://HOST:PORT`: an etcd v3 cluster through its gRPC API (the
+//!   `etcd-client` crate), connected on first use.
 //!
 //! Semantics shared by all backends:
 //! - [`Names::advertise`] binds `uuid -> address` for a lease of `ttl`; [`Names::refresh`]
@@ -22,7 +22,6 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use base64::Engine as _;
 use godwit_net::http::{HttpRequest, HttpResponse};
 use godwit_net::{ClientTls, NetError, Token};
 pub use registry::{Record, Registry};
@@ -62,6 +61,26 @@ pub enum NamesError {
         /// Message from the backend.
         message: String,
     },
+    /// An etcd request failed.
+    #[error("name service {backend}: {op}: {source}")]
+    Etcd {
+        /// Backend URL.
+        backend: String,
+        /// Operation.
+        op: &'static str,
+        /// Cause.
+        source: etcd_client::Error,
+    },
+    /// The backend did not answer in time.
+    #[error("name service {backend}: no answer to {op} within {timeout:?}")]
+    Timeout {
+        /// Backend URL.
+        backend: String,
+        /// Operation.
+        op: &'static str,
+        /// Time allowed.
+        timeout: Duration,
+    },
     /// The backend's answer lacks something we need.
     #[error("name service {backend}: unexpected answer to {op}: {detail}")]
     Protocol {
@@ -100,10 +119,12 @@ pub enum Names {
         /// every call then fails with [`NamesError::Setup`].
         client: Option<ClientTls>,
     },
-    /// An etcd cluster through its v3 JSON gateway.
+    /// An etcd cluster through its v3 gRPC API.
     Etcd {
         /// `HOST:PORT`.
         addr: String,
+        /// The client, connected on first use and shared by clones.
+        client: EtcdClient,
         /// Key prefix, `/godwit/services/` by default.
         prefix: String,
     },
@@ -111,22 +132,21 @@ pub enum Names {
 
 const ETCD_PREFIX: &str = "/godwit/services/";
 
-fn b64(s: &[u8]) -> String {
-    base64::engine::general_purpose::STANDARD.encode(s)
-}
+/// The etcd connection of an [`Names::Etcd`], made on first use.
+#[derive(Clone, Default)]
+pub struct EtcdClient(Arc<tokio::sync::OnceCell<etcd_client::Client>>);
 
-fn unb64(s: &str) -> Option<Vec<u8>> {
-    base64::engine::general_purpose::STANDARD.decode(s).ok()
-}
-
-/// etcd's gateway renders int64 as JSON strings.
-fn json_i64(v: &serde_json::Value) -> Option<i64> {
-    match v {
-        serde_json::Value::String(s) => s.parse().ok(),
-        serde_json::Value::Number(n) => n.as_i64(),
-        _ => None,
+impl std::fmt::Debug for EtcdClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.initialized() {
+            "EtcdClient(connected)"
+        } else {
+            "EtcdClient(not connected)"
+        })
     }
 }
+
+const ETCD_TIMEOUT: Duration = Duration::from_secs(3);
 
 impl Names {
     /// Parses `memory`, `agent://HOST:PORT` (alias `agent+http://HOST:PORT`, also TLS)
@@ -165,6 +185,7 @@ impl Names {
             check_hostport(addr).ok_or_else(|| NamesError::BadUrl(url.to_string()))?;
             return Ok(Names::Etcd {
                 addr: addr.to_string(),
+                client: EtcdClient::default(),
                 prefix: ETCD_PREFIX.to_string(),
             });
         }
@@ -229,32 +250,44 @@ impl Names {
         Ok(resp)
     }
 
-    async fn etcd(
-        &self,
-        op: &'static str,
-        path: &str,
-        body: serde_json::Value,
-    ) -> Result<serde_json::Value, NamesError> {
-        let Names::Etcd { addr, .. } = self else {
+    /// Runs one etcd operation (with a connected client, under a deadline).
+    async fn etcd<T, F, Fut>(&self, op: &'static str, f: F) -> Result<T, NamesError>
+    where
+        F: FnOnce(etcd_client::Client) -> Fut,
+        Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let Names::Etcd { addr, client, .. } = self else {
             unreachable!("etcd() on a non-etcd backend")
         };
-        let mut req = HttpRequest::new("POST", path).json(&body);
-        req.timeout = Duration::from_secs(3);
-        let resp = godwit_net::http::request_plain(addr, &req)
-            .await
-            .map_err(|source| NamesError::Transport {
-                backend: self.backend(),
-                source,
-            })?;
-        if resp.status != 200 {
-            return Err(NamesError::Refused {
+        let fut = async {
+            let c = client
+                .0
+                .get_or_try_init(|| async {
+                    let opts = etcd_client::ConnectOptions::new()
+                        .with_connect_timeout(ETCD_TIMEOUT)
+                        .with_timeout(ETCD_TIMEOUT);
+                    etcd_client::Client::connect([format!("http://{addr}")], Some(opts)).await
+                })
+                .await
+                .map_err(|source| NamesError::Etcd {
+                    backend: self.backend(),
+                    op: "connect",
+                    source,
+                })?
+                .clone();
+            f(c).await.map_err(|source| NamesError::Etcd {
                 backend: self.backend(),
                 op,
-                status: resp.status,
-                message: String::from_utf8_lossy(&resp.body).into_owned(),
-            });
-        }
-        self.json(&resp)
+                source,
+            })
+        };
+        tokio::time::timeout(ETCD_TIMEOUT * 2, fut)
+            .await
+            .map_err(|_| NamesError::Timeout {
+                backend: self.backend(),
+                op,
+                timeout: ETCD_TIMEOUT * 2,
+            })?
     }
 
     fn json(&self, resp: &HttpResponse) -> Result<serde_json::Value, NamesError> {
@@ -293,18 +326,23 @@ impl Names {
                     .await?;
             }
             Names::Etcd { prefix, .. } => {
-                let secs = ttl.as_secs().max(1);
-                let grant = self
-                    .etcd("lease grant", "/v3/lease/grant", json!({ "TTL": secs }))
-                    .await?;
-                let id = json_i64(&grant["ID"])
-                    .ok_or_else(|| self.protocol("lease grant", grant.to_string()))?;
+                let secs = ttl.as_secs().max(1) as i64;
+                let id = self
+                    .etcd("lease grant", |mut c| async move {
+                        c.lease_grant(secs, None).await
+                    })
+                    .await?
+                    .id();
                 let key = format!("{prefix}{uuid}");
-                self.etcd(
-                    "put",
-                    "/v3/kv/put",
-                    json!({ "key": b64(key.as_bytes()), "value": b64(address.as_bytes()), "lease": id.to_string() }),
-                )
+                let value = address.to_string();
+                self.etcd("put", |mut c| async move {
+                    c.put(
+                        key,
+                        value,
+                        Some(etcd_client::PutOptions::new().with_lease(id)),
+                    )
+                    .await
+                })
                 .await?;
                 lease.etcd_lease = Some(id);
             }
@@ -320,32 +358,33 @@ impl Names {
                     .advertise(&lease.uuid, &lease.address, lease.ttl)
                     .await?;
             }
-            Names::Etcd { .. } => {
+            Names::Etcd { prefix, .. } => {
                 let alive = match lease.etcd_lease {
                     Some(id) => {
                         let r = self
-                            .etcd(
-                                "lease keepalive",
-                                "/v3/lease/keepalive",
-                                json!({ "ID": id.to_string() }),
-                            )
+                            .etcd("lease keepalive", |mut c| async move {
+                                let (mut keeper, mut stream) = c.lease_keep_alive(id).await?;
+                                keeper.keep_alive().await?;
+                                stream.message().await
+                            })
                             .await?;
-                        r["result"]
-                            .get("TTL")
-                            .and_then(json_i64)
-                            .is_some_and(|t| t > 0)
+                        r.is_some_and(|r| r.ttl() > 0)
                     }
                     None => false,
                 };
-                match (alive, lease.etcd_lease, self) {
+                match (alive, lease.etcd_lease) {
                     // Re-put under the live lease: restores a binding deleted meanwhile.
-                    (true, Some(id), Names::Etcd { prefix, .. }) => {
+                    (true, Some(id)) => {
                         let key = format!("{prefix}{}", lease.uuid);
-                        self.etcd(
-                            "put",
-                            "/v3/kv/put",
-                            json!({ "key": b64(key.as_bytes()), "value": b64(lease.address.as_bytes()), "lease": id.to_string() }),
-                        )
+                        let value = lease.address.clone();
+                        self.etcd("put", |mut c| async move {
+                            c.put(
+                                key,
+                                value,
+                                Some(etcd_client::PutOptions::new().with_lease(id)),
+                            )
+                            .await
+                        })
                         .await?;
                     }
                     _ => {
@@ -379,21 +418,15 @@ impl Names {
             Names::Etcd { prefix, .. } => {
                 let key = format!("{prefix}{uuid}");
                 let r = self
-                    .etcd(
-                        "range",
-                        "/v3/kv/range",
-                        json!({ "key": b64(key.as_bytes()) }),
-                    )
+                    .etcd("get", |mut c| async move { c.get(key, None).await })
                     .await?;
-                let Some(kv) = r["kvs"].as_array().and_then(|a| a.first()) else {
+                let Some(kv) = r.kvs().first() else {
                     return Ok(None);
                 };
-                let v = kv["value"]
-                    .as_str()
-                    .and_then(unb64)
-                    .and_then(|b| String::from_utf8(b).ok())
-                    .ok_or_else(|| self.protocol("range", kv.to_string()))?;
-                Ok(Some(v))
+                let v = kv
+                    .value_str()
+                    .map_err(|e| self.protocol("get", format!("value is not UTF-8: {e}")))?;
+                Ok(Some(v.to_string()))
             }
         }
     }
@@ -415,18 +448,15 @@ impl Names {
                 Ok(v["removed"].as_bool().unwrap_or(false))
             }
             Names::Etcd { prefix, .. } => {
-                let key = b64(format!("{prefix}{uuid}").as_bytes());
+                use etcd_client::{Compare, CompareOp, Txn, TxnOp};
+                let key = format!("{prefix}{uuid}");
+                let txn = Txn::new()
+                    .when([Compare::value(key.clone(), CompareOp::Equal, address)])
+                    .and_then([TxnOp::delete(key, None)]);
                 let r = self
-                    .etcd(
-                        "txn",
-                        "/v3/kv/txn",
-                        json!({
-                            "compare": [{ "key": key, "result": "EQUAL", "target": "VALUE", "value": b64(address.as_bytes()) }],
-                            "success": [{ "requestDeleteRange": { "key": key } }],
-                        }),
-                    )
+                    .etcd("txn", |mut c| async move { c.txn(txn).await })
                     .await?;
-                Ok(r["succeeded"].as_bool().unwrap_or(false))
+                Ok(r.succeeded())
             }
         }
     }
@@ -455,26 +485,20 @@ impl Names {
                     .collect())
             }
             Names::Etcd { prefix, .. } => {
-                let mut end = prefix.as_bytes().to_vec();
-                if let Some(last) = end.last_mut() {
-                    *last += 1;
-                }
+                let p = prefix.clone();
                 let r = self
-                    .etcd(
-                        "range",
-                        "/v3/kv/range",
-                        json!({ "key": b64(prefix.as_bytes()), "range_end": b64(&end) }),
-                    )
+                    .etcd("get", |mut c| async move {
+                        c.get(p, Some(etcd_client::GetOptions::new().with_prefix()))
+                            .await
+                    })
                     .await?;
-                let kvs = r["kvs"].as_array().cloned().unwrap_or_default();
-                Ok(kvs
+                Ok(r.kvs()
                     .iter()
                     .filter_map(|kv| {
-                        let key = String::from_utf8(unb64(kv["key"].as_str()?)?).ok()?;
-                        let value = String::from_utf8(unb64(kv["value"].as_str()?)?).ok()?;
+                        let key = kv.key_str().ok()?;
                         Some(Record {
                             uuid: key.strip_prefix(prefix.as_str())?.to_string(),
-                            address: value,
+                            address: kv.value_str().ok()?.to_string(),
                             expires_in: Duration::ZERO,
                         })
                     })
