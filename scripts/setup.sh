@@ -3,7 +3,9 @@
 # (run as root). The Rust toolchain (cargo) must already be there.
 set -euo pipefail
 need=()
-for pkg in gcc make python3 util-linux procps redis-server redis-tools etcd-server etcd-client iproute2 nginx; do
+# protobuf-compiler + libprotobuf-dev: the etcd-client crate compiles etcd's .proto files
+# at build time (protoc and the well-known types in /usr/include/google/protobuf).
+for pkg in gcc make python3 util-linux procps redis-server redis-tools etcd-server etcd-client iproute2 nginx protobuf-compiler libprotobuf-dev; do
     dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then

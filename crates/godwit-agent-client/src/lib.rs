@@ -1,15 +1,18 @@
 //! Client of the godwitd API (docs/API.md) and the `godwit service ...` subcommands:
 //! `ls`, `status`, `checkpoint`, `migrate`, `interval`.
 //!
-//! Services are found through the name service of the agent given with `--agent`
-//! (`agent+http://AGENT`), or through `GODWIT_NAMES` (e.g. `etcd+http://10.0.0.1:2379`)
-//! when set.
+//! Every call goes over the authenticated channel of godwit-net (TLS + token binding)
+//! with hyper's client. Services are found through the name service of the agent given
+//! with `--agent` (`agent://AGENT`), or through `GODWIT_NAMES` (e.g.
+//! `etcd+http://10.0.0.1:2379`) when set.
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use clap::Subcommand;
-use godwit_names::http::{self, ClientRequest};
 use godwit_names::Names;
+use godwit_net::http::HttpRequest;
+use godwit_net::{ClientTls, NetError, Token};
 use godwit_sdk::mgmt;
 use serde_json::{json, Value};
 
@@ -48,13 +51,13 @@ pub enum ServiceCmd {
 /// Errors of agent and service operations.
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
-    /// HTTP transport failure.
+    /// Channel or HTTP failure (including a refused token binding).
     #[error("agent {agent}: {source}")]
     Transport {
         /// Agent.
         agent: String,
         /// Cause.
-        source: http::HttpError,
+        source: NetError,
     },
     /// The agent refused.
     #[error("agent {agent}: {op}: HTTP {status}: {message}")]
@@ -92,41 +95,60 @@ pub enum AgentError {
 /// A godwitd API client.
 #[derive(Debug, Clone)]
 pub struct Agent {
-    base: String,
-    token: String,
-}
-
-fn base_url(agent: &str) -> String {
-    if agent.starts_with("http://") {
-        agent.trim_end_matches('/').to_string()
-    } else {
-        format!("http://{agent}")
-    }
+    addr: String,
+    client: ClientTls,
 }
 
 impl Agent {
-    /// An agent at `HOST:PORT` (or `http://HOST:PORT`).
-    pub fn new(agent: &str, token: String) -> Self {
+    /// An agent at `HOST:PORT` reached with `token` (no CA: the token binding
+    /// authenticates the agent).
+    pub fn new(agent: &str, token: String) -> Result<Self, AgentError> {
+        Self::with_ca(agent, token, None)
+    }
+
+    /// An agent at `HOST:PORT`; with `ca`, its certificate is verified too (PKI mode).
+    pub fn with_ca(agent: &str, token: String, ca: Option<&Path>) -> Result<Self, AgentError> {
+        let addr = agent
+            .strip_prefix("agent://")
+            .or_else(|| agent.strip_prefix("https://"))
+            .unwrap_or(agent)
+            .trim_end_matches('/')
+            .to_string();
+        let transport = |source| AgentError::Transport {
+            agent: addr.clone(),
+            source,
+        };
+        let client =
+            ClientTls::new(Token::new(token).map_err(transport)?, ca).map_err(transport)?;
+        Ok(Agent { addr, client })
+    }
+
+    /// An agent at `HOST:PORT` with a ready channel client.
+    pub fn with_client(agent: &str, client: ClientTls) -> Self {
         Agent {
-            base: base_url(agent),
-            token,
+            addr: agent.to_string(),
+            client,
         }
     }
 
-    /// Base URL.
-    pub fn base(&self) -> &str {
-        &self.base
+    /// `HOST:PORT`.
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    /// The channel client (token, CA).
+    pub fn client(&self) -> &ClientTls {
+        &self.client
     }
 
     /// The agent's embedded name service.
     pub fn names(&self) -> Names {
-        Names::Agent {
-            base: self.base.clone(),
-            token: Some(self.token.clone()),
-        }
+        Names::with_agent(&self.addr, self.client.clone())
     }
 
-    async fn request(
+    /// One API call: `method path` with an optional JSON body; the JSON answer, or
+    /// [`AgentError::Refused`] for a status of 300 or more.
+    pub async fn request(
         &self,
         op: &'static str,
         method: &str,
@@ -134,34 +156,29 @@ impl Agent {
         body: Option<Value>,
         timeout: Duration,
     ) -> Result<Value, AgentError> {
-        let body = body.map(|b| b.to_string().into_bytes()).unwrap_or_default();
-        let mut req = ClientRequest::new(method, path);
-        req.token = Some(&self.token);
-        req.body = &body;
+        let mut req = HttpRequest::new(method, path);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
         req.timeout = timeout;
-        let resp = http::send(&self.base, &req)
+        let transport = |source| AgentError::Transport {
+            agent: self.addr.clone(),
+            source,
+        };
+        let resp = self
+            .client
+            .request(&self.addr, &req)
             .await
-            .map_err(|source| AgentError::Transport {
-                agent: self.base.clone(),
-                source,
-            })?;
+            .map_err(transport)?;
         if resp.status >= 300 {
-            let message = resp
-                .json_body()
-                .ok()
-                .and_then(|v| v["error"].as_str().map(str::to_string))
-                .unwrap_or_else(|| String::from_utf8_lossy(&resp.body).into_owned());
             return Err(AgentError::Refused {
-                agent: self.base.clone(),
+                agent: self.addr.clone(),
                 op,
                 status: resp.status,
-                message,
+                message: resp.error_message(),
             });
         }
-        resp.json_body().map_err(|source| AgentError::Transport {
-            agent: self.base.clone(),
-            source,
-        })
+        resp.json().map_err(transport)
     }
 
     /// `GET /v1/health`.
@@ -201,6 +218,17 @@ impl Agent {
         )
         .await
     }
+}
+
+/// The token a client proves: the first token of a token file (a single `TOKEN` line,
+/// or `SCOPES TOKEN` lines). The file must be private (no access for group or others).
+pub fn load_token(path: &Path) -> Result<String, AgentError> {
+    Token::load(path)
+        .map(|t| t.secret().to_string())
+        .map_err(|source| AgentError::Transport {
+            agent: "-".into(),
+            source,
+        })
 }
 
 /// What a migration did.
@@ -277,11 +305,10 @@ pub async fn migrate(
         ));
     }
     let dest_host = dest
-        .base()
-        .trim_start_matches("http://")
+        .addr()
         .rsplit_once(':')
         .map(|(h, _)| h.to_string())
-        .ok_or_else(|| fail("destination", format!("bad node address {}", dest.base())))?;
+        .ok_or_else(|| fail("destination", format!("bad node address {}", dest.addr())))?;
     let mut args: Vec<String> = st["relaunch_args"]
         .as_array()
         .map(|a| {
@@ -378,9 +405,11 @@ pub async fn migrate(
     })
 }
 
-fn names_for(agent: &Agent) -> Result<Names, AgentError> {
+fn names_for(agent: &Agent, token: &str, ca: Option<&Path>) -> Result<Names, AgentError> {
     match std::env::var("GODWIT_NAMES") {
-        Ok(url) if !url.is_empty() => Ok(Names::from_url(&url, Some(agent.token.clone()))?),
+        Ok(url) if !url.is_empty() => {
+            Ok(Names::from_url_with_ca(&url, Some(token.to_string()), ca)?)
+        }
         _ => Ok(agent.names()),
     }
 }
@@ -394,15 +423,17 @@ fn print(json_out: bool, v: &Value, human: impl FnOnce() -> String) {
 }
 
 /// Runs one `godwit service ...` subcommand against the agent at `agent` (HOST:PORT),
-/// printing a table or, with `json`, JSON.
+/// printing a table or, with `json`, JSON. `tls_ca`: verify the agents' certificates
+/// with this CA (PKI mode).
 pub async fn run_service_cmd(
     cmd: ServiceCmd,
     agent: &str,
     token: String,
+    tls_ca: Option<&Path>,
     json_out: bool,
 ) -> anyhow::Result<()> {
-    let agent = Agent::new(agent, token.clone());
-    let names = names_for(&agent)?;
+    let agent = Agent::with_ca(agent, token.clone(), tls_ca)?;
+    let names = names_for(&agent, &token, tls_ca)?;
     match cmd {
         ServiceCmd::Ls => {
             let mut rows = Vec::new();
@@ -478,7 +509,7 @@ pub async fn run_service_cmd(
             });
         }
         ServiceCmd::Migrate { uuid, to } => {
-            let dest = Agent::new(&to, token.clone());
+            let dest = Agent::with_ca(&to, token.clone(), tls_ca)?;
             let m = migrate(&names, &dest, &uuid, &token).await?;
             let v = m.to_json();
             print(json_out, &v, || {

@@ -125,9 +125,12 @@ enum Cmd {
         /// The node agent (godwitd) to talk to.
         #[arg(long, default_value = "127.0.0.1:7420", env = "GODWIT_AGENT")]
         agent: String,
-        /// File holding the agent's API token.
+        /// File holding the agent's API token (mode 0600; the first token is used).
         #[arg(long, env = "GODWIT_TOKEN_FILE")]
         token_file: PathBuf,
+        /// CA certificate (PEM) to verify the agents' certificates with (PKI mode).
+        #[arg(long, env = "GODWIT_TLS_CA")]
+        tls_ca: Option<PathBuf>,
         #[command(subcommand)]
         cmd: godwit_agent_client::ServiceCmd,
     },
@@ -289,18 +292,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Service {
             agent,
             token_file,
+            tls_ca,
             cmd,
         } => {
-            let token = std::fs::read_to_string(&token_file)
-                .with_context(|| format!("reading the token file {}", token_file.display()))?
-                .trim()
-                .to_string();
+            let token = godwit_agent_client::load_token(&token_file)?;
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .context("starting the async runtime")?;
             rt.block_on(godwit_agent_client::run_service_cmd(
-                cmd, &agent, token, cli.json,
+                cmd,
+                &agent,
+                token,
+                tls_ca.as_deref(),
+                cli.json,
             ))?;
         }
         Cmd::Migrate(args) => {

@@ -2,8 +2,12 @@
 //!
 //! Three backends behind one type, [`Names`]:
 //! - `memory`: an in-process [`Registry`] (tests, single-process use);
-//! - `agent+http://HOST:PORT`: the registry embedded in a `godwitd` (see docs/API.md);
-//! - `etcd+http://HOST:PORT`: an etcd v3 cluster through its HTTP/JSON gateway.
+//! - `agent://HOST:PORT`: the registry embedded in a `godwitd`, over the authenticated
+//!   channel of godwit-net (TLS + token binding, see docs/API.md). `agent+http://` is
+//!   accepted as an alias of `agent://` and means the same TLS channel: there is no
+//!   plain-HTTP agent any more;
+//! - `etcd+http://HOST:PORT`: an etcd v3 cluster through its gRPC API (the
+//!   `etcd-client` crate), connected on first use.
 //!
 //! Semantics shared by all backends:
 //! - [`Names::advertise`] binds `uuid -> address` for a lease of `ttl`; [`Names::refresh`]
@@ -12,13 +16,14 @@
 //!   (compare-and-delete), so an old instance stopping after a migration never removes the
 //!   new instance's binding.
 
-pub mod http;
 mod registry;
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use base64::Engine as _;
+use godwit_net::http::{HttpRequest, HttpResponse};
+use godwit_net::{ClientTls, NetError, Token};
 pub use registry::{Record, Registry};
 use serde_json::json;
 
@@ -26,15 +31,23 @@ use serde_json::json;
 #[derive(Debug, thiserror::Error)]
 pub enum NamesError {
     /// The name-service URL is not understood.
-    #[error("unknown name service `{0}`: expected `memory`, `agent+http://HOST:PORT` or `etcd+http://HOST:PORT`")]
+    #[error("unknown name service `{0}`: expected `memory`, `agent://HOST:PORT` or `etcd+http://HOST:PORT`")]
     BadUrl(String),
+    /// The agent backend was given no token, or a bad one, or a bad CA file.
+    #[error("name service {backend}: {detail}")]
+    Setup {
+        /// Backend URL.
+        backend: String,
+        /// What is missing or wrong.
+        detail: String,
+    },
     /// The backend could not be reached or answered garbage.
     #[error("name service {backend}: {source}")]
     Transport {
         /// Backend URL.
         backend: String,
         /// Cause.
-        source: http::HttpError,
+        source: NetError,
     },
     /// The backend refused the request.
     #[error("name service {backend} refused {op}: HTTP {status}: {message}")]
@@ -47,6 +60,26 @@ pub enum NamesError {
         status: u16,
         /// Message from the backend.
         message: String,
+    },
+    /// An etcd request failed.
+    #[error("name service {backend}: {op}: {source}")]
+    Etcd {
+        /// Backend URL.
+        backend: String,
+        /// Operation.
+        op: &'static str,
+        /// Cause.
+        source: etcd_client::Error,
+    },
+    /// The backend did not answer in time.
+    #[error("name service {backend}: no answer to {op} within {timeout:?}")]
+    Timeout {
+        /// Backend URL.
+        backend: String,
+        /// Operation.
+        op: &'static str,
+        /// Time allowed.
+        timeout: Duration,
     },
     /// The backend's answer lacks something we need.
     #[error("name service {backend}: unexpected answer to {op}: {detail}")]
@@ -78,17 +111,20 @@ pub struct Lease {
 pub enum Names {
     /// An in-process registry.
     Memory(Arc<Registry>),
-    /// The registry of a godwitd: base URL and bearer token.
+    /// The registry of a godwitd, over the authenticated channel.
     Agent {
-        /// `http://HOST:PORT`.
-        base: String,
-        /// Bearer token.
-        token: Option<String>,
+        /// `HOST:PORT`.
+        addr: String,
+        /// The channel's client side (token, CA); `None` when no token was given:
+        /// every call then fails with [`NamesError::Setup`].
+        client: Option<ClientTls>,
     },
-    /// An etcd cluster through its v3 JSON gateway.
+    /// An etcd cluster through its v3 gRPC API.
     Etcd {
-        /// `http://HOST:PORT`.
-        base: String,
+        /// `HOST:PORT`.
+        addr: String,
+        /// The client, connected on first use and shared by clones.
+        client: EtcdClient,
         /// Key prefix, `/godwit/services/` by default.
         prefix: String,
     },
@@ -96,58 +132,80 @@ pub enum Names {
 
 const ETCD_PREFIX: &str = "/godwit/services/";
 
-fn b64(s: &[u8]) -> String {
-    base64::engine::general_purpose::STANDARD.encode(s)
-}
+/// The etcd connection of an [`Names::Etcd`], made on first use.
+#[derive(Clone, Default)]
+pub struct EtcdClient(Arc<tokio::sync::OnceCell<etcd_client::Client>>);
 
-fn unb64(s: &str) -> Option<Vec<u8>> {
-    base64::engine::general_purpose::STANDARD.decode(s).ok()
-}
-
-/// etcd's gateway renders int64 as JSON strings.
-fn json_i64(v: &serde_json::Value) -> Option<i64> {
-    match v {
-        serde_json::Value::String(s) => s.parse().ok(),
-        serde_json::Value::Number(n) => n.as_i64(),
-        _ => None,
+impl std::fmt::Debug for EtcdClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.initialized() {
+            "EtcdClient(connected)"
+        } else {
+            "EtcdClient(not connected)"
+        })
     }
 }
 
+const ETCD_TIMEOUT: Duration = Duration::from_secs(3);
+
 impl Names {
-    /// Parses `memory`, `agent+http://HOST:PORT` or `etcd+http://HOST:PORT`. `memory` makes
-    /// a new private registry; `token` is used by the agent backend.
+    /// Parses `memory`, `agent://HOST:PORT` (alias `agent+http://HOST:PORT`, also TLS)
+    /// or `etcd+http://HOST:PORT`. `memory` makes a new private registry; `token` is
+    /// what the agent backend proves (no CA: the token binding authenticates the agent).
     pub fn from_url(url: &str, token: Option<String>) -> Result<Self, NamesError> {
+        Self::from_url_with_ca(url, token, None)
+    }
+
+    /// [`Names::from_url`] with a CA file: the agent's certificate is then verified
+    /// (PKI mode) on top of the token binding.
+    pub fn from_url_with_ca(
+        url: &str,
+        token: Option<String>,
+        ca: Option<&Path>,
+    ) -> Result<Self, NamesError> {
         if url == "memory" {
             return Ok(Names::Memory(Arc::new(Registry::default())));
         }
-        let check = |base: &str| {
-            http::split_url(base)
-                .map(|_| ())
-                .map_err(|_| NamesError::BadUrl(url.to_string()))
-        };
-        if let Some(base) = url.strip_prefix("agent+") {
-            check(base)?;
+        if let Some(addr) = agent_addr(url) {
+            let setup = |e: NetError| NamesError::Setup {
+                backend: format!("agent://{addr}"),
+                detail: e.to_string(),
+            };
+            let client = match token {
+                Some(t) => Some(ClientTls::new(Token::new(t).map_err(setup)?, ca).map_err(setup)?),
+                None => None,
+            };
             return Ok(Names::Agent {
-                base: base.to_string(),
-                token,
+                addr: addr.to_string(),
+                client,
             });
         }
-        if let Some(base) = url.strip_prefix("etcd+") {
-            check(base)?;
+        if let Some(rest) = url.strip_prefix("etcd+http://") {
+            let addr = rest.trim_end_matches('/');
+            check_hostport(addr).ok_or_else(|| NamesError::BadUrl(url.to_string()))?;
             return Ok(Names::Etcd {
-                base: base.to_string(),
+                addr: addr.to_string(),
+                client: EtcdClient::default(),
                 prefix: ETCD_PREFIX.to_string(),
             });
         }
         Err(NamesError::BadUrl(url.to_string()))
     }
 
+    /// The agent backend at `addr` (HOST:PORT) with a ready client.
+    pub fn with_agent(addr: &str, client: ClientTls) -> Self {
+        Names::Agent {
+            addr: addr.to_string(),
+            client: Some(client),
+        }
+    }
+
     /// The URL form of this client (inverse of [`Names::from_url`]; `memory` for in-process).
     pub fn url(&self) -> String {
         match self {
             Names::Memory(_) => "memory".into(),
-            Names::Agent { base, .. } => format!("agent+{base}"),
-            Names::Etcd { base, .. } => format!("etcd+{base}"),
+            Names::Agent { addr, .. } => format!("agent://{addr}"),
+            Names::Etcd { addr, .. } => format!("etcd+http://{addr}"),
         }
     }
 
@@ -161,16 +219,21 @@ impl Names {
         method: &str,
         path: &str,
         body: Option<serde_json::Value>,
-    ) -> Result<http::Response, NamesError> {
-        let Names::Agent { base, token } = self else {
+    ) -> Result<HttpResponse, NamesError> {
+        let Names::Agent { addr, client } = self else {
             unreachable!("agent() on a non-agent backend")
         };
-        let body = body.map(|b| b.to_string().into_bytes()).unwrap_or_default();
-        let mut req = http::ClientRequest::new(method, path);
-        req.token = token.as_deref();
-        req.body = &body;
-        req.timeout = Duration::from_secs(3);
-        let resp = http::send(base, &req)
+        let client = client.as_ref().ok_or_else(|| NamesError::Setup {
+            backend: self.backend(),
+            detail: "no token: give the service a token (--token-file or GODWIT_TOKEN)".into(),
+        })?;
+        let mut req = HttpRequest::new(method, path);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        req.timeout = Duration::from_secs(5);
+        let resp = client
+            .request(addr, &req)
             .await
             .map_err(|source| NamesError::Transport {
                 backend: self.backend(),
@@ -181,40 +244,54 @@ impl Names {
                 backend: self.backend(),
                 op,
                 status: resp.status,
-                message: String::from_utf8_lossy(&resp.body).into_owned(),
+                message: resp.error_message(),
             });
         }
         Ok(resp)
     }
 
-    async fn etcd(
-        &self,
-        op: &'static str,
-        path: &str,
-        body: serde_json::Value,
-    ) -> Result<serde_json::Value, NamesError> {
-        let Names::Etcd { base, .. } = self else {
+    /// Runs one etcd operation (with a connected client, under a deadline).
+    async fn etcd<T, F, Fut>(&self, op: &'static str, f: F) -> Result<T, NamesError>
+    where
+        F: FnOnce(etcd_client::Client) -> Fut,
+        Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let Names::Etcd { addr, client, .. } = self else {
             unreachable!("etcd() on a non-etcd backend")
         };
-        let body = body.to_string().into_bytes();
-        let mut req = http::ClientRequest::new("POST", path);
-        req.body = &body;
-        req.timeout = Duration::from_secs(3);
-        let resp = http::send(base, &req)
-            .await
-            .map_err(|source| NamesError::Transport {
-                backend: self.backend(),
-                source,
-            })?;
-        if resp.status != 200 {
-            return Err(NamesError::Refused {
+        let fut = async {
+            let c = client
+                .0
+                .get_or_try_init(|| async {
+                    let opts = etcd_client::ConnectOptions::new()
+                        .with_connect_timeout(ETCD_TIMEOUT)
+                        .with_timeout(ETCD_TIMEOUT);
+                    etcd_client::Client::connect([format!("http://{addr}")], Some(opts)).await
+                })
+                .await
+                .map_err(|source| NamesError::Etcd {
+                    backend: self.backend(),
+                    op: "connect",
+                    source,
+                })?
+                .clone();
+            f(c).await.map_err(|source| NamesError::Etcd {
                 backend: self.backend(),
                 op,
-                status: resp.status,
-                message: String::from_utf8_lossy(&resp.body).into_owned(),
-            });
-        }
-        resp.json_body().map_err(|source| NamesError::Transport {
+                source,
+            })
+        };
+        tokio::time::timeout(ETCD_TIMEOUT * 2, fut)
+            .await
+            .map_err(|_| NamesError::Timeout {
+                backend: self.backend(),
+                op,
+                timeout: ETCD_TIMEOUT * 2,
+            })?
+    }
+
+    fn json(&self, resp: &HttpResponse) -> Result<serde_json::Value, NamesError> {
+        resp.json().map_err(|source| NamesError::Transport {
             backend: self.backend(),
             source,
         })
@@ -249,18 +326,23 @@ impl Names {
                     .await?;
             }
             Names::Etcd { prefix, .. } => {
-                let secs = ttl.as_secs().max(1);
-                let grant = self
-                    .etcd("lease grant", "/v3/lease/grant", json!({ "TTL": secs }))
-                    .await?;
-                let id = json_i64(&grant["ID"])
-                    .ok_or_else(|| self.protocol("lease grant", grant.to_string()))?;
+                let secs = ttl.as_secs().max(1) as i64;
+                let id = self
+                    .etcd("lease grant", |mut c| async move {
+                        c.lease_grant(secs, None).await
+                    })
+                    .await?
+                    .id();
                 let key = format!("{prefix}{uuid}");
-                self.etcd(
-                    "put",
-                    "/v3/kv/put",
-                    json!({ "key": b64(key.as_bytes()), "value": b64(address.as_bytes()), "lease": id.to_string() }),
-                )
+                let value = address.to_string();
+                self.etcd("put", |mut c| async move {
+                    c.put(
+                        key,
+                        value,
+                        Some(etcd_client::PutOptions::new().with_lease(id)),
+                    )
+                    .await
+                })
                 .await?;
                 lease.etcd_lease = Some(id);
             }
@@ -276,32 +358,33 @@ impl Names {
                     .advertise(&lease.uuid, &lease.address, lease.ttl)
                     .await?;
             }
-            Names::Etcd { .. } => {
+            Names::Etcd { prefix, .. } => {
                 let alive = match lease.etcd_lease {
                     Some(id) => {
                         let r = self
-                            .etcd(
-                                "lease keepalive",
-                                "/v3/lease/keepalive",
-                                json!({ "ID": id.to_string() }),
-                            )
+                            .etcd("lease keepalive", |mut c| async move {
+                                let (mut keeper, mut stream) = c.lease_keep_alive(id).await?;
+                                keeper.keep_alive().await?;
+                                stream.message().await
+                            })
                             .await?;
-                        r["result"]
-                            .get("TTL")
-                            .and_then(json_i64)
-                            .is_some_and(|t| t > 0)
+                        r.is_some_and(|r| r.ttl() > 0)
                     }
                     None => false,
                 };
-                match (alive, lease.etcd_lease, self) {
+                match (alive, lease.etcd_lease) {
                     // Re-put under the live lease: restores a binding deleted meanwhile.
-                    (true, Some(id), Names::Etcd { prefix, .. }) => {
+                    (true, Some(id)) => {
                         let key = format!("{prefix}{}", lease.uuid);
-                        self.etcd(
-                            "put",
-                            "/v3/kv/put",
-                            json!({ "key": b64(key.as_bytes()), "value": b64(lease.address.as_bytes()), "lease": id.to_string() }),
-                        )
+                        let value = lease.address.clone();
+                        self.etcd("put", |mut c| async move {
+                            c.put(
+                                key,
+                                value,
+                                Some(etcd_client::PutOptions::new().with_lease(id)),
+                            )
+                            .await
+                        })
                         .await?;
                     }
                     _ => {
@@ -326,10 +409,7 @@ impl Names {
                 if resp.status == 404 {
                     return Ok(None);
                 }
-                let v = resp.json_body().map_err(|source| NamesError::Transport {
-                    backend: self.backend(),
-                    source,
-                })?;
+                let v = self.json(&resp)?;
                 let addr = v["address"]
                     .as_str()
                     .ok_or_else(|| self.protocol("resolve", v.to_string()))?;
@@ -338,21 +418,15 @@ impl Names {
             Names::Etcd { prefix, .. } => {
                 let key = format!("{prefix}{uuid}");
                 let r = self
-                    .etcd(
-                        "range",
-                        "/v3/kv/range",
-                        json!({ "key": b64(key.as_bytes()) }),
-                    )
+                    .etcd("get", |mut c| async move { c.get(key, None).await })
                     .await?;
-                let Some(kv) = r["kvs"].as_array().and_then(|a| a.first()) else {
+                let Some(kv) = r.kvs().first() else {
                     return Ok(None);
                 };
-                let v = kv["value"]
-                    .as_str()
-                    .and_then(unb64)
-                    .and_then(|b| String::from_utf8(b).ok())
-                    .ok_or_else(|| self.protocol("range", kv.to_string()))?;
-                Ok(Some(v))
+                let v = kv
+                    .value_str()
+                    .map_err(|e| self.protocol("get", format!("value is not UTF-8: {e}")))?;
+                Ok(Some(v.to_string()))
             }
         }
     }
@@ -362,30 +436,27 @@ impl Names {
         match self {
             Names::Memory(reg) => Ok(reg.withdraw(uuid, Some(address))),
             Names::Agent { .. } => {
-                let path = format!("/v1/names/{uuid}?address={}", http::percent_encode(address));
+                let path = format!(
+                    "/v1/names/{uuid}?address={}",
+                    godwit_net::http::percent_encode(address)
+                );
                 let resp = self.agent("withdraw", "DELETE", &path, None).await?;
                 if resp.status == 404 {
                     return Ok(false);
                 }
-                let v = resp.json_body().map_err(|source| NamesError::Transport {
-                    backend: self.backend(),
-                    source,
-                })?;
+                let v = self.json(&resp)?;
                 Ok(v["removed"].as_bool().unwrap_or(false))
             }
             Names::Etcd { prefix, .. } => {
-                let key = b64(format!("{prefix}{uuid}").as_bytes());
+                use etcd_client::{Compare, CompareOp, Txn, TxnOp};
+                let key = format!("{prefix}{uuid}");
+                let txn = Txn::new()
+                    .when([Compare::value(key.clone(), CompareOp::Equal, address)])
+                    .and_then([TxnOp::delete(key, None)]);
                 let r = self
-                    .etcd(
-                        "txn",
-                        "/v3/kv/txn",
-                        json!({
-                            "compare": [{ "key": key, "result": "EQUAL", "target": "VALUE", "value": b64(address.as_bytes()) }],
-                            "success": [{ "requestDeleteRange": { "key": key } }],
-                        }),
-                    )
+                    .etcd("txn", |mut c| async move { c.txn(txn).await })
                     .await?;
-                Ok(r["succeeded"].as_bool().unwrap_or(false))
+                Ok(r.succeeded())
             }
         }
     }
@@ -396,10 +467,7 @@ impl Names {
             Names::Memory(reg) => Ok(reg.list()),
             Names::Agent { .. } => {
                 let resp = self.agent("list", "GET", "/v1/names", None).await?;
-                let v = resp.json_body().map_err(|source| NamesError::Transport {
-                    backend: self.backend(),
-                    source,
-                })?;
+                let v = self.json(&resp)?;
                 let arr = v["services"]
                     .as_array()
                     .ok_or_else(|| self.protocol("list", v.to_string()))?;
@@ -417,31 +485,72 @@ impl Names {
                     .collect())
             }
             Names::Etcd { prefix, .. } => {
-                let mut end = prefix.as_bytes().to_vec();
-                if let Some(last) = end.last_mut() {
-                    *last += 1;
-                }
+                let p = prefix.clone();
                 let r = self
-                    .etcd(
-                        "range",
-                        "/v3/kv/range",
-                        json!({ "key": b64(prefix.as_bytes()), "range_end": b64(&end) }),
-                    )
+                    .etcd("get", |mut c| async move {
+                        c.get(p, Some(etcd_client::GetOptions::new().with_prefix()))
+                            .await
+                    })
                     .await?;
-                let kvs = r["kvs"].as_array().cloned().unwrap_or_default();
-                Ok(kvs
+                Ok(r.kvs()
                     .iter()
                     .filter_map(|kv| {
-                        let key = String::from_utf8(unb64(kv["key"].as_str()?)?).ok()?;
-                        let value = String::from_utf8(unb64(kv["value"].as_str()?)?).ok()?;
+                        let key = kv.key_str().ok()?;
                         Some(Record {
                             uuid: key.strip_prefix(prefix.as_str())?.to_string(),
-                            address: value,
+                            address: kv.value_str().ok()?.to_string(),
                             expires_in: Duration::ZERO,
                         })
                     })
                     .collect())
             }
         }
+    }
+}
+
+/// The `HOST:PORT` of an agent URL (`agent://HOST:PORT` or its alias
+/// `agent+http://HOST:PORT`), `None` for other URLs.
+pub fn agent_addr(url: &str) -> Option<&str> {
+    let rest = url
+        .strip_prefix("agent://")
+        .or_else(|| url.strip_prefix("agent+http://"))?;
+    let addr = rest.trim_end_matches('/');
+    check_hostport(addr)
+}
+
+fn check_hostport(addr: &str) -> Option<&str> {
+    let (host, port) = addr.rsplit_once(':')?;
+    (!host.is_empty() && !host.contains('/') && port.parse::<u16>().is_ok()).then_some(addr)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls() {
+        assert_eq!(agent_addr("agent://10.0.0.1:7070"), Some("10.0.0.1:7070"));
+        assert_eq!(agent_addr("agent+http://h:1/"), Some("h:1"));
+        assert_eq!(agent_addr("agent://nohost"), None);
+        assert_eq!(agent_addr("etcd+http://h:1"), None);
+        let n = Names::from_url("agent+http://10.0.0.1:7070", None).unwrap();
+        assert_eq!(n.url(), "agent://10.0.0.1:7070");
+        let n = Names::from_url("etcd+http://10.0.0.1:2379/", None).unwrap();
+        assert_eq!(n.url(), "etcd+http://10.0.0.1:2379");
+        assert!(matches!(
+            Names::from_url("zk://x:1", None),
+            Err(NamesError::BadUrl(_))
+        ));
+        assert!(matches!(
+            Names::from_url("agent://h:1", Some("short".into())),
+            Err(NamesError::Setup { .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn agent_without_token_says_so() {
+        let n = Names::from_url("agent://127.0.0.1:9", None).unwrap();
+        let e = n.resolve("x").await.unwrap_err().to_string();
+        assert!(e.contains("no token"), "{e}");
     }
 }

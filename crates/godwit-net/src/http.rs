@@ -1,6 +1,5 @@
-//! One HTTP/1.1 exchange with hyper's client, over the authenticated channel
-//! ([`ClientTls::request`]) or, for third-party servers such as etcd's gateway, over
-//! plain TCP ([`request_plain`]).
+//! One HTTP/1.1 exchange with hyper's client over the authenticated channel
+//! ([`ClientTls::request`]).
 
 use std::time::Duration;
 
@@ -56,7 +55,7 @@ pub struct HttpResponse {
     pub status: u16,
     /// Body.
     pub body: Bytes,
-    /// Scopes the server granted on this connection (all for plain HTTP).
+    /// Scopes the server granted on this connection.
     pub scopes: Scopes,
 }
 
@@ -147,33 +146,6 @@ impl ClientTls {
                 timeout: req.timeout,
             })?
     }
-}
-
-/// One HTTP request over plain TCP to `addr` (HOST:PORT), for servers outside Godwit
-/// (etcd's JSON gateway).
-pub async fn request_plain(addr: &str, req: &HttpRequest<'_>) -> Result<HttpResponse, NetError> {
-    let fut = async {
-        let tcp = tokio::net::TcpStream::connect(addr)
-            .await
-            .map_err(|source| NetError::Connect {
-                addr: addr.to_string(),
-                source,
-            })?;
-        let _ = tcp.set_nodelay(true);
-        let (status, body) = exchange(tcp, addr, req).await?;
-        Ok(HttpResponse {
-            status,
-            body,
-            scopes: Scopes::all(),
-        })
-    };
-    tokio::time::timeout(req.timeout, fut)
-        .await
-        .map_err(|_| NetError::Timeout {
-            peer: addr.to_string(),
-            stage: "HTTP answer",
-            timeout: req.timeout,
-        })?
 }
 
 /// Percent-encodes a query value (everything but unreserved characters).

@@ -39,8 +39,12 @@ pub struct ServiceOptions {
     pub names: Names,
     /// Checkpoint store.
     pub store: Store,
-    /// Token: required on management requests, and sent to godwitd.
+    /// Token: required on management requests, and proved to godwitd (name service,
+    /// store) unless the agent that started this process gave it its own token.
     pub token: Option<String>,
+    /// CA file to verify godwitd's certificate (PKI mode); none: the token binding
+    /// alone authenticates the agent.
+    pub tls_ca: Option<PathBuf>,
     /// Periodic checkpoint interval (none: only on request).
     pub interval: Option<Duration>,
     /// Start in standby: wait for a `restore` (or `start`) management request.
@@ -67,6 +71,7 @@ impl Default for ServiceOptions {
             names: Names::from_url("memory", None).expect("`memory` is a valid name service"),
             store: Store::Dir(PathBuf::from("godwit-checkpoints")),
             token: None,
+            tls_ca: None,
             interval: None,
             standby: false,
             restore: None,
@@ -95,11 +100,21 @@ fn parse_secs(flag: &str, v: &str) -> Result<Option<Duration>, OptionsError> {
 impl ServiceOptions {
     /// Parses the service options:
     /// `--uuid U --listen A --advertise A --names URL --store URL --token-file F
-    ///  --interval SECS --standby --restore ID|latest --lease SECS`.
-    /// The token may also come from the `GODWIT_TOKEN` environment variable.
+    ///  --tls-ca FILE --interval SECS --standby --restore ID|latest --lease SECS`.
+    /// The token may also come from the `GODWIT_TOKEN` environment variable, the CA from
+    /// `GODWIT_TLS_CA`.
+    ///
+    /// A process started by a godwitd finds `GODWIT_AGENT` (that agent's address) and
+    /// `GODWIT_AGENT_TOKEN` (a token the agent made for this process alone, scopes
+    /// `read,service`) in its environment: the name service or store of *that* agent
+    /// is then reached with that token; any other agent with the service's own token
+    /// (or, lacking one, with the per-process token).
     pub fn from_args<I: IntoIterator<Item = String>>(args: I) -> Result<Self, OptionsError> {
         let mut o = ServiceOptions {
             token: std::env::var("GODWIT_TOKEN").ok().filter(|t| !t.is_empty()),
+            tls_ca: std::env::var_os("GODWIT_TLS_CA")
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from),
             ..Default::default()
         };
         let mut names_url = None;
@@ -131,6 +146,7 @@ impl ServiceOptions {
                     })?;
                     o.token = Some(t.trim().to_string());
                 }
+                "--tls-ca" => o.tls_ca = Some(PathBuf::from(value(&flag)?)),
                 "--interval" => o.interval = parse_secs(&flag, &value(&flag)?)?,
                 "--lease" => {
                     o.lease = parse_secs(&flag, &value(&flag)?)?.ok_or_else(|| {
@@ -145,17 +161,35 @@ impl ServiceOptions {
                 _ => return Err(OptionsError::Unknown(flag)),
             }
         }
+        let agent = std::env::var("GODWIT_AGENT").ok();
+        let agent_token = std::env::var("GODWIT_AGENT_TOKEN")
+            .ok()
+            .filter(|t| !t.is_empty());
+        let token_for = |url: &str| -> Option<String> {
+            match godwit_names::agent_addr(url) {
+                Some(a) if agent.as_deref() == Some(a) && agent_token.is_some() => {
+                    agent_token.clone()
+                }
+                _ => o.token.clone().or_else(|| agent_token.clone()),
+            }
+        };
         if let Some(u) = names_url {
-            o.names = Names::from_url(&u, o.token.clone()).map_err(|e| OptionsError::BadValue {
-                flag: "--names".into(),
-                message: e.to_string(),
-            })?;
+            o.names =
+                Names::from_url_with_ca(&u, token_for(&u), o.tls_ca.as_deref()).map_err(|e| {
+                    OptionsError::BadValue {
+                        flag: "--names".into(),
+                        message: e.to_string(),
+                    }
+                })?;
         }
         if let Some(u) = store_url {
-            o.store = Store::from_url(&u, o.token.clone()).map_err(|e| OptionsError::BadValue {
-                flag: "--store".into(),
-                message: e.to_string(),
-            })?;
+            o.store =
+                Store::from_url_with_ca(&u, token_for(&u), o.tls_ca.as_deref()).map_err(|e| {
+                    OptionsError::BadValue {
+                        flag: "--store".into(),
+                        message: e.to_string(),
+                    }
+                })?;
         }
         Ok(o)
     }
@@ -176,7 +210,8 @@ mod tests {
         ))
         .unwrap();
         assert_eq!(o.listen, "10.0.0.1:0");
-        assert_eq!(o.names.url(), "agent+http://10.0.0.1:7070");
+        // `agent+http://` is an alias of `agent://` (TLS).
+        assert_eq!(o.names.url(), "agent://10.0.0.1:7070");
         assert_eq!(o.store.url(), "dir:/tmp/x");
         assert_eq!(o.interval, Some(Duration::from_millis(2500)));
         assert!(o.standby);

@@ -1,16 +1,27 @@
-//! Checkpoint stores: a local directory (default) or a godwitd's store.
+//! Checkpoint stores: a local directory (default) or a godwitd's store (over the
+//! authenticated channel of godwit-net).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use godwit_names::http;
+use bytes::Bytes;
+use godwit_net::http::{HttpRequest, HttpResponse};
+use godwit_net::{ClientTls, NetError, Token};
 
 /// Errors of the checkpoint store.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// The store URL is not understood.
-    #[error("unknown checkpoint store `{0}`: expected `dir:PATH` or `agent+http://HOST:PORT`")]
+    #[error("unknown checkpoint store `{0}`: expected `dir:PATH` or `agent://HOST:PORT`")]
     BadUrl(String),
+    /// The agent store was given no token, or a bad one, or a bad CA file.
+    #[error("checkpoint store {base}: {detail}")]
+    Setup {
+        /// Agent.
+        base: String,
+        /// What is missing or wrong.
+        detail: String,
+    },
     /// A name that could escape the store.
     #[error("invalid {what} `{value}`: only letters, digits, `-`, `_` and `.` are allowed")]
     BadName {
@@ -35,7 +46,7 @@ pub enum StoreError {
         /// Agent URL.
         base: String,
         /// Cause.
-        source: http::HttpError,
+        source: NetError,
     },
     /// The agent refused.
     #[error("checkpoint store {base} refused {op}: HTTP {status}: {message}")]
@@ -66,10 +77,11 @@ pub enum Store {
     Dir(PathBuf),
     /// A godwitd's store (`/v1/store/...`).
     Agent {
-        /// `http://HOST:PORT`.
-        base: String,
-        /// Bearer token.
-        token: Option<String>,
+        /// `HOST:PORT`.
+        addr: String,
+        /// The channel's client side; `None` when no token was given (calls then fail
+        /// with [`StoreError::Setup`]).
+        client: Option<ClientTls>,
     },
 }
 
@@ -163,13 +175,32 @@ pub fn list_dir(dir: &Path) -> Result<Vec<StoredCheckpoint>, StoreError> {
 }
 
 impl Store {
-    /// Parses `dir:PATH`, a plain absolute path, or `agent+http://HOST:PORT`.
+    /// Parses `dir:PATH`, a plain absolute path, or `agent://HOST:PORT` (alias
+    /// `agent+http://HOST:PORT`, also over TLS).
     pub fn from_url(url: &str, token: Option<String>) -> Result<Self, StoreError> {
-        if let Some(base) = url.strip_prefix("agent+") {
-            http::split_url(base).map_err(|_| StoreError::BadUrl(url.to_string()))?;
+        Self::from_url_with_ca(url, token, None)
+    }
+
+    /// [`Store::from_url`] with a CA file to verify the agent's certificate (PKI mode).
+    pub fn from_url_with_ca(
+        url: &str,
+        token: Option<String>,
+        ca: Option<&Path>,
+    ) -> Result<Self, StoreError> {
+        if url.starts_with("agent") {
+            let addr =
+                godwit_names::agent_addr(url).ok_or_else(|| StoreError::BadUrl(url.to_string()))?;
+            let setup = |e: NetError| StoreError::Setup {
+                base: format!("agent://{addr}"),
+                detail: e.to_string(),
+            };
+            let client = match token {
+                Some(t) => Some(ClientTls::new(Token::new(t).map_err(setup)?, ca).map_err(setup)?),
+                None => None,
+            };
             return Ok(Store::Agent {
-                base: base.to_string(),
-                token,
+                addr: addr.to_string(),
+                client,
             });
         }
         if let Some(p) = url.strip_prefix("dir:") {
@@ -185,7 +216,7 @@ impl Store {
     pub fn url(&self) -> String {
         match self {
             Store::Dir(p) => format!("dir:{}", p.display()),
-            Store::Agent { base, .. } => format!("agent+{base}"),
+            Store::Agent { addr, .. } => format!("agent://{addr}"),
         }
     }
 
@@ -194,18 +225,23 @@ impl Store {
         op: &'static str,
         method: &str,
         path: &str,
-        body: &[u8],
-    ) -> Result<http::Response, StoreError> {
-        let Store::Agent { base, token } = self else {
+        body: Bytes,
+    ) -> Result<HttpResponse, StoreError> {
+        let Store::Agent { addr, client } = self else {
             unreachable!("agent() on a directory store")
         };
-        let mut req = http::ClientRequest::new(method, path);
-        req.token = token.as_deref();
+        let base = format!("agent://{addr}");
+        let client = client.as_ref().ok_or_else(|| StoreError::Setup {
+            base: base.clone(),
+            detail: "no token: give the service a token (--token-file or GODWIT_TOKEN)".into(),
+        })?;
+        let mut req = HttpRequest::new(method, path);
         req.body = body;
         req.content_type = "application/octet-stream";
         req.timeout = Duration::from_secs(120);
         req.body_limit = 8 << 30;
-        let resp = http::send(base, &req)
+        let resp = client
+            .request(addr, &req)
             .await
             .map_err(|source| StoreError::Transport {
                 base: base.clone(),
@@ -213,10 +249,10 @@ impl Store {
             })?;
         if resp.status >= 300 && resp.status != 404 {
             return Err(StoreError::Refused {
-                base: base.clone(),
+                base,
                 op,
                 status: resp.status,
-                message: String::from_utf8_lossy(&resp.body).into_owned(),
+                message: resp.error_message(),
             });
         }
         Ok(resp)
@@ -238,8 +274,13 @@ impl Store {
                     })?
             }
             Store::Agent { .. } => {
-                self.agent("put", "PUT", &format!("/v1/store/{uuid}/{id}"), &bytes)
-                    .await?;
+                self.agent(
+                    "put",
+                    "PUT",
+                    &format!("/v1/store/{uuid}/{id}"),
+                    Bytes::from(bytes),
+                )
+                .await?;
                 Ok(())
             }
         }
@@ -280,12 +321,17 @@ impl Store {
             }
             Store::Agent { .. } => {
                 let resp = self
-                    .agent("get", "GET", &format!("/v1/store/{uuid}/{id}"), &[])
+                    .agent(
+                        "get",
+                        "GET",
+                        &format!("/v1/store/{uuid}/{id}"),
+                        Bytes::new(),
+                    )
                     .await?;
                 if resp.status == 404 {
                     return Err(not_found());
                 }
-                Ok((id, resp.body))
+                Ok((id, resp.body.to_vec()))
             }
         }
     }
@@ -295,15 +341,15 @@ impl Store {
         check_name("service uuid", uuid)?;
         match self {
             Store::Dir(root) => list_dir(&root.join(uuid)),
-            Store::Agent { base, .. } => {
+            Store::Agent { addr, .. } => {
                 let resp = self
-                    .agent("list", "GET", &format!("/v1/store/{uuid}"), &[])
+                    .agent("list", "GET", &format!("/v1/store/{uuid}"), Bytes::new())
                     .await?;
                 if resp.status == 404 {
                     return Ok(vec![]);
                 }
-                let v = resp.json_body().map_err(|source| StoreError::Transport {
-                    base: base.clone(),
+                let v = resp.json().map_err(|source| StoreError::Transport {
+                    base: format!("agent://{addr}"),
                     source,
                 })?;
                 let mut out: Vec<StoredCheckpoint> = v["checkpoints"]

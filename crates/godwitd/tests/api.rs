@@ -1,21 +1,27 @@
-//! End-to-end tests of the godwitd API against the real binary.
+//! End-to-end tests of the godwitd API against the real binary, over the authenticated
+//! channel (TLS + token binding).
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use godwit_names::http::{self, ClientRequest};
 use godwit_names::Names;
+use godwit_net::http::{HttpRequest, HttpResponse};
+use godwit_net::{ChannelKind, ClientTls, NetError, Token};
 use serde_json::{json, Value};
+use tokio::io::AsyncReadExt;
+
+const ADMIN: &str = "test-token-0123456789";
+const READER: &str = "reader-token-0123456789";
 
 /// Kills godwitd and everything it started (its process group) when dropped.
 struct Daemon {
     child: Child,
-    base: String,
-    token: String,
-    _dir: tempfile::TempDir,
+    addr: String,
+    dir: tempfile::TempDir,
 }
 
 impl Drop for Daemon {
@@ -23,6 +29,12 @@ impl Drop for Daemon {
         kill_group(self.child.id());
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+impl Daemon {
+    fn stderr(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("stderr")).unwrap_or_default()
     }
 }
 
@@ -40,87 +52,169 @@ fn kill_group(pgid: u32) {
     }
 }
 
+fn write_token_file(path: &Path, text: &str, mode: u32) {
+    std::fs::write(path, text).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// godwitd with `read,operate,exec ADMIN` and `read READER`, allowed to exec /bin/sh.
 fn start() -> Daemon {
-    let dir = tempfile::tempdir().unwrap();
-    let token = "test-token-0123456789".to_string();
-    let tf = dir.path().join("token");
-    std::fs::write(&tf, format!("{token}\n")).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_godwitd"))
-        .args(["--listen", "127.0.0.1:0", "--data"])
-        .arg(dir.path().join("data"))
+    start_with(&["--allow-exec", "/bin/sh"], &[], "127.0.0.1:0")
+}
+
+fn command(dir: &Path, extra: &[&str], env: &[(&str, &str)], listen: &str) -> Command {
+    let tf = dir.join("token");
+    write_token_file(
+        &tf,
+        &format!("# test tokens\nread,operate,exec {ADMIN}\nread {READER}\n"),
+        0o600,
+    );
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_godwitd"));
+    cmd.args(["--listen", listen, "--data"])
+        .arg(dir.join("data"))
         .arg("--token-file")
         .arg(&tf)
+        .args(extra)
+        .envs(env.iter().copied())
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .process_group(0)
-        .spawn()
-        .unwrap();
+        .stderr(std::fs::File::create(dir.join("stderr")).unwrap())
+        .process_group(0);
+    cmd
+}
+
+fn start_with(extra: &[&str], env: &[(&str, &str)], listen: &str) -> Daemon {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = command(dir.path(), extra, env, listen).spawn().unwrap();
     let mut line = String::new();
     BufReader::new(child.stdout.take().unwrap())
         .read_line(&mut line)
         .unwrap();
+    let mut d = Daemon {
+        addr: String::new(),
+        child,
+        dir,
+    };
     let addr = line
         .trim()
         .strip_prefix("GODWITD_READY ")
-        .unwrap_or_else(|| panic!("bad banner `{line}`"))
+        .unwrap_or_else(|| panic!("bad banner `{line}`: {}", d.stderr()))
         .to_string();
-    Daemon {
-        child,
-        base: format!("http://{addr}"),
-        token,
-        _dir: dir,
-    }
+    d.addr = addr.replace("0.0.0.0", "127.0.0.1");
+    d
 }
 
-async fn call(
-    d: &Daemon,
-    method: &str,
-    path: &str,
-    token: Option<&str>,
-    body: &[u8],
-) -> http::Response {
-    let mut req = ClientRequest::new(method, path);
-    req.token = token;
-    req.body = body;
-    http::send(&d.base, &req).await.unwrap()
+fn client(token: &str) -> ClientTls {
+    ClientTls::new(Token::new(token).unwrap(), None).unwrap()
+}
+
+async fn call_as(d: &Daemon, token: &str, method: &str, path: &str, body: &[u8]) -> HttpResponse {
+    let mut req = HttpRequest::new(method, path);
+    req.body = body.to_vec().into();
+    client(token).request(&d.addr, &req).await.unwrap()
+}
+
+async fn call(d: &Daemon, method: &str, path: &str, body: &[u8]) -> HttpResponse {
+    call_as(d, ADMIN, method, path, body).await
 }
 
 #[tokio::test]
-async fn unauthenticated_calls_are_refused() {
+async fn wrong_tokens_are_refused_at_the_channel() {
     let d = start();
-    for (m, p) in [
-        ("GET", "/v1/health"),
-        ("GET", "/v1/names"),
-        ("POST", "/v1/exec"),
-        ("GET", "/v1/store/x/1"),
-        ("GET", "/nope"),
+    let wrong = client("wrong-token-0123456789");
+    let e = wrong
+        .request(&d.addr, &HttpRequest::new("GET", "/v1/health"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, NetError::Unauthenticated { .. }),
+        "a wrong token must not get in: {e:?}"
+    );
+    assert!(e.to_string().contains("token did not match"), "{e}");
+    // Plain HTTP gets nothing: the agent only speaks TLS.
+    let mut tcp = std::net::TcpStream::connect(&d.addr).unwrap();
+    std::io::Write::write_all(&mut tcp, b"GET /v1/health HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut got = Vec::new();
+    let _ = tcp.read_to_end(&mut got);
+    assert!(
+        !String::from_utf8_lossy(&got).contains("\"ok\""),
+        "plain HTTP answered"
+    );
+    // The right token gets in, with its scopes.
+    let ok = call(&d, "GET", "/v1/health", b"").await;
+    assert_eq!(ok.status, 200);
+    let v = ok.json().unwrap();
+    assert_eq!(v["ok"], true);
+    assert_eq!(v["scopes"], "read,operate,exec,service");
+    // The name-service client surfaces the refusal.
+    let names = Names::from_url(
+        &format!("agent://{}", d.addr),
+        Some("wrong-token-0123456789".into()),
+    )
+    .unwrap();
+    let e = names.resolve("x").await.unwrap_err();
+    assert!(e.to_string().contains("token did not match"), "{e}");
+    assert!(d.stderr().contains("connection refused"), "{}", d.stderr());
+}
+
+#[tokio::test]
+async fn a_read_only_token_can_read_but_not_exec_put_or_signal() {
+    let d = start();
+    let r = call_as(&d, READER, "GET", "/v1/health", b"").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json().unwrap()["scopes"], "read");
+    assert_eq!(
+        call_as(&d, READER, "GET", "/v1/names", b"").await.status,
+        200
+    );
+    assert_eq!(
+        call_as(&d, READER, "GET", "/v1/exec", b"").await.status,
+        200
+    );
+    for (m, p, body, scope) in [
+        (
+            "POST",
+            "/v1/exec",
+            &br#"{"program":"/bin/sh","args":["-c","exit 0"]}"#[..],
+            "exec",
+        ),
+        (
+            "PUT",
+            "/v1/names/svc-a",
+            br#"{"address":"10.0.0.1:1"}"#,
+            "operate",
+        ),
+        ("DELETE", "/v1/names/svc-a", b"", "operate"),
+        ("PUT", "/v1/store/svc-a/000000000001", b"data", "operate"),
+        (
+            "POST",
+            "/v1/exec/1/signal",
+            br#"{"signal":"KILL"}"#,
+            "operate",
+        ),
     ] {
-        assert_eq!(
-            call(&d, m, p, None, b"{}").await.status,
-            401,
-            "{m} {p} without a token"
-        );
-        assert_eq!(
-            call(&d, m, p, Some("wrong-token-000000"), b"{}")
-                .await
-                .status,
-            401,
-            "{m} {p} with a wrong token"
+        let r = call_as(&d, READER, m, p, body).await;
+        assert_eq!(r.status, 403, "{m} {p} with a read-only token");
+        let msg = r.error_message();
+        assert!(
+            msg.contains(scope) && msg.contains("`read`"),
+            "{m} {p}: {msg}"
         );
     }
-    let ok = call(&d, "GET", "/v1/health", Some(&d.token), b"").await;
-    assert_eq!(ok.status, 200);
-    assert_eq!(ok.json_body().unwrap()["ok"], true);
-    // The name-service client surfaces the refusal.
-    let names = Names::from_url(&format!("agent+{}", d.base), None).unwrap();
-    let e = names.resolve("x").await.unwrap_err();
-    assert!(e.to_string().contains("HTTP 401"), "{e}");
+    assert!(!d.dir.path().join("data/store/svc-a").exists());
+    assert_eq!(
+        call_as(&d, ADMIN, "GET", "/v1/names/svc-a", b"")
+            .await
+            .status,
+        404,
+        "the refused PUT bound nothing"
+    );
 }
 
 #[tokio::test]
 async fn names_role() {
     let d = start();
-    let names = Names::from_url(&format!("agent+{}", d.base), Some(d.token.clone())).unwrap();
+    let names = Names::from_url(&format!("agent://{}", d.addr), Some(ADMIN.into())).unwrap();
     let mut lease = names
         .advertise("svc-a", "10.0.0.1:4000", Duration::from_secs(30))
         .await
@@ -139,27 +233,35 @@ async fn names_role() {
     );
     assert!(names.withdraw("svc-a", "10.0.0.1:4000").await.unwrap());
     assert_eq!(names.resolve("svc-a").await.unwrap(), None);
-    let bad = call(&d, "PUT", "/v1/names/x", Some(&d.token), b"not json").await;
+    let bad = call(&d, "PUT", "/v1/names/x", b"not json").await;
     assert_eq!(bad.status, 400);
+    assert!(bad.error_message().contains("not JSON"));
+    let none = call(&d, "GET", "/nope", b"").await;
+    assert_eq!(none.status, 404);
+    assert!(none.error_message().contains("no route GET /nope"));
+    // The old scheme still parses and means the same TLS channel.
+    let alias = Names::from_url(&format!("agent+http://{}", d.addr), Some(ADMIN.into())).unwrap();
+    assert_eq!(alias.list().await.unwrap().len(), 0);
 }
 
 #[tokio::test]
 async fn store_role_is_private_and_refuses_escapes() {
     let d = start();
     let store =
-        godwit_sdk::Store::from_url(&format!("agent+{}", d.base), Some(d.token.clone())).unwrap();
+        godwit_sdk::Store::from_url(&format!("agent://{}", d.addr), Some(ADMIN.into())).unwrap();
     store
         .put("svc-1", "000000000001", vec![1, 2, 3])
         .await
         .unwrap();
     store
-        .put("svc-1", "000000000002", vec![4; 1 << 20])
+        .put("svc-1", "000000000002", vec![4; 3 << 20])
         .await
         .unwrap();
     let (id, bytes) = store.get("svc-1", "latest").await.unwrap();
-    assert_eq!((id.as_str(), bytes.len()), ("000000000002", 1 << 20));
+    assert_eq!((id.as_str(), bytes.len()), ("000000000002", 3 << 20));
+    assert!(bytes.iter().all(|b| *b == 4));
     assert_eq!(store.list("svc-1").await.unwrap().len(), 2);
-    let f = d._dir.path().join("data/store/svc-1/000000000001.gwck");
+    let f = d.dir.path().join("data/store/svc-1/000000000001.gwck");
     assert_eq!(
         std::fs::metadata(&f).unwrap().permissions().mode() & 0o777,
         0o600
@@ -172,28 +274,17 @@ async fn store_role_is_private_and_refuses_escapes() {
             & 0o777,
         0o700
     );
+    assert_eq!(call(&d, "GET", "/v1/store/svc-1/..", b"").await.status, 400);
     assert_eq!(
-        call(&d, "GET", "/v1/store/svc-1/..", Some(&d.token), b"")
+        call(&d, "PUT", "/v1/store/..%2F..%2Fetc/x", b"x")
             .await
             .status,
         400
     );
     assert_eq!(
-        call(&d, "PUT", "/v1/store/..%2F..%2Fetc/x", Some(&d.token), b"x")
+        call(&d, "GET", "/v1/store/svc-1/000000000009", b"")
             .await
             .status,
-        400
-    );
-    assert_eq!(
-        call(
-            &d,
-            "GET",
-            "/v1/store/svc-1/000000000009",
-            Some(&d.token),
-            b""
-        )
-        .await
-        .status,
         404
     );
 }
@@ -207,38 +298,24 @@ async fn exec_role_starts_waits_for_ready_and_signals() {
         "env": {"MYVAR": "the-uuid"},
         "wait_ready_ms": 5000,
     });
-    let r = call(
-        &d,
-        "POST",
-        "/v1/exec",
-        Some(&d.token),
-        body.to_string().as_bytes(),
-    )
-    .await;
-    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
-    let v: Value = r.json_body().unwrap();
+    let r = call(&d, "POST", "/v1/exec", body.to_string().as_bytes()).await;
+    assert_eq!(r.status, 201, "{}", r.error_message());
+    let v: Value = r.json().unwrap();
     assert_eq!(v["ready"]["address"], "127.0.0.1:9");
     assert_eq!(v["ready"]["uuid"], "the-uuid");
     let pid = v["pid"].as_u64().unwrap();
-    let list: Value = call(&d, "GET", "/v1/exec", Some(&d.token), b"")
-        .await
-        .json_body()
-        .unwrap();
+    let list: Value = call(&d, "GET", "/v1/exec", b"").await.json().unwrap();
     assert_eq!(list["processes"][0]["running"], true);
     let sig = call(
         &d,
         "POST",
         &format!("/v1/exec/{pid}/signal"),
-        Some(&d.token),
         br#"{"signal":"KILL"}"#,
     )
     .await;
     assert_eq!(sig.status, 200);
     for _ in 0..100 {
-        let list: Value = call(&d, "GET", "/v1/exec", Some(&d.token), b"")
-            .await
-            .json_body()
-            .unwrap();
+        let list: Value = call(&d, "GET", "/v1/exec", b"").await.json().unwrap();
         if list["processes"][0]["running"] == false {
             return;
         }
@@ -254,33 +331,213 @@ async fn exec_refuses_bad_requests() {
         &d,
         "POST",
         "/v1/exec",
-        Some(&d.token),
         br#"{"program":"/nonexistent/prog"}"#,
     )
     .await;
     assert_eq!(r.status, 400);
-    let r = call(&d, "POST", "/v1/exec", Some(&d.token), br#"{"args":[]}"#).await;
+    let r = call(&d, "POST", "/v1/exec", br#"{"args":[]}"#).await;
     assert_eq!(r.status, 400);
+    let r = call(&d, "POST", "/v1/exec", br#"{"program":"sh"}"#).await;
+    assert_eq!(r.status, 400, "a relative program name");
     let body = json!({"program": "/bin/sh", "args": ["-c", "exit 0"], "wait_ready_ms": 300});
-    let r = call(
-        &d,
-        "POST",
-        "/v1/exec",
-        Some(&d.token),
-        body.to_string().as_bytes(),
-    )
-    .await;
+    let r = call(&d, "POST", "/v1/exec", body.to_string().as_bytes()).await;
     assert_eq!(r.status, 504, "a program that never says ready is reported");
-    let r = call(
-        &d,
-        "POST",
-        "/v1/exec/1/signal",
-        Some(&d.token),
-        br#"{"signal":"KILL"}"#,
-    )
-    .await;
+    let r = call(&d, "POST", "/v1/exec/1/signal", br#"{"signal":"KILL"}"#).await;
     assert_eq!(
         r.status, 404,
         "only programs this agent started can be signalled"
     );
+}
+
+#[tokio::test]
+async fn exec_only_runs_allowed_programs() {
+    let d = start();
+    let r = call(
+        &d,
+        "POST",
+        "/v1/exec",
+        br#"{"program":"/bin/sleep","args":["60"]}"#,
+    )
+    .await;
+    assert_eq!(r.status, 403);
+    let msg = r.error_message();
+    assert!(
+        msg.contains("not allowed") && msg.contains("--allow-exec"),
+        "{msg}"
+    );
+    let list: Value = call(&d, "GET", "/v1/exec", b"").await.json().unwrap();
+    assert_eq!(list["processes"].as_array().unwrap().len(), 0);
+
+    // Without --allow-exec, remote execution is off and says how to turn it on.
+    let off = start_with(&[], &[], "127.0.0.1:0");
+    let r = call(
+        &off,
+        "POST",
+        "/v1/exec",
+        br#"{"program":"/bin/sh","args":["-c","exit 0"]}"#,
+    )
+    .await;
+    assert_eq!(r.status, 403);
+    assert!(
+        r.error_message().contains("--allow-exec PATH"),
+        "{}",
+        r.error_message()
+    );
+
+    // A directory prefix allows what is under it (after resolving symlinks).
+    let bin = std::fs::canonicalize("/bin/sleep").unwrap();
+    let dir = format!("{}/", bin.parent().unwrap().display());
+    let dd = start_with(&["--allow-exec", &dir], &[], "127.0.0.1:0");
+    let r = call(
+        &dd,
+        "POST",
+        "/v1/exec",
+        br#"{"program":"/bin/sleep","args":["60"]}"#,
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.error_message());
+}
+
+#[test]
+fn a_token_file_readable_by_others_stops_godwitd() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = command(dir.path(), &[], &[], "127.0.0.1:0");
+    std::fs::set_permissions(
+        dir.path().join("token"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    let out = cmd.stdout(Stdio::piped()).output().unwrap();
+    assert!(!out.status.success());
+    let err = std::fs::read_to_string(dir.path().join("stderr")).unwrap();
+    let tf = dir.path().join("token");
+    assert!(
+        err.contains(&format!("chmod 600 {}", tf.display())),
+        "{err}"
+    );
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("GODWITD_READY"));
+}
+
+fn environ(pid: u64) -> Vec<(String, String)> {
+    let raw = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    raw.split(|b| *b == 0)
+        .filter(|e| !e.is_empty())
+        .filter_map(|e| {
+            let s = String::from_utf8_lossy(e).into_owned();
+            s.split_once('=')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn started_programs_get_their_own_narrow_token_not_the_agents() {
+    let token_file = PathBuf::from("/nonexistent/agent-token-file");
+    let d = start_with(
+        &["--allow-exec", "/bin/sh"],
+        &[
+            ("GODWIT_TOKEN", ADMIN),
+            ("GODWIT_TOKEN_FILE", token_file.to_str().unwrap()),
+        ],
+        "127.0.0.1:0",
+    );
+    let body = json!({
+        "program": "/bin/sh",
+        "args": ["-c", "echo GODWIT_READY 127.0.0.1:9 u; exec sleep 60"],
+        "wait_ready_ms": 5000,
+    });
+    let r = call(&d, "POST", "/v1/exec", body.to_string().as_bytes()).await;
+    assert_eq!(r.status, 201, "{}", r.error_message());
+    let pid = r.json().unwrap()["pid"].as_u64().unwrap();
+    let env = environ(pid);
+    assert!(
+        env.iter()
+            .all(|(k, v)| v != ADMIN && k != "GODWIT_TOKEN" && k != "GODWIT_TOKEN_FILE"),
+        "the agent's token reached the program: {env:?}"
+    );
+    let get = |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+    assert_eq!(get("GODWIT_AGENT").as_deref(), Some(d.addr.as_str()));
+    let own = get("GODWIT_AGENT_TOKEN").expect("a per-program token");
+    assert_ne!(own, ADMIN);
+    // The program's token: names and store yes, exec and signals no.
+    let r = call_as(&d, &own, "GET", "/v1/health", b"").await;
+    assert_eq!(r.json().unwrap()["scopes"], "read,service");
+    assert_eq!(
+        call_as(
+            &d,
+            &own,
+            "PUT",
+            "/v1/names/svc-p",
+            br#"{"address":"127.0.0.1:9"}"#
+        )
+        .await
+        .status,
+        200
+    );
+    assert_eq!(
+        call_as(&d, &own, "PUT", "/v1/store/svc-p/000000000001", b"ck")
+            .await
+            .status,
+        201
+    );
+    let r = call_as(&d, &own, "POST", "/v1/exec", body.to_string().as_bytes()).await;
+    assert_eq!(r.status, 403);
+    let r = call_as(
+        &d,
+        &own,
+        "POST",
+        &format!("/v1/exec/{pid}/signal"),
+        br#"{"signal":"KILL"}"#,
+    )
+    .await;
+    assert_eq!(r.status, 403);
+    // It dies with the program.
+    let r = call(
+        &d,
+        "POST",
+        &format!("/v1/exec/{pid}/signal"),
+        br#"{"signal":"KILL"}"#,
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let mut revoked = false;
+    for _ in 0..100 {
+        let e = client(&own)
+            .request(&d.addr, &HttpRequest::new("GET", "/v1/health"))
+            .await;
+        if matches!(e, Err(NetError::Unauthenticated { .. })) {
+            revoked = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(revoked, "the program's token outlived it");
+}
+
+#[tokio::test]
+async fn migration_channels_need_operate_and_are_answered() {
+    let d = start();
+    let (mut s, _) = client(ADMIN)
+        .connect(&d.addr, ChannelKind::Migration)
+        .await
+        .unwrap();
+    let mut line = String::new();
+    s.read_to_string(&mut line).await.unwrap();
+    assert_eq!(line, "godwitd: receiving migrations is not built yet\n");
+    let (mut s, _) = client(READER)
+        .connect(&d.addr, ChannelKind::Migration)
+        .await
+        .unwrap();
+    let mut line = String::new();
+    s.read_to_string(&mut line).await.unwrap();
+    assert!(line.contains("operate scope"), "{line}");
+}
+
+#[tokio::test]
+async fn listening_on_every_address_is_warned_about_and_logs_have_no_colour() {
+    let d = start_with(&[], &[], "0.0.0.0:0");
+    assert_eq!(call(&d, "GET", "/v1/health", b"").await.status, 200);
+    let err = d.stderr();
+    assert!(err.contains("listening on every address"), "{err}");
+    assert!(!err.contains('\u{1b}'), "ANSI codes in a log file: {err}");
 }

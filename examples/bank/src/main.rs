@@ -36,9 +36,12 @@ enum Cmd {
         /// godwitd address, HOST:PORT.
         #[arg(long)]
         agent: String,
-        /// File with the API token.
+        /// File with the API token (mode 0600; the first token is used).
         #[arg(long)]
         token_file: String,
+        /// CA certificate (PEM) to verify the agents' certificates with (PKI mode).
+        #[arg(long)]
+        tls_ca: Option<std::path::PathBuf>,
         /// JSON output.
         #[arg(long)]
         json: bool,
@@ -52,7 +55,7 @@ struct LoadArgs {
     /// Service UUID.
     #[arg(long)]
     uuid: String,
-    /// Name service URL (agent+http://HOST:PORT or etcd+http://HOST:PORT).
+    /// Name service URL (agent://HOST:PORT or etcd+http://HOST:PORT).
     #[arg(long)]
     names: String,
     /// Token file for an agent name service.
@@ -106,12 +109,13 @@ fn main() -> anyhow::Result<()> {
             Cmd::Admin {
                 agent,
                 token_file,
+                tls_ca,
                 json,
                 cmd,
             } => {
-                let token = std::fs::read_to_string(&token_file)
+                let token = godwit_agent_client::load_token(std::path::Path::new(&token_file))
                     .with_context(|| format!("reading {token_file}"))?;
-                godwit_agent_client::run_service_cmd(cmd, &agent, token.trim().to_string(), json)
+                godwit_agent_client::run_service_cmd(cmd, &agent, token, tls_ca.as_deref(), json)
                     .await
             }
         }
@@ -160,10 +164,8 @@ fn client(a: &LoadArgs, names: &Names) -> BankClient {
 async fn load(a: LoadArgs) -> anyhow::Result<()> {
     let token = match &a.token_file {
         Some(f) => Some(
-            std::fs::read_to_string(f)
-                .with_context(|| format!("reading {f}"))?
-                .trim()
-                .to_string(),
+            godwit_agent_client::load_token(std::path::Path::new(f))
+                .with_context(|| format!("reading {f}"))?,
         ),
         None => None,
     };

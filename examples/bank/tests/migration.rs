@@ -135,6 +135,8 @@ fn start_godwitd(cluster: &Cluster, i: usize, dir: &Path, token_file: &Path) -> 
         .arg(dir.join(format!("node{}", i + 1)))
         .arg("--token-file")
         .arg(token_file)
+        .arg("--allow-exec")
+        .arg(bank_bin())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .process_group(0);
@@ -211,6 +213,10 @@ async fn hammered_bank_migrates_back_and_forth_without_losing_a_cent() {
     let dir = tempfile::tempdir().unwrap();
     let token_file = dir.path().join("token");
     std::fs::write(&token_file, TOKEN).unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
     let cluster = Cluster::new();
     let _d1 = start_godwitd(&cluster, 0, dir.path(), &token_file);
     let _d2 = start_godwitd(&cluster, 1, dir.path(), &token_file);
@@ -219,9 +225,9 @@ async fn hammered_bank_migrates_back_and_forth_without_losing_a_cent() {
         .iter()
         .map(|a| format!("{a}:{PORT}"))
         .collect();
-    let names_url = format!("agent+http://{}", nodes[0]);
+    let names_url = format!("agent://{}", nodes[0]);
     let names = Names::from_url(&names_url, Some(TOKEN.into())).unwrap();
-    let node1 = Agent::new(&nodes[0], TOKEN.into());
+    let node1 = Agent::new(&nodes[0], TOKEN.into()).unwrap();
 
     // Start the bank on node 1 through its godwitd; checkpoints go to node 1's store.
     let args: Vec<String> = [
@@ -231,7 +237,7 @@ async fn hammered_bank_migrates_back_and_forth_without_losing_a_cent() {
         "--names",
         &names_url,
         "--store",
-        &format!("agent+http://{}", nodes[0]),
+        &format!("agent://{}", nodes[0]),
         "--lease",
         "3",
     ]
@@ -381,12 +387,10 @@ async fn hammered_bank_migrates_back_and_forth_without_losing_a_cent() {
 }
 
 async fn node1_procs(node: &str) -> Value {
-    let mut req = godwit_names::http::ClientRequest::new("GET", "/v1/exec");
-    req.token = Some(TOKEN);
-    godwit_names::http::send(&format!("http://{node}"), &req)
-        .await
+    Agent::new(node, TOKEN.into())
         .unwrap()
-        .json_body()
+        .request("list", "GET", "/v1/exec", None, Duration::from_secs(10))
+        .await
         .unwrap()
 }
 

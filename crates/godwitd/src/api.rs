@@ -1,0 +1,516 @@
+//! The HTTP API (docs/API.md) as axum handlers. Every request arrives on an
+//! authenticated channel whose scopes are in the [`Conn`] extension.
+
+use std::collections::HashMap;
+use std::path::{Path as FsPath, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, PathRejection};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Json, Router};
+use godwit_net::{Scope, Scopes};
+use godwit_sdk::store::{check_name, list_dir, write_private};
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+use crate::{lock, Agent, Allowed, Proc};
+
+/// Largest request body (checkpoint uploads).
+const BODY_LIMIT: usize = 8 << 30;
+
+/// The scopes of the connection a request came on.
+#[derive(Debug, Clone, Copy)]
+pub struct Conn(pub Scopes);
+
+/// An error answer: `{"error": message}` with a status.
+#[derive(Debug)]
+pub struct ApiError(StatusCode, String);
+
+impl ApiError {
+    fn new(status: u16, msg: impl Into<String>) -> Self {
+        ApiError(
+            StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            msg.into(),
+        )
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(json!({ "error": self.1 }))).into_response()
+    }
+}
+
+impl From<BytesRejection> for ApiError {
+    fn from(r: BytesRejection) -> Self {
+        ApiError(r.status(), r.body_text())
+    }
+}
+
+impl From<PathRejection> for ApiError {
+    fn from(r: PathRejection) -> Self {
+        ApiError(StatusCode::BAD_REQUEST, r.body_text())
+    }
+}
+
+type ApiResult = Result<Response, ApiError>;
+
+fn need(conn: &Conn, scope: Scope) -> Result<(), ApiError> {
+    if conn.0.allows(scope) {
+        return Ok(());
+    }
+    let hint = match scope {
+        Scope::Service => "`service` or `operate`".to_string(),
+        Scope::Read => "`read` (or `operate`)".to_string(),
+        s => format!("`{s}`"),
+    };
+    Err(ApiError::new(
+        403,
+        format!(
+            "forbidden: this needs the {hint} scope and the connection's token has only `{}`; give the token that scope in the agent's token file",
+            conn.0
+        ),
+    ))
+}
+
+fn json_body(body: Result<Bytes, BytesRejection>) -> Result<Value, ApiError> {
+    let body = body?;
+    serde_json::from_slice(&body).map_err(|e| ApiError::new(400, format!("body is not JSON: {e}")))
+}
+
+fn ok(status: u16, v: Value) -> ApiResult {
+    Ok((
+        StatusCode::from_u16(status).unwrap_or(StatusCode::OK),
+        Json(v),
+    )
+        .into_response())
+}
+
+/// The router; the per-connection [`Conn`] extension is added by the caller.
+pub fn router(agent: Arc<Agent>) -> Router {
+    Router::new()
+        .route("/v1/health", get(health))
+        .route("/v1/exec", post(exec).get(list_procs))
+        .route("/v1/exec/{pid}/signal", post(signal_proc))
+        .route("/v1/names", get(names_list))
+        .route(
+            "/v1/names/{uuid}",
+            get(names_get).put(names_put).delete(names_delete),
+        )
+        .route("/v1/store", get(store_services))
+        .route("/v1/store/{uuid}", get(store_list))
+        .route("/v1/store/{uuid}/{id}", get(store_get).put(store_put))
+        .fallback(no_route)
+        .method_not_allowed_fallback(no_route)
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .with_state(agent)
+}
+
+async fn no_route(method: Method, uri: Uri) -> ApiError {
+    ApiError::new(404, format!("no route {method} {}", uri.path()))
+}
+
+async fn health(State(agent): State<Arc<Agent>>, Extension(conn): Extension<Conn>) -> ApiResult {
+    need(&conn, Scope::Read)?;
+    ok(
+        200,
+        json!({ "ok": true, "node": agent.node, "version": env!("CARGO_PKG_VERSION"),
+                "roles": ["exec", "names", "store"], "scopes": conn.0.to_string() }),
+    )
+}
+
+async fn names_list(
+    State(agent): State<Arc<Agent>>,
+    Extension(conn): Extension<Conn>,
+) -> ApiResult {
+    need(&conn, Scope::Read)?;
+    ok(
+        200,
+        json!({ "services": agent.names.list().iter().map(|r| json!({
+            "uuid": r.uuid, "address": r.address, "expires_in_ms": r.expires_in.as_millis() as u64
+        })).collect::<Vec<_>>() }),
+    )
+}
+
+async fn names_get(
+    State(agent): State<Arc<Agent>>,
+    Extension(conn): Extension<Conn>,
+    uuid: Result<Path<String>, PathRejection>,
+) -> ApiResult {
+    need(&conn, Scope::Read)?;
+    let Path(uuid) = uuid?;
+    match agent.names.resolve(&uuid) {
+        Some(a) => ok(200, json!({ "uuid": uuid, "address": a })),
+        None => Err(ApiError::new(404, format!("no live binding for {uuid}"))),
+    }
+}
+
+async fn names_put(
+    State(agent): State<Arc<Agent>>,
+    Extension(conn): Extension<Conn>,
+    uuid: Result<Path<String>, PathRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    need(&conn, Scope::Service)?;
+    let Path(uuid) = uuid?;
+    let v = json_body(body)?;
+    let address = v["address"]
+        .as_str()
+        .ok_or_else(|| ApiError::new(400, "`address` (string) is required"))?;
+    let ttl_ms = v["ttl_ms"].as_u64().unwrap_or(10_000).clamp(100, 3_600_000);
+    agent
+        .names
+        .advertise(&uuid, address, Duration::from_millis(ttl_ms));
+    ok(
+        200,
+        json!({ "uuid": uuid, "address": address, "ttl_ms": ttl_ms }),
+    )
+}
+
+async fn names_delete(
+    State(agent): State<Arc<Agent>>,
+    Extension(conn): Extension<Conn>,
+    uuid: Result<Path<String>, PathRejection>,
+    Query(q): Query<HashMap<String, String>>,
+) -> ApiResult {
+    need(&conn, Scope::Service)?;
+    let Path(uuid) = uuid?;
+    let removed = agent
+        .names
+        .withdraw(&uuid, q.get("address").map(String::as_str));
+    ok(200, json!({ "removed": removed }))
+}
+
+fn bad_name(e: godwit_sdk::store::StoreError) -> ApiError {
+    ApiError::new(400, e.to_string())
+}
+
+async fn store_services(
+    State(agent): State<Arc<Agent>>,
+    Extension(conn): Extension<Conn>,
+) -> ApiResult {
+    need(&conn, Scope::Read)?;
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(agent.data.join("store")) {
+        for e in rd.flatten() {
+            out.push(e.file_name().to_string_lossy().into_owned());
+        }
+    }
+    out.sort();
+    ok(200, json!({ "services": out }))
+}
+
+async fn store_list(
+    State(agent): State<Arc<Agent>>,
+    Extension(conn): Extension<Conn>,
+    uuid: Result<Path<String>, PathRejection>,
+) -> ApiResult {
+    need(&conn, Scope::Read)?;
+    let Path(uuid) = uuid?;
+    check_name("service uuid", &uuid).map_err(bad_name)?;
+    let list = list_dir(&agent.data.join("store").join(&uuid))
+        .map_err(|e| ApiError::new(500, e.to_string()))?;
+    ok(
+        200,
+        json!({ "uuid": uuid, "checkpoints": list.iter().map(|c| json!({"id": c.id, "bytes": c.bytes})).collect::<Vec<_>>() }),
+    )
+}
+
+fn checkpoint_path(agent: &Agent, uuid: &str, id: &str) -> Result<PathBuf, ApiError> {
+    check_name("service uuid", uuid).map_err(bad_name)?;
+    check_name("checkpoint id", id).map_err(bad_name)?;
+    Ok(agent
+        .data
+        .join("store")
+        .join(uuid)
+        .join(format!("{id}.gwck")))
+}
+
+async fn store_put(
+    State(agent): State<Arc<Agent>>,
+    Extension(conn): Extension<Conn>,
+    p: Result<Path<(String, String)>, PathRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    need(&conn, Scope::Service)?;
+    let Path((uuid, id)) = p?;
+    let path = checkpoint_path(&agent, &uuid, &id)?;
+    let body = body?;
+    let bytes = body.len();
+    tokio::task::spawn_blocking(move || write_private(&path, &body))
+        .await
+        .map_err(|e| ApiError::new(500, e.to_string()))?
+        .map_err(|e| ApiError::new(500, e.to_string()))?;
+    ok(201, json!({ "uuid": uuid, "id": id, "bytes": bytes }))
+}
+
+async fn store_get(
+    State(agent): State<Arc<Agent>>,
+    Extension(conn): Extension<Conn>,
+    p: Result<Path<(String, String)>, PathRejection>,
+) -> ApiResult {
+    need(&conn, Scope::Read)?;
+    let Path((uuid, id)) = p?;
+    let path = checkpoint_path(&agent, &uuid, &id)?;
+    match tokio::fs::read(&path).await {
+        Ok(b) => Ok((
+            StatusCode::OK,
+            [(axum::http::header::CONTENT_TYPE, "application/octet-stream")],
+            b,
+        )
+            .into_response()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Err(ApiError::new(404, format!("no checkpoint {uuid}/{id}")))
+        }
+        Err(e) => Err(ApiError::new(500, e.to_string())),
+    }
+}
+
+async fn list_procs(
+    State(agent): State<Arc<Agent>>,
+    Extension(conn): Extension<Conn>,
+) -> ApiResult {
+    need(&conn, Scope::Read)?;
+    let procs = lock(&agent.procs);
+    ok(
+        200,
+        json!({ "processes": procs.iter().map(|(pid, p)| json!({
+            "pid": pid, "program": p.program, "args": p.args, "running": p.running, "exit_code": p.exit,
+            "log": p.log.display().to_string(),
+        })).collect::<Vec<_>>() }),
+    )
+}
+
+/// Sends `sig` (TERM, INT or KILL) to one process. Never to a group or to "all":
+/// pids that are not positive are refused.
+pub fn send_signal(pid: u32, sig: &str) -> bool {
+    let signo = match sig {
+        "TERM" => libc::SIGTERM,
+        "INT" => libc::SIGINT,
+        "KILL" => libc::SIGKILL,
+        _ => return false,
+    };
+    let Ok(pid) = i32::try_from(pid) else {
+        return false;
+    };
+    if pid <= 0 {
+        return false;
+    }
+    // SAFETY: kill(2) takes plain integers and touches no memory of ours; pid > 0 so it
+    // targets exactly one process.
+    unsafe { libc::kill(pid, signo) == 0 }
+}
+
+async fn signal_proc(
+    State(agent): State<Arc<Agent>>,
+    Extension(conn): Extension<Conn>,
+    pid: Result<Path<String>, PathRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    need(&conn, Scope::Operate)?;
+    let Path(pid) = pid?;
+    let pid: u32 = pid
+        .parse()
+        .map_err(|_| ApiError::new(400, format!("bad pid `{pid}`")))?;
+    let v = json_body(body)?;
+    let sig = v["signal"].as_str().unwrap_or("TERM");
+    if !["TERM", "KILL", "INT"].contains(&sig) {
+        return Err(ApiError::new(
+            400,
+            format!("signal `{sig}` not allowed (TERM, INT, KILL)"),
+        ));
+    }
+    // Only programs this agent started may be signalled.
+    if !lock(&agent.procs).get(&pid).is_some_and(|p| p.running) {
+        return Err(ApiError::new(
+            404,
+            format!("no running program {pid} started by this agent"),
+        ));
+    }
+    let sent = send_signal(pid, sig);
+    ok(200, json!({ "pid": pid, "signal": sig, "sent": sent }))
+}
+
+/// Resolves `program` and checks it against `--allow-exec`.
+fn allowed_program(agent: &Agent, program: &str) -> Result<PathBuf, ApiError> {
+    if agent.allow_exec.is_empty() {
+        return Err(ApiError::new(
+            403,
+            "remote execution is off on this agent: start godwitd with --allow-exec PATH (a program, or a directory ending in /) for each program it may start",
+        ));
+    }
+    if !FsPath::new(program).is_absolute() {
+        return Err(ApiError::new(
+            400,
+            format!("`program` must be an absolute path, not `{program}`"),
+        ));
+    }
+    let canon = std::fs::canonicalize(program)
+        .map_err(|e| ApiError::new(400, format!("cannot start {program}: {e}")))?;
+    let ok = agent.allow_exec.iter().any(|a| match a {
+        Allowed::File(f) => *f == canon,
+        Allowed::Dir(d) => canon.starts_with(d),
+    });
+    if !ok {
+        return Err(ApiError::new(
+            403,
+            format!(
+                "{program} (resolved to {}) is not allowed on this agent: start godwitd with --allow-exec {} (or a directory above it, ending in /)",
+                canon.display(),
+                canon.display()
+            ),
+        ));
+    }
+    Ok(canon)
+}
+
+async fn exec(
+    State(agent): State<Arc<Agent>>,
+    Extension(conn): Extension<Conn>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    need(&conn, Scope::Exec)?;
+    let v = json_body(body)?;
+    let program = v["program"]
+        .as_str()
+        .ok_or_else(|| ApiError::new(400, "`program` (string) is required"))?;
+    let args: Vec<String> = match &v["args"] {
+        Value::Null => vec![],
+        Value::Array(a) => a
+            .iter()
+            .map(|x| x.as_str().map(str::to_string))
+            .collect::<Option<_>>()
+            .ok_or_else(|| ApiError::new(400, "`args` must be strings"))?,
+        _ => return Err(ApiError::new(400, "`args` must be an array")),
+    };
+    let canon = allowed_program(&agent, program)?;
+    let wait_ready = Duration::from_millis(v["wait_ready_ms"].as_u64().unwrap_or(0));
+    let mut cmd = tokio::process::Command::new(&canon);
+    cmd.args(&args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(false);
+    // The agent's own secrets never go down to the programs it starts: drop every
+    // GODWIT_* variable it inherited (GODWIT_TOKEN, GODWIT_TOKEN_FILE, ...).
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("GODWIT_") {
+            cmd.env_remove(&k);
+        }
+    }
+    if let Some(env) = v["env"].as_object() {
+        for (k, val) in env {
+            if let Some(s) = val.as_str() {
+                cmd.env(k, s);
+            }
+        }
+    }
+    if let Some(dir) = v["cwd"].as_str() {
+        cmd.current_dir(dir);
+    }
+    // The program's own narrow token for this agent (names and store).
+    let token = crate::program_token(&agent).map_err(|e| ApiError::new(500, e.to_string()))?;
+    cmd.env("GODWIT_AGENT", &agent.node)
+        .env("GODWIT_AGENT_TOKEN", token.secret());
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            agent.tokens.revoke(&token);
+            return Err(ApiError::new(400, format!("cannot start {program}: {e}")));
+        }
+    };
+    let pid = child.id().unwrap_or(0);
+    let log = agent.data.join("logs").join(format!("{pid}.log"));
+    let logf =
+        open_log(&log).map_err(|e| ApiError::new(500, format!("log {}: {e}", log.display())))?;
+    lock(&agent.procs).insert(
+        pid,
+        Proc {
+            program: program.to_string(),
+            args: args.clone(),
+            log: log.clone(),
+            exit: None,
+            running: true,
+        },
+    );
+    tracing::info!(pid, program, ?args, "started");
+
+    let stdout = child.stdout.take();
+    let stderr = child.stderr.take();
+    if let Some(err) = stderr {
+        let logf = logf.try_clone().ok();
+        tokio::spawn(copy_lines(BufReader::new(err), logf, None));
+    }
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    if let Some(out) = stdout {
+        tokio::spawn(copy_lines(BufReader::new(out), Some(logf), Some(ready_tx)));
+    }
+    {
+        let agent = agent.clone();
+        tokio::spawn(async move {
+            let code = child.wait().await.ok().and_then(|s| s.code());
+            agent.tokens.revoke(&token);
+            if let Some(p) = lock(&agent.procs).get_mut(&pid) {
+                p.running = false;
+                p.exit = code;
+            }
+            tracing::info!(pid, ?code, "exited");
+        });
+    }
+    let ready = if wait_ready.is_zero() {
+        Value::Null
+    } else {
+        match tokio::time::timeout(wait_ready, ready_rx).await {
+            Ok(Ok(line)) => {
+                let mut it = line.split_whitespace().skip(1);
+                json!({ "address": it.next(), "uuid": it.next() })
+            }
+            _ => {
+                send_signal(pid, "KILL");
+                return Err(ApiError::new(
+                    504,
+                    format!("{program} (pid {pid}) did not print GODWIT_READY within {wait_ready:?}; see {}", log.display()),
+                ));
+            }
+        }
+    };
+    ok(
+        201,
+        json!({ "pid": pid, "ready": ready, "log": log.display().to_string() }),
+    )
+}
+
+fn open_log(path: &FsPath) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)
+}
+
+async fn copy_lines<R: tokio::io::AsyncRead + Unpin>(
+    r: BufReader<R>,
+    log: Option<std::fs::File>,
+    mut ready: Option<tokio::sync::oneshot::Sender<String>>,
+) {
+    use std::io::Write as _;
+    let mut lines = r.lines();
+    let mut log = log;
+    while let Ok(Some(line)) = lines.next_line().await {
+        if line.starts_with("GODWIT_READY ") {
+            if let Some(tx) = ready.take() {
+                let _ = tx.send(line.clone());
+            }
+        }
+        if let Some(f) = log.as_mut() {
+            let _ = writeln!(f, "{line}");
+        }
+    }
+}
