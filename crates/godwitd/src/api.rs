@@ -33,7 +33,7 @@ pub struct Conn(pub Scopes);
 pub struct ApiError(StatusCode, String);
 
 impl ApiError {
-    fn new(status: u16, msg: impl Into<String>) -> Self {
+    pub(crate) fn new(status: u16, msg: impl Into<String>) -> Self {
         ApiError(
             StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
             msg.into(),
@@ -59,9 +59,9 @@ impl From<PathRejection> for ApiError {
     }
 }
 
-type ApiResult = Result<Response, ApiError>;
+pub(crate) type ApiResult = Result<Response, ApiError>;
 
-fn need(conn: &Conn, scope: Scope) -> Result<(), ApiError> {
+pub(crate) fn need(conn: &Conn, scope: Scope) -> Result<(), ApiError> {
     if conn.0.allows(scope) {
         return Ok(());
     }
@@ -84,7 +84,7 @@ fn json_body(body: Result<Bytes, BytesRejection>) -> Result<Value, ApiError> {
     serde_json::from_slice(&body).map_err(|e| ApiError::new(400, format!("body is not JSON: {e}")))
 }
 
-fn ok(status: u16, v: Value) -> ApiResult {
+pub(crate) fn ok(status: u16, v: Value) -> ApiResult {
     Ok((
         StatusCode::from_u16(status).unwrap_or(StatusCode::OK),
         Json(v),
@@ -106,6 +106,7 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .route("/v1/store", get(store_services))
         .route("/v1/store/{uuid}", get(store_list))
         .route("/v1/store/{uuid}/{id}", get(store_get).put(store_put))
+        .merge(crate::transparent::routes())
         .fallback(no_route)
         .method_not_allowed_fallback(no_route)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))

@@ -8,6 +8,7 @@
 
 mod api;
 mod migration;
+mod transparent;
 
 use std::collections::BTreeMap;
 use std::io::IsTerminal as _;
@@ -75,6 +76,8 @@ pub struct Agent {
     /// The tokens the channel accepts: the token file's plus one per running program.
     pub(crate) tokens: TokenSet,
     pub(crate) allow_exec: Vec<Allowed>,
+    /// Transparent processes restored or received here.
+    pub(crate) transparent: Mutex<BTreeMap<i32, transparent::Managed>>,
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -153,6 +156,7 @@ async fn main() -> anyhow::Result<()> {
         node: node.clone(),
         tokens,
         allow_exec,
+        transparent: Mutex::new(BTreeMap::new()),
     });
     let router = api::router(agent.clone());
     println!("GODWITD_READY {node}");

@@ -1,0 +1,293 @@
+//! Transparent (unmodified) processes on this node: what runs here, and
+//! checkpoints of them in the node's store (`DATA/images`), restored from
+//! there. Every dump and restore runs on a blocking thread.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, Query, State};
+use axum::routing::{get, post};
+use axum::{Extension, Router};
+use godwit_net::Scope;
+use serde_json::{json, Value};
+
+use crate::api::{need, ok, ApiError, ApiResult, Conn};
+use crate::{lock, Agent};
+
+/// A transparent process this agent restored or received.
+#[derive(Debug, Clone)]
+pub struct Managed {
+    /// "restored from IMAGE", "migrated from NODE".
+    pub origin: String,
+    pub since_unix_ms: u64,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Records that `pid` (a host PID of this node) came here through us.
+pub fn adopt(agent: &Agent, pid: i32, origin: &str) {
+    lock(&agent.transparent).insert(
+        pid,
+        Managed {
+            origin: origin.to_string(),
+            since_unix_ms: now_ms(),
+        },
+    );
+}
+
+pub fn routes() -> Router<Arc<Agent>> {
+    Router::new()
+        .route("/v1/processes", get(list))
+        .route("/v1/processes/{pid}/checkpoint", post(checkpoint))
+        .route("/v1/images", get(images))
+        .route("/v1/images/{id}/restore", post(restore))
+        .route("/v1/images/{id}", axum::routing::delete(remove))
+}
+
+#[derive(serde::Deserialize)]
+struct ListQuery {
+    /// Every process of the node, not only those the agent manages.
+    all: Option<bool>,
+}
+
+/// One line of /proc/PID/stat: (comm, state, ppid, utime+stime ticks, start ticks).
+fn stat(pid: i32) -> Option<(String, char, i32, u64, u64)> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let open = s.find('(')?;
+    let close = s.rfind(')')?;
+    let comm = s[open + 1..close].to_string();
+    let f: Vec<&str> = s[close + 2..].split_whitespace().collect();
+    let state = f.first()?.chars().next()?;
+    let ppid = f.get(1)?.parse().ok()?;
+    let utime: u64 = f.get(11)?.parse().ok()?;
+    let stime: u64 = f.get(12)?.parse().ok()?;
+    let start: u64 = f.get(19)?.parse().ok()?;
+    Some((comm, state, ppid, utime + stime, start))
+}
+
+fn uptime_ticks() -> u64 {
+    std::fs::read_to_string("/proc/uptime")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<f64>().ok())
+        .map_or(0, |s| (s * 100.0) as u64)
+}
+
+fn describe(agent: &Agent, pid: i32) -> Option<Value> {
+    let (comm, state, ppid, cpu, start) = stat(pid)?;
+    let rss_pages: u64 = std::fs::read_to_string(format!("/proc/{pid}/statm"))
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or(0);
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|b| {
+            b.split(|c| *c == 0)
+                .filter(|a| !a.is_empty())
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default();
+    let alive_ticks = uptime_ticks().saturating_sub(start).max(1);
+    let managed = lock(&agent.transparent).get(&pid).cloned();
+    let started = lock(&agent.procs).contains_key(&(pid as u32));
+    let kind = if started { "started" } else if managed.is_some() { "transparent" } else { "other" };
+    Some(json!({
+        "pid": pid,
+        "ppid": ppid,
+        "program": cmdline.first().cloned().unwrap_or_else(|| comm.clone()),
+        "args": cmdline.iter().skip(1).collect::<Vec<_>>(),
+        "name": comm,
+        "kind": kind,
+        "state": state.to_string(),
+        "memory_bytes": rss_pages * 4096,
+        "cpu_seconds": cpu as f64 / 100.0,
+        "cpu_percent": 100.0 * cpu as f64 / alive_ticks as f64,
+        "origin": managed.as_ref().map(|m| m.origin.clone()),
+        "managed_since_unix_ms": managed.as_ref().map(|m| m.since_unix_ms),
+    }))
+}
+
+async fn list(
+    State(agent): State<Arc<Agent>>,
+    Extension(conn): Extension<Conn>,
+    Query(q): Query<ListQuery>,
+) -> ApiResult {
+    need(&conn, Scope::Read)?;
+    let mut pids: Vec<i32> = if q.all.unwrap_or(false) {
+        std::fs::read_dir("/proc")
+            .map_err(|e| ApiError::new(500, format!("reading /proc: {e}")))?
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+            .collect()
+    } else {
+        let mut v: Vec<i32> = lock(&agent.transparent).keys().copied().collect();
+        v.extend(lock(&agent.procs).keys().map(|p| *p as i32));
+        v
+    };
+    pids.sort_unstable();
+    pids.dedup();
+    // Forget managed processes that are gone.
+    lock(&agent.transparent).retain(|pid, _| std::path::Path::new(&format!("/proc/{pid}")).exists());
+    let me = std::process::id() as i32;
+    let procs: Vec<Value> = pids
+        .into_iter()
+        .filter(|p| *p != me)
+        .filter_map(|p| describe(&agent, p))
+        .collect();
+    ok(200, json!({"node": agent.node, "processes": procs}))
+}
+
+fn images_dir(agent: &Agent) -> PathBuf {
+    agent.data.join("images")
+}
+
+fn check_id(id: &str) -> Result<(), ApiError> {
+    godwit_sdk::store::check_name("image id", id).map_err(|e| ApiError::new(400, e.to_string()))
+}
+
+fn body_json(body: Result<Bytes, BytesRejection>) -> Result<Value, ApiError> {
+    let b = body?;
+    if b.is_empty() {
+        return Ok(json!({}));
+    }
+    serde_json::from_slice(&b).map_err(|e| ApiError::new(400, format!("body is not JSON: {e}")))
+}
+
+fn engine_status(e: &godwit_engine::EngineError) -> u16 {
+    use godwit_engine::EngineError as E;
+    match e {
+        E::NoSuchProcess { .. } => 404,
+        E::PermissionDenied { .. } => 403,
+        E::Unsupported { .. } | E::NeedsShellJob { .. } => 422,
+        E::PidTaken { .. } | E::SysvShmTaken { .. } => 409,
+        E::Image(_) | E::BadImage(_) | E::CpuMismatch(_) => 422,
+        _ => 500,
+    }
+}
+
+async fn checkpoint(
+    State(agent): State<Arc<Agent>>,
+    Extension(conn): Extension<Conn>,
+    Path(pid): Path<i32>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    need(&conn, Scope::Operate)?;
+    let req = body_json(body)?;
+    let leave_running = req["leave_running"].as_bool().unwrap_or(true);
+    let id = match req["id"].as_str() {
+        Some(id) => id.to_string(),
+        None => format!("{pid}-{}", now_ms()),
+    };
+    check_id(&id)?;
+    let dir = images_dir(&agent).join(&id);
+    let opts = godwit_engine::dump::DumpOptions {
+        leave_running,
+        ..Default::default()
+    };
+    let d = dir.clone();
+    let r = tokio::task::spawn_blocking(move || {
+        godwit_engine::dump::dump(pid, &d, &opts, &godwit_engine::Quiet)
+    })
+    .await
+    .map_err(|e| ApiError::new(500, format!("the dump thread failed: {e}")))?;
+    match r {
+        Ok(r) => {
+            if !leave_running {
+                lock(&agent.transparent).remove(&pid);
+            }
+            ok(
+                201,
+                json!({
+                    "id": id, "pid": pid, "processes": r.processes, "pids": r.pids,
+                    "memory_bytes": r.memory_bytes, "image_bytes": r.image_bytes,
+                    "frozen_ms": r.frozen.as_secs_f64() * 1e3,
+                    "total_ms": r.total.as_secs_f64() * 1e3,
+                    "left_running": leave_running,
+                }),
+            )
+        }
+        Err(e) => Err(ApiError::new(engine_status(&e), e.to_string())),
+    }
+}
+
+async fn images(State(agent): State<Arc<Agent>>, Extension(conn): Extension<Conn>) -> ApiResult {
+    need(&conn, Scope::Read)?;
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(images_dir(&agent)) {
+        for e in entries.flatten() {
+            let Some(id) = e.file_name().to_str().map(str::to_string) else { continue };
+            if id.starts_with('.') {
+                continue;
+            }
+            let Ok((ck, reader)) = godwit_engine::load(&e.path()) else { continue };
+            out.push(json!({
+                "id": id,
+                "pids": ck.processes.iter().map(|p| p.pid).collect::<Vec<_>>(),
+                "bytes": reader.total_bytes(),
+                "created_unix_ms": ck.created_unix_ms,
+                "hostname": ck.hostname,
+            }));
+        }
+    }
+    out.sort_by_key(|v| v["created_unix_ms"].as_u64().unwrap_or(0));
+    ok(200, json!({"images": out}))
+}
+
+async fn restore(
+    State(agent): State<Arc<Agent>>,
+    Extension(conn): Extension<Conn>,
+    Path(id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    need(&conn, Scope::Operate)?;
+    check_id(&id)?;
+    let req = body_json(body)?;
+    let dir = images_dir(&agent).join(&id);
+    if !dir.join("manifest.img").exists() {
+        return Err(ApiError::new(404, format!("no image {id} in this node's store")));
+    }
+    let opts = godwit_engine::restore::RestoreOptions {
+        pid_ns: req["pid_ns"].as_bool().unwrap_or(false),
+        ..Default::default()
+    };
+    let r = tokio::task::spawn_blocking(move || {
+        godwit_engine::restore::restore(&dir, &opts, &godwit_engine::Quiet)
+    })
+    .await
+    .map_err(|e| ApiError::new(500, format!("the restore thread failed: {e}")))?;
+    match r {
+        Ok(r) => {
+            adopt(&agent, r.host_pid, &format!("restored from image {id}"));
+            ok(
+                201,
+                json!({
+                    "id": id, "pid": r.pid, "host_pid": r.host_pid, "processes": r.processes,
+                    "total_ms": r.total.as_secs_f64() * 1e3,
+                }),
+            )
+        }
+        Err(e) => Err(ApiError::new(engine_status(&e), e.to_string())),
+    }
+}
+
+async fn remove(
+    State(agent): State<Arc<Agent>>,
+    Extension(conn): Extension<Conn>,
+    Path(id): Path<String>,
+) -> ApiResult {
+    need(&conn, Scope::Operate)?;
+    check_id(&id)?;
+    let dir = images_dir(&agent).join(&id);
+    if !dir.exists() {
+        return Err(ApiError::new(404, format!("no image {id} in this node's store")));
+    }
+    std::fs::remove_dir_all(&dir)
+        .map_err(|e| ApiError::new(500, format!("removing {}: {e}", dir.display())))?;
+    ok(200, json!({"id": id, "removed": true}))
+}
