@@ -2,6 +2,7 @@
 
 mod inspect;
 mod migrate;
+mod node;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -120,6 +121,22 @@ enum Cmd {
     /// (use --pid-ns) and 7 when the link broke at the switch-over (the
     /// source copy is then kept stopped; see the message).
     Migrate(migrate::MigrateArgs),
+    /// Transparent processes of one node, through its godwitd: ps,
+    /// checkpoint into the node's store, images, restore, rm.
+    Node {
+        /// The node agent (godwitd) to talk to.
+        #[arg(long, default_value = "127.0.0.1:7420", env = "GODWIT_AGENT")]
+        agent: String,
+        /// File holding a token of the agent (mode 0600; the first token is
+        /// used): `read` for ps and images, `operate` for the rest.
+        #[arg(long, env = "GODWIT_TOKEN_FILE")]
+        token_file: PathBuf,
+        /// CA certificate (PEM) to verify the agent's certificate with (PKI mode).
+        #[arg(long, env = "GODWIT_TLS_CA")]
+        tls_ca: Option<PathBuf>,
+        #[command(subcommand)]
+        cmd: node::NodeCmd,
+    },
     /// Conformist services (the high-level SDK): list, checkpoint, migrate.
     Service {
         /// The node agent (godwitd) to talk to.
@@ -307,6 +324,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 tls_ca.as_deref(),
                 cli.json,
             ))?;
+        }
+        Cmd::Node {
+            agent,
+            token_file,
+            tls_ca,
+            cmd,
+        } => {
+            let token = godwit_agent_client::load_token(&token_file)?;
+            let agent = godwit_agent_client::Agent::with_ca(&agent, token, tls_ca.as_deref())?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?;
+            rt.block_on(node::run(cmd, &agent, cli.json))?;
         }
         Cmd::Migrate(args) => {
             migrate::run(args, cli.json, &Bar::new())?;
