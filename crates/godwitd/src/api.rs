@@ -427,8 +427,16 @@ async fn exec(
     };
     let pid = child.id().unwrap_or(0);
     let log = agent.data.join("logs").join(format!("{pid}.log"));
-    let logf =
-        open_log(&log).map_err(|e| ApiError::new(500, format!("log {}: {e}", log.display())))?;
+    let logf = match open_log(&log) {
+        Ok(f) => f,
+        Err(e) => {
+            // Not tracked, so not left running, and its token goes with it.
+            let _ = child.start_kill();
+            let _ = child.wait().await;
+            agent.tokens.revoke(&token);
+            return Err(ApiError::new(500, format!("log {}: {e}", log.display())));
+        }
+    };
     lock(&agent.procs).insert(
         pid,
         Proc {

@@ -229,7 +229,10 @@ async fn serve(
     match kind {
         ChannelKind::Http => {
             let svc = TowerToHyperService::new(router.layer(axum::Extension(api::Conn(scopes))));
+            // An authenticated client still may not sit on a half-sent request head.
             if let Err(e) = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(30))
                 .serve_connection(TokioIo::new(stream), svc)
                 .await
             {
