@@ -248,11 +248,11 @@ async fn serve(
     }
 }
 
-/// A fresh token for a program this agent starts: it may read and use the name
-/// service and the store (scope `service`), nothing else, and dies with the program.
+/// A fresh token for a program this agent starts: it may use the name service and
+/// the store (scope `service`), nothing else, and dies with the program.
 pub(crate) fn program_token(agent: &Agent) -> anyhow::Result<Token> {
     use godwit_net::{Scope, Scopes};
-    let t = Token::random(Scopes::of(&[Scope::Read, Scope::Service]))?;
+    let t = Token::random(Scopes::of(&[Scope::Service]))?;
     agent.tokens.insert(t.clone());
     Ok(t)
 }

@@ -461,7 +461,12 @@ async fn started_programs_get_their_own_narrow_token_not_the_agents() {
     assert_ne!(own, ADMIN);
     // The program's token: names and store yes, exec and signals no.
     let r = call_as(&d, &own, "GET", "/v1/health", b"").await;
-    assert_eq!(r.json().unwrap()["scopes"], "read,service");
+    assert_eq!(r.json().unwrap()["scopes"], "service");
+    assert_eq!(
+        call_as(&d, &own, "GET", "/v1/exec", b"").await.status,
+        403,
+        "the program cannot list what else the agent runs"
+    );
     assert_eq!(
         call_as(
             &d,
@@ -479,6 +484,14 @@ async fn started_programs_get_their_own_narrow_token_not_the_agents() {
             .await
             .status,
         201
+    );
+    let back = call_as(&d, &own, "GET", "/v1/store/svc-p/000000000001", b"").await;
+    assert_eq!((back.status, &back.body[..]), (200, &b"ck"[..]));
+    assert_eq!(
+        call_as(&d, &own, "GET", "/v1/names/svc-p", b"")
+            .await
+            .status,
+        200
     );
     let r = call_as(&d, &own, "POST", "/v1/exec", body.to_string().as_bytes()).await;
     assert_eq!(r.status, 403);

@@ -18,6 +18,10 @@ use godwit_sdk::{Client, ClientOptions, Names};
 use serde_json::{json, Value};
 
 const TOKEN: &str = "bank-test-token-42";
+
+/// The migration test measures timing (migrations in the middle of an accrual): the
+/// other heavy test waits for it rather than competing for the two cores.
+static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 const PORT: u16 = 7171;
 
 fn bank_bin() -> PathBuf {
@@ -210,6 +214,7 @@ fn admin(agent: &str, token_file: &Path, args: &[&str]) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hammered_bank_migrates_back_and_forth_without_losing_a_cent() {
+    let _heavy = HEAVY.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let token_file = dir.path().join("token");
     std::fs::write(&token_file, TOKEN).unwrap();
@@ -451,6 +456,7 @@ async fn sigterm_deregisters_and_flushes_a_final_checkpoint() {
 /// the agent's token never reaches it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_service_started_by_the_agent_uses_its_per_program_token() {
+    let _heavy = HEAVY.lock().await;
     use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();
     let token_file = dir.path().join("token");
