@@ -134,6 +134,11 @@ impl BlockingStream {
         &self.inner.sock
     }
 
+    /// The rustls stream inside (e.g. to drive the connection by hand).
+    pub fn into_inner(self) -> StreamOwned<ClientConnection, TcpStream> {
+        self.inner
+    }
+
     /// Ends the channel cleanly: TLS close_notify, then shuts the socket down for
     /// writing. The peer then reads end-of-stream.
     pub fn close(&mut self) -> std::io::Result<()> {

@@ -8,7 +8,7 @@
 //! Scopes: `read` sees (GET routes); `operate` changes (names, store, signals) and
 //! implies `read` and `service`; `exec` starts programs and implies nothing (give
 //! `read,operate,exec` for everything); `service` is the narrow capability the agent
-//! gives the programs it starts: advertise/withdraw names and put checkpoints.
+//! gives the programs it starts: the name service and the checkpoint store.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -31,8 +31,9 @@ pub enum Scope {
     Operate,
     /// Start programs (`POST /v1/exec`). Implies nothing else.
     Exec,
-    /// What a program started by the agent needs: advertise and withdraw names, put
-    /// checkpoints in the store (plus `Read`, given with it).
+    /// What a program started by the agent needs: resolve, advertise and withdraw
+    /// names; list, fetch and put checkpoints; health. Nothing else (no process list,
+    /// no exec, no signals).
     Service,
 }
 

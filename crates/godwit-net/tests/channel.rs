@@ -332,3 +332,23 @@ async fn a_relay_terminating_tls_on_both_sides_cannot_authenticate() {
     assert!(matches!(se, NetError::Unauthenticated { .. }), "{se:?}");
     relay_task.abort();
 }
+
+/// The blocking client gives up on a peer that accepts TCP but never speaks TLS.
+#[test]
+fn blocking_connect_to_a_silent_peer_times_out() {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    let holder = std::thread::spawn(move || {
+        let (s, _) = l.accept().unwrap();
+        std::thread::sleep(Duration::from_secs(3));
+        drop(s);
+    });
+    let client = ClientTls::new(Token::new(GOOD).unwrap(), None).unwrap();
+    let t0 = std::time::Instant::now();
+    let e = client
+        .connect_blocking(&addr, ChannelKind::Migration, Duration::from_millis(300))
+        .unwrap_err();
+    assert!(matches!(e, NetError::Timeout { .. }), "{e:?}");
+    assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
+    holder.join().unwrap();
+}

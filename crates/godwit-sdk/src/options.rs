@@ -106,7 +106,7 @@ impl ServiceOptions {
     ///
     /// A process started by a godwitd finds `GODWIT_AGENT` (that agent's address) and
     /// `GODWIT_AGENT_TOKEN` (a token the agent made for this process alone, scopes
-    /// `read,service`) in its environment: the name service or store of *that* agent
+    /// `service`) in its environment: the name service or store of *that* agent
     /// is then reached with that token; any other agent with the service's own token
     /// (or, lacking one, with the per-process token).
     pub fn from_args<I: IntoIterator<Item = String>>(args: I) -> Result<Self, OptionsError> {

@@ -314,6 +314,23 @@ impl<S: Service> Server<S> {
     /// Starts (fresh, or restored per the options, or standby) and serves until stopped.
     pub async fn run(self) -> Result<(), ServiceError> {
         let sh = self.shared.clone();
+        // Install the signal handlers before announcing: whoever reads GODWIT_READY may
+        // send SIGTERM at once.
+        let signals = if sh.opts.handle_signals {
+            use tokio::signal::unix::{signal, SignalKind};
+            match (
+                signal(SignalKind::terminate()),
+                signal(SignalKind::interrupt()),
+            ) {
+                (Ok(term), Ok(int)) => Some((term, int)),
+                _ => {
+                    tracing::warn!("cannot install signal handlers");
+                    None
+                }
+            }
+        } else {
+            None
+        };
         if sh.opts.announce {
             use std::io::Write as _;
             let mut out = std::io::stdout().lock();
@@ -324,8 +341,8 @@ impl<S: Service> Server<S> {
         tokio::spawn(sh.clone().accept_loop(self.listener));
         tokio::spawn(sh.clone().lease_loop());
         tokio::spawn(sh.clone().periodic_loop());
-        if sh.opts.handle_signals {
-            tokio::spawn(sh.clone().signal_loop());
+        if let Some((term, int)) = signals {
+            tokio::spawn(sh.clone().signal_loop(term, int));
         }
         if !sh.opts.standby {
             match sh.opts.restore.clone() {
@@ -481,15 +498,11 @@ impl<S: Service> Shared<S> {
         }
     }
 
-    async fn signal_loop(self: Arc<Self>) {
-        use tokio::signal::unix::{signal, SignalKind};
-        let (Ok(mut term), Ok(mut int)) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) else {
-            tracing::warn!("cannot install signal handlers");
-            return;
-        };
+    async fn signal_loop(
+        self: Arc<Self>,
+        mut term: tokio::signal::unix::Signal,
+        mut int: tokio::signal::unix::Signal,
+    ) {
         tokio::select! {
             _ = term.recv() => tracing::info!("SIGTERM: deregistering and flushing a final checkpoint"),
             _ = int.recv() => tracing::info!("SIGINT: deregistering and flushing a final checkpoint"),

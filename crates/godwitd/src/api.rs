@@ -79,6 +79,15 @@ pub(crate) fn need(conn: &Conn, scope: Scope) -> Result<(), ApiError> {
     ))
 }
 
+/// Reading names, checkpoints and health: `read`, or `service` (what a program started
+/// by this agent holds: it must resolve names and fetch checkpoints to restore).
+fn need_read_or_service(conn: &Conn) -> Result<(), ApiError> {
+    if conn.0.allows(Scope::Service) {
+        return Ok(());
+    }
+    need(conn, Scope::Read)
+}
+
 fn json_body(body: Result<Bytes, BytesRejection>) -> Result<Value, ApiError> {
     let body = body?;
     serde_json::from_slice(&body).map_err(|e| ApiError::new(400, format!("body is not JSON: {e}")))
@@ -118,7 +127,7 @@ async fn no_route(method: Method, uri: Uri) -> ApiError {
 }
 
 async fn health(State(agent): State<Arc<Agent>>, Extension(conn): Extension<Conn>) -> ApiResult {
-    need(&conn, Scope::Read)?;
+    need_read_or_service(&conn)?;
     ok(
         200,
         json!({ "ok": true, "node": agent.node, "version": env!("CARGO_PKG_VERSION"),
@@ -130,7 +139,7 @@ async fn names_list(
     State(agent): State<Arc<Agent>>,
     Extension(conn): Extension<Conn>,
 ) -> ApiResult {
-    need(&conn, Scope::Read)?;
+    need_read_or_service(&conn)?;
     ok(
         200,
         json!({ "services": agent.names.list().iter().map(|r| json!({
@@ -144,7 +153,7 @@ async fn names_get(
     Extension(conn): Extension<Conn>,
     uuid: Result<Path<String>, PathRejection>,
 ) -> ApiResult {
-    need(&conn, Scope::Read)?;
+    need_read_or_service(&conn)?;
     let Path(uuid) = uuid?;
     match agent.names.resolve(&uuid) {
         Some(a) => ok(200, json!({ "uuid": uuid, "address": a })),
@@ -212,7 +221,7 @@ async fn store_list(
     Extension(conn): Extension<Conn>,
     uuid: Result<Path<String>, PathRejection>,
 ) -> ApiResult {
-    need(&conn, Scope::Read)?;
+    need_read_or_service(&conn)?;
     let Path(uuid) = uuid?;
     check_name("service uuid", &uuid).map_err(bad_name)?;
     let list = list_dir(&agent.data.join("store").join(&uuid))
@@ -256,7 +265,7 @@ async fn store_get(
     Extension(conn): Extension<Conn>,
     p: Result<Path<(String, String)>, PathRejection>,
 ) -> ApiResult {
-    need(&conn, Scope::Read)?;
+    need_read_or_service(&conn)?;
     let Path((uuid, id)) = p?;
     let path = checkpoint_path(&agent, &uuid, &id)?;
     match tokio::fs::read(&path).await {
@@ -428,8 +437,16 @@ async fn exec(
     };
     let pid = child.id().unwrap_or(0);
     let log = agent.data.join("logs").join(format!("{pid}.log"));
-    let logf =
-        open_log(&log).map_err(|e| ApiError::new(500, format!("log {}: {e}", log.display())))?;
+    let logf = match open_log(&log) {
+        Ok(f) => f,
+        Err(e) => {
+            // Not tracked, so not left running, and its token goes with it.
+            let _ = child.start_kill();
+            let _ = child.wait().await;
+            agent.tokens.revoke(&token);
+            return Err(ApiError::new(500, format!("log {}: {e}", log.display())));
+        }
+    };
     lock(&agent.procs).insert(
         pid,
         Proc {

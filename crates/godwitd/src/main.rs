@@ -233,7 +233,10 @@ async fn serve(
     match kind {
         ChannelKind::Http => {
             let svc = TowerToHyperService::new(router.layer(axum::Extension(api::Conn(scopes))));
+            // An authenticated client still may not sit on a half-sent request head.
             if let Err(e) = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(30))
                 .serve_connection(TokioIo::new(stream), svc)
                 .await
             {
@@ -249,11 +252,11 @@ async fn serve(
     }
 }
 
-/// A fresh token for a program this agent starts: it may read and use the name
-/// service and the store (scope `service`), nothing else, and dies with the program.
+/// A fresh token for a program this agent starts: it may use the name service and
+/// the store (scope `service`), nothing else, and dies with the program.
 pub(crate) fn program_token(agent: &Agent) -> anyhow::Result<Token> {
     use godwit_net::{Scope, Scopes};
-    let t = Token::random(Scopes::of(&[Scope::Read, Scope::Service]))?;
+    let t = Token::random(Scopes::of(&[Scope::Service]))?;
     agent.tokens.insert(t.clone());
     Ok(t)
 }

@@ -461,7 +461,12 @@ async fn started_programs_get_their_own_narrow_token_not_the_agents() {
     assert_ne!(own, ADMIN);
     // The program's token: names and store yes, exec and signals no.
     let r = call_as(&d, &own, "GET", "/v1/health", b"").await;
-    assert_eq!(r.json().unwrap()["scopes"], "read,service");
+    assert_eq!(r.json().unwrap()["scopes"], "service");
+    assert_eq!(
+        call_as(&d, &own, "GET", "/v1/exec", b"").await.status,
+        403,
+        "the program cannot list what else the agent runs"
+    );
     assert_eq!(
         call_as(
             &d,
@@ -479,6 +484,14 @@ async fn started_programs_get_their_own_narrow_token_not_the_agents() {
             .await
             .status,
         201
+    );
+    let back = call_as(&d, &own, "GET", "/v1/store/svc-p/000000000001", b"").await;
+    assert_eq!((back.status, &back.body[..]), (200, &b"ck"[..]));
+    assert_eq!(
+        call_as(&d, &own, "GET", "/v1/names/svc-p", b"")
+            .await
+            .status,
+        200
     );
     let r = call_as(&d, &own, "POST", "/v1/exec", body.to_string().as_bytes()).await;
     assert_eq!(r.status, 403);
@@ -540,4 +553,76 @@ async fn listening_on_every_address_is_warned_about_and_logs_have_no_colour() {
     let err = d.stderr();
     assert!(err.contains("listening on every address"), "{err}");
     assert!(!err.contains('\u{1b}'), "ANSI codes in a log file: {err}");
+}
+
+#[tokio::test]
+async fn pki_mode_serves_the_operators_certificate() {
+    let pki = tempfile::tempdir().unwrap();
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".into()])
+        .unwrap()
+        .signed_by(&key, &ca, &ca_key)
+        .unwrap();
+    let p = |f: &str| pki.path().join(f);
+    std::fs::write(p("ca.pem"), ca.pem()).unwrap();
+    std::fs::write(p("cert.pem"), cert.pem()).unwrap();
+    std::fs::write(p("key.pem"), key.serialize_pem()).unwrap();
+    let d = start_with(
+        &[
+            "--tls-cert",
+            p("cert.pem").to_str().unwrap(),
+            "--tls-key",
+            p("key.pem").to_str().unwrap(),
+        ],
+        &[],
+        "127.0.0.1:0",
+    );
+    // Verified against the CA, through the agent client as `godwit service --tls-ca` does.
+    let agent =
+        godwit_agent_client::Agent::with_ca(&d.addr, ADMIN.into(), Some(&p("ca.pem"))).unwrap();
+    assert_eq!(agent.health().await.unwrap()["ok"], true);
+    // A plain godwitd (self-signed) fails a client that insists on the CA.
+    let plain = start();
+    let e = godwit_agent_client::Agent::with_ca(&plain.addr, ADMIN.into(), Some(&p("ca.pem")))
+        .unwrap()
+        .health()
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("TLS handshake"), "{e}");
+}
+
+#[tokio::test]
+async fn the_agent_client_reports_refusals_and_guards_its_token_file() {
+    let d = start();
+    let reader = godwit_agent_client::Agent::new(&d.addr, READER.into()).unwrap();
+    assert_eq!(reader.health().await.unwrap()["scopes"], "read");
+    let e = reader
+        .exec(
+            "/bin/sh",
+            &["-c".into(), "exit 0".into()],
+            json!({}),
+            Duration::ZERO,
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            godwit_agent_client::AgentError::Refused { status: 403, .. }
+        ),
+        "{e:?}"
+    );
+    let wrong = godwit_agent_client::Agent::new(&d.addr, "wrong-token-0123456789".into()).unwrap();
+    let e = wrong.health().await.unwrap_err();
+    assert!(e.to_string().contains("token did not match"), "{e}");
+    let tf = d.dir.path().join("client-token");
+    write_token_file(&tf, &format!("{ADMIN}\n"), 0o644);
+    let e = godwit_agent_client::load_token(&tf).unwrap_err();
+    assert!(e.to_string().contains("chmod 600"), "{e}");
+    std::fs::set_permissions(&tf, std::fs::Permissions::from_mode(0o600)).unwrap();
+    assert_eq!(godwit_agent_client::load_token(&tf).unwrap(), ADMIN);
 }

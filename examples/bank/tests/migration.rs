@@ -18,6 +18,10 @@ use godwit_sdk::{Client, ClientOptions, Names};
 use serde_json::{json, Value};
 
 const TOKEN: &str = "bank-test-token-42";
+
+/// The migration test measures timing (migrations in the middle of an accrual): the
+/// other heavy test waits for it rather than competing for the two cores.
+static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 const PORT: u16 = 7171;
 
 fn bank_bin() -> PathBuf {
@@ -210,6 +214,7 @@ fn admin(agent: &str, token_file: &Path, args: &[&str]) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hammered_bank_migrates_back_and_forth_without_losing_a_cent() {
+    let _heavy = HEAVY.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let token_file = dir.path().join("token");
     std::fs::write(&token_file, TOKEN).unwrap();
@@ -444,4 +449,100 @@ async fn sigterm_deregisters_and_flushes_a_final_checkpoint() {
     let addr2 = line.split_whitespace().nth(1).unwrap().to_string();
     let bank2 = BankClient::new(Client::at(&addr2, ClientOptions::default()));
     assert_eq!(bank2.balance(id).await.unwrap(), Ok(123));
+}
+
+/// A service started by godwitd without any token of its own registers its name and
+/// stores its checkpoints with the narrow token the agent gave it (GODWIT_AGENT_TOKEN);
+/// the agent's token never reaches it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_started_by_the_agent_uses_its_per_program_token() {
+    let _heavy = HEAVY.lock().await;
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, TOKEN).unwrap();
+    std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let mut cmd = Command::new(godwitd_bin());
+    cmd.args(["--listen", "127.0.0.1:0", "--data"])
+        .arg(dir.path().join("node"))
+        .arg("--token-file")
+        .arg(&token_file)
+        .arg("--allow-exec")
+        .arg(bank_bin())
+        .env("GODWIT_TOKEN", TOKEN)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .process_group(0);
+    let mut d = Proc(cmd.spawn().expect("start godwitd"));
+    let mut line = String::new();
+    BufReader::new(d.0.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let node = line
+        .trim()
+        .strip_prefix("GODWITD_READY ")
+        .unwrap_or_else(|| panic!("godwitd said `{line}`"))
+        .to_string();
+    let agent = Agent::new(&node, TOKEN.into()).unwrap();
+    let url = format!("agent://{node}");
+    let args: Vec<String> = [
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--names",
+        &url,
+        "--store",
+        &url,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let started = agent
+        .exec(
+            bank_bin().to_str().unwrap(),
+            &args,
+            json!({}),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    let pid = started["pid"].as_u64().unwrap();
+    let uuid = started["ready"]["uuid"].as_str().unwrap().to_string();
+    let addr = started["ready"]["address"].as_str().unwrap().to_string();
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    let environ = String::from_utf8_lossy(&environ);
+    assert!(
+        !environ.contains(TOKEN),
+        "the agent's token reached the service"
+    );
+    assert!(environ.contains("GODWIT_AGENT_TOKEN="));
+    let names = Names::from_url(&url, Some(TOKEN.into())).unwrap();
+    let mut bound = None;
+    for _ in 0..50 {
+        bound = names.resolve(&uuid).await.unwrap();
+        if bound.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        bound.as_deref(),
+        Some(addr.as_str()),
+        "the service registered"
+    );
+    let ck = godwit_sdk::mgmt::request(
+        &addr,
+        json!({"op": "checkpoint"}),
+        None,
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap();
+    let id = ck["checkpoint"]["id"].as_str().unwrap();
+    assert!(
+        dir.path()
+            .join(format!("node/store/{uuid}/{id}.gwck"))
+            .is_file(),
+        "the checkpoint went to the agent's store: {ck}"
+    );
 }
