@@ -14,10 +14,12 @@ use std::process::ExitCode;
 /// Checkpoint, restore and migrate Linux processes.
 ///
 /// Exit codes: 0 success, 1 failure, 2 usage error (also: an image of a
-/// shell job restored without --shell-job or without a terminal on stdin),
+/// shell job restored without --shell-job or without a terminal on stdin,
+/// an image with TCP connections restored without --tcp-established),
 /// 3 unusable image, 4 PID (or SysV shared memory key/id) in use, 5
 /// something Godwit does not support yet (also: a terminal from outside the
-/// tree without dump --shell-job), 6 no such process or permission denied.
+/// tree without dump --shell-job, a TCP connection without dump
+/// --tcp-established), 6 no such process or permission denied.
 #[derive(Parser)]
 #[command(name = "godwit", version, about, long_about)]
 struct Cli {
@@ -72,6 +74,14 @@ enum Cmd {
         /// flag.
         #[arg(long)]
         shell_job: bool,
+        /// Move established TCP connections (IPv4/IPv6) with TCP_REPAIR:
+        /// sequence numbers, unread and unacknowledged data and negotiated
+        /// options are saved, and the connection is held back by firewall
+        /// rules (nf_tables table `godwit`) until `godwit restore
+        /// --tcp-established` brings it back, so its peer sees no reset.
+        /// Without it a process with a connection is refused.
+        #[arg(long)]
+        tcp_established: bool,
     },
     /// Restore a process from an image, with the same PID and thread IDs.
     ///
@@ -107,6 +117,11 @@ enum Cmd {
         /// instead of applying those saved in the image.
         #[arg(long, requires = "shell_job")]
         leave_termios: bool,
+        /// Restore the established TCP connections of an image dumped with
+        /// --tcp-established (refused without it), and lift the firewall
+        /// rules that held them back.
+        #[arg(long)]
+        tcp_established: bool,
     },
     /// Conformist services (the high-level SDK): list, checkpoint, migrate.
     Service {
@@ -165,7 +180,12 @@ fn exit_code(e: &anyhow::Error) -> u8 {
     match e.downcast_ref::<EngineError>() {
         Some(EngineError::Image(_) | EngineError::BadImage(_) | EngineError::CpuMismatch(_)) => 3,
         Some(EngineError::PidTaken { .. } | EngineError::SysvShmTaken { .. }) => 4,
-        Some(EngineError::Unsupported { .. } | EngineError::NeedsShellJob { .. }) => 5,
+        Some(
+            EngineError::Unsupported { .. }
+            | EngineError::NeedsShellJob { .. }
+            | EngineError::NeedsTcpEstablished { .. },
+        ) => 5,
+        Some(EngineError::ImageNeedsTcpEstablished(_)) => 2,
         Some(EngineError::Terminal(_)) => 2,
         Some(EngineError::NoSuchProcess { .. } | EngineError::PermissionDenied { .. }) => 6,
         _ => 1,
@@ -183,6 +203,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             no_precopy,
             freeze_cgroup,
             shell_job,
+            tcp_established,
         } => {
             let bar = Bar::new();
             let opts = DumpOptions {
@@ -192,6 +213,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 no_precopy,
                 freeze_cgroup,
                 shell_job,
+                tcp_established,
             };
             let r = dump(pid, &images, &opts, &bar).map_err(anyhow::Error::from)?;
             bar.0.finish_and_clear();
@@ -232,6 +254,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             pid_ns,
             shell_job,
             leave_termios,
+            tcp_established,
         } => {
             let bar = Bar::new();
             let opts = RestoreOptions {
@@ -239,6 +262,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 pid_ns,
                 shell_job,
                 leave_termios,
+                tcp_established,
             };
             let r = restore(&images, &opts, &bar).map_err(anyhow::Error::from)?;
             bar.0.finish_and_clear();

@@ -4,7 +4,7 @@ use crate::error::{DumpCtx, EngineError, Result};
 use crate::freeze::{freeze_tree, release_all, CgroupFreeze, Frozen, Member};
 use crate::precopy::{self, FrozenPlan, Tracker};
 use crate::remote::Remote;
-use crate::resources::{attrs, files, memory, signals, threads, timers, tty};
+use crate::resources::{attrs, files, memory, signals, sockets, threads, timers, tty};
 use crate::schema::PageSpan;
 use crate::schema::{Checkpoint, CpuFeatures, DumpStats, Process};
 use crate::snapshot::Snapshot;
@@ -39,6 +39,9 @@ pub struct DumpOptions {
     /// terminal the process was started from): restore attaches them to the
     /// restoring caller's terminal (`RestoreOptions::shell_job`).
     pub shell_job: bool,
+    /// Move established TCP connections (TCP_REPAIR, behind a network
+    /// lock); without it a connection stops the dump, named.
+    pub tcp_established: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -234,6 +237,21 @@ pub fn dump(
         scratches,
     } = collect_all(&members, &trackers, early.then_some(&writer), progress)?;
     tracing::debug!(ms = t0.elapsed().as_secs_f64() * 1e3, "collected");
+    let mut members = Some(members);
+    // Declared after `members`: on an error, unmapped before the processes
+    // are released.
+    let scratches = scratches;
+    // TCP connections, locked and read in repair mode. Declared after
+    // `members`: on an error they leave repair mode before the processes
+    // run. Processes that run on (--leave-running) take them back now.
+    let tcp = sockets::tcp::repair_all(&mut procs, opts.tcp_established)?;
+    let tcp = match opts.leave_running {
+        true => {
+            tcp.release()?;
+            None
+        }
+        false => Some(tcp),
+    };
     files::link_descriptions(&mut procs)?;
     tty::link(&mut procs, opts.shell_job)?;
     let bases: Vec<u64> = procs
@@ -274,10 +292,6 @@ pub fn dump(
             });
         }
     }
-    let mut members = Some(members);
-    // Declared after `members`: on an error, unmapped before the processes
-    // are released.
-    let scratches = scratches;
     let mut frozen_time = None;
     let all_snapshotted = snapshots.len() == procs.len()
         && (0..procs.len())
@@ -404,6 +418,8 @@ pub fn dump(
         let commit = writer.commit(&ck, page_files)?;
         // Ending: the processes go with their scratch areas.
         scratches.into_iter().for_each(ScratchArea::keep);
+        // Their connections go with them, in repair mode and locked.
+        tcp.into_iter().for_each(sockets::tcp::Repairs::keep);
         if let Some(members) = members.take() {
             kill_all(members)?;
         }

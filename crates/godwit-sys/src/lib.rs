@@ -18,6 +18,7 @@ pub mod regs;
 pub mod sched;
 pub mod sockdiag;
 pub mod sysv;
+pub mod tcp;
 pub mod tty;
 pub mod uffd;
 

@@ -1,8 +1,9 @@
-//! Sockets. Supported: listening TCP sockets (IPv4, IPv6; `tcp`) and unix
-//! sockets of every type (`unix`). Others (connected TCP, UDP, netlink, ...)
-//! stop the dump with a message naming the fd.
+//! Sockets. Supported: listening TCP sockets and, with --tcp-established,
+//! established TCP connections (IPv4, IPv6; `tcp`), and unix sockets of
+//! every type (`unix`). Others (UDP, netlink, ...) stop the dump with a
+//! message naming the fd.
 
-mod tcp;
+pub mod tcp;
 pub mod unix;
 
 use crate::error::{DumpCtx, EngineError, Result};
@@ -28,9 +29,9 @@ pub fn dump(pid: i32, fd: i32, ino: u64, ours: &OwnedFd, cwd: &str) -> Result<(F
     match family {
         libc::AF_UNIX => Ok((FdKind::UnixSocket, unix::dump(pid, fd, ino, ours, cwd)?)),
         libc::AF_INET | libc::AF_INET6 => {
-            let mut s = tcp::dump(pid, fd, ours)?;
+            let (kind, mut s) = tcp::dump(pid, fd, ours)?;
             s.ino = ino;
-            Ok((FdKind::TcpListen, s))
+            Ok((kind, s))
         }
         libc::AF_NETLINK => Err(unsupported(pid, fd, "a netlink socket".into())),
         f => Err(unsupported(

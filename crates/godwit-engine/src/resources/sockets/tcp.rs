@@ -1,13 +1,34 @@
-//! Listening TCP sockets (IPv4 and IPv6): created, configured, bound and
-//! put to listen again. Connected TCP sockets (TCP_REPAIR) come later; they
-//! stop the dump with a message naming the fd.
+//! TCP sockets (IPv4 and IPv6).
+//!
+//! * Listening: created, configured, bound and put to listen again by
+//!   injected calls.
+//! * Established (`--tcp-established`): [`dump`] only notes the connection;
+//!   [`repair_all`], once the whole tree is collected, locks each
+//!   connection (godwit-sys `tcp::lock`: nf_tables rules dropping its
+//!   packets both ways), puts the socket in repair mode through our
+//!   pidfd_getfd copy and reads its sequence numbers, queues, negotiated
+//!   options and windows. The returned [`Repairs`] takes the sockets out of
+//!   repair mode and lifts the locks when dropped (a failed dump,
+//!   --leave-running), or leaves both as they are ([`Repairs::keep`]) when
+//!   the processes are ended: a socket closed in repair mode goes without a
+//!   FIN or RST, and the lock keeps the host from answering the peer's
+//!   packets with a reset until the restore.
+//! * [`restore_established`] creates the socket in the process (injected
+//!   socket()), takes a copy of it and rebuilds the connection in repair
+//!   mode; [`Restored::finish`], just before the processes run, lifts the
+//!   lock, leaves repair mode (a window probe tells the peer where we are)
+//!   and sends what had not been sent yet.
 
 use super::unsupported;
 use crate::error::{DumpCtx, EngineError, RestoreCtx, Result};
 use crate::remote::Remote;
-use crate::schema::{SockOpt, Socket};
-use godwit_sys::process;
+use crate::schema::{FdKind, Process, SockOpt, Socket, TcpConnection};
+use godwit_sys::tcp::{self as t, Queue, Repair};
+use godwit_sys::{process, SysError};
+use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
+use std::sync::Mutex;
 
 /// Integer options carried over to the new socket (level, name).
 const OPTIONS: &[(i32, i32)] = &[
@@ -19,8 +40,29 @@ const OPTIONS: &[(i32, i32)] = &[
     (libc::IPPROTO_TCP, libc::TCP_NODELAY),
 ];
 
-/// Describes TCP socket `fd` of `pid`, held by us as `ours` (from pidfd_getfd).
-pub fn dump(pid: i32, fd: i32, ours: &OwnedFd) -> Result<Socket> {
+/// Options only a connection has (level, name).
+const CONNECTION_OPTIONS: &[(i32, i32)] = &[
+    (libc::SOL_SOCKET, libc::SO_OOBINLINE),
+    (libc::SOL_SOCKET, libc::SO_PRIORITY),
+    (libc::SOL_SOCKET, libc::SO_MARK),
+    (libc::IPPROTO_TCP, libc::TCP_KEEPIDLE),
+    (libc::IPPROTO_TCP, libc::TCP_KEEPINTVL),
+    (libc::IPPROTO_TCP, libc::TCP_KEEPCNT),
+    (libc::IPPROTO_TCP, libc::TCP_CORK),
+    (libc::IPPROTO_TCP, libc::TCP_QUICKACK),
+    (libc::IPPROTO_TCP, libc::TCP_USER_TIMEOUT),
+    (libc::IPPROTO_TCP, libc::TCP_NOTSENT_LOWAT),
+];
+
+/// "127.0.0.1:5000 <-> 127.0.0.1:40312".
+fn connection(s: &Socket) -> String {
+    format!("{} <-> {}", t::show(&s.addr), t::show(&s.peer_addr))
+}
+
+/// Describes TCP socket `fd` of `pid`, held by us as `ours` (from
+/// pidfd_getfd). A connection is only noted here (kind TcpEstablished,
+/// no `tcp` yet): [`repair_all`] reads it.
+pub fn dump(pid: i32, fd: i32, ours: &OwnedFd) -> Result<(FdKind, Socket)> {
     let stage = "reading sockets";
     let opt = |l, n| process::getsockopt_int(ours, l, n).dumping(pid, stage);
     let family = opt(libc::SOL_SOCKET, libc::SO_DOMAIN)?;
@@ -38,15 +80,52 @@ pub fn dump(pid: i32, fd: i32, ours: &OwnedFd) -> Result<Socket> {
             ))
         }
     };
-    if sock_type != libc::SOCK_STREAM {
+    if sock_type != libc::SOCK_STREAM || protocol != libc::IPPROTO_TCP {
         return Err(unsupported(
             pid,
             fd,
             format!("a {} datagram or raw socket", &fam[4..]),
         ));
     }
+    let mut options = Vec::new();
+    let save = |options: &mut Vec<SockOpt>, level, name| -> Result<()> {
+        options.push(SockOpt {
+            level,
+            name,
+            value: opt(level, name)?,
+        });
+        Ok(())
+    };
+    for &(level, name) in OPTIONS {
+        save(&mut options, level, name)?;
+    }
+    if family == libc::AF_INET6 {
+        save(&mut options, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY)?;
+    }
+    let addr = process::getsockname(ours).dumping(pid, stage)?;
     if !listening {
-        return Err(unsupported(pid, fd, format!("a connected or unbound {fam} socket; moving live TCP connections needs TCP_REPAIR support")));
+        let info = t::info(ours).dumping(pid, stage)?;
+        if info.state == 7 {
+            return Err(unsupported(
+                pid,
+                fd,
+                format!("an unconnected {fam} socket (bound to {})", t::show(&addr)),
+            ));
+        }
+        for &(level, name) in CONNECTION_OPTIONS {
+            save(&mut options, level, name)?;
+        }
+        let s = Socket {
+            family,
+            sock_type,
+            protocol,
+            addr,
+            peer_addr: process::getpeername(ours).dumping(pid, stage)?,
+            options,
+            ..Default::default()
+        };
+        tracing::debug!(pid, fd, conn = connection(&s), "TCP connection noted");
+        return Ok((FdKind::TcpEstablished, s));
     }
     let (waiting, backlog) = process::tcp_listen_queue(ours).dumping(pid, stage)?;
     if waiting > 0 {
@@ -56,31 +135,238 @@ pub fn dump(pid: i32, fd: i32, ours: &OwnedFd) -> Result<Socket> {
             format!("a listening {fam} socket with {waiting} connection(s) waiting to be accepted; retry the dump"),
         ));
     }
-    let mut options = Vec::new();
-    for &(level, name) in OPTIONS {
-        options.push(SockOpt {
-            level,
-            name,
-            value: opt(level, name)?,
-        });
+    Ok((
+        FdKind::TcpListen,
+        Socket {
+            family,
+            sock_type,
+            protocol,
+            addr,
+            backlog,
+            options,
+            ..Default::default()
+        },
+    ))
+}
+
+/// One connection of a frozen process, locked and in repair mode.
+struct Held {
+    sock: OwnedFd,
+    pid: i32,
+    local: SocketAddr,
+    peer: SocketAddr,
+    locked: bool,
+    repaired: bool,
+}
+
+/// The connections a dump put in repair mode. Dropped: they leave repair
+/// mode (without a window probe: nothing changed) and their locks are
+/// lifted, so the processes go on as before.
+#[derive(Default)]
+pub struct Repairs {
+    held: Vec<Held>,
+}
+
+impl Repairs {
+    /// Leaves every connection locked and in repair mode, for processes
+    /// that are being ended: their sockets close without a word to the
+    /// peer, whose packets the lock drops until the restore.
+    pub fn keep(mut self) {
+        for h in self.held.drain(..) {
+            tracing::debug!(pid = h.pid, local = %h.local, peer = %h.peer, "TCP connection left locked for the restore");
+        }
     }
-    if family == libc::AF_INET6 {
-        let name = libc::IPV6_V6ONLY;
-        options.push(SockOpt {
-            level: libc::IPPROTO_IPV6,
-            name,
-            value: opt(libc::IPPROTO_IPV6, name)?,
-        });
+
+    /// Takes every connection out of repair mode and lifts its lock; the
+    /// first failure is returned after all were tried.
+    pub fn release(mut self) -> Result<()> {
+        self.release_all()
     }
-    Ok(Socket {
-        family,
-        sock_type,
-        protocol,
-        addr: process::getsockname(ours).dumping(pid, stage)?,
-        backlog,
-        options,
-        ..Default::default()
+
+    fn release_all(&mut self) -> Result<()> {
+        let mut first = None;
+        for h in self.held.drain(..) {
+            if h.repaired {
+                if let Err(e) = t::set_repair(&h.sock, Repair::OffNoWindowProbe) {
+                    tracing::warn!(pid = h.pid, local = %h.local, peer = %h.peer, "leaving TCP repair mode: {e}");
+                    first.get_or_insert(EngineError::Sys {
+                        pid: h.pid,
+                        stage: "taking a TCP connection out of repair mode",
+                        source: e,
+                    });
+                }
+            }
+            if h.locked {
+                if let Err(e) = t::unlock(h.local, h.peer) {
+                    tracing::warn!(pid = h.pid, local = %h.local, peer = %h.peer, "lifting the network lock: {e}");
+                    first.get_or_insert(EngineError::Sys {
+                        pid: h.pid,
+                        stage: "lifting the network lock of a TCP connection",
+                        source: e,
+                    });
+                }
+            }
+        }
+        first.map_or(Ok(()), Err)
+    }
+}
+
+impl Drop for Repairs {
+    fn drop(&mut self) {
+        let _ = self.release_all();
+    }
+}
+
+fn addr_of(pid: i32, fd: i32, raw: &[u8]) -> Result<SocketAddr> {
+    t::sockaddr(raw).ok_or_else(|| {
+        unsupported(
+            pid,
+            fd,
+            format!("a TCP connection with {}", t::show(raw)),
+        )
     })
+}
+
+/// Reads every TCP connection of the frozen tree (kind TcpEstablished) in
+/// repair mode, behind a network lock, into its `Socket::tcp` (every fd of
+/// one socket gets the same). Without `allowed` (--tcp-established) the
+/// first connection stops the dump, named.
+pub fn repair_all(procs: &mut [Process], allowed: bool) -> Result<Repairs> {
+    let mut repairs = Repairs::default();
+    let mut done: HashMap<u64, TcpConnection> = HashMap::new();
+    for p in procs.iter_mut().filter(|p| !p.zombie) {
+        let pid = p.pid;
+        let mut pidfd = None;
+        for f in p
+            .fds
+            .iter_mut()
+            .filter(|f| f.kind == FdKind::TcpEstablished as i32)
+        {
+            let Some(s) = f.socket.as_mut() else { continue };
+            if let Some(c) = done.get(&s.ino) {
+                s.tcp = Some(c.clone());
+                continue;
+            }
+            if !allowed {
+                return Err(EngineError::NeedsTcpEstablished {
+                    pid,
+                    what: format!("fd {} is a TCP socket with an established connection {}", f.fd, connection(s)),
+                });
+            }
+            let pfd = match &pidfd {
+                Some(x) => x,
+                None => pidfd.insert(process::pidfd_open(pid).dumping(pid, "reading TCP connections")?),
+            };
+            let sock = process::pidfd_getfd(pfd, f.fd).dumping(pid, "reading TCP connections")?;
+            let local = addr_of(pid, f.fd, &s.addr)?;
+            let peer = addr_of(pid, f.fd, &s.peer_addr)?;
+            let info = t::info(&sock).dumping(pid, "reading TCP connections")?;
+            if info.state != t::TCP_ESTABLISHED {
+                return Err(unsupported(
+                    pid,
+                    f.fd,
+                    format!(
+                        "a TCP connection {} in state {} (only ESTABLISHED connections can be moved; retry once it is closed or established)",
+                        connection(s),
+                        t::state_name(info.state)
+                    ),
+                ));
+            }
+            repairs.held.push(Held {
+                sock,
+                pid,
+                local,
+                peer,
+                locked: false,
+                repaired: false,
+            });
+            let h = repairs.held.last_mut().expect("just pushed");
+            t::lock(local, peer).map_err(|e| EngineError::Sys {
+                pid,
+                stage: "locking a TCP connection (nf_tables rules in table `godwit`; the kernel needs nf_tables and godwit CAP_NET_ADMIN)",
+                source: e,
+            })?;
+            h.locked = true;
+            t::set_repair(&h.sock, Repair::On).dumping(pid, "putting a TCP connection in repair mode")?;
+            h.repaired = true;
+            let c = read_connection(pid, &h.sock)?;
+            tracing::debug!(
+                pid,
+                fd = f.fd,
+                conn = connection(s),
+                send = c.send_queue.len(),
+                unsent = c.unsent,
+                recv = c.recv_queue.len(),
+                "TCP connection read in repair mode"
+            );
+            done.insert(s.ino, c.clone());
+            s.tcp = Some(c);
+        }
+    }
+    Ok(repairs)
+}
+
+/// Reads a connection in repair mode (with no packet coming or going).
+fn read_connection(pid: i32, sock: &OwnedFd) -> Result<TcpConnection> {
+    let stage = "reading a TCP connection in repair mode";
+    let info = t::info(sock).dumping(pid, stage)?;
+    let (inq, outq, unsent) = t::queue_lengths(sock).dumping(pid, stage)?;
+    t::set_queue(sock, Queue::Send).dumping(pid, stage)?;
+    let write_seq = t::queue_seq(sock).dumping(pid, stage)?;
+    let send_queue = t::peek_queue(sock, outq as usize).dumping(pid, stage)?;
+    t::set_queue(sock, Queue::Recv).dumping(pid, stage)?;
+    let rcv_nxt = t::queue_seq(sock).dumping(pid, stage)?;
+    let recv_queue = t::peek_queue(sock, inq as usize).dumping(pid, stage)?;
+    // In repair mode TCP_MAXSEG reports the MSS clamp from the handshake.
+    let mss = t::get_int(sock, libc::IPPROTO_TCP, libc::TCP_MAXSEG).dumping(pid, stage)? as u32;
+    let timestamps_ok = info.options & t::TCPI_OPT_TIMESTAMPS != 0;
+    let timestamp = if timestamps_ok {
+        t::get_int(sock, libc::IPPROTO_TCP, t::TCP_TIMESTAMP).dumping(pid, stage)? as u32
+    } else {
+        0
+    };
+    let w = t::repair_window(sock).dumping(pid, stage)?;
+    Ok(TcpConnection {
+        state: info.state as u32,
+        send_seq: write_seq.wrapping_sub(outq),
+        send_queue,
+        unsent: unsent.min(outq),
+        recv_seq: rcv_nxt.wrapping_sub(inq),
+        recv_queue,
+        mss,
+        wscale_ok: info.options & t::TCPI_OPT_WSCALE != 0,
+        snd_wscale: info.snd_wscale as u32,
+        rcv_wscale: info.rcv_wscale as u32,
+        sack_ok: info.options & t::TCPI_OPT_SACK != 0,
+        timestamps_ok,
+        timestamp,
+        snd_wl1: w.snd_wl1,
+        snd_wnd: w.snd_wnd,
+        max_window: w.max_window,
+        rcv_wnd: w.rcv_wnd,
+        rcv_wup: w.rcv_wup,
+    })
+}
+
+/// Refuses an image holding TCP connections unless `allowed`.
+pub fn check(p: &Process, allowed: bool) -> Result<()> {
+    if allowed {
+        return Ok(());
+    }
+    let conns: Vec<String> = p
+        .fds
+        .iter()
+        .filter(|f| f.kind == FdKind::TcpEstablished as i32)
+        .map(|f| {
+            let c = f.socket.as_ref().map(connection).unwrap_or_default();
+            format!("process {} fd {} {c}", p.pid, f.fd)
+        })
+        .collect();
+    if conns.is_empty() {
+        Ok(())
+    } else {
+        Err(EngineError::ImageNeedsTcpEstablished(conns.join(", ")))
+    }
 }
 
 /// Creates the socket again in the restored process; returns its fd there.
@@ -88,25 +374,7 @@ pub fn dump(pid: i32, fd: i32, ours: &OwnedFd) -> Result<Socket> {
 pub fn restore(r: &Remote, fd: i32, s: &Socket, status_flags: u64) -> Result<u64> {
     let pid = r.pid;
     let stage = "creating sockets";
-    let nonblock = if status_flags & libc::O_NONBLOCK as u64 != 0 {
-        libc::SOCK_NONBLOCK
-    } else {
-        0
-    };
-    let sfd = r
-        .call(
-            "socket",
-            libc::SYS_socket,
-            [
-                s.family as u64,
-                (s.sock_type | nonblock) as u64,
-                s.protocol as u64,
-                0,
-                0,
-                0,
-            ],
-        )
-        .restoring(pid, stage)?;
+    let sfd = new_socket(r, s, status_flags)?;
     for o in &s.options {
         // SO_RCVBUF/SO_SNDBUF report double what was set; the kernel doubles again.
         let value = if o.level == libc::SOL_SOCKET
@@ -142,5 +410,173 @@ pub fn restore(r: &Remote, fd: i32, s: &Socket, status_flags: u64) -> Result<u64
     )
     .restoring(pid, "listening")?;
     tracing::debug!(pid, fd, "listening socket restored");
+    Ok(sfd)
+}
+
+fn new_socket(r: &Remote, s: &Socket, status_flags: u64) -> Result<u64> {
+    let nonblock = if status_flags & libc::O_NONBLOCK as u64 != 0 {
+        libc::SOCK_NONBLOCK
+    } else {
+        0
+    };
+    r.call(
+        "socket",
+        libc::SYS_socket,
+        [
+            s.family as u64,
+            (s.sock_type | nonblock) as u64,
+            s.protocol as u64,
+            0,
+            0,
+            0,
+        ],
+    )
+    .restoring(r.pid, "creating sockets")
+}
+
+/// A connection rebuilt in a restored process, still in repair mode and
+/// behind its lock until [`finish`](Self::finish). Dropped unfinished (a
+/// failed restore), the socket stays in repair mode and goes silently
+/// with the process.
+pub struct Restored {
+    sock: OwnedFd,
+    pid: i32,
+    fd: i32,
+    local: SocketAddr,
+    peer: SocketAddr,
+    /// Bytes never sent before the dump: sent now, after repair mode.
+    unsent: Vec<u8>,
+}
+
+/// The connections of a restore, finished together before the processes run.
+#[derive(Default)]
+pub struct RestoredSet(Mutex<Vec<Restored>>);
+
+impl RestoredSet {
+    /// Lifts each lock, takes each socket out of repair mode (with a window
+    /// probe, so the peer hears from us at once) and sends what had not
+    /// been sent.
+    pub fn finish(&self) -> Result<()> {
+        let all = std::mem::take(&mut *self.0.lock().unwrap_or_else(|e| e.into_inner()));
+        for c in all {
+            let stage = "starting a restored TCP connection";
+            let unlocked = t::unlock(c.local, c.peer).restoring(c.pid, "lifting the network lock of a TCP connection")?;
+            t::set_repair(&c.sock, Repair::Off).restoring(c.pid, stage)?;
+            t::send_all(&c.sock, &c.unsent).restoring(c.pid, "sending the unsent bytes of a TCP connection")?;
+            tracing::debug!(pid = c.pid, fd = c.fd, local = %c.local, peer = %c.peer, unlocked, "TCP connection restored");
+        }
+        Ok(())
+    }
+}
+
+fn restore_err(pid: i32, fd: i32, s: &Socket, what: &str, e: SysError) -> EngineError {
+    EngineError::Restore {
+        pid,
+        stage: "restoring a TCP connection",
+        source: SysError::Call {
+            call: "TCP repair",
+            target: format!("fd {fd} {} ({what})", connection(s)),
+            source: match e.errno() {
+                Some(n) => std::io::Error::from_raw_os_error(n),
+                None => std::io::Error::other(e.to_string()),
+            },
+        },
+    }
+}
+
+/// Rebuilds a connection in the restored process (behind `r`) and returns
+/// its fd there; `set` finishes it before the process runs.
+pub fn restore_established(
+    r: &Remote,
+    fd: i32,
+    s: &Socket,
+    status_flags: u64,
+    set: &RestoredSet,
+) -> Result<u64> {
+    let pid = r.pid;
+    let c = s.tcp.as_ref().ok_or_else(|| {
+        EngineError::BadImage(format!("fd {fd} is a TCP connection without its state"))
+    })?;
+    let local = t::sockaddr(&s.addr)
+        .ok_or_else(|| EngineError::BadImage(format!("fd {fd}: bad local address")))?;
+    let peer = t::sockaddr(&s.peer_addr)
+        .ok_or_else(|| EngineError::BadImage(format!("fd {fd}: bad peer address")))?;
+    if c.unsent as usize > c.send_queue.len() {
+        return Err(EngineError::BadImage(format!(
+            "fd {fd}: {} unsent bytes in a send queue of {}",
+            c.unsent,
+            c.send_queue.len()
+        )));
+    }
+    let sfd = new_socket(r, s, status_flags)?;
+    let pidfd = process::pidfd_open(pid).restoring(pid, "restoring a TCP connection")?;
+    let sock = process::pidfd_getfd(&pidfd, sfd as i32).restoring(pid, "restoring a TCP connection")?;
+    let err = |what: &str| {
+        let what = what.to_string();
+        move |e: SysError| restore_err(pid, fd, s, &what, e)
+    };
+    for o in &s.options {
+        let (name, value) = match (o.level, o.name) {
+            // Reported doubled; FORCE: beyond rmem_max/wmem_max as it was.
+            (libc::SOL_SOCKET, libc::SO_RCVBUF) => (libc::SO_RCVBUFFORCE, o.value / 2),
+            (libc::SOL_SOCKET, libc::SO_SNDBUF) => (libc::SO_SNDBUFFORCE, o.value / 2),
+            _ => (o.name, o.value),
+        };
+        if let Err(e) = t::set_int(&sock, o.level, name, value) {
+            // Options that cannot be set to their default are no loss.
+            if value != 0 {
+                return Err(restore_err(pid, fd, s, &format!("option {}/{}", o.level, o.name), e));
+            }
+        }
+    }
+    // After the options: SO_REUSEADDR would undo the forced address reuse
+    // that repair mode gives.
+    t::set_repair(&sock, Repair::On).map_err(err("repair mode"))?;
+    t::bind(&sock, &s.addr).map_err(err("bind"))?;
+    t::set_queue(&sock, Queue::Send).map_err(err("send queue"))?;
+    t::set_queue_seq(&sock, c.send_seq).map_err(err("send sequence"))?;
+    t::set_queue(&sock, Queue::Recv).map_err(err("receive queue"))?;
+    t::set_queue_seq(&sock, c.recv_seq).map_err(err("receive sequence"))?;
+    t::connect(&sock, &s.peer_addr).map_err(err("connect in repair mode"))?;
+    let mut opts = vec![(t::TCPOPT_MSS, c.mss)];
+    if c.wscale_ok {
+        opts.push((t::TCPOPT_WINDOW, c.snd_wscale | (c.rcv_wscale << 16)));
+    }
+    if c.sack_ok {
+        opts.push((t::TCPOPT_SACK_PERM, 0));
+    }
+    if c.timestamps_ok {
+        opts.push((t::TCPOPT_TIMESTAMP, 0));
+    }
+    t::set_repair_options(&sock, &opts).map_err(err("options"))?;
+    if c.timestamps_ok {
+        t::set_int(&sock, libc::IPPROTO_TCP, t::TCP_TIMESTAMP, c.timestamp as i32)
+            .map_err(err("timestamp"))?;
+    }
+    let sent = c.send_queue.len() - c.unsent as usize;
+    t::set_queue(&sock, Queue::Send).map_err(err("send queue"))?;
+    t::send_all(&sock, &c.send_queue[..sent]).map_err(err("refilling the send queue"))?;
+    t::set_queue(&sock, Queue::Recv).map_err(err("receive queue"))?;
+    t::send_all(&sock, &c.recv_queue).map_err(err("refilling the receive queue"))?;
+    t::set_repair_window(
+        &sock,
+        &t::Window {
+            snd_wl1: c.snd_wl1,
+            snd_wnd: c.snd_wnd,
+            max_window: c.max_window,
+            rcv_wnd: c.rcv_wnd,
+            rcv_wup: c.rcv_wup,
+        },
+    )
+    .map_err(err("windows"))?;
+    tracing::debug!(pid, fd, conn = connection(s), "TCP connection rebuilt in repair mode");
+    set.0.lock().unwrap_or_else(|e| e.into_inner()).push(Restored {
+        sock,
+        pid,
+        fd,
+        local,
+        peer,
+        unsent: c.send_queue[sent..].to_vec(),
+    });
     Ok(sfd)
 }

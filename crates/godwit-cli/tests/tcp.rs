@@ -1,0 +1,363 @@
+//! Established TCP connections across a dump and a restore
+//! (--tcp-established). The server (tests/progs/tcpecho.c) is dumped; its
+//! client is this test process, which is not: it sends a numbered stream
+//! and checks every echoed byte, so a reset, an EOF, a lost or a repeated
+//! byte anywhere shows.
+
+mod common;
+use common::*;
+use std::io::{ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// Byte `i` of the client's stream: lines "msg 00000042\n".
+fn stream(from: u64, len: usize) -> Vec<u8> {
+    (from..from + len as u64)
+        .map(|i| format!("msg {:08}\n", i / 13).as_bytes()[(i % 13) as usize])
+        .collect()
+}
+
+#[derive(Default)]
+struct Shared {
+    sent: AtomicU64,
+    received: AtomicU64,
+    stop: AtomicBool,
+    pause_reading: AtomicBool,
+    error: Mutex<Option<String>>,
+}
+
+/// The client: one thread writes the stream (a line a millisecond, or as
+/// fast as it can with `flood`), one reads the echo and checks it.
+struct Client {
+    s: Arc<Shared>,
+    local: SocketAddr,
+    /// Keeps the connection open until the client is dropped.
+    _conn: TcpStream,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Client {
+    fn start(server: SocketAddr, flood: bool) -> Client {
+        let conn = TcpStream::connect(server).unwrap();
+        let local = conn.local_addr().unwrap();
+        let s = Arc::new(Shared::default());
+        let mut w = conn.try_clone().unwrap();
+        let mut r = conn.try_clone().unwrap();
+        w.set_write_timeout(Some(Duration::from_millis(100))).unwrap();
+        r.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+        let sw = s.clone();
+        let writer = std::thread::spawn(move || {
+            let mut pos = 0u64;
+            while !sw.stop.load(Ordering::SeqCst) {
+                let chunk = stream(pos, if flood { 13 * 512 } else { 13 });
+                match w.write(&chunk) {
+                    Ok(n) => {
+                        pos += n as u64;
+                        sw.sent.store(pos, Ordering::SeqCst);
+                    }
+                    Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+                    Err(e) => {
+                        sw.error.lock().unwrap().get_or_insert(format!("write at {pos}: {e}"));
+                        return;
+                    }
+                }
+                if !flood {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+        });
+        let sr = s.clone();
+        let reader = std::thread::spawn(move || {
+            let mut buf = vec![0u8; 65536];
+            let mut pos = 0u64;
+            loop {
+                if sr.stop.load(Ordering::SeqCst) && pos == sr.sent.load(Ordering::SeqCst) {
+                    return;
+                }
+                if sr.pause_reading.load(Ordering::SeqCst) {
+                    std::thread::sleep(Duration::from_millis(10));
+                    continue;
+                }
+                let err = match r.read(&mut buf) {
+                    Ok(0) => format!("EOF after {pos} bytes"),
+                    Ok(n) => {
+                        if buf[..n] != stream(pos, n)[..] {
+                            let k = (0..n).find(|&k| buf[k] != stream(pos + k as u64, 1)[0]).unwrap();
+                            format!(
+                                "byte {} of the echo is wrong: got {:?}, expected {:?}",
+                                pos + k as u64,
+                                String::from_utf8_lossy(&buf[k..n.min(k + 13)]),
+                                String::from_utf8_lossy(&stream(pos + k as u64, 13))
+                            )
+                        } else {
+                            pos += n as u64;
+                            sr.received.store(pos, Ordering::SeqCst);
+                            continue;
+                        }
+                    }
+                    Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                        continue
+                    }
+                    Err(e) => format!("read after {pos} bytes: {e}"),
+                };
+                sr.error.lock().unwrap().get_or_insert(err);
+                return;
+            }
+        });
+        Client {
+            s,
+            local,
+            _conn: conn,
+            threads: vec![writer, reader],
+        }
+    }
+
+    fn sent(&self) -> u64 {
+        self.s.sent.load(Ordering::SeqCst)
+    }
+
+    fn received(&self) -> u64 {
+        self.s.received.load(Ordering::SeqCst)
+    }
+
+    fn check(&self, when: &str) {
+        if let Some(e) = self.s.error.lock().unwrap().as_ref() {
+            panic!("the client failed {when}: {e}");
+        }
+    }
+
+    /// Waits until `n` bytes came back, failing at once on a client error.
+    fn wait_received(&self, n: u64, when: &str) {
+        wait_for(&format!("{n} echoed bytes {when}"), Duration::from_secs(30), || {
+            self.check(when);
+            self.received() >= n
+        });
+    }
+
+    /// Stops writing, waits for the whole stream to come back, checks it.
+    fn finish(&mut self, when: &str) -> u64 {
+        self.s.stop.store(true, Ordering::SeqCst);
+        let writer = self.threads.remove(0);
+        writer.join().unwrap();
+        let sent = self.sent();
+        self.wait_received(sent, when);
+        for t in self.threads.drain(..) {
+            t.join().unwrap();
+        }
+        self.check(when);
+        assert_eq!(self.received(), sent, "every byte sent came back {when}");
+        sent
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        self.s.stop.store(true, Ordering::SeqCst);
+        self.s.sent.store(u64::MAX, Ordering::SeqCst);
+        self.s.error.lock().unwrap().get_or_insert("dropped".into());
+    }
+}
+
+fn server_addr(port: u16, v6: bool) -> SocketAddr {
+    if v6 {
+        format!("[::1]:{port}").parse().unwrap()
+    } else {
+        format!("127.0.0.1:{port}").parse().unwrap()
+    }
+}
+
+fn server(port: u16, v6: bool, conns: u32) -> Proc {
+    let port = port.to_string();
+    let conns = conns.to_string();
+    Proc::test_prog_with("tcpecho", &[&port, if v6 { "6" } else { "4" }, &conns])
+}
+
+/// The server wrote no failure.
+fn server_ok(p: &Proc) {
+    if let Ok(r) = std::fs::read_to_string(p.path("result")) {
+        panic!("the server failed: {r}; output: {}", p.output());
+    }
+}
+
+/// (state, send queue, receive queue) of the server's end of the
+/// connection from `client`, from /proc/net/tcp{,6}.
+fn server_side(port: u16, client: SocketAddr) -> Option<(u8, u64, u64)> {
+    let file = if client.is_ipv6() { "/proc/net/tcp6" } else { "/proc/net/tcp" };
+    let text = std::fs::read_to_string(file).unwrap();
+    text.lines().skip(1).find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        let lport = u16::from_str_radix(f[1].rsplit(':').next()?, 16).ok()?;
+        let rport = u16::from_str_radix(f[2].rsplit(':').next()?, 16).ok()?;
+        if lport != port || rport != client.port() {
+            return None;
+        }
+        let st = u8::from_str_radix(f[3], 16).ok()?;
+        let (tx, rx) = f[4].split_once(':')?;
+        Some((st, u64::from_str_radix(tx, 16).ok()?, u64::from_str_radix(rx, 16).ok()?))
+    })
+}
+
+/// Dump with --tcp-established (the server ends), wait, restore, and check
+/// the client saw nothing but a pause.
+fn move_connection(port: u16, v6: bool) {
+    let mut p = server(port, v6, 1);
+    let mut c = Client::start(server_addr(port, v6), false);
+    c.wait_received(20_000, "before the dump");
+    p.dump(&["--tcp-established"]);
+    assert!(dead(p.pid), "the dump ended the server");
+    p.end_original();
+    // The client keeps writing into a connection that has no socket on
+    // this host: the lock keeps the host from answering with a reset.
+    std::thread::sleep(Duration::from_millis(500));
+    c.check("while the server was gone");
+    let at_restore = c.sent();
+    // An image with a connection needs the flag at restore too.
+    let img = p.images();
+    let out = godwit(&["restore", "--images", img.to_str().unwrap()]);
+    assert!(!out.status.success(), "restore without --tcp-established");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--tcp-established"), "names the flag: {err}");
+    assert!(gone(p.pid), "nothing was restored");
+    p.restore_with(&["--tcp-established"]);
+    c.wait_received(at_restore + 20_000, "after the restore");
+    let total = c.finish("after the restore");
+    assert!(total > at_restore + 20_000);
+    server_ok(&p);
+}
+
+#[test]
+fn ipv4_connection_survives_dump_and_restore() {
+    move_connection(47311, false);
+}
+
+#[test]
+fn ipv6_connection_survives_dump_and_restore() {
+    move_connection(47312, true);
+}
+
+/// The client stops reading while flooding: the server's echo fills its
+/// send queue (unacknowledged and unsent bytes) and then, the server being
+/// stuck in write(), its receive queue. Both move with the connection.
+#[test]
+fn queued_data_in_both_directions_moves_with_the_connection() {
+    let port = 47313;
+    let mut p = server(port, false, 1);
+    let mut c = Client::start(server_addr(port, false), true);
+    c.wait_received(200_000, "before the dump");
+    c.s.pause_reading.store(true, Ordering::SeqCst);
+    let mut seen = (0, 0, 0);
+    wait_for("the server's queues to fill", Duration::from_secs(20), || {
+        c.check("while filling the queues");
+        seen = server_side(port, c.local).unwrap_or_default();
+        seen.1 > 100_000 && seen.2 > 50_000
+    });
+    // Let them settle (the client's writes stall once its buffers are full).
+    std::thread::sleep(Duration::from_millis(300));
+    let queued = server_side(port, c.local).unwrap();
+    assert!(queued.1 > 0 && queued.2 > 0, "queues at dump: {queued:?}");
+    p.dump(&["--tcp-established"]);
+    p.end_original();
+    std::thread::sleep(Duration::from_millis(300));
+    c.check("while the server was gone");
+    p.restore_with(&["--tcp-established"]);
+    let back = server_side(port, c.local).expect("the connection is back");
+    assert_eq!(back.0, 1, "ESTABLISHED after the restore");
+    assert!(
+        back.1 > 0 && back.2 > 0,
+        "queues after the restore: {back:?} (at dump: {queued:?})"
+    );
+    let at_restore = c.sent();
+    c.s.pause_reading.store(false, Ordering::SeqCst);
+    c.wait_received(at_restore + 100_000, "after the restore");
+    c.finish("after the restore");
+    server_ok(&p);
+}
+
+/// Without --tcp-established the dump is refused, naming the fd, the
+/// connection and the flag; the server and its connection run on.
+#[test]
+fn connection_refused_without_the_flag() {
+    let port = 47314;
+    let p = server(port, false, 1);
+    let mut c = Client::start(server_addr(port, false), false);
+    c.wait_received(5_000, "before the dump");
+    let img = p.images();
+    let out = godwit(&["dump", "--pid", &p.pid.to_string(), "--images", img.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(5), "exit code");
+    let err = String::from_utf8_lossy(&out.stderr);
+    for want in [
+        "--tcp-established".to_string(),
+        "fd 4".to_string(),
+        format!("127.0.0.1:{port}"),
+        c.local.to_string(),
+    ] {
+        assert!(err.contains(&want), "the message names {want}: {err}");
+    }
+    assert!(!img.join("manifest.img").exists(), "no image");
+    assert!(!dead(p.pid), "the server runs on");
+    let n = c.received();
+    c.wait_received(n + 20_000, "after the refused dump");
+    c.finish("after the refused dump");
+    server_ok(&p);
+}
+
+/// A dump that fails after it has put a connection in repair mode and
+/// locked it (the server's second connection is half closed, CLOSE_WAIT,
+/// which cannot be moved) leaves the first connection working at once.
+#[test]
+fn failed_dump_leaves_the_connection_working() {
+    let port = 47315;
+    let p = server(port, false, 2);
+    let mut c = Client::start(server_addr(port, false), false);
+    let half = TcpStream::connect(server_addr(port, false)).unwrap();
+    half.shutdown(std::net::Shutdown::Write).unwrap();
+    let half_addr = half.local_addr().unwrap();
+    c.wait_received(5_000, "before the dump");
+    wait_for("CLOSE_WAIT on the server", Duration::from_secs(10), || {
+        server_side(port, half_addr).is_some_and(|s| s.0 == 8)
+    });
+    let img = p.images();
+    let out = godwit(&[
+        "dump",
+        "--pid",
+        &p.pid.to_string(),
+        "--images",
+        img.to_str().unwrap(),
+        "--tcp-established",
+    ]);
+    assert_eq!(out.status.code(), Some(5), "exit code");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("CLOSE_WAIT") && err.contains("fd 5"), "names the state and fd: {err}");
+    assert!(!dead(p.pid), "the server runs on");
+    // At once: a connection left locked or in repair mode would stall.
+    let n = c.received();
+    wait_for("the echo to go on", Duration::from_secs(2), || {
+        c.check("after the failed dump");
+        c.received() > n + 5_000
+    });
+    c.finish("after the failed dump");
+    server_ok(&p);
+    drop(half);
+}
+
+/// --leave-running: the connection is read in repair mode and given back;
+/// the server and its client go on as if nothing happened.
+#[test]
+fn leave_running_leaves_the_connection_working() {
+    let port = 47316;
+    let mut p = server(port, false, 1);
+    let mut c = Client::start(server_addr(port, false), false);
+    c.wait_received(5_000, "before the dump");
+    p.dump(&["--tcp-established", "--leave-running"]);
+    assert!(!dead(p.pid), "the server runs on");
+    let n = c.received();
+    wait_for("the echo to go on", Duration::from_secs(2), || {
+        c.check("after the dump");
+        c.received() > n + 5_000
+    });
+    c.finish("after the dump");
+    server_ok(&p);
+}
