@@ -462,11 +462,27 @@ impl RestoredSet {
             let stage = "starting a restored TCP connection";
             let unlocked = t::unlock(c.local, c.peer).restoring(c.pid, "lifting the network lock of a TCP connection")?;
             t::set_repair(&c.sock, Repair::Off).restoring(c.pid, stage)?;
-            t::send_all(&c.sock, &c.unsent).restoring(c.pid, "sending the unsent bytes of a TCP connection")?;
+            send_unsent(&c).restoring(c.pid, "sending the unsent bytes of a TCP connection")?;
             tracing::debug!(pid = c.pid, fd = c.fd, local = %c.local, peer = %c.peer, unlocked, "TCP connection restored");
         }
         Ok(())
     }
+}
+
+/// Sends the bytes that had not been sent at the dump, with the send
+/// buffer raised for the time of it (the sent part is in the queue again,
+/// counted with more overhead than when the process wrote it).
+fn send_unsent(c: &Restored) -> Result<(), SysError> {
+    if c.unsent.is_empty() {
+        return Ok(());
+    }
+    let orig = t::get_int(&c.sock, libc::SOL_SOCKET, libc::SO_SNDBUF)?;
+    let need = (orig as usize + 2 * c.unsent.len() + (1 << 20)).min(i32::MAX as usize / 2) as i32;
+    t::set_int(&c.sock, libc::SOL_SOCKET, libc::SO_SNDBUFFORCE, need)?;
+    let sent = t::send_all(&c.sock, &c.unsent);
+    // Reported doubled, set halved.
+    let back = t::set_int(&c.sock, libc::SOL_SOCKET, libc::SO_SNDBUFFORCE, orig / 2);
+    sent.and(back)
 }
 
 fn restore_err(pid: i32, fd: i32, s: &Socket, what: &str, e: SysError) -> EngineError {
