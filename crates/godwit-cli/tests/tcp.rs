@@ -46,8 +46,10 @@ impl Client {
         let s = Arc::new(Shared::default());
         let mut w = conn.try_clone().unwrap();
         let mut r = conn.try_clone().unwrap();
-        w.set_write_timeout(Some(Duration::from_millis(100))).unwrap();
-        r.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+        w.set_write_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        r.set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
         let sw = s.clone();
         let writer = std::thread::spawn(move || {
             let mut pos = 0u64;
@@ -60,7 +62,10 @@ impl Client {
                     }
                     Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
                     Err(e) => {
-                        sw.error.lock().unwrap().get_or_insert(format!("write at {pos}: {e}"));
+                        sw.error
+                            .lock()
+                            .unwrap()
+                            .get_or_insert(format!("write at {pos}: {e}"));
                         return;
                     }
                 }
@@ -85,7 +90,9 @@ impl Client {
                     Ok(0) => format!("EOF after {pos} bytes"),
                     Ok(n) => {
                         if buf[..n] != stream(pos, n)[..] {
-                            let k = (0..n).find(|&k| buf[k] != stream(pos + k as u64, 1)[0]).unwrap();
+                            let k = (0..n)
+                                .find(|&k| buf[k] != stream(pos + k as u64, 1)[0])
+                                .unwrap();
                             format!(
                                 "byte {} of the echo is wrong: got {:?}, expected {:?}",
                                 pos + k as u64,
@@ -124,17 +131,22 @@ impl Client {
     }
 
     fn check(&self, when: &str) {
-        if let Some(e) = self.s.error.lock().unwrap().as_ref() {
+        let e = self.s.error.lock().unwrap().clone();
+        if let Some(e) = e {
             panic!("the client failed {when}: {e}");
         }
     }
 
     /// Waits until `n` bytes came back, failing at once on a client error.
     fn wait_received(&self, n: u64, when: &str) {
-        wait_for(&format!("{n} echoed bytes {when}"), Duration::from_secs(30), || {
-            self.check(when);
-            self.received() >= n
-        });
+        wait_for(
+            &format!("{n} echoed bytes {when}"),
+            Duration::from_secs(30),
+            || {
+                self.check(when);
+                self.received() >= n
+            },
+        );
     }
 
     /// Stops writing, waits for the whole stream to come back, checks it.
@@ -157,7 +169,9 @@ impl Drop for Client {
     fn drop(&mut self) {
         self.s.stop.store(true, Ordering::SeqCst);
         self.s.sent.store(u64::MAX, Ordering::SeqCst);
-        self.s.error.lock().unwrap().get_or_insert("dropped".into());
+        if let Ok(mut e) = self.s.error.lock() {
+            e.get_or_insert("dropped".into());
+        }
     }
 }
 
@@ -185,7 +199,11 @@ fn server_ok(p: &Proc) {
 /// (state, send queue, receive queue) of the server's end of the
 /// connection from `client`, from /proc/net/tcp{,6}.
 fn server_side(port: u16, client: SocketAddr) -> Option<(u8, u64, u64)> {
-    let file = if client.is_ipv6() { "/proc/net/tcp6" } else { "/proc/net/tcp" };
+    let file = if client.is_ipv6() {
+        "/proc/net/tcp6"
+    } else {
+        "/proc/net/tcp"
+    };
     let text = std::fs::read_to_string(file).unwrap();
     text.lines().skip(1).find_map(|l| {
         let f: Vec<&str> = l.split_whitespace().collect();
@@ -196,7 +214,11 @@ fn server_side(port: u16, client: SocketAddr) -> Option<(u8, u64, u64)> {
         }
         let st = u8::from_str_radix(f[3], 16).ok()?;
         let (tx, rx) = f[4].split_once(':')?;
-        Some((st, u64::from_str_radix(tx, 16).ok()?, u64::from_str_radix(rx, 16).ok()?))
+        Some((
+            st,
+            u64::from_str_radix(tx, 16).ok()?,
+            u64::from_str_radix(rx, 16).ok()?,
+        ))
     })
 }
 
@@ -207,7 +229,12 @@ fn move_connection(port: u16, v6: bool) {
     let mut c = Client::start(server_addr(port, v6), false);
     c.wait_received(20_000, "before the dump");
     p.dump(&["--tcp-established"]);
-    assert!(dead(p.pid), "the dump ended the server");
+    let pid = p.pid;
+    wait_for(
+        "the dump to end the server",
+        Duration::from_secs(10),
+        || dead(pid),
+    );
     p.end_original();
     // The client keeps writing into a connection that has no socket on
     // this host: the lock keeps the host from answering with a reset.
@@ -249,11 +276,15 @@ fn queued_data_in_both_directions_moves_with_the_connection() {
     c.wait_received(200_000, "before the dump");
     c.s.pause_reading.store(true, Ordering::SeqCst);
     let mut seen = (0, 0, 0);
-    wait_for("the server's queues to fill", Duration::from_secs(20), || {
-        c.check("while filling the queues");
-        seen = server_side(port, c.local).unwrap_or_default();
-        seen.1 > 100_000 && seen.2 > 50_000
-    });
+    wait_for(
+        "the server's queues to fill",
+        Duration::from_secs(20),
+        || {
+            c.check("while filling the queues");
+            seen = server_side(port, c.local).unwrap_or_default();
+            seen.1 > 100_000 && seen.2 > 50_000
+        },
+    );
     // Let them settle (the client's writes stall once its buffers are full).
     std::thread::sleep(Duration::from_millis(300));
     let queued = server_side(port, c.local).unwrap();
@@ -285,7 +316,13 @@ fn connection_refused_without_the_flag() {
     let mut c = Client::start(server_addr(port, false), false);
     c.wait_received(5_000, "before the dump");
     let img = p.images();
-    let out = godwit(&["dump", "--pid", &p.pid.to_string(), "--images", img.to_str().unwrap()]);
+    let out = godwit(&[
+        "dump",
+        "--pid",
+        &p.pid.to_string(),
+        "--images",
+        img.to_str().unwrap(),
+    ]);
     assert_eq!(out.status.code(), Some(5), "exit code");
     let err = String::from_utf8_lossy(&out.stderr);
     for want in [
@@ -330,7 +367,10 @@ fn failed_dump_leaves_the_connection_working() {
     ]);
     assert_eq!(out.status.code(), Some(5), "exit code");
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("CLOSE_WAIT") && err.contains("fd 5"), "names the state and fd: {err}");
+    assert!(
+        err.contains("CLOSE_WAIT") && err.contains("fd 5"),
+        "names the state and fd: {err}"
+    );
     assert!(!dead(p.pid), "the server runs on");
     // At once: a connection left locked or in repair mode would stall.
     let n = c.received();

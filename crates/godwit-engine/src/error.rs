@@ -23,7 +23,9 @@ pub enum EngineError {
     #[error("process {pid}: {what}; dump it with --tcp-established to move established TCP connections (the peer sees no reset). The process was left running as it was")]
     NeedsTcpEstablished { pid: i32, what: String },
 
-    #[error("the image holds established TCP connections ({0}); restore it with --tcp-established")]
+    #[error(
+        "the image holds established TCP connections ({0}); restore it with --tcp-established"
+    )]
     ImageNeedsTcpEstablished(String),
 
     #[error("{0}")]

@@ -87,7 +87,13 @@ fn set_raw(fd: BorrowedFd<'_>, level: i32, name: i32, what: &'static str, v: &[u
     check(r as i64, what, "TCP socket").map(|_| ())
 }
 
-fn get_raw(fd: BorrowedFd<'_>, level: i32, name: i32, what: &'static str, v: &mut [u8]) -> Result<usize> {
+fn get_raw(
+    fd: BorrowedFd<'_>,
+    level: i32,
+    name: i32,
+    what: &'static str,
+    v: &mut [u8],
+) -> Result<usize> {
     let mut len = v.len() as libc::socklen_t;
     // SAFETY: `v` is a valid out-buffer of `len` bytes.
     let r = unsafe {
@@ -324,7 +330,11 @@ pub fn send_all(fd: impl AsFd, data: &[u8]) -> Result<()> {
                 libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
             )
         };
-        let n = check(r as i64, "send", format!("TCP socket ({} of {} bytes written)", off, data.len()))?;
+        let n = check(
+            r as i64,
+            "send",
+            format!("TCP socket ({} of {} bytes written)", off, data.len()),
+        )?;
         if n == 0 {
             return Err(SysError::call_errno("send", "TCP socket", libc::EIO));
         }
@@ -379,7 +389,10 @@ pub fn sockaddr(b: &[u8]) -> Option<SocketAddr> {
 
 /// A raw sockaddr for display.
 pub fn show(b: &[u8]) -> String {
-    sockaddr(b).map_or_else(|| format!("an address of {} bytes", b.len()), |a| a.to_string())
+    sockaddr(b).map_or_else(
+        || format!("an address of {} bytes", b.len()),
+        |a| a.to_string(),
+    )
 }
 
 // ---- The network lock (nf_tables over netlink) ----
@@ -389,7 +402,6 @@ const NFNL_SUBSYS_NFTABLES: u16 = 10;
 const NFNL_MSG_BATCH_BEGIN: u16 = 16;
 const NFNL_MSG_BATCH_END: u16 = 17;
 const NFT_MSG_NEWTABLE: u16 = 0;
-const NFT_MSG_DELTABLE: u16 = 2;
 const NFT_MSG_NEWCHAIN: u16 = 3;
 const NFT_MSG_DELCHAIN: u16 = 5;
 const NFT_MSG_NEWRULE: u16 = 6;
@@ -420,7 +432,7 @@ impl Attrs {
         self.0.extend_from_slice(&(len as u16).to_ne_bytes());
         self.0.extend_from_slice(&kind.to_ne_bytes());
         self.0.extend_from_slice(data);
-        while self.0.len() % 4 != 0 {
+        while self.0.len() & 3 != 0 {
             self.0.push(0);
         }
         self
@@ -450,7 +462,10 @@ fn expr(name: &str, data: &Attrs) -> Attrs {
 fn match_bytes(exprs: &mut Attrs, base: u32, offset: u32, value: &[u8]) {
     let mut p = Attrs::default();
     // NFTA_PAYLOAD_DREG = NFT_REG_1, BASE, OFFSET, LEN
-    p.be32(1, 1).be32(2, base).be32(3, offset).be32(4, value.len() as u32);
+    p.be32(1, 1)
+        .be32(2, base)
+        .be32(3, offset)
+        .be32(4, value.len() as u32);
     exprs.nest(1, &expr("payload", &p));
     let mut data = Attrs::default();
     data.put(1, value); // NFTA_DATA_VALUE
@@ -516,7 +531,13 @@ impl Batch {
             family,
             acked: 0,
         };
-        b.msg(NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, 0, NFNL_SUBSYS_NFTABLES, &[]);
+        b.msg(
+            NFNL_MSG_BATCH_BEGIN,
+            NLM_F_REQUEST,
+            0,
+            NFNL_SUBSYS_NFTABLES,
+            &[],
+        );
         b
     }
     fn msg(&mut self, kind: u16, flags: u16, family: u8, res_id: u16, attrs: &[u8]) {
@@ -544,7 +565,13 @@ impl Batch {
         self.acked += 1;
     }
     fn finish(mut self) -> (Vec<u8>, u32) {
-        self.msg(NFNL_MSG_BATCH_END, NLM_F_REQUEST, 0, NFNL_SUBSYS_NFTABLES, &[]);
+        self.msg(
+            NFNL_MSG_BATCH_END,
+            NLM_F_REQUEST,
+            0,
+            NFNL_SUBSYS_NFTABLES,
+            &[],
+        );
         (self.buf, self.acked)
     }
 }
@@ -700,12 +727,8 @@ pub fn unlock(local: SocketAddr, peer: SocketAddr) -> Result<bool> {
         Err(e) if e.errno() == Some(libc::ENOENT) => return Ok(false),
         Err(e) => return Err(e),
     }
-    // The table goes with its last lock (EBUSY while others remain).
-    let mut b = Batch::new(family);
-    let mut t = Attrs::default();
-    t.str(1, LOCK_TABLE);
-    b.nft(NFT_MSG_DELTABLE, 0, &t);
-    let _ = run(b, &what);
+    // The table stays (empty): deleting it would take every other lock
+    // in it along.
     Ok(true)
 }
 
@@ -769,7 +792,8 @@ mod live {
         let local = s.local_addr().unwrap();
         lock(local, peer).unwrap();
         c.write_all(b"held").unwrap();
-        s.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
         let mut b = [0u8; 4];
         let early = s.read(&mut b);
         let removed = unlock(local, peer).unwrap();

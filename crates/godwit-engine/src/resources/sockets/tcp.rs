@@ -80,11 +80,21 @@ pub fn dump(pid: i32, fd: i32, ours: &OwnedFd) -> Result<(FdKind, Socket)> {
             ))
         }
     };
-    if sock_type != libc::SOCK_STREAM || protocol != libc::IPPROTO_TCP {
+    if sock_type != libc::SOCK_STREAM {
         return Err(unsupported(
             pid,
             fd,
             format!("a {} datagram or raw socket", &fam[4..]),
+        ));
+    }
+    if protocol != libc::IPPROTO_TCP {
+        return Err(unsupported(
+            pid,
+            fd,
+            format!(
+                "a {} stream socket of protocol {protocol} (MPTCP or other)",
+                &fam[4..]
+            ),
         ));
     }
     let mut options = Vec::new();
@@ -218,13 +228,8 @@ impl Drop for Repairs {
 }
 
 fn addr_of(pid: i32, fd: i32, raw: &[u8]) -> Result<SocketAddr> {
-    t::sockaddr(raw).ok_or_else(|| {
-        unsupported(
-            pid,
-            fd,
-            format!("a TCP connection with {}", t::show(raw)),
-        )
-    })
+    t::sockaddr(raw)
+        .ok_or_else(|| unsupported(pid, fd, format!("a TCP connection with {}", t::show(raw))))
 }
 
 /// Reads every TCP connection of the frozen tree (kind TcpEstablished) in
@@ -250,12 +255,18 @@ pub fn repair_all(procs: &mut [Process], allowed: bool) -> Result<Repairs> {
             if !allowed {
                 return Err(EngineError::NeedsTcpEstablished {
                     pid,
-                    what: format!("fd {} is a TCP socket with an established connection {}", f.fd, connection(s)),
+                    what: format!(
+                        "fd {} is a TCP socket with an established connection {}",
+                        f.fd,
+                        connection(s)
+                    ),
                 });
             }
             let pfd = match &pidfd {
                 Some(x) => x,
-                None => pidfd.insert(process::pidfd_open(pid).dumping(pid, "reading TCP connections")?),
+                None => {
+                    pidfd.insert(process::pidfd_open(pid).dumping(pid, "reading TCP connections")?)
+                }
             };
             let sock = process::pidfd_getfd(pfd, f.fd).dumping(pid, "reading TCP connections")?;
             let local = addr_of(pid, f.fd, &s.addr)?;
@@ -287,7 +298,8 @@ pub fn repair_all(procs: &mut [Process], allowed: bool) -> Result<Repairs> {
                 source: e,
             })?;
             h.locked = true;
-            t::set_repair(&h.sock, Repair::On).dumping(pid, "putting a TCP connection in repair mode")?;
+            t::set_repair(&h.sock, Repair::On)
+                .dumping(pid, "putting a TCP connection in repair mode")?;
             h.repaired = true;
             let c = read_connection(pid, &h.sock)?;
             tracing::debug!(
@@ -460,7 +472,8 @@ impl RestoredSet {
         let all = std::mem::take(&mut *self.0.lock().unwrap_or_else(|e| e.into_inner()));
         for c in all {
             let stage = "starting a restored TCP connection";
-            let unlocked = t::unlock(c.local, c.peer).restoring(c.pid, "lifting the network lock of a TCP connection")?;
+            let unlocked = t::unlock(c.local, c.peer)
+                .restoring(c.pid, "lifting the network lock of a TCP connection")?;
             t::set_repair(&c.sock, Repair::Off).restoring(c.pid, stage)?;
             send_unsent(&c).restoring(c.pid, "sending the unsent bytes of a TCP connection")?;
             tracing::debug!(pid = c.pid, fd = c.fd, local = %c.local, peer = %c.peer, unlocked, "TCP connection restored");
@@ -526,7 +539,8 @@ pub fn restore_established(
     }
     let sfd = new_socket(r, s, status_flags)?;
     let pidfd = process::pidfd_open(pid).restoring(pid, "restoring a TCP connection")?;
-    let sock = process::pidfd_getfd(&pidfd, sfd as i32).restoring(pid, "restoring a TCP connection")?;
+    let sock =
+        process::pidfd_getfd(&pidfd, sfd as i32).restoring(pid, "restoring a TCP connection")?;
     let err = |what: &str| {
         let what = what.to_string();
         move |e: SysError| restore_err(pid, fd, s, &what, e)
@@ -541,7 +555,13 @@ pub fn restore_established(
         if let Err(e) = t::set_int(&sock, o.level, name, value) {
             // Options that cannot be set to their default are no loss.
             if value != 0 {
-                return Err(restore_err(pid, fd, s, &format!("option {}/{}", o.level, o.name), e));
+                return Err(restore_err(
+                    pid,
+                    fd,
+                    s,
+                    &format!("option {}/{}", o.level, o.name),
+                    e,
+                ));
             }
         }
     }
@@ -566,8 +586,13 @@ pub fn restore_established(
     }
     t::set_repair_options(&sock, &opts).map_err(err("options"))?;
     if c.timestamps_ok {
-        t::set_int(&sock, libc::IPPROTO_TCP, t::TCP_TIMESTAMP, c.timestamp as i32)
-            .map_err(err("timestamp"))?;
+        t::set_int(
+            &sock,
+            libc::IPPROTO_TCP,
+            t::TCP_TIMESTAMP,
+            c.timestamp as i32,
+        )
+        .map_err(err("timestamp"))?;
     }
     let sent = c.send_queue.len() - c.unsent as usize;
     t::set_queue(&sock, Queue::Send).map_err(err("send queue"))?;
@@ -585,14 +610,22 @@ pub fn restore_established(
         },
     )
     .map_err(err("windows"))?;
-    tracing::debug!(pid, fd, conn = connection(s), "TCP connection rebuilt in repair mode");
-    set.0.lock().unwrap_or_else(|e| e.into_inner()).push(Restored {
-        sock,
+    tracing::debug!(
         pid,
         fd,
-        local,
-        peer,
-        unsent: c.send_queue[sent..].to_vec(),
-    });
+        conn = connection(s),
+        "TCP connection rebuilt in repair mode"
+    );
+    set.0
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(Restored {
+            sock,
+            pid,
+            fd,
+            local,
+            peer,
+            unsent: c.send_queue[sent..].to_vec(),
+        });
     Ok(sfd)
 }
