@@ -576,21 +576,56 @@ impl Batch {
     }
 }
 
+/// A NETLINK_NETFILTER socket in the network namespace of socket
+/// `ns_of` (a netlink socket talks to the namespace it was created in):
+/// created by a short-lived thread that enters that namespace when it is
+/// not ours.
+fn netfilter_socket(ns_of: BorrowedFd<'_>, what: &str) -> Result<OwnedFd> {
+    const SIOCGSKNS: libc::c_ulong = 0x894C;
+    let new = || -> Result<OwnedFd> {
+        // SAFETY: plain socket(2) call.
+        let r = unsafe {
+            libc::socket(
+                libc::AF_NETLINK,
+                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+                NETLINK_NETFILTER,
+            )
+        };
+        let fd = check(r as i64, "socket(NETLINK_NETFILTER)", what)?;
+        // SAFETY: the kernel returned a new descriptor that we now own.
+        Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+    };
+    // SAFETY: SIOCGSKNS takes no argument and returns a new fd.
+    let r = unsafe { libc::ioctl(ns_of.as_raw_fd(), SIOCGSKNS, 0) };
+    let ns = check(r as i64, "ioctl(SIOCGSKNS)", what)?;
+    // SAFETY: the kernel returned a new descriptor that we now own.
+    let ns = unsafe { OwnedFd::from_raw_fd(ns as i32) };
+    let theirs = std::fs::metadata(format!("/proc/self/fd/{}", ns.as_raw_fd()));
+    let ours = std::fs::metadata("/proc/thread-self/ns/net");
+    if let (Ok(a), Ok(b)) = (&theirs, &ours) {
+        use std::os::unix::fs::MetadataExt;
+        if (a.dev(), a.ino()) == (b.dev(), b.ino()) {
+            return new();
+        }
+    }
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            // SAFETY: setns on this short-lived thread only (a network
+            // namespace may be entered by one thread of many).
+            let r = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
+            check(r as i64, "setns(CLONE_NEWNET)", what)?;
+            new()
+        })
+        .join()
+        .unwrap_or_else(|_| Err(SysError::call_errno("setns", what, libc::EIO)))
+    })
+}
+
 /// Sends a batch; Ok(()) once every message is acknowledged, or the first
 /// error the kernel reports (the batch is then not applied).
-fn run(batch: Batch, what: &str) -> Result<()> {
+fn run(ns_of: BorrowedFd<'_>, batch: Batch, what: &str) -> Result<()> {
     let (buf, mut acks) = batch.finish();
-    // SAFETY: plain socket(2) call.
-    let r = unsafe {
-        libc::socket(
-            libc::AF_NETLINK,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-            NETLINK_NETFILTER,
-        )
-    };
-    let fd = check(r as i64, "socket(NETLINK_NETFILTER)", what)?;
-    // SAFETY: the kernel returned a new descriptor that we now own.
-    let sock = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    let sock = netfilter_socket(ns_of, what)?;
     // SAFETY: all-zero is a valid sockaddr_nl.
     let mut kernel: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
     kernel.nl_family = libc::AF_NETLINK as u16;
@@ -674,10 +709,10 @@ pub fn lock_chains(local: SocketAddr, peer: SocketAddr) -> (String, String) {
     (format!("in {tag}"), format!("out {tag}"))
 }
 
-/// Drops every packet of the TCP connection `local` ↔ `peer` in this
-/// network namespace, both ways, until [`unlock`]: rules in table
-/// [`LOCK_TABLE`] (family ip or ip6) that outlive this process.
-pub fn lock(local: SocketAddr, peer: SocketAddr) -> Result<()> {
+/// Drops every packet of the TCP connection `local` ↔ `peer` in the
+/// network namespace of socket `sock`, both ways, until [`unlock`]: rules
+/// in table [`LOCK_TABLE`] (family ip or ip6) that outlive this process.
+pub fn lock(sock: impl AsFd, local: SocketAddr, peer: SocketAddr) -> Result<()> {
     let (local, peer) = (unmapped(local), unmapped(peer));
     let what = format!("locking {local} <-> {peer}");
     let mut b = Batch::new(lock_family(local, peer));
@@ -704,11 +739,12 @@ pub fn lock(local: SocketAddr, peer: SocketAddr) -> Result<()> {
             .nest(4, &drop_rule(src, dst));
         b.nft(NFT_MSG_NEWRULE, NLM_F_CREATE | NLM_F_APPEND, &r);
     }
-    run(b, &what)
+    run(sock.as_fd(), b, &what)
 }
 
-/// Removes the lock of `local` ↔ `peer`; Ok(false) when there was none.
-pub fn unlock(local: SocketAddr, peer: SocketAddr) -> Result<bool> {
+/// Removes the lock of `local` ↔ `peer` in the network namespace of
+/// socket `sock`; Ok(false) when there was none.
+pub fn unlock(sock: impl AsFd, local: SocketAddr, peer: SocketAddr) -> Result<bool> {
     let (local, peer) = (unmapped(local), unmapped(peer));
     let what = format!("unlocking {local} <-> {peer}");
     let family = lock_family(local, peer);
@@ -722,7 +758,7 @@ pub fn unlock(local: SocketAddr, peer: SocketAddr) -> Result<bool> {
         c.str(1, LOCK_TABLE).str(3, chain);
         b.nft(NFT_MSG_DELCHAIN, 0, &c);
     }
-    match run(b, &what) {
+    match run(sock.as_fd(), b, &what) {
         Ok(()) => {}
         Err(e) if e.errno() == Some(libc::ENOENT) => return Ok(false),
         Err(e) => return Err(e),
@@ -790,16 +826,60 @@ mod live {
         let mut c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
         let (mut s, peer) = l.accept().unwrap();
         let local = s.local_addr().unwrap();
-        lock(local, peer).unwrap();
+        lock(&s, local, peer).unwrap();
         c.write_all(b"held").unwrap();
         s.set_read_timeout(Some(Duration::from_millis(300)))
             .unwrap();
         let mut b = [0u8; 4];
         let early = s.read(&mut b);
-        let removed = unlock(local, peer).unwrap();
+        let removed = unlock(&s, local, peer).unwrap();
         assert!(early.is_err(), "data passed the lock: {early:?}");
         assert!(removed);
-        assert!(!unlock(local, peer).unwrap());
+        assert!(!unlock(&s, local, peer).unwrap());
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.read_exact(&mut b).unwrap();
+        assert_eq!(&b, b"held");
+    }
+
+    /// Brings `lo` up in this thread's network namespace.
+    fn lo_up() {
+        let s = std::net::UdpSocket::bind("0.0.0.0:0");
+        // A new namespace's lo is down: no address yet, any socket will do.
+        let s = s.unwrap_or_else(|_| std::net::UdpSocket::bind("[::]:0").unwrap());
+        // SAFETY: all-zero is a valid ifreq.
+        let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
+        ifr.ifr_name[..2].copy_from_slice(&[b'l' as libc::c_char, b'o' as libc::c_char]);
+        // SAFETY: SIOCGIFFLAGS/SIOCSIFFLAGS read and write the valid ifreq.
+        unsafe {
+            assert_eq!(libc::ioctl(s.as_raw_fd(), libc::SIOCGIFFLAGS, &mut ifr), 0);
+            ifr.ifr_ifru.ifru_flags |= libc::IFF_UP as i16;
+            assert_eq!(libc::ioctl(s.as_raw_fd(), libc::SIOCSIFFLAGS, &mut ifr), 0);
+        }
+    }
+
+    /// A connection in another network namespace is locked there.
+    #[test]
+    fn lock_works_in_the_sockets_namespace() {
+        let (mut c, mut s, peer) = std::thread::spawn(|| {
+            // SAFETY: unshare on this thread only.
+            assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0);
+            lo_up();
+            let l = TcpListener::bind("127.0.0.1:0").unwrap();
+            let c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+            let (s, peer) = l.accept().unwrap();
+            (c, s, peer)
+        })
+        .join()
+        .unwrap();
+        let local = s.local_addr().unwrap();
+        lock(&s, local, peer).unwrap();
+        c.write_all(b"held").unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+        let mut b = [0u8; 4];
+        let early = s.read(&mut b);
+        let removed = unlock(&s, local, peer).unwrap();
+        assert!(early.is_err(), "data passed the lock: {early:?}");
+        assert!(removed);
         s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         s.read_exact(&mut b).unwrap();
         assert_eq!(&b, b"held");

@@ -207,7 +207,7 @@ impl Repairs {
                 }
             }
             if h.locked {
-                if let Err(e) = t::unlock(h.local, h.peer) {
+                if let Err(e) = t::unlock(&h.sock, h.local, h.peer) {
                     tracing::warn!(pid = h.pid, local = %h.local, peer = %h.peer, "lifting the network lock: {e}");
                     first.get_or_insert(EngineError::Sys {
                         pid: h.pid,
@@ -292,7 +292,7 @@ pub fn repair_all(procs: &mut [Process], allowed: bool) -> Result<Repairs> {
                 repaired: false,
             });
             let h = repairs.held.last_mut().expect("just pushed");
-            t::lock(local, peer).map_err(|e| EngineError::Sys {
+            t::lock(&h.sock, local, peer).map_err(|e| EngineError::Sys {
                 pid,
                 stage: "locking a TCP connection (nf_tables rules in table `godwit`; the kernel needs nf_tables and godwit CAP_NET_ADMIN)",
                 source: e,
@@ -472,7 +472,7 @@ impl RestoredSet {
         let all = std::mem::take(&mut *self.0.lock().unwrap_or_else(|e| e.into_inner()));
         for c in all {
             let stage = "starting a restored TCP connection";
-            let unlocked = t::unlock(c.local, c.peer)
+            let unlocked = t::unlock(&c.sock, c.local, c.peer)
                 .restoring(c.pid, "lifting the network lock of a TCP connection")?;
             t::set_repair(&c.sock, Repair::Off).restoring(c.pid, stage)?;
             send_unsent(&c).restoring(c.pid, "sending the unsent bytes of a TCP connection")?;
