@@ -1,5 +1,6 @@
 /* tcpecho DIR PORT FAMILY [CONNS]: a TCP echo server on 127.0.0.1:PORT
- * (FAMILY 4) or [::1]:PORT (FAMILY 6). Creates DIR/ready once listening,
+ * (FAMILY 4), [::1]:PORT (FAMILY 6) or [::]:PORT dual-stack (FAMILY 46,
+ * IPv4 clients then show as IPv4-mapped addresses). Creates DIR/ready once listening,
  * accepts CONNS connections (default 1) and echoes every byte of the first
  * one back; the others are only held open. Any read or write error, or the
  * peer closing, is written to DIR/result as FAIL, and the program exits. Its
@@ -13,7 +14,8 @@
 int main(int argc, char **argv) {
     setup(argc, argv);
     if (argc < 4) fail("usage: tcpecho DIR PORT FAMILY [CONNS]");
-    int port = atoi(argv[2]), v6 = atoi(argv[3]) == 6;
+    int port = atoi(argv[2]), v6 = atoi(argv[3]) == 6, dual = atoi(argv[3]) == 46;
+    v6 |= dual;
     int conns = argc > 4 ? atoi(argv[4]) : 1;
     int l = socket(v6 ? AF_INET6 : AF_INET, SOCK_STREAM, 0);
     int one = 1;
@@ -22,6 +24,11 @@ int main(int argc, char **argv) {
     if (v6) {
         struct sockaddr_in6 a = { .sin6_family = AF_INET6, .sin6_port = htons(port),
                                   .sin6_addr = IN6ADDR_LOOPBACK_INIT };
+        if (dual) {
+            int zero = 0;
+            a.sin6_addr = in6addr_any;
+            setsockopt(l, IPPROTO_IPV6, IPV6_V6ONLY, &zero, sizeof zero);
+        }
         r = bind(l, (void *)&a, sizeof a);
     } else {
         struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons(port),

@@ -184,9 +184,13 @@ fn server_addr(port: u16, v6: bool) -> SocketAddr {
 }
 
 fn server(port: u16, v6: bool, conns: u32) -> Proc {
+    server_family(port, if v6 { "6" } else { "4" }, conns)
+}
+
+fn server_family(port: u16, family: &str, conns: u32) -> Proc {
     let port = port.to_string();
     let conns = conns.to_string();
-    Proc::test_prog_with("tcpecho", &[&port, if v6 { "6" } else { "4" }, &conns])
+    Proc::test_prog_with("tcpecho", &[&port, family, &conns])
 }
 
 /// The server wrote no failure.
@@ -225,7 +229,10 @@ fn server_side(port: u16, client: SocketAddr) -> Option<(u8, u64, u64)> {
 /// Dump with --tcp-established (the server ends), wait, restore, and check
 /// the client saw nothing but a pause.
 fn move_connection(port: u16, v6: bool) {
-    let mut p = server(port, v6, 1);
+    move_connection_of(server(port, v6, 1), port, v6);
+}
+
+fn move_connection_of(mut p: Proc, port: u16, v6: bool) {
     let mut c = Client::start(server_addr(port, v6), false);
     c.wait_received(20_000, "before the dump");
     p.dump(&["--tcp-established"]);
@@ -263,6 +270,14 @@ fn ipv4_connection_survives_dump_and_restore() {
 #[test]
 fn ipv6_connection_survives_dump_and_restore() {
     move_connection(47312, true);
+}
+
+/// A dual-stack IPv6 server socket with an IPv4 client: the connection's
+/// addresses are IPv4-mapped, its packets (and its lock) IPv4.
+#[test]
+fn ipv4_mapped_connection_survives_dump_and_restore() {
+    let port = 47317;
+    move_connection_of(server_family(port, "46", 1), port, false);
 }
 
 /// The client stops reading while flooding: the server's echo fills its

@@ -874,7 +874,8 @@ mod live {
         let local = s.local_addr().unwrap();
         lock(&s, local, peer).unwrap();
         c.write_all(b"held").unwrap();
-        s.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
         let mut b = [0u8; 4];
         let early = s.read(&mut b);
         let removed = unlock(&s, local, peer).unwrap();

@@ -271,18 +271,6 @@ pub fn repair_all(procs: &mut [Process], allowed: bool) -> Result<Repairs> {
             let sock = process::pidfd_getfd(pfd, f.fd).dumping(pid, "reading TCP connections")?;
             let local = addr_of(pid, f.fd, &s.addr)?;
             let peer = addr_of(pid, f.fd, &s.peer_addr)?;
-            let info = t::info(&sock).dumping(pid, "reading TCP connections")?;
-            if info.state != t::TCP_ESTABLISHED {
-                return Err(unsupported(
-                    pid,
-                    f.fd,
-                    format!(
-                        "a TCP connection {} in state {} (only ESTABLISHED connections can be moved; retry once it is closed or established)",
-                        connection(s),
-                        t::state_name(info.state)
-                    ),
-                ));
-            }
             repairs.held.push(Held {
                 sock,
                 pid,
@@ -301,6 +289,19 @@ pub fn repair_all(procs: &mut [Process], allowed: bool) -> Result<Repairs> {
             t::set_repair(&h.sock, Repair::On)
                 .dumping(pid, "putting a TCP connection in repair mode")?;
             h.repaired = true;
+            // Checked locked and in repair mode: the state cannot change since.
+            let info = t::info(&h.sock).dumping(pid, "reading TCP connections")?;
+            if info.state != t::TCP_ESTABLISHED {
+                return Err(unsupported(
+                    pid,
+                    f.fd,
+                    format!(
+                        "a TCP connection {} in state {} (only ESTABLISHED connections can be moved; retry once it is closed or established)",
+                        connection(s),
+                        t::state_name(info.state)
+                    ),
+                ));
+            }
             let c = read_connection(pid, &h.sock)?;
             tracing::debug!(
                 pid,
