@@ -34,6 +34,7 @@ struct Shared {
 struct Client {
     s: Arc<Shared>,
     local: SocketAddr,
+    server: SocketAddr,
     /// Keeps the connection open until the client is dropped.
     _conn: TcpStream,
     threads: Vec<JoinHandle<()>>,
@@ -117,6 +118,7 @@ impl Client {
         Client {
             s,
             local,
+            server,
             _conn: conn,
             threads: vec![writer, reader],
         }
@@ -172,6 +174,9 @@ impl Drop for Client {
         if let Ok(mut e) = self.s.error.lock() {
             e.get_or_insert("dropped".into());
         }
+        // A test that failed between a dump and its restore leaves the
+        // connection's network lock behind: lift it (no-op otherwise).
+        let _ = godwit_sys::tcp::unlock(&self._conn, self.server, self.local);
     }
 }
 
