@@ -20,6 +20,7 @@ pub mod sockdiag;
 pub mod sysv;
 pub mod tcp;
 pub mod tty;
+pub mod udp;
 pub mod uffd;
 
 use std::io;

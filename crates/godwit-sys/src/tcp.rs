@@ -387,6 +387,27 @@ pub fn sockaddr(b: &[u8]) -> Option<SocketAddr> {
     }
 }
 
+/// An address and port as raw sockaddr bytes (sockaddr_in or sockaddr_in6).
+pub fn raw_sockaddr(a: SocketAddr) -> Vec<u8> {
+    let mut b = Vec::new();
+    match a.ip() {
+        IpAddr::V4(v4) => {
+            b.extend_from_slice(&(libc::AF_INET as u16).to_ne_bytes());
+            b.extend_from_slice(&a.port().to_be_bytes());
+            b.extend_from_slice(&v4.octets());
+            b.extend_from_slice(&[0; 8]);
+        }
+        IpAddr::V6(v6) => {
+            b.extend_from_slice(&(libc::AF_INET6 as u16).to_ne_bytes());
+            b.extend_from_slice(&a.port().to_be_bytes());
+            b.extend_from_slice(&[0; 4]);
+            b.extend_from_slice(&v6.octets());
+            b.extend_from_slice(&[0; 4]);
+        }
+    }
+    b
+}
+
 /// A raw sockaddr for display.
 pub fn show(b: &[u8]) -> String {
     sockaddr(b).map_or_else(
@@ -581,17 +602,30 @@ impl Batch {
 /// created by a short-lived thread that enters that namespace when it is
 /// not ours.
 fn netfilter_socket(ns_of: BorrowedFd<'_>, what: &str) -> Result<OwnedFd> {
+    socket_in_netns_of(
+        ns_of,
+        libc::AF_NETLINK,
+        libc::SOCK_RAW,
+        NETLINK_NETFILTER,
+        what,
+    )
+}
+
+/// A new socket (close-on-exec) in the network namespace of socket
+/// `ns_of` (a socket belongs to the namespace it was created in): created
+/// by a short-lived thread that enters that namespace when it is not ours.
+pub fn socket_in_netns_of(
+    ns_of: BorrowedFd<'_>,
+    domain: i32,
+    kind: i32,
+    protocol: i32,
+    what: &str,
+) -> Result<OwnedFd> {
     const SIOCGSKNS: libc::c_ulong = 0x894C;
     let new = || -> Result<OwnedFd> {
         // SAFETY: plain socket(2) call.
-        let r = unsafe {
-            libc::socket(
-                libc::AF_NETLINK,
-                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                NETLINK_NETFILTER,
-            )
-        };
-        let fd = check(r as i64, "socket(NETLINK_NETFILTER)", what)?;
+        let r = unsafe { libc::socket(domain, kind | libc::SOCK_CLOEXEC, protocol) };
+        let fd = check(r as i64, "socket", what)?;
         // SAFETY: the kernel returned a new descriptor that we now own.
         Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
     };
@@ -795,6 +829,8 @@ mod tests {
         v6[2..4].copy_from_slice(&443u16.to_be_bytes());
         v6[23] = 1;
         assert_eq!(show(&v6), "[::1]:443");
+        assert_eq!(raw_sockaddr(sockaddr(&v6).unwrap()), v6);
+        assert_eq!(raw_sockaddr(sockaddr(&v4).unwrap()), v4);
         let mapped: SocketAddr = "[::ffff:10.0.0.1]:5".parse().unwrap();
         assert_eq!(unmapped(mapped).to_string(), "10.0.0.1:5");
         assert_eq!(show(&[1, 0]), "an address of 2 bytes");
