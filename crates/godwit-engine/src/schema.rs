@@ -440,6 +440,9 @@ pub enum FdKind {
     Tty = 13,
     /// A connected TCP socket (IPv4/IPv6), repaired (Fd::socket, its `tcp`).
     TcpEstablished = 14,
+    /// A UDP socket (IPv4/IPv6), bound or connected or neither, with its
+    /// queued datagrams (Fd::socket: `queue` and `queue_from`).
+    Udp = 15,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -681,6 +684,9 @@ pub struct Socket {
     /// A TCP connection: its state, queues and negotiated options.
     #[prost(message, optional, tag = "22")]
     pub tcp: Option<TcpConnection>,
+    /// UDP: the sender (raw sockaddr) of each datagram in `queue`.
+    #[prost(bytes = "vec", repeated, tag = "23")]
+    pub queue_from: Vec<Vec<u8>>,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]

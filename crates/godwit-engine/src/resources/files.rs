@@ -457,6 +457,7 @@ pub fn check(fds: &[Fd], allow_changes: bool) -> Result<()> {
                 | FdKind::Epoll
                 | FdKind::TcpListen
                 | FdKind::TcpEstablished
+                | FdKind::Udp
                 | FdKind::UnixSocket
                 | FdKind::EventFd
                 | FdKind::TimerFd
@@ -839,6 +840,12 @@ impl FdPlan {
                         EngineError::BadImage(format!("fd {} is a socket without details", f.fd))
                     })?;
                     sockets::tcp::restore_established(r, f.fd, s, status_flags, &self.tcp)?
+                }
+                FdKind::Udp => {
+                    let s = f.socket.as_ref().ok_or_else(|| {
+                        EngineError::BadImage(format!("fd {} is a socket without details", f.fd))
+                    })?;
+                    sockets::udp::restore(r, f.fd, s, status_flags)?
                 }
                 FdKind::Regular | FdKind::Directory | FdKind::CharDevice => {
                     let a = r.put_cstr(0, &f.path).restoring(pid, stage)?;

@@ -1,9 +1,10 @@
 //! Sockets. Supported: listening TCP sockets and, with --tcp-established,
-//! established TCP connections (IPv4, IPv6; `tcp`), and unix sockets of
-//! every type (`unix`). Others (UDP, netlink, ...) stop the dump with a
-//! message naming the fd.
+//! established TCP connections (IPv4, IPv6; `tcp`), UDP sockets with their
+//! queued datagrams (`udp`), and unix sockets of every type (`unix`).
+//! Others (raw, netlink, ...) stop the dump with a message naming the fd.
 
 pub mod tcp;
+pub mod udp;
 pub mod unix;
 
 use crate::error::{DumpCtx, EngineError, Result};
@@ -28,6 +29,15 @@ pub fn dump(pid: i32, fd: i32, ino: u64, ours: &OwnedFd, cwd: &str) -> Result<(F
         .dumping(pid, "reading sockets")?;
     match family {
         libc::AF_UNIX => Ok((FdKind::UnixSocket, unix::dump(pid, fd, ino, ours, cwd)?)),
+        libc::AF_INET | libc::AF_INET6
+            if process::getsockopt_int(ours, libc::SOL_SOCKET, libc::SO_TYPE)
+                .dumping(pid, "reading sockets")?
+                == libc::SOCK_DGRAM =>
+        {
+            let mut s = udp::dump(pid, fd, ours)?;
+            s.ino = ino;
+            Ok((FdKind::Udp, s))
+        }
         libc::AF_INET | libc::AF_INET6 => {
             let (kind, mut s) = tcp::dump(pid, fd, ours)?;
             s.ino = ino;
