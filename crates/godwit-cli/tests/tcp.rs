@@ -261,6 +261,9 @@ fn move_connection_of(mut p: Proc, port: u16, v6: bool) {
     assert!(err.contains("--tcp-established"), "names the flag: {err}");
     assert!(gone(p.pid), "nothing was restored");
     p.restore_with(&["--tcp-established"]);
+    assert_eq!(reuseaddr_of(p.pid, 4), 1, "SO_REUSEADDR after the restore");
+    // The listening socket came back too.
+    TcpStream::connect(server_addr(port, v6)).expect("the restored server listens");
     c.wait_received(at_restore + 20_000, "after the restore");
     let total = c.finish("after the restore");
     assert!(total > at_restore + 20_000);
@@ -361,21 +364,16 @@ fn connection_refused_without_the_flag() {
     server_ok(&p);
 }
 
-/// A dump that fails after it has put a connection in repair mode and
-/// locked it (the server's second connection is half closed, CLOSE_WAIT,
-/// which cannot be moved) leaves the first connection working at once.
+/// A dump that fails after it has put the connection in repair mode and
+/// locked it (the server also holds a unix socket with a descriptor in
+/// flight, which godwit finds only after the connections are read) leaves
+/// the connection working at once, its options as they were.
 #[test]
 fn failed_dump_leaves_the_connection_working() {
     let port = 47315;
-    let p = server(port, false, 2);
+    let p = server_mode(port, "scm");
     let mut c = Client::start(server_addr(port, false), false);
-    let half = TcpStream::connect(server_addr(port, false)).unwrap();
-    half.shutdown(std::net::Shutdown::Write).unwrap();
-    let half_addr = half.local_addr().unwrap();
     c.wait_received(5_000, "before the dump");
-    wait_for("CLOSE_WAIT on the server", Duration::from_secs(10), || {
-        server_side(port, half_addr).is_some_and(|s| s.0 == 8)
-    });
     let img = p.images();
     let out = godwit(&[
         "dump",
@@ -387,20 +385,22 @@ fn failed_dump_leaves_the_connection_working() {
     ]);
     assert_eq!(out.status.code(), Some(5), "exit code");
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("CLOSE_WAIT") && err.contains("fd 5"),
-        "names the state and fd: {err}"
-    );
+    assert!(err.contains("SCM_RIGHTS"), "the reason: {err}");
     assert!(!dead(p.pid), "the server runs on");
+    assert!(!img.join("manifest.img").exists(), "no image");
     // At once: a connection left locked or in repair mode would stall.
     let n = c.received();
     wait_for("the echo to go on", Duration::from_secs(2), || {
         c.check("after the failed dump");
         c.received() > n + 5_000
     });
+    assert_eq!(
+        reuseaddr_of(p.pid, 4),
+        1,
+        "SO_REUSEADDR after the failed dump"
+    );
     c.finish("after the failed dump");
     server_ok(&p);
-    drop(half);
 }
 
 /// --leave-running: the connection is read in repair mode and given back;
@@ -411,13 +411,135 @@ fn leave_running_leaves_the_connection_working() {
     let mut p = server(port, false, 1);
     let mut c = Client::start(server_addr(port, false), false);
     c.wait_received(5_000, "before the dump");
+    assert_eq!(reuseaddr_of(p.pid, 4), 1);
     p.dump(&["--tcp-established", "--leave-running"]);
     assert!(!dead(p.pid), "the server runs on");
+    assert_eq!(reuseaddr_of(p.pid, 4), 1, "SO_REUSEADDR after the dump");
     let n = c.received();
     wait_for("the echo to go on", Duration::from_secs(2), || {
         c.check("after the dump");
         c.received() > n + 5_000
     });
     c.finish("after the dump");
+    server_ok(&p);
+}
+
+/// SO_REUSEADDR of `fd` of `pid` (tcpecho sets it on its listener; the
+/// accepted connection inherits it): repair mode must not lose it.
+fn reuseaddr_of(pid: i32, fd: i32) -> i32 {
+    let pidfd = godwit_sys::process::pidfd_open(pid).unwrap();
+    let sock = godwit_sys::process::pidfd_getfd(&pidfd, fd).unwrap();
+    godwit_sys::process::getsockopt_int(&sock, libc::SOL_SOCKET, libc::SO_REUSEADDR).unwrap()
+}
+
+fn server_mode(port: u16, mode: &str) -> Proc {
+    let port = port.to_string();
+    Proc::test_prog_with("tcpecho", &[&port, "4", "1", mode])
+}
+
+fn fnv1a(data: &[u8]) -> u64 {
+    data.iter().fold(14695981039346656037u64, |h, &b| {
+        (h ^ b as u64).wrapping_mul(1099511628211)
+    })
+}
+
+/// Waits for the server's end of the connection from `client` to be in
+/// `state`, and returns its (send, receive) queue lengths.
+fn wait_state(port: u16, client: SocketAddr, state: u8, name: &str) -> (u64, u64) {
+    let mut seen = None;
+    wait_for(
+        &format!("the server's side in {name}"),
+        Duration::from_secs(10),
+        || {
+            seen = server_side(port, client);
+            seen.is_some_and(|s| s.0 == state)
+        },
+    );
+    let s = seen.unwrap();
+    (s.1, s.2)
+}
+
+/// The client has sent its last byte and closed its side; the server has
+/// not read them yet (CLOSE_WAIT with 30000 bytes unread). After the
+/// restore it reads them all, echoes them, reads EOF and closes its side:
+/// the client gets the whole echo, then EOF.
+#[test]
+fn close_wait_connection_with_unread_data_moves() {
+    let port = 47318;
+    let mut p = server_mode(port, "eof");
+    std::fs::write(p.path("pause"), "").unwrap();
+    let mut c = TcpStream::connect(server_addr(port, false)).unwrap();
+    let client = c.local_addr().unwrap();
+    let sent = stream(0, 30_000);
+    c.write_all(&sent).unwrap();
+    c.shutdown(std::net::Shutdown::Write).unwrap();
+    let (_, rx) = wait_state(port, client, 8, "CLOSE_WAIT");
+    // /proc/net/tcp counts the FIN in the receive queue.
+    assert_eq!(rx, 30_001, "unread at dump");
+    p.dump(&["--tcp-established"]);
+    p.end_original();
+    p.restore_with(&["--tcp-established"]);
+    let (_, rx) = wait_state(port, client, 8, "CLOSE_WAIT after the restore");
+    assert_eq!(rx, 30_001, "unread after the restore");
+    std::fs::remove_file(p.path("pause")).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut echo = Vec::new();
+    c.read_to_end(&mut echo)
+        .expect("the echo, then EOF, no reset");
+    assert!(
+        echo == sent,
+        "the echo ({} bytes) is what was sent",
+        echo.len()
+    );
+    let eof = p.path("eof");
+    wait_for("the server to see EOF", Duration::from_secs(10), || {
+        eof.exists()
+    });
+    assert_eq!(
+        std::fs::read_to_string(eof).unwrap().split(' ').next(),
+        Some("30000")
+    );
+    server_ok(&p);
+}
+
+/// The server shut its side down at once (FIN_WAIT2) and only reads. The
+/// client, which saw EOF, keeps sending across the dump and restore; the
+/// server reads every byte, in order, then the client's EOF.
+#[test]
+fn fin_wait2_connection_moves_and_keeps_receiving() {
+    let port = 47319;
+    let mut p = server_mode(port, "shutfirst");
+    let mut c = TcpStream::connect(server_addr(port, false)).unwrap();
+    let client = c.local_addr().unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut b = [0u8; 16];
+    assert_eq!(c.read(&mut b).unwrap(), 0, "the server shut its side down");
+    let all = stream(0, 40_000);
+    c.write_all(&all[..20_000]).unwrap();
+    let count = p.path("count");
+    wait_for(
+        "the server to read 20000 bytes",
+        Duration::from_secs(10),
+        || std::fs::read_to_string(&count).is_ok_and(|s| s.starts_with("20000 ")),
+    );
+    wait_state(port, client, 5, "FIN_WAIT2");
+    p.dump(&["--tcp-established"]);
+    p.end_original();
+    // Sent while the server is gone: held back, retransmitted later.
+    c.write_all(&all[20_000..30_000]).unwrap();
+    p.restore_with(&["--tcp-established"]);
+    wait_state(port, client, 5, "FIN_WAIT2 after the restore");
+    c.write_all(&all[30_000..]).unwrap();
+    c.shutdown(std::net::Shutdown::Write).unwrap();
+    let eof = p.path("eof");
+    wait_for("the server to see EOF", Duration::from_secs(20), || {
+        eof.exists()
+    });
+    assert_eq!(
+        std::fs::read_to_string(eof).unwrap().trim(),
+        format!("40000 {}", fnv1a(&all)),
+        "the server read every byte in order"
+    );
+    assert_eq!(c.read(&mut b).unwrap(), 0, "still EOF, no reset");
     server_ok(&p);
 }

@@ -771,6 +771,15 @@ pub struct TcpConnection {
     pub rcv_wnd: u32,
     #[prost(uint32, tag = "18")]
     pub rcv_wup: u32,
+    /// We had shut down our side (FIN sent, acknowledged or not): restored
+    /// by shutdown(SHUT_WR) after the queues. Not counted in the sequence
+    /// numbers and queues above.
+    #[prost(bool, tag = "19")]
+    pub fin_sent: bool,
+    /// The peer had closed its side (FIN received): delivered again after
+    /// the restore. Not counted in `recv_seq` + `recv_queue`.
+    #[prost(bool, tag = "20")]
+    pub fin_received: bool,
 }
 
 #[cfg(test)]

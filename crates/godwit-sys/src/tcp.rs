@@ -54,6 +54,11 @@ pub const TCPI_OPT_WSCALE: u8 = 4;
 
 /// TCP states (`tcpi_state`).
 pub const TCP_ESTABLISHED: u8 = 1;
+pub const TCP_FIN_WAIT1: u8 = 4;
+pub const TCP_FIN_WAIT2: u8 = 5;
+pub const TCP_CLOSE_WAIT: u8 = 8;
+pub const TCP_LAST_ACK: u8 = 9;
+pub const TCP_CLOSING: u8 = 11;
 
 /// The name of TCP state `s`.
 pub fn state_name(s: u8) -> &'static str {
@@ -414,6 +419,53 @@ pub fn show(b: &[u8]) -> String {
         || format!("an address of {} bytes", b.len()),
         |a| a.to_string(),
     )
+}
+
+/// The FIN of peer `peer` to the connection's `local` end, as an IP
+/// packet: sequence `seq`, acknowledging `ack`, advertising `window`
+/// (already scaled down). No options.
+pub fn fin_packet(
+    peer: SocketAddr,
+    local: SocketAddr,
+    seq: u32,
+    ack: u32,
+    window: u16,
+) -> Option<Vec<u8>> {
+    let (peer, local) = (unmapped(peer), unmapped(local));
+    let mut h = Vec::with_capacity(20);
+    h.extend_from_slice(&peer.port().to_be_bytes());
+    h.extend_from_slice(&local.port().to_be_bytes());
+    h.extend_from_slice(&seq.to_be_bytes());
+    h.extend_from_slice(&ack.to_be_bytes());
+    h.push(5 << 4); // data offset: 5 words
+    h.push(0x11); // FIN | ACK
+    h.extend_from_slice(&window.to_be_bytes());
+    h.extend_from_slice(&[0, 0, 0, 0]); // checksum, urgent pointer
+    crate::udp::ip_packet(peer.ip(), local.ip(), libc::IPPROTO_TCP as u8, h, 16, false)
+}
+
+/// Delivers the peer's FIN (see [`fin_packet`]) to the connection of
+/// socket `sock` again, through a raw socket in its network namespace: how
+/// a restored connection learns that its peer had closed its side.
+pub fn inject_fin(
+    sock: impl AsFd,
+    peer: SocketAddr,
+    local: SocketAddr,
+    seq: u32,
+    ack: u32,
+    window: u16,
+) -> Result<()> {
+    let what = format!("delivering the FIN of {peer} to {local}");
+    let pkt = fin_packet(peer, local, seq, ack, window)
+        .ok_or_else(|| SysError::call_errno("sendto(raw)", &what, libc::EINVAL))?;
+    crate::udp::send_raw(sock.as_fd(), unmapped(local).ip(), &pkt, &what)
+}
+
+/// shutdown(SHUT_WR) on a socket we hold.
+pub fn shutdown_write(sock: impl AsFd) -> Result<()> {
+    // SAFETY: plain integer syscall on a descriptor we hold.
+    let r = unsafe { libc::shutdown(sock.as_fd().as_raw_fd(), libc::SHUT_WR) };
+    check(r as i64, "shutdown(SHUT_WR)", "TCP socket").map(|_| ())
 }
 
 // ---- The network lock (nf_tables over netlink) ----

@@ -126,73 +126,78 @@ fn fold(mut acc: u32) -> u16 {
 /// The IP packet carrying `payload` from `src` to `dst` (both IPv4 or both
 /// IPv6), with a UDP checksum.
 pub fn packet(src: SocketAddr, dst: SocketAddr, payload: &[u8]) -> Option<Vec<u8>> {
-    let ulen = 8 + payload.len();
-    let mut udp = Vec::with_capacity(ulen);
+    let ulen = u16::try_from(8 + payload.len()).ok()?;
+    let mut udp = Vec::with_capacity(ulen as usize);
     udp.extend_from_slice(&src.port().to_be_bytes());
     udp.extend_from_slice(&dst.port().to_be_bytes());
-    udp.extend_from_slice(&(u16::try_from(ulen).ok()?).to_be_bytes());
+    udp.extend_from_slice(&ulen.to_be_bytes());
     udp.extend_from_slice(&[0, 0]);
     udp.extend_from_slice(payload);
-    let (mut out, pseudo) = match (src.ip(), dst.ip()) {
+    ip_packet(src.ip(), dst.ip(), libc::IPPROTO_UDP as u8, udp, 6, true)
+}
+
+/// An IP packet from `src` to `dst` (both IPv4 or both IPv6) carrying
+/// transport segment `l4` of protocol `proto`, whose checksum (16 bits at
+/// `csum_at`, zero in `l4`) is filled in; `udp`: a zero sum is sent as
+/// 0xffff.
+pub(crate) fn ip_packet(
+    src: IpAddr,
+    dst: IpAddr,
+    proto: u8,
+    mut l4: Vec<u8>,
+    csum_at: usize,
+    udp: bool,
+) -> Option<Vec<u8>> {
+    let len = l4.len();
+    let (mut out, pseudo) = match (src, dst) {
         (IpAddr::V4(s), IpAddr::V4(d)) => {
-            let total = u16::try_from(20 + ulen).ok()?;
+            let total = u16::try_from(20 + len).ok()?;
             let mut h = vec![0x45, 0];
             h.extend_from_slice(&total.to_be_bytes());
-            h.extend_from_slice(&[0, 0, 0x40, 0, 64, libc::IPPROTO_UDP as u8, 0, 0]);
+            h.extend_from_slice(&[0, 0, 0x40, 0, 64, proto, 0, 0]);
             h.extend_from_slice(&s.octets());
             h.extend_from_slice(&d.octets());
             let c = fold(sum16(&h, 0));
             h[10..12].copy_from_slice(&c.to_be_bytes());
             let mut p = s.octets().to_vec();
             p.extend_from_slice(&d.octets());
-            p.extend_from_slice(&[0, libc::IPPROTO_UDP as u8]);
-            p.extend_from_slice(&(ulen as u16).to_be_bytes());
+            p.extend_from_slice(&[0, proto]);
+            p.extend_from_slice(&(u16::try_from(len).ok()?).to_be_bytes());
             (h, p)
         }
         (IpAddr::V6(s), IpAddr::V6(d)) => {
             let mut h = vec![0x60, 0, 0, 0];
-            h.extend_from_slice(&(u16::try_from(ulen).ok()?).to_be_bytes());
-            h.extend_from_slice(&[libc::IPPROTO_UDP as u8, 64]);
+            h.extend_from_slice(&(u16::try_from(len).ok()?).to_be_bytes());
+            h.extend_from_slice(&[proto, 64]);
             h.extend_from_slice(&s.octets());
             h.extend_from_slice(&d.octets());
             let mut p = s.octets().to_vec();
             p.extend_from_slice(&d.octets());
-            p.extend_from_slice(&(ulen as u32).to_be_bytes());
-            p.extend_from_slice(&[0, 0, 0, libc::IPPROTO_UDP as u8]);
+            p.extend_from_slice(&(len as u32).to_be_bytes());
+            p.extend_from_slice(&[0, 0, 0, proto]);
             (h, p)
         }
         _ => return None,
     };
-    let c = match fold(sum16(&udp, sum16(&pseudo, 0))) {
-        0 => 0xffff,
+    let c = match fold(sum16(&l4, sum16(&pseudo, 0))) {
+        0 if udp => 0xffff,
         c => c,
     };
-    udp[6..8].copy_from_slice(&c.to_be_bytes());
-    out.extend_from_slice(&udp);
+    l4[csum_at..csum_at + 2].copy_from_slice(&c.to_be_bytes());
+    out.extend_from_slice(&l4);
     Some(out)
 }
 
-/// Puts a datagram from `src` in the queue of the UDP socket bound to
-/// `dst`, in the network namespace of socket `ns_of`: a raw packet with
-/// that source, looped back to `dst` (which must be an address of this
-/// host).
-pub fn inject(ns_of: impl AsFd, src: SocketAddr, dst: SocketAddr, payload: &[u8]) -> Result<()> {
-    let what = format!("re-queuing a datagram from {src} to {dst}");
-    let pkt = packet(src, dst, payload)
-        .ok_or_else(|| SysError::call_errno("sendto(raw)", &what, libc::EMSGSIZE))?;
+/// Sends IP packet `pkt` to `dst` through a raw socket in the network
+/// namespace of socket `ns_of`.
+pub(crate) fn send_raw(ns_of: BorrowedFd<'_>, dst: IpAddr, pkt: &[u8], what: &str) -> Result<()> {
     let domain = if dst.is_ipv4() {
         libc::AF_INET
     } else {
         libc::AF_INET6
     };
-    let raw = socket_in_netns_of(
-        ns_of.as_fd(),
-        domain,
-        libc::SOCK_RAW,
-        libc::IPPROTO_RAW,
-        &what,
-    )?;
-    let to = crate::tcp::raw_sockaddr(SocketAddr::new(dst.ip(), 0));
+    let raw = socket_in_netns_of(ns_of, domain, libc::SOCK_RAW, libc::IPPROTO_RAW, what)?;
+    let to = crate::tcp::raw_sockaddr(SocketAddr::new(dst, 0));
     // SAFETY: valid buffers of the lengths given.
     let r = unsafe {
         libc::sendto(
@@ -204,8 +209,19 @@ pub fn inject(ns_of: impl AsFd, src: SocketAddr, dst: SocketAddr, payload: &[u8]
             to.len() as libc::socklen_t,
         )
     };
-    check(r as i64, "sendto(raw)", &what)?;
+    check(r as i64, "sendto(raw)", what)?;
     Ok(())
+}
+
+/// Puts a datagram from `src` in the queue of the UDP socket bound to
+/// `dst`, in the network namespace of socket `ns_of`: a raw packet with
+/// that source, looped back to `dst` (which must be an address of this
+/// host).
+pub fn inject(ns_of: impl AsFd, src: SocketAddr, dst: SocketAddr, payload: &[u8]) -> Result<()> {
+    let what = format!("re-queuing a datagram from {src} to {dst}");
+    let pkt = packet(src, dst, payload)
+        .ok_or_else(|| SysError::call_errno("sendto(raw)", &what, libc::EMSGSIZE))?;
+    send_raw(ns_of.as_fd(), dst.ip(), &pkt, &what)
 }
 
 #[cfg(test)]

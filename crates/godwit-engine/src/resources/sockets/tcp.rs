@@ -54,6 +54,16 @@ const CONNECTION_OPTIONS: &[(i32, i32)] = &[
     (libc::IPPROTO_TCP, libc::TCP_NOTSENT_LOWAT),
 ];
 
+/// The states a connection can be moved in.
+const MOVABLE: &[u8] = &[
+    t::TCP_ESTABLISHED,
+    t::TCP_FIN_WAIT1,
+    t::TCP_FIN_WAIT2,
+    t::TCP_CLOSE_WAIT,
+    t::TCP_LAST_ACK,
+    t::TCP_CLOSING,
+];
+
 /// "127.0.0.1:5000 <-> 127.0.0.1:40312".
 fn connection(s: &Socket) -> String {
     format!("{} <-> {}", t::show(&s.addr), t::show(&s.peer_addr))
@@ -167,6 +177,8 @@ struct Held {
     peer: SocketAddr,
     locked: bool,
     repaired: bool,
+    /// SO_REUSEADDR before repair mode, which clears it when left.
+    reuseaddr: i32,
 }
 
 /// The connections a dump put in repair mode. Dropped: they leave repair
@@ -197,7 +209,10 @@ impl Repairs {
         let mut first = None;
         for h in self.held.drain(..) {
             if h.repaired {
-                if let Err(e) = t::set_repair(&h.sock, Repair::OffNoWindowProbe) {
+                let off = t::set_repair(&h.sock, Repair::OffNoWindowProbe).and_then(|()| {
+                    t::set_int(&h.sock, libc::SOL_SOCKET, libc::SO_REUSEADDR, h.reuseaddr)
+                });
+                if let Err(e) = off {
                     tracing::warn!(pid = h.pid, local = %h.local, peer = %h.peer, "leaving TCP repair mode: {e}");
                     first.get_or_insert(EngineError::Sys {
                         pid: h.pid,
@@ -278,6 +293,7 @@ pub fn repair_all(procs: &mut [Process], allowed: bool) -> Result<Repairs> {
                 peer,
                 locked: false,
                 repaired: false,
+                reuseaddr: 0,
             });
             let h = repairs.held.last_mut().expect("just pushed");
             t::lock(&h.sock, local, peer).map_err(|e| EngineError::Sys {
@@ -286,17 +302,19 @@ pub fn repair_all(procs: &mut [Process], allowed: bool) -> Result<Repairs> {
                 source: e,
             })?;
             h.locked = true;
+            h.reuseaddr = t::get_int(&h.sock, libc::SOL_SOCKET, libc::SO_REUSEADDR)
+                .dumping(pid, "reading TCP connections")?;
             t::set_repair(&h.sock, Repair::On)
                 .dumping(pid, "putting a TCP connection in repair mode")?;
             h.repaired = true;
             // Checked locked and in repair mode: the state cannot change since.
             let info = t::info(&h.sock).dumping(pid, "reading TCP connections")?;
-            if info.state != t::TCP_ESTABLISHED {
+            if !MOVABLE.contains(&info.state) {
                 return Err(unsupported(
                     pid,
                     f.fd,
                     format!(
-                        "a TCP connection {} in state {} (only ESTABLISHED connections can be moved; retry once it is closed or established)",
+                        "a TCP connection {} in state {} (only ESTABLISHED, FIN_WAIT1/2, CLOSE_WAIT, LAST_ACK and CLOSING connections can be moved; retry once it is closed or established)",
                         connection(s),
                         t::state_name(info.state)
                     ),
@@ -326,7 +344,12 @@ fn read_connection(pid: i32, sock: &OwnedFd) -> Result<TcpConnection> {
     let (inq, outq, unsent) = t::queue_lengths(sock).dumping(pid, stage)?;
     t::set_queue(sock, Queue::Send).dumping(pid, stage)?;
     let write_seq = t::queue_seq(sock).dumping(pid, stage)?;
-    let send_queue = t::peek_queue(sock, outq as usize).dumping(pid, stage)?;
+    let fin_unacked = matches!(
+        info.state,
+        t::TCP_FIN_WAIT1 | t::TCP_CLOSING | t::TCP_LAST_ACK
+    ) && outq > 0;
+    let send_queue =
+        t::peek_queue(sock, (outq - fin_unacked as u32) as usize).dumping(pid, stage)?;
     t::set_queue(sock, Queue::Recv).dumping(pid, stage)?;
     let rcv_nxt = t::queue_seq(sock).dumping(pid, stage)?;
     let recv_queue = t::peek_queue(sock, inq as usize).dumping(pid, stage)?;
@@ -339,12 +362,29 @@ fn read_connection(pid: i32, sock: &OwnedFd) -> Result<TcpConnection> {
         0
     };
     let w = t::repair_window(sock).dumping(pid, stage)?;
+    // A FIN takes a sequence number of its own, and is in no queue we read:
+    // ours (sent) sits at the end of the send queue until acknowledged.
+    let fin_sent = matches!(
+        info.state,
+        t::TCP_FIN_WAIT1 | t::TCP_FIN_WAIT2 | t::TCP_CLOSING | t::TCP_LAST_ACK
+    );
+    let fin_received = matches!(
+        info.state,
+        t::TCP_CLOSE_WAIT | t::TCP_CLOSING | t::TCP_LAST_ACK
+    );
+    let data_len = send_queue.len() as u32;
+    let unsent_data = match fin_sent && unsent > 0 {
+        true => unsent - 1,
+        false => unsent,
+    };
     Ok(TcpConnection {
         state: info.state as u32,
-        send_seq: write_seq.wrapping_sub(outq),
+        send_seq: write_seq
+            .wrapping_sub(fin_sent as u32)
+            .wrapping_sub(data_len),
         send_queue,
-        unsent: unsent.min(outq),
-        recv_seq: rcv_nxt.wrapping_sub(inq),
+        unsent: unsent_data.min(data_len),
+        recv_seq: rcv_nxt.wrapping_sub(fin_received as u32).wrapping_sub(inq),
         recv_queue,
         mss,
         wscale_ok: info.options & t::TCPI_OPT_WSCALE != 0,
@@ -358,6 +398,8 @@ fn read_connection(pid: i32, sock: &OwnedFd) -> Result<TcpConnection> {
         max_window: w.max_window,
         rcv_wnd: w.rcv_wnd,
         rcv_wup: w.rcv_wup,
+        fin_sent,
+        fin_received,
     })
 }
 
@@ -459,6 +501,15 @@ pub struct Restored {
     peer: SocketAddr,
     /// Bytes never sent before the dump: sent now, after repair mode.
     unsent: Vec<u8>,
+    /// What is left to do once out of repair mode: shut down our side
+    /// (FIN), deliver the peer's FIN again (with these sequence number,
+    /// acknowledgement and window), in the order of `state`.
+    state: u8,
+    fin_sent: bool,
+    fin_received: bool,
+    peer_fin: (u32, u32, u16),
+    /// SO_REUSEADDR as saved: leaving repair mode clears it.
+    reuseaddr: i32,
 }
 
 /// The connections of a restore, finished together before the processes run.
@@ -476,11 +527,62 @@ impl RestoredSet {
             let unlocked = t::unlock(&c.sock, c.local, c.peer)
                 .restoring(c.pid, "lifting the network lock of a TCP connection")?;
             t::set_repair(&c.sock, Repair::Off).restoring(c.pid, stage)?;
+            t::set_int(&c.sock, libc::SOL_SOCKET, libc::SO_REUSEADDR, c.reuseaddr)
+                .restoring(c.pid, stage)?;
             send_unsent(&c).restoring(c.pid, "sending the unsent bytes of a TCP connection")?;
+            close_sides(&c)?;
             tracing::debug!(pid = c.pid, fd = c.fd, local = %c.local, peer = %c.peer, unlocked, "TCP connection restored");
         }
         Ok(())
     }
+}
+
+/// Shuts our side down and delivers the peer's FIN again, as the
+/// connection had them: CLOSING (our FIN went first), else the peer's
+/// first. Waits until the peer's FIN is taken in.
+fn close_sides(c: &Restored) -> Result<()> {
+    let stage = "closing a side of a restored TCP connection";
+    let shut = || t::shutdown_write(&c.sock).restoring(c.pid, stage);
+    if c.fin_sent && c.state == t::TCP_CLOSING {
+        shut()?;
+    }
+    if c.fin_received {
+        let (seq, ack, window) = c.peer_fin;
+        t::inject_fin(&c.sock, c.peer, c.local, seq, ack, window).restoring(c.pid, stage)?;
+        let t0 = std::time::Instant::now();
+        loop {
+            let state = t::info(&c.sock).restoring(c.pid, stage)?.state;
+            if state != t::TCP_ESTABLISHED && state != t::TCP_FIN_WAIT1 {
+                break;
+            }
+            if t0.elapsed() > std::time::Duration::from_secs(2) {
+                return Err(EngineError::Restore {
+                    pid: c.pid,
+                    stage: "delivering the peer's FIN to a restored TCP connection again (it stays in state ESTABLISHED; a firewall dropping it?)",
+                    source: SysError::Call {
+                        call: "inject FIN",
+                        target: format!("fd {}", c.fd),
+                        source: std::io::Error::from_raw_os_error(libc::ETIMEDOUT),
+                    },
+                });
+            }
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+    }
+    if c.fin_sent && c.state != t::TCP_CLOSING {
+        shut()?;
+    }
+    let state = t::info(&c.sock).map(|i| i.state).unwrap_or(0);
+    if state != c.state && !(c.state == t::TCP_FIN_WAIT2 && state == t::TCP_FIN_WAIT1) {
+        tracing::debug!(
+            pid = c.pid,
+            fd = c.fd,
+            was = t::state_name(c.state),
+            now = t::state_name(state),
+            "restored TCP connection state"
+        );
+    }
+    Ok(())
 }
 
 /// Sends the bytes that had not been sent at the dump, with the send
@@ -497,6 +599,12 @@ fn send_unsent(c: &Restored) -> Result<(), SysError> {
     // Reported doubled, set halved.
     let back = t::set_int(&c.sock, libc::SOL_SOCKET, libc::SO_SNDBUFFORCE, orig / 2);
     sent.and(back)
+}
+
+/// The window the peer last advertised, as it would put it in a segment.
+fn peer_window(c: &TcpConnection) -> u16 {
+    let shift = if c.wscale_ok { c.snd_wscale.min(14) } else { 0 };
+    (c.snd_wnd >> shift).min(u16::MAX as u32) as u16
 }
 
 fn restore_err(pid: i32, fd: i32, s: &Socket, what: &str, e: SysError) -> EngineError {
@@ -600,6 +708,12 @@ pub fn restore_established(
     t::send_all(&sock, &c.send_queue[..sent]).map_err(err("refilling the send queue"))?;
     t::set_queue(&sock, Queue::Recv).map_err(err("receive queue"))?;
     t::send_all(&sock, &c.recv_queue).map_err(err("refilling the receive queue"))?;
+    // The peer's FIN, delivered later, is not in rcv_nxt yet.
+    let rcv_end = c.recv_seq.wrapping_add(c.recv_queue.len() as u32);
+    let rcv_wup = match (c.rcv_wup.wrapping_sub(rcv_end) as i32) > 0 {
+        true => rcv_end,
+        false => c.rcv_wup,
+    };
     t::set_repair_window(
         &sock,
         &t::Window {
@@ -607,7 +721,7 @@ pub fn restore_established(
             snd_wnd: c.snd_wnd,
             max_window: c.max_window,
             rcv_wnd: c.rcv_wnd,
-            rcv_wup: c.rcv_wup,
+            rcv_wup,
         },
     )
     .map_err(err("windows"))?;
@@ -627,6 +741,15 @@ pub fn restore_established(
             local,
             peer,
             unsent: c.send_queue[sent..].to_vec(),
+            state: c.state as u8,
+            fin_sent: c.fin_sent,
+            fin_received: c.fin_received,
+            peer_fin: (rcv_end, c.send_seq, peer_window(c)),
+            reuseaddr: s
+                .options
+                .iter()
+                .find(|o| o.level == libc::SOL_SOCKET && o.name == libc::SO_REUSEADDR)
+                .map_or(0, |o| o.value),
         });
     Ok(sfd)
 }
