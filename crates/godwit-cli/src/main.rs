@@ -142,6 +142,15 @@ enum Cmd {
         #[arg(long)]
         full: bool,
     },
+    /// Lift the firewall rules a `dump --tcp-established` left on the
+    /// image's TCP connections, for an image you will not restore: the
+    /// peers then get a reset at their next packet instead of waiting.
+    /// (`restore --tcp-established` lifts them itself.)
+    UnlockTcp {
+        /// The image directory.
+        #[arg(long)]
+        images: PathBuf,
+    },
 }
 
 /// A progress bar on stderr for long memory transfers (hidden when stderr is
@@ -307,6 +316,25 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             rt.block_on(godwit_agent_client::run_service_cmd(
                 cmd, &agent, token, cli.json,
             ))?;
+        }
+        Cmd::UnlockTcp { images } => {
+            let (ck, _) = godwit_engine::load(&images).map_err(anyhow::Error::from)?;
+            let done = godwit_engine::resources::sockets::tcp::unlock_image(&ck)
+                .map_err(anyhow::Error::from)?;
+            if cli.json {
+                let v: Vec<_> = done
+                    .iter()
+                    .map(|(c, found)| serde_json::json!({"connection": c, "was_locked": found}))
+                    .collect();
+                println!("{}", serde_json::Value::Array(v));
+            } else if done.is_empty() {
+                println!("the image holds no TCP connection");
+            } else {
+                for (c, found) in &done {
+                    let what = if *found { "unlocked" } else { "was not locked" };
+                    println!("{c}: {what}");
+                }
+            }
         }
         Cmd::Inspect { dir, full } => {
             let (ck, reader) = godwit_engine::load(&dir).map_err(anyhow::Error::from)?;

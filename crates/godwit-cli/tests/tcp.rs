@@ -298,22 +298,41 @@ fn queued_data_in_both_directions_moves_with_the_connection() {
     let mut c = Client::start(server_addr(port, false), true);
     c.wait_received(200_000, "before the dump");
     c.s.pause_reading.store(true, Ordering::SeqCst);
-    let mut seen = (0, 0, 0);
+    // Until both queues are full and stay so (the send buffer grows up to
+    // its limit first, while the server still reads) for half a second.
+    let mut stable = 0;
     wait_for(
         "the server's queues to fill",
-        Duration::from_secs(20),
+        Duration::from_secs(30),
         || {
             c.check("while filling the queues");
-            seen = server_side(port, c.local).unwrap_or_default();
-            seen.1 > 100_000 && seen.2 > 50_000
+            let seen = server_side(port, c.local).unwrap_or_default();
+            stable = if seen.1 > 100_000 && seen.2 > 50_000 {
+                stable + 1
+            } else {
+                0
+            };
+            std::thread::sleep(Duration::from_millis(40));
+            stable >= 10
         },
     );
-    // Let them settle (the client's writes stall once its buffers are full).
-    std::thread::sleep(Duration::from_millis(300));
-    let queued = server_side(port, c.local).unwrap();
-    assert!(queued.1 > 0 && queued.2 > 0, "queues at dump: {queued:?}");
     p.dump(&["--tcp-established"]);
     p.end_original();
+    // The image holds both queues (godwit inspect).
+    let img = p.images();
+    let v: serde_json::Value =
+        serde_json::from_str(&godwit_ok(&["--json", "inspect", img.to_str().unwrap()])).unwrap();
+    let fd4 = v["processes"][0]["fds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["fd"] == 4)
+        .cloned()
+        .unwrap();
+    let t = &fd4["socket"]["tcp"];
+    assert_eq!(t["state"], "ESTABLISHED", "{fd4}");
+    assert!(t["send_queue_bytes"].as_u64().unwrap() > 0, "{fd4}");
+    assert!(t["recv_queue_bytes"].as_u64().unwrap() > 0, "{fd4}");
     std::thread::sleep(Duration::from_millis(300));
     c.check("while the server was gone");
     p.restore_with(&["--tcp-established"]);
@@ -321,7 +340,7 @@ fn queued_data_in_both_directions_moves_with_the_connection() {
     assert_eq!(back.0, 1, "ESTABLISHED after the restore");
     assert!(
         back.1 > 0 && back.2 > 0,
-        "queues after the restore: {back:?} (at dump: {queued:?})"
+        "queues after the restore: {back:?} (at dump: {t})"
     );
     let at_restore = c.sent();
     c.s.pause_reading.store(false, Ordering::SeqCst);
@@ -545,4 +564,33 @@ fn fin_wait2_connection_moves_and_keeps_receiving() {
     );
     assert_eq!(c.read(&mut b).unwrap(), 0, "still EOF, no reset");
     server_ok(&p);
+}
+
+/// An image that will not be restored: `godwit unlock-tcp` lifts the lock,
+/// and the peer learns at once that the connection is gone (a reset).
+#[test]
+fn unlock_tcp_lets_the_peer_know() {
+    let port = 47320;
+    let mut p = server(port, false, 1);
+    let c = Client::start(server_addr(port, false), false);
+    c.wait_received(5_000, "before the dump");
+    p.dump(&["--tcp-established"]);
+    p.end_original();
+    std::thread::sleep(Duration::from_millis(300));
+    c.check("while the server was gone");
+    let img = p.images();
+    let out = godwit_ok(&["unlock-tcp", "--images", img.to_str().unwrap()]);
+    assert!(
+        out.contains("unlocked") && out.contains(&c.local.to_string()),
+        "{out}"
+    );
+    wait_for(
+        "the client to see the connection end",
+        Duration::from_secs(20),
+        || c.s.error.lock().unwrap().is_some(),
+    );
+    let e = c.s.error.lock().unwrap().clone().unwrap();
+    assert!(e.contains("reset") || e.contains("Broken pipe"), "{e}");
+    let again = godwit_ok(&["unlock-tcp", "--images", img.to_str().unwrap()]);
+    assert!(again.contains("was not locked"), "{again}");
 }

@@ -854,6 +854,16 @@ pub fn unlock(sock: impl AsFd, local: SocketAddr, peer: SocketAddr) -> Result<bo
     Ok(true)
 }
 
+/// [`unlock`] in godwit's own network namespace.
+pub fn unlock_here(local: SocketAddr, peer: SocketAddr) -> Result<bool> {
+    // SAFETY: plain socket(2) call; the socket only names our namespace.
+    let r = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    let fd = check(r as i64, "socket", "godwit")?;
+    // SAFETY: the kernel returned a new descriptor that we now own.
+    let any = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    unlock(&any, local, peer)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -403,6 +403,36 @@ fn read_connection(pid: i32, sock: &OwnedFd) -> Result<TcpConnection> {
     })
 }
 
+/// Lifts, in godwit's network namespace, the locks a dump left on the
+/// connections of image `ck` (for an image that will not be restored);
+/// returns each connection with whether a lock was found.
+pub fn unlock_image(ck: &crate::schema::Checkpoint) -> Result<Vec<(String, bool)>> {
+    let mut out = Vec::new();
+    for p in &ck.processes {
+        for f in p
+            .fds
+            .iter()
+            .filter(|f| f.kind == FdKind::TcpEstablished as i32)
+        {
+            let Some(s) = &f.socket else { continue };
+            let (Some(local), Some(peer)) = (t::sockaddr(&s.addr), t::sockaddr(&s.peer_addr))
+            else {
+                continue;
+            };
+            let found = t::unlock_here(local, peer).map_err(|e| EngineError::Sys {
+                pid: p.pid,
+                stage: "lifting the network lock of a TCP connection",
+                source: e,
+            })?;
+            out.push((
+                format!("process {} fd {} {}", p.pid, f.fd, connection(s)),
+                found,
+            ));
+        }
+    }
+    Ok(out)
+}
+
 /// Refuses an image holding TCP connections unless `allowed`.
 pub fn check(p: &Process, allowed: bool) -> Result<()> {
     if allowed {
