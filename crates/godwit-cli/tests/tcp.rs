@@ -594,3 +594,57 @@ fn unlock_tcp_lets_the_peer_know() {
     let again = godwit_ok(&["unlock-tcp", "--images", img.to_str().unwrap()]);
     assert!(again.contains("was not locked"), "{again}");
 }
+
+/// Both ends of a connection in the dumped process (python3: a client
+/// connected to its own listener, ping-pong over it): both move, each
+/// behind its own lock, and keep talking to each other.
+#[test]
+fn connection_with_both_ends_in_the_tree_moves() {
+    let script = r#"
+import os, socket, sys
+d, port = sys.argv[1], int(sys.argv[2])
+srv = socket.socket()
+srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+srv.bind(("127.0.0.1", port)); srv.listen(1)
+a = socket.create_connection(("127.0.0.1", port)); b, _ = srv.accept()
+n = 0
+while True:
+    msg = b"%08d" % n
+    a.sendall(msg)
+    if b.recv(8, socket.MSG_WAITALL) != msg: sys.exit("b got something else")
+    b.sendall(msg * 2)
+    if a.recv(16, socket.MSG_WAITALL) != msg * 2: sys.exit("a got something else")
+    n += 1
+    with open(d + "/count.tmp", "w") as f: f.write(str(n))
+    os.rename(d + "/count.tmp", d + "/count")
+"#;
+    let dir = tempfile::Builder::new()
+        .prefix("godwit-e2e")
+        .tempdir()
+        .unwrap();
+    let d = dir.path().to_str().unwrap().to_string();
+    let mut p = Proc::spawn_in(dir, "python3", &["-c", script, &d, "47327"]);
+    let file = p.path("count");
+    let count = || {
+        std::fs::read_to_string(&file)
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    wait_for("python to ping-pong", Duration::from_secs(20), || {
+        count() > 100
+    });
+    p.dump(&["--tcp-established"]);
+    p.end_original();
+    let at_dump = count();
+    p.restore_with(&["--tcp-established"]);
+    let pid = p.pid;
+    wait_for("the ping-pong to go on", Duration::from_secs(20), || {
+        count() > at_dump + 1000 || dead(pid)
+    });
+    assert!(
+        !dead(p.pid),
+        "python failed after the restore: {}",
+        p.output()
+    );
+}
