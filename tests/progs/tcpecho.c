@@ -44,7 +44,10 @@ int main(int argc, char **argv) {
                                  .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
         r = bind(l, (void *)&a, sizeof a);
     }
-    if (r != 0 || listen(l, 4) != 0) fail("listen on port %d: %s", port, strerror(errno));
+    if (r != 0 || listen(l, 4) != 0) {
+        fprintf(stderr, "listen on port %d: %s\n", port, strerror(errno));
+        fail("listen on port %d: %s", port, strerror(errno));
+    }
     ready();
     int c = accept(l, NULL, NULL);
     if (c < 0) fail("accept: %s", strerror(errno));

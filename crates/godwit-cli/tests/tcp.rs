@@ -2,7 +2,8 @@
 //! (--tcp-established). The server (tests/progs/tcpecho.c) is dumped; its
 //! client is this test process, which is not: it sends a numbered stream
 //! and checks every echoed byte, so a reset, an EOF, a lost or a repeated
-//! byte anywhere shows.
+//! byte anywhere shows. Servers listen on ports 23311-23327, below the
+//! ephemeral range (32768-60999), so no client socket can hold them.
 
 mod common;
 use common::*;
@@ -272,19 +273,19 @@ fn move_connection_of(mut p: Proc, port: u16, v6: bool) {
 
 #[test]
 fn ipv4_connection_survives_dump_and_restore() {
-    move_connection(47311, false);
+    move_connection(23311, false);
 }
 
 #[test]
 fn ipv6_connection_survives_dump_and_restore() {
-    move_connection(47312, true);
+    move_connection(23312, true);
 }
 
 /// A dual-stack IPv6 server socket with an IPv4 client: the connection's
 /// addresses are IPv4-mapped, its packets (and its lock) IPv4.
 #[test]
 fn ipv4_mapped_connection_survives_dump_and_restore() {
-    let port = 47317;
+    let port = 23317;
     move_connection_of(server_family(port, "46", 1), port, false);
 }
 
@@ -293,7 +294,7 @@ fn ipv4_mapped_connection_survives_dump_and_restore() {
 /// stuck in write(), its receive queue. Both move with the connection.
 #[test]
 fn queued_data_in_both_directions_moves_with_the_connection() {
-    let port = 47313;
+    let port = 23313;
     let mut p = server(port, false, 1);
     let mut c = Client::start(server_addr(port, false), true);
     c.wait_received(200_000, "before the dump");
@@ -353,7 +354,7 @@ fn queued_data_in_both_directions_moves_with_the_connection() {
 /// connection and the flag; the server and its connection run on.
 #[test]
 fn connection_refused_without_the_flag() {
-    let port = 47314;
+    let port = 23314;
     let p = server(port, false, 1);
     let mut c = Client::start(server_addr(port, false), false);
     c.wait_received(5_000, "before the dump");
@@ -389,7 +390,7 @@ fn connection_refused_without_the_flag() {
 /// the connection working at once, its options as they were.
 #[test]
 fn failed_dump_leaves_the_connection_working() {
-    let port = 47315;
+    let port = 23315;
     let p = server_mode(port, "scm");
     let mut c = Client::start(server_addr(port, false), false);
     c.wait_received(5_000, "before the dump");
@@ -426,7 +427,7 @@ fn failed_dump_leaves_the_connection_working() {
 /// the server and its client go on as if nothing happened.
 #[test]
 fn leave_running_leaves_the_connection_working() {
-    let port = 47316;
+    let port = 23316;
     let mut p = server(port, false, 1);
     let mut c = Client::start(server_addr(port, false), false);
     c.wait_received(5_000, "before the dump");
@@ -484,7 +485,7 @@ fn wait_state(port: u16, client: SocketAddr, state: u8, name: &str) -> (u64, u64
 /// the client gets the whole echo, then EOF.
 #[test]
 fn close_wait_connection_with_unread_data_moves() {
-    let port = 47318;
+    let port = 23318;
     let mut p = server_mode(port, "eof");
     std::fs::write(p.path("pause"), "").unwrap();
     let mut c = TcpStream::connect(server_addr(port, false)).unwrap();
@@ -529,7 +530,7 @@ fn close_wait_connection_with_unread_data_moves() {
 /// server reads every byte, in order, then the client's EOF.
 #[test]
 fn fin_wait2_connection_moves_and_keeps_receiving() {
-    let port = 47319;
+    let port = 23319;
     let mut p = server_mode(port, "shutfirst");
     let mut c = TcpStream::connect(server_addr(port, false)).unwrap();
     let client = c.local_addr().unwrap();
@@ -570,7 +571,7 @@ fn fin_wait2_connection_moves_and_keeps_receiving() {
 /// and the peer learns at once that the connection is gone (a reset).
 #[test]
 fn unlock_tcp_lets_the_peer_know() {
-    let port = 47320;
+    let port = 23320;
     let mut p = server(port, false, 1);
     let c = Client::start(server_addr(port, false), false);
     c.wait_received(5_000, "before the dump");
@@ -623,7 +624,7 @@ while True:
         .tempdir()
         .unwrap();
     let d = dir.path().to_str().unwrap().to_string();
-    let mut p = Proc::spawn_in(dir, "python3", &["-c", script, &d, "47327"]);
+    let mut p = Proc::spawn_in(dir, "python3", &["-c", script, &d, "23327"]);
     let file = p.path("count");
     let count = || {
         std::fs::read_to_string(&file)

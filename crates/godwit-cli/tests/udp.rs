@@ -95,12 +95,12 @@ fn round_trip(port: u16, peer_port: u16, v6: bool) {
 
 #[test]
 fn ipv4_udp_sockets_with_queued_datagrams() {
-    round_trip(47321, 47322, false);
+    round_trip(23321, 23322, false);
 }
 
 #[test]
 fn ipv6_udp_sockets_with_queued_datagrams() {
-    round_trip(47323, 47324, true);
+    round_trip(23323, 23324, true);
 }
 
 /// Queued datagrams on a socket that reads their destination address
@@ -108,10 +108,10 @@ fn ipv6_udp_sockets_with_queued_datagrams() {
 /// runs on and answers them.
 #[test]
 fn queued_datagrams_with_pktinfo_refused() {
-    let peer = UdpSocket::bind(lo(false, 47326)).unwrap();
-    let p = server(47325, false, 47326, &["pktinfo"]);
+    let peer = UdpSocket::bind(lo(false, 23326)).unwrap();
+    let p = server(23325, false, 23326, &["pktinfo"]);
     assert_eq!(recv(&peer).0, "hello");
-    let server = lo(false, 47325);
+    let server = lo(false, 23325);
     let a = UdpSocket::bind(lo(false, 0)).unwrap();
     let b = UdpSocket::bind(lo(false, 0)).unwrap();
     pause(&p);
@@ -128,7 +128,7 @@ fn queued_datagrams_with_pktinfo_refused() {
     assert_eq!(out.status.code(), Some(5), "exit code");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("IP_PKTINFO") && err.contains("fd 3") && err.contains("127.0.0.1:47325"),
+        err.contains("IP_PKTINFO") && err.contains("fd 3") && err.contains("127.0.0.1:23325"),
         "names the fd, the socket and the option: {err}"
     );
     assert!(!dead(p.pid), "the server runs on");
