@@ -10,7 +10,8 @@
  * is shut down at once (FIN_WAIT2), nothing is echoed; DIR/count and, at
  * the peer's EOF, DIR/eof get "BYTES FNV1A-HASH" of what was read. MODE
  * "scm": also holds a unix socket pair with a message carrying a file
- * descriptor (SCM_RIGHTS) queued, which godwit cannot dump yet. Its
+ * descriptor (SCM_RIGHTS) queued, which godwit cannot dump yet. MODE
+ * "udp": also holds a UDP socket bound to 127.0.0.1:PORT+100. Its
  * client is the test itself, which checks the echoed stream. */
 #include "harness.h"
 #include <arpa/inet.h>
@@ -66,6 +67,12 @@ int main(int argc, char **argv) {
         h->cmsg_len = CMSG_LEN(sizeof(int));
         memcpy(CMSG_DATA(h), &fd0, sizeof fd0);
         if (sendmsg(sv[0], &m, 0) != 1) fail("sendmsg: %s", strerror(errno));
+    }
+    if (strcmp(mode, "udp") == 0) {
+        int u = socket(AF_INET, SOCK_DGRAM, 0);
+        struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons(port + 100),
+                                 .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+        if (bind(u, (void *)&a, sizeof a) != 0) fail("bind udp: %s", strerror(errno));
     }
     if (shutfirst && shutdown(c, SHUT_WR) != 0) fail("shutdown: %s", strerror(errno));
     static char buf[65536];

@@ -649,3 +649,43 @@ while True:
         p.output()
     );
 }
+
+/// A restore that fails after it has rebuilt the connection (the server's
+/// UDP port is taken on this host meanwhile) leaves the peer none the wiser:
+/// the half-built process goes with its socket in repair mode, the lock
+/// stays (lifted before the failure, the peer would get the reset of the
+/// dying socket), and the next restore brings the connection back.
+#[test]
+fn failed_restore_keeps_the_connection_for_the_next() {
+    let port = 23328;
+    let mut p = server_mode(port, "udp");
+    let mut c = Client::start(server_addr(port, false), false);
+    c.wait_received(5_000, "before the dump");
+    p.dump(&["--tcp-established"]);
+    p.end_original();
+    let squatter = std::net::UdpSocket::bind(("127.0.0.1", port + 100)).unwrap();
+    let img = p.images();
+    let out = godwit(&[
+        "restore",
+        "--images",
+        img.to_str().unwrap(),
+        "--tcp-established",
+    ]);
+    assert!(!out.status.success(), "the restore fails");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("in use"), "{err}");
+    let pid = p.pid;
+    assert!(reaped(pid), "the half-built process is gone");
+    // Its socket went silently (closed in repair mode): no orphan left
+    // closing the connection (FIN_WAIT1) on this host.
+    let left = server_side(port, c.local);
+    assert!(left.is_none(), "the failed restore left {left:?}");
+    std::thread::sleep(Duration::from_millis(300));
+    c.check("after the failed restore");
+    drop(squatter);
+    let at_restore = c.sent();
+    p.restore_with(&["--tcp-established"]);
+    c.wait_received(at_restore + 10_000, "after the second restore");
+    c.finish("after the second restore");
+    server_ok(&p);
+}
