@@ -135,15 +135,36 @@ pub fn dump(pid: i32, fd: i32, ours: &OwnedFd) -> Result<(FdKind, Socket)> {
         for &(level, name) in CONNECTION_OPTIONS {
             save(&mut options, level, name)?;
         }
+        let peer_addr = match process::getpeername(ours) {
+            Ok(a) => a,
+            Err(e) if e.errno() == Some(libc::ENOTCONN) => Vec::new(),
+            Err(e) => return Err(e).dumping(pid, stage),
+        };
         let s = Socket {
             family,
             sock_type,
             protocol,
             addr,
-            peer_addr: process::getpeername(ours).dumping(pid, stage)?,
+            peer_addr,
             options,
+            // The state seen now, for messages; repair_all reads the rest.
+            tcp: Some(TcpConnection {
+                state: info.state as u32,
+                ..Default::default()
+            }),
             ..Default::default()
         };
+        if !MOVABLE.contains(&info.state) {
+            return Err(unsupported(
+                pid,
+                fd,
+                format!(
+                    "a TCP connection {} in state {} (only ESTABLISHED, FIN_WAIT1/2, CLOSE_WAIT, LAST_ACK and CLOSING connections can be moved; retry once it is closed or established)",
+                    connection(&s),
+                    t::state_name(info.state)
+                ),
+            ));
+        }
         tracing::debug!(pid, fd, conn = connection(&s), "TCP connection noted");
         return Ok((FdKind::TcpEstablished, s));
     }
@@ -271,8 +292,12 @@ pub fn repair_all(procs: &mut [Process], allowed: bool) -> Result<Repairs> {
                 return Err(EngineError::NeedsTcpEstablished {
                     pid,
                     what: format!(
-                        "fd {} is a TCP socket with an established connection {}",
+                        "fd {} is a TCP socket with {} connection {}",
                         f.fd,
+                        match s.tcp.as_ref().map_or(1, |c| c.state as u8) {
+                            t::TCP_ESTABLISHED => "an established".to_string(),
+                            st => format!("a half-closed ({})", t::state_name(st)),
+                        },
                         connection(s)
                     ),
                 });
