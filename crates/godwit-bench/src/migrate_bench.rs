@@ -64,7 +64,9 @@ fn parse_args() -> Result<Args> {
     while let Some(flag) = it.next() {
         let mut value = || it.next().with_context(|| format!("{flag} needs a value"));
         match flag.as_str() {
-            "--sizes" => a.sizes = list(&value()?, |s| s.parse().ok().filter(|n| *n > 0), "--sizes")?,
+            "--sizes" => {
+                a.sizes = list(&value()?, |s| s.parse().ok().filter(|n| *n > 0), "--sizes")?
+            }
             "--rates" => a.rates = list(&value()?, |s| s.parse().ok(), "--rates")?,
             "--modes" => {
                 a.modes = list(
@@ -110,7 +112,12 @@ impl Agent {
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
-            .with_context(|| format!("starting {} (cargo build --release -p godwitd)", bin.display()))?;
+            .with_context(|| {
+                format!(
+                    "starting {} (cargo build --release -p godwitd)",
+                    bin.display()
+                )
+            })?;
         let mut line = String::new();
         BufReader::new(child.stdout.take().context("godwitd's stdout")?).read_line(&mut line)?;
         let addr = line
@@ -154,7 +161,8 @@ fn raw_tcp(bytes: u64) -> Result<f64> {
         left -= n as u64;
     }
     s.shutdown(std::net::Shutdown::Write)?;
-    rx.join().map_err(|_| anyhow::anyhow!("reader panicked"))??;
+    rx.join()
+        .map_err(|_| anyhow::anyhow!("reader panicked"))??;
     Ok(t0.elapsed().as_secs_f64() * 1e3)
 }
 
@@ -238,9 +246,12 @@ fn one(
         }
         std::thread::sleep(Duration::from_millis(5));
     }
-    let stream = client.connect_blocking(&agent.addr, ChannelKind::Migration, Duration::from_secs(10))?;
+    let stream =
+        client.connect_blocking(&agent.addr, ChannelKind::Migration, Duration::from_secs(10))?;
     stream.tcp().set_nodelay(true)?;
-    stream.tcp().set_read_timeout(Some(Duration::from_secs(120)))?;
+    stream
+        .tcp()
+        .set_read_timeout(Some(Duration::from_secs(120)))?;
     let opts = MigrateOptions {
         mode,
         pid_ns: true,
@@ -274,7 +285,9 @@ fn run(a: &Args) -> Result<()> {
     if unsafe { libc::geteuid() } != 0 {
         bail!("godwit-migrate-bench must run as root");
     }
-    let work = tempfile::Builder::new().prefix("godwit-migrate-bench").tempdir()?;
+    let work = tempfile::Builder::new()
+        .prefix("godwit-migrate-bench")
+        .tempdir()?;
     let bin = target::compile(work.path())?;
     let token = Token::new("migrate-bench-token-0123456789abcdef")?;
     let token_file = work.path().join("token");
@@ -293,7 +306,9 @@ fn run(a: &Args) -> Result<()> {
     for &mib in &a.sizes {
         let bytes = mib << 20;
         let tcp: Vec<f64> = (0..a.reps).map(|_| raw_tcp(bytes)).collect::<Result<_>>()?;
-        let tls: Vec<f64> = (0..a.reps).map(|_| tls_copy(bytes, &token)).collect::<Result<_>>()?;
+        let tls: Vec<f64> = (0..a.reps)
+            .map(|_| tls_copy(bytes, &token))
+            .collect::<Result<_>>()?;
         println!(
             "{mib:>6} MiB  ceiling: raw TCP copy {:.1} ms, TLS channel copy {:.1} ms (medians)",
             stats(&tcp)["median"].as_f64().unwrap_or(0.0),
@@ -305,7 +320,16 @@ fn run(a: &Args) -> Result<()> {
                 let mut rs = Vec::new();
                 for rep in 0..a.reps {
                     let tag = format!("{}-{mib}-{rate}-{rep}", mode.name());
-                    rs.push(one(&bin, work.path(), &agent, &client, mode, mib, rate, &tag)?);
+                    rs.push(one(
+                        &bin,
+                        work.path(),
+                        &agent,
+                        &client,
+                        mode,
+                        mib,
+                        rate,
+                        &tag,
+                    )?);
                     target::reap_strays();
                 }
                 let f = |g: fn(&Run) -> f64| rs.iter().map(g).collect::<Vec<f64>>();

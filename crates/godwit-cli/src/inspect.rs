@@ -48,6 +48,26 @@ pub fn summary(ck: &Checkpoint, reader: &ImageReader) -> Value {
                         "path": if f.kind == FdKind::Pipe as i32 { format!("pipe:[{}]", f.pipe_id) } else { f.path.clone() },
                         "flags": format!("{:#o}", f.flags), "cloexec": f.cloexec, "pos": f.pos,
                     });
+                    if let (Some(s), true) = (&f.socket, matches!(
+                        FdKind::try_from(f.kind),
+                        Ok(FdKind::TcpListen | FdKind::TcpEstablished | FdKind::Udp)
+                    )) {
+                        let show = godwit_sys::tcp::show;
+                        v["socket"] = json!({
+                            "local": show(&s.addr),
+                            "peer": (!s.peer_addr.is_empty()).then(|| show(&s.peer_addr)),
+                            "queued_datagrams": (f.kind == FdKind::Udp as i32).then_some(s.queue.len()),
+                        });
+                        if let Some(c) = &s.tcp {
+                            v["socket"]["tcp"] = json!({
+                                "state": godwit_sys::tcp::state_name(c.state as u8),
+                                "send_queue_bytes": c.send_queue.len(), "unsent_bytes": c.unsent,
+                                "recv_queue_bytes": c.recv_queue.len(),
+                                "mss": c.mss, "sack": c.sack_ok, "timestamps": c.timestamps_ok,
+                                "window_scale": c.wscale_ok.then(|| json!([c.snd_wscale, c.rcv_wscale])),
+                            });
+                        }
+                    }
                     if let Some(t) = &f.tty {
                         let w = t.winsize.clone().unwrap_or_default();
                         v["tty"] = json!({
@@ -227,6 +247,29 @@ pub fn text(v: &Value, full: bool) -> String {
         let _ = writeln!(s, "  file descriptors: {}", fds.len());
         for f in &fds {
             let tty = &f["tty"];
+            let sock = &f["socket"];
+            let path = if sock.is_null() {
+                f["path"].as_str().unwrap_or("").to_string()
+            } else {
+                let mut d = sock["local"].as_str().unwrap_or("").to_string();
+                if let Some(p) = sock["peer"].as_str() {
+                    d += &format!(" <-> {p}");
+                }
+                let t = &sock["tcp"];
+                if !t.is_null() {
+                    d += &format!(
+                        " {}, {} bytes to send ({} unsent), {} unread",
+                        t["state"].as_str().unwrap_or(""),
+                        t["send_queue_bytes"],
+                        t["unsent_bytes"],
+                        t["recv_queue_bytes"]
+                    );
+                }
+                if let Some(n) = sock["queued_datagrams"].as_u64() {
+                    d += &format!(", {n} datagram(s) queued");
+                }
+                d
+            };
             let _ = writeln!(
                 s,
                 "    {:>4} {:<10} pos {:<8} flags {:<8} {}{}{}",
@@ -234,7 +277,7 @@ pub fn text(v: &Value, full: bool) -> String {
                 f["kind"].as_str().unwrap_or(""),
                 f["pos"],
                 f["flags"].as_str().unwrap_or(""),
-                f["path"].as_str().unwrap_or(""),
+                path,
                 if tty.is_null() {
                     String::new()
                 } else {

@@ -16,10 +16,12 @@ use std::process::ExitCode;
 /// Checkpoint, restore and migrate Linux processes.
 ///
 /// Exit codes: 0 success, 1 failure, 2 usage error (also: an image of a
-/// shell job restored without --shell-job or without a terminal on stdin),
+/// shell job restored without --shell-job or without a terminal on stdin,
+/// an image with TCP connections restored without --tcp-established),
 /// 3 unusable image, 4 PID (or SysV shared memory key/id) in use, 5
 /// something Godwit does not support yet (also: a terminal from outside the
-/// tree without dump --shell-job), 6 no such process or permission denied.
+/// tree without dump --shell-job, a TCP connection without dump
+/// --tcp-established), 6 no such process or permission denied.
 #[derive(Parser)]
 #[command(name = "godwit", version, about, long_about)]
 struct Cli {
@@ -74,6 +76,14 @@ enum Cmd {
         /// flag.
         #[arg(long)]
         shell_job: bool,
+        /// Move established TCP connections (IPv4/IPv6) with TCP_REPAIR:
+        /// sequence numbers, unread and unacknowledged data and negotiated
+        /// options are saved, and the connection is held back by firewall
+        /// rules (nf_tables table `godwit`) until `godwit restore
+        /// --tcp-established` brings it back, so its peer sees no reset.
+        /// Without it a process with a connection is refused.
+        #[arg(long)]
+        tcp_established: bool,
     },
     /// Restore a process from an image, with the same PID and thread IDs.
     ///
@@ -109,6 +119,11 @@ enum Cmd {
         /// instead of applying those saved in the image.
         #[arg(long, requires = "shell_job")]
         leave_termios: bool,
+        /// Restore the established TCP connections of an image dumped with
+        /// --tcp-established (refused without it), and lift the firewall
+        /// rules that held them back.
+        #[arg(long)]
+        tcp_established: bool,
     },
     /// Move running processes to another node, with their PIDs.
     ///
@@ -159,6 +174,15 @@ enum Cmd {
         #[arg(long)]
         full: bool,
     },
+    /// Lift the firewall rules a `dump --tcp-established` left on the
+    /// image's TCP connections, for an image you will not restore: the
+    /// peers then get a reset at their next packet instead of waiting.
+    /// (`restore --tcp-established` lifts them itself.)
+    UnlockTcp {
+        /// The image directory.
+        #[arg(long)]
+        images: PathBuf,
+    },
 }
 
 /// A progress bar on stderr for long memory transfers (hidden when stderr is
@@ -204,7 +228,10 @@ fn engine_exit_code(e: &EngineError) -> u8 {
     match e {
         EngineError::Image(_) | EngineError::BadImage(_) | EngineError::CpuMismatch(_) => 3,
         EngineError::PidTaken { .. } | EngineError::SysvShmTaken { .. } => 4,
-        EngineError::Unsupported { .. } | EngineError::NeedsShellJob { .. } => 5,
+        EngineError::Unsupported { .. }
+        | EngineError::NeedsShellJob { .. }
+        | EngineError::NeedsTcpEstablished { .. } => 5,
+        EngineError::ImageNeedsTcpEstablished(_) => 2,
         EngineError::Terminal(_) => 2,
         EngineError::NoSuchProcess { .. } | EngineError::PermissionDenied { .. } => 6,
         _ => 1,
@@ -222,6 +249,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             no_precopy,
             freeze_cgroup,
             shell_job,
+            tcp_established,
         } => {
             let bar = Bar::new();
             let opts = DumpOptions {
@@ -231,6 +259,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 no_precopy,
                 freeze_cgroup,
                 shell_job,
+                tcp_established,
             };
             let r = dump(pid, &images, &opts, &bar).map_err(anyhow::Error::from)?;
             bar.0.finish_and_clear();
@@ -271,6 +300,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             pid_ns,
             shell_job,
             leave_termios,
+            tcp_established,
         } => {
             let bar = Bar::new();
             let opts = RestoreOptions {
@@ -278,6 +308,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 pid_ns,
                 shell_job,
                 leave_termios,
+                tcp_established,
             };
             let r = restore(&images, &opts, &bar).map_err(anyhow::Error::from)?;
             bar.0.finish_and_clear();
@@ -324,6 +355,25 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 tls_ca.as_deref(),
                 cli.json,
             ))?;
+        }
+        Cmd::UnlockTcp { images } => {
+            let (ck, _) = godwit_engine::load(&images).map_err(anyhow::Error::from)?;
+            let done = godwit_engine::resources::sockets::tcp::unlock_image(&ck)
+                .map_err(anyhow::Error::from)?;
+            if cli.json {
+                let v: Vec<_> = done
+                    .iter()
+                    .map(|(c, found)| serde_json::json!({"connection": c, "was_locked": found}))
+                    .collect();
+                println!("{}", serde_json::Value::Array(v));
+            } else if done.is_empty() {
+                println!("the image holds no TCP connection");
+            } else {
+                for (c, found) in &done {
+                    let what = if *found { "unlocked" } else { "was not locked" };
+                    println!("{c}: {what}");
+                }
+            }
         }
         Cmd::Node {
             agent,

@@ -58,6 +58,12 @@ pub struct MigrateArgs {
     /// here if the migration fails.
     #[arg(long, value_name = "ADDR/PREFIX", value_parser = parse_move_ip)]
     move_ip: Option<(std::net::IpAddr, u8)>,
+    /// Move established TCP connections too (TCP_REPAIR: sequence numbers,
+    /// queues, options); their peers see a pause, no reset. Without it a
+    /// process with a connection is refused. Pair it with --move-ip when
+    /// the connections' address must follow (the usual case between hosts).
+    #[arg(long)]
+    tcp_established: bool,
     /// Give up (and leave the process running here) when the destination
     /// does not answer for this long.
     #[arg(long, value_name = "SECS", default_value = "60")]
@@ -86,10 +92,12 @@ pub fn run(args: MigrateArgs, json_out: bool, progress: &crate::Bar) -> anyhow::
         ModeArg::StopCopy => Mode::StopCopy,
         ModeArg::PreCopy => Mode::PreCopy,
         ModeArg::PostCopy => {
-            return Err(anyhow::Error::from(godwit_engine::EngineError::Unsupported {
-                pid: args.pids[0],
-                what: "post-copy migration (--mode post-copy)".into(),
-            }))
+            return Err(anyhow::Error::from(
+                godwit_engine::EngineError::Unsupported {
+                    pid: args.pids[0],
+                    what: "post-copy migration (--mode post-copy)".into(),
+                },
+            ))
         }
     };
     let token = Token::load(&args.token_file)?;
@@ -100,6 +108,7 @@ pub fn run(args: MigrateArgs, json_out: bool, progress: &crate::Bar) -> anyhow::
         pid_ns: args.pid_ns,
         dump: DumpOptions {
             freeze_cgroup: args.freeze_cgroup.clone(),
+            tcp_established: args.tcp_established,
             ..Default::default()
         },
         watchdog,
@@ -159,7 +168,11 @@ pub fn run(args: MigrateArgs, json_out: bool, progress: &crate::Bar) -> anyhow::
         }
     }
     if json_out {
-        let v = if out.len() == 1 { out.remove(0) } else { json!({"migrations": out}) };
+        let v = if out.len() == 1 {
+            out.remove(0)
+        } else {
+            json!({"migrations": out})
+        };
         println!("{v}");
     }
     match first_err {
@@ -178,7 +191,9 @@ fn one(
 ) -> anyhow::Result<MigrateReport> {
     let stream = tls
         .connect_blocking(to, ChannelKind::Migration, Duration::from_secs(10))
-        .with_context(|| format!("connecting to the destination {to}; process {pid} was not touched"))?;
+        .with_context(|| {
+            format!("connecting to the destination {to}; process {pid} was not touched")
+        })?;
     stream
         .tcp()
         .set_read_timeout(Some(watchdog))

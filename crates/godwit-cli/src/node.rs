@@ -49,25 +49,57 @@ pub async fn run(cmd: NodeCmd, agent: &Agent, json_out: bool) -> anyhow::Result<
     let long = Duration::from_secs(600);
     let v = match &cmd {
         NodeCmd::Ps { all } => {
-            let path = if *all { "/v1/processes?all=true" } else { "/v1/processes" };
-            agent.request("ps", "GET", path, None, Duration::from_secs(10)).await?
+            let path = if *all {
+                "/v1/processes?all=true"
+            } else {
+                "/v1/processes"
+            };
+            agent
+                .request("ps", "GET", path, None, Duration::from_secs(10))
+                .await?
         }
         NodeCmd::Checkpoint { pid, id, stop } => {
             let body = json!({"id": id, "leave_running": !stop});
-            let body = if id.is_none() { json!({"leave_running": !stop}) } else { body };
+            let body = if id.is_none() {
+                json!({"leave_running": !stop})
+            } else {
+                body
+            };
             agent
-                .request("checkpoint", "POST", &format!("/v1/processes/{pid}/checkpoint"), Some(body), long)
+                .request(
+                    "checkpoint",
+                    "POST",
+                    &format!("/v1/processes/{pid}/checkpoint"),
+                    Some(body),
+                    long,
+                )
                 .await?
         }
-        NodeCmd::Images => agent.request("images", "GET", "/v1/images", None, Duration::from_secs(30)).await?,
+        NodeCmd::Images => {
+            agent
+                .request("images", "GET", "/v1/images", None, Duration::from_secs(30))
+                .await?
+        }
         NodeCmd::Restore { id, pid_ns } => {
             agent
-                .request("restore", "POST", &format!("/v1/images/{id}/restore"), Some(json!({"pid_ns": pid_ns})), long)
+                .request(
+                    "restore",
+                    "POST",
+                    &format!("/v1/images/{id}/restore"),
+                    Some(json!({"pid_ns": pid_ns})),
+                    long,
+                )
                 .await?
         }
         NodeCmd::Rm { id } => {
             agent
-                .request("rm", "DELETE", &format!("/v1/images/{id}"), None, Duration::from_secs(30))
+                .request(
+                    "rm",
+                    "DELETE",
+                    &format!("/v1/images/{id}"),
+                    None,
+                    Duration::from_secs(30),
+                )
                 .await?
         }
     };

@@ -93,7 +93,11 @@ impl Cluster {
     }
 
     fn run(&self, host: usize, args: &[&str]) -> Output {
-        self.exec(host).args(args).stdin(Stdio::null()).output().unwrap()
+        self.exec(host)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
     }
 
     fn sh(&self, host: usize, script: &str) -> String {
@@ -246,7 +250,11 @@ fn check_counts_on(log: &Path) {
     });
     let text = std::fs::read_to_string(log).unwrap();
     for (i, l) in text.lines().enumerate() {
-        assert_eq!(l, i.to_string(), "line {i} of the counter's log: a gap or a repeat");
+        assert_eq!(
+            l,
+            i.to_string(),
+            "line {i} of the counter's log: a gap or a repeat"
+        );
     }
 }
 
@@ -269,7 +277,11 @@ fn counter_moves(mode: &str) {
     wait_for("the source copy to end", Duration::from_secs(10), || {
         c.state(1, pid).is_none()
     });
-    assert!(matches!(c.state(2, pid), Some('S' | 'R')), "{:?}", c.state(2, pid));
+    assert!(
+        matches!(c.state(2, pid), Some('S' | 'R')),
+        "{:?}",
+        c.state(2, pid)
+    );
     assert!(!c.traced(2, pid), "the moved process is still traced");
     check_counts_on(&log);
 }
@@ -301,15 +313,19 @@ fn a_gigabyte_moves_and_every_page_is_right() {
             dir.join("result").to_str().unwrap(),
         ],
     );
-    wait_for("the target to fill its memory", Duration::from_secs(60), || {
-        dir.join("ready").exists()
-    });
+    wait_for(
+        "the target to fill its memory",
+        Duration::from_secs(60),
+        || dir.join("ready").exists(),
+    );
     let v = json_of(&c.migrate(1, pid, 2, &["--mode", "pre-copy"]));
     assert!(v["memory_bytes"].as_u64().unwrap() >= 1 << 30, "{v}");
     c.sh(2, &format!("kill -USR1 {pid}"));
-    wait_for("the moved process to check its memory", Duration::from_secs(60), || {
-        dir.join("result").exists()
-    });
+    wait_for(
+        "the moved process to check its memory",
+        Duration::from_secs(60),
+        || dir.join("result").exists(),
+    );
     let verdict = std::fs::read_to_string(dir.join("result")).unwrap();
     assert!(verdict.starts_with("OK"), "{verdict}");
 }
@@ -329,7 +345,11 @@ fn bench_target(dir: &Path) -> PathBuf {
 
 /// Running on host 1 as before: not stopped, not traced, counting.
 fn still_at_source(c: &Cluster, pid: u32, log: &Path) {
-    assert!(matches!(c.state(1, pid), Some('S' | 'R')), "{:?}", c.state(1, pid));
+    assert!(
+        matches!(c.state(1, pid), Some('S' | 'R')),
+        "{:?}",
+        c.state(1, pid)
+    );
     assert!(!c.traced(1, pid), "the source process is still traced");
     check_counts_on(log);
 }
@@ -343,11 +363,21 @@ fn pid_taken_at_the_destination_is_refused_then_pid_ns_moves_it() {
     // The same PID taken on host 2.
     let sleeper = c.spawn_at(2, 4200, Path::new("/bin/sleep"), &["1000"]);
     assert_eq!(sleeper, pid);
-    wait_for("the counter to count", Duration::from_secs(10), || last_line(&log) >= 3);
+    wait_for("the counter to count", Duration::from_secs(10), || {
+        last_line(&log) >= 3
+    });
     let out = c.migrate(1, pid, 2, &[]);
-    assert_eq!(out.status.code(), Some(4), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(4),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains(&format!("PID {pid} is in use")) && err.contains("--pid-ns"), "{err}");
+    assert!(
+        err.contains(&format!("PID {pid} is in use")) && err.contains("--pid-ns"),
+        "{err}"
+    );
     still_at_source(&c, pid, &log);
     // With a PID namespace of its own at the destination, it moves.
     let v = json_of(&c.migrate(1, pid, 2, &["--pid-ns"]));
@@ -378,9 +408,11 @@ fn destination_agent_killed_mid_transfer_leaves_it_running_at_the_source() {
             dir.join("stalls").to_str().unwrap(),
         ],
     );
-    wait_for("the target to fill its memory", Duration::from_secs(60), || {
-        dir.join("ready").exists()
-    });
+    wait_for(
+        "the target to fill its memory",
+        Duration::from_secs(60),
+        || dir.join("ready").exists(),
+    );
     let migrate = {
         let pid = pid.to_string();
         let to = c.agent_addr(2);
@@ -399,7 +431,10 @@ fn destination_agent_killed_mid_transfer_leaves_it_running_at_the_source() {
     let t0 = Instant::now();
     // Bytes the destination received on the migration connection.
     let rx_bytes = || -> u64 {
-        let out = c.sh(2, &format!("ss -tinH state established '( sport = :{PORT} )'"));
+        let out = c.sh(
+            2,
+            &format!("ss -tinH state established '( sport = :{PORT} )'"),
+        );
         out.split_whitespace()
             .filter_map(|w| w.strip_prefix("bytes_received:"))
             .filter_map(|v| v.parse::<u64>().ok())
@@ -407,7 +442,10 @@ fn destination_agent_killed_mid_transfer_leaves_it_running_at_the_source() {
             .unwrap_or(0)
     };
     while rx_bytes() < 64 << 20 {
-        assert!(t0.elapsed() < Duration::from_secs(30), "the image does not flow");
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "the image does not flow"
+        );
         std::thread::sleep(Duration::from_millis(2));
     }
     // SAFETY: plain kill of the godwitd this test started.
@@ -417,15 +455,26 @@ fn destination_agent_killed_mid_transfer_leaves_it_running_at_the_source() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("left running at the source"), "{err}");
     // Running at the source, memory whole; nothing of it at the destination.
-    assert!(matches!(c.state(1, pid), Some('S' | 'R')), "{:?}", c.state(1, pid));
+    assert!(
+        matches!(c.state(1, pid), Some('S' | 'R')),
+        "{:?}",
+        c.state(1, pid)
+    );
     assert!(!c.traced(1, pid));
     c.sh(1, &format!("kill -USR1 {pid}"));
-    wait_for("the source to check its memory", Duration::from_secs(60), || {
-        dir.join("result").exists()
-    });
+    wait_for(
+        "the source to check its memory",
+        Duration::from_secs(60),
+        || dir.join("result").exists(),
+    );
     let verdict = std::fs::read_to_string(dir.join("result")).unwrap();
     assert!(verdict.starts_with("OK"), "{verdict}");
-    assert_eq!(c.state(2, pid), None, "a half-built copy is left at the destination: {}", c.sh(2, "ps -eo pid,ppid,stat,comm"));
+    assert_eq!(
+        c.state(2, pid),
+        None,
+        "a half-built copy is left at the destination: {}",
+        c.sh(2, "ps -eo pid,ppid,stat,comm")
+    );
 }
 
 #[test]
@@ -434,15 +483,23 @@ fn link_cut_mid_transfer_leaves_it_running_at_the_source() {
     c.start_agent(2);
     let log = c.dir.path().join("counter.log");
     let pid = c.spawn_at(1, 4400, &progs().join("counter"), &[log.to_str().unwrap()]);
-    wait_for("the counter to count", Duration::from_secs(10), || last_line(&log) >= 3);
+    wait_for("the counter to count", Duration::from_secs(10), || {
+        last_line(&log) >= 3
+    });
     // The destination's link is down: the connection cannot even start.
     let veth = format!("gw{}2", c.name);
-    let st = Command::new("ip").args(["link", "set", &veth, "down"]).status().unwrap();
+    let st = Command::new("ip")
+        .args(["link", "set", &veth, "down"])
+        .status()
+        .unwrap();
     assert!(st.success());
     let out = c.migrate(1, pid, 2, &["--watchdog", "3"]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("was not touched") || err.contains("left running"), "{err}");
+    assert!(
+        err.contains("was not touched") || err.contains("left running"),
+        "{err}"
+    );
     still_at_source(&c, pid, &log);
 }
 
@@ -452,7 +509,13 @@ fn destination_disk_full_leaves_it_running_at_the_source() {
     c.start_agent(2);
     // Host 2 keeps images on a tmpfs of 1 MiB (its own mount namespace).
     let images = c.data(2).join("images");
-    c.sh(2, &format!("mkdir -p {0}/full && mount -t tmpfs -o size=1m tmpfs {0}/full", images.display()));
+    c.sh(
+        2,
+        &format!(
+            "mkdir -p {0}/full && mount -t tmpfs -o size=1m tmpfs {0}/full",
+            images.display()
+        ),
+    );
     let dir = c.dir.path().to_path_buf();
     let pid = c.spawn_at(
         1,
@@ -465,15 +528,24 @@ fn destination_disk_full_leaves_it_running_at_the_source() {
             dir.join("result").to_str().unwrap(),
         ],
     );
-    wait_for("the target to fill its memory", Duration::from_secs(60), || {
-        dir.join("ready").exists()
-    });
+    wait_for(
+        "the target to fill its memory",
+        Duration::from_secs(60),
+        || dir.join("ready").exists(),
+    );
     let keep = images.join("full/img");
     let out = c.migrate(1, pid, 2, &["--keep-image", keep.to_str().unwrap()]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("No space left") && err.contains("left running at the source"), "{err}");
-    assert!(matches!(c.state(1, pid), Some('S' | 'R')), "{:?}", c.state(1, pid));
+    assert!(
+        err.contains("No space left") && err.contains("left running at the source"),
+        "{err}"
+    );
+    assert!(
+        matches!(c.state(1, pid), Some('S' | 'R')),
+        "{:?}",
+        c.state(1, pid)
+    );
     assert!(!c.traced(1, pid));
     assert_eq!(c.state(2, pid), None);
 }
@@ -521,9 +593,16 @@ fn service_address_moves_with_the_process() {
         .to_string()
     };
     wait_for("the server to listen", Duration::from_secs(10), || {
-        c.run(3, &["python3", "-c", &format!("import socket; socket.create_connection(('{service}', 8080), timeout=1)")])
-            .status
-            .success()
+        c.run(
+            3,
+            &[
+                "python3",
+                "-c",
+                &format!("import socket; socket.create_connection(('{service}', 8080), timeout=1)"),
+            ],
+        )
+        .status
+        .success()
     });
     assert_eq!(fetch(), format!("hello 2 from {pid}"));
     let v = json_of(&c.migrate(1, pid, 2, &["--move-ip", &format!("{service}/24")]));

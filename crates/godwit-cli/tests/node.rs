@@ -31,12 +31,21 @@ fn private(path: &Path, text: &str) {
 }
 
 fn agent() -> Agent {
-    let dir = tempfile::Builder::new().prefix("godwit-node").tempdir().unwrap();
+    let dir = tempfile::Builder::new()
+        .prefix("godwit-node")
+        .tempdir()
+        .unwrap();
     let tokens = dir.path().join("tokens");
-    private(&tokens, &format!("read {READER}\nread,operate {OPERATOR}\n"));
+    private(
+        &tokens,
+        &format!("read {READER}\nread,operate {OPERATOR}\n"),
+    );
     private(&dir.path().join("reader"), READER);
     private(&dir.path().join("operator"), OPERATOR);
-    let bin = Path::new(env!("CARGO_BIN_EXE_godwit")).parent().unwrap().join("godwitd");
+    let bin = Path::new(env!("CARGO_BIN_EXE_godwit"))
+        .parent()
+        .unwrap()
+        .join("godwitd");
     let mut child = Command::new(bin)
         .args(["--listen", "127.0.0.1:0", "--data"])
         .arg(dir.path().join("data"))
@@ -48,8 +57,14 @@ fn agent() -> Agent {
         .spawn()
         .unwrap();
     let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let addr = line.strip_prefix("GODWITD_READY ").unwrap().trim().to_string();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .strip_prefix("GODWITD_READY ")
+        .unwrap()
+        .trim()
+        .to_string();
     Agent { child, addr, dir }
 }
 
@@ -110,10 +125,24 @@ fn checkpoint_into_the_store_and_restore_from_it() {
     // A read-only token may look, not act.
     let out = node(&a, "reader", &["checkpoint", "--pid", &pid.to_string()]);
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("operate"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("operate"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(!gone(pid));
 
-    let v = node_ok(&a, &["checkpoint", "--pid", &pid.to_string(), "--id", "c1", "--stop"]);
+    let v = node_ok(
+        &a,
+        &[
+            "checkpoint",
+            "--pid",
+            &pid.to_string(),
+            "--id",
+            "c1",
+            "--stop",
+        ],
+    );
     assert_eq!(v["id"], "c1");
     p.end_original();
     let stopped_at = at(&p);
@@ -121,11 +150,16 @@ fn checkpoint_into_the_store_and_restore_from_it() {
     assert_eq!(images["images"][0]["id"], "c1", "{images}");
     let img = a.dir.path().join("data/images/c1");
     let mode = std::fs::metadata(&img).unwrap().permissions();
-    assert_eq!(std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777, 0o700);
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+        0o700
+    );
 
     let v = node_ok(&a, &["restore", "c1"]);
     assert_eq!(v["pid"], pid);
-    wait_for("the restored counter", Duration::from_secs(10), || at(&p) >= stopped_at + 3);
+    wait_for("the restored counter", Duration::from_secs(10), || {
+        at(&p) >= stopped_at + 3
+    });
     let text = std::fs::read_to_string(&log).unwrap();
     for (i, l) in text.lines().enumerate() {
         assert_eq!(l, i.to_string(), "a gap or a repeat in the counter's log");

@@ -4,7 +4,7 @@ use crate::error::{DumpCtx, EngineError, Result};
 use crate::freeze::{freeze_tree, release_all, CgroupFreeze, Frozen, Member};
 use crate::precopy::{self, FrozenPlan, Tracker};
 use crate::remote::Remote;
-use crate::resources::{attrs, files, memory, signals, threads, timers, tty};
+use crate::resources::{attrs, files, memory, signals, sockets, threads, timers, tty};
 use crate::schema::PageSpan;
 use crate::schema::{Checkpoint, CpuFeatures, DumpStats, Process};
 use crate::snapshot::Snapshot;
@@ -39,6 +39,9 @@ pub struct DumpOptions {
     /// terminal the process was started from): restore attaches them to the
     /// restoring caller's terminal (`RestoreOptions::shell_job`).
     pub shell_job: bool,
+    /// Move established TCP connections (TCP_REPAIR, behind a network
+    /// lock); without it a connection stops the dump, named.
+    pub tcp_established: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -212,6 +215,10 @@ pub enum End {
 pub struct Held {
     members: Option<Vec<Member>>,
     scratches: Vec<ScratchArea>,
+    /// Their TCP connections, in repair mode and locked while held.
+    tcp: Option<sockets::tcp::Repairs>,
+    /// What was sent (to lift the connections' locks once they run elsewhere).
+    pub checkpoint: Checkpoint,
     /// When the tree was frozen (the stop before a pre-copy not counted).
     pub frozen_at: Instant,
     /// The PIDs, parents first.
@@ -219,11 +226,17 @@ pub struct Held {
 }
 
 impl Held {
-    /// Ends every process of the tree.
+    /// Ends every process of the tree. Their TCP connections stay in
+    /// repair mode and locked (no reset, no FIN to the peers): lift the
+    /// locks with `sockets::tcp::unlock_image(&self.checkpoint)` once the
+    /// connections run elsewhere.
     pub fn kill(mut self) -> Result<()> {
         std::mem::take(&mut self.scratches)
             .into_iter()
             .for_each(ScratchArea::keep);
+        if let Some(t) = self.tcp.take() {
+            t.keep();
+        }
         kill_all(self.members.take().unwrap_or_default())
     }
 
@@ -239,6 +252,11 @@ impl Held {
         // (seen on 6.18), so it is sent right after: the processes run for
         // the few microseconds in between, back into the call they were
         // in (their interrupted system calls were rewound).
+        // Their TCP connections stay in repair mode and locked: the
+        // destination may run them.
+        if let Some(t) = self.tcp.take() {
+            t.keep();
+        }
         let r = self.release_now();
         for &pid in &self.pids {
             let _ = process::kill(pid, libc::SIGSTOP);
@@ -248,6 +266,11 @@ impl Held {
 
     fn release_now(&mut self) -> Result<()> {
         let mut first = None;
+        if let Some(t) = self.tcp.take() {
+            if let Err(e) = t.release() {
+                first.get_or_insert(e);
+            }
+        }
         for s in std::mem::take(&mut self.scratches) {
             if let Err(e) = s.unmap() {
                 first.get_or_insert(e);
@@ -338,6 +361,21 @@ pub fn dump_to(
         scratches,
     } = collect_all(&members, &trackers, early.then_some(&writer), progress)?;
     tracing::debug!(ms = t0.elapsed().as_secs_f64() * 1e3, "collected");
+    let mut members = Some(members);
+    // Declared after `members`: on an error, unmapped before the processes
+    // are released.
+    let scratches = scratches;
+    // TCP connections, locked and read in repair mode. Declared after
+    // `members`: on an error they leave repair mode before the processes
+    // run. Processes that run on (--leave-running) take them back now.
+    let tcp = sockets::tcp::repair_all(&mut procs, opts.tcp_established)?;
+    let tcp = match opts.leave_running {
+        true => {
+            tcp.release()?;
+            None
+        }
+        false => Some(tcp),
+    };
     files::link_descriptions(&mut procs)?;
     tty::link(&mut procs, opts.shell_job)?;
     let bases: Vec<u64> = procs
@@ -378,10 +416,6 @@ pub fn dump_to(
             });
         }
     }
-    let mut members = Some(members);
-    // Declared after `members`: on an error, unmapped before the processes
-    // are released.
-    let scratches = scratches;
     let mut frozen_time = None;
     let all_snapshotted = snapshots.len() == procs.len()
         && (0..procs.len())
@@ -501,8 +535,15 @@ pub fn dump_to(
         held = Some(Held {
             members: members.take(),
             scratches,
+            tcp,
+            checkpoint: ck.clone(),
             frozen_at,
-            pids: ck.processes.iter().filter(|p| !p.zombie).map(|p| p.pid).collect(),
+            pids: ck
+                .processes
+                .iter()
+                .filter(|p| !p.zombie)
+                .map(|p| p.pid)
+                .collect(),
         });
         commit
     } else if end == End::Release {
@@ -518,6 +559,8 @@ pub fn dump_to(
         let commit = writer.commit(&ck, page_files)?;
         // Ending: the processes go with their scratch areas.
         scratches.into_iter().for_each(ScratchArea::keep);
+        // Their connections go with them, in repair mode and locked.
+        tcp.into_iter().for_each(sockets::tcp::Repairs::keep);
         if let Some(members) = members.take() {
             kill_all(members)?;
         }

@@ -20,6 +20,14 @@ pub enum EngineError {
     #[error("process {pid}: {what}, whose master side is outside the dumped process tree (such as the terminal it was started from); dump it with --shell-job to attach it to the terminal of `godwit restore --shell-job` later. The process was left running as it was")]
     NeedsShellJob { pid: i32, what: String },
 
+    #[error("process {pid}: {what}; dump it with --tcp-established to move established TCP connections (the peer sees no reset). The process was left running as it was")]
+    NeedsTcpEstablished { pid: i32, what: String },
+
+    #[error(
+        "the image holds established TCP connections ({0}); restore it with --tcp-established"
+    )]
+    ImageNeedsTcpEstablished(String),
+
     #[error("{0}")]
     Terminal(String),
 

@@ -144,7 +144,9 @@ impl Drop for AddressOff {
         let back = godwit_sys::netaddr::add_address(a.ifindex, a.addr, a.prefix)
             .and_then(|()| godwit_sys::netaddr::announce(a.ifindex, a.addr));
         match back {
-            Ok(()) => tracing::info!(addr = %a.addr, ifname = %a.ifname, "service address put back"),
+            Ok(()) => {
+                tracing::info!(addr = %a.addr, ifname = %a.ifname, "service address put back")
+            }
             Err(e) => tracing::error!(
                 addr = %a.addr, ifname = %a.ifname,
                 "could not put the service address back: {e}; add it by hand (ip addr add {}/{} dev {})",
@@ -196,7 +198,7 @@ pub enum MigrateError {
         stage: &'static str,
         detail: String,
     },
-    #[error("the connection to {peer} failed after the destination was told to start the process ({detail}): it may be running there. The source copy (PIDs {pids:?}) is kept STOPPED so that it never runs twice: check the destination (godwit ps there); if the process does not run there, `kill -CONT` the source copy, else kill it")]
+    #[error("the connection to {peer} failed after the destination was told to start the process ({detail}): it may be running there. The source copy (PIDs {pids:?}) is kept STOPPED so that it never runs twice (its TCP connections, if any, stay locked in repair mode): check the destination (godwit node ps there); if the process does not run there, migrate the stopped copy again or kill it; if it does, kill the source copy")]
     Uncertain {
         peer: String,
         detail: String,
@@ -241,12 +243,7 @@ fn send_json<S: Write>(s: &Mutex<S>, v: &Value) -> std::io::Result<()> {
 
 /// An answer that says no: its error text.
 fn refusal(v: &Value) -> Option<String> {
-    (v["ok"] != json!(true)).then(|| {
-        v["error"]
-            .as_str()
-            .unwrap_or("no reason given")
-            .to_string()
-    })
+    (v["ok"] != json!(true)).then(|| v["error"].as_str().unwrap_or("no reason given").to_string())
 }
 
 /// Moves process `pid` and its descendants to the destination at the other
@@ -274,6 +271,7 @@ pub fn send<S: Read + Write + Send + 'static>(
         "pid_ns": opts.pid_ns,
         "keep_image": opts.keep_image,
         "move_ip": opts.move_ip.map(|(a, p)| format!("{a}/{p}")),
+        "tcp_established": opts.dump.tcp_established,
         "source_node": hostname(),
     });
     send_json(&s, &hello).map_err(|e| link(peer, "saying hello", e))?;
@@ -297,10 +295,8 @@ pub fn send<S: Read + Write + Send + 'static>(
 
     let medium = StreamMedium::new(s.clone(), peer);
     let counter = medium.counter();
-    let writer = ImageWriter::to_medium(Box::new(medium)).writer_name(concat!(
-        "godwit ",
-        env!("CARGO_PKG_VERSION")
-    ));
+    let writer = ImageWriter::to_medium(Box::new(medium))
+        .writer_name(concat!("godwit ", env!("CARGO_PKG_VERSION")));
     let end = End::Hold {
         precopy: opts.mode == Mode::PreCopy,
     };
@@ -372,8 +368,8 @@ pub fn send<S: Read + Write + Send + 'static>(
         Err(e) => {
             let pids = report.pids.clone();
             if let Some(a) = address_off {
-            a.keep_off();
-        }
+                a.keep_off();
+            }
             let _ = held.release_stopped();
             return Err(MigrateError::Uncertain {
                 peer: peer.into(),
@@ -384,10 +380,16 @@ pub fn send<S: Read + Write + Send + 'static>(
     };
     let downtime = frozen_at.elapsed();
     if let Some(a) = address_off {
-            a.keep_off();
-        }
+        a.keep_off();
+    }
+    let sent = held.checkpoint.clone();
     if let Err(e) = held.kill() {
         tracing::warn!("ending the source processes: {e}");
+    }
+    // Their connections run at the destination: the locks that kept this
+    // host from answering their peers go (the sockets went with the processes).
+    if let Err(e) = crate::resources::sockets::tcp::unlock_image(&sent) {
+        tracing::warn!("lifting the network locks of the moved connections: {e}");
     }
     phases.push(("switch over", t_switch.elapsed()));
     Ok(MigrateReport {
@@ -527,10 +529,17 @@ pub fn receive<S: Read + Write + Send + 'static>(
         }
     };
     let bytes = image.total_bytes();
-    tracing::debug!(ms = t0.elapsed().as_secs_f64() * 1e3, bytes, "image received");
+    tracing::debug!(
+        ms = t0.elapsed().as_secs_f64() * 1e3,
+        bytes,
+        "image received"
+    );
     if let Some(dir) = &keep {
         if let Err(e) = image.save(dir, true) {
-            return Err(fail(&s, format!("keeping the image in {}: {e}", dir.display())));
+            return Err(fail(
+                &s,
+                format!("keeping the image in {}: {e}", dir.display()),
+            ));
         }
     }
     let reader = match ImageReader::from_source(Box::new(image)) {
@@ -548,12 +557,16 @@ pub fn receive<S: Read + Write + Send + 'static>(
     };
     let ropts = RestoreOptions {
         pid_ns,
+        tcp_established: hello["tcp_established"] == json!(true),
         ..Default::default()
     };
     let node = opts.node.clone();
     let gate = |host_pid: i32| -> Result<(), EngineError> {
-        send_json(&s, &json!({"ok": true, "ready": true, "host_pid": host_pid}))
-            .map_err(|e| EngineError::Migration(format!("telling the source we are ready: {e}")))?;
+        send_json(
+            &s,
+            &json!({"ok": true, "ready": true, "host_pid": host_pid}),
+        )
+        .map_err(|e| EngineError::Migration(format!("telling the source we are ready: {e}")))?;
         match recv_json(&s, peer) {
             Ok(Ok(v)) if v["go"] == json!(true) => Ok(()),
             Ok(Ok(v)) => Err(EngineError::Migration(format!(
@@ -593,18 +606,17 @@ pub fn receive<S: Read + Write + Send + 'static>(
 /// Where a moved service address goes on this host: the interface holding
 /// another address of its subnet. Refuses an address this host already has.
 fn place_for_address(text: &str) -> Result<godwit_sys::netaddr::IfAddr, String> {
-    let (addr, prefix) = parse_cidr(text).ok_or_else(|| format!("--move-ip {text}: not ADDR/PREFIX"))?;
+    let (addr, prefix) =
+        parse_cidr(text).ok_or_else(|| format!("--move-ip {text}: not ADDR/PREFIX"))?;
     let all = godwit_sys::netaddr::addresses().map_err(|e| format!("--move-ip: {e}"))?;
     if all.iter().any(|a| a.addr == addr) {
-        return Err(format!("--move-ip {text}: this node already has that address"));
+        return Err(format!(
+            "--move-ip {text}: this node already has that address"
+        ));
     }
     all.into_iter()
         .find(|a| a.ifname != "lo" && godwit_sys::netaddr::same_subnet(a.addr, addr, prefix))
-        .map(|a| godwit_sys::netaddr::IfAddr {
-            addr,
-            prefix,
-            ..a
-        })
+        .map(|a| godwit_sys::netaddr::IfAddr { addr, prefix, ..a })
         .ok_or_else(|| format!("--move-ip {text}: no interface of this node is in that subnet"))
 }
 
@@ -626,8 +638,12 @@ struct AddressOn {
 
 impl AddressOn {
     fn put(addr: godwit_sys::netaddr::IfAddr) -> Result<AddressOn, String> {
-        godwit_sys::netaddr::add_address(addr.ifindex, addr.addr, addr.prefix)
-            .map_err(|e| format!("--move-ip: adding {}/{} to {}: {e}", addr.addr, addr.prefix, addr.ifname))?;
+        godwit_sys::netaddr::add_address(addr.ifindex, addr.addr, addr.prefix).map_err(|e| {
+            format!(
+                "--move-ip: adding {}/{} to {}: {e}",
+                addr.addr, addr.prefix, addr.ifname
+            )
+        })?;
         let on = AddressOn { addr, armed: true };
         godwit_sys::netaddr::announce(on.addr.ifindex, on.addr.addr)
             .map_err(|e| format!("--move-ip: announcing {}: {e}", on.addr.addr))?;

@@ -11,7 +11,7 @@
 use crate::error::{EngineError, RestoreCtx, Result};
 use crate::freeze;
 use crate::remote::Remote;
-use crate::resources::{attrs, files, memory, signals, sysv, threads, timers, tty};
+use crate::resources::{attrs, files, memory, signals, sockets, sysv, threads, timers, tty};
 use crate::schema::{Checkpoint, Process, Vma, VmaKind};
 use crate::Progress;
 use godwit_sys::mem::{self, Range};
@@ -43,6 +43,9 @@ pub struct RestoreOptions {
     /// With `shell_job`: leave the caller's terminal settings as they are
     /// instead of applying the ones saved in the image.
     pub leave_termios: bool,
+    /// Rebuild established TCP connections (an image dumped with
+    /// `DumpOptions::tcp_established`); without it such an image is refused.
+    pub tcp_established: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -175,6 +178,7 @@ pub fn restore_from(
         attrs::check(p)?;
         memory::check_files(&p.vmas, opts.allow_file_changes)?;
         files::check(&p.fds, opts.allow_file_changes)?;
+        sockets::tcp::check(p, opts.tcp_established)?;
     }
     for id in procs
         .iter()
@@ -469,7 +473,10 @@ fn resurrect(
     verified()?;
     tracing::debug!(ms = t0.elapsed().as_secs_f64() * 1e3, "verified");
     plan.finish_terminals()?;
+    // A migration's go: until then the connections stay in repair mode, so
+    // that the source can take them back if the switch-over fails.
     gate(pid)?;
+    plan.finish_tcp()?;
     if let Some(c) = &one_cpu {
         for (_, tids) in remotes.iter().flatten() {
             tids.iter().for_each(|&t| c.release(t));

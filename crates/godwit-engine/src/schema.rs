@@ -438,6 +438,11 @@ pub enum FdKind {
     Fifo = 12,
     /// A terminal: either side of a pty, or /dev/tty (Fd::tty).
     Tty = 13,
+    /// A connected TCP socket (IPv4/IPv6), repaired (Fd::socket, its `tcp`).
+    TcpEstablished = 14,
+    /// A UDP socket (IPv4/IPv6), bound or connected or neither, with its
+    /// queued datagrams (Fd::socket: `queue` and `queue_from`).
+    Udp = 15,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -639,8 +644,9 @@ pub struct Socket {
     /// closed again after the queue is refilled).
     #[prost(bool, tag = "9")]
     pub peer_gone: bool,
-    /// A datagram socket connected to a named socket outside the tree: the
-    /// peer's address (raw sockaddr), connected to again.
+    /// The peer's address (raw sockaddr), connected to again: a unix
+    /// datagram socket's named socket outside the tree, or the remote end
+    /// of a TCP connection.
     #[prost(bytes = "vec", tag = "10")]
     pub peer_addr: Vec<u8>,
     #[prost(bool, tag = "11")]
@@ -675,6 +681,12 @@ pub struct Socket {
     pub cred_uid: u32,
     #[prost(uint32, tag = "21")]
     pub cred_gid: u32,
+    /// A TCP connection: its state, queues and negotiated options.
+    #[prost(message, optional, tag = "22")]
+    pub tcp: Option<TcpConnection>,
+    /// UDP: the sender (raw sockaddr) of each datagram in `queue`.
+    #[prost(bytes = "vec", repeated, tag = "23")]
+    pub queue_from: Vec<Vec<u8>>,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -707,6 +719,67 @@ pub struct Pipe {
     /// Unread bytes buffered in the pipe at dump time.
     #[prost(bytes = "vec", tag = "2")]
     pub data: Vec<u8>,
+}
+
+/// A connected TCP socket as TCP_REPAIR reads and sets it. Sequence
+/// numbers are those of the first byte of each saved queue.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct TcpConnection {
+    /// tcpi_state (1 ESTABLISHED).
+    #[prost(uint32, tag = "1")]
+    pub state: u32,
+    /// Sequence number of the first byte of `send_queue` (snd_una).
+    #[prost(uint32, tag = "2")]
+    pub send_seq: u32,
+    /// Sent but unacknowledged bytes, then unsent bytes.
+    #[prost(bytes = "vec", tag = "3")]
+    pub send_queue: Vec<u8>,
+    /// How many bytes at the end of `send_queue` had not been sent.
+    #[prost(uint32, tag = "4")]
+    pub unsent: u32,
+    /// Sequence number of the first byte of `recv_queue`.
+    #[prost(uint32, tag = "5")]
+    pub recv_seq: u32,
+    /// Received bytes the process had not read.
+    #[prost(bytes = "vec", tag = "6")]
+    pub recv_queue: Vec<u8>,
+    /// The MSS clamp negotiated at the handshake.
+    #[prost(uint32, tag = "7")]
+    pub mss: u32,
+    /// Window scaling negotiated, and the shifts each way.
+    #[prost(bool, tag = "8")]
+    pub wscale_ok: bool,
+    #[prost(uint32, tag = "9")]
+    pub snd_wscale: u32,
+    #[prost(uint32, tag = "10")]
+    pub rcv_wscale: u32,
+    #[prost(bool, tag = "11")]
+    pub sack_ok: bool,
+    #[prost(bool, tag = "12")]
+    pub timestamps_ok: bool,
+    /// TCP_TIMESTAMP at dump time (the clock the peer sees).
+    #[prost(uint32, tag = "13")]
+    pub timestamp: u32,
+    /// TCP_REPAIR_WINDOW.
+    #[prost(uint32, tag = "14")]
+    pub snd_wl1: u32,
+    #[prost(uint32, tag = "15")]
+    pub snd_wnd: u32,
+    #[prost(uint32, tag = "16")]
+    pub max_window: u32,
+    #[prost(uint32, tag = "17")]
+    pub rcv_wnd: u32,
+    #[prost(uint32, tag = "18")]
+    pub rcv_wup: u32,
+    /// We had shut down our side (FIN sent, acknowledged or not): restored
+    /// by shutdown(SHUT_WR) after the queues. Not counted in the sequence
+    /// numbers and queues above.
+    #[prost(bool, tag = "19")]
+    pub fin_sent: bool,
+    /// The peer had closed its side (FIN received): delivered again after
+    /// the restore. Not counted in `recv_seq` + `recv_queue`.
+    #[prost(bool, tag = "20")]
+    pub fin_received: bool,
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use godwit_engine::migrate::{self, Mode, MigrateError, MigrateOptions, ReceiveOptions};
+use godwit_engine::migrate::{self, MigrateError, MigrateOptions, Mode, ReceiveOptions};
 use godwit_engine::Quiet;
 
 struct Counter {
@@ -150,7 +150,11 @@ fn pre_copy_moves_a_counter() {
 fn still_counting(c: &Counter) {
     let at = last(&c.log);
     wait_until("the source to count on", || last(&c.log) >= at + 3);
-    assert!(matches!(state(c.pid), Some('S') | Some('R')), "{:?}", state(c.pid));
+    assert!(
+        matches!(state(c.pid), Some('S') | Some('R')),
+        "{:?}",
+        state(c.pid)
+    );
     let status = std::fs::read_to_string(format!("/proc/{}/status", c.pid)).unwrap();
     assert!(status.contains("TracerPid:\t0"), "still traced:\n{status}");
 }
@@ -189,7 +193,10 @@ fn pid_taken_at_the_destination_is_refused_before_anything_moves() {
     o.pid_ns = false;
     let e = migrate::send(a, "destination", c.pid, &o, &Quiet).unwrap_err();
     assert!(matches!(e, MigrateError::Refused { .. }), "{e}");
-    assert!(e.to_string().contains(&format!("PID {} is in use", c.pid)), "{e}");
+    assert!(
+        e.to_string().contains(&format!("PID {} is in use", c.pid)),
+        "{e}"
+    );
     assert!(dest.join().unwrap().is_err());
     still_counting(&c);
 }
@@ -231,7 +238,10 @@ fn link_cut_after_go_leaves_the_source_stopped_not_running() {
     let e = migrate::send(a, "destination", c.pid, &opts(Mode::StopCopy), &Quiet).unwrap_err();
     dest.join().unwrap();
     assert!(matches!(e, MigrateError::Uncertain { .. }), "{e}");
-    wait_until(&format!("the source copy to be stopped ({:?})", state(c.pid)), || state(c.pid) == Some('T'));
+    wait_until(
+        &format!("the source copy to be stopped ({:?})", state(c.pid)),
+        || state(c.pid) == Some('T'),
+    );
     let at = last(&c.log);
     std::thread::sleep(Duration::from_millis(400));
     assert_eq!(last(&c.log), at, "a stopped source must not count");

@@ -342,7 +342,9 @@ pub enum ImageError {
     },
 
     /// Reading or writing the stream to or from a peer failed.
-    #[error("{peer}: {source}: the connection to the peer failed or was cut; nothing was committed")]
+    #[error(
+        "{peer}: {source}: the connection to the peer failed or was cut; nothing was committed"
+    )]
     Stream {
         /// The stream, naming the peer.
         peer: PathBuf,

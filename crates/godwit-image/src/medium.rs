@@ -241,6 +241,7 @@ impl PageSource for MemoryImage {
             .files
             .get(name)
             .ok_or_else(|| ImageError::PageFileMissing { path: path.clone() })?;
-        file.try_clone().map_err(|source| ImageError::Open { path, source })
+        file.try_clone()
+            .map_err(|source| ImageError::Open { path, source })
     }
 }

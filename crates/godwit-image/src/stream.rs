@@ -308,10 +308,14 @@ pub fn receive_image(
         match h.kind {
             kind::OPEN => {
                 if h.len == 0 || h.len > 255 {
-                    return Err(protocol(&label, format!("a page file name of {} bytes", h.len)));
+                    return Err(protocol(
+                        &label,
+                        format!("a page file name of {} bytes", h.len),
+                    ));
                 }
                 let mut name = vec![0u8; h.len as usize];
-                r.read_exact(&mut name).map_err(|e| stream_error(&label, e))?;
+                r.read_exact(&mut name)
+                    .map_err(|e| stream_error(&label, e))?;
                 let name = String::from_utf8(name)
                     .map_err(|_| protocol(&label, "a page file name that is not UTF-8".into()))?;
                 crate::manifest::check_page_file_names(std::iter::once(name.as_str()), &label)?;
@@ -320,9 +324,9 @@ pub fn receive_image(
                 }
                 let fd = rustix::fs::memfd_create(name.as_str(), rustix::fs::MemfdFlags::CLOEXEC)
                     .map_err(|e| ImageError::Open {
-                        path: label.join(&name),
-                        source: e.into(),
-                    })?;
+                    path: label.join(&name),
+                    source: e.into(),
+                })?;
                 files.insert(
                     h.id,
                     Incoming {
@@ -344,19 +348,20 @@ pub fn receive_image(
                         max: max_bytes,
                     });
                 }
-                let f = files
-                    .get_mut(&h.id)
-                    .filter(|f| !f.closed)
-                    .ok_or_else(|| protocol(&label, format!("data for unknown page file {}", h.id)))?;
+                let f = files.get_mut(&h.id).filter(|f| !f.closed).ok_or_else(|| {
+                    protocol(&label, format!("data for unknown page file {}", h.id))
+                })?;
                 let mut left = h.len as usize;
                 while left > 0 {
                     let n = left.min(buf.len());
                     r.read_exact(&mut buf[..n])
                         .map_err(|e| stream_error(&label, e))?;
-                    f.file.write_all(&buf[..n]).map_err(|source| ImageError::Write {
-                        path: label.join(&f.name),
-                        source,
-                    })?;
+                    f.file
+                        .write_all(&buf[..n])
+                        .map_err(|source| ImageError::Write {
+                            path: label.join(&f.name),
+                            source,
+                        })?;
                     left -= n;
                 }
                 f.size += h.len;
@@ -366,10 +371,11 @@ pub fn receive_image(
                 if h.len != 8 {
                     return Err(protocol(&label, "a CLOSE frame without its size".into()));
                 }
-                r.read_exact(&mut size).map_err(|e| stream_error(&label, e))?;
-                let f = files
-                    .get_mut(&h.id)
-                    .ok_or_else(|| protocol(&label, format!("CLOSE of unknown page file {}", h.id)))?;
+                r.read_exact(&mut size)
+                    .map_err(|e| stream_error(&label, e))?;
+                let f = files.get_mut(&h.id).ok_or_else(|| {
+                    protocol(&label, format!("CLOSE of unknown page file {}", h.id))
+                })?;
                 let size = u64::from_le_bytes(size);
                 if size != f.size {
                     return Err(ImageError::PageFileSize {
@@ -406,7 +412,8 @@ pub fn receive_image(
             }
             kind::ABORT => {
                 let mut why = vec![0u8; h.len.min(MAX_MESSAGE) as usize];
-                r.read_exact(&mut why).map_err(|e| stream_error(&label, e))?;
+                r.read_exact(&mut why)
+                    .map_err(|e| stream_error(&label, e))?;
                 return Err(ImageError::SenderAborted {
                     peer: label,
                     reason: String::from_utf8_lossy(&why).into_owned(),

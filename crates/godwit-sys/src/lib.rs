@@ -19,7 +19,9 @@ pub mod regs;
 pub mod sched;
 pub mod sockdiag;
 pub mod sysv;
+pub mod tcp;
 pub mod tty;
+pub mod udp;
 pub mod uffd;
 
 use std::io;

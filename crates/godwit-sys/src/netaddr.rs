@@ -8,8 +8,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 use netlink_packet_core::{
-    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP,
-    NLM_F_EXCL, NLM_F_REQUEST,
+    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL,
+    NLM_F_REQUEST,
 };
 use netlink_packet_route::address::{AddressAttribute, AddressFlags, AddressMessage};
 use netlink_packet_route::link::{LinkAttribute, LinkMessage};
@@ -275,7 +275,12 @@ fn raw_socket(domain: i32, ty: i32, proto: i32, what: &str) -> Result<OwnedFd> {
 fn send_arp(ifindex: u32, mac: [u8; 6], ip: Ipv4Addr, op: u16) -> Result<()> {
     let what = "sending a gratuitous ARP";
     let eth_p_arp = 0x0806u16;
-    let fd = raw_socket(libc::AF_PACKET, libc::SOCK_DGRAM, i32::from(eth_p_arp.to_be()), what)?;
+    let fd = raw_socket(
+        libc::AF_PACKET,
+        libc::SOCK_DGRAM,
+        i32::from(eth_p_arp.to_be()),
+        what,
+    )?;
     let mut pkt = Vec::with_capacity(28);
     pkt.extend_from_slice(&1u16.to_be_bytes()); // hardware: Ethernet
     pkt.extend_from_slice(&0x0800u16.to_be_bytes()); // protocol: IPv4

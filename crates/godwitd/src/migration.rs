@@ -50,7 +50,12 @@ pub async fn receive(
             "receiving a migration needs a token with the operate scope (this one has {scopes})"
         );
         let mut frame = Vec::new();
-        godwit_image::stream::write_frame(&mut frame, godwit_image::stream::kind::ABORT, 0, why.as_bytes())?;
+        godwit_image::stream::write_frame(
+            &mut frame,
+            godwit_image::stream::kind::ABORT,
+            0,
+            why.as_bytes(),
+        )?;
         stream.write_all(&frame).await?;
         stream.shutdown().await?;
         anyhow::bail!("migration from {peer} refused: {why}");
@@ -80,7 +85,11 @@ pub async fn receive(
                 ms = r.total.as_secs_f64() * 1e3,
                 "migration received; the process runs here"
             );
-            crate::transparent::adopt(&agent, r.restore.host_pid, &format!("migrated from {}", r.source_node));
+            crate::transparent::adopt(
+                &agent,
+                r.restore.host_pid,
+                &format!("migrated from {}", r.source_node),
+            );
             Ok(())
         }
         Err(e) => {

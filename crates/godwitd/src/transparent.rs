@@ -97,7 +97,13 @@ fn describe(agent: &Agent, pid: i32) -> Option<Value> {
     let alive_ticks = uptime_ticks().saturating_sub(start).max(1);
     let managed = lock(&agent.transparent).get(&pid).cloned();
     let started = lock(&agent.procs).contains_key(&(pid as u32));
-    let kind = if started { "started" } else if managed.is_some() { "transparent" } else { "other" };
+    let kind = if started {
+        "started"
+    } else if managed.is_some() {
+        "transparent"
+    } else {
+        "other"
+    };
     Some(json!({
         "pid": pid,
         "ppid": ppid,
@@ -133,7 +139,8 @@ async fn list(
     pids.sort_unstable();
     pids.dedup();
     // Forget managed processes that are gone.
-    lock(&agent.transparent).retain(|pid, _| std::path::Path::new(&format!("/proc/{pid}")).exists());
+    lock(&agent.transparent)
+        .retain(|pid, _| std::path::Path::new(&format!("/proc/{pid}")).exists());
     let me = std::process::id() as i32;
     let procs: Vec<Value> = pids
         .into_iter()
@@ -221,11 +228,15 @@ async fn images(State(agent): State<Arc<Agent>>, Extension(conn): Extension<Conn
     let mut out = Vec::new();
     if let Ok(entries) = std::fs::read_dir(images_dir(&agent)) {
         for e in entries.flatten() {
-            let Some(id) = e.file_name().to_str().map(str::to_string) else { continue };
+            let Some(id) = e.file_name().to_str().map(str::to_string) else {
+                continue;
+            };
             if id.starts_with('.') {
                 continue;
             }
-            let Ok((ck, reader)) = godwit_engine::load(&e.path()) else { continue };
+            let Ok((ck, reader)) = godwit_engine::load(&e.path()) else {
+                continue;
+            };
             out.push(json!({
                 "id": id,
                 "pids": ck.processes.iter().map(|p| p.pid).collect::<Vec<_>>(),
@@ -250,7 +261,10 @@ async fn restore(
     let req = body_json(body)?;
     let dir = images_dir(&agent).join(&id);
     if !dir.join("manifest.img").exists() {
-        return Err(ApiError::new(404, format!("no image {id} in this node's store")));
+        return Err(ApiError::new(
+            404,
+            format!("no image {id} in this node's store"),
+        ));
     }
     let opts = godwit_engine::restore::RestoreOptions {
         pid_ns: req["pid_ns"].as_bool().unwrap_or(false),
@@ -285,7 +299,10 @@ async fn remove(
     check_id(&id)?;
     let dir = images_dir(&agent).join(&id);
     if !dir.exists() {
-        return Err(ApiError::new(404, format!("no image {id} in this node's store")));
+        return Err(ApiError::new(
+            404,
+            format!("no image {id} in this node's store"),
+        ));
     }
     std::fs::remove_dir_all(&dir)
         .map_err(|e| ApiError::new(500, format!("removing {}: {e}", dir.display())))?;

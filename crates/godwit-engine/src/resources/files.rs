@@ -456,6 +456,8 @@ pub fn check(fds: &[Fd], allow_changes: bool) -> Result<()> {
             Ok(FdKind::Pipe
                 | FdKind::Epoll
                 | FdKind::TcpListen
+                | FdKind::TcpEstablished
+                | FdKind::Udp
                 | FdKind::UnixSocket
                 | FdKind::EventFd
                 | FdKind::TimerFd
@@ -535,6 +537,8 @@ pub struct FdPlan {
     unix: sockets::UnixPlan,
     /// Terminals: each pty created whole by one process.
     tty: tty::TtyPlan,
+    /// TCP connections rebuilt, finished just before the processes run.
+    tcp: sockets::tcp::RestoredSet,
 }
 
 /// The lowest common ancestor (by index, parents before children) of `set`.
@@ -644,6 +648,7 @@ impl FdPlan {
             holder_fds,
             unix,
             tty,
+            tcp: Default::default(),
         })
     }
 
@@ -830,6 +835,18 @@ impl FdPlan {
                     })?;
                     sockets::restore(r, f.fd, s, status_flags)?
                 }
+                FdKind::TcpEstablished => {
+                    let s = f.socket.as_ref().ok_or_else(|| {
+                        EngineError::BadImage(format!("fd {} is a socket without details", f.fd))
+                    })?;
+                    sockets::tcp::restore_established(r, f.fd, s, status_flags, &self.tcp)?
+                }
+                FdKind::Udp => {
+                    let s = f.socket.as_ref().ok_or_else(|| {
+                        EngineError::BadImage(format!("fd {} is a socket without details", f.fd))
+                    })?;
+                    sockets::udp::restore(r, f.fd, s, status_flags)?
+                }
                 FdKind::Regular | FdKind::Directory | FdKind::CharDevice => {
                     let a = r.put_cstr(0, &f.path).restoring(pid, stage)?;
                     let oflags = f.flags
@@ -985,6 +1002,11 @@ impl FdPlan {
     /// Terminals, last: the caller's terminal settings (--shell-job).
     pub fn finish_terminals(&self) -> Result<()> {
         self.tty.finish()
+    }
+
+    /// Starts the TCP connections rebuilt (out of repair mode, locks lifted).
+    pub fn finish_tcp(&self) -> Result<()> {
+        self.tcp.finish()
     }
 
     /// Puts the process's descriptors at their numbers and closes the

@@ -1,8 +1,10 @@
-//! Sockets. Supported: listening TCP sockets (IPv4, IPv6; `tcp`) and unix
-//! sockets of every type (`unix`). Others (connected TCP, UDP, netlink, ...)
-//! stop the dump with a message naming the fd.
+//! Sockets. Supported: listening TCP sockets and, with --tcp-established,
+//! established TCP connections (IPv4, IPv6; `tcp`), UDP sockets with their
+//! queued datagrams (`udp`), and unix sockets of every type (`unix`).
+//! Others (raw, netlink, ...) stop the dump with a message naming the fd.
 
-mod tcp;
+pub mod tcp;
+pub mod udp;
 pub mod unix;
 
 use crate::error::{DumpCtx, EngineError, Result};
@@ -27,10 +29,19 @@ pub fn dump(pid: i32, fd: i32, ino: u64, ours: &OwnedFd, cwd: &str) -> Result<(F
         .dumping(pid, "reading sockets")?;
     match family {
         libc::AF_UNIX => Ok((FdKind::UnixSocket, unix::dump(pid, fd, ino, ours, cwd)?)),
-        libc::AF_INET | libc::AF_INET6 => {
-            let mut s = tcp::dump(pid, fd, ours)?;
+        libc::AF_INET | libc::AF_INET6
+            if process::getsockopt_int(ours, libc::SOL_SOCKET, libc::SO_TYPE)
+                .dumping(pid, "reading sockets")?
+                == libc::SOCK_DGRAM =>
+        {
+            let mut s = udp::dump(pid, fd, ours)?;
             s.ino = ino;
-            Ok((FdKind::TcpListen, s))
+            Ok((FdKind::Udp, s))
+        }
+        libc::AF_INET | libc::AF_INET6 => {
+            let (kind, mut s) = tcp::dump(pid, fd, ours)?;
+            s.ino = ino;
+            Ok((kind, s))
         }
         libc::AF_NETLINK => Err(unsupported(pid, fd, "a netlink socket".into())),
         f => Err(unsupported(
