@@ -612,3 +612,109 @@ fn service_address_moves_with_the_process() {
     assert!(!c.sh(1, "ip -br addr show dev eth0").contains(&service));
     assert!(c.sh(2, "ip -br addr show dev eth0").contains(&service));
 }
+
+/// One connection that a client on host 3 holds to redis-server across its
+/// move from host 1 to host 2: every INCR answered once, in order, no
+/// reconnect; the address moves with it.
+fn redis_keeps_its_client(mode: &str) {
+    if Command::new("redis-server").arg("--version").output().is_err() {
+        panic!("redis-server is not installed: scripts/setup.sh installs it");
+    }
+    let mut c = Cluster::up(3);
+    c.start_agent(2);
+    let service = format!("{}.100", c.prefix);
+    c.sh(1, &format!("ip addr add {service}/24 dev eth0"));
+    let dir = c.dir.path().to_path_buf();
+    let pid = {
+        let cmd = format!(
+            "echo 4699 > /proc/sys/kernel/ns_last_pid; {} redis-server --bind {service} --port 6390 \
+             --save '' --appendonly no --dir {} --protected-mode no </dev/null >/dev/null 2>&1 & echo $!",
+            progs().join("launch").display(),
+            dir.display()
+        );
+        c.sh(1, &cmd).trim().parse::<u32>().unwrap()
+    };
+    let client = dir.join("client.py");
+    std::fs::write(
+        &client,
+        r#"import os, socket, sys, time
+addr, out, stop = sys.argv[1], sys.argv[2], sys.argv[3]
+def publish(text):
+    open(out + ".tmp", "w").write(text)
+    os.rename(out + ".tmp", out)
+s = None
+for _ in range(600):
+    try:
+        s = socket.create_connection((addr, 6390), timeout=30)
+        break
+    except OSError:
+        time.sleep(0.05)
+if s is None:
+    publish("BAD could not connect to redis-server\n"); sys.exit(1)
+f = s.makefile("rb")
+n, last, gap, t = 0, None, 0.0, time.monotonic()
+try:
+    while not os.path.exists(stop):
+        s.sendall(b"*2\r\n$4\r\nINCR\r\n$1\r\nc\r\n")
+        line = f.readline()
+        now = time.monotonic()
+        gap, t = max(gap, now - t), now
+        if not line.startswith(b":"):
+            publish("BAD reply %r after %d\n" % (line, n)); sys.exit(1)
+        v = int(line[1:])
+        if last is not None and v != last + 1:
+            publish("BAD %d after %d\n" % (v, last)); sys.exit(1)
+        last, n = v, n + 1
+        if n % 10 == 0:
+            publish("RUN %d %d %.3f\n" % (n, last, gap))
+        time.sleep(0.005)
+except Exception as e:
+    publish("BAD %s after %d\n" % (e, n)); sys.exit(1)
+publish("OK %d %d %.3f\n" % (n, last, gap))
+"#,
+    )
+    .unwrap();
+    let out = dir.join("client.out");
+    let stop = dir.join("client.stop");
+    let mut cl = c
+        .exec(3)
+        .args(["python3", client.to_str().unwrap(), &service])
+        .arg(&out)
+        .arg(&stop)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let count = || -> u64 {
+        let t = std::fs::read_to_string(&out).unwrap_or_default();
+        assert!(!t.starts_with("BAD"), "the client: {t}");
+        t.split_whitespace().nth(1).and_then(|n| n.parse().ok()).unwrap_or(0)
+    };
+    wait_for("the client to talk to redis", Duration::from_secs(40), || count() >= 50);
+    let v = json_of(&c.migrate(
+        1,
+        pid,
+        2,
+        &["--mode", mode, "--tcp-established", "--move-ip", &format!("{service}/24")],
+    ));
+    assert_eq!(v["dest_pid"], pid);
+    let at = count();
+    wait_for("the client to go on talking", Duration::from_secs(20), || count() >= at + 100);
+    std::fs::write(&stop, "").unwrap();
+    let _ = cl.wait();
+    let verdict = std::fs::read_to_string(&out).unwrap();
+    assert!(verdict.starts_with("OK"), "the client: {verdict}");
+    assert!(matches!(c.state(2, pid), Some('S' | 'R')), "{:?}", c.state(2, pid));
+    assert_eq!(c.state(1, pid), None);
+}
+
+#[test]
+fn redis_keeps_its_client_connection_stop_copy() {
+    redis_keeps_its_client("stop-copy");
+}
+
+#[test]
+fn redis_keeps_its_client_connection_pre_copy() {
+    redis_keeps_its_client("pre-copy");
+}
