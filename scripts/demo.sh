@@ -17,6 +17,7 @@ prefix=10.215.$(( $$ % 200 ))
 service=$prefix.100
 cleanup() {
     [ -n "${client:-}" ] && kill "$client" 2>/dev/null || true
+    disown -a 2>/dev/null || true
     "$C" down "$name" >/dev/null 2>&1 || true
 }
 trap cleanup EXIT
@@ -35,40 +36,48 @@ for h in 1 2; do
 done
 echo "== godwitd runs on host 1 and host 2 (TLS, authenticated by $work/token)"
 
-# The service: answers every connection with a running count and its PID.
+# The service: counts the lines a client sends on its connection and answers each.
 cat > "$work/service.py" <<'PY'
-import os, socket, time
+import os, socket
 s = socket.socket()
 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 s.bind((os.environ["ADDR"], 8080))
-s.listen(16)
+s.listen(1)
+c, _ = s.accept()
+f = c.makefile("rb")
 n = 0
-while True:
-    c, _ = s.accept()
+for line in f:
     n += 1
-    c.sendall(b"answer %d from PID %d\n" % (n, os.getpid()))
-    c.close()
+    c.sendall(b"line %d received by PID %d\n" % (n, os.getpid()))
 PY
 "$C" exec "$name" 1 ip addr add "$service/24" dev eth0
 pid=$("$C" exec "$name" 1 sh -c "echo 4999 > /proc/sys/kernel/ns_last_pid; ADDR=$service $work/launch python3 $work/service.py </dev/null >/dev/null 2>&1 & echo \$!")
 echo "== the service runs on host 1 as PID $pid, at $service:8080"
 
-# The client, on host 3: asks every 200 ms and prints what it hears.
-"$C" exec "$name" 3 python3 -u -c "
+# The client, on host 3 (its network namespace): ONE connection, a line every
+# 200 ms, prints each answer.
+ip netns exec "gw-$name-n3" python3 -u -c "
 import socket, time
-while True:
+for _ in range(100):
     try:
-        s = socket.create_connection(('$service', 8080), timeout=2)
-        print('   client on host 3 hears:', s.recv(100).decode().strip(), flush=True)
-    except OSError as e:
-        print('   client on host 3: no answer:', e, flush=True)
+        s = socket.create_connection(('$service', 8080), timeout=30); break
+    except OSError:
+        time.sleep(0.1)
+f = s.makefile('rb')
+t = time.monotonic()
+while True:
+    s.sendall(b'hello\n')
+    answer = f.readline().decode().strip()
+    now = time.monotonic()
+    print('   client on host 3 (one connection): %s  (%.0f ms since the last)' % (answer, (now - t) * 1e3), flush=True)
+    t = now
     time.sleep(0.2)
 " &
 client=$!
 sleep 1.5
-echo "== godwit migrate --pid $pid --to $prefix.2:7420 --mode pre-copy --move-ip $service/24   (run on host 1)"
+echo "== godwit migrate --pid $pid --to $prefix.2:7420 --mode pre-copy --tcp-established --move-ip $service/24   (run on host 1)"
 "$C" exec "$name" 1 "$G" migrate --pid "$pid" --to "$prefix.2:7420" --token-file "$work/token" \
-    --mode pre-copy --move-ip "$service/24"
+    --mode pre-copy --tcp-established --move-ip "$service/24"
 sleep 1.5
 echo "== on host 1: $("$C" exec "$name" 1 sh -c "ps -o pid=,comm= -p $pid || echo no process $pid")"
 echo "== on host 2: $("$C" exec "$name" 2 ps -o pid=,stat=,args= -p "$pid")"
@@ -79,9 +88,7 @@ wait "$client" 2>/dev/null || true
 client=
 
 echo
-echo "== and on one host: a checkpoint of the service into host 2's store, then a restore from it"
-"$G" node --agent "$prefix.2:7420" --token-file "$work/token" checkpoint --pid "$pid" --id demo --stop
+echo "== and a checkpoint of it into host 2's store, while it keeps running:"
+"$G" node --agent "$prefix.2:7420" --token-file "$work/token" checkpoint --pid "$pid" --id demo --tcp-established
 "$G" node --agent "$prefix.2:7420" --token-file "$work/token" images
-"$G" node --agent "$prefix.2:7420" --token-file "$work/token" restore demo
-"$C" exec "$name" 3 python3 -c "import socket; print('   client on host 3 hears:', socket.create_connection(('$service', 8080), timeout=2).recv(100).decode().strip())"
 echo "== done; logs in $work"

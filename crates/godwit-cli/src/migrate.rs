@@ -141,11 +141,11 @@ pub fn run(args: MigrateArgs, json_out: bool, progress: &crate::Bar) -> anyhow::
             Ok(r) => {
                 if !json_out {
                     println!(
-                        "moved process {pid} ({} process{}) to {} ({}): now PID {}{} there; downtime {:.1} ms, {} MiB sent in {:.1} ms{}",
+                        "moved process {pid} ({} process{}) to {}{}: now PID {}{} there; downtime {:.1} ms, {} MiB sent in {:.1} ms{}",
                         r.pids.len(),
                         if r.pids.len() == 1 { "" } else { "es" },
                         args.to,
-                        r.node,
+                        if r.node != args.to { format!(" ({})", r.node) } else { String::new() },
                         r.pid,
                         if r.host_pid != r.pid { format!(" (host PID {})", r.host_pid) } else { String::new() },
                         r.downtime.as_secs_f64() * 1e3,

@@ -27,6 +27,9 @@ pub enum NodeCmd {
         /// End the process once its checkpoint is written.
         #[arg(long)]
         stop: bool,
+        /// Include established TCP connections (see `godwit dump --tcp-established`).
+        #[arg(long)]
+        tcp_established: bool,
     },
     /// The checkpoints in the node's store.
     Images,
@@ -36,6 +39,9 @@ pub enum NodeCmd {
         /// Into a new PID namespace (when the PIDs are taken).
         #[arg(long)]
         pid_ns: bool,
+        /// Restore the image's established TCP connections.
+        #[arg(long)]
+        tcp_established: bool,
     },
     /// Remove a checkpoint from the node's store.
     Rm { id: String },
@@ -58,13 +64,16 @@ pub async fn run(cmd: NodeCmd, agent: &Agent, json_out: bool) -> anyhow::Result<
                 .request("ps", "GET", path, None, Duration::from_secs(10))
                 .await?
         }
-        NodeCmd::Checkpoint { pid, id, stop } => {
-            let body = json!({"id": id, "leave_running": !stop});
-            let body = if id.is_none() {
-                json!({"leave_running": !stop})
-            } else {
-                body
-            };
+        NodeCmd::Checkpoint {
+            pid,
+            id,
+            stop,
+            tcp_established,
+        } => {
+            let mut body = json!({"leave_running": !stop, "tcp_established": tcp_established});
+            if let Some(id) = id {
+                body["id"] = json!(id);
+            }
             agent
                 .request(
                     "checkpoint",
@@ -80,13 +89,18 @@ pub async fn run(cmd: NodeCmd, agent: &Agent, json_out: bool) -> anyhow::Result<
                 .request("images", "GET", "/v1/images", None, Duration::from_secs(30))
                 .await?
         }
-        NodeCmd::Restore { id, pid_ns } => {
+        NodeCmd::Restore {
+            id,
+            pid_ns,
+            tcp_established,
+        } => {
+            let body = json!({"pid_ns": pid_ns, "tcp_established": tcp_established});
             agent
                 .request(
                     "restore",
                     "POST",
                     &format!("/v1/images/{id}/restore"),
-                    Some(json!({"pid_ns": pid_ns})),
+                    Some(body),
                     long,
                 )
                 .await?
@@ -116,8 +130,8 @@ pub async fn run(cmd: NodeCmd, agent: &Agent, json_out: bool) -> anyhow::Result<
             for p in v["processes"].as_array().into_iter().flatten() {
                 println!(
                     "{:>7} {:>7} {:<5} {:<11} {:>9} {:>6.1}  {:<24} {}",
-                    p["pid"],
-                    p["ppid"],
+                    p["pid"].as_i64().unwrap_or(0),
+                    p["ppid"].as_i64().unwrap_or(0),
                     p["state"].as_str().unwrap_or("?"),
                     p["kind"].as_str().unwrap_or("?"),
                     mib(&p["memory_bytes"]),

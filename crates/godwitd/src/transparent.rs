@@ -173,6 +173,7 @@ fn engine_status(e: &godwit_engine::EngineError) -> u16 {
         E::PermissionDenied { .. } => 403,
         E::Unsupported { .. } | E::NeedsShellJob { .. } => 422,
         E::PidTaken { .. } | E::SysvShmTaken { .. } => 409,
+        E::NeedsTcpEstablished { .. } | E::ImageNeedsTcpEstablished(_) => 422,
         E::Image(_) | E::BadImage(_) | E::CpuMismatch(_) => 422,
         _ => 500,
     }
@@ -195,6 +196,7 @@ async fn checkpoint(
     let dir = images_dir(&agent).join(&id);
     let opts = godwit_engine::dump::DumpOptions {
         leave_running,
+        tcp_established: req["tcp_established"].as_bool().unwrap_or(false),
         ..Default::default()
     };
     let d = dir.clone();
@@ -268,6 +270,7 @@ async fn restore(
     }
     let opts = godwit_engine::restore::RestoreOptions {
         pid_ns: req["pid_ns"].as_bool().unwrap_or(false),
+        tcp_established: req["tcp_established"].as_bool().unwrap_or(false),
         ..Default::default()
     };
     let r = tokio::task::spawn_blocking(move || {
