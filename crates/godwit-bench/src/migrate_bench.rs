@@ -211,6 +211,7 @@ struct Run {
     total_ms: f64,
     bytes: u64,
     rounds: usize,
+    phases: Vec<(&'static str, f64)>,
 }
 
 fn one(
@@ -277,6 +278,11 @@ fn one(
         total_ms: r.total.as_secs_f64() * 1e3,
         bytes: r.bytes_sent,
         rounds: r.rounds,
+        phases: r
+            .phases
+            .iter()
+            .map(|(n, d)| (*n, d.as_secs_f64() * 1e3))
+            .collect(),
     })
 }
 
@@ -340,6 +346,7 @@ fn run(a: &Args) -> Result<()> {
                     "total_ms": stats(&f(|r| r.total_ms)),
                     "bytes_sent": stats(&f(|r| r.bytes as f64)),
                     "rounds": rs.iter().map(|r| r.rounds).collect::<Vec<_>>(),
+                    "phases_ms": rs.iter().map(|r| r.phases.iter().map(|(n, ms)| json!({"phase": n, "ms": ms})).collect::<Vec<_>>()).collect::<Vec<_>>(),
                 });
                 println!(
                     "{mib:>6} MiB  {:<9} writer {rate:>3} MiB/s: stall {:>7.1} ms, downtime {:>7.1} ms, total {:>7.1} ms, {:>6.0} MiB sent (medians)",

@@ -121,7 +121,7 @@ impl Cluster {
             .arg(self.token())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(std::fs::File::create(self.dir.path().join(format!("agent{host}.log"))).unwrap())
             .spawn()
             .unwrap();
         let mut line = String::new();
@@ -592,18 +592,17 @@ fn service_address_moves_with_the_process() {
         .trim()
         .to_string()
     };
-    wait_for("the server to listen", Duration::from_secs(10), || {
-        c.run(
-            3,
-            &[
-                "python3",
-                "-c",
-                &format!("import socket; socket.create_connection(('{service}', 8080), timeout=1)"),
-            ],
-        )
-        .status
-        .success()
-    });
+    let probe = format!("import socket; socket.create_connection(('{service}', 8080), timeout=1)");
+    let t0 = Instant::now();
+    while !c.run(3, &["python3", "-c", &probe]).status.success() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "the server does not answer: host 1: {}; host 3: {}",
+            c.sh(1, "ss -ltnp; ip -br addr; ps -e"),
+            c.sh(3, "ip neigh")
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     assert_eq!(fetch(), format!("hello 2 from {pid}"));
     let v = json_of(&c.migrate(1, pid, 2, &["--move-ip", &format!("{service}/24")]));
     assert_eq!(v["dest_pid"], pid);
@@ -691,7 +690,17 @@ publish("OK %d %d %.3f\n" % (n, last, gap))
         assert!(!t.starts_with("BAD"), "the client: {t}");
         t.split_whitespace().nth(1).and_then(|n| n.parse().ok()).unwrap_or(0)
     };
-    wait_for("the client to talk to redis", Duration::from_secs(40), || count() >= 50);
+    let t0 = Instant::now();
+    while count() < 50 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(40),
+            "the client does not talk to redis: client {:?}; host 1: {}; host 3: {}",
+            std::fs::read_to_string(&out),
+            c.sh(1, "ss -ltnp; ip -br addr"),
+            c.sh(3, "ss -tnp; ip neigh")
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
     let v = json_of(&c.migrate(
         1,
         pid,

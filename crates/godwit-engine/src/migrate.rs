@@ -305,10 +305,14 @@ pub fn send<S: Read + Write + Send + 'static>(
         // The writer told the destination (ABORT); the processes run on.
         MigrateError::Dump(e)
     })?;
-    let held = held.expect("End::Hold returns the held tree");
+    let held = held.ok_or_else(|| {
+        MigrateError::Dump(EngineError::Migration(
+            "the dump did not keep the processes frozen".into(),
+        ))
+    })?;
     let frozen_at = held.frozen_at;
     phases.push(("precopy", frozen_at.saturating_duration_since(t_dump)));
-    phases.push(("frozen dump", frozen_at.elapsed()));
+    phases.push(("frozen: dump and send", frozen_at.elapsed()));
     tracing::debug!(
         ms = t0.elapsed().as_secs_f64() * 1e3,
         bytes = counter.load(Ordering::Relaxed),
