@@ -61,6 +61,9 @@ pub enum EngineError {
     #[error("this CPU lacks features the image needs: {0}; restore it on a host with the same CPU features")]
     CpuMismatch(String),
 
+    #[error("restore of process {pid} refused: {what}")]
+    Refused { pid: i32, what: String },
+
     #[error("restore of process {pid} failed while {stage}: {source}")]
     Restore {
         pid: i32,

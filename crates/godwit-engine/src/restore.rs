@@ -11,7 +11,7 @@
 use crate::error::{EngineError, RestoreCtx, Result};
 use crate::freeze;
 use crate::remote::Remote;
-use crate::resources::{attrs, files, memory, signals, sysv, threads, timers, tty};
+use crate::resources::{attrs, caps, files, memory, sched, signals, sysv, threads, timers, tty};
 use crate::schema::{Checkpoint, Process, Vma, VmaKind};
 use crate::Progress;
 use godwit_sys::mem::{self, Range};
@@ -159,6 +159,8 @@ pub fn restore(
             )));
         }
         attrs::check(p)?;
+        sched::check(p)?;
+        caps::check(p)?;
         memory::check_files(&p.vmas, opts.allow_file_changes)?;
         files::check(&p.fds, opts.allow_file_changes)?;
     }
@@ -426,12 +428,14 @@ fn resurrect(
         .map(|o| o.as_ref().map(|(r, _)| *r))
         .collect();
     plan.restore_foreground(procs, &processes)?;
-    // Phase 4: credentials, last: after them we may no longer be allowed the rest.
+    // Phase 4: credentials and capabilities, last: after them we may no
+    // longer be allowed the rest; then what changing them reset.
     for (i, p) in procs.iter().enumerate() {
         if let Some((r, tids)) = &remotes[i] {
-            for &t in tids {
-                attrs::restore_creds(&r.for_thread(t), p)?;
+            for (t, &host) in p.threads.iter().zip(tids) {
+                attrs::restore_creds(&r.for_thread(host), p, t)?;
             }
+            attrs::restore_dumpable(r, p)?;
         }
     }
     // Phase 5: drop the trampolines (the thread stops at syscall exit, before
@@ -453,13 +457,27 @@ fn resurrect(
     verified()?;
     tracing::debug!(ms = t0.elapsed().as_secs_f64() * 1e3, "verified");
     plan.finish_terminals()?;
-    if let Some(c) = &one_cpu {
-        for (_, tids) in remotes.iter().flatten() {
-            tids.iter().for_each(|&t| c.release(t));
+    // Godwit leaves the CPU it shared with the threads; each thread gets
+    // the scheduling it had (older images: godwit's CPUs).
+    let wide = one_cpu.as_ref().map(|c| c.wide());
+    drop(one_cpu);
+    for (i, p) in procs.iter().enumerate() {
+        if let Some((r, tids)) = &remotes[i] {
+            for (t, &host) in p.threads.iter().zip(tids) {
+                match (&t.sched, &wide) {
+                    (Some(s), _) => sched::restore(r.pid, host, t.tid, s)?,
+                    (None, Some(w)) => crate::colocate::give_cpus(host, w),
+                    (None, None) => {}
+                }
+            }
         }
     }
     for (i, p) in procs.iter().enumerate().rev() {
-        if let Some((_, tids)) = &remotes[i] {
+        if let Some((r, tids)) = &remotes[i] {
+            if p.stop_signal != 0 {
+                stop_again(r.pid, tids, p)?;
+                continue;
+            }
             for &t in tids.iter().rev() {
                 ptrace::detach(t).restoring(p.pid, "starting the process")?;
             }
@@ -470,6 +488,47 @@ fn resurrect(
         ns.seal();
     }
     Ok(pid)
+}
+
+/// Lets a process that was stopped by job control go, stopped again: its
+/// main thread takes a SIGSTOP (all signals else blocked meanwhile, so that
+/// none is delivered first) and is detached with it, which starts a group
+/// stop; the other threads, detached then, join it before running any
+/// code. A later SIGCONT resumes it.
+fn stop_again(pid: i32, tids: &[i32], p: &Process) -> Result<()> {
+    let stage = "stopping the process again (it was stopped)";
+    let main = tids[0];
+    let mask = p.threads[0].sigmask;
+    ptrace::set_sigmask(main, !0).restoring(p.pid, stage)?;
+    process::kill(pid, libc::SIGSTOP).restoring(p.pid, stage)?;
+    ptrace::cont(main, 0).restoring(p.pid, stage)?;
+    loop {
+        match ptrace::wait(main).restoring(p.pid, stage)? {
+            ptrace::Stop::Signal(libc::SIGSTOP) => break,
+            ptrace::Stop::Exited(_) | ptrace::Stop::Killed(_) => {
+                return Err(EngineError::BadImage(format!(
+                    "process {} exited while being stopped again",
+                    p.pid
+                )))
+            }
+            // Another signal cannot come first (all are blocked); traps
+            // and events are passed over.
+            _ => ptrace::cont(main, 0).restoring(p.pid, stage)?,
+        }
+    }
+    ptrace::set_sigmask(main, mask).restoring(p.pid, stage)?;
+    ptrace::detach_with_signal(main, libc::SIGSTOP).restoring(p.pid, stage)?;
+    for &t in tids[1..].iter().rev() {
+        ptrace::detach(t).restoring(p.pid, stage)?;
+    }
+    if p.stop_signal != libc::SIGSTOP {
+        tracing::info!(
+            pid = p.pid,
+            "stopped again with SIGSTOP (it had been stopped by signal {})",
+            p.stop_signal
+        );
+    }
+    Ok(())
 }
 
 /// Turns the stub (a fork of godwit) into an empty process holding only the

@@ -115,6 +115,14 @@ pub struct Process {
     /// it); 0 when the process has none.
     #[prost(uint64, tag = "27")]
     pub ctty_dev: u64,
+    /// Stopped by job control (group stop) with this signal (SIGSTOP,
+    /// SIGTSTP, SIGTTIN, SIGTTOU); 0: running.
+    #[prost(int32, tag = "28")]
+    pub stop_signal: i32,
+    /// Process-wide attributes; absent in older images (then left as a
+    /// child of godwit gets them).
+    #[prost(message, optional, tag = "29")]
+    pub attrs: Option<ProcAttrs>,
 }
 
 /// A SysV shared memory segment, recreated with the same key and id.
@@ -368,6 +376,20 @@ pub struct Thread {
     pub altstack: Option<SigAltStack>,
     #[prost(string, tag = "11")]
     pub comm: String,
+    /// Scheduling; absent in older images (then: godwit's CPUs, as a
+    /// child of godwit).
+    #[prost(message, optional, tag = "12")]
+    pub sched: Option<Sched>,
+    /// Capabilities, securebits, no_new_privs; absent in older images.
+    #[prost(message, optional, tag = "13")]
+    pub caps: Option<Caps>,
+    /// Parent-death signal, timer slack; absent in older images.
+    #[prost(message, optional, tag = "14")]
+    pub attrs: Option<ThreadAttrs>,
+    /// This thread's own credentials (they are per thread); absent in
+    /// older images (then the process's).
+    #[prost(message, optional, tag = "15")]
+    pub creds: Option<Creds>,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -707,6 +729,83 @@ pub struct Pipe {
     /// Unread bytes buffered in the pipe at dump time.
     #[prost(bytes = "vec", tag = "2")]
     pub data: Vec<u8>,
+}
+
+/// The scheduling of one thread.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Sched {
+    /// SCHED_OTHER 0, FIFO 1, RR 2, BATCH 3, IDLE 5.
+    #[prost(uint32, tag = "1")]
+    pub policy: u32,
+    /// Real-time priority (FIFO, RR).
+    #[prost(uint32, tag = "2")]
+    pub priority: u32,
+    #[prost(int32, tag = "3")]
+    pub nice: i32,
+    /// SCHED_RESET_ON_FORK.
+    #[prost(bool, tag = "4")]
+    pub reset_on_fork: bool,
+    /// CPU affinity: bit c % 64 of word c / 64 for CPU c.
+    #[prost(uint64, repeated, tag = "5")]
+    pub cpus: Vec<u64>,
+    /// I/O priority (ioprio_get): class << 13 | level.
+    #[prost(int32, tag = "6")]
+    pub ioprio: i32,
+}
+
+/// The capability sets, securebits and no_new_privs of one thread.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Caps {
+    #[prost(uint64, tag = "1")]
+    pub inheritable: u64,
+    #[prost(uint64, tag = "2")]
+    pub permitted: u64,
+    #[prost(uint64, tag = "3")]
+    pub effective: u64,
+    #[prost(uint64, tag = "4")]
+    pub bounding: u64,
+    #[prost(uint64, tag = "5")]
+    pub ambient: u64,
+    /// PR_GET_SECUREBITS.
+    #[prost(uint32, tag = "6")]
+    pub securebits: u32,
+    #[prost(bool, tag = "7")]
+    pub no_new_privs: bool,
+}
+
+/// Per-thread attributes set with prctl.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ThreadAttrs {
+    /// PR_GET_PDEATHSIG (0: none).
+    #[prost(int32, tag = "1")]
+    pub pdeathsig: i32,
+    /// PR_GET_TIMERSLACK, nanoseconds.
+    #[prost(uint64, tag = "2")]
+    pub timer_slack_ns: u64,
+}
+
+/// Process-wide attributes.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ProcAttrs {
+    /// /proc/PID/oom_score_adj.
+    #[prost(int32, tag = "1")]
+    pub oom_score_adj: i32,
+    /// /proc/PID/loginuid (4294967295: unset).
+    #[prost(uint32, tag = "2")]
+    pub loginuid: u32,
+    /// PR_GET_CHILD_SUBREAPER.
+    #[prost(bool, tag = "3")]
+    pub child_subreaper: bool,
+    /// PR_GET_THP_DISABLE (its raw result).
+    #[prost(uint32, tag = "4")]
+    pub thp_disable: u32,
+    /// PR_GET_DUMPABLE (0, 1 or 2).
+    #[prost(uint32, tag = "5")]
+    pub dumpable: u32,
+    /// membarrier registrations found: MEMBARRIER_CMD_REGISTER_* bits
+    /// (PRIVATE_EXPEDITED 16, _SYNC_CORE 64, _RSEQ 256).
+    #[prost(uint32, tag = "6")]
+    pub membarrier: u32,
 }
 
 #[cfg(test)]

@@ -193,6 +193,13 @@ pub struct Status {
     /// The PID in each nested PID namespace, outermost first.
     pub nspid: Vec<i32>,
     pub cap_eff: u64,
+    /// Inheritable, permitted, bounding and ambient capability sets.
+    pub cap_inh: u64,
+    pub cap_prm: u64,
+    pub cap_bnd: u64,
+    pub cap_amb: u64,
+    /// The no_new_privs bit.
+    pub no_new_privs: bool,
     /// Signals with a handler (SigCgt) and ignored ones (SigIgn), bit n-1 for signal n.
     pub sig_cgt: u64,
     pub sig_ign: u64,
@@ -208,6 +215,9 @@ pub fn parse_status(text: &str, path: &str) -> Result<Status> {
             .filter_map(|s| s.parse().ok())
             .collect();
         x.try_into().map_err(|_| bad(path, "bad Uid/Gid line"))
+    };
+    let hex = |v: &str, what: &str| -> Result<u64> {
+        u64::from_str_radix(v, 16).map_err(|_| bad(path, format!("bad {what}")))
     };
     for line in text.lines() {
         let Some((k, v)) = line.split_once(':') else {
@@ -231,7 +241,12 @@ pub fn parse_status(text: &str, path: &str) -> Result<Status> {
                     .filter_map(|s| s.parse().ok())
                     .collect()
             }
-            "CapEff" => st.cap_eff = u64::from_str_radix(v, 16).unwrap_or(0),
+            "CapEff" => st.cap_eff = hex(v, "CapEff")?,
+            "CapInh" => st.cap_inh = hex(v, "CapInh")?,
+            "CapPrm" => st.cap_prm = hex(v, "CapPrm")?,
+            "CapBnd" => st.cap_bnd = hex(v, "CapBnd")?,
+            "CapAmb" => st.cap_amb = hex(v, "CapAmb")?,
+            "NoNewPrivs" => st.no_new_privs = v == "1",
             "SigCgt" => {
                 st.sig_cgt = u64::from_str_radix(v, 16).map_err(|_| bad(path, "bad SigCgt"))?
             }
@@ -254,6 +269,21 @@ pub fn parse_status(text: &str, path: &str) -> Result<Status> {
 pub fn status(pid: i32) -> Result<Status> {
     let path = format!("/proc/{pid}/status");
     parse_status(&read(&path)?, &path)
+}
+
+/// /proc/PID/task/TID/status: the per-thread fields (credentials,
+/// capabilities, no_new_privs) of one thread.
+pub fn task_status(pid: i32, tid: i32) -> Result<Status> {
+    let path = format!("/proc/{pid}/task/{tid}/status");
+    parse_status(&read(&path)?, &path)
+}
+
+/// A small /proc file holding one integer (oom_score_adj, loginuid, ...).
+pub fn read_int(path: &str) -> Result<i64> {
+    let text = read(path)?;
+    text.trim()
+        .parse()
+        .map_err(|_| bad(path, format!("not an integer: {:?}", text.trim())))
 }
 
 /// The thread ids of a process, sorted.
@@ -391,6 +421,17 @@ pub fn parse_limits(text: &str, path: &str) -> Result<Vec<(u64, u64)>> {
         return Err(bad(path, format!("{} limit rows, expected 16", out.len())));
     }
     Ok(out)
+}
+
+/// The nice value of thread `tid` (field 19 of /proc/PID/task/TID/stat):
+/// also the one a real-time thread returns to if made SCHED_OTHER again.
+pub fn task_nice(pid: i32, tid: i32) -> Result<i32> {
+    let path = format!("/proc/{pid}/task/{tid}/stat");
+    let text = read(&path)?;
+    text.rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().nth(16))
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| bad(&path, "no nice field"))
 }
 
 pub fn comm(pid: i32, tid: i32) -> Result<String> {

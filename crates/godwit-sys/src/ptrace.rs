@@ -59,6 +59,12 @@ pub fn detach(tid: i32) -> Result<()> {
     req(libc::PTRACE_DETACH, tid, 0, 0, "PTRACE_DETACH").map(drop)
 }
 
+/// Detaches from a task in a signal-delivery stop, delivering `sig` to it
+/// (a stop signal stops it, as it would have without a tracer).
+pub fn detach_with_signal(tid: i32, sig: i32) -> Result<()> {
+    req(libc::PTRACE_DETACH, tid, 0, sig as usize, "PTRACE_DETACH").map(drop)
+}
+
 /// Resumes a stopped task, delivering `sig` (0 for none).
 pub fn cont(tid: i32, sig: i32) -> Result<()> {
     req(libc::PTRACE_CONT, tid, 0, sig as usize, "PTRACE_CONT").map(drop)

@@ -4,8 +4,10 @@
 
 pub mod anon;
 pub mod attrs;
+pub mod caps;
 pub mod files;
 pub mod memory;
+pub mod sched;
 pub mod signals;
 pub mod sockets;
 pub mod sysv;

@@ -4,13 +4,17 @@
 use crate::error::{DumpCtx, EngineError, RestoreCtx, Result};
 use crate::freeze::{self, FrozenThread};
 use crate::remote::{u64_at, Remote};
-use crate::schema::{Rseq, SigAltStack, Thread};
+use crate::resources::{caps, sched};
+use crate::schema::{Rseq, SigAltStack, Thread, ThreadAttrs};
 use godwit_sys::ptrace;
 use godwit_sys::regs::GpRegs;
 use godwit_sys::{proc, process};
 
 const PR_GET_TID_ADDRESS: u64 = 40;
 const RSEQ_FLAG_UNREGISTER: u64 = 1;
+const PR_GET_PDEATHSIG: u64 = 2;
+const PR_SET_TIMERSLACK: u64 = 29;
+const PR_GET_TIMERSLACK: u64 = 30;
 
 /// Reads one frozen thread. Uses scratch bytes [0, 64).
 pub fn dump(r: &Remote, t: &FrozenThread) -> Result<Thread> {
@@ -37,7 +41,18 @@ pub fn dump(r: &Remote, t: &FrozenThread) -> Result<Thread> {
         [0, r.scratch + 8, 0, 0, 0, 0],
     )
     .dumping(pid, "reading the signal stack")?;
-    let b = rt.get(0, 32).dumping(pid, "reading thread state")?;
+    rt.call(
+        "prctl(PR_GET_PDEATHSIG)",
+        libc::SYS_prctl,
+        [PR_GET_PDEATHSIG, r.scratch + 48, 0, 0, 0, 0],
+    )
+    .dumping(pid, "reading the parent-death signal")?;
+    let timer_slack_ns = rt
+        .call("prctl(PR_GET_TIMERSLACK)", libc::SYS_prctl, [PR_GET_TIMERSLACK, 0, 0, 0, 0, 0])
+        .dumping(pid, "reading the timer slack")?;
+    let b = rt.get(0, 52).dumping(pid, "reading thread state")?;
+    let pdeathsig = i32::from_le_bytes(b[48..52].try_into().expect("4 bytes"));
+    let (creds, caps) = caps::dump(&rt)?;
     let ss_flags = i32::from_le_bytes(b[16..20].try_into().expect("4 bytes"));
     Ok(Thread {
         tid,
@@ -60,6 +75,13 @@ pub fn dump(r: &Remote, t: &FrozenThread) -> Result<Thread> {
             size: u64_at(&b, 3),
         }),
         comm: proc::comm(pid, tid).unwrap_or_default(),
+        sched: Some(sched::dump(pid, tid)?),
+        caps: Some(caps),
+        creds: Some(creds),
+        attrs: Some(ThreadAttrs {
+            pdeathsig,
+            timer_slack_ns,
+        }),
     })
 }
 
@@ -204,6 +226,15 @@ pub fn setup(rt: &Remote, t: &Thread) -> Result<()> {
             [libc::PR_SET_NAME as u64, a, 0, 0, 0, 0],
         )
         .restoring(pid, stage)?;
+    }
+    // 0 (a real-time thread's) is what its policy gives it again.
+    if let Some(a) = t.attrs.as_ref().filter(|a| a.timer_slack_ns != 0) {
+        rt.call(
+            "prctl(PR_SET_TIMERSLACK)",
+            libc::SYS_prctl,
+            [PR_SET_TIMERSLACK, a.timer_slack_ns, 0, 0, 0, 0],
+        )
+        .restoring(pid, "setting the timer slack")?;
     }
     for si in &t.pending {
         queue_signal(rt, si, Some(t.tid))?;
