@@ -33,6 +33,7 @@ case!(ipc);
 case!(mappings);
 case!(sched);
 case!(caps);
+case!(procattrs);
 
 /// After a --leave-running dump of a test program: the original passes its
 /// check; then it is ended, the copy restored from the image, and that

@@ -1,0 +1,96 @@
+/* Process attributes: oom_score_adj, audit loginuid, parent-death signal and
+ * timer slack (per thread), child subreaper (an orphaned grandchild is
+ * re-parented to us after restore), THP disable, dumpable, a membarrier
+ * registration. Runs as root. */
+#include "harness.h"
+#include <linux/membarrier.h>
+#include <pthread.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+
+static long read_long(const char *path) {
+    FILE *f = fopen(path, "r"); long v = -12345;
+    if (f) { if (fscanf(f, "%ld", &v) != 1) v = -12345; fclose(f); }
+    return v;
+}
+static void write_str(const char *path, const char *v) {
+    int fd = open(path, O_WRONLY);
+    if (fd < 0 || write(fd, v, strlen(v)) < 0) fail("writing %s: %s", path, strerror(errno));
+    close(fd);
+}
+static pid_t ppid_of(pid_t p) {
+    char path[64], buf[512]; snprintf(path, sizeof path, "/proc/%d/stat", p);
+    int fd = open(path, O_RDONLY); if (fd < 0) return -1;
+    ssize_t n = read(fd, buf, sizeof buf - 1); close(fd); if (n <= 0) return -1; buf[n] = 0;
+    char *r = strrchr(buf, ')'); char st; int pp;
+    if (!r || sscanf(r + 2, "%c %d", &st, &pp) != 2) return -1;
+    return pp;
+}
+
+static volatile int t_go, t_done;
+static char t_verdict[200] = "not run";
+static void *worker(void *a) {
+    prctl(PR_SET_PDEATHSIG, SIGHUP);
+    prctl(PR_SET_TIMERSLACK, 654321);
+    while (!t_go) sleep_ms(5);
+    int sig = 0; prctl(PR_GET_PDEATHSIG, &sig);
+    long slack = prctl(PR_GET_TIMERSLACK);
+    if (sig != SIGHUP) snprintf(t_verdict, sizeof t_verdict, "worker pdeathsig %d", sig);
+    else if (slack != 654321) snprintf(t_verdict, sizeof t_verdict, "worker timer slack %ld", slack);
+    else snprintf(t_verdict, sizeof t_verdict, "ok");
+    t_done = 1;
+    return a;
+}
+
+int main(int argc, char **argv) {
+    setup(argc, argv);
+    write_str("/proc/self/oom_score_adj", "567");
+    write_str("/proc/self/loginuid", "4242");
+    CHECK(prctl(PR_SET_PDEATHSIG, SIGUSR2) == 0, "pdeathsig");
+    CHECK(prctl(PR_SET_TIMERSLACK, 123456) == 0, "timerslack");
+    CHECK(prctl(PR_SET_CHILD_SUBREAPER, 1) == 0, "subreaper");
+    CHECK(prctl(PR_SET_THP_DISABLE, 1, 0, 0, 0) == 0, "thp disable");
+    CHECK(syscall(SYS_membarrier, MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED, 0, 0) == 0, "membarrier register: %s", strerror(errno));
+    int pfd[2]; CHECK(pipe(pfd) == 0, "pipe");
+    pid_t a = fork();
+    if (a == 0) {
+        pid_t b = fork();
+        if (b == 0) { for (;;) pause(); }
+        if (write(pfd[1], &b, sizeof b) != sizeof b) _exit(1);
+        for (;;) pause();
+    }
+    pid_t b; CHECK(read(pfd[0], &b, sizeof b) == sizeof b, "grandchild pid");
+    close(pfd[0]); close(pfd[1]);
+    pthread_t t; pthread_create(&t, NULL, worker, NULL);
+    CHECK(prctl(PR_SET_DUMPABLE, 0) == 0, "dumpable");
+    long thp = prctl(PR_GET_THP_DISABLE, 0, 0, 0, 0);
+    ready();
+    wait_go();
+    t_go = 1;
+    while (!t_done) sleep_ms(5);
+    pthread_join(t, NULL);
+    CHECK(strcmp(t_verdict, "ok") == 0, "%s", t_verdict);
+    long v = read_long("/proc/self/oom_score_adj");
+    CHECK(v == 567, "oom_score_adj %ld", v);
+    v = read_long("/proc/self/loginuid");
+    CHECK(v == 4242, "loginuid %ld", v);
+    int sig = 0; prctl(PR_GET_PDEATHSIG, &sig);
+    CHECK(sig == SIGUSR2, "pdeathsig %d", sig);
+    CHECK(prctl(PR_GET_TIMERSLACK) == 123456, "timer slack %d", prctl(PR_GET_TIMERSLACK));
+    int sub = 0; prctl(PR_GET_CHILD_SUBREAPER, &sub);
+    CHECK(sub == 1, "child subreaper %d", sub);
+    CHECK(prctl(PR_GET_THP_DISABLE, 0, 0, 0, 0) == thp && thp != 0, "THP disable %d (was %ld)", prctl(PR_GET_THP_DISABLE, 0, 0, 0, 0), thp);
+    CHECK(prctl(PR_GET_DUMPABLE) == 0, "dumpable %d", prctl(PR_GET_DUMPABLE));
+    CHECK(syscall(SYS_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED, 0, 0) == 0, "membarrier: %s", strerror(errno));
+    /* the orphaned grandchild comes to us, the subreaper */
+    kill(a, SIGKILL);
+    CHECK(waitpid(a, NULL, 0) == a, "reaping the child");
+    pid_t pp = -1;
+    for (int i = 0; i < 200 && (pp = ppid_of(b)) != getpid(); i++) sleep_ms(10);
+    kill(b, SIGKILL);
+    CHECK(pp == getpid(), "orphan %d re-parented to %d, not to us (%d)", b, pp, getpid());
+    CHECK(waitpid(b, NULL, 0) == b, "reaping the orphan");
+    pass();
+}
