@@ -422,3 +422,88 @@ fn frozen_throughout_leaves_the_memory_map_as_it_was() {
     );
     original_then_copy_pass(&mut p);
 }
+
+/// The state letter of /proc/PID/stat ('T': stopped by job control).
+fn state_of(task: &str) -> char {
+    std::fs::read_to_string(format!("/proc/{task}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit_once(')').map(|(_, r)| r.trim_start().chars().next()))
+        .flatten()
+        .unwrap_or('?')
+}
+
+/// Every thread of `pid` is in state 'T'.
+fn all_stopped(pid: i32) -> bool {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|d| {
+            d.flatten()
+                .all(|t| state_of(&format!("{pid}/task/{}", t.file_name().to_string_lossy())) == 'T')
+        })
+        .unwrap_or(false)
+}
+
+/// A process stopped with SIGSTOP is dumped (the original, with
+/// --leave-running, stays stopped), restored stopped (it does not count
+/// while stopped), and SIGCONT resumes it counting on from where it was.
+#[test]
+fn stopped_process_is_restored_stopped() {
+    use common::*;
+    use std::time::Duration;
+    let dir = tempfile::Builder::new().prefix("godwit-e2e").tempdir().unwrap();
+    let log = dir.path().join("counter.log");
+    let counter = progs().join("counter");
+    let mut p = Proc::spawn_in(dir, counter.to_str().unwrap(), &[log.to_str().unwrap()]);
+    let lines = || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| l.parse::<u64>().unwrap())
+            .collect::<Vec<_>>()
+    };
+    wait_for("the counter to count", Duration::from_secs(10), || lines().len() >= 3);
+    // SAFETY: plain kill of the process this test started.
+    unsafe { libc::kill(p.pid, libc::SIGSTOP) };
+    let pid = p.pid;
+    wait_for("the counter to stop", Duration::from_secs(10), || all_stopped(pid));
+    let n0 = lines().len();
+    p.dump(&["--leave-running"]);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(all_stopped(pid), "the original is stopped after a --leave-running dump");
+    assert_eq!(lines().len(), n0, "the original counted while stopped");
+    p.end_original();
+    p.restore();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(all_stopped(pid), "the restored process is stopped ({})", state_of(&pid.to_string()));
+    assert_eq!(lines().len(), n0, "the restored process counted while stopped");
+    // SAFETY: plain kill of the process this test restored.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    wait_for("the restored counter to count on", Duration::from_secs(10), || {
+        lines().len() >= n0 + 3
+    });
+    let l = lines();
+    assert!(
+        l.windows(2).all(|w| w[1] == w[0] + 1),
+        "the count goes on without a gap or repeat: {l:?}"
+    );
+}
+
+/// A stopped multi-threaded process: every thread is stopped after restore,
+/// and once continued it passes its own checks.
+#[test]
+fn stopped_threads_are_restored_stopped() {
+    use common::*;
+    use std::time::Duration;
+    let mut p = Proc::test_prog("threads");
+    // SAFETY: plain kill of the process this test started.
+    unsafe { libc::kill(p.pid, libc::SIGSTOP) };
+    let pid = p.pid;
+    wait_for("the process to stop", Duration::from_secs(10), || all_stopped(pid));
+    p.dump(&[]);
+    p.end_original();
+    p.restore();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(all_stopped(pid), "every restored thread is stopped");
+    // SAFETY: plain kill of the process this test restored.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    assert_eq!(p.verdict(), "PASS");
+}
