@@ -210,9 +210,16 @@ fn restore_under_taskset_gives_the_images_cpus() {
         "restore under taskset: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(p.affinity.len() > 1, "the threads program has several threads");
+    assert!(
+        p.affinity.len() > 1,
+        "the threads program has several threads"
+    );
     for (task, before) in &p.affinity {
-        assert_eq!(&cpus_allowed(task), before, "thread {task} of the restored process");
+        assert_eq!(
+            &cpus_allowed(task),
+            before,
+            "thread {task} of the restored process"
+        );
     }
     assert_eq!(p.verdict(), "PASS");
 }
@@ -427,7 +434,10 @@ fn frozen_throughout_leaves_the_memory_map_as_it_was() {
 fn state_of(task: &str) -> char {
     std::fs::read_to_string(format!("/proc/{task}/stat"))
         .ok()
-        .and_then(|s| s.rsplit_once(')').map(|(_, r)| r.trim_start().chars().next()))
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .map(|(_, r)| r.trim_start().chars().next())
+        })
         .flatten()
         .unwrap_or('?')
 }
@@ -436,8 +446,9 @@ fn state_of(task: &str) -> char {
 fn all_stopped(pid: i32) -> bool {
     std::fs::read_dir(format!("/proc/{pid}/task"))
         .map(|d| {
-            d.flatten()
-                .all(|t| state_of(&format!("{pid}/task/{}", t.file_name().to_string_lossy())) == 'T')
+            d.flatten().all(|t| {
+                state_of(&format!("{pid}/task/{}", t.file_name().to_string_lossy())) == 'T'
+            })
         })
         .unwrap_or(false)
 }
@@ -449,7 +460,10 @@ fn all_stopped(pid: i32) -> bool {
 fn stopped_process_is_restored_stopped() {
     use common::*;
     use std::time::Duration;
-    let dir = tempfile::Builder::new().prefix("godwit-e2e").tempdir().unwrap();
+    let dir = tempfile::Builder::new()
+        .prefix("godwit-e2e")
+        .tempdir()
+        .unwrap();
     let log = dir.path().join("counter.log");
     let counter = progs().join("counter");
     let mut p = Proc::spawn_in(dir, counter.to_str().unwrap(), &[log.to_str().unwrap()]);
@@ -460,26 +474,43 @@ fn stopped_process_is_restored_stopped() {
             .map(|l| l.parse::<u64>().unwrap())
             .collect::<Vec<_>>()
     };
-    wait_for("the counter to count", Duration::from_secs(10), || lines().len() >= 3);
+    wait_for("the counter to count", Duration::from_secs(10), || {
+        lines().len() >= 3
+    });
     // SAFETY: plain kill of the process this test started.
     unsafe { libc::kill(p.pid, libc::SIGSTOP) };
     let pid = p.pid;
-    wait_for("the counter to stop", Duration::from_secs(10), || all_stopped(pid));
+    wait_for("the counter to stop", Duration::from_secs(10), || {
+        all_stopped(pid)
+    });
     let n0 = lines().len();
     p.dump(&["--leave-running"]);
     std::thread::sleep(Duration::from_millis(300));
-    assert!(all_stopped(pid), "the original is stopped after a --leave-running dump");
+    assert!(
+        all_stopped(pid),
+        "the original is stopped after a --leave-running dump"
+    );
     assert_eq!(lines().len(), n0, "the original counted while stopped");
     p.end_original();
     p.restore();
     std::thread::sleep(Duration::from_millis(300));
-    assert!(all_stopped(pid), "the restored process is stopped ({})", state_of(&pid.to_string()));
-    assert_eq!(lines().len(), n0, "the restored process counted while stopped");
+    assert!(
+        all_stopped(pid),
+        "the restored process is stopped ({})",
+        state_of(&pid.to_string())
+    );
+    assert_eq!(
+        lines().len(),
+        n0,
+        "the restored process counted while stopped"
+    );
     // SAFETY: plain kill of the process this test restored.
     unsafe { libc::kill(pid, libc::SIGCONT) };
-    wait_for("the restored counter to count on", Duration::from_secs(10), || {
-        lines().len() >= n0 + 3
-    });
+    wait_for(
+        "the restored counter to count on",
+        Duration::from_secs(10),
+        || lines().len() >= n0 + 3,
+    );
     let l = lines();
     assert!(
         l.windows(2).all(|w| w[1] == w[0] + 1),
@@ -497,7 +528,9 @@ fn stopped_threads_are_restored_stopped() {
     // SAFETY: plain kill of the process this test started.
     unsafe { libc::kill(p.pid, libc::SIGSTOP) };
     let pid = p.pid;
-    wait_for("the process to stop", Duration::from_secs(10), || all_stopped(pid));
+    wait_for("the process to stop", Duration::from_secs(10), || {
+        all_stopped(pid)
+    });
     p.dump(&[]);
     p.end_original();
     p.restore();

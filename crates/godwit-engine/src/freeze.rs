@@ -89,7 +89,10 @@ impl Frozen {
         };
         // A seized task reports SIGTRAP, or the group's stop signal while
         // the process is stopped by job control.
-        if matches!(sig, libc::SIGSTOP | libc::SIGTSTP | libc::SIGTTIN | libc::SIGTTOU) {
+        if matches!(
+            sig,
+            libc::SIGSTOP | libc::SIGTSTP | libc::SIGTTIN | libc::SIGTTOU
+        ) {
             self.stop_signal = sig;
         }
         let regs = ptrace::get_regs(tid).dumping(pid, "reading registers")?;

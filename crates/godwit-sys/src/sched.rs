@@ -283,7 +283,8 @@ mod tests {
         let s = parse_cpu_list("0-2,5\n").unwrap();
         assert_eq!(s.cpus(), vec![0, 1, 2, 5]);
         assert_eq!(s.to_words(), vec![0b100111]);
-        let (back, beyond) = CpuSet::from_words(&[0b100111, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
+        let (back, beyond) =
+            CpuSet::from_words(&[0b100111, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
         assert_eq!(back, s);
         assert_eq!(beyond, vec![1024]);
         assert!(parse_cpu_list("x").is_none());

@@ -108,7 +108,8 @@ pub fn dump(r: &Remote, p: &mut Process) -> Result<()> {
 fn dump_proc_attrs(r: &Remote) -> Result<ProcAttrs> {
     let pid = r.pid;
     let stage = "reading process attributes";
-    let oom_score_adj = proc::read_int(&format!("/proc/{pid}/oom_score_adj")).dumping(pid, stage)? as i32;
+    let oom_score_adj =
+        proc::read_int(&format!("/proc/{pid}/oom_score_adj")).dumping(pid, stage)? as i32;
     // loginuid is per thread (CONFIG_AUDIT): one value for all is kept.
     let loginuid = match proc::read_int(&format!("/proc/{pid}/loginuid")) {
         Ok(v) => v as u32,
@@ -128,9 +129,14 @@ fn dump_proc_attrs(r: &Remote) -> Result<ProcAttrs> {
         }
     }
     let prctl = |name: &'static str, op: u64, arg: u64| {
-        r.call(name, libc::SYS_prctl, [op, arg, 0, 0, 0, 0]).dumping(pid, stage)
+        r.call(name, libc::SYS_prctl, [op, arg, 0, 0, 0, 0])
+            .dumping(pid, stage)
     };
-    prctl("prctl(PR_GET_CHILD_SUBREAPER)", PR_GET_CHILD_SUBREAPER, r.scratch)?;
+    prctl(
+        "prctl(PR_GET_CHILD_SUBREAPER)",
+        PR_GET_CHILD_SUBREAPER,
+        r.scratch,
+    )?;
     let subreaper = r.get(0, 4).dumping(pid, stage)?;
     let thp_disable = prctl("prctl(PR_GET_THP_DISABLE)", PR_GET_THP_DISABLE, 0)? as u32;
     let dumpable = prctl("prctl(PR_GET_DUMPABLE)", PR_GET_DUMPABLE, 0)? as u32;
@@ -146,7 +152,11 @@ fn dump_proc_attrs(r: &Remote) -> Result<ProcAttrs> {
             0 => membarrier |= (cmd << 1) as u32,
             libc::EPERM | libc::EINVAL => {}
             e => {
-                tracing::warn!(pid, "membarrier {what} probe: {}", std::io::Error::from_raw_os_error(e));
+                tracing::warn!(
+                    pid,
+                    "membarrier {what} probe: {}",
+                    std::io::Error::from_raw_os_error(e)
+                );
             }
         }
     }
@@ -191,21 +201,37 @@ pub fn restore_proc_attrs(r: &Remote, p: &Process) -> Result<()> {
     }
     let stage = "setting process attributes";
     if a.child_subreaper {
-        r.call("prctl(PR_SET_CHILD_SUBREAPER)", libc::SYS_prctl, [PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0, 0])
-            .restoring(pid, stage)?;
+        r.call(
+            "prctl(PR_SET_CHILD_SUBREAPER)",
+            libc::SYS_prctl,
+            [PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0, 0],
+        )
+        .restoring(pid, stage)?;
     }
     let thp_now = r
-        .call("prctl(PR_GET_THP_DISABLE)", libc::SYS_prctl, [PR_GET_THP_DISABLE, 0, 0, 0, 0, 0])
+        .call(
+            "prctl(PR_GET_THP_DISABLE)",
+            libc::SYS_prctl,
+            [PR_GET_THP_DISABLE, 0, 0, 0, 0, 0],
+        )
         .restoring(pid, stage)? as u32;
     if thp_now != a.thp_disable {
         let (on, flags) = ((a.thp_disable != 0) as u64, (a.thp_disable & !1) as u64);
-        r.call("prctl(PR_SET_THP_DISABLE)", libc::SYS_prctl, [PR_SET_THP_DISABLE, on, flags, 0, 0, 0])
-            .restoring(pid, "setting THP disable")?;
+        r.call(
+            "prctl(PR_SET_THP_DISABLE)",
+            libc::SYS_prctl,
+            [PR_SET_THP_DISABLE, on, flags, 0, 0, 0],
+        )
+        .restoring(pid, "setting THP disable")?;
     }
     for (cmd, _) in MEMBARRIER_PRIVATE {
         if a.membarrier as u64 & (cmd << 1) != 0 {
-            r.call("membarrier(REGISTER)", libc::SYS_membarrier, [cmd << 1, 0, 0, 0, 0, 0])
-                .restoring(pid, "registering for membarrier")?;
+            r.call(
+                "membarrier(REGISTER)",
+                libc::SYS_membarrier,
+                [cmd << 1, 0, 0, 0, 0, 0],
+            )
+            .restoring(pid, "registering for membarrier")?;
         }
     }
     Ok(())
@@ -220,9 +246,20 @@ fn set_loginuid(r: &Remote, uid: u32) -> godwit_sys::Result<()> {
     let fd = r.call(
         "openat(/proc/self/loginuid)",
         libc::SYS_openat,
-        [libc::AT_FDCWD as u64, path, (libc::O_WRONLY | libc::O_CLOEXEC) as u64, 0, 0, 0],
+        [
+            libc::AT_FDCWD as u64,
+            path,
+            (libc::O_WRONLY | libc::O_CLOEXEC) as u64,
+            0,
+            0,
+            0,
+        ],
     )?;
-    let w = r.call("write(loginuid)", libc::SYS_write, [fd, buf, text.len() as u64, 0, 0, 0]);
+    let w = r.call(
+        "write(loginuid)",
+        libc::SYS_write,
+        [fd, buf, text.len() as u64, 0, 0, 0],
+    );
     r.call("close", libc::SYS_close, [fd, 0, 0, 0, 0, 0])?;
     w.map(drop)
 }
@@ -234,11 +271,19 @@ pub fn restore_dumpable(r: &Remote, p: &Process) -> Result<()> {
     let pid = r.pid;
     let stage = "setting the dumpable flag";
     if a.dumpable <= 1 {
-        r.call("prctl(PR_SET_DUMPABLE)", libc::SYS_prctl, [PR_SET_DUMPABLE, a.dumpable as u64, 0, 0, 0, 0])
-            .restoring(pid, stage)?;
+        r.call(
+            "prctl(PR_SET_DUMPABLE)",
+            libc::SYS_prctl,
+            [PR_SET_DUMPABLE, a.dumpable as u64, 0, 0, 0, 0],
+        )
+        .restoring(pid, stage)?;
     }
     let now = r
-        .call("prctl(PR_GET_DUMPABLE)", libc::SYS_prctl, [PR_GET_DUMPABLE, 0, 0, 0, 0, 0])
+        .call(
+            "prctl(PR_GET_DUMPABLE)",
+            libc::SYS_prctl,
+            [PR_GET_DUMPABLE, 0, 0, 0, 0, 0],
+        )
         .restoring(pid, stage)? as u32;
     if now != a.dumpable {
         return Err(EngineError::Refused {
@@ -393,8 +438,12 @@ pub fn restore_creds(rt: &Remote, p: &Process, t: &Thread) -> Result<()> {
         caps::restore_sets(rt, k)?;
     }
     if let Some(a) = t.attrs.as_ref().filter(|a| a.pdeathsig != 0) {
-        rt.call("prctl(PR_SET_PDEATHSIG)", libc::SYS_prctl, [PR_SET_PDEATHSIG, a.pdeathsig as u64, 0, 0, 0, 0])
-            .restoring(pid, "setting the parent-death signal")?;
+        rt.call(
+            "prctl(PR_SET_PDEATHSIG)",
+            libc::SYS_prctl,
+            [PR_SET_PDEATHSIG, a.pdeathsig as u64, 0, 0, 0, 0],
+        )
+        .restoring(pid, "setting the parent-death signal")?;
     }
     if let Some(k) = &t.caps {
         caps::restore_no_new_privs(rt, k)?;

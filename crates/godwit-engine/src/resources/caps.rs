@@ -41,17 +41,24 @@ pub fn dump(rt: &Remote) -> Result<(Creds, Caps)> {
         groups: st.groups.clone(),
     };
     let securebits = rt
-        .call("prctl(PR_GET_SECUREBITS)", libc::SYS_prctl, [PR_GET_SECUREBITS, 0, 0, 0, 0, 0])
+        .call(
+            "prctl(PR_GET_SECUREBITS)",
+            libc::SYS_prctl,
+            [PR_GET_SECUREBITS, 0, 0, 0, 0, 0],
+        )
         .dumping(pid, "reading securebits")? as u32;
-    Ok((creds, Caps {
-        inheritable: st.cap_inh,
-        permitted: st.cap_prm,
-        effective: st.cap_eff,
-        bounding: st.cap_bnd,
-        ambient: st.cap_amb,
-        securebits,
-        no_new_privs: st.no_new_privs,
-    }))
+    Ok((
+        creds,
+        Caps {
+            inheritable: st.cap_inh,
+            permitted: st.cap_prm,
+            effective: st.cap_eff,
+            bounding: st.cap_bnd,
+            ambient: st.cap_amb,
+            securebits,
+            no_new_privs: st.no_new_privs,
+        },
+    ))
 }
 
 fn cap_list(bits: u64) -> String {
@@ -100,8 +107,12 @@ pub fn drop_bounding(rt: &Remote, c: &Caps) -> Result<()> {
     let pid = rt.pid;
     let now = proc::task_status(pid, rt.tid).restoring(pid, "reading capabilities")?;
     for cap in (0..64u64).filter(|b| now.cap_bnd & !c.bounding & (1 << b) != 0) {
-        rt.call("prctl(PR_CAPBSET_DROP)", libc::SYS_prctl, [PR_CAPBSET_DROP, cap, 0, 0, 0, 0])
-            .restoring(pid, "dropping from the capability bounding set")?;
+        rt.call(
+            "prctl(PR_CAPBSET_DROP)",
+            libc::SYS_prctl,
+            [PR_CAPBSET_DROP, cap, 0, 0, 0, 0],
+        )
+        .restoring(pid, "dropping from the capability bounding set")?;
     }
     Ok(())
 }

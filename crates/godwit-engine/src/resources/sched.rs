@@ -6,8 +6,8 @@
 
 use crate::error::{DumpCtx, EngineError, RestoreCtx, Result};
 use crate::schema::{Process, Sched};
-use godwit_sys::sched::{self, CpuSet, SchedAttr};
 use godwit_sys::proc;
+use godwit_sys::sched::{self, CpuSet, SchedAttr};
 
 const SCHED_OTHER: u32 = 0;
 const SCHED_FIFO: u32 = 1;
@@ -107,7 +107,9 @@ pub fn restore(pid: i32, tid: i32, image_tid: i32, s: &Sched) -> Result<()> {
     if keep.is_empty() {
         return Err(EngineError::Refused {
             pid,
-            what: format!("thread {image_tid} may only run on CPUs {missing:?}, which this host lacks"),
+            what: format!(
+                "thread {image_tid} may only run on CPUs {missing:?}, which this host lacks"
+            ),
         });
     }
     if !missing.is_empty() {
@@ -157,6 +159,11 @@ pub fn restore(pid: i32, tid: i32, image_tid: i32, s: &Sched) -> Result<()> {
         ..Default::default()
     };
     sched::set_attr(tid, &a).restoring(pid, "setting a thread's scheduling policy")?;
-    tracing::debug!(pid, tid = image_tid, policy = policy_name(s.policy), "scheduling set");
+    tracing::debug!(
+        pid,
+        tid = image_tid,
+        policy = policy_name(s.policy),
+        "scheduling set"
+    );
     Ok(())
 }

@@ -48,7 +48,11 @@ pub fn dump(r: &Remote, t: &FrozenThread) -> Result<Thread> {
     )
     .dumping(pid, "reading the parent-death signal")?;
     let timer_slack_ns = rt
-        .call("prctl(PR_GET_TIMERSLACK)", libc::SYS_prctl, [PR_GET_TIMERSLACK, 0, 0, 0, 0, 0])
+        .call(
+            "prctl(PR_GET_TIMERSLACK)",
+            libc::SYS_prctl,
+            [PR_GET_TIMERSLACK, 0, 0, 0, 0, 0],
+        )
         .dumping(pid, "reading the timer slack")?;
     let b = rt.get(0, 52).dumping(pid, "reading thread state")?;
     let pdeathsig = i32::from_le_bytes(b[48..52].try_into().expect("4 bytes"));
