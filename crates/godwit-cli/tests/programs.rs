@@ -34,6 +34,7 @@ case!(mappings);
 case!(sched);
 case!(caps);
 case!(procattrs);
+case!(locks);
 
 /// After a --leave-running dump of a test program: the original passes its
 /// check; then it is ended, the copy restored from the image, and that

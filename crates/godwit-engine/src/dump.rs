@@ -4,7 +4,7 @@ use crate::error::{DumpCtx, EngineError, Result};
 use crate::freeze::{freeze_tree, release_all, CgroupFreeze, Frozen, Member};
 use crate::precopy::{self, FrozenPlan, Tracker};
 use crate::remote::Remote;
-use crate::resources::{attrs, files, memory, signals, threads, timers, tty};
+use crate::resources::{attrs, files, locks, memory, signals, threads, timers, tty};
 use crate::schema::PageSpan;
 use crate::schema::{Checkpoint, CpuFeatures, DumpStats, Process};
 use crate::snapshot::Snapshot;
@@ -235,6 +235,7 @@ pub fn dump(
     } = collect_all(&members, &trackers, early.then_some(&writer), progress)?;
     tracing::debug!(ms = t0.elapsed().as_secs_f64() * 1e3, "collected");
     files::link_descriptions(&mut procs)?;
+    locks::check_tree(&procs)?;
     tty::link(&mut procs, opts.shell_job)?;
     let bases: Vec<u64> = procs
         .iter()

@@ -11,7 +11,9 @@
 use crate::error::{EngineError, RestoreCtx, Result};
 use crate::freeze;
 use crate::remote::Remote;
-use crate::resources::{attrs, caps, files, memory, sched, signals, sysv, threads, timers, tty};
+use crate::resources::{
+    attrs, caps, files, locks, memory, sched, signals, sysv, threads, timers, tty,
+};
 use crate::schema::{Checkpoint, Process, Vma, VmaKind};
 use crate::Progress;
 use godwit_sys::mem::{self, Range};
@@ -683,6 +685,9 @@ fn build(
     attrs::restore_mm(r, p)?;
     files::restore_cwd(r, &p.cwd)?;
     plan.place(r, p)?;
+    // After every descriptor of this process is placed (closing one would
+    // drop its POSIX locks).
+    locks::restore(r, p)?;
     lap("mm, cwd, fds");
     signals::restore_handlers(r, &p.sigactions, &p.itimers)?;
     lap("signal handlers");

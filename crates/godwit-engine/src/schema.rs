@@ -515,6 +515,9 @@ pub struct Fd {
     /// Terminals: which side of which pty, and its settings.
     #[prost(message, optional, tag = "18")]
     pub tty: Option<Tty>,
+    /// File locks held through this descriptor (resources::locks).
+    #[prost(message, repeated, tag = "19")]
+    pub locks: Vec<FileLock>,
 }
 
 /// One side of a pseudo-terminal (resources::tty).
@@ -806,6 +809,30 @@ pub struct ProcAttrs {
     /// (PRIVATE_EXPEDITED 16, _SYNC_CORE 64, _RSEQ 256).
     #[prost(uint32, tag = "6")]
     pub membarrier: u32,
+}
+
+/// A file lock held through a descriptor.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct FileLock {
+    /// 1 POSIX record lock (fcntl F_SETLK, owned by the process), 2 OFD
+    /// lock (F_OFD_SETLK, owned by the open file description), 3 flock.
+    #[prost(uint32, tag = "1")]
+    pub kind: u32,
+    /// A write (exclusive) lock; else read (shared).
+    #[prost(bool, tag = "2")]
+    pub write: bool,
+    #[prost(uint64, tag = "3")]
+    pub start: u64,
+    /// Bytes locked; 0: to the end of the file (and beyond).
+    #[prost(uint64, tag = "4")]
+    pub len: u64,
+    /// The locked file's device and inode at dump time.
+    #[prost(uint32, tag = "5")]
+    pub dev_major: u32,
+    #[prost(uint32, tag = "6")]
+    pub dev_minor: u32,
+    #[prost(uint64, tag = "7")]
+    pub ino: u64,
 }
 
 #[cfg(test)]

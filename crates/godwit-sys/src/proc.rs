@@ -316,6 +316,76 @@ pub struct FdInfo {
     pub flags: u32,
     pub mnt_id: u64,
     pub ino: u64,
+    /// The locks held through this open file description ("lock:" lines):
+    /// POSIX locks of the process, OFD locks, flock locks, leases.
+    pub locks: Vec<LockLine>,
+}
+
+/// One lock as /proc/locks and the "lock:" lines of fdinfo show it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LockLine {
+    /// POSIX, OFDLCK, FLOCK, LEASE, DELEG, ...
+    pub kind: String,
+    /// ADVISORY (or MANDATORY, ACTIVE, BREAKING, ... for leases).
+    pub mode: String,
+    /// READ, WRITE (or UNLCK, RW, NONE).
+    pub access: String,
+    /// The owner's PID (-1 for OFD locks).
+    pub pid: i32,
+    pub dev_major: u32,
+    pub dev_minor: u32,
+    pub ino: u64,
+    pub start: u64,
+    /// Last byte, inclusive; None: to the end of the file.
+    pub end: Option<u64>,
+}
+
+/// Parses one lock line after its "N: " number, such as
+/// `POSIX  ADVISORY  WRITE 1234 fe:00:1001 10 29`.
+pub fn parse_lock_line(text: &str) -> Option<LockLine> {
+    let mut w = text.split_whitespace();
+    let kind = w.next()?.to_string();
+    let mode = w.next()?.to_string();
+    let access = w.next()?.to_string();
+    let pid = w.next()?.parse().ok()?;
+    let mut dev = w.next()?.split(':');
+    let dev_major = u32::from_str_radix(dev.next()?, 16).ok()?;
+    let dev_minor = u32::from_str_radix(dev.next()?, 16).ok()?;
+    let ino = dev.next()?.parse().ok()?;
+    let start = w.next()?.parse().ok()?;
+    let end = match w.next()? {
+        "EOF" => None,
+        n => Some(n.parse().ok()?),
+    };
+    Some(LockLine {
+        kind,
+        mode,
+        access,
+        pid,
+        dev_major,
+        dev_minor,
+        ino,
+        start,
+        end,
+    })
+}
+
+/// Strips the "N: " (and, for a waiter, "N: -> ") in front of a lock line;
+/// None for waiters (blocked requests, not locks).
+fn lock_body(line: &str) -> Option<&str> {
+    let (_, rest) = line.split_once(':')?;
+    let rest = rest.trim_start();
+    (!rest.starts_with("->")).then_some(rest)
+}
+
+/// Every lock held on this host (/proc/locks), waiters left out.
+pub fn locks() -> Result<Vec<LockLine>> {
+    let path = "/proc/locks";
+    let text = read(path)?;
+    text.lines()
+        .filter_map(lock_body)
+        .map(|l| parse_lock_line(l).ok_or_else(|| bad(path, format!("bad lock line {l:?}"))))
+        .collect()
 }
 
 pub fn fdinfo(pid: i32, fd: i32) -> Result<FdInfo> {
@@ -332,6 +402,12 @@ pub fn fdinfo(pid: i32, fd: i32) -> Result<FdInfo> {
             "flags" => fi.flags = u32::from_str_radix(v, 8).map_err(|_| bad(&path, "bad flags"))?,
             "mnt_id" => fi.mnt_id = v.parse().unwrap_or(0),
             "ino" => fi.ino = v.parse().unwrap_or(0),
+            "lock" => {
+                let l = lock_body(v)
+                    .and_then(parse_lock_line)
+                    .ok_or_else(|| bad(&path, format!("bad lock line {v:?}")))?;
+                fi.locks.push(l);
+            }
             _ => {}
         }
     }
@@ -443,6 +519,27 @@ pub fn comm(pid: i32, tid: i32) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lock_lines() {
+        let l = parse_lock_line("POSIX  ADVISORY  WRITE 6420 fe:00:10011155 10 29").unwrap();
+        assert_eq!(
+            (l.kind.as_str(), l.access.as_str(), l.pid),
+            ("POSIX", "WRITE", 6420)
+        );
+        assert_eq!((l.dev_major, l.dev_minor, l.ino), (0xfe, 0, 10011155));
+        assert_eq!((l.start, l.end), (10, Some(29)));
+        let l = parse_lock_line("OFDLCK ADVISORY  READ -1 08:01:77 100 EOF").unwrap();
+        assert_eq!((l.pid, l.end), (-1, None));
+        assert_eq!(
+            lock_body("3: FLOCK  ADVISORY  WRITE 1 00:1f:2 0 EOF"),
+            Some("FLOCK  ADVISORY  WRITE 1 00:1f:2 0 EOF")
+        );
+        assert_eq!(
+            lock_body("3: -> FLOCK  ADVISORY  WRITE 1 00:1f:2 0 EOF"),
+            None
+        );
+    }
 
     #[test]
     fn map_lines() {
