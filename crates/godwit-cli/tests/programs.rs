@@ -541,3 +541,59 @@ fn stopped_threads_are_restored_stopped() {
     unsafe { libc::kill(pid, libc::SIGCONT) };
     assert_eq!(p.verdict(), "PASS");
 }
+
+/// A process stopped by SIGTSTP in its own process group (as a shell's job
+/// is) comes back stopped by SIGTSTP: its parent's waitpid(WUNTRACED)
+/// reports that signal again.
+#[test]
+fn sigtstp_stop_keeps_its_signal() {
+    use common::*;
+    use std::os::unix::process::CommandExt;
+    use std::time::Duration;
+    let dir = tempfile::Builder::new()
+        .prefix("godwit-e2e")
+        .tempdir()
+        .unwrap();
+    let log = dir.path().join("counter.log");
+    let child = std::process::Command::new(progs().join("launch"))
+        .arg(progs().join("counter"))
+        .arg(&log)
+        .process_group(0)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id() as i32;
+    let mut p = Proc {
+        child: Some(child),
+        pid,
+        tree: Vec::new(),
+        dir,
+        affinity: Vec::new(),
+    };
+    wait_for("the counter to count", Duration::from_secs(10), || {
+        std::fs::read_to_string(&log).is_ok_and(|s| s.lines().count() >= 2)
+    });
+    // SAFETY: plain kill of the process this test started.
+    unsafe { libc::kill(pid, libc::SIGTSTP) };
+    let waited = |pid: i32| {
+        let mut status = 0;
+        // SAFETY: waitpid on our own child with a valid status pointer.
+        let r = unsafe { libc::waitpid(pid, &mut status, libc::WUNTRACED) };
+        assert_eq!(r, pid, "waitpid: {}", std::io::Error::last_os_error());
+        assert!(libc::WIFSTOPPED(status), "status {status:#x}");
+        libc::WSTOPSIG(status)
+    };
+    assert_eq!(waited(pid), libc::SIGTSTP, "the original's stop");
+    p.dump(&[]);
+    p.end_original();
+    p.restore();
+    assert_eq!(
+        ppid_of(pid),
+        Some(std::process::id() as i32),
+        "the restored process is re-parented to the test (a subreaper)"
+    );
+    assert_eq!(waited(pid), libc::SIGTSTP, "the restored process's stop");
+    assert!(all_stopped(pid));
+}
