@@ -527,7 +527,7 @@ fn stop_again(pid: i32, tids: &[i32], p: &Process) -> Result<()> {
         .sigactions
         .iter()
         .find(|a| a.signo == sig as u32)
-        .map_or(true, |a| a.handler == 0);
+        .is_none_or(|a| a.handler == 0);
     let sig = if sig == libc::SIGSTOP || (default && mask & bit == 0 && !pgrp_orphaned(pid)) {
         sig
     } else {
