@@ -597,3 +597,72 @@ fn sigtstp_stop_keeps_its_signal() {
     assert_eq!(waited(pid), libc::SIGTSTP, "the restored process's stop");
     assert!(all_stopped(pid));
 }
+
+/// A SCHED_DEADLINE process is refused at dump time, naming the policy, and
+/// left running.
+#[test]
+fn deadline_thread_is_refused() {
+    use common::*;
+    use std::time::Duration;
+    let dir = tempfile::Builder::new()
+        .prefix("godwit-e2e")
+        .tempdir()
+        .unwrap();
+    let log = dir.path().join("counter.log");
+    let counter = progs().join("counter");
+    let log_arg = log.to_str().unwrap().to_string();
+    let mut p = Proc::spawn_in(
+        dir,
+        "chrt",
+        &[
+            "-d",
+            "--sched-runtime",
+            "1000000",
+            "--sched-deadline",
+            "10000000",
+            "--sched-period",
+            "10000000",
+            "0",
+            counter.to_str().unwrap(),
+            &log_arg,
+        ],
+    );
+    wait_for("the counter to count", Duration::from_secs(10), || {
+        std::fs::read_to_string(&log).is_ok_and(|s| s.lines().count() >= 2)
+    });
+    let pid = p.pid.to_string();
+    let img = p.images();
+    let out = godwit(&["dump", "--pid", &pid, "--images", img.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(5), "{err}");
+    assert!(err.contains("SCHED_DEADLINE"), "{err}");
+    assert!(!gone(p.pid), "a refused dump leaves the process running");
+    p.end_original();
+}
+
+/// A restore by a godwit that lacks a capability the image's threads hold
+/// (here CAP_MKNOD, dropped from its bounding set) is refused, naming it,
+/// instead of restoring the threads with fewer capabilities.
+#[test]
+fn restore_without_a_saved_capability_is_refused() {
+    use common::*;
+    let mut p = Proc::test_prog("threads");
+    p.dump(&[]);
+    p.end_original();
+    let img = p.images();
+    let out = std::process::Command::new("setpriv")
+        .args([
+            "--bounding-set=-mknod",
+            env!("CARGO_BIN_EXE_godwit"),
+            "restore",
+            "--images",
+        ])
+        .arg(&img)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("setpriv (util-linux)");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "restore should be refused");
+    assert!(err.contains("lacks") && err.contains("27"), "{err}");
+    assert!(gone(p.pid), "a refused restore leaves no process behind");
+}

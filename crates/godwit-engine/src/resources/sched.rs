@@ -167,3 +167,33 @@ pub fn restore(pid: i32, tid: i32, image_tid: i32, s: &Sched) -> Result<()> {
     );
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpus_this_host_lacks_are_left_out() {
+        let online = sched::parse_cpu_list("0-1").unwrap();
+        let s = |cpus: &[u64]| Sched {
+            cpus: cpus.to_vec(),
+            ..Default::default()
+        };
+        let (keep, missing) = usable(&s(&[0b1010]), &online);
+        assert_eq!((keep.cpus(), missing), (vec![1], vec![3]));
+        let (keep, missing) = usable(&s(&[0, 1]), &online);
+        assert!(keep.is_empty());
+        assert_eq!(missing, vec![64]);
+        let p = Process {
+            pid: 7,
+            threads: vec![crate::schema::Thread {
+                tid: 7,
+                sched: Some(s(&[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1 << 63])),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let e = check(&p).unwrap_err().to_string();
+        assert!(e.contains("thread 7") && e.contains("1023"), "{e}");
+    }
+}
