@@ -471,6 +471,7 @@ fn resurrect(
                     (None, Some(w)) => crate::colocate::give_cpus(host, w),
                     (None, None) => {}
                 }
+                threads::restore_syscall_dispatch(r.pid, host, t)?;
             }
         }
     }

@@ -785,6 +785,19 @@ pub struct ThreadAttrs {
     /// PR_GET_TIMERSLACK, nanoseconds.
     #[prost(uint64, tag = "2")]
     pub timer_slack_ns: u64,
+    /// PR_GET_TSC gave PR_TSC_SIGSEGV (rdtsc faults).
+    #[prost(bool, tag = "3")]
+    pub tsc_sigsegv: bool,
+    /// PR_MCE_KILL_GET: 0 late, 1 early, 2 the system's default.
+    #[prost(int32, tag = "4")]
+    pub mce_kill: i32,
+    /// ARCH_GET_CPUID gave 0: the cpuid instruction faults.
+    #[prost(bool, tag = "5")]
+    pub cpuid_faulting: bool,
+    /// Syscall user dispatch (PR_SET_SYSCALL_USER_DISPATCH): mode (0 off),
+    /// selector address, offset and length of the always-allowed range.
+    #[prost(uint64, repeated, tag = "6")]
+    pub syscall_dispatch: Vec<u64>,
 }
 
 /// Process-wide attributes.
@@ -809,6 +822,9 @@ pub struct ProcAttrs {
     /// (PRIVATE_EXPEDITED 16, _SYNC_CORE 64, _RSEQ 256).
     #[prost(uint32, tag = "6")]
     pub membarrier: u32,
+    /// PR_GET_MDWE (memory-deny-write-execute flags).
+    #[prost(uint32, tag = "7")]
+    pub mdwe: u32,
 }
 
 /// A file lock held through a descriptor.

@@ -18,6 +18,8 @@ const PR_SET_CHILD_SUBREAPER: u64 = 36;
 const PR_GET_CHILD_SUBREAPER: u64 = 37;
 const PR_SET_THP_DISABLE: u64 = 41;
 const PR_GET_THP_DISABLE: u64 = 42;
+const PR_SET_MDWE: u64 = 65;
+const PR_GET_MDWE: u64 = 66;
 /// membarrier(2) commands: each PRIVATE_EXPEDITED flavour fails with EPERM
 /// in a process not registered for it; its registration is the next bit.
 const MEMBARRIER_PRIVATE: [(u64, &str); 3] = [
@@ -140,6 +142,13 @@ fn dump_proc_attrs(r: &Remote) -> Result<ProcAttrs> {
     let subreaper = r.get(0, 4).dumping(pid, stage)?;
     let thp_disable = prctl("prctl(PR_GET_THP_DISABLE)", PR_GET_THP_DISABLE, 0)? as u32;
     let dumpable = prctl("prctl(PR_GET_DUMPABLE)", PR_GET_DUMPABLE, 0)? as u32;
+    // EINVAL: a kernel before 6.3, without memory-deny-write-execute.
+    let mdwe = r
+        .inj()
+        .run(libc::SYS_prctl, [PR_GET_MDWE, 0, 0, 0, 0, 0])
+        .dumping(pid, stage)?
+        .ret
+        .max(0) as u32;
     // A private expedited membarrier in a frozen process interrupts none
     // of its threads (none runs); it fails with EPERM unless registered.
     let mut membarrier = 0;
@@ -167,6 +176,7 @@ fn dump_proc_attrs(r: &Remote) -> Result<ProcAttrs> {
         thp_disable,
         dumpable,
         membarrier,
+        mdwe,
     })
 }
 
@@ -265,10 +275,19 @@ fn set_loginuid(r: &Remote, uid: u32) -> godwit_sys::Result<()> {
 }
 
 /// Sets the dumpable flag, after every thread's credentials (changing them
-/// resets it to fs.suid_dumpable).
+/// resets it to fs.suid_dumpable), and memory-deny-write-execute, which no
+/// later mmap of the restore needs to pass.
 pub fn restore_dumpable(r: &Remote, p: &Process) -> Result<()> {
     let Some(a) = &p.attrs else { return Ok(()) };
     let pid = r.pid;
+    if a.mdwe != 0 {
+        r.call(
+            "prctl(PR_SET_MDWE)",
+            libc::SYS_prctl,
+            [PR_SET_MDWE, a.mdwe as u64, 0, 0, 0, 0],
+        )
+        .restoring(pid, "setting memory-deny-write-execute")?;
+    }
     let stage = "setting the dumpable flag";
     if a.dumpable <= 1 {
         r.call(

@@ -13,8 +13,17 @@ use godwit_sys::{proc, process};
 const PR_GET_TID_ADDRESS: u64 = 40;
 const RSEQ_FLAG_UNREGISTER: u64 = 1;
 const PR_GET_PDEATHSIG: u64 = 2;
+const PR_GET_TSC: u64 = 25;
+const PR_SET_TSC: u64 = 26;
+const PR_TSC_SIGSEGV: u64 = 2;
 const PR_SET_TIMERSLACK: u64 = 29;
 const PR_GET_TIMERSLACK: u64 = 30;
+const PR_MCE_KILL: u64 = 33;
+const PR_MCE_KILL_GET: u64 = 34;
+const PR_MCE_KILL_SET: u64 = 1;
+const PR_MCE_KILL_DEFAULT: i32 = 2;
+const ARCH_GET_CPUID: u64 = 0x1011;
+const ARCH_SET_CPUID: u64 = 0x1012;
 
 /// Reads one frozen thread. Uses scratch bytes [0, 64).
 pub fn dump(r: &Remote, t: &FrozenThread) -> Result<Thread> {
@@ -54,8 +63,33 @@ pub fn dump(r: &Remote, t: &FrozenThread) -> Result<Thread> {
             [PR_GET_TIMERSLACK, 0, 0, 0, 0, 0],
         )
         .dumping(pid, "reading the timer slack")?;
-    let b = rt.get(0, 52).dumping(pid, "reading thread state")?;
+    rt.call(
+        "prctl(PR_GET_TSC)",
+        libc::SYS_prctl,
+        [PR_GET_TSC, r.scratch + 56, 0, 0, 0, 0],
+    )
+    .dumping(pid, "reading the TSC mode")?;
+    let mce_kill = rt
+        .call(
+            "prctl(PR_MCE_KILL_GET)",
+            libc::SYS_prctl,
+            [PR_MCE_KILL_GET, 0, 0, 0, 0, 0],
+        )
+        .dumping(pid, "reading the machine-check kill policy")? as i32;
+    // EINVAL/ENODEV: a CPU without CPUID faulting, where it cannot be on.
+    let cpuid = rt
+        .inj()
+        .run(libc::SYS_arch_prctl, [ARCH_GET_CPUID, 0, 0, 0, 0, 0])
+        .dumping(pid, "reading CPUID faulting")?
+        .ret;
+    let syscall_dispatch = ptrace::syscall_dispatch(tid)
+        .dumping(pid, "reading syscall user dispatch")?
+        .filter(|c| c[0] != 0)
+        .map(|c| c.to_vec())
+        .unwrap_or_default();
+    let b = rt.get(0, 60).dumping(pid, "reading thread state")?;
     let pdeathsig = i32::from_le_bytes(b[48..52].try_into().expect("4 bytes"));
+    let tsc = u32::from_le_bytes(b[56..60].try_into().expect("4 bytes"));
     let (creds, caps) = caps::dump(&rt)?;
     let ss_flags = i32::from_le_bytes(b[16..20].try_into().expect("4 bytes"));
     Ok(Thread {
@@ -85,6 +119,10 @@ pub fn dump(r: &Remote, t: &FrozenThread) -> Result<Thread> {
         attrs: Some(ThreadAttrs {
             pdeathsig,
             timer_slack_ns,
+            tsc_sigsegv: tsc as u64 == PR_TSC_SIGSEGV,
+            mce_kill,
+            cpuid_faulting: cpuid == 0,
+            syscall_dispatch,
         }),
     })
 }
@@ -240,6 +278,32 @@ pub fn setup(rt: &Remote, t: &Thread) -> Result<()> {
         )
         .restoring(pid, "setting the timer slack")?;
     }
+    if let Some(a) = &t.attrs {
+        if a.tsc_sigsegv {
+            rt.call(
+                "prctl(PR_SET_TSC)",
+                libc::SYS_prctl,
+                [PR_SET_TSC, PR_TSC_SIGSEGV, 0, 0, 0, 0],
+            )
+            .restoring(pid, "setting the TSC mode")?;
+        }
+        if a.mce_kill != PR_MCE_KILL_DEFAULT {
+            rt.call(
+                "prctl(PR_MCE_KILL)",
+                libc::SYS_prctl,
+                [PR_MCE_KILL, PR_MCE_KILL_SET, a.mce_kill as u64, 0, 0, 0],
+            )
+            .restoring(pid, "setting the machine-check kill policy")?;
+        }
+        if a.cpuid_faulting {
+            rt.call(
+                "arch_prctl(ARCH_SET_CPUID)",
+                libc::SYS_arch_prctl,
+                [ARCH_SET_CPUID, 0, 0, 0, 0, 0],
+            )
+            .restoring(pid, "turning CPUID faulting on")?;
+        }
+    }
     for si in &t.pending {
         queue_signal(rt, si, Some(t.tid))?;
     }
@@ -274,6 +338,23 @@ pub fn queue_signal(rt: &Remote, siginfo: &[u8], tid: Option<i32>) -> Result<()>
     }
     .restoring(pid, "queueing pending signals")?;
     Ok(())
+}
+
+/// Turns syscall user dispatch on again in stopped thread `host_tid`, from
+/// outside: last before it runs, as it could block injected calls.
+pub fn restore_syscall_dispatch(pid: i32, host_tid: i32, t: &Thread) -> Result<()> {
+    let Some(c) = t
+        .attrs
+        .as_ref()
+        .map(|a| &a.syscall_dispatch)
+        .filter(|c| !c.is_empty())
+    else {
+        return Ok(());
+    };
+    let cfg: [u64; 4] = c[..]
+        .try_into()
+        .map_err(|_| EngineError::BadImage(format!("thread {}: bad syscall dispatch", t.tid)))?;
+    ptrace::set_syscall_dispatch(host_tid, cfg).restoring(pid, "setting syscall user dispatch")
 }
 
 /// Loads the saved registers, xsave area and signal mask into stopped thread
