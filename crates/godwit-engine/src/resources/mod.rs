@@ -6,6 +6,7 @@ pub mod anon;
 pub mod attrs;
 pub mod caps;
 pub mod files;
+pub mod jobctl;
 pub mod locks;
 pub mod memory;
 pub mod sched;
