@@ -1,4 +1,5 @@
-/* Process attributes: oom_score_adj, audit loginuid, parent-death signal and
+/* Process attributes: the nice value of its session's autogroup (it leads
+ * its own session), oom_score_adj, audit loginuid, parent-death signal and
  * timer slack (per thread), child subreaper (an orphaned grandchild is
  * re-parented to us after restore), THP disable, dumpable, a membarrier
  * registration, memory-deny-write-execute; in a worker thread also the TSC
@@ -83,6 +84,8 @@ static void *worker(void *a) {
 
 int main(int argc, char **argv) {
     setup(argc, argv);
+    CHECK(setsid() > 0, "setsid: %s", strerror(errno));
+    write_str("/proc/self/autogroup", "7");
     write_str("/proc/self/oom_score_adj", "567");
     write_str("/proc/self/loginuid", "4242");
     CHECK(prctl(PR_SET_PDEATHSIG, SIGUSR2) == 0, "pdeathsig");
@@ -112,6 +115,9 @@ int main(int argc, char **argv) {
     while (!t_done) sleep_ms(5);
     pthread_join(t, NULL);
     CHECK(strcmp(t_verdict, "ok") == 0, "%s", t_verdict);
+    char ag[128] = ""; FILE *agf = fopen("/proc/self/autogroup", "r");
+    if (agf) { if (!fgets(ag, sizeof ag, agf)) ag[0] = 0; fclose(agf); }
+    CHECK(strstr(ag, "nice 7") != NULL, "autogroup: %s", ag);
     long v = read_long("/proc/self/oom_score_adj");
     CHECK(v == 567, "oom_score_adj %ld", v);
     v = read_long("/proc/self/loginuid");

@@ -825,6 +825,9 @@ pub struct ProcAttrs {
     /// PR_GET_MDWE (memory-deny-write-execute flags).
     #[prost(uint32, tag = "7")]
     pub mdwe: u32,
+    /// The nice value of the session's autogroup (/proc/PID/autogroup).
+    #[prost(int32, tag = "8")]
+    pub autogroup_nice: i32,
 }
 
 /// A file lock held through a descriptor.

@@ -169,7 +169,13 @@ fn dump_proc_attrs(r: &Remote) -> Result<ProcAttrs> {
             }
         }
     }
+    // "/autogroup-N nice V" (CONFIG_SCHED_AUTOGROUP).
+    let autogroup_nice = std::fs::read_to_string(format!("/proc/{pid}/autogroup"))
+        .ok()
+        .and_then(|t| t.split_whitespace().last().and_then(|v| v.parse().ok()))
+        .unwrap_or(0);
     Ok(ProcAttrs {
+        autogroup_nice,
         oom_score_adj,
         loginuid,
         child_subreaper: subreaper != [0; 4],
@@ -206,6 +212,23 @@ pub fn restore_proc_attrs(r: &Remote, p: &Process) -> Result<()> {
             what: format!(
                 "its audit login uid {} could not be set ({e}); godwit's is {login_now} (see audit_set_loginuid: it needs CAP_AUDIT_CONTROL and a mutable loginuid)",
                 a.loginuid
+            ),
+        })?;
+    }
+    // A session's autogroup is the session leader's: set only where the
+    // restored process leads its own session (not a --shell-job root, which
+    // joined godwit's).
+    let leads = proc::stat(pid).is_ok_and(|st| st.session == pid);
+    if leads && a.autogroup_nice != 0 {
+        std::fs::write(
+            format!("/proc/{pid}/autogroup"),
+            a.autogroup_nice.to_string(),
+        )
+        .map_err(|e| EngineError::Refused {
+            pid: p.pid,
+            what: format!(
+                "the nice value {} of its session's autogroup could not be set ({e})",
+                a.autogroup_nice
             ),
         })?;
     }
