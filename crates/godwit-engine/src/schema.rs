@@ -798,6 +798,14 @@ pub struct ThreadAttrs {
     /// selector address, offset and length of the always-allowed range.
     #[prost(uint64, repeated, tag = "6")]
     pub syscall_dispatch: Vec<u64>,
+    /// Speculation control set for this thread (PR_SET_SPECULATION_CTRL),
+    /// as /proc/PID/task/TID/status shows it: the PR_SPEC_* state to set
+    /// for speculative store bypass and indirect branch (0: as the system
+    /// gives it).
+    #[prost(uint32, tag = "7")]
+    pub spec_store_bypass: u32,
+    #[prost(uint32, tag = "8")]
+    pub spec_indirect_branch: u32,
 }
 
 /// Process-wide attributes.

@@ -22,6 +22,12 @@ const PR_MCE_KILL: u64 = 33;
 const PR_MCE_KILL_GET: u64 = 34;
 const PR_MCE_KILL_SET: u64 = 1;
 const PR_MCE_KILL_DEFAULT: i32 = 2;
+const PR_SET_SPECULATION_CTRL: u64 = 53;
+const PR_GET_SPECULATION_CTRL: u64 = 52;
+const PR_SPEC_STORE_BYPASS: u64 = 0;
+const PR_SPEC_INDIRECT_BRANCH: u64 = 1;
+const PR_SPEC_DISABLE: u32 = 4;
+const PR_SPEC_FORCE_DISABLE: u32 = 8;
 const ARCH_GET_CPUID: u64 = 0x1011;
 const ARCH_SET_CPUID: u64 = 0x1012;
 
@@ -87,6 +93,7 @@ pub fn dump(r: &Remote, t: &FrozenThread) -> Result<Thread> {
         .filter(|c| c[0] != 0)
         .map(|c| c.to_vec())
         .unwrap_or_default();
+    let (spec_store_bypass, spec_indirect_branch) = speculation(pid, tid)?;
     let b = rt.get(0, 60).dumping(pid, "reading thread state")?;
     let pdeathsig = i32::from_le_bytes(b[48..52].try_into().expect("4 bytes"));
     let tsc = u32::from_le_bytes(b[56..60].try_into().expect("4 bytes"));
@@ -123,8 +130,92 @@ pub fn dump(r: &Remote, t: &FrozenThread) -> Result<Thread> {
             mce_kill,
             cpuid_faulting: cpuid == 0,
             syscall_dispatch,
+            spec_store_bypass,
+            spec_indirect_branch,
         }),
     })
+}
+
+/// The speculation control a thread set for itself, from its status:
+/// (store bypass, indirect branch) as PR_SPEC_DISABLE / PR_SPEC_FORCE_DISABLE,
+/// 0 where it has the system's setting.
+fn speculation(pid: i32, tid: i32) -> Result<(u32, u32)> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status")).map_err(|e| {
+        EngineError::Sys {
+            pid,
+            stage: "reading speculation control",
+            source: godwit_sys::SysError::Proc {
+                path: format!("/proc/{pid}/task/{tid}/status"),
+                detail: e.to_string(),
+            },
+        }
+    })?;
+    Ok(parse_speculation(&text))
+}
+
+/// [`speculation`] from the text of a status file.
+fn parse_speculation(text: &str) -> (u32, u32) {
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|v| v.trim().to_string())
+            .unwrap_or_default()
+    };
+    let ssb = match field("Speculation_Store_Bypass:").as_str() {
+        "thread mitigated" => PR_SPEC_DISABLE,
+        "thread force mitigated" => PR_SPEC_FORCE_DISABLE,
+        _ => 0,
+    };
+    let ib = match field("SpeculationIndirectBranch:").as_str() {
+        "conditional disabled" => PR_SPEC_DISABLE,
+        "conditional force disabled" => PR_SPEC_FORCE_DISABLE,
+        _ => 0,
+    };
+    (ssb, ib)
+}
+
+/// Sets the speculation control of thread `rt.tid` as saved; refuses the
+/// restore if this host cannot (no per-thread control here).
+fn restore_speculation(rt: &Remote, t: &Thread, a: &ThreadAttrs) -> Result<()> {
+    for (which, state, what) in [
+        (
+            PR_SPEC_STORE_BYPASS,
+            a.spec_store_bypass,
+            "speculative store bypass",
+        ),
+        (
+            PR_SPEC_INDIRECT_BRANCH,
+            a.spec_indirect_branch,
+            "indirect branch speculation",
+        ),
+    ] {
+        if state == 0 {
+            continue;
+        }
+        let set = rt.call(
+            "prctl(PR_SET_SPECULATION_CTRL)",
+            libc::SYS_prctl,
+            [PR_SET_SPECULATION_CTRL, which, state as u64, 0, 0, 0],
+        );
+        let now = rt
+            .call(
+                "prctl(PR_GET_SPECULATION_CTRL)",
+                libc::SYS_prctl,
+                [PR_GET_SPECULATION_CTRL, which, 0, 0, 0, 0],
+            )
+            .unwrap_or(0) as u32;
+        if set.is_err() || now & state == 0 {
+            return Err(EngineError::Refused {
+                pid: rt.pid,
+                what: format!(
+                    "thread {} had {what} disabled for itself (PR_SET_SPECULATION_CTRL), which this host cannot set per thread ({})",
+                    t.tid,
+                    set.err().map_or_else(|| format!("state {now:#x}"), |e| e.to_string())
+                ),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Unregisters the rseq area that a freshly forked stub inherited from us.
@@ -295,6 +386,7 @@ pub fn setup(rt: &Remote, t: &Thread) -> Result<()> {
             )
             .restoring(pid, "setting the machine-check kill policy")?;
         }
+        restore_speculation(rt, t, a)?;
         if a.cpuid_faulting {
             rt.call(
                 "arch_prctl(ARCH_SET_CPUID)",
@@ -370,4 +462,22 @@ pub fn load_cpu_state(pid: i32, host_tid: i32, t: &Thread) -> Result<()> {
     }
     ptrace::set_sigmask(host_tid, t.sigmask).restoring(pid, "setting the signal mask")?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn speculation_from_status() {
+        let t = "Name:\tx\nSpeculation_Store_Bypass:\tthread force mitigated\nSpeculationIndirectBranch:\tconditional disabled\n";
+        assert_eq!(
+            parse_speculation(t),
+            (PR_SPEC_FORCE_DISABLE, PR_SPEC_DISABLE)
+        );
+        let t =
+            "Speculation_Store_Bypass:\tvulnerable\nSpeculationIndirectBranch:\talways enabled\n";
+        assert_eq!(parse_speculation(t), (0, 0));
+        assert_eq!(parse_speculation(""), (0, 0));
+    }
 }
