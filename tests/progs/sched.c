@@ -1,7 +1,7 @@
 /* Scheduling per thread: policy (SCHED_OTHER, BATCH, IDLE, FIFO, RR), real-
  * time priority, nice value (also the one a real-time thread keeps for a
- * return to SCHED_OTHER), SCHED_RESET_ON_FORK, CPU affinity and I/O
- * priority. Each thread sets its own and checks it after restore. */
+ * return to SCHED_OTHER), a custom time slice, SCHED_RESET_ON_FORK, CPU
+ * affinity and I/O priority. Each thread sets its own and checks it after restore. */
 #include "harness.h"
 #include <pthread.h>
 #include <sched.h>
@@ -22,16 +22,17 @@ struct want {
     const char *name;
     uint32_t policy, prio;
     int nice, reset, cpu, ioprio;
+    uint64_t slice;
     char verdict[256];
 };
 
 static int ncpu;
 static struct want wants[5] = {
-    { "main", SCHED_OTHER, 0, 5, 0, -1, IOPRIO(2, 6), "" },
-    { "batch", SCHED_BATCH, 0, -3, 0, 0, IOPRIO(3, 0), "" },
-    { "fifo", SCHED_FIFO, 10, 7, 1, -1, IOPRIO(1, 2), "" },
-    { "idle", SCHED_IDLE, 0, 2, 0, -1, IOPRIO(2, 1), "" },
-    { "rr", SCHED_RR, 5, 0, 0, 0, IOPRIO(2, 0), "" },
+    { "main", SCHED_OTHER, 0, 5, 0, -1, IOPRIO(2, 6), 2000000, "" },
+    { "batch", SCHED_BATCH, 0, -3, 0, 0, IOPRIO(3, 0), 0, "" },
+    { "fifo", SCHED_FIFO, 10, 7, 1, -1, IOPRIO(1, 2), 0, "" },
+    { "idle", SCHED_IDLE, 0, 2, 0, -1, IOPRIO(2, 1), 0, "" },
+    { "rr", SCHED_RR, 5, 0, 0, 0, IOPRIO(2, 0), 0, "" },
 };
 static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t cv = PTHREAD_COND_INITIALIZER;
@@ -49,7 +50,7 @@ static void setup_self(struct want *w) {
     /* the nice value first (a fair policy sets it), then the policy */
     struct attr a = { sizeof a, SCHED_OTHER, 0, w->nice, 0, 0, 0, 0 };
     if (sched_setattr_(&a)) fail("%s: nice: %s", w->name, strerror(errno));
-    struct attr b = { sizeof b, w->policy, w->reset ? RESET_ON_FORK : 0, w->nice, w->prio, 0, 0, 0 };
+    struct attr b = { sizeof b, w->policy, w->reset ? RESET_ON_FORK : 0, w->nice, w->prio, w->slice, 0, 0 };
     if (sched_setattr_(&b)) fail("%s: policy: %s", w->name, strerror(errno));
 }
 
@@ -68,6 +69,7 @@ static void check_self(struct want *w) {
     else if (w->cpu >= 0 && (CPU_COUNT(&s) != 1 || !CPU_ISSET(w->cpu, &s))) snprintf(v, 256, "%s: affinity has %d CPUs, not only %d", w->name, CPU_COUNT(&s), w->cpu);
     else if (w->cpu < 0 && CPU_COUNT(&s) != ncpu) snprintf(v, 256, "%s: affinity has %d CPUs, not %d", w->name, CPU_COUNT(&s), ncpu);
     else if (io != w->ioprio) snprintf(v, 256, "%s: ioprio %#x, not %#x", w->name, io, w->ioprio);
+    else if (w->slice && a.runtime != w->slice) snprintf(v, 256, "%s: time slice %lu, not %lu", w->name, (unsigned long)a.runtime, (unsigned long)w->slice);
     else snprintf(v, 256, "ok");
 }
 

@@ -754,6 +754,10 @@ pub struct Sched {
     /// I/O priority (ioprio_get): class << 13 | level.
     #[prost(int32, tag = "6")]
     pub ioprio: i32,
+    /// A custom time slice (sched_setattr sched_runtime under SCHED_OTHER,
+    /// BATCH or IDLE, Linux 6.12+), nanoseconds; 0: the default.
+    #[prost(uint64, tag = "7")]
+    pub slice_ns: u64,
 }
 
 /// The capability sets, securebits and no_new_privs of one thread.

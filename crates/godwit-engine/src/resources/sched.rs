@@ -1,6 +1,6 @@
 //! Scheduling of each thread: policy (SCHED_OTHER, BATCH, IDLE, FIFO, RR),
-//! real-time priority, nice value, SCHED_RESET_ON_FORK, CPU affinity and I/O
-//! priority. All read from outside at dump time and set from outside (by
+//! real-time priority, nice value, a custom time slice, SCHED_RESET_ON_FORK,
+//! CPU affinity and I/O priority. All read from outside at dump time and set from outside (by
 //! godwit, root, on the thread's host TID) at the end of a restore, once
 //! godwit no longer shares its CPU with the threads (crate::colocate).
 
@@ -59,6 +59,14 @@ pub fn dump(pid: i32, tid: i32) -> Result<Sched> {
     // sched_getattr reports 0 as the nice value of a real-time thread; the
     // one it keeps for a return to SCHED_OTHER is in /proc.
     let nice = proc::task_nice(pid, tid).dumping(pid, stage)?;
+    // A fair thread's sched_runtime is its time slice: the base slice unless
+    // it chose one (6.12+). Godwit's own thread has the base slice.
+    let base = sched::get_attr(0).dumping(pid, stage)?.runtime;
+    let slice_ns = if !rt && a.runtime != base {
+        a.runtime
+    } else {
+        0
+    };
     Ok(Sched {
         policy: a.policy,
         priority: a.priority,
@@ -66,6 +74,7 @@ pub fn dump(pid: i32, tid: i32) -> Result<Sched> {
         reset_on_fork: a.flags & SCHED_FLAG_RESET_ON_FORK != 0,
         cpus: sched::affinity(tid).dumping(pid, stage)?.to_words(),
         ioprio: sched::ioprio(tid).dumping(pid, stage)?,
+        slice_ns,
     })
 }
 
@@ -156,6 +165,7 @@ pub fn restore(pid: i32, tid: i32, image_tid: i32, s: &Sched) -> Result<()> {
         priority: s.priority,
         nice: s.nice,
         flags,
+        runtime: s.slice_ns,
         ..Default::default()
     };
     sched::set_attr(tid, &a).restoring(pid, "setting a thread's scheduling policy")?;
