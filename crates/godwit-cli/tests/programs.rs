@@ -35,6 +35,7 @@ case!(sched);
 case!(caps);
 case!(procattrs);
 case!(locks);
+case!(numa);
 
 /// After a --leave-running dump of a test program: the original passes its
 /// check; then it is ended, the copy restored from the image, and that

@@ -685,6 +685,7 @@ fn collect(r: &Remote, frozen: &Frozen, mut p: Process) -> Result<Process> {
     let t = Instant::now();
     let lap = |what: &str| tracing::debug!(ms = t.elapsed().as_secs_f64() * 1e3, "collect: {what}");
     p.stop_signal = frozen.stop_signal;
+    p.vma_policies = crate::resources::numa::dump_vmas(r)?;
     let sig = signals::dump(r)?;
     p.sigactions = sig.actions;
     p.shared_pending = sig.shared_pending;

@@ -640,6 +640,7 @@ fn build(
     place_vdso(r, &p.vmas)?;
     lap("vdso");
     memory::restore(r, &p.vmas, pages, progress, &|id| shm.fd(id))?;
+    crate::resources::numa::restore_vmas(r, p)?;
     shm.close(r)?;
     lap("memory");
     attrs::restore_mm(r, p)?;

@@ -123,6 +123,9 @@ pub struct Process {
     /// child of godwit gets them).
     #[prost(message, optional, tag = "29")]
     pub attrs: Option<ProcAttrs>,
+    /// Memory areas with their own memory policy (mbind).
+    #[prost(message, repeated, tag = "30")]
+    pub vma_policies: Vec<VmaPolicy>,
 }
 
 /// A SysV shared memory segment, recreated with the same key and id.
@@ -810,6 +813,12 @@ pub struct ThreadAttrs {
     pub spec_store_bypass: u32,
     #[prost(uint32, tag = "8")]
     pub spec_indirect_branch: u32,
+    /// The thread's memory policy (get_mempolicy): mode with its flags
+    /// (0: MPOL_DEFAULT) and node mask words.
+    #[prost(uint32, tag = "9")]
+    pub mempolicy_mode: u32,
+    #[prost(uint64, repeated, tag = "10")]
+    pub mempolicy_nodes: Vec<u64>,
 }
 
 /// Process-wide attributes.
@@ -864,6 +873,21 @@ pub struct FileLock {
     pub dev_minor: u32,
     #[prost(uint64, tag = "7")]
     pub ino: u64,
+}
+
+/// The memory policy of one memory area (mbind).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct VmaPolicy {
+    #[prost(uint64, tag = "1")]
+    pub start: u64,
+    #[prost(uint64, tag = "2")]
+    pub end: u64,
+    /// MPOL_* mode with its MPOL_F_* flags.
+    #[prost(uint32, tag = "3")]
+    pub mode: u32,
+    /// Node mask words.
+    #[prost(uint64, repeated, tag = "4")]
+    pub nodes: Vec<u64>,
 }
 
 #[cfg(test)]

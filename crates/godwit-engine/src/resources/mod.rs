@@ -9,6 +9,7 @@ pub mod files;
 pub mod jobctl;
 pub mod locks;
 pub mod memory;
+pub mod numa;
 pub mod sched;
 pub mod signals;
 pub mod sockets;

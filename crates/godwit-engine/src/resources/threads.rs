@@ -4,7 +4,7 @@
 use crate::error::{DumpCtx, EngineError, RestoreCtx, Result};
 use crate::freeze::{self, FrozenThread};
 use crate::remote::{u64_at, Remote};
-use crate::resources::{caps, sched};
+use crate::resources::{caps, numa, sched};
 use crate::schema::{Rseq, SigAltStack, Thread, ThreadAttrs};
 use godwit_sys::ptrace;
 use godwit_sys::regs::GpRegs;
@@ -94,6 +94,7 @@ pub fn dump(r: &Remote, t: &FrozenThread) -> Result<Thread> {
         .map(|c| c.to_vec())
         .unwrap_or_default();
     let (spec_store_bypass, spec_indirect_branch) = speculation(pid, tid)?;
+    let (mempolicy_mode, mempolicy_nodes) = numa::dump_thread(&rt)?;
     let b = rt.get(0, 60).dumping(pid, "reading thread state")?;
     let pdeathsig = i32::from_le_bytes(b[48..52].try_into().expect("4 bytes"));
     let tsc = u32::from_le_bytes(b[56..60].try_into().expect("4 bytes"));
@@ -132,6 +133,8 @@ pub fn dump(r: &Remote, t: &FrozenThread) -> Result<Thread> {
             syscall_dispatch,
             spec_store_bypass,
             spec_indirect_branch,
+            mempolicy_mode,
+            mempolicy_nodes,
         }),
     })
 }
@@ -387,6 +390,7 @@ pub fn setup(rt: &Remote, t: &Thread) -> Result<()> {
             .restoring(pid, "setting the machine-check kill policy")?;
         }
         restore_speculation(rt, t, a)?;
+        numa::restore_thread(rt, t.tid, a)?;
         if a.cpuid_faulting {
             rt.call(
                 "arch_prctl(ARCH_SET_CPUID)",
