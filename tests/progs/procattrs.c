@@ -4,7 +4,7 @@
  * re-parented to us after restore), THP disable, dumpable, a membarrier
  * registration, memory-deny-write-execute; in a worker thread also the TSC
  * mode, the machine-check kill policy, CPUID faulting and syscall user
- * dispatch. Runs as root. */
+ * dispatch (with its selector at "block" while dumped). Runs as root. */
 #include "harness.h"
 #include <linux/membarrier.h>
 #include <sys/mman.h>
@@ -59,8 +59,12 @@ static void *worker(void *a) {
     if (prctl(PR_MCE_KILL, PR_MCE_KILL_SET, PR_MCE_KILL_EARLY, 0, 0)) fail("PR_MCE_KILL: %s", strerror(errno));
     int cpuid = syscall(SYS_arch_prctl, ARCH_SET_CPUID, 0) == 0;
     if (prctl(PR_SET_SYSCALL_USER_DISPATCH, PR_SYS_DISPATCH_ON, 0, 0, &selector)) fail("syscall user dispatch: %s", strerror(errno));
+    /* dumped with its syscalls blocked (as Wine runs Windows code): wait
+     * without any */
+    selector = SYSCALL_DISPATCH_FILTER_BLOCK;
     t_ready = 1;
-    while (!t_go) sleep_ms(5);
+    while (!t_go) __asm__ volatile("pause");
+    selector = SYSCALL_DISPATCH_FILTER_ALLOW;
     int sig = 0; prctl(PR_GET_PDEATHSIG, &sig);
     long slack = prctl(PR_GET_TIMERSLACK);
     int tsc = 0; prctl(PR_GET_TSC, &tsc);

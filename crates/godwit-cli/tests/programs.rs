@@ -667,3 +667,13 @@ fn restore_without_a_saved_capability_is_refused() {
     assert!(err.contains("lacks") && err.contains("27"), "{err}");
     assert!(gone(p.pid), "a refused restore leaves no process behind");
 }
+
+/// After a --leave-running dump the original keeps every attribute the
+/// freeze touched (syscall user dispatch is paused while frozen and on
+/// again at release), and so does the copy.
+#[test]
+fn procattrs_original_and_copy_after_leave_running() {
+    let mut p = common::Proc::test_prog("procattrs");
+    p.dump(&["--leave-running"]);
+    original_then_copy_pass(&mut p);
+}

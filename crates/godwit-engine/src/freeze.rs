@@ -13,6 +13,10 @@ pub struct FrozenThread {
     pub tid: i32,
     pub regs: GpRegs,
     pub sigmask: u64,
+    /// Syscall user dispatch the thread had on (mode, selector, offset,
+    /// len): switched off while frozen, so that injected calls are not
+    /// turned into SIGSYS, and on again at release.
+    pub syscall_dispatch: Option<[u64; 4]>,
 }
 
 /// A process whose threads are all in a ptrace stop. Dropping it without
@@ -97,7 +101,19 @@ impl Frozen {
         }
         let regs = ptrace::get_regs(tid).dumping(pid, "reading registers")?;
         let sigmask = ptrace::get_sigmask(tid).dumping(pid, "reading signal mask")?;
-        self.threads.push(FrozenThread { tid, regs, sigmask });
+        let syscall_dispatch = ptrace::syscall_dispatch(tid)
+            .dumping(pid, "reading syscall user dispatch")?
+            .filter(|c| c[0] != 0);
+        if syscall_dispatch.is_some() {
+            ptrace::set_syscall_dispatch(tid, [0; 4])
+                .dumping(pid, "pausing syscall user dispatch")?;
+        }
+        self.threads.push(FrozenThread {
+            tid,
+            regs,
+            sigmask,
+            syscall_dispatch,
+        });
         Ok(())
     }
 
@@ -171,6 +187,9 @@ fn release_thread(t: &FrozenThread) -> godwit_sys::Result<()> {
     regs.rewind_interrupted_syscall();
     ptrace::set_regs(t.tid, &regs)?;
     ptrace::set_sigmask(t.tid, t.sigmask)?;
+    if let Some(c) = t.syscall_dispatch {
+        ptrace::set_syscall_dispatch(t.tid, c)?;
+    }
     ptrace::detach(t.tid)
 }
 

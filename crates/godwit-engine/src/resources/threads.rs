@@ -88,11 +88,8 @@ pub fn dump(r: &Remote, t: &FrozenThread) -> Result<Thread> {
         .run(libc::SYS_arch_prctl, [ARCH_GET_CPUID, 0, 0, 0, 0, 0])
         .dumping(pid, "reading CPUID faulting")?
         .ret;
-    let syscall_dispatch = ptrace::syscall_dispatch(tid)
-        .dumping(pid, "reading syscall user dispatch")?
-        .filter(|c| c[0] != 0)
-        .map(|c| c.to_vec())
-        .unwrap_or_default();
+    // Read at the freeze, which paused it.
+    let syscall_dispatch = t.syscall_dispatch.map(|c| c.to_vec()).unwrap_or_default();
     let (spec_store_bypass, spec_indirect_branch) = speculation(pid, tid)?;
     let (mempolicy_mode, mempolicy_nodes) = numa::dump_thread(&rt)?;
     let b = rt.get(0, 60).dumping(pid, "reading thread state")?;
