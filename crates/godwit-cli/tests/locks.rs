@@ -54,6 +54,22 @@ fn file_locks_are_held_after_restore() {
         .parse()
         .unwrap();
     p.dump(&[]);
+    let img = p.images();
+    let v: serde_json::Value =
+        serde_json::from_str(&godwit_ok(&["--json", "inspect", img.to_str().unwrap()])).unwrap();
+    let kinds: Vec<String> = v["processes"][0]["fds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|f| f["locks"].as_array().cloned().unwrap_or_default())
+        .map(|l| l["kind"].as_str().unwrap().to_string())
+        .collect();
+    for k in ["posix", "ofd", "flock"] {
+        assert!(
+            kinds.iter().any(|x| x == k),
+            "inspect shows no {k} lock: {kinds:?}"
+        );
+    }
     p.end_original();
     p.restore();
     let (a, b, c, d) = (open(&p, "a"), open(&p, "b"), open(&p, "c"), open(&p, "d"));

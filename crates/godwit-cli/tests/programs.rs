@@ -534,6 +534,12 @@ fn stopped_threads_are_restored_stopped() {
         all_stopped(pid)
     });
     p.dump(&[]);
+    let img = p.images();
+    let text = godwit_ok(&["inspect", img.to_str().unwrap()]);
+    assert!(
+        text.contains("stopped (job control) by signal 19"),
+        "{text}"
+    );
     p.end_original();
     p.restore();
     std::thread::sleep(Duration::from_millis(300));
