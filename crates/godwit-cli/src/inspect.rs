@@ -68,6 +68,18 @@ pub fn summary(ck: &Checkpoint, reader: &ImageReader) -> Value {
                             });
                         }
                     }
+                    if !f.locks.is_empty() {
+                        v["locks"] = f
+                            .locks
+                            .iter()
+                            .map(|l| {
+                                json!({
+                                    "kind": match l.kind { 1 => "posix", 2 => "ofd", 3 => "flock", _ => "other" },
+                                    "write": l.write, "start": l.start, "len": l.len,
+                                })
+                            })
+                            .collect();
+                    }
                     if let Some(t) = &f.tty {
                         let w = t.winsize.clone().unwrap_or_default();
                         v["tty"] = json!({
@@ -91,6 +103,28 @@ pub fn summary(ck: &Checkpoint, reader: &ImageReader) -> Value {
                         "sigmask": format!("{:#x}", t.sigmask),
                         "pending_signals": t.pending.len(), "xstate_bytes": t.xstate.len(),
                         "rseq": t.rseq.is_some(),
+                        "sched": t.sched.as_ref().map(|x| json!({
+                            "policy": x.policy, "priority": x.priority, "nice": x.nice,
+                            "reset_on_fork": x.reset_on_fork, "slice_ns": x.slice_ns,
+                            "cpus": x.cpus.iter().map(|w| format!("{w:#x}")).collect::<Vec<_>>(),
+                            "ioprio": x.ioprio,
+                        })),
+                        "caps": t.caps.as_ref().map(|c| json!({
+                            "permitted": format!("{:#x}", c.permitted),
+                            "effective": format!("{:#x}", c.effective),
+                            "inheritable": format!("{:#x}", c.inheritable),
+                            "bounding": format!("{:#x}", c.bounding),
+                            "ambient": format!("{:#x}", c.ambient),
+                            "securebits": format!("{:#x}", c.securebits),
+                            "no_new_privs": c.no_new_privs,
+                        })),
+                        "attrs": t.attrs.as_ref().map(|a| json!({
+                            "pdeathsig": a.pdeathsig, "timer_slack_ns": a.timer_slack_ns,
+                            "tsc_sigsegv": a.tsc_sigsegv, "mce_kill": a.mce_kill,
+                            "cpuid_faulting": a.cpuid_faulting,
+                            "syscall_dispatch": !a.syscall_dispatch.is_empty(),
+                            "mempolicy": format!("{:#x}", a.mempolicy_mode),
+                        })),
                     })
                 })
                 .collect();
@@ -111,6 +145,17 @@ pub fn summary(ck: &Checkpoint, reader: &ImageReader) -> Value {
                 "comm": p.comm, "exe": p.exe, "cwd": p.cwd,
                 "uids": creds.uids, "gids": creds.gids, "groups": creds.groups,
                 "umask": format!("{:04o}", p.umask),
+                "stop_signal": p.stop_signal,
+                "attrs": p.attrs.as_ref().map(|a| json!({
+                    "oom_score_adj": a.oom_score_adj, "loginuid": a.loginuid,
+                    "child_subreaper": a.child_subreaper, "thp_disable": a.thp_disable,
+                    "dumpable": a.dumpable, "membarrier": format!("{:#x}", a.membarrier),
+                    "mdwe": a.mdwe, "autogroup_nice": a.autogroup_nice,
+                })),
+                "memory_policies": p.vma_policies.iter().map(|v| json!({
+                    "start": format!("{:#x}", v.start), "end": format!("{:#x}", v.end),
+                    "mode": format!("{:#x}", v.mode),
+                })).collect::<Vec<_>>(),
                 "memory": {
                     "mappings": vmas.len(),
                     "mapped_bytes": p.vmas.iter().map(|v| v.end - v.start).sum::<u64>(),
@@ -229,6 +274,9 @@ pub fn text(v: &Value, full: bool) -> String {
                     ""
                 },
             );
+        }
+        if let Some(sig) = p["stop_signal"].as_i64().filter(|s| *s != 0) {
+            let _ = writeln!(s, "  stopped (job control) by signal {sig}");
         }
         let threads = p["threads"].as_array().cloned().unwrap_or_default();
         let _ = writeln!(s, "  threads: {}", threads.len());

@@ -31,6 +31,11 @@ case!(anonfds);
 case!(unix);
 case!(ipc);
 case!(mappings);
+case!(sched);
+case!(caps);
+case!(procattrs);
+case!(locks);
+case!(numa);
 
 /// After a --leave-running dump of a test program: the original passes its
 /// check; then it is ended, the copy restored from the image, and that
@@ -181,10 +186,10 @@ fn inspect_shows_posix_timers() {
 }
 
 /// A restore run with fewer CPUs (taskset) pins itself and the new process
-/// to one of them while it works, then gives every thread godwit's own CPUs
-/// (what a child of godwit would have), not all of the machine's.
+/// to one of them while it works, then gives every thread the CPUs it had
+/// when dumped (here all of them), not godwit's own.
 #[test]
-fn restore_under_taskset_gives_godwits_cpus() {
+fn restore_under_taskset_gives_the_images_cpus() {
     use common::*;
     let mut p = Proc::test_prog("threads");
     p.dump(&[]);
@@ -207,16 +212,15 @@ fn restore_under_taskset_gives_godwits_cpus() {
         "restore under taskset: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let tasks: Vec<String> = std::fs::read_dir(format!("/proc/{}/task", p.pid))
-        .unwrap()
-        .map(|t| t.unwrap().file_name().into_string().unwrap())
-        .collect();
-    assert!(tasks.len() > 1, "the threads program has several threads");
-    for t in &tasks {
+    assert!(
+        p.affinity.len() > 1,
+        "the threads program has several threads"
+    );
+    for (task, before) in &p.affinity {
         assert_eq!(
-            cpus_allowed(&format!("{}/task/{t}", p.pid)),
-            "0",
-            "thread {t} of the restored process"
+            &cpus_allowed(task),
+            before,
+            "thread {task} of the restored process"
         );
     }
     assert_eq!(p.verdict(), "PASS");
@@ -425,5 +429,257 @@ fn frozen_throughout_leaves_the_memory_map_as_it_was() {
         before,
         "the original's memory map after the dump"
     );
+    original_then_copy_pass(&mut p);
+}
+
+/// The state letter of /proc/PID/stat ('T': stopped by job control).
+fn state_of(task: &str) -> char {
+    std::fs::read_to_string(format!("/proc/{task}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .map(|(_, r)| r.trim_start().chars().next())
+        })
+        .flatten()
+        .unwrap_or('?')
+}
+
+/// Every thread of `pid` is in state 'T'.
+fn all_stopped(pid: i32) -> bool {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|d| {
+            d.flatten().all(|t| {
+                state_of(&format!("{pid}/task/{}", t.file_name().to_string_lossy())) == 'T'
+            })
+        })
+        .unwrap_or(false)
+}
+
+/// A process stopped with SIGSTOP is dumped (the original, with
+/// --leave-running, stays stopped), restored stopped (it does not count
+/// while stopped), and SIGCONT resumes it counting on from where it was.
+#[test]
+fn stopped_process_is_restored_stopped() {
+    use common::*;
+    use std::time::Duration;
+    let dir = tempfile::Builder::new()
+        .prefix("godwit-e2e")
+        .tempdir()
+        .unwrap();
+    let log = dir.path().join("counter.log");
+    let counter = progs().join("counter");
+    let mut p = Proc::spawn_in(dir, counter.to_str().unwrap(), &[log.to_str().unwrap()]);
+    let lines = || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| l.parse::<u64>().unwrap())
+            .collect::<Vec<_>>()
+    };
+    wait_for("the counter to count", Duration::from_secs(10), || {
+        lines().len() >= 3
+    });
+    // SAFETY: plain kill of the process this test started.
+    unsafe { libc::kill(p.pid, libc::SIGSTOP) };
+    let pid = p.pid;
+    wait_for("the counter to stop", Duration::from_secs(10), || {
+        all_stopped(pid)
+    });
+    let n0 = lines().len();
+    p.dump(&["--leave-running"]);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        all_stopped(pid),
+        "the original is stopped after a --leave-running dump"
+    );
+    assert_eq!(lines().len(), n0, "the original counted while stopped");
+    p.end_original();
+    p.restore();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        all_stopped(pid),
+        "the restored process is stopped ({})",
+        state_of(&pid.to_string())
+    );
+    assert_eq!(
+        lines().len(),
+        n0,
+        "the restored process counted while stopped"
+    );
+    // SAFETY: plain kill of the process this test restored.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    wait_for(
+        "the restored counter to count on",
+        Duration::from_secs(10),
+        || lines().len() >= n0 + 3,
+    );
+    let l = lines();
+    assert!(
+        l.windows(2).all(|w| w[1] == w[0] + 1),
+        "the count goes on without a gap or repeat: {l:?}"
+    );
+}
+
+/// A stopped multi-threaded process: every thread is stopped after restore,
+/// and once continued it passes its own checks.
+#[test]
+fn stopped_threads_are_restored_stopped() {
+    use common::*;
+    use std::time::Duration;
+    let mut p = Proc::test_prog("threads");
+    // SAFETY: plain kill of the process this test started.
+    unsafe { libc::kill(p.pid, libc::SIGSTOP) };
+    let pid = p.pid;
+    wait_for("the process to stop", Duration::from_secs(10), || {
+        all_stopped(pid)
+    });
+    p.dump(&[]);
+    let img = p.images();
+    let text = godwit_ok(&["inspect", img.to_str().unwrap()]);
+    assert!(
+        text.contains("stopped (job control) by signal 19"),
+        "{text}"
+    );
+    p.end_original();
+    p.restore();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(all_stopped(pid), "every restored thread is stopped");
+    // SAFETY: plain kill of the process this test restored.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    assert_eq!(p.verdict(), "PASS");
+}
+
+/// A process stopped by SIGTSTP in its own process group (as a shell's job
+/// is) comes back stopped by SIGTSTP: its parent's waitpid(WUNTRACED)
+/// reports that signal again.
+#[test]
+fn sigtstp_stop_keeps_its_signal() {
+    use common::*;
+    use std::os::unix::process::CommandExt;
+    use std::time::Duration;
+    let dir = tempfile::Builder::new()
+        .prefix("godwit-e2e")
+        .tempdir()
+        .unwrap();
+    let log = dir.path().join("counter.log");
+    let child = std::process::Command::new(progs().join("launch"))
+        .arg(progs().join("counter"))
+        .arg(&log)
+        .process_group(0)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id() as i32;
+    let mut p = Proc {
+        child: Some(child),
+        pid,
+        tree: Vec::new(),
+        dir,
+        affinity: Vec::new(),
+    };
+    wait_for("the counter to count", Duration::from_secs(10), || {
+        std::fs::read_to_string(&log).is_ok_and(|s| s.lines().count() >= 2)
+    });
+    // SAFETY: plain kill of the process this test started.
+    unsafe { libc::kill(pid, libc::SIGTSTP) };
+    let waited = |pid: i32| {
+        let mut status = 0;
+        // SAFETY: waitpid on our own child with a valid status pointer.
+        let r = unsafe { libc::waitpid(pid, &mut status, libc::WUNTRACED) };
+        assert_eq!(r, pid, "waitpid: {}", std::io::Error::last_os_error());
+        assert!(libc::WIFSTOPPED(status), "status {status:#x}");
+        libc::WSTOPSIG(status)
+    };
+    assert_eq!(waited(pid), libc::SIGTSTP, "the original's stop");
+    p.dump(&[]);
+    p.end_original();
+    p.restore();
+    assert_eq!(
+        ppid_of(pid),
+        Some(std::process::id() as i32),
+        "the restored process is re-parented to the test (a subreaper)"
+    );
+    assert_eq!(waited(pid), libc::SIGTSTP, "the restored process's stop");
+    assert!(all_stopped(pid));
+}
+
+/// A SCHED_DEADLINE process is refused at dump time, naming the policy, and
+/// left running.
+#[test]
+fn deadline_thread_is_refused() {
+    use common::*;
+    use std::time::Duration;
+    let dir = tempfile::Builder::new()
+        .prefix("godwit-e2e")
+        .tempdir()
+        .unwrap();
+    let log = dir.path().join("counter.log");
+    let counter = progs().join("counter");
+    let log_arg = log.to_str().unwrap().to_string();
+    let mut p = Proc::spawn_in(
+        dir,
+        "chrt",
+        &[
+            "-d",
+            "--sched-runtime",
+            "1000000",
+            "--sched-deadline",
+            "10000000",
+            "--sched-period",
+            "10000000",
+            "0",
+            counter.to_str().unwrap(),
+            &log_arg,
+        ],
+    );
+    wait_for("the counter to count", Duration::from_secs(10), || {
+        std::fs::read_to_string(&log).is_ok_and(|s| s.lines().count() >= 2)
+    });
+    let pid = p.pid.to_string();
+    let img = p.images();
+    let out = godwit(&["dump", "--pid", &pid, "--images", img.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(5), "{err}");
+    assert!(err.contains("SCHED_DEADLINE"), "{err}");
+    assert!(!gone(p.pid), "a refused dump leaves the process running");
+    p.end_original();
+}
+
+/// A restore by a godwit that lacks a capability the image's threads hold
+/// (here CAP_MKNOD, dropped from its bounding set) is refused, naming it,
+/// instead of restoring the threads with fewer capabilities.
+#[test]
+fn restore_without_a_saved_capability_is_refused() {
+    use common::*;
+    let mut p = Proc::test_prog("threads");
+    p.dump(&[]);
+    p.end_original();
+    let img = p.images();
+    let out = std::process::Command::new("setpriv")
+        .args([
+            "--bounding-set=-mknod",
+            env!("CARGO_BIN_EXE_godwit"),
+            "restore",
+            "--images",
+        ])
+        .arg(&img)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("setpriv (util-linux)");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "restore should be refused");
+    assert!(err.contains("lacks") && err.contains("27"), "{err}");
+    assert!(gone(p.pid), "a refused restore leaves no process behind");
+}
+
+/// After a --leave-running dump the original keeps every attribute the
+/// freeze touched (syscall user dispatch is paused while frozen and on
+/// again at release), and so does the copy.
+#[test]
+fn procattrs_original_and_copy_after_leave_running() {
+    let mut p = common::Proc::test_prog("procattrs");
+    p.dump(&["--leave-running"]);
     original_then_copy_pass(&mut p);
 }

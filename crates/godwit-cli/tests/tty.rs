@@ -216,6 +216,7 @@ fn shell_job() {
         pid,
         tree: Vec::new(),
         dir,
+        affinity: Vec::new(),
     };
     wait_ready(&p);
     a.send("hello");
@@ -403,6 +404,7 @@ fn no_controlling_terminal_stays_none() {
         pid,
         tree: Vec::new(),
         dir,
+        affinity: Vec::new(),
     };
     p.dump(&[]);
     holder.wait().unwrap();

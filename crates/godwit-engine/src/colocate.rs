@@ -42,11 +42,17 @@ impl OneCpu {
         }
     }
 
-    /// Gives task `tid` the CPUs godwit had (what it would have inherited).
-    pub fn release(&self, tid: i32) {
-        if let Err(e) = sched::set_affinity(tid, &self.wide) {
-            tracing::warn!(tid, error = %e, "could not give a restored task back all CPUs");
-        }
+    /// The CPUs godwit had before it pinned itself.
+    pub fn wide(&self) -> CpuSet {
+        self.wide
+    }
+}
+
+/// Gives task `tid` the CPUs `wide` (godwit's: what a restored task of an
+/// image without saved affinity would have inherited).
+pub fn give_cpus(tid: i32, wide: &CpuSet) {
+    if let Err(e) = sched::set_affinity(tid, wide) {
+        tracing::warn!(tid, error = %e, "could not give a restored task back all CPUs");
     }
 }
 

@@ -4,7 +4,7 @@ use crate::error::{DumpCtx, EngineError, Result};
 use crate::freeze::{freeze_tree, release_all, CgroupFreeze, Frozen, Member};
 use crate::precopy::{self, FrozenPlan, Tracker};
 use crate::remote::Remote;
-use crate::resources::{attrs, files, memory, signals, sockets, threads, timers, tty};
+use crate::resources::{attrs, files, locks, memory, signals, sockets, threads, timers, tty};
 use crate::schema::PageSpan;
 use crate::schema::{Checkpoint, CpuFeatures, DumpStats, Process};
 use crate::snapshot::Snapshot;
@@ -377,6 +377,7 @@ pub fn dump_to(
         false => Some(tcp),
     };
     files::link_descriptions(&mut procs)?;
+    locks::check_tree(&procs)?;
     tty::link(&mut procs, opts.shell_job)?;
     let bases: Vec<u64> = procs
         .iter()
@@ -843,6 +844,8 @@ fn collect_one(
 fn collect(r: &Remote, frozen: &Frozen, mut p: Process) -> Result<Process> {
     let t = Instant::now();
     let lap = |what: &str| tracing::debug!(ms = t.elapsed().as_secs_f64() * 1e3, "collect: {what}");
+    p.stop_signal = frozen.stop_signal;
+    p.vma_policies = crate::resources::numa::dump_vmas(r)?;
     let sig = signals::dump(r)?;
     p.sigactions = sig.actions;
     p.shared_pending = sig.shared_pending;

@@ -71,6 +71,8 @@ pub enum EngineError {
 
     #[error("migration: {0}")]
     Migration(String),
+    #[error("restore of process {pid} refused: {what}")]
+    Refused { pid: i32, what: String },
 
     #[error("restore of process {pid} failed while {stage}: {source}")]
     Restore {

@@ -13,6 +13,10 @@ pub struct FrozenThread {
     pub tid: i32,
     pub regs: GpRegs,
     pub sigmask: u64,
+    /// Syscall user dispatch the thread had on (mode, selector, offset,
+    /// len): switched off while frozen, so that injected calls are not
+    /// turned into SIGSYS, and on again at release.
+    pub syscall_dispatch: Option<[u64; 4]>,
 }
 
 /// A process whose threads are all in a ptrace stop. Dropping it without
@@ -20,6 +24,9 @@ pub struct FrozenThread {
 pub struct Frozen {
     pub pid: i32,
     pub threads: Vec<FrozenThread>,
+    /// Stopped by job control with this signal (the group stop its threads
+    /// reported when seized); 0: running.
+    pub stop_signal: i32,
     done: bool,
 }
 
@@ -35,6 +42,7 @@ impl Frozen {
         let mut frozen = Frozen {
             pid,
             threads: Vec::new(),
+            stop_signal: 0,
             done: false,
         };
         let mut seen: BTreeMap<i32, ()> = BTreeMap::new();
@@ -74,7 +82,7 @@ impl Frozen {
     /// Waits for seized, interrupted thread `tid` to stop and records it.
     fn collect_stop(&mut self, tid: i32) -> Result<()> {
         let pid = self.pid;
-        if !wait_interrupt_stop(tid).dumping(pid, "stopping threads")? {
+        let Some(sig) = wait_interrupt_stop_sig(tid).dumping(pid, "stopping threads")? else {
             if tid == pid {
                 return Err(EngineError::ProcessExited {
                     pid,
@@ -82,10 +90,30 @@ impl Frozen {
                 });
             }
             return Ok(());
+        };
+        // A seized task reports SIGTRAP, or the group's stop signal while
+        // the process is stopped by job control.
+        if matches!(
+            sig,
+            libc::SIGSTOP | libc::SIGTSTP | libc::SIGTTIN | libc::SIGTTOU
+        ) {
+            self.stop_signal = sig;
         }
         let regs = ptrace::get_regs(tid).dumping(pid, "reading registers")?;
         let sigmask = ptrace::get_sigmask(tid).dumping(pid, "reading signal mask")?;
-        self.threads.push(FrozenThread { tid, regs, sigmask });
+        let syscall_dispatch = ptrace::syscall_dispatch(tid)
+            .dumping(pid, "reading syscall user dispatch")?
+            .filter(|c| c[0] != 0);
+        if syscall_dispatch.is_some() {
+            ptrace::set_syscall_dispatch(tid, [0; 4])
+                .dumping(pid, "pausing syscall user dispatch")?;
+        }
+        self.threads.push(FrozenThread {
+            tid,
+            regs,
+            sigmask,
+            syscall_dispatch,
+        });
         Ok(())
     }
 
@@ -159,17 +187,27 @@ fn release_thread(t: &FrozenThread) -> godwit_sys::Result<()> {
     regs.rewind_interrupted_syscall();
     ptrace::set_regs(t.tid, &regs)?;
     ptrace::set_sigmask(t.tid, t.sigmask)?;
+    if let Some(c) = t.syscall_dispatch {
+        ptrace::set_syscall_dispatch(t.tid, c)?;
+    }
     ptrace::detach(t.tid)
 }
 
 /// Waits for the stop caused by PTRACE_INTERRUPT, passing on signals that
 /// arrive first. Returns false if the thread exited.
 pub(crate) fn wait_interrupt_stop(tid: i32) -> godwit_sys::Result<bool> {
+    Ok(wait_interrupt_stop_sig(tid)?.is_some())
+}
+
+/// [`wait_interrupt_stop`], returning the signal of the PTRACE_EVENT_STOP
+/// (SIGTRAP, or the stop signal of a job-control stop); None if the
+/// thread exited.
+fn wait_interrupt_stop_sig(tid: i32) -> godwit_sys::Result<Option<i32>> {
     loop {
         match ptrace::wait(tid)? {
-            Stop::EventStop(_) => return Ok(true),
+            Stop::EventStop(sig) => return Ok(Some(sig)),
             Stop::Signal(sig) => ptrace::cont(tid, sig)?,
-            Stop::Exited(_) | Stop::Killed(_) => return Ok(false),
+            Stop::Exited(_) | Stop::Killed(_) => return Ok(None),
             Stop::Syscall | Stop::Event(_) => ptrace::cont(tid, 0)?,
         }
     }

@@ -11,7 +11,9 @@
 use crate::error::{EngineError, RestoreCtx, Result};
 use crate::freeze;
 use crate::remote::Remote;
-use crate::resources::{attrs, files, memory, signals, sockets, sysv, threads, timers, tty};
+use crate::resources::{
+    attrs, caps, files, jobctl, locks, memory, sched, signals, sockets, sysv, threads, timers, tty,
+};
 use crate::schema::{Checkpoint, Process, Vma, VmaKind};
 use crate::Progress;
 use godwit_sys::mem::{self, Range};
@@ -176,6 +178,8 @@ pub fn restore_from(
             )));
         }
         attrs::check(p)?;
+        sched::check(p)?;
+        caps::check(p)?;
         memory::check_files(&p.vmas, opts.allow_file_changes)?;
         files::check(&p.fds, opts.allow_file_changes)?;
         sockets::tcp::check(p, opts.tcp_established)?;
@@ -446,12 +450,14 @@ fn resurrect(
         .map(|o| o.as_ref().map(|(r, _)| *r))
         .collect();
     plan.restore_foreground(procs, &processes)?;
-    // Phase 4: credentials, last: after them we may no longer be allowed the rest.
+    // Phase 4: credentials and capabilities, last: after them we may no
+    // longer be allowed the rest; then what changing them reset.
     for (i, p) in procs.iter().enumerate() {
         if let Some((r, tids)) = &remotes[i] {
-            for &t in tids {
-                attrs::restore_creds(&r.for_thread(t), p)?;
+            for (t, &host) in p.threads.iter().zip(tids) {
+                attrs::restore_creds(&r.for_thread(host), p, t)?;
             }
+            attrs::restore_dumpable(r, p)?;
         }
     }
     // Phase 5: drop the trampolines (the thread stops at syscall exit, before
@@ -473,17 +479,33 @@ fn resurrect(
     verified()?;
     tracing::debug!(ms = t0.elapsed().as_secs_f64() * 1e3, "verified");
     plan.finish_terminals()?;
-    // A migration's go: until then the connections stay in repair mode, so
-    // that the source can take them back if the switch-over fails.
-    gate(pid)?;
-    plan.finish_tcp()?;
-    if let Some(c) = &one_cpu {
-        for (_, tids) in remotes.iter().flatten() {
-            tids.iter().for_each(|&t| c.release(t));
+    // Godwit leaves the CPU it shared with the threads; each thread gets
+    // the scheduling it had (older images: godwit's CPUs).
+    let wide = one_cpu.as_ref().map(|c| c.wide());
+    drop(one_cpu);
+    for (i, p) in procs.iter().enumerate() {
+        if let Some((r, tids)) = &remotes[i] {
+            for (t, &host) in p.threads.iter().zip(tids) {
+                match (&t.sched, &wide) {
+                    (Some(s), _) => sched::restore(r.pid, host, t.tid, s)?,
+                    (None, Some(w)) => crate::colocate::give_cpus(host, w),
+                    (None, None) => {}
+                }
+                threads::restore_syscall_dispatch(r.pid, host, t)?;
+            }
         }
     }
+    // A migration's go, once nothing is left that could fail but the
+    // detach: until then the connections stay in repair mode, so that the
+    // source can take them back if the switch-over fails.
+    gate(pid)?;
+    plan.finish_tcp()?;
     for (i, p) in procs.iter().enumerate().rev() {
-        if let Some((_, tids)) = &remotes[i] {
+        if let Some((r, tids)) = &remotes[i] {
+            if p.stop_signal != 0 {
+                jobctl::detach_stopped(r.pid, tids, p)?;
+                continue;
+            }
             for &t in tids.iter().rev() {
                 ptrace::detach(t).restoring(p.pid, "starting the process")?;
             }
@@ -643,11 +665,15 @@ fn build(
     place_vdso(r, &p.vmas)?;
     lap("vdso");
     memory::restore(r, &p.vmas, pages, progress, &|id| shm.fd(id))?;
+    crate::resources::numa::restore_vmas(r, p)?;
     shm.close(r)?;
     lap("memory");
     attrs::restore_mm(r, p)?;
     files::restore_cwd(r, &p.cwd)?;
     plan.place(r, p)?;
+    // After every descriptor of this process is placed (closing one would
+    // drop its POSIX locks).
+    locks::restore(r, p)?;
     lap("mm, cwd, fds");
     signals::restore_handlers(r, &p.sigactions, &p.itimers)?;
     lap("signal handlers");

@@ -115,6 +115,17 @@ pub struct Process {
     /// it); 0 when the process has none.
     #[prost(uint64, tag = "27")]
     pub ctty_dev: u64,
+    /// Stopped by job control (group stop) with this signal (SIGSTOP,
+    /// SIGTSTP, SIGTTIN, SIGTTOU); 0: running.
+    #[prost(int32, tag = "28")]
+    pub stop_signal: i32,
+    /// Process-wide attributes; absent in older images (then left as a
+    /// child of godwit gets them).
+    #[prost(message, optional, tag = "29")]
+    pub attrs: Option<ProcAttrs>,
+    /// Memory areas with their own memory policy (mbind).
+    #[prost(message, repeated, tag = "30")]
+    pub vma_policies: Vec<VmaPolicy>,
 }
 
 /// A SysV shared memory segment, recreated with the same key and id.
@@ -368,6 +379,20 @@ pub struct Thread {
     pub altstack: Option<SigAltStack>,
     #[prost(string, tag = "11")]
     pub comm: String,
+    /// Scheduling; absent in older images (then: godwit's CPUs, as a
+    /// child of godwit).
+    #[prost(message, optional, tag = "12")]
+    pub sched: Option<Sched>,
+    /// Capabilities, securebits, no_new_privs; absent in older images.
+    #[prost(message, optional, tag = "13")]
+    pub caps: Option<Caps>,
+    /// Parent-death signal, timer slack; absent in older images.
+    #[prost(message, optional, tag = "14")]
+    pub attrs: Option<ThreadAttrs>,
+    /// This thread's own credentials (they are per thread); absent in
+    /// older images (then the process's).
+    #[prost(message, optional, tag = "15")]
+    pub creds: Option<Creds>,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -498,6 +523,9 @@ pub struct Fd {
     /// Terminals: which side of which pty, and its settings.
     #[prost(message, optional, tag = "18")]
     pub tty: Option<Tty>,
+    /// File locks held through this descriptor (resources::locks).
+    #[prost(message, repeated, tag = "19")]
+    pub locks: Vec<FileLock>,
 }
 
 /// One side of a pseudo-terminal (resources::tty).
@@ -780,6 +808,159 @@ pub struct TcpConnection {
     /// the restore. Not counted in `recv_seq` + `recv_queue`.
     #[prost(bool, tag = "20")]
     pub fin_received: bool,
+}
+
+/// The scheduling of one thread.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Sched {
+    /// SCHED_OTHER 0, FIFO 1, RR 2, BATCH 3, IDLE 5.
+    #[prost(uint32, tag = "1")]
+    pub policy: u32,
+    /// Real-time priority (FIFO, RR).
+    #[prost(uint32, tag = "2")]
+    pub priority: u32,
+    #[prost(int32, tag = "3")]
+    pub nice: i32,
+    /// SCHED_RESET_ON_FORK.
+    #[prost(bool, tag = "4")]
+    pub reset_on_fork: bool,
+    /// CPU affinity: bit c % 64 of word c / 64 for CPU c.
+    #[prost(uint64, repeated, tag = "5")]
+    pub cpus: Vec<u64>,
+    /// I/O priority (ioprio_get): class << 13 | level.
+    #[prost(int32, tag = "6")]
+    pub ioprio: i32,
+    /// A custom time slice (sched_setattr sched_runtime under SCHED_OTHER,
+    /// BATCH or IDLE, Linux 6.12+), nanoseconds; 0: the default.
+    #[prost(uint64, tag = "7")]
+    pub slice_ns: u64,
+}
+
+/// The capability sets, securebits and no_new_privs of one thread.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Caps {
+    #[prost(uint64, tag = "1")]
+    pub inheritable: u64,
+    #[prost(uint64, tag = "2")]
+    pub permitted: u64,
+    #[prost(uint64, tag = "3")]
+    pub effective: u64,
+    #[prost(uint64, tag = "4")]
+    pub bounding: u64,
+    #[prost(uint64, tag = "5")]
+    pub ambient: u64,
+    /// PR_GET_SECUREBITS.
+    #[prost(uint32, tag = "6")]
+    pub securebits: u32,
+    #[prost(bool, tag = "7")]
+    pub no_new_privs: bool,
+}
+
+/// Per-thread attributes set with prctl.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ThreadAttrs {
+    /// PR_GET_PDEATHSIG (0: none).
+    #[prost(int32, tag = "1")]
+    pub pdeathsig: i32,
+    /// PR_GET_TIMERSLACK, nanoseconds.
+    #[prost(uint64, tag = "2")]
+    pub timer_slack_ns: u64,
+    /// PR_GET_TSC gave PR_TSC_SIGSEGV (rdtsc faults).
+    #[prost(bool, tag = "3")]
+    pub tsc_sigsegv: bool,
+    /// PR_MCE_KILL_GET: 0 late, 1 early, 2 the system's default.
+    #[prost(int32, tag = "4")]
+    pub mce_kill: i32,
+    /// ARCH_GET_CPUID gave 0: the cpuid instruction faults.
+    #[prost(bool, tag = "5")]
+    pub cpuid_faulting: bool,
+    /// Syscall user dispatch (PR_SET_SYSCALL_USER_DISPATCH): mode (0 off),
+    /// selector address, offset and length of the always-allowed range.
+    #[prost(uint64, repeated, tag = "6")]
+    pub syscall_dispatch: Vec<u64>,
+    /// Speculation control set for this thread (PR_SET_SPECULATION_CTRL),
+    /// as /proc/PID/task/TID/status shows it: the PR_SPEC_* state to set
+    /// for speculative store bypass and indirect branch (0: as the system
+    /// gives it).
+    #[prost(uint32, tag = "7")]
+    pub spec_store_bypass: u32,
+    #[prost(uint32, tag = "8")]
+    pub spec_indirect_branch: u32,
+    /// The thread's memory policy (get_mempolicy): mode with its flags
+    /// (0: MPOL_DEFAULT) and node mask words.
+    #[prost(uint32, tag = "9")]
+    pub mempolicy_mode: u32,
+    #[prost(uint64, repeated, tag = "10")]
+    pub mempolicy_nodes: Vec<u64>,
+}
+
+/// Process-wide attributes.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ProcAttrs {
+    /// /proc/PID/oom_score_adj.
+    #[prost(int32, tag = "1")]
+    pub oom_score_adj: i32,
+    /// /proc/PID/loginuid (4294967295: unset).
+    #[prost(uint32, tag = "2")]
+    pub loginuid: u32,
+    /// PR_GET_CHILD_SUBREAPER.
+    #[prost(bool, tag = "3")]
+    pub child_subreaper: bool,
+    /// PR_GET_THP_DISABLE (its raw result).
+    #[prost(uint32, tag = "4")]
+    pub thp_disable: u32,
+    /// PR_GET_DUMPABLE (0, 1 or 2).
+    #[prost(uint32, tag = "5")]
+    pub dumpable: u32,
+    /// membarrier registrations found: MEMBARRIER_CMD_REGISTER_* bits
+    /// (PRIVATE_EXPEDITED 16, _SYNC_CORE 64, _RSEQ 256).
+    #[prost(uint32, tag = "6")]
+    pub membarrier: u32,
+    /// PR_GET_MDWE (memory-deny-write-execute flags).
+    #[prost(uint32, tag = "7")]
+    pub mdwe: u32,
+    /// The nice value of the session's autogroup (/proc/PID/autogroup).
+    #[prost(int32, tag = "8")]
+    pub autogroup_nice: i32,
+}
+
+/// A file lock held through a descriptor.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct FileLock {
+    /// 1 POSIX record lock (fcntl F_SETLK, owned by the process), 2 OFD
+    /// lock (F_OFD_SETLK, owned by the open file description), 3 flock.
+    #[prost(uint32, tag = "1")]
+    pub kind: u32,
+    /// A write (exclusive) lock; else read (shared).
+    #[prost(bool, tag = "2")]
+    pub write: bool,
+    #[prost(uint64, tag = "3")]
+    pub start: u64,
+    /// Bytes locked; 0: to the end of the file (and beyond).
+    #[prost(uint64, tag = "4")]
+    pub len: u64,
+    /// The locked file's device and inode at dump time.
+    #[prost(uint32, tag = "5")]
+    pub dev_major: u32,
+    #[prost(uint32, tag = "6")]
+    pub dev_minor: u32,
+    #[prost(uint64, tag = "7")]
+    pub ino: u64,
+}
+
+/// The memory policy of one memory area (mbind).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct VmaPolicy {
+    #[prost(uint64, tag = "1")]
+    pub start: u64,
+    #[prost(uint64, tag = "2")]
+    pub end: u64,
+    /// MPOL_* mode with its MPOL_F_* flags.
+    #[prost(uint32, tag = "3")]
+    pub mode: u32,
+    /// Node mask words.
+    #[prost(uint64, repeated, tag = "4")]
+    pub nodes: Vec<u64>,
 }
 
 #[cfg(test)]

@@ -148,7 +148,16 @@ impl Injector {
         regs.r13 = n;
         ptrace::set_regs(tid, &regs)?;
         ptrace::cont(tid, 0)?;
-        match ptrace::wait(tid)? {
+        let mut stop = ptrace::wait(tid)?;
+        // As in expect_syscall_stop: a job-control stop's extra trap first.
+        for _ in 0..4 {
+            if !matches!(stop, Stop::EventStop(_)) {
+                break;
+            }
+            ptrace::cont(tid, 0)?;
+            stop = ptrace::wait(tid)?;
+        }
+        match stop {
             Stop::Signal(libc::SIGTRAP) => {}
             other => {
                 return Err(unexpected(
@@ -175,11 +184,23 @@ impl Injector {
         Ok(out.ret as u64)
     }
 
+    /// Waits for the syscall-entry stop. A task seized while stopped by job
+    /// control may report one more PTRACE_EVENT_STOP first (the seize and
+    /// the interrupt each asked for one): it ran no instruction, so it is
+    /// resumed again.
     fn expect_syscall_stop(&self, doing: &'static str) -> Result<()> {
-        match ptrace::wait(self.tid)? {
-            Stop::Syscall => Ok(()),
-            other => Err(unexpected(self.tid, other, doing)),
+        for _ in 0..4 {
+            match ptrace::wait(self.tid)? {
+                Stop::Syscall => return Ok(()),
+                Stop::EventStop(_) => ptrace::syscall(self.tid)?,
+                other => return Err(unexpected(self.tid, other, doing)),
+            }
         }
+        Err(SysError::UnexpectedStop {
+            tid: self.tid,
+            detail: "repeated PTRACE_EVENT_STOP".into(),
+            doing,
+        })
     }
 }
 

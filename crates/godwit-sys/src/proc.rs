@@ -193,6 +193,13 @@ pub struct Status {
     /// The PID in each nested PID namespace, outermost first.
     pub nspid: Vec<i32>,
     pub cap_eff: u64,
+    /// Inheritable, permitted, bounding and ambient capability sets.
+    pub cap_inh: u64,
+    pub cap_prm: u64,
+    pub cap_bnd: u64,
+    pub cap_amb: u64,
+    /// The no_new_privs bit.
+    pub no_new_privs: bool,
     /// Signals with a handler (SigCgt) and ignored ones (SigIgn), bit n-1 for signal n.
     pub sig_cgt: u64,
     pub sig_ign: u64,
@@ -208,6 +215,9 @@ pub fn parse_status(text: &str, path: &str) -> Result<Status> {
             .filter_map(|s| s.parse().ok())
             .collect();
         x.try_into().map_err(|_| bad(path, "bad Uid/Gid line"))
+    };
+    let hex = |v: &str, what: &str| -> Result<u64> {
+        u64::from_str_radix(v, 16).map_err(|_| bad(path, format!("bad {what}")))
     };
     for line in text.lines() {
         let Some((k, v)) = line.split_once(':') else {
@@ -231,7 +241,12 @@ pub fn parse_status(text: &str, path: &str) -> Result<Status> {
                     .filter_map(|s| s.parse().ok())
                     .collect()
             }
-            "CapEff" => st.cap_eff = u64::from_str_radix(v, 16).unwrap_or(0),
+            "CapEff" => st.cap_eff = hex(v, "CapEff")?,
+            "CapInh" => st.cap_inh = hex(v, "CapInh")?,
+            "CapPrm" => st.cap_prm = hex(v, "CapPrm")?,
+            "CapBnd" => st.cap_bnd = hex(v, "CapBnd")?,
+            "CapAmb" => st.cap_amb = hex(v, "CapAmb")?,
+            "NoNewPrivs" => st.no_new_privs = v == "1",
             "SigCgt" => {
                 st.sig_cgt = u64::from_str_radix(v, 16).map_err(|_| bad(path, "bad SigCgt"))?
             }
@@ -254,6 +269,21 @@ pub fn parse_status(text: &str, path: &str) -> Result<Status> {
 pub fn status(pid: i32) -> Result<Status> {
     let path = format!("/proc/{pid}/status");
     parse_status(&read(&path)?, &path)
+}
+
+/// /proc/PID/task/TID/status: the per-thread fields (credentials,
+/// capabilities, no_new_privs) of one thread.
+pub fn task_status(pid: i32, tid: i32) -> Result<Status> {
+    let path = format!("/proc/{pid}/task/{tid}/status");
+    parse_status(&read(&path)?, &path)
+}
+
+/// A small /proc file holding one integer (oom_score_adj, loginuid, ...).
+pub fn read_int(path: &str) -> Result<i64> {
+    let text = read(path)?;
+    text.trim()
+        .parse()
+        .map_err(|_| bad(path, format!("not an integer: {:?}", text.trim())))
 }
 
 /// The thread ids of a process, sorted.
@@ -286,6 +316,76 @@ pub struct FdInfo {
     pub flags: u32,
     pub mnt_id: u64,
     pub ino: u64,
+    /// The locks held through this open file description ("lock:" lines):
+    /// POSIX locks of the process, OFD locks, flock locks, leases.
+    pub locks: Vec<LockLine>,
+}
+
+/// One lock as /proc/locks and the "lock:" lines of fdinfo show it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LockLine {
+    /// POSIX, OFDLCK, FLOCK, LEASE, DELEG, ...
+    pub kind: String,
+    /// ADVISORY (or MANDATORY, ACTIVE, BREAKING, ... for leases).
+    pub mode: String,
+    /// READ, WRITE (or UNLCK, RW, NONE).
+    pub access: String,
+    /// The owner's PID (-1 for OFD locks).
+    pub pid: i32,
+    pub dev_major: u32,
+    pub dev_minor: u32,
+    pub ino: u64,
+    pub start: u64,
+    /// Last byte, inclusive; None: to the end of the file.
+    pub end: Option<u64>,
+}
+
+/// Parses one lock line after its "N: " number, such as
+/// `POSIX  ADVISORY  WRITE 1234 fe:00:1001 10 29`.
+pub fn parse_lock_line(text: &str) -> Option<LockLine> {
+    let mut w = text.split_whitespace();
+    let kind = w.next()?.to_string();
+    let mode = w.next()?.to_string();
+    let access = w.next()?.to_string();
+    let pid = w.next()?.parse().ok()?;
+    let mut dev = w.next()?.split(':');
+    let dev_major = u32::from_str_radix(dev.next()?, 16).ok()?;
+    let dev_minor = u32::from_str_radix(dev.next()?, 16).ok()?;
+    let ino = dev.next()?.parse().ok()?;
+    let start = w.next()?.parse().ok()?;
+    let end = match w.next()? {
+        "EOF" => None,
+        n => Some(n.parse().ok()?),
+    };
+    Some(LockLine {
+        kind,
+        mode,
+        access,
+        pid,
+        dev_major,
+        dev_minor,
+        ino,
+        start,
+        end,
+    })
+}
+
+/// Strips the "N: " (and, for a waiter, "N: -> ") in front of a lock line;
+/// None for waiters (blocked requests, not locks).
+fn lock_body(line: &str) -> Option<&str> {
+    let (_, rest) = line.split_once(':')?;
+    let rest = rest.trim_start();
+    (!rest.starts_with("->")).then_some(rest)
+}
+
+/// Every lock held on this host (/proc/locks), waiters left out.
+pub fn locks() -> Result<Vec<LockLine>> {
+    let path = "/proc/locks";
+    let text = read(path)?;
+    text.lines()
+        .filter_map(lock_body)
+        .map(|l| parse_lock_line(l).ok_or_else(|| bad(path, format!("bad lock line {l:?}"))))
+        .collect()
 }
 
 pub fn fdinfo(pid: i32, fd: i32) -> Result<FdInfo> {
@@ -302,6 +402,12 @@ pub fn fdinfo(pid: i32, fd: i32) -> Result<FdInfo> {
             "flags" => fi.flags = u32::from_str_radix(v, 8).map_err(|_| bad(&path, "bad flags"))?,
             "mnt_id" => fi.mnt_id = v.parse().unwrap_or(0),
             "ino" => fi.ino = v.parse().unwrap_or(0),
+            "lock" => {
+                let l = lock_body(v)
+                    .and_then(parse_lock_line)
+                    .ok_or_else(|| bad(&path, format!("bad lock line {v:?}")))?;
+                fi.locks.push(l);
+            }
             _ => {}
         }
     }
@@ -393,6 +499,41 @@ pub fn parse_limits(text: &str, path: &str) -> Result<Vec<(u64, u64)>> {
     Ok(out)
 }
 
+/// The VMAs of `pid` that /proc/PID/numa_maps shows with a policy other
+/// than "default" (their own, from mbind, or else the thread's): (start
+/// address, policy as the kernel prints it). Empty without CONFIG_NUMA.
+pub fn vma_policies(pid: i32) -> Result<Vec<(u64, String)>> {
+    let path = format!("/proc/{pid}/numa_maps");
+    if !std::path::Path::new(&path).exists() {
+        return Ok(Vec::new());
+    }
+    let text = read(&path)?;
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let mut w = line.split_whitespace();
+        let (Some(start), Some(policy)) = (w.next(), w.next()) else {
+            continue;
+        };
+        if policy == "default" {
+            continue;
+        }
+        let start = u64::from_str_radix(start, 16).map_err(|_| bad(&path, "bad address"))?;
+        out.push((start, policy.to_string()));
+    }
+    Ok(out)
+}
+
+/// The nice value of thread `tid` (field 19 of /proc/PID/task/TID/stat):
+/// also the one a real-time thread returns to if made SCHED_OTHER again.
+pub fn task_nice(pid: i32, tid: i32) -> Result<i32> {
+    let path = format!("/proc/{pid}/task/{tid}/stat");
+    let text = read(&path)?;
+    text.rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().nth(16))
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| bad(&path, "no nice field"))
+}
+
 pub fn comm(pid: i32, tid: i32) -> Result<String> {
     Ok(read(&format!("/proc/{pid}/task/{tid}/comm"))?
         .trim_end_matches('\n')
@@ -402,6 +543,27 @@ pub fn comm(pid: i32, tid: i32) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lock_lines() {
+        let l = parse_lock_line("POSIX  ADVISORY  WRITE 6420 fe:00:10011155 10 29").unwrap();
+        assert_eq!(
+            (l.kind.as_str(), l.access.as_str(), l.pid),
+            ("POSIX", "WRITE", 6420)
+        );
+        assert_eq!((l.dev_major, l.dev_minor, l.ino), (0xfe, 0, 10011155));
+        assert_eq!((l.start, l.end), (10, Some(29)));
+        let l = parse_lock_line("OFDLCK ADVISORY  READ -1 08:01:77 100 EOF").unwrap();
+        assert_eq!((l.pid, l.end), (-1, None));
+        assert_eq!(
+            lock_body("3: FLOCK  ADVISORY  WRITE 1 00:1f:2 0 EOF"),
+            Some("FLOCK  ADVISORY  WRITE 1 00:1f:2 0 EOF")
+        );
+        assert_eq!(
+            lock_body("3: -> FLOCK  ADVISORY  WRITE 1 00:1f:2 0 EOF"),
+            None
+        );
+    }
 
     #[test]
     fn map_lines() {

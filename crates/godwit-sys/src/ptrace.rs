@@ -59,6 +59,45 @@ pub fn detach(tid: i32) -> Result<()> {
     req(libc::PTRACE_DETACH, tid, 0, 0, "PTRACE_DETACH").map(drop)
 }
 
+const PTRACE_GET_SYSCALL_USER_DISPATCH_CONFIG: libc::c_uint = 0x4211;
+const PTRACE_SET_SYSCALL_USER_DISPATCH_CONFIG: libc::c_uint = 0x4210;
+
+/// Syscall user dispatch of a stopped task (PR_SET_SYSCALL_USER_DISPATCH):
+/// mode (0 off, 1 on), selector address, offset and length of the range
+/// whose syscalls always pass. None: the kernel cannot tell (before 5.19).
+pub fn syscall_dispatch(tid: i32) -> Result<Option<[u64; 4]>> {
+    let mut cfg = [0u64; 4];
+    match req(
+        PTRACE_GET_SYSCALL_USER_DISPATCH_CONFIG,
+        tid,
+        std::mem::size_of_val(&cfg),
+        cfg.as_mut_ptr() as usize,
+        "PTRACE_GET_SYSCALL_USER_DISPATCH_CONFIG",
+    ) {
+        Ok(_) => Ok(Some(cfg)),
+        Err(e) if e.errno() == Some(libc::EIO) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Sets the syscall user dispatch of a stopped task ([`syscall_dispatch`]).
+pub fn set_syscall_dispatch(tid: i32, cfg: [u64; 4]) -> Result<()> {
+    req(
+        PTRACE_SET_SYSCALL_USER_DISPATCH_CONFIG,
+        tid,
+        std::mem::size_of_val(&cfg),
+        cfg.as_ptr() as usize,
+        "PTRACE_SET_SYSCALL_USER_DISPATCH_CONFIG",
+    )
+    .map(drop)
+}
+
+/// Detaches from a task in a signal-delivery stop, delivering `sig` to it
+/// (a stop signal stops it, as it would have without a tracer).
+pub fn detach_with_signal(tid: i32, sig: i32) -> Result<()> {
+    req(libc::PTRACE_DETACH, tid, 0, sig as usize, "PTRACE_DETACH").map(drop)
+}
+
 /// Resumes a stopped task, delivering `sig` (0 for none).
 pub fn cont(tid: i32, sig: i32) -> Result<()> {
     req(libc::PTRACE_CONT, tid, 0, sig as usize, "PTRACE_CONT").map(drop)

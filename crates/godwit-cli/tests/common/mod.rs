@@ -169,6 +169,9 @@ pub struct Proc {
     /// The descendants when the program said it was ready.
     pub tree: Vec<i32>,
     pub dir: tempfile::TempDir,
+    /// Cpus_allowed_list of each thread of the root ("PID/task/TID"), as
+    /// [`Proc::dump`] found it: a restore must give each its own back.
+    pub affinity: Vec<(String, String)>,
 }
 
 impl Proc {
@@ -197,6 +200,7 @@ impl Proc {
             pid,
             tree: Vec::new(),
             dir,
+            affinity: Vec::new(),
         }
     }
 
@@ -315,12 +319,13 @@ impl Proc {
         assert_eq!(out.trim(), self.pid.to_string(), "restore printed the PID");
         assert!(!gone(self.pid), "restored process is not running");
         // Restore pins itself and the process to one CPU while it rebuilds
-        // it: every thread must have been given all CPUs back.
-        let ours = cpus_allowed("self");
-        for t in std::fs::read_dir(format!("/proc/{}/task", self.pid)).unwrap() {
-            let t = t.unwrap().file_name().into_string().unwrap();
-            let theirs = cpus_allowed(&format!("{}/task/{t}", self.pid));
-            assert_eq!(theirs, ours, "restored thread {t} may not use every CPU");
+        // it: every thread must have been given its own CPUs back.
+        for (task, before) in &self.affinity {
+            let now = cpus_allowed(task);
+            if now.is_empty() {
+                continue; // the thread has exited since
+            }
+            assert_eq!(&now, before, "restored thread {task}: CPU affinity");
         }
     }
 
@@ -404,6 +409,17 @@ impl Proc {
             img.to_str().unwrap(),
         ];
         args.extend_from_slice(extra);
+        self.affinity = std::fs::read_dir(format!("/proc/{}/task", self.pid))
+            .map(|d| {
+                d.flatten()
+                    .map(|t| {
+                        let task = format!("{}/task/{}", self.pid, t.file_name().to_string_lossy());
+                        let cpus = cpus_allowed(&task);
+                        (task, cpus)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
         let v: serde_json::Value = serde_json::from_str(&godwit_ok(&args)).unwrap();
         for p in v["pids"].as_array().unwrap() {
             let p = p.as_i64().unwrap() as i32;

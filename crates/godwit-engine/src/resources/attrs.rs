@@ -4,12 +4,31 @@
 
 use crate::error::{DumpCtx, EngineError, RestoreCtx, Result};
 use crate::remote::Remote;
-use crate::schema::{Creds, MmLayout, Process, Rlimit};
+use crate::resources::caps;
+use crate::schema::{Creds, MmLayout, ProcAttrs, Process, Rlimit, Thread};
 use godwit_sys::{proc, process};
 
 const RLIMIT_COUNT: u32 = 16;
 const PR_SET_MM: u64 = 35;
 const PR_SET_MM_MAP: u64 = 14;
+const PR_SET_PDEATHSIG: u64 = 1;
+const PR_GET_DUMPABLE: u64 = 3;
+const PR_SET_DUMPABLE: u64 = 4;
+const PR_SET_CHILD_SUBREAPER: u64 = 36;
+const PR_GET_CHILD_SUBREAPER: u64 = 37;
+const PR_SET_THP_DISABLE: u64 = 41;
+const PR_GET_THP_DISABLE: u64 = 42;
+const PR_SET_MDWE: u64 = 65;
+const PR_GET_MDWE: u64 = 66;
+/// membarrier(2) commands: each PRIVATE_EXPEDITED flavour fails with EPERM
+/// in a process not registered for it; its registration is the next bit.
+const MEMBARRIER_PRIVATE: [(u64, &str); 3] = [
+    (1 << 3, "PRIVATE_EXPEDITED"),
+    (1 << 5, "PRIVATE_EXPEDITED_SYNC_CORE"),
+    (1 << 7, "PRIVATE_EXPEDITED_RSEQ"),
+];
+/// An unset loginuid.
+const NO_LOGINUID: u32 = u32::MAX;
 
 /// Fills the attribute fields of `p` for a frozen process. Uses injection for brk.
 pub fn dump(r: &Remote, p: &mut Process) -> Result<()> {
@@ -82,6 +101,241 @@ pub fn dump(r: &Remote, p: &mut Process) -> Result<()> {
         env_end: st.env_end,
         auxv: proc::auxv(pid).dumping(pid, "reading the auxiliary vector")?,
     });
+    p.attrs = Some(dump_proc_attrs(r)?);
+    Ok(())
+}
+
+/// oom_score_adj, loginuid, child subreaper, THP disable, dumpable and the
+/// membarrier registrations of a frozen process. Uses scratch bytes [0, 8).
+fn dump_proc_attrs(r: &Remote) -> Result<ProcAttrs> {
+    let pid = r.pid;
+    let stage = "reading process attributes";
+    let oom_score_adj =
+        proc::read_int(&format!("/proc/{pid}/oom_score_adj")).dumping(pid, stage)? as i32;
+    // loginuid is per thread (CONFIG_AUDIT): one value for all is kept.
+    let loginuid = match proc::read_int(&format!("/proc/{pid}/loginuid")) {
+        Ok(v) => v as u32,
+        Err(_) if !std::path::Path::new(&format!("/proc/{pid}/loginuid")).exists() => NO_LOGINUID,
+        Err(e) => return Err(e).dumping(pid, stage),
+    };
+    for tid in proc::tasks(pid).dumping(pid, stage)? {
+        let theirs = proc::read_int(&format!("/proc/{pid}/task/{tid}/loginuid"))
+            .map_or(loginuid, |v| v as u32);
+        if theirs != loginuid {
+            return Err(EngineError::Unsupported {
+                pid,
+                what: format!(
+                    "threads with different audit login uids (thread {tid}: {theirs}, the process: {loginuid})"
+                ),
+            });
+        }
+    }
+    let prctl = |name: &'static str, op: u64, arg: u64| {
+        r.call(name, libc::SYS_prctl, [op, arg, 0, 0, 0, 0])
+            .dumping(pid, stage)
+    };
+    prctl(
+        "prctl(PR_GET_CHILD_SUBREAPER)",
+        PR_GET_CHILD_SUBREAPER,
+        r.scratch,
+    )?;
+    let subreaper = r.get(0, 4).dumping(pid, stage)?;
+    let thp_disable = prctl("prctl(PR_GET_THP_DISABLE)", PR_GET_THP_DISABLE, 0)? as u32;
+    let dumpable = prctl("prctl(PR_GET_DUMPABLE)", PR_GET_DUMPABLE, 0)? as u32;
+    // EINVAL: a kernel before 6.3, without memory-deny-write-execute.
+    let mdwe = r
+        .inj()
+        .run(libc::SYS_prctl, [PR_GET_MDWE, 0, 0, 0, 0, 0])
+        .dumping(pid, stage)?
+        .ret
+        .max(0) as u32;
+    // A private expedited membarrier in a frozen process interrupts none
+    // of its threads (none runs); it fails with EPERM unless registered.
+    let mut membarrier = 0;
+    for (cmd, what) in MEMBARRIER_PRIVATE {
+        let out = r
+            .inj()
+            .run(libc::SYS_membarrier, [cmd, 0, 0, 0, 0, 0])
+            .dumping(pid, "probing membarrier registrations")?;
+        match -out.ret as i32 {
+            0 => membarrier |= (cmd << 1) as u32,
+            libc::EPERM | libc::EINVAL => {}
+            e => {
+                tracing::warn!(
+                    pid,
+                    "membarrier {what} probe: {}",
+                    std::io::Error::from_raw_os_error(e)
+                );
+            }
+        }
+    }
+    // "/autogroup-N nice V" (CONFIG_SCHED_AUTOGROUP).
+    let autogroup_nice = std::fs::read_to_string(format!("/proc/{pid}/autogroup"))
+        .ok()
+        .and_then(|t| t.split_whitespace().last().and_then(|v| v.parse().ok()))
+        .unwrap_or(0);
+    Ok(ProcAttrs {
+        autogroup_nice,
+        oom_score_adj,
+        loginuid,
+        child_subreaper: subreaper != [0; 4],
+        thp_disable,
+        dumpable,
+        membarrier,
+        mdwe,
+    })
+}
+
+/// Sets oom_score_adj (from outside), loginuid, child subreaper, THP disable
+/// and membarrier registrations, before the threads are created (they
+/// inherit loginuid) and while the process is still root. Uses scratch bytes
+/// [0, 64).
+pub fn restore_proc_attrs(r: &Remote, p: &Process) -> Result<()> {
+    let Some(a) = &p.attrs else { return Ok(()) };
+    let pid = r.pid;
+    let path = format!("/proc/{pid}/oom_score_adj");
+    let now = proc::read_int(&path).restoring(pid, "reading oom_score_adj")? as i32;
+    if now != a.oom_score_adj {
+        std::fs::write(&path, a.oom_score_adj.to_string()).map_err(|e| EngineError::Refused {
+            pid: p.pid,
+            what: format!(
+                "its oom_score_adj {} could not be set ({e}); lowering it below {now} needs CAP_SYS_RESOURCE",
+                a.oom_score_adj
+            ),
+        })?;
+    }
+    let lpath = format!("/proc/{pid}/loginuid");
+    let login_now = proc::read_int(&lpath).map_or(NO_LOGINUID, |v| v as u32);
+    if login_now != a.loginuid {
+        set_loginuid(r, a.loginuid).map_err(|e| EngineError::Refused {
+            pid: p.pid,
+            what: format!(
+                "its audit login uid {} could not be set ({e}); godwit's is {login_now} (see audit_set_loginuid: it needs CAP_AUDIT_CONTROL and a mutable loginuid)",
+                a.loginuid
+            ),
+        })?;
+    }
+    // A session's autogroup is the session leader's: set only where the
+    // restored process leads its own session (not a --shell-job root, which
+    // joined godwit's).
+    let leads = proc::stat(pid).is_ok_and(|st| st.session == pid);
+    if leads && a.autogroup_nice != 0 {
+        std::fs::write(
+            format!("/proc/{pid}/autogroup"),
+            a.autogroup_nice.to_string(),
+        )
+        .map_err(|e| EngineError::Refused {
+            pid: p.pid,
+            what: format!(
+                "the nice value {} of its session's autogroup could not be set ({e})",
+                a.autogroup_nice
+            ),
+        })?;
+    }
+    let stage = "setting process attributes";
+    if a.child_subreaper {
+        r.call(
+            "prctl(PR_SET_CHILD_SUBREAPER)",
+            libc::SYS_prctl,
+            [PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0, 0],
+        )
+        .restoring(pid, stage)?;
+    }
+    let thp_now = r
+        .call(
+            "prctl(PR_GET_THP_DISABLE)",
+            libc::SYS_prctl,
+            [PR_GET_THP_DISABLE, 0, 0, 0, 0, 0],
+        )
+        .restoring(pid, stage)? as u32;
+    if thp_now != a.thp_disable {
+        let (on, flags) = ((a.thp_disable != 0) as u64, (a.thp_disable & !1) as u64);
+        r.call(
+            "prctl(PR_SET_THP_DISABLE)",
+            libc::SYS_prctl,
+            [PR_SET_THP_DISABLE, on, flags, 0, 0, 0],
+        )
+        .restoring(pid, "setting THP disable")?;
+    }
+    for (cmd, _) in MEMBARRIER_PRIVATE {
+        if a.membarrier as u64 & (cmd << 1) != 0 {
+            r.call(
+                "membarrier(REGISTER)",
+                libc::SYS_membarrier,
+                [cmd << 1, 0, 0, 0, 0, 0],
+            )
+            .restoring(pid, "registering for membarrier")?;
+        }
+    }
+    Ok(())
+}
+
+/// Writes /proc/self/loginuid inside the process (the kernel lets only the
+/// task itself write it).
+fn set_loginuid(r: &Remote, uid: u32) -> godwit_sys::Result<()> {
+    let path = r.put_cstr(0, "/proc/self/loginuid")?;
+    let text = uid.to_string();
+    let buf = r.put(32, text.as_bytes())?;
+    let fd = r.call(
+        "openat(/proc/self/loginuid)",
+        libc::SYS_openat,
+        [
+            libc::AT_FDCWD as u64,
+            path,
+            (libc::O_WRONLY | libc::O_CLOEXEC) as u64,
+            0,
+            0,
+            0,
+        ],
+    )?;
+    let w = r.call(
+        "write(loginuid)",
+        libc::SYS_write,
+        [fd, buf, text.len() as u64, 0, 0, 0],
+    );
+    r.call("close", libc::SYS_close, [fd, 0, 0, 0, 0, 0])?;
+    w.map(drop)
+}
+
+/// Sets the dumpable flag, after every thread's credentials (changing them
+/// resets it to fs.suid_dumpable), and memory-deny-write-execute, which no
+/// later mmap of the restore needs to pass.
+pub fn restore_dumpable(r: &Remote, p: &Process) -> Result<()> {
+    let Some(a) = &p.attrs else { return Ok(()) };
+    let pid = r.pid;
+    if a.mdwe != 0 {
+        r.call(
+            "prctl(PR_SET_MDWE)",
+            libc::SYS_prctl,
+            [PR_SET_MDWE, a.mdwe as u64, 0, 0, 0, 0],
+        )
+        .restoring(pid, "setting memory-deny-write-execute")?;
+    }
+    let stage = "setting the dumpable flag";
+    if a.dumpable <= 1 {
+        r.call(
+            "prctl(PR_SET_DUMPABLE)",
+            libc::SYS_prctl,
+            [PR_SET_DUMPABLE, a.dumpable as u64, 0, 0, 0, 0],
+        )
+        .restoring(pid, stage)?;
+    }
+    let now = r
+        .call(
+            "prctl(PR_GET_DUMPABLE)",
+            libc::SYS_prctl,
+            [PR_GET_DUMPABLE, 0, 0, 0, 0, 0],
+        )
+        .restoring(pid, stage)? as u32;
+    if now != a.dumpable {
+        return Err(EngineError::Refused {
+            pid: p.pid,
+            what: format!(
+                "its dumpable flag {} could not be set (it is {now}; 2 comes only from fs.suid_dumpable)",
+                a.dumpable
+            ),
+        });
+    }
     Ok(())
 }
 
@@ -158,7 +412,8 @@ pub fn restore_mm(r: &Remote, p: &Process) -> Result<()> {
     Ok(())
 }
 
-/// umask, personality and resource limits.
+/// umask, personality, resource limits and the process-wide attributes
+/// ([`restore_proc_attrs`]).
 pub fn restore_misc(r: &Remote, p: &Process) -> Result<()> {
     let pid = r.pid;
     r.call("umask", libc::SYS_umask, [p.umask as u64, 0, 0, 0, 0, 0])
@@ -186,7 +441,7 @@ pub fn restore_misc(r: &Remote, p: &Process) -> Result<()> {
                 .restoring(pid, "setting resource limits")?;
         }
     }
-    Ok(())
+    restore_proc_attrs(r, p)
 }
 
 /// Makes the process a session leader if it was one (before it forks the
@@ -209,10 +464,39 @@ pub fn restore_pgid(r: &Remote, p: &Process) -> Result<()> {
     Ok(())
 }
 
-/// Drops to the saved credentials in one thread (credentials are per thread).
-pub fn restore_creds(rt: &Remote, p: &Process) -> Result<()> {
+/// Drops to the saved credentials and capabilities in one thread (both are
+/// per thread; see crate::resources::caps for the order), then sets what a
+/// change of credentials resets: the parent-death signal, no_new_privs last.
+pub fn restore_creds(rt: &Remote, p: &Process, t: &Thread) -> Result<()> {
     let pid = rt.pid;
-    let Some(c) = &p.creds else { return Ok(()) };
+    let Some(c) = t.creds.as_ref().or(p.creds.as_ref()) else {
+        return Ok(());
+    };
+    if let Some(k) = &t.caps {
+        caps::drop_bounding(rt, k)?;
+    }
+    restore_ids(rt, c, t.caps.is_some())?;
+    if let Some(k) = &t.caps {
+        caps::restore_sets(rt, k)?;
+    }
+    if let Some(a) = t.attrs.as_ref().filter(|a| a.pdeathsig != 0) {
+        rt.call(
+            "prctl(PR_SET_PDEATHSIG)",
+            libc::SYS_prctl,
+            [PR_SET_PDEATHSIG, a.pdeathsig as u64, 0, 0, 0, 0],
+        )
+        .restoring(pid, "setting the parent-death signal")?;
+    }
+    if let Some(k) = &t.caps {
+        caps::restore_no_new_privs(rt, k)?;
+    }
+    Ok(())
+}
+
+/// Groups, gids and uids; with `keep_caps`, the permitted capabilities
+/// survive the change of uids.
+fn restore_ids(rt: &Remote, c: &Creds, keep_caps: bool) -> Result<()> {
+    let pid = rt.pid;
     if c.uids.len() != 4 || c.gids.len() != 4 {
         return Err(EngineError::BadImage(
             "credentials need 4 uids and 4 gids".into(),
@@ -249,6 +533,9 @@ pub fn restore_creds(rt: &Remote, p: &Process) -> Result<()> {
         [c.gids[3] as u64, 0, 0, 0, 0, 0],
     )
     .restoring(pid, stage)?;
+    if keep_caps {
+        caps::keep_across_setuid(rt)?;
+    }
     rt.call(
         "setfsuid",
         libc::SYS_setfsuid,

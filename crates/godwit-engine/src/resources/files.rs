@@ -48,6 +48,7 @@ pub fn dump(pid: i32) -> Result<Files> {
         });
     }
     let mut fds = Vec::new();
+    let mut lock_lines = Vec::new();
     let mut pidfd: Option<OwnedFd> = None;
     for fd in proc::fds(pid).dumping(pid, "listing file descriptors")? {
         let target = proc::link(&format!("/proc/{pid}/fd/{fd}"))
@@ -55,6 +56,9 @@ pub fn dump(pid: i32) -> Result<Files> {
             .to_string_lossy()
             .into_owned();
         let info = proc::fdinfo(pid, fd).dumping(pid, "reading file descriptors")?;
+        if !info.locks.is_empty() {
+            lock_lines.push((fd, info.locks.clone()));
+        }
         let cloexec = info.flags & libc::O_CLOEXEC as u32 != 0;
         let flags = info.flags & !(libc::O_CLOEXEC as u32);
         let mut e = Fd {
@@ -162,6 +166,11 @@ pub fn dump(pid: i32) -> Result<Files> {
                     ),
                 ));
             }
+        }
+    }
+    for (fd, lines) in lock_lines {
+        if let Some(e) = fds.iter_mut().find(|e| e.fd == fd) {
+            e.locks = crate::resources::locks::dump(pid, e, &lines)?;
         }
     }
     let pipes = Vec::new();

@@ -4,8 +4,13 @@
 
 pub mod anon;
 pub mod attrs;
+pub mod caps;
 pub mod files;
+pub mod jobctl;
+pub mod locks;
 pub mod memory;
+pub mod numa;
+pub mod sched;
 pub mod signals;
 pub mod sockets;
 pub mod sysv;

@@ -4,13 +4,32 @@
 use crate::error::{DumpCtx, EngineError, RestoreCtx, Result};
 use crate::freeze::{self, FrozenThread};
 use crate::remote::{u64_at, Remote};
-use crate::schema::{Rseq, SigAltStack, Thread};
+use crate::resources::{caps, numa, sched};
+use crate::schema::{Rseq, SigAltStack, Thread, ThreadAttrs};
 use godwit_sys::ptrace;
 use godwit_sys::regs::GpRegs;
 use godwit_sys::{proc, process};
 
 const PR_GET_TID_ADDRESS: u64 = 40;
 const RSEQ_FLAG_UNREGISTER: u64 = 1;
+const PR_GET_PDEATHSIG: u64 = 2;
+const PR_GET_TSC: u64 = 25;
+const PR_SET_TSC: u64 = 26;
+const PR_TSC_SIGSEGV: u64 = 2;
+const PR_SET_TIMERSLACK: u64 = 29;
+const PR_GET_TIMERSLACK: u64 = 30;
+const PR_MCE_KILL: u64 = 33;
+const PR_MCE_KILL_GET: u64 = 34;
+const PR_MCE_KILL_SET: u64 = 1;
+const PR_MCE_KILL_DEFAULT: i32 = 2;
+const PR_SET_SPECULATION_CTRL: u64 = 53;
+const PR_GET_SPECULATION_CTRL: u64 = 52;
+const PR_SPEC_STORE_BYPASS: u64 = 0;
+const PR_SPEC_INDIRECT_BRANCH: u64 = 1;
+const PR_SPEC_DISABLE: u32 = 4;
+const PR_SPEC_FORCE_DISABLE: u32 = 8;
+const ARCH_GET_CPUID: u64 = 0x1011;
+const ARCH_SET_CPUID: u64 = 0x1012;
 
 /// Reads one frozen thread. Uses scratch bytes [0, 64).
 pub fn dump(r: &Remote, t: &FrozenThread) -> Result<Thread> {
@@ -37,7 +56,46 @@ pub fn dump(r: &Remote, t: &FrozenThread) -> Result<Thread> {
         [0, r.scratch + 8, 0, 0, 0, 0],
     )
     .dumping(pid, "reading the signal stack")?;
-    let b = rt.get(0, 32).dumping(pid, "reading thread state")?;
+    rt.call(
+        "prctl(PR_GET_PDEATHSIG)",
+        libc::SYS_prctl,
+        [PR_GET_PDEATHSIG, r.scratch + 48, 0, 0, 0, 0],
+    )
+    .dumping(pid, "reading the parent-death signal")?;
+    let timer_slack_ns = rt
+        .call(
+            "prctl(PR_GET_TIMERSLACK)",
+            libc::SYS_prctl,
+            [PR_GET_TIMERSLACK, 0, 0, 0, 0, 0],
+        )
+        .dumping(pid, "reading the timer slack")?;
+    rt.call(
+        "prctl(PR_GET_TSC)",
+        libc::SYS_prctl,
+        [PR_GET_TSC, r.scratch + 56, 0, 0, 0, 0],
+    )
+    .dumping(pid, "reading the TSC mode")?;
+    let mce_kill = rt
+        .call(
+            "prctl(PR_MCE_KILL_GET)",
+            libc::SYS_prctl,
+            [PR_MCE_KILL_GET, 0, 0, 0, 0, 0],
+        )
+        .dumping(pid, "reading the machine-check kill policy")? as i32;
+    // EINVAL/ENODEV: a CPU without CPUID faulting, where it cannot be on.
+    let cpuid = rt
+        .inj()
+        .run(libc::SYS_arch_prctl, [ARCH_GET_CPUID, 0, 0, 0, 0, 0])
+        .dumping(pid, "reading CPUID faulting")?
+        .ret;
+    // Read at the freeze, which paused it.
+    let syscall_dispatch = t.syscall_dispatch.map(|c| c.to_vec()).unwrap_or_default();
+    let (spec_store_bypass, spec_indirect_branch) = speculation(pid, tid)?;
+    let (mempolicy_mode, mempolicy_nodes) = numa::dump_thread(&rt)?;
+    let b = rt.get(0, 60).dumping(pid, "reading thread state")?;
+    let pdeathsig = i32::from_le_bytes(b[48..52].try_into().expect("4 bytes"));
+    let tsc = u32::from_le_bytes(b[56..60].try_into().expect("4 bytes"));
+    let (creds, caps) = caps::dump(&rt)?;
     let ss_flags = i32::from_le_bytes(b[16..20].try_into().expect("4 bytes"));
     Ok(Thread {
         tid,
@@ -60,7 +118,104 @@ pub fn dump(r: &Remote, t: &FrozenThread) -> Result<Thread> {
             size: u64_at(&b, 3),
         }),
         comm: proc::comm(pid, tid).unwrap_or_default(),
+        sched: Some(sched::dump(pid, tid)?),
+        caps: Some(caps),
+        creds: Some(creds),
+        attrs: Some(ThreadAttrs {
+            pdeathsig,
+            timer_slack_ns,
+            tsc_sigsegv: tsc as u64 == PR_TSC_SIGSEGV,
+            mce_kill,
+            cpuid_faulting: cpuid == 0,
+            syscall_dispatch,
+            spec_store_bypass,
+            spec_indirect_branch,
+            mempolicy_mode,
+            mempolicy_nodes,
+        }),
     })
+}
+
+/// The speculation control a thread set for itself, from its status:
+/// (store bypass, indirect branch) as PR_SPEC_DISABLE / PR_SPEC_FORCE_DISABLE,
+/// 0 where it has the system's setting.
+fn speculation(pid: i32, tid: i32) -> Result<(u32, u32)> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status")).map_err(|e| {
+        EngineError::Sys {
+            pid,
+            stage: "reading speculation control",
+            source: godwit_sys::SysError::Proc {
+                path: format!("/proc/{pid}/task/{tid}/status"),
+                detail: e.to_string(),
+            },
+        }
+    })?;
+    Ok(parse_speculation(&text))
+}
+
+/// [`speculation`] from the text of a status file.
+fn parse_speculation(text: &str) -> (u32, u32) {
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|v| v.trim().to_string())
+            .unwrap_or_default()
+    };
+    let ssb = match field("Speculation_Store_Bypass:").as_str() {
+        "thread mitigated" => PR_SPEC_DISABLE,
+        "thread force mitigated" => PR_SPEC_FORCE_DISABLE,
+        _ => 0,
+    };
+    let ib = match field("SpeculationIndirectBranch:").as_str() {
+        "conditional disabled" => PR_SPEC_DISABLE,
+        "conditional force disabled" => PR_SPEC_FORCE_DISABLE,
+        _ => 0,
+    };
+    (ssb, ib)
+}
+
+/// Sets the speculation control of thread `rt.tid` as saved; refuses the
+/// restore if this host cannot (no per-thread control here).
+fn restore_speculation(rt: &Remote, t: &Thread, a: &ThreadAttrs) -> Result<()> {
+    for (which, state, what) in [
+        (
+            PR_SPEC_STORE_BYPASS,
+            a.spec_store_bypass,
+            "speculative store bypass",
+        ),
+        (
+            PR_SPEC_INDIRECT_BRANCH,
+            a.spec_indirect_branch,
+            "indirect branch speculation",
+        ),
+    ] {
+        if state == 0 {
+            continue;
+        }
+        let set = rt.call(
+            "prctl(PR_SET_SPECULATION_CTRL)",
+            libc::SYS_prctl,
+            [PR_SET_SPECULATION_CTRL, which, state as u64, 0, 0, 0],
+        );
+        let now = rt
+            .call(
+                "prctl(PR_GET_SPECULATION_CTRL)",
+                libc::SYS_prctl,
+                [PR_GET_SPECULATION_CTRL, which, 0, 0, 0, 0],
+            )
+            .unwrap_or(0) as u32;
+        if set.is_err() || now & state == 0 {
+            return Err(EngineError::Refused {
+                pid: rt.pid,
+                what: format!(
+                    "thread {} had {what} disabled for itself (PR_SET_SPECULATION_CTRL), which this host cannot set per thread ({})",
+                    t.tid,
+                    set.err().map_or_else(|| format!("state {now:#x}"), |e| e.to_string())
+                ),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Unregisters the rseq area that a freshly forked stub inherited from us.
@@ -205,6 +360,43 @@ pub fn setup(rt: &Remote, t: &Thread) -> Result<()> {
         )
         .restoring(pid, stage)?;
     }
+    // 0 (a real-time thread's) is what its policy gives it again.
+    if let Some(a) = t.attrs.as_ref().filter(|a| a.timer_slack_ns != 0) {
+        rt.call(
+            "prctl(PR_SET_TIMERSLACK)",
+            libc::SYS_prctl,
+            [PR_SET_TIMERSLACK, a.timer_slack_ns, 0, 0, 0, 0],
+        )
+        .restoring(pid, "setting the timer slack")?;
+    }
+    if let Some(a) = &t.attrs {
+        if a.tsc_sigsegv {
+            rt.call(
+                "prctl(PR_SET_TSC)",
+                libc::SYS_prctl,
+                [PR_SET_TSC, PR_TSC_SIGSEGV, 0, 0, 0, 0],
+            )
+            .restoring(pid, "setting the TSC mode")?;
+        }
+        if a.mce_kill != PR_MCE_KILL_DEFAULT {
+            rt.call(
+                "prctl(PR_MCE_KILL)",
+                libc::SYS_prctl,
+                [PR_MCE_KILL, PR_MCE_KILL_SET, a.mce_kill as u64, 0, 0, 0],
+            )
+            .restoring(pid, "setting the machine-check kill policy")?;
+        }
+        restore_speculation(rt, t, a)?;
+        numa::restore_thread(rt, t.tid, a)?;
+        if a.cpuid_faulting {
+            rt.call(
+                "arch_prctl(ARCH_SET_CPUID)",
+                libc::SYS_arch_prctl,
+                [ARCH_SET_CPUID, 0, 0, 0, 0, 0],
+            )
+            .restoring(pid, "turning CPUID faulting on")?;
+        }
+    }
     for si in &t.pending {
         queue_signal(rt, si, Some(t.tid))?;
     }
@@ -241,6 +433,23 @@ pub fn queue_signal(rt: &Remote, siginfo: &[u8], tid: Option<i32>) -> Result<()>
     Ok(())
 }
 
+/// Turns syscall user dispatch on again in stopped thread `host_tid`, from
+/// outside: last before it runs, as it could block injected calls.
+pub fn restore_syscall_dispatch(pid: i32, host_tid: i32, t: &Thread) -> Result<()> {
+    let Some(c) = t
+        .attrs
+        .as_ref()
+        .map(|a| &a.syscall_dispatch)
+        .filter(|c| !c.is_empty())
+    else {
+        return Ok(());
+    };
+    let cfg: [u64; 4] = c[..]
+        .try_into()
+        .map_err(|_| EngineError::BadImage(format!("thread {}: bad syscall dispatch", t.tid)))?;
+    ptrace::set_syscall_dispatch(host_tid, cfg).restoring(pid, "setting syscall user dispatch")
+}
+
 /// Loads the saved registers, xsave area and signal mask into stopped thread
 /// `host_tid` (the host's id of thread `t`).
 pub fn load_cpu_state(pid: i32, host_tid: i32, t: &Thread) -> Result<()> {
@@ -254,4 +463,22 @@ pub fn load_cpu_state(pid: i32, host_tid: i32, t: &Thread) -> Result<()> {
     }
     ptrace::set_sigmask(host_tid, t.sigmask).restoring(pid, "setting the signal mask")?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn speculation_from_status() {
+        let t = "Name:\tx\nSpeculation_Store_Bypass:\tthread force mitigated\nSpeculationIndirectBranch:\tconditional disabled\n";
+        assert_eq!(
+            parse_speculation(t),
+            (PR_SPEC_FORCE_DISABLE, PR_SPEC_DISABLE)
+        );
+        let t =
+            "Speculation_Store_Bypass:\tvulnerable\nSpeculationIndirectBranch:\talways enabled\n";
+        assert_eq!(parse_speculation(t), (0, 0));
+        assert_eq!(parse_speculation(""), (0, 0));
+    }
 }
