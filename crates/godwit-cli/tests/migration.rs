@@ -43,7 +43,7 @@ impl Cluster {
         progs();
         let seq = SEQ.fetch_add(1, Ordering::Relaxed);
         let id = (std::process::id() * 7 + seq) % 200;
-        let name = format!("m{}", std::process::id() % 1000 * 10 + seq % 10);
+        let name = format!("m{:05}", (std::process::id() * 16 + seq) % 100_000);
         let prefix = format!("10.214.{id}");
         let out = Command::new(script())
             .args(["up", &name, &n.to_string(), &prefix])
@@ -102,11 +102,26 @@ impl Cluster {
 
     fn sh(&self, host: usize, script: &str) -> String {
         let out = self.run(host, &["sh", "-c", script]);
-        assert!(
-            out.status.success(),
-            "on host {host}: {script}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        if !out.status.success() {
+            let inits: Vec<String> = (1..=self.agents.len())
+                .map(|h| {
+                    let f = format!("/run/godwit-cluster/{}/n{h}.init", self.name);
+                    let pid = std::fs::read_to_string(&f).unwrap_or_default();
+                    let pid = pid.trim();
+                    format!(
+                        "host {h}: init {pid} {}",
+                        std::fs::read_to_string(format!("/proc/{pid}/status"))
+                            .ok()
+                            .and_then(|st| st.lines().find(|l| l.starts_with("State")).map(str::to_string))
+                            .unwrap_or_else(|| "gone".into())
+                    )
+                })
+                .collect();
+            panic!(
+                "on host {host}: {script}: {}\ninits: {inits:?}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
         String::from_utf8(out.stdout).unwrap()
     }
 
