@@ -18,8 +18,13 @@ pub enum ModeArg {
     /// Send the memory while the process runs (rounds of what it wrote
     /// meanwhile), then freeze for the rest.
     PreCopy,
-    /// Resume at the destination at once and fetch the memory on demand.
+    /// Resume at the destination at once; the private memory follows
+    /// (fetched on first touch, pushed in the background). The source
+    /// copy stays frozen until every page is across.
     PostCopy,
+    /// Pre-copy rounds while the process runs, then post-copy for what it
+    /// wrote since the last round.
+    PreCopyPostCopy,
 }
 
 #[derive(Args, Debug)]
@@ -64,7 +69,7 @@ pub fn exit_code(e: &MigrateError) -> u8 {
     match e {
         MigrateError::Dump(engine) => crate::engine_exit_code(engine),
         MigrateError::Refused { reason, .. } if reason.contains("is in use") => 4,
-        MigrateError::Uncertain { .. } => 7,
+        MigrateError::Uncertain { .. } | MigrateError::PostCopyLinkLost { .. } => 7,
         _ => 1,
     }
 }
@@ -73,12 +78,8 @@ pub fn run(args: MigrateArgs, json_out: bool, progress: &crate::Bar) -> anyhow::
     let mode = match args.mode {
         ModeArg::StopCopy => Mode::StopCopy,
         ModeArg::PreCopy => Mode::PreCopy,
-        ModeArg::PostCopy => {
-            return Err(anyhow::Error::from(godwit_engine::EngineError::Unsupported {
-                pid: args.pids[0],
-                what: "post-copy migration (--mode post-copy)".into(),
-            }))
-        }
+        ModeArg::PostCopy => Mode::PostCopy,
+        ModeArg::PreCopyPostCopy => Mode::PreCopyPostCopy,
     };
     let token = Token::load(&args.token_file)?;
     let tls = ClientTls::new(token, args.tls_ca.as_deref())?;
@@ -116,7 +117,7 @@ pub fn run(args: MigrateArgs, json_out: bool, progress: &crate::Bar) -> anyhow::
             Ok(r) => {
                 if !json_out {
                     println!(
-                        "moved process {pid} ({} process{}) to {} ({}): now PID {}{} there; downtime {:.1} ms, {} MiB sent in {:.1} ms{}",
+                        "moved process {pid} ({} process{}) to {} ({}): now PID {}{} there; downtime {:.1} ms, {} MiB sent in {:.1} ms{}{}",
                         r.pids.len(),
                         if r.pids.len() == 1 { "" } else { "es" },
                         args.to,
@@ -127,6 +128,17 @@ pub fn run(args: MigrateArgs, json_out: bool, progress: &crate::Bar) -> anyhow::
                         r.bytes_sent >> 20,
                         r.total.as_secs_f64() * 1e3,
                         if r.rounds > 0 { format!(", {} pre-copy round(s)", r.rounds) } else { String::new() },
+                        match r.all_pages_after {
+                            Some(d) => format!(
+                                "; post-copy: {} MiB followed, all across after {:.1} ms ({} faults fetched {} pages, {} pages pushed)",
+                                r.lazy_bytes >> 20,
+                                d.as_secs_f64() * 1e3,
+                                r.faults,
+                                r.fault_pages,
+                                r.pushed_pages
+                            ),
+                            None => String::new(),
+                        },
                     );
                 }
                 out.push(report_json(pid, &args.to, &r));
@@ -191,6 +203,11 @@ fn report_json(pid: i32, to: &str, r: &MigrateReport) -> serde_json::Value {
         "bytes_sent": r.bytes_sent,
         "memory_bytes": r.memory_bytes,
         "rounds": r.rounds,
+        "lazy_bytes": r.lazy_bytes,
+        "all_pages_ms": r.all_pages_after.map(ms),
+        "faults": r.faults,
+        "fault_pages": r.fault_pages,
+        "pushed_pages": r.pushed_pages,
         "phases": r.phases.iter().map(|(name, d)| json!({"phase": name, "ms": ms(*d)})).collect::<Vec<_>>(),
     })
 }

@@ -52,6 +52,13 @@ pub enum Mode {
     /// Send the memory while the process runs, in rounds that send what was
     /// written meanwhile; freeze for the rest.
     PreCopy,
+    /// Freeze and send everything but the private anonymous memory; the
+    /// process runs at the destination at once and those pages follow
+    /// (fetched on first touch, pushed in the background: crate::postcopy).
+    PostCopy,
+    /// Pre-copy rounds while the process runs, then post-copy for what was
+    /// written since the last round.
+    PreCopyPostCopy,
 }
 
 impl Mode {
@@ -60,15 +67,30 @@ impl Mode {
         match self {
             Mode::StopCopy => "stop-copy",
             Mode::PreCopy => "pre-copy",
+            Mode::PostCopy => "post-copy",
+            Mode::PreCopyPostCopy => "pre-copy-post-copy",
         }
     }
 
     fn parse(s: &str) -> Option<Mode> {
-        match s {
-            "stop-copy" => Some(Mode::StopCopy),
-            "pre-copy" => Some(Mode::PreCopy),
-            _ => None,
-        }
+        [
+            Mode::StopCopy,
+            Mode::PreCopy,
+            Mode::PostCopy,
+            Mode::PreCopyPostCopy,
+        ]
+        .into_iter()
+        .find(|m| m.name() == s)
+    }
+
+    /// Memory is copied while the process runs first.
+    pub fn precopies(self) -> bool {
+        matches!(self, Mode::PreCopy | Mode::PreCopyPostCopy)
+    }
+
+    /// Private anonymous memory follows the process (post-copy).
+    pub fn lazy(self) -> bool {
+        matches!(self, Mode::PostCopy | Mode::PreCopyPostCopy)
     }
 }
 
@@ -102,19 +124,30 @@ pub struct MigrateReport {
     pub node: String,
     /// From the freeze until the destination's copy ran.
     pub downtime: Duration,
+    /// Post-copy: from the freeze until every page was across (the
+    /// source's copy is ended then).
+    pub all_pages_after: Option<Duration>,
     pub total: Duration,
     /// Bytes written to the stream (frames and messages included).
     pub bytes_sent: u64,
     /// Pre-copy rounds (0 for stop-copy).
     pub rounds: usize,
     pub memory_bytes: u64,
+    /// Post-copy: bytes left out of the image, sent after the process ran.
+    pub lazy_bytes: u64,
+    /// Post-copy: faults the destination served with pages from here, the
+    /// pages sent for them (with the window around each), and the pages
+    /// pushed in the background.
+    pub faults: u64,
+    pub fault_pages: u64,
+    pub pushed_pages: u64,
     /// (phase, duration), in order.
     pub phases: Vec<(&'static str, Duration)>,
     pub dump: DumpReport,
 }
 
-/// Why a migration did not happen. Except for `Uncertain`, the processes
-/// run on at the source as they were.
+/// Why a migration did not happen. Except for `Uncertain` and
+/// `PostCopyLinkLost`, the processes run on at the source as they were.
 #[derive(Debug, thiserror::Error)]
 pub enum MigrateError {
     #[error("{0}; the process was left running at the source")]
@@ -131,6 +164,18 @@ pub enum MigrateError {
     },
     #[error("the connection to {peer} failed after the destination was told to start the process ({detail}): it may be running there. The source copy (PIDs {pids:?}) is kept STOPPED so that it never runs twice: check the destination (godwit ps there); if the process does not run there, `kill -CONT` the source copy, else kill it")]
     Uncertain {
+        peer: String,
+        detail: String,
+        pids: Vec<i32>,
+    },
+    #[error("post-copy to {peer} failed after the process had started there: {reason}. The destination killed its copy (it could not go on without the memory still here); the source copy (PIDs {pids:?}) was resumed and runs on here")]
+    PostCopyResumed {
+        peer: String,
+        reason: String,
+        pids: Vec<i32>,
+    },
+    #[error("the connection to {peer} failed during post-copy ({detail}) while part of the memory was still only here. The destination kills its copy when it loses the source before every page is across, but it may have got them all just before. The source copy (PIDs {pids:?}) is kept STOPPED so that it never runs twice: if the process does not run at the destination (godwit ps there), `kill -CONT` the source copy, else kill it")]
+    PostCopyLinkLost {
         peer: String,
         detail: String,
         pids: Vec<i32>,
@@ -230,7 +275,8 @@ pub fn send<S: Read + Write + Send + 'static>(
         env!("CARGO_PKG_VERSION")
     ));
     let end = End::Hold {
-        precopy: opts.mode == Mode::PreCopy,
+        precopy: opts.mode.precopies(),
+        lazy: opts.mode.lazy(),
     };
     let t_dump = Instant::now();
     let (report, held) = dump_to(pid, writer, &opts.dump, progress, end).map_err(|e| {
@@ -302,10 +348,45 @@ pub fn send<S: Read + Write + Send + 'static>(
         }
     };
     let downtime = frozen_at.elapsed();
+    phases.push(("switch over", t_switch.elapsed()));
+    let mut all_pages_after = None;
+    let mut counts = Value::Null;
+    if opts.mode.lazy() {
+        // The destination runs; its memory still partly here.
+        let t_post = Instant::now();
+        match crate::postcopy::serve(&s, peer, &held.pids) {
+            Ok(crate::postcopy::Served::Done(v)) => counts = v,
+            Ok(crate::postcopy::Served::Failed(why)) => {
+                let pids = held.pids.clone();
+                if let Err(e) = held.release() {
+                    tracing::warn!("resuming the source processes: {e}");
+                }
+                return Err(MigrateError::PostCopyResumed {
+                    peer: peer.into(),
+                    reason: why,
+                    pids,
+                });
+            }
+            Err(e) => {
+                let pids = held.pids.clone();
+                let _ = held.release_stopped();
+                return Err(MigrateError::PostCopyLinkLost {
+                    peer: peer.into(),
+                    detail: e,
+                    pids,
+                });
+            }
+        }
+        all_pages_after = Some(frozen_at.elapsed());
+        phases.push(("post-copy", t_post.elapsed()));
+    }
     if let Err(e) = held.kill() {
         tracing::warn!("ending the source processes: {e}");
     }
-    phases.push(("switch over", t_switch.elapsed()));
+    if opts.mode.lazy() {
+        // Best effort: the destination needs nothing more from here.
+        let _ = send_json(&s, &json!({"ok": true, "ended": true}));
+    }
     Ok(MigrateReport {
         mode: opts.mode,
         pids: report.pids.clone(),
@@ -313,10 +394,15 @@ pub fn send<S: Read + Write + Send + 'static>(
         host_pid: running["host_pid"].as_i64().unwrap_or(0) as i32,
         node: running["node"].as_str().unwrap_or("").to_string(),
         downtime,
+        all_pages_after,
         total: t0.elapsed(),
         bytes_sent: counter.load(Ordering::Relaxed),
         rounds: report.precopy.rounds,
         memory_bytes: report.memory_bytes,
+        lazy_bytes: report.lazy_bytes,
+        faults: counts["faults"].as_u64().unwrap_or(0),
+        fault_pages: counts["fault_pages"].as_u64().unwrap_or(0),
+        pushed_pages: counts["pushed_pages"].as_u64().unwrap_or(0),
         phases,
         dump: report,
     })
@@ -344,6 +430,9 @@ pub struct ReceiveReport {
     pub bytes: u64,
     pub source_node: String,
     pub total: Duration,
+    /// Post-copy: what the pager did (the processes ran from
+    /// `restore.total` on; every page was here after `total`).
+    pub postcopy: Option<crate::postcopy::PagerStats>,
 }
 
 /// Receives a migration from the source at the other end of `stream` and
@@ -376,8 +465,14 @@ pub fn receive<S: Read + Write + Send + 'static>(
         ));
     }
     let mode = hello["mode"].as_str().unwrap_or("").to_string();
-    if Mode::parse(&mode).is_none() {
+    let Some(parsed) = Mode::parse(&mode) else {
         return Err(fail(&s, format!("unknown mode {mode:?}")));
+    };
+    if parsed.lazy() && hello["keep_image"].is_string() {
+        return Err(fail(
+            &s,
+            format!("--keep-image cannot be used with {mode}: the image does not hold the memory that follows the process"),
+        ));
     }
     let pid_ns = opts.force_pid_ns || hello["pid_ns"] == json!(true);
     let source_node = hello["source_node"].as_str().unwrap_or("?").to_string();
@@ -465,7 +560,9 @@ pub fn receive<S: Read + Write + Send + 'static>(
             ))),
         }
     };
-    let restored = match restore_from(reader, &ropts, progress, &gate) {
+    let (restored, lazy) =
+        crate::postcopy::collecting(|| restore_from(reader, &ropts, progress, &gate));
+    let restored = match restored {
         Ok(r) => r,
         Err(e) => {
             let msg = e.to_string();
@@ -473,18 +570,75 @@ pub fn receive<S: Read + Write + Send + 'static>(
             return Err(e);
         }
     };
-    send_json(
+    let running = send_json(
         &s,
         &json!({"ok": true, "running": true, "pid": restored.pid, "host_pid": restored.host_pid, "node": node}),
     )
-    .map_err(|e| EngineError::Migration(format!("telling the source the process runs: {e}")))?;
+    .map_err(|e| EngineError::Migration(format!("telling the source the process runs: {e}")));
+    let postcopy = if parsed.lazy() {
+        let mut pager = crate::postcopy::Pager::new(lazy);
+        let owed = pager.owed_bytes();
+        tracing::debug!(owed, "post-copy: serving the processes' memory");
+        match pager.run(&s, peer) {
+            Ok(()) => Some(pager.stats.clone()),
+            Err(e) => {
+                // The source holds the only copy of what is missing: the
+                // processes cannot go on. Killed while their descriptors
+                // are still open, so that no faulting thread ever gets a
+                // page of zeros in place of its data.
+                let left = pager.owed_bytes();
+                let mut pids = pager.pids();
+                pids.push(restored.host_pid);
+                kill_restored(&pids, restored.ns_init);
+                drop(pager);
+                let local = matches!(e, crate::postcopy::PagerError::Local(_));
+                let msg = format!(
+                    "post-copy from {source_node} failed with {} KiB of memory still at the source: {e}; the process (PID {}) could not go on and was killed here{}",
+                    left >> 10,
+                    restored.pid,
+                    if local { ", and the source was told to resume its copy" } else { "" }
+                );
+                if local {
+                    let _ = send_json(&s, &json!({"failed": msg, "killed": true}));
+                }
+                return Err(EngineError::Migration(msg));
+            }
+        }
+    } else {
+        running?;
+        None
+    };
     Ok(ReceiveReport {
         mode,
         restore: restored,
         bytes,
         source_node,
         total: t0.elapsed(),
+        postcopy,
     })
+}
+
+/// Kills the restored processes `pids`, their descendants (or, with a PID
+/// namespace, its init and so everything in it), and waits until none runs.
+fn kill_restored(pids: &[i32], ns_init: Option<i32>) {
+    let mut all: Vec<i32> = pids.to_vec();
+    let mut i = 0;
+    while i < all.len() {
+        let more = godwit_sys::process::children(all[i]).unwrap_or_default();
+        all.extend(more.into_iter().filter(|c| !pids.contains(c)));
+        i += 1;
+    }
+    if let Some(init) = ns_init {
+        let _ = godwit_sys::process::kill(init, libc::SIGKILL);
+    }
+    for &p in all.iter().rev() {
+        let _ = godwit_sys::process::kill(p, libc::SIGKILL);
+    }
+    let t = Instant::now();
+    while all.iter().any(|&p| godwit_sys::process::alive(p)) && t.elapsed() < Duration::from_secs(10)
+    {
+        std::thread::sleep(Duration::from_millis(2));
+    }
 }
 
 /// `pid` and its descendants as they are now (the dump freezes them; this

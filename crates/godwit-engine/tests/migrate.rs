@@ -1,6 +1,7 @@
 //! Migration over a stream, both ends in this test: a counter moves into a
 //! new PID namespace on this host and counts on; every failure before the
-//! switch leaves it counting at the source.
+//! switch leaves it counting at the source. Post-copy: a process whose
+//! memory follows it checks every page it touches (tests/progs/lazymem.c).
 
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -76,10 +77,14 @@ fn last(log: &Path) -> u64 {
         .unwrap_or(0)
 }
 
-fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+fn wait_until(what: &str, f: impl FnMut() -> bool) {
+    wait_for(what, Duration::from_secs(10), f)
+}
+
+fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
     let t0 = Instant::now();
     while !f() {
-        assert!(t0.elapsed() < Duration::from_secs(10), "timed out: {what}");
+        assert!(t0.elapsed() < limit, "timed out: {what}");
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -239,4 +244,221 @@ fn link_cut_after_go_leaves_the_source_stopped_not_running() {
     unsafe { libc::kill(c.pid, libc::SIGCONT) };
     wait_until("the source to count again", || last(&c.log) >= at + 3);
     check_no_gap(&c.log);
+}
+
+#[test]
+fn post_copy_moves_a_counter() {
+    moves(Mode::PostCopy);
+}
+
+#[test]
+fn pre_copy_then_post_copy_moves_a_counter() {
+    moves(Mode::PreCopyPostCopy);
+}
+
+/// tests/progs/lazymem.c: `mib` MiB of pages it keeps checking and
+/// rewriting, logging "pass N" per pass and "BAD ..." on a wrong page.
+fn lazymem(mib: u64, churn: bool) -> Counter {
+    let dir = tempfile::tempdir().unwrap();
+    let launch = gcc(dir.path(), "launch");
+    let prog = gcc(dir.path(), "lazymem");
+    let log = dir.path().join("log");
+    let mut cmd = Command::new(launch);
+    cmd.arg(&prog).arg(&log).arg(mib.to_string());
+    if churn {
+        cmd.arg("churn");
+    }
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id() as i32;
+    let c = Counter {
+        child,
+        pid,
+        log,
+        _dir: dir,
+        restored_init: None,
+    };
+    wait_until("lazymem to make a pass", || log_text(&c).contains("pass 1\n"));
+    c
+}
+
+fn log_text(c: &Counter) -> String {
+    std::fs::read_to_string(&c.log).unwrap_or_default()
+}
+
+/// Lines of the log after byte `from` that start with `word`.
+fn lines_after(c: &Counter, from: usize, word: &str) -> usize {
+    let t = log_text(c);
+    t.get(from..)
+        .unwrap_or("")
+        .lines()
+        .filter(|l| l.starts_with(word))
+        .count()
+}
+
+fn no_bad_page(c: &Counter) {
+    let t = log_text(c);
+    let bad: Vec<&str> = t.lines().filter(|l| l.starts_with("BAD")).collect();
+    assert!(bad.is_empty(), "a page was wrong: {bad:?}");
+}
+
+/// Post-copies a lazymem of `mib` MiB; returns the reports.
+fn post_copy(
+    c: &mut Counter,
+    mode: Mode,
+) -> (migrate::MigrateReport, migrate::ReceiveReport) {
+    let (a, b) = UnixStream::pair().unwrap();
+    let dest = std::thread::spawn(move || migrate::receive(b, "source", &recv_opts(), &Quiet));
+    let sent = migrate::send(a, "destination", c.pid, &opts(mode), &Quiet);
+    let received = dest.join().unwrap();
+    if let Ok(r) = &received {
+        c.restored_init = r.restore.ns_init;
+    }
+    let report = sent.unwrap();
+    let received = received.unwrap();
+    eprintln!(
+        "{}: downtime {:.1} ms, all pages after {:.1} ms, {} MiB lazy, image {} MiB, {} faults ({} pages), {} pushed, {:?}",
+        mode.name(),
+        report.downtime.as_secs_f64() * 1e3,
+        report.all_pages_after.unwrap_or_default().as_secs_f64() * 1e3,
+        report.lazy_bytes >> 20,
+        received.bytes >> 20,
+        report.faults,
+        report.fault_pages,
+        report.pushed_pages,
+        received.postcopy
+    );
+    wait_for("the source copy to end", Duration::from_secs(20), || {
+        matches!(state(c.pid), None | Some('Z') | Some('X'))
+    });
+    (report, received)
+}
+
+#[test]
+fn post_copy_of_256_mib_never_shows_a_wrong_page() {
+    let mut c = lazymem(256, false);
+    let (report, received) = post_copy(&mut c, Mode::PostCopy);
+    // The memory was not in the image: it followed.
+    assert!(report.lazy_bytes >= 256 << 20, "{}", report.lazy_bytes);
+    assert!(received.bytes < 32 << 20, "image of {} bytes", received.bytes);
+    assert!(report.all_pages_after.unwrap() >= report.downtime);
+    assert!(report.faults > 0, "the process touched its memory at once");
+    assert!(
+        report.fault_pages + report.pushed_pages >= 65536,
+        "{} + {} pages",
+        report.fault_pages,
+        report.pushed_pages
+    );
+    // It goes on checking every page, at the destination.
+    let at = log_text(&c).len();
+    wait_for("two passes at the destination", Duration::from_secs(30), || {
+        no_bad_page(&c);
+        lines_after(&c, at, "pass") >= 2
+    });
+    no_bad_page(&c);
+}
+
+#[test]
+fn post_copy_follows_dontneed_munmap_mremap_and_fork() {
+    let mut c = lazymem(256, true);
+    let at = log_text(&c).len();
+    let (_, received) = post_copy(&mut c, Mode::PostCopy);
+    let stats = received.postcopy.clone().unwrap();
+    // The churn ran while pages were still arriving.
+    assert!(stats.forks >= 1, "no fork during the post-copy: {stats:?}");
+    assert!(stats.dropped_pages > 0, "nothing released during the post-copy: {stats:?}");
+    wait_for("a churn and a pass at the destination", Duration::from_secs(30), || {
+        no_bad_page(&c);
+        lines_after(&c, at, "churned") >= 1 && lines_after(&c, at, "pass") >= 2
+    });
+    no_bad_page(&c);
+}
+
+#[test]
+fn pre_copy_then_post_copy_of_a_busy_process() {
+    let mut c = lazymem(64, false);
+    let (report, _) = post_copy(&mut c, Mode::PreCopyPostCopy);
+    assert!(report.rounds > 0, "no pre-copy round");
+    assert!(report.memory_bytes >= 32 << 20, "little pre-copied: {}", report.memory_bytes);
+    assert!(report.lazy_bytes > 0, "nothing left for post-copy");
+    let at = log_text(&c).len();
+    wait_for("two passes at the destination", Duration::from_secs(30), || {
+        no_bad_page(&c);
+        lines_after(&c, at, "pass") >= 2
+    });
+    no_bad_page(&c);
+}
+
+/// Processes whose command line mentions `needle`.
+fn processes_with(needle: &str) -> Vec<i32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        if String::from_utf8_lossy(&cmd).contains(needle)
+            && !matches!(state(pid), None | Some('Z') | Some('X'))
+        {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+#[test]
+fn link_cut_mid_post_copy_kills_the_destination_copy_and_keeps_the_source() {
+    let c = lazymem(256, false);
+    let (a, a2) = UnixStream::pair().unwrap();
+    let (b2, b) = UnixStream::pair().unwrap();
+    // A relay that cuts the link once 64 MiB went to the destination: the
+    // image is small, so that is in the middle of the post-copy.
+    let relay = {
+        let (mut from, mut to) = (a2.try_clone().unwrap(), b2.try_clone().unwrap());
+        let (x, y) = (a2.try_clone().unwrap(), b2.try_clone().unwrap());
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; 1 << 16];
+            let mut n = 0usize;
+            while n < 64 << 20 {
+                let Ok(k) = std::io::Read::read(&mut from, &mut buf) else { break };
+                if k == 0 || std::io::Write::write_all(&mut to, &buf[..k]).is_err() {
+                    break;
+                }
+                n += k;
+            }
+            let _ = x.shutdown(std::net::Shutdown::Both);
+            let _ = y.shutdown(std::net::Shutdown::Both);
+        })
+    };
+    let back = {
+        let (mut from, mut to) = (b2.try_clone().unwrap(), a2.try_clone().unwrap());
+        std::thread::spawn(move || {
+            let _ = std::io::copy(&mut from, &mut to);
+        })
+    };
+    let dest = std::thread::spawn(move || migrate::receive(b, "source", &recv_opts(), &Quiet));
+    let e = migrate::send(a, "destination", c.pid, &opts(Mode::PostCopy), &Quiet).unwrap_err();
+    let de = dest.join().unwrap().unwrap_err().to_string();
+    relay.join().unwrap();
+    back.join().unwrap();
+    assert!(matches!(e, MigrateError::PostCopyLinkLost { .. }), "{e}");
+    assert!(de.contains("post-copy") && de.contains("killed"), "{de}");
+    // Nothing of it is left at the destination: the source copy is the
+    // only one, stopped.
+    let needle = c.log.to_str().unwrap().to_string();
+    wait_until("the destination copy to be gone", || processes_with(&needle) == vec![c.pid]);
+    wait_until("the source copy to be stopped", || state(c.pid) == Some('T'));
+    no_bad_page(&c);
+    let at = log_text(&c).len();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(log_text(&c).len(), at, "a stopped source must not run");
+    // Its memory is whole: it goes on from where it was.
+    // SAFETY: plain kill(2) of our own child.
+    unsafe { libc::kill(c.pid, libc::SIGCONT) };
+    wait_until("the source to pass again", || lines_after(&c, at, "pass") >= 2);
+    no_bad_page(&c);
 }

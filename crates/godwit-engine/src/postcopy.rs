@@ -1,0 +1,812 @@
+//! Post-copy: the process runs at the destination before its private
+//! anonymous memory is there; the pages follow over the migration stream.
+//!
+//! At the source the dump leaves those pages out of the image
+//! (`Vma::lazy`, `End::Hold { lazy: true, .. }`) and the tree stays frozen;
+//! [`serve`] then answers page requests from it until the destination says
+//! every page is across. At the destination the restore leaves the lazy
+//! ranges missing, registered on a userfaultfd of each process
+//! (resources/memory.rs hands it over through [`collecting`]); once the
+//! processes run, a [`Pager`] places the pages:
+//!
+//! * one thread, one stream, lock-step: the destination asks, the source
+//!   answers. Each round the pager first reads every userfaultfd's messages;
+//!   faults go first (the faulting page and up to [`FAULT_WINDOW`] after it
+//!   that are still owed), else it asks for the next [`PUSH_CHUNK`] of owed
+//!   pages (the background push, from where the last fault was). A fault
+//!   waits at most for the round in flight.
+//! * pages are placed with UFFDIO_COPY. A page found there already
+//!   (EEXIST) is skipped. A fault on a page nothing is owed for (never
+//!   there at the source, or released since) gets a page of zeros.
+//! * the address space changing: MADV_DONTNEED / munmap (REMOVE, UNMAP
+//!   events) drop the range from what is owed, so nothing is placed there
+//!   later; mremap (REMAP) moves what is owed to the new address (it is
+//!   still fetched by its source address); fork (FORK) gives the child a
+//!   userfaultfd of its own, served like its parent's: it is owed what the
+//!   parent was owed at the fork (less MADV_WIPEONFORK ranges). While such
+//!   an event is unread the kernel refuses copies (EAGAIN): the pager reads
+//!   the messages, updates what is owed, and places only what still is.
+//! * a process that exits or execs (its memory gone: ESRCH) is owed nothing.
+//!
+//! Once nothing is owed, the pager says `done` and closes the descriptors
+//! (the ranges become ordinary memory again).
+//!
+//! Messages (MESSAGE frames holding JSON; page data in one DATA frame):
+//!
+//! ```text
+//! destination                                  source
+//!   {want: [[pid, addr, len], ...], fault} ──▶  reads them from the frozen copy
+//!                                        ◀──   {ok, len} + DATA frame (len bytes)
+//!   ... until nothing is owed
+//!   {done, faults, fault_pages, pushed_pages} ──▶ ends its copy
+//!                                        ◀──   {ok}
+//! or, when the destination cannot go on:
+//!   {failed: why, killed: true}         ──▶   runs its copy on (the
+//!                                              destination's is dead)
+//! ```
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use godwit_image::stream::{kind, read_header, recv_message, send_message, write_frame, Received};
+use godwit_sys::mem::{self, ProcMem, Range};
+use godwit_sys::uffd::{Copied, Msg, Uffd};
+use godwit_sys::PAGE_SIZE;
+use serde_json::{json, Value};
+
+/// Bytes after a faulting page fetched with it (when still owed).
+pub const FAULT_WINDOW: u64 = 256 << 10;
+/// Bytes asked for per round of the background push.
+pub const PUSH_CHUNK: u64 = 1 << 20;
+/// Most bytes the source sends for one request.
+pub const MAX_REQUEST: u64 = 16 << 20;
+
+/// A restored process's memory still at the source: its userfaultfd (lazy
+/// ranges registered for missing pages) and the runs it is owed.
+pub(crate) struct LazyMemory {
+    /// Its PID on this host.
+    pub pid: i32,
+    /// Its PID at the source (the image's), which the pages are read from.
+    pub src_pid: i32,
+    pub uffd: Uffd,
+    /// (address, length) of the lazy runs.
+    pub owed: Vec<(u64, u64)>,
+    /// VMAs with MADV_WIPEONFORK: a fork child reads zeros there.
+    pub wipe_on_fork: Vec<(u64, u64)>,
+}
+
+thread_local! {
+    static SINK: RefCell<Option<Vec<LazyMemory>>> = const { RefCell::new(None) };
+}
+
+/// Whether a restore on this thread may leave memory lazy (runs inside
+/// [`collecting`]).
+pub(crate) fn accepting() -> bool {
+    SINK.with(|s| s.borrow().is_some())
+}
+
+/// Called by the restore (memory) for each process with lazy memory.
+pub(crate) fn hand_over(m: LazyMemory) {
+    SINK.with(|s| match s.borrow_mut().as_mut() {
+        Some(v) => v.push(m),
+        // Not accepting: dropping the descriptor makes the ranges ordinary
+        // memory; memory::restore refuses lazy images before this.
+        None => drop(m),
+    })
+}
+
+/// Runs `f` (a restore) on this thread accepting lazy memory, and returns
+/// what it handed over.
+pub(crate) fn collecting<R>(f: impl FnOnce() -> R) -> (R, Vec<LazyMemory>) {
+    struct Reset;
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            SINK.with(|s| s.borrow_mut().take());
+        }
+    }
+    SINK.with(|s| *s.borrow_mut() = Some(Vec::new()));
+    let reset = Reset;
+    let r = f();
+    let got = SINK.with(|s| s.borrow_mut().take()).unwrap_or_default();
+    drop(reset);
+    (r, got)
+}
+
+/// What one process is still owed: destination ranges, each with the
+/// source address its contents are read from (they differ after mremap).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Owed {
+    /// dst start → (len, src start); no two overlap.
+    ext: BTreeMap<u64, (u64, u64)>,
+}
+
+/// One piece to fetch or place: `len` bytes at `dst`, read from `src`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Piece {
+    pub dst: u64,
+    pub src: u64,
+    pub len: u64,
+}
+
+impl Owed {
+    pub fn insert(&mut self, dst: u64, len: u64, src: u64) {
+        if len == 0 {
+            return;
+        }
+        self.remove(dst, dst + len);
+        self.ext.insert(dst, (len, src));
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ext.is_empty()
+    }
+
+    pub fn bytes(&self) -> u64 {
+        self.ext.values().map(|e| e.0).sum()
+    }
+
+    /// Forgets [start, end).
+    pub fn remove(&mut self, start: u64, end: u64) {
+        if start >= end {
+            return;
+        }
+        let hit: Vec<u64> = self
+            .ext
+            .range(..end)
+            .rev()
+            .take_while(|(&d, &(l, _))| d + l > start)
+            .map(|(&d, _)| d)
+            .collect();
+        for d in hit {
+            let (l, s) = self.ext.remove(&d).expect("listed above");
+            if d < start {
+                self.ext.insert(d, (start - d, s));
+            }
+            if d + l > end {
+                self.ext.insert(end, (d + l - end, s + (end - d)));
+            }
+        }
+    }
+
+    /// The pieces within [start, end), in address order.
+    pub fn within(&self, start: u64, end: u64) -> Vec<Piece> {
+        let mut out: Vec<Piece> = self
+            .ext
+            .range(..end)
+            .rev()
+            .take_while(|(&d, &(l, _))| d + l > start)
+            .map(|(&d, &(l, s))| {
+                let a = d.max(start);
+                let b = (d + l).min(end);
+                Piece {
+                    dst: a,
+                    src: s + (a - d),
+                    len: b - a,
+                }
+            })
+            .collect();
+        out.reverse();
+        out
+    }
+
+    pub fn contains(&self, addr: u64) -> bool {
+        !self.within(addr, addr + 1).is_empty()
+    }
+
+    /// mremap moved [from, from + len) to `to`.
+    pub fn remap(&mut self, from: u64, to: u64, len: u64) {
+        if from == to {
+            return;
+        }
+        let moved = self.within(from, from + len);
+        self.remove(from, from + len);
+        self.remove(to, to + len);
+        for p in moved {
+            self.ext.insert(p.dst - from + to, (p.len, p.src));
+        }
+    }
+
+    /// Up to `max` bytes of pieces from `cursor` on (then from the lowest
+    /// address).
+    pub fn next_from(&self, cursor: u64, max: u64) -> Vec<Piece> {
+        let mut out = Vec::new();
+        let mut left = max;
+        let first = self
+            .within(cursor, u64::MAX)
+            .into_iter()
+            .chain(self.within(0, cursor));
+        for p in first {
+            if left == 0 {
+                break;
+            }
+            let len = p.len.min(left);
+            out.push(Piece { len, ..p });
+            left -= len;
+        }
+        out
+    }
+
+    /// The pieces whose source lies in [src, src + len), each with the
+    /// offset of its bytes in that source range.
+    fn by_source(&self, src: u64, len: u64) -> Option<(Piece, u64)> {
+        self.ext.iter().find_map(|(&d, &(l, s))| {
+            let a = s.max(src);
+            let b = (s + l).min(src + len);
+            (a < b).then(|| {
+                (
+                    Piece {
+                        dst: d + (a - s),
+                        src: a,
+                        len: b - a,
+                    },
+                    a - src,
+                )
+            })
+        })
+    }
+}
+
+/// One process being served at the destination.
+struct Proc {
+    /// Host PID (0 for a fork child: unknown).
+    pid: i32,
+    src_pid: i32,
+    uffd: Uffd,
+    owed: Owed,
+    wipe_on_fork: Vec<(u64, u64)>,
+    /// Where the background push goes on from.
+    cursor: u64,
+    /// Its memory is gone (exit, exec).
+    gone: bool,
+}
+
+/// What the destination counted.
+#[derive(Debug, Clone, Default)]
+pub struct PagerStats {
+    /// Faults served with pages from the source.
+    pub faults: u64,
+    /// Pages fetched for those faults (the faulting ones and the window).
+    pub fault_pages: u64,
+    /// Pages placed by the background push.
+    pub pushed_pages: u64,
+    /// Faults on pages nothing was owed for, given zeros.
+    pub zero_faults: u64,
+    /// Pages dropped because the process released, unmapped or wiped them
+    /// first.
+    pub dropped_pages: u64,
+    /// Fork children served.
+    pub forks: u64,
+    /// From the start of the pager until nothing was owed.
+    pub duration: Duration,
+}
+
+/// Why the pager stopped before every page was across.
+#[derive(Debug)]
+pub(crate) enum PagerError {
+    /// The stream to the source failed, or the source answered with an error.
+    Source(String),
+    /// Placing pages here failed.
+    Local(String),
+}
+
+impl std::fmt::Display for PagerError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PagerError::Source(s) | PagerError::Local(s) => f.write_str(s),
+        }
+    }
+}
+
+/// The destination's page server client: see the module doc.
+pub(crate) struct Pager {
+    procs: Vec<Proc>,
+    faults: Vec<(usize, u64)>,
+    pub stats: PagerStats,
+    zeros: Vec<u8>,
+    buf: Vec<u8>,
+}
+
+impl Pager {
+    pub fn new(lazy: Vec<LazyMemory>) -> Pager {
+        let procs = lazy
+            .into_iter()
+            .map(|m| {
+                let mut owed = Owed::default();
+                for (a, l) in m.owed {
+                    owed.insert(a, l, a);
+                }
+                Proc {
+                    pid: m.pid,
+                    src_pid: m.src_pid,
+                    uffd: m.uffd,
+                    owed,
+                    wipe_on_fork: m.wipe_on_fork,
+                    cursor: 0,
+                    gone: false,
+                }
+            })
+            .collect();
+        Pager {
+            procs,
+            faults: Vec::new(),
+            stats: PagerStats::default(),
+            zeros: vec![0u8; PAGE_SIZE as usize],
+            buf: Vec::new(),
+        }
+    }
+
+    /// Bytes still owed to the processes.
+    pub fn owed_bytes(&self) -> u64 {
+        self.procs
+            .iter()
+            .filter(|p| !p.gone)
+            .map(|p| p.owed.bytes())
+            .sum()
+    }
+
+    /// The host PIDs of the restored processes served.
+    pub fn pids(&self) -> Vec<i32> {
+        self.procs.iter().map(|p| p.pid).filter(|&p| p > 0).collect()
+    }
+
+    /// Serves faults and pushes pages until nothing is owed; then tells
+    /// the source (`done`) and closes the descriptors.
+    pub fn run<S: Read + Write>(&mut self, s: &Mutex<S>, peer: &str) -> Result<(), PagerError> {
+        let t0 = Instant::now();
+        loop {
+            for i in 0..self.procs.len() {
+                self.read_msgs(i)?;
+            }
+            if !self.faults.is_empty() {
+                self.serve_faults(s, peer)?;
+                continue;
+            }
+            let Some(i) = (0..self.procs.len())
+                .find(|&i| !self.procs[i].gone && !self.procs[i].owed.is_empty())
+            else {
+                break;
+            };
+            let p = &self.procs[i];
+            let pieces = p.owed.next_from(p.cursor, PUSH_CHUNK);
+            let data = self.fetch(s, peer, p.src_pid, &pieces, false)?;
+            let mut off = 0usize;
+            let mut placed = 0;
+            for pc in &pieces {
+                let len = pc.len as usize;
+                placed += self.place(i, pc.src, &data[off..off + len])?;
+                off += len;
+            }
+            self.buf = data;
+            self.stats.pushed_pages += placed / PAGE_SIZE;
+            if let Some(last) = pieces.last() {
+                self.procs[i].cursor = last.dst + last.len;
+            }
+        }
+        self.stats.duration = t0.elapsed();
+        tracing::debug!(?self.stats, "post-copy: every page is across");
+        let done = json!({
+            "done": true,
+            "faults": self.stats.faults,
+            "fault_pages": self.stats.fault_pages,
+            "pushed_pages": self.stats.pushed_pages,
+            "zero_faults": self.stats.zero_faults,
+        });
+        // Every page is here: from now on the processes need nothing from
+        // the source, whatever becomes of the link.
+        for p in self.procs.drain(..) {
+            drop(p.uffd);
+        }
+        let mut g = s.lock().unwrap_or_else(|p| p.into_inner());
+        send_message(&mut *g, done.to_string().as_bytes())
+            .map_err(|e| PagerError::Source(format!("telling {peer} every page is across: {e}")))?;
+        match recv_message(&mut *g, std::path::Path::new(peer)) {
+            Ok(Received::Message(_)) => Ok(()),
+            Ok(Received::Abort(why)) => Err(PagerError::Source(why)),
+            Err(e) => Err(PagerError::Source(e.to_string())),
+        }
+    }
+
+    /// Reads the pending messages of process `i`'s descriptor and applies
+    /// them.
+    fn read_msgs(&mut self, i: usize) -> Result<(), PagerError> {
+        loop {
+            if self.procs[i].gone {
+                return Ok(());
+            }
+            let msgs = self.procs[i]
+                .uffd
+                .read_msgs(0)
+                .map_err(|e| PagerError::Local(format!("reading page faults: {e}")))?;
+            if msgs.is_empty() {
+                return Ok(());
+            }
+            for m in msgs {
+                let p = &mut self.procs[i];
+                match m {
+                    Msg::Fault { addr, .. } => self.faults.push((i, addr)),
+                    Msg::Remove { start, end } | Msg::Unmap { start, end } => {
+                        self.stats.dropped_pages +=
+                            p.owed.within(start, end).iter().map(|x| x.len).sum::<u64>() / PAGE_SIZE;
+                        p.owed.remove(start, end);
+                    }
+                    Msg::Remap { from, to, len } => p.owed.remap(from, to, len),
+                    Msg::Fork(uffd) => {
+                        let mut owed = p.owed.clone();
+                        for &(a, b) in &p.wipe_on_fork {
+                            owed.remove(a, b);
+                        }
+                        tracing::debug!(pid = p.pid, owed = owed.bytes(), "post-copy: a fork");
+                        let child = Proc {
+                            pid: 0,
+                            src_pid: p.src_pid,
+                            uffd,
+                            owed,
+                            wipe_on_fork: p.wipe_on_fork.clone(),
+                            cursor: p.cursor,
+                            gone: false,
+                        };
+                        self.procs.push(child);
+                        self.stats.forks += 1;
+                    }
+                    Msg::Other(e) => tracing::debug!(event = e, "post-copy: unexpected message"),
+                }
+            }
+        }
+    }
+
+    /// Fetches, for every pending fault on an owed page, that page and
+    /// what is owed in the window after it, places them, and wakes the
+    /// faulting threads.
+    fn serve_faults<S: Read + Write>(&mut self, s: &Mutex<S>, peer: &str) -> Result<(), PagerError> {
+        let faults = std::mem::take(&mut self.faults);
+        // Per process: the pieces to fetch.
+        let mut want: Vec<(usize, Vec<Piece>)> = Vec::new();
+        let mut wake = Vec::new();
+        for &(i, addr) in &faults {
+            let page = addr & !(PAGE_SIZE - 1);
+            if self.procs[i].gone {
+                continue;
+            }
+            wake.push((i, page));
+            let p = &self.procs[i];
+            if !p.owed.contains(page) {
+                self.zero_fill(i, page)?;
+                continue;
+            }
+            let pieces = p.owed.within(page, page + FAULT_WINDOW);
+            let entry = match want.iter_mut().find(|(j, _)| *j == i) {
+                Some(e) => e,
+                None => {
+                    want.push((i, Vec::new()));
+                    want.last_mut().expect("pushed")
+                }
+            };
+            for pc in pieces {
+                if !entry.1.iter().any(|q| q.dst < pc.dst + pc.len && pc.dst < q.dst + q.len) {
+                    entry.1.push(pc);
+                }
+            }
+            self.stats.faults += 1;
+        }
+        for (i, pieces) in want {
+            let src_pid = self.procs[i].src_pid;
+            let data = self.fetch(s, peer, src_pid, &pieces, true)?;
+            let mut off = 0usize;
+            let mut placed = 0;
+            for pc in &pieces {
+                let len = pc.len as usize;
+                placed += self.place(i, pc.src, &data[off..off + len])?;
+                off += len;
+            }
+            self.buf = data;
+            self.stats.fault_pages += placed / PAGE_SIZE;
+            if let Some(last) = pieces.last() {
+                self.procs[i].cursor = last.dst + last.len;
+            }
+        }
+        // A fault whose page was released meanwhile (or placed by another
+        // round) faults again if still missing, and gets zeros then.
+        for (i, page) in wake {
+            let p = &self.procs[i];
+            if !p.gone {
+                let _ = p.uffd.wake(page, PAGE_SIZE);
+            }
+        }
+        Ok(())
+    }
+
+    /// A page of zeros at `page`, where nothing is owed.
+    fn zero_fill(&mut self, i: usize, page: u64) -> Result<(), PagerError> {
+        loop {
+            match self.procs[i].uffd.copy_some(page, &self.zeros) {
+                Copied::All => {
+                    self.stats.zero_faults += 1;
+                    return Ok(());
+                }
+                Copied::Stopped { errno, .. } if errno == libc::EAGAIN => {
+                    self.read_msgs(i)?;
+                    if self.procs[i].owed.contains(page) {
+                        // Moved here by a mremap just read: fetched instead.
+                        self.faults.push((i, page));
+                        return Ok(());
+                    }
+                }
+                Copied::Stopped { errno, .. } if errno == libc::ESRCH => {
+                    self.procs[i].gone = true;
+                    return Ok(());
+                }
+                // There already, or no longer registered memory.
+                Copied::Stopped { .. } => return Ok(()),
+            }
+        }
+    }
+
+    /// Places the bytes read from source address `src` where they are
+    /// still owed; returns the bytes placed.
+    fn place(&mut self, i: usize, src: u64, data: &[u8]) -> Result<u64, PagerError> {
+        let mut placed = 0;
+        let len = data.len() as u64;
+        // Pieces already tried and given up on (no longer registered).
+        let mut skip = Owed::default();
+        loop {
+            let p = &mut self.procs[i];
+            if p.gone {
+                return Ok(placed);
+            }
+            let Some((pc, off)) = p.owed.by_source(src, len) else {
+                return Ok(placed);
+            };
+            if skip.contains(pc.dst) {
+                p.owed.remove(pc.dst, pc.dst + pc.len);
+                continue;
+            }
+            let bytes = &data[off as usize..(off + pc.len) as usize];
+            match p.uffd.copy_some(pc.dst, bytes) {
+                Copied::All => {
+                    p.owed.remove(pc.dst, pc.dst + pc.len);
+                    placed += pc.len;
+                }
+                Copied::Stopped { done, errno } => {
+                    p.owed.remove(pc.dst, pc.dst + done);
+                    placed += done;
+                    let at = pc.dst + done;
+                    match errno {
+                        libc::EEXIST => p.owed.remove(at, at + PAGE_SIZE),
+                        libc::EAGAIN => self.read_msgs(i)?,
+                        libc::ESRCH => p.gone = true,
+                        libc::ENOENT | libc::EFAULT | libc::EINVAL => {
+                            tracing::debug!(
+                                pid = p.pid,
+                                at,
+                                errno,
+                                "post-copy: a range is no longer registered; dropped"
+                            );
+                            skip.insert(at, pc.len - done, 0);
+                        }
+                        e => {
+                            return Err(PagerError::Local(format!(
+                                "placing pages at {at:#x} in process {}: {}",
+                                p.pid,
+                                std::io::Error::from_raw_os_error(e)
+                            )))
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Asks the source for `pieces` of process `src_pid` and reads them.
+    fn fetch<S: Read + Write>(
+        &mut self,
+        s: &Mutex<S>,
+        peer: &str,
+        src_pid: i32,
+        pieces: &[Piece],
+        fault: bool,
+    ) -> Result<Vec<u8>, PagerError> {
+        let total: u64 = pieces.iter().map(|p| p.len).sum();
+        let want: Vec<Value> = pieces
+            .iter()
+            .map(|p| json!([src_pid, p.src, p.len]))
+            .collect();
+        let msg = json!({"want": want, "fault": fault});
+        let lost = |e: &dyn std::fmt::Display| PagerError::Source(format!("the connection to the source {peer} failed: {e}"));
+        let mut g = s.lock().unwrap_or_else(|p| p.into_inner());
+        send_message(&mut *g, msg.to_string().as_bytes()).map_err(|e| lost(&e))?;
+        let answer = match recv_message(&mut *g, std::path::Path::new(peer)) {
+            Ok(Received::Message(m)) => serde_json::from_slice::<Value>(&m)
+                .map_err(|e| PagerError::Source(format!("an unreadable answer from {peer}: {e}")))?,
+            Ok(Received::Abort(why)) => {
+                return Err(PagerError::Source(format!("the source {peer} gave up: {why}")))
+            }
+            Err(e) => return Err(lost(&e)),
+        };
+        if answer["ok"] != json!(true) {
+            return Err(PagerError::Source(format!(
+                "the source {peer} could not read the pages: {}",
+                answer["error"].as_str().unwrap_or("no reason given")
+            )));
+        }
+        let h = read_header(&mut *g).map_err(|e| lost(&e))?;
+        if h.kind != kind::DATA || h.len != total {
+            return Err(PagerError::Source(format!(
+                "{peer} sent a frame of kind {} with {} bytes, not the {total} bytes of pages asked for",
+                h.kind, h.len
+            )));
+        }
+        let mut buf = std::mem::take(&mut self.buf);
+        buf.resize(total as usize, 0);
+        g.read_exact(&mut buf).map_err(|e| lost(&e))?;
+        Ok(buf)
+    }
+}
+
+/// How the source's serving ended.
+#[derive(Debug)]
+pub(crate) enum Served {
+    /// Every page is across; the destination's counts.
+    Done(Value),
+    /// The destination could not go on and killed its copy.
+    Failed(String),
+}
+
+/// The source side: answers page requests from the frozen processes
+/// `pids` until the destination says done or failed. Err: the link failed
+/// (or the destination spoke nonsense).
+pub(crate) fn serve<S: Read + Write>(s: &Mutex<S>, peer: &str, pids: &[i32]) -> Result<Served, String> {
+    let mut buf: Vec<u8> = Vec::new();
+    let mut mems: BTreeMap<i32, ProcMem> = BTreeMap::new();
+    loop {
+        let mut g = s.lock().unwrap_or_else(|p| p.into_inner());
+        let msg = match recv_message(&mut *g, std::path::Path::new(peer)) {
+            Ok(Received::Message(m)) => serde_json::from_slice::<Value>(&m)
+                .map_err(|e| format!("an unreadable message: {e}"))?,
+            Ok(Received::Abort(why)) => return Err(format!("the destination gave up: {why}")),
+            Err(e) => return Err(e.to_string()),
+        };
+        if msg["done"] == json!(true) {
+            return Ok(Served::Done(msg));
+        }
+        if let Some(why) = msg["failed"].as_str() {
+            return Ok(Served::Failed(why.to_string()));
+        }
+        let Some(want) = msg["want"].as_array() else {
+            return Err(format!("an unexpected message: {msg}"));
+        };
+        let mut asked = Vec::with_capacity(want.len());
+        let mut bad = None;
+        for w in want {
+            let (Some(pid), Some(addr), Some(len)) = (w[0].as_i64(), w[1].as_u64(), w[2].as_u64())
+            else {
+                bad = Some(format!("a malformed request {w}"));
+                break;
+            };
+            let pid = pid as i32;
+            if !pids.contains(&pid) {
+                bad = Some(format!("pages of process {pid}, which is not migrated"));
+                break;
+            }
+            if addr % PAGE_SIZE != 0 || len % PAGE_SIZE != 0 || addr.checked_add(len).is_none() {
+                bad = Some(format!("an unaligned range {addr:#x}+{len:#x}"));
+                break;
+            }
+            asked.push((pid, Range { addr, len }));
+        }
+        let total: u64 = asked.iter().map(|(_, r)| r.len).sum();
+        if bad.is_none() && total > MAX_REQUEST {
+            bad = Some(format!("{total} bytes at once (at most {MAX_REQUEST})"));
+        }
+        let read = match bad {
+            Some(b) => Err(b),
+            None => {
+                buf.resize(total as usize, 0);
+                read_pages(&asked, &mut buf, &mut mems)
+            }
+        };
+        let sent = match read {
+            Ok(()) => send_message(&mut *g, br#"{"ok": true}"#)
+                .and_then(|()| write_frame(&mut *g, kind::DATA, 0, &buf))
+                .and_then(|()| g.flush()),
+            Err(why) => {
+                tracing::warn!("post-copy: refused a page request from {peer}: {why}");
+                send_message(&mut *g, json!({"ok": false, "error": why}).to_string().as_bytes())
+            }
+        };
+        sent.map_err(|e| e.to_string())?;
+    }
+}
+
+/// Reads the ranges asked for, in order, into `buf` (process_vm_readv; the
+/// pages it cannot reach, such as PROT_NONE ones, through /proc/PID/mem).
+fn read_pages(
+    asked: &[(i32, Range)],
+    buf: &mut [u8],
+    mems: &mut BTreeMap<i32, ProcMem>,
+) -> Result<(), String> {
+    let mut off = 0usize;
+    for &(pid, r) in asked {
+        let out = &mut buf[off..off + r.len as usize];
+        let n = mem::read_ranges(pid, out, &[r]).unwrap_or(0);
+        if n < out.len() {
+            let m = match mems.entry(pid) {
+                std::collections::btree_map::Entry::Occupied(o) => o.into_mut(),
+                std::collections::btree_map::Entry::Vacant(v) => v.insert(
+                    ProcMem::open(pid, false).map_err(|e| format!("process {pid}: {e}"))?,
+                ),
+            };
+            m.read_exact_at(r.addr + n as u64, &mut out[n..])
+                .map_err(|e| format!("process {pid}: {e}"))?;
+        }
+        off += r.len as usize;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const P: u64 = PAGE_SIZE;
+
+    fn owed(runs: &[(u64, u64)]) -> Owed {
+        let mut o = Owed::default();
+        for &(a, l) in runs {
+            o.insert(a * P, l * P, a * P);
+        }
+        o
+    }
+
+    #[test]
+    fn remove_cuts_and_keeps_sources() {
+        let mut o = owed(&[(10, 10), (30, 5)]);
+        o.remove(12 * P, 14 * P);
+        o.remove(33 * P, 40 * P);
+        assert_eq!(
+            o.within(0, u64::MAX),
+            vec![
+                Piece { dst: 10 * P, src: 10 * P, len: 2 * P },
+                Piece { dst: 14 * P, src: 14 * P, len: 6 * P },
+                Piece { dst: 30 * P, src: 30 * P, len: 3 * P },
+            ]
+        );
+        assert_eq!(o.bytes(), 11 * P);
+        assert!(o.contains(15 * P) && !o.contains(12 * P) && !o.contains(33 * P));
+    }
+
+    #[test]
+    fn remap_follows_the_pages() {
+        let mut o = owed(&[(10, 10)]);
+        // Pages 14..18 move to 100..104; something owed at 101 is replaced.
+        o.insert(101 * P, P, 500 * P);
+        o.remap(14 * P, 100 * P, 4 * P);
+        assert_eq!(
+            o.within(100 * P, 104 * P),
+            vec![Piece { dst: 100 * P, src: 14 * P, len: 4 * P }]
+        );
+        assert!(!o.contains(15 * P));
+        assert_eq!(o.bytes(), 10 * P);
+        // Placing by source finds the moved pages.
+        let (pc, off) = o.by_source(12 * P, 8 * P).unwrap();
+        assert_eq!((pc.dst, off), (12 * P, 0));
+        o.remove(10 * P, 14 * P);
+        let (pc, off) = o.by_source(12 * P, 8 * P).unwrap();
+        assert_eq!((pc.dst, pc.src, pc.len, off), (100 * P, 14 * P, 4 * P, 2 * P));
+    }
+
+    #[test]
+    fn push_goes_on_from_the_cursor_and_wraps() {
+        let o = owed(&[(10, 4), (20, 4)]);
+        let got = o.next_from(21 * P, 5 * P);
+        assert_eq!(
+            got,
+            vec![
+                Piece { dst: 21 * P, src: 21 * P, len: 3 * P },
+                Piece { dst: 10 * P, src: 10 * P, len: 2 * P },
+            ]
+        );
+    }
+}

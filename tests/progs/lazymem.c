@@ -1,0 +1,141 @@
+/* lazymem LOG MIB [churn]: a region of MIB MiB of private anonymous memory,
+ * every page holding a pattern derived from its index and a version. In an
+ * endless loop it checks every page against its version, then writes the
+ * next version; after each whole pass it appends "pass N" to LOG. A page
+ * that is wrong appends "BAD ..." and exits 3: for post-copy migration,
+ * whose pages arrive after the process runs again.
+ *
+ * With "churn": when the clock jumps by more than 25 ms between two pages
+ * (the process was stopped: frozen, moved, resumed), it at once, while the
+ * rest of its memory may still be arriving:
+ *   - releases the first eighth (MADV_DONTNEED) and replaces the second
+ *     (munmap + mmap MAP_FIXED): both must read zeros from then on;
+ *   - moves the third eighth elsewhere with mremap, checks it there, and
+ *     moves it back;
+ *   - forks a child that checks every page (zeros where released) and exits;
+ *   - waits 1 s (long enough for any pushed page to land), checks the first
+ *     two eighths still read zeros, rewrites them, and appends "churned N". */
+#include "harness.h"
+#include <sys/mman.h>
+#include <sys/wait.h>
+
+#define PG 4096UL
+
+static int logfd = -1;
+static unsigned char *A;
+static size_t npages;
+static uint32_t *ver;
+
+static void logline(const char *fmt, ...) {
+    char b[512];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(b, sizeof b, fmt, ap);
+    va_end(ap);
+    if (n > 0 && write(logfd, b, (size_t)n) < 0) _exit(92);
+}
+
+static double now_ms(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec * 1e3 + t.tv_nsec / 1e6;
+}
+
+static uint64_t seed_of(size_t i, uint32_t v) { return (uint64_t)i * 1000003ULL + v + 1; }
+
+static void bad(const char *what, size_t page, long word) {
+    uint64_t got = word >= 0 ? ((uint64_t *)(A + page * PG))[word] : 0;
+    logline("BAD %s: page %zu word %ld is %#lx (version %u) pid %d\n", what, page, word,
+            (unsigned long)got, ver[page], getpid());
+    _exit(3);
+}
+
+static void check_page(size_t i, const char *what) {
+    long w = check_fill(A + i * PG, PG, seed_of(i, ver[i]));
+    if (w >= 0) bad(what, i, w);
+}
+
+static void write_page(size_t i) {
+    ver[i]++;
+    fill(A + i * PG, PG, seed_of(i, ver[i]));
+}
+
+static void check_zero(size_t from, size_t to, const char *what) {
+    for (size_t i = from; i < to; i++) {
+        const uint64_t *w = (const uint64_t *)(A + i * PG);
+        for (size_t k = 0; k < PG / 8; k++)
+            if (w[k] != 0) bad(what, i, (long)k);
+    }
+}
+
+static void churn(unsigned long n) {
+    size_t q = npages / 8;
+    /* 1. released and replaced: zeros from now on. */
+    if (madvise(A, q * PG, MADV_DONTNEED) != 0) { logline("BAD madvise: %s\n", strerror(errno)); _exit(3); }
+    if (munmap(A + q * PG, q * PG) != 0) { logline("BAD munmap: %s\n", strerror(errno)); _exit(3); }
+    if (mmap(A + q * PG, q * PG, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0) != A + q * PG) {
+        logline("BAD mmap: %s\n", strerror(errno)); _exit(3);
+    }
+    /* 2. moved away and back. */
+    unsigned char *third = A + 2 * q * PG;
+    unsigned char *away = mremap(third, q * PG, q * PG, MREMAP_MAYMOVE | MREMAP_FIXED, A + npages * PG + PG);
+    if (away == MAP_FAILED) { logline("BAD mremap: %s\n", strerror(errno)); _exit(3); }
+    for (size_t i = 0; i < q; i++) {
+        long w = check_fill(away + i * PG, PG, seed_of(2 * q + i, ver[2 * q + i]));
+        if (w >= 0) {
+            logline("BAD moved page %zu word %ld\n", 2 * q + i, w);
+            _exit(3);
+        }
+    }
+    if (mremap(away, q * PG, q * PG, MREMAP_MAYMOVE | MREMAP_FIXED, third) != third) {
+        logline("BAD mremap back: %s\n", strerror(errno)); _exit(3);
+    }
+    mmap(away, q * PG, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
+    /* 3. a child sees the same memory. */
+    pid_t c = fork();
+    if (c < 0) { logline("BAD fork: %s\n", strerror(errno)); _exit(3); }
+    if (c == 0) {
+        check_zero(0, 2 * q, "fork child, released");
+        for (size_t i = 2 * q; i < npages; i++) check_page(i, "fork child");
+        _exit(0);
+    }
+    int st = 0;
+    while (waitpid(c, &st, 0) < 0 && errno == EINTR) {}
+    if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) {
+        logline("BAD fork child ended with status %#x\n", st);
+        _exit(3);
+    }
+    /* 4. nothing lands in what was released. */
+    sleep_ms(1000);
+    check_zero(0, 2 * q, "released");
+    for (size_t i = 0; i < 2 * q; i++) write_page(i);
+    logline("churned %lu\n", n);
+}
+
+int main(int argc, char **argv) {
+    if (argc < 3) { fprintf(stderr, "usage: lazymem LOG MIB [churn]\n"); return 2; }
+    logfd = open(argv[1], O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+    if (logfd < 0) { perror(argv[1]); return 1; }
+    npages = (size_t)atol(argv[2]) * 256;
+    int churning = argc > 3 && !strcmp(argv[3], "churn");
+    /* The region, and room after it (one guard page, then where a part of
+     * it is moved to). */
+    A = mmap(NULL, (2 * npages + 1) * PG, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (A == MAP_FAILED) { perror("mmap"); return 1; }
+    mprotect(A + npages * PG, (npages + 1) * PG, PROT_NONE);
+    ver = calloc(npages, sizeof *ver);
+    for (size_t i = 0; i < npages; i++) write_page(i);
+    logline("ready\n");
+    unsigned long churns = 0;
+    double last = now_ms();
+    for (unsigned long pass = 0;; pass++) {
+        for (size_t i = 0; i < npages; i++) {
+            double t = now_ms();
+            if (churning && t - last > 25) churn(churns++);
+            last = now_ms();
+            check_page(i, "pass");
+            write_page(i);
+        }
+        logline("pass %lu\n", pass);
+    }
+}
