@@ -12,6 +12,7 @@ use serde_json::json;
 
 /// How the memory moves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+#[allow(clippy::enum_variant_names)] // the names are the mode names
 pub enum ModeArg {
     /// Freeze, send everything, restore at the destination, resume there.
     StopCopy,

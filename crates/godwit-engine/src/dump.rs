@@ -344,7 +344,13 @@ pub fn dump_to(
         plans,
         mut copied,
         scratches,
-    } = collect_all(&members, &trackers, early.then_some(&writer), progress, lazy)?;
+    } = collect_all(
+        &members,
+        &trackers,
+        early.then_some(&writer),
+        progress,
+        lazy,
+    )?;
     tracing::debug!(ms = t0.elapsed().as_secs_f64() * 1e3, "collected");
     files::link_descriptions(&mut procs)?;
     tty::link(&mut procs, opts.shell_job)?;

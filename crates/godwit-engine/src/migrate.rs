@@ -635,7 +635,8 @@ fn kill_restored(pids: &[i32], ns_init: Option<i32>) {
         let _ = godwit_sys::process::kill(p, libc::SIGKILL);
     }
     let t = Instant::now();
-    while all.iter().any(|&p| godwit_sys::process::alive(p)) && t.elapsed() < Duration::from_secs(10)
+    while all.iter().any(|&p| godwit_sys::process::alive(p))
+        && t.elapsed() < Duration::from_secs(10)
     {
         std::thread::sleep(Duration::from_millis(2));
     }

@@ -349,7 +349,11 @@ impl Pager {
 
     /// The host PIDs of the restored processes served.
     pub fn pids(&self) -> Vec<i32> {
-        self.procs.iter().map(|p| p.pid).filter(|&p| p > 0).collect()
+        self.procs
+            .iter()
+            .map(|p| p.pid)
+            .filter(|&p| p > 0)
+            .collect()
     }
 
     /// Serves faults and pushes pages until nothing is owed; then tells
@@ -429,7 +433,8 @@ impl Pager {
                     Msg::Fault { addr, .. } => self.faults.push((i, addr)),
                     Msg::Remove { start, end } | Msg::Unmap { start, end } => {
                         self.stats.dropped_pages +=
-                            p.owed.within(start, end).iter().map(|x| x.len).sum::<u64>() / PAGE_SIZE;
+                            p.owed.within(start, end).iter().map(|x| x.len).sum::<u64>()
+                                / PAGE_SIZE;
                         p.owed.remove(start, end);
                     }
                     Msg::Remap { from, to, len } => p.owed.remap(from, to, len),
@@ -460,7 +465,11 @@ impl Pager {
     /// Fetches, for every pending fault on an owed page, that page and
     /// what is owed in the window after it, places them, and wakes the
     /// faulting threads.
-    fn serve_faults<S: Read + Write>(&mut self, s: &Mutex<S>, peer: &str) -> Result<(), PagerError> {
+    fn serve_faults<S: Read + Write>(
+        &mut self,
+        s: &Mutex<S>,
+        peer: &str,
+    ) -> Result<(), PagerError> {
         let faults = std::mem::take(&mut self.faults);
         // Per process: the pieces to fetch.
         let mut want: Vec<(usize, Vec<Piece>)> = Vec::new();
@@ -485,7 +494,11 @@ impl Pager {
                 }
             };
             for pc in pieces {
-                if !entry.1.iter().any(|q| q.dst < pc.dst + pc.len && pc.dst < q.dst + q.len) {
+                if !entry
+                    .1
+                    .iter()
+                    .any(|q| q.dst < pc.dst + pc.len && pc.dst < q.dst + q.len)
+                {
                     entry.1.push(pc);
                 }
             }
@@ -614,14 +627,19 @@ impl Pager {
             .map(|p| json!([src_pid, p.src, p.len]))
             .collect();
         let msg = json!({"want": want, "fault": fault});
-        let lost = |e: &dyn std::fmt::Display| PagerError::Source(format!("the connection to the source {peer} failed: {e}"));
+        let lost = |e: &dyn std::fmt::Display| {
+            PagerError::Source(format!("the connection to the source {peer} failed: {e}"))
+        };
         let mut g = s.lock().unwrap_or_else(|p| p.into_inner());
         send_message(&mut *g, msg.to_string().as_bytes()).map_err(|e| lost(&e))?;
         let answer = match recv_message(&mut *g, std::path::Path::new(peer)) {
-            Ok(Received::Message(m)) => serde_json::from_slice::<Value>(&m)
-                .map_err(|e| PagerError::Source(format!("an unreadable answer from {peer}: {e}")))?,
+            Ok(Received::Message(m)) => serde_json::from_slice::<Value>(&m).map_err(|e| {
+                PagerError::Source(format!("an unreadable answer from {peer}: {e}"))
+            })?,
             Ok(Received::Abort(why)) => {
-                return Err(PagerError::Source(format!("the source {peer} gave up: {why}")))
+                return Err(PagerError::Source(format!(
+                    "the source {peer} gave up: {why}"
+                )))
             }
             Err(e) => return Err(lost(&e)),
         };
@@ -657,7 +675,11 @@ pub(crate) enum Served {
 /// The source side: answers page requests from the frozen processes
 /// `pids` until the destination says done or failed. Err: the link failed
 /// (or the destination spoke nonsense).
-pub(crate) fn serve<S: Read + Write>(s: &Mutex<S>, peer: &str, pids: &[i32]) -> Result<Served, String> {
+pub(crate) fn serve<S: Read + Write>(
+    s: &Mutex<S>,
+    peer: &str,
+    pids: &[i32],
+) -> Result<Served, String> {
     let mut buf: Vec<u8> = Vec::new();
     let mut mems: BTreeMap<i32, ProcMem> = BTreeMap::new();
     loop {
@@ -713,7 +735,10 @@ pub(crate) fn serve<S: Read + Write>(s: &Mutex<S>, peer: &str, pids: &[i32]) -> 
                 .and_then(|()| g.flush()),
             Err(why) => {
                 tracing::warn!("post-copy: refused a page request from {peer}: {why}");
-                send_message(&mut *g, json!({"ok": false, "error": why}).to_string().as_bytes())
+                send_message(
+                    &mut *g,
+                    json!({"ok": false, "error": why}).to_string().as_bytes(),
+                )
             }
         };
         sent.map_err(|e| e.to_string())?;
@@ -734,9 +759,9 @@ fn read_pages(
         if n < out.len() {
             let m = match mems.entry(pid) {
                 std::collections::btree_map::Entry::Occupied(o) => o.into_mut(),
-                std::collections::btree_map::Entry::Vacant(v) => v.insert(
-                    ProcMem::open(pid, false).map_err(|e| format!("process {pid}: {e}"))?,
-                ),
+                std::collections::btree_map::Entry::Vacant(v) => {
+                    v.insert(ProcMem::open(pid, false).map_err(|e| format!("process {pid}: {e}"))?)
+                }
             };
             m.read_exact_at(r.addr + n as u64, &mut out[n..])
                 .map_err(|e| format!("process {pid}: {e}"))?;
@@ -768,9 +793,21 @@ mod tests {
         assert_eq!(
             o.within(0, u64::MAX),
             vec![
-                Piece { dst: 10 * P, src: 10 * P, len: 2 * P },
-                Piece { dst: 14 * P, src: 14 * P, len: 6 * P },
-                Piece { dst: 30 * P, src: 30 * P, len: 3 * P },
+                Piece {
+                    dst: 10 * P,
+                    src: 10 * P,
+                    len: 2 * P
+                },
+                Piece {
+                    dst: 14 * P,
+                    src: 14 * P,
+                    len: 6 * P
+                },
+                Piece {
+                    dst: 30 * P,
+                    src: 30 * P,
+                    len: 3 * P
+                },
             ]
         );
         assert_eq!(o.bytes(), 11 * P);
@@ -785,7 +822,11 @@ mod tests {
         o.remap(14 * P, 100 * P, 4 * P);
         assert_eq!(
             o.within(100 * P, 104 * P),
-            vec![Piece { dst: 100 * P, src: 14 * P, len: 4 * P }]
+            vec![Piece {
+                dst: 100 * P,
+                src: 14 * P,
+                len: 4 * P
+            }]
         );
         assert!(!o.contains(15 * P));
         assert_eq!(o.bytes(), 10 * P);
@@ -793,8 +834,11 @@ mod tests {
         let (pc, off) = o.by_source(12 * P, 8 * P).unwrap();
         assert_eq!((pc.dst, off), (12 * P, 0));
         o.remove(10 * P, 14 * P);
-        let (pc, off) = o.by_source(12 * P, 8 * P).unwrap();
-        assert_eq!((pc.dst, pc.src, pc.len, off), (100 * P, 14 * P, 4 * P, 2 * P));
+        let (pc, off) = o.by_source(12 * P, 4 * P).unwrap();
+        assert_eq!(
+            (pc.dst, pc.src, pc.len, off),
+            (100 * P, 14 * P, 2 * P, 2 * P)
+        );
     }
 
     #[test]
@@ -804,8 +848,16 @@ mod tests {
         assert_eq!(
             got,
             vec![
-                Piece { dst: 21 * P, src: 21 * P, len: 3 * P },
-                Piece { dst: 10 * P, src: 10 * P, len: 2 * P },
+                Piece {
+                    dst: 21 * P,
+                    src: 21 * P,
+                    len: 3 * P
+                },
+                Piece {
+                    dst: 10 * P,
+                    src: 10 * P,
+                    len: 2 * P
+                },
             ]
         );
     }

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use godwit_engine::migrate::{self, Mode, MigrateError, MigrateOptions, ReceiveOptions};
+use godwit_engine::migrate::{self, MigrateError, MigrateOptions, Mode, ReceiveOptions};
 use godwit_engine::Quiet;
 
 struct Counter {
@@ -154,7 +154,11 @@ fn pre_copy_moves_a_counter() {
 fn still_counting(c: &Counter) {
     let at = last(&c.log);
     wait_until("the source to count on", || last(&c.log) >= at + 3);
-    assert!(matches!(state(c.pid), Some('S') | Some('R')), "{:?}", state(c.pid));
+    assert!(
+        matches!(state(c.pid), Some('S') | Some('R')),
+        "{:?}",
+        state(c.pid)
+    );
     let status = std::fs::read_to_string(format!("/proc/{}/status", c.pid)).unwrap();
     assert!(status.contains("TracerPid:\t0"), "still traced:\n{status}");
 }
@@ -193,7 +197,10 @@ fn pid_taken_at_the_destination_is_refused_before_anything_moves() {
     o.pid_ns = false;
     let e = migrate::send(a, "destination", c.pid, &o, &Quiet).unwrap_err();
     assert!(matches!(e, MigrateError::Refused { .. }), "{e}");
-    assert!(e.to_string().contains(&format!("PID {} is in use", c.pid)), "{e}");
+    assert!(
+        e.to_string().contains(&format!("PID {} is in use", c.pid)),
+        "{e}"
+    );
     assert!(dest.join().unwrap().is_err());
     still_counting(&c);
 }
@@ -235,7 +242,10 @@ fn link_cut_after_go_leaves_the_source_stopped_not_running() {
     let e = migrate::send(a, "destination", c.pid, &opts(Mode::StopCopy), &Quiet).unwrap_err();
     dest.join().unwrap();
     assert!(matches!(e, MigrateError::Uncertain { .. }), "{e}");
-    wait_until(&format!("the source copy to be stopped ({:?})", state(c.pid)), || state(c.pid) == Some('T'));
+    wait_until(
+        &format!("the source copy to be stopped ({:?})", state(c.pid)),
+        || state(c.pid) == Some('T'),
+    );
     let at = last(&c.log);
     std::thread::sleep(Duration::from_millis(400));
     assert_eq!(last(&c.log), at, "a stopped source must not count");
@@ -258,15 +268,15 @@ fn pre_copy_then_post_copy_moves_a_counter() {
 
 /// tests/progs/lazymem.c: `mib` MiB of pages it keeps checking and
 /// rewriting, logging "pass N" per pass and "BAD ..." on a wrong page.
-fn lazymem(mib: u64, churn: bool) -> Counter {
+fn lazymem(mib: u64, how: &str) -> Counter {
     let dir = tempfile::tempdir().unwrap();
     let launch = gcc(dir.path(), "launch");
     let prog = gcc(dir.path(), "lazymem");
     let log = dir.path().join("log");
     let mut cmd = Command::new(launch);
     cmd.arg(&prog).arg(&log).arg(mib.to_string());
-    if churn {
-        cmd.arg("churn");
+    if !how.is_empty() {
+        cmd.arg(how);
     }
     let child = cmd
         .stdin(Stdio::null())
@@ -282,7 +292,9 @@ fn lazymem(mib: u64, churn: bool) -> Counter {
         _dir: dir,
         restored_init: None,
     };
-    wait_until("lazymem to make a pass", || log_text(&c).contains("pass 1\n"));
+    wait_until("lazymem to make a pass", || {
+        log_text(&c).contains("pass 1\n")
+    });
     c
 }
 
@@ -307,10 +319,7 @@ fn no_bad_page(c: &Counter) {
 }
 
 /// Post-copies a lazymem of `mib` MiB; returns the reports.
-fn post_copy(
-    c: &mut Counter,
-    mode: Mode,
-) -> (migrate::MigrateReport, migrate::ReceiveReport) {
+fn post_copy(c: &mut Counter, mode: Mode) -> (migrate::MigrateReport, migrate::ReceiveReport) {
     let (a, b) = UnixStream::pair().unwrap();
     let dest = std::thread::spawn(move || migrate::receive(b, "source", &recv_opts(), &Quiet));
     let sent = migrate::send(a, "destination", c.pid, &opts(mode), &Quiet);
@@ -340,11 +349,15 @@ fn post_copy(
 
 #[test]
 fn post_copy_of_256_mib_never_shows_a_wrong_page() {
-    let mut c = lazymem(256, false);
+    let mut c = lazymem(256, "");
     let (report, received) = post_copy(&mut c, Mode::PostCopy);
     // The memory was not in the image: it followed.
     assert!(report.lazy_bytes >= 256 << 20, "{}", report.lazy_bytes);
-    assert!(received.bytes < 32 << 20, "image of {} bytes", received.bytes);
+    assert!(
+        received.bytes < 32 << 20,
+        "image of {} bytes",
+        received.bytes
+    );
     assert!(report.all_pages_after.unwrap() >= report.downtime);
     assert!(report.faults > 0, "the process touched its memory at once");
     assert!(
@@ -355,41 +368,62 @@ fn post_copy_of_256_mib_never_shows_a_wrong_page() {
     );
     // It goes on checking every page, at the destination.
     let at = log_text(&c).len();
-    wait_for("two passes at the destination", Duration::from_secs(30), || {
-        no_bad_page(&c);
-        lines_after(&c, at, "pass") >= 2
-    });
+    wait_for(
+        "two passes at the destination",
+        Duration::from_secs(30),
+        || {
+            no_bad_page(&c);
+            lines_after(&c, at, "pass") >= 2
+        },
+    );
     no_bad_page(&c);
 }
 
 #[test]
 fn post_copy_follows_dontneed_munmap_mremap_and_fork() {
-    let mut c = lazymem(256, true);
+    let mut c = lazymem(256, "churn");
     let at = log_text(&c).len();
     let (_, received) = post_copy(&mut c, Mode::PostCopy);
-    let stats = received.postcopy.clone().unwrap();
-    // The churn ran while pages were still arriving.
-    assert!(stats.forks >= 1, "no fork during the post-copy: {stats:?}");
-    assert!(stats.dropped_pages > 0, "nothing released during the post-copy: {stats:?}");
-    wait_for("a churn and a pass at the destination", Duration::from_secs(30), || {
-        no_bad_page(&c);
-        lines_after(&c, at, "churned") >= 1 && lines_after(&c, at, "pass") >= 2
-    });
+    wait_for(
+        "a churn and a pass at the destination",
+        Duration::from_secs(30),
+        || {
+            no_bad_page(&c);
+            lines_after(&c, at, "churned") >= 1 && lines_after(&c, at, "pass") >= 2
+        },
+    );
     no_bad_page(&c);
+    // The churn ran while pages were still arriving.
+    let stats = received.postcopy.clone().unwrap();
+    assert!(stats.forks >= 1, "no fork during the post-copy: {stats:?}");
+    assert!(
+        stats.dropped_pages > 0,
+        "nothing released during the post-copy: {stats:?}"
+    );
 }
 
 #[test]
 fn pre_copy_then_post_copy_of_a_busy_process() {
-    let mut c = lazymem(64, false);
+    let mut c = lazymem(64, "sparse");
     let (report, _) = post_copy(&mut c, Mode::PreCopyPostCopy);
-    assert!(report.rounds > 0, "no pre-copy round");
-    assert!(report.memory_bytes >= 32 << 20, "little pre-copied: {}", report.memory_bytes);
-    assert!(report.lazy_bytes > 0, "nothing left for post-copy");
+    let pre = &report.dump.precopy;
+    assert!(pre.bytes_running >= 64 << 20, "little pre-copied: {pre:?}");
+    // (What it wrote after the last round is left for post-copy: usually
+    // some pages, none if it did not run meanwhile.)
+    assert!(
+        report.lazy_bytes < 32 << 20,
+        "{} bytes left for post-copy",
+        report.lazy_bytes
+    );
     let at = log_text(&c).len();
-    wait_for("two passes at the destination", Duration::from_secs(30), || {
-        no_bad_page(&c);
-        lines_after(&c, at, "pass") >= 2
-    });
+    wait_for(
+        "two passes at the destination",
+        Duration::from_secs(30),
+        || {
+            no_bad_page(&c);
+            lines_after(&c, at, "pass") >= 2
+        },
+    );
     no_bad_page(&c);
 }
 
@@ -412,7 +446,7 @@ fn processes_with(needle: &str) -> Vec<i32> {
 
 #[test]
 fn link_cut_mid_post_copy_kills_the_destination_copy_and_keeps_the_source() {
-    let c = lazymem(256, false);
+    let c = lazymem(256, "");
     let (a, a2) = UnixStream::pair().unwrap();
     let (b2, b) = UnixStream::pair().unwrap();
     // A relay that cuts the link once 64 MiB went to the destination: the
@@ -424,7 +458,9 @@ fn link_cut_mid_post_copy_kills_the_destination_copy_and_keeps_the_source() {
             let mut buf = vec![0u8; 1 << 16];
             let mut n = 0usize;
             while n < 64 << 20 {
-                let Ok(k) = std::io::Read::read(&mut from, &mut buf) else { break };
+                let Ok(k) = std::io::Read::read(&mut from, &mut buf) else {
+                    break;
+                };
                 if k == 0 || std::io::Write::write_all(&mut to, &buf[..k]).is_err() {
                     break;
                 }
@@ -450,8 +486,12 @@ fn link_cut_mid_post_copy_kills_the_destination_copy_and_keeps_the_source() {
     // Nothing of it is left at the destination: the source copy is the
     // only one, stopped.
     let needle = c.log.to_str().unwrap().to_string();
-    wait_until("the destination copy to be gone", || processes_with(&needle) == vec![c.pid]);
-    wait_until("the source copy to be stopped", || state(c.pid) == Some('T'));
+    wait_until("the destination copy to be gone", || {
+        processes_with(&needle) == vec![c.pid]
+    });
+    wait_until("the source copy to be stopped", || {
+        state(c.pid) == Some('T')
+    });
     no_bad_page(&c);
     let at = log_text(&c).len();
     std::thread::sleep(Duration::from_millis(300));
@@ -459,6 +499,50 @@ fn link_cut_mid_post_copy_kills_the_destination_copy_and_keeps_the_source() {
     // Its memory is whole: it goes on from where it was.
     // SAFETY: plain kill(2) of our own child.
     unsafe { libc::kill(c.pid, libc::SIGCONT) };
-    wait_until("the source to pass again", || lines_after(&c, at, "pass") >= 2);
+    wait_until("the source to pass again", || {
+        lines_after(&c, at, "pass") >= 2
+    });
     no_bad_page(&c);
+}
+
+#[test]
+fn destination_failing_mid_post_copy_resumes_the_source() {
+    let c = counter();
+    let (a, b) = UnixStream::pair().unwrap();
+    // A destination that runs the process, asks for one page, then says it
+    // could not go on and killed its copy.
+    let dest = std::thread::spawn(move || {
+        use godwit_image::stream::{read_header, recv_message, send_message, Received};
+        let mut b = b;
+        recv_message(&mut b, Path::new("source")).unwrap();
+        send_message(&mut b, br#"{"ok": true}"#).unwrap();
+        let image = godwit_image::receive_image(&mut b, "source", 1 << 30).unwrap();
+        let reader = godwit_image::ImageReader::from_source(Box::new(image)).unwrap();
+        let ck: godwit_engine::schema::Checkpoint = reader.metadata().unwrap();
+        let run = ck.processes[0]
+            .vmas
+            .iter()
+            .find_map(|v| v.lazy.first().cloned())
+            .expect("a lazy page run in the image");
+        send_message(&mut b, br#"{"ok": true, "ready": true}"#).unwrap();
+        recv_message(&mut b, Path::new("source")).unwrap();
+        send_message(&mut b, br#"{"ok": true, "running": true, "pid": 1}"#).unwrap();
+        let want = format!(r#"{{"want": [[{}, {}, 4096]], "fault": true}}"#, ck.processes[0].pid, run.addr);
+        send_message(&mut b, want.as_bytes()).unwrap();
+        let Received::Message(m) = recv_message(&mut b, Path::new("source")).unwrap() else {
+            panic!("no answer")
+        };
+        assert!(String::from_utf8_lossy(&m).contains("true"));
+        let h = read_header(&mut b).unwrap();
+        assert_eq!(h.len, 4096);
+        let mut page = vec![0u8; 4096];
+        std::io::Read::read_exact(&mut b, &mut page).unwrap();
+        send_message(&mut b, br#"{"failed": "no memory left here", "killed": true}"#).unwrap();
+    });
+    let e = migrate::send(a, "destination", c.pid, &opts(Mode::PostCopy), &Quiet).unwrap_err();
+    dest.join().unwrap();
+    assert!(matches!(e, MigrateError::PostCopyResumed { .. }), "{e}");
+    assert!(e.to_string().contains("no memory left here"), "{e}");
+    still_counting(&c);
+    check_no_gap(&c.log);
 }

@@ -199,22 +199,34 @@ impl Uffd {
     }
 }
 
-
 /// One message read from a userfaultfd, in full (see [`Uffd::read_msgs`]).
 #[derive(Debug)]
 pub enum Msg {
     /// A thread touched the missing (or write-protected: `wp`) page at `addr`.
-    Fault { addr: u64, wp: bool },
+    Fault {
+        addr: u64,
+        wp: bool,
+    },
     /// The process forked: its child's userfaultfd (registered on the same
     /// ranges, with the same features), now open in this process.
     Fork(Uffd),
     /// mremap moved `len` bytes at `from` to `to`.
-    Remap { from: u64, to: u64, len: u64 },
+    Remap {
+        from: u64,
+        to: u64,
+        len: u64,
+    },
     /// [start, end) was released (MADV_DONTNEED, MADV_REMOVE): the
     /// process now reads zeros there (once the call returns).
-    Remove { start: u64, end: u64 },
+    Remove {
+        start: u64,
+        end: u64,
+    },
     /// [start, end) was unmapped.
-    Unmap { start: u64, end: u64 },
+    Unmap {
+        start: u64,
+        end: u64,
+    },
     Other(u8),
 }
 

@@ -1485,10 +1485,7 @@ impl FillUffd {
         if !self.lazy {
             return self.close(r.pid);
         }
-        let lazy_at = |g: &Range| {
-            vmas.iter()
-                .any(|v| v.start == g.addr && !v.lazy.is_empty())
-        };
+        let lazy_at = |g: &Range| vmas.iter().any(|v| v.start == g.addr && !v.lazy.is_empty());
         for g in self.registered.iter().filter(|g| !lazy_at(g)) {
             self.uffd
                 .unregister(g.addr, g.len)
@@ -1500,7 +1497,11 @@ impl FillUffd {
             if v.vm_flags.iter().any(|f| f == "wf") {
                 wipe_on_fork.push((v.start, v.end));
             }
-            owed.extend(v.lazy.iter().map(|run| (run.addr, run.nr_pages * PAGE_SIZE)));
+            owed.extend(
+                v.lazy
+                    .iter()
+                    .map(|run| (run.addr, run.nr_pages * PAGE_SIZE)),
+            );
         }
         crate::postcopy::hand_over(crate::postcopy::LazyMemory {
             pid: r.pid,
