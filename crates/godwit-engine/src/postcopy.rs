@@ -261,6 +261,9 @@ struct Proc {
     cursor: u64,
     /// Its memory is gone (exit, exec).
     gone: bool,
+    /// mremaps seen so far: while it stays the same, what is owed at an
+    /// address still comes from the same source address.
+    remaps: u64,
 }
 
 /// What the destination counted.
@@ -326,6 +329,7 @@ impl Pager {
                     wipe_on_fork: m.wipe_on_fork,
                     cursor: 0,
                     gone: false,
+                    remaps: 0,
                 }
             })
             .collect();
@@ -375,12 +379,13 @@ impl Pager {
             };
             let p = &self.procs[i];
             let pieces = p.owed.next_from(p.cursor, PUSH_CHUNK);
+            let remaps = p.remaps;
             let data = self.fetch(s, peer, p.src_pid, &pieces, false)?;
             let mut off = 0usize;
             let mut placed = 0;
             for pc in &pieces {
                 let len = pc.len as usize;
-                placed += self.place(i, pc.src, &data[off..off + len])?;
+                placed += self.place(i, *pc, remaps, &data[off..off + len])?;
                 off += len;
             }
             self.buf = data;
@@ -437,7 +442,10 @@ impl Pager {
                                 / PAGE_SIZE;
                         p.owed.remove(start, end);
                     }
-                    Msg::Remap { from, to, len } => p.owed.remap(from, to, len),
+                    Msg::Remap { from, to, len } => {
+                        p.owed.remap(from, to, len);
+                        p.remaps += 1;
+                    }
                     Msg::Fork(uffd) => {
                         let mut owed = p.owed.clone();
                         for &(a, b) in &p.wipe_on_fork {
@@ -452,6 +460,7 @@ impl Pager {
                             wipe_on_fork: p.wipe_on_fork.clone(),
                             cursor: p.cursor,
                             gone: false,
+                            remaps: 0,
                         };
                         self.procs.push(child);
                         self.stats.forks += 1;
@@ -505,13 +514,13 @@ impl Pager {
             self.stats.faults += 1;
         }
         for (i, pieces) in want {
-            let src_pid = self.procs[i].src_pid;
+            let (src_pid, remaps) = (self.procs[i].src_pid, self.procs[i].remaps);
             let data = self.fetch(s, peer, src_pid, &pieces, true)?;
             let mut off = 0usize;
             let mut placed = 0;
             for pc in &pieces {
                 let len = pc.len as usize;
-                placed += self.place(i, pc.src, &data[off..off + len])?;
+                placed += self.place(i, *pc, remaps, &data[off..off + len])?;
                 off += len;
             }
             self.buf = data;
@@ -557,11 +566,17 @@ impl Pager {
         }
     }
 
-    /// Places the bytes read from source address `src` where they are
-    /// still owed; returns the bytes placed.
-    fn place(&mut self, i: usize, src: u64, data: &[u8]) -> Result<u64, PagerError> {
+    /// Places `data`, read for `asked` when the process had seen `remaps`
+    /// mremaps, where it is still owed; returns the bytes placed.
+    fn place(
+        &mut self,
+        i: usize,
+        asked: Piece,
+        remaps: u64,
+        data: &[u8],
+    ) -> Result<u64, PagerError> {
         let mut placed = 0;
-        let len = data.len() as u64;
+        let (src, len) = (asked.src, asked.len);
         // Pieces already tried and given up on (no longer registered).
         let mut skip = Owed::default();
         loop {
@@ -569,7 +584,17 @@ impl Pager {
             if p.gone {
                 return Ok(placed);
             }
-            let Some((pc, off)) = p.owed.by_source(src, len) else {
+            // Unmoved since asked for: still owed where it was asked for
+            // (the common case, found fast); else looked up by source.
+            let target = if p.remaps == remaps {
+                p.owed
+                    .within(asked.dst, asked.dst + len)
+                    .first()
+                    .map(|pc| (*pc, pc.dst - asked.dst))
+            } else {
+                p.owed.by_source(src, len)
+            };
+            let Some((pc, off)) = target else {
                 return Ok(placed);
             };
             if skip.contains(pc.dst) {

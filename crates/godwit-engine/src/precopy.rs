@@ -170,10 +170,7 @@ impl FrozenPlan {
         let mut to_copy = Vec::new();
         let mut next = self.copy_from;
         for v in &mut self.vmas {
-            let anon = matches!(
-                VmaKind::try_from(v.kind),
-                Ok(VmaKind::AnonPrivate | VmaKind::Heap | VmaKind::Stack)
-            );
+            let anon = memory::lazy_able(v);
             let readable = v.prot & libc::PROT_READ as u32 != 0;
             let mut runs = Vec::new();
             for run in std::mem::take(&mut v.pages) {

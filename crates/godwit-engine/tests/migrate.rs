@@ -546,3 +546,47 @@ fn destination_failing_mid_post_copy_resumes_the_source() {
     still_counting(&c);
     check_no_gap(&c.log);
 }
+
+/// Runs tests/progs/`name`.c (the harness protocol: DIR/ready, DIR/go,
+/// DIR/result), moves it with `mode` once ready, lets it check itself at
+/// the destination.
+fn harness_moves(name: &str, mode: Mode) {
+    let dir = tempfile::tempdir().unwrap();
+    let prog = gcc(dir.path(), name);
+    let work = dir.path().join("work");
+    std::fs::create_dir(&work).unwrap();
+    let child = Command::new(&prog)
+        .arg(&work)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id() as i32;
+    let mut c = Counter {
+        child,
+        pid,
+        log: work.join("result"),
+        _dir: dir,
+        restored_init: None,
+    };
+    wait_until("the program to be ready", || work.join("ready").exists());
+    let (report, _) = post_copy(&mut c, mode);
+    assert!(report.lazy_bytes > 0, "nothing followed the process");
+    std::fs::write(work.join("go"), b"go").unwrap();
+    wait_for("the program's verdict", Duration::from_secs(30), || {
+        work.join("result").exists()
+    });
+    let verdict = std::fs::read_to_string(work.join("result")).unwrap();
+    assert_eq!(verdict.trim(), "PASS", "{name} after {}", mode.name());
+}
+
+#[test]
+fn post_copy_brings_every_kind_of_memory() {
+    harness_moves("memory", Mode::PostCopy);
+}
+
+#[test]
+fn post_copy_moves_threads() {
+    harness_moves("threads", Mode::PostCopy);
+}

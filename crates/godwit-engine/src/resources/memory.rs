@@ -671,15 +671,12 @@ impl ShmPlan {
 /// process runs at the destination. Pages holding an address of `keep` are
 /// copied all the same: the restore itself touches them (the threads' rseq
 /// areas, written by the kernel when rseq is registered), before any page
-/// can be served. Returns the lazy bytes.
+/// can be served. MADV_HUGEPAGE memory is copied too: UFFDIO_COPY places
+/// 4 KiB pages only, and it would come back without its huge pages.
+/// Returns the lazy bytes.
 pub fn make_lazy(vmas: &mut [Vma], keep: &[u64]) -> u64 {
     let mut bytes = 0;
-    for v in vmas.iter_mut().filter(|v| {
-        matches!(
-            kind(v),
-            VmaKind::AnonPrivate | VmaKind::Heap | VmaKind::Stack
-        )
-    }) {
+    for v in vmas.iter_mut().filter(|v| lazy_able(v)) {
         let mut stored = Vec::new();
         for run in std::mem::take(&mut v.pages) {
             for (addr, len, kept) in split_kept(run.addr, run.nr_pages * PAGE_SIZE, keep) {
@@ -705,6 +702,15 @@ pub fn make_lazy(vmas: &mut [Vma], keep: &[u64]) -> u64 {
         offset += run.nr_pages * PAGE_SIZE;
     }
     bytes
+}
+
+/// Whether the pages of `v` may be left lazy (post-copy): private
+/// anonymous memory without MADV_HUGEPAGE.
+pub(crate) fn lazy_able(v: &Vma) -> bool {
+    matches!(
+        kind(v),
+        VmaKind::AnonPrivate | VmaKind::Heap | VmaKind::Stack
+    ) && !wants_thp(v)
 }
 
 /// [addr, addr + len) cut into pieces, each with whether it is a page
