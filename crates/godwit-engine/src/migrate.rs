@@ -26,6 +26,24 @@
 //! and before `running`, the source cannot know whether the destination
 //! runs its copy: it leaves its own copy stopped (SIGSTOP), never running
 //! twice, and says so ([`MigrateError::Uncertain`]).
+//!
+//! **Post-copy** ([`Mode::PostCopy`], [`Mode::PreCopyPostCopy`]): the image
+//! leaves out the private anonymous memory (`Vma::lazy`; after pre-copy
+//! rounds, what was written since the last one), so the destination runs
+//! the process as soon as the rest is restored. After `running` the same
+//! stream carries page requests and pages (crate::postcopy): the
+//! destination fetches faulting pages first and pulls the rest in the
+//! background, until it says `done`; only then is the source's frozen copy
+//! ended. Until then the source holds the only copy of the missing pages:
+//!
+//! * the destination kills its copy (before closing its userfaultfds, so
+//!   that no page is ever wrong) whenever it cannot go on: the source or
+//!   the link gone, a page it cannot place; its error says so;
+//! * when it can still tell the source (`failed`), the source resumes its
+//!   frozen copy, which runs on ([`MigrateError::PostCopyResumed`]);
+//! * when the link is lost, the source cannot know whether every page got
+//!   across just before: it keeps its copy stopped, never running twice
+//!   ([`MigrateError::PostCopyLinkLost`]).
 
 use std::io::{Read, Write};
 use std::sync::atomic::Ordering;
@@ -128,7 +146,8 @@ pub struct MigrateReport {
     /// source's copy is ended then).
     pub all_pages_after: Option<Duration>,
     pub total: Duration,
-    /// Bytes written to the stream (frames and messages included).
+    /// Bytes written to the stream (frames and messages included; with
+    /// post-copy, the pages sent after the process ran too).
     pub bytes_sent: u64,
     /// Pre-copy rounds (0 for stop-copy).
     pub rounds: usize,
@@ -350,11 +369,12 @@ pub fn send<S: Read + Write + Send + 'static>(
     let downtime = frozen_at.elapsed();
     phases.push(("switch over", t_switch.elapsed()));
     let mut all_pages_after = None;
+    let mut page_bytes = 0u64;
     let mut counts = Value::Null;
     if opts.mode.lazy() {
         // The destination runs; its memory still partly here.
         let t_post = Instant::now();
-        match crate::postcopy::serve(&s, peer, &held.pids) {
+        match crate::postcopy::serve(&s, peer, &held.pids, &mut page_bytes) {
             Ok(crate::postcopy::Served::Done(v)) => counts = v,
             Ok(crate::postcopy::Served::Failed(why)) => {
                 let pids = held.pids.clone();
@@ -396,7 +416,7 @@ pub fn send<S: Read + Write + Send + 'static>(
         downtime,
         all_pages_after,
         total: t0.elapsed(),
-        bytes_sent: counter.load(Ordering::Relaxed),
+        bytes_sent: counter.load(Ordering::Relaxed) + page_bytes,
         rounds: report.precopy.rounds,
         memory_bytes: report.memory_bytes,
         lazy_bytes: report.lazy_bytes,
@@ -591,7 +611,7 @@ pub fn receive<S: Read + Write + Send + 'static>(
                 pids.push(restored.host_pid);
                 kill_restored(&pids, restored.ns_init);
                 drop(pager);
-                let local = matches!(e, crate::postcopy::PagerError::Local(_));
+                let local = e.link_alive();
                 let msg = format!(
                     "post-copy from {source_node} failed with {} KiB of memory still at the source: {e}; the process (PID {}) could not go on and was killed here{}",
                     left >> 10,

@@ -9,12 +9,14 @@
 //! (resources/memory.rs hands it over through [`collecting`]); once the
 //! processes run, a [`Pager`] places the pages:
 //!
-//! * one thread, one stream, lock-step: the destination asks, the source
-//!   answers. Each round the pager first reads every userfaultfd's messages;
-//!   faults go first (the faulting page and up to [`FAULT_WINDOW`] after it
-//!   that are still owed), else it asks for the next [`PUSH_CHUNK`] of owed
-//!   pages (the background push, from where the last fault was). A fault
-//!   waits at most for the round in flight.
+//! * one thread, one stream: the destination asks, the source answers, in
+//!   order (so any byte stream works, and no second connection is needed).
+//!   Each round the pager first reads every userfaultfd's messages; faults
+//!   go first (the faulting page and up to [`FAULT_WINDOW`] after it that
+//!   are still owed), else it asks for the next [`PUSH_CHUNK`] of owed
+//!   pages (the background push, from where the last fault was), one
+//!   request ahead so that the source reads and sends the next chunk while
+//!   this one is placed. A fault waits at most for the push in flight.
 //! * pages are placed with UFFDIO_COPY. A page found there already
 //!   (EEXIST) is skipped. A fault on a page nothing is owed for (never
 //!   there at the source, or released since) gets a page of zeros.
@@ -266,6 +268,13 @@ struct Proc {
     remaps: u64,
 }
 
+/// A push asked for and not yet placed.
+struct Push {
+    i: usize,
+    pieces: Vec<Piece>,
+    remaps: u64,
+}
+
 /// What the destination counted.
 #[derive(Debug, Clone, Default)]
 pub struct PagerStats {
@@ -284,21 +293,34 @@ pub struct PagerStats {
     pub forks: u64,
     /// From the start of the pager until nothing was owed.
     pub duration: Duration,
+    /// Of which waiting for the source's answers, and placing pages.
+    pub fetching: Duration,
+    pub placing: Duration,
 }
 
 /// Why the pager stopped before every page was across.
 #[derive(Debug)]
 pub(crate) enum PagerError {
-    /// The stream to the source failed, or the source answered with an error.
+    /// The stream to the source failed (or carried nonsense): the source
+    /// cannot be told anything.
+    Link(String),
+    /// The source answered, with an error.
     Source(String),
     /// Placing pages here failed.
     Local(String),
 }
 
+impl PagerError {
+    /// Whether the source can still hear from us.
+    pub fn link_alive(&self) -> bool {
+        !matches!(self, PagerError::Link(_))
+    }
+}
+
 impl std::fmt::Display for PagerError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            PagerError::Source(s) | PagerError::Local(s) => f.write_str(s),
+            PagerError::Link(s) | PagerError::Source(s) | PagerError::Local(s) => f.write_str(s),
         }
     }
 }
@@ -364,35 +386,31 @@ impl Pager {
     /// the source (`done`) and closes the descriptors.
     pub fn run<S: Read + Write>(&mut self, s: &Mutex<S>, peer: &str) -> Result<(), PagerError> {
         let t0 = Instant::now();
+        // The push keeps one request ahead: the source reads and sends the
+        // next chunk while this one is placed.
+        let mut pending: Option<Push> = None;
         loop {
             for i in 0..self.procs.len() {
                 self.read_msgs(i)?;
             }
             if !self.faults.is_empty() {
+                if let Some(p) = pending.take() {
+                    self.finish_push(s, peer, p)?;
+                }
                 self.serve_faults(s, peer)?;
                 continue;
             }
-            let Some(i) = (0..self.procs.len())
-                .find(|&i| !self.procs[i].gone && !self.procs[i].owed.is_empty())
-            else {
+            let next = self.next_push();
+            if next.is_none() && pending.is_none() {
                 break;
-            };
-            let p = &self.procs[i];
-            let pieces = p.owed.next_from(p.cursor, PUSH_CHUNK);
-            let remaps = p.remaps;
-            let data = self.fetch(s, peer, p.src_pid, &pieces, false)?;
-            let mut off = 0usize;
-            let mut placed = 0;
-            for pc in &pieces {
-                let len = pc.len as usize;
-                placed += self.place(i, *pc, remaps, &data[off..off + len])?;
-                off += len;
             }
-            self.buf = data;
-            self.stats.pushed_pages += placed / PAGE_SIZE;
-            if let Some(last) = pieces.last() {
-                self.procs[i].cursor = last.dst + last.len;
+            if let Some(n) = &next {
+                self.ask(s, peer, self.procs[n.i].src_pid, &n.pieces, false)?;
             }
+            if let Some(p) = pending.take() {
+                self.finish_push(s, peer, p)?;
+            }
+            pending = next;
         }
         self.stats.duration = t0.elapsed();
         tracing::debug!(?self.stats, "post-copy: every page is across");
@@ -408,14 +426,62 @@ impl Pager {
         for p in self.procs.drain(..) {
             drop(p.uffd);
         }
+        // Nothing that goes wrong from here on is a failure of the
+        // migration: the processes have all their memory. (A source that
+        // does not hear `done` keeps its copy stopped: never two copies.)
         let mut g = s.lock().unwrap_or_else(|p| p.into_inner());
-        send_message(&mut *g, done.to_string().as_bytes())
-            .map_err(|e| PagerError::Source(format!("telling {peer} every page is across: {e}")))?;
-        match recv_message(&mut *g, std::path::Path::new(peer)) {
-            Ok(Received::Message(_)) => Ok(()),
-            Ok(Received::Abort(why)) => Err(PagerError::Source(why)),
-            Err(e) => Err(PagerError::Source(e.to_string())),
+        if let Err(e) = send_message(&mut *g, done.to_string().as_bytes()) {
+            tracing::warn!("telling {peer} every page is across: {e}; it keeps its copy stopped");
+            return Ok(());
         }
+        match recv_message(&mut *g, std::path::Path::new(peer)) {
+            Ok(Received::Message(_)) => {}
+            Ok(Received::Abort(why)) => tracing::warn!("{peer} after the post-copy: {why}"),
+            Err(e) => tracing::warn!("{peer} did not confirm the end of the post-copy: {e}"),
+        }
+        Ok(())
+    }
+
+    /// The next chunk to push (from where the last fault or push of its
+    /// process was), if anything is owed.
+    fn next_push(&mut self) -> Option<Push> {
+        let i = (0..self.procs.len())
+            .find(|&i| !self.procs[i].gone && !self.procs[i].owed.is_empty())?;
+        let p = &mut self.procs[i];
+        let pieces = p.owed.next_from(p.cursor, PUSH_CHUNK);
+        if let Some(last) = pieces.last() {
+            p.cursor = last.dst + last.len;
+        }
+        Some(Push {
+            i,
+            pieces,
+            remaps: p.remaps,
+        })
+    }
+
+    /// Reads the answer to a push asked for, and places it.
+    fn finish_push<S: Read + Write>(
+        &mut self,
+        s: &Mutex<S>,
+        peer: &str,
+        p: Push,
+    ) -> Result<(), PagerError> {
+        let t = Instant::now();
+        let total = p.pieces.iter().map(|x| x.len).sum();
+        let data = self.take(s, peer, total)?;
+        self.stats.fetching += t.elapsed();
+        let t = Instant::now();
+        let mut off = 0usize;
+        let mut placed = 0;
+        for pc in &p.pieces {
+            let len = pc.len as usize;
+            placed += self.place(p.i, *pc, p.remaps, &data[off..off + len])?;
+            off += len;
+        }
+        self.buf = data;
+        self.stats.placing += t.elapsed();
+        self.stats.pushed_pages += placed / PAGE_SIZE;
+        Ok(())
     }
 
     /// Reads the pending messages of process `i`'s descriptor and applies
@@ -483,6 +549,7 @@ impl Pager {
         // Per process: the pieces to fetch.
         let mut want: Vec<(usize, Vec<Piece>)> = Vec::new();
         let mut wake = Vec::new();
+        let mut asked = 0u64;
         for &(i, addr) in &faults {
             let page = addr & !(PAGE_SIZE - 1);
             if self.procs[i].gone {
@@ -494,26 +561,23 @@ impl Pager {
                 self.zero_fill(i, page)?;
                 continue;
             }
-            let pieces = p.owed.within(page, page + FAULT_WINDOW);
-            let entry = match want.iter_mut().find(|(j, _)| *j == i) {
-                Some(e) => e,
-                None => {
-                    want.push((i, Vec::new()));
-                    want.last_mut().expect("pushed")
-                }
+            // Many faults at once: the window shrinks to the faulting page,
+            // so that one request stays within what the source sends.
+            let window = if asked > MAX_REQUEST / 2 {
+                PAGE_SIZE
+            } else {
+                FAULT_WINDOW
             };
-            for pc in pieces {
-                if !entry
-                    .1
-                    .iter()
-                    .any(|q| q.dst < pc.dst + pc.len && pc.dst < q.dst + q.len)
-                {
-                    entry.1.push(pc);
-                }
+            let pieces = p.owed.within(page, page + window);
+            asked += pieces.iter().map(|x| x.len).sum::<u64>();
+            match want.iter_mut().find(|(j, _)| *j == i) {
+                Some(e) => e.1.extend(pieces),
+                None => want.push((i, pieces)),
             }
             self.stats.faults += 1;
         }
         for (i, pieces) in want {
+            let pieces = disjoint(pieces);
             let (src_pid, remaps) = (self.procs[i].src_pid, self.procs[i].remaps);
             let data = self.fetch(s, peer, src_pid, &pieces, true)?;
             let mut off = 0usize;
@@ -646,20 +710,44 @@ impl Pager {
         pieces: &[Piece],
         fault: bool,
     ) -> Result<Vec<u8>, PagerError> {
-        let total: u64 = pieces.iter().map(|p| p.len).sum();
+        self.ask(s, peer, src_pid, pieces, fault)?;
+        self.take(s, peer, pieces.iter().map(|p| p.len).sum())
+    }
+
+    /// Asks the source for `pieces` of process `src_pid`.
+    fn ask<S: Read + Write>(
+        &self,
+        s: &Mutex<S>,
+        peer: &str,
+        src_pid: i32,
+        pieces: &[Piece],
+        fault: bool,
+    ) -> Result<(), PagerError> {
         let want: Vec<Value> = pieces
             .iter()
             .map(|p| json!([src_pid, p.src, p.len]))
             .collect();
         let msg = json!({"want": want, "fault": fault});
+        let mut g = s.lock().unwrap_or_else(|p| p.into_inner());
+        send_message(&mut *g, msg.to_string().as_bytes()).map_err(|e| {
+            PagerError::Link(format!("the connection to the source {peer} failed: {e}"))
+        })
+    }
+
+    /// Reads the source's answer to the oldest request: `total` bytes.
+    fn take<S: Read + Write>(
+        &mut self,
+        s: &Mutex<S>,
+        peer: &str,
+        total: u64,
+    ) -> Result<Vec<u8>, PagerError> {
         let lost = |e: &dyn std::fmt::Display| {
-            PagerError::Source(format!("the connection to the source {peer} failed: {e}"))
+            PagerError::Link(format!("the connection to the source {peer} failed: {e}"))
         };
         let mut g = s.lock().unwrap_or_else(|p| p.into_inner());
-        send_message(&mut *g, msg.to_string().as_bytes()).map_err(|e| lost(&e))?;
         let answer = match recv_message(&mut *g, std::path::Path::new(peer)) {
             Ok(Received::Message(m)) => serde_json::from_slice::<Value>(&m).map_err(|e| {
-                PagerError::Source(format!("an unreadable answer from {peer}: {e}"))
+                PagerError::Link(format!("an unreadable answer from {peer}: {e}"))
             })?,
             Ok(Received::Abort(why)) => {
                 return Err(PagerError::Source(format!(
@@ -676,7 +764,7 @@ impl Pager {
         }
         let h = read_header(&mut *g).map_err(|e| lost(&e))?;
         if h.kind != kind::DATA || h.len != total {
-            return Err(PagerError::Source(format!(
+            return Err(PagerError::Link(format!(
                 "{peer} sent a frame of kind {} with {} bytes, not the {total} bytes of pages asked for",
                 h.kind, h.len
             )));
@@ -686,6 +774,31 @@ impl Pager {
         g.read_exact(&mut buf).map_err(|e| lost(&e))?;
         Ok(buf)
     }
+}
+
+/// `pieces` (taken from one `Owed`, so consistent) in address order, the
+/// overlapping parts once.
+fn disjoint(mut pieces: Vec<Piece>) -> Vec<Piece> {
+    pieces.sort_by_key(|p| p.dst);
+    let mut out: Vec<Piece> = Vec::with_capacity(pieces.len());
+    for mut p in pieces {
+        if let Some(last) = out.last() {
+            let end = last.dst + last.len;
+            if end >= p.dst + p.len {
+                continue;
+            }
+            if end > p.dst {
+                let cut = end - p.dst;
+                p = Piece {
+                    dst: p.dst + cut,
+                    src: p.src + cut,
+                    len: p.len - cut,
+                };
+            }
+        }
+        out.push(p);
+    }
+    out
 }
 
 /// How the source's serving ended.
@@ -699,11 +812,13 @@ pub(crate) enum Served {
 
 /// The source side: answers page requests from the frozen processes
 /// `pids` until the destination says done or failed. Err: the link failed
-/// (or the destination spoke nonsense).
+/// (or the destination spoke nonsense). `sent` counts the bytes of pages
+/// sent.
 pub(crate) fn serve<S: Read + Write>(
     s: &Mutex<S>,
     peer: &str,
     pids: &[i32],
+    sent: &mut u64,
 ) -> Result<Served, String> {
     let mut buf: Vec<u8> = Vec::new();
     let mut mems: BTreeMap<i32, ProcMem> = BTreeMap::new();
@@ -754,7 +869,7 @@ pub(crate) fn serve<S: Read + Write>(
                 read_pages(&asked, &mut buf, &mut mems)
             }
         };
-        let sent = match read {
+        let answered = match read {
             Ok(()) => send_message(&mut *g, br#"{"ok": true}"#)
                 .and_then(|()| write_frame(&mut *g, kind::DATA, 0, &buf))
                 .and_then(|()| g.flush()),
@@ -766,7 +881,8 @@ pub(crate) fn serve<S: Read + Write>(
                 )
             }
         };
-        sent.map_err(|e| e.to_string())?;
+        answered.map_err(|e| e.to_string())?;
+        *sent += (buf.len() + 2 * godwit_image::stream::FRAME_HEADER + 12) as u64;
     }
 }
 
@@ -863,6 +979,19 @@ mod tests {
         assert_eq!(
             (pc.dst, pc.src, pc.len, off),
             (100 * P, 14 * P, 2 * P, 2 * P)
+        );
+    }
+
+    #[test]
+    fn fault_windows_are_fetched_once() {
+        let pc = |d: u64, l: u64| Piece {
+            dst: d * P,
+            src: d * P + 7 * P,
+            len: l * P,
+        };
+        assert_eq!(
+            disjoint(vec![pc(10, 4), pc(2, 3), pc(12, 6), pc(11, 1)]),
+            vec![pc(2, 3), pc(10, 4), pc(14, 4)]
         );
     }
 

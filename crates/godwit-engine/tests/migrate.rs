@@ -106,7 +106,7 @@ fn opts(mode: Mode) -> MigrateOptions {
 
 fn recv_opts() -> ReceiveOptions {
     ReceiveOptions {
-        max_bytes: 1 << 30,
+        max_bytes: 4 << 30,
         node: "test-destination".into(),
         force_pid_ns: false,
         keep_root: None,
@@ -589,4 +589,34 @@ fn post_copy_brings_every_kind_of_memory() {
 #[test]
 fn post_copy_moves_threads() {
     harness_moves("threads", Mode::PostCopy);
+}
+
+/// Not a check: prints downtime and totals per mode for 64 MiB and 1 GiB
+/// (`cargo test --release -p godwit-engine --test migrate measure -- --ignored --nocapture`).
+#[test]
+#[ignore]
+fn measure_migration_modes() {
+    for mib in [64, 1024] {
+        for mode in [Mode::StopCopy, Mode::PreCopy, Mode::PostCopy, Mode::PreCopyPostCopy] {
+            let mut c = lazymem(mib, "sparse");
+            let (r, _) = post_copy(&mut c, mode);
+            println!(
+                "MEASURE {mib} MiB {}: downtime {:.1} ms, all pages after {:.1} ms, total {:.1} ms, {} MiB sent, {} MiB lazy, faults {} ({} pages), pushed {}",
+                mode.name(),
+                r.downtime.as_secs_f64() * 1e3,
+                r.all_pages_after.unwrap_or(r.downtime).as_secs_f64() * 1e3,
+                r.total.as_secs_f64() * 1e3,
+                r.bytes_sent >> 20,
+                r.lazy_bytes >> 20,
+                r.faults,
+                r.fault_pages,
+                r.pushed_pages
+            );
+            let at = log_text(&c).len();
+            wait_for("a pass at the destination", Duration::from_secs(60), || {
+                no_bad_page(&c);
+                lines_after(&c, at, "pass") >= 1
+            });
+        }
+    }
 }
