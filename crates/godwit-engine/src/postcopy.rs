@@ -746,9 +746,8 @@ impl Pager {
         };
         let mut g = s.lock().unwrap_or_else(|p| p.into_inner());
         let answer = match recv_message(&mut *g, std::path::Path::new(peer)) {
-            Ok(Received::Message(m)) => serde_json::from_slice::<Value>(&m).map_err(|e| {
-                PagerError::Link(format!("an unreadable answer from {peer}: {e}"))
-            })?,
+            Ok(Received::Message(m)) => serde_json::from_slice::<Value>(&m)
+                .map_err(|e| PagerError::Link(format!("an unreadable answer from {peer}: {e}")))?,
             Ok(Received::Abort(why)) => {
                 return Err(PagerError::Source(format!(
                     "the source {peer} gave up: {why}"
