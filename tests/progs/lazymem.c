@@ -5,14 +5,15 @@
  * that is wrong appends "BAD ..." and exits 3: for post-copy migration,
  * whose pages arrive after the process runs again.
  *
- * With "churn": when the clock jumps by more than 25 ms between two pages
- * (the process was stopped: frozen, moved, resumed), it at once, while the
- * rest of its memory may still be arriving:
+ * With "churn": as soon as it finds itself a new process (its start time in
+ * /proc/self/stat changed: it was restored elsewhere), it at once, while
+ * the rest of its memory may still be arriving:
  *   - releases the first eighth (MADV_DONTNEED) and replaces the second
  *     (munmap + mmap MAP_FIXED): both must read zeros from then on;
  *   - moves the third eighth elsewhere with mremap, checks it there, and
  *     moves it back;
- *   - forks a child that checks every page (zeros where released) and exits;
+ *   - forks a child that checks every page (zeros where released, and in
+ *     the fourth eighth, marked MADV_WIPEONFORK for the fork) and exits;
  *   - waits 1 s (long enough for any pushed page to land), checks the first
  *     two eighths still read zeros, rewrites them, and appends "churned N".
  * With "sparse": each pass still checks every page but rewrites only one
@@ -40,10 +41,21 @@ static void logline(const char *fmt, ...) {
     if (n > 0 && write(LOGFD, b, (size_t)n) < 0) _exit(92);
 }
 
-static double now_ms(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return t.tv_sec * 1e3 + t.tv_nsec / 1e6;
+/* Field 22 of /proc/self/stat: when this process was created (a restored
+ * copy is a new process). */
+static unsigned long long start_time(void) {
+    char b[1024];
+    int fd = open("/proc/self/stat", O_RDONLY);
+    if (fd < 0) return 0;
+    ssize_t n = read(fd, b, sizeof b - 1);
+    close(fd);
+    if (n <= 0) return 0;
+    b[n] = 0;
+    char *p = strrchr(b, ')');
+    unsigned long long v = 0;
+    for (int field = 2; p && field < 22; field++) p = strchr(p + 1, ' ');
+    if (p) v = strtoull(p + 1, NULL, 10);
+    return v;
 }
 
 static uint64_t seed_of(size_t i, uint32_t v) { return (uint64_t)i * 1000003ULL + v + 1; }
@@ -96,14 +108,18 @@ static void churn(unsigned long n) {
         logline("BAD mremap back: %s\n", strerror(errno)); _exit(3);
     }
     mmap(away, q * PG, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
-    /* 3. a child sees the same memory. */
+    /* 3. a child sees the same memory, but zeros where MADV_WIPEONFORK. */
+    if (madvise(A + 3 * q * PG, q * PG, MADV_WIPEONFORK) != 0) { logline("BAD wipeonfork: %s\n", strerror(errno)); _exit(3); }
     pid_t c = fork();
     if (c < 0) { logline("BAD fork: %s\n", strerror(errno)); _exit(3); }
     if (c == 0) {
         check_zero(0, 2 * q, "fork child, released");
-        for (size_t i = 2 * q; i < npages; i++) check_page(i, "fork child");
+        for (size_t i = 2 * q; i < 3 * q; i++) check_page(i, "fork child");
+        check_zero(3 * q, 4 * q, "fork child, wiped on fork");
+        for (size_t i = 4 * q; i < npages; i++) check_page(i, "fork child");
         _exit(0);
     }
+    /* (left marked: the destination reads the mark just after the fork) */
     int st = 0;
     while (waitpid(c, &st, 0) < 0 && errno == EINTR) {}
     if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) {
@@ -143,12 +159,13 @@ int main(int argc, char **argv) {
     for (size_t i = 0; i < npages; i++) write_page(i);
     logline("ready\n");
     unsigned long churns = 0;
-    double last = now_ms();
+    unsigned long long born = start_time();
     for (unsigned long pass = 0;; pass++) {
         for (size_t i = 0; i < npages; i++) {
-            double t = now_ms();
-            if (churning && t - last > 25) churn(churns++);
-            last = now_ms();
+            if (churning && (i & 255) == 0 && start_time() != born) {
+                born = start_time();
+                churn(churns++);
+            }
             check_page(i, "pass");
             if (!sparse || (i & 1023) == (pass & 1023)) write_page(i);
         }

@@ -513,6 +513,21 @@ impl Pager {
                         p.remaps += 1;
                     }
                     Msg::Fork(uffd) => {
+                        // The child reads zeros in MADV_WIPEONFORK memory:
+                        // the parent's marks as read just after the fork
+                        // (its smaps: a parent that changes a mark right
+                        // around a fork may race with this; a child's own
+                        // PID is not known, so its children inherit its
+                        // marks as they were at its fork).
+                        if p.pid > 0 {
+                            if let Ok(maps) = godwit_sys::proc::smaps(p.pid) {
+                                p.wipe_on_fork = maps
+                                    .iter()
+                                    .filter(|e| e.vm_flags.iter().any(|f| f == "wf"))
+                                    .map(|e| (e.start, e.end))
+                                    .collect();
+                            }
+                        }
                         let mut owed = p.owed.clone();
                         for &(a, b) in &p.wipe_on_fork {
                             owed.remove(a, b);
@@ -662,7 +677,8 @@ impl Pager {
                 return Ok(placed);
             };
             if skip.contains(pc.dst) {
-                p.owed.remove(pc.dst, pc.dst + pc.len);
+                // (refused on its own: see below)
+                p.owed.remove(pc.dst, pc.dst + PAGE_SIZE);
                 continue;
             }
             let bytes = &data[off as usize..(off + pc.len) as usize];
@@ -679,14 +695,47 @@ impl Pager {
                         libc::EEXIST => p.owed.remove(at, at + PAGE_SIZE),
                         libc::EAGAIN => self.read_msgs(i)?,
                         libc::ESRCH => p.gone = true,
+                        // One UFFDIO_COPY must stay within one mapping: a
+                        // range split since (mprotect, madvise) is refused
+                        // whole. Page by page, then: only a page that is
+                        // itself refused is no longer registered memory.
+                        libc::ENOENT | libc::EFAULT | libc::EINVAL if pc.len - done > PAGE_SIZE => {
+                            let one = &bytes[done as usize..(done + PAGE_SIZE) as usize];
+                            match p.uffd.copy_some(at, one) {
+                                Copied::All => {
+                                    p.owed.remove(at, at + PAGE_SIZE);
+                                    placed += PAGE_SIZE;
+                                }
+                                Copied::Stopped {
+                                    errno: libc::EEXIST,
+                                    ..
+                                } => p.owed.remove(at, at + PAGE_SIZE),
+                                Copied::Stopped {
+                                    errno: libc::EAGAIN,
+                                    ..
+                                } => self.read_msgs(i)?,
+                                Copied::Stopped {
+                                    errno: libc::ESRCH, ..
+                                } => p.gone = true,
+                                Copied::Stopped { errno, .. } => {
+                                    tracing::debug!(
+                                        pid = p.pid,
+                                        at,
+                                        errno,
+                                        "post-copy: a page is no longer registered memory; dropped"
+                                    );
+                                    skip.insert(at, PAGE_SIZE, 0);
+                                }
+                            }
+                        }
                         libc::ENOENT | libc::EFAULT | libc::EINVAL => {
                             tracing::debug!(
                                 pid = p.pid,
                                 at,
                                 errno,
-                                "post-copy: a range is no longer registered; dropped"
+                                "post-copy: a page is no longer registered memory; dropped"
                             );
-                            skip.insert(at, pc.len - done, 0);
+                            skip.insert(at, PAGE_SIZE, 0);
                         }
                         e => {
                             return Err(PagerError::Local(format!(
