@@ -672,3 +672,13 @@ fn measure_migration_modes() {
         }
     }
 }
+
+#[test]
+fn post_copy_moves_a_process_tree() {
+    harness_moves("tree", Mode::PostCopy);
+}
+
+#[test]
+fn post_copy_keeps_pages_shared_copy_on_write_right() {
+    harness_moves("cow", Mode::PostCopy);
+}
