@@ -682,3 +682,27 @@ fn post_copy_moves_a_process_tree() {
 fn post_copy_keeps_pages_shared_copy_on_write_right() {
     harness_moves("cow", Mode::PostCopy);
 }
+
+#[test]
+fn an_image_with_lazy_pages_is_refused_outside_a_post_copy() {
+    use godwit_engine::dump::{dump_to, End};
+    let c = counter();
+    let images = tempfile::tempdir().unwrap();
+    let dir = images.path().join("img");
+    let writer = godwit_image::ImageWriter::create(&dir).unwrap().sync(false);
+    let end = End::Hold {
+        precopy: false,
+        lazy: true,
+    };
+    let (report, held) = dump_to(c.pid, writer, &Default::default(), &Quiet, end).unwrap();
+    assert!(report.lazy_bytes > 0);
+    // The source copy runs on; its image lacks the memory.
+    held.unwrap().release().unwrap();
+    let opts = godwit_engine::restore::RestoreOptions {
+        pid_ns: true,
+        ..Default::default()
+    };
+    let e = godwit_engine::restore::restore(&dir, &opts, &Quiet).unwrap_err();
+    assert!(e.to_string().contains("lazy pages"), "{e}");
+    still_counting(&c);
+}
