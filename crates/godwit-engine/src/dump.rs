@@ -825,11 +825,20 @@ fn collect_one(
     })
 }
 
+/// Tests only: leave the rseq pages lazy too, so that the restore touches
+/// memory still at the source and postcopy::serve_restore must fetch it.
+#[doc(hidden)]
+pub static LAZY_RSEQ_FOR_TESTS: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
 /// Addresses in the process's memory that a restore touches before the
 /// process runs: they cannot be left lazy (post-copy), as no page is served
 /// before then. The kernel writes each thread's rseq area when rseq is
 /// registered.
 fn touched_by_restore(p: &Process) -> Vec<u64> {
+    if LAZY_RSEQ_FOR_TESTS.load(std::sync::atomic::Ordering::Relaxed) {
+        return Vec::new();
+    }
     p.threads
         .iter()
         .filter_map(|t| t.rseq.as_ref())

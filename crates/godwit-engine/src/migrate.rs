@@ -36,6 +36,10 @@
 //! background, until it says `done`; only then is the source's frozen copy
 //! ended. Until then the source holds the only copy of the missing pages:
 //!
+//! (While the destination restores, before `ready`, the source also
+//! answers page requests: a restore step may make the kernel touch memory
+//! still at the source.)
+//!
 //! * the destination kills its copy (before closing its userfaultfds, so
 //!   that no page is ever wrong) whenever it cannot go on: the source or
 //!   the link gone, a page it cannot place; its error says so;
@@ -314,15 +318,25 @@ pub fn send<S: Read + Write + Send + 'static>(
 
     // Dropping `held` on any error below releases the processes.
     let t_restore = Instant::now();
-    let ready = match recv_json(&s, peer) {
-        Err(e) => return Err(link(peer, "waiting for the destination's restore", e)),
-        Ok(Err(why)) => {
-            return Err(MigrateError::RestoreFailed {
-                peer: peer.into(),
-                reason: why,
-            })
+    let mut pages = crate::postcopy::PageServer::new(&held.pids);
+    let ready = loop {
+        match recv_json(&s, peer) {
+            Err(e) => return Err(link(peer, "waiting for the destination's restore", e)),
+            Ok(Err(why)) => {
+                return Err(MigrateError::RestoreFailed {
+                    peer: peer.into(),
+                    reason: why,
+                })
+            }
+            // Post-copy: the restore touched memory that is still here.
+            Ok(Ok(v)) if opts.mode.lazy() && v["want"].is_array() => {
+                let mut g = s.lock().unwrap_or_else(|p| p.into_inner());
+                pages
+                    .answer(&mut *g, peer, &v)
+                    .map_err(|e| link(peer, "serving a page to the destination's restore", e))?;
+            }
+            Ok(Ok(v)) => break v,
         }
-        Ok(Ok(v)) => v,
     };
     if let Some(reason) = refusal(&ready) {
         return Err(MigrateError::RestoreFailed {
@@ -369,12 +383,11 @@ pub fn send<S: Read + Write + Send + 'static>(
     let downtime = frozen_at.elapsed();
     phases.push(("switch over", t_switch.elapsed()));
     let mut all_pages_after = None;
-    let mut page_bytes = 0u64;
     let mut counts = Value::Null;
     if opts.mode.lazy() {
         // The destination runs; its memory still partly here.
         let t_post = Instant::now();
-        match crate::postcopy::serve(&s, peer, &held.pids, &mut page_bytes) {
+        match crate::postcopy::serve(&s, peer, &mut pages) {
             Ok(crate::postcopy::Served::Done(v)) => counts = v,
             Ok(crate::postcopy::Served::Failed(why)) => {
                 let pids = held.pids.clone();
@@ -416,7 +429,7 @@ pub fn send<S: Read + Write + Send + 'static>(
         downtime,
         all_pages_after,
         total: t0.elapsed(),
-        bytes_sent: counter.load(Ordering::Relaxed) + page_bytes,
+        bytes_sent: counter.load(Ordering::Relaxed) + pages.sent,
         rounds: report.precopy.rounds,
         memory_bytes: report.memory_bytes,
         lazy_bytes: report.lazy_bytes,
@@ -566,7 +579,12 @@ pub fn receive<S: Read + Write + Send + 'static>(
         ..Default::default()
     };
     let node = opts.node.clone();
+    // Post-copy: pages the restore itself touches are fetched until the
+    // gate (crate::postcopy::serve_restore).
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let sink = crate::postcopy::Sink::default();
     let gate = |host_pid: i32| -> Result<(), EngineError> {
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
         send_json(&s, &json!({"ok": true, "ready": true, "host_pid": host_pid}))
             .map_err(|e| EngineError::Migration(format!("telling the source we are ready: {e}")))?;
         match recv_json(&s, peer) {
@@ -580,8 +598,19 @@ pub fn receive<S: Read + Write + Send + 'static>(
             ))),
         }
     };
-    let (restored, lazy) =
-        crate::postcopy::collecting(|| restore_from(reader, &ropts, progress, &gate));
+    let (restored, lazy) = std::thread::scope(|sc| {
+        let monitor = parsed
+            .lazy()
+            .then(|| sc.spawn(|| crate::postcopy::serve_restore(&sink, &s, peer, &stop)));
+        let r = crate::postcopy::collecting(&sink, || {
+            restore_from(reader, &ropts, progress, &gate)
+        });
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(m) = monitor {
+            let _ = m.join();
+        }
+        r
+    });
     let restored = match restored {
         Ok(r) => r,
         Err(e) => {

@@ -50,7 +50,7 @@
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use godwit_image::stream::{kind, read_header, recv_message, send_message, write_frame, Received};
@@ -80,8 +80,13 @@ pub(crate) struct LazyMemory {
     pub wipe_on_fork: Vec<(u64, u64)>,
 }
 
+/// Where a restore hands over the lazy memory of each process (see
+/// [`collecting`]); shared with [`serve_restore`].
+#[derive(Clone, Default)]
+pub(crate) struct Sink(Arc<Mutex<Vec<LazyMemory>>>);
+
 thread_local! {
-    static SINK: RefCell<Option<Vec<LazyMemory>>> = const { RefCell::new(None) };
+    static SINK: RefCell<Option<Sink>> = const { RefCell::new(None) };
 }
 
 /// Whether a restore on this thread may leave memory lazy (runs inside
@@ -92,28 +97,28 @@ pub(crate) fn accepting() -> bool {
 
 /// Called by the restore (memory) for each process with lazy memory.
 pub(crate) fn hand_over(m: LazyMemory) {
-    SINK.with(|s| match s.borrow_mut().as_mut() {
-        Some(v) => v.push(m),
+    SINK.with(|s| match s.borrow().as_ref() {
+        Some(sink) => sink.0.lock().unwrap_or_else(|p| p.into_inner()).push(m),
         // Not accepting: dropping the descriptor makes the ranges ordinary
         // memory; memory::restore refuses lazy images before this.
         None => drop(m),
     })
 }
 
-/// Runs `f` (a restore) on this thread accepting lazy memory, and returns
-/// what it handed over.
-pub(crate) fn collecting<R>(f: impl FnOnce() -> R) -> (R, Vec<LazyMemory>) {
+/// Runs `f` (a restore) on this thread accepting lazy memory into `sink`,
+/// and returns what it handed over.
+pub(crate) fn collecting<R>(sink: &Sink, f: impl FnOnce() -> R) -> (R, Vec<LazyMemory>) {
     struct Reset;
     impl Drop for Reset {
         fn drop(&mut self) {
             SINK.with(|s| s.borrow_mut().take());
         }
     }
-    SINK.with(|s| *s.borrow_mut() = Some(Vec::new()));
+    SINK.with(|s| *s.borrow_mut() = Some(sink.clone()));
     let reset = Reset;
     let r = f();
-    let got = SINK.with(|s| s.borrow_mut().take()).unwrap_or_default();
     drop(reset);
+    let got = std::mem::take(&mut *sink.0.lock().unwrap_or_else(|p| p.into_inner()));
     (r, got)
 }
 
@@ -860,16 +865,12 @@ pub(crate) enum Served {
 
 /// The source side: answers page requests from the frozen processes
 /// `pids` until the destination says done or failed. Err: the link failed
-/// (or the destination spoke nonsense). `sent` counts the bytes of pages
-/// sent.
+/// (or the destination spoke nonsense).
 pub(crate) fn serve<S: Read + Write>(
     s: &Mutex<S>,
     peer: &str,
-    pids: &[i32],
-    sent: &mut u64,
+    server: &mut PageServer,
 ) -> Result<Served, String> {
-    let mut buf: Vec<u8> = Vec::new();
-    let mut mems: BTreeMap<i32, ProcMem> = BTreeMap::new();
     loop {
         let mut g = s.lock().unwrap_or_else(|p| p.into_inner());
         let msg = match recv_message(&mut *g, std::path::Path::new(peer)) {
@@ -884,8 +885,36 @@ pub(crate) fn serve<S: Read + Write>(
         if let Some(why) = msg["failed"].as_str() {
             return Ok(Served::Failed(why.to_string()));
         }
-        let Some(want) = msg["want"].as_array() else {
+        if !server.answer(&mut *g, peer, &msg)? {
             return Err(format!("an unexpected message: {msg}"));
+        }
+    }
+}
+
+/// Reads pages of the frozen processes for the destination.
+pub(crate) struct PageServer {
+    pids: Vec<i32>,
+    buf: Vec<u8>,
+    mems: BTreeMap<i32, ProcMem>,
+    /// Bytes of pages sent (frames included).
+    pub sent: u64,
+}
+
+impl PageServer {
+    pub fn new(pids: &[i32]) -> PageServer {
+        PageServer {
+            pids: pids.to_vec(),
+            buf: Vec::new(),
+            mems: BTreeMap::new(),
+            sent: 0,
+        }
+    }
+
+    /// Answers `msg` if it is a page request (`want`): the pages, or why
+    /// not. Ok(false): it is not one. Err: the link failed.
+    pub fn answer<W: Write>(&mut self, w: &mut W, peer: &str, msg: &Value) -> Result<bool, String> {
+        let Some(want) = msg["want"].as_array() else {
+            return Ok(false);
         };
         let mut asked = Vec::with_capacity(want.len());
         let mut bad = None;
@@ -896,7 +925,7 @@ pub(crate) fn serve<S: Read + Write>(
                 break;
             };
             let pid = pid as i32;
-            if !pids.contains(&pid) {
+            if !self.pids.contains(&pid) {
                 bad = Some(format!("pages of process {pid}, which is not migrated"));
                 break;
             }
@@ -913,24 +942,94 @@ pub(crate) fn serve<S: Read + Write>(
         let read = match bad {
             Some(b) => Err(b),
             None => {
-                buf.resize(total as usize, 0);
-                read_pages(&asked, &mut buf, &mut mems)
+                self.buf.resize(total as usize, 0);
+                read_pages(&asked, &mut self.buf, &mut self.mems)
             }
         };
         let answered = match read {
-            Ok(()) => send_message(&mut *g, br#"{"ok": true}"#)
-                .and_then(|()| write_frame(&mut *g, kind::DATA, 0, &buf))
-                .and_then(|()| g.flush()),
+            Ok(()) => send_message(w, br#"{"ok": true}"#)
+                .and_then(|()| write_frame(w, kind::DATA, 0, &self.buf))
+                .and_then(|()| w.flush()),
             Err(why) => {
                 tracing::warn!("post-copy: refused a page request from {peer}: {why}");
-                send_message(
-                    &mut *g,
-                    json!({"ok": false, "error": why}).to_string().as_bytes(),
-                )
+                send_message(w, json!({"ok": false, "error": why}).to_string().as_bytes())
             }
         };
         answered.map_err(|e| e.to_string())?;
-        *sent += (buf.len() + 2 * godwit_image::stream::FRAME_HEADER + 12) as u64;
+        self.sent += (total as usize + 2 * godwit_image::stream::FRAME_HEADER + 12) as u64;
+        Ok(true)
+    }
+}
+
+/// Before the processes run, the restore itself may touch memory that is
+/// still at the source (a system call it injects that the kernel makes
+/// read or write there; the known ones are avoided: see
+/// dump::touched_by_restore). Such a touch would wait forever: this serves
+/// it, one page at a time, over the stream, until `stop` (set by the gate
+/// before it says ready; a restore waiting on a page cannot get there, so
+/// no request is cut short). The source answers page requests while it
+/// waits for ready. If the source cannot be asked, the processes waiting
+/// are killed, which fails the restore.
+pub(crate) fn serve_restore<S: Read + Write>(
+    sink: &Sink,
+    s: &Mutex<S>,
+    peer: &str,
+    stop: &std::sync::atomic::AtomicBool,
+) {
+    use std::sync::atomic::Ordering::SeqCst;
+    let mut pager = Pager::new(Vec::new());
+    while !stop.load(SeqCst) {
+        let mut served = false;
+        let v = sink.0.lock().unwrap_or_else(|p| p.into_inner());
+        for m in v.iter() {
+            let msgs = m.uffd.read_msgs(0).unwrap_or_default();
+            for msg in msgs {
+                let Msg::Fault { addr, .. } = msg else {
+                    tracing::warn!(
+                        pid = m.pid,
+                        "post-copy: an event before the process ran: {msg:?}"
+                    );
+                    continue;
+                };
+                served = true;
+                let page = addr & !(PAGE_SIZE - 1);
+                let owed = m.owed.iter().any(|&(a, l)| page >= a && page < a + l);
+                tracing::debug!(
+                    pid = m.pid,
+                    page,
+                    owed,
+                    "post-copy: the restore touched lazy memory"
+                );
+                let data = if owed {
+                    let pc = Piece {
+                        dst: page,
+                        src: page,
+                        len: PAGE_SIZE,
+                    };
+                    match pager.fetch(s, peer, m.src_pid, &[pc], true) {
+                        Ok(d) => d,
+                        Err(e) => {
+                            tracing::warn!(
+                                "post-copy: a page for the restore: {e}; ending the restore"
+                            );
+                            for m in v.iter() {
+                                let _ = godwit_sys::process::kill(m.pid, libc::SIGKILL);
+                            }
+                            return;
+                        }
+                    }
+                } else {
+                    vec![0u8; PAGE_SIZE as usize]
+                };
+                // Placed (or there already); the pager later finds it there.
+                let _ = m.uffd.copy_some(page, &data);
+                let _ = m.uffd.wake(page, PAGE_SIZE);
+            }
+        }
+        drop(v);
+        if !served {
+            std::thread::sleep(Duration::from_millis(2));
+        }
     }
 }
 

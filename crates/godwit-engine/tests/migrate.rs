@@ -706,3 +706,12 @@ fn an_image_with_lazy_pages_is_refused_outside_a_post_copy() {
     assert!(e.to_string().contains("lazy pages"), "{e}");
     still_counting(&c);
 }
+
+/// The restore touches memory still at the source (here the threads' rseq
+/// areas, which the dump otherwise always sends): the destination fetches
+/// it before the processes run instead of waiting forever.
+#[test]
+fn post_copy_serves_pages_the_restore_itself_touches() {
+    godwit_engine::dump::LAZY_RSEQ_FOR_TESTS.store(true, std::sync::atomic::Ordering::Relaxed);
+    harness_moves("threads", Mode::PostCopy);
+}
