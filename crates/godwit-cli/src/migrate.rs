@@ -57,7 +57,8 @@ pub struct MigrateArgs {
     #[arg(long, value_name = "DIR")]
     keep_image: Option<String>,
     /// Give up (and leave the process running here) when the destination
-    /// does not answer for this long.
+    /// does not answer for this long. (Once the process runs there, in
+    /// post-copy, the copy here is kept stopped instead: exit code 7.)
     #[arg(long, value_name = "SECS", default_value = "60")]
     watchdog: u64,
     /// Freeze this cgroup v2 directory while the tree is seized.
