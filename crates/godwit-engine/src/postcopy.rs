@@ -28,17 +28,26 @@
 //!   parent was owed at the fork (less MADV_WIPEONFORK ranges). While such
 //!   an event is unread the kernel refuses copies (EAGAIN): the pager reads
 //!   the messages, updates what is owed, and places only what still is.
+//! * a copy refused because its range now spans two mappings (split by
+//!   mprotect or madvise since) goes on page by page; only a page refused
+//!   on its own (no longer registered memory) is dropped.
 //! * a process that exits or execs (its memory gone: ESRCH) is owed nothing.
 //!
-//! Once nothing is owed, the pager says `done` and closes the descriptors
-//! (the ranges become ordinary memory again).
+//! Once nothing is owed, the pager closes the descriptors (the ranges
+//! become ordinary memory again) and says `done`; nothing after that fails
+//! the migration.
+//!
+//! Before the processes run, [`serve_restore`] fetches the pages the
+//! restore itself touches (the source answers page requests while it waits
+//! for `ready`).
 //!
 //! Messages (MESSAGE frames holding JSON; page data in one DATA frame):
 //!
 //! ```text
 //! destination                                  source
 //!   {want: [[pid, addr, len], ...], fault} ──▶  reads them from the frozen copy
-//!                                        ◀──   {ok, len} + DATA frame (len bytes)
+//!                                        ◀──   {ok} + DATA frame (the bytes, in order)
+//!                                              or {ok: false, error}
 //!   ... until nothing is owed
 //!   {done, faults, fault_pages, pushed_pages} ──▶ ends its copy
 //!                                        ◀──   {ok}
