@@ -34,7 +34,7 @@ usage: godwit-migrate-bench [--sizes MIB,...] [--rates MIBS,...] [--modes MODE,.
 
   --sizes  memory of the target, MiB (default 64,1024)
   --rates  how fast the target rewrites its memory, MiB/s (default 0,50,200)
-  --modes  stop-copy, pre-copy (default both)
+  --modes  stop-copy, pre-copy, post-copy, pre-copy-post-copy (default the first three)
   --reps   repetitions (default 3); min and median are reported
   --out    JSON output (default target/bench/migrate.json)";
 
@@ -56,7 +56,7 @@ fn parse_args() -> Result<Args> {
     let mut a = Args {
         sizes: vec![64, 1024],
         rates: vec![0, 50, 200],
-        modes: vec![Mode::StopCopy, Mode::PreCopy],
+        modes: vec![Mode::StopCopy, Mode::PreCopy, Mode::PostCopy],
         reps: 3,
         out: PathBuf::from("target/bench/migrate.json"),
     };
@@ -74,6 +74,8 @@ fn parse_args() -> Result<Args> {
                     |s| match s {
                         "stop-copy" => Some(Mode::StopCopy),
                         "pre-copy" => Some(Mode::PreCopy),
+                        "post-copy" => Some(Mode::PostCopy),
+                        "pre-copy-post-copy" => Some(Mode::PreCopyPostCopy),
                         _ => None,
                     },
                     "--modes",

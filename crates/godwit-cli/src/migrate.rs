@@ -12,14 +12,20 @@ use serde_json::json;
 
 /// How the memory moves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+#[allow(clippy::enum_variant_names)] // the names are the mode names
 pub enum ModeArg {
     /// Freeze, send everything, restore at the destination, resume there.
     StopCopy,
     /// Send the memory while the process runs (rounds of what it wrote
     /// meanwhile), then freeze for the rest.
     PreCopy,
-    /// Resume at the destination at once and fetch the memory on demand.
+    /// Resume at the destination at once; the private memory follows
+    /// (fetched on first touch, pushed in the background). The source
+    /// copy stays frozen until every page is across.
     PostCopy,
+    /// Pre-copy rounds while the process runs, then post-copy for what it
+    /// wrote since the last round.
+    PreCopyPostCopy,
 }
 
 #[derive(Args, Debug)]
@@ -65,7 +71,8 @@ pub struct MigrateArgs {
     #[arg(long)]
     tcp_established: bool,
     /// Give up (and leave the process running here) when the destination
-    /// does not answer for this long.
+    /// does not answer for this long. (Once the process runs there, in
+    /// post-copy, the copy here is kept stopped instead: exit code 7.)
     #[arg(long, value_name = "SECS", default_value = "60")]
     watchdog: u64,
     /// Freeze this cgroup v2 directory while the tree is seized.
@@ -82,7 +89,7 @@ pub fn exit_code(e: &MigrateError) -> u8 {
     match e {
         MigrateError::Dump(engine) => crate::engine_exit_code(engine),
         MigrateError::Refused { reason, .. } if reason.contains("is in use") => 4,
-        MigrateError::Uncertain { .. } => 7,
+        MigrateError::Uncertain { .. } | MigrateError::PostCopyLinkLost { .. } => 7,
         _ => 1,
     }
 }
@@ -91,14 +98,8 @@ pub fn run(args: MigrateArgs, json_out: bool, progress: &crate::Bar) -> anyhow::
     let mode = match args.mode {
         ModeArg::StopCopy => Mode::StopCopy,
         ModeArg::PreCopy => Mode::PreCopy,
-        ModeArg::PostCopy => {
-            return Err(anyhow::Error::from(
-                godwit_engine::EngineError::Unsupported {
-                    pid: args.pids[0],
-                    what: "post-copy migration (--mode post-copy)".into(),
-                },
-            ))
-        }
+        ModeArg::PostCopy => Mode::PostCopy,
+        ModeArg::PreCopyPostCopy => Mode::PreCopyPostCopy,
     };
     let token = Token::load(&args.token_file)?;
     let tls = ClientTls::new(token, args.tls_ca.as_deref())?;
@@ -141,7 +142,7 @@ pub fn run(args: MigrateArgs, json_out: bool, progress: &crate::Bar) -> anyhow::
             Ok(r) => {
                 if !json_out {
                     println!(
-                        "moved process {pid} ({} process{}) to {}{}: now PID {}{} there; downtime {:.1} ms, {} MiB sent in {:.1} ms{}",
+                        "moved process {pid} ({} process{}) to {}{}: now PID {}{} there; downtime {:.1} ms, {} MiB sent in {:.1} ms{}{}",
                         r.pids.len(),
                         if r.pids.len() == 1 { "" } else { "es" },
                         args.to,
@@ -152,6 +153,17 @@ pub fn run(args: MigrateArgs, json_out: bool, progress: &crate::Bar) -> anyhow::
                         r.bytes_sent >> 20,
                         r.total.as_secs_f64() * 1e3,
                         if r.rounds > 0 { format!(", {} pre-copy round(s)", r.rounds) } else { String::new() },
+                        match r.all_pages_after {
+                            Some(d) => format!(
+                                "; post-copy: {} MiB followed, all across after {:.1} ms ({} faults fetched {} pages, {} pages pushed)",
+                                r.lazy_bytes >> 20,
+                                d.as_secs_f64() * 1e3,
+                                r.faults,
+                                r.fault_pages,
+                                r.pushed_pages
+                            ),
+                            None => String::new(),
+                        },
                     );
                 }
                 out.push(report_json(pid, &args.to, &r));
@@ -222,6 +234,11 @@ fn report_json(pid: i32, to: &str, r: &MigrateReport) -> serde_json::Value {
         "bytes_sent": r.bytes_sent,
         "memory_bytes": r.memory_bytes,
         "rounds": r.rounds,
+        "lazy_bytes": r.lazy_bytes,
+        "all_pages_ms": r.all_pages_after.map(ms),
+        "faults": r.faults,
+        "fault_pages": r.fault_pages,
+        "pushed_pages": r.pushed_pages,
         "phases": r.phases.iter().map(|(name, d)| json!({"phase": name, "ms": ms(*d)})).collect::<Vec<_>>(),
     })
 }

@@ -54,6 +54,9 @@ pub struct DumpReport {
     pub threads: usize,
     pub vmas: usize,
     pub memory_bytes: u64,
+    /// Bytes of private anonymous memory left in the held processes
+    /// (post-copy: `End::Hold { lazy: true, .. }`), not in `memory_bytes`.
+    pub lazy_bytes: u64,
     pub image_bytes: u64,
     /// How long the process was stopped (with a pre-copy: the short stop
     /// before it and the freeze).
@@ -206,8 +209,10 @@ pub enum End {
     /// They stay frozen, for the caller to end or release ([`Held`]): a
     /// migration ends them only once the destination runs its copy. With
     /// `precopy`, their memory is first copied while they run, as for
-    /// `--leave-running`.
-    Hold { precopy: bool },
+    /// `--leave-running`. With `lazy` (post-copy), the pages of private
+    /// anonymous memory are not copied into the image but left in the
+    /// held processes (`Vma::lazy`), for the caller to serve later.
+    Hold { precopy: bool, lazy: bool },
 }
 
 /// A dumped tree kept frozen ([`End::Hold`]). Dropping it releases the
@@ -326,9 +331,10 @@ pub fn dump_to(
     let t0 = Instant::now();
     precheck(pid)?;
     let hold = matches!(end, End::Hold { .. });
+    let lazy = matches!(end, End::Hold { lazy: true, .. });
     let cow = end == End::Release && !opts.no_cow;
     let precopy = match end {
-        End::Hold { precopy } => precopy,
+        End::Hold { precopy, .. } => precopy,
         End::Release => cow && !opts.no_precopy,
         End::Kill => false,
     };
@@ -352,14 +358,22 @@ pub fn dump_to(
     // Frozen throughout: each process's memory is planned and copied by a
     // second thread while the rest of it is collected (pre-copied ones are
     // planned from their tracking instead).
-    let early = !cow && trackers.is_empty();
+    // (Post-copy plans memory after the threads are read: see
+    // memory::make_lazy.)
+    let early = !cow && trackers.is_empty() && !lazy;
     let Collection {
         mut procs,
         remotes,
         plans,
         mut copied,
         scratches,
-    } = collect_all(&members, &trackers, early.then_some(&writer), progress)?;
+    } = collect_all(
+        &members,
+        &trackers,
+        early.then_some(&writer),
+        progress,
+        lazy,
+    )?;
     tracing::debug!(ms = t0.elapsed().as_secs_f64() * 1e3, "collected");
     let mut members = Some(members);
     // Declared after `members`: on an error, unmapped before the processes
@@ -389,6 +403,10 @@ pub fn dump_to(
         .collect();
     let shmem_data = memory::collect_shmem(&mut procs, &bases)?;
     let memory_bytes: u64 = procs.iter().map(|p| memory::planned_bytes(&p.vmas)).sum();
+    let lazy_bytes: u64 = procs.iter().map(|p| memory::lazy_bytes(&p.vmas)).sum();
+    if lazy_bytes > 0 {
+        writer.add_flags(godwit_image::FLAG_LAZY_PAGES);
+    }
 
     // Pre-copied processes: what changed since is copied now, while frozen.
     let mut fresh: Vec<Vec<(PageFileInfo, PageSpan)>> = Vec::with_capacity(procs.len());
@@ -577,6 +595,7 @@ pub fn dump_to(
             threads,
             vmas,
             memory_bytes,
+            lazy_bytes,
             image_bytes: commit.total_bytes,
             frozen: frozen_time,
             precopy: precopied,
@@ -658,6 +677,7 @@ fn collect_all(
     trackers: &std::collections::HashMap<i32, Tracker>,
     copy_into: Option<&ImageWriter>,
     progress: &dyn Progress,
+    lazy: bool,
 ) -> Result<Collection> {
     let live = members
         .iter()
@@ -704,7 +724,7 @@ fn collect_all(
             })
         });
         let tx = copier.is_some().then_some(tx);
-        let collected = collect_members(members, trackers, tx.as_ref());
+        let collected = collect_members(members, trackers, tx.as_ref(), lazy);
         if collected.is_err() {
             stop.store(true, std::sync::atomic::Ordering::Relaxed);
         }
@@ -738,6 +758,7 @@ fn collect_members(
     members: &[Member],
     trackers: &std::collections::HashMap<i32, Tracker>,
     copy: Option<&std::sync::mpsc::Sender<CopyJob>>,
+    lazy: bool,
 ) -> Result<Collection> {
     let mut c = Collection {
         procs: Vec::with_capacity(members.len()),
@@ -750,7 +771,7 @@ fn collect_members(
         c.copied.push(None);
         match m {
             Member::Live(f) => {
-                let one = collect_one(f, trackers.get(&f.pid), copy.map(|tx| (tx, i)))?;
+                let one = collect_one(f, trackers.get(&f.pid), copy.map(|tx| (tx, i)), lazy)?;
                 c.procs.push(one.process);
                 c.remotes.push(Some(one.r0));
                 c.plans.push(one.plan);
@@ -787,6 +808,7 @@ fn collect_one(
     frozen: &Frozen,
     tracker: Option<&Tracker>,
     copy: Option<(&std::sync::mpsc::Sender<CopyJob>, usize)>,
+    lazy: bool,
 ) -> Result<Collected> {
     let pid = frozen.pid;
     let t = Instant::now();
@@ -820,11 +842,18 @@ fn collect_one(
         (_, Some(_)) => None,
         (Some(t), None) => {
             let mut plan = t.plan_frozen(&maps)?;
+            if lazy {
+                plan.make_lazy(&touched_by_restore(&process));
+            }
             process.vmas = std::mem::take(&mut plan.vmas);
             Some(plan)
         }
         (None, None) => {
             process.vmas = memory::survey(pid, &maps)?;
+            if lazy {
+                let keep = touched_by_restore(&process);
+                memory::make_lazy(&mut process.vmas, &keep);
+            }
             None
         }
     };
@@ -838,6 +867,27 @@ fn collect_one(
         plan,
         scratch,
     })
+}
+
+/// Tests only: leave the rseq pages lazy too, so that the restore touches
+/// memory still at the source and postcopy::serve_restore must fetch it.
+#[doc(hidden)]
+pub static LAZY_RSEQ_FOR_TESTS: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
+/// Addresses in the process's memory that a restore touches before the
+/// process runs: they cannot be left lazy (post-copy), as no page is served
+/// before then. The kernel writes each thread's rseq area when rseq is
+/// registered.
+fn touched_by_restore(p: &Process) -> Vec<u64> {
+    if LAZY_RSEQ_FOR_TESTS.load(std::sync::atomic::Ordering::Relaxed) {
+        return Vec::new();
+    }
+    p.threads
+        .iter()
+        .filter_map(|t| t.rseq.as_ref())
+        .flat_map(|r| [r.addr, r.addr + r.len.max(1) as u64 - 1])
+        .collect()
 }
 
 /// Collects all but the attributes (in `p` already) and the memory.

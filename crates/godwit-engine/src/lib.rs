@@ -14,6 +14,7 @@ pub mod dump;
 pub mod error;
 pub mod freeze;
 pub mod migrate;
+pub mod postcopy;
 pub mod precopy;
 pub mod remote;
 pub mod resources;

@@ -26,6 +26,28 @@
 //! and before `running`, the source cannot know whether the destination
 //! runs its copy: it leaves its own copy stopped (SIGSTOP), never running
 //! twice, and says so ([`MigrateError::Uncertain`]).
+//!
+//! **Post-copy** ([`Mode::PostCopy`], [`Mode::PreCopyPostCopy`]): the image
+//! leaves out the private anonymous memory (`Vma::lazy`; after pre-copy
+//! rounds, what was written since the last one), so the destination runs
+//! the process as soon as the rest is restored. After `running` the same
+//! stream carries page requests and pages (crate::postcopy): the
+//! destination fetches faulting pages first and pulls the rest in the
+//! background, until it says `done`; only then is the source's frozen copy
+//! ended. Until then the source holds the only copy of the missing pages:
+//!
+//! (While the destination restores, before `ready`, the source also
+//! answers page requests: a restore step may make the kernel touch memory
+//! still at the source.)
+//!
+//! * the destination kills its copy (before closing its userfaultfds, so
+//!   that no page is ever wrong) whenever it cannot go on: the source or
+//!   the link gone, a page it cannot place; its error says so;
+//! * when it can still tell the source (`failed`), the source resumes its
+//!   frozen copy, which runs on ([`MigrateError::PostCopyResumed`]);
+//! * when the link is lost, the source cannot know whether every page got
+//!   across just before: it keeps its copy stopped, never running twice
+//!   ([`MigrateError::PostCopyLinkLost`]).
 
 use std::io::{Read, Write};
 use std::net::IpAddr;
@@ -53,6 +75,13 @@ pub enum Mode {
     /// Send the memory while the process runs, in rounds that send what was
     /// written meanwhile; freeze for the rest.
     PreCopy,
+    /// Freeze and send everything but the private anonymous memory; the
+    /// process runs at the destination at once and those pages follow
+    /// (fetched on first touch, pushed in the background: crate::postcopy).
+    PostCopy,
+    /// Pre-copy rounds while the process runs, then post-copy for what was
+    /// written since the last round.
+    PreCopyPostCopy,
 }
 
 impl Mode {
@@ -61,15 +90,30 @@ impl Mode {
         match self {
             Mode::StopCopy => "stop-copy",
             Mode::PreCopy => "pre-copy",
+            Mode::PostCopy => "post-copy",
+            Mode::PreCopyPostCopy => "pre-copy-post-copy",
         }
     }
 
     fn parse(s: &str) -> Option<Mode> {
-        match s {
-            "stop-copy" => Some(Mode::StopCopy),
-            "pre-copy" => Some(Mode::PreCopy),
-            _ => None,
-        }
+        [
+            Mode::StopCopy,
+            Mode::PreCopy,
+            Mode::PostCopy,
+            Mode::PreCopyPostCopy,
+        ]
+        .into_iter()
+        .find(|m| m.name() == s)
+    }
+
+    /// Memory is copied while the process runs first.
+    pub fn precopies(self) -> bool {
+        matches!(self, Mode::PreCopy | Mode::PreCopyPostCopy)
+    }
+
+    /// Private anonymous memory follows the process (post-copy).
+    pub fn lazy(self) -> bool {
+        matches!(self, Mode::PostCopy | Mode::PreCopyPostCopy)
     }
 }
 
@@ -171,19 +215,31 @@ pub struct MigrateReport {
     pub node: String,
     /// From the freeze until the destination's copy ran.
     pub downtime: Duration,
+    /// Post-copy: from the freeze until every page was across (the
+    /// source's copy is ended then).
+    pub all_pages_after: Option<Duration>,
     pub total: Duration,
-    /// Bytes written to the stream (frames and messages included).
+    /// Bytes written to the stream (frames and messages included; with
+    /// post-copy, the pages sent after the process ran too).
     pub bytes_sent: u64,
     /// Pre-copy rounds (0 for stop-copy).
     pub rounds: usize,
     pub memory_bytes: u64,
+    /// Post-copy: bytes left out of the image, sent after the process ran.
+    pub lazy_bytes: u64,
+    /// Post-copy: faults the destination served with pages from here, the
+    /// pages sent for them (with the window around each), and the pages
+    /// pushed in the background.
+    pub faults: u64,
+    pub fault_pages: u64,
+    pub pushed_pages: u64,
     /// (phase, duration), in order.
     pub phases: Vec<(&'static str, Duration)>,
     pub dump: DumpReport,
 }
 
-/// Why a migration did not happen. Except for `Uncertain`, the processes
-/// run on at the source as they were.
+/// Why a migration did not happen. Except for `Uncertain` and
+/// `PostCopyLinkLost`, the processes run on at the source as they were.
 #[derive(Debug, thiserror::Error)]
 pub enum MigrateError {
     #[error("{0}; the process was left running at the source")]
@@ -200,6 +256,18 @@ pub enum MigrateError {
     },
     #[error("the connection to {peer} failed after the destination was told to start the process ({detail}): it may be running there. The source copy (PIDs {pids:?}) is kept STOPPED so that it never runs twice (its TCP connections, if any, stay locked in repair mode): check the destination (godwit node ps there); if the process does not run there, migrate the stopped copy again or kill it; if it does, kill the source copy")]
     Uncertain {
+        peer: String,
+        detail: String,
+        pids: Vec<i32>,
+    },
+    #[error("post-copy to {peer} failed after the process had started there: {reason}. The destination killed its copy (it could not go on without the memory still here); the source copy (PIDs {pids:?}) was resumed and runs on here")]
+    PostCopyResumed {
+        peer: String,
+        reason: String,
+        pids: Vec<i32>,
+    },
+    #[error("the connection to {peer} failed during post-copy ({detail}) while part of the memory was still only here. The destination kills its copy when it loses the source before every page is across, but it may have got them all just before. The source copy (PIDs {pids:?}) is kept STOPPED so that it never runs twice: if the process does not run at the destination (godwit ps there), `kill -CONT` the source copy, else kill it")]
+    PostCopyLinkLost {
         peer: String,
         detail: String,
         pids: Vec<i32>,
@@ -298,7 +366,8 @@ pub fn send<S: Read + Write + Send + 'static>(
     let writer = ImageWriter::to_medium(Box::new(medium))
         .writer_name(concat!("godwit ", env!("CARGO_PKG_VERSION")));
     let end = End::Hold {
-        precopy: opts.mode == Mode::PreCopy,
+        precopy: opts.mode.precopies(),
+        lazy: opts.mode.lazy(),
     };
     let t_dump = Instant::now();
     let (report, held) = dump_to(pid, writer, &opts.dump, progress, end).map_err(|e| {
@@ -323,15 +392,25 @@ pub fn send<S: Read + Write + Send + 'static>(
     // service address is put back (declared after `held`, dropped before).
     let address_off = service_addr.map(AddressOff::take_off).transpose()?;
     let t_restore = Instant::now();
-    let ready = match recv_json(&s, peer) {
-        Err(e) => return Err(link(peer, "waiting for the destination's restore", e)),
-        Ok(Err(why)) => {
-            return Err(MigrateError::RestoreFailed {
-                peer: peer.into(),
-                reason: why,
-            })
+    let mut pages = crate::postcopy::PageServer::new(&held.pids);
+    let ready = loop {
+        match recv_json(&s, peer) {
+            Err(e) => return Err(link(peer, "waiting for the destination's restore", e)),
+            Ok(Err(why)) => {
+                return Err(MigrateError::RestoreFailed {
+                    peer: peer.into(),
+                    reason: why,
+                })
+            }
+            // Post-copy: the restore touched memory that is still here.
+            Ok(Ok(v)) if opts.mode.lazy() && v["want"].is_array() => {
+                let mut g = s.lock().unwrap_or_else(|p| p.into_inner());
+                pages
+                    .answer(&mut *g, peer, &v)
+                    .map_err(|e| link(peer, "serving a page to the destination's restore", e))?;
+            }
+            Ok(Ok(v)) => break v,
         }
-        Ok(Ok(v)) => v,
     };
     if let Some(reason) = refusal(&ready) {
         return Err(MigrateError::RestoreFailed {
@@ -383,6 +462,41 @@ pub fn send<S: Read + Write + Send + 'static>(
         }
     };
     let downtime = frozen_at.elapsed();
+    phases.push(("switch over", t_switch.elapsed()));
+    let mut all_pages_after = None;
+    let mut counts = Value::Null;
+    if opts.mode.lazy() {
+        // The destination runs; its memory still partly here.
+        let t_post = Instant::now();
+        match crate::postcopy::serve(&s, peer, &mut pages) {
+            Ok(crate::postcopy::Served::Done(v)) => counts = v,
+            Ok(crate::postcopy::Served::Failed(why)) => {
+                let pids = held.pids.clone();
+                if let Err(e) = held.release() {
+                    tracing::warn!("resuming the source processes: {e}");
+                }
+                return Err(MigrateError::PostCopyResumed {
+                    peer: peer.into(),
+                    reason: why,
+                    pids,
+                });
+            }
+            Err(e) => {
+                let pids = held.pids.clone();
+                if let Some(a) = address_off {
+                    a.keep_off();
+                }
+                let _ = held.release_stopped();
+                return Err(MigrateError::PostCopyLinkLost {
+                    peer: peer.into(),
+                    detail: e,
+                    pids,
+                });
+            }
+        }
+        all_pages_after = Some(frozen_at.elapsed());
+        phases.push(("post-copy", t_post.elapsed()));
+    }
     if let Some(a) = address_off {
         a.keep_off();
     }
@@ -395,7 +509,10 @@ pub fn send<S: Read + Write + Send + 'static>(
     if let Err(e) = crate::resources::sockets::tcp::unlock_image(&sent) {
         tracing::warn!("lifting the network locks of the moved connections: {e}");
     }
-    phases.push(("switch over", t_switch.elapsed()));
+    if opts.mode.lazy() {
+        // Best effort: the destination needs nothing more from here.
+        let _ = send_json(&s, &json!({"ok": true, "ended": true}));
+    }
     Ok(MigrateReport {
         mode: opts.mode,
         pids: report.pids.clone(),
@@ -403,10 +520,15 @@ pub fn send<S: Read + Write + Send + 'static>(
         host_pid: running["host_pid"].as_i64().unwrap_or(0) as i32,
         node: running["node"].as_str().unwrap_or("").to_string(),
         downtime,
+        all_pages_after,
         total: t0.elapsed(),
-        bytes_sent: counter.load(Ordering::Relaxed),
+        bytes_sent: counter.load(Ordering::Relaxed) + pages.sent,
         rounds: report.precopy.rounds,
         memory_bytes: report.memory_bytes,
+        lazy_bytes: report.lazy_bytes,
+        faults: counts["faults"].as_u64().unwrap_or(0),
+        fault_pages: counts["fault_pages"].as_u64().unwrap_or(0),
+        pushed_pages: counts["pushed_pages"].as_u64().unwrap_or(0),
         phases,
         dump: report,
     })
@@ -434,6 +556,9 @@ pub struct ReceiveReport {
     pub bytes: u64,
     pub source_node: String,
     pub total: Duration,
+    /// Post-copy: what the pager did (the processes ran from
+    /// `restore.total` on; every page was here after `total`).
+    pub postcopy: Option<crate::postcopy::PagerStats>,
 }
 
 /// Receives a migration from the source at the other end of `stream` and
@@ -466,8 +591,14 @@ pub fn receive<S: Read + Write + Send + 'static>(
         ));
     }
     let mode = hello["mode"].as_str().unwrap_or("").to_string();
-    if Mode::parse(&mode).is_none() {
+    let Some(parsed) = Mode::parse(&mode) else {
         return Err(fail(&s, format!("unknown mode {mode:?}")));
+    };
+    if parsed.lazy() && hello["keep_image"].is_string() {
+        return Err(fail(
+            &s,
+            format!("--keep-image cannot be used with {mode}: the image does not hold the memory that follows the process"),
+        ));
     }
     let pid_ns = opts.force_pid_ns || hello["pid_ns"] == json!(true);
     let source_node = hello["source_node"].as_str().unwrap_or("?").to_string();
@@ -565,12 +696,14 @@ pub fn receive<S: Read + Write + Send + 'static>(
         ..Default::default()
     };
     let node = opts.node.clone();
+    // Post-copy: pages the restore itself touches are fetched until the
+    // gate (crate::postcopy::serve_restore).
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let sink = crate::postcopy::Sink::default();
     let gate = |host_pid: i32| -> Result<(), EngineError> {
-        send_json(
-            &s,
-            &json!({"ok": true, "ready": true, "host_pid": host_pid}),
-        )
-        .map_err(|e| EngineError::Migration(format!("telling the source we are ready: {e}")))?;
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        send_json(&s, &json!({"ok": true, "ready": true, "host_pid": host_pid}))
+            .map_err(|e| EngineError::Migration(format!("telling the source we are ready: {e}")))?;
         match recv_json(&s, peer) {
             Ok(Ok(v)) if v["go"] == json!(true) => Ok(()),
             Ok(Ok(v)) => Err(EngineError::Migration(format!(
@@ -582,7 +715,20 @@ pub fn receive<S: Read + Write + Send + 'static>(
             ))),
         }
     };
-    let restored = match restore_from(reader, &ropts, progress, &gate) {
+    let (restored, lazy) = std::thread::scope(|sc| {
+        let monitor = parsed
+            .lazy()
+            .then(|| sc.spawn(|| crate::postcopy::serve_restore(&sink, &s, peer, &stop)));
+        let r = crate::postcopy::collecting(&sink, || {
+            restore_from(reader, &ropts, progress, &gate)
+        });
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(m) = monitor {
+            let _ = m.join();
+        }
+        r
+    });
+    let restored = match restored {
         Ok(r) => r,
         Err(e) => {
             let msg = e.to_string();
@@ -593,17 +739,51 @@ pub fn receive<S: Read + Write + Send + 'static>(
     if let Some(on) = address_on {
         on.keep();
     }
-    send_json(
+    let running = send_json(
         &s,
         &json!({"ok": true, "running": true, "pid": restored.pid, "host_pid": restored.host_pid, "node": node}),
     )
-    .map_err(|e| EngineError::Migration(format!("telling the source the process runs: {e}")))?;
+    .map_err(|e| EngineError::Migration(format!("telling the source the process runs: {e}")));
+    let postcopy = if parsed.lazy() {
+        let mut pager = crate::postcopy::Pager::new(lazy);
+        let owed = pager.owed_bytes();
+        tracing::debug!(owed, "post-copy: serving the processes' memory");
+        match pager.run(&s, peer) {
+            Ok(()) => Some(pager.stats.clone()),
+            Err(e) => {
+                // The source holds the only copy of what is missing: the
+                // processes cannot go on. Killed while their descriptors
+                // are still open, so that no faulting thread ever gets a
+                // page of zeros in place of its data.
+                let left = pager.owed_bytes();
+                let mut pids = pager.pids();
+                pids.push(restored.host_pid);
+                kill_restored(&pids, restored.ns_init);
+                drop(pager);
+                let local = e.link_alive();
+                let msg = format!(
+                    "post-copy from {source_node} failed with {} KiB of memory still at the source: {e}; the process (PID {}) could not go on and was killed here{}",
+                    left >> 10,
+                    restored.pid,
+                    if local { ", and the source was told to resume its copy" } else { "" }
+                );
+                if local {
+                    let _ = send_json(&s, &json!({"failed": msg, "killed": true}));
+                }
+                return Err(EngineError::Migration(msg));
+            }
+        }
+    } else {
+        running?;
+        None
+    };
     Ok(ReceiveReport {
         mode,
         restore: restored,
         bytes,
         source_node,
         total: t0.elapsed(),
+        postcopy,
     })
 }
 
@@ -667,6 +847,30 @@ impl Drop for AddressOn {
                 tracing::error!(addr = %a.addr, "could not take the service address off again: {e}");
             }
         }
+    }
+}
+
+/// Kills the restored processes `pids`, their descendants (or, with a PID
+/// namespace, its init and so everything in it), and waits until none runs.
+fn kill_restored(pids: &[i32], ns_init: Option<i32>) {
+    let mut all: Vec<i32> = pids.to_vec();
+    let mut i = 0;
+    while i < all.len() {
+        let more = godwit_sys::process::children(all[i]).unwrap_or_default();
+        all.extend(more.into_iter().filter(|c| !pids.contains(c)));
+        i += 1;
+    }
+    if let Some(init) = ns_init {
+        let _ = godwit_sys::process::kill(init, libc::SIGKILL);
+    }
+    for &p in all.iter().rev() {
+        let _ = godwit_sys::process::kill(p, libc::SIGKILL);
+    }
+    let t = Instant::now();
+    while all.iter().any(|&p| godwit_sys::process::alive(p))
+        && t.elapsed() < Duration::from_secs(10)
+    {
+        std::thread::sleep(Duration::from_millis(2));
     }
 }
 

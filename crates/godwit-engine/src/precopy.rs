@@ -158,6 +158,67 @@ pub struct FrozenPlan {
     pub end: u64,
 }
 
+impl FrozenPlan {
+    /// Pre-copy then post-copy: what private anonymous memory was written
+    /// since its last copy is not copied now but left lazy (`Vma::lazy`),
+    /// for the source to serve once the process runs at the destination;
+    /// the rest still to copy (other kinds of memory, and the pages holding
+    /// an address of `keep`: see memory::make_lazy) is laid out again from
+    /// `copy_from`. Returns the lazy bytes.
+    pub fn make_lazy(&mut self, keep: &[u64]) -> u64 {
+        let mut lazy = 0;
+        let mut to_copy = Vec::new();
+        let mut next = self.copy_from;
+        for v in &mut self.vmas {
+            let anon = memory::lazy_able(v);
+            let readable = v.prot & libc::PROT_READ as u32 != 0;
+            let mut runs = Vec::new();
+            for run in std::mem::take(&mut v.pages) {
+                let len = run.nr_pages * PAGE_SIZE;
+                // A run may start in the earlier copies and go on into the
+                // fresh part (push_run merges them): cut it there.
+                let (old, fresh) = if run.offset >= self.copy_from {
+                    (0, len)
+                } else if run.offset + len > self.copy_from {
+                    let old = self.copy_from - run.offset;
+                    (old, len - old)
+                } else {
+                    (len, 0)
+                };
+                if old > 0 {
+                    push_run(&mut runs, run.addr, run.addr + old, run.offset);
+                }
+                if fresh == 0 {
+                    continue;
+                }
+                let at = run.addr + old;
+                let pieces = match anon {
+                    true => memory::split_kept(at, fresh, keep),
+                    false => vec![(at, fresh, true)],
+                };
+                for (at, len, copied) in pieces {
+                    if copied {
+                        to_copy.push((Range { addr: at, len }, readable));
+                        push_run(&mut runs, at, at + len, next);
+                        next += len;
+                    } else {
+                        lazy += len;
+                        v.lazy.push(PageRun {
+                            addr: at,
+                            nr_pages: len / PAGE_SIZE,
+                            offset: 0,
+                        });
+                    }
+                }
+            }
+            v.pages = runs;
+        }
+        self.to_copy = to_copy;
+        self.end = next;
+        lazy
+    }
+}
+
 /// One process being pre-copied.
 pub struct Tracker {
     pub pid: i32,

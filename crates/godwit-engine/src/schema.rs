@@ -339,6 +339,13 @@ pub struct Vma {
     /// SHM_EXEC 0o100000).
     #[prost(uint32, tag = "14")]
     pub shmat_flags: u32,
+    /// Runs of pages that exist but whose contents are NOT in the image:
+    /// a post-copy migration's source serves them after the process runs
+    /// at the destination (`offset` unused, 0). Only private anonymous
+    /// VMAs have them. An image with lazy runs can be restored only by
+    /// the migration receiving it.
+    #[prost(message, repeated, tag = "15")]
+    pub lazy: Vec<PageRun>,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]

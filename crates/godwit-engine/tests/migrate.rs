@@ -1,6 +1,7 @@
 //! Migration over a stream, both ends in this test: a counter moves into a
 //! new PID namespace on this host and counts on; every failure before the
-//! switch leaves it counting at the source.
+//! switch leaves it counting at the source. Post-copy: a process whose
+//! memory follows it checks every page it touches (tests/progs/lazymem.c).
 
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -33,7 +34,9 @@ fn gcc(dir: &Path, name: &str) -> PathBuf {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../../tests/progs/{name}.c"));
     let bin = dir.join(name);
     let st = Command::new("gcc")
-        .args(["-O1", "-o"])
+        // Bound at start: a program that checks its memory still reports
+        // (through its crash handler) when that memory is wrong.
+        .args(["-O1", "-Wl,-z,now", "-o"])
         .arg(&bin)
         .arg(&src)
         .status()
@@ -76,10 +79,14 @@ fn last(log: &Path) -> u64 {
         .unwrap_or(0)
 }
 
-fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+fn wait_until(what: &str, f: impl FnMut() -> bool) {
+    wait_for(what, Duration::from_secs(10), f)
+}
+
+fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
     let t0 = Instant::now();
     while !f() {
-        assert!(t0.elapsed() < Duration::from_secs(10), "timed out: {what}");
+        assert!(t0.elapsed() < limit, "timed out: {what}");
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -102,7 +109,7 @@ fn opts(mode: Mode) -> MigrateOptions {
 
 fn recv_opts() -> ReceiveOptions {
     ReceiveOptions {
-        max_bytes: 1 << 30,
+        max_bytes: 4 << 30,
         node: "test-destination".into(),
         force_pid_ns: false,
         keep_root: None,
@@ -250,4 +257,462 @@ fn link_cut_after_go_leaves_the_source_stopped_not_running() {
     unsafe { libc::kill(c.pid, libc::SIGCONT) };
     wait_until("the source to count again", || last(&c.log) >= at + 3);
     check_no_gap(&c.log);
+}
+
+#[test]
+fn post_copy_moves_a_counter() {
+    moves(Mode::PostCopy);
+}
+
+#[test]
+fn pre_copy_then_post_copy_moves_a_counter() {
+    moves(Mode::PreCopyPostCopy);
+}
+
+/// tests/progs/lazymem.c: `mib` MiB of pages it keeps checking and
+/// rewriting, logging "pass N" per pass and "BAD ..." on a wrong page.
+fn lazymem(mib: u64, how: &str) -> Counter {
+    let dir = tempfile::tempdir().unwrap();
+    let launch = gcc(dir.path(), "launch");
+    let prog = gcc(dir.path(), "lazymem");
+    let log = dir.path().join("log");
+    let mut cmd = Command::new(launch);
+    cmd.arg(&prog).arg(&log).arg(mib.to_string());
+    if !how.is_empty() {
+        cmd.arg(how);
+    }
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id() as i32;
+    let c = Counter {
+        child,
+        pid,
+        log,
+        _dir: dir,
+        restored_init: None,
+    };
+    wait_until("lazymem to make a pass", || {
+        log_text(&c).contains("pass 1\n")
+    });
+    c
+}
+
+fn log_text(c: &Counter) -> String {
+    std::fs::read_to_string(&c.log).unwrap_or_default()
+}
+
+/// Lines of the log after byte `from` that start with `word`.
+fn lines_after(c: &Counter, from: usize, word: &str) -> usize {
+    let t = log_text(c);
+    t.get(from..)
+        .unwrap_or("")
+        .lines()
+        .filter(|l| l.starts_with(word))
+        .count()
+}
+
+fn no_bad_page(c: &Counter) {
+    let t = log_text(c);
+    let bad: Vec<&str> = t.lines().filter(|l| l.starts_with("BAD")).collect();
+    assert!(bad.is_empty(), "a page was wrong: {bad:?}");
+}
+
+/// Held by the tests that move hundreds of MiB, one at a time: on two
+/// cores their timing means something only when they do not all run at
+/// once.
+fn heavy() -> std::sync::MutexGuard<'static, ()> {
+    static HEAVY: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    HEAVY.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Post-copies a lazymem of `mib` MiB; returns the reports.
+fn post_copy(c: &mut Counter, mode: Mode) -> (migrate::MigrateReport, migrate::ReceiveReport) {
+    let (a, b) = UnixStream::pair().unwrap();
+    let dest = std::thread::spawn(move || migrate::receive(b, "source", &recv_opts(), &Quiet));
+    let sent = migrate::send(a, "destination", c.pid, &opts(mode), &Quiet);
+    let received = dest.join().unwrap();
+    if let Ok(r) = &received {
+        c.restored_init = r.restore.ns_init;
+    }
+    let report = sent.unwrap();
+    let received = received.unwrap();
+    eprintln!(
+        "{}: downtime {:.1} ms, all pages after {:.1} ms, {} MiB lazy, image {} MiB, {} faults ({} pages), {} pushed, {:?}",
+        mode.name(),
+        report.downtime.as_secs_f64() * 1e3,
+        report.all_pages_after.unwrap_or_default().as_secs_f64() * 1e3,
+        report.lazy_bytes >> 20,
+        received.bytes >> 20,
+        report.faults,
+        report.fault_pages,
+        report.pushed_pages,
+        received.postcopy
+    );
+    wait_for("the source copy to end", Duration::from_secs(20), || {
+        matches!(state(c.pid), None | Some('Z') | Some('X'))
+    });
+    (report, received)
+}
+
+#[test]
+fn post_copy_of_256_mib_never_shows_a_wrong_page() {
+    let _one = heavy();
+    let mut c = lazymem(256, "");
+    let (report, received) = post_copy(&mut c, Mode::PostCopy);
+    // The memory was not in the image: it followed.
+    assert!(report.lazy_bytes >= 256 << 20, "{}", report.lazy_bytes);
+    assert!(
+        received.bytes < 32 << 20,
+        "image of {} bytes",
+        received.bytes
+    );
+    assert!(report.all_pages_after.unwrap() >= report.downtime);
+    assert!(report.faults > 0, "the process touched its memory at once");
+    assert!(
+        report.fault_pages + report.pushed_pages >= 65536,
+        "{} + {} pages",
+        report.fault_pages,
+        report.pushed_pages
+    );
+    // It goes on checking every page, at the destination.
+    let at = log_text(&c).len();
+    wait_for(
+        "two passes at the destination",
+        Duration::from_secs(30),
+        || {
+            no_bad_page(&c);
+            lines_after(&c, at, "pass") >= 2
+        },
+    );
+    no_bad_page(&c);
+}
+
+#[test]
+fn post_copy_follows_dontneed_munmap_mremap_and_fork() {
+    let _one = heavy();
+    // The churn must fall while pages are still arriving: on a busy host
+    // the process may get the CPU only once they are all in; then again.
+    for attempt in 1..=3 {
+        let mut c = lazymem(256, "churn");
+        let at = log_text(&c).len();
+        let (_, received) = post_copy(&mut c, Mode::PostCopy);
+        wait_for(
+            "a churn and a pass at the destination",
+            Duration::from_secs(30),
+            || {
+                no_bad_page(&c);
+                lines_after(&c, at, "churned") >= 1 && lines_after(&c, at, "pass") >= 2
+            },
+        );
+        no_bad_page(&c);
+        let stats = received.postcopy.clone().unwrap();
+        if attempt < 3 && (stats.forks == 0 || stats.dropped_pages == 0) {
+            eprintln!("the churn came after the post-copy ({stats:?}); again");
+            continue;
+        }
+        assert!(stats.forks >= 1, "no fork during the post-copy: {stats:?}");
+        assert!(
+            stats.dropped_pages > 0,
+            "nothing released during the post-copy: {stats:?}"
+        );
+        return;
+    }
+}
+
+#[test]
+fn pre_copy_then_post_copy_of_a_busy_process() {
+    let _one = heavy();
+    let mut c = lazymem(64, "sparse");
+    let (report, _) = post_copy(&mut c, Mode::PreCopyPostCopy);
+    let pre = &report.dump.precopy;
+    assert!(pre.bytes_running >= 64 << 20, "little pre-copied: {pre:?}");
+    // (What it wrote after the last round is left for post-copy: usually
+    // some pages, none if it did not run meanwhile.)
+    assert!(
+        report.lazy_bytes < 32 << 20,
+        "{} bytes left for post-copy",
+        report.lazy_bytes
+    );
+    let at = log_text(&c).len();
+    wait_for(
+        "two passes at the destination",
+        Duration::from_secs(30),
+        || {
+            no_bad_page(&c);
+            lines_after(&c, at, "pass") >= 2
+        },
+    );
+    no_bad_page(&c);
+}
+
+/// Live processes whose executable's path contains `needle` (the
+/// executable link, not the command line, which lies in the process's
+/// memory).
+fn processes_with(needle: &str) -> Vec<i32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap_or_default();
+        if exe.to_string_lossy().contains(needle)
+            && !matches!(state(pid), None | Some('Z') | Some('X'))
+        {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+#[test]
+fn link_cut_mid_post_copy_kills_the_destination_copy_and_keeps_the_source() {
+    let _one = heavy();
+    let c = lazymem(256, "");
+    let (a, a2) = UnixStream::pair().unwrap();
+    let (b2, b) = UnixStream::pair().unwrap();
+    // A relay that cuts the link once 64 MiB went to the destination: the
+    // image is small, so that is in the middle of the post-copy.
+    let relay = {
+        let (mut from, mut to) = (a2.try_clone().unwrap(), b2.try_clone().unwrap());
+        let (x, y) = (a2.try_clone().unwrap(), b2.try_clone().unwrap());
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; 1 << 16];
+            let mut n = 0usize;
+            while n < 64 << 20 {
+                let Ok(k) = std::io::Read::read(&mut from, &mut buf) else {
+                    break;
+                };
+                if k == 0 || std::io::Write::write_all(&mut to, &buf[..k]).is_err() {
+                    break;
+                }
+                n += k;
+            }
+            let _ = x.shutdown(std::net::Shutdown::Both);
+            let _ = y.shutdown(std::net::Shutdown::Both);
+        })
+    };
+    let back = {
+        let (mut from, mut to) = (b2.try_clone().unwrap(), a2.try_clone().unwrap());
+        std::thread::spawn(move || {
+            let _ = std::io::copy(&mut from, &mut to);
+        })
+    };
+    // The destination's thread lives on after its failure (as a daemon's
+    // would): a PID namespace's init dies with the thread that made it,
+    // which would hide a process left behind.
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let (end_tx, end_rx) = std::sync::mpsc::channel::<()>();
+    let dest = std::thread::spawn(move || {
+        let r = migrate::receive(b, "source", &recv_opts(), &Quiet);
+        done_tx
+            .send(r.map(|_| ()).map_err(|e| e.to_string()))
+            .unwrap();
+        let _ = end_rx.recv();
+    });
+    let e = migrate::send(a, "destination", c.pid, &opts(Mode::PostCopy), &Quiet).unwrap_err();
+    let de = done_rx.recv().unwrap().unwrap_err();
+    // The destination's copy is gone by the time it reports (it killed it
+    // before returning, while it could not yet see a missing page).
+    let needle = c._dir.path().to_str().unwrap().to_string();
+    assert_eq!(
+        processes_with(&needle),
+        vec![c.pid],
+        "a copy left at the destination"
+    );
+    relay.join().unwrap();
+    back.join().unwrap();
+    assert!(matches!(e, MigrateError::PostCopyLinkLost { .. }), "{e}");
+    assert!(de.contains("post-copy") && de.contains("killed"), "{de}");
+    // The source copy is the only one, stopped.
+    drop(end_tx);
+    dest.join().unwrap();
+    wait_until("the source copy to be stopped", || {
+        state(c.pid) == Some('T')
+    });
+    no_bad_page(&c);
+    let at = log_text(&c).len();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(log_text(&c).len(), at, "a stopped source must not run");
+    // Its memory is whole: it goes on from where it was.
+    // SAFETY: plain kill(2) of our own child.
+    unsafe { libc::kill(c.pid, libc::SIGCONT) };
+    wait_until("the source to pass again", || {
+        lines_after(&c, at, "pass") >= 2
+    });
+    no_bad_page(&c);
+}
+
+#[test]
+fn destination_failing_mid_post_copy_resumes_the_source() {
+    let c = counter();
+    let (a, b) = UnixStream::pair().unwrap();
+    // A destination that runs the process, asks for one page, then says it
+    // could not go on and killed its copy.
+    let dest = std::thread::spawn(move || {
+        use godwit_image::stream::{read_header, recv_message, send_message, Received};
+        let mut b = b;
+        recv_message(&mut b, Path::new("source")).unwrap();
+        send_message(&mut b, br#"{"ok": true}"#).unwrap();
+        let image = godwit_image::receive_image(&mut b, "source", 1 << 30).unwrap();
+        let reader = godwit_image::ImageReader::from_source(Box::new(image)).unwrap();
+        let ck: godwit_engine::schema::Checkpoint = reader.metadata().unwrap();
+        let run = ck.processes[0]
+            .vmas
+            .iter()
+            .find_map(|v| v.lazy.first().cloned())
+            .expect("a lazy page run in the image");
+        send_message(&mut b, br#"{"ok": true, "ready": true}"#).unwrap();
+        recv_message(&mut b, Path::new("source")).unwrap();
+        send_message(&mut b, br#"{"ok": true, "running": true, "pid": 1}"#).unwrap();
+        let want = format!(
+            r#"{{"want": [[{}, {}, 4096]], "fault": true}}"#,
+            ck.processes[0].pid, run.addr
+        );
+        send_message(&mut b, want.as_bytes()).unwrap();
+        let Received::Message(m) = recv_message(&mut b, Path::new("source")).unwrap() else {
+            panic!("no answer")
+        };
+        assert!(String::from_utf8_lossy(&m).contains("true"));
+        let h = read_header(&mut b).unwrap();
+        assert_eq!(h.len, 4096);
+        let mut page = vec![0u8; 4096];
+        std::io::Read::read_exact(&mut b, &mut page).unwrap();
+        send_message(
+            &mut b,
+            br#"{"failed": "no memory left here", "killed": true}"#,
+        )
+        .unwrap();
+    });
+    let e = migrate::send(a, "destination", c.pid, &opts(Mode::PostCopy), &Quiet).unwrap_err();
+    dest.join().unwrap();
+    assert!(matches!(e, MigrateError::PostCopyResumed { .. }), "{e}");
+    assert!(e.to_string().contains("no memory left here"), "{e}");
+    still_counting(&c);
+    check_no_gap(&c.log);
+}
+
+/// Runs tests/progs/`name`.c (the harness protocol: DIR/ready, DIR/go,
+/// DIR/result), moves it with `mode` once ready, lets it check itself at
+/// the destination.
+fn harness_moves(name: &str, mode: Mode) {
+    let dir = tempfile::tempdir().unwrap();
+    let prog = gcc(dir.path(), name);
+    let work = dir.path().join("work");
+    std::fs::create_dir(&work).unwrap();
+    let child = Command::new(&prog)
+        .arg(&work)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id() as i32;
+    let mut c = Counter {
+        child,
+        pid,
+        log: work.join("result"),
+        _dir: dir,
+        restored_init: None,
+    };
+    wait_until("the program to be ready", || work.join("ready").exists());
+    let (report, _) = post_copy(&mut c, mode);
+    assert!(report.lazy_bytes > 0, "nothing followed the process");
+    std::fs::write(work.join("go"), b"go").unwrap();
+    wait_for("the program's verdict", Duration::from_secs(30), || {
+        work.join("result").exists()
+    });
+    let verdict = std::fs::read_to_string(work.join("result")).unwrap();
+    assert_eq!(verdict.trim(), "PASS", "{name} after {}", mode.name());
+}
+
+#[test]
+fn post_copy_brings_every_kind_of_memory() {
+    harness_moves("memory", Mode::PostCopy);
+}
+
+#[test]
+fn post_copy_moves_threads() {
+    harness_moves("threads", Mode::PostCopy);
+}
+
+/// Not a check: prints downtime and totals per mode for 64 MiB and 1 GiB
+/// (`cargo test --release -p godwit-engine --test migrate measure -- --ignored --nocapture`).
+#[test]
+#[ignore]
+fn measure_migration_modes() {
+    for mib in [64, 1024] {
+        for mode in [
+            Mode::StopCopy,
+            Mode::PreCopy,
+            Mode::PostCopy,
+            Mode::PreCopyPostCopy,
+        ] {
+            let mut c = lazymem(mib, "sparse");
+            let (r, _) = post_copy(&mut c, mode);
+            println!(
+                "MEASURE {mib} MiB {}: downtime {:.1} ms, all pages after {:.1} ms, total {:.1} ms, {} MiB sent, {} MiB lazy, faults {} ({} pages), pushed {}",
+                mode.name(),
+                r.downtime.as_secs_f64() * 1e3,
+                r.all_pages_after.unwrap_or(r.downtime).as_secs_f64() * 1e3,
+                r.total.as_secs_f64() * 1e3,
+                r.bytes_sent >> 20,
+                r.lazy_bytes >> 20,
+                r.faults,
+                r.fault_pages,
+                r.pushed_pages
+            );
+            let at = log_text(&c).len();
+            wait_for("a pass at the destination", Duration::from_secs(60), || {
+                no_bad_page(&c);
+                lines_after(&c, at, "pass") >= 1
+            });
+        }
+    }
+}
+
+#[test]
+fn post_copy_moves_a_process_tree() {
+    harness_moves("tree", Mode::PostCopy);
+}
+
+#[test]
+fn post_copy_keeps_pages_shared_copy_on_write_right() {
+    harness_moves("cow", Mode::PostCopy);
+}
+
+#[test]
+fn an_image_with_lazy_pages_is_refused_outside_a_post_copy() {
+    use godwit_engine::dump::{dump_to, End};
+    let c = counter();
+    let images = tempfile::tempdir().unwrap();
+    let dir = images.path().join("img");
+    let writer = godwit_image::ImageWriter::create(&dir).unwrap().sync(false);
+    let end = End::Hold {
+        precopy: false,
+        lazy: true,
+    };
+    let (report, held) = dump_to(c.pid, writer, &Default::default(), &Quiet, end).unwrap();
+    assert!(report.lazy_bytes > 0);
+    // The source copy runs on; its image lacks the memory.
+    held.unwrap().release().unwrap();
+    let opts = godwit_engine::restore::RestoreOptions {
+        pid_ns: true,
+        ..Default::default()
+    };
+    let e = godwit_engine::restore::restore(&dir, &opts, &Quiet).unwrap_err();
+    assert!(e.to_string().contains("lazy pages"), "{e}");
+    still_counting(&c);
+}
+
+/// The restore touches memory still at the source (here the threads' rseq
+/// areas, which the dump otherwise always sends): the destination fetches
+/// it before the processes run instead of waiting forever.
+#[test]
+fn post_copy_serves_pages_the_restore_itself_touches() {
+    godwit_engine::dump::LAZY_RSEQ_FOR_TESTS.store(true, std::sync::atomic::Ordering::Relaxed);
+    harness_moves("threads", Mode::PostCopy);
 }

@@ -8,7 +8,7 @@
 //!      0     8  magic  b"GODWIT\0I"
 //!      8     2  format major, u16 little-endian
 //!     10     2  format minor, u16 little-endian
-//!     12     4  flags, u32 little-endian (bit 0: FLAG_SCATTERED_PAGES)
+//!     12     4  flags, u32 little-endian (bit 0: FLAG_SCATTERED_PAGES, bit 1: FLAG_LAZY_PAGES)
 //!     16     8  payload length, u64 little-endian
 //!     24     8  xxh3-64 of the payload, u64 little-endian
 //!     32     n  payload
@@ -32,8 +32,14 @@ pub const HEADER_LEN: usize = 32;
 /// run points to. Written by a pre-copy dump (`dump --leave-running`).
 pub const FLAG_SCATTERED_PAGES: u32 = 1;
 
+/// Header flag: some pages exist but are not in the image (`Vma.lazy`):
+/// a post-copy migration's source serves them once the process runs. A
+/// reader that does not know this must not restore the image (the process
+/// would find zeros there).
+pub const FLAG_LAZY_PAGES: u32 = 2;
+
 /// Header flag bits this reader understands; it refuses any other set bit.
-const KNOWN_FLAGS: u32 = FLAG_SCATTERED_PAGES;
+const KNOWN_FLAGS: u32 = FLAG_SCATTERED_PAGES | FLAG_LAZY_PAGES;
 
 /// The manifest payload (`godwit.image.v1.Manifest` in `proto/manifest.proto`).
 #[derive(Clone, PartialEq, Message)]
@@ -313,17 +319,19 @@ mod tests {
     #[test]
     fn unknown_flags_are_refused() {
         let mut bytes = encode_manifest_bytes(&sample());
-        bytes[12] = 2;
+        bytes[12] = 4;
         let err = decode_manifest_bytes(&bytes).unwrap_err();
-        assert!(matches!(err, ImageError::UnsupportedFlags { flags: 2, .. }));
-        // A known flag is accepted.
-        let bytes = frame(
-            FORMAT_MAJOR,
-            FORMAT_MINOR,
-            FLAG_SCATTERED_PAGES,
-            &sample().encode_to_vec(),
-        );
-        assert!(decode_manifest_bytes(&bytes).is_ok());
+        assert!(matches!(err, ImageError::UnsupportedFlags { flags: 4, .. }));
+        // Known flags are accepted.
+        for flags in [FLAG_SCATTERED_PAGES, FLAG_LAZY_PAGES] {
+            let bytes = frame(
+                FORMAT_MAJOR,
+                FORMAT_MINOR,
+                flags,
+                &sample().encode_to_vec(),
+            );
+            assert!(decode_manifest_bytes(&bytes).is_ok());
+        }
     }
 
     #[test]

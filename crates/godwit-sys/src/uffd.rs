@@ -13,8 +13,12 @@ const UFFDIO_REGISTER: libc::c_ulong = 0xC020_AA00;
 const UFFDIO_UNREGISTER: libc::c_ulong = 0x8010_AA01;
 const UFFDIO_WRITEPROTECT: libc::c_ulong = 0xC018_AA06;
 const UFFDIO_COPY: libc::c_ulong = 0xC028_AA03;
+const UFFDIO_WAKE: libc::c_ulong = 0x8010_AA02;
 
 pub const FEATURE_PAGEFAULT_FLAG_WP: u64 = 1 << 0;
+/// A fork of the registered process gets a userfaultfd of its own, sent to
+/// the reader as a [`Msg::Fork`] (the fork waits until it is read).
+pub const FEATURE_EVENT_FORK: u64 = 1 << 1;
 pub const FEATURE_EVENT_REMAP: u64 = 1 << 2;
 pub const FEATURE_EVENT_REMOVE: u64 = 1 << 3;
 pub const FEATURE_EVENT_UNMAP: u64 = 1 << 6;
@@ -31,6 +35,7 @@ pub const REGISTER_MODE_MISSING: u64 = 1;
 pub const REGISTER_MODE_WP: u64 = 2;
 
 const EVENT_PAGEFAULT: u8 = 0x12;
+const EVENT_FORK: u8 = 0x13;
 const EVENT_REMAP: u8 = 0x14;
 const EVENT_REMOVE: u8 = 0x15;
 const EVENT_UNMAP: u8 = 0x16;
@@ -191,6 +196,180 @@ impl Uffd {
             });
         }
         Ok(buf[..r as usize].chunks_exact(32).map(parse_msg).collect())
+    }
+}
+
+/// One message read from a userfaultfd, in full (see [`Uffd::read_msgs`]).
+#[derive(Debug)]
+pub enum Msg {
+    /// A thread touched the missing (or write-protected: `wp`) page at `addr`.
+    Fault {
+        addr: u64,
+        wp: bool,
+    },
+    /// The process forked: its child's userfaultfd (registered on the same
+    /// ranges, with the same features), now open in this process.
+    Fork(Uffd),
+    /// mremap moved `len` bytes at `from` to `to`.
+    Remap {
+        from: u64,
+        to: u64,
+        len: u64,
+    },
+    /// [start, end) was released (MADV_DONTNEED, MADV_REMOVE): the
+    /// process now reads zeros there (once the call returns).
+    Remove {
+        start: u64,
+        end: u64,
+    },
+    /// [start, end) was unmapped.
+    Unmap {
+        start: u64,
+        end: u64,
+    },
+    Other(u8),
+}
+
+/// What a [`Uffd::copy_some`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Copied {
+    /// All of it.
+    All,
+    /// The first `done` bytes, then stopped with `errno`: EEXIST (the next
+    /// page is there already), EAGAIN (the address space is changing: read
+    /// the pending messages first), ESRCH (the process's memory is gone),
+    /// ENOENT/EFAULT (no registered mapping there any more).
+    Stopped { done: u64, errno: i32 },
+}
+
+impl Uffd {
+    /// A userfaultfd the kernel opened for us already set up (the child's
+    /// in a [`Msg::Fork`]): no API handshake.
+    fn initialized(fd: OwnedFd) -> Uffd {
+        Uffd { fd }
+    }
+
+    /// One UFFDIO_COPY of `src` to `dst` (page-aligned), without retrying:
+    /// the caller decides what an interruption means (see [`Copied`]).
+    pub fn copy_some(&self, dst: u64, src: &[u8]) -> Copied {
+        let len = src.len() as u64;
+        let mut done = 0u64;
+        loop {
+            if done == len {
+                return Copied::All;
+            }
+            // dst, src, len, mode, copy (bytes copied, or -errno)
+            let mut arg = [dst + done, src.as_ptr() as u64 + done, len - done, 0, 0];
+            // SAFETY: `arg` is a live uffdio_copy (5 u64) and its src points
+            // into `src`, which stays borrowed for the call; the kernel only
+            // reads [src + done, src + len).
+            let r = unsafe { libc::ioctl(self.fd.as_raw_fd(), UFFDIO_COPY, arg.as_mut_ptr()) };
+            let copied = arg[4] as i64;
+            if copied > 0 {
+                done += copied as u64;
+            }
+            if r >= 0 {
+                continue;
+            }
+            let e = std::io::Error::last_os_error().raw_os_error().unwrap_or(0);
+            if e == libc::EINTR {
+                continue;
+            }
+            return Copied::Stopped { done, errno: e };
+        }
+    }
+
+    /// Wakes the threads waiting on a fault in [start, start + len): they
+    /// fault again if the page is still missing.
+    pub fn wake(&self, start: u64, len: u64) -> Result<()> {
+        let mut range = [start, len];
+        ioctl(&self.fd, UFFDIO_WAKE, &mut range, "UFFDIO_WAKE")
+    }
+
+    /// Waits up to `timeout_ms` (0: not at all) for messages and returns
+    /// those read, in full.
+    pub fn read_msgs(&self, timeout_ms: i32) -> Result<Vec<Msg>> {
+        let mut pfd = libc::pollfd {
+            fd: self.fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd.
+        let n = unsafe { libc::poll(&mut pfd, 1, timeout_ms) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::EINTR) {
+                return Ok(Vec::new());
+            }
+            return Err(SysError::Call {
+                call: "poll",
+                target: "userfaultfd".into(),
+                source: e,
+            });
+        }
+        if pfd.revents & libc::POLLIN == 0 {
+            return Ok(Vec::new());
+        }
+        let mut buf = [0u8; 32 * 64];
+        // SAFETY: `buf` is a valid out-buffer of its length.
+        let r = unsafe {
+            libc::read(
+                self.fd.as_raw_fd(),
+                buf.as_mut_ptr() as *mut libc::c_void,
+                buf.len(),
+            )
+        };
+        if r < 0 {
+            let e = std::io::Error::last_os_error();
+            if matches!(e.raw_os_error(), Some(libc::EAGAIN) | Some(libc::EINTR)) {
+                return Ok(Vec::new());
+            }
+            return Err(SysError::Call {
+                call: "read",
+                target: "userfaultfd".into(),
+                source: e,
+            });
+        }
+        Ok(buf[..r as usize].chunks_exact(32).map(parse_full).collect())
+    }
+}
+
+/// Decodes one 32-byte `struct uffd_msg`, taking ownership of the
+/// descriptor a fork message carries.
+fn parse_full(m: &[u8]) -> Msg {
+    let u = |o: usize| u64::from_ne_bytes(m[o..o + 8].try_into().expect("8 bytes"));
+    match m[0] {
+        EVENT_PAGEFAULT => Msg::Fault {
+            addr: u(16),
+            wp: u(8) & PAGEFAULT_FLAG_WP != 0,
+        },
+        EVENT_FORK => {
+            let fd = u32::from_ne_bytes(m[8..12].try_into().expect("4 bytes")) as i32;
+            // SAFETY: the kernel installed this descriptor in our table while
+            // the message was read and hands it to the reader alone; it is
+            // wrapped exactly once, here.
+            Msg::Fork(Uffd::initialized(unsafe { OwnedFd::from_raw_fd(fd) }))
+        }
+        EVENT_REMAP => Msg::Remap {
+            from: u(8),
+            to: u(16),
+            len: u(24),
+        },
+        EVENT_REMOVE => Msg::Remove {
+            start: u(8),
+            end: u(16),
+        },
+        EVENT_UNMAP => Msg::Unmap {
+            start: u(8),
+            end: u(16),
+        },
+        e => Msg::Other(e),
+    }
+}
+
+impl std::fmt::Debug for Uffd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Uffd({})", self.fd.as_raw_fd())
     }
 }
 

@@ -666,6 +666,86 @@ impl ShmPlan {
     }
 }
 
+/// Post-copy: the pages of private anonymous VMAs are not copied into the
+/// image but left at the source (`Vma::lazy`), which serves them once the
+/// process runs at the destination. Pages holding an address of `keep` are
+/// copied all the same: the restore itself touches them (the threads' rseq
+/// areas, written by the kernel when rseq is registered), before any page
+/// can be served. MADV_HUGEPAGE memory is copied too: UFFDIO_COPY places
+/// 4 KiB pages only, and it would come back without its huge pages.
+/// Returns the lazy bytes.
+pub fn make_lazy(vmas: &mut [Vma], keep: &[u64]) -> u64 {
+    let mut bytes = 0;
+    for v in vmas.iter_mut().filter(|v| lazy_able(v)) {
+        let mut stored = Vec::new();
+        for run in std::mem::take(&mut v.pages) {
+            for (addr, len, kept) in split_kept(run.addr, run.nr_pages * PAGE_SIZE, keep) {
+                let run = PageRun {
+                    addr,
+                    nr_pages: len / PAGE_SIZE,
+                    offset: 0,
+                };
+                if kept {
+                    stored.push(run);
+                } else {
+                    bytes += len;
+                    v.lazy.push(run);
+                }
+            }
+        }
+        v.pages = stored;
+    }
+    // The runs left are stored back to back, in address order.
+    let mut offset = 0;
+    for run in vmas.iter_mut().flat_map(|v| &mut v.pages) {
+        run.offset = offset;
+        offset += run.nr_pages * PAGE_SIZE;
+    }
+    bytes
+}
+
+/// Whether the pages of `v` may be left lazy (post-copy): private
+/// anonymous memory without MADV_HUGEPAGE.
+pub(crate) fn lazy_able(v: &Vma) -> bool {
+    matches!(
+        kind(v),
+        VmaKind::AnonPrivate | VmaKind::Heap | VmaKind::Stack
+    ) && !wants_thp(v)
+}
+
+/// [addr, addr + len) cut into pieces, each with whether it is a page
+/// holding an address of `keep`.
+pub(crate) fn split_kept(addr: u64, len: u64, keep: &[u64]) -> Vec<(u64, u64, bool)> {
+    let mut pages: Vec<u64> = keep
+        .iter()
+        .map(|a| a & !(PAGE_SIZE - 1))
+        .filter(|&p| p >= addr && p < addr + len)
+        .collect();
+    pages.sort_unstable();
+    pages.dedup();
+    let mut out = Vec::new();
+    let mut at = addr;
+    for p in pages {
+        if p > at {
+            out.push((at, p - at, false));
+        }
+        out.push((p, PAGE_SIZE, true));
+        at = p + PAGE_SIZE;
+    }
+    if at < addr + len {
+        out.push((at, addr + len - at, false));
+    }
+    out
+}
+
+/// Total bytes of lazy pages (left at a post-copy's source).
+pub fn lazy_bytes(vmas: &[Vma]) -> u64 {
+    vmas.iter()
+        .flat_map(|v| &v.lazy)
+        .map(|r| r.nr_pages * PAGE_SIZE)
+        .sum()
+}
+
 /// Total bytes of pages planned.
 pub fn planned_bytes(vmas: &[Vma]) -> u64 {
     vmas.iter()
@@ -1192,14 +1272,27 @@ pub fn restore(
     }
 
     let t = std::time::Instant::now();
-    let uffd = FillUffd::open(r, vmas)?;
+    // Post-copy: pages left at the source stay missing, registered on a
+    // userfaultfd handed to the migration (crate::postcopy).
+    let lazy = vmas.iter().any(|v| !v.lazy.is_empty());
+    if lazy && !crate::postcopy::accepting() {
+        return Err(EngineError::BadImage(format!(
+            "process {}: part of its memory was left at the source of a post-copy migration (lazy pages); such an image can be restored only by the migration receiving it",
+            r.vpid
+        )));
+    }
+    let uffd = FillUffd::open(r, vmas, lazy)?;
     tracing::debug!(
         ms = t.elapsed().as_secs_f64() * 1e3,
         "userfaultfd for the fill"
     );
     let filled = crate::colocate::unpinned(|| fill(pid, vmas, pages, progress, uffd.as_ref()));
-    if let Some(u) = &uffd {
-        u.close(pid)?;
+    if let Some(u) = uffd {
+        if filled.is_ok() {
+            u.finish(r, vmas)?;
+        } else {
+            u.close(pid)?;
+        }
     }
     filled?;
     tracing::debug!(ms = t.elapsed().as_secs_f64() * 1e3, "fill");
@@ -1304,35 +1397,61 @@ fn batches(vmas: &[Vma], pages: &Pages) -> Result<Vec<Batch>> {
 struct FillUffd {
     uffd: Uffd,
     registered: Vec<Range>,
+    /// Post-copy: the VMAs with lazy pages stay registered after the fill.
+    lazy: bool,
 }
+
+/// Events a post-copy's userfaultfd reports besides faults, so that no
+/// page is ever placed where the process no longer expects it.
+const POSTCOPY_FEATURES: u64 = uffd::FEATURE_EVENT_FORK
+    | uffd::FEATURE_EVENT_REMAP
+    | uffd::FEATURE_EVENT_REMOVE
+    | uffd::FEATURE_EVENT_UNMAP;
 
 impl FillUffd {
     /// `None` when the process cannot have one (then every page goes
-    /// through process_vm_writev).
-    fn open(r: &Remote, vmas: &[Vma]) -> Result<Option<FillUffd>> {
+    /// through process_vm_writev). With `lazy` (post-copy) it must have
+    /// one, and every VMA with lazy pages is registered.
+    fn open(r: &Remote, vmas: &[Vma], lazy: bool) -> Result<Option<FillUffd>> {
         let pid = r.pid;
         let wanted: Vec<&Vma> = vmas
             .iter()
             .filter(|v| {
-                v.pages.iter().map(|r| r.nr_pages).sum::<u64>() >= UFFD_VMA_MIN_PAGES
-                    && matches!(
-                        kind(v),
-                        VmaKind::AnonPrivate | VmaKind::Heap | VmaKind::Stack
-                    )
-                    && !wants_thp(v)
+                (lazy && !v.lazy.is_empty())
+                    || (v.pages.iter().map(|r| r.nr_pages).sum::<u64>() >= UFFD_VMA_MIN_PAGES
+                        && matches!(
+                            kind(v),
+                            VmaKind::AnonPrivate | VmaKind::Heap | VmaKind::Stack
+                        )
+                        && !wants_thp(v))
             })
             .collect();
-        if wanted
-            .iter()
-            .map(|v| v.pages.iter().map(|p| p.nr_pages).sum::<u64>())
-            .sum::<u64>()
-            < UFFD_FILL_MIN_PAGES
+        if !lazy
+            && wanted
+                .iter()
+                .map(|v| v.pages.iter().map(|p| p.nr_pages).sum::<u64>())
+                .sum::<u64>()
+                < UFFD_FILL_MIN_PAGES
         {
             return Ok(None);
         }
         let stage = "opening a userfaultfd for the fill";
-        let fd = match r.take_userfaultfd(libc::O_CLOEXEC as u64) {
+        // Not UFFD_USER_MODE_ONLY: a lazy page touched by the kernel (a
+        // write(2) from it, say) must wait for its contents too. Post-copy
+        // polls it, which a blocking userfaultfd refuses (POLLERR).
+        let flags = match lazy {
+            true => libc::O_CLOEXEC | libc::O_NONBLOCK,
+            false => libc::O_CLOEXEC,
+        };
+        let fd = match r.take_userfaultfd(flags as u64) {
             Ok(Some(fd)) => fd,
+            Ok(None) if lazy => {
+                return Err(EngineError::Unsupported {
+                    pid: r.vpid,
+                    what: "post-copy without a userfaultfd (not permitted here)".into(),
+                })
+            }
+            Err(e) if lazy => return Err(e).restoring(pid, "opening a userfaultfd for post-copy"),
             Ok(None) => {
                 tracing::debug!(pid, "no userfaultfd for the fill; writing pages instead");
                 return Ok(None);
@@ -1345,16 +1464,59 @@ impl FillUffd {
                 return Ok(None);
             }
         };
-        let uffd = Uffd::new(fd, 0).restoring(pid, stage)?;
+        let features = if lazy { POSTCOPY_FEATURES } else { 0 };
+        let uffd = Uffd::new(fd, features).restoring(pid, stage)?;
         let mut registered = Vec::new();
         for v in wanted {
             let len = v.end - v.start;
             match uffd.register(v.start, len, uffd::REGISTER_MODE_MISSING) {
                 Ok(()) => registered.push(Range { addr: v.start, len }),
+                Err(e) if lazy && !v.lazy.is_empty() => {
+                    return Err(e).restoring(pid, "registering memory left at the source")
+                }
                 Err(e) => tracing::debug!(pid, start = v.start, "not registered for the fill: {e}"),
             }
         }
-        Ok(Some(FillUffd { uffd, registered }))
+        Ok(Some(FillUffd {
+            uffd,
+            registered,
+            lazy,
+        }))
+    }
+
+    /// After the fill: unregisters the VMAs registered for the fill only,
+    /// and hands the descriptor, with the lazy runs it still owes, to the
+    /// post-copy receiver (crate::postcopy).
+    fn finish(self, r: &Remote, vmas: &[Vma]) -> Result<()> {
+        if !self.lazy {
+            return self.close(r.pid);
+        }
+        let lazy_at = |g: &Range| vmas.iter().any(|v| v.start == g.addr && !v.lazy.is_empty());
+        for g in self.registered.iter().filter(|g| !lazy_at(g)) {
+            self.uffd
+                .unregister(g.addr, g.len)
+                .restoring(r.pid, "releasing the fill's userfaultfd")?;
+        }
+        let mut owed = Vec::new();
+        let mut wipe_on_fork = Vec::new();
+        for v in vmas.iter().filter(|v| !v.lazy.is_empty()) {
+            if v.vm_flags.iter().any(|f| f == "wf") {
+                wipe_on_fork.push((v.start, v.end));
+            }
+            owed.extend(
+                v.lazy
+                    .iter()
+                    .map(|run| (run.addr, run.nr_pages * PAGE_SIZE)),
+            );
+        }
+        crate::postcopy::hand_over(crate::postcopy::LazyMemory {
+            pid: r.pid,
+            src_pid: r.vpid,
+            uffd: self.uffd,
+            owed,
+            wipe_on_fork,
+        });
+        Ok(())
     }
 
     fn covers(&self, r: &Range) -> bool {
