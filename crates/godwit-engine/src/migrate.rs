@@ -736,9 +736,15 @@ pub fn receive<S: Read + Write + Send + 'static>(
             return Err(e);
         }
     };
-    if let Some(on) = address_on {
-        on.keep();
-    }
+    // In post-copy the address stays ours only once every page is here: a
+    // failure before that kills the processes and gives it back.
+    let address_on = match address_on {
+        Some(on) if !parsed.lazy() => {
+            on.keep();
+            None
+        }
+        other => other,
+    };
     let running = send_json(
         &s,
         &json!({"ok": true, "running": true, "pid": restored.pid, "host_pid": restored.host_pid, "node": node}),
@@ -749,7 +755,12 @@ pub fn receive<S: Read + Write + Send + 'static>(
         let owed = pager.owed_bytes();
         tracing::debug!(owed, "post-copy: serving the processes' memory");
         match pager.run(&s, peer) {
-            Ok(()) => Some(pager.stats.clone()),
+            Ok(()) => {
+                if let Some(on) = address_on {
+                    on.keep();
+                }
+                Some(pager.stats.clone())
+            }
             Err(e) => {
                 // The source holds the only copy of what is missing: the
                 // processes cannot go on. Killed while their descriptors
@@ -760,6 +771,7 @@ pub fn receive<S: Read + Write + Send + 'static>(
                 pids.push(restored.host_pid);
                 kill_restored(&pids, restored.ns_init);
                 drop(pager);
+                drop(address_on);
                 let local = e.link_alive();
                 let msg = format!(
                     "post-copy from {source_node} failed with {} KiB of memory still at the source: {e}; the process (PID {}) could not go on and was killed here{}",
