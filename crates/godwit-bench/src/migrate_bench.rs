@@ -216,16 +216,22 @@ struct Run {
     phases: Vec<(&'static str, f64)>,
 }
 
-fn one(
-    bin: &Path,
-    work: &Path,
-    agent: &Agent,
-    client: &ClientTls,
-    mode: Mode,
-    mib: u64,
-    rate: u64,
-    tag: &str,
-) -> Result<Run> {
+/// What every run uses: the target program, the work directory, the
+/// destination and the client that reaches it.
+struct Setup<'a> {
+    bin: &'a Path,
+    work: &'a Path,
+    agent: &'a Agent,
+    client: &'a ClientTls,
+}
+
+fn one(setup: &Setup, mode: Mode, mib: u64, rate: u64, tag: &str) -> Result<Run> {
+    let Setup {
+        bin,
+        work,
+        agent,
+        client,
+    } = *setup;
     let stalls = work.join(format!("stalls-{tag}"));
     let result = work.join(format!("result-{tag}"));
     let ready = work.join(format!("ready-{tag}"));
@@ -310,6 +316,12 @@ fn run(a: &Args) -> Result<()> {
     }
     let agent = Agent::start(work.path(), &token_file)?;
     let client = ClientTls::new(Token::load(&token_file)?, None)?;
+    let setup = Setup {
+        bin: &bin,
+        work: work.path(),
+        agent: &agent,
+        client: &client,
+    };
     let mut results = Vec::new();
     for &mib in &a.sizes {
         let bytes = mib << 20;
@@ -328,16 +340,7 @@ fn run(a: &Args) -> Result<()> {
                 let mut rs = Vec::new();
                 for rep in 0..a.reps {
                     let tag = format!("{}-{mib}-{rate}-{rep}", mode.name());
-                    rs.push(one(
-                        &bin,
-                        work.path(),
-                        &agent,
-                        &client,
-                        mode,
-                        mib,
-                        rate,
-                        &tag,
-                    )?);
+                    rs.push(one(&setup, mode, mib, rate, &tag)?);
                     target::reap_strays();
                 }
                 let f = |g: fn(&Run) -> f64| rs.iter().map(g).collect::<Vec<f64>>();

@@ -124,8 +124,8 @@ pub async fn run(cmd: NodeCmd, agent: &Agent, json_out: bool) -> anyhow::Result<
     match cmd {
         NodeCmd::Ps { .. } => {
             println!(
-                "{:>7} {:>7} {:<5} {:<11} {:>9} {:>6}  {:<24} {}",
-                "PID", "PPID", "STATE", "KIND", "MEM(MiB)", "CPU%", "PROGRAM", "ORIGIN"
+                "{:>7} {:>7} {:<5} {:<11} {:>9} {:>6}  {:<24} ORIGIN",
+                "PID", "PPID", "STATE", "KIND", "MEM(MiB)", "CPU%", "PROGRAM"
             );
             for p in v["processes"].as_array().into_iter().flatten() {
                 println!(

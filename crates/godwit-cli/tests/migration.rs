@@ -112,7 +112,10 @@ impl Cluster {
                         "host {h}: init {pid} {}",
                         std::fs::read_to_string(format!("/proc/{pid}/status"))
                             .ok()
-                            .and_then(|st| st.lines().find(|l| l.starts_with("State")).map(str::to_string))
+                            .and_then(|st| st
+                                .lines()
+                                .find(|l| l.starts_with("State"))
+                                .map(str::to_string))
                             .unwrap_or_else(|| "gone".into())
                     )
                 })
@@ -136,7 +139,9 @@ impl Cluster {
             .arg(self.token())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(self.dir.path().join(format!("agent{host}.log"))).unwrap())
+            .stderr(
+                std::fs::File::create(self.dir.path().join(format!("agent{host}.log"))).unwrap(),
+            )
             .spawn()
             .unwrap();
         let mut line = String::new();
@@ -631,7 +636,11 @@ fn service_address_moves_with_the_process() {
 /// move from host 1 to host 2: every INCR answered once, in order, no
 /// reconnect; the address moves with it.
 fn redis_keeps_its_client(mode: &str) {
-    if Command::new("redis-server").arg("--version").output().is_err() {
+    if Command::new("redis-server")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
         panic!("redis-server is not installed: scripts/setup.sh installs it");
     }
     let mut c = Cluster::up(3);
@@ -703,7 +712,10 @@ publish("OK %d %d %.3f\n" % (n, last, gap))
     let count = || -> u64 {
         let t = std::fs::read_to_string(&out).unwrap_or_default();
         assert!(!t.starts_with("BAD"), "the client: {t}");
-        t.split_whitespace().nth(1).and_then(|n| n.parse().ok()).unwrap_or(0)
+        t.split_whitespace()
+            .nth(1)
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
     };
     let t0 = Instant::now();
     while count() < 50 {
@@ -720,16 +732,30 @@ publish("OK %d %d %.3f\n" % (n, last, gap))
         1,
         pid,
         2,
-        &["--mode", mode, "--tcp-established", "--move-ip", &format!("{service}/24")],
+        &[
+            "--mode",
+            mode,
+            "--tcp-established",
+            "--move-ip",
+            &format!("{service}/24"),
+        ],
     ));
     assert_eq!(v["dest_pid"], pid);
     let at = count();
-    wait_for("the client to go on talking", Duration::from_secs(20), || count() >= at + 100);
+    wait_for(
+        "the client to go on talking",
+        Duration::from_secs(20),
+        || count() >= at + 100,
+    );
     std::fs::write(&stop, "").unwrap();
     let _ = cl.wait();
     let verdict = std::fs::read_to_string(&out).unwrap();
     assert!(verdict.starts_with("OK"), "the client: {verdict}");
-    assert!(matches!(c.state(2, pid), Some('S' | 'R')), "{:?}", c.state(2, pid));
+    assert!(
+        matches!(c.state(2, pid), Some('S' | 'R')),
+        "{:?}",
+        c.state(2, pid)
+    );
     assert_eq!(c.state(1, pid), None);
 }
 

@@ -702,8 +702,11 @@ pub fn receive<S: Read + Write + Send + 'static>(
     let sink = crate::postcopy::Sink::default();
     let gate = |host_pid: i32| -> Result<(), EngineError> {
         stop.store(true, std::sync::atomic::Ordering::SeqCst);
-        send_json(&s, &json!({"ok": true, "ready": true, "host_pid": host_pid}))
-            .map_err(|e| EngineError::Migration(format!("telling the source we are ready: {e}")))?;
+        send_json(
+            &s,
+            &json!({"ok": true, "ready": true, "host_pid": host_pid}),
+        )
+        .map_err(|e| EngineError::Migration(format!("telling the source we are ready: {e}")))?;
         match recv_json(&s, peer) {
             Ok(Ok(v)) if v["go"] == json!(true) => Ok(()),
             Ok(Ok(v)) => Err(EngineError::Migration(format!(
@@ -719,9 +722,8 @@ pub fn receive<S: Read + Write + Send + 'static>(
         let monitor = parsed
             .lazy()
             .then(|| sc.spawn(|| crate::postcopy::serve_restore(&sink, &s, peer, &stop)));
-        let r = crate::postcopy::collecting(&sink, || {
-            restore_from(reader, &ropts, progress, &gate)
-        });
+        let r =
+            crate::postcopy::collecting(&sink, || restore_from(reader, &ropts, progress, &gate));
         stop.store(true, std::sync::atomic::Ordering::SeqCst);
         if let Some(m) = monitor {
             let _ = m.join();

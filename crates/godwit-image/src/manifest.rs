@@ -324,12 +324,7 @@ mod tests {
         assert!(matches!(err, ImageError::UnsupportedFlags { flags: 4, .. }));
         // Known flags are accepted.
         for flags in [FLAG_SCATTERED_PAGES, FLAG_LAZY_PAGES] {
-            let bytes = frame(
-                FORMAT_MAJOR,
-                FORMAT_MINOR,
-                flags,
-                &sample().encode_to_vec(),
-            );
+            let bytes = frame(FORMAT_MAJOR, FORMAT_MINOR, flags, &sample().encode_to_vec());
             assert!(decode_manifest_bytes(&bytes).is_ok());
         }
     }
