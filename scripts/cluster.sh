@@ -63,14 +63,25 @@ case "$cmd" in
       ip -n "$(ns "$i")" link set eth0 up
       ip -n "$(ns "$i")" link set lo up
       # The host's PID 1, in its own PID and mount namespaces (fresh /proc).
-      setsid ip netns exec "$(ns "$i")" unshare --pid --fork --mount --mount-proc \
-        --propagation private "$bin" </dev/null >/dev/null 2>&1 &
-      outer=$!
+      # Started again if it does not last (seen rarely when several clusters
+      # come up at once); its output goes to n$i.log.
       init=""
-      for _ in $(seq 200); do
-        init=$(cat "/proc/$outer/task/$outer/children" 2>/dev/null | awk '{print $1}')
-        [[ -n "$init" ]] && break
-        sleep 0.01
+      for _try in 1 2 3; do
+        setsid ip netns exec "$(ns "$i")" unshare --pid --fork --mount --mount-proc \
+          --propagation private "$bin" "$state/n$i.ended" </dev/null >>"$state/n$i.log" 2>&1 &
+        outer=$!
+        init=""
+        for _ in $(seq 200); do
+          init=$(cat "/proc/$outer/task/$outer/children" 2>/dev/null | awk '{print $1}')
+          [[ -n "$init" ]] && break
+          sleep 0.01
+        done
+        sleep 0.05
+        if [[ -n "$init" && -d "/proc/$init" && "$(cat "/proc/$init/comm" 2>/dev/null)" == gw-init ]]; then
+          break
+        fi
+        echo "host $i: its init did not last (try $_try): $(tail -n 3 "$state/n$i.log" 2>/dev/null)" >&2
+        init=""
       done
       [[ -n "$init" ]] || { echo "host $i: its init did not start" >&2; exit 1; }
       echo "$init" > "$state/n$i.init"
@@ -92,6 +103,7 @@ case "$cmd" in
       ip netns del "$nsname" || true
     done
     ip link del "$br" 2>/dev/null || true
+    rm -f "$state"/n*.ended "$state"/n*.log
     rmdir "$state" 2>/dev/null || true
     ;;
   exec)

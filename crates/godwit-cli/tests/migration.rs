@@ -54,6 +54,9 @@ impl Cluster {
             "cluster.sh up: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+        if !out.stderr.is_empty() {
+            eprintln!("cluster.sh up {name}: {}", String::from_utf8_lossy(&out.stderr));
+        }
         let dir = tempfile::Builder::new()
             .prefix("godwit-migration")
             .tempdir()
@@ -109,7 +112,8 @@ impl Cluster {
                     let pid = std::fs::read_to_string(&f).unwrap_or_default();
                     let pid = pid.trim();
                     format!(
-                        "host {h}: init {pid} {}",
+                        "host {h}: init {pid} {} {}",
+                        std::fs::read_to_string(format!("/run/godwit-cluster/{}/n{h}.ended", self.name)).unwrap_or_default(),
                         std::fs::read_to_string(format!("/proc/{pid}/status"))
                             .ok()
                             .and_then(|st| st

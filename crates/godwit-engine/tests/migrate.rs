@@ -166,22 +166,34 @@ fn still_counting(c: &Counter) {
     assert!(status.contains("TracerPid:\t0"), "still traced:\n{status}");
 }
 
+/// A destination that plays `script` on its end of the stream instead of
+/// receiving; the migration of `c` to it must fail: its error.
+fn migrate_to_scripted(
+    c: &Counter,
+    script: impl FnOnce(&mut UnixStream) + Send + 'static,
+) -> MigrateError {
+    let (a, mut b) = UnixStream::pair().unwrap();
+    let dest = std::thread::spawn(move || script(&mut b));
+    let e = migrate::send(a, "destination", c.pid, &opts(Mode::StopCopy), &Quiet).unwrap_err();
+    dest.join().unwrap();
+    e
+}
+
+/// The scripted destination's first steps: take the hello, say yes.
+fn accept_hello(b: &mut UnixStream) {
+    godwit_image::stream::recv_message(b, Path::new("source")).unwrap();
+    godwit_image::stream::send_message(b, br#"{"ok": true}"#).unwrap();
+}
+
 #[test]
 fn destination_gone_mid_transfer_leaves_the_source_running() {
     let c = counter();
-    let (a, b) = UnixStream::pair().unwrap();
     // The destination answers the hello, reads a little of the image, dies.
-    let dest = std::thread::spawn(move || {
-        use godwit_image::stream::{recv_message, send_message};
-        let mut b = b;
-        recv_message(&mut b, Path::new("source")).unwrap();
-        send_message(&mut b, br#"{"ok": true}"#).unwrap();
+    let e = migrate_to_scripted(&c, |b| {
+        accept_hello(b);
         let mut buf = vec![0u8; 4096];
-        std::io::Read::read_exact(&mut b, &mut buf).unwrap();
-        drop(b);
+        std::io::Read::read_exact(b, &mut buf).unwrap();
     });
-    let e = migrate::send(a, "destination", c.pid, &opts(Mode::StopCopy), &Quiet).unwrap_err();
-    dest.join().unwrap();
     assert!(
         matches!(e, MigrateError::Dump(_) | MigrateError::Link { .. }),
         "{e}"
@@ -211,18 +223,12 @@ fn pid_taken_at_the_destination_is_refused_before_anything_moves() {
 #[test]
 fn destination_restore_failure_leaves_the_source_running() {
     let c = counter();
-    let (a, b) = UnixStream::pair().unwrap();
     // A destination that takes the image, then says its restore failed.
-    let dest = std::thread::spawn(move || {
-        use godwit_image::stream::{recv_message, send_message};
-        let mut b = b;
-        recv_message(&mut b, Path::new("source")).unwrap();
-        send_message(&mut b, br#"{"ok": true}"#).unwrap();
-        godwit_image::receive_image(&mut b, "source", 1 << 30).unwrap();
-        send_message(&mut b, br#"{"ok": false, "error": "disk full"}"#).unwrap();
+    let e = migrate_to_scripted(&c, |b| {
+        accept_hello(b);
+        godwit_image::receive_image(b, "source", 1 << 30).unwrap();
+        godwit_image::stream::send_message(b, br#"{"ok": false, "error": "disk full"}"#).unwrap();
     });
-    let e = migrate::send(a, "destination", c.pid, &opts(Mode::StopCopy), &Quiet).unwrap_err();
-    dest.join().unwrap();
     assert!(matches!(e, MigrateError::RestoreFailed { .. }), "{e}");
     assert!(e.to_string().contains("disk full"), "{e}");
     still_counting(&c);
@@ -231,19 +237,13 @@ fn destination_restore_failure_leaves_the_source_running() {
 #[test]
 fn link_cut_after_go_leaves_the_source_stopped_not_running() {
     let c = counter();
-    let (a, b) = UnixStream::pair().unwrap();
     // The destination says ready, reads the go, and vanishes.
-    let dest = std::thread::spawn(move || {
-        use godwit_image::stream::{recv_message, send_message};
-        let mut b = b;
-        recv_message(&mut b, Path::new("source")).unwrap();
-        send_message(&mut b, br#"{"ok": true}"#).unwrap();
-        godwit_image::receive_image(&mut b, "source", 1 << 30).unwrap();
-        send_message(&mut b, br#"{"ok": true, "ready": true}"#).unwrap();
-        recv_message(&mut b, Path::new("source")).unwrap();
+    let e = migrate_to_scripted(&c, |b| {
+        accept_hello(b);
+        godwit_image::receive_image(b, "source", 1 << 30).unwrap();
+        godwit_image::stream::send_message(b, br#"{"ok": true, "ready": true}"#).unwrap();
+        godwit_image::stream::recv_message(b, Path::new("source")).unwrap();
     });
-    let e = migrate::send(a, "destination", c.pid, &opts(Mode::StopCopy), &Quiet).unwrap_err();
-    dest.join().unwrap();
     assert!(matches!(e, MigrateError::Uncertain { .. }), "{e}");
     wait_until(
         &format!("the source copy to be stopped ({:?})", state(c.pid)),
