@@ -55,7 +55,10 @@ impl Cluster {
             String::from_utf8_lossy(&out.stderr)
         );
         if !out.stderr.is_empty() {
-            eprintln!("cluster.sh up {name}: {}", String::from_utf8_lossy(&out.stderr));
+            eprintln!(
+                "cluster.sh up {name}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         let dir = tempfile::Builder::new()
             .prefix("godwit-migration")
@@ -113,7 +116,11 @@ impl Cluster {
                     let pid = pid.trim();
                     format!(
                         "host {h}: init {pid} {} {}",
-                        std::fs::read_to_string(format!("/run/godwit-cluster/{}/n{h}.ended", self.name)).unwrap_or_default(),
+                        std::fs::read_to_string(format!(
+                            "/run/godwit-cluster/{}/n{h}.ended",
+                            self.name
+                        ))
+                        .unwrap_or_default(),
                         std::fs::read_to_string(format!("/proc/{pid}/status"))
                             .ok()
                             .and_then(|st| st

@@ -527,23 +527,54 @@ async fn started_programs_get_their_own_narrow_token_not_the_agents() {
     assert!(revoked, "the program's token outlived it");
 }
 
+/// Reads one frame of the migration stream: (kind, payload).
+async fn read_frame<R: tokio::io::AsyncRead + Unpin>(s: &mut R) -> (u8, Vec<u8>) {
+    use tokio::io::AsyncReadExt;
+    let mut h = [0u8; godwit_image::stream::FRAME_HEADER];
+    s.read_exact(&mut h).await.unwrap();
+    let len = u64::from_le_bytes(h[8..16].try_into().unwrap()) as usize;
+    let mut payload = vec![0u8; len];
+    s.read_exact(&mut payload).await.unwrap();
+    (h[0], payload)
+}
+
 #[tokio::test]
-async fn migration_channels_need_operate_and_are_answered() {
+async fn migration_channels_need_operate_and_check_the_hello() {
+    use godwit_image::stream::{kind, write_frame};
+    use tokio::io::AsyncWriteExt;
     let d = start();
+    // A source speaking another protocol version is told so.
     let (mut s, _) = client(ADMIN)
         .connect(&d.addr, ChannelKind::Migration)
         .await
         .unwrap();
-    let mut line = String::new();
-    s.read_to_string(&mut line).await.unwrap();
-    assert_eq!(line, "godwitd: receiving migrations is not built yet\n");
+    let mut hello = Vec::new();
+    write_frame(
+        &mut hello,
+        kind::MESSAGE,
+        0,
+        br#"{"godwit_migrate": 99, "mode": "stop-copy", "pids": [1]}"#,
+    )
+    .unwrap();
+    s.write_all(&hello).await.unwrap();
+    s.flush().await.unwrap();
+    let (k, payload) = read_frame(&mut s).await;
+    assert_eq!(k, kind::MESSAGE);
+    let v: serde_json::Value = serde_json::from_slice(&payload).unwrap();
+    assert_eq!(v["ok"], false);
+    assert!(
+        v["error"].as_str().unwrap().contains("protocol version"),
+        "{v}"
+    );
+    // A read-only token may not send a process here.
     let (mut s, _) = client(READER)
         .connect(&d.addr, ChannelKind::Migration)
         .await
         .unwrap();
-    let mut line = String::new();
-    s.read_to_string(&mut line).await.unwrap();
-    assert!(line.contains("operate scope"), "{line}");
+    let (k, payload) = read_frame(&mut s).await;
+    assert_eq!(k, kind::ABORT);
+    let why = String::from_utf8_lossy(&payload);
+    assert!(why.contains("operate scope"), "{why}");
 }
 
 #[tokio::test]
