@@ -70,6 +70,17 @@ pub struct MigrateArgs {
     /// the connections' address must follow (the usual case between hosts).
     #[arg(long)]
     tcp_established: bool,
+    /// With --mode pre-copy: the longest stop the process should see. The
+    /// freeze of a pre-copy sends only what was written since the last
+    /// round, but the destination then restores the whole memory (about 2
+    /// MiB per ms on the machines we measured, docs/PERFORMANCE.md); when
+    /// the tree's resident memory predicts more than MS, the migration runs
+    /// as pre-copy-post-copy instead (the rounds, then the process resumes
+    /// at the destination and the rest of its memory follows). The printed
+    /// and --json mode say which ran. A writer whose rounds do not converge
+    /// is sent from the freeze on, as stop-copy, whatever this says.
+    #[arg(long, value_name = "MS")]
+    max_downtime: Option<u64>,
     /// Give up (and leave the process running here) when the destination
     /// does not answer for this long. (Once the process runs there, in
     /// post-copy, the copy here is kept stopped instead: exit code 7.)
@@ -82,6 +93,26 @@ pub struct MigrateArgs {
 
 fn parse_move_ip(s: &str) -> Result<(std::net::IpAddr, u8), String> {
     migrate::parse_cidr(s).ok_or_else(|| format!("{s:?} is not ADDR/PREFIX (e.g. 10.0.0.5/24)"))
+}
+
+/// Bytes per millisecond a destination restores (measured: 1 GiB in
+/// ~500 ms, docs/PERFORMANCE.md "Migration").
+const RESTORE_BYTES_PER_MS: f64 = 2.0 * 1024.0 * 1024.0;
+/// The rest of a pre-copy's stop (freeze, collection, switch-over), ms.
+const PRE_COPY_FIXED_MS: f64 = 15.0;
+
+/// The stop a pre-copy of the tree at `pid` should cost: a fixed part plus
+/// the destination's restore of its resident anonymous memory.
+fn predicted_pre_copy_downtime_ms(pid: i32) -> f64 {
+    let mut bytes = 0u64;
+    let mut queue = vec![pid];
+    while let Some(p) = queue.pop() {
+        if let Ok(st) = godwit_sys::proc::status(p) {
+            bytes += st.rss_anon;
+        }
+        queue.extend(godwit_sys::process::children(p).unwrap_or_default());
+    }
+    PRE_COPY_FIXED_MS + bytes as f64 / RESTORE_BYTES_PER_MS
 }
 
 /// Exit code of a failed migration.
@@ -125,8 +156,21 @@ pub fn run(args: MigrateArgs, json_out: bool, progress: &crate::Bar) -> anyhow::
             .pids
             .iter()
             .map(|&pid| {
-                let (tls, opts, to) = (&tls, &opts, &args.to);
-                s.spawn(move || (pid, one(tls, to, pid, opts, watchdog, progress)))
+                let (tls, to) = (&tls, &args.to);
+                let mut opts = opts.clone();
+                if let (Mode::PreCopy, Some(max)) = (opts.mode, args.max_downtime) {
+                    let predicted = predicted_pre_copy_downtime_ms(pid);
+                    if predicted > max as f64 {
+                        tracing::info!(
+                            pid,
+                            predicted,
+                            max,
+                            "pre-copy would stop the process too long: pre-copy-post-copy"
+                        );
+                        opts.mode = Mode::PreCopyPostCopy;
+                    }
+                }
+                s.spawn(move || (pid, one(tls, to, pid, &opts, watchdog, progress)))
             })
             .collect();
         handles

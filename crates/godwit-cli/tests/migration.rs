@@ -779,3 +779,30 @@ fn redis_keeps_its_client_connection_stop_copy() {
 fn redis_keeps_its_client_connection_pre_copy() {
     redis_keeps_its_client("pre-copy");
 }
+
+/// --max-downtime: a pre-copy whose predicted stop is longer runs as
+/// pre-copy-post-copy; one within it stays a pre-copy.
+#[test]
+fn max_downtime_chooses_the_mode() {
+    let mut c = Cluster::up(2);
+    c.start_agent(2);
+    let log = c.dir.path().join("counter.log");
+    let pid = c.spawn_at(1, 4800, &progs().join("counter"), &[log.to_str().unwrap()]);
+    wait_for("the counter to count", Duration::from_secs(10), || {
+        last_line(&log) >= 3
+    });
+    // Even a counter's stop is predicted above 1 ms.
+    let v = json_of(&c.migrate(1, pid, 2, &["--mode", "pre-copy", "--max-downtime", "1"]));
+    assert_eq!(v["mode"], "pre-copy-post-copy", "{v}");
+    check_counts_on(&log);
+    // And back, with room to spare: a pre-copy.
+    c.start_agent(1);
+    let v = json_of(&c.migrate(
+        2,
+        pid,
+        1,
+        &["--mode", "pre-copy", "--max-downtime", "60000"],
+    ));
+    assert_eq!(v["mode"], "pre-copy", "{v}");
+    check_counts_on(&log);
+}
