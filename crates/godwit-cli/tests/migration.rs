@@ -333,22 +333,7 @@ fn a_gigabyte_moves_and_every_page_is_right() {
     let mut c = Cluster::up(2);
     c.start_agent(2);
     let dir = c.dir.path().to_path_buf();
-    let pid = c.spawn_at(
-        1,
-        4100,
-        &bench_target(&dir),
-        &[
-            "hold",
-            "1024",
-            dir.join("ready").to_str().unwrap(),
-            dir.join("result").to_str().unwrap(),
-        ],
-    );
-    wait_for(
-        "the target to fill its memory",
-        Duration::from_secs(60),
-        || dir.join("ready").exists(),
-    );
+    let pid = c.spawn_target(1, 4100, &["hold", "1024"]);
     let v = json_of(&c.migrate(1, pid, 2, &["--mode", "pre-copy"]));
     assert!(v["memory_bytes"].as_u64().unwrap() >= 1 << 30, "{v}");
     c.sh(2, &format!("kill -USR1 {pid}"));
@@ -359,6 +344,29 @@ fn a_gigabyte_moves_and_every_page_is_right() {
     );
     let verdict = std::fs::read_to_string(dir.join("result")).unwrap();
     assert!(verdict.starts_with("OK"), "{verdict}");
+}
+
+impl Cluster {
+    /// Starts the benchmark's target program (`hold MIB` or `writer MIB
+    /// RATE`) on `host` with PID `pid`, its ready/result/stalls files in the
+    /// cluster's directory, and waits until its memory is filled.
+    fn spawn_target(&self, host: usize, pid: u32, args: &[&str]) -> u32 {
+        let dir = self.dir.path();
+        let mut all: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        all.push(dir.join("ready").to_str().unwrap().into());
+        all.push(dir.join("result").to_str().unwrap().into());
+        if args.first() == Some(&"writer") {
+            all.push(dir.join("stalls").to_str().unwrap().into());
+        }
+        let all: Vec<&str> = all.iter().map(String::as_str).collect();
+        let pid = self.spawn_at(host, pid, &bench_target(dir), &all);
+        wait_for(
+            "the target to fill its memory",
+            Duration::from_secs(60),
+            || dir.join("ready").exists(),
+        );
+        pid
+    }
 }
 
 fn bench_target(dir: &Path) -> PathBuf {
@@ -426,24 +434,7 @@ fn destination_agent_killed_mid_transfer_leaves_it_running_at_the_source() {
     c.start_agent(2);
     let dir = c.dir.path().to_path_buf();
     // Big enough that the transfer lasts a while.
-    let pid = c.spawn_at(
-        1,
-        4300,
-        &bench_target(&dir),
-        &[
-            "writer",
-            "1024",
-            "20",
-            dir.join("ready").to_str().unwrap(),
-            dir.join("result").to_str().unwrap(),
-            dir.join("stalls").to_str().unwrap(),
-        ],
-    );
-    wait_for(
-        "the target to fill its memory",
-        Duration::from_secs(60),
-        || dir.join("ready").exists(),
-    );
+    let pid = c.spawn_target(1, 4300, &["writer", "1024", "20"]);
     let migrate = {
         let pid = pid.to_string();
         let to = c.agent_addr(2);
@@ -547,23 +538,7 @@ fn destination_disk_full_leaves_it_running_at_the_source() {
             images.display()
         ),
     );
-    let dir = c.dir.path().to_path_buf();
-    let pid = c.spawn_at(
-        1,
-        4500,
-        &bench_target(&dir),
-        &[
-            "hold",
-            "64",
-            dir.join("ready").to_str().unwrap(),
-            dir.join("result").to_str().unwrap(),
-        ],
-    );
-    wait_for(
-        "the target to fill its memory",
-        Duration::from_secs(60),
-        || dir.join("ready").exists(),
-    );
+    let pid = c.spawn_target(1, 4500, &["hold", "64"]);
     let keep = images.join("full/img");
     let out = c.migrate(1, pid, 2, &["--keep-image", keep.to_str().unwrap()]);
     assert!(!out.status.success());
