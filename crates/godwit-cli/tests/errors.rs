@@ -345,8 +345,8 @@ fn fifo_removed_refused() {
     assert_eq!(p.verdict(), "PASS");
 }
 
-/// A restore that fails after it created the SysV segments (a corrupt page
-/// file is found while the tree is being rebuilt) removes them again.
+/// A restore refused for a corrupt page file leaves no SysV segment and no
+/// process behind (the checksums are verified before either is created).
 #[test]
 fn failed_restore_removes_sysv_segments() {
     let p = dumped("ipc");
@@ -445,4 +445,58 @@ while True:
         leftovers.is_empty(),
         "left in the image directory: {leftovers:?}"
     );
+}
+
+/// One byte of a dumped counter's page file flipped: the restore fails
+/// naming the file (exit 3) before it creates any process, so no process
+/// ever holds the image's PID, not even for a moment.
+#[test]
+fn corrupt_page_file_creates_no_process() {
+    let dir = tempfile::Builder::new()
+        .prefix("godwit-e2e")
+        .tempdir()
+        .unwrap();
+    let log = dir.path().join("counter.log");
+    let log = log.to_str().unwrap().to_string();
+    let counter = progs().join("counter");
+    let mut p = Proc::spawn_in(dir, counter.to_str().unwrap(), &[&log]);
+    wait_for("the counter to count", Duration::from_secs(10), || {
+        std::fs::read_to_string(&log).is_ok_and(|s| s.lines().count() > 1)
+    });
+    let img = p.images();
+    godwit_ok(&[
+        "dump",
+        "--pid",
+        &p.pid.to_string(),
+        "--images",
+        img.to_str().unwrap(),
+    ]);
+    p.end_original();
+    let pages = img.join("pages-0.img");
+    let mut b = std::fs::read(&pages).unwrap();
+    let mid = b.len() / 2;
+    b[mid] ^= 0x01;
+    std::fs::write(&pages, &b).unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = {
+        let stop = stop.clone();
+        let proc_dir = format!("/proc/{}", p.pid);
+        std::thread::spawn(move || {
+            let mut seen = false;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                seen |= std::path::Path::new(&proc_dir).exists();
+            }
+            seen
+        })
+    };
+    let out = godwit(&["restore", "--images", img.to_str().unwrap()]);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let seen = watcher.join().unwrap();
+    assert_fails(&out, 3, "pages-0.img");
+    assert!(
+        !seen,
+        "a process with the image's PID {} appeared during the failed restore",
+        p.pid
+    );
+    assert!(gone(p.pid));
 }
