@@ -500,3 +500,51 @@ fn corrupt_page_file_creates_no_process() {
     );
     assert!(gone(p.pid));
 }
+
+/// `inspect --verify` reads every page file: a sound image passes (exit 0,
+/// each file "ok"); a flipped byte in one page file is named as corrupt
+/// (the others still checked and ok) and the exit code is 3.
+#[test]
+fn inspect_verify_names_corrupt_page_file() {
+    let p = dumped("tree");
+    let img = p.images();
+    let dir = img.to_str().unwrap();
+    let text = godwit_ok(&["inspect", "--verify", dir]);
+    assert!(
+        text.contains("manifest.img: ok") && text.contains("pages-0.img: ok"),
+        "{text}"
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(&godwit_ok(&["--json", "inspect", "--verify", dir])).unwrap();
+    assert_eq!(v["verify"]["ok"], true, "{}", v["verify"]);
+    let files = v["verify"]["page_files"].as_array().unwrap().len();
+    assert!(files >= 2, "the tree has several page files");
+    let name = v["verify"]["page_files"][files - 1]["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_ne!(name, "pages-0.img");
+    let pages = img.join(&name);
+    let mut b = std::fs::read(&pages).unwrap();
+    let last = b.len() - 1;
+    b[last] ^= 0x01;
+    std::fs::write(&pages, &b).unwrap();
+    // Without --verify inspect only reads the manifest.
+    godwit_ok(&["inspect", dir]);
+    let out = godwit(&["inspect", "--verify", dir]);
+    assert_fails(&out, 3, &name);
+    assert!(stderr_of(&out).contains("corrupt"), "{}", stderr_of(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains(&format!("{name}: CORRUPT")), "{text}");
+    assert!(text.contains("pages-0.img: ok"), "{text}");
+    let out = godwit(&["--json", "inspect", "--verify", dir]);
+    assert_eq!(out.status.code(), Some(3));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["verify"]["ok"], false);
+    assert_eq!(
+        v["verify"]["page_files"][files - 1]["ok"],
+        false,
+        "{}",
+        v["verify"]
+    );
+}
