@@ -237,7 +237,9 @@ fn engine_exit_code(e: &EngineError) -> u8 {
         | EngineError::NeedsTcpEstablished { .. } => 5,
         EngineError::ImageNeedsTcpEstablished(_) => 2,
         EngineError::Terminal(_) => 2,
-        EngineError::NoSuchProcess { .. } | EngineError::PermissionDenied { .. } => 6,
+        EngineError::NoSuchProcess { .. }
+        | EngineError::PermissionDenied { .. }
+        | EngineError::CouldNotRestore { .. } => 6,
         _ => 1,
     }
 }

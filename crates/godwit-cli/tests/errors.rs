@@ -548,3 +548,42 @@ fn inspect_verify_names_corrupt_page_file() {
         v["verify"]
     );
 }
+
+/// A user without the rights to restore (uid 2000, no capabilities) dumps
+/// its own process: a dump that would end it is refused (exit 6) with the
+/// reason and --leave-running suggested, before the process is touched; it
+/// keeps running.
+#[test]
+fn dump_refused_when_caller_could_not_restore() {
+    let p = Proc::test_prog_as(Some(2000), "signals", &[]);
+    let img = p.images();
+    let run_as_2000 = |extra: &[&str]| {
+        std::process::Command::new("setpriv")
+            .args(["--reuid=2000", "--regid=2000", "--clear-groups"])
+            .arg(env!("CARGO_BIN_EXE_godwit"))
+            .args([
+                "dump",
+                "--pid",
+                &p.pid.to_string(),
+                "--images",
+                img.to_str().unwrap(),
+            ])
+            .args(extra)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let out = run_as_2000(&[]);
+    assert_fails(&out, 6, "--leave-running");
+    let err = stderr_of(&out);
+    assert!(
+        err.contains(&format!("process {}", p.pid))
+            && err.contains("CAP_CHECKPOINT_RESTORE")
+            && err.contains("left running"),
+        "{err}"
+    );
+    assert!(!img.join("manifest.img").exists(), "no image was written");
+    let status = std::fs::read_to_string(format!("/proc/{}/status", p.pid)).unwrap();
+    assert!(status.contains("TracerPid:\t0"), "{status}");
+    assert_eq!(p.verdict(), "PASS", "the process runs on, undisturbed");
+}
