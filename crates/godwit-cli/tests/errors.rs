@@ -587,3 +587,156 @@ fn dump_refused_when_caller_could_not_restore() {
     assert!(status.contains("TracerPid:\t0"), "{status}");
     assert_eq!(p.verdict(), "PASS", "the process runs on, undisturbed");
 }
+
+/// `godwit dump --pid $$` from a shell (the shell is godwit's parent):
+/// refused as permission denied on the shell, saying it is an ancestor of
+/// godwit (naming godwit's PID) instead of failing on godwit itself.
+#[test]
+fn dumping_an_ancestor_of_godwit_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("img");
+    let out = std::process::Command::new("sh")
+        .args([
+            "-c",
+            r#"echo "shell $$" >&2; "$0" dump --pid $$ --images "$1"; exit $?"#,
+            env!("CARGO_BIN_EXE_godwit"),
+            img.to_str().unwrap(),
+        ])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let err = stderr_of(&out);
+    let shell: i32 = err
+        .lines()
+        .find_map(|l| l.strip_prefix("shell "))
+        .and_then(|s| s.trim().parse().ok())
+        .expect("the shell's PID");
+    assert_fails(&out, 6, &format!("permission denied on process {shell}"));
+    assert!(
+        err.contains(&format!("PID {shell} is an ancestor of this godwit (PID "))
+            && err.contains("run godwit from outside its tree"),
+        "{err}"
+    );
+    assert!(!img.join("manifest.img").exists());
+}
+
+/// Root dumping a process another process already traces (a debugger):
+/// the refusal names the tracer instead of suggesting another user's
+/// process, and the traced process runs on.
+#[test]
+fn dumping_a_traced_process_names_the_tracer() {
+    let p = Proc::test_prog("tracer");
+    let traced: i32 = std::fs::read_to_string(p.path("traced"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let img = p.images();
+    let out = godwit(&[
+        "dump",
+        "--pid",
+        &traced.to_string(),
+        "--images",
+        img.to_str().unwrap(),
+    ]);
+    assert_fails(&out, 6, &format!("permission denied on process {traced}"));
+    let err = stderr_of(&out);
+    assert!(
+        err.contains(&format!("already traced by PID {} (tracer)", p.pid)),
+        "{err}"
+    );
+    assert!(!err.contains("another user"), "{err}");
+    assert!(!dead(traced), "the traced process runs on");
+    assert!(!img.join("manifest.img").exists());
+}
+
+/// The program's own file (its executable, mapped) was deleted after the
+/// dump: the restore says the file is gone and must be put back at the
+/// same path, without suggesting --allow-file-changes (which cannot help).
+#[test]
+fn vanished_mapped_file_says_put_it_back() {
+    let dir = tempfile::Builder::new()
+        .prefix("godwit-e2e")
+        .tempdir()
+        .unwrap();
+    let exe = dir.path().join("counter-copy");
+    std::fs::copy(progs().join("counter"), &exe).unwrap();
+    let log = dir.path().join("counter.log");
+    let log = log.to_str().unwrap().to_string();
+    let exe = exe.to_str().unwrap().to_string();
+    let mut p = Proc::spawn_in(dir, &exe, &[&log]);
+    wait_for("the counter to count", Duration::from_secs(10), || {
+        std::fs::read_to_string(&log).is_ok_and(|s| s.lines().count() > 1)
+    });
+    let img = p.images();
+    godwit_ok(&[
+        "dump",
+        "--pid",
+        &p.pid.to_string(),
+        "--images",
+        img.to_str().unwrap(),
+    ]);
+    p.end_original();
+    std::fs::remove_file(&exe).unwrap();
+    for extra in [&[][..], &["--allow-file-changes"][..]] {
+        let mut args = vec!["restore", "--images", img.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        let out = godwit(&args);
+        assert_fails(&out, 1, &exe);
+        let err = stderr_of(&out);
+        assert!(
+            err.contains("is gone") && err.contains("must exist at the same path"),
+            "{err}"
+        );
+        assert!(!err.contains("use --allow-file-changes"), "{err}");
+        assert!(gone(p.pid));
+    }
+}
+
+/// A data file a process had mapped (its descriptor closed) was deleted
+/// after the dump: the restore names it, says it is gone and must be put
+/// back, without suggesting --allow-file-changes.
+#[test]
+fn vanished_mapped_data_file_says_put_it_back() {
+    let script = r#"
+import mmap, os, sys, time
+d = sys.argv[1]
+with open(d + "/data.bin", "wb") as f:
+    f.write(b"x" * 8192)
+with open(d + "/data.bin", "r+b") as f:
+    m = mmap.mmap(f.fileno(), 0)
+open(d + "/ready", "w").close()
+while True:
+    time.sleep(0.05)
+"#;
+    let dir = tempfile::Builder::new()
+        .prefix("godwit-e2e")
+        .tempdir()
+        .unwrap();
+    let d = dir.path().to_str().unwrap().to_string();
+    let mut p = Proc::spawn_in(dir, "python3", &["-c", script, &d]);
+    let ready = p.path("ready");
+    wait_for("python to map its file", Duration::from_secs(20), || {
+        ready.exists()
+    });
+    let img = p.images();
+    godwit_ok(&[
+        "dump",
+        "--pid",
+        &p.pid.to_string(),
+        "--images",
+        img.to_str().unwrap(),
+    ]);
+    p.end_original();
+    let data = p.path("data.bin");
+    std::fs::remove_file(&data).unwrap();
+    let out = godwit(&["restore", "--images", img.to_str().unwrap()]);
+    assert_fails(&out, 1, data.to_str().unwrap());
+    let err = stderr_of(&out);
+    assert!(
+        err.contains("is gone") && err.contains("must exist at the same path"),
+        "{err}"
+    );
+    assert!(!err.contains("--allow-file-changes"), "{err}");
+    assert!(gone(p.pid));
+}

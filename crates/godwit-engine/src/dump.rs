@@ -95,11 +95,30 @@ fn precheck(pid: i32) -> Result<()> {
             ),
         });
     }
-    if pid == std::process::id() as i32 {
+    let me = std::process::id() as i32;
+    if pid == me {
         return Err(EngineError::PermissionDenied {
             pid,
             detail: "godwit cannot dump itself".into(),
         });
+    }
+    // godwit would be in the tree it freezes (e.g. `godwit dump --pid $PPID`
+    // from a shell).
+    let mut up = proc::status(me).map_or(0, |s| s.ppid);
+    for _ in 0..4096 {
+        if up <= 0 {
+            break;
+        }
+        if up == pid {
+            return Err(EngineError::PermissionDenied {
+                pid,
+                detail: format!(
+                    "PID {pid} is an ancestor of this godwit (PID {me}): a process cannot be \
+                     dumped by one of its own descendants; run godwit from outside its tree"
+                ),
+            });
+        }
+        up = proc::status(up).map_or(0, |s| s.ppid);
     }
     {
         let ids = &status.nspid;
