@@ -387,3 +387,70 @@ pub fn text(v: &Value, full: bool) -> String {
     }
     s
 }
+
+/// What `inspect --verify` found: each page file checked against the
+/// manifest (whose own checksum was checked when the image was opened).
+pub struct Verified {
+    /// (page file, the error if its size or checksum differs).
+    pub files: Vec<(String, Option<String>)>,
+}
+
+/// Reads every page file of the image through xxh3, each one even if an
+/// earlier one is corrupt.
+pub fn verify(reader: &ImageReader) -> Verified {
+    let files = reader
+        .page_files()
+        .iter()
+        .map(|info| {
+            let bad = reader.verify_page_file(info).err().map(|e| e.to_string());
+            (info.name.clone(), bad)
+        })
+        .collect();
+    Verified { files }
+}
+
+impl Verified {
+    pub fn json(&self) -> Value {
+        let files: Vec<Value> = self
+            .files
+            .iter()
+            .map(|(name, bad)| json!({ "name": name, "ok": bad.is_none(), "error": bad }))
+            .collect();
+        json!({ "manifest_ok": true, "page_files": files, "ok": self.corrupt().next().is_none() })
+    }
+
+    pub fn text(&self) -> String {
+        let mut out = String::from("verify:\n  manifest.img: ok\n");
+        for (name, bad) in &self.files {
+            // Writing to a String cannot fail.
+            let _ = match bad {
+                None => writeln!(out, "  {name}: ok"),
+                Some(e) => writeln!(out, "  {name}: CORRUPT ({e})"),
+            };
+        }
+        out
+    }
+
+    fn corrupt(&self) -> impl Iterator<Item = &str> {
+        self.files
+            .iter()
+            .filter(|(_, bad)| bad.is_some())
+            .map(|(name, _)| name.as_str())
+    }
+
+    /// The error to exit with (code 3) when a page file is corrupt.
+    pub fn error(&self, dir: &std::path::Path) -> Option<godwit_engine::EngineError> {
+        let bad: Vec<&str> = self.corrupt().collect();
+        if bad.is_empty() {
+            return None;
+        }
+        Some(godwit_engine::EngineError::BadImage(format!(
+            "{}: page file{} {} corrupt ({} of {}): it cannot be restored; dump the process again or restore a copy of the image",
+            dir.display(),
+            if bad.len() > 1 { "s" } else { "" },
+            bad.join(", "),
+            bad.len(),
+            self.files.len()
+        )))
+    }
+}

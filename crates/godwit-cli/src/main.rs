@@ -173,6 +173,10 @@ enum Cmd {
         /// Also list every memory mapping and file descriptor.
         #[arg(long)]
         full: bool,
+        /// Also read every page file and check its checksum (the manifest's
+        /// is always checked); exit code 3 if one is corrupt.
+        #[arg(long)]
+        verify: bool,
     },
     /// Lift the firewall rules a `dump --tcp-established` left on the
     /// image's TCP connections, for an image you will not restore: the
@@ -233,7 +237,9 @@ fn engine_exit_code(e: &EngineError) -> u8 {
         | EngineError::NeedsTcpEstablished { .. } => 5,
         EngineError::ImageNeedsTcpEstablished(_) => 2,
         EngineError::Terminal(_) => 2,
-        EngineError::NoSuchProcess { .. } | EngineError::PermissionDenied { .. } => 6,
+        EngineError::NoSuchProcess { .. }
+        | EngineError::PermissionDenied { .. }
+        | EngineError::CouldNotRestore { .. } => 6,
         _ => 1,
     }
 }
@@ -392,9 +398,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Migrate(args) => {
             migrate::run(args, cli.json, &Bar::new())?;
         }
-        Cmd::Inspect { dir, full } => {
+        Cmd::Inspect { dir, full, verify } => {
             let (ck, reader) = godwit_engine::load(&dir).map_err(anyhow::Error::from)?;
-            let v = inspect::summary(&ck, &reader);
+            let mut v = inspect::summary(&ck, &reader);
+            let checked = verify.then(|| inspect::verify(&reader));
+            if let Some(c) = &checked {
+                v["verify"] = c.json();
+            }
             if cli.json {
                 println!(
                     "{}",
@@ -402,6 +412,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 );
             } else {
                 print!("{}", inspect::text(&v, full));
+                if let Some(c) = &checked {
+                    print!("{}", c.text());
+                }
+            }
+            if let Some(e) = checked.and_then(|c| c.error(&dir)) {
+                return Err(e.into());
             }
         }
     }

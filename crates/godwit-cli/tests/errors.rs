@@ -345,8 +345,8 @@ fn fifo_removed_refused() {
     assert_eq!(p.verdict(), "PASS");
 }
 
-/// A restore that fails after it created the SysV segments (a corrupt page
-/// file is found while the tree is being rebuilt) removes them again.
+/// A restore refused for a corrupt page file leaves no SysV segment and no
+/// process behind (the checksums are verified before either is created).
 #[test]
 fn failed_restore_removes_sysv_segments() {
     let p = dumped("ipc");
@@ -445,4 +445,298 @@ while True:
         leftovers.is_empty(),
         "left in the image directory: {leftovers:?}"
     );
+}
+
+/// One byte of a dumped counter's page file flipped: the restore fails
+/// naming the file (exit 3) before it creates any process, so no process
+/// ever holds the image's PID, not even for a moment.
+#[test]
+fn corrupt_page_file_creates_no_process() {
+    let dir = tempfile::Builder::new()
+        .prefix("godwit-e2e")
+        .tempdir()
+        .unwrap();
+    let log = dir.path().join("counter.log");
+    let log = log.to_str().unwrap().to_string();
+    let counter = progs().join("counter");
+    let mut p = Proc::spawn_in(dir, counter.to_str().unwrap(), &[&log]);
+    wait_for("the counter to count", Duration::from_secs(10), || {
+        std::fs::read_to_string(&log).is_ok_and(|s| s.lines().count() > 1)
+    });
+    let img = p.images();
+    godwit_ok(&[
+        "dump",
+        "--pid",
+        &p.pid.to_string(),
+        "--images",
+        img.to_str().unwrap(),
+    ]);
+    p.end_original();
+    let pages = img.join("pages-0.img");
+    let mut b = std::fs::read(&pages).unwrap();
+    let mid = b.len() / 2;
+    b[mid] ^= 0x01;
+    std::fs::write(&pages, &b).unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = {
+        let stop = stop.clone();
+        let proc_dir = format!("/proc/{}", p.pid);
+        std::thread::spawn(move || {
+            let mut seen = false;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                seen |= std::path::Path::new(&proc_dir).exists();
+            }
+            seen
+        })
+    };
+    let out = godwit(&["restore", "--images", img.to_str().unwrap()]);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let seen = watcher.join().unwrap();
+    assert_fails(&out, 3, "pages-0.img");
+    assert!(
+        !seen,
+        "a process with the image's PID {} appeared during the failed restore",
+        p.pid
+    );
+    assert!(gone(p.pid));
+}
+
+/// `inspect --verify` reads every page file: a sound image passes (exit 0,
+/// each file "ok"); a flipped byte in one page file is named as corrupt
+/// (the others still checked and ok) and the exit code is 3.
+#[test]
+fn inspect_verify_names_corrupt_page_file() {
+    let p = dumped("tree");
+    let img = p.images();
+    let dir = img.to_str().unwrap();
+    let text = godwit_ok(&["inspect", "--verify", dir]);
+    assert!(
+        text.contains("manifest.img: ok") && text.contains("pages-0.img: ok"),
+        "{text}"
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(&godwit_ok(&["--json", "inspect", "--verify", dir])).unwrap();
+    assert_eq!(v["verify"]["ok"], true, "{}", v["verify"]);
+    let files = v["verify"]["page_files"].as_array().unwrap().len();
+    assert!(files >= 2, "the tree has several page files");
+    let name = v["verify"]["page_files"][files - 1]["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_ne!(name, "pages-0.img");
+    let pages = img.join(&name);
+    let mut b = std::fs::read(&pages).unwrap();
+    let last = b.len() - 1;
+    b[last] ^= 0x01;
+    std::fs::write(&pages, &b).unwrap();
+    // Without --verify inspect only reads the manifest.
+    godwit_ok(&["inspect", dir]);
+    let out = godwit(&["inspect", "--verify", dir]);
+    assert_fails(&out, 3, &name);
+    assert!(stderr_of(&out).contains("corrupt"), "{}", stderr_of(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains(&format!("{name}: CORRUPT")), "{text}");
+    assert!(text.contains("pages-0.img: ok"), "{text}");
+    let out = godwit(&["--json", "inspect", "--verify", dir]);
+    assert_eq!(out.status.code(), Some(3));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["verify"]["ok"], false);
+    assert_eq!(
+        v["verify"]["page_files"][files - 1]["ok"],
+        false,
+        "{}",
+        v["verify"]
+    );
+}
+
+/// A user without the rights to restore (uid 2000, no capabilities) dumps
+/// its own process: a dump that would end it is refused (exit 6) with the
+/// reason and --leave-running suggested, before the process is touched; it
+/// keeps running.
+#[test]
+fn dump_refused_when_caller_could_not_restore() {
+    let p = Proc::test_prog_as(Some(2000), "signals", &[]);
+    let img = p.images();
+    let run_as_2000 = |extra: &[&str]| {
+        std::process::Command::new("setpriv")
+            .args(["--reuid=2000", "--regid=2000", "--clear-groups"])
+            .arg(env!("CARGO_BIN_EXE_godwit"))
+            .args([
+                "dump",
+                "--pid",
+                &p.pid.to_string(),
+                "--images",
+                img.to_str().unwrap(),
+            ])
+            .args(extra)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let out = run_as_2000(&[]);
+    assert_fails(&out, 6, "--leave-running");
+    let err = stderr_of(&out);
+    assert!(
+        err.contains(&format!("process {}", p.pid))
+            && err.contains("CAP_CHECKPOINT_RESTORE")
+            && err.contains("left running"),
+        "{err}"
+    );
+    assert!(!img.join("manifest.img").exists(), "no image was written");
+    let status = std::fs::read_to_string(format!("/proc/{}/status", p.pid)).unwrap();
+    assert!(status.contains("TracerPid:\t0"), "{status}");
+    assert_eq!(p.verdict(), "PASS", "the process runs on, undisturbed");
+}
+
+/// `godwit dump --pid $$` from a shell (the shell is godwit's parent):
+/// refused as permission denied on the shell, saying it is an ancestor of
+/// godwit (naming godwit's PID) instead of failing on godwit itself.
+#[test]
+fn dumping_an_ancestor_of_godwit_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("img");
+    let out = std::process::Command::new("sh")
+        .args([
+            "-c",
+            r#"echo "shell $$" >&2; "$0" dump --pid $$ --images "$1"; exit $?"#,
+            env!("CARGO_BIN_EXE_godwit"),
+            img.to_str().unwrap(),
+        ])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let err = stderr_of(&out);
+    let shell: i32 = err
+        .lines()
+        .find_map(|l| l.strip_prefix("shell "))
+        .and_then(|s| s.trim().parse().ok())
+        .expect("the shell's PID");
+    assert_fails(&out, 6, &format!("permission denied on process {shell}"));
+    assert!(
+        err.contains(&format!("PID {shell} is an ancestor of this godwit (PID "))
+            && err.contains("run godwit from outside its tree"),
+        "{err}"
+    );
+    assert!(!img.join("manifest.img").exists());
+}
+
+/// Root dumping a process another process already traces (a debugger):
+/// the refusal names the tracer instead of suggesting another user's
+/// process, and the traced process runs on.
+#[test]
+fn dumping_a_traced_process_names_the_tracer() {
+    let p = Proc::test_prog("tracer");
+    let traced: i32 = std::fs::read_to_string(p.path("traced"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let img = p.images();
+    let out = godwit(&[
+        "dump",
+        "--pid",
+        &traced.to_string(),
+        "--images",
+        img.to_str().unwrap(),
+    ]);
+    assert_fails(&out, 6, &format!("permission denied on process {traced}"));
+    let err = stderr_of(&out);
+    assert!(
+        err.contains(&format!("already traced by PID {} (tracer)", p.pid)),
+        "{err}"
+    );
+    assert!(!err.contains("another user"), "{err}");
+    assert!(!dead(traced), "the traced process runs on");
+    assert!(!img.join("manifest.img").exists());
+}
+
+/// The program's own file (its executable, mapped) was deleted after the
+/// dump: the restore says the file is gone and must be put back at the
+/// same path, without suggesting --allow-file-changes (which cannot help).
+#[test]
+fn vanished_mapped_file_says_put_it_back() {
+    let dir = tempfile::Builder::new()
+        .prefix("godwit-e2e")
+        .tempdir()
+        .unwrap();
+    let exe = dir.path().join("counter-copy");
+    std::fs::copy(progs().join("counter"), &exe).unwrap();
+    let log = dir.path().join("counter.log");
+    let log = log.to_str().unwrap().to_string();
+    let exe = exe.to_str().unwrap().to_string();
+    let mut p = Proc::spawn_in(dir, &exe, &[&log]);
+    wait_for("the counter to count", Duration::from_secs(10), || {
+        std::fs::read_to_string(&log).is_ok_and(|s| s.lines().count() > 1)
+    });
+    let img = p.images();
+    godwit_ok(&[
+        "dump",
+        "--pid",
+        &p.pid.to_string(),
+        "--images",
+        img.to_str().unwrap(),
+    ]);
+    p.end_original();
+    std::fs::remove_file(&exe).unwrap();
+    for extra in [&[][..], &["--allow-file-changes"][..]] {
+        let mut args = vec!["restore", "--images", img.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        let out = godwit(&args);
+        assert_fails(&out, 1, &exe);
+        let err = stderr_of(&out);
+        assert!(
+            err.contains("is gone") && err.contains("must exist at the same path"),
+            "{err}"
+        );
+        assert!(!err.contains("use --allow-file-changes"), "{err}");
+        assert!(gone(p.pid));
+    }
+}
+
+/// A data file a process had mapped (its descriptor closed) was deleted
+/// after the dump: the restore names it, says it is gone and must be put
+/// back, without suggesting --allow-file-changes.
+#[test]
+fn vanished_mapped_data_file_says_put_it_back() {
+    let script = r#"
+import mmap, os, sys, time
+d = sys.argv[1]
+with open(d + "/data.bin", "wb") as f:
+    f.write(b"x" * 8192)
+with open(d + "/data.bin", "r+b") as f:
+    m = mmap.mmap(f.fileno(), 0)
+open(d + "/ready", "w").close()
+while True:
+    time.sleep(0.05)
+"#;
+    let dir = tempfile::Builder::new()
+        .prefix("godwit-e2e")
+        .tempdir()
+        .unwrap();
+    let d = dir.path().to_str().unwrap().to_string();
+    let mut p = Proc::spawn_in(dir, "python3", &["-c", script, &d]);
+    let ready = p.path("ready");
+    wait_for("python to map its file", Duration::from_secs(20), || {
+        ready.exists()
+    });
+    let img = p.images();
+    godwit_ok(&[
+        "dump",
+        "--pid",
+        &p.pid.to_string(),
+        "--images",
+        img.to_str().unwrap(),
+    ]);
+    p.end_original();
+    let data = p.path("data.bin");
+    std::fs::remove_file(&data).unwrap();
+    let out = godwit(&["restore", "--images", img.to_str().unwrap()]);
+    assert_fails(&out, 1, data.to_str().unwrap());
+    let err = stderr_of(&out);
+    assert!(
+        err.contains("is gone") && err.contains("must exist at the same path"),
+        "{err}"
+    );
+    assert!(!err.contains("--allow-file-changes"), "{err}");
+    assert!(gone(p.pid));
 }

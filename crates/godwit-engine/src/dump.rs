@@ -95,11 +95,30 @@ fn precheck(pid: i32) -> Result<()> {
             ),
         });
     }
-    if pid == std::process::id() as i32 {
+    let me = std::process::id() as i32;
+    if pid == me {
         return Err(EngineError::PermissionDenied {
             pid,
             detail: "godwit cannot dump itself".into(),
         });
+    }
+    // godwit would be in the tree it freezes (e.g. `godwit dump --pid $PPID`
+    // from a shell).
+    let mut up = proc::status(me).map_or(0, |s| s.ppid);
+    for _ in 0..4096 {
+        if up <= 0 {
+            break;
+        }
+        if up == pid {
+            return Err(EngineError::PermissionDenied {
+                pid,
+                detail: format!(
+                    "PID {pid} is an ancestor of this godwit (PID {me}): a process cannot be \
+                     dumped by one of its own descendants; run godwit from outside its tree"
+                ),
+            });
+        }
+        up = proc::status(up).map_or(0, |s| s.ppid);
     }
     {
         let ids = &status.nspid;
@@ -125,6 +144,31 @@ fn precheck(pid: i32) -> Result<()> {
         });
     }
     Ok(())
+}
+
+/// A dump that ends the process is only worth it if the caller can bring it
+/// back: a restore recreates PIDs (clone3 with set_tid), which needs root
+/// or CAP_CHECKPOINT_RESTORE or CAP_SYS_ADMIN in the effective set.
+fn check_can_restore(pid: i32) -> Result<()> {
+    const CAP_SYS_ADMIN: u32 = 21;
+    const CAP_CHECKPOINT_RESTORE: u32 = 40;
+    let me = process::euid();
+    if me == 0 {
+        return Ok(());
+    }
+    let caps = proc::status(std::process::id() as i32)
+        .map(|s| s.cap_eff)
+        .unwrap_or(0);
+    if caps & (1 << CAP_CHECKPOINT_RESTORE | 1 << CAP_SYS_ADMIN) != 0 {
+        return Ok(());
+    }
+    Err(EngineError::CouldNotRestore {
+        pid,
+        why: format!(
+            "restoring recreates its PID, which needs root or CAP_CHECKPOINT_RESTORE \
+             (or CAP_SYS_ADMIN), and godwit runs as uid {me} without them (CapEff {caps:#x})"
+        ),
+    })
 }
 
 /// What was collected from one live process while it was frozen.
@@ -308,6 +352,9 @@ pub fn dump(
     progress: &dyn Progress,
 ) -> Result<DumpReport> {
     precheck(pid)?;
+    if !opts.leave_running {
+        check_can_restore(pid)?;
+    }
     let writer = ImageWriter::create(dir)?.sync(!opts.no_sync);
     let end = if opts.leave_running {
         End::Release

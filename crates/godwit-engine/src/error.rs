@@ -11,6 +11,9 @@ pub enum EngineError {
     #[error("permission denied on process {pid}: {detail}")]
     PermissionDenied { pid: i32, detail: String },
 
+    #[error("process {pid}: not dumped, since the dump would end it and you could not restore it: {why}. The process was left running as it was; dump it with --leave-running to keep it running, or run godwit as root")]
+    CouldNotRestore { pid: i32, why: String },
+
     #[error("process {pid} exited while {stage}; nothing was saved")]
     ProcessExited { pid: i32, stage: &'static str },
 

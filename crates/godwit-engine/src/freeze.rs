@@ -30,6 +30,46 @@ pub struct Frozen {
     done: bool,
 }
 
+/// Why PTRACE_SEIZE of `tid` failed with EPERM, as far as /proc tells:
+/// another tracer (named), a kernel thread, Yama, or (not root) another
+/// user's process.
+fn why_not_traced(tid: i32, e: &godwit_sys::SysError) -> String {
+    const PF_KTHREAD: u64 = 0x0020_0000;
+    let tracer = proc::status(tid).map_or(0, |s| s.tracer_pid);
+    if tracer > 0 {
+        let comm = proc::stat(tracer).map_or_else(|_| "?".into(), |s| s.comm);
+        return format!(
+            "cannot trace thread {tid}: it is already traced by PID {tracer} ({comm}), \
+             a debugger or tracer; detach it (or end PID {tracer}) and dump again"
+        );
+    }
+    if proc::stat(tid).is_ok_and(|s| s.flags & PF_KTHREAD != 0) {
+        return format!("cannot trace thread {tid}: it is a kernel thread, which cannot be dumped");
+    }
+    let yama = std::fs::read_to_string("/proc/sys/kernel/yama/ptrace_scope")
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok());
+    if process::euid() != 0 {
+        return format!(
+            "cannot trace thread {tid} ({e}); is it another user's process, or is another debugger attached?"
+        );
+    }
+    match yama {
+        Some(3) => format!(
+            "cannot trace thread {tid} ({e}): ptrace is disabled on this host \
+             (kernel.yama.ptrace_scope = 3, which only a reboot lifts)"
+        ),
+        Some(2) => format!(
+            "cannot trace thread {tid} ({e}): kernel.yama.ptrace_scope = 2 lets only \
+             CAP_SYS_PTRACE trace; run godwit with it"
+        ),
+        _ => format!(
+            "cannot trace thread {tid} ({e}), though godwit runs as root and no tracer holds it; \
+             a security module (SELinux, AppArmor, Yama) may forbid it"
+        ),
+    }
+}
+
 impl Frozen {
     /// Seizes and stops every thread of `pid`, looping until no new thread appears.
     pub fn freeze(pid: i32) -> Result<Frozen> {
@@ -64,9 +104,7 @@ impl Frozen {
                     Err(e) if e.errno() == Some(libc::EPERM) => {
                         return Err(EngineError::PermissionDenied {
                             pid,
-                            detail: format!(
-                                "cannot trace thread {tid} ({e}); is another debugger attached, or is it another user's process?"
-                            ),
+                            detail: why_not_traced(tid, &e),
                         })
                     }
                     Err(e) => return Err(e).dumping(pid, "attaching to threads"),
@@ -300,7 +338,7 @@ fn freeze_tree_v1(root: i32, cg: CgroupFreeze) -> Result<Vec<Member>> {
                 Err(e) if e.errno() == Some(libc::EPERM) => {
                     return Err(EngineError::PermissionDenied {
                         pid,
-                        detail: format!("cannot trace thread {tid} ({e})"),
+                        detail: why_not_traced(tid, &e),
                     })
                 }
                 Err(e) => return Err(e).dumping(pid, "attaching to threads"),

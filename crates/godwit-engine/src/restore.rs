@@ -219,7 +219,11 @@ pub fn restore_from(
         )));
     }
     // The namespace's init is forked from us: do it before the page files
-    // are mapped, or it would keep them alive as long as it lives.
+    // are mapped, or it would keep them alive as long as it lives. It is a
+    // process too: with --pid-ns the page files are checked (read) first.
+    if opts.pid_ns {
+        reader.verify_pages()?;
+    }
     let mut ns = if opts.pid_ns {
         if procs.iter().any(|p| p.pid == 1) {
             return Err(EngineError::BadImage(
@@ -254,16 +258,16 @@ pub fn restore_from(
         ms = t0.elapsed().as_secs_f64() * 1e3,
         "checked, page files mapped"
     );
-    // Checksums are verified while the processes are being rebuilt; the
-    // result is awaited before any of them may run.
-    let ns_init = ns.as_ref().map(|n| n.init_pid());
-    let host_pid = std::thread::scope(|s| {
-        let (tx, rx) = std::sync::mpsc::channel();
-        let reader = &reader;
+    // Every checksum is verified before any process (or SysV segment) is
+    // created: a corrupt image must leave nothing behind, not even for a
+    // moment a process holding the image's PID.
+    if !opts.pid_ns {
         let maps: Vec<&godwit_image::MappedPages> = mapped.iter().map(|(_, _, m)| m).collect();
-        s.spawn(move || {
-            let _ = tx.send(reader.verify_mapped(&maps));
-        });
+        reader.verify_mapped(&maps)?;
+    }
+    tracing::debug!(ms = t0.elapsed().as_secs_f64() * 1e3, "verified");
+    let ns_init = ns.as_ref().map(|n| n.init_pid());
+    let host_pid = {
         let pages: Vec<memory::Pages> = procs
             .iter()
             .map(|p| {
@@ -285,16 +289,10 @@ pub fn restore_from(
             pages: &pages,
             shell_job,
         };
-        let verified = || match rx.recv() {
-            Ok(r) => r.map_err(EngineError::from),
-            Err(_) => Err(EngineError::BadImage(
-                "page verification did not finish".into(),
-            )),
-        };
-        let pid = resurrect(procs, ns.as_mut(), &plans, progress, verified, gate)?;
+        let pid = resurrect(procs, ns.as_mut(), &plans, progress, gate)?;
         segments.keep();
-        Ok::<_, EngineError>(pid)
-    })?;
+        pid
+    };
     // The process runs. Unmapping the page files costs ~30 ms per GiB: off
     // the caller's time.
     std::thread::spawn(move || drop(mapped));
@@ -319,14 +317,13 @@ struct Plans<'a> {
     shell_job: bool,
 }
 
-/// Creates the processes, rebuilds them, and (once `verified` says the image
-/// is sound) lets them run. Returns the root's PID on the host.
+/// Creates the processes, rebuilds them (from a verified image), and lets
+/// them run. Returns the root's PID on the host.
 fn resurrect(
     procs: &[Process],
     mut ns: Option<&mut PidNamespace>,
     plans: &Plans,
     progress: &dyn Progress,
-    verified: impl FnOnce() -> Result<()>,
     gate: &dyn Fn(i32) -> Result<()>,
 ) -> Result<i32> {
     let Plans {
@@ -476,8 +473,6 @@ fn resurrect(
         }
     }
     tracing::debug!(ms = t0.elapsed().as_secs_f64() * 1e3, "registers loaded");
-    verified()?;
-    tracing::debug!(ms = t0.elapsed().as_secs_f64() * 1e3, "verified");
     plan.finish_terminals()?;
     // Godwit leaves the CPU it shared with the threads; each thread gets
     // the scheduling it had (older images: godwit's CPUs).

@@ -167,6 +167,12 @@ impl ImageReader {
         Ok(())
     }
 
+    /// Reads one page file (one of [`page_files`](Self::page_files)) through
+    /// xxh3 and compares its size and hash with the manifest.
+    pub fn verify_page_file(&self, info: &PageFileInfo) -> Result<(), ImageError> {
+        self.verify_one(info)
+    }
+
     fn verify_one(&self, info: &PageFileInfo) -> Result<(), ImageError> {
         let mut buf = vec![0u8; VERIFY_CHUNK];
         {

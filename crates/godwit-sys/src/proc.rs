@@ -190,6 +190,10 @@ pub struct Status {
     pub groups: Vec<u32>,
     pub umask: u32,
     pub tgid: i32,
+    /// The parent's PID (PPid).
+    pub ppid: i32,
+    /// The PID of the task tracing this one (TracerPid), 0 if none.
+    pub tracer_pid: i32,
     /// The PID in each nested PID namespace, outermost first.
     pub nspid: Vec<i32>,
     pub cap_eff: u64,
@@ -235,6 +239,8 @@ pub fn parse_status(text: &str, path: &str) -> Result<Status> {
             }
             "Umask" => st.umask = u32::from_str_radix(v, 8).map_err(|_| bad(path, "bad Umask"))?,
             "Tgid" => st.tgid = v.parse().map_err(|_| bad(path, "bad Tgid"))?,
+            "PPid" => st.ppid = v.parse().map_err(|_| bad(path, "bad PPid"))?,
+            "TracerPid" => st.tracer_pid = v.parse().map_err(|_| bad(path, "bad TracerPid"))?,
             "NSpid" => {
                 st.nspid = v
                     .split_whitespace()

@@ -341,9 +341,18 @@ pub fn restore_dumpable(r: &Remote, p: &Process) -> Result<()> {
 
 /// Refuses a restore whose executable is gone.
 pub fn check(p: &Process) -> Result<()> {
-    std::fs::metadata(&p.exe).map_err(|e| EngineError::FileChanged {
+    // --allow-file-changes cannot help here: the file must be there.
+    std::fs::metadata(&p.exe).map_err(|e| EngineError::FileMissing {
         path: p.exe.clone(),
-        detail: format!("the executable cannot be opened ({e})"),
+        detail: if e.kind() == std::io::ErrorKind::NotFound {
+            format!(
+                "the executable of process {} is gone; it must exist at the same path \
+                 (put it back there, e.g. from a backup) before the image can be restored",
+                p.pid
+            )
+        } else {
+            format!("the executable of process {} cannot be read ({e})", p.pid)
+        },
     })?;
     Ok(())
 }

@@ -1127,9 +1127,16 @@ pub fn check_files(vmas: &[Vma], allow_changes: bool) -> Result<()> {
         if v.path.is_empty() {
             continue;
         }
-        let md = std::fs::metadata(&v.path).map_err(|e| EngineError::FileChanged {
+        // --allow-file-changes cannot help here: the file must be there.
+        let md = std::fs::metadata(&v.path).map_err(|e| EngineError::FileMissing {
             path: v.path.clone(),
-            detail: format!("the mapped file cannot be opened ({e})"),
+            detail: if e.kind() == std::io::ErrorKind::NotFound {
+                "the file the process had mapped is gone; it must exist at the same path \
+                 (put it back there, e.g. from a backup) before the image can be restored"
+                    .to_string()
+            } else {
+                format!("the file the process had mapped cannot be read ({e})")
+            },
         })?;
         if md.size() != v.file_size && !allow_changes {
             return Err(EngineError::FileChanged {
