@@ -12,7 +12,6 @@ use godwit_names::Names;
 use godwit_net::http::{HttpRequest, HttpResponse};
 use godwit_net::{ChannelKind, ClientTls, NetError, Token};
 use serde_json::{json, Value};
-use tokio::io::AsyncReadExt;
 
 const ADMIN: &str = "test-token-0123456789";
 const READER: &str = "reader-token-0123456789";
