@@ -182,6 +182,7 @@ pub fn restore_from(
         caps::check(p)?;
         memory::check_files(&p.vmas, opts.allow_file_changes)?;
         files::check(&p.fds, opts.allow_file_changes)?;
+        files::check_pipe_sizes(p.pid, &p.fds)?;
         sockets::tcp::check(p, opts.tcp_established)?;
     }
     for id in procs

@@ -255,6 +255,13 @@ pub fn set_pipe_size(fd: &OwnedFd, bytes: usize) -> Result<()> {
     check(r as i64, "fcntl(F_SETPIPE_SZ)", "pipe").map(drop)
 }
 
+/// The buffer size of a pipe or FIFO we hold (F_GETPIPE_SZ).
+pub fn pipe_size(fd: impl AsFd) -> Result<u32> {
+    // SAFETY: plain integer fcntl on a descriptor we hold.
+    let r = unsafe { libc::fcntl(fd.as_fd().as_raw_fd(), libc::F_GETPIPE_SZ) };
+    check(r as i64, "fcntl(F_GETPIPE_SZ)", "pipe").map(|n| n as u32)
+}
+
 /// write(2) on a raw descriptor; returns the bytes written.
 pub fn write(fd: i32, data: &[u8]) -> Result<usize> {
     // SAFETY: `data` is a valid buffer of `data.len()` bytes.

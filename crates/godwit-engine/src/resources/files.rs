@@ -154,6 +154,15 @@ pub fn dump(pid: i32) -> Result<Files> {
         }
         fds.push(e);
     }
+    for e in fds.iter_mut().filter(|e| is_pipe_like(e)) {
+        let stage = "reading pipe buffer sizes";
+        let pfd = match &pidfd {
+            Some(p) => p,
+            None => pidfd.insert(process::pidfd_open(pid).dumping(pid, stage)?),
+        };
+        let ours = process::pidfd_getfd(pfd, e.fd).dumping(pid, stage)?;
+        e.pipe_size = process::pipe_size(&ours).dumping(pid, stage)?;
+    }
     for f in fds.iter().filter(|f| f.kind == FdKind::Epoll as i32) {
         for t in &f.epoll {
             if !fds.iter().any(|x| x.fd == t.fd) {
@@ -175,6 +184,81 @@ pub fn dump(pid: i32) -> Result<Files> {
     }
     let pipes = Vec::new();
     Ok(Files { fds, pipes, cwd })
+}
+
+fn is_pipe_like(f: &Fd) -> bool {
+    f.kind == FdKind::Pipe as i32 || f.kind == FdKind::Fifo as i32
+}
+
+/// The largest pipe buffer an unprivileged process may ask for here
+/// (/proc/sys/fs/pipe-max-size).
+fn pipe_max_size() -> Option<u64> {
+    std::fs::read_to_string("/proc/sys/fs/pipe-max-size")
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Whether godwit itself has CAP_SYS_RESOURCE (capability 24), which lifts
+/// pipe-max-size.
+fn has_cap_sys_resource() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        })
+        .is_some_and(|caps| caps & (1 << 24) != 0)
+}
+
+/// Refuses, before anything is created, the restore of process `pid` when
+/// one of its pipes or FIFOs had a buffer larger than this host lets godwit
+/// make (above pipe-max-size, without CAP_SYS_RESOURCE).
+pub fn check_pipe_sizes(pid: i32, fds: &[Fd]) -> Result<()> {
+    let Some(max) = pipe_max_size() else {
+        return Ok(());
+    };
+    for f in fds.iter().filter(|f| is_pipe_like(f)) {
+        if u64::from(f.pipe_size) > max && !has_cap_sys_resource() {
+            return Err(EngineError::Refused {
+                pid,
+                what: pipe_size_refusal(f, &format!("this host's fs.pipe-max-size is {max} bytes and godwit lacks CAP_SYS_RESOURCE")),
+            });
+        }
+    }
+    Ok(())
+}
+
+fn pipe_size_refusal(f: &Fd, why: &str) -> String {
+    let what = if f.kind == FdKind::Fifo as i32 {
+        format!("the FIFO {}", f.path)
+    } else {
+        format!("pipe:[{}]", f.pipe_id)
+    };
+    format!(
+        "fd {} ({what}) had a {}-byte buffer, which cannot be made again ({why}); \
+         raise the limit (sysctl fs.pipe-max-size={}) or restore with CAP_SYS_RESOURCE",
+        f.fd, f.pipe_size, f.pipe_size
+    )
+}
+
+/// Gives new pipe or FIFO descriptor `fd` (of `r`) the buffer size it had.
+fn restore_pipe_size(r: &Remote, fd: u64, f: &Fd) -> Result<()> {
+    if f.pipe_size == 0 || !is_pipe_like(f) {
+        return Ok(());
+    }
+    r.call(
+        "fcntl(F_SETPIPE_SZ)",
+        libc::SYS_fcntl,
+        [fd, libc::F_SETPIPE_SZ as u64, f.pipe_size as u64, 0, 0, 0],
+    )
+    .map_err(|e| EngineError::Refused {
+        pid: r.pid,
+        what: pipe_size_refusal(f, &e.to_string()),
+    })?;
+    Ok(())
 }
 
 fn is_write_end(f: &Fd) -> bool {
@@ -673,6 +757,9 @@ impl FdPlan {
     /// Moves new descriptor `fd` to the staging number of description `id`.
     fn to_stage(&self, r: &Remote, fd: u64, id: u64) -> Result<()> {
         let pid = r.pid;
+        if let Some((_, f)) = self.descs.get(&id) {
+            restore_pipe_size(r, fd, f)?;
+        }
         r.call("dup3", libc::SYS_dup3, [fd, self.stage(id), 0, 0, 0, 0])
             .restoring(pid, "opening files")?;
         r.call("close", libc::SYS_close, [fd, 0, 0, 0, 0, 0])
@@ -774,7 +861,9 @@ impl FdPlan {
             if let (false, Some(w)) = (data.is_empty(), wr_stage) {
                 let pidfd = process::pidfd_open(pid).restoring(pid, "refilling pipes")?;
                 let w = process::pidfd_getfd(&pidfd, w as i32).restoring(pid, "refilling pipes")?;
-                if data.len() > 65536 {
+                // The buffer already has its saved size (to_stage); older
+                // images have none, and the data needs room.
+                if data.len() > 65536.max(f.pipe_size as usize) {
                     process::set_pipe_size(&w, data.len()).restoring(pid, "refilling pipes")?;
                 }
                 write_all_fd(&w, data).restoring(pid, "refilling pipes")?;
@@ -933,6 +1022,8 @@ impl FdPlan {
         if !data.is_empty() {
             let pidfd = process::pidfd_open(pid).restoring(pid, "refilling FIFOs")?;
             let w = process::pidfd_getfd(&pidfd, both as i32).restoring(pid, "refilling FIFOs")?;
+            // Room for the data now; the saved size is set once the FIFO
+            // is opened with its flags (to_stage), and holds the data.
             if data.len() > 65536 {
                 process::set_pipe_size(&w, data.len()).restoring(pid, "refilling FIFOs")?;
             }
