@@ -37,6 +37,7 @@ case!(procattrs);
 case!(locks);
 case!(numa);
 case!(pipesz);
+case!(fasync);
 
 /// A pipe whose buffer is larger than this host lets godwit make (here:
 /// fs.pipe-max-size lowered below it between dump and restore, godwit

@@ -451,6 +451,7 @@ fn resurrect(
         .map(|o| o.as_ref().map(|(r, _)| *r))
         .collect();
     plan.restore_foreground(procs, &processes)?;
+    files::restore_async(procs, &processes)?;
     // Phase 4: credentials and capabilities, last: after them we may no
     // longer be allowed the rest; then what changing them reset.
     for (i, p) in procs.iter().enumerate() {

@@ -154,14 +154,20 @@ pub fn dump(pid: i32) -> Result<Files> {
         }
         fds.push(e);
     }
-    for e in fds.iter_mut().filter(|e| is_pipe_like(e)) {
-        let stage = "reading pipe buffer sizes";
+    // What belongs to the open file description itself: the pipe buffer
+    // size, the owner of I/O signals (O_ASYNC, SIGURG) and their signal.
+    for e in fds.iter_mut() {
+        let stage = "reading descriptor owners and pipe sizes";
         let pfd = match &pidfd {
             Some(p) => p,
             None => pidfd.insert(process::pidfd_open(pid).dumping(pid, stage)?),
         };
         let ours = process::pidfd_getfd(pfd, e.fd).dumping(pid, stage)?;
-        e.pipe_size = process::pipe_size(&ours).dumping(pid, stage)?;
+        if is_pipe_like(e) {
+            e.pipe_size = process::pipe_size(&ours).dumping(pid, stage)?;
+        }
+        (e.owner_type, e.owner_pid) = process::fd_owner(&ours).dumping(pid, stage)?;
+        e.signal = process::fd_signal(&ours).dumping(pid, stage)?;
     }
     for f in fds.iter().filter(|f| f.kind == FdKind::Epoll as i32) {
         for t in &f.epoll {
@@ -1132,6 +1138,70 @@ impl FdPlan {
         }
         Ok(())
     }
+}
+
+/// Once every process, thread and process group of the tree exists: the
+/// owner of I/O signals (F_SETOWN_EX, kept as the same PID/TID/PGID since
+/// those are kept), their signal (F_SETSIG), then O_ASYNC at each fd's own
+/// number (the kernel records the fd number for the signal's si_fd).
+pub fn restore_async(procs: &[Process], remotes: &[Option<Remote>]) -> Result<()> {
+    for (p, r) in procs.iter().zip(remotes) {
+        let Some(r) = r else { continue };
+        let pid = r.pid;
+        let stage = "restoring I/O signal owners (O_ASYNC)";
+        for f in &p.fds {
+            let fd = f.fd as u64;
+            if f.signal != 0 {
+                r.call(
+                    "fcntl(F_SETSIG)",
+                    libc::SYS_fcntl,
+                    [fd, process::F_SETSIG as u64, f.signal as u64, 0, 0, 0],
+                )
+                .restoring(pid, stage)?;
+            }
+            if f.owner_pid != 0 {
+                let mut owner = Vec::with_capacity(8);
+                owner.extend_from_slice(&f.owner_type.to_le_bytes());
+                owner.extend_from_slice(&f.owner_pid.to_le_bytes());
+                let a = r.put(0, &owner).restoring(pid, stage)?;
+                r.call(
+                    "fcntl(F_SETOWN_EX)",
+                    libc::SYS_fcntl,
+                    [fd, process::F_SETOWN_EX as u64, a, 0, 0, 0],
+                )
+                .map_err(|e| EngineError::Refused {
+                    pid,
+                    what: format!(
+                        "fd {} sent its I/O signals to {} {}, which cannot be made its owner again ({e}); \
+                         that process must exist (restore the tree that holds it)",
+                        f.fd,
+                        match f.owner_type {
+                            process::F_OWNER_TID => "thread",
+                            process::F_OWNER_PGRP => "process group",
+                            _ => "process",
+                        },
+                        f.owner_pid
+                    ),
+                })?;
+            }
+            if f.flags & libc::O_ASYNC as u32 != 0 {
+                let status = (f.flags
+                    & (libc::O_APPEND | libc::O_NONBLOCK | libc::O_DIRECT | libc::O_NOATIME) as u32)
+                    as u64;
+                // Off, then on: open(2) may have left O_ASYNC in the flags
+                // without registering the fd for signals.
+                for flags in [status, status | libc::O_ASYNC as u64] {
+                    r.call(
+                        "fcntl(F_SETFL)",
+                        libc::SYS_fcntl,
+                        [fd, libc::F_SETFL as u64, flags, 0, 0, 0],
+                    )
+                    .restoring(pid, stage)?;
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Enters the working directory of the restored process.
