@@ -38,6 +38,7 @@ case!(locks);
 case!(numa);
 case!(pipesz);
 case!(fasync);
+case!(filemeta);
 
 /// A pipe whose buffer is larger than this host lets godwit make (here:
 /// fs.pipe-max-size lowered below it between dump and restore, godwit

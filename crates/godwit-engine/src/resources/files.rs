@@ -442,7 +442,21 @@ fn save_deleted(pid: i32, fd: i32, e: &mut Fd) -> Result<()> {
             ),
         ));
     }
-    e.deleted_data = std::fs::read(&link).map_err(|err| EngineError::Sys {
+    // Without touching its access time (O_NOATIME needs to own the file
+    // or CAP_FOWNER; otherwise it is read plainly).
+    let open = |noatime: bool| {
+        let mut o = std::fs::OpenOptions::new();
+        o.read(true);
+        if noatime {
+            std::os::unix::fs::OpenOptionsExt::custom_flags(&mut o, libc::O_NOATIME);
+        }
+        o.open(&link)
+    };
+    let read = open(true).or_else(|_| open(false)).and_then(|mut file| {
+        let mut data = Vec::new();
+        file.read_to_end(&mut data).map(|_| data)
+    });
+    e.deleted_data = read.map_err(|err| EngineError::Sys {
         pid,
         stage: "reading a deleted file",
         source: godwit_sys::SysError::Proc {
@@ -454,6 +468,50 @@ fn save_deleted(pid: i32, fd: i32, e: &mut Fd) -> Result<()> {
     e.kind = FdKind::Regular as i32;
     e.size = e.deleted_data.len() as u64;
     e.mode = md.mode() & 0o7777;
+    e.uid = md.uid();
+    e.gid = md.gid();
+    e.atime_ns = md.atime() * 1_000_000_000 + md.atime_nsec();
+    e.mtime_ns = md.mtime() * 1_000_000_000 + md.mtime_nsec();
+    Ok(())
+}
+
+fn system_time(ns: i64) -> std::time::SystemTime {
+    let d = std::time::Duration::from_nanos(ns.unsigned_abs());
+    if ns >= 0 {
+        std::time::UNIX_EPOCH + d
+    } else {
+        std::time::UNIX_EPOCH - d
+    }
+}
+
+/// Gives a recreated deleted file (`file`, at `tmp`) the owner, mode and
+/// times it had: chown first (it clears set-id bits), then the mode, and
+/// the times last (the rest changes only the ctime, which cannot be set).
+fn set_deleted_meta(pid: i32, f: &Fd, file: &std::fs::File, tmp: &str) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let fail = |what: &str, e: std::io::Error| EngineError::Restore {
+        pid,
+        stage: "recreating a deleted file",
+        source: godwit_sys::SysError::Proc {
+            path: tmp.to_string(),
+            detail: format!("fd {} (deleted {}): {what}: {e}", f.fd, f.path),
+        },
+    };
+    let md = file.metadata().map_err(|e| fail("stat", e))?;
+    if (md.uid(), md.gid()) != (f.uid, f.gid) {
+        std::os::unix::fs::fchown(file, Some(f.uid), Some(f.gid))
+            .map_err(|e| fail(&format!("setting its owner {}:{}", f.uid, f.gid), e))?;
+    }
+    file.set_permissions(std::fs::Permissions::from_mode(f.mode))
+        .map_err(|e| fail(&format!("setting its mode {:o}", f.mode), e))?;
+    // Older images have no times.
+    if f.atime_ns != 0 || f.mtime_ns != 0 {
+        let times = std::fs::FileTimes::new()
+            .set_accessed(system_time(f.atime_ns))
+            .set_modified(system_time(f.mtime_ns));
+        file.set_times(times)
+            .map_err(|e| fail("setting its access and modification times", e))?;
+    }
     Ok(())
 }
 
@@ -486,15 +544,18 @@ fn recreate_deleted(r: &Remote, f: &Fd, oflags: u32) -> Result<u64> {
         })?;
     let pidfd = process::pidfd_open(pid).restoring(pid, stage)?;
     let ours = process::pidfd_getfd(&pidfd, wfd as i32).restoring(pid, stage)?;
-    std::os::unix::fs::FileExt::write_all_at(&std::fs::File::from(ours), &f.deleted_data, 0)
-        .map_err(|e| EngineError::Restore {
+    let file = std::fs::File::from(ours);
+    std::os::unix::fs::FileExt::write_all_at(&file, &f.deleted_data, 0).map_err(|e| {
+        EngineError::Restore {
             pid,
             stage,
             source: godwit_sys::SysError::Proc {
                 path: tmp.clone(),
                 detail: e.to_string(),
             },
-        })?;
+        }
+    })?;
+    set_deleted_meta(pid, f, &file, &tmp)?;
     let fd = r
         .call(
             "openat",
