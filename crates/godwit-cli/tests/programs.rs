@@ -39,6 +39,7 @@ case!(numa);
 case!(pipesz);
 case!(fasync);
 case!(filemeta);
+case!(sparse);
 
 /// A pipe whose buffer is larger than this host lets godwit make (here:
 /// fs.pipe-max-size lowered below it between dump and restore, godwit

@@ -6,7 +6,7 @@
 use crate::error::{DumpCtx, EngineError, RestoreCtx, Result};
 use crate::remote::Remote;
 use crate::resources::{anon, memory, sockets, tty};
-use crate::schema::{EpollTarget, Fd, FdKind, Pipe, Process};
+use crate::schema::{EpollTarget, Extent, Fd, FdKind, Pipe, Process};
 use godwit_sys::{proc, process};
 use std::collections::{BTreeMap, HashMap};
 use std::io::Read;
@@ -431,17 +431,6 @@ fn save_deleted(pid: i32, fd: i32, e: &mut Fd) -> Result<()> {
             format!("a deleted non-regular file {}", e.path),
         ));
     }
-    if md.size() > MAX_DELETED {
-        return Err(unsupported(
-            pid,
-            fd,
-            format!(
-                "a deleted file of {} bytes ({}); at most {MAX_DELETED} are kept",
-                md.size(),
-                e.path
-            ),
-        ));
-    }
     // Without touching its access time (O_NOATIME needs to own the file
     // or CAP_FOWNER; otherwise it is read plainly).
     let open = |noatime: bool| {
@@ -452,27 +441,82 @@ fn save_deleted(pid: i32, fd: i32, e: &mut Fd) -> Result<()> {
         }
         o.open(&link)
     };
-    let read = open(true).or_else(|_| open(false)).and_then(|mut file| {
-        let mut data = Vec::new();
-        file.read_to_end(&mut data).map(|_| data)
-    });
-    e.deleted_data = read.map_err(|err| EngineError::Sys {
+    let read_err = |err: std::io::Error| EngineError::Sys {
         pid,
         stage: "reading a deleted file",
         source: godwit_sys::SysError::Proc {
             path: link.clone(),
             detail: err.to_string(),
         },
-    })?;
+    };
+    let file = open(true).or_else(|_| open(false)).map_err(read_err)?;
+    // Only the ranges holding data; the holes are made again at restore.
+    let extents = data_extents(&file, md.size());
+    let stored: u64 = extents.iter().map(|x| x.length).sum();
+    if stored > MAX_DELETED {
+        return Err(unsupported(
+            pid,
+            fd,
+            format!(
+                "a deleted file holding {stored} bytes of data ({}); at most {MAX_DELETED} are kept",
+                e.path
+            ),
+        ));
+    }
+    let mut data = vec![0u8; stored as usize];
+    let mut at = 0usize;
+    for x in &extents {
+        let buf = &mut data[at..at + x.length as usize];
+        std::os::unix::fs::FileExt::read_exact_at(&file, buf, x.offset).map_err(read_err)?;
+        at += x.length as usize;
+    }
+    e.deleted_data = data;
+    e.extents = extents;
     e.deleted = true;
     e.kind = FdKind::Regular as i32;
-    e.size = e.deleted_data.len() as u64;
+    e.size = md.size();
     e.mode = md.mode() & 0o7777;
     e.uid = md.uid();
     e.gid = md.gid();
     e.atime_ns = md.atime() * 1_000_000_000 + md.atime_nsec();
     e.mtime_ns = md.mtime() * 1_000_000_000 + md.mtime_nsec();
     Ok(())
+}
+
+/// The ranges of `file` (of `size` bytes) that hold data, found with
+/// SEEK_DATA / SEEK_HOLE; the whole file on a filesystem that has neither.
+fn data_extents(file: &std::fs::File, size: u64) -> Vec<Extent> {
+    let mut out = Vec::new();
+    if size == 0 {
+        return out;
+    }
+    if process::seek_data(file, 0, false).is_none() {
+        // SEEK_HOLE from 0 always answers where it is supported.
+        out.push(Extent {
+            offset: 0,
+            length: size,
+        });
+        return out;
+    }
+    let mut pos = 0;
+    while pos < size {
+        // None: ENXIO, no data from here to the end.
+        let Some(start) = process::seek_data(file, pos, true).filter(|&s| s < size) else {
+            break;
+        };
+        let end = process::seek_data(file, start, false)
+            .unwrap_or(size)
+            .min(size);
+        if end <= start {
+            break;
+        }
+        out.push(Extent {
+            offset: start,
+            length: end - start,
+        });
+        pos = end;
+    }
+    out
 }
 
 fn system_time(ns: i64) -> std::time::SystemTime {
@@ -545,16 +589,39 @@ fn recreate_deleted(r: &Remote, f: &Fd, oflags: u32) -> Result<u64> {
     let pidfd = process::pidfd_open(pid).restoring(pid, stage)?;
     let ours = process::pidfd_getfd(&pidfd, wfd as i32).restoring(pid, stage)?;
     let file = std::fs::File::from(ours);
-    std::os::unix::fs::FileExt::write_all_at(&file, &f.deleted_data, 0).map_err(|e| {
-        EngineError::Restore {
-            pid,
-            stage,
-            source: godwit_sys::SysError::Proc {
-                path: tmp.clone(),
-                detail: e.to_string(),
-            },
-        }
-    })?;
+    let write_err = |e: std::io::Error| EngineError::Restore {
+        pid,
+        stage,
+        source: godwit_sys::SysError::Proc {
+            path: tmp.clone(),
+            detail: format!("fd {} (deleted {}): {e}", f.fd, f.path),
+        },
+    };
+    // The size first (all hole), then the data ranges: what was a hole
+    // stays one. Older images have no ranges: the data is the whole file.
+    file.set_len(f.size.max(f.deleted_data.len() as u64))
+        .map_err(write_err)?;
+    let whole = [Extent {
+        offset: 0,
+        length: f.deleted_data.len() as u64,
+    }];
+    let extents = if f.extents.is_empty() {
+        &whole[..]
+    } else {
+        &f.extents[..]
+    };
+    let mut at = 0usize;
+    for x in extents {
+        let end = at.saturating_add(x.length as usize);
+        let part = f.deleted_data.get(at..end).ok_or_else(|| {
+            EngineError::BadImage(format!(
+                "fd {} (deleted {}): its data ranges go past its saved data",
+                f.fd, f.path
+            ))
+        })?;
+        std::os::unix::fs::FileExt::write_all_at(&file, part, x.offset).map_err(write_err)?;
+        at = end;
+    }
     set_deleted_meta(pid, f, &file, &tmp)?;
     let fd = r
         .call(
