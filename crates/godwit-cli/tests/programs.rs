@@ -40,6 +40,7 @@ case!(pipesz);
 case!(fasync);
 case!(filemeta);
 case!(sparse);
+case!(memfdmeta);
 
 /// A pipe whose buffer is larger than this host lets godwit make (here:
 /// fs.pipe-max-size lowered below it between dump and restore, godwit

@@ -226,6 +226,12 @@ pub struct ShmemObject {
     pub uid: u32,
     #[prost(uint32, tag = "9")]
     pub gid: u32,
+    /// memfd: access and modification times (ns since the epoch); 0 in
+    /// older images (left as the restore makes them).
+    #[prost(int64, tag = "10")]
+    pub atime_ns: i64,
+    #[prost(int64, tag = "11")]
+    pub mtime_ns: i64,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]

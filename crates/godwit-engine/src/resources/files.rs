@@ -519,7 +519,8 @@ fn data_extents(file: &std::fs::File, size: u64) -> Vec<Extent> {
     out
 }
 
-fn system_time(ns: i64) -> std::time::SystemTime {
+/// `ns` nanoseconds since the epoch (before it when negative).
+pub(crate) fn system_time(ns: i64) -> std::time::SystemTime {
     let d = std::time::Duration::from_nanos(ns.unsigned_abs());
     if ns >= 0 {
         std::time::UNIX_EPOCH + d
