@@ -36,6 +36,55 @@ case!(caps);
 case!(procattrs);
 case!(locks);
 case!(numa);
+case!(pipesz);
+case!(fasync);
+case!(filemeta);
+case!(sparse);
+case!(memfdmeta);
+
+/// A pipe whose buffer is larger than this host lets godwit make (here:
+/// fs.pipe-max-size lowered below it between dump and restore, godwit
+/// lacking CAP_SYS_RESOURCE) is refused before anything is created, naming
+/// the fd and what to do; with the limit back, the same image restores.
+#[test]
+fn pipe_larger_than_the_host_allows_is_refused() {
+    use common::*;
+    const KNOB: &str = "/proc/sys/fs/pipe-max-size";
+    struct Knob(String);
+    impl Drop for Knob {
+        fn drop(&mut self) {
+            let _ = std::fs::write(KNOB, &self.0);
+        }
+    }
+    let caps = std::fs::read_to_string("/proc/self/status").unwrap();
+    let eff = caps
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .map(|v| u64::from_str_radix(v.trim(), 16).unwrap())
+        .unwrap();
+    if eff & (1 << 24) != 0 {
+        eprintln!("skipped: CAP_SYS_RESOURCE lifts pipe-max-size here");
+        return;
+    }
+    let mut p = Proc::test_prog_with("pipesz", &["max"]);
+    p.dump(&[]);
+    p.end_original();
+    let img = p.images();
+    let out = {
+        let _knob = Knob(std::fs::read_to_string(KNOB).unwrap());
+        std::fs::write(KNOB, "524288").unwrap();
+        godwit(&["restore", "--images", img.to_str().unwrap()])
+    };
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "restore passed: {err}");
+    assert!(
+        err.contains("1048576-byte buffer") && err.contains("fd ") && err.contains("pipe-max-size"),
+        "{err}"
+    );
+    assert!(gone(p.pid), "a refused restore left process {}", p.pid);
+    p.restore();
+    assert_eq!(p.verdict(), "PASS");
+}
 
 /// After a --leave-running dump of a test program: the original passes its
 /// check; then it is ended, the copy restored from the image, and that

@@ -182,6 +182,7 @@ pub fn restore_from(
         caps::check(p)?;
         memory::check_files(&p.vmas, opts.allow_file_changes)?;
         files::check(&p.fds, opts.allow_file_changes)?;
+        files::check_pipe_sizes(p.pid, &p.fds)?;
         sockets::tcp::check(p, opts.tcp_established)?;
     }
     for id in procs
@@ -447,6 +448,7 @@ fn resurrect(
         .map(|o| o.as_ref().map(|(r, _)| *r))
         .collect();
     plan.restore_foreground(procs, &processes)?;
+    files::restore_async(procs, &processes)?;
     // Phase 4: credentials and capabilities, last: after them we may no
     // longer be allowed the rest; then what changing them reset.
     for (i, p) in procs.iter().enumerate() {

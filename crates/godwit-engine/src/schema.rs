@@ -226,6 +226,12 @@ pub struct ShmemObject {
     pub uid: u32,
     #[prost(uint32, tag = "9")]
     pub gid: u32,
+    /// memfd: access and modification times (ns since the epoch); 0 in
+    /// older images (left as the restore makes them).
+    #[prost(int64, tag = "10")]
+    pub atime_ns: i64,
+    #[prost(int64, tag = "11")]
+    pub mtime_ns: i64,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -533,6 +539,41 @@ pub struct Fd {
     /// File locks held through this descriptor (resources::locks).
     #[prost(message, repeated, tag = "19")]
     pub locks: Vec<FileLock>,
+    /// Pipes and FIFOs: the buffer size (F_GETPIPE_SZ); 0 in older images
+    /// (the default size is kept).
+    #[prost(uint32, tag = "20")]
+    pub pipe_size: u32,
+    /// The owner that receives SIGIO/SIGURG (F_GETOWN_EX): its type
+    /// (F_OWNER_TID 0, F_OWNER_PID 1, F_OWNER_PGRP 2) and id (0: none).
+    #[prost(int32, tag = "21")]
+    pub owner_type: i32,
+    #[prost(int32, tag = "22")]
+    pub owner_pid: i32,
+    /// The signal sent for I/O readiness (F_GETSIG; 0: SIGIO).
+    #[prost(int32, tag = "23")]
+    pub signal: i32,
+    /// Deleted files: owner, group and access time (the modification time
+    /// is `mtime_ns`).
+    #[prost(uint32, tag = "24")]
+    pub uid: u32,
+    #[prost(uint32, tag = "25")]
+    pub gid: u32,
+    #[prost(int64, tag = "26")]
+    pub atime_ns: i64,
+    /// Deleted files: the ranges holding data, in order; `deleted_data` is
+    /// their bytes one after the other, the rest of the file (up to `size`)
+    /// is holes. Empty in older images: `deleted_data` is then the whole file.
+    #[prost(message, repeated, tag = "27")]
+    pub extents: Vec<Extent>,
+}
+
+/// A range of a file holding data.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Extent {
+    #[prost(uint64, tag = "1")]
+    pub offset: u64,
+    #[prost(uint64, tag = "2")]
+    pub length: u64,
 }
 
 /// One side of a pseudo-terminal (resources::tty).

@@ -255,6 +255,41 @@ pub fn set_pipe_size(fd: &OwnedFd, bytes: usize) -> Result<()> {
     check(r as i64, "fcntl(F_SETPIPE_SZ)", "pipe").map(drop)
 }
 
+/// The buffer size of a pipe or FIFO we hold (F_GETPIPE_SZ).
+pub fn pipe_size(fd: impl AsFd) -> Result<u32> {
+    // SAFETY: plain integer fcntl on a descriptor we hold.
+    let r = unsafe { libc::fcntl(fd.as_fd().as_raw_fd(), libc::F_GETPIPE_SZ) };
+    check(r as i64, "fcntl(F_GETPIPE_SZ)", "pipe").map(|n| n as u32)
+}
+
+/// fcntl commands and owner types of <linux/fcntl.h> that libc lacks.
+pub const F_SETSIG: i32 = 10;
+pub const F_GETSIG: i32 = 11;
+pub const F_SETOWN_EX: i32 = 15;
+pub const F_GETOWN_EX: i32 = 16;
+pub const F_OWNER_TID: i32 = 0;
+pub const F_OWNER_PID: i32 = 1;
+pub const F_OWNER_PGRP: i32 = 2;
+
+/// The owner of a descriptor we hold, which I/O signals go to
+/// (F_GETOWN_EX): (F_OWNER_TID 0 / F_OWNER_PID 1 / F_OWNER_PGRP 2, id);
+/// id 0 when it has none.
+pub fn fd_owner(fd: impl AsFd) -> Result<(i32, i32)> {
+    // struct f_owner_ex { int type; pid_t pid; }
+    let mut owner = [0i32; 2];
+    // SAFETY: F_GETOWN_EX writes one struct f_owner_ex (two ints), which
+    // `owner` has room for.
+    let r = unsafe { libc::fcntl(fd.as_fd().as_raw_fd(), F_GETOWN_EX, owner.as_mut_ptr()) };
+    check(r as i64, "fcntl(F_GETOWN_EX)", "fd").map(|_| (owner[0], owner[1]))
+}
+
+/// The signal sent for I/O on a descriptor we hold (F_GETSIG; 0: SIGIO).
+pub fn fd_signal(fd: impl AsFd) -> Result<i32> {
+    // SAFETY: plain integer fcntl on a descriptor we hold.
+    let r = unsafe { libc::fcntl(fd.as_fd().as_raw_fd(), F_GETSIG) };
+    check(r as i64, "fcntl(F_GETSIG)", "fd").map(|s| s as i32)
+}
+
 /// write(2) on a raw descriptor; returns the bytes written.
 pub fn write(fd: i32, data: &[u8]) -> Result<usize> {
     // SAFETY: `data` is a valid buffer of `data.len()` bytes.

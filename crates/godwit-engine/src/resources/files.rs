@@ -6,7 +6,7 @@
 use crate::error::{DumpCtx, EngineError, RestoreCtx, Result};
 use crate::remote::Remote;
 use crate::resources::{anon, memory, sockets, tty};
-use crate::schema::{EpollTarget, Fd, FdKind, Pipe, Process};
+use crate::schema::{EpollTarget, Extent, Fd, FdKind, Pipe, Process};
 use godwit_sys::{proc, process};
 use std::collections::{BTreeMap, HashMap};
 use std::io::Read;
@@ -154,6 +154,21 @@ pub fn dump(pid: i32) -> Result<Files> {
         }
         fds.push(e);
     }
+    // What belongs to the open file description itself: the pipe buffer
+    // size, the owner of I/O signals (O_ASYNC, SIGURG) and their signal.
+    for e in fds.iter_mut() {
+        let stage = "reading descriptor owners and pipe sizes";
+        let pfd = match &pidfd {
+            Some(p) => p,
+            None => pidfd.insert(process::pidfd_open(pid).dumping(pid, stage)?),
+        };
+        let ours = process::pidfd_getfd(pfd, e.fd).dumping(pid, stage)?;
+        if is_pipe_like(e) {
+            e.pipe_size = process::pipe_size(&ours).dumping(pid, stage)?;
+        }
+        (e.owner_type, e.owner_pid) = process::fd_owner(&ours).dumping(pid, stage)?;
+        e.signal = process::fd_signal(&ours).dumping(pid, stage)?;
+    }
     for f in fds.iter().filter(|f| f.kind == FdKind::Epoll as i32) {
         for t in &f.epoll {
             if !fds.iter().any(|x| x.fd == t.fd) {
@@ -175,6 +190,81 @@ pub fn dump(pid: i32) -> Result<Files> {
     }
     let pipes = Vec::new();
     Ok(Files { fds, pipes, cwd })
+}
+
+fn is_pipe_like(f: &Fd) -> bool {
+    f.kind == FdKind::Pipe as i32 || f.kind == FdKind::Fifo as i32
+}
+
+/// The largest pipe buffer an unprivileged process may ask for here
+/// (/proc/sys/fs/pipe-max-size).
+fn pipe_max_size() -> Option<u64> {
+    std::fs::read_to_string("/proc/sys/fs/pipe-max-size")
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Whether godwit itself has CAP_SYS_RESOURCE (capability 24), which lifts
+/// pipe-max-size.
+fn has_cap_sys_resource() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        })
+        .is_some_and(|caps| caps & (1 << 24) != 0)
+}
+
+/// Refuses, before anything is created, the restore of process `pid` when
+/// one of its pipes or FIFOs had a buffer larger than this host lets godwit
+/// make (above pipe-max-size, without CAP_SYS_RESOURCE).
+pub fn check_pipe_sizes(pid: i32, fds: &[Fd]) -> Result<()> {
+    let Some(max) = pipe_max_size() else {
+        return Ok(());
+    };
+    for f in fds.iter().filter(|f| is_pipe_like(f)) {
+        if u64::from(f.pipe_size) > max && !has_cap_sys_resource() {
+            return Err(EngineError::Refused {
+                pid,
+                what: pipe_size_refusal(f, &format!("this host's fs.pipe-max-size is {max} bytes and godwit lacks CAP_SYS_RESOURCE")),
+            });
+        }
+    }
+    Ok(())
+}
+
+fn pipe_size_refusal(f: &Fd, why: &str) -> String {
+    let what = if f.kind == FdKind::Fifo as i32 {
+        format!("the FIFO {}", f.path)
+    } else {
+        format!("pipe:[{}]", f.pipe_id)
+    };
+    format!(
+        "fd {} ({what}) had a {}-byte buffer, which cannot be made again ({why}); \
+         raise the limit (sysctl fs.pipe-max-size={}) or restore with CAP_SYS_RESOURCE",
+        f.fd, f.pipe_size, f.pipe_size
+    )
+}
+
+/// Gives new pipe or FIFO descriptor `fd` (of `r`) the buffer size it had.
+fn restore_pipe_size(r: &Remote, fd: u64, f: &Fd) -> Result<()> {
+    if f.pipe_size == 0 || !is_pipe_like(f) {
+        return Ok(());
+    }
+    r.call(
+        "fcntl(F_SETPIPE_SZ)",
+        libc::SYS_fcntl,
+        [fd, libc::F_SETPIPE_SZ as u64, f.pipe_size as u64, 0, 0, 0],
+    )
+    .map_err(|e| EngineError::Refused {
+        pid: r.pid,
+        what: pipe_size_refusal(f, &e.to_string()),
+    })?;
+    Ok(())
 }
 
 fn is_write_end(f: &Fd) -> bool {
@@ -341,29 +431,132 @@ fn save_deleted(pid: i32, fd: i32, e: &mut Fd) -> Result<()> {
             format!("a deleted non-regular file {}", e.path),
         ));
     }
-    if md.size() > MAX_DELETED {
-        return Err(unsupported(
-            pid,
-            fd,
-            format!(
-                "a deleted file of {} bytes ({}); at most {MAX_DELETED} are kept",
-                md.size(),
-                e.path
-            ),
-        ));
-    }
-    e.deleted_data = std::fs::read(&link).map_err(|err| EngineError::Sys {
+    // Without touching its access time (O_NOATIME needs to own the file
+    // or CAP_FOWNER; otherwise it is read plainly).
+    let open = |noatime: bool| {
+        let mut o = std::fs::OpenOptions::new();
+        o.read(true);
+        if noatime {
+            std::os::unix::fs::OpenOptionsExt::custom_flags(&mut o, libc::O_NOATIME);
+        }
+        o.open(&link)
+    };
+    let read_err = |err: std::io::Error| EngineError::Sys {
         pid,
         stage: "reading a deleted file",
         source: godwit_sys::SysError::Proc {
             path: link.clone(),
             detail: err.to_string(),
         },
-    })?;
+    };
+    let file = open(true).or_else(|_| open(false)).map_err(read_err)?;
+    // Only the ranges holding data; the holes are made again at restore.
+    let extents = data_extents(&file, md.size());
+    let stored: u64 = extents.iter().map(|x| x.length).sum();
+    if stored > MAX_DELETED {
+        return Err(unsupported(
+            pid,
+            fd,
+            format!(
+                "a deleted file holding {stored} bytes of data ({}); at most {MAX_DELETED} are kept",
+                e.path
+            ),
+        ));
+    }
+    let mut data = vec![0u8; stored as usize];
+    let mut at = 0usize;
+    for x in &extents {
+        let buf = &mut data[at..at + x.length as usize];
+        std::os::unix::fs::FileExt::read_exact_at(&file, buf, x.offset).map_err(read_err)?;
+        at += x.length as usize;
+    }
+    e.deleted_data = data;
+    e.extents = extents;
     e.deleted = true;
     e.kind = FdKind::Regular as i32;
-    e.size = e.deleted_data.len() as u64;
+    e.size = md.size();
     e.mode = md.mode() & 0o7777;
+    e.uid = md.uid();
+    e.gid = md.gid();
+    e.atime_ns = md.atime() * 1_000_000_000 + md.atime_nsec();
+    e.mtime_ns = md.mtime() * 1_000_000_000 + md.mtime_nsec();
+    Ok(())
+}
+
+/// The ranges of `file` (of `size` bytes) that hold data, found with
+/// SEEK_DATA / SEEK_HOLE; the whole file on a filesystem that has neither.
+fn data_extents(file: &std::fs::File, size: u64) -> Vec<Extent> {
+    let mut out = Vec::new();
+    if size == 0 {
+        return out;
+    }
+    if process::seek_data(file, 0, false).is_none() {
+        // SEEK_HOLE from 0 always answers where it is supported.
+        out.push(Extent {
+            offset: 0,
+            length: size,
+        });
+        return out;
+    }
+    let mut pos = 0;
+    while pos < size {
+        // None: ENXIO, no data from here to the end.
+        let Some(start) = process::seek_data(file, pos, true).filter(|&s| s < size) else {
+            break;
+        };
+        let end = process::seek_data(file, start, false)
+            .unwrap_or(size)
+            .min(size);
+        if end <= start {
+            break;
+        }
+        out.push(Extent {
+            offset: start,
+            length: end - start,
+        });
+        pos = end;
+    }
+    out
+}
+
+/// `ns` nanoseconds since the epoch (before it when negative).
+pub(crate) fn system_time(ns: i64) -> std::time::SystemTime {
+    let d = std::time::Duration::from_nanos(ns.unsigned_abs());
+    if ns >= 0 {
+        std::time::UNIX_EPOCH + d
+    } else {
+        std::time::UNIX_EPOCH - d
+    }
+}
+
+/// Gives a recreated deleted file (`file`, at `tmp`) the owner, mode and
+/// times it had: chown first (it clears set-id bits), then the mode, and
+/// the times last (the rest changes only the ctime, which cannot be set).
+fn set_deleted_meta(pid: i32, f: &Fd, file: &std::fs::File, tmp: &str) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let fail = |what: &str, e: std::io::Error| EngineError::Restore {
+        pid,
+        stage: "recreating a deleted file",
+        source: godwit_sys::SysError::Proc {
+            path: tmp.to_string(),
+            detail: format!("fd {} (deleted {}): {what}: {e}", f.fd, f.path),
+        },
+    };
+    let md = file.metadata().map_err(|e| fail("stat", e))?;
+    if (md.uid(), md.gid()) != (f.uid, f.gid) {
+        std::os::unix::fs::fchown(file, Some(f.uid), Some(f.gid))
+            .map_err(|e| fail(&format!("setting its owner {}:{}", f.uid, f.gid), e))?;
+    }
+    file.set_permissions(std::fs::Permissions::from_mode(f.mode))
+        .map_err(|e| fail(&format!("setting its mode {:o}", f.mode), e))?;
+    // Older images have no times.
+    if f.atime_ns != 0 || f.mtime_ns != 0 {
+        let times = std::fs::FileTimes::new()
+            .set_accessed(system_time(f.atime_ns))
+            .set_modified(system_time(f.mtime_ns));
+        file.set_times(times)
+            .map_err(|e| fail("setting its access and modification times", e))?;
+    }
     Ok(())
 }
 
@@ -396,15 +589,41 @@ fn recreate_deleted(r: &Remote, f: &Fd, oflags: u32) -> Result<u64> {
         })?;
     let pidfd = process::pidfd_open(pid).restoring(pid, stage)?;
     let ours = process::pidfd_getfd(&pidfd, wfd as i32).restoring(pid, stage)?;
-    std::os::unix::fs::FileExt::write_all_at(&std::fs::File::from(ours), &f.deleted_data, 0)
-        .map_err(|e| EngineError::Restore {
-            pid,
-            stage,
-            source: godwit_sys::SysError::Proc {
-                path: tmp.clone(),
-                detail: e.to_string(),
-            },
+    let file = std::fs::File::from(ours);
+    let write_err = |e: std::io::Error| EngineError::Restore {
+        pid,
+        stage,
+        source: godwit_sys::SysError::Proc {
+            path: tmp.clone(),
+            detail: format!("fd {} (deleted {}): {e}", f.fd, f.path),
+        },
+    };
+    // The size first (all hole), then the data ranges: what was a hole
+    // stays one. Older images have no ranges: the data is the whole file.
+    file.set_len(f.size.max(f.deleted_data.len() as u64))
+        .map_err(write_err)?;
+    let whole = [Extent {
+        offset: 0,
+        length: f.deleted_data.len() as u64,
+    }];
+    let extents = if f.extents.is_empty() {
+        &whole[..]
+    } else {
+        &f.extents[..]
+    };
+    let mut at = 0usize;
+    for x in extents {
+        let end = at.saturating_add(x.length as usize);
+        let part = f.deleted_data.get(at..end).ok_or_else(|| {
+            EngineError::BadImage(format!(
+                "fd {} (deleted {}): its data ranges go past its saved data",
+                f.fd, f.path
+            ))
         })?;
+        std::os::unix::fs::FileExt::write_all_at(&file, part, x.offset).map_err(write_err)?;
+        at = end;
+    }
+    set_deleted_meta(pid, f, &file, &tmp)?;
     let fd = r
         .call(
             "openat",
@@ -673,6 +892,9 @@ impl FdPlan {
     /// Moves new descriptor `fd` to the staging number of description `id`.
     fn to_stage(&self, r: &Remote, fd: u64, id: u64) -> Result<()> {
         let pid = r.pid;
+        if let Some((_, f)) = self.descs.get(&id) {
+            restore_pipe_size(r, fd, f)?;
+        }
         r.call("dup3", libc::SYS_dup3, [fd, self.stage(id), 0, 0, 0, 0])
             .restoring(pid, "opening files")?;
         r.call("close", libc::SYS_close, [fd, 0, 0, 0, 0, 0])
@@ -774,7 +996,9 @@ impl FdPlan {
             if let (false, Some(w)) = (data.is_empty(), wr_stage) {
                 let pidfd = process::pidfd_open(pid).restoring(pid, "refilling pipes")?;
                 let w = process::pidfd_getfd(&pidfd, w as i32).restoring(pid, "refilling pipes")?;
-                if data.len() > 65536 {
+                // The buffer already has its saved size (to_stage); older
+                // images have none, and the data needs room.
+                if data.len() > 65536.max(f.pipe_size as usize) {
                     process::set_pipe_size(&w, data.len()).restoring(pid, "refilling pipes")?;
                 }
                 write_all_fd(&w, data).restoring(pid, "refilling pipes")?;
@@ -933,6 +1157,8 @@ impl FdPlan {
         if !data.is_empty() {
             let pidfd = process::pidfd_open(pid).restoring(pid, "refilling FIFOs")?;
             let w = process::pidfd_getfd(&pidfd, both as i32).restoring(pid, "refilling FIFOs")?;
+            // Room for the data now; the saved size is set once the FIFO
+            // is opened with its flags (to_stage), and holds the data.
             if data.len() > 65536 {
                 process::set_pipe_size(&w, data.len()).restoring(pid, "refilling FIFOs")?;
             }
@@ -1041,6 +1267,70 @@ impl FdPlan {
         }
         Ok(())
     }
+}
+
+/// Once every process, thread and process group of the tree exists: the
+/// owner of I/O signals (F_SETOWN_EX, kept as the same PID/TID/PGID since
+/// those are kept), their signal (F_SETSIG), then O_ASYNC at each fd's own
+/// number (the kernel records the fd number for the signal's si_fd).
+pub fn restore_async(procs: &[Process], remotes: &[Option<Remote>]) -> Result<()> {
+    for (p, r) in procs.iter().zip(remotes) {
+        let Some(r) = r else { continue };
+        let pid = r.pid;
+        let stage = "restoring I/O signal owners (O_ASYNC)";
+        for f in &p.fds {
+            let fd = f.fd as u64;
+            if f.signal != 0 {
+                r.call(
+                    "fcntl(F_SETSIG)",
+                    libc::SYS_fcntl,
+                    [fd, process::F_SETSIG as u64, f.signal as u64, 0, 0, 0],
+                )
+                .restoring(pid, stage)?;
+            }
+            if f.owner_pid != 0 {
+                let mut owner = Vec::with_capacity(8);
+                owner.extend_from_slice(&f.owner_type.to_le_bytes());
+                owner.extend_from_slice(&f.owner_pid.to_le_bytes());
+                let a = r.put(0, &owner).restoring(pid, stage)?;
+                r.call(
+                    "fcntl(F_SETOWN_EX)",
+                    libc::SYS_fcntl,
+                    [fd, process::F_SETOWN_EX as u64, a, 0, 0, 0],
+                )
+                .map_err(|e| EngineError::Refused {
+                    pid,
+                    what: format!(
+                        "fd {} sent its I/O signals to {} {}, which cannot be made its owner again ({e}); \
+                         that process must exist (restore the tree that holds it)",
+                        f.fd,
+                        match f.owner_type {
+                            process::F_OWNER_TID => "thread",
+                            process::F_OWNER_PGRP => "process group",
+                            _ => "process",
+                        },
+                        f.owner_pid
+                    ),
+                })?;
+            }
+            if f.flags & libc::O_ASYNC as u32 != 0 {
+                let status = (f.flags
+                    & (libc::O_APPEND | libc::O_NONBLOCK | libc::O_DIRECT | libc::O_NOATIME) as u32)
+                    as u64;
+                // Off, then on: open(2) may have left O_ASYNC in the flags
+                // without registering the fd for signals.
+                for flags in [status, status | libc::O_ASYNC as u64] {
+                    r.call(
+                        "fcntl(F_SETFL)",
+                        libc::SYS_fcntl,
+                        [fd, libc::F_SETFL as u64, flags, 0, 0, 0],
+                    )
+                    .restoring(pid, stage)?;
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Enters the working directory of the restored process.

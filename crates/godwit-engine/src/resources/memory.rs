@@ -379,6 +379,8 @@ pub fn collect_shmem(
                 obj.mode = md.mode() & 0o7777;
                 obj.uid = md.uid();
                 obj.gid = md.gid();
+                obj.atime_ns = md.atime() * 1_000_000_000 + md.atime_nsec();
+                obj.mtime_ns = md.mtime() * 1_000_000_000 + md.mtime_nsec();
             }
             p.shmem.push(obj);
         }
@@ -520,7 +522,14 @@ pub struct ShmPlan {
     /// Seals to add once every process's memory is mapped, with a
     /// descriptor of the memfd to add them through.
     late_seals: std::sync::Mutex<Vec<(i32, std::fs::File, u32)>>,
+    /// memfd times to set once every mapping is made (mmap moves the
+    /// access time): process, descriptor, the object's name, atime, mtime.
+    late_times: std::sync::Mutex<Vec<LateTimes>>,
 }
+
+/// A memfd whose times are set last: process, descriptor, name, atime and
+/// mtime (ns).
+type LateTimes = (i32, std::fs::File, String, i64, i64);
 
 impl ShmPlan {
     /// `base`: the first free fd number above the file-descriptor plan.
@@ -563,6 +572,7 @@ impl ShmPlan {
             objects,
             data,
             late_seals: Default::default(),
+            late_times: Default::default(),
         }
     }
 
@@ -629,6 +639,14 @@ impl ShmPlan {
             std::os::unix::fs::fchown(&file, Some(o.uid), Some(o.gid)).map_err(meta)?;
             file.set_permissions(std::fs::Permissions::from_mode(o.mode))
                 .map_err(meta)?;
+            // The times once mapped: mapping it moves the access time.
+            if o.atime_ns != 0 || o.mtime_ns != 0 {
+                let dup = file.try_clone().map_err(meta)?;
+                self.late_times
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push((pid, dup, o.name.clone(), o.atime_ns, o.mtime_ns));
+            }
             if o.seals & libc::F_SEAL_WRITE as u32 != 0 {
                 godwit_sys::process::add_memfd_seals(&file, o.seals)
                     .restoring(pid, "sealing a memfd")?;
@@ -642,9 +660,25 @@ impl ShmPlan {
         Ok(())
     }
 
-    /// Adds the memfd seals left for after the mappings (F_SEAL_FUTURE_WRITE
-    /// needs the writable mappings made first; F_SEAL_SEAL comes last).
+    /// Sets the memfds' access and modification times (mapping a memfd
+    /// moves its access time), then adds the memfd seals left for after the
+    /// mappings (F_SEAL_FUTURE_WRITE needs the writable mappings made
+    /// first; F_SEAL_SEAL comes last).
     pub fn seal(&self) -> Result<()> {
+        let times = std::mem::take(&mut *self.late_times.lock().unwrap_or_else(|e| e.into_inner()));
+        for (pid, file, name, atime, mtime) in times {
+            let t = std::fs::FileTimes::new()
+                .set_accessed(crate::resources::files::system_time(atime))
+                .set_modified(crate::resources::files::system_time(mtime));
+            file.set_times(t).map_err(|e| EngineError::Restore {
+                pid,
+                stage: "setting a memfd's times",
+                source: godwit_sys::SysError::Proc {
+                    path: format!("/memfd:{name}"),
+                    detail: e.to_string(),
+                },
+            })?;
+        }
         let late = std::mem::take(&mut *self.late_seals.lock().unwrap_or_else(|e| e.into_inner()));
         for (pid, file, seals) in late {
             godwit_sys::process::add_memfd_seals(&file, seals).restoring(pid, "sealing a memfd")?;
