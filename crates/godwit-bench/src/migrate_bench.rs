@@ -14,7 +14,7 @@
 //! Run as root, from a release build:
 //!   cargo build --release -p godwit-bench -p godwitd
 //!   target/release/godwit-migrate-bench [--sizes 64,1024] [--rates 0,50,200]
-//!       [--modes stop-copy,pre-copy] [--reps 3] [--out FILE]
+//!       [--modes stop-copy,pre-copy] [--reps 3] [--out FILE] [--fill-before-run]
 
 #[allow(dead_code)] // the dump benchmark's target modes are not all used here
 mod target;
@@ -29,68 +29,34 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-const USAGE: &str = "\
-usage: godwit-migrate-bench [--sizes MIB,...] [--rates MIBS,...] [--modes MODE,...] [--reps N] [--out FILE]
-
-  --sizes  memory of the target, MiB (default 64,1024)
-  --rates  how fast the target rewrites its memory, MiB/s (default 0,50,200)
-  --modes  stop-copy, pre-copy, post-copy, pre-copy-post-copy (default the first three)
-  --reps   repetitions (default 3); min and median are reported
-  --out    JSON output (default target/bench/migrate.json)";
-
+/// Migration benchmark: stall and total time per mode, size and writer rate.
+#[derive(clap::Parser, Debug)]
+#[command(name = "godwit-migrate-bench")]
 struct Args {
+    /// Memory of the target, MiB.
+    #[arg(long, value_delimiter = ',', default_values_t = [64u64, 1024])]
     sizes: Vec<u64>,
+    /// How fast the target rewrites its memory, MiB/s.
+    #[arg(long, value_delimiter = ',', default_values_t = [0u64, 50, 200])]
     rates: Vec<u64>,
+    /// stop-copy, pre-copy, post-copy, pre-copy-post-copy.
+    #[arg(long, value_delimiter = ',', value_parser = parse_mode,
+          default_values = ["stop-copy", "pre-copy", "post-copy"])]
     modes: Vec<Mode>,
-    reps: usize,
+    /// Repetitions; min and median are reported.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..))]
+    reps: u64,
+    /// JSON output.
+    #[arg(long, default_value = "target/bench/migrate.json")]
     out: PathBuf,
+    /// Start the destination godwitd with --fill-before-run (memory placed
+    /// before the process runs, as before the deferred fill).
+    #[arg(long)]
+    fill_before_run: bool,
 }
 
-fn list<T>(v: &str, f: impl Fn(&str) -> Option<T>, what: &str) -> Result<Vec<T>> {
-    v.split(',')
-        .map(|s| f(s.trim()).with_context(|| format!("{what}: {s:?} not understood\n\n{USAGE}")))
-        .collect()
-}
-
-fn parse_args() -> Result<Args> {
-    let mut a = Args {
-        sizes: vec![64, 1024],
-        rates: vec![0, 50, 200],
-        modes: vec![Mode::StopCopy, Mode::PreCopy, Mode::PostCopy],
-        reps: 3,
-        out: PathBuf::from("target/bench/migrate.json"),
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let mut value = || it.next().with_context(|| format!("{flag} needs a value"));
-        match flag.as_str() {
-            "--sizes" => {
-                a.sizes = list(&value()?, |s| s.parse().ok().filter(|n| *n > 0), "--sizes")?
-            }
-            "--rates" => a.rates = list(&value()?, |s| s.parse().ok(), "--rates")?,
-            "--modes" => {
-                a.modes = list(
-                    &value()?,
-                    |s| match s {
-                        "stop-copy" => Some(Mode::StopCopy),
-                        "pre-copy" => Some(Mode::PreCopy),
-                        "post-copy" => Some(Mode::PostCopy),
-                        "pre-copy-post-copy" => Some(Mode::PreCopyPostCopy),
-                        _ => None,
-                    },
-                    "--modes",
-                )?
-            }
-            "--reps" => a.reps = value()?.parse().ok().filter(|n| *n > 0).context("--reps")?,
-            "--out" => a.out = PathBuf::from(value()?),
-            "-h" | "--help" => {
-                println!("{USAGE}");
-                std::process::exit(0);
-            }
-            other => bail!("unknown argument {other:?}\n\n{USAGE}"),
-        }
-    }
-    Ok(a)
+fn parse_mode(s: &str) -> std::result::Result<Mode, String> {
+    Mode::parse(s).ok_or_else(|| format!("unknown mode {s:?}"))
 }
 
 /// The destination: a godwitd on loopback, ended on drop.
@@ -100,7 +66,7 @@ struct Agent {
 }
 
 impl Agent {
-    fn start(work: &Path, token_file: &Path) -> Result<Agent> {
+    fn start(work: &Path, token_file: &Path, fill_before_run: bool) -> Result<Agent> {
         let bin = std::env::current_exe()?
             .parent()
             .context("where the benchmark runs from")?
@@ -110,6 +76,7 @@ impl Agent {
             .arg(work.join("agent"))
             .arg("--token-file")
             .arg(token_file)
+            .args(fill_before_run.then_some("--fill-before-run"))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -314,7 +281,7 @@ fn run(a: &Args) -> Result<()> {
             .open(&token_file)?;
         writeln!(f, "migrate-bench-token-0123456789abcdef")?;
     }
-    let agent = Agent::start(work.path(), &token_file)?;
+    let agent = Agent::start(work.path(), &token_file, a.fill_before_run)?;
     let client = ClientTls::new(Token::load(&token_file)?, None)?;
     let setup = Setup {
         bin: &bin,
@@ -392,7 +359,8 @@ fn main() {
             .with_writer(std::io::stderr)
             .init();
     }
-    if let Err(e) = parse_args().and_then(|a| run(&a)) {
+    let args = <Args as clap::Parser>::parse();
+    if let Err(e) = run(&args) {
         eprintln!("\ngodwit-migrate-bench: {e:#}");
         std::process::exit(1);
     }

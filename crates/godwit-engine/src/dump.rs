@@ -2,7 +2,7 @@
 
 use crate::error::{DumpCtx, EngineError, Result};
 use crate::freeze::{freeze_tree, release_all, CgroupFreeze, Frozen, Member};
-use crate::precopy::{self, FrozenPlan, Tracker};
+use crate::precopy::{self, FrozenPlan, Protection, Tracker};
 use crate::remote::Remote;
 use crate::resources::{attrs, files, locks, memory, signals, sockets, threads, timers, tty};
 use crate::schema::PageSpan;
@@ -268,6 +268,9 @@ pub struct Held {
     tcp: Option<sockets::tcp::Repairs>,
     /// What was sent (to lift the connections' locks once they run elsewhere).
     pub checkpoint: Checkpoint,
+    /// A pre-copy's write protection: lifted once they run again, dropped
+    /// once they are ended (not while they are frozen: it takes time).
+    protections: Vec<Protection>,
     /// When the tree was frozen (the stop before a pre-copy not counted).
     pub frozen_at: Instant,
     /// The PIDs, parents first.
@@ -286,7 +289,9 @@ impl Held {
         if let Some(t) = self.tcp.take() {
             t.keep();
         }
-        kill_all(self.members.take().unwrap_or_default())
+        let r = kill_all(self.members.take().unwrap_or_default());
+        self.protections.clear();
+        r
     }
 
     /// Lets every process run on, as it was.
@@ -330,6 +335,9 @@ impl Held {
                 first.get_or_insert(e);
             }
         }
+        std::mem::take(&mut self.protections)
+            .into_iter()
+            .for_each(Protection::lift);
         first.map_or(Ok(()), Err)
     }
 }
@@ -497,6 +505,8 @@ pub fn dump_to(
     }
     let mut page_files = Vec::new();
     let mut precopied = PrecopyReport::default();
+    // Lifted once the processes run (or dropped once they are ended).
+    let mut protections = Vec::new();
     for (i, p) in procs.iter_mut().enumerate().filter(|(_, p)| !p.zombie) {
         let tracked = plans[i]
             .as_ref()
@@ -508,7 +518,8 @@ pub fn dump_to(
                 precopied.rounds = precopied.rounds.max(t.rounds);
                 precopied.bytes_running += plan.copy_from;
                 precopied.bytes_frozen += plan.end - plan.copy_from;
-                let mut w = t.finish();
+                let (mut w, protection) = t.finish();
+                protections.push(protection);
                 w.append(&mut fresh[i]);
                 w
             }
@@ -554,7 +565,9 @@ pub fn dump_to(
     }
     // Pre-copies of processes gone from the tree since.
     for (_, t) in trackers.drain() {
-        for (info, _) in t.finish() {
+        let (files, protection) = t.finish();
+        protections.push(protection);
+        for (info, _) in files {
             writer.discard(&info.name)?;
         }
     }
@@ -603,6 +616,7 @@ pub fn dump_to(
             scratches,
             tcp,
             checkpoint: ck.clone(),
+            protections: std::mem::take(&mut protections),
             frozen_at,
             pids: ck
                 .processes
@@ -620,6 +634,9 @@ pub fn dump_to(
         if let Some(members) = members.take() {
             release_all(members)?;
         }
+        std::mem::take(&mut protections)
+            .into_iter()
+            .for_each(Protection::lift);
         commit
     } else {
         let commit = writer.commit(&ck, page_files)?;
@@ -630,6 +647,7 @@ pub fn dump_to(
         if let Some(members) = members.take() {
             kill_all(members)?;
         }
+        drop(std::mem::take(&mut protections));
         commit
     };
     tracing::debug!(ms = t0.elapsed().as_secs_f64() * 1e3, "committed");
@@ -926,7 +944,7 @@ pub static LAZY_RSEQ_FOR_TESTS: std::sync::atomic::AtomicBool =
 /// process runs: they cannot be left lazy (post-copy), as no page is served
 /// before then. The kernel writes each thread's rseq area when rseq is
 /// registered.
-fn touched_by_restore(p: &Process) -> Vec<u64> {
+pub(crate) fn touched_by_restore(p: &Process) -> Vec<u64> {
     if LAZY_RSEQ_FOR_TESTS.load(std::sync::atomic::Ordering::Relaxed) {
         return Vec::new();
     }

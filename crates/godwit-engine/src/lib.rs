@@ -10,6 +10,7 @@
 //! All raw system calls go through the `godwit-sys` crate.
 
 pub mod colocate;
+pub mod deferred;
 pub mod dump;
 pub mod error;
 pub mod freeze;

@@ -95,7 +95,7 @@ impl Mode {
         }
     }
 
-    fn parse(s: &str) -> Option<Mode> {
+    pub fn parse(s: &str) -> Option<Mode> {
         [
             Mode::StopCopy,
             Mode::PreCopy,
@@ -546,6 +546,13 @@ pub struct ReceiveOptions {
     /// Directories the source may ask to keep an image in must be under
     /// this one (None: keeping images is refused).
     pub keep_root: Option<std::path::PathBuf>,
+    /// Stop-copy and pre-copy: let the processes run before their large
+    /// private anonymous areas are filled, and fill them from the received
+    /// image afterwards (crate::deferred): the restore's part of the
+    /// downtime no longer grows with memory. Off: everything is in place
+    /// before they run. Some(n): when at least n bytes would be deferred
+    /// ([`crate::deferred::MIN_BYTES`] is the default for agents).
+    pub defer_fill: Option<u64>,
 }
 
 /// What the destination did.
@@ -556,8 +563,8 @@ pub struct ReceiveReport {
     pub bytes: u64,
     pub source_node: String,
     pub total: Duration,
-    /// Post-copy: what the pager did (the processes ran from
-    /// `restore.total` on; every page was here after `total`).
+    /// Post-copy, or a deferred fill: what the pager did (the processes
+    /// ran from `restore.total` on; every page was in place after `total`).
     pub postcopy: Option<crate::postcopy::PagerStats>,
 }
 
@@ -718,18 +725,26 @@ pub fn receive<S: Read + Write + Send + 'static>(
             ))),
         }
     };
-    let (restored, lazy) = std::thread::scope(|sc| {
-        let monitor = parsed
-            .lazy()
-            .then(|| sc.spawn(|| crate::postcopy::serve_restore(&sink, &s, peer, &stop)));
-        let r =
-            crate::postcopy::collecting(&sink, || restore_from(reader, &ropts, progress, &gate));
-        stop.store(true, std::sync::atomic::Ordering::SeqCst);
-        if let Some(m) = monitor {
-            let _ = m.join();
+    let (restored, lazy, deferred) = if parsed.lazy() {
+        let (r, lazy) = std::thread::scope(|sc| {
+            let monitor = sc.spawn(|| {
+                let mut feed = crate::postcopy::StreamFeed { s: &s, peer };
+                crate::postcopy::serve_restore(&sink, &mut feed, &stop)
+            });
+            let r = crate::postcopy::collecting(&sink, || {
+                restore_from(reader, &ropts, progress, &gate)
+            });
+            stop.store(true, std::sync::atomic::Ordering::SeqCst);
+            let _ = monitor.join();
+            r
+        });
+        (r, lazy, None)
+    } else {
+        match crate::restore::restore_deferring(reader, &ropts, progress, &gate, opts.defer_fill) {
+            Ok((r, d)) => (Ok(r), Vec::new(), d),
+            Err(e) => (Err(e), Vec::new(), None),
         }
-        r
-    });
+    };
     let restored = match restored {
         Ok(r) => r,
         Err(e) => {
@@ -756,7 +771,7 @@ pub fn receive<S: Read + Write + Send + 'static>(
         let mut pager = crate::postcopy::Pager::new(lazy);
         let owed = pager.owed_bytes();
         tracing::debug!(owed, "post-copy: serving the processes' memory");
-        match pager.run(&s, peer) {
+        match pager.run(&mut crate::postcopy::StreamFeed { s: &s, peer }) {
             Ok(()) => {
                 if let Some(on) = address_on {
                     on.keep();
@@ -789,7 +804,20 @@ pub fn receive<S: Read + Write + Send + 'static>(
         }
     } else {
         running?;
-        None
+        match deferred {
+            // Every page is here: the source may end its copy already.
+            Some(d) => {
+                tracing::debug!(bytes = d.bytes(), "placing the deferred memory");
+                match d.run() {
+                    Ok(stats) => Some(stats),
+                    Err(msg) => {
+                        kill_restored(&[restored.host_pid], restored.ns_init);
+                        return Err(EngineError::Migration(msg));
+                    }
+                }
+            }
+            None => None,
+        }
     };
     Ok(ReceiveReport {
         mode,

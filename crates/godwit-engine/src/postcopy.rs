@@ -398,7 +398,7 @@ impl Pager {
 
     /// Serves faults and pushes pages until nothing is owed; then tells
     /// the source (`done`) and closes the descriptors.
-    pub fn run<S: Read + Write>(&mut self, s: &Mutex<S>, peer: &str) -> Result<(), PagerError> {
+    pub fn run(&mut self, feed: &mut dyn Feed) -> Result<(), PagerError> {
         let t0 = Instant::now();
         // The push keeps one request ahead: the source reads and sends the
         // next chunk while this one is placed.
@@ -409,9 +409,9 @@ impl Pager {
             }
             if !self.faults.is_empty() {
                 if let Some(p) = pending.take() {
-                    self.finish_push(s, peer, p)?;
+                    self.finish_push(feed, p)?;
                 }
-                self.serve_faults(s, peer)?;
+                self.serve_faults(feed)?;
                 continue;
             }
             let next = self.next_push();
@@ -419,40 +419,21 @@ impl Pager {
                 break;
             }
             if let Some(n) = &next {
-                self.ask(s, peer, self.procs[n.i].src_pid, &n.pieces, false)?;
+                feed.ask(self.procs[n.i].src_pid, &n.pieces, false)?;
             }
             if let Some(p) = pending.take() {
-                self.finish_push(s, peer, p)?;
+                self.finish_push(feed, p)?;
             }
             pending = next;
         }
         self.stats.duration = t0.elapsed();
         tracing::debug!(?self.stats, "post-copy: every page is across");
-        let done = json!({
-            "done": true,
-            "faults": self.stats.faults,
-            "fault_pages": self.stats.fault_pages,
-            "pushed_pages": self.stats.pushed_pages,
-            "zero_faults": self.stats.zero_faults,
-        });
         // Every page is here: from now on the processes need nothing from
         // the source, whatever becomes of the link.
         for p in self.procs.drain(..) {
             drop(p.uffd);
         }
-        // Nothing that goes wrong from here on is a failure of the
-        // migration: the processes have all their memory. (A source that
-        // does not hear `done` keeps its copy stopped: never two copies.)
-        let mut g = s.lock().unwrap_or_else(|p| p.into_inner());
-        if let Err(e) = send_message(&mut *g, done.to_string().as_bytes()) {
-            tracing::warn!("telling {peer} every page is across: {e}; it keeps its copy stopped");
-            return Ok(());
-        }
-        match recv_message(&mut *g, std::path::Path::new(peer)) {
-            Ok(Received::Message(_)) => {}
-            Ok(Received::Abort(why)) => tracing::warn!("{peer} after the post-copy: {why}"),
-            Err(e) => tracing::warn!("{peer} did not confirm the end of the post-copy: {e}"),
-        }
+        feed.finish(&self.stats);
         Ok(())
     }
 
@@ -474,15 +455,10 @@ impl Pager {
     }
 
     /// Reads the answer to a push asked for, and places it.
-    fn finish_push<S: Read + Write>(
-        &mut self,
-        s: &Mutex<S>,
-        peer: &str,
-        p: Push,
-    ) -> Result<(), PagerError> {
+    fn finish_push(&mut self, feed: &mut dyn Feed, p: Push) -> Result<(), PagerError> {
         let t = Instant::now();
         let total = p.pieces.iter().map(|x| x.len).sum();
-        let data = self.take(s, peer, total)?;
+        let data = feed.take(total, std::mem::take(&mut self.buf))?;
         self.stats.fetching += t.elapsed();
         let t = Instant::now();
         let mut off = 0usize;
@@ -569,11 +545,7 @@ impl Pager {
     /// Fetches, for every pending fault on an owed page, that page and
     /// what is owed in the window after it, places them, and wakes the
     /// faulting threads.
-    fn serve_faults<S: Read + Write>(
-        &mut self,
-        s: &Mutex<S>,
-        peer: &str,
-    ) -> Result<(), PagerError> {
+    fn serve_faults(&mut self, feed: &mut dyn Feed) -> Result<(), PagerError> {
         let faults = std::mem::take(&mut self.faults);
         // Per process: the pieces to fetch.
         let mut want: Vec<(usize, Vec<Piece>)> = Vec::new();
@@ -608,7 +580,7 @@ impl Pager {
         for (i, pieces) in want {
             let pieces = disjoint(pieces);
             let (src_pid, remaps) = (self.procs[i].src_pid, self.procs[i].remaps);
-            let data = self.fetch(s, peer, src_pid, &pieces, true)?;
+            let data = self.fetch(feed, src_pid, &pieces, true)?;
             let mut off = 0usize;
             let mut placed = 0;
             for pc in &pieces {
@@ -764,50 +736,63 @@ impl Pager {
         }
     }
 
-    /// Asks the source for `pieces` of process `src_pid` and reads them.
-    fn fetch<S: Read + Write>(
+    /// Asks the feed for `pieces` of process `src_pid` and reads them.
+    fn fetch(
         &mut self,
-        s: &Mutex<S>,
-        peer: &str,
+        feed: &mut dyn Feed,
         src_pid: i32,
         pieces: &[Piece],
         fault: bool,
     ) -> Result<Vec<u8>, PagerError> {
-        self.ask(s, peer, src_pid, pieces, fault)?;
-        self.take(s, peer, pieces.iter().map(|p| p.len).sum())
+        feed.ask(src_pid, pieces, fault)?;
+        feed.take(
+            pieces.iter().map(|p| p.len).sum(),
+            std::mem::take(&mut self.buf),
+        )
     }
+}
 
-    /// Asks the source for `pieces` of process `src_pid`.
-    fn ask<S: Read + Write>(
-        &self,
-        s: &Mutex<S>,
-        peer: &str,
-        src_pid: i32,
-        pieces: &[Piece],
-        fault: bool,
-    ) -> Result<(), PagerError> {
+/// Where a [`Pager`] gets the pages it places: the source over the
+/// migration stream ([`StreamFeed`], post-copy), or the image received
+/// before the processes ran (crate::deferred, the other modes).
+pub(crate) trait Feed {
+    /// Asks for `pieces` (by source address) of process `src_pid`; the
+    /// answers come in the order asked.
+    fn ask(&mut self, src_pid: i32, pieces: &[Piece], fault: bool) -> Result<(), PagerError>;
+    /// The answer to the oldest request: `total` bytes (`buf` is reused).
+    fn take(&mut self, total: u64, buf: Vec<u8>) -> Result<Vec<u8>, PagerError>;
+    /// Every page is placed.
+    fn finish(&mut self, stats: &PagerStats);
+}
+
+/// The source at the other end of the migration stream.
+pub(crate) struct StreamFeed<'a, S> {
+    pub s: &'a Mutex<S>,
+    pub peer: &'a str,
+}
+
+impl<S: Read + Write> Feed for StreamFeed<'_, S> {
+    fn ask(&mut self, src_pid: i32, pieces: &[Piece], fault: bool) -> Result<(), PagerError> {
         let want: Vec<Value> = pieces
             .iter()
             .map(|p| json!([src_pid, p.src, p.len]))
             .collect();
         let msg = json!({"want": want, "fault": fault});
-        let mut g = s.lock().unwrap_or_else(|p| p.into_inner());
+        let mut g = self.s.lock().unwrap_or_else(|p| p.into_inner());
         send_message(&mut *g, msg.to_string().as_bytes()).map_err(|e| {
-            PagerError::Link(format!("the connection to the source {peer} failed: {e}"))
+            PagerError::Link(format!(
+                "the connection to the source {} failed: {e}",
+                self.peer
+            ))
         })
     }
 
-    /// Reads the source's answer to the oldest request: `total` bytes.
-    fn take<S: Read + Write>(
-        &mut self,
-        s: &Mutex<S>,
-        peer: &str,
-        total: u64,
-    ) -> Result<Vec<u8>, PagerError> {
+    fn take(&mut self, total: u64, mut buf: Vec<u8>) -> Result<Vec<u8>, PagerError> {
+        let peer = self.peer;
         let lost = |e: &dyn std::fmt::Display| {
             PagerError::Link(format!("the connection to the source {peer} failed: {e}"))
         };
-        let mut g = s.lock().unwrap_or_else(|p| p.into_inner());
+        let mut g = self.s.lock().unwrap_or_else(|p| p.into_inner());
         let answer = match recv_message(&mut *g, std::path::Path::new(peer)) {
             Ok(Received::Message(m)) => serde_json::from_slice::<Value>(&m)
                 .map_err(|e| PagerError::Link(format!("an unreadable answer from {peer}: {e}")))?,
@@ -831,10 +816,34 @@ impl Pager {
                 h.kind, h.len
             )));
         }
-        let mut buf = std::mem::take(&mut self.buf);
         buf.resize(total as usize, 0);
         g.read_exact(&mut buf).map_err(|e| lost(&e))?;
         Ok(buf)
+    }
+
+    /// Tells the source (`done`), which then ends its copy. Nothing that
+    /// goes wrong here is a failure of the migration: the processes have
+    /// all their memory. (A source that does not hear `done` keeps its
+    /// copy stopped: never two copies.)
+    fn finish(&mut self, stats: &PagerStats) {
+        let peer = self.peer;
+        let done = json!({
+            "done": true,
+            "faults": stats.faults,
+            "fault_pages": stats.fault_pages,
+            "pushed_pages": stats.pushed_pages,
+            "zero_faults": stats.zero_faults,
+        });
+        let mut g = self.s.lock().unwrap_or_else(|p| p.into_inner());
+        if let Err(e) = send_message(&mut *g, done.to_string().as_bytes()) {
+            tracing::warn!("telling {peer} every page is across: {e}; it keeps its copy stopped");
+            return;
+        }
+        match recv_message(&mut *g, std::path::Path::new(peer)) {
+            Ok(Received::Message(_)) => {}
+            Ok(Received::Abort(why)) => tracing::warn!("{peer} after the post-copy: {why}"),
+            Err(e) => tracing::warn!("{peer} did not confirm the end of the post-copy: {e}"),
+        }
     }
 }
 
@@ -979,10 +988,9 @@ impl PageServer {
 /// no request is cut short). The source answers page requests while it
 /// waits for ready. If the source cannot be asked, the processes waiting
 /// are killed, which fails the restore.
-pub(crate) fn serve_restore<S: Read + Write>(
+pub(crate) fn serve_restore(
     sink: &Sink,
-    s: &Mutex<S>,
-    peer: &str,
+    feed: &mut dyn Feed,
     stop: &std::sync::atomic::AtomicBool,
 ) {
     use std::sync::atomic::Ordering::SeqCst;
@@ -1015,7 +1023,7 @@ pub(crate) fn serve_restore<S: Read + Write>(
                         src: page,
                         len: PAGE_SIZE,
                     };
-                    match pager.fetch(s, peer, m.src_pid, &[pc], true) {
+                    match pager.fetch(feed, m.src_pid, &[pc], true) {
                         Ok(d) => d,
                         Err(e) => {
                             tracing::warn!(

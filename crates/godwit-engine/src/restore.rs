@@ -8,6 +8,7 @@
 //! threads (clone3 with set_tid), per-thread state, credentials. Last the
 //! trampoline goes, the saved registers are loaded, and the process runs.
 
+use crate::deferred::{self, Deferred};
 use crate::error::{EngineError, RestoreCtx, Result};
 use crate::freeze;
 use crate::remote::Remote;
@@ -20,6 +21,8 @@ use godwit_sys::mem::{self, Range};
 use godwit_sys::pidns::PidNamespace;
 use godwit_sys::{proc, process, ptrace, PAGE_SIZE};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Size of the trampoline: one code page and scratch pages.
@@ -148,8 +151,24 @@ pub fn restore_from(
     progress: &dyn Progress,
     gate: &dyn Fn(i32) -> Result<()>,
 ) -> Result<RestoreReport> {
+    restore_deferring(reader, opts, progress, gate, None).map(|(r, _)| r)
+}
+
+/// As [`restore_from`]; with `defer` (Some(least bytes worth it)), the
+/// processes run before their large private anonymous areas are filled, and the [`Deferred`] returned (if
+/// anything was deferred) places those pages: see crate::deferred. Its
+/// `run` must follow at once: until then a thread touching such memory
+/// waits.
+pub fn restore_deferring(
+    reader: godwit_image::ImageReader,
+    opts: &RestoreOptions,
+    progress: &dyn Progress,
+    gate: &dyn Fn(i32) -> Result<()>,
+    defer: Option<u64>,
+) -> Result<(RestoreReport, Option<Deferred>)> {
     let t0 = Instant::now();
-    let ck: Checkpoint = reader.metadata()?;
+    let mut ck: Checkpoint = reader.metadata()?;
+    let index = defer.and_then(|least| deferred::defer(&mut ck.processes, least));
     tracing::debug!(ms = t0.elapsed().as_secs_f64() * 1e3, "image loaded");
     check_cpu(&ck)?;
     let procs = &ck.processes;
@@ -254,7 +273,10 @@ pub fn restore_from(
             mapped.push((p.pid, span.start, m));
         }
     }
-    let memory_bytes = procs.iter().map(|p| memory::planned_bytes(&p.vmas)).sum();
+    let memory_bytes = procs
+        .iter()
+        .map(|p| memory::planned_bytes(&p.vmas) + memory::lazy_bytes(&p.vmas))
+        .sum();
     tracing::debug!(
         ms = t0.elapsed().as_secs_f64() * 1e3,
         "checked, page files mapped"
@@ -268,7 +290,10 @@ pub fn restore_from(
     }
     tracing::debug!(ms = t0.elapsed().as_secs_f64() * 1e3, "verified");
     let ns_init = ns.as_ref().map(|n| n.init_pid());
-    let host_pid = {
+    // Shared with the deferred fill, which places pages after we return.
+    let mapped: Arc<deferred::Mapped> = Arc::new(mapped);
+    let index = index.map(Arc::new);
+    let (host_pid, lazy) = {
         let pages: Vec<memory::Pages> = procs
             .iter()
             .map(|p| {
@@ -290,22 +315,58 @@ pub fn restore_from(
             pages: &pages,
             shell_job,
         };
-        let pid = resurrect(procs, ns.as_mut(), &plans, progress, gate)?;
+        let (pid, lazy) = match &index {
+            None => (
+                resurrect(procs, ns.as_mut(), &plans, progress, gate)?,
+                Vec::new(),
+            ),
+            Some(index) => {
+                // Pages of deferred areas the restore itself touches are
+                // placed as it touches them, until the gate (after which
+                // the processes' own faults wait for the pager).
+                let sink = crate::postcopy::Sink::default();
+                let stop = AtomicBool::new(false);
+                let stopping_gate = |pid: i32| {
+                    stop.store(true, Ordering::SeqCst);
+                    gate(pid)
+                };
+                let (r, lazy) = std::thread::scope(|sc| {
+                    let monitor = sc.spawn(|| {
+                        let mut feed = deferred::ImageFeed::new(mapped.clone(), index.clone());
+                        crate::postcopy::serve_restore(&sink, &mut feed, &stop)
+                    });
+                    let r = crate::postcopy::collecting(&sink, || {
+                        resurrect(procs, ns.as_mut(), &plans, progress, &stopping_gate)
+                    });
+                    stop.store(true, Ordering::SeqCst);
+                    let _ = monitor.join();
+                    r
+                });
+                (r?, lazy)
+            }
+        };
         segments.keep();
-        pid
+        (pid, lazy)
     };
+    let deferred = index.map(|index| Deferred {
+        lazy,
+        feed: deferred::ImageFeed::new(mapped.clone(), index),
+    });
     // The process runs. Unmapping the page files costs ~30 ms per GiB: off
-    // the caller's time.
+    // the caller's time (the deferred fill holds them until it is done).
     std::thread::spawn(move || drop(mapped));
-    Ok(RestoreReport {
-        pid: root.pid,
-        host_pid,
-        ns_init,
-        processes: procs.len(),
-        threads: procs.iter().map(|p| p.threads.len()).sum(),
-        memory_bytes,
-        total: t0.elapsed(),
-    })
+    Ok((
+        RestoreReport {
+            pid: root.pid,
+            host_pid,
+            ns_init,
+            processes: procs.len(),
+            threads: procs.iter().map(|p| p.threads.len()).sum(),
+            memory_bytes,
+            total: t0.elapsed(),
+        },
+        deferred,
+    ))
 }
 
 /// What the restore planned before creating any process.

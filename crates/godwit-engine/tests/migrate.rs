@@ -113,6 +113,7 @@ fn recv_opts() -> ReceiveOptions {
         node: "test-destination".into(),
         force_pid_ns: false,
         keep_root: None,
+        defer_fill: Some(godwit_engine::deferred::MIN_BYTES),
     }
 }
 
@@ -331,8 +332,17 @@ fn heavy() -> std::sync::MutexGuard<'static, ()> {
 
 /// Post-copies a lazymem of `mib` MiB; returns the reports.
 fn post_copy(c: &mut Counter, mode: Mode) -> (migrate::MigrateReport, migrate::ReceiveReport) {
+    move_with(c, mode, recv_opts())
+}
+
+/// Moves `c` with `mode` to a destination taking `recv`; returns the reports.
+fn move_with(
+    c: &mut Counter,
+    mode: Mode,
+    recv: ReceiveOptions,
+) -> (migrate::MigrateReport, migrate::ReceiveReport) {
     let (a, b) = UnixStream::pair().unwrap();
-    let dest = std::thread::spawn(move || migrate::receive(b, "source", &recv_opts(), &Quiet));
+    let dest = std::thread::spawn(move || migrate::receive(b, "source", &recv, &Quiet));
     let sent = migrate::send(a, "destination", c.pid, &opts(mode), &Quiet);
     let received = dest.join().unwrap();
     if let Ok(r) = &received {
@@ -447,6 +457,63 @@ fn pre_copy_then_post_copy_of_a_busy_process() {
         },
     );
     no_bad_page(&c);
+}
+
+#[test]
+fn stop_copy_of_256_mib_runs_before_its_memory_is_in_place() {
+    let _one = heavy();
+    let mut c = lazymem(256, "");
+    let (report, received) = post_copy(&mut c, Mode::StopCopy);
+    // The whole memory went in the image; the destination placed it after
+    // the process ran (crate::deferred), faults first.
+    assert!(
+        received.bytes >= 256 << 20,
+        "image of {} bytes",
+        received.bytes
+    );
+    assert_eq!(report.lazy_bytes, 0);
+    let stats = received.postcopy.clone().expect("a deferred fill");
+    assert!(stats.fault_pages + stats.pushed_pages >= 60000, "{stats:?}");
+    let at = log_text(&c).len();
+    wait_for(
+        "two passes at the destination",
+        Duration::from_secs(30),
+        || {
+            no_bad_page(&c);
+            lines_after(&c, at, "pass") >= 2
+        },
+    );
+    no_bad_page(&c);
+}
+
+#[test]
+fn pre_copy_fill_after_run_follows_dontneed_munmap_mremap_and_fork() {
+    let _one = heavy();
+    for attempt in 1..=3 {
+        let mut c = lazymem(256, "churn");
+        let at = log_text(&c).len();
+        let (_, received) = post_copy(&mut c, Mode::PreCopy);
+        wait_for(
+            "a churn and a pass at the destination",
+            Duration::from_secs(30),
+            || {
+                no_bad_page(&c);
+                lines_after(&c, at, "churned") >= 1 && lines_after(&c, at, "pass") >= 2
+            },
+        );
+        no_bad_page(&c);
+        let stats = received.postcopy.clone().expect("a deferred fill");
+        if attempt < 3 && (stats.forks == 0 || stats.dropped_pages == 0) {
+            eprintln!("the churn came after the fill ({stats:?}); again");
+            continue;
+        }
+        assert!(stats.forks >= 1, "no fork during the fill: {stats:?}");
+        assert!(
+            stats.dropped_pages > 0,
+            "nothing released during the fill: {stats:?}"
+        );
+        return;
+    }
 }
 
 /// Live processes whose executable's path contains `needle` (the
@@ -619,8 +686,19 @@ fn harness_moves(name: &str, mode: Mode) {
         restored_init: None,
     };
     wait_until("the program to be ready", || work.join("ready").exists());
-    let (report, _) = post_copy(&mut c, mode);
-    assert!(report.lazy_bytes > 0, "nothing followed the process");
+    if mode.lazy() {
+        let (report, _) = post_copy(&mut c, mode);
+        assert!(report.lazy_bytes > 0, "nothing followed the process");
+    } else {
+        // However little memory it has: placed after it runs.
+        let recv = ReceiveOptions {
+            defer_fill: Some(0),
+            ..recv_opts()
+        };
+        let (_, received) = move_with(&mut c, mode, recv);
+        let stats = received.postcopy.expect("a deferred fill");
+        assert!(stats.fault_pages + stats.pushed_pages > 0, "{stats:?}");
+    }
     std::fs::write(work.join("go"), b"go").unwrap();
     wait_for("the program's verdict", Duration::from_secs(30), || {
         work.join("result").exists()
@@ -682,6 +760,26 @@ fn post_copy_moves_a_process_tree() {
 #[test]
 fn post_copy_keeps_pages_shared_copy_on_write_right() {
     harness_moves("cow", Mode::PostCopy);
+}
+
+#[test]
+fn fill_after_run_brings_every_kind_of_memory() {
+    harness_moves("memory", Mode::StopCopy);
+}
+
+#[test]
+fn fill_after_run_moves_threads() {
+    harness_moves("threads", Mode::PreCopy);
+}
+
+#[test]
+fn fill_after_run_moves_a_process_tree() {
+    harness_moves("tree", Mode::StopCopy);
+}
+
+#[test]
+fn fill_after_run_keeps_pages_shared_copy_on_write_right() {
+    harness_moves("cow", Mode::PreCopy);
 }
 
 #[test]

@@ -58,6 +58,13 @@ pub trait PageSource: Send + Sync + std::fmt::Debug {
     fn manifest(&self) -> Result<Vec<u8>, ImageError>;
     /// Opens page file `name` for reading (and mapping).
     fn open_page_file(&self, name: &str) -> Result<File, ImageError>;
+    /// Whether every page file was already checked against the manifest's
+    /// sizes and checksums (as it arrived) and cannot have changed since:
+    /// then [`ImageReader`](crate::ImageReader)'s verification does not read
+    /// it all again.
+    fn verified(&self) -> bool {
+        false
+    }
 }
 
 /// A directory on a file system: `manifest.img` and `pages-N.img`.
@@ -243,5 +250,11 @@ impl PageSource for MemoryImage {
             .ok_or_else(|| ImageError::PageFileMissing { path: path.clone() })?;
         file.try_clone()
             .map_err(|source| ImageError::Open { path, source })
+    }
+
+    /// Checked frame by frame as it arrived (stream::receive_image); its
+    /// memory files are written by nobody else.
+    fn verified(&self) -> bool {
+        true
     }
 }

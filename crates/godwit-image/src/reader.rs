@@ -161,6 +161,9 @@ impl ImageReader {
     /// Reads every page file through xxh3 and compares size and hash with the manifest.
     /// Stops at the first file that differs.
     pub fn verify_pages(&self) -> Result<(), ImageError> {
+        if self.source.verified() {
+            return Ok(());
+        }
         for info in &self.page_files {
             self.verify_one(info)?;
         }
@@ -214,6 +217,9 @@ impl ImageReader {
     /// through `mapped` where one of them maps it (no read copy: the restore
     /// maps every page file anyway); others are read.
     pub fn verify_mapped(&self, mapped: &[&MappedPages]) -> Result<(), ImageError> {
+        if self.source.verified() {
+            return Ok(());
+        }
         for info in &self.page_files {
             let Some(m) = mapped.iter().find(|m| m.name == info.name) else {
                 self.verify_one(info)?;

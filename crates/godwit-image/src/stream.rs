@@ -286,6 +286,9 @@ struct Incoming {
     file: File,
     size: u64,
     closed: bool,
+    /// Of the bytes received so far: the page file is checked against the
+    /// manifest as it arrives, not read again before a restore.
+    hash: crate::hash::Xxh3,
 }
 
 /// Reads an image from `r` into memory files, up to its COMMIT frame.
@@ -334,6 +337,7 @@ pub fn receive_image(
                         file: File::from(fd),
                         size: 0,
                         closed: false,
+                        hash: crate::hash::Xxh3::new(),
                     },
                 );
             }
@@ -356,6 +360,7 @@ pub fn receive_image(
                     let n = left.min(buf.len());
                     r.read_exact(&mut buf[..n])
                         .map_err(|e| stream_error(&label, e))?;
+                    f.hash.update(&buf[..n]);
                     f.file
                         .write_all(&buf[..n])
                         .map_err(|source| ImageError::Write {
@@ -401,7 +406,31 @@ pub fn receive_image(
                 let mut manifest = vec![0u8; h.len as usize];
                 r.read_exact(&mut manifest)
                     .map_err(|e| stream_error(&label, e))?;
-                crate::manifest::decode_manifest(&manifest, &label)?;
+                let m = crate::manifest::decode_manifest(&manifest, &label)?;
+                // Every page file the manifest names arrived whole, with its
+                // checksum; so the image needs no reading again (verified).
+                for p in &m.page_files {
+                    let path = label.join(&p.name);
+                    let f = files
+                        .values()
+                        .find(|f| f.name == p.name)
+                        .ok_or_else(|| ImageError::PageFileMissing { path: path.clone() })?;
+                    if f.size != p.size {
+                        return Err(ImageError::PageFileSize {
+                            path,
+                            expected: p.size,
+                            actual: f.size,
+                        });
+                    }
+                    let actual = f.hash.digest();
+                    if actual != p.xxh3 {
+                        return Err(ImageError::ChecksumMismatch {
+                            path,
+                            expected: p.xxh3,
+                            actual,
+                        });
+                    }
+                }
                 let bytes = total + h.len;
                 return Ok(MemoryImage {
                     label,

@@ -88,15 +88,22 @@ fn a_cut_stream_is_an_error_at_every_point() {
 }
 
 #[test]
-fn corrupt_page_data_fails_verification() {
+fn corrupt_page_data_is_refused_as_it_arrives() {
     let mut bytes = stream_image();
     // Somewhere inside the first DATA payload.
     let at = bytes.len() / 3;
     bytes[at] ^= 0xff;
-    let img = receive_image(&mut Cursor::new(&bytes), "test", 1 << 30).unwrap();
-    let reader = ImageReader::from_source(Box::new(img)).unwrap();
-    let e = reader.verify_pages().unwrap_err();
+    let e = receive_image(&mut Cursor::new(&bytes), "test", 1 << 30).unwrap_err();
     assert!(matches!(e, ImageError::ChecksumMismatch { .. }), "{e}");
+    assert!(e.to_string().contains("stream from test"), "{e}");
+}
+
+#[test]
+fn a_received_image_is_not_read_again_to_verify_it() {
+    let img = receive_image(&mut Cursor::new(&stream_image()), "test", 1 << 30).unwrap();
+    let reader = ImageReader::from_source(Box::new(img)).unwrap();
+    // Checked as it arrived: nothing to do (and nothing that could fail).
+    reader.verify_pages().unwrap();
 }
 
 #[test]

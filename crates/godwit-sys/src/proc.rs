@@ -505,30 +505,6 @@ pub fn parse_limits(text: &str, path: &str) -> Result<Vec<(u64, u64)>> {
     Ok(out)
 }
 
-/// The VMAs of `pid` that /proc/PID/numa_maps shows with a policy other
-/// than "default" (their own, from mbind, or else the thread's): (start
-/// address, policy as the kernel prints it). Empty without CONFIG_NUMA.
-pub fn vma_policies(pid: i32) -> Result<Vec<(u64, String)>> {
-    let path = format!("/proc/{pid}/numa_maps");
-    if !std::path::Path::new(&path).exists() {
-        return Ok(Vec::new());
-    }
-    let text = read(&path)?;
-    let mut out = Vec::new();
-    for line in text.lines() {
-        let mut w = line.split_whitespace();
-        let (Some(start), Some(policy)) = (w.next(), w.next()) else {
-            continue;
-        };
-        if policy == "default" {
-            continue;
-        }
-        let start = u64::from_str_radix(start, 16).map_err(|_| bad(&path, "bad address"))?;
-        out.push((start, policy.to_string()));
-    }
-    Ok(out)
-}
-
 /// The nice value of thread `tid` (field 19 of /proc/PID/task/TID/stat):
 /// also the one a real-time thread returns to if made SCHED_OTHER again.
 pub fn task_nice(pid: i32, tid: i32) -> Result<i32> {

@@ -47,6 +47,11 @@ struct Args {
     /// Repeatable. Without any, remote execution is refused.
     #[arg(long = "allow-exec", value_name = "PATH")]
     allow_exec: Vec<String>,
+    /// Migrations received in stop-copy or pre-copy: fill the processes' memory
+    /// before they run (the default runs them at once and fills it behind them,
+    /// from the image already received: a shorter downtime).
+    #[arg(long)]
+    fill_before_run: bool,
 }
 
 /// A program this agent started.
@@ -78,6 +83,9 @@ pub struct Agent {
     pub(crate) allow_exec: Vec<Allowed>,
     /// Transparent processes restored or received here.
     pub(crate) transparent: Mutex<BTreeMap<i32, transparent::Managed>>,
+    /// Unless --fill-before-run: from how many bytes a received migration's
+    /// memory is placed after the processes run.
+    pub(crate) defer_fill: Option<u64>,
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -156,6 +164,7 @@ async fn main() -> anyhow::Result<()> {
         node: node.clone(),
         tokens,
         allow_exec,
+        defer_fill: (!args.fill_before_run).then_some(godwit_engine::deferred::MIN_BYTES),
         transparent: Mutex::new(BTreeMap::new()),
     });
     let router = api::router(agent.clone());

@@ -65,6 +65,7 @@ pub async fn receive(
         node: agent.node.clone(),
         force_pid_ns: false,
         keep_root: Some(data.join("images")),
+        defer_fill: agent.defer_fill,
     };
     let mut timed = tokio_io_timeout::TimeoutStream::new(stream);
     timed.set_read_timeout(Some(WATCHDOG));
