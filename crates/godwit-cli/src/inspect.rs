@@ -125,6 +125,14 @@ pub fn summary(ck: &Checkpoint, reader: &ImageReader) -> Value {
                             "syscall_dispatch": !a.syscall_dispatch.is_empty(),
                             "mempolicy": format!("{:#x}", a.mempolicy_mode),
                         })),
+                        "seccomp": (t.seccomp_mode != 0).then(|| json!({
+                            "mode": match t.seccomp_mode { 1 => "strict", 2 => "filter", _ => "unknown" },
+                            "filters": t.seccomp_filters.iter().map(|f| json!({
+                                "instructions": f.program.len() / 8,
+                                "flags": f.flags,
+                                "program_of": (f.program_of != 0).then_some(f.program_of),
+                            })).collect::<Vec<_>>(),
+                        })),
                     })
                 })
                 .collect();
