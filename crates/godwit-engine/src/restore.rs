@@ -462,9 +462,7 @@ fn resurrect(
     // (resources/seccomp).
     for (i, p) in procs.iter().enumerate() {
         if let Some((r, tids)) = &remotes[i] {
-            if seccomp::before_credentials(p, stacks) {
-                seccomp::install(r, p, tids, stacks)?;
-            }
+            seccomp::install_before_credentials(r, p, tids, stacks)?;
             for (t, &host) in p.threads.iter().zip(tids) {
                 attrs::restore_creds(&r.for_thread(host), p, t)?;
             }
@@ -477,9 +475,7 @@ fn resurrect(
     // threads' seccomp stays suspended until they are detached.
     for (i, p) in procs.iter().enumerate() {
         if let Some((r, tids)) = &remotes[i] {
-            if !seccomp::before_credentials(p, stacks) {
-                seccomp::install(r, p, tids, stacks)?;
-            }
+            seccomp::install_last(r, p, tids, stacks)?;
             r.call(
                 "munmap",
                 libc::SYS_munmap,

@@ -16,9 +16,9 @@
 //! at dump and at restore, are neither filtered nor able to kill it. The
 //! suspension ends with the detach, when the thread runs its own code again.
 //!
-//! Restore ([`install`]), per process: the filters go in last, just before
-//! the trampoline is removed and the registers loaded, oldest first so that
-//! each stack has the same order:
+//! Restore ([`install_last`]), per process: the filters go in last, just
+//! before the trampoline is removed and the registers loaded, oldest first
+//! so that each stack has the same order:
 //! 1. the filters every thread shares (the stack's common start) in the main
 //!    thread with SECCOMP_FILTER_FLAG_TSYNC, so the threads share them again
 //!    (a later TSYNC by the program itself still works);
@@ -30,9 +30,16 @@
 //! saved state has neither (a filter installed with privileges that were
 //! dropped since), or when TSYNC would set a no_new_privs a thread did not
 //! have, the process's filters go in before its credentials instead
-//! ([`before_credentials`]), while the thread still has godwit's
-//! privileges: the image's no_new_privs is what ends up set, never an extra
-//! one.
+//! ([`install_before_credentials`]; strict mode still last), while the
+//! threads still have godwit's privileges: the image's no_new_privs is what
+//! ends up set, never an extra one.
+//!
+//! A thread frozen inside a syscall makes it again when it runs (or
+//! restart_syscall). [`Stacks::new`] runs the thread's filters on it (a
+//! classic BPF evaluator): a call they would kill the thread for or answer
+//! with SIGSYS refuses the restore before anything is created; a forbidden
+//! restart_syscall is replaced by the EINTR it would return
+//! ([`finish_resume`]).
 
 use crate::error::{DumpCtx, EngineError, RestoreCtx, Result};
 use crate::remote::Remote;
@@ -343,7 +350,7 @@ fn may_install(t: &Thread) -> bool {
 /// (rather than last): a thread whose saved credentials could not install
 /// its filters, or a shared stack whose TSYNC from a main thread with
 /// no_new_privs would give no_new_privs to a thread that had not got it.
-pub fn before_credentials(p: &Process, stacks: &Stacks) -> bool {
+fn before_credentials(p: &Process, stacks: &Stacks) -> bool {
     let filtered = |t: &&Thread| !stacks.of(t.tid).is_empty();
     if p.threads.iter().filter(filtered).any(|t| !may_install(t)) {
         return true;
@@ -401,19 +408,22 @@ fn install_one(rt: &Remote, f: &Filter, extra: u64, what: &str) -> Result<()> {
     Ok(())
 }
 
-/// Installs the seccomp state of every thread of process `p` (`tids`: the
-/// threads' host TIDs, in image order), as described in the module's doc.
-pub fn install(r: &Remote, p: &Process, tids: &[i32], stacks: &Stacks) -> Result<()> {
-    if p.threads.iter().all(|t| t.seccomp_mode == 0) {
-        return Ok(());
-    }
-    let pid = r.pid;
+/// Suspends seccomp on every thread of `p` that will be under it, so that
+/// nothing injected into it afterwards is filtered (until the detach).
+fn suspend_all(r: &Remote, p: &Process, tids: &[i32]) -> Result<()> {
     for (t, &host) in p.threads.iter().zip(tids) {
         if t.seccomp_mode != 0 {
             ptrace::suspend_seccomp(host)
-                .restoring(pid, "suspending seccomp while the restore runs")?;
+                .restoring(r.pid, "suspending seccomp while the restore runs")?;
         }
     }
+    Ok(())
+}
+
+/// The filters of every thread of process `p` (`tids`: the threads' host
+/// TIDs, in image order): the shared start by TSYNC in the main thread,
+/// then each thread's own, oldest first.
+fn install_filters(r: &Remote, p: &Process, tids: &[i32], stacks: &Stacks) -> Result<()> {
     let shared = stacks.shared(p);
     let main = r.for_thread(tids[0]);
     let sync = if p.threads.len() > 1 {
@@ -439,6 +449,36 @@ pub fn install(r: &Remote, p: &Process, tids: &[i32], stacks: &Stacks) -> Result
                 &format!("thread {}, seccomp filter {}", t.tid, j + 1),
             )?;
         }
+    }
+    tracing::debug!(pid = r.pid, shared, "seccomp filters installed");
+    Ok(())
+}
+
+/// Before the credentials of process `p`: its filters, if
+/// [`before_credentials`] says they cannot wait.
+pub fn install_before_credentials(
+    r: &Remote,
+    p: &Process,
+    tids: &[i32],
+    stacks: &Stacks,
+) -> Result<()> {
+    if !before_credentials(p, stacks) {
+        return Ok(());
+    }
+    suspend_all(r, p, tids)?;
+    install_filters(r, p, tids, stacks)
+}
+
+/// Last of what is injected into process `p`: its filters (unless already
+/// in), strict mode, then a check of every thread's mode and filter count.
+pub fn install_last(r: &Remote, p: &Process, tids: &[i32], stacks: &Stacks) -> Result<()> {
+    if p.threads.iter().all(|t| t.seccomp_mode == 0) {
+        return Ok(());
+    }
+    let pid = r.pid;
+    suspend_all(r, p, tids)?;
+    if !before_credentials(p, stacks) {
+        install_filters(r, p, tids, stacks)?;
     }
     for (t, &host) in p.threads.iter().zip(tids) {
         if t.seccomp_mode == MODE_STRICT {
@@ -467,7 +507,6 @@ pub fn install(r: &Remote, p: &Process, tids: &[i32], stacks: &Stacks) -> Result
             });
         }
     }
-    tracing::debug!(pid, shared, "seccomp installed");
     Ok(())
 }
 
