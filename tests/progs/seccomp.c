@@ -6,7 +6,10 @@
  * - "own": created before them, installs its own filter alone
  *   (getsid -> ENOTBLK), as root without no_new_privs;
  * - "strict": created before them, in strict mode, echoing bytes between
- *   two pipes with read/write only.
+ *   two pipes with read/write only;
+ * - "jail": created before them, under an allow-list that kills the process
+ *   on any other syscall (the many godwit injects into it at dump and at
+ *   restore included, unless its seccomp is suspended meanwhile).
  * Each filtered syscall must fail exactly as before, the others work, and
  * /proc shows the same mode and filter count per thread.
  * Arguments after DIR:
@@ -79,6 +82,31 @@ static char msg_own[512] = "not run", msg_inh[512] = "not run";
 static volatile int own_ready, inh_ready, inh_done, inh_release, strict_tid, own_tid, inh_tid;
 static int dropadmin, tsync;
 static int to_strict[2], from_strict[2];
+static volatile int jail_tid, jail_ok;
+
+/* The calls "jail" may make: wait_go, its sleeps, exit; any other kills the process. */
+static void *jail(void *a) {
+    static const unsigned ok[] = { SYS_read, SYS_write, SYS_close, SYS_access, SYS_nanosleep,
+        SYS_clock_nanosleep, SYS_restart_syscall, SYS_rt_sigreturn, SYS_futex, SYS_getpid,
+        SYS_gettid, SYS_exit, SYS_exit_group, SYS_faccessat, 439 /* faccessat2 */ };
+    enum { N = sizeof ok / sizeof ok[0] };
+    struct sock_filter f[4 + N + 2] = {
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, arch)),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, AUDIT_ARCH_X86_64, 1, 0),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_KILL_PROCESS),
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+    };
+    for (int i = 0; i < N; i++) f[4 + i] = (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, ok[i], N - i, 0);
+    f[4 + N] = (struct sock_filter)BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_KILL_PROCESS);
+    f[5 + N] = (struct sock_filter)BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW);
+    struct sock_fprog prog = { sizeof f / sizeof f[0], f };
+    jail_tid = gettid();
+    if (syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &prog)) { jail_tid = -errno; return a; }
+    wait_go();
+    jail_ok = 1;
+    for (;;) sleep_ms(1000);
+    return a;
+}
 
 static int admin_effective(void) {
     struct __user_cap_header_struct h = { _LINUX_CAPABILITY_VERSION_3, 0 };
@@ -156,12 +184,14 @@ int main(int argc, char **argv) {
         dropadmin |= !strcmp(argv[i], "dropadmin");
         tsync |= !strcmp(argv[i], "tsync");
     }
-    pthread_t t_own, t_inh, t_strict;
+    pthread_t t_own, t_inh, t_strict, t_jail;
     if (!tsync) {
         CHECK(pipe(to_strict) == 0 && pipe(from_strict) == 0, "pipe");
         CHECK(pthread_create(&t_strict, NULL, strict, NULL) == 0, "thread");
         CHECK(pthread_create(&t_own, NULL, own, NULL) == 0, "thread");
-        while (!own_ready || !strict_tid) sleep_ms(1);
+        CHECK(pthread_create(&t_jail, NULL, jail, NULL) == 0, "thread");
+        while (!own_ready || !strict_tid || !jail_tid) sleep_ms(1);
+        CHECK(jail_tid > 0, "jail: seccomp: %s", strerror(-jail_tid));
         CHECK(strict_tid > 0, "strict mode: %s", strerror(-strict_tid));
         CHECK(!strcmp(msg_own, "not run"), "%s", msg_own);
         echo('a', "before");
@@ -202,5 +232,9 @@ int main(int argc, char **argv) {
     CHECK(status_of(strict_tid, "Seccomp") == 1 && status_of(strict_tid, "Seccomp_filters") == 0,
           "strict: Seccomp %ld, filters %ld (want 1, 0)", status_of(strict_tid, "Seccomp"), status_of(strict_tid, "Seccomp_filters"));
     echo('x', "after");
+    for (int i = 0; i < 500 && !jail_ok; i++) sleep_ms(10);
+    CHECK(jail_ok, "jail: did not get past wait_go");
+    CHECK(status_of(jail_tid, "Seccomp") == 2 && status_of(jail_tid, "Seccomp_filters") == 1,
+          "jail: Seccomp %ld, filters %ld (want 2, 1)", status_of(jail_tid, "Seccomp"), status_of(jail_tid, "Seccomp_filters"));
     pass();
 }
