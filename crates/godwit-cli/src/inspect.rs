@@ -298,6 +298,14 @@ pub fn text(v: &Value, full: bool) -> String {
                 t["sigmask"].as_str().unwrap_or(""),
                 t["pending_signals"],
             );
+            let sc = &t["seccomp"];
+            if !sc.is_null() {
+                let n = sc["filters"].as_array().map_or(0, |f| f.len());
+                let _ = match sc["mode"].as_str() {
+                    Some("filter") => writeln!(s, "      seccomp: {n} filter(s)"),
+                    m => writeln!(s, "      seccomp: {} mode", m.unwrap_or("?")),
+                };
+            }
         }
         let fds = p["fds"].as_array().cloned().unwrap_or_default();
         let _ = writeln!(s, "  file descriptors: {}", fds.len());
