@@ -387,9 +387,10 @@ const PTRACE_O_SUSPEND_SECCOMP: libc::c_int = 1 << 21;
 /// Size of one classic BPF instruction (struct sock_filter).
 pub const BPF_INSN: usize = 8;
 
-/// Filter `index` of the seccomp filter stack of stopped task `tid`
-/// (0: the first installed, the oldest; measured on 6.18), as raw `struct sock_filter` records
-/// (8 bytes each). `Ok(None)` past the newest filter (ENOENT). Needs
+/// Filter `index` of the seccomp filter stack of stopped task `tid` (0: the
+/// first installed, the oldest; measured on 6.18), as raw `struct
+/// sock_filter` records (8 bytes each). `Ok(None)` past the newest filter
+/// (ENOENT). Needs
 /// CAP_SYS_ADMIN and a tracer not under seccomp itself (else EACCES); a
 /// task not in filter mode gives EINVAL.
 pub fn seccomp_filter(tid: i32, index: u64) -> Result<Option<Vec<u8>>> {
