@@ -125,6 +125,14 @@ pub fn summary(ck: &Checkpoint, reader: &ImageReader) -> Value {
                             "syscall_dispatch": !a.syscall_dispatch.is_empty(),
                             "mempolicy": format!("{:#x}", a.mempolicy_mode),
                         })),
+                        "seccomp": (t.seccomp_mode != 0).then(|| json!({
+                            "mode": match t.seccomp_mode { 1 => "strict", 2 => "filter", _ => "unknown" },
+                            "filters": t.seccomp_filters.iter().map(|f| json!({
+                                "instructions": f.program.len() / 8,
+                                "flags": f.flags,
+                                "program_of": (f.program_of != 0).then_some(f.program_of),
+                            })).collect::<Vec<_>>(),
+                        })),
                     })
                 })
                 .collect();
@@ -290,6 +298,14 @@ pub fn text(v: &Value, full: bool) -> String {
                 t["sigmask"].as_str().unwrap_or(""),
                 t["pending_signals"],
             );
+            let sc = &t["seccomp"];
+            if !sc.is_null() {
+                let n = sc["filters"].as_array().map_or(0, |f| f.len());
+                let _ = match sc["mode"].as_str() {
+                    Some("filter") => writeln!(s, "      seccomp: {n} filter(s)"),
+                    m => writeln!(s, "      seccomp: {} mode", m.unwrap_or("?")),
+                };
+            }
         }
         let fds = p["fds"].as_array().cloned().unwrap_or_default();
         let _ = writeln!(s, "  file descriptors: {}", fds.len());

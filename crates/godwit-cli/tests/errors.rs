@@ -243,9 +243,13 @@ fn image_is_private_and_inspectable() {
     );
 }
 
+/// A seccomp filter handing syscalls to a user-space listener cannot be
+/// restored (the listener's descriptor cannot be recreated): the dump is
+/// refused naming the thread, and the process, filter and listener work on.
 #[test]
-fn seccomp_refused_not_dropped() {
-    let p = Proc::test_prog("seccomp");
+fn seccomp_listener_refused_not_dropped() {
+    let p = Proc::test_prog("seccomp_notify");
+    let tid = std::fs::read_to_string(p.path("tid")).unwrap();
     let img = p.images();
     let out = godwit(&[
         "dump",
@@ -254,7 +258,9 @@ fn seccomp_refused_not_dropped() {
         "--images",
         img.to_str().unwrap(),
     ]);
-    assert_fails(&out, 5, "seccomp");
+    assert_fails(&out, 5, &format!("thread {}", tid.trim()));
+    assert_fails(&out, 5, "SECCOMP_RET_USER_NOTIF");
+    assert!(!img.join("manifest.img").exists(), "no image committed");
     assert_eq!(p.verdict(), "PASS", "the process runs on");
 }
 

@@ -41,6 +41,60 @@ case!(fasync);
 case!(filemeta);
 case!(sparse);
 case!(memfdmeta);
+case!(seccomp);
+
+/// The seccomp program in a variant (its arguments): dump, end the
+/// original, restore, and the program checks its filters itself.
+fn seccomp_variant(arg: &str) {
+    let mut p = common::Proc::test_prog_with("seccomp", &[arg]);
+    p.dump(&[]);
+    if arg == "tsync" {
+        // Main thread, then "inh": two filters, the second with
+        // SECCOMP_FILTER_FLAG_LOG (2); inh's programs stored once, in main.
+        let img = p.images();
+        let v: serde_json::Value = serde_json::from_str(&common::godwit_ok(&[
+            "inspect",
+            "--json",
+            img.to_str().unwrap(),
+        ]))
+        .unwrap();
+        let threads = v["processes"][0]["threads"].as_array().unwrap();
+        assert_eq!(threads.len(), 2, "{threads:?}");
+        let filters = |i: usize| threads[i]["seccomp"]["filters"].as_array().unwrap().clone();
+        let (main, inh) = (filters(0), filters(1));
+        assert_eq!(threads[0]["seccomp"]["mode"], "filter");
+        assert_eq!((main.len(), inh.len()), (2, 2));
+        assert_eq!(
+            (main[0]["flags"].as_u64(), main[1]["flags"].as_u64()),
+            (Some(0), Some(2))
+        );
+        assert!(main
+            .iter()
+            .all(|f| f["program_of"].is_null() && f["instructions"] == 9));
+        assert!(inh
+            .iter()
+            .all(|f| f["program_of"] == threads[0]["tid"] && f["instructions"] == 0));
+    }
+    p.end_original();
+    p.restore();
+    let v = p.verdict();
+    assert_eq!(v, "PASS", "seccomp {arg}: {v}; output: {}", p.output());
+}
+
+/// A thread whose filter was installed with CAP_SYS_ADMIN, which it has
+/// dropped from its effective set since, without no_new_privs: its filter
+/// goes in before its credentials, and it gets no no_new_privs it lacked.
+#[test]
+fn seccomp_filter_of_a_thread_without_privileges_now() {
+    seccomp_variant("dropadmin");
+}
+
+/// Every thread shares every filter: after restore they share them again,
+/// so the program can still synchronise a new filter (TSYNC) to all.
+#[test]
+fn seccomp_shared_filters_stay_shared() {
+    seccomp_variant("tsync");
+}
 
 /// A pipe whose buffer is larger than this host lets godwit make (here:
 /// fs.pipe-max-size lowered below it between dump and restore, godwit

@@ -430,6 +430,7 @@ pub fn dump_to(
         lazy,
     )?;
     tracing::debug!(ms = t0.elapsed().as_secs_f64() * 1e3, "collected");
+    crate::resources::seccomp::share(&mut procs);
     let mut members = Some(members);
     // Declared after `members`: on an error, unmapped before the processes
     // are released.

@@ -146,6 +146,11 @@ impl Frozen {
             ptrace::set_syscall_dispatch(tid, [0; 4])
                 .dumping(pid, "pausing syscall user dispatch")?;
         }
+        // A thread under seccomp (strict or filter mode) would have the
+        // syscalls injected into it filtered, and might be killed by them:
+        // its protection is suspended while it is traced (ends with the
+        // detach), see resources::seccomp.
+        crate::resources::seccomp::suspend_frozen(pid, tid)?;
         self.threads.push(FrozenThread {
             tid,
             regs,

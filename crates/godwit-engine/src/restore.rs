@@ -13,7 +13,8 @@ use crate::error::{EngineError, RestoreCtx, Result};
 use crate::freeze;
 use crate::remote::Remote;
 use crate::resources::{
-    attrs, caps, files, jobctl, locks, memory, sched, signals, sockets, sysv, threads, timers, tty,
+    attrs, caps, files, jobctl, locks, memory, sched, seccomp, signals, sockets, sysv, threads,
+    timers, tty,
 };
 use crate::schema::{Checkpoint, Process, Vma, VmaKind};
 use crate::Progress;
@@ -218,6 +219,8 @@ pub fn restore_deferring(
         }
     }
     sysv::check(procs)?;
+    let stacks = seccomp::Stacks::new(procs)?;
+    stacks.check_privileges()?;
     let shell = opts
         .shell_job
         .then(|| tty::CallerTerminal::from_stdin(!opts.leave_termios))
@@ -314,6 +317,7 @@ pub fn restore_deferring(
             segments: &segments,
             pages: &pages,
             shell_job,
+            seccomp: &stacks,
         };
         let (pid, lazy) = match &index {
             None => (
@@ -377,6 +381,8 @@ struct Plans<'a> {
     pages: &'a [memory::Pages<'a>],
     /// --shell-job: the root joins godwit's session and process group.
     shell_job: bool,
+    /// Every thread's seccomp filters.
+    seccomp: &'a seccomp::Stacks,
 }
 
 /// Creates the processes, rebuilds them (from a verified image), and lets
@@ -394,6 +400,7 @@ fn resurrect(
         segments,
         pages,
         shell_job,
+        seccomp: stacks,
     } = *plans;
     let root = &procs[0];
     // Before the stub is forked, so that it starts on our CPU.
@@ -511,9 +518,12 @@ fn resurrect(
     plan.restore_foreground(procs, &processes)?;
     files::restore_async(procs, &processes)?;
     // Phase 4: credentials and capabilities, last: after them we may no
-    // longer be allowed the rest; then what changing them reset.
+    // longer be allowed the rest; then what changing them reset. Seccomp
+    // filters that need privileges the saved credentials lack go in first
+    // (resources/seccomp).
     for (i, p) in procs.iter().enumerate() {
         if let Some((r, tids)) = &remotes[i] {
+            seccomp::install_before_credentials(r, p, tids, stacks)?;
             for (t, &host) in p.threads.iter().zip(tids) {
                 attrs::restore_creds(&r.for_thread(host), p, t)?;
             }
@@ -522,8 +532,11 @@ fn resurrect(
     }
     // Phase 5: drop the trampolines (the thread stops at syscall exit, before
     // fetching another instruction from it), load registers, and go.
+    // Seccomp filters and strict mode go in last of what is injected; the
+    // threads' seccomp stays suspended until they are detached.
     for (i, p) in procs.iter().enumerate() {
         if let Some((r, tids)) = &remotes[i] {
+            seccomp::install_last(r, p, tids, stacks)?;
             r.call(
                 "munmap",
                 libc::SYS_munmap,
@@ -532,6 +545,7 @@ fn resurrect(
             .restoring(r.pid, "removing the trampoline")?;
             for (t, &host) in p.threads.iter().zip(tids) {
                 threads::load_cpu_state(r.pid, host, t)?;
+                seccomp::finish_resume(r.pid, host, t, stacks)?;
             }
         }
     }

@@ -406,6 +406,33 @@ pub struct Thread {
     /// older images (then the process's).
     #[prost(message, optional, tag = "15")]
     pub creds: Option<Creds>,
+    /// Seccomp mode: 0 none, 1 strict, 2 filter (older images: 0, and a
+    /// thread under seccomp was refused at dump).
+    #[prost(uint32, tag = "16")]
+    pub seccomp_mode: u32,
+    /// In filter mode, the thread's filter stack, oldest first.
+    #[prost(message, repeated, tag = "17")]
+    pub seccomp_filters: Vec<SeccompFilter>,
+}
+
+/// One seccomp filter of a thread's stack.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct SeccompFilter {
+    /// The classic BPF program: `struct sock_filter` records, 8 bytes each
+    /// (u16 code, u8 jt, u8 jf, u32 k; little-endian). Empty when
+    /// `program_of` names the thread holding it.
+    #[prost(bytes = "vec", tag = "1")]
+    pub program: Vec<u8>,
+    /// SECCOMP_FILTER_FLAG_* it was installed with, as far as the kernel
+    /// tells (SECCOMP_FILTER_FLAG_LOG).
+    #[prost(uint32, tag = "2")]
+    pub flags: u32,
+    /// With an empty `program`: the TID of an earlier thread of the image
+    /// whose filter at the same position (its stack starting the same way)
+    /// holds the program. Stacks shared by threads (inherited at clone, or
+    /// synchronised with SECCOMP_FILTER_FLAG_TSYNC) are stored once.
+    #[prost(int32, tag = "3")]
+    pub program_of: i32,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]

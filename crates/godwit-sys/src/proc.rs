@@ -209,6 +209,10 @@ pub struct Status {
     pub sig_ign: u64,
     /// Resident private anonymous memory (RssAnon), bytes.
     pub rss_anon: u64,
+    /// Seccomp mode: 0 none, 1 strict, 2 filter.
+    pub seccomp: u32,
+    /// Number of seccomp filters in the task's stack (Seccomp_filters).
+    pub seccomp_filters: u32,
 }
 
 pub fn parse_status(text: &str, path: &str) -> Result<Status> {
@@ -253,6 +257,10 @@ pub fn parse_status(text: &str, path: &str) -> Result<Status> {
             "CapBnd" => st.cap_bnd = hex(v, "CapBnd")?,
             "CapAmb" => st.cap_amb = hex(v, "CapAmb")?,
             "NoNewPrivs" => st.no_new_privs = v == "1",
+            "Seccomp" => st.seccomp = v.parse().map_err(|_| bad(path, "bad Seccomp"))?,
+            "Seccomp_filters" => {
+                st.seccomp_filters = v.parse().map_err(|_| bad(path, "bad Seccomp_filters"))?
+            }
             "SigCgt" => {
                 st.sig_cgt = u64::from_str_radix(v, 16).map_err(|_| bad(path, "bad SigCgt"))?
             }

@@ -381,6 +381,70 @@ pub fn rseq_config(tid: i32) -> Result<RseqConfig> {
     })
 }
 
+const PTRACE_SECCOMP_GET_FILTER: libc::c_uint = 0x420c;
+const PTRACE_SECCOMP_GET_METADATA: libc::c_uint = 0x420d;
+const PTRACE_O_SUSPEND_SECCOMP: libc::c_int = 1 << 21;
+/// Size of one classic BPF instruction (struct sock_filter).
+pub const BPF_INSN: usize = 8;
+
+/// Filter `index` of the seccomp filter stack of stopped task `tid` (0: the
+/// first installed, the oldest; measured on 6.18), as raw `struct
+/// sock_filter` records (8 bytes each). `Ok(None)` past the newest filter
+/// (ENOENT). Needs
+/// CAP_SYS_ADMIN and a tracer not under seccomp itself (else EACCES); a
+/// task not in filter mode gives EINVAL.
+pub fn seccomp_filter(tid: i32, index: u64) -> Result<Option<Vec<u8>>> {
+    let name = "PTRACE_SECCOMP_GET_FILTER";
+    // With a null buffer the kernel returns the number of instructions.
+    let n = match req(PTRACE_SECCOMP_GET_FILTER, tid, index as usize, 0, name) {
+        Ok(n) => n as usize,
+        Err(e) if e.errno() == Some(libc::ENOENT) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let mut buf = vec![0u8; n * BPF_INSN];
+    // The kernel writes at most the count it just reported; a filter never
+    // changes once installed, so the buffer is large enough.
+    let got = req(
+        PTRACE_SECCOMP_GET_FILTER,
+        tid,
+        index as usize,
+        buf.as_mut_ptr() as usize,
+        name,
+    )? as usize;
+    buf.truncate(got.min(n) * BPF_INSN);
+    Ok(Some(buf))
+}
+
+/// The flags of seccomp filter `index` of stopped task `tid` as the kernel
+/// reports them (SECCOMP_FILTER_FLAG_LOG only; the other flags are not kept).
+pub fn seccomp_flags(tid: i32, index: u64) -> Result<u64> {
+    #[repr(C)]
+    struct Meta {
+        filter_off: u64,
+        flags: u64,
+    }
+    let mut m = Meta {
+        filter_off: index,
+        flags: 0,
+    };
+    req(
+        PTRACE_SECCOMP_GET_METADATA,
+        tid,
+        std::mem::size_of::<Meta>(),
+        &mut m as *mut _ as usize,
+        "PTRACE_SECCOMP_GET_METADATA",
+    )?;
+    Ok(m.flags)
+}
+
+/// Suspends the seccomp protection of traced task `tid` while it stays
+/// traced (PTRACE_O_SUSPEND_SECCOMP, added to [`OPTIONS`]): syscalls injected
+/// into it are not filtered; it ends with the detach. Needs CAP_SYS_ADMIN
+/// and a tracer not under seccomp itself (else EPERM).
+pub fn suspend_seccomp(tid: i32) -> Result<()> {
+    set_options(tid, OPTIONS | PTRACE_O_SUSPEND_SECCOMP)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -55,17 +55,6 @@ pub fn dump(r: &Remote, p: &mut Process) -> Result<()> {
             what: format!("a deleted executable ({})", p.exe),
         });
     }
-    // A seccomp filter cannot be read back and installed again yet; a restored
-    // process without it would have lost a security boundary: refuse.
-    let status_text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    if let Some(mode) = status_text.lines().find_map(|l| l.strip_prefix("Seccomp:")) {
-        if mode.trim() != "0" {
-            return Err(EngineError::Unsupported {
-                pid,
-                what: format!("a seccomp filter or strict mode (Seccomp: {}), which restore could not put back", mode.trim()),
-            });
-        }
-    }
     p.umask = status.umask;
     p.personality = proc::personality(pid).dumping(pid, stage)?;
     p.creds = Some(Creds {

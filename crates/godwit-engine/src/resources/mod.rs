@@ -11,6 +11,7 @@ pub mod locks;
 pub mod memory;
 pub mod numa;
 pub mod sched;
+pub mod seccomp;
 pub mod signals;
 pub mod sockets;
 pub mod sysv;

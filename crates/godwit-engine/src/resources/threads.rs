@@ -96,6 +96,7 @@ pub fn dump(r: &Remote, t: &FrozenThread) -> Result<Thread> {
     let pdeathsig = i32::from_le_bytes(b[48..52].try_into().expect("4 bytes"));
     let tsc = u32::from_le_bytes(b[56..60].try_into().expect("4 bytes"));
     let (creds, caps) = caps::dump(&rt)?;
+    let (seccomp_mode, seccomp_filters) = super::seccomp::dump(pid, tid)?;
     let ss_flags = i32::from_le_bytes(b[16..20].try_into().expect("4 bytes"));
     Ok(Thread {
         tid,
@@ -121,6 +122,8 @@ pub fn dump(r: &Remote, t: &FrozenThread) -> Result<Thread> {
         sched: Some(sched::dump(pid, tid)?),
         caps: Some(caps),
         creds: Some(creds),
+        seccomp_mode,
+        seccomp_filters,
         attrs: Some(ThreadAttrs {
             pdeathsig,
             timer_slack_ns,
