@@ -41,6 +41,53 @@ case!(fasync);
 case!(filemeta);
 case!(sparse);
 case!(memfdmeta);
+case!(memadvice);
+
+/// memadvice with the whole process made mergeable (PR_SET_MEMORY_MERGE)
+/// and one area taken out again (MADV_UNMERGEABLE): after restore the
+/// process is mergeable as a whole, that area still is not.
+#[test]
+fn memadvice_merge_any() {
+    use common::*;
+    let mut p = Proc::test_prog_with("memadvice", &["mergeany"]);
+    p.dump(&[]);
+    p.end_original();
+    p.restore();
+    assert_eq!(p.verdict(), "PASS", "{}", p.output());
+}
+
+/// A restore that could not lock the memory the process had locked (godwit
+/// without CAP_IPC_LOCK, RLIMIT_MEMLOCK below the locked size) is refused
+/// before anything is created, naming the process, the size, a locked
+/// area and the limit; as root, the same image restores.
+#[test]
+fn locked_memory_above_the_memlock_limit_is_refused() {
+    use common::*;
+    let mut p = Proc::test_prog("memadvice");
+    p.dump(&[]);
+    p.end_original();
+    let img = p.images();
+    let out = std::process::Command::new("setpriv")
+        .args(["--bounding-set=-ipc_lock", "--inh-caps=-ipc_lock"])
+        .args(["prlimit", "--memlock=65536:65536"])
+        .arg(env!("CARGO_BIN_EXE_godwit"))
+        .args(["restore", "--images"])
+        .arg(&img)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "restore passed: {err}");
+    assert!(
+        err.contains("131072 bytes of locked memory")
+            && err.contains("CAP_IPC_LOCK")
+            && err.contains("RLIMIT_MEMLOCK is 65536"),
+        "{err}"
+    );
+    assert!(gone(p.pid), "a refused restore left process {}", p.pid);
+    p.restore();
+    assert_eq!(p.verdict(), "PASS");
+}
 
 /// A pipe whose buffer is larger than this host lets godwit make (here:
 /// fs.pipe-max-size lowered below it between dump and restore, godwit

@@ -181,6 +181,8 @@ struct Collected {
     plan: Option<FrozenPlan>,
     /// The scratch area, when left mapped while the memory is copied.
     scratch: Option<ScratchArea>,
+    /// mlockall(MCL_FUTURE) and PR_SET_MEMORY_MERGE, for its first VMA.
+    defaults: memory::MmDefaults,
 }
 
 /// The scratch area mapped in a frozen process for the calls injected into
@@ -414,6 +416,7 @@ pub fn dump_to(
         plans,
         mut copied,
         scratches,
+        ..
     } = collect_all(
         &members,
         &trackers,
@@ -707,6 +710,8 @@ struct Collection {
     copied: Vec<Option<Vec<(PageFileInfo, PageSpan)>>>,
     /// Scratch areas left mapped meanwhile.
     scratches: Vec<ScratchArea>,
+    /// Each member's process-wide memory defaults (zombies: none).
+    defaults: Vec<memory::MmDefaults>,
 }
 
 /// Asks for the memory of member `.0`, process `.1` with memory map `.2`,
@@ -792,6 +797,9 @@ fn collect_all(
             c.procs[i].vmas = vmas;
             c.copied[i] = Some(w);
         }
+        for (p, d) in c.procs.iter_mut().zip(&c.defaults) {
+            d.keep(&mut p.vmas);
+        }
         if copy_into.is_some() && c.copied.iter().flatten().count() != live {
             return Err(EngineError::BadImage(
                 "the memory of a process was not copied".into(),
@@ -813,6 +821,7 @@ fn collect_members(
         plans: Vec::with_capacity(members.len()),
         copied: Vec::with_capacity(members.len()),
         scratches: Vec::new(),
+        defaults: Vec::with_capacity(members.len()),
     };
     for (i, m) in members.iter().enumerate() {
         c.copied.push(None);
@@ -823,6 +832,7 @@ fn collect_members(
                 c.remotes.push(Some(one.r0));
                 c.plans.push(one.plan);
                 c.scratches.extend(one.scratch);
+                c.defaults.push(one.defaults);
             }
             Member::Zombie {
                 pid,
@@ -842,6 +852,7 @@ fn collect_members(
                 });
                 c.remotes.push(None);
                 c.plans.push(None);
+                c.defaults.push(Default::default());
             }
         }
     }
@@ -860,7 +871,12 @@ fn collect_one(
     let pid = frozen.pid;
     let t = Instant::now();
     let (maps, r0) = injector(frozen)?;
+    // mlockall(MCL_FUTURE) shows only in what it does to a new mapping.
+    let lck_before = proc::status(pid)
+        .dumping(pid, "reading the process's status")?
+        .vm_lck;
     let area = ScratchArea::map(r0)?;
+    let defaults = memory::MmDefaults::read(&area.remote(), lck_before)?;
     // The copier starts once the attributes are read: their brk(0) takes
     // the memory map's write lock, which would wait for the copier's reads
     // and hold up its further ones. The map was read before the scratch
@@ -913,6 +929,7 @@ fn collect_one(
         r0,
         plan,
         scratch,
+        defaults,
     })
 }
 

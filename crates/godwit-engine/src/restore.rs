@@ -179,6 +179,7 @@ pub fn restore_from(
         }
         attrs::check(p)?;
         sched::check(p)?;
+        memory::check_restorable(p)?;
         caps::check(p)?;
         memory::check_files(&p.vmas, opts.allow_file_changes)?;
         files::check(&p.fds, opts.allow_file_changes)?;

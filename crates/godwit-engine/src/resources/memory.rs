@@ -73,6 +73,43 @@ pub(crate) fn kind_of(pid: i32, e: &MapEntry) -> Result<VmaKind> {
     })
 }
 
+/// VmFlags of an ordinary mapping that the restore cannot give back: the
+/// dump is refused, naming the area and the flag, rather than the state
+/// silently lost. (Advice and locks the restore sets again: see
+/// [`advice_of`] and [`restore`]; flags that follow from how the area is
+/// mapped, such as rd, wr, sh, gd, ac, nr, are given back by the mmap.)
+const UNRESTORABLE: &[(&str, &str)] = &[
+    ("sl", "sealed (mseal)"),
+    ("ss", "a shadow stack"),
+    ("ui", "registered for minor faults on a userfaultfd"),
+];
+
+fn check_vm_flags(pid: i32, e: &MapEntry, kind: VmaKind) -> Result<()> {
+    if matches!(
+        kind,
+        VmaKind::Vdso | VmaKind::Vvar | VmaKind::VvarVclock | VmaKind::Vsyscall
+    ) {
+        // The kernel's own mappings (which it may seal itself).
+        return Ok(());
+    }
+    match UNRESTORABLE.iter().find(|(f, _)| e.has_flag(f)) {
+        Some((flag, what)) => Err(EngineError::Unsupported {
+            pid,
+            what: format!(
+                "the memory mapping {:#x}-{:#x} ({}), which is {what} (VmFlags \"{flag}\")",
+                e.start,
+                e.end,
+                if e.name.is_empty() {
+                    "anonymous"
+                } else {
+                    &e.name
+                }
+            ),
+        }),
+        None => Ok(()),
+    }
+}
+
 fn prot_of(e: &MapEntry) -> u32 {
     let mut p = 0;
     if e.read {
@@ -210,6 +247,7 @@ pub fn plan(pid: i32, maps: &[MapEntry], mut prefetched: Prefetched) -> Result<V
     let mut entries = Vec::new();
     for e in maps {
         let kind = kind_of(pid, e)?;
+        check_vm_flags(pid, e, kind)?;
         let mut vma = Vma {
             start: e.start,
             end: e.end,
@@ -1350,14 +1388,7 @@ pub fn restore(
                 args: [v.start, len, v.prot as u64, 0, 0, 0],
             });
         }
-        for f in &v.vm_flags {
-            let advice = match f.as_str() {
-                "dc" => libc::MADV_DONTFORK,
-                "dd" => libc::MADV_DONTDUMP,
-                "wf" => libc::MADV_WIPEONFORK,
-                "nh" => libc::MADV_NOHUGEPAGE,
-                _ => continue,
-            };
+        for advice in v.vm_flags.iter().filter_map(|f| advice_of(f)) {
             after.push(Call {
                 name: "madvise",
                 nr: libc::SYS_madvise,
@@ -1365,9 +1396,250 @@ pub fn restore(
             });
         }
     }
-    r.call_batch(&after)
-        .restoring(pid, "setting memory protections and advice")?;
+    // Locks last, once the pages are in: mlock then finds present what was
+    // (it faults in the rest, as it did for the original; MLOCK_ONFAULT
+    // locks only the pages there).
+    for v in vmas.iter().filter(|v| !is_special(v) && has_flag(v, "lo")) {
+        let onfault = if has_flag(v, "lf") { MLOCK_ONFAULT } else { 0 };
+        after.push(Call {
+            name: "mlock2",
+            nr: libc::SYS_mlock2,
+            args: [v.start, v.end - v.start, onfault, 0, 0, 0],
+        });
+    }
+    let defaults = MmDefaults::of(vmas);
+    if defaults.mlockall != 0 {
+        // MCL_FUTURE without MCL_CURRENT: only the mappings made from now on.
+        after.push(Call {
+            name: "mlockall",
+            nr: libc::SYS_mlockall,
+            args: [
+                (defaults.mlockall & (MCL_FUTURE | MCL_ONFAULT)) as u64,
+                0,
+                0,
+                0,
+                0,
+                0,
+            ],
+        });
+    }
+    if defaults.merge_any {
+        // It marks every private mapping mergeable: those that were not
+        // (MADV_UNMERGEABLE since) are unmarked again.
+        after.push(Call {
+            name: "prctl(PR_SET_MEMORY_MERGE)",
+            nr: libc::SYS_prctl,
+            args: [PR_SET_MEMORY_MERGE, 1, 0, 0, 0, 0],
+        });
+        for v in vmas.iter().filter(|v| !is_special(v) && !has_flag(v, "mg")) {
+            after.push(Call {
+                name: "madvise",
+                nr: libc::SYS_madvise,
+                args: [
+                    v.start,
+                    v.end - v.start,
+                    libc::MADV_UNMERGEABLE as u64,
+                    0,
+                    0,
+                    0,
+                ],
+            });
+        }
+    }
+    if let Err(e) = r.call_batch(&after) {
+        // Name the area: each call again, alone (all of them idempotent).
+        for c in &after {
+            if let Err(e) = r.call(c.name, c.nr, c.args) {
+                let on = match c.nr {
+                    libc::SYS_mlockall | libc::SYS_prctl => "the process".to_string(),
+                    _ => format!(
+                        "the memory mapping {:#x}-{:#x}",
+                        c.args[0],
+                        c.args[0] + c.args[1]
+                    ),
+                };
+                return Err(EngineError::Refused {
+                    pid: r.vpid,
+                    what: format!(
+                        "{} on {on} failed ({e}), which the process had done",
+                        describe_call(c)
+                    ),
+                });
+            }
+        }
+        return Err(e).restoring(pid, "setting memory protections, advice and locks");
+    }
     Ok(())
+}
+
+/// Process-wide defaults for the mappings a process makes, which no /proc
+/// file shows: mlockall(MCL_FUTURE) and prctl(PR_SET_MEMORY_MERGE). Kept on
+/// the process's first VMA (`Vma::mlockall`, `Vma::merge_any`).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct MmDefaults {
+    pub mlockall: u32,
+    pub merge_any: bool,
+}
+
+const PR_GET_MEMORY_MERGE: u64 = 68;
+const PR_SET_MEMORY_MERGE: u64 = 67;
+
+impl MmDefaults {
+    /// Reads them from a frozen process in which `r`'s scratch area (`len`
+    /// bytes at `r.scratch`) was just mapped, `lck_before` being its VmLck
+    /// before that. Under MCL_FUTURE a new mapping is locked (VmLck grows
+    /// by its size) and, unless MCL_ONFAULT was given too, populated at once.
+    pub fn read(r: &Remote, lck_before: u64) -> Result<MmDefaults> {
+        let pid = r.pid;
+        let stage = "reading the process's memory locking defaults";
+        let st = godwit_sys::proc::status(pid).dumping(pid, stage)?;
+        let mut d = MmDefaults::default();
+        if st.vm_lck >= lck_before + r.scratch_len {
+            let mut entry = Vec::with_capacity(1);
+            Pagemap::open(pid)
+                .and_then(|m| m.read(r.scratch, r.scratch + PAGE_SIZE, &mut entry))
+                .dumping(pid, stage)?;
+            let populated = entry.first().is_some_and(|e| e & pm::PRESENT != 0);
+            d.mlockall = MCL_FUTURE | if populated { 0 } else { MCL_ONFAULT };
+        }
+        // EINVAL on a kernel without KSM: nothing to merge then.
+        let out = r
+            .inj()
+            .run(libc::SYS_prctl, [PR_GET_MEMORY_MERGE, 0, 0, 0, 0, 0])
+            .dumping(pid, "reading prctl(PR_GET_MEMORY_MERGE)")?;
+        d.merge_any = out.ret == 1;
+        Ok(d)
+    }
+
+    /// Puts them on the first of a process's VMAs.
+    pub fn keep(self, vmas: &mut [Vma]) {
+        if let Some(v) = vmas.first_mut() {
+            v.mlockall = self.mlockall;
+            v.merge_any = self.merge_any;
+        }
+    }
+
+    fn of(vmas: &[Vma]) -> MmDefaults {
+        vmas.first()
+            .map_or_else(MmDefaults::default, |v| MmDefaults {
+                mlockall: v.mlockall,
+                merge_any: v.merge_any,
+            })
+    }
+}
+
+fn has_flag(v: &Vma, flag: &str) -> bool {
+    v.vm_flags.iter().any(|f| f == flag)
+}
+
+/// Refuses, before any process is created, a restore that could not give
+/// process `p` its memory advice and locks back: KSM-mergeable areas on a
+/// host without KSM, and locked memory beyond what godwit may lock
+/// (without CAP_IPC_LOCK, RLIMIT_MEMLOCK bounds it; the process is rebuilt
+/// under godwit's limit).
+pub fn check_restorable(p: &crate::schema::Process) -> Result<()> {
+    let ksm = std::path::Path::new("/sys/kernel/mm/ksm").exists();
+    if MmDefaults::of(&p.vmas).merge_any && !ksm {
+        return Err(EngineError::Refused {
+            pid: p.pid,
+            what: "it had made all its memory mergeable (prctl PR_SET_MEMORY_MERGE), and this kernel has no KSM (/sys/kernel/mm/ksm is missing); restore on a kernel built with CONFIG_KSM".into(),
+        });
+    }
+    if let Some(v) = p.vmas.iter().find(|v| has_flag(v, "mg")).filter(|_| !ksm) {
+        return Err(EngineError::Refused {
+            pid: p.pid,
+            what: format!(
+                "the memory mapping {:#x}-{:#x} was marked mergeable (MADV_MERGEABLE), and this kernel has no KSM (/sys/kernel/mm/ksm is missing); restore on a kernel built with CONFIG_KSM",
+                v.start, v.end
+            ),
+        });
+    }
+    let locked: u64 = p
+        .vmas
+        .iter()
+        .filter(|v| !is_special(v) && has_flag(v, "lo"))
+        .map(|v| v.end - v.start)
+        .sum();
+    let future = p.vmas.first().is_some_and(|v| v.mlockall != 0);
+    if locked == 0 && !future {
+        return Ok(());
+    }
+    let me = godwit_sys::proc::status(std::process::id() as i32)
+        .restoring(p.pid, "reading godwit's own capabilities")?;
+    const CAP_IPC_LOCK: u32 = 14;
+    if me.cap_eff & (1 << CAP_IPC_LOCK) != 0 {
+        return Ok(());
+    }
+    let (soft, _) = godwit_sys::process::get_rlimit(0, libc::RLIMIT_MEMLOCK)
+        .restoring(p.pid, "reading the locked-memory limit")?;
+    lock_limit_refusal(p, locked, future, soft).map_or(Ok(()), Err)
+}
+
+/// Why `locked` bytes of locked memory (and an mlockall(MCL_FUTURE) with
+/// `future`) cannot be locked under the limit `soft`, if they cannot.
+fn lock_limit_refusal(
+    p: &crate::schema::Process,
+    locked: u64,
+    future: bool,
+    soft: u64,
+) -> Option<EngineError> {
+    if locked <= soft && (soft > 0 || !future) {
+        return None;
+    }
+    let first = p.vmas.iter().find(|v| has_flag(v, "lo"));
+    let areas = match first {
+        Some(v) => format!(
+            "{locked} bytes of locked memory (mlock; the first locked mapping is {:#x}-{:#x})",
+            v.start, v.end
+        ),
+        None => "mlockall(MCL_FUTURE)".to_string(),
+    };
+    Some(EngineError::Refused {
+        pid: p.pid,
+        what: format!(
+            "it had {areas}, more than godwit may lock: it lacks CAP_IPC_LOCK and RLIMIT_MEMLOCK is {soft} bytes; raise the limit (ulimit -l) or restore as root"
+        ),
+    })
+}
+
+/// MLOCK_ONFAULT (mlock2): lock the pages as they are faulted in.
+const MLOCK_ONFAULT: u64 = 1;
+/// mlockall(2) flags.
+const MCL_FUTURE: u32 = 2;
+const MCL_ONFAULT: u32 = 4;
+
+/// The madvise advice that gives an area this VmFlags flag again, for the
+/// advice kept by flags. MADV_HUGEPAGE ("hg") is given before the pages
+/// are written (see [`wants_thp`]).
+fn advice_of(flag: &str) -> Option<i32> {
+    Some(match flag {
+        "dc" => libc::MADV_DONTFORK,
+        "dd" => libc::MADV_DONTDUMP,
+        "wf" => libc::MADV_WIPEONFORK,
+        "nh" => libc::MADV_NOHUGEPAGE,
+        "rr" => libc::MADV_RANDOM,
+        "sr" => libc::MADV_SEQUENTIAL,
+        "mg" => libc::MADV_MERGEABLE,
+        _ => return None,
+    })
+}
+
+/// A call of the restore's last memory batch, as a user would name it.
+fn describe_call(c: &Call) -> String {
+    match (c.nr, c.args[2] as i32) {
+        (libc::SYS_mlock2, 0) => "mlock".to_string(),
+        (libc::SYS_mlock2, _) => "mlock2(MLOCK_ONFAULT)".to_string(),
+        (libc::SYS_mlockall, _) => "mlockall(MCL_FUTURE)".to_string(),
+        (libc::SYS_madvise, libc::MADV_DONTFORK) => "madvise(MADV_DONTFORK)".to_string(),
+        (libc::SYS_madvise, libc::MADV_DONTDUMP) => "madvise(MADV_DONTDUMP)".to_string(),
+        (libc::SYS_madvise, libc::MADV_WIPEONFORK) => "madvise(MADV_WIPEONFORK)".to_string(),
+        (libc::SYS_madvise, libc::MADV_NOHUGEPAGE) => "madvise(MADV_NOHUGEPAGE)".to_string(),
+        (libc::SYS_madvise, libc::MADV_RANDOM) => "madvise(MADV_RANDOM)".to_string(),
+        (libc::SYS_madvise, libc::MADV_SEQUENTIAL) => "madvise(MADV_SEQUENTIAL)".to_string(),
+        (libc::SYS_madvise, libc::MADV_MERGEABLE) => "madvise(MADV_MERGEABLE)".to_string(),
+        (libc::SYS_madvise, libc::MADV_UNMERGEABLE) => "madvise(MADV_UNMERGEABLE)".to_string(),
+        _ => c.name.to_string(),
+    }
 }
 
 /// Bytes of page file per process_vm_writev batch while restoring.
@@ -1779,5 +2051,111 @@ mod tests {
         // makedev(0xfe, 1) and makedev(0x103, 0x205), as glibc encodes them.
         assert_eq!(dev_of((0xfe << 8) | 1), (0xfe, 1));
         assert_eq!(dev_of(0x21_0305), (0x103, 0x205));
+    }
+}
+
+#[cfg(test)]
+mod advice_tests {
+    use super::*;
+    use crate::schema::Process;
+
+    fn vma(start: u64, end: u64, flags: &[&str]) -> Vma {
+        Vma {
+            start,
+            end,
+            vm_flags: flags.iter().map(|f| f.to_string()).collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn every_kept_advice_has_its_madvise() {
+        for (flag, advice) in [
+            ("dc", libc::MADV_DONTFORK),
+            ("wf", libc::MADV_WIPEONFORK),
+            ("dd", libc::MADV_DONTDUMP),
+            ("mg", libc::MADV_MERGEABLE),
+            ("nh", libc::MADV_NOHUGEPAGE),
+            ("rr", libc::MADV_RANDOM),
+            ("sr", libc::MADV_SEQUENTIAL),
+        ] {
+            assert_eq!(advice_of(flag), Some(advice), "{flag}");
+        }
+        // Given by the mmap itself, or (hg, lo, lf) at their own moment.
+        for flag in ["rd", "wr", "ac", "nr", "gd", "hg", "lo", "lf"] {
+            assert_eq!(advice_of(flag), None, "{flag}");
+        }
+    }
+
+    #[test]
+    fn sealed_and_shadow_stack_areas_refuse_the_dump() {
+        let mut e = MapEntry {
+            start: 0x1000,
+            end: 0x3000,
+            vm_flags: vec!["rd".into(), "sl".into()],
+            ..Default::default()
+        };
+        let err = check_vm_flags(7, &e, VmaKind::AnonPrivate)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("0x1000-0x3000") && err.contains("mseal") && err.contains("\"sl\""),
+            "{err}"
+        );
+        // The kernel may seal its own vDSO: not the process's doing.
+        assert!(check_vm_flags(7, &e, VmaKind::Vdso).is_ok());
+        e.vm_flags = vec!["rd".into(), "ss".into()];
+        assert!(check_vm_flags(7, &e, VmaKind::AnonPrivate).is_err());
+        e.vm_flags = ["rd", "wr", "lo", "lf", "mg", "rr", "dc"]
+            .map(String::from)
+            .to_vec();
+        assert!(check_vm_flags(7, &e, VmaKind::AnonPrivate).is_ok());
+    }
+
+    #[test]
+    fn locked_memory_beyond_the_limit_is_refused() {
+        let p = Process {
+            pid: 42,
+            vmas: vec![
+                vma(0x10000, 0x20000, &["rd", "wr"]),
+                vma(0x30000, 0x40000, &["rd", "wr", "lo"]),
+                vma(0x50000, 0x52000, &["rd", "wr", "lo", "lf"]),
+            ],
+            ..Default::default()
+        };
+        let locked = 0x12000;
+        assert!(lock_limit_refusal(&p, locked, false, locked).is_none());
+        assert!(lock_limit_refusal(&p, locked, false, u64::MAX).is_none());
+        let err = lock_limit_refusal(&p, locked, false, 65536)
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("process 42")
+                && err.contains("73728 bytes of locked memory")
+                && err.contains("0x30000-0x40000")
+                && err.contains("RLIMIT_MEMLOCK is 65536"),
+            "{err}"
+        );
+        // mlockall(MCL_FUTURE) alone needs a limit above 0.
+        let none = Process::default();
+        assert!(lock_limit_refusal(&none, 0, true, 0)
+            .unwrap()
+            .to_string()
+            .contains("mlockall(MCL_FUTURE)"));
+        assert!(lock_limit_refusal(&none, 0, true, 4096).is_none());
+    }
+
+    #[test]
+    fn process_wide_defaults_ride_on_the_first_vma() {
+        let mut vmas = vec![vma(0x1000, 0x2000, &[]), vma(0x3000, 0x4000, &[])];
+        let d = MmDefaults {
+            mlockall: MCL_FUTURE | MCL_ONFAULT,
+            merge_any: true,
+        };
+        d.keep(&mut vmas);
+        assert_eq!(MmDefaults::of(&vmas), d);
+        assert_eq!(vmas[1].mlockall, 0);
+        assert!(!vmas[1].merge_any);
+        MmDefaults::default().keep(&mut []);
     }
 }
