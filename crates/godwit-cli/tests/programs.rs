@@ -89,6 +89,61 @@ fn locked_memory_above_the_memlock_limit_is_refused() {
     assert_eq!(p.verdict(), "PASS");
 }
 
+/// The proportional set size (Pss, smaps_rollup) of a process and all
+/// its descendants, in bytes, and how many processes that is.
+fn tree_pss(pid: i32) -> (u64, usize) {
+    let mut all = common::descendants(pid);
+    all.push(pid);
+    let pss = all
+        .iter()
+        .map(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/smaps_rollup"))
+                .unwrap_or_default()
+                .lines()
+                .find_map(|l| l.strip_prefix("Pss:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+                .unwrap_or(0)
+                * 1024
+        })
+        .sum();
+    (pss, all.len())
+}
+
+/// A forking server: a parent with 256 MiB written and 4 children that
+/// each rewrote 1 MiB of it and dropped another (MADV_DONTNEED), one with
+/// a grandchild. The image holds the shared pages once (the children's only
+/// their own), and after restore they are shared again: the tree's total
+/// Pss is what it was, not six times the parent's; every process finds its
+/// own memory.
+#[test]
+fn cow_sharing_between_parent_and_children_is_kept() {
+    use common::*;
+    let mut p = Proc::test_prog("cowshare");
+    let (before, n) = tree_pss(p.pid);
+    assert_eq!(n, 6, "the parent, 4 children, a grandchild");
+    let v = p.dump(&[]);
+    let stored = v["memory_bytes"].as_u64().unwrap();
+    p.end_original();
+    p.restore();
+    let (after, n) = tree_pss(p.pid);
+    assert_eq!(n, 6, "the whole tree after restore");
+    eprintln!(
+        "cowshare: Pss of the tree {} MiB before the dump, {} MiB after restore; {} MiB stored",
+        before >> 20,
+        after >> 20,
+        stored >> 20
+    );
+    assert!(
+        stored < 300 << 20,
+        "shared pages stored once: {stored} bytes: {v}"
+    );
+    assert!(
+        after < before + (before >> 3),
+        "Pss {after} bytes after restore, {before} before"
+    );
+    assert_eq!(p.verdict(), "PASS", "{}", p.output());
+}
+
 /// A pipe whose buffer is larger than this host lets godwit make (here:
 /// fs.pipe-max-size lowered below it between dump and restore, godwit
 /// lacking CAP_SYS_RESOURCE) is refused before anything is created, naming

@@ -457,6 +457,13 @@ pub fn dump_to(
     if lazy_bytes > 0 {
         writer.add_flags(godwit_image::FLAG_LAZY_PAGES);
     }
+    if procs
+        .iter()
+        .flat_map(|p| &p.vmas)
+        .any(|v| !v.inherited.is_empty())
+    {
+        writer.add_flags(godwit_image::FLAG_INHERITED_PAGES);
+    }
 
     // Pre-copied processes: what changed since is copied now, while frozen.
     let mut fresh: Vec<Vec<(PageFileInfo, PageSpan)>> = Vec::with_capacity(procs.len());
@@ -714,9 +721,9 @@ struct Collection {
     defaults: Vec<memory::MmDefaults>,
 }
 
-/// Asks for the memory of member `.0`, process `.1` with memory map `.2`,
-/// to be planned and copied.
-type CopyJob = (usize, i32, Vec<proc::MapEntry>);
+/// Asks for the memory of member `.0`, process `.1` with memory map `.2`
+/// and parent `.3`, to be planned and copied.
+type CopyJob = (usize, i32, Vec<proc::MapEntry>, i32);
 
 /// Collects every member of the frozen tree. With `copy_into` (the tree
 /// stays frozen until its image is written), a second thread plans and
@@ -741,32 +748,48 @@ fn collect_all(
         let stop = &stop;
         let copier = copy_into.map(|writer| {
             s.spawn(move || {
-                let mut out = Vec::new();
-                for (i, pid, maps) in rx {
+                type Copied = Result<(Vec<crate::schema::Vma>, Vec<(PageFileInfo, PageSpan)>)>;
+                let mut out: Vec<(usize, Copied)> = Vec::new();
+                // Processes planned so far, by PID: a child's pages shared
+                // copy-on-write with its parent (planned before it, parents
+                // come first) are not copied again.
+                let mut planned: std::collections::HashMap<i32, (usize, memory::Frames)> =
+                    std::collections::HashMap::new();
+                for (i, pid, maps, ppid) in rx {
                     let t = Instant::now();
                     let lap = |what: &str| {
                         tracing::debug!(ms = t.elapsed().as_secs_f64() * 1e3, pid, "copier: {what}")
                     };
-                    let r = memory::survey(pid, &maps).and_then(|vmas| {
-                        lap("planned");
-                        let stage = match live {
-                            1 => "dumping memory".to_string(),
-                            _ => format!("memory of {pid}"),
-                        };
-                        progress.stage(&stage, memory::planned_bytes(&vmas));
-                        let w = memory::write_pages(
-                            pid,
-                            &vmas,
-                            writer,
-                            progress,
-                            None,
-                            &[],
-                            Some(stop),
-                        )?;
-                        lap("copied");
-                        Ok((vmas, w))
+                    let parent = planned.get(&ppid).and_then(|(k, frames)| match &out[*k] {
+                        (_, Ok((vmas, _))) => Some(memory::ParentMemory {
+                            vmas: vmas.as_slice(),
+                            frames,
+                        }),
+                        _ => None,
                     });
+                    let mut frames = memory::Frames::default();
+                    let r = memory::survey_sharing(pid, &maps, parent.as_ref(), Some(&mut frames))
+                        .and_then(|vmas| {
+                            lap("planned");
+                            let stage = match live {
+                                1 => "dumping memory".to_string(),
+                                _ => format!("memory of {pid}"),
+                            };
+                            progress.stage(&stage, memory::planned_bytes(&vmas));
+                            let w = memory::write_pages(
+                                pid,
+                                &vmas,
+                                writer,
+                                progress,
+                                None,
+                                &[],
+                                Some(stop),
+                            )?;
+                            lap("copied");
+                            Ok((vmas, w))
+                        });
                     let failed = r.is_err();
+                    planned.insert(pid, (out.len(), frames));
                     out.push((i, r));
                     if failed {
                         break;
@@ -886,7 +909,7 @@ fn collect_one(
     let collected = attrs::dump(&r, &mut attributes).and_then(|()| {
         tracing::debug!(ms = t.elapsed().as_secs_f64() * 1e3, "collect: attributes");
         if let Some((tx, i)) = copy {
-            let _ = tx.send((i, pid, maps.clone()));
+            let _ = tx.send((i, pid, maps.clone(), attributes.ppid));
         }
         collect(&r, frozen, attributes)
     });

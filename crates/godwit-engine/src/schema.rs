@@ -364,6 +364,14 @@ pub struct Vma {
     /// first VMA only, like `mlockall`.
     #[prost(bool, tag = "17")]
     pub merge_any: bool,
+    /// Runs of pages NOT in the image (`offset` unused, 0) because they are
+    /// the parent's pages at the same addresses: at dump time both
+    /// processes mapped the same physical page (shared copy-on-write since
+    /// a fork). The parent's image has a VMA with the same bounds holding
+    /// them; the restore rebuilds that VMA in the parent before forking
+    /// this process, so they are shared again. Private anonymous VMAs only.
+    #[prost(message, repeated, tag = "18")]
+    pub inherited: Vec<PageRun>,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]

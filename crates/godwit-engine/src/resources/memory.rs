@@ -153,10 +153,74 @@ fn wanted(kind: VmaKind, entry: u64) -> bool {
 /// then shows, alone or merged into a neighbour: the plan covers exactly
 /// the VMAs of `maps`, each with the VmFlags of the smaps VMA holding it.
 pub fn survey(pid: i32, maps: &[MapEntry]) -> Result<Vec<Vma>> {
+    survey_sharing(pid, maps, None, None)
+}
+
+/// [`survey`] of a process whose parent (frozen too, and planned already)
+/// is `parent`: pages it still shares with it copy-on-write are not stored
+/// but listed as inherited (see [`ParentMemory`]). With `frames`, the page
+/// map entries of its own shareable VMAs are kept there, for its children.
+pub fn survey_sharing(
+    pid: i32,
+    maps: &[MapEntry],
+    parent: Option<&ParentMemory>,
+    frames: Option<&mut Frames>,
+) -> Result<Vec<Vma>> {
     let (smaps, prefetched) = read_smaps_and_pagemap(pid, maps);
     let smaps = smaps.dumping(pid, "reading the memory map")?;
     let entries = with_flags_of(pid, maps, &smaps)?;
-    plan(pid, &entries, prefetched?)
+    plan_sharing(pid, &entries, prefetched?, parent, frames)
+}
+
+/// The page map entries of a process's shareable VMAs (by start) as they
+/// were when it was planned, before its pages were copied: the copy itself
+/// (process_vm_readv pins the pages it reads, and the kernel gives a
+/// process its own copy of an anonymous page shared with others before
+/// pinning it) leaves the parent with pages of its own, so its children's
+/// are compared with these.
+#[derive(Default)]
+pub struct Frames(HashMap<u64, Vec<u64>>);
+
+/// The parent of a process being planned, frozen and planned already.
+/// A private anonymous VMA of the child with the same bounds as one of the
+/// parent's (a mapping inherited at fork, or one that ended up like it),
+/// both without lazy pages and with the same MADV_HUGEPAGE, may hold pages
+/// that are the parent's own physical pages (same PFN in both page maps:
+/// shared copy-on-write since the fork, never written by either). Those
+/// are not stored for the child: they are `Vma::inherited`, and the
+/// restore forks the child from its parent once the parent's memory is
+/// in place, so they are shared again.
+pub struct ParentMemory<'a> {
+    pub vmas: &'a [Vma],
+    pub frames: &'a Frames,
+}
+
+impl ParentMemory<'_> {
+    /// The parent's VMA this child VMA may share pages with.
+    fn twin(&self, v: &Vma) -> Option<&Vma> {
+        let i = self.vmas.partition_point(|p| p.start < v.start);
+        let p = self.vmas.get(i)?;
+        (p.start == v.start
+            && p.end == v.end
+            && shares_pages(p)
+            && shares_pages(v)
+            && wants_thp(p) == wants_thp(v))
+        .then_some(p)
+    }
+}
+
+/// A VMA of a kind whose pages a fork child can share with its parent
+/// after restore.
+fn shares_pages(v: &Vma) -> bool {
+    matches!(
+        kind(v),
+        VmaKind::AnonPrivate | VmaKind::Heap | VmaKind::Stack
+    ) && v.lazy.is_empty()
+}
+
+/// The page frame number of a page map entry (0 unless root reads it).
+fn pfn(entry: u64) -> u64 {
+    entry & ((1 << 55) - 1)
 }
 
 /// `maps` with the VmFlags of the `smaps` VMA that holds each one.
@@ -240,7 +304,19 @@ pub fn prefetch_pagemap(pid: i32, maps: &[MapEntry]) -> Result<Prefetched> {
 /// to store, assigning each run its place in the page file (in address
 /// order, back to back). Page map entries come from `prefetched` where it
 /// has them for a VMA of the same size, else are read now.
-pub fn plan(pid: i32, maps: &[MapEntry], mut prefetched: Prefetched) -> Result<Vec<Vma>> {
+pub fn plan(pid: i32, maps: &[MapEntry], prefetched: Prefetched) -> Result<Vec<Vma>> {
+    plan_sharing(pid, maps, prefetched, None, None)
+}
+
+/// [`plan`], leaving out the pages shared with `parent` (see
+/// [`ParentMemory`]).
+pub fn plan_sharing(
+    pid: i32,
+    maps: &[MapEntry],
+    mut prefetched: Prefetched,
+    parent: Option<&ParentMemory>,
+    mut frames: Option<&mut Frames>,
+) -> Result<Vec<Vma>> {
     let pagemap = Pagemap::open(pid).dumping(pid, "opening the page map")?;
     let mut out = Vec::with_capacity(maps.len());
     let mut offset = 0u64;
@@ -315,6 +391,23 @@ pub fn plan(pid: i32, maps: &[MapEntry], mut prefetched: Prefetched) -> Result<V
                     .read(e.start, e.end, &mut entries)
                     .dumping(pid, "reading the page map")?,
             }
+            // Pages that are the parent's own, shared since a fork.
+            let theirs: &[u64] = match parent {
+                Some(p) if p.twin(&vma).is_some() => p
+                    .frames
+                    .0
+                    .get(&vma.start)
+                    .filter(|f| f.len() == entries.len())
+                    .map_or(&[], |f| &f[..]),
+                _ => &[],
+            };
+            if let Some(f) = frames.as_deref_mut().filter(|_| shares_pages(&vma)) {
+                f.0.insert(vma.start, entries.clone());
+            }
+            let same = |i: usize| {
+                let (a, b) = (entries[i], theirs[i]);
+                a & pm::PRESENT != 0 && b & pm::PRESENT != 0 && pfn(a) != 0 && pfn(a) == pfn(b)
+            };
             let mut i = 0;
             while i < entries.len() {
                 if !wanted(kind, entries[i]) {
@@ -322,12 +415,25 @@ pub fn plan(pid: i32, maps: &[MapEntry], mut prefetched: Prefetched) -> Result<V
                     continue;
                 }
                 let first = i;
-                while i < entries.len() && wanted(kind, entries[i]) {
+                let shared = !theirs.is_empty() && same(i);
+                while i < entries.len()
+                    && wanted(kind, entries[i])
+                    && (!theirs.is_empty() && same(i)) == shared
+                {
                     i += 1;
                 }
                 let nr = (i - first) as u64;
+                let addr = e.start + first as u64 * PAGE_SIZE;
+                if shared {
+                    vma.inherited.push(PageRun {
+                        addr,
+                        nr_pages: nr,
+                        offset: 0,
+                    });
+                    continue;
+                }
                 vma.pages.push(PageRun {
-                    addr: e.start + first as u64 * PAGE_SIZE,
+                    addr,
                     nr_pages: nr,
                     offset,
                 });
@@ -1240,17 +1346,21 @@ pub fn is_special(v: &Vma) -> bool {
 /// stored pages, and sets the final protections and advice.
 /// `shmem_fd` gives, for a shmem id, the descriptor (in the process) of the
 /// object created for it (see [`ShmPlan`]).
+/// `premapped`: the bounds of VMAs already mapped and filled by
+/// [`restore_early`] (only their protections, advice and locks are left).
 pub fn restore(
     r: &Remote,
     vmas: &[Vma],
     pages: &Pages,
     progress: &dyn Progress,
     shmem_fd: &dyn Fn(u64) -> Option<u64>,
+    premapped: &[(u64, u64)],
 ) -> Result<()> {
     let pid = r.pid;
+    let is_premapped = |v: &Vma| premapped.binary_search(&(v.start, v.end)).is_ok();
     let mut files: HashMap<(String, bool), u64> = HashMap::new();
     let mut maps: Vec<Call> = Vec::new();
-    for v in vmas.iter().filter(|v| !is_special(v)) {
+    for v in vmas.iter().filter(|v| !is_special(v) && !is_premapped(v)) {
         let k = kind(v);
         let len = v.end - v.start;
         let final_prot = v.prot as u64;
@@ -1360,12 +1470,19 @@ pub fn restore(
             r.vpid
         )));
     }
-    let uffd = FillUffd::open(r, vmas, lazy)?;
+    let rest: Vec<Vma>;
+    let to_fill = if premapped.is_empty() {
+        vmas
+    } else {
+        rest = vmas.iter().filter(|v| !is_premapped(v)).cloned().collect();
+        &rest[..]
+    };
+    let uffd = FillUffd::open(r, to_fill, lazy)?;
     tracing::debug!(
         ms = t.elapsed().as_secs_f64() * 1e3,
         "userfaultfd for the fill"
     );
-    let filled = crate::colocate::unpinned(|| fill(pid, vmas, pages, progress, uffd.as_ref()));
+    let filled = crate::colocate::unpinned(|| fill(pid, to_fill, pages, progress, uffd.as_ref()));
     if let Some(u) = uffd {
         if filled.is_ok() {
             u.finish(r, vmas)?;
@@ -1380,8 +1497,9 @@ pub fn restore(
     for v in vmas.iter().filter(|v| !is_special(v)) {
         let len = v.end - v.start;
         let rw = (libc::PROT_READ | libc::PROT_WRITE) as u32;
-        // Only VMAs mapped with extra access for filling need their protection put back.
-        if !v.pages.is_empty() && v.prot | rw != v.prot {
+        // Only VMAs mapped with extra access for filling need their
+        // protection put back (premapped ones may have come from the parent).
+        if (!v.pages.is_empty() && v.prot | rw != v.prot) || is_premapped(v) {
             after.push(Call {
                 name: "mprotect",
                 nr: libc::SYS_mprotect,
@@ -1600,6 +1718,162 @@ fn lock_limit_refusal(
             "it had {areas}, more than godwit may lock: it lacks CAP_IPC_LOCK and RLIMIT_MEMLOCK is {soft} bytes; raise the limit (ulimit -l) or restore as root"
         ),
     })
+}
+
+/// The mmap of a private anonymous VMA (filled after), then MADV_HUGEPAGE
+/// if it had it (before the fill, so that its pages come as huge pages).
+fn anon_map_calls(v: &Vma) -> [Option<Call>; 2] {
+    let mut prot = v.prot as u64;
+    if !v.pages.is_empty() || !v.inherited.is_empty() {
+        prot |= (libc::PROT_READ | libc::PROT_WRITE) as u64;
+    }
+    let mut flags = (libc::MAP_FIXED_NOREPLACE | libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64;
+    if has_flag(v, "gd") {
+        flags |= libc::MAP_GROWSDOWN as u64;
+    }
+    let len = v.end - v.start;
+    [
+        Some(Call {
+            name: "mmap",
+            nr: libc::SYS_mmap,
+            args: [v.start, len, prot, flags, u64::MAX, 0],
+        }),
+        wants_thp(v).then_some(Call {
+            name: "madvise",
+            nr: libc::SYS_madvise,
+            args: [v.start, len, libc::MADV_HUGEPAGE as u64, 0, 0, 0],
+        }),
+    ]
+}
+
+/// Before process `p` forks its children (the restore's first phase):
+/// copy-on-write sharing with its parent and with its children.
+///
+/// `held`: the VMAs the parent had mapped and filled when it forked this
+/// process (it holds them too, sharing their pages). Those with pages
+/// inherited in `vmas` are kept: pages the process did not have are
+/// dropped (MADV_DONTNEED) and its own pages written over the parent's
+/// (which unshares just those). The others are unmapped.
+/// `for_children`: the bounds of VMAs its children inherit pages in;
+/// those not kept are mapped and filled now, so the children forked next
+/// share them. Returns the bounds of every VMA now mapped and filled
+/// (sorted), which [`restore`] then leaves as they are.
+pub fn restore_early(
+    r: &Remote,
+    vmas: &[Vma],
+    pages: &Pages,
+    progress: &dyn Progress,
+    held: &[(u64, u64)],
+    for_children: &[(u64, u64)],
+) -> Result<Vec<(u64, u64)>> {
+    let pid = r.pid;
+    let stage = "sharing memory with the parent";
+    let kept: Vec<&Vma> = vmas.iter().filter(|v| !v.inherited.is_empty()).collect();
+    for v in &kept {
+        if held.binary_search(&(v.start, v.end)).is_err() {
+            return Err(EngineError::BadImage(format!(
+                "process {}: the memory mapping {:#x}-{:#x} has pages of its parent's, which has no such mapping",
+                r.vpid, v.start, v.end
+            )));
+        }
+    }
+    let mut calls: Vec<Call> = Vec::new();
+    for &(start, end) in held {
+        if !kept.iter().any(|v| v.start == start && v.end == end) {
+            calls.push(Call {
+                name: "munmap",
+                nr: libc::SYS_munmap,
+                args: [start, end - start, 0, 0, 0, 0],
+            });
+        }
+    }
+    for v in &kept {
+        for (a, b) in gaps(v) {
+            calls.push(Call {
+                name: "madvise",
+                nr: libc::SYS_madvise,
+                args: [a, b - a, libc::MADV_DONTNEED as u64, 0, 0, 0],
+            });
+        }
+    }
+    let fresh: Vec<&Vma> = vmas
+        .iter()
+        .filter(|v| for_children.binary_search(&(v.start, v.end)).is_ok() && v.inherited.is_empty())
+        .collect();
+    for v in &fresh {
+        calls.extend(anon_map_calls(v).into_iter().flatten());
+    }
+    if calls.is_empty() && kept.is_empty() {
+        return Ok(Vec::new());
+    }
+    let got = r.call_batch(&calls).restoring(pid, stage)?;
+    for (c, got) in calls.iter().zip(got) {
+        if c.nr == libc::SYS_mmap && got != c.args[0] {
+            return Err(EngineError::BadImage(format!(
+                "mapping {:#x} landed at {got:#x}",
+                c.args[0]
+            )));
+        }
+    }
+    let fresh_vmas: Vec<Vma> = fresh.iter().map(|v| (*v).clone()).collect();
+    let mut all: Vec<Vma> = kept.iter().map(|v| (*v).clone()).collect();
+    all.extend(fresh_vmas.iter().cloned());
+    all.sort_by_key(|v| v.start);
+    // UFFDIO_COPY only where nothing is mapped yet: the fresh VMAs.
+    let uffd = FillUffd::open(r, &fresh_vmas, false)?;
+    let filled = crate::colocate::unpinned(|| fill(pid, &all, pages, progress, uffd.as_ref()));
+    if let Some(u) = uffd {
+        u.close(pid)?;
+    }
+    filled?;
+    Ok(all.iter().map(|v| (v.start, v.end)).collect())
+}
+
+/// The ranges of a VMA holding neither its own stored pages nor inherited
+/// ones (nor lazy ones), sorted.
+fn gaps(v: &Vma) -> Vec<(u64, u64)> {
+    let mut runs: Vec<(u64, u64)> = v
+        .pages
+        .iter()
+        .chain(&v.inherited)
+        .chain(&v.lazy)
+        .map(|r| (r.addr, r.addr + r.nr_pages * PAGE_SIZE))
+        .collect();
+    runs.sort_unstable();
+    let mut out = Vec::new();
+    let mut at = v.start;
+    for (a, b) in runs {
+        if a > at {
+            out.push((at, a));
+        }
+        at = at.max(b);
+    }
+    if at < v.end {
+        out.push((at, v.end));
+    }
+    out
+}
+
+/// The bounds of `p`'s VMAs in which a child (a live one of `children`)
+/// inherits pages, sorted.
+pub fn shared_with_children<'a>(
+    p: &crate::schema::Process,
+    children: impl Iterator<Item = &'a crate::schema::Process>,
+) -> Vec<(u64, u64)> {
+    let mut out: Vec<(u64, u64)> = children
+        .filter(|c| !c.zombie)
+        .flat_map(|c| c.vmas.iter())
+        .filter(|v| !v.inherited.is_empty())
+        .map(|v| (v.start, v.end))
+        .filter(|b| {
+            p.vmas
+                .iter()
+                .any(|v| (v.start, v.end) == *b && shares_pages(v))
+        })
+        .collect();
+    out.sort_unstable();
+    out.dedup();
+    out
 }
 
 /// MLOCK_ONFAULT (mlock2): lock the pages as they are faulted in.
@@ -2157,5 +2431,115 @@ mod advice_tests {
         assert_eq!(vmas[1].mlockall, 0);
         assert!(!vmas[1].merge_any);
         MmDefaults::default().keep(&mut []);
+    }
+}
+
+#[cfg(test)]
+mod sharing_tests {
+    use super::*;
+    use crate::schema::Process;
+
+    fn run(addr: u64, nr_pages: u64) -> PageRun {
+        PageRun {
+            addr,
+            nr_pages,
+            offset: 0,
+        }
+    }
+
+    fn anon(start: u64, end: u64) -> Vma {
+        Vma {
+            start,
+            end,
+            kind: VmaKind::AnonPrivate as i32,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn gaps_are_what_holds_neither_own_nor_inherited_pages() {
+        let mut v = anon(0x10000, 0x20000);
+        assert_eq!(gaps(&v), vec![(0x10000, 0x20000)]);
+        v.pages = vec![run(0x11000, 2), run(0x1f000, 1)];
+        v.inherited = vec![run(0x10000, 1), run(0x14000, 4)];
+        assert_eq!(
+            gaps(&v),
+            vec![(0x13000, 0x14000), (0x18000, 0x1f000)],
+            "pages 0x10000-0x13000 and 0x14000-0x18000 and the last one are held"
+        );
+        v.inherited.push(run(0x13000, 1));
+        v.pages.push(run(0x18000, 7));
+        assert!(gaps(&v).is_empty());
+    }
+
+    #[test]
+    fn a_child_shares_only_with_a_twin_vma() {
+        let mut hg = anon(0x40000, 0x50000);
+        hg.vm_flags = vec!["hg".into()];
+        let mut heap = anon(0x60000, 0x70000);
+        heap.kind = VmaKind::Heap as i32;
+        let mut file = anon(0x80000, 0x90000);
+        file.kind = VmaKind::FilePrivate as i32;
+        let vmas = vec![anon(0x10000, 0x20000), hg, heap, file];
+        let frames = Frames::default();
+        let parent = ParentMemory {
+            vmas: &vmas,
+            frames: &frames,
+        };
+        assert!(parent.twin(&anon(0x10000, 0x20000)).is_some());
+        // Other bounds (a part unmapped or split since the fork).
+        assert!(parent.twin(&anon(0x10000, 0x18000)).is_none());
+        assert!(parent.twin(&anon(0x18000, 0x20000)).is_none());
+        // MADV_HUGEPAGE on one side only.
+        assert!(parent.twin(&anon(0x40000, 0x50000)).is_none());
+        // A heap is private anonymous memory too.
+        let mut h = anon(0x60000, 0x70000);
+        h.kind = VmaKind::Heap as i32;
+        assert!(parent.twin(&h).is_some());
+        // File-backed private pages are not shared this way.
+        let mut f = anon(0x80000, 0x90000);
+        f.kind = VmaKind::FilePrivate as i32;
+        assert!(parent.twin(&f).is_none());
+        // Nor lazy (post-copy) memory.
+        let mut l = anon(0x10000, 0x20000);
+        l.lazy = vec![run(0x10000, 1)];
+        assert!(parent.twin(&l).is_none());
+    }
+
+    #[test]
+    fn the_parent_fills_early_what_its_live_children_inherit() {
+        let parent = Process {
+            pid: 10,
+            vmas: vec![anon(0x10000, 0x20000), anon(0x30000, 0x40000)],
+            ..Default::default()
+        };
+        let mut a = anon(0x10000, 0x20000);
+        a.inherited = vec![run(0x10000, 3)];
+        let mut b = anon(0x30000, 0x40000);
+        b.inherited = vec![run(0x30000, 1)];
+        let child = Process {
+            pid: 11,
+            ppid: 10,
+            vmas: vec![a.clone(), anon(0x50000, 0x60000)],
+            ..Default::default()
+        };
+        let zombie = Process {
+            pid: 12,
+            ppid: 10,
+            zombie: true,
+            vmas: vec![b],
+            ..Default::default()
+        };
+        let twin = Process {
+            pid: 13,
+            ppid: 10,
+            vmas: vec![a],
+            ..Default::default()
+        };
+        assert_eq!(
+            shared_with_children(&parent, [&child, &zombie, &twin].into_iter()),
+            vec![(0x10000, 0x20000)]
+        );
+        assert!(shared_with_children(&parent, std::iter::empty()).is_empty());
     }
 }
