@@ -144,6 +144,51 @@ fn cow_sharing_between_parent_and_children_is_kept() {
     assert_eq!(p.verdict(), "PASS", "{}", p.output());
 }
 
+/// `dump --leave-running` of a forking tree (64 MiB shared by a parent,
+/// 4 children and a grandchild) leaves the running original sharing its
+/// pages as before (reading them must not unshare them), with pre-copy,
+/// the snapshot and frozen throughout; the copy restored from the last
+/// image passes.
+#[test]
+fn leave_running_keeps_the_originals_sharing() {
+    use common::*;
+    let mut p = Proc::test_prog_with("cowshare", &["64"]);
+    let (before, n) = tree_pss(p.pid);
+    assert_eq!(n, 6);
+    for opts in [&["--no-precopy"][..], &[][..], &["--no-cow"][..]] {
+        let _ = std::fs::remove_dir_all(p.images());
+        let mut args = vec!["--leave-running"];
+        args.extend_from_slice(opts);
+        p.dump(&args);
+        let (after, _) = tree_pss(p.pid);
+        eprintln!(
+            "cowshare 64 MiB, dump {args:?}: Pss {} KiB before, {} KiB after",
+            before >> 10,
+            after >> 10
+        );
+        assert!(
+            after < before + (before >> 3),
+            "{args:?}: Pss {after} bytes after the dump, {before} before"
+        );
+    }
+    assert_eq!(p.verdict(), "PASS", "the original, after the dumps");
+    // The copy's children report again.
+    for f in [
+        "go",
+        "result",
+        "child0",
+        "child1",
+        "child2",
+        "child3",
+        "grandchild",
+    ] {
+        std::fs::remove_file(p.path(f)).unwrap();
+    }
+    p.end_original();
+    p.restore();
+    assert_eq!(p.verdict(), "PASS", "the copy restored from the image");
+}
+
 /// A pipe whose buffer is larger than this host lets godwit make (here:
 /// fs.pipe-max-size lowered below it between dump and restore, godwit
 /// lacking CAP_SYS_RESOURCE) is refused before anything is created, naming

@@ -1166,6 +1166,119 @@ fn read_or_skip(
     buf.len()
 }
 
+/// Reads the batches holding anonymous pages mapped by more than one
+/// process (shared copy-on-write since a fork) without unsharing them.
+/// process_vm_readv pins the pages it reads, and before pinning an
+/// anonymous page others map too the kernel gives the process its own copy:
+/// a dump would leave every process of a forking tree with a private copy
+/// of all it shared (the running original of a `--leave-running` dump
+/// keeps them). /proc/PID/mem reads without pinning; it is slower, so only
+/// those pages go through it, found in the page map (PM_MMAP_EXCLUSIVE
+/// clear on a present anonymous page; the shared zero page is among them).
+#[derive(Default)]
+struct SharedReader {
+    pagemap: Option<Pagemap>,
+    mem: Option<ProcMem>,
+    entries: Vec<u64>,
+}
+
+impl SharedReader {
+    /// `None` when no page of `ranges` is shared (read them as usual);
+    /// otherwise reads them all into `buf` and returns its length. With
+    /// `holes`, what cannot be read is left zero and listed there.
+    fn read(
+        &mut self,
+        pid: i32,
+        ranges: &[Range],
+        buf: &mut [u8],
+        holes: Option<&std::sync::Mutex<Vec<Range>>>,
+    ) -> Result<Option<usize>> {
+        let pagemap = match &self.pagemap {
+            Some(p) => p,
+            None => self
+                .pagemap
+                .insert(Pagemap::open(pid).dumping(pid, "opening the page map")?),
+        };
+        self.entries.clear();
+        for r in ranges {
+            if pagemap
+                .read(r.addr, r.addr + r.len, &mut self.entries)
+                .is_err()
+            {
+                // Gone meanwhile (a running process): the usual read copes.
+                return Ok(None);
+            }
+        }
+        let shared = |e: u64| e & pm::PRESENT != 0 && e & (pm::EXCLUSIVE | pm::FILE_OR_SHARED) == 0;
+        if !self.entries.iter().any(|&e| shared(e)) {
+            return Ok(None);
+        }
+        // Segments of pages alike, contiguous in the process and in `buf`.
+        let mut segments: Vec<(usize, Range, bool)> = Vec::new();
+        let (mut at, mut page) = (0usize, 0usize);
+        for r in ranges {
+            for k in 0..r.len / PAGE_SIZE {
+                let s = shared(self.entries[page]);
+                let addr = r.addr + k * PAGE_SIZE;
+                match segments.last_mut() {
+                    Some((off, g, gs))
+                        if *gs == s && g.addr + g.len == addr && *off + g.len as usize == at =>
+                    {
+                        g.len += PAGE_SIZE
+                    }
+                    _ => segments.push((
+                        at,
+                        Range {
+                            addr,
+                            len: PAGE_SIZE,
+                        },
+                        s,
+                    )),
+                }
+                at += PAGE_SIZE as usize;
+                page += 1;
+            }
+        }
+        for (off, g, s) in segments {
+            let part = &mut buf[off..off + g.len as usize];
+            let got = if s {
+                let m = match &self.mem {
+                    Some(m) => m,
+                    None => self
+                        .mem
+                        .insert(ProcMem::open(pid, false).dumping(pid, "opening memory")?),
+                };
+                m.read_exact_at(g.addr, part).is_ok()
+            } else {
+                matches!(mem::read_ranges(pid, part, &[g]), Ok(n) if n == part.len())
+            };
+            if !got {
+                match holes {
+                    Some(h) => {
+                        part.fill(0);
+                        h.lock().expect("lock").push(g);
+                    }
+                    None => {
+                        return Err(EngineError::Sys {
+                            pid,
+                            stage: "reading memory",
+                            source: godwit_sys::SysError::Proc {
+                                path: format!("process {pid} memory"),
+                                detail: format!(
+                                    "{:#x}-{:#x} could not be read",
+                                    g.addr,
+                                    g.addr + g.len
+                                ),
+                            },
+                        })
+                    }
+                }
+            }
+        }
+        Ok(Some(buf.len()))
+    }
+}
+
 /// One writer: read batches of `pieces` from the process, write them. With
 /// `holes`, memory that cannot be read is written as zeros and listed there
 /// instead of failing.
@@ -1183,10 +1296,11 @@ fn copy_part(
     let mut ranges: Vec<Range> = Vec::new();
     let mut filled = 0usize;
     let mut procmem: Option<ProcMem> = None;
-    let flush = |ranges: &mut Vec<Range>,
-                 filled: &mut usize,
-                 buf: &mut [u8],
-                 out: &mut PageFileWriter|
+    let mut sharing = SharedReader::default();
+    let mut flush = |ranges: &mut Vec<Range>,
+                     filled: &mut usize,
+                     buf: &mut [u8],
+                     out: &mut PageFileWriter|
      -> Result<()> {
         if ranges.is_empty() {
             return Ok(());
@@ -1202,10 +1316,13 @@ fn copy_part(
             });
         }
         let want = *filled;
-        let n = match (mem::read_ranges(pid, &mut buf[..want], ranges), holes) {
-            (Ok(n), Some(h)) if n != want => read_or_skip(pid, ranges, &mut buf[..want], n, h),
-            (Err(_), Some(h)) => read_or_skip(pid, ranges, &mut buf[..want], 0, h),
-            (r, _) => r.dumping(pid, "reading memory")?,
+        let n = match sharing.read(pid, ranges, &mut buf[..want], holes)? {
+            Some(n) => n,
+            None => match (mem::read_ranges(pid, &mut buf[..want], ranges), holes) {
+                (Ok(n), Some(h)) if n != want => read_or_skip(pid, ranges, &mut buf[..want], n, h),
+                (Err(_), Some(h)) => read_or_skip(pid, ranges, &mut buf[..want], 0, h),
+                (r, _) => r.dumping(pid, "reading memory")?,
+            },
         };
         if n != want {
             return Err(EngineError::Sys {
