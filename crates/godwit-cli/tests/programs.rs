@@ -123,6 +123,18 @@ fn cow_sharing_between_parent_and_children_is_kept() {
     assert_eq!(n, 6, "the parent, 4 children, a grandchild");
     let v = p.dump(&[]);
     let stored = v["memory_bytes"].as_u64().unwrap();
+    // inspect: each child holds ~254 MiB of its parent's pages.
+    let img = p.images();
+    let i: serde_json::Value =
+        serde_json::from_str(&godwit_ok(&["inspect", "--json", img.to_str().unwrap()])).unwrap();
+    let procs = i["processes"].as_array().unwrap();
+    assert_eq!(procs[0]["memory"]["inherited_bytes"], 0, "the root's");
+    for c in &procs[1..] {
+        let n = c["memory"]["inherited_bytes"].as_u64().unwrap();
+        assert!(n > 250 << 20, "child {}: {n} bytes inherited", c["pid"]);
+    }
+    let text = godwit_ok(&["inspect", img.to_str().unwrap()]);
+    assert!(text.contains("shared with the parent"), "{text}");
     p.end_original();
     p.restore();
     let (after, n) = tree_pss(p.pid);
