@@ -6,6 +6,8 @@
  * zeros in the dropped one, the parent's pattern everywhere else; the
  * parent: its pattern everywhere) and the parent passes only if all
  * children and the grandchild did.
+ * `cowshare DIR MIB lock` mlocks the area in the parent before the forks
+ * (the children share its locked pages; their copies are not locked).
  * Whether the pages are shared again is measured from outside (the sum of
  * the tree's Pss, crates/godwit-cli/tests/programs.rs). `cowshare DIR MIB`
  * writes MIB MiB instead. */
@@ -96,6 +98,8 @@ int main(int argc, char **argv) {
     mem = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     CHECK(mem != MAP_FAILED, "mmap: %s", strerror(errno));
     fill(mem, size, 7);
+    if (argc > 3 && strcmp(argv[3], "lock") == 0)
+        CHECK(mlock(mem, size) == 0, "mlock: %s", strerror(errno));
     pid_t kids[CHILDREN];
     for (int k = 0; k < CHILDREN; k++) {
         kids[k] = fork();

@@ -156,6 +156,39 @@ fn cow_sharing_between_parent_and_children_is_kept() {
     assert_eq!(p.verdict(), "PASS", "{}", p.output());
 }
 
+/// The same tree with the parent's memory locked (mlock before the forks,
+/// as a server that locks its memory and then forks workers): the parent
+/// gets its lock back before its children are forked, so they share the
+/// locked pages again (locking after would unshare them all).
+#[test]
+fn cow_sharing_of_locked_memory_is_kept() {
+    use common::*;
+    let mut p = Proc::test_prog_with("cowshare", &["64", "lock"]);
+    let (before, _) = tree_pss(p.pid);
+    p.dump(&[]);
+    p.end_original();
+    p.restore();
+    let (after, n) = tree_pss(p.pid);
+    assert_eq!(n, 6);
+    let status = std::fs::read_to_string(format!("/proc/{}/status", p.pid)).unwrap();
+    let lck = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmLck:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .unwrap();
+    eprintln!(
+        "cowshare 64 MiB locked: Pss {} KiB before, {} KiB after restore; parent VmLck {lck} kB",
+        before >> 10,
+        after >> 10
+    );
+    assert_eq!(lck, 64 << 10, "the parent's 64 MiB are locked again");
+    assert!(
+        after < before + (before >> 3),
+        "Pss {after} bytes after restore, {before} before"
+    );
+    assert_eq!(p.verdict(), "PASS", "{}", p.output());
+}
+
 /// `dump --leave-running` of a forking tree (64 MiB shared by a parent,
 /// 4 children and a grandchild) leaves the running original sharing its
 /// pages as before (reading them must not unshare them), with pre-copy,

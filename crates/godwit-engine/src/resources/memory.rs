@@ -1633,15 +1633,13 @@ pub fn restore(
     }
     // Locks last, once the pages are in: mlock then finds present what was
     // (it faults in the rest, as it did for the original; MLOCK_ONFAULT
-    // locks only the pages there).
-    for v in vmas.iter().filter(|v| !is_special(v) && has_flag(v, "lo")) {
-        let onfault = if has_flag(v, "lf") { MLOCK_ONFAULT } else { 0 };
-        after.push(Call {
-            name: "mlock2",
-            nr: libc::SYS_mlock2,
-            args: [v.start, v.end - v.start, onfault, 0, 0, 0],
-        });
-    }
+    // locks only the pages there). Premapped VMAs were locked before the
+    // children were forked (locking again would unshare their pages).
+    after.extend(
+        vmas.iter()
+            .filter(|v| !is_special(v) && has_flag(v, "lo") && !is_premapped(v))
+            .map(lock_call),
+    );
     let defaults = MmDefaults::of(vmas);
     if defaults.mlockall != 0 {
         // MCL_FUTURE without MCL_CURRENT: only the mappings made from now on.
@@ -1943,6 +1941,16 @@ pub fn restore_early(
         u.close(pid)?;
     }
     filled?;
+    // Locked before the fork, as the original must have been for its
+    // children to share the pages: mlock writes every page of a private
+    // writable mapping, which after the fork would unshare them all.
+    let locks: Vec<Call> = all
+        .iter()
+        .filter(|v| has_flag(v, "lo"))
+        .map(lock_call)
+        .collect();
+    r.call_batch(&locks)
+        .restoring(pid, "locking memory shared with the children")?;
     Ok(all.iter().map(|v| (v.start, v.end)).collect())
 }
 
@@ -1991,6 +1999,16 @@ pub fn shared_with_children<'a>(
     out.sort_unstable();
     out.dedup();
     out
+}
+
+/// The mlock2 giving a locked VMA ("lo") its lock again ("lf": on fault).
+fn lock_call(v: &Vma) -> Call {
+    let onfault = if has_flag(v, "lf") { MLOCK_ONFAULT } else { 0 };
+    Call {
+        name: "mlock2",
+        nr: libc::SYS_mlock2,
+        args: [v.start, v.end - v.start, onfault, 0, 0, 0],
+    }
 }
 
 /// MLOCK_ONFAULT (mlock2): lock the pages as they are faulted in.
