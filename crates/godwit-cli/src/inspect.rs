@@ -30,11 +30,13 @@ pub fn summary(ck: &Checkpoint, reader: &ImageReader) -> Value {
                 .iter()
                 .map(|v| {
                     let stored: u64 = v.pages.iter().map(|r| r.nr_pages * 4096).sum();
+                    let inherited: u64 = v.inherited.iter().map(|r| r.nr_pages * 4096).sum();
                     json!({
                         "start": format!("{:#x}", v.start), "end": format!("{:#x}", v.end),
                         "size": v.end - v.start, "prot": prot(v.prot),
                         "kind": format!("{:?}", VmaKind::try_from(v.kind).unwrap_or(VmaKind::AnonPrivate)),
                         "path": v.path, "stored_bytes": stored, "flags": v.vm_flags,
+                        "inherited_bytes": inherited,
                     })
                 })
                 .collect();
@@ -168,6 +170,8 @@ pub fn summary(ck: &Checkpoint, reader: &ImageReader) -> Value {
                     "mappings": vmas.len(),
                     "mapped_bytes": p.vmas.iter().map(|v| v.end - v.start).sum::<u64>(),
                     "stored_bytes": p.vmas.iter().flat_map(|v| &v.pages).map(|r| r.nr_pages * 4096).sum::<u64>(),
+                    // Pages shared copy-on-write with the parent, stored with it.
+                    "inherited_bytes": p.vmas.iter().flat_map(|v| &v.inherited).map(|r| r.nr_pages * 4096).sum::<u64>(),
                     "vmas": vmas,
                 },
                 "threads": threads, "fds": fds,
@@ -245,9 +249,13 @@ pub fn text(v: &Value, full: bool) -> String {
             let _ = writeln!(s, "  controlling terminal {t}");
         }
         let m = &p["memory"];
+        let inherited = match m["inherited_bytes"].as_u64().unwrap_or(0) {
+            0 => String::new(),
+            n => format!(", {} shared with the parent (stored with it)", mib(n)),
+        };
         let _ = writeln!(
             s,
-            "  memory: {} mappings, {} mapped, {} stored",
+            "  memory: {} mappings, {} mapped, {} stored{inherited}",
             m["mappings"],
             mib(m["mapped_bytes"].as_u64().unwrap_or(0)),
             mib(m["stored_bytes"].as_u64().unwrap_or(0)),

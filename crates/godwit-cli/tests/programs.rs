@@ -96,6 +96,199 @@ fn seccomp_shared_filters_stay_shared() {
     seccomp_variant("tsync");
 }
 
+case!(memadvice);
+
+/// memadvice with the whole process made mergeable (PR_SET_MEMORY_MERGE)
+/// and one area taken out again (MADV_UNMERGEABLE): after restore the
+/// process is mergeable as a whole, that area still is not.
+#[test]
+fn memadvice_merge_any() {
+    use common::*;
+    let mut p = Proc::test_prog_with("memadvice", &["mergeany"]);
+    p.dump(&[]);
+    p.end_original();
+    p.restore();
+    assert_eq!(p.verdict(), "PASS", "{}", p.output());
+}
+
+/// A restore that could not lock the memory the process had locked (godwit
+/// without CAP_IPC_LOCK, RLIMIT_MEMLOCK below the locked size) is refused
+/// before anything is created, naming the process, the size, a locked
+/// area and the limit; as root, the same image restores.
+#[test]
+fn locked_memory_above_the_memlock_limit_is_refused() {
+    use common::*;
+    let mut p = Proc::test_prog("memadvice");
+    p.dump(&[]);
+    p.end_original();
+    let img = p.images();
+    let out = std::process::Command::new("setpriv")
+        .args(["--bounding-set=-ipc_lock", "--inh-caps=-ipc_lock"])
+        .args(["prlimit", "--memlock=65536:65536"])
+        .arg(env!("CARGO_BIN_EXE_godwit"))
+        .args(["restore", "--images"])
+        .arg(&img)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "restore passed: {err}");
+    assert!(
+        err.contains("131072 bytes of locked memory")
+            && err.contains("CAP_IPC_LOCK")
+            && err.contains("RLIMIT_MEMLOCK is 65536"),
+        "{err}"
+    );
+    assert!(gone(p.pid), "a refused restore left process {}", p.pid);
+    p.restore();
+    assert_eq!(p.verdict(), "PASS");
+}
+
+/// The proportional set size (Pss, smaps_rollup) of a process and all
+/// its descendants, in bytes, and how many processes that is.
+fn tree_pss(pid: i32) -> (u64, usize) {
+    let mut all = common::descendants(pid);
+    all.push(pid);
+    let pss = all
+        .iter()
+        .map(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/smaps_rollup"))
+                .unwrap_or_default()
+                .lines()
+                .find_map(|l| l.strip_prefix("Pss:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+                .unwrap_or(0)
+                * 1024
+        })
+        .sum();
+    (pss, all.len())
+}
+
+/// A forking server: a parent with 256 MiB written and 4 children that
+/// each rewrote 1 MiB of it and dropped another (MADV_DONTNEED), one with
+/// a grandchild. The image holds the shared pages once (the children's only
+/// their own), and after restore they are shared again: the tree's total
+/// Pss is what it was, not six times the parent's; every process finds its
+/// own memory.
+#[test]
+fn cow_sharing_between_parent_and_children_is_kept() {
+    use common::*;
+    let mut p = Proc::test_prog("cowshare");
+    let (before, n) = tree_pss(p.pid);
+    assert_eq!(n, 6, "the parent, 4 children, a grandchild");
+    let v = p.dump(&[]);
+    let stored = v["memory_bytes"].as_u64().unwrap();
+    // inspect: each child holds ~254 MiB of its parent's pages.
+    let img = p.images();
+    let i: serde_json::Value =
+        serde_json::from_str(&godwit_ok(&["inspect", "--json", img.to_str().unwrap()])).unwrap();
+    let procs = i["processes"].as_array().unwrap();
+    assert_eq!(procs[0]["memory"]["inherited_bytes"], 0, "the root's");
+    for c in &procs[1..] {
+        let n = c["memory"]["inherited_bytes"].as_u64().unwrap();
+        assert!(n > 250 << 20, "child {}: {n} bytes inherited", c["pid"]);
+    }
+    let text = godwit_ok(&["inspect", img.to_str().unwrap()]);
+    assert!(text.contains("shared with the parent"), "{text}");
+    p.end_original();
+    p.restore();
+    let (after, n) = tree_pss(p.pid);
+    assert_eq!(n, 6, "the whole tree after restore");
+    eprintln!(
+        "cowshare: Pss of the tree {} MiB before the dump, {} MiB after restore; {} MiB stored",
+        before >> 20,
+        after >> 20,
+        stored >> 20
+    );
+    assert!(
+        stored < 300 << 20,
+        "shared pages stored once: {stored} bytes: {v}"
+    );
+    assert!(
+        after < before + (before >> 3),
+        "Pss {after} bytes after restore, {before} before"
+    );
+    assert_eq!(p.verdict(), "PASS", "{}", p.output());
+}
+
+/// The same tree with the parent's memory locked (mlock before the forks,
+/// as a server that locks its memory and then forks workers): the parent
+/// gets its lock back before its children are forked, so they share the
+/// locked pages again (locking after would unshare them all).
+#[test]
+fn cow_sharing_of_locked_memory_is_kept() {
+    use common::*;
+    let mut p = Proc::test_prog_with("cowshare", &["64", "lock"]);
+    let (before, _) = tree_pss(p.pid);
+    p.dump(&[]);
+    p.end_original();
+    p.restore();
+    let (after, n) = tree_pss(p.pid);
+    assert_eq!(n, 6);
+    let status = std::fs::read_to_string(format!("/proc/{}/status", p.pid)).unwrap();
+    let lck = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmLck:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .unwrap();
+    eprintln!(
+        "cowshare 64 MiB locked: Pss {} KiB before, {} KiB after restore; parent VmLck {lck} kB",
+        before >> 10,
+        after >> 10
+    );
+    assert_eq!(lck, 64 << 10, "the parent's 64 MiB are locked again");
+    assert!(
+        after < before + (before >> 3),
+        "Pss {after} bytes after restore, {before} before"
+    );
+    assert_eq!(p.verdict(), "PASS", "{}", p.output());
+}
+
+/// `dump --leave-running` of a forking tree (64 MiB shared by a parent,
+/// 4 children and a grandchild) leaves the running original sharing its
+/// pages as before (reading them must not unshare them), with pre-copy,
+/// the snapshot and frozen throughout; the copy restored from the last
+/// image passes.
+#[test]
+fn leave_running_keeps_the_originals_sharing() {
+    use common::*;
+    let mut p = Proc::test_prog_with("cowshare", &["64"]);
+    let (before, n) = tree_pss(p.pid);
+    assert_eq!(n, 6);
+    for opts in [&["--no-precopy"][..], &[][..], &["--no-cow"][..]] {
+        let _ = std::fs::remove_dir_all(p.images());
+        let mut args = vec!["--leave-running"];
+        args.extend_from_slice(opts);
+        p.dump(&args);
+        let (after, _) = tree_pss(p.pid);
+        eprintln!(
+            "cowshare 64 MiB, dump {args:?}: Pss {} KiB before, {} KiB after",
+            before >> 10,
+            after >> 10
+        );
+        assert!(
+            after < before + (before >> 3),
+            "{args:?}: Pss {after} bytes after the dump, {before} before"
+        );
+    }
+    assert_eq!(p.verdict(), "PASS", "the original, after the dumps");
+    // The copy's children report again.
+    for f in [
+        "go",
+        "result",
+        "child0",
+        "child1",
+        "child2",
+        "child3",
+        "grandchild",
+    ] {
+        std::fs::remove_file(p.path(f)).unwrap();
+    }
+    p.end_original();
+    p.restore();
+    assert_eq!(p.verdict(), "PASS", "the copy restored from the image");
+}
+
 /// A pipe whose buffer is larger than this host lets godwit make (here:
 /// fs.pipe-max-size lowered below it between dump and restore, godwit
 /// lacking CAP_SYS_RESOURCE) is refused before anything is created, naming

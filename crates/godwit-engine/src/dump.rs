@@ -181,6 +181,8 @@ struct Collected {
     plan: Option<FrozenPlan>,
     /// The scratch area, when left mapped while the memory is copied.
     scratch: Option<ScratchArea>,
+    /// mlockall(MCL_FUTURE) and PR_SET_MEMORY_MERGE, for its first VMA.
+    defaults: memory::MmDefaults,
 }
 
 /// The scratch area mapped in a frozen process for the calls injected into
@@ -422,6 +424,7 @@ pub fn dump_to(
         plans,
         mut copied,
         scratches,
+        ..
     } = collect_all(
         &members,
         &trackers,
@@ -462,6 +465,13 @@ pub fn dump_to(
     let lazy_bytes: u64 = procs.iter().map(|p| memory::lazy_bytes(&p.vmas)).sum();
     if lazy_bytes > 0 {
         writer.add_flags(godwit_image::FLAG_LAZY_PAGES);
+    }
+    if procs
+        .iter()
+        .flat_map(|p| &p.vmas)
+        .any(|v| !v.inherited.is_empty())
+    {
+        writer.add_flags(godwit_image::FLAG_INHERITED_PAGES);
     }
 
     // Pre-copied processes: what changed since is copied now, while frozen.
@@ -726,11 +736,13 @@ struct Collection {
     copied: Vec<Option<Vec<(PageFileInfo, PageSpan)>>>,
     /// Scratch areas left mapped meanwhile.
     scratches: Vec<ScratchArea>,
+    /// Each member's process-wide memory defaults (zombies: none).
+    defaults: Vec<memory::MmDefaults>,
 }
 
-/// Asks for the memory of member `.0`, process `.1` with memory map `.2`,
-/// to be planned and copied.
-type CopyJob = (usize, i32, Vec<proc::MapEntry>);
+/// Asks for the memory of member `.0`, process `.1` with memory map `.2`
+/// and parent `.3`, to be planned and copied.
+type CopyJob = (usize, i32, Vec<proc::MapEntry>, i32);
 
 /// Collects every member of the frozen tree. With `copy_into` (the tree
 /// stays frozen until its image is written), a second thread plans and
@@ -755,32 +767,48 @@ fn collect_all(
         let stop = &stop;
         let copier = copy_into.map(|writer| {
             s.spawn(move || {
-                let mut out = Vec::new();
-                for (i, pid, maps) in rx {
+                type Copied = Result<(Vec<crate::schema::Vma>, Vec<(PageFileInfo, PageSpan)>)>;
+                let mut out: Vec<(usize, Copied)> = Vec::new();
+                // Processes planned so far, by PID: a child's pages shared
+                // copy-on-write with its parent (planned before it, parents
+                // come first) are not copied again.
+                let mut planned: std::collections::HashMap<i32, (usize, memory::Frames)> =
+                    std::collections::HashMap::new();
+                for (i, pid, maps, ppid) in rx {
                     let t = Instant::now();
                     let lap = |what: &str| {
                         tracing::debug!(ms = t.elapsed().as_secs_f64() * 1e3, pid, "copier: {what}")
                     };
-                    let r = memory::survey(pid, &maps).and_then(|vmas| {
-                        lap("planned");
-                        let stage = match live {
-                            1 => "dumping memory".to_string(),
-                            _ => format!("memory of {pid}"),
-                        };
-                        progress.stage(&stage, memory::planned_bytes(&vmas));
-                        let w = memory::write_pages(
-                            pid,
-                            &vmas,
-                            writer,
-                            progress,
-                            None,
-                            &[],
-                            Some(stop),
-                        )?;
-                        lap("copied");
-                        Ok((vmas, w))
+                    let parent = planned.get(&ppid).and_then(|(k, frames)| match &out[*k] {
+                        (_, Ok((vmas, _))) => Some(memory::ParentMemory {
+                            vmas: vmas.as_slice(),
+                            frames,
+                        }),
+                        _ => None,
                     });
+                    let mut frames = memory::Frames::default();
+                    let r = memory::survey_sharing(pid, &maps, parent.as_ref(), Some(&mut frames))
+                        .and_then(|vmas| {
+                            lap("planned");
+                            let stage = match live {
+                                1 => "dumping memory".to_string(),
+                                _ => format!("memory of {pid}"),
+                            };
+                            progress.stage(&stage, memory::planned_bytes(&vmas));
+                            let w = memory::write_pages(
+                                pid,
+                                &vmas,
+                                writer,
+                                progress,
+                                None,
+                                &[],
+                                Some(stop),
+                            )?;
+                            lap("copied");
+                            Ok((vmas, w))
+                        });
                     let failed = r.is_err();
+                    planned.insert(pid, (out.len(), frames));
                     out.push((i, r));
                     if failed {
                         break;
@@ -811,6 +839,9 @@ fn collect_all(
             c.procs[i].vmas = vmas;
             c.copied[i] = Some(w);
         }
+        for (p, d) in c.procs.iter_mut().zip(&c.defaults) {
+            d.keep(&mut p.vmas);
+        }
         if copy_into.is_some() && c.copied.iter().flatten().count() != live {
             return Err(EngineError::BadImage(
                 "the memory of a process was not copied".into(),
@@ -832,6 +863,7 @@ fn collect_members(
         plans: Vec::with_capacity(members.len()),
         copied: Vec::with_capacity(members.len()),
         scratches: Vec::new(),
+        defaults: Vec::with_capacity(members.len()),
     };
     for (i, m) in members.iter().enumerate() {
         c.copied.push(None);
@@ -842,6 +874,7 @@ fn collect_members(
                 c.remotes.push(Some(one.r0));
                 c.plans.push(one.plan);
                 c.scratches.extend(one.scratch);
+                c.defaults.push(one.defaults);
             }
             Member::Zombie {
                 pid,
@@ -861,6 +894,7 @@ fn collect_members(
                 });
                 c.remotes.push(None);
                 c.plans.push(None);
+                c.defaults.push(Default::default());
             }
         }
     }
@@ -879,7 +913,12 @@ fn collect_one(
     let pid = frozen.pid;
     let t = Instant::now();
     let (maps, r0) = injector(frozen)?;
+    // mlockall(MCL_FUTURE) shows only in what it does to a new mapping.
+    let lck_before = proc::status(pid)
+        .dumping(pid, "reading the process's status")?
+        .vm_lck;
     let area = ScratchArea::map(r0)?;
+    let defaults = memory::MmDefaults::read(&area.remote(), lck_before)?;
     // The copier starts once the attributes are read: their brk(0) takes
     // the memory map's write lock, which would wait for the copier's reads
     // and hold up its further ones. The map was read before the scratch
@@ -889,7 +928,7 @@ fn collect_one(
     let collected = attrs::dump(&r, &mut attributes).and_then(|()| {
         tracing::debug!(ms = t.elapsed().as_secs_f64() * 1e3, "collect: attributes");
         if let Some((tx, i)) = copy {
-            let _ = tx.send((i, pid, maps.clone()));
+            let _ = tx.send((i, pid, maps.clone(), attributes.ppid));
         }
         collect(&r, frozen, attributes)
     });
@@ -932,6 +971,7 @@ fn collect_one(
         r0,
         plan,
         scratch,
+        defaults,
     })
 }
 

@@ -199,6 +199,7 @@ pub fn restore_deferring(
         }
         attrs::check(p)?;
         sched::check(p)?;
+        memory::check_restorable(p)?;
         caps::check(p)?;
         memory::check_files(&p.vmas, opts.allow_file_changes)?;
         files::check(&p.fds, opts.allow_file_changes)?;
@@ -440,11 +441,19 @@ fn resurrect(
     let r = prepare_root(pid, root.pid, &all_vmas)?;
     tracing::debug!(ms = t0.elapsed().as_secs_f64() * 1e3, "stub emptied");
 
+    // The memory shared with children is filled in phase 1.
+    progress.stage(
+        "restoring memory",
+        procs.iter().map(|p| memory::planned_bytes(&p.vmas)).sum(),
+    );
     // Phase 1, parents before children: session, the descriptions this
     // process creates, its controlling terminal, then its children (which
     // inherit all three). The root of a shell job stays in godwit's session.
     let mut remotes: Vec<Option<Remote>> = vec![None; procs.len()];
     remotes[0] = Some(r);
+    // Per process: the VMAs mapped and filled before it forked its
+    // children, which they hold too (pages shared copy-on-write).
+    let mut premapped: Vec<Vec<(u64, u64)>> = vec![Vec::new(); procs.len()];
     for (i, p) in procs.iter().enumerate() {
         let Some(r) = remotes[i] else { continue };
         let joins_caller = shell_job && i == 0;
@@ -455,6 +464,15 @@ fn resurrect(
         shm.create(&r, i, pages)?;
         plan.create(&r, i, &|id| shm.fd(id))?;
         plan.set_ctty(&r, p, joins_caller)?;
+        // Memory shared copy-on-write with the parent and the children.
+        let held = procs[..i]
+            .iter()
+            .position(|q| q.pid == p.ppid && i > 0)
+            .map_or(&[][..], |k| &premapped[k][..]);
+        let for_children =
+            memory::shared_with_children(p, procs.iter().skip(i + 1).filter(|c| c.ppid == p.pid));
+        premapped[i] =
+            memory::restore_early(&r, &p.vmas, &pages[i], progress, held, &for_children)?;
         for (j, c) in procs
             .iter()
             .enumerate()
@@ -475,14 +493,10 @@ fn resurrect(
         "stub ready, processes created"
     );
     // Phase 2: rebuild each process.
-    progress.stage(
-        "restoring memory",
-        procs.iter().map(|p| memory::planned_bytes(&p.vmas)).sum(),
-    );
     let mut host_tids = vec![Vec::new(); procs.len()];
     for (i, p) in procs.iter().enumerate() {
         if let Some(r) = &remotes[i] {
-            host_tids[i] = build(r, p, &pages[i], plan, shm, progress)?;
+            host_tids[i] = build(r, p, &pages[i], plan, shm, progress, &premapped[i])?;
         }
     }
     // Now that every mapping exists: the remaining memfd seals, and SysV
@@ -731,12 +745,13 @@ fn build(
     plan: &files::FdPlan,
     shm: &memory::ShmPlan,
     progress: &dyn Progress,
+    premapped: &[(u64, u64)],
 ) -> Result<Vec<i32>> {
     let t = Instant::now();
     let lap = |what: &str| tracing::debug!(ms = t.elapsed().as_secs_f64() * 1e3, "build: {what}");
     place_vdso(r, &p.vmas)?;
     lap("vdso");
-    memory::restore(r, &p.vmas, pages, progress, &|id| shm.fd(id))?;
+    memory::restore(r, &p.vmas, pages, progress, &|id| shm.fd(id), premapped)?;
     crate::resources::numa::restore_vmas(r, p)?;
     shm.close(r)?;
     lap("memory");

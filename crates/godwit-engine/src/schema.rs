@@ -352,6 +352,26 @@ pub struct Vma {
     /// the migration receiving it.
     #[prost(message, repeated, tag = "15")]
     pub lazy: Vec<PageRun>,
+    /// The process had called mlockall(MCL_FUTURE): mappings it makes are
+    /// locked. The bits of mlockall(2): MCL_FUTURE 2, with MCL_ONFAULT 4
+    /// when only the pages faulted in are. Process-wide state, kept on the
+    /// process's first VMA only (0 on the others); per-VMA locks are the
+    /// "lo" and "lf" of `vm_flags`.
+    #[prost(uint32, tag = "16")]
+    pub mlockall: u32,
+    /// The process had prctl(PR_SET_MEMORY_MERGE, 1): KSM may merge all its
+    /// private memory, mappings made later included. Process-wide, on the
+    /// first VMA only, like `mlockall`.
+    #[prost(bool, tag = "17")]
+    pub merge_any: bool,
+    /// Runs of pages NOT in the image (`offset` unused, 0) because they are
+    /// the parent's pages at the same addresses: at dump time both
+    /// processes mapped the same physical page (shared copy-on-write since
+    /// a fork). The parent's image has a VMA with the same bounds holding
+    /// them; the restore rebuilds that VMA in the parent before forking
+    /// this process, so they are shared again. Private anonymous VMAs only.
+    #[prost(message, repeated, tag = "18")]
+    pub inherited: Vec<PageRun>,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]

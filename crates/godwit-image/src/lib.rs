@@ -51,8 +51,8 @@ mod writer;
 
 pub use error::ImageError;
 pub use manifest::{
-    decode_manifest_bytes, encode_manifest_bytes, Manifest, PageFile, FLAG_LAZY_PAGES,
-    FLAG_SCATTERED_PAGES, HEADER_LEN, MANIFEST_MAGIC,
+    decode_manifest_bytes, encode_manifest_bytes, Manifest, PageFile, FLAG_INHERITED_PAGES,
+    FLAG_LAZY_PAGES, FLAG_SCATTERED_PAGES, HEADER_LEN, MANIFEST_MAGIC,
 };
 pub use medium::{Directory, Medium, MemoryImage, PageSink, PageSource};
 pub use reader::{ImageReader, MappedPages};

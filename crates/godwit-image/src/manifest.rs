@@ -8,7 +8,7 @@
 //!      0     8  magic  b"GODWIT\0I"
 //!      8     2  format major, u16 little-endian
 //!     10     2  format minor, u16 little-endian
-//!     12     4  flags, u32 little-endian (bit 0: FLAG_SCATTERED_PAGES, bit 1: FLAG_LAZY_PAGES)
+//!     12     4  flags, u32 little-endian (bit 0: FLAG_SCATTERED_PAGES, bit 1: FLAG_LAZY_PAGES, bit 2: FLAG_INHERITED_PAGES)
 //!     16     8  payload length, u64 little-endian
 //!     24     8  xxh3-64 of the payload, u64 little-endian
 //!     32     n  payload
@@ -38,8 +38,15 @@ pub const FLAG_SCATTERED_PAGES: u32 = 1;
 /// would find zeros there).
 pub const FLAG_LAZY_PAGES: u32 = 2;
 
+/// Header flag: some pages of a process are not in the image because they
+/// are its parent's (`Vma.inherited`: shared copy-on-write since a fork);
+/// the restore gets them by forking it from its parent once the parent's
+/// memory is in place. A reader that does not know this must not restore
+/// the image (the child would find zeros there).
+pub const FLAG_INHERITED_PAGES: u32 = 4;
+
 /// Header flag bits this reader understands; it refuses any other set bit.
-const KNOWN_FLAGS: u32 = FLAG_SCATTERED_PAGES | FLAG_LAZY_PAGES;
+const KNOWN_FLAGS: u32 = FLAG_SCATTERED_PAGES | FLAG_LAZY_PAGES | FLAG_INHERITED_PAGES;
 
 /// The manifest payload (`godwit.image.v1.Manifest` in `proto/manifest.proto`).
 #[derive(Clone, PartialEq, Message)]
@@ -319,11 +326,11 @@ mod tests {
     #[test]
     fn unknown_flags_are_refused() {
         let mut bytes = encode_manifest_bytes(&sample());
-        bytes[12] = 4;
+        bytes[12] = 8;
         let err = decode_manifest_bytes(&bytes).unwrap_err();
-        assert!(matches!(err, ImageError::UnsupportedFlags { flags: 4, .. }));
+        assert!(matches!(err, ImageError::UnsupportedFlags { flags: 8, .. }));
         // Known flags are accepted.
-        for flags in [FLAG_SCATTERED_PAGES, FLAG_LAZY_PAGES] {
+        for flags in [FLAG_SCATTERED_PAGES, FLAG_LAZY_PAGES, FLAG_INHERITED_PAGES] {
             let bytes = frame(FORMAT_MAJOR, FORMAT_MINOR, flags, &sample().encode_to_vec());
             assert!(decode_manifest_bytes(&bytes).is_ok());
         }

@@ -213,6 +213,8 @@ pub struct Status {
     pub seccomp: u32,
     /// Number of seccomp filters in the task's stack (Seccomp_filters).
     pub seccomp_filters: u32,
+    /// Memory locked by mlock (VmLck), bytes.
+    pub vm_lck: u64,
 }
 
 pub fn parse_status(text: &str, path: &str) -> Result<Status> {
@@ -267,17 +269,20 @@ pub fn parse_status(text: &str, path: &str) -> Result<Status> {
             "SigIgn" => {
                 st.sig_ign = u64::from_str_radix(v, 16).map_err(|_| bad(path, "bad SigIgn"))?
             }
-            "RssAnon" => {
-                st.rss_anon = v
-                    .trim_end_matches("kB")
-                    .trim()
-                    .parse::<u64>()
-                    .map_or(0, |kb| kb * 1024)
-            }
+            "RssAnon" => st.rss_anon = kb_field(v),
+            "VmLck" => st.vm_lck = kb_field(v),
             _ => {}
         }
     }
     Ok(st)
+}
+
+/// A "NNN kB" field of /proc/PID/status, in bytes (0 if unreadable).
+fn kb_field(v: &str) -> u64 {
+    v.trim_end_matches("kB")
+        .trim()
+        .parse::<u64>()
+        .map_or(0, |kb| kb * 1024)
 }
 
 pub fn status(pid: i32) -> Result<Status> {

@@ -73,6 +73,43 @@ pub(crate) fn kind_of(pid: i32, e: &MapEntry) -> Result<VmaKind> {
     })
 }
 
+/// VmFlags of an ordinary mapping that the restore cannot give back: the
+/// dump is refused, naming the area and the flag, rather than the state
+/// silently lost. (Advice and locks the restore sets again: see
+/// [`advice_of`] and [`restore`]; flags that follow from how the area is
+/// mapped, such as rd, wr, sh, gd, ac, nr, are given back by the mmap.)
+const UNRESTORABLE: &[(&str, &str)] = &[
+    ("sl", "sealed (mseal)"),
+    ("ss", "a shadow stack"),
+    ("ui", "registered for minor faults on a userfaultfd"),
+];
+
+fn check_vm_flags(pid: i32, e: &MapEntry, kind: VmaKind) -> Result<()> {
+    if matches!(
+        kind,
+        VmaKind::Vdso | VmaKind::Vvar | VmaKind::VvarVclock | VmaKind::Vsyscall
+    ) {
+        // The kernel's own mappings (which it may seal itself).
+        return Ok(());
+    }
+    match UNRESTORABLE.iter().find(|(f, _)| e.has_flag(f)) {
+        Some((flag, what)) => Err(EngineError::Unsupported {
+            pid,
+            what: format!(
+                "the memory mapping {:#x}-{:#x} ({}), which is {what} (VmFlags \"{flag}\")",
+                e.start,
+                e.end,
+                if e.name.is_empty() {
+                    "anonymous"
+                } else {
+                    &e.name
+                }
+            ),
+        }),
+        None => Ok(()),
+    }
+}
+
 fn prot_of(e: &MapEntry) -> u32 {
     let mut p = 0;
     if e.read {
@@ -116,10 +153,74 @@ fn wanted(kind: VmaKind, entry: u64) -> bool {
 /// then shows, alone or merged into a neighbour: the plan covers exactly
 /// the VMAs of `maps`, each with the VmFlags of the smaps VMA holding it.
 pub fn survey(pid: i32, maps: &[MapEntry]) -> Result<Vec<Vma>> {
+    survey_sharing(pid, maps, None, None)
+}
+
+/// [`survey`] of a process whose parent (frozen too, and planned already)
+/// is `parent`: pages it still shares with it copy-on-write are not stored
+/// but listed as inherited (see [`ParentMemory`]). With `frames`, the page
+/// map entries of its own shareable VMAs are kept there, for its children.
+pub fn survey_sharing(
+    pid: i32,
+    maps: &[MapEntry],
+    parent: Option<&ParentMemory>,
+    frames: Option<&mut Frames>,
+) -> Result<Vec<Vma>> {
     let (smaps, prefetched) = read_smaps_and_pagemap(pid, maps);
     let smaps = smaps.dumping(pid, "reading the memory map")?;
     let entries = with_flags_of(pid, maps, &smaps)?;
-    plan(pid, &entries, prefetched?)
+    plan_sharing(pid, &entries, prefetched?, parent, frames)
+}
+
+/// The page map entries of a process's shareable VMAs (by start) as they
+/// were when it was planned, before its pages were copied: the copy itself
+/// (process_vm_readv pins the pages it reads, and the kernel gives a
+/// process its own copy of an anonymous page shared with others before
+/// pinning it) leaves the parent with pages of its own, so its children's
+/// are compared with these.
+#[derive(Default)]
+pub struct Frames(HashMap<u64, Vec<u64>>);
+
+/// The parent of a process being planned, frozen and planned already.
+/// A private anonymous VMA of the child with the same bounds as one of the
+/// parent's (a mapping inherited at fork, or one that ended up like it),
+/// both without lazy pages and with the same MADV_HUGEPAGE, may hold pages
+/// that are the parent's own physical pages (same PFN in both page maps:
+/// shared copy-on-write since the fork, never written by either). Those
+/// are not stored for the child: they are `Vma::inherited`, and the
+/// restore forks the child from its parent once the parent's memory is
+/// in place, so they are shared again.
+pub struct ParentMemory<'a> {
+    pub vmas: &'a [Vma],
+    pub frames: &'a Frames,
+}
+
+impl ParentMemory<'_> {
+    /// The parent's VMA this child VMA may share pages with.
+    fn twin(&self, v: &Vma) -> Option<&Vma> {
+        let i = self.vmas.partition_point(|p| p.start < v.start);
+        let p = self.vmas.get(i)?;
+        (p.start == v.start
+            && p.end == v.end
+            && shares_pages(p)
+            && shares_pages(v)
+            && wants_thp(p) == wants_thp(v))
+        .then_some(p)
+    }
+}
+
+/// A VMA of a kind whose pages a fork child can share with its parent
+/// after restore.
+fn shares_pages(v: &Vma) -> bool {
+    matches!(
+        kind(v),
+        VmaKind::AnonPrivate | VmaKind::Heap | VmaKind::Stack
+    ) && v.lazy.is_empty()
+}
+
+/// The page frame number of a page map entry (0 unless root reads it).
+fn pfn(entry: u64) -> u64 {
+    entry & ((1 << 55) - 1)
 }
 
 /// `maps` with the VmFlags of the `smaps` VMA that holds each one.
@@ -203,13 +304,26 @@ pub fn prefetch_pagemap(pid: i32, maps: &[MapEntry]) -> Result<Prefetched> {
 /// to store, assigning each run its place in the page file (in address
 /// order, back to back). Page map entries come from `prefetched` where it
 /// has them for a VMA of the same size, else are read now.
-pub fn plan(pid: i32, maps: &[MapEntry], mut prefetched: Prefetched) -> Result<Vec<Vma>> {
+pub fn plan(pid: i32, maps: &[MapEntry], prefetched: Prefetched) -> Result<Vec<Vma>> {
+    plan_sharing(pid, maps, prefetched, None, None)
+}
+
+/// [`plan`], leaving out the pages shared with `parent` (see
+/// [`ParentMemory`]).
+pub fn plan_sharing(
+    pid: i32,
+    maps: &[MapEntry],
+    mut prefetched: Prefetched,
+    parent: Option<&ParentMemory>,
+    mut frames: Option<&mut Frames>,
+) -> Result<Vec<Vma>> {
     let pagemap = Pagemap::open(pid).dumping(pid, "opening the page map")?;
     let mut out = Vec::with_capacity(maps.len());
     let mut offset = 0u64;
     let mut entries = Vec::new();
     for e in maps {
         let kind = kind_of(pid, e)?;
+        check_vm_flags(pid, e, kind)?;
         let mut vma = Vma {
             start: e.start,
             end: e.end,
@@ -277,6 +391,23 @@ pub fn plan(pid: i32, maps: &[MapEntry], mut prefetched: Prefetched) -> Result<V
                     .read(e.start, e.end, &mut entries)
                     .dumping(pid, "reading the page map")?,
             }
+            // Pages that are the parent's own, shared since a fork.
+            let theirs: &[u64] = match parent {
+                Some(p) if p.twin(&vma).is_some() => p
+                    .frames
+                    .0
+                    .get(&vma.start)
+                    .filter(|f| f.len() == entries.len())
+                    .map_or(&[], |f| &f[..]),
+                _ => &[],
+            };
+            if let Some(f) = frames.as_deref_mut().filter(|_| shares_pages(&vma)) {
+                f.0.insert(vma.start, entries.clone());
+            }
+            let same = |i: usize| {
+                let (a, b) = (entries[i], theirs[i]);
+                a & pm::PRESENT != 0 && b & pm::PRESENT != 0 && pfn(a) != 0 && pfn(a) == pfn(b)
+            };
             let mut i = 0;
             while i < entries.len() {
                 if !wanted(kind, entries[i]) {
@@ -284,12 +415,25 @@ pub fn plan(pid: i32, maps: &[MapEntry], mut prefetched: Prefetched) -> Result<V
                     continue;
                 }
                 let first = i;
-                while i < entries.len() && wanted(kind, entries[i]) {
+                let shared = !theirs.is_empty() && same(i);
+                while i < entries.len()
+                    && wanted(kind, entries[i])
+                    && (!theirs.is_empty() && same(i)) == shared
+                {
                     i += 1;
                 }
                 let nr = (i - first) as u64;
+                let addr = e.start + first as u64 * PAGE_SIZE;
+                if shared {
+                    vma.inherited.push(PageRun {
+                        addr,
+                        nr_pages: nr,
+                        offset: 0,
+                    });
+                    continue;
+                }
                 vma.pages.push(PageRun {
-                    addr: e.start + first as u64 * PAGE_SIZE,
+                    addr,
                     nr_pages: nr,
                     offset,
                 });
@@ -1022,6 +1166,119 @@ fn read_or_skip(
     buf.len()
 }
 
+/// Reads the batches holding anonymous pages mapped by more than one
+/// process (shared copy-on-write since a fork) without unsharing them.
+/// process_vm_readv pins the pages it reads, and before pinning an
+/// anonymous page others map too the kernel gives the process its own copy:
+/// a dump would leave every process of a forking tree with a private copy
+/// of all it shared (the running original of a `--leave-running` dump
+/// keeps them). /proc/PID/mem reads without pinning; it is slower, so only
+/// those pages go through it, found in the page map (PM_MMAP_EXCLUSIVE
+/// clear on a present anonymous page; the shared zero page is among them).
+#[derive(Default)]
+struct SharedReader {
+    pagemap: Option<Pagemap>,
+    mem: Option<ProcMem>,
+    entries: Vec<u64>,
+}
+
+impl SharedReader {
+    /// `None` when no page of `ranges` is shared (read them as usual);
+    /// otherwise reads them all into `buf` and returns its length. With
+    /// `holes`, what cannot be read is left zero and listed there.
+    fn read(
+        &mut self,
+        pid: i32,
+        ranges: &[Range],
+        buf: &mut [u8],
+        holes: Option<&std::sync::Mutex<Vec<Range>>>,
+    ) -> Result<Option<usize>> {
+        let pagemap = match &self.pagemap {
+            Some(p) => p,
+            None => self
+                .pagemap
+                .insert(Pagemap::open(pid).dumping(pid, "opening the page map")?),
+        };
+        self.entries.clear();
+        for r in ranges {
+            if pagemap
+                .read(r.addr, r.addr + r.len, &mut self.entries)
+                .is_err()
+            {
+                // Gone meanwhile (a running process): the usual read copes.
+                return Ok(None);
+            }
+        }
+        let shared = |e: u64| e & pm::PRESENT != 0 && e & (pm::EXCLUSIVE | pm::FILE_OR_SHARED) == 0;
+        if !self.entries.iter().any(|&e| shared(e)) {
+            return Ok(None);
+        }
+        // Segments of pages alike, contiguous in the process and in `buf`.
+        let mut segments: Vec<(usize, Range, bool)> = Vec::new();
+        let (mut at, mut page) = (0usize, 0usize);
+        for r in ranges {
+            for k in 0..r.len / PAGE_SIZE {
+                let s = shared(self.entries[page]);
+                let addr = r.addr + k * PAGE_SIZE;
+                match segments.last_mut() {
+                    Some((off, g, gs))
+                        if *gs == s && g.addr + g.len == addr && *off + g.len as usize == at =>
+                    {
+                        g.len += PAGE_SIZE
+                    }
+                    _ => segments.push((
+                        at,
+                        Range {
+                            addr,
+                            len: PAGE_SIZE,
+                        },
+                        s,
+                    )),
+                }
+                at += PAGE_SIZE as usize;
+                page += 1;
+            }
+        }
+        for (off, g, s) in segments {
+            let part = &mut buf[off..off + g.len as usize];
+            let got = if s {
+                let m = match &self.mem {
+                    Some(m) => m,
+                    None => self
+                        .mem
+                        .insert(ProcMem::open(pid, false).dumping(pid, "opening memory")?),
+                };
+                m.read_exact_at(g.addr, part).is_ok()
+            } else {
+                matches!(mem::read_ranges(pid, part, &[g]), Ok(n) if n == part.len())
+            };
+            if !got {
+                match holes {
+                    Some(h) => {
+                        part.fill(0);
+                        h.lock().expect("lock").push(g);
+                    }
+                    None => {
+                        return Err(EngineError::Sys {
+                            pid,
+                            stage: "reading memory",
+                            source: godwit_sys::SysError::Proc {
+                                path: format!("process {pid} memory"),
+                                detail: format!(
+                                    "{:#x}-{:#x} could not be read",
+                                    g.addr,
+                                    g.addr + g.len
+                                ),
+                            },
+                        })
+                    }
+                }
+            }
+        }
+        Ok(Some(buf.len()))
+    }
+}
+
 /// One writer: read batches of `pieces` from the process, write them. With
 /// `holes`, memory that cannot be read is written as zeros and listed there
 /// instead of failing.
@@ -1039,10 +1296,11 @@ fn copy_part(
     let mut ranges: Vec<Range> = Vec::new();
     let mut filled = 0usize;
     let mut procmem: Option<ProcMem> = None;
-    let flush = |ranges: &mut Vec<Range>,
-                 filled: &mut usize,
-                 buf: &mut [u8],
-                 out: &mut PageFileWriter|
+    let mut sharing = SharedReader::default();
+    let mut flush = |ranges: &mut Vec<Range>,
+                     filled: &mut usize,
+                     buf: &mut [u8],
+                     out: &mut PageFileWriter|
      -> Result<()> {
         if ranges.is_empty() {
             return Ok(());
@@ -1058,10 +1316,13 @@ fn copy_part(
             });
         }
         let want = *filled;
-        let n = match (mem::read_ranges(pid, &mut buf[..want], ranges), holes) {
-            (Ok(n), Some(h)) if n != want => read_or_skip(pid, ranges, &mut buf[..want], n, h),
-            (Err(_), Some(h)) => read_or_skip(pid, ranges, &mut buf[..want], 0, h),
-            (r, _) => r.dumping(pid, "reading memory")?,
+        let n = match sharing.read(pid, ranges, &mut buf[..want], holes)? {
+            Some(n) => n,
+            None => match (mem::read_ranges(pid, &mut buf[..want], ranges), holes) {
+                (Ok(n), Some(h)) if n != want => read_or_skip(pid, ranges, &mut buf[..want], n, h),
+                (Err(_), Some(h)) => read_or_skip(pid, ranges, &mut buf[..want], 0, h),
+                (r, _) => r.dumping(pid, "reading memory")?,
+            },
         };
         if n != want {
             return Err(EngineError::Sys {
@@ -1202,17 +1463,21 @@ pub fn is_special(v: &Vma) -> bool {
 /// stored pages, and sets the final protections and advice.
 /// `shmem_fd` gives, for a shmem id, the descriptor (in the process) of the
 /// object created for it (see [`ShmPlan`]).
+/// `premapped`: the bounds of VMAs already mapped and filled by
+/// [`restore_early`] (only their protections, advice and locks are left).
 pub fn restore(
     r: &Remote,
     vmas: &[Vma],
     pages: &Pages,
     progress: &dyn Progress,
     shmem_fd: &dyn Fn(u64) -> Option<u64>,
+    premapped: &[(u64, u64)],
 ) -> Result<()> {
     let pid = r.pid;
+    let is_premapped = |v: &Vma| premapped.binary_search(&(v.start, v.end)).is_ok();
     let mut files: HashMap<(String, bool), u64> = HashMap::new();
     let mut maps: Vec<Call> = Vec::new();
-    for v in vmas.iter().filter(|v| !is_special(v)) {
+    for v in vmas.iter().filter(|v| !is_special(v) && !is_premapped(v)) {
         let k = kind(v);
         let len = v.end - v.start;
         let final_prot = v.prot as u64;
@@ -1322,12 +1587,19 @@ pub fn restore(
             r.vpid
         )));
     }
-    let uffd = FillUffd::open(r, vmas, lazy)?;
+    let rest: Vec<Vma>;
+    let to_fill = if premapped.is_empty() {
+        vmas
+    } else {
+        rest = vmas.iter().filter(|v| !is_premapped(v)).cloned().collect();
+        &rest[..]
+    };
+    let uffd = FillUffd::open(r, to_fill, lazy)?;
     tracing::debug!(
         ms = t.elapsed().as_secs_f64() * 1e3,
         "userfaultfd for the fill"
     );
-    let filled = crate::colocate::unpinned(|| fill(pid, vmas, pages, progress, uffd.as_ref()));
+    let filled = crate::colocate::unpinned(|| fill(pid, to_fill, pages, progress, uffd.as_ref()));
     if let Some(u) = uffd {
         if filled.is_ok() {
             u.finish(r, vmas)?;
@@ -1342,22 +1614,16 @@ pub fn restore(
     for v in vmas.iter().filter(|v| !is_special(v)) {
         let len = v.end - v.start;
         let rw = (libc::PROT_READ | libc::PROT_WRITE) as u32;
-        // Only VMAs mapped with extra access for filling need their protection put back.
-        if !v.pages.is_empty() && v.prot | rw != v.prot {
+        // Only VMAs mapped with extra access for filling need their
+        // protection put back (premapped ones may have come from the parent).
+        if (!v.pages.is_empty() && v.prot | rw != v.prot) || is_premapped(v) {
             after.push(Call {
                 name: "mprotect",
                 nr: libc::SYS_mprotect,
                 args: [v.start, len, v.prot as u64, 0, 0, 0],
             });
         }
-        for f in &v.vm_flags {
-            let advice = match f.as_str() {
-                "dc" => libc::MADV_DONTFORK,
-                "dd" => libc::MADV_DONTDUMP,
-                "wf" => libc::MADV_WIPEONFORK,
-                "nh" => libc::MADV_NOHUGEPAGE,
-                _ => continue,
-            };
+        for advice in v.vm_flags.iter().filter_map(|f| advice_of(f)) {
             after.push(Call {
                 name: "madvise",
                 nr: libc::SYS_madvise,
@@ -1365,9 +1631,424 @@ pub fn restore(
             });
         }
     }
-    r.call_batch(&after)
-        .restoring(pid, "setting memory protections and advice")?;
+    // Locks last, once the pages are in: mlock then finds present what was
+    // (it faults in the rest, as it did for the original; MLOCK_ONFAULT
+    // locks only the pages there). Premapped VMAs were locked before the
+    // children were forked (locking again would unshare their pages).
+    after.extend(
+        vmas.iter()
+            .filter(|v| !is_special(v) && has_flag(v, "lo") && !is_premapped(v))
+            .map(lock_call),
+    );
+    let defaults = MmDefaults::of(vmas);
+    if defaults.mlockall != 0 {
+        // MCL_FUTURE without MCL_CURRENT: only the mappings made from now on.
+        after.push(Call {
+            name: "mlockall",
+            nr: libc::SYS_mlockall,
+            args: [
+                (defaults.mlockall & (MCL_FUTURE | MCL_ONFAULT)) as u64,
+                0,
+                0,
+                0,
+                0,
+                0,
+            ],
+        });
+    }
+    if defaults.merge_any {
+        // It marks every private mapping mergeable: those that were not
+        // (MADV_UNMERGEABLE since) are unmarked again.
+        after.push(Call {
+            name: "prctl(PR_SET_MEMORY_MERGE)",
+            nr: libc::SYS_prctl,
+            args: [PR_SET_MEMORY_MERGE, 1, 0, 0, 0, 0],
+        });
+        for v in vmas.iter().filter(|v| !is_special(v) && !has_flag(v, "mg")) {
+            after.push(Call {
+                name: "madvise",
+                nr: libc::SYS_madvise,
+                args: [
+                    v.start,
+                    v.end - v.start,
+                    libc::MADV_UNMERGEABLE as u64,
+                    0,
+                    0,
+                    0,
+                ],
+            });
+        }
+    }
+    if let Err(e) = r.call_batch(&after) {
+        // Name the area: each call again, alone (all of them idempotent).
+        for c in &after {
+            if let Err(e) = r.call(c.name, c.nr, c.args) {
+                let on = match c.nr {
+                    libc::SYS_mlockall | libc::SYS_prctl => "the process".to_string(),
+                    _ => format!(
+                        "the memory mapping {:#x}-{:#x}",
+                        c.args[0],
+                        c.args[0] + c.args[1]
+                    ),
+                };
+                return Err(EngineError::Refused {
+                    pid: r.vpid,
+                    what: format!(
+                        "{} on {on} failed ({e}), which the process had done",
+                        describe_call(c)
+                    ),
+                });
+            }
+        }
+        return Err(e).restoring(pid, "setting memory protections, advice and locks");
+    }
     Ok(())
+}
+
+/// Process-wide defaults for the mappings a process makes, which no /proc
+/// file shows: mlockall(MCL_FUTURE) and prctl(PR_SET_MEMORY_MERGE). Kept on
+/// the process's first VMA (`Vma::mlockall`, `Vma::merge_any`).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct MmDefaults {
+    pub mlockall: u32,
+    pub merge_any: bool,
+}
+
+const PR_GET_MEMORY_MERGE: u64 = 68;
+const PR_SET_MEMORY_MERGE: u64 = 67;
+
+impl MmDefaults {
+    /// Reads them from a frozen process in which `r`'s scratch area (`len`
+    /// bytes at `r.scratch`) was just mapped, `lck_before` being its VmLck
+    /// before that. Under MCL_FUTURE a new mapping is locked (VmLck grows
+    /// by its size) and, unless MCL_ONFAULT was given too, populated at once.
+    pub fn read(r: &Remote, lck_before: u64) -> Result<MmDefaults> {
+        let pid = r.pid;
+        let stage = "reading the process's memory locking defaults";
+        let st = godwit_sys::proc::status(pid).dumping(pid, stage)?;
+        let mut d = MmDefaults::default();
+        if st.vm_lck >= lck_before + r.scratch_len {
+            let mut entry = Vec::with_capacity(1);
+            Pagemap::open(pid)
+                .and_then(|m| m.read(r.scratch, r.scratch + PAGE_SIZE, &mut entry))
+                .dumping(pid, stage)?;
+            let populated = entry.first().is_some_and(|e| e & pm::PRESENT != 0);
+            d.mlockall = MCL_FUTURE | if populated { 0 } else { MCL_ONFAULT };
+        }
+        // EINVAL on a kernel without KSM: nothing to merge then.
+        let out = r
+            .inj()
+            .run(libc::SYS_prctl, [PR_GET_MEMORY_MERGE, 0, 0, 0, 0, 0])
+            .dumping(pid, "reading prctl(PR_GET_MEMORY_MERGE)")?;
+        d.merge_any = out.ret == 1;
+        Ok(d)
+    }
+
+    /// Puts them on the first of a process's VMAs.
+    pub fn keep(self, vmas: &mut [Vma]) {
+        if let Some(v) = vmas.first_mut() {
+            v.mlockall = self.mlockall;
+            v.merge_any = self.merge_any;
+        }
+    }
+
+    fn of(vmas: &[Vma]) -> MmDefaults {
+        vmas.first()
+            .map_or_else(MmDefaults::default, |v| MmDefaults {
+                mlockall: v.mlockall,
+                merge_any: v.merge_any,
+            })
+    }
+}
+
+fn has_flag(v: &Vma, flag: &str) -> bool {
+    v.vm_flags.iter().any(|f| f == flag)
+}
+
+/// Refuses, before any process is created, a restore that could not give
+/// process `p` its memory advice and locks back: KSM-mergeable areas on a
+/// host without KSM, and locked memory beyond what godwit may lock
+/// (without CAP_IPC_LOCK, RLIMIT_MEMLOCK bounds it; the process is rebuilt
+/// under godwit's limit).
+pub fn check_restorable(p: &crate::schema::Process) -> Result<()> {
+    let ksm = std::path::Path::new("/sys/kernel/mm/ksm").exists();
+    if MmDefaults::of(&p.vmas).merge_any && !ksm {
+        return Err(EngineError::Refused {
+            pid: p.pid,
+            what: "it had made all its memory mergeable (prctl PR_SET_MEMORY_MERGE), and this kernel has no KSM (/sys/kernel/mm/ksm is missing); restore on a kernel built with CONFIG_KSM".into(),
+        });
+    }
+    if let Some(v) = p.vmas.iter().find(|v| has_flag(v, "mg")).filter(|_| !ksm) {
+        return Err(EngineError::Refused {
+            pid: p.pid,
+            what: format!(
+                "the memory mapping {:#x}-{:#x} was marked mergeable (MADV_MERGEABLE), and this kernel has no KSM (/sys/kernel/mm/ksm is missing); restore on a kernel built with CONFIG_KSM",
+                v.start, v.end
+            ),
+        });
+    }
+    let locked: u64 = p
+        .vmas
+        .iter()
+        .filter(|v| !is_special(v) && has_flag(v, "lo"))
+        .map(|v| v.end - v.start)
+        .sum();
+    let future = p.vmas.first().is_some_and(|v| v.mlockall != 0);
+    if locked == 0 && !future {
+        return Ok(());
+    }
+    let me = godwit_sys::proc::status(std::process::id() as i32)
+        .restoring(p.pid, "reading godwit's own capabilities")?;
+    const CAP_IPC_LOCK: u32 = 14;
+    if me.cap_eff & (1 << CAP_IPC_LOCK) != 0 {
+        return Ok(());
+    }
+    let (soft, _) = godwit_sys::process::get_rlimit(0, libc::RLIMIT_MEMLOCK)
+        .restoring(p.pid, "reading the locked-memory limit")?;
+    lock_limit_refusal(p, locked, future, soft).map_or(Ok(()), Err)
+}
+
+/// Why `locked` bytes of locked memory (and an mlockall(MCL_FUTURE) with
+/// `future`) cannot be locked under the limit `soft`, if they cannot.
+fn lock_limit_refusal(
+    p: &crate::schema::Process,
+    locked: u64,
+    future: bool,
+    soft: u64,
+) -> Option<EngineError> {
+    if locked <= soft && (soft > 0 || !future) {
+        return None;
+    }
+    let first = p.vmas.iter().find(|v| has_flag(v, "lo"));
+    let areas = match first {
+        Some(v) => format!(
+            "{locked} bytes of locked memory (mlock; the first locked mapping is {:#x}-{:#x})",
+            v.start, v.end
+        ),
+        None => "mlockall(MCL_FUTURE)".to_string(),
+    };
+    Some(EngineError::Refused {
+        pid: p.pid,
+        what: format!(
+            "it had {areas}, more than godwit may lock: it lacks CAP_IPC_LOCK and RLIMIT_MEMLOCK is {soft} bytes; raise the limit (ulimit -l) or restore as root"
+        ),
+    })
+}
+
+/// The mmap of a private anonymous VMA (filled after), then MADV_HUGEPAGE
+/// if it had it (before the fill, so that its pages come as huge pages).
+fn anon_map_calls(v: &Vma) -> [Option<Call>; 2] {
+    let mut prot = v.prot as u64;
+    if !v.pages.is_empty() || !v.inherited.is_empty() {
+        prot |= (libc::PROT_READ | libc::PROT_WRITE) as u64;
+    }
+    let mut flags = (libc::MAP_FIXED_NOREPLACE | libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64;
+    if has_flag(v, "gd") {
+        flags |= libc::MAP_GROWSDOWN as u64;
+    }
+    let len = v.end - v.start;
+    [
+        Some(Call {
+            name: "mmap",
+            nr: libc::SYS_mmap,
+            args: [v.start, len, prot, flags, u64::MAX, 0],
+        }),
+        wants_thp(v).then_some(Call {
+            name: "madvise",
+            nr: libc::SYS_madvise,
+            args: [v.start, len, libc::MADV_HUGEPAGE as u64, 0, 0, 0],
+        }),
+    ]
+}
+
+/// Before process `p` forks its children (the restore's first phase):
+/// copy-on-write sharing with its parent and with its children.
+///
+/// `held`: the VMAs the parent had mapped and filled when it forked this
+/// process (it holds them too, sharing their pages). Those with pages
+/// inherited in `vmas` are kept: pages the process did not have are
+/// dropped (MADV_DONTNEED) and its own pages written over the parent's
+/// (which unshares just those). The others are unmapped.
+/// `for_children`: the bounds of VMAs its children inherit pages in;
+/// those not kept are mapped and filled now, so the children forked next
+/// share them. Returns the bounds of every VMA now mapped and filled
+/// (sorted), which [`restore`] then leaves as they are.
+pub fn restore_early(
+    r: &Remote,
+    vmas: &[Vma],
+    pages: &Pages,
+    progress: &dyn Progress,
+    held: &[(u64, u64)],
+    for_children: &[(u64, u64)],
+) -> Result<Vec<(u64, u64)>> {
+    let pid = r.pid;
+    let stage = "sharing memory with the parent";
+    let kept: Vec<&Vma> = vmas.iter().filter(|v| !v.inherited.is_empty()).collect();
+    for v in &kept {
+        if held.binary_search(&(v.start, v.end)).is_err() {
+            return Err(EngineError::BadImage(format!(
+                "process {}: the memory mapping {:#x}-{:#x} has pages of its parent's, which has no such mapping",
+                r.vpid, v.start, v.end
+            )));
+        }
+    }
+    let mut calls: Vec<Call> = Vec::new();
+    for &(start, end) in held {
+        if !kept.iter().any(|v| v.start == start && v.end == end) {
+            calls.push(Call {
+                name: "munmap",
+                nr: libc::SYS_munmap,
+                args: [start, end - start, 0, 0, 0, 0],
+            });
+        }
+    }
+    for v in &kept {
+        for (a, b) in gaps(v) {
+            calls.push(Call {
+                name: "madvise",
+                nr: libc::SYS_madvise,
+                args: [a, b - a, libc::MADV_DONTNEED as u64, 0, 0, 0],
+            });
+        }
+    }
+    let fresh: Vec<&Vma> = vmas
+        .iter()
+        .filter(|v| for_children.binary_search(&(v.start, v.end)).is_ok() && v.inherited.is_empty())
+        .collect();
+    for v in &fresh {
+        calls.extend(anon_map_calls(v).into_iter().flatten());
+    }
+    if calls.is_empty() && kept.is_empty() {
+        return Ok(Vec::new());
+    }
+    let got = r.call_batch(&calls).restoring(pid, stage)?;
+    for (c, got) in calls.iter().zip(got) {
+        if c.nr == libc::SYS_mmap && got != c.args[0] {
+            return Err(EngineError::BadImage(format!(
+                "mapping {:#x} landed at {got:#x}",
+                c.args[0]
+            )));
+        }
+    }
+    let fresh_vmas: Vec<Vma> = fresh.iter().map(|v| (*v).clone()).collect();
+    let mut all: Vec<Vma> = kept.iter().map(|v| (*v).clone()).collect();
+    all.extend(fresh_vmas.iter().cloned());
+    all.sort_by_key(|v| v.start);
+    // UFFDIO_COPY only where nothing is mapped yet: the fresh VMAs.
+    let uffd = FillUffd::open(r, &fresh_vmas, false)?;
+    let filled = crate::colocate::unpinned(|| fill(pid, &all, pages, progress, uffd.as_ref()));
+    if let Some(u) = uffd {
+        u.close(pid)?;
+    }
+    filled?;
+    // Locked before the fork, as the original must have been for its
+    // children to share the pages: mlock writes every page of a private
+    // writable mapping, which after the fork would unshare them all.
+    let locks: Vec<Call> = all
+        .iter()
+        .filter(|v| has_flag(v, "lo"))
+        .map(lock_call)
+        .collect();
+    r.call_batch(&locks)
+        .restoring(pid, "locking memory shared with the children")?;
+    Ok(all.iter().map(|v| (v.start, v.end)).collect())
+}
+
+/// The ranges of a VMA holding neither its own stored pages nor inherited
+/// ones (nor lazy ones), sorted.
+fn gaps(v: &Vma) -> Vec<(u64, u64)> {
+    let mut runs: Vec<(u64, u64)> = v
+        .pages
+        .iter()
+        .chain(&v.inherited)
+        .chain(&v.lazy)
+        .map(|r| (r.addr, r.addr + r.nr_pages * PAGE_SIZE))
+        .collect();
+    runs.sort_unstable();
+    let mut out = Vec::new();
+    let mut at = v.start;
+    for (a, b) in runs {
+        if a > at {
+            out.push((at, a));
+        }
+        at = at.max(b);
+    }
+    if at < v.end {
+        out.push((at, v.end));
+    }
+    out
+}
+
+/// The bounds of `p`'s VMAs in which a child (a live one of `children`)
+/// inherits pages, sorted.
+pub fn shared_with_children<'a>(
+    p: &crate::schema::Process,
+    children: impl Iterator<Item = &'a crate::schema::Process>,
+) -> Vec<(u64, u64)> {
+    let mut out: Vec<(u64, u64)> = children
+        .filter(|c| !c.zombie)
+        .flat_map(|c| c.vmas.iter())
+        .filter(|v| !v.inherited.is_empty())
+        .map(|v| (v.start, v.end))
+        .filter(|b| {
+            p.vmas
+                .iter()
+                .any(|v| (v.start, v.end) == *b && shares_pages(v))
+        })
+        .collect();
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
+/// The mlock2 giving a locked VMA ("lo") its lock again ("lf": on fault).
+fn lock_call(v: &Vma) -> Call {
+    let onfault = if has_flag(v, "lf") { MLOCK_ONFAULT } else { 0 };
+    Call {
+        name: "mlock2",
+        nr: libc::SYS_mlock2,
+        args: [v.start, v.end - v.start, onfault, 0, 0, 0],
+    }
+}
+
+/// MLOCK_ONFAULT (mlock2): lock the pages as they are faulted in.
+const MLOCK_ONFAULT: u64 = 1;
+/// mlockall(2) flags.
+const MCL_FUTURE: u32 = 2;
+const MCL_ONFAULT: u32 = 4;
+
+/// The madvise advice that gives an area this VmFlags flag again, for the
+/// advice kept by flags. MADV_HUGEPAGE ("hg") is given before the pages
+/// are written (see [`wants_thp`]).
+fn advice_of(flag: &str) -> Option<i32> {
+    Some(match flag {
+        "dc" => libc::MADV_DONTFORK,
+        "dd" => libc::MADV_DONTDUMP,
+        "wf" => libc::MADV_WIPEONFORK,
+        "nh" => libc::MADV_NOHUGEPAGE,
+        "rr" => libc::MADV_RANDOM,
+        "sr" => libc::MADV_SEQUENTIAL,
+        "mg" => libc::MADV_MERGEABLE,
+        _ => return None,
+    })
+}
+
+/// A call of the restore's last memory batch, as a user would name it.
+fn describe_call(c: &Call) -> String {
+    match (c.nr, c.args[2] as i32) {
+        (libc::SYS_mlock2, 0) => "mlock".to_string(),
+        (libc::SYS_mlock2, _) => "mlock2(MLOCK_ONFAULT)".to_string(),
+        (libc::SYS_mlockall, _) => "mlockall(MCL_FUTURE)".to_string(),
+        (libc::SYS_madvise, libc::MADV_DONTFORK) => "madvise(MADV_DONTFORK)".to_string(),
+        (libc::SYS_madvise, libc::MADV_DONTDUMP) => "madvise(MADV_DONTDUMP)".to_string(),
+        (libc::SYS_madvise, libc::MADV_WIPEONFORK) => "madvise(MADV_WIPEONFORK)".to_string(),
+        (libc::SYS_madvise, libc::MADV_NOHUGEPAGE) => "madvise(MADV_NOHUGEPAGE)".to_string(),
+        (libc::SYS_madvise, libc::MADV_RANDOM) => "madvise(MADV_RANDOM)".to_string(),
+        (libc::SYS_madvise, libc::MADV_SEQUENTIAL) => "madvise(MADV_SEQUENTIAL)".to_string(),
+        (libc::SYS_madvise, libc::MADV_MERGEABLE) => "madvise(MADV_MERGEABLE)".to_string(),
+        (libc::SYS_madvise, libc::MADV_UNMERGEABLE) => "madvise(MADV_UNMERGEABLE)".to_string(),
+        _ => c.name.to_string(),
+    }
 }
 
 /// Bytes of page file per process_vm_writev batch while restoring.
@@ -1779,5 +2460,221 @@ mod tests {
         // makedev(0xfe, 1) and makedev(0x103, 0x205), as glibc encodes them.
         assert_eq!(dev_of((0xfe << 8) | 1), (0xfe, 1));
         assert_eq!(dev_of(0x21_0305), (0x103, 0x205));
+    }
+}
+
+#[cfg(test)]
+mod advice_tests {
+    use super::*;
+    use crate::schema::Process;
+
+    fn vma(start: u64, end: u64, flags: &[&str]) -> Vma {
+        Vma {
+            start,
+            end,
+            vm_flags: flags.iter().map(|f| f.to_string()).collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn every_kept_advice_has_its_madvise() {
+        for (flag, advice) in [
+            ("dc", libc::MADV_DONTFORK),
+            ("wf", libc::MADV_WIPEONFORK),
+            ("dd", libc::MADV_DONTDUMP),
+            ("mg", libc::MADV_MERGEABLE),
+            ("nh", libc::MADV_NOHUGEPAGE),
+            ("rr", libc::MADV_RANDOM),
+            ("sr", libc::MADV_SEQUENTIAL),
+        ] {
+            assert_eq!(advice_of(flag), Some(advice), "{flag}");
+        }
+        // Given by the mmap itself, or (hg, lo, lf) at their own moment.
+        for flag in ["rd", "wr", "ac", "nr", "gd", "hg", "lo", "lf"] {
+            assert_eq!(advice_of(flag), None, "{flag}");
+        }
+    }
+
+    #[test]
+    fn sealed_and_shadow_stack_areas_refuse_the_dump() {
+        let mut e = MapEntry {
+            start: 0x1000,
+            end: 0x3000,
+            vm_flags: vec!["rd".into(), "sl".into()],
+            ..Default::default()
+        };
+        let err = check_vm_flags(7, &e, VmaKind::AnonPrivate)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("0x1000-0x3000") && err.contains("mseal") && err.contains("\"sl\""),
+            "{err}"
+        );
+        // The kernel may seal its own vDSO: not the process's doing.
+        assert!(check_vm_flags(7, &e, VmaKind::Vdso).is_ok());
+        e.vm_flags = vec!["rd".into(), "ss".into()];
+        assert!(check_vm_flags(7, &e, VmaKind::AnonPrivate).is_err());
+        e.vm_flags = ["rd", "wr", "lo", "lf", "mg", "rr", "dc"]
+            .map(String::from)
+            .to_vec();
+        assert!(check_vm_flags(7, &e, VmaKind::AnonPrivate).is_ok());
+    }
+
+    #[test]
+    fn locked_memory_beyond_the_limit_is_refused() {
+        let p = Process {
+            pid: 42,
+            vmas: vec![
+                vma(0x10000, 0x20000, &["rd", "wr"]),
+                vma(0x30000, 0x40000, &["rd", "wr", "lo"]),
+                vma(0x50000, 0x52000, &["rd", "wr", "lo", "lf"]),
+            ],
+            ..Default::default()
+        };
+        let locked = 0x12000;
+        assert!(lock_limit_refusal(&p, locked, false, locked).is_none());
+        assert!(lock_limit_refusal(&p, locked, false, u64::MAX).is_none());
+        let err = lock_limit_refusal(&p, locked, false, 65536)
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("process 42")
+                && err.contains("73728 bytes of locked memory")
+                && err.contains("0x30000-0x40000")
+                && err.contains("RLIMIT_MEMLOCK is 65536"),
+            "{err}"
+        );
+        // mlockall(MCL_FUTURE) alone needs a limit above 0.
+        let none = Process::default();
+        assert!(lock_limit_refusal(&none, 0, true, 0)
+            .unwrap()
+            .to_string()
+            .contains("mlockall(MCL_FUTURE)"));
+        assert!(lock_limit_refusal(&none, 0, true, 4096).is_none());
+    }
+
+    #[test]
+    fn process_wide_defaults_ride_on_the_first_vma() {
+        let mut vmas = vec![vma(0x1000, 0x2000, &[]), vma(0x3000, 0x4000, &[])];
+        let d = MmDefaults {
+            mlockall: MCL_FUTURE | MCL_ONFAULT,
+            merge_any: true,
+        };
+        d.keep(&mut vmas);
+        assert_eq!(MmDefaults::of(&vmas), d);
+        assert_eq!(vmas[1].mlockall, 0);
+        assert!(!vmas[1].merge_any);
+        MmDefaults::default().keep(&mut []);
+    }
+}
+
+#[cfg(test)]
+mod sharing_tests {
+    use super::*;
+    use crate::schema::Process;
+
+    fn run(addr: u64, nr_pages: u64) -> PageRun {
+        PageRun {
+            addr,
+            nr_pages,
+            offset: 0,
+        }
+    }
+
+    fn anon(start: u64, end: u64) -> Vma {
+        Vma {
+            start,
+            end,
+            kind: VmaKind::AnonPrivate as i32,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn gaps_are_what_holds_neither_own_nor_inherited_pages() {
+        let mut v = anon(0x10000, 0x20000);
+        assert_eq!(gaps(&v), vec![(0x10000, 0x20000)]);
+        v.pages = vec![run(0x11000, 2), run(0x1f000, 1)];
+        v.inherited = vec![run(0x10000, 1), run(0x14000, 4)];
+        assert_eq!(
+            gaps(&v),
+            vec![(0x13000, 0x14000), (0x18000, 0x1f000)],
+            "pages 0x10000-0x13000 and 0x14000-0x18000 and the last one are held"
+        );
+        v.inherited.push(run(0x13000, 1));
+        v.pages.push(run(0x18000, 7));
+        assert!(gaps(&v).is_empty());
+    }
+
+    #[test]
+    fn a_child_shares_only_with_a_twin_vma() {
+        let mut hg = anon(0x40000, 0x50000);
+        hg.vm_flags = vec!["hg".into()];
+        let mut heap = anon(0x60000, 0x70000);
+        heap.kind = VmaKind::Heap as i32;
+        let mut file = anon(0x80000, 0x90000);
+        file.kind = VmaKind::FilePrivate as i32;
+        let vmas = vec![anon(0x10000, 0x20000), hg, heap, file];
+        let frames = Frames::default();
+        let parent = ParentMemory {
+            vmas: &vmas,
+            frames: &frames,
+        };
+        assert!(parent.twin(&anon(0x10000, 0x20000)).is_some());
+        // Other bounds (a part unmapped or split since the fork).
+        assert!(parent.twin(&anon(0x10000, 0x18000)).is_none());
+        assert!(parent.twin(&anon(0x18000, 0x20000)).is_none());
+        // MADV_HUGEPAGE on one side only.
+        assert!(parent.twin(&anon(0x40000, 0x50000)).is_none());
+        // A heap is private anonymous memory too.
+        let mut h = anon(0x60000, 0x70000);
+        h.kind = VmaKind::Heap as i32;
+        assert!(parent.twin(&h).is_some());
+        // File-backed private pages are not shared this way.
+        let mut f = anon(0x80000, 0x90000);
+        f.kind = VmaKind::FilePrivate as i32;
+        assert!(parent.twin(&f).is_none());
+        // Nor lazy (post-copy) memory.
+        let mut l = anon(0x10000, 0x20000);
+        l.lazy = vec![run(0x10000, 1)];
+        assert!(parent.twin(&l).is_none());
+    }
+
+    #[test]
+    fn the_parent_fills_early_what_its_live_children_inherit() {
+        let parent = Process {
+            pid: 10,
+            vmas: vec![anon(0x10000, 0x20000), anon(0x30000, 0x40000)],
+            ..Default::default()
+        };
+        let mut a = anon(0x10000, 0x20000);
+        a.inherited = vec![run(0x10000, 3)];
+        let mut b = anon(0x30000, 0x40000);
+        b.inherited = vec![run(0x30000, 1)];
+        let child = Process {
+            pid: 11,
+            ppid: 10,
+            vmas: vec![a.clone(), anon(0x50000, 0x60000)],
+            ..Default::default()
+        };
+        let zombie = Process {
+            pid: 12,
+            ppid: 10,
+            zombie: true,
+            vmas: vec![b],
+            ..Default::default()
+        };
+        let twin = Process {
+            pid: 13,
+            ppid: 10,
+            vmas: vec![a],
+            ..Default::default()
+        };
+        assert_eq!(
+            shared_with_children(&parent, [&child, &zombie, &twin].into_iter()),
+            vec![(0x10000, 0x20000)]
+        );
+        assert!(shared_with_children(&parent, std::iter::empty()).is_empty());
     }
 }
