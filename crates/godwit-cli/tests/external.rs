@@ -386,6 +386,79 @@ fn popen_style_child_restored_with_both_pipes_inherited() {
     wait_for("the child to exit", Duration::from_secs(10), || dead(pid));
 }
 
+/// A Python parent with a child from subprocess.Popen(stdin=PIPE,
+/// stdout=PIPE) (tests/progs/popen.py); only the child is dumped. The test
+/// holds an end of each of its two pipes across the dump (the other ends
+/// stay with Python) and gives them back with --inherit-fd N:fd:PID:FD:
+/// the Python parent talks to the restored child through its original Popen
+/// pipes, and closing its stdin ends the child.
+#[test]
+fn python_popen_child_keeps_its_parents_pipes() {
+    let dir = tempdir();
+    let d = dir.path().to_str().unwrap().to_string();
+    let script = repo().join("tests/progs/popen.py");
+    let mut py = Command::new("python3")
+        .arg(&script)
+        .args([extio().as_str(), d.as_str()])
+        .stdin(Stdio::null())
+        .stdout(log(dir.path()))
+        .stderr(log(dir.path()))
+        .spawn()
+        .unwrap();
+    let mut reap = Reap(vec![py.id() as i32]);
+    let child = dir.path().join("child");
+    wait_for(
+        "the Python parent to talk to its child",
+        Duration::from_secs(20),
+        || child.exists(),
+    );
+    let pid = read_int(&child) as i32;
+    reap.0.push(pid);
+    let stdin_r: OwnedFd = std::fs::File::open(format!("/proc/{pid}/fd/0"))
+        .unwrap()
+        .into();
+    let stdout_w: OwnedFd = std::fs::OpenOptions::new()
+        .write(true)
+        .open(format!("/proc/{pid}/fd/1"))
+        .unwrap()
+        .into();
+    let img = dir.path().join("img");
+    let v = dump_json(pid, &img);
+    key_of(&v, pid, 0, "pipe read end");
+    key_of(&v, pid, 1, "pipe write end");
+    wait_for(
+        "Python to reap its dumped child",
+        Duration::from_secs(10),
+        || gone(pid),
+    );
+    let err = restore_ok(
+        &img,
+        &[
+            "--inherit-fd",
+            &format!("3:fd:{pid}:0"),
+            "--inherit-fd",
+            &format!("4:fd:{pid}:1"),
+        ],
+        &[(3, &stdin_r), (4, &stdout_w)],
+        pid,
+    );
+    assert!(!err.contains("warning"), "{err}");
+    drop((stdin_r, stdout_w));
+    std::fs::write(dir.path().join("go"), "").unwrap();
+    let result = dir.path().join("result");
+    wait_for("Python's verdict", Duration::from_secs(20), || {
+        result.exists()
+    });
+    assert_eq!(
+        std::fs::read_to_string(&result).unwrap().trim(),
+        "PASS",
+        "{}",
+        std::fs::read_to_string(dir.path().join("log")).unwrap_or_default()
+    );
+    assert!(py.wait().unwrap().success());
+    wait_for("the child to exit", Duration::from_secs(10), || dead(pid));
+}
+
 /// A unix stream socket whose peer the launcher (the test) keeps, used as
 /// the child's stdin and stdout (one open file description): restored with
 /// --inherit-fd from a socketpair the test provides; both fds share the new
@@ -429,6 +502,62 @@ fn unix_socket_peer_outside_restored_with_inherited_socket() {
     echo_round(&mut e, &mut e2, "after the restore\n");
     e.shutdown(std::net::Shutdown::Write).unwrap();
     wait_for("the child to exit", Duration::from_secs(10), || dead(pid));
+}
+
+/// --inherit-fd into a new PID namespace (where godwit's own PID does not
+/// exist): the descriptor still arrives (SCM_RIGHTS).
+#[test]
+fn inherited_socket_in_a_new_pid_namespace() {
+    let dir = tempdir();
+    let d = dir.path().to_str().unwrap().to_string();
+    let (a, mut b) = std::os::unix::net::UnixStream::pair().unwrap();
+    let mut child = Command::new(extio())
+        .args([d.as_str(), "echo"])
+        .stdin(Stdio::from(OwnedFd::from(a.try_clone().unwrap())))
+        .stdout(Stdio::from(OwnedFd::from(a)))
+        .stderr(log(dir.path()))
+        .spawn()
+        .unwrap();
+    let pid = wait_ready(dir.path());
+    let mut reap = Reap(vec![pid]);
+    let mut b2 = b.try_clone().unwrap();
+    echo_round(&mut b, &mut b2, "before\n");
+    let img = dir.path().join("img");
+    let v = dump_json(pid, &img);
+    let key = key_of(&v, pid, 0, "unix stream socket");
+    child.wait().unwrap();
+    drop((b, b2));
+    let (c, mut e) = std::os::unix::net::UnixStream::pair().unwrap();
+    let c = OwnedFd::from(c);
+    let out = godwit_with(
+        &[
+            "--json",
+            "restore",
+            "--pid-ns",
+            "--images",
+            img.to_str().unwrap(),
+            "--inherit-fd",
+            &format!("3:{key}"),
+        ],
+        &[(3, &c)],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let host = r["host_pid"].as_i64().unwrap() as i32;
+    reap.0.push(host);
+    if let Some(init) = r["ns_init"].as_i64() {
+        reap.0.push(init as i32);
+    }
+    assert_eq!(r["externals"][0]["inherited_from"], 3, "{r}");
+    drop(c);
+    let mut e2 = e.try_clone().unwrap();
+    echo_round(&mut e, &mut e2, "in the namespace\n");
+    e.shutdown(std::net::Shutdown::Write).unwrap();
+    wait_for("the child to exit", Duration::from_secs(10), || dead(host));
 }
 
 /// --inherit-fd naming something the image does not have is a usage error
