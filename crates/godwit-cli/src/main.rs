@@ -369,7 +369,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 if u.inherited.is_none() {
                     eprintln!(
                         "godwit: warning: {}",
-                        godwit_engine::resources::external::warning(&u.fd, false)
+                        godwit_engine::resources::external::warning(
+                            &u.fd,
+                            godwit_engine::resources::external::NOT_GIVEN
+                        )
                     );
                 }
                 if let Some(lost) = &u.lost {

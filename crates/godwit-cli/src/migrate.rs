@@ -187,7 +187,10 @@ pub fn run(args: MigrateArgs, json_out: bool, progress: &crate::Bar) -> anyhow::
                 for x in &r.dump.externals {
                     eprintln!(
                         "godwit: warning: {}",
-                        godwit_engine::resources::external::warning(x, true)
+                        godwit_engine::resources::external::warning(
+                            x,
+                            godwit_engine::resources::external::MIGRATED
+                        )
                     );
                 }
                 if !json_out {

@@ -560,8 +560,9 @@ fn inherited_socket_in_a_new_pid_namespace() {
     wait_for("the child to exit", Duration::from_secs(10), || dead(host));
 }
 
-/// --inherit-fd naming something the image does not have is a usage error
-/// (exit 2) listing what it has, and creates nothing.
+/// --inherit-fd naming something the image does not have, or giving a pipe's
+/// write end for a read end, is a usage error (exit 2; the first lists the
+/// keys the image has), and creates nothing.
 #[test]
 fn inherit_fd_for_an_unknown_key_is_refused() {
     let dir = tempdir();
@@ -593,6 +594,22 @@ fn inherit_fd_for_an_unknown_key_is_refused() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains(&key), "{err}");
+    // The write end of a pipe given for a read end.
+    let (_r2, w2) = std::io::pipe().unwrap();
+    let w2 = OwnedFd::from(w2);
+    let out = godwit_with(
+        &[
+            "restore",
+            "--images",
+            img.to_str().unwrap(),
+            "--inherit-fd",
+            &format!("3:{key}"),
+        ],
+        &[(3, &w2)],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("open for reading"), "{err}");
     assert!(gone(pid));
     drop(w);
 }

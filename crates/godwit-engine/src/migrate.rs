@@ -733,7 +733,13 @@ pub fn receive<S: Read + Write + Send + 'static>(
     let restored = match restored {
         Ok(r) => {
             for u in r.externals.iter().filter(|u| u.inherited.is_none()) {
-                tracing::warn!("{}", crate::resources::external::warning(&u.fd, true));
+                tracing::warn!(
+                    "{}",
+                    crate::resources::external::warning(
+                        &u.fd,
+                        crate::resources::external::MIGRATED
+                    )
+                );
             }
             r
         }

@@ -111,15 +111,20 @@ pub fn default_for(x: &ExternalFd) -> &'static str {
     }
 }
 
+/// Why a descriptor got its stand-in: `godwit restore` without a
+/// `--inherit-fd` naming it.
+pub const NOT_GIVEN: &str = "no --inherit-fd names it";
+/// ... over `godwit migrate`.
+pub const MIGRATED: &str =
+    "a migration cannot pass descriptors (restore an image with --inherit-fd for that)";
+/// ... restored through a node's API (godwitd).
+pub const NODE_API: &str =
+    "the node API passes no descriptors (restore the image with godwit restore --inherit-fd for that)";
+
 /// The warning for a descriptor connected outside the tree that gets its
-/// stand-in: names the process, the fd, the key and what it is now.
-/// `migrating`: over `godwit migrate`, which passes no descriptors.
-pub fn warning(x: &ExternalFd, migrating: bool) -> String {
-    let why = if migrating {
-        "a migration cannot pass descriptors (restore an image with --inherit-fd for that)"
-    } else {
-        "no --inherit-fd names it"
-    };
+/// stand-in: names the process, the fd, the key and what it is now; `why`
+/// is one of [`NOT_GIVEN`], [`MIGRATED`], [`NODE_API`].
+pub fn warning(x: &ExternalFd, why: &str) -> String {
     format!(
         "process {} fd {} ({}, {}) was connected outside the dumped tree and {why}: it is now {}",
         x.pid,
@@ -257,6 +262,7 @@ impl ExternalPlan {
                     i.fd, i.what, i.fd, i.fd, i.fd
                 ))
             })?;
+            check_access(procs, &key, i, &ours)?;
             if let Some((n, _)) = inherited.insert(key.clone(), (i.fd, ours)) {
                 return Err(EngineError::InheritFd(format!(
                     "--inherit-fd: {key} is given twice (fds {n} and {})",
@@ -443,6 +449,37 @@ impl ExternalPlan {
         write_all(&w, data).restoring(pid, STAGE)?;
         Ok(())
     }
+}
+
+/// Refuses a pipe end given for the other end (a write-only descriptor for
+/// a read end, or a read-only one for a write end): the process could not
+/// use it.
+fn check_access(procs: &[Process], key: &str, i: &Inherit, ours: &OwnedFd) -> Result<()> {
+    let mode = process::status_flags(ours.as_fd())
+        .map_err(|e| EngineError::InheritFd(format!("--inherit-fd {}:{}: {e}", i.fd, i.what)))?
+        & libc::O_ACCMODE;
+    for f in procs.iter().flat_map(|p| &p.fds) {
+        let Some(e) = external_of(f).filter(|e| e.key == key) else {
+            continue;
+        };
+        let want = f.flags as i32 & libc::O_ACCMODE;
+        let ok = mode == libc::O_RDWR || want == mode;
+        if !ok && e.was == FdKind::Pipe as i32 {
+            let (need, have) = if is_write_end(f) {
+                ("writing", "read-only")
+            } else {
+                ("reading", "write-only")
+            };
+            return Err(EngineError::InheritFd(format!(
+                "--inherit-fd {}:{}: {key} was a {} and needs a descriptor open for {need}; godwit's fd {} is {have}",
+                i.fd,
+                i.what,
+                what(f, e),
+                i.fd
+            )));
+        }
+    }
+    Ok(())
 }
 
 fn available(keys: &[&str]) -> String {
