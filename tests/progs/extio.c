@@ -1,7 +1,8 @@
 /* Descriptors connected outside the dumped tree (pipes, unix sockets whose
  * other end a process that is not dumped holds). Modes:
- *   DIR writer        write "N\n" lines to stdout (one write each, SIGPIPE
- *                     left at its default), N in DIR/count; PID in DIR/pid
+ *   DIR writer [epoll] write "N\n" lines to stdout (one write each, SIGPIPE
+ *                     left at its default), N in DIR/count; PID in DIR/pid;
+ *                     with "epoll", stdout is also in an epoll interest list
  *   DIR reader TEXT   after DIR/go, read stdin to end of file: PASS if it
  *                     read exactly TEXT (C escapes not interpreted; the test
  *                     passes real newlines)
@@ -9,6 +10,7 @@
  *                     on stdout; exit at end of file */
 #include "harness.h"
 #include <signal.h>
+#include <sys/epoll.h>
 
 static void put_int(const char *name, long v) {
     char b[32];
@@ -22,6 +24,11 @@ int main(int argc, char **argv) {
     put_int("pid", getpid());
     if (!strcmp(mode, "writer")) {
         signal(SIGPIPE, SIG_DFL);
+        if (argc > 3 && !strcmp(argv[3], "epoll")) {
+            int ep = epoll_create1(0);
+            struct epoll_event ev = { .events = EPOLLOUT, .data.u64 = 1 };
+            if (ep < 0 || epoll_ctl(ep, EPOLL_CTL_ADD, 1, &ev) < 0) return 5;
+        }
         for (long n = 0;; n++) {
             char line[32];
             int len = snprintf(line, sizeof line, "%ld\n", n);

@@ -17,7 +17,8 @@ use std::process::ExitCode;
 ///
 /// Exit codes: 0 success, 1 failure, 2 usage error (also: an image of a
 /// shell job restored without --shell-job or without a terminal on stdin,
-/// an image with TCP connections restored without --tcp-established),
+/// an image with TCP connections restored without --tcp-established, an
+/// --inherit-fd the image or godwit's descriptors do not fit),
 /// 3 unusable image, 4 PID (or SysV shared memory key/id) in use, 5
 /// something Godwit does not support yet (also: a terminal from outside the
 /// tree without dump --shell-job, a TCP connection without dump

@@ -51,6 +51,8 @@ pub struct ExternalFd {
     pub saved: u64,
     /// Unread bytes left in it on the host, not saved (a socket).
     pub unread: u64,
+    /// Watched by an epoll instance of its process.
+    pub epoll_watched: bool,
 }
 
 fn what(f: &Fd, e: &External) -> String {
@@ -85,6 +87,11 @@ pub fn list(procs: &[Process]) -> Vec<ExternalFd> {
     for p in procs {
         for f in &p.fds {
             if let Some(e) = external_of(f) {
+                let epoll_watched = p
+                    .fds
+                    .iter()
+                    .filter(|x| x.kind == FdKind::Epoll as i32)
+                    .any(|x| x.epoll.iter().any(|t| t.fd == f.fd));
                 out.push(ExternalFd {
                     pid: p.pid,
                     fd: f.fd,
@@ -92,6 +99,7 @@ pub fn list(procs: &[Process]) -> Vec<ExternalFd> {
                     what: what(f, e),
                     saved: e.data.len() as u64,
                     unread: e.unread,
+                    epoll_watched,
                 });
             }
         }
@@ -126,12 +134,17 @@ pub const NODE_API: &str =
 /// is one of [`NOT_GIVEN`], [`MIGRATED`], [`NODE_API`].
 pub fn warning(x: &ExternalFd, why: &str) -> String {
     format!(
-        "process {} fd {} ({}, {}) was connected outside the dumped tree and {why}: it is now {}",
+        "process {} fd {} ({}, {}) was connected outside the dumped tree and {why}: it is now {}{}",
         x.pid,
         x.fd,
         x.what,
         x.key,
-        default_for(x)
+        default_for(x),
+        if x.epoll_watched && x.what != "pipe read end" {
+            "; its epoll instance no longer watches it (epoll cannot watch /dev/null)"
+        } else {
+            ""
+        }
     )
 }
 
@@ -282,6 +295,15 @@ impl ExternalPlan {
             refilled: Mutex::new(HashSet::new()),
             lost: Mutex::new(BTreeMap::new()),
             externals,
+        })
+    }
+
+    /// Whether `f` gets /dev/null as its stand-in (connected outside the
+    /// tree, not inherited, a pipe's write end or a socket).
+    pub fn is_dev_null(&self, f: &Fd) -> bool {
+        external_of(f).is_some_and(|e| {
+            !self.inherited.contains_key(&e.key)
+                && (e.was == FdKind::UnixSocket as i32 || is_write_end(f))
         })
     }
 

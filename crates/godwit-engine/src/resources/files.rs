@@ -1244,6 +1244,16 @@ impl FdPlan {
                     f.fd, t.fd
                 ))
             })?;
+            // A descriptor connected outside the tree whose stand-in is
+            // /dev/null, which epoll cannot watch (EPERM): the watch goes,
+            // as the warning about that descriptor says.
+            if self
+                .descs
+                .get(&file_id)
+                .is_some_and(|(_, d)| self.external.is_dev_null(d))
+            {
+                continue;
+            }
             r.call(
                 "dup3",
                 libc::SYS_dup3,
