@@ -303,6 +303,47 @@ fn unread_bytes_of_a_read_end_go_to_the_inherited_pipe() {
     assert_eq!(std::fs::read_to_string(result).unwrap().trim(), "PASS");
 }
 
+/// The reader given back its own pipe (still alive: the test holds both a
+/// write end and, opened through /proc, a read end of it): the unread bytes
+/// are still in that pipe, so they are not put in a second time.
+#[test]
+fn unread_bytes_are_not_repeated_when_the_same_pipe_is_inherited() {
+    let dir = tempdir();
+    let d = dir.path().to_str().unwrap().to_string();
+    let (r, mut w) = std::io::pipe().unwrap();
+    let mut child = Command::new(extio())
+        .args([d.as_str(), "reader", "once\nand more\n"])
+        .stdin(Stdio::from(OwnedFd::from(r)))
+        .stdout(log(dir.path()))
+        .stderr(log(dir.path()))
+        .spawn()
+        .unwrap();
+    let pid = wait_ready(dir.path());
+    let _reap = Reap(vec![pid]);
+    w.write_all(b"once\n").unwrap();
+    let held: OwnedFd = std::fs::File::open(format!("/proc/{pid}/fd/0"))
+        .unwrap()
+        .into();
+    let img = dir.path().join("img");
+    let v = dump_json(pid, &img);
+    let key = key_of(&v, pid, 0, "pipe read end");
+    child.wait().unwrap();
+    let err = restore_ok(
+        &img,
+        &["--inherit-fd", &format!("3:{key}")],
+        &[(3, &held)],
+        pid,
+    );
+    assert!(!err.contains("warning"), "{err}");
+    drop(held);
+    w.write_all(b"and more\n").unwrap();
+    drop(w);
+    std::fs::write(dir.path().join("go"), "").unwrap();
+    let result = dir.path().join("result");
+    wait_for("the verdict", Duration::from_secs(20), || result.exists());
+    assert_eq!(std::fs::read_to_string(result).unwrap().trim(), "PASS");
+}
+
 /// The same reader restored without --inherit-fd: its stdin is a pipe
 /// holding the saved bytes, then end of file; a warning names fd 0.
 #[test]
