@@ -82,6 +82,15 @@ pub fn summary(ck: &Checkpoint, reader: &ImageReader) -> Value {
                             })
                             .collect();
                     }
+                    if let Some(e) = f.external.as_ref().filter(|_| f.kind == FdKind::External as i32) {
+                        v["path"] = json!(e.key);
+                        v["external"] = json!({
+                            "key": e.key,
+                            "was": format!("{:?}", FdKind::try_from(e.was).unwrap_or(FdKind::Pipe)),
+                            "saved_bytes": e.data.len(),
+                            "unread_bytes_not_saved": e.unread,
+                        });
+                    }
                     if let Some(t) = &f.tty {
                         let w = t.winsize.clone().unwrap_or_default();
                         v["tty"] = json!({
@@ -212,6 +221,7 @@ pub fn summary(ck: &Checkpoint, reader: &ImageReader) -> Value {
             "frozen_us": ck.stats.as_ref().map(|s| s.frozen_us),
         },
         "processes": processes,
+        "externals": crate::externals_json(&godwit_engine::resources::external::list(&ck.processes)),
     })
 }
 
@@ -320,7 +330,18 @@ pub fn text(v: &Value, full: bool) -> String {
         for f in &fds {
             let tty = &f["tty"];
             let sock = &f["socket"];
-            let path = if sock.is_null() {
+            let ext = &f["external"];
+            let path = if !ext.is_null() {
+                format!(
+                    "{} connected outside the dumped tree ({} saved bytes){}",
+                    f["path"].as_str().unwrap_or(""),
+                    ext["saved_bytes"],
+                    match ext["unread_bytes_not_saved"].as_u64() {
+                        Some(n) if n > 0 => format!(", {n} unread bytes left in it"),
+                        _ => String::new(),
+                    }
+                )
+            } else if sock.is_null() {
                 f["path"].as_str().unwrap_or("").to_string()
             } else {
                 let mut d = sock["local"].as_str().unwrap_or("").to_string();

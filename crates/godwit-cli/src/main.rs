@@ -17,7 +17,8 @@ use std::process::ExitCode;
 ///
 /// Exit codes: 0 success, 1 failure, 2 usage error (also: an image of a
 /// shell job restored without --shell-job or without a terminal on stdin,
-/// an image with TCP connections restored without --tcp-established),
+/// an image with TCP connections restored without --tcp-established, an
+/// --inherit-fd the image or godwit's descriptors do not fit),
 /// 3 unusable image, 4 PID (or SysV shared memory key/id) in use, 5
 /// something Godwit does not support yet (also: a terminal from outside the
 /// tree without dump --shell-job, a TCP connection without dump
@@ -124,6 +125,18 @@ enum Cmd {
         /// rules that held them back.
         #[arg(long)]
         tcp_established: bool,
+        /// Put godwit's own fd N in place of every descriptor that was
+        /// connected outside the dumped tree to KEY: a pipe or unix socket
+        /// whose other end was not dumped (`prog | tee log`, a supervisor's
+        /// pipes). KEY is what `godwit dump` printed and `godwit inspect`
+        /// lists ("pipe:[INODE]", "socket:[INODE]"), or fd:PID:FD for that
+        /// fd of a dumped process. The process's fd numbers, close-on-exec
+        /// and O_NONBLOCK are kept; it shares godwit's open file description.
+        /// Repeatable. Those not given get a stand-in that never kills the
+        /// process (writes go to /dev/null, reads see end of file after the
+        /// saved bytes), with a warning naming each (docs/SUPPORTED.md).
+        #[arg(long, value_name = "N:KEY")]
+        inherit_fd: Vec<godwit_engine::resources::external::Inherit>,
     },
     /// Move running processes to another node, with their PIDs.
     ///
@@ -236,12 +249,26 @@ fn engine_exit_code(e: &EngineError) -> u8 {
         | EngineError::NeedsShellJob { .. }
         | EngineError::NeedsTcpEstablished { .. } => 5,
         EngineError::ImageNeedsTcpEstablished(_) => 2,
-        EngineError::Terminal(_) => 2,
+        EngineError::Terminal(_) | EngineError::InheritFd(_) => 2,
         EngineError::NoSuchProcess { .. }
         | EngineError::PermissionDenied { .. }
         | EngineError::CouldNotRestore { .. } => 6,
         _ => 1,
     }
+}
+
+/// Descriptors connected outside the dumped tree, for --json.
+pub(crate) fn externals_json(
+    list: &[godwit_engine::resources::external::ExternalFd],
+) -> serde_json::Value {
+    list.iter()
+        .map(|x| {
+            serde_json::json!({
+                "pid": x.pid, "fd": x.fd, "key": x.key, "what": x.what,
+                "saved_bytes": x.saved, "unread_bytes_not_saved": x.unread,
+            })
+        })
+        .collect()
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
@@ -283,6 +310,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                             "bytes_running": r.precopy.bytes_running,
                             "bytes_frozen": r.precopy.bytes_frozen,
                         },
+                        "externals": externals_json(&r.externals),
                     })
                 );
             } else {
@@ -298,6 +326,24 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     r.frozen.as_secs_f64() * 1e3,
                     if leave_running { "; it keeps running" } else { "; it was ended" }
                 );
+                for x in &r.externals {
+                    println!(
+                        "process {} fd {}: {} {} is connected outside the dumped tree{}; restore with --inherit-fd N:{} (or N:fd:{}:{}) to connect your fd N in its place, or it becomes {}",
+                        x.pid,
+                        x.fd,
+                        x.what,
+                        x.key,
+                        match (x.saved, x.unread) {
+                            (0, 0) => String::new(),
+                            (s, 0) => format!(" ({s} unread bytes saved)"),
+                            (_, u) => format!(" ({u} unread bytes not saved: they stay in it)"),
+                        },
+                        x.key,
+                        x.pid,
+                        x.fd,
+                        godwit_engine::resources::external::default_for(x)
+                    );
+                }
             }
         }
         Cmd::Restore {
@@ -307,6 +353,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             shell_job,
             leave_termios,
             tcp_established,
+            inherit_fd,
         } => {
             let bar = Bar::new();
             let opts = RestoreOptions {
@@ -315,16 +362,47 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 shell_job,
                 leave_termios,
                 tcp_established,
+                inherit_fds: inherit_fd,
             };
             let r = restore(&images, &opts, &bar).map_err(anyhow::Error::from)?;
             bar.0.finish_and_clear();
+            for u in &r.externals {
+                if u.inherited.is_none() {
+                    eprintln!(
+                        "godwit: warning: {}",
+                        godwit_engine::resources::external::warning(
+                            &u.fd,
+                            godwit_engine::resources::external::NOT_GIVEN
+                        )
+                    );
+                }
+                if let Some(lost) = &u.lost {
+                    eprintln!(
+                        "godwit: warning: process {} fd {} ({}): {lost}",
+                        u.fd.pid, u.fd.fd, u.fd.key
+                    );
+                }
+            }
             if cli.json {
+                let externals: Vec<_> = r
+                    .externals
+                    .iter()
+                    .map(|u| {
+                        serde_json::json!({
+                            "pid": u.fd.pid, "fd": u.fd.fd, "key": u.fd.key, "what": u.fd.what,
+                            "inherited_from": u.inherited,
+                            "replaced_by": u.inherited.is_none().then(|| godwit_engine::resources::external::default_for(&u.fd)),
+                            "lost": u.lost,
+                        })
+                    })
+                    .collect();
                 println!(
                     "{}",
                     serde_json::json!({
                         "pid": r.pid, "host_pid": r.host_pid, "ns_init": r.ns_init,
                         "processes": r.processes, "threads": r.threads, "memory_bytes": r.memory_bytes,
                         "total_ms": r.total.as_secs_f64() * 1e3,
+                        "externals": externals,
                     })
                 );
             } else {

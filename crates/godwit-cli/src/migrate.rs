@@ -184,6 +184,15 @@ pub fn run(args: MigrateArgs, json_out: bool, progress: &crate::Bar) -> anyhow::
     for (pid, r) in results {
         match r {
             Ok(r) => {
+                for x in &r.dump.externals {
+                    eprintln!(
+                        "godwit: warning: {}",
+                        godwit_engine::resources::external::warning(
+                            x,
+                            godwit_engine::resources::external::MIGRATED
+                        )
+                    );
+                }
                 if !json_out {
                     println!(
                         "moved process {pid} ({} process{}) to {}{}: now PID {}{} there; downtime {:.1} ms, {} MiB sent in {:.1} ms{}{}",
@@ -284,5 +293,6 @@ fn report_json(pid: i32, to: &str, r: &MigrateReport) -> serde_json::Value {
         "fault_pages": r.fault_pages,
         "pushed_pages": r.pushed_pages,
         "phases": r.phases.iter().map(|(name, d)| json!({"phase": name, "ms": ms(*d)})).collect::<Vec<_>>(),
+        "externals": crate::externals_json(&r.dump.externals),
     })
 }

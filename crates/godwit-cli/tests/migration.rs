@@ -317,6 +317,73 @@ fn counter_moves(mode: &str) {
     check_counts_on(&log);
 }
 
+/// A writer whose stdout is a pipe to `cat` (not migrated): the
+/// destination cannot be handed the source's pipe, so the pipe's write end
+/// becomes /dev/null there; `godwit migrate` warns, naming the process, fd
+/// 1 and the pipe, and the process runs on, its writes raising no SIGPIPE.
+#[test]
+fn pipe_to_a_process_left_behind_becomes_dev_null_with_a_warning() {
+    let mut c = Cluster::up(2);
+    c.start_agent(2);
+    let dir = c.dir.path().join("w");
+    std::fs::create_dir(&dir).unwrap();
+    let d = dir.to_str().unwrap();
+    c.sh(
+        1,
+        &format!(
+            "echo 4199 > /proc/sys/kernel/ns_last_pid; {} {} {d} writer 2>/dev/null </dev/null | cat > {d}/out 2>/dev/null & echo",
+            progs().join("launch").display(),
+            progs().join("extio").display()
+        ),
+    );
+    let ready = dir.join("ready");
+    wait_for("the writer to be ready", Duration::from_secs(10), || {
+        ready.exists()
+    });
+    let pid: u32 = std::fs::read_to_string(dir.join("pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let out = c.migrate(1, pid, 2, &[]);
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    let v = json_of(&out);
+    let x = &v["externals"][0];
+    assert_eq!(
+        (x["pid"].as_u64(), x["fd"].as_u64()),
+        (Some(pid as u64), Some(1)),
+        "{v}"
+    );
+    let key = x["key"].as_str().unwrap();
+    assert!(
+        err.contains("warning")
+            && err.contains(&format!("process {pid} fd 1"))
+            && err.contains(key)
+            && err.contains("/dev/null"),
+        "{err}"
+    );
+    let count = dir.join("count");
+    let at = std::fs::read_to_string(&count)
+        .unwrap()
+        .trim()
+        .parse::<u64>()
+        .unwrap();
+    wait_for("writes at the destination", Duration::from_secs(10), || {
+        std::fs::read_to_string(&count)
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .is_some_and(|n| n > at + 50)
+    });
+    assert!(
+        matches!(c.state(2, pid), Some('S' | 'R')),
+        "{:?}",
+        c.state(2, pid)
+    );
+    assert!(!dir.join("error").exists(), "a write failed");
+    let link = c.sh(2, &format!("readlink /proc/{pid}/fd/1"));
+    assert_eq!(link.trim(), "/dev/null");
+}
+
 #[test]
 fn counter_moves_between_hosts_stop_copy() {
     counter_moves("stop-copy");

@@ -68,15 +68,28 @@ impl Index {
 pub(crate) fn defer(procs: &mut [Process], least: u64) -> Option<Index> {
     // (0: every area, whatever its size.)
     let min_pages = if least == 0 { 1 } else { MIN_AREA_PAGES };
-    let eligible = |v: &crate::schema::Vma| {
+    // Areas whose pages a parent and its children share copy-on-write
+    // (Vma::inherited) are filled before the forks, so that the children
+    // share them: never deferred, on either side.
+    let shared: std::collections::HashSet<(i32, u64)> = procs
+        .iter()
+        .flat_map(|p| {
+            p.vmas
+                .iter()
+                .filter(|v| !v.inherited.is_empty())
+                .flat_map(move |v| [(p.pid, v.start), (p.ppid, v.start)])
+        })
+        .collect();
+    let eligible = |pid: i32, v: &crate::schema::Vma| {
         v.lazy.is_empty()
+            && !shared.contains(&(pid, v.start))
             && memory::lazy_able(v)
             && v.pages.iter().map(|r| r.nr_pages).sum::<u64>() >= min_pages
     };
     let total: u64 = procs
         .iter()
         .filter(|p| !p.zombie)
-        .flat_map(|p| p.vmas.iter().filter(|v| eligible(v)))
+        .flat_map(|p| p.vmas.iter().filter(|v| eligible(p.pid, v)))
         .flat_map(|v| &v.pages)
         .map(|r| r.nr_pages * PAGE_SIZE)
         .sum();
@@ -87,7 +100,8 @@ pub(crate) fn defer(procs: &mut [Process], least: u64) -> Option<Index> {
     for p in procs.iter_mut().filter(|p| !p.zombie) {
         let keep = crate::dump::touched_by_restore(p);
         let runs = index.runs.entry(p.pid).or_default();
-        for v in p.vmas.iter_mut().filter(|v| eligible(v)) {
+        let pid = p.pid;
+        for v in p.vmas.iter_mut().filter(|v| eligible(pid, v)) {
             let mut stored = Vec::new();
             for run in std::mem::take(&mut v.pages) {
                 let pieces = memory::split_kept(run.addr, run.nr_pages * PAGE_SIZE, &keep);

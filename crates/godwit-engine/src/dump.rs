@@ -64,6 +64,9 @@ pub struct DumpReport {
     /// Processes whose memory was copied while they ran (--leave-running).
     pub precopy: PrecopyReport,
     pub total: Duration,
+    /// Descriptors connected outside the dumped tree (pipes, unix sockets):
+    /// what `restore --inherit-fd` can name.
+    pub externals: Vec<crate::resources::external::ExternalFd>,
 }
 
 /// What a dump copied before the freeze (crate::precopy).
@@ -593,6 +596,7 @@ pub fn dump_to(
     let vmas = procs.iter().map(|p| p.vmas.len()).sum();
     let processes = procs.len();
     let pids = procs.iter().map(|p| p.pid).collect();
+    let externals = crate::resources::external::list(&procs);
     let ck = Checkpoint {
         godwit_version: env!("CARGO_PKG_VERSION").to_string(),
         arch: "x86_64".into(),
@@ -676,6 +680,7 @@ pub fn dump_to(
             frozen: frozen_time,
             precopy: precopied,
             total: t0.elapsed(),
+            externals,
         },
         held,
     ))

@@ -34,6 +34,10 @@ pub enum EngineError {
     #[error("{0}")]
     Terminal(String),
 
+    /// A `--inherit-fd` that does not fit the image or godwit's descriptors.
+    #[error("{0}")]
+    InheritFd(String),
+
     #[error("process {pid}, {stage}: {source}")]
     Sys {
         pid: i32,

@@ -746,7 +746,18 @@ pub fn receive<S: Read + Write + Send + 'static>(
         }
     };
     let restored = match restored {
-        Ok(r) => r,
+        Ok(r) => {
+            for u in r.externals.iter().filter(|u| u.inherited.is_none()) {
+                tracing::warn!(
+                    "{}",
+                    crate::resources::external::warning(
+                        &u.fd,
+                        crate::resources::external::MIGRATED
+                    )
+                );
+            }
+            r
+        }
         Err(e) => {
             let msg = e.to_string();
             let _ = send_json(&s, &json!({"ok": false, "error": msg}));

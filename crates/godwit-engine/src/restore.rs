@@ -52,6 +52,10 @@ pub struct RestoreOptions {
     /// Rebuild established TCP connections (an image dumped with
     /// `DumpOptions::tcp_established`); without it such an image is refused.
     pub tcp_established: bool,
+    /// Descriptors of this process put in place of those connected outside
+    /// the dumped tree (`--inherit-fd N:KEY`); the others get a stand-in
+    /// (resources::external).
+    pub inherit_fds: Vec<crate::resources::external::Inherit>,
 }
 
 #[derive(Debug, Clone)]
@@ -67,6 +71,9 @@ pub struct RestoreReport {
     pub threads: usize,
     pub memory_bytes: u64,
     pub total: Duration,
+    /// What each descriptor connected outside the dumped tree became
+    /// (inherited, or a stand-in the caller should warn about).
+    pub externals: Vec<crate::resources::external::ExternalUse>,
 }
 
 /// Checks that this host can run the image's CPU state.
@@ -227,7 +234,7 @@ pub fn restore_deferring(
         .then(|| tty::CallerTerminal::from_stdin(!opts.leave_termios))
         .transpose()?;
     tty::check(procs, shell.as_ref())?;
-    let plan = files::FdPlan::new(procs, shell.as_ref())?;
+    let plan = files::FdPlan::new(procs, shell.as_ref(), &opts.inherit_fds)?;
     let parents = files::parents(procs);
     let shm = memory::ShmPlan::new(procs, plan.highest_fd() + 1, |set| {
         files::lca(&parents, set)
@@ -369,6 +376,7 @@ pub fn restore_deferring(
             threads: procs.iter().map(|p| p.threads.len()).sum(),
             memory_bytes,
             total: t0.elapsed(),
+            externals: plan.external_uses(),
         },
         deferred,
     ))

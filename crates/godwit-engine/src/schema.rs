@@ -528,6 +528,10 @@ pub enum FdKind {
     /// A UDP socket (IPv4/IPv6), bound or connected or neither, with its
     /// queued datagrams (Fd::socket: `queue` and `queue_from`).
     Udp = 15,
+    /// A pipe end or a unix socket whose other end is held by no process of
+    /// the dumped tree (Fd::external). Restored as a descriptor the caller
+    /// passes (`restore --inherit-fd`) or a documented stand-in.
+    External = 16,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -612,6 +616,34 @@ pub struct Fd {
     /// is holes. Empty in older images: `deleted_data` is then the whole file.
     #[prost(message, repeated, tag = "27")]
     pub extents: Vec<Extent>,
+    /// EXTERNAL: what the descriptor was connected to outside the tree.
+    #[prost(message, optional, tag = "28")]
+    pub external: Option<External>,
+}
+
+/// A descriptor connected to something outside the dumped tree (kind
+/// EXTERNAL): a pipe end whose other end no process of the tree holds, or a
+/// unix socket whose peer is outside it.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct External {
+    /// Its stable name, as /proc/PID/fd shows it at dump time:
+    /// "pipe:[INODE]" or "socket:[INODE]". What `restore --inherit-fd` names.
+    #[prost(string, tag = "1")]
+    pub key: String,
+    /// What it was: PIPE or UNIX_SOCKET.
+    #[prost(enumeration = "FdKind", tag = "2")]
+    pub was: i32,
+    /// A pipe's read end: the bytes in the pipe at dump time (read without
+    /// consuming them; they are still in the pipe on the host).
+    #[prost(bytes = "vec", tag = "3")]
+    pub data: Vec<u8>,
+    /// A socket: SOCK_STREAM, SOCK_DGRAM or SOCK_SEQPACKET.
+    #[prost(int32, tag = "4")]
+    pub sock_type: i32,
+    /// A socket: unread bytes in its receive queue at dump time (not saved;
+    /// they stay in the socket on the host).
+    #[prost(uint64, tag = "5")]
+    pub unread: u64,
 }
 
 /// A range of a file holding data.

@@ -783,6 +783,13 @@ fn fill_after_run_keeps_pages_shared_copy_on_write_right() {
 }
 
 #[test]
+fn fill_after_run_of_a_forking_server_sharing_its_memory() {
+    let _one = heavy();
+    // Its shared areas are filled before the forks, the rest after.
+    harness_moves("cowshare", Mode::StopCopy);
+}
+
+#[test]
 fn an_image_with_lazy_pages_is_refused_outside_a_post_copy() {
     use godwit_engine::dump::{dump_to, End};
     let c = counter();

@@ -488,3 +488,77 @@ pub fn wait_exit(pid: i32) -> Result<()> {
         }
     }
 }
+
+/// Sends descriptor `fd` over unix socket `sock` (one byte of data and one
+/// SCM_RIGHTS message), so that the receiver gets a descriptor of the same
+/// open file description.
+pub fn send_fd(sock: BorrowedFd<'_>, fd: BorrowedFd<'_>) -> Result<()> {
+    let byte = [0u8; 1];
+    let mut iov = libc::iovec {
+        iov_base: byte.as_ptr() as *mut libc::c_void,
+        iov_len: 1,
+    };
+    // Room for one cmsghdr with one int, 8-byte aligned.
+    let mut ctl = [0u64; 4];
+    // SAFETY: CMSG_SPACE is a pure size computation.
+    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<libc::c_int>() as u32) } as usize;
+    debug_assert!(space <= std::mem::size_of_val(&ctl));
+    // SAFETY: msghdr is plain data; all-zero is a valid value.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = ctl.as_mut_ptr() as *mut libc::c_void;
+    msg.msg_controllen = space;
+    // SAFETY: `msg` points at `ctl`, large enough for one header and one
+    // int (checked above); CMSG_FIRSTHDR/CMSG_DATA stay inside it.
+    unsafe {
+        let c = libc::CMSG_FIRSTHDR(&msg);
+        (*c).cmsg_level = libc::SOL_SOCKET;
+        (*c).cmsg_type = libc::SCM_RIGHTS;
+        (*c).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<libc::c_int>() as u32) as usize;
+        std::ptr::write_unaligned(libc::CMSG_DATA(c) as *mut libc::c_int, fd.as_raw_fd());
+    }
+    // SAFETY: every pointer in `msg` is valid for the duration of the call.
+    let r = unsafe { libc::sendmsg(sock.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) };
+    check(
+        r as i64,
+        "sendmsg(SCM_RIGHTS)",
+        format!("fd {}", fd.as_raw_fd()),
+    )
+    .map(|_| ())
+}
+
+/// fstat of a descriptor we hold: (st_mode, st_dev, st_ino).
+pub fn fd_stat(fd: BorrowedFd<'_>) -> Result<(u32, u64, u64)> {
+    // SAFETY: stat is plain data; all-zero is a valid value.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: valid out-pointer.
+    let r = unsafe { libc::fstat(fd.as_raw_fd(), &mut st) };
+    check(r as i64, "fstat", format!("fd {}", fd.as_raw_fd()))?;
+    Ok((st.st_mode, st.st_dev, st.st_ino))
+}
+
+/// A duplicate (same open file description) of this process's descriptor
+/// `fd`, by number: fails with EBADF when it is not open.
+pub fn dup_fd(fd: i32) -> Result<OwnedFd> {
+    // SAFETY: F_DUPFD_CLOEXEC only adds a descriptor to our table.
+    let r = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 3) };
+    check(r as i64, "fcntl(F_DUPFD_CLOEXEC)", format!("fd {fd}"))?;
+    // SAFETY: fcntl returned a new descriptor that we now own.
+    Ok(unsafe { OwnedFd::from_raw_fd(r) })
+}
+
+/// The status flags (F_GETFL) of a descriptor we hold.
+pub fn status_flags(fd: BorrowedFd<'_>) -> Result<i32> {
+    // SAFETY: plain integer fcntl.
+    let r = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) };
+    check(r as i64, "fcntl(F_GETFL)", format!("fd {}", fd.as_raw_fd()))?;
+    Ok(r)
+}
+
+/// Sets the status flags (F_SETFL) of a descriptor we hold.
+pub fn set_status_flags(fd: BorrowedFd<'_>, flags: i32) -> Result<()> {
+    // SAFETY: plain integer fcntl.
+    let r = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags) };
+    check(r as i64, "fcntl(F_SETFL)", format!("fd {}", fd.as_raw_fd())).map(|_| ())
+}

@@ -281,11 +281,27 @@ async fn restore(
     match r {
         Ok(r) => {
             adopt(&agent, r.host_pid, &format!("restored from image {id}"));
+            // Descriptors that were connected outside the dumped tree got
+            // their stand-ins (the API passes no descriptors).
+            let warnings: Vec<String> = r
+                .externals
+                .iter()
+                .filter(|u| u.inherited.is_none())
+                .map(|u| {
+                    godwit_engine::resources::external::warning(
+                        &u.fd,
+                        godwit_engine::resources::external::NODE_API,
+                    )
+                })
+                .collect();
+            for w in &warnings {
+                tracing::warn!("{w}");
+            }
             ok(
                 201,
                 json!({
                     "id": id, "pid": r.pid, "host_pid": r.host_pid, "processes": r.processes,
-                    "total_ms": r.total.as_secs_f64() * 1e3,
+                    "total_ms": r.total.as_secs_f64() * 1e3, "warnings": warnings,
                 }),
             )
         }

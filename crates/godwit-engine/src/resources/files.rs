@@ -5,8 +5,8 @@
 
 use crate::error::{DumpCtx, EngineError, RestoreCtx, Result};
 use crate::remote::Remote;
-use crate::resources::{anon, memory, sockets, tty};
-use crate::schema::{EpollTarget, Extent, Fd, FdKind, Pipe, Process};
+use crate::resources::{anon, external, memory, sockets, tty};
+use crate::schema::{EpollTarget, Extent, External, Fd, FdKind, Pipe, Process};
 use godwit_sys::{proc, process};
 use std::collections::{BTreeMap, HashMap};
 use std::io::Read;
@@ -301,8 +301,9 @@ fn can_read(f: &Fd) -> bool {
 
 /// Across a frozen tree (parents first): gives every open file description
 /// an id (`Fd::file_id`; fds sharing one description, in one process or
-/// several, get the same id), checks that each pipe has both ends in the
-/// tree, and saves each pipe's unread data once, with its first holder.
+/// several, get the same id), marks the pipe ends whose other end is not in
+/// the tree as connected outside it (`resources::external`), and saves each
+/// pipe's unread data once, with its first holder.
 pub fn link_descriptions(procs: &mut [Process]) -> Result<()> {
     // Candidates for sharing have the same kind, path, pipe, socket and
     // access mode; kcmp then tells whether two fds are one description.
@@ -353,20 +354,19 @@ pub fn link_descriptions(procs: &mut [Process]) -> Result<()> {
     }
     for (id, (reader, has_writer)) in ends {
         let Some((i, rfd)) = reader.filter(|_| has_writer) else {
-            let (pid, fd) = procs
-                .iter()
-                .find_map(|p| {
-                    p.fds
-                        .iter()
-                        .find(|f| f.pipe_id == id && f.kind == FdKind::Pipe as i32)
-                        .map(|f| (p.pid, f.fd))
-                })
-                .unwrap_or((0, -1));
-            return Err(unsupported(
-                pid,
-                fd,
-                format!("pipe:[{id}] whose other end is outside the dumped process tree"),
-            ));
+            // An end whose other end no process of the tree holds: kept as
+            // connected outside the tree (resources::external), with the
+            // bytes in the pipe when the tree holds its read end.
+            let data = match reader {
+                Some((i, rfd)) => {
+                    let pid = procs[i].pid;
+                    let pidfd = process::pidfd_open(pid).dumping(pid, "reading pipes")?;
+                    peek_pipe(pid, &pidfd, rfd)?
+                }
+                None => Vec::new(),
+            };
+            mark_external(procs, FdKind::Pipe, id, data, 0, 0);
+            continue;
         };
         let pid = procs[i].pid;
         let pidfd = process::pidfd_open(pid).dumping(pid, "reading pipes")?;
@@ -404,6 +404,39 @@ pub fn link_descriptions(procs: &mut [Process]) -> Result<()> {
     }
     // Unix sockets: peers inside the tree; queues read once.
     sockets::link_unix(procs)
+}
+
+/// Marks every fd of pipe `id` (`was` PIPE) or unix socket inode `id` (`was`
+/// UNIX_SOCKET) as connected outside the tree; `data` goes with the first.
+pub(crate) fn mark_external(
+    procs: &mut [Process],
+    was: FdKind,
+    id: u64,
+    mut data: Vec<u8>,
+    sock_type: i32,
+    unread: u64,
+) {
+    let key = match was {
+        FdKind::Pipe => format!("pipe:[{id}]"),
+        _ => format!("socket:[{id}]"),
+    };
+    for f in procs.iter_mut().flat_map(|p| p.fds.iter_mut()) {
+        let hit = f.kind == was as i32
+            && match was {
+                FdKind::Pipe => f.pipe_id == id,
+                _ => f.socket.as_ref().is_some_and(|s| s.ino == id),
+            };
+        if hit {
+            f.kind = FdKind::External as i32;
+            f.external = Some(External {
+                key: key.clone(),
+                was: was as i32,
+                data: std::mem::take(&mut data),
+                sock_type,
+                unread,
+            });
+        }
+    }
 }
 
 /// Largest deleted-but-open file whose contents a dump keeps.
@@ -692,7 +725,8 @@ pub fn check(fds: &[Fd], allow_changes: bool) -> Result<()> {
                 | FdKind::SignalFd
                 | FdKind::Inotify
                 | FdKind::Memfd
-                | FdKind::Tty)
+                | FdKind::Tty
+                | FdKind::External)
         ) {
             continue;
         }
@@ -767,6 +801,8 @@ pub struct FdPlan {
     tty: tty::TtyPlan,
     /// TCP connections rebuilt, finished just before the processes run.
     tcp: sockets::tcp::RestoredSet,
+    /// Descriptors connected outside the tree: --inherit-fd or stand-ins.
+    external: external::ExternalPlan,
 }
 
 /// The lowest common ancestor (by index, parents before children) of `set`.
@@ -795,8 +831,14 @@ pub fn parents(procs: &[Process]) -> Vec<Option<usize>> {
 
 impl FdPlan {
     /// `shell`: the caller's terminal, for fds that were on a terminal
-    /// outside the tree (--shell-job).
-    pub fn new(procs: &[Process], shell: Option<&tty::CallerTerminal>) -> Result<FdPlan> {
+    /// outside the tree (--shell-job); `inherit`: godwit's descriptors for
+    /// those connected outside the tree (--inherit-fd).
+    pub fn new(
+        procs: &[Process],
+        shell: Option<&tty::CallerTerminal>,
+        inherit: &[external::Inherit],
+    ) -> Result<FdPlan> {
+        let external = external::ExternalPlan::new(procs, inherit)?;
         let index: HashMap<i32, usize> =
             procs.iter().enumerate().map(|(i, p)| (p.pid, i)).collect();
         let parent: Vec<Option<usize>> =
@@ -877,6 +919,7 @@ impl FdPlan {
             unix,
             tty,
             tcp: Default::default(),
+            external,
         })
     }
 
@@ -1024,6 +1067,7 @@ impl FdPlan {
                     self.tty.open_external(r, f)?
                 }
                 FdKind::Tty => continue,
+                FdKind::External => self.external.open(r, f)?,
                 FdKind::EventFd | FdKind::TimerFd | FdKind::SignalFd | FdKind::Inotify => {
                     let fd = anon::restore(r, f)?;
                     r.call(
@@ -1200,6 +1244,16 @@ impl FdPlan {
                     f.fd, t.fd
                 ))
             })?;
+            // A descriptor connected outside the tree whose stand-in is
+            // /dev/null, which epoll cannot watch (EPERM): the watch goes,
+            // as the warning about that descriptor says.
+            if self
+                .descs
+                .get(&file_id)
+                .is_some_and(|(_, d)| self.external.is_dev_null(d))
+            {
+                continue;
+            }
             r.call(
                 "dup3",
                 libc::SYS_dup3,
@@ -1237,6 +1291,11 @@ impl FdPlan {
     /// Terminals, last: the caller's terminal settings (--shell-job).
     pub fn finish_terminals(&self) -> Result<()> {
         self.tty.finish()
+    }
+
+    /// What each descriptor connected outside the tree became.
+    pub fn external_uses(&self) -> Vec<external::ExternalUse> {
+        self.external.uses()
     }
 
     /// Starts the TCP connections rebuilt (out of repair mode, locks lifted).

@@ -268,9 +268,10 @@ fn option(s: &Socket, name: i32) -> i32 {
         .map_or(0, |o| o.value)
 }
 
-/// Across the frozen tree (after [`dump`] of every process): checks that
-/// each connected socket's peer is in the tree and saves each socket's
-/// receive queue once, with its first fd (in tree order).
+/// Across the frozen tree (after [`dump`] of every process): marks each
+/// connected socket whose peer is outside the tree as connected outside it
+/// (`resources::external`) and saves each other socket's receive queue
+/// once, with its first fd (in tree order).
 pub fn link_unix(procs: &mut [Process]) -> Result<()> {
     let mut first: BTreeMap<u64, (usize, usize)> = BTreeMap::new();
     for (i, p) in procs.iter().enumerate().filter(|(_, p)| !p.zombie) {
@@ -289,6 +290,7 @@ pub fn link_unix(procs: &mut [Process]) -> Result<()> {
         })
         .collect();
     let mut pidfds: HashMap<i32, OwnedFd> = HashMap::new();
+    let mut external = Vec::new();
     let stage = "reading unix socket queues";
     for (&ino, &(i, j)) in &first {
         let pid = procs[i].pid;
@@ -308,15 +310,19 @@ pub fn link_unix(procs: &mut [Process]) -> Result<()> {
             match peers.get(&s.peer_ino) {
                 None if !connection(&s) && !s.peer_addr.is_empty() => s.peer_ino = 0,
                 None => {
-                    return refuse(format!(
-                        "connected to a socket outside the dumped process tree (socket:[{}]{})",
-                        s.peer_ino,
-                        if s.peer_addr.is_empty() {
-                            String::new()
-                        } else {
-                            format!(", {}", show_addr(&s.peer_addr))
-                        }
-                    ))
+                    // Its peer is outside the tree: kept as connected
+                    // outside it (resources::external). What is queued
+                    // stays in the socket on the host.
+                    let pidfd = match pidfds.get(&pid) {
+                        Some(p) => p,
+                        None => pidfds
+                            .entry(pid)
+                            .or_insert(process::pidfd_open(pid).dumping(pid, stage)?),
+                    };
+                    let ours = process::pidfd_getfd(pidfd, fd).dumping(pid, stage)?;
+                    let unread = process::pipe_pending(&ours).unwrap_or(0) as u64;
+                    external.push((ino, s.sock_type, unread));
+                    continue;
                 }
                 Some((peer_peer, peer_addr)) => {
                     s.peer_addr.clear();
@@ -402,6 +408,16 @@ pub fn link_unix(procs: &mut [Process]) -> Result<()> {
             }
         }
         procs[i].fds[j].socket = Some(s);
+    }
+    for (ino, sock_type, unread) in external {
+        crate::resources::files::mark_external(
+            procs,
+            FdKind::UnixSocket,
+            ino,
+            Vec::new(),
+            sock_type,
+            unread,
+        );
     }
     Ok(())
 }
