@@ -394,6 +394,99 @@ fn counter_moves_between_hosts_pre_copy() {
     counter_moves("pre-copy");
 }
 
+#[test]
+fn counter_moves_between_hosts_post_copy() {
+    counter_moves("post-copy");
+}
+
+/// Host PIDs of `godwit migrate` runs for `pid` (whatever namespace they
+/// were started in).
+fn migrate_commands_for(pid: u32) -> Vec<i32> {
+    let exe = std::fs::canonicalize(env!("CARGO_BIN_EXE_godwit")).unwrap();
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(p) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        if std::fs::read_link(format!("/proc/{p}/exe")).ok().as_ref() != Some(&exe) {
+            continue;
+        }
+        let cmd = std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default();
+        let args: Vec<&[u8]> = cmd.split(|b| *b == 0).collect();
+        if args.iter().any(|a| *a == b"migrate")
+            && args.iter().any(|a| *a == pid.to_string().as_bytes())
+        {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// The source (the `godwit migrate` command, which holds the frozen copy
+/// and serves its pages) killed while a post-copy runs: the destination
+/// cannot go on without those pages and kills its copy, and the source's
+/// copy, its tracer gone, runs on where it was, its memory whole.
+#[test]
+fn source_killed_mid_post_copy_leaves_one_copy_at_the_source() {
+    let mut c = Cluster::up(2);
+    c.start_agent(2);
+    let dir = c.dir.path().to_path_buf();
+    let pid = c.spawn_target(1, 4150, &["writer", "1024", "20"]);
+    let migrate = {
+        let pid = pid.to_string();
+        let to = c.agent_addr(2);
+        c.exec(1)
+            .arg(env!("CARGO_BIN_EXE_godwit"))
+            .args([
+                "migrate",
+                "--mode",
+                "post-copy",
+                "--pid",
+                &pid,
+                "--to",
+                &to,
+                "--token-file",
+            ])
+            .arg(c.token())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    // Once the copy at the destination runs (no longer traced): the pages
+    // are following it.
+    let t0 = Instant::now();
+    while !(c.state(2, pid).is_some() && !c.traced(2, pid)) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "the process never ran at the destination"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let source = migrate_commands_for(pid);
+    assert_eq!(source.len(), 1, "{source:?}");
+    // SAFETY: plain kill of the godwit command this test started.
+    unsafe { libc::kill(source[0], libc::SIGKILL) };
+    let _ = migrate.wait_with_output().unwrap();
+    wait_for(
+        "the destination to end its copy",
+        Duration::from_secs(30),
+        || c.state(2, pid).is_none(),
+    );
+    wait_for("the source copy to run", Duration::from_secs(10), || {
+        matches!(c.state(1, pid), Some('S' | 'R')) && !c.traced(1, pid)
+    });
+    c.sh(1, &format!("kill -USR1 {pid}"));
+    wait_for(
+        "the source to check its memory",
+        Duration::from_secs(60),
+        || dir.join("result").exists(),
+    );
+    let verdict = std::fs::read_to_string(dir.join("result")).unwrap();
+    assert!(verdict.starts_with("OK"), "{verdict}");
+}
+
 /// A process of 1 GiB, every word checked after the move.
 #[test]
 fn a_gigabyte_moves_and_every_page_is_right() {
@@ -824,6 +917,11 @@ fn redis_keeps_its_client_connection_pre_copy() {
 
 /// --max-downtime: a pre-copy whose predicted stop is longer runs as
 /// pre-copy-post-copy; one within it stays a pre-copy.
+#[test]
+fn redis_keeps_its_client_connection_post_copy() {
+    redis_keeps_its_client("post-copy");
+}
+
 #[test]
 fn max_downtime_chooses_the_mode() {
     let mut c = Cluster::up(2);

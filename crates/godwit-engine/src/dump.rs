@@ -626,9 +626,21 @@ pub fn dump_to(
     let mut held = None;
     let commit = if hold {
         let commit = writer.commit(&ck, page_files)?;
+        // Held from here on with nothing more injected: the scratch areas
+        // go and every thread gets its own state back, so that if godwit
+        // dies meanwhile (its tracees are then detached) the processes run
+        // on as they were, not with every signal blocked.
+        for s in scratches {
+            s.unmap()?;
+        }
+        for m in members.iter().flatten() {
+            if let Member::Live(f) = m {
+                f.settle()?;
+            }
+        }
         held = Some(Held {
             members: members.take(),
-            scratches,
+            scratches: Vec::new(),
             tcp,
             checkpoint: ck.clone(),
             protections: std::mem::take(&mut protections),

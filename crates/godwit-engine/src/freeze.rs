@@ -160,6 +160,17 @@ impl Frozen {
         Ok(())
     }
 
+    /// Puts every thread back as it was (registers, signal mask, syscall
+    /// user dispatch) but keeps it stopped: nothing more is injected. Should
+    /// godwit die from here on, the kernel detaches the threads and the
+    /// process runs on as it was (`release` later sets the same again).
+    pub fn settle(&self) -> Result<()> {
+        for t in &self.threads {
+            settle_thread(t).dumping(self.pid, "putting the threads' state back")?;
+        }
+        Ok(())
+    }
+
     /// Puts every thread back as it was and lets the process run on.
     pub fn release(mut self) -> Result<()> {
         self.done = true;
@@ -226,6 +237,13 @@ impl Drop for Frozen {
 }
 
 fn release_thread(t: &FrozenThread) -> godwit_sys::Result<()> {
+    settle_thread(t)?;
+    ptrace::detach(t.tid)
+}
+
+/// The thread's state as it was at the freeze (from the saved copy, so
+/// doing it twice changes nothing).
+fn settle_thread(t: &FrozenThread) -> godwit_sys::Result<()> {
     let mut regs = t.regs;
     regs.rewind_interrupted_syscall();
     ptrace::set_regs(t.tid, &regs)?;
@@ -233,7 +251,7 @@ fn release_thread(t: &FrozenThread) -> godwit_sys::Result<()> {
     if let Some(c) = t.syscall_dispatch {
         ptrace::set_syscall_dispatch(t.tid, c)?;
     }
-    ptrace::detach(t.tid)
+    Ok(())
 }
 
 /// Waits for the stop caused by PTRACE_INTERRUPT, passing on signals that
