@@ -457,7 +457,7 @@ fn source_killed_mid_post_copy_leaves_one_copy_at_the_source() {
     // Once the copy at the destination runs (no longer traced): the pages
     // are following it.
     let t0 = Instant::now();
-    while !(c.state(2, pid).is_some() && !c.traced(2, pid)) {
+    while c.state(2, pid).is_none() || c.traced(2, pid) {
         assert!(
             t0.elapsed() < Duration::from_secs(60),
             "the process never ran at the destination"
