@@ -242,7 +242,17 @@ fn one(setup: &Setup, mode: Mode, mib: u64, rate: u64, tag: &str) -> Result<Run>
     // The moved process is the destination's; it runs in a PID namespace
     // whose init is a child of godwitd. Its host PID:
     t.adopt(r.host_pid);
-    // Past the switch, a few of its stall reports.
+    // A report written after the switch (the file may still hold one from
+    // before the freeze): removed, then awaited.
+    let _ = std::fs::remove_file(&stalls);
+    let t1 = Instant::now();
+    while read_stalls(&stalls).is_none() {
+        if t1.elapsed() > Duration::from_secs(60) {
+            bail!("the moved target does not report its stalls");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // A few more ticks, in case a fault is still to come.
     std::thread::sleep(Duration::from_millis(200));
     let (gap_us, _) = read_stalls(&stalls).context("the moved target does not report")?;
     t.check()?;

@@ -150,6 +150,27 @@ pub fn run(args: MigrateArgs, json_out: bool, progress: &crate::Bar) -> anyhow::
     if args.move_ip.is_some() && args.pids.len() > 1 {
         anyhow::bail!("--move-ip moves one address with one process tree: give one --pid");
     }
+    // A tree moves whole: a PID given inside another's tree would be
+    // dumped twice.
+    for &pid in &args.pids {
+        let mut at = pid;
+        for _ in 0..4096 {
+            let Ok(st) = godwit_sys::proc::stat(at) else {
+                break;
+            };
+            if st.ppid <= 1 {
+                break;
+            }
+            if args.pids.contains(&st.ppid) {
+                anyhow::bail!(
+                    "process {pid} is a descendant of process {}, whose whole tree moves with it: give --pid {} only",
+                    st.ppid,
+                    st.ppid
+                );
+            }
+            at = st.ppid;
+        }
+    }
     // One connection and one migration per process, all at once.
     let results: Vec<(i32, anyhow::Result<MigrateReport>)> = std::thread::scope(|s| {
         let handles: Vec<_> = args

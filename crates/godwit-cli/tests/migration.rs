@@ -946,3 +946,52 @@ fn max_downtime_chooses_the_mode() {
     assert_eq!(v["mode"], "pre-copy", "{v}");
     check_counts_on(&log);
 }
+
+/// A PID inside another's tree (which moves whole) is refused before
+/// anything is touched or any connection made.
+#[test]
+fn a_pid_inside_another_pids_tree_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "0123456789abcdef0123456789abcdef\n").unwrap();
+    std::fs::set_permissions(&token, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let mut parent = Command::new("sh")
+        .args(["-c", "sleep 100 & echo $!; wait"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(parent.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let child: u32 = line.trim().parse().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_godwit"))
+        .args([
+            "migrate",
+            "--pid",
+            &parent.id().to_string(),
+            "--pid",
+            &child.to_string(),
+        ])
+        .args(["--to", "127.0.0.1:9", "--token-file"])
+        .arg(&token)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    // SAFETY: plain kills of the two processes this test started.
+    unsafe {
+        libc::kill(child as i32, libc::SIGKILL);
+        libc::kill(parent.id() as i32, libc::SIGKILL);
+    }
+    let _ = parent.wait();
+    assert!(!out.status.success());
+    assert!(
+        err.contains(&format!(
+            "process {child} is a descendant of process {}",
+            parent.id()
+        )),
+        "{err}"
+    );
+    // Untouched: nothing was connected to or stopped.
+    assert!(!err.contains("connecting"), "{err}");
+}
