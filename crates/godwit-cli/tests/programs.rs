@@ -43,6 +43,7 @@ case!(sparse);
 case!(memfdmeta);
 case!(seccomp);
 case!(zombies);
+case!(pidfds);
 
 /// The seccomp program in a variant (its arguments): dump, end the
 /// original, restore, and the program checks its filters itself.
@@ -1033,4 +1034,31 @@ fn zombie_thread_group_leader_is_refused() {
     std::thread::sleep(Duration::from_millis(20));
     let v = std::fs::read_to_string(&result).unwrap_or_default();
     assert_eq!(v.trim(), "PASS", "the process runs on: {}", p.output());
+}
+
+/// A pidfd of a process outside the dumped tree (pidfds.c's parent) is
+/// refused at dump time, naming the fd and the process it refers to; the
+/// program runs on.
+#[test]
+fn pidfd_outside_the_tree_is_refused() {
+    use common::*;
+    let p = Proc::test_prog_with("pidfds", &["outside"]);
+    let parent = ppid_of(p.pid).expect("a parent");
+    let img = p.images();
+    let out = godwit(&[
+        "dump",
+        "--pid",
+        &p.pid.to_string(),
+        "--images",
+        img.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the dump must refuse: {err}");
+    assert!(
+        err.contains(&format!("process {}", p.pid))
+            && err.contains(&format!("a pidfd of process {parent}"))
+            && err.contains("outside the dumped process tree"),
+        "the refusal names the fd and its target: {err}"
+    );
+    assert_eq!(p.verdict(), "PASS", "the process runs on");
 }

@@ -13,8 +13,8 @@ use crate::error::{EngineError, RestoreCtx, Result};
 use crate::freeze;
 use crate::remote::Remote;
 use crate::resources::{
-    attrs, caps, files, jobctl, locks, memory, sched, seccomp, signals, sockets, sysv, threads,
-    timers, tty,
+    attrs, caps, files, jobctl, locks, memory, pidfd, sched, seccomp, signals, sockets, sysv,
+    threads, timers, tty,
 };
 use crate::schema::{Checkpoint, Process, Vma, VmaKind};
 use crate::Progress;
@@ -552,6 +552,7 @@ fn resurrect(
         .map(|o| o.as_ref().map(|(r, _)| *r))
         .collect();
     plan.restore_foreground(procs, &processes)?;
+    pidfd::restore(procs, &processes)?;
     files::restore_async(procs, &processes)?;
     // Phase 4: credentials and capabilities, last: after them we may no
     // longer be allowed the rest; then what changing them reset. Seccomp
