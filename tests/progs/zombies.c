@@ -8,6 +8,7 @@
  * status the kernel held before the dump. */
 #include "harness.h"
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
 
@@ -29,6 +30,24 @@ static int raw_status(pid_t pid) {
     return -1;
 }
 
+static int prctl_subreaper(void) { return prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); }
+
+/* Field 4 (ppid) of /proc/PID/stat. */
+static pid_t getppid_of(pid_t pid) {
+    char path[64], buf[512];
+    snprintf(path, sizeof path, "/proc/%d/stat", pid);
+    int fd = open(path, O_RDONLY);
+    if (fd < 0) return -1;
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (n <= 0) return -1;
+    buf[n] = 0;
+    char *p = strrchr(buf, ')');
+    int ppid = -1;
+    if (p) sscanf(p + 2, "%*c %d", &ppid);
+    return ppid;
+}
+
 static void await_zombie(pid_t pid) {
     siginfo_t si;
     while (waitid(P_PID, pid, &si, WEXITED | WNOWAIT) != 0) sleep_ms(1);
@@ -37,6 +56,34 @@ static void await_zombie(pid_t pid) {
 int main(int argc, char **argv) {
     setup(argc, argv);
     if (getsid(0) != getpid()) CHECK(setsid() == getpid(), "setsid");
+    if (argc > 2 && strcmp(argv[2], "orphan-session") == 0) {
+        /* A zombie session leader whose member was re-parented to us: the
+         * member cannot be put back in that session; the dump refuses it. */
+        CHECK(prctl_subreaper() == 0, "PR_SET_CHILD_SUBREAPER");
+        int q[2]; CHECK(pipe(q) == 0, "pipe");
+        pid_t z = fork();
+        if (z == 0) {
+            if (setsid() < 0) _exit(96);
+            pid_t b = fork();
+            if (b == 0) { for (;;) pause(); }
+            char msg[32]; int n = snprintf(msg, sizeof msg, "%d", b);
+            if (write(q[1], msg, n) != n) _exit(95);
+            _exit(0);
+        }
+        close(q[1]);
+        char msg[32] = {0};
+        CHECK(read(q[0], msg, sizeof msg - 1) > 0, "member pid");
+        pid_t b = atoi(msg);
+        await_zombie(z);
+        while (getppid_of(b) != getpid()) sleep_ms(1);
+        put_file("member", msg);
+        ready();
+        wait_go();
+        CHECK(getsid(b) == z, "member's session %d", getsid(b));
+        kill(b, SIGKILL);
+        waitpid(b, NULL, 0);
+        pass();
+    }
     pid_t z_exit = fork();
     if (z_exit == 0) _exit(7);
     pid_t z_term = fork();

@@ -1062,3 +1062,29 @@ fn pidfd_outside_the_tree_is_refused() {
     );
     assert_eq!(p.verdict(), "PASS", "the process runs on");
 }
+
+/// A zombie session leader whose member was re-parented to the tree's root
+/// (a subreaper): the member could not be put back in that session, so the
+/// dump refuses it, naming the member and the session; the tree runs on.
+#[test]
+fn member_of_a_zombie_led_session_is_refused() {
+    use common::*;
+    let p = Proc::test_prog_with("zombies", &["orphan-session"]);
+    let member = std::fs::read_to_string(p.path("member")).unwrap();
+    let img = p.images();
+    let out = godwit(&[
+        "dump",
+        "--pid",
+        &p.pid.to_string(),
+        "--images",
+        img.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the dump must refuse: {err}");
+    assert!(
+        err.contains(&format!("process {member}"))
+            && err.contains("could not be put back in that session"),
+        "the refusal names the member and why: {err}"
+    );
+    assert_eq!(p.verdict(), "PASS", "the tree runs on");
+}

@@ -453,6 +453,7 @@ pub fn dump_to(
         false => Some(tcp),
     };
     crate::resources::pidfd::check_tree(&procs)?;
+    crate::resources::attrs::check_sessions(&procs)?;
     files::link_descriptions(&mut procs)?;
     locks::check_tree(&procs)?;
     tty::link(&mut procs, opts.shell_job)?;

@@ -452,6 +452,32 @@ pub fn restore_session(r: &Remote, p: &Process) -> Result<()> {
     Ok(())
 }
 
+/// Refuses a process that is in a session it could not be put back in:
+/// the restore creates each process in its parent's session, or in a new
+/// one it leads (setsid). A process is in another session only when it was
+/// re-parented (its parent, in that session, exited), e.g. to a subreaper
+/// of the tree, while its session's leader is a zombie of the tree.
+pub fn check_sessions(procs: &[Process]) -> Result<()> {
+    for p in procs.iter().skip(1) {
+        let Some(parent) = procs.iter().find(|q| q.pid == p.ppid) else {
+            continue;
+        };
+        if p.sid != p.pid && p.sid != parent.sid {
+            return Err(EngineError::Unsupported {
+                pid: p.pid,
+                what: format!(
+                    "a process in session {} while its parent {} is in session {}: \
+                     it could not be put back in that session (a process joins its \
+                     parent's session or leads a new one; it was re-parented after \
+                     the process that made it in session {} exited)",
+                    p.sid, parent.pid, parent.sid, p.sid
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Puts the process in its process group (`leader`: it leads its own group).
 pub fn restore_pgid(r: &Remote, p: &Process) -> Result<()> {
     if p.sid == p.pid {
