@@ -1,7 +1,7 @@
 /* pidfds: of itself (close-on-exec, as pidfd_open makes it), of a live
  * child (PIDFD_NONBLOCK, close-on-exec cleared, dup'ed at fd 50), of a
- * child made by clone3(CLONE_PIDFD), of a child that has exited and been
- * reaped, and of one of its threads (PIDFD_THREAD, when the kernel has it).
+ * child made by clone3(CLONE_PIDFD), of a zombie child, of a child that has
+ * exited and been reaped, and of one of its threads (PIDFD_THREAD, when the kernel has it).
  * After restore each must refer to the same process (fdinfo Pid:), keep its
  * flags, and behave: signal 0 reaches the live ones, poll and waitid(P_PIDFD)
  * see the children end, the reaped one is readable and gives ESRCH/ECHILD.
@@ -66,6 +66,13 @@ int main(int argc, char **argv) {
     CHECK(gfd >= 0, "pidfd_open exiting child");
     CHECK(waitpid(gone, NULL, 0) == gone, "reap");
     CHECK(fdinfo_pid(gfd) == -1, "reaped pidfd Pid: %d", fdinfo_pid(gfd));
+    /* A pidfd of a zombie child, not reaped yet. */
+    pid_t zombie = fork();
+    if (zombie == 0) _exit(9);
+    siginfo_t zi;
+    while (waitid(P_PID, zombie, &zi, WEXITED | WNOWAIT) != 0) sleep_ms(1);
+    int zfd = pidfd_open(zombie, 0);
+    CHECK(zfd >= 0, "pidfd_open zombie: %s", strerror(errno));
     pthread_t th;
     pthread_create(&th, NULL, worker, NULL);
     while (!thread_tid) sleep_ms(1);
@@ -104,6 +111,10 @@ int main(int argc, char **argv) {
         CHECK(fcntl(tfd, F_GETFL) & PIDFD_THREAD, "thread pidfd lost PIDFD_THREAD");
         CHECK(send_sig(tfd, 0) == 0, "signal 0 to the thread: %s", strerror(errno));
     }
+    CHECK(fdinfo_pid(zfd) == zombie, "zombie pidfd refers to %d", fdinfo_pid(zfd));
+    CHECK(readable(zfd), "the zombie's pidfd is not readable");
+    memset(&si, 0, sizeof si);
+    CHECK(waitid(P_PIDFD, zfd, &si, WEXITED) == 0 && si.si_pid == zombie && si.si_code == CLD_EXITED && si.si_status == 9, "waitid zombie: pid %d code %d status %d", si.si_pid, si.si_code, si.si_status);
     CHECK(send_sig(cfd, SIGKILL) == 0, "kill child");
     struct pollfd pf = { .fd = cfd, .events = POLLIN };
     CHECK(poll(&pf, 1, 5000) == 1, "poll did not see the child end");
