@@ -1088,3 +1088,30 @@ fn member_of_a_zombie_led_session_is_refused() {
     );
     assert_eq!(p.verdict(), "PASS", "the tree runs on");
 }
+
+/// `inspect` shows each pidfd and what it refers to (its process, -1 for a
+/// reaped one); the image then restores and passes.
+#[test]
+fn pidfds_shown_by_inspect() {
+    use common::*;
+    let mut p = Proc::test_prog("pidfds");
+    p.dump(&[]);
+    let img = p.images();
+    let v: serde_json::Value =
+        serde_json::from_str(&godwit_ok(&["inspect", "--json", img.to_str().unwrap()])).unwrap();
+    let fds = v["processes"][0]["fds"].as_array().unwrap();
+    let of: Vec<i64> = fds
+        .iter()
+        .filter(|f| f["kind"] == "Pidfd")
+        .map(|f| f["pidfd_of"].as_i64().unwrap())
+        .collect();
+    assert!(of.contains(&(p.pid as i64)), "{of:?}");
+    assert!(of.contains(&-1), "{of:?}");
+    assert!(
+        of.len() >= 6,
+        "self, child (twice), clone, zombie, reaped: {of:?}"
+    );
+    p.end_original();
+    p.restore();
+    assert_eq!(p.verdict(), "PASS");
+}
