@@ -1115,3 +1115,52 @@ fn pidfds_shown_by_inspect() {
     p.restore();
     assert_eq!(p.verdict(), "PASS");
 }
+
+/// `restore --pid-ns` of `prog` while its original still runs: the copy,
+/// in a new PID namespace where each process has its old PID, passes.
+fn in_a_new_pid_namespace(prog: &str) {
+    use common::*;
+    let mut p = Proc::test_prog(prog);
+    p.dump(&["--leave-running"]);
+    let img = p.images();
+    let v: serde_json::Value = serde_json::from_str(&godwit_ok(&[
+        "--json",
+        "restore",
+        "--images",
+        img.to_str().unwrap(),
+        "--pid-ns",
+    ]))
+    .unwrap();
+    let host = v["host_pid"].as_i64().unwrap() as i32;
+    let init = v["ns_init"].as_i64().unwrap() as i32;
+    struct Reap(i32);
+    impl Drop for Reap {
+        fn drop(&mut self) {
+            // SAFETY: kill and reap the namespace init (ours via the subreaper);
+            // its death ends every process in the namespace.
+            unsafe {
+                libc::kill(self.0, libc::SIGKILL);
+                libc::waitpid(self.0, std::ptr::null_mut(), 0);
+            }
+        }
+    }
+    let _reap = Reap(init);
+    p.end_original();
+    p.pid = host;
+    let verdict = p.verdict();
+    assert_eq!(verdict, "PASS", "{prog} in the namespace: {}", p.output());
+}
+
+/// Zombies (their groups, sessions and wait statuses, the core-dump bit)
+/// restored into a new PID namespace.
+#[test]
+fn zombies_in_a_new_pid_namespace() {
+    in_a_new_pid_namespace("zombies");
+}
+
+/// pidfds restored into a new PID namespace refer to the namespace's
+/// processes (opened by PID inside it).
+#[test]
+fn pidfds_in_a_new_pid_namespace() {
+    in_a_new_pid_namespace("pidfds");
+}

@@ -51,40 +51,6 @@ pub fn pidfd_open(pid: i32) -> Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
-/// Opens a pidfd for `pid` with pidfd_open flags (PIDFD_NONBLOCK,
-/// PIDFD_THREAD).
-pub fn pidfd_open_flags(pid: i32, flags: u32) -> Result<OwnedFd> {
-    // SAFETY: plain integer syscall.
-    let r = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, flags) };
-    let fd = check(r, "pidfd_open", format!("process {pid} flags {flags:#o}"))?;
-    // SAFETY: the kernel returned a new file descriptor that we now own.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
-}
-
-/// A pidfd (opened with `flags`) of a process that has exited and been
-/// reaped: a child forked for it exits at once, its pidfd is opened while
-/// it is a zombie, then it is reaped. The pidfd then reports the exit
-/// (readable) and its process is gone (ESRCH) for whoever holds it.
-pub fn exited_pidfd(flags: u32) -> Result<OwnedFd> {
-    // SAFETY: the child only calls _exit, which is async-signal-safe, so
-    // forking a multi-threaded process is sound here.
-    let child = unsafe { libc::fork() };
-    if child == 0 {
-        // SAFETY: ends the forked child at once.
-        unsafe { libc::_exit(0) };
-    }
-    check(child as i64, "fork", "a helper for an exited pidfd")?;
-    let fd = pidfd_open_flags(child, flags);
-    loop {
-        // SAFETY: reaps our own child; a null status pointer is allowed.
-        let r = unsafe { libc::waitpid(child, std::ptr::null_mut(), 0) };
-        if r >= 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
-            break;
-        }
-    }
-    fd
-}
-
 /// Duplicates file descriptor `fd` of the process behind `pidfd` into ours.
 pub fn pidfd_getfd(pidfd: &OwnedFd, fd: i32) -> Result<OwnedFd> {
     // SAFETY: plain integer syscall on a pidfd we own.

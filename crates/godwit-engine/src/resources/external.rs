@@ -532,7 +532,7 @@ const CTL_LEN: u64 = 24;
 /// of `ours`: an injected socketpair, godwit sends `ours` into one end
 /// (SCM_RIGHTS, through its pidfd_getfd copy), an injected recvmsg takes it
 /// from the other; both ends are closed again. Returns the new fd number.
-pub(crate) fn install(r: &Remote, ours: &OwnedFd) -> Result<u64> {
+fn install(r: &Remote, ours: &OwnedFd) -> Result<u64> {
     let pid = r.pid;
     r.call(
         "socketpair",

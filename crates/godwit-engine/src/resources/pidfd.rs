@@ -11,11 +11,11 @@
 //! the PID or TID, which the restore keeps, with the saved flags), and puts
 //! them at their numbers; descriptors of one description in one process
 //! (dup) share one again. A pidfd of a process that had exited and been
-//! reaped is made the same way the original became one: godwit forks a
-//! helper that exits at once, opens its pidfd, reaps it and hands the
-//! pidfd to the process (SCM_RIGHTS). Like the original, it is readable
-//! (poll: the process exited), pidfd_send_signal fails with ESRCH and
-//! waitid(P_PIDFD) with ECHILD.
+//! reaped is made the same way the original became one: the holder makes
+//! a helper child that exits at once, opens its pidfd and reaps it (all by
+//! injected calls, in the holder's PID namespace). Like the original, it is
+//! readable (poll: the process exited), pidfd_send_signal fails with ESRCH
+//! and waitid(P_PIDFD) with ECHILD.
 //!
 //! Not kept: a pidfd description shared by several processes (inherited
 //! across fork) becomes one description per process (a pidfd's only state
@@ -24,7 +24,6 @@
 use crate::error::{EngineError, RestoreCtx, Result};
 use crate::remote::Remote;
 use crate::schema::{Fd, FdKind, Process};
-use godwit_sys::process;
 use std::collections::{HashMap, HashSet};
 
 /// pidfd_open flags (linux/pidfd.h): PIDFD_NONBLOCK is O_NONBLOCK,
@@ -135,8 +134,7 @@ pub fn restore(procs: &[Process], remotes: &[Option<Remote>]) -> Result<()> {
 fn open(r: &Remote, p: &Process, f: &Fd) -> Result<u64> {
     let flags = flags_of(f);
     if f.pidfd_pid == -1 {
-        let ours = process::exited_pidfd(flags).restoring(r.pid, STAGE)?;
-        return crate::resources::external::install(r, &ours);
+        return exited(r, flags);
     }
     r.call(
         "pidfd_open",
@@ -156,4 +154,69 @@ fn open(r: &Remote, p: &Process, f: &Fd) -> Result<u64> {
             f.pidfd_pid
         ),
     })
+}
+
+/// A pidfd, in the process behind `r`, of a process that has exited and
+/// been reaped. The process makes a helper child (clone3 with CLONE_VM, so
+/// nothing is copied, and no exit signal, so it gets no SIGCHLD) that exits
+/// at once; it opens the zombie's pidfd and reaps it (waitid). All of it in
+/// the process's own PID namespace, which a pidfd must belong to for
+/// pidfd_send_signal to report ESRCH rather than EINVAL.
+fn exited(r: &Remote, flags: u32) -> Result<u64> {
+    const CLONE_VM: u64 = libc::CLONE_VM as u64;
+    let mut args = Vec::with_capacity(88);
+    for w in [CLONE_VM, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0] {
+        args.extend_from_slice(&w.to_le_bytes());
+    }
+    r.put(0, &args).restoring(r.pid, STAGE)?;
+    let out = r
+        .inj()
+        .run(libc::SYS_clone3, [r.scratch, 88, 0, 0, 0, 0])
+        .restoring(r.pid, STAGE)?;
+    let (Some(host), true) = (out.new_task, out.ret > 0) else {
+        return Err(EngineError::BadImage(format!(
+            "process {}: the helper for a pidfd of an exited process could not be made \
+             (clone3 returned {}, new task {:?})",
+            r.vpid, out.ret, out.new_task
+        )));
+    };
+    let vpid = out.ret as u64;
+    if !crate::freeze::wait_interrupt_stop(host).restoring(r.pid, STAGE)? {
+        return Err(EngineError::BadImage(format!(
+            "process {}: the helper for a pidfd of an exited process vanished",
+            r.vpid
+        )));
+    }
+    let helper = Remote {
+        pid: host,
+        tid: host,
+        vpid: vpid as i32,
+        ..*r
+    };
+    helper
+        .inj()
+        .run_to_exit(libc::SYS_exit_group, [0; 6])
+        .restoring(r.pid, STAGE)?;
+    let fd = r
+        .call(
+            "pidfd_open",
+            libc::SYS_pidfd_open,
+            [vpid, flags as u64, 0, 0, 0, 0],
+        )
+        .restoring(r.pid, STAGE)?;
+    // Reap it: waitid(P_PID, vpid, NULL, WEXITED | __WALL).
+    r.call(
+        "waitid",
+        libc::SYS_waitid,
+        [
+            libc::P_PID as u64,
+            vpid,
+            0,
+            (libc::WEXITED | libc::__WALL) as u64,
+            0,
+            0,
+        ],
+    )
+    .restoring(r.pid, STAGE)?;
+    Ok(fd)
 }
