@@ -581,3 +581,45 @@ fn restore_ids(rt: &Remote, c: &Creds, keep_caps: bool) -> Result<()> {
     .restoring(pid, stage)?;
     Ok(())
 }
+
+#[cfg(test)]
+mod session_tests {
+    use super::*;
+
+    fn proc(pid: i32, ppid: i32, sid: i32, zombie: bool) -> Process {
+        Process {
+            pid,
+            ppid,
+            sid,
+            pgid: sid,
+            zombie,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn sessions_that_can_be_rejoined_pass() {
+        // Root leads 10; a child in it, a child leading its own, a zombie
+        // that led its own, a grandchild in its parent's session.
+        let procs = [
+            proc(10, 1, 10, false),
+            proc(11, 10, 10, false),
+            proc(12, 10, 12, false),
+            proc(13, 10, 13, true),
+            proc(14, 12, 12, false),
+        ];
+        check_sessions(&procs).unwrap();
+    }
+
+    #[test]
+    fn a_member_of_a_zombie_led_session_is_refused() {
+        // 13 led a session and exited; its member 15 was re-parented to 10.
+        let procs = [
+            proc(10, 1, 10, false),
+            proc(13, 10, 13, true),
+            proc(15, 10, 13, false),
+        ];
+        let e = check_sessions(&procs).unwrap_err().to_string();
+        assert!(e.contains("process 15") && e.contains("session 13"), "{e}");
+    }
+}

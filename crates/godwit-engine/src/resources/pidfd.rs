@@ -220,3 +220,75 @@ fn exited(r: &Remote, flags: u32) -> Result<u64> {
     .restoring(r.pid, STAGE)?;
     Ok(fd)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::schema::Thread;
+
+    fn pidfd(fd: i32, target: i32, flags: u32) -> Fd {
+        Fd {
+            fd,
+            kind: FdKind::Pidfd as i32,
+            flags: libc::O_RDWR as u32 | flags,
+            pidfd_pid: target,
+            file_id: fd as u64,
+            ..Default::default()
+        }
+    }
+
+    fn tree(fds: Vec<Fd>) -> Vec<Process> {
+        let thread = |tid| Thread {
+            tid,
+            ..Default::default()
+        };
+        vec![
+            Process {
+                pid: 100,
+                threads: vec![thread(100), thread(101)],
+                fds,
+                ..Default::default()
+            },
+            Process {
+                pid: 200,
+                ppid: 100,
+                threads: vec![thread(200)],
+                ..Default::default()
+            },
+            Process {
+                pid: 300,
+                ppid: 100,
+                zombie: true,
+                ..Default::default()
+            },
+        ]
+    }
+
+    #[test]
+    fn pidfds_of_the_tree_pass() {
+        let ok = tree(vec![
+            pidfd(3, 100, 0),
+            pidfd(4, 200, PIDFD_NONBLOCK),
+            pidfd(5, 300, 0),
+            pidfd(6, -1, 0),
+            pidfd(7, 101, PIDFD_THREAD),
+        ]);
+        check_tree(&ok).unwrap();
+    }
+
+    #[test]
+    fn pidfds_outside_the_tree_are_refused() {
+        let e = check_tree(&tree(vec![pidfd(9, 4242, 0)]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("process 100") && e.contains("fd 9") && e.contains("process 4242"),
+            "{e}"
+        );
+        // A thread's TID without PIDFD_THREAD is no process of the tree.
+        let e = check_tree(&tree(vec![pidfd(5, 101, 0)]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("fd 5") && e.contains("101"), "{e}");
+    }
+}
