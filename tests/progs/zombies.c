@@ -3,14 +3,46 @@
  * with a core dump (when this host writes cores for it); a zombie leading a
  * process group that a live sibling is still in; a zombie leading its own
  * session; a zombie in a group led by a live sibling; and a live child
- * holding a zombie of its own (two levels). After restore it checks each
+ * holding a zombie of its own (two levels); a zombie made by clone with no
+ * exit signal and a live child whose exit signal is SIGUSR1. After restore it checks each
  * zombie's PID, group and session, and that waitpid reports the very wait
  * status the kernel held before the dump. */
 #include "harness.h"
 #include <signal.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
+#include <linux/sched.h>
+
+static volatile sig_atomic_t got_usr1;
+static void on_usr1(int s) { (void)s; got_usr1 = 1; }
+
+/* A child made by clone3 with `exit_signal`; it runs `code` (<0: pause). */
+static pid_t clone_child(int exit_signal, int code) {
+    struct clone_args ca = { .exit_signal = (uint64_t)exit_signal };
+    pid_t pid = (pid_t)syscall(SYS_clone3, &ca, sizeof ca);
+    if (pid == 0) { if (code < 0) for (;;) pause(); _exit(code); }
+    return pid;
+}
+
+/* Field `n` of /proc/PID/stat (n > 2). */
+static long stat_field(pid_t pid, int n) {
+    char path[64], buf[4096];
+    snprintf(path, sizeof path, "/proc/%d/stat", pid);
+    int fd = open(path, O_RDONLY);
+    if (fd < 0) return -1;
+    ssize_t r = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (r <= 0) return -1;
+    buf[r] = 0;
+    char *p = strrchr(buf, ')');
+    if (!p) return -1;
+    int field = 2;
+    for (char *t = strtok(p + 1, " \n"); t; t = strtok(NULL, " \n"))
+        if (++field == n) return atol(t);
+    return -1;
+}
 
 /* The raw wait status of zombie `pid` (field 52 of /proc/PID/stat). */
 static int raw_status(pid_t pid) {
@@ -50,7 +82,7 @@ static pid_t getppid_of(pid_t pid) {
 
 static void await_zombie(pid_t pid) {
     siginfo_t si;
-    while (waitid(P_PID, pid, &si, WEXITED | WNOWAIT) != 0) sleep_ms(1);
+    while (waitid(P_PID, pid, &si, WEXITED | WNOWAIT | __WALL) != 0) sleep_ms(1);
 }
 
 int main(int argc, char **argv) {
@@ -132,6 +164,15 @@ int main(int argc, char **argv) {
         if (st != want || !WIFEXITED(st) || WEXITSTATUS(st) != 21) _exit(3);
         _exit(0);
     }
+    /* Exit signals other than SIGCHLD: a zombie with none (waited for only
+     * with __WALL), a live child that sends SIGUSR1 when it ends. */
+    signal(SIGUSR1, on_usr1);
+    pid_t z_clone = clone_child(0, 14);
+    CHECK(z_clone > 0, "clone3: %s", strerror(errno));
+    pid_t usr = clone_child(SIGUSR1, -1);
+    CHECK(usr > 0, "clone3: %s", strerror(errno));
+    await_zombie(z_clone);
+    CHECK(stat_field(usr, 38) == SIGUSR1, "usr exit signal %ld", stat_field(usr, 38));
     pid_t zs[] = { z_exit, z_term, z_core, z_pgl, z_sl, z_in };
     int want[6];
     for (int i = 0; i < 6; i++) { await_zombie(zs[i]); want[i] = raw_status(zs[i]); }
@@ -171,12 +212,21 @@ int main(int argc, char **argv) {
         CHECK(st == want[i], "zombie %d: status %#x, was %#x", zs[i], st, want[i]);
     }
     int st;
+    CHECK(waitpid(z_clone, &st, WNOHANG) < 0 && errno == ECHILD, "the zombie without exit signal is seen without __WALL");
+    CHECK(waitpid(z_clone, &st, WNOHANG | __WALL) == z_clone, "the zombie without exit signal is not reapable");
+    CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 14, "z_clone status %#x", st);
+    CHECK(stat_field(usr, 38) == SIGUSR1, "usr exit signal %ld after restore", stat_field(usr, 38));
+    got_usr1 = 0;
+    kill(usr, SIGKILL);
+    CHECK(waitpid(usr, &st, __WALL) == usr && WIFSIGNALED(st), "usr status %#x", st);
+    for (int i = 0; i < 500 && !got_usr1; i++) sleep_ms(1);
+    CHECK(got_usr1, "no SIGUSR1 when the child with that exit signal ended");
     CHECK(waitpid(mid, &st, 0) == mid, "mid not reaped");
     CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0, "the grandchild zombie came back wrong (mid status %#x)", st);
     kill(member, SIGKILL); kill(leader, SIGKILL);
     CHECK(waitpid(member, &st, 0) == member, "member");
     CHECK(waitpid(leader, &st, 0) == leader, "leader");
     /* Nothing else is left. */
-    CHECK(waitpid(-1, &st, WNOHANG) < 0 && errno == ECHILD, "an unexpected child");
+    CHECK(waitpid(-1, &st, WNOHANG | __WALL) < 0 && errno == ECHILD, "an unexpected child");
     pass();
 }

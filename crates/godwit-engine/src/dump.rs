@@ -889,8 +889,10 @@ fn collect_members(
                 pgid,
                 sid,
                 status,
+                exit_signal,
             } => {
                 c.procs.push(Process {
+                    exit_signal: Some(*exit_signal),
                     pid: *pid,
                     ppid: *ppid,
                     pgid: *pgid,

@@ -266,6 +266,7 @@ pub enum Member {
         pgid: i32,
         sid: i32,
         status: i32,
+        exit_signal: i32,
     },
 }
 
@@ -328,6 +329,7 @@ fn zombie(pid: i32, st: &proc::Stat) -> Result<Option<Member>> {
         pgid: st.pgrp,
         sid: st.session,
         status: st.exit_code,
+        exit_signal: st.exit_signal,
     }))
 }
 

@@ -489,7 +489,7 @@ fn resurrect(
             .skip(i + 1)
             .filter(|(_, c)| c.ppid == p.pid)
         {
-            let child = fork_child(&r, c.pid)?;
+            let child = fork_child(&r, c.pid, c.exit_signal.unwrap_or(libc::SIGCHLD))?;
             guard.pids.push(child.pid);
             if c.zombie {
                 // It exits once the process groups exist (phase 3), in
@@ -689,12 +689,13 @@ fn prepare_root(pid: i32, vpid: i32, vmas: &[&Vma]) -> Result<Remote> {
     Ok(r)
 }
 
-/// Forks child `pid` from the (still empty) process behind `r`: it starts
-/// with the trampoline and the staging descriptors, and stops at once.
-fn fork_child(r: &Remote, pid: i32) -> Result<Remote> {
+/// Forks child `pid` from the (still empty) process behind `r`, with
+/// `exit_signal` (what its parent gets when it exits): it starts with the
+/// trampoline and the staging descriptors, and stops at once.
+fn fork_child(r: &Remote, pid: i32, exit_signal: i32) -> Result<Remote> {
     let set_tid = r.scratch + 96;
     let mut args = Vec::with_capacity(88);
-    for w in [0, 0, 0, 0, libc::SIGCHLD as u64, 0, 0, 0, set_tid, 1, 0] {
+    for w in [0, 0, 0, 0, exit_signal as u64, 0, 0, 0, set_tid, 1, 0] {
         args.extend_from_slice(&w.to_le_bytes());
     }
     r.put(0, &args)

@@ -95,6 +95,11 @@ pub struct Process {
     /// The wait status a zombie reports to its parent.
     #[prost(int32, tag = "22")]
     pub exit_status: i32,
+    /// The signal the parent gets when this process exits (clone's exit
+    /// signal; 0: none, and the parent waits for it only with __WALL or
+    /// __WCLONE). None in older images: SIGCHLD.
+    #[prost(int32, optional, tag = "31")]
+    pub exit_signal: Option<i32>,
     /// Contents of the shmem objects this process is the first (in tree
     /// order) to map; stored after its page runs in its page file.
     #[prost(message, repeated, tag = "23")]

@@ -136,6 +136,8 @@ pub struct Stat {
     pub env_end: u64,
     /// The wait status of a zombie.
     pub exit_code: i32,
+    /// The signal its parent gets when it exits (clone's exit signal).
+    pub exit_signal: i32,
 }
 
 /// Parses the text of /proc/PID/stat.
@@ -173,6 +175,7 @@ pub fn parse_stat(text: &str, path: &str) -> Result<Stat> {
         env_start: n(50)?,
         env_end: n(51)?,
         exit_code: n(52).unwrap_or(0) as i32,
+        exit_signal: n(38)? as i32,
     })
 }
 

@@ -38,6 +38,7 @@ pub fn dump(r: &Remote, p: &mut Process) -> Result<()> {
     let status = proc::status(pid).dumping(pid, stage)?;
     p.pid = pid;
     p.ppid = st.ppid;
+    p.exit_signal = Some(st.exit_signal);
     p.pgid = st.pgrp;
     p.sid = st.session;
     p.ctty_dev = match st.tty_nr {
