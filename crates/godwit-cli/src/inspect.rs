@@ -82,6 +82,10 @@ pub fn summary(ck: &Checkpoint, reader: &ImageReader) -> Value {
                             })
                             .collect();
                     }
+                    if f.kind == FdKind::Pidfd as i32 {
+                        // -1: a process that had exited and been reaped.
+                        v["pidfd_of"] = json!(f.pidfd_pid);
+                    }
                     if let Some(e) = f.external.as_ref().filter(|_| f.kind == FdKind::External as i32) {
                         v["path"] = json!(e.key);
                         v["external"] = json!({

@@ -42,6 +42,8 @@ case!(filemeta);
 case!(sparse);
 case!(memfdmeta);
 case!(seccomp);
+case!(zombies);
+case!(pidfds);
 
 /// The seccomp program in a variant (its arguments): dump, end the
 /// original, restore, and the program checks its filters itself.
@@ -978,4 +980,187 @@ fn procattrs_original_and_copy_after_leave_running() {
     let mut p = common::Proc::test_prog("procattrs");
     p.dump(&["--leave-running"]);
     original_then_copy_pass(&mut p);
+}
+
+/// A process whose main thread called pthread_exit while another thread
+/// runs (its leader a zombie, the process alive) cannot be restored
+/// exactly: the dump refuses it, naming the process, the main thread and
+/// the threads still running, and leaves it running.
+#[test]
+fn zombie_thread_group_leader_is_refused() {
+    use common::*;
+    use std::time::Duration;
+    let dir = tempfile::Builder::new()
+        .prefix("godwit-e2e")
+        .tempdir()
+        .unwrap();
+    let d = dir.path().to_str().unwrap().to_string();
+    let prog = progs().join("zleader");
+    let p = Proc::spawn_in(dir, prog.to_str().unwrap(), &[&d]);
+    let ready = p.path("ready");
+    // The leader is a zombie (dead() is true) long before the process ends.
+    wait_for("zleader to be ready", Duration::from_secs(20), || {
+        ready.exists() || gone(p.pid)
+    });
+    assert!(ready.exists(), "zleader: {}", p.output());
+    let tids: Vec<i32> = std::fs::read_dir(format!("/proc/{}/task", p.pid))
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .filter(|&t| t != p.pid)
+        .collect();
+    assert_eq!(tids.len(), 1, "one thread runs on");
+    let img = p.images();
+    let out = godwit(&[
+        "dump",
+        "--pid",
+        &p.pid.to_string(),
+        "--images",
+        img.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the dump must refuse: {err}");
+    assert!(
+        err.contains(&format!("process {}", p.pid))
+            && err.contains("zombie thread-group leader")
+            && err.contains(&tids[0].to_string()),
+        "the refusal names the process, why, and the running thread: {err}"
+    );
+    std::fs::write(p.path("go"), "").unwrap();
+    let result = p.path("result");
+    wait_for("zleader's verdict", Duration::from_secs(20), || {
+        result.exists() || gone(p.pid)
+    });
+    std::thread::sleep(Duration::from_millis(20));
+    let v = std::fs::read_to_string(&result).unwrap_or_default();
+    assert_eq!(v.trim(), "PASS", "the process runs on: {}", p.output());
+}
+
+/// A pidfd of a process outside the dumped tree (pidfds.c's parent) is
+/// refused at dump time, naming the fd and the process it refers to; the
+/// program runs on.
+#[test]
+fn pidfd_outside_the_tree_is_refused() {
+    use common::*;
+    let p = Proc::test_prog_with("pidfds", &["outside"]);
+    let parent = ppid_of(p.pid).expect("a parent");
+    let img = p.images();
+    let out = godwit(&[
+        "dump",
+        "--pid",
+        &p.pid.to_string(),
+        "--images",
+        img.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the dump must refuse: {err}");
+    assert!(
+        err.contains(&format!("process {}", p.pid))
+            && err.contains(&format!("a pidfd of process {parent}"))
+            && err.contains("outside the dumped process tree"),
+        "the refusal names the fd and its target: {err}"
+    );
+    assert_eq!(p.verdict(), "PASS", "the process runs on");
+}
+
+/// A zombie session leader whose member was re-parented to the tree's root
+/// (a subreaper): the member could not be put back in that session, so the
+/// dump refuses it, naming the member and the session; the tree runs on.
+#[test]
+fn member_of_a_zombie_led_session_is_refused() {
+    use common::*;
+    let p = Proc::test_prog_with("zombies", &["orphan-session"]);
+    let member = std::fs::read_to_string(p.path("member")).unwrap();
+    let img = p.images();
+    let out = godwit(&[
+        "dump",
+        "--pid",
+        &p.pid.to_string(),
+        "--images",
+        img.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the dump must refuse: {err}");
+    assert!(
+        err.contains(&format!("process {member}"))
+            && err.contains("could not be put back in that session"),
+        "the refusal names the member and why: {err}"
+    );
+    assert_eq!(p.verdict(), "PASS", "the tree runs on");
+}
+
+/// `inspect` shows each pidfd and what it refers to (its process, -1 for a
+/// reaped one); the image then restores and passes.
+#[test]
+fn pidfds_shown_by_inspect() {
+    use common::*;
+    let mut p = Proc::test_prog("pidfds");
+    p.dump(&[]);
+    let img = p.images();
+    let v: serde_json::Value =
+        serde_json::from_str(&godwit_ok(&["inspect", "--json", img.to_str().unwrap()])).unwrap();
+    let fds = v["processes"][0]["fds"].as_array().unwrap();
+    let of: Vec<i64> = fds
+        .iter()
+        .filter(|f| f["kind"] == "Pidfd")
+        .map(|f| f["pidfd_of"].as_i64().unwrap())
+        .collect();
+    assert!(of.contains(&(p.pid as i64)), "{of:?}");
+    assert!(of.contains(&-1), "{of:?}");
+    assert!(
+        of.len() >= 6,
+        "self, child (twice), clone, zombie, reaped: {of:?}"
+    );
+    p.end_original();
+    p.restore();
+    assert_eq!(p.verdict(), "PASS");
+}
+
+/// `restore --pid-ns` of `prog` while its original still runs: the copy,
+/// in a new PID namespace where each process has its old PID, passes.
+fn in_a_new_pid_namespace(prog: &str) {
+    use common::*;
+    let mut p = Proc::test_prog(prog);
+    p.dump(&["--leave-running"]);
+    let img = p.images();
+    let v: serde_json::Value = serde_json::from_str(&godwit_ok(&[
+        "--json",
+        "restore",
+        "--images",
+        img.to_str().unwrap(),
+        "--pid-ns",
+    ]))
+    .unwrap();
+    let host = v["host_pid"].as_i64().unwrap() as i32;
+    let init = v["ns_init"].as_i64().unwrap() as i32;
+    struct Reap(i32);
+    impl Drop for Reap {
+        fn drop(&mut self) {
+            // SAFETY: kill and reap the namespace init (ours via the subreaper);
+            // its death ends every process in the namespace.
+            unsafe {
+                libc::kill(self.0, libc::SIGKILL);
+                libc::waitpid(self.0, std::ptr::null_mut(), 0);
+            }
+        }
+    }
+    let _reap = Reap(init);
+    p.end_original();
+    p.pid = host;
+    let verdict = p.verdict();
+    assert_eq!(verdict, "PASS", "{prog} in the namespace: {}", p.output());
+}
+
+/// Zombies (their groups, sessions and wait statuses, the core-dump bit)
+/// restored into a new PID namespace.
+#[test]
+fn zombies_in_a_new_pid_namespace() {
+    in_a_new_pid_namespace("zombies");
+}
+
+/// pidfds restored into a new PID namespace refer to the namespace's
+/// processes (opened by PID inside it).
+#[test]
+fn pidfds_in_a_new_pid_namespace() {
+    in_a_new_pid_namespace("pidfds");
 }

@@ -452,6 +452,8 @@ pub fn dump_to(
         }
         false => Some(tcp),
     };
+    crate::resources::pidfd::check_tree(&procs)?;
+    crate::resources::attrs::check_sessions(&procs)?;
     files::link_descriptions(&mut procs)?;
     locks::check_tree(&procs)?;
     tty::link(&mut procs, opts.shell_job)?;
@@ -899,8 +901,10 @@ fn collect_members(
                 pgid,
                 sid,
                 status,
+                exit_signal,
             } => {
                 c.procs.push(Process {
+                    exit_signal: Some(*exit_signal),
                     pid: *pid,
                     ppid: *ppid,
                     pgid: *pgid,

@@ -284,6 +284,7 @@ pub enum Member {
         pgid: i32,
         sid: i32,
         status: i32,
+        exit_signal: i32,
     },
 }
 
@@ -324,15 +325,46 @@ pub fn freeze_tree(root: i32, cgroup: Option<CgroupFreeze>) -> Result<Vec<Member
     }
 }
 
-/// The zombie entry for `pid`, if it is one.
-fn zombie(pid: i32, st: &proc::Stat) -> Option<Member> {
-    (st.state == 'Z').then(|| Member::Zombie {
+/// The zombie entry for `pid`, if it is one. A process whose main thread
+/// has exited (pthread_exit, SYS_exit) while other threads run shows the
+/// main thread's state, Z, too: it is refused, not taken for a zombie (its
+/// running threads would be lost).
+fn zombie(pid: i32, st: &proc::Stat) -> Result<Option<Member>> {
+    if st.state != 'Z' {
+        return Ok(None);
+    }
+    let others: Vec<i32> = proc::tasks(pid)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|&t| t != pid)
+        .collect();
+    if !others.is_empty() {
+        return Err(zombie_leader(pid, &others));
+    }
+    Ok(Some(Member::Zombie {
         pid,
         ppid: st.ppid,
         pgid: st.pgrp,
         sid: st.session,
         status: st.exit_code,
-    })
+        exit_signal: st.exit_signal,
+    }))
+}
+
+/// The refusal of a process whose main thread is a zombie while `others` run.
+pub(crate) fn zombie_leader(pid: i32, others: &[i32]) -> EngineError {
+    let list: Vec<String> = others.iter().map(|t| t.to_string()).collect();
+    EngineError::Unsupported {
+        pid,
+        what: format!(
+            "a process whose main thread {pid} has exited (a zombie thread-group leader) \
+             while its threads {} still run: the main thread's state cannot be read \
+             (it cannot be traced) and its descriptors, memory and registers are reached \
+             only through the other threads; dump it once the whole process has exited, \
+             or keep the main thread alive (e.g. in pause()) instead of pthread_exit",
+            list.join(", ")
+        ),
+    }
 }
 
 /// Under a frozen cgroup v1, a seized task reports its interrupt stop only
@@ -349,7 +381,7 @@ fn freeze_tree_v1(root: i32, cg: CgroupFreeze) -> Result<Vec<Member>> {
             Err(_) if pid == root => return Err(EngineError::NoSuchProcess { pid }),
             Err(_) => continue,
         };
-        if let Some(z) = zombie(pid, &st) {
+        if let Some(z) = zombie(pid, &st)? {
             seized.push((pid, Err(z)));
             continue;
         }
@@ -413,7 +445,7 @@ fn freeze_tree_with(root: i32) -> Result<Vec<Member>> {
             Err(_) if pid == root => return Err(EngineError::NoSuchProcess { pid }),
             Err(_) => continue, // exited and reaped meanwhile
         };
-        if let Some(z) = zombie(pid, &st) {
+        if let Some(z) = zombie(pid, &st)? {
             members.push(z);
             continue;
         }

@@ -13,8 +13,8 @@ use crate::error::{EngineError, RestoreCtx, Result};
 use crate::freeze;
 use crate::remote::Remote;
 use crate::resources::{
-    attrs, caps, files, jobctl, locks, memory, sched, seccomp, signals, sockets, sysv, threads,
-    timers, tty,
+    attrs, caps, files, jobctl, locks, memory, pidfd, sched, seccomp, signals, sockets, sysv,
+    threads, timers, tty,
 };
 use crate::schema::{Checkpoint, Process, Vma, VmaKind};
 use crate::Progress;
@@ -462,6 +462,8 @@ fn resurrect(
     // Per process: the VMAs mapped and filled before it forked its
     // children, which they hold too (pages shared copy-on-write).
     let mut premapped: Vec<Vec<(u64, u64)>> = vec![Vec::new(); procs.len()];
+    // Zombies, created as stopped stubs and ended after phase 3.
+    let mut zombies: Vec<(usize, Remote)> = Vec::new();
     for (i, p) in procs.iter().enumerate() {
         let Some(r) = remotes[i] else { continue };
         let joins_caller = shell_job && i == 0;
@@ -487,10 +489,13 @@ fn resurrect(
             .skip(i + 1)
             .filter(|(_, c)| c.ppid == p.pid)
         {
-            let child = fork_child(&r, c.pid)?;
+            let child = fork_child(&r, c.pid, c.exit_signal.unwrap_or(libc::SIGCHLD))?;
             guard.pids.push(child.pid);
             if c.zombie {
-                make_zombie(&child, c.exit_status)?;
+                // It exits once the process groups exist (phase 3), in
+                // its own session if it led one.
+                attrs::restore_session(&child, c)?;
+                zombies.push((j, child));
             } else {
                 remotes[j] = Some(child);
             }
@@ -521,11 +526,17 @@ fn resurrect(
     // Phase 3: process groups, leaders first (in a shell job, the root's
     // group is godwit's, which every process is in until it moves), then
     // the terminals' foreground groups.
+    // A zombie that led a group still lives here (as a stub), so that its
+    // group exists for the others to join; it exits right after.
     for leaders in [true, false] {
         for (i, p) in procs.iter().enumerate() {
-            if let Some((r, _)) = &remotes[i] {
+            let r = match &remotes[i] {
+                Some((r, _)) => Some(r),
+                None => zombies.iter().find(|(j, _)| *j == i).map(|(_, z)| z),
+            };
+            if let Some(r) = r {
                 if (p.pgid == p.pid) == leaders
-                    && procs.iter().any(|q| q.pid == p.pgid && !q.zombie)
+                    && procs.iter().any(|q| q.pid == p.pgid)
                     && !(shell_job && p.pgid == root.pgid)
                 {
                     attrs::restore_pgid(r, p)?;
@@ -533,11 +544,15 @@ fn resurrect(
             }
         }
     }
+    for (j, z) in &zombies {
+        make_zombie(z, procs[*j].exit_status)?;
+    }
     let processes: Vec<Option<Remote>> = remotes
         .iter()
         .map(|o| o.as_ref().map(|(r, _)| *r))
         .collect();
     plan.restore_foreground(procs, &processes)?;
+    pidfd::restore(procs, &processes)?;
     files::restore_async(procs, &processes)?;
     // Phase 4: credentials and capabilities, last: after them we may no
     // longer be allowed the rest; then what changing them reset. Seccomp
@@ -674,12 +689,13 @@ fn prepare_root(pid: i32, vpid: i32, vmas: &[&Vma]) -> Result<Remote> {
     Ok(r)
 }
 
-/// Forks child `pid` from the (still empty) process behind `r`: it starts
-/// with the trampoline and the staging descriptors, and stops at once.
-fn fork_child(r: &Remote, pid: i32) -> Result<Remote> {
+/// Forks child `pid` from the (still empty) process behind `r`, with
+/// `exit_signal` (what its parent gets when it exits): it starts with the
+/// trampoline and the staging descriptors, and stops at once.
+fn fork_child(r: &Remote, pid: i32, exit_signal: i32) -> Result<Remote> {
     let set_tid = r.scratch + 96;
     let mut args = Vec::with_capacity(88);
-    for w in [0, 0, 0, 0, libc::SIGCHLD as u64, 0, 0, 0, set_tid, 1, 0] {
+    for w in [0, 0, 0, 0, exit_signal as u64, 0, 0, 0, set_tid, 1, 0] {
         args.extend_from_slice(&w.to_le_bytes());
     }
     r.put(0, &args)
@@ -717,10 +733,18 @@ fn fork_child(r: &Remote, pid: i32) -> Result<Remote> {
     })
 }
 
-/// Makes a freshly forked child exit with a zombie's saved wait status.
+/// Makes a freshly forked child exit with a zombie's saved wait status,
+/// then checks that the kernel holds that very status for its parent.
+/// Killed by a signal: the core-dump bit (0x80) is set by the kernel only
+/// when it wrote a core, so without the bit the stub is made non-dumpable
+/// (no core), and with it the stub, emptied but for the trampoline, dumps a
+/// small core in a directory of its own that is removed afterwards.
 fn make_zombie(r: &Remote, status: i32) -> Result<()> {
+    const PR_SET_DUMPABLE: u64 = 4;
     let sig = status & 0x7f;
+    let core = sig != 0 && status & 0x80 != 0;
     let stage = "recreating a zombie";
+    let mut core_dir = None;
     if sig == 0 {
         r.inj()
             .run_to_exit(
@@ -729,6 +753,15 @@ fn make_zombie(r: &Remote, status: i32) -> Result<()> {
             )
             .restoring(r.pid, stage)?;
     } else {
+        if core {
+            core_dir = Some(prepare_core(r, stage)?);
+        }
+        r.call(
+            "prctl(PR_SET_DUMPABLE)",
+            libc::SYS_prctl,
+            [PR_SET_DUMPABLE, core as u64, 0, 0, 0, 0],
+        )
+        .restoring(r.pid, stage)?;
         let dfl = [0u8; 32];
         let a = r.put(0, &dfl).restoring(r.pid, stage)?;
         r.call(
@@ -742,7 +775,72 @@ fn make_zombie(r: &Remote, status: i32) -> Result<()> {
             .run_to_exit(libc::SYS_kill, [r.vpid as u64, sig as u64, 0, 0, 0, 0])
             .restoring(r.pid, stage)?;
     }
+    if let Some(dir) = core_dir {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    let got = proc::stat(r.pid).restoring(r.pid, stage)?.exit_code;
+    if got != status {
+        return Err(EngineError::Refused {
+            pid: r.vpid,
+            what: format!(
+                "the zombie's wait status came back as {got:#x}, not {status:#x} as dumped{}",
+                if core {
+                    " (the kernel did not write the core dump that sets bit 0x80)"
+                } else {
+                    ""
+                }
+            ),
+        });
+    }
     Ok(())
+}
+
+/// Readies the stub behind `r` to dump a core when killed (bit 0x80 of
+/// its wait status): emptied but for the trampoline, RLIMIT_CORE raised to
+/// its hard limit, its working directory a new directory (returned) where
+/// a core_pattern that is a relative file name puts the core. A pattern
+/// that pipes the core to a program or names an absolute path is refused:
+/// the core would land where it cannot be removed.
+fn prepare_core(r: &Remote, stage: &'static str) -> Result<std::path::PathBuf> {
+    let pattern = std::fs::read_to_string("/proc/sys/kernel/core_pattern").unwrap_or_default();
+    let pattern = pattern.trim();
+    if pattern.is_empty() || pattern.starts_with('|') || pattern.starts_with('/') {
+        return Err(EngineError::Refused {
+            pid: r.vpid,
+            what: format!(
+                "it is a zombie killed with a core dump (wait status bit 0x80), which only a \
+                 core written by the kernel gives back, and this host's core_pattern {pattern:?} \
+                 is not a relative file name (set it to \"core\" for the restore)"
+            ),
+        });
+    }
+    let (_, hard) = process::get_rlimit(r.pid, libc::RLIMIT_CORE).restoring(r.pid, stage)?;
+    process::set_rlimit(r.pid, libc::RLIMIT_CORE, hard, hard).restoring(r.pid, stage)?;
+    r.call(
+        "munmap",
+        libc::SYS_munmap,
+        [PAGE_SIZE, r.syscall_ip - PAGE_SIZE, 0, 0, 0, 0],
+    )
+    .restoring(r.pid, stage)?;
+    let top = r.syscall_ip + TRAMPOLINE;
+    r.call(
+        "munmap",
+        libc::SYS_munmap,
+        [top, TASK_SIZE - top, 0, 0, 0, 0],
+    )
+    .restoring(r.pid, stage)?;
+    let dir = std::env::temp_dir().join(format!("godwit-zombie-core-{}", r.pid));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir(&dir).map_err(|e| EngineError::Refused {
+        pid: r.vpid,
+        what: format!("creating {} for its core dump: {e}", dir.display()),
+    })?;
+    let path = r
+        .put_cstr(0, &dir.to_string_lossy())
+        .restoring(r.pid, stage)?;
+    r.call("chdir", libc::SYS_chdir, [path, 0, 0, 0, 0, 0])
+        .restoring(r.pid, stage)?;
+    Ok(dir)
 }
 
 /// Rebuilds one process, except registers, groups and credentials.

@@ -95,6 +95,11 @@ pub struct Process {
     /// The wait status a zombie reports to its parent.
     #[prost(int32, tag = "22")]
     pub exit_status: i32,
+    /// The signal the parent gets when this process exits (clone's exit
+    /// signal; 0: none, and the parent waits for it only with __WALL or
+    /// __WCLONE). None in older images: SIGCHLD.
+    #[prost(int32, optional, tag = "31")]
+    pub exit_signal: Option<i32>,
     /// Contents of the shmem objects this process is the first (in tree
     /// order) to map; stored after its page runs in its page file.
     #[prost(message, repeated, tag = "23")]
@@ -532,6 +537,9 @@ pub enum FdKind {
     /// the dumped tree (Fd::external). Restored as a descriptor the caller
     /// passes (`restore --inherit-fd`) or a documented stand-in.
     External = 16,
+    /// A pidfd (Fd::pidfd_pid): of a process or thread of the dumped tree,
+    /// or of a process that has exited and been reaped.
+    Pidfd = 17,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -619,6 +627,10 @@ pub struct Fd {
     /// EXTERNAL: what the descriptor was connected to outside the tree.
     #[prost(message, optional, tag = "28")]
     pub external: Option<External>,
+    /// PIDFD: the PID (or, with PIDFD_THREAD, kept in `flags` as O_EXCL,
+    /// the TID) it refers to; -1: a process that has exited and been reaped.
+    #[prost(int32, tag = "29")]
+    pub pidfd_pid: i32,
 }
 
 /// A descriptor connected to something outside the dumped tree (kind

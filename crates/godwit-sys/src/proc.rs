@@ -136,6 +136,8 @@ pub struct Stat {
     pub env_end: u64,
     /// The wait status of a zombie.
     pub exit_code: i32,
+    /// The signal its parent gets when it exits (clone's exit signal).
+    pub exit_signal: i32,
 }
 
 /// Parses the text of /proc/PID/stat.
@@ -173,6 +175,7 @@ pub fn parse_stat(text: &str, path: &str) -> Result<Stat> {
         env_start: n(50)?,
         env_end: n(51)?,
         exit_code: n(52).unwrap_or(0) as i32,
+        exit_signal: n(38)? as i32,
     })
 }
 
@@ -338,6 +341,9 @@ pub struct FdInfo {
     /// The locks held through this open file description ("lock:" lines):
     /// POSIX locks of the process, OFD locks, flock locks, leases.
     pub locks: Vec<LockLine>,
+    /// A pidfd: the PID (or TID) it refers to, as this /proc sees it
+    /// ("Pid:"); -1 once that process has exited and been reaped.
+    pub pidfd_pid: Option<i32>,
 }
 
 /// One lock as /proc/locks and the "lock:" lines of fdinfo show it.
@@ -421,6 +427,9 @@ pub fn fdinfo(pid: i32, fd: i32) -> Result<FdInfo> {
             "flags" => fi.flags = u32::from_str_radix(v, 8).map_err(|_| bad(&path, "bad flags"))?,
             "mnt_id" => fi.mnt_id = v.parse().unwrap_or(0),
             "ino" => fi.ino = v.parse().unwrap_or(0),
+            "Pid" => {
+                fi.pidfd_pid = Some(v.parse().map_err(|_| bad(&path, "bad Pid"))?);
+            }
             "lock" => {
                 let l = lock_body(v)
                     .and_then(parse_lock_line)

@@ -38,6 +38,7 @@ pub fn dump(r: &Remote, p: &mut Process) -> Result<()> {
     let status = proc::status(pid).dumping(pid, stage)?;
     p.pid = pid;
     p.ppid = st.ppid;
+    p.exit_signal = Some(st.exit_signal);
     p.pgid = st.pgrp;
     p.sid = st.session;
     p.ctty_dev = match st.tty_nr {
@@ -452,6 +453,32 @@ pub fn restore_session(r: &Remote, p: &Process) -> Result<()> {
     Ok(())
 }
 
+/// Refuses a process that is in a session it could not be put back in:
+/// the restore creates each process in its parent's session, or in a new
+/// one it leads (setsid). A process is in another session only when it was
+/// re-parented (its parent, in that session, exited), e.g. to a subreaper
+/// of the tree, while its session's leader is a zombie of the tree.
+pub fn check_sessions(procs: &[Process]) -> Result<()> {
+    for p in procs.iter().skip(1) {
+        let Some(parent) = procs.iter().find(|q| q.pid == p.ppid) else {
+            continue;
+        };
+        if p.sid != p.pid && p.sid != parent.sid {
+            return Err(EngineError::Unsupported {
+                pid: p.pid,
+                what: format!(
+                    "a process in session {} while its parent {} is in session {}: \
+                     it could not be put back in that session (a process joins its \
+                     parent's session or leads a new one; it was re-parented after \
+                     the process that made it in session {} exited)",
+                    p.sid, parent.pid, parent.sid, p.sid
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Puts the process in its process group (`leader`: it leads its own group).
 pub fn restore_pgid(r: &Remote, p: &Process) -> Result<()> {
     if p.sid == p.pid {
@@ -554,4 +581,46 @@ fn restore_ids(rt: &Remote, c: &Creds, keep_caps: bool) -> Result<()> {
     )
     .restoring(pid, stage)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod session_tests {
+    use super::*;
+
+    fn proc(pid: i32, ppid: i32, sid: i32, zombie: bool) -> Process {
+        Process {
+            pid,
+            ppid,
+            sid,
+            pgid: sid,
+            zombie,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn sessions_that_can_be_rejoined_pass() {
+        // Root leads 10; a child in it, a child leading its own, a zombie
+        // that led its own, a grandchild in its parent's session.
+        let procs = [
+            proc(10, 1, 10, false),
+            proc(11, 10, 10, false),
+            proc(12, 10, 12, false),
+            proc(13, 10, 13, true),
+            proc(14, 12, 12, false),
+        ];
+        check_sessions(&procs).unwrap();
+    }
+
+    #[test]
+    fn a_member_of_a_zombie_led_session_is_refused() {
+        // 13 led a session and exited; its member 15 was re-parented to 10.
+        let procs = [
+            proc(10, 1, 10, false),
+            proc(13, 10, 13, true),
+            proc(15, 10, 13, false),
+        ];
+        let e = check_sessions(&procs).unwrap_err().to_string();
+        assert!(e.contains("process 15") && e.contains("session 13"), "{e}");
+    }
 }

@@ -5,7 +5,7 @@
 
 use crate::error::{DumpCtx, EngineError, RestoreCtx, Result};
 use crate::remote::Remote;
-use crate::resources::{anon, external, memory, sockets, tty};
+use crate::resources::{anon, external, memory, pidfd, sockets, tty};
 use crate::schema::{EpollTarget, Extent, External, Fd, FdKind, Pipe, Process};
 use godwit_sys::{proc, process};
 use std::collections::{BTreeMap, HashMap};
@@ -92,6 +92,11 @@ pub fn dump(pid: i32) -> Result<Files> {
             let (kind, socket) = sockets::dump(pid, fd, ino, &ours, &cwd)?;
             e.kind = kind as i32;
             e.socket = Some(socket);
+            fds.push(e);
+            continue;
+        }
+        if pidfd::is_pidfd(&target) {
+            pidfd::dump(pid, fd, info.pidfd_pid, &mut e)?;
             fds.push(e);
             continue;
         }
@@ -726,7 +731,8 @@ pub fn check(fds: &[Fd], allow_changes: bool) -> Result<()> {
                 | FdKind::Inotify
                 | FdKind::Memfd
                 | FdKind::Tty
-                | FdKind::External)
+                | FdKind::External
+                | FdKind::Pidfd)
         ) {
             continue;
         }
@@ -848,7 +854,9 @@ impl FdPlan {
         let mut reps: BTreeMap<u64, Fd> = BTreeMap::new();
         let mut max_fd = 0;
         for (i, p) in procs.iter().enumerate() {
-            for f in &p.fds {
+            // pidfds are opened by their holders once every process exists
+            // (resources::pidfd), not planned here.
+            for f in p.fds.iter().filter(|f| f.kind != FdKind::Pidfd as i32) {
                 if f.file_id == 0 {
                     return Err(EngineError::BadImage(format!(
                         "process {} fd {} has no description id",
@@ -907,7 +915,10 @@ impl FdPlan {
         let holder_fds = procs
             .iter()
             .enumerate()
-            .map(|(i, p)| (i, p.fds.iter().map(|f| (f.fd, f.file_id)).collect()))
+            .map(|(i, p)| {
+                let fds = p.fds.iter().filter(|f| f.kind != FdKind::Pidfd as i32);
+                (i, fds.map(|f| (f.fd, f.file_id)).collect())
+            })
             .collect();
         Ok(FdPlan {
             stage_base: max_fd + 1,
@@ -1062,7 +1073,7 @@ impl FdPlan {
                 & (libc::O_APPEND | libc::O_NONBLOCK | libc::O_DIRECT | libc::O_NOATIME) as u32)
                 as u64;
             let fd = match kind {
-                FdKind::Pipe | FdKind::Epoll | FdKind::UnixSocket => continue,
+                FdKind::Pipe | FdKind::Epoll | FdKind::UnixSocket | FdKind::Pidfd => continue,
                 FdKind::Tty if f.tty.as_ref().is_some_and(|t| t.external) => {
                     self.tty.open_external(r, f)?
                 }
@@ -1307,7 +1318,7 @@ impl FdPlan {
     /// staging range.
     pub fn place(&self, r: &Remote, p: &Process) -> Result<()> {
         let pid = r.pid;
-        for f in &p.fds {
+        for f in p.fds.iter().filter(|f| f.kind != FdKind::Pidfd as i32) {
             let cloexec = if f.cloexec { libc::O_CLOEXEC as u64 } else { 0 };
             r.call(
                 "dup3",

@@ -11,6 +11,7 @@ pub mod jobctl;
 pub mod locks;
 pub mod memory;
 pub mod numa;
+pub mod pidfd;
 pub mod sched;
 pub mod seccomp;
 pub mod signals;
