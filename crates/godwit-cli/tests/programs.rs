@@ -979,3 +979,58 @@ fn procattrs_original_and_copy_after_leave_running() {
     p.dump(&["--leave-running"]);
     original_then_copy_pass(&mut p);
 }
+
+/// The restorebugs program in one mode (its argument): dump, end the
+/// original, restore, and the program checks its own state.
+fn restorebugs(mode: &str) {
+    let mut p = common::Proc::test_prog_with("restorebugs", &[mode]);
+    p.dump(&[]);
+    p.end_original();
+    p.restore();
+    let v = p.verdict();
+    assert_eq!(v, "PASS", "restorebugs {mode}: {v}; output: {}", p.output());
+}
+
+/// One FIFO opened twice and a dup of one of those fds, all three in one
+/// epoll set: each watch comes back under its own fd number.
+#[test]
+fn epoll_watching_one_file_under_several_fds() {
+    restorebugs("epoll");
+}
+
+/// Files and directories at fds 3..10 and 1000, cwd elsewhere: no fd the
+/// restore opens for itself lands on (or clobbers) one of them.
+#[test]
+fn fds_at_low_and_high_numbers_with_a_cwd_elsewhere() {
+    restorebugs("fdnums");
+}
+
+/// O_PATH descriptors of a file, a directory and a symlink (O_NOFOLLOW).
+#[test]
+fn o_path_descriptors() {
+    restorebugs("opath");
+}
+
+/// A unix socket whose file was removed and replaced by a FIFO, both open.
+#[test]
+fn fifo_where_a_unix_socket_was_bound() {
+    restorebugs("fifosock");
+}
+
+/// A datagram unix socket whose bound file was removed keeps its name.
+#[test]
+fn datagram_socket_whose_file_was_removed() {
+    restorebugs("dgramgone");
+}
+
+/// A child's descriptors of /proc/self/..., /proc/<its pid>/... files.
+#[test]
+fn proc_files_of_a_child() {
+    restorebugs("procfiles");
+}
+
+/// Zombies under a living child and at two levels.
+#[test]
+fn zombies_at_several_levels() {
+    restorebugs("zombies");
+}
