@@ -130,6 +130,22 @@ pub fn dump(pid: i32) -> Result<Files> {
             .map_err(|err| unsupported(pid, fd, format!("{target}: {err}")))?;
         let ft = md.file_type();
         e.path = target.clone();
+        if is_o_path(&e) {
+            // A path-only descriptor: no offset, owner or data; opened
+            // again with O_PATH. A symlink is only reachable so with
+            // O_NOFOLLOW, which it is opened with again.
+            e.kind = if ft.is_dir() {
+                FdKind::Directory
+            } else {
+                FdKind::Regular
+            } as i32;
+            if ft.is_symlink() {
+                e.flags |= libc::O_NOFOLLOW as u32;
+            }
+            e.size = md.size();
+            fds.push(e);
+            continue;
+        }
         if ft.is_file() {
             e.kind = FdKind::Regular as i32;
             e.size = md.size();
@@ -156,7 +172,7 @@ pub fn dump(pid: i32) -> Result<Files> {
     }
     // What belongs to the open file description itself: the pipe buffer
     // size, the owner of I/O signals (O_ASYNC, SIGURG) and their signal.
-    for e in fds.iter_mut() {
+    for e in fds.iter_mut().filter(|e| !is_o_path(e)) {
         let stage = "reading descriptor owners and pipe sizes";
         let pfd = match &pidfd {
             Some(p) => p,
@@ -190,6 +206,12 @@ pub fn dump(pid: i32) -> Result<Files> {
     }
     let pipes = Vec::new();
     Ok(Files { fds, pipes, cwd })
+}
+
+/// Whether `f` is an O_PATH descriptor (only F_GETFD/F_SETFD/F_GETFL and
+/// dups work on it: no offset, owner, signal or status flags).
+pub(crate) fn is_o_path(f: &Fd) -> bool {
+    f.flags & libc::O_PATH as u32 != 0
 }
 
 fn is_pipe_like(f: &Fd) -> bool {
@@ -749,11 +771,17 @@ pub fn check(fds: &[Fd], allow_changes: bool) -> Result<()> {
             }
             continue;
         }
-        let md = std::fs::metadata(&f.path).map_err(|e| EngineError::FileChanged {
+        let md = if is_o_path(f) && f.flags & libc::O_NOFOLLOW as u32 != 0 {
+            std::fs::symlink_metadata(&f.path)
+        } else {
+            std::fs::metadata(&f.path)
+        }
+        .map_err(|e| EngineError::FileChanged {
             path: f.path.clone(),
             detail: format!("the file of fd {} cannot be opened ({e})", f.fd),
         })?;
-        if allow_changes || f.kind != FdKind::Regular as i32 {
+        // An O_PATH descriptor reads nothing of its file: only that it is there.
+        if allow_changes || f.kind != FdKind::Regular as i32 || is_o_path(f) {
             continue;
         }
         let append = f.flags & libc::O_APPEND as u32 != 0;
@@ -1141,7 +1169,7 @@ impl FdPlan {
                             detail: format!("fd {} cannot be opened again ({e})", f.fd),
                         })?
                     };
-                    if kind != FdKind::CharDevice {
+                    if kind != FdKind::CharDevice && !is_o_path(f) {
                         r.call(
                             "lseek",
                             libc::SYS_lseek,
