@@ -11,7 +11,8 @@
  *   dgramgone - a datagram unix socket whose bound file was removed;
  *   procfiles - a child holding /proc/self/status, /proc/<its pid>/stat and
  *               the /proc/self/fd directory;
- *   zombies   - a living child with a zombie child, zombies at two levels.
+ *   zombies   - a living child with a zombie child, zombies at two levels;
+ *   procother - /proc/1/stat open: the dump refuses it (another process's).
  * After restore each checks its own state. */
 #include "harness.h"
 #include <dirent.h>
@@ -254,6 +255,16 @@ static int procfiles_case(void) {
     return 0;
 }
 
+/* A /proc file of a process outside the tree (init's): refused at dump. */
+static int procother_case(void) {
+    int fd = open("/proc/1/stat", O_RDONLY);
+    CHECK(fd >= 0, "open /proc/1/stat");
+    ready();
+    wait_go();
+    pass();
+    return 0;
+}
+
 static void wait_zombie(pid_t p) { siginfo_t si; while (waitid(P_PID, p, &si, WEXITED | WNOWAIT) != 0) sleep_ms(1); }
 
 static int zombies_case(void) {
@@ -309,6 +320,7 @@ int main(int argc, char **argv) {
     if (!strcmp(mode, "dgramgone")) return dgramgone_case();
     if (!strcmp(mode, "procfiles")) return procfiles_case();
     if (!strcmp(mode, "zombies")) return zombies_case();
+    if (!strcmp(mode, "procother")) return procother_case();
     fprintf(stderr, "unknown mode %s\n", mode);
     return 2;
 }

@@ -1034,3 +1034,22 @@ fn proc_files_of_a_child() {
 fn zombies_at_several_levels() {
     restorebugs("zombies");
 }
+
+/// A /proc file of a process outside the tree cannot name the same process
+/// after a restore: the dump refuses it, naming the fd and the file, and
+/// leaves the process running.
+#[test]
+fn proc_file_of_another_process_is_refused_at_dump() {
+    let p = common::Proc::test_prog_with("restorebugs", &["procother"]);
+    let img = p.images();
+    let pid = p.pid.to_string();
+    let out = common::godwit(&["dump", "--pid", &pid, "--images", img.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "dump passed: {err}");
+    assert!(
+        err.contains("fd 3") && err.contains("/proc/1/stat") && err.contains("not in the dumped tree"),
+        "{err}"
+    );
+    assert!(!common::gone(p.pid), "the refused dump ended the process");
+    assert_eq!(p.verdict(), "PASS", "{}", p.output());
+}

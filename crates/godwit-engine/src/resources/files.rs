@@ -208,6 +208,76 @@ pub fn dump(pid: i32) -> Result<Files> {
     Ok(Files { fds, pipes, cwd })
 }
 
+/// The PID and the rest of a path under /proc/PID/ (`/proc/12/stat` →
+/// (12, "stat")); None for other paths (/proc/meminfo, /proc/self is
+/// never a link target: it reads as /proc/PID).
+fn proc_pid_path(path: &str) -> Option<(i32, &str)> {
+    let rest = path.strip_prefix("/proc/")?;
+    let (num, tail) = rest.split_once('/').unwrap_or((rest, ""));
+    let pid = num.parse().ok().filter(|_| num.bytes().all(|b| b.is_ascii_digit()))?;
+    Some((pid, tail))
+}
+
+/// The path process `own_pid` (its PID in the image) opens a file of `path`
+/// by: a file under its own /proc/PID/ is opened under /proc/self/, so that
+/// it is the restored process's, whatever PID it has on this host.
+fn open_path(path: &str, own_pid: i32) -> std::borrow::Cow<'_, str> {
+    match proc_pid_path(path) {
+        Some((p, "")) if p == own_pid => "/proc/self".into(),
+        Some((p, tail)) if p == own_pid => format!("/proc/self/{tail}").into(),
+        _ => path.into(),
+    }
+}
+
+/// Refuses files under /proc/PID/ that the restore could not open as the
+/// same process's: PID must be a process of the tree that holds the
+/// description, and every other holder one of its descendants (so that the
+/// description is made again in PID itself, through /proc/self).
+fn check_proc_files(procs: &[Process]) -> Result<()> {
+    let parent = parents(procs);
+    let index: HashMap<i32, usize> = procs.iter().enumerate().map(|(i, p)| (p.pid, i)).collect();
+    let below = |mut i: usize, top: usize| loop {
+        if i == top {
+            break true;
+        }
+        match parent[i] {
+            Some(p) => i = p,
+            None => break false,
+        }
+    };
+    for (i, p) in procs.iter().enumerate() {
+        for f in p.fds.iter().filter(|f| {
+            matches!(
+                FdKind::try_from(f.kind),
+                Ok(FdKind::Regular | FdKind::Directory)
+            ) && !f.deleted
+        }) {
+            let Some((owner, _)) = proc_pid_path(&f.path) else {
+                continue;
+            };
+            let ok = index.get(&owner).is_some_and(|&o| {
+                procs[o].fds.iter().any(|g| g.file_id == f.file_id) && below(i, o)
+            });
+            if !ok {
+                return Err(unsupported(
+                    p.pid,
+                    f.fd,
+                    format!(
+                        "{}: a /proc file of process {owner}, which {}; it would name another process after a restore",
+                        f.path,
+                        if index.contains_key(&owner) {
+                            "did not open it itself for this process or its children"
+                        } else {
+                            "is not in the dumped tree"
+                        }
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Whether `f` is an O_PATH descriptor (only F_GETFD/F_SETFD/F_GETFL and
 /// dups work on it: no offset, owner, signal or status flags).
 pub(crate) fn is_o_path(f: &Fd) -> bool {
@@ -362,6 +432,7 @@ pub fn link_descriptions(procs: &mut [Process]) -> Result<()> {
             };
         }
     }
+    check_proc_files(procs)?;
     // Pipes: both ends inside the tree; data read once.
     let mut ends: BTreeMap<u64, (Option<(usize, i32)>, bool)> = BTreeMap::new();
     for (i, p) in procs.iter().enumerate() {
@@ -752,6 +823,11 @@ pub fn check(fds: &[Fd], allow_changes: bool) -> Result<()> {
         ) {
             continue;
         }
+        // Files of a process of the tree: checked as they are opened, once
+        // the process exists.
+        if proc_pid_path(&f.path).is_some() {
+            continue;
+        }
         if f.kind == FdKind::Fifo as i32 {
             let md = std::fs::metadata(&f.path).map_err(|e| EngineError::FileMissing {
                 path: f.path.clone(),
@@ -831,6 +907,8 @@ pub struct FdPlan {
     tcp: sockets::tcp::RestoredSet,
     /// Descriptors connected outside the tree: --inherit-fd or stand-ins.
     external: external::ExternalPlan,
+    /// Process index → its PID in the image.
+    pids: Vec<i32>,
 }
 
 /// The lowest common ancestor (by index, parents before children) of `set`.
@@ -948,6 +1026,7 @@ impl FdPlan {
             tty,
             tcp: Default::default(),
             external,
+            pids: procs.iter().map(|p| p.pid).collect(),
         })
     }
 
@@ -1153,7 +1232,9 @@ impl FdPlan {
                     sockets::udp::restore(r, f.fd, s, status_flags)?
                 }
                 FdKind::Regular | FdKind::Directory | FdKind::CharDevice => {
-                    let a = r.put_cstr(0, &f.path).restoring(pid, stage)?;
+                    let a = r
+                        .put_cstr(0, &open_path(&f.path, self.pids[idx]))
+                        .restoring(pid, stage)?;
                     let oflags = f.flags
                         & !((libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC | libc::O_NOCTTY) as u32);
                     let fd = if f.deleted {
