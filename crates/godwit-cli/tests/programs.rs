@@ -1053,3 +1053,41 @@ fn proc_file_of_another_process_is_refused_at_dump() {
     assert!(!common::gone(p.pid), "the refused dump ended the process");
     assert_eq!(p.verdict(), "PASS", "{}", p.output());
 }
+
+/// procfiles restored with --pid-ns beside the still running original: the
+/// child's /proc/self and /proc/<its pid> files are its own in the new
+/// namespace (the PID it has there), not the original's.
+#[test]
+fn proc_files_of_a_child_in_a_new_pid_namespace() {
+    use common::*;
+    let mut p = Proc::test_prog_with("restorebugs", &["procfiles"]);
+    p.dump(&["--leave-running"]);
+    let img = p.images();
+    let v: serde_json::Value = serde_json::from_str(&godwit_ok(&[
+        "--json",
+        "restore",
+        "--images",
+        img.to_str().unwrap(),
+        "--pid-ns",
+    ]))
+    .unwrap();
+    let host = v["host_pid"].as_i64().unwrap() as i32;
+    let init = v["ns_init"].as_i64().unwrap() as i32;
+    struct Reap(i32);
+    impl Drop for Reap {
+        fn drop(&mut self) {
+            // SAFETY: kill and reap the namespace init (ours via the subreaper);
+            // its death ends every process in the namespace.
+            unsafe {
+                libc::kill(self.0, libc::SIGKILL);
+                libc::waitpid(self.0, std::ptr::null_mut(), 0);
+            }
+        }
+    }
+    let _reap = Reap(init);
+    assert_ne!(host, p.pid);
+    p.end_original();
+    p.pid = host;
+    let v = p.verdict();
+    assert_eq!(v, "PASS", "in the namespace: {v}; {}", p.output());
+}
