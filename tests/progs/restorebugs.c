@@ -1,7 +1,8 @@
 /* Images that dump fine but whose restore used to fail; one case per mode
  * (the argument after DIR):
- *   epoll     - one FIFO opened twice plus a dup of one of them, all three
- *               in one epoll set (one description under two fd numbers);
+ *   epoll     - one FIFO opened several times plus dups, all in one epoll
+ *               set (one description under two fd numbers, fd 0, a watch
+ *               whose fd was closed and its number reused);
  *   fdnums    - files and directories dup2'ed to fds 3..10 and 1000, and a
  *               cwd elsewhere: no fd the restore uses may land on them;
  *   opath     - O_PATH descriptors of a file, a directory and a symlink
@@ -45,15 +46,30 @@ static int epoll_case(void) {
     int a = open(p, O_RDWR | O_NONBLOCK), b = open(p, O_RDWR | O_NONBLOCK);
     int c = dup(a);
     int ep = epoll_create1(0);
-    int fds[3] = { a, b, c };
-    for (int i = 0; i < 3; i++) {
+    /* stdin is the FIFO too, watched under 0 (the lowest number: what a
+     * restore's own new fds get first). */
+    CHECK(dup2(b, 0) == 0, "dup2 0");
+    int fds[4] = { a, b, c, 0 };
+    for (int i = 0; i < 4; i++) {
         struct epoll_event ev = { .events = EPOLLIN, .data.u64 = 100 + i };
         CHECK(epoll_ctl(ep, EPOLL_CTL_ADD, fds[i], &ev) == 0, "epoll add %d: errno %d", fds[i], errno);
     }
+    /* A watch whose fd was closed (its description kept open by a dup),
+     * its number then reused by another open of the same FIFO, watched too:
+     * two watches under one number, of two descriptions. */
+    int d = open(p, O_RDWR | O_NONBLOCK);
+    struct epoll_event ev = { .events = EPOLLIN, .data.u64 = 104 };
+    CHECK(epoll_ctl(ep, EPOLL_CTL_ADD, d, &ev) == 0, "epoll add d");
+    int keep = dup(d);
+    close(d);
+    int d2 = open(p, O_RDWR | O_NONBLOCK);
+    CHECK(d2 == d, "fd %d not reused (%d)", d, d2);
+    ev.data.u64 = 105;
+    CHECK(epoll_ctl(ep, EPOLL_CTL_ADD, d2, &ev) == 0, "epoll add d2: errno %d", errno);
     ready();
     wait_go();
-    struct epoll_event ev = { .events = EPOLLIN, .data.u64 = 0 };
-    for (int i = 0; i < 3; i++) {
+    ev.data.u64 = 0;
+    for (int i = 0; i < 4; i++) {
         errno = 0;
         CHECK(epoll_ctl(ep, EPOLL_CTL_ADD, fds[i], &ev) < 0 && errno == EEXIST, "fd %d not in the set (errno %d)", fds[i], errno);
     }
@@ -61,15 +77,24 @@ static int epoll_case(void) {
     CHECK(epoll_wait(ep, got, 8, 0) == 0, "events before any write");
     CHECK(write(b, "x", 1) == 1, "write");
     int n = epoll_wait(ep, got, 8, 100);
-    CHECK(n == 3, "%d events, want 3", n);
+    CHECK(n == 6, "%d events, want 6", n);
     unsigned seen = 0;
     for (int i = 0; i < n; i++) seen |= 1u << (got[i].data.u64 - 100);
-    CHECK(seen == 7, "events' data %#x", seen);
+    CHECK(seen == 0x3f, "events' data %#x", seen);
     /* Each watch is keyed by its own fd number: removing one leaves the others. */
     CHECK(epoll_ctl(ep, EPOLL_CTL_DEL, c, NULL) == 0, "del dup: errno %d", errno);
     CHECK(epoll_ctl(ep, EPOLL_CTL_DEL, a, NULL) == 0, "del a: errno %d", errno);
+    CHECK(epoll_ctl(ep, EPOLL_CTL_DEL, 0, NULL) == 0, "del 0: errno %d", errno);
+    /* Under d's number, the file there now (d2) is the one removed. */
+    CHECK(epoll_ctl(ep, EPOLL_CTL_DEL, d2, NULL) == 0, "del d2: errno %d", errno);
     n = epoll_wait(ep, got, 8, 100);
-    CHECK(n == 1 && got[0].data.u64 == 101, "%d events after del", n);
+    seen = 0;
+    for (int i = 0; i < n; i++) seen |= 1u << (got[i].data.u64 - 100);
+    CHECK(n == 2 && seen == 0x12, "%d events after del (%#x)", n, seen);
+    /* The watch of the closed fd goes with its description. */
+    close(keep);
+    n = epoll_wait(ep, got, 8, 100);
+    CHECK(n == 1 && got[0].data.u64 == 101, "%d events after closing the dup", n);
     pass();
     return 0;
 }

@@ -100,7 +100,12 @@ pub fn dump(pid: i32) -> Result<Files> {
             e.epoll = proc::epoll_targets(pid, fd)
                 .dumping(pid, "reading epoll interest lists")?
                 .into_iter()
-                .map(|(fd, events, data)| EpollTarget { fd, events, data })
+                .map(|(fd, events, data)| EpollTarget {
+                    fd,
+                    events,
+                    data,
+                    held_at: None,
+                })
                 .collect();
             fds.push(e);
             continue;
@@ -185,17 +190,43 @@ pub fn dump(pid: i32) -> Result<Files> {
         (e.owner_type, e.owner_pid) = process::fd_owner(&ours).dumping(pid, stage)?;
         e.signal = process::fd_signal(&ours).dumping(pid, stage)?;
     }
-    for f in fds.iter().filter(|f| f.kind == FdKind::Epoll as i32) {
-        for t in &f.epoll {
-            if !fds.iter().any(|x| x.fd == t.fd) {
-                return Err(unsupported(
-                    pid,
-                    f.fd,
-                    format!(
-                        "an epoll instance watching fd {} which is no longer open",
-                        t.fd
-                    ),
-                ));
+    // Each watch is keyed by (description, fd number it was added under):
+    // find the fd that holds its description now (the number may have
+    // been closed since, even reused by another file).
+    let numbers: Vec<i32> = fds.iter().map(|x| x.fd).collect();
+    for f in fds.iter_mut().filter(|f| f.kind == FdKind::Epoll as i32) {
+        let epfd = f.fd;
+        let mut seen: HashMap<i32, u32> = HashMap::new();
+        for t in &mut f.epoll {
+            let toff = seen.entry(t.fd).or_default();
+            let this = *toff;
+            *toff += 1;
+            let is = |fd: i32| {
+                process::epoll_target_is(pid, epfd, t.fd, this, fd)
+                    .dumping(pid, "reading epoll interest lists")
+            };
+            if numbers.contains(&t.fd) && is(t.fd)? {
+                continue;
+            }
+            let mut holder = None;
+            for &n in numbers.iter().filter(|&&n| n != t.fd && n != epfd) {
+                if is(n)? {
+                    holder = Some(n);
+                    break;
+                }
+            }
+            match holder {
+                Some(n) => t.held_at = Some(n),
+                None => {
+                    return Err(unsupported(
+                        pid,
+                        epfd,
+                        format!(
+                            "an epoll instance watching, under fd number {}, a file no fd of the process holds any more",
+                            t.fd
+                        ),
+                    ))
+                }
             }
         }
     }
@@ -1266,8 +1297,7 @@ impl FdPlan {
         // Epoll instances last: their interest lists name other descriptions.
         for (id, (creator, f)) in &self.descs {
             if *creator == idx && f.kind == FdKind::Epoll as i32 {
-                let ep = self.create_epoll(r, idx, f)?;
-                self.to_stage(r, ep, *id)?;
+                self.create_epoll(r, idx, *id, f)?;
             }
         }
         Ok(())
@@ -1339,18 +1369,23 @@ impl FdPlan {
     /// (entries are keyed by file and fd number, so later EPOLL_CTL_MOD/DEL
     /// by the process find them) and closed again; the entry stays, since the
     /// file is still open at its staging number.
-    fn create_epoll(&self, r: &Remote, idx: usize, f: &Fd) -> Result<u64> {
+    fn create_epoll(&self, r: &Remote, idx: usize, id: u64, f: &Fd) -> Result<()> {
         let pid = r.pid;
         let stage = "creating epoll instances";
         let ep = r
             .call("epoll_create1", libc::SYS_epoll_create1, [0, 0, 0, 0, 0, 0])
             .restoring(pid, stage)?;
+        // At its staging number at once: the watched fds are put at their
+        // own numbers below, one of which may be the number it got.
+        self.to_stage(r, ep, id)?;
+        let ep = self.stage(id);
         let own = self.holder_fds.get(&idx);
         for t in &f.epoll {
-            let file_id = own.and_then(|m| m.get(&t.fd)).copied().ok_or_else(|| {
+            let at = t.held_at.unwrap_or(t.fd);
+            let file_id = own.and_then(|m| m.get(&at)).copied().ok_or_else(|| {
                 EngineError::BadImage(format!(
-                    "epoll fd {} watches fd {}, which the process creating it does not hold",
-                    f.fd, t.fd
+                    "epoll fd {} watches fd {at}, which the process creating it does not hold",
+                    f.fd
                 ))
             })?;
             // A descriptor connected outside the tree whose stand-in is
@@ -1383,7 +1418,7 @@ impl FdPlan {
             r.call("close", libc::SYS_close, [t.fd as u64, 0, 0, 0, 0, 0])
                 .restoring(pid, stage)?;
         }
-        Ok(ep)
+        Ok(())
     }
 
     /// Terminals, in process `p` (`r`) once its session exists and its
