@@ -4,7 +4,9 @@
  *               set (one description under two fd numbers, fd 0, a watch
  *               whose fd was closed and its number reused);
  *   fdnums    - files and directories dup2'ed to fds 3..10 and 1000, and a
- *               cwd elsewhere: no fd the restore uses may land on them;
+ *               cwd elsewhere, in a process and its child (other files at
+ *               the same numbers, a shared file mapping, a socket bound to
+ *               a relative path): no fd the restore uses may land on them;
  *   opath     - O_PATH descriptors of a file, a directory and a symlink
  *               (O_PATH|O_NOFOLLOW);
  *   fifosock  - a unix socket bound to a path, the socket file removed and
@@ -20,6 +22,7 @@
 #include <signal.h>
 #include <stddef.h>
 #include <sys/epoll.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <sys/wait.h>
@@ -99,54 +102,121 @@ static int epoll_case(void) {
     return 0;
 }
 
-static int fdnums_case(void) {
-    char d[4200]; tpath(d, sizeof d, "elsewhere");
-    CHECK(mkdir(d, 0700) == 0, "mkdir");
-    struct stat want[11], w1000, cwd;
-    int targets[] = { 3, 4, 5, 6, 7, 8, 9, 10, 1000 };
-    for (int i = 0; i < 9; i++) {
+/* Puts files (odd numbers) and directories (even) named after `tag` at
+ * fds 3..10 and 1000; records what each is. */
+static const int targets[] = { 3, 4, 5, 6, 7, 8, 9, 10, 1000 };
+#define NT 9
+static void set_fds(const char *tag, struct stat *want) {
+    for (int i = 0; i < NT; i++) {
         int t = targets[i], fd;
         char p[4300];
         if (t % 2) {
-            snprintf(p, sizeof p, "%s/f%d", test_dir, t);
+            snprintf(p, sizeof p, "%s/%s-f%d", test_dir, tag, t);
             fd = open(p, O_RDWR | O_CREAT, 0600);
             CHECK(fd >= 0 && write(fd, p, strlen(p)) > 0, "file %d", t);
         } else {
-            snprintf(p, sizeof p, "%s/d%d", test_dir, t);
+            snprintf(p, sizeof p, "%s/%s-d%d", test_dir, tag, t);
             CHECK(mkdir(p, 0700) == 0, "mkdir %d", t);
             fd = open(p, O_RDONLY | O_DIRECTORY);
         }
         CHECK(fd >= 0, "open %s", p);
         if (fd != t) { CHECK(dup2(fd, t + 2000) == t + 2000, "dup2"); close(fd); }
     }
-    for (int i = 0; i < 9; i++) {
+    for (int i = 0; i < NT; i++) {
         int t = targets[i];
         if (fcntl(t + 2000, F_GETFD) >= 0) { CHECK(dup2(t + 2000, t) == t, "dup2 %d", t); close(t + 2000); }
-        CHECK(fstat(t, t == 1000 ? &w1000 : &want[t]) == 0, "fstat %d", t);
+        CHECK(fstat(t, &want[i]) == 0, "fstat %d", t);
     }
-    CHECK(chdir(d) == 0, "chdir");
-    CHECK(stat(".", &cwd) == 0, "stat cwd");
-    ready();
-    wait_go();
-    for (int i = 0; i < 9; i++) {
-        int t = targets[i];
-        same_inode(t, t == 1000 ? &w1000 : &want[t], "fd");
+}
+
+/* Checks the fds of set_fds, and that nothing else is open above 2 but
+ * `also`, `also2` (-1: none). Returns 0 or writes why into msg. */
+static int check_fds(const struct stat *want, int also, int also2, char *msg, size_t n) {
+    for (int i = 0; i < NT; i++) {
+        struct stat st;
+        if (fstat(targets[i], &st) != 0 || st.st_ino != want[i].st_ino || st.st_dev != want[i].st_dev) {
+            snprintf(msg, n, "fd %d is not its file", targets[i]);
+            return 1;
+        }
     }
-    struct stat now;
-    CHECK(stat(".", &now) == 0 && now.st_ino == cwd.st_ino, "cwd changed");
-    /* Nothing else open beyond our fds (no leftover of the restore). */
     DIR *dir = opendir("/proc/self/fd");
     struct dirent *e;
     int extra = 0;
     while ((e = readdir(dir))) {
-        int n = atoi(e->d_name);
-        if (e->d_name[0] == '.' || n <= 2 || n == dirfd(dir)) continue;
+        int k = atoi(e->d_name);
+        if (e->d_name[0] == '.' || k <= 2 || k == dirfd(dir) || k == also || k == also2) continue;
         int ours = 0;
-        for (int i = 0; i < 9; i++) ours |= n == targets[i];
-        if (!ours) extra = n;
+        for (int i = 0; i < NT; i++) ours |= k == targets[i];
+        if (!ours) extra = k;
     }
     closedir(dir);
-    CHECK(extra == 0, "fd %d open after restore", extra);
+    if (extra) { snprintf(msg, n, "fd %d open after restore", extra); return 1; }
+    return 0;
+}
+
+static int fdnums_case(void) {
+    char d[4200]; tpath(d, sizeof d, "elsewhere");
+    CHECK(mkdir(d, 0700) == 0, "mkdir");
+    struct stat want[NT], cwd;
+    set_fds("parent", want);
+    int res[2]; CHECK(pipe2(res, 0) == 0, "pipe");
+    CHECK(dup2(res[0], 500) == 500 && dup2(res[1], 501) == 501, "dup2 pipe");
+    close(res[0]); close(res[1]);
+    CHECK(chdir(d) == 0, "chdir");
+    /* A child with other files at the same numbers, its own cwd, a shared
+     * file mapping of a file it has not open and a socket bound to a
+     * relative path (the restore enters its cwd for it). */
+    pid_t child = fork();
+    if (child == 0) {
+        close(500);
+        struct stat cw[NT];
+        for (int i = 0; i < NT; i++) close(targets[i]);
+        set_fds("child", cw);
+        char sub[4300]; snprintf(sub, sizeof sub, "%s/childcwd", test_dir);
+        if (mkdir(sub, 0700) != 0 || chdir(sub) != 0) _exit(7);
+        int m = open("mapped", O_RDWR | O_CREAT, 0600);
+        if (m < 0 || ftruncate(m, 4096) != 0) _exit(7);
+        char *map = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, m, 0);
+        if (map == MAP_FAILED) _exit(7);
+        close(m);
+        memcpy(map, "mapped", 6);
+        int s = socket(AF_UNIX, SOCK_DGRAM, 0);
+        struct sockaddr_un a = { .sun_family = AF_UNIX };
+        strcpy(a.sun_path, "rel.sock");
+        if (bind(s, (struct sockaddr *)&a, sizeof a) != 0) _exit(7);
+        if (dup2(s, 600) != 600) _exit(7);
+        close(s);
+        struct stat cwdst; if (stat(".", &cwdst) != 0) _exit(7);
+        if (write(501, "r", 1) != 1) _exit(7);
+        pause();
+        char msg[256] = "ok";
+        struct stat now;
+        if (check_fds(cw, 600, 501, msg, sizeof msg) == 0) {
+            if (stat(".", &now) != 0 || now.st_ino != cwdst.st_ino) snprintf(msg, sizeof msg, "child cwd changed");
+            else if (memcmp(map, "mapped", 6) != 0) snprintf(msg, sizeof msg, "mapping");
+            struct sockaddr_un g; socklen_t gl = sizeof g;
+            if (getsockname(600, (struct sockaddr *)&g, &gl) != 0 || strcmp(g.sun_path, "rel.sock") != 0) snprintf(msg, sizeof msg, "child socket name");
+        }
+        if (write(501, msg, strlen(msg)) < 0) _exit(8);
+        _exit(0);
+    }
+    close(501);
+    char c;
+    CHECK(read(500, &c, 1) == 1, "child not ready");
+    CHECK(stat(".", &cwd) == 0, "stat cwd");
+    ready();
+    wait_go();
+    char msg[256] = "";
+    CHECK(check_fds(want, 500, -1, msg, sizeof msg) == 0, "%s", msg);
+    struct stat now;
+    CHECK(stat(".", &now) == 0 && now.st_ino == cwd.st_ino, "cwd changed");
+    kill(child, SIGUSR1);
+    ssize_t n = read(500, msg, sizeof msg - 1);
+    CHECK(n > 0, "child gave no answer");
+    msg[n] = 0;
+    CHECK(strcmp(msg, "ok") == 0, "child: %s", msg);
+    int st;
+    CHECK(waitpid(child, &st, 0) == child && WIFEXITED(st) && WEXITSTATUS(st) == 0, "child status %#x", st);
     pass();
     return 0;
 }
