@@ -15,7 +15,10 @@
  *   procfiles - a child holding /proc/self/status, /proc/<its pid>/stat and
  *               the /proc/self/fd directory;
  *   zombies   - a living child with a zombie child, zombies at two levels;
- *   procother - /proc/1/stat open: the dump refuses it (another process's).
+ *   procother - /proc/1/stat open: the dump refuses it (another process's);
+ *   zombielead - a zombie leading the process group of a living process;
+ *   zombiesession - a zombie that led the session of a living process
+ *               re-parented to the root (in another session): refused.
  * After restore each checks its own state. */
 #include "harness.h"
 #include <dirent.h>
@@ -23,6 +26,7 @@
 #include <stddef.h>
 #include <sys/epoll.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <sys/wait.h>
@@ -402,6 +406,37 @@ static int zombies_case(void) {
     return 0;
 }
 
+/* As the root a child subreaper: a zombie child that leads the process
+ * group of a living process (re-parented to the root). With `session`, the
+ * zombie led a session instead, which the living process stays in though
+ * its parent (the root) is in another: the dump refuses that one. */
+static int zombielead_case(int session) {
+    CHECK(prctl(PR_SET_CHILD_SUBREAPER, 1) == 0, "subreaper");
+    int p[2]; CHECK(pipe(p) == 0, "pipe");
+    pid_t gl = fork();
+    if (gl == 0) {
+        if (session) setsid(); else setpgid(0, 0);
+        pid_t m = fork();
+        if (m == 0) { for (;;) pause(); }
+        if (write(p[1], &m, sizeof m) != sizeof m) _exit(1);
+        _exit(13);
+    }
+    pid_t gm;
+    CHECK(read(p[0], &gm, sizeof gm) == sizeof gm, "member");
+    wait_zombie(gl);
+    sleep_ms(100);
+    ready();
+    wait_go();
+    CHECK(getpgid(gm) == gl, "group member's group %d, want %d", getpgid(gm), gl);
+    if (session) CHECK(getsid(gm) == gl, "session member's session %d, want %d", getsid(gm), gl);
+    int st;
+    CHECK(waitpid(gl, &st, WNOHANG) == gl && WEXITSTATUS(st) == 13, "zombie leader");
+    kill(gm, SIGKILL);
+    CHECK(waitpid(gm, &st, 0) == gm, "member re-parented to us");
+    pass();
+    return 0;
+}
+
 static void on_usr1(int s) { (void)s; }
 
 int main(int argc, char **argv) {
@@ -416,6 +451,8 @@ int main(int argc, char **argv) {
     if (!strcmp(mode, "procfiles")) return procfiles_case();
     if (!strcmp(mode, "zombies")) return zombies_case();
     if (!strcmp(mode, "procother")) return procother_case();
+    if (!strcmp(mode, "zombielead")) return zombielead_case(0);
+    if (!strcmp(mode, "zombiesession")) return zombielead_case(1);
     fprintf(stderr, "unknown mode %s\n", mode);
     return 2;
 }

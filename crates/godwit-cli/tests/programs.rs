@@ -1091,3 +1091,30 @@ fn proc_files_of_a_child_in_a_new_pid_namespace() {
     let v = p.verdict();
     assert_eq!(v, "PASS", "in the namespace: {v}; {}", p.output());
 }
+
+/// A zombie child of the root that leads the process group of a living
+/// process (re-parented to the root, a subreaper): the group comes back
+/// with its zombie leader (it used to fall silently into the root's).
+#[test]
+fn zombie_leading_the_group_of_a_living_process() {
+    restorebugs("zombielead");
+}
+
+/// A living process in the session of a zombie, while its parent is in
+/// another session: a restore could not put it back in that session, so
+/// the dump refuses it, naming the process and both sessions.
+#[test]
+fn process_in_a_session_other_than_its_parents_is_refused_at_dump() {
+    let p = common::Proc::test_prog_with("restorebugs", &["zombiesession"]);
+    let img = p.images();
+    let pid = p.pid.to_string();
+    let out = common::godwit(&["dump", "--pid", &pid, "--images", img.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "dump passed: {err}");
+    assert!(
+        err.contains(&format!("while its parent {pid} is in session")),
+        "{err}"
+    );
+    assert!(!common::gone(p.pid), "the refused dump ended the process");
+    assert_eq!(p.verdict(), "PASS", "{}", p.output());
+}

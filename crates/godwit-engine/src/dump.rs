@@ -452,6 +452,7 @@ pub fn dump_to(
         }
         false => Some(tcp),
     };
+    check_sessions(&procs)?;
     files::link_descriptions(&mut procs)?;
     locks::check_tree(&procs)?;
     tty::link(&mut procs, opts.shell_job)?;
@@ -1023,4 +1024,27 @@ fn collect(r: &Remote, frozen: &Frozen, mut p: Process) -> Result<Process> {
     p.pipes = f.pipes;
     p.cwd = f.cwd;
     Ok(p)
+}
+
+/// Refuses a process (living or zombie) whose session a restore could not
+/// give it back: below the root, a process is in its parent's session
+/// (inherited by fork) unless it leads one of its own (setsid). One in the
+/// session of a process that is not its parent (re-parented after that
+/// leader forked it) would come back in its parent's session instead.
+fn check_sessions(procs: &[Process]) -> Result<()> {
+    for p in procs.iter().skip(1) {
+        let Some(parent) = procs.iter().find(|q| q.pid == p.ppid) else {
+            continue;
+        };
+        if p.sid != p.pid && p.sid != parent.sid {
+            return Err(EngineError::Unsupported {
+                pid: p.pid,
+                what: format!(
+                    "a process in session {} while its parent {} is in session {} (it was re-parented; a restore could only put it in its parent's session)",
+                    p.sid, parent.pid, parent.sid
+                ),
+            });
+        }
+    }
+    Ok(())
 }

@@ -490,6 +490,13 @@ fn resurrect(
             let child = fork_child(&r, c.pid)?;
             guard.pids.push(child.pid);
             if c.zombie {
+                // A zombie keeps leading its session and process group, which
+                // living processes may still be in (they join in phase 3).
+                if c.sid == c.pid {
+                    attrs::restore_session(&child, c)?;
+                } else if c.pgid == c.pid {
+                    attrs::restore_pgid(&child, c)?;
+                }
                 make_zombie(&child, c.exit_status)?;
             } else {
                 remotes[j] = Some(child);
@@ -525,7 +532,9 @@ fn resurrect(
         for (i, p) in procs.iter().enumerate() {
             if let Some((r, _)) = &remotes[i] {
                 if (p.pgid == p.pid) == leaders
-                    && procs.iter().any(|q| q.pid == p.pgid && !q.zombie)
+                    && procs
+                        .iter()
+                        .any(|q| q.pid == p.pgid && (!q.zombie || q.pgid == q.pid))
                     && !(shell_job && p.pgid == root.pgid)
                 {
                     attrs::restore_pgid(r, p)?;
