@@ -1047,7 +1047,9 @@ fn proc_file_of_another_process_is_refused_at_dump() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "dump passed: {err}");
     assert!(
-        err.contains("fd 3") && err.contains("/proc/1/stat") && err.contains("not in the dumped tree"),
+        err.contains("fd 3")
+            && err.contains("/proc/1/stat")
+            && err.contains("not in the dumped tree"),
         "{err}"
     );
     assert!(!common::gone(p.pid), "the refused dump ended the process");

@@ -245,7 +245,10 @@ pub fn dump(pid: i32) -> Result<Files> {
 fn proc_pid_path(path: &str) -> Option<(i32, &str)> {
     let rest = path.strip_prefix("/proc/")?;
     let (num, tail) = rest.split_once('/').unwrap_or((rest, ""));
-    let pid = num.parse().ok().filter(|_| num.bytes().all(|b| b.is_ascii_digit()))?;
+    let pid = num
+        .parse()
+        .ok()
+        .filter(|_| num.bytes().all(|b| b.is_ascii_digit()))?;
     Some((pid, tail))
 }
 
@@ -1235,12 +1238,14 @@ impl FdPlan {
                             [libc::AT_FDCWD as u64, a, oflags as u64, 0, 0, 0],
                         )
                         .restoring(pid, "opening a memfd again")?;
-                    r.call(
-                        "lseek",
-                        libc::SYS_lseek,
-                        [fd, f.pos, libc::SEEK_SET as u64, 0, 0, 0],
-                    )
-                    .restoring(pid, "setting file offsets")?;
+                    if !is_o_path(f) {
+                        r.call(
+                            "lseek",
+                            libc::SYS_lseek,
+                            [fd, f.pos, libc::SEEK_SET as u64, 0, 0, 0],
+                        )
+                        .restoring(pid, "setting file offsets")?;
+                    }
                     fd
                 }
                 FdKind::Fifo => self.open_fifo(r, *id, f)?,

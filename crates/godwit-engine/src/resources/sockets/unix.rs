@@ -871,7 +871,11 @@ pub(crate) struct Unbound {
 impl Unbound {
     fn finish(self, pid: i32) -> Result<()> {
         std::fs::remove_file(&self.path).map_err(|e| {
-            local_err(pid, &self.path, format!("removing the socket file again: {e}"))
+            local_err(
+                pid,
+                &self.path,
+                format!("removing the socket file again: {e}"),
+            )
         })?;
         self.put_back(pid)
     }
@@ -882,7 +886,10 @@ impl Unbound {
                 local_err(
                     pid,
                     &self.path,
-                    format!("putting back the file moved to {} for a bind: {e}", a.display()),
+                    format!(
+                        "putting back the file moved to {} for a bind: {e}",
+                        a.display()
+                    ),
                 )
             })?;
         }
@@ -908,7 +915,11 @@ fn bind(r: &Remote, fd: u64, m: &Member) -> Result<Option<Unbound>> {
             name.push(format!(".godwit-aside-{pid}"));
             let a = p.with_file_name(name);
             std::fs::rename(p, &a).map_err(|e| {
-                local_err(pid, p, format!("moving aside the file now at a removed socket's path: {e}"))
+                local_err(
+                    pid,
+                    p,
+                    format!("moving aside the file now at a removed socket's path: {e}"),
+                )
             })?;
             Some(a)
         } else {
