@@ -301,6 +301,8 @@ fn check_proc_files(procs: &[Process]) -> Result<()> {
                         f.path,
                         if index.contains_key(&owner) {
                             "did not open it itself for this process or its children"
+                        } else if procs.iter().any(|q| q.threads.iter().any(|t| t.tid == owner)) {
+                            "is a thread (not its thread group leader) of the tree: its files cannot be opened before its threads exist"
                         } else {
                             "is not in the dumped tree"
                         }
@@ -1559,4 +1561,24 @@ fn write_all_fd(fd: &OwnedFd, data: &[u8]) -> godwit_sys::Result<()> {
         off += n;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proc_paths_of_the_process_itself_open_under_proc_self() {
+        assert_eq!(proc_pid_path("/proc/12/stat"), Some((12, "stat")));
+        assert_eq!(proc_pid_path("/proc/12"), Some((12, "")));
+        assert_eq!(proc_pid_path("/proc/meminfo"), None);
+        assert_eq!(proc_pid_path("/proc/+12/stat"), None);
+        assert_eq!(proc_pid_path("/tmp/proc/12"), None);
+        assert_eq!(open_path("/proc/12/status", 12), "/proc/self/status");
+        assert_eq!(open_path("/proc/12/fd", 12), "/proc/self/fd");
+        assert_eq!(open_path("/proc/12", 12), "/proc/self");
+        assert_eq!(open_path("/proc/13/stat", 12), "/proc/13/stat");
+        assert_eq!(open_path("/proc/120/stat", 12), "/proc/120/stat");
+        assert_eq!(open_path("/etc/hosts", 12), "/etc/hosts");
+    }
 }
