@@ -18,7 +18,8 @@
  *   procother - /proc/1/stat open: the dump refuses it (another process's);
  *   zombielead - a zombie leading the process group of a living process;
  *   zombiesession - a zombie that led the session of a living process
- *               re-parented to the root (in another session): refused.
+ *               re-parented to the root (in another session): refused;
+ *   zombiegroup - a zombie that had joined a sibling's group: refused.
  * After restore each checks its own state. */
 #include "harness.h"
 #include <dirent.h>
@@ -437,6 +438,25 @@ static int zombielead_case(int session) {
     return 0;
 }
 
+/* A zombie that had joined the process group of a living sibling: refused
+ * at dump. */
+static int zombiegroup_case(void) {
+    pid_t g = fork();
+    if (g == 0) { setpgid(0, 0); for (;;) pause(); }
+    while (getpgid(g) != g) sleep_ms(1);
+    pid_t z = fork();
+    if (z == 0) { if (setpgid(0, g) != 0) _exit(1); _exit(15); }
+    wait_zombie(z);
+    ready();
+    wait_go();
+    int st;
+    CHECK(waitpid(z, &st, WNOHANG) == z && WEXITSTATUS(st) == 15, "zombie status %#x", st);
+    kill(g, SIGKILL);
+    CHECK(waitpid(g, &st, 0) == g, "group leader");
+    pass();
+    return 0;
+}
+
 static void on_usr1(int s) { (void)s; }
 
 int main(int argc, char **argv) {
@@ -453,6 +473,7 @@ int main(int argc, char **argv) {
     if (!strcmp(mode, "procother")) return procother_case();
     if (!strcmp(mode, "zombielead")) return zombielead_case(0);
     if (!strcmp(mode, "zombiesession")) return zombielead_case(1);
+    if (!strcmp(mode, "zombiegroup")) return zombiegroup_case();
     fprintf(stderr, "unknown mode %s\n", mode);
     return 2;
 }

@@ -1120,3 +1120,23 @@ fn process_in_a_session_other_than_its_parents_is_refused_at_dump() {
     assert!(!common::gone(p.pid), "the refused dump ended the process");
     assert_eq!(p.verdict(), "PASS", "{}", p.output());
 }
+
+/// A zombie that had joined the process group of a living sibling cannot be
+/// made in that group (a zombie is made as it is forked, before the group
+/// exists): the dump refuses it instead of leaving it in its parent's group.
+#[test]
+fn zombie_in_a_siblings_group_is_refused_at_dump() {
+    let p = common::Proc::test_prog_with("restorebugs", &["zombiegroup"]);
+    let img = p.images();
+    let pid = p.pid.to_string();
+    let out = common::godwit(&["dump", "--pid", &pid, "--images", img.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "dump passed: {err}");
+    assert!(
+        err.contains("a zombie in process group")
+            && err.contains(&format!("while its parent {pid}")),
+        "{err}"
+    );
+    assert!(!common::gone(p.pid), "the refused dump ended the process");
+    assert_eq!(p.verdict(), "PASS", "{}", p.output());
+}

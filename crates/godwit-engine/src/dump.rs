@@ -1030,12 +1030,22 @@ fn collect(r: &Remote, frozen: &Frozen, mut p: Process) -> Result<Process> {
 /// give it back: below the root, a process is in its parent's session
 /// (inherited by fork) unless it leads one of its own (setsid). One in the
 /// session of a process that is not its parent (re-parented after that
-/// leader forked it) would come back in its parent's session instead.
+/// leader forked it) would come back in its parent's session instead. A
+/// zombie keeps its own group or its parent's, not another process's.
 fn check_sessions(procs: &[Process]) -> Result<()> {
     for p in procs.iter().skip(1) {
         let Some(parent) = procs.iter().find(|q| q.pid == p.ppid) else {
             continue;
         };
+        if p.zombie && p.pgid != p.pid && p.pgid != parent.pgid {
+            return Err(EngineError::Unsupported {
+                pid: p.pid,
+                what: format!(
+                    "a zombie in process group {} while its parent {} is in group {} (a restore makes a zombie as soon as it forks it, before that group exists, so it could only be left in its parent's group)",
+                    p.pgid, parent.pid, parent.pgid
+                ),
+            });
+        }
         if p.sid != p.pid && p.sid != parent.sid {
             return Err(EngineError::Unsupported {
                 pid: p.pid,
