@@ -980,15 +980,27 @@ fn procattrs_original_and_copy_after_leave_running() {
     original_then_copy_pass(&mut p);
 }
 
-/// The restorebugs program in one mode (its argument): dump, end the
-/// original, restore, and the program checks its own state.
+/// The restorebugs program in one mode (its argument): dump (then also
+/// dump --leave-running), end the original, restore, and the program
+/// checks its own state.
 fn restorebugs(mode: &str) {
-    let mut p = common::Proc::test_prog_with("restorebugs", &[mode]);
-    p.dump(&[]);
-    p.end_original();
-    p.restore();
-    let v = p.verdict();
-    assert_eq!(v, "PASS", "restorebugs {mode}: {v}; output: {}", p.output());
+    for leave_running in [false, true] {
+        let mut p = common::Proc::test_prog_with("restorebugs", &[mode]);
+        p.dump(if leave_running {
+            &["--leave-running"]
+        } else {
+            &[]
+        });
+        p.end_original();
+        p.restore();
+        let v = p.verdict();
+        assert_eq!(
+            v,
+            "PASS",
+            "restorebugs {mode} (leave_running={leave_running}): {v}; output: {}",
+            p.output()
+        );
+    }
 }
 
 /// One FIFO opened twice and a dup of one of those fds, all three in one
