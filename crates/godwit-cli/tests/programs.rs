@@ -1164,3 +1164,163 @@ fn zombies_in_a_new_pid_namespace() {
 fn pidfds_in_a_new_pid_namespace() {
     in_a_new_pid_namespace("pidfds");
 }
+
+/// The restorebugs program in one mode (its argument): dump (then also
+/// dump --leave-running), end the original, restore, and the program
+/// checks its own state.
+fn restorebugs(mode: &str) {
+    for leave_running in [false, true] {
+        let mut p = common::Proc::test_prog_with("restorebugs", &[mode]);
+        p.dump(if leave_running {
+            &["--leave-running"]
+        } else {
+            &[]
+        });
+        p.end_original();
+        p.restore();
+        let v = p.verdict();
+        assert_eq!(
+            v,
+            "PASS",
+            "restorebugs {mode} (leave_running={leave_running}): {v}; output: {}",
+            p.output()
+        );
+    }
+}
+
+/// One FIFO opened twice and a dup of one of those fds, all three in one
+/// epoll set: each watch comes back under its own fd number.
+#[test]
+fn epoll_watching_one_file_under_several_fds() {
+    restorebugs("epoll");
+}
+
+/// Files and directories at fds 3..10 and 1000, cwd elsewhere: no fd the
+/// restore opens for itself lands on (or clobbers) one of them.
+#[test]
+fn fds_at_low_and_high_numbers_with_a_cwd_elsewhere() {
+    restorebugs("fdnums");
+}
+
+/// O_PATH descriptors of a file, a directory and a symlink (O_NOFOLLOW).
+#[test]
+fn o_path_descriptors() {
+    restorebugs("opath");
+}
+
+/// A unix socket whose file was removed and replaced by a FIFO, both open.
+#[test]
+fn fifo_where_a_unix_socket_was_bound() {
+    restorebugs("fifosock");
+}
+
+/// A datagram unix socket whose bound file was removed keeps its name.
+#[test]
+fn datagram_socket_whose_file_was_removed() {
+    restorebugs("dgramgone");
+}
+
+/// A child's descriptors of /proc/self/..., /proc/<its pid>/... files.
+#[test]
+fn proc_files_of_a_child() {
+    restorebugs("procfiles");
+}
+
+/// Zombies under a living child and at two levels.
+#[test]
+fn zombies_at_several_levels() {
+    restorebugs("zombies");
+}
+
+/// A /proc file of a process outside the tree cannot name the same process
+/// after a restore: the dump refuses it, naming the fd and the file, and
+/// leaves the process running.
+#[test]
+fn proc_file_of_another_process_is_refused_at_dump() {
+    let p = common::Proc::test_prog_with("restorebugs", &["procother"]);
+    let img = p.images();
+    let pid = p.pid.to_string();
+    let out = common::godwit(&["dump", "--pid", &pid, "--images", img.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "dump passed: {err}");
+    assert!(
+        err.contains("fd 3")
+            && err.contains("/proc/1/stat")
+            && err.contains("not in the dumped tree"),
+        "{err}"
+    );
+    assert!(!common::gone(p.pid), "the refused dump ended the process");
+    assert_eq!(p.verdict(), "PASS", "{}", p.output());
+}
+
+/// procfiles restored with --pid-ns beside the still running original: the
+/// child's /proc/self and /proc/<its pid> files are its own in the new
+/// namespace (the PID it has there), not the original's.
+#[test]
+fn proc_files_of_a_child_in_a_new_pid_namespace() {
+    use common::*;
+    let mut p = Proc::test_prog_with("restorebugs", &["procfiles"]);
+    p.dump(&["--leave-running"]);
+    let img = p.images();
+    let v: serde_json::Value = serde_json::from_str(&godwit_ok(&[
+        "--json",
+        "restore",
+        "--images",
+        img.to_str().unwrap(),
+        "--pid-ns",
+    ]))
+    .unwrap();
+    let host = v["host_pid"].as_i64().unwrap() as i32;
+    let init = v["ns_init"].as_i64().unwrap() as i32;
+    struct Reap(i32);
+    impl Drop for Reap {
+        fn drop(&mut self) {
+            // SAFETY: kill and reap the namespace init (ours via the subreaper);
+            // its death ends every process in the namespace.
+            unsafe {
+                libc::kill(self.0, libc::SIGKILL);
+                libc::waitpid(self.0, std::ptr::null_mut(), 0);
+            }
+        }
+    }
+    let _reap = Reap(init);
+    assert_ne!(host, p.pid);
+    p.end_original();
+    p.pid = host;
+    let v = p.verdict();
+    assert_eq!(v, "PASS", "in the namespace: {v}; {}", p.output());
+}
+
+/// A zombie child of the root that leads the process group of a living
+/// process (re-parented to the root, a subreaper): the group comes back
+/// with its zombie leader (it used to fall silently into the root's).
+#[test]
+fn zombie_leading_the_group_of_a_living_process() {
+    restorebugs("zombielead");
+}
+
+/// A living process in the session of a zombie, while its parent is in
+/// another session: a restore could not put it back in that session, so
+/// the dump refuses it, naming the process and both sessions.
+#[test]
+fn process_in_a_session_other_than_its_parents_is_refused_at_dump() {
+    let p = common::Proc::test_prog_with("restorebugs", &["zombiesession"]);
+    let img = p.images();
+    let pid = p.pid.to_string();
+    let out = common::godwit(&["dump", "--pid", &pid, "--images", img.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "dump passed: {err}");
+    assert!(
+        err.contains(&format!("while its parent {pid} is in session")),
+        "{err}"
+    );
+    assert!(!common::gone(p.pid), "the refused dump ended the process");
+    assert_eq!(p.verdict(), "PASS", "{}", p.output());
+}
+
+/// A zombie that had joined the process group of a living sibling: it
+/// comes back in that group (zombies exit once the groups exist).
+#[test]
+fn zombie_in_a_siblings_group() {
+    restorebugs("zombiegroup");
+}

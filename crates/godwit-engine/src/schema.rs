@@ -875,6 +875,12 @@ pub struct EpollTarget {
     pub events: u32,
     #[prost(uint64, tag = "3")]
     pub data: u64,
+    /// The fd, in the same process, that holds the watched description when
+    /// it is not `fd`: the watch was added under `fd`, which was closed since
+    /// (the watch stays while the description is open) and may now be
+    /// another file. Absent: `fd` itself.
+    #[prost(int32, optional, tag = "4")]
+    pub held_at: Option<i32>,
 }
 
 /// A pipe's or FIFO's unread data.

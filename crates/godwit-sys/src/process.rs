@@ -393,6 +393,34 @@ pub fn same_file(pid1: i32, fd1: i32, pid2: i32, fd2: i32) -> Result<bool> {
     )? == 0)
 }
 
+/// Whether the file watched by the `toff`-th entry (0-based, in the order
+/// of /proc/PID/fdinfo/EPFD) for fd number `tfd` in epoll instance `epfd`
+/// of `pid` is the file at fd `fd` of `pid` (kcmp KCMP_EPOLL_TFD). An
+/// entry stays keyed by the fd number it was added under even after that
+/// fd is closed while its file is still open elsewhere.
+pub fn epoll_target_is(pid: i32, epfd: i32, tfd: i32, toff: u32, fd: i32) -> Result<bool> {
+    const KCMP_EPOLL_TFD: libc::c_long = 7;
+    // struct kcmp_epoll_slot { __u32 efd, tfd, toff; }
+    let slot: [u32; 3] = [epfd as u32, tfd as u32, toff];
+    // SAFETY: kcmp reads the 12-byte slot, which lives across the call;
+    // the other arguments are integers.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_kcmp,
+            pid,
+            pid,
+            KCMP_EPOLL_TFD,
+            fd as libc::c_long,
+            slot.as_ptr() as libc::c_long,
+        )
+    };
+    Ok(check(
+        r,
+        "kcmp(KCMP_EPOLL_TFD)",
+        format!("fd {fd} of {pid} / epoll fd {epfd} target {tfd}#{toff}"),
+    )? == 0)
+}
+
 /// The children of every thread of `pid` (/proc/PID/task/*/children).
 pub fn children(pid: i32) -> Result<Vec<i32>> {
     let mut out = Vec::new();

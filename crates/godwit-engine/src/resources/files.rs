@@ -105,7 +105,12 @@ pub fn dump(pid: i32) -> Result<Files> {
             e.epoll = proc::epoll_targets(pid, fd)
                 .dumping(pid, "reading epoll interest lists")?
                 .into_iter()
-                .map(|(fd, events, data)| EpollTarget { fd, events, data })
+                .map(|(fd, events, data)| EpollTarget {
+                    fd,
+                    events,
+                    data,
+                    held_at: None,
+                })
                 .collect();
             fds.push(e);
             continue;
@@ -135,6 +140,22 @@ pub fn dump(pid: i32) -> Result<Files> {
             .map_err(|err| unsupported(pid, fd, format!("{target}: {err}")))?;
         let ft = md.file_type();
         e.path = target.clone();
+        if is_o_path(&e) {
+            // A path-only descriptor: no offset, owner or data; opened
+            // again with O_PATH. A symlink is only reachable so with
+            // O_NOFOLLOW, which it is opened with again.
+            e.kind = if ft.is_dir() {
+                FdKind::Directory
+            } else {
+                FdKind::Regular
+            } as i32;
+            if ft.is_symlink() {
+                e.flags |= libc::O_NOFOLLOW as u32;
+            }
+            e.size = md.size();
+            fds.push(e);
+            continue;
+        }
         if ft.is_file() {
             e.kind = FdKind::Regular as i32;
             e.size = md.size();
@@ -161,7 +182,7 @@ pub fn dump(pid: i32) -> Result<Files> {
     }
     // What belongs to the open file description itself: the pipe buffer
     // size, the owner of I/O signals (O_ASYNC, SIGURG) and their signal.
-    for e in fds.iter_mut() {
+    for e in fds.iter_mut().filter(|e| !is_o_path(e)) {
         let stage = "reading descriptor owners and pipe sizes";
         let pfd = match &pidfd {
             Some(p) => p,
@@ -174,17 +195,43 @@ pub fn dump(pid: i32) -> Result<Files> {
         (e.owner_type, e.owner_pid) = process::fd_owner(&ours).dumping(pid, stage)?;
         e.signal = process::fd_signal(&ours).dumping(pid, stage)?;
     }
-    for f in fds.iter().filter(|f| f.kind == FdKind::Epoll as i32) {
-        for t in &f.epoll {
-            if !fds.iter().any(|x| x.fd == t.fd) {
-                return Err(unsupported(
-                    pid,
-                    f.fd,
-                    format!(
-                        "an epoll instance watching fd {} which is no longer open",
-                        t.fd
-                    ),
-                ));
+    // Each watch is keyed by (description, fd number it was added under):
+    // find the fd that holds its description now (the number may have
+    // been closed since, even reused by another file).
+    let numbers: Vec<i32> = fds.iter().map(|x| x.fd).collect();
+    for f in fds.iter_mut().filter(|f| f.kind == FdKind::Epoll as i32) {
+        let epfd = f.fd;
+        let mut seen: HashMap<i32, u32> = HashMap::new();
+        for t in &mut f.epoll {
+            let toff = seen.entry(t.fd).or_default();
+            let this = *toff;
+            *toff += 1;
+            let is = |fd: i32| {
+                process::epoll_target_is(pid, epfd, t.fd, this, fd)
+                    .dumping(pid, "reading epoll interest lists")
+            };
+            if numbers.contains(&t.fd) && is(t.fd)? {
+                continue;
+            }
+            let mut holder = None;
+            for &n in numbers.iter().filter(|&&n| n != t.fd && n != epfd) {
+                if is(n)? {
+                    holder = Some(n);
+                    break;
+                }
+            }
+            match holder {
+                Some(n) => t.held_at = Some(n),
+                None => {
+                    return Err(unsupported(
+                        pid,
+                        epfd,
+                        format!(
+                            "an epoll instance watching, under fd number {}, a file no fd of the process holds any more",
+                            t.fd
+                        ),
+                    ))
+                }
             }
         }
     }
@@ -195,6 +242,87 @@ pub fn dump(pid: i32) -> Result<Files> {
     }
     let pipes = Vec::new();
     Ok(Files { fds, pipes, cwd })
+}
+
+/// The PID and the rest of a path under /proc/PID/ (`/proc/12/stat` →
+/// (12, "stat")); None for other paths (/proc/meminfo, /proc/self is
+/// never a link target: it reads as /proc/PID).
+fn proc_pid_path(path: &str) -> Option<(i32, &str)> {
+    let rest = path.strip_prefix("/proc/")?;
+    let (num, tail) = rest.split_once('/').unwrap_or((rest, ""));
+    let pid = num
+        .parse()
+        .ok()
+        .filter(|_| num.bytes().all(|b| b.is_ascii_digit()))?;
+    Some((pid, tail))
+}
+
+/// The path process `own_pid` (its PID in the image) opens a file of `path`
+/// by: a file under its own /proc/PID/ is opened under /proc/self/, so that
+/// it is the restored process's, whatever PID it has on this host.
+fn open_path(path: &str, own_pid: i32) -> std::borrow::Cow<'_, str> {
+    match proc_pid_path(path) {
+        Some((p, "")) if p == own_pid => "/proc/self".into(),
+        Some((p, tail)) if p == own_pid => format!("/proc/self/{tail}").into(),
+        _ => path.into(),
+    }
+}
+
+/// Refuses files under /proc/PID/ that the restore could not open as the
+/// same process's: PID must be a process of the tree that holds the
+/// description, and every other holder one of its descendants (so that the
+/// description is made again in PID itself, through /proc/self).
+fn check_proc_files(procs: &[Process]) -> Result<()> {
+    let parent = parents(procs);
+    let index: HashMap<i32, usize> = procs.iter().enumerate().map(|(i, p)| (p.pid, i)).collect();
+    let below = |mut i: usize, top: usize| loop {
+        if i == top {
+            break true;
+        }
+        match parent[i] {
+            Some(p) => i = p,
+            None => break false,
+        }
+    };
+    for (i, p) in procs.iter().enumerate() {
+        for f in p.fds.iter().filter(|f| {
+            matches!(
+                FdKind::try_from(f.kind),
+                Ok(FdKind::Regular | FdKind::Directory)
+            ) && !f.deleted
+        }) {
+            let Some((owner, _)) = proc_pid_path(&f.path) else {
+                continue;
+            };
+            let ok = index.get(&owner).is_some_and(|&o| {
+                procs[o].fds.iter().any(|g| g.file_id == f.file_id) && below(i, o)
+            });
+            if !ok {
+                return Err(unsupported(
+                    p.pid,
+                    f.fd,
+                    format!(
+                        "{}: a /proc file of process {owner}, which {}; it would name another process after a restore",
+                        f.path,
+                        if index.contains_key(&owner) {
+                            "did not open it itself for this process or its children"
+                        } else if procs.iter().any(|q| q.threads.iter().any(|t| t.tid == owner)) {
+                            "is a thread (not its thread group leader) of the tree: its files cannot be opened before its threads exist"
+                        } else {
+                            "is not in the dumped tree"
+                        }
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Whether `f` is an O_PATH descriptor (only F_GETFD/F_SETFD/F_GETFL and
+/// dups work on it: no offset, owner, signal or status flags).
+pub(crate) fn is_o_path(f: &Fd) -> bool {
+    f.flags & libc::O_PATH as u32 != 0
 }
 
 fn is_pipe_like(f: &Fd) -> bool {
@@ -345,6 +473,7 @@ pub fn link_descriptions(procs: &mut [Process]) -> Result<()> {
             };
         }
     }
+    check_proc_files(procs)?;
     // Pipes: both ends inside the tree; data read once.
     let mut ends: BTreeMap<u64, (Option<(usize, i32)>, bool)> = BTreeMap::new();
     for (i, p) in procs.iter().enumerate() {
@@ -736,6 +865,11 @@ pub fn check(fds: &[Fd], allow_changes: bool) -> Result<()> {
         ) {
             continue;
         }
+        // Files of a process of the tree: checked as they are opened, once
+        // the process exists.
+        if proc_pid_path(&f.path).is_some() {
+            continue;
+        }
         if f.kind == FdKind::Fifo as i32 {
             let md = std::fs::metadata(&f.path).map_err(|e| EngineError::FileMissing {
                 path: f.path.clone(),
@@ -755,11 +889,17 @@ pub fn check(fds: &[Fd], allow_changes: bool) -> Result<()> {
             }
             continue;
         }
-        let md = std::fs::metadata(&f.path).map_err(|e| EngineError::FileChanged {
+        let md = if is_o_path(f) && f.flags & libc::O_NOFOLLOW as u32 != 0 {
+            std::fs::symlink_metadata(&f.path)
+        } else {
+            std::fs::metadata(&f.path)
+        }
+        .map_err(|e| EngineError::FileChanged {
             path: f.path.clone(),
             detail: format!("the file of fd {} cannot be opened ({e})", f.fd),
         })?;
-        if allow_changes || f.kind != FdKind::Regular as i32 {
+        // An O_PATH descriptor reads nothing of its file: only that it is there.
+        if allow_changes || f.kind != FdKind::Regular as i32 || is_o_path(f) {
             continue;
         }
         let append = f.flags & libc::O_APPEND as u32 != 0;
@@ -809,6 +949,8 @@ pub struct FdPlan {
     tcp: sockets::tcp::RestoredSet,
     /// Descriptors connected outside the tree: --inherit-fd or stand-ins.
     external: external::ExternalPlan,
+    /// Process index → its PID in the image.
+    pids: Vec<i32>,
 }
 
 /// The lowest common ancestor (by index, parents before children) of `set`.
@@ -931,6 +1073,7 @@ impl FdPlan {
             tty,
             tcp: Default::default(),
             external,
+            pids: procs.iter().map(|p| p.pid).collect(),
         })
     }
 
@@ -1108,12 +1251,14 @@ impl FdPlan {
                             [libc::AT_FDCWD as u64, a, oflags as u64, 0, 0, 0],
                         )
                         .restoring(pid, "opening a memfd again")?;
-                    r.call(
-                        "lseek",
-                        libc::SYS_lseek,
-                        [fd, f.pos, libc::SEEK_SET as u64, 0, 0, 0],
-                    )
-                    .restoring(pid, "setting file offsets")?;
+                    if !is_o_path(f) {
+                        r.call(
+                            "lseek",
+                            libc::SYS_lseek,
+                            [fd, f.pos, libc::SEEK_SET as u64, 0, 0, 0],
+                        )
+                        .restoring(pid, "setting file offsets")?;
+                    }
                     fd
                 }
                 FdKind::Fifo => self.open_fifo(r, *id, f)?,
@@ -1136,7 +1281,9 @@ impl FdPlan {
                     sockets::udp::restore(r, f.fd, s, status_flags)?
                 }
                 FdKind::Regular | FdKind::Directory | FdKind::CharDevice => {
-                    let a = r.put_cstr(0, &f.path).restoring(pid, stage)?;
+                    let a = r
+                        .put_cstr(0, &open_path(&f.path, self.pids[idx]))
+                        .restoring(pid, stage)?;
                     let oflags = f.flags
                         & !((libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC | libc::O_NOCTTY) as u32);
                     let fd = if f.deleted {
@@ -1152,7 +1299,7 @@ impl FdPlan {
                             detail: format!("fd {} cannot be opened again ({e})", f.fd),
                         })?
                     };
-                    if kind != FdKind::CharDevice {
+                    if kind != FdKind::CharDevice && !is_o_path(f) {
                         r.call(
                             "lseek",
                             libc::SYS_lseek,
@@ -1168,8 +1315,7 @@ impl FdPlan {
         // Epoll instances last: their interest lists name other descriptions.
         for (id, (creator, f)) in &self.descs {
             if *creator == idx && f.kind == FdKind::Epoll as i32 {
-                let ep = self.create_epoll(r, idx, f)?;
-                self.to_stage(r, ep, *id)?;
+                self.create_epoll(r, idx, *id, f)?;
             }
         }
         Ok(())
@@ -1241,18 +1387,23 @@ impl FdPlan {
     /// (entries are keyed by file and fd number, so later EPOLL_CTL_MOD/DEL
     /// by the process find them) and closed again; the entry stays, since the
     /// file is still open at its staging number.
-    fn create_epoll(&self, r: &Remote, idx: usize, f: &Fd) -> Result<u64> {
+    fn create_epoll(&self, r: &Remote, idx: usize, id: u64, f: &Fd) -> Result<()> {
         let pid = r.pid;
         let stage = "creating epoll instances";
         let ep = r
             .call("epoll_create1", libc::SYS_epoll_create1, [0, 0, 0, 0, 0, 0])
             .restoring(pid, stage)?;
+        // At its staging number at once: the watched fds are put at their
+        // own numbers below, one of which may be the number it got.
+        self.to_stage(r, ep, id)?;
+        let ep = self.stage(id);
         let own = self.holder_fds.get(&idx);
         for t in &f.epoll {
-            let file_id = own.and_then(|m| m.get(&t.fd)).copied().ok_or_else(|| {
+            let at = t.held_at.unwrap_or(t.fd);
+            let file_id = own.and_then(|m| m.get(&at)).copied().ok_or_else(|| {
                 EngineError::BadImage(format!(
-                    "epoll fd {} watches fd {}, which the process creating it does not hold",
-                    f.fd, t.fd
+                    "epoll fd {} watches fd {at}, which the process creating it does not hold",
+                    f.fd
                 ))
             })?;
             // A descriptor connected outside the tree whose stand-in is
@@ -1285,7 +1436,7 @@ impl FdPlan {
             r.call("close", libc::SYS_close, [t.fd as u64, 0, 0, 0, 0, 0])
                 .restoring(pid, stage)?;
         }
-        Ok(ep)
+        Ok(())
     }
 
     /// Terminals, in process `p` (`r`) once its session exists and its
@@ -1421,4 +1572,24 @@ fn write_all_fd(fd: &OwnedFd, data: &[u8]) -> godwit_sys::Result<()> {
         off += n;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proc_paths_of_the_process_itself_open_under_proc_self() {
+        assert_eq!(proc_pid_path("/proc/12/stat"), Some((12, "stat")));
+        assert_eq!(proc_pid_path("/proc/12"), Some((12, "")));
+        assert_eq!(proc_pid_path("/proc/meminfo"), None);
+        assert_eq!(proc_pid_path("/proc/+12/stat"), None);
+        assert_eq!(proc_pid_path("/tmp/proc/12"), None);
+        assert_eq!(open_path("/proc/12/status", 12), "/proc/self/status");
+        assert_eq!(open_path("/proc/12/fd", 12), "/proc/self/fd");
+        assert_eq!(open_path("/proc/12", 12), "/proc/self");
+        assert_eq!(open_path("/proc/13/stat", 12), "/proc/13/stat");
+        assert_eq!(open_path("/proc/120/stat", 12), "/proc/120/stat");
+        assert_eq!(open_path("/etc/hosts", 12), "/etc/hosts");
+    }
 }

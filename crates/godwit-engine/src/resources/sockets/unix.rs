@@ -221,17 +221,11 @@ pub fn dump(pid: i32, fd: i32, ino: u64, ours: &OwnedFd, cwd: &str) -> Result<So
                 s.file_uid = md.uid();
                 s.file_gid = md.gid();
             }
+            // Removed, or removed and something else made at its path
+            // since (a FIFO, another socket's file): the socket keeps its
+            // name either way, bound without a file of its own.
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => s.file_unlinked = true,
-            Ok(_) => {
-                return Err(unsupported(
-                    pid,
-                    fd,
-                    format!(
-                        "a unix {kind} socket bound to {}, whose file was replaced by another one",
-                        full.display()
-                    ),
-                ))
-            }
+            Ok(_) => s.file_unlinked = true,
             Err(e) => {
                 return Err(EngineError::Sys {
                     pid,
@@ -630,9 +624,57 @@ fn create_group(r: &Remote, members: &[Member]) -> Result<Vec<(u64, u64)>> {
     for m in members {
         set_options(r, fds[&m.s.ino], m, false)?;
     }
+    // Sockets whose file was removed keep a file until their queues are
+    // refilled (the datagrams are sent to the name).
+    let mut unbound = Vec::new();
+    let mut bound = Ok(());
     for m in members.iter().filter(|m| binds(&m.s)) {
-        bind(r, fds[&m.s.ino], m)?;
+        match bind(r, fds[&m.s.ino], m) {
+            Ok(u) => unbound.extend(u),
+            Err(e) => {
+                bound = Err(e);
+                break;
+            }
+        }
     }
+    let rest = bound.and_then(|()| finish_group(r, members, &fds, &ghosts, &by_ino));
+    for u in unbound {
+        u.finish(pid)?;
+    }
+    rest?;
+    let mut out = Vec::new();
+    for m in members {
+        let fd = fds[&m.s.ino];
+        set_options(r, fd, m, true)?;
+        r.call(
+            "fcntl(F_SETFL)",
+            libc::SYS_fcntl,
+            [fd, libc::F_SETFL as u64, m.status, 0, 0, 0],
+        )
+        .restoring(pid, STAGE)?;
+        out.push((m.id, fd));
+    }
+    tracing::debug!(pid, sockets = out.len(), "unix sockets restored");
+    Ok(out)
+}
+
+/// The rest of [`create_group`] once its sockets are bound: listen,
+/// connect, refill the queues, shut down, close the closed peers' stand-ins.
+fn finish_group(
+    r: &Remote,
+    members: &[Member],
+    fds: &HashMap<u64, u64>,
+    ghosts: &HashMap<u64, u64>,
+    by_ino: &HashMap<u64, &Member>,
+) -> Result<()> {
+    let pid = r.pid;
+    let mutual = |m: &Member| {
+        m.s.peer_ino != 0
+            && m.s.peer_ino != m.s.ino
+            && by_ino
+                .get(&m.s.peer_ino)
+                .is_some_and(|p| p.s.peer_ino == m.s.ino)
+    };
     for m in members.iter().filter(|m| m.s.listening) {
         // A listener's SO_PEERCRED: the credentials it listened with.
         as_creds(r, cred(&m.s), || {
@@ -693,20 +735,7 @@ fn create_group(r: &Remote, members: &[Member]) -> Result<Vec<(u64, u64)>> {
         r.call("close", libc::SYS_close, [*fd, 0, 0, 0, 0, 0])
             .restoring(pid, STAGE)?;
     }
-    let mut out = Vec::new();
-    for m in members {
-        let fd = fds[&m.s.ino];
-        set_options(r, fd, m, true)?;
-        r.call(
-            "fcntl(F_SETFL)",
-            libc::SYS_fcntl,
-            [fd, libc::F_SETFL as u64, m.status, 0, 0, 0],
-        )
-        .restoring(pid, STAGE)?;
-        out.push((m.id, fd));
-    }
-    tracing::debug!(pid, sockets = out.len(), "unix sockets restored");
-    Ok(out)
+    Ok(())
 }
 
 /// The (uid, gid) a socket's SO_PEERCRED reported, if any.
@@ -830,44 +859,110 @@ fn clear_stale(pid: i32, path: &Path) -> Result<()> {
     Ok(())
 }
 
-fn bind(r: &Remote, fd: u64, m: &Member) -> Result<()> {
+/// What is left to do after a socket whose file had been removed is bound
+/// again: remove the file the bind made, and put back what was at its path
+/// at the dump (moved aside for the bind). Done once the group's queues are
+/// refilled (they are sent to the name).
+pub(crate) struct Unbound {
+    path: PathBuf,
+    aside: Option<PathBuf>,
+}
+
+impl Unbound {
+    fn finish(self, pid: i32) -> Result<()> {
+        std::fs::remove_file(&self.path).map_err(|e| {
+            local_err(
+                pid,
+                &self.path,
+                format!("removing the socket file again: {e}"),
+            )
+        })?;
+        self.put_back(pid)
+    }
+
+    fn put_back(&self, pid: i32) -> Result<()> {
+        if let Some(a) = &self.aside {
+            std::fs::rename(a, &self.path).map_err(|e| {
+                local_err(
+                    pid,
+                    &self.path,
+                    format!(
+                        "putting back the file moved to {} for a bind: {e}",
+                        a.display()
+                    ),
+                )
+            })?;
+        }
+        Ok(())
+    }
+}
+
+/// Binds socket `fd` (of `r`) to the name of `m`. A socket whose file had
+/// been removed is bound to its name too (getsockname must report it): if
+/// something was made at that path since, it is moved aside for the bind;
+/// the returned [`Unbound`] removes the new file and puts it back.
+fn bind(r: &Remote, fd: u64, m: &Member) -> Result<Option<Unbound>> {
     let pid = r.pid;
     let s = &m.s;
     let path = path_of(&s.addr).map(|p| full_path(&p, &s.cwd));
     if let (Some(p), false) = (&path, s.file_unlinked) {
         clear_stale(pid, p)?;
     }
-    enter_dir_for(r, &s.addr, &s.cwd)?;
-    let a = r.put(SCRATCH_ADDR, &s.addr).restoring(pid, STAGE)?;
-    r.call(
-        "bind",
-        libc::SYS_bind,
-        [fd, a, s.addr.len() as u64, 0, 0, 0],
-    )
-    .map_err(|e| {
-        let what = if e.errno() == Some(libc::EADDRINUSE) {
-            format!(
-                "{} (in use on this host: stop the process using it)",
-                show_addr(&s.addr)
-            )
+    let mut unbound = None;
+    if let (Some(p), true) = (&path, s.file_unlinked) {
+        let aside = if std::fs::symlink_metadata(p).is_ok() {
+            let mut name = p.file_name().unwrap_or_default().to_os_string();
+            name.push(format!(".godwit-aside-{pid}"));
+            let a = p.with_file_name(name);
+            std::fs::rename(p, &a).map_err(|e| {
+                local_err(
+                    pid,
+                    p,
+                    format!("moving aside the file now at a removed socket's path: {e}"),
+                )
+            })?;
+            Some(a)
         } else {
-            show_addr(&s.addr)
+            None
         };
-        failed(pid, "bind", what, e)
-    })?;
-    if let Some(p) = path {
-        if !s.file_unlinked {
-            std::os::unix::fs::lchown(&p, Some(s.file_uid), Some(s.file_gid))
-                .map_err(|e| local_err(pid, &p, format!("setting the socket file's owner: {e}")))?;
-            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(s.file_mode))
-                .map_err(|e| local_err(pid, &p, format!("setting the socket file's mode: {e}")))?;
-        }
-        if s.file_unlinked {
-            std::fs::remove_file(&p)
-                .map_err(|e| local_err(pid, &p, format!("removing the socket file again: {e}")))?;
-        }
+        unbound = Some(Unbound {
+            path: p.clone(),
+            aside,
+        });
     }
-    Ok(())
+    let bound = (|| {
+        enter_dir_for(r, &s.addr, &s.cwd)?;
+        let a = r.put(SCRATCH_ADDR, &s.addr).restoring(pid, STAGE)?;
+        r.call(
+            "bind",
+            libc::SYS_bind,
+            [fd, a, s.addr.len() as u64, 0, 0, 0],
+        )
+        .map_err(|e| {
+            let what = if e.errno() == Some(libc::EADDRINUSE) {
+                format!(
+                    "{} (in use on this host: stop the process using it)",
+                    show_addr(&s.addr)
+                )
+            } else {
+                show_addr(&s.addr)
+            };
+            failed(pid, "bind", what, e)
+        })
+    })();
+    if let Err(e) = bound {
+        if let Some(u) = &unbound {
+            u.put_back(pid)?;
+        }
+        return Err(e);
+    }
+    if let (Some(p), false) = (&path, s.file_unlinked) {
+        std::os::unix::fs::lchown(p, Some(s.file_uid), Some(s.file_gid))
+            .map_err(|e| local_err(pid, p, format!("setting the socket file's owner: {e}")))?;
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(s.file_mode))
+            .map_err(|e| local_err(pid, p, format!("setting the socket file's mode: {e}")))?;
+    }
+    Ok(unbound)
 }
 
 fn connect(r: &Remote, fd: u64, addr: &[u8], cwd: &str) -> Result<()> {
