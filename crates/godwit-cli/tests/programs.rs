@@ -21,6 +21,7 @@ macro_rules! case {
 }
 
 case!(memory);
+case!(chroot);
 case!(threads);
 case!(signals);
 case!(files);

@@ -1038,5 +1038,6 @@ fn collect(r: &Remote, frozen: &Frozen, mut p: Process) -> Result<Process> {
     p.fds = f.fds;
     p.pipes = f.pipes;
     p.cwd = f.cwd;
+    p.root = files::dump_root(r.pid)?;
     Ok(p)
 }

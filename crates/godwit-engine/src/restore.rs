@@ -210,6 +210,7 @@ pub fn restore_deferring(
         caps::check(p)?;
         memory::check_files(&p.vmas, opts.allow_file_changes)?;
         files::check(&p.fds, opts.allow_file_changes)?;
+        files::check_root(p)?;
         files::check_pipe_sizes(p.pid, &p.fds)?;
         sockets::tcp::check(p, opts.tcp_established)?;
     }
@@ -560,6 +561,7 @@ fn resurrect(
     // (resources/seccomp).
     for (i, p) in procs.iter().enumerate() {
         if let Some((r, tids)) = &remotes[i] {
+            files::restore_root(r, p)?;
             seccomp::install_before_credentials(r, p, tids, stacks)?;
             for (t, &host) in p.threads.iter().zip(tids) {
                 attrs::restore_creds(&r.for_thread(host), p, t)?;

@@ -100,6 +100,10 @@ pub struct Process {
     /// __WCLONE). None in older images: SIGCHLD.
     #[prost(int32, optional, tag = "31")]
     pub exit_signal: Option<i32>,
+    /// Its root directory when it was chroot'ed: the path as godwit saw it
+    /// (from godwit's own root). Empty: the same root as godwit's.
+    #[prost(string, tag = "32")]
+    pub root: String,
     /// Contents of the shmem objects this process is the first (in tree
     /// order) to map; stored after its page runs in its page file.
     #[prost(message, repeated, tag = "23")]

@@ -1555,6 +1555,57 @@ pub fn restore_async(procs: &[Process], remotes: &[Option<Remote>]) -> Result<()
 }
 
 /// Enters the working directory of the restored process.
+/// The process's root directory if it was chroot'ed (empty if it is
+/// godwit's own). A root that was removed cannot be entered again: refused.
+pub fn dump_root(pid: i32) -> Result<String> {
+    let root = proc::link(&format!("/proc/{pid}/root"))
+        .dumping(pid, "reading the root directory")?
+        .to_string_lossy()
+        .into_owned();
+    if root == "/" {
+        return Ok(String::new());
+    }
+    if root.ends_with(" (deleted)") {
+        return Err(EngineError::Unsupported {
+            pid,
+            what: format!("a deleted root directory (chroot into {root})"),
+        });
+    }
+    Ok(root)
+}
+
+/// Refuses a restore whose chroot directory is no longer a directory.
+pub fn check_root(p: &Process) -> Result<()> {
+    if p.root.is_empty() || std::path::Path::new(&p.root).is_dir() {
+        return Ok(());
+    }
+    Err(EngineError::FileChanged {
+        path: p.root.clone(),
+        detail: format!(
+            "process {}'s root directory (it ran chroot'ed there) is gone",
+            p.pid
+        ),
+    })
+}
+
+/// chroot into the saved root, once every file of the process is open
+/// (paths are godwit's, resolved from its root) and before its credentials
+/// drop CAP_SYS_CHROOT. Its cwd stays where it was set.
+pub fn restore_root(r: &Remote, p: &Process) -> Result<()> {
+    if p.root.is_empty() {
+        return Ok(());
+    }
+    let a = r
+        .put_cstr(0, &p.root)
+        .restoring(r.pid, "setting the root directory")?;
+    r.call("chroot", libc::SYS_chroot, [a, 0, 0, 0, 0, 0])
+        .map_err(|e| EngineError::FileChanged {
+            path: p.root.clone(),
+            detail: format!("the root directory (chroot) cannot be entered ({e})"),
+        })?;
+    Ok(())
+}
+
 pub fn restore_cwd(r: &Remote, cwd: &str) -> Result<()> {
     let a = r.put_cstr(0, cwd).restoring(r.pid, "setting the cwd")?;
     r.call("chdir", libc::SYS_chdir, [a, 0, 0, 0, 0, 0])
