@@ -29,6 +29,7 @@ case!(tree);
 case!(ptimers);
 case!(anonfds);
 case!(unix);
+case!(unixcreds);
 case!(ipc);
 case!(mappings);
 case!(sched);

@@ -842,6 +842,23 @@ pub struct Socket {
     /// UDP: the sender (raw sockaddr) of each datagram in `queue`.
     #[prost(bytes = "vec", repeated, tag = "23")]
     pub queue_from: Vec<Vec<u8>>,
+    /// Unix sockets whose receiver reads its senders' credentials
+    /// (SO_PASSCRED): the credentials each entry of `queue` was sent with,
+    /// sent again with it (then one entry of a stream socket's `queue` per
+    /// run of bytes with the same credentials). Empty otherwise.
+    #[prost(message, repeated, tag = "24")]
+    pub queue_creds: Vec<MsgCred>,
+}
+
+/// The credentials a queued unix socket message carries (SCM_CREDENTIALS).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct MsgCred {
+    #[prost(int32, tag = "1")]
+    pub pid: i32,
+    #[prost(uint32, tag = "2")]
+    pub uid: u32,
+    #[prost(uint32, tag = "3")]
+    pub gid: u32,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]

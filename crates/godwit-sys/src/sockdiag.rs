@@ -604,6 +604,74 @@ pub fn send_to(fd: BorrowedFd<'_>, data: &[u8], addr: Option<&[u8]>) -> Result<u
     check(r as i64, "sendto", format!("socket fd {}", fd.as_raw_fd())).map(|n| n as usize)
 }
 
+/// Sends `data` like [`send_to`], with the sender's credentials `creds`
+/// (pid, uid, gid) as SCM_CREDENTIALS and descriptors `fds` as SCM_RIGHTS
+/// when given. Root may name any existing pid and any uid and gid; the pid
+/// must be a live process (ESRCH otherwise).
+pub fn send_msg(
+    fd: BorrowedFd<'_>,
+    data: &[u8],
+    addr: Option<&[u8]>,
+    creds: Option<(i32, u32, u32)>,
+    fds: &[BorrowedFd<'_>],
+) -> Result<usize> {
+    // cmsghdr: u64 len, i32 level, i32 type, then data padded to 8 bytes.
+    let mut control: Vec<u64> = Vec::new();
+    let mut push = |level: i32, kind: i32, payload: &[u8]| {
+        let len = 16 + payload.len();
+        let mut b = Vec::with_capacity(len.div_ceil(8) * 8);
+        b.extend_from_slice(&(len as u64).to_ne_bytes());
+        b.extend_from_slice(&level.to_ne_bytes());
+        b.extend_from_slice(&kind.to_ne_bytes());
+        b.extend_from_slice(payload);
+        b.resize(len.div_ceil(8) * 8, 0);
+        control.extend(
+            b.chunks_exact(8)
+                .map(|c| u64::from_ne_bytes(c.try_into().expect("8 bytes"))),
+        );
+    };
+    if let Some((pid, uid, gid)) = creds {
+        let mut c = Vec::with_capacity(12);
+        c.extend_from_slice(&pid.to_ne_bytes());
+        c.extend_from_slice(&uid.to_ne_bytes());
+        c.extend_from_slice(&gid.to_ne_bytes());
+        push(libc::SOL_SOCKET, SCM_CREDENTIALS, &c);
+    }
+    if !fds.is_empty() {
+        let c: Vec<u8> = fds
+            .iter()
+            .flat_map(|f| f.as_raw_fd().to_ne_bytes())
+            .collect();
+        push(libc::SOL_SOCKET, SCM_RIGHTS, &c);
+    }
+    let mut iov = libc::iovec {
+        iov_base: data.as_ptr() as *mut libc::c_void,
+        iov_len: data.len(),
+    };
+    // SAFETY: an all-zero msghdr is valid; its pointers are set below.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    if let Some(a) = addr {
+        msg.msg_name = a.as_ptr() as *mut libc::c_void;
+        msg.msg_namelen = a.len() as libc::socklen_t;
+    }
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    if !control.is_empty() {
+        msg.msg_control = control.as_mut_ptr() as *mut libc::c_void;
+        msg.msg_controllen = control.len() * 8;
+    }
+    // SAFETY: `msg` points to live buffers of the lengths it states; the
+    // kernel only reads them; the descriptors named are open (borrowed).
+    let r = unsafe {
+        libc::sendmsg(
+            fd.as_raw_fd(),
+            &msg,
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+        )
+    };
+    check(r as i64, "sendmsg", format!("socket fd {}", fd.as_raw_fd())).map(|n| n as usize)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

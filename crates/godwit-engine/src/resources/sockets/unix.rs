@@ -29,14 +29,15 @@
 //!   ends of a restored pair report the same credentials: those the
 //!   accepted end (the named one) reported, which a server checks.
 //! - Queued messages were sent again by godwit: a receiver that turns
-//!   SO_PASSCRED on later sees godwit's credentials on them (one that has
-//!   it on at dump time is refused while messages are queued).
+//!   SO_PASSCRED on later sees godwit's credentials on them. One that has
+//!   it on at dump time gets each message with the credentials it was sent
+//!   with (their pid must be a process of the tree).
 
 use super::unsupported;
 use crate::error::{DumpCtx, EngineError, RestoreCtx, Result};
 use crate::remote::Remote;
 use crate::resources::files::lca;
-use crate::schema::{Fd, FdKind, Process, SockOpt, Socket};
+use crate::schema::{Fd, FdKind, MsgCred, Process, SockOpt, Socket};
 use godwit_sys::sockdiag::{self, SO_PASSPIDFD, SO_PEEK_OFF};
 use godwit_sys::{process, SysError};
 use std::collections::{BTreeMap, HashMap};
@@ -289,6 +290,7 @@ pub fn link_unix(procs: &mut [Process]) -> Result<()> {
             (*ino, (s.peer_ino, s.addr.clone()))
         })
         .collect();
+    let tree_pids: Vec<i32> = procs.iter().filter(|p| !p.zombie).map(|p| p.pid).collect();
     let mut pidfds: HashMap<i32, OwnedFd> = HashMap::new();
     let mut external = Vec::new();
     let stage = "reading unix socket queues";
@@ -371,11 +373,31 @@ pub fn link_unix(procs: &mut [Process]) -> Result<()> {
                         "with a queued message carrying a security label or pidfd".into(),
                     );
                 }
-                if option(&s, libc::SO_PASSCRED) != 0 || option(&s, SO_PASSPIDFD) != 0 {
+                if option(&s, SO_PASSPIDFD) != 0 {
                     return refuse(format!(
-                        "that receives its senders' credentials (SO_PASSCRED), with {} message(s) queued whose senders cannot be kept; retry the dump",
+                        "that receives its senders' pidfds (SO_PASSPIDFD), with {} message(s) queued whose senders cannot be kept; retry the dump",
                         msgs.len()
                     ));
+                }
+                let passcred = option(&s, libc::SO_PASSCRED) != 0;
+                if passcred {
+                    // Sent again with the same credentials: the pid must
+                    // name the same process after restore, one of the tree.
+                    for m in &msgs {
+                        let (cpid, _, _) = m.creds.unwrap_or((0, 0, 0));
+                        if !tree_pids.contains(&cpid) {
+                            return refuse(format!(
+                                "that receives its senders' credentials (SO_PASSCRED), with a queued message sent by pid {cpid}, which is not a process of the dumped tree (its pid could not be named again on restore); retry the dump once it is read"
+                            ));
+                        }
+                    }
+                    s.queue_creds = msgs
+                        .iter()
+                        .map(|m| {
+                            let (pid, uid, gid) = m.creds.unwrap_or((0, 0, 0));
+                            MsgCred { pid, uid, gid }
+                        })
+                        .collect();
                 }
                 let from_peer = s.peer_ino != 0 && (mutual || s.addr.len() > 2);
                 let from_anyone = !connection(&s)
@@ -400,7 +422,7 @@ pub fn link_unix(procs: &mut [Process]) -> Result<()> {
                         }
                     ));
                 }
-                s.queue = if stream {
+                s.queue = if stream && !passcred {
                     vec![msgs.into_iter().flat_map(|m| m.data).collect()]
                 } else {
                     msgs.into_iter().map(|m| m.data).collect()
@@ -895,10 +917,26 @@ fn refill(pid: i32, sender: &OwnedFd, m: &Member, to: Option<&[u8]>) -> Result<(
     let raised = orig < need
         && sockdiag::set_option(sfd, libc::SOL_SOCKET, libc::SO_SNDBUFFORCE, need).is_ok();
     let sent = (|| {
-        for msg in &m.s.queue {
+        for (k, msg) in m.s.queue.iter().enumerate() {
+            let creds = m.s.queue_creds.get(k).map(|c| (c.pid, c.uid, c.gid));
             let mut off = 0;
             loop {
-                let n = sockdiag::send_to(sfd, &msg[off..], to)?;
+                let n = match creds {
+                    None => sockdiag::send_to(sfd, &msg[off..], to)?,
+                    Some((cpid, uid, gid)) => {
+                        sockdiag::send_msg(sfd, &msg[off..], to, Some((cpid, uid, gid)), &[])
+                            .map_err(|e| match e.errno() {
+                                Some(libc::ESRCH) => SysError::Call {
+                                    call: "sendmsg(SCM_CREDENTIALS)",
+                                    target: format!(
+                                        "a queued message sent by pid {cpid}, which does not exist (yet) when the queue is refilled"
+                                    ),
+                                    source: std::io::Error::from_raw_os_error(libc::ESRCH),
+                                },
+                                _ => e,
+                            })?
+                    }
+                };
                 off += n;
                 if off >= msg.len() || m.s.sock_type != libc::SOCK_STREAM {
                     break;
