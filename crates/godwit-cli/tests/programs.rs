@@ -30,6 +30,7 @@ case!(ptimers);
 case!(anonfds);
 case!(unix);
 case!(unixcreds);
+case!(unixrights);
 case!(ipc);
 case!(mappings);
 case!(sched);

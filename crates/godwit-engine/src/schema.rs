@@ -848,6 +848,20 @@ pub struct Socket {
     /// run of bytes with the same credentials). Empty otherwise.
     #[prost(message, repeated, tag = "24")]
     pub queue_creds: Vec<MsgCred>,
+    /// Unix sockets with descriptors in flight: the open file descriptions
+    /// each entry of `queue` carries (SCM_RIGHTS), in order, one `Passed`
+    /// per entry (empty when no entry carries any). Each is an `Fd` whose
+    /// `file_id` is shared with the processes' fds of the same description;
+    /// its `fd` number means nothing.
+    #[prost(message, repeated, tag = "25")]
+    pub queue_fds: Vec<Passed>,
+}
+
+/// The descriptions one queued message carries.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Passed {
+    #[prost(message, repeated, tag = "1")]
+    pub fds: Vec<Fd>,
 }
 
 /// The credentials a queued unix socket message carries (SCM_CREDENTIALS).

@@ -304,13 +304,16 @@ pub fn parse_control(buf: &[u8]) -> Vec<Cmsg> {
 }
 
 /// One message found in a receive queue.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Default)]
 pub struct Queued {
     pub data: Vec<u8>,
     /// The sender's address (empty: unnamed sender, or a stream socket).
     pub sender: Vec<u8>,
-    /// Descriptors passed with it (SCM_RIGHTS); they were closed again.
+    /// How many descriptors are passed with it (SCM_RIGHTS).
     pub fds: usize,
+    /// Those descriptors, installed in our process by the peek, when the
+    /// caller asked to keep them ([`peek_queue`]); else closed at once.
+    pub passed: Vec<OwnedFd>,
     /// The sender's (pid, uid, gid).
     pub creds: Option<(i32, u32, u32)>,
     /// Other control messages (security label, pidfd).
@@ -407,11 +410,22 @@ pub fn pending_error(fd: BorrowedFd<'_>) -> Result<bool> {
     Ok(p.revents & libc::POLLERR != 0)
 }
 
+/// An offset as SO_PEEK_OFF takes it.
+fn peek_off(off: usize) -> Result<i32> {
+    i32::try_from(off)
+        .map_err(|_| SysError::call_errno("setsockopt(SO_PEEK_OFF)", "socket", libc::EOVERFLOW))
+}
+
 /// One recvmsg(MSG_PEEK) into a `cap`-byte buffer: None when nothing is
 /// queued (EAGAIN), else (the message's full length, the message with at
 /// most `cap` bytes of data). Descriptors passed with the message, which
 /// the peek installs in our process, are closed at once.
-fn peek_one(fd: BorrowedFd<'_>, cap: usize, trunc: bool) -> Result<Option<(usize, Queued)>> {
+fn peek_one(
+    fd: BorrowedFd<'_>,
+    cap: usize,
+    trunc: bool,
+    keep: bool,
+) -> Result<Option<(usize, Queued)>> {
     let mut data = vec![0u8; cap];
     let mut name = [0u8; 128];
     // u64 words keep the control buffer aligned for struct cmsghdr.
@@ -468,9 +482,12 @@ fn peek_one(fd: BorrowedFd<'_>, cap: usize, trunc: bool) -> Result<Option<(usize
                     let n = i32::from_ne_bytes(c.try_into().expect("4 bytes"));
                     // SAFETY: the kernel installed this descriptor in our
                     // table for this message; nothing else refers to it.
-                    drop(unsafe { OwnedFd::from_raw_fd(n) });
+                    let owned = unsafe { OwnedFd::from_raw_fd(n) };
                     if kind == SCM_RIGHTS {
                         q.fds += 1;
+                        if keep {
+                            q.passed.push(owned);
+                        }
                     }
                 }
                 if kind == SCM_PIDFD {
@@ -513,7 +530,21 @@ impl Drop for PeekGuard<'_> {
 /// must not be read by anyone else meanwhile (its process is frozen), must
 /// be connected if it is a seqpacket socket, and should have no pending
 /// error ([`pending_error`]): a datagram peek would report and clear it.
-pub fn peek_queue(fd: BorrowedFd<'_>, sock_type: i32, stream_bytes: usize) -> Result<Vec<Queued>> {
+///
+/// On a stream socket, a peek reports the descriptors of a write together
+/// with the bytes written before it since the previous descriptors (this
+/// kernel reports them on a peek of any of those bytes, so where that write
+/// starts cannot be found): they come in one chunk.
+///
+/// With `keep`, the descriptors passed with each message (SCM_RIGHTS),
+/// which each peek installs in our process as new descriptors of the same
+/// open file descriptions, are kept in [`Queued::passed`]; else closed.
+pub fn peek_queue(
+    fd: BorrowedFd<'_>,
+    sock_type: i32,
+    stream_bytes: usize,
+    keep: bool,
+) -> Result<Vec<Queued>> {
     let guard = PeekGuard {
         fd,
         peek_off: get_int(fd, libc::SOL_SOCKET, SO_PEEK_OFF)?,
@@ -534,7 +565,7 @@ pub fn peek_queue(fd: BorrowedFd<'_>, sock_type: i32, stream_bytes: usize) -> Re
         } else {
             cap
         };
-        let Some((full, q)) = peek_one(fd, want, !stream)? else {
+        let Some((full, q)) = peek_one(fd, want, !stream, keep)? else {
             break;
         };
         if stream {
@@ -549,10 +580,7 @@ pub fn peek_queue(fd: BorrowedFd<'_>, sock_type: i32, stream_bytes: usize) -> Re
             if full > cap {
                 // Truncated: peek this message again with room for all of it.
                 cap = full.next_power_of_two();
-                let o = i32::try_from(off).map_err(|_| {
-                    SysError::call_errno("setsockopt(SO_PEEK_OFF)", "socket", libc::EOVERFLOW)
-                })?;
-                set_option(fd, libc::SOL_SOCKET, SO_PEEK_OFF, o)?;
+                set_option(fd, libc::SOL_SOCKET, SO_PEEK_OFF, peek_off(off)?)?;
                 continue;
             }
         }
@@ -867,7 +895,7 @@ mod tests {
                 unsafe { libc::shutdown(a.as_raw_fd(), libc::SHUT_WR) };
             }
             let total = 3 + big.len() + 4;
-            let q = peek_queue(b.as_fd(), kind, total).unwrap();
+            let q = peek_queue(b.as_fd(), kind, total, false).unwrap();
             let data: Vec<u8> = q.iter().flat_map(|m| m.data.clone()).collect();
             assert_eq!(data.len(), total, "type {kind}");
             if kind != libc::SOCK_STREAM {
@@ -916,7 +944,7 @@ mod tests {
             *(libc::CMSG_DATA(c) as *mut i32) = fd;
             assert_eq!(libc::sendmsg(fd, &msg, 0), 1);
         }
-        let q = peek_queue(b.as_fd(), libc::SOCK_DGRAM, 0).unwrap();
+        let q = peek_queue(b.as_fd(), libc::SOCK_DGRAM, 0, false).unwrap();
         assert_eq!(q.len(), 1);
         assert_eq!(q[0].fds, 1);
         assert!(q[0].creds.is_some());

@@ -51,108 +51,7 @@ pub fn dump(pid: i32) -> Result<Files> {
     let mut lock_lines = Vec::new();
     let mut pidfd: Option<OwnedFd> = None;
     for fd in proc::fds(pid).dumping(pid, "listing file descriptors")? {
-        let target = proc::link(&format!("/proc/{pid}/fd/{fd}"))
-            .dumping(pid, "reading file descriptors")?
-            .to_string_lossy()
-            .into_owned();
-        let info = proc::fdinfo(pid, fd).dumping(pid, "reading file descriptors")?;
-        if !info.locks.is_empty() {
-            lock_lines.push((fd, info.locks.clone()));
-        }
-        let cloexec = info.flags & libc::O_CLOEXEC as u32 != 0;
-        let flags = info.flags & !(libc::O_CLOEXEC as u32);
-        let mut e = Fd {
-            fd,
-            flags,
-            cloexec,
-            pos: info.pos,
-            ..Default::default()
-        };
-        if let Some(ino) = target
-            .strip_prefix("pipe:[")
-            .and_then(|s| s.strip_suffix(']'))
-        {
-            let ino: u64 = ino.parse().map_err(|_| unsupported(pid, fd, &target))?;
-            e.kind = FdKind::Pipe as i32;
-            e.pipe_id = ino;
-            e.path.clear();
-            fds.push(e);
-            continue;
-        }
-        if let Some(ino) = target
-            .strip_prefix("socket:[")
-            .and_then(|s| s.strip_suffix(']'))
-        {
-            let ino: u64 = ino.parse().map_err(|_| unsupported(pid, fd, &target))?;
-            let pfd = match &pidfd {
-                Some(p) => p,
-                None => pidfd.insert(process::pidfd_open(pid).dumping(pid, "reading sockets")?),
-            };
-            let ours = process::pidfd_getfd(pfd, fd).dumping(pid, "reading sockets")?;
-            let (kind, socket) = sockets::dump(pid, fd, ino, &ours, &cwd)?;
-            e.kind = kind as i32;
-            e.socket = Some(socket);
-            fds.push(e);
-            continue;
-        }
-        if target == "anon_inode:[eventpoll]" {
-            e.kind = FdKind::Epoll as i32;
-            e.epoll = proc::epoll_targets(pid, fd)
-                .dumping(pid, "reading epoll interest lists")?
-                .into_iter()
-                .map(|(fd, events, data)| EpollTarget { fd, events, data })
-                .collect();
-            fds.push(e);
-            continue;
-        }
-        if let Some(name) = target.strip_prefix("anon_inode:") {
-            anon::dump(pid, fd, name, &mut e)?;
-            fds.push(e);
-            continue;
-        }
-        if !target.starts_with('/') {
-            let kind = target.split(':').next().unwrap_or("unknown");
-            return Err(unsupported(pid, fd, format!("{kind}: {target}")));
-        }
-        if let Some(name) = memory::memfd_name(&target) {
-            if describe_memfd(pid, fd, name, &mut e)? {
-                fds.push(e);
-                continue;
-            }
-        }
-        if let Some(path) = target.strip_suffix(" (deleted)") {
-            e.path = path.to_string();
-            save_deleted(pid, fd, &mut e)?;
-            fds.push(e);
-            continue;
-        }
-        let md = std::fs::metadata(format!("/proc/{pid}/fd/{fd}"))
-            .map_err(|err| unsupported(pid, fd, format!("{target}: {err}")))?;
-        let ft = md.file_type();
-        e.path = target.clone();
-        if ft.is_file() {
-            e.kind = FdKind::Regular as i32;
-            e.size = md.size();
-            e.mtime_ns = md.mtime() * 1_000_000_000 + md.mtime_nsec();
-        } else if ft.is_dir() {
-            e.kind = FdKind::Directory as i32;
-        } else if ft.is_char_device() && STATELESS_DEVICES.contains(&target.as_str()) {
-            e.kind = FdKind::CharDevice as i32;
-        } else if ft.is_char_device() {
-            let pfd = match &pidfd {
-                Some(p) => p,
-                None => pidfd.insert(process::pidfd_open(pid).dumping(pid, "reading terminals")?),
-            };
-            if !tty::dump(pid, fd, &target, &md, pfd, &mut e)? {
-                return Err(unsupported(pid, fd, format!("character device {target}")));
-            }
-        } else if ft.is_fifo() {
-            e.kind = FdKind::Fifo as i32;
-            e.pipe_id = memory::shmem_id_of(md.dev(), md.ino());
-        } else {
-            return Err(unsupported(pid, fd, target.clone()));
-        }
-        fds.push(e);
+        fds.push(describe(pid, fd, &cwd, &mut pidfd, &mut lock_lines)?);
     }
     // What belongs to the open file description itself: the pipe buffer
     // size, the owner of I/O signals (O_ASYNC, SIGURG) and their signal.
@@ -190,6 +89,155 @@ pub fn dump(pid: i32) -> Result<Files> {
     }
     let pipes = Vec::new();
     Ok(Files { fds, pipes, cwd })
+}
+
+/// Describes fd `fd` of frozen process `pid` (its kind and what restores
+/// it); `pidfd` is opened on first need; lock lines are added to `locks`.
+fn describe(
+    pid: i32,
+    fd: i32,
+    cwd: &str,
+    pidfd: &mut Option<OwnedFd>,
+    lock_lines: &mut Vec<(i32, Vec<proc::LockLine>)>,
+) -> Result<Fd> {
+    let target = proc::link(&format!("/proc/{pid}/fd/{fd}"))
+        .dumping(pid, "reading file descriptors")?
+        .to_string_lossy()
+        .into_owned();
+    let info = proc::fdinfo(pid, fd).dumping(pid, "reading file descriptors")?;
+    if !info.locks.is_empty() {
+        lock_lines.push((fd, info.locks.clone()));
+    }
+    let cloexec = info.flags & libc::O_CLOEXEC as u32 != 0;
+    let flags = info.flags & !(libc::O_CLOEXEC as u32);
+    let mut e = Fd {
+        fd,
+        flags,
+        cloexec,
+        pos: info.pos,
+        ..Default::default()
+    };
+    if let Some(ino) = target
+        .strip_prefix("pipe:[")
+        .and_then(|s| s.strip_suffix(']'))
+    {
+        let ino: u64 = ino.parse().map_err(|_| unsupported(pid, fd, &target))?;
+        e.kind = FdKind::Pipe as i32;
+        e.pipe_id = ino;
+        e.path.clear();
+        return Ok(e);
+    }
+    if let Some(ino) = target
+        .strip_prefix("socket:[")
+        .and_then(|s| s.strip_suffix(']'))
+    {
+        let ino: u64 = ino.parse().map_err(|_| unsupported(pid, fd, &target))?;
+        let pfd = match &pidfd {
+            Some(p) => p,
+            None => pidfd.insert(process::pidfd_open(pid).dumping(pid, "reading sockets")?),
+        };
+        let ours = process::pidfd_getfd(pfd, fd).dumping(pid, "reading sockets")?;
+        let (kind, socket) = sockets::dump(pid, fd, ino, &ours, cwd)?;
+        e.kind = kind as i32;
+        e.socket = Some(socket);
+        return Ok(e);
+    }
+    if target == "anon_inode:[eventpoll]" {
+        e.kind = FdKind::Epoll as i32;
+        e.epoll = proc::epoll_targets(pid, fd)
+            .dumping(pid, "reading epoll interest lists")?
+            .into_iter()
+            .map(|(fd, events, data)| EpollTarget { fd, events, data })
+            .collect();
+        return Ok(e);
+    }
+    if let Some(name) = target.strip_prefix("anon_inode:") {
+        anon::dump(pid, fd, name, &mut e)?;
+        return Ok(e);
+    }
+    if !target.starts_with('/') {
+        let kind = target.split(':').next().unwrap_or("unknown");
+        return Err(unsupported(pid, fd, format!("{kind}: {target}")));
+    }
+    if let Some(name) = memory::memfd_name(&target) {
+        if describe_memfd(pid, fd, name, &mut e)? {
+            return Ok(e);
+        }
+    }
+    if let Some(path) = target.strip_suffix(" (deleted)") {
+        e.path = path.to_string();
+        save_deleted(pid, fd, &mut e)?;
+        return Ok(e);
+    }
+    let md = std::fs::metadata(format!("/proc/{pid}/fd/{fd}"))
+        .map_err(|err| unsupported(pid, fd, format!("{target}: {err}")))?;
+    let ft = md.file_type();
+    e.path = target.clone();
+    if ft.is_file() {
+        e.kind = FdKind::Regular as i32;
+        e.size = md.size();
+        e.mtime_ns = md.mtime() * 1_000_000_000 + md.mtime_nsec();
+    } else if ft.is_dir() {
+        e.kind = FdKind::Directory as i32;
+    } else if ft.is_char_device() && STATELESS_DEVICES.contains(&target.as_str()) {
+        e.kind = FdKind::CharDevice as i32;
+    } else if ft.is_char_device() {
+        let pfd = match &pidfd {
+            Some(p) => p,
+            None => pidfd.insert(process::pidfd_open(pid).dumping(pid, "reading terminals")?),
+        };
+        if !tty::dump(pid, fd, &target, &md, pfd, &mut e)? {
+            return Err(unsupported(pid, fd, format!("character device {target}")));
+        }
+    } else if ft.is_fifo() {
+        e.kind = FdKind::Fifo as i32;
+        e.pipe_id = memory::shmem_id_of(md.dev(), md.ino());
+    } else {
+        return Err(unsupported(pid, fd, target.clone()));
+    }
+    Ok(e)
+}
+
+/// Kinds a descriptor in flight (passed in a queued unix socket message)
+/// may be: those made again from what the `Fd` alone holds.
+const PASSABLE: &[FdKind] = &[
+    FdKind::Regular,
+    FdKind::Directory,
+    FdKind::CharDevice,
+    FdKind::Pipe,
+    FdKind::EventFd,
+    FdKind::TimerFd,
+];
+
+/// Describes a descriptor in flight, installed in godwit by a peek of the
+/// queue that carries it (`fd`), like any fd of a process. Err: a readable
+/// reason it cannot be kept.
+pub(crate) fn describe_passed(fd: &OwnedFd) -> std::result::Result<Fd, String> {
+    let me = std::process::id() as i32;
+    let raw = fd.as_raw_fd();
+    let mut pidfd = None;
+    let mut locks = Vec::new();
+    let mut e = describe(me, raw, "/", &mut pidfd, &mut locks).map_err(|e| e.to_string())?;
+    let kind = FdKind::try_from(e.kind).unwrap_or(FdKind::Regular);
+    if !PASSABLE.contains(&kind) || e.deleted {
+        let what = if e.path.is_empty() {
+            format!("{kind:?}")
+        } else {
+            format!("{kind:?} {}", e.path)
+        };
+        return Err(format!(
+            "a descriptor in flight of a kind that cannot be passed again yet ({what})"
+        ));
+    }
+    if !locks.is_empty() {
+        return Err(format!("a descriptor in flight holding locks ({})", e.path));
+    }
+    if is_pipe_like(&e) {
+        e.pipe_size = process::pipe_size(fd).map_err(|e| e.to_string())?;
+    }
+    (e.owner_type, e.owner_pid) = process::fd_owner(fd).map_err(|e| e.to_string())?;
+    e.signal = process::fd_signal(fd).map_err(|e| e.to_string())?;
+    Ok(e)
 }
 
 fn is_pipe_like(f: &Fd) -> bool {
@@ -340,26 +388,81 @@ pub fn link_descriptions(procs: &mut [Process]) -> Result<()> {
             };
         }
     }
+    // Unix sockets: peers inside the tree; queues read once, with the
+    // descriptions in flight in them, which godwit holds meanwhile. These
+    // get ids too, the same as a process's fd of the same description.
+    let inflight = sockets::link_unix(procs)?;
+    let me = std::process::id() as i32;
+    for inf in &inflight {
+        let f = inf.get_mut(procs);
+        let key = (
+            f.kind,
+            f.path.clone(),
+            f.pipe_id,
+            f.flags & libc::O_ACCMODE as u32,
+            f.socket.as_ref().map_or(0, |s| s.ino),
+        );
+        let list = reps.entry(key).or_default();
+        let mut found = None;
+        for &(rpid, rfd, id) in list.iter() {
+            if process::same_file(me, f.fd, rpid, rfd)
+                .dumping(inf.pid, "comparing descriptors in flight")?
+            {
+                found = Some(id);
+                break;
+            }
+        }
+        f.file_id = match found {
+            Some(id) => id,
+            None => {
+                list.push((me, f.fd, next_id));
+                next_id += 1;
+                next_id - 1
+            }
+        };
+    }
     // Pipes: both ends inside the tree; data read once.
-    let mut ends: BTreeMap<u64, (Option<(usize, i32)>, bool)> = BTreeMap::new();
-    for (i, p) in procs.iter().enumerate() {
+    // Readers are (pid, fd): a process's, or godwit's for an end in flight.
+    let mut ends: BTreeMap<u64, (Option<(i32, i32)>, bool)> = BTreeMap::new();
+    for p in procs.iter() {
         for f in p.fds.iter().filter(|f| f.kind == FdKind::Pipe as i32) {
             let e = ends.entry(f.pipe_id).or_insert((None, false));
             if is_write_end(f) {
                 e.1 = true;
             } else if e.0.is_none() {
-                e.0 = Some((i, f.fd));
+                e.0 = Some((p.pid, f.fd));
             }
         }
     }
+    let mut passed_pipes: HashMap<u64, i32> = HashMap::new();
+    for inf in &inflight {
+        let f = inf.get(procs);
+        if f.kind != FdKind::Pipe as i32 {
+            continue;
+        }
+        passed_pipes.insert(f.pipe_id, inf.pid);
+        let e = ends.entry(f.pipe_id).or_insert((None, false));
+        if is_write_end(f) {
+            e.1 = true;
+        } else if e.0.is_none() {
+            e.0 = Some((me, f.fd));
+        }
+    }
     for (id, (reader, has_writer)) in ends {
-        let Some((i, rfd)) = reader.filter(|_| has_writer) else {
+        if let (Some(&pid), None) = (passed_pipes.get(&id), reader.filter(|_| has_writer)) {
+            return Err(EngineError::Unsupported {
+                pid,
+                what: format!(
+                    "a pipe end (pipe:[{id}]) passed in a queued unix socket message (SCM_RIGHTS) whose other end no process of the tree holds"
+                ),
+            });
+        }
+        let Some((rpid, rfd)) = reader.filter(|_| has_writer) else {
             // An end whose other end no process of the tree holds: kept as
             // connected outside the tree (resources::external), with the
             // bytes in the pipe when the tree holds its read end.
             let data = match reader {
-                Some((i, rfd)) => {
-                    let pid = procs[i].pid;
+                Some((pid, rfd)) => {
                     let pidfd = process::pidfd_open(pid).dumping(pid, "reading pipes")?;
                     peek_pipe(pid, &pidfd, rfd)?
                 }
@@ -368,9 +471,8 @@ pub fn link_descriptions(procs: &mut [Process]) -> Result<()> {
             mark_external(procs, FdKind::Pipe, id, data, 0, 0);
             continue;
         };
-        let pid = procs[i].pid;
-        let pidfd = process::pidfd_open(pid).dumping(pid, "reading pipes")?;
-        let data = peek_pipe(pid, &pidfd, rfd)?;
+        let pidfd = process::pidfd_open(rpid).dumping(rpid, "reading pipes")?;
+        let data = peek_pipe(rpid, &pidfd, rfd)?;
         let first = procs
             .iter()
             .position(|p| {
@@ -378,7 +480,7 @@ pub fn link_descriptions(procs: &mut [Process]) -> Result<()> {
                     .iter()
                     .any(|f| f.pipe_id == id && f.kind == FdKind::Pipe as i32)
             })
-            .unwrap_or(i);
+            .unwrap_or(0);
         procs[first].pipes.push(Pipe { id, data });
     }
     // FIFOs: their ends may be anywhere. The unread data is saved once, if
@@ -402,8 +504,8 @@ pub fn link_descriptions(procs: &mut [Process]) -> Result<()> {
             procs[first].pipes.push(Pipe { id, data });
         }
     }
-    // Unix sockets: peers inside the tree; queues read once.
-    sockets::link_unix(procs)
+    drop(inflight);
+    Ok(())
 }
 
 /// Marks every fd of pipe `id` (`was` PIPE) or unix socket inode `id` (`was`
@@ -863,6 +965,21 @@ impl FdPlan {
                 }
             }
         }
+        // Descriptions in flight in unix socket queues are held, until the
+        // refill sends them, by the process that creates the socket.
+        let unix = sockets::UnixPlan::new(procs, &reps, &holders, &parent)?;
+        for (creator, f) in unix.passed() {
+            if f.file_id == 0 {
+                return Err(EngineError::BadImage(
+                    "a descriptor in flight has no description id".into(),
+                ));
+            }
+            holders.entry(f.file_id).or_default().push(creator);
+            reps.entry(f.file_id).or_insert_with(|| f.clone());
+            if f.kind == FdKind::Pipe as i32 {
+                pipe_holders.entry(f.pipe_id).or_default().push(creator);
+            }
+        }
         let pipes = procs
             .iter()
             .flat_map(|p| &p.pipes)
@@ -871,7 +988,6 @@ impl FdPlan {
                 (pp.id, (pp.data.clone(), creator))
             })
             .collect::<HashMap<_, _>>();
-        let unix = sockets::UnixPlan::new(procs, &reps, &holders, &parent)?;
         let tty = tty::TtyPlan::new(procs, &reps, &holders, &parent, shell)?;
         let mut descs = BTreeMap::new();
         for (id, f) in reps {
@@ -1047,7 +1163,8 @@ impl FdPlan {
                 write_all_fd(&w, data).restoring(pid, "refilling pipes")?;
             }
         }
-        for (id, fd) in self.unix.create(r, idx)? {
+        let (made, unix_pending) = self.unix.create(r, idx)?;
+        for (id, fd) in made {
             self.to_stage(r, fd, id)?;
         }
         for (id, fd) in self.tty.create(r, idx)? {
@@ -1154,6 +1271,9 @@ impl FdPlan {
             };
             self.to_stage(r, fd, *id)?;
         }
+        // Queues carrying descriptions, once those exist (made here or
+        // inherited from an ancestor).
+        self.unix.finish(r, unix_pending, &|id| self.stage(id))?;
         // Epoll instances last: their interest lists name other descriptions.
         for (id, (creator, f)) in &self.descs {
             if *creator == idx && f.kind == FdKind::Epoll as i32 {

@@ -7,7 +7,10 @@
 //! ([`link_unix`]): the peer of every connected socket must be in the tree
 //! (a datagram socket connected to a named socket outside it is connected
 //! to that name again on restore), and each socket's receive queue is read
-//! once, without consuming it, message by message (SO_PEEK_OFF).
+//! once, without consuming it, message by message (SO_PEEK_OFF), with the
+//! descriptions in flight in it (SCM_RIGHTS), described like any fd and
+//! made again on restore by the socket's creator before the refill sends
+//! them ([`UnixPlan::finish`]).
 //!
 //! Restore ([`UnixPlan`]): sockets linked by their peers form a group that
 //! is created at once in the lowest common ancestor of all their holders,
@@ -37,12 +40,12 @@ use super::unsupported;
 use crate::error::{DumpCtx, EngineError, RestoreCtx, Result};
 use crate::remote::Remote;
 use crate::resources::files::lca;
-use crate::schema::{Fd, FdKind, MsgCred, Process, SockOpt, Socket};
+use crate::schema::{Fd, FdKind, MsgCred, Passed, Process, SockOpt, Socket};
 use godwit_sys::sockdiag::{self, SO_PASSPIDFD, SO_PEEK_OFF};
 use godwit_sys::{process, SysError};
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsStr;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -269,11 +272,45 @@ fn option(s: &Socket, name: i32) -> i32 {
         .map_or(0, |o| o.value)
 }
 
+/// A descriptor in flight (passed in a queued message), held by godwit
+/// during the dump, and where it is described: message `k`, descriptor `l`
+/// of the queue saved with fd `j` of process `i`.
+pub struct InFlight {
+    /// The process holding the socket.
+    pub pid: i32,
+    at: (usize, usize, usize, usize),
+    _fd: OwnedFd,
+}
+
+impl InFlight {
+    pub fn get<'a>(&self, procs: &'a [Process]) -> &'a Fd {
+        let (i, j, k, l) = self.at;
+        &procs[i].fds[j]
+            .socket
+            .as_ref()
+            .expect("a unix socket")
+            .queue_fds[k]
+            .fds[l]
+    }
+
+    pub fn get_mut<'a>(&self, procs: &'a mut [Process]) -> &'a mut Fd {
+        let (i, j, k, l) = self.at;
+        &mut procs[i].fds[j]
+            .socket
+            .as_mut()
+            .expect("a unix socket")
+            .queue_fds[k]
+            .fds[l]
+    }
+}
+
 /// Across the frozen tree (after [`dump`] of every process): marks each
 /// connected socket whose peer is outside the tree as connected outside it
 /// (`resources::external`) and saves each other socket's receive queue
-/// once, with its first fd (in tree order).
-pub fn link_unix(procs: &mut [Process]) -> Result<()> {
+/// once, with its first fd (in tree order), with the descriptions in flight
+/// in it, which are returned (held by godwit until they are given ids).
+pub fn link_unix(procs: &mut [Process]) -> Result<Vec<InFlight>> {
+    let mut inflight = Vec::new();
     let mut first: BTreeMap<u64, (usize, usize)> = BTreeMap::new();
     for (i, p) in procs.iter().enumerate().filter(|(_, p)| !p.zombie) {
         for (j, f) in p.fds.iter().enumerate() {
@@ -359,14 +396,44 @@ pub fn link_unix(procs: &mut [Process]) -> Result<()> {
             if stream && sockdiag::oob_pending(ours.as_fd()) {
                 return refuse("with an unread out-of-band byte (MSG_OOB)".into());
             }
-            let msgs =
-                sockdiag::peek_queue(ours.as_fd(), s.sock_type, bytes).dumping(pid, stage)?;
+            let mut msgs =
+                sockdiag::peek_queue(ours.as_fd(), s.sock_type, bytes, true).dumping(pid, stage)?;
             if !msgs.is_empty() {
-                if let Some(m) = msgs.iter().find(|m| m.fds > 0) {
-                    return refuse(format!(
-                        "with a queued message carrying {} file descriptor(s) (SCM_RIGHTS), which cannot be restored yet; retry the dump once it is read",
-                        m.fds
-                    ));
+                tracing::debug!(
+                    pid,
+                    fd,
+                    messages = ?msgs.iter().map(|m| (m.data.len(), m.fds)).collect::<Vec<_>>(),
+                    "unix socket queue read"
+                );
+                let rights = msgs.iter().any(|m| m.fds > 0);
+                if rights {
+                    // The descriptions in flight, described like any fd;
+                    // godwit holds them until ids are given (files).
+                    let mut passed = Vec::new();
+                    for (k, m) in msgs.iter_mut().enumerate() {
+                        let mut list = Vec::new();
+                        for (l, owned) in std::mem::take(&mut m.passed).into_iter().enumerate() {
+                            let f = match crate::resources::files::describe_passed(&owned) {
+                                Ok(f) => f,
+                                Err(why) => {
+                                    return refuse(format!(
+                                        "with queued message {} carrying descriptor {} of {} (SCM_RIGHTS) that cannot be dumped: {why}; retry the dump once it is read",
+                                        k + 1,
+                                        l + 1,
+                                        m.fds
+                                    ))
+                                }
+                            };
+                            list.push(f);
+                            inflight.push(InFlight {
+                                pid,
+                                at: (i, j, k, l),
+                                _fd: owned,
+                            });
+                        }
+                        passed.push(Passed { fds: list });
+                    }
+                    s.queue_fds = passed;
                 }
                 if msgs.iter().any(|m| m.other_control) {
                     return refuse(
@@ -422,7 +489,7 @@ pub fn link_unix(procs: &mut [Process]) -> Result<()> {
                         }
                     ));
                 }
-                s.queue = if stream && !passcred {
+                s.queue = if stream && !passcred && !rights {
                     vec![msgs.into_iter().flat_map(|m| m.data).collect()]
                 } else {
                     msgs.into_iter().map(|m| m.data).collect()
@@ -441,7 +508,7 @@ pub fn link_unix(procs: &mut [Process]) -> Result<()> {
             unread,
         );
     }
-    Ok(())
+    Ok(inflight)
 }
 
 /// One socket to create: its description id and saved state.
@@ -451,6 +518,16 @@ struct Member {
     status: u64,
     fd: i32,
     s: Socket,
+}
+
+/// What [`UnixPlan::create`] made: (description id, fd) of each socket,
+/// and the groups left to finish.
+pub type Created = (Vec<(u64, u64)>, Vec<PendingGroup>);
+
+/// A group made but not finished yet: its queues carry descriptions.
+pub struct PendingGroup {
+    group: usize,
+    ghosts: HashMap<u64, u64>,
 }
 
 /// Sockets linked by their peers, created together.
@@ -484,11 +561,11 @@ impl UnixPlan {
         parent: &[Option<usize>],
     ) -> Result<UnixPlan> {
         // Queues are saved with one fd of the socket: find it whichever it is.
-        let mut queues: HashMap<u64, &Vec<Vec<u8>>> = HashMap::new();
+        let mut queues: HashMap<u64, &Socket> = HashMap::new();
         for f in procs.iter().flat_map(|p| &p.fds) {
             if let (true, Some(s)) = (f.kind == FdKind::UnixSocket as i32, &f.socket) {
                 if !s.queue.is_empty() {
-                    queues.entry(s.ino).or_insert(&s.queue);
+                    queues.entry(s.ino).or_insert(s);
                 }
             }
         }
@@ -502,7 +579,9 @@ impl UnixPlan {
             })?;
             if s.queue.is_empty() {
                 if let Some(q) = queues.get(&s.ino) {
-                    s.queue = (*q).clone();
+                    s.queue = q.queue.clone();
+                    s.queue_creds = q.queue_creds.clone();
+                    s.queue_fds = q.queue_fds.clone();
                 }
             }
             members.push(Member {
@@ -559,12 +638,74 @@ impl UnixPlan {
     /// Creates, in process `idx` (`r`), the socket groups it is the creator
     /// of; returns (description id, fd in the process) of each. Uses
     /// scratch bytes [0, 8192).
-    pub fn create(&self, r: &Remote, idx: usize) -> Result<Vec<(u64, u64)>> {
+    ///
+    /// A group whose queues carry descriptions (SCM_RIGHTS) is finished
+    /// later ([`UnixPlan::finish`], once the process made every description
+    /// it creates): it is returned among the pending ones.
+    pub fn create(&self, r: &Remote, idx: usize) -> Result<Created> {
         let mut out = Vec::new();
-        for g in self.groups.iter().filter(|g| g.creator == idx) {
-            out.extend(create_group(r, &g.members)?);
+        let mut pending = Vec::new();
+        for (gi, g) in self
+            .groups
+            .iter()
+            .enumerate()
+            .filter(|(_, g)| g.creator == idx)
+        {
+            let (fds, ghosts) = create_group(r, &g.members)?;
+            if g.members.iter().any(|m| !m.s.queue_fds.is_empty()) {
+                pending.push(PendingGroup { group: gi, ghosts });
+            } else {
+                let none = |id: u64| -> Result<OwnedFd> {
+                    Err(EngineError::BadImage(format!(
+                        "description {id} in flight in a group without any"
+                    )))
+                };
+                finish_group(r, &g.members, &fds, &ghosts, &none)?;
+            }
+            out.extend(g.members.iter().map(|m| (m.id, fds[&m.s.ino])));
         }
-        Ok(out)
+        Ok((out, pending))
+    }
+
+    /// Finishes the groups [`UnixPlan::create`] left pending, their sockets
+    /// and the descriptions in flight now at `stage(id)` in the process.
+    pub fn finish(
+        &self,
+        r: &Remote,
+        pending: Vec<PendingGroup>,
+        stage: &dyn Fn(u64) -> u64,
+    ) -> Result<()> {
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let pid = r.pid;
+        let pidfd = process::pidfd_open(pid).restoring(pid, "refilling unix sockets")?;
+        let carried = |id: u64| -> Result<OwnedFd> {
+            process::pidfd_getfd(&pidfd, stage(id) as i32)
+                .restoring(pid, "passing descriptors in flight")
+        };
+        for p in pending {
+            let g = &self.groups[p.group];
+            let fds: HashMap<u64, u64> = g.members.iter().map(|m| (m.s.ino, stage(m.id))).collect();
+            finish_group(r, &g.members, &fds, &p.ghosts, &carried)?;
+        }
+        Ok(())
+    }
+
+    /// Every description in flight in a saved queue, with the process that
+    /// creates the socket whose queue carries it.
+    pub fn passed(&self) -> Vec<(usize, &Fd)> {
+        self.groups
+            .iter()
+            .flat_map(|g| {
+                g.members.iter().flat_map(move |m| {
+                    m.s.queue_fds
+                        .iter()
+                        .flat_map(|p| &p.fds)
+                        .map(move |f| (g.creator, f))
+                })
+            })
+            .collect()
     }
 }
 
@@ -598,7 +739,11 @@ fn local_err(pid: i32, path: &Path, detail: String) -> EngineError {
     }
 }
 
-fn create_group(r: &Remote, members: &[Member]) -> Result<Vec<(u64, u64)>> {
+/// Creates a group's sockets, binds, listens and connects them; returns
+/// their fds (by inode) and the stand-in peers of those whose peer is gone.
+type Made = (HashMap<u64, u64>, HashMap<u64, u64>);
+
+fn create_group(r: &Remote, members: &[Member]) -> Result<Made> {
     let pid = r.pid;
     let by_ino: HashMap<u64, &Member> = members.iter().map(|m| (m.s.ino, m)).collect();
     let mutual = |m: &Member| {
@@ -677,6 +822,31 @@ fn create_group(r: &Remote, members: &[Member]) -> Result<Vec<(u64, u64)>> {
         };
         connect(r, fds[&m.s.ino], addr, cwd)?;
     }
+    Ok((fds, ghosts))
+}
+
+/// The fd (in godwit) of a description in flight, by its id.
+type Carried<'a> = dyn Fn(u64) -> Result<OwnedFd> + 'a;
+
+/// The second half of a group's creation ([`create_group`] made and linked
+/// its sockets, now at `fds` by inode): the queues refilled, shutdown, the
+/// stand-in peers closed, the late options and the status flags.
+fn finish_group(
+    r: &Remote,
+    members: &[Member],
+    fds: &HashMap<u64, u64>,
+    ghosts: &HashMap<u64, u64>,
+    carried: &Carried<'_>,
+) -> Result<()> {
+    let pid = r.pid;
+    let by_ino: HashMap<u64, &Member> = members.iter().map(|m| (m.s.ino, m)).collect();
+    let mutual = |m: &Member| {
+        m.s.peer_ino != 0
+            && m.s.peer_ino != m.s.ino
+            && by_ino
+                .get(&m.s.peer_ino)
+                .is_some_and(|p| p.s.peer_ino == m.s.ino)
+    };
     // The queues, sent again by the peer (or the closed peer's stand-in).
     let pidfd = if members.iter().any(|m| !m.s.queue.is_empty()) {
         Some(process::pidfd_open(pid).restoring(pid, "refilling unix sockets")?)
@@ -700,7 +870,7 @@ fn create_group(r: &Remote, members: &[Member]) -> Result<Vec<(u64, u64)>> {
                 None => sockdiag::unix_socket_new(m.s.sock_type)
                     .restoring(pid, "refilling unix sockets")?,
             };
-        refill(pid, &sender, m, to.as_deref())?;
+        refill(pid, &sender, m, to.as_deref(), carried)?;
     }
     for m in members.iter().filter(|m| m.s.shutdown != 0) {
         let how = (m.s.shutdown & 3) as u64 - 1;
@@ -715,7 +885,6 @@ fn create_group(r: &Remote, members: &[Member]) -> Result<Vec<(u64, u64)>> {
         r.call("close", libc::SYS_close, [*fd, 0, 0, 0, 0, 0])
             .restoring(pid, STAGE)?;
     }
-    let mut out = Vec::new();
     for m in members {
         let fd = fds[&m.s.ino];
         set_options(r, fd, m, true)?;
@@ -725,10 +894,9 @@ fn create_group(r: &Remote, members: &[Member]) -> Result<Vec<(u64, u64)>> {
             [fd, libc::F_SETFL as u64, m.status, 0, 0, 0],
         )
         .restoring(pid, STAGE)?;
-        out.push((m.id, fd));
     }
-    tracing::debug!(pid, sockets = out.len(), "unix sockets restored");
-    Ok(out)
+    tracing::debug!(pid, sockets = members.len(), "unix sockets restored");
+    Ok(())
 }
 
 /// The (uid, gid) a socket's SO_PEERCRED reported, if any.
@@ -906,7 +1074,13 @@ fn connect(r: &Remote, fd: u64, addr: &[u8], cwd: &str) -> Result<()> {
 
 /// Sends the saved queue of `m` from `sender` (to `to` if given), message
 /// by message, with the sender's send buffer raised for the time of it.
-fn refill(pid: i32, sender: &OwnedFd, m: &Member, to: Option<&[u8]>) -> Result<()> {
+fn refill(
+    pid: i32,
+    sender: &OwnedFd,
+    m: &Member,
+    to: Option<&[u8]>,
+    carried: &Carried<'_>,
+) -> Result<()> {
     let stage = "refilling unix sockets";
     let sfd = sender.as_fd();
     let total: usize = m.s.queue.iter().map(|q| q.len()).sum();
@@ -919,12 +1093,28 @@ fn refill(pid: i32, sender: &OwnedFd, m: &Member, to: Option<&[u8]>) -> Result<(
     let sent = (|| {
         for (k, msg) in m.s.queue.iter().enumerate() {
             let creds = m.s.queue_creds.get(k).map(|c| (c.pid, c.uid, c.gid));
+            // The descriptions it carries, taken from where the restorer
+            // made them; closed again once sent.
+            let passed: Vec<OwnedFd> = match m.s.queue_fds.get(k) {
+                Some(p) => p
+                    .fds
+                    .iter()
+                    .map(|f| carried(f.file_id))
+                    .collect::<Result<_>>()
+                    .map_err(|e| SysError::Proc {
+                        path: format!("unix socket fd {}", m.fd),
+                        detail: format!("a descriptor in flight: {e}"),
+                    })?,
+                None => Vec::new(),
+            };
+            let mut passed: Vec<BorrowedFd<'_>> = passed.iter().map(|f| f.as_fd()).collect();
             let mut off = 0;
             loop {
                 let n = match creds {
-                    None => sockdiag::send_to(sfd, &msg[off..], to)?,
+                    None if passed.is_empty() => sockdiag::send_to(sfd, &msg[off..], to)?,
+                    None => sockdiag::send_msg(sfd, &msg[off..], to, None, &passed)?,
                     Some((cpid, uid, gid)) => {
-                        sockdiag::send_msg(sfd, &msg[off..], to, Some((cpid, uid, gid)), &[])
+                        sockdiag::send_msg(sfd, &msg[off..], to, Some((cpid, uid, gid)), &passed)
                             .map_err(|e| match e.errno() {
                                 Some(libc::ESRCH) => SysError::Call {
                                     call: "sendmsg(SCM_CREDENTIALS)",
@@ -937,6 +1127,8 @@ fn refill(pid: i32, sender: &OwnedFd, m: &Member, to: Option<&[u8]>) -> Result<(
                             })?
                     }
                 };
+                // Descriptors go with the first part of a message only.
+                passed.clear();
                 off += n;
                 if off >= msg.len() || m.s.sock_type != libc::SOCK_STREAM {
                     break;
