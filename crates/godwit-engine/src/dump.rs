@@ -452,7 +452,7 @@ pub fn dump_to(
         }
         false => Some(tcp),
     };
-    files::link_descriptions(&mut procs)?;
+    files::link_descriptions(&mut procs, end == End::Kill)?;
     locks::check_tree(&procs)?;
     tty::link(&mut procs, opts.shell_job)?;
     let bases: Vec<u64> = procs

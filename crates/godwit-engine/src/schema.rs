@@ -855,6 +855,28 @@ pub struct Socket {
     /// its `fd` number means nothing.
     #[prost(message, repeated, tag = "25")]
     pub queue_fds: Vec<Passed>,
+    /// A listening unix socket: the connections that waited to be
+    /// accepted, in order (godwit accepted them at dump time; each is made
+    /// again by connecting its client, a socket of the tree, to it).
+    #[prost(message, repeated, tag = "26")]
+    pub pending: Vec<PendingConn>,
+    /// A unix socket whose connection its listener had not accepted yet:
+    /// that listener's inode (it lists the connection in `pending`).
+    #[prost(uint64, tag = "27")]
+    pub pending_listener: u64,
+}
+
+/// A connection waiting in a unix listener's queue.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct PendingConn {
+    /// The connecting socket (in the tree).
+    #[prost(uint64, tag = "1")]
+    pub peer_ino: u64,
+    /// What it sent, not read yet (as `Socket.queue`).
+    #[prost(bytes = "vec", repeated, tag = "2")]
+    pub queue: Vec<Vec<u8>>,
+    #[prost(message, repeated, tag = "3")]
+    pub queue_creds: Vec<MsgCred>,
 }
 
 /// The descriptions one queued message carries.

@@ -598,6 +598,42 @@ pub fn peek_queue(
     Ok(out)
 }
 
+/// Accepts one connection waiting on listener `fd` (a copy we hold of a
+/// frozen process's listener), without blocking: None when none waits.
+pub fn accept_nonblock(fd: BorrowedFd<'_>) -> Result<Option<OwnedFd>> {
+    // The listener's description may be blocking: look first.
+    let mut p = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, no waiting.
+    let n = unsafe { libc::poll(&mut p, 1, 0) };
+    check(n as i64, "poll", format!("listener fd {}", fd.as_raw_fd()))?;
+    if p.revents & libc::POLLIN == 0 {
+        return Ok(None);
+    }
+    // SAFETY: no address is asked for; plain integer syscall.
+    let r = unsafe {
+        libc::accept4(
+            fd.as_raw_fd(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+        )
+    };
+    if r < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EAGAIN) {
+        return Ok(None);
+    }
+    let fd = check(
+        r as i64,
+        "accept4",
+        format!("listener fd {}", fd.as_raw_fd()),
+    )?;
+    // SAFETY: the kernel returned a new descriptor that we now own.
+    Ok(Some(unsafe { OwnedFd::from_raw_fd(fd as i32) }))
+}
+
 /// A new unix socket of `sock_type` in our process (close-on-exec).
 pub fn unix_socket_new(sock_type: i32) -> Result<OwnedFd> {
     // SAFETY: plain integer syscall.

@@ -351,8 +351,10 @@ fn can_read(f: &Fd) -> bool {
 /// an id (`Fd::file_id`; fds sharing one description, in one process or
 /// several, get the same id), marks the pipe ends whose other end is not in
 /// the tree as connected outside it (`resources::external`), and saves each
-/// pipe's unread data once, with its first holder.
-pub fn link_descriptions(procs: &mut [Process]) -> Result<()> {
+/// pipe's unread data once, with its first holder. `accept_pending`: the
+/// processes end after the dump, so godwit may accept the connections
+/// waiting on their unix listeners (`sockets::unix`).
+pub fn link_descriptions(procs: &mut [Process], accept_pending: bool) -> Result<()> {
     // Candidates for sharing have the same kind, path, pipe, socket and
     // access mode; kcmp then tells whether two fds are one description.
     type Key = (i32, String, u64, u32, u64);
@@ -391,7 +393,7 @@ pub fn link_descriptions(procs: &mut [Process]) -> Result<()> {
     // Unix sockets: peers inside the tree; queues read once, with the
     // descriptions in flight in them, which godwit holds meanwhile. These
     // get ids too, the same as a process's fd of the same description.
-    let inflight = sockets::link_unix(procs)?;
+    let inflight = sockets::link_unix(procs, accept_pending)?;
     let me = std::process::id() as i32;
     for inf in &inflight {
         let f = inf.get_mut(procs);

@@ -10,7 +10,10 @@
 //! once, without consuming it, message by message (SO_PEEK_OFF), with the
 //! descriptions in flight in it (SCM_RIGHTS), described like any fd and
 //! made again on restore by the socket's creator before the refill sends
-//! them ([`UnixPlan::finish`]).
+//! them ([`UnixPlan::finish`]). Connections waiting on a listener are
+//! accepted by godwit when the processes end after the dump, their data
+//! saved, and made again on restore by connecting their clients (sockets
+//! of the tree) to the re-created listener in the same order.
 //!
 //! Restore ([`UnixPlan`]): sockets linked by their peers form a group that
 //! is created at once in the lowest common ancestor of all their holders,
@@ -72,6 +75,10 @@ const LATE: &[i32] = &[
     SO_PASSPIDFD,
     SO_PEEK_OFF,
 ];
+
+/// `Socket::pending_listener` of a connecting socket while its listener is
+/// not known yet (dump).
+const CONNECTING: u64 = u64::MAX;
 
 /// Scratch offsets used on restore.
 const SCRATCH_INTS: u64 = 0;
@@ -174,25 +181,20 @@ pub fn dump(pid: i32, fd: i32, ino: u64, ours: &OwnedFd, cwd: &str) -> Result<So
         shutdown: d.shutdown as u32,
         ..Default::default()
     };
-    let name = show_addr(&s.addr);
     if s.listening {
-        let (waiting, backlog) = d.rqlen.unwrap_or((0, 0));
-        if waiting > 0 {
-            return Err(unsupported(
-                pid,
-                fd,
-                format!("a listening unix {kind} socket ({name}) with {waiting} connection(s) waiting to be accepted; retry the dump"),
-            ));
-        }
-        s.backlog = backlog;
+        // Connections waiting to be accepted: taken in link_unix.
+        s.backlog = d.rqlen.unwrap_or((0, 0)).1;
     }
     match d.peer {
-        Some(0) if connection(&s) && d.shutdown != sockdiag::RCV_SHUTDOWN | sockdiag::SEND_SHUTDOWN => {
-            return Err(unsupported(
-                pid,
-                fd,
-                format!("a unix {kind} socket whose connection is not accepted yet by its server; retry the dump"),
-            ))
+        Some(0)
+            if connection(&s) && d.shutdown != sockdiag::RCV_SHUTDOWN | sockdiag::SEND_SHUTDOWN =>
+        {
+            // Not accepted yet by its listener: found in link_unix.
+            s.pending_listener = CONNECTING;
+            let a = sockdiag::getpeername(ours.as_fd()).dumping(pid, stage)?;
+            if a.len() > 2 {
+                s.peer_addr = a;
+            }
         }
         Some(0) => s.peer_gone = true,
         Some(p) => s.peer_ino = p as u64,
@@ -304,12 +306,162 @@ impl InFlight {
     }
 }
 
+/// The connections waiting on the tree's listeners: accepted by godwit
+/// (when `accept`: the dumped processes end after the dump), each one's
+/// unread data saved and its client, which must be a socket of the tree,
+/// linked to the listener. Refused otherwise, and for a connecting socket
+/// whose listener is not in the tree.
+fn take_pending(
+    procs: &mut [Process],
+    first: &BTreeMap<u64, (usize, usize)>,
+    accept: bool,
+) -> Result<()> {
+    let stage = "accepting waiting unix connections";
+    let tree_pids: Vec<i32> = procs.iter().filter(|p| !p.zombie).map(|p| p.pid).collect();
+    let mut held = Vec::new();
+    let mut linked: HashMap<u64, u64> = HashMap::new();
+    for (&ino, &(i, j)) in first {
+        let s = procs[i].fds[j].socket.as_ref().expect("a unix socket");
+        if !s.listening {
+            continue;
+        }
+        let pid = procs[i].pid;
+        let fd = procs[i].fds[j].fd;
+        let kind = kind_name(s.sock_type);
+        let name = show_addr(&s.addr);
+        let refuse = |what: String| {
+            Err(unsupported(
+                pid,
+                fd,
+                format!("a listening unix {kind} socket ({name}) {what}"),
+            ))
+        };
+        let waiting = sockdiag::unix_socket(ino as u32, sockdiag::SHOW_RQLEN)
+            .dumping(pid, stage)?
+            .and_then(|d| d.rqlen)
+            .map_or(0, |r| r.0);
+        if waiting == 0 {
+            continue;
+        }
+        if !accept {
+            return refuse(format!("with {waiting} connection(s) waiting to be accepted, which only a dump that ends the processes takes; retry the dump"));
+        }
+        if s.file_unlinked {
+            return refuse(format!("with {waiting} connection(s) waiting to be accepted, whose socket file was removed (its clients could not connect again)"));
+        }
+        let passcred = option(s, libc::SO_PASSCRED) != 0;
+        let pidfd = process::pidfd_open(pid).dumping(pid, stage)?;
+        let ours = process::pidfd_getfd(&pidfd, fd).dumping(pid, stage)?;
+        let mut pending = Vec::new();
+        while let Some(conn) = sockdiag::accept_nonblock(ours.as_fd()).dumping(pid, stage)? {
+            let (_, _, cino) = process::fd_stat(conn.as_fd()).dumping(pid, stage)?;
+            let peer = sockdiag::unix_socket(cino as u32, sockdiag::SHOW_PEER)
+                .dumping(pid, stage)?
+                .and_then(|d| d.peer)
+                .unwrap_or(0) as u64;
+            let client = first
+                .get(&peer)
+                .and_then(|&(a, b)| procs[a].fds[b].socket.as_ref());
+            if client.is_none_or(|c| c.pending_listener != CONNECTING) {
+                return refuse(format!(
+                    "with a connection waiting to be accepted from socket:[{peer}], which no process of the dumped tree holds"
+                ));
+            }
+            let bytes = if s.sock_type == libc::SOCK_STREAM {
+                process::pipe_pending(&conn).dumping(pid, stage)?
+            } else {
+                0
+            };
+            let msgs = sockdiag::peek_queue(conn.as_fd(), s.sock_type, bytes, false)
+                .dumping(pid, stage)?;
+            if msgs.iter().any(|m| m.fds > 0 || m.other_control) {
+                return refuse(
+                    "with a connection waiting to be accepted whose queued data carries descriptors, a security label or a pidfd".into(),
+                );
+            }
+            let mut c = crate::schema::PendingConn {
+                peer_ino: peer,
+                ..Default::default()
+            };
+            if passcred {
+                for m in &msgs {
+                    let (cpid, uid, gid) = m.creds.unwrap_or((0, 0, 0));
+                    if !tree_pids.contains(&cpid) {
+                        return refuse(format!(
+                            "that receives credentials (SO_PASSCRED), with a waiting connection holding a message sent by pid {cpid}, which is not a process of the dumped tree"
+                        ));
+                    }
+                    c.queue_creds.push(MsgCred {
+                        pid: cpid,
+                        uid,
+                        gid,
+                    });
+                }
+                c.queue = msgs.into_iter().map(|m| m.data).collect();
+            } else if s.sock_type == libc::SOCK_STREAM {
+                let all: Vec<u8> = msgs.into_iter().flat_map(|m| m.data).collect();
+                if !all.is_empty() {
+                    c.queue = vec![all];
+                }
+            } else {
+                c.queue = msgs.into_iter().map(|m| m.data).collect();
+            }
+            linked.insert(peer, ino);
+            pending.push(c);
+            held.push(conn);
+        }
+        tracing::debug!(
+            pid,
+            fd,
+            connections = pending.len(),
+            "waiting connections accepted"
+        );
+        procs[i].fds[j]
+            .socket
+            .as_mut()
+            .expect("a unix socket")
+            .pending = pending;
+    }
+    for p in procs.iter_mut() {
+        let pid = p.pid;
+        for f in p.fds.iter_mut() {
+            let Some(s) = f
+                .socket
+                .as_mut()
+                .filter(|_| f.kind == FdKind::UnixSocket as i32)
+            else {
+                continue;
+            };
+            if s.pending_listener != CONNECTING {
+                continue;
+            }
+            match linked.get(&s.ino) {
+                Some(l) => s.pending_listener = *l,
+                None => {
+                    return Err(unsupported(
+                        pid,
+                        f.fd,
+                        format!(
+                            "a unix {} socket whose connection to {} is not accepted yet by its listener, which is not in the dumped tree; retry the dump",
+                            kind_name(s.sock_type),
+                            show_addr(&s.peer_addr)
+                        ),
+                    ))
+                }
+            }
+        }
+    }
+    // The accepted connections are closed: the processes end after the dump.
+    drop(held);
+    Ok(())
+}
+
 /// Across the frozen tree (after [`dump`] of every process): marks each
 /// connected socket whose peer is outside the tree as connected outside it
 /// (`resources::external`) and saves each other socket's receive queue
 /// once, with its first fd (in tree order), with the descriptions in flight
 /// in it, which are returned (held by godwit until they are given ids).
-pub fn link_unix(procs: &mut [Process]) -> Result<Vec<InFlight>> {
+pub fn link_unix(procs: &mut [Process], accept_pending: bool) -> Result<Vec<InFlight>> {
     let mut inflight = Vec::new();
     let mut first: BTreeMap<u64, (usize, usize)> = BTreeMap::new();
     for (i, p) in procs.iter().enumerate().filter(|(_, p)| !p.zombie) {
@@ -319,6 +471,7 @@ pub fn link_unix(procs: &mut [Process]) -> Result<Vec<InFlight>> {
             }
         }
     }
+    take_pending(procs, &first, accept_pending)?;
     // (peer inode, address) of each socket as dumped.
     let peers: HashMap<u64, (u64, Vec<u8>)> = first
         .iter()
@@ -598,6 +751,17 @@ impl UnixPlan {
             .collect();
         let mut up: Vec<usize> = (0..members.len()).collect();
         for (i, m) in members.iter().enumerate() {
+            if m.s.pending_listener != 0 {
+                // A connection waiting on a listener: made by connecting to it.
+                let j = *index.get(&m.s.pending_listener).ok_or_else(|| {
+                    EngineError::BadImage(format!(
+                        "unix socket:[{}] waits on listener socket:[{}], which is not in the image",
+                        m.s.ino, m.s.pending_listener
+                    ))
+                })?;
+                let (a, b) = (find(&mut up, i), find(&mut up, j));
+                up[a] = b;
+            }
             if m.s.peer_ino == 0 {
                 continue;
             }
@@ -822,6 +986,19 @@ fn create_group(r: &Remote, members: &[Member]) -> Result<Made> {
         };
         connect(r, fds[&m.s.ino], addr, cwd)?;
     }
+    // Connections waiting on a listener: their clients connect again, in
+    // the order they waited.
+    for l in members.iter().filter(|m| m.s.listening) {
+        for c in &l.s.pending {
+            let client = by_ino.get(&c.peer_ino).ok_or_else(|| {
+                EngineError::BadImage(format!(
+                    "listener socket:[{}] has a waiting connection from socket:[{}], which is not in the image",
+                    l.s.ino, c.peer_ino
+                ))
+            })?;
+            connect(r, fds[&client.s.ino], &l.s.addr, &l.s.cwd)?;
+        }
+    }
     Ok((fds, ghosts))
 }
 
@@ -848,7 +1025,10 @@ fn finish_group(
                 .is_some_and(|p| p.s.peer_ino == m.s.ino)
     };
     // The queues, sent again by the peer (or the closed peer's stand-in).
-    let pidfd = if members.iter().any(|m| !m.s.queue.is_empty()) {
+    let pidfd = if members
+        .iter()
+        .any(|m| !m.s.queue.is_empty() || m.s.pending.iter().any(|c| !c.queue.is_empty()))
+    {
         Some(process::pidfd_open(pid).restoring(pid, "refilling unix sockets")?)
     } else {
         None
@@ -871,6 +1051,27 @@ fn finish_group(
                     .restoring(pid, "refilling unix sockets")?,
             };
         refill(pid, &sender, m, to.as_deref(), carried)?;
+    }
+    // What the waiting connections' clients sent, sent again by them.
+    for l in members.iter().filter(|m| m.s.listening) {
+        for c in l.s.pending.iter().filter(|c| !c.queue.is_empty()) {
+            let client = by_ino[&c.peer_ino];
+            let pidfd = pidfd.as_ref().expect("opened above");
+            let sender = process::pidfd_getfd(pidfd, fds[&client.s.ino] as i32)
+                .restoring(pid, "refilling unix sockets")?;
+            let waiting = Member {
+                id: client.id,
+                status: 0,
+                fd: client.fd,
+                s: Socket {
+                    sock_type: client.s.sock_type,
+                    queue: c.queue.clone(),
+                    queue_creds: c.queue_creds.clone(),
+                    ..Default::default()
+                },
+            };
+            refill(pid, &sender, &waiting, None, carried)?;
+        }
     }
     for m in members.iter().filter(|m| m.s.shutdown != 0) {
         let how = (m.s.shutdown & 3) as u64 - 1;
