@@ -3,10 +3,12 @@
  * with a message sent with the process's own credentials and one sent with
  * chosen ones (uid 1234 / gid 5678, root may), left unread. After restore
  * each message comes with the same pid, uid and gid, and the stream's
- * bytes stop at the change of credentials. */
+ * bytes stop at the change of credentials. A child (restored after the
+ * pair's maker, its parent) sent one more to the parent. */
 #include "harness.h"
 #include <sys/socket.h>
 #include <sys/un.h>
+#include <sys/wait.h>
 
 static void send_cred(int fd, const char *text, const struct ucred *c, const char *what) {
     struct iovec iov = { (void *)text, strlen(text) };
@@ -55,6 +57,21 @@ int main(int argc, char **argv) {
     send_cred(d[0], "chosen", &chosen, "dgram chosen");
     send_cred(s[0], "abc", NULL, "stream own");
     send_cred(s[0], "defg", &chosen, "stream chosen");
+    /* A message from a child, which is restored after the pair's maker. */
+    int k[2];
+    CHECK(socketpair(AF_UNIX, SOCK_DGRAM, 0, k) == 0, "socketpair child");
+    CHECK(setsockopt(k[1], SOL_SOCKET, SO_PASSCRED, &one, sizeof one) == 0, "SO_PASSCRED");
+    pid_t child = fork();
+    CHECK(child >= 0, "fork");
+    if (child == 0) {
+        close(k[1]);
+        send_cred(k[0], "from-child", NULL, "child");
+        wait_go();
+        _exit(0);
+    }
+    close(k[0]);
+    char peekb[16];
+    for (int i = 0; i < 500 && recv(k[1], peekb, sizeof peekb, MSG_PEEK | MSG_DONTWAIT) < 0; i++) sleep_ms(10);
     ready();
     wait_go();
     CHECK(getpid() == me, "pid changed");
@@ -62,6 +79,9 @@ int main(int argc, char **argv) {
     expect_cred(d[1], "chosen", me, 1234, 5678, "dgram chosen");
     expect_cred(s[1], "abc", me, getuid(), getgid(), "stream own");
     expect_cred(s[1], "defg", me, 1234, 5678, "stream chosen");
+    expect_cred(k[1], "from-child", child, getuid(), getgid(), "from the child");
+    int st;
+    CHECK(waitpid(child, &st, 0) == child && WIFEXITED(st) && WEXITSTATUS(st) == 0, "child");
     char c;
     CHECK(recv(d[1], &c, 1, MSG_DONTWAIT) < 0 && errno == EAGAIN, "dgram: more queued");
     CHECK(recv(s[1], &c, 1, MSG_DONTWAIT) < 0 && errno == EAGAIN, "stream: more queued");

@@ -907,6 +907,9 @@ pub struct FdPlan {
     tcp: sockets::tcp::RestoredSet,
     /// Descriptors connected outside the tree: --inherit-fd or stand-ins.
     external: external::ExternalPlan,
+    /// Unix socket groups finished once every process exists (their queues
+    /// carry credentials of processes created after theirs): (creator, group).
+    unix_late: std::sync::Mutex<Vec<(usize, sockets::unix::PendingGroup)>>,
 }
 
 /// The lowest common ancestor (by index, parents before children) of `set`.
@@ -1037,12 +1040,28 @@ impl FdPlan {
             unix,
             tty,
             tcp: Default::default(),
+            unix_late: Default::default(),
             external,
         })
     }
 
     fn stage(&self, id: u64) -> u64 {
         self.stage_base + id
+    }
+
+    /// Once every process of the tree exists (before any places its fds):
+    /// the unix socket groups left for then ([`FdPlan::create`]).
+    pub fn finish_unix(&self, remotes: &[Option<Remote>]) -> Result<()> {
+        let late = std::mem::take(&mut *self.unix_late.lock().expect("not poisoned"));
+        for (idx, p) in late {
+            let r = remotes.get(idx).copied().flatten().ok_or_else(|| {
+                EngineError::BadImage(format!(
+                    "process {idx} creates unix sockets but does not run"
+                ))
+            })?;
+            self.unix.finish(&r, vec![p], &|id| self.stage(id))?;
+        }
+        Ok(())
     }
 
     /// The highest fd number the plan uses (must be below RLIMIT_NOFILE).
@@ -1275,7 +1294,12 @@ impl FdPlan {
         }
         // Queues carrying descriptions, once those exist (made here or
         // inherited from an ancestor).
-        self.unix.finish(r, unix_pending, &|id| self.stage(id))?;
+        let (late, now): (Vec<_>, Vec<_>) = unix_pending.into_iter().partition(|p| p.late);
+        self.unix.finish(r, now, &|id| self.stage(id))?;
+        self.unix_late
+            .lock()
+            .expect("not poisoned")
+            .extend(late.into_iter().map(|p| (idx, p)));
         // Epoll instances last: their interest lists name other descriptions.
         for (id, (creator, f)) in &self.descs {
             if *creator == idx && f.kind == FdKind::Epoll as i32 {

@@ -681,6 +681,9 @@ pub type Created = (Vec<(u64, u64)>, Vec<PendingGroup>);
 pub struct PendingGroup {
     group: usize,
     ghosts: HashMap<u64, u64>,
+    /// Its queues carry credentials naming a process of the tree not
+    /// created yet: finished once every process exists.
+    pub late: bool,
 }
 
 /// Sockets linked by their peers, created together.
@@ -694,6 +697,8 @@ struct Group {
 pub struct UnixPlan {
     groups: Vec<Group>,
     creators: HashMap<u64, usize>,
+    /// Each process's PID as saved.
+    pids: Vec<i32>,
 }
 
 fn find(up: &mut [usize], mut i: usize) -> usize {
@@ -779,7 +784,10 @@ impl UnixPlan {
             let root = find(&mut up, i);
             by_root.entry(root).or_default().push(m);
         }
-        let mut plan = UnixPlan::default();
+        let mut plan = UnixPlan {
+            pids: procs.iter().map(|p| p.pid).collect(),
+            ..Default::default()
+        };
         for (_, members) in by_root {
             let all: Vec<usize> = members
                 .iter()
@@ -815,9 +823,39 @@ impl UnixPlan {
             .enumerate()
             .filter(|(_, g)| g.creator == idx)
         {
+            let creds: Vec<i32> = g
+                .members
+                .iter()
+                .flat_map(|m| {
+                    m.s.queue_creds
+                        .iter()
+                        .chain(m.s.pending.iter().flat_map(|c| &c.queue_creds))
+                })
+                .map(|c| c.pid)
+                .collect();
+            if !creds.is_empty() && self.pids.get(idx).is_some_and(|p| *p != r.pid) {
+                // Restored in a new PID namespace: godwit would name the
+                // senders by PIDs of its own namespace.
+                return Err(EngineError::Restore {
+                    pid: r.pid,
+                    stage: STAGE,
+                    source: SysError::Proc {
+                        path: format!("unix socket fd {}", g.members[0].fd),
+                        detail: "queued messages carry their senders' credentials, which cannot be sent again from outside the new PID namespace; restore without --pid-ns".into(),
+                    },
+                });
+            }
             let (fds, ghosts) = create_group(r, &g.members)?;
-            if g.members.iter().any(|m| !m.s.queue_fds.is_empty()) {
-                pending.push(PendingGroup { group: gi, ghosts });
+            // A sender not created yet (a child of the creator): the group
+            // is finished once every process exists. Not with a stand-in
+            // peer, which the children would inherit.
+            let late = ghosts.is_empty() && creds.iter().any(|p| !process::alive(*p));
+            if late || g.members.iter().any(|m| !m.s.queue_fds.is_empty()) {
+                pending.push(PendingGroup {
+                    group: gi,
+                    ghosts,
+                    late,
+                });
             } else {
                 let none = |id: u64| -> Result<OwnedFd> {
                     Err(EngineError::BadImage(format!(
