@@ -6,8 +6,10 @@
  * bytes. The process closes its own copies, so those descriptions are held
  * by no process, only by the queues. After restore it receives them and
  * checks they work: bytes written by it through the pipe, the file offset
- * (shared between the two copies), the eventfd's value. With the argument
- * "socket", a unix socket is also passed, which the dump refuses. */
+ * (shared between the two copies), the eventfd's value; a seqpacket socket passed with a message queued to it by the
+ * process, still connected to it. With the argument "nested", a unix
+ * socket whose own queue carries a descriptor is also passed, which the
+ * dump refuses. */
 #include "harness.h"
 #include <sys/eventfd.h>
 #include <sys/socket.h>
@@ -83,10 +85,18 @@ int main(int argc, char **argv) {
     send_fds(d[0], "cred", NULL, 0, &chosen, "dgram cred");
     send_fds(s[0], "file", &f, 1, NULL, "stream file");
     send_fds(s[0], "bytes", NULL, 0, NULL, "stream bytes");
-    if (argc > 2 && strcmp(argv[2], "socket") == 0) {
-        /* A unix socket in flight: not kept yet (the dump is refused). */
+    /* A unix socket in flight, with bytes queued to it by the process. */
+    int y[2];
+    CHECK(socketpair(AF_UNIX, SOCK_SEQPACKET, 0, y) == 0, "socketpair seqpacket");
+    CHECK(send(y[1], "to-y0", 5, 0) == 5, "send to y0");
+    send_fds(d[0], "sock", y, 1, NULL, "dgram socket");
+    close(y[0]);
+    if (argc > 2 && strcmp(argv[2], "nested") == 0) {
+        /* A unix socket in flight whose own queue carries a descriptor:
+         * not kept (the dump is refused). */
         int x[2];
         CHECK(socketpair(AF_UNIX, SOCK_STREAM, 0, x) == 0, "socketpair");
+        send_fds(x[1], "in", &p[1], 1, NULL, "nested");
         send_fds(s[0], "sock", x, 1, NULL, "stream socket");
         close(x[0]);
     }
@@ -101,6 +111,12 @@ int main(int argc, char **argv) {
     struct ucred c;
     CHECK(recv_fds(d[1], "cred", got + 3, &c, "dgram cred") == 0, "dgram cred: descriptors");
     CHECK(c.pid == me && c.uid == 1234 && c.gid == 5678, "dgram cred: %d/%u/%u", (int)c.pid, c.uid, c.gid);
+    int g;
+    CHECK(recv_fds(d[1], "sock", &g, NULL, "dgram socket") == 1, "dgram socket: no descriptor");
+    char yb[16];
+    CHECK(recv(g, yb, sizeof yb, MSG_DONTWAIT) == 5 && memcmp(yb, "to-y0", 5) == 0, "socket in flight: its queue");
+    CHECK(send(g, "back", 4, 0) == 4, "socket in flight: send (errno %d)", errno);
+    CHECK(recv(y[1], yb, sizeof yb, MSG_DONTWAIT) == 4 && memcmp(yb, "back", 4) == 0, "socket in flight: its peer");
     /* The pipe: its bytes, then more written by us through the kept end. */
     CHECK(write(p[1], "late", 4) == 4, "pipe write after restore (errno %d)", errno);
     char buf[64] = { 0 };

@@ -32,18 +32,19 @@ case!(unix);
 case!(unixcreds);
 case!(unixrights);
 
-/// A unix socket in flight is not kept yet: the dump is refused naming the
-/// socket whose queue carries it and why, and the program runs on.
+/// A unix socket in flight whose own queue carries descriptors is not
+/// kept: the dump is refused naming the socket whose queue carries it and
+/// why, and the program runs on.
 #[test]
-fn unixrights_socket_in_flight_refused() {
-    let p = common::Proc::test_prog_with("unixrights", &["socket"]);
+fn unixrights_nested_refused() {
+    let p = common::Proc::test_prog_with("unixrights", &["nested"]);
     let img = p.images();
     let pid = p.pid.to_string();
     let out = common::godwit(&["dump", "--pid", &pid, "--images", img.to_str().unwrap()]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "dump succeeded");
     assert!(
-        err.contains("fd 6") && err.contains("cannot be passed again yet (UnixSocket)"),
+        err.contains("fd 6") && err.contains("nested SCM_RIGHTS"),
         "{err}"
     );
     assert!(!common::gone(p.pid), "the refused dump ended the process");

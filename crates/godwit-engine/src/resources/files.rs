@@ -207,6 +207,7 @@ const PASSABLE: &[FdKind] = &[
     FdKind::Pipe,
     FdKind::EventFd,
     FdKind::TimerFd,
+    FdKind::UnixSocket,
 ];
 
 /// Describes a descriptor in flight, installed in godwit by a peek of the

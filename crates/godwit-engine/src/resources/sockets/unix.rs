@@ -278,8 +278,9 @@ fn option(s: &Socket, name: i32) -> i32 {
 /// during the dump, and where it is described: message `k`, descriptor `l`
 /// of the queue saved with fd `j` of process `i`.
 pub struct InFlight {
-    /// The process holding the socket.
+    /// The process holding the socket, and its fd.
     pub pid: i32,
+    carrier_fd: i32,
     at: (usize, usize, usize, usize),
     _fd: OwnedFd,
 }
@@ -304,6 +305,65 @@ impl InFlight {
             .queue_fds[k]
             .fds[l]
     }
+}
+
+/// What [`sockets_in_flight`] found: (inode, (peer inode, address)) of
+/// each unix socket in flight, and the queues it peeked, by socket inode.
+type Found = (
+    HashMap<u64, (u64, Vec<u8>)>,
+    HashMap<u64, Vec<sockdiag::Queued>>,
+);
+
+/// The unix sockets in flight in the queues of the tree's sockets, found by
+/// a first peek of each queue that the tree reads (peer in the tree).
+fn sockets_in_flight(procs: &[Process], first: &BTreeMap<u64, (usize, usize)>) -> Result<Found> {
+    let stage = "looking for unix sockets in flight";
+    let mut out = HashMap::new();
+    let mut peeked = HashMap::new();
+    let mut pidfds: HashMap<i32, OwnedFd> = HashMap::new();
+    for (&ino, &(i, j)) in first {
+        let s = procs[i].fds[j].socket.as_ref().expect("a unix socket");
+        if s.listening
+            || (connection(s) && s.peer_ino == 0 && !s.peer_gone)
+            || (s.peer_ino != 0 && !first.contains_key(&s.peer_ino))
+        {
+            continue;
+        }
+        let (pid, fd) = (procs[i].pid, procs[i].fds[j].fd);
+        let pidfd = match pidfds.get(&pid) {
+            Some(p) => p,
+            None => pidfds
+                .entry(pid)
+                .or_insert(process::pidfd_open(pid).dumping(pid, stage)?),
+        };
+        let ours = process::pidfd_getfd(pidfd, fd).dumping(pid, stage)?;
+        // A peek would report (and clear) a pending error: left to the
+        // main pass, which refuses it.
+        if sockdiag::pending_error(ours.as_fd()).dumping(pid, stage)? {
+            continue;
+        }
+        let bytes = if s.sock_type == libc::SOCK_STREAM {
+            process::pipe_pending(&ours).dumping(pid, stage)?
+        } else {
+            0
+        };
+        let msgs =
+            sockdiag::peek_queue(ours.as_fd(), s.sock_type, bytes, true).dumping(pid, stage)?;
+        for passed in msgs.iter().flat_map(|m| &m.passed) {
+            let (mode, _, pino) = process::fd_stat(passed.as_fd()).dumping(pid, stage)?;
+            if mode & libc::S_IFMT != libc::S_IFSOCK {
+                continue;
+            }
+            let show = sockdiag::SHOW_NAME | sockdiag::SHOW_PEER;
+            if let Some(d) = sockdiag::unix_socket(pino as u32, show).dumping(pid, stage)? {
+                let mut addr = (libc::AF_UNIX as u16).to_ne_bytes().to_vec();
+                addr.extend_from_slice(d.name.as_deref().unwrap_or_default());
+                out.insert(pino, (d.peer.unwrap_or(0) as u64, addr));
+            }
+        }
+        peeked.insert(ino, msgs);
+    }
+    Ok((out, peeked))
 }
 
 /// The connections waiting on the tree's listeners: accepted by godwit
@@ -480,6 +540,12 @@ pub fn link_unix(procs: &mut [Process], accept_pending: bool) -> Result<Vec<InFl
             (*ino, (s.peer_ino, s.addr.clone()))
         })
         .collect();
+    let mut peers = peers;
+    // Unix sockets in flight count as sockets of the tree for their peers.
+    // The queues peeked to find them are not peeked again (a second peek
+    // skips zero-length datagrams the first one saw).
+    let (carried, mut peeked) = sockets_in_flight(procs, &first)?;
+    peers.extend(carried);
     let tree_pids: Vec<i32> = procs.iter().filter(|p| !p.zombie).map(|p| p.pid).collect();
     let mut pidfds: HashMap<i32, OwnedFd> = HashMap::new();
     let mut external = Vec::new();
@@ -549,8 +615,11 @@ pub fn link_unix(procs: &mut [Process], accept_pending: bool) -> Result<Vec<InFl
             if stream && sockdiag::oob_pending(ours.as_fd()) {
                 return refuse("with an unread out-of-band byte (MSG_OOB)".into());
             }
-            let mut msgs =
-                sockdiag::peek_queue(ours.as_fd(), s.sock_type, bytes, true).dumping(pid, stage)?;
+            let mut msgs = match peeked.remove(&ino) {
+                Some(m) => m,
+                None => sockdiag::peek_queue(ours.as_fd(), s.sock_type, bytes, true)
+                    .dumping(pid, stage)?,
+            };
             if !msgs.is_empty() {
                 tracing::debug!(
                     pid,
@@ -580,6 +649,7 @@ pub fn link_unix(procs: &mut [Process], accept_pending: bool) -> Result<Vec<InFl
                             list.push(f);
                             inflight.push(InFlight {
                                 pid,
+                                carrier_fd: fd,
                                 at: (i, j, k, l),
                                 _fd: owned,
                             });
@@ -650,6 +720,82 @@ pub fn link_unix(procs: &mut [Process], accept_pending: bool) -> Result<Vec<InFl
             }
         }
         procs[i].fds[j].socket = Some(s);
+    }
+    // The queues of the unix sockets in flight, read through godwit's copy.
+    for inf in &inflight {
+        let f = inf.get(procs);
+        if f.kind != FdKind::UnixSocket as i32 {
+            continue;
+        }
+        let s = f.socket.clone().expect("a unix socket");
+        let kind = kind_name(s.sock_type);
+        let refuse = |what: String| {
+            Err(unsupported(
+                inf.pid,
+                inf.carrier_fd,
+                format!(
+                    "a unix socket with a unix {kind} socket (socket:[{}]) in flight in its queue, {what}",
+                    s.ino
+                ),
+            ))
+        };
+        if s.listening {
+            return refuse("which is listening (not kept yet)".into());
+        }
+        if s.peer_ino != 0 && !peers.contains_key(&s.peer_ino) {
+            return refuse(format!(
+                "connected to socket:[{}] outside the dumped tree",
+                s.peer_ino
+            ));
+        }
+        if s.pending_listener != 0 {
+            return refuse("whose connection is not accepted yet".into());
+        }
+        let stream = s.sock_type == libc::SOCK_STREAM;
+        let ours = &inf._fd;
+        if sockdiag::pending_error(ours.as_fd()).dumping(inf.pid, stage)? {
+            return refuse("with a pending error".into());
+        }
+        let bytes = if stream {
+            process::pipe_pending(ours).dumping(inf.pid, stage)?
+        } else {
+            0
+        };
+        let msgs = if !connection(&s) || s.peer_ino != 0 || s.peer_gone {
+            sockdiag::peek_queue(ours.as_fd(), s.sock_type, bytes, false).dumping(inf.pid, stage)?
+        } else {
+            Vec::new()
+        };
+        if msgs.is_empty() {
+            continue;
+        }
+        if msgs.iter().any(|m| m.fds > 0) {
+            return refuse(
+                "whose own queue carries descriptors (nested SCM_RIGHTS, not kept)".into(),
+            );
+        }
+        if msgs.iter().any(|m| m.other_control) {
+            return refuse("whose queue carries a security label or pidfd".into());
+        }
+        if option(&s, libc::SO_PASSCRED) != 0 || option(&s, SO_PASSPIDFD) != 0 {
+            return refuse("that receives credentials, with messages queued (not kept yet)".into());
+        }
+        let mutual = peers
+            .get(&s.peer_ino)
+            .is_some_and(|(pp, _)| *pp == s.ino && s.peer_ino != s.ino);
+        if !(mutual || s.peer_gone) {
+            return refuse("with messages queued from senders that cannot be kept".into());
+        }
+        let queue = if stream {
+            vec![msgs.into_iter().flat_map(|m| m.data).collect()]
+        } else {
+            msgs.into_iter().map(|m| m.data).collect()
+        };
+        inf.get_mut(procs)
+            .socket
+            .as_mut()
+            .expect("a unix socket")
+            .queue = queue;
     }
     for (ino, sock_type, unread) in external {
         crate::resources::files::mark_external(
@@ -749,12 +895,43 @@ impl UnixPlan {
                 s,
             });
         }
+        // Unix sockets in flight: members too, made with the socket whose
+        // queue carries them (same group, so before its refill).
+        let mut carried_by: Vec<(u64, u64)> = Vec::new();
+        let mut extra = Vec::new();
+        for m in &members {
+            for f in m.s.queue_fds.iter().flat_map(|p| &p.fds) {
+                let Some(cs) = f
+                    .socket
+                    .as_ref()
+                    .filter(|_| f.kind == FdKind::UnixSocket as i32)
+                else {
+                    continue;
+                };
+                carried_by.push((m.s.ino, cs.ino));
+                if !members.iter().any(|x| x.id == f.file_id)
+                    && !extra.iter().any(|x: &Member| x.id == f.file_id)
+                {
+                    extra.push(Member {
+                        id: f.file_id,
+                        status: (f.flags & libc::O_NONBLOCK as u32) as u64,
+                        fd: f.fd,
+                        s: cs.clone(),
+                    });
+                }
+            }
+        }
+        members.extend(extra);
         let index: HashMap<u64, usize> = members
             .iter()
             .enumerate()
             .map(|(i, m)| (m.s.ino, i))
             .collect();
         let mut up: Vec<usize> = (0..members.len()).collect();
+        for (a, b) in carried_by {
+            let (a, b) = (find(&mut up, index[&a]), find(&mut up, index[&b]));
+            up[a] = b;
+        }
         for (i, m) in members.iter().enumerate() {
             if m.s.pending_listener != 0 {
                 // A connection waiting on a listener: made by connecting to it.
