@@ -30,6 +30,64 @@ case!(tree);
 case!(ptimers);
 case!(anonfds);
 case!(unix);
+case!(unixcreds);
+case!(unixrights);
+
+/// A unix socket in flight whose own queue carries descriptors is not
+/// kept: the dump is refused naming the socket whose queue carries it and
+/// why, and the program runs on.
+#[test]
+fn unixrights_nested_refused() {
+    let p = common::Proc::test_prog_with("unixrights", &["nested"]);
+    let img = p.images();
+    let pid = p.pid.to_string();
+    let out = common::godwit(&["dump", "--pid", &pid, "--images", img.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "dump succeeded");
+    assert!(
+        err.contains("fd 6") && err.contains("nested SCM_RIGHTS"),
+        "{err}"
+    );
+    assert!(!common::gone(p.pid), "the refused dump ended the process");
+}
+
+/// Connections waiting on a unix listener are taken only by a dump that
+/// ends the processes (godwit accepts them); --leave-running refuses.
+mod unixbacklog {
+    #[test]
+    fn dump_restore() {
+        super::round_trip("unixbacklog", false);
+    }
+
+    /// A dump that leaves the processes running cannot take them: refused,
+    /// naming the listener, and the program runs on unharmed.
+    #[test]
+    fn leave_running_refused() {
+        let p = super::common::Proc::test_prog("unixbacklog");
+        let img = p.images();
+        let pid = p.pid.to_string();
+        let out = super::common::godwit(&[
+            "dump",
+            "--pid",
+            &pid,
+            "--images",
+            img.to_str().unwrap(),
+            "--leave-running",
+        ]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "dump succeeded");
+        assert!(
+            err.contains("l.sock") && err.contains("2 connection(s) waiting to be accepted"),
+            "{err}"
+        );
+        assert!(
+            !super::common::gone(p.pid),
+            "the refused dump ended the process"
+        );
+        std::fs::write(p.path("go"), "").unwrap();
+        assert_eq!(p.verdict(), "PASS", "{}", p.output());
+    }
+}
 case!(ipc);
 case!(mappings);
 case!(sched);

@@ -454,7 +454,7 @@ pub fn dump_to(
     };
     crate::resources::pidfd::check_tree(&procs)?;
     crate::resources::attrs::check_sessions(&procs)?;
-    files::link_descriptions(&mut procs)?;
+    files::link_descriptions(&mut procs, end == End::Kill)?;
     locks::check_tree(&procs)?;
     tty::link(&mut procs, opts.shell_job)?;
     let bases: Vec<u64> = procs

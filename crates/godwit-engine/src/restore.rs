@@ -502,6 +502,9 @@ fn resurrect(
             }
         }
     }
+    // Every process exists: queues naming senders created after their
+    // socket are refilled now.
+    plan.finish_unix(&remotes)?;
     tracing::debug!(
         ms = t0.elapsed().as_secs_f64() * 1e3,
         "stub ready, processes created"

@@ -858,6 +858,59 @@ pub struct Socket {
     /// UDP: the sender (raw sockaddr) of each datagram in `queue`.
     #[prost(bytes = "vec", repeated, tag = "23")]
     pub queue_from: Vec<Vec<u8>>,
+    /// Unix sockets whose receiver reads its senders' credentials
+    /// (SO_PASSCRED): the credentials each entry of `queue` was sent with,
+    /// sent again with it (then one entry of a stream socket's `queue` per
+    /// run of bytes with the same credentials). Empty otherwise.
+    #[prost(message, repeated, tag = "24")]
+    pub queue_creds: Vec<MsgCred>,
+    /// Unix sockets with descriptors in flight: the open file descriptions
+    /// each entry of `queue` carries (SCM_RIGHTS), in order, one `Passed`
+    /// per entry (empty when no entry carries any). Each is an `Fd` whose
+    /// `file_id` is shared with the processes' fds of the same description;
+    /// its `fd` number means nothing.
+    #[prost(message, repeated, tag = "25")]
+    pub queue_fds: Vec<Passed>,
+    /// A listening unix socket: the connections that waited to be
+    /// accepted, in order (godwit accepted them at dump time; each is made
+    /// again by connecting its client, a socket of the tree, to it).
+    #[prost(message, repeated, tag = "26")]
+    pub pending: Vec<PendingConn>,
+    /// A unix socket whose connection its listener had not accepted yet:
+    /// that listener's inode (it lists the connection in `pending`).
+    #[prost(uint64, tag = "27")]
+    pub pending_listener: u64,
+}
+
+/// A connection waiting in a unix listener's queue.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct PendingConn {
+    /// The connecting socket (in the tree).
+    #[prost(uint64, tag = "1")]
+    pub peer_ino: u64,
+    /// What it sent, not read yet (as `Socket.queue`).
+    #[prost(bytes = "vec", repeated, tag = "2")]
+    pub queue: Vec<Vec<u8>>,
+    #[prost(message, repeated, tag = "3")]
+    pub queue_creds: Vec<MsgCred>,
+}
+
+/// The descriptions one queued message carries.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Passed {
+    #[prost(message, repeated, tag = "1")]
+    pub fds: Vec<Fd>,
+}
+
+/// The credentials a queued unix socket message carries (SCM_CREDENTIALS).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct MsgCred {
+    #[prost(int32, tag = "1")]
+    pub pid: i32,
+    #[prost(uint32, tag = "2")]
+    pub uid: u32,
+    #[prost(uint32, tag = "3")]
+    pub gid: u32,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]

@@ -304,13 +304,16 @@ pub fn parse_control(buf: &[u8]) -> Vec<Cmsg> {
 }
 
 /// One message found in a receive queue.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Default)]
 pub struct Queued {
     pub data: Vec<u8>,
     /// The sender's address (empty: unnamed sender, or a stream socket).
     pub sender: Vec<u8>,
-    /// Descriptors passed with it (SCM_RIGHTS); they were closed again.
+    /// How many descriptors are passed with it (SCM_RIGHTS).
     pub fds: usize,
+    /// Those descriptors, installed in our process by the peek, when the
+    /// caller asked to keep them ([`peek_queue`]); else closed at once.
+    pub passed: Vec<OwnedFd>,
     /// The sender's (pid, uid, gid).
     pub creds: Option<(i32, u32, u32)>,
     /// Other control messages (security label, pidfd).
@@ -407,11 +410,22 @@ pub fn pending_error(fd: BorrowedFd<'_>) -> Result<bool> {
     Ok(p.revents & libc::POLLERR != 0)
 }
 
+/// An offset as SO_PEEK_OFF takes it.
+fn peek_off(off: usize) -> Result<i32> {
+    i32::try_from(off)
+        .map_err(|_| SysError::call_errno("setsockopt(SO_PEEK_OFF)", "socket", libc::EOVERFLOW))
+}
+
 /// One recvmsg(MSG_PEEK) into a `cap`-byte buffer: None when nothing is
 /// queued (EAGAIN), else (the message's full length, the message with at
 /// most `cap` bytes of data). Descriptors passed with the message, which
 /// the peek installs in our process, are closed at once.
-fn peek_one(fd: BorrowedFd<'_>, cap: usize, trunc: bool) -> Result<Option<(usize, Queued)>> {
+fn peek_one(
+    fd: BorrowedFd<'_>,
+    cap: usize,
+    trunc: bool,
+    keep: bool,
+) -> Result<Option<(usize, Queued)>> {
     let mut data = vec![0u8; cap];
     let mut name = [0u8; 128];
     // u64 words keep the control buffer aligned for struct cmsghdr.
@@ -468,9 +482,12 @@ fn peek_one(fd: BorrowedFd<'_>, cap: usize, trunc: bool) -> Result<Option<(usize
                     let n = i32::from_ne_bytes(c.try_into().expect("4 bytes"));
                     // SAFETY: the kernel installed this descriptor in our
                     // table for this message; nothing else refers to it.
-                    drop(unsafe { OwnedFd::from_raw_fd(n) });
+                    let owned = unsafe { OwnedFd::from_raw_fd(n) };
                     if kind == SCM_RIGHTS {
                         q.fds += 1;
+                        if keep {
+                            q.passed.push(owned);
+                        }
                     }
                 }
                 if kind == SCM_PIDFD {
@@ -513,7 +530,21 @@ impl Drop for PeekGuard<'_> {
 /// must not be read by anyone else meanwhile (its process is frozen), must
 /// be connected if it is a seqpacket socket, and should have no pending
 /// error ([`pending_error`]): a datagram peek would report and clear it.
-pub fn peek_queue(fd: BorrowedFd<'_>, sock_type: i32, stream_bytes: usize) -> Result<Vec<Queued>> {
+///
+/// On a stream socket, a peek reports the descriptors of a write together
+/// with the bytes written before it since the previous descriptors (this
+/// kernel reports them on a peek of any of those bytes, so where that write
+/// starts cannot be found): they come in one chunk.
+///
+/// With `keep`, the descriptors passed with each message (SCM_RIGHTS),
+/// which each peek installs in our process as new descriptors of the same
+/// open file descriptions, are kept in [`Queued::passed`]; else closed.
+pub fn peek_queue(
+    fd: BorrowedFd<'_>,
+    sock_type: i32,
+    stream_bytes: usize,
+    keep: bool,
+) -> Result<Vec<Queued>> {
     let guard = PeekGuard {
         fd,
         peek_off: get_int(fd, libc::SOL_SOCKET, SO_PEEK_OFF)?,
@@ -534,7 +565,7 @@ pub fn peek_queue(fd: BorrowedFd<'_>, sock_type: i32, stream_bytes: usize) -> Re
         } else {
             cap
         };
-        let Some((full, q)) = peek_one(fd, want, !stream)? else {
+        let Some((full, q)) = peek_one(fd, want, !stream, keep)? else {
             break;
         };
         if stream {
@@ -549,10 +580,7 @@ pub fn peek_queue(fd: BorrowedFd<'_>, sock_type: i32, stream_bytes: usize) -> Re
             if full > cap {
                 // Truncated: peek this message again with room for all of it.
                 cap = full.next_power_of_two();
-                let o = i32::try_from(off).map_err(|_| {
-                    SysError::call_errno("setsockopt(SO_PEEK_OFF)", "socket", libc::EOVERFLOW)
-                })?;
-                set_option(fd, libc::SOL_SOCKET, SO_PEEK_OFF, o)?;
+                set_option(fd, libc::SOL_SOCKET, SO_PEEK_OFF, peek_off(off)?)?;
                 continue;
             }
         }
@@ -568,6 +596,42 @@ pub fn peek_queue(fd: BorrowedFd<'_>, sock_type: i32, stream_bytes: usize) -> Re
     }
     drop(guard);
     Ok(out)
+}
+
+/// Accepts one connection waiting on listener `fd` (a copy we hold of a
+/// frozen process's listener), without blocking: None when none waits.
+pub fn accept_nonblock(fd: BorrowedFd<'_>) -> Result<Option<OwnedFd>> {
+    // The listener's description may be blocking: look first.
+    let mut p = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, no waiting.
+    let n = unsafe { libc::poll(&mut p, 1, 0) };
+    check(n as i64, "poll", format!("listener fd {}", fd.as_raw_fd()))?;
+    if p.revents & libc::POLLIN == 0 {
+        return Ok(None);
+    }
+    // SAFETY: no address is asked for; plain integer syscall.
+    let r = unsafe {
+        libc::accept4(
+            fd.as_raw_fd(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+        )
+    };
+    if r < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EAGAIN) {
+        return Ok(None);
+    }
+    let fd = check(
+        r as i64,
+        "accept4",
+        format!("listener fd {}", fd.as_raw_fd()),
+    )?;
+    // SAFETY: the kernel returned a new descriptor that we now own.
+    Ok(Some(unsafe { OwnedFd::from_raw_fd(fd as i32) }))
 }
 
 /// A new unix socket of `sock_type` in our process (close-on-exec).
@@ -602,6 +666,74 @@ pub fn send_to(fd: BorrowedFd<'_>, data: &[u8], addr: Option<&[u8]>) -> Result<u
         )
     };
     check(r as i64, "sendto", format!("socket fd {}", fd.as_raw_fd())).map(|n| n as usize)
+}
+
+/// Sends `data` like [`send_to`], with the sender's credentials `creds`
+/// (pid, uid, gid) as SCM_CREDENTIALS and descriptors `fds` as SCM_RIGHTS
+/// when given. Root may name any existing pid and any uid and gid; the pid
+/// must be a live process (ESRCH otherwise).
+pub fn send_msg(
+    fd: BorrowedFd<'_>,
+    data: &[u8],
+    addr: Option<&[u8]>,
+    creds: Option<(i32, u32, u32)>,
+    fds: &[BorrowedFd<'_>],
+) -> Result<usize> {
+    // cmsghdr: u64 len, i32 level, i32 type, then data padded to 8 bytes.
+    let mut control: Vec<u64> = Vec::new();
+    let mut push = |level: i32, kind: i32, payload: &[u8]| {
+        let len = 16 + payload.len();
+        let mut b = Vec::with_capacity(len.div_ceil(8) * 8);
+        b.extend_from_slice(&(len as u64).to_ne_bytes());
+        b.extend_from_slice(&level.to_ne_bytes());
+        b.extend_from_slice(&kind.to_ne_bytes());
+        b.extend_from_slice(payload);
+        b.resize(len.div_ceil(8) * 8, 0);
+        control.extend(
+            b.chunks_exact(8)
+                .map(|c| u64::from_ne_bytes(c.try_into().expect("8 bytes"))),
+        );
+    };
+    if let Some((pid, uid, gid)) = creds {
+        let mut c = Vec::with_capacity(12);
+        c.extend_from_slice(&pid.to_ne_bytes());
+        c.extend_from_slice(&uid.to_ne_bytes());
+        c.extend_from_slice(&gid.to_ne_bytes());
+        push(libc::SOL_SOCKET, SCM_CREDENTIALS, &c);
+    }
+    if !fds.is_empty() {
+        let c: Vec<u8> = fds
+            .iter()
+            .flat_map(|f| f.as_raw_fd().to_ne_bytes())
+            .collect();
+        push(libc::SOL_SOCKET, SCM_RIGHTS, &c);
+    }
+    let mut iov = libc::iovec {
+        iov_base: data.as_ptr() as *mut libc::c_void,
+        iov_len: data.len(),
+    };
+    // SAFETY: an all-zero msghdr is valid; its pointers are set below.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    if let Some(a) = addr {
+        msg.msg_name = a.as_ptr() as *mut libc::c_void;
+        msg.msg_namelen = a.len() as libc::socklen_t;
+    }
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    if !control.is_empty() {
+        msg.msg_control = control.as_mut_ptr() as *mut libc::c_void;
+        msg.msg_controllen = control.len() * 8;
+    }
+    // SAFETY: `msg` points to live buffers of the lengths it states; the
+    // kernel only reads them; the descriptors named are open (borrowed).
+    let r = unsafe {
+        libc::sendmsg(
+            fd.as_raw_fd(),
+            &msg,
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+        )
+    };
+    check(r as i64, "sendmsg", format!("socket fd {}", fd.as_raw_fd())).map(|n| n as usize)
 }
 
 #[cfg(test)]
@@ -799,7 +931,7 @@ mod tests {
                 unsafe { libc::shutdown(a.as_raw_fd(), libc::SHUT_WR) };
             }
             let total = 3 + big.len() + 4;
-            let q = peek_queue(b.as_fd(), kind, total).unwrap();
+            let q = peek_queue(b.as_fd(), kind, total, false).unwrap();
             let data: Vec<u8> = q.iter().flat_map(|m| m.data.clone()).collect();
             assert_eq!(data.len(), total, "type {kind}");
             if kind != libc::SOCK_STREAM {
@@ -848,7 +980,7 @@ mod tests {
             *(libc::CMSG_DATA(c) as *mut i32) = fd;
             assert_eq!(libc::sendmsg(fd, &msg, 0), 1);
         }
-        let q = peek_queue(b.as_fd(), libc::SOCK_DGRAM, 0).unwrap();
+        let q = peek_queue(b.as_fd(), libc::SOCK_DGRAM, 0, false).unwrap();
         assert_eq!(q.len(), 1);
         assert_eq!(q[0].fds, 1);
         assert!(q[0].creds.is_some());

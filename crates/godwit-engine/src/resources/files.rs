@@ -51,134 +51,7 @@ pub fn dump(pid: i32) -> Result<Files> {
     let mut lock_lines = Vec::new();
     let mut pidfd: Option<OwnedFd> = None;
     for fd in proc::fds(pid).dumping(pid, "listing file descriptors")? {
-        let target = proc::link(&format!("/proc/{pid}/fd/{fd}"))
-            .dumping(pid, "reading file descriptors")?
-            .to_string_lossy()
-            .into_owned();
-        let info = proc::fdinfo(pid, fd).dumping(pid, "reading file descriptors")?;
-        if !info.locks.is_empty() {
-            lock_lines.push((fd, info.locks.clone()));
-        }
-        let cloexec = info.flags & libc::O_CLOEXEC as u32 != 0;
-        let flags = info.flags & !(libc::O_CLOEXEC as u32);
-        let mut e = Fd {
-            fd,
-            flags,
-            cloexec,
-            pos: info.pos,
-            ..Default::default()
-        };
-        if let Some(ino) = target
-            .strip_prefix("pipe:[")
-            .and_then(|s| s.strip_suffix(']'))
-        {
-            let ino: u64 = ino.parse().map_err(|_| unsupported(pid, fd, &target))?;
-            e.kind = FdKind::Pipe as i32;
-            e.pipe_id = ino;
-            e.path.clear();
-            fds.push(e);
-            continue;
-        }
-        if let Some(ino) = target
-            .strip_prefix("socket:[")
-            .and_then(|s| s.strip_suffix(']'))
-        {
-            let ino: u64 = ino.parse().map_err(|_| unsupported(pid, fd, &target))?;
-            let pfd = match &pidfd {
-                Some(p) => p,
-                None => pidfd.insert(process::pidfd_open(pid).dumping(pid, "reading sockets")?),
-            };
-            let ours = process::pidfd_getfd(pfd, fd).dumping(pid, "reading sockets")?;
-            let (kind, socket) = sockets::dump(pid, fd, ino, &ours, &cwd)?;
-            e.kind = kind as i32;
-            e.socket = Some(socket);
-            fds.push(e);
-            continue;
-        }
-        if pidfd::is_pidfd(&target) {
-            pidfd::dump(pid, fd, info.pidfd_pid, &mut e)?;
-            fds.push(e);
-            continue;
-        }
-        if target == "anon_inode:[eventpoll]" {
-            e.kind = FdKind::Epoll as i32;
-            e.epoll = proc::epoll_targets(pid, fd)
-                .dumping(pid, "reading epoll interest lists")?
-                .into_iter()
-                .map(|(fd, events, data)| EpollTarget {
-                    fd,
-                    events,
-                    data,
-                    held_at: None,
-                })
-                .collect();
-            fds.push(e);
-            continue;
-        }
-        if let Some(name) = target.strip_prefix("anon_inode:") {
-            anon::dump(pid, fd, name, &mut e)?;
-            fds.push(e);
-            continue;
-        }
-        if !target.starts_with('/') {
-            let kind = target.split(':').next().unwrap_or("unknown");
-            return Err(unsupported(pid, fd, format!("{kind}: {target}")));
-        }
-        if let Some(name) = memory::memfd_name(&target) {
-            if describe_memfd(pid, fd, name, &mut e)? {
-                fds.push(e);
-                continue;
-            }
-        }
-        if let Some(path) = target.strip_suffix(" (deleted)") {
-            e.path = path.to_string();
-            save_deleted(pid, fd, &mut e)?;
-            fds.push(e);
-            continue;
-        }
-        let md = std::fs::metadata(format!("/proc/{pid}/fd/{fd}"))
-            .map_err(|err| unsupported(pid, fd, format!("{target}: {err}")))?;
-        let ft = md.file_type();
-        e.path = target.clone();
-        if is_o_path(&e) {
-            // A path-only descriptor: no offset, owner or data; opened
-            // again with O_PATH. A symlink is only reachable so with
-            // O_NOFOLLOW, which it is opened with again.
-            e.kind = if ft.is_dir() {
-                FdKind::Directory
-            } else {
-                FdKind::Regular
-            } as i32;
-            if ft.is_symlink() {
-                e.flags |= libc::O_NOFOLLOW as u32;
-            }
-            e.size = md.size();
-            fds.push(e);
-            continue;
-        }
-        if ft.is_file() {
-            e.kind = FdKind::Regular as i32;
-            e.size = md.size();
-            e.mtime_ns = md.mtime() * 1_000_000_000 + md.mtime_nsec();
-        } else if ft.is_dir() {
-            e.kind = FdKind::Directory as i32;
-        } else if ft.is_char_device() && STATELESS_DEVICES.contains(&target.as_str()) {
-            e.kind = FdKind::CharDevice as i32;
-        } else if ft.is_char_device() {
-            let pfd = match &pidfd {
-                Some(p) => p,
-                None => pidfd.insert(process::pidfd_open(pid).dumping(pid, "reading terminals")?),
-            };
-            if !tty::dump(pid, fd, &target, &md, pfd, &mut e)? {
-                return Err(unsupported(pid, fd, format!("character device {target}")));
-            }
-        } else if ft.is_fifo() {
-            e.kind = FdKind::Fifo as i32;
-            e.pipe_id = memory::shmem_id_of(md.dev(), md.ino());
-        } else {
-            return Err(unsupported(pid, fd, target.clone()));
-        }
-        fds.push(e);
+        fds.push(describe(pid, fd, &cwd, &mut pidfd, &mut lock_lines)?);
     }
     // What belongs to the open file description itself: the pipe buffer
     // size, the owner of I/O signals (O_ASYNC, SIGURG) and their signal.
@@ -220,19 +93,10 @@ pub fn dump(pid: i32) -> Result<Files> {
                     break;
                 }
             }
-            match holder {
-                Some(n) => t.held_at = Some(n),
-                None => {
-                    return Err(unsupported(
-                        pid,
-                        epfd,
-                        format!(
-                            "an epoll instance watching, under fd number {}, a file no fd of the process holds any more",
-                            t.fd
-                        ),
-                    ))
-                }
-            }
+            // None: not held here; fine if another process sharing this
+            // epoll description (a fork child's copy) is the one that
+            // makes it again and holds it (link_descriptions checks).
+            t.held_at = Some(holder.unwrap_or(NOT_HELD));
         }
     }
     for (fd, lines) in lock_lines {
@@ -323,6 +187,180 @@ fn check_proc_files(procs: &[Process]) -> Result<()> {
 /// dups work on it: no offset, owner, signal or status flags).
 pub(crate) fn is_o_path(f: &Fd) -> bool {
     f.flags & libc::O_PATH as u32 != 0
+}
+
+/// Describes fd `fd` of frozen process `pid` (its kind and what restores
+/// it); `pidfd` is opened on first need; lock lines are added to `locks`.
+fn describe(
+    pid: i32,
+    fd: i32,
+    cwd: &str,
+    pidfd: &mut Option<OwnedFd>,
+    lock_lines: &mut Vec<(i32, Vec<proc::LockLine>)>,
+) -> Result<Fd> {
+    let target = proc::link(&format!("/proc/{pid}/fd/{fd}"))
+        .dumping(pid, "reading file descriptors")?
+        .to_string_lossy()
+        .into_owned();
+    let info = proc::fdinfo(pid, fd).dumping(pid, "reading file descriptors")?;
+    if !info.locks.is_empty() {
+        lock_lines.push((fd, info.locks.clone()));
+    }
+    let cloexec = info.flags & libc::O_CLOEXEC as u32 != 0;
+    let flags = info.flags & !(libc::O_CLOEXEC as u32);
+    let mut e = Fd {
+        fd,
+        flags,
+        cloexec,
+        pos: info.pos,
+        ..Default::default()
+    };
+    if let Some(ino) = target
+        .strip_prefix("pipe:[")
+        .and_then(|s| s.strip_suffix(']'))
+    {
+        let ino: u64 = ino.parse().map_err(|_| unsupported(pid, fd, &target))?;
+        e.kind = FdKind::Pipe as i32;
+        e.pipe_id = ino;
+        e.path.clear();
+        return Ok(e);
+    }
+    if let Some(ino) = target
+        .strip_prefix("socket:[")
+        .and_then(|s| s.strip_suffix(']'))
+    {
+        let ino: u64 = ino.parse().map_err(|_| unsupported(pid, fd, &target))?;
+        let pfd = match &pidfd {
+            Some(p) => p,
+            None => pidfd.insert(process::pidfd_open(pid).dumping(pid, "reading sockets")?),
+        };
+        let ours = process::pidfd_getfd(pfd, fd).dumping(pid, "reading sockets")?;
+        let (kind, socket) = sockets::dump(pid, fd, ino, &ours, cwd)?;
+        e.kind = kind as i32;
+        e.socket = Some(socket);
+        return Ok(e);
+    }
+    if pidfd::is_pidfd(&target) {
+        pidfd::dump(pid, fd, info.pidfd_pid, &mut e)?;
+        return Ok(e);
+    }
+    if target == "anon_inode:[eventpoll]" {
+        e.kind = FdKind::Epoll as i32;
+        e.epoll = proc::epoll_targets(pid, fd)
+            .dumping(pid, "reading epoll interest lists")?
+            .into_iter()
+            .map(|(fd, events, data)| EpollTarget {
+                fd,
+                events,
+                data,
+                held_at: None,
+            })
+            .collect();
+        return Ok(e);
+    }
+    if let Some(name) = target.strip_prefix("anon_inode:") {
+        anon::dump(pid, fd, name, &mut e)?;
+        return Ok(e);
+    }
+    if !target.starts_with('/') {
+        let kind = target.split(':').next().unwrap_or("unknown");
+        return Err(unsupported(pid, fd, format!("{kind}: {target}")));
+    }
+    if let Some(name) = memory::memfd_name(&target) {
+        if describe_memfd(pid, fd, name, &mut e)? {
+            return Ok(e);
+        }
+    }
+    if let Some(path) = target.strip_suffix(" (deleted)") {
+        e.path = path.to_string();
+        save_deleted(pid, fd, &mut e)?;
+        return Ok(e);
+    }
+    let md = std::fs::metadata(format!("/proc/{pid}/fd/{fd}"))
+        .map_err(|err| unsupported(pid, fd, format!("{target}: {err}")))?;
+    let ft = md.file_type();
+    e.path = target.clone();
+    if is_o_path(&e) {
+        // A path-only descriptor: no offset, owner or data; opened
+        // again with O_PATH. A symlink is only reachable so with
+        // O_NOFOLLOW, which it is opened with again.
+        e.kind = if ft.is_dir() {
+            FdKind::Directory
+        } else {
+            FdKind::Regular
+        } as i32;
+        if ft.is_symlink() {
+            e.flags |= libc::O_NOFOLLOW as u32;
+        }
+        e.size = md.size();
+        return Ok(e);
+    }
+    if ft.is_file() {
+        e.kind = FdKind::Regular as i32;
+        e.size = md.size();
+        e.mtime_ns = md.mtime() * 1_000_000_000 + md.mtime_nsec();
+    } else if ft.is_dir() {
+        e.kind = FdKind::Directory as i32;
+    } else if ft.is_char_device() && STATELESS_DEVICES.contains(&target.as_str()) {
+        e.kind = FdKind::CharDevice as i32;
+    } else if ft.is_char_device() {
+        let pfd = match &pidfd {
+            Some(p) => p,
+            None => pidfd.insert(process::pidfd_open(pid).dumping(pid, "reading terminals")?),
+        };
+        if !tty::dump(pid, fd, &target, &md, pfd, &mut e)? {
+            return Err(unsupported(pid, fd, format!("character device {target}")));
+        }
+    } else if ft.is_fifo() {
+        e.kind = FdKind::Fifo as i32;
+        e.pipe_id = memory::shmem_id_of(md.dev(), md.ino());
+    } else {
+        return Err(unsupported(pid, fd, target.clone()));
+    }
+    Ok(e)
+}
+
+/// Kinds a descriptor in flight (passed in a queued unix socket message)
+/// may be: those made again from what the `Fd` alone holds.
+const PASSABLE: &[FdKind] = &[
+    FdKind::Regular,
+    FdKind::Directory,
+    FdKind::CharDevice,
+    FdKind::Pipe,
+    FdKind::EventFd,
+    FdKind::TimerFd,
+    FdKind::UnixSocket,
+];
+
+/// Describes a descriptor in flight, installed in godwit by a peek of the
+/// queue that carries it (`fd`), like any fd of a process. Err: a readable
+/// reason it cannot be kept.
+pub(crate) fn describe_passed(fd: &OwnedFd) -> std::result::Result<Fd, String> {
+    let me = std::process::id() as i32;
+    let raw = fd.as_raw_fd();
+    let mut pidfd = None;
+    let mut locks = Vec::new();
+    let mut e = describe(me, raw, "/", &mut pidfd, &mut locks).map_err(|e| e.to_string())?;
+    let kind = FdKind::try_from(e.kind).unwrap_or(FdKind::Regular);
+    if !PASSABLE.contains(&kind) || e.deleted {
+        let what = if e.path.is_empty() {
+            format!("{kind:?}")
+        } else {
+            format!("{kind:?} {}", e.path)
+        };
+        return Err(format!(
+            "a descriptor in flight of a kind that cannot be passed again yet ({what})"
+        ));
+    }
+    if !locks.is_empty() {
+        return Err(format!("a descriptor in flight holding locks ({})", e.path));
+    }
+    if is_pipe_like(&e) {
+        e.pipe_size = process::pipe_size(fd).map_err(|e| e.to_string())?;
+    }
+    (e.owner_type, e.owner_pid) = process::fd_owner(fd).map_err(|e| e.to_string())?;
+    e.signal = process::fd_signal(fd).map_err(|e| e.to_string())?;
+    Ok(e)
 }
 
 fn is_pipe_like(f: &Fd) -> bool {
@@ -436,8 +474,10 @@ fn can_read(f: &Fd) -> bool {
 /// an id (`Fd::file_id`; fds sharing one description, in one process or
 /// several, get the same id), marks the pipe ends whose other end is not in
 /// the tree as connected outside it (`resources::external`), and saves each
-/// pipe's unread data once, with its first holder.
-pub fn link_descriptions(procs: &mut [Process]) -> Result<()> {
+/// pipe's unread data once, with its first holder. `accept_pending`: the
+/// processes end after the dump, so godwit may accept the connections
+/// waiting on their unix listeners (`sockets::unix`).
+pub fn link_descriptions(procs: &mut [Process], accept_pending: bool) -> Result<()> {
     // Candidates for sharing have the same kind, path, pipe, socket and
     // access mode; kcmp then tells whether two fds are one description.
     type Key = (i32, String, u64, u32, u64);
@@ -474,26 +514,81 @@ pub fn link_descriptions(procs: &mut [Process]) -> Result<()> {
         }
     }
     check_proc_files(procs)?;
+    // Unix sockets: peers inside the tree; queues read once, with the
+    // descriptions in flight in them, which godwit holds meanwhile. These
+    // get ids too, the same as a process's fd of the same description.
+    let inflight = sockets::link_unix(procs, accept_pending)?;
+    let me = std::process::id() as i32;
+    for inf in &inflight {
+        let f = inf.get_mut(procs);
+        let key = (
+            f.kind,
+            f.path.clone(),
+            f.pipe_id,
+            f.flags & libc::O_ACCMODE as u32,
+            f.socket.as_ref().map_or(0, |s| s.ino),
+        );
+        let list = reps.entry(key).or_default();
+        let mut found = None;
+        for &(rpid, rfd, id) in list.iter() {
+            if process::same_file(me, f.fd, rpid, rfd)
+                .dumping(inf.pid, "comparing descriptors in flight")?
+            {
+                found = Some(id);
+                break;
+            }
+        }
+        f.file_id = match found {
+            Some(id) => id,
+            None => {
+                list.push((me, f.fd, next_id));
+                next_id += 1;
+                next_id - 1
+            }
+        };
+    }
     // Pipes: both ends inside the tree; data read once.
-    let mut ends: BTreeMap<u64, (Option<(usize, i32)>, bool)> = BTreeMap::new();
-    for (i, p) in procs.iter().enumerate() {
+    // Readers are (pid, fd): a process's, or godwit's for an end in flight.
+    let mut ends: BTreeMap<u64, (Option<(i32, i32)>, bool)> = BTreeMap::new();
+    for p in procs.iter() {
         for f in p.fds.iter().filter(|f| f.kind == FdKind::Pipe as i32) {
             let e = ends.entry(f.pipe_id).or_insert((None, false));
             if is_write_end(f) {
                 e.1 = true;
             } else if e.0.is_none() {
-                e.0 = Some((i, f.fd));
+                e.0 = Some((p.pid, f.fd));
             }
         }
     }
+    let mut passed_pipes: HashMap<u64, i32> = HashMap::new();
+    for inf in &inflight {
+        let f = inf.get(procs);
+        if f.kind != FdKind::Pipe as i32 {
+            continue;
+        }
+        passed_pipes.insert(f.pipe_id, inf.pid);
+        let e = ends.entry(f.pipe_id).or_insert((None, false));
+        if is_write_end(f) {
+            e.1 = true;
+        } else if e.0.is_none() {
+            e.0 = Some((me, f.fd));
+        }
+    }
     for (id, (reader, has_writer)) in ends {
-        let Some((i, rfd)) = reader.filter(|_| has_writer) else {
+        if let (Some(&pid), None) = (passed_pipes.get(&id), reader.filter(|_| has_writer)) {
+            return Err(EngineError::Unsupported {
+                pid,
+                what: format!(
+                    "a pipe end (pipe:[{id}]) passed in a queued unix socket message (SCM_RIGHTS) whose other end no process of the tree holds"
+                ),
+            });
+        }
+        let Some((rpid, rfd)) = reader.filter(|_| has_writer) else {
             // An end whose other end no process of the tree holds: kept as
             // connected outside the tree (resources::external), with the
             // bytes in the pipe when the tree holds its read end.
             let data = match reader {
-                Some((i, rfd)) => {
-                    let pid = procs[i].pid;
+                Some((pid, rfd)) => {
                     let pidfd = process::pidfd_open(pid).dumping(pid, "reading pipes")?;
                     peek_pipe(pid, &pidfd, rfd)?
                 }
@@ -502,9 +597,8 @@ pub fn link_descriptions(procs: &mut [Process]) -> Result<()> {
             mark_external(procs, FdKind::Pipe, id, data, 0, 0);
             continue;
         };
-        let pid = procs[i].pid;
-        let pidfd = process::pidfd_open(pid).dumping(pid, "reading pipes")?;
-        let data = peek_pipe(pid, &pidfd, rfd)?;
+        let pidfd = process::pidfd_open(rpid).dumping(rpid, "reading pipes")?;
+        let data = peek_pipe(rpid, &pidfd, rfd)?;
         let first = procs
             .iter()
             .position(|p| {
@@ -512,7 +606,7 @@ pub fn link_descriptions(procs: &mut [Process]) -> Result<()> {
                     .iter()
                     .any(|f| f.pipe_id == id && f.kind == FdKind::Pipe as i32)
             })
-            .unwrap_or(i);
+            .unwrap_or(0);
         procs[first].pipes.push(Pipe { id, data });
     }
     // FIFOs: their ends may be anywhere. The unread data is saved once, if
@@ -536,9 +630,34 @@ pub fn link_descriptions(procs: &mut [Process]) -> Result<()> {
             procs[first].pipes.push(Pipe { id, data });
         }
     }
-    // Unix sockets: peers inside the tree; queues read once.
-    sockets::link_unix(procs)
+    drop(inflight);
+    // An epoll description is made again by the first process holding it
+    // (parents first), from its interest list: each of its watches must be
+    // of a file that process holds.
+    let mut made = std::collections::HashSet::new();
+    for p in procs.iter().filter(|p| !p.zombie) {
+        for f in p.fds.iter().filter(|f| f.kind == FdKind::Epoll as i32) {
+            if !made.insert(f.file_id) {
+                continue;
+            }
+            if let Some(t) = f.epoll.iter().find(|t| t.held_at == Some(NOT_HELD)) {
+                return Err(unsupported(
+                    p.pid,
+                    f.fd,
+                    format!(
+                        "an epoll instance watching, under fd number {}, a file no fd of the process holds any more",
+                        t.fd
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
+
+/// `EpollTarget::held_at` of a watch whose file the process dumped does
+/// not hold (only in an image's copies that are not made again).
+const NOT_HELD: i32 = -1;
 
 /// Marks every fd of pipe `id` (`was` PIPE) or unix socket inode `id` (`was`
 /// UNIX_SOCKET) as connected outside the tree; `data` goes with the first.
@@ -951,6 +1070,9 @@ pub struct FdPlan {
     external: external::ExternalPlan,
     /// Process index → its PID in the image.
     pids: Vec<i32>,
+    /// Unix socket groups finished once every process exists (their queues
+    /// carry credentials of processes created after theirs): (creator, group).
+    unix_late: std::sync::Mutex<Vec<(usize, sockets::unix::PendingGroup)>>,
 }
 
 /// The lowest common ancestor (by index, parents before children) of `set`.
@@ -1013,6 +1135,21 @@ impl FdPlan {
                 }
             }
         }
+        // Descriptions in flight in unix socket queues are held, until the
+        // refill sends them, by the process that creates the socket.
+        let unix = sockets::UnixPlan::new(procs, &reps, &holders, &parent)?;
+        for (creator, f) in unix.passed() {
+            if f.file_id == 0 {
+                return Err(EngineError::BadImage(
+                    "a descriptor in flight has no description id".into(),
+                ));
+            }
+            holders.entry(f.file_id).or_default().push(creator);
+            reps.entry(f.file_id).or_insert_with(|| f.clone());
+            if f.kind == FdKind::Pipe as i32 {
+                pipe_holders.entry(f.pipe_id).or_default().push(creator);
+            }
+        }
         let pipes = procs
             .iter()
             .flat_map(|p| &p.pipes)
@@ -1021,7 +1158,6 @@ impl FdPlan {
                 (pp.id, (pp.data.clone(), creator))
             })
             .collect::<HashMap<_, _>>();
-        let unix = sockets::UnixPlan::new(procs, &reps, &holders, &parent)?;
         let tty = tty::TtyPlan::new(procs, &reps, &holders, &parent, shell)?;
         let mut descs = BTreeMap::new();
         for (id, f) in reps {
@@ -1072,6 +1208,7 @@ impl FdPlan {
             unix,
             tty,
             tcp: Default::default(),
+            unix_late: Default::default(),
             external,
             pids: procs.iter().map(|p| p.pid).collect(),
         })
@@ -1079,6 +1216,21 @@ impl FdPlan {
 
     fn stage(&self, id: u64) -> u64 {
         self.stage_base + id
+    }
+
+    /// Once every process of the tree exists (before any places its fds):
+    /// the unix socket groups left for then ([`FdPlan::create`]).
+    pub fn finish_unix(&self, remotes: &[Option<Remote>]) -> Result<()> {
+        let late = std::mem::take(&mut *self.unix_late.lock().expect("not poisoned"));
+        for (idx, p) in late {
+            let r = remotes.get(idx).copied().flatten().ok_or_else(|| {
+                EngineError::BadImage(format!(
+                    "process {idx} creates unix sockets but does not run"
+                ))
+            })?;
+            self.unix.finish(&r, vec![p], &|id| self.stage(id))?;
+        }
+        Ok(())
     }
 
     /// The highest fd number the plan uses (must be below RLIMIT_NOFILE).
@@ -1201,7 +1353,8 @@ impl FdPlan {
                 write_all_fd(&w, data).restoring(pid, "refilling pipes")?;
             }
         }
-        for (id, fd) in self.unix.create(r, idx)? {
+        let (made, unix_pending) = self.unix.create(r, idx)?;
+        for (id, fd) in made {
             self.to_stage(r, fd, id)?;
         }
         for (id, fd) in self.tty.create(r, idx)? {
@@ -1312,6 +1465,14 @@ impl FdPlan {
             };
             self.to_stage(r, fd, *id)?;
         }
+        // Queues carrying descriptions, once those exist (made here or
+        // inherited from an ancestor).
+        let (late, now): (Vec<_>, Vec<_>) = unix_pending.into_iter().partition(|p| p.late);
+        self.unix.finish(r, now, &|id| self.stage(id))?;
+        self.unix_late
+            .lock()
+            .expect("not poisoned")
+            .extend(late.into_iter().map(|p| (idx, p)));
         // Epoll instances last: their interest lists name other descriptions.
         for (id, (creator, f)) in &self.descs {
             if *creator == idx && f.kind == FdKind::Epoll as i32 {

@@ -7,7 +7,13 @@
 //! ([`link_unix`]): the peer of every connected socket must be in the tree
 //! (a datagram socket connected to a named socket outside it is connected
 //! to that name again on restore), and each socket's receive queue is read
-//! once, without consuming it, message by message (SO_PEEK_OFF).
+//! once, without consuming it, message by message (SO_PEEK_OFF), with the
+//! descriptions in flight in it (SCM_RIGHTS), described like any fd and
+//! made again on restore by the socket's creator before the refill sends
+//! them ([`UnixPlan::finish`]). Connections waiting on a listener are
+//! accepted by godwit when the processes end after the dump, their data
+//! saved, and made again on restore by connecting their clients (sockets
+//! of the tree) to the re-created listener in the same order.
 //!
 //! Restore ([`UnixPlan`]): sockets linked by their peers form a group that
 //! is created at once in the lowest common ancestor of all their holders,
@@ -29,19 +35,20 @@
 //!   ends of a restored pair report the same credentials: those the
 //!   accepted end (the named one) reported, which a server checks.
 //! - Queued messages were sent again by godwit: a receiver that turns
-//!   SO_PASSCRED on later sees godwit's credentials on them (one that has
-//!   it on at dump time is refused while messages are queued).
+//!   SO_PASSCRED on later sees godwit's credentials on them. One that has
+//!   it on at dump time gets each message with the credentials it was sent
+//!   with (their pid must be a process of the tree).
 
 use super::unsupported;
 use crate::error::{DumpCtx, EngineError, RestoreCtx, Result};
 use crate::remote::Remote;
 use crate::resources::files::lca;
-use crate::schema::{Fd, FdKind, Process, SockOpt, Socket};
+use crate::schema::{Fd, FdKind, MsgCred, Passed, Process, SockOpt, Socket};
 use godwit_sys::sockdiag::{self, SO_PASSPIDFD, SO_PEEK_OFF};
 use godwit_sys::{process, SysError};
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsStr;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -68,6 +75,10 @@ const LATE: &[i32] = &[
     SO_PASSPIDFD,
     SO_PEEK_OFF,
 ];
+
+/// `Socket::pending_listener` of a connecting socket while its listener is
+/// not known yet (dump).
+const CONNECTING: u64 = u64::MAX;
 
 /// Scratch offsets used on restore.
 const SCRATCH_INTS: u64 = 0;
@@ -160,7 +171,6 @@ pub fn dump(pid: i32, fd: i32, ino: u64, ours: &OwnedFd, cwd: &str) -> Result<So
             format!("a unix socket of type {sock_type}"),
         ));
     }
-    let kind = kind_name(sock_type);
     let mut s = Socket {
         family: libc::AF_UNIX,
         sock_type,
@@ -170,25 +180,20 @@ pub fn dump(pid: i32, fd: i32, ino: u64, ours: &OwnedFd, cwd: &str) -> Result<So
         shutdown: d.shutdown as u32,
         ..Default::default()
     };
-    let name = show_addr(&s.addr);
     if s.listening {
-        let (waiting, backlog) = d.rqlen.unwrap_or((0, 0));
-        if waiting > 0 {
-            return Err(unsupported(
-                pid,
-                fd,
-                format!("a listening unix {kind} socket ({name}) with {waiting} connection(s) waiting to be accepted; retry the dump"),
-            ));
-        }
-        s.backlog = backlog;
+        // Connections waiting to be accepted: taken in link_unix.
+        s.backlog = d.rqlen.unwrap_or((0, 0)).1;
     }
     match d.peer {
-        Some(0) if connection(&s) && d.shutdown != sockdiag::RCV_SHUTDOWN | sockdiag::SEND_SHUTDOWN => {
-            return Err(unsupported(
-                pid,
-                fd,
-                format!("a unix {kind} socket whose connection is not accepted yet by its server; retry the dump"),
-            ))
+        Some(0)
+            if connection(&s) && d.shutdown != sockdiag::RCV_SHUTDOWN | sockdiag::SEND_SHUTDOWN =>
+        {
+            // Not accepted yet by its listener: found in link_unix.
+            s.pending_listener = CONNECTING;
+            let a = sockdiag::getpeername(ours.as_fd()).dumping(pid, stage)?;
+            if a.len() > 2 {
+                s.peer_addr = a;
+            }
         }
         Some(0) => s.peer_gone = true,
         Some(p) => s.peer_ino = p as u64,
@@ -262,11 +267,255 @@ fn option(s: &Socket, name: i32) -> i32 {
         .map_or(0, |o| o.value)
 }
 
+/// A descriptor in flight (passed in a queued message), held by godwit
+/// during the dump, and where it is described: message `k`, descriptor `l`
+/// of the queue saved with fd `j` of process `i`.
+pub struct InFlight {
+    /// The process holding the socket, and its fd.
+    pub pid: i32,
+    carrier_fd: i32,
+    at: (usize, usize, usize, usize),
+    _fd: OwnedFd,
+}
+
+impl InFlight {
+    pub fn get<'a>(&self, procs: &'a [Process]) -> &'a Fd {
+        let (i, j, k, l) = self.at;
+        &procs[i].fds[j]
+            .socket
+            .as_ref()
+            .expect("a unix socket")
+            .queue_fds[k]
+            .fds[l]
+    }
+
+    pub fn get_mut<'a>(&self, procs: &'a mut [Process]) -> &'a mut Fd {
+        let (i, j, k, l) = self.at;
+        &mut procs[i].fds[j]
+            .socket
+            .as_mut()
+            .expect("a unix socket")
+            .queue_fds[k]
+            .fds[l]
+    }
+}
+
+/// What [`sockets_in_flight`] found: (inode, (peer inode, address)) of
+/// each unix socket in flight, and the queues it peeked, by socket inode.
+type Found = (
+    HashMap<u64, (u64, Vec<u8>)>,
+    HashMap<u64, Vec<sockdiag::Queued>>,
+);
+
+/// The unix sockets in flight in the queues of the tree's sockets, found by
+/// a first peek of each queue that the tree reads (peer in the tree).
+fn sockets_in_flight(procs: &[Process], first: &BTreeMap<u64, (usize, usize)>) -> Result<Found> {
+    let stage = "looking for unix sockets in flight";
+    let mut out = HashMap::new();
+    let mut peeked = HashMap::new();
+    let mut pidfds: HashMap<i32, OwnedFd> = HashMap::new();
+    for (&ino, &(i, j)) in first {
+        let s = procs[i].fds[j].socket.as_ref().expect("a unix socket");
+        if s.listening
+            || (connection(s) && s.peer_ino == 0 && !s.peer_gone)
+            || (s.peer_ino != 0 && !first.contains_key(&s.peer_ino))
+        {
+            continue;
+        }
+        let (pid, fd) = (procs[i].pid, procs[i].fds[j].fd);
+        let pidfd = match pidfds.get(&pid) {
+            Some(p) => p,
+            None => pidfds
+                .entry(pid)
+                .or_insert(process::pidfd_open(pid).dumping(pid, stage)?),
+        };
+        let ours = process::pidfd_getfd(pidfd, fd).dumping(pid, stage)?;
+        // A peek would report (and clear) a pending error: left to the
+        // main pass, which refuses it.
+        if sockdiag::pending_error(ours.as_fd()).dumping(pid, stage)? {
+            continue;
+        }
+        let bytes = if s.sock_type == libc::SOCK_STREAM {
+            process::pipe_pending(&ours).dumping(pid, stage)?
+        } else {
+            0
+        };
+        let msgs =
+            sockdiag::peek_queue(ours.as_fd(), s.sock_type, bytes, true).dumping(pid, stage)?;
+        for passed in msgs.iter().flat_map(|m| &m.passed) {
+            let (mode, _, pino) = process::fd_stat(passed.as_fd()).dumping(pid, stage)?;
+            if mode & libc::S_IFMT != libc::S_IFSOCK {
+                continue;
+            }
+            let show = sockdiag::SHOW_NAME | sockdiag::SHOW_PEER;
+            if let Some(d) = sockdiag::unix_socket(pino as u32, show).dumping(pid, stage)? {
+                let mut addr = (libc::AF_UNIX as u16).to_ne_bytes().to_vec();
+                addr.extend_from_slice(d.name.as_deref().unwrap_or_default());
+                out.insert(pino, (d.peer.unwrap_or(0) as u64, addr));
+            }
+        }
+        peeked.insert(ino, msgs);
+    }
+    Ok((out, peeked))
+}
+
+/// The connections waiting on the tree's listeners: accepted by godwit
+/// (when `accept`: the dumped processes end after the dump), each one's
+/// unread data saved and its client, which must be a socket of the tree,
+/// linked to the listener. Refused otherwise, and for a connecting socket
+/// whose listener is not in the tree.
+fn take_pending(
+    procs: &mut [Process],
+    first: &BTreeMap<u64, (usize, usize)>,
+    accept: bool,
+) -> Result<()> {
+    let stage = "accepting waiting unix connections";
+    let tree_pids: Vec<i32> = procs.iter().filter(|p| !p.zombie).map(|p| p.pid).collect();
+    let mut held = Vec::new();
+    let mut linked: HashMap<u64, u64> = HashMap::new();
+    for (&ino, &(i, j)) in first {
+        let s = procs[i].fds[j].socket.as_ref().expect("a unix socket");
+        if !s.listening {
+            continue;
+        }
+        let pid = procs[i].pid;
+        let fd = procs[i].fds[j].fd;
+        let kind = kind_name(s.sock_type);
+        let name = show_addr(&s.addr);
+        let refuse = |what: String| {
+            Err(unsupported(
+                pid,
+                fd,
+                format!("a listening unix {kind} socket ({name}) {what}"),
+            ))
+        };
+        let waiting = sockdiag::unix_socket(ino as u32, sockdiag::SHOW_RQLEN)
+            .dumping(pid, stage)?
+            .and_then(|d| d.rqlen)
+            .map_or(0, |r| r.0);
+        if waiting == 0 {
+            continue;
+        }
+        if !accept {
+            return refuse(format!("with {waiting} connection(s) waiting to be accepted, which only a dump that ends the processes takes; retry the dump"));
+        }
+        if s.file_unlinked {
+            return refuse(format!("with {waiting} connection(s) waiting to be accepted, whose socket file was removed (its clients could not connect again)"));
+        }
+        let passcred = option(s, libc::SO_PASSCRED) != 0;
+        let pidfd = process::pidfd_open(pid).dumping(pid, stage)?;
+        let ours = process::pidfd_getfd(&pidfd, fd).dumping(pid, stage)?;
+        let mut pending = Vec::new();
+        while let Some(conn) = sockdiag::accept_nonblock(ours.as_fd()).dumping(pid, stage)? {
+            let (_, _, cino) = process::fd_stat(conn.as_fd()).dumping(pid, stage)?;
+            let peer = sockdiag::unix_socket(cino as u32, sockdiag::SHOW_PEER)
+                .dumping(pid, stage)?
+                .and_then(|d| d.peer)
+                .unwrap_or(0) as u64;
+            let client = first
+                .get(&peer)
+                .and_then(|&(a, b)| procs[a].fds[b].socket.as_ref());
+            if client.is_none_or(|c| c.pending_listener != CONNECTING) {
+                return refuse(format!(
+                    "with a connection waiting to be accepted from socket:[{peer}], which no process of the dumped tree holds"
+                ));
+            }
+            let bytes = if s.sock_type == libc::SOCK_STREAM {
+                process::pipe_pending(&conn).dumping(pid, stage)?
+            } else {
+                0
+            };
+            let msgs = sockdiag::peek_queue(conn.as_fd(), s.sock_type, bytes, false)
+                .dumping(pid, stage)?;
+            if msgs.iter().any(|m| m.fds > 0 || m.other_control) {
+                return refuse(
+                    "with a connection waiting to be accepted whose queued data carries descriptors, a security label or a pidfd".into(),
+                );
+            }
+            let mut c = crate::schema::PendingConn {
+                peer_ino: peer,
+                ..Default::default()
+            };
+            if passcred {
+                for m in &msgs {
+                    let (cpid, uid, gid) = m.creds.unwrap_or((0, 0, 0));
+                    if !tree_pids.contains(&cpid) {
+                        return refuse(format!(
+                            "that receives credentials (SO_PASSCRED), with a waiting connection holding a message sent by pid {cpid}, which is not a process of the dumped tree"
+                        ));
+                    }
+                    c.queue_creds.push(MsgCred {
+                        pid: cpid,
+                        uid,
+                        gid,
+                    });
+                }
+                c.queue = msgs.into_iter().map(|m| m.data).collect();
+            } else if s.sock_type == libc::SOCK_STREAM {
+                let all: Vec<u8> = msgs.into_iter().flat_map(|m| m.data).collect();
+                if !all.is_empty() {
+                    c.queue = vec![all];
+                }
+            } else {
+                c.queue = msgs.into_iter().map(|m| m.data).collect();
+            }
+            linked.insert(peer, ino);
+            pending.push(c);
+            held.push(conn);
+        }
+        tracing::debug!(
+            pid,
+            fd,
+            connections = pending.len(),
+            "waiting connections accepted"
+        );
+        procs[i].fds[j]
+            .socket
+            .as_mut()
+            .expect("a unix socket")
+            .pending = pending;
+    }
+    for p in procs.iter_mut() {
+        let pid = p.pid;
+        for f in p.fds.iter_mut() {
+            let Some(s) = f
+                .socket
+                .as_mut()
+                .filter(|_| f.kind == FdKind::UnixSocket as i32)
+            else {
+                continue;
+            };
+            if s.pending_listener != CONNECTING {
+                continue;
+            }
+            match linked.get(&s.ino) {
+                Some(l) => s.pending_listener = *l,
+                None => {
+                    return Err(unsupported(
+                        pid,
+                        f.fd,
+                        format!(
+                            "a unix {} socket whose connection to {} is not accepted yet by its listener, which is not in the dumped tree; retry the dump",
+                            kind_name(s.sock_type),
+                            show_addr(&s.peer_addr)
+                        ),
+                    ))
+                }
+            }
+        }
+    }
+    // The accepted connections are closed: the processes end after the dump.
+    drop(held);
+    Ok(())
+}
+
 /// Across the frozen tree (after [`dump`] of every process): marks each
 /// connected socket whose peer is outside the tree as connected outside it
 /// (`resources::external`) and saves each other socket's receive queue
-/// once, with its first fd (in tree order).
-pub fn link_unix(procs: &mut [Process]) -> Result<()> {
+/// once, with its first fd (in tree order), with the descriptions in flight
+/// in it, which are returned (held by godwit until they are given ids).
+pub fn link_unix(procs: &mut [Process], accept_pending: bool) -> Result<Vec<InFlight>> {
+    let mut inflight = Vec::new();
     let mut first: BTreeMap<u64, (usize, usize)> = BTreeMap::new();
     for (i, p) in procs.iter().enumerate().filter(|(_, p)| !p.zombie) {
         for (j, f) in p.fds.iter().enumerate() {
@@ -275,6 +524,7 @@ pub fn link_unix(procs: &mut [Process]) -> Result<()> {
             }
         }
     }
+    take_pending(procs, &first, accept_pending)?;
     // (peer inode, address) of each socket as dumped.
     let peers: HashMap<u64, (u64, Vec<u8>)> = first
         .iter()
@@ -283,6 +533,13 @@ pub fn link_unix(procs: &mut [Process]) -> Result<()> {
             (*ino, (s.peer_ino, s.addr.clone()))
         })
         .collect();
+    let mut peers = peers;
+    // Unix sockets in flight count as sockets of the tree for their peers.
+    // The queues peeked to find them are not peeked again (a second peek
+    // skips zero-length datagrams the first one saw).
+    let (carried, mut peeked) = sockets_in_flight(procs, &first)?;
+    peers.extend(carried);
+    let tree_pids: Vec<i32> = procs.iter().filter(|p| !p.zombie).map(|p| p.pid).collect();
     let mut pidfds: HashMap<i32, OwnedFd> = HashMap::new();
     let mut external = Vec::new();
     let stage = "reading unix socket queues";
@@ -351,25 +608,79 @@ pub fn link_unix(procs: &mut [Process]) -> Result<()> {
             if stream && sockdiag::oob_pending(ours.as_fd()) {
                 return refuse("with an unread out-of-band byte (MSG_OOB)".into());
             }
-            let msgs =
-                sockdiag::peek_queue(ours.as_fd(), s.sock_type, bytes).dumping(pid, stage)?;
+            let mut msgs = match peeked.remove(&ino) {
+                Some(m) => m,
+                None => sockdiag::peek_queue(ours.as_fd(), s.sock_type, bytes, true)
+                    .dumping(pid, stage)?,
+            };
             if !msgs.is_empty() {
-                if let Some(m) = msgs.iter().find(|m| m.fds > 0) {
-                    return refuse(format!(
-                        "with a queued message carrying {} file descriptor(s) (SCM_RIGHTS), which cannot be restored yet; retry the dump once it is read",
-                        m.fds
-                    ));
+                tracing::debug!(
+                    pid,
+                    fd,
+                    messages = ?msgs.iter().map(|m| (m.data.len(), m.fds)).collect::<Vec<_>>(),
+                    "unix socket queue read"
+                );
+                let rights = msgs.iter().any(|m| m.fds > 0);
+                if rights {
+                    // The descriptions in flight, described like any fd;
+                    // godwit holds them until ids are given (files).
+                    let mut passed = Vec::new();
+                    for (k, m) in msgs.iter_mut().enumerate() {
+                        let mut list = Vec::new();
+                        for (l, owned) in std::mem::take(&mut m.passed).into_iter().enumerate() {
+                            let f = match crate::resources::files::describe_passed(&owned) {
+                                Ok(f) => f,
+                                Err(why) => {
+                                    return refuse(format!(
+                                        "with queued message {} carrying descriptor {} of {} (SCM_RIGHTS) that cannot be dumped: {why}; retry the dump once it is read",
+                                        k + 1,
+                                        l + 1,
+                                        m.fds
+                                    ))
+                                }
+                            };
+                            list.push(f);
+                            inflight.push(InFlight {
+                                pid,
+                                carrier_fd: fd,
+                                at: (i, j, k, l),
+                                _fd: owned,
+                            });
+                        }
+                        passed.push(Passed { fds: list });
+                    }
+                    s.queue_fds = passed;
                 }
                 if msgs.iter().any(|m| m.other_control) {
                     return refuse(
                         "with a queued message carrying a security label or pidfd".into(),
                     );
                 }
-                if option(&s, libc::SO_PASSCRED) != 0 || option(&s, SO_PASSPIDFD) != 0 {
+                if option(&s, SO_PASSPIDFD) != 0 {
                     return refuse(format!(
-                        "that receives its senders' credentials (SO_PASSCRED), with {} message(s) queued whose senders cannot be kept; retry the dump",
+                        "that receives its senders' pidfds (SO_PASSPIDFD), with {} message(s) queued whose senders cannot be kept; retry the dump",
                         msgs.len()
                     ));
+                }
+                let passcred = option(&s, libc::SO_PASSCRED) != 0;
+                if passcred {
+                    // Sent again with the same credentials: the pid must
+                    // name the same process after restore, one of the tree.
+                    for m in &msgs {
+                        let (cpid, _, _) = m.creds.unwrap_or((0, 0, 0));
+                        if !tree_pids.contains(&cpid) {
+                            return refuse(format!(
+                                "that receives its senders' credentials (SO_PASSCRED), with a queued message sent by pid {cpid}, which is not a process of the dumped tree (its pid could not be named again on restore); retry the dump once it is read"
+                            ));
+                        }
+                    }
+                    s.queue_creds = msgs
+                        .iter()
+                        .map(|m| {
+                            let (pid, uid, gid) = m.creds.unwrap_or((0, 0, 0));
+                            MsgCred { pid, uid, gid }
+                        })
+                        .collect();
                 }
                 let from_peer = s.peer_ino != 0 && (mutual || s.addr.len() > 2);
                 let from_anyone = !connection(&s)
@@ -394,7 +705,7 @@ pub fn link_unix(procs: &mut [Process]) -> Result<()> {
                         }
                     ));
                 }
-                s.queue = if stream {
+                s.queue = if stream && !passcred && !rights {
                     vec![msgs.into_iter().flat_map(|m| m.data).collect()]
                 } else {
                     msgs.into_iter().map(|m| m.data).collect()
@@ -402,6 +713,82 @@ pub fn link_unix(procs: &mut [Process]) -> Result<()> {
             }
         }
         procs[i].fds[j].socket = Some(s);
+    }
+    // The queues of the unix sockets in flight, read through godwit's copy.
+    for inf in &inflight {
+        let f = inf.get(procs);
+        if f.kind != FdKind::UnixSocket as i32 {
+            continue;
+        }
+        let s = f.socket.clone().expect("a unix socket");
+        let kind = kind_name(s.sock_type);
+        let refuse = |what: String| {
+            Err(unsupported(
+                inf.pid,
+                inf.carrier_fd,
+                format!(
+                    "a unix socket with a unix {kind} socket (socket:[{}]) in flight in its queue, {what}",
+                    s.ino
+                ),
+            ))
+        };
+        if s.listening {
+            return refuse("which is listening (not kept yet)".into());
+        }
+        if s.peer_ino != 0 && !peers.contains_key(&s.peer_ino) {
+            return refuse(format!(
+                "connected to socket:[{}] outside the dumped tree",
+                s.peer_ino
+            ));
+        }
+        if s.pending_listener != 0 {
+            return refuse("whose connection is not accepted yet".into());
+        }
+        let stream = s.sock_type == libc::SOCK_STREAM;
+        let ours = &inf._fd;
+        if sockdiag::pending_error(ours.as_fd()).dumping(inf.pid, stage)? {
+            return refuse("with a pending error".into());
+        }
+        let bytes = if stream {
+            process::pipe_pending(ours).dumping(inf.pid, stage)?
+        } else {
+            0
+        };
+        let msgs = if !connection(&s) || s.peer_ino != 0 || s.peer_gone {
+            sockdiag::peek_queue(ours.as_fd(), s.sock_type, bytes, false).dumping(inf.pid, stage)?
+        } else {
+            Vec::new()
+        };
+        if msgs.is_empty() {
+            continue;
+        }
+        if msgs.iter().any(|m| m.fds > 0) {
+            return refuse(
+                "whose own queue carries descriptors (nested SCM_RIGHTS, not kept)".into(),
+            );
+        }
+        if msgs.iter().any(|m| m.other_control) {
+            return refuse("whose queue carries a security label or pidfd".into());
+        }
+        if option(&s, libc::SO_PASSCRED) != 0 || option(&s, SO_PASSPIDFD) != 0 {
+            return refuse("that receives credentials, with messages queued (not kept yet)".into());
+        }
+        let mutual = peers
+            .get(&s.peer_ino)
+            .is_some_and(|(pp, _)| *pp == s.ino && s.peer_ino != s.ino);
+        if !(mutual || s.peer_gone) {
+            return refuse("with messages queued from senders that cannot be kept".into());
+        }
+        let queue = if stream {
+            vec![msgs.into_iter().flat_map(|m| m.data).collect()]
+        } else {
+            msgs.into_iter().map(|m| m.data).collect()
+        };
+        inf.get_mut(procs)
+            .socket
+            .as_mut()
+            .expect("a unix socket")
+            .queue = queue;
     }
     for (ino, sock_type, unread) in external {
         crate::resources::files::mark_external(
@@ -413,7 +800,7 @@ pub fn link_unix(procs: &mut [Process]) -> Result<()> {
             unread,
         );
     }
-    Ok(())
+    Ok(inflight)
 }
 
 /// One socket to create: its description id and saved state.
@@ -423,6 +810,20 @@ struct Member {
     status: u64,
     fd: i32,
     s: Socket,
+}
+
+/// What [`UnixPlan::create`] made: (description id, fd) of each socket,
+/// and the groups left to finish.
+pub type Created = (Vec<(u64, u64)>, Vec<PendingGroup>);
+
+/// A group made but not finished yet: its queues carry descriptions.
+pub struct PendingGroup {
+    group: usize,
+    ghosts: HashMap<u64, u64>,
+    unbound: Vec<Unbound>,
+    /// Its queues carry credentials naming a process of the tree not
+    /// created yet: finished once every process exists.
+    pub late: bool,
 }
 
 /// Sockets linked by their peers, created together.
@@ -436,6 +837,8 @@ struct Group {
 pub struct UnixPlan {
     groups: Vec<Group>,
     creators: HashMap<u64, usize>,
+    /// Each process's PID as saved.
+    pids: Vec<i32>,
 }
 
 fn find(up: &mut [usize], mut i: usize) -> usize {
@@ -456,11 +859,11 @@ impl UnixPlan {
         parent: &[Option<usize>],
     ) -> Result<UnixPlan> {
         // Queues are saved with one fd of the socket: find it whichever it is.
-        let mut queues: HashMap<u64, &Vec<Vec<u8>>> = HashMap::new();
+        let mut queues: HashMap<u64, &Socket> = HashMap::new();
         for f in procs.iter().flat_map(|p| &p.fds) {
             if let (true, Some(s)) = (f.kind == FdKind::UnixSocket as i32, &f.socket) {
                 if !s.queue.is_empty() {
-                    queues.entry(s.ino).or_insert(&s.queue);
+                    queues.entry(s.ino).or_insert(s);
                 }
             }
         }
@@ -474,7 +877,9 @@ impl UnixPlan {
             })?;
             if s.queue.is_empty() {
                 if let Some(q) = queues.get(&s.ino) {
-                    s.queue = (*q).clone();
+                    s.queue = q.queue.clone();
+                    s.queue_creds = q.queue_creds.clone();
+                    s.queue_fds = q.queue_fds.clone();
                 }
             }
             members.push(Member {
@@ -484,13 +889,55 @@ impl UnixPlan {
                 s,
             });
         }
+        // Unix sockets in flight: members too, made with the socket whose
+        // queue carries them (same group, so before its refill).
+        let mut carried_by: Vec<(u64, u64)> = Vec::new();
+        let mut extra = Vec::new();
+        for m in &members {
+            for f in m.s.queue_fds.iter().flat_map(|p| &p.fds) {
+                let Some(cs) = f
+                    .socket
+                    .as_ref()
+                    .filter(|_| f.kind == FdKind::UnixSocket as i32)
+                else {
+                    continue;
+                };
+                carried_by.push((m.s.ino, cs.ino));
+                if !members.iter().any(|x| x.id == f.file_id)
+                    && !extra.iter().any(|x: &Member| x.id == f.file_id)
+                {
+                    extra.push(Member {
+                        id: f.file_id,
+                        status: (f.flags & libc::O_NONBLOCK as u32) as u64,
+                        fd: f.fd,
+                        s: cs.clone(),
+                    });
+                }
+            }
+        }
+        members.extend(extra);
         let index: HashMap<u64, usize> = members
             .iter()
             .enumerate()
             .map(|(i, m)| (m.s.ino, i))
             .collect();
         let mut up: Vec<usize> = (0..members.len()).collect();
+        for (a, b) in carried_by {
+            let (a, b) = (find(&mut up, index[&a]), find(&mut up, index[&b]));
+            up[a] = b;
+        }
         for (i, m) in members.iter().enumerate() {
+            if m.s.pending_listener != 0 {
+                // A connection waiting on a listener: made by connecting to it.
+                let j = *index.get(&m.s.pending_listener).ok_or_else(|| {
+                    EngineError::BadImage(format!(
+                        "unix socket:[{}] waits on listener socket:[{}], which is not in the image",
+                        m.s.ino, m.s.pending_listener
+                    ))
+                })?;
+                let (a, b) = (find(&mut up, i), find(&mut up, j));
+                up[a] = b;
+            }
             if m.s.peer_ino == 0 {
                 continue;
             }
@@ -508,7 +955,10 @@ impl UnixPlan {
             let root = find(&mut up, i);
             by_root.entry(root).or_default().push(m);
         }
-        let mut plan = UnixPlan::default();
+        let mut plan = UnixPlan {
+            pids: procs.iter().map(|p| p.pid).collect(),
+            ..Default::default()
+        };
         for (_, members) in by_root {
             let all: Vec<usize> = members
                 .iter()
@@ -531,12 +981,109 @@ impl UnixPlan {
     /// Creates, in process `idx` (`r`), the socket groups it is the creator
     /// of; returns (description id, fd in the process) of each. Uses
     /// scratch bytes [0, 8192).
-    pub fn create(&self, r: &Remote, idx: usize) -> Result<Vec<(u64, u64)>> {
+    ///
+    /// A group whose queues carry descriptions (SCM_RIGHTS) is finished
+    /// later ([`UnixPlan::finish`], once the process made every description
+    /// it creates): it is returned among the pending ones.
+    pub fn create(&self, r: &Remote, idx: usize) -> Result<Created> {
         let mut out = Vec::new();
-        for g in self.groups.iter().filter(|g| g.creator == idx) {
-            out.extend(create_group(r, &g.members)?);
+        let mut pending = Vec::new();
+        for (gi, g) in self
+            .groups
+            .iter()
+            .enumerate()
+            .filter(|(_, g)| g.creator == idx)
+        {
+            let creds: Vec<i32> = g
+                .members
+                .iter()
+                .flat_map(|m| {
+                    m.s.queue_creds
+                        .iter()
+                        .chain(m.s.pending.iter().flat_map(|c| &c.queue_creds))
+                })
+                .map(|c| c.pid)
+                .collect();
+            if !creds.is_empty() && self.pids.get(idx).is_some_and(|p| *p != r.pid) {
+                // Restored in a new PID namespace: godwit would name the
+                // senders by PIDs of its own namespace.
+                return Err(EngineError::Restore {
+                    pid: r.pid,
+                    stage: STAGE,
+                    source: SysError::Proc {
+                        path: format!("unix socket fd {}", g.members[0].fd),
+                        detail: "queued messages carry their senders' credentials, which cannot be sent again from outside the new PID namespace; restore without --pid-ns".into(),
+                    },
+                });
+            }
+            let (fds, ghosts, unbound) = create_group(r, &g.members)?;
+            // A sender not created yet (a child of the creator): the group
+            // is finished once every process exists. Not with a stand-in
+            // peer, which the children would inherit.
+            let late = ghosts.is_empty() && creds.iter().any(|p| !process::alive(*p));
+            if late || g.members.iter().any(|m| !m.s.queue_fds.is_empty()) {
+                pending.push(PendingGroup {
+                    group: gi,
+                    ghosts,
+                    unbound,
+                    late,
+                });
+            } else {
+                let none = |id: u64| -> Result<OwnedFd> {
+                    Err(EngineError::BadImage(format!(
+                        "description {id} in flight in a group without any"
+                    )))
+                };
+                let done = finish_group(r, &g.members, &fds, &ghosts, &none);
+                finish_unbound(r.pid, unbound);
+                done?;
+            }
+            out.extend(g.members.iter().map(|m| (m.id, fds[&m.s.ino])));
         }
-        Ok(out)
+        Ok((out, pending))
+    }
+
+    /// Finishes the groups [`UnixPlan::create`] left pending, their sockets
+    /// and the descriptions in flight now at `stage(id)` in the process.
+    pub fn finish(
+        &self,
+        r: &Remote,
+        pending: Vec<PendingGroup>,
+        stage: &dyn Fn(u64) -> u64,
+    ) -> Result<()> {
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let pid = r.pid;
+        let pidfd = process::pidfd_open(pid).restoring(pid, "refilling unix sockets")?;
+        let carried = |id: u64| -> Result<OwnedFd> {
+            process::pidfd_getfd(&pidfd, stage(id) as i32)
+                .restoring(pid, "passing descriptors in flight")
+        };
+        for p in pending {
+            let g = &self.groups[p.group];
+            let fds: HashMap<u64, u64> = g.members.iter().map(|m| (m.s.ino, stage(m.id))).collect();
+            let done = finish_group(r, &g.members, &fds, &p.ghosts, &carried);
+            finish_unbound(pid, p.unbound);
+            done?;
+        }
+        Ok(())
+    }
+
+    /// Every description in flight in a saved queue, with the process that
+    /// creates the socket whose queue carries it.
+    pub fn passed(&self) -> Vec<(usize, &Fd)> {
+        self.groups
+            .iter()
+            .flat_map(|g| {
+                g.members.iter().flat_map(move |m| {
+                    m.s.queue_fds
+                        .iter()
+                        .flat_map(|p| &p.fds)
+                        .map(move |f| (g.creator, f))
+                })
+            })
+            .collect()
     }
 }
 
@@ -570,7 +1117,12 @@ fn local_err(pid: i32, path: &Path, detail: String) -> EngineError {
     }
 }
 
-fn create_group(r: &Remote, members: &[Member]) -> Result<Vec<(u64, u64)>> {
+/// Creates a group's sockets, binds, listens and connects them; returns
+/// their fds (by inode), the stand-in peers of those whose peer is gone,
+/// and the files kept for sockets whose file had been removed.
+type Made = (HashMap<u64, u64>, HashMap<u64, u64>, Vec<Unbound>);
+
+fn create_group(r: &Remote, members: &[Member]) -> Result<Made> {
     let pid = r.pid;
     let by_ino: HashMap<u64, &Member> = members.iter().map(|m| (m.s.ino, m)).collect();
     let mutual = |m: &Member| {
@@ -625,49 +1177,83 @@ fn create_group(r: &Remote, members: &[Member]) -> Result<Vec<(u64, u64)>> {
         set_options(r, fds[&m.s.ino], m, false)?;
     }
     // Sockets whose file was removed keep a file until their queues are
-    // refilled (the datagrams are sent to the name).
+    // refilled (the datagrams are sent to the name): `Unbound`, finished
+    // by the caller once the queues are in (or the restore failed).
     let mut unbound = Vec::new();
-    let mut bound = Ok(());
-    for m in members.iter().filter(|m| binds(&m.s)) {
-        match bind(r, fds[&m.s.ino], m) {
-            Ok(u) => unbound.extend(u),
-            Err(e) => {
-                bound = Err(e);
-                break;
+    let linked = (|| {
+        for m in members.iter().filter(|m| binds(&m.s)) {
+            unbound.extend(bind(r, fds[&m.s.ino], m)?);
+        }
+        for m in members.iter().filter(|m| m.s.listening) {
+            // A listener's SO_PEERCRED: the credentials it listened with.
+            as_creds(r, cred(&m.s), || {
+                r.call(
+                    "listen",
+                    libc::SYS_listen,
+                    [fds[&m.s.ino], m.s.backlog as u64, 0, 0, 0, 0],
+                )
+                .map_err(|e| failed(pid, "listen", show_addr(&m.s.addr), e))
+            })?;
+        }
+        // Datagram sockets connected one way: to a named socket of the group,
+        // or outside the tree.
+        for m in members.iter().filter(|m| !connection(&m.s)) {
+            let (addr, cwd) = match by_ino.get(&m.s.peer_ino) {
+                Some(p) if !mutual(m) => (&p.s.addr, &p.s.cwd),
+                Some(_) => continue,
+                None if !m.s.peer_addr.is_empty() => (&m.s.peer_addr, &m.s.cwd),
+                None => continue,
+            };
+            connect(r, fds[&m.s.ino], addr, cwd)?;
+        }
+        // Connections waiting on a listener: their clients connect again, in
+        // the order they waited.
+        for l in members.iter().filter(|m| m.s.listening) {
+            for c in &l.s.pending {
+                let client = by_ino.get(&c.peer_ino).ok_or_else(|| {
+                    EngineError::BadImage(format!(
+                        "listener socket:[{}] has a waiting connection from socket:[{}], which is not in the image",
+                        l.s.ino, c.peer_ino
+                    ))
+                })?;
+                connect(r, fds[&client.s.ino], &l.s.addr, &l.s.cwd)?;
             }
         }
+        Ok(())
+    })();
+    if let Err(e) = linked {
+        finish_unbound(pid, unbound);
+        return Err(e);
     }
-    let rest = bound.and_then(|()| finish_group(r, members, &fds, &ghosts, &by_ino));
-    for u in unbound {
-        u.finish(pid)?;
-    }
-    rest?;
-    let mut out = Vec::new();
-    for m in members {
-        let fd = fds[&m.s.ino];
-        set_options(r, fd, m, true)?;
-        r.call(
-            "fcntl(F_SETFL)",
-            libc::SYS_fcntl,
-            [fd, libc::F_SETFL as u64, m.status, 0, 0, 0],
-        )
-        .restoring(pid, STAGE)?;
-        out.push((m.id, fd));
-    }
-    tracing::debug!(pid, sockets = out.len(), "unix sockets restored");
-    Ok(out)
+    Ok((fds, ghosts, unbound))
 }
 
-/// The rest of [`create_group`] once its sockets are bound: listen,
-/// connect, refill the queues, shut down, close the closed peers' stand-ins.
+/// Removes the files kept for sockets whose file had been removed (and puts
+/// back what was moved aside for their bind); failures are logged: the
+/// restore has its result already.
+fn finish_unbound(pid: i32, unbound: Vec<Unbound>) {
+    for u in unbound {
+        if let Err(e) = u.finish(pid) {
+            tracing::warn!("{e}");
+        }
+    }
+}
+
+/// The fd (in godwit) of a description in flight, by its id.
+type Carried<'a> = dyn Fn(u64) -> Result<OwnedFd> + 'a;
+
+/// The second half of a group's creation ([`create_group`] made and linked
+/// its sockets, now at `fds` by inode): the queues refilled, shutdown, the
+/// stand-in peers closed, the late options and the status flags.
 fn finish_group(
     r: &Remote,
     members: &[Member],
     fds: &HashMap<u64, u64>,
     ghosts: &HashMap<u64, u64>,
-    by_ino: &HashMap<u64, &Member>,
+    carried: &Carried<'_>,
 ) -> Result<()> {
     let pid = r.pid;
+    let by_ino: HashMap<u64, &Member> = members.iter().map(|m| (m.s.ino, m)).collect();
     let mutual = |m: &Member| {
         m.s.peer_ino != 0
             && m.s.peer_ino != m.s.ino
@@ -675,30 +1261,11 @@ fn finish_group(
                 .get(&m.s.peer_ino)
                 .is_some_and(|p| p.s.peer_ino == m.s.ino)
     };
-    for m in members.iter().filter(|m| m.s.listening) {
-        // A listener's SO_PEERCRED: the credentials it listened with.
-        as_creds(r, cred(&m.s), || {
-            r.call(
-                "listen",
-                libc::SYS_listen,
-                [fds[&m.s.ino], m.s.backlog as u64, 0, 0, 0, 0],
-            )
-            .map_err(|e| failed(pid, "listen", show_addr(&m.s.addr), e))
-        })?;
-    }
-    // Datagram sockets connected one way: to a named socket of the group,
-    // or outside the tree.
-    for m in members.iter().filter(|m| !connection(&m.s)) {
-        let (addr, cwd) = match by_ino.get(&m.s.peer_ino) {
-            Some(p) if !mutual(m) => (&p.s.addr, &p.s.cwd),
-            Some(_) => continue,
-            None if !m.s.peer_addr.is_empty() => (&m.s.peer_addr, &m.s.cwd),
-            None => continue,
-        };
-        connect(r, fds[&m.s.ino], addr, cwd)?;
-    }
     // The queues, sent again by the peer (or the closed peer's stand-in).
-    let pidfd = if members.iter().any(|m| !m.s.queue.is_empty()) {
+    let pidfd = if members
+        .iter()
+        .any(|m| !m.s.queue.is_empty() || m.s.pending.iter().any(|c| !c.queue.is_empty()))
+    {
         Some(process::pidfd_open(pid).restoring(pid, "refilling unix sockets")?)
     } else {
         None
@@ -720,7 +1287,28 @@ fn finish_group(
                 None => sockdiag::unix_socket_new(m.s.sock_type)
                     .restoring(pid, "refilling unix sockets")?,
             };
-        refill(pid, &sender, m, to.as_deref())?;
+        refill(pid, &sender, m, to.as_deref(), carried)?;
+    }
+    // What the waiting connections' clients sent, sent again by them.
+    for l in members.iter().filter(|m| m.s.listening) {
+        for c in l.s.pending.iter().filter(|c| !c.queue.is_empty()) {
+            let client = by_ino[&c.peer_ino];
+            let pidfd = pidfd.as_ref().expect("opened above");
+            let sender = process::pidfd_getfd(pidfd, fds[&client.s.ino] as i32)
+                .restoring(pid, "refilling unix sockets")?;
+            let waiting = Member {
+                id: client.id,
+                status: 0,
+                fd: client.fd,
+                s: Socket {
+                    sock_type: client.s.sock_type,
+                    queue: c.queue.clone(),
+                    queue_creds: c.queue_creds.clone(),
+                    ..Default::default()
+                },
+            };
+            refill(pid, &sender, &waiting, None, carried)?;
+        }
     }
     for m in members.iter().filter(|m| m.s.shutdown != 0) {
         let how = (m.s.shutdown & 3) as u64 - 1;
@@ -735,6 +1323,17 @@ fn finish_group(
         r.call("close", libc::SYS_close, [*fd, 0, 0, 0, 0, 0])
             .restoring(pid, STAGE)?;
     }
+    for m in members {
+        let fd = fds[&m.s.ino];
+        set_options(r, fd, m, true)?;
+        r.call(
+            "fcntl(F_SETFL)",
+            libc::SYS_fcntl,
+            [fd, libc::F_SETFL as u64, m.status, 0, 0, 0],
+        )
+        .restoring(pid, STAGE)?;
+    }
+    tracing::debug!(pid, sockets = members.len(), "unix sockets restored");
     Ok(())
 }
 
@@ -979,7 +1578,13 @@ fn connect(r: &Remote, fd: u64, addr: &[u8], cwd: &str) -> Result<()> {
 
 /// Sends the saved queue of `m` from `sender` (to `to` if given), message
 /// by message, with the sender's send buffer raised for the time of it.
-fn refill(pid: i32, sender: &OwnedFd, m: &Member, to: Option<&[u8]>) -> Result<()> {
+fn refill(
+    pid: i32,
+    sender: &OwnedFd,
+    m: &Member,
+    to: Option<&[u8]>,
+    carried: &Carried<'_>,
+) -> Result<()> {
     let stage = "refilling unix sockets";
     let sfd = sender.as_fd();
     let total: usize = m.s.queue.iter().map(|q| q.len()).sum();
@@ -990,10 +1595,44 @@ fn refill(pid: i32, sender: &OwnedFd, m: &Member, to: Option<&[u8]>) -> Result<(
     let raised = orig < need
         && sockdiag::set_option(sfd, libc::SOL_SOCKET, libc::SO_SNDBUFFORCE, need).is_ok();
     let sent = (|| {
-        for msg in &m.s.queue {
+        for (k, msg) in m.s.queue.iter().enumerate() {
+            let creds = m.s.queue_creds.get(k).map(|c| (c.pid, c.uid, c.gid));
+            // The descriptions it carries, taken from where the restorer
+            // made them; closed again once sent.
+            let passed: Vec<OwnedFd> = match m.s.queue_fds.get(k) {
+                Some(p) => p
+                    .fds
+                    .iter()
+                    .map(|f| carried(f.file_id))
+                    .collect::<Result<_>>()
+                    .map_err(|e| SysError::Proc {
+                        path: format!("unix socket fd {}", m.fd),
+                        detail: format!("a descriptor in flight: {e}"),
+                    })?,
+                None => Vec::new(),
+            };
+            let mut passed: Vec<BorrowedFd<'_>> = passed.iter().map(|f| f.as_fd()).collect();
             let mut off = 0;
             loop {
-                let n = sockdiag::send_to(sfd, &msg[off..], to)?;
+                let n = match creds {
+                    None if passed.is_empty() => sockdiag::send_to(sfd, &msg[off..], to)?,
+                    None => sockdiag::send_msg(sfd, &msg[off..], to, None, &passed)?,
+                    Some((cpid, uid, gid)) => {
+                        sockdiag::send_msg(sfd, &msg[off..], to, Some((cpid, uid, gid)), &passed)
+                            .map_err(|e| match e.errno() {
+                                Some(libc::ESRCH) => SysError::Call {
+                                    call: "sendmsg(SCM_CREDENTIALS)",
+                                    target: format!(
+                                        "a queued message sent by pid {cpid}, which does not exist (yet) when the queue is refilled"
+                                    ),
+                                    source: std::io::Error::from_raw_os_error(libc::ESRCH),
+                                },
+                                _ => e,
+                            })?
+                    }
+                };
+                // Descriptors go with the first part of a message only.
+                passed.clear();
                 off += n;
                 if off >= msg.len() || m.s.sock_type != libc::SOCK_STREAM {
                     break;
