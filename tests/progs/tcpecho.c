@@ -9,11 +9,12 @@
  * side is shut down too, and the socket is kept. MODE "shutfirst": our side
  * is shut down at once (FIN_WAIT2), nothing is echoed; DIR/count and, at
  * the peer's EOF, DIR/eof get "BYTES FNV1A-HASH" of what was read. MODE
- * "scm": also holds a unix socket pair with a message carrying a file
- * descriptor (SCM_RIGHTS) queued, which godwit cannot dump yet. MODE
+ * "scm": also holds a unix socket pair with a message queued carrying an
+ * epoll descriptor (SCM_RIGHTS), a kind godwit does not keep in flight. MODE
  * "udp": also holds a UDP socket bound to 127.0.0.1:PORT+100. Its
  * client is the test itself, which checks the echoed stream. */
 #include "harness.h"
+#include <sys/epoll.h>
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -56,7 +57,8 @@ int main(int argc, char **argv) {
     for (int i = 1; i < conns; i++)
         if (accept(l, NULL, NULL) < 0) fail("accept %d: %s", i, strerror(errno));
     if (strcmp(mode, "scm") == 0) {
-        int sv[2], fd0 = 0;
+        int sv[2], fd0 = epoll_create1(0);
+        if (fd0 < 0) fail("epoll_create1: %s", strerror(errno));
         if (socketpair(AF_UNIX, SOCK_STREAM, 0, sv) != 0) fail("socketpair: %s", strerror(errno));
         char ctl[CMSG_SPACE(sizeof(int))] = {0};
         struct iovec iov = { .iov_base = "x", .iov_len = 1 };
