@@ -275,7 +275,7 @@ impl Proc {
     /// PIDs of the tree.
     pub fn end_original_leaving_segments(&mut self) -> Vec<i32> {
         let mut tree = std::mem::take(&mut self.tree);
-        tree.extend(descendants(self.pid));
+        tree.extend(stop_tree(self.pid));
         tree.sort_unstable();
         tree.dedup();
         for pid in &tree {
@@ -345,8 +345,34 @@ impl Proc {
     }
 }
 
+/// Stops (SIGSTOP) the process `root` and its descendants, again until no
+/// new one appears, so that nothing forks (a pool replacing a worker) or
+/// dies (orphaning its children) while the tree is listed and killed.
+/// Returns the descendants.
+pub fn stop_tree(root: i32) -> Vec<i32> {
+    let mut stopped: Vec<i32> = Vec::new();
+    for _ in 0..10 {
+        let mut fresh: Vec<i32> = std::iter::once(root)
+            .chain(descendants(root))
+            .filter(|p| !stopped.contains(p))
+            .collect();
+        if fresh.is_empty() {
+            break;
+        }
+        for &p in &fresh {
+            // SAFETY: plain kill of a process of a tree a test started or restored.
+            unsafe { libc::kill(p, libc::SIGSTOP) };
+        }
+        stopped.append(&mut fresh);
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    stopped.retain(|&p| p != root);
+    stopped
+}
+
 impl Drop for Proc {
     fn drop(&mut self) {
+        stop_tree(self.pid);
         let mut all: Vec<i32> = descendants(self.pid);
         all.extend(self.tree.iter().copied());
         all.push(self.pid);
