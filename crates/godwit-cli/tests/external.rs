@@ -297,10 +297,7 @@ fn unread_bytes_of_a_read_end_go_to_the_inherited_pipe() {
     drop(r2);
     w2.write_all(b"after the restore\n").unwrap();
     drop(w2);
-    std::fs::write(dir.path().join("go"), "").unwrap();
-    let result = dir.path().join("result");
-    wait_for("the verdict", Duration::from_secs(20), || result.exists());
-    assert_eq!(std::fs::read_to_string(result).unwrap().trim(), "PASS");
+    assert_eq!(go_and_verdict(dir.path()), "PASS");
 }
 
 /// The reader given back its own pipe (still alive: the test holds both a
@@ -338,10 +335,7 @@ fn unread_bytes_are_not_repeated_when_the_same_pipe_is_inherited() {
     drop(held);
     w.write_all(b"and more\n").unwrap();
     drop(w);
-    std::fs::write(dir.path().join("go"), "").unwrap();
-    let result = dir.path().join("result");
-    wait_for("the verdict", Duration::from_secs(20), || result.exists());
-    assert_eq!(std::fs::read_to_string(result).unwrap().trim(), "PASS");
+    assert_eq!(go_and_verdict(dir.path()), "PASS");
 }
 
 /// The same reader restored without --inherit-fd: its stdin is a pipe
@@ -371,10 +365,7 @@ fn read_end_without_inherit_fd_reads_the_saved_bytes_then_eof() {
         err.contains(&format!("process {pid} fd 0")) && err.contains(&key),
         "{err}"
     );
-    std::fs::write(dir.path().join("go"), "").unwrap();
-    let result = dir.path().join("result");
-    wait_for("the verdict", Duration::from_secs(20), || result.exists());
-    assert_eq!(std::fs::read_to_string(result).unwrap().trim(), "PASS");
+    assert_eq!(go_and_verdict(dir.path()), "PASS");
     drop(w);
 }
 
@@ -659,4 +650,12 @@ fn inherit_fd_for_an_unknown_key_is_refused() {
     assert!(err.contains("open for reading"), "{err}");
     assert!(gone(pid));
     drop(w);
+}
+
+/// Tells the program in `dir` to go on (DIR/go) and returns its verdict.
+fn go_and_verdict(dir: &Path) -> String {
+    std::fs::write(dir.join("go"), "").unwrap();
+    let result = dir.join("result");
+    wait_for("the verdict", Duration::from_secs(20), || result.exists());
+    std::fs::read_to_string(result).unwrap().trim().to_string()
 }

@@ -221,6 +221,24 @@ impl Cluster {
         !String::from_utf8_lossy(&out.stdout).contains("TracerPid:\t0")
     }
 
+    /// `godwit migrate` of `pid` from host `from` to host `to`'s agent,
+    /// started in the background (output piped).
+    fn spawn_migrate(&self, from: usize, pid: u32, to: usize, extra: &[&str]) -> Child {
+        let pid = pid.to_string();
+        let to = self.agent_addr(to);
+        self.exec(from)
+            .arg(env!("CARGO_BIN_EXE_godwit"))
+            .arg("migrate")
+            .args(extra)
+            .args(["--pid", &pid, "--to", &to, "--token-file"])
+            .arg(self.token())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+
     fn migrate(&self, from: usize, pid: u32, to: usize, extra: &[&str]) -> Output {
         let pid = pid.to_string();
         let to = self.agent_addr(to);
@@ -432,28 +450,7 @@ fn source_killed_mid_post_copy_leaves_one_copy_at_the_source() {
     c.start_agent(2);
     let dir = c.dir.path().to_path_buf();
     let pid = c.spawn_target(1, 4150, &["writer", "1024", "20"]);
-    let migrate = {
-        let pid = pid.to_string();
-        let to = c.agent_addr(2);
-        c.exec(1)
-            .arg(env!("CARGO_BIN_EXE_godwit"))
-            .args([
-                "migrate",
-                "--mode",
-                "post-copy",
-                "--pid",
-                &pid,
-                "--to",
-                &to,
-                "--token-file",
-            ])
-            .arg(c.token())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap()
-    };
+    let migrate = c.spawn_migrate(1, pid, 2, &["--mode", "post-copy"]);
     // Once the copy at the destination runs (no longer traced): the pages
     // are following it.
     let t0 = Instant::now();
@@ -595,19 +592,7 @@ fn destination_agent_killed_mid_transfer_leaves_it_running_at_the_source() {
     let dir = c.dir.path().to_path_buf();
     // Big enough that the transfer lasts a while.
     let pid = c.spawn_target(1, 4300, &["writer", "1024", "20"]);
-    let migrate = {
-        let pid = pid.to_string();
-        let to = c.agent_addr(2);
-        c.exec(1)
-            .arg(env!("CARGO_BIN_EXE_godwit"))
-            .args(["migrate", "--pid", &pid, "--to", &to, "--token-file"])
-            .arg(c.token())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap()
-    };
+    let migrate = c.spawn_migrate(1, pid, 2, &[]);
     // Kill the destination's agent once the image is flowing.
     let agent = c.agent_host_pid(2);
     let t0 = Instant::now();

@@ -707,18 +707,7 @@ fn tree_restored_into_a_new_pid_namespace() {
     assert_eq!(v["pid"].as_i64(), Some(p.pid as i64), "{v}");
     let host = v["host_pid"].as_i64().unwrap() as i32;
     let init = v["ns_init"].as_i64().unwrap() as i32;
-    struct Reap(i32);
-    impl Drop for Reap {
-        fn drop(&mut self) {
-            // SAFETY: kill and reap the namespace init (ours via the subreaper);
-            // its death ends every process in the namespace.
-            unsafe {
-                libc::kill(self.0, libc::SIGKILL);
-                libc::waitpid(self.0, std::ptr::null_mut(), 0);
-            }
-        }
-    }
-    let _reap = Reap(init);
+    let _reap = NsInit(init);
     assert_ne!(host, p.pid, "the original still holds its PID");
     assert!(!gone(p.pid), "the original kept running");
     let status = std::fs::read_to_string(format!("/proc/{host}/status")).unwrap();
@@ -1178,8 +1167,13 @@ fn pidfds_shown_by_inspect() {
 /// `restore --pid-ns` of `prog` while its original still runs: the copy,
 /// in a new PID namespace where each process has its old PID, passes.
 fn in_a_new_pid_namespace(prog: &str) {
+    in_a_new_pid_namespace_with(prog, &[]);
+}
+
+/// [`in_a_new_pid_namespace`] of `prog` with `args`.
+fn in_a_new_pid_namespace_with(prog: &str, args: &[&str]) {
     use common::*;
-    let mut p = Proc::test_prog(prog);
+    let mut p = Proc::test_prog_with(prog, args);
     p.dump(&["--leave-running"]);
     let img = p.images();
     let v: serde_json::Value = serde_json::from_str(&godwit_ok(&[
@@ -1192,18 +1186,8 @@ fn in_a_new_pid_namespace(prog: &str) {
     .unwrap();
     let host = v["host_pid"].as_i64().unwrap() as i32;
     let init = v["ns_init"].as_i64().unwrap() as i32;
-    struct Reap(i32);
-    impl Drop for Reap {
-        fn drop(&mut self) {
-            // SAFETY: kill and reap the namespace init (ours via the subreaper);
-            // its death ends every process in the namespace.
-            unsafe {
-                libc::kill(self.0, libc::SIGKILL);
-                libc::waitpid(self.0, std::ptr::null_mut(), 0);
-            }
-        }
-    }
-    let _reap = Reap(init);
+    let _reap = NsInit(init);
+    assert_ne!(host, p.pid, "the original still holds its PID");
     p.end_original();
     p.pid = host;
     let verdict = p.verdict();
@@ -1317,37 +1301,7 @@ fn proc_file_of_another_process_is_refused_at_dump() {
 /// namespace (the PID it has there), not the original's.
 #[test]
 fn proc_files_of_a_child_in_a_new_pid_namespace() {
-    use common::*;
-    let mut p = Proc::test_prog_with("restorebugs", &["procfiles"]);
-    p.dump(&["--leave-running"]);
-    let img = p.images();
-    let v: serde_json::Value = serde_json::from_str(&godwit_ok(&[
-        "--json",
-        "restore",
-        "--images",
-        img.to_str().unwrap(),
-        "--pid-ns",
-    ]))
-    .unwrap();
-    let host = v["host_pid"].as_i64().unwrap() as i32;
-    let init = v["ns_init"].as_i64().unwrap() as i32;
-    struct Reap(i32);
-    impl Drop for Reap {
-        fn drop(&mut self) {
-            // SAFETY: kill and reap the namespace init (ours via the subreaper);
-            // its death ends every process in the namespace.
-            unsafe {
-                libc::kill(self.0, libc::SIGKILL);
-                libc::waitpid(self.0, std::ptr::null_mut(), 0);
-            }
-        }
-    }
-    let _reap = Reap(init);
-    assert_ne!(host, p.pid);
-    p.end_original();
-    p.pid = host;
-    let v = p.verdict();
-    assert_eq!(v, "PASS", "in the namespace: {v}; {}", p.output());
+    in_a_new_pid_namespace_with("restorebugs", &["procfiles"]);
 }
 
 /// A zombie child of the root that leads the process group of a living

@@ -403,13 +403,20 @@ fn post_copy_of_256_mib_never_shows_a_wrong_page() {
 
 #[test]
 fn post_copy_follows_dontneed_munmap_mremap_and_fork() {
+    follows_the_churn(Mode::PostCopy);
+}
+
+/// Moves a churning lazymem with `mode`, whose pages arrive after it runs
+/// (post-copy, or the fill after the run): its DONTNEED, munmap, mremap and
+/// fork must fall while pages are still arriving (on a busy host the
+/// process may get the CPU only once they are all in: then again), and it
+/// never sees a wrong page.
+fn follows_the_churn(mode: Mode) {
     let _one = heavy();
-    // The churn must fall while pages are still arriving: on a busy host
-    // the process may get the CPU only once they are all in; then again.
     for attempt in 1..=3 {
         let mut c = lazymem(256, "churn");
         let at = log_text(&c).len();
-        let (_, received) = post_copy(&mut c, Mode::PostCopy);
+        let (_, received) = post_copy(&mut c, mode);
         wait_for(
             "a churn and a pass at the destination",
             Duration::from_secs(30),
@@ -419,15 +426,18 @@ fn post_copy_follows_dontneed_munmap_mremap_and_fork() {
             },
         );
         no_bad_page(&c);
-        let stats = received.postcopy.clone().unwrap();
+        let stats = received
+            .postcopy
+            .clone()
+            .expect("pages placed after the run");
         if attempt < 3 && (stats.forks == 0 || stats.dropped_pages == 0) {
-            eprintln!("the churn came after the post-copy ({stats:?}); again");
+            eprintln!("the churn came after the pages ({stats:?}); again");
             continue;
         }
-        assert!(stats.forks >= 1, "no fork during the post-copy: {stats:?}");
+        assert!(stats.forks >= 1, "no fork while pages arrived: {stats:?}");
         assert!(
             stats.dropped_pages > 0,
-            "nothing released during the post-copy: {stats:?}"
+            "nothing released while pages arrived: {stats:?}"
         );
         return;
     }
@@ -488,32 +498,7 @@ fn stop_copy_of_256_mib_runs_before_its_memory_is_in_place() {
 
 #[test]
 fn pre_copy_fill_after_run_follows_dontneed_munmap_mremap_and_fork() {
-    let _one = heavy();
-    for attempt in 1..=3 {
-        let mut c = lazymem(256, "churn");
-        let at = log_text(&c).len();
-        let (_, received) = post_copy(&mut c, Mode::PreCopy);
-        wait_for(
-            "a churn and a pass at the destination",
-            Duration::from_secs(30),
-            || {
-                no_bad_page(&c);
-                lines_after(&c, at, "churned") >= 1 && lines_after(&c, at, "pass") >= 2
-            },
-        );
-        no_bad_page(&c);
-        let stats = received.postcopy.clone().expect("a deferred fill");
-        if attempt < 3 && (stats.forks == 0 || stats.dropped_pages == 0) {
-            eprintln!("the churn came after the fill ({stats:?}); again");
-            continue;
-        }
-        assert!(stats.forks >= 1, "no fork during the fill: {stats:?}");
-        assert!(
-            stats.dropped_pages > 0,
-            "nothing released during the fill: {stats:?}"
-        );
-        return;
-    }
+    follows_the_churn(Mode::PreCopy);
 }
 
 /// Live processes whose executable's path contains `needle` (the

@@ -370,6 +370,21 @@ pub fn stop_tree(root: i32) -> Vec<i32> {
     stopped
 }
 
+/// The init of a PID namespace a restore made (`--pid-ns`): killed and
+/// reaped on drop (it is ours via the subreaper), which ends every process
+/// in the namespace.
+pub struct NsInit(pub i32);
+
+impl Drop for NsInit {
+    fn drop(&mut self) {
+        // SAFETY: kill and reap the namespace init we restored.
+        unsafe {
+            libc::kill(self.0, libc::SIGKILL);
+            libc::waitpid(self.0, std::ptr::null_mut(), 0);
+        }
+    }
+}
+
 impl Drop for Proc {
     fn drop(&mut self) {
         stop_tree(self.pid);
