@@ -407,6 +407,14 @@ pub fn dump_to(
         Default::default()
     };
     tracing::debug!(ms = t0.elapsed().as_secs_f64() * 1e3, "pre-copied");
+    // Post-copy: the VmFlags are read now, while the processes run (smaps
+    // walks every page table: 60 ms per GiB); at the freeze the memory map
+    // is only compared with this survey and the present pages scanned.
+    let surveyed = match lazy {
+        true => survey_running(pid, &trackers),
+        false => Default::default(),
+    };
+    tracing::debug!(ms = t0.elapsed().as_secs_f64() * 1e3, "surveyed");
     let cgroup = opts
         .freeze_cgroup
         .as_deref()
@@ -431,6 +439,7 @@ pub fn dump_to(
     } = collect_all(
         &members,
         &trackers,
+        &surveyed,
         early.then_some(&writer),
         progress,
         lazy,
@@ -769,9 +778,33 @@ type CopyJob = (usize, i32, Vec<proc::MapEntry>, i32);
 /// are read, while the rest of it is collected: the calls injected
 /// meanwhile touch only their own scratch area, which the plan (made from
 /// the memory map read before that area was mapped) leaves out.
+/// The smaps of each process of the tree at `root` that `trackers` does not
+/// track, read while they run. A process that cannot be read (it exited,
+/// or is not there yet) is surveyed at the freeze instead.
+fn survey_running(root: i32, trackers: &std::collections::HashMap<i32, Tracker>) -> Surveyed {
+    let mut out = Surveyed::new();
+    let mut queue = vec![root];
+    while let Some(pid) = queue.pop() {
+        if out.len() > 4096 {
+            break;
+        }
+        if !trackers.contains_key(&pid) {
+            if let Ok(smaps) = proc::smaps(pid) {
+                out.insert(pid, smaps);
+            }
+        }
+        queue.extend(godwit_sys::process::children(pid).unwrap_or_default());
+    }
+    out
+}
+
+/// smaps read before the freeze, by PID.
+type Surveyed = std::collections::HashMap<i32, Vec<proc::MapEntry>>;
+
 fn collect_all(
     members: &[Member],
     trackers: &std::collections::HashMap<i32, Tracker>,
+    surveyed: &Surveyed,
     copy_into: Option<&ImageWriter>,
     progress: &dyn Progress,
     lazy: bool,
@@ -837,7 +870,7 @@ fn collect_all(
             })
         });
         let tx = copier.is_some().then_some(tx);
-        let collected = collect_members(members, trackers, tx.as_ref(), lazy);
+        let collected = collect_members(members, trackers, surveyed, tx.as_ref(), lazy);
         if collected.is_err() {
             stop.store(true, std::sync::atomic::Ordering::Relaxed);
         }
@@ -873,6 +906,7 @@ fn collect_all(
 fn collect_members(
     members: &[Member],
     trackers: &std::collections::HashMap<i32, Tracker>,
+    surveyed: &Surveyed,
     copy: Option<&std::sync::mpsc::Sender<CopyJob>>,
     lazy: bool,
 ) -> Result<Collection> {
@@ -888,7 +922,13 @@ fn collect_members(
         c.copied.push(None);
         match m {
             Member::Live(f) => {
-                let one = collect_one(f, trackers.get(&f.pid), copy.map(|tx| (tx, i)), lazy)?;
+                let one = collect_one(
+                    f,
+                    trackers.get(&f.pid),
+                    surveyed.get(&f.pid),
+                    copy.map(|tx| (tx, i)),
+                    lazy,
+                )?;
                 c.procs.push(one.process);
                 c.remotes.push(Some(one.r0));
                 c.plans.push(one.plan);
@@ -928,6 +968,7 @@ fn collect_members(
 fn collect_one(
     frozen: &Frozen,
     tracker: Option<&Tracker>,
+    surveyed: Option<&Vec<proc::MapEntry>>,
     copy: Option<(&std::sync::mpsc::Sender<CopyJob>, usize)>,
     lazy: bool,
 ) -> Result<Collected> {
@@ -975,7 +1016,13 @@ fn collect_one(
             Some(plan)
         }
         (None, None) => {
-            process.vmas = memory::survey(pid, &maps)?;
+            process.vmas = match surveyed.and_then(|s| memory::flags_as_surveyed(s, &maps)) {
+                Some(entries) => {
+                    let present = memory::scan_present(pid, &entries)?;
+                    memory::plan(pid, &entries, present)?
+                }
+                None => memory::survey(pid, &maps)?,
+            };
             if lazy {
                 let keep = touched_by_restore(&process);
                 memory::make_lazy(&mut process.vmas, &keep);

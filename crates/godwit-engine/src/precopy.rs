@@ -577,33 +577,16 @@ impl Tracker {
     /// `maps` with the surveyed VmFlags, if every VMA is as surveyed; else
     /// smaps, read now.
     fn with_flags(&self, maps: &[MapEntry]) -> Result<Vec<MapEntry>> {
-        let by_start: HashMap<u64, &MapEntry> =
-            self.surveyed.iter().map(|e| (e.start, e)).collect();
-        let same = |a: &MapEntry, b: &MapEntry| {
-            (
-                a.end, a.read, a.write, a.exec, a.shared, a.offset, a.inode, &a.name,
-            ) == (
-                b.end, b.read, b.write, b.exec, b.shared, b.offset, b.inode, &b.name,
-            )
-        };
-        let mut out = Vec::with_capacity(maps.len());
-        for e in maps {
-            match by_start.get(&e.start) {
-                Some(s) if same(s, e) => out.push(MapEntry {
-                    vm_flags: s.vm_flags.clone(),
-                    ..e.clone()
-                }),
-                _ => {
-                    tracing::debug!(
-                        pid = self.pid,
-                        start = e.start,
-                        "the memory map changed since the pre-copy; reading smaps"
-                    );
-                    return proc::smaps(self.pid).dumping(self.pid, "reading the memory map");
-                }
+        match memory::flags_as_surveyed(&self.surveyed, maps) {
+            Some(entries) => Ok(entries),
+            None => {
+                tracing::debug!(
+                    pid = self.pid,
+                    "the memory map changed since the pre-copy; reading smaps"
+                );
+                proc::smaps(self.pid).dumping(self.pid, "reading the memory map")
             }
         }
-        Ok(out)
     }
 
     /// The page files written, in stream order, and the write protection

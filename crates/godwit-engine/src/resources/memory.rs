@@ -249,6 +249,72 @@ fn with_flags_of(pid: i32, maps: &[MapEntry], smaps: &[MapEntry]) -> Result<Vec<
         .collect()
 }
 
+/// `maps` (read now) with the VmFlags of `surveyed` (smaps read earlier,
+/// while the process ran), if every VMA is as it was surveyed (same bounds,
+/// protection, sharing, file and name): None if any changed, for smaps to
+/// be read again. Reading smaps walks every page table; this does not.
+/// (A madvise or mlock over a whole VMA between the survey and the freeze
+/// changes its flags without changing anything compared here: the survey
+/// is taken just before the freeze.)
+pub fn flags_as_surveyed(surveyed: &[MapEntry], maps: &[MapEntry]) -> Option<Vec<MapEntry>> {
+    let by_start: HashMap<u64, &MapEntry> = surveyed.iter().map(|e| (e.start, e)).collect();
+    let same = |a: &MapEntry, b: &MapEntry| {
+        (
+            a.end, a.read, a.write, a.exec, a.shared, a.offset, a.inode, &a.name,
+        ) == (
+            b.end, b.read, b.write, b.exec, b.shared, b.offset, b.inode, &b.name,
+        )
+    };
+    maps.iter()
+        .map(|e| match by_start.get(&e.start) {
+            Some(s) if same(s, e) => Some(MapEntry {
+                vm_flags: s.vm_flags.clone(),
+                ..e.clone()
+            }),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The pages present (or swapped out) in each private anonymous VMA of
+/// `entries`, one PAGEMAP_SCAN per VMA: the scan reports runs of pages, so
+/// it costs a page-table walk (about 1 ms per GiB here), not an entry per
+/// page read and parsed as the page map needs.
+pub fn scan_present(pid: i32, entries: &[MapEntry]) -> Result<Prefetched> {
+    use godwit_sys::mem::{scan, PageRegion, ScanQuery};
+    let pagemap = Pagemap::open(pid).dumping(pid, "opening the page map")?;
+    let q = ScanQuery {
+        flags: 0,
+        all_of: 0,
+        none_of: 0,
+        any_of: scan::PRESENT | scan::SWAPPED,
+        report: scan::PRESENT | scan::SWAPPED,
+    };
+    let mut out = Prefetched::new();
+    let mut found = Vec::new();
+    for e in entries.iter().filter(|e| {
+        matches!(
+            kind_of(pid, e),
+            Ok(VmaKind::AnonPrivate | VmaKind::Heap | VmaKind::Stack)
+        )
+    }) {
+        found.clear();
+        pagemap
+            .scan(e.start, e.end, &q, &mut found)
+            .dumping(pid, "scanning the page map")?;
+        let mut present: Vec<Range> = Vec::with_capacity(found.len());
+        for r in found.iter().map(PageRegion::range) {
+            // Present and swapped pages come as separate regions: joined.
+            match present.last_mut() {
+                Some(last) if last.addr + last.len == r.addr => last.len += r.len,
+                _ => present.push(r),
+            }
+        }
+        out.insert(e.start, Known::Present(present));
+    }
+    Ok(out)
+}
+
 /// smaps, and the page map of `maps` read alongside by a second thread.
 fn read_smaps_and_pagemap(
     pid: i32,
