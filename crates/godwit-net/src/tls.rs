@@ -34,8 +34,21 @@ const ST_BAD_TOKEN: u8 = 1;
 const ST_BAD_KIND: u8 = 2;
 const ST_BAD_VERSION: u8 = 3;
 
+/// ring's suites, AES-128-GCM first: a quarter faster than AES-256-GCM
+/// (ten rounds instead of fourteen) for the same 128-bit security level
+/// against the attacks that matter here, and image data is most of what
+/// the channel carries.
 fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    let mut p = rustls::crypto::ring::default_provider();
+    p.cipher_suites.sort_by_key(|s| {
+        use rustls::CipherSuite as C;
+        match s.suite() {
+            C::TLS13_AES_128_GCM_SHA256 => 0,
+            C::TLS13_AES_256_GCM_SHA384 => 1,
+            _ => 2,
+        }
+    });
+    Arc::new(p)
 }
 
 fn client_mac(token: &Token, kind: u8, ekm: &[u8]) -> hmac::Hmac<sha2::Sha256> {
