@@ -32,6 +32,7 @@ case!(anonfds);
 case!(unix);
 case!(unixcreds);
 case!(unixrights);
+case!(cowbusy);
 
 /// A unix socket in flight whose own queue carries descriptors is not
 /// kept: the dump is refused naming the socket whose queue carries it and
@@ -348,6 +349,56 @@ fn leave_running_keeps_the_originals_sharing() {
     p.end_original();
     p.restore();
     assert_eq!(p.verdict(), "PASS", "the copy restored from the image");
+}
+
+/// `dump --leave-running` with its pre-copy (the default) of the forking
+/// tree: every process is pre-copied while it runs, and the pages a child
+/// still shares with its parent at the freeze (written by neither since
+/// the pre-copy began) are inherited in the image, not stored for the
+/// child. The copy restored from it shares them again: the tree's Pss is
+/// what it was, and every process finds its own memory.
+#[test]
+fn leave_running_copy_keeps_the_sharing() {
+    use common::*;
+    let mut p = Proc::test_prog_with("cowshare", &["64"]);
+    let (before, n) = tree_pss(p.pid);
+    assert_eq!(n, 6);
+    let v = p.dump(&["--leave-running"]);
+    eprintln!("dump: {v}");
+    let img = p.images();
+    let i: serde_json::Value =
+        serde_json::from_str(&godwit_ok(&["inspect", "--json", img.to_str().unwrap()])).unwrap();
+    let procs = i["processes"].as_array().unwrap();
+    let inherited: Vec<(i64, u64, i64)> = procs
+        .iter()
+        .map(|c| {
+            (
+                c["pid"].as_i64().unwrap(),
+                c["memory"]["inherited_bytes"].as_u64().unwrap(),
+                c["ppid"].as_i64().unwrap_or(0),
+            )
+        })
+        .collect();
+    for &(pid, n, _) in &inherited[1..] {
+        assert!(
+            n > 60 << 20,
+            "child {pid}: {n} bytes inherited: {inherited:?}"
+        );
+    }
+    p.end_original();
+    p.restore();
+    let (after, n) = tree_pss(p.pid);
+    assert_eq!(n, 6, "the whole tree after restore");
+    eprintln!(
+        "cowshare 64 MiB, leave-running with pre-copy: Pss {} KiB before, {} KiB after restore",
+        before >> 10,
+        after >> 10
+    );
+    assert!(
+        after < before + (before >> 3),
+        "Pss {after} bytes after restore, {before} before"
+    );
+    assert_eq!(p.verdict(), "PASS", "{}", p.output());
 }
 
 /// A pipe whose buffer is larger than this host lets godwit make (here:

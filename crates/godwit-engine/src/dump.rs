@@ -922,9 +922,24 @@ fn collect_members(
         c.copied.push(None);
         match m {
             Member::Live(f) => {
+                let tracker = trackers.get(&f.pid);
+                // A pre-copied child of a pre-copied parent (planned
+                // before it): the pages they still share stay shared.
+                let parent = match (tracker, lazy) {
+                    (Some(_), false) => proc::status(f.pid).ok().and_then(|s| {
+                        let j = c.procs.iter().position(|p| p.pid == s.ppid)?;
+                        let plan = c.plans[j].as_ref()?;
+                        Some(precopy::ParentPlan {
+                            vmas: &c.procs[j].vmas,
+                            written: &plan.written,
+                        })
+                    }),
+                    _ => None,
+                };
                 let one = collect_one(
                     f,
-                    trackers.get(&f.pid),
+                    tracker,
+                    parent,
                     surveyed.get(&f.pid),
                     copy.map(|tx| (tx, i)),
                     lazy,
@@ -968,6 +983,7 @@ fn collect_members(
 fn collect_one(
     frozen: &Frozen,
     tracker: Option<&Tracker>,
+    parent: Option<precopy::ParentPlan>,
     surveyed: Option<&Vec<proc::MapEntry>>,
     copy: Option<(&std::sync::mpsc::Sender<CopyJob>, usize)>,
     lazy: bool,
@@ -1008,7 +1024,7 @@ fn collect_one(
     let plan = match (tracker, copy) {
         (_, Some(_)) => None,
         (Some(t), None) => {
-            let mut plan = t.plan_frozen(&maps)?;
+            let mut plan = t.plan_frozen(&maps, parent)?;
             if lazy {
                 plan.make_lazy(&touched_by_restore(&process));
             }

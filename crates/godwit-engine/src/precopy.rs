@@ -156,6 +156,8 @@ pub struct FrozenPlan {
     pub copy_from: u64,
     /// End of the page stream once they are copied.
     pub end: u64,
+    /// Pages written since their last protection, sorted.
+    pub written: Vec<Range>,
 }
 
 impl FrozenPlan {
@@ -232,6 +234,23 @@ pub struct Tracker {
     end: u64,
     /// Rounds after the first copy.
     pub rounds: usize,
+    /// Pages this process shared with its parent (tracked too) when both
+    /// were protected: the same physical pages, copy-on-write since a
+    /// fork (see [`memory::same_frames`]). Those neither wrote since stay
+    /// shared after a restore (`Vma::inherited`).
+    shared: Vec<Range>,
+    /// Every page this process wrote since it was protected, as the
+    /// rounds found them (their scans protect again what they report).
+    written_since: Vec<Range>,
+}
+
+/// The plan of a frozen process's parent, for the pages they share
+/// ([`Tracker::plan_frozen`]).
+pub struct ParentPlan<'a> {
+    pub vmas: &'a [Vma],
+    /// What the parent wrote since its last protection (before its child's
+    /// survey of shared pages).
+    pub written: &'a [Range],
 }
 
 /// The trackers of a tree, by PID, and how long the short stop took.
@@ -267,10 +286,15 @@ pub fn run(root: i32, writer: &mut ImageWriter, progress: &dyn Progress) -> Resu
     }
     release_all(members)?;
     let stopped = t.elapsed();
-    let mut trackers = HashMap::new();
+    let mut trackers: HashMap<i32, Tracker> = HashMap::new();
     for (pid, fd) in fds {
         let mark = writer.mark();
-        match Tracker::start(pid, fd, writer, progress) {
+        // Parents come first: a child's parent is tracked already, if it is.
+        let parent = proc::status(pid)
+            .ok()
+            .map(|s| s.ppid)
+            .filter(|p| trackers.contains_key(p));
+        match Tracker::start(pid, fd, parent, writer, progress) {
             Ok(Some(t)) => {
                 trackers.insert(pid, t);
             }
@@ -332,6 +356,7 @@ impl Tracker {
     fn start(
         pid: i32,
         fd: OwnedFd,
+        parent: Option<i32>,
         writer: &mut ImageWriter,
         progress: &dyn Progress,
     ) -> Result<Option<Tracker>> {
@@ -358,6 +383,11 @@ impl Tracker {
         }
         write_protect_all(&uffd, &protect).dumping(pid, stage)?;
         let protected_ms = t.elapsed().as_secs_f64() * 1e3;
+        // Protected: from now on what either writes shows in its tracking.
+        let shared = match parent {
+            Some(ppid) => memory::same_frames(pid, ppid, &registered)?,
+            None => Vec::new(),
+        };
         let mut tracker = Tracker {
             pid,
             uffd,
@@ -367,6 +397,8 @@ impl Tracker {
             files: Vec::new(),
             end: 0,
             rounds: 0,
+            shared,
+            written_since: Vec::new(),
         };
         progress.stage("pre-copying memory", sum(&protect));
         tracker.copy(&protect, writer, progress)?;
@@ -378,6 +410,9 @@ impl Tracker {
             // whatever happens next, or its changes would be lost.
             let written = tracker.scan_written(&pagemap)?;
             let bytes = sum(&written);
+            if !tracker.shared.is_empty() {
+                tracker.written_since = union(&tracker.written_since, &written);
+            }
             if bytes == 0 {
                 last = 0;
                 break;
@@ -473,7 +508,7 @@ impl Tracker {
     /// The memory plan of the process, now frozen (its VMAs are `maps`):
     /// runs unchanged since their last copy point at it; the rest is listed
     /// in `to_copy`.
-    pub fn plan_frozen(&self, maps: &[MapEntry]) -> Result<FrozenPlan> {
+    pub fn plan_frozen(&self, maps: &[MapEntry], parent: Option<ParentPlan>) -> Result<FrozenPlan> {
         let pid = self.pid;
         let t = Instant::now();
         let entries = self.with_flags(maps)?;
@@ -558,12 +593,17 @@ impl Tracker {
                 }
             }
         }
+        let inherited = match parent {
+            Some(parent) => self.inherit(&mut vmas, &parent, &written.0),
+            None => 0,
+        };
         tracing::debug!(
             pid,
             scanned_ms,
             planned_ms,
             ms = t.elapsed().as_secs_f64() * 1e3,
             to_copy = sum(&to_copy.iter().map(|x| x.0).collect::<Vec<_>>()),
+            inherited,
             "planned from the pre-copy"
         );
         Ok(FrozenPlan {
@@ -571,7 +611,76 @@ impl Tracker {
             to_copy,
             copy_from: self.end,
             end: next,
+            written: written.0,
         })
+    }
+
+    /// Pages of `vmas` (planned, pointing at copies) that are still the
+    /// parent's own: shared when this process was protected, written by
+    /// neither since (nor released: present in both plans, in copies made
+    /// before the freeze), in a VMA with a twin in the parent. They become
+    /// `Vma::inherited` instead of pointing at their copy: the restore forks
+    /// this process once its parent holds them, and they are shared again.
+    /// Returns their bytes.
+    fn inherit(&self, vmas: &mut [Vma], parent: &ParentPlan, written_now: &[Range]) -> u64 {
+        if self.shared.is_empty() {
+            return 0;
+        }
+        let written = union(&union(&self.written_since, written_now), parent.written);
+        let ranges = |runs: &[PageRun]| -> Vec<Range> {
+            runs.iter()
+                .map(|r| Range {
+                    addr: r.addr,
+                    len: r.nr_pages * PAGE_SIZE,
+                })
+                .collect()
+        };
+        let mut total = 0;
+        for v in vmas.iter_mut() {
+            let Some(twin) = memory::twin_of(parent.vmas, v) else {
+                continue;
+            };
+            // Only what points at a copy made before the freeze (a run may
+            // go on into this freeze's part of the stream: cut there).
+            let mine: Vec<Range> = v
+                .pages
+                .iter()
+                .filter(|r| r.offset < self.end)
+                .map(|r| Range {
+                    addr: r.addr,
+                    len: (r.nr_pages * PAGE_SIZE).min(self.end - r.offset),
+                })
+                .collect();
+            // The parent's pages: its own, and those it inherits in turn
+            // (a grandchild shares them through it).
+            let theirs = union(&ranges(&twin.pages), &ranges(&twin.inherited));
+            let shared = intersect(&intersect(&self.shared, &mine), &theirs);
+            let keep = subtract(&shared, &written);
+            if keep.is_empty() {
+                continue;
+            }
+            let mut runs = Vec::new();
+            for run in std::mem::take(&mut v.pages) {
+                let r = Range {
+                    addr: run.addr,
+                    len: run.nr_pages * PAGE_SIZE,
+                };
+                for piece in subtract(&[r], &keep) {
+                    let offset = run.offset + (piece.addr - run.addr);
+                    push_run(&mut runs, piece.addr, piece.addr + piece.len, offset);
+                }
+            }
+            v.pages = runs;
+            for k in &keep {
+                total += k.len;
+                v.inherited.push(PageRun {
+                    addr: k.addr,
+                    nr_pages: k.len / PAGE_SIZE,
+                    offset: 0,
+                });
+            }
+        }
+        total
     }
 
     /// `maps` with the surveyed VmFlags, if every VMA is as surveyed; else
@@ -699,6 +808,11 @@ fn subtract(a: &[Range], b: &[Range]) -> Vec<Range> {
         }
     }
     out
+}
+
+/// What `a` and `b` (both sorted and disjoint) have in common.
+fn intersect(a: &[Range], b: &[Range]) -> Vec<Range> {
+    subtract(a, &subtract(a, b))
 }
 
 /// `a` and `b` together (both sorted and disjoint), sorted, overlapping and

@@ -198,15 +198,61 @@ pub struct ParentMemory<'a> {
 impl ParentMemory<'_> {
     /// The parent's VMA this child VMA may share pages with.
     fn twin(&self, v: &Vma) -> Option<&Vma> {
-        let i = self.vmas.partition_point(|p| p.start < v.start);
-        let p = self.vmas.get(i)?;
-        (p.start == v.start
-            && p.end == v.end
-            && shares_pages(p)
-            && shares_pages(v)
-            && wants_thp(p) == wants_thp(v))
-        .then_some(p)
+        twin_of(self.vmas, v)
     }
+}
+
+/// The VMA of `parent_vmas` (a parent's, sorted) that child VMA `v` may
+/// share pages with after a restore: same bounds, both private anonymous
+/// without lazy pages, the same MADV_HUGEPAGE.
+pub(crate) fn twin_of<'a>(parent_vmas: &'a [Vma], v: &Vma) -> Option<&'a Vma> {
+    let i = parent_vmas.partition_point(|p| p.start < v.start);
+    let p = parent_vmas.get(i)?;
+    (p.start == v.start
+        && p.end == v.end
+        && shares_pages(p)
+        && shares_pages(v)
+        && wants_thp(p) == wants_thp(v))
+    .then_some(p)
+}
+
+/// The pages within `ranges` that process `pid` and its parent `ppid` both
+/// map to the same physical page (present in both, same frame number):
+/// shared copy-on-write since a fork and written by neither since. Both
+/// run: a page either writes after its entry was read here is a page it
+/// wrote, which its write tracking reports. Nothing without the frame
+/// numbers (only root reads them).
+pub fn same_frames(pid: i32, ppid: i32, ranges: &[Range]) -> Result<Vec<Range>> {
+    let mine = Pagemap::open(pid).dumping(pid, "opening the page map")?;
+    let theirs = Pagemap::open(ppid).dumping(ppid, "opening the page map")?;
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    let mut out: Vec<Range> = Vec::new();
+    for r in ranges {
+        // The parent's first: a page it writes after this read shows in
+        // its tracking; one the child writes after its own read, in the
+        // child's.
+        a.clear();
+        b.clear();
+        if theirs.read(r.addr, r.addr + r.len, &mut b).is_err() {
+            continue;
+        }
+        mine.read(r.addr, r.addr + r.len, &mut a)
+            .dumping(pid, "reading the page map")?;
+        for (i, (x, y)) in a.iter().zip(&b).enumerate() {
+            if x & pm::PRESENT == 0 || y & pm::PRESENT == 0 || pfn(*x) == 0 || pfn(*x) != pfn(*y) {
+                continue;
+            }
+            let addr = r.addr + i as u64 * PAGE_SIZE;
+            match out.last_mut() {
+                Some(l) if l.addr + l.len == addr => l.len += PAGE_SIZE,
+                _ => out.push(Range {
+                    addr,
+                    len: PAGE_SIZE,
+                }),
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// A VMA of a kind whose pages a fork child can share with its parent
