@@ -1,0 +1,158 @@
+//! Ping (ICMP), UDP-Lite, raw, packet and netlink sockets across a dump
+//! and a restore (tests/progs/rawsocks.c, one mode each). Each program
+//! runs in a network namespace of its own (loopback up, ping sockets
+//! allowed to group 0 there only), and is restored into it.
+
+mod common;
+use common::*;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// A network namespace held by a `sleep` started in it; killed on drop.
+struct NetNs(Child);
+
+impl NetNs {
+    fn new() -> NetNs {
+        let child = Command::new("unshare")
+            .args(["-n", "sleep", "600"])
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap();
+        let ns = NetNs(child);
+        let me = std::fs::read_link("/proc/self/ns/net").unwrap();
+        let pid = ns.pid();
+        wait_for("the namespace", Duration::from_secs(10), || {
+            std::fs::read_link(format!("/proc/{pid}/ns/net")).is_ok_and(|n| n != me)
+        });
+        ns.run(&["ip", "link", "set", "lo", "up"]);
+        ns.run(&["sysctl", "-qw", "net.ipv4.ping_group_range=0 2147483647"]);
+        ns
+    }
+
+    fn pid(&self) -> String {
+        self.0.id().to_string()
+    }
+
+    fn enter(&self) -> Vec<String> {
+        vec!["-t".into(), self.pid(), "-n".into()]
+    }
+
+    fn run(&self, cmd: &[&str]) {
+        let st = Command::new("nsenter")
+            .args(self.enter())
+            .args(cmd)
+            .status()
+            .unwrap();
+        assert!(st.success(), "{cmd:?} in the namespace");
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// rawsocks `mode`, started in `ns`, once it is ready.
+fn start(ns: &NetNs, mode: &str) -> Proc {
+    let dir = tempfile::Builder::new()
+        .prefix("godwit-e2e")
+        .tempdir()
+        .unwrap();
+    let d = dir.path().to_str().unwrap().to_string();
+    let prog = progs().join("rawsocks");
+    let mut args = ns.enter();
+    args.extend([prog.to_str().unwrap().to_string(), d, mode.to_string()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut p = Proc::spawn_in(dir, "nsenter", &args);
+    let ready = p.path("ready");
+    let pid = p.pid;
+    wait_for(
+        &format!("rawsocks {mode} to be ready"),
+        Duration::from_secs(20),
+        || ready.exists() || dead(pid),
+    );
+    assert!(ready.exists(), "rawsocks {mode}: {}", p.output());
+    p.tree = descendants(pid);
+    p
+}
+
+/// Dump, end, restore (in the namespace) and the program's verdict.
+fn round_trip(mode: &str) {
+    let ns = NetNs::new();
+    let mut p = start(&ns, mode);
+    p.dump(&[]);
+    p.end_original();
+    let img = p.images();
+    let out = Command::new("nsenter")
+        .args(ns.enter())
+        .arg(env!("CARGO_BIN_EXE_godwit"))
+        .args(["restore", "--images", img.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "restore: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        p.pid.to_string()
+    );
+    let v = p.verdict();
+    assert_eq!(v, "PASS", "rawsocks {mode}: {v}; output: {}", p.output());
+}
+
+#[test]
+fn ipv4_ping_socket_with_queued_replies() {
+    round_trip("ping4");
+}
+
+#[test]
+fn ipv6_ping_socket_with_queued_replies() {
+    round_trip("ping6");
+}
+
+#[test]
+fn udplite_sockets_with_queued_datagrams() {
+    round_trip("udplite");
+}
+
+#[test]
+fn raw_sockets() {
+    round_trip("raw");
+}
+
+#[test]
+fn packet_sockets() {
+    round_trip("packet");
+}
+
+#[test]
+fn netlink_sockets() {
+    round_trip("netlink");
+}
+
+/// A netlink socket with a reply not read yet: refused, naming the fd and
+/// why; the program runs on untouched.
+#[test]
+fn netlink_socket_with_pending_messages_refused() {
+    let ns = NetNs::new();
+    let p = start(&ns, "netlink-pending");
+    let img = p.images();
+    let out = godwit(&[
+        "dump",
+        "--pid",
+        &p.pid.to_string(),
+        "--images",
+        img.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(5), "exit code");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("fd 3") && err.contains("netlink") && err.contains("waiting to be read"),
+        "names the fd and why: {err}"
+    );
+    assert!(!dead(p.pid), "the program runs on");
+}
