@@ -156,3 +156,23 @@ fn netlink_socket_with_pending_messages_refused() {
     );
     assert!(!dead(p.pid), "the program runs on");
 }
+
+/// A ping socket's replies are read at dump time (its queue cannot be
+/// peeked) and put back at once: a process left running finds them all,
+/// in order, from the same sender.
+#[test]
+fn ping_replies_kept_by_a_dump_that_leaves_the_process_running() {
+    for mode in ["ping4", "ping6"] {
+        let ns = NetNs::new();
+        let mut p = start(&ns, mode);
+        p.dump(&["--leave-running"]);
+        assert!(!dead(p.pid), "{mode}: the process runs on");
+        let v = p.verdict();
+        assert_eq!(
+            v,
+            "PASS",
+            "rawsocks {mode} left running: {v}; output: {}",
+            p.output()
+        );
+    }
+}
