@@ -3,8 +3,8 @@
  * namespace of its own (loopback up; ping_group_range allowing group 0 for
  * the ping modes).
  *  ping4 / ping6: an ICMP "ping" socket (non-blocking), bound to echo id
- *    4242 on the loopback address, connected to it, IP_TTL / IPV6 hops
- *    set, with three echo replies queued (not read) before the dump: after
+ *    4242 on the loopback address (and device, SO_BINDTODEVICE),
+ *    connected to it, IP_TTL / IPV6 hops set, with three echo replies queued (not read) before the dump: after
  *    the restore they are read in order, each from the loopback address,
  *    and a new echo gets its reply.
  *  udplite: a UDP-Lite socket with checksum coverage options and three
@@ -19,7 +19,9 @@
  *    (by bind) and 5 (NETLINK_ADD_MEMBERSHIP), NETLINK_NO_ENOBUFS set; a
  *    NETLINK_KOBJECT_UEVENT socket (kernel-chosen port id, group 1).
  *  netlink-pending: a NETLINK_ROUTE socket with an unread reply (the dump
- *    is refused). */
+ *    is refused).
+ *  nlhold PID: holds the port id the netlink mode of process PID takes,
+ *    until killed. */
 #include "harness.h"
 #include <arpa/inet.h>
 #include <linux/filter.h>
@@ -115,6 +117,7 @@ static void ping(int v6) {
         len = sizeof *x;
         setopt(s, IPPROTO_IP, IP_TTL, 33);
     }
+    if (setsockopt(s, SOL_SOCKET, SO_BINDTODEVICE, "lo", 3)) fail("SO_BINDTODEVICE: %s", strerror(errno));
     if (bind(s, (void *)&a, len) != 0) fail("bind: %s", strerror(errno));
     if (connect(s, (void *)&a, len) != 0) fail("connect: %s", strerror(errno));
     for (int i = 1; i <= 3; i++) echo(s, v6, i);
@@ -124,6 +127,9 @@ static void ping(int v6) {
     if (s != 3) fail("fd %d", s);
     if (!(fcntl(s, F_GETFL) & O_NONBLOCK)) fail("O_NONBLOCK lost");
     if (opt(s, SOL_SOCKET, SO_PROTOCOL) != (v6 ? IPPROTO_ICMPV6 : IPPROTO_ICMP)) fail("protocol");
+    char dev[IFNAMSIZ] = "";
+    socklen_t dl = sizeof dev;
+    if (getsockopt(s, SOL_SOCKET, SO_BINDTODEVICE, dev, &dl) || strcmp(dev, "lo")) fail("SO_BINDTODEVICE lost (%s)", dev);
     if (opt(s, v6 ? IPPROTO_IPV6 : IPPROTO_IP, v6 ? IPV6_UNICAST_HOPS : IP_TTL) != 33) fail("TTL/hops");
     struct sockaddr_storage b = {0};
     socklen_t bl = sizeof b;
@@ -349,5 +355,12 @@ int main(int argc, char **argv) {
     else if (!strcmp(m, "packet")) packet();
     else if (!strcmp(m, "netlink")) netlink(0);
     else if (!strcmp(m, "netlink-pending")) netlink(1);
+    else if (!strcmp(m, "nlhold") && argc > 3) {
+        int s = socket(AF_NETLINK, SOCK_RAW, NETLINK_ROUTE);
+        struct sockaddr_nl a = { .nl_family = AF_NETLINK, .nl_pid = 0x70000000u + atoi(argv[3]) };
+        if (bind(s, (void *)&a, sizeof a)) fail("bind: %s", strerror(errno));
+        ready();
+        for (;;) pause();
+    }
     fail("unknown mode %s", m);
 }

@@ -56,6 +56,11 @@ impl Drop for NetNs {
 
 /// rawsocks `mode`, started in `ns`, once it is ready.
 fn start(ns: &NetNs, mode: &str) -> Proc {
+    start_with(ns, mode, &[])
+}
+
+/// [`start`] with arguments after the mode.
+fn start_with(ns: &NetNs, mode: &str, extra: &[&str]) -> Proc {
     let dir = tempfile::Builder::new()
         .prefix("godwit-e2e")
         .tempdir()
@@ -64,6 +69,7 @@ fn start(ns: &NetNs, mode: &str) -> Proc {
     let prog = progs().join("rawsocks");
     let mut args = ns.enter();
     args.extend([prog.to_str().unwrap().to_string(), d, mode.to_string()]);
+    args.extend(extra.iter().map(|a| a.to_string()));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut p = Proc::spawn_in(dir, "nsenter", &args);
     let ready = p.path("ready");
@@ -175,4 +181,68 @@ fn ping_replies_kept_by_a_dump_that_leaves_the_process_running() {
             p.output()
         );
     }
+}
+
+/// `godwit restore` (with `extra` flags) of `p`'s image, in `ns`.
+fn restore_in(ns: &NetNs, p: &Proc, extra: &[&str]) -> std::process::Output {
+    let img = p.images();
+    Command::new("nsenter")
+        .args(ns.enter())
+        .arg(env!("CARGO_BIN_EXE_godwit"))
+        .args(["restore", "--images", img.to_str().unwrap()])
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
+/// A packet socket bound to an interface the restoring namespace does not
+/// have: the restore is refused, naming the fd and the interface.
+#[test]
+fn packet_socket_restore_refused_without_its_interface() {
+    let ns = NetNs::new();
+    let mut p = start(&ns, "packet");
+    p.dump(&[]);
+    p.end_original();
+    ns.run(&["ip", "link", "set", "lo", "down"]);
+    ns.run(&["ip", "link", "set", "lo", "name", "lo0"]);
+    let out = restore_in(&ns, &p, &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "restored without lo: {err}");
+    assert!(
+        err.contains("fd 3") && err.contains("interface lo,"),
+        "names the fd and the interface: {err}"
+    );
+    let pid = p.pid;
+    wait_for(
+        "the failed restore's process to end",
+        Duration::from_secs(10),
+        || dead(pid),
+    );
+}
+
+/// A netlink socket whose port id another socket holds at restore time:
+/// the restore is refused, naming the fd and the port id.
+#[test]
+fn netlink_socket_restore_refused_when_its_port_id_is_taken() {
+    let ns = NetNs::new();
+    let mut p = start(&ns, "netlink");
+    p.dump(&[]);
+    p.end_original();
+    let _holder = start_with(&ns, "nlhold", &[&p.pid.to_string()]);
+    let out = restore_in(&ns, &p, &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "restored a second holder of the port id: {err}"
+    );
+    assert!(
+        err.contains("fd 3") && err.contains("port id") && err.contains("holds it"),
+        "names the fd and the port id: {err}"
+    );
+    let pid = p.pid;
+    wait_for(
+        "the failed restore's process to end",
+        Duration::from_secs(10),
+        || dead(pid),
+    );
 }

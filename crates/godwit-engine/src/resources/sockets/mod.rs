@@ -14,7 +14,7 @@ pub mod unix;
 
 use crate::error::{DumpCtx, EngineError, RestoreCtx, Result};
 use crate::remote::Remote;
-use crate::schema::{FdKind, Socket};
+use crate::schema::{FdKind, SockOptBytes, Socket};
 use godwit_sys::{process, rawsock, tcp as t, SysError};
 use std::os::fd::OwnedFd;
 
@@ -89,6 +89,25 @@ pub(crate) fn read_filter(pid: i32, fd: i32, ours: &OwnedFd, me: &str) -> Result
     })
 }
 
+/// The device a socket is bound to (SO_BINDTODEVICE) as an option to set
+/// again, None when it is bound to none. Set before the socket is bound
+/// (as it must be), so a restore refuses a device this host lacks.
+pub(crate) fn read_bound_device(pid: i32, ours: &OwnedFd) -> Result<Option<SockOptBytes>> {
+    let v = rawsock::get_bytes(ours, libc::SOL_SOCKET, libc::SO_BINDTODEVICE, 16)
+        .dumping(pid, "reading sockets")?;
+    let name: Vec<u8> = v.into_iter().take_while(|&c| c != 0).collect();
+    Ok((!name.is_empty()).then(|| SockOptBytes {
+        level: libc::SOL_SOCKET,
+        name: libc::SO_BINDTODEVICE,
+        value: name,
+    }))
+}
+
+/// The device name of an SO_BINDTODEVICE option.
+pub(crate) fn device_name(o: &SockOptBytes) -> String {
+    String::from_utf8_lossy(&o.value).into_owned()
+}
+
 /// Creates socket `s` (its family, type, protocol; O_NONBLOCK from
 /// `status_flags`) in the process behind `r`: (its fd there, ours).
 pub(crate) fn new_socket(
@@ -140,8 +159,14 @@ pub(crate) fn apply_options(sock: &OwnedFd, s: &Socket) -> Result<(), (String, S
         }
     }
     for o in &s.byte_options {
-        rawsock::set_bytes(sock, o.level, o.name, &o.value)
-            .map_err(|e| (format!("option {}/{}", o.level, o.name), e))?;
+        rawsock::set_bytes(sock, o.level, o.name, &o.value).map_err(|e| {
+            let what = if (o.level, o.name) == (libc::SOL_SOCKET, libc::SO_BINDTODEVICE) {
+                format!("SO_BINDTODEVICE to {}", device_name(o))
+            } else {
+                format!("option {}/{}", o.level, o.name)
+            };
+            (what, e)
+        })?;
     }
     Ok(())
 }

@@ -138,6 +138,7 @@ pub fn dump(pid: i32, fd: i32, ino: u64, ours: &OwnedFd) -> Result<Socket> {
         s.byte_options.push(SockOptBytes { level, name, value });
     }
     s.filter = super::read_filter(pid, fd, ours, &me)?;
+    s.byte_options.extend(super::read_bound_device(pid, ours)?);
     if rawsock::pending(ours).dumping(pid, stage)? || line.rx_queue > 0 {
         return Err(unsupported(
             pid,

@@ -194,6 +194,7 @@ pub fn dump(pid: i32, fd: i32, ino: u64, ours: &OwnedFd) -> Result<Socket> {
         }
     }
     let filter = super::read_filter(pid, fd, ours, &me)?;
+    let device = super::read_bound_device(pid, ours)?;
     let (_, outq, _) = t::queue_lengths(ours).unwrap_or((0, 0, 0));
     if outq > 0 {
         return Err(unsupported(
@@ -215,6 +216,17 @@ pub fn dump(pid: i32, fd: i32, ino: u64, ours: &OwnedFd) -> Result<Socket> {
     };
     let any = counted.is_some();
     if let Some(n) = counted {
+        if let Some(dev) = device
+            .as_ref()
+            .map(super::device_name)
+            .filter(|d| d != "lo")
+        {
+            return Err(unsupported(
+                pid,
+                fd,
+                format!("{me} bound to device {dev} (SO_BINDTODEVICE) with {n} datagram(s) queued, which could not be put back (they would come in through lo); retry once they are read"),
+            ));
+        }
         if opt(libc::SOL_SOCKET, libc::SO_REUSEPORT)? != 0 {
             return Err(unsupported(
                 pid,
@@ -260,6 +272,7 @@ pub fn dump(pid: i32, fd: i32, ino: u64, ours: &OwnedFd) -> Result<Socket> {
         queue,
         queue_from,
         filter,
+        byte_options: device.into_iter().collect(),
         ino,
         ..Default::default()
     })
