@@ -10,8 +10,10 @@
 //! message: its replies are read at dump time and put back at once the
 //! same way, in order. What cannot be put back exactly is refused, named:
 //! datagrams queued on a socket that reads their destination address,
-//! timestamps or other ancillary data, or that shares its port
-//! (SO_REUSEPORT); a datagram being corked.
+//! timestamps or other ancillary data, that shares its port
+//! (SO_REUSEPORT), or that is bound to a device other than lo
+//! (SO_BINDTODEVICE: re-sent datagrams come in through lo); a datagram
+//! being corked.
 
 use super::unsupported;
 use crate::error::{DumpCtx, EngineError, RestoreCtx, Result};
