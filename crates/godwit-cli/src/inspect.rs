@@ -50,15 +50,27 @@ pub fn summary(ck: &Checkpoint, reader: &ImageReader) -> Value {
                         "path": if f.kind == FdKind::Pipe as i32 { format!("pipe:[{}]", f.pipe_id) } else { f.path.clone() },
                         "flags": format!("{:#o}", f.flags), "cloexec": f.cloexec, "pos": f.pos,
                     });
+                    if let (Some(s), Ok(FdKind::PacketSocket | FdKind::NetlinkSocket)) =
+                        (&f.socket, FdKind::try_from(f.kind))
+                    {
+                        v["socket"] = json!({
+                            "protocol": s.protocol, "type": s.sock_type,
+                            "interface": (!s.ifname.is_empty()).then_some(&s.ifname),
+                            "groups": (!s.groups.is_empty()).then_some(&s.groups),
+                            "memberships": s.packet_memberships.len(),
+                            "filter_instructions": s.filter.len() / 8,
+                        });
+                    }
                     if let (Some(s), true) = (&f.socket, matches!(
                         FdKind::try_from(f.kind),
-                        Ok(FdKind::TcpListen | FdKind::TcpEstablished | FdKind::Udp)
+                        Ok(FdKind::TcpListen | FdKind::TcpEstablished | FdKind::Udp | FdKind::RawSocket)
                     )) {
                         let show = godwit_sys::tcp::show;
                         v["socket"] = json!({
                             "local": show(&s.addr),
                             "peer": (!s.peer_addr.is_empty()).then(|| show(&s.peer_addr)),
                             "queued_datagrams": (f.kind == FdKind::Udp as i32).then_some(s.queue.len()),
+                            "protocol": matches!(FdKind::try_from(f.kind), Ok(FdKind::Udp | FdKind::RawSocket)).then_some(s.protocol),
                         });
                         if let Some(c) = &s.tcp {
                             v["socket"]["tcp"] = json!({

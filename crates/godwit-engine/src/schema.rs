@@ -544,6 +544,15 @@ pub enum FdKind {
     /// A pidfd (Fd::pidfd_pid): of a process or thread of the dumped tree,
     /// or of a process that has exited and been reaped.
     Pidfd = 17,
+    /// A raw IPv4/IPv6 socket (SOCK_RAW, any protocol; Fd::socket): its
+    /// protocol, options, ICMP filter, bound and connected addresses.
+    RawSocket = 20,
+    /// A packet socket (AF_PACKET; Fd::socket): protocol, bound interface
+    /// (`ifname`), memberships, options, BPF filter.
+    PacketSocket = 21,
+    /// A netlink socket (Fd::socket): protocol, port id (`addr`), groups,
+    /// connected peer, options.
+    NetlinkSocket = 22,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -880,6 +889,50 @@ pub struct Socket {
     /// that listener's inode (it lists the connection in `pending`).
     #[prost(uint64, tag = "27")]
     pub pending_listener: u64,
+    /// The classic BPF program attached (SO_ATTACH_FILTER), 8 bytes per
+    /// instruction as SO_GET_FILTER gives it; empty: none.
+    #[prost(bytes = "vec", tag = "28")]
+    pub filter: Vec<u8>,
+    /// Options that are not integers (raw sockets' ICMP_FILTER and
+    /// ICMPV6_FILTER), set again as they were read.
+    #[prost(message, repeated, tag = "29")]
+    pub byte_options: Vec<SockOptBytes>,
+    /// Packet sockets: the name of the interface bound to (`addr` holds
+    /// its dump-time index), looked up again at restore.
+    #[prost(string, tag = "30")]
+    pub ifname: String,
+    /// Netlink sockets: the multicast groups joined (group numbers).
+    #[prost(uint32, repeated, tag = "31")]
+    pub groups: Vec<u32>,
+    /// Packet sockets: multicast and promiscuous memberships.
+    #[prost(message, repeated, tag = "32")]
+    pub packet_memberships: Vec<PacketMembership>,
+}
+
+/// A socket option whose value is not an integer.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct SockOptBytes {
+    #[prost(int32, tag = "1")]
+    pub level: i32,
+    #[prost(int32, tag = "2")]
+    pub name: i32,
+    #[prost(bytes = "vec", tag = "3")]
+    pub value: Vec<u8>,
+}
+
+/// One PACKET_ADD_MEMBERSHIP of a packet socket, made `count` times.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct PacketMembership {
+    /// The interface's name (its index is looked up again at restore).
+    #[prost(string, tag = "1")]
+    pub ifname: String,
+    /// PACKET_MR_MULTICAST, _PROMISC, _ALLMULTI or _UNICAST.
+    #[prost(uint32, tag = "2")]
+    pub kind: u32,
+    #[prost(bytes = "vec", tag = "3")]
+    pub addr: Vec<u8>,
+    #[prost(uint32, tag = "4")]
+    pub count: u32,
 }
 
 /// A connection waiting in a unix listener's queue.

@@ -15,6 +15,7 @@ pub mod pidns;
 pub mod proc;
 pub mod process;
 pub mod ptrace;
+pub mod rawsock;
 pub mod regs;
 pub mod sched;
 pub mod sockdiag;

@@ -126,6 +126,12 @@ fn fold(mut acc: u32) -> u16 {
 /// The IP packet carrying `payload` from `src` to `dst` (both IPv4 or both
 /// IPv6), with a UDP checksum.
 pub fn packet(src: SocketAddr, dst: SocketAddr, payload: &[u8]) -> Option<Vec<u8>> {
+    packet_of(libc::IPPROTO_UDP, src, dst, payload)
+}
+
+/// [`packet`] for UDP (`IPPROTO_UDP`) or UDP-Lite (`IPPROTO_UDPLITE`,
+/// whose length field, the checksum coverage, then covers it all).
+pub fn packet_of(proto: i32, src: SocketAddr, dst: SocketAddr, payload: &[u8]) -> Option<Vec<u8>> {
     let ulen = u16::try_from(8 + payload.len()).ok()?;
     let mut udp = Vec::with_capacity(ulen as usize);
     udp.extend_from_slice(&src.port().to_be_bytes());
@@ -133,7 +139,7 @@ pub fn packet(src: SocketAddr, dst: SocketAddr, payload: &[u8]) -> Option<Vec<u8
     udp.extend_from_slice(&ulen.to_be_bytes());
     udp.extend_from_slice(&[0, 0]);
     udp.extend_from_slice(payload);
-    ip_packet(src.ip(), dst.ip(), libc::IPPROTO_UDP as u8, udp, 6, true)
+    ip_packet(src.ip(), dst.ip(), proto as u8, udp, 6, true)
 }
 
 /// An IP packet from `src` to `dst` (both IPv4 or both IPv6) carrying
@@ -218,8 +224,19 @@ pub(crate) fn send_raw(ns_of: BorrowedFd<'_>, dst: IpAddr, pkt: &[u8], what: &st
 /// that source, looped back to `dst` (which must be an address of this
 /// host).
 pub fn inject(ns_of: impl AsFd, src: SocketAddr, dst: SocketAddr, payload: &[u8]) -> Result<()> {
+    inject_of(libc::IPPROTO_UDP, ns_of, src, dst, payload)
+}
+
+/// [`inject`] for UDP or UDP-Lite (`proto`, as [`packet_of`]).
+pub fn inject_of(
+    proto: i32,
+    ns_of: impl AsFd,
+    src: SocketAddr,
+    dst: SocketAddr,
+    payload: &[u8],
+) -> Result<()> {
     let what = format!("re-queuing a datagram from {src} to {dst}");
-    let pkt = packet(src, dst, payload)
+    let pkt = packet_of(proto, src, dst, payload)
         .ok_or_else(|| SysError::call_errno("sendto(raw)", &what, libc::EMSGSIZE))?;
     send_raw(ns_of.as_fd(), dst.ip(), &pkt, &what)
 }

@@ -980,7 +980,10 @@ pub fn check(fds: &[Fd], allow_changes: bool) -> Result<()> {
                 | FdKind::Memfd
                 | FdKind::Tty
                 | FdKind::External
-                | FdKind::Pidfd)
+                | FdKind::Pidfd
+                | FdKind::RawSocket
+                | FdKind::PacketSocket
+                | FdKind::NetlinkSocket)
         ) {
             continue;
         }
@@ -1432,6 +1435,12 @@ impl FdPlan {
                         EngineError::BadImage(format!("fd {} is a socket without details", f.fd))
                     })?;
                     sockets::udp::restore(r, f.fd, s, status_flags)?
+                }
+                k @ (FdKind::RawSocket | FdKind::PacketSocket | FdKind::NetlinkSocket) => {
+                    let s = f.socket.as_ref().ok_or_else(|| {
+                        EngineError::BadImage(format!("fd {} is a socket without details", f.fd))
+                    })?;
+                    sockets::restore_other(r, k, f.fd, s, status_flags)?
                 }
                 FdKind::Regular | FdKind::Directory | FdKind::CharDevice => {
                     let a = r

@@ -1,11 +1,18 @@
-//! UDP sockets (IPv4 and IPv6): bound, connected or neither, with their
+//! Datagram sockets of IPv4 and IPv6: UDP, UDP-Lite and ICMP "ping"
+//! sockets (SOCK_DGRAM, IPPROTO_ICMP / IPPROTO_ICMPV6), bound (a ping
+//! socket's port is its echo identifier), connected or neither, with their
 //! options and the datagrams waiting to be read. Each queued datagram is
 //! saved with its sender's address, and put back in the restored socket's
-//! queue as a datagram from that sender (godwit-sys `udp::inject`: a raw
-//! packet with that source address and port, looped back to the socket).
-//! What cannot be put back exactly is refused, named: datagrams queued on
-//! a socket that reads their destination address, timestamps or other
-//! ancillary data, or that shares its port (SO_REUSEPORT); a datagram
+//! queue as a datagram from that sender (a raw packet with that source
+//! address and port, looped back to the socket: godwit-sys `udp::inject_of`
+//! for UDP and UDP-Lite, `rawsock::inject_icmp` for the echo replies of a
+//! ping socket). A ping socket's queue cannot be peeked past its first
+//! message: its replies are read at dump time and put back at once the
+//! same way, in order. What cannot be put back exactly is refused, named:
+//! datagrams queued on a socket that reads their destination address,
+//! timestamps or other ancillary data, that shares its port
+//! (SO_REUSEPORT), or that is bound to a device other than lo
+//! (SO_BINDTODEVICE: re-sent datagrams come in through lo); a datagram
 //! being corked.
 
 use super::unsupported;
@@ -31,6 +38,16 @@ const OPTIONS: &[(i32, i32)] = &[
     (libc::SOL_SOCKET, libc::SO_RCVLOWAT),
     (libc::SOL_SOCKET, libc::SO_NO_CHECK),
     (libc::IPPROTO_UDP, libc::UDP_CORK),
+    (libc::SOL_SOCKET, libc::SO_LOCK_FILTER),
+];
+
+const UDPLITE_SEND_CSCOV: i32 = 10;
+const UDPLITE_RECV_CSCOV: i32 = 11;
+
+/// UDP-Lite's checksum coverage (sent, and required of what is received).
+const UDPLITE_OPTIONS: &[(i32, i32)] = &[
+    (libc::IPPROTO_UDPLITE, UDPLITE_SEND_CSCOV),
+    (libc::IPPROTO_UDPLITE, UDPLITE_RECV_CSCOV),
 ];
 
 /// Options of IPv4 sockets (and IPv6 ones, which answer them too).
@@ -83,9 +100,23 @@ const ANCILLARY: &[(i32, i32, &str)] = &[
     (libc::IPPROTO_UDP, libc::UDP_GRO, "UDP_GRO"),
 ];
 
-/// Describes UDP socket `fd` of `pid`, held by us as `ours` (from
-/// pidfd_getfd), with its queued datagrams.
-pub fn dump(pid: i32, fd: i32, ours: &OwnedFd) -> Result<Socket> {
+/// What a datagram socket of `protocol` is called in messages.
+fn kind_name(protocol: i32) -> &'static str {
+    match protocol {
+        libc::IPPROTO_UDPLITE => "UDP-Lite",
+        libc::IPPROTO_ICMP => "ICMP (ping)",
+        libc::IPPROTO_ICMPV6 => "ICMPv6 (ping)",
+        _ => "UDP",
+    }
+}
+
+fn is_ping(protocol: i32) -> bool {
+    protocol == libc::IPPROTO_ICMP || protocol == libc::IPPROTO_ICMPV6
+}
+
+/// Describes datagram socket `fd` (inode `ino`) of `pid`, held by us as
+/// `ours` (from pidfd_getfd), with its queued datagrams.
+pub fn dump(pid: i32, fd: i32, ino: u64, ours: &OwnedFd) -> Result<Socket> {
     let stage = "reading sockets";
     let opt = |l, n| process::getsockopt_int(ours, l, n).dumping(pid, stage);
     let family = opt(libc::SOL_SOCKET, libc::SO_DOMAIN)?;
@@ -96,32 +127,76 @@ pub fn dump(pid: i32, fd: i32, ours: &OwnedFd) -> Result<Socket> {
     } else {
         "IPv4"
     };
-    if protocol != libc::IPPROTO_UDP {
-        let what = match protocol {
-            libc::IPPROTO_UDPLITE => format!("a UDP-Lite/{v} socket"),
-            libc::IPPROTO_ICMP | libc::IPPROTO_ICMPV6 => format!("an ICMP ({v} ping) socket"),
-            p => format!("an {v} datagram socket of protocol {p}"),
-        };
-        return Err(unsupported(pid, fd, what));
+    if !matches!(
+        protocol,
+        libc::IPPROTO_UDP | libc::IPPROTO_UDPLITE | libc::IPPROTO_ICMP | libc::IPPROTO_ICMPV6
+    ) {
+        return Err(unsupported(
+            pid,
+            fd,
+            format!("an {v} datagram socket of protocol {protocol}"),
+        ));
     }
     let addr = process::getsockname(ours).dumping(pid, stage)?;
-    let peer_addr = match process::getpeername(ours) {
-        Ok(a) => a,
-        Err(e) if e.errno() == Some(libc::ENOTCONN) => Vec::new(),
-        Err(e) => return Err(e).dumping(pid, stage),
+    let peer_addr = if is_ping(protocol) {
+        // getpeername answers ENOTCONN for a connected ping socket (it
+        // has no remote port): /proc/PID/net/icmp{,6} has its peer.
+        let file = if family == libc::AF_INET6 {
+            "icmp6"
+        } else {
+            "icmp"
+        };
+        match godwit_sys::rawsock::proc_inet(pid, file, ino).dumping(pid, stage)? {
+            Some(p) if p.state == 1 => t::raw_sockaddr(SocketAddr::new(p.remote.0, 0)),
+            Some(_) => Vec::new(),
+            None => {
+                return Err(unsupported(
+                    pid,
+                    fd,
+                    format!("a {v} ping socket not listed in /proc/{pid}/net/{file}"),
+                ))
+            }
+        }
+    } else {
+        match process::getpeername(ours) {
+            Ok(a) => a,
+            Err(e) if e.errno() == Some(libc::ENOTCONN) => Vec::new(),
+            Err(e) => return Err(e).dumping(pid, stage),
+        }
     };
-    let me = format!("a UDP/{v} socket {}", describe(&addr, &peer_addr));
+    let me = format!(
+        "a {}/{v} socket {}",
+        kind_name(protocol),
+        describe(&addr, &peer_addr)
+    );
     let mut options = Vec::new();
     let family_options = if family == libc::AF_INET6 {
         IPV6_OPTIONS
     } else {
         IPV4_OPTIONS
     };
-    for &(level, name) in OPTIONS.iter().chain(family_options) {
+    let lite: &[(i32, i32)] = if protocol == libc::IPPROTO_UDPLITE {
+        UDPLITE_OPTIONS
+    } else {
+        &[]
+    };
+    let ancillary = ANCILLARY.iter().map(|&(l, n, _)| (l, n));
+    for (level, name) in OPTIONS
+        .iter()
+        .chain(family_options)
+        .chain(lite)
+        .copied()
+        .chain(ancillary)
+    {
+        if family == libc::AF_INET && level == libc::IPPROTO_IPV6 {
+            continue;
+        }
         if let Ok(value) = process::getsockopt_int(ours, level, name) {
             options.push(SockOpt { level, name, value });
         }
     }
+    let filter = super::read_filter(pid, fd, ours, &me)?;
+    let device = super::read_bound_device(pid, ours)?;
     let (_, outq, _) = t::queue_lengths(ours).unwrap_or((0, 0, 0));
     if outq > 0 {
         return Err(unsupported(
@@ -130,10 +205,30 @@ pub fn dump(pid: i32, fd: i32, ours: &OwnedFd) -> Result<Socket> {
             format!("{me} with {outq} bytes of a datagram being built (UDP_CORK or MSG_MORE) or not yet sent; retry the dump"),
         ));
     }
-    let queue =
-        udp::peek_datagrams(ours).dumping(pid, "reading the datagrams queued on a UDP socket")?;
-    if !queue.is_empty() {
-        let n = queue.len();
+    let reading = "reading the datagrams queued on a datagram socket";
+    let counted = if is_ping(protocol) {
+        godwit_sys::rawsock::pending(ours)
+            .dumping(pid, reading)?
+            .then(|| "some".to_string())
+    } else {
+        match udp::queued(ours).dumping(pid, reading)? {
+            0 => None,
+            k => Some(k.to_string()),
+        }
+    };
+    let any = counted.is_some();
+    if let Some(n) = counted {
+        if let Some(dev) = device
+            .as_ref()
+            .map(super::device_name)
+            .filter(|d| d != "lo")
+        {
+            return Err(unsupported(
+                pid,
+                fd,
+                format!("{me} bound to device {dev} (SO_BINDTODEVICE) with {n} datagram(s) queued, which could not be put back (they would come in through lo); retry once they are read"),
+            ));
+        }
         if opt(libc::SOL_SOCKET, libc::SO_REUSEPORT)? != 0 {
             return Err(unsupported(
                 pid,
@@ -150,17 +245,24 @@ pub fn dump(pid: i32, fd: i32, ours: &OwnedFd) -> Result<Socket> {
                 ));
             }
         }
-        for d in &queue {
-            if t::sockaddr(&d.from).is_none() {
-                return Err(unsupported(
-                    pid,
-                    fd,
-                    format!("{me} with a datagram queued from {}", t::show(&d.from)),
-                ));
-            }
+    }
+    let queue = if !any {
+        Vec::new()
+    } else if is_ping(protocol) {
+        take_and_put_back(ours, protocol).dumping(pid, reading)?
+    } else {
+        udp::peek_datagrams(ours).dumping(pid, reading)?
+    };
+    for d in &queue {
+        if t::sockaddr(&d.from).is_none() {
+            return Err(unsupported(
+                pid,
+                fd,
+                format!("{me} with a datagram queued from {}", t::show(&d.from)),
+            ));
         }
     }
-    tracing::debug!(pid, fd, sock = %me, queued = queue.len(), "UDP socket read");
+    tracing::debug!(pid, fd, sock = %me, queued = queue.len(), "datagram socket read");
     let (queue, queue_from) = queue.into_iter().map(|d| (d.data, d.from)).unzip();
     Ok(Socket {
         family,
@@ -171,8 +273,22 @@ pub fn dump(pid: i32, fd: i32, ours: &OwnedFd) -> Result<Socket> {
         options,
         queue,
         queue_from,
+        filter,
+        byte_options: device.into_iter().collect(),
+        ino,
         ..Default::default()
     })
+}
+
+/// A ping socket's queued echo replies, read (its queue cannot be peeked
+/// past its head) and put back at once in the same socket, in order.
+fn take_and_put_back(sock: &OwnedFd, protocol: i32) -> Result<Vec<udp::Datagram>, SysError> {
+    let (before, _) = godwit_sys::rawsock::rcv_mem(sock)?;
+    let queue = godwit_sys::rawsock::take_datagrams(sock)?;
+    let from: Vec<Vec<u8>> = queue.iter().map(|d| d.from.clone()).collect();
+    let data: Vec<Vec<u8>> = queue.iter().map(|d| d.data.clone()).collect();
+    requeue_raw(sock, protocol, &data, &from, Some(before))?;
+    Ok(queue)
 }
 
 /// "bound to 127.0.0.1:5353, connected to 10.0.0.1:53".
@@ -205,9 +321,9 @@ fn destination(local: SocketAddr, from: SocketAddr) -> SocketAddr {
 fn failed(pid: i32, fd: i32, s: &Socket, what: &str, e: SysError) -> EngineError {
     EngineError::Restore {
         pid,
-        stage: "restoring a UDP socket",
+        stage: "restoring a datagram socket",
         source: SysError::Call {
-            call: "UDP socket",
+            call: kind_name(s.protocol),
             target: format!("fd {fd} {} ({what})", describe(&s.addr, &s.peer_addr)),
             source: match e.errno() {
                 Some(n) => std::io::Error::from_raw_os_error(n),
@@ -241,30 +357,14 @@ pub fn restore(r: &Remote, fd: i32, s: &Socket, status_flags: u64) -> Result<u64
             ],
         )
         .restoring(pid, "creating sockets")?;
-    let pidfd = process::pidfd_open(pid).restoring(pid, "restoring a UDP socket")?;
-    let sock = process::pidfd_getfd(&pidfd, sfd as i32).restoring(pid, "restoring a UDP socket")?;
+    let pidfd = process::pidfd_open(pid).restoring(pid, "restoring a datagram socket")?;
+    let sock =
+        process::pidfd_getfd(&pidfd, sfd as i32).restoring(pid, "restoring a datagram socket")?;
     let err = |what: &str| {
         let what = what.to_string();
         move |e: SysError| failed(pid, fd, s, &what, e)
     };
-    for o in &s.options {
-        let (name, value) = match (o.level, o.name) {
-            (libc::SOL_SOCKET, libc::SO_RCVBUF) => (libc::SO_RCVBUFFORCE, o.value / 2),
-            (libc::SOL_SOCKET, libc::SO_SNDBUF) => (libc::SO_SNDBUFFORCE, o.value / 2),
-            _ => (o.name, o.value),
-        };
-        if let Err(e) = t::set_int(&sock, o.level, name, value) {
-            if value != 0 {
-                return Err(failed(
-                    pid,
-                    fd,
-                    s,
-                    &format!("option {}/{}", o.level, o.name),
-                    e,
-                ));
-            }
-        }
-    }
+    super::apply_options(&sock, s).map_err(|(what, e)| failed(pid, fd, s, &what, e))?;
     let local = t::sockaddr(&s.addr);
     if local.is_some_and(|a| a.port() != 0) {
         t::bind(&sock, &s.addr).map_err(|e| {
@@ -282,12 +382,13 @@ pub fn restore(r: &Remote, fd: i32, s: &Socket, status_flags: u64) -> Result<u64
     if !s.queue.is_empty() {
         requeue(&sock, s).map_err(err("re-queuing its datagrams"))?;
     }
+    super::finish_filter(&sock, s).map_err(|(what, e)| failed(pid, fd, s, &what, e))?;
     tracing::debug!(
         pid,
         fd,
         sock = describe(&s.addr, &s.peer_addr),
         queued = s.queue.len(),
-        "UDP socket restored"
+        "datagram socket restored"
     );
     Ok(sfd)
 }
@@ -295,31 +396,73 @@ pub fn restore(r: &Remote, fd: i32, s: &Socket, status_flags: u64) -> Result<u64
 /// Puts the saved datagrams back in the queue of `sock`, from their
 /// senders, and waits until they are all there.
 fn requeue(sock: &OwnedFd, s: &Socket) -> Result<(), SysError> {
+    requeue_raw(sock, s.protocol, &s.queue, &s.queue_from, None)
+}
+
+/// [`requeue`] of `queue` (from `from`) on a socket of `protocol`. A ping
+/// socket's queue cannot be counted by peeking: its replies have all
+/// arrived when the receive queue holds `mem_goal` bytes again (the dump's
+/// own put-back), or else when its size stays the same a while, with no
+/// drop.
+fn requeue_raw(
+    sock: &OwnedFd,
+    protocol: i32,
+    queue: &[Vec<u8>],
+    from: &[Vec<u8>],
+    mem_goal: Option<u32>,
+) -> Result<(), SysError> {
     let bad = |what: &str| SysError::Proc {
-        path: "UDP socket".into(),
+        path: format!("{} socket", kind_name(protocol)),
         detail: what.to_string(),
     };
-    if s.queue_from.len() != s.queue.len() {
+    if from.len() != queue.len() {
         return Err(bad("queued datagrams without their senders"));
     }
     let local =
         t::sockaddr(&process::getsockname(sock)?).ok_or_else(|| bad("not an IPv4/IPv6 address"))?;
-    for (data, from) in s.queue.iter().zip(&s.queue_from) {
+    let (_, drops_before) = if is_ping(protocol) {
+        godwit_sys::rawsock::rcv_mem(sock)?
+    } else {
+        (0, 0)
+    };
+    for (data, from) in queue.iter().zip(from) {
         let from = t::sockaddr(from).ok_or_else(|| bad("a datagram without a sender"))?;
         let from = t::unmapped(from);
-        udp::inject(sock, from, destination(local, from), data)?;
+        let to = destination(local, from);
+        if is_ping(protocol) {
+            godwit_sys::rawsock::inject_icmp(sock, from.ip(), to.ip(), data)?;
+        } else {
+            udp::inject_of(protocol, sock, from, to, data)?;
+        }
     }
     // Looped-back packets are queued by the network stack shortly after.
     let t0 = Instant::now();
+    let mut last = (u32::MAX, Instant::now());
     loop {
-        let n = udp::queued(sock)?;
-        if n >= s.queue.len() {
+        let done = if is_ping(protocol) {
+            let (mem, drops) = godwit_sys::rawsock::rcv_mem(sock)?;
+            if drops != drops_before {
+                return Err(bad(&format!(
+                    "{} re-sent echo replies dropped (the receive buffer is too small?)",
+                    drops.wrapping_sub(drops_before)
+                )));
+            }
+            if mem != last.0 {
+                last = (mem, Instant::now());
+            }
+            queue.is_empty()
+                || mem_goal == Some(mem)
+                || (mem > 0 && last.1.elapsed() > Duration::from_millis(50))
+        } else {
+            udp::queued(sock)? >= queue.len()
+        };
+        if done {
             return Ok(());
         }
         if t0.elapsed() > Duration::from_secs(2) {
             return Err(bad(&format!(
-                "{n} of {} re-sent datagrams arrived (dropped by a firewall, or the receive buffer is too small?)",
-                s.queue.len()
+                "the {} re-sent datagrams did not all arrive (dropped by a firewall, or the receive buffer is too small?)",
+                queue.len()
             )));
         }
         std::thread::sleep(Duration::from_millis(2));
