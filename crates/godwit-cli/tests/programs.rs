@@ -1337,3 +1337,47 @@ fn process_in_a_session_other_than_its_parents_is_refused_at_dump() {
 fn zombie_in_a_siblings_group() {
     restorebugs("zombiegroup");
 }
+
+/// The deleted program in one mode (its argument): dump (then also dump
+/// --leave-running), end the original, restore, and the program checks
+/// its own state.
+fn deleted(mode: &str) {
+    for leave_running in [false, true] {
+        let mut p = common::Proc::test_prog_with("deleted", &[mode]);
+        p.dump(if leave_running {
+            &["--leave-running"]
+        } else {
+            &[]
+        });
+        p.end_original();
+        p.restore();
+        let v = p.verdict();
+        assert_eq!(
+            v,
+            "PASS",
+            "deleted {mode} (leave_running={leave_running}): {v}; output: {}",
+            p.output()
+        );
+    }
+}
+
+/// A FIFO with unread data, a directory, a symlink (O_PATH|O_NOFOLLOW) and
+/// a device node, each removed while open: made again under a temporary
+/// name next to where they were, opened, and removed again.
+#[test]
+fn deleted_fifo_directory_symlink_and_device() {
+    deleted("nodes");
+}
+
+/// A working directory that was removed.
+#[test]
+fn deleted_working_directory() {
+    deleted("cwd");
+}
+
+/// Private mappings of a deleted file and of a memfd (pages written, read
+/// and untouched), and of /dev/zero, shared with a child and private.
+#[test]
+fn private_mappings_of_deleted_files_memfds_and_dev_zero() {
+    deleted("maps");
+}

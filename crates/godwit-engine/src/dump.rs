@@ -1038,6 +1038,7 @@ fn collect(r: &Remote, frozen: &Frozen, mut p: Process) -> Result<Process> {
     p.fds = f.fds;
     p.pipes = f.pipes;
     p.cwd = f.cwd;
+    p.cwd_deleted = f.cwd_deleted;
     p.root = files::dump_root(r.pid)?;
     Ok(p)
 }

@@ -211,6 +211,7 @@ pub fn restore_deferring(
         memory::check_files(&p.vmas, opts.allow_file_changes)?;
         files::check(&p.fds, opts.allow_file_changes)?;
         files::check_root(p)?;
+        crate::resources::deleted::check(p)?;
         files::check_pipe_sizes(p.pid, &p.fds)?;
         sockets::tcp::check(p, opts.tcp_established)?;
     }
@@ -862,12 +863,20 @@ fn build(
     let lap = |what: &str| tracing::debug!(ms = t.elapsed().as_secs_f64() * 1e3, "build: {what}");
     place_vdso(r, &p.vmas)?;
     lap("vdso");
-    memory::restore(r, &p.vmas, pages, progress, &|id| shm.fd(id), premapped)?;
+    memory::restore(
+        r,
+        &p.vmas,
+        pages,
+        progress,
+        &|id| shm.fd(id),
+        &|node| plan.node_fd(p, node),
+        premapped,
+    )?;
     crate::resources::numa::restore_vmas(r, p)?;
     shm.close(r)?;
     lap("memory");
     attrs::restore_mm(r, p)?;
-    files::restore_cwd(r, &p.cwd)?;
+    plan.restore_cwd(r, p)?;
     plan.place(r, p)?;
     // After every descriptor of this process is placed (closing one would
     // drop its POSIX locks).

@@ -5,7 +5,7 @@
 
 use crate::error::{DumpCtx, EngineError, RestoreCtx, Result};
 use crate::remote::Remote;
-use crate::resources::{anon, external, memory, pidfd, sockets, tty};
+use crate::resources::{anon, deleted, external, memory, pidfd, sockets, tty};
 use crate::schema::{EpollTarget, Extent, External, Fd, FdKind, Pipe, Process};
 use godwit_sys::{proc, process};
 use std::collections::{BTreeMap, HashMap};
@@ -26,6 +26,8 @@ pub struct Files {
     pub fds: Vec<Fd>,
     pub pipes: Vec<Pipe>,
     pub cwd: String,
+    /// The working directory when it was removed (see `Process::cwd_deleted`).
+    pub cwd_deleted: Option<Fd>,
 }
 
 fn unsupported(pid: i32, fd: i32, what: impl std::fmt::Display) -> EngineError {
@@ -41,12 +43,7 @@ pub fn dump(pid: i32) -> Result<Files> {
         .dumping(pid, "reading the cwd")?
         .to_string_lossy()
         .into_owned();
-    if cwd.ends_with(" (deleted)") {
-        return Err(EngineError::Unsupported {
-            pid,
-            what: format!("a deleted working directory ({cwd})"),
-        });
-    }
+    let cwd_deleted = dump_deleted_cwd(pid, &cwd)?;
     let mut fds = Vec::new();
     let mut lock_lines = Vec::new();
     let mut pidfd: Option<OwnedFd> = None;
@@ -105,7 +102,16 @@ pub fn dump(pid: i32) -> Result<Files> {
         }
     }
     let pipes = Vec::new();
-    Ok(Files { fds, pipes, cwd })
+    let cwd = match &cwd_deleted {
+        Some(d) => d.path.clone(),
+        None => cwd,
+    };
+    Ok(Files {
+        fds,
+        pipes,
+        cwd,
+        cwd_deleted,
+    })
 }
 
 /// The PID and the rest of a path under /proc/PID/ (`/proc/12/stat` →
@@ -273,7 +279,7 @@ fn describe(
     }
     if let Some(path) = target.strip_suffix(" (deleted)") {
         e.path = path.to_string();
-        save_deleted(pid, fd, &mut e)?;
+        save_deleted(pid, fd, pidfd, &mut e)?;
         return Ok(e);
     }
     let md = std::fs::metadata(format!("/proc/{pid}/fd/{fd}"))
@@ -481,6 +487,9 @@ pub fn link_descriptions(procs: &mut [Process], accept_pending: bool) -> Result<
     // Candidates for sharing have the same kind, path, pipe, socket and
     // access mode; kcmp then tells whether two fds are one description.
     type Key = (i32, String, u64, u32, u64);
+    for p in procs.iter().filter(|p| !p.zombie) {
+        memory::check_deleted_maps(p)?;
+    }
     let mut reps: HashMap<Key, Vec<(i32, i32, u64)>> = HashMap::new();
     let mut next_id = 1u64;
     for p in procs.iter_mut().filter(|p| !p.zombie) {
@@ -695,28 +704,136 @@ pub(crate) fn mark_external(
 /// Largest deleted-but-open file whose contents a dump keeps.
 const MAX_DELETED: u64 = 64 << 20;
 
-/// Keeps the contents of a regular file that was deleted while open.
-fn save_deleted(pid: i32, fd: i32, e: &mut Fd) -> Result<()> {
+/// Character devices a deleted node of may be made again (with mknod):
+/// those that hold no state, as [`STATELESS_DEVICES`] (1:3 null, 1:5 zero,
+/// 1:7 full, 1:8 random, 1:9 urandom).
+const STATELESS_RDEVS: &[(u32, u32)] = &[(1, 3), (1, 5), (1, 7), (1, 8), (1, 9)];
+
+/// Refuses a deleted object (of fd `fd`, at `path`) whose directory is gone
+/// too: there is nowhere to make it again next to where it was.
+fn check_deleted_dir(pid: i32, fd: Option<i32>, path: &str) -> Result<()> {
+    let dir = std::path::Path::new(path)
+        .parent()
+        .unwrap_or(std::path::Path::new("/"));
+    if std::fs::metadata(dir).is_ok_and(|m| m.is_dir()) {
+        return Ok(());
+    }
+    let what = format!(
+        "the deleted {path}, whose directory {} is gone too: it cannot be made again next to where it was",
+        dir.display()
+    );
+    Err(match fd {
+        Some(fd) => unsupported(pid, fd, what),
+        None => EngineError::Unsupported { pid, what },
+    })
+}
+
+/// Saves what makes a deleted object again (besides a regular file's
+/// data): its kind, mode, owner, group, times and identity.
+fn deleted_meta(e: &mut Fd, md: &std::fs::Metadata) {
+    e.deleted = true;
+    e.node_id = memory::shmem_id_of(md.dev(), md.ino());
+    e.mode = md.mode() & 0o7777;
+    e.uid = md.uid();
+    e.gid = md.gid();
+    e.atime_ns = md.atime() * 1_000_000_000 + md.atime_nsec();
+    e.mtime_ns = md.mtime() * 1_000_000_000 + md.mtime_nsec();
+}
+
+/// The working directory `cwd` (as /proc/PID/cwd reads) of `pid` when it
+/// was removed: described as a deleted directory.
+fn dump_deleted_cwd(pid: i32, cwd: &str) -> Result<Option<Fd>> {
+    let Some(path) = cwd.strip_suffix(" (deleted)") else {
+        return Ok(None);
+    };
+    let link = format!("/proc/{pid}/cwd");
+    let md = std::fs::metadata(&link).map_err(|err| EngineError::Unsupported {
+        pid,
+        what: format!("a deleted working directory ({cwd}) that cannot be read ({err})"),
+    })?;
+    check_deleted_dir(pid, None, path).map_err(|_| EngineError::Unsupported {
+        pid,
+        what: format!(
+            "a deleted working directory ({path}) whose own directory is gone too: it cannot be made again next to where it was"
+        ),
+    })?;
+    let mut e = Fd {
+        fd: -1,
+        kind: FdKind::Directory as i32,
+        path: path.to_string(),
+        ..Default::default()
+    };
+    deleted_meta(&mut e, &md);
+    Ok(Some(e))
+}
+
+/// Keeps what makes again an object that was deleted while open: a regular
+/// file's contents, a FIFO, a directory, a symlink (O_PATH|O_NOFOLLOW) or
+/// a stateless character device node.
+fn save_deleted(pid: i32, fd: i32, pidfd: &mut Option<OwnedFd>, e: &mut Fd) -> Result<()> {
     let link = format!("/proc/{pid}/fd/{fd}");
+    // /proc/PID/fd/N leads to the object itself (to the symlink, for an
+    // O_PATH|O_NOFOLLOW descriptor of one).
     let md =
         std::fs::metadata(&link).map_err(|err| unsupported(pid, fd, format!("{link}: {err}")))?;
-    if md.file_type().is_char_device() {
-        return Err(unsupported(
-            pid,
-            fd,
-            format!(
-                "{}, a device whose node was removed (a terminal whose master side was closed is left so)",
-                e.path
-            ),
-        ));
+    let ft = md.file_type();
+    if !ft.is_file() {
+        let kind = if ft.is_fifo() {
+            e.pipe_id = memory::shmem_id_of(md.dev(), md.ino());
+            FdKind::Fifo
+        } else if ft.is_dir() {
+            FdKind::Directory
+        } else if ft.is_char_device() {
+            let rdev = dev_numbers(md.rdev());
+            if !STATELESS_RDEVS.contains(&rdev) {
+                return Err(unsupported(
+                    pid,
+                    fd,
+                    format!(
+                        "{}, a removed node of character device {}:{}, which is not one that holds no state (null, zero, full, random, urandom; a terminal whose master side was closed is left so too)",
+                        e.path, rdev.0, rdev.1
+                    ),
+                ));
+            }
+            e.rdev = md.rdev();
+            FdKind::CharDevice
+        } else if is_o_path(e) && is_deleted_symlink(pid, fd, pidfd)? {
+            let pfd = match &pidfd {
+                Some(p) => p,
+                None => pidfd.insert(process::pidfd_open(pid).dumping(pid, "reading a symlink")?),
+            };
+            let ours = process::pidfd_getfd(pfd, fd).dumping(pid, "reading a symlink")?;
+            let target = process::readlink_fd(&ours).dumping(pid, "reading a symlink")?;
+            e.link_target = String::from_utf8(target).map_err(|_| {
+                unsupported(
+                    pid,
+                    fd,
+                    format!("the deleted symlink {}, whose target is not UTF-8", e.path),
+                )
+            })?;
+            e.flags |= libc::O_NOFOLLOW as u32;
+            FdKind::Regular
+        } else {
+            return Err(unsupported(
+                pid,
+                fd,
+                format!(
+                    "{}, a deleted {} (block devices and sockets are not made again)",
+                    e.path,
+                    if ft.is_block_device() {
+                        "block device node"
+                    } else {
+                        "non-regular file"
+                    }
+                ),
+            ));
+        };
+        check_deleted_dir(pid, Some(fd), &e.path)?;
+        e.kind = kind as i32;
+        deleted_meta(e, &md);
+        return Ok(());
     }
-    if !md.file_type().is_file() {
-        return Err(unsupported(
-            pid,
-            fd,
-            format!("a deleted non-regular file {}", e.path),
-        ));
-    }
+    check_deleted_dir(pid, Some(fd), &e.path)?;
     // Without touching its access time (O_NOATIME needs to own the file
     // or CAP_FOWNER; otherwise it is read plainly).
     let open = |noatime: bool| {
@@ -758,15 +875,27 @@ fn save_deleted(pid: i32, fd: i32, e: &mut Fd) -> Result<()> {
     }
     e.deleted_data = data;
     e.extents = extents;
-    e.deleted = true;
     e.kind = FdKind::Regular as i32;
     e.size = md.size();
-    e.mode = md.mode() & 0o7777;
-    e.uid = md.uid();
-    e.gid = md.gid();
-    e.atime_ns = md.atime() * 1_000_000_000 + md.atime_nsec();
-    e.mtime_ns = md.mtime() * 1_000_000_000 + md.mtime_nsec();
+    deleted_meta(e, &md);
     Ok(())
+}
+
+/// Whether fd `fd` of `pid` (O_PATH) is a symlink: its stat through the
+/// descriptor itself (AT_EMPTY_PATH), since /proc/PID/fd/N leads to it.
+fn is_deleted_symlink(pid: i32, fd: i32, pidfd: &mut Option<OwnedFd>) -> Result<bool> {
+    let pfd = match &pidfd {
+        Some(p) => p,
+        None => pidfd.insert(process::pidfd_open(pid).dumping(pid, "reading a symlink")?),
+    };
+    let ours = process::pidfd_getfd(pfd, fd).dumping(pid, "reading a symlink")?;
+    let (mode, _, _) = process::fd_stat(std::os::fd::AsFd::as_fd(&ours)).dumping(pid, "reading a symlink")?;
+    Ok(mode & libc::S_IFMT == libc::S_IFLNK)
+}
+
+/// (major, minor) of a device number.
+fn dev_numbers(rdev: u64) -> (u32, u32) {
+    (libc::major(rdev), libc::minor(rdev))
 }
 
 /// The ranges of `file` (of `size` bytes) that hold data, found with
@@ -813,119 +942,6 @@ pub(crate) fn system_time(ns: i64) -> std::time::SystemTime {
     } else {
         std::time::UNIX_EPOCH - d
     }
-}
-
-/// Gives a recreated deleted file (`file`, at `tmp`) the owner, mode and
-/// times it had: chown first (it clears set-id bits), then the mode, and
-/// the times last (the rest changes only the ctime, which cannot be set).
-fn set_deleted_meta(pid: i32, f: &Fd, file: &std::fs::File, tmp: &str) -> Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    let fail = |what: &str, e: std::io::Error| EngineError::Restore {
-        pid,
-        stage: "recreating a deleted file",
-        source: godwit_sys::SysError::Proc {
-            path: tmp.to_string(),
-            detail: format!("fd {} (deleted {}): {what}: {e}", f.fd, f.path),
-        },
-    };
-    let md = file.metadata().map_err(|e| fail("stat", e))?;
-    if (md.uid(), md.gid()) != (f.uid, f.gid) {
-        std::os::unix::fs::fchown(file, Some(f.uid), Some(f.gid))
-            .map_err(|e| fail(&format!("setting its owner {}:{}", f.uid, f.gid), e))?;
-    }
-    file.set_permissions(std::fs::Permissions::from_mode(f.mode))
-        .map_err(|e| fail(&format!("setting its mode {:o}", f.mode), e))?;
-    // Older images have no times.
-    if f.atime_ns != 0 || f.mtime_ns != 0 {
-        let times = std::fs::FileTimes::new()
-            .set_accessed(system_time(f.atime_ns))
-            .set_modified(system_time(f.mtime_ns));
-        file.set_times(times)
-            .map_err(|e| fail("setting its access and modification times", e))?;
-    }
-    Ok(())
-}
-
-/// Recreates a deleted-but-open file in process `r`: under a temporary name
-/// next to where it was, filled, opened with the saved flags, then unlinked.
-fn recreate_deleted(r: &Remote, f: &Fd, oflags: u32) -> Result<u64> {
-    let pid = r.pid;
-    let stage = "recreating a deleted file";
-    let tmp = format!("{}.godwit-{}-{}", f.path, pid, f.fd);
-    let a = r.put_cstr(0, &tmp).restoring(pid, stage)?;
-    let wfd = r
-        .call(
-            "openat",
-            libc::SYS_openat,
-            [
-                libc::AT_FDCWD as u64,
-                a,
-                (libc::O_RDWR | libc::O_CREAT | libc::O_EXCL | libc::O_CLOEXEC) as u64,
-                f.mode as u64,
-                0,
-                0,
-            ],
-        )
-        .map_err(|e| EngineError::FileChanged {
-            path: f.path.clone(),
-            detail: format!(
-                "fd {} (a deleted file) cannot be recreated in its directory ({e})",
-                f.fd
-            ),
-        })?;
-    let pidfd = process::pidfd_open(pid).restoring(pid, stage)?;
-    let ours = process::pidfd_getfd(&pidfd, wfd as i32).restoring(pid, stage)?;
-    let file = std::fs::File::from(ours);
-    let write_err = |e: std::io::Error| EngineError::Restore {
-        pid,
-        stage,
-        source: godwit_sys::SysError::Proc {
-            path: tmp.clone(),
-            detail: format!("fd {} (deleted {}): {e}", f.fd, f.path),
-        },
-    };
-    // The size first (all hole), then the data ranges: what was a hole
-    // stays one. Older images have no ranges: the data is the whole file.
-    file.set_len(f.size.max(f.deleted_data.len() as u64))
-        .map_err(write_err)?;
-    let whole = [Extent {
-        offset: 0,
-        length: f.deleted_data.len() as u64,
-    }];
-    let extents = if f.extents.is_empty() {
-        &whole[..]
-    } else {
-        &f.extents[..]
-    };
-    let mut at = 0usize;
-    for x in extents {
-        let end = at.saturating_add(x.length as usize);
-        let part = f.deleted_data.get(at..end).ok_or_else(|| {
-            EngineError::BadImage(format!(
-                "fd {} (deleted {}): its data ranges go past its saved data",
-                f.fd, f.path
-            ))
-        })?;
-        std::os::unix::fs::FileExt::write_all_at(&file, part, x.offset).map_err(write_err)?;
-        at = end;
-    }
-    set_deleted_meta(pid, f, &file, &tmp)?;
-    let fd = r
-        .call(
-            "openat",
-            libc::SYS_openat,
-            [libc::AT_FDCWD as u64, a, oflags as u64, 0, 0, 0],
-        )
-        .restoring(pid, stage)?;
-    r.call(
-        "unlinkat",
-        libc::SYS_unlinkat,
-        [libc::AT_FDCWD as u64, a, 0, 0, 0, 0],
-    )
-    .restoring(pid, stage)?;
-    r.call("close", libc::SYS_close, [wfd, 0, 0, 0, 0, 0])
-        .restoring(pid, stage)?;
-    Ok(fd)
 }
 
 /// Copies the unread bytes of the pipe behind `fd` of `pid` without consuming them.
@@ -1073,6 +1089,8 @@ pub struct FdPlan {
     /// Unix socket groups finished once every process exists (their queues
     /// carry credentials of processes created after theirs): (creator, group).
     unix_late: std::sync::Mutex<Vec<(usize, sockets::unix::PendingGroup)>>,
+    /// Objects deleted while open: made again once, used by every holder.
+    nodes: deleted::Nodes,
 }
 
 /// The lowest common ancestor (by index, parents before children) of `set`.
@@ -1190,6 +1208,7 @@ impl FdPlan {
             .map(|(pipe, (_, id))| (id, pipe))
             .collect();
         let max_id = descs.keys().next_back().copied().unwrap_or(0);
+        let nodes = deleted::Nodes::new(descs.values().map(|(_, f)| f), procs);
         let holder_fds = procs
             .iter()
             .enumerate()
@@ -1211,6 +1230,7 @@ impl FdPlan {
             unix_late: Default::default(),
             external,
             pids: procs.iter().map(|p| p.pid).collect(),
+            nodes,
         })
     }
 
@@ -1414,7 +1434,15 @@ impl FdPlan {
                     }
                     fd
                 }
-                FdKind::Fifo => self.open_fifo(r, *id, f)?,
+                FdKind::Fifo if f.deleted => {
+                    let oflags = f.flags
+                        & !((libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC | libc::O_NOCTTY) as u32);
+                    self.nodes
+                        .use_node(r, f, deleted::Use::Open(oflags), &|tmp| {
+                            self.open_fifo(r, *id, f, tmp)
+                        })?
+                }
+                FdKind::Fifo => self.open_fifo(r, *id, f, &f.path)?,
                 FdKind::TcpListen => {
                     let s = f.socket.as_ref().ok_or_else(|| {
                         EngineError::BadImage(format!("fd {} is a socket without details", f.fd))
@@ -1440,7 +1468,8 @@ impl FdPlan {
                     let oflags = f.flags
                         & !((libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC | libc::O_NOCTTY) as u32);
                     let fd = if f.deleted {
-                        recreate_deleted(r, f, oflags)?
+                        self.nodes
+                            .use_node(r, f, deleted::Use::Open(oflags), &|_| unreachable!())?
                     } else {
                         r.call(
                             "openat",
@@ -1486,10 +1515,10 @@ impl FdPlan {
     /// blocking: the FIFO is opened read-write first (which never waits for
     /// a peer and is a peer for both ends), then again through
     /// /proc/self/fd with the saved flags; the saved data is written once.
-    fn open_fifo(&self, r: &Remote, id: u64, f: &Fd) -> Result<u64> {
+    fn open_fifo(&self, r: &Remote, id: u64, f: &Fd, path: &str) -> Result<u64> {
         let pid = r.pid;
         let stage = "opening FIFOs";
-        let a = r.put_cstr(0, &f.path).restoring(pid, stage)?;
+        let a = r.put_cstr(0, path).restoring(pid, stage)?;
         let both = r
             .call(
                 "openat",
@@ -1765,6 +1794,32 @@ pub fn restore_root(r: &Remote, p: &Process) -> Result<()> {
             detail: format!("the root directory (chroot) cannot be entered ({e})"),
         })?;
     Ok(())
+}
+
+impl FdPlan {
+    /// Sets the working directory of process `p` (`r`): a removed one is
+    /// made again (or found, when a descriptor of the tree holds it) and
+    /// entered ([`deleted::Nodes`]).
+    pub fn restore_cwd(&self, r: &Remote, p: &Process) -> Result<()> {
+        match &p.cwd_deleted {
+            Some(d) => {
+                self.nodes
+                    .use_node(r, d, deleted::Use::Chdir, &|_| unreachable!())?;
+                Ok(())
+            }
+            None => restore_cwd(r, &p.cwd),
+        }
+    }
+
+    /// The staging descriptor (in process `p`, before it places its fds) of
+    /// a description of the deleted file `node` that `p` holds: what a
+    /// private mapping of that file is mapped from.
+    pub fn node_fd(&self, p: &Process, node: u64) -> Option<u64> {
+        p.fds
+            .iter()
+            .find(|f| f.deleted && f.node_id == node && f.kind == FdKind::Regular as i32)
+            .map(|f| self.stage(f.file_id))
+    }
 }
 
 pub fn restore_cwd(r: &Remote, cwd: &str) -> Result<()> {

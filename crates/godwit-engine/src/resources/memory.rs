@@ -54,6 +54,10 @@ pub(crate) fn kind_of(pid: i32, e: &MapEntry) -> Result<VmaKind> {
         n if e.shared && n.ends_with(" (deleted)") && (n.starts_with('/') || n.starts_with("/memfd:")) => {
             VmaKind::AnonShared
         }
+        // Private mappings of a memfd or of a deleted file: mapped again
+        // from the memfd made again (Vma::shmem_id) or from the file
+        // recreated for a descriptor of the process (Vma::deleted_node).
+        n if !e.shared && n.starts_with('/') && n.ends_with(" (deleted)") => VmaKind::FilePrivate,
         n if n.starts_with('/') && !n.ends_with(" (deleted)") => {
             if e.shared {
                 VmaKind::FileShared
@@ -345,7 +349,10 @@ pub fn plan_sharing(
         if kind == VmaKind::SysvShm {
             sysv::describe_attach(pid, e, &mut vma)?;
         }
-        if matches!(kind, VmaKind::FilePrivate | VmaKind::FileShared) {
+        let deleted = kind == VmaKind::FilePrivate && e.name.ends_with(" (deleted)");
+        if deleted {
+            describe_deleted_private(pid, e, &mut vma)?;
+        } else if matches!(kind, VmaKind::FilePrivate | VmaKind::FileShared) {
             let md = std::fs::metadata(&e.name).map_err(|err| EngineError::Unsupported {
                 pid,
                 what: format!("the mapped file {} cannot be opened ({err})", e.name),
@@ -444,6 +451,55 @@ pub fn plan_sharing(
     }
     sysv::check_attaches(pid, &out)?;
     Ok(out)
+}
+
+/// Describes `vma`, a private mapping `e` of a deleted file or memfd: a
+/// memfd's (on tmpfs, with seals) by its shmem object, whose contents are
+/// kept like a shared one's; a deleted file's by its `Fd::node_id`, which a
+/// descriptor of the process must hold ([`check_deleted_maps`]). Either way
+/// only the pages the process wrote are stored.
+fn describe_deleted_private(pid: i32, e: &MapEntry, vma: &mut Vma) -> Result<()> {
+    let path = format!("/proc/{pid}/map_files/{:x}-{:x}", e.start, e.end);
+    let f = std::fs::File::open(&path).map_err(|err| EngineError::Unsupported {
+        pid,
+        what: format!(
+            "the private mapping {:#x}-{:#x} of {}, whose file cannot be read ({err})",
+            e.start, e.end, e.name
+        ),
+    })?;
+    let id = shmem_id(e.dev_major, e.dev_minor, e.inode);
+    let is_memfd = memfd_name(&e.name).is_some()
+        && godwit_sys::process::fs_type(&path).is_ok_and(|t| t == libc::TMPFS_MAGIC)
+        && godwit_sys::process::memfd_seals(&f).is_ok();
+    if is_memfd {
+        let size = f.metadata().map(|m| m.size()).unwrap_or(0);
+        vma.shmem_id = id;
+        vma.shmem_size = size;
+    } else {
+        vma.deleted_node = id;
+    }
+    Ok(())
+}
+
+/// Refuses a private mapping of a deleted file that no descriptor of the
+/// same process holds: the file is made again for a descriptor
+/// (resources::files), and the mapping from it.
+pub fn check_deleted_maps(p: &crate::schema::Process) -> Result<()> {
+    for v in p.vmas.iter().filter(|v| v.deleted_node != 0) {
+        let held = p.fds.iter().any(|f| {
+            f.deleted && f.node_id == v.deleted_node && f.kind == FdKind::Regular as i32
+        });
+        if !held {
+            return Err(EngineError::Unsupported {
+                pid: p.pid,
+                what: format!(
+                    "the private mapping {:#x}-{:#x} of a deleted file that no descriptor of the process holds any more (its contents past the mapped range are not kept)",
+                    v.start, v.end
+                ),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// The id of a shmem object (`Vma::shmem_id`, `Fd::shmem_id`): its device
@@ -1462,7 +1518,8 @@ pub fn is_special(v: &Vma) -> bool {
 /// Maps every ordinary VMA at its address in the restored process, writes the
 /// stored pages, and sets the final protections and advice.
 /// `shmem_fd` gives, for a shmem id, the descriptor (in the process) of the
-/// object created for it (see [`ShmPlan`]).
+/// object created for it (see [`ShmPlan`]); `node_fd`, for a deleted file
+/// (`Vma::deleted_node`), a descriptor of the file made again for it.
 /// `premapped`: the bounds of VMAs already mapped and filled by
 /// [`restore_early`] (only their protections, advice and locks are left).
 pub fn restore(
@@ -1471,6 +1528,7 @@ pub fn restore(
     pages: &Pages,
     progress: &dyn Progress,
     shmem_fd: &dyn Fn(u64) -> Option<u64>,
+    node_fd: &dyn Fn(u64) -> Option<u64>,
     premapped: &[(u64, u64)],
 ) -> Result<()> {
     let pid = r.pid;
@@ -1505,6 +1563,51 @@ pub fn restore(
                     u64::MAX
                 }
             },
+            // A private mapping of a memfd: from the memfd made again.
+            VmaKind::FilePrivate if v.shmem_id != 0 => {
+                flags |= libc::MAP_PRIVATE as u64;
+                shmem_fd(v.shmem_id).ok_or_else(|| {
+                    EngineError::BadImage(format!(
+                        "the private mapping {:#x}-{:#x} of a memfd has no shared memory object",
+                        v.start, v.end
+                    ))
+                })?
+            }
+            // A private mapping of a deleted file: from the file made again
+            // for a descriptor of the process, opened again read-only (that
+            // descriptor may be write-only or O_PATH).
+            VmaKind::FilePrivate if v.deleted_node != 0 => {
+                flags |= libc::MAP_PRIVATE as u64;
+                let held = node_fd(v.deleted_node).ok_or_else(|| {
+                    EngineError::BadImage(format!(
+                        "the private mapping {:#x}-{:#x} of a deleted file that no descriptor of process {pid} holds",
+                        v.start, v.end
+                    ))
+                })?;
+                let path = format!("/proc/self/fd/{held}");
+                match files.get(&(path.clone(), false)) {
+                    Some(fd) => *fd,
+                    None => {
+                        let a = r.put_cstr(0, &path).restoring(pid, "mapping files")?;
+                        let fd = r
+                            .call(
+                                "openat",
+                                libc::SYS_openat,
+                                [
+                                    libc::AT_FDCWD as u64,
+                                    a,
+                                    (libc::O_RDONLY | libc::O_CLOEXEC) as u64,
+                                    0,
+                                    0,
+                                    0,
+                                ],
+                            )
+                            .restoring(pid, "opening a mapped deleted file")?;
+                        files.insert((path, false), fd);
+                        fd
+                    }
+                }
+            }
             VmaKind::FilePrivate | VmaKind::FileShared => {
                 let shared = k == VmaKind::FileShared;
                 flags |= if shared {

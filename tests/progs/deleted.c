@@ -1,0 +1,244 @@
+/* Deleted things still open, and private mappings of deleted files and
+ * memfds; one case per mode (the argument after DIR):
+ *   nodes - a FIFO (with unread data; a read end and a write end opened
+ *           apart), a directory (mode 0751), a symlink opened with
+ *           O_PATH|O_NOFOLLOW and a character device node (a copy of
+ *           /dev/null made with mknod), each removed while open;
+ *   cwd   - the working directory removed;
+ *   maps  - MAP_PRIVATE mappings of a deleted file (its fd kept) and of a
+ *           memfd, each with a page the process wrote (copied on write),
+ *           pages it only read and pages it never touched; MAP_SHARED
+ *           /dev/zero shared with a child after fork, MAP_PRIVATE
+ *           /dev/zero with a page written.
+ * After restore each checks its own state. */
+#include "harness.h"
+#include <signal.h>
+#include <sys/mman.h>
+#include <sys/sysmacros.h>
+#include <sys/wait.h>
+
+#define PG 4096
+
+static char path_buf[4200];
+static const char *at(const char *name) {
+    snprintf(path_buf, sizeof path_buf, "%s/%s", test_dir, name);
+    return path_buf;
+}
+
+/* Whether /proc/self/fd/FD (or another /proc/self link) ends with " (deleted)". */
+static int link_deleted(const char *link) {
+    char buf[4200];
+    ssize_t n = readlink(link, buf, sizeof buf - 1);
+    if (n < 0) return 0;
+    buf[n] = 0;
+    return n > 10 && !strcmp(buf + n - 10, " (deleted)");
+}
+
+static int fd_deleted(int fd) {
+    char l[64];
+    snprintf(l, sizeof l, "/proc/self/fd/%d", fd);
+    return link_deleted(l);
+}
+
+static int nodes_case(void) {
+    /* FIFO: two descriptions (read+write, write-only), unread data. */
+    CHECK(mkfifo(at("fifo"), 0640) == 0, "mkfifo: %s", strerror(errno));
+    int fr = open(at("fifo"), O_RDWR | O_NONBLOCK);
+    int fw = open(at("fifo"), O_WRONLY | O_NONBLOCK);
+    CHECK(fr >= 0 && fw >= 0, "open fifo: %s", strerror(errno));
+    CHECK(write(fw, "hello fifo", 10) == 10, "write fifo");
+    CHECK(unlink(at("fifo")) == 0, "unlink fifo");
+    /* Directory, removed. */
+    CHECK(mkdir(at("dir"), 0751) == 0, "mkdir");
+    chmod(at("dir"), 0751);
+    int dfd = open(at("dir"), O_RDONLY | O_DIRECTORY);
+    CHECK(dfd >= 0, "open dir: %s", strerror(errno));
+    CHECK(rmdir(at("dir")) == 0, "rmdir");
+    /* Symlink opened with O_PATH|O_NOFOLLOW, removed. */
+    CHECK(symlink("some/target-of-the-link", at("link")) == 0, "symlink");
+    int lfd = open(at("link"), O_PATH | O_NOFOLLOW);
+    CHECK(lfd >= 0, "open symlink: %s", strerror(errno));
+    CHECK(unlink(at("link")) == 0, "unlink link");
+    /* A copy of /dev/null, removed. */
+    CHECK(mknod(at("null"), S_IFCHR | 0620, makedev(1, 3)) == 0, "mknod: %s", strerror(errno));
+    chmod(at("null"), 0620);
+    int nfd = open(at("null"), O_RDWR);
+    CHECK(nfd >= 0, "open null copy: %s", strerror(errno));
+    CHECK(unlink(at("null")) == 0, "unlink null");
+
+    ready();
+    wait_go();
+
+    struct stat st;
+    /* FIFO: same data, still deleted, one FIFO for both ends. */
+    CHECK(fstat(fr, &st) == 0 && S_ISFIFO(st.st_mode), "fifo fd is not a FIFO");
+    CHECK((st.st_mode & 07777) == 0640, "fifo mode %o", st.st_mode & 07777);
+    CHECK(st.st_nlink == 0, "fifo has %ld links", (long)st.st_nlink);
+    CHECK(fd_deleted(fr) && fd_deleted(fw), "fifo fds are not deleted");
+    char buf[64] = {0};
+    ssize_t n = read(fr, buf, sizeof buf);
+    CHECK(n == 10 && !memcmp(buf, "hello fifo", 10), "fifo data: %zd '%.*s'", n, (int)(n > 0 ? n : 0), buf);
+    CHECK(write(fw, "again", 5) == 5, "write fifo after");
+    n = read(fr, buf, sizeof buf);
+    CHECK(n == 5 && !memcmp(buf, "again", 5), "fifo ends are not one FIFO: %zd", n);
+    struct stat st2;
+    CHECK(fstat(fw, &st2) == 0 && st2.st_ino == st.st_ino, "fifo ends differ");
+    /* Directory. */
+    CHECK(fstat(dfd, &st) == 0 && S_ISDIR(st.st_mode), "dir fd is not a directory");
+    CHECK((st.st_mode & 07777) == 0751, "dir mode %o", st.st_mode & 07777);
+    CHECK(st.st_uid == getuid() && st.st_gid == getgid(), "dir owner");
+    CHECK(st.st_nlink == 0, "dir has %ld links", (long)st.st_nlink);
+    CHECK(fd_deleted(dfd), "dir fd is not deleted");
+    int dot = openat(dfd, ".", O_RDONLY | O_DIRECTORY);
+    CHECK(dot >= 0, "openat(dir, \".\"): %s", strerror(errno));
+    close(dot);
+    CHECK(openat(dfd, "new", O_CREAT | O_WRONLY, 0600) < 0 && errno == ENOENT,
+          "a file could be made in the deleted directory");
+    char cwd[4200];
+    CHECK(getcwd(cwd, sizeof cwd) != NULL, "getcwd");
+    CHECK(fchdir(dfd) == 0, "fchdir: %s", strerror(errno));
+    CHECK(link_deleted("/proc/self/cwd"), "fchdir went elsewhere");
+    CHECK(chdir(cwd) == 0, "chdir back");
+    /* Symlink. */
+    CHECK(fstatat(lfd, "", &st, AT_EMPTY_PATH) == 0 && S_ISLNK(st.st_mode), "link fd is not a symlink");
+    CHECK(st.st_nlink == 0, "link has %ld links", (long)st.st_nlink);
+    CHECK(fd_deleted(lfd), "link fd is not deleted");
+    n = readlinkat(lfd, "", buf, sizeof buf - 1);
+    CHECK(n == 23 && !memcmp(buf, "some/target-of-the-link", 23), "readlinkat: %zd", n);
+    int fl = fcntl(lfd, F_GETFL);
+    CHECK(fl >= 0 && (fl & O_PATH), "link fd lost O_PATH");
+    /* Device node. */
+    CHECK(fstat(nfd, &st) == 0 && S_ISCHR(st.st_mode), "null copy is not a char device");
+    CHECK(st.st_rdev == makedev(1, 3), "null copy rdev %u:%u", major(st.st_rdev), minor(st.st_rdev));
+    CHECK((st.st_mode & 07777) == 0620, "null copy mode %o", st.st_mode & 07777);
+    CHECK(st.st_nlink == 0, "null copy has %ld links", (long)st.st_nlink);
+    CHECK(fd_deleted(nfd), "null copy is not deleted");
+    CHECK(write(nfd, "x", 1) == 1, "write to the null copy");
+    CHECK(read(nfd, buf, 1) == 0, "read from the null copy");
+    CHECK((fcntl(nfd, F_GETFL) & O_ACCMODE) == O_RDWR, "null copy flags");
+    pass();
+    return 0;
+}
+
+static int cwd_case(void) {
+    CHECK(mkdir(at("wd"), 0705) == 0, "mkdir");
+    chmod(at("wd"), 0705);
+    CHECK(chdir(at("wd")) == 0, "chdir");
+    CHECK(rmdir(at("wd")) == 0, "rmdir");
+    ready();
+    wait_go();
+    struct stat st;
+    CHECK(link_deleted("/proc/self/cwd"), "the cwd is not deleted");
+    CHECK(stat(".", &st) == 0 && S_ISDIR(st.st_mode), "stat .");
+    CHECK((st.st_mode & 07777) == 0705, "cwd mode %o", st.st_mode & 07777);
+    CHECK(st.st_nlink == 0, "cwd has %ld links", (long)st.st_nlink);
+    CHECK(open("new", O_CREAT | O_WRONLY, 0600) < 0 && errno == ENOENT,
+          "a file could be made in the deleted cwd");
+    pass();
+    return 0;
+}
+
+/* The inode /proc/self/maps gives for the mapping at `addr`. */
+static unsigned long maps_inode(void *addr) {
+    FILE *f = fopen("/proc/self/maps", "r");
+    char line[4400];
+    unsigned long ino = 0;
+    while (f && fgets(line, sizeof line, f)) {
+        unsigned long s, e, off, i;
+        unsigned maj, min;
+        char perms[8];
+        if (sscanf(line, "%lx-%lx %7s %lx %x:%x %lu", &s, &e, perms, &off, &maj, &min, &i) == 7 &&
+            (unsigned long)addr >= s && (unsigned long)addr < e)
+            ino = i;
+    }
+    if (f) fclose(f);
+    return ino;
+}
+
+/* Four pages of `fd` (filled with seed) mapped private: page 1 written,
+ * page 0 read, pages 2 and 3 untouched. */
+static char *private_map(int fd, uint64_t seed) {
+    char *p = mmap(NULL, 4 * PG, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, 0);
+    if (p == MAP_FAILED) fail("mmap private: %s", strerror(errno));
+    volatile char c = p[0];
+    (void)c;
+    fill(p + PG, PG, seed + 100);
+    return p;
+}
+
+static void check_private(const char *what, int fd, char *p, uint64_t seed) {
+    char page[PG];
+    CHECK(check_fill(p + PG, PG, seed + 100) < 0, "%s: the written page changed", what);
+    for (int i = 0; i < 4; i++) {
+        if (i == 1) continue;
+        CHECK(pread(fd, page, PG, (off_t)i * PG) == PG, "%s: pread", what);
+        CHECK(!memcmp(page, p + (size_t)i * PG, PG), "%s: page %d differs from the file", what, i);
+    }
+    /* Same file: a write through the fd shows in an untouched page, not in the copied one. */
+    memset(page, 0x5a, PG);
+    CHECK(pwrite(fd, page, PG, 3 * PG) == PG, "%s: pwrite", what);
+    CHECK(pwrite(fd, page, PG, 1 * PG) == PG, "%s: pwrite", what);
+    CHECK(!memcmp(page, p + 3 * PG, PG), "%s: the mapping no longer maps the file", what);
+    CHECK(check_fill(p + PG, PG, seed + 100) < 0, "%s: the copied page follows the file", what);
+    struct stat st;
+    CHECK(fstat(fd, &st) == 0 && st.st_ino == maps_inode(p), "%s: the mapping maps another file", what);
+}
+
+static int maps_case(void) {
+    /* A deleted file mapped private, its fd kept. */
+    int ffd = open(at("mapped"), O_RDWR | O_CREAT | O_EXCL, 0600);
+    CHECK(ffd >= 0, "create: %s", strerror(errno));
+    char *buf = malloc(4 * PG);
+    fill(buf, 4 * PG, 7);
+    CHECK(write(ffd, buf, 4 * PG) == 4 * PG, "write file");
+    char *fp = private_map(ffd, 7);
+    CHECK(unlink(at("mapped")) == 0, "unlink");
+    /* A memfd mapped private. */
+    int mfd = memfd_create("privmap", MFD_CLOEXEC);
+    CHECK(mfd >= 0, "memfd_create");
+    fill(buf, 4 * PG, 9);
+    CHECK(write(mfd, buf, 4 * PG) == 4 * PG, "write memfd");
+    char *mp = private_map(mfd, 9);
+    /* /dev/zero: shared with a child, and private. */
+    int z = open("/dev/zero", O_RDWR);
+    CHECK(z >= 0, "open /dev/zero");
+    char *zs = mmap(NULL, 2 * PG, PROT_READ | PROT_WRITE, MAP_SHARED, z, 0);
+    char *zp = mmap(NULL, 2 * PG, PROT_READ | PROT_WRITE, MAP_PRIVATE, z, 0);
+    CHECK(zs != MAP_FAILED && zp != MAP_FAILED, "mmap /dev/zero");
+    close(z);
+    fill(zs, PG, 11);
+    fill(zp, PG, 12);
+    pid_t child = fork();
+    if (child == 0) {
+        /* The child writes the second shared page after the restore, when told. */
+        char p[4200];
+        snprintf(p, sizeof p, "%s/go", test_dir);
+        while (access(p, F_OK) != 0) sleep_ms(10);
+        fill(zs + PG, PG, 13);
+        _exit(check_fill(zs, PG, 11) < 0 && check_fill(zp, PG, 12) < 0 ? 0 : 1);
+    }
+    ready();
+    wait_go();
+    check_private("deleted file", ffd, fp, 7);
+    CHECK(fd_deleted(ffd), "the mapped file is not deleted");
+    check_private("memfd", mfd, mp, 9);
+    int status;
+    CHECK(waitpid(child, &status, 0) == child, "waitpid");
+    CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0, "the child saw other /dev/zero contents");
+    CHECK(check_fill(zs, PG, 11) < 0, "shared /dev/zero page 0");
+    CHECK(check_fill(zs + PG, PG, 13) < 0, "shared /dev/zero: the child's write is not seen");
+    CHECK(check_fill(zp, PG, 12) < 0, "private /dev/zero page 0");
+    for (int i = 0; i < PG; i++) CHECK(zp[PG + i] == 0, "private /dev/zero page 1 not zero");
+    pass();
+    return 0;
+}
+
+int main(int argc, char **argv) {
+    setup(argc, argv);
+    const char *mode = argc > 2 ? argv[2] : "";
+    if (!strcmp(mode, "nodes")) return nodes_case();
+    if (!strcmp(mode, "cwd")) return cwd_case();
+    if (!strcmp(mode, "maps")) return maps_case();
+    fprintf(stderr, "unknown mode %s\n", mode);
+    return 2;
+}
