@@ -9,7 +9,12 @@
  *           memfd, each with a page the process wrote (copied on write),
  *           pages it only read and pages it never touched; MAP_SHARED
  *           /dev/zero shared with a child after fork, MAP_PRIVATE
- *           /dev/zero with a page written.
+ *           /dev/zero with a page written; the deleted file is open
+ *           twice (two descriptions of one file) and mapped shared too;
+ * Refused at dump (the process runs on and checks itself afterwards):
+ *   mapnofd - a private mapping of a deleted file no fd holds any more;
+ *   dirgone - a deleted file whose directory was removed too;
+ *   kmsg    - a removed copy of /dev/kmsg (a device with state).
  * After restore each checks its own state. */
 #include "harness.h"
 #include <signal.h>
@@ -192,6 +197,11 @@ static int maps_case(void) {
     fill(buf, 4 * PG, 7);
     CHECK(write(ffd, buf, 4 * PG) == 4 * PG, "write file");
     char *fp = private_map(ffd, 7);
+    char *fs = mmap(NULL, 4 * PG, PROT_READ | PROT_WRITE, MAP_SHARED, ffd, 0);
+    CHECK(fs != MAP_FAILED, "mmap shared: %s", strerror(errno));
+    fs[2 * PG] = 0x33;
+    int ffd2 = open(at("mapped"), O_RDONLY);
+    CHECK(ffd2 >= 0, "open again: %s", strerror(errno));
     CHECK(unlink(at("mapped")) == 0, "unlink");
     /* A memfd mapped private. */
     int mfd = memfd_create("privmap", MFD_CLOEXEC);
@@ -220,7 +230,18 @@ static int maps_case(void) {
     ready();
     wait_go();
     check_private("deleted file", ffd, fp, 7);
-    CHECK(fd_deleted(ffd), "the mapped file is not deleted");
+    CHECK(fd_deleted(ffd) && fd_deleted(ffd2), "the mapped file is not deleted");
+    struct stat s1, s2;
+    CHECK(fstat(ffd, &s1) == 0 && fstat(ffd2, &s2) == 0, "fstat");
+    CHECK(s1.st_ino == s2.st_ino && s1.st_dev == s2.st_dev && s1.st_nlink == 0,
+          "the two descriptions of the deleted file are not one file");
+    CHECK((fcntl(ffd2, F_GETFL) & O_ACCMODE) == O_RDONLY, "second description's flags");
+    CHECK(fs[3 * PG] == 0x5a && fs[2 * PG] == 0x33, "the shared mapping is not of the deleted file");
+    CHECK(maps_inode(fs) == s1.st_ino, "the shared mapping maps another file");
+    fs[0] = 0x77;
+    char pg[PG];
+    CHECK(pread(ffd, pg, 1, 0) == 1 && pg[0] == 0x77, "a write to the shared mapping is not in the file");
+    CHECK(pread(ffd2, pg, PG, 3 * PG) == PG && pg[0] == 0x5a, "a write through one description is not seen through the other");
     check_private("memfd", mfd, mp, 9);
     int status;
     CHECK(waitpid(child, &status, 0) == child, "waitpid");
@@ -233,12 +254,62 @@ static int maps_case(void) {
     return 0;
 }
 
+/* Dumps of these are refused: the state stays as it was. */
+static int mapnofd_case(void) {
+    int fd = open(at("gone"), O_RDWR | O_CREAT | O_EXCL, 0600);
+    CHECK(fd >= 0, "create");
+    char *buf = malloc(2 * PG);
+    fill(buf, 2 * PG, 3);
+    CHECK(write(fd, buf, 2 * PG) == 2 * PG, "write");
+    char *p = mmap(NULL, 2 * PG, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, 0);
+    CHECK(p != MAP_FAILED, "mmap");
+    close(fd);
+    CHECK(unlink(at("gone")) == 0, "unlink");
+    p[0] = 1;
+    ready();
+    wait_go();
+    CHECK(p[0] == 1, "the written page changed");
+    CHECK(!memcmp(p + PG, buf + PG, PG), "the mapping changed");
+    pass();
+    return 0;
+}
+
+static int dirgone_case(void) {
+    CHECK(mkdir(at("sub"), 0755) == 0, "mkdir");
+    int fd = open(at("sub/f"), O_RDWR | O_CREAT | O_EXCL, 0600);
+    CHECK(fd >= 0, "create");
+    CHECK(write(fd, "data", 4) == 4, "write");
+    CHECK(unlink(at("sub/f")) == 0 && rmdir(at("sub")) == 0, "remove");
+    ready();
+    wait_go();
+    char b[4];
+    CHECK(pread(fd, b, 4, 0) == 4 && !memcmp(b, "data", 4), "the file changed");
+    pass();
+    return 0;
+}
+
+static int kmsg_case(void) {
+    CHECK(mknod(at("kmsg"), S_IFCHR | 0600, makedev(1, 11)) == 0, "mknod: %s", strerror(errno));
+    int fd = open(at("kmsg"), O_WRONLY);
+    CHECK(fd >= 0, "open: %s", strerror(errno));
+    CHECK(unlink(at("kmsg")) == 0, "unlink");
+    ready();
+    wait_go();
+    struct stat st;
+    CHECK(fstat(fd, &st) == 0 && st.st_rdev == makedev(1, 11), "the device changed");
+    pass();
+    return 0;
+}
+
 int main(int argc, char **argv) {
     setup(argc, argv);
     const char *mode = argc > 2 ? argv[2] : "";
     if (!strcmp(mode, "nodes")) return nodes_case();
     if (!strcmp(mode, "cwd")) return cwd_case();
     if (!strcmp(mode, "maps")) return maps_case();
+    if (!strcmp(mode, "mapnofd")) return mapnofd_case();
+    if (!strcmp(mode, "dirgone")) return dirgone_case();
+    if (!strcmp(mode, "kmsg")) return kmsg_case();
     fprintf(stderr, "unknown mode %s\n", mode);
     return 2;
 }

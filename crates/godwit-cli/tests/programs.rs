@@ -1381,3 +1381,40 @@ fn deleted_working_directory() {
 fn private_mappings_of_deleted_files_memfds_and_dev_zero() {
     deleted("maps");
 }
+
+/// Deleted things that cannot be made again: the dump is refused, naming
+/// the fd or mapping and why, and the program runs on unharmed.
+fn deleted_refused(mode: &str, expect: &[&str]) {
+    let p = common::Proc::test_prog_with("deleted", &[mode]);
+    let img = p.images();
+    let pid = p.pid.to_string();
+    let out = common::godwit(&["dump", "--pid", &pid, "--images", img.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "dump succeeded");
+    for e in expect {
+        assert!(err.contains(e), "{e:?} not in: {err}");
+    }
+    assert!(!common::gone(p.pid), "the refused dump ended the process");
+    assert_eq!(p.verdict(), "PASS", "after the refused dump");
+}
+
+/// A private mapping of a deleted file whose fd was closed.
+#[test]
+fn private_mapping_of_a_deleted_file_no_fd_holds_refused() {
+    deleted_refused(
+        "mapnofd",
+        &["private mapping", "deleted file that no descriptor"],
+    );
+}
+
+/// A deleted file whose directory is gone too.
+#[test]
+fn deleted_file_whose_directory_is_gone_refused() {
+    deleted_refused("dirgone", &["fd 3", "sub/f", "directory", "is gone too"]);
+}
+
+/// A removed node of a device with state (/dev/kmsg's 1:11).
+#[test]
+fn deleted_node_of_a_device_with_state_refused() {
+    deleted_refused("kmsg", &["fd 3", "character device 1:11"]);
+}

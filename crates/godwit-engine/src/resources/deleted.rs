@@ -205,7 +205,9 @@ fn make(r: &Remote, f: &Fd, tmp: &str) -> Result<()> {
     let stage = "recreating a deleted file";
     let kind = FdKind::try_from(f.kind).unwrap_or(FdKind::Regular);
     let a = r.put_cstr(0, tmp).restoring(pid, stage)?;
-    let symlink = kind == FdKind::Regular && f.flags & libc::O_NOFOLLOW as u32 != 0 && !f.link_target.is_empty();
+    let symlink = kind == FdKind::Regular
+        && f.flags & libc::O_NOFOLLOW as u32 != 0
+        && !f.link_target.is_empty();
     let cannot = |e: godwit_sys::SysError| EngineError::FileChanged {
         path: f.path.clone(),
         detail: format!(
@@ -413,7 +415,10 @@ mod tests {
     #[test]
     fn device_numbers_in_the_kernel_encoding() {
         assert_eq!(kernel_dev(libc::makedev(1, 3)), 0x103);
-        assert_eq!(kernel_dev(libc::makedev(136, 300)), (136 << 8) | 0x2c | (1 << 20));
+        assert_eq!(
+            kernel_dev(libc::makedev(136, 300)),
+            (136 << 8) | 0x2c | (1 << 20)
+        );
     }
 
     #[test]

@@ -490,6 +490,7 @@ pub fn link_descriptions(procs: &mut [Process], accept_pending: bool) -> Result<
     for p in procs.iter().filter(|p| !p.zombie) {
         memory::check_deleted_maps(p)?;
     }
+    memory::share_deleted_files(procs)?;
     let mut reps: HashMap<Key, Vec<(i32, i32, u64)>> = HashMap::new();
     let mut next_id = 1u64;
     for p in procs.iter_mut().filter(|p| !p.zombie) {
@@ -889,7 +890,8 @@ fn is_deleted_symlink(pid: i32, fd: i32, pidfd: &mut Option<OwnedFd>) -> Result<
         None => pidfd.insert(process::pidfd_open(pid).dumping(pid, "reading a symlink")?),
     };
     let ours = process::pidfd_getfd(pfd, fd).dumping(pid, "reading a symlink")?;
-    let (mode, _, _) = process::fd_stat(std::os::fd::AsFd::as_fd(&ours)).dumping(pid, "reading a symlink")?;
+    let (mode, _, _) =
+        process::fd_stat(std::os::fd::AsFd::as_fd(&ours)).dumping(pid, "reading a symlink")?;
     Ok(mode & libc::S_IFMT == libc::S_IFLNK)
 }
 
@@ -1468,8 +1470,12 @@ impl FdPlan {
                     let oflags = f.flags
                         & !((libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC | libc::O_NOCTTY) as u32);
                     let fd = if f.deleted {
-                        self.nodes
-                            .use_node(r, f, deleted::Use::Open(oflags), &|_| unreachable!())?
+                        self.nodes.use_node(
+                            r,
+                            f,
+                            deleted::Use::Open(oflags),
+                            &|_| unreachable!(),
+                        )?
                     } else {
                         r.call(
                             "openat",

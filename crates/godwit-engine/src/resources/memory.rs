@@ -481,14 +481,72 @@ fn describe_deleted_private(pid: i32, e: &MapEntry, vma: &mut Vma) -> Result<()>
     Ok(())
 }
 
+/// Shared mappings of a deleted file (kept, by default, like shared
+/// anonymous memory: one memfd) that every process mapping it also holds
+/// open: mapped again from the file made again for those descriptors
+/// (`Vma::deleted_node`, kind FILE_SHARED), so that the mappings and the
+/// descriptors stay one file, as they were. Refused: such a file mapped
+/// shared by a process that does not hold it open while another does (the
+/// mapping would be made again apart from the file).
+pub fn share_deleted_files(procs: &mut [crate::schema::Process]) -> Result<()> {
+    let holds = |p: &crate::schema::Process, id: u64| {
+        p.fds
+            .iter()
+            .any(|f| f.deleted && f.node_id == id && f.kind == FdKind::Regular as i32)
+    };
+    let mut ids: HashMap<u64, bool> = HashMap::new();
+    for p in procs.iter().filter(|p| !p.zombie) {
+        for v in p
+            .vmas
+            .iter()
+            .filter(|v| v.kind == VmaKind::AnonShared as i32 && v.shmem_id != 0)
+        {
+            let ok = holds(p, v.shmem_id);
+            *ids.entry(v.shmem_id).or_insert(true) &= ok;
+        }
+    }
+    let live = || procs.iter().filter(|p| !p.zombie);
+    for (&id, _) in ids.iter().filter(|(_, all)| !**all) {
+        if live().any(|p| holds(p, id)) {
+            let (p, v) = live()
+                .flat_map(|p| p.vmas.iter().map(move |v| (p, v)))
+                .find(|(p, v)| {
+                    v.kind == VmaKind::AnonShared as i32 && v.shmem_id == id && !holds(p, id)
+                })
+                .expect("a holder without the file");
+            return Err(EngineError::Unsupported {
+                pid: p.pid,
+                what: format!(
+                    "the shared mapping {:#x}-{:#x} of a deleted file that another process of the tree holds open but this one does not: it would be made again apart from that file",
+                    v.start, v.end
+                ),
+            });
+        }
+    }
+    for p in procs.iter_mut() {
+        for v in p
+            .vmas
+            .iter_mut()
+            .filter(|v| v.kind == VmaKind::AnonShared as i32 && ids.get(&v.shmem_id) == Some(&true))
+        {
+            v.kind = VmaKind::FileShared as i32;
+            v.deleted_node = v.shmem_id;
+            v.shmem_id = 0;
+            v.shmem_size = 0;
+        }
+    }
+    Ok(())
+}
+
 /// Refuses a private mapping of a deleted file that no descriptor of the
 /// same process holds: the file is made again for a descriptor
 /// (resources::files), and the mapping from it.
 pub fn check_deleted_maps(p: &crate::schema::Process) -> Result<()> {
     for v in p.vmas.iter().filter(|v| v.deleted_node != 0) {
-        let held = p.fds.iter().any(|f| {
-            f.deleted && f.node_id == v.deleted_node && f.kind == FdKind::Regular as i32
-        });
+        let held = p
+            .fds
+            .iter()
+            .any(|f| f.deleted && f.node_id == v.deleted_node && f.kind == FdKind::Regular as i32);
         if !held {
             return Err(EngineError::Unsupported {
                 pid: p.pid,
@@ -1573,22 +1631,33 @@ pub fn restore(
                     ))
                 })?
             }
-            // A private mapping of a deleted file: from the file made again
-            // for a descriptor of the process, opened again read-only (that
-            // descriptor may be write-only or O_PATH).
-            VmaKind::FilePrivate if v.deleted_node != 0 => {
-                flags |= libc::MAP_PRIVATE as u64;
+            // A mapping of a deleted file: from the file made again for a
+            // descriptor of the process, opened again (that descriptor may
+            // be write-only or O_PATH).
+            VmaKind::FilePrivate | VmaKind::FileShared if v.deleted_node != 0 => {
+                let shared = k == VmaKind::FileShared;
+                flags |= if shared {
+                    libc::MAP_SHARED
+                } else {
+                    libc::MAP_PRIVATE
+                } as u64;
                 let held = node_fd(v.deleted_node).ok_or_else(|| {
                     EngineError::BadImage(format!(
-                        "the private mapping {:#x}-{:#x} of a deleted file that no descriptor of process {pid} holds",
+                        "the mapping {:#x}-{:#x} of a deleted file that no descriptor of process {pid} holds",
                         v.start, v.end
                     ))
                 })?;
+                let writable = shared && v.prot & libc::PROT_WRITE as u32 != 0;
                 let path = format!("/proc/self/fd/{held}");
-                match files.get(&(path.clone(), false)) {
+                match files.get(&(path.clone(), writable)) {
                     Some(fd) => *fd,
                     None => {
                         let a = r.put_cstr(0, &path).restoring(pid, "mapping files")?;
+                        let oflags = if writable {
+                            libc::O_RDWR
+                        } else {
+                            libc::O_RDONLY
+                        };
                         let fd = r
                             .call(
                                 "openat",
@@ -1596,14 +1665,14 @@ pub fn restore(
                                 [
                                     libc::AT_FDCWD as u64,
                                     a,
-                                    (libc::O_RDONLY | libc::O_CLOEXEC) as u64,
+                                    (oflags | libc::O_CLOEXEC) as u64,
                                     0,
                                     0,
                                     0,
                                 ],
                             )
                             .restoring(pid, "opening a mapped deleted file")?;
-                        files.insert((path, false), fd);
+                        files.insert((path, writable), fd);
                         fd
                     }
                 }
