@@ -11,6 +11,9 @@
  *           /dev/zero shared with a child after fork, MAP_PRIVATE
  *           /dev/zero with a page written; the deleted file is open
  *           twice (two descriptions of one file) and mapped shared too;
+ *   big   - deleted sparse files: 2 MiB of data in 8 MiB (kept in the page
+ *           file) and 66 MiB of data in 200 MiB (above the default limit:
+ *           dumped with --max-deleted-file-size);
  * Refused at dump (the process runs on and checks itself afterwards):
  *   mapnofd - a private mapping of a deleted file no fd holds any more;
  *   dirgone - a deleted file whose directory was removed too;
@@ -25,6 +28,11 @@
 #define PG 4096
 
 static char path_buf[4200];
+static char path_buf2[4200];
+static const char *at_path_tmp(const char *name) {
+    snprintf(path_buf2, sizeof path_buf2, "%s/%s", test_dir, name);
+    return path_buf2;
+}
 static const char *at(const char *name) {
     snprintf(path_buf, sizeof path_buf, "%s/%s", test_dir, name);
     return path_buf;
@@ -254,6 +262,46 @@ static int maps_case(void) {
     return 0;
 }
 
+/* A deleted file of `size` bytes holding data (pattern `seed`) in
+ * [at, at + len) and [size - PG, size), the rest holes. */
+static int big_file(const char *name, off_t size, off_t at, size_t len, uint64_t seed) {
+    int fd = open(at_path_tmp(name), O_RDWR | O_CREAT | O_EXCL, 0640);
+    CHECK(fd >= 0, "create %s", name);
+    char *buf = malloc(len);
+    fill(buf, len, seed);
+    CHECK(pwrite(fd, buf, len, at) == (ssize_t)len, "write %s", name);
+    fill(buf, PG, seed + 1);
+    CHECK(pwrite(fd, buf, PG, size - PG) == PG, "write %s tail", name);
+    free(buf);
+    CHECK(unlink(at_path_tmp(name)) == 0, "unlink %s", name);
+    return fd;
+}
+
+static void check_big(int fd, const char *name, off_t size, off_t at, size_t len, uint64_t seed) {
+    struct stat st;
+    CHECK(fstat(fd, &st) == 0 && st.st_size == size && st.st_nlink == 0 && (st.st_mode & 07777) == 0640,
+          "%s: size %ld links %ld mode %o", name, (long)st.st_size, (long)st.st_nlink, st.st_mode & 07777);
+    CHECK(fd_deleted(fd), "%s is not deleted", name);
+    char *buf = malloc(len);
+    CHECK(pread(fd, buf, len, at) == (ssize_t)len && check_fill(buf, len, seed) < 0, "%s: data", name);
+    CHECK(pread(fd, buf, PG, size - PG) == PG && check_fill(buf, PG, seed + 1) < 0, "%s: tail", name);
+    free(buf);
+    CHECK(lseek(fd, 0, SEEK_DATA) == at, "%s: first data at %ld", name, (long)lseek(fd, 0, SEEK_DATA));
+    CHECK(lseek(fd, at, SEEK_HOLE) == at + (off_t)len, "%s: hole after the data", name);
+    CHECK(lseek(fd, 0, SEEK_HOLE) == 0, "%s: no hole at 0", name);
+}
+
+static int big_case(void) {
+    int a = big_file("small", 8 << 20, 1 << 20, 2 << 20, 21);
+    int b = big_file("large", 200 << 20, 16 << 20, 66 << 20, 22);
+    ready();
+    wait_go();
+    check_big(a, "small", 8 << 20, 1 << 20, 2 << 20, 21);
+    check_big(b, "large", 200 << 20, 16 << 20, 66 << 20, 22);
+    pass();
+    return 0;
+}
+
 /* Dumps of these are refused: the state stays as it was. */
 static int mapnofd_case(void) {
     int fd = open(at("gone"), O_RDWR | O_CREAT | O_EXCL, 0600);
@@ -307,6 +355,7 @@ int main(int argc, char **argv) {
     if (!strcmp(mode, "nodes")) return nodes_case();
     if (!strcmp(mode, "cwd")) return cwd_case();
     if (!strcmp(mode, "maps")) return maps_case();
+    if (!strcmp(mode, "big")) return big_case();
     if (!strcmp(mode, "mapnofd")) return mapnofd_case();
     if (!strcmp(mode, "dirgone")) return dirgone_case();
     if (!strcmp(mode, "kmsg")) return kmsg_case();

@@ -1418,3 +1418,40 @@ fn deleted_file_whose_directory_is_gone_refused() {
 fn deleted_node_of_a_device_with_state_refused() {
     deleted_refused("kmsg", &["fd 3", "character device 1:11"]);
 }
+
+/// Deleted sparse files: one with 2 MiB of data (kept in the page file),
+/// one with 66 MiB, above the default limit: refused, naming it and the
+/// option, then dumped with --max-deleted-file-size and restored exactly
+/// (data, holes, size, mode, still deleted).
+#[test]
+fn big_deleted_files_with_a_raised_limit() {
+    let p = common::Proc::test_prog_with("deleted", &["big"]);
+    let img = p.images();
+    let pid = p.pid.to_string();
+    let out = common::godwit(&["dump", "--pid", &pid, "--images", img.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "dump succeeded");
+    assert!(
+        err.contains("fd 4") && err.contains("large") && err.contains("--max-deleted-file-size"),
+        "{err}"
+    );
+    assert!(!common::gone(p.pid), "the refused dump ended the process");
+    drop(p);
+    for leave_running in [false, true] {
+        let mut p = common::Proc::test_prog_with("deleted", &["big"]);
+        let mut args = vec!["--max-deleted-file-size", "70000000"];
+        if leave_running {
+            args.push("--leave-running");
+        }
+        p.dump(&args);
+        p.end_original();
+        p.restore();
+        let v = p.verdict();
+        assert_eq!(
+            v,
+            "PASS",
+            "big (leave_running={leave_running}): {v}; output: {}",
+            p.output()
+        );
+    }
+}

@@ -474,7 +474,7 @@ fn resurrect(
         }
         // Shared memory first: memfd descriptions are opened from it.
         shm.create(&r, i, pages)?;
-        plan.create(&r, i, &|id| shm.fd(id))?;
+        plan.create(&r, i, &|id| shm.fd(id), pages)?;
         plan.set_ctty(&r, p, joins_caller)?;
         // Memory shared copy-on-write with the parent and the children.
         let held = procs[..i]

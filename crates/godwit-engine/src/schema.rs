@@ -658,6 +658,15 @@ pub struct Fd {
     /// description recreates its own.
     #[prost(uint64, tag = "32")]
     pub node_id: u64,
+    /// Deleted regular files whose data is kept in the page file (those
+    /// above [`crate::resources::files::INLINE_DELETED`] bytes of data), of
+    /// the first process holding the description: its extents, `addr` the
+    /// offset in the file, `offset` the place in the page file.
+    /// `deleted_data` and `extents` are then empty.
+    #[prost(message, repeated, tag = "33")]
+    pub deleted_runs: Vec<PageRun>,
+    #[prost(bool, tag = "34")]
+    pub deleted_in_pages: bool,
 }
 
 /// A descriptor connected to something outside the dumped tree (kind

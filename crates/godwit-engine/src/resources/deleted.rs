@@ -12,6 +12,7 @@
 
 use crate::error::{EngineError, RestoreCtx, Result};
 use crate::remote::Remote;
+use crate::resources::memory::{write_extents, Pages};
 use crate::schema::{Extent, Fd, FdKind, Process};
 use godwit_sys::process;
 use std::collections::HashMap;
@@ -76,13 +77,15 @@ impl Nodes {
     /// uses it as `how` says (for a FIFO opened with flags, `fifo_open`
     /// opens it from its temporary path instead, without blocking); removes
     /// its name once its last holder has it. Gives the new descriptor
-    /// (0 for `Use::Chdir`).
+    /// (0 for `Use::Chdir`). `pages`: the page file holding a big deleted
+    /// file's data (`Fd::deleted_runs`).
     pub fn use_node(
         &self,
         r: &Remote,
         f: &Fd,
         how: Use,
         fifo_open: &dyn Fn(&str) -> Result<u64>,
+        pages: Option<&Pages>,
     ) -> Result<u64> {
         let pid = r.pid;
         let stage = "recreating a deleted file";
@@ -90,7 +93,7 @@ impl Nodes {
         let mut made = self.made.lock().expect("not poisoned");
         if !made.contains_key(&k) {
             let tmp = format!("{}.godwit-{:x}", f.path, k);
-            make(r, f, &tmp)?;
+            make(r, f, &tmp, pages)?;
             made.insert(
                 k,
                 Made {
@@ -200,7 +203,7 @@ pub fn check(p: &Process) -> Result<()> {
 
 /// Makes `f`'s object at `tmp` in process `r`, with its mode, owner and
 /// times (and a regular file's contents).
-fn make(r: &Remote, f: &Fd, tmp: &str) -> Result<()> {
+fn make(r: &Remote, f: &Fd, tmp: &str, pages: Option<&Pages>) -> Result<()> {
     let pid = r.pid;
     let stage = "recreating a deleted file";
     let kind = FdKind::try_from(f.kind).unwrap_or(FdKind::Regular);
@@ -226,7 +229,7 @@ fn make(r: &Remote, f: &Fd, tmp: &str) -> Result<()> {
             )
             .map_err(cannot)?;
         }
-        FdKind::Regular => return make_file(r, f, tmp),
+        FdKind::Regular => return make_file(r, f, tmp, pages),
         FdKind::Directory => {
             r.call(
                 "mkdirat",
@@ -344,7 +347,7 @@ fn set_file_meta(pid: i32, f: &Fd, file: &std::fs::File, tmp: &str) -> Result<()
 /// Makes a deleted regular file again at `tmp` (in process `r`): its size
 /// (all hole), then its data ranges, so that what was a hole stays one;
 /// then its owner, mode and times.
-fn make_file(r: &Remote, f: &Fd, tmp: &str) -> Result<()> {
+fn make_file(r: &Remote, f: &Fd, tmp: &str, pages: Option<&Pages>) -> Result<()> {
     let pid = r.pid;
     let stage = "recreating a deleted file";
     let a = r.put_cstr(0, tmp).restoring(pid, stage)?;
@@ -381,6 +384,11 @@ fn make_file(r: &Remote, f: &Fd, tmp: &str) -> Result<()> {
             detail: format!("fd {} (deleted {}): {e}", f.fd, f.path),
         },
     };
+    if f.deleted_in_pages {
+        file.set_len(f.size).map_err(write_err)?;
+        write_extents(pid, stage, &file, f.size, &f.deleted_runs, pages)?;
+        return set_file_meta(pid, f, &file, tmp);
+    }
     // Older images have no ranges: the data is the whole file.
     file.set_len(f.size.max(f.deleted_data.len() as u64))
         .map_err(write_err)?;

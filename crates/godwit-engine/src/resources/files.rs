@@ -37,8 +37,9 @@ fn unsupported(pid: i32, fd: i32, what: impl std::fmt::Display) -> EngineError {
     }
 }
 
-/// Reads the descriptor table of a frozen process.
-pub fn dump(pid: i32) -> Result<Files> {
+/// Reads the descriptor table of a frozen process. `max_deleted`: the
+/// most data (bytes, holes not counted) kept of one deleted-but-open file.
+pub fn dump(pid: i32, max_deleted: u64) -> Result<Files> {
     let cwd = proc::link(&format!("/proc/{pid}/cwd"))
         .dumping(pid, "reading the cwd")?
         .to_string_lossy()
@@ -48,7 +49,14 @@ pub fn dump(pid: i32) -> Result<Files> {
     let mut lock_lines = Vec::new();
     let mut pidfd: Option<OwnedFd> = None;
     for fd in proc::fds(pid).dumping(pid, "listing file descriptors")? {
-        fds.push(describe(pid, fd, &cwd, &mut pidfd, &mut lock_lines)?);
+        fds.push(describe(
+            pid,
+            fd,
+            &cwd,
+            &mut pidfd,
+            &mut lock_lines,
+            max_deleted,
+        )?);
     }
     // What belongs to the open file description itself: the pipe buffer
     // size, the owner of I/O signals (O_ASYNC, SIGURG) and their signal.
@@ -203,6 +211,7 @@ fn describe(
     cwd: &str,
     pidfd: &mut Option<OwnedFd>,
     lock_lines: &mut Vec<(i32, Vec<proc::LockLine>)>,
+    max_deleted: u64,
 ) -> Result<Fd> {
     let target = proc::link(&format!("/proc/{pid}/fd/{fd}"))
         .dumping(pid, "reading file descriptors")?
@@ -279,7 +288,7 @@ fn describe(
     }
     if let Some(path) = target.strip_suffix(" (deleted)") {
         e.path = path.to_string();
-        save_deleted(pid, fd, pidfd, &mut e)?;
+        save_deleted(pid, fd, pidfd, &mut e, max_deleted)?;
         return Ok(e);
     }
     let md = std::fs::metadata(format!("/proc/{pid}/fd/{fd}"))
@@ -346,7 +355,8 @@ pub(crate) fn describe_passed(fd: &OwnedFd) -> std::result::Result<Fd, String> {
     let raw = fd.as_raw_fd();
     let mut pidfd = None;
     let mut locks = Vec::new();
-    let mut e = describe(me, raw, "/", &mut pidfd, &mut locks).map_err(|e| e.to_string())?;
+    let mut e =
+        describe(me, raw, "/", &mut pidfd, &mut locks, MAX_DELETED).map_err(|e| e.to_string())?;
     let kind = FdKind::try_from(e.kind).unwrap_or(FdKind::Regular);
     if !PASSABLE.contains(&kind) || e.deleted {
         let what = if e.path.is_empty() {
@@ -702,8 +712,13 @@ pub(crate) fn mark_external(
     }
 }
 
-/// Largest deleted-but-open file whose contents a dump keeps.
-const MAX_DELETED: u64 = 64 << 20;
+/// Most data of one deleted-but-open file a dump keeps by default
+/// (`DumpOptions::max_deleted_file_size` raises it).
+pub const MAX_DELETED: u64 = 64 << 20;
+
+/// Deleted files with more data than this keep it in the page file
+/// (`Fd::deleted_runs`), not in the manifest.
+pub const INLINE_DELETED: u64 = 1 << 20;
 
 /// Character devices a deleted node of may be made again (with mknod):
 /// those that hold no state, as [`STATELESS_DEVICES`] (1:3 null, 1:5 zero,
@@ -771,7 +786,13 @@ fn dump_deleted_cwd(pid: i32, cwd: &str) -> Result<Option<Fd>> {
 /// Keeps what makes again an object that was deleted while open: a regular
 /// file's contents, a FIFO, a directory, a symlink (O_PATH|O_NOFOLLOW) or
 /// a stateless character device node.
-fn save_deleted(pid: i32, fd: i32, pidfd: &mut Option<OwnedFd>, e: &mut Fd) -> Result<()> {
+fn save_deleted(
+    pid: i32,
+    fd: i32,
+    pidfd: &mut Option<OwnedFd>,
+    e: &mut Fd,
+    max_deleted: u64,
+) -> Result<()> {
     let link = format!("/proc/{pid}/fd/{fd}");
     // /proc/PID/fd/N leads to the object itself (to the symlink, for an
     // O_PATH|O_NOFOLLOW descriptor of one).
@@ -857,15 +878,23 @@ fn save_deleted(pid: i32, fd: i32, pidfd: &mut Option<OwnedFd>, e: &mut Fd) -> R
     // Only the ranges holding data; the holes are made again at restore.
     let extents = data_extents(&file, md.size());
     let stored: u64 = extents.iter().map(|x| x.length).sum();
-    if stored > MAX_DELETED {
+    if stored > max_deleted {
         return Err(unsupported(
             pid,
             fd,
             format!(
-                "a deleted file holding {stored} bytes of data ({}); at most {MAX_DELETED} are kept",
+                "a deleted file holding {stored} bytes of data ({}); at most {max_deleted} are kept (raise it with --max-deleted-file-size)",
                 e.path
             ),
         ));
+    }
+    e.kind = FdKind::Regular as i32;
+    e.size = md.size();
+    deleted_meta(e, &md);
+    if stored > INLINE_DELETED {
+        // Read into the page file with the shared memory (memory::collect_shmem).
+        e.deleted_in_pages = true;
+        return Ok(());
     }
     let mut data = vec![0u8; stored as usize];
     let mut at = 0usize;
@@ -876,9 +905,6 @@ fn save_deleted(pid: i32, fd: i32, pidfd: &mut Option<OwnedFd>, e: &mut Fd) -> R
     }
     e.deleted_data = data;
     e.extents = extents;
-    e.kind = FdKind::Regular as i32;
-    e.size = md.size();
-    deleted_meta(e, &md);
     Ok(())
 }
 
@@ -1093,6 +1119,9 @@ pub struct FdPlan {
     unix_late: std::sync::Mutex<Vec<(usize, sockets::unix::PendingGroup)>>,
     /// Objects deleted while open: made again once, used by every holder.
     nodes: deleted::Nodes,
+    /// Description id → the first process (index) holding it, whose page
+    /// file holds a big deleted file's data.
+    first_holder: HashMap<u64, usize>,
 }
 
 /// The lowest common ancestor (by index, parents before children) of `set`.
@@ -1211,6 +1240,7 @@ impl FdPlan {
             .collect();
         let max_id = descs.keys().next_back().copied().unwrap_or(0);
         let nodes = deleted::Nodes::new(descs.values().map(|(_, f)| f), procs);
+        let first_holder = holders.iter().map(|(id, h)| (*id, h[0])).collect();
         let holder_fds = procs
             .iter()
             .enumerate()
@@ -1233,6 +1263,7 @@ impl FdPlan {
             external,
             pids: procs.iter().map(|p| p.pid).collect(),
             nodes,
+            first_holder,
         })
     }
 
@@ -1282,6 +1313,7 @@ impl FdPlan {
         r: &Remote,
         idx: usize,
         shm_fd: &dyn Fn(u64) -> Option<u64>,
+        pages: &[memory::Pages],
     ) -> Result<()> {
         let pid = r.pid;
         let stage = "opening files";
@@ -1439,10 +1471,13 @@ impl FdPlan {
                 FdKind::Fifo if f.deleted => {
                     let oflags = f.flags
                         & !((libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC | libc::O_NOCTTY) as u32);
-                    self.nodes
-                        .use_node(r, f, deleted::Use::Open(oflags), &|tmp| {
-                            self.open_fifo(r, *id, f, tmp)
-                        })?
+                    self.nodes.use_node(
+                        r,
+                        f,
+                        deleted::Use::Open(oflags),
+                        &|tmp| self.open_fifo(r, *id, f, tmp),
+                        None,
+                    )?
                 }
                 FdKind::Fifo => self.open_fifo(r, *id, f, &f.path)?,
                 FdKind::TcpListen => {
@@ -1470,11 +1505,14 @@ impl FdPlan {
                     let oflags = f.flags
                         & !((libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC | libc::O_NOCTTY) as u32);
                     let fd = if f.deleted {
+                        // A big file's data is in its first holder's page file.
+                        let data = self.first_holder.get(id).and_then(|&i| pages.get(i));
                         self.nodes.use_node(
                             r,
                             f,
                             deleted::Use::Open(oflags),
                             &|_| unreachable!(),
+                            data,
                         )?
                     } else {
                         r.call(
@@ -1810,7 +1848,7 @@ impl FdPlan {
         match &p.cwd_deleted {
             Some(d) => {
                 self.nodes
-                    .use_node(r, d, deleted::Use::Chdir, &|_| unreachable!())?;
+                    .use_node(r, d, deleted::Use::Chdir, &|_| unreachable!(), None)?;
                 Ok(())
             }
             None => restore_cwd(r, &p.cwd),

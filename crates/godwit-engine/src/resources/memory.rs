@@ -18,7 +18,7 @@ use godwit_sys::proc::MapEntry;
 use godwit_sys::uffd::{self, Uffd};
 use godwit_sys::PAGE_SIZE;
 use std::collections::HashMap;
-use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 
 /// Bytes read from the process per batch while dumping.
 const BATCH: usize = 1 << 20;
@@ -584,6 +584,7 @@ pub fn collect_shmem(
 ) -> Result<Vec<Vec<Vec<u8>>>> {
     let mut seen = std::collections::HashSet::new();
     let mut seen_sysv = std::collections::HashSet::new();
+    let mut seen_deleted = std::collections::HashSet::new();
     let mut table = None;
     let mut out = Vec::with_capacity(procs.len());
     for (i, p) in procs.iter_mut().enumerate() {
@@ -673,6 +674,27 @@ pub fn collect_shmem(
             seg.data = read_extents(pid, &f, &path, seg.size, &mut offset, &mut datas)?;
             p.sysv_shm.push(seg);
         }
+        // Deleted files too big for the manifest, by their first holder.
+        for f in p.fds.iter_mut().filter(|f| f.deleted_in_pages) {
+            if !seen_deleted.insert(f.file_id) {
+                continue;
+            }
+            let path = format!("/proc/{pid}/fd/{}", f.fd);
+            // Without touching its access time where godwit may.
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NOATIME)
+                .open(&path)
+                .or_else(|_| std::fs::File::open(&path))
+                .map_err(|e| EngineError::Unsupported {
+                    pid,
+                    what: format!(
+                        "fd {} (the deleted file {}) whose contents cannot be read ({e})",
+                        f.fd, f.path
+                    ),
+                })?;
+            f.deleted_runs = read_extents(pid, &file, &path, f.size, &mut offset, &mut datas)?;
+        }
         out.push(datas);
     }
     Ok(out)
@@ -736,7 +758,7 @@ fn lseek_hole(f: &std::fs::File, pos: u64) -> Option<u64> {
 
 /// Writes the stored extents `runs` of an object of `size` bytes from the
 /// page file `src` into `file`.
-fn write_extents(
+pub(crate) fn write_extents(
     pid: i32,
     stage: &'static str,
     file: &std::fs::File,
