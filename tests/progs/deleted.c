@@ -11,6 +11,9 @@
  *           /dev/zero shared with a child after fork, MAP_PRIVATE
  *           /dev/zero with a page written; the deleted file is open
  *           twice (two descriptions of one file) and mapped shared too;
+ *   root  - chroot'ed into a directory (mode 0710), which is its cwd too,
+ *           then that directory removed; the harness files are reached
+ *           through a descriptor of DIR kept from before;
  *   big   - deleted sparse files: 2 MiB of data in 8 MiB (kept in the page
  *           file) and 66 MiB of data in 200 MiB (above the default limit:
  *           dumped with --max-deleted-file-size);
@@ -302,6 +305,42 @@ static int big_case(void) {
     return 0;
 }
 
+/* The harness files, through a descriptor of DIR (the process is
+ * chroot'ed where DIR's path does not exist). */
+static int dirfd_out = -1;
+static void put_at(const char *name, const char *text) {
+    char tmp[64];
+    snprintf(tmp, sizeof tmp, "%s.tmp", name);
+    int fd = openat(dirfd_out, tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0) _exit(90);
+    if (write(fd, text, strlen(text)) < 0) _exit(91);
+    close(fd);
+    renameat(dirfd_out, tmp, dirfd_out, name);
+}
+#define CHECK_AT(cond, ...) do { if (!(cond)) { char m[512] = "FAIL: "; \
+    snprintf(m + 6, sizeof m - 8, __VA_ARGS__); strcat(m, "\n"); put_at("result", m); exit(1); } } while (0)
+
+static int root_case(void) {
+    dirfd_out = open(test_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    CHECK(dirfd_out >= 0, "open DIR");
+    CHECK(mkdir(at("jail"), 0710) == 0, "mkdir");
+    chmod(at("jail"), 0710);
+    CHECK(chroot(at("jail")) == 0, "chroot: %s", strerror(errno));
+    CHECK_AT(chdir("/") == 0, "chdir /");
+    CHECK_AT(unlinkat(dirfd_out, "jail", AT_REMOVEDIR) == 0, "rmdir jail: %s", strerror(errno));
+    put_at("ready", "ready\n");
+    while (faccessat(dirfd_out, "go", F_OK, 0) != 0) sleep_ms(10);
+    struct stat r, c;
+    CHECK_AT(stat("/", &r) == 0 && S_ISDIR(r.st_mode), "stat /");
+    CHECK_AT((r.st_mode & 07777) == 0710, "root mode %o", r.st_mode & 07777);
+    CHECK_AT(r.st_nlink == 0, "the root has %ld links", (long)r.st_nlink);
+    CHECK_AT(stat(".", &c) == 0 && c.st_ino == r.st_ino && c.st_dev == r.st_dev, "the cwd is not the root");
+    CHECK_AT(open("/x", O_CREAT | O_WRONLY, 0600) < 0 && errno == ENOENT, "a file could be made in the deleted root");
+    CHECK_AT(access("/tmp", F_OK) != 0 && access("/etc", F_OK) != 0, "not confined any more");
+    put_at("result", "PASS\n");
+    return 0;
+}
+
 /* Dumps of these are refused: the state stays as it was. */
 static int mapnofd_case(void) {
     int fd = open(at("gone"), O_RDWR | O_CREAT | O_EXCL, 0600);
@@ -356,6 +395,7 @@ int main(int argc, char **argv) {
     if (!strcmp(mode, "cwd")) return cwd_case();
     if (!strcmp(mode, "maps")) return maps_case();
     if (!strcmp(mode, "big")) return big_case();
+    if (!strcmp(mode, "root")) return root_case();
     if (!strcmp(mode, "mapnofd")) return mapnofd_case();
     if (!strcmp(mode, "dirgone")) return dirgone_case();
     if (!strcmp(mode, "kmsg")) return kmsg_case();

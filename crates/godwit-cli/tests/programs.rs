@@ -1455,3 +1455,10 @@ fn big_deleted_files_with_a_raised_limit() {
         );
     }
 }
+
+/// A chroot'ed process whose root (its cwd too) was removed: made again,
+/// entered and removed again; still confined.
+#[test]
+fn deleted_root_directory() {
+    deleted("root");
+}

@@ -1053,6 +1053,6 @@ fn collect(r: &Remote, frozen: &Frozen, mut p: Process, max_deleted: u64) -> Res
     p.pipes = f.pipes;
     p.cwd = f.cwd;
     p.cwd_deleted = f.cwd_deleted;
-    p.root = files::dump_root(r.pid)?;
+    (p.root, p.root_deleted) = files::dump_root(r.pid)?;
     Ok(p)
 }

@@ -565,7 +565,7 @@ fn resurrect(
     // (resources/seccomp).
     for (i, p) in procs.iter().enumerate() {
         if let Some((r, tids)) = &remotes[i] {
-            files::restore_root(r, p)?;
+            plan.restore_root(r, p)?;
             seccomp::install_before_credentials(r, p, tids, stacks)?;
             for (t, &host) in p.threads.iter().zip(tids) {
                 attrs::restore_creds(&r.for_thread(host), p, t)?;

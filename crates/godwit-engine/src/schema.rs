@@ -109,6 +109,10 @@ pub struct Process {
     /// `deleted` set. None: `cwd` exists.
     #[prost(message, optional, tag = "33")]
     pub cwd_deleted: Option<Fd>,
+    /// A root directory (chroot) that was removed (`root` is its path
+    /// without " (deleted)"), described as `cwd_deleted` is.
+    #[prost(message, optional, tag = "34")]
+    pub root_deleted: Option<Fd>,
     /// Contents of the shmem objects this process is the first (in tree
     /// order) to map; stored after its page runs in its page file.
     #[prost(message, repeated, tag = "23")]

@@ -26,6 +26,8 @@ pub enum Use {
     Open(u32),
     /// chdir into it (a removed working directory).
     Chdir,
+    /// chroot into it (a removed root directory).
+    Chroot,
 }
 
 /// An object made again and not yet removed: its temporary name, how many
@@ -63,7 +65,7 @@ impl Nodes {
             *total.entry(key(f)).or_default() += 1;
         }
         for p in procs.iter().filter(|p| !p.zombie) {
-            if let Some(d) = &p.cwd_deleted {
+            for d in p.cwd_deleted.iter().chain(&p.root_deleted) {
                 *total.entry(key(d)).or_default() += 1;
             }
         }
@@ -123,13 +125,17 @@ impl Nodes {
                     ),
                 })?
             }
-            Use::Chdir => {
+            Use::Chdir | Use::Chroot => {
+                let (name, nr, what) = match how {
+                    Use::Chroot => ("chroot", libc::SYS_chroot, "root"),
+                    _ => ("chdir", libc::SYS_chdir, "working"),
+                };
                 let a = r.put_cstr(0, &m.tmp).restoring(pid, stage)?;
-                r.call("chdir", libc::SYS_chdir, [a, 0, 0, 0, 0, 0])
+                r.call(name, nr, [a, 0, 0, 0, 0, 0])
                     .map_err(|e| EngineError::FileChanged {
                         path: f.path.clone(),
                         detail: format!(
-                            "the deleted working directory cannot be entered at {} ({e})",
+                            "the deleted {what} directory cannot be entered at {} ({e})",
                             m.tmp
                         ),
                     })?;
@@ -138,14 +144,21 @@ impl Nodes {
         };
         m.left = m.left.saturating_sub(1);
         if m.left == 0 {
-            let a = r.put_cstr(0, &m.tmp).restoring(pid, stage)?;
-            let flags = if m.dir { libc::AT_REMOVEDIR } else { 0 };
-            r.call(
-                "unlinkat",
-                libc::SYS_unlinkat,
-                [libc::AT_FDCWD as u64, a, flags as u64, 0, 0, 0],
-            )
-            .restoring(pid, stage)?;
+            // Removed by godwit, whose paths these are (the process may
+            // be chroot'ed already).
+            let gone = if m.dir {
+                std::fs::remove_dir(&m.tmp)
+            } else {
+                std::fs::remove_file(&m.tmp)
+            };
+            gone.map_err(|e| EngineError::Restore {
+                pid,
+                stage,
+                source: godwit_sys::SysError::Proc {
+                    path: m.tmp.clone(),
+                    detail: format!("removing the name of the deleted {} again: {e}", f.path),
+                },
+            })?;
             made.remove(&k);
         }
         Ok(got)
@@ -179,14 +192,17 @@ fn kernel_dev(rdev: u64) -> u64 {
 /// cannot be made again: the directory that held one is gone.
 pub fn check(p: &Process) -> Result<()> {
     let all = p.fds.iter().filter(|f| f.deleted).map(|f| (Some(f.fd), f));
-    for (fd, f) in all.chain(p.cwd_deleted.iter().map(|d| (None, d))) {
+    let dirs = p.cwd_deleted.iter().map(|d| (None, d));
+    let roots = p.root_deleted.iter().map(|d| (Some(-1), d));
+    for (fd, f) in all.chain(dirs).chain(roots) {
         let dir = std::path::Path::new(&f.path)
             .parent()
             .unwrap_or(std::path::Path::new("/"));
         if !dir.is_dir() {
             let what = match fd {
+                Some(-1) => "root directory (chroot)".to_string(),
                 Some(fd) => format!("fd {fd}"),
-                None => "the working directory".to_string(),
+                None => "working directory".to_string(),
             };
             return Err(EngineError::FileMissing {
                 path: f.path.clone(),

@@ -1788,29 +1788,44 @@ pub fn restore_async(procs: &[Process], remotes: &[Option<Remote>]) -> Result<()
     Ok(())
 }
 
-/// Enters the working directory of the restored process.
 /// The process's root directory if it was chroot'ed (empty if it is
-/// godwit's own). A root that was removed cannot be entered again: refused.
-pub fn dump_root(pid: i32) -> Result<String> {
+/// godwit's own), and its description when it was removed.
+pub fn dump_root(pid: i32) -> Result<(String, Option<Fd>)> {
     let root = proc::link(&format!("/proc/{pid}/root"))
         .dumping(pid, "reading the root directory")?
         .to_string_lossy()
         .into_owned();
     if root == "/" {
-        return Ok(String::new());
+        return Ok((String::new(), None));
     }
-    if root.ends_with(" (deleted)") {
-        return Err(EngineError::Unsupported {
+    let Some(path) = root.strip_suffix(" (deleted)") else {
+        return Ok((root, None));
+    };
+    let md =
+        std::fs::metadata(format!("/proc/{pid}/root")).map_err(|err| EngineError::Unsupported {
             pid,
-            what: format!("a deleted root directory (chroot into {root})"),
-        });
-    }
-    Ok(root)
+            what: format!("a deleted root directory ({root}) that cannot be read ({err})"),
+        })?;
+    check_deleted_dir(pid, None, path).map_err(|_| EngineError::Unsupported {
+        pid,
+        what: format!(
+            "a deleted root directory (chroot into {path}) whose own directory is gone too: it cannot be made again next to where it was"
+        ),
+    })?;
+    let mut e = Fd {
+        fd: -1,
+        kind: FdKind::Directory as i32,
+        path: path.to_string(),
+        ..Default::default()
+    };
+    deleted_meta(&mut e, &md);
+    Ok((path.to_string(), Some(e)))
 }
 
 /// Refuses a restore whose chroot directory is no longer a directory.
 pub fn check_root(p: &Process) -> Result<()> {
-    if p.root.is_empty() || std::path::Path::new(&p.root).is_dir() {
+    // A removed one is made again (its directory is checked by deleted::check).
+    if p.root.is_empty() || p.root_deleted.is_some() || std::path::Path::new(&p.root).is_dir() {
         return Ok(());
     }
     Err(EngineError::FileChanged {
@@ -1855,6 +1870,20 @@ impl FdPlan {
         }
     }
 
+    /// [`restore_root`], for a removed root directory too: made again (or
+    /// found: the same directory as a descriptor's or the cwd's) and
+    /// entered with chroot.
+    pub fn restore_root(&self, r: &Remote, p: &Process) -> Result<()> {
+        match &p.root_deleted {
+            Some(d) => {
+                self.nodes
+                    .use_node(r, d, deleted::Use::Chroot, &|_| unreachable!(), None)?;
+                Ok(())
+            }
+            None => restore_root(r, p),
+        }
+    }
+
     /// The staging descriptor (in process `p`, before it places its fds) of
     /// a description of the deleted file `node` that `p` holds: what a
     /// private mapping of that file is mapped from.
@@ -1866,6 +1895,7 @@ impl FdPlan {
     }
 }
 
+/// Enters the working directory of the restored process.
 pub fn restore_cwd(r: &Remote, cwd: &str) -> Result<()> {
     let a = r.put_cstr(0, cwd).restoring(r.pid, "setting the cwd")?;
     r.call("chdir", libc::SYS_chdir, [a, 0, 0, 0, 0, 0])
