@@ -64,6 +64,14 @@ static int nodes_case(void) {
     CHECK(fr >= 0 && fw >= 0, "open fifo: %s", strerror(errno));
     CHECK(write(fw, "hello fifo", 10) == 10, "write fifo");
     CHECK(unlink(at("fifo")) == 0, "unlink fifo");
+    /* A FIFO only written to (its reader gone), data unread, removed. */
+    CHECK(mkfifo(at("fifo2"), 0600) == 0, "mkfifo 2");
+    int tr = open(at("fifo2"), O_RDONLY | O_NONBLOCK);
+    int fw2 = open(at("fifo2"), O_WRONLY | O_NONBLOCK);
+    CHECK(tr >= 0 && fw2 >= 0, "open fifo 2");
+    CHECK(write(fw2, "only written", 12) == 12, "write fifo 2");
+    close(tr);
+    CHECK(unlink(at("fifo2")) == 0, "unlink fifo 2");
     /* Directory, removed. */
     CHECK(mkdir(at("dir"), 0751) == 0, "mkdir");
     chmod(at("dir"), 0751);
@@ -99,6 +107,14 @@ static int nodes_case(void) {
     CHECK(n == 5 && !memcmp(buf, "again", 5), "fifo ends are not one FIFO: %zd", n);
     struct stat st2;
     CHECK(fstat(fw, &st2) == 0 && st2.st_ino == st.st_ino, "fifo ends differ");
+    /* The FIFO only written to: its data is there for a new reader. */
+    char l2[64];
+    snprintf(l2, sizeof l2, "/proc/self/fd/%d", fw2);
+    int r2 = open(l2, O_RDONLY | O_NONBLOCK);
+    CHECK(r2 >= 0, "open a reader of fifo 2: %s", strerror(errno));
+    n = read(r2, buf, sizeof buf);
+    CHECK(n == 12 && !memcmp(buf, "only written", 12), "fifo 2 data: %zd", n);
+    CHECK(fd_deleted(fw2), "fifo 2 is not deleted");
     /* Directory. */
     CHECK(fstat(dfd, &st) == 0 && S_ISDIR(st.st_mode), "dir fd is not a directory");
     CHECK((st.st_mode & 07777) == 0751, "dir mode %o", st.st_mode & 07777);

@@ -11,7 +11,7 @@ use godwit_sys::{proc, process};
 use std::collections::{BTreeMap, HashMap};
 use std::io::Read;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 
 /// Character devices that hold no state and can simply be opened again.
 const STATELESS_DEVICES: &[&str] = &[
@@ -610,7 +610,8 @@ pub fn link_descriptions(procs: &mut [Process], accept_pending: bool) -> Result<
             let data = match reader {
                 Some((pid, rfd)) => {
                     let pidfd = process::pidfd_open(pid).dumping(pid, "reading pipes")?;
-                    peek_pipe(pid, &pidfd, rfd)?
+                    let theirs = process::pidfd_getfd(&pidfd, rfd).dumping(pid, "reading pipes")?;
+                    peek_pipe(pid, &theirs, rfd)?
                 }
                 None => Vec::new(),
             };
@@ -618,7 +619,8 @@ pub fn link_descriptions(procs: &mut [Process], accept_pending: bool) -> Result<
             continue;
         };
         let pidfd = process::pidfd_open(rpid).dumping(rpid, "reading pipes")?;
-        let data = peek_pipe(rpid, &pidfd, rfd)?;
+        let theirs = process::pidfd_getfd(&pidfd, rfd).dumping(rpid, "reading pipes")?;
+        let data = peek_pipe(rpid, &theirs, rfd)?;
         let first = procs
             .iter()
             .position(|p| {
@@ -631,21 +633,49 @@ pub fn link_descriptions(procs: &mut [Process], accept_pending: bool) -> Result<
     }
     // FIFOs: their ends may be anywhere. The unread data is saved once, if
     // the tree can read it (holds a read end); otherwise it belongs to
-    // readers outside the tree and stays in the FIFO.
-    let mut fifos: BTreeMap<u64, (usize, Option<(usize, i32)>)> = BTreeMap::new();
+    // readers outside the tree and stays in the FIFO. A deleted FIFO is
+    // made again apart from the old one: its data is saved in any case,
+    // read through a read end godwit opens when the tree holds none.
+    let mut fifos: BTreeMap<u64, (usize, Option<(usize, i32)>, Option<(i32, i32)>)> =
+        BTreeMap::new();
     for (i, p) in procs.iter().enumerate() {
         for f in p.fds.iter().filter(|f| f.kind == FdKind::Fifo as i32) {
-            let e = fifos.entry(f.pipe_id).or_insert((i, None));
-            if e.1.is_none() && can_read(f) {
+            let e = fifos.entry(f.pipe_id).or_insert((i, None, None));
+            if e.1.is_none() && can_read(f) && !is_o_path(f) {
                 e.1 = Some((i, f.fd));
+            }
+            if f.deleted && e.2.is_none() {
+                e.2 = Some((p.pid, f.fd));
             }
         }
     }
-    for (id, (first, reader)) in fifos {
-        let Some((i, rfd)) = reader else { continue };
-        let pid = procs[i].pid;
-        let pidfd = process::pidfd_open(pid).dumping(pid, "reading FIFOs")?;
-        let data = peek_pipe(pid, &pidfd, rfd)?;
+    for (id, (first, reader, deleted)) in fifos {
+        let stage = "reading FIFOs";
+        let data = match (reader, deleted) {
+            (Some((i, rfd)), _) => {
+                let pid = procs[i].pid;
+                let pidfd = process::pidfd_open(pid).dumping(pid, stage)?;
+                let theirs = process::pidfd_getfd(&pidfd, rfd).dumping(pid, stage)?;
+                peek_pipe(pid, &theirs, rfd)?
+            }
+            (None, Some((pid, fd))) => {
+                let path = format!("/proc/{pid}/fd/{fd}");
+                let ours = std::fs::OpenOptions::new()
+                    .read(true)
+                    .custom_flags(libc::O_NONBLOCK)
+                    .open(&path)
+                    .map_err(|e| EngineError::Sys {
+                        pid,
+                        stage,
+                        source: godwit_sys::SysError::Proc {
+                            path,
+                            detail: format!("opening a read end of a deleted FIFO: {e}"),
+                        },
+                    })?;
+                peek_pipe(pid, &OwnedFd::from(ours), fd)?
+            }
+            (None, None) => continue,
+        };
         if !data.is_empty() {
             procs[first].pipes.push(Pipe { id, data });
         }
@@ -973,10 +1003,9 @@ pub(crate) fn system_time(ns: i64) -> std::time::SystemTime {
 }
 
 /// Copies the unread bytes of the pipe behind `fd` of `pid` without consuming them.
-fn peek_pipe(pid: i32, pidfd: &OwnedFd, fd: i32) -> Result<Vec<u8>> {
+fn peek_pipe(pid: i32, theirs: &OwnedFd, fd: i32) -> Result<Vec<u8>> {
     let stage = "reading pipe contents";
-    let theirs = process::pidfd_getfd(pidfd, fd).dumping(pid, stage)?;
-    let pending = process::pipe_pending(&theirs).dumping(pid, stage)?;
+    let pending = process::pipe_pending(theirs).dumping(pid, stage)?;
     if pending == 0 {
         return Ok(Vec::new());
     }
