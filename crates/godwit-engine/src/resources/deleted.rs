@@ -93,19 +93,18 @@ impl Nodes {
         let stage = "recreating a deleted file";
         let k = key(f);
         let mut made = self.made.lock().expect("not poisoned");
-        if !made.contains_key(&k) {
-            let tmp = format!("{}.godwit-{:x}", f.path, k);
-            make(r, f, &tmp, pages)?;
-            made.insert(
-                k,
-                Made {
+        let m = match made.entry(k) {
+            std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+            std::collections::hash_map::Entry::Vacant(v) => {
+                let tmp = format!("{}.godwit-{:x}", f.path, k);
+                make(r, f, &tmp, pages)?;
+                v.insert(Made {
                     tmp,
                     left: self.total.get(&k).copied().unwrap_or(1),
                     dir: f.kind == FdKind::Directory as i32,
-                },
-            );
-        }
-        let m = made.get_mut(&k).expect("made above");
+                })
+            }
+        };
         let got = match how {
             Use::Open(_) if f.kind == FdKind::Fifo as i32 && f.flags & libc::O_PATH as u32 == 0 => {
                 fifo_open(&m.tmp)?
@@ -218,8 +217,26 @@ pub fn check(p: &Process) -> Result<()> {
 }
 
 /// Makes `f`'s object at `tmp` in process `r`, with its mode, owner and
-/// times (and a regular file's contents).
+/// times (and a regular file's contents). On an error once it exists, its
+/// name is removed again.
 fn make(r: &Remote, f: &Fd, tmp: &str, pages: Option<&Pages>) -> Result<()> {
+    let mut created = false;
+    let res = make_at(r, f, tmp, pages, &mut created);
+    if res.is_err() && created {
+        let gone = if f.kind == FdKind::Directory as i32 {
+            std::fs::remove_dir(tmp)
+        } else {
+            std::fs::remove_file(tmp)
+        };
+        if let Err(e) = gone {
+            tracing::warn!(path = %tmp, error = %e, "a deleted file's temporary name was left");
+        }
+    }
+    res
+}
+
+/// [`make`]; `created` is set once the object exists at `tmp`.
+fn make_at(r: &Remote, f: &Fd, tmp: &str, pages: Option<&Pages>, created: &mut bool) -> Result<()> {
     let pid = r.pid;
     let stage = "recreating a deleted file";
     let kind = FdKind::try_from(f.kind).unwrap_or(FdKind::Regular);
@@ -245,7 +262,7 @@ fn make(r: &Remote, f: &Fd, tmp: &str, pages: Option<&Pages>) -> Result<()> {
             )
             .map_err(cannot)?;
         }
-        FdKind::Regular => return make_file(r, f, tmp, pages),
+        FdKind::Regular => return make_file(r, f, tmp, pages, created),
         FdKind::Directory => {
             r.call(
                 "mkdirat",
@@ -274,6 +291,7 @@ fn make(r: &Remote, f: &Fd, tmp: &str, pages: Option<&Pages>) -> Result<()> {
             )))
         }
     }
+    *created = true;
     // chown first (it clears set-id bits), then the mode (a symlink has
     // none of its own), the times last.
     let meta = |what: &str, e: godwit_sys::SysError| EngineError::Restore {
@@ -363,7 +381,13 @@ fn set_file_meta(pid: i32, f: &Fd, file: &std::fs::File, tmp: &str) -> Result<()
 /// Makes a deleted regular file again at `tmp` (in process `r`): its size
 /// (all hole), then its data ranges, so that what was a hole stays one;
 /// then its owner, mode and times.
-fn make_file(r: &Remote, f: &Fd, tmp: &str, pages: Option<&Pages>) -> Result<()> {
+fn make_file(
+    r: &Remote,
+    f: &Fd,
+    tmp: &str,
+    pages: Option<&Pages>,
+    created: &mut bool,
+) -> Result<()> {
     let pid = r.pid;
     let stage = "recreating a deleted file";
     let a = r.put_cstr(0, tmp).restoring(pid, stage)?;
@@ -387,6 +411,7 @@ fn make_file(r: &Remote, f: &Fd, tmp: &str, pages: Option<&Pages>) -> Result<()>
                 f.fd
             ),
         })?;
+    *created = true;
     let pidfd = process::pidfd_open(pid).restoring(pid, stage)?;
     let ours = process::pidfd_getfd(&pidfd, wfd as i32).restoring(pid, stage);
     r.call("close", libc::SYS_close, [wfd, 0, 0, 0, 0, 0])

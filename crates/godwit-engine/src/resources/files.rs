@@ -636,8 +636,10 @@ pub fn link_descriptions(procs: &mut [Process], accept_pending: bool) -> Result<
     // readers outside the tree and stays in the FIFO. A deleted FIFO is
     // made again apart from the old one: its data is saved in any case,
     // read through a read end godwit opens when the tree holds none.
-    let mut fifos: BTreeMap<u64, (usize, Option<(usize, i32)>, Option<(i32, i32)>)> =
-        BTreeMap::new();
+    // FIFO id → (first holder, a read end in the tree (process index, fd),
+    // a holder of it deleted (PID, fd)).
+    type FifoEnds = (usize, Option<(usize, i32)>, Option<(i32, i32)>);
+    let mut fifos: BTreeMap<u64, FifoEnds> = BTreeMap::new();
     for (i, p) in procs.iter().enumerate() {
         for f in p.fds.iter().filter(|f| f.kind == FdKind::Fifo as i32) {
             let e = fifos.entry(f.pipe_id).or_insert((i, None, None));
@@ -1013,7 +1015,7 @@ fn peek_pipe(pid: i32, theirs: &OwnedFd, fd: i32) -> Result<Vec<u8>> {
     process::set_pipe_size(&wr, pending).dumping(pid, stage)?;
     let mut copied = 0;
     while copied < pending {
-        let n = process::tee(&theirs, &wr, pending - copied).dumping(pid, stage)?;
+        let n = process::tee(theirs, &wr, pending - copied).dumping(pid, stage)?;
         if n == 0 {
             break;
         }
