@@ -85,6 +85,12 @@ enum Cmd {
         /// Without it a process with a connection is refused.
         #[arg(long)]
         tcp_established: bool,
+        /// The most data (in bytes; holes of a sparse file not counted)
+        /// kept of one file that was deleted while open; a bigger one is
+        /// refused, naming it. Default: 64 MiB. Files above 1 MiB of data
+        /// are stored in the page file.
+        #[arg(long, value_name = "BYTES")]
+        max_deleted_file_size: Option<u64>,
     },
     /// Restore a process from an image, with the same PID and thread IDs.
     ///
@@ -283,6 +289,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             freeze_cgroup,
             shell_job,
             tcp_established,
+            max_deleted_file_size,
         } => {
             let bar = Bar::new();
             let opts = DumpOptions {
@@ -293,6 +300,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 freeze_cgroup,
                 shell_job,
                 tcp_established,
+                max_deleted_file_size,
             };
             let r = dump(pid, &images, &opts, &bar).map_err(anyhow::Error::from)?;
             bar.0.finish_and_clear();

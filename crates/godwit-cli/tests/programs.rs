@@ -1388,3 +1388,128 @@ fn process_in_a_session_other_than_its_parents_is_refused_at_dump() {
 fn zombie_in_a_siblings_group() {
     restorebugs("zombiegroup");
 }
+
+/// The deleted program in one mode (its argument): dump (then also dump
+/// --leave-running), end the original, restore, and the program checks
+/// its own state.
+fn deleted(mode: &str) {
+    for leave_running in [false, true] {
+        let mut p = common::Proc::test_prog_with("deleted", &[mode]);
+        p.dump(if leave_running {
+            &["--leave-running"]
+        } else {
+            &[]
+        });
+        p.end_original();
+        p.restore();
+        let v = p.verdict();
+        assert_eq!(
+            v,
+            "PASS",
+            "deleted {mode} (leave_running={leave_running}): {v}; output: {}",
+            p.output()
+        );
+    }
+}
+
+/// A FIFO with unread data, a directory, a symlink (O_PATH|O_NOFOLLOW) and
+/// a device node, each removed while open: made again under a temporary
+/// name next to where they were, opened, and removed again.
+#[test]
+fn deleted_fifo_directory_symlink_and_device() {
+    deleted("nodes");
+}
+
+/// A working directory that was removed.
+#[test]
+fn deleted_working_directory() {
+    deleted("cwd");
+}
+
+/// Private mappings of a deleted file and of a memfd (pages written, read
+/// and untouched), and of /dev/zero, shared with a child and private.
+#[test]
+fn private_mappings_of_deleted_files_memfds_and_dev_zero() {
+    deleted("maps");
+}
+
+/// Deleted things that cannot be made again: the dump is refused, naming
+/// the fd or mapping and why, and the program runs on unharmed.
+fn deleted_refused(mode: &str, expect: &[&str]) {
+    let p = common::Proc::test_prog_with("deleted", &[mode]);
+    let img = p.images();
+    let pid = p.pid.to_string();
+    let out = common::godwit(&["dump", "--pid", &pid, "--images", img.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "dump succeeded");
+    for e in expect {
+        assert!(err.contains(e), "{e:?} not in: {err}");
+    }
+    assert!(!common::gone(p.pid), "the refused dump ended the process");
+    assert_eq!(p.verdict(), "PASS", "after the refused dump");
+}
+
+/// A private mapping of a deleted file whose fd was closed.
+#[test]
+fn private_mapping_of_a_deleted_file_no_fd_holds_refused() {
+    deleted_refused(
+        "mapnofd",
+        &["private mapping", "deleted file that no descriptor"],
+    );
+}
+
+/// A deleted file whose directory is gone too.
+#[test]
+fn deleted_file_whose_directory_is_gone_refused() {
+    deleted_refused("dirgone", &["fd 3", "sub/f", "directory", "is gone too"]);
+}
+
+/// A removed node of a device with state (/dev/kmsg's 1:11).
+#[test]
+fn deleted_node_of_a_device_with_state_refused() {
+    deleted_refused("kmsg", &["fd 3", "character device 1:11"]);
+}
+
+/// Deleted sparse files: one with 2 MiB of data (kept in the page file),
+/// one with 66 MiB, above the default limit: refused, naming it and the
+/// option, then dumped with --max-deleted-file-size and restored exactly
+/// (data, holes, size, mode, still deleted).
+#[test]
+fn big_deleted_files_with_a_raised_limit() {
+    let p = common::Proc::test_prog_with("deleted", &["big"]);
+    let img = p.images();
+    let pid = p.pid.to_string();
+    let out = common::godwit(&["dump", "--pid", &pid, "--images", img.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "dump succeeded");
+    assert!(
+        err.contains("fd 4") && err.contains("large") && err.contains("--max-deleted-file-size"),
+        "{err}"
+    );
+    assert!(!common::gone(p.pid), "the refused dump ended the process");
+    drop(p);
+    for leave_running in [false, true] {
+        let mut p = common::Proc::test_prog_with("deleted", &["big"]);
+        let mut args = vec!["--max-deleted-file-size", "70000000"];
+        if leave_running {
+            args.push("--leave-running");
+        }
+        p.dump(&args);
+        p.end_original();
+        p.restore();
+        let v = p.verdict();
+        assert_eq!(
+            v,
+            "PASS",
+            "big (leave_running={leave_running}): {v}; output: {}",
+            p.output()
+        );
+    }
+}
+
+/// A chroot'ed process whose root (its cwd too) was removed: made again,
+/// entered and removed again; still confined.
+#[test]
+fn deleted_root_directory() {
+    deleted("root");
+}

@@ -42,6 +42,10 @@ pub struct DumpOptions {
     /// Move established TCP connections (TCP_REPAIR, behind a network
     /// lock); without it a connection stops the dump, named.
     pub tcp_established: bool,
+    /// The most data (bytes, holes not counted) kept of one deleted-but-
+    /// open file; None: [`files::MAX_DELETED`] (64 MiB). Above it the dump
+    /// is refused, naming the file.
+    pub max_deleted_file_size: Option<u64>,
 }
 
 #[derive(Debug, Clone)]
@@ -443,6 +447,7 @@ pub fn dump_to(
         early.then_some(&writer),
         progress,
         lazy,
+        opts.max_deleted_file_size.unwrap_or(files::MAX_DELETED),
     )?;
     tracing::debug!(ms = t0.elapsed().as_secs_f64() * 1e3, "collected");
     crate::resources::seccomp::share(&mut procs);
@@ -808,6 +813,7 @@ fn collect_all(
     copy_into: Option<&ImageWriter>,
     progress: &dyn Progress,
     lazy: bool,
+    max_deleted: u64,
 ) -> Result<Collection> {
     let live = members
         .iter()
@@ -870,7 +876,8 @@ fn collect_all(
             })
         });
         let tx = copier.is_some().then_some(tx);
-        let collected = collect_members(members, trackers, surveyed, tx.as_ref(), lazy);
+        let collected =
+            collect_members(members, trackers, surveyed, tx.as_ref(), lazy, max_deleted);
         if collected.is_err() {
             stop.store(true, std::sync::atomic::Ordering::Relaxed);
         }
@@ -909,6 +916,7 @@ fn collect_members(
     surveyed: &Surveyed,
     copy: Option<&std::sync::mpsc::Sender<CopyJob>>,
     lazy: bool,
+    max_deleted: u64,
 ) -> Result<Collection> {
     let mut c = Collection {
         procs: Vec::with_capacity(members.len()),
@@ -943,6 +951,7 @@ fn collect_members(
                     surveyed.get(&f.pid),
                     copy.map(|tx| (tx, i)),
                     lazy,
+                    max_deleted,
                 )?;
                 c.procs.push(one.process);
                 c.remotes.push(Some(one.r0));
@@ -987,6 +996,7 @@ fn collect_one(
     surveyed: Option<&Vec<proc::MapEntry>>,
     copy: Option<(&std::sync::mpsc::Sender<CopyJob>, usize)>,
     lazy: bool,
+    max_deleted: u64,
 ) -> Result<Collected> {
     let pid = frozen.pid;
     let t = Instant::now();
@@ -1008,7 +1018,7 @@ fn collect_one(
         if let Some((tx, i)) = copy {
             let _ = tx.send((i, pid, maps.clone(), attributes.ppid));
         }
-        collect(&r, frozen, attributes)
+        collect(&r, frozen, attributes, max_deleted)
     });
     // While the memory is copied, unmapping would wait for the copier's
     // hold on the memory map (and stall it): left mapped until the end.
@@ -1081,7 +1091,7 @@ pub(crate) fn touched_by_restore(p: &Process) -> Vec<u64> {
 }
 
 /// Collects all but the attributes (in `p` already) and the memory.
-fn collect(r: &Remote, frozen: &Frozen, mut p: Process) -> Result<Process> {
+fn collect(r: &Remote, frozen: &Frozen, mut p: Process, max_deleted: u64) -> Result<Process> {
     let t = Instant::now();
     let lap = |what: &str| tracing::debug!(ms = t.elapsed().as_secs_f64() * 1e3, "collect: {what}");
     p.stop_signal = frozen.stop_signal;
@@ -1096,11 +1106,12 @@ fn collect(r: &Remote, frozen: &Frozen, mut p: Process) -> Result<Process> {
         p.threads.push(threads::dump(r, t)?);
     }
     lap("timers, threads");
-    let f = files::dump(r.pid)?;
+    let f = files::dump(r.pid, max_deleted)?;
     lap("files");
     p.fds = f.fds;
     p.pipes = f.pipes;
     p.cwd = f.cwd;
-    p.root = files::dump_root(r.pid)?;
+    p.cwd_deleted = f.cwd_deleted;
+    (p.root, p.root_deleted) = files::dump_root(r.pid)?;
     Ok(p)
 }

@@ -211,6 +211,7 @@ pub fn restore_deferring(
         memory::check_files(&p.vmas, opts.allow_file_changes)?;
         files::check(&p.fds, opts.allow_file_changes)?;
         files::check_root(p)?;
+        crate::resources::deleted::check(p)?;
         files::check_pipe_sizes(p.pid, &p.fds)?;
         sockets::tcp::check(p, opts.tcp_established)?;
     }
@@ -473,7 +474,7 @@ fn resurrect(
         }
         // Shared memory first: memfd descriptions are opened from it.
         shm.create(&r, i, pages)?;
-        plan.create(&r, i, &|id| shm.fd(id))?;
+        plan.create(&r, i, &|id| shm.fd(id), pages)?;
         plan.set_ctty(&r, p, joins_caller)?;
         // Memory shared copy-on-write with the parent and the children.
         let held = procs[..i]
@@ -564,7 +565,7 @@ fn resurrect(
     // (resources/seccomp).
     for (i, p) in procs.iter().enumerate() {
         if let Some((r, tids)) = &remotes[i] {
-            files::restore_root(r, p)?;
+            plan.restore_root(r, p)?;
             seccomp::install_before_credentials(r, p, tids, stacks)?;
             for (t, &host) in p.threads.iter().zip(tids) {
                 attrs::restore_creds(&r.for_thread(host), p, t)?;
@@ -862,12 +863,20 @@ fn build(
     let lap = |what: &str| tracing::debug!(ms = t.elapsed().as_secs_f64() * 1e3, "build: {what}");
     place_vdso(r, &p.vmas)?;
     lap("vdso");
-    memory::restore(r, &p.vmas, pages, progress, &|id| shm.fd(id), premapped)?;
+    memory::restore(
+        r,
+        &p.vmas,
+        pages,
+        progress,
+        &|id| shm.fd(id),
+        &|node| plan.node_fd(p, node),
+        premapped,
+    )?;
     crate::resources::numa::restore_vmas(r, p)?;
     shm.close(r)?;
     lap("memory");
     attrs::restore_mm(r, p)?;
-    files::restore_cwd(r, &p.cwd)?;
+    plan.restore_cwd(r, p)?;
     plan.place(r, p)?;
     // After every descriptor of this process is placed (closing one would
     // drop its POSIX locks).

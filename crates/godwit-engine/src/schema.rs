@@ -104,6 +104,15 @@ pub struct Process {
     /// (from godwit's own root). Empty: the same root as godwit's.
     #[prost(string, tag = "32")]
     pub root: String,
+    /// A working directory that was removed (`cwd` is its path without
+    /// " (deleted)"): its mode, owner, times and `node_id`, kind DIRECTORY,
+    /// `deleted` set. None: `cwd` exists.
+    #[prost(message, optional, tag = "33")]
+    pub cwd_deleted: Option<Fd>,
+    /// A root directory (chroot) that was removed (`root` is its path
+    /// without " (deleted)"), described as `cwd_deleted` is.
+    #[prost(message, optional, tag = "34")]
+    pub root_deleted: Option<Fd>,
     /// Contents of the shmem objects this process is the first (in tree
     /// order) to map; stored after its page runs in its page file.
     #[prost(message, repeated, tag = "23")]
@@ -381,6 +390,11 @@ pub struct Vma {
     /// this process, so they are shared again. Private anonymous VMAs only.
     #[prost(message, repeated, tag = "18")]
     pub inherited: Vec<PageRun>,
+    /// FILE_PRIVATE mappings of a deleted file: the file's `Fd::node_id`
+    /// (a descriptor of the same process holds it; `path` is empty). A
+    /// private mapping of a memfd has `shmem_id` instead.
+    #[prost(uint64, tag = "19")]
+    pub deleted_node: u64,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -644,6 +658,28 @@ pub struct Fd {
     /// the TID) it refers to; -1: a process that has exited and been reaped.
     #[prost(int32, tag = "29")]
     pub pidfd_pid: i32,
+    /// Deleted device nodes: the device number (st_rdev).
+    #[prost(uint64, tag = "30")]
+    pub rdev: u64,
+    /// Deleted symlinks (O_PATH|O_NOFOLLOW): where the link pointed.
+    #[prost(string, tag = "31")]
+    pub link_target: String,
+    /// Deleted files, FIFOs, directories, symlinks and device nodes: the
+    /// object's id (device and inode, as `shmem_id`), so that every
+    /// description, working directory and private mapping of one object is
+    /// made again on one recreated object. 0 in older images: each
+    /// description recreates its own.
+    #[prost(uint64, tag = "32")]
+    pub node_id: u64,
+    /// Deleted regular files whose data is kept in the page file (those
+    /// above [`crate::resources::files::INLINE_DELETED`] bytes of data), of
+    /// the first process holding the description: its extents, `addr` the
+    /// offset in the file, `offset` the place in the page file.
+    /// `deleted_data` and `extents` are then empty.
+    #[prost(message, repeated, tag = "33")]
+    pub deleted_runs: Vec<PageRun>,
+    #[prost(bool, tag = "34")]
+    pub deleted_in_pages: bool,
 }
 
 /// A descriptor connected to something outside the dumped tree (kind

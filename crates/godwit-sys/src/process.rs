@@ -566,6 +566,25 @@ pub fn fd_stat(fd: BorrowedFd<'_>) -> Result<(u32, u64, u64)> {
     Ok((st.st_mode, st.st_dev, st.st_ino))
 }
 
+/// The target of the symlink a descriptor we hold (O_PATH|O_NOFOLLOW)
+/// refers to: readlinkat with an empty path, which works on a symlink that
+/// no longer has a name.
+pub fn readlink_fd(fd: &OwnedFd) -> Result<Vec<u8>> {
+    let mut buf = vec![0u8; libc::PATH_MAX as usize + 1];
+    // SAFETY: an empty C string and a buffer of buf.len() bytes we own.
+    let n = unsafe {
+        libc::readlinkat(
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    check(n as i64, "readlinkat", format!("fd {}", fd.as_raw_fd()))?;
+    buf.truncate(n as usize);
+    Ok(buf)
+}
+
 /// A duplicate (same open file description) of this process's descriptor
 /// `fd`, by number: fails with EBADF when it is not open.
 pub fn dup_fd(fd: i32) -> Result<OwnedFd> {

@@ -5,13 +5,13 @@
 
 use crate::error::{DumpCtx, EngineError, RestoreCtx, Result};
 use crate::remote::Remote;
-use crate::resources::{anon, external, memory, pidfd, sockets, tty};
+use crate::resources::{anon, deleted, external, memory, pidfd, sockets, tty};
 use crate::schema::{EpollTarget, Extent, External, Fd, FdKind, Pipe, Process};
 use godwit_sys::{proc, process};
 use std::collections::{BTreeMap, HashMap};
 use std::io::Read;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 
 /// Character devices that hold no state and can simply be opened again.
 const STATELESS_DEVICES: &[&str] = &[
@@ -26,6 +26,8 @@ pub struct Files {
     pub fds: Vec<Fd>,
     pub pipes: Vec<Pipe>,
     pub cwd: String,
+    /// The working directory when it was removed (see `Process::cwd_deleted`).
+    pub cwd_deleted: Option<Fd>,
 }
 
 fn unsupported(pid: i32, fd: i32, what: impl std::fmt::Display) -> EngineError {
@@ -35,23 +37,26 @@ fn unsupported(pid: i32, fd: i32, what: impl std::fmt::Display) -> EngineError {
     }
 }
 
-/// Reads the descriptor table of a frozen process.
-pub fn dump(pid: i32) -> Result<Files> {
+/// Reads the descriptor table of a frozen process. `max_deleted`: the
+/// most data (bytes, holes not counted) kept of one deleted-but-open file.
+pub fn dump(pid: i32, max_deleted: u64) -> Result<Files> {
     let cwd = proc::link(&format!("/proc/{pid}/cwd"))
         .dumping(pid, "reading the cwd")?
         .to_string_lossy()
         .into_owned();
-    if cwd.ends_with(" (deleted)") {
-        return Err(EngineError::Unsupported {
-            pid,
-            what: format!("a deleted working directory ({cwd})"),
-        });
-    }
+    let cwd_deleted = dump_deleted_cwd(pid, &cwd)?;
     let mut fds = Vec::new();
     let mut lock_lines = Vec::new();
     let mut pidfd: Option<OwnedFd> = None;
     for fd in proc::fds(pid).dumping(pid, "listing file descriptors")? {
-        fds.push(describe(pid, fd, &cwd, &mut pidfd, &mut lock_lines)?);
+        fds.push(describe(
+            pid,
+            fd,
+            &cwd,
+            &mut pidfd,
+            &mut lock_lines,
+            max_deleted,
+        )?);
     }
     // What belongs to the open file description itself: the pipe buffer
     // size, the owner of I/O signals (O_ASYNC, SIGURG) and their signal.
@@ -105,7 +110,16 @@ pub fn dump(pid: i32) -> Result<Files> {
         }
     }
     let pipes = Vec::new();
-    Ok(Files { fds, pipes, cwd })
+    let cwd = match &cwd_deleted {
+        Some(d) => d.path.clone(),
+        None => cwd,
+    };
+    Ok(Files {
+        fds,
+        pipes,
+        cwd,
+        cwd_deleted,
+    })
 }
 
 /// The PID and the rest of a path under /proc/PID/ (`/proc/12/stat` →
@@ -197,6 +211,7 @@ fn describe(
     cwd: &str,
     pidfd: &mut Option<OwnedFd>,
     lock_lines: &mut Vec<(i32, Vec<proc::LockLine>)>,
+    max_deleted: u64,
 ) -> Result<Fd> {
     let target = proc::link(&format!("/proc/{pid}/fd/{fd}"))
         .dumping(pid, "reading file descriptors")?
@@ -273,7 +288,7 @@ fn describe(
     }
     if let Some(path) = target.strip_suffix(" (deleted)") {
         e.path = path.to_string();
-        save_deleted(pid, fd, &mut e)?;
+        save_deleted(pid, fd, pidfd, &mut e, max_deleted)?;
         return Ok(e);
     }
     let md = std::fs::metadata(format!("/proc/{pid}/fd/{fd}"))
@@ -340,7 +355,8 @@ pub(crate) fn describe_passed(fd: &OwnedFd) -> std::result::Result<Fd, String> {
     let raw = fd.as_raw_fd();
     let mut pidfd = None;
     let mut locks = Vec::new();
-    let mut e = describe(me, raw, "/", &mut pidfd, &mut locks).map_err(|e| e.to_string())?;
+    let mut e =
+        describe(me, raw, "/", &mut pidfd, &mut locks, MAX_DELETED).map_err(|e| e.to_string())?;
     let kind = FdKind::try_from(e.kind).unwrap_or(FdKind::Regular);
     if !PASSABLE.contains(&kind) || e.deleted {
         let what = if e.path.is_empty() {
@@ -481,6 +497,10 @@ pub fn link_descriptions(procs: &mut [Process], accept_pending: bool) -> Result<
     // Candidates for sharing have the same kind, path, pipe, socket and
     // access mode; kcmp then tells whether two fds are one description.
     type Key = (i32, String, u64, u32, u64);
+    for p in procs.iter().filter(|p| !p.zombie) {
+        memory::check_deleted_maps(p)?;
+    }
+    memory::share_deleted_files(procs)?;
     let mut reps: HashMap<Key, Vec<(i32, i32, u64)>> = HashMap::new();
     let mut next_id = 1u64;
     for p in procs.iter_mut().filter(|p| !p.zombie) {
@@ -590,7 +610,8 @@ pub fn link_descriptions(procs: &mut [Process], accept_pending: bool) -> Result<
             let data = match reader {
                 Some((pid, rfd)) => {
                     let pidfd = process::pidfd_open(pid).dumping(pid, "reading pipes")?;
-                    peek_pipe(pid, &pidfd, rfd)?
+                    let theirs = process::pidfd_getfd(&pidfd, rfd).dumping(pid, "reading pipes")?;
+                    peek_pipe(pid, &theirs, rfd)?
                 }
                 None => Vec::new(),
             };
@@ -598,7 +619,8 @@ pub fn link_descriptions(procs: &mut [Process], accept_pending: bool) -> Result<
             continue;
         };
         let pidfd = process::pidfd_open(rpid).dumping(rpid, "reading pipes")?;
-        let data = peek_pipe(rpid, &pidfd, rfd)?;
+        let theirs = process::pidfd_getfd(&pidfd, rfd).dumping(rpid, "reading pipes")?;
+        let data = peek_pipe(rpid, &theirs, rfd)?;
         let first = procs
             .iter()
             .position(|p| {
@@ -611,21 +633,51 @@ pub fn link_descriptions(procs: &mut [Process], accept_pending: bool) -> Result<
     }
     // FIFOs: their ends may be anywhere. The unread data is saved once, if
     // the tree can read it (holds a read end); otherwise it belongs to
-    // readers outside the tree and stays in the FIFO.
-    let mut fifos: BTreeMap<u64, (usize, Option<(usize, i32)>)> = BTreeMap::new();
+    // readers outside the tree and stays in the FIFO. A deleted FIFO is
+    // made again apart from the old one: its data is saved in any case,
+    // read through a read end godwit opens when the tree holds none.
+    // FIFO id → (first holder, a read end in the tree (process index, fd),
+    // a holder of it deleted (PID, fd)).
+    type FifoEnds = (usize, Option<(usize, i32)>, Option<(i32, i32)>);
+    let mut fifos: BTreeMap<u64, FifoEnds> = BTreeMap::new();
     for (i, p) in procs.iter().enumerate() {
         for f in p.fds.iter().filter(|f| f.kind == FdKind::Fifo as i32) {
-            let e = fifos.entry(f.pipe_id).or_insert((i, None));
-            if e.1.is_none() && can_read(f) {
+            let e = fifos.entry(f.pipe_id).or_insert((i, None, None));
+            if e.1.is_none() && can_read(f) && !is_o_path(f) {
                 e.1 = Some((i, f.fd));
+            }
+            if f.deleted && e.2.is_none() {
+                e.2 = Some((p.pid, f.fd));
             }
         }
     }
-    for (id, (first, reader)) in fifos {
-        let Some((i, rfd)) = reader else { continue };
-        let pid = procs[i].pid;
-        let pidfd = process::pidfd_open(pid).dumping(pid, "reading FIFOs")?;
-        let data = peek_pipe(pid, &pidfd, rfd)?;
+    for (id, (first, reader, deleted)) in fifos {
+        let stage = "reading FIFOs";
+        let data = match (reader, deleted) {
+            (Some((i, rfd)), _) => {
+                let pid = procs[i].pid;
+                let pidfd = process::pidfd_open(pid).dumping(pid, stage)?;
+                let theirs = process::pidfd_getfd(&pidfd, rfd).dumping(pid, stage)?;
+                peek_pipe(pid, &theirs, rfd)?
+            }
+            (None, Some((pid, fd))) => {
+                let path = format!("/proc/{pid}/fd/{fd}");
+                let ours = std::fs::OpenOptions::new()
+                    .read(true)
+                    .custom_flags(libc::O_NONBLOCK)
+                    .open(&path)
+                    .map_err(|e| EngineError::Sys {
+                        pid,
+                        stage,
+                        source: godwit_sys::SysError::Proc {
+                            path,
+                            detail: format!("opening a read end of a deleted FIFO: {e}"),
+                        },
+                    })?;
+                peek_pipe(pid, &OwnedFd::from(ours), fd)?
+            }
+            (None, None) => continue,
+        };
         if !data.is_empty() {
             procs[first].pipes.push(Pipe { id, data });
         }
@@ -692,31 +744,150 @@ pub(crate) fn mark_external(
     }
 }
 
-/// Largest deleted-but-open file whose contents a dump keeps.
-const MAX_DELETED: u64 = 64 << 20;
+/// Most data of one deleted-but-open file a dump keeps by default
+/// (`DumpOptions::max_deleted_file_size` raises it).
+pub const MAX_DELETED: u64 = 64 << 20;
 
-/// Keeps the contents of a regular file that was deleted while open.
-fn save_deleted(pid: i32, fd: i32, e: &mut Fd) -> Result<()> {
+/// Deleted files with more data than this keep it in the page file
+/// (`Fd::deleted_runs`), not in the manifest.
+pub const INLINE_DELETED: u64 = 1 << 20;
+
+/// Character devices a deleted node of may be made again (with mknod):
+/// those that hold no state, as [`STATELESS_DEVICES`] (1:3 null, 1:5 zero,
+/// 1:7 full, 1:8 random, 1:9 urandom).
+const STATELESS_RDEVS: &[(u32, u32)] = &[(1, 3), (1, 5), (1, 7), (1, 8), (1, 9)];
+
+/// Refuses a deleted object (of fd `fd`, at `path`) whose directory is gone
+/// too: there is nowhere to make it again next to where it was.
+fn check_deleted_dir(pid: i32, fd: Option<i32>, path: &str) -> Result<()> {
+    let dir = std::path::Path::new(path)
+        .parent()
+        .unwrap_or(std::path::Path::new("/"));
+    if std::fs::metadata(dir).is_ok_and(|m| m.is_dir()) {
+        return Ok(());
+    }
+    let what = format!(
+        "the deleted {path}, whose directory {} is gone too: it cannot be made again next to where it was",
+        dir.display()
+    );
+    Err(match fd {
+        Some(fd) => unsupported(pid, fd, what),
+        None => EngineError::Unsupported { pid, what },
+    })
+}
+
+/// Saves what makes a deleted object again (besides a regular file's
+/// data): its kind, mode, owner, group, times and identity.
+fn deleted_meta(e: &mut Fd, md: &std::fs::Metadata) {
+    e.deleted = true;
+    e.node_id = memory::shmem_id_of(md.dev(), md.ino());
+    e.mode = md.mode() & 0o7777;
+    e.uid = md.uid();
+    e.gid = md.gid();
+    e.atime_ns = md.atime() * 1_000_000_000 + md.atime_nsec();
+    e.mtime_ns = md.mtime() * 1_000_000_000 + md.mtime_nsec();
+}
+
+/// The working directory `cwd` (as /proc/PID/cwd reads) of `pid` when it
+/// was removed: described as a deleted directory.
+fn dump_deleted_cwd(pid: i32, cwd: &str) -> Result<Option<Fd>> {
+    let Some(path) = cwd.strip_suffix(" (deleted)") else {
+        return Ok(None);
+    };
+    let link = format!("/proc/{pid}/cwd");
+    let md = std::fs::metadata(&link).map_err(|err| EngineError::Unsupported {
+        pid,
+        what: format!("a deleted working directory ({cwd}) that cannot be read ({err})"),
+    })?;
+    check_deleted_dir(pid, None, path).map_err(|_| EngineError::Unsupported {
+        pid,
+        what: format!(
+            "a deleted working directory ({path}) whose own directory is gone too: it cannot be made again next to where it was"
+        ),
+    })?;
+    let mut e = Fd {
+        fd: -1,
+        kind: FdKind::Directory as i32,
+        path: path.to_string(),
+        ..Default::default()
+    };
+    deleted_meta(&mut e, &md);
+    Ok(Some(e))
+}
+
+/// Keeps what makes again an object that was deleted while open: a regular
+/// file's contents, a FIFO, a directory, a symlink (O_PATH|O_NOFOLLOW) or
+/// a stateless character device node.
+fn save_deleted(
+    pid: i32,
+    fd: i32,
+    pidfd: &mut Option<OwnedFd>,
+    e: &mut Fd,
+    max_deleted: u64,
+) -> Result<()> {
     let link = format!("/proc/{pid}/fd/{fd}");
+    // /proc/PID/fd/N leads to the object itself (to the symlink, for an
+    // O_PATH|O_NOFOLLOW descriptor of one).
     let md =
         std::fs::metadata(&link).map_err(|err| unsupported(pid, fd, format!("{link}: {err}")))?;
-    if md.file_type().is_char_device() {
-        return Err(unsupported(
-            pid,
-            fd,
-            format!(
-                "{}, a device whose node was removed (a terminal whose master side was closed is left so)",
-                e.path
-            ),
-        ));
+    let ft = md.file_type();
+    if !ft.is_file() {
+        let kind = if ft.is_fifo() {
+            e.pipe_id = memory::shmem_id_of(md.dev(), md.ino());
+            FdKind::Fifo
+        } else if ft.is_dir() {
+            FdKind::Directory
+        } else if ft.is_char_device() {
+            let rdev = dev_numbers(md.rdev());
+            if !STATELESS_RDEVS.contains(&rdev) {
+                return Err(unsupported(
+                    pid,
+                    fd,
+                    format!(
+                        "{}, a removed node of character device {}:{}, which is not one that holds no state (null, zero, full, random, urandom; a terminal whose master side was closed is left so too)",
+                        e.path, rdev.0, rdev.1
+                    ),
+                ));
+            }
+            e.rdev = md.rdev();
+            FdKind::CharDevice
+        } else if is_o_path(e) && is_deleted_symlink(pid, fd, pidfd)? {
+            let pfd = match &pidfd {
+                Some(p) => p,
+                None => pidfd.insert(process::pidfd_open(pid).dumping(pid, "reading a symlink")?),
+            };
+            let ours = process::pidfd_getfd(pfd, fd).dumping(pid, "reading a symlink")?;
+            let target = process::readlink_fd(&ours).dumping(pid, "reading a symlink")?;
+            e.link_target = String::from_utf8(target).map_err(|_| {
+                unsupported(
+                    pid,
+                    fd,
+                    format!("the deleted symlink {}, whose target is not UTF-8", e.path),
+                )
+            })?;
+            e.flags |= libc::O_NOFOLLOW as u32;
+            FdKind::Regular
+        } else {
+            return Err(unsupported(
+                pid,
+                fd,
+                format!(
+                    "{}, a deleted {} (block devices and sockets are not made again)",
+                    e.path,
+                    if ft.is_block_device() {
+                        "block device node"
+                    } else {
+                        "non-regular file"
+                    }
+                ),
+            ));
+        };
+        check_deleted_dir(pid, Some(fd), &e.path)?;
+        e.kind = kind as i32;
+        deleted_meta(e, &md);
+        return Ok(());
     }
-    if !md.file_type().is_file() {
-        return Err(unsupported(
-            pid,
-            fd,
-            format!("a deleted non-regular file {}", e.path),
-        ));
-    }
+    check_deleted_dir(pid, Some(fd), &e.path)?;
     // Without touching its access time (O_NOATIME needs to own the file
     // or CAP_FOWNER; otherwise it is read plainly).
     let open = |noatime: bool| {
@@ -739,15 +910,23 @@ fn save_deleted(pid: i32, fd: i32, e: &mut Fd) -> Result<()> {
     // Only the ranges holding data; the holes are made again at restore.
     let extents = data_extents(&file, md.size());
     let stored: u64 = extents.iter().map(|x| x.length).sum();
-    if stored > MAX_DELETED {
+    if stored > max_deleted {
         return Err(unsupported(
             pid,
             fd,
             format!(
-                "a deleted file holding {stored} bytes of data ({}); at most {MAX_DELETED} are kept",
+                "a deleted file holding {stored} bytes of data ({}); at most {max_deleted} are kept (raise it with --max-deleted-file-size)",
                 e.path
             ),
         ));
+    }
+    e.kind = FdKind::Regular as i32;
+    e.size = md.size();
+    deleted_meta(e, &md);
+    if stored > INLINE_DELETED {
+        // Read into the page file with the shared memory (memory::collect_shmem).
+        e.deleted_in_pages = true;
+        return Ok(());
     }
     let mut data = vec![0u8; stored as usize];
     let mut at = 0usize;
@@ -758,15 +937,25 @@ fn save_deleted(pid: i32, fd: i32, e: &mut Fd) -> Result<()> {
     }
     e.deleted_data = data;
     e.extents = extents;
-    e.deleted = true;
-    e.kind = FdKind::Regular as i32;
-    e.size = md.size();
-    e.mode = md.mode() & 0o7777;
-    e.uid = md.uid();
-    e.gid = md.gid();
-    e.atime_ns = md.atime() * 1_000_000_000 + md.atime_nsec();
-    e.mtime_ns = md.mtime() * 1_000_000_000 + md.mtime_nsec();
     Ok(())
+}
+
+/// Whether fd `fd` of `pid` (O_PATH) is a symlink: its stat through the
+/// descriptor itself (AT_EMPTY_PATH), since /proc/PID/fd/N leads to it.
+fn is_deleted_symlink(pid: i32, fd: i32, pidfd: &mut Option<OwnedFd>) -> Result<bool> {
+    let pfd = match &pidfd {
+        Some(p) => p,
+        None => pidfd.insert(process::pidfd_open(pid).dumping(pid, "reading a symlink")?),
+    };
+    let ours = process::pidfd_getfd(pfd, fd).dumping(pid, "reading a symlink")?;
+    let (mode, _, _) =
+        process::fd_stat(std::os::fd::AsFd::as_fd(&ours)).dumping(pid, "reading a symlink")?;
+    Ok(mode & libc::S_IFMT == libc::S_IFLNK)
+}
+
+/// (major, minor) of a device number.
+fn dev_numbers(rdev: u64) -> (u32, u32) {
+    (libc::major(rdev), libc::minor(rdev))
 }
 
 /// The ranges of `file` (of `size` bytes) that hold data, found with
@@ -815,124 +1004,10 @@ pub(crate) fn system_time(ns: i64) -> std::time::SystemTime {
     }
 }
 
-/// Gives a recreated deleted file (`file`, at `tmp`) the owner, mode and
-/// times it had: chown first (it clears set-id bits), then the mode, and
-/// the times last (the rest changes only the ctime, which cannot be set).
-fn set_deleted_meta(pid: i32, f: &Fd, file: &std::fs::File, tmp: &str) -> Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    let fail = |what: &str, e: std::io::Error| EngineError::Restore {
-        pid,
-        stage: "recreating a deleted file",
-        source: godwit_sys::SysError::Proc {
-            path: tmp.to_string(),
-            detail: format!("fd {} (deleted {}): {what}: {e}", f.fd, f.path),
-        },
-    };
-    let md = file.metadata().map_err(|e| fail("stat", e))?;
-    if (md.uid(), md.gid()) != (f.uid, f.gid) {
-        std::os::unix::fs::fchown(file, Some(f.uid), Some(f.gid))
-            .map_err(|e| fail(&format!("setting its owner {}:{}", f.uid, f.gid), e))?;
-    }
-    file.set_permissions(std::fs::Permissions::from_mode(f.mode))
-        .map_err(|e| fail(&format!("setting its mode {:o}", f.mode), e))?;
-    // Older images have no times.
-    if f.atime_ns != 0 || f.mtime_ns != 0 {
-        let times = std::fs::FileTimes::new()
-            .set_accessed(system_time(f.atime_ns))
-            .set_modified(system_time(f.mtime_ns));
-        file.set_times(times)
-            .map_err(|e| fail("setting its access and modification times", e))?;
-    }
-    Ok(())
-}
-
-/// Recreates a deleted-but-open file in process `r`: under a temporary name
-/// next to where it was, filled, opened with the saved flags, then unlinked.
-fn recreate_deleted(r: &Remote, f: &Fd, oflags: u32) -> Result<u64> {
-    let pid = r.pid;
-    let stage = "recreating a deleted file";
-    let tmp = format!("{}.godwit-{}-{}", f.path, pid, f.fd);
-    let a = r.put_cstr(0, &tmp).restoring(pid, stage)?;
-    let wfd = r
-        .call(
-            "openat",
-            libc::SYS_openat,
-            [
-                libc::AT_FDCWD as u64,
-                a,
-                (libc::O_RDWR | libc::O_CREAT | libc::O_EXCL | libc::O_CLOEXEC) as u64,
-                f.mode as u64,
-                0,
-                0,
-            ],
-        )
-        .map_err(|e| EngineError::FileChanged {
-            path: f.path.clone(),
-            detail: format!(
-                "fd {} (a deleted file) cannot be recreated in its directory ({e})",
-                f.fd
-            ),
-        })?;
-    let pidfd = process::pidfd_open(pid).restoring(pid, stage)?;
-    let ours = process::pidfd_getfd(&pidfd, wfd as i32).restoring(pid, stage)?;
-    let file = std::fs::File::from(ours);
-    let write_err = |e: std::io::Error| EngineError::Restore {
-        pid,
-        stage,
-        source: godwit_sys::SysError::Proc {
-            path: tmp.clone(),
-            detail: format!("fd {} (deleted {}): {e}", f.fd, f.path),
-        },
-    };
-    // The size first (all hole), then the data ranges: what was a hole
-    // stays one. Older images have no ranges: the data is the whole file.
-    file.set_len(f.size.max(f.deleted_data.len() as u64))
-        .map_err(write_err)?;
-    let whole = [Extent {
-        offset: 0,
-        length: f.deleted_data.len() as u64,
-    }];
-    let extents = if f.extents.is_empty() {
-        &whole[..]
-    } else {
-        &f.extents[..]
-    };
-    let mut at = 0usize;
-    for x in extents {
-        let end = at.saturating_add(x.length as usize);
-        let part = f.deleted_data.get(at..end).ok_or_else(|| {
-            EngineError::BadImage(format!(
-                "fd {} (deleted {}): its data ranges go past its saved data",
-                f.fd, f.path
-            ))
-        })?;
-        std::os::unix::fs::FileExt::write_all_at(&file, part, x.offset).map_err(write_err)?;
-        at = end;
-    }
-    set_deleted_meta(pid, f, &file, &tmp)?;
-    let fd = r
-        .call(
-            "openat",
-            libc::SYS_openat,
-            [libc::AT_FDCWD as u64, a, oflags as u64, 0, 0, 0],
-        )
-        .restoring(pid, stage)?;
-    r.call(
-        "unlinkat",
-        libc::SYS_unlinkat,
-        [libc::AT_FDCWD as u64, a, 0, 0, 0, 0],
-    )
-    .restoring(pid, stage)?;
-    r.call("close", libc::SYS_close, [wfd, 0, 0, 0, 0, 0])
-        .restoring(pid, stage)?;
-    Ok(fd)
-}
-
 /// Copies the unread bytes of the pipe behind `fd` of `pid` without consuming them.
-fn peek_pipe(pid: i32, pidfd: &OwnedFd, fd: i32) -> Result<Vec<u8>> {
+fn peek_pipe(pid: i32, theirs: &OwnedFd, fd: i32) -> Result<Vec<u8>> {
     let stage = "reading pipe contents";
-    let theirs = process::pidfd_getfd(pidfd, fd).dumping(pid, stage)?;
-    let pending = process::pipe_pending(&theirs).dumping(pid, stage)?;
+    let pending = process::pipe_pending(theirs).dumping(pid, stage)?;
     if pending == 0 {
         return Ok(Vec::new());
     }
@@ -940,7 +1015,7 @@ fn peek_pipe(pid: i32, pidfd: &OwnedFd, fd: i32) -> Result<Vec<u8>> {
     process::set_pipe_size(&wr, pending).dumping(pid, stage)?;
     let mut copied = 0;
     while copied < pending {
-        let n = process::tee(&theirs, &wr, pending - copied).dumping(pid, stage)?;
+        let n = process::tee(theirs, &wr, pending - copied).dumping(pid, stage)?;
         if n == 0 {
             break;
         }
@@ -1076,6 +1151,11 @@ pub struct FdPlan {
     /// Unix socket groups finished once every process exists (their queues
     /// carry credentials of processes created after theirs): (creator, group).
     unix_late: std::sync::Mutex<Vec<(usize, sockets::unix::PendingGroup)>>,
+    /// Objects deleted while open: made again once, used by every holder.
+    nodes: deleted::Nodes,
+    /// Description id → the first process (index) holding it, whose page
+    /// file holds a big deleted file's data.
+    first_holder: HashMap<u64, usize>,
 }
 
 /// The lowest common ancestor (by index, parents before children) of `set`.
@@ -1193,6 +1273,8 @@ impl FdPlan {
             .map(|(pipe, (_, id))| (id, pipe))
             .collect();
         let max_id = descs.keys().next_back().copied().unwrap_or(0);
+        let nodes = deleted::Nodes::new(descs.values().map(|(_, f)| f), procs);
+        let first_holder = holders.iter().map(|(id, h)| (*id, h[0])).collect();
         let holder_fds = procs
             .iter()
             .enumerate()
@@ -1214,6 +1296,8 @@ impl FdPlan {
             unix_late: Default::default(),
             external,
             pids: procs.iter().map(|p| p.pid).collect(),
+            nodes,
+            first_holder,
         })
     }
 
@@ -1263,6 +1347,7 @@ impl FdPlan {
         r: &Remote,
         idx: usize,
         shm_fd: &dyn Fn(u64) -> Option<u64>,
+        pages: &[memory::Pages],
     ) -> Result<()> {
         let pid = r.pid;
         let stage = "opening files";
@@ -1417,7 +1502,18 @@ impl FdPlan {
                     }
                     fd
                 }
-                FdKind::Fifo => self.open_fifo(r, *id, f)?,
+                FdKind::Fifo if f.deleted => {
+                    let oflags = f.flags
+                        & !((libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC | libc::O_NOCTTY) as u32);
+                    self.nodes.use_node(
+                        r,
+                        f,
+                        deleted::Use::Open(oflags),
+                        &|tmp| self.open_fifo(r, *id, f, tmp),
+                        None,
+                    )?
+                }
+                FdKind::Fifo => self.open_fifo(r, *id, f, &f.path)?,
                 FdKind::TcpListen => {
                     let s = f.socket.as_ref().ok_or_else(|| {
                         EngineError::BadImage(format!("fd {} is a socket without details", f.fd))
@@ -1449,7 +1545,15 @@ impl FdPlan {
                     let oflags = f.flags
                         & !((libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC | libc::O_NOCTTY) as u32);
                     let fd = if f.deleted {
-                        recreate_deleted(r, f, oflags)?
+                        // A big file's data is in its first holder's page file.
+                        let data = self.first_holder.get(id).and_then(|&i| pages.get(i));
+                        self.nodes.use_node(
+                            r,
+                            f,
+                            deleted::Use::Open(oflags),
+                            &|_| unreachable!(),
+                            data,
+                        )?
                     } else {
                         r.call(
                             "openat",
@@ -1495,10 +1599,10 @@ impl FdPlan {
     /// blocking: the FIFO is opened read-write first (which never waits for
     /// a peer and is a peer for both ends), then again through
     /// /proc/self/fd with the saved flags; the saved data is written once.
-    fn open_fifo(&self, r: &Remote, id: u64, f: &Fd) -> Result<u64> {
+    fn open_fifo(&self, r: &Remote, id: u64, f: &Fd, path: &str) -> Result<u64> {
         let pid = r.pid;
         let stage = "opening FIFOs";
-        let a = r.put_cstr(0, &f.path).restoring(pid, stage)?;
+        let a = r.put_cstr(0, path).restoring(pid, stage)?;
         let both = r
             .call(
                 "openat",
@@ -1724,29 +1828,44 @@ pub fn restore_async(procs: &[Process], remotes: &[Option<Remote>]) -> Result<()
     Ok(())
 }
 
-/// Enters the working directory of the restored process.
 /// The process's root directory if it was chroot'ed (empty if it is
-/// godwit's own). A root that was removed cannot be entered again: refused.
-pub fn dump_root(pid: i32) -> Result<String> {
+/// godwit's own), and its description when it was removed.
+pub fn dump_root(pid: i32) -> Result<(String, Option<Fd>)> {
     let root = proc::link(&format!("/proc/{pid}/root"))
         .dumping(pid, "reading the root directory")?
         .to_string_lossy()
         .into_owned();
     if root == "/" {
-        return Ok(String::new());
+        return Ok((String::new(), None));
     }
-    if root.ends_with(" (deleted)") {
-        return Err(EngineError::Unsupported {
+    let Some(path) = root.strip_suffix(" (deleted)") else {
+        return Ok((root, None));
+    };
+    let md =
+        std::fs::metadata(format!("/proc/{pid}/root")).map_err(|err| EngineError::Unsupported {
             pid,
-            what: format!("a deleted root directory (chroot into {root})"),
-        });
-    }
-    Ok(root)
+            what: format!("a deleted root directory ({root}) that cannot be read ({err})"),
+        })?;
+    check_deleted_dir(pid, None, path).map_err(|_| EngineError::Unsupported {
+        pid,
+        what: format!(
+            "a deleted root directory (chroot into {path}) whose own directory is gone too: it cannot be made again next to where it was"
+        ),
+    })?;
+    let mut e = Fd {
+        fd: -1,
+        kind: FdKind::Directory as i32,
+        path: path.to_string(),
+        ..Default::default()
+    };
+    deleted_meta(&mut e, &md);
+    Ok((path.to_string(), Some(e)))
 }
 
 /// Refuses a restore whose chroot directory is no longer a directory.
 pub fn check_root(p: &Process) -> Result<()> {
-    if p.root.is_empty() || std::path::Path::new(&p.root).is_dir() {
+    // A removed one is made again (its directory is checked by deleted::check).
+    if p.root.is_empty() || p.root_deleted.is_some() || std::path::Path::new(&p.root).is_dir() {
         return Ok(());
     }
     Err(EngineError::FileChanged {
@@ -1776,6 +1895,47 @@ pub fn restore_root(r: &Remote, p: &Process) -> Result<()> {
     Ok(())
 }
 
+impl FdPlan {
+    /// Sets the working directory of process `p` (`r`): a removed one is
+    /// made again (or found, when a descriptor of the tree holds it) and
+    /// entered ([`deleted::Nodes`]).
+    pub fn restore_cwd(&self, r: &Remote, p: &Process) -> Result<()> {
+        match &p.cwd_deleted {
+            Some(d) => {
+                self.nodes
+                    .use_node(r, d, deleted::Use::Chdir, &|_| unreachable!(), None)?;
+                Ok(())
+            }
+            None => restore_cwd(r, &p.cwd),
+        }
+    }
+
+    /// [`restore_root`], for a removed root directory too: made again (or
+    /// found: the same directory as a descriptor's or the cwd's) and
+    /// entered with chroot.
+    pub fn restore_root(&self, r: &Remote, p: &Process) -> Result<()> {
+        match &p.root_deleted {
+            Some(d) => {
+                self.nodes
+                    .use_node(r, d, deleted::Use::Chroot, &|_| unreachable!(), None)?;
+                Ok(())
+            }
+            None => restore_root(r, p),
+        }
+    }
+
+    /// The staging descriptor (in process `p`, before it places its fds) of
+    /// a description of the deleted file `node` that `p` holds: what a
+    /// private mapping of that file is mapped from.
+    pub fn node_fd(&self, p: &Process, node: u64) -> Option<u64> {
+        p.fds
+            .iter()
+            .find(|f| f.deleted && f.node_id == node && f.kind == FdKind::Regular as i32)
+            .map(|f| self.stage(f.file_id))
+    }
+}
+
+/// Enters the working directory of the restored process.
 pub fn restore_cwd(r: &Remote, cwd: &str) -> Result<()> {
     let a = r.put_cstr(0, cwd).restoring(r.pid, "setting the cwd")?;
     r.call("chdir", libc::SYS_chdir, [a, 0, 0, 0, 0, 0])

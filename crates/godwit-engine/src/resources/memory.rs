@@ -18,7 +18,7 @@ use godwit_sys::proc::MapEntry;
 use godwit_sys::uffd::{self, Uffd};
 use godwit_sys::PAGE_SIZE;
 use std::collections::HashMap;
-use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 
 /// Bytes read from the process per batch while dumping.
 const BATCH: usize = 1 << 20;
@@ -54,6 +54,10 @@ pub(crate) fn kind_of(pid: i32, e: &MapEntry) -> Result<VmaKind> {
         n if e.shared && n.ends_with(" (deleted)") && (n.starts_with('/') || n.starts_with("/memfd:")) => {
             VmaKind::AnonShared
         }
+        // Private mappings of a memfd or of a deleted file: mapped again
+        // from the memfd made again (Vma::shmem_id) or from the file
+        // recreated for a descriptor of the process (Vma::deleted_node).
+        n if !e.shared && n.starts_with('/') && n.ends_with(" (deleted)") => VmaKind::FilePrivate,
         n if n.starts_with('/') && !n.ends_with(" (deleted)") => {
             if e.shared {
                 VmaKind::FileShared
@@ -457,7 +461,10 @@ pub fn plan_sharing(
         if kind == VmaKind::SysvShm {
             sysv::describe_attach(pid, e, &mut vma)?;
         }
-        if matches!(kind, VmaKind::FilePrivate | VmaKind::FileShared) {
+        let deleted = kind == VmaKind::FilePrivate && e.name.ends_with(" (deleted)");
+        if deleted {
+            describe_deleted_private(pid, e, &mut vma)?;
+        } else if matches!(kind, VmaKind::FilePrivate | VmaKind::FileShared) {
             let md = std::fs::metadata(&e.name).map_err(|err| EngineError::Unsupported {
                 pid,
                 what: format!("the mapped file {} cannot be opened ({err})", e.name),
@@ -558,6 +565,113 @@ pub fn plan_sharing(
     Ok(out)
 }
 
+/// Describes `vma`, a private mapping `e` of a deleted file or memfd: a
+/// memfd's (on tmpfs, with seals) by its shmem object, whose contents are
+/// kept like a shared one's; a deleted file's by its `Fd::node_id`, which a
+/// descriptor of the process must hold ([`check_deleted_maps`]). Either way
+/// only the pages the process wrote are stored.
+fn describe_deleted_private(pid: i32, e: &MapEntry, vma: &mut Vma) -> Result<()> {
+    let path = format!("/proc/{pid}/map_files/{:x}-{:x}", e.start, e.end);
+    let f = std::fs::File::open(&path).map_err(|err| EngineError::Unsupported {
+        pid,
+        what: format!(
+            "the private mapping {:#x}-{:#x} of {}, whose file cannot be read ({err})",
+            e.start, e.end, e.name
+        ),
+    })?;
+    let id = shmem_id(e.dev_major, e.dev_minor, e.inode);
+    let is_memfd = memfd_name(&e.name).is_some()
+        && godwit_sys::process::fs_type(&path).is_ok_and(|t| t == libc::TMPFS_MAGIC)
+        && godwit_sys::process::memfd_seals(&f).is_ok();
+    if is_memfd {
+        let size = f.metadata().map(|m| m.size()).unwrap_or(0);
+        vma.shmem_id = id;
+        vma.shmem_size = size;
+    } else {
+        vma.deleted_node = id;
+    }
+    Ok(())
+}
+
+/// Shared mappings of a deleted file (kept, by default, like shared
+/// anonymous memory: one memfd) that every process mapping it also holds
+/// open: mapped again from the file made again for those descriptors
+/// (`Vma::deleted_node`, kind FILE_SHARED), so that the mappings and the
+/// descriptors stay one file, as they were. Refused: such a file mapped
+/// shared by a process that does not hold it open while another does (the
+/// mapping would be made again apart from the file).
+pub fn share_deleted_files(procs: &mut [crate::schema::Process]) -> Result<()> {
+    let holds = |p: &crate::schema::Process, id: u64| {
+        p.fds
+            .iter()
+            .any(|f| f.deleted && f.node_id == id && f.kind == FdKind::Regular as i32)
+    };
+    let mut ids: HashMap<u64, bool> = HashMap::new();
+    for p in procs.iter().filter(|p| !p.zombie) {
+        for v in p
+            .vmas
+            .iter()
+            .filter(|v| v.kind == VmaKind::AnonShared as i32 && v.shmem_id != 0)
+        {
+            let ok = holds(p, v.shmem_id);
+            *ids.entry(v.shmem_id).or_insert(true) &= ok;
+        }
+    }
+    let live = || procs.iter().filter(|p| !p.zombie);
+    for (&id, _) in ids.iter().filter(|(_, all)| !**all) {
+        if live().any(|p| holds(p, id)) {
+            let (p, v) = live()
+                .flat_map(|p| p.vmas.iter().map(move |v| (p, v)))
+                .find(|(p, v)| {
+                    v.kind == VmaKind::AnonShared as i32 && v.shmem_id == id && !holds(p, id)
+                })
+                .expect("a holder without the file");
+            return Err(EngineError::Unsupported {
+                pid: p.pid,
+                what: format!(
+                    "the shared mapping {:#x}-{:#x} of a deleted file that another process of the tree holds open but this one does not: it would be made again apart from that file",
+                    v.start, v.end
+                ),
+            });
+        }
+    }
+    for p in procs.iter_mut() {
+        for v in p
+            .vmas
+            .iter_mut()
+            .filter(|v| v.kind == VmaKind::AnonShared as i32 && ids.get(&v.shmem_id) == Some(&true))
+        {
+            v.kind = VmaKind::FileShared as i32;
+            v.deleted_node = v.shmem_id;
+            v.shmem_id = 0;
+            v.shmem_size = 0;
+        }
+    }
+    Ok(())
+}
+
+/// Refuses a private mapping of a deleted file that no descriptor of the
+/// same process holds: the file is made again for a descriptor
+/// (resources::files), and the mapping from it.
+pub fn check_deleted_maps(p: &crate::schema::Process) -> Result<()> {
+    for v in p.vmas.iter().filter(|v| v.deleted_node != 0) {
+        let held = p
+            .fds
+            .iter()
+            .any(|f| f.deleted && f.node_id == v.deleted_node && f.kind == FdKind::Regular as i32);
+        if !held {
+            return Err(EngineError::Unsupported {
+                pid: p.pid,
+                what: format!(
+                    "the private mapping {:#x}-{:#x} of a deleted file that no descriptor of the process holds any more (its contents past the mapped range are not kept)",
+                    v.start, v.end
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// The id of a shmem object (`Vma::shmem_id`, `Fd::shmem_id`): its device
 /// and inode.
 pub fn shmem_id(dev_major: u32, dev_minor: u32, ino: u64) -> u64 {
@@ -582,6 +696,7 @@ pub fn collect_shmem(
 ) -> Result<Vec<Vec<Vec<u8>>>> {
     let mut seen = std::collections::HashSet::new();
     let mut seen_sysv = std::collections::HashSet::new();
+    let mut seen_deleted = std::collections::HashSet::new();
     let mut table = None;
     let mut out = Vec::with_capacity(procs.len());
     for (i, p) in procs.iter_mut().enumerate() {
@@ -671,6 +786,27 @@ pub fn collect_shmem(
             seg.data = read_extents(pid, &f, &path, seg.size, &mut offset, &mut datas)?;
             p.sysv_shm.push(seg);
         }
+        // Deleted files too big for the manifest, by their first holder.
+        for f in p.fds.iter_mut().filter(|f| f.deleted_in_pages) {
+            if !seen_deleted.insert(f.file_id) {
+                continue;
+            }
+            let path = format!("/proc/{pid}/fd/{}", f.fd);
+            // Without touching its access time where godwit may.
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NOATIME)
+                .open(&path)
+                .or_else(|_| std::fs::File::open(&path))
+                .map_err(|e| EngineError::Unsupported {
+                    pid,
+                    what: format!(
+                        "fd {} (the deleted file {}) whose contents cannot be read ({e})",
+                        f.fd, f.path
+                    ),
+                })?;
+            f.deleted_runs = read_extents(pid, &file, &path, f.size, &mut offset, &mut datas)?;
+        }
         out.push(datas);
     }
     Ok(out)
@@ -734,7 +870,7 @@ fn lseek_hole(f: &std::fs::File, pos: u64) -> Option<u64> {
 
 /// Writes the stored extents `runs` of an object of `size` bytes from the
 /// page file `src` into `file`.
-fn write_extents(
+pub(crate) fn write_extents(
     pid: i32,
     stage: &'static str,
     file: &std::fs::File,
@@ -1574,7 +1710,8 @@ pub fn is_special(v: &Vma) -> bool {
 /// Maps every ordinary VMA at its address in the restored process, writes the
 /// stored pages, and sets the final protections and advice.
 /// `shmem_fd` gives, for a shmem id, the descriptor (in the process) of the
-/// object created for it (see [`ShmPlan`]).
+/// object created for it (see [`ShmPlan`]); `node_fd`, for a deleted file
+/// (`Vma::deleted_node`), a descriptor of the file made again for it.
 /// `premapped`: the bounds of VMAs already mapped and filled by
 /// [`restore_early`] (only their protections, advice and locks are left).
 pub fn restore(
@@ -1583,6 +1720,7 @@ pub fn restore(
     pages: &Pages,
     progress: &dyn Progress,
     shmem_fd: &dyn Fn(u64) -> Option<u64>,
+    node_fd: &dyn Fn(u64) -> Option<u64>,
     premapped: &[(u64, u64)],
 ) -> Result<()> {
     let pid = r.pid;
@@ -1617,6 +1755,62 @@ pub fn restore(
                     u64::MAX
                 }
             },
+            // A private mapping of a memfd: from the memfd made again.
+            VmaKind::FilePrivate if v.shmem_id != 0 => {
+                flags |= libc::MAP_PRIVATE as u64;
+                shmem_fd(v.shmem_id).ok_or_else(|| {
+                    EngineError::BadImage(format!(
+                        "the private mapping {:#x}-{:#x} of a memfd has no shared memory object",
+                        v.start, v.end
+                    ))
+                })?
+            }
+            // A mapping of a deleted file: from the file made again for a
+            // descriptor of the process, opened again (that descriptor may
+            // be write-only or O_PATH).
+            VmaKind::FilePrivate | VmaKind::FileShared if v.deleted_node != 0 => {
+                let shared = k == VmaKind::FileShared;
+                flags |= if shared {
+                    libc::MAP_SHARED
+                } else {
+                    libc::MAP_PRIVATE
+                } as u64;
+                let held = node_fd(v.deleted_node).ok_or_else(|| {
+                    EngineError::BadImage(format!(
+                        "the mapping {:#x}-{:#x} of a deleted file that no descriptor of process {pid} holds",
+                        v.start, v.end
+                    ))
+                })?;
+                let writable = shared && v.prot & libc::PROT_WRITE as u32 != 0;
+                let path = format!("/proc/self/fd/{held}");
+                match files.get(&(path.clone(), writable)) {
+                    Some(fd) => *fd,
+                    None => {
+                        let a = r.put_cstr(0, &path).restoring(pid, "mapping files")?;
+                        let oflags = if writable {
+                            libc::O_RDWR
+                        } else {
+                            libc::O_RDONLY
+                        };
+                        let fd = r
+                            .call(
+                                "openat",
+                                libc::SYS_openat,
+                                [
+                                    libc::AT_FDCWD as u64,
+                                    a,
+                                    (oflags | libc::O_CLOEXEC) as u64,
+                                    0,
+                                    0,
+                                    0,
+                                ],
+                            )
+                            .restoring(pid, "opening a mapped deleted file")?;
+                        files.insert((path, writable), fd);
+                        fd
+                    }
+                }
+            }
             VmaKind::FilePrivate | VmaKind::FileShared => {
                 let shared = k == VmaKind::FileShared;
                 flags |= if shared {

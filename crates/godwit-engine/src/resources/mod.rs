@@ -5,6 +5,7 @@
 pub mod anon;
 pub mod attrs;
 pub mod caps;
+pub mod deleted;
 pub mod external;
 pub mod files;
 pub mod jobctl;
