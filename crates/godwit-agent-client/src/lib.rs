@@ -39,6 +39,13 @@ pub enum ServiceCmd {
         #[arg(long)]
         to: String,
     },
+    /// The checkpoints of a service as a tree: each one under its parent; a restore
+    /// of an older checkpoint starts a branch. Marks the newest (`latest`) and the
+    /// one the running instance descends from.
+    Checkpoints {
+        /// Service UUID.
+        uuid: String,
+    },
     /// Set the periodic checkpoint interval (0 turns periodic checkpoints off).
     Interval {
         /// Service UUID.
@@ -331,6 +338,16 @@ pub async fn migrate(
     if let Some(iv) = st["interval_secs"].as_f64() {
         args.extend(["--interval".into(), iv.to_string()]);
     }
+    let r = &st["retention"];
+    if let Some(k) = r["keep"].as_u64() {
+        args.extend(["--keep".into(), k.to_string()]);
+    }
+    if let Some(a) = r["max_age_secs"].as_f64() {
+        args.extend(["--keep-secs".into(), a.to_string()]);
+    }
+    if let Some(b) = r["max_bytes"].as_u64() {
+        args.extend(["--keep-bytes".into(), b.to_string()]);
+    }
     let started = dest
         .exec(
             program,
@@ -403,6 +420,85 @@ pub async fn migrate(
         switch_over,
         total: t0.elapsed(),
     })
+}
+
+/// The checkpoint tree of `uuid` in `store`: `{uuid, store, latest, head, checkpoints:
+/// [{id, parent, bytes, created_unix_ms, children}]}`, oldest first; `head` is what the
+/// running instance descends from (when it runs).
+pub async fn checkpoint_tree(
+    store: &godwit_sdk::Store,
+    uuid: &str,
+    head: Option<&str>,
+) -> Result<Value, godwit_sdk::store::StoreError> {
+    let list = store.list(uuid).await?;
+    let rows: Vec<Value> = list
+        .iter()
+        .map(|c| {
+            let children: Vec<&str> = list
+                .iter()
+                .filter(|k| k.parent.as_deref() == Some(c.id.as_str()))
+                .map(|k| k.id.as_str())
+                .collect();
+            json!({ "id": c.id, "parent": c.parent, "bytes": c.bytes,
+                    "created_unix_ms": c.created_unix_ms, "children": children })
+        })
+        .collect();
+    Ok(json!({
+        "uuid": uuid, "store": store.url(), "latest": list.last().map(|c| c.id.clone()),
+        "head": head, "checkpoints": rows,
+    }))
+}
+
+/// The tree as text: each checkpoint under its parent, indented.
+fn render_tree(v: &Value) -> String {
+    let rows = v["checkpoints"].as_array().cloned().unwrap_or_default();
+    let ids: Vec<&str> = rows.iter().filter_map(|r| r["id"].as_str()).collect();
+    let mut out = format!(
+        "checkpoints of {} in {}\n",
+        v["uuid"].as_str().unwrap_or("?"),
+        v["store"].as_str().unwrap_or("?")
+    );
+    fn walk(rows: &[Value], v: &Value, id: &str, depth: usize, out: &mut String) {
+        let Some(r) = rows.iter().find(|r| r["id"] == id) else {
+            return;
+        };
+        let mut marks = Vec::new();
+        if v["latest"] == id {
+            marks.push("latest");
+        }
+        if v["head"] == id {
+            marks.push("running instance descends from it");
+        }
+        out.push_str(&format!(
+            "{}{}  {} bytes{}\n",
+            "  ".repeat(depth),
+            id,
+            r["bytes"],
+            if marks.is_empty() {
+                String::new()
+            } else {
+                format!("  <- {}", marks.join(", "))
+            }
+        ));
+        for c in r["children"].as_array().into_iter().flatten() {
+            if let Some(c) = c.as_str() {
+                walk(rows, v, c, depth + 1, out);
+            }
+        }
+    }
+    for r in &rows {
+        let root = match r["parent"].as_str() {
+            None => true,
+            Some(p) => !ids.contains(&p),
+        };
+        if root {
+            if let (Some(id), Some(p)) = (r["id"].as_str(), r["parent"].as_str()) {
+                out.push_str(&format!("({p}, the parent of {id}, was removed)\n"));
+            }
+            walk(&rows, v, r["id"].as_str().unwrap_or(""), 0, &mut out);
+        }
+    }
+    out.trim_end().to_string()
 }
 
 fn names_for(agent: &Agent, token: &str, ca: Option<&Path>) -> Result<Names, AgentError> {
@@ -523,6 +619,30 @@ pub async fn run_service_cmd(
                     m.total.as_secs_f64() * 1e3
                 )
             });
+        }
+        ServiceCmd::Checkpoints { uuid } => {
+            // The running instance names its store and what it descends from; a service
+            // that is not running is looked up in this agent's store.
+            let running = match names.resolve(&uuid).await? {
+                Some(addr) => mgmt::request(
+                    &addr,
+                    json!({ "op": "status" }),
+                    Some(&token),
+                    Duration::from_secs(10),
+                )
+                .await
+                .ok(),
+                None => None,
+            };
+            let url = running
+                .as_ref()
+                .and_then(|s| s["store"].as_str().map(str::to_string))
+                .unwrap_or_else(|| format!("agent://{}", agent.addr()));
+            let store = godwit_sdk::Store::from_url_with_ca(&url, Some(token.clone()), tls_ca)
+                .map_err(|e| anyhow::anyhow!("checkpoint store {url}: {e}"))?;
+            let head = running.as_ref().and_then(|s| s["head"].as_str());
+            let v = checkpoint_tree(&store, &uuid, head).await?;
+            print(json_out, &v, || render_tree(&v));
         }
         ServiceCmd::Interval { uuid, secs } => {
             let addr = resolve(&names, &uuid).await?;

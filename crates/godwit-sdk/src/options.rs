@@ -45,8 +45,11 @@ pub struct ServiceOptions {
     /// CA file to verify godwitd's certificate (PKI mode); none: the token binding
     /// alone authenticates the agent.
     pub tls_ca: Option<PathBuf>,
-    /// Periodic checkpoint interval (none: only on request).
+    /// Periodic checkpoint interval (none: only on request); within
+    /// [`MIN_INTERVAL_SECS`]..=[`MAX_INTERVAL_SECS`].
     pub interval: Option<Duration>,
+    /// Which checkpoints the store keeps for this service.
+    pub retention: Retention,
     /// Start in standby: wait for a `restore` (or `start`) management request.
     pub standby: bool,
     /// Restore this checkpoint (`latest` or an id) at start.
@@ -73,6 +76,7 @@ impl Default for ServiceOptions {
             token: None,
             tls_ca: None,
             interval: None,
+            retention: Retention::default(),
             standby: false,
             restore: None,
             lease: Duration::from_secs(5),
@@ -81,6 +85,50 @@ impl Default for ServiceOptions {
             announce: true,
         }
     }
+}
+
+/// Shortest periodic checkpoint interval, in seconds.
+pub const MIN_INTERVAL_SECS: f64 = 0.1;
+/// Longest periodic checkpoint interval, in seconds (30 days).
+pub const MAX_INTERVAL_SECS: f64 = 2_592_000.0;
+/// Checkpoints kept per service unless `--keep` says otherwise.
+pub const DEFAULT_KEEP: u64 = 20;
+
+/// Which checkpoints of a service the store keeps. After every checkpoint the service
+/// removes, oldest first, those beyond `keep`, older than `max_age`, or beyond
+/// `max_bytes` in total; the newest (the one just written) is always kept.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Retention {
+    /// At most this many checkpoints (at least 1).
+    pub keep: u64,
+    /// None older than this.
+    pub max_age: Option<Duration>,
+    /// At most this many bytes of checkpoints in total.
+    pub max_bytes: Option<u64>,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Retention {
+            keep: DEFAULT_KEEP,
+            max_age: None,
+            max_bytes: None,
+        }
+    }
+}
+
+/// Checks a periodic checkpoint interval: 0 (off) or within the bounds. The message
+/// states the bounds.
+pub fn check_interval(secs: f64) -> Result<Option<Duration>, String> {
+    if secs == 0.0 {
+        return Ok(None);
+    }
+    if secs.is_finite() && (MIN_INTERVAL_SECS..=MAX_INTERVAL_SECS).contains(&secs) {
+        return Ok(Some(Duration::from_secs_f64(secs)));
+    }
+    Err(format!(
+        "interval {secs} s is out of bounds: give 0 (periodic checkpoints off) or between {MIN_INTERVAL_SECS} s and {MAX_INTERVAL_SECS} s (30 days)"
+    ))
 }
 
 fn parse_secs(flag: &str, v: &str) -> Result<Option<Duration>, OptionsError> {
@@ -147,7 +195,39 @@ impl ServiceOptions {
                     o.token = Some(t.trim().to_string());
                 }
                 "--tls-ca" => o.tls_ca = Some(PathBuf::from(value(&flag)?)),
-                "--interval" => o.interval = parse_secs(&flag, &value(&flag)?)?,
+                "--interval" => {
+                    let v = value(&flag)?;
+                    let secs: f64 = v.parse().map_err(|_| OptionsError::BadValue {
+                        flag: flag.clone(),
+                        message: format!("`{v}` is not a number of seconds"),
+                    })?;
+                    o.interval =
+                        check_interval(secs).map_err(|message| OptionsError::BadValue {
+                            flag: flag.clone(),
+                            message,
+                        })?;
+                }
+                "--keep" => {
+                    let v = value(&flag)?;
+                    o.retention.keep =
+                        v.parse::<u64>().ok().filter(|n| *n >= 1).ok_or_else(|| {
+                            OptionsError::BadValue {
+                                flag: flag.clone(),
+                                message: format!("`{v}`: give a number of checkpoints, at least 1"),
+                            }
+                        })?;
+                }
+                "--keep-secs" => o.retention.max_age = parse_secs(&flag, &value(&flag)?)?,
+                "--keep-bytes" => {
+                    let v = value(&flag)?;
+                    o.retention.max_bytes =
+                        Some(v.parse::<u64>().ok().filter(|n| *n >= 1).ok_or_else(|| {
+                            OptionsError::BadValue {
+                                flag: flag.clone(),
+                                message: format!("`{v}`: give a number of bytes, at least 1"),
+                            }
+                        })?);
+                }
                 "--lease" => {
                     o.lease = parse_secs(&flag, &value(&flag)?)?.ok_or_else(|| {
                         OptionsError::BadValue {
@@ -231,6 +311,26 @@ mod tests {
             ServiceOptions::from_args(args("--interval -1")),
             Err(OptionsError::BadValue { .. })
         ));
+        for bad in ["1e-9", "99999999999", "0.05", "-1", "NaN", "inf"] {
+            let e = ServiceOptions::from_args(args(&format!("--interval {bad}")))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("between 0.1 s and 2592000 s") || e.contains("not a number"),
+                "{bad}: {e}"
+            );
+        }
+        let o =
+            ServiceOptions::from_args(args("--keep 3 --keep-secs 60 --keep-bytes 1000")).unwrap();
+        assert_eq!(
+            o.retention,
+            Retention {
+                keep: 3,
+                max_age: Some(Duration::from_secs(60)),
+                max_bytes: Some(1000)
+            }
+        );
+        assert!(ServiceOptions::from_args(args("--keep 0")).is_err());
         assert!(matches!(
             ServiceOptions::from_args(args("--names zk://x")),
             Err(OptionsError::BadValue { .. })

@@ -15,7 +15,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use godwit_net::{Scope, Scopes};
-use godwit_sdk::store::{check_name, list_dir, write_private};
+use godwit_sdk::checkpoint::verify_upload;
+use godwit_sdk::store::{check_name, list_dir, write_private_new, StoreError};
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
@@ -114,7 +115,10 @@ pub fn router(agent: Arc<Agent>) -> Router {
         )
         .route("/v1/store", get(store_services))
         .route("/v1/store/{uuid}", get(store_list))
-        .route("/v1/store/{uuid}/{id}", get(store_get).put(store_put))
+        .route(
+            "/v1/store/{uuid}/{id}",
+            get(store_get).put(store_put).delete(store_delete),
+        )
         .merge(crate::transparent::routes())
         .fallback(no_route)
         .method_not_allowed_fallback(no_route)
@@ -228,7 +232,9 @@ async fn store_list(
         .map_err(|e| ApiError::new(500, e.to_string()))?;
     ok(
         200,
-        json!({ "uuid": uuid, "checkpoints": list.iter().map(|c| json!({"id": c.id, "bytes": c.bytes})).collect::<Vec<_>>() }),
+        json!({ "uuid": uuid, "checkpoints": list.iter().map(|c| json!({
+            "id": c.id, "bytes": c.bytes, "parent": c.parent, "created_unix_ms": c.created_unix_ms,
+        })).collect::<Vec<_>>() }),
     )
 }
 
@@ -253,11 +259,36 @@ async fn store_put(
     let path = checkpoint_path(&agent, &uuid, &id)?;
     let body = body?;
     let bytes = body.len();
-    tokio::task::spawn_blocking(move || write_private(&path, &body))
-        .await
-        .map_err(|e| ApiError::new(500, e.to_string()))?
-        .map_err(|e| ApiError::new(500, e.to_string()))?;
+    // Only a whole checkpoint of this service instance, under its own id, is kept:
+    // anything else would become `latest` and break the next restore.
+    let (u, i) = (uuid.clone(), id.clone());
+    tokio::task::spawn_blocking(move || {
+        verify_upload(&body, &u, &i)
+            .map_err(|e| ApiError::new(400, format!("not stored as {u}/{i}: {e}")))?;
+        write_private_new(&path, &body, &u, &i).map_err(|e| match e {
+            StoreError::Exists { .. } => ApiError::new(409, e.to_string()),
+            e => ApiError::new(500, e.to_string()),
+        })
+    })
+    .await
+    .map_err(|e| ApiError::new(500, e.to_string()))??;
     ok(201, json!({ "uuid": uuid, "id": id, "bytes": bytes }))
+}
+
+async fn store_delete(
+    State(agent): State<Arc<Agent>>,
+    Extension(conn): Extension<Conn>,
+    p: Result<Path<(String, String)>, PathRejection>,
+) -> ApiResult {
+    need(&conn, Scope::Service)?;
+    let Path((uuid, id)) = p?;
+    let path = checkpoint_path(&agent, &uuid, &id)?;
+    let removed = match tokio::fs::remove_file(&path).await {
+        Ok(()) => true,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+        Err(e) => return Err(ApiError::new(500, e.to_string())),
+    };
+    ok(200, json!({ "uuid": uuid, "id": id, "removed": removed }))
 }
 
 async fn store_get(

@@ -180,27 +180,36 @@ async fn main() -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
-    loop {
-        tokio::select! {
-            _ = term.recv() => break,
-            _ = int.recv() => break,
-            r = listener.accept() => match r {
-                Ok((stream, peer)) => {
-                    let agent = agent.clone();
-                    let server = server.clone();
-                    let router = router.clone();
-                    tokio::spawn(async move {
-                        serve(agent, server, router, stream, peer.to_string()).await;
-                    });
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+    let accepting = {
+        let agent = agent.clone();
+        tokio::spawn(async move {
+            loop {
+                match listener.accept().await {
+                    Ok((stream, peer)) => {
+                        let agent = agent.clone();
+                        let server = server.clone();
+                        let router = router.clone();
+                        tokio::spawn(async move {
+                            serve(agent, server, router, stream, peer.to_string()).await;
+                        });
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
                 }
             }
-        }
+        })
+    };
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = int.recv() => {},
     }
-    tracing::info!("stopping: terminating started programs");
+    // The API keeps serving meanwhile: a conformist service stopped by SIGTERM ships
+    // its final checkpoint to this agent's store and withdraws from its name service.
+    tracing::info!(
+        "stopping: terminating started programs (services flush a final checkpoint; up to {STOP_GRACE:?})"
+    );
     let pids: Vec<u32> = lock(&agent.procs)
         .iter()
         .filter(|(_, p)| p.running)
@@ -209,19 +218,26 @@ async fn main() -> anyhow::Result<()> {
     for pid in &pids {
         api::send_signal(*pid, "TERM");
     }
-    for _ in 0..50 {
+    let deadline = tokio::time::Instant::now() + STOP_GRACE;
+    while tokio::time::Instant::now() < deadline {
         if lock(&agent.procs).values().all(|p| !p.running) {
             break;
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     for (pid, p) in lock(&agent.procs).iter() {
         if p.running {
+            tracing::warn!(pid, program = %p.program, "still running after {STOP_GRACE:?}: killed");
             api::send_signal(*pid, "KILL");
         }
     }
+    accepting.abort();
     Ok(())
 }
+
+/// How long started programs get to stop (and services to flush their final
+/// checkpoint) when godwitd stops.
+const STOP_GRACE: Duration = Duration::from_secs(30);
 
 /// One connection: handshake and token binding, then the API or a migration.
 async fn serve(
