@@ -1,5 +1,6 @@
 //! Client of the godwitd API (docs/API.md) and the `godwit service ...` subcommands:
-//! `ls`, `status`, `checkpoint`, `migrate`, `interval`.
+//! `ls`, `status`, `start`, `stop`, `restore`, `freeze`, `thaw`, `checkpoint`,
+//! `checkpoints`, `migrate`, `interval`.
 //!
 //! Every call goes over the authenticated channel of godwit-net (TLS + token binding)
 //! with hyper's client. Services are found through the name service of the agent given
@@ -23,6 +24,47 @@ pub enum ServiceCmd {
     Ls,
     /// Show the full status of one service.
     Status {
+        /// Service UUID.
+        uuid: String,
+    },
+    /// Start a conformist service on the agent's node (remote execution: the program
+    /// must be allowed there); its names and checkpoints go to that agent. Prints the
+    /// UUID once the service serves.
+    Start {
+        /// UUID to give the service (default: a new one).
+        #[arg(long)]
+        uuid: Option<String>,
+        /// Seconds between periodic checkpoints (0.1 to 2592000; default: none).
+        #[arg(long)]
+        interval: Option<f64>,
+        /// `-- PROGRAM [ARGS]`: the program (absolute path) and its own arguments; the
+        /// service options (--uuid, --listen, --names, --store, ...) are added after them.
+        #[arg(required = true, last = true, value_name = "PROGRAM [ARGS]")]
+        command: Vec<String>,
+    },
+    /// Stop a service: a final checkpoint, its name withdrawn, the process exits.
+    Stop {
+        /// Service UUID.
+        uuid: String,
+    },
+    /// Start a stopped service again from a checkpoint (the newest by default; an
+    /// older one starts a branch), on the agent's node, with the program and
+    /// arguments the agent last started it with.
+    Restore {
+        /// Service UUID.
+        uuid: String,
+        /// Checkpoint id (default: latest, the tip of the branch it ran on).
+        #[arg(long)]
+        checkpoint: Option<String>,
+    },
+    /// Freeze a service: a checkpoint, then no call runs (clients wait and retry)
+    /// until `thaw`.
+    Freeze {
+        /// Service UUID.
+        uuid: String,
+    },
+    /// Let a frozen service serve again.
+    Thaw {
         /// Service UUID.
         uuid: String,
     },
@@ -501,6 +543,61 @@ fn render_tree(v: &Value) -> String {
     out.trim_end().to_string()
 }
 
+/// Removes the service options a start or restore sets itself (`--uuid`, `--restore`,
+/// `--standby`, with their values) from a program's earlier arguments.
+fn without_lifecycle_options(args: &[String]) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--uuid" | "--restore" => {
+                it.next();
+            }
+            "--standby" => {}
+            _ => out.push(a.clone()),
+        }
+    }
+    out
+}
+
+/// The process the agent started last for service `uuid` (from its GODWIT_READY line).
+async fn started_by_agent(agent: &Agent, uuid: &str) -> Result<Option<Value>, AgentError> {
+    let v = agent
+        .request("list", "GET", "/v1/exec", None, Duration::from_secs(10))
+        .await?;
+    Ok(v["processes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| p["uuid"] == uuid)
+        .max_by_key(|p| p["pid"].as_u64())
+        .cloned())
+}
+
+/// Starts `program args` on the agent's node and waits for GODWIT_READY.
+async fn start_service(
+    agent: &Agent,
+    token: &str,
+    program: &str,
+    args: Vec<String>,
+) -> anyhow::Result<Value> {
+    let started = agent
+        .exec(
+            program,
+            &args,
+            json!({ "GODWIT_TOKEN": token }),
+            Duration::from_secs(30),
+        )
+        .await?;
+    if started["ready"]["uuid"].as_str().is_none() {
+        anyhow::bail!(
+            "{program} started (pid {}) but announced no service",
+            started["pid"]
+        );
+    }
+    Ok(started)
+}
+
 fn names_for(agent: &Agent, token: &str, ca: Option<&Path>) -> Result<Names, AgentError> {
     match std::env::var("GODWIT_NAMES") {
         Ok(url) if !url.is_empty() => {
@@ -617,6 +714,143 @@ pub async fn run_service_cmd(
                     m.bytes,
                     m.switch_over.as_secs_f64() * 1e3,
                     m.total.as_secs_f64() * 1e3
+                )
+            });
+        }
+        ServiceCmd::Start {
+            uuid,
+            interval,
+            command,
+        } => {
+            let (program, own) = command
+                .split_first()
+                .ok_or_else(|| anyhow::anyhow!("start: give `-- PROGRAM [ARGS]`"))?;
+            let host = agent
+                .addr()
+                .rsplit_once(':')
+                .map(|(h, _)| h.to_string())
+                .unwrap_or_else(|| "127.0.0.1".into());
+            let names_url = match std::env::var("GODWIT_NAMES") {
+                Ok(u) if !u.is_empty() => u,
+                _ => format!("agent://{}", agent.addr()),
+            };
+            let mut args: Vec<String> = own.to_vec();
+            args.extend([
+                "--listen".into(),
+                format!("{host}:0"),
+                "--names".into(),
+                names_url,
+                "--store".into(),
+                format!("agent://{}", agent.addr()),
+            ]);
+            if let Some(u) = uuid {
+                args.extend(["--uuid".into(), u]);
+            }
+            if let Some(iv) = interval {
+                args.extend(["--interval".into(), iv.to_string()]);
+            }
+            let started = start_service(&agent, &token, program, args).await?;
+            let v = json!({ "uuid": started["ready"]["uuid"], "address": started["ready"]["address"],
+                            "pid": started["pid"], "log": started["log"] });
+            print(json_out, &v, || {
+                v["uuid"].as_str().unwrap_or("?").to_string()
+            });
+        }
+        ServiceCmd::Stop { uuid } => {
+            let addr = resolve(&names, &uuid).await?;
+            let v = mgmt::request(
+                &addr,
+                json!({ "op": "stop", "checkpoint": true }),
+                Some(&token),
+                MGMT_TIMEOUT,
+            )
+            .await?;
+            print(json_out, &v, || match v["checkpoint"]["id"].as_str() {
+                Some(id) => format!("stopped {uuid}: final checkpoint {id}"),
+                None => format!("stopped {uuid} (it was not serving: no final checkpoint)"),
+            });
+        }
+        ServiceCmd::Freeze { uuid } => {
+            let addr = resolve(&names, &uuid).await?;
+            let v =
+                mgmt::request(&addr, json!({ "op": "freeze" }), Some(&token), MGMT_TIMEOUT).await?;
+            print(json_out, &v, || {
+                format!(
+                    "froze {uuid} at checkpoint {}: calls wait until `thaw`",
+                    v["checkpoint"]["id"].as_str().unwrap_or("?")
+                )
+            });
+        }
+        ServiceCmd::Thaw { uuid } => {
+            // A frozen service is not in the name service: the agent that started it
+            // knows its address.
+            let addr = match names.resolve(&uuid).await? {
+                Some(a) => a,
+                None => started_by_agent(&agent, &uuid)
+                    .await?
+                    .filter(|p| p["running"] == true)
+                    .and_then(|p| p["address"].as_str().map(str::to_string))
+                    .ok_or_else(|| {
+                        anyhow::anyhow!(
+                            "thaw {uuid}: not in the name service and not running on agent {}",
+                            agent.addr()
+                        )
+                    })?,
+            };
+            let v =
+                mgmt::request(&addr, json!({ "op": "thaw" }), Some(&token), MGMT_TIMEOUT).await?;
+            print(json_out, &v, || format!("thawed {uuid}: serving at {addr}"));
+        }
+        ServiceCmd::Restore { uuid, checkpoint } => {
+            if let Some(a) = names.resolve(&uuid).await? {
+                anyhow::bail!(
+                    "restore {uuid}: it is running at {a}; stop it first (or migrate it)"
+                );
+            }
+            let mut p = Value::Null;
+            // A service just stopped may still be finishing its exit: wait for it a little.
+            for _ in 0..50 {
+                p = started_by_agent(&agent, &uuid).await?.ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "restore {uuid}: agent {} never started it, so its program is unknown here; use `start --uuid {uuid} -- PROGRAM [ARGS] --restore ID` on the node that has the program",
+                        agent.addr()
+                    )
+                })?;
+                if p["running"] != true {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            if p["running"] == true {
+                anyhow::bail!(
+                    "restore {uuid}: its process {} still runs on agent {} (frozen or stopping); thaw or stop it first",
+                    p["pid"],
+                    agent.addr()
+                );
+            }
+            let program = p["program"].as_str().unwrap_or("").to_string();
+            let old: Vec<String> = p["args"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|a| a.as_str().map(str::to_string))
+                .collect();
+            let id = checkpoint.unwrap_or_else(|| "latest".into());
+            let mut args = without_lifecycle_options(&old);
+            args.extend(["--uuid".into(), uuid.clone(), "--restore".into(), id]);
+            let started = start_service(&agent, &token, &program, args).await?;
+            let addr = started["ready"]["address"]
+                .as_str()
+                .unwrap_or("")
+                .to_string();
+            let st =
+                mgmt::request(&addr, json!({ "op": "status" }), Some(&token), MGMT_TIMEOUT).await?;
+            let v = json!({ "uuid": uuid, "address": addr, "pid": started["pid"],
+                            "restored_from": st["restored_from"], "last_checkpoint": st["last_checkpoint"] });
+            print(json_out, &v, || {
+                format!(
+                    "restored {uuid} from checkpoint {} at {addr}",
+                    v["restored_from"].as_str().unwrap_or("?")
                 )
             });
         }

@@ -324,6 +324,7 @@ async fn list_procs(
         json!({ "processes": procs.iter().map(|(pid, p)| json!({
             "pid": pid, "program": p.program, "args": p.args, "running": p.running, "exit_code": p.exit,
             "log": p.log.display().to_string(),
+            "address": p.service.as_ref().map(|s| &s.0), "uuid": p.service.as_ref().map(|s| &s.1),
         })).collect::<Vec<_>>() }),
     )
 }
@@ -486,6 +487,7 @@ async fn exec(
             log: log.clone(),
             exit: None,
             running: true,
+            service: None,
         },
     );
     tracing::info!(pid, program, ?args, "started");
@@ -498,7 +500,11 @@ async fn exec(
     }
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
     if let Some(out) = stdout {
-        tokio::spawn(copy_lines(BufReader::new(out), Some(logf), Some(ready_tx)));
+        tokio::spawn(copy_lines(
+            BufReader::new(out),
+            Some(logf),
+            Some((ready_tx, agent.clone(), pid)),
+        ));
     }
     {
         let agent = agent.clone();
@@ -544,17 +550,25 @@ fn open_log(path: &FsPath) -> std::io::Result<std::fs::File> {
         .open(path)
 }
 
+/// Copies a program's output to its log. On stdout, the first `GODWIT_READY <address>
+/// <uuid>` line is handed to whoever waits for it and recorded with the process.
 async fn copy_lines<R: tokio::io::AsyncRead + Unpin>(
     r: BufReader<R>,
     log: Option<std::fs::File>,
-    mut ready: Option<tokio::sync::oneshot::Sender<String>>,
+    mut ready: Option<(tokio::sync::oneshot::Sender<String>, Arc<Agent>, u32)>,
 ) {
     use std::io::Write as _;
     let mut lines = r.lines();
     let mut log = log;
     while let Ok(Some(line)) = lines.next_line().await {
         if line.starts_with("GODWIT_READY ") {
-            if let Some(tx) = ready.take() {
+            if let Some((tx, agent, pid)) = ready.take() {
+                let mut it = line.split_whitespace().skip(1);
+                if let (Some(a), Some(u)) = (it.next(), it.next()) {
+                    if let Some(p) = lock(&agent.procs).get_mut(&pid) {
+                        p.service = Some((a.to_string(), u.to_string()));
+                    }
+                }
                 let _ = tx.send(line.clone());
             }
         }

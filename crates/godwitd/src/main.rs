@@ -61,6 +61,8 @@ pub(crate) struct Proc {
     pub(crate) log: PathBuf,
     pub(crate) exit: Option<i32>,
     pub(crate) running: bool,
+    /// From its `GODWIT_READY <address> <uuid>` line: a conformist service.
+    pub(crate) service: Option<(String, String)>,
 }
 
 /// What `--allow-exec` allows.

@@ -155,6 +155,18 @@ impl Node {
             .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
     }
 
+    /// `bank admin ARGS` that must fail: its stderr.
+    fn admin_fails(&self, args: &[&str]) -> String {
+        let out = Command::new(bank_bin())
+            .args(["admin", "--agent", &self.addr, "--token-file"])
+            .arg(&self.token_file)
+            .args(args)
+            .output()
+            .expect("run bank admin");
+        assert!(!out.status.success(), "bank admin {args:?} succeeded");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
     fn store_file(&self, uuid: &str, id: &str) -> PathBuf {
         self.data.join(format!("store/{uuid}/{id}.gwck"))
     }
@@ -496,4 +508,81 @@ async fn stopping_godwitd_flushes_every_service_and_load_runs_twice() {
         seen_stop |= text.contains("SIGTERM");
     }
     assert!(seen_stop, "the services logged their stop");
+}
+
+/// The whole life of a service from the command line, no management frames:
+/// start (prints the UUID), freeze (calls wait) and thaw (they complete), stop (final
+/// checkpoint, name withdrawn), restore (latest, then an older checkpoint).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lifecycle_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path());
+    let bank_path = bank_bin().display().to_string();
+    let started = node.admin(&["start", "--interval", "60", "--", &bank_path, "serve"]);
+    let uuid = started["uuid"].as_str().unwrap().to_string();
+    let names = godwit_sdk::Names::from_url(&node.url(), Some(TOKEN.into())).unwrap();
+    let by_uuid = || {
+        BankClient::new(Client::by_uuid(
+            &uuid,
+            names.clone(),
+            ClientOptions {
+                deadline: Duration::from_secs(30),
+                ..Default::default()
+            },
+        ))
+    };
+    let acct = by_uuid().open("cy".into(), 100).await.unwrap().unwrap();
+    let st = node.admin(&["status", &uuid]);
+    assert_eq!(st["interval_secs"], 60.0, "{st}");
+
+    let frozen = node.admin(&["freeze", &uuid]);
+    assert_eq!(frozen["checkpoint"]["id"], id(1), "{frozen}");
+    let bank = by_uuid();
+    let pending = tokio::spawn(async move { bank.deposit(acct, 10).await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!pending.is_finished(), "a call ran while frozen");
+    node.admin(&["thaw", &uuid]);
+    assert_eq!(pending.await.unwrap().unwrap(), Ok(110));
+
+    let stopped = node.admin(&["stop", &uuid]);
+    assert_eq!(stopped["checkpoint"]["id"], id(2), "{stopped}");
+    assert!(
+        names.resolve(&uuid).await.unwrap().is_none(),
+        "name withdrawn"
+    );
+    // The process is gone (the agent saw it exit).
+    let agent = Agent::new(&node.addr, TOKEN.into()).unwrap();
+    let t0 = Instant::now();
+    loop {
+        let v = agent
+            .request("list", "GET", "/v1/exec", None, T)
+            .await
+            .unwrap();
+        let running = v["processes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["running"] == true);
+        if !running {
+            break;
+        }
+        assert!(t0.elapsed() < T, "the stopped service still runs: {v}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let restored = node.admin(&["restore", &uuid]);
+    assert_eq!(restored["restored_from"], id(2), "{restored}");
+    assert_eq!(by_uuid().balance(acct).await.unwrap(), Ok(110));
+    let e = node.admin_fails(&["restore", &uuid]);
+    assert!(e.contains("is running at"), "{e}");
+    node.admin(&["stop", &uuid]);
+    let older = node.admin(&["restore", &uuid, "--checkpoint", &id(1)]);
+    assert_eq!(older["restored_from"], id(1), "{older}");
+    assert_eq!(by_uuid().balance(acct).await.unwrap(), Ok(100));
+    let st = node.admin(&["status", &uuid]);
+    assert_eq!(
+        st["interval_secs"], 60.0,
+        "the restored instance keeps its options: {st}"
+    );
+    node.admin(&["stop", &uuid]);
 }
