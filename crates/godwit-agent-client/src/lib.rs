@@ -37,6 +37,10 @@ pub enum ServiceCmd {
         /// Seconds between periodic checkpoints (0.1 to 2592000; default: none).
         #[arg(long)]
         interval: Option<f64>,
+        /// `on-failure`: when it dies without being stopped, the agent starts it again
+        /// from the tip of its branch, with backoff (`never` by default).
+        #[arg(long, value_parser = ["never", "on-failure"], default_value = "never")]
+        restart: String,
         /// `-- PROGRAM [ARGS]`: the program (absolute path) and its own arguments; the
         /// service options (--uuid, --listen, --names, --store, ...) are added after them.
         #[arg(required = true, last = true, value_name = "PROGRAM [ARGS]")]
@@ -543,23 +547,6 @@ fn render_tree(v: &Value) -> String {
     out.trim_end().to_string()
 }
 
-/// Removes the service options a start or restore sets itself (`--uuid`, `--restore`,
-/// `--standby`, with their values) from a program's earlier arguments.
-fn without_lifecycle_options(args: &[String]) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            "--uuid" | "--restore" => {
-                it.next();
-            }
-            "--standby" => {}
-            _ => out.push(a.clone()),
-        }
-    }
-    out
-}
-
 /// The process the agent started last for service `uuid` (from its GODWIT_READY line).
 async fn started_by_agent(agent: &Agent, uuid: &str) -> Result<Option<Value>, AgentError> {
     let v = agent
@@ -580,13 +567,18 @@ async fn start_service(
     token: &str,
     program: &str,
     args: Vec<String>,
+    restart: &str,
 ) -> anyhow::Result<Value> {
+    let wait = Duration::from_secs(30);
+    let body = json!({ "program": program, "args": args, "env": { "GODWIT_TOKEN": token },
+                       "wait_ready_ms": wait.as_millis() as u64, "restart": restart });
     let started = agent
-        .exec(
-            program,
-            &args,
-            json!({ "GODWIT_TOKEN": token }),
-            Duration::from_secs(30),
+        .request(
+            "exec",
+            "POST",
+            "/v1/exec",
+            Some(body),
+            wait + Duration::from_secs(5),
         )
         .await?;
     if started["ready"]["uuid"].as_str().is_none() {
@@ -678,8 +670,13 @@ pub async fn run_service_cmd(
         }
         ServiceCmd::Status { uuid } => {
             let addr = resolve(&names, &uuid).await?;
-            let v =
+            let mut v =
                 mgmt::request(&addr, json!({ "op": "status" }), Some(&token), MGMT_TIMEOUT).await?;
+            // What the agent knows of it: restarts after crashes.
+            if let Ok(Some(p)) = started_by_agent(&agent, &uuid).await {
+                v["agent"] = json!({ "node": agent.addr(), "pid": p["pid"], "restart": p["restart"],
+                                     "restarts": p["restarts"], "log": p["log"] });
+            }
             print(true, &v, String::new);
         }
         ServiceCmd::Checkpoint { uuid } => {
@@ -720,6 +717,7 @@ pub async fn run_service_cmd(
         ServiceCmd::Start {
             uuid,
             interval,
+            restart,
             command,
         } => {
             let (program, own) = command
@@ -749,7 +747,7 @@ pub async fn run_service_cmd(
             if let Some(iv) = interval {
                 args.extend(["--interval".into(), iv.to_string()]);
             }
-            let started = start_service(&agent, &token, program, args).await?;
+            let started = start_service(&agent, &token, program, args, &restart).await?;
             let v = json!({ "uuid": started["ready"]["uuid"], "address": started["ready"]["address"],
                             "pid": started["pid"], "log": started["log"] });
             print(json_out, &v, || {
@@ -836,9 +834,10 @@ pub async fn run_service_cmd(
                 .filter_map(|a| a.as_str().map(str::to_string))
                 .collect();
             let id = checkpoint.unwrap_or_else(|| "latest".into());
-            let mut args = without_lifecycle_options(&old);
+            let mut args = godwit_sdk::options::without_lifecycle_options(&old);
             args.extend(["--uuid".into(), uuid.clone(), "--restore".into(), id]);
-            let started = start_service(&agent, &token, &program, args).await?;
+            let restart = p["restart"].as_str().unwrap_or("never");
+            let started = start_service(&agent, &token, &program, args, restart).await?;
             let addr = started["ready"]["address"]
                 .as_str()
                 .unwrap_or("")

@@ -54,6 +54,9 @@ pub struct ServiceOptions {
     pub standby: bool,
     /// Restore this checkpoint (`latest` or an id) at start.
     pub restore: Option<String>,
+    /// Restore `latest` at start when the store has a checkpoint of this UUID, else
+    /// start fresh (what a restart after a crash does).
+    pub resume: bool,
     /// Name-service lease length.
     pub lease: Duration,
     /// Arguments placed before the service options when the service is relaunched on
@@ -79,6 +82,7 @@ impl Default for ServiceOptions {
             retention: Retention::default(),
             standby: false,
             restore: None,
+            resume: false,
             lease: Duration::from_secs(5),
             relaunch_args: Vec::new(),
             handle_signals: true,
@@ -129,6 +133,24 @@ pub fn check_interval(secs: f64) -> Result<Option<Duration>, String> {
     Err(format!(
         "interval {secs} s is out of bounds: give 0 (periodic checkpoints off) or between {MIN_INTERVAL_SECS} s and {MAX_INTERVAL_SECS} s (30 days)"
     ))
+}
+
+/// A service's arguments without the options that say which instance it is and where
+/// its state comes from (`--uuid`, `--restore` with their values, `--standby`,
+/// `--resume`): what a restart or a restore starts it with, before adding its own.
+pub fn without_lifecycle_options(args: &[String]) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--uuid" | "--restore" => {
+                it.next();
+            }
+            "--standby" | "--resume" => {}
+            _ => out.push(a.clone()),
+        }
+    }
+    out
 }
 
 fn parse_secs(flag: &str, v: &str) -> Result<Option<Duration>, OptionsError> {
@@ -238,6 +260,7 @@ impl ServiceOptions {
                 }
                 "--standby" => o.standby = true,
                 "--restore" => o.restore = Some(value(&flag)?),
+                "--resume" => o.resume = true,
                 _ => return Err(OptionsError::Unknown(flag)),
             }
         }

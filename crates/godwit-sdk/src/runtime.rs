@@ -369,9 +369,19 @@ impl<S: Service> Server<S> {
         // Ready means serving: a standby instance is ready to be told what to restore;
         // any other only once its state is back (fresh or restored).
         if !sh.opts.standby {
+            let resume = sh.opts.resume && sh.opts.restore.is_none() && {
+                let any = !sh.stored().await?.is_empty();
+                if !any {
+                    tracing::info!(uuid = %sh.uuid, "--resume: no checkpoint yet, starting fresh");
+                }
+                any
+            };
             match sh.opts.restore.clone() {
                 Some(id) => {
                     sh.restore(&id).await?;
+                }
+                None if resume => {
+                    sh.restore("latest").await?;
                 }
                 None => sh.start().await?,
             }

@@ -63,6 +63,10 @@ pub(crate) struct Proc {
     pub(crate) running: bool,
     /// From its `GODWIT_READY <address> <uuid>` line: a conformist service.
     pub(crate) service: Option<(String, String)>,
+    /// Started again when it dies (`restart: on-failure`).
+    pub(crate) restart: bool,
+    /// How many times it was started again before this instance.
+    pub(crate) restarts: u32,
 }
 
 /// What `--allow-exec` allows.
@@ -88,6 +92,8 @@ pub struct Agent {
     /// Unless --fill-before-run: from how many bytes a received migration's
     /// memory is placed after the processes run.
     pub(crate) defer_fill: Option<u64>,
+    /// Set when godwitd stops: nothing is started again.
+    pub(crate) stopping: std::sync::atomic::AtomicBool,
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -168,6 +174,7 @@ async fn main() -> anyhow::Result<()> {
         allow_exec,
         defer_fill: (!args.fill_before_run).then_some(godwit_engine::deferred::MIN_BYTES),
         transparent: Mutex::new(BTreeMap::new()),
+        stopping: std::sync::atomic::AtomicBool::new(false),
     });
     let router = api::router(agent.clone());
     println!("GODWITD_READY {node}");
@@ -207,6 +214,9 @@ async fn main() -> anyhow::Result<()> {
         _ = term.recv() => {},
         _ = int.recv() => {},
     }
+    agent
+        .stopping
+        .store(true, std::sync::atomic::Ordering::SeqCst);
     // The API keeps serving meanwhile: a conformist service stopped by SIGTERM ships
     // its final checkpoint to this agent's store and withdraws from its name service.
     tracing::info!(

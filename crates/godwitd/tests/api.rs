@@ -424,6 +424,27 @@ async fn exec_refuses_bad_requests() {
     let body = json!({"program": "/bin/sh", "args": ["-c", "exit 0"], "wait_ready_ms": 300});
     let r = call(&d, "POST", "/v1/exec", body.to_string().as_bytes()).await;
     assert_eq!(r.status, 504, "a program that never says ready is reported");
+    let body = json!({"program": "/bin/sh", "args": ["-c", "exit 0"], "restart": "always"});
+    let r = call(&d, "POST", "/v1/exec", body.to_string().as_bytes()).await;
+    assert_eq!(r.status, 400);
+    assert!(
+        r.error_message().contains("`never` or `on-failure`"),
+        "{}",
+        r.error_message()
+    );
+    // Not ready in time: killed and not started again, even with on-failure.
+    let body = json!({"program": "/bin/sh", "args": ["-c", "sleep 30"], "wait_ready_ms": 300, "restart": "on-failure"});
+    let r = call(&d, "POST", "/v1/exec", body.to_string().as_bytes()).await;
+    assert_eq!(r.status, 504);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let v = call(&d, "GET", "/v1/exec", b"").await.json().unwrap();
+    let alive: Vec<&Value> = v["processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["running"] == true)
+        .collect();
+    assert!(alive.is_empty(), "{v}");
     let r = call(&d, "POST", "/v1/exec/1/signal", br#"{"signal":"KILL"}"#).await;
     assert_eq!(
         r.status, 404,

@@ -586,3 +586,92 @@ async fn lifecycle_from_the_command_line() {
     );
     node.admin(&["stop", &uuid]);
 }
+
+/// `start --restart on-failure`: a service that dies without being stopped is started
+/// again by the agent from the tip of its branch (fresh when it has no checkpoint yet);
+/// `status` shows the restarts; a stopped service stays stopped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashed_service_is_started_again_from_its_tip() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path());
+    let bank_path = bank_bin().display().to_string();
+    let names = godwit_sdk::Names::from_url(&node.url(), Some(TOKEN.into())).unwrap();
+    let crash = |pid: u64| {
+        // SAFETY: kill(2) on the positive pid of a bank this test had started.
+        unsafe {
+            libc::kill(pid as i32, libc::SIGKILL);
+        }
+    };
+    let client = |uuid: &str| {
+        BankClient::new(Client::by_uuid(
+            uuid,
+            names.clone(),
+            ClientOptions {
+                deadline: Duration::from_secs(30),
+                ..Default::default()
+            },
+        ))
+    };
+
+    let started = node.admin(&[
+        "start",
+        "--restart",
+        "on-failure",
+        "--",
+        &bank_path,
+        "serve",
+    ]);
+    let uuid = started["uuid"].as_str().unwrap().to_string();
+    let acct = client(&uuid)
+        .open("dee".into(), 100)
+        .await
+        .unwrap()
+        .unwrap();
+    node.admin(&["checkpoint", &uuid]);
+    // Lost in the crash: written after the last checkpoint.
+    client(&uuid).deposit(acct, 5).await.unwrap().unwrap();
+    crash(started["pid"].as_u64().unwrap());
+    // Clients wait through the restart (1 s backoff) and find the checkpointed state.
+    assert_eq!(client(&uuid).balance(acct).await.unwrap(), Ok(100));
+    let st = node.admin(&["status", &uuid]);
+    assert_eq!(st["agent"]["restarts"], 1, "{st}");
+    assert_eq!(st["agent"]["restart"], "on-failure", "{st}");
+    assert_eq!(st["restored_from"], id(1), "{st}");
+    assert_ne!(st["pid"], started["pid"], "{st}");
+
+    // No checkpoint yet: it comes back fresh under the same UUID.
+    let other = node.admin(&[
+        "start",
+        "--restart",
+        "on-failure",
+        "--",
+        &bank_path,
+        "serve",
+    ]);
+    let uuid2 = other["uuid"].as_str().unwrap().to_string();
+    crash(other["pid"].as_u64().unwrap());
+    assert_eq!(client(&uuid2).balances().await.unwrap().len(), 0);
+    let st = node.admin(&["status", &uuid2]);
+    assert_eq!(
+        (st["agent"]["restarts"].clone(), st["restored_from"].clone()),
+        (json!(1), Value::Null),
+        "{st}"
+    );
+
+    // Stopped is stopped: exit 0, nothing started again.
+    node.admin(&["stop", &uuid]);
+    node.admin(&["stop", &uuid2]);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let v = Agent::new(&node.addr, TOKEN.into())
+        .unwrap()
+        .request("list", "GET", "/v1/exec", None, T)
+        .await
+        .unwrap();
+    let running: Vec<&Value> = v["processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["running"] == true)
+        .collect();
+    assert!(running.is_empty(), "started again after a stop: {v}");
+}
