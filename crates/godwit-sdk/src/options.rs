@@ -170,7 +170,8 @@ fn parse_secs(flag: &str, v: &str) -> Result<Option<Duration>, OptionsError> {
 impl ServiceOptions {
     /// Parses the service options:
     /// `--uuid U --listen A --advertise A --names URL --store URL --token-file F
-    ///  --tls-ca FILE --interval SECS --standby --restore ID|latest --lease SECS`.
+    ///  --tls-ca FILE --interval SECS --keep N --keep-secs SECS --keep-bytes BYTES
+    ///  --standby --restore ID|latest --resume --lease SECS`.
     /// The token may also come from the `GODWIT_TOKEN` environment variable, the CA from
     /// `GODWIT_TLS_CA`.
     ///

@@ -24,7 +24,8 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Cmd {
     /// Run the service. Options: --uuid --listen --advertise --names --store --token-file
-    /// --interval --standby --restore --lease (see docs/SDK.md).
+    /// --interval --keep --keep-secs --keep-bytes --standby --restore --resume --lease
+    /// (see docs/SDK.md).
     Serve {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         options: Vec<String>,
