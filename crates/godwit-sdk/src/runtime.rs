@@ -1246,6 +1246,9 @@ impl<S: Service> Shared<S> {
                 .parent
                 .as_ref()
                 .and_then(|p| list.iter().find(|c| &c.id == p))
+                // A parent is always older; anything else (a forged description) is
+                // not followed, so the walk ends.
+                .filter(|c| c.id < cur.id)
                 .or_else(|| list.iter().rev().find(|c| c.id < cur.id));
             let Some(before) = before.cloned() else {
                 tracing::error!(bad = %cur.id, error = %source, "checkpoint damaged and no checkpoint before it");

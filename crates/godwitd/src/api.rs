@@ -228,7 +228,11 @@ async fn store_list(
     need_read_or_service(&conn)?;
     let Path(uuid) = uuid?;
     check_name("service uuid", &uuid).map_err(bad_name)?;
-    let list = list_dir(&agent.data.join("store").join(&uuid))
+    // Reads each checkpoint's description (its parent): blocking file reads.
+    let dir = agent.data.join("store").join(&uuid);
+    let list = tokio::task::spawn_blocking(move || list_dir(&dir))
+        .await
+        .map_err(|e| ApiError::new(500, e.to_string()))?
         .map_err(|e| ApiError::new(500, e.to_string()))?;
     ok(
         200,
