@@ -275,6 +275,30 @@ async fn a_rollback_starts_a_branch_and_latest_is_its_tip() {
     assert_eq!(tree["head"], id(6), "{tree}");
     let two = tree["checkpoints"][1]["children"].clone();
     assert_eq!(two, json!([id(3), id(5)]), "{tree}");
+    // As text: each checkpoint under its parent.
+    let out = Command::new(bank_bin())
+        .args(["admin", "--agent", &node.addr, "--token-file"])
+        .arg(&node.token_file)
+        .args(["checkpoints", &uuid])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = text.lines().skip(1).collect();
+    let depth = |n: u64| {
+        let l = lines
+            .iter()
+            .find(|l| l.trim_start().starts_with(&id(n)))
+            .unwrap_or_else(|| panic!("no {n} in {text}"));
+        (l.len() - l.trim_start().len()) / 2
+    };
+    let depths: Vec<usize> = (1..=6).map(depth).collect();
+    assert_eq!(depths, [0, 1, 2, 3, 2, 3], "{text}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains(&id(6)) && l.contains("latest") && l.contains("running instance")),
+        "{text}"
+    );
 }
 
 /// `--restore latest` with a damaged newest checkpoint restores the one before it,
