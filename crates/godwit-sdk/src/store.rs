@@ -182,7 +182,10 @@ pub fn write_private_new(
             id: id.to_string(),
         });
     }
-    let tmp = path.with_extension("new");
+    // A temporary name of its own: two writers of the same id never share one.
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = path.with_extension(format!("{}-{n}.new", std::process::id()));
     write_private(&tmp, bytes)?;
     // A hard link, unlike rename, fails when the name is taken.
     let linked = std::fs::hard_link(&tmp, path);
