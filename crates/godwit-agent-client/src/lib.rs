@@ -1,5 +1,6 @@
 //! Client of the godwitd API (docs/API.md) and the `godwit service ...` subcommands:
-//! `ls`, `status`, `checkpoint`, `migrate`, `interval`.
+//! `ls`, `status`, `start`, `stop`, `restore`, `freeze`, `thaw`, `checkpoint`,
+//! `checkpoints`, `migrate`, `interval`.
 //!
 //! Every call goes over the authenticated channel of godwit-net (TLS + token binding)
 //! with hyper's client. Services are found through the name service of the agent given
@@ -26,6 +27,51 @@ pub enum ServiceCmd {
         /// Service UUID.
         uuid: String,
     },
+    /// Start a conformist service on the agent's node (remote execution: the program
+    /// must be allowed there); its names and checkpoints go to that agent. Prints the
+    /// UUID once the service serves.
+    Start {
+        /// UUID to give the service (default: a new one).
+        #[arg(long)]
+        uuid: Option<String>,
+        /// Seconds between periodic checkpoints (0.1 to 2592000; default: none).
+        #[arg(long)]
+        interval: Option<f64>,
+        /// `on-failure`: when it dies without being stopped, the agent starts it again
+        /// from the tip of its branch, with backoff (`never` by default).
+        #[arg(long, value_parser = ["never", "on-failure"], default_value = "never")]
+        restart: String,
+        /// `-- PROGRAM [ARGS]`: the program (absolute path) and its own arguments; the
+        /// service options (--uuid, --listen, --names, --store, ...) are added after them.
+        #[arg(required = true, last = true, value_name = "PROGRAM [ARGS]")]
+        command: Vec<String>,
+    },
+    /// Stop a service: a final checkpoint, its name withdrawn, the process exits.
+    Stop {
+        /// Service UUID.
+        uuid: String,
+    },
+    /// Start a stopped service again from a checkpoint (the newest by default; an
+    /// older one starts a branch), on the agent's node, with the program and
+    /// arguments the agent last started it with.
+    Restore {
+        /// Service UUID.
+        uuid: String,
+        /// Checkpoint id (default: latest, the tip of the branch it ran on).
+        #[arg(long)]
+        checkpoint: Option<String>,
+    },
+    /// Freeze a service: a checkpoint, then no call runs (clients wait and retry)
+    /// until `thaw`.
+    Freeze {
+        /// Service UUID.
+        uuid: String,
+    },
+    /// Let a frozen service serve again.
+    Thaw {
+        /// Service UUID.
+        uuid: String,
+    },
     /// Take a checkpoint of a service now.
     Checkpoint {
         /// Service UUID.
@@ -38,6 +84,13 @@ pub enum ServiceCmd {
         /// Destination node: its godwitd address, HOST:PORT.
         #[arg(long)]
         to: String,
+    },
+    /// The checkpoints of a service as a tree: each one under its parent; a restore
+    /// of an older checkpoint starts a branch. Marks the newest (`latest`) and the
+    /// one the running instance descends from.
+    Checkpoints {
+        /// Service UUID.
+        uuid: String,
     },
     /// Set the periodic checkpoint interval (0 turns periodic checkpoints off).
     Interval {
@@ -331,6 +384,16 @@ pub async fn migrate(
     if let Some(iv) = st["interval_secs"].as_f64() {
         args.extend(["--interval".into(), iv.to_string()]);
     }
+    let r = &st["retention"];
+    if let Some(k) = r["keep"].as_u64() {
+        args.extend(["--keep".into(), k.to_string()]);
+    }
+    if let Some(a) = r["max_age_secs"].as_f64() {
+        args.extend(["--keep-secs".into(), a.to_string()]);
+    }
+    if let Some(b) = r["max_bytes"].as_u64() {
+        args.extend(["--keep-bytes".into(), b.to_string()]);
+    }
     let started = dest
         .exec(
             program,
@@ -403,6 +466,128 @@ pub async fn migrate(
         switch_over,
         total: t0.elapsed(),
     })
+}
+
+/// The checkpoint tree of `uuid` in `store`: `{uuid, store, latest, head, checkpoints:
+/// [{id, parent, bytes, created_unix_ms, children}]}`, oldest first; `head` is what the
+/// running instance descends from (when it runs).
+pub async fn checkpoint_tree(
+    store: &godwit_sdk::Store,
+    uuid: &str,
+    head: Option<&str>,
+) -> Result<Value, godwit_sdk::store::StoreError> {
+    let list = store.list(uuid).await?;
+    let rows: Vec<Value> = list
+        .iter()
+        .map(|c| {
+            let children: Vec<&str> = list
+                .iter()
+                .filter(|k| k.parent.as_deref() == Some(c.id.as_str()))
+                .map(|k| k.id.as_str())
+                .collect();
+            json!({ "id": c.id, "parent": c.parent, "bytes": c.bytes,
+                    "created_unix_ms": c.created_unix_ms, "children": children })
+        })
+        .collect();
+    Ok(json!({
+        "uuid": uuid, "store": store.url(), "latest": list.last().map(|c| c.id.clone()),
+        "head": head, "checkpoints": rows,
+    }))
+}
+
+/// The tree as text: each checkpoint under its parent, indented.
+fn render_tree(v: &Value) -> String {
+    let rows = v["checkpoints"].as_array().cloned().unwrap_or_default();
+    let ids: Vec<&str> = rows.iter().filter_map(|r| r["id"].as_str()).collect();
+    let mut out = format!(
+        "checkpoints of {} in {}\n",
+        v["uuid"].as_str().unwrap_or("?"),
+        v["store"].as_str().unwrap_or("?")
+    );
+    fn walk(rows: &[Value], v: &Value, id: &str, depth: usize, out: &mut String) {
+        let Some(r) = rows.iter().find(|r| r["id"] == id) else {
+            return;
+        };
+        let mut marks = Vec::new();
+        if v["latest"] == id {
+            marks.push("latest");
+        }
+        if v["head"] == id {
+            marks.push("running instance descends from it");
+        }
+        out.push_str(&format!(
+            "{}{}  {} bytes{}\n",
+            "  ".repeat(depth),
+            id,
+            r["bytes"],
+            if marks.is_empty() {
+                String::new()
+            } else {
+                format!("  <- {}", marks.join(", "))
+            }
+        ));
+        for c in r["children"].as_array().into_iter().flatten() {
+            if let Some(c) = c.as_str() {
+                walk(rows, v, c, depth + 1, out);
+            }
+        }
+    }
+    for r in &rows {
+        let root = match r["parent"].as_str() {
+            None => true,
+            Some(p) => !ids.contains(&p),
+        };
+        if root {
+            if let (Some(id), Some(p)) = (r["id"].as_str(), r["parent"].as_str()) {
+                out.push_str(&format!("({p}, the parent of {id}, was removed)\n"));
+            }
+            walk(&rows, v, r["id"].as_str().unwrap_or(""), 0, &mut out);
+        }
+    }
+    out.trim_end().to_string()
+}
+
+/// The process the agent started last for service `uuid` (from its GODWIT_READY line).
+async fn started_by_agent(agent: &Agent, uuid: &str) -> Result<Option<Value>, AgentError> {
+    let v = agent
+        .request("list", "GET", "/v1/exec", None, Duration::from_secs(10))
+        .await?;
+    Ok(v["processes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| p["uuid"] == uuid)
+        .max_by_key(|p| p["pid"].as_u64())
+        .cloned())
+}
+
+/// Starts `program args` on the agent's node and waits for GODWIT_READY.
+async fn start_service(
+    agent: &Agent,
+    token: &str,
+    program: &str,
+    args: Vec<String>,
+    restart: &str,
+) -> anyhow::Result<Value> {
+    let wait = Duration::from_secs(30);
+    let body = json!({ "program": program, "args": args, "env": { "GODWIT_TOKEN": token },
+                       "wait_ready_ms": wait.as_millis() as u64, "restart": restart });
+    let started = agent
+        .request(
+            "exec",
+            "POST",
+            "/v1/exec",
+            Some(body),
+            wait + Duration::from_secs(5),
+        )
+        .await?;
+    if started["ready"]["uuid"].as_str().is_none() {
+        anyhow::bail!(
+            "{program} started (pid {}) but announced no service",
+            started["pid"]
+        );
+    }
+    Ok(started)
 }
 
 fn names_for(agent: &Agent, token: &str, ca: Option<&Path>) -> Result<Names, AgentError> {
@@ -485,8 +670,13 @@ pub async fn run_service_cmd(
         }
         ServiceCmd::Status { uuid } => {
             let addr = resolve(&names, &uuid).await?;
-            let v =
+            let mut v =
                 mgmt::request(&addr, json!({ "op": "status" }), Some(&token), MGMT_TIMEOUT).await?;
+            // What the agent knows of it: restarts after crashes.
+            if let Ok(Some(p)) = started_by_agent(&agent, &uuid).await {
+                v["agent"] = json!({ "node": agent.addr(), "pid": p["pid"], "restart": p["restart"],
+                                     "restarts": p["restarts"], "log": p["log"] });
+            }
             print(true, &v, String::new);
         }
         ServiceCmd::Checkpoint { uuid } => {
@@ -523,6 +713,169 @@ pub async fn run_service_cmd(
                     m.total.as_secs_f64() * 1e3
                 )
             });
+        }
+        ServiceCmd::Start {
+            uuid,
+            interval,
+            restart,
+            command,
+        } => {
+            let (program, own) = command
+                .split_first()
+                .ok_or_else(|| anyhow::anyhow!("start: give `-- PROGRAM [ARGS]`"))?;
+            let host = agent
+                .addr()
+                .rsplit_once(':')
+                .map(|(h, _)| h.to_string())
+                .unwrap_or_else(|| "127.0.0.1".into());
+            let names_url = match std::env::var("GODWIT_NAMES") {
+                Ok(u) if !u.is_empty() => u,
+                _ => format!("agent://{}", agent.addr()),
+            };
+            let mut args: Vec<String> = own.to_vec();
+            args.extend([
+                "--listen".into(),
+                format!("{host}:0"),
+                "--names".into(),
+                names_url,
+                "--store".into(),
+                format!("agent://{}", agent.addr()),
+            ]);
+            if let Some(u) = uuid {
+                args.extend(["--uuid".into(), u]);
+            }
+            if let Some(iv) = interval {
+                args.extend(["--interval".into(), iv.to_string()]);
+            }
+            let started = start_service(&agent, &token, program, args, &restart).await?;
+            let v = json!({ "uuid": started["ready"]["uuid"], "address": started["ready"]["address"],
+                            "pid": started["pid"], "log": started["log"] });
+            print(json_out, &v, || {
+                v["uuid"].as_str().unwrap_or("?").to_string()
+            });
+        }
+        ServiceCmd::Stop { uuid } => {
+            let addr = resolve(&names, &uuid).await?;
+            let v = mgmt::request(
+                &addr,
+                json!({ "op": "stop", "checkpoint": true }),
+                Some(&token),
+                MGMT_TIMEOUT,
+            )
+            .await?;
+            print(json_out, &v, || match v["checkpoint"]["id"].as_str() {
+                Some(id) => format!("stopped {uuid}: final checkpoint {id}"),
+                None => format!("stopped {uuid} (it was not serving: no final checkpoint)"),
+            });
+        }
+        ServiceCmd::Freeze { uuid } => {
+            let addr = resolve(&names, &uuid).await?;
+            let v =
+                mgmt::request(&addr, json!({ "op": "freeze" }), Some(&token), MGMT_TIMEOUT).await?;
+            print(json_out, &v, || {
+                format!(
+                    "froze {uuid} at checkpoint {}: calls wait until `thaw`",
+                    v["checkpoint"]["id"].as_str().unwrap_or("?")
+                )
+            });
+        }
+        ServiceCmd::Thaw { uuid } => {
+            // A frozen service is not in the name service: the agent that started it
+            // knows its address.
+            let addr = match names.resolve(&uuid).await? {
+                Some(a) => a,
+                None => started_by_agent(&agent, &uuid)
+                    .await?
+                    .filter(|p| p["running"] == true)
+                    .and_then(|p| p["address"].as_str().map(str::to_string))
+                    .ok_or_else(|| {
+                        anyhow::anyhow!(
+                            "thaw {uuid}: not in the name service and not running on agent {}",
+                            agent.addr()
+                        )
+                    })?,
+            };
+            let v =
+                mgmt::request(&addr, json!({ "op": "thaw" }), Some(&token), MGMT_TIMEOUT).await?;
+            print(json_out, &v, || format!("thawed {uuid}: serving at {addr}"));
+        }
+        ServiceCmd::Restore { uuid, checkpoint } => {
+            if let Some(a) = names.resolve(&uuid).await? {
+                anyhow::bail!(
+                    "restore {uuid}: it is running at {a}; stop it first (or migrate it)"
+                );
+            }
+            let mut p = Value::Null;
+            // A service just stopped may still be finishing its exit: wait for it a little.
+            for _ in 0..50 {
+                p = started_by_agent(&agent, &uuid).await?.ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "restore {uuid}: agent {} never started it, so its program is unknown here; use `start --uuid {uuid} -- PROGRAM [ARGS] --restore ID` on the node that has the program",
+                        agent.addr()
+                    )
+                })?;
+                if p["running"] != true {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            if p["running"] == true {
+                anyhow::bail!(
+                    "restore {uuid}: its process {} still runs on agent {} (frozen or stopping); thaw or stop it first",
+                    p["pid"],
+                    agent.addr()
+                );
+            }
+            let program = p["program"].as_str().unwrap_or("").to_string();
+            let old: Vec<String> = p["args"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|a| a.as_str().map(str::to_string))
+                .collect();
+            let id = checkpoint.unwrap_or_else(|| "latest".into());
+            let mut args = godwit_sdk::options::without_lifecycle_options(&old);
+            args.extend(["--uuid".into(), uuid.clone(), "--restore".into(), id]);
+            let restart = p["restart"].as_str().unwrap_or("never");
+            let started = start_service(&agent, &token, &program, args, restart).await?;
+            let addr = started["ready"]["address"]
+                .as_str()
+                .unwrap_or("")
+                .to_string();
+            let st =
+                mgmt::request(&addr, json!({ "op": "status" }), Some(&token), MGMT_TIMEOUT).await?;
+            let v = json!({ "uuid": uuid, "address": addr, "pid": started["pid"],
+                            "restored_from": st["restored_from"], "last_checkpoint": st["last_checkpoint"] });
+            print(json_out, &v, || {
+                format!(
+                    "restored {uuid} from checkpoint {} at {addr}",
+                    v["restored_from"].as_str().unwrap_or("?")
+                )
+            });
+        }
+        ServiceCmd::Checkpoints { uuid } => {
+            // The running instance names its store and what it descends from; a service
+            // that is not running is looked up in this agent's store.
+            let running = match names.resolve(&uuid).await? {
+                Some(addr) => mgmt::request(
+                    &addr,
+                    json!({ "op": "status" }),
+                    Some(&token),
+                    Duration::from_secs(10),
+                )
+                .await
+                .ok(),
+                None => None,
+            };
+            let url = running
+                .as_ref()
+                .and_then(|s| s["store"].as_str().map(str::to_string))
+                .unwrap_or_else(|| format!("agent://{}", agent.addr()));
+            let store = godwit_sdk::Store::from_url_with_ca(&url, Some(token.clone()), tls_ca)
+                .map_err(|e| anyhow::anyhow!("checkpoint store {url}: {e}"))?;
+            let head = running.as_ref().and_then(|s| s["head"].as_str());
+            let v = checkpoint_tree(&store, &uuid, head).await?;
+            print(json_out, &v, || render_tree(&v));
         }
         ServiceCmd::Interval { uuid, secs } => {
             let addr = resolve(&names, &uuid).await?;

@@ -171,7 +171,8 @@ enum Cmd {
         #[command(subcommand)]
         cmd: node::NodeCmd,
     },
-    /// Conformist services (the high-level SDK): list, checkpoint, migrate.
+    /// Conformist services (the high-level SDK): start, stop, restore, freeze,
+    /// thaw, list, checkpoint(s), migrate.
     Service {
         /// The node agent (godwitd) to talk to.
         #[arg(long, default_value = "127.0.0.1:7420", env = "GODWIT_AGENT")]

@@ -323,7 +323,8 @@ fn step_types(ret: &Type) -> Option<(Type, Type)> {
 
 /// Makes an `impl` block a conformist service.
 ///
-/// Every method with a `self` receiver becomes an operation: `&self` methods are reads,
+/// Every `pub` method with a `self` receiver becomes an operation (other methods are
+/// private helpers and stay as they are): `&self` methods are reads,
 /// `&mut self` methods are writes (executed at most once per call id), and methods marked
 /// `#[resumable]` are long operations written as a step function
 /// `fn op(&mut self, stage: S, args...) -> Step<S, R>` whose stage is saved at every
@@ -376,48 +377,81 @@ fn service_impl(name: Option<String>, mut item: ItemImpl) -> syn::Result<TokenSt
     let client_ident = format_ident!("{}Client", type_ident);
 
     let mut methods = Vec::new();
+    // Every problem is reported at once, each at its own place.
+    let mut errors: Option<Error> = None;
+    let mut fail = |e: Error| match errors.as_mut() {
+        Some(all) => all.combine(e),
+        None => errors = Some(e),
+    };
     for it in item.items.iter_mut() {
         let ImplItem::Fn(f) = it else { continue };
-        let Some(FnArg::Receiver(recv)) = f.sig.inputs.first() else {
-            continue;
-        };
         let resumable = f.attrs.iter().any(|a| a.path().is_ident("resumable"));
         f.attrs.retain(|a| !a.path().is_ident("resumable"));
+        // Only `pub` methods are operations: private helpers may live in the same impl.
+        if !matches!(f.vis, syn::Visibility::Public(_)) {
+            if resumable {
+                fail(Error::new(
+                    f.sig.ident.span(),
+                    format!(
+                        "#[resumable] on a private method: only `pub` methods are operations; write `pub fn {}`",
+                        f.sig.ident
+                    ),
+                ));
+            }
+            continue;
+        }
+        let Some(FnArg::Receiver(recv)) = f.sig.inputs.first() else {
+            if resumable {
+                fail(Error::new(
+                    f.sig.ident.span(),
+                    "a #[resumable] operation takes `&mut self` first",
+                ));
+            }
+            continue;
+        };
         if f.sig.asyncness.is_some() {
-            return Err(Error::new(f.sig.span(), "service operations are plain (non-async) functions; use #[resumable] with `Step` for long operations"));
+            fail(Error::new(f.sig.asyncness.span(), "service operations are plain (non-async) functions; use #[resumable] with `Step` for long operations"));
+            continue;
         }
         if recv.reference.is_none() {
-            return Err(Error::new(
+            fail(Error::new(
                 recv.span(),
                 "operations take `&self` or `&mut self`",
             ));
+            continue;
         }
         let mutable = recv.mutability.is_some();
         let kind = match (resumable, mutable) {
             (true, true) => Kind::Resumable,
             (true, false) => {
-                return Err(Error::new(
+                fail(Error::new(
                     recv.span(),
                     "a #[resumable] operation takes `&mut self`",
-                ))
+                ));
+                continue;
             }
             (false, true) => Kind::Write,
             (false, false) => Kind::Read,
         };
         let mut args = Vec::new();
+        let mut ok = true;
         for a in f.sig.inputs.iter().skip(1) {
             let FnArg::Typed(pt) = a else { continue };
             let Pat::Ident(pi) = &*pt.pat else {
-                return Err(Error::new(
+                fail(Error::new(
                     pt.pat.span(),
                     "operation arguments must be plain identifiers",
                 ));
+                ok = false;
+                continue;
             };
             if matches!(*pt.ty, Type::Reference(_)) {
-                return Err(Error::new(
+                fail(Error::new(
                     pt.ty.span(),
-                    "operation arguments must be owned Portable values",
+                    "operation arguments must be owned Portable values (take `T`, not `&T`); a helper that needs references can be a private method",
                 ));
+                ok = false;
+                continue;
             }
             args.push((pi.ident.clone(), (*pt.ty).clone()));
         }
@@ -426,23 +460,49 @@ fn service_impl(name: Option<String>, mut item: ItemImpl) -> syn::Result<TokenSt
             ReturnType::Type(_, t) => (**t).clone(),
         };
         let step = if kind == Kind::Resumable {
-            let st = step_types(&ret).ok_or_else(|| {
-                Error::new(
+            let Some(st) = step_types(&ret) else {
+                fail(Error::new(
                     ret.span(),
                     "a #[resumable] operation returns `Step<Stage, Reply>`",
-                )
-            })?;
-            if args.is_empty() {
-                return Err(Error::new(
-                    f.sig.span(),
-                    "a #[resumable] operation's first argument is its stage",
                 ));
+                continue;
+            };
+            let stage_ty = &st.0;
+            let stage_name = quote!(#stage_ty).to_string().replace(' ', "");
+            let first = args.first().map(|(id, ty)| (id.clone(), ty.clone()));
+            match first {
+                Some((_, ty)) if quote!(#ty).to_string().replace(' ', "") == stage_name => {
+                    args.remove(0);
+                }
+                other => {
+                    let found = match &other {
+                        Some((id, ty)) => format!(
+                            "its first argument is `{id}: {}`",
+                            quote!(#ty).to_string().replace(' ', "")
+                        ),
+                        None => "it has no argument".to_string(),
+                    };
+                    let span = match f.sig.inputs.iter().nth(1) {
+                        Some(a) => a.span(),
+                        None => f.sig.ident.span(),
+                    };
+                    fail(Error::new(
+                        span,
+                        format!(
+                            "a #[resumable] operation's first argument after `&mut self` is its stage, of the type `{stage_name}` its `Step<{stage_name}, _>` names, but {found}; write `fn {}(&mut self, stage: {stage_name}, ...)`",
+                            f.sig.ident
+                        ),
+                    ));
+                    continue;
+                }
             }
-            args.remove(0);
             Some(st)
         } else {
             None
         };
+        if !ok {
+            continue;
+        }
         let doc = f
             .attrs
             .iter()
@@ -457,6 +517,9 @@ fn service_impl(name: Option<String>, mut item: ItemImpl) -> syn::Result<TokenSt
             step,
             doc,
         });
+    }
+    if let Some(e) = errors {
+        return Err(e);
     }
 
     let sdk = quote! { ::godwit_sdk };
@@ -613,4 +676,56 @@ fn service_impl(name: Option<String>, mut item: ItemImpl) -> syn::Result<TokenSt
             #(#client_fns)*
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_pub_methods_are_operations() {
+        let item: ItemImpl = syn::parse_quote! {
+            impl Bank {
+                pub fn open(&mut self, owner: String) -> u64 { 0 }
+                fn helper(&mut self, id: &u64) -> &mut u64 { todo!() }
+                pub(crate) fn internal(&self) -> u64 { 0 }
+            }
+        };
+        let out = service_impl(None, item).unwrap().to_string();
+        assert!(out.contains("\"open\""), "{out}");
+        assert!(!out.contains("\"helper\""), "{out}");
+        assert!(!out.contains("\"internal\""), "{out}");
+    }
+
+    #[test]
+    fn every_error_is_reported_at_once_with_a_hint() {
+        let item: ItemImpl = syn::parse_quote! {
+            impl Bank {
+                #[resumable]
+                pub fn accrue(&mut self, rate_bp: u32, pause_ms: u64) -> Step<Accrual, u64> { todo!() }
+                pub async fn fetch(&self) -> u64 { 0 }
+                pub fn name(&self, who: &str) -> String { String::new() }
+                #[resumable]
+                fn hidden(&mut self, stage: Accrual) -> Step<Accrual, u64> { todo!() }
+                pub fn fine(&self) -> u64 { 0 }
+            }
+        };
+        let msgs: Vec<String> = service_impl(None, item)
+            .unwrap_err()
+            .into_iter()
+            .map(|e| e.to_string())
+            .collect();
+        assert_eq!(msgs.len(), 4, "{msgs:#?}");
+        assert!(
+            msgs[0]
+                .contains("first argument after `&mut self` is its stage, of the type `Accrual`")
+                && msgs[0].contains("`rate_bp: u32`")
+                && msgs[0].contains("fn accrue(&mut self, stage: Accrual, ...)"),
+            "{}",
+            msgs[0]
+        );
+        assert!(msgs[1].contains("non-async"), "{}", msgs[1]);
+        assert!(msgs[2].contains("owned Portable values"), "{}", msgs[2]);
+        assert!(msgs[3].contains("private method"), "{}", msgs[3]);
+    }
 }

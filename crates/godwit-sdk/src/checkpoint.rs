@@ -204,6 +204,9 @@ pub struct Description {
     pub seq: u64,
     /// Wall-clock time of capture, ms since the Unix epoch.
     pub created_unix_ms: u64,
+    /// The checkpoint this one descends from (the last one the instance took or was
+    /// restored from); `None` for the first checkpoint of a fresh instance.
+    pub parent: Option<String>,
     /// Extra JSON (method schemas), kept verbatim.
     pub extra: Value,
 }
@@ -217,6 +220,7 @@ pub fn write(desc: &Description, payload_schema: &Schema, payload: &[u8]) -> Vec
         "uuid": desc.uuid,
         "seq": desc.seq,
         "created_unix_ms": desc.created_unix_ms,
+        "parent": desc.parent,
         "schema": payload_schema.to_json(),
     });
     if let (Some(h), Some(extra)) = (header.as_object_mut(), desc.extra.as_object()) {
@@ -308,8 +312,71 @@ pub fn description(json: &Value) -> Result<Description, CheckpointError> {
         uuid: s("uuid")?,
         seq: n("seq")?,
         created_unix_ms: n("created_unix_ms")?,
+        parent: json["parent"].as_str().map(str::to_string),
         extra: Value::Null,
     })
+}
+
+/// Reads only the description of a checkpoint from the start of its file (`prefix`
+/// holds at least the header and the description): for listings, which must not read
+/// whole payloads. Neither the checksum nor the payload is checked.
+pub fn peek_description(prefix: &[u8]) -> Result<Description, CheckpointError> {
+    if prefix.len() < HEADER_LEN {
+        return Err(CheckpointError::Truncated(format!(
+            "{} bytes, the header alone is {HEADER_LEN}",
+            prefix.len()
+        )));
+    }
+    if &prefix[..8] != MAGIC {
+        return Err(CheckpointError::BadMagic);
+    }
+    let desc_len = u32::from_le_bytes([prefix[12], prefix[13], prefix[14], prefix[15]]);
+    if desc_len > MAX_DESCRIPTION {
+        return Err(CheckpointError::Description(format!(
+            "{desc_len} bytes is over the {MAX_DESCRIPTION} limit"
+        )));
+    }
+    let desc = prefix
+        .get(HEADER_LEN..HEADER_LEN + desc_len as usize)
+        .ok_or_else(|| CheckpointError::Truncated("description cut short".into()))?;
+    let json: Value =
+        serde_json::from_slice(desc).map_err(|e| CheckpointError::Description(e.to_string()))?;
+    description(&json)
+}
+
+/// What a store checks before it keeps a checkpoint uploaded as `uuid`/`id`: a readable
+/// header, a matching checksum, a description of that service instance whose sequence
+/// number is `id`. Returns the description.
+pub fn verify_upload(file: &[u8], uuid: &str, id: &str) -> Result<Description, String> {
+    let (json, _) = open(file).map_err(|e| e.to_string())?;
+    let desc = description(&json).map_err(|e| e.to_string())?;
+    if desc.uuid != uuid {
+        return Err(format!(
+            "the checkpoint is of service instance {}, not {uuid}",
+            desc.uuid
+        ));
+    }
+    let expected = crate::store::checkpoint_id(desc.seq);
+    if expected != id {
+        return Err(format!(
+            "the checkpoint's sequence number {} makes its id {expected}, not {id}",
+            desc.seq
+        ));
+    }
+    Ok(desc)
+}
+
+/// Whether a restore error means the file itself is damaged (so the checkpoint
+/// before it may be used instead), as opposed to a checkpoint this build must refuse.
+pub fn is_damage(e: &CheckpointError) -> bool {
+    matches!(
+        e,
+        CheckpointError::Truncated(_)
+            | CheckpointError::BadMagic
+            | CheckpointError::Checksum { .. }
+            | CheckpointError::Description(_)
+            | CheckpointError::Decode(_)
+    )
 }
 
 /// Reads a checkpoint written for `T` (checks magic, version, CRC, service name and schema
@@ -348,6 +415,7 @@ mod tests {
             uuid: "u".into(),
             seq: 3,
             created_unix_ms: 5,
+            parent: Some("000000000002".into()),
             extra: json!({"methods": {}}),
         };
         write(&desc, &Envelope::<u64>::schema(), &codec::to_vec(&env))
@@ -358,6 +426,18 @@ mod tests {
         let file = sample();
         let (d, env) = read::<Envelope<u64>>(&file, "svc").unwrap();
         assert_eq!(d.seq, 3);
+        assert_eq!(d.parent.as_deref(), Some("000000000002"));
+        assert_eq!(peek_description(&file).map(|d| d.seq).ok(), Some(3));
+        assert!(verify_upload(&file, "u", "000000000003").is_ok());
+        assert!(verify_upload(&file, "v", "000000000003")
+            .unwrap_err()
+            .contains("instance u"));
+        assert!(verify_upload(&file, "u", "000000000004")
+            .unwrap_err()
+            .contains("not 000000000004"));
+        assert!(verify_upload(b"junk", "u", "000000000003")
+            .unwrap_err()
+            .contains("truncated"));
         assert_eq!(env.state, 42);
         assert_eq!(env.done[0].reply, vec![1, 2]);
     }

@@ -45,12 +45,18 @@ pub struct ServiceOptions {
     /// CA file to verify godwitd's certificate (PKI mode); none: the token binding
     /// alone authenticates the agent.
     pub tls_ca: Option<PathBuf>,
-    /// Periodic checkpoint interval (none: only on request).
+    /// Periodic checkpoint interval (none: only on request); within
+    /// [`MIN_INTERVAL_SECS`]..=[`MAX_INTERVAL_SECS`].
     pub interval: Option<Duration>,
+    /// Which checkpoints the store keeps for this service.
+    pub retention: Retention,
     /// Start in standby: wait for a `restore` (or `start`) management request.
     pub standby: bool,
     /// Restore this checkpoint (`latest` or an id) at start.
     pub restore: Option<String>,
+    /// Restore `latest` at start when the store has a checkpoint of this UUID, else
+    /// start fresh (what a restart after a crash does).
+    pub resume: bool,
     /// Name-service lease length.
     pub lease: Duration,
     /// Arguments placed before the service options when the service is relaunched on
@@ -73,14 +79,78 @@ impl Default for ServiceOptions {
             token: None,
             tls_ca: None,
             interval: None,
+            retention: Retention::default(),
             standby: false,
             restore: None,
+            resume: false,
             lease: Duration::from_secs(5),
             relaunch_args: Vec::new(),
             handle_signals: true,
             announce: true,
         }
     }
+}
+
+/// Shortest periodic checkpoint interval, in seconds.
+pub const MIN_INTERVAL_SECS: f64 = 0.1;
+/// Longest periodic checkpoint interval, in seconds (30 days).
+pub const MAX_INTERVAL_SECS: f64 = 2_592_000.0;
+/// Checkpoints kept per service unless `--keep` says otherwise.
+pub const DEFAULT_KEEP: u64 = 20;
+
+/// Which checkpoints of a service the store keeps. After every checkpoint the service
+/// removes, oldest first, those beyond `keep`, older than `max_age`, or beyond
+/// `max_bytes` in total; the newest (the one just written) is always kept.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Retention {
+    /// At most this many checkpoints (at least 1).
+    pub keep: u64,
+    /// None older than this.
+    pub max_age: Option<Duration>,
+    /// At most this many bytes of checkpoints in total.
+    pub max_bytes: Option<u64>,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Retention {
+            keep: DEFAULT_KEEP,
+            max_age: None,
+            max_bytes: None,
+        }
+    }
+}
+
+/// Checks a periodic checkpoint interval: 0 (off) or within the bounds. The message
+/// states the bounds.
+pub fn check_interval(secs: f64) -> Result<Option<Duration>, String> {
+    if secs == 0.0 {
+        return Ok(None);
+    }
+    if secs.is_finite() && (MIN_INTERVAL_SECS..=MAX_INTERVAL_SECS).contains(&secs) {
+        return Ok(Some(Duration::from_secs_f64(secs)));
+    }
+    Err(format!(
+        "interval {secs} s is out of bounds: give 0 (periodic checkpoints off) or between {MIN_INTERVAL_SECS} s and {MAX_INTERVAL_SECS} s (30 days)"
+    ))
+}
+
+/// A service's arguments without the options that say which instance it is and where
+/// its state comes from (`--uuid`, `--restore` with their values, `--standby`,
+/// `--resume`): what a restart or a restore starts it with, before adding its own.
+pub fn without_lifecycle_options(args: &[String]) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--uuid" | "--restore" => {
+                it.next();
+            }
+            "--standby" | "--resume" => {}
+            _ => out.push(a.clone()),
+        }
+    }
+    out
 }
 
 fn parse_secs(flag: &str, v: &str) -> Result<Option<Duration>, OptionsError> {
@@ -100,7 +170,8 @@ fn parse_secs(flag: &str, v: &str) -> Result<Option<Duration>, OptionsError> {
 impl ServiceOptions {
     /// Parses the service options:
     /// `--uuid U --listen A --advertise A --names URL --store URL --token-file F
-    ///  --tls-ca FILE --interval SECS --standby --restore ID|latest --lease SECS`.
+    ///  --tls-ca FILE --interval SECS --keep N --keep-secs SECS --keep-bytes BYTES
+    ///  --standby --restore ID|latest --resume --lease SECS`.
     /// The token may also come from the `GODWIT_TOKEN` environment variable, the CA from
     /// `GODWIT_TLS_CA`.
     ///
@@ -147,7 +218,39 @@ impl ServiceOptions {
                     o.token = Some(t.trim().to_string());
                 }
                 "--tls-ca" => o.tls_ca = Some(PathBuf::from(value(&flag)?)),
-                "--interval" => o.interval = parse_secs(&flag, &value(&flag)?)?,
+                "--interval" => {
+                    let v = value(&flag)?;
+                    let secs: f64 = v.parse().map_err(|_| OptionsError::BadValue {
+                        flag: flag.clone(),
+                        message: format!("`{v}` is not a number of seconds"),
+                    })?;
+                    o.interval =
+                        check_interval(secs).map_err(|message| OptionsError::BadValue {
+                            flag: flag.clone(),
+                            message,
+                        })?;
+                }
+                "--keep" => {
+                    let v = value(&flag)?;
+                    o.retention.keep =
+                        v.parse::<u64>().ok().filter(|n| *n >= 1).ok_or_else(|| {
+                            OptionsError::BadValue {
+                                flag: flag.clone(),
+                                message: format!("`{v}`: give a number of checkpoints, at least 1"),
+                            }
+                        })?;
+                }
+                "--keep-secs" => o.retention.max_age = parse_secs(&flag, &value(&flag)?)?,
+                "--keep-bytes" => {
+                    let v = value(&flag)?;
+                    o.retention.max_bytes =
+                        Some(v.parse::<u64>().ok().filter(|n| *n >= 1).ok_or_else(|| {
+                            OptionsError::BadValue {
+                                flag: flag.clone(),
+                                message: format!("`{v}`: give a number of bytes, at least 1"),
+                            }
+                        })?);
+                }
                 "--lease" => {
                     o.lease = parse_secs(&flag, &value(&flag)?)?.ok_or_else(|| {
                         OptionsError::BadValue {
@@ -158,6 +261,7 @@ impl ServiceOptions {
                 }
                 "--standby" => o.standby = true,
                 "--restore" => o.restore = Some(value(&flag)?),
+                "--resume" => o.resume = true,
                 _ => return Err(OptionsError::Unknown(flag)),
             }
         }
@@ -231,6 +335,26 @@ mod tests {
             ServiceOptions::from_args(args("--interval -1")),
             Err(OptionsError::BadValue { .. })
         ));
+        for bad in ["1e-9", "99999999999", "0.05", "-1", "NaN", "inf"] {
+            let e = ServiceOptions::from_args(args(&format!("--interval {bad}")))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("between 0.1 s and 2592000 s") || e.contains("not a number"),
+                "{bad}: {e}"
+            );
+        }
+        let o =
+            ServiceOptions::from_args(args("--keep 3 --keep-secs 60 --keep-bytes 1000")).unwrap();
+        assert_eq!(
+            o.retention,
+            Retention {
+                keep: 3,
+                max_age: Some(Duration::from_secs(60)),
+                max_bytes: Some(1000)
+            }
+        );
+        assert!(ServiceOptions::from_args(args("--keep 0")).is_err());
         assert!(matches!(
             ServiceOptions::from_args(args("--names zk://x")),
             Err(OptionsError::BadValue { .. })

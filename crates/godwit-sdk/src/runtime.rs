@@ -23,7 +23,7 @@ use crate::checkpoint::{self, CheckpointError, Description, DoneCall, Envelope, 
 use crate::codec::{Portable, StructEncoder};
 use crate::options::ServiceOptions;
 use crate::service::{MethodKind, Service, StepOutcome};
-use crate::store::{checkpoint_id, StoreError};
+use crate::store::{checkpoint_id, StoreError, StoredCheckpoint};
 use crate::wire::{self, status, Call};
 
 /// Errors of the service runtime and of management operations.
@@ -127,6 +127,17 @@ struct Inner<S> {
     done: HashMap<String, BTreeMap<u64, Arc<Vec<u8>>>>,
     ops: BTreeMap<Key, OpRecord>,
     generation: u64,
+    /// Bumped by every write and every step: what the state has been through.
+    version: u64,
+    /// `version` at the last capture (periodic checkpoints skip an unchanged state).
+    captured_version: Option<u64>,
+}
+
+/// A capture, not yet framed or shipped.
+struct Captured {
+    payload: Vec<u8>,
+    capture: Duration,
+    ops: u64,
 }
 
 /// Facts about the last checkpoint taken.
@@ -178,6 +189,11 @@ struct Shared<S: Service> {
     idle: Notify,
     interval: watch::Sender<Option<Duration>>,
     last: Mutex<Option<CheckpointInfo>>,
+    /// The checkpoint this instance's state descends from: the last one it wrote or
+    /// was restored from. The parent of its next checkpoint.
+    head: Mutex<Option<String>>,
+    /// The checkpoint this instance was restored from.
+    restored_from: Mutex<Option<String>>,
     next_seq: AtomicU64,
     advertised: AtomicBool,
     lease: tokio::sync::Mutex<Option<Lease>>,
@@ -275,6 +291,8 @@ impl<S: Service> Server<S> {
                 done: HashMap::new(),
                 ops: BTreeMap::new(),
                 generation: 0,
+                version: 0,
+                captured_version: None,
             }),
             running: Mutex::new(HashMap::new()),
             mode: AtomicU8::new(STANDBY),
@@ -283,6 +301,8 @@ impl<S: Service> Server<S> {
             idle: Notify::new(),
             interval,
             last: Mutex::new(None),
+            head: Mutex::new(None),
+            restored_from: Mutex::new(None),
             next_seq: AtomicU64::new(1),
             advertised: AtomicBool::new(false),
             lease: tokio::sync::Mutex::new(None),
@@ -331,12 +351,14 @@ impl<S: Service> Server<S> {
         } else {
             None
         };
-        if sh.opts.announce {
-            use std::io::Write as _;
-            let mut out = std::io::stdout().lock();
-            let _ = writeln!(out, "GODWIT_READY {} {}", sh.address, sh.uuid);
-            let _ = out.flush();
-        }
+        let announce = |sh: &Shared<S>| {
+            if sh.opts.announce {
+                use std::io::Write as _;
+                let mut out = std::io::stdout().lock();
+                let _ = writeln!(out, "GODWIT_READY {} {}", sh.address, sh.uuid);
+                let _ = out.flush();
+            }
+        };
         let mut shutdown = sh.shutdown.subscribe();
         tokio::spawn(sh.clone().accept_loop(self.listener));
         tokio::spawn(sh.clone().lease_loop());
@@ -344,14 +366,27 @@ impl<S: Service> Server<S> {
         if let Some((term, int)) = signals {
             tokio::spawn(sh.clone().signal_loop(term, int));
         }
+        // Ready means serving: a standby instance is ready to be told what to restore;
+        // any other only once its state is back (fresh or restored).
         if !sh.opts.standby {
+            let resume = sh.opts.resume && sh.opts.restore.is_none() && {
+                let any = !sh.stored().await?.is_empty();
+                if !any {
+                    tracing::info!(uuid = %sh.uuid, "--resume: no checkpoint yet, starting fresh");
+                }
+                any
+            };
             match sh.opts.restore.clone() {
                 Some(id) => {
                     sh.restore(&id).await?;
                 }
+                None if resume => {
+                    sh.restore("latest").await?;
+                }
                 None => sh.start().await?,
             }
         }
+        announce(&sh);
         while !*shutdown.borrow_and_update() {
             if shutdown.changed().await.is_err() {
                 break;
@@ -488,7 +523,13 @@ impl<S: Service> Shared<S> {
                         None => std::future::pending().await,
                     }
                 } => {
-                    if self.mode() == SERVING {
+                    let unchanged = {
+                        let g = self.read_inner();
+                        g.captured_version == Some(g.version)
+                    };
+                    if unchanged {
+                        tracing::debug!("periodic checkpoint skipped: nothing changed since the last one");
+                    } else if self.mode() == SERVING {
                         if let Err(e) = self.checkpoint().await {
                             tracing::warn!(error = %e, "periodic checkpoint failed");
                         }
@@ -720,6 +761,7 @@ impl<S: Service> Shared<S> {
         if kind == MethodKind::Write {
             let outcome = {
                 let mut g = self.write_inner();
+                g.version += 1;
                 prune(&mut g.done, &client, ack_below);
                 let r = match g.state.as_mut() {
                     Some(s) => s.call_write(&method, &args).map_err(|e| e.to_string()),
@@ -748,6 +790,7 @@ impl<S: Service> Shared<S> {
         let rx = tx.subscribe();
         let started = {
             let mut g = self.write_inner();
+            g.version += 1;
             prune(&mut g.done, &client, ack_below);
             match S::initial_stage(&method) {
                 Ok(stage) => {
@@ -803,6 +846,7 @@ impl<S: Service> Shared<S> {
                 if g.generation != generation {
                     return;
                 }
+                g.version += 1;
                 let Some(op) = g.ops.get(&key) else { return };
                 let (method, args, stage) = (op.method.clone(), op.args.clone(), op.stage.clone());
                 let Some(state) = g.state.as_mut() else {
@@ -881,7 +925,7 @@ impl<S: Service> Shared<S> {
     }
 
     /// Encodes the checkpoint under the lock. `freeze` also retires running op tasks.
-    fn capture(&self, freeze: bool) -> (u64, Vec<u8>, Duration, u64) {
+    fn capture(&self, freeze: bool) -> Captured {
         let t0 = Instant::now();
         let n_ops;
         let payload = {
@@ -889,6 +933,7 @@ impl<S: Service> Shared<S> {
             if freeze {
                 g.generation += 1;
             }
+            g.captured_version = Some(g.version);
             let done: Vec<DoneCall> = g
                 .done
                 .iter()
@@ -916,17 +961,33 @@ impl<S: Service> Shared<S> {
             e.field(3, &ops);
             out
         };
-        let capture = t0.elapsed();
-        let seq = self.next_seq.fetch_add(1, SeqCst);
-        let desc = Description {
-            service: S::NAME.to_string(),
-            uuid: self.uuid.clone(),
-            seq,
-            created_unix_ms: now_ms(),
-            extra: json!({ "methods": self.methods_json }),
-        };
-        let file = checkpoint::write(&desc, &Envelope::<S>::schema(), &payload);
-        (seq, file, capture, n_ops)
+        Captured {
+            payload,
+            capture: t0.elapsed(),
+            ops: n_ops,
+        }
+    }
+
+    /// The checkpoints of this instance in the store, oldest first.
+    async fn stored(&self) -> Result<Vec<StoredCheckpoint>, ServiceError> {
+        self.opts
+            .store
+            .list(&self.uuid)
+            .await
+            .map_err(|source| ServiceError::Store {
+                stage: "list checkpoints",
+                source,
+            })
+    }
+
+    /// Continues the sequence after every checkpoint in the store: ids are never reused.
+    fn continue_after(&self, list: &[StoredCheckpoint]) {
+        let max = list
+            .iter()
+            .filter_map(StoredCheckpoint::seq)
+            .max()
+            .unwrap_or(0);
+        self.next_seq.fetch_max(max + 1, SeqCst);
     }
 
     async fn quiesce(&self) {
@@ -935,36 +996,101 @@ impl<S: Service> Shared<S> {
         self.wait_idle().await;
     }
 
-    async fn upload(
-        &self,
-        (seq, file, capture, ops): (u64, Vec<u8>, Duration, u64),
-        pause: Duration,
-    ) -> Result<CheckpointInfo, ServiceError> {
-        let id = checkpoint_id(seq);
-        let bytes = file.len() as u64;
-        let payload_bytes = bytes.saturating_sub(checkpoint::HEADER_LEN as u64);
+    /// Frames a capture as a checkpoint file (outside the lock) and ships it to the
+    /// store under the next unused id, its parent being the instance's head.
+    async fn upload(&self, c: Captured, pause: Duration) -> Result<CheckpointInfo, ServiceError> {
         let t = Instant::now();
-        self.opts
-            .store
-            .put(&self.uuid, &id, file)
-            .await
-            .map_err(|source| ServiceError::Store {
-                stage: "ship checkpoint",
-                source,
-            })?;
+        let parent = lock(&self.head).clone();
+        let mut attempts = 0;
+        let (seq, id, bytes) = loop {
+            let seq = self.next_seq.fetch_add(1, SeqCst);
+            let desc = Description {
+                service: S::NAME.to_string(),
+                uuid: self.uuid.clone(),
+                seq,
+                created_unix_ms: now_ms(),
+                parent: parent.clone(),
+                extra: json!({ "methods": self.methods_json }),
+            };
+            let file = checkpoint::write(&desc, &Envelope::<S>::schema(), &c.payload);
+            let id = checkpoint_id(seq);
+            let bytes = file.len() as u64;
+            match self.opts.store.put(&self.uuid, &id, file).await {
+                Ok(()) => break (seq, id, bytes),
+                // Someone else's checkpoint holds that id (a store shared with an
+                // instance we did not hear of): continue after the newest.
+                Err(StoreError::Exists { .. }) if attempts < 3 => {
+                    attempts += 1;
+                    tracing::warn!(%id, "checkpoint id taken in the store; continuing after the newest");
+                    let list = self.stored().await?;
+                    self.continue_after(&list);
+                }
+                Err(source) => {
+                    return Err(ServiceError::Store {
+                        stage: "ship checkpoint",
+                        source,
+                    })
+                }
+            }
+        };
         let info = CheckpointInfo {
-            id,
+            id: id.clone(),
             seq,
             bytes,
-            payload_bytes,
+            payload_bytes: c.payload.len() as u64,
             unix_ms: now_ms(),
             pause,
-            capture,
+            capture: c.capture,
             upload: t.elapsed(),
-            ops,
+            ops: c.ops,
         };
+        *lock(&self.head) = Some(id.clone());
         *lock(&self.last) = Some(info.clone());
+        self.apply_retention(&id).await;
         Ok(info)
+    }
+
+    /// Removes the checkpoints the retention policy does not keep (never `newest`).
+    async fn apply_retention(&self, newest: &str) {
+        let r = &self.opts.retention;
+        let list = match self.stored().await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(error = %e, "retention: cannot list the checkpoints");
+                return;
+            }
+        };
+        let now = now_ms();
+        let (mut count, mut total) = (0u64, 0u64);
+        for c in list.iter().rev() {
+            count += 1;
+            total = total.saturating_add(c.bytes);
+            if c.id == newest {
+                continue;
+            }
+            let too_old = match (r.max_age, c.created_unix_ms) {
+                (Some(age), Some(t)) => now.saturating_sub(t) > age.as_millis() as u64,
+                _ => false,
+            };
+            let why = if count > r.keep {
+                Some(format!("more than {} kept", r.keep))
+            } else if too_old {
+                Some("older than the maximum age".to_string())
+            } else if r.max_bytes.is_some_and(|m| total > m) {
+                Some(format!(
+                    "over {} bytes kept in total",
+                    r.max_bytes.unwrap_or(0)
+                ))
+            } else {
+                None
+            };
+            if let Some(why) = why {
+                match self.opts.store.delete(&self.uuid, &c.id).await {
+                    Ok(()) => tracing::debug!(id = %c.id, %why, "retention: checkpoint removed"),
+                    Err(e) => tracing::warn!(id = %c.id, error = %e, "retention: cannot remove"),
+                }
+            }
+        }
     }
 
     /// Checkpoint and carry on: hold, withdraw, drain, capture, re-advertise, release,
@@ -1038,20 +1164,21 @@ impl<S: Service> Shared<S> {
                 mode: mode_name(self.mode()),
             });
         }
+        // A given UUID may have checkpoints already: never reuse their ids.
+        match self.stored().await {
+            Ok(list) => self.continue_after(&list),
+            Err(e) => tracing::warn!(error = %e, "cannot list earlier checkpoints"),
+        }
         self.write_inner().state = Some((self.factory)());
         self.set_mode(SERVING);
         self.advertise().await
     }
 
-    async fn restore(self: &Arc<Self>, id: &str) -> Result<CheckpointInfo, ServiceError> {
-        let _m = self.mgmt.lock().await;
-        if self.mode() != STANDBY {
-            return Err(ServiceError::WrongMode {
-                op: "restore",
-                mode: mode_name(self.mode()),
-            });
-        }
-        let t0 = Instant::now();
+    /// Fetches and decodes one checkpoint.
+    async fn fetch(
+        &self,
+        id: &str,
+    ) -> Result<(String, u64, Description, Envelope<S>), ServiceError> {
         let (id, file) = self
             .opts
             .store
@@ -1084,6 +1211,78 @@ impl<S: Service> Shared<S> {
                 });
             }
         }
+        Ok((id, bytes, desc, env))
+    }
+
+    /// `latest`: the newest checkpoint (the tip of the branch the service last ran on);
+    /// a damaged one is skipped for the one before it (its parent, or the next older
+    /// one when its description cannot be read), with a warning naming both.
+    async fn fetch_latest(
+        &self,
+        list: &[StoredCheckpoint],
+    ) -> Result<(String, u64, Description, Envelope<S>), ServiceError> {
+        let Some(mut cur) = list.last().cloned() else {
+            return Err(ServiceError::Store {
+                stage: "fetch checkpoint",
+                source: StoreError::NotFound {
+                    uuid: self.uuid.clone(),
+                    id: "latest".into(),
+                },
+            });
+        };
+        loop {
+            let err = match self.fetch(&cur.id).await {
+                Ok(x) => return Ok(x),
+                Err(e @ ServiceError::Restore { .. }) => e,
+                Err(e) => return Err(e),
+            };
+            let ServiceError::Restore { source, .. } = &err else {
+                return Err(err);
+            };
+            if !checkpoint::is_damage(source) {
+                return Err(err);
+            }
+            let before = cur
+                .parent
+                .as_ref()
+                .and_then(|p| list.iter().find(|c| &c.id == p))
+                // A parent is always older; anything else (a forged description) is
+                // not followed, so the walk ends.
+                .filter(|c| c.id < cur.id)
+                .or_else(|| list.iter().rev().find(|c| c.id < cur.id));
+            let Some(before) = before.cloned() else {
+                tracing::error!(bad = %cur.id, error = %source, "checkpoint damaged and no checkpoint before it");
+                return Err(err);
+            };
+            tracing::warn!(
+                "checkpoint {} of {} is damaged ({source}); restoring {}, the one before it",
+                cur.id,
+                self.uuid,
+                before.id
+            );
+            cur = before;
+        }
+    }
+
+    async fn restore(self: &Arc<Self>, id: &str) -> Result<CheckpointInfo, ServiceError> {
+        let _m = self.mgmt.lock().await;
+        if self.mode() != STANDBY {
+            return Err(ServiceError::WrongMode {
+                op: "restore",
+                mode: mode_name(self.mode()),
+            });
+        }
+        let t0 = Instant::now();
+        let (list, fetched) = if id == "latest" {
+            let list = self.stored().await?;
+            let f = self.fetch_latest(&list).await;
+            (Ok(list), f)
+        } else {
+            // The listing (for the ids to continue after) costs no extra round trip.
+            tokio::join!(self.stored(), self.fetch(id))
+        };
+        let (id, bytes, desc, env) = fetched?;
+        let list = list?;
         let capture = t0.elapsed();
         let ops = env.ops.len() as u64;
         {
@@ -1102,23 +1301,43 @@ impl<S: Service> Shared<S> {
                 .map(|o| ((o.client.clone(), o.seq), o))
                 .collect();
             g.generation += 1;
+            g.captured_version = Some(g.version);
         }
         self.next_seq.store(desc.seq + 1, SeqCst);
-        self.set_mode(SERVING);
-        self.launch_ops();
-        self.advertise().await?;
-        tracing::info!(uuid = %self.uuid, %id, "restored");
-        Ok(CheckpointInfo {
-            id,
+        self.continue_after(&list);
+        *lock(&self.head) = Some(id.clone());
+        *lock(&self.restored_from) = Some(id.clone());
+        // Restoring an older checkpoint starts a branch: its first checkpoint, taken
+        // now, is the newest, so `latest` is the tip of the branch that runs.
+        let newest = list.last().map(|c| c.id.clone());
+        let branch = (newest.as_deref() != Some(id.as_str())).then(|| self.capture(false));
+        let info = CheckpointInfo {
+            id: id.clone(),
             seq: desc.seq,
             bytes,
-            payload_bytes: bytes,
-            unix_ms: now_ms(),
+            payload_bytes: bytes.saturating_sub(checkpoint::HEADER_LEN as u64),
+            unix_ms: desc.created_unix_ms,
             pause: t0.elapsed(),
             capture,
             upload: Duration::ZERO,
             ops,
-        })
+        };
+        *lock(&self.last) = Some(info.clone());
+        self.set_mode(SERVING);
+        self.launch_ops();
+        self.advertise().await?;
+        tracing::info!(uuid = %self.uuid, %id, "restored");
+        if let Some(c) = branch {
+            match self.upload(c, Duration::ZERO).await {
+                Ok(b) => {
+                    tracing::info!(%id, branch = %b.id, "restored an older checkpoint: a new branch starts at {}", b.id)
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, %id, "restored an older checkpoint but could not write the first checkpoint of its branch")
+                }
+            }
+        }
+        Ok(info)
     }
 
     /// Stops: drain, optionally flush a final checkpoint, deregister, exit the run loop.
@@ -1182,7 +1401,14 @@ impl<S: Service> Shared<S> {
             "completed_calls_remembered": remembered,
             "parked_ops": ops.len(),
             "interval_secs": self.interval.borrow().map(|d| d.as_secs_f64()),
+            "retention": {
+                "keep": self.opts.retention.keep,
+                "max_age_secs": self.opts.retention.max_age.map(|d| d.as_secs_f64()),
+                "max_bytes": self.opts.retention.max_bytes,
+            },
             "last_checkpoint": lock(&self.last).as_ref().map(|l| l.to_json()),
+            "restored_from": lock(&self.restored_from).clone(),
+            "head": lock(&self.head).clone(),
         })
     }
 
@@ -1224,11 +1450,13 @@ impl<S: Service> Shared<S> {
                 }
             }
             "interval" => {
-                let secs = req["secs"].as_f64().unwrap_or(-1.0);
-                if !(0.0..=1e9).contains(&secs) {
-                    return json!({ "ok": false, "error": "interval: `secs` must be a number >= 0 (0 turns it off)" });
-                }
-                let iv = (secs > 0.0).then(|| Duration::from_secs_f64(secs));
+                let Some(secs) = req["secs"].as_f64() else {
+                    return json!({ "ok": false, "error": "interval: `secs` must be a number of seconds (0 turns periodic checkpoints off)" });
+                };
+                let iv = match crate::options::check_interval(secs) {
+                    Ok(iv) => iv,
+                    Err(e) => return json!({ "ok": false, "error": e }),
+                };
                 self.interval.send_replace(iv);
                 json!({ "ok": true, "interval_secs": iv.map(|d| d.as_secs_f64()) })
             }

@@ -60,6 +60,16 @@ pub enum StoreError {
         /// Message.
         message: String,
     },
+    /// A checkpoint with this id exists already: ids are never reused.
+    #[error(
+        "checkpoint `{id}` of service {uuid} exists already (checkpoint ids are never reused)"
+    )]
+    Exists {
+        /// Service.
+        uuid: String,
+        /// Checkpoint id.
+        id: String,
+    },
     /// No such checkpoint.
     #[error("no checkpoint `{id}` for service {uuid}")]
     NotFound {
@@ -92,6 +102,18 @@ pub struct StoredCheckpoint {
     pub id: String,
     /// Size in bytes.
     pub bytes: u64,
+    /// The checkpoint it descends from (`None`: the first of its lineage, or a file
+    /// whose description cannot be read).
+    pub parent: Option<String>,
+    /// Capture time, ms since the Unix epoch (`None` when the description cannot be read).
+    pub created_unix_ms: Option<u64>,
+}
+
+impl StoredCheckpoint {
+    /// The sequence number in the id (ids are zero-padded sequence numbers).
+    pub fn seq(&self) -> Option<u64> {
+        self.id.parse().ok()
+    }
 }
 
 /// Checks that a UUID or checkpoint id is a plain file name.
@@ -146,7 +168,60 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
     std::fs::rename(&tmp, path).map_err(io("rename", path))
 }
 
-/// Lists `<id>.gwck` files in a directory, sorted by id.
+/// Writes `bytes` to `path` like [`write_private`] but never replaces an existing file:
+/// [`StoreError::Exists`] then (checkpoint ids are never reused).
+pub fn write_private_new(
+    path: &Path,
+    bytes: &[u8],
+    uuid: &str,
+    id: &str,
+) -> Result<(), StoreError> {
+    if path.exists() {
+        return Err(StoreError::Exists {
+            uuid: uuid.to_string(),
+            id: id.to_string(),
+        });
+    }
+    // A temporary name of its own: two writers of the same id never share one.
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = path.with_extension(format!("{}-{n}.new", std::process::id()));
+    write_private(&tmp, bytes)?;
+    // A hard link, unlike rename, fails when the name is taken.
+    let linked = std::fs::hard_link(&tmp, path);
+    let _ = std::fs::remove_file(&tmp);
+    match linked {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(StoreError::Exists {
+            uuid: uuid.to_string(),
+            id: id.to_string(),
+        }),
+        Err(source) => Err(StoreError::Io {
+            op: "link",
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+/// Reads the description at the start of a checkpoint file (not its payload).
+fn peek_file(path: &Path) -> Option<crate::checkpoint::Description> {
+    use std::io::Read as _;
+    let mut f = std::fs::File::open(path).ok()?;
+    let mut head = [0u8; crate::checkpoint::HEADER_LEN];
+    f.read_exact(&mut head).ok()?;
+    let d = u32::from_le_bytes([head[12], head[13], head[14], head[15]]);
+    if d > crate::checkpoint::MAX_DESCRIPTION {
+        return None;
+    }
+    let mut buf = head.to_vec();
+    buf.resize(head.len() + d as usize, 0);
+    f.read_exact(&mut buf[head.len()..]).ok()?;
+    crate::checkpoint::peek_description(&buf).ok()
+}
+
+/// Lists `<id>.gwck` files in a directory, sorted by id, with each one's parent and
+/// capture time read from its description.
 pub fn list_dir(dir: &Path) -> Result<Vec<StoredCheckpoint>, StoreError> {
     let rd = match std::fs::read_dir(dir) {
         Ok(rd) => rd,
@@ -164,9 +239,12 @@ pub fn list_dir(dir: &Path) -> Result<Vec<StoredCheckpoint>, StoreError> {
         let name = ent.file_name().to_string_lossy().into_owned();
         if let Some(id) = name.strip_suffix(".gwck") {
             let bytes = ent.metadata().map(|m| m.len()).unwrap_or(0);
+            let desc = peek_file(&ent.path());
             out.push(StoredCheckpoint {
                 id: id.to_string(),
                 bytes,
+                parent: desc.as_ref().and_then(|d| d.parent.clone()),
+                created_unix_ms: desc.map(|d| d.created_unix_ms),
             });
         }
     }
@@ -265,7 +343,8 @@ impl Store {
         match self {
             Store::Dir(root) => {
                 let path = root.join(uuid).join(format!("{id}.gwck"));
-                tokio::task::spawn_blocking(move || write_private(&path, &bytes))
+                let (u, i) = (uuid.to_string(), id.to_string());
+                tokio::task::spawn_blocking(move || write_private_new(&path, &bytes, &u, &i))
                     .await
                     .map_err(|e| StoreError::Io {
                         op: "write",
@@ -274,11 +353,50 @@ impl Store {
                     })?
             }
             Store::Agent { .. } => {
+                match self
+                    .agent(
+                        "put",
+                        "PUT",
+                        &format!("/v1/store/{uuid}/{id}"),
+                        Bytes::from(bytes),
+                    )
+                    .await
+                {
+                    Err(StoreError::Refused { status: 409, .. }) => Err(StoreError::Exists {
+                        uuid: uuid.to_string(),
+                        id: id.to_string(),
+                    }),
+                    Err(e) => Err(e),
+                    Ok(_) => Ok(()),
+                }
+            }
+        }
+    }
+
+    /// Removes checkpoint `id` of `uuid` (retention). Removing one that is not there
+    /// is not an error.
+    pub async fn delete(&self, uuid: &str, id: &str) -> Result<(), StoreError> {
+        check_name("service uuid", uuid)?;
+        check_name("checkpoint id", id)?;
+        match self {
+            Store::Dir(root) => {
+                let path = root.join(uuid).join(format!("{id}.gwck"));
+                match tokio::fs::remove_file(&path).await {
+                    Ok(()) => Ok(()),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                    Err(source) => Err(StoreError::Io {
+                        op: "remove",
+                        path,
+                        source,
+                    }),
+                }
+            }
+            Store::Agent { .. } => {
                 self.agent(
-                    "put",
-                    "PUT",
+                    "delete",
+                    "DELETE",
                     &format!("/v1/store/{uuid}/{id}"),
-                    Bytes::from(bytes),
+                    Bytes::new(),
                 )
                 .await?;
                 Ok(())
@@ -360,6 +478,8 @@ impl Store {
                                 Some(StoredCheckpoint {
                                     id: c["id"].as_str()?.to_string(),
                                     bytes: c["bytes"].as_u64()?,
+                                    parent: c["parent"].as_str().map(str::to_string),
+                                    created_unix_ms: c["created_unix_ms"].as_u64(),
                                 })
                             })
                             .collect()
@@ -408,6 +528,17 @@ mod tests {
             store.get("svc-1", "000000000003").await,
             Err(StoreError::NotFound { .. })
         ));
+        assert!(matches!(
+            store.put("svc-1", &checkpoint_id(2), vec![9]).await,
+            Err(StoreError::Exists { .. })
+        ));
+        assert_eq!(
+            store.get("svc-1", &checkpoint_id(2)).await.unwrap().1,
+            vec![2]
+        );
+        store.delete("svc-1", &checkpoint_id(2)).await.unwrap();
+        store.delete("svc-1", &checkpoint_id(2)).await.unwrap();
+        assert_eq!(store.list("svc-1").await.unwrap().len(), 1);
         assert!(matches!(
             store.put("../x", "1", vec![]).await,
             Err(StoreError::BadName { .. })

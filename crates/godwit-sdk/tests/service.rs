@@ -34,9 +34,15 @@ impl Tally {
     /// Adds `n` to `key`; returns the new count.
     pub fn add(&mut self, key: String, n: u64) -> u64 {
         self.applied += 1;
-        let c = self.counts.entry(key).or_default();
+        let c = self.counter(&key);
         *c += n;
         *c
+    }
+
+    /// A private helper in the same impl: not an operation (it could not be one: it
+    /// borrows its argument and returns a reference).
+    fn counter(&mut self, key: &str) -> &mut u64 {
+        self.counts.entry(key.to_string()).or_default()
     }
 
     pub fn get(&self, key: String) -> Option<u64> {
@@ -65,6 +71,15 @@ impl Tally {
             }
         }
     }
+}
+
+#[test]
+fn only_pub_methods_are_operations() {
+    let names: Vec<&str> = <Tally as godwit_sdk::Service>::methods()
+        .iter()
+        .map(|m| m.name)
+        .collect();
+    assert_eq!(names, ["add", "get", "applied", "sweep"]);
 }
 
 // --- schema evolution --------------------------------------------------------------
@@ -446,19 +461,48 @@ async fn corrupt_checkpoint_is_refused_and_standby_stays_usable() {
         .await
         .unwrap();
     assert_eq!(st["mode"], "standby");
-    // Periodic checkpoints: turn on at run time, see one appear, turn off.
-    godwit_sdk::mgmt::request(&addr1, json!({"op": "interval", "secs": 0.05}), None, t)
+    // Periodic checkpoints: turn on at run time, see them appear while the state
+    // changes, none while it does not, turn off.
+    let tally = TallyClient::new(Client::at(&addr1, fast()));
+    godwit_sdk::mgmt::request(&addr1, json!({"op": "interval", "secs": 0.1}), None, t)
         .await
         .unwrap();
+    let seq = |st: &serde_json::Value| st["last_checkpoint"]["seq"].as_u64().unwrap_or(0);
     loop {
+        tally.add("p".into(), 1).await.unwrap();
         let st = godwit_sdk::mgmt::request(&addr1, json!({"op": "status"}), None, t)
             .await
             .unwrap();
-        if st["last_checkpoint"]["seq"].as_u64().unwrap_or(0) >= 3 {
-            assert_eq!(st["interval_secs"], 0.05);
+        if seq(&st) >= 3 {
+            assert_eq!(st["interval_secs"], 0.1);
             break;
         }
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    let before = seq(
+        &godwit_sdk::mgmt::request(&addr1, json!({"op": "status"}), None, t)
+            .await
+            .unwrap(),
+    );
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let after = seq(
+        &godwit_sdk::mgmt::request(&addr1, json!({"op": "status"}), None, t)
+            .await
+            .unwrap(),
+    );
+    assert_eq!(before, after, "periodic checkpoints of an unchanged state");
+    for bad in [1e-9, 99999999999.0, -1.0] {
+        let e = godwit_sdk::mgmt::request(&addr1, json!({"op": "interval", "secs": bad}), None, t)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(
+                "give 0 (periodic checkpoints off) or between 0.1 s and 2592000 s (30 days)"
+            ),
+            "{bad}: {e}"
+        );
     }
     godwit_sdk::mgmt::request(&addr1, json!({"op": "interval", "secs": 0}), None, t)
         .await

@@ -15,7 +15,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use godwit_net::{Scope, Scopes};
-use godwit_sdk::store::{check_name, list_dir, write_private};
+use godwit_sdk::checkpoint::verify_upload;
+use godwit_sdk::store::{check_name, list_dir, write_private_new, StoreError};
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
@@ -114,7 +115,10 @@ pub fn router(agent: Arc<Agent>) -> Router {
         )
         .route("/v1/store", get(store_services))
         .route("/v1/store/{uuid}", get(store_list))
-        .route("/v1/store/{uuid}/{id}", get(store_get).put(store_put))
+        .route(
+            "/v1/store/{uuid}/{id}",
+            get(store_get).put(store_put).delete(store_delete),
+        )
         .merge(crate::transparent::routes())
         .fallback(no_route)
         .method_not_allowed_fallback(no_route)
@@ -224,11 +228,17 @@ async fn store_list(
     need_read_or_service(&conn)?;
     let Path(uuid) = uuid?;
     check_name("service uuid", &uuid).map_err(bad_name)?;
-    let list = list_dir(&agent.data.join("store").join(&uuid))
+    // Reads each checkpoint's description (its parent): blocking file reads.
+    let dir = agent.data.join("store").join(&uuid);
+    let list = tokio::task::spawn_blocking(move || list_dir(&dir))
+        .await
+        .map_err(|e| ApiError::new(500, e.to_string()))?
         .map_err(|e| ApiError::new(500, e.to_string()))?;
     ok(
         200,
-        json!({ "uuid": uuid, "checkpoints": list.iter().map(|c| json!({"id": c.id, "bytes": c.bytes})).collect::<Vec<_>>() }),
+        json!({ "uuid": uuid, "checkpoints": list.iter().map(|c| json!({
+            "id": c.id, "bytes": c.bytes, "parent": c.parent, "created_unix_ms": c.created_unix_ms,
+        })).collect::<Vec<_>>() }),
     )
 }
 
@@ -253,11 +263,36 @@ async fn store_put(
     let path = checkpoint_path(&agent, &uuid, &id)?;
     let body = body?;
     let bytes = body.len();
-    tokio::task::spawn_blocking(move || write_private(&path, &body))
-        .await
-        .map_err(|e| ApiError::new(500, e.to_string()))?
-        .map_err(|e| ApiError::new(500, e.to_string()))?;
+    // Only a whole checkpoint of this service instance, under its own id, is kept:
+    // anything else would become `latest` and break the next restore.
+    let (u, i) = (uuid.clone(), id.clone());
+    tokio::task::spawn_blocking(move || {
+        verify_upload(&body, &u, &i)
+            .map_err(|e| ApiError::new(400, format!("not stored as {u}/{i}: {e}")))?;
+        write_private_new(&path, &body, &u, &i).map_err(|e| match e {
+            StoreError::Exists { .. } => ApiError::new(409, e.to_string()),
+            e => ApiError::new(500, e.to_string()),
+        })
+    })
+    .await
+    .map_err(|e| ApiError::new(500, e.to_string()))??;
     ok(201, json!({ "uuid": uuid, "id": id, "bytes": bytes }))
+}
+
+async fn store_delete(
+    State(agent): State<Arc<Agent>>,
+    Extension(conn): Extension<Conn>,
+    p: Result<Path<(String, String)>, PathRejection>,
+) -> ApiResult {
+    need(&conn, Scope::Service)?;
+    let Path((uuid, id)) = p?;
+    let path = checkpoint_path(&agent, &uuid, &id)?;
+    let removed = match tokio::fs::remove_file(&path).await {
+        Ok(()) => true,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+        Err(e) => return Err(ApiError::new(500, e.to_string())),
+    };
+    ok(200, json!({ "uuid": uuid, "id": id, "removed": removed }))
 }
 
 async fn store_get(
@@ -292,7 +327,8 @@ async fn list_procs(
         200,
         json!({ "processes": procs.iter().map(|(pid, p)| json!({
             "pid": pid, "program": p.program, "args": p.args, "running": p.running, "exit_code": p.exit,
-            "log": p.log.display().to_string(),
+            "log": p.log.display().to_string(), "restart": if p.restart { "on-failure" } else { "never" }, "restarts": p.restarts,
+            "address": p.service.as_ref().map(|s| &s.0), "uuid": p.service.as_ref().map(|s| &s.1),
         })).collect::<Vec<_>>() }),
     )
 }
@@ -380,29 +416,34 @@ fn allowed_program(agent: &Agent, program: &str) -> Result<PathBuf, ApiError> {
     Ok(canon)
 }
 
-async fn exec(
-    State(agent): State<Arc<Agent>>,
-    Extension(conn): Extension<Conn>,
-    body: Result<Bytes, BytesRejection>,
-) -> ApiResult {
-    need(&conn, Scope::Exec)?;
-    let v = json_body(body)?;
-    let program = v["program"]
-        .as_str()
-        .ok_or_else(|| ApiError::new(400, "`program` (string) is required"))?;
-    let args: Vec<String> = match &v["args"] {
-        Value::Null => vec![],
-        Value::Array(a) => a
-            .iter()
-            .map(|x| x.as_str().map(str::to_string))
-            .collect::<Option<_>>()
-            .ok_or_else(|| ApiError::new(400, "`args` must be strings"))?,
-        _ => return Err(ApiError::new(400, "`args` must be an array")),
-    };
-    let canon = allowed_program(&agent, program)?;
-    let wait_ready = Duration::from_millis(v["wait_ready_ms"].as_u64().unwrap_or(0));
-    let mut cmd = tokio::process::Command::new(&canon);
-    cmd.args(&args)
+/// What to start, as asked by `POST /v1/exec` (also what a restart starts again).
+#[derive(Clone)]
+struct ExecSpec {
+    program: String,
+    canon: PathBuf,
+    env: serde_json::Map<String, Value>,
+    cwd: Option<String>,
+    /// Start it again when it dies (exit status other than 0, or a signal).
+    restart: bool,
+}
+
+/// A started program, tracked in `agent.procs`.
+struct Started {
+    child: tokio::process::Child,
+    pid: u32,
+    log: PathBuf,
+    token: godwit_net::Token,
+}
+
+/// Starts one instance: its own narrow token, its log, its entry in `agent.procs`.
+async fn spawn_program(
+    agent: &Arc<Agent>,
+    spec: &ExecSpec,
+    args: &[String],
+    restarts: u32,
+) -> Result<(Started, tokio::sync::oneshot::Receiver<String>), ApiError> {
+    let mut cmd = tokio::process::Command::new(&spec.canon);
+    cmd.args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -414,20 +455,19 @@ async fn exec(
             cmd.env_remove(&k);
         }
     }
-    if let Some(env) = v["env"].as_object() {
-        for (k, val) in env {
-            if let Some(s) = val.as_str() {
-                cmd.env(k, s);
-            }
+    for (k, val) in &spec.env {
+        if let Some(s) = val.as_str() {
+            cmd.env(k, s);
         }
     }
-    if let Some(dir) = v["cwd"].as_str() {
+    if let Some(dir) = &spec.cwd {
         cmd.current_dir(dir);
     }
     // The program's own narrow token for this agent (names and store).
-    let token = crate::program_token(&agent).map_err(|e| ApiError::new(500, e.to_string()))?;
+    let token = crate::program_token(agent).map_err(|e| ApiError::new(500, e.to_string()))?;
     cmd.env("GODWIT_AGENT", &agent.node)
         .env("GODWIT_AGENT_TOKEN", token.secret());
+    let program = &spec.program;
     let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => {
@@ -451,13 +491,16 @@ async fn exec(
         pid,
         Proc {
             program: program.to_string(),
-            args: args.clone(),
+            args: args.to_vec(),
             log: log.clone(),
             exit: None,
             running: true,
+            service: None,
+            restart: spec.restart,
+            restarts,
         },
     );
-    tracing::info!(pid, program, ?args, "started");
+    tracing::info!(pid, program, ?args, restarts, "started");
 
     let stdout = child.stdout.take();
     let stderr = child.stderr.take();
@@ -465,22 +508,127 @@ async fn exec(
         let logf = logf.try_clone().ok();
         tokio::spawn(copy_lines(BufReader::new(err), logf, None));
     }
-    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    let (ready_tx, ready) = tokio::sync::oneshot::channel();
     if let Some(out) = stdout {
-        tokio::spawn(copy_lines(BufReader::new(out), Some(logf), Some(ready_tx)));
+        tokio::spawn(copy_lines(
+            BufReader::new(out),
+            Some(logf),
+            Some((ready_tx, agent.clone(), pid)),
+        ));
     }
-    {
-        let agent = agent.clone();
-        tokio::spawn(async move {
-            let code = child.wait().await.ok().and_then(|s| s.code());
-            agent.tokens.revoke(&token);
-            if let Some(p) = lock(&agent.procs).get_mut(&pid) {
-                p.running = false;
-                p.exit = code;
+    Ok((
+        Started {
+            child,
+            pid,
+            log,
+            token,
+        },
+        ready,
+    ))
+}
+
+/// First and longest pause before a restart.
+const RESTART_BACKOFF: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(30));
+/// An instance that ran this long resets the backoff.
+const RESTART_STABLE: Duration = Duration::from_secs(60);
+
+/// Waits for a started program; with `restart`, starts it again after it dies, with
+/// backoff (1 s doubling to 30 s, back to 1 s after a minute of running). A conformist
+/// service comes back under its UUID from the tip of its branch (`--resume`: the newest
+/// checkpoint, or fresh when it has none).
+async fn supervise(agent: Arc<Agent>, spec: ExecSpec, first: Started, args: Vec<String>) {
+    let mut cur = first;
+    let mut restarts = 0u32;
+    let mut backoff = RESTART_BACKOFF.0;
+    loop {
+        let since = tokio::time::Instant::now();
+        let status = cur.child.wait().await.ok();
+        let code = status.and_then(|s| s.code());
+        agent.tokens.revoke(&cur.token);
+        let (service, restart) = {
+            let mut procs = lock(&agent.procs);
+            procs
+                .get_mut(&cur.pid)
+                .map(|p| {
+                    p.running = false;
+                    p.exit = code;
+                    (p.service.clone(), p.restart)
+                })
+                .unwrap_or((None, false))
+        };
+        tracing::info!(pid = cur.pid, ?code, "exited");
+        if !restart || code == Some(0) || agent.stopping.load(std::sync::atomic::Ordering::SeqCst) {
+            return;
+        }
+        if since.elapsed() >= RESTART_STABLE {
+            backoff = RESTART_BACKOFF.0;
+        }
+        tracing::warn!(pid = cur.pid, ?code, program = %spec.program, "died; starting it again in {backoff:?}");
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(RESTART_BACKOFF.1);
+        if agent.stopping.load(std::sync::atomic::Ordering::SeqCst) {
+            return;
+        }
+        let again = match &service {
+            Some((_, uuid)) => {
+                let mut a = godwit_sdk::options::without_lifecycle_options(&args);
+                a.extend(["--uuid".into(), uuid.clone(), "--resume".into()]);
+                a
             }
-            tracing::info!(pid, ?code, "exited");
-        });
+            None => args.clone(),
+        };
+        restarts += 1;
+        match spawn_program(&agent, &spec, &again, restarts).await {
+            Ok((s, _ready)) => cur = s,
+            Err(e) => {
+                tracing::error!(program = %spec.program, error = %e.1, "restart failed; giving up");
+                return;
+            }
+        }
     }
+}
+
+async fn exec(
+    State(agent): State<Arc<Agent>>,
+    Extension(conn): Extension<Conn>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    need(&conn, Scope::Exec)?;
+    let v = json_body(body)?;
+    let program = v["program"]
+        .as_str()
+        .ok_or_else(|| ApiError::new(400, "`program` (string) is required"))?;
+    let args: Vec<String> = match &v["args"] {
+        Value::Null => vec![],
+        Value::Array(a) => a
+            .iter()
+            .map(|x| x.as_str().map(str::to_string))
+            .collect::<Option<_>>()
+            .ok_or_else(|| ApiError::new(400, "`args` must be strings"))?,
+        _ => return Err(ApiError::new(400, "`args` must be an array")),
+    };
+    let restart = match v["restart"].as_str() {
+        None | Some("never") => false,
+        Some("on-failure") => true,
+        Some(other) => {
+            return Err(ApiError::new(
+                400,
+                format!("`restart`: `{other}` is not `never` or `on-failure`"),
+            ))
+        }
+    };
+    let canon = allowed_program(&agent, program)?;
+    let wait_ready = Duration::from_millis(v["wait_ready_ms"].as_u64().unwrap_or(0));
+    let spec = ExecSpec {
+        program: program.to_string(),
+        canon,
+        env: v["env"].as_object().cloned().unwrap_or_default(),
+        cwd: v["cwd"].as_str().map(str::to_string),
+        restart,
+    };
+    let (started, ready_rx) = spawn_program(&agent, &spec, &args, 0).await?;
+    let (pid, log) = (started.pid, started.log.clone());
+    tokio::spawn(supervise(agent.clone(), spec, started, args));
     let ready = if wait_ready.is_zero() {
         Value::Null
     } else {
@@ -490,6 +638,10 @@ async fn exec(
                 json!({ "address": it.next(), "uuid": it.next() })
             }
             _ => {
+                // Not ready: killed, and not started again.
+                if let Some(p) = lock(&agent.procs).get_mut(&pid) {
+                    p.restart = false;
+                }
                 send_signal(pid, "KILL");
                 return Err(ApiError::new(
                     504,
@@ -513,17 +665,25 @@ fn open_log(path: &FsPath) -> std::io::Result<std::fs::File> {
         .open(path)
 }
 
+/// Copies a program's output to its log. On stdout, the first `GODWIT_READY <address>
+/// <uuid>` line is handed to whoever waits for it and recorded with the process.
 async fn copy_lines<R: tokio::io::AsyncRead + Unpin>(
     r: BufReader<R>,
     log: Option<std::fs::File>,
-    mut ready: Option<tokio::sync::oneshot::Sender<String>>,
+    mut ready: Option<(tokio::sync::oneshot::Sender<String>, Arc<Agent>, u32)>,
 ) {
     use std::io::Write as _;
     let mut lines = r.lines();
     let mut log = log;
     while let Ok(Some(line)) = lines.next_line().await {
         if line.starts_with("GODWIT_READY ") {
-            if let Some(tx) = ready.take() {
+            if let Some((tx, agent, pid)) = ready.take() {
+                let mut it = line.split_whitespace().skip(1);
+                if let (Some(a), Some(u)) = (it.next(), it.next()) {
+                    if let Some(p) = lock(&agent.procs).get_mut(&pid) {
+                        p.service = Some((a.to_string(), u.to_string()));
+                    }
+                }
                 let _ = tx.send(line.clone());
             }
         }

@@ -61,6 +61,12 @@ pub(crate) struct Proc {
     pub(crate) log: PathBuf,
     pub(crate) exit: Option<i32>,
     pub(crate) running: bool,
+    /// From its `GODWIT_READY <address> <uuid>` line: a conformist service.
+    pub(crate) service: Option<(String, String)>,
+    /// Started again when it dies (`restart: on-failure`).
+    pub(crate) restart: bool,
+    /// How many times it was started again before this instance.
+    pub(crate) restarts: u32,
 }
 
 /// What `--allow-exec` allows.
@@ -86,6 +92,8 @@ pub struct Agent {
     /// Unless --fill-before-run: from how many bytes a received migration's
     /// memory is placed after the processes run.
     pub(crate) defer_fill: Option<u64>,
+    /// Set when godwitd stops: nothing is started again.
+    pub(crate) stopping: std::sync::atomic::AtomicBool,
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -166,6 +174,7 @@ async fn main() -> anyhow::Result<()> {
         allow_exec,
         defer_fill: (!args.fill_before_run).then_some(godwit_engine::deferred::MIN_BYTES),
         transparent: Mutex::new(BTreeMap::new()),
+        stopping: std::sync::atomic::AtomicBool::new(false),
     });
     let router = api::router(agent.clone());
     println!("GODWITD_READY {node}");
@@ -180,27 +189,39 @@ async fn main() -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
-    loop {
-        tokio::select! {
-            _ = term.recv() => break,
-            _ = int.recv() => break,
-            r = listener.accept() => match r {
-                Ok((stream, peer)) => {
-                    let agent = agent.clone();
-                    let server = server.clone();
-                    let router = router.clone();
-                    tokio::spawn(async move {
-                        serve(agent, server, router, stream, peer.to_string()).await;
-                    });
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+    let accepting = {
+        let agent = agent.clone();
+        tokio::spawn(async move {
+            loop {
+                match listener.accept().await {
+                    Ok((stream, peer)) => {
+                        let agent = agent.clone();
+                        let server = server.clone();
+                        let router = router.clone();
+                        tokio::spawn(async move {
+                            serve(agent, server, router, stream, peer.to_string()).await;
+                        });
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
                 }
             }
-        }
+        })
+    };
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = int.recv() => {},
     }
-    tracing::info!("stopping: terminating started programs");
+    agent
+        .stopping
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    // The API keeps serving meanwhile: a conformist service stopped by SIGTERM ships
+    // its final checkpoint to this agent's store and withdraws from its name service.
+    tracing::info!(
+        "stopping: terminating started programs (services flush a final checkpoint; up to {STOP_GRACE:?})"
+    );
     let pids: Vec<u32> = lock(&agent.procs)
         .iter()
         .filter(|(_, p)| p.running)
@@ -209,19 +230,26 @@ async fn main() -> anyhow::Result<()> {
     for pid in &pids {
         api::send_signal(*pid, "TERM");
     }
-    for _ in 0..50 {
+    let deadline = tokio::time::Instant::now() + STOP_GRACE;
+    while tokio::time::Instant::now() < deadline {
         if lock(&agent.procs).values().all(|p| !p.running) {
             break;
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     for (pid, p) in lock(&agent.procs).iter() {
         if p.running {
+            tracing::warn!(pid, program = %p.program, "still running after {STOP_GRACE:?}: killed");
             api::send_signal(*pid, "KILL");
         }
     }
+    accepting.abort();
     Ok(())
 }
+
+/// How long started programs get to stop (and services to flush their final
+/// checkpoint) when godwitd stops.
+const STOP_GRACE: Duration = Duration::from_secs(30);
 
 /// One connection: handshake and token binding, then the API or a migration.
 async fn serve(

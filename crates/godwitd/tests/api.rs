@@ -243,23 +243,57 @@ async fn names_role() {
     assert_eq!(alias.list().await.unwrap().len(), 0);
 }
 
+/// A valid checkpoint file of service instance `uuid` with sequence number `seq`.
+fn checkpoint_file(uuid: &str, seq: u64, parent: Option<&str>, payload: &[u8]) -> Vec<u8> {
+    use godwit_sdk::checkpoint::{write, Description};
+    let desc = Description {
+        service: "test".into(),
+        uuid: uuid.into(),
+        seq,
+        created_unix_ms: 1,
+        parent: parent.map(str::to_string),
+        extra: json!({}),
+    };
+    write(&desc, &godwit_sdk::schema::Schema::Unit, payload)
+}
+
 #[tokio::test]
 async fn store_role_is_private_and_refuses_escapes() {
     let d = start();
     let store =
         godwit_sdk::Store::from_url(&format!("agent://{}", d.addr), Some(ADMIN.into())).unwrap();
+    let big = checkpoint_file("svc-1", 2, Some("000000000001"), &vec![4; 3 << 20]);
     store
-        .put("svc-1", "000000000001", vec![1, 2, 3])
+        .put(
+            "svc-1",
+            "000000000001",
+            checkpoint_file("svc-1", 1, None, &[1, 2, 3]),
+        )
         .await
         .unwrap();
     store
-        .put("svc-1", "000000000002", vec![4; 3 << 20])
+        .put("svc-1", "000000000002", big.clone())
         .await
         .unwrap();
     let (id, bytes) = store.get("svc-1", "latest").await.unwrap();
-    assert_eq!((id.as_str(), bytes.len()), ("000000000002", 3 << 20));
-    assert!(bytes.iter().all(|b| *b == 4));
-    assert_eq!(store.list("svc-1").await.unwrap().len(), 2);
+    assert_eq!(id.as_str(), "000000000002");
+    assert!(bytes == big);
+    let list = store.list("svc-1").await.unwrap();
+    assert_eq!(list.len(), 2);
+    assert_eq!(list[1].parent.as_deref(), Some("000000000001"), "{list:?}");
+    assert_eq!(list[0].parent, None);
+    // Retention removes; removing what is gone is no error.
+    store.delete("svc-1", "000000000001").await.unwrap();
+    store.delete("svc-1", "000000000001").await.unwrap();
+    assert_eq!(store.list("svc-1").await.unwrap().len(), 1);
+    store
+        .put(
+            "svc-1",
+            "000000000001",
+            checkpoint_file("svc-1", 1, None, &[1, 2, 3]),
+        )
+        .await
+        .unwrap();
     let f = d.dir.path().join("data/store/svc-1/000000000001.gwck");
     assert_eq!(
         std::fs::metadata(&f).unwrap().permissions().mode() & 0o777,
@@ -286,6 +320,55 @@ async fn store_role_is_private_and_refuses_escapes() {
             .status,
         404
     );
+}
+
+/// The store keeps only whole checkpoints of the service instance they are uploaded
+/// for, under their own id, and never replaces one.
+#[tokio::test]
+async fn the_store_refuses_garbage_and_never_overwrites() {
+    let d = start();
+    let u = "5d0c6f5e-0000-4000-8000-000000000001";
+    let path = format!("/v1/store/{u}/000000000001");
+    let good = checkpoint_file(u, 1, None, b"state");
+    let mut bad_crc = good.clone();
+    *bad_crc.last_mut().unwrap() ^= 1;
+    let mut cut = good.clone();
+    cut.truncate(good.len() - 2);
+    for (what, body, expect) in [
+        ("4 junk bytes", b"junk".to_vec(), "truncated"),
+        ("a bad magic", vec![b'x'; 64], "bad magic"),
+        ("a flipped payload byte", bad_crc, "CRC-32"),
+        ("a truncated file", cut, "truncated"),
+        (
+            "another instance's checkpoint",
+            checkpoint_file("5d0c6f5e-0000-4000-8000-000000000002", 1, None, b"state"),
+            "of service instance 5d0c6f5e-0000-4000-8000-000000000002, not",
+        ),
+        (
+            "a checkpoint with another sequence number",
+            checkpoint_file(u, 7, None, b"state"),
+            "makes its id 000000000007",
+        ),
+    ] {
+        let r = call(&d, "PUT", &path, &body).await;
+        let msg = r.error_message();
+        assert_eq!(r.status, 400, "{what}: {msg}");
+        assert!(
+            msg.contains(expect) && msg.contains("not stored"),
+            "{what}: {msg}"
+        );
+    }
+    assert!(!d
+        .dir
+        .path()
+        .join(format!("data/store/{u}/000000000001.gwck"))
+        .exists());
+    assert_eq!(call(&d, "PUT", &path, &good).await.status, 201);
+    let again = call(&d, "PUT", &path, &checkpoint_file(u, 1, None, b"other")).await;
+    assert_eq!(again.status, 409, "{}", again.error_message());
+    assert!(again.error_message().contains("never reused"));
+    let back = call(&d, "GET", &path, b"").await;
+    assert_eq!(&back.body[..], &good[..]);
 }
 
 #[tokio::test]
@@ -341,6 +424,27 @@ async fn exec_refuses_bad_requests() {
     let body = json!({"program": "/bin/sh", "args": ["-c", "exit 0"], "wait_ready_ms": 300});
     let r = call(&d, "POST", "/v1/exec", body.to_string().as_bytes()).await;
     assert_eq!(r.status, 504, "a program that never says ready is reported");
+    let body = json!({"program": "/bin/sh", "args": ["-c", "exit 0"], "restart": "always"});
+    let r = call(&d, "POST", "/v1/exec", body.to_string().as_bytes()).await;
+    assert_eq!(r.status, 400);
+    assert!(
+        r.error_message().contains("`never` or `on-failure`"),
+        "{}",
+        r.error_message()
+    );
+    // Not ready in time: killed and not started again, even with on-failure.
+    let body = json!({"program": "/bin/sh", "args": ["-c", "sleep 30"], "wait_ready_ms": 300, "restart": "on-failure"});
+    let r = call(&d, "POST", "/v1/exec", body.to_string().as_bytes()).await;
+    assert_eq!(r.status, 504);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let v = call(&d, "GET", "/v1/exec", b"").await.json().unwrap();
+    let alive: Vec<&Value> = v["processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["running"] == true)
+        .collect();
+    assert!(alive.is_empty(), "{v}");
     let r = call(&d, "POST", "/v1/exec/1/signal", br#"{"signal":"KILL"}"#).await;
     assert_eq!(
         r.status, 404,
@@ -459,6 +563,7 @@ async fn started_programs_get_their_own_narrow_token_not_the_agents() {
     let own = get("GODWIT_AGENT_TOKEN").expect("a per-program token");
     assert_ne!(own, ADMIN);
     // The program's token: names and store yes, exec and signals no.
+    let ck = checkpoint_file("svc-p", 1, None, b"ck");
     let r = call_as(&d, &own, "GET", "/v1/health", b"").await;
     assert_eq!(r.json().unwrap()["scopes"], "service");
     assert_eq!(
@@ -479,13 +584,13 @@ async fn started_programs_get_their_own_narrow_token_not_the_agents() {
         200
     );
     assert_eq!(
-        call_as(&d, &own, "PUT", "/v1/store/svc-p/000000000001", b"ck")
+        call_as(&d, &own, "PUT", "/v1/store/svc-p/000000000001", &ck)
             .await
             .status,
         201
     );
     let back = call_as(&d, &own, "GET", "/v1/store/svc-p/000000000001", b"").await;
-    assert_eq!((back.status, &back.body[..]), (200, &b"ck"[..]));
+    assert_eq!((back.status, &back.body[..]), (200, &ck[..]));
     assert_eq!(
         call_as(&d, &own, "GET", "/v1/names/svc-p", b"")
             .await

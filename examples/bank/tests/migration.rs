@@ -291,6 +291,7 @@ async fn hammered_bank_migrates_back_and_forth_without_losing_a_cent() {
     // Migrate 4 times, alternating nodes, each time in the middle of an accrual.
     let mut mid_accrual = 0;
     let mut carried_ops = 0;
+    let mut last_checkpoint = Value::Null;
     for round in 0..4 {
         let to = &nodes[(round + 1) % 2];
         if wait_mid_accrual(&names, &uuid).await {
@@ -298,6 +299,7 @@ async fn hammered_bank_migrates_back_and_forth_without_losing_a_cent() {
         }
         let m = admin(&nodes[0], &token_file, &["migrate", &uuid, "--to", to]);
         carried_ops += m["ops_in_flight"].as_u64().unwrap();
+        last_checkpoint = m["checkpoint"].clone();
         let host = cluster.addrs[(round + 1) % 2].as_str();
         assert!(
             m["to"].as_str().unwrap().starts_with(&format!("{host}:")),
@@ -340,6 +342,12 @@ async fn hammered_bank_migrates_back_and_forth_without_losing_a_cent() {
     let services = ls["services"].as_array().unwrap();
     assert_eq!(services.len(), 1, "{ls}");
     assert_eq!(services[0]["mode"], "serving");
+    // After a migration `ls` shows the checkpoint the instance came from.
+    assert_eq!(
+        services[0]["last_checkpoint"]["id"], last_checkpoint,
+        "{ls}"
+    );
+    assert_eq!(services[0]["restored_from"], last_checkpoint, "{ls}");
     let procs: Value = node1_procs(&nodes[0]).await;
     let running = procs["processes"]
         .as_array()

@@ -109,6 +109,7 @@ fn throughput(name: &str, state: &Bench) -> Value {
         uuid: "u".into(),
         seq: 1,
         created_unix_ms: 0,
+        parent: None,
         extra: json!({}),
     };
     let schema = Envelope::<Bench>::schema();

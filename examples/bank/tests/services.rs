@@ -1,0 +1,701 @@
+//! End to end, with real bank processes (some started through a real godwitd): the
+//! checkpoint lineage (a rollback starts a branch, never overwrites), readiness only
+//! after the restore, a damaged latest checkpoint skipped for the one before it,
+//! retention and skipped unchanged periodic checkpoints, final checkpoints when godwitd
+//! stops, plain-text logs, and `bank load` against a bank that already has accounts.
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bank::BankClient;
+use godwit_agent_client::Agent;
+use godwit_sdk::{Client, ClientOptions};
+use serde_json::{json, Value};
+
+const TOKEN: &str = "bank-services-token-42";
+const T: Duration = Duration::from_secs(20);
+
+fn bank_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_bank"))
+}
+
+/// godwitd is another package's binary: the one built next to `bank`, built first
+/// when missing.
+fn godwitd_bin() -> PathBuf {
+    let dir = bank_bin().parent().unwrap().to_path_buf();
+    let bin = dir.join("godwitd");
+    if !bin.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "-p", "godwitd", "--target-dir"])
+            .arg(dir.parent().unwrap())
+            .status()
+            .expect("run cargo build -p godwitd");
+        assert!(status.success(), "building godwitd failed");
+    }
+    bin
+}
+
+/// A process and its group (everything it started), SIGKILLed on drop.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Ok(pgid) = i32::try_from(self.0.id()) {
+            if pgid > 1 {
+                // SAFETY: kill(2) on a negative pid signals exactly that process
+                // group, which this test created (process_group(0)).
+                unsafe {
+                    libc::kill(-pgid, libc::SIGKILL);
+                }
+            }
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn private_file(path: &Path, text: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, text).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+}
+
+/// A godwitd on 127.0.0.1 that may start the bank.
+struct Node {
+    proc: Proc,
+    addr: String,
+    data: PathBuf,
+    token_file: PathBuf,
+}
+
+impl Node {
+    fn start(dir: &Path) -> Node {
+        let token_file = dir.join("token");
+        private_file(&token_file, TOKEN);
+        let data = dir.join("node");
+        let mut cmd = Command::new(godwitd_bin());
+        cmd.args(["--listen", "127.0.0.1:0", "--data"])
+            .arg(&data)
+            .arg("--token-file")
+            .arg(&token_file)
+            .arg("--allow-exec")
+            .arg(bank_bin())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .process_group(0);
+        let mut child = cmd.spawn().expect("start godwitd");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let addr = line
+            .trim()
+            .strip_prefix("GODWITD_READY ")
+            .unwrap_or_else(|| panic!("godwitd said `{line}`"))
+            .to_string();
+        Node {
+            proc: Proc(child),
+            addr,
+            data,
+            token_file,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("agent://{}", self.addr)
+    }
+
+    /// Starts the bank through the agent (names and store: the agent); returns
+    /// (pid, address, uuid) once it printed GODWIT_READY.
+    async fn bank(&self, extra: &[&str], env: Value) -> (u64, String, String) {
+        let url = self.url();
+        let mut args: Vec<String> = ["serve", "--names", &url, "--store", &url]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let mut env = env;
+        env["GODWIT_TOKEN"] = json!(TOKEN);
+        let v = Agent::new(&self.addr, TOKEN.into())
+            .unwrap()
+            .exec(
+                bank_bin().to_str().unwrap(),
+                &args,
+                env,
+                Duration::from_secs(15),
+            )
+            .await
+            .unwrap();
+        (
+            v["pid"].as_u64().unwrap(),
+            v["ready"]["address"].as_str().unwrap().to_string(),
+            v["ready"]["uuid"].as_str().unwrap().to_string(),
+        )
+    }
+
+    /// `bank admin ... --json ARGS` (the `godwit service` code).
+    fn admin(&self, args: &[&str]) -> Value {
+        let out = Command::new(bank_bin())
+            .args(["admin", "--agent", &self.addr, "--token-file"])
+            .arg(&self.token_file)
+            .arg("--json")
+            .args(args)
+            .output()
+            .expect("run bank admin");
+        assert!(
+            out.status.success(),
+            "bank admin {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
+    }
+
+    /// `bank admin ARGS` that must fail: its stderr.
+    fn admin_fails(&self, args: &[&str]) -> String {
+        let out = Command::new(bank_bin())
+            .args(["admin", "--agent", &self.addr, "--token-file"])
+            .arg(&self.token_file)
+            .args(args)
+            .output()
+            .expect("run bank admin");
+        assert!(!out.status.success(), "bank admin {args:?} succeeded");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
+    fn store_file(&self, uuid: &str, id: &str) -> PathBuf {
+        self.data.join(format!("store/{uuid}/{id}.gwck"))
+    }
+}
+
+async fn mgmt(addr: &str, req: Value) -> Result<Value, String> {
+    godwit_sdk::mgmt::request(addr, req, Some(TOKEN), T)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+async fn checkpoint(addr: &str) -> String {
+    let v = mgmt(addr, json!({"op": "checkpoint"})).await.unwrap();
+    v["checkpoint"]["id"].as_str().unwrap().to_string()
+}
+
+fn bank_at(addr: &str) -> BankClient {
+    let opts = ClientOptions {
+        deadline: Duration::from_secs(15),
+        ..Default::default()
+    };
+    BankClient::new(Client::at(addr, opts))
+}
+
+fn id(n: u64) -> String {
+    format!("{n:012}")
+}
+
+/// Restoring checkpoint 2 while 4 exist, then checkpointing, starts a branch (5, then
+/// 6) and leaves 1..4 as they were; `--restore latest` then takes the tip of that
+/// branch; `checkpoints` shows the tree; status and `ls` say where the instance came
+/// from and its last checkpoint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollback_starts_a_branch_and_latest_is_its_tip() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path());
+    let (_, addr, uuid) = node.bank(&[], json!({})).await;
+    let bank = bank_at(&addr);
+    let acct = bank.open("ann".into(), 100).await.unwrap().unwrap();
+    assert_eq!(checkpoint(&addr).await, id(1));
+    for n in 2..=4 {
+        bank.deposit(acct, 10).await.unwrap().unwrap();
+        assert_eq!(checkpoint(&addr).await, id(n));
+    }
+    let before: Vec<Vec<u8>> = (1..=4)
+        .map(|n| std::fs::read(node.store_file(&uuid, &id(n))).unwrap())
+        .collect();
+    mgmt(&addr, json!({"op": "stop", "checkpoint": false}))
+        .await
+        .unwrap();
+
+    // Roll back to 2 (balance 110).
+    let (pid2, addr2, _) = node
+        .bank(&["--uuid", &uuid, "--restore", &id(2)], json!({}))
+        .await;
+    let bank2 = bank_at(&addr2);
+    assert_eq!(bank2.balance(acct).await.unwrap(), Ok(110));
+    let st = mgmt(&addr2, json!({"op": "status"})).await.unwrap();
+    assert_eq!(st["restored_from"], id(2), "{st}");
+    // The branch's first checkpoint (5, parent 2) is written with the restore.
+    assert_eq!(st["last_checkpoint"]["id"], id(5), "{st}");
+    let ls = node.admin(&["ls"]);
+    let row = ls["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["uuid"] == uuid.as_str())
+        .unwrap_or_else(|| panic!("{ls}"));
+    assert_eq!(row["last_checkpoint"]["id"], id(5), "{ls}");
+    assert_eq!(row["restored_from"], id(2), "{ls}");
+    bank2.deposit(acct, 1).await.unwrap().unwrap();
+    assert_eq!(checkpoint(&addr2).await, id(6));
+    for n in 1..=4 {
+        assert_eq!(
+            std::fs::read(node.store_file(&uuid, &id(n))).unwrap(),
+            before[n as usize - 1],
+            "checkpoint {n} of the abandoned timeline was rewritten"
+        );
+    }
+    // A crash (no final checkpoint), then `latest`: the tip of the running branch.
+    Agent::new(&node.addr, TOKEN.into())
+        .unwrap()
+        .signal(pid2, "KILL")
+        .await
+        .unwrap();
+    let (_, addr3, _) = node
+        .bank(&["--uuid", &uuid, "--restore", "latest"], json!({}))
+        .await;
+    assert_eq!(bank_at(&addr3).balance(acct).await.unwrap(), Ok(111));
+
+    let tree = node.admin(&["checkpoints", &uuid]);
+    let parent = |n: u64| -> Value {
+        tree["checkpoints"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["id"] == id(n))
+            .unwrap_or_else(|| panic!("no {n} in {tree}"))["parent"]
+            .clone()
+    };
+    assert_eq!(parent(1), Value::Null, "{tree}");
+    for (child, p) in [(2, 1), (3, 2), (4, 3), (5, 2), (6, 5)] {
+        assert_eq!(parent(child), id(p), "parent of {child}: {tree}");
+    }
+    assert_eq!(tree["latest"], id(6), "{tree}");
+    assert_eq!(tree["head"], id(6), "{tree}");
+    let two = tree["checkpoints"][1]["children"].clone();
+    assert_eq!(two, json!([id(3), id(5)]), "{tree}");
+    // As text: each checkpoint under its parent.
+    let out = Command::new(bank_bin())
+        .args(["admin", "--agent", &node.addr, "--token-file"])
+        .arg(&node.token_file)
+        .args(["checkpoints", &uuid])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = text.lines().skip(1).collect();
+    let depth = |n: u64| {
+        let l = lines
+            .iter()
+            .find(|l| l.trim_start().starts_with(&id(n)))
+            .unwrap_or_else(|| panic!("no {n} in {text}"));
+        (l.len() - l.trim_start().len()) / 2
+    };
+    let depths: Vec<usize> = (1..=6).map(depth).collect();
+    assert_eq!(depths, [0, 1, 2, 3, 2, 3], "{text}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains(&id(6)) && l.contains("latest") && l.contains("running instance")),
+        "{text}"
+    );
+}
+
+/// `--restore latest` with a damaged newest checkpoint restores the one before it,
+/// saying so, and prints GODWIT_READY only once the state is back; with nothing
+/// usable it never prints it. Logs to a file carry no colour codes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_only_after_the_restore_and_a_damaged_latest_is_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = format!("dir:{}", dir.path().join("store").display());
+    let serve = |extra: &[&str], log: &Path| {
+        let mut cmd = Command::new(bank_bin());
+        cmd.args(["serve", "--store", &store])
+            .args(extra)
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(log).unwrap())
+            .process_group(0);
+        Proc(cmd.spawn().unwrap())
+    };
+    let first_line = |p: &mut Proc| {
+        let mut line = String::new();
+        BufReader::new(p.0.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        line
+    };
+    let log = dir.path().join("log1");
+    let mut p = serve(&[], &log);
+    let line = first_line(&mut p);
+    let mut parts = line.split_whitespace().skip(1);
+    let (addr, uuid) = (
+        parts.next().unwrap().to_string(),
+        parts.next().unwrap().to_string(),
+    );
+    let bank = bank_at(&addr);
+    let acct = bank.open("bo".into(), 100).await.unwrap().unwrap();
+    assert_eq!(checkpoint(&addr).await, id(1));
+    bank.deposit(acct, 5).await.unwrap().unwrap();
+    assert_eq!(checkpoint(&addr).await, id(2));
+    bank.deposit(acct, 5).await.unwrap().unwrap();
+    assert_eq!(checkpoint(&addr).await, id(3));
+    mgmt(&addr, json!({"op": "stop", "checkpoint": false}))
+        .await
+        .unwrap();
+    assert!(p.0.wait().unwrap().success());
+    let files = dir.path().join("store").join(&uuid);
+    let damage = |n: u64| {
+        let f = files.join(format!("{}.gwck", id(n)));
+        let mut b = std::fs::read(&f).unwrap();
+        let last = b.len() - 1;
+        b[last] ^= 0x5a;
+        std::fs::write(&f, b).unwrap();
+    };
+    damage(3);
+
+    let log = dir.path().join("log2");
+    let mut p = serve(&["--uuid", &uuid, "--restore", "latest"], &log);
+    let line = first_line(&mut p);
+    assert!(line.starts_with("GODWIT_READY "), "{line}");
+    let addr = line.split_whitespace().nth(1).unwrap().to_string();
+    assert_eq!(bank_at(&addr).balance(acct).await.unwrap(), Ok(105));
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains(&format!("checkpoint {} of {uuid} is damaged", id(3)))
+            && text.contains(&format!("restoring {}, the one before it", id(2))),
+        "{text}"
+    );
+    assert!(
+        !text.contains('\u{1b}'),
+        "colour codes in a log file: {text}"
+    );
+    mgmt(&addr, json!({"op": "stop", "checkpoint": false}))
+        .await
+        .unwrap();
+    assert!(p.0.wait().unwrap().success());
+
+    // Nothing usable: no GODWIT_READY, a failure exit naming the problem.
+    for entry in std::fs::read_dir(&files).unwrap().flatten() {
+        let n: u64 = entry
+            .file_name()
+            .to_string_lossy()
+            .trim_end_matches(".gwck")
+            .parse()
+            .unwrap();
+        if n != 3 {
+            damage(n);
+        }
+    }
+    let log = dir.path().join("log3");
+    let mut p = serve(&["--uuid", &uuid, "--restore", "latest"], &log);
+    let line = first_line(&mut p);
+    assert_eq!(line, "", "ready without a state");
+    assert!(!p.0.wait().unwrap().success());
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("checkpoint corrupted"), "{text}");
+}
+
+/// `--keep 3` keeps the three newest; periodic checkpoints of an unchanged state are
+/// skipped; intervals out of bounds are refused with the bounds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_skipped_periodic_checkpoints_and_interval_bounds() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let mut cmd = Command::new(bank_bin());
+    cmd.args(["serve", "--keep", "3", "--interval", "0.1", "--store"])
+        .arg(format!("dir:{}", store.display()))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .process_group(0);
+    let mut p = Proc(cmd.spawn().unwrap());
+    let mut line = String::new();
+    BufReader::new(p.0.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let mut parts = line.split_whitespace().skip(1);
+    let (addr, uuid) = (
+        parts.next().unwrap().to_string(),
+        parts.next().unwrap().to_string(),
+    );
+    let files = || -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(store.join(&uuid))
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    };
+    // A fresh state gets one periodic checkpoint, then none while nothing changes.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(files(), [format!("{}.gwck", id(1))]);
+    let bank = bank_at(&addr);
+    for _ in 0..6 {
+        bank.open("c".into(), 1).await.unwrap().unwrap();
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let st = mgmt(&addr, json!({"op": "status"})).await.unwrap();
+    let last = st["last_checkpoint"]["id"].as_str().unwrap().to_string();
+    let kept = files();
+    assert_eq!(kept.len(), 3, "{kept:?}");
+    assert_eq!(kept.last().unwrap(), &format!("{last}.gwck"), "{kept:?}");
+    assert!(last.parse::<u64>().unwrap() >= 4, "{st}");
+
+    for bad in [1e-9, 99999999999.0] {
+        let e = mgmt(&addr, json!({"op": "interval", "secs": bad}))
+            .await
+            .unwrap_err();
+        assert!(
+            e.contains("out of bounds: give 0 (periodic checkpoints off) or between 0.1 s and 2592000 s (30 days)"),
+            "{bad}: {e}"
+        );
+    }
+    let out = Command::new(bank_bin())
+        .args(["serve", "--interval", "1e-9", "--store"])
+        .arg(format!("dir:{}", store.display()))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("between 0.1 s and 2592000 s"), "{err}");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("GODWIT_READY"));
+}
+
+/// godwitd stopping (SIGTERM) gives every service it started a final checkpoint in
+/// its store; the programs' logs it keeps have no colour codes; `bank load` on a bank
+/// that already has accounts (a second load) reports no false failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_godwitd_flushes_every_service_and_load_runs_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut node = Node::start(dir.path());
+    let env = json!({"RUST_LOG": "info"});
+    let (_, addr1, uuid1) = node.bank(&[], env.clone()).await;
+    let (_, addr2, uuid2) = node.bank(&[], env).await;
+    for round in 0..2 {
+        let out = Command::new(bank_bin())
+            .args([
+                "load",
+                "--uuid",
+                &uuid1,
+                "--names",
+                &node.url(),
+                "--token-file",
+            ])
+            .arg(&node.token_file)
+            .args(["--accounts", "3", "--clients", "2", "--duration-secs", "1"])
+            .args(["--accrual-every-ms", "200", "--accrual-pause-ms", "1"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "load round {round}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    bank_at(&addr2).open("x".into(), 7).await.unwrap().unwrap();
+    let _ = (addr1, addr2);
+
+    // SAFETY: kill(2) on the positive pid of the godwitd this test started.
+    unsafe {
+        libc::kill(node.proc.0.id() as i32, libc::SIGTERM);
+    }
+    let t0 = Instant::now();
+    loop {
+        if let Some(code) = node.proc.0.try_wait().unwrap() {
+            assert!(code.success(), "godwitd exit: {code:?}");
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(45),
+            "godwitd did not stop"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for uuid in [&uuid1, &uuid2] {
+        let n = std::fs::read_dir(node.data.join("store").join(uuid))
+            .map(|rd| rd.flatten().count())
+            .unwrap_or(0);
+        assert_eq!(n, 1, "service {uuid}: one final checkpoint");
+    }
+    let mut seen_stop = false;
+    for entry in std::fs::read_dir(node.data.join("logs")).unwrap().flatten() {
+        let text = std::fs::read_to_string(entry.path()).unwrap();
+        assert!(
+            !text.contains('\u{1b}'),
+            "colour codes in {entry:?}: {text}"
+        );
+        seen_stop |= text.contains("SIGTERM");
+    }
+    assert!(seen_stop, "the services logged their stop");
+}
+
+/// The whole life of a service from the command line, no management frames:
+/// start (prints the UUID), freeze (calls wait) and thaw (they complete), stop (final
+/// checkpoint, name withdrawn), restore (latest, then an older checkpoint).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lifecycle_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path());
+    let bank_path = bank_bin().display().to_string();
+    let started = node.admin(&["start", "--interval", "60", "--", &bank_path, "serve"]);
+    let uuid = started["uuid"].as_str().unwrap().to_string();
+    let names = godwit_sdk::Names::from_url(&node.url(), Some(TOKEN.into())).unwrap();
+    let by_uuid = || {
+        BankClient::new(Client::by_uuid(
+            &uuid,
+            names.clone(),
+            ClientOptions {
+                deadline: Duration::from_secs(30),
+                ..Default::default()
+            },
+        ))
+    };
+    let acct = by_uuid().open("cy".into(), 100).await.unwrap().unwrap();
+    let st = node.admin(&["status", &uuid]);
+    assert_eq!(st["interval_secs"], 60.0, "{st}");
+
+    let frozen = node.admin(&["freeze", &uuid]);
+    assert_eq!(frozen["checkpoint"]["id"], id(1), "{frozen}");
+    let bank = by_uuid();
+    let pending = tokio::spawn(async move { bank.deposit(acct, 10).await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!pending.is_finished(), "a call ran while frozen");
+    node.admin(&["thaw", &uuid]);
+    assert_eq!(pending.await.unwrap().unwrap(), Ok(110));
+
+    let stopped = node.admin(&["stop", &uuid]);
+    assert_eq!(stopped["checkpoint"]["id"], id(2), "{stopped}");
+    assert!(
+        names.resolve(&uuid).await.unwrap().is_none(),
+        "name withdrawn"
+    );
+    // The process is gone (the agent saw it exit).
+    let agent = Agent::new(&node.addr, TOKEN.into()).unwrap();
+    let t0 = Instant::now();
+    loop {
+        let v = agent
+            .request("list", "GET", "/v1/exec", None, T)
+            .await
+            .unwrap();
+        let running = v["processes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["running"] == true);
+        if !running {
+            break;
+        }
+        assert!(t0.elapsed() < T, "the stopped service still runs: {v}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let restored = node.admin(&["restore", &uuid]);
+    assert_eq!(restored["restored_from"], id(2), "{restored}");
+    assert_eq!(by_uuid().balance(acct).await.unwrap(), Ok(110));
+    let e = node.admin_fails(&["restore", &uuid]);
+    assert!(e.contains("is running at"), "{e}");
+    node.admin(&["stop", &uuid]);
+    let older = node.admin(&["restore", &uuid, "--checkpoint", &id(1)]);
+    assert_eq!(older["restored_from"], id(1), "{older}");
+    assert_eq!(by_uuid().balance(acct).await.unwrap(), Ok(100));
+    let st = node.admin(&["status", &uuid]);
+    assert_eq!(
+        st["interval_secs"], 60.0,
+        "the restored instance keeps its options: {st}"
+    );
+    node.admin(&["stop", &uuid]);
+}
+
+/// `start --restart on-failure`: a service that dies without being stopped is started
+/// again by the agent from the tip of its branch (fresh when it has no checkpoint yet);
+/// `status` shows the restarts; a stopped service stays stopped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashed_service_is_started_again_from_its_tip() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path());
+    let bank_path = bank_bin().display().to_string();
+    let names = godwit_sdk::Names::from_url(&node.url(), Some(TOKEN.into())).unwrap();
+    let crash = |pid: u64| {
+        // SAFETY: kill(2) on the positive pid of a bank this test had started.
+        unsafe {
+            libc::kill(pid as i32, libc::SIGKILL);
+        }
+    };
+    let client = |uuid: &str| {
+        BankClient::new(Client::by_uuid(
+            uuid,
+            names.clone(),
+            ClientOptions {
+                deadline: Duration::from_secs(30),
+                ..Default::default()
+            },
+        ))
+    };
+
+    let started = node.admin(&[
+        "start",
+        "--restart",
+        "on-failure",
+        "--",
+        &bank_path,
+        "serve",
+    ]);
+    let uuid = started["uuid"].as_str().unwrap().to_string();
+    let acct = client(&uuid)
+        .open("dee".into(), 100)
+        .await
+        .unwrap()
+        .unwrap();
+    node.admin(&["checkpoint", &uuid]);
+    // Lost in the crash: written after the last checkpoint.
+    client(&uuid).deposit(acct, 5).await.unwrap().unwrap();
+    crash(started["pid"].as_u64().unwrap());
+    // Clients wait through the restart (1 s backoff) and find the checkpointed state.
+    assert_eq!(client(&uuid).balance(acct).await.unwrap(), Ok(100));
+    let st = node.admin(&["status", &uuid]);
+    assert_eq!(st["agent"]["restarts"], 1, "{st}");
+    assert_eq!(st["agent"]["restart"], "on-failure", "{st}");
+    assert_eq!(st["restored_from"], id(1), "{st}");
+    assert_ne!(st["pid"], started["pid"], "{st}");
+
+    // No checkpoint yet: it comes back fresh under the same UUID.
+    let other = node.admin(&[
+        "start",
+        "--restart",
+        "on-failure",
+        "--",
+        &bank_path,
+        "serve",
+    ]);
+    let uuid2 = other["uuid"].as_str().unwrap().to_string();
+    crash(other["pid"].as_u64().unwrap());
+    assert_eq!(client(&uuid2).balances().await.unwrap().len(), 0);
+    let st = node.admin(&["status", &uuid2]);
+    assert_eq!(
+        (st["agent"]["restarts"].clone(), st["restored_from"].clone()),
+        (json!(1), Value::Null),
+        "{st}"
+    );
+
+    // Stopped is stopped: exit 0, nothing started again.
+    node.admin(&["stop", &uuid]);
+    node.admin(&["stop", &uuid2]);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let v = Agent::new(&node.addr, TOKEN.into())
+        .unwrap()
+        .request("list", "GET", "/v1/exec", None, T)
+        .await
+        .unwrap();
+    let running: Vec<&Value> = v["processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["running"] == true)
+        .collect();
+    assert!(running.is_empty(), "started again after a stop: {v}");
+}
