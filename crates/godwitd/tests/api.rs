@@ -552,7 +552,16 @@ async fn started_programs_get_their_own_narrow_token_not_the_agents() {
     let r = call(&d, "POST", "/v1/exec", body.to_string().as_bytes()).await;
     assert_eq!(r.status, 201, "{}", r.error_message());
     let pid = r.json().unwrap()["pid"].as_u64().unwrap();
-    let env = environ(pid);
+    // The program execs sleep right after its ready line: while the exec
+    // runs, /proc/PID/environ reads empty.
+    let mut env = environ(pid);
+    for _ in 0..200 {
+        if !env.is_empty() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        env = environ(pid);
+    }
     assert!(
         env.iter()
             .all(|(k, v)| v != ADMIN && k != "GODWIT_TOKEN" && k != "GODWIT_TOKEN_FILE"),
