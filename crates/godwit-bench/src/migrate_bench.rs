@@ -53,6 +53,10 @@ struct Args {
     /// before the process runs, as before the deferred fill).
     #[arg(long)]
     fill_before_run: bool,
+    /// Pre-copy: `godwit migrate --max-downtime MS` (what is written last
+    /// follows the process when sending it frozen would take longer).
+    #[arg(long, value_name = "MS")]
+    max_downtime: Option<u64>,
 }
 
 fn parse_mode(s: &str) -> std::result::Result<Mode, String> {
@@ -181,6 +185,8 @@ struct Run {
     bytes: u64,
     rounds: usize,
     phases: Vec<(&'static str, f64)>,
+    /// The mode that ran (pre-copy may go on as pre-copy-post-copy).
+    ran: &'static str,
 }
 
 /// What every run uses: the target program, the work directory, the
@@ -190,6 +196,7 @@ struct Setup<'a> {
     work: &'a Path,
     agent: &'a Agent,
     client: &'a ClientTls,
+    max_downtime: Option<u64>,
 }
 
 fn one(setup: &Setup, mode: Mode, mib: u64, rate: u64, tag: &str) -> Result<Run> {
@@ -198,6 +205,7 @@ fn one(setup: &Setup, mode: Mode, mib: u64, rate: u64, tag: &str) -> Result<Run>
         work,
         agent,
         client,
+        max_downtime,
     } = *setup;
     let stalls = work.join(format!("stalls-{tag}"));
     let result = work.join(format!("result-{tag}"));
@@ -231,7 +239,10 @@ fn one(setup: &Setup, mode: Mode, mib: u64, rate: u64, tag: &str) -> Result<Run>
     let opts = MigrateOptions {
         mode,
         pid_ns: true,
-        dump: Default::default(),
+        dump: godwit_engine::dump::DumpOptions {
+            max_frozen_copy: max_downtime.map(Duration::from_millis),
+            ..Default::default()
+        },
         watchdog: Duration::from_secs(120),
         keep_image: None,
         move_ip: None,
@@ -263,6 +274,7 @@ fn one(setup: &Setup, mode: Mode, mib: u64, rate: u64, tag: &str) -> Result<Run>
         total_ms: r.total.as_secs_f64() * 1e3,
         bytes: r.bytes_sent,
         rounds: r.rounds,
+        ran: r.mode.name(),
         phases: r
             .phases
             .iter()
@@ -298,6 +310,7 @@ fn run(a: &Args) -> Result<()> {
         work: work.path(),
         agent: &agent,
         client: &client,
+        max_downtime: a.max_downtime,
     };
     let mut results = Vec::new();
     for &mib in &a.sizes {
@@ -328,6 +341,7 @@ fn run(a: &Args) -> Result<()> {
                     "total_ms": stats(&f(|r| r.total_ms)),
                     "bytes_sent": stats(&f(|r| r.bytes as f64)),
                     "rounds": rs.iter().map(|r| r.rounds).collect::<Vec<_>>(),
+                    "ran": rs.iter().map(|r| r.ran).collect::<Vec<_>>(),
                     "phases_ms": rs.iter().map(|r| r.phases.iter().map(|(n, ms)| json!({"phase": n, "ms": ms})).collect::<Vec<_>>()).collect::<Vec<_>>(),
                 });
                 println!(

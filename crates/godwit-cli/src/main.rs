@@ -302,6 +302,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 shell_job,
                 tcp_established,
                 max_deleted_file_size,
+                max_frozen_copy: None,
             };
             let r = dump(pid, &images, &opts, &bar).map_err(anyhow::Error::from)?;
             bar.0.finish_and_clear();

@@ -70,15 +70,20 @@ pub struct MigrateArgs {
     /// the connections' address must follow (the usual case between hosts).
     #[arg(long)]
     tcp_established: bool,
-    /// With --mode pre-copy: the longest stop the process should see. The
-    /// freeze of a pre-copy sends only what was written since the last
-    /// round, but the destination then restores the whole memory (about 2
-    /// MiB per ms on the machines we measured, docs/PERFORMANCE.md); when
-    /// the tree's resident memory predicts more than MS, the migration runs
-    /// as pre-copy-post-copy instead (the rounds, then the process resumes
-    /// at the destination and the rest of its memory follows). The printed
-    /// and --json mode say which ran. A writer whose rounds do not converge
-    /// is sent from the freeze on, as stop-copy, whatever this says.
+    /// With --mode pre-copy: the longest stop the process should see. At the
+    /// freeze, what each process wrote since its last copy is measured and,
+    /// at the rate its pre-copy rounds reached the destination, would take
+    /// longer than MS to send while it is stopped: those pages are then
+    /// left at the source and follow the process (post-copy from the freeze
+    /// on); the migration runs as pre-copy-post-copy, and the printed and
+    /// --json mode say so. (The destination's restore no longer grows with
+    /// memory: it fills it after the process runs.) A process that shares
+    /// pages copy-on-write with its parent or children is sent whole. A
+    /// writer whose rounds do not converge keeps its copies too (without
+    /// this option it is sent from the freeze on, as stop-copy), and what
+    /// it wrote since follows it. The stop's fixed part (freezing,
+    /// collecting, the switch: about 10-20 ms) is not counted. Not with
+    /// --keep-image (the image must hold all the memory).
     #[arg(long, value_name = "MS")]
     max_downtime: Option<u64>,
     /// Give up (and leave the process running here) when the destination
@@ -93,26 +98,6 @@ pub struct MigrateArgs {
 
 fn parse_move_ip(s: &str) -> Result<(std::net::IpAddr, u8), String> {
     migrate::parse_cidr(s).ok_or_else(|| format!("{s:?} is not ADDR/PREFIX (e.g. 10.0.0.5/24)"))
-}
-
-/// Bytes per millisecond a destination restores (measured: 1 GiB in
-/// ~500 ms, docs/PERFORMANCE.md "Migration").
-const RESTORE_BYTES_PER_MS: f64 = 2.0 * 1024.0 * 1024.0;
-/// The rest of a pre-copy's stop (freeze, collection, switch-over), ms.
-const PRE_COPY_FIXED_MS: f64 = 15.0;
-
-/// The stop a pre-copy of the tree at `pid` should cost: a fixed part plus
-/// the destination's restore of its resident anonymous memory.
-fn predicted_pre_copy_downtime_ms(pid: i32) -> f64 {
-    let mut bytes = 0u64;
-    let mut queue = vec![pid];
-    while let Some(p) = queue.pop() {
-        if let Ok(st) = godwit_sys::proc::status(p) {
-            bytes += st.rss_anon;
-        }
-        queue.extend(godwit_sys::process::children(p).unwrap_or_default());
-    }
-    PRE_COPY_FIXED_MS + bytes as f64 / RESTORE_BYTES_PER_MS
 }
 
 /// Exit code of a failed migration.
@@ -141,6 +126,7 @@ pub fn run(args: MigrateArgs, json_out: bool, progress: &crate::Bar) -> anyhow::
         dump: DumpOptions {
             freeze_cgroup: args.freeze_cgroup.clone(),
             tcp_established: args.tcp_established,
+            max_frozen_copy: args.max_downtime.map(std::time::Duration::from_millis),
             ..Default::default()
         },
         watchdog,
@@ -178,19 +164,7 @@ pub fn run(args: MigrateArgs, json_out: bool, progress: &crate::Bar) -> anyhow::
             .iter()
             .map(|&pid| {
                 let (tls, to) = (&tls, &args.to);
-                let mut opts = opts.clone();
-                if let (Mode::PreCopy, Some(max)) = (opts.mode, args.max_downtime) {
-                    let predicted = predicted_pre_copy_downtime_ms(pid);
-                    if predicted > max as f64 {
-                        tracing::info!(
-                            pid,
-                            predicted,
-                            max,
-                            "pre-copy would stop the process too long: pre-copy-post-copy"
-                        );
-                        opts.mode = Mode::PreCopyPostCopy;
-                    }
-                }
+                let opts = opts.clone();
                 s.spawn(move || (pid, one(tls, to, pid, &opts, watchdog, progress)))
             })
             .collect();

@@ -46,6 +46,12 @@ pub struct DumpOptions {
     /// open file; None: [`files::MAX_DELETED`] (64 MiB). Above it the dump
     /// is refused, naming the file.
     pub max_deleted_file_size: Option<u64>,
+    /// Pre-copy held for a migration (`End::Hold { precopy: true, .. }`):
+    /// a process whose pages written since their last copy would take
+    /// longer than this to send while frozen, at the rate its pre-copy
+    /// measured, leaves them lazy instead (post-copy from the freeze on,
+    /// `Vma::lazy`), unless it shares pages with its parent or children.
+    pub max_frozen_copy: Option<std::time::Duration>,
 }
 
 #[derive(Debug, Clone)]
@@ -405,7 +411,12 @@ pub fn dump_to(
     // --leave-running: first copy the memory while the processes run
     // (crate::precopy); the freeze then copies only what changed since.
     let (mut trackers, stopped_before) = if precopy {
-        let pre = precopy::run(pid, &mut writer, progress)?;
+        let pre = precopy::run(
+            pid,
+            &mut writer,
+            progress,
+            opts.max_frozen_copy.is_some() && hold,
+        )?;
         (pre.trackers, pre.stopped)
     } else {
         Default::default()
@@ -446,8 +457,11 @@ pub fn dump_to(
         &surveyed,
         early.then_some(&writer),
         progress,
-        lazy,
-        opts.max_deleted_file_size.unwrap_or(files::MAX_DELETED),
+        Want {
+            lazy,
+            max_deleted: opts.max_deleted_file_size.unwrap_or(files::MAX_DELETED),
+            max_frozen_copy: opts.max_frozen_copy.filter(|_| hold),
+        },
     )?;
     tracing::debug!(ms = t0.elapsed().as_secs_f64() * 1e3, "collected");
     crate::resources::seccomp::share(&mut procs);
@@ -803,6 +817,17 @@ fn survey_running(root: i32, trackers: &std::collections::HashMap<i32, Tracker>)
     out
 }
 
+/// What the collection of a frozen tree is asked for.
+#[derive(Clone, Copy)]
+struct Want {
+    /// Post-copy: private anonymous pages left lazy.
+    lazy: bool,
+    /// Most bytes of one deleted file kept.
+    max_deleted: u64,
+    /// DumpOptions::max_frozen_copy.
+    max_frozen_copy: Option<std::time::Duration>,
+}
+
 /// smaps read before the freeze, by PID.
 type Surveyed = std::collections::HashMap<i32, Vec<proc::MapEntry>>;
 
@@ -812,8 +837,7 @@ fn collect_all(
     surveyed: &Surveyed,
     copy_into: Option<&ImageWriter>,
     progress: &dyn Progress,
-    lazy: bool,
-    max_deleted: u64,
+    want: Want,
 ) -> Result<Collection> {
     let live = members
         .iter()
@@ -876,8 +900,7 @@ fn collect_all(
             })
         });
         let tx = copier.is_some().then_some(tx);
-        let collected =
-            collect_members(members, trackers, surveyed, tx.as_ref(), lazy, max_deleted);
+        let collected = collect_members(members, trackers, surveyed, tx.as_ref(), want);
         if collected.is_err() {
             stop.store(true, std::sync::atomic::Ordering::Relaxed);
         }
@@ -915,8 +938,7 @@ fn collect_members(
     trackers: &std::collections::HashMap<i32, Tracker>,
     surveyed: &Surveyed,
     copy: Option<&std::sync::mpsc::Sender<CopyJob>>,
-    lazy: bool,
-    max_deleted: u64,
+    want: Want,
 ) -> Result<Collection> {
     let mut c = Collection {
         procs: Vec::with_capacity(members.len()),
@@ -933,7 +955,7 @@ fn collect_members(
                 let tracker = trackers.get(&f.pid);
                 // A pre-copied child of a pre-copied parent (planned
                 // before it): the pages they still share stay shared.
-                let parent = match (tracker, lazy) {
+                let parent = match (tracker, want.lazy) {
                     (Some(_), false) => proc::status(f.pid).ok().and_then(|s| {
                         let j = c.procs.iter().position(|p| p.pid == s.ppid)?;
                         let plan = c.plans[j].as_ref()?;
@@ -950,8 +972,7 @@ fn collect_members(
                     parent,
                     surveyed.get(&f.pid),
                     copy.map(|tx| (tx, i)),
-                    lazy,
-                    max_deleted,
+                    want,
                 )?;
                 c.procs.push(one.process);
                 c.remotes.push(Some(one.r0));
@@ -995,9 +1016,10 @@ fn collect_one(
     parent: Option<precopy::ParentPlan>,
     surveyed: Option<&Vec<proc::MapEntry>>,
     copy: Option<(&std::sync::mpsc::Sender<CopyJob>, usize)>,
-    lazy: bool,
-    max_deleted: u64,
+    want: Want,
 ) -> Result<Collected> {
+    let lazy = want.lazy;
+    let max_deleted = want.max_deleted;
     let pid = frozen.pid;
     let t = Instant::now();
     let (maps, r0) = injector(frozen)?;
@@ -1035,7 +1057,15 @@ fn collect_one(
         (_, Some(_)) => None,
         (Some(t), None) => {
             let mut plan = t.plan_frozen(&maps, parent)?;
-            if lazy {
+            // Too much written since its copy to send while frozen: the
+            // rest follows the process (post-copy from the freeze on).
+            let too_slow = want.max_frozen_copy.is_some_and(|max| {
+                let at = t.copy_time(plan.end - plan.copy_from);
+                let shares = plan.vmas.iter().any(|v| !v.inherited.is_empty());
+                tracing::debug!(pid, ?at, ?max, shares, "frozen copy predicted");
+                at > max && !shares
+            });
+            if lazy || too_slow {
                 plan.make_lazy(&touched_by_restore(&process));
             }
             process.vmas = std::mem::take(&mut plan.vmas);

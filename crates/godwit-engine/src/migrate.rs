@@ -370,7 +370,12 @@ pub fn send<S: Read + Write + Send + 'static>(
         lazy: opts.mode.lazy(),
     };
     let t_dump = Instant::now();
-    let (report, held) = dump_to(pid, writer, &opts.dump, progress, end).map_err(|e| {
+    // A kept image must hold all the memory: nothing may be left lazy.
+    let mut dump_opts = opts.dump.clone();
+    if opts.keep_image.is_some() || !opts.mode.precopies() {
+        dump_opts.max_frozen_copy = None;
+    }
+    let (report, held) = dump_to(pid, writer, &dump_opts, progress, end).map_err(|e| {
         // The writer told the destination (ABORT); the processes run on.
         MigrateError::Dump(e)
     })?;
@@ -380,6 +385,13 @@ pub fn send<S: Read + Write + Send + 'static>(
         ))
     })?;
     let frozen_at = held.frozen_at;
+    // Pre-copy whose last writes would take too long to send frozen
+    // (DumpOptions::max_frozen_copy) left them lazy: it goes on as
+    // pre-copy-post-copy.
+    let mode = match (opts.mode, report.lazy_bytes > 0) {
+        (Mode::PreCopy, true) => Mode::PreCopyPostCopy,
+        (m, _) => m,
+    };
     phases.push(("precopy", frozen_at.saturating_duration_since(t_dump)));
     phases.push(("frozen: dump and send", frozen_at.elapsed()));
     tracing::debug!(
@@ -403,7 +415,7 @@ pub fn send<S: Read + Write + Send + 'static>(
                 })
             }
             // Post-copy: the restore touched memory that is still here.
-            Ok(Ok(v)) if opts.mode.lazy() && v["want"].is_array() => {
+            Ok(Ok(v)) if mode.lazy() && v["want"].is_array() => {
                 let mut g = s.lock().unwrap_or_else(|p| p.into_inner());
                 pages
                     .answer(&mut *g, peer, &v)
@@ -465,7 +477,7 @@ pub fn send<S: Read + Write + Send + 'static>(
     phases.push(("switch over", t_switch.elapsed()));
     let mut all_pages_after = None;
     let mut counts = Value::Null;
-    if opts.mode.lazy() {
+    if mode.lazy() {
         // The destination runs; its memory still partly here.
         let t_post = Instant::now();
         match crate::postcopy::serve(&s, peer, &mut pages) {
@@ -509,12 +521,12 @@ pub fn send<S: Read + Write + Send + 'static>(
     if let Err(e) = crate::resources::sockets::tcp::unlock_image(&sent) {
         tracing::warn!("lifting the network locks of the moved connections: {e}");
     }
-    if opts.mode.lazy() {
+    if mode.lazy() {
         // Best effort: the destination needs nothing more from here.
         let _ = send_json(&s, &json!({"ok": true, "ended": true}));
     }
     Ok(MigrateReport {
-        mode: opts.mode,
+        mode,
         pids: report.pids.clone(),
         pid: running["pid"].as_i64().unwrap_or(0) as i32,
         host_pid: running["host_pid"].as_i64().unwrap_or(0) as i32,
@@ -688,6 +700,20 @@ pub fn receive<S: Read + Write + Send + 'static>(
         Ok(r) => r,
         Err(e) => return Err(fail(&s, e.to_string())),
     };
+    // A pre-copy whose last writes the source left lazy (its
+    // --max-downtime) goes on as post-copy.
+    let lazy_pages = match reader.metadata::<crate::schema::Checkpoint>() {
+        Ok(ck) => ck
+            .processes
+            .iter()
+            .any(|p| p.vmas.iter().any(|v| !v.lazy.is_empty())),
+        Err(e) => return Err(fail(&s, e.to_string())),
+    };
+    let parsed = match (parsed, lazy_pages) {
+        (Mode::PreCopy, true) if keep.is_none() => Mode::PreCopyPostCopy,
+        (m, _) => m,
+    };
+    let mode = parsed.name().to_string();
     // The service address, before the sockets bound to it are restored;
     // taken off again if the restore does not go through.
     let address_on = match service_addr {

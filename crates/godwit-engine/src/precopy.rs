@@ -242,6 +242,10 @@ pub struct Tracker {
     /// Every page this process wrote since it was protected, as the
     /// rounds found them (their scans protect again what they report).
     written_since: Vec<Range>,
+    /// Bytes copied and the time it took, over every copy: the rate at
+    /// which this process's memory reaches the medium (the link, in a
+    /// migration).
+    copied: (u64, Duration),
 }
 
 /// The plan of a frozen process's parent, for the pages they share
@@ -263,7 +267,16 @@ pub struct Precopy {
 /// [`EAGER_LIMIT`] of private memory. A process that cannot be pre-copied
 /// (no userfaultfd, memory going away during the copy) is left out, its
 /// page files discarded: the dump then copies it from the freeze on.
-pub fn run(root: i32, writer: &mut ImageWriter, progress: &dyn Progress) -> Result<Precopy> {
+///
+/// With `unconverged` (a migration whose --max-downtime lets what is
+/// written last follow the process: DumpOptions::max_frozen_copy), a
+/// process writing faster than it is copied keeps its tracker too.
+pub fn run(
+    root: i32,
+    writer: &mut ImageWriter,
+    progress: &dyn Progress,
+    unconverged: bool,
+) -> Result<Precopy> {
     if !worth_it(root) {
         return Ok(Precopy {
             trackers: HashMap::new(),
@@ -294,7 +307,7 @@ pub fn run(root: i32, writer: &mut ImageWriter, progress: &dyn Progress) -> Resu
             .ok()
             .map(|s| s.ppid)
             .filter(|p| trackers.contains_key(p));
-        match Tracker::start(pid, fd, parent, writer, progress) {
+        match Tracker::start(pid, fd, parent, writer, progress, unconverged) {
             Ok(Some(t)) => {
                 trackers.insert(pid, t);
             }
@@ -352,13 +365,14 @@ impl Tracker {
     /// Protects and copies the memory of running process `pid`, then copies
     /// again what it wrote meanwhile, a few rounds. `None` when it holds too
     /// little memory to be worth it, or writes so fast that the rounds do
-    /// not converge.
+    /// not converge (unless `unconverged`: then the freeze decides).
     fn start(
         pid: i32,
         fd: OwnedFd,
         parent: Option<i32>,
         writer: &mut ImageWriter,
         progress: &dyn Progress,
+        unconverged: bool,
     ) -> Result<Option<Tracker>> {
         let stage = "pre-copying memory";
         let t = Instant::now();
@@ -399,6 +413,7 @@ impl Tracker {
             rounds: 0,
             shared,
             written_since: Vec::new(),
+            copied: (0, Duration::ZERO),
         };
         progress.stage("pre-copying memory", sum(&protect));
         tracker.copy(&protect, writer, progress)?;
@@ -425,7 +440,7 @@ impl Tracker {
                 break;
             }
         }
-        if last > NOT_CONVERGED {
+        if last > NOT_CONVERGED && !unconverged {
             // It writes faster than it can be copied: what it writes until
             // the freeze would be copied while frozen. A copy-on-write
             // snapshot at the freeze bounds that better.
@@ -477,6 +492,7 @@ impl Tracker {
         writer: &mut ImageWriter,
         progress: &dyn Progress,
     ) -> Result<()> {
+        let t = Instant::now();
         let with: Vec<(Range, bool)> = ranges.iter().map(|r| (*r, true)).collect();
         // Memory it unmaps meanwhile is skipped (a hole of zeros in the
         // file): not recorded as copied, so the freeze copies what is there.
@@ -500,6 +516,8 @@ impl Tracker {
         for h in &holes {
             self.copies.remove(h.addr, h.addr + h.len);
         }
+        self.copied.0 += sum(ranges);
+        self.copied.1 += t.elapsed();
         self.end = at;
         self.files.extend(files);
         Ok(())
@@ -681,6 +699,16 @@ impl Tracker {
             }
         }
         total
+    }
+
+    /// How long `bytes` take to copy at the rate this process's copies
+    /// went (zero before any copy).
+    pub fn copy_time(&self, bytes: u64) -> Duration {
+        let (done, took) = self.copied;
+        if done == 0 {
+            return Duration::ZERO;
+        }
+        took.mul_f64(bytes as f64 / done as f64)
     }
 
     /// `maps` with the surveyed VmFlags, if every VMA is as surveyed; else
