@@ -34,6 +34,7 @@ case!(unixcreds);
 case!(unixrights);
 case!(cowbusy);
 case!(ptysig);
+case!(ptyfg);
 
 /// A unix socket in flight whose own queue carries descriptors is not
 /// kept: the dump is refused naming the socket whose queue carries it and
