@@ -143,27 +143,8 @@ pub fn dump(
             t.fg_pgrp = sys::foreground_pgrp(o).dumping(pid, stage)?;
             t.session = sys::session(o).dumping(pid, stage)?.unwrap_or(0);
             t.peer_closed = sys::peer_hung_up(o).dumping(pid, stage)?;
-            let node = format!("/dev/pts/{}", t.index);
-            match std::fs::metadata(&node) {
-                Ok(s) if s.rdev() == t.dev => {
-                    t.slave_uid = s.uid();
-                    t.slave_gid = s.gid();
-                    t.slave_mode = s.mode();
-                }
-                r => {
-                    return Err(unsupported(
-                        pid,
-                        fd,
-                        format!(
-                            "{target}, the master of a pseudo-terminal whose slave {node} cannot be read ({}): a devpts instance other than the one at /dev/pts?",
-                            match r {
-                                Ok(s) => format!("it is device {}:{}", libc::major(s.rdev()), libc::minor(s.rdev())),
-                                Err(e) => e.to_string(),
-                            }
-                        ),
-                    ))
-                }
-            }
+            (t.slave_uid, t.slave_gid, t.slave_mode) =
+                sys::slave_node_owner(o).dumping(pid, stage)?;
         }
         (PTS_MAJOR, n) => {
             let pts = std::fs::metadata("/dev/pts").map(|m| m.dev()).ok();
@@ -771,36 +752,15 @@ fn create_pair(r: &Remote, pair: &Pair) -> Result<Vec<(u64, u64)>> {
         r.call("close", libc::SYS_close, [s, 0, 0, 0, 0, 0])
             .restoring(pid, STAGE)?;
     }
-    set_node_owner(pid, &path, &mt)?;
+    if mt.slave_mode != 0 {
+        // Older images recorded none: devpts' defaults stay.
+        sys::set_slave_node_owner(o, mt.slave_uid, mt.slave_gid, mt.slave_mode)
+            .restoring(pid, "giving the pty's slave node its owner and mode back")?;
+    }
     if mt.locked {
         sys::set_pty_locked(o, true).restoring(pid, STAGE)?;
     }
     Ok(out)
-}
-
-/// Gives the new pty's slave node the owner, group and mode its old one
-/// had (older images recorded none: devpts' defaults stay).
-fn set_node_owner(pid: i32, path: &str, t: &Tty) -> Result<()> {
-    if t.slave_mode == 0 {
-        return Ok(());
-    }
-    let fail = |what: &str, e: std::io::Error| EngineError::Restore {
-        pid,
-        stage: STAGE,
-        source: godwit_sys::SysError::Proc {
-            path: path.to_string(),
-            detail: format!("{what}: {e}"),
-        },
-    };
-    std::os::unix::fs::chown(path, Some(t.slave_uid), Some(t.slave_gid))
-        .map_err(|e| fail("giving the slave its owner back", e))?;
-    // After chown, which may clear set-id bits.
-    std::fs::set_permissions(
-        path,
-        std::os::unix::fs::PermissionsExt::from_mode(t.slave_mode & 0o7777),
-    )
-    .map_err(|e| fail("giving the slave its mode back", e))?;
-    Ok(())
 }
 
 /// Termios and window size. Through the master they are the slave's (the
