@@ -533,11 +533,12 @@ fn terminal_outside_the_tree_by_inherit_fd() {
     ] {
         assert!(err.contains(&needle), "{needle:?} missing in: {err}");
     }
-    // A descriptor that is no terminal is refused for it.
+    // A descriptor that is no terminal (godwit's stdin is /dev/null here)
+    // is refused for it; the terminal named by one of its fds.
     let out = godwit(&[
         "restore",
         "--inherit-fd",
-        &format!("0:{key}"),
+        &format!("0:fd:{pid}:1"),
         "--images",
         img.to_str().unwrap(),
     ]);

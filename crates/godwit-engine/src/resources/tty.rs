@@ -403,14 +403,33 @@ pub fn check(
         .map(|t| t.index)
         .collect();
     if shell.is_none() {
+        // The terminals --inherit-fd names, by key or by one of their fds.
+        let named: Vec<String> = inherit
+            .iter()
+            .filter_map(|i| {
+                let Some(pf) = i.what.strip_prefix("fd:") else {
+                    return Some(i.what.clone());
+                };
+                let (p, f) = pf.split_once(':')?;
+                let (p, f) = (p.parse::<i32>().ok()?, f.parse::<i32>().ok()?);
+                procs
+                    .iter()
+                    .find(|x| x.pid == p)?
+                    .fds
+                    .iter()
+                    .find(|d| d.fd == f)
+                    .and_then(tty_of)
+                    .filter(|t| t.external)
+                    .map(|t| external_key(t.dev))
+            })
+            .collect();
         for p in procs {
             for f in &p.fds {
                 let Some(t) = tty_of(f).filter(|t| t.external) else {
                     continue;
                 };
                 let key = external_key(t.dev);
-                let by_fd = format!("fd:{}:{}", p.pid, f.fd);
-                if inherit.iter().any(|i| i.what == key || i.what == by_fd) {
+                if named.contains(&key) {
                     continue;
                 }
                 return Err(EngineError::Terminal(format!(
