@@ -33,6 +33,8 @@ case!(unix);
 case!(unixcreds);
 case!(unixrights);
 case!(cowbusy);
+case!(ptysig);
+case!(ptyfg);
 
 /// A unix socket in flight whose own queue carries descriptors is not
 /// kept: the dump is refused naming the socket whose queue carries it and

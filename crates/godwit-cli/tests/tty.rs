@@ -474,3 +474,106 @@ fn console_is_refused() {
         "the process runs on, untraced: {status}"
     );
 }
+
+/// A program whose fds 0-2 are the slave of a pty the test holds the master
+/// of (someone else's terminal; the program does not lead its session): the
+/// dump needs --shell-job, and a restore without --shell-job needs
+/// `--inherit-fd N:tty:[MAJOR:MINOR]`, which puts godwit's fd N (here the
+/// slave of another pty) in the place of every fd that was on it.
+#[test]
+fn terminal_outside_the_tree_by_inherit_fd() {
+    let dir = test_dir();
+    let mut a = Pty::open();
+    let mut cmd = Command::new(progs().join("launch"));
+    cmd.args(["sh", "-c", "while read l; do echo \"got: $l\"; done"])
+        .stdin(a.slave_stdio())
+        .stdout(a.slave_stdio())
+        .stderr(a.slave_stdio());
+    let child = cmd.spawn().unwrap();
+    drop(cmd);
+    a.slave = None;
+    let pid = child.id() as i32;
+    let mut p = Proc {
+        child: Some(child),
+        pid,
+        tree: Vec::new(),
+        dir,
+        affinity: Vec::new(),
+    };
+    a.send("hello");
+    a.expect("got: hello");
+    let minor: u32 = a.path.strip_prefix("/dev/pts/").unwrap().parse().unwrap();
+    let key = format!("tty:[136:{minor}]");
+
+    // Without --shell-job the dump is refused and says what to do.
+    let img = p.images();
+    let out = godwit(&[
+        "dump",
+        "--pid",
+        &pid.to_string(),
+        "--images",
+        img.to_str().unwrap(),
+    ]);
+    let err = stderr_of(&out);
+    assert_eq!(out.status.code(), Some(5), "{err}");
+    for needle in ["fd 0", a.path.as_str(), "--shell-job", "--inherit-fd"] {
+        assert!(err.contains(needle), "{needle:?} missing in: {err}");
+    }
+    p.dump(&["--shell-job"]);
+    p.end_original();
+    drop(a);
+
+    // Neither --shell-job nor --inherit-fd: refused, naming the key.
+    let out = godwit(&["restore", "--images", img.to_str().unwrap()]);
+    let err = stderr_of(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    for needle in [
+        format!("process {pid} fd 0"),
+        format!("--inherit-fd N:{key}"),
+    ] {
+        assert!(err.contains(&needle), "{needle:?} missing in: {err}");
+    }
+    // A descriptor that is no terminal (godwit's stdin is /dev/null here)
+    // is refused for it; the terminal named by one of its fds.
+    let out = godwit(&[
+        "restore",
+        "--inherit-fd",
+        &format!("0:fd:{pid}:1"),
+        "--images",
+        img.to_str().unwrap(),
+    ]);
+    let err = stderr_of(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("needs a terminal"), "{err}");
+    assert!(gone(pid), "a refused restore left a process");
+
+    // godwit's fd 0 is the slave of B (godwit is not in B's session).
+    let mut b = Pty::open();
+    let out = Command::new(env!("CARGO_BIN_EXE_godwit"))
+        .args([
+            "restore",
+            "--inherit-fd",
+            &format!("0:{key}"),
+            "--images",
+            img.to_str().unwrap(),
+        ])
+        .stdin(b.slave_stdio())
+        .output()
+        .unwrap();
+    b.slave = None;
+    assert!(out.status.success(), "restore: {}", stderr_of(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), pid.to_string());
+    for fd in 0..3 {
+        let link = std::fs::read_link(format!("/proc/{pid}/fd/{fd}")).unwrap();
+        assert_eq!(link.to_str().unwrap(), b.path, "fd {fd}");
+    }
+    b.send("hello again");
+    b.expect("got: hello again");
+    // SAFETY: plain kill of the process we restored.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    wait_for(
+        "the restored process to be reaped",
+        Duration::from_secs(10),
+        || reaped(pid),
+    );
+}

@@ -20,7 +20,7 @@ pub enum EngineError {
     #[error("process {pid}: {what} is not supported yet; the process was left running as it was")]
     Unsupported { pid: i32, what: String },
 
-    #[error("process {pid}: {what}, whose master side is outside the dumped process tree (such as the terminal it was started from); dump it with --shell-job to attach it to the terminal of `godwit restore --shell-job` later. The process was left running as it was")]
+    #[error("process {pid}: {what}, whose master side is outside the dumped process tree (such as the terminal it was started from); dump it with --shell-job, then restore it with `godwit restore --shell-job` (attached to the terminal it is run from) or with `--inherit-fd N:tty:[MAJOR:MINOR]` (your fd N, a terminal, in its place). The process was left running as it was")]
     NeedsShellJob { pid: i32, what: String },
 
     #[error("process {pid}: {what}; dump it with --tcp-established to move established TCP connections (the peer sees no reset). The process was left running as it was")]

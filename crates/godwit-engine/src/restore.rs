@@ -235,7 +235,7 @@ pub fn restore_deferring(
         .shell_job
         .then(|| tty::CallerTerminal::from_stdin(!opts.leave_termios))
         .transpose()?;
-    tty::check(procs, shell.as_ref())?;
+    tty::check(procs, shell.as_ref(), &opts.inherit_fds)?;
     let plan = files::FdPlan::new(procs, shell.as_ref(), &opts.inherit_fds)?;
     let parents = files::parents(procs);
     let shm = memory::ShmPlan::new(procs, plan.highest_fd() + 1, |set| {

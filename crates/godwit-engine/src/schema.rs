@@ -757,6 +757,16 @@ pub struct Tty {
     /// The fd was opened through /dev/tty (restored as the slave's path).
     #[prost(bool, tag = "12")]
     pub via_dev_tty: bool,
+    /// Master: the owner, group and mode (with the file type bits) of the
+    /// slave's device node /dev/pts/N, which grantpt sets and a program may
+    /// change (chown, chmod, `mesg n`); mode 0 in older images (the new
+    /// node keeps the owner and mode devpts gives it).
+    #[prost(uint32, tag = "30")]
+    pub slave_uid: u32,
+    #[prost(uint32, tag = "31")]
+    pub slave_gid: u32,
+    #[prost(uint32, tag = "32")]
+    pub slave_mode: u32,
 }
 
 /// struct termios2.

@@ -1,6 +1,7 @@
 //! Terminals: terminal settings (termios), window size, the pty index, lock
 //! and packet mode of a pty master, the device behind /dev/tty, the session
-//! and foreground process group of a terminal. Each call works on a
+//! and foreground process group of a terminal, the owner and mode of a
+//! pty's slave node. Each call works on a
 //! descriptor of ours (e.g. a pidfd_getfd copy of a target's), so reading
 //! changes nothing in the target.
 
@@ -211,6 +212,59 @@ pub fn session(fd: BorrowedFd<'_>) -> Result<Option<i32>> {
 /// only complete lines count).
 pub fn input_pending(fd: BorrowedFd<'_>) -> Result<usize> {
     get_int(fd, libc::FIONREAD, "ioctl(FIONREAD)").map(|n| n.max(0) as usize)
+}
+
+/// The owner, group and mode (st_mode, with the file type bits) of a pty
+/// master's slave device node (/dev/pts/N of the master's own devpts
+/// instance), read through an O_PATH descriptor of it (TIOCGPTPEER): the
+/// slave is not opened, so nothing changes on the terminal.
+pub fn slave_node_owner(master: BorrowedFd<'_>) -> Result<(u32, u32, u32)> {
+    let node = slave_node(master)?;
+    // SAFETY: stat is plain data; all-zero is a valid value.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid descriptor and out-pointer.
+    let r = unsafe { libc::fstat(node.as_raw_fd(), &mut st) };
+    check(r as i64, "fstat", target(master))?;
+    Ok((st.st_uid, st.st_gid, st.st_mode))
+}
+
+/// Gives a pty master's slave device node an owner, group and permission
+/// bits (`mode & 0o7777`), through an O_PATH descriptor of it: chown, then
+/// chmod (chown may clear set-id bits).
+pub fn set_slave_node_owner(master: BorrowedFd<'_>, uid: u32, gid: u32, mode: u32) -> Result<()> {
+    let node = slave_node(master)?;
+    // SAFETY: a valid descriptor, an empty C string with AT_EMPTY_PATH.
+    let r = unsafe {
+        libc::fchownat(
+            node.as_raw_fd(),
+            c"".as_ptr(),
+            uid,
+            gid,
+            libc::AT_EMPTY_PATH,
+        )
+    };
+    check(r as i64, "fchownat", target(master))?;
+    // fchmod does not take O_PATH descriptors; its /proc/self/fd link does.
+    let path =
+        std::ffi::CString::new(format!("/proc/self/fd/{}", node.as_raw_fd())).expect("no NUL");
+    // SAFETY: a valid C string.
+    let r = unsafe { libc::chmod(path.as_ptr(), (mode & 0o7777) as libc::mode_t) };
+    check(r as i64, "chmod", target(master)).map(drop)
+}
+
+/// An O_PATH descriptor of a pty master's slave node (TIOCGPTPEER).
+fn slave_node(master: BorrowedFd<'_>) -> Result<std::os::fd::OwnedFd> {
+    // SAFETY: TIOCGPTPEER takes open flags by value and returns a new fd.
+    let r = unsafe {
+        libc::ioctl(
+            master.as_raw_fd(),
+            libc::TIOCGPTPEER,
+            libc::O_PATH | libc::O_CLOEXEC,
+        )
+    };
+    check(r as i64, "ioctl(TIOCGPTPEER)", target(master))?;
+    // SAFETY: the ioctl returned a new descriptor we own.
+    Ok(unsafe { std::os::fd::FromRawFd::from_raw_fd(r) })
 }
 
 /// Whether the other side of a pty has been closed (poll reports POLLHUP

@@ -159,9 +159,9 @@ pub struct Inherit {
 impl std::str::FromStr for Inherit {
     type Err = String;
     fn from_str(s: &str) -> std::result::Result<Inherit, String> {
-        let (n, what) = s
-            .split_once(':')
-            .ok_or_else(|| format!("{s:?}: expected FD:KEY, e.g. 3:pipe:[12345] or 0:fd:PID:FD"))?;
+        let (n, what) = s.split_once(':').ok_or_else(|| {
+            format!("{s:?}: expected FD:KEY, e.g. 3:pipe:[12345], 0:tty:[136:4] or 0:fd:PID:FD")
+        })?;
         let fd: i32 = n
             .parse()
             .ok()
@@ -174,12 +174,17 @@ impl std::str::FromStr for Inherit {
             .and_then(|x| x.strip_suffix(']'))
             .is_some_and(ok)
             || what
+                .strip_prefix("tty:[")
+                .and_then(|x| x.strip_suffix(']'))
+                .and_then(|x| x.split_once(':'))
+                .is_some_and(|(a, b)| a.parse::<u32>().is_ok() && b.parse::<u32>().is_ok())
+            || what
                 .strip_prefix("fd:")
                 .and_then(|x| x.split_once(':'))
                 .is_some_and(|(p, f)| p.parse::<i32>().is_ok() && f.parse::<i32>().is_ok());
         if !valid {
             return Err(format!(
-                "{s:?}: {what:?} is neither pipe:[INODE], socket:[INODE] nor fd:PID:FD"
+                "{s:?}: {what:?} is neither pipe:[INODE], socket:[INODE], tty:[MAJOR:MINOR] nor fd:PID:FD"
             ));
         }
         Ok(Inherit {
@@ -218,8 +223,17 @@ impl ExternalPlan {
     /// descriptor connected outside the tree, and godwit's fd is open.
     pub fn new(procs: &[Process], inherit: &[Inherit]) -> Result<ExternalPlan> {
         let externals = list(procs);
+        let ttys: Vec<String> = procs
+            .iter()
+            .flat_map(|p| &p.fds)
+            .filter_map(external_tty_key)
+            .collect();
         let keys: Vec<&str> = {
-            let mut k: Vec<&str> = externals.iter().map(|x| x.key.as_str()).collect();
+            let mut k: Vec<&str> = externals
+                .iter()
+                .map(|x| x.key.as_str())
+                .chain(ttys.iter().map(String::as_str))
+                .collect();
             k.sort_unstable();
             k.dedup();
             k
@@ -246,8 +260,11 @@ impl ExternalPlan {
                             i.fd, i.what
                         )))
                     }
-                    (Some(_), Some(d)) => match external_of(d) {
-                        Some(e) => e.key.clone(),
+                    (Some(_), Some(d)) => match external_of(d)
+                        .map(|e| e.key.clone())
+                        .or_else(|| external_tty_key(d))
+                    {
+                        Some(k) => k,
                         None => {
                             return Err(EngineError::InheritFd(format!(
                                 "--inherit-fd {}:{}: that fd is not connected outside the dumped tree (it is restored as it was); {}",
@@ -296,6 +313,20 @@ impl ExternalPlan {
             lost: Mutex::new(BTreeMap::new()),
             externals,
         })
+    }
+
+    /// For `f`, a slave of a terminal whose master is outside the tree
+    /// (kind TTY, external) that an `--inherit-fd` names: opens godwit's
+    /// descriptor in its place in `r` (with the saved O_NONBLOCK); None
+    /// when no --inherit-fd names its terminal.
+    pub fn open_tty(&self, r: &Remote, f: &Fd) -> Option<Result<u64>> {
+        let key = external_tty_key(f)?;
+        let (_, ours) = self.inherited.get(&key)?;
+        let pid = r.pid;
+        Some((|| {
+            set_nonblock(pid, ours, f.flags & libc::O_NONBLOCK as u32 != 0)?;
+            install(r, ours)
+        })())
     }
 
     /// Whether `f` gets /dev/null as its stand-in (connected outside the
@@ -352,15 +383,7 @@ impl ExternalPlan {
         if let Some((n, ours)) = self.inherited.get(&e.key) {
             // The description is godwit's (and its caller's): O_NONBLOCK
             // is set on it as the process had it.
-            let cur = process::status_flags(ours.as_fd()).restoring(pid, STAGE)?;
-            let want = if nonblock {
-                cur | libc::O_NONBLOCK
-            } else {
-                cur & !libc::O_NONBLOCK
-            };
-            if want != cur {
-                process::set_status_flags(ours.as_fd(), want).restoring(pid, STAGE)?;
-            }
+            set_nonblock(pid, ours, nonblock)?;
             if first {
                 self.refill_inherited(pid, *n, ours, e)?;
             }
@@ -473,6 +496,29 @@ impl ExternalPlan {
     }
 }
 
+/// The key of `f` if it is a terminal slave whose master is outside the
+/// tree (kind TTY, external: dumped with --shell-job): "tty:[MAJOR:MINOR]".
+fn external_tty_key(f: &Fd) -> Option<String> {
+    f.tty
+        .as_ref()
+        .filter(|t| f.kind == FdKind::Tty as i32 && t.external && !t.master)
+        .map(|t| crate::resources::tty::external_key(t.dev))
+}
+
+/// Sets or clears O_NONBLOCK on godwit's (and its caller's) description.
+fn set_nonblock(pid: i32, ours: &OwnedFd, nonblock: bool) -> Result<()> {
+    let cur = process::status_flags(ours.as_fd()).restoring(pid, STAGE)?;
+    let want = if nonblock {
+        cur | libc::O_NONBLOCK
+    } else {
+        cur & !libc::O_NONBLOCK
+    };
+    if want != cur {
+        process::set_status_flags(ours.as_fd(), want).restoring(pid, STAGE)?;
+    }
+    Ok(())
+}
+
 /// Refuses a pipe end given for the other end (a write-only descriptor for
 /// a read end, or a read-only one for a write end): the process could not
 /// use it.
@@ -480,6 +526,12 @@ fn check_access(procs: &[Process], key: &str, i: &Inherit, ours: &OwnedFd) -> Re
     let mode = process::status_flags(ours.as_fd())
         .map_err(|e| EngineError::InheritFd(format!("--inherit-fd {}:{}: {e}", i.fd, i.what)))?
         & libc::O_ACCMODE;
+    if key.starts_with("tty:[") && !godwit_sys::tty::is_terminal(ours.as_fd()) {
+        return Err(EngineError::InheritFd(format!(
+            "--inherit-fd {}:{}: {key} was a terminal and needs a terminal in its place; godwit's fd {} is none",
+            i.fd, i.what, i.fd
+        )));
+    }
     for f in procs.iter().flat_map(|p| &p.fds) {
         let Some(e) = external_of(f).filter(|e| e.key == key) else {
             continue;
@@ -606,6 +658,8 @@ mod tests {
         assert_eq!((i.fd, i.what.as_str()), (3, "pipe:[1234]"));
         let i: Inherit = "0:socket:[77]".parse().unwrap();
         assert_eq!((i.fd, i.what.as_str()), (0, "socket:[77]"));
+        let i: Inherit = "0:tty:[136:4]".parse().unwrap();
+        assert_eq!((i.fd, i.what.as_str()), (0, "tty:[136:4]"));
         let i: Inherit = "4:fd:1200:1".parse().unwrap();
         assert_eq!((i.fd, i.what.as_str()), (4, "fd:1200:1"));
         for bad in [
@@ -616,6 +670,8 @@ mod tests {
             "3:fd:12",
             "-1:pipe:[1]",
             "3:tty:[1]",
+            "3:tty:[136]",
+            "3:tty:[a:1]",
         ] {
             assert!(bad.parse::<Inherit>().is_err(), "{bad}");
         }

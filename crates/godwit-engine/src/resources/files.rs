@@ -1459,7 +1459,10 @@ impl FdPlan {
             let fd = match kind {
                 FdKind::Pipe | FdKind::Epoll | FdKind::UnixSocket | FdKind::Pidfd => continue,
                 FdKind::Tty if f.tty.as_ref().is_some_and(|t| t.external) => {
-                    self.tty.open_external(r, f)?
+                    match self.external.open_tty(r, f) {
+                        Some(fd) => fd?,
+                        None => self.tty.open_external(r, f)?,
+                    }
                 }
                 FdKind::Tty => continue,
                 FdKind::External => self.external.open(r, f)?,

@@ -51,6 +51,13 @@ pub fn dev_name(dev: u64) -> String {
     }
 }
 
+/// What `restore --inherit-fd N:KEY` names a terminal outside the tree by:
+/// "tty:[MAJOR:MINOR]" of its device at dump time (136:N for /dev/pts/N).
+pub fn external_key(dev: u64) -> String {
+    let (ma, mi) = sys::dev_parts(dev);
+    format!("tty:[{ma}:{mi}]")
+}
+
 fn termios_of(t: &sys::Termios) -> Termios {
     Termios {
         iflag: t.iflag,
@@ -136,6 +143,8 @@ pub fn dump(
             t.fg_pgrp = sys::foreground_pgrp(o).dumping(pid, stage)?;
             t.session = sys::session(o).dumping(pid, stage)?.unwrap_or(0);
             t.peer_closed = sys::peer_hung_up(o).dumping(pid, stage)?;
+            (t.slave_uid, t.slave_gid, t.slave_mode) =
+                sys::slave_node_owner(o).dumping(pid, stage)?;
         }
         (PTS_MAJOR, n) => {
             let pts = std::fs::metadata("/dev/pts").map(|m| m.dev()).ok();
@@ -378,9 +387,14 @@ impl CallerTerminal {
 }
 
 /// Refuses a restore whose terminals cannot be made as asked: an image with
-/// terminals outside the tree needs `--shell-job` (`shell`), and the root
-/// cannot join the caller's session while it leads a terminal in the image.
-pub fn check(procs: &[Process], shell: Option<&CallerTerminal>) -> Result<()> {
+/// terminals outside the tree needs `--shell-job` (`shell`) or an
+/// `--inherit-fd` naming each of them (`inherit`), and the root cannot join
+/// the caller's session while it leads a terminal in the image.
+pub fn check(
+    procs: &[Process],
+    shell: Option<&CallerTerminal>,
+    inherit: &[crate::resources::external::Inherit],
+) -> Result<()> {
     let masters: Vec<u32> = procs
         .iter()
         .flat_map(|p| &p.fds)
@@ -389,10 +403,37 @@ pub fn check(procs: &[Process], shell: Option<&CallerTerminal>) -> Result<()> {
         .map(|t| t.index)
         .collect();
     if shell.is_none() {
+        // The terminals --inherit-fd names, by key or by one of their fds.
+        let named: Vec<String> = inherit
+            .iter()
+            .filter_map(|i| {
+                let Some(pf) = i.what.strip_prefix("fd:") else {
+                    return Some(i.what.clone());
+                };
+                let (p, f) = pf.split_once(':')?;
+                let (p, f) = (p.parse::<i32>().ok()?, f.parse::<i32>().ok()?);
+                procs
+                    .iter()
+                    .find(|x| x.pid == p)?
+                    .fds
+                    .iter()
+                    .find(|d| d.fd == f)
+                    .and_then(tty_of)
+                    .filter(|t| t.external)
+                    .map(|t| external_key(t.dev))
+            })
+            .collect();
         for p in procs {
-            if let Some(f) = p.fds.iter().find(|f| tty_of(f).is_some_and(|t| t.external)) {
+            for f in &p.fds {
+                let Some(t) = tty_of(f).filter(|t| t.external) else {
+                    continue;
+                };
+                let key = external_key(t.dev);
+                if named.contains(&key) {
+                    continue;
+                }
                 return Err(EngineError::Terminal(format!(
-                    "process {} fd {} was on {}, a terminal outside the dumped tree (the image was made with dump --shell-job); restore it with --shell-job from a terminal",
+                    "process {} fd {} was on {}, a terminal outside the dumped tree ({key}; the image was made with dump --shell-job); restore it with --shell-job from a terminal, or give a terminal of yours in its place with --inherit-fd N:{key}",
                     p.pid, f.fd, f.path
                 )));
             }
@@ -538,8 +579,10 @@ impl TtyPlan {
     pub fn open_external(&self, r: &Remote, f: &Fd) -> Result<u64> {
         let shell = self.shell.as_ref().ok_or_else(|| {
             EngineError::Terminal(format!(
-                "process {} fd {} was on a terminal outside the dumped tree; restore it with --shell-job from a terminal",
-                r.pid, f.fd
+                "process {} fd {} was on a terminal outside the dumped tree; restore it with --shell-job from a terminal, or with --inherit-fd N:{}",
+                r.pid,
+                f.fd,
+                f.tty.as_ref().map_or_else(|| "tty:[MAJOR:MINOR]".into(), |t| external_key(t.dev))
             ))
         })?;
         open_in(r, &shell.path, f.flags)
@@ -728,6 +771,11 @@ fn create_pair(r: &Remote, pair: &Pair) -> Result<Vec<(u64, u64)>> {
         r.call("close", libc::SYS_close, [s, 0, 0, 0, 0, 0])
             .restoring(pid, STAGE)?;
     }
+    if mt.slave_mode != 0 {
+        // Older images recorded none: devpts' defaults stay.
+        sys::set_slave_node_owner(o, mt.slave_uid, mt.slave_gid, mt.slave_mode)
+            .restoring(pid, "giving the pty's slave node its owner and mode back")?;
+    }
     if mt.locked {
         sys::set_pty_locked(o, true).restoring(pid, STAGE)?;
     }
@@ -756,6 +804,7 @@ mod tests {
         assert_eq!(dev_name(libc::makedev(5, 1)), "/dev/console");
         assert_eq!(dev_name(libc::makedev(4, 2)), "/dev/tty2");
         assert_eq!(dev_name(libc::makedev(4, 65)), "/dev/ttyS1");
+        assert_eq!(external_key(libc::makedev(136, 7)), "tty:[136:7]");
     }
 
     #[test]
