@@ -1052,6 +1052,7 @@ pub fn check(fds: &[Fd], allow_changes: bool) -> Result<()> {
                 | FdKind::TimerFd
                 | FdKind::SignalFd
                 | FdKind::Inotify
+                | FdKind::Fanotify
                 | FdKind::Memfd
                 | FdKind::Tty
                 | FdKind::External
@@ -1463,7 +1464,11 @@ impl FdPlan {
                 }
                 FdKind::Tty => continue,
                 FdKind::External => self.external.open(r, f)?,
-                FdKind::EventFd | FdKind::TimerFd | FdKind::SignalFd | FdKind::Inotify => {
+                FdKind::EventFd
+                | FdKind::TimerFd
+                | FdKind::SignalFd
+                | FdKind::Inotify
+                | FdKind::Fanotify => {
                     let fd = anon::restore(r, f)?;
                     r.call(
                         "fcntl(F_SETFL)",
