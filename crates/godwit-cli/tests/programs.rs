@@ -34,6 +34,7 @@ case!(unixcreds);
 case!(unixrights);
 case!(cowbusy);
 case!(fanotify);
+case!(inotifydel);
 
 /// fanotify groups that cannot be restored exactly are refused, naming
 /// the fd and why, and the program runs on: one whose marks ask for
@@ -60,6 +61,27 @@ fn fanotify_refused() {
         );
         assert_eq!(p.verdict(), "PASS", "{mode}: the program did not run on");
     }
+}
+
+/// An inotify watch on a deleted file that no descriptor of the process
+/// holds (only a shared mapping does) is refused at dump time, naming the
+/// fd and the watch; the program's watch works on.
+#[test]
+fn inotifydel_mapped_refused() {
+    let p = common::Proc::test_prog_with("inotifydel", &["mapped"]);
+    let img = p.images();
+    let pid = p.pid.to_string();
+    let out = common::godwit(&["dump", "--pid", &pid, "--images", img.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "dump succeeded");
+    assert!(
+        err.contains("fd 4")
+            && err.contains("inotify watch 1")
+            && err.contains("not held open by the process"),
+        "{err}"
+    );
+    assert!(!common::gone(p.pid), "the refused dump ended the process");
+    assert_eq!(p.verdict(), "PASS", "the program did not run on");
 }
 
 /// An AIO context (io_setup) is refused at dump time, naming the context

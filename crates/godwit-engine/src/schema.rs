@@ -870,6 +870,11 @@ pub struct InotifyWatch {
     pub path: String,
     #[prost(uint32, tag = "3")]
     pub mask: u32,
+    /// A watch on a deleted file that a descriptor of the same process
+    /// holds: that descriptor's `Fd::node_id` (`path` is where the file
+    /// was). 0: the watch is on `path`.
+    #[prost(uint64, tag = "4")]
+    pub node_id: u64,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]

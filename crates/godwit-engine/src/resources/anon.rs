@@ -181,8 +181,22 @@ fn dump_inotify(pid: i32, fd: i32, read_info: &dyn Fn() -> Result<String>) -> Re
         ));
     }
     let mounts = mounts_by_device();
+    let held = deleted_held(pid);
     let mut watches = Vec::with_capacity(raw.len());
     for w in &raw {
+        if let Some(path) = held.get(&(w.sdev, w.ino)) {
+            watches.push(InotifyWatch {
+                wd: w.wd,
+                path: path.clone(),
+                mask: w.mask & !IN_ADD_FLAGS,
+                node_id: crate::resources::memory::shmem_id(
+                    (w.sdev >> 20) as u32,
+                    (w.sdev & 0xfffff) as u32,
+                    w.ino,
+                ),
+            });
+            continue;
+        }
         let path = watch_path(w, &mounts).map_err(|why| {
             unsupported(
                 pid,
@@ -200,12 +214,42 @@ fn dump_inotify(pid: i32, fd: i32, read_info: &dyn Fn() -> Result<String>) -> Re
             wd: w.wd,
             path,
             mask: w.mask & !IN_ADD_FLAGS,
+            node_id: 0,
         });
     }
     Ok(AnonFd {
         watches,
         ..Default::default()
     })
+}
+
+/// The deleted files (link count 0) that descriptors of `pid` hold, by
+/// (kernel device, inode): the path each was at, as its fd's link shows it
+/// without " (deleted)". The deleted-files code makes them again at restore
+/// (Fd::node_id), and an inotify watch on one is added again on that file.
+fn deleted_held(pid: i32) -> std::collections::HashMap<(u64, u64), String> {
+    let mut out = std::collections::HashMap::new();
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return out;
+    };
+    for e in dir.flatten() {
+        let Ok(link) = std::fs::read_link(e.path()) else {
+            continue;
+        };
+        let Some(path) = link.to_str().and_then(|l| l.strip_suffix(" (deleted)")) else {
+            continue;
+        };
+        if !path.starts_with('/') {
+            continue;
+        }
+        match std::fs::metadata(e.path()) {
+            Ok(md) if md.nlink() == 0 && md.file_type().is_file() => {
+                out.insert((kernel_dev(md.dev()), md.ino()), path.to_string());
+            }
+            _ => {}
+        }
+    }
+    out
 }
 
 /// fanotify mark flags that fdinfo shows (`mflags:`).
@@ -673,7 +717,7 @@ fn watch_path(w: &RawWatch, mounts: &[(u64, String)]) -> Result<String, String> 
         let fd = match opened {
             Ok(fd) => fd,
             Err(e) if e.errno() == Some(libc::ESTALE) => {
-                return Err("its file was deleted".into());
+                return Err("its file was deleted and is not held open by the process".into());
             }
             Err(e) => {
                 last = e.to_string();
@@ -691,7 +735,9 @@ fn watch_path(w: &RawWatch, mounts: &[(u64, String)]) -> Result<String, String> 
             return Err(format!("its path {} is not UTF-8", link.display()));
         };
         if path.ends_with(" (deleted)") {
-            return Err(format!("its file was deleted ({path})"));
+            return Err(format!(
+                "its file was deleted ({path}) and is not held open by the process"
+            ));
         }
         match std::fs::symlink_metadata(path) {
             Ok(md) if md.ino() == w.ino && kernel_dev(md.dev()) == w.sdev => {
@@ -707,10 +753,14 @@ fn watch_path(w: &RawWatch, mounts: &[(u64, String)]) -> Result<String, String> 
     Err(format!("its path could not be found: {last}"))
 }
 
+/// Gives the temporary path of a deleted file being made again (by its
+/// `Fd::node_id`) to a function, while that path exists.
+pub type AtNode<'a> = dyn Fn(u64, &dyn Fn(&str) -> Result<u64>) -> Result<u64> + 'a;
+
 /// Creates the descriptor again in the restored process; returns its number
 /// there (any number: the caller moves it into place). Uses scratch bytes
-/// [0, 12288).
-pub fn restore(r: &Remote, f: &Fd) -> Result<u64> {
+/// [0, 12288). `at_node`: for inotify watches on deleted files.
+pub fn restore(r: &Remote, f: &Fd, at_node: &AtNode) -> Result<u64> {
     let a = f.anon.as_ref().ok_or_else(|| {
         EngineError::BadImage(format!(
             "fd {} is an anonymous descriptor without its state",
@@ -721,7 +771,7 @@ pub fn restore(r: &Remote, f: &Fd) -> Result<u64> {
         Ok(FdKind::EventFd) => restore_eventfd(r, a),
         Ok(FdKind::TimerFd) => restore_timerfd(r, a),
         Ok(FdKind::SignalFd) => restore_signalfd(r, a),
-        Ok(FdKind::Inotify) => restore_inotify(r, f.fd, a),
+        Ok(FdKind::Inotify) => restore_inotify(r, f.fd, a, at_node),
         Ok(FdKind::Fanotify) => restore_fanotify(r, f.fd, a),
         _ => Err(EngineError::BadImage(format!(
             "fd {}: not an anonymous descriptor (kind {})",
@@ -837,7 +887,7 @@ fn restore_signalfd(r: &Remote, a: &AnonFd) -> Result<u64> {
     .restoring(pid, stage)
 }
 
-fn restore_inotify(r: &Remote, fd_no: i32, a: &AnonFd) -> Result<u64> {
+fn restore_inotify(r: &Remote, fd_no: i32, a: &AnonFd, at_node: &AtNode) -> Result<u64> {
     let pid = r.pid;
     let stage = "creating inotify instances";
     let mut watches: Vec<&InotifyWatch> = a.watches.iter().collect();
@@ -861,8 +911,8 @@ fn restore_inotify(r: &Remote, fd_no: i32, a: &AnonFd) -> Result<u64> {
             [libc::IN_NONBLOCK as u64, 0, 0, 0, 0, 0],
         )
         .restoring(pid, stage)?;
-    let add = |w: &InotifyWatch| -> Result<i32> {
-        let p = r.put_cstr(0, &w.path).restoring(pid, stage)?;
+    let add = |w: &InotifyWatch, path: &str| -> Result<i32> {
+        let p = r.put_cstr(0, path).restoring(pid, stage)?;
         let mask = (w.mask & !IN_ADD_FLAGS) | libc::IN_DONT_FOLLOW;
         let wd = r
             .call(
@@ -879,37 +929,54 @@ fn restore_inotify(r: &Remote, fd_no: i32, a: &AnonFd) -> Result<u64> {
             })?;
         Ok(wd as i32)
     };
-    let mut next = 1;
-    let mut skipped = 0u64;
+    let next = std::cell::Cell::new(1);
+    let skipped = std::cell::Cell::new(0u64);
+    let mut on_deleted = false;
     for w in watches {
-        // Use up the number of each removed watch with a watch added and
-        // removed again (on the same file: it is not watched yet).
-        while next < w.wd {
-            let got = add(w)?;
-            if got != next {
+        // Uses up the number of each removed watch with a watch added and
+        // removed again (on the same file: it is not watched yet), then
+        // adds the watch.
+        let watch = |path: &str| -> Result<u64> {
+            while next.get() < w.wd {
+                let got = add(w, path)?;
+                if got != next.get() {
+                    return Err(bad(format!(
+                        "skipping removed watch {} got watch number {got}",
+                        next.get()
+                    )));
+                }
+                r.call(
+                    "inotify_rm_watch",
+                    libc::SYS_inotify_rm_watch,
+                    [fd, got as u64, 0, 0, 0, 0],
+                )
+                .restoring(pid, stage)?;
+                next.set(next.get() + 1);
+                skipped.set(skipped.get() + 1);
+            }
+            let got = add(w, path)?;
+            if got != w.wd {
                 return Err(bad(format!(
-                    "skipping removed watch {next} got watch number {got}"
+                    "the watch on {} got number {got} instead of {}",
+                    w.path, w.wd
                 )));
             }
-            r.call(
-                "inotify_rm_watch",
-                libc::SYS_inotify_rm_watch,
-                [fd, got as u64, 0, 0, 0, 0],
-            )
-            .restoring(pid, stage)?;
-            next += 1;
-            skipped += 1;
+            next.set(w.wd + 1);
+            Ok(0)
+        };
+        if w.node_id != 0 {
+            // The deleted file, made again under a temporary name: watched
+            // there before the name is removed again.
+            at_node(w.node_id, &watch)?;
+            on_deleted = true;
+        } else {
+            watch(&w.path)?;
         }
-        let got = add(w)?;
-        if got != w.wd {
-            return Err(bad(format!(
-                "the watch on {} got number {got} instead of {}",
-                w.path, w.wd
-            )));
-        }
-        next = w.wd + 1;
     }
-    if skipped > 0 {
+    let skipped = skipped.get();
+    // Events of the restore itself: IN_IGNORED of skipped numbers, and
+    // those of deleted files made again (their name removed: IN_ATTRIB).
+    if skipped > 0 || on_deleted {
         // Each read takes up to 256 IN_IGNORED events (16 bytes each); stop
         // in any case once those are surely gone.
         const BUF: u64 = 4096;
