@@ -43,7 +43,13 @@
 //!   Events not yet read at dump time cannot be put back: such a dump is
 //!   refused (retry it). The next wd the kernel hands out after the restore
 //!   is one more than the highest watch (the original may have been further
-//!   along if its newest watches were removed).
+//!   along if its newest watches were removed). A watch on a deleted
+//!   regular file that a descriptor of the same process holds is kept by
+//!   that file's node id (`InotifyWatch::node_id`): on restore it is added
+//!   on the file the deleted-files code makes again, while it has its
+//!   temporary name (the caller creates such an instance after the
+//!   process's other descriptors), and the events of the restore are read
+//!   away.
 //! - fanotify: the fanotify_init flags and event_f_flags (fdinfo's
 //!   `fanotify flags:` line) and each mark: on an inode (its path found from
 //!   its file handle as for inotify), a mount (its mount point, by mount id
