@@ -35,6 +35,79 @@ case!(unixrights);
 case!(cowbusy);
 case!(ptysig);
 case!(ptyfg);
+case!(fanotify);
+case!(inotifydel);
+
+/// fanotify groups that cannot be restored exactly are refused, naming
+/// the fd and why, and the program runs on: one whose marks ask for
+/// permission events, one holding events not yet read.
+#[test]
+fn fanotify_refused() {
+    for (mode, why) in [
+        ("perm", "asks for permission events"),
+        ("queued", "events not yet read"),
+    ] {
+        let p = common::Proc::test_prog_with("fanotify", &[mode]);
+        let img = p.images();
+        let pid = p.pid.to_string();
+        let out = common::godwit(&["dump", "--pid", &pid, "--images", img.to_str().unwrap()]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{mode}: dump succeeded");
+        assert!(
+            err.contains("fd 3") && err.contains("fanotify") && err.contains(why),
+            "{mode}: {err}"
+        );
+        assert!(
+            !common::gone(p.pid),
+            "{mode}: the refused dump ended the process"
+        );
+        assert_eq!(p.verdict(), "PASS", "{mode}: the program did not run on");
+    }
+}
+
+/// An inotify watch on a deleted file that no descriptor of the process
+/// holds (only a shared mapping does) is refused at dump time, naming the
+/// fd and the watch; the program's watch works on.
+#[test]
+fn inotifydel_mapped_refused() {
+    let p = common::Proc::test_prog_with("inotifydel", &["mapped"]);
+    let img = p.images();
+    let pid = p.pid.to_string();
+    let out = common::godwit(&["dump", "--pid", &pid, "--images", img.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "dump succeeded");
+    assert!(
+        err.contains("fd 4")
+            && err.contains("inotify watch 1")
+            && err.contains("not held open by the process"),
+        "{err}"
+    );
+    assert!(!common::gone(p.pid), "the refused dump ended the process");
+    assert_eq!(p.verdict(), "PASS", "the program did not run on");
+}
+
+/// An AIO context (io_setup) is refused at dump time, naming the context
+/// and its ring, and the program's context works on.
+#[test]
+fn aio_refused() {
+    let p = common::Proc::test_prog("aio");
+    let ctx = std::fs::read_to_string(p.path("ctx")).unwrap();
+    let img = p.images();
+    let pid = p.pid.to_string();
+    for extra in [&[][..], &["--leave-running"][..]] {
+        let mut args = vec!["dump", "--pid", &pid, "--images", img.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        let out = common::godwit(&args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "dump {extra:?} succeeded");
+        assert!(
+            err.contains(&format!("AIO context {}", ctx.trim())) && err.contains("io_setup"),
+            "{err}"
+        );
+        assert!(!common::gone(p.pid), "the refused dump ended the process");
+    }
+    assert_eq!(p.verdict(), "PASS", "the AIO context did not work on");
+}
 
 /// A unix socket in flight whose own queue carries descriptors is not
 /// kept: the dump is refused naming the socket whose queue carries it and

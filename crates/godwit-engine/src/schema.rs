@@ -567,6 +567,10 @@ pub enum FdKind {
     /// A netlink socket (Fd::socket): protocol, port id (`addr`), groups,
     /// connected peer, options.
     NetlinkSocket = 22,
+    /// A fanotify group (Fd::anon): fanotify_init flags in `flags`, the
+    /// event files' flags in `fanotify_event_flags`, the marks in
+    /// `fanotify_marks`.
+    Fanotify = 25,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -831,6 +835,41 @@ pub struct AnonFd {
     /// inotify: the watches.
     #[prost(message, repeated, tag = "8")]
     pub watches: Vec<InotifyWatch>,
+    /// fanotify: the open flags of the files events carry (fanotify_init's
+    /// event_f_flags).
+    #[prost(uint32, tag = "20")]
+    pub fanotify_event_flags: u32,
+    /// fanotify: the marks.
+    #[prost(message, repeated, tag = "21")]
+    pub fanotify_marks: Vec<FanotifyMark>,
+}
+
+/// What a fanotify mark is on (FanotifyMark::target).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, prost::Enumeration)]
+#[repr(i32)]
+pub enum FanotifyTarget {
+    /// One file or directory (`path` is that file).
+    Inode = 0,
+    /// A mount (`path` is its mount point).
+    Mount = 1,
+    /// A whole filesystem (`path` is a mount point of it).
+    Filesystem = 2,
+}
+
+/// One mark of a fanotify group.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct FanotifyMark {
+    #[prost(enumeration = "FanotifyTarget", tag = "1")]
+    pub target: i32,
+    #[prost(string, tag = "2")]
+    pub path: String,
+    /// FAN_MARK_IGNORED_SURV_MODIFY, FAN_MARK_EVICTABLE, FAN_MARK_IGNORE.
+    #[prost(uint32, tag = "3")]
+    pub mflags: u32,
+    #[prost(uint32, tag = "4")]
+    pub mask: u32,
+    #[prost(uint32, tag = "5")]
+    pub ignored_mask: u32,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -841,6 +880,11 @@ pub struct InotifyWatch {
     pub path: String,
     #[prost(uint32, tag = "3")]
     pub mask: u32,
+    /// A watch on a deleted file that a descriptor of the same process
+    /// holds: that descriptor's `Fd::node_id` (`path` is where the file
+    /// was). 0: the watch is on `path`.
+    #[prost(uint64, tag = "4")]
+    pub node_id: u64,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]

@@ -1,4 +1,5 @@
-//! Anonymous-inode descriptors: eventfd, timerfd, signalfd, inotify.
+//! Anonymous-inode descriptors: eventfd, timerfd, signalfd, inotify,
+//! fanotify.
 //!
 //! The dump side reads their state from /proc/PID/fdinfo/FD; the restore
 //! side creates them again by injected syscalls in the restored process. The
@@ -42,11 +43,31 @@
 //!   Events not yet read at dump time cannot be put back: such a dump is
 //!   refused (retry it). The next wd the kernel hands out after the restore
 //!   is one more than the highest watch (the original may have been further
-//!   along if its newest watches were removed).
+//!   along if its newest watches were removed). A watch on a deleted
+//!   regular file that a descriptor of the same process holds is kept by
+//!   that file's node id (`InotifyWatch::node_id`): on restore it is added
+//!   on the file the deleted-files code makes again, while it has its
+//!   temporary name (the caller creates such an instance after the
+//!   process's other descriptors), and the events of the restore are read
+//!   away.
+//! - fanotify: the fanotify_init flags and event_f_flags (fdinfo's
+//!   `fanotify flags:` line) and each mark: on an inode (its path found from
+//!   its file handle as for inotify), a mount (its mount point, by mount id
+//!   in godwit's /proc/self/mountinfo, refused when another mount hides it)
+//!   or a filesystem (a mount point of its device), with its mask, ignore
+//!   mask and flags (FAN_MARK_IGNORED_SURV_MODIFY, FAN_MARK_EVICTABLE,
+//!   FAN_MARK_IGNORE). Marks are added again in the opposite order of
+//!   fdinfo's (the kernel lists the newest first), so the list reads the
+//!   same. A mark left with both masks empty (an ignore mask cleared by a
+//!   modification) has no effect and cannot be made again: it is not kept.
+//!   Refused: events queued and not read (retry the dump), marks that
+//!   ask for permission events (a permission event read and not yet
+//!   answered cannot be seen, and would be lost), marks of other kinds, and
+//!   marks whose file, mount or filesystem cannot be found.
 
 use crate::error::{DumpCtx, EngineError, RestoreCtx, Result};
 use crate::remote::Remote;
-use crate::schema::{AnonFd, Fd, FdKind, InotifyWatch};
+use crate::schema::{AnonFd, FanotifyMark, FanotifyTarget, Fd, FdKind, InotifyWatch};
 use godwit_sys::{handle, proc, process, SysError};
 use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
@@ -94,6 +115,7 @@ pub fn dump(pid: i32, fd: i32, name: &str, e: &mut Fd) -> Result<()> {
         "[timerfd]" => FdKind::TimerFd,
         "[signalfd]" => FdKind::SignalFd,
         "inotify" => FdKind::Inotify,
+        "[fanotify]" => FdKind::Fanotify,
         _ => return Err(unsupported(pid, fd, describe_unsupported(name))),
     };
     let read_info = || {
@@ -133,6 +155,7 @@ pub fn dump(pid: i32, fd: i32, name: &str, e: &mut Fd) -> Result<()> {
             sigmask: parse_signalfd(&read_info()?).map_err(|d| bad_fdinfo(pid, fd, d))?,
             ..Default::default()
         },
+        FdKind::Fanotify => dump_fanotify(pid, fd, &read_info)?,
         // The kind left: FdKind::Inotify.
         _ => dump_inotify(pid, fd, &read_info)?,
     };
@@ -164,8 +187,22 @@ fn dump_inotify(pid: i32, fd: i32, read_info: &dyn Fn() -> Result<String>) -> Re
         ));
     }
     let mounts = mounts_by_device();
+    let held = deleted_held(pid);
     let mut watches = Vec::with_capacity(raw.len());
     for w in &raw {
+        if let Some(path) = held.get(&(w.sdev, w.ino)) {
+            watches.push(InotifyWatch {
+                wd: w.wd,
+                path: path.clone(),
+                mask: w.mask & !IN_ADD_FLAGS,
+                node_id: crate::resources::memory::shmem_id(
+                    (w.sdev >> 20) as u32,
+                    (w.sdev & 0xfffff) as u32,
+                    w.ino,
+                ),
+            });
+            continue;
+        }
         let path = watch_path(w, &mounts).map_err(|why| {
             unsupported(
                 pid,
@@ -183,12 +220,172 @@ fn dump_inotify(pid: i32, fd: i32, read_info: &dyn Fn() -> Result<String>) -> Re
             wd: w.wd,
             path,
             mask: w.mask & !IN_ADD_FLAGS,
+            node_id: 0,
         });
     }
     Ok(AnonFd {
         watches,
         ..Default::default()
     })
+}
+
+/// The deleted files (link count 0) that descriptors of `pid` hold, by
+/// (kernel device, inode): the path each was at, as its fd's link shows it
+/// without " (deleted)". The deleted-files code makes them again at restore
+/// (Fd::node_id), and an inotify watch on one is added again on that file.
+fn deleted_held(pid: i32) -> std::collections::HashMap<(u64, u64), String> {
+    let mut out = std::collections::HashMap::new();
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return out;
+    };
+    for e in dir.flatten() {
+        let Ok(link) = std::fs::read_link(e.path()) else {
+            continue;
+        };
+        let Some(path) = link.to_str().and_then(|l| l.strip_suffix(" (deleted)")) else {
+            continue;
+        };
+        if !path.starts_with('/') {
+            continue;
+        }
+        match std::fs::metadata(e.path()) {
+            Ok(md) if md.nlink() == 0 && md.file_type().is_file() => {
+                out.insert((kernel_dev(md.dev()), md.ino()), path.to_string());
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+/// fanotify mark flags that fdinfo shows (`mflags:`).
+const FAN_MARK_IGNORED_SURV_MODIFY: u32 = 0x40;
+const FAN_MARK_EVICTABLE: u32 = 0x200;
+const FAN_MARK_IGNORE: u32 = 0x400;
+const FAN_MARK_SHOWN: u32 = FAN_MARK_IGNORED_SURV_MODIFY | FAN_MARK_EVICTABLE | FAN_MARK_IGNORE;
+/// fanotify_mark flags used on restore.
+const FAN_MARK_ADD: u32 = 0x1;
+const FAN_MARK_DONT_FOLLOW: u32 = 0x4;
+const FAN_MARK_IGNORED_MASK: u32 = 0x20;
+const FAN_MARK_MOUNT: u32 = 0x10;
+const FAN_MARK_FILESYSTEM: u32 = 0x100;
+/// Permission events (FAN_OPEN_PERM, FAN_ACCESS_PERM, FAN_OPEN_EXEC_PERM,
+/// FAN_PRE_ACCESS and any later ones in that byte).
+const FAN_PERM_EVENTS: u32 = 0x00ff_0000;
+
+/// The flags and marks of fanotify descriptor `fd` of `pid`.
+fn dump_fanotify(pid: i32, fd: i32, read_info: &dyn Fn() -> Result<String>) -> Result<AnonFd> {
+    let stage = "reading fanotify groups";
+    let pidfd = process::pidfd_open(pid).dumping(pid, stage)?;
+    let ours = process::pidfd_getfd(&pidfd, fd).dumping(pid, stage)?;
+    let unread = process::pipe_pending(&ours).dumping(pid, stage)?;
+    if unread > 0 {
+        return Err(unsupported(
+            pid,
+            fd,
+            format!("a fanotify group with {unread} bytes of events not yet read, which cannot be queued again; retry the dump"),
+        ));
+    }
+    let info = parse_fanotify(&read_info()?).map_err(|d| bad_fdinfo(pid, fd, d))?;
+    let mounts = mounts_by_device();
+    let mount_ids = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mut marks = Vec::with_capacity(info.marks.len());
+    // fdinfo lists the newest mark first: the image keeps them oldest first.
+    for m in info.marks.iter().rev() {
+        let refuse = |why: String| {
+            unsupported(
+                pid,
+                fd,
+                format!("a fanotify group's mark on {}: {why}", m.what()),
+            )
+        };
+        if (m.mask | m.ignored_mask) & FAN_PERM_EVENTS != 0 {
+            return Err(refuse(format!(
+                "it asks for permission events (mask {:#x}); one read and not yet answered cannot be seen and would be lost",
+                m.mask
+            )));
+        }
+        if m.mask == 0 && m.ignored_mask == 0 {
+            // An ignore mask without FAN_MARK_IGNORED_SURV_MODIFY is cleared
+            // by the next modification; the mark is left with no effect on
+            // any event, and fanotify_mark cannot make such a mark.
+            tracing::info!(pid, fd, mark = %m.what(), "a fanotify mark with empty masks (no effect) is not kept");
+            continue;
+        }
+        if m.mflags & !FAN_MARK_SHOWN != 0 {
+            return Err(refuse(format!("unknown mark flags {:#x}", m.mflags)));
+        }
+        let (target, path) = match m.on {
+            MarkOn::Inode {
+                ino,
+                sdev,
+                ref handle,
+            } => {
+                let w = RawWatch {
+                    wd: 0,
+                    ino,
+                    sdev,
+                    mask: m.mask,
+                    handle: handle.clone(),
+                };
+                (
+                    FanotifyTarget::Inode,
+                    watch_path(&w, &mounts).map_err(refuse)?,
+                )
+            }
+            MarkOn::Mount(id) => (
+                FanotifyTarget::Mount,
+                mount_point_of(&mount_ids, id).map_err(refuse)?,
+            ),
+            MarkOn::Filesystem(sdev) => {
+                let point = mounts
+                    .iter()
+                    .find(|(d, _)| *d == sdev)
+                    .map(|(_, p)| p.clone())
+                    .ok_or_else(|| {
+                        refuse("no mount of that filesystem is visible to godwit".into())
+                    })?;
+                (FanotifyTarget::Filesystem, point)
+            }
+        };
+        marks.push(FanotifyMark {
+            target: target as i32,
+            path,
+            mflags: m.mflags,
+            mask: m.mask,
+            ignored_mask: m.ignored_mask,
+        });
+    }
+    Ok(AnonFd {
+        // Kept whole: the group remembers FAN_CLOEXEC and FAN_NONBLOCK too
+        // (fdinfo shows them); the fd's own flags are set afterwards.
+        flags: info.flags,
+        fanotify_event_flags: info.event_flags,
+        fanotify_marks: marks,
+        ..Default::default()
+    })
+}
+
+/// The mount point of the mount with id `id` in mountinfo `text`, refused
+/// when a later mount on the same point hides it.
+fn mount_point_of(text: &str, id: u64) -> Result<String, String> {
+    let entries: Vec<(u64, String)> = text
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            Some((f.first()?.parse().ok()?, unescape_octal(f.get(4)?)))
+        })
+        .collect();
+    let Some(pos) = entries.iter().position(|(i, _)| *i == id) else {
+        return Err(format!("mount {id} is not visible to godwit"));
+    };
+    let point = &entries[pos].1;
+    if entries[pos + 1..].iter().any(|(_, p)| p == point) {
+        return Err(format!(
+            "mount {id} on {point} is hidden by another mount on it"
+        ));
+    }
+    Ok(point.clone())
 }
 
 /// What an unsupported anonymous descriptor is, for the error message.
@@ -309,21 +506,7 @@ fn parse_inotify(text: &str) -> Result<Vec<RawWatch>, String> {
         };
         let req = |key: &str| get(key).ok_or_else(|| format!("no {key} in {line:?}"));
         let wd = hex(req("wd")?, "wd")?;
-        let handle = match (get("fhandle-bytes"), get("fhandle-type"), get("f_handle")) {
-            (Some(n), Some(t), Some(h)) => {
-                let n = hex(n, "fhandle-bytes")? as usize;
-                let t = hex(t, "fhandle-type")? as i32;
-                if h.len() != 2 * n || n > handle::MAX_HANDLE_BYTES {
-                    return Err(format!("bad f_handle in {line:?}"));
-                }
-                let bytes = (0..n)
-                    .map(|i| u8::from_str_radix(&h[2 * i..2 * i + 2], 16))
-                    .collect::<Result<Vec<u8>, _>>()
-                    .map_err(|_| format!("bad f_handle in {line:?}"))?;
-                Some((t, bytes))
-            }
-            _ => None,
-        };
+        let handle = parse_handle(&get, line)?;
         out.push(RawWatch {
             wd: i32::try_from(wd)
                 .ok()
@@ -340,6 +523,116 @@ fn parse_inotify(text: &str) -> Result<Vec<RawWatch>, String> {
         return Err("two watches with the same wd".into());
     }
     Ok(out)
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum MarkOn {
+    Inode {
+        ino: u64,
+        sdev: u64,
+        handle: Option<(i32, Vec<u8>)>,
+    },
+    Mount(u64),
+    Filesystem(u64),
+}
+
+#[derive(Debug, PartialEq, Eq)]
+struct RawMark {
+    on: MarkOn,
+    mflags: u32,
+    mask: u32,
+    ignored_mask: u32,
+}
+
+impl RawMark {
+    fn what(&self) -> String {
+        match &self.on {
+            MarkOn::Inode { ino, sdev, .. } => {
+                format!("inode {ino} of device {}:{}", sdev >> 20, sdev & 0xfffff)
+            }
+            MarkOn::Mount(id) => format!("mount {id}"),
+            MarkOn::Filesystem(sdev) => {
+                format!("the filesystem of device {}:{}", sdev >> 20, sdev & 0xfffff)
+            }
+        }
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+struct FanotifyInfo {
+    flags: u32,
+    event_flags: u32,
+    /// In fdinfo's order (newest first).
+    marks: Vec<RawMark>,
+}
+
+/// The `fhandle-bytes:N fhandle-type:T f_handle:HEX` of an fdinfo line.
+fn parse_handle<'a>(
+    get: &dyn Fn(&str) -> Option<&'a str>,
+    line: &str,
+) -> Result<Option<(i32, Vec<u8>)>, String> {
+    let (Some(n), Some(t), Some(h)) = (get("fhandle-bytes"), get("fhandle-type"), get("f_handle"))
+    else {
+        return Ok(None);
+    };
+    let n = hex(n, "fhandle-bytes")? as usize;
+    let t = hex(t, "fhandle-type")? as i32;
+    if h.len() != 2 * n || n > handle::MAX_HANDLE_BYTES {
+        return Err(format!("bad f_handle in {line:?}"));
+    }
+    let bytes = (0..n)
+        .map(|i| u8::from_str_radix(&h[2 * i..2 * i + 2], 16))
+        .collect::<Result<Vec<u8>, _>>()
+        .map_err(|_| format!("bad f_handle in {line:?}"))?;
+    Ok(Some((t, bytes)))
+}
+
+/// The flags and marks of a fanotify fdinfo.
+fn parse_fanotify(text: &str) -> Result<FanotifyInfo, String> {
+    let mut flags = None;
+    let mut marks = Vec::new();
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix("fanotify ") else {
+            continue;
+        };
+        let get = |key: &str| {
+            rest.split_whitespace()
+                .find_map(|w| w.strip_prefix(key).and_then(|r| r.strip_prefix(':')))
+        };
+        let req = |key: &str| get(key).ok_or_else(|| format!("no {key} in {line:?}"));
+        if let Some(f) = get("flags") {
+            flags = Some((
+                hex(f, "flags")? as u32,
+                hex(req("event-flags")?, "event-flags")? as u32,
+            ));
+            continue;
+        }
+        let on = if let Some(ino) = get("ino") {
+            MarkOn::Inode {
+                ino: hex(ino, "ino")?,
+                sdev: hex(req("sdev")?, "sdev")?,
+                handle: parse_handle(&get, line)?,
+            }
+        } else if let Some(id) = get("mnt_id") {
+            MarkOn::Mount(hex(id, "mnt_id")?)
+        } else if let Some(dev) = get("sdev") {
+            MarkOn::Filesystem(hex(dev, "sdev")?)
+        } else {
+            return Err(format!("a fanotify mark of an unknown kind: {line:?}"));
+        };
+        marks.push(RawMark {
+            on,
+            mflags: hex(req("mflags")?, "mflags")? as u32,
+            mask: hex(req("mask")?, "mask")? as u32,
+            ignored_mask: hex(req("ignored_mask")?, "ignored_mask")? as u32,
+        });
+    }
+    let (flags, event_flags) = flags.ok_or("no \"fanotify flags:\" line")?;
+    Ok(FanotifyInfo {
+        flags,
+        event_flags,
+        marks,
+    })
 }
 
 /// Mount points of ours, per device (the kernel's major << 20 | minor),
@@ -430,7 +723,7 @@ fn watch_path(w: &RawWatch, mounts: &[(u64, String)]) -> Result<String, String> 
         let fd = match opened {
             Ok(fd) => fd,
             Err(e) if e.errno() == Some(libc::ESTALE) => {
-                return Err("its file was deleted".into());
+                return Err("its file was deleted and is not held open by the process".into());
             }
             Err(e) => {
                 last = e.to_string();
@@ -448,7 +741,9 @@ fn watch_path(w: &RawWatch, mounts: &[(u64, String)]) -> Result<String, String> 
             return Err(format!("its path {} is not UTF-8", link.display()));
         };
         if path.ends_with(" (deleted)") {
-            return Err(format!("its file was deleted ({path})"));
+            return Err(format!(
+                "its file was deleted ({path}) and is not held open by the process"
+            ));
         }
         match std::fs::symlink_metadata(path) {
             Ok(md) if md.ino() == w.ino && kernel_dev(md.dev()) == w.sdev => {
@@ -464,10 +759,14 @@ fn watch_path(w: &RawWatch, mounts: &[(u64, String)]) -> Result<String, String> 
     Err(format!("its path could not be found: {last}"))
 }
 
+/// Gives the temporary path of a deleted file being made again (by its
+/// `Fd::node_id`) to a function, while that path exists.
+pub type AtNode<'a> = dyn Fn(u64, &dyn Fn(&str) -> Result<u64>) -> Result<u64> + 'a;
+
 /// Creates the descriptor again in the restored process; returns its number
 /// there (any number: the caller moves it into place). Uses scratch bytes
-/// [0, 12288).
-pub fn restore(r: &Remote, f: &Fd) -> Result<u64> {
+/// [0, 12288). `at_node`: for inotify watches on deleted files.
+pub fn restore(r: &Remote, f: &Fd, at_node: &AtNode) -> Result<u64> {
     let a = f.anon.as_ref().ok_or_else(|| {
         EngineError::BadImage(format!(
             "fd {} is an anonymous descriptor without its state",
@@ -478,7 +777,8 @@ pub fn restore(r: &Remote, f: &Fd) -> Result<u64> {
         Ok(FdKind::EventFd) => restore_eventfd(r, a),
         Ok(FdKind::TimerFd) => restore_timerfd(r, a),
         Ok(FdKind::SignalFd) => restore_signalfd(r, a),
-        Ok(FdKind::Inotify) => restore_inotify(r, f.fd, a),
+        Ok(FdKind::Inotify) => restore_inotify(r, f.fd, a, at_node),
+        Ok(FdKind::Fanotify) => restore_fanotify(r, f.fd, a),
         _ => Err(EngineError::BadImage(format!(
             "fd {}: not an anonymous descriptor (kind {})",
             f.fd, f.kind
@@ -593,7 +893,7 @@ fn restore_signalfd(r: &Remote, a: &AnonFd) -> Result<u64> {
     .restoring(pid, stage)
 }
 
-fn restore_inotify(r: &Remote, fd_no: i32, a: &AnonFd) -> Result<u64> {
+fn restore_inotify(r: &Remote, fd_no: i32, a: &AnonFd, at_node: &AtNode) -> Result<u64> {
     let pid = r.pid;
     let stage = "creating inotify instances";
     let mut watches: Vec<&InotifyWatch> = a.watches.iter().collect();
@@ -617,8 +917,8 @@ fn restore_inotify(r: &Remote, fd_no: i32, a: &AnonFd) -> Result<u64> {
             [libc::IN_NONBLOCK as u64, 0, 0, 0, 0, 0],
         )
         .restoring(pid, stage)?;
-    let add = |w: &InotifyWatch| -> Result<i32> {
-        let p = r.put_cstr(0, &w.path).restoring(pid, stage)?;
+    let add = |w: &InotifyWatch, path: &str| -> Result<i32> {
+        let p = r.put_cstr(0, path).restoring(pid, stage)?;
         let mask = (w.mask & !IN_ADD_FLAGS) | libc::IN_DONT_FOLLOW;
         let wd = r
             .call(
@@ -635,37 +935,54 @@ fn restore_inotify(r: &Remote, fd_no: i32, a: &AnonFd) -> Result<u64> {
             })?;
         Ok(wd as i32)
     };
-    let mut next = 1;
-    let mut skipped = 0u64;
+    let next = std::cell::Cell::new(1);
+    let skipped = std::cell::Cell::new(0u64);
+    let mut on_deleted = false;
     for w in watches {
-        // Use up the number of each removed watch with a watch added and
-        // removed again (on the same file: it is not watched yet).
-        while next < w.wd {
-            let got = add(w)?;
-            if got != next {
+        // Uses up the number of each removed watch with a watch added and
+        // removed again (on the same file: it is not watched yet), then
+        // adds the watch.
+        let watch = |path: &str| -> Result<u64> {
+            while next.get() < w.wd {
+                let got = add(w, path)?;
+                if got != next.get() {
+                    return Err(bad(format!(
+                        "skipping removed watch {} got watch number {got}",
+                        next.get()
+                    )));
+                }
+                r.call(
+                    "inotify_rm_watch",
+                    libc::SYS_inotify_rm_watch,
+                    [fd, got as u64, 0, 0, 0, 0],
+                )
+                .restoring(pid, stage)?;
+                next.set(next.get() + 1);
+                skipped.set(skipped.get() + 1);
+            }
+            let got = add(w, path)?;
+            if got != w.wd {
                 return Err(bad(format!(
-                    "skipping removed watch {next} got watch number {got}"
+                    "the watch on {} got number {got} instead of {}",
+                    w.path, w.wd
                 )));
             }
-            r.call(
-                "inotify_rm_watch",
-                libc::SYS_inotify_rm_watch,
-                [fd, got as u64, 0, 0, 0, 0],
-            )
-            .restoring(pid, stage)?;
-            next += 1;
-            skipped += 1;
+            next.set(w.wd + 1);
+            Ok(0)
+        };
+        if w.node_id != 0 {
+            // The deleted file, made again under a temporary name: watched
+            // there before the name is removed again.
+            at_node(w.node_id, &watch)?;
+            on_deleted = true;
+        } else {
+            watch(&w.path)?;
         }
-        let got = add(w)?;
-        if got != w.wd {
-            return Err(bad(format!(
-                "the watch on {} got number {got} instead of {}",
-                w.path, w.wd
-            )));
-        }
-        next = w.wd + 1;
     }
-    if skipped > 0 {
+    let skipped = skipped.get();
+    // Events of the restore itself: IN_IGNORED of skipped numbers, and
+    // those of deleted files made again (their name removed: IN_ATTRIB).
+    if skipped > 0 || on_deleted {
         // Each read takes up to 256 IN_IGNORED events (16 bytes each); stop
         // in any case once those are surely gone.
         const BUF: u64 = 4096;
@@ -680,6 +997,67 @@ fn restore_inotify(r: &Remote, fd_no: i32, a: &AnonFd) -> Result<u64> {
                 Err(e) if e.errno() == Some(libc::EAGAIN) => break,
                 Err(e) => return Err(e).restoring(pid, stage),
             }
+        }
+    }
+    Ok(fd)
+}
+
+fn restore_fanotify(r: &Remote, fd_no: i32, a: &AnonFd) -> Result<u64> {
+    let pid = r.pid;
+    let stage = "creating fanotify groups";
+    let fd = r
+        .call(
+            "fanotify_init",
+            libc::SYS_fanotify_init,
+            [a.flags as u64, a.fanotify_event_flags as u64, 0, 0, 0, 0],
+        )
+        .restoring(pid, stage)?;
+    for m in &a.fanotify_marks {
+        let Ok(target) = FanotifyTarget::try_from(m.target) else {
+            return Err(EngineError::BadImage(format!(
+                "fd {fd_no} (fanotify): a mark of unknown kind {}",
+                m.target
+            )));
+        };
+        let on = match target {
+            FanotifyTarget::Inode => FAN_MARK_DONT_FOLLOW,
+            FanotifyTarget::Mount => FAN_MARK_MOUNT,
+            FanotifyTarget::Filesystem => FAN_MARK_FILESYSTEM,
+        };
+        let p = r.put_cstr(0, &m.path).restoring(pid, stage)?;
+        let mark = |flags: u32, mask: u32| -> Result<()> {
+            r.call(
+                "fanotify_mark",
+                libc::SYS_fanotify_mark,
+                [
+                    fd,
+                    (FAN_MARK_ADD | on | flags) as u64,
+                    mask as u64,
+                    libc::AT_FDCWD as u64,
+                    p,
+                    0,
+                ],
+            )
+            .map_err(|e| EngineError::FileChanged {
+                path: m.path.clone(),
+                detail: format!("a mark of fanotify fd {fd_no} cannot be added again ({e})"),
+            })?;
+            Ok(())
+        };
+        let evictable = m.mflags & FAN_MARK_EVICTABLE;
+        if m.mask != 0 {
+            mark(evictable, m.mask)?;
+        }
+        if m.ignored_mask != 0 {
+            let how = if m.mflags & FAN_MARK_IGNORE != 0 {
+                FAN_MARK_IGNORE
+            } else {
+                FAN_MARK_IGNORED_MASK
+            };
+            mark(
+                how | evictable | (m.mflags & FAN_MARK_IGNORED_SURV_MODIFY),
+                m.ignored_mask,
+            )?;
         }
     }
     Ok(fd)
@@ -772,6 +1150,45 @@ mod tests {
         )
         .is_err());
         assert!(parse_inotify("pos: 0\n").unwrap().is_empty());
+    }
+
+    #[test]
+    fn parses_fanotify() {
+        let f = parse_fanotify("pos:\t0\nflags:\t02\nfanotify flags:14 event-flags:8002\n\
+            fanotify ino:9aa13d sdev:fe00000 mflags:440 mask:8 ignored_mask:1 fhandle-bytes:8 fhandle-type:1 f_handle:3da19a0056adf5ea\n\
+            fanotify sdev:fe00000 mflags:40 mask:0 ignored_mask:3\n\
+            fanotify mnt_id:1b mflags:0 mask:2 ignored_mask:0\n")
+        .unwrap();
+        assert_eq!((f.flags, f.event_flags), (0x14, 0x8002));
+        assert_eq!(f.marks.len(), 3);
+        assert_eq!(
+            f.marks[0].on,
+            MarkOn::Inode {
+                ino: 0x9aa13d,
+                sdev: 0xfe00000,
+                handle: Some((1, vec![0x3d, 0xa1, 0x9a, 0, 0x56, 0xad, 0xf5, 0xea]))
+            }
+        );
+        assert_eq!(
+            (f.marks[0].mflags, f.marks[0].mask, f.marks[0].ignored_mask),
+            (0x440, 8, 1)
+        );
+        assert_eq!(f.marks[1].on, MarkOn::Filesystem(0xfe00000));
+        assert_eq!(f.marks[2].on, MarkOn::Mount(0x1b));
+        assert!(parse_fanotify("pos: 0\n").is_err());
+        assert!(parse_fanotify(
+            "fanotify flags:0 event-flags:0\nfanotify mntns:1 mflags:0 mask:1 ignored_mask:0\n"
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn finds_visible_mount_points() {
+        let mi = "27 1 254:0 / / rw - ext4 /dev/vda rw\n40 27 0:33 / /mnt\\040x rw - tmpfs t rw\n41 27 0:34 / /mnt\\040x rw - tmpfs t rw\n";
+        assert_eq!(mount_point_of(mi, 27).unwrap(), "/");
+        assert_eq!(mount_point_of(mi, 41).unwrap(), "/mnt x");
+        assert!(mount_point_of(mi, 40).unwrap_err().contains("hidden"));
+        assert!(mount_point_of(mi, 99).is_err());
     }
 
     #[test]

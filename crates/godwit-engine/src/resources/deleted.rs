@@ -28,6 +28,9 @@ pub enum Use {
     Chdir,
     /// chroot into it (a removed root directory).
     Chroot,
+    /// Only its temporary path, given to `at_path` (an inotify watch added
+    /// on it); gives what `at_path` gives.
+    Path,
 }
 
 /// An object made again and not yet removed: its temporary name, how many
@@ -61,8 +64,16 @@ impl Nodes {
     /// however many fds share it).
     pub fn new<'a>(descs: impl Iterator<Item = &'a Fd>, procs: &[Process]) -> Nodes {
         let mut total: HashMap<u64, usize> = HashMap::new();
-        for f in descs.filter(|f| f.deleted) {
-            *total.entry(key(f)).or_default() += 1;
+        for f in descs {
+            if f.deleted {
+                *total.entry(key(f)).or_default() += 1;
+            }
+            // An inotify watch on a deleted file is added on it while it
+            // has its temporary name.
+            let watches = f.anon.iter().flat_map(|a| &a.watches);
+            for w in watches.filter(|w| w.node_id != 0) {
+                *total.entry(w.node_id).or_default() += 1;
+            }
         }
         for p in procs.iter().filter(|p| !p.zombie) {
             for d in p.cwd_deleted.iter().chain(&p.root_deleted) {
@@ -76,8 +87,9 @@ impl Nodes {
     }
 
     /// Makes `f`'s object in process `r` unless an earlier holder did, and
-    /// uses it as `how` says (for a FIFO opened with flags, `fifo_open`
-    /// opens it from its temporary path instead, without blocking); removes
+    /// uses it as `how` says (for a FIFO opened with flags, and for
+    /// `Use::Path`, `at_path` is called with its temporary path instead:
+    /// it opens the FIFO without blocking, or watches the object); removes
     /// its name once its last holder has it. Gives the new descriptor
     /// (0 for `Use::Chdir`). `pages`: the page file holding a big deleted
     /// file's data (`Fd::deleted_runs`).
@@ -86,7 +98,7 @@ impl Nodes {
         r: &Remote,
         f: &Fd,
         how: Use,
-        fifo_open: &dyn Fn(&str) -> Result<u64>,
+        at_path: &dyn Fn(&str) -> Result<u64>,
         pages: Option<&Pages>,
     ) -> Result<u64> {
         let pid = r.pid;
@@ -107,8 +119,9 @@ impl Nodes {
         };
         let got = match how {
             Use::Open(_) if f.kind == FdKind::Fifo as i32 && f.flags & libc::O_PATH as u32 == 0 => {
-                fifo_open(&m.tmp)?
+                at_path(&m.tmp)?
             }
+            Use::Path => at_path(&m.tmp)?,
             Use::Open(oflags) => {
                 let a = r.put_cstr(0, &m.tmp).restoring(pid, stage)?;
                 r.call(

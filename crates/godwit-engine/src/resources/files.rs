@@ -776,6 +776,14 @@ fn check_deleted_dir(pid: i32, fd: Option<i32>, path: &str) -> Result<()> {
     })
 }
 
+/// Whether `f` is an inotify instance with a watch on a deleted file.
+fn watches_deleted(f: &Fd) -> bool {
+    f.anon
+        .iter()
+        .flat_map(|a| &a.watches)
+        .any(|w| w.node_id != 0)
+}
+
 /// Saves what makes a deleted object again (besides a regular file's
 /// data): its kind, mode, owner, group, times and identity.
 fn deleted_meta(e: &mut Fd, md: &std::fs::Metadata) {
@@ -1052,6 +1060,7 @@ pub fn check(fds: &[Fd], allow_changes: bool) -> Result<()> {
                 | FdKind::TimerFd
                 | FdKind::SignalFd
                 | FdKind::Inotify
+                | FdKind::Fanotify
                 | FdKind::Memfd
                 | FdKind::Tty
                 | FdKind::External
@@ -1448,6 +1457,7 @@ impl FdPlan {
         for (id, fd) in self.tty.create(r, idx)? {
             self.to_stage(r, fd, id)?;
         }
+        let mut deferred: Vec<(u64, &Fd, u64)> = Vec::new();
         for (id, (creator, f)) in &self.descs {
             if *creator != idx {
                 continue;
@@ -1466,15 +1476,17 @@ impl FdPlan {
                 }
                 FdKind::Tty => continue,
                 FdKind::External => self.external.open(r, f)?,
-                FdKind::EventFd | FdKind::TimerFd | FdKind::SignalFd | FdKind::Inotify => {
-                    let fd = anon::restore(r, f)?;
-                    r.call(
-                        "fcntl(F_SETFL)",
-                        libc::SYS_fcntl,
-                        [fd, libc::F_SETFL as u64, status_flags, 0, 0, 0],
-                    )
-                    .restoring(pid, stage)?;
-                    fd
+                FdKind::EventFd
+                | FdKind::TimerFd
+                | FdKind::SignalFd
+                | FdKind::Inotify
+                | FdKind::Fanotify => {
+                    if watches_deleted(f) {
+                        // After the deleted files it watches are opened.
+                        deferred.push((*id, f, status_flags));
+                        continue;
+                    }
+                    self.create_anon(r, f, status_flags, pages)?
                 }
                 FdKind::Memfd => {
                     let src = shm_fd(f.shmem_id).ok_or_else(|| {
@@ -1581,6 +1593,13 @@ impl FdPlan {
             };
             self.to_stage(r, fd, *id)?;
         }
+        // inotify instances watching deleted files, once the process's
+        // descriptors of those files are open: the watch is added on the
+        // file made again, and the events of the restore read away.
+        for (id, f, status_flags) in deferred {
+            let fd = self.create_anon(r, f, status_flags, pages)?;
+            self.to_stage(r, fd, id)?;
+        }
         // Queues carrying descriptions, once those exist (made here or
         // inherited from an ancestor).
         let (late, now): (Vec<_>, Vec<_>) = unix_pending.into_iter().partition(|p| p.late);
@@ -1596,6 +1615,42 @@ impl FdPlan {
             }
         }
         Ok(())
+    }
+
+    /// Creates an anonymous descriptor ([`anon::restore`]) with its status
+    /// flags; an inotify watch on a deleted file is added on the file made
+    /// again for the descriptors holding it ([`deleted::Nodes`]).
+    fn create_anon(
+        &self,
+        r: &Remote,
+        f: &Fd,
+        status_flags: u64,
+        pages: &[memory::Pages],
+    ) -> Result<u64> {
+        let at_node = |node: u64, watch: &dyn Fn(&str) -> Result<u64>| -> Result<u64> {
+            let (held_id, held) = self
+                .descs
+                .iter()
+                .map(|(id, (_, d))| (id, d))
+                .find(|(_, d)| d.deleted && d.node_id == node && d.kind == FdKind::Regular as i32)
+                .ok_or_else(|| {
+                    EngineError::BadImage(format!(
+                        "fd {}: an inotify watch on deleted file {node:#x}, which no descriptor holds",
+                        f.fd
+                    ))
+                })?;
+            let data = self.first_holder.get(held_id).and_then(|&i| pages.get(i));
+            self.nodes
+                .use_node(r, held, deleted::Use::Path, watch, data)
+        };
+        let fd = anon::restore(r, f, &at_node)?;
+        r.call(
+            "fcntl(F_SETFL)",
+            libc::SYS_fcntl,
+            [fd, libc::F_SETFL as u64, status_flags, 0, 0, 0],
+        )
+        .restoring(r.pid, "opening files")?;
+        Ok(fd)
     }
 
     /// Opens FIFO description `id` in the process behind `r`, without

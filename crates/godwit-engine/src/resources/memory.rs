@@ -48,6 +48,18 @@ pub(crate) fn kind_of(pid: i32, e: &MapEntry) -> Result<VmaKind> {
         "" if e.shared => VmaKind::AnonShared,
         "" => VmaKind::AnonPrivate,
         n if n.starts_with("[anon:") => VmaKind::AnonPrivate,
+        // The ring of an AIO context (io_setup): an internal file of the
+        // kernel (device 0:N). Its kernel side (requests in flight, the
+        // completion position) cannot be read from outside the process.
+        "/[aio] (deleted)" | "[aio]" if e.shared && e.dev_major == 0 => {
+            return Err(EngineError::Unsupported {
+                pid,
+                what: format!(
+                    "the AIO context {:#x} (io_setup; its event ring is mapped at {:#x}-{:#x}): requests in flight and the kernel's completion position cannot be saved",
+                    e.start, e.start, e.end
+                ),
+            })
+        }
         // Shared mappings of a deleted file (POSIX semaphores and shm that
         // were unlinked, memfds, and the memfds an earlier restore made):
         // kept like shared anonymous memory, by their contents.
