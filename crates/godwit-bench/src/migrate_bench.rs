@@ -364,6 +364,8 @@ fn run(a: &Args) -> Result<()> {
     let doc = json!({
         "link": "loopback (godwitd on 127.0.0.1; restore into a new PID namespace)",
         "reps": a.reps,
+        "max_downtime_ms": a.max_downtime,
+        "fill_before_run": a.fill_before_run,
         "stall": "the target's longest gap between two 1 ms ticks, minus 1 ms",
         "results": results,
     });
