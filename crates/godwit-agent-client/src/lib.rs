@@ -369,7 +369,7 @@ pub async fn management_credential(
             "credential",
             "POST",
             &format!("/v1/services/{uuid}/credential"),
-            Some(json!({})),
+            Some(json!({ "address": addr })),
             Duration::from_secs(10),
         )
         .await

@@ -336,19 +336,33 @@ async fn list_procs(
 }
 
 /// The management credential of the running instance of service `uuid` that this agent
-/// started (`operate`): `{uuid, pid, address, token}`; 404 when none runs here.
+/// started (`operate`): `{uuid, pid, address, token}`; body `{"address"?}` picks the
+/// instance at that address (two run side by side during a migration on one node),
+/// else the newest; 404 when none runs here.
 async fn service_credential(
     State(agent): State<Arc<Agent>>,
     Extension(conn): Extension<Conn>,
     uuid: Result<Path<String>, PathRejection>,
+    body: Result<Bytes, BytesRejection>,
 ) -> ApiResult {
     need(&conn, Scope::Operate)?;
     let Path(uuid) = uuid?;
     check_name("uuid", &uuid).map_err(|e| ApiError::new(400, e.to_string()))?;
+    let body = body?;
+    let want: Option<String> = if body.is_empty() {
+        None
+    } else {
+        json_body(Ok(body))?["address"].as_str().map(str::to_string)
+    };
     let procs = lock(&agent.procs);
     let found = procs
         .iter()
-        .filter(|(_, p)| p.running && p.service.as_ref().is_some_and(|s| s.1 == uuid))
+        .filter(|(_, p)| {
+            p.running
+                && p.service
+                    .as_ref()
+                    .is_some_and(|s| s.1 == uuid && want.as_ref().is_none_or(|a| *a == s.0))
+        })
         .max_by_key(|(pid, _)| **pid);
     match found {
         Some((pid, p)) => ok(
@@ -357,7 +371,12 @@ async fn service_credential(
         ),
         None => Err(ApiError::new(
             404,
-            format!("no running service {uuid} was started by this agent"),
+            match want {
+                Some(a) => format!(
+                    "no running instance of service {uuid} at {a} was started by this agent"
+                ),
+                None => format!("no running service {uuid} was started by this agent"),
+            },
         )),
     }
 }

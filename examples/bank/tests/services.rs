@@ -777,6 +777,13 @@ async fn a_started_service_gets_no_operator_token_and_is_managed_through_its_age
     assert!(ck["checkpoint"]["id"].is_string(), "{ck}");
     let ls = node.admin(&["ls"]);
     assert_eq!(ls["services"][0]["mode"], "serving", "{ls}");
+    // A migration on the same node: two instances side by side under one agent, each
+    // managed with its own credential.
+    let m = node.admin(&["migrate", &uuid, "--to", &node.addr]);
+    assert_ne!(m["to"], m["from"], "{m}");
+    let st = node.admin(&["status", &uuid]);
+    assert_eq!(st["address"], m["to"], "{st}");
+    assert_eq!(st["mode"], "serving", "{st}");
     let stopped = node.admin(&["stop", &uuid]);
     assert!(stopped["checkpoint"]["id"].is_string(), "{stopped}");
 }
