@@ -39,8 +39,10 @@ pub struct ServiceOptions {
     pub names: Names,
     /// Checkpoint store.
     pub store: Store,
-    /// Token: required on management requests, and proved to godwitd (name service,
-    /// store) unless the agent that started this process gave it its own token.
+    /// Its own token (`--token-file`, `GODWIT_TOKEN`): accepted on management requests,
+    /// and proved to any godwitd (name service, store) other than the one that started
+    /// this process (which gave it `GODWIT_AGENT_TOKEN`). Started by `godwit service`,
+    /// it is a grant of those agents, never the operator's token.
     pub token: Option<String>,
     /// The management credential the agent that started this process gave it
     /// (`GODWIT_MANAGE_TOKEN`): accepted on management requests, like `token`. Never the
