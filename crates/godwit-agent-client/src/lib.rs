@@ -133,6 +133,14 @@ pub enum AgentError {
     /// Management request failed.
     #[error(transparent)]
     Mgmt(#[from] mgmt::MgmtError),
+    /// The management credential of a service could not be had.
+    #[error("service {uuid}: no management credential: {message}")]
+    Credential {
+        /// Service.
+        uuid: String,
+        /// Why.
+        message: String,
+    },
     /// A migration step failed (rolled back where possible).
     #[error("migrate {uuid}: {stage}: {message}")]
     Migrate {
@@ -328,17 +336,123 @@ pub async fn resolve(names: &Names, uuid: &str) -> Result<String, AgentError> {
     Err(AgentError::NotFound(uuid.to_string()))
 }
 
+/// The management credential of service `uuid` at `addr`. A service started by a
+/// godwitd accepts only the credential that agent made for it (`GODWIT_MANAGE_TOKEN`,
+/// never the operator's token): the service names its agent (`{"op": "agent"}`, asked
+/// without a credential) and that agent hands the credential to an `operate` token
+/// (`POST /v1/services/{uuid}/credential`), reached with `client` (the caller's token
+/// and CA). A service started by hand names no agent: its own token is the caller's.
+pub async fn management_credential(
+    client: &ClientTls,
+    addr: &str,
+    uuid: &str,
+) -> Result<String, AgentError> {
+    let fallback = || client.token().secret().to_string();
+    let who = match mgmt::request(addr, json!({ "op": "agent" }), None, MGMT_TIMEOUT).await {
+        Ok(v) => v,
+        // A service from before this interface: it accepts its own token, if any.
+        Err(mgmt::MgmtError::Failed { .. }) => return Ok(fallback()),
+        Err(e) => return Err(e.into()),
+    };
+    let Some(node) = who["agent"].as_str() else {
+        return Ok(fallback());
+    };
+    if who["uuid"].as_str().is_some_and(|u| u != uuid) {
+        return Err(AgentError::Credential {
+            uuid: uuid.to_string(),
+            message: format!("{addr} serves {} instead", who["uuid"]),
+        });
+    }
+    let agent = Agent::with_client(node, client.clone());
+    let v = agent
+        .request(
+            "credential",
+            "POST",
+            &format!("/v1/services/{uuid}/credential"),
+            Some(json!({ "address": addr })),
+            Duration::from_secs(10),
+        )
+        .await
+        .map_err(|e| AgentError::Credential {
+            uuid: uuid.to_string(),
+            message: format!("its agent {node} did not give it: {e}"),
+        })?;
+    v["token"]
+        .as_str()
+        .map(str::to_string)
+        .ok_or_else(|| AgentError::Credential {
+            uuid: uuid.to_string(),
+            message: format!("agent {node} answered without a token"),
+        })
+}
+
+/// Sends one management request to service `uuid` at `addr` with its credential
+/// ([`management_credential`]).
+pub async fn manage(
+    client: &ClientTls,
+    addr: &str,
+    uuid: &str,
+    req: Value,
+    timeout: Duration,
+) -> Result<Value, AgentError> {
+    let cred = management_credential(client, addr, uuid).await?;
+    Ok(mgmt::request(addr, req, Some(&cred), timeout).await?)
+}
+
+/// The environment for a service that a godwitd `local` starts and that uses the name
+/// services or stores `urls`: the agents among them other than `local` each grant it
+/// one `service`-scoped secret (`POST /v1/grants`), given as `GODWIT_TOKEN` (the
+/// service's token for other agents). The caller's own token never goes there.
+pub async fn service_env(
+    client: &ClientTls,
+    local: &str,
+    urls: &[&str],
+) -> Result<Value, AgentError> {
+    let mut others: Vec<&str> = urls
+        .iter()
+        .filter_map(|u| godwit_names::agent_addr(u))
+        .filter(|a| *a != local)
+        .collect();
+    others.sort_unstable();
+    others.dedup();
+    if others.is_empty() {
+        return Ok(json!({}));
+    }
+    let secret = Token::random(godwit_net::Scopes::of(&[]))
+        .map_err(|source| AgentError::Transport {
+            agent: local.to_string(),
+            source,
+        })?
+        .secret()
+        .to_string();
+    for a in others {
+        Agent::with_client(a, client.clone())
+            .request(
+                "grant",
+                "POST",
+                "/v1/grants",
+                Some(json!({ "secret": secret })),
+                Duration::from_secs(10),
+            )
+            .await?;
+    }
+    Ok(json!({ "GODWIT_TOKEN": secret }))
+}
+
+/// The values of `--names` and `--store` in service arguments.
+fn option_urls(args: &[String]) -> Vec<&str> {
+    args.windows(2)
+        .filter(|w| w[0] == "--names" || w[0] == "--store")
+        .map(|w| w[1].as_str())
+        .collect()
+}
+
 /// Migrates service `uuid` to the node whose godwitd is `dest`: start the service binary
 /// there in standby (remote execution), freeze the source at a safe point (checkpoint
 /// shipped to the store), restore on the destination (which re-advertises), stop the
 /// source. A failure before the destination serves thaws the source and kills the new
 /// process: the service stays where it was.
-pub async fn migrate(
-    names: &Names,
-    dest: &Agent,
-    uuid: &str,
-    token: &str,
-) -> Result<Migration, AgentError> {
+pub async fn migrate(names: &Names, dest: &Agent, uuid: &str) -> Result<Migration, AgentError> {
     let t0 = Instant::now();
     let fail = |stage: &'static str, message: String| AgentError::Migrate {
         uuid: uuid.to_string(),
@@ -346,6 +460,8 @@ pub async fn migrate(
         message,
     };
     let src = resolve(names, uuid).await?;
+    let token = management_credential(dest.client(), &src, uuid).await?;
+    let token = token.as_str();
     let st = mgmt::request(&src, json!({ "op": "status" }), Some(token), MGMT_TIMEOUT).await?;
     let program = st["program"]
         .as_str()
@@ -394,13 +510,16 @@ pub async fn migrate(
     if let Some(b) = r["max_bytes"].as_u64() {
         args.extend(["--keep-bytes".into(), b.to_string()]);
     }
+    if let Some(f) = st["call_token_file"].as_str() {
+        args.extend(["--call-token-file".into(), f.to_string()]);
+    }
+    // The new instance reaches the source's name service and store with a grant of
+    // theirs, never with the operator's token.
+    let env = service_env(dest.client(), dest.addr(), &option_urls(&args))
+        .await
+        .map_err(|e| fail("grant for destination", e.to_string()))?;
     let started = dest
-        .exec(
-            program,
-            &args,
-            json!({ "GODWIT_TOKEN": token }),
-            Duration::from_secs(15),
-        )
+        .exec(program, &args, env, Duration::from_secs(15))
         .await
         .map_err(|e| fail("start on destination", e.to_string()))?;
     let pid = started["pid"].as_u64().unwrap_or(0);
@@ -411,6 +530,13 @@ pub async fn migrate(
     let kill_new = || async {
         if let Err(e) = dest.signal(pid, "KILL").await {
             tracing::warn!(error = %e, pid, "could not kill the new instance");
+        }
+    };
+    let new_cred = match management_credential(dest.client(), &new_addr, uuid).await {
+        Ok(c) => c,
+        Err(e) => {
+            kill_new().await;
+            return Err(fail("start on destination", e.to_string()));
         }
     };
 
@@ -432,7 +558,7 @@ pub async fn migrate(
     if let Err(e) = mgmt::request(
         &new_addr,
         json!({ "op": "restore", "id": id }),
-        Some(token),
+        Some(&new_cred),
         MGMT_TIMEOUT,
     )
     .await
@@ -564,13 +690,13 @@ async fn started_by_agent(agent: &Agent, uuid: &str) -> Result<Option<Value>, Ag
 /// Starts `program args` on the agent's node and waits for GODWIT_READY.
 async fn start_service(
     agent: &Agent,
-    token: &str,
     program: &str,
     args: Vec<String>,
     restart: &str,
 ) -> anyhow::Result<Value> {
     let wait = Duration::from_secs(30);
-    let body = json!({ "program": program, "args": args, "env": { "GODWIT_TOKEN": token },
+    let env = service_env(agent.client(), agent.addr(), &option_urls(&args)).await?;
+    let body = json!({ "program": program, "args": args, "env": env,
                        "wait_ready_ms": wait.as_millis() as u64, "restart": restart });
     let started = agent
         .request(
@@ -623,10 +749,11 @@ pub async fn run_service_cmd(
         ServiceCmd::Ls => {
             let mut rows = Vec::new();
             for r in names.list().await? {
-                let st = mgmt::request(
+                let st = manage(
+                    agent.client(),
                     &r.address,
+                    &r.uuid,
                     json!({ "op": "status" }),
-                    Some(&token),
                     Duration::from_secs(5),
                 )
                 .await;
@@ -670,8 +797,14 @@ pub async fn run_service_cmd(
         }
         ServiceCmd::Status { uuid } => {
             let addr = resolve(&names, &uuid).await?;
-            let mut v =
-                mgmt::request(&addr, json!({ "op": "status" }), Some(&token), MGMT_TIMEOUT).await?;
+            let mut v = manage(
+                agent.client(),
+                &addr,
+                &uuid,
+                json!({ "op": "status" }),
+                MGMT_TIMEOUT,
+            )
+            .await?;
             // What the agent knows of it: restarts after crashes.
             if let Ok(Some(p)) = started_by_agent(&agent, &uuid).await {
                 v["agent"] = json!({ "node": agent.addr(), "pid": p["pid"], "restart": p["restart"],
@@ -681,10 +814,11 @@ pub async fn run_service_cmd(
         }
         ServiceCmd::Checkpoint { uuid } => {
             let addr = resolve(&names, &uuid).await?;
-            let v = mgmt::request(
+            let v = manage(
+                agent.client(),
                 &addr,
+                &uuid,
                 json!({ "op": "checkpoint" }),
-                Some(&token),
                 MGMT_TIMEOUT,
             )
             .await?;
@@ -700,7 +834,7 @@ pub async fn run_service_cmd(
         }
         ServiceCmd::Migrate { uuid, to } => {
             let dest = Agent::with_ca(&to, token.clone(), tls_ca)?;
-            let m = migrate(&names, &dest, &uuid, &token).await?;
+            let m = migrate(&names, &dest, &uuid).await?;
             let v = m.to_json();
             print(json_out, &v, || {
                 format!(
@@ -747,7 +881,7 @@ pub async fn run_service_cmd(
             if let Some(iv) = interval {
                 args.extend(["--interval".into(), iv.to_string()]);
             }
-            let started = start_service(&agent, &token, program, args, &restart).await?;
+            let started = start_service(&agent, program, args, &restart).await?;
             let v = json!({ "uuid": started["ready"]["uuid"], "address": started["ready"]["address"],
                             "pid": started["pid"], "log": started["log"] });
             print(json_out, &v, || {
@@ -756,10 +890,11 @@ pub async fn run_service_cmd(
         }
         ServiceCmd::Stop { uuid } => {
             let addr = resolve(&names, &uuid).await?;
-            let v = mgmt::request(
+            let v = manage(
+                agent.client(),
                 &addr,
+                &uuid,
                 json!({ "op": "stop", "checkpoint": true }),
-                Some(&token),
                 MGMT_TIMEOUT,
             )
             .await?;
@@ -770,8 +905,14 @@ pub async fn run_service_cmd(
         }
         ServiceCmd::Freeze { uuid } => {
             let addr = resolve(&names, &uuid).await?;
-            let v =
-                mgmt::request(&addr, json!({ "op": "freeze" }), Some(&token), MGMT_TIMEOUT).await?;
+            let v = manage(
+                agent.client(),
+                &addr,
+                &uuid,
+                json!({ "op": "freeze" }),
+                MGMT_TIMEOUT,
+            )
+            .await?;
             print(json_out, &v, || {
                 format!(
                     "froze {uuid} at checkpoint {}: calls wait until `thaw`",
@@ -795,8 +936,14 @@ pub async fn run_service_cmd(
                         )
                     })?,
             };
-            let v =
-                mgmt::request(&addr, json!({ "op": "thaw" }), Some(&token), MGMT_TIMEOUT).await?;
+            let v = manage(
+                agent.client(),
+                &addr,
+                &uuid,
+                json!({ "op": "thaw" }),
+                MGMT_TIMEOUT,
+            )
+            .await?;
             print(json_out, &v, || format!("thawed {uuid}: serving at {addr}"));
         }
         ServiceCmd::Restore { uuid, checkpoint } => {
@@ -837,13 +984,19 @@ pub async fn run_service_cmd(
             let mut args = godwit_sdk::options::without_lifecycle_options(&old);
             args.extend(["--uuid".into(), uuid.clone(), "--restore".into(), id]);
             let restart = p["restart"].as_str().unwrap_or("never");
-            let started = start_service(&agent, &token, &program, args, restart).await?;
+            let started = start_service(&agent, &program, args, restart).await?;
             let addr = started["ready"]["address"]
                 .as_str()
                 .unwrap_or("")
                 .to_string();
-            let st =
-                mgmt::request(&addr, json!({ "op": "status" }), Some(&token), MGMT_TIMEOUT).await?;
+            let st = manage(
+                agent.client(),
+                &addr,
+                &uuid,
+                json!({ "op": "status" }),
+                MGMT_TIMEOUT,
+            )
+            .await?;
             let v = json!({ "uuid": uuid, "address": addr, "pid": started["pid"],
                             "restored_from": st["restored_from"], "last_checkpoint": st["last_checkpoint"] });
             print(json_out, &v, || {
@@ -857,10 +1010,11 @@ pub async fn run_service_cmd(
             // The running instance names its store and what it descends from; a service
             // that is not running is looked up in this agent's store.
             let running = match names.resolve(&uuid).await? {
-                Some(addr) => mgmt::request(
+                Some(addr) => manage(
+                    agent.client(),
                     &addr,
+                    &uuid,
                     json!({ "op": "status" }),
-                    Some(&token),
                     Duration::from_secs(10),
                 )
                 .await
@@ -879,10 +1033,11 @@ pub async fn run_service_cmd(
         }
         ServiceCmd::Interval { uuid, secs } => {
             let addr = resolve(&names, &uuid).await?;
-            let v = mgmt::request(
+            let v = manage(
+                agent.client(),
                 &addr,
+                &uuid,
                 json!({ "op": "interval", "secs": secs }),
-                Some(&token),
                 MGMT_TIMEOUT,
             )
             .await?;

@@ -215,6 +215,12 @@ impl Token {
         &self.secret
     }
 
+    /// The same secret with other scopes (a server registering a token it granted).
+    pub fn with_scopes(mut self, scopes: Scopes) -> Token {
+        self.scopes = scopes;
+        self
+    }
+
     /// The scopes written with it in its file.
     pub fn scopes(&self) -> Scopes {
         self.scopes

@@ -37,6 +37,15 @@ pub enum CallError {
         /// Message.
         message: String,
     },
+    /// The service requires a call token (`--call-token-file`) and this client gave
+    /// none, or another one ([`ClientOptions::call_token`]).
+    #[error("`{method}` refused by the service: {message}")]
+    Unauthorized {
+        /// Operation.
+        method: String,
+        /// The service's reason.
+        message: String,
+    },
     /// The reply does not decode as the expected type.
     #[error("reply does not decode: {0}")]
     BadReply(DecodeError),
@@ -56,6 +65,10 @@ pub struct ClientOptions {
     pub backoff: Duration,
     /// Largest retry delay.
     pub max_backoff: Duration,
+    /// Token presented on every new connection (a HELLO frame), for a service started
+    /// with `--call-token-file`. Default: the `GODWIT_CALL_TOKEN` environment variable,
+    /// or none.
+    pub call_token: Option<String>,
 }
 
 impl Default for ClientOptions {
@@ -66,6 +79,10 @@ impl Default for ClientOptions {
             deadline: Duration::from_secs(120),
             backoff: Duration::from_millis(5),
             max_backoff: Duration::from_millis(200),
+            call_token: std::env::var("GODWIT_CALL_TOKEN")
+                .ok()
+                .map(|t| t.trim().to_string())
+                .filter(|t| !t.is_empty()),
         }
     }
 }
@@ -213,6 +230,12 @@ impl Client {
             attempts += 1;
             match self.attempt(method, seq, &args).await {
                 Attempt::Done(reply) => return Ok(reply),
+                Attempt::Fatal(message) if message.starts_with("unauthorized:") => {
+                    return Err(CallError::Unauthorized {
+                        method: method.to_string(),
+                        message,
+                    })
+                }
                 Attempt::Fatal(message) => {
                     return Err(CallError::Remote {
                         method: method.to_string(),
@@ -251,8 +274,16 @@ impl Client {
             Some(c) => c,
             None => {
                 match tokio::time::timeout(opts.connect_timeout, TcpStream::connect(&addr)).await {
-                    Ok(Ok(s)) => {
+                    Ok(Ok(mut s)) => {
                         let _ = s.set_nodelay(true);
+                        if let Some(t) = &opts.call_token {
+                            if let Err(e) =
+                                wire::write_frame(&mut s, wire::kind::HELLO, &[t.as_bytes()]).await
+                            {
+                                self.unbind(&addr);
+                                return Attempt::Retry(format!("send to {addr}: {e}"));
+                            }
+                        }
                         Conn {
                             addr: addr.clone(),
                             stream: BufReader::new(s),

@@ -1,10 +1,10 @@
 //! Godwit conformist services: write a state type and its operations in plain Rust; one
 //! attribute macro makes the service checkpointable, restorable and migratable.
 //!
-//! ```ignore
-//! use godwit_sdk::{service, Portable, Step};
+//! ```
+//! use godwit_sdk::{service, Portable};
 //!
-//! #[derive(Portable, Default)]
+//! #[derive(Portable, Debug, Default)]
 //! pub struct Counter { #[portable(tag = 1)] value: u64 }
 //!
 //! #[service(name = "counter")]
@@ -12,6 +12,7 @@
 //!     pub fn add(&mut self, n: u64) -> u64 { self.value += n; self.value }
 //!     pub fn get(&self) -> u64 { self.value }
 //! }
+//! # fn main() {}
 //! ```
 //!
 //! See docs/SDK.md for the state encoding, the wire protocol, the management interface
@@ -27,6 +28,11 @@ pub mod schema;
 pub mod service;
 pub mod store;
 pub mod wire;
+
+/// docs/SDK.md, the guide to conformist services: included here so that every Rust
+/// snippet in it is compiled as a doc-test (`cargo test --doc -p godwit-sdk`).
+#[doc = include_str!("../../../docs/SDK.md")]
+pub mod guide {}
 
 pub use client::{CallError, Client, ClientOptions};
 pub use codec::{DecodeError, Portable};

@@ -39,9 +39,20 @@ pub struct ServiceOptions {
     pub names: Names,
     /// Checkpoint store.
     pub store: Store,
-    /// Token: required on management requests, and proved to godwitd (name service,
-    /// store) unless the agent that started this process gave it its own token.
+    /// Its own token (`--token-file`, `GODWIT_TOKEN`): accepted on management requests,
+    /// and proved to any godwitd (name service, store) other than the one that started
+    /// this process (which gave it `GODWIT_AGENT_TOKEN`). Started by `godwit service`,
+    /// it is a grant of those agents, never the operator's token.
     pub token: Option<String>,
+    /// The management credential the agent that started this process gave it
+    /// (`GODWIT_MANAGE_TOKEN`): accepted on management requests, like `token`. Never the
+    /// operator's token.
+    pub manage_token: Option<String>,
+    /// Service-call authentication (`--call-token-file FILE`): when set, a connection
+    /// must present this token (HELLO frame) before its first call, or it is refused.
+    pub call_token: Option<String>,
+    /// The file `call_token` was read from (relaunched with it on migration).
+    pub call_token_file: Option<PathBuf>,
     /// CA file to verify godwitd's certificate (PKI mode); none: the token binding
     /// alone authenticates the agent.
     pub tls_ca: Option<PathBuf>,
@@ -77,6 +88,9 @@ impl Default for ServiceOptions {
             names: Names::from_url("memory", None).expect("`memory` is a valid name service"),
             store: Store::Dir(PathBuf::from("godwit-checkpoints")),
             token: None,
+            manage_token: None,
+            call_token: None,
+            call_token_file: None,
             tls_ca: None,
             interval: None,
             retention: Retention::default(),
@@ -171,7 +185,7 @@ impl ServiceOptions {
     /// Parses the service options:
     /// `--uuid U --listen A --advertise A --names URL --store URL --token-file F
     ///  --tls-ca FILE --interval SECS --keep N --keep-secs SECS --keep-bytes BYTES
-    ///  --standby --restore ID|latest --resume --lease SECS`.
+    ///  --standby --restore ID|latest --resume --lease SECS --call-token-file FILE`.
     /// The token may also come from the `GODWIT_TOKEN` environment variable, the CA from
     /// `GODWIT_TLS_CA`.
     ///
@@ -183,6 +197,9 @@ impl ServiceOptions {
     pub fn from_args<I: IntoIterator<Item = String>>(args: I) -> Result<Self, OptionsError> {
         let mut o = ServiceOptions {
             token: std::env::var("GODWIT_TOKEN").ok().filter(|t| !t.is_empty()),
+            manage_token: std::env::var("GODWIT_MANAGE_TOKEN")
+                .ok()
+                .filter(|t| !t.is_empty()),
             tls_ca: std::env::var_os("GODWIT_TLS_CA")
                 .filter(|v| !v.is_empty())
                 .map(PathBuf::from),
@@ -216,6 +233,24 @@ impl ServiceOptions {
                         message: format!("{p}: {e}"),
                     })?;
                     o.token = Some(t.trim().to_string());
+                }
+                "--call-token-file" => {
+                    let p = value(&flag)?;
+                    let t = std::fs::read_to_string(&p).map_err(|e| OptionsError::BadValue {
+                        flag: flag.clone(),
+                        message: format!("{p}: {e}"),
+                    })?;
+                    let t = t.trim();
+                    if t.len() < 16 || t.chars().any(char::is_whitespace) {
+                        return Err(OptionsError::BadValue {
+                            flag: flag.clone(),
+                            message: format!(
+                                "{p}: a call token is one line of at least 16 characters without white space"
+                            ),
+                        });
+                    }
+                    o.call_token = Some(t.to_string());
+                    o.call_token_file = Some(PathBuf::from(p));
                 }
                 "--tls-ca" => o.tls_ca = Some(PathBuf::from(value(&flag)?)),
                 "--interval" => {

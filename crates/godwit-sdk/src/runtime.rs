@@ -576,12 +576,35 @@ impl<S: Service> Shared<S> {
     async fn serve_conn(self: Arc<Self>, stream: TcpStream, peer: String) {
         let (rd, mut wr) = stream.into_split();
         let mut rd = BufReader::new(rd);
+        // With `--call-token-file`, calls need a HELLO with that token first.
+        let mut refused: Option<&str> = self
+            .opts
+            .call_token
+            .as_ref()
+            .map(|_| "this service requires a call token and the client presented none (give the client the token: ClientOptions::call_token or GODWIT_CALL_TOKEN)");
         loop {
             let Ok((kind, body)) = wire::read_frame(&mut rd).await else {
                 return;
             };
             let ok = match kind {
+                wire::kind::HELLO => {
+                    if let Some(expected) = &self.opts.call_token {
+                        refused = if constant_time_eq(&body, expected.as_bytes()) {
+                            None
+                        } else {
+                            Some("wrong call token (the client's token is not the one the service was given with --call-token-file)")
+                        };
+                    }
+                    true
+                }
                 wire::kind::CALL => match wire::decode_call(&body) {
+                    Ok(call) if refused.is_some() => {
+                        let why = refused.unwrap_or_default();
+                        tracing::warn!(%peer, "call refused: {why}");
+                        let msg = format!("unauthorized: {why}");
+                        let _ = Self::reply(&mut wr, call.seq, status::ERROR, msg.as_bytes()).await;
+                        false
+                    }
                     Ok(call) => self.handle_call(call, &peer, &mut wr).await,
                     Err(e) => {
                         let _ = wire::write_frame(
@@ -1393,6 +1416,7 @@ impl<S: Service> Shared<S> {
             "pid": std::process::id(),
             "program": std::env::current_exe().ok().map(|p| p.display().to_string()),
             "relaunch_args": self.opts.relaunch_args,
+            "call_token_file": self.opts.call_token_file.as_ref().map(|p| p.display().to_string()),
             "names": self.opts.names.url(),
             "store": self.opts.store.url(),
             "state_bytes": state_bytes,
@@ -1413,10 +1437,23 @@ impl<S: Service> Shared<S> {
     }
 
     async fn manage_checked(self: &Arc<Self>, req: Value) -> Value {
-        if let Some(expected) = &self.opts.token {
+        // Which agent started this instance: asked without a credential, so that a
+        // client can find where to get one (the agent hands it to `operate` tokens).
+        if req["op"] == "agent" {
+            return json!({ "ok": true, "uuid": self.uuid, "agent": std::env::var("GODWIT_AGENT").ok() });
+        }
+        let accepted: Vec<&String> = [&self.opts.token, &self.opts.manage_token]
+            .into_iter()
+            .flatten()
+            .collect();
+        if !accepted.is_empty() {
             let given = req["token"].as_str().unwrap_or("");
-            if !constant_time_eq(given.as_bytes(), expected.as_bytes()) {
-                return json!({ "ok": false, "error": "unauthorized: missing or wrong token" });
+            // Every candidate is compared, so the time does not tell which one matched.
+            let matched = accepted.iter().fold(false, |m, t| {
+                constant_time_eq(given.as_bytes(), t.as_bytes()) | m
+            });
+            if !matched {
+                return json!({ "ok": false, "error": "unauthorized: missing or wrong management credential (a service started by godwitd accepts the credential that agent gives to `operate` tokens, not the operator's token)" });
             }
         }
         self.manage(req).await

@@ -9,6 +9,7 @@
 //! | 2 | REPLY | u64 seq · u8 status · payload |
 //! | 3 | MGMT | JSON request |
 //! | 4 | MGMT_REPLY | JSON answer |
+//! | 5 | HELLO | call token (UTF-8): sent first on a connection to a service that requires one |
 //!
 //! REPLY status: 0 OK (payload: encoded return value), 1 PENDING (keep waiting; sent
 //! every [`HEARTBEAT`] while a call runs), 2 MOVED (not served here: re-resolve, retry
@@ -33,6 +34,9 @@ pub mod kind {
     pub const MGMT: u8 = 3;
     /// A management answer.
     pub const MGMT_REPLY: u8 = 4;
+    /// The client's call token, first on a connection (no answer: a wrong or missing
+    /// token makes the connection's first call answer ERROR `unauthorized: ...`).
+    pub const HELLO: u8 = 5;
 }
 
 /// REPLY status codes.

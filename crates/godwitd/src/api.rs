@@ -108,6 +108,8 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .route("/v1/health", get(health))
         .route("/v1/exec", post(exec).get(list_procs))
         .route("/v1/exec/{pid}/signal", post(signal_proc))
+        .route("/v1/services/{uuid}/credential", post(service_credential))
+        .route("/v1/grants", post(grant))
         .route("/v1/names", get(names_list))
         .route(
             "/v1/names/{uuid}",
@@ -333,6 +335,89 @@ async fn list_procs(
     )
 }
 
+/// The management credential of the running instance of service `uuid` that this agent
+/// started (`operate`): `{uuid, pid, address, token}`; body `{"address"?}` picks the
+/// instance at that address (two run side by side during a migration on one node),
+/// else the newest; 404 when none runs here.
+async fn service_credential(
+    State(agent): State<Arc<Agent>>,
+    Extension(conn): Extension<Conn>,
+    uuid: Result<Path<String>, PathRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    need(&conn, Scope::Operate)?;
+    let Path(uuid) = uuid?;
+    check_name("uuid", &uuid).map_err(|e| ApiError::new(400, e.to_string()))?;
+    let body = body?;
+    let want: Option<String> = if body.is_empty() {
+        None
+    } else {
+        json_body(Ok(body))?["address"].as_str().map(str::to_string)
+    };
+    let procs = lock(&agent.procs);
+    let found = procs
+        .iter()
+        .filter(|(_, p)| {
+            p.running
+                && p.service
+                    .as_ref()
+                    .is_some_and(|s| s.1 == uuid && want.as_ref().is_none_or(|a| *a == s.0))
+        })
+        .max_by_key(|(pid, _)| **pid);
+    match found {
+        Some((pid, p)) => ok(
+            200,
+            json!({ "uuid": uuid, "pid": pid, "address": p.service.as_ref().map(|s| &s.0), "token": p.manage }),
+        ),
+        None => Err(ApiError::new(
+            404,
+            match want {
+                Some(a) => format!(
+                    "no running instance of service {uuid} at {a} was started by this agent"
+                ),
+                None => format!("no running service {uuid} was started by this agent"),
+            },
+        )),
+    }
+}
+
+/// A token with the `service` scope only (names and store), for a service that another
+/// agent starts but that uses this agent's name service or store (`operate`). Body
+/// `{"secret": S}` (at least 32 characters) registers S, so that one secret may be
+/// granted by several agents; without it a fresh one is made. Grants last until godwitd
+/// stops. Answer `{"token": S}`.
+async fn grant(
+    State(agent): State<Arc<Agent>>,
+    Extension(conn): Extension<Conn>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    need(&conn, Scope::Operate)?;
+    let v = json_body(body)?;
+    let scopes = Scopes::of(&[Scope::Service]);
+    let token = match v["secret"].as_str() {
+        Some(s) if s.len() < 32 => {
+            return Err(ApiError::new(
+                400,
+                "`secret` must be at least 32 characters",
+            ))
+        }
+        Some(s) => godwit_net::Token::new(s)
+            .map(|t| t.with_scopes(scopes))
+            .map_err(|e| ApiError::new(400, format!("`secret`: {e}")))?,
+        None => godwit_net::Token::random(scopes).map_err(|e| ApiError::new(500, e.to_string()))?,
+    };
+    if agent.tokens.contains_secret(token.secret()) {
+        // Never re-scope a token the agent already knows (the operator's own, say).
+        return Err(ApiError::new(
+            409,
+            "that secret is already a token of this agent",
+        ));
+    }
+    agent.tokens.insert(token.clone());
+    tracing::info!("granted a service-scoped token");
+    ok(201, json!({ "token": token.secret() }))
+}
+
 /// Sends `sig` (TERM, INT or KILL) to one process. Never to a group or to "all":
 /// pids that are not positive are refused.
 pub fn send_signal(pid: u32, sig: &str) -> bool {
@@ -465,8 +550,15 @@ async fn spawn_program(
     }
     // The program's own narrow token for this agent (names and store).
     let token = crate::program_token(agent).map_err(|e| ApiError::new(500, e.to_string()))?;
+    // Its management credential: fresh, never the caller's token; the agent hands it
+    // to operate-scoped callers only.
+    let manage = godwit_net::Token::random(Scopes::of(&[]))
+        .map_err(|e| ApiError::new(500, e.to_string()))?
+        .secret()
+        .to_string();
     cmd.env("GODWIT_AGENT", &agent.node)
-        .env("GODWIT_AGENT_TOKEN", token.secret());
+        .env("GODWIT_AGENT_TOKEN", token.secret())
+        .env("GODWIT_MANAGE_TOKEN", &manage);
     let program = &spec.program;
     let mut child = match cmd.spawn() {
         Ok(c) => c,
@@ -498,6 +590,7 @@ async fn spawn_program(
             service: None,
             restart: spec.restart,
             restarts,
+            manage,
         },
     );
     tracing::info!(pid, program, ?args, restarts, "started");

@@ -67,6 +67,10 @@ pub(crate) struct Proc {
     pub(crate) restart: bool,
     /// How many times it was started again before this instance.
     pub(crate) restarts: u32,
+    /// The management credential this instance was given (`GODWIT_MANAGE_TOKEN`): what
+    /// a conformist service accepts on its management interface. Handed out only to
+    /// holders of an `operate` token (`POST /v1/services/{uuid}/credential`).
+    pub(crate) manage: String,
 }
 
 /// What `--allow-exec` allows.

@@ -770,3 +770,64 @@ async fn the_agent_client_reports_refusals_and_guards_its_token_file() {
     std::fs::set_permissions(&tf, std::fs::Permissions::from_mode(0o600)).unwrap();
     assert_eq!(godwit_agent_client::load_token(&tf).unwrap(), ADMIN);
 }
+
+/// Grants: an `operate` token has the agent register a `service`-scoped secret (given,
+/// or fresh), which then reaches the name service but nothing else; a short secret,
+/// a secret the agent already knows, or a read-only caller are refused. The credential
+/// of a service nobody started here is 404, and read-only callers get 403.
+#[tokio::test]
+async fn grants_are_service_scoped_and_credentials_need_operate() {
+    let d = start();
+    let secret = "granted-secret-0123456789abcdef0123456789";
+    let body = json!({ "secret": secret }).to_string();
+    let r = call_as(&d, READER, "POST", "/v1/grants", body.as_bytes()).await;
+    assert_eq!(r.status, 403, "a read-only token granted");
+    let r = call(&d, "POST", "/v1/grants", body.as_bytes()).await;
+    assert_eq!(r.status, 201, "{}", r.error_message());
+    assert_eq!(r.json().unwrap()["token"], secret);
+    // Granted: the name service, with the `service` scope only.
+    let h = call_as(&d, secret, "GET", "/v1/health", b"").await;
+    assert_eq!(h.json().unwrap()["scopes"], "service");
+    let put = call_as(
+        &d,
+        secret,
+        "PUT",
+        "/v1/names/svc-g",
+        br#"{"address":"127.0.0.1:9","lease_ms":5000}"#,
+    )
+    .await;
+    assert!(put.status < 300, "{}", put.error_message());
+    assert_eq!(
+        call_as(&d, secret, "GET", "/v1/exec", b"").await.status,
+        403,
+        "a grant reads the process list"
+    );
+    assert_eq!(
+        call_as(&d, secret, "POST", "/v1/grants", b"{}")
+            .await
+            .status,
+        403,
+        "a grant grants"
+    );
+    // Refused: the same secret again, the agent's own token, a short secret.
+    for (body, status) in [
+        (json!({ "secret": secret }), 409),
+        (
+            json!({ "secret": format!("{ADMIN}-and-more-to-be-32-long") }),
+            201,
+        ),
+        (json!({ "secret": ADMIN }), 400),
+        (json!({ "secret": "short" }), 400),
+    ] {
+        let r = call(&d, "POST", "/v1/grants", body.to_string().as_bytes()).await;
+        assert_eq!(r.status, status, "{body}: {}", r.error_message());
+    }
+    // A fresh one when no secret is given.
+    let r = call(&d, "POST", "/v1/grants", b"{}").await;
+    assert_eq!(r.json().unwrap()["token"].as_str().unwrap().len(), 64);
+
+    let r = call_as(&d, READER, "POST", "/v1/services/svc-g/credential", b"{}").await;
+    assert_eq!(r.status, 403);
+    let r = call(&d, "POST", "/v1/services/svc-g/credential", b"{}").await;
+    assert_eq!(r.status, 404, "{}", r.error_message());
+}

@@ -72,6 +72,8 @@ impl std::fmt::Display for BankError {
     }
 }
 
+impl std::error::Error for BankError {}
+
 /// Where an interest accrual is: the stage of execution plus the locals live there.
 #[derive(Portable, Debug, Clone, Default, PartialEq)]
 pub enum Accrual {

@@ -62,6 +62,10 @@ struct LoadArgs {
     /// Token file for an agent name service.
     #[arg(long)]
     token_file: Option<String>,
+    /// Call token file, for a bank started with `--call-token-file` (default: the
+    /// `GODWIT_CALL_TOKEN` environment variable, or none).
+    #[arg(long)]
+    call_token_file: Option<String>,
     /// Accounts to open.
     #[arg(long, default_value_t = 8)]
     accounts: u64,
@@ -157,11 +161,14 @@ fn now_us() -> u64 {
         .unwrap_or(0)
 }
 
-fn client(a: &LoadArgs, names: &Names) -> BankClient {
-    let opts = ClientOptions {
+fn client(a: &LoadArgs, names: &Names, call_token: &Option<String>) -> BankClient {
+    let mut opts = ClientOptions {
         deadline: Duration::from_secs(60),
         ..Default::default()
     };
+    if call_token.is_some() {
+        opts.call_token = call_token.clone();
+    }
     BankClient::new(Client::by_uuid(&a.uuid, names.clone(), opts))
 }
 
@@ -174,7 +181,16 @@ async fn load(a: LoadArgs) -> anyhow::Result<()> {
         None => None,
     };
     let names = Names::from_url(&a.names, token)?;
-    let setup = client(&a, &names);
+    let call_token = match &a.call_token_file {
+        Some(f) => Some(
+            std::fs::read_to_string(f)
+                .with_context(|| format!("reading {f}"))?
+                .trim()
+                .to_string(),
+        ),
+        None => None,
+    };
+    let setup = client(&a, &names, &call_token);
     const INITIAL: i64 = 1_000_000;
     let mut ids = Vec::new();
     for i in 0..a.accounts {
@@ -192,7 +208,7 @@ async fn load(a: LoadArgs) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs_f64(a.duration_secs);
     let mut tasks = Vec::new();
     for c in 0..a.clients {
-        let (bank, ids, tally) = (client(&a, &names), ids.clone(), tally.clone());
+        let (bank, ids, tally) = (client(&a, &names, &call_token), ids.clone(), tally.clone());
         let mut rng = Rng(a.seed.wrapping_mul(1_000_003).wrapping_add(c * 7919 + 1));
         tasks.push(tokio::spawn(async move {
             while Instant::now() < deadline {
@@ -226,7 +242,12 @@ async fn load(a: LoadArgs) -> anyhow::Result<()> {
         }));
     }
     if a.accrual_every_ms > 0 {
-        let (bank, ids, tally, a2) = (client(&a, &names), ids.clone(), tally.clone(), a.clone());
+        let (bank, ids, tally, a2) = (
+            client(&a, &names, &call_token),
+            ids.clone(),
+            tally.clone(),
+            a.clone(),
+        );
         tasks.push(tokio::spawn(async move {
             while Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_millis(a2.accrual_every_ms)).await;

@@ -153,26 +153,23 @@ fn start_godwitd(cluster: &Cluster, i: usize, dir: &Path, token_file: &Path) -> 
     Proc(child)
 }
 
-async fn status(addr: &str) -> Value {
-    godwit_sdk::mgmt::request(
-        addr,
-        json!({"op": "status"}),
-        Some(TOKEN),
-        Duration::from_secs(10),
-    )
-    .await
-    .unwrap()
-}
-
-/// Waits until an interest accrual is in flight past at least one migration point.
-async fn wait_mid_accrual(names: &Names, uuid: &str) -> bool {
+async fn wait_mid_accrual(names: &Names, uuid: &str, operator: &Agent) -> bool {
     let deadline = Instant::now() + Duration::from_secs(5);
+    // The instance's management credential, from its agent (once per address).
+    let mut cred: Option<(String, String)> = None;
     while Instant::now() < deadline {
         if let Ok(Some(addr)) = names.resolve(uuid).await {
+            if cred.as_ref().map(|c| &c.0) != Some(&addr) {
+                cred = godwit_agent_client::management_credential(operator.client(), &addr, uuid)
+                    .await
+                    .ok()
+                    .map(|c| (addr.clone(), c));
+            }
+            let token = cred.as_ref().map(|c| c.1.as_str());
             if let Ok(st) = godwit_sdk::mgmt::request(
                 &addr,
                 json!({"op": "status"}),
-                Some(TOKEN),
+                token,
                 Duration::from_secs(5),
             )
             .await
@@ -294,7 +291,7 @@ async fn hammered_bank_migrates_back_and_forth_without_losing_a_cent() {
     let mut last_checkpoint = Value::Null;
     for round in 0..4 {
         let to = &nodes[(round + 1) % 2];
-        if wait_mid_accrual(&names, &uuid).await {
+        if wait_mid_accrual(&names, &uuid, &node1).await {
             mid_accrual += 1;
         }
         let m = admin(&nodes[0], &token_file, &["migrate", &uuid, "--to", to]);
@@ -348,6 +345,16 @@ async fn hammered_bank_migrates_back_and_forth_without_losing_a_cent() {
         "{ls}"
     );
     assert_eq!(services[0]["restored_from"], last_checkpoint, "{ls}");
+    // The migrated instance got a grant of node 1 and a management credential of its
+    // own, never the operator's token.
+    let pid = services[0]["pid"].as_u64().unwrap();
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    let environ = String::from_utf8_lossy(&environ);
+    assert!(
+        !environ.contains(TOKEN),
+        "the operator's token reached the migrated service"
+    );
+    assert!(environ.contains("GODWIT_MANAGE_TOKEN="));
     let procs: Value = node1_procs(&nodes[0]).await;
     let running = procs["processes"]
         .as_array()
@@ -395,7 +402,16 @@ async fn hammered_bank_migrates_back_and_forth_without_losing_a_cent() {
             "account {id}: {accounts}"
         );
     }
-    let st = status(&addr).await;
+    // The migrated instance is managed with its own credential, from its agent.
+    let st = godwit_agent_client::manage(
+        node1.client(),
+        &addr,
+        &uuid,
+        json!({"op": "status"}),
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap();
     assert!(st["last_checkpoint"]["seq"].as_u64().unwrap() >= 5, "{st}");
 }
 
@@ -538,10 +554,26 @@ async fn a_service_started_by_the_agent_uses_its_per_program_token() {
         Some(addr.as_str()),
         "the service registered"
     );
-    let ck = godwit_sdk::mgmt::request(
+    // Its management interface needs the credential the agent made for it (the agent
+    // gives it to operate tokens): neither no token nor the agent's token will do.
+    for given in [None, Some(TOKEN)] {
+        let e = godwit_sdk::mgmt::request(
+            &addr,
+            json!({"op": "checkpoint"}),
+            given,
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("unauthorized"), "{given:?}: {e}");
+    }
+    assert!(environ.contains("GODWIT_MANAGE_TOKEN="));
+    let ck = godwit_agent_client::manage(
+        agent.client(),
         &addr,
+        &uuid,
         json!({"op": "checkpoint"}),
-        None,
         Duration::from_secs(10),
     )
     .await

@@ -16,6 +16,8 @@ use godwit_sdk::{Client, ClientOptions};
 use serde_json::{json, Value};
 
 const TOKEN: &str = "bank-services-token-42";
+/// A token of the same agents with the `read` scope only.
+const READ_TOKEN: &str = "bank-services-read-only-token-7";
 const T: Duration = Duration::from_secs(20);
 
 fn bank_bin() -> PathBuf {
@@ -75,7 +77,7 @@ struct Node {
 impl Node {
     fn start(dir: &Path) -> Node {
         let token_file = dir.join("token");
-        private_file(&token_file, TOKEN);
+        private_file(&token_file, &format!("all {TOKEN}\nread {READ_TOKEN}\n"));
         let data = dir.join("node");
         let mut cmd = Command::new(godwitd_bin());
         cmd.args(["--listen", "127.0.0.1:0", "--data"])
@@ -698,4 +700,154 @@ async fn a_crashed_service_is_started_again_from_its_tip() {
         .filter(|p| p["running"] == true)
         .collect();
     assert!(running.is_empty(), "started again after a stop: {v}");
+}
+
+/// `godwit service start` gives the service no operator token: the service gets a
+/// management credential of its own from the agent, which hands it only to `operate`
+/// tokens; the operator's token itself, no token, or a read-only token cannot manage
+/// it; the command line (through the agent) can.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_started_service_gets_no_operator_token_and_is_managed_through_its_agent() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path());
+    let bank_path = bank_bin().display().to_string();
+    let started = node.admin(&["start", "--", &bank_path, "serve"]);
+    let uuid = started["uuid"].as_str().unwrap().to_string();
+    let addr = started["address"].as_str().unwrap().to_string();
+    let pid = started["pid"].as_u64().unwrap();
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    let environ = String::from_utf8_lossy(&environ);
+    assert!(
+        !environ.contains(TOKEN),
+        "the operator's token reached the service"
+    );
+    assert!(environ.contains("GODWIT_MANAGE_TOKEN="), "{environ}");
+
+    // Neither the operator's token nor none manages it directly.
+    for given in [Some(TOKEN), None] {
+        let e = godwit_sdk::mgmt::request(&addr, json!({"op": "freeze"}), given, T)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unauthorized"), "{given:?}: {e}");
+    }
+    // A read-only token does not get the credential from the agent.
+    let read_only = Agent::new(&node.addr, READ_TOKEN.into()).unwrap();
+    let e = read_only
+        .request(
+            "credential",
+            "POST",
+            &format!("/v1/services/{uuid}/credential"),
+            Some(json!({})),
+            T,
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("403") && e.contains("operate"), "{e}");
+    let read_file = dir.path().join("read-token");
+    private_file(&read_file, READ_TOKEN);
+    let out = Command::new(bank_bin())
+        .args(["admin", "--agent", &node.addr, "--token-file"])
+        .arg(&read_file)
+        .args(["stop", &uuid])
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "a read-only token stopped the service"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("operate"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Nor does it mint grants.
+    let e = read_only
+        .request("grant", "POST", "/v1/grants", Some(json!({})), T)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("403"), "{e}");
+
+    // The operator, through the agent: status, checkpoint, stop.
+    let st = node.admin(&["status", &uuid]);
+    assert_eq!(st["mode"], "serving", "{st}");
+    let ck = node.admin(&["checkpoint", &uuid]);
+    assert!(ck["checkpoint"]["id"].is_string(), "{ck}");
+    let ls = node.admin(&["ls"]);
+    assert_eq!(ls["services"][0]["mode"], "serving", "{ls}");
+    // A migration on the same node: two instances side by side under one agent, each
+    // managed with its own credential.
+    let m = node.admin(&["migrate", &uuid, "--to", &node.addr]);
+    assert_ne!(m["to"], m["from"], "{m}");
+    let st = node.admin(&["status", &uuid]);
+    assert_eq!(st["address"], m["to"], "{st}");
+    assert_eq!(st["mode"], "serving", "{st}");
+    let stopped = node.admin(&["stop", &uuid]);
+    assert!(stopped["checkpoint"]["id"].is_string(), "{stopped}");
+}
+
+/// `--call-token-file`: a client without the token is refused with a clear error, a
+/// client with another token too, a client with it is served; without the option any
+/// client is served, as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn service_calls_need_the_call_token_when_the_operator_asks() {
+    let dir = tempfile::tempdir().unwrap();
+    let call_file = dir.path().join("call-token");
+    private_file(&call_file, "bank-call-token-0123456789\n");
+    let store = format!("dir:{}", dir.path().join("store").display());
+    let serve = |extra: &[&str]| {
+        let mut cmd = Command::new(bank_bin());
+        cmd.args(["serve", "--store", &store])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .process_group(0);
+        let mut p = Proc(cmd.spawn().unwrap());
+        let mut line = String::new();
+        BufReader::new(p.0.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let addr = line.split_whitespace().nth(1).unwrap().to_string();
+        (p, addr)
+    };
+    let with = |token: Option<&str>, addr: &str| {
+        BankClient::new(Client::at(
+            addr,
+            ClientOptions {
+                deadline: Duration::from_secs(15),
+                call_token: token.map(str::to_string),
+                ..Default::default()
+            },
+        ))
+    };
+    let (_p, addr) = serve(&["--call-token-file", call_file.to_str().unwrap()]);
+    for (token, why) in [
+        (None, "presented none"),
+        (Some("another-token-0123456789"), "wrong call token"),
+    ] {
+        match with(token, &addr).open("eve".into(), 1).await {
+            Err(godwit_sdk::CallError::Unauthorized { message, .. }) => {
+                assert!(message.contains(why), "{token:?}: {message}")
+            }
+            other => panic!("{token:?}: not refused: {other:?}"),
+        }
+    }
+    let good = with(Some("bank-call-token-0123456789"), &addr);
+    let id = good.open("ann".into(), 10).await.unwrap().unwrap();
+    assert_eq!(good.balance(id).await.unwrap().unwrap(), 10);
+    // Management is not a service call: its own token rules apply (none here).
+    let st = godwit_sdk::mgmt::request(&addr, json!({"op": "status"}), None, T)
+        .await
+        .unwrap();
+    assert_eq!(
+        st["call_token_file"].as_str(),
+        Some(call_file.to_str().unwrap())
+    );
+
+    // Off by default: any client is served.
+    let (_q, open_addr) = serve(&[]);
+    let anyone = with(None, &open_addr);
+    anyone.open("bob".into(), 3).await.unwrap().unwrap();
 }

@@ -1,7 +1,8 @@
 //! SDK benchmark: checkpoint/restore throughput of a 100 MB state against memcpy, and
 //! client-visible call latency before, during and after a migration.
 //!
-//! `cargo run --release -p godwit-sdk --bin sdk-bench -- [--mb 100] [--out FILE]`
+//! `cargo run --release -p godwit-sdk --bin sdk-bench -- [--mb 100] [--out FILE]
+//! [--calls-only]`; also the per-call cost with service-call authentication off and on.
 //! prints JSON (and writes it to FILE). Everything runs in this process on loopback; the
 //! checkpoint store is a directory under the system temp dir (real files, fsync'ed).
 
@@ -234,20 +235,89 @@ async fn migration(name: &str, state: Bench, store: &Store) -> Value {
     })
 }
 
+/// Per-call latency of one client calling `incr` in a loop, with service-call
+/// authentication off and on (`--call-token-file`: the token goes once per connection),
+/// and the cost of a new connection's first call (fresh client each time).
+async fn call_cost(calls: usize) -> Value {
+    const TOKEN: &str = "sdk-bench-call-token-0123456789";
+    let mut rows = Vec::new();
+    for auth in [false, true] {
+        let names = Names::from_url("memory", None).expect("memory names");
+        let dir = std::env::temp_dir().join(format!(
+            "godwit-sdk-bench-calls-{}-{auth}",
+            std::process::id()
+        ));
+        let opts = ServiceOptions {
+            names: names.clone(),
+            store: Store::Dir(dir.clone()),
+            handle_signals: false,
+            announce: false,
+            call_token: auth.then(|| TOKEN.to_string()),
+            ..Default::default()
+        };
+        let s = Server::bind(opts, Bench::default).await.expect("bind");
+        let addr = s.address().to_string();
+        tokio::spawn(s.run());
+        let copts = ClientOptions {
+            call_token: auth.then(|| TOKEN.to_string()),
+            ..Default::default()
+        };
+        let c = BenchClient::new(Client::at(&addr, copts.clone()));
+        for _ in 0..1000 {
+            c.incr(1).await.expect("warm-up call");
+        }
+        let mut lat = Vec::with_capacity(calls);
+        for _ in 0..calls {
+            let t = Instant::now();
+            c.incr(1).await.expect("call");
+            lat.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+        let mut first = Vec::new();
+        for _ in 0..500 {
+            let fresh = BenchClient::new(Client::at(&addr, copts.clone()));
+            let t = Instant::now();
+            fresh.incr(1).await.expect("first call");
+            first.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+        mgmt(&addr, json!({"op": "stop", "checkpoint": false})).await;
+        let _ = std::fs::remove_dir_all(&dir);
+        rows.push(json!({
+            "call_token": auth,
+            "calls": calls,
+            "p50_ms": pct(&mut lat, 0.5), "p99_ms": pct(&mut lat, 0.99),
+            "first_call_on_new_connection": { "p50_ms": pct(&mut first, 0.5), "p99_ms": pct(&mut first, 0.99) },
+        }));
+    }
+    json!(rows)
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let mut mb = 100usize;
     let mut out_file = None;
+    let mut calls_only = false;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--mb" => mb = args.next().and_then(|v| v.parse().ok()).unwrap_or(100),
             "--out" => out_file = args.next(),
+            "--calls-only" => calls_only = true,
             other => {
-                eprintln!("usage: sdk-bench [--mb N] [--out FILE] (unknown `{other}`)");
+                eprintln!(
+                    "usage: sdk-bench [--mb N] [--out FILE] [--calls-only] (unknown `{other}`)"
+                );
                 std::process::exit(2);
             }
         }
+    }
+    eprintln!("per-call cost, call authentication off and on ...");
+    let calls = call_cost(20_000).await;
+    if calls_only {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({ "calls": calls })).unwrap_or_default()
+        );
+        return;
     }
     let dir = std::env::temp_dir().join(format!("godwit-sdk-bench-{}", std::process::id()));
     let store = Store::Dir(dir.clone());
@@ -265,6 +335,7 @@ async fn main() {
         "machine": { "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0) },
         "throughput": tp,
         "migration": [small, big],
+        "calls": calls,
     });
     let text = serde_json::to_string_pretty(&report).unwrap_or_default();
     println!("{text}");
