@@ -212,6 +212,8 @@ pub struct Status {
     pub sig_ign: u64,
     /// Resident private anonymous memory (RssAnon), bytes.
     pub rss_anon: u64,
+    /// All resident memory (VmRSS), bytes.
+    pub vm_rss: u64,
     /// Seccomp mode: 0 none, 1 strict, 2 filter.
     pub seccomp: u32,
     /// Number of seccomp filters in the task's stack (Seccomp_filters).
@@ -273,6 +275,7 @@ pub fn parse_status(text: &str, path: &str) -> Result<Status> {
                 st.sig_ign = u64::from_str_radix(v, 16).map_err(|_| bad(path, "bad SigIgn"))?
             }
             "RssAnon" => st.rss_anon = kb_field(v),
+            "VmRSS" => st.vm_rss = kb_field(v),
             "VmLck" => st.vm_lck = kb_field(v),
             _ => {}
         }
@@ -536,6 +539,30 @@ pub fn task_nice(pid: i32, tid: i32) -> Result<i32> {
         .and_then(|(_, rest)| rest.split_whitespace().nth(16))
         .and_then(|v| v.parse().ok())
         .ok_or_else(|| bad(&path, "no nice field"))
+}
+
+/// The VMAs of `pid` that /proc/PID/numa_maps shows with a policy other
+/// than "default" (their own, from mbind, or else the thread's): their
+/// start addresses. Empty without CONFIG_NUMA. (Reading it walks every
+/// resident page: worth it for many small areas, not for big ones.)
+pub fn vma_policy_starts(pid: i32) -> Result<Vec<u64>> {
+    let path = format!("/proc/{pid}/numa_maps");
+    if !std::path::Path::new(&path).exists() {
+        return Ok(Vec::new());
+    }
+    let text = read(&path)?;
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let mut w = line.split_whitespace();
+        let (Some(start), Some(policy)) = (w.next(), w.next()) else {
+            continue;
+        };
+        if policy == "default" {
+            continue;
+        }
+        out.push(u64::from_str_radix(start, 16).map_err(|_| bad(&path, "bad address"))?);
+    }
+    Ok(out)
 }
 
 pub fn comm(pid: i32, tid: i32) -> Result<String> {

@@ -55,21 +55,35 @@ pub fn dump_thread(rt: &Remote) -> Result<(u32, Vec<u64>)> {
 const SLOTS_AT: u64 = 512;
 const SLOTS: usize = (4096 - SLOTS_AT as usize) / 8;
 
-/// The memory areas of the process with a policy of their own: one batch
-/// of get_mempolicy(MPOL_F_ADDR) over every area (MPOL_DEFAULT for an area
-/// without one, whatever its thread's), then the node mask of each that
-/// has one. Not /proc/PID/numa_maps, which walks every page (40–60 ms per
-/// GiB here, in the frozen time). Uses scratch bytes [256, 4096).
+/// Injecting one call costs about this much (the dump injects one by one).
+const INJECTED_CALL_US: u64 = 100;
+/// /proc/PID/numa_maps walks every resident page: about 50 ms per GiB.
+const NUMA_MAPS_US_PER_GIB: u64 = 50_000;
+
+/// The memory areas of the process with a policy of their own: get_mempolicy
+/// (MPOL_F_ADDR) over the areas (MPOL_DEFAULT for an area without one,
+/// whatever its thread's), then the node mask of each that has one. Which
+/// areas are asked: every one, or, when that would take longer than a walk
+/// of its resident pages (many small areas: 10000 of them take a second of
+/// injected calls, against a few ms for the walk), those /proc/PID/numa_maps
+/// shows with a policy other than "default" (its own or its thread's).
+/// Uses scratch bytes [256, 4096).
 pub fn dump_vmas(r: &Remote) -> Result<Vec<VmaPolicy>> {
     let pid = r.pid;
     let stage = "reading memory policies";
     let maps = proc::maps(pid).dumping(pid, stage)?;
     // (The vsyscall page is no memory area of the process.)
-    let areas: Vec<(u64, u64)> = maps
+    let mut areas: Vec<(u64, u64)> = maps
         .iter()
         .filter(|m| m.start < 1 << 47)
         .map(|m| (m.start, m.end))
         .collect();
+    let rss = proc::status(pid).map(|s| s.vm_rss).unwrap_or(u64::MAX / 2);
+    let walk_us = (rss >> 20) * NUMA_MAPS_US_PER_GIB / 1024 + areas.len() as u64 * 2;
+    if walk_us < areas.len() as u64 * INJECTED_CALL_US {
+        let listed = proc::vma_policy_starts(pid).dumping(pid, stage)?;
+        areas.retain(|(start, _)| listed.binary_search(start).is_ok());
+    }
     let mut out = Vec::new();
     for chunk in areas.chunks(SLOTS) {
         let calls: Vec<Call> = chunk
