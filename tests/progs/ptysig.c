@@ -50,13 +50,17 @@ static void reader(const char *slave, int w) {
     report(w, "R ready\n");
     char buf[64];
     ssize_t n = read(s, buf, sizeof buf);
-    report(w, "R usr1 n=%zd errno=%d sig=%d\n", n, n < 0 ? errno : 0, (int)got);
+    /* Each report's signal is taken, and cleared, before the report goes
+     * out: the parent sends the next signal once it has read the report. */
+    int e = n < 0 ? errno : 0, sig = got;
     got = 0;
+    report(w, "R usr1 n=%zd errno=%d sig=%d\n", n, e, sig);
     n = read(s, buf, sizeof buf - 1);
     if (n > 0) buf[n] = 0; else buf[0] = 0;
     if (n > 0 && buf[n - 1] == '\n') buf[n - 1] = 0;
-    report(w, "R int n=%zd sig=%d line=%s\n", n, (int)got, buf);
+    sig = got;
     got = 0;
+    report(w, "R int n=%zd sig=%d line=%s\n", n, sig, buf);
     n = read(s, buf, sizeof buf);
     report(w, "R hup n=%zd sig=%d\n", n, (int)got);
     _exit(0);

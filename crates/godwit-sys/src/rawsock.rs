@@ -15,7 +15,7 @@
 //!   rings and fanout ([`packet_diag`], NETLINK_SOCK_DIAG).
 
 use crate::tcp::socket_in_netns_of;
-use crate::udp::Datagram;
+use crate::udp::{fold, sum16, Datagram};
 use crate::{check, Result, SysError};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
@@ -214,25 +214,6 @@ pub fn rcv_mem(fd: impl AsFd) -> Result<(u32, u32)> {
     let b = get_bytes(fd, libc::SOL_SOCKET, SO_MEMINFO, 9 * 4)?;
     let at = |i: usize| u32_at(&b, i * 4).unwrap_or(0);
     Ok((at(0), at(8)))
-}
-
-fn sum16(data: &[u8], mut acc: u32) -> u32 {
-    for c in data.chunks(2) {
-        let w = if c.len() == 2 {
-            u16::from_be_bytes([c[0], c[1]])
-        } else {
-            u16::from_be_bytes([c[0], 0])
-        };
-        acc += w as u32;
-    }
-    acc
-}
-
-fn fold(mut acc: u32) -> u16 {
-    while acc > 0xffff {
-        acc = (acc & 0xffff) + (acc >> 16);
-    }
-    !(acc as u16)
 }
 
 /// The IP packet carrying ICMP (IPv4) or ICMPv6 message `icmp` from `src`

@@ -104,7 +104,9 @@ pub fn queued(fd: impl AsFd) -> Result<usize> {
     Ok(peek_datagrams(fd)?.len())
 }
 
-fn sum16(data: &[u8], mut acc: u32) -> u32 {
+/// The ones' complement sum of `data` as big-endian 16-bit words (a last
+/// odd byte padded with zero), added to `acc`.
+pub(crate) fn sum16(data: &[u8], mut acc: u32) -> u32 {
     for c in data.chunks(2) {
         let w = if c.len() == 2 {
             u16::from_be_bytes([c[0], c[1]])
@@ -116,7 +118,9 @@ fn sum16(data: &[u8], mut acc: u32) -> u32 {
     acc
 }
 
-fn fold(mut acc: u32) -> u16 {
+/// The Internet checksum of a sum from [`sum16`]: carries folded in, then
+/// complemented.
+pub(crate) fn fold(mut acc: u32) -> u16 {
     while acc > 0xffff {
         acc = (acc & 0xffff) + (acc >> 16);
     }

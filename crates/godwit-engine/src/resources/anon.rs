@@ -164,9 +164,9 @@ pub fn dump(pid: i32, fd: i32, name: &str, e: &mut Fd) -> Result<()> {
     Ok(())
 }
 
-/// The watches of inotify descriptor `fd` of `pid`, each with its path.
-fn dump_inotify(pid: i32, fd: i32, read_info: &dyn Fn() -> Result<String>) -> Result<AnonFd> {
-    let stage = "reading inotify instances";
+/// Refuses notification descriptor `fd` of `pid` (`what`) while events wait
+/// in it to be read: they cannot be queued again.
+fn no_events_waiting(pid: i32, fd: i32, stage: &'static str, what: &str) -> Result<()> {
     let pidfd = process::pidfd_open(pid).dumping(pid, stage)?;
     let ours = process::pidfd_getfd(&pidfd, fd).dumping(pid, stage)?;
     let unread = process::pipe_pending(&ours).dumping(pid, stage)?;
@@ -174,9 +174,15 @@ fn dump_inotify(pid: i32, fd: i32, read_info: &dyn Fn() -> Result<String>) -> Re
         return Err(unsupported(
             pid,
             fd,
-            format!("an inotify instance with {unread} bytes of events not yet read, which cannot be queued again; retry the dump"),
+            format!("{what} with {unread} bytes of events not yet read, which cannot be queued again; retry the dump"),
         ));
     }
+    Ok(())
+}
+
+/// The watches of inotify descriptor `fd` of `pid`, each with its path.
+fn dump_inotify(pid: i32, fd: i32, read_info: &dyn Fn() -> Result<String>) -> Result<AnonFd> {
+    no_events_waiting(pid, fd, "reading inotify instances", "an inotify instance")?;
     let raw = parse_inotify(&read_info()?).map_err(|d| bad_fdinfo(pid, fd, d))?;
     let gap = raw.last().map_or(0, |w| w.wd as u64) - raw.len() as u64;
     if gap > MAX_WD_GAP {
@@ -275,17 +281,7 @@ const FAN_PERM_EVENTS: u32 = 0x00ff_0000;
 
 /// The flags and marks of fanotify descriptor `fd` of `pid`.
 fn dump_fanotify(pid: i32, fd: i32, read_info: &dyn Fn() -> Result<String>) -> Result<AnonFd> {
-    let stage = "reading fanotify groups";
-    let pidfd = process::pidfd_open(pid).dumping(pid, stage)?;
-    let ours = process::pidfd_getfd(&pidfd, fd).dumping(pid, stage)?;
-    let unread = process::pipe_pending(&ours).dumping(pid, stage)?;
-    if unread > 0 {
-        return Err(unsupported(
-            pid,
-            fd,
-            format!("a fanotify group with {unread} bytes of events not yet read, which cannot be queued again; retry the dump"),
-        ));
-    }
+    no_events_waiting(pid, fd, "reading fanotify groups", "a fanotify group")?;
     let info = parse_fanotify(&read_info()?).map_err(|d| bad_fdinfo(pid, fd, d))?;
     let mounts = mounts_by_device();
     let mount_ids = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();

@@ -802,15 +802,23 @@ fn dump_deleted_cwd(pid: i32, cwd: &str) -> Result<Option<Fd>> {
     let Some(path) = cwd.strip_suffix(" (deleted)") else {
         return Ok(None);
     };
-    let link = format!("/proc/{pid}/cwd");
-    let md = std::fs::metadata(&link).map_err(|err| EngineError::Unsupported {
-        pid,
-        what: format!("a deleted working directory ({cwd}) that cannot be read ({err})"),
+    deleted_dir(pid, "cwd", path, "a deleted working directory", path).map(Some)
+}
+
+/// Deleted directory `path`, reached through /proc/PID/`link` (cwd or
+/// root), described as one to make again (`what`, `shown`: how messages
+/// name it): refused when it cannot be read or its own directory is gone.
+fn deleted_dir(pid: i32, link: &str, path: &str, what: &str, shown: &str) -> Result<Fd> {
+    let md = std::fs::metadata(format!("/proc/{pid}/{link}")).map_err(|err| {
+        EngineError::Unsupported {
+            pid,
+            what: format!("{what} ({shown} (deleted)) that cannot be read ({err})"),
+        }
     })?;
     check_deleted_dir(pid, None, path).map_err(|_| EngineError::Unsupported {
         pid,
         what: format!(
-            "a deleted working directory ({path}) whose own directory is gone too: it cannot be made again next to where it was"
+            "{what} ({shown}) whose own directory is gone too: it cannot be made again next to where it was"
         ),
     })?;
     let mut e = Fd {
@@ -820,7 +828,7 @@ fn dump_deleted_cwd(pid: i32, cwd: &str) -> Result<Option<Fd>> {
         ..Default::default()
     };
     deleted_meta(&mut e, &md);
-    Ok(Some(e))
+    Ok(e)
 }
 
 /// Keeps what makes again an object that was deleted while open: a regular
@@ -1899,24 +1907,13 @@ pub fn dump_root(pid: i32) -> Result<(String, Option<Fd>)> {
     let Some(path) = root.strip_suffix(" (deleted)") else {
         return Ok((root, None));
     };
-    let md =
-        std::fs::metadata(format!("/proc/{pid}/root")).map_err(|err| EngineError::Unsupported {
-            pid,
-            what: format!("a deleted root directory ({root}) that cannot be read ({err})"),
-        })?;
-    check_deleted_dir(pid, None, path).map_err(|_| EngineError::Unsupported {
+    let e = deleted_dir(
         pid,
-        what: format!(
-            "a deleted root directory (chroot into {path}) whose own directory is gone too: it cannot be made again next to where it was"
-        ),
-    })?;
-    let mut e = Fd {
-        fd: -1,
-        kind: FdKind::Directory as i32,
-        path: path.to_string(),
-        ..Default::default()
-    };
-    deleted_meta(&mut e, &md);
+        "root",
+        path,
+        "a deleted root directory",
+        &format!("chroot into {path}"),
+    )?;
     Ok((path.to_string(), Some(e)))
 }
 

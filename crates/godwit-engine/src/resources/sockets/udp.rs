@@ -16,7 +16,7 @@
 //! being corked.
 
 use super::unsupported;
-use crate::error::{DumpCtx, EngineError, RestoreCtx, Result};
+use crate::error::{DumpCtx, EngineError, Result};
 use crate::remote::Remote;
 use crate::schema::{SockOpt, Socket};
 use godwit_sys::tcp as t;
@@ -338,28 +338,7 @@ fn failed(pid: i32, fd: i32, s: &Socket, what: &str, e: SysError) -> EngineError
 /// there. `status_flags` carries O_NONBLOCK.
 pub fn restore(r: &Remote, fd: i32, s: &Socket, status_flags: u64) -> Result<u64> {
     let pid = r.pid;
-    let nonblock = if status_flags & libc::O_NONBLOCK as u64 != 0 {
-        libc::SOCK_NONBLOCK
-    } else {
-        0
-    };
-    let sfd = r
-        .call(
-            "socket",
-            libc::SYS_socket,
-            [
-                s.family as u64,
-                (s.sock_type | nonblock) as u64,
-                s.protocol as u64,
-                0,
-                0,
-                0,
-            ],
-        )
-        .restoring(pid, "creating sockets")?;
-    let pidfd = process::pidfd_open(pid).restoring(pid, "restoring a datagram socket")?;
-    let sock =
-        process::pidfd_getfd(&pidfd, sfd as i32).restoring(pid, "restoring a datagram socket")?;
+    let (sfd, sock) = super::new_socket(r, s, status_flags, "restoring a datagram socket")?;
     let err = |what: &str| {
         let what = what.to_string();
         move |e: SysError| failed(pid, fd, s, &what, e)
