@@ -43,12 +43,15 @@ s = socket.socket()
 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 s.bind((os.environ["ADDR"], 8080))
 s.listen(1)
-c, _ = s.accept()
-f = c.makefile("rb")
-n = 0
-for line in f:
-    n += 1
-    c.sendall(b"line %d received by PID %d\n" % (n, os.getpid()))
+while True:  # one client after another; it runs on when one leaves
+    c, _ = s.accept()
+    f = c.makefile("rb")
+    n = 0
+    for line in f:
+        n += 1
+        c.sendall(b"line %d received by PID %d\n" % (n, os.getpid()))
+    f.close()
+    c.close()
 PY
 "$C" exec "$name" 1 ip addr add "$service/24" dev eth0
 pid=$("$C" exec "$name" 1 sh -c "echo 4999 > /proc/sys/kernel/ns_last_pid; ADDR=$service $work/launch python3 $work/service.py </dev/null >/dev/null 2>&1 & echo \$!")
