@@ -321,6 +321,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                             "bytes_frozen": r.precopy.bytes_frozen,
                         },
                         "externals": externals_json(&r.externals),
+                        "terminals": r.outside_terminals.iter().map(|t| serde_json::json!({
+                            "pid": t.pid, "fd": t.fd, "key": t.key, "terminal": t.name,
+                        })).collect::<Vec<_>>(),
                     })
                 );
             } else {
@@ -352,6 +355,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         x.pid,
                         x.fd,
                         godwit_engine::resources::external::default_for(x)
+                    );
+                }
+                for t in &r.outside_terminals {
+                    println!(
+                        "process {} fd {}: on {} ({}), a terminal outside the dumped tree; restore with --shell-job (the terminal godwit restore runs on) or --inherit-fd N:{} (or N:fd:{}:{}) to give your terminal fd N in its place",
+                        t.pid, t.fd, t.name, t.key, t.key, t.pid, t.fd
                     );
                 }
             }

@@ -519,7 +519,17 @@ fn terminal_outside_the_tree_by_inherit_fd() {
     for needle in ["fd 0", a.path.as_str(), "--shell-job", "--inherit-fd"] {
         assert!(err.contains(needle), "{needle:?} missing in: {err}");
     }
-    p.dump(&["--shell-job"]);
+    // The dump names the key to give.
+    let v = p.dump(&["--shell-job"]);
+    let terminals = v["terminals"]
+        .as_array()
+        .expect("terminals in the dump's JSON");
+    assert!(
+        terminals
+            .iter()
+            .any(|t| t["fd"] == 0 && t["key"] == key.as_str() && t["terminal"] == a.path.as_str()),
+        "{v}"
+    );
     p.end_original();
     drop(a);
 

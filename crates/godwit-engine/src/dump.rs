@@ -77,6 +77,9 @@ pub struct DumpReport {
     /// Descriptors connected outside the dumped tree (pipes, unix sockets):
     /// what `restore --inherit-fd` can name.
     pub externals: Vec<crate::resources::external::ExternalFd>,
+    /// Descriptors on a terminal outside the tree (dump --shell-job): what
+    /// `restore --inherit-fd N:KEY` can name instead of `--shell-job`.
+    pub outside_terminals: Vec<tty::OutsideTerminal>,
 }
 
 /// What a dump copied before the freeze (crate::precopy).
@@ -627,6 +630,7 @@ pub fn dump_to(
     let processes = procs.len();
     let pids = procs.iter().map(|p| p.pid).collect();
     let externals = crate::resources::external::list(&procs);
+    let outside_terminals = tty::outside(&procs);
     let ck = Checkpoint {
         godwit_version: env!("CARGO_PKG_VERSION").to_string(),
         arch: "x86_64".into(),
@@ -723,6 +727,7 @@ pub fn dump_to(
             precopy: precopied,
             total: t0.elapsed(),
             externals,
+            outside_terminals,
         },
         held,
     ))

@@ -51,6 +51,34 @@ pub fn dev_name(dev: u64) -> String {
     }
 }
 
+/// A descriptor on a terminal outside the dumped tree (dump --shell-job).
+#[derive(Debug, Clone)]
+pub struct OutsideTerminal {
+    pub pid: i32,
+    pub fd: i32,
+    /// `tty:[MAJOR:MINOR]`, for `restore --inherit-fd N:KEY`.
+    pub key: String,
+    /// The terminal's name at dump time (/dev/pts/N, ...).
+    pub name: String,
+}
+
+/// The descriptors of `procs` on a terminal outside the tree.
+pub fn outside(procs: &[Process]) -> Vec<OutsideTerminal> {
+    procs
+        .iter()
+        .flat_map(|p| p.fds.iter().map(move |f| (p.pid, f)))
+        .filter_map(|(pid, f)| {
+            let t = f.tty.as_ref().filter(|t| t.external)?;
+            Some(OutsideTerminal {
+                pid,
+                fd: f.fd,
+                key: external_key(t.dev),
+                name: dev_name(t.dev),
+            })
+        })
+        .collect()
+}
+
 /// What `restore --inherit-fd N:KEY` names a terminal outside the tree by:
 /// "tty:[MAJOR:MINOR]" of its device at dump time (136:N for /dev/pts/N).
 pub fn external_key(dev: u64) -> String {
