@@ -137,6 +137,17 @@ impl Remote {
         self.put(offset, &b)
     }
 
+    /// openat(AT_FDCWD, `path`, `flags`, `mode`) in the task (the path goes at
+    /// the start of the scratch area): the new fd there.
+    pub fn openat(&self, path: &str, flags: i32, mode: u32) -> Result<u64> {
+        let a = self.put_cstr(0, path)?;
+        self.call(
+            "openat",
+            libc::SYS_openat,
+            [libc::AT_FDCWD as u64, a, flags as u64, mode as u64, 0, 0],
+        )
+    }
+
     /// Reads `len` bytes at `offset` in the scratch area.
     pub fn get(&self, offset: u64, len: usize) -> Result<Vec<u8>> {
         self.check(offset, len)?;

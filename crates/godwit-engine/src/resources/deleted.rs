@@ -403,19 +403,11 @@ fn make_file(
 ) -> Result<()> {
     let pid = r.pid;
     let stage = "recreating a deleted file";
-    let a = r.put_cstr(0, tmp).restoring(pid, stage)?;
     let wfd = r
-        .call(
-            "openat",
-            libc::SYS_openat,
-            [
-                libc::AT_FDCWD as u64,
-                a,
-                (libc::O_RDWR | libc::O_CREAT | libc::O_EXCL | libc::O_CLOEXEC) as u64,
-                f.mode as u64,
-                0,
-                0,
-            ],
+        .openat(
+            tmp,
+            libc::O_RDWR | libc::O_CREAT | libc::O_EXCL | libc::O_CLOEXEC,
+            f.mode,
         )
         .map_err(|e| EngineError::FileChanged {
             path: f.path.clone(),

@@ -1668,20 +1668,8 @@ impl FdPlan {
     fn open_fifo(&self, r: &Remote, id: u64, f: &Fd, path: &str) -> Result<u64> {
         let pid = r.pid;
         let stage = "opening FIFOs";
-        let a = r.put_cstr(0, path).restoring(pid, stage)?;
         let both = r
-            .call(
-                "openat",
-                libc::SYS_openat,
-                [
-                    libc::AT_FDCWD as u64,
-                    a,
-                    (libc::O_RDWR | libc::O_NONBLOCK | libc::O_CLOEXEC) as u64,
-                    0,
-                    0,
-                    0,
-                ],
-            )
+            .openat(path, libc::O_RDWR | libc::O_NONBLOCK | libc::O_CLOEXEC, 0)
             .map_err(|e| EngineError::FileMissing {
                 path: f.path.clone(),
                 detail: format!(

@@ -1795,33 +1795,13 @@ pub fn restore(
                 })?;
                 let writable = shared && v.prot & libc::PROT_WRITE as u32 != 0;
                 let path = format!("/proc/self/fd/{held}");
-                match files.get(&(path.clone(), writable)) {
-                    Some(fd) => *fd,
-                    None => {
-                        let a = r.put_cstr(0, &path).restoring(pid, "mapping files")?;
-                        let oflags = if writable {
-                            libc::O_RDWR
-                        } else {
-                            libc::O_RDONLY
-                        };
-                        let fd = r
-                            .call(
-                                "openat",
-                                libc::SYS_openat,
-                                [
-                                    libc::AT_FDCWD as u64,
-                                    a,
-                                    (oflags | libc::O_CLOEXEC) as u64,
-                                    0,
-                                    0,
-                                    0,
-                                ],
-                            )
-                            .restoring(pid, "opening a mapped deleted file")?;
-                        files.insert((path, writable), fd);
-                        fd
-                    }
-                }
+                open_mapped(
+                    r,
+                    &mut files,
+                    &path,
+                    writable,
+                    "opening a mapped deleted file",
+                )?
             }
             VmaKind::FilePrivate | VmaKind::FileShared => {
                 let shared = k == VmaKind::FileShared;
@@ -1831,33 +1811,7 @@ pub fn restore(
                     libc::MAP_PRIVATE
                 } as u64;
                 let writable = shared && v.prot & libc::PROT_WRITE as u32 != 0;
-                match files.get(&(v.path.clone(), writable)) {
-                    Some(fd) => *fd,
-                    None => {
-                        let path = r.put_cstr(0, &v.path).restoring(pid, "mapping files")?;
-                        let oflags = if writable {
-                            libc::O_RDWR
-                        } else {
-                            libc::O_RDONLY
-                        };
-                        let fd = r
-                            .call(
-                                "openat",
-                                libc::SYS_openat,
-                                [
-                                    libc::AT_FDCWD as u64,
-                                    path,
-                                    (oflags | libc::O_CLOEXEC) as u64,
-                                    0,
-                                    0,
-                                    0,
-                                ],
-                            )
-                            .restoring(pid, "opening a mapped file")?;
-                        files.insert((v.path.clone(), writable), fd);
-                        fd
-                    }
-                }
+                open_mapped(r, &mut files, &v.path, writable, "opening a mapped file")?
             }
             VmaKind::SysvShm => {
                 sysv::attach(r, v)?;
@@ -2581,6 +2535,31 @@ impl FillUffd {
 /// whose faults allocate huge pages (UFFDIO_COPY places 4 KiB pages only).
 fn wants_thp(v: &Vma) -> bool {
     v.vm_flags.iter().any(|f| f == "hg")
+}
+
+/// An fd in the process behind `r` of `path` (a file it maps), opened
+/// read-write for a writable shared mapping, else read-only, once per
+/// (path, access): `files` keeps those opened so far.
+fn open_mapped(
+    r: &Remote,
+    files: &mut HashMap<(String, bool), u64>,
+    path: &str,
+    writable: bool,
+    stage: &'static str,
+) -> Result<u64> {
+    if let Some(fd) = files.get(&(path.to_string(), writable)) {
+        return Ok(*fd);
+    }
+    let oflags = if writable {
+        libc::O_RDWR
+    } else {
+        libc::O_RDONLY
+    };
+    let fd = r
+        .openat(path, oflags | libc::O_CLOEXEC, 0)
+        .restoring(r.pid, stage)?;
+    files.insert((path.to_string(), writable), fd);
+    Ok(fd)
 }
 
 /// Below this many private anonymous pages, the userfaultfd set-up costs
