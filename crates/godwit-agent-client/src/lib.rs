@@ -326,6 +326,18 @@ impl Migration {
 const MGMT_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Resolves a service's address, waiting briefly if it is between two nodes.
+/// Sends management request `req` to service `uuid`, found through
+/// `names`, with its credential from the agent that started it.
+pub async fn manage_named(
+    names: &Names,
+    client: &ClientTls,
+    uuid: &str,
+    req: Value,
+) -> Result<Value, AgentError> {
+    let addr = resolve(names, uuid).await?;
+    manage(client, &addr, uuid, req, MGMT_TIMEOUT).await
+}
+
 pub async fn resolve(names: &Names, uuid: &str) -> Result<String, AgentError> {
     for _ in 0..50 {
         if let Some(a) = names.resolve(uuid).await? {
@@ -796,15 +808,8 @@ pub async fn run_service_cmd(
             });
         }
         ServiceCmd::Status { uuid } => {
-            let addr = resolve(&names, &uuid).await?;
-            let mut v = manage(
-                agent.client(),
-                &addr,
-                &uuid,
-                json!({ "op": "status" }),
-                MGMT_TIMEOUT,
-            )
-            .await?;
+            let mut v =
+                manage_named(&names, agent.client(), &uuid, json!({ "op": "status" })).await?;
             // What the agent knows of it: restarts after crashes.
             if let Ok(Some(p)) = started_by_agent(&agent, &uuid).await {
                 v["agent"] = json!({ "node": agent.addr(), "pid": p["pid"], "restart": p["restart"],
@@ -813,15 +818,8 @@ pub async fn run_service_cmd(
             print(true, &v, String::new);
         }
         ServiceCmd::Checkpoint { uuid } => {
-            let addr = resolve(&names, &uuid).await?;
-            let v = manage(
-                agent.client(),
-                &addr,
-                &uuid,
-                json!({ "op": "checkpoint" }),
-                MGMT_TIMEOUT,
-            )
-            .await?;
+            let v =
+                manage_named(&names, agent.client(), &uuid, json!({ "op": "checkpoint" })).await?;
             print(json_out, &v, || {
                 let c = &v["checkpoint"];
                 format!(
@@ -889,13 +887,11 @@ pub async fn run_service_cmd(
             });
         }
         ServiceCmd::Stop { uuid } => {
-            let addr = resolve(&names, &uuid).await?;
-            let v = manage(
+            let v = manage_named(
+                &names,
                 agent.client(),
-                &addr,
                 &uuid,
                 json!({ "op": "stop", "checkpoint": true }),
-                MGMT_TIMEOUT,
             )
             .await?;
             print(json_out, &v, || match v["checkpoint"]["id"].as_str() {
@@ -904,15 +900,7 @@ pub async fn run_service_cmd(
             });
         }
         ServiceCmd::Freeze { uuid } => {
-            let addr = resolve(&names, &uuid).await?;
-            let v = manage(
-                agent.client(),
-                &addr,
-                &uuid,
-                json!({ "op": "freeze" }),
-                MGMT_TIMEOUT,
-            )
-            .await?;
+            let v = manage_named(&names, agent.client(), &uuid, json!({ "op": "freeze" })).await?;
             print(json_out, &v, || {
                 format!(
                     "froze {uuid} at checkpoint {}: calls wait until `thaw`",
@@ -1032,13 +1020,11 @@ pub async fn run_service_cmd(
             print(json_out, &v, || render_tree(&v));
         }
         ServiceCmd::Interval { uuid, secs } => {
-            let addr = resolve(&names, &uuid).await?;
-            let v = manage(
+            let v = manage_named(
+                &names,
                 agent.client(),
-                &addr,
                 &uuid,
                 json!({ "op": "interval", "secs": secs }),
-                MGMT_TIMEOUT,
             )
             .await?;
             print(json_out, &v, || match v["interval_secs"].as_f64() {

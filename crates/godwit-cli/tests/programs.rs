@@ -1339,21 +1339,7 @@ fn pidfds_in_a_new_pid_namespace() {
 /// checks its own state.
 fn restorebugs(mode: &str) {
     for leave_running in [false, true] {
-        let mut p = common::Proc::test_prog_with("restorebugs", &[mode]);
-        p.dump(if leave_running {
-            &["--leave-running"]
-        } else {
-            &[]
-        });
-        p.end_original();
-        p.restore();
-        let v = p.verdict();
-        assert_eq!(
-            v,
-            "PASS",
-            "restorebugs {mode} (leave_running={leave_running}): {v}; output: {}",
-            p.output()
-        );
+        common::round_trip_with("restorebugs", &[mode], &[], leave_running);
     }
 }
 
@@ -1469,21 +1455,7 @@ fn zombie_in_a_siblings_group() {
 /// its own state.
 fn deleted(mode: &str) {
     for leave_running in [false, true] {
-        let mut p = common::Proc::test_prog_with("deleted", &[mode]);
-        p.dump(if leave_running {
-            &["--leave-running"]
-        } else {
-            &[]
-        });
-        p.end_original();
-        p.restore();
-        let v = p.verdict();
-        assert_eq!(
-            v,
-            "PASS",
-            "deleted {mode} (leave_running={leave_running}): {v}; output: {}",
-            p.output()
-        );
+        common::round_trip_with("deleted", &[mode], &[], leave_running);
     }
 }
 
@@ -1564,20 +1536,11 @@ fn big_deleted_files_with_a_raised_limit() {
     assert!(!common::gone(p.pid), "the refused dump ended the process");
     drop(p);
     for leave_running in [false, true] {
-        let mut p = common::Proc::test_prog_with("deleted", &["big"]);
-        let mut args = vec!["--max-deleted-file-size", "70000000"];
-        if leave_running {
-            args.push("--leave-running");
-        }
-        p.dump(&args);
-        p.end_original();
-        p.restore();
-        let v = p.verdict();
-        assert_eq!(
-            v,
-            "PASS",
-            "big (leave_running={leave_running}): {v}; output: {}",
-            p.output()
+        common::round_trip_with(
+            "deleted",
+            &["big"],
+            &["--max-deleted-file-size", "70000000"],
+            leave_running,
         );
     }
 }

@@ -474,12 +474,18 @@ impl Proc {
 
 /// dump (+ --leave-running) → restore → verify, for a tests/progs program.
 pub fn round_trip(name: &str, leave_running: bool) {
-    let mut p = Proc::test_prog(name);
-    p.dump(if leave_running {
-        &["--leave-running"]
-    } else {
-        &[]
-    });
+    round_trip_with(name, &[], &[], leave_running);
+}
+
+/// [`round_trip`] of test program `name` started with `args`, dumped with
+/// `dump_args` too.
+pub fn round_trip_with(name: &str, args: &[&str], dump_args: &[&str], leave_running: bool) {
+    let mut p = Proc::test_prog_with(name, args);
+    let mut all = dump_args.to_vec();
+    if leave_running {
+        all.push("--leave-running");
+    }
+    p.dump(&all);
     if leave_running {
         assert!(!gone(p.pid), "--leave-running ended the process");
     }
@@ -489,7 +495,7 @@ pub fn round_trip(name: &str, leave_running: bool) {
     assert_eq!(
         v,
         "PASS",
-        "{name} (leave_running={leave_running}) after restore: {v}; output: {}",
+        "{name} {args:?} (leave_running={leave_running}) after restore: {v}; output: {}",
         p.output()
     );
 }
