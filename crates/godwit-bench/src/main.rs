@@ -420,7 +420,7 @@ fn dump_restore(env: &Env, img: &Path, mib: u64, tag: &str) -> Result<Once> {
     let mut t = Target::hold(&env.bin, &env.dir, mib, tag)?;
     let start = Instant::now();
     let d = dump(
-        t.pid,
+        &[t.pid],
         img,
         &DumpOptions {
             leave_running: false,
@@ -598,7 +598,7 @@ fn bench_size(env: &Env, mib: u64, reps: usize, extras: bool, lr_only: bool) -> 
             let _img = TempImage(img.clone());
             let start = Instant::now();
             let d = dump(
-                t.pid,
+                &[t.pid],
                 &img,
                 &DumpOptions {
                     leave_running: true,

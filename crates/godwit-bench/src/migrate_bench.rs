@@ -247,7 +247,7 @@ fn one(setup: &Setup, mode: Mode, mib: u64, rate: u64, tag: &str) -> Result<Run>
         keep_image: None,
         move_ip: None,
     };
-    let r = migrate::send(stream, &agent.addr, t.pid, &opts, &Quiet)
+    let r = migrate::send(stream, &agent.addr, &[t.pid], &opts, &Quiet)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     t.ended_by_dump();
     // The moved process is the destination's; it runs in a PID namespace

@@ -26,7 +26,8 @@ fn cycle(
             no_sync: true,
             ..Default::default()
         };
-        let rep_d = dump(t.pid, &img, &opts, &Quiet).with_context(|| format!("dumping {tag}"))?;
+        let rep_d =
+            dump(&[t.pid], &img, &opts, &Quiet).with_context(|| format!("dumping {tag}"))?;
         d.push(rep_d.total);
         procs = rep_d.processes;
         bytes = rep_d.memory_bytes;

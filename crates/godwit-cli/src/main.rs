@@ -41,9 +41,12 @@ enum Cmd {
     /// 0700, files 0600), then the process is ended unless --leave-running.
     /// On any failure the process keeps running as it was.
     Dump {
-        /// The process to checkpoint.
-        #[arg(long)]
-        pid: i32,
+        /// The process to checkpoint, with its descendants. Repeat it for
+        /// several processes (say both ends of a pipeline): they are frozen
+        /// together into one image, what they share stored once, and
+        /// restored together.
+        #[arg(long = "pid", required = true)]
+        pids: Vec<i32>,
         /// Directory to write the image to (must not hold an image yet).
         #[arg(long)]
         images: PathBuf,
@@ -281,7 +284,7 @@ pub(crate) fn externals_json(
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.cmd {
         Cmd::Dump {
-            pid,
+            pids,
             images,
             leave_running,
             no_sync,
@@ -304,13 +307,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 max_deleted_file_size,
                 max_frozen_copy: None,
             };
-            let r = dump(pid, &images, &opts, &bar).map_err(anyhow::Error::from)?;
+            let r = dump(&pids, &images, &opts, &bar).map_err(anyhow::Error::from)?;
             bar.0.finish_and_clear();
             if cli.json {
                 println!(
                     "{}",
                     serde_json::json!({
-                        "pid": r.pid, "processes": r.processes, "pids": r.pids, "threads": r.threads, "vmas": r.vmas,
+                        "pid": r.pid, "roots": r.roots, "processes": r.processes, "pids": r.pids, "threads": r.threads, "vmas": r.vmas,
                         "memory_bytes": r.memory_bytes, "image_bytes": r.image_bytes,
                         "frozen_ms": r.frozen.as_secs_f64() * 1e3,
                         "total_ms": r.total.as_secs_f64() * 1e3,
@@ -328,8 +331,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 );
             } else {
                 println!(
-                    "dumped process {} ({} processes, {} threads, {} mappings, {} MiB of memory) to {} in {:.1} ms (frozen {:.1} ms){}",
-                    r.pid,
+                    "dumped process{} {} ({} processes, {} threads, {} mappings, {} MiB of memory) to {} in {:.1} ms (frozen {:.1} ms){}",
+                    if r.roots.len() > 1 { "es" } else { "" },
+                    r.roots.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(", "),
                     r.processes,
                     r.threads,
                     r.vmas,
@@ -419,6 +423,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     "{}",
                     serde_json::json!({
                         "pid": r.pid, "host_pid": r.host_pid, "ns_init": r.ns_init,
+                        "roots": r.roots.iter().map(|(p, h)| serde_json::json!({"pid": p, "host_pid": h})).collect::<Vec<_>>(),
                         "processes": r.processes, "threads": r.threads, "memory_bytes": r.memory_bytes,
                         "total_ms": r.total.as_secs_f64() * 1e3,
                         "externals": externals,
@@ -431,7 +436,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         r.pid, r.host_pid
                     );
                 }
-                println!("{}", r.host_pid);
+                // One line per root (the first is the image's first).
+                for (_, host) in &r.roots {
+                    println!("{host}");
+                }
             }
             if shell_job {
                 // Stay the foreground job until the restored process ends.

@@ -133,118 +133,73 @@ pub fn run(args: MigrateArgs, json_out: bool, progress: &crate::Bar) -> anyhow::
         keep_image: args.keep_image.clone(),
         move_ip: args.move_ip,
     };
-    if args.move_ip.is_some() && args.pids.len() > 1 {
-        anyhow::bail!("--move-ip moves one address with one process tree: give one --pid");
-    }
     // A tree moves whole: a PID given inside another's tree would be
-    // dumped twice.
-    for &pid in &args.pids {
-        let mut at = pid;
-        for _ in 0..4096 {
-            let Ok(st) = godwit_sys::proc::stat(at) else {
-                break;
-            };
-            if st.ppid <= 1 {
-                break;
-            }
-            if args.pids.contains(&st.ppid) {
-                anyhow::bail!(
-                    "process {pid} is a descendant of process {}, whose whole tree moves with it: give --pid {} only",
-                    st.ppid,
-                    st.ppid
-                );
-            }
-            at = st.ppid;
-        }
-    }
-    // One connection and one migration per process, all at once.
-    let results: Vec<(i32, anyhow::Result<MigrateReport>)> = std::thread::scope(|s| {
-        let handles: Vec<_> = args
-            .pids
-            .iter()
-            .map(|&pid| {
-                let (tls, to) = (&tls, &args.to);
-                let opts = opts.clone();
-                s.spawn(move || (pid, one(tls, to, pid, &opts, watchdog, progress)))
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("a migration thread panicked"))
-            .collect()
-    });
+    // dumped twice. Checked before anything is connected to.
+    godwit_engine::dump::check_roots(&args.pids)?;
+    // Several roots go in one image, frozen together, what they share
+    // (pipes, sockets, memory) sent once (godwit_engine::dump::dump_to).
+    let r = migrate_roots(&tls, &args.to, &args.pids, &opts, watchdog, progress);
     progress.0.finish_and_clear();
-    let mut first_err = None;
-    let mut out = Vec::new();
-    for (pid, r) in results {
-        match r {
-            Ok(r) => {
-                for x in &r.dump.externals {
-                    eprintln!(
-                        "godwit: warning: {}",
-                        godwit_engine::resources::external::warning(
-                            x,
-                            godwit_engine::resources::external::MIGRATED
-                        )
-                    );
-                }
-                if !json_out {
-                    println!(
-                        "moved process {pid} ({} process{}) to {}{}: now PID {}{} there; downtime {:.1} ms, {} MiB sent in {:.1} ms{}{}",
-                        r.pids.len(),
-                        if r.pids.len() == 1 { "" } else { "es" },
-                        args.to,
-                        if r.node != args.to { format!(" ({})", r.node) } else { String::new() },
-                        r.pid,
-                        if r.host_pid != r.pid { format!(" (host PID {})", r.host_pid) } else { String::new() },
-                        r.downtime.as_secs_f64() * 1e3,
-                        r.bytes_sent >> 20,
-                        r.total.as_secs_f64() * 1e3,
-                        if r.rounds > 0 { format!(", {} pre-copy round(s)", r.rounds) } else { String::new() },
-                        match r.all_pages_after {
-                            Some(d) => format!(
-                                "; post-copy: {} MiB followed, all across after {:.1} ms ({} faults fetched {} pages, {} pages pushed)",
-                                r.lazy_bytes >> 20,
-                                d.as_secs_f64() * 1e3,
-                                r.faults,
-                                r.fault_pages,
-                                r.pushed_pages
-                            ),
-                            None => String::new(),
-                        },
-                    );
-                }
-                out.push(report_json(pid, &args.to, &r));
-            }
-            Err(e) => {
-                if json_out {
-                    out.push(json!({"pid": pid, "ok": false, "error": format!("{e:#}")}));
-                }
-                if args.pids.len() > 1 {
-                    eprintln!("godwit: process {pid}: {e:#}");
-                }
-                first_err.get_or_insert(e);
-            }
-        }
+    let r = r?;
+    for x in &r.dump.externals {
+        eprintln!(
+            "godwit: warning: {}",
+            godwit_engine::resources::external::warning(
+                x,
+                godwit_engine::resources::external::MIGRATED
+            )
+        );
     }
     if json_out {
-        let v = if out.len() == 1 {
-            out.remove(0)
-        } else {
-            json!({"migrations": out})
-        };
-        println!("{v}");
+        println!("{}", report_json(&args.pids, &args.to, &r));
+        return Ok(());
     }
-    match first_err {
-        Some(e) => Err(e),
-        None => Ok(()),
-    }
+    let roots: Vec<(i32, i32)> = match r.roots.is_empty() {
+        // A destination that does not list its roots has one.
+        true => vec![(r.pid, r.host_pid)],
+        false => r.roots.clone(),
+    };
+    let now: Vec<String> = roots
+        .iter()
+        .map(|&(pid, host)| match host != pid {
+            true => format!("{pid} (host PID {host})"),
+            false => pid.to_string(),
+        })
+        .collect();
+    let given: Vec<String> = args.pids.iter().map(|p| p.to_string()).collect();
+    println!(
+        "moved process{} {} ({} process{}) to {}{}: now PID{} {} there; downtime {:.1} ms, {} MiB sent in {:.1} ms{}{}",
+        if given.len() == 1 { "" } else { "es" },
+        given.join(", "),
+        r.pids.len(),
+        if r.pids.len() == 1 { "" } else { "es" },
+        args.to,
+        if r.node != args.to { format!(" ({})", r.node) } else { String::new() },
+        if now.len() == 1 { "" } else { "s" },
+        now.join(", "),
+        r.downtime.as_secs_f64() * 1e3,
+        r.bytes_sent >> 20,
+        r.total.as_secs_f64() * 1e3,
+        if r.rounds > 0 { format!(", {} pre-copy round(s)", r.rounds) } else { String::new() },
+        match r.all_pages_after {
+            Some(d) => format!(
+                "; post-copy: {} MiB followed, all across after {:.1} ms ({} faults fetched {} pages, {} pages pushed)",
+                r.lazy_bytes >> 20,
+                d.as_secs_f64() * 1e3,
+                r.faults,
+                r.fault_pages,
+                r.pushed_pages
+            ),
+            None => String::new(),
+        },
+    );
+    Ok(())
 }
 
-fn one(
+fn migrate_roots(
     tls: &ClientTls,
     to: &str,
-    pid: i32,
+    pids: &[i32],
     opts: &MigrateOptions,
     watchdog: Duration,
     progress: &crate::Bar,
@@ -252,7 +207,17 @@ fn one(
     let stream = tls
         .connect_blocking(to, ChannelKind::Migration, Duration::from_secs(10))
         .with_context(|| {
-            format!("connecting to the destination {to}; process {pid} was not touched")
+            let list: Vec<String> = pids.iter().map(|p| p.to_string()).collect();
+            match list.len() {
+                1 => format!(
+                    "connecting to the destination {to}; process {} was not touched",
+                    list[0]
+                ),
+                _ => format!(
+                    "connecting to the destination {to}; processes {} were not touched",
+                    list.join(", ")
+                ),
+            }
         })?;
     stream
         .tcp()
@@ -263,14 +228,16 @@ fn one(
         .set_write_timeout(Some(watchdog))
         .context("setting the watchdog")?;
     let _ = stream.tcp().set_nodelay(true);
-    migrate::send(stream, to, pid, opts, progress).map_err(anyhow::Error::from)
+    migrate::send(stream, to, pids, opts, progress).map_err(anyhow::Error::from)
 }
 
-fn report_json(pid: i32, to: &str, r: &MigrateReport) -> serde_json::Value {
+fn report_json(roots: &[i32], to: &str, r: &MigrateReport) -> serde_json::Value {
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     json!({
         "ok": true,
-        "pid": pid,
+        "pid": roots[0],
+        "roots": roots,
+        "dest_roots": r.roots.iter().map(|(p, h)| json!({"pid": p, "host_pid": h})).collect::<Vec<_>>(),
         "pids": r.pids,
         "mode": r.mode.name(),
         "to": to,

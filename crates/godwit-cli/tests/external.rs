@@ -659,3 +659,88 @@ fn go_and_verdict(dir: &Path) -> String {
     wait_for("the verdict", Duration::from_secs(20), || result.exists());
     std::fs::read_to_string(result).unwrap().trim().to_string()
 }
+
+/// `sh -c 'extio writer | cat > out'` with both ends given (`dump --pid
+/// WRITER --pid CAT`): one image, the pipe between them inside it (no
+/// descriptor listed as connected outside), restored as one pipe again
+/// (both fds name the same pipe), and cat receives every line, none lost
+/// or repeated, through the dump. Dumped one by one, the pipe would be
+/// outside each image and become /dev/null and end of file.
+#[test]
+fn both_ends_of_a_pipeline_dumped_together_keep_their_pipe() {
+    let dir = tempdir();
+    let d = dir.path().to_str().unwrap().to_string();
+    let mut sh = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "'{launch}' '{}' '{d}' writer | '{launch}' sh -c 'echo $$ > \"{d}/catpid\"; exec cat > \"{d}/out\"'",
+            extio(),
+            launch = progs().join("launch").display()
+        ))
+        .stdin(Stdio::null())
+        .stderr(log(dir.path()))
+        .spawn()
+        .unwrap();
+    let pid = wait_ready(dir.path());
+    let cat = read_int(&dir.path().join("catpid")) as i32;
+    let mut reap = Reap(vec![pid, cat]);
+    let img = dir.path().join("img");
+    let out = godwit_ok(&[
+        "--json",
+        "dump",
+        "--pid",
+        &pid.to_string(),
+        "--pid",
+        &cat.to_string(),
+        "--images",
+        img.to_str().unwrap(),
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["roots"], serde_json::json!([pid, cat]), "{v}");
+    assert_eq!(v["externals"], serde_json::json!([]), "{v}");
+    wait_for(
+        "the dumped processes to be gone",
+        Duration::from_secs(10),
+        || gone(pid) && gone(cat),
+    );
+    // The shell saw both exit.
+    let _ = sh.wait();
+    let at_dump = read_int(&dir.path().join("count"));
+    let out = godwit_with(&["restore", "--images", img.to_str().unwrap()], &[]);
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success(), "restore failed: {err}");
+    assert!(!err.contains("warning"), "no stand-in expected: {err}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("{pid}\n{cat}")
+    );
+    let link = |p: i32, fd: i32| std::fs::read_link(format!("/proc/{p}/fd/{fd}")).unwrap();
+    let pipe = link(pid, 1);
+    assert!(pipe.to_str().unwrap().starts_with("pipe:["), "{pipe:?}");
+    assert_eq!(link(cat, 0), pipe, "the writer and cat hold one pipe again");
+    // Both are siblings again: neither is the other's parent.
+    assert_ne!(ppid_of(cat), Some(pid));
+    let count = dir.path().join("count");
+    wait_for(
+        "lines written after the restore",
+        Duration::from_secs(20),
+        || read_int(&count) > at_dump + 100,
+    );
+    assert!(!dir.path().join("error").exists(), "a write failed");
+    // The writer ends: cat sees end of file and exits by itself.
+    // SAFETY: kill the restored writer (our child, as we are a subreaper).
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    assert!(reaped(pid));
+    assert!(reaped(cat), "cat did not see the end of its pipe");
+    reap.0.clear();
+    let text = std::fs::read_to_string(dir.path().join("out")).unwrap();
+    let lines: Vec<i64> = text.lines().map(|l| l.parse().unwrap()).collect();
+    for (i, n) in lines.iter().enumerate() {
+        assert_eq!(*n, i as i64, "line {i} of cat's output: lost or repeated");
+    }
+    assert!(
+        lines.len() as i64 > at_dump + 100,
+        "{} lines, {at_dump} at the dump",
+        lines.len()
+    );
+}

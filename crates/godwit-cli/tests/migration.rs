@@ -402,6 +402,91 @@ fn pipe_to_a_process_left_behind_becomes_dev_null_with_a_warning() {
     assert_eq!(link.trim(), "/dev/null");
 }
 
+/// `extio writer | cat` with both given (`--pid WRITER --pid CAT`): one
+/// migration, one freeze, the pipe between them moved once, so at the
+/// destination cat still reads what the writer writes (no stand-in, no
+/// warning). Moved one by one, the pipe would become /dev/null there.
+fn both_ends_of_a_pipeline_move_together(mode: &str) {
+    let mut c = Cluster::up(2);
+    c.start_agent(2);
+    let dir = c.dir.path().join("w");
+    std::fs::create_dir(&dir).unwrap();
+    let d = dir.to_str().unwrap();
+    let launch = progs().join("launch");
+    c.sh(
+        1,
+        &format!(
+            "echo 4299 > /proc/sys/kernel/ns_last_pid; {l} {} {d} writer 2>/dev/null </dev/null | {l} sh -c 'echo $$ > {d}/catpid; exec cat > {d}/out' 2>/dev/null & echo",
+            progs().join("extio").display(),
+            l = launch.display(),
+        ),
+    );
+    wait_for("the writer to be ready", Duration::from_secs(10), || {
+        dir.join("ready").exists()
+    });
+    let read = |name: &str| -> u32 {
+        std::fs::read_to_string(dir.join(name))
+            .unwrap_or_default()
+            .trim()
+            .parse()
+            .unwrap_or(0)
+    };
+    let (pid, cat) = (read("pid"), read("catpid"));
+    assert!(pid > 0 && cat > 0);
+    let out = c.migrate(1, pid, 2, &["--pid", &cat.to_string(), "--mode", mode]);
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    let v = json_of(&out);
+    assert!(!err.contains("warning"), "{err}");
+    assert_eq!(v["externals"], serde_json::json!([]), "{v}");
+    assert_eq!(v["roots"], serde_json::json!([pid, cat]), "{v}");
+    assert_eq!(v["dest_roots"].as_array().map(Vec::len), Some(2), "{v}");
+    for p in [pid, cat] {
+        wait_for("the source copies to end", Duration::from_secs(10), || {
+            c.state(1, p).is_none()
+        });
+        assert!(
+            matches!(c.state(2, p), Some('S' | 'R')),
+            "{p}: {:?}",
+            c.state(2, p)
+        );
+    }
+    let w = c.sh(2, &format!("readlink /proc/{pid}/fd/1"));
+    let r = c.sh(2, &format!("readlink /proc/{cat}/fd/0"));
+    assert!(w.starts_with("pipe:["), "{w}");
+    assert_eq!(w, r, "the writer and cat hold one pipe at the destination");
+    let lines = || {
+        std::fs::read_to_string(dir.join("out"))
+            .unwrap_or_default()
+            .lines()
+            .count()
+    };
+    let at = lines();
+    wait_for(
+        "cat to receive lines at the destination",
+        Duration::from_secs(10),
+        || lines() > at + 50,
+    );
+    assert!(!dir.join("error").exists(), "a write failed");
+    let text = std::fs::read_to_string(dir.join("out")).unwrap();
+    for (i, l) in text.lines().enumerate() {
+        assert_eq!(
+            l,
+            i.to_string(),
+            "line {i} of cat's output: lost or repeated"
+        );
+    }
+}
+
+#[test]
+fn both_ends_of_a_pipeline_move_together_stop_copy() {
+    both_ends_of_a_pipeline_move_together("stop-copy");
+}
+
+#[test]
+fn both_ends_of_a_pipeline_move_together_post_copy() {
+    both_ends_of_a_pipeline_move_together("post-copy");
+}
+
 #[test]
 fn counter_moves_between_hosts_stop_copy() {
     counter_moves("stop-copy");

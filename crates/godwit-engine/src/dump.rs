@@ -56,7 +56,10 @@ pub struct DumpOptions {
 
 #[derive(Debug, Clone)]
 pub struct DumpReport {
+    /// The first root.
     pub pid: i32,
+    /// Every root given (`pid` first).
+    pub roots: Vec<i32>,
     /// Processes in the tree (the process and its descendants).
     pub processes: usize,
     /// Their PIDs, parents before children.
@@ -95,6 +98,40 @@ pub struct PrecopyReport {
     /// Bytes of theirs copied while frozen (written since their last copy,
     /// or not tracked).
     pub bytes_frozen: u64,
+}
+
+/// Each root passes [`precheck`]; there is at least one, none twice, and
+/// none is a descendant of another (its tree moves with that one).
+pub fn check_roots(roots: &[i32]) -> Result<()> {
+    if roots.is_empty() {
+        return Err(EngineError::NoSuchProcess { pid: 0 });
+    }
+    for (i, &pid) in roots.iter().enumerate() {
+        precheck(pid)?;
+        if roots[..i].contains(&pid) {
+            return Err(EngineError::Unsupported {
+                pid,
+                what: format!("process {pid} is given twice"),
+            });
+        }
+        let mut up = proc::status(pid).map_or(0, |s| s.ppid);
+        for _ in 0..4096 {
+            if up <= 1 {
+                break;
+            }
+            if roots.contains(&up) {
+                return Err(EngineError::Unsupported {
+                    pid,
+                    what: format!(
+                        "process {pid} is a descendant of process {up}, whose whole tree is \
+                         dumped with it: give {up} only"
+                    ),
+                });
+            }
+            up = proc::status(up).map_or(0, |s| s.ppid);
+        }
+    }
+    Ok(())
 }
 
 fn precheck(pid: i32) -> Result<()> {
@@ -372,14 +409,14 @@ impl Drop for Held {
 /// failure every process is left running as it was and `dir` holds no image
 /// that restore would accept.
 pub fn dump(
-    pid: i32,
+    roots: &[i32],
     dir: &Path,
     opts: &DumpOptions,
     progress: &dyn Progress,
 ) -> Result<DumpReport> {
-    precheck(pid)?;
+    check_roots(roots)?;
     if !opts.leave_running {
-        check_can_restore(pid)?;
+        roots.iter().try_for_each(|&pid| check_can_restore(pid))?;
     }
     let writer = ImageWriter::create(dir)?.sync(!opts.no_sync);
     let end = if opts.leave_running {
@@ -387,22 +424,26 @@ pub fn dump(
     } else {
         End::Kill
     };
-    dump_to(pid, writer, opts, progress, end).map(|(report, _)| report)
+    dump_to(roots, writer, opts, progress, end).map(|(report, _)| report)
 }
 
-/// Checkpoints process `pid` and its descendants into `writer` (any
-/// transfer medium), then ends, releases or holds them (`end`; the held
-/// tree is returned). On any failure every process is left running as it
-/// was and the writer commits nothing.
+/// Checkpoints each process of `roots` and its descendants into `writer`
+/// (any transfer medium), then ends, releases or holds them (`end`; the
+/// held tree is returned). Several roots (say both ends of `a | b`, or a
+/// server and its client) go into one image, frozen together, with what
+/// they share (pipes, sockets, memory, locks) stored once; the first root
+/// comes first. On any failure every process is left running as it was
+/// and the writer commits nothing.
 pub fn dump_to(
-    pid: i32,
+    roots: &[i32],
     mut writer: ImageWriter,
     opts: &DumpOptions,
     progress: &dyn Progress,
     end: End,
 ) -> Result<(DumpReport, Option<Held>)> {
     let t0 = Instant::now();
-    precheck(pid)?;
+    check_roots(roots)?;
+    let pid = roots[0];
     let hold = matches!(end, End::Hold { .. });
     let lazy = matches!(end, End::Hold { lazy: true, .. });
     let cow = end == End::Release && !opts.no_cow;
@@ -415,7 +456,7 @@ pub fn dump_to(
     // (crate::precopy); the freeze then copies only what changed since.
     let (mut trackers, stopped_before) = if precopy {
         let pre = precopy::run(
-            pid,
+            roots,
             &mut writer,
             progress,
             opts.max_frozen_copy.is_some() && hold,
@@ -429,7 +470,7 @@ pub fn dump_to(
     // walks every page table: 60 ms per GiB); at the freeze the memory map
     // is only compared with this survey and the present pages scanned.
     let surveyed = match lazy {
-        true => survey_running(pid, &trackers),
+        true => survey_running(roots, &trackers),
         false => Default::default(),
     };
     tracing::debug!(ms = t0.elapsed().as_secs_f64() * 1e3, "surveyed");
@@ -438,7 +479,7 @@ pub fn dump_to(
         .as_deref()
         .map(|d| CgroupFreeze::freeze(d, pid))
         .transpose()?;
-    let members = freeze_tree(pid, cgroup)?;
+    let members = freeze_tree(roots, cgroup)?;
     let frozen_at = Instant::now();
     tracing::debug!(ms = t0.elapsed().as_secs_f64() * 1e3, "frozen");
     // Frozen throughout: each process's memory is planned and copied by a
@@ -716,6 +757,7 @@ pub fn dump_to(
     Ok((
         DumpReport {
             pid,
+            roots: roots.to_vec(),
             processes,
             pids,
             threads,
@@ -802,12 +844,12 @@ type CopyJob = (usize, i32, Vec<proc::MapEntry>, i32);
 /// are read, while the rest of it is collected: the calls injected
 /// meanwhile touch only their own scratch area, which the plan (made from
 /// the memory map read before that area was mapped) leaves out.
-/// The smaps of each process of the tree at `root` that `trackers` does not
+/// The smaps of each process of the trees at `roots` that `trackers` does not
 /// track, read while they run. A process that cannot be read (it exited,
 /// or is not there yet) is surveyed at the freeze instead.
-fn survey_running(root: i32, trackers: &std::collections::HashMap<i32, Tracker>) -> Surveyed {
+fn survey_running(roots: &[i32], trackers: &std::collections::HashMap<i32, Tracker>) -> Surveyed {
     let mut out = Surveyed::new();
-    let mut queue = vec![root];
+    let mut queue = roots.to_vec();
     while let Some(pid) = queue.pop() {
         if out.len() > 4096 {
             break;

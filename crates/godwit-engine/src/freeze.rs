@@ -310,15 +310,16 @@ pub fn release_all(members: Vec<Member>) -> Result<()> {
     first.map_or(Ok(()), Err)
 }
 
-/// Freezes `root` and all its descendants, parents before children. A
-/// process is frozen before its children are listed, so none is missed.
-/// With a cgroup freezer, the cgroup is frozen meanwhile and thawed before
-/// this returns.
-pub fn freeze_tree(root: i32, cgroup: Option<CgroupFreeze>) -> Result<Vec<Member>> {
+/// Freezes each of `roots` and all their descendants, parents before
+/// children (the first root first). A process is frozen before
+/// its children are listed, so none is missed. With a cgroup freezer, the
+/// cgroup is frozen meanwhile and thawed before this returns. On an error
+/// every process frozen so far is released.
+pub fn freeze_tree(roots: &[i32], cgroup: Option<CgroupFreeze>) -> Result<Vec<Member>> {
     match cgroup {
-        Some(cg) if cg.v1 => freeze_tree_v1(root, cg),
+        Some(cg) if cg.v1 => freeze_tree_v1(roots, cg),
         cg => {
-            let members = freeze_tree_with(root);
+            let members = freeze_tree_with(roots);
             drop(cg);
             members
         }
@@ -371,14 +372,14 @@ pub(crate) fn zombie_leader(pid: i32, others: &[i32]) -> EngineError {
 /// once thawed: so seize and interrupt every thread of the (now unchanging)
 /// tree first, thaw, then collect the stops. Processes that appear in
 /// between are frozen the ordinary way afterwards.
-fn freeze_tree_v1(root: i32, cg: CgroupFreeze) -> Result<Vec<Member>> {
+fn freeze_tree_v1(roots: &[i32], cg: CgroupFreeze) -> Result<Vec<Member>> {
     // In tree order: a zombie, or a seized process with its threads.
     let mut seized: Vec<(i32, Result<Vec<i32>, Member>)> = Vec::new();
-    let mut queue = std::collections::VecDeque::from([root]);
+    let mut queue = std::collections::VecDeque::from(roots.to_vec());
     while let Some(pid) = queue.pop_front() {
         let st = match proc::stat(pid) {
             Ok(st) => st,
-            Err(_) if pid == root => return Err(EngineError::NoSuchProcess { pid }),
+            Err(_) if roots.contains(&pid) => return Err(EngineError::NoSuchProcess { pid }),
             Err(_) => continue,
         };
         if let Some(z) = zombie(pid, &st)? {
@@ -419,7 +420,7 @@ fn freeze_tree_v1(root: i32, cg: CgroupFreeze) -> Result<Vec<Member>> {
         match Frozen::adopt(pid, &tids) {
             Ok(f) => members.push(Member::Live(f)),
             Err(EngineError::NoSuchProcess { .. } | EngineError::ProcessExited { .. })
-                if pid != root => {}
+                if !roots.contains(&pid) => {}
             Err(e) => return Err(e),
         }
         for kid in process::children(pid).unwrap_or_default() {
@@ -431,18 +432,18 @@ fn freeze_tree_v1(root: i32, cg: CgroupFreeze) -> Result<Vec<Member>> {
     // Parents come before children in `members`; forks made during the thaw
     // (before their parent stopped) are frozen now, after their parents.
     for kid in late {
-        members.extend(freeze_tree_with(kid)?);
+        members.extend(freeze_tree_with(&[kid])?);
     }
     Ok(members)
 }
 
-fn freeze_tree_with(root: i32) -> Result<Vec<Member>> {
+fn freeze_tree_with(roots: &[i32]) -> Result<Vec<Member>> {
     let mut members = Vec::new();
-    let mut queue = std::collections::VecDeque::from([root]);
+    let mut queue = std::collections::VecDeque::from(roots.to_vec());
     while let Some(pid) = queue.pop_front() {
         let st = match proc::stat(pid) {
             Ok(st) => st,
-            Err(_) if pid == root => return Err(EngineError::NoSuchProcess { pid }),
+            Err(_) if roots.contains(&pid) => return Err(EngineError::NoSuchProcess { pid }),
             Err(_) => continue, // exited and reaped meanwhile
         };
         if let Some(z) = zombie(pid, &st)? {
@@ -452,7 +453,7 @@ fn freeze_tree_with(root: i32) -> Result<Vec<Member>> {
         let frozen = match Frozen::freeze(pid) {
             Ok(f) => f,
             Err(EngineError::NoSuchProcess { .. } | EngineError::ProcessExited { .. })
-                if pid != root =>
+                if !roots.contains(&pid) =>
             {
                 continue
             }

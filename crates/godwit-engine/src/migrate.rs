@@ -211,6 +211,8 @@ pub struct MigrateReport {
     /// The root's PID in the destination's own PID namespace (differs with
     /// --pid-ns).
     pub host_pid: i32,
+    /// Every root moved (`pid` first) as (PID, host PID) at the destination.
+    pub roots: Vec<(i32, i32)>,
     /// The destination node as it names itself.
     pub node: String,
     /// From the freeze until the destination's copy ran.
@@ -314,19 +316,23 @@ fn refusal(v: &Value) -> Option<String> {
     (v["ok"] != json!(true)).then(|| v["error"].as_str().unwrap_or("no reason given").to_string())
 }
 
-/// Moves process `pid` and its descendants to the destination at the other
-/// end of `stream` (`peer` names it in messages). Returns once the
-/// destination runs them and the source's copies are ended.
+/// Moves each process of `roots` and its descendants to the destination at
+/// the other end of `stream` (`peer` names it in messages), in one image
+/// (see [`dump_to`]). Returns once the destination runs them and the
+/// source's copies are ended.
 pub fn send<S: Read + Write + Send + 'static>(
     stream: S,
     peer: &str,
-    pid: i32,
+    roots: &[i32],
     opts: &MigrateOptions,
     progress: &dyn Progress,
 ) -> Result<MigrateReport, MigrateError> {
     let t0 = Instant::now();
     let mut phases = Vec::new();
-    let pids = tree_pids(pid).map_err(MigrateError::Dump)?;
+    let mut pids = Vec::new();
+    for &pid in roots {
+        pids.extend(tree_pids(pid).map_err(MigrateError::Dump)?);
+    }
     let service_addr = opts
         .move_ip
         .map(|(a, p)| AddressOff::find(a, p))
@@ -375,7 +381,7 @@ pub fn send<S: Read + Write + Send + 'static>(
     if opts.keep_image.is_some() || !opts.mode.precopies() {
         dump_opts.max_frozen_copy = None;
     }
-    let (report, held) = dump_to(pid, writer, &dump_opts, progress, end).map_err(|e| {
+    let (report, held) = dump_to(roots, writer, &dump_opts, progress, end).map_err(|e| {
         // The writer told the destination (ABORT); the processes run on.
         MigrateError::Dump(e)
     })?;
@@ -530,6 +536,7 @@ pub fn send<S: Read + Write + Send + 'static>(
         pids: report.pids.clone(),
         pid: running["pid"].as_i64().unwrap_or(0) as i32,
         host_pid: running["host_pid"].as_i64().unwrap_or(0) as i32,
+        roots: serde_json::from_value(running["roots"].clone()).unwrap_or_default(),
         node: running["node"].as_str().unwrap_or("").to_string(),
         downtime,
         all_pages_after,
@@ -801,7 +808,7 @@ pub fn receive<S: Read + Write + Send + 'static>(
     };
     let running = send_json(
         &s,
-        &json!({"ok": true, "running": true, "pid": restored.pid, "host_pid": restored.host_pid, "node": node}),
+        &json!({"ok": true, "running": true, "pid": restored.pid, "host_pid": restored.host_pid, "roots": restored.roots, "node": node}),
     )
     .map_err(|e| EngineError::Migration(format!("telling the source the process runs: {e}")));
     let postcopy = if parsed.lazy() {
@@ -822,7 +829,7 @@ pub fn receive<S: Read + Write + Send + 'static>(
                 // page of zeros in place of its data.
                 let left = pager.owed_bytes();
                 let mut pids = pager.pids();
-                pids.push(restored.host_pid);
+                pids.extend(restored.roots.iter().map(|r| r.1));
                 kill_restored(&pids, restored.ns_init);
                 drop(pager);
                 drop(address_on);
@@ -848,7 +855,7 @@ pub fn receive<S: Read + Write + Send + 'static>(
                 match d.run() {
                     Ok(stats) => Some(stats),
                     Err(msg) => {
-                        kill_restored(&[restored.host_pid], restored.ns_init);
+                        kill_restored(&restored.host_roots(), restored.ns_init);
                         return Err(EngineError::Migration(msg));
                     }
                 }

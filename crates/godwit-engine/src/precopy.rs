@@ -263,7 +263,7 @@ pub struct Precopy {
     pub stopped: Duration,
 }
 
-/// Pre-copies every process of the tree at `root` that holds more than
+/// Pre-copies every process of the trees at `roots` that holds more than
 /// [`EAGER_LIMIT`] of private memory. A process that cannot be pre-copied
 /// (no userfaultfd, memory going away during the copy) is left out, its
 /// page files discarded: the dump then copies it from the freeze on.
@@ -272,19 +272,19 @@ pub struct Precopy {
 /// written last follow the process: DumpOptions::max_frozen_copy), a
 /// process writing faster than it is copied keeps its tracker too.
 pub fn run(
-    root: i32,
+    roots: &[i32],
     writer: &mut ImageWriter,
     progress: &dyn Progress,
     unconverged: bool,
 ) -> Result<Precopy> {
-    if !worth_it(root) {
+    if !roots.iter().any(|&r| worth_it(r)) {
         return Ok(Precopy {
             trackers: HashMap::new(),
             stopped: Duration::ZERO,
         });
     }
     let t = Instant::now();
-    let members = freeze_tree(root, None)?;
+    let members = freeze_tree(roots, None)?;
     let mut fds = Vec::new();
     for m in &members {
         let Member::Live(f) = m else { continue };

@@ -65,6 +65,8 @@ pub struct RestoreReport {
     /// The root's PID on the host: the same as `pid` unless restored into a
     /// new PID namespace.
     pub host_pid: i32,
+    /// Every root of the image (the first is `pid`), as (PID, host PID).
+    pub roots: Vec<(i32, i32)>,
     /// With --pid-ns: the host PID of the namespace's init.
     pub ns_init: Option<i32>,
     pub processes: usize,
@@ -74,6 +76,13 @@ pub struct RestoreReport {
     /// What each descriptor connected outside the dumped tree became
     /// (inherited, or a stand-in the caller should warn about).
     pub externals: Vec<crate::resources::external::ExternalUse>,
+}
+
+impl RestoreReport {
+    /// The host PIDs of every root.
+    pub fn host_roots(&self) -> Vec<i32> {
+        self.roots.iter().map(|r| r.1).collect()
+    }
 }
 
 /// Checks that this host can run the image's CPU state.
@@ -179,6 +188,10 @@ pub fn restore_deferring(
     let index = defer.and_then(|least| deferred::defer(&mut ck.processes, least));
     tracing::debug!(ms = t0.elapsed().as_secs_f64() * 1e3, "image loaded");
     check_cpu(&ck)?;
+    if !ck.processes.is_empty() {
+        attrs::check_sessions(&ck.processes)?;
+    }
+    let extra_roots = adopt_extra_roots(&mut ck.processes)?;
     let procs = &ck.processes;
     let Some(root) = procs.first() else {
         return Err(EngineError::BadImage("the image holds no process".into()));
@@ -306,7 +319,7 @@ pub fn restore_deferring(
     // Shared with the deferred fill, which places pages after we return.
     let mapped: Arc<deferred::Mapped> = Arc::new(mapped);
     let index = index.map(Arc::new);
-    let (host_pid, lazy) = {
+    let (roots, lazy) = {
         let pages: Vec<memory::Pages> = procs
             .iter()
             .map(|p| {
@@ -322,6 +335,7 @@ pub fn restore_deferring(
         let shell_job = shell.is_some();
         let mut segments = sysv::Segments::create(procs, &pages)?;
         let plans = Plans {
+            extra_roots: &extra_roots,
             files: &plan,
             shm: &shm,
             segments: &segments,
@@ -329,7 +343,7 @@ pub fn restore_deferring(
             shell_job,
             seccomp: &stacks,
         };
-        let (pid, lazy) = match &index {
+        let (roots, lazy) = match &index {
             None => (
                 resurrect(procs, ns.as_mut(), &plans, progress, gate)?,
                 Vec::new(),
@@ -360,8 +374,9 @@ pub fn restore_deferring(
             }
         };
         segments.keep();
-        (pid, lazy)
+        (roots, lazy)
     };
+    let host_pid = roots[0].1;
     let deferred = index.map(|index| Deferred {
         lazy,
         feed: deferred::ImageFeed::new(mapped.clone(), index),
@@ -373,6 +388,7 @@ pub fn restore_deferring(
         RestoreReport {
             pid: root.pid,
             host_pid,
+            roots,
             ns_init,
             processes: procs.len(),
             threads: procs.iter().map(|p| p.threads.len()).sum(),
@@ -384,8 +400,38 @@ pub fn restore_deferring(
     ))
 }
 
+/// An image of several roots (`godwit dump --pid A --pid B`): every process
+/// after the first whose parent is not in the image is a root too. Those
+/// are made by the first root with CLONE_PARENT (see [`fork_child`]), so
+/// that they inherit what it holds, the descriptions they share with it
+/// included, while their parent is the first root's. The plan treats them
+/// as its children: their `ppid` is set to it here. Returns their PIDs.
+fn adopt_extra_roots(procs: &mut [Process]) -> Result<Vec<i32>> {
+    let Some(first) = procs.first().map(|p| p.pid) else {
+        return Ok(Vec::new());
+    };
+    let pids: std::collections::HashSet<i32> = procs.iter().map(|p| p.pid).collect();
+    let mut extra = Vec::new();
+    for p in procs.iter_mut().skip(1) {
+        if pids.contains(&p.ppid) {
+            continue;
+        }
+        if p.zombie {
+            return Err(EngineError::BadImage(format!(
+                "process {} is a zombie whose parent {} is not in the image",
+                p.pid, p.ppid
+            )));
+        }
+        p.ppid = first;
+        extra.push(p.pid);
+    }
+    Ok(extra)
+}
+
 /// What the restore planned before creating any process.
 struct Plans<'a> {
+    /// Roots after the first (see [`adopt_extra_roots`]).
+    extra_roots: &'a [i32],
     files: &'a files::FdPlan,
     shm: &'a memory::ShmPlan,
     segments: &'a sysv::Segments,
@@ -397,15 +443,17 @@ struct Plans<'a> {
 }
 
 /// Creates the processes, rebuilds them (from a verified image), and lets
-/// them run. Returns the root's PID on the host.
+/// them run. Returns each root's PID and its PID on the host, the first
+/// root first.
 fn resurrect(
     procs: &[Process],
     mut ns: Option<&mut PidNamespace>,
     plans: &Plans,
     progress: &dyn Progress,
     gate: &dyn Fn(i32) -> Result<()>,
-) -> Result<i32> {
+) -> Result<Vec<(i32, i32)>> {
     let Plans {
+        extra_roots,
         files: plan,
         shm,
         segments,
@@ -461,6 +509,7 @@ fn resurrect(
     // inherit all three). The root of a shell job stays in godwit's session.
     let mut remotes: Vec<Option<Remote>> = vec![None; procs.len()];
     remotes[0] = Some(r);
+    let mut roots = vec![(root.pid, pid)];
     // Per process: the VMAs mapped and filled before it forked its
     // children, which they hold too (pages shared copy-on-write).
     let mut premapped: Vec<Vec<(u64, u64)>> = vec![Vec::new(); procs.len()];
@@ -491,8 +540,12 @@ fn resurrect(
             .skip(i + 1)
             .filter(|(_, c)| c.ppid == p.pid)
         {
-            let child = fork_child(&r, c.pid, c.exit_signal.unwrap_or(libc::SIGCHLD))?;
+            let sibling = extra_roots.contains(&c.pid);
+            let child = fork_child(&r, c.pid, c.exit_signal.unwrap_or(libc::SIGCHLD), sibling)?;
             guard.pids.push(child.pid);
+            if sibling {
+                roots.push((c.pid, child.pid));
+            }
             if c.zombie {
                 // It exits once the process groups exist (phase 3), in
                 // its own session if it led one.
@@ -630,7 +683,7 @@ fn resurrect(
     if let Some(ns) = guard.ns.as_mut() {
         ns.seal();
     }
-    Ok(pid)
+    Ok(roots)
 }
 
 /// Turns the stub (a fork of godwit) into an empty process holding only the
@@ -698,10 +751,18 @@ fn prepare_root(pid: i32, vpid: i32, vmas: &[&Vma]) -> Result<Remote> {
 /// Forks child `pid` from the (still empty) process behind `r`, with
 /// `exit_signal` (what its parent gets when it exits): it starts with the
 /// trampoline and the staging descriptors, and stops at once.
-fn fork_child(r: &Remote, pid: i32, exit_signal: i32) -> Result<Remote> {
+/// `sibling`: an extra root, made with CLONE_PARENT: it inherits what `r`
+/// holds like a child, but its parent is `r`'s parent (and its exit signal
+/// `r`'s, which the kernel then takes over).
+fn fork_child(r: &Remote, pid: i32, exit_signal: i32, sibling: bool) -> Result<Remote> {
     let set_tid = r.scratch + 96;
+    // clone3 takes no exit signal with CLONE_PARENT (EINVAL).
+    let (flags, exit_signal) = match sibling {
+        true => (libc::CLONE_PARENT as u64, 0),
+        false => (0, exit_signal as u64),
+    };
     let mut args = Vec::with_capacity(88);
-    for w in [0, 0, 0, 0, exit_signal as u64, 0, 0, 0, set_tid, 1, 0] {
+    for w in [flags, 0, 0, 0, exit_signal, 0, 0, 0, set_tid, 1, 0] {
         args.extend_from_slice(&w.to_le_bytes());
     }
     r.put(0, &args)

@@ -129,7 +129,7 @@ fn moves(mode: Mode) {
     let mut c = counter();
     let (a, b) = UnixStream::pair().unwrap();
     let dest = std::thread::spawn(move || migrate::receive(b, "source", &recv_opts(), &Quiet));
-    let report = migrate::send(a, "destination", c.pid, &opts(mode), &Quiet).unwrap();
+    let report = migrate::send(a, "destination", &[c.pid], &opts(mode), &Quiet).unwrap();
     let received = dest.join().unwrap().unwrap();
     c.restored_init = received.restore.ns_init;
     assert_eq!(report.pid, c.pid, "same PID inside the new namespace");
@@ -175,7 +175,7 @@ fn migrate_to_scripted(
 ) -> MigrateError {
     let (a, mut b) = UnixStream::pair().unwrap();
     let dest = std::thread::spawn(move || script(&mut b));
-    let e = migrate::send(a, "destination", c.pid, &opts(Mode::StopCopy), &Quiet).unwrap_err();
+    let e = migrate::send(a, "destination", &[c.pid], &opts(Mode::StopCopy), &Quiet).unwrap_err();
     dest.join().unwrap();
     e
 }
@@ -211,7 +211,7 @@ fn pid_taken_at_the_destination_is_refused_before_anything_moves() {
     let mut o = opts(Mode::StopCopy);
     // Same PID namespace as the source: the PID is in use "there".
     o.pid_ns = false;
-    let e = migrate::send(a, "destination", c.pid, &o, &Quiet).unwrap_err();
+    let e = migrate::send(a, "destination", &[c.pid], &o, &Quiet).unwrap_err();
     assert!(matches!(e, MigrateError::Refused { .. }), "{e}");
     assert!(
         e.to_string().contains(&format!("PID {} is in use", c.pid)),
@@ -343,7 +343,7 @@ fn move_with(
 ) -> (migrate::MigrateReport, migrate::ReceiveReport) {
     let (a, b) = UnixStream::pair().unwrap();
     let dest = std::thread::spawn(move || migrate::receive(b, "source", &recv, &Quiet));
-    let sent = migrate::send(a, "destination", c.pid, &opts(mode), &Quiet);
+    let sent = migrate::send(a, "destination", &[c.pid], &opts(mode), &Quiet);
     let received = dest.join().unwrap();
     if let Ok(r) = &received {
         c.restored_init = r.restore.ns_init;
@@ -565,7 +565,7 @@ fn link_cut_mid_post_copy_kills_the_destination_copy_and_keeps_the_source() {
             .unwrap();
         let _ = end_rx.recv();
     });
-    let e = migrate::send(a, "destination", c.pid, &opts(Mode::PostCopy), &Quiet).unwrap_err();
+    let e = migrate::send(a, "destination", &[c.pid], &opts(Mode::PostCopy), &Quiet).unwrap_err();
     let de = done_rx.recv().unwrap().unwrap_err();
     // The destination's copy is gone by the time it reports (it killed it
     // before returning, while it could not yet see a missing page).
@@ -639,7 +639,7 @@ fn destination_failing_mid_post_copy_resumes_the_source() {
         )
         .unwrap();
     });
-    let e = migrate::send(a, "destination", c.pid, &opts(Mode::PostCopy), &Quiet).unwrap_err();
+    let e = migrate::send(a, "destination", &[c.pid], &opts(Mode::PostCopy), &Quiet).unwrap_err();
     dest.join().unwrap();
     assert!(matches!(e, MigrateError::PostCopyResumed { .. }), "{e}");
     assert!(e.to_string().contains("no memory left here"), "{e}");
@@ -850,7 +850,7 @@ fn an_image_with_lazy_pages_is_refused_outside_a_post_copy() {
         precopy: false,
         lazy: true,
     };
-    let (report, held) = dump_to(c.pid, writer, &Default::default(), &Quiet, end).unwrap();
+    let (report, held) = dump_to(&[c.pid], writer, &Default::default(), &Quiet, end).unwrap();
     assert!(report.lazy_bytes > 0);
     // The source copy runs on; its image lacks the memory.
     held.unwrap().release().unwrap();

@@ -86,11 +86,13 @@ pub async fn receive(
                 ms = r.total.as_secs_f64() * 1e3,
                 "migration received; the process runs here"
             );
-            crate::transparent::adopt(
-                &agent,
-                r.restore.host_pid,
-                &format!("migrated from {}", r.source_node),
-            );
+            for host_pid in r.restore.host_roots() {
+                crate::transparent::adopt(
+                    &agent,
+                    host_pid,
+                    &format!("migrated from {}", r.source_node),
+                );
+            }
             Ok(())
         }
         Err(e) => {

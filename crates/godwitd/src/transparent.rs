@@ -201,7 +201,7 @@ async fn checkpoint(
     };
     let d = dir.clone();
     let r = tokio::task::spawn_blocking(move || {
-        godwit_engine::dump::dump(pid, &d, &opts, &godwit_engine::Quiet)
+        godwit_engine::dump::dump(&[pid], &d, &opts, &godwit_engine::Quiet)
     })
     .await
     .map_err(|e| ApiError::new(500, format!("the dump thread failed: {e}")))?;
@@ -280,7 +280,9 @@ async fn restore(
     .map_err(|e| ApiError::new(500, format!("the restore thread failed: {e}")))?;
     match r {
         Ok(r) => {
-            adopt(&agent, r.host_pid, &format!("restored from image {id}"));
+            for host_pid in r.host_roots() {
+                adopt(&agent, host_pid, &format!("restored from image {id}"));
+            }
             // Descriptors that were connected outside the dumped tree got
             // their stand-ins (the API passes no descriptors).
             let warnings: Vec<String> = r

@@ -461,6 +461,20 @@ pub fn restore_session(r: &Remote, p: &Process) -> Result<()> {
 pub fn check_sessions(procs: &[Process]) -> Result<()> {
     for p in procs.iter().skip(1) {
         let Some(parent) = procs.iter().find(|q| q.pid == p.ppid) else {
+            // Another root (`--pid A --pid B`): it is made by the first
+            // root, in its session, or leads a new one.
+            let first = &procs[0];
+            if p.sid != p.pid && p.sid != first.sid {
+                return Err(EngineError::Unsupported {
+                    pid: p.pid,
+                    what: format!(
+                        "a process in session {} dumped with process {} of session {}: \
+                         processes given together are put back in one session (the first's) \
+                         unless they lead their own; dump them separately",
+                        p.sid, first.pid, first.sid
+                    ),
+                });
+            }
             continue;
         };
         if p.sid != p.pid && p.sid != parent.sid {
