@@ -271,14 +271,7 @@ fn engine_exit_code(e: &EngineError) -> u8 {
 pub(crate) fn externals_json(
     list: &[godwit_engine::resources::external::ExternalFd],
 ) -> serde_json::Value {
-    list.iter()
-        .map(|x| {
-            serde_json::json!({
-                "pid": x.pid, "fd": x.fd, "key": x.key, "what": x.what,
-                "saved_bytes": x.saved, "unread_bytes_not_saved": x.unread,
-            })
-        })
-        .collect()
+    godwit_engine::resources::external::to_json(list)
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {

@@ -8,7 +8,6 @@ use clap::{Args, ValueEnum};
 use godwit_engine::dump::DumpOptions;
 use godwit_engine::migrate::{self, MigrateError, MigrateOptions, MigrateReport, Mode};
 use godwit_net::{ChannelKind, ClientTls, Token};
-use serde_json::json;
 
 /// How the memory moves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -151,7 +150,7 @@ pub fn run(args: MigrateArgs, json_out: bool, progress: &crate::Bar) -> anyhow::
         );
     }
     if json_out {
-        println!("{}", report_json(&args.pids, &args.to, &r));
+        println!("{}", r.to_json(&args.pids, &args.to));
         return Ok(());
     }
     let roots: Vec<(i32, i32)> = match r.roots.is_empty() {
@@ -229,32 +228,4 @@ fn migrate_roots(
         .context("setting the watchdog")?;
     let _ = stream.tcp().set_nodelay(true);
     migrate::send(stream, to, pids, opts, progress).map_err(anyhow::Error::from)
-}
-
-fn report_json(roots: &[i32], to: &str, r: &MigrateReport) -> serde_json::Value {
-    let ms = |d: Duration| d.as_secs_f64() * 1e3;
-    json!({
-        "ok": true,
-        "pid": roots[0],
-        "roots": roots,
-        "dest_roots": r.roots.iter().map(|(p, h)| json!({"pid": p, "host_pid": h})).collect::<Vec<_>>(),
-        "pids": r.pids,
-        "mode": r.mode.name(),
-        "to": to,
-        "node": r.node,
-        "dest_pid": r.pid,
-        "dest_host_pid": r.host_pid,
-        "downtime_ms": ms(r.downtime),
-        "total_ms": ms(r.total),
-        "bytes_sent": r.bytes_sent,
-        "memory_bytes": r.memory_bytes,
-        "rounds": r.rounds,
-        "lazy_bytes": r.lazy_bytes,
-        "all_pages_ms": r.all_pages_after.map(ms),
-        "faults": r.faults,
-        "fault_pages": r.fault_pages,
-        "pushed_pages": r.pushed_pages,
-        "phases": r.phases.iter().map(|(name, d)| json!({"phase": name, "ms": ms(*d)})).collect::<Vec<_>>(),
-        "externals": crate::externals_json(&r.dump.externals),
-    })
 }

@@ -240,6 +240,38 @@ pub struct MigrateReport {
     pub dump: DumpReport,
 }
 
+impl MigrateReport {
+    /// The report as `godwit migrate --json` and the agent's API give it:
+    /// `roots` as given, `to` the destination as addressed.
+    pub fn to_json(&self, roots: &[i32], to: &str) -> Value {
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        json!({
+            "ok": true,
+            "pid": roots.first(),
+            "roots": roots,
+            "dest_roots": self.roots.iter().map(|(p, h)| json!({"pid": p, "host_pid": h})).collect::<Vec<_>>(),
+            "pids": self.pids,
+            "mode": self.mode.name(),
+            "to": to,
+            "node": self.node,
+            "dest_pid": self.pid,
+            "dest_host_pid": self.host_pid,
+            "downtime_ms": ms(self.downtime),
+            "total_ms": ms(self.total),
+            "bytes_sent": self.bytes_sent,
+            "memory_bytes": self.memory_bytes,
+            "rounds": self.rounds,
+            "lazy_bytes": self.lazy_bytes,
+            "all_pages_ms": self.all_pages_after.map(ms),
+            "faults": self.faults,
+            "fault_pages": self.fault_pages,
+            "pushed_pages": self.pushed_pages,
+            "phases": self.phases.iter().map(|(name, d)| json!({"phase": name, "ms": ms(*d)})).collect::<Vec<_>>(),
+            "externals": crate::resources::external::to_json(&self.dump.externals),
+        })
+    }
+}
+
 /// Why a migration did not happen. Except for `Uncertain` and
 /// `PostCopyLinkLost`, the processes run on at the source as they were.
 #[derive(Debug, thiserror::Error)]

@@ -210,6 +210,19 @@ impl Token {
         Ok(Token { secret, scopes })
     }
 
+    /// The first token of the file at `path` that allows `scope` (an agent
+    /// calling its peers, say to send them a migration, needs `operate`).
+    pub fn load_for(path: &Path, scope: Scope) -> Result<Token, NetError> {
+        parse_file(path)?
+            .into_iter()
+            .find(|(_, scopes)| scopes.allows(scope))
+            .map(|(secret, scopes)| Token { secret, scopes })
+            .ok_or_else(|| NetError::TokenFile {
+                path: path.to_path_buf(),
+                detail: format!("no token in the file has the {} scope", scope.name()),
+            })
+    }
+
     /// The secret (to hand to a program, e.g. in its environment).
     pub fn secret(&self) -> &str {
         &self.secret

@@ -101,3 +101,116 @@ pub async fn receive(
         }
     }
 }
+
+/// `POST /v1/processes/{pid}/migrate`: this agent moves process `pid` of
+/// its node (with its descendants, and `also` with theirs, in one image) to
+/// the agent at `to`, as `godwit migrate` would from here, and answers with
+/// the same report. The peer is reached with the first `operate` token of
+/// this agent's token file.
+pub fn routes() -> axum::Router<Arc<Agent>> {
+    axum::Router::new().route("/v1/processes/{pid}/migrate", axum::routing::post(send))
+}
+
+#[derive(serde::Deserialize)]
+struct SendRequest {
+    to: String,
+    #[serde(default)]
+    mode: Option<String>,
+    #[serde(default)]
+    also: Vec<i32>,
+    #[serde(default)]
+    tcp_established: bool,
+    #[serde(default)]
+    pid_ns: bool,
+    #[serde(default)]
+    max_downtime_ms: Option<u64>,
+    #[serde(default)]
+    watchdog_secs: Option<u64>,
+}
+
+async fn send(
+    axum::extract::State(agent): axum::extract::State<Arc<Agent>>,
+    axum::Extension(conn): axum::Extension<crate::api::Conn>,
+    axum::extract::Path(pid): axum::extract::Path<i32>,
+    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
+) -> crate::api::ApiResult {
+    use crate::api::ApiError;
+    crate::api::need(&conn, Scope::Operate)?;
+    let body = body.map_err(|e| ApiError::new(400, format!("reading the request: {e}")))?;
+    let req: SendRequest = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::new(
+            400,
+            format!("the request is not {{\"to\": \"ADDR:PORT\", \"mode\"?, ...}}: {e}"),
+        )
+    })?;
+    let m = req.mode.as_deref().unwrap_or("stop-copy");
+    let mode = migrate::Mode::parse(m).ok_or_else(|| {
+        ApiError::new(
+            400,
+            format!("unknown mode {m:?}: stop-copy, pre-copy, post-copy or pre-copy-post-copy"),
+        )
+    })?;
+    let mut roots = vec![pid];
+    roots.extend(req.also.iter().copied());
+    godwit_engine::dump::check_roots(&roots)
+        .map_err(|e| ApiError::new(crate::transparent::engine_status(&e), e.to_string()))?;
+    let token_file = agent
+        .tokens
+        .path()
+        .map(std::path::Path::to_path_buf)
+        .ok_or_else(|| ApiError::new(500, "this agent has no token file to reach its peers"))?;
+    let token = godwit_net::Token::load_for(&token_file, Scope::Operate)
+        .map_err(|e| ApiError::new(500, format!("reaching {}: {e}", req.to)))?;
+    let opts = migrate::MigrateOptions {
+        mode,
+        pid_ns: req.pid_ns,
+        dump: godwit_engine::dump::DumpOptions {
+            tcp_established: req.tcp_established,
+            max_frozen_copy: req.max_downtime_ms.map(Duration::from_millis),
+            ..Default::default()
+        },
+        watchdog: Duration::from_secs(req.watchdog_secs.unwrap_or(60).max(1)),
+        keep_image: None,
+        move_ip: None,
+    };
+    let watchdog = opts.watchdog;
+    let to = req.to.clone();
+    let sent = roots.clone();
+    tracing::info!(pid, to = %to, mode = mode.name(), "sending a migration");
+    let r = tokio::task::spawn_blocking(move || -> Result<migrate::MigrateReport, String> {
+        let tls = godwit_net::ClientTls::new(token, None).map_err(|e| e.to_string())?;
+        let stream = tls
+            .connect_blocking(
+                &to,
+                godwit_net::ChannelKind::Migration,
+                Duration::from_secs(10),
+            )
+            .map_err(|e| format!("connecting to {to}: {e}; the processes were not touched"))?;
+        let _ = stream.tcp().set_read_timeout(Some(watchdog));
+        let _ = stream.tcp().set_write_timeout(Some(watchdog));
+        let _ = stream.tcp().set_nodelay(true);
+        migrate::send(stream, &to, &sent, &opts, &godwit_engine::Quiet).map_err(|e| e.to_string())
+    })
+    .await
+    .map_err(|e| ApiError::new(500, format!("the migration thread failed: {e}")))?;
+    match r {
+        Ok(report) => {
+            {
+                let mut managed = crate::lock(&agent.transparent);
+                for p in &report.pids {
+                    managed.remove(p);
+                }
+            }
+            tracing::info!(
+                pid, to = %req.to, node = %report.node,
+                downtime_ms = report.downtime.as_secs_f64() * 1e3,
+                "migration sent; the process runs there"
+            );
+            crate::api::ok(200, report.to_json(&roots, &req.to))
+        }
+        Err(e) => {
+            tracing::warn!(pid, to = %req.to, "migration not sent: {e}");
+            Err(ApiError::new(502, e))
+        }
+    }
+}

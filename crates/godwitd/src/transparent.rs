@@ -166,7 +166,7 @@ fn body_json(body: Result<Bytes, BytesRejection>) -> Result<Value, ApiError> {
     serde_json::from_slice(&b).map_err(|e| ApiError::new(400, format!("body is not JSON: {e}")))
 }
 
-fn engine_status(e: &godwit_engine::EngineError) -> u16 {
+pub(crate) fn engine_status(e: &godwit_engine::EngineError) -> u16 {
     use godwit_engine::EngineError as E;
     match e {
         E::NoSuchProcess { .. } => 404,

@@ -55,6 +55,18 @@ pub struct ExternalFd {
     pub epoll_watched: bool,
 }
 
+/// The list as `--json` output and the agent's API give it.
+pub fn to_json(list: &[ExternalFd]) -> serde_json::Value {
+    list.iter()
+        .map(|x| {
+            serde_json::json!({
+                "pid": x.pid, "fd": x.fd, "key": x.key, "what": x.what,
+                "saved_bytes": x.saved, "unread_bytes_not_saved": x.unread,
+            })
+        })
+        .collect()
+}
+
 fn what(f: &Fd, e: &External) -> String {
     if e.was == FdKind::UnixSocket as i32 {
         let t = match e.sock_type {
