@@ -122,6 +122,8 @@ pub fn router(agent: Arc<Agent>) -> Router {
             get(store_get).put(store_put).delete(store_delete),
         )
         .merge(crate::transparent::routes())
+        .merge(crate::cluster::routes())
+        .merge(crate::metrics::routes())
         .fallback(no_route)
         .method_not_allowed_fallback(no_route)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
