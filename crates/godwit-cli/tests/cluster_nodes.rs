@@ -419,11 +419,26 @@ fn three_nodes_heartbeats_health_load_and_metrics() {
     let took = t0.elapsed();
     let check_ms = c.json(1, &["nodes"])["check_ms"].as_u64().unwrap();
     // The bound: --dead-after-ms plus one check after the last heartbeat, which
-    // came before the kill; plus what one `godwit nodes` takes to see it.
-    let slack = Duration::from_millis(400);
-    eprintln!("n3 dead on n1 after {took:?} (bound {DEAD_AFTER_MS} + {check_ms} ms)");
+    // came before the kill. The agent's own measure (the silence it logged when it
+    // declared n3 dead, which is at least the time since the kill) is held to it,
+    // with 100 ms for scheduling; what the test saw adds its polling through
+    // `godwit nodes` (TLS handshakes on a busy machine).
+    let log = std::fs::read_to_string(c.dir.path().join("agent1.log")).unwrap();
+    let silent_ms: u64 = log
+        .lines()
+        .find(|l| l.contains("node dead") && l.contains("peer=n3"))
+        .and_then(|l| l.split("silent_ms=").nth(1))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no `node dead` line for n3 in agent1.log:\n{log}"));
+    eprintln!(
+        "n3 dead on n1 after {took:?} as the test saw it, {silent_ms} ms of silence as n1 saw it (bound {DEAD_AFTER_MS} + {check_ms} ms)"
+    );
     assert!(
-        took <= Duration::from_millis(DEAD_AFTER_MS + check_ms) + slack,
+        silent_ms <= DEAD_AFTER_MS + check_ms + 100,
+        "declared dead after {silent_ms} ms of silence"
+    );
+    assert!(
+        took <= Duration::from_millis(DEAD_AFTER_MS + check_ms + 1500),
         "dead after {took:?}"
     );
     assert!(

@@ -148,6 +148,8 @@ struct Peer {
     missed: u64,
     /// A heartbeat to it is on its way (a slow peer does not pile them up).
     sending: Arc<AtomicBool>,
+    /// The last heartbeat to it was not delivered (warned once, until one is).
+    failing: Arc<AtomicBool>,
 }
 
 /// Membership, health and this node's load.
@@ -411,6 +413,7 @@ impl Peer {
             load: None,
             missed: 0,
             sending: Arc::new(AtomicBool::new(false)),
+            failing: Arc::new(AtomicBool::new(false)),
         }
     }
 }
@@ -466,11 +469,19 @@ pub fn start(agent: Arc<Agent>, client: ClientTls) {
                     "heartbeat_ms": timing.heartbeat.as_millis() as u64, "load": load,
                 })
                 .to_string();
-                let targets: Vec<(String, String, Arc<AtomicBool>)> = lock(&agent.cluster.peers)
+                type Target = (String, String, Arc<AtomicBool>, Arc<AtomicBool>);
+                let targets: Vec<Target> = lock(&agent.cluster.peers)
                     .iter()
-                    .map(|(n, p)| (n.clone(), p.addr.clone(), p.sending.clone()))
+                    .map(|(n, p)| {
+                        (
+                            n.clone(),
+                            p.addr.clone(),
+                            p.sending.clone(),
+                            p.failing.clone(),
+                        )
+                    })
                     .collect();
-                for (name, addr, sending) in targets {
+                for (name, addr, sending, failing) in targets {
                     if sending.swap(true, Ordering::SeqCst) {
                         continue; // the previous one is still on its way
                     }
@@ -481,16 +492,22 @@ pub fn start(agent: Arc<Agent>, client: ClientTls) {
                         req.timeout = timing.dead_after.max(Duration::from_secs(2));
                         let r = client.request(&addr, &req).await;
                         sending.store(false, Ordering::SeqCst);
-                        match r {
-                            Ok(resp) if resp.status < 300 => {}
-                            Ok(resp) => {
-                                crate::metrics::heartbeat_send_failed(&name);
-                                tracing::debug!(peer = %name, %addr, status = resp.status, error = %resp.error_message(), "heartbeat refused");
+                        let why = match r {
+                            Ok(resp) if resp.status < 300 => {
+                                if failing.swap(false, Ordering::SeqCst) {
+                                    tracing::info!(peer = %name, %addr, "heartbeats delivered again");
+                                }
+                                return;
                             }
-                            Err(e) => {
-                                crate::metrics::heartbeat_send_failed(&name);
-                                tracing::debug!(peer = %name, %addr, error = %e, "heartbeat not delivered");
-                            }
+                            Ok(resp) => format!("HTTP {}: {}", resp.status, resp.error_message()),
+                            Err(e) => e.to_string(),
+                        };
+                        crate::metrics::heartbeat_send_failed(&name);
+                        // Warned once per run of failures (a refused token says why here).
+                        if !failing.swap(true, Ordering::SeqCst) {
+                            tracing::warn!(peer = %name, %addr, error = %why, "heartbeat not delivered");
+                        } else {
+                            tracing::debug!(peer = %name, %addr, error = %why, "heartbeat not delivered");
                         }
                     });
                 }
