@@ -174,6 +174,20 @@ enum Cmd {
         #[command(subcommand)]
         cmd: node::NodeCmd,
     },
+    /// Every node the agent knows (itself and its peers): health, last
+    /// heartbeat, load.
+    Nodes {
+        #[command(flatten)]
+        agent: node::AgentArgs,
+    },
+    /// The processes and services the agent manages; --all-nodes: those of
+    /// every node it knows, with where they run.
+    Ps {
+        #[command(flatten)]
+        agent: node::AgentArgs,
+        #[arg(long)]
+        all_nodes: bool,
+    },
     /// Conformist services (the high-level SDK): start, stop, restore, freeze,
     /// thaw, list, checkpoint(s), migrate.
     Service {
@@ -492,6 +506,22 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .build()
                 .context("starting the async runtime")?;
             rt.block_on(node::run(cmd, &agent, cli.json))?;
+        }
+        Cmd::Nodes { agent } => {
+            let agent = agent.connect()?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?;
+            rt.block_on(node::nodes(&agent, cli.json))?;
+        }
+        Cmd::Ps { agent, all_nodes } => {
+            let agent = agent.connect()?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?;
+            rt.block_on(node::ps(&agent, all_nodes, cli.json))?;
         }
         Cmd::Migrate(args) => {
             migrate::run(args, cli.json, &Bar::new())?;

@@ -45,6 +45,150 @@ pub enum NodeCmd {
     },
     /// Remove a checkpoint from the node's store.
     Rm { id: String },
+    /// Make a node known to this one (kept in its data dir): heartbeats go both
+    /// ways once each knows the other.
+    Add {
+        /// The peer's node name (its --node-name).
+        name: String,
+        /// Its godwitd, ADDR:PORT.
+        addr: String,
+    },
+    /// The agent's Prometheus metrics (OpenMetrics text).
+    Metrics,
+    /// The node's load (run queue, CPU, memory, managed processes); --history:
+    /// the samples of the last ten minutes.
+    Load {
+        #[arg(long)]
+        history: bool,
+    },
+}
+
+/// Which godwitd to talk to, and how.
+#[derive(clap::Args, Debug)]
+pub struct AgentArgs {
+    /// The node agent (godwitd) to talk to.
+    #[arg(long, default_value = "127.0.0.1:7420", env = "GODWIT_AGENT")]
+    pub agent: String,
+    /// File holding a token of the agent (mode 0600; the first token is used;
+    /// `read` is enough).
+    #[arg(long, env = "GODWIT_TOKEN_FILE")]
+    pub token_file: std::path::PathBuf,
+    /// CA certificate (PEM) to verify the agent's certificate with (PKI mode).
+    #[arg(long, env = "GODWIT_TLS_CA")]
+    pub tls_ca: Option<std::path::PathBuf>,
+}
+
+impl AgentArgs {
+    pub fn connect(&self) -> anyhow::Result<Agent> {
+        let token = godwit_agent_client::load_token(&self.token_file)?;
+        Ok(Agent::with_ca(&self.agent, token, self.tls_ca.as_deref())?)
+    }
+}
+
+async fn nodes_view(agent: &Agent) -> anyhow::Result<Value> {
+    Ok(agent
+        .request("nodes", "GET", "/v1/nodes", None, Duration::from_secs(10))
+        .await?)
+}
+
+fn ago(v: &Value) -> String {
+    match v.as_u64() {
+        Some(ms) => format!("{:.1}s ago", ms as f64 / 1e3),
+        None => "never".into(),
+    }
+}
+
+/// `godwit nodes`: every node the agent knows, with health and load.
+pub async fn nodes(agent: &Agent, json_out: bool) -> anyhow::Result<()> {
+    let v = nodes_view(agent).await?;
+    if json_out {
+        println!("{v}");
+        return Ok(());
+    }
+    println!(
+        "{:<16} {:<22} {:<8} {:>10} {:>6} {:>5} {:>5} {:>10} {:>5}",
+        "NAME", "ADDR", "HEALTH", "HEARD", "LOAD1", "RUNQ", "CPU%", "AVAIL(MiB)", "PROCS"
+    );
+    for n in v["nodes"].as_array().into_iter().flatten() {
+        let l = &n["load"];
+        let name = format!(
+            "{}{}",
+            n["name"].as_str().unwrap_or("?"),
+            if n["self"] == json!(true) { "*" } else { "" }
+        );
+        if l.is_null() {
+            println!(
+                "{:<16} {:<22} {:<8} {:>10}",
+                name,
+                n["addr"].as_str().unwrap_or("?"),
+                n["health"].as_str().unwrap_or("?"),
+                ago(&n["last_heard_ms_ago"])
+            );
+            continue;
+        }
+        println!(
+            "{:<16} {:<22} {:<8} {:>10} {:>6.2} {:>5} {:>5.1} {:>10} {:>5}",
+            name,
+            n["addr"].as_str().unwrap_or("?"),
+            n["health"].as_str().unwrap_or("?"),
+            ago(&n["last_heard_ms_ago"]),
+            l["loadavg"][0].as_f64().unwrap_or(0.0),
+            l["procs_running"].as_u64().unwrap_or(0),
+            l["cpu_percent"].as_f64().unwrap_or(0.0),
+            mib(&l["mem_available_bytes"]),
+            l["processes"].as_array().map_or(0, Vec::len),
+        );
+    }
+    println!(
+        "(* the node asked; dead after {} ms without a heartbeat)",
+        v["dead_after_ms"]
+    );
+    Ok(())
+}
+
+/// `godwit ps [--all-nodes]`: the processes and services the agents manage, with the
+/// node each runs on (as of that node's last heartbeat for the others).
+pub async fn ps(agent: &Agent, all_nodes: bool, json_out: bool) -> anyhow::Result<()> {
+    let v = nodes_view(agent).await?;
+    let mut rows = Vec::new();
+    for n in v["nodes"].as_array().into_iter().flatten() {
+        if !all_nodes && n["self"] != json!(true) {
+            continue;
+        }
+        for p in n["load"]["processes"].as_array().into_iter().flatten() {
+            let mut p = p.clone();
+            p["node"] = n["name"].clone();
+            p["node_addr"] = n["addr"].clone();
+            p["node_health"] = n["health"].clone();
+            rows.push(p);
+        }
+    }
+    if json_out {
+        println!("{}", json!({ "processes": rows }));
+        return Ok(());
+    }
+    println!(
+        "{:<16} {:<8} {:>7} {:<11} {:>6} {:>9}  {:<28} SERVICE/ORIGIN",
+        "NODE", "HEALTH", "PID", "KIND", "CPU%", "RSS(MiB)", "PROGRAM"
+    );
+    for p in &rows {
+        let extra = match (p["uuid"].as_str(), p["address"].as_str()) {
+            (Some(u), Some(a)) => format!("{u} at {a}"),
+            _ => p["origin"].as_str().unwrap_or("-").to_string(),
+        };
+        println!(
+            "{:<16} {:<8} {:>7} {:<11} {:>6.1} {:>9}  {:<28} {}",
+            p["node"].as_str().unwrap_or("?"),
+            p["node_health"].as_str().unwrap_or("?"),
+            p["pid"].as_i64().unwrap_or(0),
+            p["kind"].as_str().unwrap_or("?"),
+            p["cpu_percent"].as_f64().unwrap_or(0.0),
+            mib(&p["rss_bytes"]),
+            p["program"].as_str().unwrap_or("?"),
+            extra
+        );
+    }
+    Ok(())
 }
 
 fn mib(v: &Value) -> String {
@@ -54,6 +198,42 @@ fn mib(v: &Value) -> String {
 pub async fn run(cmd: NodeCmd, agent: &Agent, json_out: bool) -> anyhow::Result<()> {
     let long = Duration::from_secs(600);
     let v = match &cmd {
+        NodeCmd::Metrics => {
+            let mut req = godwit_net::http::HttpRequest::new("GET", "/metrics");
+            req.timeout = Duration::from_secs(10);
+            let resp = agent.client().request(agent.addr(), &req).await?;
+            if resp.status >= 300 {
+                anyhow::bail!(
+                    "agent {}: metrics: HTTP {}: {}",
+                    agent.addr(),
+                    resp.status,
+                    resp.error_message()
+                );
+            }
+            print!("{}", String::from_utf8_lossy(&resp.body));
+            return Ok(());
+        }
+        NodeCmd::Load { history } => {
+            let path = if *history {
+                "/v1/load/history"
+            } else {
+                "/v1/load"
+            };
+            agent
+                .request("load", "GET", path, None, Duration::from_secs(10))
+                .await?
+        }
+        NodeCmd::Add { name, addr } => {
+            agent
+                .request(
+                    "node add",
+                    "POST",
+                    "/v1/nodes",
+                    Some(json!({"name": name, "addr": addr})),
+                    Duration::from_secs(10),
+                )
+                .await?
+        }
         NodeCmd::Ps { all } => {
             let path = if *all {
                 "/v1/processes?all=true"
@@ -170,6 +350,40 @@ pub async fn run(cmd: NodeCmd, agent: &Agent, json_out: bool) -> anyhow::Result<
             if v["host_pid"] != v["pid"] { format!(" (node PID {})", v["host_pid"]) } else { String::new() }
         ),
         NodeCmd::Rm { .. } => println!("removed {}", v["id"].as_str().unwrap_or("?")),
+        NodeCmd::Add { name, addr } => println!(
+            "{name} at {addr} {}",
+            if v["added"] == json!(true) { "added" } else { "updated" }
+        ),
+        NodeCmd::Metrics => {}
+        NodeCmd::Load { history: false } => {
+            let l = &v["load"];
+            println!(
+                "node {}: load {:.2} {:.2} {:.2}, run queue {}, CPU {:.1}% of {}, memory available {} MiB of {} MiB, {} managed processes",
+                v["node"].as_str().unwrap_or("?"),
+                l["loadavg"][0].as_f64().unwrap_or(0.0),
+                l["loadavg"][1].as_f64().unwrap_or(0.0),
+                l["loadavg"][2].as_f64().unwrap_or(0.0),
+                l["procs_running"],
+                l["cpu_percent"].as_f64().unwrap_or(0.0),
+                l["cpus"],
+                mib(&l["mem_available_bytes"]),
+                mib(&l["mem_total_bytes"]),
+                l["processes"].as_array().map_or(0, Vec::len),
+            );
+        }
+        NodeCmd::Load { history: true } => {
+            println!("{:>15} {:>6} {:>5} {:>6} {:>10}", "UNIX_MS", "LOAD1", "RUNQ", "CPU%", "AVAIL(MiB)");
+            for l in v["samples"].as_array().into_iter().flatten() {
+                println!(
+                    "{:>15} {:>6.2} {:>5} {:>6.1} {:>10}",
+                    l["unix_ms"],
+                    l["loadavg"][0].as_f64().unwrap_or(0.0),
+                    l["procs_running"],
+                    l["cpu_percent"].as_f64().unwrap_or(0.0),
+                    mib(&l["mem_available_bytes"]),
+                );
+            }
+        }
     }
     Ok(())
 }

@@ -123,6 +123,8 @@ pub fn router(agent: Arc<Agent>) -> Router {
         )
         .merge(crate::transparent::routes())
         .merge(crate::migration::routes())
+        .merge(crate::cluster::routes())
+        .merge(crate::metrics::routes())
         .fallback(no_route)
         .method_not_allowed_fallback(no_route)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))

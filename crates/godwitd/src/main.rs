@@ -7,6 +7,9 @@
 //! - `migration` channels go to [`migration::receive`].
 
 mod api;
+mod cluster;
+mod load;
+mod metrics;
 mod migration;
 mod transparent;
 
@@ -52,6 +55,27 @@ struct Args {
     /// from the image already received: a shorter downtime).
     #[arg(long)]
     fill_before_run: bool,
+    /// This node's name among its peers (default: the hostname).
+    #[arg(long)]
+    node_name: Option<String>,
+    /// Peers: a file of `NAME ADDR:PORT` lines (this node's own name is skipped).
+    /// Peers added with `godwit node add` are kept in DATA/peers.
+    #[arg(long, value_name = "FILE")]
+    peers: Option<PathBuf>,
+    /// Milliseconds between heartbeats (and load samples).
+    #[arg(long, default_value_t = 1000)]
+    heartbeat_ms: u64,
+    /// A peer silent this long is dead (default 3 heartbeats + 500 ms).
+    #[arg(long)]
+    dead_after_ms: Option<u64>,
+    /// Also serve GET /metrics in plain HTTP here (ADDR:PORT, loopback only
+    /// unless --metrics-any-addr), for Prometheus.
+    #[arg(long, value_name = "ADDR:PORT")]
+    metrics_addr: Option<String>,
+    /// Let --metrics-addr be a non-loopback address (the metrics are then readable
+    /// by anyone who reaches it, without a token).
+    #[arg(long, requires = "metrics_addr")]
+    metrics_any_addr: bool,
 }
 
 /// A program this agent started.
@@ -98,6 +122,8 @@ pub struct Agent {
     pub(crate) defer_fill: Option<u64>,
     /// Set when godwitd stops: nothing is started again.
     pub(crate) stopping: std::sync::atomic::AtomicBool,
+    /// This node among its peers: membership, heartbeats, health, load.
+    pub(crate) cluster: Arc<cluster::Cluster>,
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -163,6 +189,26 @@ async fn main() -> anyhow::Result<()> {
         .with_context(|| format!("listening on {}", args.listen))?;
     let local = listener.local_addr()?;
     let node = local.to_string();
+    let cluster = cluster::Cluster::new(
+        args.node_name.clone().unwrap_or_else(cluster::hostname),
+        node.clone(),
+        cluster::Timing::new(args.heartbeat_ms, args.dead_after_ms)?,
+        args.peers.as_deref(),
+        &args.data,
+    )?;
+    let peer_client = godwit_net::ClientTls::new(Token::load(&args.token_file)?, None)?;
+    let metrics_listener = match &args.metrics_addr {
+        Some(a) => {
+            let l = TcpListener::bind(a)
+                .await
+                .with_context(|| format!("--metrics-addr {a}"))?;
+            if !l.local_addr()?.ip().is_loopback() && !args.metrics_any_addr {
+                bail!("--metrics-addr {a}: not a loopback address (the metrics listener has no token); add --metrics-any-addr to allow it");
+            }
+            Some(l)
+        }
+        None => None,
+    };
     if local.ip().is_unspecified() {
         tracing::warn!(
             %node,
@@ -179,14 +225,23 @@ async fn main() -> anyhow::Result<()> {
         defer_fill: (!args.fill_before_run).then_some(godwit_engine::deferred::MIN_BYTES),
         transparent: Mutex::new(BTreeMap::new()),
         stopping: std::sync::atomic::AtomicBool::new(false),
+        cluster: Arc::new(cluster),
     });
     let router = api::router(agent.clone());
+    tokio::spawn(metrics::count_events(agent.cluster.subscribe()));
+    cluster::start(agent.clone(), peer_client);
+    if let Some(l) = metrics_listener {
+        tracing::info!(addr = %l.local_addr()?, "metrics in plain HTTP at /metrics");
+        tokio::spawn(metrics::serve_plain(l));
+    }
     println!("GODWITD_READY {node}");
     tracing::info!(
         %node,
         data = %args.data.display(),
         tls = if server.is_pki() { "operator certificate" } else { "self-signed certificate" },
         exec = if agent.allow_exec.is_empty() { "off" } else { "on" },
+        name = %agent.cluster.name,
+        peers = agent.cluster.peers().len(),
         "godwitd serving"
     );
 

@@ -78,6 +78,7 @@ pub async fn receive(
         migrate::receive(io, &from, &opts, &godwit_engine::Quiet)
     })
     .await?;
+    crate::metrics::migration_received(report.as_ref().ok().map(|r| (r.bytes, r.total)));
     match report {
         Ok(r) => {
             tracing::info!(

@@ -205,6 +205,7 @@ async fn checkpoint(
     })
     .await
     .map_err(|e| ApiError::new(500, format!("the dump thread failed: {e}")))?;
+    crate::metrics::checkpoint(r.as_ref().ok().map(|r| (r.image_bytes, r.frozen)));
     match r {
         Ok(r) => {
             if !leave_running {
@@ -278,6 +279,7 @@ async fn restore(
     })
     .await
     .map_err(|e| ApiError::new(500, format!("the restore thread failed: {e}")))?;
+    crate::metrics::restore(r.is_ok());
     match r {
         Ok(r) => {
             for host_pid in r.host_roots() {

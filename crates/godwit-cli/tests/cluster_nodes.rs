@@ -1,0 +1,499 @@
+//! Nodes that know each other, on simulated hosts (scripts/cluster.sh): three
+//! godwitd with peers exchange heartbeats carrying their load; `godwit nodes`
+//! shows them alive; one agent killed turns dead within the documented bound
+//! (--dead-after-ms + one check) and alive again when it comes back; `godwit ps
+//! --all-nodes` shows a process of another node; /metrics parses as Prometheus
+//! text and counts a checkpoint and a restore.
+
+mod common;
+
+use common::{progs, wait_for};
+use serde_json::Value;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const PORT: u16 = 7432;
+const METRICS_PORT: u16 = 9464;
+const TOKEN: &str = "cluster-nodes-test-token-0123456789abcdef";
+const HEARTBEAT_MS: u64 = 300;
+const DEAD_AFTER_MS: u64 = 1200;
+
+fn script() -> PathBuf {
+    common::repo().join("scripts/cluster.sh")
+}
+
+/// Three simulated hosts; torn down (every process of its hosts ended) on drop.
+struct Hosts {
+    name: String,
+    prefix: String,
+    dir: tempfile::TempDir,
+    agents: Vec<Option<Child>>,
+}
+
+impl Hosts {
+    fn up(n: usize) -> Hosts {
+        progs();
+        let id = (std::process::id() * 11) % 200;
+        let name = format!("c{:05}", (std::process::id() * 13) % 100_000);
+        let prefix = format!("10.215.{id}");
+        let out = Command::new(script())
+            .args(["up", &name, &n.to_string(), &prefix])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "cluster.sh up: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let dir = tempfile::Builder::new()
+            .prefix("godwit-nodes")
+            .tempdir()
+            .unwrap();
+        let token = dir.path().join("token");
+        std::fs::write(&token, format!("{TOKEN}\n")).unwrap();
+        std::fs::set_permissions(&token, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .unwrap();
+        Hosts {
+            name,
+            prefix,
+            dir,
+            agents: (0..n).map(|_| None).collect(),
+        }
+    }
+
+    fn agent_addr(&self, host: usize) -> String {
+        format!("{}.{host}:{PORT}", self.prefix)
+    }
+
+    fn token(&self) -> PathBuf {
+        self.dir.path().join("token")
+    }
+
+    fn data(&self, host: usize) -> PathBuf {
+        self.dir.path().join(format!("node{host}"))
+    }
+
+    fn exec(&self, host: usize) -> Command {
+        let mut c = Command::new(script());
+        c.args(["exec", &self.name, &host.to_string()]);
+        c
+    }
+
+    fn sh(&self, host: usize, script: &str) -> String {
+        let out = self
+            .exec(host)
+            .args(["sh", "-c", script])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "on host {host}: {script}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Starts godwitd on `host` as node `nHOST` with `args` and waits until it serves.
+    fn start_agent(&mut self, host: usize, args: &[&str]) {
+        if let Some(mut old) = self.agents[host - 1].take() {
+            let _ = old.kill();
+            let _ = old.wait();
+        }
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join(format!("agent{host}.log")))
+            .unwrap();
+        let mut child = self
+            .exec(host)
+            .arg(Path::new(env!("CARGO_BIN_EXE_godwit")).with_file_name("godwitd"))
+            .args(["--listen", &self.agent_addr(host), "--data"])
+            .arg(self.data(host))
+            .arg("--token-file")
+            .arg(self.token())
+            .args(["--node-name", &format!("n{host}")])
+            .args(["--heartbeat-ms", &HEARTBEAT_MS.to_string()])
+            .args(["--dead-after-ms", &DEAD_AFTER_MS.to_string()])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert!(line.starts_with("GODWITD_READY"), "godwitd said {line:?}");
+        self.agents[host - 1] = Some(child);
+    }
+
+    /// The host PID of the godwitd serving `host` (the one this test started).
+    fn agent_host_pid(&self, host: usize) -> i32 {
+        let data = self.data(host);
+        let data = data.to_str().unwrap();
+        for e in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let args: Vec<String> = cmd
+                .split(|c| *c == 0)
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect();
+            if args.first().is_some_and(|a| a.ends_with("/godwitd"))
+                && args.iter().any(|a| a == data)
+            {
+                return pid;
+            }
+        }
+        panic!("no godwitd for host {host}");
+    }
+
+    /// `godwit ARGS` against host `host`'s agent (from the calling namespace).
+    fn godwit(&self, host: usize, args: &[&str]) -> Output {
+        let agent = self.agent_addr(host);
+        let token = self.token();
+        let mut all: Vec<&str> = Vec::new();
+        let (head, rest) = args.split_at(if args[0] == "node" { 2 } else { 1 });
+        if args[0] == "node" {
+            all.extend_from_slice(&["node", "--agent", &agent, "--token-file"]);
+            all.push(token.to_str().unwrap());
+            all.extend_from_slice(&head[1..]);
+        } else {
+            all.extend_from_slice(head);
+            all.extend_from_slice(&["--agent", &agent, "--token-file"]);
+            all.push(token.to_str().unwrap());
+        }
+        all.extend_from_slice(rest);
+        common::godwit(&all)
+    }
+
+    fn godwit_ok(&self, host: usize, args: &[&str]) -> String {
+        let out = self.godwit(host, args);
+        assert!(
+            out.status.success(),
+            "godwit {args:?} on host {host}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    fn json(&self, host: usize, args: &[&str]) -> Value {
+        let mut a = args.to_vec();
+        a.push("--json");
+        serde_json::from_str(&self.godwit_ok(host, &a)).unwrap()
+    }
+
+    /// `godwit nodes --json` through host `host`'s agent: name -> node.
+    fn nodes(&self, host: usize) -> Vec<Value> {
+        self.json(host, &["nodes"])["nodes"]
+            .as_array()
+            .unwrap()
+            .clone()
+    }
+
+    fn health(&self, host: usize, of: &str) -> String {
+        self.nodes(host)
+            .iter()
+            .find(|n| n["name"] == of)
+            .map(|n| n["health"].as_str().unwrap().to_string())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Hosts {
+    fn drop(&mut self) {
+        let _ = Command::new(script()).args(["down", &self.name]).status();
+        for a in self.agents.iter_mut().flatten() {
+            let _ = a.kill();
+            let _ = a.wait();
+        }
+    }
+}
+
+/// OpenMetrics text: `name value` samples by name (with their labels), checked
+/// line by line; the text ends with `# EOF`.
+fn parse_metrics(text: &str) -> Vec<(String, f64)> {
+    assert!(text.trim_end().ends_with("# EOF"), "no # EOF:\n{text}");
+    let mut out = Vec::new();
+    for l in text.lines() {
+        if l.starts_with('#') {
+            assert!(
+                l.starts_with("# HELP ")
+                    || l.starts_with("# TYPE ")
+                    || l.starts_with("# UNIT ")
+                    || l == "# EOF",
+                "bad comment line {l:?}"
+            );
+            continue;
+        }
+        let (name, value) = l
+            .rsplit_once(' ')
+            .unwrap_or_else(|| panic!("bad line {l:?}"));
+        let v: f64 = value
+            .parse()
+            .unwrap_or_else(|_| panic!("bad value in {l:?}"));
+        let bare = name.split('{').next().unwrap();
+        assert!(
+            !bare.is_empty()
+                && bare
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'),
+            "bad metric name in {l:?}"
+        );
+        if let Some(labels) = name.strip_prefix(bare) {
+            assert!(
+                labels.is_empty() || (labels.starts_with('{') && labels.ends_with('}')),
+                "bad labels in {l:?}"
+            );
+        }
+        out.push((name.to_string(), v));
+    }
+    out
+}
+
+fn metric(m: &[(String, f64)], name: &str) -> f64 {
+    m.iter()
+        .find(|(n, _)| n == name)
+        .unwrap_or_else(|| panic!("no metric {name} in {m:?}"))
+        .1
+}
+
+#[test]
+fn three_nodes_heartbeats_health_load_and_metrics() {
+    let mut c = Hosts::up(3);
+    let all = c.dir.path().join("peers-all");
+    let first_two = c.dir.path().join("peers-12");
+    let line = |h: usize| format!("n{h} {}\n", c.agent_addr(h));
+    std::fs::write(&all, line(1) + &line(2) + &line(3)).unwrap();
+    std::fs::write(&first_two, line(1) + &line(2)).unwrap();
+    let metrics_addr = format!("127.0.0.1:{METRICS_PORT}");
+    c.start_agent(
+        1,
+        &[
+            "--peers",
+            first_two.to_str().unwrap(),
+            "--metrics-addr",
+            &metrics_addr,
+        ],
+    );
+    c.start_agent(2, &["--peers", all.to_str().unwrap()]);
+    c.start_agent(3, &["--peers", all.to_str().unwrap()]);
+
+    // n3 joins n1 by `godwit node add`, kept private in n1's data dir.
+    let out = c.godwit_ok(1, &["node", "add", "n3", &c.agent_addr(3)]);
+    assert!(out.contains("added"), "{out}");
+    let kept = c.data(1).join("peers");
+    assert_eq!(
+        std::fs::read_to_string(&kept).unwrap(),
+        format!("n3 {}\n", c.agent_addr(3))
+    );
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&kept).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+
+    // Every agent sees three alive nodes with their load.
+    for h in 1..=3 {
+        wait_for("three alive nodes", Duration::from_secs(15), || {
+            let n = c.nodes(h);
+            n.len() == 3
+                && n.iter().all(|n| {
+                    n["health"] == "alive"
+                        && n["load"]["mem_total_bytes"].as_u64().unwrap_or(0) > 0
+                        && n["load"]["cpus"].as_u64().unwrap_or(0) > 0
+                })
+        });
+    }
+    let v = c.json(1, &["nodes"]);
+    assert_eq!(v["dead_after_ms"], DEAD_AFTER_MS);
+    assert_eq!(v["heartbeat_ms"], HEARTBEAT_MS);
+    let table = c.godwit_ok(1, &["nodes"]);
+    for n in ["n1*", "n2", "n3"] {
+        assert!(table.contains(n), "{table}");
+    }
+    let history = c.json(1, &["node", "load", "--history"]);
+    assert!(
+        history["samples"].as_array().unwrap().len() >= 2,
+        "{history}"
+    );
+
+    // A process on n1 checkpointed and restored through n1's agent: counted in the
+    // metrics, and seen from n2 with where it runs.
+    let counter_log = c.dir.path().join("counter.log");
+    let pid: u32 = c
+        .sh(
+            1,
+            &format!(
+                "echo 3999 > /proc/sys/kernel/ns_last_pid; {} {} {} </dev/null >/dev/null 2>&1 & echo $!",
+                progs().join("launch").display(),
+                progs().join("counter").display(),
+                counter_log.display()
+            ),
+        )
+        .trim()
+        .parse()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let pid_s = pid.to_string();
+    c.godwit_ok(
+        1,
+        &[
+            "node",
+            "checkpoint",
+            "--pid",
+            &pid_s,
+            "--id",
+            "c1",
+            "--stop",
+        ],
+    );
+    c.godwit_ok(1, &["node", "restore", "c1"]);
+    wait_for("n1's process seen from n2", Duration::from_secs(10), || {
+        c.json(2, &["ps", "--all-nodes"])["processes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| {
+                p["node"] == "n1"
+                    && p["pid"] == pid
+                    && p["kind"] == "transparent"
+                    && p["rss_bytes"].as_u64().unwrap_or(0) > 0
+            })
+    });
+    // Without --all-nodes: only n2's own (none).
+    let own = c.json(2, &["ps"]);
+    assert_eq!(own["processes"].as_array().unwrap().len(), 0, "{own}");
+    let table = c.godwit_ok(2, &["ps", "--all-nodes"]);
+    assert!(table.contains("n1") && table.contains("counter"), "{table}");
+
+    let text = c.godwit_ok(1, &["node", "metrics"]);
+    let m = parse_metrics(&text);
+    assert_eq!(metric(&m, "godwit_checkpoints_total"), 1.0, "{text}");
+    assert!(metric(&m, "godwit_checkpoint_bytes_total") > 0.0);
+    assert_eq!(metric(&m, "godwit_checkpoint_frozen_seconds_count"), 1.0);
+    assert_eq!(metric(&m, "godwit_restores_total"), 1.0);
+    assert!(metric(&m, "godwit_node_mem_available_bytes") > 0.0);
+    assert_eq!(metric(&m, "godwit_peer_up{peer=\"n2\"}"), 1.0);
+    assert_eq!(metric(&m, "godwit_peer_up{peer=\"n3\"}"), 1.0);
+    // The same on the plain loopback listener, as Prometheus scrapes it.
+    // (bash's /dev/tcp: no HTTP client needed on the machine.)
+    let out = c
+        .exec(1)
+        .args([
+            "bash",
+            "-c",
+            &format!(
+                "exec 3<>/dev/tcp/127.0.0.1/{METRICS_PORT}; printf 'GET /metrics HTTP/1.0\\r\\nHost: x\\r\\n\\r\\n' >&3; cat <&3"
+            ),
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let answer = String::from_utf8(out.stdout).unwrap();
+    let (head, plain) = answer
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("no HTTP answer: {answer:?}"));
+    assert!(
+        head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"),
+        "{head}"
+    );
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("application/openmetrics-text"),
+        "{head}"
+    );
+    let pm = parse_metrics(plain);
+    assert_eq!(metric(&pm, "godwit_checkpoints_total"), 1.0);
+    // The loopback listener is not reachable from outside the host.
+    let outside: std::net::SocketAddr = format!("{}.1:{METRICS_PORT}", c.prefix).parse().unwrap();
+    assert!(std::net::TcpStream::connect_timeout(&outside, Duration::from_secs(2)).is_err());
+
+    // n3's agent killed: dead on n1 within the bound, then back.
+    let pid3 = c.agent_host_pid(3);
+    // Only the godwitd this test started.
+    let killed = Command::new("kill")
+        .args(["-KILL", &pid3.to_string()])
+        .status()
+        .unwrap();
+    let t0 = Instant::now();
+    assert!(killed.success());
+    let mut seen_suspect = false;
+    loop {
+        let h = c.health(1, "n3");
+        if h == "dead" {
+            break;
+        }
+        seen_suspect |= h == "suspect";
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "n3 not dead after {:?}",
+            t0.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let took = t0.elapsed();
+    let check_ms = c.json(1, &["nodes"])["check_ms"].as_u64().unwrap();
+    // The bound: --dead-after-ms plus one check after the last heartbeat, which
+    // came before the kill. The agent's own measure (the silence it logged when it
+    // declared n3 dead, which is at least the time since the kill) is held to it,
+    // with 250 ms for scheduling on a busy machine; what the test saw adds its polling through
+    // `godwit nodes` (TLS handshakes on a busy machine).
+    let log = std::fs::read_to_string(c.dir.path().join("agent1.log")).unwrap();
+    let silent_ms: u64 = log
+        .lines()
+        .find(|l| l.contains("node dead") && l.contains("peer=n3"))
+        .and_then(|l| l.split("silent_ms=").nth(1))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no `node dead` line for n3 in agent1.log:\n{log}"));
+    eprintln!(
+        "n3 dead on n1 after {took:?} as the test saw it, {silent_ms} ms of silence as n1 saw it (bound {DEAD_AFTER_MS} + {check_ms} ms)"
+    );
+    assert!(
+        silent_ms <= DEAD_AFTER_MS + check_ms + 250,
+        "declared dead after {silent_ms} ms of silence"
+    );
+    assert!(
+        took <= Duration::from_millis(DEAD_AFTER_MS + check_ms + 1500),
+        "dead after {took:?}"
+    );
+    assert!(
+        took >= Duration::from_millis(DEAD_AFTER_MS - HEARTBEAT_MS),
+        "declared dead too early: {took:?}"
+    );
+    assert!(seen_suspect, "n3 was never suspect on the way");
+    assert_eq!(c.health(2, "n3"), "dead");
+    let m = parse_metrics(&c.godwit_ok(1, &["node", "metrics"]));
+    assert_eq!(
+        metric(&m, "godwit_node_events_total{peer=\"n3\",event=\"dead\"}"),
+        1.0
+    );
+    assert!(metric(&m, "godwit_heartbeats_missed_total{peer=\"n3\"}") >= 2.0);
+    assert_eq!(metric(&m, "godwit_peer_up{peer=\"n3\"}"), 0.0);
+
+    c.start_agent(3, &["--peers", all.to_str().unwrap()]);
+    let t1 = Instant::now();
+    wait_for("n3 back on n1", Duration::from_secs(10), || {
+        c.health(1, "n3") == "alive"
+    });
+    eprintln!("n3 alive again on n1 {:?} after it started", t1.elapsed());
+    wait_for("n3 back on n2", Duration::from_secs(10), || {
+        c.health(2, "n3") == "alive"
+    });
+    let m = parse_metrics(&c.godwit_ok(1, &["node", "metrics"]));
+    assert_eq!(
+        metric(&m, "godwit_node_events_total{peer=\"n3\",event=\"back\"}"),
+        1.0
+    );
+    let log = std::fs::read_to_string(c.dir.path().join("agent1.log")).unwrap();
+    assert!(
+        log.contains("node dead") && log.contains("node back"),
+        "{log}"
+    );
+    // The restored counter is one this test started: ended with the hosts.
+}
