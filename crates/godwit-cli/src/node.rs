@@ -55,6 +55,34 @@ pub enum NodeCmd {
     },
     /// The agent's Prometheus metrics (OpenMetrics text).
     Metrics,
+    /// Have the agent move one of its node's processes (with its
+    /// descendants) to another node's agent, as `godwit migrate` would from
+    /// there; prints where it now runs.
+    Migrate {
+        /// The process, as the node sees it.
+        #[arg(long)]
+        pid: i32,
+        /// More processes moved in the same image (what they share with
+        /// --pid moves once).
+        #[arg(long)]
+        also: Vec<i32>,
+        /// The destination's godwitd, ADDR:PORT (it must accept this
+        /// agent's operate token).
+        #[arg(long)]
+        to: String,
+        /// stop-copy, pre-copy, post-copy or pre-copy-post-copy.
+        #[arg(long, default_value = "stop-copy")]
+        mode: String,
+        /// Move established TCP connections too.
+        #[arg(long)]
+        tcp_established: bool,
+        /// Restore into a new PID namespace at the destination.
+        #[arg(long)]
+        pid_ns: bool,
+        /// See `godwit migrate --max-downtime`.
+        #[arg(long, value_name = "MS")]
+        max_downtime: Option<u64>,
+    },
     /// The node's load (run queue, CPU, memory, managed processes); --history:
     /// the samples of the last ten minutes.
     Load {
@@ -223,6 +251,29 @@ pub async fn run(cmd: NodeCmd, agent: &Agent, json_out: bool) -> anyhow::Result<
                 .request("load", "GET", path, None, Duration::from_secs(10))
                 .await?
         }
+        NodeCmd::Migrate {
+            pid,
+            also,
+            to,
+            mode,
+            tcp_established,
+            pid_ns,
+            max_downtime,
+        } => {
+            let body = json!({
+                "to": to, "also": also, "mode": mode, "tcp_established": tcp_established,
+                "pid_ns": pid_ns, "max_downtime_ms": max_downtime,
+            });
+            agent
+                .request(
+                    "migrate",
+                    "POST",
+                    &format!("/v1/processes/{pid}/migrate"),
+                    Some(body),
+                    long,
+                )
+                .await?
+        }
         NodeCmd::Add { name, addr } => {
             agent
                 .request(
@@ -355,6 +406,16 @@ pub async fn run(cmd: NodeCmd, agent: &Agent, json_out: bool) -> anyhow::Result<
             if v["added"] == json!(true) { "added" } else { "updated" }
         ),
         NodeCmd::Metrics => {}
+        NodeCmd::Migrate { pid, to, .. } => println!(
+            "moved process {pid} ({} process{}) to {to} ({}): now PID {} there; downtime {:.1} ms, {} MiB sent in {:.1} ms",
+            v["pids"].as_array().map_or(0, Vec::len),
+            if v["pids"].as_array().map_or(0, Vec::len) == 1 { "" } else { "es" },
+            v["node"].as_str().unwrap_or("?"),
+            v["dest_pid"],
+            v["downtime_ms"].as_f64().unwrap_or(0.0),
+            v["bytes_sent"].as_u64().unwrap_or(0) >> 20,
+            v["total_ms"].as_f64().unwrap_or(0.0),
+        ),
         NodeCmd::Load { history: false } => {
             let l = &v["load"];
             println!(

@@ -487,6 +487,84 @@ fn both_ends_of_a_pipeline_move_together_post_copy() {
     both_ends_of_a_pipeline_move_together("post-copy");
 }
 
+/// The agent moves a process of its node on request (`godwit node
+/// migrate`, POST /v1/processes/PID/migrate, as the dashboard and the
+/// balancer do): the counter goes on at host 2 without a gap, and host 1's
+/// metrics count the migration sent and its downtime. An unknown PID is
+/// refused naming it.
+#[test]
+fn an_agent_moves_a_process_of_its_node_on_request() {
+    let mut c = Cluster::up(2);
+    c.start_agent(1);
+    c.start_agent(2);
+    let log = c.dir.path().join("counter.log");
+    let pid = c.spawn_at(1, 4500, &progs().join("counter"), &[log.to_str().unwrap()]);
+    wait_for("the counter to count", Duration::from_secs(10), || {
+        last_line(&log) >= 3
+    });
+    let godwit = env!("CARGO_BIN_EXE_godwit");
+    let (a1, a2) = (c.agent_addr(1), c.agent_addr(2));
+    let token = c.token();
+    let token = token.to_str().unwrap();
+    let node = |args: &[&str]| {
+        let mut all = vec![
+            godwit,
+            "--json",
+            "node",
+            "--agent",
+            &a1,
+            "--token-file",
+            token,
+        ];
+        all.extend_from_slice(args);
+        c.run(1, &all)
+    };
+    let out = node(&["migrate", "--pid", "99999", "--to", &a2]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(err.contains("99999"), "{err}");
+    let v = json_of(&node(&[
+        "migrate",
+        "--pid",
+        &pid.to_string(),
+        "--to",
+        &a2,
+        "--mode",
+        "pre-copy",
+    ]));
+    assert_eq!(v["ok"], true, "{v}");
+    assert_eq!(v["dest_pid"], pid, "{v}");
+    assert_eq!(v["mode"], "pre-copy", "{v}");
+    wait_for("the source copy to end", Duration::from_secs(10), || {
+        c.state(1, pid).is_none()
+    });
+    assert!(
+        matches!(c.state(2, pid), Some('S' | 'R')),
+        "{:?}",
+        c.state(2, pid)
+    );
+    assert!(!c.traced(2, pid), "the moved process is still traced");
+    check_counts_on(&log);
+    let metrics = c.run(
+        1,
+        &[
+            godwit,
+            "node",
+            "--agent",
+            &a1,
+            "--token-file",
+            token,
+            "metrics",
+        ],
+    );
+    let text = String::from_utf8_lossy(&metrics.stdout).to_string();
+    assert!(text.contains("godwit_migrations_sent_total 1"), "{text}");
+    assert!(
+        text.contains("godwit_migration_downtime_seconds_count 1"),
+        "{text}"
+    );
+}
+
 #[test]
 fn counter_moves_between_hosts_stop_copy() {
     counter_moves("stop-copy");

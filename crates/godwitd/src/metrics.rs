@@ -44,6 +44,10 @@ struct Metrics {
     migration_in_failures: Counter,
     migration_in_bytes: Counter,
     migration_in_seconds: Histogram,
+    migrations_out: Counter,
+    migration_out_failures: Counter,
+    migration_out_bytes: Counter,
+    migration_downtime: Histogram,
     load1: FGauge,
     procs_running: Gauge,
     cpu_percent: FGauge,
@@ -69,6 +73,10 @@ static METRICS: LazyLock<std::sync::Mutex<Metrics>> = LazyLock::new(|| {
         migration_in_failures: Counter::default(),
         migration_in_bytes: Counter::default(),
         migration_in_seconds: Histogram::new(exponential_buckets(0.005, 2.0, 14)),
+        migrations_out: Counter::default(),
+        migration_out_failures: Counter::default(),
+        migration_out_bytes: Counter::default(),
+        migration_downtime: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
         load1: FGauge::default(),
         procs_running: Gauge::default(),
         cpu_percent: FGauge::default(),
@@ -130,6 +138,26 @@ static METRICS: LazyLock<std::sync::Mutex<Metrics>> = LazyLock::new(|| {
         "migration_receive_seconds",
         "From the first byte of a received migration to the process running here",
         m.migration_in_seconds.clone(),
+    );
+    r.register(
+        "migrations_sent",
+        "Migrations this agent sent (POST /v1/processes/PID/migrate) that run at their destination",
+        m.migrations_out.clone(),
+    );
+    r.register(
+        "migration_send_failures",
+        "Migrations this agent sent that failed (the process runs on here unless the error says otherwise)",
+        m.migration_out_failures.clone(),
+    );
+    r.register(
+        "migration_sent_bytes",
+        "Bytes of the migrations this agent sent",
+        m.migration_out_bytes.clone(),
+    );
+    r.register(
+        "migration_downtime_seconds",
+        "Downtime of each migration this agent sent: from the freeze until the destination's copy ran",
+        m.migration_downtime.clone(),
     );
     r.register("node_load1", "/proc/loadavg, 1 minute", m.load1.clone());
     r.register(
@@ -221,6 +249,21 @@ pub fn migration_received(result: Option<(u64, Duration)>) {
         }
         None => {
             m.migration_in_failures.inc();
+        }
+    }
+}
+
+/// A migration this agent sent (`bytes`, with `downtime`), or failed.
+pub fn migration_sent(result: Option<(u64, Duration)>) {
+    let m = lock(&METRICS);
+    match result {
+        Some((bytes, downtime)) => {
+            m.migrations_out.inc();
+            m.migration_out_bytes.inc_by(bytes);
+            m.migration_downtime.observe(downtime.as_secs_f64());
+        }
+        None => {
+            m.migration_out_failures.inc();
         }
     }
 }

@@ -196,6 +196,7 @@ async fn send(
     .map_err(|e| ApiError::new(500, format!("the migration thread failed: {e}")))?;
     match r {
         Ok(report) => {
+            crate::metrics::migration_sent(Some((report.bytes_sent, report.downtime)));
             {
                 let mut managed = crate::lock(&agent.transparent);
                 for p in &report.pids {
@@ -210,6 +211,7 @@ async fn send(
             crate::api::ok(200, report.to_json(&roots, &req.to))
         }
         Err(e) => {
+            crate::metrics::migration_sent(None);
             tracing::warn!(pid, to = %req.to, "migration not sent: {e}");
             Err(ApiError::new(502, e))
         }
