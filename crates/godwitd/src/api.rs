@@ -34,6 +34,13 @@ pub struct Conn(pub Scopes);
 pub struct ApiError(StatusCode, String);
 
 impl ApiError {
+    /// What went wrong, in words.
+    pub fn message(&self) -> &str {
+        &self.1
+    }
+}
+
+impl ApiError {
     pub(crate) fn new(status: u16, msg: impl Into<String>) -> Self {
         ApiError(
             StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
@@ -125,6 +132,7 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .merge(crate::migration::routes())
         .merge(crate::cluster::routes())
         .merge(crate::metrics::routes())
+        .merge(crate::balance::routes())
         .fallback(no_route)
         .method_not_allowed_fallback(no_route)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))

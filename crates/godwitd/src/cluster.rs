@@ -272,6 +272,15 @@ impl Cluster {
         self.events.subscribe()
     }
 
+    /// Every known peer's name, address, health and the load its last
+    /// heartbeat carried.
+    pub fn peer_loads(&self) -> Vec<(String, String, Health, Option<Load>)> {
+        lock(&self.peers)
+            .iter()
+            .map(|(n, p)| (n.clone(), p.addr.clone(), p.health, p.load.clone()))
+            .collect()
+    }
+
     /// Every known peer's name, address and health.
     pub fn peers(&self) -> Vec<(String, String, Health)> {
         lock(&self.peers)

@@ -34,6 +34,13 @@ pub struct ProcLoad {
     /// Where a transparent process came from ("migrated from ...").
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub origin: Option<String>,
+    /// A transparent process: since when this node has it (the balancer
+    /// leaves a process alone for a while after it arrived).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since_unix_ms: Option<u64>,
+    /// Kept where it is by the balancer (`godwit node pin`).
+    #[serde(default)]
+    pub pinned: bool,
 }
 
 /// The node's load at one instant.
@@ -53,6 +60,9 @@ pub struct Load {
     /// The managed processes (empty in the history).
     #[serde(default)]
     pub processes: Vec<ProcLoad>,
+    /// Memory the managed processes may use here (`--balance-mem-budget-mib`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mem_budget_bytes: Option<u64>,
 }
 
 /// Measures the load; keeps what the deltas need and the history.
@@ -187,6 +197,8 @@ impl Sampler {
                     uuid: p.service.as_ref().map(|s| s.1.clone()),
                     address: p.service.as_ref().map(|s| s.0.clone()),
                     origin: None,
+                    since_unix_ms: None,
+                    pinned: false,
                 },
             );
         }
@@ -200,6 +212,8 @@ impl Sampler {
                 uuid: None,
                 address: None,
                 origin: Some(m.origin.clone()),
+                since_unix_ms: Some(m.since_unix_ms),
+                pinned: m.pinned,
             });
         }
         // Per-process CPU: its ticks over the wall time of one CPU since the last sample.
@@ -231,6 +245,7 @@ impl Sampler {
             mem_free_bytes,
             mem_available_bytes,
             processes,
+            mem_budget_bytes: agent.balance.policy.mem_budget,
         };
         let oldest = load.unix_ms.saturating_sub(HISTORY.as_millis() as u64);
         while self.history.front().is_some_and(|l| l.unix_ms < oldest) {

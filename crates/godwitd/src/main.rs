@@ -7,6 +7,7 @@
 //! - `migration` channels go to [`migration::receive`].
 
 mod api;
+mod balance;
 mod cluster;
 mod load;
 mod metrics;
@@ -76,6 +77,29 @@ struct Args {
     /// by anyone who reaches it, without a token).
     #[arg(long, requires = "metrics_addr")]
     metrics_any_addr: bool,
+    /// Balance load: move managed transparent processes from this node to
+    /// less loaded peers, and away when it is short of memory (see
+    /// docs/API.md "Balancing"; `godwit balance --enable|--disable` switches it).
+    #[arg(long)]
+    balance: bool,
+    /// How often the balancer looks (milliseconds).
+    #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u64).range(100..=3_600_000))]
+    balance_every_ms: u64,
+    /// Nodes whose managed CPU use differs by less than this share of a node's
+    /// CPUs (0.05 to 1) are balanced.
+    #[arg(long, default_value_t = 0.2)]
+    balance_threshold: f64,
+    /// A process stays this long on a node after it arrived (seconds).
+    #[arg(long, default_value_t = 60)]
+    balance_cooldown_secs: u64,
+    /// Memory the managed processes may use on this node (MiB); beyond it the
+    /// balancer moves the largest away.
+    #[arg(long, value_name = "MIB")]
+    balance_mem_budget_mib: Option<u64>,
+    /// The link's rate used to price a move (MB/s): moves whose memory takes
+    /// more than 30 s to send are not made.
+    #[arg(long, default_value_t = 100.0)]
+    balance_link_mbps: f64,
 }
 
 /// A program this agent started.
@@ -124,6 +148,7 @@ pub struct Agent {
     pub(crate) stopping: std::sync::atomic::AtomicBool,
     /// This node among its peers: membership, heartbeats, health, load.
     pub(crate) cluster: Arc<cluster::Cluster>,
+    pub(crate) balance: balance::Balancer,
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -184,6 +209,18 @@ async fn main() -> anyhow::Result<()> {
                 .with_context(|| format!("creating {}", args.data.join(sub).display()))?;
         }
     }
+    if !(0.05..=1.0).contains(&args.balance_threshold) {
+        bail!(
+            "--balance-threshold {}: give a share of a node's CPUs from 0.05 to 1",
+            args.balance_threshold
+        );
+    }
+    if !(args.balance_link_mbps > 0.0) {
+        bail!(
+            "--balance-link-mbps {}: give a rate above 0",
+            args.balance_link_mbps
+        );
+    }
     let listener = TcpListener::bind(&args.listen)
         .await
         .with_context(|| format!("listening on {}", args.listen))?;
@@ -226,10 +263,22 @@ async fn main() -> anyhow::Result<()> {
         transparent: Mutex::new(BTreeMap::new()),
         stopping: std::sync::atomic::AtomicBool::new(false),
         cluster: Arc::new(cluster),
+        balance: balance::Balancer::new(
+            args.balance,
+            balance::Policy {
+                threshold: args.balance_threshold,
+                cooldown: std::time::Duration::from_secs(args.balance_cooldown_secs),
+                link_bytes_per_sec: args.balance_link_mbps * 1e6,
+                mem_budget: args.balance_mem_budget_mib.map(|m| m << 20),
+                ..Default::default()
+            },
+            std::time::Duration::from_millis(args.balance_every_ms),
+        ),
     });
     let router = api::router(agent.clone());
     tokio::spawn(metrics::count_events(agent.cluster.subscribe()));
     cluster::start(agent.clone(), peer_client);
+    balance::start(agent.clone());
     if let Some(l) = metrics_listener {
         tracing::info!(addr = %l.local_addr()?, "metrics in plain HTTP at /metrics");
         tokio::spawn(metrics::serve_plain(l));

@@ -112,21 +112,21 @@ pub fn routes() -> axum::Router<Arc<Agent>> {
     axum::Router::new().route("/v1/processes/{pid}/migrate", axum::routing::post(send))
 }
 
-#[derive(serde::Deserialize)]
-struct SendRequest {
-    to: String,
+#[derive(serde::Deserialize, Debug, Clone, Default)]
+pub struct SendRequest {
+    pub to: String,
     #[serde(default)]
-    mode: Option<String>,
+    pub mode: Option<String>,
     #[serde(default)]
-    also: Vec<i32>,
+    pub also: Vec<i32>,
     #[serde(default)]
-    tcp_established: bool,
+    pub tcp_established: bool,
     #[serde(default)]
-    pid_ns: bool,
+    pub pid_ns: bool,
     #[serde(default)]
-    max_downtime_ms: Option<u64>,
+    pub max_downtime_ms: Option<u64>,
     #[serde(default)]
-    watchdog_secs: Option<u64>,
+    pub watchdog_secs: Option<u64>,
 }
 
 async fn send(
@@ -144,6 +144,19 @@ async fn send(
             format!("the request is not {{\"to\": \"ADDR:PORT\", \"mode\"?, ...}}: {e}"),
         )
     })?;
+    let (roots, report) = send_migration(&agent, pid, &req).await?;
+    crate::api::ok(200, report.to_json(&roots, &req.to))
+}
+
+/// Moves process `pid` of this node (and `req.also`) to the agent at
+/// `req.to`; what the API and the balancer call. The processes it moved are
+/// no longer this agent's.
+pub async fn send_migration(
+    agent: &Arc<Agent>,
+    pid: i32,
+    req: &SendRequest,
+) -> Result<(Vec<i32>, migrate::MigrateReport), crate::api::ApiError> {
+    use crate::api::ApiError;
     let m = req.mode.as_deref().unwrap_or("stop-copy");
     let mode = migrate::Mode::parse(m).ok_or_else(|| {
         ApiError::new(
@@ -208,7 +221,7 @@ async fn send(
                 downtime_ms = report.downtime.as_secs_f64() * 1e3,
                 "migration sent; the process runs there"
             );
-            crate::api::ok(200, report.to_json(&roots, &req.to))
+            Ok((roots, report))
         }
         Err(e) => {
             crate::metrics::migration_sent(None);

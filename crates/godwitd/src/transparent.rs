@@ -23,6 +23,8 @@ pub struct Managed {
     /// "restored from IMAGE", "migrated from NODE".
     pub origin: String,
     pub since_unix_ms: u64,
+    /// Kept on this node by the balancer (`godwit node pin`).
+    pub pinned: bool,
 }
 
 fn now_ms() -> u64 {
@@ -39,6 +41,7 @@ pub fn adopt(agent: &Agent, pid: i32, origin: &str) {
         Managed {
             origin: origin.to_string(),
             since_unix_ms: now_ms(),
+            pinned: false,
         },
     );
 }
@@ -47,6 +50,7 @@ pub fn routes() -> Router<Arc<Agent>> {
     Router::new()
         .route("/v1/processes", get(list))
         .route("/v1/processes/{pid}/checkpoint", post(checkpoint))
+        .route("/v1/processes/{pid}/adopt", post(adopt_route))
         .route("/v1/images", get(images))
         .route("/v1/images/{id}/restore", post(restore))
         .route("/v1/images/{id}", axum::routing::delete(remove))
@@ -224,6 +228,39 @@ async fn checkpoint(
         }
         Err(e) => Err(ApiError::new(engine_status(&e), e.to_string())),
     }
+}
+
+/// `POST /v1/processes/{pid}/adopt` (`operate`): a process of this node
+/// that the agent did not start becomes one it manages (listed, its load
+/// measured, moved by the balancer).
+async fn adopt_route(
+    State(agent): State<Arc<Agent>>,
+    Extension(conn): Extension<Conn>,
+    Path(pid): Path<i32>,
+) -> ApiResult {
+    need(&conn, Scope::Operate)?;
+    let tgid = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Tgid:"))
+                .and_then(|v| v.trim().parse::<i32>().ok())
+        });
+    match tgid {
+        Some(t) if t == pid => {}
+        Some(t) => {
+            return Err(ApiError::new(
+                422,
+                format!("{pid} is a thread of process {t}: adopt the process"),
+            ))
+        }
+        None => return Err(ApiError::new(404, format!("no process {pid} on this node"))),
+    }
+    if pid as u32 == std::process::id() {
+        return Err(ApiError::new(422, "the agent cannot manage itself"));
+    }
+    adopt(&agent, pid, "adopted");
+    ok(200, json!({"pid": pid, "adopted": true}))
 }
 
 async fn images(State(agent): State<Arc<Agent>>, Extension(conn): Extension<Conn>) -> ApiResult {
