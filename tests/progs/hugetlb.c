@@ -1,7 +1,9 @@
 /* hugetlb memory: a private and a shared MAP_HUGETLB mapping, a hugetlb
  * memfd (MFD_HUGETLB) with a shared mapping, a SysV segment made with
- * SHM_HUGETLB, and (given a hugetlbfs mount as second argument) a shared
- * and a private mapping of files there, each partly written. After the
+ * SHM_HUGETLB, and (given a hugetlbfs mount as second argument, "-" for
+ * none) a shared and a private mapping of files there, each partly
+ * written. A third argument "nosysv" leaves the segment out (a migration
+ * between simulated hosts that share one IPC namespace). After the
  * restore every area is still hugetlb with 2 MiB pages, holds what was
  * written (and zeros where nothing was), and the shared ones are still
  * shared (the memfd and its mapping see each other's writes). The harness
@@ -63,16 +65,21 @@ int main(int argc, char **argv) {
     /* Read-only after the writes: the protection must come back too. */
     CHECK(mprotect(shared, HP, PROT_READ) == 0, "mprotect: %s", strerror(errno));
     /* SysV, marked for removal (it goes with us). */
-    int shmid = shmget(IPC_PRIVATE, HP, IPC_CREAT | SHM_HUGETLB | 0600);
-    CHECK(shmid >= 0, "shmget(SHM_HUGETLB): %s", strerror(errno));
-    char *seg = shmat(shmid, NULL, 0);
-    CHECK(seg != (void *)-1, "shmat: %s", strerror(errno));
-    CHECK(shmctl(shmid, IPC_RMID, NULL) == 0, "IPC_RMID: %s", strerror(errno));
-    fill(seg, HP, 4);
+    int sysv = !(argc > 3 && strcmp(argv[3], "nosysv") == 0);
+    int shmid = -1;
+    char *seg = NULL;
+    if (sysv) {
+        shmid = shmget(IPC_PRIVATE, HP, IPC_CREAT | SHM_HUGETLB | 0600);
+        CHECK(shmid >= 0, "shmget(SHM_HUGETLB): %s", strerror(errno));
+        seg = shmat(shmid, NULL, 0);
+        CHECK(seg != (void *)-1, "shmat: %s", strerror(errno));
+        CHECK(shmctl(shmid, IPC_RMID, NULL) == 0, "IPC_RMID: %s", strerror(errno));
+        fill(seg, HP, 4);
+    }
     /* Files on a hugetlbfs mount: one mapped shared (written through the
      * mapping), one mapped private (its page written: a copy of ours). */
     char *fsh = NULL, *fpriv = NULL;
-    const char *mnt = argc > 2 ? argv[2] : NULL;
+    const char *mnt = argc > 2 && strcmp(argv[2], "-") != 0 ? argv[2] : NULL;
     if (mnt) {
         char path[4200];
         snprintf(path, sizeof path, "%s/shared", mnt);
@@ -118,11 +125,13 @@ int main(int argc, char **argv) {
     CHECK((i = check_fill(again, HP, 3)) < 0, "the memfd's contents: word %ld differs", i);
     again[HP + 5] = 42;
     CHECK(mfd[HP + 5] == 42, "the memfd and its mapping are no longer shared");
-    CHECK((i = check_fill(seg, HP, 4)) < 0, "SysV hugetlb segment: word %ld differs", i);
-    CHECK(kernel_page_kb(seg) == 2048, "SysV attach: KernelPageSize %ld kB, not 2048", kernel_page_kb(seg));
-    struct shmid_ds ds;
-    CHECK(shmctl(shmid, IPC_STAT, &ds) == 0, "IPC_STAT of shmid %d: %s", shmid, strerror(errno));
-    CHECK(ds.shm_segsz == HP && (ds.shm_perm.mode & SHM_DEST), "SysV segment: size %zu, mode %#o", ds.shm_segsz, ds.shm_perm.mode);
+    if (sysv) {
+        CHECK((i = check_fill(seg, HP, 4)) < 0, "SysV hugetlb segment: word %ld differs", i);
+        CHECK(kernel_page_kb(seg) == 2048, "SysV attach: KernelPageSize %ld kB, not 2048", kernel_page_kb(seg));
+        struct shmid_ds ds;
+        CHECK(shmctl(shmid, IPC_STAT, &ds) == 0, "IPC_STAT of shmid %d: %s", shmid, strerror(errno));
+        CHECK(ds.shm_segsz == HP && (ds.shm_perm.mode & SHM_DEST), "SysV segment: size %zu, mode %#o", ds.shm_segsz, ds.shm_perm.mode);
+    }
     if (mnt) {
         CHECK((i = check_fill(fsh, HP, 5)) < 0, "shared hugetlbfs file mapping: word %ld differs", i);
         CHECK(kernel_page_kb(fsh) == 2048, "hugetlbfs file: KernelPageSize %ld kB", kernel_page_kb(fsh));

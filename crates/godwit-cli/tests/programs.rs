@@ -1555,73 +1555,13 @@ fn deleted_root_directory() {
 /// hugetlb memory: the tests reserve the 2 MiB huge pages they need.
 mod hugetlb {
     use super::common;
-    use std::sync::{Mutex, MutexGuard};
 
-    const NR: &str = "/proc/sys/vm/nr_hugepages";
-    const DIR: &str = "/sys/kernel/mm/hugepages/hugepages-2048kB";
+    use common::hugepages::{available, Reserved};
+
     /// What hugetlb.c maps: a private mapping of 2 pages, a shared one of 1,
     /// a memfd of 2, a SysV segment of 1, files on hugetlbfs of 1 each
     /// (the private mapping's copy of its file's page, 1 more).
     const PAGES: u64 = 8;
-
-    fn read(path: &str) -> u64 {
-        std::fs::read_to_string(path)
-            .unwrap_or_else(|e| panic!("{path}: {e}"))
-            .trim()
-            .parse()
-            .unwrap_or_else(|e| panic!("{path}: {e}"))
-    }
-
-    /// 2 MiB pages free and not reserved.
-    fn available() -> u64 {
-        read(&format!("{DIR}/free_hugepages"))
-            .saturating_sub(read(&format!("{DIR}/resv_hugepages")))
-    }
-
-    /// Huge pages made available for a test (nr_hugepages raised if need
-    /// be); puts nr_hugepages back as it was when dropped, also when the
-    /// test fails. One at a time: the tests of this binary run in parallel.
-    pub struct Reserved {
-        saved: u64,
-        _one: MutexGuard<'static, ()>,
-    }
-
-    static ONE: Mutex<()> = Mutex::new(());
-
-    impl Reserved {
-        pub fn at_least(pages: u64) -> Reserved {
-            let one = ONE.lock().unwrap_or_else(|e| e.into_inner());
-            let saved = read(NR);
-            let r = Reserved { saved, _one: one };
-            // Only ever raised: never below what it was. Again while that
-            // helps (pages in use as surplus become persistent ones first).
-            for _ in 0..3 {
-                let have = available();
-                if have >= pages {
-                    break;
-                }
-                std::fs::write(NR, (read(NR) + pages - have).to_string()).unwrap();
-            }
-            let have = available();
-            assert!(
-                have >= pages,
-                "the kernel could not give the {pages} huge pages of 2 MiB this test needs: {have} available after raising {NR} from {saved} to {} (memory too small or too fragmented)",
-                read(NR)
-            );
-            r
-        }
-
-        /// Back to what nr_hugepages was (pages in use stay, as surplus).
-        pub fn release(&self) {
-            let _ = std::fs::write(NR, self.saved.to_string());
-        }
-    }
-
-    impl Drop for Reserved {
-        fn drop(&mut self) {
-            self.release();
-        }
-    }
 
     /// A hugetlbfs of 2 MiB pages mounted on a directory of our own;
     /// unmounted (its files go with it) when dropped.
