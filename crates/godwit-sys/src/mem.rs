@@ -344,7 +344,7 @@ pub fn find_syscall_in_maps(pid: i32, maps: &[crate::proc::MapEntry]) -> Result<
 pub fn write_through_mapping(file: &File, offset: u64, data: &[u8], align: u64) -> Result<()> {
     use std::os::fd::AsRawFd;
     let what = || "a file written through a mapping".to_string();
-    if align == 0 || !align.is_power_of_two() || offset % align != 0 {
+    if align == 0 || !align.is_power_of_two() || !offset.is_multiple_of(align) {
         return Err(SysError::call_errno("mmap", what(), libc::EINVAL));
     }
     if data.is_empty() {

@@ -1023,7 +1023,7 @@ pub(crate) fn write_extents_huge(
             ))
         })?;
         if huge != 0 {
-            if run.addr % huge != 0 {
+            if !run.addr.is_multiple_of(huge) {
                 return Err(EngineError::BadImage(format!(
                     "hugetlb shared memory data at {:#x} does not start on a {huge}-byte page",
                     run.addr
@@ -2141,7 +2141,11 @@ pub(crate) fn huge_size_bits(size: u64) -> u64 {
 /// set aside for it, it takes them as it touches them).
 fn hugetlb_map_flags(v: &Vma) -> Result<u64> {
     let size = v.huge_page_size;
-    if !size.is_power_of_two() || size < PAGE_SIZE || v.start % size != 0 || v.end % size != 0 {
+    if !size.is_power_of_two()
+        || size < PAGE_SIZE
+        || !v.start.is_multiple_of(size)
+        || !v.end.is_multiple_of(size)
+    {
         return Err(EngineError::BadImage(format!(
             "the hugetlb memory mapping {:#x}-{:#x} has a page size of {size} bytes",
             v.start, v.end
