@@ -372,24 +372,6 @@ fn failed_restore_removes_sysv_segments() {
     assert_eq!(host_segments(&segs), vec![], "segments left behind");
 }
 
-/// A hugetlb memfd is refused at dump time (not restored as an ordinary
-/// memfd), and the process runs on.
-#[test]
-fn hugetlb_memfd_refused() {
-    let p = Proc::test_prog("hugememfd");
-    let img = p.images();
-    let out = godwit(&[
-        "dump",
-        "--pid",
-        &p.pid.to_string(),
-        "--images",
-        img.to_str().unwrap(),
-    ]);
-    assert_fails(&out, 5, "hugetlb memfd");
-    assert!(stderr_of(&out).contains("godwit-huge"));
-    assert_eq!(p.verdict(), "PASS", "the process runs on");
-}
-
 /// A --leave-running dump that fails after its pre-copy (a connected TCP
 /// socket is found at the freeze) leaves the process as it was: running,
 /// writing its memory, no write protection left on it (no `uw` in its

@@ -1551,3 +1551,109 @@ fn big_deleted_files_with_a_raised_limit() {
 fn deleted_root_directory() {
     deleted("root");
 }
+
+/// hugetlb memory: the tests reserve the 2 MiB huge pages they need.
+mod hugetlb {
+    use super::common;
+
+    use common::hugepages::{available, Reserved};
+
+    /// What hugetlb.c maps: a private mapping of 2 pages, a shared one of 1,
+    /// a memfd of 2, a SysV segment of 1, files on hugetlbfs of 1 each
+    /// (the private mapping's copy of its file's page, 1 more).
+    const PAGES: u64 = 8;
+
+    /// A hugetlbfs of 2 MiB pages mounted on a directory of our own;
+    /// unmounted (its files go with it) when dropped.
+    struct Mount(tempfile::TempDir);
+
+    impl Mount {
+        fn new() -> Mount {
+            let dir = tempfile::Builder::new()
+                .prefix("godwit-hugetlbfs")
+                .tempdir()
+                .unwrap();
+            let st = std::process::Command::new("mount")
+                .args([
+                    "-t",
+                    "hugetlbfs",
+                    "-o",
+                    "pagesize=2M,mode=0700",
+                    "godwit-test",
+                ])
+                .arg(dir.path())
+                .status()
+                .unwrap();
+            assert!(st.success(), "mount -t hugetlbfs failed");
+            Mount(dir)
+        }
+
+        fn path(&self) -> &str {
+            self.0.path().to_str().unwrap()
+        }
+    }
+
+    impl Drop for Mount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(self.0.path())
+                .status();
+        }
+    }
+
+    /// Private and shared MAP_HUGETLB memory, a hugetlb memfd, a hugetlb
+    /// SysV segment and mappings of files on a hugetlbfs come back with
+    /// their contents, page size and sharing; after a dump that ends the
+    /// process, and after --leave-running.
+    #[test]
+    fn hugetlb_memory_round_trips() {
+        let _r = Reserved::at_least(PAGES + 1);
+        for leave_running in [false, true] {
+            let m = Mount::new();
+            common::round_trip_with("hugetlb", &[m.path()], &[], leave_running);
+        }
+    }
+
+    /// With too few huge pages free, the restore is refused before any
+    /// process is made, naming the hugetlb memory and how many pages it
+    /// needs; with them back, the same image restores.
+    #[test]
+    fn restore_without_free_huge_pages_is_refused_early() {
+        let r = Reserved::at_least(PAGES + 1);
+        let m = Mount::new();
+        let mut p = common::Proc::test_prog_with("hugetlb", &[m.path()]);
+        p.dump(&[]);
+        p.end_original();
+        r.release();
+        if available() >= PAGES {
+            eprintln!(
+                "skipped the refusal: this host keeps {} huge pages free",
+                available()
+            );
+        } else {
+            let img = p.images();
+            let out = common::godwit(&["restore", "--images", img.to_str().unwrap()]);
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                !out.status.success(),
+                "restore succeeded without huge pages"
+            );
+            // Its own pages but the shared file's, which the file keeps.
+            assert!(
+                err.contains(&format!("needs {} huge pages of 2048 KiB", PAGES - 1))
+                    && err.contains("hugetlb")
+                    && err.contains("nr_hugepages"),
+                "{err}"
+            );
+            eprintln!("refused as it should: {err}");
+            assert!(common::gone(p.pid), "a process was made before the refusal");
+        }
+        let _again = {
+            drop(r);
+            Reserved::at_least(PAGES + 1)
+        };
+        p.restore();
+        assert_eq!(p.verdict(), "PASS");
+    }
+}

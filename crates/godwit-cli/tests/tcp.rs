@@ -2,7 +2,7 @@
 //! (--tcp-established). The server (tests/progs/tcpecho.c) is dumped; its
 //! client is this test process, which is not: it sends a numbered stream
 //! and checks every echoed byte, so a reset, an EOF, a lost or a repeated
-//! byte anywhere shows. Servers listen on ports 23311-23327, below the
+//! byte anywhere shows. Servers listen on ports 23311-23329, below the
 //! ephemeral range (32768-60999), so no client socket can hold them.
 
 mod common;
@@ -382,6 +382,53 @@ fn connection_refused_without_the_flag() {
     c.wait_received(n + 20_000, "after the refused dump");
     c.finish("after the refused dump");
     server_ok(&p);
+}
+
+/// A listener with a connection not yet accepted is refused, also with
+/// --tcp-established, naming its fd, address and the number waiting; the
+/// server runs on, its connection and the one waiting untouched.
+#[test]
+fn listener_with_connections_not_yet_accepted_is_refused() {
+    let port = 23329;
+    // It accepts one connection: the second waits in the accept queue.
+    let p = server(port, false, 1);
+    let mut c = Client::start(server_addr(port, false), false);
+    c.wait_received(5_000, "before the dump");
+    let mut waiting = TcpStream::connect(server_addr(port, false)).unwrap();
+    waiting.write_all(b"sent before the accept").unwrap();
+    let local = waiting.local_addr().unwrap();
+    wait_for("the connection to wait", Duration::from_secs(5), || {
+        server_side(port, local).is_some_and(|(st, _, rx)| st == 1 && rx > 0)
+    });
+    let img = p.images();
+    let out = godwit(&[
+        "dump",
+        "--tcp-established",
+        "--pid",
+        &p.pid.to_string(),
+        "--images",
+        img.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(5), "exit code");
+    let err = String::from_utf8_lossy(&out.stderr);
+    for want in [
+        "fd 3".to_string(),
+        format!("127.0.0.1:{port}"),
+        "1 connection(s) waiting to be accepted".to_string(),
+    ] {
+        assert!(err.contains(&want), "the message names {want}: {err}");
+    }
+    assert!(!img.join("manifest.img").exists(), "no image");
+    assert!(!dead(p.pid), "the server runs on");
+    let n = c.received();
+    c.wait_received(n + 20_000, "after the refused dump");
+    c.finish("after the refused dump");
+    let still = server_side(port, local);
+    assert!(
+        still.is_some_and(|(st, _, rx)| st == 1 && rx == 22),
+        "the waiting connection is as it was: {still:?}"
+    );
+    drop(waiting);
 }
 
 /// A dump that fails after it has put the connection in repair mode and

@@ -242,6 +242,7 @@ pub fn restore_deferring(
         }
     }
     sysv::check(procs)?;
+    memory::check_huge_pages(procs)?;
     let stacks = seccomp::Stacks::new(procs)?;
     stacks.check_privileges()?;
     let shell = opts

@@ -175,6 +175,10 @@ pub struct SysvShm {
     /// place in the page file (pages never touched are not stored).
     #[prost(message, repeated, tag = "9")]
     pub data: Vec<PageRun>,
+    /// A hugetlb segment (SHM_HUGETLB): its page size in bytes; 0 for an
+    /// ordinary one.
+    #[prost(uint64, tag = "10")]
+    pub huge_page_size: u64,
 }
 
 /// A POSIX timer (timer_create).
@@ -250,6 +254,11 @@ pub struct ShmemObject {
     pub atime_ns: i64,
     #[prost(int64, tag = "11")]
     pub mtime_ns: i64,
+    /// A hugetlb object (MAP_SHARED | MAP_HUGETLB memory, an MFD_HUGETLB
+    /// memfd): its page size in bytes; 0 for a tmpfs one. Made again as a
+    /// hugetlb memfd of that page size.
+    #[prost(uint64, tag = "12")]
+    pub huge_page_size: u64,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -317,6 +326,9 @@ pub enum VmaKind {
     Vsyscall = 9,
     /// A SysV shared memory attach (shmat); `Vma::sysv_shmid` names it.
     SysvShm = 10,
+    /// Private anonymous hugetlb memory (MAP_PRIVATE | MAP_ANONYMOUS |
+    /// MAP_HUGETLB); `Vma::huge_page_size` gives its page size.
+    AnonHugetlb = 11,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -395,6 +407,10 @@ pub struct Vma {
     /// private mapping of a memfd has `shmem_id` instead.
     #[prost(uint64, tag = "19")]
     pub deleted_node: u64,
+    /// hugetlb memory (VmFlags "ht"): its page size in bytes (2 MiB,
+    /// 1 GiB); 0 for ordinary memory.
+    #[prost(uint64, tag = "20")]
+    pub huge_page_size: u64,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]

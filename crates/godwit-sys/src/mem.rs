@@ -335,3 +335,67 @@ pub fn find_syscall_in_maps(pid: i32, maps: &[crate::proc::MapEntry]) -> Result<
         .collect();
     find_syscall_insn(pid, &exec)
 }
+
+/// Writes `data` at `offset` of `file` through a shared mapping of it, for
+/// files that have no write(2), such as those on hugetlbfs. `align` is the
+/// file's page size: `offset` must be a multiple of it, and the mapping
+/// covers `data` rounded up to it (a hugetlb file is mapped only in whole
+/// huge pages). The pages written are allocated in the file.
+pub fn write_through_mapping(file: &File, offset: u64, data: &[u8], align: u64) -> Result<()> {
+    use std::os::fd::AsRawFd;
+    let what = || "a file written through a mapping".to_string();
+    if align == 0 || !align.is_power_of_two() || !offset.is_multiple_of(align) {
+        return Err(SysError::call_errno("mmap", what(), libc::EINVAL));
+    }
+    if data.is_empty() {
+        return Ok(());
+    }
+    let size = file
+        .metadata()
+        .map_err(|e| SysError::Proc {
+            path: what(),
+            detail: e.to_string(),
+        })?
+        .len();
+    if offset + data.len() as u64 > size {
+        // A store past the end of the file would raise SIGBUS.
+        return Err(SysError::call_errno("mmap", what(), libc::EINVAL));
+    }
+    let len = (data.len() as u64).div_ceil(align) * align;
+    // The pages first: a store into a page the kernel cannot allocate
+    // (no free huge page) would raise SIGBUS, where fallocate fails.
+    // SAFETY: plain call on a descriptor we hold.
+    let r = unsafe {
+        libc::fallocate(
+            file.as_raw_fd(),
+            libc::FALLOC_FL_KEEP_SIZE,
+            offset as libc::off_t,
+            len as libc::off_t,
+        )
+    };
+    crate::check(r as libc::c_long, "fallocate", what())?;
+    // SAFETY: a fresh shared mapping chosen by the kernel (no fixed
+    // address), so it replaces nothing of ours.
+    let at = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len as usize,
+            libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            file.as_raw_fd(),
+            offset as libc::off_t,
+        )
+    };
+    if at == libc::MAP_FAILED {
+        return Err(SysError::call("mmap", what()));
+    }
+    // SAFETY: `at` is a writable mapping of `len` >= data.len() bytes just
+    // made, which nothing else references; `data` does not overlap it.
+    // Every byte written lies within the file (checked above) and in
+    // pages fallocate allocated, so no store faults with SIGBUS.
+    unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), at.cast::<u8>(), data.len()) };
+    // SAFETY: unmaps exactly the mapping made above.
+    let r = unsafe { libc::munmap(at, len as usize) };
+    crate::check(r as libc::c_long, "munmap", what())?;
+    Ok(())
+}

@@ -487,6 +487,19 @@ pub fn fs_type(path: &str) -> Result<i64> {
     Ok(st.f_type)
 }
 
+/// The page size of a file on hugetlbfs (statfs's block size there), or
+/// `None` when `path` is not on a hugetlbfs.
+pub fn hugetlb_page_size(path: &str) -> Result<Option<u64>> {
+    let c = std::ffi::CString::new(path)
+        .map_err(|_| SysError::call_errno("statfs", path, libc::EINVAL))?;
+    // SAFETY: statfs is plain data; all-zero is a valid value.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a NUL-terminated path and a valid out-pointer.
+    let r = unsafe { libc::statfs(c.as_ptr(), &mut st) };
+    check(r as i64, "statfs", path)?;
+    Ok((st.f_type == libc::HUGETLBFS_MAGIC).then_some(st.f_bsize as u64))
+}
+
 /// Waits until process `pid` has exited (its pidfd becomes readable); works
 /// for a process that is not our child. Returns at once if it is gone.
 pub fn wait_exit(pid: i32) -> Result<()> {

@@ -509,3 +509,71 @@ pub fn cpus_allowed(what: &str) -> String {
         .map(|v| v.trim().to_string())
         .unwrap_or_default()
 }
+
+/// 2 MiB huge pages for the hugetlb tests (/proc/sys/vm/nr_hugepages).
+#[allow(dead_code)]
+pub mod hugepages {
+    use std::sync::{Mutex, MutexGuard};
+
+    const NR: &str = "/proc/sys/vm/nr_hugepages";
+    const DIR: &str = "/sys/kernel/mm/hugepages/hugepages-2048kB";
+
+    fn read(path: &str) -> u64 {
+        std::fs::read_to_string(path)
+            .unwrap_or_else(|e| panic!("{path}: {e}"))
+            .trim()
+            .parse()
+            .unwrap_or_else(|e| panic!("{path}: {e}"))
+    }
+
+    /// 2 MiB pages free and not reserved.
+    pub fn available() -> u64 {
+        read(&format!("{DIR}/free_hugepages"))
+            .saturating_sub(read(&format!("{DIR}/resv_hugepages")))
+    }
+
+    /// Huge pages made available for a test (nr_hugepages raised if need
+    /// be); puts nr_hugepages back as it was when dropped, also when the
+    /// test fails. One at a time: the tests of this binary run in parallel.
+    pub struct Reserved {
+        saved: u64,
+        _one: MutexGuard<'static, ()>,
+    }
+
+    static ONE: Mutex<()> = Mutex::new(());
+
+    impl Reserved {
+        pub fn at_least(pages: u64) -> Reserved {
+            let one = ONE.lock().unwrap_or_else(|e| e.into_inner());
+            let saved = read(NR);
+            let r = Reserved { saved, _one: one };
+            // Only ever raised: never below what it was. Again while that
+            // helps (pages in use as surplus become persistent ones first).
+            for _ in 0..3 {
+                let have = available();
+                if have >= pages {
+                    break;
+                }
+                std::fs::write(NR, (read(NR) + pages - have).to_string()).unwrap();
+            }
+            let have = available();
+            assert!(
+                have >= pages,
+                "the kernel could not give the {pages} huge pages of 2 MiB this test needs: {have} available after raising {NR} from {saved} to {} (memory too small or too fragmented)",
+                read(NR)
+            );
+            r
+        }
+
+        /// Back to what nr_hugepages was (pages in use stay, as surplus).
+        pub fn release(&self) {
+            let _ = std::fs::write(NR, self.saved.to_string());
+        }
+    }
+
+    impl Drop for Reserved {
+        fn drop(&mut self) {
+            self.release();
+        }
+    }
+}

@@ -463,14 +463,9 @@ fn is_write_end(f: &Fd) -> bool {
 fn describe_memfd(pid: i32, fd: i32, name: &str, e: &mut Fd) -> Result<bool> {
     let link = format!("/proc/{pid}/fd/{fd}");
     let fs = godwit_sys::process::fs_type(&link).dumping(pid, "reading a memfd")?;
-    if fs == libc::HUGETLBFS_MAGIC {
-        return Err(unsupported(
-            pid,
-            fd,
-            format!("a hugetlb memfd, memfd:{name}"),
-        ));
-    }
-    if fs != libc::TMPFS_MAGIC {
+    // A hugetlb memfd (MFD_HUGETLB) too: its shmem object keeps the page
+    // size (ShmemObject::huge_page_size, see memory::collect_shmem).
+    if fs != libc::TMPFS_MAGIC && fs != libc::HUGETLBFS_MAGIC {
         return Ok(false);
     }
     let md =

@@ -26,13 +26,13 @@ const BATCH: usize = 1 << 20;
 pub(crate) fn kind_of(pid: i32, e: &MapEntry) -> Result<VmaKind> {
     let name = e.name.as_str();
     if e.has_flag("ht") {
-        return Err(EngineError::Unsupported {
-            pid,
-            what: format!(
-                "the hugetlb memory mapping {:#x}-{:#x} ({name})",
-                e.start, e.end
-            ),
-        });
+        // hugetlb memory. Private anonymous: its own kind. SysV segments
+        // (SHM_HUGETLB): attaches, as below. Shared anonymous, memfds and
+        // deleted files: shmem objects, as below (made again as hugetlb
+        // memfds). Files on a hugetlbfs mount: file mappings, as below.
+        if !e.shared && name == "/anon_hugepage (deleted)" {
+            return Ok(VmaKind::AnonHugetlb);
+        }
     }
     if sysv::is_attach(e) {
         return Ok(VmaKind::SysvShm);
@@ -149,9 +149,11 @@ fn dev_of(st_dev: u64) -> (u32, u32) {
 /// Which pages of a VMA of this kind hold data that must be stored.
 fn wanted(kind: VmaKind, entry: u64) -> bool {
     match kind {
-        VmaKind::AnonPrivate | VmaKind::Heap | VmaKind::Stack | VmaKind::AnonShared => {
-            entry & (pm::PRESENT | pm::SWAPPED) != 0
-        }
+        VmaKind::AnonPrivate
+        | VmaKind::Heap
+        | VmaKind::Stack
+        | VmaKind::AnonShared
+        | VmaKind::AnonHugetlb => entry & (pm::PRESENT | pm::SWAPPED) != 0,
         // Private file pages the process wrote to are anonymous copies.
         VmaKind::FilePrivate => {
             (entry & pm::PRESENT != 0 && entry & pm::FILE_OR_SHARED == 0)
@@ -461,6 +463,9 @@ pub fn plan_sharing(
             vm_flags: e.vm_flags.clone(),
             ..Default::default()
         };
+        if e.has_flag("ht") {
+            vma.huge_page_size = huge_page_size_of(pid, e)?;
+        }
         if kind == VmaKind::AnonShared {
             // Unique per object: device and inode.
             vma.shmem_id = shmem_id(e.dev_major, e.dev_minor, e.inode);
@@ -497,7 +502,11 @@ pub fn plan_sharing(
         // Shared memory is stored by its object's contents (collect_shmem).
         let may_have_pages = matches!(
             kind,
-            VmaKind::AnonPrivate | VmaKind::Heap | VmaKind::Stack | VmaKind::FilePrivate
+            VmaKind::AnonPrivate
+                | VmaKind::Heap
+                | VmaKind::Stack
+                | VmaKind::FilePrivate
+                | VmaKind::AnonHugetlb
         );
         if may_have_pages {
             entries.clear();
@@ -577,6 +586,29 @@ pub fn plan_sharing(
     Ok(out)
 }
 
+/// The page size of hugetlb mapping `e` (VmFlags "ht"), from its file
+/// (every hugetlb mapping has one, on a hugetlbfs).
+fn huge_page_size_of(pid: i32, e: &MapEntry) -> Result<u64> {
+    let path = format!("/proc/{pid}/map_files/{:x}-{:x}", e.start, e.end);
+    match godwit_sys::process::hugetlb_page_size(&path) {
+        Ok(Some(size)) if size.is_power_of_two() && size >= PAGE_SIZE => Ok(size),
+        got => Err(EngineError::Unsupported {
+            pid,
+            what: format!(
+                "the hugetlb memory mapping {:#x}-{:#x} ({}), whose page size cannot be read ({})",
+                e.start,
+                e.end,
+                e.name,
+                match got {
+                    Ok(Some(size)) => format!("a page size of {size} bytes"),
+                    Ok(None) => "its file is not on a hugetlbfs".to_string(),
+                    Err(err) => err.to_string(),
+                }
+            ),
+        }),
+    }
+}
+
 /// Describes `vma`, a private mapping `e` of a deleted file or memfd: a
 /// memfd's (on tmpfs, with seals) by its shmem object, whose contents are
 /// kept like a shared one's; a deleted file's by its `Fd::node_id`, which a
@@ -592,9 +624,21 @@ fn describe_deleted_private(pid: i32, e: &MapEntry, vma: &mut Vma) -> Result<()>
         ),
     })?;
     let id = shmem_id(e.dev_major, e.dev_minor, e.inode);
+    let fs = godwit_sys::process::fs_type(&path);
     let is_memfd = memfd_name(&e.name).is_some()
-        && godwit_sys::process::fs_type(&path).is_ok_and(|t| t == libc::TMPFS_MAGIC)
+        && fs
+            .as_ref()
+            .is_ok_and(|t| *t == libc::TMPFS_MAGIC || *t == libc::HUGETLBFS_MAGIC)
         && godwit_sys::process::memfd_seals(&f).is_ok();
+    if !is_memfd && fs.is_ok_and(|t| t == libc::HUGETLBFS_MAGIC) {
+        return Err(EngineError::Unsupported {
+            pid,
+            what: format!(
+                "the private mapping {:#x}-{:#x} of {}, a deleted file on a hugetlbfs: such a file cannot be made again",
+                e.start, e.end, e.name
+            ),
+        });
+    }
     if is_memfd {
         let size = f.metadata().map(|m| m.size()).unwrap_or(0);
         vma.shmem_id = id;
@@ -744,10 +788,19 @@ pub fn collect_shmem(
             })?;
             let md = f.metadata().ok();
             let size = md.as_ref().map_or(size_hint, |m| m.size());
+            let huge = godwit_sys::process::hugetlb_page_size(&path)
+                .ok()
+                .flatten()
+                .unwrap_or(0);
+            let data = match huge {
+                0 => read_extents(pid, &f, &path, size, &mut offset, &mut datas)?,
+                _ => read_huge_pages(pid, &f, &path, size, huge, &mut offset, &mut datas)?,
+            };
             let mut obj = crate::schema::ShmemObject {
                 id,
                 size,
-                data: read_extents(pid, &f, &path, size, &mut offset, &mut datas)?,
+                data,
+                huge_page_size: huge,
                 ..Default::default()
             };
             let link = godwit_sys::proc::link(&path)
@@ -795,7 +848,14 @@ pub fn collect_shmem(
                     "SysV shared memory shmid {shmid} whose contents cannot be read ({path}: {e})"
                 ),
             })?;
-            seg.data = read_extents(pid, &f, &path, seg.size, &mut offset, &mut datas)?;
+            seg.huge_page_size = godwit_sys::process::hugetlb_page_size(&path)
+                .ok()
+                .flatten()
+                .unwrap_or(0);
+            seg.data = match seg.huge_page_size {
+                0 => read_extents(pid, &f, &path, seg.size, &mut offset, &mut datas)?,
+                huge => read_huge_pages(pid, &f, &path, seg.size, huge, &mut offset, &mut datas)?,
+            };
             p.sysv_shm.push(seg);
         }
         // Deleted files too big for the manifest, by their first holder.
@@ -872,6 +932,55 @@ fn read_extents(
     Ok(runs)
 }
 
+/// [`read_extents`] for a hugetlb file of page size `huge`: such a file
+/// has no holes to seek (it reads as one extent, zeros where no page is),
+/// so it is read a huge page at a time and pages holding only zeros are
+/// left out (made again, they would take a huge page each for nothing).
+#[allow(clippy::too_many_arguments)]
+fn read_huge_pages(
+    pid: i32,
+    f: &std::fs::File,
+    path: &str,
+    size: u64,
+    huge: u64,
+    offset: &mut u64,
+    datas: &mut Vec<Vec<u8>>,
+) -> Result<Vec<PageRun>> {
+    let mut runs: Vec<PageRun> = Vec::new();
+    let mut pos = 0u64;
+    let mut buf = vec![0u8; huge as usize];
+    while pos < size {
+        let len = huge.min(size - pos);
+        let chunk = &mut buf[..len as usize];
+        f.read_exact_at(chunk, pos).map_err(|e| EngineError::Sys {
+            pid,
+            stage: "reading hugetlb shared memory",
+            source: godwit_sys::SysError::Proc {
+                path: path.to_string(),
+                detail: e.to_string(),
+            },
+        })?;
+        if chunk.iter().any(|&b| b != 0) {
+            let mut data = chunk.to_vec();
+            data.resize((len.div_ceil(PAGE_SIZE) * PAGE_SIZE) as usize, 0);
+            match runs.last_mut() {
+                Some(r) if r.addr + r.nr_pages * PAGE_SIZE == pos => {
+                    r.nr_pages += len.div_ceil(PAGE_SIZE)
+                }
+                _ => runs.push(PageRun {
+                    addr: pos,
+                    nr_pages: len.div_ceil(PAGE_SIZE),
+                    offset: *offset,
+                }),
+            }
+            *offset += data.len() as u64;
+            datas.push(data);
+        }
+        pos += len;
+    }
+    Ok(runs)
+}
+
 fn lseek_data(f: &std::fs::File, pos: u64) -> Option<u64> {
     godwit_sys::process::seek_data(f, pos, true)
 }
@@ -890,6 +999,21 @@ pub(crate) fn write_extents(
     runs: &[PageRun],
     src: Option<&Pages>,
 ) -> Result<()> {
+    write_extents_huge(pid, stage, file, size, runs, src, 0)
+}
+
+/// [`write_extents`] into a file of page size `huge` when it is a hugetlb
+/// one (0: tmpfs), which is written through a mapping (hugetlbfs has no
+/// write(2)); its runs start on huge page boundaries.
+pub(crate) fn write_extents_huge(
+    pid: i32,
+    stage: &'static str,
+    file: &std::fs::File,
+    size: u64,
+    runs: &[PageRun],
+    src: Option<&Pages>,
+    huge: u64,
+) -> Result<()> {
     for run in runs {
         let len = (run.nr_pages * PAGE_SIZE).min(size.saturating_sub(run.addr));
         let bytes = src.and_then(|p| p.get(run.offset, len)).ok_or_else(|| {
@@ -898,6 +1022,22 @@ pub(crate) fn write_extents(
                 run.offset
             ))
         })?;
+        if huge != 0 {
+            if !run.addr.is_multiple_of(huge) {
+                return Err(EngineError::BadImage(format!(
+                    "hugetlb shared memory data at {:#x} does not start on a {huge}-byte page",
+                    run.addr
+                )));
+            }
+            godwit_sys::mem::write_through_mapping(file, run.addr, bytes, huge).map_err(|e| {
+                EngineError::Restore {
+                    pid,
+                    stage,
+                    source: e,
+                }
+            })?;
+            continue;
+        }
         file.write_all_at(bytes, run.addr)
             .map_err(|e| EngineError::Restore {
                 pid,
@@ -1003,10 +1143,19 @@ impl ShmPlan {
             }
             let obj = self.data.get(id);
             let memfd = obj.map(|(_, o)| o).filter(|o| o.memfd);
-            let (name, flags) = match memfd {
+            let (name, mut flags) = match memfd {
                 Some(o) => (o.name.as_str(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING),
                 None => ("godwit-shm", libc::MFD_CLOEXEC),
             };
+            // hugetlb: a hugetlb memfd of the same page size, whose size is
+            // whole huge pages.
+            let huge = obj.map_or(0, |(_, o)| o.huge_page_size);
+            let mut size = *size;
+            if huge != 0 {
+                flags |= libc::MFD_HUGETLB | huge_size_bits(huge) as u32;
+                size = size.div_ceil(huge) * huge;
+            }
+            let size = &size;
             let a = r.put_cstr(0, name).restoring(pid, stage)?;
             let fd = r
                 .call(
@@ -1029,7 +1178,7 @@ impl ShmPlan {
                 .restoring(pid, stage)?;
             let file = std::fs::File::from(ours);
             if let Some((src, o)) = obj {
-                write_extents(pid, stage, &file, *size, &o.data, pages.get(*src))?;
+                write_extents_huge(pid, stage, &file, *size, &o.data, pages.get(*src), huge)?;
             }
             let Some(o) = memfd else { continue };
             let meta = |e: std::io::Error| EngineError::Restore {
@@ -1757,6 +1906,10 @@ pub fn restore(
                 flags |= (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64;
                 u64::MAX
             }
+            VmaKind::AnonHugetlb => {
+                flags |= hugetlb_map_flags(v)?;
+                u64::MAX
+            }
             VmaKind::AnonShared => match shmem_fd(v.shmem_id) {
                 Some(fd) => {
                     flags |= libc::MAP_SHARED as u64;
@@ -1973,6 +2126,162 @@ pub fn restore(
             }
         }
         return Err(e).restoring(pid, "setting memory protections, advice and locks");
+    }
+    Ok(())
+}
+
+/// The MAP_HUGE_* bits (log2 of the page size at MAP_HUGE_SHIFT, the same
+/// as MFD_HUGE_*) for hugetlb pages of `size` bytes.
+pub(crate) fn huge_size_bits(size: u64) -> u64 {
+    (size.trailing_zeros() as u64) << libc::MAP_HUGE_SHIFT
+}
+
+/// The mmap flags of private anonymous hugetlb memory `v`, with its page
+/// size, and MAP_NORESERVE if it had it (VmFlags "nr": no huge pages were
+/// set aside for it, it takes them as it touches them).
+fn hugetlb_map_flags(v: &Vma) -> Result<u64> {
+    let size = v.huge_page_size;
+    if !size.is_power_of_two()
+        || size < PAGE_SIZE
+        || !v.start.is_multiple_of(size)
+        || !v.end.is_multiple_of(size)
+    {
+        return Err(EngineError::BadImage(format!(
+            "the hugetlb memory mapping {:#x}-{:#x} has a page size of {size} bytes",
+            v.start, v.end
+        )));
+    }
+    let mut flags =
+        (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_HUGETLB) as u64 | huge_size_bits(size);
+    if has_flag(v, "nr") {
+        flags |= libc::MAP_NORESERVE as u64;
+    }
+    Ok(flags)
+}
+
+/// Huge pages of one size a restore needs, per kind of use.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+struct HugeNeed {
+    pages: u64,
+    /// The mapping or object needing the most, for the message.
+    largest: Option<(String, u64)>,
+}
+
+/// The huge pages the restore of `procs` takes, by page size: a private
+/// hugetlb mapping reserves all its pages when mapped (only those it holds
+/// with MAP_NORESERVE), a hugetlb shared memory object (counted once) all
+/// of its size.
+fn huge_pages_needed(
+    procs: &[crate::schema::Process],
+) -> std::collections::BTreeMap<u64, HugeNeed> {
+    let mut need: std::collections::BTreeMap<u64, HugeNeed> = Default::default();
+    let mut add = |size: u64, pages: u64, what: String| {
+        let n = need.entry(size).or_default();
+        n.pages += pages;
+        if n.largest.as_ref().is_none_or(|(_, p)| pages > *p) {
+            n.largest = Some((what, pages));
+        }
+    };
+    for p in procs {
+        // Private mappings of hugetlb files (memfds, hugetlbfs files) too;
+        // shared ones of hugetlbfs files use the file's pages.
+        let private = |v: &&Vma| {
+            kind(v) == VmaKind::AnonHugetlb
+                || (kind(v) == VmaKind::FilePrivate && v.huge_page_size != 0)
+        };
+        for v in p.vmas.iter().filter(private) {
+            let h = v.huge_page_size.max(1);
+            let pages = if has_flag(v, "nr") {
+                v.pages
+                    .iter()
+                    .map(|r| r.nr_pages * PAGE_SIZE)
+                    .sum::<u64>()
+                    .div_ceil(h)
+            } else {
+                (v.end - v.start).div_ceil(h)
+            };
+            add(
+                v.huge_page_size,
+                pages,
+                format!(
+                    "the private hugetlb memory mapping {:#x}-{:#x} of process {}{}",
+                    v.start,
+                    v.end,
+                    p.pid,
+                    if v.path.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" ({})", v.path)
+                    }
+                ),
+            );
+        }
+        // Each object's data is kept by one process only.
+        for o in p.shmem.iter().filter(|o| o.huge_page_size != 0) {
+            let h = o.huge_page_size;
+            let size = p
+                .vmas
+                .iter()
+                .filter(|v| v.shmem_id == o.id)
+                .map(|v| v.shmem_size.max(v.pgoff + v.end - v.start))
+                .fold(o.size, u64::max);
+            let what = match o.memfd {
+                true => format!("the hugetlb memfd memfd:{} of process {}", o.name, p.pid),
+                false => format!("the shared hugetlb memory of process {}", p.pid),
+            };
+            add(h, size.div_ceil(h), what);
+        }
+        for s in p.sysv_shm.iter().filter(|s| s.huge_page_size != 0) {
+            let h = s.huge_page_size;
+            add(
+                h,
+                s.size.div_ceil(h),
+                format!("the hugetlb SysV shared memory segment shmid {}", s.shmid),
+            );
+        }
+    }
+    need
+}
+
+/// Refuses, before any process is created, a restore whose hugetlb memory
+/// this host cannot give: for each page size, the huge pages needed must be
+/// free and not reserved (/sys/kernel/mm/hugepages), or be allowed as
+/// surplus pages (nr_overcommit_hugepages).
+pub fn check_huge_pages(procs: &[crate::schema::Process]) -> Result<()> {
+    for (size, need) in huge_pages_needed(procs) {
+        let kb = size / 1024;
+        let dir = format!("/sys/kernel/mm/hugepages/hugepages-{kb}kB");
+        let read = |f: &str| -> Option<u64> {
+            std::fs::read_to_string(format!("{dir}/{f}"))
+                .ok()?
+                .trim()
+                .parse()
+                .ok()
+        };
+        let (what, largest) = need.largest.clone().unwrap_or_default();
+        let pid = procs.first().map_or(0, |p| p.pid);
+        let (Some(free), Some(resv)) = (read("free_hugepages"), read("resv_hugepages")) else {
+            return Err(EngineError::Refused {
+                pid,
+                what: format!(
+                    "{what} (and any other hugetlb memory of {kb} KiB pages: {} pages in all) needs huge pages of {kb} KiB, which this host does not have ({dir} is missing)",
+                    need.pages
+                ),
+            });
+        };
+        let overcommit = read("nr_overcommit_hugepages")
+            .unwrap_or(0)
+            .saturating_sub(read("surplus_hugepages").unwrap_or(0));
+        let available = free.saturating_sub(resv) + overcommit;
+        if need.pages > available {
+            return Err(EngineError::Refused {
+                pid,
+                what: format!(
+                    "its hugetlb memory needs {} huge pages of {kb} KiB ({largest} of them for {what}), and this host has {available} available ({free} free, {resv} of those reserved, {overcommit} more allowed as surplus); reserve more (echo N > {dir}/nr_hugepages) and restore again",
+                    need.pages
+                ),
+            });
+        }
     }
     Ok(())
 }
@@ -2679,6 +2988,85 @@ mod tests {
         let shrunk = [entry(0x0, 0x2000, &[]), entry(0x8000, 0x9000, &[])];
         assert!(with_flags_of(1, &maps, &shrunk).is_err());
         assert!(with_flags_of(1, &maps, &smaps[..2]).is_err());
+    }
+
+    #[test]
+    fn huge_pages_a_restore_needs() {
+        const H: u64 = 2 << 20;
+        let hv = |start: u64, pages: u64, kind: VmaKind, flags: &[&str], stored: u64| Vma {
+            start,
+            end: start + pages * H,
+            kind: kind as i32,
+            huge_page_size: H,
+            vm_flags: flags.iter().map(|f| f.to_string()).collect(),
+            pages: vec![PageRun {
+                addr: start,
+                nr_pages: stored * H / PAGE_SIZE,
+                offset: 0,
+            }],
+            ..Default::default()
+        };
+        let p = crate::schema::Process {
+            pid: 9,
+            vmas: vec![
+                // All its pages reserved, 1 stored or not.
+                hv(0x4000_0000, 3, VmaKind::AnonHugetlb, &["ht"], 1),
+                // MAP_NORESERVE: the pages it holds.
+                hv(0x8000_0000, 4, VmaKind::AnonHugetlb, &["ht", "nr"], 1),
+                // A shared mapping of a hugetlbfs file: the file's pages.
+                hv(0xc000_0000, 5, VmaKind::FileShared, &["ht", "sh"], 0),
+                // A private one: reserved.
+                hv(0x1_0000_0000, 1, VmaKind::FilePrivate, &["ht"], 0),
+            ],
+            shmem: vec![crate::schema::ShmemObject {
+                id: 1,
+                size: 2 * H,
+                huge_page_size: H,
+                ..Default::default()
+            }],
+            sysv_shm: vec![crate::schema::SysvShm {
+                shmid: 3,
+                size: H + 1,
+                huge_page_size: H,
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let need = huge_pages_needed(std::slice::from_ref(&p));
+        let n = &need[&H];
+        assert_eq!(n.pages, 3 + 1 + 1 + 2 + 2);
+        let (what, pages) = n.largest.clone().unwrap();
+        assert_eq!(pages, 3);
+        assert!(what.contains("0x40000000-0x40600000"), "{what}");
+        // A tree without hugetlb memory needs none.
+        let plain = crate::schema::Process::default();
+        assert!(huge_pages_needed(&[plain]).is_empty());
+    }
+
+    #[test]
+    fn hugetlb_mmap_flags() {
+        let v = Vma {
+            start: 1 << 30,
+            end: 2 << 30,
+            huge_page_size: 1 << 30,
+            vm_flags: vec!["ht".into(), "nr".into()],
+            ..Default::default()
+        };
+        let f = hugetlb_map_flags(&v).unwrap();
+        assert_eq!(f >> libc::MAP_HUGE_SHIFT, 30);
+        assert_ne!(f & libc::MAP_HUGETLB as u64, 0);
+        assert_ne!(f & libc::MAP_NORESERVE as u64, 0);
+        // A page size that is none, or bounds off its pages: a bad image.
+        let bad = Vma {
+            huge_page_size: 3 << 20,
+            ..v.clone()
+        };
+        assert!(hugetlb_map_flags(&bad).is_err());
+        let off = Vma {
+            start: (1 << 30) + 4096,
+            ..v
+        };
+        assert!(hugetlb_map_flags(&off).is_err());
     }
 
     #[test]

@@ -145,6 +145,7 @@ pub fn describe_segment(pid: i32, shmid: i32, table: &[ShmEntry]) -> Result<Sysv
         removed: e.mode & sysv::SHM_DEST != 0,
         locked: e.mode & sysv::SHM_LOCKED != 0,
         data: Vec::new(),
+        huge_page_size: 0,
     })
 }
 
@@ -225,7 +226,19 @@ impl Segments {
                 .and_then(|t| taken(&t, s).map(|e| taken_error(s, e)))
                 .unwrap_or(fallback)
         };
-        let flags = libc::IPC_CREAT | libc::IPC_EXCL | (s.mode & 0o777) as i32;
+        let mut flags = libc::IPC_CREAT | libc::IPC_EXCL | (s.mode & 0o777) as i32;
+        if s.huge_page_size != 0 {
+            // The same page size; its huge pages are set aside by shmget
+            // (memory::check_huge_pages made sure there are enough).
+            if !s.huge_page_size.is_power_of_two() || s.huge_page_size < PAGE_SIZE {
+                return Err(EngineError::BadImage(format!(
+                    "SysV shmid {} has a page size of {} bytes",
+                    s.shmid, s.huge_page_size
+                )));
+            }
+            flags |= libc::SHM_HUGETLB
+                | crate::resources::memory::huge_size_bits(s.huge_page_size) as i32;
+        }
         let mut attempts = 0;
         let id = loop {
             let _lock = sysv::lock_next_shmid().restoring(pid, stage)?;

@@ -170,10 +170,18 @@ pub fn dump(pid: i32, fd: i32, ours: &OwnedFd) -> Result<(FdKind, Socket)> {
     }
     let (waiting, backlog) = process::tcp_listen_queue(ours).dumping(pid, stage)?;
     if waiting > 0 {
+        // Such a connection exists only in the listener's accept queue:
+        // the kernel has no call that puts one into a new listener's queue
+        // (a connection rebuilt in repair mode is already accepted), so it
+        // cannot come back for the program's accept(), with or without
+        // --tcp-established.
         return Err(unsupported(
             pid,
             fd,
-            format!("a listening {fam} socket with {waiting} connection(s) waiting to be accepted; retry the dump"),
+            format!(
+                "a listening {fam} socket on {} with {waiting} connection(s) waiting to be accepted, which cannot be put back in a listener's accept queue (also not with --tcp-established); retry the dump once the program has accepted them",
+                t::show(&addr)
+            ),
         ));
     }
     Ok((
