@@ -188,6 +188,21 @@ enum Cmd {
         #[arg(long)]
         all_nodes: bool,
     },
+    /// Load balancing across the nodes: the plan now (every node's moves,
+    /// with why, and why not more), the moves this node made; --enable or
+    /// --disable switches this node's balancer (each node moves only its own
+    /// processes).
+    Balance {
+        #[command(flatten)]
+        agent: node::AgentArgs,
+        /// Show the plan only (the default without --enable/--disable).
+        #[arg(long, conflicts_with_all = ["enable", "disable"])]
+        dry_run: bool,
+        #[arg(long, conflicts_with = "disable")]
+        enable: bool,
+        #[arg(long)]
+        disable: bool,
+    },
     /// Conformist services (the high-level SDK): start, stop, restore, freeze,
     /// thaw, list, checkpoint(s), migrate.
     Service {
@@ -286,6 +301,15 @@ pub(crate) fn externals_json(
     list: &[godwit_engine::resources::external::ExternalFd],
 ) -> serde_json::Value {
     godwit_engine::resources::external::to_json(list)
+}
+
+/// Runs `f` to completion on a runtime of this thread.
+fn block_on<T>(f: impl std::future::Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?
+        .block_on(f)
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
@@ -509,19 +533,25 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Cmd::Nodes { agent } => {
             let agent = agent.connect()?;
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .context("starting the async runtime")?;
-            rt.block_on(node::nodes(&agent, cli.json))?;
+            block_on(node::nodes(&agent, cli.json))?;
         }
         Cmd::Ps { agent, all_nodes } => {
             let agent = agent.connect()?;
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .context("starting the async runtime")?;
-            rt.block_on(node::ps(&agent, all_nodes, cli.json))?;
+            block_on(node::ps(&agent, all_nodes, cli.json))?;
+        }
+        Cmd::Balance {
+            agent,
+            enable,
+            disable,
+            ..
+        } => {
+            let agent = agent.connect()?;
+            let switch = match (enable, disable) {
+                (true, _) => Some(true),
+                (_, true) => Some(false),
+                _ => None,
+            };
+            block_on(node::balance(&agent, switch, cli.json))?;
         }
         Cmd::Migrate(args) => {
             migrate::run(args, cli.json, &Bar::new())?;

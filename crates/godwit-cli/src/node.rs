@@ -55,6 +55,20 @@ pub enum NodeCmd {
     },
     /// The agent's Prometheus metrics (OpenMetrics text).
     Metrics,
+    /// Manage a process of the node that the agent did not start: it is
+    /// listed, its load measured, and the balancer may move it.
+    Adopt {
+        #[arg(long)]
+        pid: i32,
+    },
+    /// Keep a managed process where it is (the balancer leaves it);
+    /// --unpin lets it move again.
+    Pin {
+        #[arg(long)]
+        pid: i32,
+        #[arg(long)]
+        unpin: bool,
+    },
     /// Have the agent move one of its node's processes (with its
     /// descendants) to another node's agent, as `godwit migrate` would from
     /// there; prints where it now runs.
@@ -274,6 +288,28 @@ pub async fn run(cmd: NodeCmd, agent: &Agent, json_out: bool) -> anyhow::Result<
                 )
                 .await?
         }
+        NodeCmd::Adopt { pid } => {
+            agent
+                .request(
+                    "adopt",
+                    "POST",
+                    &format!("/v1/processes/{pid}/adopt"),
+                    Some(json!({})),
+                    Duration::from_secs(10),
+                )
+                .await?
+        }
+        NodeCmd::Pin { pid, unpin } => {
+            agent
+                .request(
+                    "pin",
+                    "POST",
+                    &format!("/v1/processes/{pid}/pin"),
+                    Some(json!({"pinned": !unpin})),
+                    Duration::from_secs(10),
+                )
+                .await?
+        }
         NodeCmd::Add { name, addr } => {
             agent
                 .request(
@@ -406,6 +442,11 @@ pub async fn run(cmd: NodeCmd, agent: &Agent, json_out: bool) -> anyhow::Result<
             if v["added"] == json!(true) { "added" } else { "updated" }
         ),
         NodeCmd::Metrics => {}
+        NodeCmd::Adopt { pid } => println!("process {pid} is managed by the agent"),
+        NodeCmd::Pin { pid, unpin } => println!(
+            "process {pid} {}",
+            if unpin { "may be moved by the balancer again" } else { "is pinned: the balancer leaves it here" }
+        ),
         NodeCmd::Migrate { pid, to, .. } => println!(
             "moved process {pid} ({} process{}) to {to} ({}): now PID {} there; downtime {:.1} ms, {} MiB sent in {:.1} ms",
             v["pids"].as_array().map_or(0, Vec::len),
@@ -445,6 +486,75 @@ pub async fn run(cmd: NodeCmd, agent: &Agent, json_out: bool) -> anyhow::Result<
                 );
             }
         }
+    }
+    Ok(())
+}
+
+/// `godwit balance`: switches this node's balancer when asked, then shows
+/// the plan.
+pub async fn balance(agent: &Agent, switch: Option<bool>, json_out: bool) -> anyhow::Result<()> {
+    if let Some(on) = switch {
+        agent
+            .request(
+                "balance",
+                "POST",
+                "/v1/balance",
+                Some(json!({"enabled": on})),
+                Duration::from_secs(10),
+            )
+            .await?;
+    }
+    let v = agent
+        .request(
+            "balance",
+            "GET",
+            "/v1/balance",
+            None,
+            Duration::from_secs(10),
+        )
+        .await?;
+    if json_out {
+        println!("{v}");
+        return Ok(());
+    }
+    println!(
+        "balancing on {} is {}",
+        v["node"].as_str().unwrap_or("?"),
+        if v["enabled"] == json!(true) {
+            "on"
+        } else {
+            "off"
+        }
+    );
+    let moves = v["plan"]["moves"].as_array().cloned().unwrap_or_default();
+    if moves.is_empty() {
+        println!("plan: no move");
+    }
+    for m in &moves {
+        println!(
+            "plan: move {} ({}) from {} to {} [{}]: {}",
+            m["pid"],
+            m["program"].as_str().unwrap_or("?"),
+            m["from"].as_str().unwrap_or("?"),
+            m["to"].as_str().unwrap_or("?"),
+            m["reason"].as_str().unwrap_or("?"),
+            m["why"].as_str().unwrap_or("")
+        );
+    }
+    for n in v["plan"]["notes"].as_array().into_iter().flatten() {
+        println!("  {}", n.as_str().unwrap_or(""));
+    }
+    for d in v["done"].as_array().into_iter().flatten() {
+        let m = &d["move"];
+        println!(
+            "done: {} to {}{}",
+            m["pid"],
+            m["to"].as_str().unwrap_or("?"),
+            d["error"]
+                .as_str()
+                .map(|e| format!(" failed: {e}"))
+                .unwrap_or_default()
+        );
     }
     Ok(())
 }

@@ -35,8 +35,11 @@ struct Hosts {
 impl Hosts {
     fn up(n: usize) -> Hosts {
         progs();
-        let id = (std::process::id() * 11) % 200;
-        let name = format!("c{:05}", (std::process::id() * 13) % 100_000);
+        // Distinct per test of this binary (they run in parallel).
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let k = NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let id = (std::process::id() * 11 + k * 53) % 200;
+        let name = format!("c{:05}", (std::process::id() * 13 + k * 7919) % 100_000);
         let prefix = format!("10.215.{id}");
         let out = Command::new(script())
             .args(["up", &name, &n.to_string(), &prefix])
@@ -496,4 +499,96 @@ fn three_nodes_heartbeats_health_load_and_metrics() {
         "{log}"
     );
     // The restored counter is one this test started: ended with the hosts.
+}
+
+/// Six busy processes adopted on n1 (of three nodes balancing): the
+/// balancers spread them two per node, then nothing moves back and forth
+/// (no migration over several more rounds). `godwit balance --dry-run`
+/// explains the plan.
+#[test]
+fn six_busy_processes_spread_over_three_nodes_and_stay() {
+    let mut c = Hosts::up(3);
+    let all = c.dir.path().join("peers-all");
+    let line = |h: usize| format!("n{h} {}\n", c.agent_addr(h));
+    std::fs::write(&all, line(1) + &line(2) + &line(3)).unwrap();
+    for h in 1..=3 {
+        c.start_agent(
+            h,
+            &[
+                "--peers",
+                all.to_str().unwrap(),
+                "--balance",
+                "--balance-every-ms",
+                "1000",
+                "--balance-cooldown-secs",
+                "3",
+            ],
+        );
+    }
+    let mut pids = Vec::new();
+    for i in 0..6 {
+        // High PIDs, free on every host (each has its own PID namespace).
+        let pid = c.sh(
+            1,
+            &format!(
+                "echo {} > /proc/sys/kernel/ns_last_pid; sh -c 'while :; do :; done' </dev/null >/dev/null 2>&1 & echo $!",
+                5000 + i * 10
+            ),
+        );
+        let pid = pid.trim().to_string();
+        c.godwit_ok(1, &["node", "adopt", "--pid", &pid]);
+        pids.push(pid);
+    }
+    let spread = |c: &Hosts| -> Vec<usize> {
+        let v = c.json(1, &["ps", "--all-nodes"]);
+        (1..=3)
+            .map(|h| {
+                v["processes"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .filter(|p| p["node"] == format!("n{h}") && p["kind"] == "transparent")
+                    .count()
+            })
+            .collect()
+    };
+    let t0 = Instant::now();
+    wait_for(
+        "two busy processes per node",
+        Duration::from_secs(120),
+        || spread(&c) == vec![2, 2, 2],
+    );
+    eprintln!("spread in {:.1} s", t0.elapsed().as_secs_f64());
+    let sent = |c: &Hosts| -> f64 {
+        (1..=3)
+            .map(|h| {
+                let text = c.godwit_ok(h, &["node", "metrics"]);
+                metric(&parse_metrics(&text), "godwit_migrations_sent_total")
+            })
+            .sum()
+    };
+    let moves = sent(&c);
+    assert!(moves >= 4.0, "{moves} migrations for 4 needed moves");
+    // Several more rounds (each node looks every second; arrivals cool
+    // down for 3 s): nothing moves.
+    std::thread::sleep(Duration::from_secs(10));
+    assert_eq!(sent(&c), moves, "processes moved back and forth");
+    assert_eq!(spread(&c), vec![2, 2, 2]);
+    let plan = c.godwit_ok(1, &["balance", "--dry-run"]);
+    assert!(
+        plan.contains("balancing on n1 is on") && plan.contains("plan: no move"),
+        "{plan}"
+    );
+    // Every busy loop still runs, somewhere.
+    let v = c.json(1, &["ps", "--all-nodes"]);
+    for pid in &pids {
+        assert!(
+            v["processes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|p| p["pid"].to_string() == *pid),
+            "{pid} is gone: {v}"
+        );
+    }
 }
