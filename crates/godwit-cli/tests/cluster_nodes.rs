@@ -592,3 +592,71 @@ fn six_busy_processes_spread_over_three_nodes_and_stay() {
         );
     }
 }
+
+/// n1 may give its managed processes 64 MiB (`--balance-mem-budget-mib`):
+/// a process holding 100 MiB adopted there is moved to another node, and
+/// stays there (n1 could not take it back).
+#[test]
+fn a_node_over_its_memory_budget_is_relieved() {
+    let mut c = Hosts::up(3);
+    let all = c.dir.path().join("peers-all");
+    let line = |h: usize| format!("n{h} {}\n", c.agent_addr(h));
+    std::fs::write(&all, line(1) + &line(2) + &line(3)).unwrap();
+    for h in 1..=3 {
+        let mut args = vec![
+            "--peers",
+            all.to_str().unwrap(),
+            "--balance",
+            "--balance-every-ms",
+            "1000",
+            "--balance-cooldown-secs",
+            "3",
+        ];
+        if h == 1 {
+            args.extend(["--balance-mem-budget-mib", "64"]);
+        }
+        c.start_agent(h, &args);
+    }
+    let pid = c.sh(
+        1,
+        "echo 6000 > /proc/sys/kernel/ns_last_pid; python3 -c 'import time; x = bytearray(b\"\\x01\") * (100 << 20); time.sleep(10**6)' </dev/null >/dev/null 2>&1 & echo $!",
+    );
+    let pid = pid.trim().to_string();
+    // Adopted once it holds its memory.
+    wait_for(
+        "the process to hold 100 MiB",
+        Duration::from_secs(20),
+        || {
+            let rss = c.sh(1, &format!("grep VmRSS /proc/{pid}/status || true"));
+            rss.split_whitespace()
+                .nth(1)
+                .and_then(|k| k.parse::<u64>().ok())
+                .unwrap_or(0)
+                > 100 << 10
+        },
+    );
+    c.godwit_ok(1, &["node", "adopt", "--pid", &pid]);
+    let node_of = |c: &Hosts| -> String {
+        let v = c.json(1, &["ps", "--all-nodes"]);
+        v["processes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["pid"].to_string() == pid)
+            .map(|p| p["node"].as_str().unwrap().to_string())
+            .unwrap_or_default()
+    };
+    wait_for("the process to leave n1", Duration::from_secs(60), || {
+        matches!(node_of(&c).as_str(), "n2" | "n3")
+    });
+    let there = node_of(&c);
+    let done = c.json(1, &["balance"]);
+    let m = &done["done"][0]["move"];
+    assert_eq!(m["reason"], "memory", "{done}");
+    assert!(
+        m["why"].as_str().unwrap().contains("64 MiB budget"),
+        "{done}"
+    );
+    std::thread::sleep(Duration::from_secs(6));
+    assert_eq!(node_of(&c), there, "it moved again");
+}
