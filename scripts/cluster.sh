@@ -8,6 +8,7 @@
 #   scripts/cluster.sh down NAME            # ends every process of the hosts, removes them
 #   scripts/cluster.sh exec NAME I CMD...   # runs CMD on host I (all three namespaces)
 #   scripts/cluster.sh init NAME I          # host PID of host I's init (kill -9 it = the host dies)
+#   scripts/cluster.sh revive NAME I        # host I, dead, comes back (nothing runs on it)
 #   scripts/cluster.sh addr NAME I PREFIX   # prints host I's address
 #
 # The bridge carries PREFIX.254 so the calling namespace (tests, the CLI)
@@ -46,11 +47,40 @@ init_bin() {
   echo "$bin"
 }
 
+# Starts host $1's PID 1 in its network namespace, in its own PID and mount
+# namespaces (fresh /proc); records its host PID.
+start_init() {
+  local i=$1 bin init outer _try
+  bin=$(init_bin)
+  # The host's PID 1, in its own PID and mount namespaces (fresh /proc).
+  # Started again if it does not last (seen rarely when several clusters
+  # come up at once); its output goes to n$i.log.
+  init=""
+  for _try in 1 2 3; do
+    setsid ip netns exec "$(ns "$i")" unshare --pid --fork --mount --mount-proc \
+      --propagation private "$bin" "$state/n$i.ended" </dev/null >>"$state/n$i.log" 2>&1 &
+    outer=$!
+    init=""
+    for _ in $(seq 200); do
+      init=$(cat "/proc/$outer/task/$outer/children" 2>/dev/null | awk '{print $1}')
+      [[ -n "$init" ]] && break
+      sleep 0.01
+    done
+    sleep 0.05
+    if [[ -n "$init" && -d "/proc/$init" && "$(cat "/proc/$init/comm" 2>/dev/null)" == gw-init ]]; then
+      break
+    fi
+    echo "host $i: its init did not last (try $_try): $(tail -n 3 "$state/n$i.log" 2>/dev/null)" >&2
+    init=""
+  done
+  [[ -n "$init" ]] || { echo "host $i: its init did not start" >&2; exit 1; }
+  echo "$init" > "$state/n$i.init"
+}
+
 case "$cmd" in
   up)
     n=${3:?number of hosts}; prefix=${4:?address prefix like 10.213.7}
     "$0" down "$name" >/dev/null 2>&1 || true
-    bin=$(init_bin)
     mkdir -p -m 0700 "$state"
     ip link add "$br" type bridge
     ip addr add "$prefix.254/24" dev "$br"
@@ -62,29 +92,7 @@ case "$cmd" in
       ip -n "$(ns "$i")" addr add "$prefix.$i/24" dev eth0
       ip -n "$(ns "$i")" link set eth0 up
       ip -n "$(ns "$i")" link set lo up
-      # The host's PID 1, in its own PID and mount namespaces (fresh /proc).
-      # Started again if it does not last (seen rarely when several clusters
-      # come up at once); its output goes to n$i.log.
-      init=""
-      for _try in 1 2 3; do
-        setsid ip netns exec "$(ns "$i")" unshare --pid --fork --mount --mount-proc \
-          --propagation private "$bin" "$state/n$i.ended" </dev/null >>"$state/n$i.log" 2>&1 &
-        outer=$!
-        init=""
-        for _ in $(seq 200); do
-          init=$(cat "/proc/$outer/task/$outer/children" 2>/dev/null | awk '{print $1}')
-          [[ -n "$init" ]] && break
-          sleep 0.01
-        done
-        sleep 0.05
-        if [[ -n "$init" && -d "/proc/$init" && "$(cat "/proc/$init/comm" 2>/dev/null)" == gw-init ]]; then
-          break
-        fi
-        echo "host $i: its init did not last (try $_try): $(tail -n 3 "$state/n$i.log" 2>/dev/null)" >&2
-        init=""
-      done
-      [[ -n "$init" ]] || { echo "host $i: its init did not start" >&2; exit 1; }
-      echo "$init" > "$state/n$i.init"
+      start_init "$i"
     done
     ;;
   down)
@@ -113,6 +121,17 @@ case "$cmd" in
     ;;
   init)
     init_pid "${3:?host index}"
+    ;;
+  revive)
+    # A host whose init was killed (the host died) comes back: a fresh PID
+    # and mount namespace in its old network namespace, nothing running.
+    i=${3:?host index}
+    pid=$(cat "$state/n$i.init" 2>/dev/null || true)
+    if [[ "$pid" =~ ^[0-9]+$ && -d "/proc/$pid" && "$(cat "/proc/$pid/comm" 2>/dev/null)" == gw-init ]]; then
+      echo "host $i is alive (init $pid)" >&2; exit 1
+    fi
+    rm -f "$state/n$i.ended"
+    start_init "$i"
     ;;
   addr)
     i=${3:?host index}; prefix=${4:?prefix}
