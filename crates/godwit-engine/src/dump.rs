@@ -381,7 +381,32 @@ pub fn dump(
     if !opts.leave_running {
         check_can_restore(pid)?;
     }
-    let writer = ImageWriter::create(dir)?.sync(!opts.no_sync);
+    let writer = ImageWriter::create(dir)?;
+    dump_checked(pid, writer, opts, progress)
+}
+
+/// As [`dump`], into `writer` (any transfer medium, e.g. a node's chunk
+/// store) instead of a directory.
+pub fn dump_into(
+    pid: i32,
+    writer: ImageWriter,
+    opts: &DumpOptions,
+    progress: &dyn Progress,
+) -> Result<DumpReport> {
+    precheck(pid)?;
+    if !opts.leave_running {
+        check_can_restore(pid)?;
+    }
+    dump_checked(pid, writer, opts, progress)
+}
+
+fn dump_checked(
+    pid: i32,
+    writer: ImageWriter,
+    opts: &DumpOptions,
+    progress: &dyn Progress,
+) -> Result<DumpReport> {
+    let writer = writer.sync(!opts.no_sync);
     let end = if opts.leave_running {
         End::Release
     } else {
