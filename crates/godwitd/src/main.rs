@@ -8,6 +8,7 @@
 
 mod api;
 mod migration;
+mod store;
 mod transparent;
 
 use std::collections::BTreeMap;
