@@ -204,8 +204,7 @@ pub fn import(store: &Store, path: &Path) -> Result<Transfer> {
             wanted.len()
         )));
     }
-    let mut new_chunks = 0;
-    let mut dirs = std::collections::BTreeSet::new();
+    let mut batch = crate::Batch::default();
     for _ in 0..count {
         let mut h: Hash = [0; 32];
         r.read_exact(&mut h).map_err(read_err)?;
@@ -224,10 +223,9 @@ pub fn import(store: &Store, path: &Path) -> Result<Transfer> {
         let mut stored = vec![0u8; len as usize];
         r.read_exact(&mut stored).map_err(read_err)?;
         decode_chunk(&meta.id, &h, raw_len, &stored).map_err(|e| bad(e.to_string()))?;
-        if std::fs::symlink_metadata(store.chunk_path(&h)).is_err() {
-            store.put_stored(&h, &stored)?;
-            dirs.insert(h[0]);
-            new_chunks += 1;
+        if !batch.has(store, &h) {
+            let staged = crate::Batch::stage(store, &h, &stored)?;
+            batch.add(h, staged, stored.len() as u64);
         }
     }
     let sum = *r.hasher.finalize().as_bytes();
@@ -241,18 +239,15 @@ pub fn import(store: &Store, path: &Path) -> Result<Transfer> {
         return Err(bad("bytes follow its trailer".into()));
     }
     for h in wanted.keys() {
-        if std::fs::symlink_metadata(store.chunk_path(h)).is_err() {
+        if !batch.has(store, h) {
             return Err(bad(format!(
                 "chunk {} is neither in it nor in the store",
                 hex(h)
             )));
         }
     }
-    if store.is_sync() {
-        for d in &dirs {
-            crate::sync_dir(&store.dir().join("chunks").join(format!("{d:02x}")))?;
-        }
-    }
+    let new_chunks = batch.new_chunks;
+    batch.finish(store, store.is_sync())?;
     crate::medium::commit_checkpoint(store, &meta, &manifest, store.is_sync())?;
     tracing::info!(id = %meta.id, new_chunks, "checkpoint imported");
     Ok(Transfer {

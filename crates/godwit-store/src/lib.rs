@@ -18,11 +18,14 @@
 //! ([`chunker`]), so that memory shifted by whole pages (a mapping that
 //! grew before others) still falls into the same chunks.
 //!
-//! Durability: with `sync` (the default), each chunk is fsynced before it
-//! is renamed into place, the chunk directories written to are fsynced
-//! before the checkpoint file, and the checkpoint file is fsynced, linked
-//! into place, and `checkpoints/` fsynced. A checkpoint file is thus never
-//! on disk before its chunks.
+//! Durability: new chunks are written under temporary names; at the
+//! commit, with `sync` (the default), one `syncfs` on the store's file
+//! system makes them durable, they are renamed into place, a second
+//! `syncfs` makes the names durable, then the checkpoint file is written,
+//! fsynced, linked into place and `checkpoints/` fsynced. A chunk under its
+//! final name is thus always whole, and a checkpoint file never on disk
+//! before its chunks. (An fsync per chunk cost 15 ms each here: 4096 of
+//! them for a GiB.)
 
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
@@ -256,29 +259,9 @@ impl Store {
         check_name("checkpoint id", id).is_ok() && self.checkpoint_path(id).exists()
     }
 
-    /// Stores chunk `data` (hash `h`) unless it is there already. Returns
-    /// the bytes written (0 when it was there), and whether a new chunk
-    /// directory entry was made.
-    pub(crate) fn put_chunk(&self, h: &Hash, data: &[u8]) -> Result<u64> {
-        let path = self.chunk_path(h);
-        if fs::symlink_metadata(&path).is_ok() {
-            return Ok(0);
-        }
-        let stored = encode_chunk(self.compression, data);
-        self.put_stored(h, &stored)?;
-        Ok(stored.len() as u64)
-    }
-
-    /// Writes the stored form (tag + bytes) of chunk `h`, atomically.
-    pub(crate) fn put_stored(&self, h: &Hash, stored: &[u8]) -> Result<()> {
-        let dir = self.chunk_dir(h);
-        let path = dir.join(hex(h));
-        if let Err(e) = DirBuilder::new().mode(DIR_MODE).create(&dir) {
-            if e.kind() != ErrorKind::AlreadyExists {
-                return Err(StoreError::io("creating", dir, e));
-            }
-        }
-        write_atomic(&dir, &path, stored, self.sync)
+    /// Whether chunk `h` is in the store.
+    pub(crate) fn has_chunk(&self, h: &Hash) -> bool {
+        fs::symlink_metadata(self.chunk_path(h)).is_ok()
     }
 
     /// Reads and checks chunk `h` (of length `len`) for checkpoint `id`.
@@ -472,6 +455,99 @@ impl Store {
         );
         Ok(r)
     }
+}
+
+/// New chunks of one writer (a dump, an import), written under temporary
+/// names and renamed into place together by [`Batch::finish`]: with sync,
+/// one `syncfs` makes them all durable before any gets its name (one flush
+/// instead of an fsync per chunk), and a second one makes the names
+/// durable, before the checkpoint file is written. A chunk file under its
+/// final name is thus always whole.
+#[derive(Debug, Default)]
+pub(crate) struct Batch {
+    pending: Vec<(PathBuf, PathBuf)>,
+    names: HashSet<Hash>,
+    pub(crate) new_chunks: u64,
+    pub(crate) new_stored_bytes: u64,
+}
+
+impl Batch {
+    /// Whether chunk `h` is stored already or pending in this batch.
+    pub(crate) fn has(&self, store: &Store, h: &Hash) -> bool {
+        self.names.contains(h) || store.has_chunk(h)
+    }
+
+    /// Writes the stored form of chunk `h` under a temporary name (the
+    /// caller checked [`has`](Self::has)).
+    pub(crate) fn stage(store: &Store, h: &Hash, stored: &[u8]) -> Result<(PathBuf, PathBuf)> {
+        let dir = store.chunk_dir(h);
+        if let Err(e) = DirBuilder::new().mode(DIR_MODE).create(&dir) {
+            if e.kind() != ErrorKind::AlreadyExists {
+                return Err(StoreError::io("creating", dir, e));
+            }
+        }
+        let tmp = temp_path(&dir);
+        let r = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(FILE_MODE)
+            .open(&tmp)
+            .and_then(|mut f| f.write_all(stored));
+        if let Err(e) = r {
+            let _ = fs::remove_file(&tmp);
+            return Err(StoreError::io("writing", tmp, e));
+        }
+        Ok((tmp, dir.join(hex(h))))
+    }
+
+    /// Records a staged chunk; false (and the temporary file removed) if
+    /// the batch has it already.
+    pub(crate) fn add(&mut self, h: Hash, staged: (PathBuf, PathBuf), bytes: u64) -> bool {
+        if !self.names.insert(h) {
+            let _ = fs::remove_file(&staged.0);
+            return false;
+        }
+        self.pending.push(staged);
+        self.new_chunks += 1;
+        self.new_stored_bytes += bytes;
+        true
+    }
+
+    /// Makes the staged chunks durable (with `sync`) and gives them their names.
+    pub(crate) fn finish(&mut self, store: &Store, sync: bool) -> Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        if sync {
+            syncfs(store.dir())?;
+        }
+        for (tmp, path) in std::mem::take(&mut self.pending) {
+            fs::rename(&tmp, &path).map_err(|e| StoreError::io("renaming into place", &path, e))?;
+        }
+        if sync {
+            syncfs(store.dir())?;
+        }
+        Ok(())
+    }
+
+    /// Removes what is staged (a writer that gives up).
+    pub(crate) fn discard(&mut self) {
+        for (tmp, _) in std::mem::take(&mut self.pending) {
+            let _ = fs::remove_file(tmp);
+        }
+    }
+}
+
+impl Drop for Batch {
+    fn drop(&mut self) {
+        self.discard();
+    }
+}
+
+/// Flushes the file system holding `dir` (every file written to it).
+fn syncfs(dir: &Path) -> Result<()> {
+    let f = File::open(dir).map_err(|e| StoreError::io("opening", dir, e))?;
+    rustix::fs::syncfs(&f).map_err(|e| StoreError::io("flushing (syncfs)", dir, e.into()))
 }
 
 fn remove_quiet(p: &Path) {

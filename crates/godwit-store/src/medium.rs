@@ -3,7 +3,7 @@
 //! `godwit_image::ImageWriter` / `ImageReader` (and through them the
 //! engine's dump and restore) work on a store as on a directory.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -13,7 +13,7 @@ use godwit_image::{ImageError, Medium, PageSink, PageSource};
 
 use crate::checkpoint::{self, CheckpointMeta, ChunkRef, StoredFile};
 use crate::chunker::Chunker;
-use crate::{now_ms, Hash, Result, Store, StoreError};
+use crate::{now_ms, Batch, Hash, Result, Store, StoreError};
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -29,10 +29,8 @@ fn medium_error(location: &Path, e: StoreError) -> ImageError {
 #[derive(Debug, Default)]
 struct State {
     files: HashMap<String, StoredFile>,
-    /// Chunk directories written to (first hash byte), fsynced at the commit.
-    dirs: BTreeSet<u8>,
-    new_chunks: u64,
-    new_stored_bytes: u64,
+    /// New chunks, named at the commit.
+    batch: Batch,
     /// The shared store lock, held until the commit or the end.
     lock: Option<File>,
 }
@@ -50,12 +48,13 @@ struct Inner {
 impl Inner {
     fn put(&self, store: &Store, data: &[u8]) -> Result<ChunkRef> {
         let hash: Hash = *blake3::hash(data).as_bytes();
-        let written = store.put_chunk(&hash, data)?;
-        if written > 0 {
-            let mut st = lock(&self.state);
-            st.dirs.insert(hash[0]);
-            st.new_chunks += 1;
-            st.new_stored_bytes += written;
+        if !lock(&self.state).batch.has(store, &hash) {
+            // Compressed and written without the lock.
+            let stored = crate::encode_chunk(store.compression, data);
+            let staged = Batch::stage(store, &hash, &stored)?;
+            lock(&self.state)
+                .batch
+                .add(hash, staged, stored.len() as u64);
         }
         Ok(ChunkRef {
             hash,
@@ -130,18 +129,14 @@ impl StoreMedium {
             }
         }
         let store = &inner.store;
-        if sync {
-            for d in &st.dirs {
-                crate::sync_dir(&store.dir().join("chunks").join(format!("{d:02x}")))?;
-            }
-        }
+        st.batch.finish(store, sync)?;
         let meta = CheckpointMeta {
             id: inner.id.clone(),
             parent: inner.parent.clone(),
             pid: inner.pid,
             created_unix_ms: now_ms(),
-            new_chunks: st.new_chunks,
-            new_stored_bytes: st.new_stored_bytes,
+            new_chunks: st.batch.new_chunks,
+            new_stored_bytes: st.batch.new_stored_bytes,
             files,
         };
         commit_checkpoint(store, &meta, manifest, sync)?;
@@ -149,8 +144,8 @@ impl StoreMedium {
         tracing::info!(
             id = %inner.id,
             parent = ?inner.parent,
-            new_chunks = st.new_chunks,
-            new_bytes = st.new_stored_bytes,
+            new_chunks = st.batch.new_chunks,
+            new_bytes = st.batch.new_stored_bytes,
             "checkpoint committed to the store"
         );
         Ok(())
@@ -283,6 +278,7 @@ impl Medium for StoreMedium {
         // Chunks already written stay until gc; nothing names them.
         let mut st = lock(&self.inner.state);
         st.files.clear();
+        st.batch.discard();
         st.lock = None;
     }
 }

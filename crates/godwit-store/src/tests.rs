@@ -223,3 +223,24 @@ fn export_import_round_trip_and_damage() {
         assert!(!three.contains("x"), "{what}");
     }
 }
+
+#[test]
+fn an_abandoned_writer_leaves_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Store::open(tmp.path()).unwrap().sync(false);
+    {
+        let medium = StoreMedium::new(&store, "gone", Some(1)).unwrap();
+        let writer = ImageWriter::to_medium(Box::new(medium));
+        let mut f = writer.page_file().unwrap();
+        f.write_all(&noise(7, 2 << 20)).unwrap();
+        f.finish().unwrap();
+        // Dropped without a commit.
+    }
+    assert_eq!(store.usage().unwrap().chunks, 0);
+    assert!(!store.contains("gone"));
+    let mut files = 0;
+    for sub in fs::read_dir(store.dir().join("chunks")).unwrap() {
+        files += fs::read_dir(sub.unwrap().path()).unwrap().count();
+    }
+    assert_eq!(files, 0, "temporary chunk files left behind");
+}
