@@ -22,12 +22,13 @@ pub struct CheckpointsArgs {
     #[arg(long, env = "GODWIT_STORE", default_value = DEFAULT_STORE)]
     store: PathBuf,
     /// Work on the store of this node agent (godwitd) instead of a directory
-    /// (ls, rm and gc).
-    #[arg(long, env = "GODWIT_AGENT")]
+    /// (ls, rm and gc). Not read from GODWIT_AGENT: a store directory is
+    /// the default here.
+    #[arg(long)]
     agent: Option<String>,
     /// File holding a token of the agent (mode 0600): `read` for ls,
     /// `operate` for rm and gc.
-    #[arg(long, env = "GODWIT_TOKEN_FILE", requires = "agent")]
+    #[arg(long, requires = "agent")]
     token_file: Option<PathBuf>,
     /// CA certificate (PEM) to verify the agent's certificate with (PKI mode).
     #[arg(long, env = "GODWIT_TLS_CA")]
