@@ -1,5 +1,6 @@
 //! `godwit`: the operator's command line.
 
+mod checkpoints;
 mod inspect;
 mod migrate;
 mod node;
@@ -48,8 +49,15 @@ enum Cmd {
         #[arg(long = "pid", required = true)]
         pids: Vec<i32>,
         /// Directory to write the image to (must not hold an image yet).
-        #[arg(long)]
-        images: PathBuf,
+        #[arg(long, required_unless_present = "store")]
+        images: Option<PathBuf>,
+        /// Write the image into this checkpoint store instead (see `godwit
+        /// checkpoints`): memory already stored there is not stored again.
+        #[arg(long, conflicts_with = "images")]
+        store: Option<PathBuf>,
+        /// With --store: the checkpoint's name (default PID-MILLISECONDS).
+        #[arg(long, requires = "store")]
+        checkpoint: Option<String>,
         /// Let the process continue after the checkpoint. Its memory is
         /// copied while it runs; it is stopped only to copy what it wrote
         /// meanwhile (or, if it writes faster than that, for a copy-on-write
@@ -102,8 +110,14 @@ enum Cmd {
     /// PID and returns when the process exits.
     Restore {
         /// The image directory written by `godwit dump`.
-        #[arg(long)]
-        images: PathBuf,
+        #[arg(long, required_unless_present = "store")]
+        images: Option<PathBuf>,
+        /// Restore checkpoint --checkpoint of this checkpoint store instead.
+        #[arg(long, conflicts_with = "images", requires = "checkpoint")]
+        store: Option<PathBuf>,
+        /// With --store: the checkpoint to restore.
+        #[arg(long, requires = "store")]
+        checkpoint: Option<String>,
         /// Restore even if files the process uses changed size since the dump.
         #[arg(long)]
         allow_file_changes: bool,
@@ -218,6 +232,8 @@ enum Cmd {
         #[command(subcommand)]
         cmd: godwit_agent_client::ServiceCmd,
     },
+    /// A checkpoint store: ls, rm, export, import, gc.
+    Checkpoints(checkpoints::CheckpointsArgs),
     /// Show what an image holds: process, threads, memory map, files, signals.
     Inspect {
         /// The image directory.
@@ -317,6 +333,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Dump {
             pids,
             images,
+            store,
+            checkpoint,
             leave_running,
             no_sync,
             no_cow,
@@ -338,7 +356,23 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 max_deleted_file_size,
                 max_frozen_copy: None,
             };
-            let r = dump(&pids, &images, &opts, &bar).map_err(anyhow::Error::from)?;
+            let (r, target, saved) = match (&store, &images) {
+                (Some(s), _) => {
+                    let (r, id, parent) =
+                        checkpoints::dump(&pids, s, checkpoint.as_deref(), &opts, &bar)?;
+                    let target = format!("checkpoint {id} of the store {}", s.display());
+                    (
+                        r,
+                        target,
+                        serde_json::json!({"checkpoint": id, "parent": parent}),
+                    )
+                }
+                (None, Some(dir)) => {
+                    let r = dump(&pids, dir, &opts, &bar).map_err(anyhow::Error::from)?;
+                    (r, dir.display().to_string(), serde_json::json!({}))
+                }
+                (None, None) => anyhow::bail!("give --images DIR or --store DIR"),
+            };
             bar.0.finish_and_clear();
             if cli.json {
                 println!(
@@ -348,7 +382,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         "memory_bytes": r.memory_bytes, "image_bytes": r.image_bytes,
                         "frozen_ms": r.frozen.as_secs_f64() * 1e3,
                         "total_ms": r.total.as_secs_f64() * 1e3,
-                        "images": images, "left_running": leave_running,
+                        "images": images, "store": store, "checkpoint": saved["checkpoint"],
+                        "parent": saved["parent"], "left_running": leave_running,
                         "precopy": {
                             "processes": r.precopy.processes, "rounds": r.precopy.rounds,
                             "bytes_running": r.precopy.bytes_running,
@@ -369,7 +404,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     r.threads,
                     r.vmas,
                     r.memory_bytes >> 20,
-                    images.display(),
+                    target,
                     r.total.as_secs_f64() * 1e3,
                     r.frozen.as_secs_f64() * 1e3,
                     if leave_running { "; it keeps running" } else { "; it was ended" }
@@ -402,6 +437,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Cmd::Restore {
             images,
+            store,
+            checkpoint,
             allow_file_changes,
             pid_ns,
             shell_job,
@@ -418,7 +455,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 tcp_established,
                 inherit_fds: inherit_fd,
             };
-            let r = restore(&images, &opts, &bar).map_err(anyhow::Error::from)?;
+            let r = match (&store, &checkpoint, &images) {
+                (Some(s), Some(id), _) => checkpoints::restore(s, id, &opts, &bar)?,
+                (_, _, Some(dir)) => restore(dir, &opts, &bar).map_err(anyhow::Error::from)?,
+                _ => anyhow::bail!("give --images DIR or --store DIR --checkpoint ID"),
+            };
             bar.0.finish_and_clear();
             for u in &r.externals {
                 if u.inherited.is_none() {
@@ -553,6 +594,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             };
             block_on(node::balance(&agent, switch, cli.json))?;
         }
+        Cmd::Checkpoints(args) => checkpoints::run(args, cli.json)?,
         Cmd::Migrate(args) => {
             migrate::run(args, cli.json, &Bar::new())?;
         }

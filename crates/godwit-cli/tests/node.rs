@@ -79,6 +79,17 @@ fn node(a: &Agent, who: &str, args: &[&str]) -> Output {
         .unwrap()
 }
 
+fn checkpoints(a: &Agent, who: &str, args: &[&str]) -> Output {
+    let token = a.dir.path().join(who);
+    Command::new(env!("CARGO_BIN_EXE_godwit"))
+        .args(["--json", "checkpoints", "--agent", &a.addr, "--token-file"])
+        .arg(token)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
 fn node_ok(a: &Agent, args: &[&str]) -> serde_json::Value {
     let out = node(a, "operator", args);
     assert!(
@@ -148,12 +159,17 @@ fn checkpoint_into_the_store_and_restore_from_it() {
     let stopped_at = at(&p);
     let images = node_ok(&a, &["images"]);
     assert_eq!(images["images"][0]["id"], "c1", "{images}");
-    let img = a.dir.path().join("data/images/c1");
-    let mode = std::fs::metadata(&img).unwrap().permissions();
-    assert_eq!(
-        std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
-        0o700
-    );
+    assert_eq!(images["images"][0]["medium"], "store", "{images}");
+    assert_eq!(images["images"][0]["pids"][0], pid, "{images}");
+    // In the node's chunk store: the store 0700, the checkpoint file 0600.
+    let store = a.dir.path().join("data/checkpoints");
+    let img = store.join("checkpoints/c1");
+    let mode = |p: &Path| {
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(p).unwrap().permissions())
+            & 0o777
+    };
+    assert_eq!(mode(&store), 0o700);
+    assert_eq!(mode(&img), 0o600);
 
     let v = node_ok(&a, &["restore", "c1"]);
     assert_eq!(v["pid"], pid);
@@ -173,6 +189,43 @@ fn checkpoint_into_the_store_and_restore_from_it() {
         .unwrap_or_else(|| panic!("{pid} not listed as managed: {ps}"));
     assert_eq!(me["kind"], "transparent");
     assert_eq!(me["origin"], "restored from image c1");
+
+    // A second checkpoint of the restored process: its parent is c1.
+    // `godwit checkpoints --agent` shows the chain (deduplication is
+    // tested in store.rs: this counter's memory is one chunk).
+    let v = node_ok(&a, &["checkpoint", "--pid", &pid.to_string(), "--id", "c2"]);
+    assert_eq!(v["parent"], "c1", "{v}");
+    let ls = checkpoints(&a, "reader", &["ls"]);
+    assert!(
+        ls.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ls.stderr)
+    );
+    let ls: serde_json::Value = serde_json::from_slice(&ls.stdout).unwrap();
+    let list = ls["checkpoints"].as_array().unwrap();
+    assert_eq!(list.len(), 2, "{ls}");
+    assert_eq!(list[1]["id"], "c2");
+    assert_eq!(list[1]["parent"], "c1");
+    // gc needs operate; with c2 removed it frees what only c2 used.
+    let out = checkpoints(&a, "reader", &["gc"]);
+    assert!(!out.status.success());
+    let out = checkpoints(&a, "operator", &["rm", "c2"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = checkpoints(&a, "operator", &["gc"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let gc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(gc["checkpoints"], 1, "{gc}");
+    let ls = checkpoints(&a, "reader", &["ls"]);
+    let ls: serde_json::Value = serde_json::from_slice(&ls.stdout).unwrap();
+    assert_eq!(ls["usage"]["chunks"], list[0]["chunks"], "{ls}");
 
     node_ok(&a, &["rm", "c1"]);
     assert!(!img.exists());

@@ -405,9 +405,9 @@ impl Drop for Held {
     }
 }
 
-/// Checkpoints process `pid` and all its descendants into `dir`. On any
-/// failure every process is left running as it was and `dir` holds no image
-/// that restore would accept.
+/// Checkpoints each process of `roots` and all its descendants into `dir`
+/// (see [`dump_to`]). On any failure every process is left running as it
+/// was and `dir` holds no image that restore would accept.
 pub fn dump(
     roots: &[i32],
     dir: &Path,
@@ -415,10 +415,23 @@ pub fn dump(
     progress: &dyn Progress,
 ) -> Result<DumpReport> {
     check_roots(roots)?;
+    let writer = ImageWriter::create(dir)?;
+    dump_into(roots, writer, opts, progress)
+}
+
+/// As [`dump`], into `writer` (any transfer medium, e.g. a node's chunk
+/// store) instead of a directory.
+pub fn dump_into(
+    roots: &[i32],
+    writer: ImageWriter,
+    opts: &DumpOptions,
+    progress: &dyn Progress,
+) -> Result<DumpReport> {
+    check_roots(roots)?;
     if !opts.leave_running {
         roots.iter().try_for_each(|&pid| check_can_restore(pid))?;
     }
-    let writer = ImageWriter::create(dir)?.sync(!opts.no_sync);
+    let writer = writer.sync(!opts.no_sync);
     let end = if opts.leave_running {
         End::Release
     } else {

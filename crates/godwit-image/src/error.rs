@@ -370,6 +370,16 @@ pub enum ImageError {
         max: u64,
     },
 
+    /// A medium defined outside this crate (e.g. the node's chunk store,
+    /// `godwit-store`) failed; its error names what and where.
+    #[error("{location}: {source}")]
+    Medium {
+        /// The medium's location (a checkpoint in a store).
+        location: PathBuf,
+        /// Cause.
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+
     /// The sender gave up before the commit.
     #[error("{peer}: the sender gave up: {reason}")]
     SenderAborted {

@@ -12,6 +12,7 @@ mod cluster;
 mod load;
 mod metrics;
 mod migration;
+mod store;
 mod transparent;
 
 use std::collections::BTreeMap;

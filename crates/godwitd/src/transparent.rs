@@ -1,6 +1,9 @@
 //! Transparent (unmodified) processes on this node: what runs here, and
-//! checkpoints of them in the node's store (`DATA/images`), restored from
-//! there. Every dump and restore runs on a blocking thread.
+//! checkpoints of them in the node's chunk store (`DATA/checkpoints`, see
+//! store.rs), restored from there. Image directories in `DATA/images`
+//! (copies a migration kept, checkpoints of older versions) are listed,
+//! restored and removed too. Every dump and restore runs on a blocking
+//! thread.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -54,6 +57,7 @@ pub fn routes() -> Router<Arc<Agent>> {
         .route("/v1/images", get(images))
         .route("/v1/images/{id}/restore", post(restore))
         .route("/v1/images/{id}", axum::routing::delete(remove))
+        .merge(crate::store::routes())
 }
 
 #[derive(serde::Deserialize)]
@@ -197,21 +201,33 @@ async fn checkpoint(
         None => format!("{pid}-{}", now_ms()),
     };
     check_id(&id)?;
-    let dir = images_dir(&agent).join(&id);
+    if images_dir(&agent).join(&id).exists() {
+        return Err(ApiError::new(
+            409,
+            format!("an image {id} exists already in this node's store"),
+        ));
+    }
+    let store = crate::store::open(&agent)?;
     let opts = godwit_engine::dump::DumpOptions {
         leave_running,
         tcp_established: req["tcp_established"].as_bool().unwrap_or(false),
         ..Default::default()
     };
-    let d = dir.clone();
+    let i = id.clone();
     let r = tokio::task::spawn_blocking(move || {
-        godwit_engine::dump::dump(&[pid], &d, &opts, &godwit_engine::Quiet)
+        let medium = godwit_store::StoreMedium::new(&store, &i, Some(pid))
+            .map_err(|e| crate::store::store_error(&e))?;
+        let parent = medium.parent().map(str::to_string);
+        let writer = godwit_image::ImageWriter::to_medium(Box::new(medium));
+        godwit_engine::dump::dump_into(&[pid], writer, &opts, &godwit_engine::Quiet)
+            .map(|r| (r, parent))
+            .map_err(|e| ApiError::new(engine_status(&e), e.to_string()))
     })
     .await
     .map_err(|e| ApiError::new(500, format!("the dump thread failed: {e}")))?;
-    crate::metrics::checkpoint(r.as_ref().ok().map(|r| (r.image_bytes, r.frozen)));
+    crate::metrics::checkpoint(r.as_ref().ok().map(|r| (r.0.image_bytes, r.0.frozen)));
     match r {
-        Ok(r) => {
+        Ok((r, parent)) => {
             if !leave_running {
                 lock(&agent.transparent).remove(&pid);
             }
@@ -222,11 +238,11 @@ async fn checkpoint(
                     "memory_bytes": r.memory_bytes, "image_bytes": r.image_bytes,
                     "frozen_ms": r.frozen.as_secs_f64() * 1e3,
                     "total_ms": r.total.as_secs_f64() * 1e3,
-                    "left_running": leave_running,
+                    "left_running": leave_running, "parent": parent, "medium": "store",
                 }),
             )
         }
-        Err(e) => Err(ApiError::new(engine_status(&e), e.to_string())),
+        Err(e) => Err(e),
     }
 }
 
@@ -265,8 +281,47 @@ async fn adopt_route(
 
 async fn images(State(agent): State<Arc<Agent>>, Extension(conn): Extension<Conn>) -> ApiResult {
     need(&conn, Scope::Read)?;
+    let store = crate::store::open(&agent)?;
+    let dir = images_dir(&agent);
+    let mut out = tokio::task::spawn_blocking(move || listing(&store, &dir))
+        .await
+        .map_err(|e| ApiError::new(500, format!("the listing thread failed: {e}")))?;
+    out.sort_by_key(|v| v["created_unix_ms"].as_u64().unwrap_or(0));
+    ok(200, json!({"images": out}))
+}
+
+/// The checkpoints of the store, then the image directories of `dir`.
+fn listing(store: &godwit_store::Store, dir: &std::path::Path) -> Vec<Value> {
     let mut out = Vec::new();
-    if let Ok(entries) = std::fs::read_dir(images_dir(&agent)) {
+    match store.list() {
+        Ok(list) => {
+            for c in list {
+                let ck = store.read_checkpoint(&c.id).ok().and_then(|(_, m)| {
+                    let m = godwit_image::decode_manifest_bytes(&m).ok()?;
+                    <godwit_engine::schema::Checkpoint as prost::Message>::decode(
+                        m.metadata.as_slice(),
+                    )
+                    .ok()
+                });
+                let Some(ck) = ck else {
+                    tracing::warn!(id = %c.id, "a checkpoint of the store does not decode");
+                    continue;
+                };
+                out.push(json!({
+                    "id": c.id,
+                    "pids": ck.processes.iter().map(|p| p.pid).collect::<Vec<_>>(),
+                    "bytes": c.page_bytes,
+                    "stored_bytes": c.new_stored_bytes,
+                    "parent": c.parent,
+                    "created_unix_ms": ck.created_unix_ms,
+                    "hostname": ck.hostname,
+                    "medium": "store",
+                }));
+            }
+        }
+        Err(e) => tracing::warn!("listing the checkpoint store: {e}"),
+    }
+    if let Ok(entries) = std::fs::read_dir(dir) {
         for e in entries.flatten() {
             let Some(id) = e.file_name().to_str().map(str::to_string) else {
                 continue;
@@ -283,11 +338,11 @@ async fn images(State(agent): State<Arc<Agent>>, Extension(conn): Extension<Conn
                 "bytes": reader.total_bytes(),
                 "created_unix_ms": ck.created_unix_ms,
                 "hostname": ck.hostname,
+                "medium": "directory",
             }));
         }
     }
-    out.sort_by_key(|v| v["created_unix_ms"].as_u64().unwrap_or(0));
-    ok(200, json!({"images": out}))
+    out
 }
 
 async fn restore(
@@ -299,8 +354,10 @@ async fn restore(
     need(&conn, Scope::Operate)?;
     check_id(&id)?;
     let req = body_json(body)?;
+    let store = crate::store::open(&agent)?;
     let dir = images_dir(&agent).join(&id);
-    if !dir.join("manifest.img").exists() {
+    let in_store = store.contains(&id);
+    if !in_store && !dir.join("manifest.img").exists() {
         return Err(ApiError::new(
             404,
             format!("no image {id} in this node's store"),
@@ -311,8 +368,19 @@ async fn restore(
         tcp_established: req["tcp_established"].as_bool().unwrap_or(false),
         ..Default::default()
     };
+    let i = id.clone();
     let r = tokio::task::spawn_blocking(move || {
-        godwit_engine::restore::restore(&dir, &opts, &godwit_engine::Quiet)
+        if !in_store {
+            return godwit_engine::restore::restore(&dir, &opts, &godwit_engine::Quiet);
+        }
+        let source = godwit_store::StoreSource::open(&store, &i).map_err(|e| {
+            godwit_engine::EngineError::from(godwit_image::ImageError::Medium {
+                location: store.dir().join(&i),
+                source: Box::new(e),
+            })
+        })?;
+        let reader = godwit_image::ImageReader::from_source(Box::new(source))?;
+        godwit_engine::restore::restore_from(reader, &opts, &godwit_engine::Quiet, &|_| Ok(()))
     })
     .await
     .map_err(|e| ApiError::new(500, format!("the restore thread failed: {e}")))?;
@@ -357,6 +425,13 @@ async fn remove(
 ) -> ApiResult {
     need(&conn, Scope::Operate)?;
     check_id(&id)?;
+    let store = crate::store::open(&agent)?;
+    if store.contains(&id) {
+        store
+            .remove(&id)
+            .map_err(|e| crate::store::store_error(&e))?;
+        return ok(200, json!({"id": id, "removed": true}));
+    }
     let dir = images_dir(&agent).join(&id);
     if !dir.exists() {
         return Err(ApiError::new(
