@@ -186,7 +186,7 @@ fn corrupt_chunk_refuses_the_restore() {
         for e in std::fs::read_dir(sub.unwrap().path()).unwrap() {
             let e = e.unwrap();
             let len = e.metadata().unwrap().len();
-            if biggest.as_ref().is_none_or(|(l, _)| len > *l) {
+            if biggest.as_ref().map_or(true, |(l, _)| len > *l) {
                 biggest = Some((len, e.path()));
             }
         }

@@ -346,13 +346,23 @@ impl Store {
     }
 
     /// The newest checkpoint of process `pid`: the parent of its next one.
+    /// A damaged checkpoint file is passed over (with a warning): it must
+    /// not stop new checkpoints.
     pub fn newest_of(&self, pid: i32) -> Result<Option<String>> {
-        Ok(self
-            .list()?
-            .into_iter()
-            .filter(|s| s.pid == Some(pid))
-            .next_back()
-            .map(|s| s.id))
+        let mut best: Option<(u64, String)> = None;
+        for id in self.ids()? {
+            match self.read_checkpoint(&id) {
+                Ok((m, _)) if m.pid == Some(pid) => {
+                    let key = (m.created_unix_ms, m.id);
+                    if best.as_ref().map_or(true, |b| key > *b) {
+                        best = Some(key);
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!("looking for the parent checkpoint: {e}"),
+            }
+        }
+        Ok(best.map(|(_, id)| id))
     }
 
     /// Removes checkpoint `id` (its chunks stay until [`gc`](Self::gc)).

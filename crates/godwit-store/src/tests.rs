@@ -126,6 +126,9 @@ fn corrupt_chunk_is_named() {
     ));
     // gc refuses to remove anything while a checkpoint file is damaged.
     assert!(store.gc().is_err());
+    // New checkpoints of the same process are still taken (no parent).
+    write(&store, "b", 1, &noise(2, 64 << 10));
+    assert_eq!(store.read_checkpoint("b").unwrap().0.parent, None);
 }
 
 #[test]
