@@ -96,6 +96,8 @@ fn throughput(name: &str, state: &Bench) -> Value {
         state: state.clone(),
         done: vec![],
         ops: vec![],
+        workers: vec![],
+        log_seq: 0,
     };
     let payload = codec::to_vec(&env);
     let bytes = payload.len();
