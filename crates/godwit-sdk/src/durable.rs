@@ -284,3 +284,46 @@ impl CallLog {
         self.truncate_through(u64::MAX)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(seq: u64) -> LogEntry {
+        LogEntry {
+            seq,
+            client: "c".into(),
+            call_seq: seq * 10,
+            method: "incr".into(),
+            args: vec![seq as u8],
+        }
+    }
+
+    #[test]
+    fn torn_tail_is_cut_and_truncation_keeps_later_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, old) = CallLog::open(dir.path(), "u", SyncMode::Each).unwrap();
+        assert!(old.is_empty());
+        for s in 1..=5 {
+            log.append(&entry(s)).unwrap();
+        }
+        drop(log);
+        // A record cut short by a kill in the middle of its write.
+        let path = CallLog::path_for(dir.path(), "u");
+        let mut torn = record(&entry(6));
+        torn.truncate(torn.len() - 3);
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap()
+            .write_all(&torn)
+            .unwrap();
+        let (log, got) = CallLog::open(dir.path(), "u", SyncMode::Group).unwrap();
+        assert_eq!(got, (1..=5).map(entry).collect::<Vec<_>>());
+        log.truncate_through(3).unwrap();
+        log.append(&entry(6)).unwrap();
+        drop(log);
+        let (_, got) = CallLog::open(dir.path(), "u", SyncMode::Each).unwrap();
+        assert_eq!(got, [4, 5, 6].map(entry).to_vec());
+    }
+}

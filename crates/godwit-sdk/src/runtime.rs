@@ -1728,6 +1728,13 @@ impl<S: Service> Shared<S> {
                 shared: self.clone(),
             });
         }
+        let unclaimed = self.workers.unclaimed();
+        if !unclaimed.is_empty() {
+            tracing::warn!(
+                ?unclaimed,
+                "the checkpoint holds worker states no worker of this build claimed; they are kept in the next checkpoints"
+            );
+        }
         self.advertise().await?;
         tracing::info!(uuid = %self.uuid, %id, "restored");
         if let Some(c) = branch {

@@ -201,6 +201,13 @@ impl Workers {
         }
     }
 
+    /// Names of the restored worker states no worker claimed (kept in checkpoints).
+    pub(crate) fn unclaimed(&self) -> Vec<String> {
+        let mut v: Vec<String> = lock(&self.table).restored.keys().cloned().collect();
+        v.sort();
+        v
+    }
+
     /// Lets parked workers go on.
     pub(crate) fn release(&self) {
         self.ctl.send_modify(|c| c.park = false);
