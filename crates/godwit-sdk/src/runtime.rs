@@ -1530,7 +1530,7 @@ impl<S: Service> Shared<S> {
             match state.call_write(&e.method, &e.args) {
                 Ok(reply) => out.replies.push((e.client.clone(), e.call_seq, reply)),
                 Err(err) => {
-                    tracing::warn!(seq = e.seq, method = %e.method, error = %err, "logged call fails again on replay (it failed when first applied too)")
+                    tracing::warn!(seq = e.seq, method = %e.method, error = %err, "logged call cannot be applied on replay (unknown to this build, or its arguments do not decode)")
                 }
             }
             out.last_seq = e.seq;
