@@ -100,6 +100,48 @@ pub struct Envelope<S> {
     pub done: Vec<DoneCall>,
     /// Operations parked at migration points.
     pub ops: Vec<OpRecord>,
+    /// The service's workers, each at a safe point.
+    pub workers: Vec<WorkerRecord>,
+    /// Sequence number of the last durable-log entry applied to `state` (0: none).
+    pub log_seq: u64,
+}
+
+/// A worker's state captured at a safe point.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkerRecord {
+    /// The worker's name (unique in its service).
+    pub name: String,
+    /// The schema of its state, as JSON text (checked against the reader's type).
+    pub schema: String,
+    /// Its state, encoded.
+    pub state: Vec<u8>,
+}
+
+impl Portable for WorkerRecord {
+    fn schema() -> Schema {
+        Schema::Struct {
+            name: "WorkerRecord".into(),
+            fields: vec![
+                Field::new("name", 1, Schema::String, false),
+                Field::new("schema", 2, Schema::String, false),
+                Field::new("state", 3, Schema::List(Box::new(Schema::U8)), false),
+            ],
+        }
+    }
+    fn encode(&self, out: &mut Vec<u8>) {
+        let mut e = StructEncoder::begin(out, 3);
+        e.field(1, &self.name);
+        e.field(2, &self.schema);
+        e.field(3, &self.state);
+    }
+    fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        let mut d = StructDecoder::read(r, "WorkerRecord")?;
+        Ok(WorkerRecord {
+            name: d.required(1, "name")?,
+            schema: d.required(2, "schema")?,
+            state: d.required(3, "state")?,
+        })
+    }
 }
 
 impl Portable for DoneCall {
@@ -174,14 +216,18 @@ impl<S: Portable> Portable for Envelope<S> {
                 Field::new("state", 1, S::schema(), false),
                 Field::new("done", 2, Vec::<DoneCall>::schema(), true),
                 Field::new("ops", 3, Vec::<OpRecord>::schema(), true),
+                Field::new("workers", 4, Vec::<WorkerRecord>::schema(), true),
+                Field::new("log_seq", 5, Schema::U64, true),
             ],
         }
     }
     fn encode(&self, out: &mut Vec<u8>) {
-        let mut e = StructEncoder::begin(out, 3);
+        let mut e = StructEncoder::begin(out, 5);
         e.field(1, &self.state);
         e.field(2, &self.done);
         e.field(3, &self.ops);
+        e.field(4, &self.workers);
+        e.field(5, &self.log_seq);
     }
     fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
         let mut d = StructDecoder::read(r, "Checkpoint")?;
@@ -189,6 +235,8 @@ impl<S: Portable> Portable for Envelope<S> {
             state: d.required(1, "state")?,
             done: d.take(2, "done")?.unwrap_or_default(),
             ops: d.take(3, "ops")?.unwrap_or_default(),
+            workers: d.take(4, "workers")?.unwrap_or_default(),
+            log_seq: d.take(5, "log_seq")?.unwrap_or_default(),
         })
     }
 }
@@ -409,6 +457,12 @@ mod tests {
                 reply: vec![1, 2],
             }],
             ops: vec![],
+            workers: vec![WorkerRecord {
+                name: "w".into(),
+                schema: "\"u64\"".into(),
+                state: codec::to_vec(&7u64),
+            }],
+            log_seq: 9,
         };
         let desc = Description {
             service: "svc".into(),

@@ -21,6 +21,7 @@
 pub mod checkpoint;
 pub mod client;
 pub mod codec;
+pub mod durable;
 pub mod mgmt;
 pub mod options;
 pub mod runtime;
@@ -28,6 +29,7 @@ pub mod schema;
 pub mod service;
 pub mod store;
 pub mod wire;
+pub mod worker;
 
 /// docs/SDK.md, the guide to conformist services: included here so that every Rust
 /// snippet in it is compiled as a doc-test (`cargo test --doc -p godwit-sdk`).
@@ -39,6 +41,10 @@ pub use codec::{DecodeError, Portable};
 pub use godwit_names::{self as names, Names};
 pub use godwit_sdk_macros::{service, Portable};
 pub use options::ServiceOptions;
-pub use runtime::{run_service, CheckpointInfo, RunError, Server, ServerHandle, ServiceError};
+pub use runtime::{
+    run_service, run_service_with, CheckpointInfo, Ctx, Hooks, RunError, Server, ServerHandle,
+    ServiceError,
+};
 pub use service::{DispatchError, MethodInfo, MethodKind, Service, Step, StepOutcome};
 pub use store::Store;
+pub use worker::{Retired, Worker, WorkerError};

@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use godwit_names::Names;
 
+use crate::durable::SyncMode;
 use crate::store::Store;
+pub use crate::worker::DEFAULT_WORKER_WAIT;
 
 /// Bad command-line options.
 #[derive(Debug, thiserror::Error)]
@@ -77,6 +79,14 @@ pub struct ServiceOptions {
     pub handle_signals: bool,
     /// Print `GODWIT_READY <address> <uuid>` on stdout once listening.
     pub announce: bool,
+    /// How long a checkpoint waits for every worker to reach a safe point
+    /// (`--worker-wait SECS`, default [`DEFAULT_WORKER_WAIT`]).
+    pub worker_wait: Duration,
+    /// Durable calls (`--durable-log DIR`): write calls are logged to
+    /// `DIR/<uuid>.calls` and on disk before their reply.
+    pub durable_log: Option<PathBuf>,
+    /// When durable writes are forced to disk (`--durable-sync each|group`).
+    pub durable_sync: SyncMode,
 }
 
 impl Default for ServiceOptions {
@@ -101,6 +111,9 @@ impl Default for ServiceOptions {
             relaunch_args: Vec::new(),
             handle_signals: true,
             announce: true,
+            worker_wait: DEFAULT_WORKER_WAIT,
+            durable_log: None,
+            durable_sync: SyncMode::Each,
         }
     }
 }
@@ -294,6 +307,27 @@ impl ServiceOptions {
                         }
                     })?
                 }
+                "--worker-wait" => {
+                    o.worker_wait = parse_secs(&flag, &value(&flag)?)?
+                        .filter(|d| *d <= Duration::from_secs(3600))
+                        .ok_or_else(|| OptionsError::BadValue {
+                            flag: flag.clone(),
+                            message: "give a number of seconds above 0 and at most 3600".into(),
+                        })?
+                }
+                "--durable-log" => o.durable_log = Some(PathBuf::from(value(&flag)?)),
+                "--durable-sync" => {
+                    o.durable_sync = match value(&flag)?.as_str() {
+                        "each" => SyncMode::Each,
+                        "group" => SyncMode::Group,
+                        other => {
+                            return Err(OptionsError::BadValue {
+                                flag: flag.clone(),
+                                message: format!("`{other}`: give `each` (one fdatasync per write) or `group` (group commit)"),
+                            })
+                        }
+                    }
+                }
                 "--standby" => o.standby = true,
                 "--restore" => o.restore = Some(value(&flag)?),
                 "--resume" => o.resume = true,
@@ -331,6 +365,26 @@ impl ServiceOptions {
                 })?;
         }
         Ok(o)
+    }
+
+    /// The options of this SDK that a relaunch (migration) must repeat besides those
+    /// the migrating agent adds: `--worker-wait`, `--durable-log`, `--durable-sync`.
+    pub fn sdk_relaunch_options(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.worker_wait != DEFAULT_WORKER_WAIT {
+            out.extend([
+                "--worker-wait".to_string(),
+                self.worker_wait.as_secs_f64().to_string(),
+            ]);
+        }
+        if let Some(d) = &self.durable_log {
+            out.extend(["--durable-log".to_string(), d.display().to_string()]);
+            out.extend([
+                "--durable-sync".to_string(),
+                self.durable_sync.as_str().to_string(),
+            ]);
+        }
+        out
     }
 }
 

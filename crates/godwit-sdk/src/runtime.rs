@@ -19,12 +19,16 @@ use tokio::io::{AsyncWrite, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Notify};
 
-use crate::checkpoint::{self, CheckpointError, Description, DoneCall, Envelope, OpRecord};
+use crate::checkpoint::{
+    self, CheckpointError, Description, DoneCall, Envelope, OpRecord, WorkerRecord,
+};
 use crate::codec::{Portable, StructEncoder};
+use crate::durable::{CallLog, LogEntry, LogError, SyncMode};
 use crate::options::ServiceOptions;
 use crate::service::{MethodKind, Service, StepOutcome};
 use crate::store::{checkpoint_id, StoreError, StoredCheckpoint};
 use crate::wire::{self, status, Call};
+use crate::worker::{Worker, WorkerError, Workers};
 
 /// Errors of the service runtime and of management operations.
 #[derive(Debug, thiserror::Error)]
@@ -79,6 +83,36 @@ pub enum ServiceError {
         /// Our UUID.
         expected: String,
     },
+    /// Workers did not reach a safe point in time: the checkpoint is not taken, the
+    /// service and its workers carry on.
+    #[error("cannot {op}: worker(s) {} did not reach a safe point within {wait:?} (--worker-wait); the service carries on", names.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", "))]
+    WorkersLate {
+        /// Operation.
+        op: &'static str,
+        /// The workers that did not come.
+        names: Vec<String>,
+        /// How long the checkpoint waited.
+        wait: Duration,
+    },
+    /// The durable call log cannot be used.
+    #[error("{stage}: {source}")]
+    Durable {
+        /// Stage.
+        stage: &'static str,
+        /// Cause.
+        source: LogError,
+    },
+    /// The durable call log does not continue the checkpoint: calls in between are
+    /// missing (the checkpoint that covered them is damaged or gone).
+    #[error("restore {id}: the durable call log continues at call {first}, but the checkpoint covers calls up to {covered}: acknowledged writes {} to {} are missing", covered + 1, first - 1)]
+    LogGap {
+        /// Checkpoint id.
+        id: String,
+        /// Last log entry the checkpoint covers.
+        covered: u64,
+        /// First entry in the log after it.
+        first: u64,
+    },
     /// A resumable operation in the checkpoint is unknown to this build.
     #[error("restore {id}: operation `{method}` in flight in the checkpoint is not resumable in this build")]
     UnknownOp {
@@ -131,6 +165,10 @@ struct Inner<S> {
     version: u64,
     /// `version` at the last capture (periodic checkpoints skip an unchanged state).
     captured_version: Option<u64>,
+    /// Workers' state changes at the last capture.
+    captured_worker_changes: u64,
+    /// Last durable-log entry applied to `state`.
+    log_seq: u64,
 }
 
 /// A capture, not yet framed or shipped.
@@ -138,6 +176,8 @@ struct Captured {
     payload: Vec<u8>,
     capture: Duration,
     ops: u64,
+    workers: u64,
+    log_seq: u64,
 }
 
 /// Facts about the last checkpoint taken.
@@ -161,6 +201,12 @@ pub struct CheckpointInfo {
     pub upload: Duration,
     /// Resumable operations captured at a migration point.
     pub ops: u64,
+    /// Workers captured at a safe point.
+    pub workers: u64,
+    /// Time the workers took to reach their safe points.
+    pub worker_wait: Duration,
+    /// Durable-log entries the checkpoint covers (its last sequence number).
+    pub log_seq: u64,
 }
 
 impl CheckpointInfo {
@@ -169,7 +215,8 @@ impl CheckpointInfo {
             "id": self.id, "seq": self.seq, "bytes": self.bytes, "payload_bytes": self.payload_bytes,
             "unix_ms": self.unix_ms, "pause_ms": self.pause.as_secs_f64() * 1e3,
             "capture_ms": self.capture.as_secs_f64() * 1e3, "upload_ms": self.upload.as_secs_f64() * 1e3,
-            "ops_in_flight": self.ops,
+            "ops_in_flight": self.ops, "workers": self.workers,
+            "worker_wait_ms": self.worker_wait.as_secs_f64() * 1e3, "log_seq": self.log_seq,
         })
     }
 }
@@ -200,6 +247,101 @@ struct Shared<S: Service> {
     mgmt: tokio::sync::Mutex<()>,
     shutdown: watch::Sender<bool>,
     calls_served: AtomicU64,
+    workers: Arc<Workers>,
+    hooks: Mutex<Arc<Hooks<S>>>,
+    /// The durable call log, open while serving with `--durable-log`.
+    log: Mutex<Option<Arc<CallLog>>>,
+    /// Log entries applied again at the last start or restore.
+    replayed: AtomicU64,
+}
+
+type Hook<S> = Box<dyn Fn(&Ctx<S>) + Send + Sync>;
+
+/// The service's start and restore hooks: where it starts its workers.
+pub struct Hooks<S: Service> {
+    on_start: Option<Hook<S>>,
+    on_restore: Option<Hook<S>>,
+}
+
+impl<S: Service> Default for Hooks<S> {
+    fn default() -> Self {
+        Hooks {
+            on_start: None,
+            on_restore: None,
+        }
+    }
+}
+
+impl<S: Service> Hooks<S> {
+    /// No hooks.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Runs when a fresh instance starts, once its state exists and before it is
+    /// announced ready.
+    pub fn on_start(mut self, f: impl Fn(&Ctx<S>) + Send + Sync + 'static) -> Self {
+        self.on_start = Some(Box::new(f));
+        self
+    }
+
+    /// Runs when an instance was restored (after a restart, a rollback or a
+    /// migration), once its state is back: workers registered here under their names
+    /// get their checkpointed state. Without it, `on_start` runs on restore too.
+    pub fn on_restore(mut self, f: impl Fn(&Ctx<S>) + Send + Sync + 'static) -> Self {
+        self.on_restore = Some(Box::new(f));
+        self
+    }
+}
+
+/// What hooks and workers see of their service instance.
+pub struct Ctx<S: Service> {
+    shared: Arc<Shared<S>>,
+}
+
+impl<S: Service> Clone for Ctx<S> {
+    fn clone(&self) -> Self {
+        Ctx {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<S: Service> Ctx<S> {
+    /// Registers a worker named `name` (unique in the service). Its state is the one
+    /// in the restored checkpoint when there is one, else `init()`. Run the worker in
+    /// its own task or thread and call [`Worker::safe_point`] where its state is
+    /// consistent.
+    pub fn worker<W: Portable>(
+        &self,
+        name: &str,
+        init: impl FnOnce() -> W,
+    ) -> Result<Worker<W>, WorkerError> {
+        self.shared.workers.register(name, init)
+    }
+
+    /// Reads the service state (shared lock).
+    pub fn read<R>(&self, f: impl FnOnce(&S) -> R) -> Option<R> {
+        self.shared.read_inner().state.as_ref().map(f)
+    }
+
+    /// Changes the service state (exclusive lock, like a write call). Do it between
+    /// two safe points: a checkpoint captures the state while every worker is at one.
+    pub fn write<R>(&self, f: impl FnOnce(&mut S) -> R) -> Option<R> {
+        let mut g = self.shared.write_inner();
+        g.version += 1;
+        g.state.as_mut().map(f)
+    }
+
+    /// The instance UUID.
+    pub fn uuid(&self) -> &str {
+        &self.shared.uuid
+    }
+
+    /// The checkpoint this instance was restored from, if any.
+    pub fn restored_from(&self) -> Option<String> {
+        lock(&self.shared.restored_from).clone()
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -293,6 +435,8 @@ impl<S: Service> Server<S> {
                 generation: 0,
                 version: 0,
                 captured_version: None,
+                captured_worker_changes: 0,
+                log_seq: 0,
             }),
             running: Mutex::new(HashMap::new()),
             mode: AtomicU8::new(STANDBY),
@@ -309,6 +453,10 @@ impl<S: Service> Server<S> {
             mgmt: tokio::sync::Mutex::new(()),
             shutdown,
             calls_served: AtomicU64::new(0),
+            workers: Arc::new(Workers::new()),
+            hooks: Mutex::new(Arc::new(Hooks::default())),
+            log: Mutex::new(None),
+            replayed: AtomicU64::new(0),
             opts,
         });
         Ok(Server { shared, listener })
@@ -322,6 +470,12 @@ impl<S: Service> Server<S> {
     /// The instance UUID.
     pub fn uuid(&self) -> &str {
         &self.shared.uuid
+    }
+
+    /// Sets the start and restore hooks.
+    pub fn hooks(self, hooks: Hooks<S>) -> Self {
+        *lock(&self.shared.hooks) = Arc::new(hooks);
+        self
     }
 
     /// A handle for in-process management.
@@ -526,6 +680,7 @@ impl<S: Service> Shared<S> {
                     let unchanged = {
                         let g = self.read_inner();
                         g.captured_version == Some(g.version)
+                            && g.captured_worker_changes == self.workers.changes.load(SeqCst)
                     };
                     if unchanged {
                         tracing::debug!("periodic checkpoint skipped: nothing changed since the last one");
@@ -782,13 +937,42 @@ impl<S: Service> Shared<S> {
             Found::New(tx) => tx,
         };
         if kind == MethodKind::Write {
+            let log = lock(&self.log).clone();
+            let mut logged = None;
             let outcome = {
                 let mut g = self.write_inner();
                 g.version += 1;
                 prune(&mut g.done, &client, ack_below);
-                let r = match g.state.as_mut() {
-                    Some(s) => s.call_write(&method, &args).map_err(|e| e.to_string()),
-                    None => Err("no state".to_string()),
+                // Durable: the call is in the log (on disk, in `each` mode) before it
+                // is applied; a call the log refuses is not applied at all.
+                let appended = match &log {
+                    Some(log) => {
+                        let entry = LogEntry {
+                            seq: g.log_seq + 1,
+                            client: client.clone(),
+                            call_seq: seq,
+                            method: method.clone(),
+                            args,
+                        };
+                        let r = log.append(&entry);
+                        match r {
+                            Ok(()) => {
+                                g.log_seq = entry.seq;
+                                logged = Some(entry.seq);
+                                Ok(entry.args)
+                            }
+                            Err(e) => {
+                                tracing::error!(error = %e, %method, "durable call refused: not logged, not applied");
+                                Err(format!("not applied: {e}"))
+                            }
+                        }
+                    }
+                    None => Ok(args),
+                };
+                let r = match (appended, g.state.as_mut()) {
+                    (Err(e), _) => Err(e),
+                    (Ok(args), Some(s)) => s.call_write(&method, &args).map_err(|e| e.to_string()),
+                    (Ok(_), None) => Err("no state".to_string()),
                 };
                 match r {
                     Ok(reply) => {
@@ -802,6 +986,16 @@ impl<S: Service> Shared<S> {
                     Err(e) => Outcome::Error(e),
                 }
             };
+            // Group commit: on disk before the reply (one fdatasync for many writes).
+            let mut outcome = outcome;
+            if let (Some(log), Some(n)) = (&log, logged) {
+                if log.mode == SyncMode::Group {
+                    if let Err(e) = log.sync_to(n).await {
+                        tracing::error!(error = %e, %method, "durable call applied but not synced");
+                        outcome = Outcome::Error(format!("applied but not durable: {e}"));
+                    }
+                }
+            }
             lock(&self.running).remove(&key);
             tx.send_replace(Some(outcome.clone()));
             drop(guard);
@@ -948,15 +1142,18 @@ impl<S: Service> Shared<S> {
     }
 
     /// Encodes the checkpoint under the lock. `freeze` also retires running op tasks.
-    fn capture(&self, freeze: bool) -> Captured {
+    fn capture(&self, freeze: bool, workers: &[WorkerRecord]) -> Captured {
         let t0 = Instant::now();
         let n_ops;
+        let log_seq;
         let payload = {
             let mut g = self.write_inner();
             if freeze {
                 g.generation += 1;
             }
             g.captured_version = Some(g.version);
+            g.captured_worker_changes = self.workers.changes.load(SeqCst);
+            log_seq = g.log_seq;
             let done: Vec<DoneCall> = g
                 .done
                 .iter()
@@ -975,19 +1172,23 @@ impl<S: Service> Shared<S> {
                 .map(|l| l.payload_bytes as usize)
                 .unwrap_or(0);
             let mut out = Vec::with_capacity(hint + 1024);
-            let mut e = StructEncoder::begin(&mut out, 3);
+            let mut e = StructEncoder::begin(&mut out, 5);
             match g.state.as_ref() {
                 Some(s) => e.field(1, s),
                 None => e.field(1, &(self.factory)()),
             }
             e.field(2, &done);
             e.field(3, &ops);
+            e.field(4, &workers.to_vec());
+            e.field(5, &log_seq);
             out
         };
         Captured {
             payload,
             capture: t0.elapsed(),
             ops: n_ops,
+            workers: workers.len() as u64,
+            log_seq,
         }
     }
 
@@ -1021,7 +1222,12 @@ impl<S: Service> Shared<S> {
 
     /// Frames a capture as a checkpoint file (outside the lock) and ships it to the
     /// store under the next unused id, its parent being the instance's head.
-    async fn upload(&self, c: Captured, pause: Duration) -> Result<CheckpointInfo, ServiceError> {
+    async fn upload(
+        &self,
+        c: Captured,
+        pause: Duration,
+        worker_wait: Duration,
+    ) -> Result<CheckpointInfo, ServiceError> {
         let t = Instant::now();
         let parent = lock(&self.head).clone();
         let mut attempts = 0;
@@ -1066,7 +1272,17 @@ impl<S: Service> Shared<S> {
             capture: c.capture,
             upload: t.elapsed(),
             ops: c.ops,
+            workers: c.workers,
+            worker_wait,
+            log_seq: c.log_seq,
         };
+        // The checkpoint is in the store: the log entries it covers can go.
+        let log = lock(&self.log).clone();
+        if let Some(log) = log {
+            if let Err(e) = log.truncate_through(c.log_seq) {
+                tracing::warn!(error = %e, "durable call log not cut at checkpoint {id} (its entries are skipped on replay)");
+            }
+        }
         *lock(&self.head) = Some(id.clone());
         *lock(&self.last) = Some(info.clone());
         self.apply_retention(&id).await;
@@ -1128,12 +1344,47 @@ impl<S: Service> Shared<S> {
         }
         let t0 = Instant::now();
         self.quiesce().await;
-        let captured = self.capture(false);
+        let (workers, waited) = match self.park_workers("checkpoint").await {
+            Ok(w) => w,
+            Err(e) => {
+                self.resume_serving().await;
+                return Err(e);
+            }
+        };
+        let captured = self.capture(false, &workers);
+        self.workers.release();
         let readv = self.advertise().await;
         self.set_mode(SERVING);
         let pause = t0.elapsed();
         readv?;
-        self.upload(captured, pause).await
+        self.upload(captured, pause, waited).await
+    }
+
+    /// Asks every worker to a safe point, bounded by `--worker-wait`; names those that
+    /// do not come (and lets the others go on).
+    async fn park_workers(
+        &self,
+        op: &'static str,
+    ) -> Result<(Vec<WorkerRecord>, Duration), ServiceError> {
+        let t = Instant::now();
+        let wait = self.opts.worker_wait;
+        match self.workers.park_all(wait).await {
+            Ok(w) => Ok((w, t.elapsed())),
+            Err(names) => {
+                self.workers.release();
+                let e = ServiceError::WorkersLate { op, names, wait };
+                tracing::warn!(error = %e, "checkpoint refused");
+                Err(e)
+            }
+        }
+    }
+
+    /// After a refused checkpoint: serving again, advertised.
+    async fn resume_serving(&self) {
+        if let Err(e) = self.advertise().await {
+            tracing::warn!(error = %e, "re-advertise failed");
+        }
+        self.set_mode(SERVING);
     }
 
     /// Checkpoint for a migration: as `checkpoint`, but stay frozen: held calls and
@@ -1148,10 +1399,19 @@ impl<S: Service> Shared<S> {
         }
         let t0 = Instant::now();
         self.quiesce().await;
-        let captured = self.capture(true);
+        let (workers, waited) = match self.park_workers("freeze").await {
+            Ok(w) => w,
+            Err(e) => {
+                self.resume_serving().await;
+                return Err(e);
+            }
+        };
+        // Frozen: the workers stay at their safe points (released by a thaw, retired
+        // when this instance stops).
+        let captured = self.capture(true, &workers);
         self.set_mode(FROZEN);
         let pause = t0.elapsed();
-        match self.upload(captured, pause).await {
+        match self.upload(captured, pause, waited).await {
             Ok(info) => Ok(info),
             Err(e) => {
                 tracing::warn!(error = %e, "freeze failed, thawing");
@@ -1163,6 +1423,7 @@ impl<S: Service> Shared<S> {
 
     async fn thaw_locked(self: &Arc<Self>) -> Result<(), ServiceError> {
         self.write_inner().generation += 1;
+        self.workers.release();
         self.set_mode(SERVING);
         self.launch_ops();
         self.advertise().await
@@ -1192,9 +1453,96 @@ impl<S: Service> Shared<S> {
             Ok(list) => self.continue_after(&list),
             Err(e) => tracing::warn!(error = %e, "cannot list earlier checkpoints"),
         }
-        self.write_inner().state = Some((self.factory)());
+        let mut state = (self.factory)();
+        // Durable writes acknowledged before any checkpoint was taken.
+        let (log, applied) = self.open_log(&mut state, 0, true, "fresh start")?;
+        {
+            let mut g = self.write_inner();
+            g.state = Some(state);
+            g.log_seq = applied.last_seq;
+            for (client, seq, reply) in applied.replies {
+                g.done
+                    .entry(client)
+                    .or_default()
+                    .insert(seq, Arc::new(reply));
+            }
+        }
+        *lock(&self.log) = log;
+        self.workers.set_restored(Vec::new());
         self.set_mode(SERVING);
+        let hooks = lock(&self.hooks).clone();
+        if let Some(f) = &hooks.on_start {
+            f(&Ctx {
+                shared: self.clone(),
+            });
+        }
         self.advertise().await
+    }
+
+    /// Opens the durable call log (with `--durable-log`) and applies its entries after
+    /// `covered` to `state`, in order, once each. `replay` false (a restore of an older
+    /// checkpoint: a new branch) drops them instead, saying how many.
+    fn open_log(
+        &self,
+        state: &mut S,
+        covered: u64,
+        replay: bool,
+        what: &str,
+    ) -> Result<(Option<Arc<CallLog>>, Replayed), ServiceError> {
+        let mut out = Replayed {
+            last_seq: covered,
+            replies: Vec::new(),
+        };
+        let Some(dir) = &self.opts.durable_log else {
+            return Ok((None, out));
+        };
+        let (log, entries) =
+            CallLog::open(dir, &self.uuid, self.opts.durable_sync).map_err(|source| {
+                ServiceError::Durable {
+                    stage: "open the durable call log",
+                    source,
+                }
+            })?;
+        let after: Vec<&LogEntry> = entries.iter().filter(|e| e.seq > covered).collect();
+        if !replay {
+            if !after.is_empty() {
+                tracing::warn!(
+                    "restoring {what}, an older checkpoint, starts a new branch: {} logged write(s) of the abandoned branch are dropped from the durable call log",
+                    after.len()
+                );
+            }
+            log.clear().map_err(|source| ServiceError::Durable {
+                stage: "clear the durable call log",
+                source,
+            })?;
+            return Ok((Some(Arc::new(log)), out));
+        }
+        if let Some(first) = after.first() {
+            if first.seq != covered + 1 {
+                return Err(ServiceError::LogGap {
+                    id: what.to_string(),
+                    covered,
+                    first: first.seq,
+                });
+            }
+        }
+        for e in &after {
+            match state.call_write(&e.method, &e.args) {
+                Ok(reply) => out.replies.push((e.client.clone(), e.call_seq, reply)),
+                Err(err) => {
+                    tracing::warn!(seq = e.seq, method = %e.method, error = %err, "logged call cannot be applied on replay (unknown to this build, or its arguments do not decode)")
+                }
+            }
+            out.last_seq = e.seq;
+        }
+        if !after.is_empty() {
+            tracing::info!(
+                "durable call log: {} write(s) after {what} applied again",
+                after.len()
+            );
+        }
+        self.replayed.store(after.len() as u64, SeqCst);
+        Ok((Some(Arc::new(log)), out))
     }
 
     /// Fetches and decodes one checkpoint.
@@ -1296,6 +1644,7 @@ impl<S: Service> Shared<S> {
             });
         }
         let t0 = Instant::now();
+        let want_latest = id == "latest";
         let (list, fetched) = if id == "latest" {
             let list = self.stored().await?;
             let f = self.fetch_latest(&list).await;
@@ -1308,18 +1657,37 @@ impl<S: Service> Shared<S> {
         let list = list?;
         let capture = t0.elapsed();
         let ops = env.ops.len() as u64;
+        let newest = list.last().map(|c| c.id.clone());
+        let Envelope {
+            mut state,
+            done,
+            ops: env_ops,
+            workers,
+            log_seq,
+        } = env;
+        // `latest` (also when a damaged tip was skipped: then the log must continue
+        // the one restored, or the restore is refused) or the newest: the log's writes
+        // follow this checkpoint. An older one: a new branch.
+        let replay = want_latest || newest.as_deref() == Some(id.as_str());
+        let (log, applied) = self.open_log(&mut state, log_seq, replay, &id)?;
         {
             let mut g = self.write_inner();
-            g.state = Some(env.state);
+            g.state = Some(state);
+            g.log_seq = applied.last_seq;
             g.done.clear();
-            for d in env.done {
+            for d in done {
                 g.done
                     .entry(d.client)
                     .or_default()
                     .insert(d.seq, Arc::new(d.reply));
             }
-            g.ops = env
-                .ops
+            for (client, seq, reply) in applied.replies {
+                g.done
+                    .entry(client)
+                    .or_default()
+                    .insert(seq, Arc::new(reply));
+            }
+            g.ops = env_ops
                 .into_iter()
                 .map(|o| ((o.client.clone(), o.seq), o))
                 .collect();
@@ -1330,10 +1698,13 @@ impl<S: Service> Shared<S> {
         self.continue_after(&list);
         *lock(&self.head) = Some(id.clone());
         *lock(&self.restored_from) = Some(id.clone());
+        *lock(&self.log) = log;
         // Restoring an older checkpoint starts a branch: its first checkpoint, taken
         // now, is the newest, so `latest` is the tip of the branch that runs.
-        let newest = list.last().map(|c| c.id.clone());
-        let branch = (newest.as_deref() != Some(id.as_str())).then(|| self.capture(false));
+        let branch =
+            (newest.as_deref() != Some(id.as_str())).then(|| self.capture(false, &workers));
+        let n_workers = workers.len() as u64;
+        self.workers.set_restored(workers);
         let info = CheckpointInfo {
             id: id.clone(),
             seq: desc.seq,
@@ -1344,14 +1715,30 @@ impl<S: Service> Shared<S> {
             capture,
             upload: Duration::ZERO,
             ops,
+            workers: n_workers,
+            worker_wait: Duration::ZERO,
+            log_seq,
         };
         *lock(&self.last) = Some(info.clone());
         self.set_mode(SERVING);
         self.launch_ops();
+        let hooks = lock(&self.hooks).clone();
+        if let Some(f) = hooks.on_restore.as_ref().or(hooks.on_start.as_ref()) {
+            f(&Ctx {
+                shared: self.clone(),
+            });
+        }
+        let unclaimed = self.workers.unclaimed();
+        if !unclaimed.is_empty() {
+            tracing::warn!(
+                ?unclaimed,
+                "the checkpoint holds worker states no worker of this build claimed; they are kept in the next checkpoints"
+            );
+        }
         self.advertise().await?;
         tracing::info!(uuid = %self.uuid, %id, "restored");
         if let Some(c) = branch {
-            match self.upload(c, Duration::ZERO).await {
+            match self.upload(c, Duration::ZERO, Duration::ZERO).await {
                 Ok(b) => {
                     tracing::info!(%id, branch = %b.id, "restored an older checkpoint: a new branch starts at {}", b.id)
                 }
@@ -1374,11 +1761,20 @@ impl<S: Service> Shared<S> {
             let t0 = Instant::now();
             self.quiesce().await;
             if final_checkpoint {
-                let captured = self.capture(true);
+                let (workers, waited) = match self.park_workers("stop").await {
+                    Ok(w) => w,
+                    Err(e) => {
+                        self.resume_serving().await;
+                        return Err(e);
+                    }
+                };
+                let captured = self.capture(true, &workers);
                 self.set_mode(STOPPING);
-                info = Some(self.upload(captured, t0.elapsed()).await?);
+                self.workers.retire();
+                info = Some(self.upload(captured, t0.elapsed(), waited).await?);
             }
         }
+        self.workers.retire();
         self.set_mode(STOPPING);
         self.withdraw().await;
         self.shutdown.send_replace(true);
@@ -1433,6 +1829,14 @@ impl<S: Service> Shared<S> {
             "last_checkpoint": lock(&self.last).as_ref().map(|l| l.to_json()),
             "restored_from": lock(&self.restored_from).clone(),
             "head": lock(&self.head).clone(),
+            "workers": self.workers.status(),
+            "worker_wait_secs": self.opts.worker_wait.as_secs_f64(),
+            "durable": self.opts.durable_log.as_ref().map(|d| json!({
+                "log": CallLog::path_for(d, &self.uuid).display().to_string(),
+                "sync": self.opts.durable_sync.as_str(),
+                "log_seq": self.read_inner().log_seq,
+                "replayed_at_start": self.replayed.load(SeqCst),
+            })),
         })
     }
 
@@ -1504,6 +1908,13 @@ impl<S: Service> Shared<S> {
     }
 }
 
+/// Durable-log entries applied again: the last sequence number, and the replies (by
+/// client and call number) for the at-most-once table.
+struct Replayed {
+    last_seq: u64,
+    replies: Vec<(String, u64, Vec<u8>)>,
+}
+
 /// Forgets completed calls the client acknowledged (every seq below `ack_below`).
 fn prune(done: &mut HashMap<String, BTreeMap<u64, Arc<Vec<u8>>>>, client: &str, ack_below: u64) {
     if let Some(m) = done.get_mut(client) {
@@ -1528,9 +1939,21 @@ pub async fn run_service<S: Service>(
     args: Vec<String>,
     factory: impl Fn() -> S + Send + Sync + 'static,
 ) -> Result<(), RunError> {
+    run_service_with(relaunch_args, args, factory, Hooks::new()).await
+}
+
+/// [`run_service`] with start and restore hooks (where a service starts its workers).
+pub async fn run_service_with<S: Service>(
+    relaunch_args: Vec<String>,
+    args: Vec<String>,
+    factory: impl Fn() -> S + Send + Sync + 'static,
+    hooks: Hooks<S>,
+) -> Result<(), RunError> {
     let mut opts = ServiceOptions::from_args(args)?;
-    opts.relaunch_args = relaunch_args;
-    let server = Server::bind(opts, factory).await?;
+    let mut relaunch = relaunch_args;
+    relaunch.extend(opts.sdk_relaunch_options());
+    opts.relaunch_args = relaunch;
+    let server = Server::bind(opts, factory).await?.hooks(hooks);
     server.run().await?;
     Ok(())
 }

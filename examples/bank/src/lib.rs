@@ -1,11 +1,13 @@
 //! The bank: an example conformist service. Accounts, deposits, transfers, and a long
 //! "interest accrual" written as a resumable step machine with a migration point after
-//! every account.
+//! every account. An optional auditor worker (`bank serve --audit-ms N`) runs beside the
+//! operations: its state is checkpointed at its safe points and it continues where it
+//! was after a restore or a migration.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use godwit_sdk::{service, Portable, Step};
+use godwit_sdk::{service, Ctx, Portable, Step};
 
 /// One account.
 #[derive(Portable, Debug, Clone, PartialEq)]
@@ -30,6 +32,63 @@ pub struct Bank {
     /// Interest paid so far, all accounts (added in a later version: has a default).
     #[portable(tag = 3, default)]
     pub interest_paid: i64,
+    /// The auditor worker's last report (added later: has a default).
+    #[portable(tag = 4, default)]
+    pub audit: Audit,
+}
+
+/// The auditor worker's state: lives in the worker, checkpointed at its safe points.
+#[derive(Portable, Debug, Clone, Default, PartialEq)]
+pub struct Audit {
+    /// Audit rounds done since the bank was opened (across restores and migrations).
+    #[portable(tag = 1)]
+    pub rounds: u64,
+    /// Sum of all balances at the last round.
+    #[portable(tag = 2)]
+    pub total: i64,
+}
+
+/// How the auditor runs (`bank serve --audit-ms N [--audit-stall-ms M]`).
+#[derive(Debug, Clone, Copy)]
+pub struct AuditorConfig {
+    /// Pause between rounds (at a safe point).
+    pub every: Duration,
+    /// Time each round spends outside any safe point (to show the bounded wait of a
+    /// checkpoint; 0 normally).
+    pub stall: Duration,
+}
+
+/// Starts the auditor worker: every `every`, it sums the balances, counts the round
+/// in its own state and publishes its report in the bank state (`audit`). Called from
+/// the start and restore hooks; after a restore its state is the checkpointed one.
+pub fn start_auditor(ctx: &Ctx<Bank>, cfg: AuditorConfig) {
+    let mut w = match ctx.worker("auditor", Audit::default) {
+        Ok(w) => w,
+        Err(e) => {
+            tracing::error!(error = %e, "auditor not started");
+            return;
+        }
+    };
+    let ctx = ctx.clone();
+    tokio::spawn(async move {
+        // Every `pause` and `safe_point` is a safe point; `Err` means the service stops.
+        while w.pause(cfg.every).await.is_ok() {
+            if !cfg.stall.is_zero() {
+                tokio::time::sleep(cfg.stall).await;
+            }
+            let total = ctx
+                .read(|b| b.accounts.values().map(|a| a.balance).sum::<i64>())
+                .unwrap_or(0);
+            let st = w.state_mut();
+            st.rounds += 1;
+            st.total = total;
+            let report = st.clone();
+            ctx.write(|b| b.audit = report);
+            if w.safe_point().await.is_err() {
+                break;
+            }
+        }
+    });
 }
 
 /// Why an operation was refused.
@@ -153,6 +212,11 @@ impl Bank {
             .get(&id)
             .map(|a| a.balance)
             .ok_or(BankError::NoSuchAccount { id })
+    }
+
+    /// The auditor's last report.
+    pub fn audit(&self) -> Audit {
+        self.audit.clone()
     }
 
     /// Every balance.

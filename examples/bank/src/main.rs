@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context as _};
-use bank::{Bank, BankClient, BankError};
+use bank::{AuditorConfig, Bank, BankClient, BankError};
 use clap::{Parser, Subcommand};
 use godwit_agent_client::ServiceCmd;
 use godwit_sdk::{Client, ClientOptions, Names};
@@ -25,7 +25,9 @@ struct Cli {
 enum Cmd {
     /// Run the service. Options: --uuid --listen --advertise --names --store --token-file
     /// --interval --keep --keep-secs --keep-bytes --standby --restore --resume --lease
-    /// (see docs/SDK.md).
+    /// --worker-wait --durable-log --durable-sync (see docs/SDK.md); the bank's own:
+    /// --audit-ms N (run the auditor worker, a round every N ms), --audit-stall-ms M
+    /// (each round spends M ms outside any safe point).
     Serve {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         options: Vec<String>,
@@ -109,10 +111,7 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     rt.block_on(async move {
         match cli.cmd {
-            Cmd::Serve { options } => {
-                godwit_sdk::run_service(vec!["serve".into()], options, Bank::default).await?;
-                Ok(())
-            }
+            Cmd::Serve { options } => serve(options).await,
             Cmd::Load(a) => load(a).await,
             Cmd::Admin {
                 agent,
@@ -128,6 +127,43 @@ fn main() -> anyhow::Result<()> {
             }
         }
     })
+}
+
+/// `bank serve`: takes the bank's own options (`--audit-ms`, `--audit-stall-ms`, in any
+/// place) out of the service options and repeats them on a relaunch.
+async fn serve(options: Vec<String>) -> anyhow::Result<()> {
+    let mut relaunch = vec!["serve".to_string()];
+    let mut rest = Vec::new();
+    let (mut audit_ms, mut stall_ms) = (0u64, 0u64);
+    let mut it = options.into_iter();
+    while let Some(a) = it.next() {
+        let slot = match a.as_str() {
+            "--audit-ms" => &mut audit_ms,
+            "--audit-stall-ms" => &mut stall_ms,
+            _ => {
+                rest.push(a);
+                continue;
+            }
+        };
+        let v = it
+            .next()
+            .with_context(|| format!("{a} needs a number of milliseconds"))?;
+        *slot = v
+            .parse()
+            .with_context(|| format!("{a} {v}: not a number of milliseconds"))?;
+        relaunch.extend([a, v]);
+    }
+    let mut hooks = godwit_sdk::Hooks::new();
+    if audit_ms > 0 {
+        let cfg = AuditorConfig {
+            every: Duration::from_millis(audit_ms),
+            stall: Duration::from_millis(stall_ms),
+        };
+        // The same hook on start and on restore: a restored auditor gets its state back.
+        hooks = hooks.on_start(move |ctx| bank::start_auditor(ctx, cfg));
+    }
+    godwit_sdk::run_service_with(relaunch, rest, Bank::default, hooks).await?;
+    Ok(())
 }
 
 struct Rng(u64);

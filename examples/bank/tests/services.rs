@@ -851,3 +851,285 @@ async fn service_calls_need_the_call_token_when_the_operator_asks() {
     let anyone = with(None, &open_addr);
     anyone.open("bob".into(), 3).await.unwrap().unwrap();
 }
+
+/// The auditor's published report.
+async fn audit_of(addr: &str) -> bank::Audit {
+    bank_at(addr).audit().await.unwrap()
+}
+
+/// Waits until the auditor published more than `rounds` rounds; its report.
+async fn audit_beyond(addr: &str, rounds: u64) -> bank::Audit {
+    let t0 = Instant::now();
+    loop {
+        let a = audit_of(addr).await;
+        if a.rounds > rounds {
+            return a;
+        }
+        assert!(
+            t0.elapsed() < T,
+            "the auditor at {addr} stays at {} rounds",
+            a.rounds
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn kill9(pid: u64) {
+    let pid = i32::try_from(pid).unwrap();
+    assert!(pid > 1);
+    // SAFETY: kill(2) on a process this test started (through its agent).
+    unsafe {
+        libc::kill(pid, libc::SIGKILL);
+    }
+}
+
+/// Thread monitoring, end to end: the bank's auditor worker counts its rounds in its
+/// own state. After a kill -9 and a restore of the last checkpoint, and after a
+/// migration to another agent, it continues from its count (a worker whose state was
+/// not restored would start again at 1).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_continues_from_its_count_after_restore_and_migration() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("a")).unwrap();
+    std::fs::create_dir_all(dir.path().join("b")).unwrap();
+    let node = Node::start(&dir.path().join("a"));
+    let other = Node::start(&dir.path().join("b"));
+    let bank_path = bank_bin().display().to_string();
+    let started = node.admin(&["start", "--", &bank_path, "serve", "--audit-ms", "20"]);
+    let uuid = started["uuid"].as_str().unwrap().to_string();
+    let addr = started["address"].as_str().unwrap().to_string();
+    let pid = started["pid"].as_u64().unwrap();
+    let acct = bank_at(&addr)
+        .open("ann".into(), 500)
+        .await
+        .unwrap()
+        .unwrap();
+    let before = audit_beyond(&addr, 10).await;
+    assert_eq!(before.total, 500, "{before:?}");
+    let st = node.admin(&["status", &uuid]);
+    assert_eq!(st["workers"][0]["name"], "auditor", "{st}");
+    // What the auditor published before the checkpoint: at most its count in it.
+    let at_checkpoint = audit_of(&addr).await.rounds;
+    let ck = node.admin(&["checkpoint", &uuid]);
+    assert_eq!(ck["checkpoint"]["workers"], 1, "{ck}");
+
+    // kill -9, then restore the last checkpoint.
+    kill9(pid);
+    let t0 = Instant::now();
+    while std::path::Path::new(&format!("/proc/{pid}/status")).exists()
+        && std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .map(|s| !s.contains("State:\tZ"))
+            .unwrap_or(false)
+    {
+        assert!(t0.elapsed() < T, "pid {pid} survives SIGKILL");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Restorable once the agent knows it is gone (its name's lease may outlive it).
+    let restored = loop {
+        let out = Command::new(bank_bin())
+            .args(["admin", "--agent", &node.addr, "--token-file"])
+            .arg(&node.token_file)
+            .args(["--json", "restore", &uuid])
+            .output()
+            .unwrap();
+        if out.status.success() {
+            break serde_json::from_slice::<Value>(&out.stdout).unwrap();
+        }
+        let e = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(e.contains("is running") && t0.elapsed() < T, "{e}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let addr = restored["address"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{restored}"))
+        .to_string();
+    // The first report after the restore comes from the restored worker state: one
+    // more than at the checkpoint, or more, never a count from 1.
+    let first = audit_of(&addr).await.rounds;
+    let after = audit_beyond(&addr, first).await;
+    assert!(
+        after.rounds > at_checkpoint,
+        "the auditor restarted its count: {} after the restore, {at_checkpoint} at the checkpoint",
+        after.rounds
+    );
+    assert_eq!(bank_at(&addr).balance(acct).await.unwrap().unwrap(), 500);
+
+    // Migration to another agent: the worker goes with its state.
+    let before_move = audit_beyond(&addr, after.rounds + 3).await.rounds;
+    let m = node.admin(&["migrate", &uuid, "--to", &other.addr]);
+    let new_addr = m["to"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{m}"))
+        .to_string();
+    assert_ne!(new_addr, addr);
+    let first = audit_of(&new_addr).await.rounds;
+    assert!(
+        first >= before_move,
+        "the auditor lost its count in the migration: {first} after, {before_move} before"
+    );
+    let moved = audit_beyond(&new_addr, first).await;
+    assert!(moved.rounds > before_move, "{moved:?} vs {before_move}");
+    assert_eq!(moved.total, 500, "{moved:?}");
+    let st = node.admin(&["status", &uuid]);
+    assert_eq!(st["address"], new_addr.as_str(), "{st}");
+    assert_eq!(st["workers"][0]["name"], "auditor", "{st}");
+    node.admin(&["stop", &uuid]);
+}
+
+/// A worker that does not reach a safe point within `--worker-wait` fails the
+/// checkpoint, named in the error; the bank keeps answering and the worker keeps
+/// working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stuck_worker_fails_the_checkpoint_by_name_and_the_bank_serves_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path());
+    // Each round: 5 ms at a safe point, then 1.5 s outside any.
+    let (_pid, addr, _uuid) = node
+        .bank(
+            &[
+                "--audit-ms",
+                "5",
+                "--audit-stall-ms",
+                "1500",
+                "--worker-wait",
+                "0.3",
+            ],
+            json!({}),
+        )
+        .await;
+    let id = bank_at(&addr).open("bo".into(), 7).await.unwrap().unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let t0 = Instant::now();
+    let e = mgmt(&addr, json!({"op": "checkpoint"})).await.unwrap_err();
+    let waited = t0.elapsed();
+    assert!(
+        e.contains("`auditor`") && e.contains("safe point") && e.contains("300ms"),
+        "{e}"
+    );
+    assert!(waited < Duration::from_secs(2), "waited {waited:?}");
+    // Still serving, calls answered, writes applied.
+    let st = mgmt(&addr, json!({"op": "status"})).await.unwrap();
+    assert_eq!(st["mode"], "serving", "{st}");
+    assert_eq!(bank_at(&addr).deposit(id, 3).await.unwrap().unwrap(), 10);
+    // The worker resumes: its rounds go on.
+    let r = audit_of(&addr).await.rounds;
+    audit_beyond(&addr, r).await;
+    // Stopping needs its final checkpoint: refused the same way, still serving.
+    let e = mgmt(&addr, json!({"op": "stop"})).await.unwrap_err();
+    assert!(e.contains("`auditor`"), "{e}");
+    assert_eq!(bank_at(&addr).balance(id).await.unwrap().unwrap(), 10);
+}
+
+/// A bank run as a plain process with `--store dir:` and a fixed UUID; killed with
+/// SIGKILL on drop.
+fn serve_plain(store: &str, uuid: &str, extra: &[&str]) -> (Proc, String) {
+    let mut cmd = Command::new(bank_bin());
+    cmd.args(["serve", "--store", store, "--uuid", uuid])
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .process_group(0);
+    let mut p = Proc(cmd.spawn().unwrap());
+    let mut line = String::new();
+    BufReader::new(p.0.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or_else(|| panic!("bank said `{line}`"))
+        .to_string();
+    (p, addr)
+}
+
+/// Deposits 1 cent `n` times, each acknowledged.
+async fn deposits(addr: &str, id: u64, n: u64) {
+    let b = bank_at(addr);
+    for _ in 0..n {
+        b.deposit(id, 1).await.unwrap().unwrap();
+    }
+}
+
+/// Durable calls: 50 acknowledged deposits after the last checkpoint, kill -9, restart
+/// with `--resume`: all 50 are there, once each. Then a checkpoint (which cuts the log),
+/// 20 more, kill -9 again: 70, not 120 (the first 50 are not applied twice). Group
+/// commit the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn durable_writes_survive_kill_9_exactly_once() {
+    for sync in ["each", "group"] {
+        let dir = tempfile::tempdir().unwrap();
+        let store = format!("dir:{}", dir.path().join("store").display());
+        let log = dir.path().join("log");
+        let log_s = log.to_str().unwrap();
+        let uuid = uuid_for_test();
+        let opts = ["--durable-log", log_s, "--durable-sync", sync];
+        let (p, addr) = serve_plain(&store, &uuid, &opts);
+        let id = bank_at(&addr)
+            .open("di".into(), 1000)
+            .await
+            .unwrap()
+            .unwrap();
+        checkpoint(&addr).await;
+        deposits(&addr, id, 50).await;
+        drop(p); // SIGKILL
+        let mut resume: Vec<&str> = opts.to_vec();
+        resume.push("--resume");
+        let (p, addr) = serve_plain(&store, &uuid, &resume);
+        assert_eq!(
+            bank_at(&addr).balance(id).await.unwrap().unwrap(),
+            1050,
+            "{sync}"
+        );
+        let st = mgmt(&addr, json!({"op": "status"})).await.unwrap();
+        assert_eq!(st["durable"]["replayed_at_start"], 50, "{sync}: {st}");
+        let ck = checkpoint(&addr).await;
+        deposits(&addr, id, 20).await;
+        drop(p);
+        let (_p, addr) = serve_plain(&store, &uuid, &resume);
+        assert_eq!(
+            bank_at(&addr).balance(id).await.unwrap().unwrap(),
+            1070,
+            "{sync}: after checkpoint {ck}"
+        );
+        let st = mgmt(&addr, json!({"op": "status"})).await.unwrap();
+        assert_eq!(st["durable"]["replayed_at_start"], 20, "{sync}: {st}");
+    }
+}
+
+/// Without durable calls the docs' stated loss is real: the writes acknowledged since
+/// the last checkpoint are gone after a kill -9.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_durable_calls_writes_since_the_last_checkpoint_are_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = format!("dir:{}", dir.path().join("store").display());
+    let uuid = uuid_for_test();
+    let (p, addr) = serve_plain(&store, &uuid, &[]);
+    let id = bank_at(&addr)
+        .open("nd".into(), 1000)
+        .await
+        .unwrap()
+        .unwrap();
+    checkpoint(&addr).await;
+    deposits(&addr, id, 50).await;
+    drop(p);
+    let (_p, addr) = serve_plain(&store, &uuid, &["--resume"]);
+    assert_eq!(bank_at(&addr).balance(id).await.unwrap().unwrap(), 1000);
+}
+
+fn uuid_for_test() -> String {
+    // A fresh v4-shaped UUID from the clock and pid (no extra dependency).
+    let n = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let x = n ^ (u128::from(std::process::id()) << 64);
+    let h = format!("{x:032x}");
+    format!(
+        "{}-{}-4{}-8{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[13..16],
+        &h[17..20],
+        &h[20..32]
+    )
+}

@@ -13,7 +13,10 @@ use std::time::{Duration, Instant};
 
 use godwit_sdk::checkpoint::{self, Description, Envelope};
 use godwit_sdk::codec;
-use godwit_sdk::{service, Client, ClientOptions, Names, Portable, Server, ServiceOptions, Store};
+use godwit_sdk::durable::SyncMode;
+use godwit_sdk::{
+    service, Client, ClientOptions, Hooks, Names, Portable, Server, ServiceOptions, Store,
+};
 use serde_json::{json, Value};
 
 #[derive(Portable, Default, Clone)]
@@ -96,6 +99,8 @@ fn throughput(name: &str, state: &Bench) -> Value {
         state: state.clone(),
         done: vec![],
         ops: vec![],
+        workers: vec![],
+        log_seq: 0,
     };
     let payload = codec::to_vec(&env);
     let bytes = payload.len();
@@ -291,24 +296,179 @@ async fn call_cost(calls: usize) -> Value {
     json!(rows)
 }
 
+/// A worker's state in the bench.
+#[derive(Portable, Default, Clone)]
+pub struct Tick {
+    n: u64,
+}
+
+/// Checkpoint pause and time to bring N workers to their safe points, for workers that
+/// sit at a safe point most of the time ("idle": `pause` 10 ms between rounds) and for
+/// workers that work ~0.2 ms between safe points ("busy").
+async fn worker_wait(checkpoints: usize) -> Value {
+    let mut rows = Vec::new();
+    for kind in ["idle", "busy"] {
+        for n in [0usize, 1, 8, 64] {
+            let names = Names::from_url("memory", None).expect("memory names");
+            let dir = std::env::temp_dir().join(format!(
+                "godwit-sdk-bench-workers-{}-{kind}-{n}",
+                std::process::id()
+            ));
+            let opts = ServiceOptions {
+                names,
+                store: Store::Dir(dir.clone()),
+                handle_signals: false,
+                announce: false,
+                ..Default::default()
+            };
+            let busy = kind == "busy";
+            let hooks = Hooks::new().on_start(move |ctx| {
+                for i in 0..n {
+                    let Ok(mut w) = ctx.worker(&format!("w{i}"), Tick::default) else {
+                        return;
+                    };
+                    tokio::spawn(async move {
+                        loop {
+                            if busy {
+                                let t = Instant::now();
+                                while t.elapsed() < Duration::from_micros(200) {
+                                    std::hint::black_box(w.state_mut().n += 1);
+                                }
+                                if w.safe_point().await.is_err() {
+                                    return;
+                                }
+                                tokio::task::yield_now().await;
+                            } else {
+                                w.state_mut().n += 1;
+                                if w.pause(Duration::from_millis(10)).await.is_err() {
+                                    return;
+                                }
+                            }
+                        }
+                    });
+                }
+            });
+            let s = Server::bind(opts, Bench::default)
+                .await
+                .expect("bind")
+                .hooks(hooks);
+            let addr = s.address().to_string();
+            tokio::spawn(s.run());
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let (mut wait, mut pause) = (Vec::new(), Vec::new());
+            for _ in 0..checkpoints {
+                let c = mgmt(&addr, json!({"op": "checkpoint"})).await;
+                wait.push(
+                    c["checkpoint"]["worker_wait_ms"]
+                        .as_f64()
+                        .unwrap_or(f64::NAN),
+                );
+                pause.push(c["checkpoint"]["pause_ms"].as_f64().unwrap_or(f64::NAN));
+            }
+            mgmt(&addr, json!({"op": "stop", "checkpoint": false})).await;
+            let _ = std::fs::remove_dir_all(&dir);
+            rows.push(json!({
+                "workers": n, "kind": kind, "checkpoints": checkpoints,
+                "worker_wait_ms": { "p50": pct(&mut wait, 0.5), "p99": pct(&mut wait, 0.99) },
+                "pause_ms": { "p50": pct(&mut pause, 0.5), "p99": pct(&mut pause, 0.99) },
+            }));
+        }
+    }
+    json!(rows)
+}
+
+/// Cost of durable calls per write: one client calling a write operation in a loop,
+/// and 8 concurrent clients, plain vs `--durable-log` with `each` and `group` sync.
+async fn durable_cost(calls: usize) -> Value {
+    let mut rows = Vec::new();
+    for mode in ["plain", "each", "group"] {
+        for clients in [1usize, 8] {
+            let names = Names::from_url("memory", None).expect("memory names");
+            let dir = std::env::temp_dir().join(format!(
+                "godwit-sdk-bench-durable-{}-{mode}-{clients}",
+                std::process::id()
+            ));
+            let opts = ServiceOptions {
+                names,
+                store: Store::Dir(dir.join("store")),
+                handle_signals: false,
+                announce: false,
+                durable_log: (mode != "plain").then(|| dir.join("log")),
+                durable_sync: if mode == "group" {
+                    SyncMode::Group
+                } else {
+                    SyncMode::Each
+                },
+                ..Default::default()
+            };
+            let s = Server::bind(opts, Bench::default).await.expect("bind");
+            let addr = s.address().to_string();
+            tokio::spawn(s.run());
+            let per_client = calls / clients;
+            let t0 = Instant::now();
+            let mut tasks = Vec::new();
+            for _ in 0..clients {
+                let c = BenchClient::new(Client::at(&addr, ClientOptions::default()));
+                tasks.push(tokio::spawn(async move {
+                    let mut lat = Vec::with_capacity(per_client);
+                    for _ in 0..per_client {
+                        let t = Instant::now();
+                        c.incr(1).await.expect("call");
+                        lat.push(t.elapsed().as_secs_f64() * 1e3);
+                    }
+                    lat
+                }));
+            }
+            let mut lat = Vec::new();
+            for t in tasks {
+                lat.extend(t.await.unwrap_or_default());
+            }
+            let secs = t0.elapsed().as_secs_f64();
+            mgmt(&addr, json!({"op": "stop", "checkpoint": false})).await;
+            let _ = std::fs::remove_dir_all(&dir);
+            rows.push(json!({
+                "mode": mode, "clients": clients, "writes": lat.len(),
+                "writes_per_s": lat.len() as f64 / secs,
+                "p50_ms": pct(&mut lat, 0.5), "p99_ms": pct(&mut lat, 0.99),
+            }));
+        }
+    }
+    json!(rows)
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let mut mb = 100usize;
     let mut out_file = None;
     let mut calls_only = false;
+    let mut sdk_only = false;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--mb" => mb = args.next().and_then(|v| v.parse().ok()).unwrap_or(100),
             "--out" => out_file = args.next(),
             "--calls-only" => calls_only = true,
+            "--workers-durable-only" => sdk_only = true,
             other => {
                 eprintln!(
-                    "usage: sdk-bench [--mb N] [--out FILE] [--calls-only] (unknown `{other}`)"
+                    "usage: sdk-bench [--mb N] [--out FILE] [--calls-only] [--workers-durable-only] (unknown `{other}`)"
                 );
                 std::process::exit(2);
             }
         }
+    }
+    eprintln!("checkpoint wait for N workers ...");
+    let workers = worker_wait(50).await;
+    eprintln!("durable calls ...");
+    let durable = durable_cost(4000).await;
+    if sdk_only {
+        let text = serde_json::to_string_pretty(&json!({ "workers": workers, "durable": durable }))
+            .unwrap_or_default();
+        println!("{text}");
+        if let Some(f) = out_file {
+            let _ = std::fs::write(&f, &text);
+        }
+        return;
     }
     eprintln!("per-call cost, call authentication off and on ...");
     let calls = call_cost(20_000).await;
@@ -336,6 +496,8 @@ async fn main() {
         "throughput": tp,
         "migration": [small, big],
         "calls": calls,
+        "workers": workers,
+        "durable": durable,
     });
     let text = serde_json::to_string_pretty(&report).unwrap_or_default();
     println!("{text}");
