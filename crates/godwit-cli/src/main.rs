@@ -11,6 +11,7 @@ use godwit_engine::dump::{dump, DumpOptions};
 use godwit_engine::restore::{restore, RestoreOptions};
 use godwit_engine::{EngineError, Progress};
 use indicatif::{ProgressBar, ProgressStyle};
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -201,6 +202,37 @@ enum Cmd {
         agent: node::AgentArgs,
         #[arg(long)]
         all_nodes: bool,
+    },
+    /// Protect a process of the agent's node: checkpointed every --every
+    /// seconds (a short freeze) into its store and copied to --replicas
+    /// peers; if the node dies, the first live peer holding a copy restores
+    /// it. Without --pid: what the agent protects and holds.
+    Protect {
+        #[command(flatten)]
+        agent: node::AgentArgs,
+        #[arg(long)]
+        pid: Option<i32>,
+        #[arg(long, default_value_t = 10.0)]
+        every: f64,
+        #[arg(long, default_value_t = 1)]
+        replicas: u64,
+    },
+    /// Start PROGRAM on this machine, detached, and have the agent (which
+    /// must run on this machine) manage it; with --protect, protect it (see
+    /// `godwit protect`). Its output goes to --log (default /dev/null).
+    Run {
+        #[command(flatten)]
+        agent: node::AgentArgs,
+        #[arg(long)]
+        protect: bool,
+        #[arg(long, default_value_t = 10.0)]
+        every: f64,
+        #[arg(long, default_value_t = 1)]
+        replicas: u64,
+        #[arg(long)]
+        log: Option<PathBuf>,
+        #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+        command: Vec<String>,
     },
     /// Load balancing across the nodes: the plan now (every node's moves,
     /// with why, and why not more), the moves this node made; --enable or
@@ -579,6 +611,73 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Ps { agent, all_nodes } => {
             let agent = agent.connect()?;
             block_on(node::ps(&agent, all_nodes, cli.json))?;
+        }
+        Cmd::Protect {
+            agent,
+            pid,
+            every,
+            replicas,
+        } => {
+            let agent = agent.connect()?;
+            block_on(node::protect(&agent, pid, every, replicas, cli.json))?;
+        }
+        Cmd::Run {
+            agent,
+            protect,
+            every,
+            replicas,
+            log,
+            command,
+        } => {
+            let agent = agent.connect()?;
+            let out = match &log {
+                Some(p) => std::process::Stdio::from(
+                    std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(p)
+                        .with_context(|| format!("--log {}", p.display()))?,
+                ),
+                None => std::process::Stdio::null(),
+            };
+            let err = match &log {
+                Some(p) => {
+                    std::process::Stdio::from(std::fs::OpenOptions::new().append(true).open(p)?)
+                }
+                None => std::process::Stdio::null(),
+            };
+            // Its own process group; it outlives this command (then it is
+            // re-parented), so the agent can checkpoint it like any process.
+            let child = std::process::Command::new(&command[0])
+                .args(&command[1..])
+                .stdin(std::process::Stdio::null())
+                .stdout(out)
+                .stderr(err)
+                .process_group(0)
+                .spawn()
+                .with_context(|| format!("starting {}", command[0]))?;
+            let pid = child.id() as i32;
+            block_on(async {
+                agent
+                    .request(
+                        "adopt",
+                        "POST",
+                        &format!("/v1/processes/{pid}/adopt"),
+                        Some(serde_json::json!({})),
+                        std::time::Duration::from_secs(10),
+                    )
+                    .await?;
+                if protect {
+                    node::protect(&agent, Some(pid), every, replicas, cli.json).await
+                } else {
+                    if cli.json {
+                        println!("{}", serde_json::json!({"pid": pid}));
+                    } else {
+                        println!("{pid}");
+                    }
+                    Ok(())
+                }
+            })?;
         }
         Cmd::Balance {
             agent,

@@ -558,3 +558,76 @@ pub async fn balance(agent: &Agent, switch: Option<bool>, json_out: bool) -> any
     }
     Ok(())
 }
+
+/// `godwit protect`: protects `pid`, or lists what the agent protects and
+/// holds.
+pub async fn protect(
+    agent: &Agent,
+    pid: Option<i32>,
+    every: f64,
+    replicas: u64,
+    json_out: bool,
+) -> anyhow::Result<()> {
+    let v = match pid {
+        Some(pid) => {
+            agent
+                .request(
+                    "protect",
+                    "POST",
+                    "/v1/protected",
+                    Some(json!({"pid": pid, "every_secs": every, "replicas": replicas})),
+                    Duration::from_secs(10),
+                )
+                .await?
+        }
+        None => {
+            agent
+                .request(
+                    "protect",
+                    "GET",
+                    "/v1/protected",
+                    None,
+                    Duration::from_secs(10),
+                )
+                .await?
+        }
+    };
+    if json_out {
+        println!("{v}");
+        return Ok(());
+    }
+    if pid.is_some() {
+        println!(
+            "protected {} as {}: a checkpoint every {} s, copied to {}",
+            v["pid"],
+            v["id"].as_str().unwrap_or("?"),
+            v["every_ms"].as_f64().unwrap_or(0.0) / 1e3,
+            v["holders"]
+        );
+        return Ok(());
+    }
+    for r in v["owned"].as_array().into_iter().flatten() {
+        println!(
+            "owns {} (PID {}, {}): generation {}, {} checkpoints, newest {}, copies on {} (lag {} ms)",
+            r["id"].as_str().unwrap_or("?"),
+            r["pid"],
+            r["program"].as_str().unwrap_or("?"),
+            r["generation"],
+            r["taken"],
+            r["last_checkpoint"].as_str().unwrap_or("-"),
+            r["holders"],
+            r["lag_ms"]
+        );
+    }
+    for h in v["held"].as_array().into_iter().flatten() {
+        println!(
+            "holds {} for {} (generation {}): checkpoint {}, {} ms old",
+            h["id"].as_str().unwrap_or("?"),
+            h["owner"].as_str().unwrap_or("?"),
+            h["generation"],
+            h["checkpoint"].as_str().unwrap_or("?"),
+            h["age_ms"]
+        );
+    }
+    Ok(())
+}

@@ -660,3 +660,209 @@ fn a_node_over_its_memory_budget_is_relieved() {
     std::thread::sleep(Duration::from_secs(6));
     assert_eq!(node_of(&c), there, "it moved again");
 }
+
+/// A counter protected on n1 (a checkpoint every second, one copy on n2):
+/// n1 dies whole (its init killed: every process of the host); n2 declares
+/// it dead and restores the counter from its copy, which counts on from
+/// the checkpoint. n1 comes back with its old data: it drops the process
+/// (n2 owns it at a higher generation) instead of running it again: one
+/// live copy.
+#[test]
+fn a_protected_process_runs_again_on_a_peer_when_its_node_dies() {
+    let mut c = Hosts::up(3);
+    let all = c.dir.path().join("peers-all");
+    let line = |h: usize| format!("n{h} {}\n", c.agent_addr(h));
+    std::fs::write(&all, line(1) + &line(2) + &line(3)).unwrap();
+    for h in 1..=3 {
+        c.start_agent(h, &["--peers", all.to_str().unwrap()]);
+    }
+    let log = c.dir.path().join("counter.log");
+    let pid = c.sh(
+        1,
+        &format!(
+            "echo 7000 > /proc/sys/kernel/ns_last_pid; {} {} </dev/null >/dev/null 2>&1 & echo $!",
+            progs().join("counter").display(),
+            log.display()
+        ),
+    );
+    let pid = pid.trim().to_string();
+    let last = || -> u64 {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .last()
+            .and_then(|l| l.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    wait_for("the counter to count", Duration::from_secs(10), || {
+        last() >= 3
+    });
+    let v = c.json(
+        1,
+        &["protect", "--pid", &pid, "--every", "1", "--replicas", "1"],
+    );
+    let id = v["id"].as_str().unwrap().to_string();
+    assert_eq!(v["holders"], serde_json::json!(["n2"]), "{v}");
+    wait_for("a copy on n2", Duration::from_secs(30), || {
+        let h = c.json(2, &["protect"]);
+        h["held"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|x| x["id"] == id.as_str())
+    });
+    // n1 dies: every process of the host, its agent and the counter.
+    let init = Command::new(script())
+        .args(["init", &c.name, "1"])
+        .output()
+        .unwrap();
+    let init: i32 = String::from_utf8_lossy(&init.stdout)
+        .trim()
+        .parse()
+        .unwrap();
+    let at_death = last();
+    // SAFETY: kills the init of the simulated host this test made.
+    unsafe { libc::kill(init, libc::SIGKILL) };
+    let t0 = Instant::now();
+    wait_for("the counter to run on n2", Duration::from_secs(30), || {
+        let v = c.json(2, &["protect"]);
+        v["owned"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["id"] == id.as_str() && r["generation"] == 2)
+    });
+    let took = t0.elapsed();
+    eprintln!("taken over {:.2} s after the host died", took.as_secs_f64());
+    assert!(took < Duration::from_secs(15), "took {took:?}");
+    // It counts on from its last checkpoint.
+    wait_for(
+        "the restored counter to count",
+        Duration::from_secs(10),
+        || last() > at_death + 2,
+    );
+    let owner = c.json(2, &["protect"]);
+    let r = owner["owned"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["id"] == id.as_str())
+        .unwrap()
+        .clone();
+    assert_eq!(r["owner"], "n2");
+    assert_eq!(
+        c.sh(2, &format!("cat /proc/{}/comm", r["pid"])).trim(),
+        "counter"
+    );
+    // n1 comes back with its old data: fenced, it runs nothing.
+    let out = Command::new(script())
+        .args(["revive", &c.name, "1"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    c.start_agent(1, &["--peers", all.to_str().unwrap()]);
+    let back = c.json(1, &["protect"]);
+    assert!(back["owned"].as_array().unwrap().is_empty(), "{back}");
+    let counters = c.sh(
+        1,
+        "for p in /proc/[0-9]*; do cat $p/comm 2>/dev/null; done | grep -c '^counter$' || true",
+    );
+    assert_eq!(counters.trim(), "0", "a second copy runs on n1");
+}
+
+/// Fencing when the old owner was only cut off: n1's link goes down, n2
+/// takes over its protected counter (while n1's copy still runs, cut off);
+/// once the link is back, n1 learns that n2 owns it at a higher generation
+/// and kills its own copy: one live copy again.
+#[test]
+fn a_cut_off_owner_kills_its_copy_when_it_is_back() {
+    let mut c = Hosts::up(3);
+    let all = c.dir.path().join("peers-all");
+    let line = |h: usize| format!("n{h} {}\n", c.agent_addr(h));
+    std::fs::write(&all, line(1) + &line(2) + &line(3)).unwrap();
+    for h in 1..=3 {
+        c.start_agent(h, &["--peers", all.to_str().unwrap()]);
+    }
+    let log = c.dir.path().join("counter.log");
+    let pid = c.sh(
+        1,
+        &format!(
+            "echo 7100 > /proc/sys/kernel/ns_last_pid; {} {} </dev/null >/dev/null 2>&1 & echo $!",
+            progs().join("counter").display(),
+            log.display()
+        ),
+    );
+    let pid = pid.trim().to_string();
+    wait_for("the counter to count", Duration::from_secs(10), || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .count()
+            >= 3
+    });
+    let v = c.json(
+        1,
+        &["protect", "--pid", &pid, "--every", "1", "--replicas", "1"],
+    );
+    let id = v["id"].as_str().unwrap().to_string();
+    wait_for("a copy on n2", Duration::from_secs(30), || {
+        let h = c.json(2, &["protect"]);
+        h["held"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|x| x["id"] == id.as_str())
+    });
+    let veth = format!("gw{}1", c.name);
+    let link = |state: &str| {
+        let st = Command::new("ip")
+            .args(["link", "set", &veth, state])
+            .status()
+            .unwrap();
+        assert!(st.success());
+    };
+    link("down");
+    wait_for("n2 to take over", Duration::from_secs(30), || {
+        let v = c.json(2, &["protect"]);
+        v["owned"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["id"] == id.as_str())
+    });
+    // Cut off, n1's copy still runs.
+    assert_eq!(c.sh(1, &format!("cat /proc/{pid}/comm")).trim(), "counter");
+    link("up");
+    wait_for("n1 to kill its copy", Duration::from_secs(30), || {
+        c.sh(
+            1,
+            &format!("cat /proc/{pid}/stat 2>/dev/null | cut -d' ' -f3"),
+        )
+        .trim()
+            != "S"
+            && c.sh(
+                1,
+                &format!("cat /proc/{pid}/stat 2>/dev/null | cut -d' ' -f3"),
+            )
+            .trim()
+                != "R"
+    });
+    let v = c.json(1, &["protect"]);
+    assert!(v["owned"].as_array().unwrap().is_empty(), "{v}");
+    let v = c.json(2, &["protect"]);
+    let r = v["owned"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["id"] == id.as_str())
+        .unwrap()
+        .clone();
+    assert_eq!(
+        c.sh(2, &format!("cat /proc/{}/comm", r["pid"])).trim(),
+        "counter"
+    );
+}

@@ -133,6 +133,7 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .merge(crate::cluster::routes())
         .merge(crate::metrics::routes())
         .merge(crate::balance::routes())
+        .merge(crate::protect::routes())
         .fallback(no_route)
         .method_not_allowed_fallback(no_route)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))

@@ -435,7 +435,7 @@ fn now_ms() -> u64 {
 }
 
 /// Writes `path` whole, mode 0600, through a temporary file and a rename.
-fn write_private(path: &Path, bytes: &[u8]) -> Result<(), ClusterError> {
+pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> Result<(), ClusterError> {
     use std::io::Write as _;
     use std::os::unix::fs::OpenOptionsExt;
     let err = |source| ClusterError::Write {

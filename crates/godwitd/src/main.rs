@@ -12,6 +12,7 @@ mod cluster;
 mod load;
 mod metrics;
 mod migration;
+mod protect;
 mod store;
 mod transparent;
 
@@ -150,6 +151,7 @@ pub struct Agent {
     /// This node among its peers: membership, heartbeats, health, load.
     pub(crate) cluster: Arc<cluster::Cluster>,
     pub(crate) balance: balance::Balancer,
+    pub(crate) protection: protect::Protection,
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -275,11 +277,17 @@ async fn main() -> anyhow::Result<()> {
             },
             std::time::Duration::from_millis(args.balance_every_ms),
         ),
+        protection: protect::Protection::default(),
     });
     let router = api::router(agent.clone());
     tokio::spawn(metrics::count_events(agent.cluster.subscribe()));
     cluster::start(agent.clone(), peer_client);
     balance::start(agent.clone());
+    protect::start(
+        agent.clone(),
+        migration::peer_client(&agent).map_err(|e| anyhow::anyhow!(e.message().to_string()))?,
+    )
+    .await;
     if let Some(l) = metrics_listener {
         tracing::info!(addr = %l.local_addr()?, "metrics in plain HTTP at /metrics");
         tokio::spawn(metrics::serve_plain(l));

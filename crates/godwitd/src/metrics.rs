@@ -48,6 +48,7 @@ struct Metrics {
     migration_out_failures: Counter,
     migration_out_bytes: Counter,
     migration_downtime: Histogram,
+    takeovers: Counter,
     load1: FGauge,
     procs_running: Gauge,
     cpu_percent: FGauge,
@@ -77,6 +78,7 @@ static METRICS: LazyLock<std::sync::Mutex<Metrics>> = LazyLock::new(|| {
         migration_out_failures: Counter::default(),
         migration_out_bytes: Counter::default(),
         migration_downtime: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
+        takeovers: Counter::default(),
         load1: FGauge::default(),
         procs_running: Gauge::default(),
         cpu_percent: FGauge::default(),
@@ -158,6 +160,11 @@ static METRICS: LazyLock<std::sync::Mutex<Metrics>> = LazyLock::new(|| {
         "migration_downtime_seconds",
         "Downtime of each migration this agent sent: from the freeze until the destination's copy ran",
         m.migration_downtime.clone(),
+    );
+    r.register(
+        "takeovers",
+        "Protected processes of a dead node restored here",
+        m.takeovers.clone(),
     );
     r.register("node_load1", "/proc/loadavg, 1 minute", m.load1.clone());
     r.register(
@@ -266,6 +273,11 @@ pub fn migration_sent(result: Option<(u64, Duration)>) {
             m.migration_out_failures.inc();
         }
     }
+}
+
+/// A protected process of a dead node restored here.
+pub fn takeover() {
+    lock(&METRICS).takeovers.inc();
 }
 
 pub fn node_load(l: &Load) {

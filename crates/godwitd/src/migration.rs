@@ -168,13 +168,7 @@ pub async fn send_migration(
     roots.extend(req.also.iter().copied());
     godwit_engine::dump::check_roots(&roots)
         .map_err(|e| ApiError::new(crate::transparent::engine_status(&e), e.to_string()))?;
-    let token_file = agent
-        .tokens
-        .path()
-        .map(std::path::Path::to_path_buf)
-        .ok_or_else(|| ApiError::new(500, "this agent has no token file to reach its peers"))?;
-    let token = godwit_net::Token::load_for(&token_file, Scope::Operate)
-        .map_err(|e| ApiError::new(500, format!("reaching {}: {e}", req.to)))?;
+    let token = peer_token(agent)?;
     let opts = migrate::MigrateOptions {
         mode,
         pid_ns: req.pid_ns,
@@ -193,6 +187,7 @@ pub async fn send_migration(
     tracing::info!(pid, to = %to, mode = mode.name(), "sending a migration");
     let r = tokio::task::spawn_blocking(move || -> Result<migrate::MigrateReport, String> {
         let tls = godwit_net::ClientTls::new(token, None).map_err(|e| e.to_string())?;
+
         let stream = tls
             .connect_blocking(
                 &to,
@@ -229,4 +224,23 @@ pub async fn send_migration(
             Err(ApiError::new(502, e))
         }
     }
+}
+
+/// The first `operate` token of this agent's token file: what it reaches
+/// its peers with.
+fn peer_token(agent: &Agent) -> Result<godwit_net::Token, crate::api::ApiError> {
+    use crate::api::ApiError;
+    let token_file = agent
+        .tokens
+        .path()
+        .map(std::path::Path::to_path_buf)
+        .ok_or_else(|| ApiError::new(500, "this agent has no token file to reach its peers"))?;
+    godwit_net::Token::load_for(&token_file, Scope::Operate)
+        .map_err(|e| ApiError::new(500, format!("reaching the peers: {e}")))
+}
+
+/// A client of the peers (self-signed mode), with [`peer_token`].
+pub fn peer_client(agent: &Agent) -> Result<godwit_net::ClientTls, crate::api::ApiError> {
+    godwit_net::ClientTls::new(peer_token(agent)?, None)
+        .map_err(|e| crate::api::ApiError::new(500, format!("the peers' channel: {e}")))
 }

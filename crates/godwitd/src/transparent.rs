@@ -207,13 +207,35 @@ async fn checkpoint(
             format!("an image {id} exists already in this node's store"),
         ));
     }
-    let store = crate::store::open(&agent)?;
     let opts = godwit_engine::dump::DumpOptions {
         leave_running,
         tcp_established: req["tcp_established"].as_bool().unwrap_or(false),
         ..Default::default()
     };
-    let i = id.clone();
+    let (r, parent) = checkpoint_into_store(&agent, pid, &id, opts).await?;
+    ok(
+        201,
+        json!({
+            "id": id, "pid": pid, "processes": r.processes, "pids": r.pids,
+            "memory_bytes": r.memory_bytes, "image_bytes": r.image_bytes,
+            "frozen_ms": r.frozen.as_secs_f64() * 1e3,
+            "total_ms": r.total.as_secs_f64() * 1e3,
+            "left_running": leave_running, "parent": parent, "medium": "store",
+        }),
+    )
+}
+
+/// Checkpoints process `pid` (and its descendants) into the node's store
+/// as checkpoint `id`; returns the report and the checkpoint's parent.
+pub(crate) async fn checkpoint_into_store(
+    agent: &Arc<Agent>,
+    pid: i32,
+    id: &str,
+    opts: godwit_engine::dump::DumpOptions,
+) -> Result<(godwit_engine::dump::DumpReport, Option<String>), ApiError> {
+    let store = crate::store::open(agent)?;
+    let leave_running = opts.leave_running;
+    let i = id.to_string();
     let r = tokio::task::spawn_blocking(move || {
         let medium = godwit_store::StoreMedium::new(&store, &i, Some(pid))
             .map_err(|e| crate::store::store_error(&e))?;
@@ -226,24 +248,10 @@ async fn checkpoint(
     .await
     .map_err(|e| ApiError::new(500, format!("the dump thread failed: {e}")))?;
     crate::metrics::checkpoint(r.as_ref().ok().map(|r| (r.0.image_bytes, r.0.frozen)));
-    match r {
-        Ok((r, parent)) => {
-            if !leave_running {
-                lock(&agent.transparent).remove(&pid);
-            }
-            ok(
-                201,
-                json!({
-                    "id": id, "pid": pid, "processes": r.processes, "pids": r.pids,
-                    "memory_bytes": r.memory_bytes, "image_bytes": r.image_bytes,
-                    "frozen_ms": r.frozen.as_secs_f64() * 1e3,
-                    "total_ms": r.total.as_secs_f64() * 1e3,
-                    "left_running": leave_running, "parent": parent, "medium": "store",
-                }),
-            )
-        }
-        Err(e) => Err(e),
+    if r.is_ok() && !leave_running {
+        lock(&agent.transparent).remove(&pid);
     }
+    r
 }
 
 /// `POST /v1/processes/{pid}/adopt` (`operate`): a process of this node
@@ -368,7 +376,49 @@ async fn restore(
         tcp_established: req["tcp_established"].as_bool().unwrap_or(false),
         ..Default::default()
     };
-    let i = id.clone();
+    let r = restore_checkpoint(&agent, &id, opts, &format!("restored from image {id}"))
+        .await
+        .map_err(|e| ApiError::new(engine_status(&e), e.to_string()))?;
+    // Descriptors that were connected outside the dumped tree got
+    // their stand-ins (the API passes no descriptors).
+    let warnings: Vec<String> = r
+        .externals
+        .iter()
+        .filter(|u| u.inherited.is_none())
+        .map(|u| {
+            godwit_engine::resources::external::warning(
+                &u.fd,
+                godwit_engine::resources::external::NODE_API,
+            )
+        })
+        .collect();
+    for w in &warnings {
+        tracing::warn!("{w}");
+    }
+    ok(
+        201,
+        json!({
+            "id": id, "pid": r.pid, "host_pid": r.host_pid, "processes": r.processes,
+            "total_ms": r.total.as_secs_f64() * 1e3, "warnings": warnings,
+        }),
+    )
+}
+
+/// Restores checkpoint `id` of the node's store (or image directory `id`
+/// of `DATA/images`); the restored processes become the agent's, with
+/// `origin` saying where they came from.
+pub(crate) async fn restore_checkpoint(
+    agent: &Arc<Agent>,
+    id: &str,
+    opts: godwit_engine::restore::RestoreOptions,
+    origin: &str,
+) -> Result<godwit_engine::restore::RestoreReport, godwit_engine::EngineError> {
+    let store = crate::store::open(agent).map_err(|e| {
+        godwit_engine::EngineError::BadImage(format!("the node's store: {}", e.message()))
+    })?;
+    let dir = images_dir(agent).join(id);
+    let in_store = store.contains(id);
+    let i = id.to_string();
     let r = tokio::task::spawn_blocking(move || {
         if !in_store {
             return godwit_engine::restore::restore(&dir, &opts, &godwit_engine::Quiet);
@@ -383,39 +433,16 @@ async fn restore(
         godwit_engine::restore::restore_from(reader, &opts, &godwit_engine::Quiet, &|_| Ok(()))
     })
     .await
-    .map_err(|e| ApiError::new(500, format!("the restore thread failed: {e}")))?;
+    .map_err(|e| {
+        godwit_engine::EngineError::Migration(format!("the restore thread failed: {e}"))
+    })?;
     crate::metrics::restore(r.is_ok());
-    match r {
-        Ok(r) => {
-            for host_pid in r.host_roots() {
-                adopt(&agent, host_pid, &format!("restored from image {id}"));
-            }
-            // Descriptors that were connected outside the dumped tree got
-            // their stand-ins (the API passes no descriptors).
-            let warnings: Vec<String> = r
-                .externals
-                .iter()
-                .filter(|u| u.inherited.is_none())
-                .map(|u| {
-                    godwit_engine::resources::external::warning(
-                        &u.fd,
-                        godwit_engine::resources::external::NODE_API,
-                    )
-                })
-                .collect();
-            for w in &warnings {
-                tracing::warn!("{w}");
-            }
-            ok(
-                201,
-                json!({
-                    "id": id, "pid": r.pid, "host_pid": r.host_pid, "processes": r.processes,
-                    "total_ms": r.total.as_secs_f64() * 1e3, "warnings": warnings,
-                }),
-            )
+    if let Ok(r) = &r {
+        for host_pid in r.host_roots() {
+            adopt(agent, host_pid, origin);
         }
-        Err(e) => Err(ApiError::new(engine_status(&e), e.to_string())),
     }
+    r
 }
 
 async fn remove(
