@@ -28,6 +28,8 @@ struct Started {
     /// Kill these with their descendants (chromedriver: the browser runs under it).
     trees: Vec<i32>,
     pids: Vec<i32>,
+    /// Whether a browser was started (its strays are looked for at the end).
+    browser: bool,
 }
 
 impl Drop for Started {
@@ -41,15 +43,45 @@ impl Drop for Started {
                 unsafe { libc::kill(p, libc::SIGKILL) };
             }
         }
-        for p in self.pids.drain(..) {
-            if p > 0 {
-                // SAFETY: as above, one PID this test had the agent start or restore.
-                unsafe { libc::kill(p, libc::SIGKILL) };
-            }
+        let pids: Vec<i32> = self.pids.drain(..).filter(|p| *p > 0).collect();
+        for p in &pids {
+            // SAFETY: as above, one PID this test had the agent start or restore.
+            unsafe { libc::kill(*p, libc::SIGKILL) };
         }
         for mut c in self.children.drain(..) {
             let _ = c.kill();
             let _ = c.wait();
+        }
+        // Their agents are gone: they come back to this process (a subreaper) to be
+        // reaped.
+        for p in pids {
+            common::reaped(p);
+        }
+        if self.browser {
+            // The browser's helpers that left its tree (chrome_crashpad_handler starts
+            // its own session) come back to this process, a subreaper: only the
+            // browser this test started makes such children here.
+            for _ in 0..50 {
+                let strays: Vec<i32> = common::descendants(std::process::id() as i32)
+                    .into_iter()
+                    .filter(|p| {
+                        std::fs::read_to_string(format!("/proc/{p}/comm"))
+                            .is_ok_and(|c| c.starts_with("chrom"))
+                    })
+                    .collect();
+                if strays.is_empty() {
+                    break;
+                }
+                for p in strays {
+                    // SAFETY: kill(2) and waitpid(2) on one positive PID, a process
+                    // of the browser this test started, now our child.
+                    unsafe {
+                        libc::kill(p, libc::SIGKILL);
+                        libc::waitpid(p, std::ptr::null_mut(), libc::WNOHANG);
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
         }
     }
 }
@@ -152,64 +184,152 @@ fn counted(log: &Path) -> Vec<u64> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn dashboard_in_headless_chromium() {
-    let (chromium, chromedriver) = browser_binaries();
-    let mut started = Started::default();
-    let dir = tempfile::Builder::new()
-        .prefix("godwit-dash")
-        .tempdir()
-        .unwrap();
-    let tokens = dir.path().join("tokens");
-    private(
-        &tokens,
-        &format!("read {READER}\nread,operate,exec {OPERATOR}\n"),
-    );
+/// One browser test at a time: each runs a whole Chromium.
+static BROWSER: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-    // godwitd with its dashboard on a free loopback port.
-    let godwitd = Path::new(env!("CARGO_BIN_EXE_godwit"))
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// godwitd on loopback with the test's token file, allowed to start `allow`, with its
+/// dashboard when `dashboard`: (its node address, the dashboard's URL).
+fn godwitd(
+    started: &mut Started,
+    dir: &Path,
+    name: &str,
+    allow: &Path,
+    dashboard: bool,
+) -> (String, String) {
+    // What the agents start comes back to this process when they end.
+    // SAFETY: prctl(PR_SET_CHILD_SUBREAPER) takes integers only.
+    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    let tokens = dir.join("tokens");
+    if !tokens.exists() {
+        private(
+            &tokens,
+            &format!("read {READER}\nread,operate,exec {OPERATOR}\n"),
+        );
+    }
+    let bin = Path::new(env!("CARGO_BIN_EXE_godwit"))
         .parent()
         .unwrap()
         .join("godwitd");
     assert!(
-        godwitd.exists(),
+        bin.exists(),
         "{} missing: build it first (cargo build -p godwitd)",
-        godwitd.display()
+        bin.display()
     );
-    let progs = common::progs();
-    let mut agent = Command::new(&godwitd)
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--dashboard",
-            "127.0.0.1:0",
-            "--data",
-        ])
-        .arg(dir.path().join("data"))
+    let mut cmd = Command::new(&bin);
+    cmd.args(["--listen", "127.0.0.1:0", "--data"])
+        .arg(dir.join(name))
         .arg("--token-file")
         .arg(&tokens)
         .arg("--allow-exec")
-        .arg(format!("{}/", progs.display()))
+        .arg(allow)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
+        .stderr(Stdio::inherit());
+    if dashboard {
+        cmd.args(["--dashboard", "127.0.0.1:0"]);
+    }
+    let mut agent = cmd.spawn().unwrap();
     let mut out = BufReader::new(agent.stdout.take().unwrap());
     started.children.push(agent);
     let (mut url, mut node) = (String::new(), String::new());
-    for _ in 0..2 {
+    while node.is_empty() {
         let mut line = String::new();
-        out.read_line(&mut line).unwrap();
+        if out.read_line(&mut line).unwrap() == 0 {
+            panic!("godwitd ended before it was ready");
+        }
         if let Some(u) = line.strip_prefix("GODWITD_DASHBOARD ") {
             url = u.trim().to_string();
         } else if let Some(n) = line.strip_prefix("GODWITD_READY ") {
             node = n.trim().to_string();
         }
     }
-    assert!(
-        url.starts_with("https://127.0.0.1:") && !node.is_empty(),
-        "{url} {node}"
+    if dashboard {
+        assert!(url.starts_with("https://127.0.0.1:"), "{url}");
+    }
+    (node, url)
+}
+
+/// chromedriver on its own port and a headless Chromium session through it.
+async fn browser(started: &mut Started, dir: &Path) -> Client {
+    let (chromium, chromedriver) = browser_binaries();
+    // Whatever the browser leaves behind comes back to us, to be ended at the end.
+    // SAFETY: prctl(PR_SET_CHILD_SUBREAPER) takes integers only.
+    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    started.browser = true;
+    let port = free_port();
+    let driver = Command::new(&chromedriver)
+        .arg(format!("--port={port}"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    started.trees.push(driver.id() as i32);
+    started.children.push(driver);
+    common::wait_for("chromedriver", Duration::from_secs(20), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    let profile = dir.join("chromium-profile");
+    let caps = json!({
+        "acceptInsecureCerts": true,
+        "goog:chromeOptions": {
+            "binary": chromium,
+            "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                     "--ignore-certificate-errors", "--window-size=1400,1300",
+                     "--disable-crash-reporter", "--no-first-run",
+                     format!("--user-data-dir={}", profile.display())],
+        }
+    });
+    let mut builder = ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new());
+    builder.capabilities(caps.as_object().unwrap().clone());
+    builder
+        .connect(&format!("http://127.0.0.1:{port}"))
+        .await
+        .expect("starting headless chromium through chromedriver")
+}
+
+/// Logs in with `token` and waits for the page.
+async fn login(c: &Client, url: &str, token: &str) {
+    c.goto(&format!("{url}login")).await.unwrap();
+    let field = c.find(Locator::Id("token")).await.unwrap();
+    field.send_keys(token).await.unwrap();
+    click(c, "#login").await;
+    wait_js(
+        c,
+        "the dashboard after login",
+        Duration::from_secs(15),
+        "return document.getElementById('updated') && document.getElementById('updated').textContent.startsWith('updated')",
+    )
+    .await;
+}
+
+#[test]
+fn dashboard_in_headless_chromium() {
+    let _one = BROWSER.lock().unwrap_or_else(|p| p.into_inner());
+    runtime().block_on(dashboard_in_headless_chromium_in_browser());
+}
+
+async fn dashboard_in_headless_chromium_in_browser() {
+    let mut started = Started::default();
+    let dir = tempfile::Builder::new()
+        .prefix("godwit-dash")
+        .tempdir()
+        .unwrap();
+    let progs = common::progs();
+    let (node, url) = godwitd(
+        &mut started,
+        dir.path(),
+        "data",
+        &progs.join("counter"),
+        true,
     );
 
     // A real process started under it: the counter, through POST /v1/exec.
@@ -229,38 +349,7 @@ async fn dashboard_in_headless_chromium() {
     common::wait_for("the counter", Duration::from_secs(10), || {
         counted(&log).len() >= 3
     });
-
-    // chromedriver on its own port, the browser under it.
-    let port = free_port();
-    let driver = Command::new(&chromedriver)
-        .arg(format!("--port={port}"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    started.trees.push(driver.id() as i32);
-    started.children.push(driver);
-    common::wait_for("chromedriver", Duration::from_secs(20), || {
-        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-    });
-    let profile = dir.path().join("chromium-profile");
-    let caps = json!({
-        "acceptInsecureCerts": true,
-        "goog:chromeOptions": {
-            "binary": chromium,
-            "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                     "--ignore-certificate-errors", "--window-size=1400,1300",
-                     format!("--user-data-dir={}", profile.display())],
-        }
-    });
-    let mut builder = ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new());
-    builder.capabilities(caps.as_object().unwrap().clone());
-    let c = builder
-        .connect(&format!("http://127.0.0.1:{port}"))
-        .await
-        .expect("starting headless chromium through chromedriver");
-
+    let c = browser(&mut started, dir.path()).await;
     let result = drive(&c, &url, pid, &log, &mut started).await;
     let _ = c.close().await;
     drop(started);
@@ -535,5 +624,298 @@ mod futures_like {
 
     pub fn catch<F: Future<Output = ()>>(f: F) -> Catch<F> {
         Catch(Box::pin(f))
+    }
+}
+
+/// The bank example (a conformist service), built next to `godwit` when missing.
+fn bank_bin() -> PathBuf {
+    let dir = Path::new(env!("CARGO_BIN_EXE_godwit")).parent().unwrap();
+    let bin = dir.join("bank");
+    if !bin.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "-p", "bank", "--target-dir"])
+            .arg(dir.parent().unwrap())
+            .status()
+            .expect("run cargo build -p bank");
+        assert!(status.success(), "building the bank example failed");
+    }
+    bin
+}
+
+/// POSTs `body` to the dashboard's API from the page, with the session's CSRF token:
+/// [status, answer].
+async fn post_from_page(c: &Client, path: &str, body: Value) -> Value {
+    c.execute(
+        &format!(
+            "return fetch('/dash/session').then(r => r.json()).then(s => fetch('/api{path}', {{method: 'POST', body: JSON.stringify(arguments[0]), headers: {{'X-Godwit-CSRF': s.csrf, 'Content-Type': 'application/json'}}}})).then(async r => [r.status, await r.json()])"
+        ),
+        vec![body],
+    )
+    .await
+    .unwrap()
+}
+
+/// A conformist service (the bank) in the dashboard: listed with where it runs and its
+/// checkpoints; "Checkpoint", "Set interval", "Restore" of a chosen checkpoint, "Stop"
+/// (a final checkpoint) and "Start" (the same UUID, resumed from its newest checkpoint).
+#[test]
+fn services_in_headless_chromium() {
+    let _one = BROWSER.lock().unwrap_or_else(|p| p.into_inner());
+    runtime().block_on(services_in_headless_chromium_in_browser());
+}
+
+async fn services_in_headless_chromium_in_browser() {
+    let mut started = Started::default();
+    let dir = tempfile::Builder::new()
+        .prefix("godwit-dash-svc")
+        .tempdir()
+        .unwrap();
+    let bank = bank_bin();
+    let (node, url) = godwitd(&mut started, dir.path(), "data", &bank, true);
+    let agent_url = format!("agent://{node}");
+    let client = godwit_agent_client::Agent::new(&node, OPERATOR.to_string()).unwrap();
+    let v = client
+        .exec(
+            bank.to_str().unwrap(),
+            &[
+                "serve".into(),
+                "--names".into(),
+                agent_url.clone(),
+                "--store".into(),
+                agent_url,
+            ],
+            json!({}),
+            Duration::from_secs(20),
+        )
+        .await
+        .unwrap();
+    let pid = v["pid"].as_i64().unwrap() as i32;
+    started.pids.push(pid);
+    let uuid = v["ready"]["uuid"].as_str().unwrap().to_string();
+    let c = browser(&mut started, dir.path()).await;
+    let result = futures_like::catch(async {
+        login(&c, &url, OPERATOR).await;
+        let row = format!("#services tr[data-uuid='{uuid}']");
+        let state = wait_js(
+            &c,
+            "the service listed as running",
+            Duration::from_secs(15),
+            &format!("const r = document.querySelector(\"{row}\"); return r && r.children[4].textContent"),
+        )
+        .await;
+        assert_eq!(state, json!(format!("running (pid {pid})")));
+        let checkpoints = |n: usize| {
+            format!(
+                "const r = document.querySelector(\"{row}\"); return r && r.querySelectorAll(\"select[data-role='checkpoint'] option\").length >= {n}"
+            )
+        };
+
+        // "Checkpoint", twice: both listed and offered for a restore.
+        click(&c, &format!("{row} button[data-action='checkpoint']")).await;
+        wait_js(&c, "a first checkpoint", Duration::from_secs(20), &checkpoints(1)).await;
+        click(&c, &format!("{row} button[data-action='checkpoint']")).await;
+        wait_js(&c, "a second checkpoint", Duration::from_secs(20), &checkpoints(2)).await;
+        shot(&c, "11-service-checkpoints").await;
+
+        // "Set interval": the service checkpoints every 2.5 s now.
+        let secs = c
+            .find(Locator::Css(&format!("{row} input[data-role='interval']")))
+            .await
+            .unwrap();
+        secs.send_keys("2.5").await.unwrap();
+        click(&c, &format!("{row} button[data-action='interval']")).await;
+        wait_js(
+            &c,
+            "the interval set",
+            Duration::from_secs(10),
+            "return document.getElementById('message').textContent.includes('interval of') && document.getElementById('message').textContent.endsWith('done')",
+        )
+        .await;
+        let st = post_from_page(&c, &format!("/v1/services/{uuid}/manage"), json!({"op": "status"})).await;
+        assert_eq!(st[0], json!(200), "{st}");
+        assert_eq!(st[1]["interval_secs"], json!(2.5), "{st}");
+
+        // "Stop": it ends (with a final checkpoint).
+        let stopped_state = format!("const r = document.querySelector(\"{row}\"); return r && !r.children[4].textContent.startsWith('running') && r.querySelector(\"button[data-action='start']\").disabled === false");
+        let running_state = |old: i32| format!("const r = document.querySelector(\"{row}\"); const t = r && r.children[4].textContent; return t && t.startsWith('running') && t !== 'running (pid {old})' && t");
+        let pid_of = |v: Value| -> i32 {
+            v.as_str()
+                .unwrap()
+                .trim_start_matches("running (pid ")
+                .trim_end_matches(')')
+                .parse()
+                .unwrap()
+        };
+        click(&c, &format!("{row} button[data-action='stop']")).await;
+        common::wait_for("the bank to stop", Duration::from_secs(20), || common::gone(pid));
+        wait_js(&c, "the service shown stopped", Duration::from_secs(15), &stopped_state).await;
+        shot(&c, "12-service-stopped").await;
+
+        // "Restore" the oldest checkpoint (chosen in the list): the same UUID runs
+        // again from it.
+        let oldest = c
+            .execute(
+                &format!(
+                    "const o = document.querySelectorAll(\"{row} select[data-role='checkpoint'] option\"); const s = document.querySelector(\"{row} select[data-role='checkpoint']\"); s.value = o[o.length - 1].value; return s.value"
+                ),
+                vec![],
+            )
+            .await
+            .unwrap();
+        let oldest = oldest.as_str().unwrap().to_string();
+        click(&c, &format!("{row} button[data-action='restore']")).await;
+        let again = wait_js(&c, "the service restored", Duration::from_secs(30), &running_state(pid)).await;
+        let restored_pid = pid_of(again);
+        started.pids.push(restored_pid);
+        let msg = c.find(Locator::Id("message")).await.unwrap().text().await.unwrap();
+        assert!(msg.starts_with(&format!("restore of {uuid} to {oldest}")) && msg.ends_with("done"), "{msg}");
+        let st = post_from_page(&c, &format!("/v1/services/{uuid}/manage"), json!({"op": "status"})).await;
+        assert_eq!(st[0], json!(200), "{st}");
+        assert_eq!(st[1]["restored_from"], json!(oldest), "{st}");
+        shot(&c, "13-service-restored").await;
+
+        // "Stop" and "Start": from its newest checkpoint, the same UUID again.
+        click(&c, &format!("{row} button[data-action='stop']")).await;
+        common::wait_for("the restored bank to stop", Duration::from_secs(20), || common::gone(restored_pid));
+        wait_js(&c, "the service shown stopped again", Duration::from_secs(15), &stopped_state).await;
+        click(&c, &format!("{row} button[data-action='start']")).await;
+        let again = wait_js(&c, "the service running again", Duration::from_secs(30), &running_state(restored_pid)).await;
+        let new_pid = pid_of(again);
+        started.pids.push(new_pid);
+        let names = c
+            .execute(
+                &format!("return fetch('/api/v1/names/{uuid}').then(r => r.status)"),
+                vec![],
+            )
+            .await
+            .unwrap();
+        assert_eq!(names, json!(200), "the restarted service is in the name service");
+        shot(&c, "14-service-started").await;
+    })
+    .await;
+    let _ = c.close().await;
+    drop(started);
+    if let Err(e) = result {
+        std::panic::resume_unwind(e);
+    }
+}
+
+/// "Migrate" a process to another node (a second godwitd on loopback, the same token
+/// file, a new PID namespace there since both run on this host): it leaves this node's
+/// list, runs there, counting on.
+#[test]
+fn migrate_in_headless_chromium() {
+    let _one = BROWSER.lock().unwrap_or_else(|p| p.into_inner());
+    runtime().block_on(migrate_in_headless_chromium_in_browser());
+}
+
+async fn migrate_in_headless_chromium_in_browser() {
+    let mut started = Started::default();
+    let dir = tempfile::Builder::new()
+        .prefix("godwit-dash-mig")
+        .tempdir()
+        .unwrap();
+    let progs = common::progs();
+    let counter = progs.join("counter");
+    let (node_a, url) = godwitd(&mut started, dir.path(), "a", &counter, true);
+    let (node_b, _) = godwitd(&mut started, dir.path(), "b", &counter, false);
+    let log = dir.path().join("counter.log");
+    let a = godwit_agent_client::Agent::new(&node_a, OPERATOR.to_string()).unwrap();
+    let v = a
+        .exec(
+            counter.to_str().unwrap(),
+            &[log.display().to_string()],
+            json!({}),
+            Duration::ZERO,
+        )
+        .await
+        .unwrap();
+    let pid = v["pid"].as_i64().unwrap() as i32;
+    started.pids.push(pid);
+    common::wait_for("the counter", Duration::from_secs(10), || {
+        counted(&log).len() >= 3
+    });
+    let b = godwit_agent_client::Agent::new(&node_b, OPERATOR.to_string()).unwrap();
+    let c = browser(&mut started, dir.path()).await;
+    let result = futures_like::catch(async {
+        login(&c, &url, OPERATOR).await;
+        let row = format!("#processes tr[data-pid='{pid}']");
+        wait_js(
+            &c,
+            "the process listed",
+            Duration::from_secs(15),
+            &format!("return document.querySelector(\"{row}\") !== null"),
+        )
+        .await;
+        let to = c
+            .find(Locator::Css(&format!("{row} input[data-role='target-text']")))
+            .await
+            .unwrap();
+        to.send_keys(&node_b).await.unwrap();
+        click(&c, &format!("{row} input[data-role='pidns']")).await;
+        click(&c, &format!("{row} button[data-action='migrate']")).await;
+        wait_js(
+            &c,
+            "the migration done",
+            Duration::from_secs(60),
+            "const m = document.getElementById('message').textContent; return m.startsWith('migration of') && !m.endsWith('…') && m",
+        )
+        .await;
+        let msg = c
+            .find(Locator::Id("message"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(msg.ends_with("done"), "{msg}");
+        // At B, adopted; its host PID is the one to kill at the end.
+        let ps = b
+            .request("ps", "GET", "/v1/processes", None, Duration::from_secs(10))
+            .await
+            .unwrap();
+        let there = ps["processes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["kind"] == "transparent")
+            .unwrap_or_else(|| panic!("nothing migrated to B: {ps}"))
+            .clone();
+        started.pids.push(there["pid"].as_i64().unwrap() as i32);
+        assert!(
+            there["origin"].as_str().unwrap().starts_with("migrated from"),
+            "{there}"
+        );
+        common::wait_for("the original to end", Duration::from_secs(10), || common::gone(pid));
+        wait_js(
+            &c,
+            "the process gone from A's list",
+            Duration::from_secs(10),
+            &format!("return document.querySelector(\"{row}\") === null"),
+        )
+        .await;
+        let before = counted(&log).len();
+        common::wait_for("the migrated counter", Duration::from_secs(10), || {
+            counted(&log).len() >= before + 3
+        });
+        let values = counted(&log);
+        for w in values.windows(2) {
+            assert_eq!(w[1], w[0] + 1, "a gap or a repeat across the migration");
+        }
+        wait_js(
+            &c,
+            "a migration marker on the plot",
+            Duration::from_secs(10),
+            "return document.querySelector(\"#load-plot line.marker[data-kind='migration']\") !== null",
+        )
+        .await;
+        shot(&c, "21-migrated").await;
+    })
+    .await;
+    let _ = c.close().await;
+    drop(started);
+    if let Err(e) = result {
+        std::panic::resume_unwind(e);
     }
 }

@@ -291,11 +291,11 @@ function drawServices(services) {
         }, session.operate && s.running),
         pick,
         button("Restore", "restore", (ev) => run(ev.target, "restore of " + s.uuid + " to " + pick.value,
-          () => act("POST", base + "/manage", { op: "restore", id: pick.value })), session.operate && s.running && s.checkpoints.length > 0),
+          () => act("POST", base + "/start", { checkpoint: pick.value })), session.exec && !s.running && s.started_here && s.checkpoints.length > 0),
         button("Stop", "stop", (ev) => run(ev.target, "stop " + s.uuid,
           () => act("POST", base + "/manage", { op: "stop", checkpoint: true })), session.operate && s.running),
         button("Start", "start", (ev) => run(ev.target, "start " + s.uuid,
-          () => act("POST", base + "/start")), session.exec && !s.running && s.started_here),
+          () => act("POST", base + "/start", {})), session.exec && !s.running && s.started_here),
       )),
     );
   }, null, "no conformist service on this node");

@@ -453,18 +453,35 @@ async fn service_manage(
     }
 }
 
-/// Starts service `uuid` again on this node (`exec`): the program and arguments of its
-/// newest instance that this agent started, under the same UUID from the tip of its
-/// branch (`--resume`). 409 while an instance runs here, 404 when this agent never
-/// started it.
+/// How long starting a service again waits for its `GODWIT_READY` line.
+const START_READY: Duration = Duration::from_secs(60);
+
+/// Starts service `uuid` again on this node (`exec`): the program, arguments,
+/// environment and directory of its newest instance that this agent started, under
+/// the same UUID, from the tip of its branch (`--resume`) or, with body
+/// `{"checkpoint": ID}`, from that checkpoint (`--restore ID`: a new branch). Waits
+/// for it to be ready. 409 while an instance runs here, 404 when this agent never
+/// started it, 504 (and killed) when not ready in time.
 async fn service_start(
     State(agent): State<Arc<Agent>>,
     Extension(conn): Extension<Conn>,
     uuid: Result<Path<String>, PathRejection>,
+    body: Result<Bytes, BytesRejection>,
 ) -> ApiResult {
     need(&conn, Scope::Exec)?;
     let Path(uuid) = uuid?;
     check_name("uuid", &uuid).map_err(|e| ApiError::new(400, e.to_string()))?;
+    let body = body?;
+    let from: Option<String> = if body.is_empty() {
+        None
+    } else {
+        json_body(Ok(body))?["checkpoint"]
+            .as_str()
+            .map(str::to_string)
+    };
+    if let Some(id) = &from {
+        check_name("checkpoint id", id).map_err(|e| ApiError::new(400, e.to_string()))?;
+    }
     let last = {
         let procs = lock(&agent.procs);
         let mine: Vec<(&u32, &Proc)> = procs
@@ -502,13 +519,34 @@ async fn service_start(
         restart,
     };
     let mut again = godwit_sdk::options::without_lifecycle_options(&args);
-    again.extend(["--uuid".into(), uuid.clone(), "--resume".into()]);
-    let (started, _ready) = spawn_program(&agent, &spec, &again, 0).await?;
+    again.extend(["--uuid".into(), uuid.clone()]);
+    match &from {
+        Some(id) => again.extend(["--restore".into(), id.clone()]),
+        None => again.push("--resume".into()),
+    }
+    let (started, ready) = spawn_program(&agent, &spec, &again, 0).await?;
     let (pid, log) = (started.pid, started.log.clone());
     tokio::spawn(supervise(agent.clone(), spec, started, again));
+    let address = match tokio::time::timeout(START_READY, ready).await {
+        Ok(Ok(line)) => line.split_whitespace().nth(1).map(str::to_string),
+        _ => {
+            if let Some(p) = lock(&agent.procs).get_mut(&pid) {
+                p.restart = false;
+            }
+            send_signal(pid, "KILL");
+            return Err(ApiError::new(
+                504,
+                format!(
+                    "service {uuid} (pid {pid}) did not print GODWIT_READY within {START_READY:?}; see {}",
+                    log.display()
+                ),
+            ));
+        }
+    };
+    tracing::info!(%uuid, pid, from = from.as_deref().unwrap_or("its newest checkpoint"), "service started again");
     ok(
         201,
-        json!({ "uuid": uuid, "pid": pid, "log": log.display().to_string() }),
+        json!({ "uuid": uuid, "pid": pid, "address": address, "restored_from": from, "log": log.display().to_string() }),
     )
 }
 

@@ -275,6 +275,8 @@ fn action_kind(what: &str) -> &'static str {
         "restore"
     } else if what.ends_with("/signal") {
         "stop"
+    } else if what.ends_with("/start") {
+        "start"
     } else {
         "action"
     }
