@@ -3,8 +3,11 @@
 //! `--dashboard` on loopback, a real process started under it, login (a wrong
 //! token refused), the process listed, "Checkpoint" pressed and the checkpoint
 //! listed, the process stopped, the checkpoint restored and the process counting
-//! on from where it was; an action without the CSRF token refused. Screenshots go
-//! to target/dashboard-screenshots/.
+//! on from where it was; an action without the CSRF token refused; a read-only
+//! token may look, not act. Also a conformist service (the bank) managed from the
+//! page, and a migration between two agents. Screenshots of every step, and each
+//! godwitd's log, go to target/dashboard-screenshots/. Without chromium and
+//! chromedriver the tests fail (saying how to install them): they never skip.
 
 mod common;
 
@@ -196,10 +199,12 @@ fn runtime() -> tokio::runtime::Runtime {
 }
 
 /// godwitd on loopback with the test's token file, allowed to start `allow`, with its
-/// dashboard when `dashboard`: (its node address, the dashboard's URL).
+/// dashboard when `dashboard`, logging to target/dashboard-screenshots/
+/// godwitd-TEST-NAME.log: (its node address, the dashboard's URL).
 fn godwitd(
     started: &mut Started,
     dir: &Path,
+    test: &str,
     name: &str,
     allow: &Path,
     dashboard: bool,
@@ -232,7 +237,11 @@ fn godwitd(
         .arg(allow)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
+        // Its log beside the screenshots (test output).
+        .stderr(
+            std::fs::File::create(screenshots().join(format!("godwitd-{test}-{name}.log")))
+                .unwrap(),
+        );
     if dashboard {
         cmd.args(["--dashboard", "127.0.0.1:0"]);
     }
@@ -327,6 +336,7 @@ async fn dashboard_in_headless_chromium_in_browser() {
     let (node, url) = godwitd(
         &mut started,
         dir.path(),
+        "main",
         "data",
         &progs.join("counter"),
         true,
@@ -672,7 +682,7 @@ async fn services_in_headless_chromium_in_browser() {
         .tempdir()
         .unwrap();
     let bank = bank_bin();
-    let (node, url) = godwitd(&mut started, dir.path(), "data", &bank, true);
+    let (node, url) = godwitd(&mut started, dir.path(), "services", "data", &bank, true);
     let agent_url = format!("agent://{node}");
     let client = godwit_agent_client::Agent::new(&node, OPERATOR.to_string()).unwrap();
     let v = client
@@ -818,8 +828,8 @@ async fn migrate_in_headless_chromium_in_browser() {
         .unwrap();
     let progs = common::progs();
     let counter = progs.join("counter");
-    let (node_a, url) = godwitd(&mut started, dir.path(), "a", &counter, true);
-    let (node_b, _) = godwitd(&mut started, dir.path(), "b", &counter, false);
+    let (node_a, url) = godwitd(&mut started, dir.path(), "migrate", "a", &counter, true);
+    let (node_b, _) = godwitd(&mut started, dir.path(), "migrate", "b", &counter, false);
     let log = dir.path().join("counter.log");
     let a = godwit_agent_client::Agent::new(&node_a, OPERATOR.to_string()).unwrap();
     let v = a
