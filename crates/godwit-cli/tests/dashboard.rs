@@ -862,6 +862,38 @@ async fn migrate_in_headless_chromium_in_browser() {
             .find(Locator::Css(&format!("{row} input[data-role='target-text']")))
             .await
             .unwrap();
+        // A destination that does not answer: refused, saying so, the process untouched.
+        to.send_keys("127.0.0.1:1").await.unwrap();
+        click(&c, &format!("{row} button[data-action='migrate']")).await;
+        let refused = wait_js(
+            &c,
+            "the failed migration reported",
+            Duration::from_secs(30),
+            "const m = document.getElementById('message').textContent; return m.startsWith('migration of') && !m.endsWith('…') && m",
+        )
+        .await;
+        assert!(
+            refused.as_str().unwrap().contains("was not touched"),
+            "{refused}"
+        );
+        assert!(!common::gone(pid), "a failed migration ended the process");
+        let before = counted(&log).len();
+        common::wait_for("the counter after a failed migration", Duration::from_secs(10), || {
+            counted(&log).len() >= before + 3
+        });
+        wait_js(
+            &c,
+            "a failure marker on the plot",
+            Duration::from_secs(10),
+            "return document.querySelector(\"#load-plot line.marker[data-kind='failure']\") !== null",
+        )
+        .await;
+        shot(&c, "20-migration-refused").await;
+        let to = c
+            .find(Locator::Css(&format!("{row} input[data-role='target-text']")))
+            .await
+            .unwrap();
+        to.clear().await.unwrap();
         to.send_keys(&node_b).await.unwrap();
         click(&c, &format!("{row} input[data-role='pidns']")).await;
         click(&c, &format!("{row} button[data-action='migrate']")).await;

@@ -201,7 +201,9 @@ function drawProcesses(procs, images) {
     (p) => [p.program, p.args, p.kind, p.origin, ckOf(p), targets(), state.node],
     (p) => {
       const select = el("select", { "data-role": "target", "aria-label": "target node" },
-        ...targets().map((t) => el("option", { value: t, text: t })));
+        ...(targets().length
+          ? targets().map((t) => el("option", { value: t, text: t }))
+          : [el("option", { value: "", text: "no other node known" })]));
       const custom = el("input", { type: "text", placeholder: "or ADDR:PORT", "data-role": "target-text", size: 14 });
       const pidns = el("input", { type: "checkbox", "data-role": "pidns", title: "restore there in a new PID namespace (when its PIDs are taken there)" });
       const started = p.kind === "started";
