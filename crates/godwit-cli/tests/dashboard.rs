@@ -216,7 +216,7 @@ fn godwitd(
     if !tokens.exists() {
         private(
             &tokens,
-            &format!("read {READER}\nread,operate,exec {OPERATOR}\n"),
+            &format!("read,operate,exec {OPERATOR}\nread {READER}\n"),
         );
     }
     let bin = Path::new(env!("CARGO_BIN_EXE_godwit"))
@@ -229,7 +229,7 @@ fn godwitd(
         bin.display()
     );
     let mut cmd = Command::new(&bin);
-    cmd.args(["--listen", "127.0.0.1:0", "--data"])
+    cmd.args(["--listen", "127.0.0.1:0", "--node-name", name, "--data"])
         .arg(dir.join(name))
         .arg("--token-file")
         .arg(&tokens)
@@ -360,7 +360,7 @@ async fn dashboard_in_headless_chromium_in_browser() {
         counted(&log).len() >= 3
     });
     let c = browser(&mut started, dir.path()).await;
-    let result = drive(&c, &url, pid, &log, &mut started).await;
+    let result = drive(&c, &url, &node, pid, &log, &mut started).await;
     let _ = c.close().await;
     drop(started);
     if let Err(e) = result {
@@ -372,6 +372,7 @@ async fn dashboard_in_headless_chromium_in_browser() {
 async fn drive(
     c: &Client,
     url: &str,
+    node: &str,
     pid: i32,
     log: &Path,
     started: &mut Started,
@@ -556,14 +557,13 @@ async fn drive(
             "return document.querySelector('#load-plot polyline') !== null",
         )
         .await;
-        let note = c
-            .find(Locator::Id("nodes-note"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        assert!(note.contains("not available"), "{note}");
+        wait_js(
+            c,
+            "this node listed alive",
+            Duration::from_secs(10),
+            &format!("return document.querySelector(\"#nodes tr[data-node='{node}'][data-health='alive']\") !== null"),
+        )
+        .await;
         shot(c, "05-restored").await;
 
         // A read-only token may look but not act.
@@ -847,6 +847,19 @@ async fn migrate_in_headless_chromium_in_browser() {
         counted(&log).len() >= 3
     });
     let b = godwit_agent_client::Agent::new(&node_b, OPERATOR.to_string()).unwrap();
+    // Each a peer of the other: the page lists B with its health and load.
+    for (agent, name, addr) in [(&a, "b", &node_b), (&b, "a", &node_a)] {
+        agent
+            .request(
+                "node add",
+                "POST",
+                "/v1/nodes",
+                Some(json!({"name": name, "addr": addr})),
+                Duration::from_secs(10),
+            )
+            .await
+            .unwrap();
+    }
     let c = browser(&mut started, dir.path()).await;
     let result = futures_like::catch(async {
         login(&c, &url, OPERATOR).await;
@@ -872,10 +885,7 @@ async fn migrate_in_headless_chromium_in_browser() {
             "const m = document.getElementById('message').textContent; return m.startsWith('migration of') && !m.endsWith('…') && m",
         )
         .await;
-        assert!(
-            refused.as_str().unwrap().contains("was not touched"),
-            "{refused}"
-        );
+        assert!(refused.as_str().unwrap().contains("not touched"), "{refused}");
         assert!(!common::gone(pid), "a failed migration ended the process");
         let before = counted(&log).len();
         common::wait_for("the counter after a failed migration", Duration::from_secs(10), || {
@@ -894,7 +904,22 @@ async fn migrate_in_headless_chromium_in_browser() {
             .await
             .unwrap();
         to.clear().await.unwrap();
-        to.send_keys(&node_b).await.unwrap();
+        // B, chosen in the list of nodes.
+        wait_js(
+            &c,
+            "B listed alive, with its load on the plot",
+            Duration::from_secs(15),
+            &format!("return document.querySelector(\"#nodes tr[data-node='{node_b}'][data-health='alive']\") !== null && document.querySelector(\"#load-plot polyline[data-node='{node_b}']\") !== null"),
+        )
+        .await;
+        let chosen = c
+            .execute(
+                &format!("const s = document.querySelector(\"{row} select[data-role='target']\"); s.value = '{node_b}'; return s.value"),
+                vec![],
+            )
+            .await
+            .unwrap();
+        assert_eq!(chosen, json!(node_b), "B is not offered as a target");
         click(&c, &format!("{row} input[data-role='pidns']")).await;
         click(&c, &format!("{row} button[data-action='migrate']")).await;
         wait_js(

@@ -134,35 +134,40 @@ function updateRows(tbody, items, attr, key, sig, build, live, empty) {
 
 // ---- nodes ---------------------------------------------------------------
 
-// A node from GET /v1/nodes (any of the usual field names), or this node alone.
-function nodeRows(nodes, health, hist) {
-  const local = hist && hist.nodes && hist.nodes[0];
-  const last = local && local.samples.length ? local.samples[local.samples.length - 1] : {};
-  if (!nodes) {
-    return [{
-      node: session.node, health: health && health.ok ? "ok" : "unreachable",
-      load1: last.load1, cpu: last.cpu_percent, free: last.mem_available_bytes,
-      procs: state.processes.length,
-    }];
-  }
-  const list = Array.isArray(nodes) ? nodes : (nodes.nodes || []);
-  return list.map((n) => {
-    const l = n.load || n;
-    return {
-      node: n.node || n.address || n.name || "?",
-      health: n.health || n.state || (n.alive === false ? "dead" : n.alive === true ? "ok" : "?"),
-      load1: l.load1 ?? l.loadavg1 ?? l.run_queue,
-      cpu: l.cpu_percent ?? l.cpu,
-      free: l.mem_available_bytes ?? l.free_memory_bytes ?? l.memory_free_bytes,
-      procs: n.processes ?? (Array.isArray(l.processes) ? l.processes.length : undefined),
-    };
+// The nodes of GET /v1/nodes (this node first, then its peers with their health and
+// the load of their last heartbeat), or this node alone.
+function nodeRows(nodes, health, load) {
+  const row = (name, addr, isSelf, h, l) => ({
+    node: addr, name, self: isSelf, health: h,
+    load1: l && l.loadavg ? l.loadavg[0] : undefined,
+    cpu: l ? l.cpu_percent : undefined,
+    free: l ? l.mem_available_bytes : undefined,
+    procs: l && Array.isArray(l.processes) ? l.processes.length : undefined,
+    unix_ms: l ? l.unix_ms : undefined,
   });
+  if (!nodes) {
+    return [row(session.node, session.node, true, health && health.ok ? "alive" : "unreachable", load && load.load)];
+  }
+  return (nodes.nodes || []).map((n) => row(n.name, n.addr, !!n.self, n.health, n.load));
+}
+
+// Peers' load as their heartbeats bring it, kept by the page (this node's own comes
+// from GET /v1/load/history).
+const peerSamples = new Map();
+function notePeerLoads(rows) {
+  for (const r of rows) {
+    if (r.self || r.unix_ms === undefined || r.load1 === undefined) continue;
+    const list = peerSamples.get(r.node) || [];
+    if (!list.length || list[list.length - 1].t_unix_ms !== r.unix_ms) list.push({ t_unix_ms: r.unix_ms, load1: r.load1 });
+    while (list.length > 600) list.shift();
+    peerSamples.set(r.node, list);
+  }
 }
 
 function drawNodes(rows, available) {
   const tb = document.querySelector("#nodes tbody");
-  tb.replaceChildren(...rows.map((r) => el("tr", { "data-node": r.node },
-    el("td", { text: r.node }),
+  tb.replaceChildren(...rows.map((r) => el("tr", { "data-node": r.node, "data-health": String(r.health) },
+    el("td", { text: r.name && r.name !== r.node ? r.name + " (" + r.node + ")" + (r.self ? " · this node" : "") : r.node }),
     el("td", { class: /^(ok|alive|healthy|up)$/.test(String(r.health)) ? "ok" : "bad", text: String(r.health) }),
     el("td", { class: "num", text: r.load1 === undefined ? "—" : Number(r.load1).toFixed(2) }),
     el("td", { class: "num", text: r.cpu === undefined ? "—" : Number(r.cpu).toFixed(0) + " %" }),
@@ -171,7 +176,7 @@ function drawNodes(rows, available) {
   )));
   document.getElementById("nodes-note").textContent = available
     ? ""
-    : "Other nodes: not available (this node has no GET /v1/nodes yet); showing this node only.";
+    : "Other nodes: not available (this node has no GET /v1/nodes); showing this node only.";
 }
 
 function drawBalancing(b) {
@@ -191,7 +196,7 @@ function drawBalancing(b) {
 // ---- processes -------------------------------------------------------------
 
 function targets() {
-  return state.nodes.map((n) => n.node).filter((n) => n !== session.node);
+  return state.nodes.filter((n) => !n.self && n.health !== "dead").map((n) => n.node);
 }
 
 function drawProcesses(procs, images) {
@@ -306,9 +311,9 @@ function drawServices(services) {
 // ---- plot ------------------------------------------------------------------
 
 const COLORS = ["#2563eb", "#d97706", "#059669", "#9333ea", "#dc2626", "#0891b2"];
-const MARKS = { migration: "#9333ea", failure: "#c0262d", checkpoint: "#15803d", restore: "#0891b2", stop: "#6b7385" };
+const MARKS = { migration: "#9333ea", failure: "#c0262d", checkpoint: "#15803d", restore: "#0891b2", stop: "#6b7385", back: "#059669" };
 
-function drawPlot(hist, fromCluster) {
+function drawPlot(hist) {
   const box = document.getElementById("plot");
   const W = 900, H = 260, L = 44, R = 10, T = 10, B = 24;
   const svg = svgEl("svg", { viewBox: `0 0 ${W} ${H}`, role: "img", "aria-label": "load per node over time", id: "load-plot" });
@@ -335,7 +340,7 @@ function drawPlot(hist, fromCluster) {
     if (pts.length) {
       svg.append(svgEl("polyline", { points: pts.join(" "), fill: "none", stroke: COLORS[i % COLORS.length], "stroke-width": 2, "data-node": n.node }));
     }
-    svg.append(svgEl("text", { x: L + 8 + 160 * i, y: T + 12, fill: COLORS[i % COLORS.length], text: "■ " + n.node }));
+    svg.append(svgEl("text", { x: L + 8, y: T + 12 + 14 * i, fill: COLORS[i % COLORS.length], text: "■ " + n.node }));
   });
   for (const e of events) {
     if (e.t_unix_ms < t0) continue;
@@ -344,12 +349,11 @@ function drawPlot(hist, fromCluster) {
     m.append(svgEl("title", { text: `${e.kind} on ${e.node}: ${e.detail} (${new Date(e.t_unix_ms).toLocaleTimeString()})` }));
     svg.append(m);
   }
-  const legend = Object.entries(MARKS).map(([k, c], i) => svgEl("text", { x: W - R - 420 + 84 * i, y: T + 12, fill: c, text: "| " + k }));
+  const legend = Object.entries(MARKS).map(([k, c], i) => svgEl("text", { x: W - R - 500 + 84 * i, y: T + 12, fill: c, text: "| " + k }));
   legend.forEach((l) => svg.append(l));
   box.replaceChildren(svg);
-  document.getElementById("plot-note").textContent = fromCluster
-    ? "Load average (1 min) of every node; vertical marks: migrations, failures, checkpoints, restores."
-    : "Load average (1 min) of this node, sampled by the dashboard (cluster history: not available, no GET /v1/load/history on this node); vertical marks: actions taken here and failures seen here.";
+  document.getElementById("plot-note").textContent =
+    "Load average (1 min): this node's history, its peers' from their heartbeats since this page opened. Vertical marks: migrations, failures (actions refused, programs that died, nodes declared dead), checkpoints, restores, stops.";
 }
 
 function drawHistory(events) {
@@ -369,7 +373,7 @@ async function poll() {
   clearTimeout(timer);
   try {
     const all = document.getElementById("show-all").checked;
-    const [health, nodes, procs, exec, images, store, local, cluster, balance] = await Promise.all([
+    const [health, nodes, procs, exec, images, store, local, history, load, balance] = await Promise.all([
       get("/api/v1/health").catch(() => null),
       optional("/api/v1/nodes"),
       get("/api/v1/processes" + (all ? "?all=true" : "")),
@@ -378,6 +382,7 @@ async function poll() {
       get("/api/v1/store"),
       get("/dash/history"),
       optional("/api/v1/load/history"),
+      optional("/api/v1/load"),
       optional("/api/v1/balance"),
     ]);
     state.node = procs.node;
@@ -398,15 +403,19 @@ async function poll() {
     const lists = await Promise.all(services.map((s) => get("/api/v1/store/" + encodeURIComponent(s.uuid)).catch(() => ({ checkpoints: [] }))));
     services.forEach((s, i) => { s.checkpoints = lists[i].checkpoints || []; });
     state.services = services;
-    state.nodes = nodeRows(nodes, health, local);
+    state.nodes = nodeRows(nodes, health, load);
+    notePeerLoads(state.nodes);
     drawNodes(state.nodes, !!nodes);
     drawBalancing(balance);
     drawProcesses(state.processes, state.images);
     drawImages(state.images);
     drawServices(services);
-    const hist = cluster || local;
-    if (cluster && !cluster.events) hist.events = local.events;
-    drawPlot(hist, !!cluster);
+    const series = [{
+      node: session.node,
+      samples: ((history && history.samples) || []).map((s) => ({ t_unix_ms: s.unix_ms, load1: s.loadavg ? s.loadavg[0] : 0 })),
+    }];
+    for (const [node, samples] of peerSamples) series.push({ node, samples });
+    drawPlot({ nodes: series, events: local.events || [] });
     drawHistory(local.events || []);
     document.getElementById("updated").textContent = "updated " + new Date().toLocaleTimeString();
   } catch (e) {

@@ -10,8 +10,9 @@
 //! - `/api/...` is the node's API ([`crate::api::router`], the very same handlers)
 //!   with the session's scopes in place of the channel's; any call other than GET or
 //!   HEAD must carry the session's CSRF token in the `X-Godwit-CSRF` header (403);
-//! - `/dash/session` (who is logged in, the CSRF token), `/dash/history` (this node's
-//!   load samples and the events the dashboard saw: actions, failures).
+//! - `/dash/session` (who is logged in, the CSRF token), `/dash/history` (the events
+//!   the dashboard saw: actions, their failures, programs that died, nodes declared
+//!   dead or back). The load history is the agent's own (`GET /v1/load/history`).
 //!
 //! The page itself (HTML, CSS, JS: no build step, nothing fetched from elsewhere) is
 //! embedded from `crates/godwitd/dashboard/`.
@@ -51,10 +52,8 @@ const IDLE: Duration = Duration::from_secs(30 * 60);
 const ABSOLUTE: Duration = Duration::from_secs(12 * 3600);
 /// At most this many sessions at once (expired ones are dropped first).
 const MAX_SESSIONS: usize = 256;
-/// A load sample of this node every...
-const SAMPLE_EVERY: Duration = Duration::from_secs(2);
-/// ... and this many kept (20 minutes).
-const SAMPLES_KEPT: usize = 600;
+/// How often the dashboard looks for started programs that died.
+const WATCH_EVERY: Duration = Duration::from_secs(1);
 /// Events (actions, failures) kept for the plot.
 const EVENTS_KEPT: usize = 500;
 
@@ -69,7 +68,6 @@ struct Session {
 pub struct Dashboard {
     agent: Arc<Agent>,
     sessions: Mutex<HashMap<String, Session>>,
-    samples: Mutex<VecDeque<Value>>,
     events: Mutex<VecDeque<Value>>,
 }
 
@@ -91,7 +89,6 @@ impl Dashboard {
         Arc::new(Dashboard {
             agent,
             sessions: Mutex::new(HashMap::new()),
-            samples: Mutex::new(VecDeque::new()),
             events: Mutex::new(VecDeque::new()),
         })
     }
@@ -419,77 +416,15 @@ async fn history(State(d): State<Arc<Dashboard>>, headers: HeaderMap) -> Respons
     if d.session(&headers).is_none() {
         return error(StatusCode::UNAUTHORIZED, "not logged in");
     }
-    let samples: Vec<Value> = lock(&d.samples).iter().cloned().collect();
     let events: Vec<Value> = lock(&d.events).iter().cloned().collect();
-    Json(json!({
-        "nodes": [{ "node": d.agent.node, "samples": samples }],
-        "events": events,
-        "sample_every_ms": SAMPLE_EVERY.as_millis() as u64,
-    }))
-    .into_response()
+    Json(json!({ "node": d.agent.node, "events": events })).into_response()
 }
 
-/// CPU time counters of /proc/stat's first line: (busy, total) jiffies.
-fn cpu_times() -> Option<(u64, u64)> {
-    let s = std::fs::read_to_string("/proc/stat").ok()?;
-    let line = s.lines().next()?.strip_prefix("cpu ")?;
-    let v: Vec<u64> = line
-        .split_whitespace()
-        .filter_map(|x| x.parse().ok())
-        .collect();
-    let total: u64 = v.iter().sum();
-    let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
-    Some((total.saturating_sub(idle), total))
-}
-
-fn meminfo(key: &str) -> Option<u64> {
-    std::fs::read_to_string("/proc/meminfo")
-        .ok()?
-        .lines()
-        .find_map(|l| l.strip_prefix(key))
-        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
-        .map(|kib| kib << 10)
-}
-
-/// Samples this node's load every [`SAMPLE_EVERY`] and notices started programs
-/// that die (marked as failures on the plot).
-async fn sampler(d: Arc<Dashboard>) {
-    let mut prev = cpu_times();
+/// Notices started programs that die (marked as failures on the plot).
+async fn watch_programs(d: Arc<Dashboard>) {
     let mut running: HashMap<u32, String> = HashMap::new();
     loop {
-        tokio::time::sleep(SAMPLE_EVERY).await;
-        let cur = cpu_times();
-        let cpu_percent = match (prev, cur) {
-            (Some((b0, t0)), Some((b1, t1))) if t1 > t0 => {
-                100.0 * (b1.saturating_sub(b0)) as f64 / (t1 - t0) as f64
-            }
-            _ => 0.0,
-        };
-        prev = cur;
-        let loadavg = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-        let mut f = loadavg.split_whitespace();
-        let load1: f64 = f.next().and_then(|x| x.parse().ok()).unwrap_or(0.0);
-        let runnable: u64 = f
-            .nth(2)
-            .and_then(|x| x.split('/').next()?.parse().ok())
-            .unwrap_or(0);
-        let sample = json!({
-            "t_unix_ms": now_ms(),
-            "load1": load1,
-            "runnable": runnable,
-            "cpu_percent": cpu_percent,
-            "mem_available_bytes": meminfo("MemAvailable:"),
-            "mem_total_bytes": meminfo("MemTotal:"),
-        });
-        {
-            let mut s = lock(&d.samples);
-            if s.len() >= SAMPLES_KEPT {
-                s.pop_front();
-            }
-            s.push_back(sample);
-        }
-        // Started programs that stopped since the last look: a failure unless they
-        // exited with 0.
+        tokio::time::sleep(WATCH_EVERY).await;
         let mut died = Vec::new();
         {
             let procs = lock(&d.agent.procs);
@@ -515,9 +450,29 @@ async fn sampler(d: Arc<Dashboard>) {
     }
 }
 
+/// Marks the nodes the cluster declares dead (failures) or hears again.
+async fn watch_nodes(d: Arc<Dashboard>) {
+    use crate::cluster::NodeEvent;
+    let mut rx = d.agent.cluster.subscribe();
+    loop {
+        match rx.recv().await {
+            Ok(NodeEvent::Dead { name, addr, silent }) => d.event(
+                "failure",
+                format!("node {name} ({addr}) dead: silent for {silent:?}"),
+            ),
+            Ok(NodeEvent::Back { name, addr }) => {
+                d.event("back", format!("node {name} ({addr}) heard again"))
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+            Err(_) => return,
+        }
+    }
+}
+
 /// Serves the dashboard on `listener` with `tls` until the process ends.
 pub fn spawn(d: Arc<Dashboard>, listener: TcpListener, tls: tokio_rustls::TlsAcceptor) {
-    tokio::spawn(sampler(d.clone()));
+    tokio::spawn(watch_programs(d.clone()));
+    tokio::spawn(watch_nodes(d.clone()));
     let router = router(d);
     tokio::spawn(async move {
         loop {

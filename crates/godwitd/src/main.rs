@@ -12,9 +12,9 @@
 mod api;
 mod balance;
 mod cluster;
+mod dashboard;
 mod load;
 mod metrics;
-mod dashboard;
 mod migration;
 mod transparent;
 
