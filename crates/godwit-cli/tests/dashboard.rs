@@ -978,6 +978,26 @@ async fn migrate_in_headless_chromium_in_browser() {
         )
         .await;
         shot(&c, "21-migrated").await;
+
+        // The balancing switch: on, then off again, as the agent says.
+        for on in [true, false] {
+            click(&c, "#balancing").await;
+            wait_js(
+                &c,
+                "the balancing switch followed",
+                Duration::from_secs(10),
+                &format!("return document.getElementById('balancing-state').textContent === '{}'", if on { "on" } else { "off" }),
+            )
+            .await;
+            let v = a
+                .request("balance", "GET", "/v1/balance", None, Duration::from_secs(10))
+                .await
+                .unwrap();
+            assert_eq!(v["enabled"], json!(on), "{v}");
+            if on {
+                shot(&c, "22-balancing-on").await;
+            }
+        }
     })
     .await;
     let _ = c.close().await;

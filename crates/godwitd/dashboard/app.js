@@ -189,7 +189,7 @@ function drawBalancing(b) {
     return;
   }
   box.disabled = !session.operate;
-  box.checked = !!b.enabled;
+  if (document.activeElement !== box) box.checked = !!b.enabled;
   label.textContent = b.enabled ? "on" : "off";
 }
 
@@ -415,7 +415,12 @@ async function poll() {
       samples: ((history && history.samples) || []).map((s) => ({ t_unix_ms: s.unix_ms, load1: s.loadavg ? s.loadavg[0] : 0 })),
     }];
     for (const [node, samples] of peerSamples) series.push({ node, samples });
-    drawPlot({ nodes: series, events: local.events || [] });
+    // The balancer's own moves (GET /v1/balance "done") are migrations too.
+    const moved = ((balance && balance.done) || []).map((d) => ({
+      t_unix_ms: d.unix_ms, node: session.node, kind: d.error ? "failure" : "migration",
+      detail: "balancer: " + (typeof d.move === "string" ? d.move : JSON.stringify(d.move)) + (d.error ? ": " + d.error : ""),
+    }));
+    drawPlot({ nodes: series, events: (local.events || []).concat(moved) });
     drawHistory(local.events || []);
     document.getElementById("updated").textContent = "updated " + new Date().toLocaleTimeString();
   } catch (e) {
