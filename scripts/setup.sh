@@ -5,7 +5,9 @@ set -euo pipefail
 need=()
 # protobuf-compiler + libprotobuf-dev: the etcd-client crate compiles etcd's .proto files
 # at build time (protoc and the well-known types in /usr/include/google/protobuf).
-for pkg in gcc make python3 util-linux procps redis-server redis-tools etcd-server etcd-client iproute2 nginx protobuf-compiler libprotobuf-dev; do
+# chromium + chromium-driver: the dashboard's test drives a real headless browser over
+# WebDriver (crates/godwit-cli/tests/dashboard.rs).
+for pkg in gcc make python3 util-linux procps redis-server redis-tools etcd-server etcd-client iproute2 nginx protobuf-compiler libprotobuf-dev chromium chromium-driver; do
     dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then

@@ -29,7 +29,9 @@ mod token;
 use std::path::PathBuf;
 
 pub use blocking::BlockingStream;
-pub use tls::{ClientTls, ServerTls, BINDING_VERSION, EXPORTER_LABEL, HANDSHAKE_TIMEOUT};
+pub use tls::{
+    browser_acceptor, ClientTls, ServerTls, BINDING_VERSION, EXPORTER_LABEL, HANDSHAKE_TIMEOUT,
+};
 pub use token::{Scope, Scopes, Token, TokenSet, MIN_TOKEN_LEN};
 
 /// What a connection is for: the first thing the client says after the handshake.

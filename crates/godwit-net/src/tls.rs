@@ -134,6 +134,64 @@ pub(crate) fn check_answer(
     })
 }
 
+/// The certificate chain and key a server presents: the operator's PEM files, or a
+/// self-signed certificate made now for `names`. The flag tells which (true: the
+/// operator's).
+type CertKey = (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>, bool);
+
+fn server_cert(cert_key: Option<(&Path, &Path)>, names: &[&str]) -> Result<CertKey, NetError> {
+    match cert_key {
+        Some((cert, key)) => {
+            let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+                .map_err(|e| NetError::TlsSetup(format!("{}: {e}", cert.display())))?
+                .collect::<Result<_, _>>()
+                .map_err(|e| NetError::TlsSetup(format!("{}: {e}", cert.display())))?;
+            if certs.is_empty() {
+                return Err(NetError::TlsSetup(format!(
+                    "{}: no PEM certificate in it",
+                    cert.display()
+                )));
+            }
+            let k = PrivateKeyDer::from_pem_file(key)
+                .map_err(|e| NetError::TlsSetup(format!("{}: {e}", key.display())))?;
+            Ok((certs, k, true))
+        }
+        None => {
+            let ck = rcgen::generate_simple_self_signed(
+                names.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
+            )
+            .map_err(|e| NetError::TlsSetup(format!("self-signed certificate: {e}")))?;
+            let key = PrivateKeyDer::try_from(ck.key_pair.serialize_der())
+                .map_err(|e| NetError::TlsSetup(format!("self-signed key: {e}")))?;
+            Ok((vec![ck.cert.der().clone()], key, false))
+        }
+    }
+}
+
+/// A plain TLS acceptor for web browsers (the dashboard): no token binding, which a
+/// browser cannot do; the application authenticates its users itself. It presents the
+/// operator's certificate (`cert_key`: PEM chain, PEM key) or a self-signed one made
+/// now for `localhost`, `godwit` and `host` (a name or an IP address). TLS 1.3 and
+/// 1.2, HTTP/1.1 over ALPN. The flag tells whether it is the operator's certificate.
+pub fn browser_acceptor(
+    cert_key: Option<(&Path, &Path)>,
+    host: &str,
+) -> Result<(tokio_rustls::TlsAcceptor, bool), NetError> {
+    let mut names = vec!["localhost", "godwit"];
+    if !host.is_empty() && !names.contains(&host) {
+        names.push(host);
+    }
+    let (certs, key, pki) = server_cert(cert_key, &names)?;
+    let mut config = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(tls_err)?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(tls_err)?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok((tokio_rustls::TlsAcceptor::from(Arc::new(config)), pki))
+}
+
 /// A server's side of the channel: certificate, accepted tokens.
 #[derive(Clone)]
 pub struct ServerTls {
@@ -157,30 +215,7 @@ impl ServerTls {
     /// private key file) it presents that certificate (PKI mode); without, a
     /// self-signed certificate generated now.
     pub fn new(tokens: TokenSet, cert_key: Option<(&Path, &Path)>) -> Result<Self, NetError> {
-        let (certs, key, pki) = match cert_key {
-            Some((cert, key)) => {
-                let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-                    .map_err(|e| NetError::TlsSetup(format!("{}: {e}", cert.display())))?
-                    .collect::<Result<_, _>>()
-                    .map_err(|e| NetError::TlsSetup(format!("{}: {e}", cert.display())))?;
-                if certs.is_empty() {
-                    return Err(NetError::TlsSetup(format!(
-                        "{}: no PEM certificate in it",
-                        cert.display()
-                    )));
-                }
-                let k = PrivateKeyDer::from_pem_file(key)
-                    .map_err(|e| NetError::TlsSetup(format!("{}: {e}", key.display())))?;
-                (certs, k, true)
-            }
-            None => {
-                let ck = rcgen::generate_simple_self_signed(vec!["godwit".to_string()])
-                    .map_err(|e| NetError::TlsSetup(format!("self-signed certificate: {e}")))?;
-                let key = PrivateKeyDer::try_from(ck.key_pair.serialize_der())
-                    .map_err(|e| NetError::TlsSetup(format!("self-signed key: {e}")))?;
-                (vec![ck.cert.der().clone()], key, false)
-            }
-        };
+        let (certs, key, pki) = server_cert(cert_key, &["godwit"])?;
         let config = ServerConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(tls_err)?

@@ -391,6 +391,22 @@ impl TokenSet {
         found
     }
 
+    /// The scopes of the token whose secret is `secret`, if it is one of the set
+    /// (every token compared, each in constant time).
+    pub fn scopes_of(&self, secret: &str) -> Option<Scopes> {
+        let mut found = None;
+        for t in self.read().iter() {
+            let a = t.secret.as_bytes();
+            let b = secret.as_bytes();
+            let eq =
+                a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0;
+            if eq {
+                found = Some(t.scopes);
+            }
+        }
+        found
+    }
+
     pub(crate) fn snapshot(&self) -> Vec<Token> {
         self.read().clone()
     }

@@ -116,6 +116,8 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .route("/v1/exec", post(exec).get(list_procs))
         .route("/v1/exec/{pid}/signal", post(signal_proc))
         .route("/v1/services/{uuid}/credential", post(service_credential))
+        .route("/v1/services/{uuid}/manage", post(service_manage))
+        .route("/v1/services/{uuid}/start", post(service_start))
         .route("/v1/grants", post(grant))
         .route("/v1/names", get(names_list))
         .route(
@@ -366,6 +368,20 @@ async fn service_credential(
     } else {
         json_body(Ok(body))?["address"].as_str().map(str::to_string)
     };
+    let (pid, address, token) = running_service(&agent, &uuid, want.as_deref())?;
+    ok(
+        200,
+        json!({ "uuid": uuid, "pid": pid, "address": address, "token": token }),
+    )
+}
+
+/// The running instance of service `uuid` that this agent started, the one at `want`
+/// or else the newest: (pid, address, management credential); 404 when none runs here.
+fn running_service(
+    agent: &Agent,
+    uuid: &str,
+    want: Option<&str>,
+) -> Result<(u32, String, String), ApiError> {
     let procs = lock(&agent.procs);
     let found = procs
         .iter()
@@ -373,14 +389,15 @@ async fn service_credential(
             p.running
                 && p.service
                     .as_ref()
-                    .is_some_and(|s| s.1 == uuid && want.as_ref().is_none_or(|a| *a == s.0))
+                    .is_some_and(|s| s.1 == uuid && want.is_none_or(|a| a == s.0))
         })
         .max_by_key(|(pid, _)| **pid);
     match found {
-        Some((pid, p)) => ok(
-            200,
-            json!({ "uuid": uuid, "pid": pid, "address": p.service.as_ref().map(|s| &s.0), "token": p.manage }),
-        ),
+        Some((pid, p)) => Ok((
+            *pid,
+            p.service.as_ref().map(|s| s.0.clone()).unwrap_or_default(),
+            p.manage.clone(),
+        )),
         None => Err(ApiError::new(
             404,
             match want {
@@ -391,6 +408,147 @@ async fn service_credential(
             },
         )),
     }
+}
+
+/// How long a management request forwarded by the agent may take (a checkpoint of a
+/// large service included).
+const MANAGE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Forwards one management request (`{"op": "status"|"checkpoint"|"interval"|
+/// "restore"|"stop", ...}`) to the running instance of service `uuid` that this agent
+/// started, with the credential the agent gave it (`operate`; the credential itself
+/// never leaves the agent). Answers the service's answer; 502 with its error when
+/// it refuses or cannot be reached.
+async fn service_manage(
+    State(agent): State<Arc<Agent>>,
+    Extension(conn): Extension<Conn>,
+    uuid: Result<Path<String>, PathRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    need(&conn, Scope::Operate)?;
+    let Path(uuid) = uuid?;
+    check_name("uuid", &uuid).map_err(|e| ApiError::new(400, e.to_string()))?;
+    let req = json_body(body)?;
+    let op = req["op"].as_str().unwrap_or("");
+    if !["status", "checkpoint", "interval", "restore", "stop"].contains(&op) {
+        return Err(ApiError::new(
+            400,
+            format!("`op` must be status, checkpoint, interval, restore or stop, not `{op}`"),
+        ));
+    }
+    let (_, address, cred) = running_service(&agent, &uuid, req["address"].as_str())?;
+    let mut fwd = serde_json::Map::new();
+    fwd.insert("op".into(), json!(op));
+    for k in ["secs", "id", "checkpoint"] {
+        if !req[k].is_null() {
+            fwd.insert(k.into(), req[k].clone());
+        }
+    }
+    match godwit_sdk::mgmt::request(&address, Value::Object(fwd), Some(&cred), MANAGE_TIMEOUT).await
+    {
+        Ok(v) => ok(200, v),
+        Err(e) => Err(ApiError::new(
+            502,
+            format!("service {uuid} at {address}: {e}"),
+        )),
+    }
+}
+
+/// How long starting a service again waits for its `GODWIT_READY` line.
+const START_READY: Duration = Duration::from_secs(60);
+
+/// Starts service `uuid` again on this node (`exec`): the program, arguments,
+/// environment and directory of its newest instance that this agent started, under
+/// the same UUID, from the tip of its branch (`--resume`) or, with body
+/// `{"checkpoint": ID}`, from that checkpoint (`--restore ID`: a new branch). Waits
+/// for it to be ready. 409 while an instance runs here, 404 when this agent never
+/// started it, 504 (and killed) when not ready in time.
+async fn service_start(
+    State(agent): State<Arc<Agent>>,
+    Extension(conn): Extension<Conn>,
+    uuid: Result<Path<String>, PathRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    need(&conn, Scope::Exec)?;
+    let Path(uuid) = uuid?;
+    check_name("uuid", &uuid).map_err(|e| ApiError::new(400, e.to_string()))?;
+    let body = body?;
+    let from: Option<String> = if body.is_empty() {
+        None
+    } else {
+        json_body(Ok(body))?["checkpoint"]
+            .as_str()
+            .map(str::to_string)
+    };
+    if let Some(id) = &from {
+        check_name("checkpoint id", id).map_err(|e| ApiError::new(400, e.to_string()))?;
+    }
+    let last = {
+        let procs = lock(&agent.procs);
+        let mine: Vec<(&u32, &Proc)> = procs
+            .iter()
+            .filter(|(_, p)| p.service.as_ref().is_some_and(|s| s.1 == uuid))
+            .collect();
+        if let Some((pid, _)) = mine.iter().find(|(_, p)| p.running) {
+            return Err(ApiError::new(
+                409,
+                format!("service {uuid} already runs here (pid {pid})"),
+            ));
+        }
+        mine.iter().max_by_key(|(pid, _)| **pid).map(|(_, p)| {
+            (
+                p.program.clone(),
+                p.args.clone(),
+                p.restart,
+                p.env.clone(),
+                p.cwd.clone(),
+            )
+        })
+    };
+    let Some((program, args, restart, env, cwd)) = last else {
+        return Err(ApiError::new(
+            404,
+            format!("this agent never started service {uuid}: start it with POST /v1/exec"),
+        ));
+    };
+    let canon = allowed_program(&agent, &program)?;
+    let spec = ExecSpec {
+        program,
+        canon,
+        env,
+        cwd,
+        restart,
+    };
+    let mut again = godwit_sdk::options::without_lifecycle_options(&args);
+    again.extend(["--uuid".into(), uuid.clone()]);
+    match &from {
+        Some(id) => again.extend(["--restore".into(), id.clone()]),
+        None => again.push("--resume".into()),
+    }
+    let (started, ready) = spawn_program(&agent, &spec, &again, 0).await?;
+    let (pid, log) = (started.pid, started.log.clone());
+    tokio::spawn(supervise(agent.clone(), spec, started, again));
+    let address = match tokio::time::timeout(START_READY, ready).await {
+        Ok(Ok(line)) => line.split_whitespace().nth(1).map(str::to_string),
+        _ => {
+            if let Some(p) = lock(&agent.procs).get_mut(&pid) {
+                p.restart = false;
+            }
+            send_signal(pid, "KILL");
+            return Err(ApiError::new(
+                504,
+                format!(
+                    "service {uuid} (pid {pid}) did not print GODWIT_READY within {START_READY:?}; see {}",
+                    log.display()
+                ),
+            ));
+        }
+    };
+    tracing::info!(%uuid, pid, from = from.as_deref().unwrap_or("its newest checkpoint"), "service started again");
+    ok(
+        201,
+        json!({ "uuid": uuid, "pid": pid, "address": address, "restored_from": from, "log": log.display().to_string() }),
+    )
 }
 
 /// A token with the `service` scope only (names and store), for a service that another
@@ -603,6 +761,8 @@ async fn spawn_program(
             restart: spec.restart,
             restarts,
             manage,
+            env: spec.env.clone(),
+            cwd: spec.cwd.clone(),
         },
     );
     tracing::info!(pid, program, ?args, restarts, "started");

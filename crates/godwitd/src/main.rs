@@ -5,10 +5,14 @@
 //!   ready), name service (the embedded registry: UUID -> address, leases) and
 //!   checkpoint store (checkpoints under `DATA/store`, dirs 0700, files 0600);
 //! - `migration` channels go to [`migration::receive`].
+//!
+//! With `--dashboard ADDR:PORT` it also serves the operator's dashboard to web
+//! browsers, over plain TLS with its own login ([`dashboard`]).
 
 mod api;
 mod balance;
 mod cluster;
+mod dashboard;
 mod load;
 mod metrics;
 mod migration;
@@ -102,6 +106,16 @@ struct Args {
     /// more than 30 s to send are not made.
     #[arg(long, default_value_t = 100.0)]
     balance_link_mbps: f64,
+    /// Serve the operator's dashboard to web browsers on this address (ADDR:PORT,
+    /// HTTPS; log in with a token of the token file). Off by default.
+    #[arg(long, value_name = "ADDR:PORT")]
+    dashboard: Option<String>,
+    /// PEM certificate chain for the dashboard instead of a self-signed one.
+    #[arg(long, requires_all = ["dashboard_key", "dashboard"])]
+    dashboard_cert: Option<PathBuf>,
+    /// PEM private key of --dashboard-cert.
+    #[arg(long, requires = "dashboard_cert")]
+    dashboard_key: Option<PathBuf>,
 }
 
 /// A program this agent started.
@@ -121,6 +135,10 @@ pub(crate) struct Proc {
     /// a conformist service accepts on its management interface. Handed out only to
     /// holders of an `operate` token (`POST /v1/services/{uuid}/credential`).
     pub(crate) manage: String,
+    /// The environment and directory it was started with (what starting it again
+    /// from the dashboard gives it).
+    pub(crate) env: serde_json::Map<String, serde_json::Value>,
+    pub(crate) cwd: Option<String>,
 }
 
 /// What `--allow-exec` allows.
@@ -291,6 +309,31 @@ async fn main() -> anyhow::Result<()> {
     if let Some(l) = metrics_listener {
         tracing::info!(addr = %l.local_addr()?, "metrics in plain HTTP at /metrics");
         tokio::spawn(metrics::serve_plain(l));
+    }
+    if let Some(addr) = &args.dashboard {
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("dashboard: listening on {addr}"))?;
+        let at = listener.local_addr()?;
+        let (tls, pki) = godwit_net::browser_acceptor(
+            args.dashboard_cert
+                .as_deref()
+                .zip(args.dashboard_key.as_deref()),
+            &at.ip().to_string(),
+        )?;
+        if at.ip().is_unspecified() {
+            tracing::warn!(
+                dashboard = %at,
+                "the dashboard listens on every address: any host that can reach this one can reach its login page; give --dashboard a specific address (127.0.0.1:PORT, then an SSH tunnel) to narrow it"
+            );
+        }
+        tracing::info!(
+            dashboard = %format!("https://{at}/"),
+            tls = if pki { "operator certificate" } else { "self-signed certificate" },
+            "dashboard serving"
+        );
+        println!("GODWITD_DASHBOARD https://{at}/");
+        dashboard::spawn(dashboard::Dashboard::new(agent.clone()), listener, tls);
     }
     println!("GODWITD_READY {node}");
     tracing::info!(

@@ -104,7 +104,10 @@ fn describe(agent: &Agent, pid: i32) -> Option<Value> {
         .unwrap_or_default();
     let alive_ticks = uptime_ticks().saturating_sub(start).max(1);
     let managed = lock(&agent.transparent).get(&pid).cloned();
-    let started = lock(&agent.procs).contains_key(&(pid as u32));
+    // A started program that exited may have been restored since under its PID.
+    let started = lock(&agent.procs)
+        .get(&(pid as u32))
+        .is_some_and(|p| p.running);
     let kind = if started {
         "started"
     } else if managed.is_some() {

@@ -831,3 +831,57 @@ async fn grants_are_service_scoped_and_credentials_need_operate() {
     let r = call(&d, "POST", "/v1/services/svc-g/credential", b"{}").await;
     assert_eq!(r.status, 404, "{}", r.error_message());
 }
+
+/// `--dashboard` on every address is served and warned about; the dashboard's banner
+/// comes before `GODWITD_READY`; a certificate without its key is refused.
+#[test]
+fn a_dashboard_on_every_address_is_warned_about() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = command(
+        dir.path(),
+        &["--dashboard", "0.0.0.0:0"],
+        &[],
+        "127.0.0.1:0",
+    )
+    .spawn()
+    .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut first = String::new();
+    out.read_line(&mut first).unwrap();
+    let mut second = String::new();
+    out.read_line(&mut second).unwrap();
+    kill_group(child.id());
+    let _ = child.kill();
+    let _ = child.wait();
+    let err = std::fs::read_to_string(dir.path().join("stderr")).unwrap_or_default();
+    assert!(
+        first.starts_with("GODWITD_DASHBOARD https://0.0.0.0:"),
+        "{first}: {err}"
+    );
+    assert!(second.starts_with("GODWITD_READY "), "{second}");
+    assert!(
+        err.contains("the dashboard listens on every address"),
+        "{err}"
+    );
+
+    let out = command(
+        dir.path(),
+        &[
+            "--dashboard",
+            "127.0.0.1:0",
+            "--dashboard-cert",
+            "/nonexistent",
+        ],
+        &[],
+        "127.0.0.1:0",
+    )
+    .stderr(Stdio::piped())
+    .output()
+    .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--dashboard-key"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
