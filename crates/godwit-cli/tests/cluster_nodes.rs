@@ -508,23 +508,7 @@ fn three_nodes_heartbeats_health_load_and_metrics() {
 #[test]
 fn six_busy_processes_spread_over_three_nodes_and_stay() {
     let mut c = Hosts::up(3);
-    let all = c.dir.path().join("peers-all");
-    let line = |h: usize| format!("n{h} {}\n", c.agent_addr(h));
-    std::fs::write(&all, line(1) + &line(2) + &line(3)).unwrap();
-    for h in 1..=3 {
-        c.start_agent(
-            h,
-            &[
-                "--peers",
-                all.to_str().unwrap(),
-                "--balance",
-                "--balance-every-ms",
-                "1000",
-                "--balance-cooldown-secs",
-                "3",
-            ],
-        );
-    }
+    three_peers(&mut c, balancing);
     let mut pids = Vec::new();
     for i in 0..6 {
         // High PIDs, free on every host (each has its own PID namespace).
@@ -599,24 +583,13 @@ fn six_busy_processes_spread_over_three_nodes_and_stay() {
 #[test]
 fn a_node_over_its_memory_budget_is_relieved() {
     let mut c = Hosts::up(3);
-    let all = c.dir.path().join("peers-all");
-    let line = |h: usize| format!("n{h} {}\n", c.agent_addr(h));
-    std::fs::write(&all, line(1) + &line(2) + &line(3)).unwrap();
-    for h in 1..=3 {
-        let mut args = vec![
-            "--peers",
-            all.to_str().unwrap(),
-            "--balance",
-            "--balance-every-ms",
-            "1000",
-            "--balance-cooldown-secs",
-            "3",
-        ];
+    three_peers(&mut c, |h| {
+        let mut a = balancing(h);
         if h == 1 {
-            args.extend(["--balance-mem-budget-mib", "64"]);
+            a.extend(["--balance-mem-budget-mib".into(), "64".into()]);
         }
-        c.start_agent(h, &args);
-    }
+        a
+    });
     let pid = c.sh(
         1,
         "echo 6000 > /proc/sys/kernel/ns_last_pid; python3 -c 'import time; x = bytearray(b\"\\x01\") * (100 << 20); time.sleep(10**6)' </dev/null >/dev/null 2>&1 & echo $!",
@@ -670,22 +643,8 @@ fn a_node_over_its_memory_budget_is_relieved() {
 #[test]
 fn a_protected_process_runs_again_on_a_peer_when_its_node_dies() {
     let mut c = Hosts::up(3);
-    let all = c.dir.path().join("peers-all");
-    let line = |h: usize| format!("n{h} {}\n", c.agent_addr(h));
-    std::fs::write(&all, line(1) + &line(2) + &line(3)).unwrap();
-    for h in 1..=3 {
-        c.start_agent(h, &["--peers", all.to_str().unwrap()]);
-    }
-    let log = c.dir.path().join("counter.log");
-    let pid = c.sh(
-        1,
-        &format!(
-            "echo 7000 > /proc/sys/kernel/ns_last_pid; {} {} </dev/null >/dev/null 2>&1 & echo $!",
-            progs().join("counter").display(),
-            log.display()
-        ),
-    );
-    let pid = pid.trim().to_string();
+    three_peers(&mut c, |_| Vec::new());
+    let (_, id, log) = protected_counter(&c, 7001);
     let last = || -> u64 {
         std::fs::read_to_string(&log)
             .unwrap_or_default()
@@ -694,23 +653,6 @@ fn a_protected_process_runs_again_on_a_peer_when_its_node_dies() {
             .and_then(|l| l.trim().parse().ok())
             .unwrap_or(0)
     };
-    wait_for("the counter to count", Duration::from_secs(10), || {
-        last() >= 3
-    });
-    let v = c.json(
-        1,
-        &["protect", "--pid", &pid, "--every", "1", "--replicas", "1"],
-    );
-    let id = v["id"].as_str().unwrap().to_string();
-    assert_eq!(v["holders"], serde_json::json!(["n2"]), "{v}");
-    wait_for("a copy on n2", Duration::from_secs(30), || {
-        let h = c.json(2, &["protect"]);
-        h["held"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|x| x["id"] == id.as_str())
-    });
     // n1 dies: every process of the host, its agent and the counter.
     let init = Command::new(script())
         .args(["init", &c.name, "1"])
@@ -764,6 +706,7 @@ fn a_protected_process_runs_again_on_a_peer_when_its_node_dies() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    let all = c.dir.path().join("peers-all");
     c.start_agent(1, &["--peers", all.to_str().unwrap()]);
     let back = c.json(1, &["protect"]);
     assert!(back["owned"].as_array().unwrap().is_empty(), "{back}");
@@ -781,42 +724,8 @@ fn a_protected_process_runs_again_on_a_peer_when_its_node_dies() {
 #[test]
 fn a_cut_off_owner_kills_its_copy_when_it_is_back() {
     let mut c = Hosts::up(3);
-    let all = c.dir.path().join("peers-all");
-    let line = |h: usize| format!("n{h} {}\n", c.agent_addr(h));
-    std::fs::write(&all, line(1) + &line(2) + &line(3)).unwrap();
-    for h in 1..=3 {
-        c.start_agent(h, &["--peers", all.to_str().unwrap()]);
-    }
-    let log = c.dir.path().join("counter.log");
-    let pid = c.sh(
-        1,
-        &format!(
-            "echo 7100 > /proc/sys/kernel/ns_last_pid; {} {} </dev/null >/dev/null 2>&1 & echo $!",
-            progs().join("counter").display(),
-            log.display()
-        ),
-    );
-    let pid = pid.trim().to_string();
-    wait_for("the counter to count", Duration::from_secs(10), || {
-        std::fs::read_to_string(&log)
-            .unwrap_or_default()
-            .lines()
-            .count()
-            >= 3
-    });
-    let v = c.json(
-        1,
-        &["protect", "--pid", &pid, "--every", "1", "--replicas", "1"],
-    );
-    let id = v["id"].as_str().unwrap().to_string();
-    wait_for("a copy on n2", Duration::from_secs(30), || {
-        let h = c.json(2, &["protect"]);
-        h["held"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|x| x["id"] == id.as_str())
-    });
+    three_peers(&mut c, |_| Vec::new());
+    let (pid, id, _) = protected_counter(&c, 7101);
     let veth = format!("gw{}1", c.name);
     let link = |state: &str| {
         let st = Command::new("ip")
@@ -865,4 +774,70 @@ fn a_cut_off_owner_kills_its_copy_when_it_is_back() {
         c.sh(2, &format!("cat /proc/{}/comm", r["pid"])).trim(),
         "counter"
     );
+}
+
+/// Starts godwitd on each of `c`'s three hosts, peers of one another, with
+/// `extra(host)` added to its options.
+fn three_peers(c: &mut Hosts, extra: impl Fn(usize) -> Vec<String>) {
+    let all = c.dir.path().join("peers-all");
+    let line = |h: usize| format!("n{h} {}\n", c.agent_addr(h));
+    std::fs::write(&all, line(1) + &line(2) + &line(3)).unwrap();
+    for h in 1..=3 {
+        let mut args = vec!["--peers".to_string(), all.to_str().unwrap().to_string()];
+        args.extend(extra(h));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        c.start_agent(h, &args);
+    }
+}
+
+/// The balancers on, looking every second, arrivals cooling down 3 s.
+fn balancing(_: usize) -> Vec<String> {
+    [
+        "--balance",
+        "--balance-every-ms",
+        "1000",
+        "--balance-cooldown-secs",
+        "3",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+/// A counter started on n1 with PID `pid` and protected there (a
+/// checkpoint every second, one copy); returns its PID, the protection's
+/// id and its log, once n2 holds a copy.
+fn protected_counter(c: &Hosts, pid: u32) -> (String, String, PathBuf) {
+    let log = c.dir.path().join(format!("counter{pid}.log"));
+    let pid = c.sh(
+        1,
+        &format!(
+            "echo {} > /proc/sys/kernel/ns_last_pid; {} {} </dev/null >/dev/null 2>&1 & echo $!",
+            pid - 1,
+            progs().join("counter").display(),
+            log.display()
+        ),
+    );
+    let pid = pid.trim().to_string();
+    wait_for("the counter to count", Duration::from_secs(10), || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .count()
+            >= 3
+    });
+    let v = c.json(
+        1,
+        &["protect", "--pid", &pid, "--every", "1", "--replicas", "1"],
+    );
+    let id = v["id"].as_str().unwrap().to_string();
+    assert_eq!(v["holders"], serde_json::json!(["n2"]), "{v}");
+    wait_for("a copy on n2", Duration::from_secs(30), || {
+        let h = c.json(2, &["protect"]);
+        h["held"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|x| x["id"] == id.as_str())
+    });
+    (pid, id, log)
 }

@@ -96,7 +96,8 @@ fn need_read_or_service(conn: &Conn) -> Result<(), ApiError> {
     need(conn, Scope::Read)
 }
 
-fn json_body(body: Result<Bytes, BytesRejection>) -> Result<Value, ApiError> {
+/// A request's JSON body (400 otherwise).
+pub(crate) fn json_body(body: Result<Bytes, BytesRejection>) -> Result<Value, ApiError> {
     let body = body?;
     serde_json::from_slice(&body).map_err(|e| ApiError::new(400, format!("body is not JSON: {e}")))
 }

@@ -329,12 +329,7 @@ impl Balancer {
     }
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+use crate::now_ms;
 
 /// Every node with the load its last heartbeat carried (this one's now).
 fn views(agent: &Agent) -> Vec<NodeView> {
@@ -399,10 +394,6 @@ pub fn routes() -> Router<Arc<Agent>> {
         .route("/v1/processes/{pid}/pin", post(pin))
 }
 
-fn body_json(body: Result<Bytes, BytesRejection>) -> Result<Value, ApiError> {
-    serde_json::from_slice(&body?).map_err(|e| ApiError::new(400, format!("body is not JSON: {e}")))
-}
-
 /// `GET /v1/balance` (`read`): on or off, the rules, the plan now (every
 /// node's moves, with why, and why not more) and the moves this node made.
 async fn show(State(agent): State<Arc<Agent>>, Extension(conn): Extension<Conn>) -> ApiResult {
@@ -435,7 +426,7 @@ async fn set(
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult {
     need(&conn, Scope::Operate)?;
-    let v = body_json(body)?;
+    let v = crate::api::json_body(body)?;
     let on = v["enabled"]
         .as_bool()
         .ok_or_else(|| ApiError::new(400, "`enabled` (true or false) is required"))?;
@@ -453,7 +444,7 @@ async fn pin(
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult {
     need(&conn, Scope::Operate)?;
-    let v = body_json(body)?;
+    let v = crate::api::json_body(body)?;
     let pinned = v["pinned"].as_bool().unwrap_or(true);
     match lock(&agent.transparent).get_mut(&pid) {
         Some(m) => m.pinned = pinned,

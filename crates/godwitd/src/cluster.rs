@@ -33,7 +33,7 @@ use axum::routing::{get, post};
 use axum::{Extension, Router};
 use godwit_net::http::HttpRequest;
 use godwit_net::{ClientTls, Scope};
-use serde_json::{json, Value};
+use serde_json::json;
 use tokio::sync::broadcast;
 
 use crate::api::{need, ok, ApiError, ApiResult, Conn};
@@ -427,12 +427,7 @@ impl Peer {
     }
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+use crate::now_ms;
 
 /// Writes `path` whole, mode 0600, through a temporary file and a rename.
 pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> Result<(), ClusterError> {
@@ -540,10 +535,6 @@ pub fn routes() -> Router<Arc<Agent>> {
         .route("/v1/load/history", get(history))
 }
 
-fn body_json(body: Result<Bytes, BytesRejection>) -> Result<Value, ApiError> {
-    serde_json::from_slice(&body?).map_err(|e| ApiError::new(400, format!("body is not JSON: {e}")))
-}
-
 /// `POST /v1/heartbeat` `{name, load}` from a peer (`operate`).
 async fn heartbeat(
     State(agent): State<Arc<Agent>>,
@@ -551,7 +542,7 @@ async fn heartbeat(
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult {
     need(&conn, Scope::Operate)?;
-    let v = body_json(body)?;
+    let v = crate::api::json_body(body)?;
     let name = v["name"]
         .as_str()
         .ok_or_else(|| ApiError::new(400, "`name` (string) is required"))?;
@@ -567,7 +558,7 @@ async fn add_node(
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult {
     need(&conn, Scope::Operate)?;
-    let v = body_json(body)?;
+    let v = crate::api::json_body(body)?;
     let (Some(name), Some(addr)) = (v["name"].as_str(), v["addr"].as_str()) else {
         return Err(ApiError::new(
             400,

@@ -76,12 +76,7 @@ pub struct Sampler {
     last: Option<Load>,
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+use crate::now_ms;
 
 /// `/proc/stat`: (busy jiffies, total jiffies, CPUs, procs_running).
 fn proc_stat() -> Option<(u64, u64, u32, u64)> {

@@ -172,6 +172,14 @@ pub struct Agent {
     pub(crate) protection: protect::Protection,
 }
 
+/// Milliseconds since the Unix epoch.
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
 pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // Single map operations only: consistent even after a panic elsewhere.
     m.lock().unwrap_or_else(|p| p.into_inner())

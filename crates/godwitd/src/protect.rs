@@ -90,12 +90,7 @@ pub struct Protection {
     busy: tokio::sync::Mutex<()>,
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+use crate::now_ms;
 
 fn state_file(agent: &Agent) -> PathBuf {
     agent.data.join("protected.json")
@@ -111,15 +106,10 @@ fn save(agent: &Agent) {
     }
 }
 
+/// Whether `pid` runs `program` (and is not a zombie).
 fn alive(pid: i32, program: &str) -> bool {
-    std::fs::read(format!("/proc/{pid}/cmdline"))
-        .ok()
-        .and_then(|c| {
-            c.split(|b| *b == 0)
-                .next()
-                .map(|a| String::from_utf8_lossy(a).into_owned())
-        })
-        .is_some_and(|first| first == program)
+    !program.is_empty()
+        && program_of(pid) == program
         && std::fs::read_to_string(format!("/proc/{pid}/stat"))
             .ok()
             .and_then(|s| {
@@ -129,6 +119,7 @@ fn alive(pid: i32, program: &str) -> bool {
             == Some(false)
 }
 
+/// The first word of `pid`'s command line ("" when there is none).
 fn program_of(pid: i32) -> String {
     std::fs::read(format!("/proc/{pid}/cmdline"))
         .ok()
@@ -495,10 +486,6 @@ pub fn routes() -> Router<Arc<Agent>> {
         .route("/v1/replicas/{id}", put(replica))
 }
 
-fn body_json(body: Result<Bytes, BytesRejection>) -> Result<Value, ApiError> {
-    serde_json::from_slice(&body?).map_err(|e| ApiError::new(400, format!("body is not JSON: {e}")))
-}
-
 /// `POST /v1/protected` `{"pid", "every_secs"?: 10, "replicas"?: 1}`
 /// (`operate`): protects a process of this node.
 async fn protect(
@@ -507,7 +494,7 @@ async fn protect(
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult {
     need(&conn, Scope::Operate)?;
-    let v = body_json(body)?;
+    let v = crate::api::json_body(body)?;
     let pid = v["pid"]
         .as_i64()
         .ok_or_else(|| ApiError::new(400, "`pid` (number) is required"))? as i32;
