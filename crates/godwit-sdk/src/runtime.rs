@@ -1810,7 +1810,12 @@ impl<S: Service> Shared<S> {
             "address": self.address,
             "mode": mode_name(self.mode()),
             "pid": std::process::id(),
-            "program": std::env::current_exe().ok().map(|p| p.display().to_string()),
+            // Where the program was, also once replaced or removed there (a
+            // node that lacks it starts its registered copy: godwitd --program).
+            "program": std::env::current_exe().ok().map(|p| {
+                let p = p.display().to_string();
+                p.strip_suffix(" (deleted)").map(str::to_string).unwrap_or(p)
+            }),
             "relaunch_args": self.opts.relaunch_args,
             "call_token_file": self.opts.call_token_file.as_ref().map(|p| p.display().to_string()),
             "names": self.opts.names.url(),

@@ -640,6 +640,28 @@ async fn signal_proc(
 }
 
 /// Resolves `program` and checks it against `--allow-exec`.
+/// `program` as this node has it: the path itself when it exists here,
+/// else this node's copy registered under its file name (`--program
+/// NAME=PATH`), so that a service moves to a node that keeps its program
+/// elsewhere.
+pub(crate) fn local_program(agent: &Agent, program: &str) -> String {
+    let path = FsPath::new(program);
+    if path.exists() {
+        return program.to_string();
+    }
+    let copy = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| agent.programs.get(n));
+    match copy {
+        Some(c) => {
+            tracing::info!(%program, copy = %c.display(), "not on this node: starting the registered copy");
+            c.display().to_string()
+        }
+        None => program.to_string(),
+    }
+}
+
 fn allowed_program(agent: &Agent, program: &str) -> Result<PathBuf, ApiError> {
     if agent.allow_exec.is_empty() {
         return Err(ApiError::new(
@@ -653,8 +675,17 @@ fn allowed_program(agent: &Agent, program: &str) -> Result<PathBuf, ApiError> {
             format!("`program` must be an absolute path, not `{program}`"),
         ));
     }
-    let canon = std::fs::canonicalize(program)
-        .map_err(|e| ApiError::new(400, format!("cannot start {program}: {e}")))?;
+    let canon = std::fs::canonicalize(program).map_err(|e| {
+        let name = FsPath::new(program)
+            .file_name()
+            .map_or_else(|| program.into(), |n| n.to_string_lossy());
+        ApiError::new(
+            400,
+            format!(
+                "cannot start {program}: {e}; if this node keeps the program elsewhere, register it: godwitd --program {name}=PATH"
+            ),
+        )
+    })?;
     let ok = agent.allow_exec.iter().any(|a| match a {
         Allowed::File(f) => *f == canon,
         Allowed::Dir(d) => canon.starts_with(d),
@@ -883,6 +914,7 @@ async fn exec(
             ))
         }
     };
+    let program = &local_program(&agent, program);
     let canon = allowed_program(&agent, program)?;
     let wait_ready = Duration::from_millis(v["wait_ready_ms"].as_u64().unwrap_or(0));
     let spec = ExecSpec {

@@ -57,6 +57,12 @@ struct Args {
     /// Repeatable. Without any, remote execution is refused.
     #[arg(long = "allow-exec", value_name = "PATH")]
     allow_exec: Vec<String>,
+    /// This node's copy of program NAME is at PATH (absolute; repeatable): a
+    /// program to start (POST /v1/exec, a service's migration or restart)
+    /// that does not exist here is started from the copy registered under
+    /// its file name. A registered program may be started.
+    #[arg(long = "program", value_name = "NAME=PATH")]
+    programs: Vec<String>,
     /// Migrations received in stop-copy or pre-copy: fill the processes' memory
     /// before they run (the default runs them at once and fills it behind them,
     /// from the image already received: a shorter downtime).
@@ -159,6 +165,8 @@ pub struct Agent {
     /// The tokens the channel accepts: the token file's plus one per running program.
     pub(crate) tokens: TokenSet,
     pub(crate) allow_exec: Vec<Allowed>,
+    /// --program NAME=PATH: this node's copies of programs, by name.
+    pub(crate) programs: BTreeMap<String, PathBuf>,
     /// Transparent processes restored or received here.
     pub(crate) transparent: Mutex<BTreeMap<i32, transparent::Managed>>,
     /// Unless --fill-before-run: from how many bytes a received migration's
@@ -183,6 +191,29 @@ pub(crate) fn now_ms() -> u64 {
 pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // Single map operations only: consistent even after a panic elsewhere.
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// `--program NAME=PATH` options: NAME a file name, PATH an existing
+/// absolute path (resolved).
+fn parse_programs(list: &[String]) -> anyhow::Result<BTreeMap<String, PathBuf>> {
+    let mut out = BTreeMap::new();
+    for p in list {
+        let Some((name, path)) = p.split_once('=') else {
+            bail!("--program {p}: give NAME=PATH");
+        };
+        if name.is_empty() || name.contains('/') {
+            bail!("--program {p}: NAME is a program's file name (no /)");
+        }
+        if !Path::new(path).is_absolute() {
+            bail!("--program {p}: give an absolute PATH");
+        }
+        let canon = std::fs::canonicalize(path)
+            .with_context(|| format!("--program {p}: cannot resolve the path"))?;
+        if out.insert(name.to_string(), canon).is_some() {
+            bail!("--program {name}: given twice");
+        }
+    }
+    Ok(out)
 }
 
 fn parse_allowed(list: &[String]) -> anyhow::Result<Vec<Allowed>> {
@@ -223,7 +254,9 @@ async fn main() -> anyhow::Result<()> {
         .init();
     let args = Args::parse();
     let tokens = TokenSet::load(&args.token_file)?;
-    let allow_exec = parse_allowed(&args.allow_exec)?;
+    let mut allow_exec = parse_allowed(&args.allow_exec)?;
+    let programs = parse_programs(&args.programs)?;
+    allow_exec.extend(programs.values().cloned().map(Allowed::File));
     let server = ServerTls::new(
         tokens.clone(),
         args.tls_cert.as_deref().zip(args.tls_key.as_deref()),
@@ -288,6 +321,7 @@ async fn main() -> anyhow::Result<()> {
         node: node.clone(),
         tokens,
         allow_exec,
+        programs,
         defer_fill: (!args.fill_before_run).then_some(godwit_engine::deferred::MIN_BYTES),
         transparent: Mutex::new(BTreeMap::new()),
         stopping: std::sync::atomic::AtomicBool::new(false),

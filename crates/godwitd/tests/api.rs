@@ -885,3 +885,40 @@ fn a_dashboard_on_every_address_is_warned_about() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// `--program NAME=PATH`: a program that does not exist on this node is
+/// started from the copy registered under its file name (what a service's
+/// migration to a node that keeps its program elsewhere needs); one that
+/// nobody registered is refused with the option to use.
+#[tokio::test]
+async fn a_program_missing_here_starts_from_its_registered_copy() {
+    let dir = tempfile::tempdir().unwrap();
+    let copy = dir.path().join("napper");
+    std::fs::copy(std::fs::canonicalize("/bin/sleep").unwrap(), &copy).unwrap();
+    let arg = format!("napper={}", copy.display());
+    let d = start_with(&["--program", &arg], &[], "127.0.0.1:0");
+    let r = call(
+        &d,
+        "POST",
+        "/v1/exec",
+        br#"{"program":"/elsewhere/on/another/node/napper","args":["60"]}"#,
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.error_message());
+    let pid = r.json().unwrap()["pid"].as_u64().unwrap();
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap();
+    assert_eq!(exe, std::fs::canonicalize(&copy).unwrap());
+    let r = call(
+        &d,
+        "POST",
+        "/v1/exec",
+        br#"{"program":"/elsewhere/on/another/node/other","args":["60"]}"#,
+    )
+    .await;
+    assert_eq!(r.status, 400);
+    assert!(
+        r.error_message().contains("godwitd --program other=PATH"),
+        "{}",
+        r.error_message()
+    );
+}

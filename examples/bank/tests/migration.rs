@@ -586,3 +586,114 @@ async fn a_service_started_by_the_agent_uses_its_per_program_token() {
         "the checkpoint went to the agent's store: {ck}"
     );
 }
+
+/// Starts a godwitd on loopback with `extra` options; returns it and its
+/// address.
+fn loopback_agent(data: &Path, token_file: &Path, extra: &[&std::ffi::OsStr]) -> (Proc, String) {
+    let mut cmd = Command::new(godwitd_bin());
+    cmd.args(["--listen", "127.0.0.1:0", "--data"])
+        .arg(data)
+        .arg("--token-file")
+        .arg(token_file)
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .process_group(0);
+    let mut d = Proc(cmd.spawn().expect("start godwitd"));
+    let mut line = String::new();
+    BufReader::new(d.0.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let node = line
+        .trim()
+        .strip_prefix("GODWITD_READY ")
+        .unwrap_or_else(|| panic!("godwitd said `{line}`"))
+        .to_string();
+    (d, node)
+}
+
+/// A service moves to a node that keeps its program at another path: the
+/// source ran it from a/bank (removed since, as after an upgrade there),
+/// the destination has it as b/bank (`godwitd --program bank=b/bank`) and
+/// starts that copy, which takes over with the service's state.
+#[tokio::test]
+async fn a_service_moves_to_a_node_that_keeps_its_program_elsewhere() {
+    let _heavy = HEAVY.lock().await;
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, TOKEN).unwrap();
+    std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    for d in ["a", "b"] {
+        std::fs::create_dir(dir.path().join(d)).unwrap();
+        std::fs::copy(bank_bin(), dir.path().join(d).join("bank")).unwrap();
+    }
+    let (a_bin, b_bin) = (dir.path().join("a/bank"), dir.path().join("b/bank"));
+    let (_a, node_a) = loopback_agent(
+        &dir.path().join("node-a"),
+        &token_file,
+        &["--allow-exec".as_ref(), a_bin.as_os_str()],
+    );
+    let registered = format!("bank={}", b_bin.display());
+    let (_b, node_b) = loopback_agent(
+        &dir.path().join("node-b"),
+        &token_file,
+        &["--program".as_ref(), registered.as_ref()],
+    );
+    let (agent_a, agent_b) = (
+        Agent::new(&node_a, TOKEN.into()).unwrap(),
+        Agent::new(&node_b, TOKEN.into()).unwrap(),
+    );
+    let url = format!("agent://{node_a}");
+    let args: Vec<String> = [
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--names",
+        &url,
+        "--store",
+        &url,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let started = agent_a
+        .exec(
+            a_bin.to_str().unwrap(),
+            &args,
+            json!({}),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    let uuid = started["ready"]["uuid"].as_str().unwrap().to_string();
+    let addr = started["ready"]["address"].as_str().unwrap().to_string();
+    let names = Names::from_url(&url, Some(TOKEN.into())).unwrap();
+    let bank = BankClient::new(Client::by_uuid(
+        &uuid,
+        names.clone(),
+        ClientOptions::default(),
+    ));
+    let id = bank.open("alice".into(), 125).await.unwrap().unwrap();
+    // The program is gone from where the source ran it.
+    std::fs::remove_file(&a_bin).unwrap();
+    let m = godwit_agent_client::migrate(&names, &agent_b, &uuid)
+        .await
+        .unwrap();
+    assert_ne!(m.to, addr);
+    let listed: Value = agent_b
+        .request("list", "GET", "/v1/exec", None, Duration::from_secs(10))
+        .await
+        .unwrap();
+    let p = listed["processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["running"] == true)
+        .unwrap_or_else(|| panic!("no instance on the destination: {listed}"))
+        .clone();
+    let pid = p["pid"].as_u64().unwrap();
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap();
+    assert_eq!(exe, std::fs::canonicalize(&b_bin).unwrap());
+    assert_eq!(bank.balance(id).await.unwrap(), Ok(125));
+}
