@@ -491,6 +491,19 @@ async fn drive(
         .await;
         shot(c, "04-checkpointed").await;
 
+        // "Protect": listed among the protected processes, owned by this node.
+        click(c, &format!("{row} button[data-action='protect']")).await;
+        wait_js(
+            c,
+            "the process listed as protected",
+            Duration::from_secs(15),
+            &format!(
+                "return [...document.querySelectorAll(\"#protected tr[data-role-kind='owned']\")].some(r => r.children[1].textContent === '{pid}' && r.querySelector('.gen').textContent === '1')"
+            ),
+        )
+        .await;
+        shot(c, "04b-protected").await;
+
         // "Stop": the process ends and leaves the list.
         click(c, &format!("{row} button[data-action='stop']")).await;
         common::wait_for("the stopped counter to end", Duration::from_secs(10), || {

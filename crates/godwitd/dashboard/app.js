@@ -228,6 +228,8 @@ function drawProcesses(procs, images) {
             () => act("POST", "/api/v1/processes/" + p.pid + "/checkpoint", { leave_running: true })), session.operate),
           button("Stop", "stop", (ev) => run(ev.target, "stop " + p.pid,
             () => act("POST", "/api/v1/exec/" + p.pid + "/signal", { signal: "TERM" })), session.operate && started),
+          button("Protect", "protect", (ev) => run(ev.target, "protection of " + p.pid,
+            () => act("POST", "/api/v1/protected", { pid: p.pid, every_secs: 10, replicas: 1 })), session.operate),
           select, custom,
           el("label", { class: "muted" }, pidns, "new PID ns"),
           button("Migrate", "migrate", (ev) => {
@@ -245,6 +247,36 @@ function drawProcesses(procs, images) {
       row.querySelector(".mem").textContent = bytes(p.memory_bytes);
     },
     "no process managed by this node");
+}
+
+// Protected processes (GET /v1/protected): those this node owns, with the
+// copies on its peers and how old the oldest is, and those it holds a copy of.
+function drawProtected(prot) {
+  const tb = document.querySelector("#protected tbody");
+  const note = document.getElementById("protected-note");
+  if (!prot) { note.textContent = "not available on this agent"; return; }
+  const rows = (prot.owned || []).map((r) => ({ ...r, role: "owned" }))
+    .concat((prot.held || []).map((h) => ({ id: h.id, owner: h.owner, generation: h.generation, last_checkpoint: h.checkpoint, role: "held", age_ms: h.age_ms })));
+  updateRows(tb, rows, "data-protected", (r) => r.role + ":" + r.id, (r) => [r.owner, r.generation, r.pid, r.holders],
+    (r) => el("tr", { "data-protected": r.role + ":" + r.id, "data-role-kind": r.role },
+      el("td", { text: r.id }),
+      el("td", { class: "num", text: r.pid ? String(r.pid) : "" }),
+      el("td", { text: r.program || (r.role === "held" ? "a copy held for " + r.owner : "") }),
+      el("td", { class: "owner", text: r.owner }),
+      el("td", { class: "num gen", text: String(r.generation) }),
+      el("td", { class: "num taken" }),
+      el("td", { class: "newest" }),
+      el("td", { text: (r.holders || []).join(", ") }),
+      el("td", { class: "num lag" }),
+    ),
+    (row, r) => {
+      row.querySelector(".taken").textContent = r.taken === undefined ? "" : String(r.taken);
+      row.querySelector(".newest").textContent = r.last_checkpoint || "none yet";
+      const lag = r.role === "held" ? r.age_ms : r.lag_ms;
+      row.querySelector(".lag").textContent = lag === undefined || lag === null || lag > 1e12 ? "no copy yet" : (lag / 1000).toFixed(1) + " s";
+    },
+    "no protected process here");
+  note.textContent = "A protected process is checkpointed every few seconds and copied to peers; if its node dies, the first live peer holding a copy runs it (generation + 1).";
 }
 
 function drawImages(images) {
@@ -373,7 +405,7 @@ async function poll() {
   clearTimeout(timer);
   try {
     const all = document.getElementById("show-all").checked;
-    const [health, nodes, procs, exec, images, store, local, history, load, balance] = await Promise.all([
+    const [health, nodes, procs, exec, images, store, local, history, load, balance, prot] = await Promise.all([
       get("/api/v1/health").catch(() => null),
       optional("/api/v1/nodes"),
       get("/api/v1/processes" + (all ? "?all=true" : "")),
@@ -384,6 +416,7 @@ async function poll() {
       optional("/api/v1/load/history"),
       optional("/api/v1/load"),
       optional("/api/v1/balance"),
+      optional("/api/v1/protected"),
     ]);
     state.node = procs.node;
     state.processes = procs.processes;
@@ -409,6 +442,7 @@ async function poll() {
     drawBalancing(balance);
     drawProcesses(state.processes, state.images);
     drawImages(state.images);
+    drawProtected(prot);
     drawServices(services);
     const series = [{
       node: session.node,
