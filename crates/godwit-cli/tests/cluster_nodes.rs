@@ -841,3 +841,48 @@ fn protected_counter(c: &Hosts, pid: u32) -> (String, String, PathBuf) {
     });
     (pid, id, log)
 }
+
+/// `godwit run --protect -- PROGRAM` on a node: the program starts there,
+/// detached (not a child of the command, which returns), managed and
+/// protected by the node's agent, its copies going to a peer.
+#[test]
+fn godwit_run_protect_starts_a_protected_program() {
+    let mut c = Hosts::up(3);
+    three_peers(&mut c, |_| Vec::new());
+    let log = c.dir.path().join("run.log");
+    let out = c.sh(
+        1,
+        &format!(
+            "{} --json run --agent {} --token-file {} --protect --every 1 --replicas 1 -- {} {}",
+            env!("CARGO_BIN_EXE_godwit"),
+            c.agent_addr(1),
+            c.token().display(),
+            progs().join("counter").display(),
+            log.display()
+        ),
+    );
+    let v: Value = serde_json::from_str(out.trim()).unwrap();
+    let (pid, id) = (
+        v["pid"].as_i64().unwrap(),
+        v["id"].as_str().unwrap().to_string(),
+    );
+    assert!(v["program"].as_str().unwrap().ends_with("/counter"), "{v}");
+    wait_for("the program to count", Duration::from_secs(10), || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .count()
+            >= 3
+    });
+    // Re-parented: the command that started it has returned.
+    let ppid = c.sh(1, &format!("cut -d' ' -f4 /proc/{pid}/stat"));
+    assert_eq!(ppid.trim(), "1", "not detached");
+    wait_for("a copy on n2", Duration::from_secs(30), || {
+        let h = c.json(2, &["protect"]);
+        h["held"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|x| x["id"] == id.as_str())
+    });
+}
