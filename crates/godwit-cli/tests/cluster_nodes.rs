@@ -749,8 +749,11 @@ fn a_cut_off_owner_kills_its_copy_when_it_is_back() {
     // Gone (killed and reaped by the host's init), not merely stopped for a
     // checkpoint of n1's own loop.
     wait_for("n1 to kill its copy", Duration::from_secs(30), || {
-        c.sh(1, &format!("test -e /proc/{pid} && echo there || echo gone"))
-            .trim()
+        c.sh(
+            1,
+            &format!("test -e /proc/{pid} && echo there || echo gone"),
+        )
+        .trim()
             == "gone"
     });
     let v = c.json(1, &["protect"]);

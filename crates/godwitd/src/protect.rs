@@ -175,7 +175,7 @@ pub async fn start(agent: Arc<Agent>, client: godwit_net::ClientTls) {
             let Some((owner, gen)) = known_by(&client, &addr, &rec.id).await else {
                 continue;
             };
-            if gen > rec.generation && owner != agent.cluster.name {
+            if yields(rec.generation, &agent.cluster.name, gen, &owner) {
                 tracing::info!(id = %rec.id, peer = %name, %owner, gen, "taken over while this node was away");
                 newer = Some((owner, gen));
             }
@@ -213,13 +213,21 @@ async fn known_by(client: &godwit_net::ClientTls, addr: &str, id: &str) -> Optio
     Some((k["owner"].as_str()?.to_string(), k["generation"].as_u64()?))
 }
 
+/// Whether the owner `me` at generation `my_gen` yields to `owner` at
+/// `gen`: a higher generation wins; at the same generation (two holders
+/// that each saw themselves as the first live one, their views of the
+/// cluster differing for a moment) the lower node name does.
+fn yields(my_gen: u64, me: &str, gen: u64, owner: &str) -> bool {
+    gen > my_gen || (gen == my_gen && owner != me && owner < me)
+}
+
 /// Drops what this node owned of `id` now that `owner` has it at `gen`;
 /// kills a copy still running here.
 fn fence(agent: &Agent, id: &str, owner: &str, gen: u64) {
     let dropped = {
         let mut st = lock(&agent.protection.state);
         match st.owned.get(id) {
-            Some(r) if r.generation < gen => st.owned.remove(id),
+            Some(r) if yields(r.generation, &r.owner, gen, owner) => st.owned.remove(id),
             _ => None,
         }
     };
@@ -645,7 +653,7 @@ async fn replica(
                     .get(&id)
                     .map(|h| (h.record.owner.clone(), h.record.generation))
             });
-        known.filter(|(_, g)| *g > rec.generation)
+        known.filter(|(o, g)| yields(rec.generation, &rec.owner, *g, o))
     };
     if let Some((owner, generation)) = newer {
         return Err(ApiError::new(
@@ -695,4 +703,20 @@ async fn replica(
     prune(&agent, &id, &ck);
     save(&agent);
     ok(201, json!({"id": id, "checkpoint": ck}))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::yields;
+
+    #[test]
+    fn a_higher_generation_wins_and_at_a_tie_the_lower_name() {
+        assert!(yields(1, "n1", 2, "n2"));
+        assert!(!yields(2, "n2", 1, "n1"));
+        // Two takeovers at once: both at generation 2; n2 keeps it, n3 yields.
+        assert!(yields(2, "n3", 2, "n2"));
+        assert!(!yields(2, "n2", 2, "n3"));
+        // Its own record never fences it.
+        assert!(!yields(2, "n2", 2, "n2"));
+    }
 }
