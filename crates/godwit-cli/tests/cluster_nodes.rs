@@ -136,24 +136,8 @@ impl Hosts {
 
     /// The host PID of the godwitd serving `host` (the one this test started).
     fn agent_host_pid(&self, host: usize) -> i32 {
-        let data = self.data(host);
-        let data = data.to_str().unwrap();
-        for e in std::fs::read_dir("/proc").unwrap().flatten() {
-            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-                continue;
-            };
-            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            let args: Vec<String> = cmd
-                .split(|c| *c == 0)
-                .map(|a| String::from_utf8_lossy(a).into_owned())
-                .collect();
-            if args.first().is_some_and(|a| a.ends_with("/godwitd"))
-                && args.iter().any(|a| a == data)
-            {
-                return pid;
-            }
-        }
-        panic!("no godwitd for host {host}");
+        common::godwitd_pid(&self.data(host))
+            .unwrap_or_else(|| panic!("no godwitd for host {host}"))
     }
 
     /// `godwit ARGS` against host `host`'s agent (from the calling namespace).

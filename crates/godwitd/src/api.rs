@@ -529,22 +529,16 @@ async fn service_start(
     let (started, ready) = spawn_program(&agent, &spec, &again, 0).await?;
     let (pid, log) = (started.pid, started.log.clone());
     tokio::spawn(supervise(agent.clone(), spec, started, again));
-    let address = match tokio::time::timeout(START_READY, ready).await {
-        Ok(Ok(line)) => line.split_whitespace().nth(1).map(str::to_string),
-        _ => {
-            if let Some(p) = lock(&agent.procs).get_mut(&pid) {
-                p.restart = false;
-            }
-            send_signal(pid, "KILL");
-            return Err(ApiError::new(
-                504,
-                format!(
-                    "service {uuid} (pid {pid}) did not print GODWIT_READY within {START_READY:?}; see {}",
-                    log.display()
-                ),
-            ));
-        }
-    };
+    let line = await_ready(
+        &agent,
+        pid,
+        &log,
+        ready,
+        START_READY,
+        &format!("service {uuid}"),
+    )
+    .await?;
+    let address = line.split_whitespace().nth(1).map(str::to_string);
     tracing::info!(%uuid, pid, from = from.as_deref().unwrap_or("its newest checkpoint"), "service started again");
     ok(
         201,
@@ -930,28 +924,42 @@ async fn exec(
     let ready = if wait_ready.is_zero() {
         Value::Null
     } else {
-        match tokio::time::timeout(wait_ready, ready_rx).await {
-            Ok(Ok(line)) => {
-                let mut it = line.split_whitespace().skip(1);
-                json!({ "address": it.next(), "uuid": it.next() })
-            }
-            _ => {
-                // Not ready: killed, and not started again.
-                if let Some(p) = lock(&agent.procs).get_mut(&pid) {
-                    p.restart = false;
-                }
-                send_signal(pid, "KILL");
-                return Err(ApiError::new(
-                    504,
-                    format!("{program} (pid {pid}) did not print GODWIT_READY within {wait_ready:?}; see {}", log.display()),
-                ));
-            }
-        }
+        let line = await_ready(&agent, pid, &log, ready_rx, wait_ready, program).await?;
+        let mut it = line.split_whitespace().skip(1);
+        json!({ "address": it.next(), "uuid": it.next() })
     };
     ok(
         201,
         json!({ "pid": pid, "ready": ready, "log": log.display().to_string() }),
     )
+}
+
+/// Waits up to `wait` for a started program's `GODWIT_READY` line; one not
+/// ready in time is killed and not started again (504 naming `what`).
+async fn await_ready(
+    agent: &Agent,
+    pid: u32,
+    log: &FsPath,
+    ready: tokio::sync::oneshot::Receiver<String>,
+    wait: Duration,
+    what: &str,
+) -> Result<String, ApiError> {
+    match tokio::time::timeout(wait, ready).await {
+        Ok(Ok(line)) => Ok(line),
+        _ => {
+            if let Some(p) = lock(&agent.procs).get_mut(&pid) {
+                p.restart = false;
+            }
+            send_signal(pid, "KILL");
+            Err(ApiError::new(
+                504,
+                format!(
+                    "{what} (pid {pid}) did not print GODWIT_READY within {wait:?}; see {}",
+                    log.display()
+                ),
+            ))
+        }
+    }
 }
 
 fn open_log(path: &FsPath) -> std::io::Result<std::fs::File> {

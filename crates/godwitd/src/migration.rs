@@ -187,7 +187,6 @@ pub async fn send_migration(
     tracing::info!(pid, to = %to, mode = mode.name(), "sending a migration");
     let r = tokio::task::spawn_blocking(move || -> Result<migrate::MigrateReport, String> {
         let tls = godwit_net::ClientTls::new(token, None).map_err(|e| e.to_string())?;
-
         let stream = tls
             .connect_blocking(
                 &to,

@@ -486,27 +486,11 @@ async fn a_service_started_by_the_agent_uses_its_per_program_token() {
     let token_file = dir.path().join("token");
     std::fs::write(&token_file, TOKEN).unwrap();
     std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let mut cmd = Command::new(godwitd_bin());
-    cmd.args(["--listen", "127.0.0.1:0", "--data"])
-        .arg(dir.path().join("node"))
-        .arg("--token-file")
-        .arg(&token_file)
-        .arg("--allow-exec")
-        .arg(bank_bin())
-        .env("GODWIT_TOKEN", TOKEN)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .process_group(0);
-    let mut d = Proc(cmd.spawn().expect("start godwitd"));
-    let mut line = String::new();
-    BufReader::new(d.0.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let node = line
-        .trim()
-        .strip_prefix("GODWITD_READY ")
-        .unwrap_or_else(|| panic!("godwitd said `{line}`"))
-        .to_string();
+    let (_d, node) = loopback_agent(
+        &dir.path().join("node"),
+        &token_file,
+        &["--allow-exec".as_ref(), bank_bin().as_os_str()],
+    );
     let agent = Agent::new(&node, TOKEN.into()).unwrap();
     let url = format!("agent://{node}");
     let args: Vec<String> = [
@@ -587,8 +571,9 @@ async fn a_service_started_by_the_agent_uses_its_per_program_token() {
     );
 }
 
-/// Starts a godwitd on loopback with `extra` options; returns it and its
-/// address.
+/// Starts a godwitd on loopback with `extra` options (and the operator's
+/// token in its environment, which no program it starts may see); returns
+/// it and its address.
 fn loopback_agent(data: &Path, token_file: &Path, extra: &[&std::ffi::OsStr]) -> (Proc, String) {
     let mut cmd = Command::new(godwitd_bin());
     cmd.args(["--listen", "127.0.0.1:0", "--data"])
@@ -596,6 +581,7 @@ fn loopback_agent(data: &Path, token_file: &Path, extra: &[&std::ffi::OsStr]) ->
         .arg("--token-file")
         .arg(token_file)
         .args(extra)
+        .env("GODWIT_TOKEN", TOKEN)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .process_group(0);

@@ -577,3 +577,22 @@ pub mod hugepages {
         }
     }
 }
+
+/// The host PID of the godwitd serving data directory `data`.
+pub fn godwitd_pid(data: &Path) -> Option<i32> {
+    let data = data.to_str()?;
+    for e in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let args: Vec<String> = cmd
+            .split(|c| *c == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        if args.first().is_some_and(|a| a.ends_with("/godwitd")) && args.iter().any(|a| a == data) {
+            return Some(pid);
+        }
+    }
+    None
+}
