@@ -701,12 +701,13 @@ fn a_protected_process_runs_again_on_a_peer_when_its_node_dies() {
     assert_eq!(counters.trim(), "0", "a second copy runs on n1");
 }
 
-/// Fencing when the old owner was only cut off: n1's link goes down, n2
-/// takes over its protected counter (while n1's copy still runs, cut off);
-/// once the link is back, n1 learns that n2 owns it at a higher generation
-/// and kills its own copy: one live copy again.
+/// Fencing when the old owner was only cut off: n1's link goes down; n1,
+/// hearing one node of three, pauses its protected counter, and n2 (with
+/// n3, a majority) takes it over; once the link is back, n1 learns that n2
+/// owns it at a higher generation and kills its paused copy: never two
+/// running copies.
 #[test]
-fn a_cut_off_owner_kills_its_copy_when_it_is_back() {
+fn a_cut_off_owner_pauses_its_copy_and_kills_it_when_it_is_back() {
     let mut c = Hosts::up(3);
     three_peers(&mut c, |_| Vec::new());
     let (pid, id, _) = protected_counter(&c, 7101);
@@ -727,8 +728,11 @@ fn a_cut_off_owner_kills_its_copy_when_it_is_back() {
             .iter()
             .any(|r| r["id"] == id.as_str())
     });
-    // Cut off, n1's copy still runs.
+    // Cut off, n1 hears one node of three: its copy is paused (stopped,
+    // not killed: had nobody taken over, it would continue).
     assert_eq!(c.sh(1, &format!("cat /proc/{pid}/comm")).trim(), "counter");
+    let state = c.sh(1, &format!("sed 's/.*) //' /proc/{pid}/stat | cut -c1"));
+    assert_eq!(state.trim(), "T", "n1's copy runs on while n2's runs");
     link("up");
     // Gone (killed and reaped by the host's init), not merely stopped for a
     // checkpoint of n1's own loop.
@@ -753,6 +757,181 @@ fn a_cut_off_owner_kills_its_copy_when_it_is_back() {
     assert_eq!(
         c.sh(2, &format!("cat /proc/{}/comm", r["pid"])).trim(),
         "counter"
+    );
+}
+
+/// Quorum without a takeover: n1 stops hearing both peers (their agents
+/// are killed: no one is left to take over). Hearing one node of three, n1
+/// pauses its protected counter; once n2's agent is back, n1 hears a
+/// majority, learns that nobody took the counter over, and lets it
+/// continue from where it was paused: nothing lost.
+#[test]
+fn an_owner_without_a_majority_pauses_and_continues_when_it_has_one() {
+    let mut c = Hosts::up(3);
+    three_peers(&mut c, |_| Vec::new());
+    let (pid, _id, log) = protected_counter(&c, 7201);
+    let last = || -> u64 {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .last()
+            .and_then(|l| l.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    let state = |c: &Hosts| {
+        c.sh(1, &format!("sed 's/.*) //' /proc/{pid}/stat | cut -c1"))
+            .trim()
+            .to_string()
+    };
+    for h in [2, 3] {
+        let agent = c.agent_host_pid(h);
+        // SAFETY: kills the godwitd this test started on host h.
+        unsafe { libc::kill(agent, libc::SIGKILL) };
+        let mut a = c.agents[h - 1].take().unwrap();
+        let _ = a.kill();
+        a.wait().unwrap();
+    }
+    wait_for("n1 to pause its counter", Duration::from_secs(20), || {
+        state(&c) == "T"
+    });
+    let paused_at = last();
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(last(), paused_at, "the paused counter counted");
+    let all = c.dir.path().join("peers-all");
+    c.start_agent(2, &["--peers", all.to_str().unwrap()]);
+    wait_for("the counter to continue", Duration::from_secs(20), || {
+        last() > paused_at + 1
+    });
+    assert_ne!(state(&c), "T");
+    let v = c.json(1, &["protect"]);
+    let r = &v["owned"][0];
+    assert_eq!(r["owner"], "n1", "{v}");
+    assert_eq!(r["generation"], 1, "{v}");
+    let v = c.json(2, &["protect"]);
+    assert!(
+        v["owned"].as_array().unwrap().is_empty(),
+        "n2 took it over: {v}"
+    );
+}
+
+/// An etcd server of a test, in the calling namespace, listening on the
+/// bridge address every simulated host reaches; killed on drop.
+struct EtcdServer {
+    child: Child,
+    url: String,
+}
+
+impl EtcdServer {
+    fn start(c: &Hosts) -> EtcdServer {
+        let free = || {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port()
+        };
+        let (cp, pp) = (free(), free());
+        let client = format!("http://{}.254:{cp}", c.prefix);
+        let peer = format!("http://127.0.0.1:{pp}");
+        let child = Command::new("etcd")
+            .args(["--name", "gw", "--data-dir"])
+            .arg(c.dir.path().join("etcd"))
+            .args([
+                "--listen-client-urls",
+                &client,
+                "--advertise-client-urls",
+                &client,
+            ])
+            .args([
+                "--listen-peer-urls",
+                &peer,
+                "--initial-advertise-peer-urls",
+                &peer,
+            ])
+            .args(["--initial-cluster", &format!("gw={peer}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("etcd (Debian's etcd-server; scripts/setup.sh installs it)");
+        let e = EtcdServer {
+            child,
+            url: format!("etcd+http://{}.254:{cp}", c.prefix),
+        };
+        let addr = format!("{}.254:{cp}", c.prefix);
+        wait_for("etcd to listen", Duration::from_secs(20), || {
+            std::net::TcpStream::connect(&addr).is_ok()
+        });
+        e
+    }
+}
+
+impl Drop for EtcdServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Membership through etcd: three agents given only `--cluster-etcd` learn
+/// one another from their leased keys; when n1's host dies its protected
+/// counter runs on n2; when etcd itself goes away, no node can renew its
+/// lease, so none has a quorum: n2 pauses the counter it now owns.
+#[test]
+fn agents_meet_through_etcd_leases_and_act_only_while_they_hold_one() {
+    let mut c = Hosts::up(3);
+    let mut etcd = EtcdServer::start(&c);
+    for h in 1..=3 {
+        let url = etcd.url.clone();
+        c.start_agent(h, &["--cluster-etcd", &url]);
+    }
+    wait_for(
+        "every node to know the two others",
+        Duration::from_secs(30),
+        || {
+            (1..=3).all(|h| {
+                let me = format!("n{h}");
+                let n: Vec<Value> = c
+                    .nodes(h)
+                    .into_iter()
+                    .filter(|x| x["name"] != me.as_str())
+                    .collect();
+                n.len() == 2 && n.iter().all(|x| x["health"] == "alive")
+            })
+        },
+    );
+    let (_, id, _) = protected_counter(&c, 7301);
+    let init = Command::new(script())
+        .args(["init", &c.name, "1"])
+        .output()
+        .unwrap();
+    let init: i32 = String::from_utf8_lossy(&init.stdout)
+        .trim()
+        .parse()
+        .unwrap();
+    // SAFETY: kills the init of the simulated host this test made.
+    unsafe { libc::kill(init, libc::SIGKILL) };
+    wait_for("the counter to run on n2", Duration::from_secs(30), || {
+        c.json(2, &["protect"])["owned"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["id"] == id.as_str() && r["generation"] == 2)
+    });
+    assert_eq!(c.health(2, "n1"), "dead");
+    let v = c.json(2, &["protect"]);
+    let pid = v["owned"][0]["pid"].as_i64().unwrap();
+    let state = |c: &Hosts| {
+        c.sh(2, &format!("sed 's/.*) //' /proc/{pid}/stat | cut -c1"))
+            .trim()
+            .to_string()
+    };
+    assert_ne!(state(&c), "T");
+    etcd.child.kill().unwrap();
+    etcd.child.wait().unwrap();
+    wait_for(
+        "n2 to pause the counter without etcd",
+        Duration::from_secs(20),
+        || state(&c) == "T",
     );
 }
 

@@ -200,6 +200,19 @@ impl Names {
         }
     }
 
+    /// The etcd backend under another key prefix (e.g. `/godwit/nodes/`, for the
+    /// agents' membership); other backends are returned as they are.
+    pub fn with_prefix(self, new: &str) -> Self {
+        match self {
+            Names::Etcd { addr, client, .. } => Names::Etcd {
+                addr,
+                client,
+                prefix: new.to_string(),
+            },
+            other => other,
+        }
+    }
+
     /// The URL form of this client (inverse of [`Names::from_url`]; `memory` for in-process).
     pub fn url(&self) -> String {
         match self {

@@ -583,13 +583,15 @@ async fn grant(
     ok(201, json!({ "token": token.secret() }))
 }
 
-/// Sends `sig` (TERM, INT or KILL) to one process. Never to a group or to "all":
+/// Sends `sig` (TERM, INT, KILL; STOP and CONT for quorum pauses) to one process. Never to a group or to "all":
 /// pids that are not positive are refused.
 pub fn send_signal(pid: u32, sig: &str) -> bool {
     let signo = match sig {
         "TERM" => libc::SIGTERM,
         "INT" => libc::SIGINT,
         "KILL" => libc::SIGKILL,
+        "STOP" => libc::SIGSTOP,
+        "CONT" => libc::SIGCONT,
         _ => return false,
     };
     let Ok(pid) = i32::try_from(pid) else {

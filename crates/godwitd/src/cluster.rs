@@ -16,6 +16,20 @@
 //!   stops is declared dead at most `dead_after + check` after the last heartbeat
 //!   it sent (its death comes after that heartbeat, so the bound holds from its
 //!   death too). A peer never heard counts from when it became known.
+//! - **Quorum.** With `--quorum majority` (the default), a node acts on a
+//!   peer's death only while it hears a majority of the cluster (itself
+//!   included), and it pauses what it owns while it does not: in a partition
+//!   only the side with a majority takes over ([`Cluster::has_quorum`]). A
+//!   cluster of two nodes cannot tell a dead peer from a cut link; the rule
+//!   applies from three nodes on, and two nodes behave as with `--quorum off`.
+//! - **etcd** (`--cluster-etcd etcd+http://HOST:PORT`): each node also keeps
+//!   `/godwit/nodes/NAME = ADDR:PORT` under an etcd lease of the dead bound
+//!   (whole seconds), renewed every heartbeat, and reads the prefix every
+//!   heartbeat: nodes are learnt from it (no peers file needed), and a peer
+//!   whose key is gone (its lease ran out: it stopped renewing, or lost etcd)
+//!   is dead whatever its heartbeats say. The quorum is then etcd's: a node
+//!   acts while it renewed its lease within two heartbeats, and pauses what it
+//!   owns otherwise (before its key can expire for the others).
 //! - **Events.** [`Cluster::subscribe`] hands out a receiver of [`NodeEvent`]s:
 //!   `Dead` when a peer turns dead, `Back` when a dead peer is heard again, for
 //!   modules that act on them (failover, balancing). This module only tells.
@@ -95,6 +109,17 @@ pub enum NodeEvent {
     Back { name: String, addr: String },
 }
 
+/// How a node decides whether it may act for the cluster (`--quorum`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum QuorumRule {
+    /// A node that hears at most half the cluster (itself included) takes
+    /// nothing over and pauses what it owns.
+    Majority,
+    /// Every node acts on what it sees (two copies may run while a
+    /// partition lasts; fencing ends one when it heals).
+    Off,
+}
+
 /// Timing of heartbeats and health.
 #[derive(Debug, Clone, Copy)]
 pub struct Timing {
@@ -162,7 +187,25 @@ pub struct Cluster {
     peers: Mutex<BTreeMap<String, Peer>>,
     events: broadcast::Sender<NodeEvent>,
     sampler: Mutex<Sampler>,
+    quorum: QuorumRule,
+    etcd: Option<Etcd>,
 }
+
+/// Membership through etcd (see the module's "etcd").
+struct Etcd {
+    names: godwit_names::Names,
+    ttl: Duration,
+    lease: tokio::sync::Mutex<Option<godwit_names::Lease>>,
+    /// When this node last renewed its lease.
+    renewed: Mutex<Option<Instant>>,
+    /// The nodes with a key, as last read (`None` before the first read).
+    members: Mutex<Option<BTreeMap<String, String>>>,
+    /// A failure was logged (once until it works again).
+    failing: AtomicBool,
+}
+
+/// The etcd prefix of the agents' membership keys.
+pub const ETCD_NODES: &str = "/godwit/nodes/";
 
 fn check_node_name(name: &str) -> Result<(), ClusterError> {
     if name.is_empty()
@@ -186,6 +229,14 @@ fn check_addr(addr: &str) -> Result<(), ClusterError> {
         _ => Err(ClusterError::Bad(format!(
             "address `{addr}`: want HOST:PORT"
         ))),
+    }
+}
+
+/// The quorum rule on counts: `heard` of `nodes` (this node included).
+pub fn quorate(rule: QuorumRule, nodes: usize, heard: usize) -> bool {
+    match rule {
+        QuorumRule::Off => true,
+        QuorumRule::Majority => nodes < 3 || 2 * heard > nodes,
     }
 }
 
@@ -264,7 +315,132 @@ impl Cluster {
             peers: Mutex::new(peers),
             events: broadcast::channel(64).0,
             sampler: Mutex::new(Sampler::default()),
+            quorum: QuorumRule::Majority,
+            etcd: None,
         })
+    }
+
+    /// Membership through etcd at `url` (`etcd+http://HOST:PORT`).
+    pub fn with_etcd(mut self, url: &str) -> Result<Cluster, ClusterError> {
+        let names = godwit_names::Names::from_url(url, None)
+            .map_err(|e| ClusterError::Bad(format!("--cluster-etcd: {e}")))?;
+        if !matches!(names, godwit_names::Names::Etcd { .. }) {
+            return Err(ClusterError::Bad(format!(
+                "--cluster-etcd `{url}`: want etcd+http://HOST:PORT"
+            )));
+        }
+        let secs = self.timing.dead_after.as_millis().div_ceil(1000).max(2) as u64;
+        self.etcd = Some(Etcd {
+            names: names.with_prefix(ETCD_NODES),
+            ttl: Duration::from_secs(secs),
+            lease: tokio::sync::Mutex::new(None),
+            renewed: Mutex::new(None),
+            members: Mutex::new(None),
+            failing: AtomicBool::new(false),
+        });
+        Ok(self)
+    }
+
+    /// Sets the quorum rule (`--quorum`).
+    pub fn with_quorum(mut self, rule: QuorumRule) -> Cluster {
+        self.quorum = rule;
+        self
+    }
+
+    /// The nodes of the cluster (this one included) and how many this node
+    /// hears: those alive, and with `suspect_counts` also those suspect
+    /// (silent for a while, not yet dead).
+    pub fn reach(&self, suspect_counts: bool) -> (usize, usize) {
+        let peers = lock(&self.peers);
+        let heard = peers
+            .values()
+            .filter(|p| match p.health {
+                Health::Alive => true,
+                Health::Suspect => suspect_counts,
+                Health::Dead => false,
+            })
+            .count();
+        (peers.len() + 1, heard + 1)
+    }
+
+    /// Whether this node may act for the cluster: under the majority rule,
+    /// it hears more than half of the nodes (see [`Cluster::reach`]);
+    /// always with `--quorum off` or fewer than three nodes.
+    /// With etcd, the quorum is etcd's: this node renewed its lease within
+    /// two heartbeats.
+    pub fn has_quorum(&self, suspect_counts: bool) -> bool {
+        if let (QuorumRule::Majority, Some(e)) = (self.quorum, &self.etcd) {
+            return lock(&e.renewed).is_some_and(|t| t.elapsed() <= self.timing.suspect_after);
+        }
+        let (nodes, heard) = self.reach(suspect_counts);
+        quorate(self.quorum, nodes, heard)
+    }
+
+    /// Whether etcd (when used) lists `name` (`true` before its first read).
+    fn etcd_member(&self, name: &str) -> bool {
+        self.etcd.as_ref().is_none_or(|e| {
+            lock(&e.members)
+                .as_ref()
+                .is_none_or(|m| m.contains_key(name))
+        })
+    }
+
+    /// One round with etcd: renew this node's lease (or take one), read the
+    /// members, learn new ones.
+    async fn etcd_round(&self) {
+        let Some(e) = &self.etcd else { return };
+        let renewed = {
+            let mut lease = e.lease.lock().await;
+            match lease.as_mut() {
+                Some(l) => e.names.refresh(l).await,
+                None => e
+                    .names
+                    .advertise(&self.name, &self.addr, e.ttl)
+                    .await
+                    .map(|l| *lease = Some(l)),
+            }
+        };
+        let listed = match renewed {
+            Ok(()) => {
+                *lock(&e.renewed) = Some(Instant::now());
+                e.names.list().await
+            }
+            Err(err) => Err(err),
+        };
+        match listed {
+            Ok(list) => {
+                if e.failing.swap(false, Ordering::SeqCst) {
+                    tracing::info!("etcd reached again");
+                }
+                let members: BTreeMap<String, String> =
+                    list.into_iter().map(|r| (r.uuid, r.address)).collect();
+                {
+                    let mut peers = lock(&self.peers);
+                    for (n, a) in &members {
+                        if *n == self.name || check_node_name(n).is_err() || check_addr(a).is_err()
+                        {
+                            continue;
+                        }
+                        match peers.get_mut(n) {
+                            Some(p) => p.addr = a.clone(),
+                            None => {
+                                tracing::info!(peer = %n, addr = %a, "peer learnt from etcd");
+                                peers.insert(
+                                    n.clone(),
+                                    Peer::new(a.clone(), "etcd", Instant::now()),
+                                );
+                            }
+                        }
+                    }
+                }
+                *lock(&e.members) = Some(members);
+            }
+            Err(err) => {
+                if !e.failing.swap(true, Ordering::SeqCst) {
+                    tracing::warn!("etcd: {err}: this node cannot renew its membership lease; it pauses what it owns if this lasts two heartbeats");
+                }
+            }
+        }
     }
 
     /// Events about peers from now on (a receiver that lags loses the oldest).
@@ -342,7 +518,7 @@ impl Cluster {
         if load.is_some() {
             p.load = load;
         }
-        if p.health != Health::Alive {
+        if p.health != Health::Alive && self.etcd_member(name) {
             let was = p.health;
             p.health = Health::Alive;
             crate::metrics::node_health(name, Health::Alive);
@@ -365,7 +541,8 @@ impl Cluster {
         for (name, p) in peers.iter_mut() {
             let since = p.heard.map_or(p.known_since, |h| h.0);
             let silent = now.saturating_duration_since(since);
-            let health = if silent > t.dead_after {
+            let gone = !self.etcd_member(name);
+            let health = if gone || silent > t.dead_after {
                 Health::Dead
             } else if silent > t.suspect_after {
                 Health::Suspect
@@ -386,7 +563,12 @@ impl Cluster {
             crate::metrics::node_health(name, health);
             match health {
                 Health::Dead => {
-                    tracing::warn!(peer = %name, addr = %p.addr, silent_ms = silent.as_millis() as u64, "node dead");
+                    let why = if gone {
+                        "its etcd lease ran out"
+                    } else {
+                        "silent past the dead bound"
+                    };
+                    tracing::warn!(peer = %name, addr = %p.addr, silent_ms = silent.as_millis() as u64, "node dead: {why}");
                     let _ = self.events.send(NodeEvent::Dead {
                         name: name.clone(),
                         addr: p.addr.clone(),
@@ -454,6 +636,19 @@ pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> Result<(), ClusterErro
 /// `client` is the channel client peers are reached with.
 pub fn start(agent: Arc<Agent>, client: ClientTls) {
     let timing = agent.cluster.timing;
+    if agent.cluster.etcd.is_some() {
+        let agent = agent.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(timing.heartbeat);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                // Bounded: a hung etcd must not stall the rounds.
+                let _ =
+                    tokio::time::timeout(timing.heartbeat * 2, agent.cluster.etcd_round()).await;
+            }
+        });
+    }
     {
         let agent = agent.clone();
         tokio::spawn(async move {
@@ -691,6 +886,19 @@ mod tests {
             0o600
         );
         assert!(c.add("me", "10.0.0.3:7420").is_err());
+    }
+
+    #[test]
+    fn majority_needs_more_than_half_from_three_nodes_on() {
+        use super::{quorate, QuorumRule::*};
+        assert!(quorate(Majority, 1, 1));
+        assert!(quorate(Majority, 2, 1), "two nodes: no quorum rule");
+        assert!(!quorate(Majority, 3, 1));
+        assert!(quorate(Majority, 3, 2));
+        assert!(!quorate(Majority, 4, 2));
+        assert!(quorate(Majority, 4, 3));
+        assert!(!quorate(Majority, 5, 2));
+        assert!(quorate(Off, 5, 1));
     }
 
     #[test]

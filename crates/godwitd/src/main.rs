@@ -81,6 +81,19 @@ struct Args {
     /// A peer silent this long is dead (default 3 heartbeats + 500 ms).
     #[arg(long)]
     dead_after_ms: Option<u64>,
+    /// In a partition, only a node that hears a majority of the cluster
+    /// takes over the processes of nodes it sees dead; one that does not
+    /// pauses (SIGSTOP) the protected processes it owns until it does
+    /// (`off`: both sides act, fencing ends one copy when it heals). Applies
+    /// from three nodes on.
+    #[arg(long, value_enum, default_value = "majority")]
+    quorum: cluster::QuorumRule,
+    /// Membership through etcd (`etcd+http://HOST:PORT`): this node keeps its
+    /// key under a lease of the dead bound and learns its peers from the
+    /// others' keys; a peer whose lease ran out is dead, and the quorum is
+    /// etcd's (this node renewed its lease lately).
+    #[arg(long, value_name = "URL")]
+    cluster_etcd: Option<String>,
     /// Also serve GET /metrics in plain HTTP here (ADDR:PORT, loopback only
     /// unless --metrics-any-addr), for Prometheus.
     #[arg(long, value_name = "ADDR:PORT")]
@@ -294,7 +307,12 @@ async fn main() -> anyhow::Result<()> {
         cluster::Timing::new(args.heartbeat_ms, args.dead_after_ms)?,
         args.peers.as_deref(),
         &args.data,
-    )?;
+    )?
+    .with_quorum(args.quorum);
+    let cluster = match &args.cluster_etcd {
+        Some(url) => cluster.with_etcd(url)?,
+        None => cluster,
+    };
     let peer_client = godwit_net::ClientTls::new(Token::load(&args.token_file)?, None)?;
     let metrics_listener = match &args.metrics_addr {
         Some(a) => {

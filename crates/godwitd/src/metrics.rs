@@ -49,6 +49,7 @@ struct Metrics {
     migration_out_bytes: Counter,
     migration_downtime: Histogram,
     takeovers: Counter,
+    quorum_pauses: Counter,
     load1: FGauge,
     procs_running: Gauge,
     cpu_percent: FGauge,
@@ -79,6 +80,7 @@ static METRICS: LazyLock<std::sync::Mutex<Metrics>> = LazyLock::new(|| {
         migration_out_bytes: Counter::default(),
         migration_downtime: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
         takeovers: Counter::default(),
+        quorum_pauses: Counter::default(),
         load1: FGauge::default(),
         procs_running: Gauge::default(),
         cpu_percent: FGauge::default(),
@@ -165,6 +167,11 @@ static METRICS: LazyLock<std::sync::Mutex<Metrics>> = LazyLock::new(|| {
         "takeovers",
         "Protected processes of a dead node restored here",
         m.takeovers.clone(),
+    );
+    r.register(
+        "quorum_pauses",
+        "Protected processes paused here because this node heard no majority of the cluster",
+        m.quorum_pauses.clone(),
     );
     r.register("node_load1", "/proc/loadavg, 1 minute", m.load1.clone());
     r.register(
@@ -278,6 +285,10 @@ pub fn migration_sent(result: Option<(u64, Duration)>) {
 /// A protected process of a dead node restored here.
 pub fn takeover() {
     lock(&METRICS).takeovers.inc();
+}
+
+pub fn quorum_pause() {
+    lock(&METRICS).quorum_pauses.inc();
 }
 
 pub fn node_load(l: &Load) {

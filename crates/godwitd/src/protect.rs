@@ -15,6 +15,17 @@
 //! cut off) is killed. An owner that hears of a higher generation (a peer
 //! took over while this node was unreachable) does the same.
 //!
+//! Quorum (cluster.rs, `--quorum majority`, from three nodes on): a node
+//! takes over only while it hears a majority of the cluster. One that stops
+//! hearing a majority (it is the cut-off side of a partition, or the others
+//! died) pauses the protected processes it owns with SIGSTOP, before the
+//! majority side declares it dead and takes them over (a peer is suspect
+//! after two silent heartbeats, dead after the dead bound). Once it hears a
+//! majority again, it asks its peers: what a peer owns at a higher
+//! generation is fenced (killed here), the rest continues (SIGCONT), and
+//! the nodes it sees dead meanwhile are failed over then. Never two live
+//! copies, and nothing lost when nobody took over.
+//!
 //! State: `DATA/protected.json` (0600): the processes this node owns and the
 //! copies it holds for others.
 
@@ -88,6 +99,8 @@ pub struct Protection {
     state: std::sync::Mutex<State_>,
     /// Serializes takeovers, fencing and saving.
     busy: tokio::sync::Mutex<()>,
+    /// Owned processes paused (SIGSTOP) for want of a quorum, by id: PID.
+    paused: std::sync::Mutex<BTreeMap<String, i32>>,
 }
 
 use crate::now_ms;
@@ -189,6 +202,7 @@ pub async fn start(agent: Arc<Agent>, client: godwit_net::ClientTls) {
         }
     }
     save(&agent);
+    tokio::spawn(keep_quorum(agent.clone(), client.clone()));
     let mut events = agent.cluster.subscribe();
     tokio::spawn(async move {
         loop {
@@ -262,6 +276,9 @@ async fn run(agent: Arc<Agent>, client: godwit_net::ClientTls, id: String) {
         if !alive(rec.pid, &rec.program) {
             tracing::warn!(id = %id, pid = rec.pid, "the protected process is gone; its last checkpoint is {:?}", rec.last_checkpoint);
             continue;
+        }
+        if lock(&agent.protection.paused).contains_key(&id) {
+            continue; // no quorum: paused, and its copies could not go out
         }
         let ck = format!("{}.g{}.{}", id, rec.generation, rec.taken + 1);
         let opts = godwit_engine::dump::DumpOptions {
@@ -393,6 +410,13 @@ fn prune(agent: &Agent, id: &str, newest: &str) {
 /// holds are restored here when this node is the first live holder.
 async fn failover(agent: &Arc<Agent>, client: &godwit_net::ClientTls, dead: &str) {
     let _busy = agent.protection.busy.lock().await;
+    if !agent.cluster.has_quorum(true) {
+        let (nodes, heard) = agent.cluster.reach(true);
+        tracing::warn!(
+            "{dead} is dead as seen from here, but this node hears only {heard} of {nodes} nodes: no takeover without a majority (it follows once this node hears one)"
+        );
+        return;
+    }
     let mine: Vec<Held> = lock(&agent.protection.state)
         .held
         .values()
@@ -458,6 +482,95 @@ async fn failover(agent: &Arc<Agent>, client: &godwit_net::ClientTls, dead: &str
             announce(client, &name, &addr, &rec).await;
         }
         tokio::spawn(run(agent.clone(), client.clone(), rec.id.clone()));
+    }
+}
+
+/// Pauses what this node owns while it hears no majority of the cluster,
+/// and settles it once it hears one again (see the module's "Quorum").
+async fn keep_quorum(agent: Arc<Agent>, client: godwit_net::ClientTls) {
+    let mut had = true;
+    // Peers start suspect until heard: give them two heartbeats.
+    let since = std::time::Instant::now();
+    loop {
+        tokio::time::sleep(agent.cluster.timing.check).await;
+        let has = agent.cluster.has_quorum(false);
+        if !has && since.elapsed() <= agent.cluster.timing.suspect_after {
+            continue;
+        }
+        if !has {
+            pause_owned(&agent);
+        } else if !had {
+            resume_paused(&agent, &client).await;
+            let dead: Vec<String> = agent
+                .cluster
+                .peers()
+                .into_iter()
+                .filter(|(_, _, h)| *h == Health::Dead)
+                .map(|(n, _, _)| n)
+                .collect();
+            for d in dead {
+                failover(&agent, &client, &d).await;
+            }
+        }
+        had = has;
+    }
+}
+
+/// Whether `pid` is stopped (state T).
+fn stopped(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .map(|(_, r)| r.trim_start().starts_with('T'))
+        })
+        == Some(true)
+}
+
+/// SIGSTOPs each owned process not paused yet (a process already stopped
+/// by someone else is left as it is, and not continued later).
+fn pause_owned(agent: &Agent) {
+    let owned: Vec<Record> = lock(&agent.protection.state)
+        .owned
+        .values()
+        .cloned()
+        .collect();
+    let mut paused = lock(&agent.protection.paused);
+    for r in owned {
+        if paused.contains_key(&r.id) || !alive(r.pid, &r.program) || stopped(r.pid) {
+            continue;
+        }
+        let (nodes, heard) = agent.cluster.reach(false);
+        tracing::warn!(id = %r.id, pid = r.pid, "no quorum (this node hears {heard} of {nodes} nodes): the protected process is paused until it hears a majority");
+        crate::api::send_signal(r.pid as u32, "STOP");
+        paused.insert(r.id.clone(), r.pid);
+        crate::metrics::quorum_pause();
+    }
+}
+
+/// With a majority heard again: each paused process a peer owns now at a
+/// higher generation is fenced (killed), the others continue.
+async fn resume_paused(agent: &Arc<Agent>, client: &godwit_net::ClientTls) {
+    let paused = std::mem::take(&mut *lock(&agent.protection.paused));
+    for (id, pid) in paused {
+        let Some(rec) = lock(&agent.protection.state).owned.get(&id).cloned() else {
+            continue;
+        };
+        let mut newer = None;
+        for (_, addr, _) in agent.cluster.peers() {
+            if let Some((owner, gen)) = known_by(client, &addr, &id).await {
+                if yields(rec.generation, &agent.cluster.name, gen, &owner) {
+                    newer = Some((owner, gen));
+                }
+            }
+        }
+        match newer {
+            Some((owner, gen)) => fence(agent, &id, &owner, gen),
+            None => {
+                tracing::info!(id = %id, pid, "quorum back: the protected process continues");
+                crate::api::send_signal(pid as u32, "CONT");
+            }
+        }
     }
 }
 
