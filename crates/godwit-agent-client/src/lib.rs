@@ -10,6 +10,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use clap::Subcommand;
 use godwit_names::Names;
 use godwit_net::http::HttpRequest;
@@ -240,6 +241,43 @@ impl Agent {
             });
         }
         resp.json().map_err(transport)
+    }
+
+    /// One API call whose bodies are bytes (`application/octet-stream`) both
+    /// ways, answers up to `limit` bytes: e.g. a checkpoint's export.
+    pub async fn request_bytes(
+        &self,
+        op: &'static str,
+        method: &str,
+        path: &str,
+        body: Option<Bytes>,
+        timeout: Duration,
+        limit: usize,
+    ) -> Result<Bytes, AgentError> {
+        let mut req = HttpRequest::new(method, path);
+        if let Some(b) = body {
+            req.body = b;
+            req.content_type = "application/octet-stream";
+        }
+        req.timeout = timeout;
+        req.body_limit = limit;
+        let resp = self
+            .client
+            .request(&self.addr, &req)
+            .await
+            .map_err(|source| AgentError::Transport {
+                agent: self.addr.clone(),
+                source,
+            })?;
+        if resp.status >= 300 {
+            return Err(AgentError::Refused {
+                agent: self.addr.clone(),
+                op,
+                status: resp.status,
+                message: resp.error_message(),
+            });
+        }
+        Ok(resp.body)
     }
 
     /// `GET /v1/health`.

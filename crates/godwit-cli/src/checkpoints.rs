@@ -22,12 +22,12 @@ pub struct CheckpointsArgs {
     #[arg(long, env = "GODWIT_STORE", default_value = DEFAULT_STORE)]
     store: PathBuf,
     /// Work on the store of this node agent (godwitd) instead of a directory
-    /// (ls, rm and gc). Not read from GODWIT_AGENT: a store directory is
-    /// the default here.
+    /// (ls, rm, gc, export, import). Not read from GODWIT_AGENT: a store
+    /// directory is the default here.
     #[arg(long)]
     agent: Option<String>,
     /// File holding a token of the agent (mode 0600): `read` for ls,
-    /// `operate` for rm and gc.
+    /// `operate` for rm, gc, export and import.
     #[arg(long, requires = "agent")]
     token_file: Option<PathBuf>,
     /// CA certificate (PEM) to verify the agent's certificate with (PKI mode).
@@ -192,13 +192,65 @@ fn run_agent(args: &CheckpointsArgs, addr: &str, json_out: bool) -> anyhow::Resu
                     .request("checkpoints gc", "POST", "/v1/checkpoints/gc", None, t)
                     .await?
             }
-            CheckpointsCmd::Export { .. } | CheckpointsCmd::Import { .. } => anyhow::bail!(
-                "export and import work on a store directory (--store DIR, on the node), not through --agent"
-            ),
+            CheckpointsCmd::Export { id, output } => {
+                let bytes = agent
+                    .request_bytes(
+                        "checkpoints export",
+                        "GET",
+                        &format!("/v1/checkpoints/{id}/export"),
+                        None,
+                        Duration::from_secs(600),
+                        EXPORT_LIMIT,
+                    )
+                    .await?;
+                write_private(output, &bytes)?;
+                json!({"id": id, "bytes": bytes.len()})
+            }
+            CheckpointsCmd::Import { file } => {
+                let bytes =
+                    std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+                agent
+                    .request_bytes(
+                        "checkpoints import",
+                        "POST",
+                        "/v1/checkpoints/import",
+                        Some(bytes.into()),
+                        Duration::from_secs(600),
+                        1 << 20,
+                    )
+                    .await
+                    .map_err(anyhow::Error::from)
+                    .and_then(|b| Ok(serde_json::from_slice(&b)?))?
+            }
         })
     })?;
     print(&args.cmd, &v, json_out);
     Ok(())
+}
+
+/// The largest export taken from an agent (as its request bodies).
+const EXPORT_LIMIT: usize = 8 << 30;
+
+/// Writes `bytes` to `path` (mode 0600) through a temporary file and a
+/// rename: never a half-written export under its name.
+fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("part");
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("creating {}", tmp.display()))?;
+    f.write_all(bytes)
+        .and_then(|_| f.sync_all())
+        .and_then(|_| std::fs::rename(&tmp, path))
+        .with_context(|| format!("writing {}", path.display()))
+        .inspect_err(|_| {
+            let _ = std::fs::remove_file(&tmp);
+        })
 }
 
 fn print(cmd: &CheckpointsCmd, v: &Value, json_out: bool) {
@@ -248,9 +300,11 @@ fn print(cmd: &CheckpointsCmd, v: &Value, json_out: bool) {
             u("checkpoints", v)
         ),
         CheckpointsCmd::Export { output, .. } => println!(
-            "exported {} ({} chunks, {} MiB) to {}",
+            "exported {} ({}{} MiB) to {}",
             v["id"].as_str().unwrap_or("?"),
-            u("chunks", v),
+            v["chunks"]
+                .as_u64()
+                .map_or(String::new(), |c| format!("{c} chunks, ")),
             mib(u("bytes", v)),
             output.display()
         ),

@@ -233,3 +233,83 @@ fn checkpoint_into_the_store_and_restore_from_it() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no image c1"));
 }
+
+/// A checkpoint leaves one node's store and enters another's through their
+/// agents (`godwit checkpoints --agent ... export|import`), and the process
+/// runs again from it on the second node.
+#[test]
+fn export_and_import_through_agents() {
+    let (a, b) = (agent(), agent());
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("log");
+    let mut p = Proc::spawn_in(
+        tempfile::tempdir().unwrap(),
+        common::progs().join("counter").to_str().unwrap(),
+        &[log.to_str().unwrap()],
+    );
+    let at = || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .last()
+            .and_then(|l| l.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    wait_for("the counter", Duration::from_secs(10), || at() >= 3);
+    let pid = p.pid.to_string();
+    node_ok(&a, &["checkpoint", "--pid", &pid, "--id", "x1", "--stop"]);
+    p.end_original();
+    let stopped_at = at();
+    let file = dir.path().join("x1.export");
+    // An export holds the process's memory: not for a read token.
+    let out = checkpoints(
+        &a,
+        "reader",
+        &["export", "x1", "-o", file.to_str().unwrap()],
+    );
+    assert!(!out.status.success());
+    assert!(!file.exists());
+    let out = checkpoints(
+        &a,
+        "operator",
+        &["export", "x1", "-o", file.to_str().unwrap()],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&file).unwrap().permissions())
+            & 0o777;
+    assert_eq!(mode, 0o600);
+    // A damaged export is refused by the receiving agent, naming why.
+    let bad = dir.path().join("bad.export");
+    let mut bytes = std::fs::read(&file).unwrap();
+    let n = bytes.len();
+    bytes[n / 2] ^= 0xff;
+    std::fs::write(&bad, &bytes).unwrap();
+    let out = checkpoints(&b, "operator", &["import", bad.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(err.contains("422"), "{err}");
+    let out = checkpoints(&b, "operator", &["import", file.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["id"], "x1", "{v}");
+    let v = node_ok(&b, &["restore", "x1"]);
+    assert_eq!(v["pid"].to_string(), pid);
+    wait_for(
+        "the counter on the second node",
+        Duration::from_secs(10),
+        || at() >= stopped_at + 3,
+    );
+    let text = std::fs::read_to_string(&log).unwrap();
+    for (i, l) in text.lines().enumerate() {
+        assert_eq!(l, i.to_string(), "a gap or a repeat in the counter's log");
+    }
+}

@@ -1,11 +1,17 @@
 //! The node's checkpoint store (crate godwit-store) in `DATA/checkpoints`:
 //! where transparent checkpoints go (see transparent.rs), and its
 //! management API: `GET /v1/checkpoints` (read), `DELETE
-//! /v1/checkpoints/{id}` and `POST /v1/checkpoints/gc` (operate).
+//! /v1/checkpoints/{id}` and `POST /v1/checkpoints/gc` (operate); `GET
+//! /v1/checkpoints/{id}/export` and `POST /v1/checkpoints/import`
+//! (operate: an export holds the process's memory) carry one checkpoint
+//! as the file `godwit checkpoints export` writes.
 
 use std::sync::Arc;
 
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
+use axum::response::IntoResponse;
 use axum::routing::{delete, get, post};
 use axum::{Extension, Router};
 use godwit_net::Scope;
@@ -40,6 +46,78 @@ pub fn routes() -> Router<Arc<Agent>> {
         .route("/v1/checkpoints", get(list))
         .route("/v1/checkpoints/gc", post(gc))
         .route("/v1/checkpoints/{id}", delete(remove))
+        .route("/v1/checkpoints/{id}/export", get(export))
+        .route("/v1/checkpoints/import", post(import))
+}
+
+/// A private scratch file name in the agent's data directory.
+fn scratch(agent: &Agent, what: &str) -> std::path::PathBuf {
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    agent
+        .data
+        .join(format!(".{what}-{}-{n}", std::process::id()))
+}
+
+/// Writes `bytes` to a new file `path`, mode 0600.
+fn write_private(path: &std::path::Path, bytes: &[u8]) -> Result<(), StoreError> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .and_then(|mut f| f.write_all(bytes))
+        .map_err(|e| StoreError::io("writing", path, e))
+}
+
+/// `GET /v1/checkpoints/{id}/export` (`operate`): the checkpoint as one
+/// export file (application/octet-stream).
+async fn export(
+    State(agent): State<Arc<Agent>>,
+    Extension(conn): Extension<Conn>,
+    Path(id): Path<String>,
+) -> Result<axum::response::Response, ApiError> {
+    need(&conn, Scope::Operate)?;
+    godwit_store::check_name("checkpoint id", &id).map_err(|e| store_error(&e))?;
+    let store = open(&agent)?;
+    let file = scratch(&agent, "export");
+    let f = file.clone();
+    let bytes = blocking(move || {
+        let r = godwit_store::export::export(&store, &id, &f)
+            .and_then(|_| std::fs::read(&f).map_err(|e| StoreError::io("reading", &f, e)));
+        let _ = std::fs::remove_file(&f);
+        r
+    })
+    .await?;
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, "application/octet-stream")],
+        bytes,
+    )
+        .into_response())
+}
+
+/// `POST /v1/checkpoints/import` (`operate`), body: an export file. The
+/// checkpoint appears whole, or not at all.
+async fn import(
+    State(agent): State<Arc<Agent>>,
+    Extension(conn): Extension<Conn>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    need(&conn, Scope::Operate)?;
+    let body =
+        body.map_err(|e| ApiError::new(400, format!("the export could not be read: {e}")))?;
+    let store = open(&agent)?;
+    let file = scratch(&agent, "import");
+    let f = file.clone();
+    let t = blocking(move || {
+        let r = write_private(&f, &body).and_then(|_| godwit_store::export::import(&store, &f));
+        let _ = std::fs::remove_file(&f);
+        r
+    })
+    .await?;
+    ok(201, json!(t))
 }
 
 async fn blocking<T: Send + 'static>(
