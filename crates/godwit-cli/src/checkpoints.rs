@@ -59,6 +59,19 @@ pub enum CheckpointsCmd {
     Import { file: PathBuf },
     /// Remove the chunks no checkpoint refers to.
     Gc,
+    /// Retention: remove the checkpoints beyond the newest N of each process
+    /// and those older than an age (never a process's newest), then gc.
+    Prune {
+        /// Keep the newest N checkpoints of each process.
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+        keep: Option<u64>,
+        /// Remove checkpoints older than this many seconds.
+        #[arg(long, value_name = "SECS")]
+        max_age_secs: Option<u64>,
+        /// Print what would go, remove nothing (store directory only).
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 /// Dumps `pid` into the store in `dir` as checkpoint `id` (default
@@ -140,6 +153,25 @@ pub fn run(args: CheckpointsArgs, json_out: bool) -> anyhow::Result<()> {
             json!({"removed": ids})
         }
         CheckpointsCmd::Gc => json!(open()?.gc()?),
+        CheckpointsCmd::Prune {
+            keep,
+            max_age_secs,
+            dry_run,
+        } => {
+            let rule = retention(*keep, *max_age_secs)?;
+            let store = open()?;
+            if *dry_run {
+                let list = store.list()?;
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_millis() as u64)
+                    .unwrap_or(0);
+                let doomed = rule.doomed(&list, now);
+                json!({"removed": doomed, "kept": list.len() - doomed.len(), "dry_run": true})
+            } else {
+                json!(store.prune(&rule)?)
+            }
+        }
         CheckpointsCmd::Export { id, output } => {
             json!(godwit_store::export::export(&open()?, id, output)
                 .with_context(|| format!("exporting {id}"))?)
@@ -192,6 +224,26 @@ fn run_agent(args: &CheckpointsArgs, addr: &str, json_out: bool) -> anyhow::Resu
                     .request("checkpoints gc", "POST", "/v1/checkpoints/gc", None, t)
                     .await?
             }
+            CheckpointsCmd::Prune {
+                keep,
+                max_age_secs,
+                dry_run,
+            } => {
+                anyhow::ensure!(
+                    !dry_run,
+                    "--dry-run works on a store directory (--store DIR), not through --agent"
+                );
+                let body = json!({"keep": keep, "max_age_secs": max_age_secs});
+                agent
+                    .request(
+                        "checkpoints prune",
+                        "POST",
+                        "/v1/checkpoints/prune",
+                        Some(body),
+                        t,
+                    )
+                    .await?
+            }
             CheckpointsCmd::Export { id, output } => {
                 let bytes = agent
                     .request_bytes(
@@ -226,6 +278,22 @@ fn run_agent(args: &CheckpointsArgs, addr: &str, json_out: bool) -> anyhow::Resu
     })?;
     print(&args.cmd, &v, json_out);
     Ok(())
+}
+
+/// The retention rule of `checkpoints prune`.
+fn retention(
+    keep: Option<u64>,
+    max_age_secs: Option<u64>,
+) -> anyhow::Result<godwit_store::Retention> {
+    let rule = godwit_store::Retention {
+        keep: keep.map(|k| k as usize),
+        max_age: max_age_secs.map(Duration::from_secs),
+    };
+    anyhow::ensure!(
+        !rule.is_none(),
+        "prune needs --keep N or --max-age-secs SECS"
+    );
+    Ok(rule)
 }
 
 /// The largest export taken from an agent (as its request bodies).
@@ -299,6 +367,21 @@ fn print(cmd: &CheckpointsCmd, v: &Value, json_out: bool) {
             u("chunks_kept", v),
             u("checkpoints", v)
         ),
+        CheckpointsCmd::Prune { dry_run, .. } => {
+            let verb = if *dry_run { "would remove" } else { "removed" };
+            for id in v["removed"].as_array().into_iter().flatten() {
+                println!("{verb} {}", id.as_str().unwrap_or("?"));
+            }
+            println!(
+                "{} checkpoints kept{}",
+                u("kept", v),
+                if *dry_run {
+                    String::new()
+                } else {
+                    format!("; {} MiB freed", mib(u("bytes_freed", &v["gc"])))
+                }
+            );
+        }
         CheckpointsCmd::Export { output, .. } => println!(
             "exported {} ({}{} MiB) to {}",
             v["id"].as_str().unwrap_or("?"),

@@ -236,7 +236,8 @@ fn checkpoint_into_the_store_and_restore_from_it() {
 
 /// A checkpoint leaves one node's store and enters another's through their
 /// agents (`godwit checkpoints --agent ... export|import`), and the process
-/// runs again from it on the second node.
+/// runs again from it on the second node; the first node's older checkpoint
+/// goes by `prune --keep 1` through its agent.
 #[test]
 fn export_and_import_through_agents() {
     let (a, b) = (agent(), agent());
@@ -257,7 +258,15 @@ fn export_and_import_through_agents() {
     };
     wait_for("the counter", Duration::from_secs(10), || at() >= 3);
     let pid = p.pid.to_string();
+    node_ok(&a, &["checkpoint", "--pid", &pid, "--id", "x0"]);
     node_ok(&a, &["checkpoint", "--pid", &pid, "--id", "x1", "--stop"]);
+    // Retention through the agent: operate only; keeps the newest.
+    let out = checkpoints(&a, "reader", &["prune", "--keep", "1"]);
+    assert!(!out.status.success());
+    let out = checkpoints(&a, "operator", &["prune", "--keep", "1"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["removed"], serde_json::json!(["x0"]), "{v}");
     p.end_original();
     let stopped_at = at();
     let file = dir.path().join("x1.export");

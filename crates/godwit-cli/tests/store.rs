@@ -206,3 +206,44 @@ fn corrupt_chunk_refuses_the_restore() {
     );
     assert!(gone(p.pid), "a process runs after a refused restore");
 }
+
+/// Retention: of three checkpoints of a process and one of another,
+/// `prune --keep 1` removes the two older ones of the first (a dry run
+/// first names them and removes nothing), gc frees what only they held,
+/// and the process restores from the one kept.
+#[test]
+fn prune_keeps_the_newest_of_each_process() {
+    let mut p = Proc::test_prog("memory");
+    let store = p.path("store");
+    for id in ["p1", "p2", "p3"] {
+        dump_into(&mut p, &store, id, &["--leave-running"]);
+    }
+    let mut q = Proc::test_prog("memory");
+    dump_into(&mut q, &store, "q1", &["--leave-running"]);
+    let prune = |extra: &[&str]| -> serde_json::Value {
+        let mut args = vec!["--json", "checkpoints", "--store", s(&store), "prune"];
+        args.extend_from_slice(extra);
+        serde_json::from_str(&godwit_ok(&args)).unwrap()
+    };
+    let out = godwit(&["checkpoints", "--store", s(&store), "prune"]);
+    assert!(!out.status.success(), "prune without a rule");
+    let dry = prune(&["--keep", "1", "--dry-run"]);
+    assert_eq!(dry["removed"], serde_json::json!(["p1", "p2"]), "{dry}");
+    assert_eq!(ls(&store)["checkpoints"].as_array().unwrap().len(), 4);
+    let v = prune(&["--keep", "1"]);
+    assert_eq!(v["removed"], serde_json::json!(["p1", "p2"]), "{v}");
+    assert_eq!(v["kept"], 2, "{v}");
+    let ids: Vec<String> = ls(&store)["checkpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(ids, ["p3", "q1"]);
+    // By age: everything is older than 0 s, yet each keeps its newest.
+    let v = prune(&["--max-age-secs", "0"]);
+    assert_eq!(v["removed"], serde_json::json!([]), "{v}");
+    p.end_original();
+    restore_from(&p, &store, "p3");
+    assert_eq!(p.verdict(), "PASS", "after prune and restore: {}", p.output());
+}

@@ -35,6 +35,7 @@ pub mod chunker;
 mod error;
 pub mod export;
 pub mod medium;
+pub mod retention;
 
 use std::collections::HashSet;
 use std::fs::{self, DirBuilder, File, OpenOptions};
@@ -46,6 +47,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 pub use checkpoint::{CheckpointMeta, ChunkRef, StoredFile};
 pub use error::StoreError;
 pub use medium::{StoreMedium, StoreSource};
+pub use retention::{PruneReport, Retention};
 
 /// Result of this crate.
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;

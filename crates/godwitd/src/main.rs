@@ -94,6 +94,14 @@ struct Args {
     /// etcd's (this node renewed its lease lately).
     #[arg(long, value_name = "URL")]
     cluster_etcd: Option<String>,
+    /// Retention of the node's checkpoint store: keep the newest N
+    /// checkpoints of each process (applied every minute, then gc).
+    #[arg(long, value_name = "N")]
+    store_keep: Option<usize>,
+    /// Retention: remove checkpoints older than this many seconds (never
+    /// the newest of a process).
+    #[arg(long, value_name = "SECS")]
+    store_max_age_secs: Option<u64>,
     /// Also serve GET /metrics in plain HTTP here (ADDR:PORT, loopback only
     /// unless --metrics-any-addr), for Prometheus.
     #[arg(long, value_name = "ADDR:PORT")]
@@ -191,6 +199,8 @@ pub struct Agent {
     pub(crate) cluster: Arc<cluster::Cluster>,
     pub(crate) balance: balance::Balancer,
     pub(crate) protection: protect::Protection,
+    /// --store-keep, --store-max-age-secs.
+    pub(crate) retention: godwit_store::Retention,
 }
 
 /// Milliseconds since the Unix epoch.
@@ -356,11 +366,16 @@ async fn main() -> anyhow::Result<()> {
             std::time::Duration::from_millis(args.balance_every_ms),
         ),
         protection: protect::Protection::default(),
+        retention: godwit_store::Retention {
+            keep: args.store_keep,
+            max_age: args.store_max_age_secs.map(std::time::Duration::from_secs),
+        },
     });
     let router = api::router(agent.clone());
     tokio::spawn(metrics::count_events(agent.cluster.subscribe()));
     cluster::start(agent.clone(), peer_client);
     balance::start(agent.clone());
+    store::start_retention(agent.clone());
     protect::start(
         agent.clone(),
         migration::peer_client(&agent).map_err(|e| anyhow::anyhow!(e.message().to_string()))?,

@@ -45,6 +45,7 @@ pub fn routes() -> Router<Arc<Agent>> {
     Router::new()
         .route("/v1/checkpoints", get(list))
         .route("/v1/checkpoints/gc", post(gc))
+        .route("/v1/checkpoints/prune", post(prune))
         .route("/v1/checkpoints/{id}", delete(remove))
         .route("/v1/checkpoints/{id}/export", get(export))
         .route("/v1/checkpoints/import", post(import))
@@ -156,5 +157,75 @@ async fn gc(State(agent): State<Arc<Agent>>, Extension(conn): Extension<Conn>) -
     need(&conn, Scope::Operate)?;
     let store = open(&agent)?;
     let r = blocking(move || store.gc()).await?;
+    ok(200, json!(r))
+}
+
+/// How often the node's retention rule runs.
+const RETENTION_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Applies `--store-keep` / `--store-max-age-secs` every minute.
+pub fn start_retention(agent: Arc<Agent>) {
+    if agent.retention.is_none() {
+        return;
+    }
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(RETENTION_EVERY).await;
+            let Ok(store) = open(&agent) else { continue };
+            let rule = agent.retention;
+            match blocking(move || store.prune(&rule)).await {
+                Ok(r) if !r.removed.is_empty() => tracing::info!(
+                    removed = ?r.removed,
+                    bytes_freed = r.gc.bytes_freed,
+                    "retention: checkpoints removed"
+                ),
+                Ok(_) => {}
+                Err(e) => tracing::warn!("retention: {}", e.message()),
+            }
+        }
+    });
+}
+
+/// `POST /v1/checkpoints/prune` (`operate`), `{"keep"?: N, "max_age_secs"?:
+/// S}` (default: the node's `--store-keep`/`--store-max-age-secs`):
+/// removes what the rule does not keep, then collects.
+async fn prune(
+    State(agent): State<Arc<Agent>>,
+    Extension(conn): Extension<Conn>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    need(&conn, Scope::Operate)?;
+    let body = body.map_err(|e| ApiError::new(400, format!("the body could not be read: {e}")))?;
+    let v: serde_json::Value = if body.is_empty() {
+        json!({})
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::new(400, format!("the body is not JSON: {e}")))?
+    };
+    let mut rule = agent.retention;
+    if let Some(k) = v.get("keep").filter(|k| !k.is_null()) {
+        let k = k
+            .as_u64()
+            .filter(|k| *k >= 1)
+            .ok_or_else(|| ApiError::new(400, format!("`keep` {k}: a whole number, at least 1")))?;
+        rule.keep = Some(k as usize);
+    }
+    if let Some(a) = v.get("max_age_secs").filter(|a| !a.is_null()) {
+        let a = a.as_u64().ok_or_else(|| {
+            ApiError::new(
+                400,
+                format!("`max_age_secs` {a}: a whole number of seconds"),
+            )
+        })?;
+        rule.max_age = Some(std::time::Duration::from_secs(a));
+    }
+    if rule.is_none() {
+        return Err(ApiError::new(
+            400,
+            "no rule: give `keep` or `max_age_secs` (or start godwitd with --store-keep / --store-max-age-secs)",
+        ));
+    }
+    let store = open(&agent)?;
+    let r = blocking(move || store.prune(&rule)).await?;
     ok(200, json!(r))
 }
