@@ -223,24 +223,11 @@ impl Agent {
             req = req.json(&b);
         }
         req.timeout = timeout;
-        let transport = |source| AgentError::Transport {
+        let resp = self.send(op, &req).await?;
+        resp.json().map_err(|source| AgentError::Transport {
             agent: self.addr.clone(),
             source,
-        };
-        let resp = self
-            .client
-            .request(&self.addr, &req)
-            .await
-            .map_err(transport)?;
-        if resp.status >= 300 {
-            return Err(AgentError::Refused {
-                agent: self.addr.clone(),
-                op,
-                status: resp.status,
-                message: resp.error_message(),
-            });
-        }
-        resp.json().map_err(transport)
+        })
     }
 
     /// One API call whose bodies are bytes (`application/octet-stream`) both
@@ -261,9 +248,18 @@ impl Agent {
         }
         req.timeout = timeout;
         req.body_limit = limit;
+        Ok(self.send(op, &req).await?.body)
+    }
+
+    /// Sends `req`; a status of 300 or more is [`AgentError::Refused`].
+    async fn send(
+        &self,
+        op: &'static str,
+        req: &HttpRequest<'_>,
+    ) -> Result<godwit_net::http::HttpResponse, AgentError> {
         let resp = self
             .client
-            .request(&self.addr, &req)
+            .request(&self.addr, req)
             .await
             .map_err(|source| AgentError::Transport {
                 agent: self.addr.clone(),
@@ -277,7 +273,7 @@ impl Agent {
                 message: resp.error_message(),
             });
         }
-        Ok(resp.body)
+        Ok(resp)
     }
 
     /// `GET /v1/health`.

@@ -134,6 +134,18 @@ impl Hosts {
         self.agents[host - 1] = Some(child);
     }
 
+    /// The whole host dies: its init is killed, and every process of its
+    /// PID namespace with it (its agent included).
+    fn kill_host(&self, host: usize) {
+        let out = Command::new(script())
+            .args(["init", &self.name, &host.to_string()])
+            .output()
+            .unwrap();
+        let init: i32 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+        // SAFETY: kills the init of the simulated host this test made.
+        unsafe { libc::kill(init, libc::SIGKILL) };
+    }
+
     /// The host PID of the godwitd serving `host` (the one this test started).
     fn agent_host_pid(&self, host: usize) -> i32 {
         common::godwitd_pid(&self.data(host))
@@ -638,17 +650,8 @@ fn a_protected_process_runs_again_on_a_peer_when_its_node_dies() {
             .unwrap_or(0)
     };
     // n1 dies: every process of the host, its agent and the counter.
-    let init = Command::new(script())
-        .args(["init", &c.name, "1"])
-        .output()
-        .unwrap();
-    let init: i32 = String::from_utf8_lossy(&init.stdout)
-        .trim()
-        .parse()
-        .unwrap();
     let at_death = last();
-    // SAFETY: kills the init of the simulated host this test made.
-    unsafe { libc::kill(init, libc::SIGKILL) };
+    c.kill_host(1);
     let t0 = Instant::now();
     wait_for("the counter to run on n2", Duration::from_secs(30), || {
         let v = c.json(2, &["protect"]);
@@ -900,16 +903,7 @@ fn agents_meet_through_etcd_leases_and_act_only_while_they_hold_one() {
         },
     );
     let (_, id, _) = protected_counter(&c, 7301);
-    let init = Command::new(script())
-        .args(["init", &c.name, "1"])
-        .output()
-        .unwrap();
-    let init: i32 = String::from_utf8_lossy(&init.stdout)
-        .trim()
-        .parse()
-        .unwrap();
-    // SAFETY: kills the init of the simulated host this test made.
-    unsafe { libc::kill(init, libc::SIGKILL) };
+    c.kill_host(1);
     wait_for("the counter to run on n2", Duration::from_secs(30), || {
         c.json(2, &["protect"])["owned"]
             .as_array()

@@ -100,25 +100,36 @@ fn node_ok(a: &Agent, args: &[&str]) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
-#[test]
-fn checkpoint_into_the_store_and_restore_from_it() {
-    let a = agent();
-    let dir = tempfile::tempdir().unwrap();
+/// The counter program writing to `dir/log`, once it has counted to 3.
+fn counter(dir: &tempfile::TempDir) -> (Proc, std::path::PathBuf) {
     let log = dir.path().join("log");
-    let mut p = Proc::spawn_in(
+    let p = Proc::spawn_in(
         tempfile::tempdir().unwrap(),
         common::progs().join("counter").to_str().unwrap(),
         &[log.to_str().unwrap()],
     );
-    let at = |_: &Proc| {
-        std::fs::read_to_string(&log)
-            .unwrap_or_default()
-            .lines()
-            .last()
-            .and_then(|l| l.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    wait_for("the counter", Duration::from_secs(10), || at(&p) >= 3);
+    wait_for("the counter", Duration::from_secs(10), || {
+        last_count(&log) >= 3
+    });
+    (p, log)
+}
+
+/// The last number in a counter's log (0 before the first).
+fn last_count(log: &Path) -> u64 {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .last()
+        .and_then(|l| l.parse::<u64>().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn checkpoint_into_the_store_and_restore_from_it() {
+    let a = agent();
+    let dir = tempfile::tempdir().unwrap();
+    let (mut p, log) = counter(&dir);
+    let at = |_: &Proc| last_count(&log);
     let pid = p.pid;
 
     // Every process of the node, with what the agent knows of it.
@@ -242,21 +253,8 @@ fn checkpoint_into_the_store_and_restore_from_it() {
 fn export_and_import_through_agents() {
     let (a, b) = (agent(), agent());
     let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("log");
-    let mut p = Proc::spawn_in(
-        tempfile::tempdir().unwrap(),
-        common::progs().join("counter").to_str().unwrap(),
-        &[log.to_str().unwrap()],
-    );
-    let at = || {
-        std::fs::read_to_string(&log)
-            .unwrap_or_default()
-            .lines()
-            .last()
-            .and_then(|l| l.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    wait_for("the counter", Duration::from_secs(10), || at() >= 3);
+    let (mut p, log) = counter(&dir);
+    let at = || last_count(&log);
     let pid = p.pid.to_string();
     node_ok(&a, &["checkpoint", "--pid", &pid, "--id", "x0"]);
     node_ok(&a, &["checkpoint", "--pid", &pid, "--id", "x1", "--stop"]);
@@ -264,7 +262,11 @@ fn export_and_import_through_agents() {
     let out = checkpoints(&a, "reader", &["prune", "--keep", "1"]);
     assert!(!out.status.success());
     let out = checkpoints(&a, "operator", &["prune", "--keep", "1"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["removed"], serde_json::json!(["x0"]), "{v}");
     p.end_original();

@@ -245,5 +245,10 @@ fn prune_keeps_the_newest_of_each_process() {
     assert_eq!(v["removed"], serde_json::json!([]), "{v}");
     p.end_original();
     restore_from(&p, &store, "p3");
-    assert_eq!(p.verdict(), "PASS", "after prune and restore: {}", p.output());
+    assert_eq!(
+        p.verdict(),
+        "PASS",
+        "after prune and restore: {}",
+        p.output()
+    );
 }

@@ -632,6 +632,13 @@ pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> Result<(), ClusterErro
     std::fs::rename(&tmp, path).map_err(err)
 }
 
+/// An interval that does not catch up on ticks it missed.
+fn ticker(period: Duration) -> tokio::time::Interval {
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick
+}
+
 /// Runs the heartbeat sender and the health checker until the process ends.
 /// `client` is the channel client peers are reached with.
 pub fn start(agent: Arc<Agent>, client: ClientTls) {
@@ -639,8 +646,7 @@ pub fn start(agent: Arc<Agent>, client: ClientTls) {
     if agent.cluster.etcd.is_some() {
         let agent = agent.clone();
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(timing.heartbeat);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut tick = ticker(timing.heartbeat);
             loop {
                 tick.tick().await;
                 // Bounded: a hung etcd must not stall the rounds.
@@ -652,8 +658,7 @@ pub fn start(agent: Arc<Agent>, client: ClientTls) {
     {
         let agent = agent.clone();
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(timing.heartbeat);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut tick = ticker(timing.heartbeat);
             loop {
                 tick.tick().await;
                 let load = {
@@ -714,7 +719,7 @@ pub fn start(agent: Arc<Agent>, client: ClientTls) {
         });
     }
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(timing.check);
+        let mut tick = ticker(timing.check);
         loop {
             tick.tick().await;
             agent.cluster.check();
