@@ -79,7 +79,12 @@ fn why_not_traced(tid: i32, e: &godwit_sys::SysError) -> String {
 impl Frozen {
     /// Seizes and stops every thread of `pid`, looping until no new thread appears.
     pub fn freeze(pid: i32) -> Result<Frozen> {
-        Frozen::adopt(pid, &[], None)
+        let st = proc::stat(pid).map_err(|_| EngineError::NoSuchProcess { pid })?;
+        let leader_exited = match zombie(pid, &st)? {
+            Kind::LeaderExited(status) => Some(status),
+            Kind::Zombie(_) | Kind::Live => None,
+        };
+        Frozen::adopt(pid, &[], leader_exited)
     }
 
     /// The thread through which calls are injected and the process is

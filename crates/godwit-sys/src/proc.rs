@@ -683,6 +683,23 @@ mod tests {
         assert!(auxv(me).unwrap().len() > 4);
     }
 
+    /// A process read through one of its threads: per-thread entries come
+    /// from /proc/PID/task/TID until end_read_via. (A made-up PID: only
+    /// the path is built; our own is read by the other tests meanwhile.)
+    #[test]
+    fn read_via_a_thread() {
+        let pid = i32::MAX - 7;
+        assert_eq!(dir(pid), format!("/proc/{pid}"));
+        read_via(pid, pid + 1);
+        assert_eq!(via(pid), pid + 1);
+        assert_eq!(dir(pid), format!("/proc/{pid}/task/{}", pid + 1));
+        end_read_via(pid);
+        assert_eq!(via(pid), pid);
+        assert_eq!(dir(pid), format!("/proc/{pid}"));
+        let me = std::process::id() as i32;
+        assert_eq!(leader_stat(me).unwrap().comm, stat(me).unwrap().comm);
+    }
+
     #[test]
     fn limits_as_prlimit_says() {
         let me = std::process::id() as i32;
