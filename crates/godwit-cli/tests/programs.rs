@@ -1156,58 +1156,42 @@ fn procattrs_original_and_copy_after_leave_running() {
     original_then_copy_pass(&mut p);
 }
 
-/// A process whose main thread called pthread_exit while another thread
-/// runs (its leader a zombie, the process alive) cannot be restored
-/// exactly: the dump refuses it, naming the process, the main thread and
-/// the threads still running, and leaves it running.
-#[test]
-fn zombie_thread_group_leader_is_refused() {
-    use common::*;
-    use std::time::Duration;
-    let dir = tempfile::Builder::new()
-        .prefix("godwit-e2e")
-        .tempdir()
-        .unwrap();
-    let d = dir.path().to_str().unwrap().to_string();
-    let prog = progs().join("zleader");
-    let p = Proc::spawn_in(dir, prog.to_str().unwrap(), &[&d]);
-    let ready = p.path("ready");
-    // The leader is a zombie (dead() is true) long before the process ends.
-    wait_for("zleader to be ready", Duration::from_secs(20), || {
-        ready.exists() || gone(p.pid)
-    });
-    assert!(ready.exists(), "zleader: {}", p.output());
-    let tids: Vec<i32> = std::fs::read_dir(format!("/proc/{}/task", p.pid))
-        .unwrap()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse().ok())
-        .filter(|&t| t != p.pid)
-        .collect();
-    assert_eq!(tids.len(), 1, "one thread runs on");
-    let img = p.images();
-    let out = godwit(&[
-        "dump",
-        "--pid",
-        &p.pid.to_string(),
-        "--images",
-        img.to_str().unwrap(),
-    ]);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "the dump must refuse: {err}");
-    assert!(
-        err.contains(&format!("process {}", p.pid))
-            && err.contains("zombie thread-group leader")
-            && err.contains(&tids[0].to_string()),
-        "the refusal names the process, why, and the running thread: {err}"
-    );
-    std::fs::write(p.path("go"), "").unwrap();
-    let result = p.path("result");
-    wait_for("zleader's verdict", Duration::from_secs(20), || {
-        result.exists() || gone(p.pid)
-    });
-    std::thread::sleep(Duration::from_millis(20));
-    let v = std::fs::read_to_string(&result).unwrap_or_default();
-    assert_eq!(v.trim(), "PASS", "the process runs on: {}", p.output());
+/// A process whose main thread has exited (SYS_exit) while two threads run
+/// on (its leader a zombie, the process alive): dumped through its live
+/// threads and restored with its PID, TIDs, their state (counters, TLS, a
+/// mutex) and the main thread a zombie again (tests/progs/zleader.c).
+mod zleader {
+    use super::common::round_trip_with;
+
+    /// The dumped tree's root is that process.
+    #[test]
+    fn root_dump_restore() {
+        round_trip_with("zleader", &["self"], &[], false);
+    }
+
+    #[test]
+    fn root_leave_running_restore_copy() {
+        round_trip_with("zleader", &["self"], &[], true);
+    }
+
+    /// A child of the root: once its workers exit, its parent reaps it with
+    /// the last thread's exit code; its main thread's own exit code shows
+    /// in /proc meanwhile.
+    #[test]
+    fn child_exits_and_is_reaped() {
+        round_trip_with("zleader", &["exit"], &[], false);
+    }
+
+    #[test]
+    fn child_leave_running_restore_copy() {
+        round_trip_with("zleader", &["exit"], &[], true);
+    }
+
+    /// A child killed (SIGKILL) after the restore is reaped as killed.
+    #[test]
+    fn child_killed_and_is_reaped() {
+        round_trip_with("zleader", &["kill"], &[], false);
+    }
 }
 
 /// A pidfd of a process outside the dumped tree (pidfds.c's parent) is

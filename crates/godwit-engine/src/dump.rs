@@ -823,7 +823,7 @@ pub(crate) fn injector(frozen: &Frozen) -> Result<(Vec<proc::MapEntry>, Remote)>
     }
     let r0 = Remote {
         pid,
-        tid: pid,
+        tid: frozen.main_tid(),
         vpid: pid,
         syscall_ip,
         scratch: 0,
@@ -1180,11 +1180,49 @@ pub(crate) fn touched_by_restore(p: &Process) -> Vec<u64> {
         .collect()
 }
 
+/// What a process whose main thread has exited may not also have (not
+/// restored that way yet): a job-control stop (made again through the main
+/// thread) and seccomp (the restored main thread's exit would go through
+/// the filters installed in it).
+fn refuse_with_exited_leader(p: &Process) -> Result<()> {
+    let what = if p.stop_signal != 0 {
+        Some(format!(
+            "is stopped by job control (signal {})",
+            p.stop_signal
+        ))
+    } else {
+        p.threads.iter().find(|t| t.seccomp_mode != 0).map(|t| {
+            format!(
+                "has thread {} under seccomp (mode {})",
+                t.tid, t.seccomp_mode
+            )
+        })
+    };
+    match what {
+        None => Ok(()),
+        Some(what) => Err(EngineError::Unsupported {
+            pid: p.pid,
+            what: format!(
+                "a process whose main thread {} has exited (a zombie thread-group leader) \
+                 and that {what}: both together are not restored yet",
+                p.pid
+            ),
+        }),
+    }
+}
+
 /// Collects all but the attributes (in `p` already) and the memory.
 fn collect(r: &Remote, frozen: &Frozen, mut p: Process, max_deleted: u64) -> Result<Process> {
     let t = Instant::now();
     let lap = |what: &str| tracing::debug!(ms = t.elapsed().as_secs_f64() * 1e3, "collect: {what}");
     p.stop_signal = frozen.stop_signal;
+    if let Some(status) = frozen.leader_exited {
+        p.leader_exited = true;
+        p.exit_status = status;
+        p.leader_cpus = godwit_sys::sched::affinity(r.pid)
+            .dumping(r.pid, "reading the exited main thread's CPU affinity")?
+            .to_words();
+    }
     p.vma_policies = crate::resources::numa::dump_vmas(r)?;
     let sig = signals::dump(r)?;
     p.sigactions = sig.actions;
@@ -1194,6 +1232,9 @@ fn collect(r: &Remote, frozen: &Frozen, mut p: Process, max_deleted: u64) -> Res
     p.posix_timers = timers::dump(r)?;
     for t in &frozen.threads {
         p.threads.push(threads::dump(r, t)?);
+    }
+    if p.leader_exited {
+        refuse_with_exited_leader(&p)?;
     }
     lap("timers, threads");
     let f = files::dump(r.pid, max_deleted)?;

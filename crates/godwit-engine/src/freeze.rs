@@ -27,6 +27,12 @@ pub struct Frozen {
     /// Stopped by job control with this signal (the group stop its threads
     /// reported when seized); 0: running.
     pub stop_signal: i32,
+    /// The main thread has exited (pthread_exit, SYS_exit) while the other
+    /// threads run: it is a zombie, not traced, and not in `threads`; the
+    /// process is read through its first live thread (see
+    /// [`godwit_sys::proc::read_via`]) until released or killed. Its wait
+    /// status (what /proc/PID/stat shows as its exit code).
+    pub leader_exited: Option<i32>,
     done: bool,
 }
 
@@ -73,19 +79,39 @@ fn why_not_traced(tid: i32, e: &godwit_sys::SysError) -> String {
 impl Frozen {
     /// Seizes and stops every thread of `pid`, looping until no new thread appears.
     pub fn freeze(pid: i32) -> Result<Frozen> {
-        Frozen::adopt(pid, &[])
+        let st = proc::stat(pid).map_err(|_| EngineError::NoSuchProcess { pid })?;
+        let leader_exited = match zombie(pid, &st)? {
+            Kind::LeaderExited(status) => Some(status),
+            Kind::Zombie(_) | Kind::Live => None,
+        };
+        Frozen::adopt(pid, &[], leader_exited)
+    }
+
+    /// The thread through which calls are injected and the process is
+    /// read: the main thread, or (its leader exited) the first live thread.
+    pub fn main_tid(&self) -> i32 {
+        match self.leader_exited {
+            None => self.pid,
+            Some(_) => self.threads.first().map_or(self.pid, |t| t.tid),
+        }
     }
 
     /// Like [`Frozen::freeze`], for a process whose threads `seized` were
     /// already seized and interrupted (their stops not yet collected).
-    fn adopt(pid: i32, seized: &[i32]) -> Result<Frozen> {
+    /// `leader_exited`: the main thread is a zombie (with this wait status)
+    /// while other threads run; only those are seized.
+    fn adopt(pid: i32, seized: &[i32], leader_exited: Option<i32>) -> Result<Frozen> {
         let mut frozen = Frozen {
             pid,
             threads: Vec::new(),
             stop_signal: 0,
+            leader_exited,
             done: false,
         };
         let mut seen: BTreeMap<i32, ()> = BTreeMap::new();
+        if leader_exited.is_some() {
+            seen.insert(pid, ());
+        }
         for &tid in seized {
             seen.insert(tid, ());
             frozen.collect_stop(tid)?;
@@ -114,6 +140,17 @@ impl Frozen {
             }
         }
         frozen.threads.sort_by_key(|t| t.tid);
+        if frozen.leader_exited.is_some() {
+            match frozen.threads.first() {
+                Some(t) => proc::read_via(pid, t.tid),
+                None => {
+                    return Err(EngineError::ProcessExited {
+                        pid,
+                        stage: "stopping threads",
+                    })
+                }
+            }
+        }
         Ok(frozen)
     }
 
@@ -174,6 +211,7 @@ impl Frozen {
     /// Puts every thread back as it was and lets the process run on.
     pub fn release(mut self) -> Result<()> {
         self.done = true;
+        proc::end_read_via(self.pid);
         let mut first_err = None;
         for t in &self.threads {
             if let Err(e) = release_thread(t) {
@@ -191,6 +229,7 @@ impl Frozen {
     /// restore waits for a PID whose holder is still exiting.
     pub fn kill(mut self) -> Result<()> {
         self.done = true;
+        proc::end_read_via(self.pid);
         // The leader may be reaped by its parent (when that is this process
         // too) before the thread below waits for it, and its PID given to a
         // new process (a restore of it): wait through a pidfd, which names
@@ -227,6 +266,7 @@ impl Frozen {
 impl Drop for Frozen {
     fn drop(&mut self) {
         if !self.done {
+            proc::end_read_via(self.pid);
             for t in &self.threads {
                 if let Err(e) = release_thread(t) {
                     tracing::warn!(tid = t.tid, "could not release thread: {e}");
@@ -326,23 +366,28 @@ pub fn freeze_tree(roots: &[i32], cgroup: Option<CgroupFreeze>) -> Result<Vec<Me
     }
 }
 
-/// The zombie entry for `pid`, if it is one. A process whose main thread
-/// has exited (pthread_exit, SYS_exit) while other threads run shows the
-/// main thread's state, Z, too: it is refused, not taken for a zombie (its
-/// running threads would be lost).
-fn zombie(pid: i32, st: &proc::Stat) -> Result<Option<Member>> {
+/// What `pid` is: a zombie (its entry), a process whose main thread has
+/// exited (pthread_exit, SYS_exit) while other threads run, which shows the
+/// main thread's state, Z, too (the main thread's wait status: it is frozen
+/// through its live threads), or a live process.
+enum Kind {
+    Zombie(Member),
+    LeaderExited(i32),
+    Live,
+}
+
+fn zombie(pid: i32, st: &proc::Stat) -> Result<Kind> {
     if st.state != 'Z' {
-        return Ok(None);
+        return Ok(Kind::Live);
     }
-    let others: Vec<i32> = proc::tasks(pid)
+    let others = proc::tasks(pid)
         .unwrap_or_default()
         .into_iter()
-        .filter(|&t| t != pid)
-        .collect();
-    if !others.is_empty() {
-        return Err(zombie_leader(pid, &others));
+        .any(|t| t != pid);
+    if others {
+        return Ok(Kind::LeaderExited(st.exit_code));
     }
-    Ok(Some(Member::Zombie {
+    Ok(Kind::Zombie(Member::Zombie {
         pid,
         ppid: st.ppid,
         pgid: st.pgrp,
@@ -352,29 +397,15 @@ fn zombie(pid: i32, st: &proc::Stat) -> Result<Option<Member>> {
     }))
 }
 
-/// The refusal of a process whose main thread is a zombie while `others` run.
-pub(crate) fn zombie_leader(pid: i32, others: &[i32]) -> EngineError {
-    let list: Vec<String> = others.iter().map(|t| t.to_string()).collect();
-    EngineError::Unsupported {
-        pid,
-        what: format!(
-            "a process whose main thread {pid} has exited (a zombie thread-group leader) \
-             while its threads {} still run: the main thread's state cannot be read \
-             (it cannot be traced) and its descriptors, memory and registers are reached \
-             only through the other threads; dump it once the whole process has exited, \
-             or keep the main thread alive (e.g. in pause()) instead of pthread_exit",
-            list.join(", ")
-        ),
-    }
-}
-
 /// Under a frozen cgroup v1, a seized task reports its interrupt stop only
 /// once thawed: so seize and interrupt every thread of the (now unchanging)
 /// tree first, thaw, then collect the stops. Processes that appear in
 /// between are frozen the ordinary way afterwards.
 fn freeze_tree_v1(roots: &[i32], cg: CgroupFreeze) -> Result<Vec<Member>> {
     // In tree order: a zombie, or a seized process with its threads.
-    let mut seized: Vec<(i32, Result<Vec<i32>, Member>)> = Vec::new();
+    // (Seized threads, the main thread's wait status if it has exited.)
+    type Seized = (Vec<i32>, Option<i32>);
+    let mut seized: Vec<(i32, Result<Seized, Member>)> = Vec::new();
     let mut queue = std::collections::VecDeque::from(roots.to_vec());
     while let Some(pid) = queue.pop_front() {
         let st = match proc::stat(pid) {
@@ -382,12 +413,19 @@ fn freeze_tree_v1(roots: &[i32], cg: CgroupFreeze) -> Result<Vec<Member>> {
             Err(_) if roots.contains(&pid) => return Err(EngineError::NoSuchProcess { pid }),
             Err(_) => continue,
         };
-        if let Some(z) = zombie(pid, &st)? {
-            seized.push((pid, Err(z)));
-            continue;
-        }
+        let leader_exited = match zombie(pid, &st)? {
+            Kind::Zombie(z) => {
+                seized.push((pid, Err(z)));
+                continue;
+            }
+            Kind::LeaderExited(status) => Some(status),
+            Kind::Live => None,
+        };
         let mut tids = Vec::new();
         for tid in proc::tasks(pid).unwrap_or_default() {
+            if leader_exited.is_some() && tid == pid {
+                continue;
+            }
             match ptrace::seize(tid) {
                 Ok(()) => {}
                 Err(e) if e.errno() == Some(libc::ESRCH) && tid != pid => continue,
@@ -403,21 +441,21 @@ fn freeze_tree_v1(roots: &[i32], cg: CgroupFreeze) -> Result<Vec<Member>> {
             tids.push(tid);
         }
         queue.extend(process::children(pid).dumping(pid, "listing child processes")?);
-        seized.push((pid, Ok(tids)));
+        seized.push((pid, Ok((tids, leader_exited))));
     }
     drop(cg);
     let known: Vec<i32> = seized.iter().map(|(p, _)| *p).collect();
     let mut members = Vec::new();
     let mut late = Vec::new();
     for (pid, tids) in seized {
-        let tids = match tids {
-            Ok(tids) => tids,
+        let (tids, leader_exited) = match tids {
+            Ok(t) => t,
             Err(z) => {
                 members.push(z);
                 continue;
             }
         };
-        match Frozen::adopt(pid, &tids) {
+        match Frozen::adopt(pid, &tids, leader_exited) {
             Ok(f) => members.push(Member::Live(f)),
             Err(EngineError::NoSuchProcess { .. } | EngineError::ProcessExited { .. })
                 if !roots.contains(&pid) => {}
@@ -446,11 +484,15 @@ fn freeze_tree_with(roots: &[i32]) -> Result<Vec<Member>> {
             Err(_) if roots.contains(&pid) => return Err(EngineError::NoSuchProcess { pid }),
             Err(_) => continue, // exited and reaped meanwhile
         };
-        if let Some(z) = zombie(pid, &st)? {
-            members.push(z);
-            continue;
-        }
-        let frozen = match Frozen::freeze(pid) {
+        let leader_exited = match zombie(pid, &st)? {
+            Kind::Zombie(z) => {
+                members.push(z);
+                continue;
+            }
+            Kind::LeaderExited(status) => Some(status),
+            Kind::Live => None,
+        };
+        let frozen = match Frozen::adopt(pid, &[], leader_exited) {
             Ok(f) => f,
             Err(EngineError::NoSuchProcess { .. } | EngineError::ProcessExited { .. })
                 if !roots.contains(&pid) =>

@@ -288,7 +288,9 @@ pub fn run(
     let mut fds = Vec::new();
     for m in &members {
         let Member::Live(f) = m else { continue };
-        if !holds_enough(f.pid) {
+        // A process whose main thread has exited is read through a live
+        // thread only while frozen: no pre-copy (its memory is copied frozen).
+        if !holds_enough(f.pid) || f.leader_exited.is_some() {
             continue;
         }
         match open_uffd(f) {

@@ -211,7 +211,15 @@ pub fn restore_deferring(
         if p.zombie {
             continue;
         }
-        if p.threads.first().map(|t| t.tid) != Some(p.pid) {
+        if p.leader_exited {
+            if p.threads.is_empty() || p.threads.iter().any(|t| t.tid == p.pid) {
+                return Err(EngineError::BadImage(format!(
+                    "process {}: its main thread had exited, yet it has no other thread \
+                     or the main thread is among its threads",
+                    p.pid
+                )));
+            }
+        } else if p.threads.first().map(|t| t.tid) != Some(p.pid) {
             return Err(EngineError::BadImage(format!(
                 "process {}: the first thread is not the main thread",
                 p.pid
@@ -634,6 +642,16 @@ fn resurrect(
     for (i, p) in procs.iter().enumerate() {
         if let Some((r, tids)) = &remotes[i] {
             seccomp::install_last(r, p, tids, stacks)?;
+            // A main thread that had exited exits again (through the
+            // trampoline), leaving a zombie leader; the trampoline then
+            // goes through a thread that runs on.
+            let r = match (p.leader_exited, tids.first()) {
+                (true, Some(&first)) => {
+                    threads::end_leader(r, p.exit_status, &p.leader_cpus)?;
+                    &r.for_thread(first)
+                }
+                _ => r,
+            };
             r.call(
                 "munmap",
                 libc::SYS_munmap,
@@ -948,9 +966,14 @@ fn build(
     lap("signal handlers");
     attrs::restore_misc(r, p)?;
     lap("umask, personality, rlimits");
-    let mut tids = vec![r.pid];
-    for t in p.threads.iter().skip(1) {
-        tids.push(threads::create(r, t.tid)?);
+    // The main thread (the stub) is one of the threads, unless it had
+    // exited: then every thread is created, and the stub ends (phase 5).
+    let mut tids = Vec::with_capacity(p.threads.len());
+    for t in &p.threads {
+        match t.tid == p.pid {
+            true => tids.push(r.pid),
+            false => tids.push(threads::create(r, t.tid)?),
+        }
     }
     // Timers before the threads' queued signals: re-creating an overrun
     // takes the timer's own signal back with sigtimedwait.

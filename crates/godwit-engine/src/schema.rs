@@ -113,6 +113,15 @@ pub struct Process {
     /// without " (deleted)"), described as `cwd_deleted` is.
     #[prost(message, optional, tag = "34")]
     pub root_deleted: Option<Fd>,
+    /// The main thread had exited (pthread_exit, SYS_exit) while the
+    /// threads in `threads` (which then hold no main thread) ran on: a
+    /// zombie thread-group leader. Its wait status is `exit_status`.
+    #[prost(bool, tag = "40")]
+    pub leader_exited: bool,
+    /// The exited main thread's CPU affinity (as `Sched::cpus`), which its
+    /// /proc entry still shows.
+    #[prost(uint64, repeated, tag = "41")]
+    pub leader_cpus: Vec<u64>,
     /// Contents of the shmem objects this process is the first (in tree
     /// order) to map; stored after its page runs in its page file.
     #[prost(message, repeated, tag = "23")]

@@ -15,6 +15,8 @@ pub struct Range {
 }
 
 fn vm_call(pid: i32, local: &mut [u8], remote: &[Range], write: bool) -> Result<usize> {
+    // A process whose leader has exited is reached through a live thread.
+    let task = crate::proc::via(pid);
     let mut done = 0usize;
     let mut chunk_start = 0usize;
     let mut offset = 0usize;
@@ -43,9 +45,9 @@ fn vm_call(pid: i32, local: &mut [u8], remote: &[Range], write: bool) -> Result<
         // interpreted by the kernel in the address space of `pid`.
         let n = unsafe {
             if write {
-                libc::process_vm_writev(pid, &lv, 1, rv.as_ptr(), rv.len() as _, 0)
+                libc::process_vm_writev(task, &lv, 1, rv.as_ptr(), rv.len() as _, 0)
             } else {
-                libc::process_vm_readv(pid, &lv, 1, rv.as_ptr(), rv.len() as _, 0)
+                libc::process_vm_readv(task, &lv, 1, rv.as_ptr(), rv.len() as _, 0)
             }
         };
         if n < 0 {
@@ -96,7 +98,7 @@ pub struct ProcMem {
 
 impl ProcMem {
     pub fn open(pid: i32, write: bool) -> Result<Self> {
-        let path = format!("/proc/{pid}/mem");
+        let path = format!("{}/mem", crate::proc::dir(pid));
         let file = std::fs::OpenOptions::new()
             .read(true)
             .write(write)
@@ -146,7 +148,7 @@ pub struct Pagemap {
 
 impl Pagemap {
     pub fn open(pid: i32) -> Result<Self> {
-        let path = format!("/proc/{pid}/pagemap");
+        let path = format!("{}/pagemap", crate::proc::dir(pid));
         let file = File::open(&path).map_err(|e| SysError::Proc {
             path,
             detail: e.to_string(),

@@ -1,7 +1,49 @@
 //! Parsers for the /proc files Godwit reads.
 
 use crate::{Result, SysError};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::RwLock;
+
+/// Processes whose main thread has exited while other threads run (a
+/// zombie thread-group leader), by PID: the live thread through which they
+/// are read. Their leader's /proc entries for the memory map, descriptors,
+/// cwd and namespaces are empty (the leader released them when it exited),
+/// and so are process_vm_readv, pidfd_getfd and kcmp through its PID.
+static VIA: RwLock<BTreeMap<i32, i32>> = RwLock::new(BTreeMap::new());
+
+/// From now on, reads of process `pid`'s memory, descriptors and other
+/// per-thread /proc entries go through its live thread `tid`.
+pub fn read_via(pid: i32, tid: i32) {
+    VIA.write()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(pid, tid);
+}
+
+/// Ends [`read_via`] for `pid`.
+pub fn end_read_via(pid: i32) {
+    VIA.write().unwrap_or_else(|e| e.into_inner()).remove(&pid);
+}
+
+/// The task to name for reads of process `pid`'s memory and descriptors:
+/// `pid` itself, or the live thread registered with [`read_via`].
+pub fn via(pid: i32) -> i32 {
+    VIA.read()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(&pid)
+        .copied()
+        .unwrap_or(pid)
+}
+
+/// The /proc directory holding process `pid`'s per-thread entries (maps,
+/// fd, fdinfo, cwd, root, exe, ns, mem...): /proc/PID, or
+/// /proc/PID/task/TID for a process registered with [`read_via`].
+pub fn dir(pid: i32) -> String {
+    match via(pid) {
+        t if t == pid => format!("/proc/{pid}"),
+        t => format!("/proc/{pid}/task/{t}"),
+    }
+}
 
 fn read(path: &str) -> Result<String> {
     std::fs::read_to_string(path).map_err(|e| SysError::Proc {
@@ -81,7 +123,7 @@ pub fn parse_map_line(line: &str) -> Option<MapEntry> {
 /// Reads /proc/PID/maps: every mapping, without VmFlags (cheap: unlike
 /// smaps it does not walk the page tables).
 pub fn maps(pid: i32) -> Result<Vec<MapEntry>> {
-    let path = format!("/proc/{pid}/maps");
+    let path = format!("{}/maps", dir(pid));
     read(&path)?
         .lines()
         .map(|line| parse_map_line(line).ok_or_else(|| bad(&path, format!("bad line {line:?}"))))
@@ -91,7 +133,7 @@ pub fn maps(pid: i32) -> Result<Vec<MapEntry>> {
 /// Reads /proc/PID/smaps: every mapping with its VmFlags. It costs a page
 /// table walk (about 10 ms per GiB mapped).
 pub fn smaps(pid: i32) -> Result<Vec<MapEntry>> {
-    let path = format!("/proc/{pid}/smaps");
+    let path = format!("{}/smaps", dir(pid));
     let text = read(&path)?;
     let mut out: Vec<MapEntry> = Vec::new();
     for line in text.lines() {
@@ -179,8 +221,17 @@ pub fn parse_stat(text: &str, path: &str) -> Result<Stat> {
     })
 }
 
-pub fn stat(pid: i32) -> Result<Stat> {
+/// /proc/PID/stat of the main thread itself, even when it has exited
+/// (registered with [`read_via`]): its comm and exit signal.
+pub fn leader_stat(pid: i32) -> Result<Stat> {
     let path = format!("/proc/{pid}/stat");
+    parse_stat(&read(&path)?, &path)
+}
+
+/// /proc/PID/stat (for a process registered with [`read_via`], its live
+/// thread's: the memory layout fields are empty in the exited leader's).
+pub fn stat(pid: i32) -> Result<Stat> {
+    let path = format!("{}/stat", dir(pid));
     parse_stat(&read(&path)?, &path)
 }
 
@@ -291,8 +342,11 @@ fn kb_field(v: &str) -> u64 {
         .map_or(0, |kb| kb * 1024)
 }
 
+/// /proc/PID/status (for a process registered with [`read_via`], its live
+/// thread's: umask and the memory fields are missing in the exited
+/// leader's).
 pub fn status(pid: i32) -> Result<Status> {
-    let path = format!("/proc/{pid}/status");
+    let path = format!("{}/status", dir(pid));
     parse_status(&read(&path)?, &path)
 }
 
@@ -324,7 +378,7 @@ pub fn tasks(pid: i32) -> Result<Vec<i32>> {
 
 /// The open file descriptor numbers of a process, sorted.
 pub fn fds(pid: i32) -> Result<Vec<i32>> {
-    let path = format!("/proc/{pid}/fd");
+    let path = format!("{}/fd", dir(pid));
     let mut v: Vec<i32> = std::fs::read_dir(&path)
         .map_err(|e| bad(&path, e.to_string()))?
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
@@ -417,7 +471,7 @@ pub fn locks() -> Result<Vec<LockLine>> {
 }
 
 pub fn fdinfo(pid: i32, fd: i32) -> Result<FdInfo> {
-    let path = format!("/proc/{pid}/fdinfo/{fd}");
+    let path = format!("{}/fdinfo/{fd}", dir(pid));
     let text = read(&path)?;
     let mut fi = FdInfo::default();
     for line in text.lines() {
@@ -447,7 +501,7 @@ pub fn fdinfo(pid: i32, fd: i32) -> Result<FdInfo> {
 
 /// The interest list of epoll descriptor `fd` of `pid`: (fd, events, data).
 pub fn epoll_targets(pid: i32, fd: i32) -> Result<Vec<(i32, u32, u64)>> {
-    let path = format!("/proc/{pid}/fdinfo/{fd}");
+    let path = format!("{}/fdinfo/{fd}", dir(pid));
     parse_epoll_targets(&read(&path)?, &path)
 }
 
@@ -479,7 +533,7 @@ pub fn link(path: &str) -> Result<PathBuf> {
 }
 
 pub fn auxv(pid: i32) -> Result<Vec<u64>> {
-    let path = format!("/proc/{pid}/auxv");
+    let path = format!("{}/auxv", dir(pid));
     let bytes = std::fs::read(&path).map_err(|e| bad(&path, e.to_string()))?;
     Ok(bytes
         .chunks_exact(8)
@@ -488,7 +542,7 @@ pub fn auxv(pid: i32) -> Result<Vec<u64>> {
 }
 
 pub fn personality(pid: i32) -> Result<u32> {
-    let path = format!("/proc/{pid}/personality");
+    let path = format!("{}/personality", dir(pid));
     let t = read(&path)?;
     u32::from_str_radix(t.trim(), 16).map_err(|_| bad(&path, "bad value"))
 }
@@ -498,7 +552,7 @@ pub fn personality(pid: i32) -> Result<u32> {
 /// without injecting anything and without CAP_SYS_RESOURCE (which
 /// prlimit64 on another user's process needs).
 pub fn limits(pid: i32) -> Result<Vec<(u64, u64)>> {
-    let path = format!("/proc/{pid}/limits");
+    let path = format!("{}/limits", dir(pid));
     parse_limits(&read(&path)?, &path)
 }
 
@@ -546,7 +600,7 @@ pub fn task_nice(pid: i32, tid: i32) -> Result<i32> {
 /// start addresses. Empty without CONFIG_NUMA. (Reading it walks every
 /// resident page: worth it for many small areas, not for big ones.)
 pub fn vma_policy_starts(pid: i32) -> Result<Vec<u64>> {
-    let path = format!("/proc/{pid}/numa_maps");
+    let path = format!("{}/numa_maps", dir(pid));
     if !std::path::Path::new(&path).exists() {
         return Ok(Vec::new());
     }
@@ -627,6 +681,23 @@ mod tests {
         assert!(tasks(me).unwrap().contains(&me));
         assert!(fds(me).unwrap().contains(&0) || fds(me).is_ok());
         assert!(auxv(me).unwrap().len() > 4);
+    }
+
+    /// A process read through one of its threads: per-thread entries come
+    /// from /proc/PID/task/TID until end_read_via. (A made-up PID: only
+    /// the path is built; our own is read by the other tests meanwhile.)
+    #[test]
+    fn read_via_a_thread() {
+        let pid = i32::MAX - 7;
+        assert_eq!(dir(pid), format!("/proc/{pid}"));
+        read_via(pid, pid + 1);
+        assert_eq!(via(pid), pid + 1);
+        assert_eq!(dir(pid), format!("/proc/{pid}/task/{}", pid + 1));
+        end_read_via(pid);
+        assert_eq!(via(pid), pid);
+        assert_eq!(dir(pid), format!("/proc/{pid}"));
+        let me = std::process::id() as i32;
+        assert_eq!(leader_stat(me).unwrap().comm, stat(me).unwrap().comm);
     }
 
     #[test]

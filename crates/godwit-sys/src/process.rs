@@ -42,10 +42,17 @@ pub fn robust_list(tid: i32) -> Result<(u64, u64)> {
     Ok((head, len as u64))
 }
 
-/// Opens a pidfd for `pid`.
+/// Opens a pidfd for `pid` (for a process registered with
+/// [`crate::proc::read_via`]: a pidfd of its live thread, PIDFD_THREAD, so
+/// that pidfd_getfd reaches its descriptors).
 pub fn pidfd_open(pid: i32) -> Result<OwnedFd> {
+    const PIDFD_THREAD: libc::c_long = libc::O_EXCL as libc::c_long;
+    let (task, flags) = match crate::proc::via(pid) {
+        t if t == pid => (pid, 0),
+        t => (t, PIDFD_THREAD),
+    };
     // SAFETY: plain integer syscall.
-    let r = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    let r = unsafe { libc::syscall(libc::SYS_pidfd_open, task, flags) };
     let fd = check(r, "pidfd_open", format!("process {pid}"))?;
     // SAFETY: the kernel returned a new file descriptor that we now own.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
@@ -379,8 +386,8 @@ pub fn same_file(pid1: i32, fd1: i32, pid2: i32, fd2: i32) -> Result<bool> {
     let r = unsafe {
         libc::syscall(
             libc::SYS_kcmp,
-            pid1,
-            pid2,
+            crate::proc::via(pid1),
+            crate::proc::via(pid2),
             KCMP_FILE,
             fd1 as libc::c_long,
             fd2 as libc::c_long,
@@ -407,8 +414,8 @@ pub fn epoll_target_is(pid: i32, epfd: i32, tfd: i32, toff: u32, fd: i32) -> Res
     let r = unsafe {
         libc::syscall(
             libc::SYS_kcmp,
-            pid,
-            pid,
+            crate::proc::via(pid),
+            crate::proc::via(pid),
             KCMP_EPOLL_TFD,
             fd as libc::c_long,
             slot.as_ptr() as libc::c_long,

@@ -304,7 +304,7 @@ pub fn parse_proc_inet(text: &str, ino: u64) -> Option<ProcInet> {
 /// The line of socket inode `ino` in /proc/`pid`/net/`file` (the network
 /// namespace of process `pid`), None when it is not there.
 pub fn proc_inet(pid: i32, file: &str, ino: u64) -> Result<Option<ProcInet>> {
-    let path = format!("/proc/{pid}/net/{file}");
+    let path = format!("{}/net/{file}", crate::proc::dir(pid));
     let text = std::fs::read_to_string(&path).map_err(|e| SysError::Proc {
         path: path.clone(),
         detail: e.to_string(),

@@ -72,12 +72,15 @@ pub fn gone(pid: i32) -> bool {
     !Path::new(&format!("/proc/{pid}")).exists()
 }
 
-/// Gone, or a zombie.
+/// Gone, or a zombie (not a process whose main thread alone has exited:
+/// it shows Z too while its other threads run).
 pub fn dead(pid: i32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(s) => s
-            .rsplit_once(')')
-            .is_some_and(|(_, r)| r.trim_start().starts_with(['Z', 'X'])),
+        Ok(s) => {
+            s.rsplit_once(')')
+                .is_some_and(|(_, r)| r.trim_start().starts_with(['Z', 'X']))
+                && std::fs::read_dir(format!("/proc/{pid}/task")).map_or(0, |d| d.count()) <= 1
+        }
         Err(_) => true,
     }
 }

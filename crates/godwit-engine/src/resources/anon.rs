@@ -100,7 +100,7 @@ fn bad_fdinfo(pid: i32, fd: i32, detail: String) -> EngineError {
         pid,
         stage: "reading anonymous descriptors",
         source: SysError::Proc {
-            path: format!("/proc/{pid}/fdinfo/{fd}"),
+            path: format!("{}/fdinfo/{fd}", godwit_sys::proc::dir(pid)),
             detail,
         },
     }
@@ -119,7 +119,7 @@ pub fn dump(pid: i32, fd: i32, name: &str, e: &mut Fd) -> Result<()> {
         _ => return Err(unsupported(pid, fd, describe_unsupported(name))),
     };
     let read_info = || {
-        let path = format!("/proc/{pid}/fdinfo/{fd}");
+        let path = format!("{}/fdinfo/{fd}", godwit_sys::proc::dir(pid));
         std::fs::read_to_string(&path)
             .map_err(|err| SysError::Proc {
                 path,
@@ -241,7 +241,7 @@ fn dump_inotify(pid: i32, fd: i32, read_info: &dyn Fn() -> Result<String>) -> Re
 /// (Fd::node_id), and an inotify watch on one is added again on that file.
 fn deleted_held(pid: i32) -> std::collections::HashMap<(u64, u64), String> {
     let mut out = std::collections::HashMap::new();
-    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+    let Ok(dir) = std::fs::read_dir(format!("{}/fd", godwit_sys::proc::dir(pid))) else {
         return out;
     };
     for e in dir.flatten() {

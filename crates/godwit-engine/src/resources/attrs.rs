@@ -34,19 +34,22 @@ const NO_LOGINUID: u32 = u32::MAX;
 pub fn dump(r: &Remote, p: &mut Process) -> Result<()> {
     let pid = r.pid;
     let stage = "reading process attributes";
+    // The memory layout from a live thread's stat (an exited main thread's
+    // shows none), the rest from the main thread's.
     let st = proc::stat(pid).dumping(pid, stage)?;
+    let main = proc::leader_stat(pid).dumping(pid, stage)?;
     let status = proc::status(pid).dumping(pid, stage)?;
     p.pid = pid;
-    p.ppid = st.ppid;
-    p.exit_signal = Some(st.exit_signal);
-    p.pgid = st.pgrp;
-    p.sid = st.session;
-    p.ctty_dev = match st.tty_nr {
+    p.ppid = main.ppid;
+    p.exit_signal = Some(main.exit_signal);
+    p.pgid = main.pgrp;
+    p.sid = main.session;
+    p.ctty_dev = match main.tty_nr {
         0 => 0,
         n => godwit_sys::tty::decode_kernel_dev(n),
     };
-    p.comm = st.comm.clone();
-    p.exe = proc::link(&format!("/proc/{pid}/exe"))
+    p.comm = main.comm.clone();
+    p.exe = proc::link(&format!("{}/exe", godwit_sys::proc::dir(pid)))
         .dumping(pid, stage)?
         .to_string_lossy()
         .into_owned();

@@ -40,7 +40,7 @@ fn unsupported(pid: i32, fd: i32, what: impl std::fmt::Display) -> EngineError {
 /// Reads the descriptor table of a frozen process. `max_deleted`: the
 /// most data (bytes, holes not counted) kept of one deleted-but-open file.
 pub fn dump(pid: i32, max_deleted: u64) -> Result<Files> {
-    let cwd = proc::link(&format!("/proc/{pid}/cwd"))
+    let cwd = proc::link(&format!("{}/cwd", godwit_sys::proc::dir(pid)))
         .dumping(pid, "reading the cwd")?
         .to_string_lossy()
         .into_owned();
@@ -213,7 +213,7 @@ fn describe(
     lock_lines: &mut Vec<(i32, Vec<proc::LockLine>)>,
     max_deleted: u64,
 ) -> Result<Fd> {
-    let target = proc::link(&format!("/proc/{pid}/fd/{fd}"))
+    let target = proc::link(&format!("{}/fd/{fd}", godwit_sys::proc::dir(pid)))
         .dumping(pid, "reading file descriptors")?
         .to_string_lossy()
         .into_owned();
@@ -291,7 +291,7 @@ fn describe(
         save_deleted(pid, fd, pidfd, &mut e, max_deleted)?;
         return Ok(e);
     }
-    let md = std::fs::metadata(format!("/proc/{pid}/fd/{fd}"))
+    let md = std::fs::metadata(format!("{}/fd/{fd}", godwit_sys::proc::dir(pid)))
         .map_err(|err| unsupported(pid, fd, format!("{target}: {err}")))?;
     let ft = md.file_type();
     e.path = target.clone();
@@ -461,7 +461,7 @@ fn is_write_end(f: &Fd) -> bool {
 /// Describes fd `fd`, whose link names memfd `name`, as a memfd; false when
 /// it is not one after all (a deleted file that happens to have such a path).
 fn describe_memfd(pid: i32, fd: i32, name: &str, e: &mut Fd) -> Result<bool> {
-    let link = format!("/proc/{pid}/fd/{fd}");
+    let link = format!("{}/fd/{fd}", godwit_sys::proc::dir(pid));
     let fs = godwit_sys::process::fs_type(&link).dumping(pid, "reading a memfd")?;
     // A hugetlb memfd (MFD_HUGETLB) too: its shmem object keeps the page
     // size (ShmemObject::huge_page_size, see memory::collect_shmem).
@@ -656,7 +656,7 @@ pub fn link_descriptions(procs: &mut [Process], accept_pending: bool) -> Result<
                 peek_pipe(pid, &theirs, rfd)?
             }
             (None, Some((pid, fd))) => {
-                let path = format!("/proc/{pid}/fd/{fd}");
+                let path = format!("{}/fd/{fd}", godwit_sys::proc::dir(pid));
                 let ours = std::fs::OpenOptions::new()
                     .read(true)
                     .custom_flags(libc::O_NONBLOCK)
@@ -804,12 +804,13 @@ fn dump_deleted_cwd(pid: i32, cwd: &str) -> Result<Option<Fd>> {
 /// root), described as one to make again (`what`, `shown`: how messages
 /// name it): refused when it cannot be read or its own directory is gone.
 fn deleted_dir(pid: i32, link: &str, path: &str, what: &str, shown: &str) -> Result<Fd> {
-    let md = std::fs::metadata(format!("/proc/{pid}/{link}")).map_err(|err| {
-        EngineError::Unsupported {
-            pid,
-            what: format!("{what} ({shown} (deleted)) that cannot be read ({err})"),
-        }
-    })?;
+    let md =
+        std::fs::metadata(format!("{}/{link}", godwit_sys::proc::dir(pid))).map_err(|err| {
+            EngineError::Unsupported {
+                pid,
+                what: format!("{what} ({shown} (deleted)) that cannot be read ({err})"),
+            }
+        })?;
     check_deleted_dir(pid, None, path).map_err(|_| EngineError::Unsupported {
         pid,
         what: format!(
@@ -836,7 +837,7 @@ fn save_deleted(
     e: &mut Fd,
     max_deleted: u64,
 ) -> Result<()> {
-    let link = format!("/proc/{pid}/fd/{fd}");
+    let link = format!("{}/fd/{fd}", godwit_sys::proc::dir(pid));
     // /proc/PID/fd/N leads to the object itself (to the symlink, for an
     // O_PATH|O_NOFOLLOW descriptor of one).
     let md =
@@ -1880,7 +1881,7 @@ pub fn restore_async(procs: &[Process], remotes: &[Option<Remote>]) -> Result<()
 /// The process's root directory if it was chroot'ed (empty if it is
 /// godwit's own), and its description when it was removed.
 pub fn dump_root(pid: i32) -> Result<(String, Option<Fd>)> {
-    let root = proc::link(&format!("/proc/{pid}/root"))
+    let root = proc::link(&format!("{}/root", godwit_sys::proc::dir(pid)))
         .dumping(pid, "reading the root directory")?
         .to_string_lossy()
         .into_owned();

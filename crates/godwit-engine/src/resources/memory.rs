@@ -301,7 +301,7 @@ fn with_flags_of(pid: i32, maps: &[MapEntry], smaps: &[MapEntry]) -> Result<Vec<
                     pid,
                     stage: "reading the memory map",
                     source: godwit_sys::SysError::Proc {
-                        path: format!("/proc/{pid}/smaps"),
+                        path: format!("{}/smaps", godwit_sys::proc::dir(pid)),
                         detail: format!(
                             "the mapping {:#x}-{:#x} changed while the process was stopped",
                             e.start, e.end
@@ -469,10 +469,14 @@ pub fn plan_sharing(
         if kind == VmaKind::AnonShared {
             // Unique per object: device and inode.
             vma.shmem_id = shmem_id(e.dev_major, e.dev_minor, e.inode);
-            let size =
-                std::fs::metadata(format!("/proc/{pid}/map_files/{:x}-{:x}", e.start, e.end))
-                    .map(|m| m.size())
-                    .unwrap_or(0);
+            let size = std::fs::metadata(format!(
+                "{}/map_files/{:x}-{:x}",
+                godwit_sys::proc::dir(pid),
+                e.start,
+                e.end
+            ))
+            .map(|m| m.size())
+            .unwrap_or(0);
             vma.shmem_size = size.max(e.offset + e.len());
         }
         if kind == VmaKind::SysvShm {
@@ -589,7 +593,12 @@ pub fn plan_sharing(
 /// The page size of hugetlb mapping `e` (VmFlags "ht"), from its file
 /// (every hugetlb mapping has one, on a hugetlbfs).
 fn huge_page_size_of(pid: i32, e: &MapEntry) -> Result<u64> {
-    let path = format!("/proc/{pid}/map_files/{:x}-{:x}", e.start, e.end);
+    let path = format!(
+        "{}/map_files/{:x}-{:x}",
+        godwit_sys::proc::dir(pid),
+        e.start,
+        e.end
+    );
     match godwit_sys::process::hugetlb_page_size(&path) {
         Ok(Some(size)) if size.is_power_of_two() && size >= PAGE_SIZE => Ok(size),
         got => Err(EngineError::Unsupported {
@@ -615,7 +624,12 @@ fn huge_page_size_of(pid: i32, e: &MapEntry) -> Result<u64> {
 /// descriptor of the process must hold ([`check_deleted_maps`]). Either way
 /// only the pages the process wrote are stored.
 fn describe_deleted_private(pid: i32, e: &MapEntry, vma: &mut Vma) -> Result<()> {
-    let path = format!("/proc/{pid}/map_files/{:x}-{:x}", e.start, e.end);
+    let path = format!(
+        "{}/map_files/{:x}-{:x}",
+        godwit_sys::proc::dir(pid),
+        e.start,
+        e.end
+    );
     let f = std::fs::File::open(&path).map_err(|err| EngineError::Unsupported {
         pid,
         what: format!(
@@ -768,14 +782,25 @@ pub fn collect_shmem(
             .iter()
             .filter(|v| v.shmem_id != 0)
             .map(|v| {
-                let path = format!("/proc/{pid}/map_files/{:x}-{:x}", v.start, v.end);
+                let path = format!(
+                    "{}/map_files/{:x}-{:x}",
+                    godwit_sys::proc::dir(pid),
+                    v.start,
+                    v.end
+                );
                 (v.shmem_id, path, v.shmem_size)
             })
             .chain(
                 p.fds
                     .iter()
                     .filter(|f| f.kind == FdKind::Memfd as i32)
-                    .map(|f| (f.shmem_id, format!("/proc/{pid}/fd/{}", f.fd), f.size)),
+                    .map(|f| {
+                        (
+                            f.shmem_id,
+                            format!("{}/fd/{}", godwit_sys::proc::dir(pid), f.fd),
+                            f.size,
+                        )
+                    }),
             )
             .collect();
         for (id, path, size_hint) in sources {
@@ -826,7 +851,12 @@ pub fn collect_shmem(
             .iter()
             .filter(|v| v.kind == VmaKind::SysvShm as i32 && v.pgoff == 0)
             .map(|v| {
-                let path = format!("/proc/{pid}/map_files/{:x}-{:x}", v.start, v.end);
+                let path = format!(
+                    "{}/map_files/{:x}-{:x}",
+                    godwit_sys::proc::dir(pid),
+                    v.start,
+                    v.end
+                );
                 (v.sysv_shmid, path)
             })
             .collect();
@@ -863,7 +893,7 @@ pub fn collect_shmem(
             if !seen_deleted.insert(f.file_id) {
                 continue;
             }
-            let path = format!("/proc/{pid}/fd/{}", f.fd);
+            let path = format!("{}/fd/{}", godwit_sys::proc::dir(pid), f.fd);
             // Without touching its access time where godwit may.
             let file = std::fs::OpenOptions::new()
                 .read(true)

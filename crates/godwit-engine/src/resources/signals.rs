@@ -82,7 +82,7 @@ pub fn dump(r: &Remote) -> Result<Signals> {
             });
         }
     }
-    let shared_pending = ptrace::peek_siginfo(pid, true)
+    let shared_pending = ptrace::peek_siginfo(r.tid, true)
         .dumping(pid, "reading pending signals")?
         .into_iter()
         .map(|s| s.to_vec())

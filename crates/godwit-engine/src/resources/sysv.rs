@@ -53,7 +53,12 @@ pub fn describe_attach(pid: i32, e: &MapEntry, vma: &mut Vma) -> Result<()> {
     if e.exec {
         vma.shmat_flags |= SHM_EXEC;
     }
-    let path = format!("/proc/{pid}/map_files/{:x}-{:x}", e.start, e.end);
+    let path = format!(
+        "{}/map_files/{:x}-{:x}",
+        godwit_sys::proc::dir(pid),
+        e.start,
+        e.end
+    );
     vma.shmem_size = std::fs::metadata(&path)
         .map_err(|err| EngineError::Unsupported {
             pid,
@@ -67,7 +72,7 @@ pub fn describe_attach(pid: i32, e: &MapEntry, vma: &mut Vma) -> Result<()> {
 
 /// Segment ids name segments of godwit's IPC namespace only.
 fn same_ipc_namespace(pid: i32) -> Result<()> {
-    let theirs = godwit_sys::proc::link(&format!("/proc/{pid}/ns/ipc"))
+    let theirs = godwit_sys::proc::link(&format!("{}/ns/ipc", godwit_sys::proc::dir(pid)))
         .dumping(pid, "reading the IPC namespace")?;
     let ours =
         godwit_sys::proc::link("/proc/self/ns/ipc").dumping(pid, "reading the IPC namespace")?;

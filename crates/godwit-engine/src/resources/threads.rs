@@ -453,6 +453,59 @@ pub fn restore_syscall_dispatch(pid: i32, host_tid: i32, t: &Thread) -> Result<(
     ptrace::set_syscall_dispatch(host_tid, cfg).restoring(pid, "setting syscall user dispatch")
 }
 
+/// Ends the main thread (the stub, `r.tid`) of a process whose main thread
+/// had exited while its other threads (already created, still stopped) ran
+/// on: untraced, with every signal blocked, it runs SYS_exit (not
+/// exit_group) at the trampoline's syscall instruction with the exit code
+/// of its wait status `status`, with its saved CPU affinity `cpus` (those of
+/// them this host has); waits until /proc shows it a zombie. It writes no
+/// clear_child_tid and walks no robust list on its way out (both unset
+/// first: they may point into the restored memory).
+pub fn end_leader(r: &Remote, status: i32, cpus: &[u64]) -> Result<()> {
+    let (pid, tid) = (r.pid, r.tid);
+    let stage = "ending the main thread";
+    let online = godwit_sys::sched::online_cpus().restoring(pid, "reading the online CPUs")?;
+    let keep = godwit_sys::sched::CpuSet::from_words(cpus).0.and(&online);
+    let keep = if keep.is_empty() { online } else { keep };
+    godwit_sys::sched::set_affinity(tid, &keep).restoring(pid, stage)?;
+    r.call(
+        "set_tid_address",
+        libc::SYS_set_tid_address,
+        [0, 0, 0, 0, 0, 0],
+    )
+    .restoring(pid, stage)?;
+    r.call(
+        "set_robust_list",
+        libc::SYS_set_robust_list,
+        [0, 24, 0, 0, 0, 0],
+    )
+    .restoring(pid, stage)?;
+    let mut regs = ptrace::get_regs(tid).restoring(pid, stage)?;
+    regs.rip = r.syscall_ip;
+    regs.rax = libc::SYS_exit as u64;
+    regs.orig_rax = u64::MAX;
+    regs.rdi = ((status >> 8) & 0xff) as u64;
+    ptrace::set_regs(tid, &regs).restoring(pid, stage)?;
+    ptrace::set_sigmask(tid, !0).restoring(pid, stage)?;
+    ptrace::detach(tid).restoring(pid, stage)?;
+    let t0 = std::time::Instant::now();
+    loop {
+        match proc::stat(pid) {
+            Ok(st) if st.state == 'Z' => return Ok(()),
+            Ok(_) if t0.elapsed() < std::time::Duration::from_secs(10) => {
+                std::thread::sleep(std::time::Duration::from_micros(200))
+            }
+            Ok(st) => {
+                return Err(EngineError::BadImage(format!(
+                    "process {pid}: its main thread was to exit again, but is still in state {} after 10 s",
+                    st.state
+                )))
+            }
+            Err(e) => return Err(e).restoring(pid, stage),
+        }
+    }
+}
+
 /// Loads the saved registers, xsave area and signal mask into stopped thread
 /// `host_tid` (the host's id of thread `t`).
 pub fn load_cpu_state(pid: i32, host_tid: i32, t: &Thread) -> Result<()> {

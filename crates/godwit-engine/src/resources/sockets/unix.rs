@@ -214,7 +214,7 @@ pub fn dump(pid: i32, fd: i32, ino: u64, ours: &OwnedFd, cwd: &str) -> Result<So
     }
     if let (true, Some(path)) = (binds(&s), path_of(&s.addr)) {
         let full = full_path(&path, cwd);
-        let seen = format!("/proc/{pid}/root{}", full.display());
+        let seen = format!("{}/root{}", godwit_sys::proc::dir(pid), full.display());
         match std::fs::symlink_metadata(&seen) {
             Ok(md)
                 if md.file_type().is_socket()
