@@ -154,7 +154,12 @@ pub fn run(args: MigrateArgs, json_out: bool, progress: &crate::Bar) -> anyhow::
     progress.0.finish_and_clear();
     let r = r?;
     let root = args.pids[0];
-    for x in r.dump.externals.iter().filter(|x| r.given_for(root, x).is_none()) {
+    for x in r
+        .dump
+        .externals
+        .iter()
+        .filter(|x| r.given_for(root, x).is_none())
+    {
         eprintln!(
             "godwit: warning: {}",
             godwit_engine::resources::external::warning(

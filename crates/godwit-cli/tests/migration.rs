@@ -1333,10 +1333,7 @@ fn lines_continue(dir: &Path, dest: &Path) {
     });
     let moved = std::fs::read_to_string(dest).unwrap();
     let all: Vec<&str> = text.lines().chain(moved.lines()).collect();
-    assert!(
-        text.lines().count() > 20,
-        "lines before the move: {text:?}"
-    );
+    assert!(text.lines().count() > 20, "lines before the move: {text:?}");
     for (i, l) in all.iter().enumerate() {
         assert_eq!(*l, i.to_string(), "line {i}: lost or repeated");
     }
@@ -1421,9 +1418,11 @@ fn inherit_fd_through_the_agent_into_a_fifo_post_copy() {
             l = progs().join("launch").display()
         ),
     );
-    wait_for("the reader at the destination", Duration::from_secs(10), || {
-        dir.join("catpid").exists()
-    });
+    wait_for(
+        "the reader at the destination",
+        Duration::from_secs(10),
+        || dir.join("catpid").exists(),
+    );
     std::thread::sleep(Duration::from_millis(300));
     let godwit = env!("CARGO_BIN_EXE_godwit");
     let (a1, a2) = (c.agent_addr(1), c.agent_addr(2));

@@ -871,12 +871,7 @@ pub fn receive<S: Read + Write + Send + 'static>(
                 .iter()
                 .filter_map(|u| u.lost.as_ref().map(|l| (u, l)))
             {
-                tracing::warn!(
-                    "process {} fd {} ({}): {lost}",
-                    u.fd.pid,
-                    u.fd.fd,
-                    u.fd.key
-                );
+                tracing::warn!("process {} fd {} ({}): {lost}", u.fd.pid, u.fd.fd, u.fd.key);
             }
             for u in r.externals.iter().filter(|u| u.inherited.is_none()) {
                 tracing::warn!(

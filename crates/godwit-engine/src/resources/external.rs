@@ -135,8 +135,7 @@ pub fn default_for(x: &ExternalFd) -> &'static str {
 /// `--inherit-fd` naming it.
 pub const NOT_GIVEN: &str = "no --inherit-fd names it";
 /// ... over `godwit migrate`.
-pub const MIGRATED: &str =
-    "no `migrate --inherit-fd` names it (a path at the destination or null)";
+pub const MIGRATED: &str = "no `migrate --inherit-fd` names it (a path at the destination or null)";
 /// ... restored through a node's API (godwitd).
 pub const NODE_API: &str =
     "the node API passes no descriptors (restore the image with godwit restore --inherit-fd for that)";
@@ -309,7 +308,10 @@ impl std::str::FromStr for RemoteInherit {
 /// first root's PID), or None.
 pub fn key_of(externals: &[ExternalFd], root: i32, which: &Which) -> Option<String> {
     match which {
-        Which::Key(k) => externals.iter().find(|x| &x.key == k).map(|x| x.key.clone()),
+        Which::Key(k) => externals
+            .iter()
+            .find(|x| &x.key == k)
+            .map(|x| x.key.clone()),
         Which::RootFd(n) => externals
             .iter()
             .find(|x| x.pid == root && x.fd == *n)
@@ -418,12 +420,21 @@ fn open_target(t: &Target, socket: bool, write: bool) -> std::result::Result<Own
         }
     };
     o.custom_flags(flags);
-    o.open(path).map(OwnedFd::from).map_err(|e| {
-        match (e.raw_os_error(), write) {
-            (Some(libc::ENXIO), true) => format!("no process reads the FIFO {path} on the destination"),
-            _ => format!("opening {path} on the destination {}: {e}", if write { "for appending" } else { "for reading" }),
-        }
-    })
+    o.open(path)
+        .map(OwnedFd::from)
+        .map_err(|e| match (e.raw_os_error(), write) {
+            (Some(libc::ENXIO), true) => {
+                format!("no process reads the FIFO {path} on the destination")
+            }
+            _ => format!(
+                "opening {path} on the destination {}: {e}",
+                if write {
+                    "for appending"
+                } else {
+                    "for reading"
+                }
+            ),
+        })
 }
 
 /// How one descriptor connected outside the tree was restored.
@@ -891,12 +902,22 @@ mod tests {
         assert_eq!(r.target, Target::Path("/var/log/app.log".into()));
         assert_eq!(r.to_string(), "1:/var/log/app.log");
         let r: RemoteInherit = "fd:1200:2:null".parse().unwrap();
-        assert_eq!((r.which.clone(), r.target.clone()), (Which::ProcFd(1200, 2), Target::Null));
+        assert_eq!(
+            (r.which.clone(), r.target.clone()),
+            (Which::ProcFd(1200, 2), Target::Null)
+        );
         assert_eq!(r.to_string().parse::<RemoteInherit>().unwrap(), r);
         let r: RemoteInherit = "pipe:[77]:/run/in.fifo".parse().unwrap();
         assert_eq!(r.which, Which::Key("pipe:[77]".into()));
         assert_eq!(r.to_string(), "pipe:[77]:/run/in.fifo");
-        for bad in ["1", "x:null", "1:rel/path", "-1:null", "fd:1:null", "pipe:[x]:null"] {
+        for bad in [
+            "1",
+            "x:null",
+            "1:rel/path",
+            "-1:null",
+            "fd:1:null",
+            "pipe:[x]:null",
+        ] {
             assert!(bad.parse::<RemoteInherit>().is_err(), "{bad}");
         }
         for local in ["1:3", "1:fd:12:1", "1:pipe:[12]", "1:tty:[136:4]"] {

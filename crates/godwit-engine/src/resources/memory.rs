@@ -1349,28 +1349,7 @@ pub fn share_lazy(procs: &mut [crate::schema::Process], hosts: &[i32]) -> Result
             own.append(&mut p.lazy);
             own.sort_by_key(|r| r.addr);
             p.pages = own;
-            let (mut mine, mut theirs) = (Vec::new(), Vec::new());
-            for r in &runs {
-                let mut at = r.addr;
-                let end = r.addr + r.nr_pages * PAGE_SIZE;
-                let within = shared
-                    .iter()
-                    .filter(|s| s.addr < end && s.addr + s.len > r.addr);
-                for s in within {
-                    let (a, b) = (s.addr.max(at), (s.addr + s.len).min(end));
-                    if a >= b {
-                        continue;
-                    }
-                    if a > at {
-                        mine.push(run_of(at, a));
-                    }
-                    theirs.push(run_of(a, b));
-                    at = b;
-                }
-                if at < end {
-                    mine.push(run_of(at, end));
-                }
-            }
+            let (mine, theirs) = split_shared(&runs, &shared);
             v.pages = mine;
             v.lazy.clear();
             v.inherited = theirs;
@@ -1387,6 +1366,34 @@ pub fn share_lazy(procs: &mut [crate::schema::Process], hosts: &[i32]) -> Result
         }
     }
     Ok(moved)
+}
+
+/// `runs` (sorted) cut into the pages outside `shared` (sorted ranges) and
+/// those inside it.
+fn split_shared(runs: &[PageRun], shared: &[Range]) -> (Vec<PageRun>, Vec<PageRun>) {
+    let (mut mine, mut theirs) = (Vec::new(), Vec::new());
+    for r in runs {
+        let mut at = r.addr;
+        let end = r.addr + r.nr_pages * PAGE_SIZE;
+        let within = shared
+            .iter()
+            .filter(|s| s.addr < end && s.addr + s.len > r.addr);
+        for s in within {
+            let (a, b) = (s.addr.max(at), (s.addr + s.len).min(end));
+            if a >= b {
+                continue;
+            }
+            if a > at {
+                mine.push(run_of(at, a));
+            }
+            theirs.push(run_of(a, b));
+            at = b;
+        }
+        if at < end {
+            mine.push(run_of(at, end));
+        }
+    }
+    (mine, theirs)
 }
 
 fn lazy_in(v: &Vma) -> u64 {
@@ -3384,6 +3391,33 @@ mod sharing_tests {
             kind: VmaKind::AnonPrivate as i32,
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn post_copy_splits_runs_into_own_and_shared_pages() {
+        let p = PAGE_SIZE;
+        let runs = vec![run(0x10000, 4), run(0x20000, 2)];
+        let shared = vec![
+            Range {
+                addr: 0x11000,
+                len: 2 * p,
+            },
+            Range {
+                addr: 0x1f000,
+                len: 2 * p,
+            },
+        ];
+        let (mine, theirs) = split_shared(&runs, &shared);
+        let bounds =
+            |v: &[PageRun]| -> Vec<(u64, u64)> { v.iter().map(|r| (r.addr, r.nr_pages)).collect() };
+        assert_eq!(
+            bounds(&mine),
+            vec![(0x10000, 1), (0x13000, 1), (0x21000, 1)]
+        );
+        assert_eq!(bounds(&theirs), vec![(0x11000, 2), (0x20000, 1)]);
+        let (mine, theirs) = split_shared(&runs, &[]);
+        assert_eq!(bounds(&mine), bounds(&runs));
+        assert!(theirs.is_empty());
     }
 
     #[test]
