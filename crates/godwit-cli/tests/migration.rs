@@ -1366,11 +1366,22 @@ fn inherit_fd_connects_a_file_at_the_destination() {
         err.contains("no such descriptor connected outside") && err.contains("fd 1"),
         "{err}"
     );
-    assert!(
-        matches!(c.state(1, pid), Some('S' | 'R')),
-        "the writer runs on at the source: {:?}",
-        c.state(1, pid)
+    // (Released as the refusal comes back: it may show stopped an instant.)
+    wait_for(
+        "the writer to run on at the source",
+        Duration::from_secs(5),
+        || matches!(c.state(1, pid), Some('S' | 'R')),
     );
+    let count = || {
+        std::fs::read_to_string(dir.join("count"))
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let at = count();
+    wait_for("the writer to write on", Duration::from_secs(5), || {
+        count() > at + 5
+    });
 
     let out = c.migrate(1, pid, 2, &["--inherit-fd", &spec]);
     let err = String::from_utf8_lossy(&out.stderr).to_string();

@@ -424,6 +424,13 @@ pub fn send<S: Read + Write + Send + 'static>(
                     reason,
                 });
             }
+            // An older destination would ignore them silently.
+            if !opts.inherit_fds.is_empty() && v["inherit_fds"] != json!(true) {
+                return Err(MigrateError::Refused {
+                    peer: peer.into(),
+                    reason: "its godwitd does not take --inherit-fd (an older version)".into(),
+                });
+            }
         }
         Err(why) => {
             return Err(MigrateError::Refused {
@@ -749,8 +756,11 @@ pub fn receive<S: Read + Write + Send + 'static>(
             ));
         }
     }
-    send_json(&s, &json!({"ok": true, "node": opts.node}))
-        .map_err(|e| EngineError::Migration(format!("answering the hello: {e}")))?;
+    send_json(
+        &s,
+        &json!({"ok": true, "node": opts.node, "inherit_fds": true}),
+    )
+    .map_err(|e| EngineError::Migration(format!("answering the hello: {e}")))?;
 
     let image = {
         let mut g = s.lock().unwrap_or_else(|p| p.into_inner());
