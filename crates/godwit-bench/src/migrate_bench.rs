@@ -246,6 +246,7 @@ fn one(setup: &Setup, mode: Mode, mib: u64, rate: u64, tag: &str) -> Result<Run>
         watchdog: Duration::from_secs(120),
         keep_image: None,
         move_ip: None,
+        inherit_fds: Vec::new(),
     };
     let r = migrate::send(stream, &agent.addr, &[t.pid], &opts, &Quiet)
         .map_err(|e| anyhow::anyhow!("{e}"))?;

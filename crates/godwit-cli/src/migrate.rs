@@ -93,6 +93,18 @@ pub struct MigrateArgs {
     /// Freeze this cgroup v2 directory while the tree is seized.
     #[arg(long, value_name = "DIR")]
     freeze_cgroup: Option<PathBuf>,
+    /// A descriptor connected outside the moved tree (a pipe to a process
+    /// left here, `prog | tee log`) gets TARGET at the destination: a path
+    /// there (a pipe's write end appends to that file, created 0644 if
+    /// missing, or writes into that FIFO, which must have a reader; a read
+    /// end reads it) or `null` (/dev/null). FD is the fd of the (first)
+    /// --pid process; `fd:PID:FD:TARGET`, `pipe:[INODE]:TARGET` and
+    /// `socket:[INODE]:TARGET` name others (a unix socket takes null only).
+    /// A descriptor of this host cannot cross hosts. Those not given get
+    /// /dev/null (or their saved bytes, then end of file), with a warning.
+    /// Repeatable.
+    #[arg(long = "inherit-fd", value_name = "FD:TARGET")]
+    inherit_fds: Vec<godwit_engine::resources::external::RemoteInherit>,
 }
 
 fn parse_move_ip(s: &str) -> Result<(std::net::IpAddr, u8), String> {
@@ -131,6 +143,7 @@ pub fn run(args: MigrateArgs, json_out: bool, progress: &crate::Bar) -> anyhow::
         watchdog,
         keep_image: args.keep_image.clone(),
         move_ip: args.move_ip,
+        inherit_fds: args.inherit_fds.clone(),
     };
     // A tree moves whole: a PID given inside another's tree would be
     // dumped twice. Checked before anything is connected to.
@@ -140,7 +153,13 @@ pub fn run(args: MigrateArgs, json_out: bool, progress: &crate::Bar) -> anyhow::
     let r = migrate_roots(&tls, &args.to, &args.pids, &opts, watchdog, progress);
     progress.0.finish_and_clear();
     let r = r?;
-    for x in &r.dump.externals {
+    let root = args.pids[0];
+    for x in r
+        .dump
+        .externals
+        .iter()
+        .filter(|x| r.given_for(root, x).is_none())
+    {
         eprintln!(
             "godwit: warning: {}",
             godwit_engine::resources::external::warning(

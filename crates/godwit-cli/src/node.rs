@@ -96,6 +96,10 @@ pub enum NodeCmd {
         /// See `godwit migrate --max-downtime`.
         #[arg(long, value_name = "MS")]
         max_downtime: Option<u64>,
+        /// See `godwit migrate --inherit-fd` (TARGET: a path on the
+        /// destination, or null). Repeatable.
+        #[arg(long = "inherit-fd", value_name = "FD:TARGET")]
+        inherit_fds: Vec<godwit_engine::resources::external::RemoteInherit>,
     },
     /// The node's load (run queue, CPU, memory, managed processes); --history:
     /// the samples of the last ten minutes.
@@ -273,10 +277,12 @@ pub async fn run(cmd: NodeCmd, agent: &Agent, json_out: bool) -> anyhow::Result<
             tcp_established,
             pid_ns,
             max_downtime,
+            inherit_fds,
         } => {
+            let inherit_fds: Vec<String> = inherit_fds.iter().map(ToString::to_string).collect();
             let body = json!({
                 "to": to, "also": also, "mode": mode, "tcp_established": tcp_established,
-                "pid_ns": pid_ns, "max_downtime_ms": max_downtime,
+                "pid_ns": pid_ns, "max_downtime_ms": max_downtime, "inherit_fds": inherit_fds,
             });
             agent
                 .request(

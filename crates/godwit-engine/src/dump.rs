@@ -522,6 +522,24 @@ pub fn dump_to(
     )?;
     tracing::debug!(ms = t0.elapsed().as_secs_f64() * 1e3, "collected");
     crate::resources::seccomp::share(&mut procs);
+    // Post-copy: memory a child shares copy-on-write with its parent is
+    // not left lazy, so that it is restored shared (memory::share_lazy).
+    if lazy && plans.iter().all(Option::is_none) {
+        let hosts: Vec<i32> = members
+            .iter()
+            .map(|m| match m {
+                Member::Live(f) => f.pid,
+                Member::Zombie { .. } => 0,
+            })
+            .collect();
+        let stored = memory::share_lazy(&mut procs, &hosts)?;
+        if stored > 0 {
+            tracing::debug!(
+                stored,
+                "post-copy: memory shared with children sent eagerly"
+            );
+        }
+    }
     let mut members = Some(members);
     // Declared after `members`: on an error, unmapped before the processes
     // are released.

@@ -61,6 +61,7 @@ use serde_json::{json, Value};
 
 use crate::dump::{dump_to, DumpOptions, DumpReport, End};
 use crate::error::EngineError;
+use crate::resources::external::{self, RemoteInherit};
 use crate::restore::{restore_from, RestoreOptions, RestoreReport};
 use crate::Progress;
 
@@ -135,6 +136,10 @@ pub struct MigrateOptions {
     /// destination's interface in the same subnet (and announced to the
     /// neighbours) before the process is restored there.
     pub move_ip: Option<(IpAddr, u8)>,
+    /// `--inherit-fd`: what the destination connects in place of
+    /// descriptors connected outside the tree (a path there, or null);
+    /// the others get restore's stand-in, with a warning.
+    pub inherit_fds: Vec<RemoteInherit>,
 }
 
 /// A service address taken off this host for a migration; put back on drop
@@ -238,6 +243,8 @@ pub struct MigrateReport {
     /// (phase, duration), in order.
     pub phases: Vec<(&'static str, Duration)>,
     pub dump: DumpReport,
+    /// The `--inherit-fd`s the destination connected.
+    pub inherit_fds: Vec<RemoteInherit>,
 }
 
 impl MigrateReport {
@@ -267,8 +274,35 @@ impl MigrateReport {
             "fault_pages": self.fault_pages,
             "pushed_pages": self.pushed_pages,
             "phases": self.phases.iter().map(|(name, d)| json!({"phase": name, "ms": ms(*d)})).collect::<Vec<_>>(),
-            "externals": crate::resources::external::to_json(&self.dump.externals),
+            "externals": self.externals_json(roots),
         })
+    }
+
+    /// The descriptors connected outside the tree, each with what it is at
+    /// the destination (`at_destination`: an --inherit-fd's target, else
+    /// the default stand-in).
+    fn externals_json(&self, roots: &[i32]) -> Value {
+        let list = &self.dump.externals;
+        let root = roots.first().copied().unwrap_or(0);
+        let mut v = external::to_json(list);
+        if let Some(items) = v.as_array_mut() {
+            for (item, x) in items.iter_mut().zip(list) {
+                item["at_destination"] = match self.given_for(root, x) {
+                    Some(g) => json!(match &g.target {
+                        external::Target::Null => "/dev/null".to_string(),
+                        external::Target::Path(p) => p.clone(),
+                    }),
+                    None => json!(external::default_for(x)),
+                };
+            }
+        }
+        v
+    }
+
+    /// The `--inherit-fd` that connected `x` at the destination, if any
+    /// (`root`: the first root's PID).
+    pub fn given_for(&self, root: i32, x: &external::ExternalFd) -> Option<RemoteInherit> {
+        external::given_for(&self.dump.externals, root, &self.inherit_fds, x)
     }
 }
 
@@ -379,6 +413,7 @@ pub fn send<S: Read + Write + Send + 'static>(
         "move_ip": opts.move_ip.map(|(a, p)| format!("{a}/{p}")),
         "tcp_established": opts.dump.tcp_established,
         "source_node": hostname(),
+        "inherit_fds": opts.inherit_fds.iter().map(ToString::to_string).collect::<Vec<_>>(),
     });
     send_json(&s, &hello).map_err(|e| link(peer, "saying hello", e))?;
     match recv_json(&s, peer).map_err(|e| link(peer, "waiting for the hello's answer", e))? {
@@ -387,6 +422,13 @@ pub fn send<S: Read + Write + Send + 'static>(
                 return Err(MigrateError::Refused {
                     peer: peer.into(),
                     reason,
+                });
+            }
+            // An older destination would ignore them silently.
+            if !opts.inherit_fds.is_empty() && v["inherit_fds"] != json!(true) {
+                return Err(MigrateError::Refused {
+                    peer: peer.into(),
+                    reason: "its godwitd does not take --inherit-fd (an older version)".into(),
                 });
             }
         }
@@ -582,6 +624,7 @@ pub fn send<S: Read + Write + Send + 'static>(
         pushed_pages: counts["pushed_pages"].as_u64().unwrap_or(0),
         phases,
         dump: report,
+        inherit_fds: opts.inherit_fds.clone(),
     })
 }
 
@@ -679,6 +722,14 @@ pub fn receive<S: Read + Write + Send + 'static>(
             None => return Err(fail(&s, "this node does not keep images".into())),
         },
     };
+    let inherit: Vec<RemoteInherit> = match hello["inherit_fds"]
+        .as_array()
+        .map(|a| a.iter().map(|x| x.as_str().unwrap_or("").parse()).collect())
+        .unwrap_or(Ok(Vec::new()))
+    {
+        Ok(v) => v,
+        Err(why) => return Err(fail(&s, format!("--inherit-fd {why}"))),
+    };
     let service_addr = match hello["move_ip"].as_str() {
         None => None,
         Some(text) => match place_for_address(text) {
@@ -705,8 +756,11 @@ pub fn receive<S: Read + Write + Send + 'static>(
             ));
         }
     }
-    send_json(&s, &json!({"ok": true, "node": opts.node}))
-        .map_err(|e| EngineError::Migration(format!("answering the hello: {e}")))?;
+    send_json(
+        &s,
+        &json!({"ok": true, "node": opts.node, "inherit_fds": true}),
+    )
+    .map_err(|e| EngineError::Migration(format!("answering the hello: {e}")))?;
 
     let image = {
         let mut g = s.lock().unwrap_or_else(|p| p.into_inner());
@@ -741,13 +795,21 @@ pub fn receive<S: Read + Write + Send + 'static>(
     };
     // A pre-copy whose last writes the source left lazy (its
     // --max-downtime) goes on as post-copy.
-    let lazy_pages = match reader.metadata::<crate::schema::Checkpoint>() {
-        Ok(ck) => ck
-            .processes
-            .iter()
-            .any(|p| p.vmas.iter().any(|v| !v.lazy.is_empty())),
+    let ck = match reader.metadata::<crate::schema::Checkpoint>() {
+        Ok(ck) => ck,
         Err(e) => return Err(fail(&s, e.to_string())),
     };
+    let lazy_pages = ck
+        .processes
+        .iter()
+        .any(|p| p.vmas.iter().any(|v| !v.lazy.is_empty()));
+    // --inherit-fd: the targets opened here, held until the restore is done.
+    let root = hello["pids"][0].as_i64().unwrap_or(0) as i32;
+    let inherited = match external::open_at_destination(&ck.processes, root, &inherit) {
+        Ok(v) => v,
+        Err(e) => return Err(fail(&s, e.to_string())),
+    };
+    drop(ck);
     let parsed = match (parsed, lazy_pages) {
         (Mode::PreCopy, true) if keep.is_none() => Mode::PreCopyPostCopy,
         (m, _) => m,
@@ -765,6 +827,7 @@ pub fn receive<S: Read + Write + Send + 'static>(
     let ropts = RestoreOptions {
         pid_ns,
         tcp_established: hello["tcp_established"] == json!(true),
+        inherit_fds: inherited.iter().map(|(_, i)| i.clone()).collect(),
         ..Default::default()
     };
     let node = opts.node.clone();
@@ -810,8 +873,16 @@ pub fn receive<S: Read + Write + Send + 'static>(
             Err(e) => (Err(e), Vec::new(), None),
         }
     };
+    drop(inherited);
     let restored = match restored {
         Ok(r) => {
+            for (u, lost) in r
+                .externals
+                .iter()
+                .filter_map(|u| u.lost.as_ref().map(|l| (u, l)))
+            {
+                tracing::warn!("process {} fd {} ({}): {lost}", u.fd.pid, u.fd.fd, u.fd.key);
+            }
             for u in r.externals.iter().filter(|u| u.inherited.is_none()) {
                 tracing::warn!(
                     "{}",

@@ -104,6 +104,7 @@ fn opts(mode: Mode) -> MigrateOptions {
         watchdog: Duration::from_secs(30),
         keep_image: None,
         move_ip: None,
+        inherit_fds: Vec::new(),
     }
 }
 

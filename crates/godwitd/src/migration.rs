@@ -127,6 +127,10 @@ pub struct SendRequest {
     pub max_downtime_ms: Option<u64>,
     #[serde(default)]
     pub watchdog_secs: Option<u64>,
+    /// As `godwit migrate --inherit-fd`: "FD:TARGET" and its other forms,
+    /// TARGET a path on the destination or "null".
+    #[serde(default)]
+    pub inherit_fds: Vec<String>,
 }
 
 async fn send(
@@ -168,6 +172,12 @@ pub async fn send_migration(
     roots.extend(req.also.iter().copied());
     godwit_engine::dump::check_roots(&roots)
         .map_err(|e| ApiError::new(crate::transparent::engine_status(&e), e.to_string()))?;
+    let inherit_fds = req
+        .inherit_fds
+        .iter()
+        .map(|x| x.parse())
+        .collect::<Result<Vec<_>, String>>()
+        .map_err(|e| ApiError::new(400, format!("inherit_fds: {e}")))?;
     let token = peer_token(agent)?;
     let opts = migrate::MigrateOptions {
         mode,
@@ -180,6 +190,7 @@ pub async fn send_migration(
         watchdog: Duration::from_secs(req.watchdog_secs.unwrap_or(60).max(1)),
         keep_image: None,
         move_ip: None,
+        inherit_fds,
     };
     let watchdog = opts.watchdog;
     let to = req.to.clone();

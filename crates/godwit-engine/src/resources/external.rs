@@ -135,8 +135,7 @@ pub fn default_for(x: &ExternalFd) -> &'static str {
 /// `--inherit-fd` naming it.
 pub const NOT_GIVEN: &str = "no --inherit-fd names it";
 /// ... over `godwit migrate`.
-pub const MIGRATED: &str =
-    "a migration cannot pass descriptors (restore an image with --inherit-fd for that)";
+pub const MIGRATED: &str = "no `migrate --inherit-fd` names it (a path at the destination or null)";
 /// ... restored through a node's API (godwitd).
 pub const NODE_API: &str =
     "the node API passes no descriptors (restore the image with godwit restore --inherit-fd for that)";
@@ -204,6 +203,238 @@ impl std::str::FromStr for Inherit {
             what: what.to_string(),
         })
     }
+}
+
+/// Which descriptor a `migrate --inherit-fd` names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Which {
+    /// Fd N of the (first) root process.
+    RootFd(i32),
+    /// Fd FD of process PID (`fd:PID:FD`).
+    ProcFd(i32, i32),
+    /// Every descriptor connected to "pipe:[INODE]" or "socket:[INODE]".
+    Key(String),
+}
+
+/// What the destination connects in its place.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// /dev/null, opened as the descriptor was (reads see end of file,
+    /// writes are discarded).
+    Null,
+    /// A path on the destination: a file (a write end appends to it,
+    /// created if missing; a read end reads it) or a FIFO.
+    Path(String),
+}
+
+/// `godwit migrate --inherit-fd WHICH:TARGET`: the destination agent opens
+/// TARGET (a path there, or `null`) and connects it in place of a
+/// descriptor connected outside the tree. WHICH: `N` (fd N of the root
+/// process), `fd:PID:FD`, `pipe:[INODE]` or `socket:[INODE]`. A descriptor
+/// of this host (restore's `N:KEY` with N godwit's fd) cannot cross hosts:
+/// refused when parsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteInherit {
+    pub which: Which,
+    pub target: Target,
+}
+
+impl std::fmt::Display for RemoteInherit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.which {
+            Which::RootFd(n) => write!(f, "{n}:")?,
+            Which::ProcFd(p, n) => write!(f, "fd:{p}:{n}:")?,
+            Which::Key(k) => write!(f, "{k}:")?,
+        }
+        match &self.target {
+            Target::Null => write!(f, "null"),
+            Target::Path(p) => write!(f, "{p}"),
+        }
+    }
+}
+
+impl std::str::FromStr for RemoteInherit {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<RemoteInherit, String> {
+        let usage = "expected FD:TARGET, fd:PID:FD:TARGET, pipe:[INODE]:TARGET or socket:[INODE]:TARGET, TARGET a path on the destination or null";
+        let num = |x: &str| x.parse::<i32>().ok().filter(|n| *n >= 0);
+        let (which, target) = if let Some(rest) = s.strip_prefix("fd:") {
+            let mut it = rest.splitn(3, ':');
+            match (it.next().and_then(num), it.next().and_then(num), it.next()) {
+                (Some(p), Some(n), Some(t)) => (Which::ProcFd(p, n), t),
+                _ => return Err(format!("{s:?}: {usage}")),
+            }
+        } else if s.starts_with("pipe:[") || s.starts_with("socket:[") {
+            let (key, t) = s
+                .split_once("]:")
+                .ok_or_else(|| format!("{s:?}: {usage}"))?;
+            let key = format!("{key}]");
+            let inode = key
+                .split_once('[')
+                .and_then(|(_, x)| x.strip_suffix(']'))
+                .and_then(|x| x.parse::<u64>().ok());
+            if inode.is_none() {
+                return Err(format!("{s:?}: {usage}"));
+            }
+            (Which::Key(key), t)
+        } else {
+            let (n, t) = s.split_once(':').ok_or_else(|| format!("{s:?}: {usage}"))?;
+            let n = num(n).ok_or_else(|| format!("{s:?}: {n:?} is not a descriptor number"))?;
+            (Which::RootFd(n), t)
+        };
+        let target = if target == "null" {
+            Target::Null
+        } else if target.starts_with('/') {
+            Target::Path(target.to_string())
+        } else if target.parse::<i32>().is_ok()
+            || target.starts_with("fd:")
+            || target.starts_with("pipe:[")
+            || target.starts_with("socket:[")
+            || target.starts_with("tty:[")
+        {
+            return Err(format!(
+                "{s:?}: a descriptor of this host cannot cross to the destination; give a path there (a file or a FIFO) or null"
+            ));
+        } else {
+            return Err(format!(
+                "{s:?}: {target:?} is neither an absolute path on the destination nor null"
+            ));
+        };
+        Ok(RemoteInherit { which, target })
+    }
+}
+
+/// The key a `migrate --inherit-fd` names among `externals` (`root`: the
+/// first root's PID), or None.
+pub fn key_of(externals: &[ExternalFd], root: i32, which: &Which) -> Option<String> {
+    match which {
+        Which::Key(k) => externals
+            .iter()
+            .find(|x| &x.key == k)
+            .map(|x| x.key.clone()),
+        Which::RootFd(n) => externals
+            .iter()
+            .find(|x| x.pid == root && x.fd == *n)
+            .map(|x| x.key.clone()),
+        Which::ProcFd(p, n) => externals
+            .iter()
+            .find(|x| x.pid == *p && x.fd == *n)
+            .map(|x| x.key.clone()),
+    }
+}
+
+/// Whether `x` is connected at the destination by one of `given`.
+pub fn given_for(
+    externals: &[ExternalFd],
+    root: i32,
+    given: &[RemoteInherit],
+    x: &ExternalFd,
+) -> Option<RemoteInherit> {
+    given
+        .iter()
+        .find(|g| key_of(externals, root, &g.which).as_deref() == Some(x.key.as_str()))
+        .cloned()
+}
+
+/// At a migration's destination: opens each target of `given` (for the
+/// image's processes `procs`, `root` the first root's PID) as the
+/// descriptor it replaces was open (a write end: appending, a file created
+/// 0644 if missing; a read end: reading; a socket: /dev/null only), and
+/// returns the opened descriptors with the `--inherit-fd` that restore
+/// takes for each (keep the descriptors open until the restore is done).
+/// A name that matches no descriptor connected outside the tree, or a
+/// target that cannot be opened, is an error naming it.
+pub fn open_at_destination(
+    procs: &[Process],
+    root: i32,
+    given: &[RemoteInherit],
+) -> Result<Vec<(OwnedFd, Inherit)>> {
+    let externals = list(procs);
+    let mut out: Vec<(OwnedFd, Inherit)> = Vec::new();
+    for g in given {
+        let err = |why: String| EngineError::InheritFd(format!("migrate --inherit-fd {g}: {why}"));
+        let key = key_of(&externals, root, &g.which).ok_or_else(|| {
+            let keys: Vec<String> = externals
+                .iter()
+                .map(|x| format!("process {} fd {} ({})", x.pid, x.fd, x.key))
+                .collect();
+            err(format!(
+                "no such descriptor connected outside the dumped tree; {}",
+                match keys.is_empty() {
+                    true => "the tree has none".to_string(),
+                    false => format!("it has {}", keys.join(", ")),
+                }
+            ))
+        })?;
+        if out.iter().any(|(_, i)| i.what == key) {
+            return Err(err(format!("{key} is given twice")));
+        }
+        let (f, e) = procs
+            .iter()
+            .flat_map(|p| &p.fds)
+            .find_map(|f| external_of(f).filter(|e| e.key == key).map(|e| (f, e)))
+            .ok_or_else(|| err(format!("{key} is not in the image")))?;
+        let socket = e.was == FdKind::UnixSocket as i32;
+        let write = is_write_end(f);
+        let fd = open_target(&g.target, socket, write).map_err(err)?;
+        let n = fd.as_raw_fd();
+        out.push((fd, Inherit { fd: n, what: key }));
+    }
+    Ok(out)
+}
+
+/// Opens `t` for a unix socket's place (`socket`), a pipe's write end
+/// (`write`) or its read end.
+fn open_target(t: &Target, socket: bool, write: bool) -> std::result::Result<OwnedFd, String> {
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    let mut o = std::fs::OpenOptions::new();
+    let mut flags = libc::O_CLOEXEC;
+    let path = match t {
+        Target::Null => {
+            o.read(socket || !write).write(socket || write);
+            "/dev/null"
+        }
+        Target::Path(_) if socket => {
+            return Err(
+                "it is a unix socket: only null can take its place at the destination (a path would be no socket)"
+                    .into(),
+            )
+        }
+        Target::Path(p) => {
+            let meta = std::fs::metadata(p).ok();
+            if meta.as_ref().is_some_and(|m| m.is_dir()) {
+                return Err(format!("{p} is a directory on the destination"));
+            }
+            let fifo = meta.as_ref().is_some_and(|m| m.file_type().is_fifo());
+            if write {
+                o.write(true).append(true).create(!fifo).mode(0o644);
+            } else {
+                o.read(true);
+            }
+            // A FIFO: opened without waiting for its other end (restore
+            // sets O_NONBLOCK as the process had it).
+            if fifo {
+                flags |= libc::O_NONBLOCK;
+            }
+            p.as_str()
+        }
+    };
+    o.custom_flags(flags);
+    o.open(path)
+        .map(OwnedFd::from)
+        .map_err(|e| match (e.raw_os_error(), write) {
+            (Some(libc::ENXIO), true) => {
+                format!("no process reads the FIFO {path} on the destination")
+            }
+            _ => format!(
+                "opening {path} on the destination {}: {e}",
+                if write {
+                    "for appending"
+                } else {
+                    "for reading"
+                }
+            ),
+        })
 }
 
 /// How one descriptor connected outside the tree was restored.
@@ -663,6 +894,37 @@ fn install(r: &Remote, ours: &OwnedFd) -> Result<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn migrate_inherit_fd_forms() {
+        let r: RemoteInherit = "1:/var/log/app.log".parse().unwrap();
+        assert_eq!(r.which, Which::RootFd(1));
+        assert_eq!(r.target, Target::Path("/var/log/app.log".into()));
+        assert_eq!(r.to_string(), "1:/var/log/app.log");
+        let r: RemoteInherit = "fd:1200:2:null".parse().unwrap();
+        assert_eq!(
+            (r.which.clone(), r.target.clone()),
+            (Which::ProcFd(1200, 2), Target::Null)
+        );
+        assert_eq!(r.to_string().parse::<RemoteInherit>().unwrap(), r);
+        let r: RemoteInherit = "pipe:[77]:/run/in.fifo".parse().unwrap();
+        assert_eq!(r.which, Which::Key("pipe:[77]".into()));
+        assert_eq!(r.to_string(), "pipe:[77]:/run/in.fifo");
+        for bad in [
+            "1",
+            "x:null",
+            "1:rel/path",
+            "-1:null",
+            "fd:1:null",
+            "pipe:[x]:null",
+        ] {
+            assert!(bad.parse::<RemoteInherit>().is_err(), "{bad}");
+        }
+        for local in ["1:3", "1:fd:12:1", "1:pipe:[12]", "1:tty:[136:4]"] {
+            let e = local.parse::<RemoteInherit>().unwrap_err();
+            assert!(e.contains("cannot cross"), "{local}: {e}");
+        }
+    }
 
     #[test]
     fn inherit_fd_forms() {

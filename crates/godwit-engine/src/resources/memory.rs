@@ -1321,6 +1321,123 @@ pub fn make_lazy(vmas: &mut [Vma], keep: &[u64]) -> u64 {
     bytes
 }
 
+/// Post-copy of a forking tree: a child's private anonymous VMA with the
+/// same bounds as one of its parent's (see [`twin_of`]) may hold pages
+/// that are the parent's own physical pages, shared copy-on-write since the
+/// fork ([`same_frames`]). Served lazily, page by page into each process's
+/// own userfaultfd, each process would get its own copy of them. Instead
+/// such a pair of VMAs is taken out of the lazy memory: the parent's pages
+/// are stored in the image (sent before the processes run), the child's
+/// shared ones become `Vma::inherited` (not stored: the restore forks the
+/// child from its parent once those are in place, as without post-copy)
+/// and its other pages are stored too. Only VMAs that do share a page are
+/// affected; the rest of the memory stays lazy.
+///
+/// `procs` in tree order (parents first), `hosts[i]` the PID of `procs[i]`
+/// whose page map is read (0 for a zombie); every process frozen. Returns
+/// the bytes that were lazy and are now stored or inherited.
+pub fn share_lazy(procs: &mut [crate::schema::Process], hosts: &[i32]) -> Result<u64> {
+    let mut moved = 0u64;
+    let mut changed = vec![false; procs.len()];
+    for i in 0..procs.len() {
+        let Some(j) = (0..i).find(|&j| procs[j].pid == procs[i].ppid && !procs[j].zombie) else {
+            continue;
+        };
+        if procs[i].zombie || hosts[i] <= 0 || hosts[j] <= 0 {
+            continue;
+        }
+        let (before, after) = procs.split_at_mut(i);
+        let (parent, child) = (&mut before[j], &mut after[0]);
+        for v in child.vmas.iter_mut() {
+            let k = parent.vmas.partition_point(|p| p.start < v.start);
+            let Some(p) = parent.vmas.get_mut(k) else {
+                continue;
+            };
+            let twins = p.start == v.start
+                && p.end == v.end
+                && lazy_able(p)
+                && lazy_able(v)
+                && (!p.lazy.is_empty() || !v.lazy.is_empty());
+            if !twins {
+                continue;
+            }
+            let mut runs: Vec<PageRun> = v.pages.iter().chain(&v.lazy).cloned().collect();
+            runs.sort_by_key(|r| r.addr);
+            let ranges: Vec<Range> = runs
+                .iter()
+                .map(|r| Range {
+                    addr: r.addr,
+                    len: r.nr_pages * PAGE_SIZE,
+                })
+                .collect();
+            let shared = same_frames(hosts[i], hosts[j], &ranges)?;
+            if shared.is_empty() {
+                continue;
+            }
+            moved += lazy_in(p) + lazy_in(v);
+            let mut own: Vec<PageRun> = std::mem::take(&mut p.pages);
+            own.append(&mut p.lazy);
+            own.sort_by_key(|r| r.addr);
+            p.pages = own;
+            let (mine, theirs) = split_shared(&runs, &shared);
+            v.pages = mine;
+            v.lazy.clear();
+            v.inherited = theirs;
+            changed[i] = true;
+            changed[j] = true;
+        }
+    }
+    // Stored runs back to back, in address order (as make_lazy leaves them).
+    for (p, _) in procs.iter_mut().zip(&changed).filter(|(_, c)| **c) {
+        let mut offset = 0;
+        for run in p.vmas.iter_mut().flat_map(|v| &mut v.pages) {
+            run.offset = offset;
+            offset += run.nr_pages * PAGE_SIZE;
+        }
+    }
+    Ok(moved)
+}
+
+/// `runs` (sorted) cut into the pages outside `shared` (sorted ranges) and
+/// those inside it.
+fn split_shared(runs: &[PageRun], shared: &[Range]) -> (Vec<PageRun>, Vec<PageRun>) {
+    let (mut mine, mut theirs) = (Vec::new(), Vec::new());
+    for r in runs {
+        let mut at = r.addr;
+        let end = r.addr + r.nr_pages * PAGE_SIZE;
+        let within = shared
+            .iter()
+            .filter(|s| s.addr < end && s.addr + s.len > r.addr);
+        for s in within {
+            let (a, b) = (s.addr.max(at), (s.addr + s.len).min(end));
+            if a >= b {
+                continue;
+            }
+            if a > at {
+                mine.push(run_of(at, a));
+            }
+            theirs.push(run_of(a, b));
+            at = b;
+        }
+        if at < end {
+            mine.push(run_of(at, end));
+        }
+    }
+    (mine, theirs)
+}
+
+fn lazy_in(v: &Vma) -> u64 {
+    v.lazy.iter().map(|r| r.nr_pages * PAGE_SIZE).sum()
+}
+
+fn run_of(a: u64, b: u64) -> PageRun {
+    PageRun {
+        addr: a,
+        nr_pages: (b - a) / PAGE_SIZE,
+        offset: 0,
+    }
+}
+
 /// Whether the pages of `v` may be left lazy (post-copy): private
 /// anonymous memory without MADV_HUGEPAGE.
 pub(crate) fn lazy_able(v: &Vma) -> bool {
@@ -3304,6 +3421,33 @@ mod sharing_tests {
             kind: VmaKind::AnonPrivate as i32,
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn post_copy_splits_runs_into_own_and_shared_pages() {
+        let p = PAGE_SIZE;
+        let runs = vec![run(0x10000, 4), run(0x20000, 2)];
+        let shared = vec![
+            Range {
+                addr: 0x11000,
+                len: 2 * p,
+            },
+            Range {
+                addr: 0x1f000,
+                len: 2 * p,
+            },
+        ];
+        let (mine, theirs) = split_shared(&runs, &shared);
+        let bounds =
+            |v: &[PageRun]| -> Vec<(u64, u64)> { v.iter().map(|r| (r.addr, r.nr_pages)).collect() };
+        assert_eq!(
+            bounds(&mine),
+            vec![(0x10000, 1), (0x13000, 1), (0x21000, 1)]
+        );
+        assert_eq!(bounds(&theirs), vec![(0x11000, 2), (0x20000, 1)]);
+        let (mine, theirs) = split_shared(&runs, &[]);
+        assert_eq!(bounds(&mine), bounds(&runs));
+        assert!(theirs.is_empty());
     }
 
     #[test]
