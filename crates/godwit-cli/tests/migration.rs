@@ -189,6 +189,24 @@ impl Cluster {
         got
     }
 
+    /// Waits (5 s at most) until PID `pid` on `host` runs or sleeps (S or
+    /// R), as a live process does between two looks: right after a restore
+    /// or a release it may still be in D or t for a moment on a loaded host.
+    fn await_running(&self, host: usize, pid: u32) {
+        let t0 = std::time::Instant::now();
+        loop {
+            let st = self.state(host, pid);
+            if matches!(st, Some('S' | 'R')) {
+                return;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(5) && st.is_some(),
+                "process {pid} on host {host}: state {st:?}, not running"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// The state letter of PID `pid` on `host`, None if there is none.
     fn state(&self, host: usize, pid: u32) -> Option<char> {
         let out = self.run(host, &["cat", &format!("/proc/{pid}/stat")]);
@@ -310,11 +328,7 @@ fn counter_moves(mode: &str) {
     wait_for("the source copy to end", Duration::from_secs(10), || {
         c.state(1, pid).is_none()
     });
-    assert!(
-        matches!(c.state(2, pid), Some('S' | 'R')),
-        "{:?}",
-        c.state(2, pid)
-    );
+    c.await_running(2, pid);
     assert!(!c.traced(2, pid), "the moved process is still traced");
     check_counts_on(&log);
 }
@@ -376,11 +390,7 @@ fn pipe_to_a_process_left_behind_becomes_dev_null_with_a_warning() {
             .and_then(|s| s.trim().parse::<u64>().ok())
             .is_some_and(|n| n > at + 50)
     });
-    assert!(
-        matches!(c.state(2, pid), Some('S' | 'R')),
-        "{:?}",
-        c.state(2, pid)
-    );
+    c.await_running(2, pid);
     assert!(!dir.join("error").exists(), "a write failed");
     let link = c.sh(2, &format!("readlink /proc/{pid}/fd/1"));
     assert_eq!(link.trim(), "/dev/null");
@@ -428,11 +438,7 @@ fn both_ends_of_a_pipeline_move_together(mode: &str) {
         wait_for("the source copies to end", Duration::from_secs(10), || {
             c.state(1, p).is_none()
         });
-        assert!(
-            matches!(c.state(2, p), Some('S' | 'R')),
-            "{p}: {:?}",
-            c.state(2, p)
-        );
+        c.await_running(2, p);
     }
     let w = c.sh(2, &format!("readlink /proc/{pid}/fd/1"));
     let r = c.sh(2, &format!("readlink /proc/{cat}/fd/0"));
@@ -522,11 +528,7 @@ fn an_agent_moves_a_process_of_its_node_on_request() {
     wait_for("the source copy to end", Duration::from_secs(10), || {
         c.state(1, pid).is_none()
     });
-    assert!(
-        matches!(c.state(2, pid), Some('S' | 'R')),
-        "{:?}",
-        c.state(2, pid)
-    );
+    c.await_running(2, pid);
     assert!(!c.traced(2, pid), "the moved process is still traced");
     check_counts_on(&log);
     let metrics = c.run(
@@ -736,11 +738,7 @@ fn bench_target(dir: &Path) -> PathBuf {
 
 /// Running on host 1 as before: not stopped, not traced, counting.
 fn still_at_source(c: &Cluster, pid: u32, log: &Path) {
-    assert!(
-        matches!(c.state(1, pid), Some('S' | 'R')),
-        "{:?}",
-        c.state(1, pid)
-    );
+    c.await_running(1, pid);
     assert!(!c.traced(1, pid), "the source process is still traced");
     check_counts_on(log);
 }
@@ -817,11 +815,7 @@ fn destination_agent_killed_mid_transfer_leaves_it_running_at_the_source() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("left running at the source"), "{err}");
     // Running at the source, memory whole; nothing of it at the destination.
-    assert!(
-        matches!(c.state(1, pid), Some('S' | 'R')),
-        "{:?}",
-        c.state(1, pid)
-    );
+    c.await_running(1, pid);
     assert!(!c.traced(1, pid));
     c.sh(1, &format!("kill -USR1 {pid}"));
     wait_for(
@@ -887,11 +881,7 @@ fn destination_disk_full_leaves_it_running_at_the_source() {
         err.contains("No space left") && err.contains("left running at the source"),
         "{err}"
     );
-    assert!(
-        matches!(c.state(1, pid), Some('S' | 'R')),
-        "{:?}",
-        c.state(1, pid)
-    );
+    c.await_running(1, pid);
     assert!(!c.traced(1, pid));
     assert_eq!(c.state(2, pid), None);
 }
@@ -1077,11 +1067,7 @@ publish("OK %d %d %.3f\n" % (n, last, gap))
     let _ = cl.wait();
     let verdict = std::fs::read_to_string(&out).unwrap();
     assert!(verdict.starts_with("OK"), "the client: {verdict}");
-    assert!(
-        matches!(c.state(2, pid), Some('S' | 'R')),
-        "{:?}",
-        c.state(2, pid)
-    );
+    c.await_running(2, pid);
     assert_eq!(c.state(1, pid), None);
 }
 
