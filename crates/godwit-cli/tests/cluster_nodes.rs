@@ -1039,3 +1039,154 @@ fn godwit_run_protect_starts_a_protected_program() {
             .any(|x| x["id"] == id.as_str())
     });
 }
+
+/// Host `host` dies whole: its init killed, and with it every process of
+/// the host (its agent and what it ran).
+fn kill_host(c: &Hosts, host: usize) {
+    let init = Command::new(script())
+        .args(["init", &c.name, &host.to_string()])
+        .output()
+        .unwrap();
+    let init: i32 = String::from_utf8_lossy(&init.stdout)
+        .trim()
+        .parse()
+        .unwrap();
+    // SAFETY: kills the init of the simulated host this test made.
+    unsafe { libc::kill(init, libc::SIGKILL) };
+}
+
+/// Host `host`, dead, comes back with its old data and its agent.
+fn revive_host(c: &mut Hosts, host: usize) {
+    let out = Command::new(script())
+        .args(["revive", &c.name, &host.to_string()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let all = c.dir.path().join("peers-all");
+    c.start_agent(host, &["--peers", all.to_str().unwrap()]);
+}
+
+/// How many processes named `comm` run on `host`.
+fn running(c: &Hosts, host: usize, comm: &str) -> usize {
+    c.sh(
+        host,
+        &format!(
+            "for p in /proc/[0-9]*; do cat $p/comm 2>/dev/null; done | grep -c '^{comm}$' || true"
+        ),
+    )
+    .trim()
+    .parse()
+    .unwrap()
+}
+
+/// The checkpoint `host` holds of the protected process `id`, if any.
+fn held_checkpoint(c: &Hosts, host: usize, id: &str) -> Option<String> {
+    c.json(host, &["protect"])["held"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["id"] == id)
+        .and_then(|x| x["checkpoint"].as_str().map(String::from))
+}
+
+/// redis-cli against `addr`:6391 (from the calling namespace, through the
+/// bridge): its answer.
+fn redis_cli(addr: &str, args: &[&str]) -> String {
+    let out = Command::new("redis-cli")
+        .args(["-h", addr, "-p", "6391"])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("redis-cli must be installed (scripts/setup.sh)");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// redis-server with data, protected on n1 (listening on 0.0.0.0, so it
+/// serves on whichever host runs it): n1 dies whole; n2 restores it from
+/// its copy and answers, at n2's address, with every key of the last
+/// checkpoint. n1 comes back: fenced, no second redis-server.
+#[test]
+fn a_protected_redis_server_serves_its_data_on_a_peer_when_its_host_dies() {
+    let mut c = Hosts::up(3);
+    three_peers(&mut c, |_| Vec::new());
+    let dir = c.dir.path().join("redis");
+    std::fs::create_dir(&dir).unwrap();
+    let pid = c.sh(
+        1,
+        &format!(
+            "echo 7199 > /proc/sys/kernel/ns_last_pid; {} redis-server --bind 0.0.0.0 --port 6391 \
+             --save '' --appendonly no --dir {} --protected-mode no </dev/null >/dev/null 2>&1 & echo $!",
+            progs().join("launch").display(),
+            dir.display()
+        ),
+    );
+    let pid = pid.trim().to_string();
+    let (n1, n2) = (format!("{}.1", c.prefix), format!("{}.2", c.prefix));
+    wait_for("redis to answer on n1", Duration::from_secs(20), || {
+        redis_cli(&n1, &["ping"]) == "PONG"
+    });
+    let v = c.json(
+        1,
+        &["protect", "--pid", &pid, "--every", "1", "--replicas", "1"],
+    );
+    let id = v["id"].as_str().unwrap().to_string();
+    assert_eq!(v["holders"], serde_json::json!(["n2"]), "{v}");
+    wait_for("a copy on n2", Duration::from_secs(30), || {
+        held_checkpoint(&c, 2, &id).is_some()
+    });
+    // Data written after that copy: in the checkpoints from now on.
+    for i in 0..300 {
+        assert_eq!(
+            redis_cli(&n1, &["set", &format!("key{i}"), &format!("value-{i}")]),
+            "OK"
+        );
+    }
+    assert_eq!(redis_cli(&n1, &["rpush", "list", "a", "b", "c"]), "3");
+    let before = held_checkpoint(&c, 2, &id);
+    // Two newer copies: the second began after the writes had ended.
+    let mut seen = before.clone();
+    for _ in 0..2 {
+        wait_for("a newer copy on n2", Duration::from_secs(30), || {
+            let now = held_checkpoint(&c, 2, &id);
+            let newer = now != seen;
+            if newer {
+                seen = now;
+            }
+            newer
+        });
+    }
+    kill_host(&c, 1);
+    let t0 = Instant::now();
+    wait_for("redis to run on n2", Duration::from_secs(30), || {
+        c.json(2, &["protect"])["owned"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["id"] == id.as_str() && r["generation"] == 2)
+    });
+    wait_for("redis to answer on n2", Duration::from_secs(10), || {
+        redis_cli(&n2, &["ping"]) == "PONG"
+    });
+    let took = t0.elapsed();
+    eprintln!(
+        "redis serves on n2 {:.2} s after n1 died",
+        took.as_secs_f64()
+    );
+    assert!(took < Duration::from_secs(15), "took {took:?}");
+    assert_eq!(redis_cli(&n2, &["dbsize"]), "301");
+    assert_eq!(redis_cli(&n2, &["get", "key0"]), "value-0");
+    assert_eq!(redis_cli(&n2, &["get", "key299"]), "value-299");
+    assert_eq!(redis_cli(&n2, &["lrange", "list", "0", "-1"]), "a\nb\nc");
+    assert_eq!(redis_cli(&n2, &["incr", "new"]), "1");
+    assert_eq!(running(&c, 2, "redis-server"), 1);
+    // n1 comes back with its old data: fenced, it runs no second redis.
+    revive_host(&mut c, 1);
+    let back = c.json(1, &["protect"]);
+    assert!(back["owned"].as_array().unwrap().is_empty(), "{back}");
+    assert_eq!(running(&c, 1, "redis-server"), 0, "a second redis on n1");
+    assert_eq!(redis_cli(&n2, &["get", "key7"]), "value-7");
+}
