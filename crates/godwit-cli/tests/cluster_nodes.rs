@@ -1365,3 +1365,113 @@ fn a_protected_service_runs_again_on_a_peer_when_its_host_dies() {
     assert_eq!(running(&c, 1, "bank"), 0, "a second bank on n1");
     assert_eq!(running(&c, 2, "bank"), 1);
 }
+
+/// A protected process holding 64 MiB (random, so incompressible) that
+/// writes one byte somewhere every 0.5 s: its first copy to n2 carries all its
+/// chunks, each later one only the chunks n2 lacks (the owner offers the
+/// checkpoint's chunk list, n2 answers what it lacks). The bytes sent and
+/// the lag are shown per holder. `GODWIT_REPL_MIB` and
+/// `GODWIT_REPL_CHECKPOINTS` change the size and the number of copies
+/// watched (docs/PERFORMANCE.md's figures: 256 and 10).
+#[test]
+fn copies_carry_only_the_chunks_a_holder_lacks() {
+    let env = |k: &str, d: u64| -> u64 {
+        std::env::var(k)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(d)
+    };
+    let (mib, copies) = (
+        env("GODWIT_REPL_MIB", 64),
+        env("GODWIT_REPL_CHECKPOINTS", 4),
+    );
+    let mut c = Hosts::up(3);
+    three_peers(&mut c, |_| Vec::new());
+    let ready = c.dir.path().join("ready");
+    let pid = c.sh(
+        1,
+        &format!(
+            "echo 7300 > /proc/sys/kernel/ns_last_pid; {} python3 -c 'import os, random, time
+x = bytearray(os.urandom({mib} << 20))
+open(\"{}\", \"w\").close()
+while True:
+    x[random.randrange(len(x))] = 1
+    time.sleep(0.5)' </dev/null >/dev/null 2>&1 & echo $!",
+            progs().join("launch").display(),
+            ready.display()
+        ),
+    );
+    let pid = pid.trim().to_string();
+    wait_for(
+        "the process to hold its memory",
+        Duration::from_secs(60),
+        || ready.exists(),
+    );
+    let v = c.json(
+        1,
+        &["protect", "--pid", &pid, "--every", "1", "--replicas", "1"],
+    );
+    let id = v["id"].as_str().unwrap().to_string();
+    let record = |c: &Hosts| -> Value {
+        c.json(1, &["protect"])["owned"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["id"] == id.as_str())
+            .cloned()
+            .unwrap_or(Value::Null)
+    };
+    let mut first = None;
+    wait_for("the first copy on n2", Duration::from_secs(120), || {
+        first = record(&c)["sent_bytes"]["n2"][1].as_u64();
+        first.is_some()
+    });
+    let first = first.unwrap();
+    let sent_at = |r: &Value| r["replicated"]["n2"][0].as_str().map(String::from);
+    let mut seen = sent_at(&record(&c));
+    for _ in 1..copies {
+        wait_for("a newer copy on n2", Duration::from_secs(120), || {
+            let now = sent_at(&record(&c));
+            let newer = now != seen;
+            if newer {
+                seen = now;
+            }
+            newer
+        });
+    }
+    let r = record(&c);
+    let (last, total) = (
+        r["sent_bytes"]["n2"][0].as_u64().unwrap(),
+        r["sent_bytes"]["n2"][1].as_u64().unwrap(),
+    );
+    eprintln!(
+        "{mib} MiB, {copies} copies: first {first} bytes, last {last}, all {total} (whole each time: {})",
+        first * copies
+    );
+    assert!(first >= mib << 20, "the first copy sent {first} bytes");
+    // Whole, each copy would be `first` again.
+    assert!(last < first / 4, "a later copy sent {last} bytes");
+    assert!(
+        total < first + (copies - 1) * first / 4,
+        "{total} bytes in all"
+    );
+    assert!(
+        r["lag_ms_by_holder"]["n2"].as_u64().unwrap() < 30_000,
+        "{r}"
+    );
+    let table = c.godwit_ok(1, &["protect"]);
+    assert!(
+        table.contains("copies on n2 (lag ") && table.contains("bytes)"),
+        "{table}"
+    );
+    // n2's copy is whole: n1 dies, n2 restores it.
+    kill_host(&c, 1);
+    wait_for("the process to run on n2", Duration::from_secs(60), || {
+        c.json(2, &["protect"])["owned"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["id"] == id.as_str() && r["generation"] == 2)
+    });
+    assert_eq!(running(&c, 2, "python3"), 1);
+}

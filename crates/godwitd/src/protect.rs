@@ -74,6 +74,9 @@ pub struct Record {
     pub holders: Vec<String>,
     #[serde(default)]
     pub replicated: BTreeMap<String, (String, u64)>,
+    /// Bytes sent to each holder: (for its newest copy, in all).
+    #[serde(default)]
+    pub sent_bytes: BTreeMap<String, (u64, u64)>,
     /// A conformist service (its id is its UUID): what starts it again on a
     /// holder. Its copies are the checkpoints it puts in this node's store.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -337,7 +340,6 @@ async fn run(agent: Arc<Agent>, client: godwit_net::ClientTls, id: String) {
         if holders.is_empty() {
             continue;
         }
-        let export = agent.data.join(format!(".export-{ck}"));
         let store = match crate::store::open(&agent) {
             Ok(s) => s,
             Err(e) => {
@@ -345,59 +347,137 @@ async fn run(agent: Arc<Agent>, client: godwit_net::ClientTls, id: String) {
                 continue;
             }
         };
-        let (c, e) = (ck.clone(), export.clone());
-        let bytes = tokio::task::spawn_blocking(move || {
-            godwit_store::export::export(&store, &c, &e)?;
-            let b = std::fs::read(&e).map_err(|x| godwit_store::StoreError::io("reading", &e, x));
-            let _ = std::fs::remove_file(&e);
-            b
+        let (st2, c) = (store.clone(), ck.clone());
+        let ck_file = match tokio::task::spawn_blocking(move || {
+            godwit_store::export::checkpoint_file(&st2, &c)
         })
-        .await;
-        let bytes = match bytes {
+        .await
+        {
             Ok(Ok(b)) => Bytes::from(b),
             Ok(Err(e)) => {
-                tracing::warn!(id = %id, "protected: export failed: {e}");
+                tracing::warn!(id = %id, "protected: reading {ck}: {e}");
                 continue;
             }
             Err(e) => {
-                tracing::warn!(id = %id, "protected: export failed: {e}");
+                tracing::warn!(id = %id, "protected: reading {ck}: {e}");
                 continue;
             }
         };
         let rec = lock(&agent.protection.state).owned.get(&id).cloned();
         let Some(rec) = rec else { return };
+        let meta = serde_json::to_string(&rec).unwrap_or_default();
         for h in holders {
             let Some(addr) = addr_of(&agent, &h) else {
                 continue;
             };
-            let meta = serde_json::to_string(&rec).unwrap_or_default();
-            let path = format!("/v1/replicas/{}?record={}", id, urlencode(&meta));
-            let mut req = HttpRequest::new("PUT", &path);
-            req.body = bytes.clone();
-            req.content_type = "application/octet-stream";
-            req.timeout = Duration::from_secs(60);
-            match client.request(&addr, &req).await {
-                Ok(resp) if resp.status < 300 => {
+            match copy_to(&client, &addr, &store, &agent, &id, &ck, &ck_file, &meta).await {
+                Ok(sent) => {
+                    tracing::debug!(id = %id, peer = %h, checkpoint = %ck, sent, "protected: copied");
                     if let Some(r) = lock(&agent.protection.state).owned.get_mut(&id) {
                         r.replicated.insert(h.clone(), (ck.clone(), now_ms()));
+                        let s = r.sent_bytes.entry(h.clone()).or_default();
+                        *s = (sent, s.1 + sent);
                     }
                 }
-                Ok(resp) if resp.status == 409 => {
+                Err(Copy::Fenced(msg)) => {
                     // A newer generation runs elsewhere: fenced.
-                    tracing::warn!(id = %id, peer = %h, "{}", resp.error_message());
+                    tracing::warn!(id = %id, peer = %h, "{msg}");
                     if let Some((owner, gen)) = known_by(&client, &addr, &id).await {
                         fence(&agent, &id, &owner, gen);
                         return;
                     }
                 }
-                Ok(resp) => {
-                    tracing::warn!(id = %id, peer = %h, "protected: copy refused: HTTP {}: {}", resp.status, resp.error_message())
+                Err(Copy::Failed(msg)) => {
+                    tracing::warn!(id = %id, peer = %h, "protected: copy failed: {msg}")
                 }
-                Err(e) => tracing::warn!(id = %id, peer = %h, "protected: copy failed: {e}"),
             }
         }
         save(&agent);
     }
+}
+
+/// Why a copy did not reach a holder.
+enum Copy {
+    /// 409: the holder knows a newer generation.
+    Fenced(String),
+    Failed(String),
+}
+
+/// Sends checkpoint `ck` (whose file is `ck_file`) to the holder at `addr`:
+/// its file first (`POST /v1/replicas/{id}/offer`), to which the holder
+/// answers the chunks it lacks, then an export carrying only those (`PUT
+/// /v1/replicas/{id}`), which the holder checks and commits whole. A holder
+/// that does not answer the offer gets the whole export. Bytes sent.
+#[allow(clippy::too_many_arguments)]
+async fn copy_to(
+    client: &godwit_net::ClientTls,
+    addr: &str,
+    store: &godwit_store::Store,
+    agent: &Agent,
+    id: &str,
+    ck: &str,
+    ck_file: &Bytes,
+    meta: &str,
+) -> Result<u64, Copy> {
+    let answer = |r: Result<godwit_net::http::HttpResponse, godwit_net::NetError>| match r {
+        Ok(resp) if resp.status < 300 => Ok(resp),
+        Ok(resp) if resp.status == 409 => Err(Copy::Fenced(resp.error_message())),
+        Ok(resp) => Err(Copy::Failed(format!(
+            "HTTP {}: {}",
+            resp.status,
+            resp.error_message()
+        ))),
+        Err(e) => Err(Copy::Failed(e.to_string())),
+    };
+    let path = format!("/v1/replicas/{id}/offer?record={}", urlencode(meta));
+    let mut req = HttpRequest::new("POST", &path);
+    req.body = ck_file.clone();
+    req.content_type = "application/octet-stream";
+    req.timeout = Duration::from_secs(30);
+    let offered = answer(client.request(addr, &req).await);
+    let mut sent = ck_file.len() as u64;
+    let only: Option<std::collections::HashSet<godwit_store::Hash>> = match offered {
+        Ok(resp) => {
+            let v: Value = resp.json().map_err(|e| Copy::Failed(e.to_string()))?;
+            let list = v["missing"]
+                .as_array()
+                .ok_or_else(|| Copy::Failed(format!("no `missing` in the offer's answer {v}")))?;
+            Some(
+                list.iter()
+                    .map(|h| h.as_str().and_then(godwit_store::parse_hex))
+                    .collect::<Option<_>>()
+                    .ok_or_else(|| Copy::Failed("a bad chunk hash in the offer's answer".into()))?,
+            )
+        }
+        Err(Copy::Fenced(m)) => return Err(Copy::Fenced(m)),
+        Err(Copy::Failed(m)) => {
+            tracing::info!(
+                id,
+                "protected: the offer was not answered ({m}): sending the whole checkpoint"
+            );
+            None
+        }
+    };
+    let export = agent.data.join(format!(".export-{ck}-{}", now_ms()));
+    let (st, c, e) = (store.clone(), ck.to_string(), export.clone());
+    let bytes = tokio::task::spawn_blocking(move || {
+        let r = godwit_store::export::export_only(&st, &c, &e, only.as_ref()).and_then(|_| {
+            std::fs::read(&e).map_err(|x| godwit_store::StoreError::io("reading", &e, x))
+        });
+        let _ = std::fs::remove_file(&e);
+        r
+    })
+    .await
+    .map_err(|e| Copy::Failed(format!("export: {e}")))?
+    .map_err(|e| Copy::Failed(format!("export: {e}")))?;
+    sent += bytes.len() as u64;
+    let path = format!("/v1/replicas/{id}?record={}", urlencode(meta));
+    let mut req = HttpRequest::new("PUT", &path);
+    req.body = Bytes::from(bytes);
+    req.content_type = "application/octet-stream";
+    req.timeout = Duration::from_secs(60);
+    answer(client.request(addr, &req).await)?;
+    Ok(sent)
 }
 
 fn urlencode(s: &str) -> String {
@@ -505,6 +585,7 @@ async fn failover(agent: &Arc<Agent>, client: &godwit_net::ClientTls, dead: &str
         rec.taken = 0;
         rec.last_checkpoint = Some(h.checkpoint.clone());
         rec.replicated.clear();
+        rec.sent_bytes.clear();
         rec.holders = choose_holders(agent, rec.replicas, dead);
         {
             let mut st = lock(&agent.protection.state);
@@ -593,6 +674,7 @@ pub(crate) fn protect_service(
         last_unix_ms: 0,
         holders: choose_holders(agent, replicas, ""),
         replicated: BTreeMap::new(),
+        sent_bytes: BTreeMap::new(),
         service: Some(spec),
     };
     if rec.holders.len() < replicas {
@@ -822,6 +904,7 @@ pub fn routes() -> Router<Arc<Agent>> {
         .route("/v1/protected", get(list).post(protect))
         .route("/v1/protected/{id}/owner", post(owner))
         .route("/v1/replicas/{id}", put(replica))
+        .route("/v1/replicas/{id}/offer", post(offer))
         .route("/v1/service-replicas/{uuid}/{ck}", put(service_replica))
 }
 
@@ -872,6 +955,7 @@ async fn protect(
         last_unix_ms: 0,
         holders: choose_holders(&agent, replicas, ""),
         replicated: BTreeMap::new(),
+        sent_bytes: BTreeMap::new(),
         service: None,
     };
     if rec.holders.len() < replicas {
@@ -910,6 +994,14 @@ async fn list(State(agent): State<Arc<Agent>>, Extension(conn): Extension<Conn>)
         .values()
         .map(|r| {
             let mut v = serde_json::to_value(r).unwrap_or(Value::Null);
+            v["lag_ms_by_holder"] = json!(r
+                .holders
+                .iter()
+                .map(|h| (
+                    h.clone(),
+                    r.replicated.get(h).map(|(_, t)| now.saturating_sub(*t))
+                ))
+                .collect::<BTreeMap<_, _>>());
             v["lag_ms"] = json!(r
                 .holders
                 .iter()
@@ -1039,6 +1131,37 @@ fn refuse_older(agent: &Agent, rec: &Record) -> Result<(), ApiError> {
         )),
         None => Ok(()),
     }
+}
+
+/// `POST /v1/replicas/{id}/offer?record=JSON` (`operate`), body: the
+/// checkpoint file of a copy to come (record, parent, manifest: its chunk
+/// list): `{"missing": [HASH...], "chunks": N}`, the chunks this node's
+/// store lacks, which the `PUT` that follows must carry. 409 when this node
+/// knows a newer generation; 400 when the file does not decode.
+async fn offer(
+    State(agent): State<Arc<Agent>>,
+    Extension(conn): Extension<Conn>,
+    Path(id): Path<String>,
+    Query(q): Query<ReplicaQuery>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    need(&conn, Scope::Operate)?;
+    let rec: Record = serde_json::from_str(&q.record)
+        .map_err(|e| ApiError::new(400, format!("`record`: {e}")))?;
+    if rec.id != id {
+        return Err(ApiError::new(400, "the record is of another id"));
+    }
+    refuse_older(&agent, &rec)?;
+    let body = body?;
+    let store = crate::store::open(&agent)?;
+    let missing = tokio::task::spawn_blocking(move || godwit_store::export::missing(&store, &body))
+        .await
+        .map_err(|e| ApiError::new(500, e.to_string()))?
+        .map_err(|e| ApiError::new(400, format!("not a checkpoint file: {e}")))?;
+    ok(
+        200,
+        json!({"id": id, "missing": missing.iter().map(godwit_store::hex).collect::<Vec<_>>()}),
+    )
 }
 
 /// `PUT /v1/service-replicas/{uuid}/{ck}?record=JSON` (`operate`), body:
