@@ -1040,21 +1040,6 @@ fn godwit_run_protect_starts_a_protected_program() {
     });
 }
 
-/// Host `host` dies whole: its init killed, and with it every process of
-/// the host (its agent and what it ran).
-fn kill_host(c: &Hosts, host: usize) {
-    let init = Command::new(script())
-        .args(["init", &c.name, &host.to_string()])
-        .output()
-        .unwrap();
-    let init: i32 = String::from_utf8_lossy(&init.stdout)
-        .trim()
-        .parse()
-        .unwrap();
-    // SAFETY: kills the init of the simulated host this test made.
-    unsafe { libc::kill(init, libc::SIGKILL) };
-}
-
 /// Host `host`, dead, comes back with its old data and its agent.
 fn revive_host(c: &mut Hosts, host: usize) {
     let out = Command::new(script())
@@ -1159,7 +1144,7 @@ fn a_protected_redis_server_serves_its_data_on_a_peer_when_its_host_dies() {
             newer
         });
     }
-    kill_host(&c, 1);
+    c.kill_host(1);
     let t0 = Instant::now();
     wait_for("redis to run on n2", Duration::from_secs(30), || {
         c.json(2, &["protect"])["owned"]
@@ -1292,7 +1277,7 @@ fn a_protected_service_runs_again_on_a_peer_when_its_host_dies() {
     assert!(r["lag_ms"].as_u64().unwrap() < 10_000, "{r}");
     assert!(r["replicated"]["n2"].is_array(), "{r}");
     let last_seen = held_checkpoint(&c, 2, &uuid).unwrap();
-    kill_host(&c, 1);
+    c.kill_host(1);
     let t0 = Instant::now();
     wait_for("the bank to run on n2", Duration::from_secs(30), || {
         c.json(2, &["protect"])["owned"]
@@ -1465,7 +1450,7 @@ while True:
         "{table}"
     );
     // n2's copy is whole: n1 dies, n2 restores it.
-    kill_host(&c, 1);
+    c.kill_host(1);
     wait_for("the process to run on n2", Duration::from_secs(60), || {
         c.json(2, &["protect"])["owned"]
             .as_array()
