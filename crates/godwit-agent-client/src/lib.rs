@@ -42,6 +42,11 @@ pub enum ServiceCmd {
         /// from the tip of its branch, with backoff (`never` by default).
         #[arg(long, value_parser = ["never", "on-failure"], default_value = "never")]
         restart: String,
+        /// Copy each of its checkpoints to K peers of the node (0 to 16): when the
+        /// node dies, the first live peer holding a copy starts it again from the
+        /// newest copy, under its UUID (failover). Default 0: no copies.
+        #[arg(long, value_name = "K", default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=16))]
+        replicas: u64,
         /// `-- PROGRAM [ARGS]`: the program (absolute path) and its own arguments; the
         /// service options (--uuid, --listen, --names, --store, ...) are added after them.
         #[arg(required = true, last = true, value_name = "PROGRAM [ARGS]")]
@@ -739,11 +744,15 @@ async fn start_service(
     program: &str,
     args: Vec<String>,
     restart: &str,
+    replicas: u64,
 ) -> anyhow::Result<Value> {
     let wait = Duration::from_secs(30);
     let env = service_env(agent.client(), agent.addr(), &option_urls(&args)).await?;
-    let body = json!({ "program": program, "args": args, "env": env,
+    let mut body = json!({ "program": program, "args": args, "env": env,
                        "wait_ready_ms": wait.as_millis() as u64, "restart": restart });
+    if replicas > 0 {
+        body["replicas"] = json!(replicas);
+    }
     let started = agent
         .request(
             "exec",
@@ -884,6 +893,7 @@ pub async fn run_service_cmd(
             uuid,
             interval,
             restart,
+            replicas,
             command,
         } => {
             let (program, own) = command
@@ -913,9 +923,10 @@ pub async fn run_service_cmd(
             if let Some(iv) = interval {
                 args.extend(["--interval".into(), iv.to_string()]);
             }
-            let started = start_service(&agent, program, args, &restart).await?;
+            let started = start_service(&agent, program, args, &restart, replicas).await?;
             let v = json!({ "uuid": started["ready"]["uuid"], "address": started["ready"]["address"],
-                            "pid": started["pid"], "log": started["log"] });
+                            "pid": started["pid"], "log": started["log"],
+                            "holders": started["protected"]["holders"] });
             print(json_out, &v, || {
                 v["uuid"].as_str().unwrap_or("?").to_string()
             });
@@ -1006,7 +1017,7 @@ pub async fn run_service_cmd(
             let mut args = godwit_sdk::options::without_lifecycle_options(&old);
             args.extend(["--uuid".into(), uuid.clone(), "--restore".into(), id]);
             let restart = p["restart"].as_str().unwrap_or("never");
-            let started = start_service(&agent, &program, args, restart).await?;
+            let started = start_service(&agent, &program, args, restart, 0).await?;
             let addr = started["ready"]["address"]
                 .as_str()
                 .unwrap_or("")

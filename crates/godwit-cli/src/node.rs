@@ -613,16 +613,41 @@ pub async fn protect(
         return Ok(());
     }
     for r in v["owned"].as_array().into_iter().flatten() {
+        // Each holder: how old its copy is, and the bytes its newest copy took.
+        let copies: Vec<String> = r["holders"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|h| h.as_str())
+            .map(|h| {
+                let lag = match r["lag_ms_by_holder"][h].as_u64() {
+                    Some(ms) => format!("lag {ms} ms"),
+                    None => "no copy yet".to_string(),
+                };
+                match r["sent_bytes"][h][0].as_u64() {
+                    Some(b) => format!("{h} ({lag}, last copy {b} bytes)"),
+                    None => format!("{h} ({lag})"),
+                }
+            })
+            .collect();
         println!(
-            "owns {} (PID {}, {}): generation {}, {} checkpoints, newest {}, copies on {} (lag {} ms)",
+            "owns {} ({} {}, {}): generation {}, {} checkpoints, newest {}, copies on {}",
             r["id"].as_str().unwrap_or("?"),
+            if r["service"].is_object() {
+                "service, PID"
+            } else {
+                "PID"
+            },
             r["pid"],
             r["program"].as_str().unwrap_or("?"),
             r["generation"],
             r["taken"],
             r["last_checkpoint"].as_str().unwrap_or("-"),
-            r["holders"],
-            r["lag_ms"]
+            if copies.is_empty() {
+                "none".to_string()
+            } else {
+                copies.join(", ")
+            }
         );
     }
     for h in v["held"].as_array().into_iter().flatten() {

@@ -1039,3 +1039,424 @@ fn godwit_run_protect_starts_a_protected_program() {
             .any(|x| x["id"] == id.as_str())
     });
 }
+
+/// Host `host`, dead, comes back with its old data and its agent.
+fn revive_host(c: &mut Hosts, host: usize) {
+    let out = Command::new(script())
+        .args(["revive", &c.name, &host.to_string()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let all = c.dir.path().join("peers-all");
+    c.start_agent(host, &["--peers", all.to_str().unwrap()]);
+}
+
+/// How many processes named `comm` run on `host`.
+fn running(c: &Hosts, host: usize, comm: &str) -> usize {
+    c.sh(
+        host,
+        &format!(
+            "for p in /proc/[0-9]*; do cat $p/comm 2>/dev/null; done | grep -c '^{comm}$' || true"
+        ),
+    )
+    .trim()
+    .parse()
+    .unwrap()
+}
+
+/// The checkpoint `host` holds of the protected process `id`, if any.
+fn held_checkpoint(c: &Hosts, host: usize, id: &str) -> Option<String> {
+    c.json(host, &["protect"])["held"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["id"] == id)
+        .and_then(|x| x["checkpoint"].as_str().map(String::from))
+}
+
+/// redis-cli against `addr`:6391 (from the calling namespace, through the
+/// bridge): its answer.
+fn redis_cli(addr: &str, args: &[&str]) -> String {
+    let out = Command::new("redis-cli")
+        .args(["-h", addr, "-p", "6391"])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("redis-cli must be installed (scripts/setup.sh)");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// redis-server with data, protected on n1 (listening on 0.0.0.0, so it
+/// serves on whichever host runs it): n1 dies whole; n2 restores it from
+/// its copy and answers, at n2's address, with every key of the last
+/// checkpoint. n1 comes back: fenced, no second redis-server.
+#[test]
+fn a_protected_redis_server_serves_its_data_on_a_peer_when_its_host_dies() {
+    let mut c = Hosts::up(3);
+    three_peers(&mut c, |_| Vec::new());
+    let dir = c.dir.path().join("redis");
+    std::fs::create_dir(&dir).unwrap();
+    let pid = c.sh(
+        1,
+        &format!(
+            "echo 7199 > /proc/sys/kernel/ns_last_pid; {} redis-server --bind 0.0.0.0 --port 6391 \
+             --save '' --appendonly no --dir {} --protected-mode no </dev/null >/dev/null 2>&1 & echo $!",
+            progs().join("launch").display(),
+            dir.display()
+        ),
+    );
+    let pid = pid.trim().to_string();
+    let (n1, n2) = (format!("{}.1", c.prefix), format!("{}.2", c.prefix));
+    wait_for("redis to answer on n1", Duration::from_secs(20), || {
+        redis_cli(&n1, &["ping"]) == "PONG"
+    });
+    let v = c.json(
+        1,
+        &["protect", "--pid", &pid, "--every", "1", "--replicas", "1"],
+    );
+    let id = v["id"].as_str().unwrap().to_string();
+    assert_eq!(v["holders"], serde_json::json!(["n2"]), "{v}");
+    wait_for("a copy on n2", Duration::from_secs(30), || {
+        held_checkpoint(&c, 2, &id).is_some()
+    });
+    // Data written after that copy: in the checkpoints from now on.
+    for i in 0..300 {
+        assert_eq!(
+            redis_cli(&n1, &["set", &format!("key{i}"), &format!("value-{i}")]),
+            "OK"
+        );
+    }
+    assert_eq!(redis_cli(&n1, &["rpush", "list", "a", "b", "c"]), "3");
+    let before = held_checkpoint(&c, 2, &id);
+    // Two newer copies: the second began after the writes had ended.
+    let mut seen = before.clone();
+    for _ in 0..2 {
+        wait_for("a newer copy on n2", Duration::from_secs(30), || {
+            let now = held_checkpoint(&c, 2, &id);
+            let newer = now != seen;
+            if newer {
+                seen = now;
+            }
+            newer
+        });
+    }
+    c.kill_host(1);
+    let t0 = Instant::now();
+    wait_for("redis to run on n2", Duration::from_secs(30), || {
+        c.json(2, &["protect"])["owned"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["id"] == id.as_str() && r["generation"] == 2)
+    });
+    wait_for("redis to answer on n2", Duration::from_secs(10), || {
+        redis_cli(&n2, &["ping"]) == "PONG"
+    });
+    let took = t0.elapsed();
+    eprintln!(
+        "redis serves on n2 {:.2} s after n1 died",
+        took.as_secs_f64()
+    );
+    assert!(took < Duration::from_secs(15), "took {took:?}");
+    assert_eq!(redis_cli(&n2, &["dbsize"]), "301");
+    assert_eq!(redis_cli(&n2, &["get", "key0"]), "value-0");
+    assert_eq!(redis_cli(&n2, &["get", "key299"]), "value-299");
+    assert_eq!(redis_cli(&n2, &["lrange", "list", "0", "-1"]), "a\nb\nc");
+    assert_eq!(redis_cli(&n2, &["incr", "new"]), "1");
+    assert_eq!(running(&c, 2, "redis-server"), 1);
+    // n1 comes back with its old data: fenced, it runs no second redis.
+    revive_host(&mut c, 1);
+    let back = c.json(1, &["protect"]);
+    assert!(back["owned"].as_array().unwrap().is_empty(), "{back}");
+    assert_eq!(running(&c, 1, "redis-server"), 0, "a second redis on n1");
+    assert_eq!(redis_cli(&n2, &["get", "key7"]), "value-7");
+}
+
+/// The bank example (a conformist service), built next to `godwit` when missing.
+fn bank_bin() -> PathBuf {
+    let dir = Path::new(env!("CARGO_BIN_EXE_godwit")).parent().unwrap();
+    let bin = dir.join("bank");
+    if !bin.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "-p", "bank", "--target-dir"])
+            .arg(dir.parent().unwrap())
+            .status()
+            .expect("run cargo build -p bank");
+        assert!(status.success(), "building the bank example failed");
+    }
+    bin
+}
+
+/// A conformist service (the bank) started on n1 with `--replicas 1`
+/// (a checkpoint every 0.5 s, each copied to n2), its name in n3's name
+/// service, under load from a client on n3: n1 dies whole; n2 starts the
+/// bank again under its UUID from the newest copy, it re-registers, the
+/// client rebinds and goes on (no call fails), and the accounts are those
+/// of the last checkpoint: the sum of the balances is conserved (transfers
+/// only). n1 comes back: fenced, it runs no second bank.
+#[test]
+fn a_protected_service_runs_again_on_a_peer_when_its_host_dies() {
+    let bank = bank_bin();
+    let mut c = Hosts::up(3);
+    let allow = bank.to_str().unwrap().to_string();
+    three_peers(&mut c, |_| vec!["--allow-exec".into(), allow.clone()]);
+    let names = format!("agent://{}", c.agent_addr(3));
+    let out = Command::new(env!("CARGO_BIN_EXE_godwit"))
+        .env("GODWIT_NAMES", &names)
+        .args([
+            "--json",
+            "service",
+            "--agent",
+            &c.agent_addr(1),
+            "--token-file",
+        ])
+        .arg(c.token())
+        .args(["start", "--interval", "0.5", "--replicas", "1", "--"])
+        .args([bank.to_str().unwrap(), "serve"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "service start: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let uuid = v["uuid"].as_str().unwrap().to_string();
+    assert_eq!(v["holders"], serde_json::json!(["n2"]), "{v}");
+    // The load, from n3, through n3's name service.
+    let mut load = c
+        .exec(3)
+        .arg(&bank)
+        .args(["load", "--uuid", &uuid, "--names", &names, "--token-file"])
+        .arg(c.token())
+        .args([
+            "--accounts",
+            "8",
+            "--clients",
+            "2",
+            "--duration-secs",
+            "14",
+            "--accrual-every-ms",
+            "0",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        // It exits 1 on the transfers acknowledged after the last checkpoint,
+        // which the bank lost with n1 (checked below): its reason in a file.
+        .stderr(std::fs::File::create(c.dir.path().join("load.err")).unwrap())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(load.stdout.take().unwrap()).lines();
+    let ready = lines.next().unwrap().unwrap();
+    assert!(ready.starts_with("LOAD_READY 8"), "{ready}");
+    // Two newer copies on n2 since the accounts were opened.
+    let mut seen = held_checkpoint(&c, 2, &uuid);
+    for _ in 0..2 {
+        wait_for("a newer copy on n2", Duration::from_secs(30), || {
+            let now = held_checkpoint(&c, 2, &uuid);
+            let newer = now.is_some() && now != seen;
+            if newer {
+                seen = now;
+            }
+            newer
+        });
+    }
+    let v = c.json(1, &["protect"]);
+    let r = v["owned"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["id"] == uuid.as_str())
+        .unwrap_or_else(|| panic!("{v}"))
+        .clone();
+    assert!(r["lag_ms"].as_u64().unwrap() < 10_000, "{r}");
+    assert!(r["replicated"]["n2"].is_array(), "{r}");
+    let last_seen = held_checkpoint(&c, 2, &uuid).unwrap();
+    c.kill_host(1);
+    let t0 = Instant::now();
+    wait_for("the bank to run on n2", Duration::from_secs(30), || {
+        c.json(2, &["protect"])["owned"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["id"] == uuid.as_str() && r["generation"] == 2)
+    });
+    let took = t0.elapsed();
+    eprintln!(
+        "the bank serves on n2 {:.2} s after n1 died",
+        took.as_secs_f64()
+    );
+    assert!(took < Duration::from_secs(15), "took {took:?}");
+    // Listed on n2 as the service, at n2's address (`ps` reads the load sample).
+    wait_for("the bank listed on n2", Duration::from_secs(10), || {
+        c.json(2, &["ps"])["processes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| {
+                p["uuid"] == uuid.as_str()
+                    && p["kind"] == "service"
+                    && p["address"]
+                        .as_str()
+                        .is_some_and(|a| a.starts_with(&format!("{}.2:", c.prefix)))
+            })
+    });
+    // Resumed from the newest copy n2 held (at least the one seen last).
+    let out = Command::new(env!("CARGO_BIN_EXE_godwit"))
+        .env("GODWIT_NAMES", &names)
+        .args([
+            "--json",
+            "service",
+            "--agent",
+            &c.agent_addr(2),
+            "--token-file",
+        ])
+        .arg(c.token())
+        .args(["status", &uuid])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let st: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let from = st["restored_from"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{st}"));
+    assert!(
+        from >= last_seen.as_str(),
+        "restored {from}, n2 held {last_seen}"
+    );
+    // The client rebinds through n3's name service and goes on.
+    let report = lines.next().unwrap().unwrap();
+    let _ = load.wait();
+    let report: Value = serde_json::from_str(&report).unwrap();
+    eprintln!("load report: {report}");
+    assert_eq!(report["failures"], serde_json::json!([]), "{report}");
+    assert!(report["transfers_acked"].as_u64().unwrap() > 0, "{report}");
+    assert_eq!(report["total_expected"], 8_000_000, "{report}");
+    assert_eq!(report["total_actual"], 8_000_000, "{report}");
+    assert_eq!(running(&c, 2, "bank"), 1);
+    // n1 comes back with its old data: fenced, it runs no second bank.
+    revive_host(&mut c, 1);
+    let back = c.json(1, &["protect"]);
+    assert!(back["owned"].as_array().unwrap().is_empty(), "{back}");
+    assert_eq!(running(&c, 1, "bank"), 0, "a second bank on n1");
+    assert_eq!(running(&c, 2, "bank"), 1);
+}
+
+/// A protected process holding 64 MiB (random, so incompressible) that
+/// writes one byte somewhere every 0.5 s: its first copy to n2 carries all its
+/// chunks, each later one only the chunks n2 lacks (the owner offers the
+/// checkpoint's chunk list, n2 answers what it lacks). The bytes sent and
+/// the lag are shown per holder. `GODWIT_REPL_MIB` and
+/// `GODWIT_REPL_CHECKPOINTS` change the size and the number of copies
+/// watched (docs/PERFORMANCE.md's figures: 256 and 10).
+#[test]
+fn copies_carry_only_the_chunks_a_holder_lacks() {
+    let env = |k: &str, d: u64| -> u64 {
+        std::env::var(k)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(d)
+    };
+    let (mib, copies) = (
+        env("GODWIT_REPL_MIB", 64),
+        env("GODWIT_REPL_CHECKPOINTS", 4),
+    );
+    let mut c = Hosts::up(3);
+    three_peers(&mut c, |_| Vec::new());
+    let ready = c.dir.path().join("ready");
+    let pid = c.sh(
+        1,
+        &format!(
+            "echo 7300 > /proc/sys/kernel/ns_last_pid; {} python3 -c 'import os, random, time
+x = bytearray(os.urandom({mib} << 20))
+open(\"{}\", \"w\").close()
+while True:
+    x[random.randrange(len(x))] = 1
+    time.sleep(0.5)' </dev/null >/dev/null 2>&1 & echo $!",
+            progs().join("launch").display(),
+            ready.display()
+        ),
+    );
+    let pid = pid.trim().to_string();
+    wait_for(
+        "the process to hold its memory",
+        Duration::from_secs(60),
+        || ready.exists(),
+    );
+    let v = c.json(
+        1,
+        &["protect", "--pid", &pid, "--every", "1", "--replicas", "1"],
+    );
+    let id = v["id"].as_str().unwrap().to_string();
+    let record = |c: &Hosts| -> Value {
+        c.json(1, &["protect"])["owned"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["id"] == id.as_str())
+            .cloned()
+            .unwrap_or(Value::Null)
+    };
+    let mut first = None;
+    wait_for("the first copy on n2", Duration::from_secs(120), || {
+        first = record(&c)["sent_bytes"]["n2"][1].as_u64();
+        first.is_some()
+    });
+    let first = first.unwrap();
+    let sent_at = |r: &Value| r["replicated"]["n2"][0].as_str().map(String::from);
+    let mut seen = sent_at(&record(&c));
+    for _ in 1..copies {
+        wait_for("a newer copy on n2", Duration::from_secs(120), || {
+            let now = sent_at(&record(&c));
+            let newer = now != seen;
+            if newer {
+                seen = now;
+            }
+            newer
+        });
+    }
+    let r = record(&c);
+    let (last, total) = (
+        r["sent_bytes"]["n2"][0].as_u64().unwrap(),
+        r["sent_bytes"]["n2"][1].as_u64().unwrap(),
+    );
+    eprintln!(
+        "{mib} MiB, {copies} copies: first {first} bytes, last {last}, all {total} (whole each time: {})",
+        first * copies
+    );
+    assert!(first >= mib << 20, "the first copy sent {first} bytes");
+    // Whole, each copy would be `first` again.
+    assert!(last < first / 4, "a later copy sent {last} bytes");
+    assert!(
+        total < first + (copies - 1) * first / 4,
+        "{total} bytes in all"
+    );
+    assert!(
+        r["lag_ms_by_holder"]["n2"].as_u64().unwrap() < 30_000,
+        "{r}"
+    );
+    let table = c.godwit_ok(1, &["protect"]);
+    assert!(
+        table.contains("copies on n2 (lag ") && table.contains("bytes)"),
+        "{table}"
+    );
+    // n2's copy is whole: n1 dies, n2 restores it.
+    c.kill_host(1);
+    wait_for("the process to run on n2", Duration::from_secs(60), || {
+        c.json(2, &["protect"])["owned"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["id"] == id.as_str() && r["generation"] == 2)
+    });
+    assert_eq!(running(&c, 2, "python3"), 1);
+}

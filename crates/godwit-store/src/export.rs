@@ -74,9 +74,44 @@ impl<R: Read> Read for Hashing<R> {
     }
 }
 
+/// The checkpoint file of `id` (its record, parent and manifest: the list of
+/// its chunks), as [`missing`] on another store takes it.
+pub fn checkpoint_file(store: &Store, id: &str) -> Result<Vec<u8>> {
+    store.read_checkpoint(id)?;
+    let path = store.checkpoint_path(id);
+    std::fs::read(&path).map_err(|e| StoreError::io("reading", &path, e))
+}
+
+/// The chunks of the checkpoint whose file is `ck_bytes` (from
+/// [`checkpoint_file`] of another store) that `store` lacks, each once:
+/// what an [`export_only`] of it must carry for [`import`] here.
+pub fn missing(store: &Store, ck_bytes: &[u8]) -> Result<Vec<Hash>> {
+    let (meta, _) = checkpoint::decode(ck_bytes, Path::new("(offered checkpoint)"))?;
+    let mut seen = HashSet::new();
+    Ok(meta
+        .files
+        .iter()
+        .flat_map(|f| f.chunks.iter())
+        .filter(|c| seen.insert(c.hash) && !store.has_chunk(&c.hash))
+        .map(|c| c.hash)
+        .collect())
+}
+
 /// Writes checkpoint `id` of `store` to the file `out` (0600; written under
 /// a temporary name, renamed when complete). Every chunk is checked first.
 pub fn export(store: &Store, id: &str, out: &Path) -> Result<Transfer> {
+    export_only(store, id, out, None)
+}
+
+/// [`export`] carrying, of the checkpoint's chunks, only those in `only`
+/// (all with `None`): for a store that holds the others (see [`missing`]),
+/// whose [`import`] refuses it otherwise.
+pub fn export_only(
+    store: &Store,
+    id: &str,
+    out: &Path,
+    only: Option<&HashSet<Hash>>,
+) -> Result<Transfer> {
     let (meta, _) = store.read_checkpoint(id)?;
     let ck_path = store.checkpoint_path(id);
     let ck_bytes = std::fs::read(&ck_path).map_err(|e| StoreError::io("reading", &ck_path, e))?;
@@ -109,7 +144,7 @@ pub fn export(store: &Store, id: &str, out: &Path) -> Result<Transfer> {
             .files
             .iter()
             .flat_map(|f| f.chunks.iter())
-            .filter(|c| seen.insert(c.hash))
+            .filter(|c| seen.insert(c.hash) && only.is_none_or(|o| o.contains(&c.hash)))
             .collect();
         w.write_all(&(unique.len() as u64).to_le_bytes())
             .map_err(io)?;

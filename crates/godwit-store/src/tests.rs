@@ -247,3 +247,44 @@ fn an_abandoned_writer_leaves_nothing() {
     }
     assert_eq!(files, 0, "temporary chunk files left behind");
 }
+
+/// A second checkpoint sent to a store that holds the first: only the
+/// chunks it lacks travel, and the import commits it whole; a partial
+/// export to a store that lacks more is refused, naming a chunk.
+#[test]
+fn only_the_missing_chunks_are_sent() {
+    let tmp = tempfile::tempdir().unwrap();
+    let one = Store::open(&tmp.path().join("one")).unwrap().sync(false);
+    let two = Store::open(&tmp.path().join("two")).unwrap().sync(false);
+    let mut mem = noise(11, 8 << 20);
+    write(&one, "a", 5, &mem);
+    let full = tmp.path().join("a.gwx");
+    let first = export::export(&one, "a", &full).unwrap();
+    export::import(&two, &full).unwrap();
+    mem[3 << 20..(3 << 20) + 4096].fill(7);
+    write(&one, "b", 5, &mem);
+    let ck = export::checkpoint_file(&one, "b").unwrap();
+    let lack: std::collections::HashSet<Hash> =
+        export::missing(&two, &ck).unwrap().into_iter().collect();
+    assert!(!lack.is_empty() && lack.len() <= 2, "{} chunks", lack.len());
+    let part = tmp.path().join("b.gwx");
+    let t = export::export_only(&one, "b", &part, Some(&lack)).unwrap();
+    assert!(
+        t.bytes * 4 < first.bytes,
+        "{} bytes sent for a one-page change of a {}-byte checkpoint",
+        t.bytes,
+        first.bytes
+    );
+    let got = export::import(&two, &part).unwrap();
+    assert_eq!(got.new_chunks, lack.len() as u64);
+    assert!(read(&two, "b") == mem);
+    assert!(export::missing(&two, &ck).unwrap().is_empty());
+    // A store holding nothing refuses the partial export.
+    let three = Store::open(&tmp.path().join("three")).unwrap().sync(false);
+    let err = export::import(&three, &part).unwrap_err();
+    assert!(
+        err.to_string().contains("neither in it nor in the store"),
+        "{err}"
+    );
+    assert!(!three.contains("b"));
+}

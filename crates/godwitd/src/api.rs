@@ -913,6 +913,19 @@ async fn exec(
     let program = &local_program(&agent, program);
     let canon = allowed_program(&agent, program)?;
     let wait_ready = Duration::from_millis(v["wait_ready_ms"].as_u64().unwrap_or(0));
+    let replicas = match &v["replicas"] {
+        Value::Null => 0,
+        r => match r.as_u64() {
+            Some(k @ 0..=16) => k as usize,
+            _ => return Err(ApiError::new(400, format!("`replicas` {r}: 0 to 16"))),
+        },
+    };
+    if replicas > 0 && wait_ready.is_zero() {
+        return Err(ApiError::new(
+            400,
+            "`replicas` is for conformist services: give `wait_ready_ms` too (the copies begin once the service is ready)",
+        ));
+    }
     let spec = ExecSpec {
         program: program.to_string(),
         canon,
@@ -930,10 +943,129 @@ async fn exec(
         let mut it = line.split_whitespace().skip(1);
         json!({ "address": it.next(), "uuid": it.next() })
     };
+    let mut protected = Value::Null;
+    if replicas > 0 {
+        let Some(uuid) = ready["uuid"].as_str() else {
+            // Not a conformist service: its copies could not be made.
+            if let Some(p) = lock(&agent.procs).get_mut(&pid) {
+                p.restart = false;
+            }
+            send_signal(pid, "KILL");
+            return Err(ApiError::new(
+                400,
+                format!("{program} (pid {pid}) announced no service UUID: `replicas` is for conformist services; killed"),
+            ));
+        };
+        let rec = crate::protect::protect_service(&agent, uuid, pid as i32, replicas)?;
+        protected = serde_json::to_value(&rec).unwrap_or(Value::Null);
+    }
     ok(
         201,
-        json!({ "pid": pid, "ready": ready, "log": log.display().to_string() }),
+        json!({ "pid": pid, "ready": ready, "log": log.display().to_string(), "protected": protected }),
     )
+}
+
+/// What a conformist service this agent started was started with: program,
+/// arguments, environment, directory, restart (its newest instance).
+pub(crate) fn service_spec(agent: &Agent, uuid: &str) -> Option<crate::protect::ServiceSpec> {
+    let procs = lock(&agent.procs);
+    procs
+        .iter()
+        .filter(|(_, p)| p.service.as_ref().is_some_and(|s| s.1 == uuid))
+        .max_by_key(|(pid, _)| **pid)
+        .map(|(_, p)| crate::protect::ServiceSpec {
+            uuid: uuid.to_string(),
+            args: godwit_sdk::options::without_lifecycle_options(&p.args),
+            env: p.env.clone(),
+            cwd: p.cwd.clone(),
+            restart: p.restart,
+        })
+}
+
+/// The PID of the running instance of service `uuid` this agent started
+/// (the newest), if any.
+pub(crate) fn service_pid(agent: &Agent, uuid: &str) -> Option<u32> {
+    running_service(agent, uuid, None)
+        .ok()
+        .map(|(pid, _, _)| pid)
+}
+
+/// Kills the instances of service `uuid` this agent started (not started
+/// again): a copy fenced off. How many.
+pub(crate) fn kill_service(agent: &Agent, uuid: &str) -> usize {
+    let pids: Vec<u32> = {
+        let mut procs = lock(&agent.procs);
+        procs
+            .iter_mut()
+            .filter(|(_, p)| p.running && p.service.as_ref().is_some_and(|s| s.1 == uuid))
+            .map(|(pid, p)| {
+                p.restart = false;
+                *pid
+            })
+            .collect()
+    };
+    pids.iter().filter(|pid| send_signal(**pid, "KILL")).count()
+}
+
+/// Starts service `spec.uuid` on this node from the newest checkpoint of
+/// it in this node's store (`--resume`), with `program` (this node's copy,
+/// `--program`, when the path differs) and `spec`'s arguments, whose
+/// `--listen`, `--names` and `--store` are moved from the dead node at
+/// `dead_addr` to this one. Waits for it to be ready: (pid, address).
+pub(crate) async fn start_service_here(
+    agent: &Arc<Agent>,
+    program: &str,
+    spec: &crate::protect::ServiceSpec,
+    dead_addr: Option<&str>,
+) -> Result<(u32, String), ApiError> {
+    let program = local_program(agent, program);
+    let canon = allowed_program(agent, &program)?;
+    let here = agent.node.rsplit_once(':').map_or("127.0.0.1", |(h, _)| h);
+    let dead_host = dead_addr.and_then(|a| a.rsplit_once(':')).map(|(h, _)| h);
+    let mut args = Vec::with_capacity(spec.args.len() + 3);
+    let mut it = spec.args.iter();
+    while let Some(a) = it.next() {
+        args.push(a.clone());
+        let Some(v) = it.clone().next() else { break };
+        let moved = match a.as_str() {
+            "--names" | "--store"
+                if dead_addr.is_some() && godwit_names::agent_addr(v) == dead_addr =>
+            {
+                Some(format!("agent://{}", agent.node))
+            }
+            "--listen" => match v.rsplit_once(':') {
+                Some((h, _)) if Some(h) == dead_host => Some(format!("{here}:0")),
+                _ => None,
+            },
+            _ => None,
+        };
+        if let Some(m) = moved {
+            args.push(m);
+            it.next();
+        }
+    }
+    args.extend(["--uuid".into(), spec.uuid.clone(), "--resume".into()]);
+    let exec = ExecSpec {
+        program,
+        canon,
+        env: spec.env.clone(),
+        cwd: spec.cwd.clone().filter(|d| FsPath::new(d).is_dir()),
+        restart: spec.restart,
+    };
+    let (started, ready) = spawn_program(agent, &exec, &args, 0).await?;
+    let (pid, log) = (started.pid, started.log.clone());
+    tokio::spawn(supervise(agent.clone(), exec, started, args));
+    let line = await_ready(
+        agent,
+        pid,
+        &log,
+        ready,
+        START_READY,
+        &format!("service {}", spec.uuid),
+    )
+    .await?;
+    let address = line.split_whitespace().nth(1).unwrap_or("").to_string();
+    Ok((pid, address))
 }
 
 /// Waits up to `wait` for a started program's `GODWIT_READY` line; one not

@@ -74,7 +74,31 @@ pub struct Record {
     pub holders: Vec<String>,
     #[serde(default)]
     pub replicated: BTreeMap<String, (String, u64)>,
+    /// Bytes sent to each holder: (for its newest copy, in all).
+    #[serde(default)]
+    pub sent_bytes: BTreeMap<String, (u64, u64)>,
+    /// A conformist service (its id is its UUID): what starts it again on a
+    /// holder. Its copies are the checkpoints it puts in this node's store.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<ServiceSpec>,
 }
+
+/// How a protected conformist service is started again on another node:
+/// under its UUID, from the newest copy of its checkpoints (`--resume`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ServiceSpec {
+    pub uuid: String,
+    /// Its arguments without the lifecycle options (`--uuid`, `--resume`, ...).
+    pub args: Vec<String>,
+    pub env: serde_json::Map<String, Value>,
+    pub cwd: Option<String>,
+    /// Started again when it dies (`on-failure`).
+    pub restart: bool,
+}
+
+/// How often the owner looks for a new checkpoint of a protected service
+/// in its store.
+const SERVICE_POLL_MS: u64 = 500;
 
 /// A copy held for another node.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -195,6 +219,9 @@ pub async fn start(agent: Arc<Agent>, client: godwit_net::ClientTls) {
         }
         match newer {
             Some((owner, gen)) => fence(&agent, &rec.id, &owner, gen),
+            None if rec.service.is_some() => {
+                tokio::spawn(run_service(agent.clone(), client.clone(), rec.id.clone()));
+            }
             None => {
                 crate::transparent::adopt(&agent, rec.pid, &format!("protected {}", rec.id));
                 tokio::spawn(run(agent.clone(), client.clone(), rec.id.clone()));
@@ -246,7 +273,10 @@ fn fence(agent: &Agent, id: &str, owner: &str, gen: u64) {
         }
     };
     if let Some(r) = dropped {
-        if alive(r.pid, &r.program) {
+        if r.service.is_some() {
+            let n = crate::api::kill_service(agent, id);
+            tracing::warn!(id, killed = n, %owner, gen, "fencing: {owner} runs this service now (generation {gen}); dropped here");
+        } else if alive(r.pid, &r.program) {
             tracing::warn!(id, pid = r.pid, %owner, gen, "fencing: {owner} runs this process now (generation {gen}); the copy here is killed");
             crate::api::send_signal(r.pid as u32, "KILL");
         } else {
@@ -310,7 +340,6 @@ async fn run(agent: Arc<Agent>, client: godwit_net::ClientTls, id: String) {
         if holders.is_empty() {
             continue;
         }
-        let export = agent.data.join(format!(".export-{ck}"));
         let store = match crate::store::open(&agent) {
             Ok(s) => s,
             Err(e) => {
@@ -318,59 +347,137 @@ async fn run(agent: Arc<Agent>, client: godwit_net::ClientTls, id: String) {
                 continue;
             }
         };
-        let (c, e) = (ck.clone(), export.clone());
-        let bytes = tokio::task::spawn_blocking(move || {
-            godwit_store::export::export(&store, &c, &e)?;
-            let b = std::fs::read(&e).map_err(|x| godwit_store::StoreError::io("reading", &e, x));
-            let _ = std::fs::remove_file(&e);
-            b
+        let (st2, c) = (store.clone(), ck.clone());
+        let ck_file = match tokio::task::spawn_blocking(move || {
+            godwit_store::export::checkpoint_file(&st2, &c)
         })
-        .await;
-        let bytes = match bytes {
+        .await
+        {
             Ok(Ok(b)) => Bytes::from(b),
             Ok(Err(e)) => {
-                tracing::warn!(id = %id, "protected: export failed: {e}");
+                tracing::warn!(id = %id, "protected: reading {ck}: {e}");
                 continue;
             }
             Err(e) => {
-                tracing::warn!(id = %id, "protected: export failed: {e}");
+                tracing::warn!(id = %id, "protected: reading {ck}: {e}");
                 continue;
             }
         };
         let rec = lock(&agent.protection.state).owned.get(&id).cloned();
         let Some(rec) = rec else { return };
+        let meta = serde_json::to_string(&rec).unwrap_or_default();
         for h in holders {
             let Some(addr) = addr_of(&agent, &h) else {
                 continue;
             };
-            let meta = serde_json::to_string(&rec).unwrap_or_default();
-            let path = format!("/v1/replicas/{}?record={}", id, urlencode(&meta));
-            let mut req = HttpRequest::new("PUT", &path);
-            req.body = bytes.clone();
-            req.content_type = "application/octet-stream";
-            req.timeout = Duration::from_secs(60);
-            match client.request(&addr, &req).await {
-                Ok(resp) if resp.status < 300 => {
+            match copy_to(&client, &addr, &store, &agent, &id, &ck, &ck_file, &meta).await {
+                Ok(sent) => {
+                    tracing::debug!(id = %id, peer = %h, checkpoint = %ck, sent, "protected: copied");
                     if let Some(r) = lock(&agent.protection.state).owned.get_mut(&id) {
                         r.replicated.insert(h.clone(), (ck.clone(), now_ms()));
+                        let s = r.sent_bytes.entry(h.clone()).or_default();
+                        *s = (sent, s.1 + sent);
                     }
                 }
-                Ok(resp) if resp.status == 409 => {
+                Err(Copy::Fenced(msg)) => {
                     // A newer generation runs elsewhere: fenced.
-                    tracing::warn!(id = %id, peer = %h, "{}", resp.error_message());
+                    tracing::warn!(id = %id, peer = %h, "{msg}");
                     if let Some((owner, gen)) = known_by(&client, &addr, &id).await {
                         fence(&agent, &id, &owner, gen);
                         return;
                     }
                 }
-                Ok(resp) => {
-                    tracing::warn!(id = %id, peer = %h, "protected: copy refused: HTTP {}: {}", resp.status, resp.error_message())
+                Err(Copy::Failed(msg)) => {
+                    tracing::warn!(id = %id, peer = %h, "protected: copy failed: {msg}")
                 }
-                Err(e) => tracing::warn!(id = %id, peer = %h, "protected: copy failed: {e}"),
             }
         }
         save(&agent);
     }
+}
+
+/// Why a copy did not reach a holder.
+enum Copy {
+    /// 409: the holder knows a newer generation.
+    Fenced(String),
+    Failed(String),
+}
+
+/// Sends checkpoint `ck` (whose file is `ck_file`) to the holder at `addr`:
+/// its file first (`POST /v1/replicas/{id}/offer`), to which the holder
+/// answers the chunks it lacks, then an export carrying only those (`PUT
+/// /v1/replicas/{id}`), which the holder checks and commits whole. A holder
+/// that does not answer the offer gets the whole export. Bytes sent.
+#[allow(clippy::too_many_arguments)]
+async fn copy_to(
+    client: &godwit_net::ClientTls,
+    addr: &str,
+    store: &godwit_store::Store,
+    agent: &Agent,
+    id: &str,
+    ck: &str,
+    ck_file: &Bytes,
+    meta: &str,
+) -> Result<u64, Copy> {
+    let answer = |r: Result<godwit_net::http::HttpResponse, godwit_net::NetError>| match r {
+        Ok(resp) if resp.status < 300 => Ok(resp),
+        Ok(resp) if resp.status == 409 => Err(Copy::Fenced(resp.error_message())),
+        Ok(resp) => Err(Copy::Failed(format!(
+            "HTTP {}: {}",
+            resp.status,
+            resp.error_message()
+        ))),
+        Err(e) => Err(Copy::Failed(e.to_string())),
+    };
+    let path = format!("/v1/replicas/{id}/offer?record={}", urlencode(meta));
+    let mut req = HttpRequest::new("POST", &path);
+    req.body = ck_file.clone();
+    req.content_type = "application/octet-stream";
+    req.timeout = Duration::from_secs(30);
+    let offered = answer(client.request(addr, &req).await);
+    let mut sent = ck_file.len() as u64;
+    let only: Option<std::collections::HashSet<godwit_store::Hash>> = match offered {
+        Ok(resp) => {
+            let v: Value = resp.json().map_err(|e| Copy::Failed(e.to_string()))?;
+            let list = v["missing"]
+                .as_array()
+                .ok_or_else(|| Copy::Failed(format!("no `missing` in the offer's answer {v}")))?;
+            Some(
+                list.iter()
+                    .map(|h| h.as_str().and_then(godwit_store::parse_hex))
+                    .collect::<Option<_>>()
+                    .ok_or_else(|| Copy::Failed("a bad chunk hash in the offer's answer".into()))?,
+            )
+        }
+        Err(Copy::Fenced(m)) => return Err(Copy::Fenced(m)),
+        Err(Copy::Failed(m)) => {
+            tracing::info!(
+                id,
+                "protected: the offer was not answered ({m}): sending the whole checkpoint"
+            );
+            None
+        }
+    };
+    let export = agent.data.join(format!(".export-{ck}-{}", now_ms()));
+    let (st, c, e) = (store.clone(), ck.to_string(), export.clone());
+    let bytes = tokio::task::spawn_blocking(move || {
+        let r = godwit_store::export::export_only(&st, &c, &e, only.as_ref()).and_then(|_| {
+            std::fs::read(&e).map_err(|x| godwit_store::StoreError::io("reading", &e, x))
+        });
+        let _ = std::fs::remove_file(&e);
+        r
+    })
+    .await
+    .map_err(|e| Copy::Failed(format!("export: {e}")))?
+    .map_err(|e| Copy::Failed(format!("export: {e}")))?;
+    sent += bytes.len() as u64;
+    let path = format!("/v1/replicas/{id}?record={}", urlencode(meta));
+    let mut req = HttpRequest::new("PUT", &path);
+    req.body = Bytes::from(bytes);
+    req.content_type = "application/octet-stream";
+    req.timeout = Duration::from_secs(60);
+    answer(client.request(addr, &req).await)?;
+    Ok(sent)
 }
 
 fn urlencode(s: &str) -> String {
@@ -440,35 +547,53 @@ async fn failover(agent: &Arc<Agent>, client: &godwit_net::ClientTls, dead: &str
             continue;
         }
         let t0 = std::time::Instant::now();
-        tracing::warn!(id = %h.record.id, checkpoint = %h.checkpoint, "{dead} is dead: restoring its protected process here");
-        let origin = format!("protected {} (taken over from {dead})", h.record.id);
-        let mut opts = godwit_engine::restore::RestoreOptions::default();
-        let mut r =
-            crate::transparent::restore_checkpoint(agent, &h.checkpoint, opts.clone(), &origin)
-                .await;
-        if matches!(r, Err(godwit_engine::EngineError::PidTaken { .. })) {
-            opts.pid_ns = true;
-            r = crate::transparent::restore_checkpoint(agent, &h.checkpoint, opts, &origin).await;
-        }
-        let restored = match r {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::error!(id = %h.record.id, "taking over failed: {e}");
-                continue;
+        let pid = match &h.record.service {
+            Some(spec) => {
+                tracing::warn!(id = %h.record.id, checkpoint = %h.checkpoint, "{dead} is dead: starting its protected service here");
+                let dead_addr = addr_of(agent, dead);
+                match crate::api::start_service_here(
+                    agent,
+                    &h.record.program,
+                    spec,
+                    dead_addr.as_deref(),
+                )
+                .await
+                {
+                    Ok((pid, address)) => {
+                        tracing::info!(id = %h.record.id, pid, %address, "the service serves here");
+                        pid as i32
+                    }
+                    Err(e) => {
+                        tracing::error!(id = %h.record.id, "taking over the service failed: {}", e.message());
+                        continue;
+                    }
+                }
             }
+            None => match take_over_process(agent, &h, dead).await {
+                Ok(pid) => pid,
+                Err(e) => {
+                    tracing::error!(id = %h.record.id, "taking over failed: {e}");
+                    continue;
+                }
+            },
         };
         let mut rec = h.record.clone();
         rec.owner = agent.cluster.name.clone();
         rec.generation += 1;
-        rec.pid = restored.host_pid;
-        rec.program = program_of(restored.host_pid);
+        rec.pid = pid;
+        rec.program = program_of(pid);
         rec.taken = 0;
         rec.last_checkpoint = Some(h.checkpoint.clone());
         rec.replicated.clear();
+        rec.sent_bytes.clear();
         rec.holders = choose_holders(agent, rec.replicas, dead);
         {
             let mut st = lock(&agent.protection.state);
             st.held.remove(&rec.id);
+            if rec.service.is_some() {
+                // Its store is the running service's own now (its retention).
+                st.kept.remove(&rec.id);
+            }
             st.owned.insert(rec.id.clone(), rec.clone());
         }
         save(agent);
@@ -481,7 +606,181 @@ async fn failover(agent: &Arc<Agent>, client: &godwit_net::ClientTls, dead: &str
         for (name, addr, _) in agent.cluster.peers() {
             announce(client, &name, &addr, &rec).await;
         }
-        tokio::spawn(run(agent.clone(), client.clone(), rec.id.clone()));
+        if rec.service.is_some() {
+            tokio::spawn(run_service(agent.clone(), client.clone(), rec.id.clone()));
+        } else {
+            tokio::spawn(run(agent.clone(), client.clone(), rec.id.clone()));
+        }
+    }
+}
+
+/// Restores the newest copy held of a protected process here: its host PID.
+async fn take_over_process(
+    agent: &Arc<Agent>,
+    h: &Held,
+    dead: &str,
+) -> Result<i32, godwit_engine::EngineError> {
+    tracing::warn!(id = %h.record.id, checkpoint = %h.checkpoint, "{dead} is dead: restoring its protected process here");
+    let origin = format!("protected {} (taken over from {dead})", h.record.id);
+    let mut opts = godwit_engine::restore::RestoreOptions::default();
+    let mut r =
+        crate::transparent::restore_checkpoint(agent, &h.checkpoint, opts.clone(), &origin).await;
+    if matches!(r, Err(godwit_engine::EngineError::PidTaken { .. })) {
+        opts.pid_ns = true;
+        r = crate::transparent::restore_checkpoint(agent, &h.checkpoint, opts, &origin).await;
+    }
+    r.map(|r| r.host_pid)
+}
+
+/// Protects conformist service `uuid` that this agent started (its
+/// running instance `pid`): each new checkpoint it puts in this node's
+/// store is copied to `replicas` peers.
+pub(crate) fn protect_service(
+    agent: &Arc<Agent>,
+    uuid: &str,
+    pid: i32,
+    replicas: usize,
+) -> Result<Record, ApiError> {
+    let spec = crate::api::service_spec(agent, uuid)
+        .ok_or_else(|| ApiError::new(404, format!("no service {uuid} started by this agent")))?;
+    let store = spec
+        .args
+        .windows(2)
+        .rev()
+        .find(|w| w[0] == "--store")
+        .map(|w| w[1].clone());
+    let here = store.as_deref().and_then(godwit_names::agent_addr) == Some(agent.node.as_str());
+    if !here {
+        crate::api::kill_service(agent, uuid);
+        return Err(ApiError::new(
+            400,
+            format!(
+                "service {uuid} keeps its checkpoints in {}, not in this node's store (agent://{}): its copies are made from this node's store; killed",
+                store.as_deref().unwrap_or("its own directory"),
+                agent.node
+            ),
+        ));
+    }
+    let rec = Record {
+        id: uuid.to_string(),
+        pid,
+        program: program_of(pid),
+        every_ms: SERVICE_POLL_MS,
+        replicas,
+        owner: agent.cluster.name.clone(),
+        generation: 1,
+        taken: 0,
+        last_checkpoint: None,
+        last_unix_ms: 0,
+        holders: choose_holders(agent, replicas, ""),
+        replicated: BTreeMap::new(),
+        sent_bytes: BTreeMap::new(),
+        service: Some(spec),
+    };
+    if rec.holders.len() < replicas {
+        tracing::warn!(id = %uuid, "protected with {} of {replicas} copies: not enough live peers now (more are chosen at each checkpoint)", rec.holders.len());
+    }
+    lock(&agent.protection.state)
+        .owned
+        .insert(rec.id.clone(), rec.clone());
+    save(agent);
+    let client = crate::migration::peer_client(agent)?;
+    tokio::spawn(run_service(agent.clone(), client, rec.id.clone()));
+    tracing::info!(id = %uuid, pid, replicas, "service protected");
+    Ok(rec)
+}
+
+/// The owner's loop for service `id`: each new checkpoint the service put
+/// in this node's store goes to the holders that lack it.
+async fn run_service(agent: Arc<Agent>, client: godwit_net::ClientTls, id: String) {
+    loop {
+        let Some(rec) = lock(&agent.protection.state).owned.get(&id).cloned() else {
+            return;
+        };
+        tokio::time::sleep(Duration::from_millis(rec.every_ms)).await;
+        // Its running instance (one started again here has a new PID).
+        if let Some(pid) = crate::api::service_pid(&agent, &id) {
+            if let Some(r) = lock(&agent.protection.state).owned.get_mut(&id) {
+                if r.pid != pid as i32 {
+                    r.pid = pid as i32;
+                    r.program = program_of(pid as i32);
+                }
+            }
+        }
+        let dir = agent.data.join("store").join(&id);
+        let newest = tokio::task::spawn_blocking(move || godwit_sdk::store::list_dir(&dir))
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .and_then(|l| l.last().map(|c| c.id.clone()));
+        let Some(ck) = newest else { continue };
+        let (rec, holders) = {
+            let mut st = lock(&agent.protection.state);
+            let Some(r) = st.owned.get_mut(&id) else {
+                return;
+            };
+            if r.last_checkpoint.as_deref() != Some(ck.as_str()) {
+                r.taken += 1;
+                r.last_checkpoint = Some(ck.clone());
+                r.last_unix_ms = now_ms();
+            }
+            r.holders = choose_holders(&agent, r.replicas, &agent.cluster.name);
+            let lacking: Vec<String> = r
+                .holders
+                .iter()
+                .filter(|h| r.replicated.get(*h).map(|(c, _)| c) != Some(&ck))
+                .cloned()
+                .collect();
+            (r.clone(), lacking)
+        };
+        if holders.is_empty() {
+            continue;
+        }
+        let path = agent
+            .data
+            .join("store")
+            .join(&id)
+            .join(format!("{ck}.gwck"));
+        let bytes = match tokio::fs::read(&path).await {
+            Ok(b) => Bytes::from(b),
+            Err(e) => {
+                // Removed meanwhile by the service's retention: a newer one is there.
+                tracing::debug!(id = %id, checkpoint = %ck, "protected service: {}: {e}", path.display());
+                continue;
+            }
+        };
+        let meta = serde_json::to_string(&rec).unwrap_or_default();
+        for h in holders {
+            let Some(addr) = addr_of(&agent, &h) else {
+                continue;
+            };
+            let path = format!("/v1/service-replicas/{id}/{ck}?record={}", urlencode(&meta));
+            let mut req = HttpRequest::new("PUT", &path);
+            req.body = bytes.clone();
+            req.content_type = "application/octet-stream";
+            req.timeout = Duration::from_secs(60);
+            match client.request(&addr, &req).await {
+                Ok(resp) if resp.status < 300 => {
+                    if let Some(r) = lock(&agent.protection.state).owned.get_mut(&id) {
+                        r.replicated.insert(h.clone(), (ck.clone(), now_ms()));
+                    }
+                }
+                Ok(resp) if resp.status == 409 => {
+                    tracing::warn!(id = %id, peer = %h, "{}", resp.error_message());
+                    if let Some((owner, gen)) = known_by(&client, &addr, &id).await {
+                        fence(&agent, &id, &owner, gen);
+                        return;
+                    }
+                }
+                Ok(resp) => {
+                    tracing::warn!(id = %id, peer = %h, "protected service: copy refused: HTTP {}: {}", resp.status, resp.error_message())
+                }
+                Err(e) => {
+                    tracing::warn!(id = %id, peer = %h, "protected service: copy failed: {e}")
+                }
+            }
+        }
+        save(&agent);
     }
 }
 
@@ -605,6 +904,8 @@ pub fn routes() -> Router<Arc<Agent>> {
         .route("/v1/protected", get(list).post(protect))
         .route("/v1/protected/{id}/owner", post(owner))
         .route("/v1/replicas/{id}", put(replica))
+        .route("/v1/replicas/{id}/offer", post(offer))
+        .route("/v1/service-replicas/{uuid}/{ck}", put(service_replica))
 }
 
 /// `POST /v1/protected` `{"pid", "every_secs"?: 10, "replicas"?: 1}`
@@ -654,6 +955,8 @@ async fn protect(
         last_unix_ms: 0,
         holders: choose_holders(&agent, replicas, ""),
         replicated: BTreeMap::new(),
+        sent_bytes: BTreeMap::new(),
+        service: None,
     };
     if rec.holders.len() < replicas {
         tracing::warn!(id = %id, "protected with {} of {replicas} copies: not enough live peers now (more are chosen at each checkpoint)", rec.holders.len());
@@ -691,6 +994,14 @@ async fn list(State(agent): State<Arc<Agent>>, Extension(conn): Extension<Conn>)
         .values()
         .map(|r| {
             let mut v = serde_json::to_value(r).unwrap_or(Value::Null);
+            v["lag_ms_by_holder"] = json!(r
+                .holders
+                .iter()
+                .map(|h| (
+                    h.clone(),
+                    r.replicated.get(h).map(|(_, t)| now.saturating_sub(*t))
+                ))
+                .collect::<BTreeMap<_, _>>());
             v["lag_ms"] = json!(r
                 .holders
                 .iter()
@@ -755,28 +1066,7 @@ async fn replica(
     if rec.id != id {
         return Err(ApiError::new(400, "the record is of another id"));
     }
-    let newer = {
-        let st = lock(&agent.protection.state);
-        let known = st
-            .owned
-            .get(&id)
-            .map(|r| (r.owner.clone(), r.generation))
-            .or_else(|| {
-                st.held
-                    .get(&id)
-                    .map(|h| (h.record.owner.clone(), h.record.generation))
-            });
-        known.filter(|(o, g)| yields(rec.generation, &rec.owner, *g, o))
-    };
-    if let Some((owner, generation)) = newer {
-        return Err(ApiError::new(
-            409,
-            format!(
-                "{id} runs on {owner} at generation {generation}, newer than {}'s {}",
-                rec.owner, rec.generation
-            ),
-        ));
-    }
+    refuse_older(&agent, &rec)?;
     let body = body?;
     let tmp = agent.data.join(format!(".replica-{id}-{}", now_ms()));
     let store = crate::store::open(&agent)?;
@@ -816,6 +1106,134 @@ async fn replica(
     prune(&agent, &id, &ck);
     save(&agent);
     ok(201, json!({"id": id, "checkpoint": ck}))
+}
+
+/// 409 when this node knows of `rec.id` at a newer generation than `rec`'s
+/// (its sender is fenced).
+fn refuse_older(agent: &Agent, rec: &Record) -> Result<(), ApiError> {
+    let st = lock(&agent.protection.state);
+    let known = st
+        .owned
+        .get(&rec.id)
+        .map(|r| (r.owner.clone(), r.generation))
+        .or_else(|| {
+            st.held
+                .get(&rec.id)
+                .map(|h| (h.record.owner.clone(), h.record.generation))
+        });
+    match known.filter(|(o, g)| yields(rec.generation, &rec.owner, *g, o)) {
+        Some((owner, generation)) => Err(ApiError::new(
+            409,
+            format!(
+                "{} runs on {owner} at generation {generation}, newer than {}'s {}",
+                rec.id, rec.owner, rec.generation
+            ),
+        )),
+        None => Ok(()),
+    }
+}
+
+/// `POST /v1/replicas/{id}/offer?record=JSON` (`operate`), body: the
+/// checkpoint file of a copy to come (record, parent, manifest: its chunk
+/// list): `{"missing": [HASH...], "chunks": N}`, the chunks this node's
+/// store lacks, which the `PUT` that follows must carry. 409 when this node
+/// knows a newer generation; 400 when the file does not decode.
+async fn offer(
+    State(agent): State<Arc<Agent>>,
+    Extension(conn): Extension<Conn>,
+    Path(id): Path<String>,
+    Query(q): Query<ReplicaQuery>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    need(&conn, Scope::Operate)?;
+    let rec: Record = serde_json::from_str(&q.record)
+        .map_err(|e| ApiError::new(400, format!("`record`: {e}")))?;
+    if rec.id != id {
+        return Err(ApiError::new(400, "the record is of another id"));
+    }
+    refuse_older(&agent, &rec)?;
+    let body = body?;
+    let store = crate::store::open(&agent)?;
+    let missing = tokio::task::spawn_blocking(move || godwit_store::export::missing(&store, &body))
+        .await
+        .map_err(|e| ApiError::new(500, e.to_string()))?
+        .map_err(|e| ApiError::new(400, format!("not a checkpoint file: {e}")))?;
+    ok(
+        200,
+        json!({"id": id, "missing": missing.iter().map(godwit_store::hex).collect::<Vec<_>>()}),
+    )
+}
+
+/// `PUT /v1/service-replicas/{uuid}/{ck}?record=JSON` (`operate`), body:
+/// checkpoint `ck` of conformist service `uuid` as its store holds it: a
+/// copy held for the owner, kept in this node's store under the same id
+/// (so that the service resumes from it here). The newest [`KEEP`] are
+/// kept. 400 unless it is a whole checkpoint of `uuid` numbered `ck`; 409
+/// when this node knows a newer generation.
+async fn service_replica(
+    State(agent): State<Arc<Agent>>,
+    Extension(conn): Extension<Conn>,
+    Path((uuid, ck)): Path<(String, String)>,
+    Query(q): Query<ReplicaQuery>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    need(&conn, Scope::Operate)?;
+    let rec: Record = serde_json::from_str(&q.record)
+        .map_err(|e| ApiError::new(400, format!("`record`: {e}")))?;
+    if rec.id != uuid || rec.service.is_none() {
+        return Err(ApiError::new(400, "the record is not of this service"));
+    }
+    for (what, v) in [("service uuid", &uuid), ("checkpoint id", &ck)] {
+        godwit_sdk::store::check_name(what, v).map_err(|e| ApiError::new(400, e.to_string()))?;
+    }
+    refuse_older(&agent, &rec)?;
+    let body = body?;
+    let path = agent
+        .data
+        .join("store")
+        .join(&uuid)
+        .join(format!("{ck}.gwck"));
+    let (u, c) = (uuid.clone(), ck.clone());
+    tokio::task::spawn_blocking(move || {
+        godwit_sdk::checkpoint::verify_upload(&body, &u, &c)
+            .map_err(|e| ApiError::new(400, format!("not kept as {u}/{c}: {e}")))?;
+        match godwit_sdk::store::write_private_new(&path, &body, &u, &c) {
+            // The same checkpoint sent again (its earlier answer was lost).
+            Ok(()) | Err(godwit_sdk::store::StoreError::Exists { .. }) => Ok(()),
+            Err(e) => Err(ApiError::new(500, e.to_string())),
+        }
+    })
+    .await
+    .map_err(|e| ApiError::new(500, e.to_string()))??;
+    let old: Vec<String> = {
+        let mut st = lock(&agent.protection.state);
+        st.held.insert(
+            uuid.clone(),
+            Held {
+                record: rec,
+                checkpoint: ck.clone(),
+                received_unix_ms: now_ms(),
+            },
+        );
+        let list = st.kept.entry(uuid.clone()).or_default();
+        if !list.contains(&ck) {
+            list.push(ck.clone());
+        }
+        let n = list.len().saturating_sub(KEEP);
+        list.drain(..n).collect()
+    };
+    for o in old {
+        let p = agent
+            .data
+            .join("store")
+            .join(&uuid)
+            .join(format!("{o}.gwck"));
+        if let Err(e) = std::fs::remove_file(&p) {
+            tracing::debug!(checkpoint = %o, "pruning: {}: {e}", p.display());
+        }
+    }
+    save(&agent);
+    ok(201, json!({"id": uuid, "checkpoint": ck}))
 }
 
 #[cfg(test)]
