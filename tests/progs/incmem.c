@@ -8,7 +8,8 @@
  * that counter to DIR/steps, and PASS.
  *
  * argv[2] = "fork": after 2.5 s a child holding 16 MiB appears (the tree
- * changes: the next incremental checkpoint must be a full one). */
+ * changes: the next incremental checkpoint must be a full one).
+ * argv[2] = "still": no mapping is moved or replaced. */
 #include "harness.h"
 #include <sys/mman.h>
 #include <sys/wait.h>
@@ -69,12 +70,14 @@ static void renew_t(uint64_t k) {
 }
 
 static char *old_t;
+static int still;
 
 static void step(uint64_t k) {
     write_page(idx(k), k);
     BARRIER();
     steps = k;
     BARRIER();
+    if (still) return;
     if (k % 64 == 0) move_side(k);
     if (k % 256 == 0) {
         old_t = T;
@@ -119,6 +122,7 @@ static double now_s(void) {
 int main(int argc, char **argv) {
     setup(argc, argv);
     int forking = argc > 2 && strcmp(argv[2], "fork") == 0;
+    still = argc > 2 && strcmp(argv[2], "still") == 0;
     M = mmap(NULL, NP * PG, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (M == MAP_FAILED) fail("mmap: %s", strerror(errno));
     for (uint64_t i = 0; i < NP; i++) write_page(i, 0);

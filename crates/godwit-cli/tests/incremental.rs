@@ -125,3 +125,72 @@ fn a_changed_tree_falls_back_to_a_full_checkpoint() {
     p.end_original();
     restore_and_check(&mut p, &store, "inc-8");
 }
+
+/// Another dump of the process while a series keeps its write tracking
+/// armed (between two checkpoints): its memory is protected by the
+/// series' userfaultfd, which that dump's pre-copy cannot tell from pages
+/// it copied; it takes a copy-on-write snapshot instead, and restores
+/// exactly (before the fix: pages missing, the restored program crashed).
+/// The program writes but keeps its mappings (a snapshot refuses memory
+/// unmapped during its copy).
+#[test]
+fn another_dump_between_two_checkpoints_of_a_series() {
+    let mut p = Proc::test_prog_with("incmem", &["still"]);
+    let store = p.path("store");
+    let pid = p.pid;
+    let series_store = store.clone();
+    let series = std::thread::spawn(move || {
+        let pid = pid.to_string();
+        godwit_ok(&[
+            "--json",
+            "dump",
+            "--pid",
+            &pid,
+            "--store",
+            s(&series_store),
+            "--checkpoint",
+            "inc",
+            "--leave-running",
+            "--no-sync",
+            "--series",
+            "3",
+            "--every",
+            "4000",
+        ])
+    });
+    let first = store.join("checkpoints").join("inc-1");
+    common::wait_for(
+        "the first checkpoint of the series",
+        std::time::Duration::from_secs(60),
+        || first.exists(),
+    );
+    let img = p.images();
+    let pid = p.pid.to_string();
+    godwit_ok(&[
+        "dump",
+        "--pid",
+        &pid,
+        "--images",
+        s(&img),
+        "--leave-running",
+        "--no-sync",
+    ]);
+    let out = series.join().unwrap();
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["series"][2]["incremental"], true, "{v}");
+    p.end_original();
+    for f in ["go", "result"] {
+        let _ = std::fs::remove_file(p.path(f));
+    }
+    p.restore();
+    let verdict = p.verdict();
+    assert_eq!(
+        verdict,
+        "PASS",
+        "restored from the other dump: {}",
+        p.output()
+    );
+    p.tree.push(p.pid);
+    p.end_original();
+    restore_and_check(&mut p, &store, "inc-3");
+}

@@ -544,12 +544,28 @@ impl Tracker {
         let mut protect = Vec::new();
         for v in vmas.iter().filter(|v| cow_able(v)) {
             let len = v.end - v.start;
-            if uffd.register(v.start, len, uffd::REGISTER_MODE_WP).is_ok() {
-                registered.push(Range { addr: v.start, len });
-                protect.extend(v.pages.iter().map(|r| Range {
-                    addr: r.addr,
-                    len: r.nr_pages * PAGE_SIZE,
-                }));
+            match uffd.register(v.start, len, uffd::REGISTER_MODE_WP) {
+                Ok(()) => {
+                    registered.push(Range { addr: v.start, len });
+                    protect.extend(v.pages.iter().map(|r| Range {
+                        addr: r.addr,
+                        len: r.nr_pages * PAGE_SIZE,
+                    }));
+                }
+                Err(e) if e.errno() == Some(libc::EBUSY) => {
+                    // Registered with another userfaultfd (a tracking kept
+                    // for incremental checkpoints, or the program's own):
+                    // its pages may be write-protected by that one, which
+                    // the scans here cannot tell from pages unchanged since
+                    // a copy. No pre-copy.
+                    tracing::info!(
+                        pid,
+                        addr = v.start,
+                        "memory tracked by another userfaultfd: no pre-copy"
+                    );
+                    return Ok(None);
+                }
+                Err(_) => {}
             }
         }
         write_protect_all(&uffd, &protect).dumping(pid, stage)?;
@@ -663,6 +679,8 @@ impl Tracker {
             let len = v.end - v.start;
             match self.uffd.register(v.start, len, uffd::REGISTER_MODE_WP) {
                 Ok(()) => registered.push(Range { addr: v.start, len }),
+                // Another userfaultfd's (see Tracker::start).
+                Err(e) if e.errno() == Some(libc::EBUSY) => return Ok(false),
                 // Changed since the survey (moved, unmapped): not tracked;
                 // its pages, never protected, are copied at the freeze.
                 Err(e) => failed = Some((v.start, e)),

@@ -231,6 +231,10 @@ pub(crate) async fn checkpoint_into_store(
     opts: godwit_engine::dump::DumpOptions,
 ) -> Result<(godwit_engine::dump::DumpReport, Option<String>), ApiError> {
     let store = crate::store::open(agent)?;
+    // A tracking kept for the periodic checkpoints of this process would
+    // keep this dump from pre-copying it: lifted (the next periodic one is
+    // then a full one).
+    lock(&agent.tracking).retain(|_, t| t.pid != pid);
     let leave_running = opts.leave_running;
     let i = id.to_string();
     let r = tokio::task::spawn_blocking(move || {
