@@ -92,6 +92,48 @@ pub fn dump(
     Ok((r, id, parent))
 }
 
+/// Takes `n` checkpoints of `pids` into the store in `dir`, `every` apart,
+/// named NAME-1 ... NAME-n: the write tracking stays armed between them,
+/// and each after the first is incremental (it takes the previous one's
+/// page files by reference and stores only the pages written since), or a
+/// full one when the engine falls back (see `dump::dump_tracked`). The
+/// tracking is lifted at the end, and on an error.
+pub fn dump_series(
+    pids: &[i32],
+    dir: &Path,
+    name: &str,
+    n: u32,
+    every: std::time::Duration,
+    opts: &DumpOptions,
+    progress: &dyn Progress,
+) -> anyhow::Result<Vec<(DumpReport, String, Option<String>)>> {
+    let store = Store::open(dir)?;
+    let mut tracking: Option<godwit_engine::precopy::Tracking> = None;
+    let mut previous: Option<String> = None;
+    let mut done = Vec::new();
+    for i in 1..=n {
+        if i > 1 {
+            std::thread::sleep(every);
+        }
+        let id = format!("{name}-{i}");
+        let medium = match (&previous, &tracking) {
+            (Some(from), Some(_)) => StoreMedium::linking_from(&store, &id, Some(pids[0]), from)?,
+            _ => StoreMedium::new(&store, &id, Some(pids[0]))?,
+        };
+        let parent = medium.parent().map(str::to_string);
+        let writer = godwit_image::ImageWriter::to_medium(Box::new(medium));
+        let (r, kept) =
+            godwit_engine::dump::dump_tracked(pids, writer, opts, progress, tracking.take())?;
+        tracking = kept;
+        previous = Some(id.clone());
+        done.push((r, id, parent));
+    }
+    if let Some(t) = tracking {
+        t.lift();
+    }
+    Ok(done)
+}
+
 /// The default name of a checkpoint of `pid`.
 pub fn default_id(pid: i32) -> String {
     let ms = std::time::SystemTime::now()

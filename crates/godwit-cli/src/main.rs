@@ -103,6 +103,20 @@ enum Cmd {
         /// are stored in the page file.
         #[arg(long, value_name = "BYTES")]
         max_deleted_file_size: Option<u64>,
+        /// With --store and --leave-running: take N checkpoints, --every
+        /// MS apart, named CHECKPOINT-1 ... CHECKPOINT-N. The pages' write
+        /// tracking stays armed between them, so each after the first
+        /// copies and stores only the pages written since the previous one
+        /// (whose page files it takes by reference: an incremental
+        /// checkpoint). A checkpoint falls back to a full one when the
+        /// process tree changed or its page stream holds more stale copies
+        /// than live pages.
+        #[arg(long, value_name = "N", requires_all = ["store", "leave_running"])]
+        series: Option<u32>,
+        /// With --series: milliseconds between the checkpoints (from the
+        /// end of one to the start of the next).
+        #[arg(long, value_name = "MS", requires = "series", default_value_t = 1000)]
+        every: u64,
     },
     /// Restore a process from an image, with the same PID and thread IDs.
     ///
@@ -375,6 +389,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             shell_job,
             tcp_established,
             max_deleted_file_size,
+            series,
+            every,
         } => {
             let bar = Bar::new();
             let opts = DumpOptions {
@@ -388,6 +404,47 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 max_deleted_file_size,
                 max_frozen_copy: None,
             };
+            if let (Some(n), Some(s)) = (series, &store) {
+                let name = checkpoint
+                    .clone()
+                    .unwrap_or_else(|| checkpoints::default_id(pids[0]));
+                let every = std::time::Duration::from_millis(every);
+                let done = checkpoints::dump_series(&pids, s, &name, n, every, &opts, &bar)?;
+                bar.0.finish_and_clear();
+                let list: Vec<serde_json::Value> = done
+                    .iter()
+                    .map(|(r, id, parent)| {
+                        serde_json::json!({
+                            "checkpoint": id, "parent": parent,
+                            "incremental": r.precopy.incremental,
+                            "memory_bytes": r.memory_bytes, "image_bytes": r.image_bytes,
+                            "frozen_ms": r.frozen.as_secs_f64() * 1e3,
+                            "total_ms": r.total.as_secs_f64() * 1e3,
+                            "bytes_running": r.precopy.bytes_running,
+                            "bytes_frozen": r.precopy.bytes_frozen,
+                            "bytes_linked": r.precopy.bytes_linked,
+                        })
+                    })
+                    .collect();
+                if cli.json {
+                    println!(
+                        "{}",
+                        serde_json::json!({"pid": pids[0], "store": s, "series": list})
+                    );
+                } else {
+                    for (r, id, _) in &done {
+                        println!(
+                            "checkpoint {id}: {}, {:.1} MiB copied ({:.1} MiB of the previous one taken by reference) in {:.1} ms (frozen {:.1} ms)",
+                            if r.precopy.incremental { "incremental" } else { "full" },
+                            (r.precopy.bytes_running + r.precopy.bytes_frozen) as f64 / (1 << 20) as f64,
+                            r.precopy.bytes_linked as f64 / (1 << 20) as f64,
+                            r.total.as_secs_f64() * 1e3,
+                            r.frozen.as_secs_f64() * 1e3,
+                        );
+                    }
+                }
+                return Ok(());
+            }
             let (r, target, saved) = match (&store, &images) {
                 (Some(s), _) => {
                     let (r, id, parent) =

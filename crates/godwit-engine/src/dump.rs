@@ -98,6 +98,11 @@ pub struct PrecopyReport {
     /// Bytes of theirs copied while frozen (written since their last copy,
     /// or not tracked).
     pub bytes_frozen: u64,
+    /// An incremental dump ([`dump_tracked`]): the previous dump's page
+    /// files were taken by reference, these bytes of them.
+    pub bytes_linked: u64,
+    /// Whether this dump went on from the previous dump's tracking.
+    pub incremental: bool,
 }
 
 /// Each root passes [`precheck`]; there is at least one, none twice, and
@@ -449,11 +454,58 @@ pub fn dump_into(
 /// and the writer commits nothing.
 pub fn dump_to(
     roots: &[i32],
-    mut writer: ImageWriter,
+    writer: ImageWriter,
     opts: &DumpOptions,
     progress: &dyn Progress,
     end: End,
 ) -> Result<(DumpReport, Option<Held>)> {
+    dump_keeping(roots, writer, opts, progress, end, None).map(|(r, held, _)| (r, held))
+}
+
+/// A dump that leaves the processes running (`opts.leave_running`) and
+/// keeps the write tracking of their pre-copy armed afterwards (returned;
+/// `None` if no process could be tracked): given back to the next dump of
+/// the same tree, into a medium that can take the page files of this
+/// dump's image by reference (a chunk store:
+/// `godwit_store::StoreMedium::linking_from`), that dump copies only the
+/// pages written since, and its image lists this one's page files followed
+/// by the new ones (an incremental checkpoint). If the tracking does not
+/// match the tree any more (a process new, gone or replaced; exec; a VMA
+/// that cannot be tracked), or a stream holds more stale copies than live
+/// pages, the dump is a full one and starts a new tracking.
+pub fn dump_tracked(
+    roots: &[i32],
+    writer: ImageWriter,
+    opts: &DumpOptions,
+    progress: &dyn Progress,
+    tracking: Option<precopy::Tracking>,
+) -> Result<(DumpReport, Option<precopy::Tracking>)> {
+    check_roots(roots)?;
+    if !opts.leave_running || opts.no_cow || opts.no_precopy {
+        return Err(EngineError::Unsupported {
+            pid: roots[0],
+            what: "an incremental dump without --leave-running and its pre-copy".into(),
+        });
+    }
+    let writer = writer.sync(!opts.no_sync);
+    let keep = Keep { tracking };
+    dump_keeping(roots, writer, opts, progress, End::Release, Some(keep))
+        .map(|(r, _, tracking)| (r, tracking))
+}
+
+/// What [`dump_tracked`] carries into the dump.
+struct Keep {
+    tracking: Option<precopy::Tracking>,
+}
+
+fn dump_keeping(
+    roots: &[i32],
+    mut writer: ImageWriter,
+    opts: &DumpOptions,
+    progress: &dyn Progress,
+    end: End,
+    keep: Option<Keep>,
+) -> Result<(DumpReport, Option<Held>, Option<precopy::Tracking>)> {
     let t0 = Instant::now();
     check_roots(roots)?;
     let pid = roots[0];
@@ -467,7 +519,15 @@ pub fn dump_to(
     };
     // --leave-running: first copy the memory while the processes run
     // (crate::precopy); the freeze then copies only what changed since.
-    let (mut trackers, stopped_before) = if precopy {
+    let keeping = keep.is_some();
+    let resumed = match keep.and_then(|k| k.tracking) {
+        Some(tracking) if precopy => precopy::resume(tracking, roots, &mut writer, progress)?,
+        _ => None,
+    };
+    let incremental = resumed.is_some();
+    let (mut trackers, stopped_before) = if let Some(pre) = resumed {
+        (pre.trackers, pre.stopped)
+    } else if precopy {
         let pre = precopy::run(
             roots,
             &mut writer,
@@ -626,6 +686,9 @@ pub fn dump_to(
     let mut precopied = PrecopyReport::default();
     // Lifted once the processes run (or dropped once they are ended).
     let mut protections = Vec::new();
+    // Trackers kept armed for the next dump (dump_tracked).
+    let mut kept = std::collections::HashMap::new();
+    precopied.incremental = incremental;
     for (i, p) in procs.iter_mut().enumerate().filter(|(_, p)| !p.zombie) {
         let tracked = plans[i]
             .as_ref()
@@ -635,12 +698,20 @@ pub fn dump_to(
                 writer.add_flags(godwit_image::FLAG_SCATTERED_PAGES);
                 precopied.processes += 1;
                 precopied.rounds = precopied.rounds.max(t.rounds);
-                precopied.bytes_running += plan.copy_from;
+                precopied.bytes_running += plan.copy_from - t.base;
+                precopied.bytes_linked += t.base;
                 precopied.bytes_frozen += plan.end - plan.copy_from;
-                let (mut w, protection) = t.finish();
-                protections.push(protection);
-                w.append(&mut fresh[i]);
-                w
+                if keeping {
+                    let mut t = t;
+                    let w = t.keep(&fresh[i]);
+                    kept.insert(p.pid, t);
+                    w
+                } else {
+                    let (mut w, protection) = t.finish();
+                    protections.push(protection);
+                    w.append(&mut fresh[i]);
+                    w
+                }
             }
             None => match copied.get_mut(i).and_then(Option::take) {
                 Some(mut w) => {
@@ -785,6 +856,7 @@ pub fn dump_to(
     };
     tracing::debug!(ms = t0.elapsed().as_secs_f64() * 1e3, "committed");
     let frozen_time = frozen_time.unwrap_or_else(|| frozen_at.elapsed() + stopped_before);
+    let tracking = (!kept.is_empty()).then(|| precopy::Tracking::new(kept));
     Ok((
         DumpReport {
             pid,
@@ -803,6 +875,7 @@ pub fn dump_to(
             outside_terminals,
         },
         held,
+        tracking,
     ))
 }
 

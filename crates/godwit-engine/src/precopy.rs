@@ -246,6 +246,13 @@ pub struct Tracker {
     /// which this process's memory reaches the medium (the link, in a
     /// migration).
     copied: (u64, Duration),
+    /// End of the page stream when this dump began: zero, or for a tracker
+    /// kept from the previous dump ([`Tracking`]), the end of that dump's
+    /// stream, whose files this one takes by reference.
+    pub base: u64,
+    /// The process's start time (/proc/PID/stat), to tell it from another
+    /// process given the same PID later.
+    start_time: u64,
 }
 
 /// The plan of a frozen process's parent, for the pages they share
@@ -326,6 +333,156 @@ pub fn run(
     Ok(Precopy { trackers, stopped })
 }
 
+/// Page files in one process's stream at most before a full dump starts a
+/// new stream ([`Tracker::worth_resuming`]).
+const MAX_CHAIN_FILES: usize = 256;
+/// Stale bytes per live byte in one process's stream at most before a full
+/// dump starts a new one ([`Tracker::worth_resuming`]).
+const STALE_PER_LIVE: u64 = 2;
+
+/// The write tracking of a tree's processes kept armed after a dump
+/// (`dump::dump_tracked`), for the next dump of the same tree to copy only
+/// what was written since. Dropping it lifts the protection (the
+/// descriptors close).
+pub struct Tracking {
+    trackers: HashMap<i32, Tracker>,
+}
+
+impl Tracking {
+    pub(crate) fn new(trackers: HashMap<i32, Tracker>) -> Tracking {
+        Tracking { trackers }
+    }
+
+    /// The processes tracked.
+    pub fn pids(&self) -> Vec<i32> {
+        let mut v: Vec<i32> = self.trackers.keys().copied().collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// Lifts the protection now (the processes may be running).
+    pub fn lift(self) {
+        for (_, t) in self.trackers {
+            t.finish().1.lift();
+        }
+    }
+}
+
+impl std::fmt::Debug for Tracking {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tracking")
+            .field("pids", &self.pids())
+            .finish()
+    }
+}
+
+/// Takes up `tracking` (kept from the previous dump of the tree at
+/// `roots`) for the next dump into `writer`: see [`Tracker::resume`].
+/// `None` when it does not match the tree as it is now (a process gone,
+/// new, or another with the same PID; a tree process holding enough memory
+/// but not tracked), a tracker cannot go on, or a stream is due for
+/// compaction: the protection is lifted, anything this did to `writer` is
+/// undone, and the caller takes a full dump ([`run`]).
+pub fn resume(
+    tracking: Tracking,
+    roots: &[i32],
+    writer: &mut ImageWriter,
+    progress: &dyn Progress,
+) -> Result<Option<Precopy>> {
+    let mut trackers = tracking.trackers;
+    let tree = tree_of(roots);
+    let mut why = None;
+    for &pid in &tree {
+        let tracked = trackers.get(&pid);
+        let same = tracked.is_some_and(|t| start_time(pid).is_ok_and(|s| s == t.start_time));
+        if tracked.is_some() && !same {
+            why = Some(format!("process {pid} is not the one tracked"));
+        } else if tracked.is_none() && holds_enough(pid) {
+            why = Some(format!("process {pid} is not tracked"));
+        } else if tracked.is_some_and(|t| !t.worth_resuming()) {
+            why = Some(format!(
+                "the page stream of process {pid} is due for compaction"
+            ));
+        }
+    }
+    if let Some(pid) = trackers.keys().find(|p| !tree.contains(p)) {
+        why = Some(format!("tracked process {pid} left the tree"));
+    }
+    if let Some(why) = why {
+        tracing::info!("a full dump: {why}");
+        Tracking { trackers }.lift();
+        return Ok(None);
+    }
+    let t = Instant::now();
+    let mark = writer.mark();
+    // The previous dump's page files go into this image by reference
+    // (`writer`'s medium must share them, e.g. the chunk store), every
+    // process's before any new file is made: new files are numbered after
+    // them.
+    let mut linked = Ok(());
+    for t in trackers.values() {
+        linked = t
+            .files
+            .iter()
+            .try_for_each(|(info, _)| writer.link_page_file(info));
+        if linked.is_err() {
+            break;
+        }
+    }
+    let mut ok = true;
+    if let Err(e) = linked {
+        tracing::info!("the previous page files cannot be taken, a full dump: {e}");
+        ok = false;
+    }
+    for t in trackers.values_mut() {
+        if !ok {
+            break;
+        }
+        ok = match t.resume(writer, progress) {
+            Ok(going_on) => going_on,
+            Err(e) => {
+                tracing::info!(pid = t.pid, "tracking given up, a full dump: {e}");
+                false
+            }
+        };
+    }
+    if !ok {
+        writer.discard_since(mark)?;
+        Tracking { trackers }.lift();
+        return Ok(None);
+    }
+    tracing::debug!(
+        ms = t.elapsed().as_secs_f64() * 1e3,
+        processes = trackers.len(),
+        "tracking resumed"
+    );
+    Ok(Some(Precopy {
+        trackers,
+        stopped: Duration::ZERO,
+    }))
+}
+
+/// The PIDs of the trees at `roots`, as they are now.
+fn tree_of(roots: &[i32]) -> Vec<i32> {
+    let mut out = Vec::new();
+    let mut queue = roots.to_vec();
+    while let Some(pid) = queue.pop() {
+        if out.contains(&pid) || out.len() > 4096 {
+            continue;
+        }
+        out.push(pid);
+        queue.extend(godwit_sys::process::children(pid).unwrap_or_default());
+    }
+    out
+}
+
+/// The start time of process `pid` (clock ticks after boot).
+fn start_time(pid: i32) -> Result<u64> {
+    Ok(proc::stat(pid)
+        .dumping(pid, "reading the process status")?
+        .start_time)
+}
+
 /// Whether a process of the tree at `root` (as it looks now, running) holds
 /// enough memory to pre-copy: if none does, the short stop is spared.
 fn worth_it(root: i32) -> bool {
@@ -389,12 +546,28 @@ impl Tracker {
         let mut protect = Vec::new();
         for v in vmas.iter().filter(|v| cow_able(v)) {
             let len = v.end - v.start;
-            if uffd.register(v.start, len, uffd::REGISTER_MODE_WP).is_ok() {
-                registered.push(Range { addr: v.start, len });
-                protect.extend(v.pages.iter().map(|r| Range {
-                    addr: r.addr,
-                    len: r.nr_pages * PAGE_SIZE,
-                }));
+            match uffd.register(v.start, len, uffd::REGISTER_MODE_WP) {
+                Ok(()) => {
+                    registered.push(Range { addr: v.start, len });
+                    protect.extend(v.pages.iter().map(|r| Range {
+                        addr: r.addr,
+                        len: r.nr_pages * PAGE_SIZE,
+                    }));
+                }
+                Err(e) if e.errno() == Some(libc::EBUSY) => {
+                    // Registered with another userfaultfd (a tracking kept
+                    // for incremental checkpoints, or the program's own):
+                    // its pages may be write-protected by that one, which
+                    // the scans here cannot tell from pages unchanged since
+                    // a copy. No pre-copy.
+                    tracing::info!(
+                        pid,
+                        addr = v.start,
+                        "memory tracked by another userfaultfd: no pre-copy"
+                    );
+                    return Ok(None);
+                }
+                Err(_) => {}
             }
         }
         write_protect_all(&uffd, &protect).dumping(pid, stage)?;
@@ -416,32 +589,14 @@ impl Tracker {
             shared,
             written_since: Vec::new(),
             copied: (0, Duration::ZERO),
+            base: 0,
+            start_time: start_time(pid)?,
         };
         progress.stage("pre-copying memory", sum(&protect));
         tracker.copy(&protect, writer, progress)?;
         let first = t.elapsed();
         let pagemap = Pagemap::open(pid).dumping(pid, stage)?;
-        let mut last = u64::MAX;
-        for _ in 0..MAX_ROUNDS {
-            // The scan protects what it reports again: that must be copied
-            // whatever happens next, or its changes would be lost.
-            let written = tracker.scan_written(&pagemap)?;
-            let bytes = sum(&written);
-            if !tracker.shared.is_empty() {
-                tracker.written_since = union(&tracker.written_since, &written);
-            }
-            if bytes == 0 {
-                last = 0;
-                break;
-            }
-            tracker.copy(&written, writer, progress)?;
-            tracker.rounds += 1;
-            let shrinking = bytes * 2 <= last;
-            last = bytes;
-            if bytes <= SMALL_ENOUGH || !shrinking {
-                break;
-            }
-        }
+        let last = tracker.rounds(&pagemap, writer, progress)?;
         if last > NOT_CONVERGED && !unconverged {
             // It writes faster than it can be copied: what it writes until
             // the freeze would be copied while frozen. A copy-on-write
@@ -464,6 +619,121 @@ impl Tracker {
             "pre-copied"
         );
         Ok(Some(tracker))
+    }
+
+    /// Copies again, a few rounds, what the process wrote since its pages
+    /// were last protected. Returns the bytes written during the last round
+    /// (what is left to copy at the freeze).
+    fn rounds(
+        &mut self,
+        pagemap: &Pagemap,
+        writer: &mut ImageWriter,
+        progress: &dyn Progress,
+    ) -> Result<u64> {
+        let tracker = self;
+        let mut last = u64::MAX;
+        for _ in 0..MAX_ROUNDS {
+            // The scan protects what it reports again: that must be copied
+            // whatever happens next, or its changes would be lost.
+            let written = tracker.scan_written(&pagemap)?;
+            let bytes = sum(&written);
+            if !tracker.shared.is_empty() {
+                tracker.written_since = union(&tracker.written_since, &written);
+            }
+            if bytes == 0 {
+                last = 0;
+                break;
+            }
+            tracker.copy(&written, writer, progress)?;
+            tracker.rounds += 1;
+            let shrinking = bytes * 2 <= last;
+            last = bytes;
+            if bytes <= SMALL_ENOUGH || !shrinking {
+                break;
+            }
+        }
+        Ok(last)
+    }
+
+    /// Takes up a tracker kept from the previous dump of this process
+    /// ([`Tracking`]) for the next one, its page files already taken into
+    /// this image by reference (see [`resume`]): every private anonymous VMA of the process now is
+    /// registered (new ones too; those already are stay as they are), and
+    /// the rounds copy what was written since (the first one finds also the
+    /// pages of new VMAs and those copied at the last freeze, never
+    /// protected since). `Ok(false)`: this tracker cannot go on (a VMA
+    /// cannot be registered, the process writes faster than it is copied);
+    /// the caller takes a full dump.
+    fn resume(&mut self, writer: &mut ImageWriter, progress: &dyn Progress) -> Result<bool> {
+        let pid = self.pid;
+        let stage = "pre-copying memory";
+        self.base = self.end;
+        self.rounds = 0;
+        self.copied = (0, Duration::ZERO);
+        // Pages shared with a parent are not followed across dumps.
+        self.shared.clear();
+        self.written_since.clear();
+        let maps = proc::maps(pid).dumping(pid, "reading the memory map")?;
+        let (surveyed, vmas) = memory::survey_entries(pid, &maps)?;
+        let mut registered = Vec::new();
+        let mut failed = None;
+        for v in vmas.iter().filter(|v| cow_able(v)) {
+            let len = v.end - v.start;
+            match self.uffd.register(v.start, len, uffd::REGISTER_MODE_WP) {
+                Ok(()) => registered.push(Range { addr: v.start, len }),
+                // Another userfaultfd's (see Tracker::start).
+                Err(e) if e.errno() == Some(libc::EBUSY) => return Ok(false),
+                // Changed since the survey (moved, unmapped): not tracked;
+                // its pages, never protected, are copied at the freeze.
+                Err(e) => failed = Some((v.start, e)),
+            }
+        }
+        if let Some((addr, e)) = failed {
+            if registered.is_empty() {
+                // Its memory went (exec): the descriptor's is not its own.
+                tracing::info!(pid, addr, "tracking cannot go on: {e}");
+                return Ok(false);
+            }
+            tracing::debug!(
+                pid,
+                addr,
+                "a VMA changed since the survey, not tracked: {e}"
+            );
+        }
+        self.registered = registered;
+        self.surveyed = surveyed;
+        progress.stage(stage, 0);
+        let pagemap = Pagemap::open(pid).dumping(pid, stage)?;
+        let last = self.rounds(&pagemap, writer, progress)?;
+        tracing::debug!(
+            pid,
+            rounds = self.rounds,
+            copied = self.end - self.base,
+            linked = self.base,
+            "resumed the tracking of the previous dump"
+        );
+        Ok(last <= NOT_CONVERGED)
+    }
+
+    /// Whether this kept tracker's stream is worth carrying on: it grows
+    /// by what is written at every dump and holds stale copies (which a
+    /// restore reads too); once they are more than twice the live ones (or
+    /// the stream has many files), a full dump starts a new one.
+    fn worth_resuming(&self) -> bool {
+        let live: u64 = self.copies.0.iter().map(|(s, (e, _))| e - s).sum();
+        let stale = self.end.saturating_sub(live);
+        stale <= STALE_PER_LIVE * live && self.files.len() <= MAX_CHAIN_FILES
+    }
+
+    /// After a dump that keeps its tracking: the page files of this
+    /// process's stream as the image lists them (`fresh`, the part copied
+    /// at the freeze, appended), kept for the next dump.
+    pub fn keep(&mut self, fresh: &[(PageFileInfo, PageSpan)]) -> Vec<(PageFileInfo, PageSpan)> {
+        self.files.extend(fresh.iter().cloned());
+        if let Some((_, span)) = self.files.last() {
+            self.end = self.end.max(span.start + span.len);
+        }
+        self.files.clone()
     }
 
     /// Pages of the tracked VMAs written since they were last protected,

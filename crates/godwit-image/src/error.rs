@@ -370,6 +370,20 @@ pub enum ImageError {
         max: u64,
     },
 
+    /// A page file of an earlier image cannot be taken by reference
+    /// (`ImageWriter::link_page_file`).
+    #[error(
+        "{location}: page file {name:?} cannot be taken by reference from an earlier image: {why}"
+    )]
+    LinkRefused {
+        /// Where the image goes.
+        location: PathBuf,
+        /// The page file.
+        name: String,
+        /// Why not.
+        why: String,
+    },
+
     /// A medium defined outside this crate (e.g. the node's chunk store,
     /// `godwit-store`) failed; its error names what and where.
     #[error("{location}: {source}")]

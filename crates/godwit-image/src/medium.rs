@@ -40,6 +40,19 @@ pub trait Medium: Send + Sync + std::fmt::Debug {
     fn commit(&self, manifest: &[u8], sync: bool) -> Result<(), ImageError>;
     /// The writer is dropped without a commit: remove what it made.
     fn abandon(&self, created: &[String]);
+    /// Takes page file `info` of the earlier image this medium was told to
+    /// link from (an incremental checkpoint's parent) into this image by
+    /// reference, unchanged and without copying its bytes. Only a medium
+    /// that can share a file between images does (the chunk store: the
+    /// parent's list of chunks); the others refuse, and the caller takes a
+    /// full image instead.
+    fn link_page_file(&self, info: &crate::PageFileInfo) -> Result<(), ImageError> {
+        Err(ImageError::LinkRefused {
+            location: self.location().to_owned(),
+            name: info.name.clone(),
+            why: "this medium keeps no earlier image to share files with".into(),
+        })
+    }
 }
 
 /// One page file being written.

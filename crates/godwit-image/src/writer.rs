@@ -216,6 +216,35 @@ impl ImageWriter {
         })
     }
 
+    /// Takes page file `info` of an earlier image into this one by
+    /// reference ([`Medium::link_page_file`]): listed under its own name and
+    /// committed like a file this writer created; later page files are
+    /// numbered after it. Refused by media that cannot share files.
+    pub fn link_page_file(&self, info: &PageFileInfo) -> Result<(), ImageError> {
+        let mut files = self.files.lock().expect("page file list");
+        if files.created.iter().any(|n| n == &info.name) {
+            return Err(ImageError::DuplicatePageFile {
+                path: self.medium.location().to_owned(),
+                name: info.name.clone(),
+            });
+        }
+        let n = info
+            .name
+            .strip_prefix("pages-")
+            .and_then(|r| r.strip_suffix(".img"))
+            .and_then(|d| d.parse::<u64>().ok());
+        let Some(n) = n else {
+            return Err(ImageError::BadPageFileName {
+                path: self.medium.location().to_owned(),
+                name: info.name.clone(),
+            });
+        };
+        self.medium.link_page_file(info)?;
+        files.next = files.next.max(n + 1);
+        files.created.push(info.name.clone());
+        Ok(())
+    }
+
     /// Commits the image: after this returns Ok, [`ImageReader::open`](crate::ImageReader::open)
     /// accepts the directory.
     ///

@@ -33,6 +33,10 @@ struct State {
     batch: Batch,
     /// The shared store lock, held until the commit or the end.
     lock: Option<File>,
+    /// The checkpoint whose page files may be taken by reference
+    /// ([`StoreMedium::linking_from`]): its page files, with the size and
+    /// xxh3 its manifest gives each.
+    link_from: Option<(String, HashMap<String, (StoredFile, u64)>)>,
 }
 
 #[derive(Debug)]
@@ -101,6 +105,36 @@ impl StoreMedium {
                 }),
             }),
         })
+    }
+
+    /// Starts checkpoint `id` of process `pid` as an incremental one: its
+    /// page files may be those of checkpoint `from` (its parent, recorded
+    /// as such), taken by reference ([`Medium::link_page_file`]: the
+    /// parent's list of chunks is copied, no byte). Removing `from` later
+    /// does not break it: the chunks stay as long as a checkpoint lists them.
+    pub fn linking_from(
+        store: &Store,
+        id: &str,
+        pid: Option<i32>,
+        from: &str,
+    ) -> Result<StoreMedium> {
+        let mut m = StoreMedium::new(store, id, pid)?;
+        let (meta, manifest) = store.read_checkpoint(from)?;
+        let decoded =
+            godwit_image::decode_manifest_bytes(&manifest).map_err(|source| StoreError::Image {
+                checkpoint: from.to_string(),
+                source,
+            })?;
+        let mut files = HashMap::new();
+        for f in meta.files {
+            if let Some(p) = decoded.page_files.iter().find(|p| p.name == f.name) {
+                files.insert(f.name.clone(), (f, p.xxh3));
+            }
+        }
+        let inner = Arc::get_mut(&mut m.inner).expect("not shared yet");
+        inner.parent = Some(from.to_string());
+        lock(&inner.state).link_from = Some((from.to_string(), files));
+        Ok(m)
     }
 
     /// The parent the checkpoint will record.
@@ -272,6 +306,37 @@ impl Medium for StoreMedium {
     fn commit(&self, manifest: &[u8], sync: bool) -> std::result::Result<(), ImageError> {
         self.commit_inner(manifest, sync)
             .map_err(|e| medium_error(&self.inner.location, e))
+    }
+
+    fn link_page_file(
+        &self,
+        info: &godwit_image::PageFileInfo,
+    ) -> std::result::Result<(), ImageError> {
+        let refused = |why: String| ImageError::LinkRefused {
+            location: self.inner.location.clone(),
+            name: info.name.clone(),
+            why,
+        };
+        let mut st = lock(&self.inner.state);
+        let Some((from, files)) = &st.link_from else {
+            return Err(refused("no parent checkpoint to take it from".into()));
+        };
+        let file = match files.get(&info.name) {
+            Some((f, xxh3)) if f.size == info.size && *xxh3 == info.xxh3 => f.clone(),
+            Some(_) => {
+                return Err(refused(format!(
+                    "checkpoint {from} holds a different file of that name"
+                )))
+            }
+            None => return Err(refused(format!("checkpoint {from} holds no such file"))),
+        };
+        if st.files.contains_key(&info.name) {
+            return Err(refused(
+                "this checkpoint holds one of that name already".into(),
+            ));
+        }
+        st.files.insert(info.name.clone(), file);
+        Ok(())
     }
 
     fn abandon(&self, _created: &[String]) {

@@ -288,3 +288,62 @@ fn only_the_missing_chunks_are_sent() {
     );
     assert!(!three.contains("b"));
 }
+
+/// An incremental checkpoint takes its parent's page file by reference (no
+/// byte stored again, numbered after it), adds one of its own, and stays
+/// whole once the parent is removed and collected. A file that is not the
+/// parent's as described is refused; a directory refuses to link at all.
+#[test]
+fn linked_page_files_are_shared_and_outlive_the_parent() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Store::open(&tmp.path().join("s")).unwrap().sync(false);
+    let base = noise(3, 4 << 20);
+    let medium = StoreMedium::new(&store, "a", Some(7)).unwrap();
+    let writer = ImageWriter::to_medium(Box::new(medium));
+    let mut f = writer.page_file().unwrap();
+    f.write_all(&base).unwrap();
+    let parent_file = f.finish().unwrap();
+    writer
+        .commit(&"meta of a".to_string(), vec![parent_file.clone()])
+        .unwrap();
+    let before = store.usage().unwrap().bytes;
+
+    let medium = StoreMedium::linking_from(&store, "b", Some(7), "a").unwrap();
+    assert_eq!(medium.parent(), Some("a"));
+    let writer = ImageWriter::to_medium(Box::new(medium));
+    let mut wrong = parent_file.clone();
+    wrong.xxh3 ^= 1;
+    assert!(matches!(
+        writer.link_page_file(&wrong),
+        Err(godwit_image::ImageError::LinkRefused { .. })
+    ));
+    writer.link_page_file(&parent_file).unwrap();
+    let mut f = writer.page_file().unwrap();
+    assert_eq!(f.name(), "pages-1.img", "numbered after the linked file");
+    let fresh = noise(4, 64 << 10);
+    f.write_all(&fresh).unwrap();
+    let new_file = f.finish().unwrap();
+    writer
+        .commit(
+            &"meta of b".to_string(),
+            vec![parent_file.clone(), new_file],
+        )
+        .unwrap();
+    let added = store.usage().unwrap().bytes - before;
+    assert!(added < 1 << 20, "the child stored {added} bytes");
+
+    store.remove("a").unwrap();
+    store.gc().unwrap();
+    let src = StoreSource::open(&store, "b").unwrap();
+    let reader = ImageReader::from_source(Box::new(src)).unwrap();
+    reader.verify_pages().unwrap();
+    assert!(reader.map_page_file("pages-0.img").unwrap()[..] == base[..]);
+    assert!(reader.map_page_file("pages-1.img").unwrap()[..] == fresh[..]);
+
+    let dir = tmp.path().join("img");
+    let writer = ImageWriter::create(&dir).unwrap();
+    assert!(matches!(
+        writer.link_page_file(&parent_file),
+        Err(godwit_image::ImageError::LinkRefused { .. })
+    ));
+}

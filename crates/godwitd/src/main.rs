@@ -190,6 +190,10 @@ pub struct Agent {
     pub(crate) programs: BTreeMap<String, PathBuf>,
     /// Transparent processes restored or received here.
     pub(crate) transparent: Mutex<BTreeMap<i32, transparent::Managed>>,
+    /// The write tracking kept armed between the periodic checkpoints of
+    /// each protected process (by protection id): the next checkpoint is
+    /// incremental.
+    pub(crate) tracking: Mutex<BTreeMap<String, transparent::Tracked>>,
     /// Unless --fill-before-run: from how many bytes a received migration's
     /// memory is placed after the processes run.
     pub(crate) defer_fill: Option<u64>,
@@ -352,6 +356,7 @@ async fn main() -> anyhow::Result<()> {
         programs,
         defer_fill: (!args.fill_before_run).then_some(godwit_engine::deferred::MIN_BYTES),
         transparent: Mutex::new(BTreeMap::new()),
+        tracking: Mutex::new(BTreeMap::new()),
         stopping: std::sync::atomic::AtomicBool::new(false),
         cluster: Arc::new(cluster),
         balance: balance::Balancer::new(

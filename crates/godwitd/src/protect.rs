@@ -295,6 +295,8 @@ fn fence(agent: &Agent, id: &str, owner: &str, gen: u64) {
 
 /// The owner's loop for `id`: checkpoint, copy, keep the newest.
 async fn run(agent: Arc<Agent>, client: godwit_net::ClientTls, id: String) {
+    // The write tracking kept between checkpoints goes with this loop.
+    let _tracking = crate::transparent::TrackingGuard(agent.clone(), id.clone());
     loop {
         let Some(rec) = lock(&agent.protection.state).owned.get(&id).cloned() else {
             return; // dropped (fenced or unprotected)
@@ -315,7 +317,7 @@ async fn run(agent: Arc<Agent>, client: godwit_net::ClientTls, id: String) {
             leave_running: true,
             ..Default::default()
         };
-        match crate::transparent::checkpoint_into_store(&agent, rec.pid, &ck, opts).await {
+        match crate::transparent::checkpoint_tracked(&agent, &id, rec.pid, &ck, opts).await {
             Ok((r, _)) => {
                 tracing::debug!(id = %id, checkpoint = %ck, frozen_ms = r.frozen.as_secs_f64() * 1e3, "protected: checkpoint")
             }

@@ -231,6 +231,10 @@ pub(crate) async fn checkpoint_into_store(
     opts: godwit_engine::dump::DumpOptions,
 ) -> Result<(godwit_engine::dump::DumpReport, Option<String>), ApiError> {
     let store = crate::store::open(agent)?;
+    // A tracking kept for the periodic checkpoints of this process would
+    // keep this dump from pre-copying it: lifted (the next periodic one is
+    // then a full one).
+    lock(&agent.tracking).retain(|_, t| t.pid != pid);
     let leave_running = opts.leave_running;
     let i = id.to_string();
     let r = tokio::task::spawn_blocking(move || {
@@ -249,6 +253,86 @@ pub(crate) async fn checkpoint_into_store(
         lock(&agent.transparent).remove(&pid);
     }
     r
+}
+
+/// The write tracking of a protected process kept between two of its
+/// periodic checkpoints ([`checkpoint_tracked`]).
+#[derive(Debug)]
+pub struct Tracked {
+    pid: i32,
+    /// The checkpoint it was kept after: the next one's parent, whose page
+    /// files it takes by reference.
+    last: String,
+    tracking: godwit_engine::precopy::Tracking,
+}
+
+/// Lifts the write tracking kept for protection `key` (the protection
+/// ends here: fenced, dropped, or its process gone).
+pub(crate) fn drop_tracking(agent: &Agent, key: &str) {
+    if let Some(t) = lock(&agent.tracking).remove(key) {
+        // Closing the descriptors unregisters the memory.
+        drop(t.tracking);
+    }
+}
+
+/// Drops the tracking kept for a protection when its loop ends.
+pub(crate) struct TrackingGuard(pub Arc<Agent>, pub String);
+
+impl Drop for TrackingGuard {
+    fn drop(&mut self) {
+        drop_tracking(&self.0, &self.1);
+    }
+}
+
+/// [`checkpoint_into_store`] for the periodic checkpoints of protection
+/// `key`: the write tracking stays armed afterwards (kept in the agent), so
+/// that the next checkpoint of the same process copies and stores only the
+/// pages written since, taking this one's page files by reference
+/// (`dump::dump_tracked`). A full checkpoint when nothing is kept, the
+/// process is another, or the previous checkpoint is gone from the store.
+pub(crate) async fn checkpoint_tracked(
+    agent: &Arc<Agent>,
+    key: &str,
+    pid: i32,
+    id: &str,
+    opts: godwit_engine::dump::DumpOptions,
+) -> Result<(godwit_engine::dump::DumpReport, Option<String>), ApiError> {
+    let store = crate::store::open(agent)?;
+    let kept = lock(&agent.tracking)
+        .remove(key)
+        .filter(|t| t.pid == pid && store.contains(&t.last));
+    let i = id.to_string();
+    let r = tokio::task::spawn_blocking(move || {
+        let (from, tracking) = match kept {
+            Some(t) => (Some(t.last), Some(t.tracking)),
+            None => (None, None),
+        };
+        let medium = match &from {
+            Some(from) => godwit_store::StoreMedium::linking_from(&store, &i, Some(pid), from),
+            None => godwit_store::StoreMedium::new(&store, &i, Some(pid)),
+        }
+        .map_err(|e| crate::store::store_error(&e))?;
+        let parent = medium.parent().map(str::to_string);
+        let writer = godwit_image::ImageWriter::to_medium(Box::new(medium));
+        godwit_engine::dump::dump_tracked(&[pid], writer, &opts, &godwit_engine::Quiet, tracking)
+            .map(|(r, t)| (r, parent, t))
+            .map_err(|e| ApiError::new(engine_status(&e), e.to_string()))
+    })
+    .await
+    .map_err(|e| ApiError::new(500, format!("the dump thread failed: {e}")))?;
+    crate::metrics::checkpoint(r.as_ref().ok().map(|r| (r.0.image_bytes, r.0.frozen)));
+    let (report, parent, tracking) = r?;
+    if let Some(tracking) = tracking {
+        lock(&agent.tracking).insert(
+            key.to_string(),
+            Tracked {
+                pid,
+                last: id.to_string(),
+                tracking,
+            },
+        );
+    }
+    Ok((report, parent))
 }
 
 /// `POST /v1/processes/{pid}/adopt` (`operate`): a process of this node

@@ -6,7 +6,7 @@
 //!
 //! Usage: godwit-store-bench [--godwit PATH] [--dir DIR] [--out FILE]
 //!        [--size-mib N] [--corpus-mib N] [--checkpoints N] [--write-mib N]
-//!        [--no-redis]
+//!        [--no-redis] [--incremental-only]
 //!
 //! The page bytes measured are those of a real checkpoint: the load
 //! program (storeload.c, N MiB of mixed pages) is dumped with `godwit dump
@@ -15,6 +15,10 @@
 //! --leave-running`, telling it to rewrite `--write-mib` MiB of random
 //! pages between two (10 MiB: one second at 10 MiB/s), and then
 //! redis-server (if installed) likewise, with keys added between two.
+//! Part C takes the same number of incremental checkpoints of the load
+//! (`godwit dump --store --leave-running --series N --every 1000`: the
+//! write tracking stays armed between them) while the load rewrites
+//! `--write-mib` MiB every second; `--incremental-only` runs only part C.
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -36,6 +40,7 @@ struct Opts {
     checkpoints: u32,
     write_mib: u64,
     redis: bool,
+    incremental_only: bool,
 }
 
 fn parse() -> Opts {
@@ -49,6 +54,7 @@ fn parse() -> Opts {
         checkpoints: 10,
         write_mib: 10,
         redis: true,
+        incremental_only: false,
     };
     let mut a = std::env::args().skip(1);
     while let Some(k) = a.next() {
@@ -65,6 +71,7 @@ fn parse() -> Opts {
             "--checkpoints" => o.checkpoints = v().parse().unwrap_or_else(|_| die("--checkpoints")),
             "--write-mib" => o.write_mib = v().parse().unwrap_or_else(|_| die("--write-mib")),
             "--no-redis" => o.redis = false,
+            "--incremental-only" => o.incremental_only = true,
             _ => die(&format!("unknown argument {k}")),
         }
     }
@@ -330,6 +337,77 @@ fn series(o: &Opts, name: &str, pid: u32, mut between: impl FnMut()) -> Value {
     })
 }
 
+/// Part C: `o.checkpoints` incremental checkpoints of the load (one
+/// `godwit dump --series`, a second apart) into a fresh store while it
+/// rewrites `o.write_mib` MiB every second.
+fn incremental(o: &Opts, load: &mut Load) -> Value {
+    let store = o.dir.join("c-incremental");
+    let _ = std::fs::remove_dir_all(&store);
+    let pid = load.proc.0.id().to_string();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let write_mib = o.write_mib;
+    let t = Instant::now();
+    let v = std::thread::scope(|s| {
+        s.spawn(|| {
+            let mut next = Instant::now();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                load.write(write_mib);
+                next += std::time::Duration::from_secs(1);
+                std::thread::sleep(next.saturating_duration_since(Instant::now()));
+            }
+        });
+        let v = godwit(
+            o,
+            &[
+                "dump",
+                "--pid",
+                &pid,
+                "--store",
+                store.to_str().expect("utf-8"),
+                "--checkpoint",
+                "inc",
+                "--leave-running",
+                "--no-sync",
+                "--series",
+                &o.checkpoints.to_string(),
+                "--every",
+                "1000",
+            ],
+        );
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        v
+    });
+    let wall = t.elapsed().as_secs_f64();
+    let ls = godwit(
+        o,
+        &[
+            "checkpoints",
+            "--store",
+            store.to_str().expect("utf-8"),
+            "ls",
+        ],
+    );
+    let list = ls["checkpoints"].as_array().cloned().unwrap_or_default();
+    let mut per = v["series"].as_array().cloned().unwrap_or_default();
+    for (p, c) in per.iter_mut().zip(&list) {
+        p["page_bytes"] = c["page_bytes"].clone();
+        p["new_stored_bytes"] = c["new_stored_bytes"].clone();
+    }
+    let first = list
+        .first()
+        .map_or(0, |c| c["new_stored_bytes"].as_u64().unwrap_or(0));
+    let stored = ls["usage"]["bytes"].as_u64().unwrap_or(0);
+    let _ = std::fs::remove_dir_all(&store);
+    json!({
+        "checkpoints": per,
+        "incremental": per.iter().filter(|p| p["incremental"] == true).count(),
+        "wall_s": wall,
+        "one_full_zstd_bytes": first,
+        "store_bytes": stored,
+        "store_over_one_full_zstd": stored as f64 / first.max(1) as f64,
+    })
+}
+
 fn redis(o: &Opts) -> Option<Value> {
     let server = which("redis-server")?;
     let cli = which("redis-cli")?;
@@ -419,6 +497,30 @@ fn main() {
     eprintln!("starting the load ({} MiB)", o.size_mib);
     let mut load = Load::start(&bin, o.size_mib);
     let pid = load.proc.0.id();
+    if o.incremental_only {
+        eprintln!(
+            "part C: {} incremental checkpoints of the load",
+            o.checkpoints
+        );
+        let c = incremental(&o, &mut load);
+        drop(load);
+        let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+        let v = json!({
+            "bench": "godwit-store-bench --incremental-only",
+            "kernel": kernel.trim(),
+            "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+            "write_mib_per_second": o.write_mib,
+            "load_size_mib": o.size_mib,
+            "incremental": c,
+        });
+        let text = serde_json::to_string_pretty(&v).expect("json");
+        match &o.out {
+            Some(p) => std::fs::write(p, text + "\n")
+                .unwrap_or_else(|e| die(&format!("{}: {e}", p.display()))),
+            None => println!("{text}"),
+        }
+        return;
+    }
     // The corpus: the page file of a real checkpoint of the load.
     let img = o.dir.join("corpus-image");
     let _ = std::fs::remove_dir_all(&img);
@@ -459,6 +561,11 @@ fn main() {
     eprintln!("part B: {} checkpoints of the load", o.checkpoints);
     let write_mib = o.write_mib;
     let b = series(&o, "storeload", pid, || load.write(write_mib));
+    eprintln!(
+        "part C: {} incremental checkpoints of the load",
+        o.checkpoints
+    );
+    let c = incremental(&o, &mut load);
     drop(load);
     let r = if o.redis {
         eprintln!("part B: {} checkpoints of redis-server", o.checkpoints);
@@ -477,6 +584,7 @@ fn main() {
             "write_mib_between": o.write_mib,
             "load_size_mib": o.size_mib,
             "storeload": b,
+            "storeload_incremental": c,
             "redis": r,
         },
     });
