@@ -354,3 +354,106 @@ async fn hello(stream: &mut TcpStream, secret: &str) -> Result<(), String> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checkpoint::{self, Description, Envelope};
+    use crate::codec::Portable;
+
+    fn file() -> (Vec<u8>, Vec<u8>) {
+        let desc = Description {
+            service: "svc".into(),
+            uuid: "u".into(),
+            seq: 4,
+            created_unix_ms: 1,
+            parent: Some("000000000003".into()),
+            extra: json!({}),
+        };
+        let payload = crate::codec::to_vec(&Envelope {
+            state: vec![7u8; 300_000],
+            done: vec![],
+            ops: vec![],
+            workers: vec![],
+            log_seq: 0,
+        });
+        let head =
+            checkpoint::frame_unsummed(&desc, &Envelope::<Vec<u8>>::schema(), payload.len() as u64);
+        (head, payload)
+    }
+
+    async fn port() -> (TcpListener, String) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let a = l.local_addr().unwrap().to_string();
+        (l, a)
+    }
+
+    #[tokio::test]
+    async fn the_file_arrives_checksummed_after_a_wrong_secret_is_refused() {
+        let (head, payload) = file();
+        let (l, addr) = port().await;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let rx = tokio::spawn(async move {
+            let mut got = receive(l, "the-right-secret-123", deadline).await.unwrap();
+            got.answer(&json!({"ok": true, "id": "x"})).await;
+            got.file
+        });
+        let e = send(
+            &addr,
+            "a-wrong-secret-12345",
+            &head,
+            &payload,
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap_err();
+        assert!(e.new_instance_not_serving());
+        assert!(e.to_string().contains("wrong migration secret"), "{e}");
+        let v = send(
+            &addr,
+            "the-right-secret-123",
+            &head,
+            &payload,
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+        assert_eq!(v["id"], "x");
+        let file = rx.await.unwrap();
+        // The CRC-32 is in place: the file reads as any stored checkpoint.
+        let (d, env) = checkpoint::read::<Envelope<Vec<u8>>>(&file, "svc").unwrap();
+        assert_eq!(d.seq, 4);
+        assert_eq!(env.state.len(), 300_000);
+    }
+
+    #[tokio::test]
+    async fn bytes_changed_in_transit_are_refused() {
+        let (head, payload) = file();
+        let (l, addr) = port().await;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let rx = tokio::spawn(async move { receive(l, "the-right-secret-123", deadline).await });
+        // A sender whose CRC-32 is of other bytes than those it sends.
+        let mut s = TcpStream::connect(&addr).await.unwrap();
+        let secret = "the-right-secret-123";
+        s.write_all(MAGIC).await.unwrap();
+        s.write_all(&(secret.len() as u32).to_le_bytes())
+            .await
+            .unwrap();
+        s.write_all(secret.as_bytes()).await.unwrap();
+        let mut r = BufReader::new(&mut s);
+        assert_eq!(read_answer(&mut r).await.unwrap()["ok"], true);
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(&head[HEADER_LEN..]);
+        crc.update(&payload);
+        let mut bad = payload.clone();
+        bad[1000] ^= 1;
+        s.write_all(&((head.len() + bad.len()) as u64).to_le_bytes())
+            .await
+            .unwrap();
+        s.write_all(&head).await.unwrap();
+        s.write_all(&bad).await.unwrap();
+        s.write_all(&crc.finalize().to_le_bytes()).await.unwrap();
+        let e = rx.await.unwrap().err().unwrap().to_string();
+        assert!(e.contains("corrupted in transit"), "{e}");
+    }
+}

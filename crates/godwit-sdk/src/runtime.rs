@@ -1539,10 +1539,13 @@ impl<S: Service> Shared<S> {
                 return Err(ServiceError::Receive(format!("listen on {bind}: {e}")));
             }
         };
-        let port = listener
-            .local_addr()
-            .map(|a| a.port())
-            .map_err(|e| ServiceError::Receive(format!("listen on {bind}: {e}")))?;
+        let port = match listener.local_addr() {
+            Ok(a) => a.port(),
+            Err(e) => {
+                self.receiving.store(false, SeqCst);
+                return Err(ServiceError::Receive(format!("listen on {bind}: {e}")));
+            }
+        };
         let addr = format!(
             "{}:{port}",
             host(&self.address).unwrap_or_else(|| "127.0.0.1".into())
