@@ -1474,7 +1474,11 @@ impl<S: Service> Shared<S> {
                 let thawed = source.new_instance_not_serving();
                 tracing::warn!(error = %source, %id, thawed, "hand-off failed");
                 if thawed {
-                    self.thaw_locked().await?;
+                    // Serving again even when the re-advertise fails (the lease loop
+                    // does not retry it: say so, but report the hand-off's failure).
+                    if let Err(e) = self.thaw_locked().await {
+                        tracing::error!(error = %e, "thawed after the failed hand-off, but not advertised again");
+                    }
                 }
                 return Err(ServiceError::Handoff { source, thawed });
             }
