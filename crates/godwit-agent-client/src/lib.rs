@@ -350,6 +350,9 @@ pub struct Migration {
     pub switch_over: Duration,
     /// The whole migration, including starting the new process.
     pub total: Duration,
+    /// The checkpoint went straight to the new instance (which then wrote it to the
+    /// store), not through the store.
+    pub streamed: bool,
 }
 
 impl Migration {
@@ -358,11 +361,14 @@ impl Migration {
         json!({
             "uuid": self.uuid, "from": self.from, "to": self.to, "checkpoint": self.checkpoint, "bytes": self.bytes, "ops_in_flight": self.ops_in_flight,
             "switch_over_ms": self.switch_over.as_secs_f64() * 1e3, "total_ms": self.total.as_secs_f64() * 1e3,
+            "path": if self.streamed { "stream" } else { "store" },
         })
     }
 }
 
 const MGMT_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long a streamed hand-off may take, from opening the port to the new instance serving.
+const HANDOFF_WAIT: Duration = Duration::from_secs(300);
 
 /// Resolves a service's address, waiting briefly if it is between two nodes.
 /// Sends management request `req` to service `uuid`, found through
@@ -499,10 +505,13 @@ fn option_urls(args: &[String]) -> Vec<&str> {
 }
 
 /// Migrates service `uuid` to the node whose godwitd is `dest`: start the service binary
-/// there in standby (remote execution), freeze the source at a safe point (checkpoint
-/// shipped to the store), restore on the destination (which re-advertises), stop the
-/// source. A failure before the destination serves thaws the source and kills the new
-/// process: the service stays where it was.
+/// there in standby (remote execution), open its hand-off port with a per-migration
+/// secret, freeze the source at a safe point streaming its checkpoint straight to the
+/// new instance (which restores it, re-advertises, then writes it to the store), stop
+/// the source. A service built before the hand-off goes through the store instead
+/// (freeze ships the checkpoint there, restore on the destination fetches it). A
+/// failure before the destination serves kills the new process and thaws the source:
+/// the service stays where it was.
 pub async fn migrate(names: &Names, dest: &Agent, uuid: &str) -> Result<Migration, AgentError> {
     let t0 = Instant::now();
     let fail = |stage: &'static str, message: String| AgentError::Migrate {
@@ -591,7 +600,90 @@ pub async fn migrate(names: &Names, dest: &Agent, uuid: &str) -> Result<Migratio
         }
     };
 
+    // The hand-off port of the new instance, authenticated by a secret only the two
+    // instances get (each over its own authenticated management channel).
+    let secret = Token::random(godwit_net::Scopes::of(&[]))
+        .map_err(|e| fail("migration secret", e.to_string()))?
+        .secret()
+        .to_string();
+    let port = match mgmt::request(
+        &new_addr,
+        json!({ "op": "receive", "secret": secret, "timeout_secs": HANDOFF_WAIT.as_secs() }),
+        Some(&new_cred),
+        MGMT_TIMEOUT,
+    )
+    .await
+    {
+        Ok(v) => v["address"].as_str().map(str::to_string),
+        Err(mgmt::MgmtError::Failed { message, .. })
+            if message.contains("unknown management operation") =>
+        {
+            tracing::info!(%uuid, "the service's build has no hand-off; migrating through the store");
+            None
+        }
+        Err(e) => {
+            kill_new().await;
+            return Err(fail("open the hand-off port on destination", e.to_string()));
+        }
+    };
+
     let t_switch = Instant::now();
+    if let Some(to) = &port {
+        let frozen = mgmt::request(
+            &src,
+            json!({ "op": "freeze", "stream_to": to, "secret": secret,
+                    "timeout_secs": HANDOFF_WAIT.as_secs() }),
+            Some(token),
+            HANDOFF_WAIT + MGMT_TIMEOUT,
+        )
+        .await;
+        let frozen = match frozen {
+            Ok(v) => v,
+            Err(e) => {
+                // The new instance dies first, then the source serves on (it may have
+                // thawed itself already): never two instances serving.
+                kill_new().await;
+                let thaw =
+                    mgmt::request(&src, json!({ "op": "thaw" }), Some(token), MGMT_TIMEOUT).await;
+                let rolled = match thaw {
+                    Ok(_) => "new instance killed, source thawed, still serving".to_string(),
+                    Err(mgmt::MgmtError::Failed { message, .. })
+                        if message.contains("while serving") =>
+                    {
+                        "new instance killed, source thawed, still serving".to_string()
+                    }
+                    Err(t) => format!("new instance killed; thawing the source failed: {t}"),
+                };
+                return Err(fail(
+                    "stream state to destination",
+                    format!("{e}; {rolled}"),
+                ));
+            }
+        };
+        let switch_over = t_switch.elapsed();
+        if let Err(e) = mgmt::request(
+            &src,
+            json!({ "op": "stop", "checkpoint": false }),
+            Some(token),
+            MGMT_TIMEOUT,
+        )
+        .await
+        {
+            tracing::warn!(error = %e, "stopping the old instance failed; it stays frozen and answers MOVED");
+        }
+        let c = &frozen["checkpoint"];
+        return Ok(Migration {
+            uuid: uuid.to_string(),
+            from: src,
+            to: new_addr,
+            checkpoint: c["id"].as_str().unwrap_or("?").to_string(),
+            bytes: c["bytes"].as_u64().unwrap_or(0),
+            ops_in_flight: c["ops_in_flight"].as_u64().unwrap_or(0),
+            switch_over,
+            total: t0.elapsed(),
+            streamed: true,
+        });
+    }
     let frozen =
         match mgmt::request(&src, json!({ "op": "freeze" }), Some(token), MGMT_TIMEOUT).await {
             Ok(v) => v,
@@ -642,6 +734,7 @@ pub async fn migrate(names: &Names, dest: &Agent, uuid: &str) -> Result<Migratio
         ops_in_flight,
         switch_over,
         total: t0.elapsed(),
+        streamed: false,
     })
 }
 
@@ -879,11 +972,12 @@ pub async fn run_service_cmd(
             let v = m.to_json();
             print(json_out, &v, || {
                 format!(
-                    "migrated {uuid}: {} -> {} (checkpoint {}, {} bytes, switch-over {:.1} ms, total {:.1} ms)",
+                    "migrated {uuid}: {} -> {} (checkpoint {}, {} bytes {}, switch-over {:.1} ms, total {:.1} ms)",
                     m.from,
                     m.to,
                     m.checkpoint,
                     m.bytes,
+                    if m.streamed { "streamed to the new instance, then stored" } else { "through the store" },
                     m.switch_over.as_secs_f64() * 1e3,
                     m.total.as_secs_f64() * 1e3
                 )

@@ -262,6 +262,30 @@ pub struct Description {
 /// Writes a checkpoint file for `envelope`. `payload` may be pre-encoded by the caller
 /// (the runtime encodes under its lock and frames outside it).
 pub fn write(desc: &Description, payload_schema: &Schema, payload: &[u8]) -> Vec<u8> {
+    let mut out = frame(desc, payload_schema, payload);
+    out.reserve_exact(payload.len());
+    out.extend_from_slice(payload);
+    out
+}
+
+/// The start of the checkpoint file for `payload`: the fixed header (with the CRC-32 of
+/// the description and the payload) and the description. The file is this followed by
+/// `payload`, which is not copied (a migration streams both parts as they are).
+pub fn frame(desc: &Description, payload_schema: &Schema, payload: &[u8]) -> Vec<u8> {
+    let mut out = frame_unsummed(desc, payload_schema, payload.len() as u64);
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&out[HEADER_LEN..]);
+    crc.update(payload);
+    out[CRC_AT..CRC_AT + 4].copy_from_slice(&crc.finalize().to_le_bytes());
+    out
+}
+
+/// Offset of the CRC-32 (LE) in the header; it covers everything after the header.
+pub const CRC_AT: usize = 24;
+
+/// [`frame`] with the CRC-32 left 0, for a writer that computes it as it sends the
+/// payload (and puts it at [`CRC_AT`] on the other side).
+pub fn frame_unsummed(desc: &Description, payload_schema: &Schema, payload_len: u64) -> Vec<u8> {
     let mut header = json!({
         "format": FORMAT_VERSION,
         "service": desc.service,
@@ -277,25 +301,26 @@ pub fn write(desc: &Description, payload_schema: &Schema, payload: &[u8]) -> Vec
         }
     }
     let header = header.to_string().into_bytes();
-    let mut crc = crc32fast::Hasher::new();
-    crc.update(&header);
-    crc.update(payload);
-    let crc = crc.finalize();
-    let mut out = Vec::with_capacity(HEADER_LEN + header.len() + payload.len());
+    let mut out = Vec::with_capacity(HEADER_LEN + header.len());
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
     out.extend_from_slice(&0u16.to_le_bytes());
     out.extend_from_slice(&(header.len() as u32).to_le_bytes());
-    out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
-    out.extend_from_slice(&crc.to_le_bytes());
+    out.extend_from_slice(&payload_len.to_le_bytes());
+    out.extend_from_slice(&0u32.to_le_bytes());
     out.extend_from_slice(&0u32.to_le_bytes());
     out.extend_from_slice(&header);
-    out.extend_from_slice(payload);
     out
 }
 
 /// Splits and verifies a checkpoint file: returns the description JSON and the payload.
 pub fn open(file: &[u8]) -> Result<(Value, &[u8]), CheckpointError> {
+    open_with(file, true)
+}
+
+/// [`open`], the CRC-32 checked or not (`check_crc` false when the caller checked it as the
+/// bytes arrived).
+fn open_with(file: &[u8], check_crc: bool) -> Result<(Value, &[u8]), CheckpointError> {
     if file.len() < HEADER_LEN {
         return Err(CheckpointError::Truncated(format!(
             "{} bytes, the header alone is {HEADER_LEN}",
@@ -330,12 +355,14 @@ pub fn open(file: &[u8]) -> Result<(Value, &[u8]), CheckpointError> {
     }
     let (desc, rest) = body.split_at(desc_len as usize);
     let payload = &rest[..payload_len as usize];
-    let mut crc = crc32fast::Hasher::new();
-    crc.update(desc);
-    crc.update(payload);
-    let found = crc.finalize();
-    if found != expected {
-        return Err(CheckpointError::Checksum { found, expected });
+    if check_crc {
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(desc);
+        crc.update(payload);
+        let found = crc.finalize();
+        if found != expected {
+            return Err(CheckpointError::Checksum { found, expected });
+        }
     }
     let json: Value =
         serde_json::from_slice(desc).map_err(|e| CheckpointError::Description(e.to_string()))?;
@@ -430,7 +457,24 @@ pub fn is_damage(e: &CheckpointError) -> bool {
 /// Reads a checkpoint written for `T` (checks magic, version, CRC, service name and schema
 /// compatibility, then decodes).
 pub fn read<T: Portable>(file: &[u8], service: &str) -> Result<(Description, T), CheckpointError> {
-    let (json, payload) = open(file)?;
+    read_with(file, service, true)
+}
+
+/// [`read`] of a file whose CRC-32 the caller has checked already (a hand-off checks it
+/// as the bytes arrive, so the payload is not read once more for it).
+pub fn read_crc_checked<T: Portable>(
+    file: &[u8],
+    service: &str,
+) -> Result<(Description, T), CheckpointError> {
+    read_with(file, service, false)
+}
+
+fn read_with<T: Portable>(
+    file: &[u8],
+    service: &str,
+    check_crc: bool,
+) -> Result<(Description, T), CheckpointError> {
+    let (json, payload) = open_with(file, check_crc)?;
     let desc = description(&json)?;
     if desc.service != service {
         return Err(CheckpointError::WrongService {

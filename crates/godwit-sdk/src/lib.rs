@@ -22,6 +22,7 @@ pub mod checkpoint;
 pub mod client;
 pub mod codec;
 pub mod durable;
+pub mod handoff;
 pub mod mgmt;
 pub mod options;
 pub mod runtime;

@@ -113,6 +113,18 @@ pub enum ServiceError {
         /// First entry in the log after it.
         first: u64,
     },
+    /// Streaming the state to the new instance failed (a migration without the store
+    /// on the critical path).
+    #[error("freeze: hand-off to the new instance failed: {source}; {}", if *thawed { "thawed: this instance serves on" } else { "this instance stays frozen: the new one may have taken over (stop it, then thaw this one)" })]
+    Handoff {
+        /// What went wrong.
+        source: crate::handoff::HandoffError,
+        /// Whether this instance thawed and serves on.
+        thawed: bool,
+    },
+    /// The standby instance cannot receive a hand-off.
+    #[error("receive: {0}")]
+    Receive(String),
     /// A resumable operation in the checkpoint is unknown to this build.
     #[error("restore {id}: operation `{method}` in flight in the checkpoint is not resumable in this build")]
     UnknownOp {
@@ -253,6 +265,8 @@ struct Shared<S: Service> {
     log: Mutex<Option<Arc<CallLog>>>,
     /// Log entries applied again at the last start or restore.
     replayed: AtomicU64,
+    /// A hand-off port is open (standby, waiting for a migration's state).
+    receiving: AtomicBool,
 }
 
 type Hook<S> = Box<dyn Fn(&Ctx<S>) + Send + Sync>;
@@ -457,6 +471,7 @@ impl<S: Service> Server<S> {
             hooks: Mutex::new(Arc::new(Hooks::default())),
             log: Mutex::new(None),
             replayed: AtomicU64::new(0),
+            receiving: AtomicBool::new(false),
             opts,
         });
         Ok(Server { shared, listener })
@@ -1389,7 +1404,12 @@ impl<S: Service> Shared<S> {
 
     /// Checkpoint for a migration: as `checkpoint`, but stay frozen: held calls and
     /// waiting clients are told MOVED, operations stop at their migration points.
-    async fn freeze(self: &Arc<Self>) -> Result<CheckpointInfo, ServiceError> {
+    /// With `to`, the checkpoint goes straight to the new instance instead of the store
+    /// (which it writes once it serves).
+    async fn freeze(
+        self: &Arc<Self>,
+        to: Option<StreamTo>,
+    ) -> Result<CheckpointInfo, ServiceError> {
         let _m = self.mgmt.lock().await;
         if self.mode() != SERVING {
             return Err(ServiceError::WrongMode {
@@ -1411,6 +1431,9 @@ impl<S: Service> Shared<S> {
         let captured = self.capture(true, &workers);
         self.set_mode(FROZEN);
         let pause = t0.elapsed();
+        if let Some(to) = to {
+            return self.hand_off(captured, pause, waited, to).await;
+        }
         match self.upload(captured, pause, waited).await {
             Ok(info) => Ok(info),
             Err(e) => {
@@ -1419,6 +1442,213 @@ impl<S: Service> Shared<S> {
                 Err(e)
             }
         }
+    }
+
+    /// Frames a frozen capture under the next id and streams it to the new instance;
+    /// thaws when the new instance certainly did not take over.
+    async fn hand_off(
+        self: &Arc<Self>,
+        c: Captured,
+        pause: Duration,
+        worker_wait: Duration,
+        to: StreamTo,
+    ) -> Result<CheckpointInfo, ServiceError> {
+        let t = Instant::now();
+        let parent = lock(&self.head).clone();
+        let seq = self.next_seq.fetch_add(1, SeqCst);
+        let desc = Description {
+            service: S::NAME.to_string(),
+            uuid: self.uuid.clone(),
+            seq,
+            created_unix_ms: now_ms(),
+            parent,
+            extra: json!({ "methods": self.methods_json }),
+        };
+        let head =
+            checkpoint::frame_unsummed(&desc, &Envelope::<S>::schema(), c.payload.len() as u64);
+        let id = checkpoint_id(seq);
+        let bytes = (head.len() + c.payload.len()) as u64;
+        match crate::handoff::send(&to.addr, &to.secret, &head, &c.payload, to.timeout).await {
+            Ok(_) => {}
+            Err(source) => {
+                let thawed = source.new_instance_not_serving();
+                tracing::warn!(error = %source, %id, thawed, "hand-off failed");
+                if thawed {
+                    // Serving again even when the re-advertise fails (the lease loop
+                    // does not retry it: say so, but report the hand-off's failure).
+                    if let Err(e) = self.thaw_locked().await {
+                        tracing::error!(error = %e, "thawed after the failed hand-off, but not advertised again");
+                    }
+                }
+                return Err(ServiceError::Handoff { source, thawed });
+            }
+        }
+        let info = CheckpointInfo {
+            id: id.clone(),
+            seq,
+            bytes,
+            payload_bytes: c.payload.len() as u64,
+            unix_ms: desc.created_unix_ms,
+            pause,
+            capture: c.capture,
+            upload: t.elapsed(),
+            ops: c.ops,
+            workers: c.workers,
+            worker_wait,
+            log_seq: c.log_seq,
+        };
+        // The new instance writes the checkpoint to the store (and cuts the durable
+        // call log) once it serves.
+        tracing::info!(%id, to = %to.addr, bytes, "state handed off to the new instance");
+        *lock(&self.head) = Some(id);
+        *lock(&self.last) = Some(info.clone());
+        Ok(info)
+    }
+
+    /// Opens a one-shot hand-off port (standby only) where the frozen old instance of
+    /// a migration sends its checkpoint, authenticated by `secret`; returns its address.
+    /// The state is restored as it arrives, then written to the store.
+    async fn receive(
+        self: &Arc<Self>,
+        secret: String,
+        timeout: Duration,
+    ) -> Result<String, ServiceError> {
+        let _m = self.mgmt.lock().await;
+        if self.mode() != STANDBY {
+            return Err(ServiceError::WrongMode {
+                op: "receive",
+                mode: mode_name(self.mode()),
+            });
+        }
+        if secret.len() < 16 || secret.len() > crate::handoff::MAX_SECRET as usize {
+            return Err(ServiceError::Receive(
+                "the migration secret must be 16 to 1024 bytes".into(),
+            ));
+        }
+        if self.receiving.swap(true, SeqCst) {
+            return Err(ServiceError::Receive(
+                "a hand-off port is already open".into(),
+            ));
+        }
+        // Bound where the service port is; reached under its advertised host.
+        let host = |a: &str| a.rsplit_once(':').map(|(h, _)| h.to_string());
+        let bind = format!(
+            "{}:0",
+            host(&self.opts.listen).unwrap_or_else(|| "127.0.0.1".into())
+        );
+        let listener = match TcpListener::bind(&bind).await {
+            Ok(l) => l,
+            Err(e) => {
+                self.receiving.store(false, SeqCst);
+                return Err(ServiceError::Receive(format!("listen on {bind}: {e}")));
+            }
+        };
+        let port = match listener.local_addr() {
+            Ok(a) => a.port(),
+            Err(e) => {
+                self.receiving.store(false, SeqCst);
+                return Err(ServiceError::Receive(format!("listen on {bind}: {e}")));
+            }
+        };
+        let addr = format!(
+            "{}:{port}",
+            host(&self.address).unwrap_or_else(|| "127.0.0.1".into())
+        );
+        let sh = self.clone();
+        let deadline = tokio::time::Instant::now() + timeout;
+        tokio::spawn(async move {
+            sh.receive_task(listener, secret, deadline).await;
+            sh.receiving.store(false, SeqCst);
+        });
+        tracing::info!(%addr, "hand-off port open for {timeout:?}");
+        Ok(addr)
+    }
+
+    async fn receive_task(
+        self: &Arc<Self>,
+        listener: TcpListener,
+        secret: String,
+        deadline: tokio::time::Instant,
+    ) {
+        // The listing (ids to continue after) is taken while waiting, not after.
+        let list = match self.stored().await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list earlier checkpoints");
+                Vec::new()
+            }
+        };
+        let mut got = match crate::handoff::receive(listener, &secret, deadline).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, "hand-off not received; still in standby");
+                return;
+            }
+        };
+        let _m = self.mgmt.lock().await;
+        let file = std::mem::take(&mut got.file);
+        match self.restore_streamed(&file, &list).await {
+            Ok(info) => {
+                got.answer(&json!({ "ok": true, "id": info.id, "checkpoint": info.to_json() }))
+                    .await;
+                tracing::info!(uuid = %self.uuid, id = %info.id, peer = %got.peer, "restored from a hand-off; writing it to the store");
+                drop(got);
+                self.store_handed_off(&info, file).await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, peer = %got.peer, "hand-off refused; still in standby");
+                got.answer(&json!({ "ok": false, "error": e.to_string() }))
+                    .await;
+            }
+        }
+    }
+
+    /// Restores a handed-off checkpoint file (under the management lock, standby only).
+    async fn restore_streamed(
+        self: &Arc<Self>,
+        file: &[u8],
+        list: &[StoredCheckpoint],
+    ) -> Result<CheckpointInfo, ServiceError> {
+        if self.mode() != STANDBY {
+            return Err(ServiceError::WrongMode {
+                op: "restore",
+                mode: mode_name(self.mode()),
+            });
+        }
+        let t0 = Instant::now();
+        // The CRC-32 was checked as the bytes arrived.
+        let (desc, env) =
+            checkpoint::read_crc_checked::<Envelope<S>>(file, S::NAME).map_err(|source| {
+                ServiceError::Restore {
+                    id: "(handed off)".into(),
+                    source,
+                }
+            })?;
+        let id = checkpoint_id(desc.seq);
+        self.check_fetched(&id, &desc, &env)?;
+        // The newest checkpoint of the instance, not yet in the store: the durable
+        // log's writes (none: the old instance is frozen) follow it, no branch.
+        self.install(t0, id, file.len() as u64, desc, env, list, true, false)
+            .await
+    }
+
+    /// Writes a handed-off checkpoint to the store as it was received (its id and
+    /// parent chosen by the old instance), then cuts the durable log and applies the
+    /// retention policy, as after any checkpoint.
+    async fn store_handed_off(&self, info: &CheckpointInfo, file: Vec<u8>) {
+        let t = Instant::now();
+        if let Err(e) = self.opts.store.put(&self.uuid, &info.id, file).await {
+            tracing::error!(error = %e, id = %info.id, "the handed-off checkpoint could not be written to the store: the store's lineage lacks it (the next checkpoint names it as its parent; take a checkpoint to have one in the store)");
+            return;
+        }
+        tracing::info!(id = %info.id, ms = t.elapsed().as_secs_f64() * 1e3, "handed-off checkpoint written to the store");
+        let log = lock(&self.log).clone();
+        if let Some(log) = log {
+            if let Err(e) = log.truncate_through(info.log_seq) {
+                tracing::warn!(error = %e, "durable call log not cut at checkpoint {}", info.id);
+            }
+        }
+        self.apply_retention(&info.id).await;
     }
 
     async fn thaw_locked(self: &Arc<Self>) -> Result<(), ServiceError> {
@@ -1567,22 +1797,34 @@ impl<S: Service> Shared<S> {
             }
         })?;
         drop(file);
+        self.check_fetched(&id, &desc, &env)?;
+        Ok((id, bytes, desc, env))
+    }
+
+    /// Refuses a checkpoint of another instance or with operations this build cannot
+    /// resume.
+    fn check_fetched(
+        &self,
+        id: &str,
+        desc: &Description,
+        env: &Envelope<S>,
+    ) -> Result<(), ServiceError> {
         if desc.uuid != self.uuid {
             return Err(ServiceError::WrongInstance {
-                id,
-                found: desc.uuid,
+                id: id.to_string(),
+                found: desc.uuid.clone(),
                 expected: self.uuid.clone(),
             });
         }
         for op in &env.ops {
             if self.methods.get(op.method.as_str()) != Some(&MethodKind::Resumable) {
                 return Err(ServiceError::UnknownOp {
-                    id,
+                    id: id.to_string(),
                     method: op.method.clone(),
                 });
             }
         }
-        Ok((id, bytes, desc, env))
+        Ok(())
     }
 
     /// `latest`: the newest checkpoint (the tip of the branch the service last ran on);
@@ -1655,9 +1897,33 @@ impl<S: Service> Shared<S> {
         };
         let (id, bytes, desc, env) = fetched?;
         let list = list?;
+        let newest = list.last().map(|c| c.id.clone());
+        // `latest` (also when a damaged tip was skipped: then the log must continue
+        // the one restored, or the restore is refused) or the newest: the log's writes
+        // follow this checkpoint. An older one: a new branch.
+        let replay = want_latest || newest.as_deref() == Some(id.as_str());
+        // Restoring an older checkpoint starts a branch: its first checkpoint, taken
+        // now, is the newest, so `latest` is the tip of the branch that runs.
+        let branch = newest.as_deref() != Some(id.as_str());
+        self.install(t0, id, bytes, desc, env, &list, replay, branch)
+            .await
+    }
+
+    /// Puts a fetched (or handed-off) checkpoint in place and starts serving it.
+    #[allow(clippy::too_many_arguments)]
+    async fn install(
+        self: &Arc<Self>,
+        t0: Instant,
+        id: String,
+        bytes: u64,
+        desc: Description,
+        env: Envelope<S>,
+        list: &[StoredCheckpoint],
+        replay: bool,
+        branch: bool,
+    ) -> Result<CheckpointInfo, ServiceError> {
         let capture = t0.elapsed();
         let ops = env.ops.len() as u64;
-        let newest = list.last().map(|c| c.id.clone());
         let Envelope {
             mut state,
             done,
@@ -1665,10 +1931,6 @@ impl<S: Service> Shared<S> {
             workers,
             log_seq,
         } = env;
-        // `latest` (also when a damaged tip was skipped: then the log must continue
-        // the one restored, or the restore is refused) or the newest: the log's writes
-        // follow this checkpoint. An older one: a new branch.
-        let replay = want_latest || newest.as_deref() == Some(id.as_str());
         let (log, applied) = self.open_log(&mut state, log_seq, replay, &id)?;
         {
             let mut g = self.write_inner();
@@ -1695,14 +1957,11 @@ impl<S: Service> Shared<S> {
             g.captured_version = Some(g.version);
         }
         self.next_seq.store(desc.seq + 1, SeqCst);
-        self.continue_after(&list);
+        self.continue_after(list);
         *lock(&self.head) = Some(id.clone());
         *lock(&self.restored_from) = Some(id.clone());
         *lock(&self.log) = log;
-        // Restoring an older checkpoint starts a branch: its first checkpoint, taken
-        // now, is the newest, so `latest` is the tip of the branch that runs.
-        let branch =
-            (newest.as_deref() != Some(id.as_str())).then(|| self.capture(false, &workers));
+        let branch = branch.then(|| self.capture(false, &workers));
         let n_workers = workers.len() as u64;
         self.workers.set_restored(workers);
         let info = CheckpointInfo {
@@ -1878,7 +2137,45 @@ impl<S: Service> Shared<S> {
         match op {
             "status" => self.status(),
             "checkpoint" => ckpt(self.checkpoint().await),
-            "freeze" => ckpt(self.freeze().await),
+            "freeze" => {
+                let to = match &req["stream_to"] {
+                    Value::Null => None,
+                    Value::String(addr) => {
+                        let Some(secret) = req["secret"].as_str() else {
+                            return json!({ "ok": false, "error": "freeze: `stream_to` needs the migration `secret` given to the new instance's `receive`" });
+                        };
+                        Some(StreamTo {
+                            addr: addr.clone(),
+                            secret: secret.to_string(),
+                            timeout: Duration::from_secs_f64(
+                                req["timeout_secs"]
+                                    .as_f64()
+                                    .unwrap_or(120.0)
+                                    .clamp(1.0, 3600.0),
+                            ),
+                        })
+                    }
+                    _ => {
+                        return json!({ "ok": false, "error": "freeze: `stream_to` must be HOST:PORT" })
+                    }
+                };
+                ckpt(self.freeze(to).await)
+            }
+            "receive" => {
+                let Some(secret) = req["secret"].as_str() else {
+                    return json!({ "ok": false, "error": "receive: give the migration `secret`" });
+                };
+                let timeout = Duration::from_secs_f64(
+                    req["timeout_secs"]
+                        .as_f64()
+                        .unwrap_or(60.0)
+                        .clamp(1.0, 3600.0),
+                );
+                match self.receive(secret.to_string(), timeout).await {
+                    Ok(address) => json!({ "ok": true, "address": address }),
+                    Err(e) => fail(e),
+                }
+            }
             "restore" => ckpt(self.restore(req["id"].as_str().unwrap_or("latest")).await),
             "thaw" => match self.thaw().await {
                 Ok(()) => json!({ "ok": true }),
@@ -1913,6 +2210,14 @@ impl<S: Service> Shared<S> {
     }
 }
 
+/// Where a migration's freeze streams the checkpoint: the new instance's hand-off port
+/// and the secret it was given.
+struct StreamTo {
+    addr: String,
+    secret: String,
+    timeout: Duration,
+}
+
 /// Durable-log entries applied again: the last sequence number, and the replies (by
 /// client and call number) for the at-most-once table.
 struct Replayed {
@@ -1929,7 +2234,7 @@ fn prune(done: &mut HashMap<String, BTreeMap<u64, Arc<Vec<u8>>>>, client: &str, 
     }
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;
     }

@@ -513,3 +513,227 @@ async fn corrupt_checkpoint_is_refused_and_standby_stays_usable() {
             .is_err()
     );
 }
+
+// --- streamed hand-off (migration without the store on the critical path) ---------
+
+const SECRET: &str = "test-migration-secret-0123456789";
+
+/// The old instance streams its checkpoint straight to the new one, which serves with
+/// the state, the waiting resumable operation and the at-most-once table; the store
+/// then holds that checkpoint, its parent the old instance's last one, and the new
+/// instance's next checkpoint descends from it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streamed_hand_off_restores_then_stores_with_lineage() {
+    let env = env();
+    let t = Duration::from_secs(10);
+    let (addr1, uuid, _h1) = spawn(opts(&env, None, false)).await;
+    wait_registered(&env.names, &uuid).await;
+    let c = TallyClient::new(Client::by_uuid(&uuid, env.names.clone(), fast()));
+    c.add("k".into(), 40).await.unwrap();
+    let ck = godwit_sdk::mgmt::request(&addr1, json!({"op": "checkpoint"}), None, t)
+        .await
+        .unwrap();
+    let first = ck["checkpoint"]["id"].as_str().unwrap().to_string();
+    c.add("k".into(), 2).await.unwrap();
+    let sweeper = {
+        let c = c.clone();
+        tokio::spawn(async move { c.sweep(20, 20).await })
+    };
+    tokio::time::sleep(Duration::from_millis(120)).await;
+
+    let (addr2, _, h2) = spawn(opts(&env, Some(uuid.clone()), true)).await;
+    let recv =
+        godwit_sdk::mgmt::request(&addr2, json!({"op": "receive", "secret": SECRET}), None, t)
+            .await
+            .unwrap();
+    let port = recv["address"].as_str().unwrap().to_string();
+    // One port at a time.
+    assert!(
+        godwit_sdk::mgmt::request(&addr2, json!({"op": "receive", "secret": SECRET}), None, t)
+            .await
+            .unwrap_err()
+            .to_string()
+            .contains("already open")
+    );
+    let fr = godwit_sdk::mgmt::request(
+        &addr1,
+        json!({"op": "freeze", "stream_to": port, "secret": SECRET}),
+        None,
+        t,
+    )
+    .await
+    .unwrap();
+    let id = fr["checkpoint"]["id"].as_str().unwrap().to_string();
+    // Serving on the new instance as soon as the freeze answers.
+    assert_eq!(
+        env.names.resolve(&uuid).await.unwrap().as_deref(),
+        Some(addr2.as_str())
+    );
+    let st = godwit_sdk::mgmt::request(&addr2, json!({"op": "status"}), None, t)
+        .await
+        .unwrap();
+    assert_eq!(st["mode"], "serving");
+    assert_eq!(st["restored_from"], id.as_str());
+    godwit_sdk::mgmt::request(&addr1, json!({"op": "stop", "checkpoint": false}), None, t)
+        .await
+        .unwrap();
+    assert_eq!(c.get("k".into()).await.unwrap(), Some(42));
+    assert_eq!(sweeper.await.unwrap().unwrap(), (0..20).sum::<u64>());
+    assert_eq!(c.get("sweep".into()).await.unwrap(), Some(20));
+    assert_eq!(h2.with_state(|s| s.unwrap().applied), 2);
+
+    // The store copy follows: same id, parent = the old instance's last checkpoint.
+    let mut listed = Vec::new();
+    for _ in 0..500 {
+        listed = env.store.list(&uuid).await.unwrap();
+        if listed.iter().any(|c| c.id == id) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let copy = listed
+        .iter()
+        .find(|c| c.id == id)
+        .unwrap_or_else(|| panic!("handed-off checkpoint {id} not in the store: {listed:?}"));
+    assert_eq!(copy.parent.as_deref(), Some(first.as_str()));
+    assert_eq!(listed.last().map(|c| c.id.as_str()), Some(id.as_str()));
+    // What is stored restores (the bytes that were streamed).
+    let (_, file) = env.store.get(&uuid, &id).await.unwrap();
+    let (desc, env_back) =
+        godwit_sdk::checkpoint::read::<godwit_sdk::checkpoint::Envelope<Tally>>(&file, "tally")
+            .unwrap();
+    assert_eq!(desc.seq, fr["checkpoint"]["seq"].as_u64().unwrap());
+    assert_eq!(env_back.state.counts.get("k"), Some(&42));
+    // The next checkpoint continues the lineage.
+    let ck = godwit_sdk::mgmt::request(&addr2, json!({"op": "checkpoint"}), None, t)
+        .await
+        .unwrap();
+    let next = ck["checkpoint"]["id"].as_str().unwrap().to_string();
+    let listed = env.store.list(&uuid).await.unwrap();
+    let next = listed.iter().find(|c| c.id == next).unwrap();
+    assert_eq!(next.parent.as_deref(), Some(id.as_str()));
+    assert!(next.id > id);
+}
+
+/// A receiver that accepts the hello, takes `keep` bytes of the file and hangs up.
+async fn cutting_receiver(keep: usize) -> (String, tokio::task::JoinHandle<usize>) {
+    use tokio::io::AsyncReadExt;
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    let task = tokio::spawn(async move {
+        let (mut s, _) = l.accept().await.unwrap();
+        let mut hello = [0u8; 12];
+        s.read_exact(&mut hello).await.unwrap();
+        let n = u32::from_le_bytes(hello[8..12].try_into().unwrap()) as usize;
+        let mut secret = vec![0u8; n];
+        s.read_exact(&mut secret).await.unwrap();
+        godwit_sdk::wire::write_frame(
+            &mut s,
+            godwit_sdk::wire::kind::MGMT_REPLY,
+            &[br#"{"ok":true}"#],
+        )
+        .await
+        .unwrap();
+        let mut got = vec![0u8; keep];
+        s.read_exact(&mut got).await.unwrap();
+        keep
+    });
+    (addr, task)
+}
+
+/// The stream is cut mid-way, the new instance is gone, or it refuses the secret: the
+/// freeze fails saying so, the old instance thaws and serves on with its state, and
+/// nothing reaches the store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_hand_off_thaws_the_old_instance() {
+    let env = env();
+    let t = Duration::from_secs(10);
+    let (addr1, uuid, _h1) = spawn(opts(&env, None, false)).await;
+    wait_registered(&env.names, &uuid).await;
+    let c = TallyClient::new(Client::by_uuid(&uuid, env.names.clone(), fast()));
+    // Enough state that the file is far larger than what the receiver keeps.
+    for i in 0..2000 {
+        c.add(format!("key-{i:05}-{}", "x".repeat(40)), 1)
+            .await
+            .unwrap();
+    }
+    let freeze = |to: String, secret: &'static str| {
+        let addr1 = addr1.clone();
+        async move {
+            godwit_sdk::mgmt::request(
+                &addr1,
+                json!({"op": "freeze", "stream_to": to, "secret": secret}),
+                None,
+                t,
+            )
+            .await
+            .unwrap_err()
+            .to_string()
+        }
+    };
+    let serving_on = |n: u64| {
+        let (c, addr1, uuid, names) = (c.clone(), addr1.clone(), uuid.clone(), env.names.clone());
+        async move {
+            assert_eq!(c.add("after".into(), 1).await.unwrap(), n);
+            assert_eq!(
+                c.get("key-00007-".to_string() + &"x".repeat(40))
+                    .await
+                    .unwrap(),
+                Some(1)
+            );
+            assert_eq!(
+                names.resolve(&uuid).await.unwrap().as_deref(),
+                Some(addr1.as_str())
+            );
+        }
+    };
+
+    // Cut after 1000 bytes of the file.
+    let (to, rx) = cutting_receiver(1000).await;
+    let e = freeze(to.clone(), SECRET).await;
+    assert!(e.contains(&format!("stream to {to} cut after")), "{e}");
+    assert!(e.contains("thawed: this instance serves on"), "{e}");
+    assert_eq!(rx.await.unwrap(), 1000);
+    serving_on(1).await;
+
+    // The new instance is gone (nothing listens there any more).
+    let gone = {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        l.local_addr().unwrap().to_string()
+    };
+    let e = freeze(gone.clone(), SECRET).await;
+    assert!(e.contains(&format!("cannot connect to {gone}")), "{e}");
+    assert!(e.contains("thawed"), "{e}");
+    serving_on(2).await;
+
+    // A real standby instance, asked with the wrong secret: refused, stays in standby.
+    let (addr2, _, _h2) = spawn(opts(&env, Some(uuid.clone()), true)).await;
+    let recv =
+        godwit_sdk::mgmt::request(&addr2, json!({"op": "receive", "secret": SECRET}), None, t)
+            .await
+            .unwrap();
+    let port = recv["address"].as_str().unwrap().to_string();
+    let e = freeze(port.clone(), "not-the-migration-secret-at-all").await;
+    assert!(e.contains("refused: wrong migration secret"), "{e}");
+    assert!(e.contains("thawed"), "{e}");
+    serving_on(3).await;
+    let st = godwit_sdk::mgmt::request(&addr2, json!({"op": "status"}), None, t)
+        .await
+        .unwrap();
+    assert_eq!(st["mode"], "standby");
+    assert!(
+        env.store.list(&uuid).await.unwrap().is_empty(),
+        "nothing stored"
+    );
+    // And then the right secret still works on the same port.
+    let fr = godwit_sdk::mgmt::request(
+        &addr1,
+        json!({"op": "freeze", "stream_to": port, "secret": SECRET}),
+        None,
+        t,
+    )
+    .await
+    .unwrap();
+    assert!(fr["checkpoint"]["id"].is_string());
+    assert_eq!(c.add("after".into(), 1).await.unwrap(), 4);
+}

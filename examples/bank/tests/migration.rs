@@ -683,3 +683,174 @@ async fn a_service_moves_to_a_node_that_keeps_its_program_elsewhere() {
     assert_eq!(exe, std::fs::canonicalize(&b_bin).unwrap());
     assert_eq!(bank.balance(id).await.unwrap(), Ok(125));
 }
+
+/// A receiver standing in for a new instance that dies mid-stream: it takes the
+/// hello and `keep` bytes of the checkpoint, then hangs up.
+async fn dying_receiver(keep: usize) -> String {
+    use tokio::io::AsyncReadExt;
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        let (mut s, _) = l.accept().await.unwrap();
+        let mut hello = [0u8; 12];
+        s.read_exact(&mut hello).await.unwrap();
+        let n = u32::from_le_bytes(hello[8..12].try_into().unwrap()) as usize;
+        let mut secret = vec![0u8; n];
+        s.read_exact(&mut secret).await.unwrap();
+        godwit_sdk::wire::write_frame(
+            &mut s,
+            godwit_sdk::wire::kind::MGMT_REPLY,
+            &[br#"{"ok":true}"#],
+        )
+        .await
+        .unwrap();
+        let mut got = vec![0u8; keep];
+        let _ = s.read_exact(&mut got).await;
+    });
+    addr
+}
+
+/// `migrate` streams the state straight to the new instance (real processes, two
+/// godwitd): the moved bank has every balance, and the store then holds the
+/// handed-off checkpoint, its parent the last checkpoint taken before the move; the
+/// next checkpoint descends from it. Then a hand-off whose receiver dies mid-stream:
+/// the freeze fails saying how far it got, and the bank thaws and serves on.
+#[tokio::test]
+async fn a_migration_streams_the_state_and_the_store_keeps_it_with_its_parent() {
+    let _heavy = HEAVY.lock().await;
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, TOKEN).unwrap();
+    std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let bin = bank_bin();
+    let (_a, node_a) = loopback_agent(
+        &dir.path().join("node-a"),
+        &token_file,
+        &["--allow-exec".as_ref(), bin.as_os_str()],
+    );
+    let (_b, node_b) = loopback_agent(
+        &dir.path().join("node-b"),
+        &token_file,
+        &["--allow-exec".as_ref(), bin.as_os_str()],
+    );
+    let (agent_a, agent_b) = (
+        Agent::new(&node_a, TOKEN.into()).unwrap(),
+        Agent::new(&node_b, TOKEN.into()).unwrap(),
+    );
+    let url = format!("agent://{node_a}");
+    let args: Vec<String> = [
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--names",
+        &url,
+        "--store",
+        &url,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let started = agent_a
+        .exec(
+            bin.to_str().unwrap(),
+            &args,
+            json!({}),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    let uuid = started["ready"]["uuid"].as_str().unwrap().to_string();
+    let names = Names::from_url(&url, Some(TOKEN.into())).unwrap();
+    let store = godwit_sdk::Store::from_url(&url, Some(TOKEN.into())).unwrap();
+    let bank = BankClient::new(Client::by_uuid(
+        &uuid,
+        names.clone(),
+        ClientOptions::default(),
+    ));
+    let alice = bank.open("alice".into(), 125).await.unwrap().unwrap();
+    let bob = bank.open("bob".into(), 10).await.unwrap().unwrap();
+    let ck = godwit_agent_client::manage_named(
+        &names,
+        agent_a.client(),
+        &uuid,
+        json!({ "op": "checkpoint" }),
+    )
+    .await
+    .unwrap();
+    let before = ck["checkpoint"]["id"].as_str().unwrap().to_string();
+    bank.transfer(alice, bob, 25).await.unwrap().unwrap();
+
+    let m = godwit_agent_client::migrate(&names, &agent_b, &uuid)
+        .await
+        .unwrap();
+    assert!(
+        m.streamed,
+        "the state went through the store: {:?}",
+        m.to_json()
+    );
+    assert_ne!(m.checkpoint, before);
+    assert_eq!(bank.balance(alice).await.unwrap(), Ok(100));
+    assert_eq!(bank.balance(bob).await.unwrap(), Ok(35));
+    // The store copy follows the switch-over.
+    let mut listed = Vec::new();
+    for _ in 0..300 {
+        listed = store.list(&uuid).await.unwrap();
+        if listed.iter().any(|c| c.id == m.checkpoint) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let copy = listed
+        .iter()
+        .find(|c| c.id == m.checkpoint)
+        .unwrap_or_else(|| panic!("{} not in the store: {listed:?}", m.checkpoint));
+    assert_eq!(copy.parent.as_deref(), Some(before.as_str()));
+    assert_eq!(
+        listed.last().unwrap().id,
+        m.checkpoint,
+        "latest is the handed-off one"
+    );
+    let ck = godwit_agent_client::manage_named(
+        &names,
+        agent_b.client(),
+        &uuid,
+        json!({ "op": "checkpoint" }),
+    )
+    .await
+    .unwrap();
+    let next = ck["checkpoint"]["id"].as_str().unwrap().to_string();
+    let listed = store.list(&uuid).await.unwrap();
+    let next = listed.iter().find(|c| c.id == next).unwrap();
+    assert_eq!(next.parent.as_deref(), Some(m.checkpoint.as_str()));
+
+    // The receiver dies after 64 bytes of the checkpoint: the bank thaws.
+    let addr = godwit_agent_client::resolve(&names, &uuid).await.unwrap();
+    let cred = godwit_agent_client::management_credential(agent_b.client(), &addr, &uuid)
+        .await
+        .unwrap();
+    let to = dying_receiver(64).await;
+    let e = godwit_sdk::mgmt::request(
+        &addr,
+        json!({ "op": "freeze", "stream_to": to, "secret": "a-per-migration-secret-0123" }),
+        Some(&cred),
+        Duration::from_secs(30),
+    )
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains(&format!("stream to {to} cut after")), "{e}");
+    assert!(e.contains("thawed: this instance serves on"), "{e}");
+    bank.transfer(bob, alice, 5).await.unwrap().unwrap();
+    assert_eq!(bank.balance(alice).await.unwrap(), Ok(105));
+    assert_eq!(
+        godwit_agent_client::resolve(&names, &uuid).await.unwrap(),
+        addr
+    );
+    let stored = store.list(&uuid).await.unwrap();
+    assert_eq!(
+        stored.last().unwrap().id,
+        next.id,
+        "nothing stored by the failed hand-off"
+    );
+}

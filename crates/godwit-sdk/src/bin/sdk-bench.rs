@@ -2,7 +2,7 @@
 //! client-visible call latency before, during and after a migration.
 //!
 //! `cargo run --release -p godwit-sdk --bin sdk-bench -- [--mb 100] [--out FILE]
-//! [--calls-only]`; also the per-call cost with service-call authentication off and on.
+//! [--calls-only] [--migration-only RUNS]`; also the per-call cost with service-call authentication off and on.
 //! prints JSON (and writes it to FILE). Everything runs in this process on loopback; the
 //! checkpoint store is a directory under the system temp dir (real files, fsync'ed).
 
@@ -153,7 +153,10 @@ async fn mgmt(addr: &str, req: Value) -> Value {
 }
 
 /// Runs a migration under load; returns latencies by phase and the service's timings.
-async fn migration(name: &str, state: Bench, store: &Store) -> Value {
+/// `streamed`: the old instance streams its checkpoint straight to the new one
+/// (`receive` + `freeze` with `stream_to`), the store copy follows; else it goes
+/// through the store (`freeze`, then `restore`).
+async fn migration(name: &str, state: Bench, store: &Store, streamed: bool) -> Value {
     let names = Names::from_url("memory", None).expect("memory names");
     let opts = |uuid: Option<String>, standby: bool| ServiceOptions {
         uuid,
@@ -202,15 +205,46 @@ async fn migration(name: &str, state: Bench, store: &Store) -> Value {
     .expect("bind");
     let addr2 = s2.address().to_string();
     tokio::spawn(s2.run());
+    let secret = "sdk-bench-migration-secret-0123456789";
+    let port = if streamed {
+        let r = mgmt(&addr2, json!({"op": "receive", "secret": secret})).await;
+        r["address"].as_str().map(str::to_string)
+    } else {
+        None
+    };
     let t_freeze = Instant::now();
-    let fr = mgmt(&addr1, json!({"op": "freeze"})).await;
-    let id = fr["checkpoint"]["id"]
-        .as_str()
-        .unwrap_or("latest")
-        .to_string();
-    let rs = mgmt(&addr2, json!({"op": "restore", "id": id})).await;
+    let (fr, rs) = match &port {
+        Some(to) => {
+            let fr = mgmt(
+                &addr1,
+                json!({"op": "freeze", "stream_to": to, "secret": secret}),
+            )
+            .await;
+            (fr, Value::Null)
+        }
+        None => {
+            let fr = mgmt(&addr1, json!({"op": "freeze"})).await;
+            let id = fr["checkpoint"]["id"].as_str().unwrap_or("latest");
+            let rs = mgmt(&addr2, json!({"op": "restore", "id": id})).await;
+            (fr, rs)
+        }
+    };
     let t_restored = Instant::now();
+    if fr["ok"] != true {
+        panic!("migration failed: {fr}");
+    }
     mgmt(&addr1, json!({"op": "stop", "checkpoint": false})).await;
+    // The store copy (streamed: written by the new instance after it serves).
+    let id = fr["checkpoint"]["id"].as_str().unwrap_or("").to_string();
+    while !store
+        .list(&uuid)
+        .await
+        .map(|l| l.iter().any(|c| c.id == id))
+        .unwrap_or(false)
+    {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let store_copy = t_freeze.elapsed();
     tokio::time::sleep(Duration::from_secs(1)).await;
     stop.store(true, Ordering::Relaxed);
     for t in tasks {
@@ -232,7 +266,9 @@ async fn migration(name: &str, state: Bench, store: &Store) -> Value {
     let phase = |v: &mut Vec<f64>| json!({ "calls": v.len(), "p50_ms": pct(v, 0.5), "p99_ms": pct(v, 0.99), "max_ms": pct(v, 1.0) });
     json!({
         "state": name,
+        "path": if streamed { "stream" } else { "store" },
         "checkpoint_bytes": fr["checkpoint"]["bytes"],
+        "store_copy_listed_ms": store_copy.as_secs_f64() * 1e3,
         "freeze": fr["checkpoint"],
         "restore_ms": rs["checkpoint"]["pause_ms"],
         "switch_over_ms": (t_restored - t_freeze).as_secs_f64() * 1e3,
@@ -442,6 +478,7 @@ async fn main() {
     let mut out_file = None;
     let mut calls_only = false;
     let mut sdk_only = false;
+    let mut migration_runs = None;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -449,13 +486,25 @@ async fn main() {
             "--out" => out_file = args.next(),
             "--calls-only" => calls_only = true,
             "--workers-durable-only" => sdk_only = true,
+            "--migration-only" => {
+                migration_runs = Some(args.next().and_then(|v| v.parse().ok()).unwrap_or(5))
+            }
             other => {
                 eprintln!(
-                    "usage: sdk-bench [--mb N] [--out FILE] [--calls-only] [--workers-durable-only] (unknown `{other}`)"
+                    "usage: sdk-bench [--mb N] [--out FILE] [--calls-only] [--workers-durable-only] [--migration-only RUNS] (unknown `{other}`)"
                 );
                 std::process::exit(2);
             }
         }
+    }
+    if let Some(runs) = migration_runs {
+        let text =
+            serde_json::to_string_pretty(&migration_only(mb, runs).await).unwrap_or_default();
+        println!("{text}");
+        if let Some(f) = out_file {
+            let _ = std::fs::write(&f, &text);
+        }
+        return;
     }
     eprintln!("checkpoint wait for N workers ...");
     let workers = worker_wait(50).await;
@@ -487,14 +536,16 @@ async fn main() {
     eprintln!("throughput ...");
     let tp = vec![throughput("bytes", &blob), throughput("records", &records)];
     eprintln!("migration with a small state ...");
-    let small = migration("small (counter only)", Bench::default(), &store).await;
+    let small = migration("small (counter only)", Bench::default(), &store, false).await;
+    let small_s = migration("small (counter only)", Bench::default(), &store, true).await;
     eprintln!("migration with {mb} MB of bytes ...");
-    let big = migration(&format!("{mb} MB bytes"), blob, &store).await;
+    let big = migration(&format!("{mb} MB bytes"), blob.clone(), &store, false).await;
+    let big_s = migration(&format!("{mb} MB bytes"), blob, &store, true).await;
     let _ = std::fs::remove_dir_all(&dir);
     let report = json!({
         "machine": { "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0) },
         "throughput": tp,
-        "migration": [small, big],
+        "migration": [small, big, small_s, big_s],
         "calls": calls,
         "workers": workers,
         "durable": durable,
@@ -507,4 +558,73 @@ async fn main() {
             std::process::exit(1);
         }
     }
+}
+
+/// `--migration-only RUNS`: the switch-over of a migration of `mb` MB of bytes through
+/// the store and streamed, alternated RUNS times each, with medians, and the ceilings
+/// (memcpy and loopback TCP of the same bytes).
+async fn migration_only(mb: usize, runs: usize) -> Value {
+    let dir = std::env::temp_dir().join(format!("godwit-sdk-bench-mig-{}", std::process::id()));
+    let store = Store::Dir(dir.clone());
+    let blob = blob_state(mb);
+    let bytes = vec![0x5au8; mb << 20];
+    let t = Instant::now();
+    let copy = bytes.clone();
+    let memcpy_ms = t.elapsed().as_secs_f64() * 1e3;
+    drop(copy);
+    let tcp_ms = loopback_tcp(&bytes).await;
+    let mut rows = Vec::new();
+    let (mut store_ms, mut stream_ms) = (Vec::new(), Vec::new());
+    for i in 0..runs {
+        for streamed in [false, true] {
+            eprintln!(
+                "run {i}: {}",
+                if streamed {
+                    "streamed"
+                } else {
+                    "through the store"
+                }
+            );
+            let m = migration(&format!("{mb} MB bytes"), blob.clone(), &store, streamed).await;
+            let ms = m["switch_over_ms"].as_f64().unwrap_or(0.0);
+            if streamed {
+                stream_ms.push(ms)
+            } else {
+                store_ms.push(ms)
+            }
+            rows.push(m);
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    json!({
+        "mb": mb,
+        "loadavg": load.trim(),
+        "ceilings": { "memcpy_ms": memcpy_ms, "loopback_tcp_ms": tcp_ms },
+        "switch_over_median_ms": { "store": pct(&mut store_ms, 0.5), "stream": pct(&mut stream_ms, 0.5) },
+        "switch_over_ms": { "store": store_ms, "stream": stream_ms },
+        "runs": rows,
+    })
+}
+
+/// Time to send `bytes` over a loopback TCP connection and read them all back on the
+/// other end (one copy into a buffer of the right size, as a hand-off does).
+async fn loopback_tcp(bytes: &[u8]) -> f64 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = l.local_addr().expect("addr");
+    let n = bytes.len();
+    let rx = tokio::spawn(async move {
+        let (mut s, _) = l.accept().await.expect("accept");
+        let mut buf = vec![0u8; n];
+        s.read_exact(&mut buf).await.expect("read");
+        Instant::now()
+    });
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let t = Instant::now();
+    s.write_all(bytes).await.expect("write");
+    let end = rx.await.expect("receiver");
+    (end - t).as_secs_f64() * 1e3
 }
