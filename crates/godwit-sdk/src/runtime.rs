@@ -14,8 +14,9 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use godwit_names::{Lease, NamesError};
+use godwit_net::mtls::MutualServer;
 use serde_json::{json, Value};
-use tokio::io::{AsyncWrite, BufReader};
+use tokio::io::{AsyncRead, AsyncWrite, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Notify};
 
@@ -33,6 +34,9 @@ use crate::worker::{Worker, WorkerError, Workers};
 /// Errors of the service runtime and of management operations.
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
+    /// Mutual TLS on the service port cannot be set up (certificate, key or CA file).
+    #[error("mutual TLS on the service port (--tls-cert/--tls-key/--tls-client-ca): {0}")]
+    Tls(godwit_net::NetError),
     /// Could not listen.
     #[error("listen on {addr}: {source}")]
     Listen {
@@ -372,6 +376,7 @@ impl<S: Service> Drop for ActiveGuard<'_, S> {
 pub struct Server<S: Service> {
     shared: Arc<Shared<S>>,
     listener: TcpListener,
+    tls: Option<MutualServer>,
 }
 
 /// A handle to a running instance, for in-process use (tests, embedding).
@@ -393,6 +398,12 @@ impl<S: Service> Server<S> {
         opts: ServiceOptions,
         factory: impl Fn() -> S + Send + Sync + 'static,
     ) -> Result<Self, ServiceError> {
+        let tls = match &opts.call_tls {
+            Some(t) => {
+                Some(MutualServer::new(&t.cert, &t.key, &t.client_ca).map_err(ServiceError::Tls)?)
+            }
+            None => None,
+        };
         let listener =
             TcpListener::bind(&opts.listen)
                 .await
@@ -459,7 +470,11 @@ impl<S: Service> Server<S> {
             replayed: AtomicU64::new(0),
             opts,
         });
-        Ok(Server { shared, listener })
+        Ok(Server {
+            shared,
+            listener,
+            tls,
+        })
     }
 
     /// The advertised address.
@@ -514,7 +529,7 @@ impl<S: Service> Server<S> {
             }
         };
         let mut shutdown = sh.shutdown.subscribe();
-        tokio::spawn(sh.clone().accept_loop(self.listener));
+        tokio::spawn(sh.clone().accept_loop(self.listener, self.tls));
         tokio::spawn(sh.clone().lease_loop());
         tokio::spawn(sh.clone().periodic_loop());
         if let Some((term, int)) = signals {
@@ -709,7 +724,7 @@ impl<S: Service> Shared<S> {
         }
     }
 
-    async fn accept_loop(self: Arc<Self>, listener: TcpListener) {
+    async fn accept_loop(self: Arc<Self>, listener: TcpListener, tls: Option<MutualServer>) {
         let mut shutdown = self.shutdown.subscribe();
         loop {
             tokio::select! {
@@ -717,7 +732,16 @@ impl<S: Service> Shared<S> {
                 r = listener.accept() => match r {
                     Ok((stream, peer)) => {
                         let _ = stream.set_nodelay(true);
-                        tokio::spawn(self.clone().serve_conn(stream, peer.to_string()));
+                        let peer = peer.to_string();
+                        match &tls {
+                            None => {
+                                let (rd, wr) = stream.into_split();
+                                tokio::spawn(self.clone().serve_conn(rd, wr, peer, None));
+                            }
+                            Some(tls) => {
+                                tokio::spawn(self.clone().serve_tls_port(stream, peer, tls.clone()));
+                            }
+                        }
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "accept failed");
@@ -728,8 +752,57 @@ impl<S: Service> Shared<S> {
         }
     }
 
-    async fn serve_conn(self: Arc<Self>, stream: TcpStream, peer: String) {
-        let (rd, mut wr) = stream.into_split();
+    /// A connection to a port with mutual TLS: a TLS handshake (a client without a
+    /// certificate the client CA signed fails it), or plain frames, on which management
+    /// requests (authenticated by their own credential, as godwitd sends them) are
+    /// served but calls are refused.
+    async fn serve_tls_port(self: Arc<Self>, stream: TcpStream, peer: String, tls: MutualServer) {
+        let mut first = [0u8; 3];
+        let deadline = Instant::now() + godwit_net::HANDSHAKE_TIMEOUT;
+        let is_tls = loop {
+            match tokio::time::timeout_at(deadline.into(), stream.peek(&mut first)).await {
+                Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return,
+                Ok(Ok(n)) if n >= 3 || first[0] != 0x16 => {
+                    break godwit_net::mtls::starts_tls_handshake(&first[..n])
+                }
+                // Fewer bytes than the record header so far: look again shortly.
+                Ok(Ok(_)) => tokio::time::sleep(Duration::from_millis(2)).await,
+            }
+        };
+        if !is_tls {
+            let (rd, wr) = stream.into_split();
+            return self
+                .serve_conn(
+                    rd,
+                    wr,
+                    peer,
+                    Some("this service requires mutual TLS on its port: connect with a client certificate its client CA signed (ClientOptions::tls)"),
+                )
+                .await;
+        }
+        match tls.accept(stream, &peer).await {
+            Ok(s) => {
+                let (rd, wr) = tokio::io::split(s);
+                self.serve_conn(rd, wr, peer, None).await
+            }
+            Err(e) => {
+                tracing::warn!(%peer, error = %e, "service connection refused at the TLS handshake")
+            }
+        }
+    }
+
+    /// Serves one connection. `plain_refused`: why calls are refused on it (a plain
+    /// connection to a port with mutual TLS); management requests are served anyway.
+    async fn serve_conn<R, W>(
+        self: Arc<Self>,
+        rd: R,
+        mut wr: W,
+        peer: String,
+        plain_refused: Option<&'static str>,
+    ) where
+        R: AsyncRead + Unpin + Send,
+        W: AsyncWrite + Unpin + Send,
+    {
         let mut rd = BufReader::new(rd);
         // With `--call-token-file`, calls need a HELLO with that token first.
         let mut refused: Option<&str> = self
@@ -753,8 +826,8 @@ impl<S: Service> Shared<S> {
                     true
                 }
                 wire::kind::CALL => match wire::decode_call(&body) {
-                    Ok(call) if refused.is_some() => {
-                        let why = refused.unwrap_or_default();
+                    Ok(call) if plain_refused.or(refused).is_some() => {
+                        let why = plain_refused.or(refused).unwrap_or_default();
                         tracing::warn!(%peer, "call refused: {why}");
                         let msg = format!("unauthorized: {why}");
                         let _ = Self::reply(&mut wr, call.seq, status::ERROR, msg.as_bytes()).await;
@@ -1818,6 +1891,10 @@ impl<S: Service> Shared<S> {
             }),
             "relaunch_args": self.opts.relaunch_args,
             "call_token_file": self.opts.call_token_file.as_ref().map(|p| p.display().to_string()),
+            "call_tls": self.opts.call_tls.as_ref().map(|t| json!({
+                "cert": t.cert.display().to_string(),
+                "client_ca": t.client_ca.display().to_string(),
+            })),
             "names": self.opts.names.url(),
             "store": self.opts.store.url(),
             "state_bytes": state_bytes,
