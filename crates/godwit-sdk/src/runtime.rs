@@ -34,6 +34,12 @@ use crate::worker::{Worker, WorkerError, Workers};
 /// Errors of the service runtime and of management operations.
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
+    /// The service marks operations `#[durable]` but runs without `--durable-log`.
+    #[error("operations `{ops}` are #[durable] but no durable call log is configured: start the service with --durable-log DIR (their calls must be on disk before their reply)")]
+    DurableWithoutLog {
+        /// The marked operations.
+        ops: String,
+    },
     /// Mutual TLS on the service port cannot be set up (certificate, key or CA file).
     #[error("mutual TLS on the service port (--tls-cert/--tls-key/--tls-client-ca): {0}")]
     Tls(godwit_net::NetError),
@@ -231,6 +237,9 @@ struct Shared<S: Service> {
     opts: ServiceOptions,
     methods: HashMap<&'static str, MethodKind>,
     methods_json: Value,
+    /// The `#[durable]` operations, when the service marks any: only those are logged
+    /// (none marked: every write is, with `--durable-log`).
+    durable_only: Option<std::collections::HashSet<&'static str>>,
     factory: Box<dyn Fn() -> S + Send + Sync>,
     inner: RwLock<Inner<S>>,
     running: Mutex<HashMap<Key, RunEntry>>,
@@ -424,6 +433,16 @@ impl<S: Service> Server<S> {
             .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
         let infos = S::methods();
         let methods = infos.iter().map(|m| (m.name, m.kind)).collect();
+        let marked: std::collections::HashSet<&'static str> =
+            infos.iter().filter(|m| m.durable).map(|m| m.name).collect();
+        if !marked.is_empty() && opts.durable_log.is_none() {
+            let mut ops: Vec<&str> = marked.iter().copied().collect();
+            ops.sort_unstable();
+            return Err(ServiceError::DurableWithoutLog {
+                ops: ops.join("`, `"),
+            });
+        }
+        let durable_only = (!marked.is_empty()).then_some(marked);
         let methods_json = Value::Object(
             infos
                 .iter()
@@ -438,6 +457,7 @@ impl<S: Service> Server<S> {
             address,
             methods,
             methods_json,
+            durable_only,
             factory: Box::new(factory),
             inner: RwLock::new(Inner {
                 state: None,
@@ -1010,7 +1030,11 @@ impl<S: Service> Shared<S> {
             Found::New(tx) => tx,
         };
         if kind == MethodKind::Write {
-            let log = lock(&self.log).clone();
+            // Logged: every write, or only the `#[durable]` ones when any is marked.
+            let log = match &self.durable_only {
+                Some(ops) if !ops.contains(method.as_str()) => None,
+                _ => lock(&self.log).clone(),
+            };
             let mut logged = None;
             let outcome = {
                 let mut g = self.write_inner();
@@ -1916,6 +1940,14 @@ impl<S: Service> Shared<S> {
             "durable": self.opts.durable_log.as_ref().map(|d| json!({
                 "log": CallLog::path_for(d, &self.uuid).display().to_string(),
                 "sync": self.opts.durable_sync.as_str(),
+                "operations": match &self.durable_only {
+                    Some(ops) => {
+                        let mut ops: Vec<&str> = ops.iter().copied().collect();
+                        ops.sort_unstable();
+                        json!(ops)
+                    }
+                    None => json!("every write"),
+                },
                 "log_seq": self.read_inner().log_seq,
                 "replayed_at_start": self.replayed.load(SeqCst),
             })),
