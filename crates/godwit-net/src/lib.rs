@@ -23,6 +23,7 @@
 
 mod blocking;
 pub mod http;
+pub mod mtls;
 mod tls;
 mod token;
 

@@ -38,7 +38,7 @@ const ST_BAD_VERSION: u8 = 3;
 /// (ten rounds instead of fourteen) for the same 128-bit security level
 /// against the attacks that matter here, and image data is most of what
 /// the channel carries.
-fn provider() -> Arc<CryptoProvider> {
+pub(crate) fn provider() -> Arc<CryptoProvider> {
     let mut p = rustls::crypto::ring::default_provider();
     p.cipher_suites.sort_by_key(|s| {
         use rustls::CipherSuite as C;
@@ -67,7 +67,7 @@ fn server_mac(token: &Token, kind: u8, scopes: u8, ekm: &[u8]) -> hmac::Hmac<sha
     m
 }
 
-fn tls_err(e: rustls::Error) -> NetError {
+pub(crate) fn tls_err(e: rustls::Error) -> NetError {
     NetError::TlsSetup(e.to_string())
 }
 

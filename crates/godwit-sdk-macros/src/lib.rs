@@ -302,6 +302,8 @@ struct Method {
     ret: Type,
     /// For resumable methods: stage type and result type of `Step<S, R>`.
     step: Option<(Type, Type)>,
+    /// `#[durable]`: logged before its reply (with `--durable-log`).
+    durable: bool,
     doc: Vec<Attribute>,
 }
 
@@ -328,7 +330,9 @@ fn step_types(ret: &Type) -> Option<(Type, Type)> {
 /// `&mut self` methods are writes (executed at most once per call id), and methods marked
 /// `#[resumable]` are long operations written as a step function
 /// `fn op(&mut self, stage: S, args...) -> Step<S, R>` whose stage is saved at every
-/// migration point. Generates `impl godwit_sdk::Service` and a typed client
+/// migration point. A write marked `#[durable]` is logged before its reply when the
+/// service runs with `--durable-log`; once any is marked, only the marked ones are
+/// (docs/SDK.md, "Durable calls"). Generates `impl godwit_sdk::Service` and a typed client
 /// `<Type>Client`. Optional: `#[service(name = "bank")]`.
 #[proc_macro_attribute]
 pub fn service(attr: TokenStream, item: TokenStream) -> TokenStream {
@@ -387,6 +391,12 @@ fn service_impl(name: Option<String>, mut item: ItemImpl) -> syn::Result<TokenSt
         let ImplItem::Fn(f) = it else { continue };
         let resumable = f.attrs.iter().any(|a| a.path().is_ident("resumable"));
         f.attrs.retain(|a| !a.path().is_ident("resumable"));
+        let durable = f
+            .attrs
+            .iter()
+            .find(|a| a.path().is_ident("durable"))
+            .map(|a| a.span());
+        f.attrs.retain(|a| !a.path().is_ident("durable"));
         // Only `pub` methods are operations: private helpers may live in the same impl.
         if !matches!(f.vis, syn::Visibility::Public(_)) {
             if resumable {
@@ -398,6 +408,15 @@ fn service_impl(name: Option<String>, mut item: ItemImpl) -> syn::Result<TokenSt
                     ),
                 ));
             }
+            if durable.is_some() {
+                fail(Error::new(
+                    f.sig.ident.span(),
+                    format!(
+                        "#[durable] on a private method: only `pub` methods are operations; write `pub fn {}`",
+                        f.sig.ident
+                    ),
+                ));
+            }
             continue;
         }
         let Some(FnArg::Receiver(recv)) = f.sig.inputs.first() else {
@@ -405,6 +424,12 @@ fn service_impl(name: Option<String>, mut item: ItemImpl) -> syn::Result<TokenSt
                 fail(Error::new(
                     f.sig.ident.span(),
                     "a #[resumable] operation takes `&mut self` first",
+                ));
+            }
+            if durable.is_some() {
+                fail(Error::new(
+                    f.sig.ident.span(),
+                    "a #[durable] operation takes `&mut self` first",
                 ));
             }
             continue;
@@ -433,6 +458,25 @@ fn service_impl(name: Option<String>, mut item: ItemImpl) -> syn::Result<TokenSt
             (false, true) => Kind::Write,
             (false, false) => Kind::Read,
         };
+        if let Some(span) = durable {
+            match kind {
+                Kind::Write => {}
+                Kind::Read => fail(Error::new(
+                    span,
+                    format!(
+                        "#[durable] on `{}`, a read (`&self`): a read changes nothing, there is nothing to log; remove #[durable], or take `&mut self` if it writes",
+                        f.sig.ident
+                    ),
+                )),
+                Kind::Resumable => fail(Error::new(
+                    span,
+                    format!(
+                        "#[durable] on `{}`, a #[resumable] operation: the durable call log holds write calls only; a resumable operation is saved with the state at its migration points (checkpoints), so remove #[durable]",
+                        f.sig.ident
+                    ),
+                )),
+            }
+        }
         let mut args = Vec::new();
         let mut ok = true;
         for a in f.sig.inputs.iter().skip(1) {
@@ -515,6 +559,7 @@ fn service_impl(name: Option<String>, mut item: ItemImpl) -> syn::Result<TokenSt
             args,
             ret,
             step,
+            durable: durable.is_some(),
             doc,
         });
     }
@@ -555,6 +600,7 @@ fn service_impl(name: Option<String>, mut item: ItemImpl) -> syn::Result<TokenSt
             }
             None => quote! { ::std::option::Option::None },
         };
+        let durable = m.durable;
         infos.push(quote! {
             #sdk::MethodInfo {
                 name: #mname,
@@ -562,6 +608,7 @@ fn service_impl(name: Option<String>, mut item: ItemImpl) -> syn::Result<TokenSt
                 args: #sdk::schema::Schema::Struct { name: #args_name.into(), fields: ::std::vec![#(#arg_fields),*] },
                 reply: <#reply_ty as #sdk::Portable>::schema(),
                 stage: #stage_schema,
+                durable: #durable,
             }
         });
 
@@ -708,6 +755,13 @@ mod tests {
                 #[resumable]
                 fn hidden(&mut self, stage: Accrual) -> Step<Accrual, u64> { todo!() }
                 pub fn fine(&self) -> u64 { 0 }
+                #[durable]
+                pub fn peek(&self) -> u64 { 0 }
+                #[durable]
+                #[resumable]
+                pub fn sweep(&mut self, stage: Accrual) -> Step<Accrual, u64> { todo!() }
+                #[durable]
+                pub fn deposit(&mut self, n: u64) -> u64 { n }
             }
         };
         let msgs: Vec<String> = service_impl(None, item)
@@ -715,7 +769,7 @@ mod tests {
             .into_iter()
             .map(|e| e.to_string())
             .collect();
-        assert_eq!(msgs.len(), 4, "{msgs:#?}");
+        assert_eq!(msgs.len(), 6, "{msgs:#?}");
         assert!(
             msgs[0]
                 .contains("first argument after `&mut self` is its stage, of the type `Accrual`")
@@ -727,5 +781,16 @@ mod tests {
         assert!(msgs[1].contains("non-async"), "{}", msgs[1]);
         assert!(msgs[2].contains("owned Portable values"), "{}", msgs[2]);
         assert!(msgs[3].contains("private method"), "{}", msgs[3]);
+        assert!(
+            msgs[4].contains("#[durable] on `peek`, a read")
+                && msgs[4].contains("remove #[durable]"),
+            "{}",
+            msgs[4]
+        );
+        assert!(
+            msgs[5].contains("#[durable] on `sweep`, a #[resumable] operation"),
+            "{}",
+            msgs[5]
+        );
     }
 }

@@ -7,7 +7,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use godwit_names::{Names, NamesError};
-use tokio::io::BufReader;
+pub use godwit_net::mtls::MutualClient;
+use tokio::io::{AsyncRead, AsyncWrite, BufReader};
 use tokio::net::TcpStream;
 
 use crate::codec::DecodeError;
@@ -69,6 +70,9 @@ pub struct ClientOptions {
     /// with `--call-token-file`. Default: the `GODWIT_CALL_TOKEN` environment variable,
     /// or none.
     pub call_token: Option<String>,
+    /// Mutual TLS: connect over TLS with this client certificate, for a service started
+    /// with `--tls-cert/--tls-key/--tls-client-ca`. Default: none (plain TCP).
+    pub tls: Option<MutualClient>,
 }
 
 impl Default for ClientOptions {
@@ -83,9 +87,14 @@ impl Default for ClientOptions {
                 .ok()
                 .map(|t| t.trim().to_string())
                 .filter(|t| !t.is_empty()),
+            tls: None,
         }
     }
 }
+
+/// A connection's byte stream: plain TCP or TLS.
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
 #[derive(Debug)]
 enum Target {
@@ -95,7 +104,7 @@ enum Target {
 
 struct Conn {
     addr: String,
-    stream: BufReader<TcpStream>,
+    stream: BufReader<Box<dyn Io>>,
 }
 
 impl std::fmt::Debug for Conn {
@@ -274,8 +283,21 @@ impl Client {
             Some(c) => c,
             None => {
                 match tokio::time::timeout(opts.connect_timeout, TcpStream::connect(&addr)).await {
-                    Ok(Ok(mut s)) => {
-                        let _ = s.set_nodelay(true);
+                    Ok(Ok(tcp)) => {
+                        let _ = tcp.set_nodelay(true);
+                        let mut s: Box<dyn Io> = match &opts.tls {
+                            None => Box::new(tcp),
+                            Some(tls) => match tls.connect(tcp, &addr).await {
+                                Ok(s) => Box::new(s),
+                                Err(e) => {
+                                    self.unbind(&addr);
+                                    return match refusal(&e) {
+                                        Some(why) => Attempt::Fatal(format!("unauthorized: {why}")),
+                                        None => Attempt::Retry(e.to_string()),
+                                    };
+                                }
+                            },
+                        };
                         if let Some(t) = &opts.call_token {
                             if let Err(e) =
                                 wire::write_frame(&mut s, wire::kind::HELLO, &[t.as_bytes()]).await
@@ -319,6 +341,11 @@ impl Client {
         .await
         {
             self.unbind(&addr);
+            if let wire::WireError::Io(io) = &e {
+                if let Some(why) = godwit_net::mtls::tls_refusal(io) {
+                    return Attempt::Fatal(format!("unauthorized: {addr}: {why}"));
+                }
+            }
             return Attempt::Retry(format!("send to {addr}: {e}"));
         }
         loop {
@@ -329,6 +356,13 @@ impl Client {
                 Ok(Ok(f)) => f,
                 Ok(Err(e)) => {
                     self.unbind(&addr);
+                    // With TLS 1.3 the service checks our certificate after the client
+                    // side of the handshake is done: its refusal arrives here.
+                    if let wire::WireError::Io(io) = &e {
+                        if let Some(why) = godwit_net::mtls::tls_refusal(io) {
+                            return Attempt::Fatal(format!("unauthorized: {addr}: {why}"));
+                        }
+                    }
                     return Attempt::Retry(format!("read from {addr}: {e}"));
                 }
                 Err(_) => {
@@ -369,5 +403,16 @@ impl Client {
                 }
             }
         }
+    }
+}
+
+/// A handshake failure that retrying will not fix (a certificate refused either way).
+fn refusal(e: &godwit_net::NetError) -> Option<String> {
+    match e {
+        godwit_net::NetError::Handshake { peer, source } => {
+            godwit_net::mtls::tls_refusal(source).map(|why| format!("{peer}: {why}"))
+        }
+        godwit_net::NetError::TlsSetup(why) => Some(why.clone()),
+        _ => None,
     }
 }

@@ -37,7 +37,7 @@ pub mod worker;
 #[doc = include_str!("../../../docs/SDK.md")]
 pub mod guide {}
 
-pub use client::{CallError, Client, ClientOptions};
+pub use client::{CallError, Client, ClientOptions, MutualClient};
 pub use codec::{DecodeError, Portable};
 pub use godwit_names::{self as names, Names};
 pub use godwit_sdk_macros::{service, Portable};

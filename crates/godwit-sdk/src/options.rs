@@ -58,6 +58,11 @@ pub struct ServiceOptions {
     /// CA file to verify godwitd's certificate (PKI mode); none: the token binding
     /// alone authenticates the agent.
     pub tls_ca: Option<PathBuf>,
+    /// Mutual TLS on the service port (`--tls-cert FILE --tls-key FILE --tls-client-ca
+    /// FILE`, all three or none): the service presents this certificate (PEM chain) and
+    /// key, and a call is served only on a TLS connection whose client certificate the
+    /// client CA signed; a client without one is refused at the handshake.
+    pub call_tls: Option<CallTls>,
     /// Periodic checkpoint interval (none: only on request); within
     /// [`MIN_INTERVAL_SECS`]..=[`MAX_INTERVAL_SECS`].
     pub interval: Option<Duration>,
@@ -102,6 +107,7 @@ impl Default for ServiceOptions {
             call_token: None,
             call_token_file: None,
             tls_ca: None,
+            call_tls: None,
             interval: None,
             retention: Retention::default(),
             standby: false,
@@ -116,6 +122,17 @@ impl Default for ServiceOptions {
             durable_sync: SyncMode::Each,
         }
     }
+}
+
+/// The PEM files of mutual TLS on the service port (see [`ServiceOptions::call_tls`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CallTls {
+    /// The service's certificate chain.
+    pub cert: PathBuf,
+    /// Its private key.
+    pub key: PathBuf,
+    /// The CA (one or more certificates) that signs the clients' certificates.
+    pub client_ca: PathBuf,
 }
 
 /// Shortest periodic checkpoint interval, in seconds.
@@ -198,7 +215,8 @@ impl ServiceOptions {
     /// Parses the service options:
     /// `--uuid U --listen A --advertise A --names URL --store URL --token-file F
     ///  --tls-ca FILE --interval SECS --keep N --keep-secs SECS --keep-bytes BYTES
-    ///  --standby --restore ID|latest --resume --lease SECS --call-token-file FILE`.
+    ///  --standby --restore ID|latest --resume --lease SECS --call-token-file FILE
+    ///  --tls-cert FILE --tls-key FILE --tls-client-ca FILE`.
     /// The token may also come from the `GODWIT_TOKEN` environment variable, the CA from
     /// `GODWIT_TLS_CA`.
     ///
@@ -220,6 +238,7 @@ impl ServiceOptions {
         };
         let mut names_url = None;
         let mut store_url = None;
+        let (mut tls_cert, mut tls_key, mut tls_client_ca) = (None, None, None);
         let mut it = args.into_iter();
         while let Some(flag) = it.next() {
             let mut value = |f: &str| {
@@ -266,6 +285,9 @@ impl ServiceOptions {
                     o.call_token_file = Some(PathBuf::from(p));
                 }
                 "--tls-ca" => o.tls_ca = Some(PathBuf::from(value(&flag)?)),
+                "--tls-cert" => tls_cert = Some(PathBuf::from(value(&flag)?)),
+                "--tls-key" => tls_key = Some(PathBuf::from(value(&flag)?)),
+                "--tls-client-ca" => tls_client_ca = Some(PathBuf::from(value(&flag)?)),
                 "--interval" => {
                     let v = value(&flag)?;
                     let secs: f64 = v.parse().map_err(|_| OptionsError::BadValue {
@@ -334,6 +356,28 @@ impl ServiceOptions {
                 _ => return Err(OptionsError::Unknown(flag)),
             }
         }
+        o.call_tls = match (tls_cert, tls_key, tls_client_ca) {
+            (None, None, None) => None,
+            (Some(cert), Some(key), Some(client_ca)) => Some(CallTls {
+                cert,
+                key,
+                client_ca,
+            }),
+            (cert, key, ca) => {
+                let missing: Vec<&str> = [
+                    (cert.is_none(), "--tls-cert"),
+                    (key.is_none(), "--tls-key"),
+                    (ca.is_none(), "--tls-client-ca"),
+                ]
+                .into_iter()
+                .filter_map(|(m, f)| m.then_some(f))
+                .collect();
+                return Err(OptionsError::BadValue {
+                    flag: missing.join(", "),
+                    message: "mutual TLS on the service port needs all three of --tls-cert, --tls-key and --tls-client-ca".into(),
+                });
+            }
+        };
         let agent = std::env::var("GODWIT_AGENT").ok();
         let agent_token = std::env::var("GODWIT_AGENT_TOKEN")
             .ok()
@@ -368,9 +412,20 @@ impl ServiceOptions {
     }
 
     /// The options of this SDK that a relaunch (migration) must repeat besides those
-    /// the migrating agent adds: `--worker-wait`, `--durable-log`, `--durable-sync`.
+    /// the migrating agent adds: `--worker-wait`, `--durable-log`, `--durable-sync`,
+    /// `--tls-cert`, `--tls-key`, `--tls-client-ca` (the same paths: the files must
+    /// exist on the destination node too).
     pub fn sdk_relaunch_options(&self) -> Vec<String> {
         let mut out = Vec::new();
+        if let Some(t) = &self.call_tls {
+            for (flag, p) in [
+                ("--tls-cert", &t.cert),
+                ("--tls-key", &t.key),
+                ("--tls-client-ca", &t.client_ca),
+            ] {
+                out.extend([flag.to_string(), p.display().to_string()]);
+            }
+        }
         if self.worker_wait != DEFAULT_WORKER_WAIT {
             out.extend([
                 "--worker-wait".to_string(),
@@ -454,5 +509,36 @@ mod tests {
                 .interval,
             None
         );
+    }
+
+    #[test]
+    fn call_tls_takes_all_three_files_and_is_relaunched_with_them() {
+        let o = ServiceOptions::from_args(args(
+            "--tls-cert /c/s.pem --tls-key /c/s.key --tls-client-ca /c/ca.pem",
+        ))
+        .unwrap();
+        assert_eq!(
+            o.call_tls,
+            Some(CallTls {
+                cert: "/c/s.pem".into(),
+                key: "/c/s.key".into(),
+                client_ca: "/c/ca.pem".into(),
+            })
+        );
+        assert_eq!(
+            o.sdk_relaunch_options(),
+            args("--tls-cert /c/s.pem --tls-key /c/s.key --tls-client-ca /c/ca.pem")
+        );
+        let e = ServiceOptions::from_args(args("--tls-cert /c/s.pem"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("--tls-key, --tls-client-ca") && e.contains("all three"),
+            "{e}"
+        );
+        assert!(ServiceOptions::from_args(args(""))
+            .unwrap()
+            .call_tls
+            .is_none());
     }
 }

@@ -14,8 +14,9 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use godwit_names::{Lease, NamesError};
+use godwit_net::mtls::MutualServer;
 use serde_json::{json, Value};
-use tokio::io::{AsyncWrite, BufReader};
+use tokio::io::{AsyncRead, AsyncWrite, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Notify};
 
@@ -33,6 +34,15 @@ use crate::worker::{Worker, WorkerError, Workers};
 /// Errors of the service runtime and of management operations.
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
+    /// The service marks operations `#[durable]` but runs without `--durable-log`.
+    #[error("operations `{ops}` are #[durable] but no durable call log is configured: start the service with --durable-log DIR (their calls must be on disk before their reply)")]
+    DurableWithoutLog {
+        /// The marked operations.
+        ops: String,
+    },
+    /// Mutual TLS on the service port cannot be set up (certificate, key or CA file).
+    #[error("mutual TLS on the service port (--tls-cert/--tls-key/--tls-client-ca): {0}")]
+    Tls(godwit_net::NetError),
     /// Could not listen.
     #[error("listen on {addr}: {source}")]
     Listen {
@@ -239,6 +249,9 @@ struct Shared<S: Service> {
     opts: ServiceOptions,
     methods: HashMap<&'static str, MethodKind>,
     methods_json: Value,
+    /// The `#[durable]` operations, when the service marks any: only those are logged
+    /// (none marked: every write is, with `--durable-log`).
+    durable_only: Option<std::collections::HashSet<&'static str>>,
     factory: Box<dyn Fn() -> S + Send + Sync>,
     inner: RwLock<Inner<S>>,
     running: Mutex<HashMap<Key, RunEntry>>,
@@ -386,6 +399,7 @@ impl<S: Service> Drop for ActiveGuard<'_, S> {
 pub struct Server<S: Service> {
     shared: Arc<Shared<S>>,
     listener: TcpListener,
+    tls: Option<MutualServer>,
 }
 
 /// A handle to a running instance, for in-process use (tests, embedding).
@@ -407,6 +421,12 @@ impl<S: Service> Server<S> {
         opts: ServiceOptions,
         factory: impl Fn() -> S + Send + Sync + 'static,
     ) -> Result<Self, ServiceError> {
+        let tls = match &opts.call_tls {
+            Some(t) => {
+                Some(MutualServer::new(&t.cert, &t.key, &t.client_ca).map_err(ServiceError::Tls)?)
+            }
+            None => None,
+        };
         let listener =
             TcpListener::bind(&opts.listen)
                 .await
@@ -427,6 +447,16 @@ impl<S: Service> Server<S> {
             .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
         let infos = S::methods();
         let methods = infos.iter().map(|m| (m.name, m.kind)).collect();
+        let marked: std::collections::HashSet<&'static str> =
+            infos.iter().filter(|m| m.durable).map(|m| m.name).collect();
+        if !marked.is_empty() && opts.durable_log.is_none() {
+            let mut ops: Vec<&str> = marked.iter().copied().collect();
+            ops.sort_unstable();
+            return Err(ServiceError::DurableWithoutLog {
+                ops: ops.join("`, `"),
+            });
+        }
+        let durable_only = (!marked.is_empty()).then_some(marked);
         let methods_json = Value::Object(
             infos
                 .iter()
@@ -441,6 +471,7 @@ impl<S: Service> Server<S> {
             address,
             methods,
             methods_json,
+            durable_only,
             factory: Box::new(factory),
             inner: RwLock::new(Inner {
                 state: None,
@@ -474,7 +505,11 @@ impl<S: Service> Server<S> {
             receiving: AtomicBool::new(false),
             opts,
         });
-        Ok(Server { shared, listener })
+        Ok(Server {
+            shared,
+            listener,
+            tls,
+        })
     }
 
     /// The advertised address.
@@ -529,7 +564,7 @@ impl<S: Service> Server<S> {
             }
         };
         let mut shutdown = sh.shutdown.subscribe();
-        tokio::spawn(sh.clone().accept_loop(self.listener));
+        tokio::spawn(sh.clone().accept_loop(self.listener, self.tls));
         tokio::spawn(sh.clone().lease_loop());
         tokio::spawn(sh.clone().periodic_loop());
         if let Some((term, int)) = signals {
@@ -724,7 +759,7 @@ impl<S: Service> Shared<S> {
         }
     }
 
-    async fn accept_loop(self: Arc<Self>, listener: TcpListener) {
+    async fn accept_loop(self: Arc<Self>, listener: TcpListener, tls: Option<MutualServer>) {
         let mut shutdown = self.shutdown.subscribe();
         loop {
             tokio::select! {
@@ -732,7 +767,16 @@ impl<S: Service> Shared<S> {
                 r = listener.accept() => match r {
                     Ok((stream, peer)) => {
                         let _ = stream.set_nodelay(true);
-                        tokio::spawn(self.clone().serve_conn(stream, peer.to_string()));
+                        let peer = peer.to_string();
+                        match &tls {
+                            None => {
+                                let (rd, wr) = stream.into_split();
+                                tokio::spawn(self.clone().serve_conn(rd, wr, peer, None));
+                            }
+                            Some(tls) => {
+                                tokio::spawn(self.clone().serve_tls_port(stream, peer, tls.clone()));
+                            }
+                        }
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "accept failed");
@@ -743,8 +787,57 @@ impl<S: Service> Shared<S> {
         }
     }
 
-    async fn serve_conn(self: Arc<Self>, stream: TcpStream, peer: String) {
-        let (rd, mut wr) = stream.into_split();
+    /// A connection to a port with mutual TLS: a TLS handshake (a client without a
+    /// certificate the client CA signed fails it), or plain frames, on which management
+    /// requests (authenticated by their own credential, as godwitd sends them) are
+    /// served but calls are refused.
+    async fn serve_tls_port(self: Arc<Self>, stream: TcpStream, peer: String, tls: MutualServer) {
+        let mut first = [0u8; 3];
+        let deadline = Instant::now() + godwit_net::HANDSHAKE_TIMEOUT;
+        let is_tls = loop {
+            match tokio::time::timeout_at(deadline.into(), stream.peek(&mut first)).await {
+                Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return,
+                Ok(Ok(n)) if n >= 3 || first[0] != 0x16 => {
+                    break godwit_net::mtls::starts_tls_handshake(&first[..n])
+                }
+                // Fewer bytes than the record header so far: look again shortly.
+                Ok(Ok(_)) => tokio::time::sleep(Duration::from_millis(2)).await,
+            }
+        };
+        if !is_tls {
+            let (rd, wr) = stream.into_split();
+            return self
+                .serve_conn(
+                    rd,
+                    wr,
+                    peer,
+                    Some("this service requires mutual TLS on its port: connect with a client certificate its client CA signed (ClientOptions::tls)"),
+                )
+                .await;
+        }
+        match tls.accept(stream, &peer).await {
+            Ok(s) => {
+                let (rd, wr) = tokio::io::split(s);
+                self.serve_conn(rd, wr, peer, None).await
+            }
+            Err(e) => {
+                tracing::warn!(%peer, error = %e, "service connection refused at the TLS handshake")
+            }
+        }
+    }
+
+    /// Serves one connection. `plain_refused`: why calls are refused on it (a plain
+    /// connection to a port with mutual TLS); management requests are served anyway.
+    async fn serve_conn<R, W>(
+        self: Arc<Self>,
+        rd: R,
+        mut wr: W,
+        peer: String,
+        plain_refused: Option<&'static str>,
+    ) where
+        R: AsyncRead + Unpin + Send,
+        W: AsyncWrite + Unpin + Send,
+    {
         let mut rd = BufReader::new(rd);
         // With `--call-token-file`, calls need a HELLO with that token first.
         let mut refused: Option<&str> = self
@@ -768,8 +861,8 @@ impl<S: Service> Shared<S> {
                     true
                 }
                 wire::kind::CALL => match wire::decode_call(&body) {
-                    Ok(call) if refused.is_some() => {
-                        let why = refused.unwrap_or_default();
+                    Ok(call) if plain_refused.or(refused).is_some() => {
+                        let why = plain_refused.or(refused).unwrap_or_default();
                         tracing::warn!(%peer, "call refused: {why}");
                         let msg = format!("unauthorized: {why}");
                         let _ = Self::reply(&mut wr, call.seq, status::ERROR, msg.as_bytes()).await;
@@ -952,7 +1045,11 @@ impl<S: Service> Shared<S> {
             Found::New(tx) => tx,
         };
         if kind == MethodKind::Write {
-            let log = lock(&self.log).clone();
+            // Logged: every write, or only the `#[durable]` ones when any is marked.
+            let log = match &self.durable_only {
+                Some(ops) if !ops.contains(method.as_str()) => None,
+                _ => lock(&self.log).clone(),
+            };
             let mut logged = None;
             let outcome = {
                 let mut g = self.write_inner();
@@ -2077,6 +2174,10 @@ impl<S: Service> Shared<S> {
             }),
             "relaunch_args": self.opts.relaunch_args,
             "call_token_file": self.opts.call_token_file.as_ref().map(|p| p.display().to_string()),
+            "call_tls": self.opts.call_tls.as_ref().map(|t| json!({
+                "cert": t.cert.display().to_string(),
+                "client_ca": t.client_ca.display().to_string(),
+            })),
             "names": self.opts.names.url(),
             "store": self.opts.store.url(),
             "state_bytes": state_bytes,
@@ -2098,6 +2199,14 @@ impl<S: Service> Shared<S> {
             "durable": self.opts.durable_log.as_ref().map(|d| json!({
                 "log": CallLog::path_for(d, &self.uuid).display().to_string(),
                 "sync": self.opts.durable_sync.as_str(),
+                "operations": match &self.durable_only {
+                    Some(ops) => {
+                        let mut ops: Vec<&str> = ops.iter().copied().collect();
+                        ops.sort_unstable();
+                        json!(ops)
+                    }
+                    None => json!("every write"),
+                },
                 "log_seq": self.read_inner().log_seq,
                 "replayed_at_start": self.replayed.load(SeqCst),
             })),

@@ -42,6 +42,9 @@ pub struct MethodInfo {
     pub reply: Schema,
     /// Schema of the stage, for resumable operations.
     pub stage: Option<Schema>,
+    /// `#[durable]`: with `--durable-log`, logged before its reply. When no operation
+    /// of a service is marked, every write is logged (with `--durable-log`).
+    pub durable: bool,
 }
 
 impl MethodInfo {
@@ -52,6 +55,7 @@ impl MethodInfo {
             "args": self.args.to_json(),
             "reply": self.reply.to_json(),
             "stage": self.stage.as_ref().map(|s| s.to_json()),
+            "durable": self.durable,
         })
     }
 }

@@ -2,7 +2,8 @@
 //! client-visible call latency before, during and after a migration.
 //!
 //! `cargo run --release -p godwit-sdk --bin sdk-bench -- [--mb 100] [--out FILE]
-//! [--calls-only] [--migration-only RUNS]`; also the per-call cost with service-call authentication off and on.
+//! [--calls-only] [--migration-only RUNS]`; also the per-call cost with service-call
+//! authentication off, by call token and by mutual TLS.
 //! prints JSON (and writes it to FILE). Everything runs in this process on loopback; the
 //! checkpoint store is a directory under the system temp dir (real files, fsync'ed).
 
@@ -276,16 +277,56 @@ async fn migration(name: &str, state: Bench, store: &Store, streamed: bool) -> V
     })
 }
 
+/// Writes a CA, a service certificate for 127.0.0.1 and a client certificate it signed
+/// (PEM) into `dir`: (service cert, service key, client cert, client key, CA).
+fn bench_pki(dir: &std::path::Path) -> [std::path::PathBuf; 5] {
+    use rcgen::{BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, KeyPair};
+    std::fs::create_dir_all(dir).expect("pki dir");
+    let ca_key = KeyPair::generate().expect("CA key");
+    let mut p = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = p.self_signed(&ca_key).expect("CA");
+    let write = |name: &str, text: String| {
+        let f = dir.join(name);
+        std::fs::write(&f, text).expect("write PEM");
+        f
+    };
+    let leaf = |name: &str, sans: Vec<String>, usage| {
+        let key = KeyPair::generate().expect("key");
+        let mut p = CertificateParams::new(sans).expect("params");
+        p.extended_key_usages = vec![usage];
+        let cert = p.signed_by(&key, &ca, &ca_key).expect("sign");
+        (
+            write(&format!("{name}.pem"), cert.pem()),
+            write(&format!("{name}.key"), key.serialize_pem()),
+        )
+    };
+    let (sc, sk) = leaf(
+        "server",
+        vec!["127.0.0.1".into()],
+        ExtendedKeyUsagePurpose::ServerAuth,
+    );
+    let (cc, ck) = leaf("client", vec![], ExtendedKeyUsagePurpose::ClientAuth);
+    [sc, sk, cc, ck, write("ca.pem", ca.pem())]
+}
+
 /// Per-call latency of one client calling `incr` in a loop, with service-call
-/// authentication off and on (`--call-token-file`: the token goes once per connection),
-/// and the cost of a new connection's first call (fresh client each time).
+/// authentication off, with a call token (`--call-token-file`: the token goes once per
+/// connection) and with mutual TLS (`--tls-cert/--tls-key/--tls-client-ca`), and the
+/// cost of a new connection's first call (fresh client each time).
 async fn call_cost(calls: usize) -> Value {
     const TOKEN: &str = "sdk-bench-call-token-0123456789";
     let mut rows = Vec::new();
-    for auth in [false, true] {
+    for mode in ["off", "call_token", "mutual_tls"] {
+        let auth = mode == "call_token";
+        let pki = (mode == "mutual_tls").then(|| {
+            bench_pki(
+                &std::env::temp_dir().join(format!("godwit-sdk-bench-pki-{}", std::process::id())),
+            )
+        });
         let names = Names::from_url("memory", None).expect("memory names");
         let dir = std::env::temp_dir().join(format!(
-            "godwit-sdk-bench-calls-{}-{auth}",
+            "godwit-sdk-bench-calls-{}-{mode}",
             std::process::id()
         ));
         let opts = ServiceOptions {
@@ -294,6 +335,11 @@ async fn call_cost(calls: usize) -> Value {
             handle_signals: false,
             announce: false,
             call_token: auth.then(|| TOKEN.to_string()),
+            call_tls: pki.as_ref().map(|p| godwit_sdk::options::CallTls {
+                cert: p[0].clone(),
+                key: p[1].clone(),
+                client_ca: p[4].clone(),
+            }),
             ..Default::default()
         };
         let s = Server::bind(opts, Bench::default).await.expect("bind");
@@ -301,6 +347,9 @@ async fn call_cost(calls: usize) -> Value {
         tokio::spawn(s.run());
         let copts = ClientOptions {
             call_token: auth.then(|| TOKEN.to_string()),
+            tls: pki
+                .as_ref()
+                .map(|p| godwit_sdk::MutualClient::new(&p[2], &p[3], &p[4]).expect("client TLS")),
             ..Default::default()
         };
         let c = BenchClient::new(Client::at(&addr, copts.clone()));
@@ -322,8 +371,13 @@ async fn call_cost(calls: usize) -> Value {
         }
         mgmt(&addr, json!({"op": "stop", "checkpoint": false})).await;
         let _ = std::fs::remove_dir_all(&dir);
+        if let Some(p) = &pki {
+            if let Some(d) = p[0].parent() {
+                let _ = std::fs::remove_dir_all(d);
+            }
+        }
         rows.push(json!({
-            "call_token": auth,
+            "auth": mode,
             "calls": calls,
             "p50_ms": pct(&mut lat, 0.5), "p99_ms": pct(&mut lat, 0.99),
             "first_call_on_new_connection": { "p50_ms": pct(&mut first, 0.5), "p99_ms": pct(&mut first, 0.99) },
