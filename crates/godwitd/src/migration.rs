@@ -172,6 +172,9 @@ pub async fn send_migration(
     roots.extend(req.also.iter().copied());
     godwit_engine::dump::check_roots(&roots)
         .map_err(|e| ApiError::new(crate::transparent::engine_status(&e), e.to_string()))?;
+    for &r in &roots {
+        crate::transparent::drop_tracking_of(agent, r);
+    }
     let inherit_fds = req
         .inherit_fds
         .iter()

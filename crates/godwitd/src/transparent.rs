@@ -231,10 +231,7 @@ pub(crate) async fn checkpoint_into_store(
     opts: godwit_engine::dump::DumpOptions,
 ) -> Result<(godwit_engine::dump::DumpReport, Option<String>), ApiError> {
     let store = crate::store::open(agent)?;
-    // A tracking kept for the periodic checkpoints of this process would
-    // keep this dump from pre-copying it: lifted (the next periodic one is
-    // then a full one).
-    lock(&agent.tracking).retain(|_, t| t.pid != pid);
+    drop_tracking_of(agent, pid);
     let leave_running = opts.leave_running;
     let i = id.to_string();
     let r = tokio::task::spawn_blocking(move || {
@@ -264,6 +261,13 @@ pub struct Tracked {
     /// files it takes by reference.
     last: String,
     tracking: godwit_engine::precopy::Tracking,
+}
+
+/// Lifts any write tracking kept for the periodic checkpoints of `pid`: it
+/// would keep another dump of it (a checkpoint on request, a migration)
+/// from pre-copying it. The next periodic checkpoint is then a full one.
+pub(crate) fn drop_tracking_of(agent: &Agent, pid: i32) {
+    lock(&agent.tracking).retain(|_, t| t.pid != pid);
 }
 
 /// Lifts the write tracking kept for protection `key` (the protection
