@@ -14,18 +14,28 @@
 //! the file: the state is read once on each side, not once more for a checksum. The
 //! receiver checks it against its own and puts it in the file's header.
 //!
-//! On the connection, after the TCP connect:
+//! The connection is the channel of the agents (crate godwit-net): TLS, with both ends
+//! bound to the per-migration secret as a token (an HMAC of the TLS exporter value under
+//! it, each way), so the state travels encrypted to an instance that proved the secret,
+//! from one that proved it too, with no certificate to hand out. After that binding (a
+//! sender without the secret is refused there):
 //!
 //! | from | bytes |
 //! |---|---|
-//! | old | `GODWITHO` · u32 secret length (LE) · secret |
-//! | new | MGMT_REPLY frame: `{"ok": true}` (accepted) or `{"ok": false, "error": ...}` |
 //! | old | u64 file length (LE) · the checkpoint file, its CRC-32 field 0 · u32 CRC-32 (LE) |
+//! | new | MGMT_REPLY frame: `{"ok": true, "received": N}` (the whole file, its CRC-32 right) |
+//! | old | `G`: go ahead |
 //! | new | MGMT_REPLY frame: `{"ok": true, "id": ...}` (serving) or `{"ok": false, "error": ...}` |
+//!
+//! The receiver restores only after the go-ahead, and the sender sends it only after
+//! the receipt: a connection lost before the go-ahead was written means the new
+//! instance certainly does not serve (the old one thaws: [`HandoffError::Cut`]); lost
+//! after, it may ([`HandoffError::NoAnswer`]: the old one stays frozen).
 
 use std::time::Duration;
 
-use serde_json::{json, Value};
+use godwit_net::{ChannelKind, ClientTls, NetError, ServerTls, Token, TokenSet};
+use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
@@ -33,10 +43,10 @@ use tokio::time::Instant;
 use crate::checkpoint::{CRC_AT, HEADER_LEN};
 use crate::wire;
 
-/// Opening bytes of a hand-off connection.
-pub const MAGIC: &[u8; 8] = b"GODWITHO";
 /// Longest secret accepted.
 pub const MAX_SECRET: u32 = 1024;
+/// The sender's go-ahead, after the receiver confirmed the whole file.
+const GO: u8 = b'G';
 /// Largest checkpoint file accepted over a hand-off (64 GiB).
 pub const MAX_FILE: u64 = 64 << 30;
 /// Connections with a wrong secret tolerated before the port is closed.
@@ -116,18 +126,29 @@ pub async fn send(
     let total = (head.len() + payload.len()) as u64;
     let deadline = Instant::now() + timeout;
     let late = |what: &str| format!("no {what} within {timeout:?}");
-    let stream = tokio::time::timeout_at(deadline, TcpStream::connect(addr))
+    let connect_err = |message: String| HandoffError::Connect {
+        addr: addr.to_string(),
+        message,
+    };
+    let token = Token::new(secret).map_err(|e| connect_err(e.to_string()))?;
+    let client = ClientTls::new(token, None)
+        .map_err(|e| connect_err(e.to_string()))?
+        .with_timeout(timeout);
+    let (tls, _) = tokio::time::timeout_at(deadline, client.connect(addr, ChannelKind::Migration))
         .await
-        .map_err(|_| HandoffError::Connect {
-            addr: addr.to_string(),
-            message: late("connection"),
-        })?
-        .map_err(|e| HandoffError::Connect {
-            addr: addr.to_string(),
-            message: e.to_string(),
+        .map_err(|_| connect_err(late("connection")))?
+        .map_err(|e| match e {
+            // The binding failed: the receiver does not know this secret (or we
+            // not its): it is not serving.
+            NetError::Refused { detail, .. } | NetError::Unauthenticated { detail, .. } => {
+                HandoffError::Refused {
+                    addr: addr.to_string(),
+                    message: format!("not the migration secret: {detail}"),
+                }
+            }
+            other => connect_err(other.to_string()),
         })?;
-    let _ = stream.set_nodelay(true);
-    let (rd, mut wr) = stream.into_split();
+    let (rd, mut wr) = tokio::io::split(tls);
     let mut rd = BufReader::new(rd);
     let cut = |sent: u64, message: String| HandoffError::Cut {
         addr: addr.to_string(),
@@ -135,27 +156,6 @@ pub async fn send(
         total,
         message,
     };
-    let mut hello = Vec::with_capacity(12 + secret.len());
-    hello.extend_from_slice(MAGIC);
-    hello.extend_from_slice(&(secret.len() as u32).to_le_bytes());
-    hello.extend_from_slice(secret.as_bytes());
-    tokio::time::timeout_at(deadline, wr.write_all(&hello))
-        .await
-        .map_err(|_| cut(0, late("hello sent")))?
-        .map_err(|e| cut(0, e.to_string()))?;
-    let accepted = tokio::time::timeout_at(deadline, read_answer(&mut rd))
-        .await
-        .map_err(|_| cut(0, late("acceptance")))?
-        .map_err(|e| cut(0, format!("no acceptance: {e}")))?;
-    if accepted["ok"].as_bool() != Some(true) {
-        return Err(HandoffError::Refused {
-            addr: addr.to_string(),
-            message: accepted["error"]
-                .as_str()
-                .unwrap_or("no message")
-                .to_string(),
-        });
-    }
     let mut sent = 0u64;
     let body = async {
         let mut crc = crc32fast::Hasher::new();
@@ -174,6 +174,28 @@ pub async fn send(
     match tokio::time::timeout_at(deadline, body).await {
         Err(_) => return Err(cut(sent, late("complete send"))),
         Ok(Err(e)) => return Err(cut(sent, e.to_string())),
+        Ok(Ok(())) => {}
+    }
+    // Written is not received: until the receiver confirms the whole file (and
+    // its CRC-32), and is told to go on, it restores nothing.
+    let got = tokio::time::timeout_at(deadline, read_answer(&mut rd))
+        .await
+        .map_err(|_| cut(sent, late("receipt")))?
+        .map_err(|e| cut(sent, format!("no receipt: {e}")))?;
+    if got["ok"].as_bool() != Some(true) {
+        return Err(HandoffError::Refused {
+            addr: addr.to_string(),
+            message: got["error"].as_str().unwrap_or("no message").to_string(),
+        });
+    }
+    // A failed write of the go-ahead did not reach it; once written, it may serve.
+    let go = async {
+        wr.write_all(&[GO]).await?;
+        wr.flush().await
+    };
+    match tokio::time::timeout_at(deadline, go).await {
+        Err(_) => return Err(cut(sent, late("go-ahead sent"))),
+        Ok(Err(e)) => return Err(cut(sent, format!("go-ahead not sent: {e}"))),
         Ok(Ok(())) => {}
     }
     let answer = tokio::time::timeout_at(deadline, read_answer(&mut rd))
@@ -208,7 +230,7 @@ async fn read_answer<R: AsyncReadExt + Unpin>(r: &mut R) -> Result<Value, String
 /// The receiving end, once the sender proved the secret and sent the whole file.
 pub struct Received {
     /// The connection, for the final answer.
-    pub stream: TcpStream,
+    pub stream: tokio_rustls::server::TlsStream<TcpStream>,
     /// The sender's address.
     pub peer: String,
     /// The checkpoint file, its CRC-32 checked and in its header.
@@ -229,16 +251,32 @@ impl Received {
 }
 
 /// Waits on `listener` until `deadline` for a sender that knows `secret`, then reads
-/// its checkpoint file. Senders with a wrong secret are refused and logged; after
-/// [`MAX_REFUSED`] of them, or at the deadline, the hand-off is given up.
+/// its checkpoint file. Senders without the secret are refused (at the TLS binding) and
+/// logged; after [`MAX_REFUSED`] of them, or at the deadline, the hand-off is given up.
 pub async fn receive(
     listener: TcpListener,
     secret: &str,
     deadline: Instant,
 ) -> Result<Received, HandoffError> {
+    let (tls, peer) = accept_sender(&listener, secret, deadline).await?;
+    read_file(tls, peer, deadline).await
+}
+
+/// The first connection on `listener` (before `deadline`) whose sender proves
+/// `secret` over TLS for a hand-off, and its address: the encrypted stream the file
+/// then comes on. Senders without the secret are refused and logged; after
+/// [`MAX_REFUSED`] of them the port is given up.
+pub async fn accept_sender(
+    listener: &TcpListener,
+    secret: &str,
+    deadline: Instant,
+) -> Result<(tokio_rustls::server::TlsStream<TcpStream>, String), HandoffError> {
+    let token = Token::new(secret).map_err(|e| HandoffError::Receive(e.to_string()))?;
+    let server = ServerTls::new(TokenSet::from_tokens([token]), None)
+        .map_err(|e| HandoffError::Receive(format!("the hand-off's TLS: {e}")))?;
     let mut refused = 0;
     loop {
-        let (mut stream, peer) = tokio::time::timeout_at(deadline, listener.accept())
+        let (tcp, peer) = tokio::time::timeout_at(deadline, listener.accept())
             .await
             .map_err(|_| {
                 HandoffError::Receive(format!(
@@ -246,113 +284,95 @@ pub async fn receive(
                 ))
             })?
             .map_err(|e| HandoffError::Receive(format!("accept: {e}")))?;
-        let _ = stream.set_nodelay(true);
         let peer = peer.to_string();
-        match tokio::time::timeout_at(deadline, hello(&mut stream, secret)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(why)) => {
-                tracing::warn!(%peer, "hand-off connection refused: {why}");
-                let v = json!({ "ok": false, "error": format!("refused: {why}") });
-                let _ = wire::write_frame(
-                    &mut stream,
-                    wire::kind::MGMT_REPLY,
-                    &[v.to_string().as_bytes()],
-                )
-                .await;
-                refused += 1;
-                if refused >= MAX_REFUSED {
-                    return Err(HandoffError::Receive(format!(
-                        "{refused} connections with a wrong secret; hand-off port closed"
-                    )));
-                }
-                continue;
-            }
+        let why = match tokio::time::timeout_at(deadline, server.accept(tcp)).await {
+            Ok(Ok((tls, ChannelKind::Migration, _))) => return Ok((tls, peer)),
+            Ok(Ok((_, kind, _))) => format!("a {kind} channel, not a hand-off"),
+            Ok(Err(e)) => e.to_string(),
             Err(_) => {
                 return Err(HandoffError::Receive(format!(
-                    "sender {peer} did not finish its hello in time"
+                    "sender {peer} did not finish its handshake in time"
                 )))
             }
+        };
+        tracing::warn!(%peer, "hand-off connection refused: {why}");
+        refused += 1;
+        if refused >= MAX_REFUSED {
+            return Err(HandoffError::Receive(format!(
+                "{refused} connections without the migration secret; hand-off port closed"
+            )));
         }
-        let accepted = json!({ "ok": true }).to_string();
-        let read = async {
-            wire::write_frame(&mut stream, wire::kind::MGMT_REPLY, &[accepted.as_bytes()])
-                .await
-                .map_err(|e| e.to_string())?;
-            let len = stream.read_u64_le().await.map_err(|e| e.to_string())?;
-            if len > MAX_FILE {
-                return Err(format!("announced {len} bytes, over the {MAX_FILE} limit"));
-            }
-            let mut file = vec![0u8; len as usize];
-            let mut crc = crc32fast::Hasher::new();
-            let mut filled = 0;
-            while filled < file.len() {
-                let end = (filled + SLICE).min(file.len());
-                let n = stream
-                    .read(&mut file[filled..end])
-                    .await
-                    .map_err(|e| format!("after {filled} of {len} bytes: {e}"))?;
-                if n == 0 {
-                    return Err(format!("connection closed after {filled} of {len} bytes"));
-                }
-                // Checksummed while in the cache; the header itself is not covered.
-                crc.update(
-                    file.get(filled.max(HEADER_LEN)..filled + n)
-                        .unwrap_or_default(),
-                );
-                filled += n;
-            }
-            let sent = stream
-                .read_u32_le()
-                .await
-                .map_err(|e| format!("no CRC-32 after the {len} bytes: {e}"))?;
-            let found = crc.finalize();
-            if found != sent {
-                return Err(format!(
-                    "corrupted in transit: CRC-32 of what arrived is {found:08x}, the sender's is {sent:08x}"
-                ));
-            }
-            if let Some(field) = file.get_mut(CRC_AT..CRC_AT + 4) {
-                field.copy_from_slice(&found.to_le_bytes());
-            } else {
-                return Err(format!("{len} bytes is shorter than a checkpoint header"));
-            }
-            Ok(file)
-        };
-        return match tokio::time::timeout_at(deadline, read).await {
-            Ok(Ok(file)) => Ok(Received { stream, peer, file }),
-            Ok(Err(e)) => Err(HandoffError::Receive(format!(
-                "the stream from {peer} broke off: {e}"
-            ))),
-            Err(_) => Err(HandoffError::Receive(format!(
-                "the stream from {peer} did not complete in time"
-            ))),
-        };
     }
 }
 
-/// Reads and checks the sender's hello.
-async fn hello(stream: &mut TcpStream, secret: &str) -> Result<(), String> {
-    let mut magic = [0u8; 8];
-    stream
-        .read_exact(&mut magic)
-        .await
-        .map_err(|e| e.to_string())?;
-    if &magic != MAGIC {
-        return Err("not a Godwit hand-off".into());
+/// Reads the checkpoint file from an authenticated sender.
+async fn read_file(
+    mut stream: tokio_rustls::server::TlsStream<TcpStream>,
+    peer: String,
+    deadline: Instant,
+) -> Result<Received, HandoffError> {
+    let read = async {
+        let len = stream.read_u64_le().await.map_err(|e| e.to_string())?;
+        if len > MAX_FILE {
+            return Err(format!("announced {len} bytes, over the {MAX_FILE} limit"));
+        }
+        let mut file = vec![0u8; len as usize];
+        let mut crc = crc32fast::Hasher::new();
+        let mut filled = 0;
+        while filled < file.len() {
+            let end = (filled + SLICE).min(file.len());
+            let n = stream
+                .read(&mut file[filled..end])
+                .await
+                .map_err(|e| format!("after {filled} of {len} bytes: {e}"))?;
+            if n == 0 {
+                return Err(format!("connection closed after {filled} of {len} bytes"));
+            }
+            // Checksummed while in the cache; the header itself is not covered.
+            crc.update(
+                file.get(filled.max(HEADER_LEN)..filled + n)
+                    .unwrap_or_default(),
+            );
+            filled += n;
+        }
+        let sent = stream
+            .read_u32_le()
+            .await
+            .map_err(|e| format!("no CRC-32 after the {len} bytes: {e}"))?;
+        let found = crc.finalize();
+        if found != sent {
+            return Err(format!(
+                "corrupted in transit: CRC-32 of what arrived is {found:08x}, the sender's is {sent:08x}"
+            ));
+        }
+        if let Some(field) = file.get_mut(CRC_AT..CRC_AT + 4) {
+            field.copy_from_slice(&found.to_le_bytes());
+        } else {
+            return Err(format!("{len} bytes is shorter than a checkpoint header"));
+        }
+        let receipt = serde_json::json!({ "ok": true, "received": len }).to_string();
+        wire::write_frame(&mut stream, wire::kind::MGMT_REPLY, &[receipt.as_bytes()])
+            .await
+            .map_err(|e| format!("receipt not sent: {e}"))?;
+        stream
+            .flush()
+            .await
+            .map_err(|e| format!("receipt not sent: {e}"))?;
+        match stream.read_u8().await {
+            Ok(GO) => Ok(file),
+            Ok(b) => Err(format!("byte {b:#x} instead of the go-ahead")),
+            Err(e) => Err(format!("no go-ahead after the receipt: {e}")),
+        }
+    };
+    match tokio::time::timeout_at(deadline, read).await {
+        Ok(Ok(file)) => Ok(Received { stream, peer, file }),
+        Ok(Err(e)) => Err(HandoffError::Receive(format!(
+            "the stream from {peer} broke off: {e}"
+        ))),
+        Err(_) => Err(HandoffError::Receive(format!(
+            "the stream from {peer} did not complete in time"
+        ))),
     }
-    let n = stream.read_u32_le().await.map_err(|e| e.to_string())?;
-    if n > MAX_SECRET {
-        return Err(format!("secret of {n} bytes"));
-    }
-    let mut given = vec![0u8; n as usize];
-    stream
-        .read_exact(&mut given)
-        .await
-        .map_err(|e| e.to_string())?;
-    if !crate::runtime::constant_time_eq(&given, secret.as_bytes()) {
-        return Err("wrong migration secret".into());
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -360,6 +380,7 @@ mod tests {
     use super::*;
     use crate::checkpoint::{self, Description, Envelope};
     use crate::codec::Portable;
+    use serde_json::json;
 
     fn file() -> (Vec<u8>, Vec<u8>) {
         let desc = Description {
@@ -408,7 +429,7 @@ mod tests {
         .await
         .unwrap_err();
         assert!(e.new_instance_not_serving());
-        assert!(e.to_string().contains("wrong migration secret"), "{e}");
+        assert!(e.to_string().contains("not the migration secret"), "{e}");
         let v = send(
             &addr,
             "the-right-secret-123",
@@ -433,15 +454,8 @@ mod tests {
         let deadline = Instant::now() + Duration::from_secs(10);
         let rx = tokio::spawn(async move { receive(l, "the-right-secret-123", deadline).await });
         // A sender whose CRC-32 is of other bytes than those it sends.
-        let mut s = TcpStream::connect(&addr).await.unwrap();
-        let secret = "the-right-secret-123";
-        s.write_all(MAGIC).await.unwrap();
-        s.write_all(&(secret.len() as u32).to_le_bytes())
-            .await
-            .unwrap();
-        s.write_all(secret.as_bytes()).await.unwrap();
-        let mut r = BufReader::new(&mut s);
-        assert_eq!(read_answer(&mut r).await.unwrap()["ok"], true);
+        let client = ClientTls::new(Token::new("the-right-secret-123").unwrap(), None).unwrap();
+        let (mut s, _) = client.connect(&addr, ChannelKind::Migration).await.unwrap();
         let mut crc = crc32fast::Hasher::new();
         crc.update(&head[HEADER_LEN..]);
         crc.update(&payload);
@@ -455,5 +469,65 @@ mod tests {
         s.write_all(&crc.finalize().to_le_bytes()).await.unwrap();
         let e = rx.await.unwrap().err().unwrap().to_string();
         assert!(e.contains("corrupted in transit"), "{e}");
+    }
+
+    /// What a plain TCP sender writes (the old clear-text hello, or anything) is
+    /// refused at the TLS handshake; the port stays open for the real sender.
+    #[tokio::test]
+    async fn a_sender_without_tls_and_the_secret_gets_nothing_through() {
+        let (head, payload) = file();
+        let (l, addr) = port().await;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let rx = tokio::spawn(async move {
+            let mut got = receive(l, "the-right-secret-123", deadline).await.unwrap();
+            got.answer(&json!({"ok": true, "id": "y"})).await;
+            got.file.len()
+        });
+        let mut plain = TcpStream::connect(&addr).await.unwrap();
+        let _ = plain
+            .write_all(b"GODWITHO\x14\0\0\0the-right-secret-123")
+            .await;
+        let mut buf = [0u8; 64];
+        // No acceptance comes back: at most a TLS alert record (type 21), then
+        // the connection is dropped.
+        let n = tokio::time::timeout(Duration::from_secs(5), plain.read(&mut buf)).await;
+        match n {
+            Ok(Ok(0)) | Ok(Err(_)) => {}
+            Ok(Ok(_)) => assert_eq!(buf[0], 21, "not a TLS alert: {buf:?}"),
+            Err(_) => panic!("the receiver kept a clear-text sender waiting"),
+        }
+        let v = send(
+            &addr,
+            "the-right-secret-123",
+            &head,
+            &payload,
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+        assert_eq!(v["id"], "y");
+        assert_eq!(rx.await.unwrap(), head.len() + payload.len());
+    }
+
+    /// An impostor listening in place of the new instance, without the secret,
+    /// gets no byte of the state: the sender stops at the binding.
+    #[tokio::test]
+    async fn an_impostor_receiver_gets_no_state() {
+        let (head, payload) = file();
+        let (l, addr) = port().await;
+        let deadline = Instant::now() + Duration::from_secs(2);
+        let rx = tokio::spawn(async move { receive(l, "an-impostors-secret-9", deadline).await });
+        let e = send(
+            &addr,
+            "the-right-secret-123",
+            &head,
+            &payload,
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap_err();
+        assert!(e.new_instance_not_serving(), "{e}");
+        assert!(matches!(e, HandoffError::Refused { .. }), "{e}");
+        assert!(rx.await.unwrap().is_err());
     }
 }

@@ -615,25 +615,16 @@ async fn streamed_hand_off_restores_then_stores_with_lineage() {
     assert!(next.id > id);
 }
 
-/// A receiver that accepts the hello, takes `keep` bytes of the file and hangs up.
+/// A receiver that proves the secret, takes `keep` bytes of the file and hangs up.
 async fn cutting_receiver(keep: usize) -> (String, tokio::task::JoinHandle<usize>) {
     use tokio::io::AsyncReadExt;
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap().to_string();
     let task = tokio::spawn(async move {
-        let (mut s, _) = l.accept().await.unwrap();
-        let mut hello = [0u8; 12];
-        s.read_exact(&mut hello).await.unwrap();
-        let n = u32::from_le_bytes(hello[8..12].try_into().unwrap()) as usize;
-        let mut secret = vec![0u8; n];
-        s.read_exact(&mut secret).await.unwrap();
-        godwit_sdk::wire::write_frame(
-            &mut s,
-            godwit_sdk::wire::kind::MGMT_REPLY,
-            &[br#"{"ok":true}"#],
-        )
-        .await
-        .unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let (mut s, _) = godwit_sdk::handoff::accept_sender(&l, SECRET, deadline)
+            .await
+            .unwrap();
         let mut got = vec![0u8; keep];
         s.read_exact(&mut got).await.unwrap();
         keep
@@ -714,7 +705,7 @@ async fn failed_hand_off_thaws_the_old_instance() {
             .unwrap();
     let port = recv["address"].as_str().unwrap().to_string();
     let e = freeze(port.clone(), "not-the-migration-secret-at-all").await;
-    assert!(e.contains("refused: wrong migration secret"), "{e}");
+    assert!(e.contains("not the migration secret"), "{e}");
     assert!(e.contains("thawed"), "{e}");
     serving_on(3).await;
     let st = godwit_sdk::mgmt::request(&addr2, json!({"op": "status"}), None, t)

@@ -684,26 +684,17 @@ async fn a_service_moves_to_a_node_that_keeps_its_program_elsewhere() {
     assert_eq!(bank.balance(id).await.unwrap(), Ok(125));
 }
 
-/// A receiver standing in for a new instance that dies mid-stream: it takes the
-/// hello and `keep` bytes of the checkpoint, then hangs up.
-async fn dying_receiver(keep: usize) -> String {
+/// A receiver standing in for a new instance that dies mid-stream: it proves
+/// `secret`, takes `keep` bytes of the checkpoint, then hangs up.
+async fn dying_receiver(keep: usize, secret: &'static str) -> String {
     use tokio::io::AsyncReadExt;
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap().to_string();
     tokio::spawn(async move {
-        let (mut s, _) = l.accept().await.unwrap();
-        let mut hello = [0u8; 12];
-        s.read_exact(&mut hello).await.unwrap();
-        let n = u32::from_le_bytes(hello[8..12].try_into().unwrap()) as usize;
-        let mut secret = vec![0u8; n];
-        s.read_exact(&mut secret).await.unwrap();
-        godwit_sdk::wire::write_frame(
-            &mut s,
-            godwit_sdk::wire::kind::MGMT_REPLY,
-            &[br#"{"ok":true}"#],
-        )
-        .await
-        .unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        let (mut s, _) = godwit_sdk::handoff::accept_sender(&l, secret, deadline)
+            .await
+            .unwrap();
         let mut got = vec![0u8; keep];
         let _ = s.read_exact(&mut got).await;
     });
@@ -829,7 +820,7 @@ async fn a_migration_streams_the_state_and_the_store_keeps_it_with_its_parent() 
     let cred = godwit_agent_client::management_credential(agent_b.client(), &addr, &uuid)
         .await
         .unwrap();
-    let to = dying_receiver(64).await;
+    let to = dying_receiver(64, "a-per-migration-secret-0123").await;
     let e = godwit_sdk::mgmt::request(
         &addr,
         json!({ "op": "freeze", "stream_to": to, "secret": "a-per-migration-secret-0123" }),
