@@ -1052,6 +1052,24 @@ struct ReplicaQuery {
     record: String,
 }
 
+/// The owner's record a copy comes with (`?record=JSON`): `operate` only, of
+/// `id`, and refused (409) when this node knows a newer generation.
+fn replica_record(
+    agent: &Agent,
+    conn: &Conn,
+    id: &str,
+    q: &ReplicaQuery,
+) -> Result<Record, ApiError> {
+    need(conn, Scope::Operate)?;
+    let rec: Record = serde_json::from_str(&q.record)
+        .map_err(|e| ApiError::new(400, format!("`record`: {e}")))?;
+    if rec.id != id {
+        return Err(ApiError::new(400, "the record is of another id"));
+    }
+    refuse_older(agent, &rec)?;
+    Ok(rec)
+}
+
 /// `PUT /v1/replicas/{id}?record=JSON` (`operate`), body: an export of the
 /// checkpoint (`godwit checkpoints export`): a copy held for the owner.
 /// 409 when this node knows a newer generation (the sender is fenced).
@@ -1062,13 +1080,7 @@ async fn replica(
     Query(q): Query<ReplicaQuery>,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult {
-    need(&conn, Scope::Operate)?;
-    let rec: Record = serde_json::from_str(&q.record)
-        .map_err(|e| ApiError::new(400, format!("`record`: {e}")))?;
-    if rec.id != id {
-        return Err(ApiError::new(400, "the record is of another id"));
-    }
-    refuse_older(&agent, &rec)?;
+    let rec = replica_record(&agent, &conn, &id, &q)?;
     let body = body?;
     let tmp = agent.data.join(format!(".replica-{id}-{}", now_ms()));
     let store = crate::store::open(&agent)?;
@@ -1147,13 +1159,7 @@ async fn offer(
     Query(q): Query<ReplicaQuery>,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult {
-    need(&conn, Scope::Operate)?;
-    let rec: Record = serde_json::from_str(&q.record)
-        .map_err(|e| ApiError::new(400, format!("`record`: {e}")))?;
-    if rec.id != id {
-        return Err(ApiError::new(400, "the record is of another id"));
-    }
-    refuse_older(&agent, &rec)?;
+    replica_record(&agent, &conn, &id, &q)?;
     let body = body?;
     let store = crate::store::open(&agent)?;
     let missing = tokio::task::spawn_blocking(move || godwit_store::export::missing(&store, &body))
