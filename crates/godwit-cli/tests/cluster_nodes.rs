@@ -134,6 +134,13 @@ impl Hosts {
         self.agents[host - 1] = Some(child);
     }
 
+    /// The state letter of `pid` on `host` (R, S, T, ...).
+    fn state_letter(&self, host: usize, pid: &str) -> String {
+        self.sh(host, &format!("sed 's/.*) //' /proc/{pid}/stat | cut -c1"))
+            .trim()
+            .to_string()
+    }
+
     /// The whole host dies: its init is killed, and every process of its
     /// PID namespace with it (its agent included).
     fn kill_host(&self, host: usize) {
@@ -641,14 +648,7 @@ fn a_protected_process_runs_again_on_a_peer_when_its_node_dies() {
     let mut c = Hosts::up(3);
     three_peers(&mut c, |_| Vec::new());
     let (_, id, log) = protected_counter(&c, 7001);
-    let last = || -> u64 {
-        std::fs::read_to_string(&log)
-            .unwrap_or_default()
-            .lines()
-            .last()
-            .and_then(|l| l.trim().parse().ok())
-            .unwrap_or(0)
-    };
+    let last = || last_count(&log);
     // n1 dies: every process of the host, its agent and the counter.
     let at_death = last();
     c.kill_host(1);
@@ -734,8 +734,11 @@ fn a_cut_off_owner_pauses_its_copy_and_kills_it_when_it_is_back() {
     // Cut off, n1 hears one node of three: its copy is paused (stopped,
     // not killed: had nobody taken over, it would continue).
     assert_eq!(c.sh(1, &format!("cat /proc/{pid}/comm")).trim(), "counter");
-    let state = c.sh(1, &format!("sed 's/.*) //' /proc/{pid}/stat | cut -c1"));
-    assert_eq!(state.trim(), "T", "n1's copy runs on while n2's runs");
+    assert_eq!(
+        c.state_letter(1, &pid),
+        "T",
+        "n1's copy runs on while n2's runs"
+    );
     link("up");
     // Gone (killed and reaped by the host's init), not merely stopped for a
     // checkpoint of n1's own loop.
@@ -773,19 +776,8 @@ fn an_owner_without_a_majority_pauses_and_continues_when_it_has_one() {
     let mut c = Hosts::up(3);
     three_peers(&mut c, |_| Vec::new());
     let (pid, _id, log) = protected_counter(&c, 7201);
-    let last = || -> u64 {
-        std::fs::read_to_string(&log)
-            .unwrap_or_default()
-            .lines()
-            .last()
-            .and_then(|l| l.trim().parse().ok())
-            .unwrap_or(0)
-    };
-    let state = |c: &Hosts| {
-        c.sh(1, &format!("sed 's/.*) //' /proc/{pid}/stat | cut -c1"))
-            .trim()
-            .to_string()
-    };
+    let last = || last_count(&log);
+    let state = |c: &Hosts| c.state_letter(1, &pid.to_string());
     for h in [2, 3] {
         let agent = c.agent_host_pid(h);
         // SAFETY: kills the godwitd this test started on host h.
@@ -914,11 +906,7 @@ fn agents_meet_through_etcd_leases_and_act_only_while_they_hold_one() {
     assert_eq!(c.health(2, "n1"), "dead");
     let v = c.json(2, &["protect"]);
     let pid = v["owned"][0]["pid"].as_i64().unwrap();
-    let state = |c: &Hosts| {
-        c.sh(2, &format!("sed 's/.*) //' /proc/{pid}/stat | cut -c1"))
-            .trim()
-            .to_string()
-    };
+    let state = |c: &Hosts| c.state_letter(2, &pid.to_string());
     assert_ne!(state(&c), "T");
     etcd.child.kill().unwrap();
     etcd.child.wait().unwrap();
@@ -927,6 +915,16 @@ fn agents_meet_through_etcd_leases_and_act_only_while_they_hold_one() {
         Duration::from_secs(20),
         || state(&c) == "T",
     );
+}
+
+/// The last number a counter wrote to `log` (0 before the first).
+fn last_count(log: &Path) -> u64 {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .last()
+        .and_then(|l| l.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 /// Starts godwitd on each of `c`'s three hosts, peers of one another, with
