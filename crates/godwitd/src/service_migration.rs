@@ -7,7 +7,8 @@
 //! The peers (and this agent itself, for the service's credential) are reached
 //! with the first `operate` token of this agent's token file.
 
-use std::sync::Arc;
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::body::Bytes;
@@ -24,6 +25,31 @@ use crate::Agent;
 
 /// How long the service's own status request may take.
 const STATUS_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The services this process's agent is moving now: one migration of a service
+/// at a time (another request for it is refused, 409).
+static MOVING: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
+
+/// A service marked as moving, unmarked when dropped (the request ended, however).
+struct Moving(String);
+
+impl Moving {
+    fn start(uuid: &str) -> Result<Moving, ApiError> {
+        if !crate::lock(&MOVING).insert(uuid.to_string()) {
+            return Err(ApiError::new(
+                409,
+                format!("service {uuid} is being migrated already; try again when that ends"),
+            ));
+        }
+        Ok(Moving(uuid.to_string()))
+    }
+}
+
+impl Drop for Moving {
+    fn drop(&mut self) {
+        crate::lock(&MOVING).remove(&self.0);
+    }
+}
 
 /// The address of the destination `to`: a peer's name (as `GET /v1/nodes`
 /// lists it) or `ADDR:PORT` as it is.
@@ -57,8 +83,9 @@ fn destination(agent: &Agent, to: &str) -> Result<String, ApiError> {
     Ok(addr)
 }
 
-/// The HTTP status for a failed migration: the caller's fault (400, 404, 409)
-/// or the service's, the destination's or a peer's (502).
+/// The HTTP status for a failed migration: 404 when the service left its name
+/// service meanwhile, else 502 (the service, the destination or a peer failed;
+/// the message names the stage and what was rolled back).
 fn status_of(e: &AgentError) -> u16 {
     match e {
         AgentError::NotFound(_) => 404,
@@ -66,6 +93,7 @@ fn status_of(e: &AgentError) -> u16 {
     }
 }
 
+/// `POST /v1/services/{uuid}/migrate {"to": NODE or "ADDR:PORT"}` (`operate`).
 pub(crate) async fn send(
     State(agent): State<Arc<Agent>>,
     Extension(conn): Extension<Conn>,
@@ -83,6 +111,7 @@ pub(crate) async fn send(
         )
     })?;
     let to = destination(&agent, to)?;
+    let _moving = Moving::start(&uuid)?;
     // Only a service this agent started and that runs here: its credential is
     // this agent's to use.
     let (pid, address, cred) = crate::api::running_service(&agent, &uuid, None)?;

@@ -931,6 +931,27 @@ async fn a_service_migrates_through_the_agents_api() {
     assert_eq!(names.resolve(&uuid).await.unwrap(), Some(addr.clone()));
     assert!(Path::new(&format!("/proc/{old_pid}")).exists(), "{msg}");
     assert_eq!(bank.balance(alice).await.unwrap(), Ok(100));
+    // A destination that may not start programs: refused, naming the stage and why.
+    let (_c, node_c) = loopback_agent(&dir.path().join("node-c"), &token_file, &[]);
+    let e = agent_a
+        .request(
+            "migrate",
+            "POST",
+            &path,
+            Some(json!({ "to": node_c })),
+            Duration::from_secs(120),
+        )
+        .await
+        .expect_err("a migration to an agent without --allow-exec succeeded");
+    let msg = e.to_string();
+    assert!(
+        msg.contains("HTTP 502")
+            && msg.contains("start on destination")
+            && msg.contains("remote execution is off"),
+        "{msg}"
+    );
+    assert_eq!(names.resolve(&uuid).await.unwrap(), Some(addr.clone()));
+    assert_eq!(bank.deposit(alice, 1).await.unwrap(), Ok(101));
     // A service this agent does not run, a missing `to`: refused.
     for (p, body, status) in [
         (
@@ -948,18 +969,29 @@ async fn a_service_migrates_through_the_agents_api() {
         assert!(e.to_string().contains(status), "{e}");
     }
 
-    // To B: it runs there now, under the same UUID, with every balance.
+    // To B, asked twice at once: one moves it, the other is refused (409 while it
+    // moves, 404 once it left); it runs there now, under the same UUID, with every
+    // balance.
     let t0 = Instant::now();
-    let m = agent_a
-        .request(
+    let ask = || {
+        agent_a.request(
             "migrate",
             "POST",
             &path,
             Some(json!({ "to": node_b })),
             Duration::from_secs(120),
         )
-        .await
-        .unwrap();
+    };
+    let (one, two) = tokio::join!(ask(), ask());
+    let (m, other) = match (one, two) {
+        (Ok(m), Err(e)) | (Err(e), Ok(m)) => (m, e.to_string()),
+        (one, two) => panic!("not one migration and one refusal: {one:?} {two:?}"),
+    };
+    assert!(
+        other.contains("HTTP 409") || other.contains("HTTP 404"),
+        "{other}"
+    );
+    eprintln!("the second request: {other}");
     eprintln!("migrated through the API in {:?}: {m}", t0.elapsed());
     assert_eq!(m["node"], json!(node_b), "{m}");
     assert_eq!(m["from"], json!(addr), "{m}");
@@ -978,7 +1010,7 @@ async fn a_service_migrates_through_the_agents_api() {
         "{listed}"
     );
     // The client rebinds to the new address.
-    assert_eq!(bank.balance(alice).await.unwrap(), Ok(100));
+    assert_eq!(bank.balance(alice).await.unwrap(), Ok(101));
     assert_eq!(bank.balance(bob).await.unwrap(), Ok(65));
     assert_eq!(bank.deposit(bob, 5).await.unwrap(), Ok(70));
     assert_eq!(names.resolve(&uuid).await.unwrap(), Some(new_addr));
