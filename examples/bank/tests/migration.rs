@@ -998,6 +998,7 @@ async fn a_service_migrates_through_the_agents_api() {
     let new_addr = m["address"].as_str().unwrap().to_string();
     assert_ne!(new_addr, addr);
     assert!(m["switch_over_ms"].as_f64().unwrap() > 0.0, "{m}");
+    assert!(m["path"] == "stream" || m["path"] == "store", "{m}");
     let new_pid = m["pid"].as_u64().unwrap_or_else(|| panic!("no pid: {m}"));
     let listed = agent_b
         .request("list", "GET", "/v1/exec", None, Duration::from_secs(10))
