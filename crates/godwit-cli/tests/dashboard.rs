@@ -815,6 +815,69 @@ async fn services_in_headless_chromium_in_browser() {
             .unwrap();
         assert_eq!(names, json!(200), "the restarted service is in the name service");
         shot(&c, "14-service-started").await;
+
+        // "Migrate" to B, chosen among the live nodes: it serves there (B's page lists
+        // it running), this page shows it running elsewhere and offers no Start.
+        let (node_b, url_b) = godwitd(&mut started, dir.path(), "services", "b", &bank, true);
+        let b = godwit_agent_client::Agent::new(&node_b, OPERATOR.to_string()).unwrap();
+        for (agent, name, addr) in [(&client, "b", &node_b), (&b, "a", &node)] {
+            agent
+                .request("node add", "POST", "/v1/nodes", Some(json!({"name": name, "addr": addr})), Duration::from_secs(10))
+                .await
+                .unwrap();
+        }
+        wait_js(
+            &c,
+            "B offered as a target for the service",
+            Duration::from_secs(15),
+            &format!("return document.querySelector(\"{row} select[data-role='target'] option[value='{node_b}']\") !== null"),
+        )
+        .await;
+        c.execute(
+            &format!("const s = document.querySelector(\"{row} select[data-role='target']\"); s.value = '{node_b}'; return s.value"),
+            vec![],
+        )
+        .await
+        .unwrap();
+        click(&c, &format!("{row} button[data-action='migrate']")).await;
+        let msg = wait_js(
+            &c,
+            "the service migrated",
+            Duration::from_secs(60),
+            "const m = document.getElementById('message').textContent; return m.startsWith('migration of') && !m.endsWith('…') && m",
+        )
+        .await;
+        let msg = msg.as_str().unwrap();
+        assert!(msg.contains(": done (serving at ") && msg.contains(&format!(" on {node_b}")), "{msg}");
+        let moved_pid: i32 = msg
+            .split(", pid ")
+            .nth(1)
+            .and_then(|r| r.split(';').next())
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("no pid in {msg}"));
+        started.pids.push(moved_pid);
+        common::wait_for("the instance on A to end", Duration::from_secs(20), || common::gone(new_pid));
+        wait_js(
+            &c,
+            "the service shown running elsewhere, not startable here",
+            Duration::from_secs(15),
+            &format!("const r = document.querySelector(\"{row}\"); return r && r.children[4].textContent.startsWith('runs elsewhere') && r.querySelector(\"button[data-action='start']\").disabled"),
+        )
+        .await;
+        shot(&c, "15-service-migrated").await;
+        login(&c, &url_b, OPERATOR).await;
+        let there = wait_js(
+            &c,
+            "the service listed running on B",
+            Duration::from_secs(15),
+            &format!("const r = document.querySelector(\"{row}\"); return r && r.children[4].textContent"),
+        )
+        .await;
+        assert_eq!(there, json!(format!("running (pid {moved_pid})")));
+        c.execute("document.getElementById('services-section').scrollIntoView()", vec![])
+            .await
+            .unwrap();
+        shot(&c, "16-service-on-the-other-node").await;
     })
     .await;
     let _ = c.close().await;

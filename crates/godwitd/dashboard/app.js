@@ -81,13 +81,14 @@ async function act(method, path, body) {
   return v;
 }
 
-// Runs an action from a button, reporting the outcome, then refreshes at once.
-async function run(button, what, fn) {
+// Runs an action from a button, reporting the outcome (with `detail(answer)` when
+// given), then refreshes at once.
+async function run(button, what, fn, detail) {
   button.disabled = true;
   say(what + "…", true);
   try {
     const v = await fn();
-    say(what + ": done" + (v && v.id ? " (" + v.id + ")" : ""), true);
+    say(what + ": done" + (detail ? detail(v) : v && v.id ? " (" + v.id + ")" : ""), true);
   } catch (e) {
     say(what + ": " + e.message, false);
   } finally {
@@ -304,19 +305,33 @@ function drawImages(images) {
 
 // ---- services --------------------------------------------------------------
 
+// A service that does not run here but that the name service has elsewhere (moved
+// to another node) is shown so, and not started here again.
+function serviceState(s) {
+  if (s.running) return "running (pid " + s.pid + ")";
+  if (s.elsewhere) return "runs elsewhere (" + s.elsewhere + ")";
+  return s.exit_code === null || s.exit_code === undefined ? "stopped" : "exited " + s.exit_code;
+}
+
 function drawServices(services) {
   const tb = document.querySelector("#services tbody");
-  updateRows(tb, services, "data-uuid", (s) => s.uuid, (s) => s, (s) => {
+  updateRows(tb, services, "data-uuid", (s) => s.uuid, (s) => [s, targets()], (s) => {
     const base = "/api/v1/services/" + encodeURIComponent(s.uuid);
     const secs = el("input", { type: "number", min: 0, step: "any", placeholder: "secs", "data-role": "interval" });
     const pick = el("select", { "data-role": "checkpoint", "aria-label": "checkpoint" },
       ...s.checkpoints.slice().reverse().map((c) => el("option", { value: c.id, text: c.id + " (" + when(c.created_unix_ms) + ")" })));
+    const select = el("select", { "data-role": "target", "aria-label": "target node" },
+      ...(targets().length
+        ? targets().map((t) => el("option", { value: t, text: t }))
+        : [el("option", { value: "", text: "no other node known" })]));
+    const custom = el("input", { type: "text", placeholder: "or ADDR:PORT", "data-role": "target-text", size: 14 });
+    const here = !s.elsewhere;
     return el("tr", { "data-uuid": s.uuid },
       el("td", { text: s.uuid }),
       el("td", { text: s.program || "—" }),
       el("td", { text: s.running ? session.node : "—" }),
-      el("td", { text: s.address || "—" }),
-      el("td", { class: s.running ? "ok" : "muted", text: s.running ? "running (pid " + s.pid + ")" : (s.exit_code === null || s.exit_code === undefined ? "stopped" : "exited " + s.exit_code) }),
+      el("td", { text: (s.running ? s.address : s.elsewhere) || "—" }),
+      el("td", { class: s.running ? "ok" : "muted", text: serviceState(s) }),
       el("td", { class: "num", text: s.restarts === undefined ? "—" : String(s.restarts) }),
       el("td", { text: s.checkpoints.length ? s.checkpoints.length + ", newest " + s.checkpoints[s.checkpoints.length - 1].id : "none" }),
       el("td", {}, el("div", { class: "actions" },
@@ -330,11 +345,19 @@ function drawServices(services) {
         }, session.operate && s.running),
         pick,
         button("Restore", "restore", (ev) => run(ev.target, "restore of " + s.uuid + " to " + pick.value,
-          () => act("POST", base + "/start", { checkpoint: pick.value })), session.exec && !s.running && s.started_here && s.checkpoints.length > 0),
+          () => act("POST", base + "/start", { checkpoint: pick.value })), session.exec && !s.running && here && s.started_here && s.checkpoints.length > 0),
         button("Stop", "stop", (ev) => run(ev.target, "stop " + s.uuid,
           () => act("POST", base + "/manage", { op: "stop", checkpoint: true })), session.operate && s.running),
         button("Start", "start", (ev) => run(ev.target, "start " + s.uuid,
-          () => act("POST", base + "/start", {})), session.exec && !s.running && s.started_here),
+          () => act("POST", base + "/start", {})), session.exec && !s.running && here && s.started_here),
+        select, custom,
+        button("Migrate", "migrate", (ev) => {
+          const to = custom.value.trim() || select.value;
+          if (!to) { say("migrate " + s.uuid + ": choose a target node or give ADDR:PORT", false); return; }
+          run(ev.target, "migration of " + s.uuid + " to " + to,
+            () => act("POST", base + "/migrate", { to }),
+            (v) => " (serving at " + v.address + " on " + v.node + (v.pid ? ", pid " + v.pid : "") + "; calls held " + Number(v.switch_over_ms || 0).toFixed(1) + " ms)");
+        }, session.operate && s.running),
       )),
     );
   }, null, "no conformist service on this node");
@@ -405,7 +428,7 @@ async function poll() {
   clearTimeout(timer);
   try {
     const all = document.getElementById("show-all").checked;
-    const [health, nodes, procs, exec, images, store, local, history, load, balance, prot] = await Promise.all([
+    const [health, nodes, procs, exec, images, store, local, history, load, balance, prot, names] = await Promise.all([
       get("/api/v1/health").catch(() => null),
       optional("/api/v1/nodes"),
       get("/api/v1/processes" + (all ? "?all=true" : "")),
@@ -417,6 +440,7 @@ async function poll() {
       optional("/api/v1/load"),
       optional("/api/v1/balance"),
       optional("/api/v1/protected"),
+      optional("/api/v1/names"),
     ]);
     state.node = procs.node;
     state.processes = procs.processes;
@@ -432,6 +456,9 @@ async function poll() {
       }
     }
     for (const u of store.services) if (!byUuid.has(u)) byUuid.set(u, { uuid: u, running: false, started_here: false });
+    // Where this node's name service has a service that does not run here.
+    const bound = new Map(((names && names.services) || []).map((r) => [r.uuid, r.address]));
+    for (const s of byUuid.values()) if (!s.running && bound.has(s.uuid)) s.elsewhere = bound.get(s.uuid);
     const services = [...byUuid.values()].sort((a, b) => a.uuid.localeCompare(b.uuid));
     const lists = await Promise.all(services.map((s) => get("/api/v1/store/" + encodeURIComponent(s.uuid)).catch(() => ({ checkpoints: [] }))));
     services.forEach((s, i) => { s.checkpoints = lists[i].checkpoints || []; });

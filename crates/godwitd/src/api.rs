@@ -378,7 +378,7 @@ async fn service_credential(
 
 /// The running instance of service `uuid` that this agent started, the one at `want`
 /// or else the newest: (pid, address, management credential); 404 when none runs here.
-fn running_service(
+pub(crate) fn running_service(
     agent: &Agent,
     uuid: &str,
     want: Option<&str>,

@@ -17,6 +17,7 @@ mod load;
 mod metrics;
 mod migration;
 mod protect;
+mod service_migration;
 mod store;
 mod transparent;
 

@@ -107,9 +107,15 @@ pub async fn receive(
 /// its node (with its descendants, and `also` with theirs, in one image) to
 /// the agent at `to`, as `godwit migrate` would from here, and answers with
 /// the same report. The peer is reached with the first `operate` token of
-/// this agent's token file.
+/// this agent's token file. `POST /v1/services/{uuid}/migrate` moves a
+/// conformist service ([`crate::service_migration`]).
 pub fn routes() -> axum::Router<Arc<Agent>> {
-    axum::Router::new().route("/v1/processes/{pid}/migrate", axum::routing::post(send))
+    axum::Router::new()
+        .route("/v1/processes/{pid}/migrate", axum::routing::post(send))
+        .route(
+            "/v1/services/{uuid}/migrate",
+            axum::routing::post(crate::service_migration::send),
+        )
 }
 
 #[derive(serde::Deserialize, Debug, Clone, Default)]

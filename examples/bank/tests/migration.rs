@@ -845,3 +845,197 @@ async fn a_migration_streams_the_state_and_the_store_keeps_it_with_its_parent() 
         "nothing stored by the failed hand-off"
     );
 }
+
+/// `POST /v1/services/{uuid}/migrate` on the agent that started the bank: it
+/// moves the service to a peer with its own token (as `godwit service
+/// migrate` would), answers where it runs now and the pause; the client
+/// rebinds and every balance came along. A destination that does not answer
+/// is refused, saying so, with the service still serving where it was.
+#[tokio::test]
+async fn a_service_migrates_through_the_agents_api() {
+    let _heavy = HEAVY.lock().await;
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, TOKEN).unwrap();
+    std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let bin = bank_bin();
+    let allow = ["--allow-exec".as_ref(), bin.as_os_str()];
+    let (_a, node_a) = loopback_agent(&dir.path().join("node-a"), &token_file, &allow);
+    let (_b, node_b) = loopback_agent(&dir.path().join("node-b"), &token_file, &allow);
+    let (agent_a, agent_b) = (
+        Agent::new(&node_a, TOKEN.into()).unwrap(),
+        Agent::new(&node_b, TOKEN.into()).unwrap(),
+    );
+    let url = format!("agent://{node_a}");
+    let args: Vec<String> = [
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--names",
+        &url,
+        "--store",
+        &url,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let started = agent_a
+        .exec(
+            bin.to_str().unwrap(),
+            &args,
+            json!({}),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    let uuid = started["ready"]["uuid"].as_str().unwrap().to_string();
+    let addr = started["ready"]["address"].as_str().unwrap().to_string();
+    let old_pid = started["pid"].as_u64().unwrap();
+    let names = Names::from_url(&url, Some(TOKEN.into())).unwrap();
+    let bank = BankClient::new(Client::by_uuid(
+        &uuid,
+        names.clone(),
+        ClientOptions::default(),
+    ));
+    let alice = bank.open("alice".into(), 125).await.unwrap().unwrap();
+    let bob = bank.open("bob".into(), 40).await.unwrap().unwrap();
+    bank.transfer(alice, bob, 25).await.unwrap().unwrap();
+    let path = format!("/v1/services/{uuid}/migrate");
+
+    // Nobody at the destination: refused, the service serving where it was.
+    let refused = agent_a
+        .request(
+            "migrate",
+            "POST",
+            &path,
+            Some(json!({ "to": "127.0.0.1:1" })),
+            Duration::from_secs(120),
+        )
+        .await
+        .expect_err("a migration to nobody succeeded");
+    let msg = refused.to_string();
+    assert!(
+        msg.contains("HTTP 502") && msg.contains("127.0.0.1:1"),
+        "{msg}"
+    );
+    assert_eq!(names.resolve(&uuid).await.unwrap(), Some(addr.clone()));
+    assert!(Path::new(&format!("/proc/{old_pid}")).exists(), "{msg}");
+    assert_eq!(bank.balance(alice).await.unwrap(), Ok(100));
+    // A destination that may not start programs: refused, naming the stage and why.
+    let (_c, node_c) = loopback_agent(&dir.path().join("node-c"), &token_file, &[]);
+    let e = agent_a
+        .request(
+            "migrate",
+            "POST",
+            &path,
+            Some(json!({ "to": node_c })),
+            Duration::from_secs(120),
+        )
+        .await
+        .expect_err("a migration to an agent without --allow-exec succeeded");
+    let msg = e.to_string();
+    assert!(
+        msg.contains("HTTP 502")
+            && msg.contains("start on destination")
+            && msg.contains("remote execution is off"),
+        "{msg}"
+    );
+    assert_eq!(names.resolve(&uuid).await.unwrap(), Some(addr.clone()));
+    assert_eq!(bank.deposit(alice, 1).await.unwrap(), Ok(101));
+    // A service this agent does not run, a missing `to`: refused.
+    for (p, body, status) in [
+        (
+            "/v1/services/no-such-service/migrate".to_string(),
+            json!({ "to": node_b }),
+            "HTTP 404",
+        ),
+        (path.clone(), json!({}), "HTTP 400"),
+        (path.clone(), json!({ "to": node_a }), "HTTP 400"),
+    ] {
+        let e = agent_a
+            .request("migrate", "POST", &p, Some(body), Duration::from_secs(30))
+            .await
+            .expect_err("refused");
+        assert!(e.to_string().contains(status), "{e}");
+    }
+
+    // To B, asked twice at once: one moves it, the other is refused (409 while it
+    // moves, 404 once it left); it runs there now, under the same UUID, with every
+    // balance.
+    let t0 = Instant::now();
+    let ask = || {
+        agent_a.request(
+            "migrate",
+            "POST",
+            &path,
+            Some(json!({ "to": node_b })),
+            Duration::from_secs(120),
+        )
+    };
+    let (one, two) = tokio::join!(ask(), ask());
+    let (m, other) = match (one, two) {
+        (Ok(m), Err(e)) | (Err(e), Ok(m)) => (m, e.to_string()),
+        (one, two) => panic!("not one migration and one refusal: {one:?} {two:?}"),
+    };
+    assert!(
+        other.contains("HTTP 409") || other.contains("HTTP 404"),
+        "{other}"
+    );
+    eprintln!("the second request: {other}");
+    eprintln!("migrated through the API in {:?}: {m}", t0.elapsed());
+    assert_eq!(m["node"], json!(node_b), "{m}");
+    assert_eq!(m["from"], json!(addr), "{m}");
+    let new_addr = m["address"].as_str().unwrap().to_string();
+    assert_ne!(new_addr, addr);
+    assert!(m["switch_over_ms"].as_f64().unwrap() > 0.0, "{m}");
+    assert!(m["path"] == "stream" || m["path"] == "store", "{m}");
+    let new_pid = m["pid"].as_u64().unwrap_or_else(|| panic!("no pid: {m}"));
+    let listed = agent_b
+        .request("list", "GET", "/v1/exec", None, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert!(
+        listed["processes"].as_array().unwrap().iter().any(|p| {
+            p["pid"] == json!(new_pid) && p["running"] == true && p["uuid"] == json!(uuid)
+        }),
+        "{listed}"
+    );
+    // The client rebinds to the new address.
+    assert_eq!(bank.balance(alice).await.unwrap(), Ok(101));
+    assert_eq!(bank.balance(bob).await.unwrap(), Ok(65));
+    assert_eq!(bank.deposit(bob, 5).await.unwrap(), Ok(70));
+    assert_eq!(names.resolve(&uuid).await.unwrap(), Some(new_addr));
+    // The old instance ended on A.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Path::new(&format!("/proc/{old_pid}/exe")).exists() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        !Path::new(&format!("/proc/{old_pid}/exe")).exists(),
+        "the old instance still runs"
+    );
+    // Back to A by its peer name: A knows B as a node; B does not run it.
+    agent_b
+        .request(
+            "node add",
+            "POST",
+            "/v1/nodes",
+            Some(json!({ "name": "a", "addr": node_a })),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    let back = agent_b
+        .request(
+            "migrate",
+            "POST",
+            &path,
+            Some(json!({ "to": "a" })),
+            Duration::from_secs(120),
+        )
+        .await
+        .unwrap();
+    assert_eq!(back["node"], json!(node_a), "{back}");
+    assert_eq!(bank.balance(bob).await.unwrap(), Ok(70));
+}
