@@ -409,36 +409,37 @@ mod tests {
         (l, a)
     }
 
+    const RIGHT: &str = "the-right-secret-123";
+
+    /// A receiver with the right secret that answers `id` and gives the file.
+    fn answering(l: TcpListener, id: &'static str) -> tokio::task::JoinHandle<Vec<u8>> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        tokio::spawn(async move {
+            let mut got = receive(l, RIGHT, deadline).await.unwrap();
+            got.answer(&json!({"ok": true, "id": id})).await;
+            got.file
+        })
+    }
+
+    async fn send_with(
+        addr: &str,
+        secret: &str,
+        (head, payload): &(Vec<u8>, Vec<u8>),
+    ) -> Result<Value, HandoffError> {
+        send(addr, secret, head, payload, Duration::from_secs(10)).await
+    }
+
     #[tokio::test]
     async fn the_file_arrives_checksummed_after_a_wrong_secret_is_refused() {
-        let (head, payload) = file();
+        let f = file();
         let (l, addr) = port().await;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let rx = tokio::spawn(async move {
-            let mut got = receive(l, "the-right-secret-123", deadline).await.unwrap();
-            got.answer(&json!({"ok": true, "id": "x"})).await;
-            got.file
-        });
-        let e = send(
-            &addr,
-            "a-wrong-secret-12345",
-            &head,
-            &payload,
-            Duration::from_secs(10),
-        )
-        .await
-        .unwrap_err();
+        let rx = answering(l, "x");
+        let e = send_with(&addr, "a-wrong-secret-12345", &f)
+            .await
+            .unwrap_err();
         assert!(e.new_instance_not_serving());
         assert!(e.to_string().contains("not the migration secret"), "{e}");
-        let v = send(
-            &addr,
-            "the-right-secret-123",
-            &head,
-            &payload,
-            Duration::from_secs(10),
-        )
-        .await
-        .unwrap();
+        let v = send_with(&addr, RIGHT, &f).await.unwrap();
         assert_eq!(v["id"], "x");
         let file = rx.await.unwrap();
         // The CRC-32 is in place: the file reads as any stored checkpoint.
@@ -452,9 +453,9 @@ mod tests {
         let (head, payload) = file();
         let (l, addr) = port().await;
         let deadline = Instant::now() + Duration::from_secs(10);
-        let rx = tokio::spawn(async move { receive(l, "the-right-secret-123", deadline).await });
+        let rx = tokio::spawn(async move { receive(l, RIGHT, deadline).await });
         // A sender whose CRC-32 is of other bytes than those it sends.
-        let client = ClientTls::new(Token::new("the-right-secret-123").unwrap(), None).unwrap();
+        let client = ClientTls::new(Token::new(RIGHT).unwrap(), None).unwrap();
         let (mut s, _) = client.connect(&addr, ChannelKind::Migration).await.unwrap();
         let mut crc = crc32fast::Hasher::new();
         crc.update(&head[HEADER_LEN..]);
@@ -475,14 +476,9 @@ mod tests {
     /// refused at the TLS handshake; the port stays open for the real sender.
     #[tokio::test]
     async fn a_sender_without_tls_and_the_secret_gets_nothing_through() {
-        let (head, payload) = file();
+        let f = file();
         let (l, addr) = port().await;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let rx = tokio::spawn(async move {
-            let mut got = receive(l, "the-right-secret-123", deadline).await.unwrap();
-            got.answer(&json!({"ok": true, "id": "y"})).await;
-            got.file.len()
-        });
+        let rx = answering(l, "y");
         let mut plain = TcpStream::connect(&addr).await.unwrap();
         let _ = plain
             .write_all(b"GODWITHO\x14\0\0\0the-right-secret-123")
@@ -496,36 +492,20 @@ mod tests {
             Ok(Ok(_)) => assert_eq!(buf[0], 21, "not a TLS alert: {buf:?}"),
             Err(_) => panic!("the receiver kept a clear-text sender waiting"),
         }
-        let v = send(
-            &addr,
-            "the-right-secret-123",
-            &head,
-            &payload,
-            Duration::from_secs(10),
-        )
-        .await
-        .unwrap();
+        let v = send_with(&addr, RIGHT, &f).await.unwrap();
         assert_eq!(v["id"], "y");
-        assert_eq!(rx.await.unwrap(), head.len() + payload.len());
+        assert_eq!(rx.await.unwrap().len(), f.0.len() + f.1.len());
     }
 
     /// An impostor listening in place of the new instance, without the secret,
     /// gets no byte of the state: the sender stops at the binding.
     #[tokio::test]
     async fn an_impostor_receiver_gets_no_state() {
-        let (head, payload) = file();
+        let f = file();
         let (l, addr) = port().await;
         let deadline = Instant::now() + Duration::from_secs(2);
         let rx = tokio::spawn(async move { receive(l, "an-impostors-secret-9", deadline).await });
-        let e = send(
-            &addr,
-            "the-right-secret-123",
-            &head,
-            &payload,
-            Duration::from_secs(5),
-        )
-        .await
-        .unwrap_err();
+        let e = send_with(&addr, RIGHT, &f).await.unwrap_err();
         assert!(e.new_instance_not_serving(), "{e}");
         assert!(matches!(e, HandoffError::Refused { .. }), "{e}");
         assert!(rx.await.unwrap().is_err());
