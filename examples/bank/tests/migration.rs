@@ -481,11 +481,8 @@ async fn sigterm_deregisters_and_flushes_a_final_checkpoint() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_service_started_by_the_agent_uses_its_per_program_token() {
     let _heavy = HEAVY.lock().await;
-    use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();
-    let token_file = dir.path().join("token");
-    std::fs::write(&token_file, TOKEN).unwrap();
-    std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let token_file = private_token(dir.path());
     let (_d, node) = loopback_agent(
         &dir.path().join("node"),
         &token_file,
@@ -598,6 +595,41 @@ fn loopback_agent(data: &Path, token_file: &Path, extra: &[&std::ffi::OsStr]) ->
     (d, node)
 }
 
+/// The operator's token in `dir/token`, mode 0600.
+fn private_token(dir: &Path) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let token_file = dir.join("token");
+    std::fs::write(&token_file, TOKEN).unwrap();
+    std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    token_file
+}
+
+/// `bin serve` started through `agent`, with `url` as its name service and
+/// store; the agent's answer (`ready.uuid`, `ready.address`, `pid`).
+async fn serve_bank(agent: &Agent, bin: &Path, url: &str) -> Value {
+    let args: Vec<String> = [
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--names",
+        url,
+        "--store",
+        url,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    agent
+        .exec(
+            bin.to_str().unwrap(),
+            &args,
+            json!({}),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap()
+}
+
 /// A service moves to a node that keeps its program at another path: the
 /// source ran it from a/bank (removed since, as after an upgrade there),
 /// the destination has it as b/bank (`godwitd --program bank=b/bank`) and
@@ -605,11 +637,8 @@ fn loopback_agent(data: &Path, token_file: &Path, extra: &[&std::ffi::OsStr]) ->
 #[tokio::test]
 async fn a_service_moves_to_a_node_that_keeps_its_program_elsewhere() {
     let _heavy = HEAVY.lock().await;
-    use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();
-    let token_file = dir.path().join("token");
-    std::fs::write(&token_file, TOKEN).unwrap();
-    std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let token_file = private_token(dir.path());
     for d in ["a", "b"] {
         std::fs::create_dir(dir.path().join(d)).unwrap();
         std::fs::copy(bank_bin(), dir.path().join(d).join("bank")).unwrap();
@@ -631,27 +660,7 @@ async fn a_service_moves_to_a_node_that_keeps_its_program_elsewhere() {
         Agent::new(&node_b, TOKEN.into()).unwrap(),
     );
     let url = format!("agent://{node_a}");
-    let args: Vec<String> = [
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--names",
-        &url,
-        "--store",
-        &url,
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    let started = agent_a
-        .exec(
-            a_bin.to_str().unwrap(),
-            &args,
-            json!({}),
-            Duration::from_secs(10),
-        )
-        .await
-        .unwrap();
+    let started = serve_bank(&agent_a, &a_bin, &url).await;
     let uuid = started["ready"]["uuid"].as_str().unwrap().to_string();
     let addr = started["ready"]["address"].as_str().unwrap().to_string();
     let names = Names::from_url(&url, Some(TOKEN.into())).unwrap();
@@ -709,11 +718,8 @@ async fn dying_receiver(keep: usize, secret: &'static str) -> String {
 #[tokio::test]
 async fn a_migration_streams_the_state_and_the_store_keeps_it_with_its_parent() {
     let _heavy = HEAVY.lock().await;
-    use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();
-    let token_file = dir.path().join("token");
-    std::fs::write(&token_file, TOKEN).unwrap();
-    std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let token_file = private_token(dir.path());
     let bin = bank_bin();
     let (_a, node_a) = loopback_agent(
         &dir.path().join("node-a"),
@@ -730,27 +736,7 @@ async fn a_migration_streams_the_state_and_the_store_keeps_it_with_its_parent() 
         Agent::new(&node_b, TOKEN.into()).unwrap(),
     );
     let url = format!("agent://{node_a}");
-    let args: Vec<String> = [
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--names",
-        &url,
-        "--store",
-        &url,
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    let started = agent_a
-        .exec(
-            bin.to_str().unwrap(),
-            &args,
-            json!({}),
-            Duration::from_secs(10),
-        )
-        .await
-        .unwrap();
+    let started = serve_bank(&agent_a, &bin, &url).await;
     let uuid = started["ready"]["uuid"].as_str().unwrap().to_string();
     let names = Names::from_url(&url, Some(TOKEN.into())).unwrap();
     let store = godwit_sdk::Store::from_url(&url, Some(TOKEN.into())).unwrap();
@@ -854,11 +840,8 @@ async fn a_migration_streams_the_state_and_the_store_keeps_it_with_its_parent() 
 #[tokio::test]
 async fn a_service_migrates_through_the_agents_api() {
     let _heavy = HEAVY.lock().await;
-    use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();
-    let token_file = dir.path().join("token");
-    std::fs::write(&token_file, TOKEN).unwrap();
-    std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let token_file = private_token(dir.path());
     let bin = bank_bin();
     let allow = ["--allow-exec".as_ref(), bin.as_os_str()];
     let (_a, node_a) = loopback_agent(&dir.path().join("node-a"), &token_file, &allow);
@@ -868,27 +851,7 @@ async fn a_service_migrates_through_the_agents_api() {
         Agent::new(&node_b, TOKEN.into()).unwrap(),
     );
     let url = format!("agent://{node_a}");
-    let args: Vec<String> = [
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--names",
-        &url,
-        "--store",
-        &url,
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    let started = agent_a
-        .exec(
-            bin.to_str().unwrap(),
-            &args,
-            json!({}),
-            Duration::from_secs(10),
-        )
-        .await
-        .unwrap();
+    let started = serve_bank(&agent_a, &bin, &url).await;
     let uuid = started["ready"]["uuid"].as_str().unwrap().to_string();
     let addr = started["ready"]["address"].as_str().unwrap().to_string();
     let old_pid = started["pid"].as_u64().unwrap();
