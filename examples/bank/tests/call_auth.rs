@@ -7,7 +7,7 @@
 use std::io::{BufRead, BufReader};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,26 +16,10 @@ use godwit_sdk::{CallError, Client, ClientOptions, MutualClient};
 use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair};
 use serde_json::json;
 
+mod common;
+use common::Proc;
+
 const T: Duration = Duration::from_secs(20);
-
-/// A process and its group, SIGKILLed on drop.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if let Ok(pgid) = i32::try_from(self.0.id()) {
-            if pgid > 1 {
-                // SAFETY: kill(2) on a negative pid signals exactly that process
-                // group, which this test created (process_group(0)).
-                unsafe {
-                    libc::kill(-pgid, libc::SIGKILL);
-                }
-            }
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// A CA and what it signed, as PEM files in `dir` named `<prefix>-*.pem`.
 struct Pki {

@@ -9,7 +9,7 @@
 use std::io::{BufRead, BufReader};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bank::BankClient;
@@ -17,58 +17,15 @@ use godwit_agent_client::Agent;
 use godwit_sdk::{Client, ClientOptions, Names};
 use serde_json::{json, Value};
 
+mod common;
+use common::{bank_bin, godwitd_bin, Proc};
+
 const TOKEN: &str = "bank-test-token-42";
 
 /// The migration test measures timing (migrations in the middle of an accrual): the
 /// other heavy test waits for it rather than competing for the two cores.
 static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 const PORT: u16 = 7171;
-
-fn bank_bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_bank"))
-}
-
-/// godwitd is another package's binary: use the one built next to `bank`, building it
-/// first when it is missing.
-fn godwitd_bin() -> PathBuf {
-    let dir = bank_bin().parent().unwrap().to_path_buf();
-    let bin = dir.join("godwitd");
-    if !bin.exists() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let target = dir.parent().unwrap();
-        let status = Command::new(cargo)
-            .args(["build", "-p", "godwitd", "--target-dir"])
-            .arg(target)
-            .status()
-            .expect("run cargo build -p godwitd");
-        assert!(status.success(), "building godwitd failed");
-    }
-    bin
-}
-
-/// SIGKILLs one process group (never "all": refuses pgid <= 1).
-fn kill_group(pgid: u32) {
-    let Ok(pgid) = i32::try_from(pgid) else {
-        return;
-    };
-    if pgid > 1 {
-        // SAFETY: kill(2) on a negative pid signals exactly that process group.
-        unsafe {
-            libc::kill(-pgid, libc::SIGKILL);
-        }
-    }
-}
-
-/// A process (and its group: everything it started) killed on drop.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        kill_group(self.0.id());
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// The simulated cluster; tears the namespaces down on drop.
 struct Cluster {

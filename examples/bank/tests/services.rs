@@ -7,7 +7,7 @@
 use std::io::{BufRead, BufReader};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bank::BankClient;
@@ -15,50 +15,13 @@ use godwit_agent_client::Agent;
 use godwit_sdk::{Client, ClientOptions};
 use serde_json::{json, Value};
 
+mod common;
+use common::{bank_bin, godwitd_bin, Proc};
+
 const TOKEN: &str = "bank-services-token-42";
 /// A token of the same agents with the `read` scope only.
 const READ_TOKEN: &str = "bank-services-read-only-token-7";
 const T: Duration = Duration::from_secs(20);
-
-fn bank_bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_bank"))
-}
-
-/// godwitd is another package's binary: the one built next to `bank`, built first
-/// when missing.
-fn godwitd_bin() -> PathBuf {
-    let dir = bank_bin().parent().unwrap().to_path_buf();
-    let bin = dir.join("godwitd");
-    if !bin.exists() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .args(["build", "-p", "godwitd", "--target-dir"])
-            .arg(dir.parent().unwrap())
-            .status()
-            .expect("run cargo build -p godwitd");
-        assert!(status.success(), "building godwitd failed");
-    }
-    bin
-}
-
-/// A process and its group (everything it started), SIGKILLed on drop.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if let Ok(pgid) = i32::try_from(self.0.id()) {
-            if pgid > 1 {
-                // SAFETY: kill(2) on a negative pid signals exactly that process
-                // group, which this test created (process_group(0)).
-                unsafe {
-                    libc::kill(-pgid, libc::SIGKILL);
-                }
-            }
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn private_file(path: &Path, text: &str) {
     use std::os::unix::fs::PermissionsExt;
