@@ -134,6 +134,22 @@ impl Hosts {
         self.agents[host - 1] = Some(child);
     }
 
+    /// `godwit --json service --agent (host's agent) --token-file ...` with
+    /// `names` as the name service, to be given its subcommand.
+    fn service_cmd(&self, host: usize, names: &str) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_godwit"));
+        cmd.env("GODWIT_NAMES", names)
+            .args([
+                "--json",
+                "service",
+                "--agent",
+                &self.agent_addr(host),
+                "--token-file",
+            ])
+            .arg(self.token());
+        cmd
+    }
+
     /// The state letter of `pid` on `host` (R, S, T, ...).
     fn state_letter(&self, host: usize, pid: &str) -> String {
         self.sh(host, &format!("sed 's/.*) //' /proc/{pid}/stat | cut -c1"))
@@ -1204,16 +1220,8 @@ fn a_protected_service_runs_again_on_a_peer_when_its_host_dies() {
     let allow = bank.to_str().unwrap().to_string();
     three_peers(&mut c, |_| vec!["--allow-exec".into(), allow.clone()]);
     let names = format!("agent://{}", c.agent_addr(3));
-    let out = Command::new(env!("CARGO_BIN_EXE_godwit"))
-        .env("GODWIT_NAMES", &names)
-        .args([
-            "--json",
-            "service",
-            "--agent",
-            &c.agent_addr(1),
-            "--token-file",
-        ])
-        .arg(c.token())
+    let out = c
+        .service_cmd(1, &names)
         .args(["start", "--interval", "0.5", "--replicas", "1", "--"])
         .args([bank.to_str().unwrap(), "serve"])
         .output()
@@ -1305,16 +1313,8 @@ fn a_protected_service_runs_again_on_a_peer_when_its_host_dies() {
             })
     });
     // Resumed from the newest copy n2 held (at least the one seen last).
-    let out = Command::new(env!("CARGO_BIN_EXE_godwit"))
-        .env("GODWIT_NAMES", &names)
-        .args([
-            "--json",
-            "service",
-            "--agent",
-            &c.agent_addr(2),
-            "--token-file",
-        ])
-        .arg(c.token())
+    let out = c
+        .service_cmd(2, &names)
         .args(["status", &uuid])
         .output()
         .unwrap();
