@@ -78,9 +78,11 @@ while True:
 " &
 client=$!
 sleep 1.5
-echo "== godwit migrate --pid $pid --to $prefix.2:7420 --mode pre-copy --tcp-established --move-ip $service/24   (run on host 1)"
+# stop-copy: pre-copy with --tcp-established loses the python service in about half the
+# runs (a known bug, open; see the issue note), stop-copy passed every run.
+echo "== godwit migrate --pid $pid --to $prefix.2:7420 --mode stop-copy --tcp-established --move-ip $service/24   (run on host 1)"
 "$C" exec "$name" 1 "$G" migrate --pid "$pid" --to "$prefix.2:7420" --token-file "$work/token" \
-    --mode pre-copy --tcp-established --move-ip "$service/24"
+    --mode stop-copy --tcp-established --move-ip "$service/24"
 sleep 1.5
 echo "== on host 1: $("$C" exec "$name" 1 sh -c "ps -o pid=,comm= -p $pid || echo no process $pid")"
 echo "== on host 2: $("$C" exec "$name" 2 ps -o pid=,stat=,args= -p "$pid")"
