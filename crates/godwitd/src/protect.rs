@@ -1082,29 +1082,13 @@ async fn replica(
 ) -> ApiResult {
     let rec = replica_record(&agent, &conn, &id, &q)?;
     let body = body?;
-    let tmp = agent.data.join(format!(".replica-{id}-{}", now_ms()));
+    let t = agent.data.join(format!(".replica-{id}-{}", now_ms()));
     let store = crate::store::open(&agent)?;
-    let t = tmp.clone();
-    let imported = tokio::task::spawn_blocking(move || {
-        use std::io::Write as _;
-        use std::os::unix::fs::OpenOptionsExt;
-        let r = (|| {
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&t)
-                .map_err(|e| godwit_store::StoreError::io("writing", &t, e))?;
-            f.write_all(&body)
-                .map_err(|e| godwit_store::StoreError::io("writing", &t, e))?;
-            godwit_store::export::import(&store, &t)
-        })();
-        let _ = std::fs::remove_file(&t);
-        r
-    })
-    .await
-    .map_err(|e| ApiError::new(500, e.to_string()))?
-    .map_err(|e| crate::store::store_error(&e))?;
+    let imported =
+        tokio::task::spawn_blocking(move || crate::store::import_bytes(&store, &t, &body))
+            .await
+            .map_err(|e| ApiError::new(500, e.to_string()))?
+            .map_err(|e| crate::store::store_error(&e))?;
     let ck = imported.id.clone();
     {
         let mut st = lock(&agent.protection.state);

@@ -60,6 +60,18 @@ fn scratch(agent: &Agent, what: &str) -> std::path::PathBuf {
         .join(format!(".{what}-{}-{n}", std::process::id()))
 }
 
+/// Imports an export held in memory: written to the scratch file `path`
+/// (0600), imported, removed. The checkpoint appears whole or not at all.
+pub(crate) fn import_bytes(
+    store: &Store,
+    path: &std::path::Path,
+    bytes: &[u8],
+) -> Result<godwit_store::export::Transfer, StoreError> {
+    let r = write_private(path, bytes).and_then(|_| godwit_store::export::import(store, path));
+    let _ = std::fs::remove_file(path);
+    r
+}
+
 /// Writes `bytes` to a new file `path`, mode 0600.
 fn write_private(path: &std::path::Path, bytes: &[u8]) -> Result<(), StoreError> {
     use std::io::Write as _;
@@ -112,12 +124,7 @@ async fn import(
     let store = open(&agent)?;
     let file = scratch(&agent, "import");
     let f = file.clone();
-    let t = blocking(move || {
-        let r = write_private(&f, &body).and_then(|_| godwit_store::export::import(&store, &f));
-        let _ = std::fs::remove_file(&f);
-        r
-    })
-    .await?;
+    let t = blocking(move || import_bytes(&store, &f, &body)).await?;
     ok(201, json!(t))
 }
 
