@@ -566,6 +566,47 @@ fn counter_moves_between_hosts_post_copy() {
     counter_moves("post-copy");
 }
 
+/// A process whose threads were made after PIDs wrapped at pid_max: its
+/// main thread (32766) has a larger id than its other threads (32767, then
+/// 300 and up), which must not be taken for the main thread (CI once
+/// restored such a process as "the first thread is not the main thread").
+/// tests/progs/threads.c moves and then checks every thread carried on.
+#[test]
+fn threads_made_after_a_pid_wrap_move() {
+    let mut c = Cluster::up(2);
+    c.start_agent(2);
+    let dir = c.dir.path().join("threads");
+    std::fs::create_dir(&dir).unwrap();
+    // A new PID namespace's pid_max is not the machine's: make it wrap
+    // where this machine's does (KERNEL.md).
+    c.sh(1, "echo 32768 > /proc/sys/kernel/pid_max");
+    let pid = c.spawn_at(1, 32766, &progs().join("threads"), &[dir.to_str().unwrap()]);
+    wait_for("the threads program to be ready", Duration::from_secs(10), || {
+        dir.join("ready").exists()
+    });
+    let tids = c.sh(1, &format!("ls /proc/{pid}/task"));
+    let tids: Vec<u32> = tids.split_whitespace().map(|t| t.parse().unwrap()).collect();
+    assert!(
+        tids.len() == 6 && tids.iter().any(|&t| t < pid),
+        "no thread id below the main thread's ({pid}): {tids:?}"
+    );
+    let v = json_of(&c.migrate(1, pid, 2, &["--mode", "stop-copy"]));
+    assert_eq!(v["dest_pid"], pid, "{v}");
+    c.await_running(2, pid);
+    let moved = c.sh(2, &format!("ls /proc/{pid}/task"));
+    let mut moved: Vec<u32> = moved.split_whitespace().map(|t| t.parse().unwrap()).collect();
+    moved.sort_unstable();
+    let mut want = tids.clone();
+    want.sort_unstable();
+    assert_eq!(moved, want, "the threads did not keep their ids");
+    std::fs::write(dir.join("go"), "").unwrap();
+    wait_for("the threads program's verdict", Duration::from_secs(10), || {
+        dir.join("result").exists()
+    });
+    let verdict = std::fs::read_to_string(dir.join("result")).unwrap();
+    assert_eq!(verdict.trim(), "PASS");
+}
+
 /// hugetlb memory (tests/progs/hugetlb.c without its hugetlbfs files and
 /// SysV segment, whose id the simulated hosts' one IPC namespace keeps
 /// taken by the source: private and shared MAP_HUGETLB, a hugetlb memfd)

@@ -139,7 +139,9 @@ impl Frozen {
                 frozen.collect_stop(tid)?;
             }
         }
-        frozen.threads.sort_by_key(|t| t.tid);
+        frozen
+            .threads
+            .sort_by_key(|t| proc::main_thread_first(pid, t.tid));
         if frozen.leader_exited.is_some() {
             match frozen.threads.first() {
                 Some(t) => proc::read_via(pid, t.tid),

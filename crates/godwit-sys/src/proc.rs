@@ -365,15 +365,24 @@ pub fn read_int(path: &str) -> Result<i64> {
         .map_err(|_| bad(path, format!("not an integer: {:?}", text.trim())))
 }
 
-/// The thread ids of a process, sorted.
+/// The thread ids of a process: the main thread first, the others in
+/// ascending order (see [`main_thread_first`]).
 pub fn tasks(pid: i32) -> Result<Vec<i32>> {
     let path = format!("/proc/{pid}/task");
     let mut v: Vec<i32> = std::fs::read_dir(&path)
         .map_err(|e| bad(&path, e.to_string()))?
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
         .collect();
-    v.sort_unstable();
+    v.sort_unstable_by_key(|&t| main_thread_first(pid, t));
     Ok(v)
+}
+
+/// The sort key putting the main thread of process `pid` (thread id ==
+/// `pid`) before its other threads, and those in ascending order. Thread
+/// ids are not ordered by age: once PIDs wrap at pid_max, a thread made
+/// after the main thread may have a smaller id than it.
+pub fn main_thread_first(pid: i32, tid: i32) -> (bool, i32) {
+    (tid != pid, tid)
 }
 
 /// The open file descriptor numbers of a process, sorted.
@@ -628,6 +637,15 @@ pub fn comm(pid: i32, tid: i32) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn main_thread_first_after_a_pid_wrap() {
+        // Main thread 32766; its later threads got 32767, then 301 and 300
+        // after PIDs wrapped at pid_max.
+        let mut v = vec![301, 32767, 300, 32766];
+        v.sort_by_key(|&t| main_thread_first(32766, t));
+        assert_eq!(v, [32766, 300, 301, 32767]);
+    }
 
     #[test]
     fn lock_lines() {
